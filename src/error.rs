@@ -1,0 +1,68 @@
+//! One error type for the library. Its variants keep apart "the image is damaged"
+//! (`Corrupt`), "btrs cannot handle this image" (`Incompatible`/`Unsupported`),
+//! "the host failed" (`Io`) and "the caller asked for something wrong"
+//! (`NotFound`, `Invalid`, `Devices`), so that callers can react differently.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The host could not read or write an image file.
+    #[error("{path}: {op}: {source}")]
+    Io { path: PathBuf, op: String, #[source] source: std::io::Error },
+
+    /// Bytes on the image do not make sense. `at` names where (device, logical
+    /// address, tree, item); `what` says what is wrong.
+    #[error("corrupt {at}: {what}")]
+    Corrupt { at: String, what: String },
+
+    /// The image uses a feature whose on-disk format btrs does not understand.
+    #[error("incompatible image: {0}")]
+    Incompatible(String),
+
+    /// A valid request that btrs does not implement.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+
+    /// The set of image files does not form one filesystem (missing or
+    /// duplicate devices, fsid mismatch, not a btrfs at all).
+    #[error("{0}")]
+    Devices(String),
+
+    /// A path or object that does not exist in the filesystem.
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    /// A bad argument from the caller.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// A compressed extent that would not decompress.
+    #[error("{at}: {source}")]
+    Compress { at: String, #[source] source: crate::fs::compress::CompressError },
+}
+
+impl Error {
+    pub fn corrupt(at: impl Into<String>, what: impl Into<String>) -> Self {
+        Error::Corrupt { at: at.into(), what: what.into() }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, op: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), op: op.into(), source }
+    }
+
+    /// Prefix the location of a `Corrupt` error with outer context (e.g. the
+    /// inode being read), leaving other kinds unchanged.
+    pub fn within(self, outer: impl std::fmt::Display) -> Self {
+        match self {
+            Error::Corrupt { at, what } => Error::Corrupt { at: format!("{outer}: {at}"), what },
+            other => other,
+        }
+    }
+
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Error::Corrupt { .. } | Error::Compress { .. })
+    }
+}

@@ -1,0 +1,202 @@
+//! Superblock decoding and validation, and the `sys_chunk_array` bootstrap list.
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::csum::CsumType;
+use super::items::{parse_chunk, ChunkInfo};
+use super::ondisk::*;
+use super::types::Key;
+use crate::error::{Error, Result};
+
+/// The checksum covers everything after the csum field itself.
+pub fn super_csum_region(bytes: &[u8]) -> &[u8] {
+    bytes.get(CSUM_SIZE..SUPER_INFO_SIZE).unwrap_or(&[])
+}
+
+/// Why a superblock copy was rejected, kept apart from I/O errors so that
+/// callers can report "bad copy" and move on to the next one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SuperProblem {
+    TooShort,
+    BadMagic,
+    UnknownCsumType(u16),
+    CsumMismatch,
+    Insane(String),
+}
+
+impl std::fmt::Display for SuperProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SuperProblem::TooShort => write!(f, "short read"),
+            SuperProblem::BadMagic => write!(f, "bad magic (not a btrfs superblock)"),
+            SuperProblem::UnknownCsumType(t) => write!(f, "unknown checksum type {t}"),
+            SuperProblem::CsumMismatch => write!(f, "checksum mismatch"),
+            SuperProblem::Insane(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// Decode a superblock copy and check magic, checksum and the sizes every
+/// later layer relies on. Does not compare `bytenr` with the copy's location:
+/// the caller knows where it read from.
+pub fn parse_super(bytes: &[u8]) -> std::result::Result<SuperBlock, SuperProblem> {
+    let sb = SuperBlock::read_from_prefix(bytes).map_err(|_| SuperProblem::TooShort)?.0;
+    if sb.magic != BTRFS_MAGIC {
+        return Err(SuperProblem::BadMagic);
+    }
+    let raw = sb.csum_type.get();
+    let ct = CsumType::from_raw(raw).ok_or(SuperProblem::UnknownCsumType(raw))?;
+    if !ct.matches(&ct.compute(super_csum_region(bytes)), &sb.csum) {
+        return Err(SuperProblem::CsumMismatch);
+    }
+    check_super_sanity(&sb).map_err(SuperProblem::Insane)?;
+    Ok(sb)
+}
+
+fn check_super_sanity(sb: &SuperBlock) -> std::result::Result<(), String> {
+    let sectorsize = sb.sectorsize.get();
+    let nodesize = sb.nodesize.get();
+    if !sectorsize.is_power_of_two() || !(4096..=65536).contains(&sectorsize) {
+        return Err(format!("sectorsize {sectorsize} is not a power of two in 4KiB..64KiB"));
+    }
+    if !nodesize.is_power_of_two() || nodesize < sectorsize || nodesize > 65536 {
+        return Err(format!("nodesize {nodesize} is not a power of two in sectorsize..64KiB"));
+    }
+    let sys = sb.sys_chunk_array_size.get() as usize;
+    if sys > SYSTEM_CHUNK_ARRAY_SIZE {
+        return Err(format!("sys_chunk_array_size {sys} exceeds {SYSTEM_CHUNK_ARRAY_SIZE}"));
+    }
+    if sb.root_level >= MAX_LEVEL || sb.chunk_root_level >= MAX_LEVEL || sb.log_root_level >= MAX_LEVEL {
+        return Err("tree root level out of range".into());
+    }
+    for (name, v) in [("root", sb.root.get()), ("chunk_root", sb.chunk_root.get())] {
+        if v % sectorsize as u64 != 0 {
+            return Err(format!("{name} {v} is not sector aligned"));
+        }
+    }
+    if sb.num_devices.get() == 0 {
+        return Err("num_devices is 0".into());
+    }
+    Ok(())
+}
+
+/// Recompute and store the checksum of a superblock (for writers and fixtures).
+pub fn seal_super(sb: &mut SuperBlock, csum_type: CsumType) {
+    let bytes = sb.as_bytes();
+    let c = csum_type.compute(super_csum_region(bytes));
+    sb.csum = c;
+}
+
+impl SuperBlock {
+    pub fn csum_kind(&self) -> Result<CsumType> {
+        let raw = self.csum_type.get();
+        CsumType::from_raw(raw).ok_or_else(|| Error::Incompatible(format!("unknown checksum type {raw}")))
+    }
+
+    pub fn has_incompat(&self, bit: u64) -> bool {
+        self.incompat_flags.get() & bit != 0
+    }
+
+    pub fn has_compat_ro(&self, bit: u64) -> bool {
+        self.compat_ro_flags.get() & bit != 0
+    }
+
+    /// The fsid that tree block headers carry: `metadata_uuid` when the
+    /// METADATA_UUID feature is set (fsid was changed without rewriting metadata).
+    pub fn metadata_fsid(&self) -> [u8; FSID_SIZE] {
+        if self.has_incompat(INCOMPAT_METADATA_UUID) {
+            self.metadata_uuid
+        } else {
+            self.fsid
+        }
+    }
+
+    pub fn label_string(&self) -> String {
+        let end = self.label.iter().position(|&b| b == 0).unwrap_or(LABEL_SIZE);
+        String::from_utf8_lossy(&self.label[..end]).into_owned()
+    }
+
+    /// The (key, chunk) pairs of the system chunk array: enough of the chunk
+    /// map to read the chunk tree itself.
+    pub fn sys_chunks(&self) -> Result<Vec<(Key, ChunkInfo)>> {
+        let size = self.sys_chunk_array_size.get() as usize;
+        let arr = self.sys_chunk_array.get(..size).ok_or_else(|| {
+            Error::corrupt("superblock sys_chunk_array", format!("size {size} too large"))
+        })?;
+        let mut out = Vec::new();
+        let mut pos = 0usize;
+        while pos < arr.len() {
+            let at = format!("superblock sys_chunk_array offset {pos}");
+            let (dk, rest) = DiskKey::read_from_prefix(&arr[pos..])
+                .map_err(|_| Error::corrupt(&at, "truncated key"))?;
+            let key = Key::from_disk(&dk);
+            if key.item_type != CHUNK_ITEM_KEY {
+                return Err(Error::corrupt(&at, format!("key type {} is not CHUNK_ITEM", key.item_type)));
+            }
+            let (chunk, used) = parse_chunk(rest).map_err(|e| e.within(&at))?;
+            out.push((key, chunk));
+            pos += std::mem::size_of::<DiskKey>() + used;
+        }
+        Ok(out)
+    }
+
+    /// Incompat bits set that btrs does not know how to read.
+    pub fn unsupported_incompat(&self) -> u64 {
+        self.incompat_flags.get() & !INCOMPAT_SUPPORTED
+    }
+}
+
+/// Names of the incompat / compat_ro feature bits, as btrfs-progs prints them.
+pub fn incompat_names(flags: u64) -> Vec<String> {
+    let table: &[(u64, &str)] = &[
+        (INCOMPAT_MIXED_BACKREF, "MIXED_BACKREF"),
+        (INCOMPAT_DEFAULT_SUBVOL, "DEFAULT_SUBVOL"),
+        (INCOMPAT_MIXED_GROUPS, "MIXED_GROUPS"),
+        (INCOMPAT_COMPRESS_LZO, "COMPRESS_LZO"),
+        (INCOMPAT_COMPRESS_ZSTD, "COMPRESS_ZSTD"),
+        (INCOMPAT_BIG_METADATA, "BIG_METADATA"),
+        (INCOMPAT_EXTENDED_IREF, "EXTENDED_IREF"),
+        (INCOMPAT_RAID56, "RAID56"),
+        (INCOMPAT_SKINNY_METADATA, "SKINNY_METADATA"),
+        (INCOMPAT_NO_HOLES, "NO_HOLES"),
+        (INCOMPAT_METADATA_UUID, "METADATA_UUID"),
+        (INCOMPAT_RAID1C34, "RAID1C34"),
+        (INCOMPAT_ZONED, "ZONED"),
+        (INCOMPAT_EXTENT_TREE_V2, "EXTENT_TREE_V2"),
+        (INCOMPAT_RAID_STRIPE_TREE, "RAID_STRIPE_TREE"),
+        (INCOMPAT_SIMPLE_QUOTA, "SIMPLE_QUOTA"),
+    ];
+    flag_names(flags, table)
+}
+
+pub fn compat_ro_names(flags: u64) -> Vec<String> {
+    let table: &[(u64, &str)] = &[
+        (COMPAT_RO_FREE_SPACE_TREE, "FREE_SPACE_TREE"),
+        (COMPAT_RO_FREE_SPACE_TREE_VALID, "FREE_SPACE_TREE_VALID"),
+        (COMPAT_RO_VERITY, "VERITY"),
+        (COMPAT_RO_BLOCK_GROUP_TREE, "BLOCK_GROUP_TREE"),
+    ];
+    flag_names(flags, table)
+}
+
+pub fn super_flag_names(flags: u64) -> Vec<String> {
+    let table: &[(u64, &str)] = &[
+        (SUPER_FLAG_WRITTEN, "WRITTEN"),
+        (SUPER_FLAG_RELOC, "RELOC"),
+        (SUPER_FLAG_SEEDING, "SEEDING"),
+        (SUPER_FLAG_METADUMP, "METADUMP"),
+        (SUPER_FLAG_METADUMP_V2, "METADUMP_V2"),
+        (SUPER_FLAG_CHANGING_FSID, "CHANGING_FSID"),
+        (SUPER_FLAG_CHANGING_FSID_V2, "CHANGING_FSID_V2"),
+    ];
+    flag_names(flags, table)
+}
+
+fn flag_names(flags: u64, table: &[(u64, &str)]) -> Vec<String> {
+    let mut out: Vec<String> = table.iter().filter(|(b, _)| flags & b != 0).map(|(_, n)| n.to_string()).collect();
+    let known: u64 = table.iter().map(|(b, _)| b).fold(0, |a, b| a | b);
+    if flags & !known != 0 {
+        out.push(format!("unknown flag: {:#x}", flags & !known));
+    }
+    out
+}

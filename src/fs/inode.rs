@@ -1,0 +1,92 @@
+//! Typed inodes.
+
+use crate::error::{Error, Result};
+use crate::format::items::read_prefix;
+use crate::format::{FileType, InodeItem};
+
+/// An inode is named by its subvolume (tree id) and its number in that tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InodeId {
+    pub subvol: u64,
+    pub ino: u64,
+}
+
+impl std::fmt::Display for InodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.subvol, self.ino)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Timespec {
+    /// Nanoseconds beyond one second cannot be represented on a host; clamp them.
+    fn from_disk(t: &crate::format::Timespec) -> Self {
+        Timespec { sec: t.sec.get() as i64, nsec: t.nsec.get().min(999_999_999) }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inode {
+    pub id: InodeId,
+    pub file_type: FileType,
+    /// Full st_mode (type and permission bits).
+    pub mode: u32,
+    pub size: u64,
+    pub nbytes: u64,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub flags: u64,
+    pub generation: u64,
+    pub transid: u64,
+    pub sequence: u64,
+    pub atime: Timespec,
+    pub ctime: Timespec,
+    pub mtime: Timespec,
+    pub otime: Timespec,
+}
+
+impl Inode {
+    pub fn parse(id: InodeId, data: &[u8]) -> Result<Inode> {
+        let (i, _) = read_prefix::<InodeItem>(data, "inode item")?;
+        let mode = i.mode.get();
+        let file_type = FileType::from_mode(mode)
+            .ok_or_else(|| Error::corrupt(format!("inode {id}"), format!("mode {mode:#o} has no valid file type")))?;
+        Ok(Inode {
+            id,
+            file_type,
+            mode,
+            size: i.size.get(),
+            nbytes: i.nbytes.get(),
+            nlink: i.nlink.get(),
+            uid: i.uid.get(),
+            gid: i.gid.get(),
+            rdev: i.rdev.get(),
+            flags: i.flags.get(),
+            generation: i.generation.get(),
+            transid: i.transid.get(),
+            sequence: i.sequence.get(),
+            atime: Timespec::from_disk(&i.atime),
+            ctime: Timespec::from_disk(&i.ctime),
+            mtime: Timespec::from_disk(&i.mtime),
+            otime: Timespec::from_disk(&i.otime),
+        })
+    }
+
+    pub fn permissions(&self) -> u32 {
+        self.mode & 0o7777
+    }
+
+    /// Major and minor numbers of a device node. The kernel stores its
+    /// internal dev_t (MKDEV: major << 20 | minor) in the inode item.
+    pub fn rdev_major_minor(&self) -> (u32, u32) {
+        (((self.rdev >> 20) & 0xfff) as u32, (self.rdev & 0xf_ffff) as u32)
+    }
+}
+

@@ -1,0 +1,315 @@
+//! The filesystem as files: opening a device set, subvolumes, inodes,
+//! directories, symlinks, xattrs and file data (with checksum verification
+//! and fallback to other copies).
+
+pub mod compress;
+pub mod data;
+pub mod inode;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+pub use data::FileChunk;
+pub use inode::{Inode, InodeId, Timespec};
+
+use crate::error::{Error, Result};
+use crate::format::items::{self, parse_root_item, DirEntry};
+use crate::format::*;
+use crate::tree::{RootPtr, TreeReader};
+use crate::volumes::{OpenOptions, Volume};
+
+/// A problem that did not stop the read, e.g. a bad copy served from another.
+#[derive(Clone, Debug)]
+pub struct Warning(pub String);
+
+pub struct Filesystem {
+    pub reader: TreeReader,
+    pub sb: SuperBlock,
+    pub csum: CsumType,
+    pub sectorsize: u32,
+    roots: Mutex<HashMap<u64, RootPtr>>,
+    warnings: Mutex<Vec<Warning>>,
+}
+
+/// One directory entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEnt {
+    pub name: Vec<u8>,
+    pub id: InodeId,
+    pub file_type: FileType,
+    /// The entry is a subvolume (or snapshot) root.
+    pub subvol: bool,
+}
+
+impl Filesystem {
+    pub fn open(opts: &OpenOptions) -> Result<Filesystem> {
+        let mut vol = Volume::open(opts)?;
+        let sb = vol.sb;
+        let unsupported = sb.unsupported_incompat();
+        if unsupported != 0 {
+            return Err(Error::Incompatible(format!(
+                "incompat features {} are not supported",
+                crate::format::superblock::incompat_names(unsupported).join(", ")
+            )));
+        }
+        for (key, chunk) in sb.sys_chunks()? {
+            vol.chunks.insert(key.offset, chunk)?;
+        }
+        // Read the chunk tree with the bootstrap map, then rebuild the map from it.
+        let chunk_root = RootPtr {
+            bytenr: sb.chunk_root.get(),
+            level: sb.chunk_root_level,
+            generation: sb.chunk_root_generation.get(),
+            owner: CHUNK_TREE_OBJECTID,
+        };
+        let (chunks, devids, vol_back) = {
+            let vol = Arc::new(vol);
+            let reader = TreeReader::new(vol.clone())?;
+            let items = reader.range(&chunk_root, Key::MIN, Key::MAX)?;
+            let mut chunks = Vec::new();
+            let mut devids = BTreeSet::new();
+            for (key, data) in items {
+                match key.item_type {
+                    CHUNK_ITEM_KEY => {
+                        let (c, _) = items::parse_chunk(&data).map_err(|e| e.within(format!("chunk tree item {key}")))?;
+                        chunks.push((key.offset, c));
+                    }
+                    DEV_ITEM_KEY => {
+                        devids.insert(key.offset);
+                    }
+                    _ => {}
+                }
+            }
+            drop(reader);
+            let back = Arc::try_unwrap(vol).map_err(|_| Error::Invalid("volume still shared".into()))?;
+            (chunks, devids, back)
+        };
+        let mut vol = vol_back;
+        vol.chunks = Default::default();
+        for (logical, c) in chunks {
+            vol.chunks.insert(logical, c)?;
+        }
+        vol.expect_devices(&devids)?;
+        let reader = TreeReader::new(Arc::new(vol))?;
+        let fs = Filesystem {
+            csum: sb.csum_kind()?,
+            sectorsize: sb.sectorsize.get(),
+            sb,
+            reader,
+            roots: Mutex::new(HashMap::new()),
+            warnings: Mutex::new(Vec::new()),
+        };
+        {
+            let mut roots = fs.roots.lock().map_err(|_| poisoned())?;
+            roots.insert(CHUNK_TREE_OBJECTID, chunk_root);
+            roots.insert(
+                ROOT_TREE_OBJECTID,
+                RootPtr { bytenr: sb.root.get(), level: sb.root_level, generation: sb.generation.get(), owner: ROOT_TREE_OBJECTID },
+            );
+        }
+        Ok(fs)
+    }
+
+    pub fn volume(&self) -> &Volume {
+        &self.reader.vol
+    }
+
+    pub fn warn(&self, w: String) {
+        if let Ok(mut v) = self.warnings.lock() {
+            v.push(Warning(w));
+        }
+    }
+
+    /// Warnings gathered so far (bad copies served from good ones), drained.
+    pub fn take_warnings(&self) -> Vec<Warning> {
+        let mut out: Vec<Warning> = self
+            .reader
+            .take_bad_copies()
+            .into_iter()
+            .map(|b| {
+                let loc = match (b.devid, b.physical) {
+                    (Some(d), Some(p)) => format!(" (devid {d} physical {p})"),
+                    _ => String::new(),
+                };
+                Warning(format!("tree block {} copy {}{loc} is bad: {}; read another copy", b.logical, b.mirror + 1, b.problem))
+            })
+            .collect();
+        if let Ok(mut v) = self.warnings.lock() {
+            out.append(&mut v);
+        }
+        out
+    }
+
+    /// The root item of tree `id` (largest key offset, as snapshots of reloc trees may repeat ids).
+    pub fn root_item(&self, id: u64) -> Result<Option<(Key, RootItem)>> {
+        let root = self.tree_root(ROOT_TREE_OBJECTID)?;
+        match self.reader.lookup_le(&root, Key::new(id, ROOT_ITEM_KEY, u64::MAX))? {
+            Some((k, data)) => Ok(Some((k, parse_root_item(&data).map_err(|e| e.within(format!("root item {k}")))?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Where tree `id` starts.
+    pub fn tree_root(&self, id: u64) -> Result<RootPtr> {
+        if let Some(r) = self.roots.lock().map_err(|_| poisoned())?.get(&id) {
+            return Ok(*r);
+        }
+        let (_, ri) = self
+            .root_item(id)?
+            .ok_or_else(|| Error::NotFound(format!("tree {} has no root item", tree_label(id))))?;
+        let r = RootPtr { bytenr: ri.bytenr.get(), level: ri.level, generation: ri.generation.get(), owner: id };
+        self.roots.lock().map_err(|_| poisoned())?.insert(id, r);
+        Ok(r)
+    }
+
+    /// Whether a tree exists (e.g. the free space tree or block group tree).
+    pub fn has_tree(&self, id: u64) -> Result<bool> {
+        Ok(matches!(id, ROOT_TREE_OBJECTID | CHUNK_TREE_OBJECTID) || self.root_item(id)?.is_some())
+    }
+
+    /// The top-level subvolume's root directory.
+    pub fn root_dir(&self) -> InodeId {
+        InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }
+    }
+
+    pub fn inode(&self, id: InodeId) -> Result<Inode> {
+        let root = self.tree_root(id.subvol)?;
+        let data = self
+            .reader
+            .lookup(&root, Key::new(id.ino, INODE_ITEM_KEY, 0))?
+            .ok_or_else(|| Error::NotFound(format!("inode {id} has no inode item")))?;
+        Inode::parse(id, &data).map_err(|e| e.within(format!("inode {id}")))
+    }
+
+    /// Entries of a directory in index (creation) order.
+    pub fn read_dir(&self, dir: InodeId) -> Result<Vec<DirEnt>> {
+        let root = self.tree_root(dir.subvol)?;
+        let items = self.reader.range(
+            &root,
+            Key::new(dir.ino, DIR_INDEX_KEY, 0),
+            Key::new(dir.ino, DIR_INDEX_KEY, u64::MAX),
+        )?;
+        let mut out = Vec::with_capacity(items.len());
+        for (key, data) in items {
+            for e in items::parse_dir_items(&data).map_err(|e| e.within(format!("directory {dir} index {}", key.offset)))? {
+                out.push(self.dirent(dir, e)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn dirent(&self, dir: InodeId, e: DirEntry) -> Result<DirEnt> {
+        let at = || format!("directory {dir} entry {:?}", String::from_utf8_lossy(&e.name));
+        let file_type = FileType::from_dir_type(e.dir_type)
+            .ok_or_else(|| Error::corrupt(at(), format!("unknown file type {}", e.dir_type)))?;
+        match e.location.item_type {
+            INODE_ITEM_KEY => Ok(DirEnt { name: e.name, id: InodeId { subvol: dir.subvol, ino: e.location.objectid }, file_type, subvol: false }),
+            ROOT_ITEM_KEY => {
+                let subvol = e.location.objectid;
+                let dirid = match self.root_item(subvol)? {
+                    Some((_, ri)) => ri.root_dirid.get(),
+                    None => return Err(Error::corrupt(at(), format!("subvolume {subvol} has no root item"))),
+                };
+                Ok(DirEnt { name: e.name, id: InodeId { subvol, ino: dirid }, file_type: FileType::Directory, subvol: true })
+            }
+            t => Err(Error::corrupt(at(), format!("location key type {t}"))),
+        }
+    }
+
+    /// Look a name up in a directory through its DIR_ITEM (name hash) entries.
+    pub fn lookup(&self, dir: InodeId, name: &[u8]) -> Result<Option<DirEnt>> {
+        let root = self.tree_root(dir.subvol)?;
+        let key = Key::new(dir.ino, DIR_ITEM_KEY, items::name_hash(name));
+        let Some(data) = self.reader.lookup(&root, key)? else { return Ok(None) };
+        for e in items::parse_dir_items(&data).map_err(|e| e.within(format!("directory {dir}")))? {
+            if e.name == name {
+                return self.dirent(dir, e).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Resolve a '/'-separated path from the top-level subvolume. Symlinks are
+    /// not followed (paths name entries, like `btrfs restore`).
+    pub fn resolve(&self, path: &str) -> Result<DirEnt> {
+        let mut cur = DirEnt { name: Vec::new(), id: self.root_dir(), file_type: FileType::Directory, subvol: true };
+        for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            if cur.file_type != FileType::Directory {
+                return Err(Error::NotFound(format!("{path}: {:?} is not a directory", String::from_utf8_lossy(&cur.name))));
+            }
+            cur = self
+                .lookup(cur.id, comp.as_bytes())?
+                .ok_or_else(|| Error::NotFound(format!("{path}: no entry {comp:?}")))?;
+        }
+        Ok(cur)
+    }
+
+    pub fn read_link(&self, id: InodeId) -> Result<Vec<u8>> {
+        let exts = self.file_extents(id)?;
+        match exts.first() {
+            Some((0, fe)) => match &fe.kind {
+                items::FileExtentKind::Inline { data } if fe.compression == COMPRESS_NONE => Ok(data.clone()),
+                items::FileExtentKind::Inline { data } => {
+                    self.decompress(fe.compression, data, fe.ram_bytes, &format!("symlink {id}"))
+                }
+                _ => Err(Error::corrupt(format!("symlink {id}"), "target is not an inline extent")),
+            },
+            _ => Err(Error::corrupt(format!("symlink {id}"), "no target extent")),
+        }
+    }
+
+    /// Every xattr of an inode, in name-hash order.
+    pub fn xattrs(&self, id: InodeId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let root = self.tree_root(id.subvol)?;
+        let items = self.reader.range(&root, Key::new(id.ino, XATTR_ITEM_KEY, 0), Key::new(id.ino, XATTR_ITEM_KEY, u64::MAX))?;
+        let mut out = Vec::new();
+        for (_, data) in items {
+            for e in items::parse_dir_items(&data).map_err(|e| e.within(format!("xattr of inode {id}")))? {
+                out.push((e.name, e.data));
+            }
+        }
+        Ok(out)
+    }
+
+    /// (file offset, extent) for every EXTENT_DATA item of an inode.
+    pub fn file_extents(&self, id: InodeId) -> Result<Vec<(u64, items::FileExtent)>> {
+        let root = self.tree_root(id.subvol)?;
+        let items = self.reader.range(&root, Key::new(id.ino, EXTENT_DATA_KEY, 0), Key::new(id.ino, EXTENT_DATA_KEY, u64::MAX))?;
+        items
+            .into_iter()
+            .map(|(k, d)| {
+                items::parse_file_extent(&d)
+                    .map(|fe| (k.offset, fe))
+                    .map_err(|e| e.within(format!("inode {id} extent at file offset {}", k.offset)))
+            })
+            .collect()
+    }
+
+    /// All subvolumes (id, parent id, name, root dirid) from ROOT_REF items.
+    pub fn subvolumes(&self) -> Result<Vec<(u64, u64, Vec<u8>)>> {
+        let root = self.tree_root(ROOT_TREE_OBJECTID)?;
+        let mut out = Vec::new();
+        let mut c = self.reader.seek(&root, Key::MIN)?;
+        while let Some(item) = c.next_item()? {
+            if item.key.item_type == ROOT_BACKREF_KEY {
+                let r = items::parse_root_ref(item.data())?;
+                out.push((item.key.objectid, item.key.offset, r.name));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn decompress(&self, kind: u8, input: &[u8], ram_bytes: u64, at: &str) -> Result<Vec<u8>> {
+        let k = compress::Compression::from_raw(kind).map_err(|e| Error::Compress { at: at.into(), source: e })?;
+        let out_len = usize::try_from(ram_bytes).map_err(|_| Error::corrupt(at, "ram_bytes too large"))?;
+        compress::decompress(k, input, out_len, self.sectorsize).map_err(|e| Error::Compress { at: at.into(), source: e })
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Invalid("internal lock poisoned".into())
+}
+
+fn tree_label(id: u64) -> String {
+    crate::format::types::tree_name(id).map(str::to_string).unwrap_or_else(|| id.to_string())
+}

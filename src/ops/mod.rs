@@ -1,0 +1,1 @@
+//! Whole-filesystem jobs built on the layers below.

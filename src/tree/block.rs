@@ -1,0 +1,316 @@
+//! A tree block (node or leaf) held in memory, with its item table checked once
+//! so that every accessor afterwards is in bounds.
+
+use zerocopy::FromBytes;
+
+use crate::error::Error;
+use crate::format::{CsumType, Header, Item, Key, KeyPtr, MAX_LEVEL};
+
+pub const HEADER_SIZE: usize = std::mem::size_of::<Header>();
+pub const ITEM_SIZE: usize = std::mem::size_of::<Item>();
+pub const KEY_PTR_SIZE: usize = std::mem::size_of::<KeyPtr>();
+
+#[derive(Debug, Clone)]
+pub struct TreeBlock {
+    pub logical: u64,
+    pub header: Header,
+    data: Box<[u8]>,
+}
+
+/// What a reader expects of a tree block, from the pointer that led to it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Expect {
+    pub level: Option<u8>,
+    pub generation: Option<u64>,
+    /// Blocks may not be newer than the superblock that reaches them.
+    pub max_generation: Option<u64>,
+}
+
+/// Why one copy of a tree block was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockProblem {
+    Csum,
+    Bytenr(u64),
+    Fsid,
+    Level { found: u8, expected: u8 },
+    Generation { found: u64, expected: u64 },
+    TooNew { found: u64, max: u64 },
+    Structure(String),
+}
+
+impl std::fmt::Display for BlockProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlockProblem::Csum => write!(f, "checksum mismatch"),
+            BlockProblem::Bytenr(b) => write!(f, "header bytenr {b} does not match"),
+            BlockProblem::Fsid => write!(f, "header fsid does not match the filesystem"),
+            BlockProblem::Level { found, expected } => write!(f, "level {found}, expected {expected}"),
+            BlockProblem::Generation { found, expected } => {
+                write!(f, "generation {found}, parent pointer says {expected} (stale or misdirected write)")
+            }
+            BlockProblem::TooNew { found, max } => write!(f, "generation {found} newer than superblock {max}"),
+            BlockProblem::Structure(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl BlockProblem {
+    /// Checksum failures and header mismatches are the two kinds scrub counts apart.
+    pub fn is_csum(&self) -> bool {
+        matches!(self, BlockProblem::Csum)
+    }
+}
+
+impl TreeBlock {
+    /// Verify identity (checksum, bytenr, fsid, level, generation) and structure.
+    pub fn parse(
+        logical: u64,
+        data: Vec<u8>,
+        csum: CsumType,
+        fsid: &[u8; 16],
+        expect: Expect,
+    ) -> std::result::Result<TreeBlock, BlockProblem> {
+        let header = Header::read_from_prefix(&data).map_err(|_| BlockProblem::Structure("block shorter than a header".into()))?.0;
+        let region = data.get(32..).unwrap_or(&[]);
+        if !csum.matches(&csum.compute(region), &header.csum) {
+            return Err(BlockProblem::Csum);
+        }
+        if header.bytenr.get() != logical {
+            return Err(BlockProblem::Bytenr(header.bytenr.get()));
+        }
+        if &header.fsid != fsid {
+            return Err(BlockProblem::Fsid);
+        }
+        if let Some(l) = expect.level {
+            if header.level != l {
+                return Err(BlockProblem::Level { found: header.level, expected: l });
+            }
+        }
+        if let Some(g) = expect.generation {
+            if header.generation.get() != g {
+                return Err(BlockProblem::Generation { found: header.generation.get(), expected: g });
+            }
+        }
+        if let Some(max) = expect.max_generation {
+            if header.generation.get() > max {
+                return Err(BlockProblem::TooNew { found: header.generation.get(), max });
+            }
+        }
+        let block = TreeBlock { logical, header, data: data.into_boxed_slice() };
+        block.check_structure().map_err(BlockProblem::Structure)?;
+        Ok(block)
+    }
+
+    fn check_structure(&self) -> std::result::Result<(), String> {
+        let level = self.header.level;
+        if level >= MAX_LEVEL {
+            return Err(format!("level {level} out of range"));
+        }
+        let n = self.nritems();
+        let space = self.data.len() - HEADER_SIZE;
+        if level == 0 {
+            if n * ITEM_SIZE > space {
+                return Err(format!("{n} items do not fit in a leaf"));
+            }
+            let table_end = n * ITEM_SIZE;
+            let mut prev: Option<Key> = None;
+            for i in 0..n {
+                let item = self.raw_item(i);
+                let off = item.offset.get() as usize;
+                let size = item.size.get() as usize;
+                if off < table_end || off.checked_add(size).is_none_or(|e| e > space) {
+                    return Err(format!("item {i} data [{off}, +{size}) outside the leaf data area"));
+                }
+                let key = Key::from_disk(&item.key);
+                if prev.is_some_and(|p| p >= key) {
+                    return Err(format!("item {i} key {key} not above the previous key"));
+                }
+                prev = Some(key);
+            }
+        } else {
+            if n == 0 {
+                return Err("node with no pointers".into());
+            }
+            if n * KEY_PTR_SIZE > space {
+                return Err(format!("{n} pointers do not fit in a node"));
+            }
+            let mut prev: Option<Key> = None;
+            for i in 0..n {
+                let (key, ptr, _) = self.ptr(i);
+                if ptr == 0 {
+                    return Err(format!("pointer {i} is 0"));
+                }
+                if prev.is_some_and(|p| p >= key) {
+                    return Err(format!("pointer {i} key {key} not above the previous key"));
+                }
+                prev = Some(key);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    pub fn level(&self) -> u8 {
+        self.header.level
+    }
+
+    pub fn is_leaf(&self) -> bool {
+        self.header.level == 0
+    }
+
+    pub fn nritems(&self) -> usize {
+        self.header.nritems.get() as usize
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.header.generation.get()
+    }
+
+    pub fn owner(&self) -> u64 {
+        self.header.owner.get()
+    }
+
+    fn raw_item(&self, i: usize) -> Item {
+        let at = HEADER_SIZE + i * ITEM_SIZE;
+        // In bounds: parse() checked nritems against the block size.
+        Item::read_from_prefix(&self.data[at..]).map(|(v, _)| v).unwrap_or_else(|_| unreachable_item())
+    }
+
+    /// Key of item `i` (leaf) or pointer `i` (node). `i` must be < nritems.
+    pub fn key(&self, i: usize) -> Key {
+        if self.is_leaf() {
+            Key::from_disk(&self.raw_item(i).key)
+        } else {
+            self.ptr(i).0
+        }
+    }
+
+    /// Body of leaf item `i`.
+    pub fn item_data(&self, i: usize) -> &[u8] {
+        let item = self.raw_item(i);
+        let start = HEADER_SIZE + item.offset.get() as usize;
+        &self.data[start..start + item.size.get() as usize]
+    }
+
+    /// Offset and size of item `i` as stored (for dump-tree).
+    pub fn item_location(&self, i: usize) -> (u32, u32) {
+        let item = self.raw_item(i);
+        (item.offset.get(), item.size.get())
+    }
+
+    /// Pointer `i` of a node: (key, child logical address, child generation).
+    pub fn ptr(&self, i: usize) -> (Key, u64, u64) {
+        let at = HEADER_SIZE + i * KEY_PTR_SIZE;
+        match KeyPtr::read_from_prefix(&self.data[at..]) {
+            Ok((p, _)) => (Key::from_disk(&p.key), p.blockptr.get(), p.generation.get()),
+            Err(_) => (Key::MAX, 0, 0),
+        }
+    }
+
+    /// Index of the last key <= `key`, or None when every key is greater.
+    pub fn slot_le(&self, key: &Key) -> Option<usize> {
+        let n = self.nritems();
+        // Binary search over the sorted keys checked in parse().
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.key(mid) <= *key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo.checked_sub(1)
+    }
+}
+
+fn unreachable_item() -> Item {
+    Item::new_zeroed()
+}
+
+use zerocopy::FromZeros;
+
+/// Helper for callers turning a problem into an error with location.
+pub fn problem_error(logical: u64, tree: Option<u64>, problems: &[(usize, BlockProblem)]) -> Error {
+    let tree = tree.and_then(crate::format::types::tree_name).map(|n| format!(" ({n})")).unwrap_or_default();
+    let what = problems
+        .iter()
+        .map(|(m, p)| format!("copy {}: {p}", m + 1))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Error::corrupt(format!("tree block {logical}{tree}"), if what.is_empty() { "no readable copy".into() } else { what })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::*;
+    use zerocopy::IntoBytes;
+
+    pub(crate) fn leaf_with(items: &[(Key, &[u8])], nodesize: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; nodesize];
+        let mut data_end = nodesize - HEADER_SIZE;
+        for (i, (k, body)) in items.iter().enumerate() {
+            data_end -= body.len();
+            let it = Item { key: k.to_disk(), offset: (data_end as u32).into(), size: (body.len() as u32).into() };
+            let at = HEADER_SIZE + i * ITEM_SIZE;
+            buf[at..at + ITEM_SIZE].copy_from_slice(it.as_bytes());
+            buf[HEADER_SIZE + data_end..HEADER_SIZE + data_end + body.len()].copy_from_slice(body);
+        }
+        let h = Header {
+            csum: [0; 32],
+            fsid: [7; 16],
+            bytenr: 65536.into(),
+            flags: 1.into(),
+            chunk_tree_uuid: [0; 16],
+            generation: 3.into(),
+            owner: 5.into(),
+            nritems: (items.len() as u32).into(),
+            level: 0,
+        };
+        buf[..HEADER_SIZE].copy_from_slice(h.as_bytes());
+        let c = CsumType::Crc32c.compute(&buf[32..]);
+        buf[..32].copy_from_slice(&c);
+        buf
+    }
+
+    #[test]
+    fn parse_and_lookup() {
+        let a = Key::new(256, INODE_ITEM_KEY, 0);
+        let b = Key::new(257, INODE_ITEM_KEY, 0);
+        let buf = leaf_with(&[(a, b"aa"), (b, b"bbb")], 4096);
+        let blk = TreeBlock::parse(65536, buf, CsumType::Crc32c, &[7; 16], Expect::default()).unwrap();
+        assert_eq!(blk.nritems(), 2);
+        assert_eq!(blk.item_data(1), b"bbb");
+        assert_eq!(blk.slot_le(&Key::new(256, 5, 0)), Some(0));
+        assert_eq!(blk.slot_le(&Key::new(1, 0, 0)), None);
+        assert_eq!(blk.slot_le(&Key::MAX), Some(1));
+    }
+
+    #[test]
+    fn rejects_bad_blocks() {
+        let a = Key::new(256, INODE_ITEM_KEY, 0);
+        let buf = leaf_with(&[(a, b"aa")], 4096);
+        let mut bad = buf.clone();
+        bad[200] ^= 1;
+        assert_eq!(TreeBlock::parse(65536, bad, CsumType::Crc32c, &[7; 16], Expect::default()).unwrap_err(), BlockProblem::Csum);
+        assert!(matches!(
+            TreeBlock::parse(4096, buf.clone(), CsumType::Crc32c, &[7; 16], Expect::default()).unwrap_err(),
+            BlockProblem::Bytenr(65536)
+        ));
+        assert_eq!(TreeBlock::parse(65536, buf.clone(), CsumType::Crc32c, &[8; 16], Expect::default()).unwrap_err(), BlockProblem::Fsid);
+        // Item offset pointing outside the leaf, checksum made valid again.
+        let mut out = buf;
+        let at = HEADER_SIZE + 17;
+        out[at..at + 4].copy_from_slice(&5000u32.to_le_bytes());
+        let c = CsumType::Crc32c.compute(&out[32..]);
+        out[..32].copy_from_slice(&c);
+        assert!(matches!(
+            TreeBlock::parse(65536, out, CsumType::Crc32c, &[7; 16], Expect::default()).unwrap_err(),
+            BlockProblem::Structure(_)
+        ));
+    }
+}

@@ -1,0 +1,290 @@
+//! Reading B-trees: fetching verified tree blocks (trying every copy), and
+//! searching and iterating items in key order.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::block::{problem_error, BlockProblem, Expect, TreeBlock};
+use crate::error::{Error, Result};
+use crate::format::{CsumType, Key};
+use crate::volumes::Volume;
+
+/// Where a tree starts: its root block, level and generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RootPtr {
+    pub bytenr: u64,
+    pub level: u8,
+    pub generation: u64,
+    /// The tree's object id, for error messages.
+    pub owner: u64,
+}
+
+/// A copy that failed verification while another copy served the read.
+#[derive(Clone, Debug)]
+pub struct BadCopy {
+    pub logical: u64,
+    pub mirror: usize,
+    pub devid: Option<u64>,
+    pub physical: Option<u64>,
+    pub problem: String,
+}
+
+const CACHE_BLOCKS: usize = 8192;
+
+pub struct TreeReader {
+    pub vol: Arc<Volume>,
+    pub nodesize: u32,
+    pub csum: CsumType,
+    pub fsid: [u8; 16],
+    pub max_generation: u64,
+    cache: Mutex<HashMap<u64, Arc<TreeBlock>>>,
+    /// Bad copies noticed while reading, for the caller to report.
+    pub bad_copies: Mutex<Vec<BadCopy>>,
+}
+
+impl TreeReader {
+    pub fn new(vol: Arc<Volume>) -> Result<Self> {
+        let sb = vol.sb;
+        Ok(TreeReader {
+            nodesize: sb.nodesize.get(),
+            csum: sb.csum_kind()?,
+            fsid: sb.metadata_fsid(),
+            max_generation: sb.generation.get(),
+            vol,
+            cache: Mutex::new(HashMap::new()),
+            bad_copies: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Read one copy of a tree block and verify it.
+    pub fn read_copy(&self, logical: u64, mirror: usize, expect: Expect) -> std::result::Result<TreeBlock, BlockProblem> {
+        let mut buf = vec![0u8; self.nodesize as usize];
+        if let Err(e) = self.vol.read_copy(logical, &mut buf, mirror) {
+            return Err(BlockProblem::Structure(format!("read failed: {e}")));
+        }
+        TreeBlock::parse(logical, buf, self.csum, &self.fsid, expect)
+    }
+
+    /// Read a tree block, trying every copy until one verifies.
+    pub fn read_block(&self, logical: u64, expect: Expect, owner: Option<u64>) -> Result<Arc<TreeBlock>> {
+        if let Some(b) = self.cache.lock().map_err(|_| poisoned())?.get(&logical) {
+            if expect.level.is_none_or(|l| l == b.level()) && expect.generation.is_none_or(|g| g == b.generation()) {
+                return Ok(b.clone());
+            }
+        }
+        if logical % self.vol.sb.sectorsize.get() as u64 != 0 {
+            return Err(Error::corrupt(format!("tree block {logical}"), "address not sector aligned"));
+        }
+        let expect = Expect { max_generation: Some(self.max_generation), ..expect };
+        let copies = self.vol.num_copies(logical).map_err(|e| e.within(format!("tree block {logical}")))?;
+        let mut problems = Vec::new();
+        for mirror in 0..copies {
+            match self.read_copy(logical, mirror, expect) {
+                Ok(b) => {
+                    let b = Arc::new(b);
+                    self.note_bad(logical, &problems);
+                    let mut cache = self.cache.lock().map_err(|_| poisoned())?;
+                    if cache.len() >= CACHE_BLOCKS {
+                        cache.clear();
+                    }
+                    cache.insert(logical, b.clone());
+                    return Ok(b);
+                }
+                Err(p) => problems.push((mirror, p)),
+            }
+        }
+        Err(problem_error(logical, owner, &problems))
+    }
+
+    fn note_bad(&self, logical: u64, problems: &[(usize, BlockProblem)]) {
+        if problems.is_empty() {
+            return;
+        }
+        if let Ok(mut v) = self.bad_copies.lock() {
+            for (mirror, p) in problems {
+                let loc = self.vol.locate(logical, *mirror).ok();
+                v.push(BadCopy {
+                    logical,
+                    mirror: *mirror,
+                    devid: loc.map(|l| l.devid),
+                    physical: loc.map(|l| l.physical),
+                    problem: p.to_string(),
+                });
+            }
+        }
+    }
+
+    pub fn take_bad_copies(&self) -> Vec<BadCopy> {
+        self.bad_copies.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    }
+
+    pub fn root_block(&self, root: &RootPtr) -> Result<Arc<TreeBlock>> {
+        self.read_block(
+            root.bytenr,
+            Expect { level: Some(root.level), generation: Some(root.generation), max_generation: None },
+            Some(root.owner),
+        )
+    }
+
+    /// Child `slot` of node `parent`, verified against the parent's pointer.
+    pub fn child(&self, parent: &TreeBlock, slot: usize, owner: u64) -> Result<Arc<TreeBlock>> {
+        let (_, ptr, gen) = parent.ptr(slot);
+        self.read_block(
+            ptr,
+            Expect { level: Some(parent.level() - 1), generation: Some(gen), max_generation: None },
+            Some(owner),
+        )
+    }
+
+    /// Position a cursor at the first item with key >= `key`.
+    pub fn seek(&self, root: &RootPtr, key: Key) -> Result<Cursor<'_>> {
+        let mut c = Cursor { reader: self, owner: root.owner, path: Vec::new(), last: None };
+        let mut block = self.root_block(root)?;
+        loop {
+            if block.is_leaf() {
+                // First slot with key >= target.
+                let slot = match block.slot_le(&key) {
+                    Some(s) if block.key(s) == key => s,
+                    Some(s) => s + 1,
+                    None => 0,
+                };
+                c.path.push((block, slot));
+                return Ok(c);
+            }
+            let slot = block.slot_le(&key).unwrap_or(0);
+            let child = self.child(&block, slot, root.owner)?;
+            c.path.push((block, slot));
+            block = child;
+        }
+    }
+
+    /// Every item with min <= key <= max, in order.
+    pub fn range(&self, root: &RootPtr, min: Key, max: Key) -> Result<Vec<(Key, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mut c = self.seek(root, min)?;
+        while let Some(item) = c.next_item()? {
+            if item.key > max {
+                break;
+            }
+            out.push((item.key, item.data().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Body of the item with exactly this key.
+    pub fn lookup(&self, root: &RootPtr, key: Key) -> Result<Option<Vec<u8>>> {
+        let mut c = self.seek(root, key)?;
+        Ok(match c.next_item()? {
+            Some(item) if item.key == key => Some(item.data().to_vec()),
+            _ => None,
+        })
+    }
+
+    /// Position a cursor at the last item with key <= `key` (or at the first
+    /// item when every key is greater).
+    pub fn seek_le(&self, root: &RootPtr, key: Key) -> Result<Cursor<'_>> {
+        let mut c = Cursor { reader: self, owner: root.owner, path: Vec::new(), last: None };
+        let mut block = self.root_block(root)?;
+        loop {
+            let slot = block.slot_le(&key).unwrap_or(0);
+            if block.is_leaf() {
+                c.path.push((block, slot));
+                return Ok(c);
+            }
+            let child = self.child(&block, slot, root.owner)?;
+            c.path.push((block, slot));
+            block = child;
+        }
+    }
+
+    /// The last item with key <= `key` among keys with the same objectid and type.
+    pub fn lookup_le(&self, root: &RootPtr, key: Key) -> Result<Option<(Key, Vec<u8>)>> {
+        let mut c = self.seek_le(root, key)?;
+        let mut found = None;
+        while let Some(item) = c.next_item()? {
+            if item.key > key {
+                break;
+            }
+            if item.key.objectid == key.objectid && item.key.item_type == key.item_type {
+                found = Some((item.key, item.data().to_vec()));
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Invalid("internal lock poisoned".into())
+}
+
+/// An item found by a cursor: the leaf that holds it and its slot.
+pub struct ItemRef {
+    pub key: Key,
+    pub leaf: Arc<TreeBlock>,
+    pub slot: usize,
+}
+
+impl ItemRef {
+    pub fn data(&self) -> &[u8] {
+        self.leaf.item_data(self.slot)
+    }
+}
+
+/// Walks items in key order from a position; verifies that keys keep
+/// increasing across leaves, so a damaged tree cannot make it loop.
+pub struct Cursor<'a> {
+    reader: &'a TreeReader,
+    owner: u64,
+    path: Vec<(Arc<TreeBlock>, usize)>,
+    last: Option<Key>,
+}
+
+impl Cursor<'_> {
+    pub fn next_item(&mut self) -> Result<Option<ItemRef>> {
+        loop {
+            let Some((leaf, slot)) = self.path.last().cloned() else { return Ok(None) };
+            if slot < leaf.nritems() {
+                if let Some(l) = self.path.last_mut() {
+                    l.1 += 1;
+                }
+                let key = leaf.key(slot);
+                if let Some(prev) = self.last {
+                    if key <= prev {
+                        return Err(Error::corrupt(
+                            format!("tree block {} ({})", leaf.logical, tree_label(self.owner)),
+                            format!("key {key} follows {prev}: tree out of order or looping"),
+                        ));
+                    }
+                }
+                self.last = Some(key);
+                return Ok(Some(ItemRef { key, leaf, slot }));
+            }
+            // Leaf exhausted: climb until a node has a next pointer, then descend leftmost.
+            self.path.pop();
+            loop {
+                let Some((node, slot)) = self.path.last_mut() else { return Ok(None) };
+                *slot += 1;
+                if *slot < node.nritems() {
+                    let node = node.clone();
+                    let slot = *slot;
+                    let mut block = self.reader.child(&node, slot, self.owner)?;
+                    loop {
+                        if block.is_leaf() {
+                            self.path.push((block, 0));
+                            break;
+                        }
+                        let child = self.reader.child(&block, 0, self.owner)?;
+                        self.path.push((block, 0));
+                        block = child;
+                    }
+                    break;
+                }
+                self.path.pop();
+            }
+        }
+    }
+}
+
+fn tree_label(owner: u64) -> String {
+    crate::format::types::tree_name(owner).map(str::to_string).unwrap_or_else(|| format!("tree {owner}"))
+}

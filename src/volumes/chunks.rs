@@ -1,0 +1,223 @@
+//! The chunk map: logical address ranges to stripes on devices, per profile.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::format::items::ChunkInfo;
+use crate::format::Profile;
+
+/// One physical place holding a copy of some logical bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhysAddr {
+    pub devid: u64,
+    pub physical: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct MapEntry {
+    pub logical: u64,
+    pub chunk: ChunkInfo,
+    pub profile: Profile,
+}
+
+impl MapEntry {
+    pub fn end(&self) -> u64 {
+        self.logical.saturating_add(self.chunk.length)
+    }
+
+    /// How many copies a read can choose between.
+    pub fn num_copies(&self) -> usize {
+        match self.profile {
+            Profile::Single | Profile::Raid0 => 1,
+            Profile::Dup | Profile::Raid1 | Profile::Raid1C3 | Profile::Raid1C4 => self.chunk.stripes.len(),
+            Profile::Raid10 => self.chunk.sub_stripes.max(1) as usize,
+            Profile::Raid5 | Profile::Raid6 => 1,
+        }
+    }
+
+    /// Where every copy of `logical` lives, and how many bytes from `logical`
+    /// stay contiguous on each of them (to the end of the stripe unit or chunk).
+    pub fn map(&self, logical: u64) -> Result<(Vec<PhysAddr>, u64)> {
+        let at = || format!("chunk {} ({})", self.logical, self.profile);
+        if logical < self.logical || logical >= self.end() {
+            return Err(Error::corrupt(at(), format!("logical {logical} outside chunk")));
+        }
+        let off = logical - self.logical;
+        let stripes = &self.chunk.stripes;
+        let to_chunk_end = self.end() - logical;
+        match self.profile {
+            Profile::Single | Profile::Dup | Profile::Raid1 | Profile::Raid1C3 | Profile::Raid1C4 => {
+                let v = stripes.iter().map(|s| PhysAddr { devid: s.devid, physical: s.offset + off }).collect();
+                Ok((v, to_chunk_end))
+            }
+            Profile::Raid0 | Profile::Raid10 => {
+                let stripe_len = self.chunk.stripe_len;
+                let sub = if self.profile == Profile::Raid10 { self.chunk.sub_stripes.max(1) as u64 } else { 1 };
+                let n = stripes.len() as u64;
+                if stripe_len == 0 || n % sub != 0 {
+                    return Err(Error::corrupt(at(), "bad stripe_len or stripe count"));
+                }
+                let factor = n / sub;
+                let stripe_nr = off / stripe_len;
+                let in_stripe = off % stripe_len;
+                let first = (stripe_nr % factor) * sub;
+                let row = stripe_nr / factor;
+                let v = (0..sub)
+                    .map(|j| {
+                        let s = &stripes[(first + j) as usize];
+                        PhysAddr { devid: s.devid, physical: s.offset + row * stripe_len + in_stripe }
+                    })
+                    .collect();
+                Ok((v, (stripe_len - in_stripe).min(to_chunk_end)))
+            }
+            Profile::Raid5 | Profile::Raid6 => {
+                Err(Error::Unsupported(format!("{}: reading RAID5/RAID6 chunks", at())))
+            }
+        }
+    }
+}
+
+/// Validate a chunk item's shape against its profile.
+pub fn check_chunk(logical: u64, c: &ChunkInfo) -> Result<Profile> {
+    let at = format!("chunk item at logical {logical}");
+    let profile = Profile::from_flags(c.chunk_type)
+        .ok_or_else(|| Error::corrupt(&at, format!("several profile bits set in type {:#x}", c.chunk_type)))?;
+    if c.length == 0 {
+        return Err(Error::corrupt(&at, "length 0"));
+    }
+    if logical.checked_add(c.length).is_none() {
+        return Err(Error::corrupt(&at, "length overflows"));
+    }
+    let n = c.stripes.len();
+    let ok = match profile {
+        Profile::Single => n == 1,
+        Profile::Dup => n == 2,
+        Profile::Raid1 => n == 2,
+        Profile::Raid1C3 => n == 3,
+        Profile::Raid1C4 => n == 4,
+        Profile::Raid0 => n >= 1,
+        Profile::Raid10 => n >= 2 && c.sub_stripes >= 1 && n % c.sub_stripes as usize == 0,
+        Profile::Raid5 => n >= 2,
+        Profile::Raid6 => n >= 3,
+    };
+    if !ok {
+        return Err(Error::corrupt(&at, format!("{n} stripes do not fit profile {profile}")));
+    }
+    if matches!(profile, Profile::Raid0 | Profile::Raid10 | Profile::Raid5 | Profile::Raid6)
+        && (c.stripe_len == 0 || !c.stripe_len.is_power_of_two())
+    {
+        return Err(Error::corrupt(&at, format!("stripe_len {} is not a power of two", c.stripe_len)));
+    }
+    Ok(profile)
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ChunkMap {
+    entries: BTreeMap<u64, MapEntry>,
+}
+
+impl ChunkMap {
+    pub fn insert(&mut self, logical: u64, chunk: ChunkInfo) -> Result<()> {
+        let profile = check_chunk(logical, &chunk)?;
+        let end = logical + chunk.length;
+        if let Some((_, prev)) = self.entries.range(..end).next_back() {
+            if prev.logical != logical && prev.end() > logical {
+                return Err(Error::corrupt(
+                    format!("chunk at logical {logical}"),
+                    format!("overlaps chunk at {}", prev.logical),
+                ));
+            }
+        }
+        self.entries.insert(logical, MapEntry { logical, chunk, profile });
+        Ok(())
+    }
+
+    pub fn lookup(&self, logical: u64) -> Result<&MapEntry> {
+        self.entries
+            .range(..=logical)
+            .next_back()
+            .map(|(_, e)| e)
+            .filter(|e| logical < e.end())
+            .ok_or_else(|| Error::corrupt(format!("logical {logical}"), "not inside any chunk"))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &MapEntry> {
+        self.entries.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::items::StripeInfo;
+    use crate::format::*;
+
+    fn chunk(flags: u64, devs: &[(u64, u64)], sub: u16) -> ChunkInfo {
+        ChunkInfo {
+            length: 1 << 30,
+            owner: 2,
+            stripe_len: STRIPE_LEN,
+            chunk_type: flags,
+            io_align: 65536,
+            io_width: 65536,
+            sector_size: 4096,
+            sub_stripes: sub,
+            stripes: devs.iter().map(|&(devid, offset)| StripeInfo { devid, offset, dev_uuid: [0; 16] }).collect(),
+        }
+    }
+
+    #[test]
+    fn raid1_maps_both() {
+        let mut m = ChunkMap::default();
+        m.insert(1 << 30, chunk(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID1, &[(1, 1 << 20), (2, 2 << 20)], 1)).unwrap();
+        let (v, len) = m.lookup((1 << 30) + 5).unwrap().map((1 << 30) + 5).unwrap();
+        assert_eq!(v, vec![PhysAddr { devid: 1, physical: (1 << 20) + 5 }, PhysAddr { devid: 2, physical: (2 << 20) + 5 }]);
+        assert_eq!(len, (1 << 30) - 5);
+        assert!(m.lookup(5).is_err());
+        assert!(m.lookup(2 << 30).is_err());
+    }
+
+    #[test]
+    fn raid10_rotation() {
+        let e = MapEntry {
+            logical: 0,
+            chunk: chunk(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID10, &[(1, 0), (2, 0), (3, 0), (4, 0)], 2),
+            profile: Profile::Raid10,
+        };
+        // Stripe unit 0 on devices 1,2; unit 1 on 3,4; unit 2 back on 1,2 one row down.
+        let (v, len) = e.map(10).unwrap();
+        assert_eq!(v.iter().map(|p| p.devid).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(len, STRIPE_LEN - 10);
+        let (v, _) = e.map(STRIPE_LEN + 1).unwrap();
+        assert_eq!(v, vec![PhysAddr { devid: 3, physical: 1 }, PhysAddr { devid: 4, physical: 1 }]);
+        let (v, _) = e.map(2 * STRIPE_LEN).unwrap();
+        assert_eq!(v, vec![PhysAddr { devid: 1, physical: STRIPE_LEN }, PhysAddr { devid: 2, physical: STRIPE_LEN }]);
+    }
+
+    #[test]
+    fn raid0_rotation() {
+        let e = MapEntry {
+            logical: 0,
+            chunk: chunk(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID0, &[(1, 100), (2, 200)], 1),
+            profile: Profile::Raid0,
+        };
+        assert_eq!(e.map(STRIPE_LEN * 3 + 7).unwrap().0, vec![PhysAddr { devid: 2, physical: 200 + STRIPE_LEN + 7 }]);
+    }
+
+    #[test]
+    fn bad_shapes_rejected() {
+        assert!(check_chunk(0, &chunk(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID1, &[(1, 0)], 1)).is_err());
+        assert!(check_chunk(0, &chunk(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID1 | BLOCK_GROUP_DUP, &[(1, 0), (1, 5)], 1)).is_err());
+        let mut m = ChunkMap::default();
+        m.insert(0, chunk(BLOCK_GROUP_DATA, &[(1, 0)], 1)).unwrap();
+        assert!(m.insert(1 << 29, chunk(BLOCK_GROUP_DATA, &[(1, 0)], 1)).is_err(), "overlap");
+    }
+}

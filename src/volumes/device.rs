@@ -1,0 +1,125 @@
+//! One image file acting as one btrfs device: positioned reads and writes,
+//! and finding its valid superblock copies.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::superblock::{parse_super, SuperProblem};
+use crate::format::{SuperBlock, SUPER_INFO_SIZE, SUPER_MIRROR_OFFSETS};
+
+/// What was found at one superblock location.
+#[derive(Debug, Clone)]
+pub struct SuperCopy {
+    pub index: usize,
+    pub offset: u64,
+    pub result: std::result::Result<SuperBlock, SuperProblem>,
+}
+
+#[derive(Debug)]
+pub struct Device {
+    pub path: PathBuf,
+    pub file: File,
+    pub size: u64,
+    /// The valid superblock copy with the highest generation on this device.
+    pub sb: SuperBlock,
+    pub devid: u64,
+}
+
+impl Device {
+    /// Open an image read-only and pick its best superblock copy. An image
+    /// with no valid copy is an error naming each copy's problem.
+    pub fn open(path: &Path, writable: bool) -> Result<Device> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|e| Error::io(path, "open", e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+        let size = if meta.file_type().is_block_device() { block_device_size(&file, path)? } else { meta.len() };
+        let copies = read_super_copies(&file, path, size, false)?;
+        let best = copies
+            .iter()
+            .filter_map(|c| c.result.as_ref().ok().filter(|sb| sb.bytenr.get() == c.offset))
+            .max_by_key(|sb| sb.generation.get())
+            .copied();
+        match best {
+            Some(sb) => Ok(Device { path: path.to_path_buf(), file, size, devid: sb.dev_item.devid.get(), sb }),
+            None => {
+                let why: Vec<String> = copies
+                    .iter()
+                    .map(|c| match &c.result {
+                        Ok(_) => format!("copy {} at {}: bytenr field does not match its location", c.index, c.offset),
+                        Err(p) => format!("copy {} at {}: {p}", c.index, c.offset),
+                    })
+                    .collect();
+                if size < SUPER_MIRROR_OFFSETS[0] + SUPER_INFO_SIZE as u64 {
+                    return Err(Error::Devices(format!(
+                        "{}: not a btrfs image: {size} bytes is too small to hold a superblock",
+                        path.display()
+                    )));
+                }
+                Err(Error::Devices(format!("{}: no valid btrfs superblock ({})", path.display(), why.join("; "))))
+            }
+        }
+    }
+
+    pub fn read_exact_at(&self, physical: u64, buf: &mut [u8]) -> Result<()> {
+        let end = physical.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.size) {
+            return Err(Error::io(
+                &self.path,
+                format!("read {} bytes at {physical}", buf.len()),
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "beyond the end of the image (truncated?)"),
+            ));
+        }
+        self.file
+            .read_exact_at(buf, physical)
+            .map_err(|e| Error::io(&self.path, format!("read {} bytes at {physical}", buf.len()), e))
+    }
+
+    pub fn write_all_at(&self, physical: u64, buf: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(buf, physical)
+            .map_err(|e| Error::io(&self.path, format!("write {} bytes at {physical}", buf.len()), e))
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, "fsync", e))
+    }
+
+    /// Every superblock copy location that fits on this device, decoded.
+    pub fn super_copies(&self) -> Result<Vec<SuperCopy>> {
+        read_super_copies(&self.file, &self.path, self.size, true)
+    }
+}
+
+fn read_super_copies(file: &File, path: &Path, size: u64, all: bool) -> Result<Vec<SuperCopy>> {
+    let mut out = Vec::new();
+    for (index, &offset) in SUPER_MIRROR_OFFSETS.iter().enumerate() {
+        if offset + SUPER_INFO_SIZE as u64 > size {
+            break;
+        }
+        let mut buf = vec![0u8; SUPER_INFO_SIZE];
+        let result = match file.read_exact_at(&mut buf, offset) {
+            Ok(()) => parse_super(&buf),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(SuperProblem::TooShort),
+            Err(e) => return Err(Error::io(path, format!("read superblock at {offset}"), e)),
+        };
+        out.push(SuperCopy { index, offset, result });
+        if !all && index == 0 && out[0].result.is_err() {
+            // Keep looking: a damaged primary copy is exactly when the mirrors matter.
+            continue;
+        }
+    }
+    Ok(out)
+}
+
+fn block_device_size(file: &File, path: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = file.try_clone().map_err(|e| Error::io(path, "dup", e))?;
+    f.seek(SeekFrom::End(0)).map_err(|e| Error::io(path, "seek", e))
+}
+
+use std::os::unix::fs::FileTypeExt;

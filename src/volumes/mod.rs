@@ -1,0 +1,180 @@
+//! The device set: which image files form the filesystem, the chunk map from
+//! logical addresses to stripes on them, and reading/writing copies. This is
+//! the only layer that touches image files.
+
+pub mod chunks;
+pub mod device;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+pub use chunks::{ChunkMap, MapEntry, PhysAddr};
+pub use device::Device;
+
+use crate::error::{Error, Result};
+use crate::format::types::uuid_string;
+use crate::format::SuperBlock;
+
+/// How to find the devices of a filesystem.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Any one device of the filesystem.
+    pub image: PathBuf,
+    /// The other devices; when empty, the image's directory is searched for
+    /// regular files carrying the same fsid.
+    pub devices: Vec<PathBuf>,
+    /// Read from the remaining copies when devices are missing.
+    pub degraded: bool,
+    pub writable: bool,
+}
+
+#[derive(Debug)]
+pub struct Volume {
+    pub devices: BTreeMap<u64, Device>,
+    /// The newest valid superblock across the devices; it names the roots.
+    pub sb: SuperBlock,
+    pub chunks: ChunkMap,
+    /// Devids the filesystem has (from the chunk tree's dev items) that were not found.
+    pub missing: BTreeSet<u64>,
+    pub degraded: bool,
+}
+
+impl Volume {
+    pub fn open(opts: &OpenOptions) -> Result<Volume> {
+        let first = Device::open(&opts.image, opts.writable)?;
+        let fsid = first.sb.fsid;
+        let first_canon = canonical(&opts.image);
+        let mut devices: BTreeMap<u64, Device> = BTreeMap::new();
+        devices.insert(first.devid, first);
+
+        let explicit = !opts.devices.is_empty();
+        let candidates: Vec<PathBuf> = if explicit {
+            opts.devices.clone()
+        } else if devices.values().next().is_some_and(|d| d.sb.num_devices.get() > 1) {
+            sibling_files(&opts.image)
+        } else {
+            Vec::new()
+        };
+        let mut seen = BTreeSet::new();
+        seen.insert(first_canon);
+        for path in candidates {
+            if !seen.insert(canonical(&path)) {
+                continue;
+            }
+            let dev = match Device::open(&path, opts.writable) {
+                Ok(d) => d,
+                Err(e) if explicit => return Err(e),
+                Err(_) => continue,
+            };
+            if dev.sb.fsid != fsid {
+                if explicit {
+                    return Err(Error::Devices(format!(
+                        "{} belongs to another filesystem (fsid {}, expected {})",
+                        path.display(),
+                        uuid_string(&dev.sb.fsid),
+                        uuid_string(&fsid)
+                    )));
+                }
+                continue;
+            }
+            if let Some(other) = devices.get(&dev.devid) {
+                return Err(Error::Devices(format!(
+                    "{} and {} both claim to be devid {} of filesystem {}",
+                    other.path.display(),
+                    path.display(),
+                    dev.devid,
+                    uuid_string(&fsid)
+                )));
+            }
+            devices.insert(dev.devid, dev);
+        }
+        let sb = devices
+            .values()
+            .max_by_key(|d| d.sb.generation.get())
+            .map(|d| d.sb)
+            .ok_or_else(|| Error::Devices("no devices".into()))?;
+        Ok(Volume { devices, sb, chunks: ChunkMap::default(), missing: BTreeSet::new(), degraded: opts.degraded })
+    }
+
+    /// Record the devids the chunk tree lists; fail on missing ones unless degraded.
+    pub fn expect_devices(&mut self, devids: &BTreeSet<u64>) -> Result<()> {
+        self.missing = devids.iter().copied().filter(|d| !self.devices.contains_key(d)).collect();
+        let extra: Vec<u64> = self.devices.keys().copied().filter(|d| !devids.contains(d)).collect();
+        if !extra.is_empty() {
+            return Err(Error::Devices(format!(
+                "devid(s) {} are not part of filesystem {} any more",
+                join(&extra),
+                uuid_string(&self.sb.fsid)
+            )));
+        }
+        if !self.missing.is_empty() && !self.degraded {
+            let present: Vec<String> =
+                self.devices.values().map(|d| format!("devid {} = {}", d.devid, d.path.display())).collect();
+            return Err(Error::Devices(format!(
+                "filesystem {} is missing devid(s) {} (found {}); name them with --device PATH, or use --degraded",
+                uuid_string(&self.sb.fsid),
+                join(&self.missing.iter().copied().collect::<Vec<_>>()),
+                present.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn device(&self, devid: u64) -> Result<&Device> {
+        self.devices.get(&devid).ok_or_else(|| Error::Devices(format!("devid {devid} is missing")))
+    }
+
+    pub fn num_copies(&self, logical: u64) -> Result<usize> {
+        Ok(self.chunks.lookup(logical)?.num_copies())
+    }
+
+    /// Read `buf.len()` bytes at `logical` from copy `mirror` (0-based),
+    /// following the stripes across stripe-unit and chunk boundaries.
+    pub fn read_copy(&self, logical: u64, buf: &mut [u8], mirror: usize) -> Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = logical + done as u64;
+            let entry = self.chunks.lookup(pos)?;
+            let (copies, contiguous) = entry.map(pos)?;
+            let addr = copies.get(mirror).ok_or_else(|| {
+                Error::Invalid(format!("logical {pos}: no copy {} (chunk has {})", mirror + 1, copies.len()))
+            })?;
+            let n = ((buf.len() - done) as u64).min(contiguous) as usize;
+            self.device(addr.devid)?.read_exact_at(addr.physical, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Where copy `mirror` of `logical` lives.
+    pub fn locate(&self, logical: u64, mirror: usize) -> Result<PhysAddr> {
+        let (copies, _) = self.chunks.lookup(logical)?.map(logical)?;
+        copies.get(mirror).copied().ok_or_else(|| Error::Invalid(format!("logical {logical}: no copy {}", mirror + 1)))
+    }
+}
+
+fn join(v: &[u64]) -> String {
+    v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Regular files next to `image`, in name order (so discovery is deterministic).
+fn sibling_files(image: &Path) -> Vec<PathBuf> {
+    let dir = match image.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut out: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .map(|e| e.path())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort();
+    out
+}
