@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod error;
 pub mod format;
 pub mod fs;

@@ -146,6 +146,9 @@ pub const FIRST_FREE_OBJECTID: u64 = 256;
 pub const LAST_FREE_OBJECTID: u64 = -256i64 as u64;
 pub const FIRST_CHUNK_TREE_OBJECTID: u64 = 256;
 pub const DEV_ITEMS_OBJECTID: u64 = 1;
+/// The kernel shows a subvolume entry whose subvolume is not linked there
+/// (e.g. a nested subvolume inside a snapshot) as an empty directory with this inode number.
+pub const EMPTY_SUBVOL_DIR_OBJECTID: u64 = 2;
 
 // ---- item key types ----
 pub const INODE_ITEM_KEY: u8 = 1;

@@ -79,6 +79,30 @@ impl Inode {
         })
     }
 
+    /// The directory the kernel invents for an unlinked subvolume entry:
+    /// mode 0755, owned by root, one link, no times of its own.
+    pub fn empty_subvol_placeholder(id: InodeId) -> Inode {
+        Inode {
+            id,
+            file_type: FileType::Directory,
+            mode: crate::format::S_IFDIR | 0o755,
+            size: 0,
+            nbytes: 0,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            flags: 0,
+            generation: 0,
+            transid: 0,
+            sequence: 0,
+            atime: Timespec::default(),
+            ctime: Timespec::default(),
+            mtime: Timespec::default(),
+            otime: Timespec::default(),
+        }
+    }
+
     pub fn permissions(&self) -> u32 {
         self.mode & 0o7777
     }

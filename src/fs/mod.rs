@@ -173,6 +173,9 @@ impl Filesystem {
     }
 
     pub fn inode(&self, id: InodeId) -> Result<Inode> {
+        if id.ino == EMPTY_SUBVOL_DIR_OBJECTID {
+            return Ok(Inode::empty_subvol_placeholder(id));
+        }
         let root = self.tree_root(id.subvol)?;
         let data = self
             .reader
@@ -183,6 +186,9 @@ impl Filesystem {
 
     /// Entries of a directory in index (creation) order.
     pub fn read_dir(&self, dir: InodeId) -> Result<Vec<DirEnt>> {
+        if dir.ino == EMPTY_SUBVOL_DIR_OBJECTID {
+            return Ok(Vec::new());
+        }
         let root = self.tree_root(dir.subvol)?;
         let items = self.reader.range(
             &root,
@@ -206,6 +212,15 @@ impl Filesystem {
             INODE_ITEM_KEY => Ok(DirEnt { name: e.name, id: InodeId { subvol: dir.subvol, ino: e.location.objectid }, file_type, subvol: false }),
             ROOT_ITEM_KEY => {
                 let subvol = e.location.objectid;
+                if !self.subvol_linked_at(dir, subvol, &e.name)? {
+                    // Like the kernel: an empty read-only directory stands in.
+                    return Ok(DirEnt {
+                        name: e.name,
+                        id: InodeId { subvol: dir.subvol, ino: EMPTY_SUBVOL_DIR_OBJECTID },
+                        file_type: FileType::Directory,
+                        subvol: false,
+                    });
+                }
                 let dirid = match self.root_item(subvol)? {
                     Some((_, ri)) => ri.root_dirid.get(),
                     None => return Err(Error::corrupt(at(), format!("subvolume {subvol} has no root item"))),
@@ -213,6 +228,20 @@ impl Filesystem {
                 Ok(DirEnt { name: e.name, id: InodeId { subvol, ino: dirid }, file_type: FileType::Directory, subvol: true })
             }
             t => Err(Error::corrupt(at(), format!("location key type {t}"))),
+        }
+    }
+
+    /// Whether the root tree has the ROOT_REF that links subvolume `child`
+    /// under this name in `dir`; snapshots carry entries for nested subvolumes
+    /// without one.
+    fn subvol_linked_at(&self, dir: InodeId, child: u64, name: &[u8]) -> Result<bool> {
+        let root = self.tree_root(ROOT_TREE_OBJECTID)?;
+        match self.reader.lookup(&root, Key::new(dir.subvol, ROOT_REF_KEY, child))? {
+            Some(data) => {
+                let r = items::parse_root_ref(&data).map_err(|e| e.within(format!("root ref {} -> {child}", dir.subvol)))?;
+                Ok(r.dirid == dir.ino && r.name == name)
+            }
+            None => Ok(false),
         }
     }
 

@@ -65,6 +65,20 @@ impl Device {
         }
     }
 
+    /// Open an image without requiring a valid superblock, for tools that show
+    /// damaged superblocks (`dump-super`). `sb` is zeroed when no copy is valid.
+    pub fn open_raw(path: &Path) -> Result<Device> {
+        use zerocopy::FromZeros;
+        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+        let size = if meta.file_type().is_block_device() { block_device_size(&file, path)? } else { meta.len() };
+        let sb = read_super_copies(&file, path, size, true)?
+            .into_iter()
+            .find_map(|c| c.result.ok())
+            .unwrap_or_else(SuperBlock::new_zeroed);
+        Ok(Device { path: path.to_path_buf(), file, size, devid: sb.dev_item.devid.get(), sb })
+    }
+
     pub fn read_exact_at(&self, physical: u64, buf: &mut [u8]) -> Result<()> {
         let end = physical.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > self.size) {

@@ -1,0 +1,139 @@
+//! `ls`: directory listings in short and long (`ls -l`-like) form.
+
+use std::io::Write;
+
+use crate::error::{Error, Result};
+use crate::format::FileType;
+use crate::fs::{DirEnt, Filesystem, Inode, Timespec};
+
+pub struct LsOptions {
+    pub long: bool,
+    pub recursive: bool,
+}
+
+/// List `path` (a directory's entries, or a single non-directory) to `out`.
+pub fn ls(fs: &Filesystem, path: &str, opts: &LsOptions, out: &mut dyn Write) -> Result<()> {
+    let ent = fs.resolve(path)?;
+    if ent.file_type != FileType::Directory {
+        let name = path.trim_end_matches('/').rsplit('/').next().unwrap_or(path).as_bytes().to_vec();
+        return print_entry(fs, &DirEnt { name, ..ent }, opts.long, out);
+    }
+    let shown = if path.is_empty() { "/".to_string() } else { path.to_string() };
+    list_dir(fs, &ent, &shown, opts, out, 0)
+}
+
+fn list_dir(fs: &Filesystem, dir: &DirEnt, shown: &str, opts: &LsOptions, out: &mut dyn Write, depth: usize) -> Result<()> {
+    if depth > 4096 {
+        return Err(Error::corrupt(shown, "directory nesting deeper than 4096 (loop?)"));
+    }
+    let entries = fs.read_dir(dir.id)?;
+    if opts.recursive {
+        w(writeln!(out, "{shown}:"))?;
+    }
+    for e in &entries {
+        print_entry(fs, e, opts.long, out)?;
+    }
+    if opts.recursive {
+        for e in entries.iter().filter(|e| e.file_type == FileType::Directory) {
+            w(writeln!(out))?;
+            let child = format!("{}/{}", shown.trim_end_matches('/'), String::from_utf8_lossy(&e.name));
+            list_dir(fs, e, &child, opts, out, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_entry(fs: &Filesystem, e: &DirEnt, long: bool, out: &mut dyn Write) -> Result<()> {
+    let name = String::from_utf8_lossy(&e.name);
+    if !long {
+        return w(writeln!(out, "{name}"));
+    }
+    let ino = fs.inode(e.id)?;
+    let mut line = format!(
+        "{} {:>3} {:>5} {:>5} {:>10} {} {}",
+        mode_string(&ino),
+        ino.nlink,
+        ino.uid,
+        ino.gid,
+        size_field(&ino),
+        format_time(ino.mtime),
+        name
+    );
+    if ino.file_type == FileType::Symlink {
+        line.push_str(" -> ");
+        line.push_str(&String::from_utf8_lossy(&fs.read_link(e.id)?));
+    }
+    w(writeln!(out, "{line}"))
+}
+
+fn size_field(ino: &Inode) -> String {
+    match ino.file_type {
+        FileType::CharDevice | FileType::BlockDevice => {
+            let (ma, mi) = ino.rdev_major_minor();
+            format!("{ma}, {mi}")
+        }
+        _ => ino.size.to_string(),
+    }
+}
+
+/// `drwxr-xr-x`-style mode string, with s/S/t/T for setuid, setgid and sticky.
+pub fn mode_string(ino: &Inode) -> String {
+    let m = ino.mode;
+    let mut s = String::with_capacity(10);
+    s.push(ino.file_type.ls_char());
+    let bit = |b: u32, c: char| if m & b != 0 { c } else { '-' };
+    let special = |x: u32, sp: u32, lower: char, upper: char| match (m & x != 0, m & sp != 0) {
+        (true, true) => lower,
+        (false, true) => upper,
+        (true, false) => 'x',
+        (false, false) => '-',
+    };
+    s.push(bit(0o400, 'r'));
+    s.push(bit(0o200, 'w'));
+    s.push(special(0o100, 0o4000, 's', 'S'));
+    s.push(bit(0o040, 'r'));
+    s.push(bit(0o020, 'w'));
+    s.push(special(0o010, 0o2000, 's', 'S'));
+    s.push(bit(0o004, 'r'));
+    s.push(bit(0o002, 'w'));
+    s.push(special(0o001, 0o1000, 't', 'T'));
+    s
+}
+
+/// UTC `YYYY-MM-DD HH:MM:SS.nnnnnnnnn`, computed without a time zone database.
+pub fn format_time(t: Timespec) -> String {
+    let days = t.sec.div_euclid(86400);
+    let secs = t.sec.rem_euclid(86400);
+    let (y, mo, d) = civil_from_days(days);
+    format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}.{:09}", secs / 3600, secs % 3600 / 60, secs % 60, t.nsec)
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn w(r: std::io::Result<()>) -> Result<()> {
+    r.map_err(|e| Error::io("<stdout>", "write", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(format_time(Timespec { sec: 0, nsec: 0 }), "1970-01-01 00:00:00.000000000");
+        assert_eq!(format_time(Timespec { sec: 1_614_834_367, nsec: 123_456_789 }), "2021-03-04 05:06:07.123456789");
+        assert_eq!(format_time(Timespec { sec: -1, nsec: 0 }), "1969-12-31 23:59:59.000000000");
+    }
+}
