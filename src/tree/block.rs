@@ -313,4 +313,53 @@ mod tests {
             BlockProblem::Structure(_)
         ));
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any bytes with a valid checksum either parse into a block whose
+            /// accessors stay in bounds, or are refused; never a panic.
+            #[test]
+            fn arbitrary_blocks_never_panic(mut body in proptest::collection::vec(any::<u8>(), 4096), nritems in 0u32..200, level in 0u8..10) {
+                body[32..48].copy_from_slice(&[7; 16]);
+                body[48..56].copy_from_slice(&65536u64.to_le_bytes());
+                body[96..100].copy_from_slice(&nritems.to_le_bytes());
+                body[100] = level;
+                let c = CsumType::Crc32c.compute(&body[32..]);
+                body[..32].copy_from_slice(&c);
+                if let Ok(b) = TreeBlock::parse(65536, body, CsumType::Crc32c, &[7; 16], Expect::default()) {
+                    for i in 0..b.nritems() {
+                        let _ = b.key(i);
+                        if b.is_leaf() {
+                            let _ = b.item_data(i);
+                        } else {
+                            let _ = b.ptr(i);
+                        }
+                    }
+                    let _ = b.slot_le(&Key::new(256, 1, 0));
+                }
+            }
+
+            /// Every item decoder refuses or accepts arbitrary bodies without panicking.
+            #[test]
+            fn item_decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600), ty in any::<u8>()) {
+                use crate::format::items::*;
+                let key = Key::new(256, ty, 0);
+                let _ = parse_chunk(&data);
+                let _ = parse_inode_refs(key, &data);
+                let _ = parse_inode_extrefs(&data);
+                let _ = parse_dir_items(&data);
+                let _ = parse_file_extent(&data);
+                let _ = parse_root_item(&data);
+                let _ = parse_root_ref(&data);
+                let _ = parse_extent_item(Key::new(1 << 20, EXTENT_ITEM_KEY, 4096), &data);
+                let _ = parse_extent_item(Key::new(1 << 20, METADATA_ITEM_KEY, 0), &data);
+                let _ = parse_keyed_ref(key, &data);
+                let _ = parse_u64_array(&data, "x");
+                let _ = crate::format::superblock::parse_super(&data);
+            }
+        }
+    }
 }

@@ -128,12 +128,21 @@ impl TreeReader {
 
     /// Child `slot` of node `parent`, verified against the parent's pointer.
     pub fn child(&self, parent: &TreeBlock, slot: usize, owner: u64) -> Result<Arc<TreeBlock>> {
-        let (_, ptr, gen) = parent.ptr(slot);
-        self.read_block(
+        let (key, ptr, gen) = parent.ptr(slot);
+        let child = self.read_block(
             ptr,
             Expect { level: Some(parent.level() - 1), generation: Some(gen), max_generation: None },
             Some(owner),
-        )
+        )?;
+        // The parent's key must be the child's first key; anything else means
+        // pointers were swapped or misdirected, and searches would go astray.
+        if child.nritems() > 0 && child.key(0) != key {
+            return Err(Error::corrupt(
+                format!("tree block {} ({})", parent.logical, tree_label(owner)),
+                format!("pointer {slot} key {key} does not match child {ptr}'s first key {}", child.key(0)),
+            ));
+        }
+        Ok(child)
     }
 
     /// Position a cursor at the first item with key >= `key`.

@@ -220,4 +220,35 @@ mod tests {
         m.insert(0, chunk(BLOCK_GROUP_DATA, &[(1, 0)], 1)).unwrap();
         assert!(m.insert(1 << 29, chunk(BLOCK_GROUP_DATA, &[(1, 0)], 1)).is_err(), "overlap");
     }
+
+    proptest::proptest! {
+        /// Striped profiles never map two different logical sectors to the same
+        /// place on a device, and each copy lies inside its stripe's device range.
+        #[test]
+        fn striping_is_injective(nstripes in 1usize..9, raid10 in proptest::bool::ANY, chunk_mib in 1u64..48) {
+            let (flags, sub, n) = if raid10 {
+                (BLOCK_GROUP_DATA | BLOCK_GROUP_RAID10, 2u16, nstripes * 2)
+            } else {
+                (BLOCK_GROUP_DATA | BLOCK_GROUP_RAID0, 1u16, nstripes)
+            };
+            let devs: Vec<(u64, u64)> = (0..n as u64).map(|i| (i + 1, 1 << 20)).collect();
+            let mut c = chunk(flags, &devs, sub);
+            // Real chunks are a whole number of full stripes long.
+            c.length = chunk_mib * (n as u64 / sub as u64) * STRIPE_LEN;
+            let e = MapEntry { logical: 0, profile: check_chunk(0, &c).unwrap(), chunk: c };
+            let per_dev = e.chunk.length / (n as u64 / sub as u64);
+            let mut seen = std::collections::HashSet::new();
+            let mut pos = 0;
+            while pos < e.chunk.length {
+                let (copies, len) = e.map(pos).unwrap();
+                proptest::prop_assert!(len > 0 && len % 4096 == 0);
+                proptest::prop_assert_eq!(copies.len(), sub as usize);
+                for p in copies {
+                    proptest::prop_assert!(p.physical >= 1 << 20 && p.physical < (1 << 20) + per_dev);
+                    proptest::prop_assert!(seen.insert((p.devid, p.physical)), "collision");
+                }
+                pos += 4096;
+            }
+        }
+    }
 }

@@ -36,6 +36,12 @@ impl Device {
             .write(writable)
             .open(path)
             .map_err(|e| Error::io(path, "open", e))?;
+        if writable {
+            super::guard::refuse_loop_attached(path)?;
+            super::guard::lock_exclusive(&file, path)?;
+        } else {
+            super::guard::lock_shared(&file, path)?;
+        }
         let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
         let size = if meta.file_type().is_block_device() { block_device_size(&file, path)? } else { meta.len() };
         let copies = read_super_copies(&file, path, size, false)?;

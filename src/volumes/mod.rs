@@ -4,6 +4,7 @@
 
 pub mod chunks;
 pub mod device;
+pub mod guard;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -144,6 +145,28 @@ impl Volume {
             done += n;
         }
         Ok(())
+    }
+
+    /// Write `data` at `logical` to copy `mirror` only (repairs write one bad copy).
+    pub fn write_copy(&self, logical: u64, data: &[u8], mirror: usize) -> Result<()> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = logical + done as u64;
+            let entry = self.chunks.lookup(pos)?;
+            let (copies, contiguous) = entry.map(pos)?;
+            let addr = copies.get(mirror).ok_or_else(|| {
+                Error::Invalid(format!("logical {pos}: no copy {} (chunk has {})", mirror + 1, copies.len()))
+            })?;
+            let n = ((data.len() - done) as u64).min(contiguous) as usize;
+            self.device(addr.devid)?.write_all_at(addr.physical, &data[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Flush every device to stable storage.
+    pub fn sync_all(&self) -> Result<()> {
+        self.devices.values().try_for_each(|d| d.sync())
     }
 
     /// Where copy `mirror` of `logical` lives.
