@@ -39,8 +39,88 @@ pub enum Command {
     Cat(CatArgs),
     /// Copy a subtree out to the host, preserving metadata, hardlinks and holes.
     Extract(ExtractArgs),
+    /// Verify every copy of every block and superblock, compare mirrors byte for byte, optionally repair.
+    Scrub(ScrubArgs),
+    /// Make a new btrfs on image files (devid 1, 2, ... in the order given).
+    Mkfs(Box<MkfsArgs>),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ScrubArgs {
+    /// Any device of the filesystem.
+    pub image: PathBuf,
+    /// Rewrite bad copies from good ones (opens the images for writing).
+    #[arg(long, conflicts_with = "readonly")]
+    pub repair: bool,
+    /// When copies differ and no checksum or majority decides, trust copy N (1-based).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub prefer_mirror: Option<u64>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Worker threads (default: number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Show a progress bar on stderr when it is a terminal (default).
+    #[arg(long, overrides_with = "no_progress")]
+    pub progress: bool,
+    /// Do not show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Never open the images for writing (the default without --repair).
+    #[arg(long)]
+    pub readonly: bool,
+    /// Rewrite checksums to match the data (not supported yet).
+    #[arg(long)]
+    pub fix_csum: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MkfsArgs {
+    /// Image files, one per device; created (sparse) when missing if --size is given.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    /// Size of every image (K, M, G, T suffixes); existing images are resized to it.
+    #[arg(short = 'b', long = "size", value_name = "SIZE")]
+    pub size: Option<String>,
+    /// Data profile: single, dup, raid0, raid1, raid1c3, raid1c4, raid10 (default: single).
+    #[arg(short = 'd', long = "data", value_name = "PROFILE")]
+    pub data: Option<String>,
+    /// Metadata (and system) profile (default: dup on one image, raid1 on more).
+    #[arg(short = 'm', long = "metadata", value_name = "PROFILE")]
+    pub metadata: Option<String>,
+    /// Checksum algorithm: crc32c, xxhash, sha256, blake2.
+    #[arg(long = "csum", alias = "checksum", value_name = "TYPE", default_value = "crc32c")]
+    pub csum: String,
+    /// Tree block size (4K..64K, a power of two).
+    #[arg(short = 'n', long = "nodesize", value_name = "SIZE", default_value = "16K")]
+    pub nodesize: String,
+    /// Sector size (only 4096 is supported).
+    #[arg(short = 's', long = "sectorsize", value_name = "SIZE", default_value = "4096")]
+    pub sectorsize: String,
+    /// Filesystem label.
+    #[arg(short = 'L', long = "label", default_value = "")]
+    pub label: String,
+    /// Filesystem UUID; with SOURCE_DATE_EPOCH the images are byte-for-byte reproducible.
+    #[arg(short = 'U', long = "uuid")]
+    pub uuid: Option<String>,
+    /// Features, comma separated, `^` to disable: no-holes, free-space-tree, block-group-tree.
+    #[arg(short = 'O', long = "features", value_name = "LIST")]
+    pub features: Option<String>,
+    /// Overwrite images that already hold a filesystem.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Populate the top-level subvolume from this host directory.
+    #[arg(short = 'r', long = "rootdir", value_name = "DIR")]
+    pub rootdir: Option<PathBuf>,
+    /// Compress --rootdir file data: zlib, lzo, zstd, optionally :LEVEL.
+    #[arg(long, value_name = "ALGO[:LEVEL]", requires = "rootdir")]
+    pub compress: Option<String>,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

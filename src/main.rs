@@ -41,7 +41,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::DumpSuper(a) => {
             let dev = btrs::volumes::Device::open(&a.image, false).or_else(|_| btrs::volumes::Device::open_raw(&a.image))?;
-            let _ = dev; anyhow::bail!("tmp");
+            btrs::ops::dump::dump_super(&mut out, &dev, a.all, a.json)?;
         }
         Command::DumpTree(a) => {
             let fs = open(&cli.devices, cli.degraded, &a.image)?;
@@ -49,7 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(t) => Some(btrs::format::types::parse_tree_id(t).with_context(|| format!("unknown tree {t:?}"))?),
                 None => None,
             };
-            let _ = tree; let r: anyhow::Result<()> = Ok(());
+            let r = btrs::ops::dump::dump_tree(&mut out, &fs, tree);
             print_warnings(&fs);
             r?;
         }
@@ -84,6 +84,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 stats.files, stats.bytes, stats.dirs, stats.symlinks, stats.special, stats.hardlinks
             );
         }
+        Command::Scrub(a) => {
+            let open = OpenOptions { image: a.image.clone(), devices: cli.devices.clone(), degraded: cli.degraded, writable: false };
+            let opts = btrs::ops::scrub::ScrubOptions {
+                repair: a.repair,
+                prefer_mirror: a.prefer_mirror.map(|n| n as usize),
+                threads: a.threads.unwrap_or(0),
+                progress: !a.no_progress,
+                fix_csum: a.fix_csum,
+            };
+            let report = btrs::ops::scrub::scrub(&open, &opts).with_context(|| format!("cannot scrub {}", a.image.display()))?;
+            if a.json {
+                report.write_json(&mut out)?;
+            } else {
+                report.write_text(&mut out)?;
+            }
+            out.flush()?;
+            // 3: something wrong remains on the images (like btrfs scrub's uncorrectable errors).
+            return Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(3) });
+        }
+        Command::Mkfs(a) => mkfs(*a, &mut out)?,
         Command::Completions(a) => {
             let mut cmd = btrs::cli::command();
             clap_complete::generate(a.shell, &mut cmd, "btrs", &mut out);
@@ -100,7 +120,7 @@ fn cat(fs: &Filesystem, path: &str, out: &mut dyn Write) -> anyhow::Result<()> {
         anyhow::bail!("{path}: not a regular file");
     }
     let zeros = vec![0u8; 1 << 16];
-    fs.read_file(&ino, &mut |chunk| {
+    fs.read_file_as(&ino, path, &mut |chunk| {
         match chunk {
             btrs::fs::FileChunk::Data { data, .. } => out.write_all(data),
             btrs::fs::FileChunk::Hole { mut len, .. } => {
@@ -115,5 +135,85 @@ fn cat(fs: &Filesystem, path: &str, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         .map_err(|e| btrs::Error::io("<stdout>", "write", e))
     })?;
+    Ok(())
+}
+
+/// `btrs mkfs`: turn the arguments into `MkfsOptions`, run it, print the summary.
+fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    use btrs::ops::mkfs as m;
+    let mut o = m::MkfsOptions::new(a.images);
+    o.size = a.size.as_deref().map(m::parse_size).transpose()?;
+    let profile = |s: &Option<String>, what: &str| -> anyhow::Result<Option<btrs::format::Profile>> {
+        match s {
+            None => Ok(None),
+            Some(s) => btrs::format::Profile::from_name(s)
+                .map(Some)
+                .with_context(|| format!("unknown {what} profile {s:?}; use single, dup, raid0, raid1, raid1c3, raid1c4 or raid10")),
+        }
+    };
+    o.data_profile = profile(&a.data, "data")?;
+    o.metadata_profile = profile(&a.metadata, "metadata")?;
+    o.csum = btrs::format::CsumType::from_name(&a.csum)
+        .with_context(|| format!("unknown checksum type {:?}; use crc32c, xxhash, sha256 or blake2", a.csum))?;
+    o.nodesize = u32::try_from(m::parse_size(&a.nodesize)?).context("nodesize too large")?;
+    o.sectorsize = u32::try_from(m::parse_size(&a.sectorsize)?).context("sectorsize too large")?;
+    o.label = a.label;
+    o.fsid = match &a.uuid {
+        Some(u) => Some(*uuid::Uuid::parse_str(u).with_context(|| format!("bad UUID {u:?}"))?.as_bytes()),
+        None => None,
+    };
+    if let Some(f) = &a.features {
+        o.features = o.features.apply(f)?;
+    }
+    o.force = a.force;
+    o.rootdir = a.rootdir;
+    o.compress = a.compress.as_deref().map(m::parse_compress).transpose()?;
+    o.timestamp = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Some(v.trim().parse().with_context(|| format!("bad SOURCE_DATE_EPOCH {v:?}"))?),
+        _ => None,
+    };
+    let s = m::mkfs(&o)?;
+    for w in &s.warnings {
+        eprintln!("btrs: warning: {w}");
+    }
+    if a.json {
+        serde_json::to_writer_pretty(&mut *out, &s)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "Label:              {}", if s.label.is_empty() { "(null)" } else { &s.label })?;
+    writeln!(out, "UUID:               {}", s.fsid)?;
+    writeln!(out, "Node size:          {}", s.nodesize)?;
+    writeln!(out, "Sector size:        {}", s.sectorsize)?;
+    writeln!(out, "Filesystem size:    {}", s.total_bytes)?;
+    writeln!(out, "Block group profiles:")?;
+    let mut kinds: Vec<(&str, &str, u64, usize)> = Vec::new();
+    for c in &s.chunks {
+        match kinds.iter_mut().find(|k| k.0 == c.kind) {
+            Some(k) => {
+                k.2 += c.length;
+                k.3 += 1;
+            }
+            None => kinds.push((c.kind, c.profile.as_str(), c.length, 1)),
+        }
+    }
+    for (kind, profile, len, n) in kinds {
+        writeln!(out, "  {kind:<10} {profile:<8} {len:>14} bytes in {n} chunk(s)")?;
+    }
+    writeln!(out, "Features:           {}", s.features.join(", "))?;
+    writeln!(out, "Checksum:           {}", s.csum)?;
+    writeln!(out, "Number of devices:  {}", s.devices.len())?;
+    writeln!(out, "Devices:")?;
+    writeln!(out, "   ID        SIZE  PATH")?;
+    for d in &s.devices {
+        writeln!(out, "  {:>3}  {:>10}  {}", d.devid, d.size, d.path)?;
+    }
+    if let Some(r) = &s.rootdir {
+        writeln!(
+            out,
+            "Rootdir:            {} files ({} bytes), {} directories, {} symlinks, {} special, {} hardlinks",
+            r.files, r.data_bytes, r.dirs, r.symlinks, r.special, r.hardlinks
+        )?;
+    }
     Ok(())
 }

@@ -187,3 +187,63 @@ fn keys_out_of_order_across_leaves() {
     let out = btrs(&["ls", "-R"], &img);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Physical copies of the first data sector of a file, from its first regular extent.
+fn data_copies(img: &Path, path: &str) -> (u64, Vec<(u64, u64)>) {
+    let fs = btrs::Filesystem::open(&OpenOptions { image: img.to_path_buf(), ..Default::default() }).unwrap();
+    let ent = fs.resolve(path).unwrap();
+    let (_, fe) = fs.file_extents(ent.id).unwrap().into_iter().next().unwrap();
+    let btrs::format::items::FileExtentKind::Regular { disk_bytenr, offset, .. } = fe.kind else { panic!("{path} not regular") };
+    let logical = disk_bytenr + offset;
+    let n = fs.volume().num_copies(logical).unwrap();
+    let copies = (0..n)
+        .map(|m| {
+            let p = fs.volume().locate(logical, m).unwrap();
+            (p.devid, p.physical)
+        })
+        .collect();
+    (logical, copies)
+}
+
+fn flip(img: &Path, physical: u64) {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, physical).unwrap();
+    b[0] ^= 0x40;
+    f.write_all_at(&b, physical).unwrap();
+}
+
+#[test]
+fn data_csum_bad_copy_falls_back_with_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = unpack_foreign("raid1c3-sha256", tmp.path());
+    let good = btrs(&["cat", "data/three-mib"], &imgs[0]).stdout;
+    let (_, copies) = data_copies(&imgs[0], "data/three-mib");
+    assert_eq!(copies.len(), 3);
+    let (devid, phys) = copies[0];
+    flip(&imgs[devid as usize - 1], phys + 10);
+    let out = btrs(&["cat", "data/three-mib"], &imgs[0]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, good, "content served from a good copy");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("csum mismatch on copy 1") && err.contains(&format!("devid {devid}")) && err.contains("file offset 0"), "{err}");
+}
+
+#[test]
+fn data_csum_bad_in_every_copy_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = unpack_foreign("raid1c3-sha256", tmp.path());
+    let (logical, copies) = data_copies(&imgs[0], "data/three-mib");
+    for (devid, phys) in &copies {
+        flip(&imgs[*devid as usize - 1], phys + 4096 + 7);
+    }
+    let out = btrs(&["cat", "data/three-mib"], &imgs[0]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data csum mismatch") && err.contains(&format!("logical {}", logical + 4096)) && err.contains("file offset 4096"),
+        "{err}"
+    );
+    // Other files still read.
+    assert!(btrs(&["cat", "data/small"], &imgs[0]).status.success());
+}

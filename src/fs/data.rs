@@ -23,16 +23,22 @@ const MAX_COMPRESSED_DISK: u64 = 1 << 20;
 impl Filesystem {
     /// Stream a regular file's content, in order, ending at `inode.size`.
     pub fn read_file(&self, inode: &Inode, sink: &mut dyn FnMut(FileChunk<'_>) -> Result<()>) -> Result<()> {
-        let id = inode.id;
+        self.read_file_as(inode, &format!("inode {}", inode.id), sink)
+    }
+
+    /// Like `read_file`, naming the file `label` (usually its path) in
+    /// warnings and errors.
+    pub fn read_file_as(&self, inode: &Inode, label: &str, sink: &mut dyn FnMut(FileChunk<'_>) -> Result<()>) -> Result<()> {
+        let id = label;
         let size = inode.size;
         let nodatasum = inode.flags & INODE_NODATASUM != 0;
         let mut pos = 0u64;
-        for (off, fe) in self.file_extents(id)? {
+        for (off, fe) in self.file_extents(inode.id)? {
             if off >= size {
                 break;
             }
             if off < pos {
-                return Err(Error::corrupt(format!("inode {id}"), format!("extent at {off} overlaps the previous one ending at {pos}")));
+                return Err(Error::corrupt(id.to_string(), format!("extent at {off} overlaps the previous one ending at {pos}")));
             }
             if off > pos {
                 sink(FileChunk::Hole { offset: pos, len: off - pos })?;
@@ -64,14 +70,14 @@ impl Filesystem {
 
     fn read_extent(
         &self,
-        id: InodeId,
+        id: &str,
         off: u64,
         len: u64,
         fe: &FileExtent,
         nodatasum: bool,
         sink: &mut dyn FnMut(FileChunk<'_>) -> Result<()>,
     ) -> Result<()> {
-        let at = || format!("inode {id} file offset {off}");
+        let at = || format!("{id} file offset {off}");
         if fe.encryption != 0 || fe.other_encoding != 0 {
             return Err(Error::Unsupported(format!("{}: encrypted or encoded extent", at())));
         }
@@ -101,7 +107,7 @@ impl Filesystem {
                         let n = (len - done).min(READ_PIECE);
                         let logical = disk_bytenr + offset + done;
                         let buf = self.read_data(logical, n, nodatasum, &|l| {
-                            format!("inode {id} file offset {}", off + done + (l - logical))
+                            format!("{id} file offset {}", off + done + (l - logical))
                         })?;
                         sink(FileChunk::Data { offset: off + done, data: &buf })?;
                         done += n;
@@ -112,7 +118,7 @@ impl Filesystem {
                         return Err(Error::corrupt(at(), format!("compressed extent of {disk_num_bytes} bytes ({} uncompressed) is too large", fe.ram_bytes)));
                     }
                     let raw = self.read_data(*disk_bytenr, *disk_num_bytes, nodatasum, &|l| {
-                        format!("inode {id} compressed extent at file offset {off} (disk byte {})", l - disk_bytenr)
+                        format!("{id} compressed extent at file offset {off} (disk byte {})", l - disk_bytenr)
                     })?;
                     let plain = self.decompress(fe.compression, &raw, fe.ram_bytes, &at())?;
                     let start = (*offset as usize).min(plain.len());

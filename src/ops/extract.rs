@@ -43,12 +43,12 @@ pub fn extract(fs: &Filesystem, src: &str, dest: &Path) -> Result<ExtractStats> 
     if dest.symlink_metadata().is_ok() && !(ent.file_type == FileType::Directory && dest.is_dir()) {
         return Err(Error::Invalid(format!("{} already exists", dest.display())));
     }
-    x.node(&ent, dest, 0)?;
+    x.node(&ent, dest, src.trim_matches('/'), 0)?;
     Ok(x.stats)
 }
 
 impl Extractor<'_> {
-    fn node(&mut self, ent: &DirEnt, dest: &Path, depth: usize) -> Result<()> {
+    fn node(&mut self, ent: &DirEnt, dest: &Path, fspath: &str, depth: usize) -> Result<()> {
         if depth > 4096 {
             return Err(Error::corrupt(dest.display().to_string(), "directory nesting deeper than 4096 (loop?)"));
         }
@@ -72,11 +72,12 @@ impl Extractor<'_> {
                     if name == "." || name == ".." || child.name.contains(&b'/') {
                         return Err(Error::corrupt(format!("directory {}", ent.id), format!("invalid entry name {name:?}")));
                     }
-                    self.node(&child, &dest.join(name), depth + 1)?;
+                    let child_path = if fspath.is_empty() { name.to_string_lossy().into_owned() } else { format!("{fspath}/{}", name.to_string_lossy()) };
+                    self.node(&child, &dest.join(name), &child_path, depth + 1)?;
                 }
             }
             FileType::Regular => {
-                self.file(&ino, dest)?;
+                self.file(&ino, dest, fspath)?;
                 self.stats.files += 1;
             }
             FileType::Symlink => {
@@ -106,10 +107,10 @@ impl Extractor<'_> {
         self.metadata(&ino, dest)
     }
 
-    fn file(&mut self, ino: &Inode, dest: &Path) -> Result<()> {
+    fn file(&mut self, ino: &Inode, dest: &Path, fspath: &str) -> Result<()> {
         let f = File::options().write(true).create_new(true).open(dest).map_err(|e| Error::io(dest, "create", e))?;
         let mut bytes = 0u64;
-        self.fs.read_file(ino, &mut |chunk| {
+        self.fs.read_file_as(ino, fspath, &mut |chunk| {
             if let FileChunk::Data { offset, data } = chunk {
                 // Holes are never written, so the host file stays sparse.
                 if data.iter().any(|&b| b != 0) || data.is_empty() {

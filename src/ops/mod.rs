@@ -1,4 +1,9 @@
 //! Whole-filesystem jobs built on the layers below.
 
+pub mod dump;
 pub mod extract;
 pub mod listing;
+pub mod mkfs;
+pub mod rootdir;
+pub mod backref;
+pub mod scrub;

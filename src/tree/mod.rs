@@ -1,6 +1,9 @@
 //! B-trees: tree blocks, verified reads with mirror fallback, search and iteration.
 
 pub mod block;
+pub mod builder;
+pub mod cow;
+pub mod leaf;
 pub mod reader;
 
 pub use block::{Expect, TreeBlock};

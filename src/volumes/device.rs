@@ -45,9 +45,12 @@ impl Device {
         let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
         let size = if meta.file_type().is_block_device() { block_device_size(&file, path)? } else { meta.len() };
         let copies = read_super_copies(&file, path, size, false)?;
+        // Highest generation wins; on a tie the lowest copy, because an fsync
+        // (log tree) updates only the primary copy without bumping generation.
         let best = copies
             .iter()
             .filter_map(|c| c.result.as_ref().ok().filter(|sb| sb.bytenr.get() == c.offset))
+            .rev()
             .max_by_key(|sb| sb.generation.get())
             .copied();
         match best {

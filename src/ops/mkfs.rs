@@ -1,0 +1,1416 @@
+//! `btrs mkfs`: make a new btrfs on image files, complete as the kernel would
+//! leave it after its first commit: one profile per block group type, every
+//! tree written in its final form, superblocks last.
+//!
+//! The steps:
+//! 1. validate options and images (signatures, locks, loop devices);
+//! 2. plan chunks per profile on a model of the devices (dev extents keep
+//!    clear of the superblock mirrors, so no block group needs super stripes
+//!    excluded from its free space);
+//! 3. wipe the old superblocks (a crash from here on leaves no valid btrfs);
+//! 4. copy `--rootdir` data into data chunks;
+//! 5. size every tree (the extent and free space trees describe the blocks
+//!    of all trees, themselves included, so their sizes are found by a fixed
+//!    point), give blocks addresses, build and write them;
+//! 6. fsync, write every superblock copy on every device, fsync again.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::Digest;
+use zerocopy::{FromZeros, IntoBytes};
+
+use crate::error::{Error, Result};
+use crate::format::items::{name_hash, ChunkInfo, StripeInfo};
+use crate::format::ondisk::*;
+use crate::format::superblock::seal_super;
+use crate::format::{CsumType, Key, Profile};
+use crate::fs::compress::Compression;
+use crate::ops::rootdir::{self, DataSink, Scan, ScanOptions};
+use crate::tree::builder::{build_tree, count_blocks, BlockParams, TreeItem};
+use crate::volumes::chunks::MapEntry;
+use crate::volumes::guard::{lock_exclusive, refuse_loop_attached};
+
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+/// Everything mkfs writes belongs to this one transaction.
+const GENERATION: u64 = 1;
+/// Where the first chunk starts in the logical address space.
+const FIRST_LOGICAL: u64 = MIB;
+
+/// Optional on-disk features mkfs can choose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Features {
+    pub no_holes: bool,
+    pub free_space_tree: bool,
+    pub block_group_tree: bool,
+}
+
+impl Default for Features {
+    /// Today's mkfs.btrfs defaults.
+    fn default() -> Self {
+        Features { no_holes: true, free_space_tree: true, block_group_tree: false }
+    }
+}
+
+impl Features {
+    /// Apply a comma-separated `-O` list to these features; `^name` turns one off.
+    pub fn apply(mut self, spec: &str) -> Result<Features> {
+        for raw in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (on, name) = match raw.strip_prefix('^') {
+                Some(n) => (false, n),
+                None => (true, raw),
+            };
+            match name.to_ascii_lowercase().replace('_', "-").as_str() {
+                "no-holes" => self.no_holes = on,
+                "free-space-tree" | "fst" => self.free_space_tree = on,
+                "block-group-tree" | "bgt" => self.block_group_tree = on,
+                // Always on in btrs images; turning them off is not offered.
+                "extref" | "skinny-metadata" | "mixed-backref" if on => {}
+                "extref" | "skinny-metadata" | "mixed-backref" => {
+                    return Err(Error::Unsupported(format!("mkfs without {name}")))
+                }
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "unknown feature {name:?}; known: no-holes, free-space-tree, block-group-tree"
+                    )))
+                }
+            }
+        }
+        if self.block_group_tree && !self.free_space_tree {
+            return Err(Error::Invalid("block-group-tree needs free-space-tree".into()));
+        }
+        Ok(self)
+    }
+
+    fn names(self) -> Vec<&'static str> {
+        let mut v = vec!["extref", "skinny-metadata"];
+        if self.no_holes {
+            v.push("no-holes");
+        }
+        if self.free_space_tree {
+            v.push("free-space-tree");
+        }
+        if self.block_group_tree {
+            v.push("block-group-tree");
+        }
+        v
+    }
+}
+
+/// Everything `btrs mkfs` can be asked.
+#[derive(Clone, Debug)]
+pub struct MkfsOptions {
+    /// Image files, devid 1, 2, ... in this order.
+    pub images: Vec<PathBuf>,
+    /// Size each image to this many bytes (creating missing files sparse).
+    pub size: Option<u64>,
+    pub data_profile: Option<Profile>,
+    pub metadata_profile: Option<Profile>,
+    pub csum: CsumType,
+    pub nodesize: u32,
+    pub sectorsize: u32,
+    pub label: String,
+    pub fsid: Option<[u8; 16]>,
+    pub features: Features,
+    pub force: bool,
+    pub rootdir: Option<PathBuf>,
+    pub compress: Option<(Compression, Option<i32>)>,
+    /// Seconds since the epoch used for every timestamp mkfs makes up (`SOURCE_DATE_EPOCH`).
+    pub timestamp: Option<u64>,
+}
+
+impl MkfsOptions {
+    pub fn new(images: Vec<PathBuf>) -> Self {
+        MkfsOptions {
+            images,
+            size: None,
+            data_profile: None,
+            metadata_profile: None,
+            csum: CsumType::Crc32c,
+            nodesize: 16384,
+            sectorsize: 4096,
+            label: String::new(),
+            fsid: None,
+            features: Features::default(),
+            force: false,
+            rootdir: None,
+            compress: None,
+            timestamp: None,
+        }
+    }
+}
+
+/// What was made, for printing.
+#[derive(Clone, Debug, Serialize)]
+pub struct MkfsSummary {
+    pub fsid: String,
+    pub label: String,
+    pub nodesize: u32,
+    pub sectorsize: u32,
+    pub csum: String,
+    pub features: Vec<&'static str>,
+    pub data_profile: String,
+    pub metadata_profile: String,
+    pub system_profile: String,
+    pub total_bytes: u64,
+    pub bytes_used: u64,
+    pub devices: Vec<DeviceSummary>,
+    pub chunks: Vec<ChunkSummary>,
+    pub rootdir: Option<RootdirSummary>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceSummary {
+    pub devid: u64,
+    pub path: String,
+    pub size: u64,
+    pub uuid: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChunkSummary {
+    pub kind: &'static str,
+    pub profile: String,
+    pub logical: u64,
+    pub length: u64,
+    pub used: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RootdirSummary {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub special: u64,
+    pub hardlinks: u64,
+    pub data_bytes: u64,
+}
+
+/// Parse a size with an optional K/M/G/T/P/E suffix (binary units), e.g. `1G`, `512M`, `4096`.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let t = t.strip_suffix(['b', 'B']).filter(|x| x.ends_with(|c: char| c.is_ascii_alphabetic())).unwrap_or(t);
+    let t = t.strip_suffix("i").or_else(|| t.strip_suffix("I")).unwrap_or(t);
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_lowercase() {
+                'k' => 1u64 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                't' => 1 << 40,
+                'p' => 1 << 50,
+                'e' => 1 << 60,
+                _ => return Err(Error::Invalid(format!("bad size {s:?}: unknown suffix {c:?}"))),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| Error::Invalid(format!("bad size {s:?}")))?;
+    n.checked_mul(mult).ok_or_else(|| Error::Invalid(format!("size {s:?} is too large")))
+}
+
+/// Parse a `--compress` value: `zlib`, `lzo`, `zstd`, optionally `:LEVEL`.
+pub fn parse_compress(s: &str) -> Result<(Compression, Option<i32>)> {
+    let (name, level) = match s.split_once(':') {
+        Some((n, l)) => (n, Some(l.parse::<i32>().map_err(|_| Error::Invalid(format!("bad compression level {l:?}")))?)),
+        None => (s, None),
+    };
+    let kind = match name.to_ascii_lowercase().as_str() {
+        "zlib" => Compression::Zlib,
+        "lzo" => Compression::Lzo,
+        "zstd" => Compression::Zstd,
+        _ => return Err(Error::Invalid(format!("unknown compression {name:?}; use zlib, lzo or zstd"))),
+    };
+    match (kind, level) {
+        (Compression::Zlib, Some(l)) if !(1..=9).contains(&l) => Err(Error::Invalid(format!("zlib level {l} not in 1..9"))),
+        (Compression::Zstd, Some(l)) if !(-15..=15).contains(&l) || l == 0 => {
+            Err(Error::Invalid(format!("zstd level {l} not in 1..15 or -15..-1")))
+        }
+        (Compression::Lzo, Some(_)) => Err(Error::Invalid("lzo has no compression levels".into())),
+        _ => Ok((kind, level)),
+    }
+}
+
+fn fmt_uuid(u: &[u8; 16]) -> String {
+    uuid::Uuid::from_bytes(*u).hyphenated().to_string()
+}
+
+/// UUIDs: derived from the fsid when the caller fixed it (reproducible
+/// images), random otherwise.
+struct UuidSource {
+    fsid: [u8; 16],
+    derived: bool,
+}
+
+impl UuidSource {
+    fn get(&self, purpose: &str) -> [u8; 16] {
+        if !self.derived {
+            return *uuid::Uuid::new_v4().as_bytes();
+        }
+        let mut h = sha2::Sha256::new();
+        h.update(self.fsid);
+        h.update(b"btrs-mkfs:");
+        h.update(purpose.as_bytes());
+        let d = h.finalize();
+        let mut u = [0u8; 16];
+        u.copy_from_slice(&d[..16]);
+        // Mark as a version-4 (random) UUID, which it is as good as.
+        u[6] = (u[6] & 0x0f) | 0x40;
+        u[8] = (u[8] & 0x3f) | 0x80;
+        u
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Chunk planning on a model of the devices.
+
+#[derive(Clone, Debug)]
+struct DevModel {
+    devid: u64,
+    size: u64,
+    /// Next free physical byte; everything below is allocated or reserved.
+    cursor: u64,
+}
+
+#[derive(Clone, Debug)]
+struct PlannedChunk {
+    logical: u64,
+    length: u64,
+    flags: u64,
+    profile: Profile,
+    stripe_size: u64,
+    sub_stripes: u16,
+    /// (devid, physical), in stripe order.
+    stripes: Vec<(u64, u64)>,
+}
+
+impl PlannedChunk {
+    fn kind(&self) -> &'static str {
+        if self.flags & BLOCK_GROUP_SYSTEM != 0 {
+            "system"
+        } else if self.flags & BLOCK_GROUP_METADATA != 0 {
+            "metadata"
+        } else {
+            "data"
+        }
+    }
+}
+
+/// Place `len` bytes at or after `cursor`, stepping over superblock copies
+/// (the first one sits in the reserved first MiB).
+fn place(cursor: u64, len: u64, size: u64) -> Option<u64> {
+    let mut start = cursor.max(DEVICE_RESERVED);
+    for &m in &SUPER_MIRROR_OFFSETS[1..] {
+        let sb_end = m + STRIPE_LEN;
+        if start < sb_end && m < start.checked_add(len)? {
+            start = sb_end;
+        }
+    }
+    (start.checked_add(len)? <= size).then_some(start)
+}
+
+/// How many devices and stripes per chunk a profile uses with `ndevs` devices:
+/// (devices used, stripes per device, data stripes, sub stripes).
+fn profile_shape(p: Profile, ndevs: usize) -> Result<(usize, usize, usize, u16)> {
+    let need = p.min_devices();
+    if ndevs < need {
+        return Err(Error::Invalid(format!(
+            "profile {p} needs at least {need} devices (images), {ndevs} given"
+        )));
+    }
+    Ok(match p {
+        Profile::Single => (1, 1, 1, 1),
+        Profile::Dup => (1, 2, 1, 1),
+        Profile::Raid1 => (2, 1, 1, 1),
+        Profile::Raid1C3 => (3, 1, 1, 1),
+        Profile::Raid1C4 => (4, 1, 1, 1),
+        Profile::Raid0 => (ndevs, 1, ndevs, 1),
+        Profile::Raid10 => {
+            let n = ndevs / 2 * 2;
+            (n, 1, n / 2, 2)
+        }
+        Profile::Raid5 | Profile::Raid6 => {
+            return Err(Error::Unsupported(format!("mkfs with profile {p}")));
+        }
+    })
+}
+
+fn alloc_chunk(devs: &mut [DevModel], logical: u64, flags: u64, profile: Profile, target: u64) -> Option<PlannedChunk> {
+    let (ndev, per_dev, data_stripes, sub_stripes) = profile_shape(profile, devs.len()).ok()?;
+    let stripe_size = target.div_ceil(data_stripes as u64).div_ceil(MIB) * MIB;
+    // Like the kernel: devices with the most free space first (ties: lowest devid).
+    let mut order: Vec<usize> = (0..devs.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(devs[i].size.saturating_sub(devs[i].cursor)), devs[i].devid));
+    let mut stripes = Vec::new();
+    let mut chosen = 0;
+    for &i in &order {
+        if chosen == ndev {
+            break;
+        }
+        let (devid, size) = (devs[i].devid, devs[i].size);
+        let mut cur = devs[i].cursor;
+        let mut placed = Vec::new();
+        for _ in 0..per_dev {
+            match place(cur, stripe_size, size) {
+                Some(s) => {
+                    placed.push(s);
+                    cur = s + stripe_size;
+                }
+                None => break,
+            }
+        }
+        if placed.len() < per_dev {
+            continue;
+        }
+        devs[i].cursor = cur;
+        stripes.extend(placed.into_iter().map(|p| (devid, p)));
+        chosen += 1;
+    }
+    if chosen < ndev {
+        return None;
+    }
+    // RAID10 pairs mirror stripes next to each other; keep stripe order by devid for readability.
+    Some(PlannedChunk {
+        logical,
+        length: stripe_size * data_stripes as u64,
+        flags: flags | profile.flag(),
+        profile,
+        stripe_size,
+        sub_stripes,
+        stripes,
+    })
+}
+
+struct LayoutRequest {
+    meta_profile: Profile,
+    data_profile: Profile,
+    sys_len: u64,
+    meta_lens: Vec<u64>,
+    data_lens: Vec<u64>,
+}
+
+fn plan_layout(sizes: &[u64], req: &LayoutRequest) -> Option<Vec<PlannedChunk>> {
+    let mut devs: Vec<DevModel> =
+        sizes.iter().enumerate().map(|(i, &s)| DevModel { devid: i as u64 + 1, size: s, cursor: DEVICE_RESERVED }).collect();
+    let mut logical = FIRST_LOGICAL;
+    let mut out = Vec::new();
+    let mut wanted = vec![(BLOCK_GROUP_SYSTEM, req.meta_profile, req.sys_len)];
+    wanted.extend(req.meta_lens.iter().map(|&l| (BLOCK_GROUP_METADATA, req.meta_profile, l)));
+    wanted.extend(req.data_lens.iter().map(|&l| (BLOCK_GROUP_DATA, req.data_profile, l)));
+    for (flags, profile, len) in wanted {
+        let c = alloc_chunk(&mut devs, logical, flags, profile, len)?;
+        // Keep logical addresses 1 MiB aligned, as the kernel's allocator does.
+        logical = (c.logical + c.length).div_ceil(MIB) * MIB;
+        out.push(c);
+    }
+    Some(out)
+}
+
+/// Split `need` bytes into chunk lengths of at most `max` (at least one chunk of `min_len`).
+fn chunk_lens(need: u64, default: u64, max: u64) -> Vec<u64> {
+    let mut lens = Vec::new();
+    let mut rem = need;
+    loop {
+        let len = default.max(rem.div_ceil(MIB) * MIB).min(max);
+        lens.push(len);
+        if len >= rem {
+            break;
+        }
+        rem -= len;
+    }
+    lens
+}
+
+// ---------------------------------------------------------------------------
+// Writing through the planned chunk map.
+
+struct Devices {
+    files: Vec<File>,
+    paths: Vec<PathBuf>,
+}
+
+impl Devices {
+    fn write_phys(&self, devid: u64, physical: u64, data: &[u8]) -> Result<()> {
+        let i = (devid - 1) as usize;
+        let (f, p) = match (self.files.get(i), self.paths.get(i)) {
+            (Some(f), Some(p)) => (f, p),
+            _ => return Err(Error::Invalid(format!("no device {devid}"))),
+        };
+        f.write_all_at(data, physical).map_err(|e| Error::io(p, format!("write at {physical}"), e))
+    }
+
+    fn sync(&self) -> Result<()> {
+        for (f, p) in self.files.iter().zip(&self.paths) {
+            f.sync_all().map_err(|e| Error::io(p, "fsync", e))?;
+        }
+        Ok(())
+    }
+}
+
+struct ChunkWriter<'a> {
+    devs: &'a Devices,
+    map: Vec<MapEntry>,
+}
+
+impl ChunkWriter<'_> {
+    /// Write `data` at `logical` to every copy, split at stripe boundaries.
+    fn write(&self, logical: u64, data: &[u8]) -> Result<()> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = logical + done as u64;
+            let entry = self
+                .map
+                .iter()
+                .find(|e| e.logical <= at && at < e.end())
+                .ok_or_else(|| Error::Invalid(format!("logical {at} is in no chunk")))?;
+            let (copies, contiguous) = entry.map(at)?;
+            let n = (data.len() - done).min(contiguous as usize);
+            for c in copies {
+                self.devs.write_phys(c.devid, c.physical, &data[done..done + n])?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+struct DataAlloc<'a> {
+    writer: &'a ChunkWriter<'a>,
+    /// (logical start, end, next free) of each data chunk.
+    chunks: Vec<(u64, u64, u64)>,
+    current: usize,
+}
+
+impl DataSink for DataAlloc<'_> {
+    fn reserve(&mut self, len: u64, whole: bool) -> Result<(u64, u64)> {
+        while let Some(c) = self.chunks.get_mut(self.current) {
+            let free = c.1 - c.2;
+            if free >= len || (!whole && free > 0) {
+                let n = len.min(free);
+                let at = c.2;
+                c.2 += n;
+                return Ok((at, n));
+            }
+            self.current += 1;
+        }
+        Err(Error::Invalid("data chunks are full (internal sizing error)".into()))
+    }
+
+    fn write(&mut self, logical: u64, data: &[u8]) -> Result<()> {
+        self.writer.write(logical, data)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation of images.
+
+/// Name the filesystem or signature found at the start of an image, if any.
+fn existing_signature(f: &File) -> Option<&'static str> {
+    let mut buf = vec![0u8; 128 * 1024];
+    let n = read_up_to(f, &mut buf, 0);
+    let b = &buf[..n];
+    let at = |off: usize, sig: &[u8]| b.get(off..off + sig.len()) == Some(sig);
+    if at(SUPER_INFO_OFFSET as usize + 64, &BTRFS_MAGIC) {
+        return Some("btrfs");
+    }
+    if at(1080, &[0x53, 0xef]) {
+        return Some("ext2/3/4");
+    }
+    if at(0, b"XFSB") {
+        return Some("xfs");
+    }
+    if at(4086, b"SWAPSPACE2") || at(4086, b"SWAP-SPACE") {
+        return Some("swap");
+    }
+    None
+}
+
+fn read_up_to(f: &File, buf: &mut [u8], off: u64) -> usize {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => done += n,
+        }
+    }
+    done
+}
+
+fn open_image(path: &Path, size: Option<u64>, force: bool) -> Result<(File, u64)> {
+    refuse_loop_attached(path)?;
+    let exists = path.exists();
+    if !exists && size.is_none() {
+        return Err(Error::Invalid(format!("{}: does not exist; give --size to create it", path.display())));
+    }
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| Error::io(path, "open", e))?;
+    lock_exclusive(&f, path)?;
+    let meta = f.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    if !meta.is_file() {
+        return Err(Error::Unsupported(format!("{}: not a regular file (btrs makes filesystems in image files)", path.display())));
+    }
+    if exists && !force {
+        if let Some(sig) = existing_signature(&f) {
+            return Err(Error::Devices(format!(
+                "{} contains a {sig} filesystem; use --force to overwrite it",
+                path.display()
+            )));
+        }
+    }
+    let len = match size {
+        Some(s) => {
+            f.set_len(s).map_err(|e| Error::io(path, "set size", e))?;
+            s
+        }
+        None => meta.len(),
+    };
+    Ok((f, len))
+}
+
+// ---------------------------------------------------------------------------
+// Item makers.
+
+fn key(o: u64, t: u8, off: u64) -> Key {
+    Key::new(o, t, off)
+}
+
+fn root_item(bytenr: u64, level: u8, bytes_used: u64, root_dirid: u64, uuid: [u8; 16], time: (u64, u32), nodesize: u32) -> Vec<u8> {
+    let mut r = RootItem::new_zeroed();
+    // The embedded inode is what btrfs-progs and the kernel put there: a directory with one link.
+    r.inode.generation = 1.into();
+    r.inode.size = 3.into();
+    r.inode.nlink = 1.into();
+    r.inode.nbytes = (nodesize as u64).into();
+    r.inode.mode = (S_IFDIR | 0o755).into();
+    r.generation = GENERATION.into();
+    r.root_dirid = root_dirid.into();
+    r.bytenr = bytenr.into();
+    r.bytes_used = bytes_used.into();
+    r.refs = 1.into();
+    r.level = level;
+    r.generation_v2 = GENERATION.into();
+    r.uuid = uuid;
+    if uuid != [0; 16] {
+        r.ctransid = GENERATION.into();
+        r.otransid = GENERATION.into();
+        r.ctime = Timespec::new(time.0, time.1);
+        r.otime = Timespec::new(time.0, time.1);
+    }
+    r.as_bytes().to_vec()
+}
+
+fn dir_inode(time: (u64, u32), otime: (u64, u32)) -> Vec<u8> {
+    let mut i = InodeItem::new_zeroed();
+    i.generation = GENERATION.into();
+    i.transid = GENERATION.into();
+    i.nlink = 1.into();
+    i.mode = (S_IFDIR | 0o755).into();
+    let t = Timespec::new(time.0, time.1);
+    i.atime = t;
+    i.ctime = t;
+    i.mtime = t;
+    i.otime = Timespec::new(otime.0, otime.1);
+    i.as_bytes().to_vec()
+}
+
+fn inode_ref(index: u64, name: &[u8]) -> Vec<u8> {
+    let mut v = InodeRef { index: index.into(), name_len: (name.len() as u16).into() }.as_bytes().to_vec();
+    v.extend_from_slice(name);
+    v
+}
+
+fn chunk_item(c: &PlannedChunk, dev_uuids: &[[u8; 16]], sectorsize: u32) -> Vec<u8> {
+    let mut v = Chunk {
+        length: c.length.into(),
+        owner: EXTENT_TREE_OBJECTID.into(),
+        stripe_len: STRIPE_LEN.into(),
+        chunk_type: c.flags.into(),
+        io_align: (STRIPE_LEN as u32).into(),
+        io_width: (STRIPE_LEN as u32).into(),
+        sector_size: sectorsize.into(),
+        num_stripes: (c.stripes.len() as u16).into(),
+        sub_stripes: c.sub_stripes.into(),
+    }
+    .as_bytes()
+    .to_vec();
+    for &(devid, phys) in &c.stripes {
+        let uuid = dev_uuids.get((devid - 1) as usize).copied().unwrap_or([0; 16]);
+        v.extend_from_slice(Stripe { devid: devid.into(), offset: phys.into(), dev_uuid: uuid }.as_bytes());
+    }
+    v
+}
+
+fn map_entry(c: &PlannedChunk) -> MapEntry {
+    MapEntry {
+        logical: c.logical,
+        profile: c.profile,
+        chunk: ChunkInfo {
+            length: c.length,
+            owner: EXTENT_TREE_OBJECTID,
+            stripe_len: STRIPE_LEN,
+            chunk_type: c.flags,
+            io_align: STRIPE_LEN as u32,
+            io_width: STRIPE_LEN as u32,
+            sector_size: 4096,
+            sub_stripes: c.sub_stripes,
+            stripes: c.stripes.iter().map(|&(devid, offset)| StripeInfo { devid, offset, dev_uuid: [0; 16] }).collect(),
+        },
+    }
+}
+
+fn metadata_extent_item(owner: u64) -> Vec<u8> {
+    let mut v = ExtentItem { refs: 1.into(), generation: GENERATION.into(), flags: EXTENT_FLAG_TREE_BLOCK.into() }
+        .as_bytes()
+        .to_vec();
+    v.extend_from_slice(ExtentInlineRef { ref_type: TREE_BLOCK_REF_KEY, offset: owner.into() }.as_bytes());
+    v
+}
+
+// ---------------------------------------------------------------------------
+
+/// The trees mkfs writes, in the order their blocks are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum TreeId {
+    Chunk,
+    Root,
+    Extent,
+    Dev,
+    Fs,
+    Csum,
+    Uuid,
+    DataReloc,
+    FreeSpace,
+    BlockGroup,
+}
+
+impl TreeId {
+    fn objectid(self) -> u64 {
+        match self {
+            TreeId::Chunk => CHUNK_TREE_OBJECTID,
+            TreeId::Root => ROOT_TREE_OBJECTID,
+            TreeId::Extent => EXTENT_TREE_OBJECTID,
+            TreeId::Dev => DEV_TREE_OBJECTID,
+            TreeId::Fs => FS_TREE_OBJECTID,
+            TreeId::Csum => CSUM_TREE_OBJECTID,
+            TreeId::Uuid => UUID_TREE_OBJECTID,
+            TreeId::DataReloc => DATA_RELOC_TREE_OBJECTID,
+            TreeId::FreeSpace => FREE_SPACE_TREE_OBJECTID,
+            TreeId::BlockGroup => BLOCK_GROUP_TREE_OBJECTID,
+        }
+    }
+}
+
+struct Ctx<'a> {
+    opts: &'a MkfsOptions,
+    fsid: [u8; 16],
+    chunk_uuid: [u8; 16],
+    fs_uuid: [u8; 16],
+    dev_uuids: Vec<[u8; 16]>,
+    dev_sizes: Vec<u64>,
+    chunks: Vec<PlannedChunk>,
+    now: (u64, u32),
+}
+
+/// Make the filesystem. On error nothing on the images looks like a valid btrfs
+/// (old superblocks are wiped before anything else is written; new ones are written last).
+pub fn mkfs(opts: &MkfsOptions) -> Result<MkfsSummary> {
+    // ---- validate ----
+    if opts.images.is_empty() {
+        return Err(Error::Invalid("no image given".into()));
+    }
+    if opts.sectorsize != 4096 {
+        return Err(Error::Unsupported(format!("sectorsize {} (only 4096 is supported)", opts.sectorsize)));
+    }
+    if !opts.nodesize.is_power_of_two() || opts.nodesize < opts.sectorsize || opts.nodesize > 65536 {
+        return Err(Error::Invalid(format!(
+            "nodesize {} must be a power of two between the sectorsize ({}) and 65536",
+            opts.nodesize, opts.sectorsize
+        )));
+    }
+    if opts.label.len() >= LABEL_SIZE {
+        return Err(Error::Invalid(format!("label is {} bytes; at most {} allowed", opts.label.len(), LABEL_SIZE - 1)));
+    }
+    let ndevs = opts.images.len();
+    let (def_meta, def_data) = if ndevs == 1 { (Profile::Dup, Profile::Single) } else { (Profile::Raid1, Profile::Single) };
+    let meta_profile = opts.metadata_profile.unwrap_or(def_meta);
+    let data_profile = opts.data_profile.unwrap_or(def_data);
+    for (what, p) in [("metadata", meta_profile), ("data", data_profile)] {
+        profile_shape(p, ndevs).map_err(|e| match e {
+            Error::Invalid(m) => Error::Invalid(format!("{what}: {m}")),
+            other => other,
+        })?;
+    }
+    for (i, a) in opts.images.iter().enumerate() {
+        if opts.images[..i].iter().any(|b| b == a) {
+            return Err(Error::Invalid(format!("{} given twice", a.display())));
+        }
+    }
+    let now = match opts.timestamp {
+        Some(t) => (t, 0),
+        None => {
+            let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            (d.as_secs(), d.subsec_nanos())
+        }
+    };
+
+    // ---- scan the rootdir before touching the images ----
+    let scan_opts = ScanOptions {
+        sectorsize: opts.sectorsize,
+        nodesize: opts.nodesize,
+        compress: opts.compress,
+        otime: now,
+        generation: GENERATION,
+        no_holes: opts.features.no_holes,
+        csum: opts.csum,
+    };
+    let scan: Option<Scan> = match &opts.rootdir {
+        Some(dir) => Some(rootdir::scan(dir, &scan_opts)?),
+        None => None,
+    };
+
+    // ---- open images ----
+    let mut files = Vec::new();
+    let mut sizes = Vec::new();
+    for p in &opts.images {
+        let (f, len) = open_image(p, opts.size, opts.force)?;
+        files.push(f);
+        sizes.push(len / opts.sectorsize as u64 * opts.sectorsize as u64);
+    }
+    let devs = Devices { files, paths: opts.images.clone() };
+
+    // ---- plan chunks ----
+    let total: u64 = sizes.iter().sum();
+    let tenth = (total / 10) / MIB * MIB;
+    let meta_default = if total >= 50 * GIB { GIB } else { tenth.clamp(32 * MIB, 256 * MIB) };
+    let data_default = tenth.clamp(64 * MIB, GIB);
+    let (data_need, meta_need) = match &scan {
+        Some(s) => (s.data_bytes + s.data_bytes / 64 + 4 * MIB, s.metadata_bytes * 3 + 4 * MIB),
+        None => (0, 0),
+    };
+    let request = |scale: u64| {
+        let shrink = |v: u64, min: u64| (v / scale / MIB * MIB).max(min);
+        let meta_len = shrink(meta_default, 8 * MIB);
+        let data_len = shrink(data_default, 8 * MIB);
+        LayoutRequest {
+            meta_profile,
+            data_profile,
+            sys_len: if scale > 1 { 4 * MIB } else { 8 * MIB },
+            meta_lens: chunk_lens(meta_need, meta_len, if meta_len >= GIB { GIB } else { 256 * MIB }.max(meta_len)),
+            data_lens: chunk_lens(data_need, data_len, GIB),
+        }
+    };
+    let scales = [1u64, 2, 4, 8, 16, 32, 64, 128];
+    let chunks = scales.iter().find_map(|&s| plan_layout(&sizes, &request(s)));
+    let chunks = match chunks {
+        Some(c) => c,
+        None => {
+            let smallest = request(*scales.last().unwrap_or(&1));
+            // Find the smallest equal device size that works, to tell the user.
+            let (mut lo, mut hi) = (MIB, 1u64 << 50);
+            while lo + MIB < hi {
+                let mid = (lo + hi) / 2 / MIB * MIB;
+                if plan_layout(&vec![mid; ndevs], &smallest).is_some() {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            let small = opts.images.iter().zip(&sizes).map(|(p, s)| format!("{} ({s} bytes)", p.display())).collect::<Vec<_>>();
+            return Err(Error::Invalid(format!(
+                "images too small for this filesystem: {}; each of the {ndevs} image(s) needs at least {hi} bytes ({} MiB) with data {data_profile}, metadata {meta_profile}{}",
+                small.join(", "),
+                hi.div_ceil(MIB),
+                if scan.is_some() { " and the --rootdir content" } else { "" }
+            )));
+        }
+    };
+
+    // ---- identities ----
+    let fsid = opts.fsid.unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes());
+    let uuids = UuidSource { fsid, derived: opts.fsid.is_some() };
+    let ctx = Ctx {
+        opts,
+        fsid,
+        chunk_uuid: uuids.get("chunk-tree"),
+        fs_uuid: uuids.get("subvolume/5"),
+        dev_uuids: (1..=ndevs).map(|d| uuids.get(&format!("device/{d}"))).collect(),
+        dev_sizes: sizes.clone(),
+        chunks,
+        now,
+    };
+
+    // ---- wipe: from here on a failure leaves no valid btrfs behind ----
+    let zero = vec![0u8; DEVICE_RESERVED as usize];
+    for (i, size) in sizes.iter().enumerate() {
+        let devid = i as u64 + 1;
+        devs.write_phys(devid, 0, &zero[..(*size).min(DEVICE_RESERVED) as usize])?;
+        for &m in &SUPER_MIRROR_OFFSETS[1..] {
+            if m + SUPER_INFO_SIZE as u64 <= *size {
+                devs.write_phys(devid, m, &zero[..SUPER_INFO_SIZE])?;
+            }
+        }
+    }
+    devs.sync()?;
+
+    let (summary_used, per_chunk_used, warnings) = build_and_write(&ctx, &devs, scan.as_ref())?;
+
+    let summary = MkfsSummary {
+        fsid: fmt_uuid(&fsid),
+        label: opts.label.clone(),
+        nodesize: opts.nodesize,
+        sectorsize: opts.sectorsize,
+        csum: opts.csum.name().to_string(),
+        features: opts.features.names(),
+        data_profile: data_profile.to_string(),
+        metadata_profile: meta_profile.to_string(),
+        system_profile: meta_profile.to_string(),
+        total_bytes: total,
+        bytes_used: summary_used,
+        devices: opts
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, p)| DeviceSummary {
+                devid: i as u64 + 1,
+                path: p.display().to_string(),
+                size: sizes[i],
+                uuid: fmt_uuid(&ctx.dev_uuids[i]),
+            })
+            .collect(),
+        chunks: ctx
+            .chunks
+            .iter()
+            .zip(&per_chunk_used)
+            .map(|(c, &used)| ChunkSummary { kind: c.kind(), profile: c.profile.to_string(), logical: c.logical, length: c.length, used })
+            .collect(),
+        rootdir: scan.as_ref().map(|s| RootdirSummary {
+            files: s.files,
+            dirs: s.dirs,
+            symlinks: s.symlinks,
+            special: s.special,
+            hardlinks: s.hardlinks,
+            data_bytes: s.data_bytes,
+        }),
+        warnings,
+    };
+    Ok(summary)
+}
+
+/// Assign `count` block addresses from the chunks selected by `pick`, after `cursor`.
+struct MetaAlloc {
+    /// (start, end) of each chunk of one kind.
+    chunks: Vec<(u64, u64)>,
+    current: usize,
+    next: u64,
+    nodesize: u64,
+}
+
+impl MetaAlloc {
+    fn new(chunks: Vec<(u64, u64)>, nodesize: u64) -> Self {
+        let next = chunks.first().map(|c| c.0).unwrap_or(0);
+        MetaAlloc { chunks, current: 0, next, nodesize }
+    }
+
+    fn take(&mut self, n: usize) -> Result<Vec<u64>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let c = self
+                .chunks
+                .get(self.current)
+                .ok_or_else(|| Error::Invalid("metadata chunks are full (internal sizing error)".into()))?;
+            if self.next + self.nodesize <= c.1 {
+                out.push(self.next);
+                self.next += self.nodesize;
+            } else {
+                self.current += 1;
+                if let Some(c) = self.chunks.get(self.current) {
+                    self.next = c.0;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+type BuildResult = (u64, Vec<u64>, Vec<String>);
+
+fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result<BuildResult> {
+    let opts = ctx.opts;
+    let nodesize = opts.nodesize;
+    let features = opts.features;
+    let writer = ChunkWriter { devs, map: ctx.chunks.iter().map(map_entry).collect() };
+    let mut warnings = Vec::new();
+
+    // ---- file data ----
+    let (fs_items, data_extent_items, csum_items, data_extents) = match scan {
+        Some(s) => {
+            warnings.extend(s.warnings.iter().cloned());
+            let mut alloc = DataAlloc {
+                writer: &writer,
+                chunks: ctx
+                    .chunks
+                    .iter()
+                    .filter(|c| c.flags & BLOCK_GROUP_DATA != 0)
+                    .map(|c| (c.logical, c.logical + c.length, c.logical))
+                    .collect(),
+                current: 0,
+            };
+            let r = rootdir::write_data(s, &mut alloc)?;
+            (r.fs_items, r.extent_items, r.csum_items, r.extents)
+        }
+        None => {
+            let items = vec![
+                TreeItem::new(key(256, INODE_ITEM_KEY, 0), dir_inode(ctx.now, ctx.now)),
+                TreeItem::new(key(256, INODE_REF_KEY, 256), inode_ref(0, b"..")),
+            ];
+            (items, Vec::new(), Vec::new(), Vec::new())
+        }
+    };
+
+    // ---- fixed trees ----
+    let chunk_items = |dev_used: &[u64]| -> Vec<TreeItem> {
+        let mut v = Vec::new();
+        for (i, size) in ctx.dev_sizes.iter().enumerate() {
+            let devid = i as u64 + 1;
+            v.push(TreeItem::new(key(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, devid), dev_item(ctx, devid, *size, dev_used[i]).as_bytes().to_vec()));
+        }
+        for c in &ctx.chunks {
+            v.push(TreeItem::new(key(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, c.logical), chunk_item(c, &ctx.dev_uuids, opts.sectorsize)));
+        }
+        v
+    };
+    let mut dev_used = vec![0u64; ctx.dev_sizes.len()];
+    let mut dev_tree = Vec::new();
+    for i in 0..ctx.dev_sizes.len() {
+        // Zeroed error counters, as the kernel creates them on first mount.
+        dev_tree.push(TreeItem::new(key(DEV_STATS_OBJECTID, PERSISTENT_ITEM_KEY, i as u64 + 1), vec![0u8; 8 * DEV_STAT_VALUES_MAX]));
+    }
+    let mut dev_extents = Vec::new();
+    for c in &ctx.chunks {
+        for &(devid, phys) in &c.stripes {
+            dev_used[(devid - 1) as usize] += c.stripe_size;
+            let de = DevExtent {
+                chunk_tree: CHUNK_TREE_OBJECTID.into(),
+                chunk_objectid: FIRST_CHUNK_TREE_OBJECTID.into(),
+                chunk_offset: c.logical.into(),
+                length: c.stripe_size.into(),
+                chunk_tree_uuid: ctx.chunk_uuid,
+            };
+            dev_extents.push(TreeItem::new(key(devid, DEV_EXTENT_KEY, phys), de.as_bytes().to_vec()));
+        }
+    }
+    dev_extents.sort_by_key(|i| i.key);
+    dev_tree.extend(dev_extents);
+    let chunk_tree = chunk_items(&dev_used);
+
+    let uuid_tree = vec![TreeItem::new(
+        key(
+            u64::from_le_bytes(ctx.fs_uuid[..8].try_into().unwrap_or([0; 8])),
+            UUID_KEY_SUBVOL,
+            u64::from_le_bytes(ctx.fs_uuid[8..].try_into().unwrap_or([0; 8])),
+        ),
+        FS_TREE_OBJECTID.to_le_bytes().to_vec(),
+    )];
+    let data_reloc_tree = vec![
+        TreeItem::new(key(256, INODE_ITEM_KEY, 0), dir_inode(ctx.now, (0, 0))),
+        TreeItem::new(key(256, INODE_REF_KEY, 256), inode_ref(0, b"..")),
+    ];
+
+    // The root tree needs the other roots; the extent tree needs every block's level,
+    // so both come after the rest. Neither's shape depends on those values.
+    let root_tree_items = |built: &std::collections::HashMap<TreeId, crate::tree::builder::BuiltTree>, extent: (u64, u8, u64)| {
+        let bytes_of = |t: TreeId| built.get(&t).map(|b| b.blocks.len() as u64 * nodesize as u64).unwrap_or(0);
+        let ri = |t: TreeId, dirid: u64, uuid: [u8; 16]| {
+            let b = built.get(&t);
+            root_item(b.map(|b| b.root).unwrap_or(0), b.map(|b| b.level).unwrap_or(0), bytes_of(t), dirid, uuid, ctx.now, nodesize)
+        };
+        let mut v = vec![
+            TreeItem::new(key(EXTENT_TREE_OBJECTID, ROOT_ITEM_KEY, 0), {
+                root_item(extent.0, extent.1, extent.2, 0, [0; 16], ctx.now, nodesize)
+            }),
+            TreeItem::new(key(DEV_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::Dev, 0, [0; 16])),
+            TreeItem::new(key(FS_TREE_OBJECTID, INODE_REF_KEY, ROOT_TREE_DIR_OBJECTID), inode_ref(0, b"default")),
+            TreeItem::new(key(FS_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::Fs, 256, ctx.fs_uuid)),
+            TreeItem::new(key(ROOT_TREE_DIR_OBJECTID, INODE_ITEM_KEY, 0), dir_inode(ctx.now, ctx.now)),
+            TreeItem::new(key(ROOT_TREE_DIR_OBJECTID, INODE_REF_KEY, ROOT_TREE_DIR_OBJECTID), inode_ref(0, b"..")),
+            TreeItem::new(key(ROOT_TREE_DIR_OBJECTID, DIR_ITEM_KEY, name_hash(b"default")), {
+                let mut d = DirItem {
+                    location: key(FS_TREE_OBJECTID, ROOT_ITEM_KEY, u64::MAX).to_disk(),
+                    transid: GENERATION.into(),
+                    data_len: 0.into(),
+                    name_len: 7.into(),
+                    dir_type: FT_DIR,
+                }
+                .as_bytes()
+                .to_vec();
+                d.extend_from_slice(b"default");
+                d
+            }),
+            TreeItem::new(key(CSUM_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::Csum, 0, [0; 16])),
+            TreeItem::new(key(UUID_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::Uuid, 0, [0; 16])),
+        ];
+        if features.free_space_tree {
+            v.push(TreeItem::new(key(FREE_SPACE_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::FreeSpace, 0, [0; 16])));
+        }
+        if features.block_group_tree {
+            v.push(TreeItem::new(key(BLOCK_GROUP_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::BlockGroup, 0, [0; 16])));
+        }
+        v.push(TreeItem::new(key(DATA_RELOC_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::DataReloc, 256, [0; 16])));
+        v
+    };
+    // Trees in block layout order; the chunk tree lives in the system chunk.
+    let mut meta_trees = vec![TreeId::Root, TreeId::Extent, TreeId::Dev, TreeId::Fs, TreeId::Csum, TreeId::Uuid, TreeId::DataReloc];
+    if features.free_space_tree {
+        meta_trees.push(TreeId::FreeSpace);
+    }
+    if features.block_group_tree {
+        meta_trees.push(TreeId::BlockGroup);
+    }
+    let sizes_of = |items: &[TreeItem]| items.iter().map(|i| i.data.len()).collect::<Vec<_>>();
+    let fixed_count = |t: TreeId| -> Result<usize> {
+        match t {
+            TreeId::Chunk => count_blocks(&sizes_of(&chunk_tree), nodesize),
+            TreeId::Dev => count_blocks(&sizes_of(&dev_tree), nodesize),
+            TreeId::Fs => count_blocks(&sizes_of(&fs_items), nodesize),
+            TreeId::Csum => count_blocks(&sizes_of(&csum_items), nodesize),
+            TreeId::Uuid => count_blocks(&sizes_of(&uuid_tree), nodesize),
+            TreeId::DataReloc => count_blocks(&sizes_of(&data_reloc_tree), nodesize),
+            // Root tree: one root item per tree plus the "default" dir entries; sizes are fixed.
+            TreeId::Root => count_blocks(&sizes_of(&root_tree_items(&std::collections::HashMap::new(), (0, 0, 0))), nodesize),
+            _ => Ok(1),
+        }
+    };
+
+    let sys_chunks: Vec<(u64, u64)> =
+        ctx.chunks.iter().filter(|c| c.flags & BLOCK_GROUP_SYSTEM != 0).map(|c| (c.logical, c.logical + c.length)).collect();
+    let meta_chunks: Vec<(u64, u64)> =
+        ctx.chunks.iter().filter(|c| c.flags & BLOCK_GROUP_METADATA != 0).map(|c| (c.logical, c.logical + c.length)).collect();
+
+    // ---- fixed point: block counts of the extent, free space and block group trees ----
+    let mut counts: std::collections::HashMap<TreeId, usize> = std::collections::HashMap::new();
+    for &t in meta_trees.iter().chain([TreeId::Chunk].iter()) {
+        counts.insert(t, fixed_count(t)?);
+    }
+    let mut iterations = 0;
+    let (addrs, extent_tree, fst_tree, bg_items, chunk_used) = loop {
+        iterations += 1;
+        if iterations > 32 {
+            return Err(Error::Invalid("tree sizes do not settle (internal error)".into()));
+        }
+        let mut addrs: Vec<(TreeId, Vec<u64>)> = Vec::new();
+        let mut sys = MetaAlloc::new(sys_chunks.clone(), nodesize as u64);
+        addrs.push((TreeId::Chunk, sys.take(counts[&TreeId::Chunk])?));
+        let mut meta = MetaAlloc::new(meta_chunks.clone(), nodesize as u64);
+        for &t in &meta_trees {
+            addrs.push((t, meta.take(counts[&t])?));
+        }
+        // Used bytes per chunk.
+        let mut used: Vec<u64> = vec![0; ctx.chunks.len()];
+        let chunk_of = |a: u64| ctx.chunks.iter().position(|c| c.logical <= a && a < c.logical + c.length);
+        for (_, list) in &addrs {
+            for &a in list {
+                if let Some(i) = chunk_of(a) {
+                    used[i] += nodesize as u64;
+                }
+            }
+        }
+        for &(a, len) in &data_extents {
+            if let Some(i) = chunk_of(a) {
+                used[i] += len;
+            }
+        }
+        let bg_items: Vec<TreeItem> = ctx
+            .chunks
+            .iter()
+            .zip(&used)
+            .map(|(c, &u)| {
+                let bg = BlockGroupItem { used: u.into(), chunk_objectid: FIRST_CHUNK_TREE_OBJECTID.into(), flags: c.flags.into() };
+                TreeItem::new(key(c.logical, BLOCK_GROUP_ITEM_KEY, c.length), bg.as_bytes().to_vec())
+            })
+            .collect();
+        let mut ext = Vec::new();
+        if !features.block_group_tree {
+            ext.extend(bg_items.iter().cloned());
+        }
+        for (t, list) in &addrs {
+            for &a in list {
+                // Skinny metadata: the key offset is the block's level, filled in below.
+                ext.push(TreeItem::new(key(a, METADATA_ITEM_KEY, 0), metadata_extent_item(t.objectid())));
+            }
+        }
+        ext.extend(data_extent_items.iter().cloned());
+        // Free space: everything allocated sits at the start of each chunk, except
+        // data, which may leave unused tails where a compressed extent did not fit.
+        let mut fst = Vec::new();
+        if features.free_space_tree {
+            for (ci, c) in ctx.chunks.iter().enumerate() {
+                let mut taken: Vec<(u64, u64)> = Vec::new();
+                for (_, list) in &addrs {
+                    taken.extend(list.iter().filter(|&&a| chunk_of(a) == Some(ci)).map(|&a| (a, nodesize as u64)));
+                }
+                taken.extend(data_extents.iter().filter(|e| chunk_of(e.0) == Some(ci)).copied());
+                taken.sort();
+                let mut free = Vec::new();
+                let mut pos = c.logical;
+                for (a, l) in taken {
+                    if a > pos {
+                        free.push((pos, a - pos));
+                    }
+                    pos = pos.max(a + l);
+                }
+                if pos < c.logical + c.length {
+                    free.push((pos, c.logical + c.length - pos));
+                }
+                let info = FreeSpaceInfo { extent_count: (free.len() as u32).into(), flags: 0.into() };
+                fst.push(TreeItem::new(key(c.logical, FREE_SPACE_INFO_KEY, c.length), info.as_bytes().to_vec()));
+                for (s, l) in free {
+                    fst.push(TreeItem::new(key(s, FREE_SPACE_EXTENT_KEY, l), Vec::new()));
+                }
+            }
+        }
+        let mut new_counts = counts.clone();
+        new_counts.insert(TreeId::Extent, count_blocks(&sizes_of(&ext), nodesize)?);
+        if features.free_space_tree {
+            new_counts.insert(TreeId::FreeSpace, count_blocks(&sizes_of(&fst), nodesize)?);
+        }
+        if features.block_group_tree {
+            new_counts.insert(TreeId::BlockGroup, count_blocks(&sizes_of(&bg_items), nodesize)?);
+        }
+        if new_counts == counts {
+            break (addrs, ext, fst, bg_items, used);
+        }
+        counts = new_counts;
+    };
+
+    // ---- build every tree ----
+    let params = |owner: u64| BlockParams {
+        nodesize,
+        csum: opts.csum,
+        fsid: ctx.fsid,
+        chunk_tree_uuid: ctx.chunk_uuid,
+        generation: GENERATION,
+        owner,
+    };
+    let addr_of = |t: TreeId| addrs.iter().find(|a| a.0 == t).map(|a| a.1.clone()).unwrap_or_default();
+    let mut built: std::collections::HashMap<TreeId, crate::tree::builder::BuiltTree> = std::collections::HashMap::new();
+    let simple: Vec<(TreeId, &Vec<TreeItem>)> = vec![
+        (TreeId::Chunk, &chunk_tree),
+        (TreeId::Dev, &dev_tree),
+        (TreeId::Fs, &fs_items),
+        (TreeId::Csum, &csum_items),
+        (TreeId::Uuid, &uuid_tree),
+        (TreeId::DataReloc, &data_reloc_tree),
+        (TreeId::FreeSpace, &fst_tree),
+        (TreeId::BlockGroup, &bg_items),
+    ];
+    for (t, items) in simple {
+        if (t == TreeId::FreeSpace && !features.free_space_tree) || (t == TreeId::BlockGroup && !features.block_group_tree) {
+            continue;
+        }
+        built.insert(t, build_tree(items, &params(t.objectid()), &addr_of(t))?);
+    }
+    // Levels of every block, for the skinny METADATA_ITEM offsets. Root and extent
+    // trees: their levels follow from their (already planned) shapes.
+    let root_plan = {
+        let probe = root_tree_items(&built, (0, 0, 0));
+        crate::tree::builder::plan_tree(&sizes_of(&probe), nodesize)?
+    };
+    if root_plan.block_count() != counts[&TreeId::Root] {
+        return Err(Error::Invalid("root tree size estimate was wrong (internal error)".into()));
+    }
+    let ext_plan = crate::tree::builder::plan_tree(&sizes_of(&extent_tree), nodesize)?;
+    let mut levels: std::collections::HashMap<u64, u8> = std::collections::HashMap::new();
+    for b in built.values() {
+        for (a, l, _) in &b.blocks {
+            levels.insert(*a, *l);
+        }
+    }
+    let plan_levels = |plan: &crate::tree::builder::TreePlan, list: &[u64], levels: &mut std::collections::HashMap<u64, u8>| {
+        let mut i = 0;
+        for _ in &plan.leaves {
+            if let Some(&a) = list.get(i) {
+                levels.insert(a, 0);
+            }
+            i += 1;
+        }
+        for (lvl, nodes) in plan.nodes.iter().enumerate() {
+            for _ in nodes {
+                if let Some(&a) = list.get(i) {
+                    levels.insert(a, lvl as u8 + 1);
+                }
+                i += 1;
+            }
+        }
+    };
+    plan_levels(&root_plan, &addr_of(TreeId::Root), &mut levels);
+    plan_levels(&ext_plan, &addr_of(TreeId::Extent), &mut levels);
+    let mut extent_tree = extent_tree;
+    for it in extent_tree.iter_mut() {
+        if it.key.item_type == METADATA_ITEM_KEY {
+            it.key.offset = levels.get(&it.key.objectid).copied().unwrap_or(0) as u64;
+        }
+    }
+    extent_tree.sort_by_key(|i| i.key);
+    let ext_built = build_tree(&extent_tree, &params(EXTENT_TREE_OBJECTID), &addr_of(TreeId::Extent))?;
+    let ext_info = (ext_built.root, ext_built.level, ext_built.blocks.len() as u64 * nodesize as u64);
+    built.insert(TreeId::Extent, ext_built);
+    let root_items = root_tree_items(&built, ext_info);
+    let root_built = build_tree(&root_items, &params(ROOT_TREE_OBJECTID), &addr_of(TreeId::Root))?;
+    built.insert(TreeId::Root, root_built);
+
+    // ---- write tree blocks, then sync, then superblocks ----
+    for b in built.values() {
+        for (a, _, bytes) in &b.blocks {
+            writer.write(*a, bytes)?;
+        }
+    }
+    devs.sync()?;
+
+    let bytes_used: u64 = chunk_used.iter().sum();
+    let get = |t: TreeId| built.get(&t).map(|b| (b.root, b.level)).unwrap_or((0, 0));
+    let (root, root_level) = get(TreeId::Root);
+    let (chunk_root, chunk_level) = get(TreeId::Chunk);
+    let mut sys_array = Vec::new();
+    for c in ctx.chunks.iter().filter(|c| c.flags & BLOCK_GROUP_SYSTEM != 0) {
+        sys_array.extend_from_slice(key(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, c.logical).to_disk().as_bytes());
+        sys_array.extend_from_slice(&chunk_item(c, &ctx.dev_uuids, opts.sectorsize));
+    }
+    if sys_array.len() > SYSTEM_CHUNK_ARRAY_SIZE {
+        return Err(Error::Unsupported("system chunk array overflow".into()));
+    }
+    let mut incompat = INCOMPAT_MIXED_BACKREF | INCOMPAT_EXTENDED_IREF | INCOMPAT_SKINNY_METADATA;
+    if features.no_holes {
+        incompat |= INCOMPAT_NO_HOLES;
+    }
+    if nodesize > 4096 {
+        incompat |= INCOMPAT_BIG_METADATA;
+    }
+    if ctx.chunks.iter().map(|c| c.profile).any(|p| matches!(p, Profile::Raid1C3 | Profile::Raid1C4)) {
+        incompat |= INCOMPAT_RAID1C34;
+    }
+    if let Some((kind, _)) = opts.compress {
+        match kind {
+            Compression::Lzo => incompat |= INCOMPAT_COMPRESS_LZO,
+            Compression::Zstd => incompat |= INCOMPAT_COMPRESS_ZSTD,
+            _ => {}
+        }
+    }
+    let mut compat_ro = 0;
+    if features.free_space_tree {
+        compat_ro |= COMPAT_RO_FREE_SPACE_TREE | COMPAT_RO_FREE_SPACE_TREE_VALID;
+    }
+    if features.block_group_tree {
+        compat_ro |= COMPAT_RO_BLOCK_GROUP_TREE;
+    }
+    let total: u64 = ctx.dev_sizes.iter().sum();
+    for (i, size) in ctx.dev_sizes.iter().enumerate() {
+        let devid = i as u64 + 1;
+        let mut sb = SuperBlock::new_zeroed();
+        sb.fsid = ctx.fsid;
+        sb.flags = SUPER_FLAG_WRITTEN.into();
+        sb.magic = BTRFS_MAGIC;
+        sb.generation = GENERATION.into();
+        sb.root = root.into();
+        sb.chunk_root = chunk_root.into();
+        sb.total_bytes = total.into();
+        sb.bytes_used = bytes_used.into();
+        sb.root_dir_objectid = ROOT_TREE_DIR_OBJECTID.into();
+        sb.num_devices = (ctx.dev_sizes.len() as u64).into();
+        sb.sectorsize = opts.sectorsize.into();
+        sb.nodesize = nodesize.into();
+        sb.unused_leafsize = nodesize.into();
+        sb.stripesize = opts.sectorsize.into();
+        sb.sys_chunk_array_size = (sys_array.len() as u32).into();
+        sb.chunk_root_generation = GENERATION.into();
+        sb.compat_ro_flags = compat_ro.into();
+        sb.incompat_flags = incompat.into();
+        sb.csum_type = opts.csum.raw().into();
+        sb.root_level = root_level;
+        sb.chunk_root_level = chunk_level;
+        sb.dev_item = dev_item(ctx, devid, *size, dev_used[i]);
+        sb.label[..opts.label.len()].copy_from_slice(opts.label.as_bytes());
+        // The uuid tree is complete: no rescan needed on first mount.
+        sb.uuid_tree_generation = GENERATION.into();
+        // metadata_uuid stays zero: it only means something with INCOMPAT_METADATA_UUID.
+        sb.sys_chunk_array[..sys_array.len()].copy_from_slice(&sys_array);
+        let b = &mut sb.super_roots[0];
+        let set = |t: TreeId| get(t);
+        (b.tree_root, b.tree_root_gen, b.tree_root_level) = (root.into(), GENERATION.into(), root_level);
+        (b.chunk_root, b.chunk_root_gen, b.chunk_root_level) = (chunk_root.into(), GENERATION.into(), chunk_level);
+        let (a, l) = set(TreeId::Extent);
+        (b.extent_root, b.extent_root_gen, b.extent_root_level) = (a.into(), GENERATION.into(), l);
+        let (a, l) = set(TreeId::Fs);
+        (b.fs_root, b.fs_root_gen, b.fs_root_level) = (a.into(), GENERATION.into(), l);
+        let (a, l) = set(TreeId::Dev);
+        (b.dev_root, b.dev_root_gen, b.dev_root_level) = (a.into(), GENERATION.into(), l);
+        let (a, l) = set(TreeId::Csum);
+        (b.csum_root, b.csum_root_gen, b.csum_root_level) = (a.into(), GENERATION.into(), l);
+        b.total_bytes = total.into();
+        b.bytes_used = bytes_used.into();
+        b.num_devices = (ctx.dev_sizes.len() as u64).into();
+        for &off in &SUPER_MIRROR_OFFSETS {
+            if off + SUPER_INFO_SIZE as u64 > *size {
+                continue;
+            }
+            sb.bytenr = off.into();
+            seal_super(&mut sb, opts.csum);
+            devs.write_phys(devid, off, sb.as_bytes())?;
+        }
+    }
+    devs.sync()?;
+    Ok((bytes_used, chunk_used, warnings))
+}
+
+fn dev_item(ctx: &Ctx<'_>, devid: u64, size: u64, used: u64) -> DevItem {
+    DevItem {
+        devid: devid.into(),
+        total_bytes: size.into(),
+        bytes_used: used.into(),
+        io_align: ctx.opts.sectorsize.into(),
+        io_width: ctx.opts.sectorsize.into(),
+        sector_size: ctx.opts.sectorsize.into(),
+        dev_type: 0.into(),
+        generation: 0.into(),
+        start_offset: 0.into(),
+        dev_group: 0.into(),
+        seek_speed: 0,
+        bandwidth: 0,
+        uuid: ctx.dev_uuids.get((devid - 1) as usize).copied().unwrap_or([0; 16]),
+        fsid: ctx.fsid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1G").unwrap(), GIB);
+        assert_eq!(parse_size("512m").unwrap(), 512 * MIB);
+        assert_eq!(parse_size("2KiB").unwrap(), 2048);
+        assert!(parse_size("1Q").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn placement_skips_superblock_mirrors() {
+        let s = place(60 * MIB, 8 * MIB, GIB).unwrap();
+        assert_eq!(s, 64 * MIB + STRIPE_LEN);
+        assert_eq!(place(MIB, 8 * MIB, GIB), Some(MIB));
+        assert_eq!(place(MIB, GIB, GIB), None);
+    }
+
+    #[test]
+    fn features_toggle() {
+        let f = Features::default().apply("^no-holes,block-group-tree").unwrap();
+        assert!(!f.no_holes && f.free_space_tree && f.block_group_tree);
+        assert!(Features::default().apply("bogus").is_err());
+        assert!(Features::default().apply("^free-space-tree,block-group-tree").is_err());
+    }
+}

@@ -1,0 +1,588 @@
+//! `mkfs --rootdir`: walk a host directory into the items of the top-level
+//! subvolume (inodes, names, xattrs, file extents) and write file data into
+//! data chunks through a [`DataSink`].
+//!
+//! Two passes: [`scan`] reads the host tree's shape and metadata (it has to,
+//! before mkfs can size chunks), and [`write_data`] then copies file data and
+//! returns the items that refer to it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use zerocopy::IntoBytes;
+
+use crate::error::{Error, Result};
+use crate::format::items::name_hash;
+use crate::format::ondisk::*;
+use crate::format::{CsumType, FileType, Key};
+use crate::fs::compress::{self, Compression};
+use crate::tree::builder::TreeItem;
+
+/// The kernel's BTRFS_MAX_EXTENT_SIZE: no uncompressed extent is longer.
+pub const MAX_EXTENT_SIZE: u64 = 128 * 1024 * 1024;
+/// Compressed extents cover at most this much file data (BTRFS_MAX_UNCOMPRESSED).
+pub const MAX_UNCOMPRESSED: u64 = 128 * 1024;
+/// The kernel's default `max_inline` mount option.
+pub const DEFAULT_MAX_INLINE: u64 = 2048;
+
+/// How the walk treats file data.
+#[derive(Clone, Debug)]
+pub struct ScanOptions {
+    pub sectorsize: u32,
+    pub nodesize: u32,
+    pub compress: Option<(Compression, Option<i32>)>,
+    /// The inode otime (creation time) for every inode: the host has no portable one.
+    pub otime: (u64, u32),
+    pub generation: u64,
+    pub no_holes: bool,
+    pub csum: CsumType,
+}
+
+#[derive(Clone, Debug)]
+enum Content {
+    None,
+    /// Whole file (or symlink target) stored in the leaf: (bytes as stored, compression).
+    Inline(Vec<u8>, u8),
+    /// Sector-aligned data ranges [start, end) of a regular file, holes between them.
+    Ranges(Vec<(u64, u64)>),
+}
+
+#[derive(Clone, Debug)]
+struct ScanInode {
+    ino: u64,
+    kind: FileType,
+    host: PathBuf,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    rdev: u64,
+    size: u64,
+    atime: (u64, u32),
+    mtime: (u64, u32),
+    ctime: (u64, u32),
+    /// (parent inode, dir index, name), one per hard link.
+    names: Vec<(u64, u64, Vec<u8>)>,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    content: Content,
+    /// Directories: (name, child inode, type, index).
+    entries: Vec<(Vec<u8>, u64, FileType, u64)>,
+}
+
+/// The host tree as read by [`scan`].
+pub struct Scan {
+    inodes: Vec<ScanInode>,
+    opts: ScanOptions,
+    /// Upper bound of data bytes the regular extents take on disk.
+    pub data_bytes: u64,
+    /// Rough upper bound of the fs and csum tree item bytes.
+    pub metadata_bytes: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub special: u64,
+    pub hardlinks: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Where [`write_data`] puts file data: the data chunks of the new filesystem.
+pub trait DataSink {
+    /// Reserve up to `len` contiguous bytes (never crossing a chunk); returns
+    /// the logical address and how many bytes were granted. With `whole`, all
+    /// of `len` or an error.
+    fn reserve(&mut self, len: u64, whole: bool) -> Result<(u64, u64)>;
+    /// Write bytes at a logical address inside a data chunk (all copies).
+    fn write(&mut self, logical: u64, data: &[u8]) -> Result<()>;
+}
+
+/// What the data pass produced.
+pub struct DataResult {
+    pub fs_items: Vec<TreeItem>,
+    /// EXTENT_ITEMs for data extents.
+    pub extent_items: Vec<TreeItem>,
+    /// EXTENT_CSUM items.
+    pub csum_items: Vec<TreeItem>,
+    /// (logical, disk bytes) of every data extent, for block group accounting.
+    pub extents: Vec<(u64, u64)>,
+    pub bytes: u64,
+}
+
+fn ts(sec: i64, nsec: i64) -> (u64, u32) {
+    // Times before 1970 keep their two's-complement seconds, as the kernel stores them.
+    (sec as u64, nsec.clamp(0, 999_999_999) as u32)
+}
+
+fn io(path: &Path, op: &str) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    let op = op.to_string();
+    move |e| Error::io(path, op, e)
+}
+
+/// Linux dev_t (glibc encoding) to the kernel's internal MKDEV (major << 20 | minor),
+/// which is what btrfs stores in the inode's rdev.
+fn host_rdev_to_btrfs(rdev: u64) -> u64 {
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    ((major & 0xfff) << 20) | (minor & 0xf_ffff)
+}
+
+/// Open a source file for reading without touching its atime (O_NOATIME needs
+/// ownership or CAP_FOWNER; fall back to a plain open), so that making an image
+/// does not change the tree it is made from and two runs see the same times.
+fn open_source(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let noatime = rustix::fs::OFlags::NOATIME.bits() as i32;
+    match std::fs::OpenOptions::new().read(true).custom_flags(noatime).open(path) {
+        Ok(f) => Ok(f),
+        Err(_) => File::open(path).map_err(io(path, "open")),
+    }
+}
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+/// Data ranges of a file, sector aligned, via SEEK_DATA/SEEK_HOLE so holes stay holes.
+fn data_ranges(file: &File, path: &Path, size: u64, sector: u64) -> Result<Vec<(u64, u64)>> {
+    use rustix::fs::{seek, SeekFrom};
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let start = match seek(file, SeekFrom::Data(pos as i64)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break,
+            // A filesystem without SEEK_DATA: treat the file as all data.
+            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => {
+                out = vec![(0, round_up(size, sector))];
+                break;
+            }
+            Err(e) => return Err(Error::io(path, "seek data", e.into())),
+        };
+        if start >= size {
+            break;
+        }
+        let end = match seek(file, SeekFrom::Hole(start as i64)) {
+            Ok(e) => e.min(size),
+            Err(e) => return Err(Error::io(path, "seek hole", e.into())),
+        };
+        let (s, e) = (start / sector * sector, round_up(end, sector));
+        match out.last_mut() {
+            Some(last) if last.1 >= s => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+        pos = end.max(start + 1);
+    }
+    Ok(out)
+}
+
+fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    // The xattr crate uses the l*xattr calls: symlinks' own attributes, not their targets'.
+    let names = match xattr::list(path) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => return Ok(out),
+        Err(e) => return Err(Error::io(path, "listxattr", e)),
+    };
+    for name in names {
+        if let Some(v) = xattr::get(path, &name).map_err(io(path, "getxattr"))? {
+            out.push((name.as_bytes().to_vec(), v));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Walk `root` (the future inode 256) in bytewise name order, depth first.
+pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
+    let meta = std::fs::metadata(root).map_err(io(root, "stat"))?;
+    if !meta.is_dir() {
+        return Err(Error::Invalid(format!("--rootdir {}: not a directory", root.display())));
+    }
+    let mut s = Scan {
+        inodes: Vec::new(),
+        opts: opts.clone(),
+        data_bytes: 0,
+        metadata_bytes: 0,
+        files: 0,
+        dirs: 0,
+        symlinks: 0,
+        special: 0,
+        hardlinks: 0,
+        warnings: Vec::new(),
+    };
+    let mut by_host: HashMap<(u64, u64), usize> = HashMap::new();
+    let root_idx = s.add_inode(root, &meta, 256)?;
+    s.inodes[root_idx].names.push((256, 0, b"..".to_vec()));
+    s.walk_dir(root_idx, &mut by_host)?;
+    Ok(s)
+}
+
+impl Scan {
+    fn add_inode(&mut self, path: &Path, m: &std::fs::Metadata, ino: u64) -> Result<usize> {
+        let kind = FileType::from_mode(m.mode())
+            .ok_or_else(|| Error::Unsupported(format!("{}: unknown file type {:o}", path.display(), m.mode())))?;
+        let sector = self.opts.sectorsize as u64;
+        let mut content = Content::None;
+        let mut size = 0;
+        match kind {
+            FileType::Regular => {
+                size = m.size();
+                self.files += 1;
+                if size > 0 {
+                    let f = open_source(path)?;
+                    let ranges = data_ranges(&f, path, size, sector)?;
+                    if size <= DEFAULT_MAX_INLINE && size < sector && !ranges.is_empty() {
+                        let mut buf = vec![0u8; size as usize];
+                        f.read_exact_at(&mut buf, 0).map_err(io(path, "read"))?;
+                        content = self.inline_content(buf);
+                    } else {
+                        self.data_bytes += ranges.iter().map(|r| r.1 - r.0).sum::<u64>();
+                        let csums = ranges.iter().map(|r| (r.1 - r.0) / sector).sum::<u64>() * self.opts.csum.size() as u64;
+                        let pieces = ranges.iter().map(|r| (r.1 - r.0).div_ceil(MAX_UNCOMPRESSED)).sum::<u64>();
+                        self.metadata_bytes += csums + pieces * (53 + 53 + 50);
+                        content = Content::Ranges(ranges);
+                    }
+                }
+            }
+            FileType::Symlink => {
+                self.symlinks += 1;
+                let target = std::fs::read_link(path).map_err(io(path, "readlink"))?;
+                let t = target.as_os_str().as_bytes().to_vec();
+                if t.len() >= sector as usize || t.len() + 21 + 25 > crate::tree::builder::max_item_size(self.opts.nodesize) {
+                    return Err(Error::Unsupported(format!("{}: symlink target of {} bytes is too long", path.display(), t.len())));
+                }
+                size = t.len() as u64;
+                content = Content::Inline(t, COMPRESS_NONE);
+            }
+            FileType::Directory => self.dirs += 1,
+            _ => self.special += 1,
+        }
+        let xattrs = read_xattrs(path)?;
+        let max = crate::tree::builder::max_item_size(self.opts.nodesize);
+        let mut kept = Vec::new();
+        for (n, v) in xattrs {
+            if n.len() + v.len() + 30 > max || n.len() > NAME_LEN {
+                self.warnings.push(format!(
+                    "{}: xattr {} ({} bytes) does not fit a {}-byte tree block; skipped",
+                    path.display(),
+                    String::from_utf8_lossy(&n),
+                    v.len(),
+                    self.opts.nodesize
+                ));
+                continue;
+            }
+            self.metadata_bytes += (n.len() + v.len() + 60) as u64;
+            kept.push((n, v));
+        }
+        self.metadata_bytes += 400;
+        let rdev = if matches!(kind, FileType::CharDevice | FileType::BlockDevice) { host_rdev_to_btrfs(m.rdev()) } else { 0 };
+        self.inodes.push(ScanInode {
+            ino,
+            kind,
+            host: path.to_path_buf(),
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            rdev,
+            size,
+            atime: ts(m.atime(), m.atime_nsec()),
+            mtime: ts(m.mtime(), m.mtime_nsec()),
+            ctime: ts(m.ctime(), m.ctime_nsec()),
+            names: Vec::new(),
+            xattrs: kept,
+            content,
+            entries: Vec::new(),
+        });
+        Ok(self.inodes.len() - 1)
+    }
+
+    /// Small files live in the leaf; compressed there too when that is smaller, as the kernel does.
+    fn inline_content(&self, buf: Vec<u8>) -> Content {
+        if let Some((kind, level)) = self.opts.compress {
+            if let Ok(c) = compress::encode(kind, &buf, self.opts.sectorsize, level) {
+                if c.len() < buf.len() {
+                    return Content::Inline(c, kind.raw());
+                }
+            }
+        }
+        Content::Inline(buf, COMPRESS_NONE)
+    }
+
+    fn walk_dir(&mut self, dir_idx: usize, by_host: &mut HashMap<(u64, u64), usize>) -> Result<()> {
+        let dir_path = self.inodes[dir_idx].host.clone();
+        let dir_ino = self.inodes[dir_idx].ino;
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for e in std::fs::read_dir(&dir_path).map_err(io(&dir_path, "readdir"))? {
+            let e = e.map_err(io(&dir_path, "readdir"))?;
+            names.push(e.file_name().as_bytes().to_vec());
+        }
+        names.sort();
+        // DIR_INDEX numbers start at 2 in every directory (0 and 1 are "." and "..").
+        for (index, name) in (2u64..).zip(names) {
+            let path = dir_path.join(std::ffi::OsStr::from_bytes(&name));
+            let m = std::fs::symlink_metadata(&path).map_err(io(&path, "lstat"))?;
+            let host_id = (m.dev(), m.ino());
+            let existing = if !m.is_dir() && m.nlink() > 1 { by_host.get(&host_id).copied() } else { None };
+            let idx = match existing {
+                Some(i) => {
+                    self.hardlinks += 1;
+                    i
+                }
+                None => {
+                    let ino = 256 + self.inodes.len() as u64;
+                    let i = self.add_inode(&path, &m, ino)?;
+                    if !m.is_dir() && m.nlink() > 1 {
+                        by_host.insert(host_id, i);
+                    }
+                    i
+                }
+            };
+            let (child_ino, kind) = (self.inodes[idx].ino, self.inodes[idx].kind);
+            self.inodes[idx].names.push((dir_ino, index, name.clone()));
+            self.metadata_bytes += (3 * (name.len() + 60)) as u64;
+            self.inodes[dir_idx].entries.push((name, child_ino, kind, index));
+            if existing.is_none() && kind == FileType::Directory {
+                self.walk_dir(idx, by_host)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn inode_item(i: &ScanInode, opts: &ScanOptions, nbytes: u64) -> InodeItem {
+    let size = match i.kind {
+        FileType::Directory => i.entries.iter().map(|e| e.0.len() as u64 * 2).sum(),
+        _ => i.size,
+    };
+    let nlink = if i.kind == FileType::Directory { 1 } else { i.names.len() as u32 };
+    let t = |(s, n): (u64, u32)| Timespec::new(s, n);
+    InodeItem {
+        generation: opts.generation.into(),
+        transid: opts.generation.into(),
+        size: size.into(),
+        nbytes: nbytes.into(),
+        block_group: 0.into(),
+        nlink: nlink.into(),
+        uid: i.uid.into(),
+        gid: i.gid.into(),
+        mode: i.mode.into(),
+        rdev: i.rdev.into(),
+        flags: 0.into(),
+        sequence: 0.into(),
+        reserved: [0.into(); 4],
+        atime: t(i.atime),
+        ctime: t(i.ctime),
+        mtime: t(i.mtime),
+        otime: t(opts.otime),
+    }
+}
+
+fn dir_item_bytes(location: Key, transid: u64, name: &[u8], data: &[u8], dir_type: u8) -> Vec<u8> {
+    let d = DirItem {
+        location: location.to_disk(),
+        transid: transid.into(),
+        data_len: (data.len() as u16).into(),
+        name_len: (name.len() as u16).into(),
+        dir_type,
+    };
+    let mut v = d.as_bytes().to_vec();
+    v.extend_from_slice(name);
+    v.extend_from_slice(data);
+    v
+}
+
+fn file_extent_bytes(gen: u64, ram: u64, compression: u8, ty: u8) -> Vec<u8> {
+    FileExtentHeader {
+        generation: gen.into(),
+        ram_bytes: ram.into(),
+        compression,
+        encryption: 0,
+        other_encoding: 0.into(),
+        extent_type: ty,
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+fn regular_extent(gen: u64, ram: u64, compression: u8, disk_bytenr: u64, disk_num_bytes: u64, num_bytes: u64) -> Vec<u8> {
+    let mut v = file_extent_bytes(gen, ram, compression, FILE_EXTENT_REG);
+    v.extend_from_slice(
+        FileExtentBody {
+            disk_bytenr: disk_bytenr.into(),
+            disk_num_bytes: disk_num_bytes.into(),
+            offset: 0.into(),
+            num_bytes: num_bytes.into(),
+        }
+        .as_bytes(),
+    );
+    v
+}
+
+/// Largest csum item payload in bytes (the kernel's MAX_CSUM_ITEMS, in sectors × csum size).
+fn max_csum_item_bytes(nodesize: u32, csum_size: usize) -> usize {
+    ((crate::tree::builder::leaf_data_size(nodesize) - 2 * 25) / csum_size - 1) * csum_size
+}
+
+/// Copy every regular file's data into the data chunks and produce the
+/// subvolume's items, the data EXTENT_ITEMs and the csum items.
+pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
+    let opts = &scan.opts;
+    let gen = opts.generation;
+    let sector = opts.sectorsize as u64;
+    let mut fs: BTreeMap<Key, Vec<u8>> = BTreeMap::new();
+    let mut extent_items = Vec::new();
+    let mut extents: Vec<(u64, u64)> = Vec::new();
+    // Csums of sectors in logical order: (logical, csum bytes), merged into runs later.
+    let mut sector_csums: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut bytes = 0u64;
+    let append = |fs: &mut BTreeMap<Key, Vec<u8>>, key: Key, data: &[u8]| fs.entry(key).or_default().extend_from_slice(data);
+
+    for i in &scan.inodes {
+        let mut nbytes = 0u64;
+        match &i.content {
+            Content::None => {}
+            Content::Inline(data, compression) => {
+                let ram = if i.kind == FileType::Symlink { data.len() as u64 } else { i.size };
+                let mut v = file_extent_bytes(gen, ram, *compression, FILE_EXTENT_INLINE);
+                v.extend_from_slice(data);
+                fs.insert(Key::new(i.ino, EXTENT_DATA_KEY, 0), v);
+                nbytes = ram;
+            }
+            Content::Ranges(ranges) => {
+                let f = open_source(&i.host)?;
+                let piece_max = if opts.compress.is_some() { MAX_UNCOMPRESSED } else { MAX_EXTENT_SIZE };
+                let mut file_end = 0u64;
+                for &(start, end) in ranges {
+                    if !opts.no_holes && start > file_end {
+                        let v = regular_extent(gen, start - file_end, 0, 0, 0, start - file_end);
+                        fs.insert(Key::new(i.ino, EXTENT_DATA_KEY, file_end), v);
+                    }
+                    let mut pos = start;
+                    while pos < end {
+                        let want = (end - pos).min(piece_max);
+                        let mut buf = vec![0u8; want as usize];
+                        let avail = i.size.saturating_sub(pos).min(want) as usize;
+                        f.read_exact_at(&mut buf[..avail], pos).map_err(io(&i.host, "read"))?;
+                        let compressed = match opts.compress {
+                            Some((kind, level)) => compress::compress(kind, &buf[..avail], opts.sectorsize, level)
+                                .map_err(|e| Error::Compress { at: i.host.display().to_string(), source: e })?,
+                            None => None,
+                        };
+                        let (disk, ram, num, comp_type, granted) = match compressed {
+                            Some(c) => {
+                                let disk_len = round_up(c.len() as u64, sector);
+                                let (logical, _) = sink.reserve(disk_len, true)?;
+                                let mut out = c;
+                                out.resize(disk_len as usize, 0);
+                                sink.write(logical, &out)?;
+                                push_csums(&mut sector_csums, logical, &out, sector, opts.csum);
+                                let ram = round_up(avail as u64, sector);
+                                let kind = opts.compress.map(|c| c.0.raw()).unwrap_or(0);
+                                ((logical, disk_len), ram, want, kind, want)
+                            }
+                            None => {
+                                let (logical, granted) = sink.reserve(want, false)?;
+                                let out = &buf[..granted as usize];
+                                sink.write(logical, out)?;
+                                push_csums(&mut sector_csums, logical, out, sector, opts.csum);
+                                ((logical, granted), granted, granted, 0u8, granted)
+                            }
+                        };
+                        let _ = num;
+                        fs.insert(
+                            Key::new(i.ino, EXTENT_DATA_KEY, pos),
+                            regular_extent(gen, ram, comp_type, disk.0, disk.1, granted),
+                        );
+                        extent_items.push(TreeItem::new(
+                            Key::new(disk.0, EXTENT_ITEM_KEY, disk.1),
+                            data_extent_item(gen, FS_TREE_OBJECTID, i.ino, pos),
+                        ));
+                        extents.push(disk);
+                        bytes += disk.1;
+                        nbytes += granted;
+                        pos += granted;
+                    }
+                    file_end = end;
+                }
+                let size_end = round_up(i.size, sector);
+                if !opts.no_holes && size_end > file_end {
+                    let v = regular_extent(gen, size_end - file_end, 0, 0, 0, size_end - file_end);
+                    fs.insert(Key::new(i.ino, EXTENT_DATA_KEY, file_end), v);
+                }
+            }
+        }
+        if matches!(i.content, Content::None) && i.kind == FileType::Regular && i.size > 0 && !opts.no_holes {
+            // An all-hole file still needs its hole described without NO_HOLES.
+            let len = round_up(i.size, sector);
+            fs.insert(Key::new(i.ino, EXTENT_DATA_KEY, 0), regular_extent(gen, len, 0, 0, 0, len));
+        }
+        let item = inode_item(i, opts, nbytes);
+        fs.insert(Key::new(i.ino, INODE_ITEM_KEY, 0), item.as_bytes().to_vec());
+        for (parent, index, name) in &i.names {
+            let mut v = InodeRef { index: (*index).into(), name_len: (name.len() as u16).into() }.as_bytes().to_vec();
+            v.extend_from_slice(name);
+            append(&mut fs, Key::new(i.ino, INODE_REF_KEY, *parent), &v);
+        }
+        for (name, value) in &i.xattrs {
+            let v = dir_item_bytes(Key::MIN, gen, name, value, FT_XATTR);
+            append(&mut fs, Key::new(i.ino, XATTR_ITEM_KEY, name_hash(name)), &v);
+        }
+        for (name, child, kind, index) in &i.entries {
+            let loc = Key::new(*child, INODE_ITEM_KEY, 0);
+            let v = dir_item_bytes(loc, gen, name, &[], kind.dir_type());
+            append(&mut fs, Key::new(i.ino, DIR_ITEM_KEY, name_hash(name)), &v);
+            fs.insert(Key::new(i.ino, DIR_INDEX_KEY, *index), v);
+        }
+    }
+    let max_item = crate::tree::builder::max_item_size(opts.nodesize);
+    let mut fs_items = Vec::with_capacity(fs.len());
+    for (k, v) in fs {
+        if v.len() > max_item {
+            return Err(Error::Unsupported(format!(
+                "item {k} of inode {} is {} bytes, more than a {}-byte tree block holds (too many names or hash collisions)",
+                k.objectid,
+                v.len(),
+                opts.nodesize
+            )));
+        }
+        fs_items.push(TreeItem::new(k, v));
+    }
+    extent_items.sort_by_key(|i| i.key);
+    let csum_items = csum_runs(sector_csums, sector, opts);
+    Ok(DataResult { fs_items, extent_items, csum_items, extents, bytes })
+}
+
+fn push_csums(out: &mut Vec<(u64, Vec<u8>)>, logical: u64, data: &[u8], sector: u64, csum: CsumType) {
+    for (n, chunk) in data.chunks(sector as usize).enumerate() {
+        let c = csum.compute(chunk);
+        out.push((logical + n as u64 * sector, c[..csum.size()].to_vec()));
+    }
+}
+
+/// Merge per-sector csums into EXTENT_CSUM items over contiguous sectors.
+fn csum_runs(mut sectors: Vec<(u64, Vec<u8>)>, sector: u64, opts: &ScanOptions) -> Vec<TreeItem> {
+    sectors.sort_by_key(|s| s.0);
+    let max = max_csum_item_bytes(opts.nodesize, opts.csum.size());
+    let mut items: Vec<TreeItem> = Vec::new();
+    let mut next = u64::MAX;
+    for (logical, c) in sectors {
+        match items.last_mut() {
+            Some(it) if logical == next && it.data.len() + c.len() <= max => it.data.extend_from_slice(&c),
+            _ => items.push(TreeItem::new(Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, logical), c)),
+        }
+        next = logical + sector;
+    }
+    items
+}
+
+/// EXTENT_ITEM of a data extent with its one inline EXTENT_DATA_REF.
+pub fn data_extent_item(gen: u64, root: u64, objectid: u64, offset: u64) -> Vec<u8> {
+    let mut v = ExtentItem { refs: 1.into(), generation: gen.into(), flags: EXTENT_FLAG_DATA.into() }.as_bytes().to_vec();
+    v.push(EXTENT_DATA_REF_KEY);
+    v.extend_from_slice(
+        ExtentDataRef { root: root.into(), objectid: objectid.into(), offset: offset.into(), count: 1.into() }.as_bytes(),
+    );
+    v
+}

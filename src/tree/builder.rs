@@ -1,0 +1,307 @@
+//! Bulk tree writer: turns the complete, sorted item set of one tree into
+//! checksummed tree blocks (leaves, then nodes level by level).
+//!
+//! Used where a whole tree is written at once (mkfs, fixtures) rather than
+//! modified in place. The shape of the tree depends only on the item *sizes*
+//! ([`plan_tree`]), so a caller can learn how many blocks a tree needs, hand
+//! out addresses for them, and only then fill in items that mention those
+//! addresses (the extent tree describes its own blocks).
+
+use std::ops::Range;
+
+use zerocopy::IntoBytes;
+
+use super::block::{HEADER_SIZE, ITEM_SIZE, KEY_PTR_SIZE};
+use crate::error::{Error, Result};
+use crate::format::ondisk::*;
+use crate::format::{CsumType, Key};
+
+/// One leaf item: its key and its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeItem {
+    pub key: Key,
+    pub data: Vec<u8>,
+}
+
+impl TreeItem {
+    pub fn new(key: Key, data: Vec<u8>) -> Self {
+        TreeItem { key, data }
+    }
+}
+
+/// What every block header of one tree carries.
+#[derive(Clone, Debug)]
+pub struct BlockParams {
+    pub nodesize: u32,
+    pub csum: CsumType,
+    pub fsid: [u8; FSID_SIZE],
+    pub chunk_tree_uuid: [u8; UUID_SIZE],
+    pub generation: u64,
+    /// The tree id written in every header (`btrfs_header.owner`).
+    pub owner: u64,
+}
+
+/// Where the tree's blocks go, leaves first, then each level of nodes; the
+/// root is the last block.
+#[derive(Clone, Debug)]
+pub struct TreePlan {
+    /// Item index ranges, one per leaf.
+    pub leaves: Vec<Range<usize>>,
+    /// For each node level (1, 2, ...): child index ranges, one per node.
+    pub nodes: Vec<Vec<Range<usize>>>,
+}
+
+impl TreePlan {
+    pub fn block_count(&self) -> usize {
+        self.leaves.len() + self.nodes.iter().map(Vec::len).sum::<usize>()
+    }
+
+    /// Level of the root block.
+    pub fn root_level(&self) -> u8 {
+        self.nodes.len() as u8
+    }
+}
+
+/// A finished tree: every block with its logical address, root last.
+#[derive(Clone, Debug)]
+pub struct BuiltTree {
+    pub root: u64,
+    pub level: u8,
+    /// (logical address, level, block bytes).
+    pub blocks: Vec<(u64, u8, Vec<u8>)>,
+}
+
+/// Bytes of a leaf available for item headers and data.
+pub fn leaf_data_size(nodesize: u32) -> usize {
+    nodesize as usize - HEADER_SIZE
+}
+
+/// The largest item data a leaf can hold (one item alone in a leaf).
+pub fn max_item_size(nodesize: u32) -> usize {
+    leaf_data_size(nodesize) - ITEM_SIZE
+}
+
+/// Key pointers that fit in one node.
+pub fn node_capacity(nodesize: u32) -> usize {
+    (nodesize as usize - HEADER_SIZE) / KEY_PTR_SIZE
+}
+
+/// Fill target for leaves and nodes. Sequential inserts in the kernel leave
+/// leaves nearly full; we leave a little room (about 1/16) so that the first
+/// writes after mount do not split every leaf they touch.
+fn fill_target(capacity: usize) -> usize {
+    capacity - capacity / 16
+}
+
+/// Split a tree with items of the given data sizes into leaves and nodes.
+pub fn plan_tree(item_sizes: &[usize], nodesize: u32) -> Result<TreePlan> {
+    let cap = leaf_data_size(nodesize);
+    let target = fill_target(cap);
+    let mut leaves = Vec::new();
+    let mut start = 0;
+    let mut used = 0usize;
+    for (i, &size) in item_sizes.iter().enumerate() {
+        let need = ITEM_SIZE + size;
+        if need > cap {
+            return Err(Error::Invalid(format!(
+                "item {i} of {size} bytes does not fit in a {nodesize}-byte tree block"
+            )));
+        }
+        // Start a new leaf when this item would pass the fill target, unless
+        // the leaf is empty (a large item then gets a leaf to itself).
+        if i > start && used + need > target {
+            leaves.push(start..i);
+            start = i;
+            used = 0;
+        }
+        used += need;
+    }
+    if start < item_sizes.len() || leaves.is_empty() {
+        // An empty tree is one empty leaf.
+        leaves.push(start..item_sizes.len());
+    }
+    let per_node = fill_target(node_capacity(nodesize)).max(2);
+    let mut nodes = Vec::new();
+    let mut count = leaves.len();
+    while count > 1 {
+        if nodes.len() + 1 >= MAX_LEVEL as usize {
+            return Err(Error::Invalid("tree would be deeper than btrfs allows".into()));
+        }
+        // Spread children evenly rather than leaving a nearly empty last node.
+        let n_nodes = count.div_ceil(per_node);
+        let base = count / n_nodes;
+        let extra = count % n_nodes;
+        let mut level = Vec::with_capacity(n_nodes);
+        let mut s = 0;
+        for j in 0..n_nodes {
+            let len = base + usize::from(j < extra);
+            level.push(s..s + len);
+            s += len;
+        }
+        count = level.len();
+        nodes.push(level);
+    }
+    Ok(TreePlan { leaves, nodes })
+}
+
+/// Number of blocks a tree with items of these sizes needs.
+pub fn count_blocks(item_sizes: &[usize], nodesize: u32) -> Result<usize> {
+    Ok(plan_tree(item_sizes, nodesize)?.block_count())
+}
+
+/// Build the blocks of a tree. `items` must be sorted by key with no
+/// duplicates; `addrs` gives one logical address per block in plan order
+/// (leaves, then nodes bottom-up; the root is the last address).
+pub fn build_tree(items: &[TreeItem], params: &BlockParams, addrs: &[u64]) -> Result<BuiltTree> {
+    for w in items.windows(2) {
+        if w[0].key >= w[1].key {
+            return Err(Error::Invalid(format!(
+                "tree {}: keys out of order or duplicated: {} then {}",
+                params.owner, w[0].key, w[1].key
+            )));
+        }
+    }
+    let sizes: Vec<usize> = items.iter().map(|i| i.data.len()).collect();
+    let plan = plan_tree(&sizes, params.nodesize)?;
+    if addrs.len() != plan.block_count() {
+        return Err(Error::Invalid(format!(
+            "tree {}: {} addresses for {} blocks",
+            params.owner,
+            addrs.len(),
+            plan.block_count()
+        )));
+    }
+    let mut next_addr = addrs.iter().copied();
+    let mut take_addr = || next_addr.next().ok_or_else(|| Error::Invalid("ran out of block addresses".into()));
+    let mut blocks = Vec::with_capacity(plan.block_count());
+    // (first key, address) of each block of the level below.
+    let mut below: Vec<(Key, u64)> = Vec::with_capacity(plan.leaves.len());
+    for range in &plan.leaves {
+        let addr = take_addr()?;
+        let block = write_leaf(&items[range.clone()], params, addr);
+        let first = items.get(range.start).map(|i| i.key).unwrap_or(Key::MIN);
+        below.push((first, addr));
+        blocks.push((addr, 0u8, block));
+    }
+    for (lvl, level) in plan.nodes.iter().enumerate() {
+        let level_no = (lvl + 1) as u8;
+        let mut this = Vec::with_capacity(level.len());
+        for range in level {
+            let addr = take_addr()?;
+            let children = &below[range.clone()];
+            let block = write_node(children, params, addr, level_no);
+            this.push((children.first().map(|c| c.0).unwrap_or(Key::MIN), addr));
+            blocks.push((addr, level_no, block));
+        }
+        below = this;
+    }
+    let root = below.first().map(|b| b.1).ok_or_else(|| Error::Invalid("empty tree plan".into()))?;
+    Ok(BuiltTree { root, level: plan.root_level(), blocks })
+}
+
+fn header(params: &BlockParams, addr: u64, nritems: usize, level: u8) -> Header {
+    Header {
+        csum: [0; CSUM_SIZE],
+        fsid: params.fsid,
+        bytenr: addr.into(),
+        flags: (HEADER_FLAG_WRITTEN | (MIXED_BACKREF_REV << BACKREF_REV_SHIFT)).into(),
+        chunk_tree_uuid: params.chunk_tree_uuid,
+        generation: params.generation.into(),
+        owner: params.owner.into(),
+        nritems: (nritems as u32).into(),
+        level,
+    }
+}
+
+fn seal(block: &mut [u8], csum: CsumType) {
+    let c = csum.compute(&block[CSUM_SIZE..]);
+    block[..CSUM_SIZE].copy_from_slice(&c);
+}
+
+fn write_leaf(items: &[TreeItem], params: &BlockParams, addr: u64) -> Vec<u8> {
+    let nodesize = params.nodesize as usize;
+    let mut block = vec![0u8; nodesize];
+    block[..HEADER_SIZE].copy_from_slice(header(params, addr, items.len(), 0).as_bytes());
+    // Item data grows down from the end of the block; offsets are relative
+    // to the end of the header.
+    let mut data_end = nodesize - HEADER_SIZE;
+    for (i, it) in items.iter().enumerate() {
+        data_end -= it.data.len();
+        let item = Item { key: it.key.to_disk(), offset: (data_end as u32).into(), size: (it.data.len() as u32).into() };
+        let at = HEADER_SIZE + i * ITEM_SIZE;
+        block[at..at + ITEM_SIZE].copy_from_slice(item.as_bytes());
+        let d = HEADER_SIZE + data_end;
+        block[d..d + it.data.len()].copy_from_slice(&it.data);
+    }
+    seal(&mut block, params.csum);
+    block
+}
+
+fn write_node(children: &[(Key, u64)], params: &BlockParams, addr: u64, level: u8) -> Vec<u8> {
+    let mut block = vec![0u8; params.nodesize as usize];
+    block[..HEADER_SIZE].copy_from_slice(header(params, addr, children.len(), level).as_bytes());
+    for (i, (key, child)) in children.iter().enumerate() {
+        let p = KeyPtr { key: key.to_disk(), blockptr: (*child).into(), generation: params.generation.into() };
+        let at = HEADER_SIZE + i * KEY_PTR_SIZE;
+        block[at..at + KEY_PTR_SIZE].copy_from_slice(p.as_bytes());
+    }
+    seal(&mut block, params.csum);
+    block
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::block::{Expect, TreeBlock};
+
+    fn params(nodesize: u32) -> BlockParams {
+        BlockParams {
+            nodesize,
+            csum: CsumType::Crc32c,
+            fsid: [7; 16],
+            chunk_tree_uuid: [9; 16],
+            generation: 3,
+            owner: 5,
+        }
+    }
+
+    #[test]
+    fn empty_tree_is_one_leaf() {
+        let t = build_tree(&[], &params(4096), &[4096 * 10]).unwrap();
+        assert_eq!(t.level, 0);
+        assert_eq!(t.blocks.len(), 1);
+        let b = TreeBlock::parse(40960, t.blocks[0].2.clone(), CsumType::Crc32c, &[7; 16], Expect::default()).unwrap();
+        assert_eq!(b.nritems(), 0);
+    }
+
+    #[test]
+    fn many_items_make_a_valid_multilevel_tree() {
+        let items: Vec<TreeItem> =
+            (0..5000u64).map(|i| TreeItem::new(Key::new(256 + i, 1, 0), vec![i as u8; 160])).collect();
+        let sizes: Vec<usize> = items.iter().map(|i| i.data.len()).collect();
+        let n = count_blocks(&sizes, 4096).unwrap();
+        let addrs: Vec<u64> = (0..n as u64).map(|i| (100 + i) * 4096).collect();
+        let t = build_tree(&items, &params(4096), &addrs).unwrap();
+        assert!(t.level >= 2);
+        assert_eq!(t.root, *addrs.last().unwrap());
+        let mut seen = 0;
+        for (addr, level, bytes) in &t.blocks {
+            let b = TreeBlock::parse(*addr, bytes.clone(), CsumType::Crc32c, &[7; 16], Expect::default()).unwrap();
+            assert_eq!(b.level(), *level);
+            if *level == 0 {
+                for i in 0..b.nritems() {
+                    assert_eq!(b.key(i), items[seen].key);
+                    assert_eq!(b.item_data(i), &items[seen].data[..]);
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, items.len());
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let items = vec![TreeItem::new(Key::new(1, 1, 1), vec![]), TreeItem::new(Key::new(1, 1, 1), vec![])];
+        assert!(build_tree(&items, &params(4096), &[4096, 8192]).is_err());
+    }
+}

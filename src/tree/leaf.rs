@@ -1,0 +1,377 @@
+//! Editable in-memory forms of tree blocks for the write path.
+//!
+//! A parsed [`TreeBlock`] is an immutable view of bytes; the copy-on-write code
+//! instead edits blocks as plain vectors (items, or key pointers) and turns them
+//! back into bytes only when the transaction commits. Keeping the editable form
+//! free of offsets means a leaf can never hold a gap or an overlap: the layout is
+//! computed once, in [`EditLeaf::to_bytes`], the way btrfs lays it out (item
+//! headers from the front, item bodies packed from the end of the block
+//! downwards in item order, so item 0's body ends at the very end).
+
+use zerocopy::IntoBytes;
+
+use super::block::{TreeBlock, HEADER_SIZE, ITEM_SIZE, KEY_PTR_SIZE};
+use crate::error::{Error, Result};
+use crate::format::{CsumType, Header, Item, Key, KeyPtr, BACKREF_REV_SHIFT, CSUM_SIZE, HEADER_FLAG_WRITTEN, MAX_LEVEL, MIXED_BACKREF_REV};
+
+/// Smallest and largest node sizes btrfs accepts (mkfs: sectorsize..=64 KiB).
+const MIN_NODESIZE: u32 = 4096;
+const MAX_NODESIZE: u32 = 64 * 1024;
+
+/// What every tree block of one filesystem shares in its header, plus the
+/// block size that bounds how much a block can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockFormat {
+    pub nodesize: u32,
+    pub csum: CsumType,
+    /// The fsid written in headers: the superblock's metadata_uuid when the
+    /// METADATA_UUID feature is set, else its fsid.
+    pub fsid: [u8; 16],
+    pub chunk_tree_uuid: [u8; 16],
+}
+
+impl BlockFormat {
+    pub fn new(nodesize: u32, csum: CsumType, fsid: [u8; 16], chunk_tree_uuid: [u8; 16]) -> Result<Self> {
+        if !(MIN_NODESIZE..=MAX_NODESIZE).contains(&nodesize) || !nodesize.is_power_of_two() {
+            return Err(Error::Invalid(format!("nodesize {nodesize} is not a power of two in 4KiB..=64KiB")));
+        }
+        Ok(BlockFormat { nodesize, csum, fsid, chunk_tree_uuid })
+    }
+
+    /// Bytes after the header: item headers plus bodies (leaf) or key pointers (node).
+    /// The kernel calls this BTRFS_LEAF_DATA_SIZE.
+    pub fn leaf_data_size(&self) -> usize {
+        (self.nodesize as usize).saturating_sub(HEADER_SIZE)
+    }
+
+    /// Largest item body that fits in an otherwise empty leaf.
+    pub fn max_item_data(&self) -> usize {
+        self.leaf_data_size().saturating_sub(ITEM_SIZE)
+    }
+
+    /// Key pointers a node can hold (BTRFS_NODEPTRS_PER_BLOCK).
+    pub fn max_node_ptrs(&self) -> usize {
+        self.leaf_data_size() / KEY_PTR_SIZE
+    }
+}
+
+/// A leaf as a sorted list of (key, body).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EditLeaf {
+    pub items: Vec<(Key, Vec<u8>)>,
+}
+
+/// One node pointer: the first key of the child, its address and the
+/// generation it was written in (readers check the child against it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodePtr {
+    pub key: Key,
+    pub blockptr: u64,
+    pub generation: u64,
+}
+
+/// An internal node: level >= 1 and its sorted child pointers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EditNode {
+    pub level: u8,
+    pub ptrs: Vec<NodePtr>,
+}
+
+/// Either kind of block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EditBlock {
+    Leaf(EditLeaf),
+    Node(EditNode),
+}
+
+/// Space one leaf item takes: its header plus its body.
+pub fn leaf_item_size(body_len: usize) -> usize {
+    ITEM_SIZE + body_len
+}
+
+impl EditLeaf {
+    /// Bytes of the leaf data area in use (the kernel's leaf_space_used over all items).
+    pub fn used(&self) -> usize {
+        self.items.iter().map(|(_, d)| leaf_item_size(d.len())).sum()
+    }
+
+    pub fn fits(&self, fmt: &BlockFormat) -> bool {
+        self.used() <= fmt.leaf_data_size()
+    }
+
+    /// `Ok(slot)` of the key, or `Err(slot)` where it would be inserted.
+    pub fn search(&self, key: &Key) -> std::result::Result<usize, usize> {
+        self.items.binary_search_by(|(k, _)| k.cmp(key))
+    }
+
+    pub fn first_key(&self) -> Option<Key> {
+        self.items.first().map(|(k, _)| *k)
+    }
+
+    /// Copy a parsed leaf. `TreeBlock::parse` has bounded every item already.
+    pub fn from_block(b: &TreeBlock) -> Result<Self> {
+        if !b.is_leaf() {
+            return Err(Error::corrupt(format!("tree block {}", b.logical), "expected a leaf, found a node"));
+        }
+        let leaf = EditLeaf { items: (0..b.nritems()).map(|i| (b.key(i), b.item_data(i).to_vec())).collect() };
+        // Parsing bounds each item but allows overlaps; overlapping bodies would
+        // not fit once laid out contiguously.
+        if leaf.used() > b.bytes().len().saturating_sub(HEADER_SIZE) {
+            return Err(Error::corrupt(format!("tree block {}", b.logical), "leaf items overlap"));
+        }
+        Ok(leaf)
+    }
+
+    /// Serialize with a full header and checksum.
+    pub fn to_bytes(&self, fmt: &BlockFormat, logical: u64, generation: u64, owner: u64) -> Result<Vec<u8>> {
+        if !self.fits(fmt) {
+            return Err(internal(format!("leaf {logical} holds {} bytes, more than {}", self.used(), fmt.leaf_data_size())));
+        }
+        let mut buf = vec![0u8; fmt.nodesize as usize];
+        let mut data_end = fmt.leaf_data_size();
+        for (i, (key, body)) in self.items.iter().enumerate() {
+            // Bodies are packed downwards from the end in item order, as btrfs
+            // does; the tree-checker insists on exactly this contiguity.
+            data_end -= body.len();
+            let item = Item { key: key.to_disk(), offset: (data_end as u32).into(), size: (body.len() as u32).into() };
+            let at = HEADER_SIZE + i * ITEM_SIZE;
+            buf[at..at + ITEM_SIZE].copy_from_slice(item.as_bytes());
+            buf[HEADER_SIZE + data_end..HEADER_SIZE + data_end + body.len()].copy_from_slice(body);
+        }
+        finish_block(&mut buf, fmt, logical, generation, owner, self.items.len(), 0);
+        Ok(buf)
+    }
+}
+
+impl EditNode {
+    pub fn first_key(&self) -> Option<Key> {
+        self.ptrs.first().map(|p| p.key)
+    }
+
+    /// Index of the child whose key range holds `key` (slot 0 for keys below the first).
+    pub fn child_slot(&self, key: &Key) -> usize {
+        self.ptrs.partition_point(|p| p.key <= *key).saturating_sub(1)
+    }
+
+    pub fn from_block(b: &TreeBlock) -> Result<Self> {
+        if b.is_leaf() {
+            return Err(Error::corrupt(format!("tree block {}", b.logical), "expected a node, found a leaf"));
+        }
+        let ptrs = (0..b.nritems())
+            .map(|i| {
+                let (key, blockptr, generation) = b.ptr(i);
+                NodePtr { key, blockptr, generation }
+            })
+            .collect();
+        Ok(EditNode { level: b.level(), ptrs })
+    }
+
+    pub fn to_bytes(&self, fmt: &BlockFormat, logical: u64, generation: u64, owner: u64) -> Result<Vec<u8>> {
+        // An empty node is refused by every reader (tree-checker: nritems >= 1).
+        if self.ptrs.is_empty() || self.ptrs.len() > fmt.max_node_ptrs() {
+            return Err(internal(format!("node {logical} with {} pointers", self.ptrs.len())));
+        }
+        if self.level == 0 || self.level >= MAX_LEVEL {
+            return Err(internal(format!("node {logical} at level {}", self.level)));
+        }
+        let mut buf = vec![0u8; fmt.nodesize as usize];
+        for (i, p) in self.ptrs.iter().enumerate() {
+            let kp = KeyPtr { key: p.key.to_disk(), blockptr: p.blockptr.into(), generation: p.generation.into() };
+            let at = HEADER_SIZE + i * KEY_PTR_SIZE;
+            buf[at..at + KEY_PTR_SIZE].copy_from_slice(kp.as_bytes());
+        }
+        finish_block(&mut buf, fmt, logical, generation, owner, self.ptrs.len(), self.level);
+        Ok(buf)
+    }
+}
+
+impl EditBlock {
+    pub fn from_block(b: &TreeBlock) -> Result<Self> {
+        Ok(if b.is_leaf() { EditBlock::Leaf(EditLeaf::from_block(b)?) } else { EditBlock::Node(EditNode::from_block(b)?) })
+    }
+
+    pub fn level(&self) -> u8 {
+        match self {
+            EditBlock::Leaf(_) => 0,
+            EditBlock::Node(n) => n.level,
+        }
+    }
+
+    pub fn nritems(&self) -> usize {
+        match self {
+            EditBlock::Leaf(l) => l.items.len(),
+            EditBlock::Node(n) => n.ptrs.len(),
+        }
+    }
+
+    pub fn first_key(&self) -> Option<Key> {
+        match self {
+            EditBlock::Leaf(l) => l.first_key(),
+            EditBlock::Node(n) => n.first_key(),
+        }
+    }
+
+    pub fn to_bytes(&self, fmt: &BlockFormat, logical: u64, generation: u64, owner: u64) -> Result<Vec<u8>> {
+        match self {
+            EditBlock::Leaf(l) => l.to_bytes(fmt, logical, generation, owner),
+            EditBlock::Node(n) => n.to_bytes(fmt, logical, generation, owner),
+        }
+    }
+}
+
+/// Write the header and then the checksum over everything after the csum field.
+fn finish_block(buf: &mut [u8], fmt: &BlockFormat, logical: u64, generation: u64, owner: u64, nritems: usize, level: u8) {
+    let header = Header {
+        csum: [0; CSUM_SIZE],
+        fsid: fmt.fsid,
+        bytenr: logical.into(),
+        // WRITTEN marks a block that has reached disk; the backref revision in
+        // the top byte says extent refs use the mixed-backref scheme (every
+        // filesystem since 2.6.31; the kernel refuses older ones for writing).
+        flags: (HEADER_FLAG_WRITTEN | (MIXED_BACKREF_REV << BACKREF_REV_SHIFT)).into(),
+        chunk_tree_uuid: fmt.chunk_tree_uuid,
+        generation: generation.into(),
+        owner: owner.into(),
+        nritems: (nritems as u32).into(),
+        level,
+    };
+    buf[..HEADER_SIZE].copy_from_slice(header.as_bytes());
+    let csum = fmt.csum.compute(&buf[CSUM_SIZE..]);
+    buf[..CSUM_SIZE].copy_from_slice(&csum);
+}
+
+/// Trees the kernel's tree-checker refuses to see as one empty leaf: every
+/// filesystem has items in them (the extent tree only without extent-tree-v2,
+/// which btrs does not write).
+pub fn must_not_be_empty(owner: u64) -> bool {
+    use crate::format::{
+        CHUNK_TREE_OBJECTID, DATA_RELOC_TREE_OBJECTID, DEV_TREE_OBJECTID, EXTENT_TREE_OBJECTID, FS_TREE_OBJECTID, ROOT_TREE_OBJECTID,
+    };
+    matches!(
+        owner,
+        ROOT_TREE_OBJECTID | CHUNK_TREE_OBJECTID | DEV_TREE_OBJECTID | FS_TREE_OBJECTID | DATA_RELOC_TREE_OBJECTID | EXTENT_TREE_OBJECTID
+    )
+}
+
+/// A broken promise inside the write path (not damage on disk).
+pub(crate) fn internal(what: String) -> Error {
+    Error::Invalid(format!("internal error in tree write path: {what}"))
+}
+
+/// Split a sequence of element sizes into contiguous groups, each of at most
+/// `cap` bytes, preferring as few groups as possible and then the most even
+/// split (the largest group as small as possible). Returns the start index of
+/// every group after the first; empty when everything fits in one group.
+///
+/// Two groups always suffice when the sequence came from one full block plus
+/// one element; three when that element is large and lands in the middle (the
+/// kernel's "double split"). A greedy packing is the fallback for anything else.
+pub fn split_points(sizes: &[usize], cap: usize) -> Result<Vec<usize>> {
+    let total: usize = sizes.iter().sum();
+    if total <= cap {
+        return Ok(Vec::new());
+    }
+    if sizes.iter().any(|&s| s > cap) {
+        return Err(internal(format!("an element of {} bytes exceeds a block's {cap}", sizes.iter().max().unwrap_or(&0))));
+    }
+    let mut prefix = Vec::with_capacity(sizes.len() + 1);
+    prefix.push(0usize);
+    for s in sizes {
+        prefix.push(prefix[prefix.len() - 1] + s);
+    }
+    let n = sizes.len();
+    let sum = |a: usize, b: usize| prefix[b] - prefix[a];
+    // Two groups: [0, k) and [k, n).
+    let best2 = (1..n).filter(|&k| sum(0, k) <= cap && sum(k, n) <= cap).min_by_key(|&k| sum(0, k).max(sum(k, n)));
+    if let Some(k) = best2 {
+        return Ok(vec![k]);
+    }
+    // Three groups. n is at most a few hundred, so the quadratic search is cheap.
+    let mut best3: Option<(usize, usize, usize)> = None;
+    for a in 1..n {
+        if sum(0, a) > cap {
+            break;
+        }
+        for b in a + 1..n {
+            if sum(a, b) > cap {
+                break;
+            }
+            if sum(b, n) <= cap {
+                let worst = sum(0, a).max(sum(a, b)).max(sum(b, n));
+                if best3.is_none_or(|(_, _, w)| worst < w) {
+                    best3 = Some((a, b, worst));
+                }
+            }
+        }
+    }
+    if let Some((a, b, _)) = best3 {
+        return Ok(vec![a, b]);
+    }
+    let mut points = Vec::new();
+    let mut acc = 0;
+    for (i, &s) in sizes.iter().enumerate() {
+        if acc + s > cap {
+            points.push(i);
+            acc = 0;
+        }
+        acc += s;
+    }
+    Ok(points)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::block::Expect;
+
+    pub(crate) fn fmt(nodesize: u32) -> BlockFormat {
+        BlockFormat::new(nodesize, CsumType::Crc32c, [7; 16], [9; 16]).unwrap()
+    }
+
+    #[test]
+    fn leaf_layout_packs_from_the_end() {
+        let f = fmt(4096);
+        let leaf =
+            EditLeaf { items: vec![(Key::new(256, 1, 0), vec![1; 10]), (Key::new(256, 12, 0), vec![]), (Key::new(257, 1, 0), vec![3; 7])] };
+        let bytes = leaf.to_bytes(&f, 1 << 20, 5, 5).unwrap();
+        let b = TreeBlock::parse(1 << 20, bytes, f.csum, &f.fsid, Expect { level: Some(0), generation: Some(5), max_generation: None })
+            .unwrap();
+        let end = f.leaf_data_size() as u32;
+        assert_eq!(b.item_location(0), (end - 10, 10));
+        assert_eq!(b.item_location(1), (end - 10, 0));
+        assert_eq!(b.item_location(2), (end - 17, 7));
+        assert_eq!(b.header.flags.get(), 1 | (1 << 56));
+        assert_eq!(b.header.chunk_tree_uuid, [9; 16]);
+        assert_eq!(b.owner(), 5);
+        assert_eq!(EditLeaf::from_block(&b).unwrap(), leaf);
+    }
+
+    #[test]
+    fn node_round_trip_and_refusals() {
+        let f = fmt(4096);
+        let node = EditNode {
+            level: 2,
+            ptrs: vec![
+                NodePtr { key: Key::new(1, 1, 1), blockptr: 4096, generation: 3 },
+                NodePtr { key: Key::new(2, 1, 1), blockptr: 8192, generation: 4 },
+            ],
+        };
+        let bytes = node.to_bytes(&f, 65536, 4, 2).unwrap();
+        let b = TreeBlock::parse(65536, bytes, f.csum, &f.fsid, Expect::default()).unwrap();
+        assert_eq!(EditNode::from_block(&b).unwrap(), node);
+        assert!(EditLeaf::from_block(&b).is_err());
+        assert!(EditNode { level: 1, ptrs: vec![] }.to_bytes(&f, 65536, 4, 2).is_err());
+        let full = EditLeaf { items: vec![(Key::MIN, vec![0; f.max_item_data() + 1])] };
+        assert!(full.to_bytes(&f, 65536, 4, 2).is_err());
+        assert!(BlockFormat::new(1000, CsumType::Crc32c, [0; 16], [0; 16]).is_err());
+    }
+
+    #[test]
+    fn split_points_prefer_two_even_groups() {
+        assert_eq!(split_points(&[10, 10, 10], 30).unwrap(), Vec::<usize>::new());
+        assert_eq!(split_points(&[10, 10, 10, 10], 30).unwrap(), vec![2]);
+        // A big element in the middle needs a group of its own.
+        assert_eq!(split_points(&[10, 10, 25, 10, 10], 30).unwrap(), vec![2, 3]);
+        assert!(split_points(&[31], 30).is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! Gate and helpers for tests that use the kernel (loop devices, mount) or btrfs-progs.
+//!
+//! `BTRS_INTEROP`:
+//! - unset: run when we are root, loop devices exist and btrfs-progs is installed;
+//!   otherwise print "skipped: ..." and return;
+//! - `require`: must run; fail loudly when something is missing;
+//! - `skip`: never run.
+//!
+//! Every use of loop devices goes through [`kernel_lock`]: images with one fsid cannot be
+//! scanned or mounted twice at once, and tests run in parallel (in several processes too,
+//! hence a lock file besides the in-process mutex).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+/// Whether interop tests may run here; prints why not and returns false, or panics
+/// under `BTRS_INTEROP=require`.
+pub fn interop_enabled(test: &str) -> bool {
+    let mode = std::env::var("BTRS_INTEROP").unwrap_or_default();
+    if mode == "skip" {
+        eprintln!("skipped: {test}: BTRS_INTEROP=skip");
+        return false;
+    }
+    let missing = missing_requirements();
+    match (missing, mode.as_str()) {
+        (None, _) => true,
+        (Some(why), "require") => panic!("{test}: BTRS_INTEROP=require but {why}"),
+        (Some(why), _) => {
+            eprintln!("skipped: {test}: {why}");
+            false
+        }
+    }
+}
+
+/// Whether `btrfs check` can be run on plain image files (no root needed for one image).
+pub fn progs_available() -> bool {
+    tool_works("btrfs", &["--version"])
+}
+
+fn missing_requirements() -> Option<String> {
+    if !is_root() {
+        return Some("not root".into());
+    }
+    if !Path::new("/dev/loop-control").exists() || !tool_works("losetup", &["--version"]) {
+        return Some("no loop devices".into());
+    }
+    if !progs_available() || !tool_works("mkfs.btrfs", &["--version"]) {
+        return Some("btrfs-progs not installed".into());
+    }
+    None
+}
+
+fn tool_works(name: &str, args: &[&str]) -> bool {
+    Command::new(name).args(args).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Serializes everything that attaches loop devices, in this process and across processes.
+pub struct KernelLock {
+    _guard: MutexGuard<'static, ()>,
+    _file: File,
+}
+
+pub fn kernel_lock() -> KernelLock {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/btrs-kernel-tests.lock")
+        .expect("open /tmp/btrs-kernel-tests.lock");
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+    KernelLock { _guard: guard, _file: file }
+}
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let o = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    if o.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{cmd:?} failed ({}):\n{text}", o.status))
+    }
+}
+
+/// Loop devices attached to images; detached (and forgotten by btrfs) on drop, panics included.
+pub struct Loops {
+    pub devs: Vec<String>,
+}
+
+impl Loops {
+    pub fn attach(images: &[PathBuf], read_only: bool) -> Result<Loops, String> {
+        let mut l = Loops { devs: Vec::new() };
+        for img in images {
+            let mut cmd = Command::new("losetup");
+            cmd.arg("-f").arg("--show");
+            if read_only {
+                cmd.arg("-r");
+            }
+            let dev = run(cmd.arg(img))?.trim().to_string();
+            l.devs.push(dev);
+        }
+        Ok(l)
+    }
+}
+
+impl Drop for Loops {
+    fn drop(&mut self) {
+        for d in &self.devs {
+            let _ = Command::new("losetup").arg("-d").arg(d).status();
+        }
+        let _ = Command::new("btrfs").args(["device", "scan", "--forget"]).output();
+    }
+}
+
+/// `btrfs check --readonly` over a filesystem of one or more images. One image is checked
+/// directly; several are attached read-only to loop devices (needs root and the kernel lock).
+pub fn btrfs_check(images: &[PathBuf], extra: &[&str]) -> Result<String, String> {
+    if images.len() == 1 {
+        return run(Command::new("btrfs").args(["check", "--readonly"]).args(extra).arg(&images[0]));
+    }
+    let _lock = kernel_lock();
+    let _ = Command::new("btrfs").args(["device", "scan", "--forget"]).output();
+    let loops = Loops::attach(images, true)?;
+    run(Command::new("btrfs").args(["device", "scan"]).args(&loops.devs))?;
+    run(Command::new("btrfs").args(["check", "--readonly"]).args(extra).arg(&loops.devs[0]))
+}
+
+/// A mounted filesystem; unmounted and detached on drop (also when the test panics).
+/// Holds the kernel lock for its whole life.
+pub struct Mounted {
+    pub mnt: PathBuf,
+    mounted: bool,
+    loops: Option<Loops>,
+    _lock: KernelLock,
+}
+
+impl Mounted {
+    /// Mount images (read-write) at `mnt` with `-o device=...,nodiscard[,extra]`.
+    /// Refuses (Err) when `btrfs check` does not pass first: never mount a damaged image.
+    pub fn mount(mnt: &Path, images: &[PathBuf], extra_opts: &str) -> Result<Mounted, String> {
+        btrfs_check(images, &[]).map_err(|e| format!("not mounting, btrfs check fails: {e}"))?;
+        Self::mount_checked_elsewhere(mnt, images, extra_opts)
+    }
+
+    /// Mount without running `btrfs check` first: only for a subset of devices (degraded)
+    /// of a filesystem whose complete set the caller has just checked.
+    pub fn mount_checked_elsewhere(mnt: &Path, images: &[PathBuf], extra_opts: &str) -> Result<Mounted, String> {
+        let lock = kernel_lock();
+        let _ = Command::new("btrfs").args(["device", "scan", "--forget"]).output();
+        std::fs::create_dir_all(mnt).map_err(|e| e.to_string())?;
+        let loops = Loops::attach(images, false)?;
+        let mut opts: String = loops.devs.iter().map(|d| format!("device={d},")).collect();
+        opts.push_str("nodiscard");
+        if !extra_opts.is_empty() {
+            opts.push(',');
+            opts.push_str(extra_opts);
+        }
+        let mut m = Mounted { mnt: mnt.to_path_buf(), mounted: false, loops: Some(loops), _lock: lock };
+        let first = m.loops.as_ref().map(|l| l.devs[0].clone()).unwrap_or_default();
+        run(Command::new("mount").args(["-t", "btrfs", "-o", &opts]).arg(&first).arg(mnt))?;
+        m.mounted = true;
+        Ok(m)
+    }
+
+    /// Unmount now, reporting failure (drop only tries).
+    pub fn unmount(mut self) -> Result<(), String> {
+        self.mounted = false;
+        let r = run(Command::new("umount").arg(&self.mnt)).map(|_| ());
+        self.loops = None;
+        r
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.mnt).status();
+        }
+        self.loops = None;
+    }
+}
+
+/// Run a shell-like command, panicking with its output when it fails.
+pub fn must(cmd: &mut Command) -> String {
+    run(cmd).unwrap_or_else(|e| panic!("{e}"))
+}

@@ -1,0 +1,518 @@
+//! `btrs mkfs`, judged by btrfs-progs (`btrfs check --readonly`), by btrs's own read
+//! path, and (gated by `BTRS_INTEROP`, see tests/common/interop.rs) by the kernel.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::fixtures::{assert_manifest_eq, walk_manifest};
+use common::interop::{btrfs_check, interop_enabled, is_root, must, progs_available, Mounted};
+use serde_json::Value;
+
+fn btrs(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_btrs"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("running btrs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn images(dir: &Path, n: usize) -> Vec<PathBuf> {
+    (1..=n).map(|i| dir.join(format!("dev{i}.img"))).collect()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// `btrs mkfs ARGS IMAGES`, which must succeed; returns the JSON summary.
+fn mkfs(args: &[&str], imgs: &[PathBuf]) -> Value {
+    mkfs_env(args, imgs, &[])
+}
+
+fn mkfs_env(args: &[&str], imgs: &[PathBuf], envs: &[(&str, &str)]) -> Value {
+    let mut a = vec!["mkfs", "--json"];
+    a.extend_from_slice(args);
+    a.extend(imgs.iter().map(|p| s(p)));
+    let (code, out, err) = btrs(&a, envs);
+    assert_eq!(code, 0, "btrs {a:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON summary ({e}): {out}"))
+}
+
+/// btrfs check must pass; multi-image checks need loop devices (root), else they are skipped.
+fn assert_check(imgs: &[PathBuf], what: &str) -> bool {
+    if !progs_available() {
+        eprintln!("skipped: {what}: btrfs-progs not installed");
+        return false;
+    }
+    if imgs.len() > 1 && !is_root() {
+        eprintln!("skipped: {what}: checking several images needs root (loop devices)");
+        return false;
+    }
+    if let Err(e) = btrfs_check(imgs, &["--check-data-csum"]) {
+        panic!("{what}: btrfs check fails:\n{e}");
+    }
+    true
+}
+
+// ---- btrfs check on fresh filesystems ----
+
+#[test]
+fn empty_single_image_matrix_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    for csum in ["crc32c", "xxhash", "sha256", "blake2"] {
+        for data in ["single", "dup"] {
+            for ns in ["4K", "16K", "64K"] {
+                let imgs = images(dir.path(), 1);
+                let _ = fs::remove_file(&imgs[0]);
+                mkfs(&["-b", "256M", "--csum", csum, "-n", ns, "-d", data], &imgs);
+                if !assert_check(&imgs, &format!("{csum} data={data} nodesize={ns}")) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_multi_image_matrix_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let layouts: &[(usize, &str, &str)] = &[
+        (2, "", ""),
+        (2, "raid1", "raid1"),
+        (3, "raid1c3", "raid1c3"),
+        (4, "raid10", "raid10"),
+        (2, "raid0", "raid0"),
+        (4, "raid1c4", "raid1c4"),
+        (3, "raid0", "raid1c3"),
+    ];
+    let sizes = ["4K", "16K", "64K"];
+    let mut n = 0;
+    for csum in ["crc32c", "xxhash", "sha256", "blake2"] {
+        for &(ndev, d, m) in layouts {
+            let ns = sizes[n % sizes.len()];
+            n += 1;
+            let imgs = images(dir.path(), ndev);
+            for i in &imgs {
+                let _ = fs::remove_file(i);
+            }
+            let mut args = vec!["-b", "256M", "--csum", csum, "-n", ns];
+            if !d.is_empty() {
+                args.extend(["-d", d, "-m", m]);
+            }
+            let sum = mkfs(&args, &imgs);
+            assert_eq!(sum["devices"].as_array().map(Vec::len), Some(ndev));
+            // One profile per block group type: no leftover temporary chunks.
+            for c in sum["chunks"].as_array().unwrap() {
+                let want = if c["kind"] == "data" { if d.is_empty() { "single" } else { d } } else if m.is_empty() { "raid1" } else { m };
+                assert_eq!(c["profile"], want, "{c}");
+            }
+            if !assert_check(&imgs, &format!("{csum} {ndev} images d={d} m={m} n={ns}")) {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn feature_variants_pass_check() {
+    let dir = tempfile::tempdir().unwrap();
+    for features in ["block-group-tree", "^no-holes,^free-space-tree", "^no-holes"] {
+        let imgs = images(dir.path(), 1);
+        let _ = fs::remove_file(&imgs[0]);
+        mkfs(&["-b", "256M", "-O", features, "-L", "lbl"], &imgs);
+        if !assert_check(&imgs, features) {
+            return;
+        }
+    }
+}
+
+// ---- --rootdir ----
+
+fn set_times(p: &Path, secs: u64, nsec: u32) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nsec);
+    let f = fs::File::options().write(true).open(p).or_else(|_| fs::File::open(p)).unwrap();
+    // atime "now" (newer than mtime): relatime then leaves it alone when mkfs reads the
+    // tree, so runs over the same tree see the same times.
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(std::time::SystemTime::now())).unwrap();
+}
+
+/// A small host tree with every kind of thing mkfs must carry over.
+fn make_source(root: &Path) {
+    fs::create_dir_all(root.join("dir/sub")).unwrap();
+    fs::write(root.join("small"), b"hello, btrfs\n").unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    let big: Vec<u8> = (0..700_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    fs::write(root.join("dir/big"), &big).unwrap();
+    let text: String = (0..40_000).map(|i| format!("line {i}\n")).collect();
+    fs::write(root.join("dir/sub/text"), text).unwrap();
+    // A sparse file: data, a hole, data, and a hole up to the end.
+    let f = fs::File::create(root.join("sparse")).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"start", 0).unwrap();
+    f.write_all_at(&[7u8; 5000], 3 << 20).unwrap();
+    f.set_len(9 << 20).unwrap();
+    drop(f);
+    fs::hard_link(root.join("dir/big"), root.join("big-link")).unwrap();
+    symlink("dir/sub/text", root.join("link")).unwrap();
+    symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    fs::set_permissions(root.join("small"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(root.join("dir/sub"), fs::Permissions::from_mode(0o700)).unwrap();
+    let _ = xattr::set(root.join("small"), "user.comment", b"a value");
+    let _ = xattr::set(root.join("dir"), "user.empty", b"");
+    must(Command::new("mkfifo").arg(root.join("fifo")));
+    if is_root() {
+        must(Command::new("mknod").arg(root.join("chr")).args(["c", "4", "5"]));
+        must(Command::new("mknod").arg(root.join("blk")).args(["b", "259", "70000"]));
+        std::os::unix::fs::chown(root.join("dir/sub/text"), Some(1234), Some(5678)).unwrap();
+    }
+    for (i, p) in ["small", "empty", "sparse", "dir/big", "dir/sub/text"].iter().enumerate() {
+        set_times(&root.join(p), 1_600_000_000 + i as u64, 123_456_789 + i as u32);
+    }
+    for p in ["dir/sub", "dir", ""] {
+        set_times(&root.join(p), 1_500_000_000, 987_654_321);
+    }
+}
+
+fn extract_manifest(imgs: &[PathBuf], dest: &Path) -> Value {
+    let mut args = vec!["extract".to_string(), s(&imgs[0]).to_string(), s(dest).to_string()];
+    for d in &imgs[1..] {
+        args.push("--device".into());
+        args.push(s(d).to_string());
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = btrs(&a, &[]);
+    assert_eq!(code, 0, "extract failed: {err}");
+    walk_manifest(dest)
+}
+
+#[test]
+fn rootdir_reads_back_equal_to_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_source(&src);
+    let expected = walk_manifest(&src);
+    for (n, extra) in [(1usize, vec![]), (2, vec!["-d", "raid1", "-n", "4K"]), (4, vec!["-d", "raid10", "--csum", "sha256"])] {
+        let imgs = images(dir.path(), n);
+        let mut args = vec!["-b", "256M", "-r", s(&src)];
+        args.extend(extra.iter().copied());
+        let sum = mkfs(&args, &imgs);
+        assert!(sum["rootdir"]["hardlinks"].as_u64() == Some(1), "{sum}");
+        assert_check(&imgs, &format!("rootdir on {n} images"));
+        let out = dir.path().join(format!("out{n}"));
+        assert_manifest_eq(&expected, &extract_manifest(&imgs, &out));
+        for i in &imgs {
+            fs::remove_file(i).unwrap();
+        }
+    }
+}
+
+#[test]
+fn rootdir_compressed_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_source(&src);
+    let expected = walk_manifest(&src);
+    for algo in ["zlib", "lzo", "zstd", "zstd:9"] {
+        let imgs = images(dir.path(), 1);
+        let _ = fs::remove_file(&imgs[0]);
+        mkfs(&["-b", "256M", "-r", s(&src), "--compress", algo], &imgs);
+        assert_check(&imgs, algo);
+        let out = dir.path().join(format!("out-{}", algo.replace(':', "-")));
+        assert_manifest_eq(&expected, &extract_manifest(&imgs, &out));
+    }
+}
+
+#[test]
+fn rootdir_keeps_holes_sparse() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_source(&src);
+    let imgs = images(dir.path(), 1);
+    mkfs(&["-b", "256M", "-r", s(&src)], &imgs);
+    let (code, out, err) = btrs(&["dump-tree", s(&imgs[0]), "-t", "fs"], &[]);
+    assert_eq!(code, 0, "{err}");
+    // "sparse" has two data ranges; with NO_HOLES the holes have no extent items at all.
+    let sparse_ino = out
+        .lines()
+        .find_map(|l| l.contains("name: sparse").then_some(()))
+        .map(|_| ());
+    assert!(sparse_ino.is_some(), "no dir entry for sparse in:\n{out}");
+    let extract = dir.path().join("out");
+    extract_manifest(&imgs, &extract);
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(extract.join("sparse")).unwrap());
+    assert!(blocks * 512 < 1 << 20, "extracted sparse file is not sparse: {blocks} blocks");
+}
+
+#[test]
+fn ten_thousand_entry_directory_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..10_000 {
+        fs::write(src.join(format!("d/entry-{i:05}")), if i % 1000 == 0 { b"x".as_slice() } else { b"" }).unwrap();
+    }
+    for ns in ["4K", "16K"] {
+        let imgs = images(dir.path(), 1);
+        let _ = fs::remove_file(&imgs[0]);
+        mkfs(&["-b", "256M", "-n", ns, "-r", s(&src)], &imgs);
+        assert_check(&imgs, &format!("10k entries, nodesize {ns}"));
+        let (code, out, err) = btrs(&["ls", s(&imgs[0]), "/d"], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.lines().count(), 10_000);
+    }
+}
+
+// ---- reproducibility ----
+
+#[test]
+fn fixed_uuid_and_epoch_give_identical_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_source(&src);
+    let env = [("SOURCE_DATE_EPOCH", "1700000000")];
+    let mut hashes = Vec::new();
+    // Run 0 is a warm-up: reading the tree may update atimes once (relatime; readdir and
+    // readlink cannot avoid it), and the images record the source's atimes.
+    for run in 0..3 {
+        let sub = dir.path().join(format!("run{run}"));
+        fs::create_dir(&sub).unwrap();
+        let imgs = images(&sub, 2);
+        mkfs_env(&["-b", "200M", "-U", "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f0", "-r", s(&src)], &imgs, &env);
+        let h: Vec<String> = imgs.iter().map(|p| must(Command::new("sha256sum").arg(p)).split_whitespace().next().unwrap_or("").to_string()).collect();
+        if run > 0 {
+            hashes.push(h);
+        }
+    }
+    assert_eq!(hashes[0], hashes[1]);
+    // And the images really carry the requested UUID.
+    let (_, out, _) = btrs(&["dump-super", s(&images(&dir.path().join("run0"), 1)[0])], &[]);
+    assert!(out.contains("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f0"), "{out}");
+}
+
+// ---- errors ----
+
+fn mkfs_fails(args: &[&str], want: &str) {
+    let mut a = vec!["mkfs"];
+    a.extend_from_slice(args);
+    let (code, _, err) = btrs(&a, &[]);
+    assert_ne!(code, 0, "btrs {a:?} should fail");
+    assert!(err.contains(want), "btrs {a:?}: expected {want:?} in: {err}");
+}
+
+fn has_valid_super(img: &Path) -> bool {
+    let (code, _, _) = btrs(&["dump-super", s(img)], &[]);
+    code == 0 && {
+        let b = fs::read(img).unwrap_or_default();
+        b.len() > 0x10048 && &b[0x10040..0x10048] == b"_BHRfS_M"
+    }
+}
+
+#[test]
+fn bad_requests_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let i = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    mkfs_fails(&["-b", "10M", &i("tiny")], "needs at least");
+    assert!(!has_valid_super(&dir.path().join("tiny")));
+    mkfs_fails(&[&i("missing")], "does not exist");
+    mkfs_fails(&["-b", "256M", "-s", "8192", &i("a")], "sectorsize");
+    mkfs_fails(&["-b", "256M", "-n", "3000", &i("a")], "nodesize");
+    mkfs_fails(&["-b", "256M", "-d", "raid7", &i("a")], "unknown data profile");
+    mkfs_fails(&["-b", "256M", "-m", "raid1", &i("a")], "needs at least 2 devices");
+    mkfs_fails(&["-b", "256M", "-d", "raid10", &i("a"), &i("b")], "needs at least 4 devices");
+    mkfs_fails(&["-b", "256M", "--csum", "md5", &i("a")], "unknown checksum");
+    mkfs_fails(&["-b", "256M", "-O", "frobnicate", &i("a")], "unknown feature");
+    mkfs_fails(&["-b", "256M", "-r", &i("no-such-dir"), &i("a")], "no-such-dir");
+}
+
+#[test]
+fn existing_filesystems_need_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.img");
+    mkfs(&["-b", "256M"], std::slice::from_ref(&img));
+    mkfs_fails(&[s(&img)], "--force");
+    assert!(has_valid_super(&img), "a refused mkfs must leave the old filesystem alone");
+    // ext4 and xfs signatures too.
+    let ext = dir.path().join("ext.img");
+    let mut b = vec![0u8; 1 << 20];
+    b[1080] = 0x53;
+    b[1081] = 0xef;
+    fs::write(&ext, &b).unwrap();
+    mkfs_fails(&["-b", "256M", s(&ext)], "ext2/3/4");
+    let xfs = dir.path().join("xfs.img");
+    let mut b = vec![0u8; 1 << 20];
+    b[..4].copy_from_slice(b"XFSB");
+    fs::write(&xfs, &b).unwrap();
+    mkfs_fails(&["-b", "256M", s(&xfs)], "xfs");
+    mkfs(&["-f"], std::slice::from_ref(&img));
+    mkfs(&["-f", "-b", "256M"], std::slice::from_ref(&xfs));
+    assert!(has_valid_super(&xfs));
+}
+
+#[test]
+fn existing_file_keeps_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.img");
+    fs::File::create(&img).unwrap().set_len(300 << 20).unwrap();
+    let sum = mkfs(&[], std::slice::from_ref(&img));
+    assert_eq!(sum["total_bytes"].as_u64(), Some(300 << 20));
+    assert_eq!(fs::metadata(&img).unwrap().len(), 300 << 20);
+}
+
+// ---- kernel interop ----
+
+fn mount_write_scrub(imgs: &[PathBuf], mnt: &Path, what: &str) {
+    let m = Mounted::mount(mnt, imgs, "").unwrap_or_else(|e| panic!("{what}: {e}"));
+    must(Command::new("dd").arg("if=/dev/urandom").arg(format!("of={}", mnt.join("data").display())).args(["bs=1M", "count=64", "status=none"]));
+    must(&mut Command::new("sync"));
+    let out = must(Command::new("btrfs").args(["scrub", "start", "-B"]).arg(mnt));
+    assert!(out.contains("no errors found"), "{what}: scrub: {out}");
+    m.unmount().unwrap_or_else(|e| panic!("{what}: {e}"));
+    btrfs_check(imgs, &["--check-data-csum"]).unwrap_or_else(|e| panic!("{what}: check after kernel writes: {e}"));
+}
+
+#[test]
+fn kernel_mounts_writes_and_scrubs() {
+    if !interop_enabled("kernel_mounts_writes_and_scrubs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let cases: &[(usize, &[&str])] = &[
+        (1, &["--csum", "crc32c", "-n", "4K"]),
+        (1, &["--csum", "xxhash", "-n", "64K", "-d", "dup"]),
+        (2, &["--csum", "sha256", "-d", "raid1", "-m", "raid1"]),
+        (3, &["--csum", "blake2", "-d", "raid1c3", "-m", "raid1c3"]),
+        (4, &["-d", "raid10", "-m", "raid10", "-n", "16K"]),
+        (1, &["-O", "block-group-tree"]),
+    ];
+    for (n, args) in cases {
+        let sub = dir.path().join(format!("case{n}-{}", args.join("")));
+        fs::create_dir(&sub).unwrap();
+        let imgs = images(&sub, *n);
+        let mut a = vec!["-b", "512M"];
+        a.extend_from_slice(args);
+        mkfs(&a, &imgs);
+        mount_write_scrub(&imgs, &mnt, &format!("{n} images {args:?}"));
+    }
+}
+
+#[test]
+fn kernel_mounts_raid1_pair_degraded() {
+    if !interop_enabled("kernel_mounts_raid1_pair_degraded") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = images(dir.path(), 2);
+    mkfs(&["-b", "512M", "-d", "raid1"], &imgs);
+    btrfs_check(&imgs, &[]).unwrap();
+    // Only the first image: SYSTEM must be mirrored on both for this to mount.
+    let m = Mounted::mount_checked_elsewhere(&dir.path().join("mnt"), &imgs[..1], "degraded,ro");
+    let m = m.unwrap_or_else(|e| panic!("degraded mount of the first image alone: {e}"));
+    m.unmount().unwrap();
+    let m = Mounted::mount_checked_elsewhere(&dir.path().join("mnt"), &imgs[1..], "degraded,ro").unwrap_or_else(|e| panic!("degraded mount of the second image alone: {e}"));
+    m.unmount().unwrap();
+}
+
+#[test]
+fn kernel_sees_rootdir_like_the_source() {
+    if !interop_enabled("kernel_sees_rootdir_like_the_source") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_source(&src);
+    let expected = walk_manifest(&src);
+    for extra in [&["-n", "4K"][..], &["--compress", "zstd"][..]] {
+        let imgs = images(dir.path(), 2);
+        for i in &imgs {
+            let _ = fs::remove_file(i);
+        }
+        let mut a = vec!["-b", "256M", "-r", s(&src), "-d", "raid1"];
+        a.extend_from_slice(extra);
+        mkfs(&a, &imgs);
+        let mnt = dir.path().join("mnt");
+        let m = Mounted::mount(&mnt, &imgs, "ro").unwrap_or_else(|e| panic!("{e}"));
+        assert_manifest_eq(&expected, &walk_manifest(&mnt));
+        m.unmount().unwrap();
+    }
+}
+
+// ---- layout ----
+
+/// (physical, length) of every DEV_EXTENT, as btrfs-progs reads them.
+fn dev_extents(img: &Path) -> Vec<(u64, u64)> {
+    let out = must(Command::new("btrfs").args(["inspect-internal", "dump-tree", "-t", "dev"]).arg(img));
+    let mut v = Vec::new();
+    let mut phys = None;
+    for line in out.lines() {
+        if let Some(rest) = line.split("DEV_EXTENT ").nth(1) {
+            phys = rest.split(')').next().and_then(|x| x.trim().parse::<u64>().ok());
+        }
+        if let (Some(p), Some(rest)) = (phys, line.split(" length ").nth(1)) {
+            let len: u64 = rest.split_whitespace().next().and_then(|x| x.parse().ok()).expect("length");
+            v.push((p, len));
+            phys = None;
+        }
+    }
+    v
+}
+
+#[test]
+fn superblock_copies_and_dev_extents_keep_apart() {
+    if !progs_available() {
+        eprintln!("skipped: superblock_copies_and_dev_extents_keep_apart: btrfs-progs not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.img");
+    // 2 GiB with 1 GiB-ish chunks: the 64 MiB mirror falls inside the chunk area.
+    mkfs(&["-b", "2G", "-d", "dup"], std::slice::from_ref(&img));
+    let bytes = |off: u64, len: usize| {
+        use std::os::unix::fs::FileExt;
+        let mut b = vec![0u8; len];
+        fs::File::open(&img).unwrap().read_exact_at(&mut b, off).unwrap();
+        b
+    };
+    for off in [64u64 << 10, 64 << 20] {
+        let sb = bytes(off, 4096);
+        assert_eq!(&sb[64..72], b"_BHRfS_M", "no superblock copy at {off}");
+        assert_eq!(u64::from_le_bytes(sb[48..56].try_into().unwrap()), off, "bytenr of the copy at {off}");
+    }
+    let exts = dev_extents(&img);
+    assert!(exts.len() >= 4, "{exts:?}");
+    for (p, l) in &exts {
+        assert!(*p >= 1 << 20, "dev extent at {p} inside the reserved first MiB");
+        for sb in [64u64 << 20, 256 << 30] {
+            assert!(!(*p <= sb && sb < p + l), "dev extent [{p}, +{l}) covers the superblock copy at {sb}");
+        }
+    }
+    // A file made by --size stays sparse.
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(&img).unwrap());
+    assert!(blocks * 512 < 16 << 20, "image is not sparse: {blocks} blocks");
+    // `btrfs check` also reads every superblock copy's generation.
+    assert_check(std::slice::from_ref(&img), "2G dup");
+}
+
+#[test]
+fn images_attached_to_loop_devices_are_refused() {
+    if !interop_enabled("images_attached_to_loop_devices_are_refused") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.img");
+    mkfs(&["-b", "256M"], std::slice::from_ref(&img));
+    let _lock = common::interop::kernel_lock();
+    let loops = common::interop::Loops::attach(std::slice::from_ref(&img), true).unwrap();
+    let (code, _, err) = btrs(&["mkfs", "-f", s(&img)], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&loops.devs[0]), "{err}");
+}
