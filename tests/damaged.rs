@@ -247,3 +247,20 @@ fn data_csum_bad_in_every_copy_is_an_error() {
     // Other files still read.
     assert!(btrs(&["cat", "data/small"], &imgs[0]).status.success());
 }
+
+#[test]
+fn raid56_is_a_clean_unsupported_error() {
+    if !common::interop::progs_available() {
+        assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "mkfs.btrfs missing");
+        eprintln!("skipped: raid56_is_a_clean_unsupported_error: btrfs-progs not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs: Vec<PathBuf> = (1..=3).map(|i| tmp.path().join(format!("r{i}.img"))).collect();
+    for i in &imgs {
+        std::fs::File::create(i).unwrap().set_len(200 << 20).unwrap();
+    }
+    let st = Command::new("mkfs.btrfs").args(["-q", "-f", "-d", "raid5", "-m", "raid6"]).args(&imgs).status().unwrap();
+    assert!(st.success());
+    fails_with(&["ls"], &imgs[0], &["not supported", "RAID5/RAID6"]);
+}
