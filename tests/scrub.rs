@@ -763,3 +763,26 @@ fn block_group_tree_filesystem() {
     assert_eq!(code, 3, "{r:#}");
     assert_eq!(findings(&r)[0]["paths"], serde_json::json!(["d/file"]));
 }
+
+/// An extent tree leaf bad in every copy: the scrub cannot list the extents
+/// it held, says so (per block group), scrubs the rest, and exits 3.
+#[test]
+fn extent_tree_damaged_in_every_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = unpack_foreign("single", dir.path());
+    let leaf: u64 = dump_tree(&imgs[0], "2")
+        .lines()
+        .find_map(|l| l.strip_prefix("leaf "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("extent tree leaf");
+    for nth in 0..2 {
+        flip(&imgs[0], physical(&imgs[0], leaf, 1, nth) + 3000);
+    }
+    let (code, r) = scrub(&imgs[0], &[]);
+    assert_eq!(code, 3, "{r:#}");
+    let f = findings(&r);
+    assert!(!f.is_empty());
+    assert!(f.iter().all(|x| x["kind"] == "verify" && x["repaired"] == false), "{r:#}");
+    assert!(f.iter().any(|x| x["detail"].as_str().unwrap_or("").contains(&leaf.to_string())), "{r:#}");
+}

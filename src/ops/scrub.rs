@@ -412,14 +412,25 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     }
     let chunk_root = fs.tree_root(CHUNK_TREE_OBJECTID)?;
     let chunk_tree_uuid = fs.reader.root_block(&chunk_root)?.header.chunk_tree_uuid;
-    let bgs = block_groups(&fs)?;
+    // Block group items unreadable (damaged in every copy): scrub what the
+    // chunk map covers instead, and say so.
+    let (bgs, bg_error) = match block_groups(&fs) {
+        Ok(b) => (b, None),
+        Err(e) => {
+            let b = vol.chunks.iter().map(|e| BlockGroup { start: e.logical, len: e.chunk.length, used: e.chunk.length }).collect();
+            (b, Some(e))
+        }
+    };
     // Every chunk needs its block group item, or its space is never accounted for.
-    let orphan_chunks: Vec<(u64, u64)> = vol
-        .chunks
-        .iter()
-        .filter(|e| !bgs.iter().any(|bg| bg.start == e.logical))
-        .map(|e| (e.logical, e.chunk.length))
-        .collect();
+    let orphan_chunks: Vec<(u64, u64)> = if bg_error.is_some() {
+        Vec::new()
+    } else {
+        vol.chunks
+            .iter()
+            .filter(|e| !bgs.iter().any(|bg| bg.start == e.logical))
+            .map(|e| (e.logical, e.chunk.length))
+            .collect()
+    };
     let total: u64 = bgs
         .iter()
         .map(|bg| bg.used.saturating_mul(vol.num_copies(bg.start).unwrap_or(1) as u64))
@@ -497,6 +508,23 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
         acc.findings.extend(part.findings);
         acc.dropped += part.dropped;
         acc.dropped_unrepaired += part.dropped_unrepaired;
+    }
+    if let Some(e) = bg_error {
+        acc.push(Finding {
+            kind: FindingKind::Verify,
+            devid: None,
+            physical: None,
+            logical: None,
+            len: 0,
+            mirror: None,
+            good_mirror: None,
+            metadata: true,
+            paths: Vec::new(),
+            file_offset: None,
+            repaired: false,
+            detail: format!("block group items unreadable ({e}); scrubbed by chunk instead"),
+            extent: None,
+        });
     }
     for (logical, len) in orphan_chunks {
         acc.push(Finding {
@@ -769,8 +797,8 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
     }
 }
 
-/// Write `data` over copy `mirror` of `logical`, flush, and read it back.
-/// Only a copy that reads back identical after the flush counts as repaired.
+/// Write `data` over copy `mirror` of tree block `logical`, flush, and read it
+/// back. Only a copy that reads back identical after the flush counts as repaired.
 fn repair_copy(ctx: &Ctx<'_>, logical: u64, data: &[u8], mirror: usize, devid: u64) -> bool {
     let vol = ctx.fs.volume();
     // Past the end of a truncated image: growing the file is not a repair
@@ -782,8 +810,8 @@ fn repair_copy(ctx: &Ctx<'_>, logical: u64, data: &[u8], mirror: usize, devid: u
     if vol.write_copy(logical, data, mirror).is_err() {
         return false;
     }
-    // write_copy may cross onto other devices only within one copy; a data
-    // repair run never leaves its scrub stripe, so one device is enough.
+    // A tree block never crosses a stripe unit (nodesize <= 64 KiB, aligned),
+    // so its copy lives on one device and flushing that one is enough.
     if vol.device(devid).and_then(|d| d.sync()).is_err() {
         return false;
     }
