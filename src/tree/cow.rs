@@ -914,6 +914,11 @@ mod tests {
         pinned: Vec<u64>,
         free_list: Vec<u64>,
         next: u64,
+        /// Every alloc (true) and free (false) as (addr, owner, level), for
+        /// tests that keep extent refs the way a transaction layer would.
+        log: Vec<(bool, u64, u64, u8)>,
+        /// Allocations left before the store reports no space.
+        allocs_left: Option<usize>,
     }
 
     impl MemStore {
@@ -928,6 +933,8 @@ mod tests {
                 pinned: Vec::new(),
                 free_list: Vec::new(),
                 next: 1 << 22,
+                log: Vec::new(),
+                allocs_left: None,
             }
         }
 
@@ -964,7 +971,13 @@ mod tests {
             }
             Ok(b.clone())
         }
-        fn alloc(&mut self, _owner: u64, _level: u8) -> Result<u64> {
+        fn alloc(&mut self, owner: u64, level: u8) -> Result<u64> {
+            if let Some(n) = self.allocs_left.as_mut() {
+                if *n == 0 {
+                    return Err(Error::Unsupported("metadata space exhausted".into()));
+                }
+                *n -= 1;
+            }
             // Reuse freed space first, so a block still reachable from the old
             // root would be overwritten if it were ever wrongly released.
             let a = self.free_list.pop().unwrap_or_else(|| {
@@ -973,10 +986,12 @@ mod tests {
             });
             assert!(self.live.insert(a), "double allocation of {a}");
             self.fresh.insert(a);
+            self.log.push((true, a, owner, level));
             Ok(a)
         }
-        fn free(&mut self, logical: u64, _owner: u64, _level: u8, generation: u64) -> Result<()> {
+        fn free(&mut self, logical: u64, owner: u64, level: u8, generation: u64) -> Result<()> {
             assert!(self.live.remove(&logical), "free of {logical}, which is not allocated");
+            self.log.push((false, logical, owner, level));
             if generation == self.transid {
                 assert!(self.fresh.remove(&logical), "block {logical} of this transaction was not allocated in it");
                 self.free_list.push(logical);
@@ -1221,6 +1236,117 @@ mod tests {
         check(&t, &s, &m, true);
         let leaves = *shape(&t, &s).last().unwrap();
         assert!(leaves <= 68, "{leaves} leaves for 65 leaves' worth of items");
+    }
+
+    /// How a transaction layer can keep the extent tree in step with tree
+    /// blocks: alloc/free only queue ref changes (delayed refs), applied after
+    /// each operation to the extent tree, itself a `CowTree` whose own COW
+    /// queues more changes, until none are left. Checks that this converges
+    /// and that the extent tree then lists exactly the live blocks of both trees.
+    #[test]
+    fn extent_refs_kept_through_delayed_updates() {
+        use crate::format::{EXTENT_TREE_OBJECTID, METADATA_ITEM_KEY};
+        fn settle(ext: &mut CowTree, s: &mut MemStore) {
+            for _round in 0..100 {
+                let log = std::mem::take(&mut s.log);
+                if log.is_empty() {
+                    return;
+                }
+                for (alloc, addr, owner, level) in log {
+                    let k = Key::new(addr, METADATA_ITEM_KEY, level as u64);
+                    // Roughly the size of a metadata extent item with one inline ref.
+                    let item = [owner.to_le_bytes().as_slice(), &[0; 25]].concat();
+                    if alloc {
+                        ext.insert(s, k, item).unwrap();
+                    } else {
+                        assert_eq!(ext.delete(s, k).unwrap(), Some(item));
+                    }
+                }
+            }
+            panic!("extent updates do not converge");
+        }
+        fn refs_match(ext: &CowTree, s: &MemStore) {
+            let refs: HashSet<u64> = ext.range(s, Key::MIN, Key::MAX).unwrap().into_iter().map(|(k, _)| k.objectid).collect();
+            assert_eq!(refs, s.live);
+        }
+        let mut s = MemStore::new(4096);
+        let mut ext = CowTree::create(&mut s, EXTENT_TREE_OBJECTID).unwrap();
+        let mut t = CowTree::create(&mut s, CSUM_TREE_OBJECTID).unwrap();
+        ext.set_fanout_limit(4);
+        t.set_fanout_limit(4);
+        settle(&mut ext, &mut s);
+        let mut m = BTreeMap::new();
+        for i in 0..1500u16 {
+            let k = key(((i as u32 * 53) % 400) as u16);
+            if i % 3 == 2 {
+                assert_eq!(t.delete(&mut s, k).unwrap(), m.remove(&k));
+            } else if let std::collections::btree_map::Entry::Vacant(e) = m.entry(k) {
+                t.insert(&mut s, k, body(150 + (i as usize % 7) * 90, i as u64)).unwrap();
+                e.insert(body(150 + (i as usize % 7) * 90, i as u64));
+            }
+            settle(&mut ext, &mut s);
+            if i % 100 == 99 {
+                refs_match(&ext, &s);
+                let mut blocks = t.take_dirty(&s).unwrap();
+                blocks.extend(ext.take_dirty(&s).unwrap());
+                s.commit(blocks);
+            }
+        }
+        refs_match(&ext, &s);
+        assert!(t.range(&s, Key::MIN, Key::MAX).unwrap().into_iter().eq(m));
+        eprintln!("levels: tree {} extent tree {}, {} live blocks", t.root().level, ext.root().level, s.live.len());
+        assert!(ext.root().level >= 1 && t.root().level >= 2);
+    }
+
+    /// Damage in committed blocks and failures of the store come back as
+    /// errors, never as panics.
+    #[test]
+    fn damage_and_allocation_failures_are_errors() {
+        let mut s = MemStore::new(4096);
+        let mut t = fresh_tree(&mut s);
+        t.set_fanout_limit(4);
+        for k in 0..300u16 {
+            t.insert(&mut s, key(k), body(100, k as u64)).unwrap();
+        }
+        commit(&mut t, &mut s);
+        // Rewrite a committed leaf with its first key changed: the parent's
+        // pointer key no longer matches, which a read must notice.
+        let root = t.root();
+        let node = EditNode::from_block(&s.committed[&root.bytenr]).unwrap();
+        let victim = node.ptrs[1];
+        let mut below = s.committed[&victim.blockptr].clone();
+        while !below.is_leaf() {
+            let n = EditNode::from_block(&below).unwrap();
+            below = s.committed[&n.ptrs[0].blockptr].clone();
+        }
+        let mut leaf = EditLeaf::from_block(&below).unwrap();
+        let first = leaf.items[0].0;
+        leaf.items[0].0 = Key::new(first.objectid, first.item_type - 1, first.offset);
+        let bytes = leaf.to_bytes(&s.fmt, below.logical, below.generation(), below.owner()).unwrap();
+        let damaged = TreeBlock::parse(below.logical, bytes, s.fmt.csum, &s.fmt.fsid, Expect::default()).unwrap();
+        s.committed.insert(below.logical, Arc::new(damaged));
+        let probe = t.range(&s, Key::MIN, Key::MAX).unwrap_err();
+        assert!(probe.is_corrupt(), "{probe}");
+        assert!(t.insert(&mut s, first, vec![1]).unwrap_err().is_corrupt());
+        assert!(t.delete(&mut s, first).unwrap_err().is_corrupt());
+
+        // Out of space part way through splits: an error, and nothing panics.
+        let mut s = MemStore::new(4096);
+        let mut t = fresh_tree(&mut s);
+        t.set_fanout_limit(3);
+        s.allocs_left = Some(40);
+        let mut failed = false;
+        for k in 0..2000u16 {
+            match t.insert(&mut s, key(k % 400), body(500, k as u64)) {
+                Ok(()) | Err(Error::Invalid(_)) => {}
+                Err(Error::Unsupported(_)) => {
+                    failed = true;
+                    break;
+                }
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert!(failed);
     }
 
     #[test]
