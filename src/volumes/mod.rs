@@ -129,37 +129,38 @@ impl Volume {
         Ok(self.chunks.lookup(logical)?.num_copies())
     }
 
+    /// Split `len` bytes at `logical` into pieces that are contiguous on copy
+    /// `mirror`: (offset into the range, where it lives, length). Pieces end at
+    /// stripe-unit and chunk boundaries.
+    pub fn copy_segments(&self, logical: u64, len: usize, mirror: usize) -> Result<Vec<(usize, PhysAddr, usize)>> {
+        let mut out = Vec::new();
+        let mut done = 0usize;
+        while done < len {
+            let pos = logical + done as u64;
+            let (copies, contiguous) = self.chunks.lookup(pos)?.map(pos)?;
+            let addr = copies.get(mirror).copied().ok_or_else(|| {
+                Error::Invalid(format!("logical {pos}: no copy {} (chunk has {})", mirror + 1, copies.len()))
+            })?;
+            let n = ((len - done) as u64).min(contiguous) as usize;
+            out.push((done, addr, n));
+            done += n;
+        }
+        Ok(out)
+    }
+
     /// Read `buf.len()` bytes at `logical` from copy `mirror` (0-based),
     /// following the stripes across stripe-unit and chunk boundaries.
     pub fn read_copy(&self, logical: u64, buf: &mut [u8], mirror: usize) -> Result<()> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = logical + done as u64;
-            let entry = self.chunks.lookup(pos)?;
-            let (copies, contiguous) = entry.map(pos)?;
-            let addr = copies.get(mirror).ok_or_else(|| {
-                Error::Invalid(format!("logical {pos}: no copy {} (chunk has {})", mirror + 1, copies.len()))
-            })?;
-            let n = ((buf.len() - done) as u64).min(contiguous) as usize;
-            self.device(addr.devid)?.read_exact_at(addr.physical, &mut buf[done..done + n])?;
-            done += n;
+        for (off, addr, n) in self.copy_segments(logical, buf.len(), mirror)? {
+            self.device(addr.devid)?.read_exact_at(addr.physical, &mut buf[off..off + n])?;
         }
         Ok(())
     }
 
     /// Write `data` at `logical` to copy `mirror` only (repairs write one bad copy).
     pub fn write_copy(&self, logical: u64, data: &[u8], mirror: usize) -> Result<()> {
-        let mut done = 0usize;
-        while done < data.len() {
-            let pos = logical + done as u64;
-            let entry = self.chunks.lookup(pos)?;
-            let (copies, contiguous) = entry.map(pos)?;
-            let addr = copies.get(mirror).ok_or_else(|| {
-                Error::Invalid(format!("logical {pos}: no copy {} (chunk has {})", mirror + 1, copies.len()))
-            })?;
-            let n = ((data.len() - done) as u64).min(contiguous) as usize;
-            self.device(addr.devid)?.write_all_at(addr.physical, &data[done..done + n])?;
-            done += n;
+        for (off, addr, n) in self.copy_segments(logical, data.len(), mirror)? {
+            self.device(addr.devid)?.write_all_at(addr.physical, &data[off..off + n])?;
         }
         Ok(())
     }
