@@ -411,7 +411,7 @@ fn plan_layout(sizes: &[u64], req: &LayoutRequest) -> Option<Vec<PlannedChunk>> 
     Some(out)
 }
 
-/// Split `need` bytes into chunk lengths of at most `max` (at least one chunk of `min_len`).
+/// Chunk lengths that hold `need` bytes: each at least `default` (there is always one) and at most `max`.
 fn chunk_lens(need: u64, default: u64, max: u64) -> Vec<u64> {
     let mut lens = Vec::new();
     let mut rem = need;
@@ -718,6 +718,19 @@ struct Ctx<'a> {
 /// Make the filesystem. On error nothing on the images looks like a valid btrfs
 /// (old superblocks are wiped before anything else is written; new ones are written last).
 pub fn mkfs(opts: &MkfsOptions) -> Result<MkfsSummary> {
+    // Image files this run creates are removed again if it fails, so that a failed
+    // mkfs leaves no half-made image behind.
+    let created: Vec<PathBuf> = opts.images.iter().filter(|p| !p.exists()).cloned().collect();
+    let r = make(opts);
+    if r.is_err() {
+        for p in created {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    r
+}
+
+fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
     // ---- validate ----
     if opts.images.is_empty() {
         return Err(Error::Invalid("no image given".into()));
@@ -766,6 +779,12 @@ pub fn mkfs(opts: &MkfsOptions) -> Result<MkfsSummary> {
         generation: GENERATION,
         no_holes: opts.features.no_holes,
         csum: opts.csum,
+        exclude: opts
+            .images
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
+            .collect(),
     };
     let scan: Option<Scan> = match &opts.rootdir {
         Some(dir) => Some(rootdir::scan(dir, &scan_opts)?),
@@ -900,7 +919,7 @@ pub fn mkfs(opts: &MkfsOptions) -> Result<MkfsSummary> {
     Ok(summary)
 }
 
-/// Assign `count` block addresses from the chunks selected by `pick`, after `cursor`.
+/// Hands out tree block addresses in order, filling one chunk after another.
 struct MetaAlloc {
     /// (start, end) of each chunk of one kind.
     chunks: Vec<(u64, u64)>,
@@ -1412,5 +1431,37 @@ mod tests {
         assert!(!f.no_holes && f.free_space_tree && f.block_group_tree);
         assert!(Features::default().apply("bogus").is_err());
         assert!(Features::default().apply("^free-space-tree,block-group-tree").is_err());
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    fn devs(n: usize, size: u64) -> Vec<DevModel> {
+        (0..n).map(|i| DevModel { devid: i as u64 + 1, size, cursor: DEVICE_RESERVED }).collect()
+    }
+
+    #[test]
+    fn profile_shapes() {
+        let c = alloc_chunk(&mut devs(5, GIB), MIB, BLOCK_GROUP_DATA, Profile::Raid10, 256 * MIB).unwrap();
+        assert_eq!((c.stripes.len(), c.sub_stripes, c.length), (4, 2, 256 * MIB));
+        let c = alloc_chunk(&mut devs(3, GIB), MIB, BLOCK_GROUP_DATA, Profile::Raid0, 96 * MIB).unwrap();
+        assert_eq!((c.stripes.len(), c.stripe_size, c.length), (3, 32 * MIB, 96 * MIB));
+        let c = alloc_chunk(&mut devs(1, GIB), MIB, BLOCK_GROUP_METADATA, Profile::Dup, 16 * MIB).unwrap();
+        assert_eq!(c.stripes, vec![(1, MIB), (1, 17 * MIB)]);
+        // The second copy would cover the superblock copy at 64 MiB: it moves past it.
+        let c = alloc_chunk(&mut devs(1, GIB), MIB, BLOCK_GROUP_METADATA, Profile::Dup, 40 * MIB).unwrap();
+        assert_eq!(c.stripes, vec![(1, MIB), (1, 64 * MIB + STRIPE_LEN)]);
+        let c = alloc_chunk(&mut devs(2, GIB), MIB, BLOCK_GROUP_SYSTEM, Profile::Raid1, 8 * MIB).unwrap();
+        let on: Vec<u64> = c.stripes.iter().map(|s| s.0).collect();
+        assert_eq!(on, vec![1, 2], "system raid1 must be on both devices");
+        assert!(alloc_chunk(&mut devs(2, GIB), MIB, BLOCK_GROUP_DATA, Profile::Raid1C3, MIB).is_none());
+    }
+
+    #[test]
+    fn big_content_gets_several_data_chunks() {
+        assert_eq!(chunk_lens(0, 64 * MIB, GIB), vec![64 * MIB]);
+        assert_eq!(chunk_lens(2500 * MIB, 64 * MIB, GIB), vec![GIB, GIB, 452 * MIB]);
     }
 }

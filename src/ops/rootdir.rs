@@ -25,6 +25,8 @@ use crate::tree::builder::TreeItem;
 pub const MAX_EXTENT_SIZE: u64 = 128 * 1024 * 1024;
 /// Compressed extents cover at most this much file data (BTRFS_MAX_UNCOMPRESSED).
 pub const MAX_UNCOMPRESSED: u64 = 128 * 1024;
+/// Uncompressed data is copied through a buffer of this size.
+const COPY_PIECE: u64 = 4 * 1024 * 1024;
 /// The kernel's default `max_inline` mount option.
 pub const DEFAULT_MAX_INLINE: u64 = 2048;
 
@@ -39,6 +41,9 @@ pub struct ScanOptions {
     pub generation: u64,
     pub no_holes: bool,
     pub csum: CsumType,
+    /// (st_dev, st_ino) of files not to copy: the images being made, should they
+    /// live inside the source tree.
+    pub exclude: Vec<(u64, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -324,6 +329,10 @@ impl Scan {
             let path = dir_path.join(std::ffi::OsStr::from_bytes(&name));
             let m = std::fs::symlink_metadata(&path).map_err(io(&path, "lstat"))?;
             let host_id = (m.dev(), m.ino());
+            if self.opts.exclude.contains(&host_id) {
+                self.warnings.push(format!("{}: is one of the images being made; not copied", path.display()));
+                continue;
+            }
             let existing = if !m.is_dir() && m.nlink() > 1 { by_host.get(&host_id).copied() } else { None };
             let idx = match existing {
                 Some(i) => {
@@ -462,35 +471,49 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
                     let mut pos = start;
                     while pos < end {
                         let want = (end - pos).min(piece_max);
-                        let mut buf = vec![0u8; want as usize];
-                        let avail = i.size.saturating_sub(pos).min(want) as usize;
-                        f.read_exact_at(&mut buf[..avail], pos).map_err(io(&i.host, "read"))?;
+                        // Bytes of the file (not of zero padding past EOF) from `at`, at most `len`.
+                        let read = |at: u64, len: u64| -> Result<Vec<u8>> {
+                            let mut buf = vec![0u8; len as usize];
+                            let avail = i.size.saturating_sub(at).min(len) as usize;
+                            f.read_exact_at(&mut buf[..avail], at).map_err(io(&i.host, "read"))?;
+                            Ok(buf)
+                        };
                         let compressed = match opts.compress {
-                            Some((kind, level)) => compress::compress(kind, &buf[..avail], opts.sectorsize, level)
-                                .map_err(|e| Error::Compress { at: i.host.display().to_string(), source: e })?,
+                            Some((kind, level)) => {
+                                let buf = read(pos, want)?;
+                                let avail = i.size.saturating_sub(pos).min(want) as usize;
+                                compress::compress(kind, &buf[..avail], opts.sectorsize, level)
+                                    .map_err(|e| Error::Compress { at: i.host.display().to_string(), source: e })?
+                                    .map(|c| (c, round_up(avail as u64, sector), kind.raw()))
+                            }
                             None => None,
                         };
-                        let (disk, ram, num, comp_type, granted) = match compressed {
-                            Some(c) => {
+                        // (disk extent, ram_bytes, compression, file bytes covered)
+                        let (disk, ram, comp_type, granted) = match compressed {
+                            Some((c, ram, kind)) => {
                                 let disk_len = round_up(c.len() as u64, sector);
                                 let (logical, _) = sink.reserve(disk_len, true)?;
                                 let mut out = c;
                                 out.resize(disk_len as usize, 0);
                                 sink.write(logical, &out)?;
                                 push_csums(&mut sector_csums, logical, &out, sector, opts.csum);
-                                let ram = round_up(avail as u64, sector);
-                                let kind = opts.compress.map(|c| c.0.raw()).unwrap_or(0);
-                                ((logical, disk_len), ram, want, kind, want)
+                                ((logical, disk_len), ram, kind, want)
                             }
                             None => {
+                                // Stored as is: copy in bounded pieces so memory stays small
+                                // however large the extent (up to 128 MiB).
                                 let (logical, granted) = sink.reserve(want, false)?;
-                                let out = &buf[..granted as usize];
-                                sink.write(logical, out)?;
-                                push_csums(&mut sector_csums, logical, out, sector, opts.csum);
-                                ((logical, granted), granted, granted, 0u8, granted)
+                                let mut done = 0u64;
+                                while done < granted {
+                                    let n = (granted - done).min(COPY_PIECE);
+                                    let out = read(pos + done, n)?;
+                                    sink.write(logical + done, &out)?;
+                                    push_csums(&mut sector_csums, logical + done, &out, sector, opts.csum);
+                                    done += n;
+                                }
+                                ((logical, granted), granted, COMPRESS_NONE, granted)
                             }
                         };
-                        let _ = num;
                         fs.insert(
                             Key::new(i.ino, EXTENT_DATA_KEY, pos),
                             regular_extent(gen, ram, comp_type, disk.0, disk.1, granted),
@@ -520,10 +543,23 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
         }
         let item = inode_item(i, opts, nbytes);
         fs.insert(Key::new(i.ino, INODE_ITEM_KEY, 0), item.as_bytes().to_vec());
+        let max_item = crate::tree::builder::max_item_size(opts.nodesize);
         for (parent, index, name) in &i.names {
             let mut v = InodeRef { index: (*index).into(), name_len: (name.len() as u16).into() }.as_bytes().to_vec();
             v.extend_from_slice(name);
-            append(&mut fs, Key::new(i.ino, INODE_REF_KEY, *parent), &v);
+            let key = Key::new(i.ino, INODE_REF_KEY, *parent);
+            let held = fs.get(&key).map_or(0, Vec::len);
+            if held > 0 && held + v.len() > max_item {
+                // The INODE_REF item for this directory is full (many hard links in one
+                // directory): like the kernel, continue in INODE_EXTREF items.
+                let mut x = InodeExtref { parent_objectid: (*parent).into(), index: (*index).into(), name_len: (name.len() as u16).into() }
+                    .as_bytes()
+                    .to_vec();
+                x.extend_from_slice(name);
+                append(&mut fs, Key::new(i.ino, INODE_EXTREF_KEY, crate::format::items::extref_hash(*parent, name)), &x);
+            } else {
+                append(&mut fs, key, &v);
+            }
         }
         for (name, value) in &i.xattrs {
             let v = dir_item_bytes(Key::MIN, gen, name, value, FT_XATTR);
@@ -585,4 +621,40 @@ pub fn data_extent_item(gen: u64, root: u64, objectid: u64, offset: u64) -> Vec<
         ExtentDataRef { root: root.into(), objectid: objectid.into(), offset: offset.into(), count: 1.into() }.as_bytes(),
     );
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rdev_is_stored_as_kernel_mkdev() {
+        // glibc makedev(8, 300) and makedev(259, 70000).
+        let glibc = |major: u64, minor: u64| ((major & 0xfff) << 8) | ((major & !0xfff) << 32) | (minor & 0xff) | ((minor & !0xff) << 12);
+        assert_eq!(host_rdev_to_btrfs(glibc(8, 300)), (8 << 20) | 300);
+        assert_eq!(host_rdev_to_btrfs(glibc(259, 70000)), (259 << 20) | 70000);
+    }
+
+    #[test]
+    fn csum_items_merge_contiguous_sectors_and_split_at_the_limit() {
+        let opts = ScanOptions {
+            sectorsize: 4096,
+            nodesize: 4096,
+            compress: None,
+            otime: (0, 0),
+            generation: 1,
+            no_holes: true,
+            csum: CsumType::Sha256,
+            exclude: Vec::new(),
+        };
+        let mut sectors: Vec<(u64, Vec<u8>)> = (0..300u64).map(|i| ((1 << 20) + i * 4096, vec![i as u8; 32])).collect();
+        sectors.push((1 << 30, vec![1; 32]));
+        let items = csum_runs(sectors, 4096, &opts);
+        let max = max_csum_item_bytes(4096, 32);
+        assert!(items.iter().all(|i| i.data.len() <= max));
+        assert_eq!(items.iter().map(|i| i.data.len()).sum::<usize>(), 301 * 32);
+        assert_eq!(items.last().map(|i| i.key.offset), Some(1 << 30));
+        // Consecutive items continue where the previous one ended.
+        assert_eq!(items[1].key.offset, (1 << 20) + (items[0].data.len() as u64 / 32) * 4096);
+    }
 }
