@@ -444,11 +444,19 @@ impl Devices {
         f.write_all_at(data, physical).map_err(|e| Error::io(p, format!("write at {physical}"), e))
     }
 
+    /// fsync every image, in parallel: each waits on its own disk flush.
     fn sync(&self) -> Result<()> {
-        for (f, p) in self.files.iter().zip(&self.paths) {
-            f.sync_all().map_err(|e| Error::io(p, "fsync", e))?;
-        }
-        Ok(())
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .files
+                .iter()
+                .zip(&self.paths)
+                .map(|(f, p)| scope.spawn(move || f.sync_all().map_err(|e| Error::io(p, "fsync", e))))
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("fsync thread panicked".into()))))
+        })
     }
 }
 
