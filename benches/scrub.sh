@@ -40,4 +40,4 @@ s=$(now); "$btrs" scrub --no-progress "$work/a.img" >/dev/null; e=$(now); b_warm
 /usr/bin/time -f '%M' -o "$work/rss" "$btrs" scrub --no-progress "$work/a.img" >/dev/null
 s=$(now); cat "$work/a.img" "$work/b.img" >/dev/null; e=$(now); floor=$(echo "$e - $s" | bc -l)
 printf '| scrub %d MiB RAID1 %s, cold | btrs %.2f s | kernel %.2f s | %.2f |\n' "$size" "$csum" "$b_cold" "$k_cold" "$(echo "$b_cold / $k_cold" | bc -l)"
-printf '| scrub %d MiB RAID1 %s, warm | btrs %.2f s (peak %d MiB; cat of both images %.2f s) | kernel %.2f s | %.2f |\n' "$size" "$csum" "$b_warm" "$(( $(cat "$work/rss") / 1024 ))" "$floor" "$k_warm" "$(echo "$b_warm / $k_warm" | bc -l)"
+printf '| scrub %d MiB RAID1 %s, warm | btrs %.2f s (peak %d MiB; cat of both whole sparse images %.2f s) | kernel %.2f s | %.2f |\n' "$size" "$csum" "$b_warm" "$(( $(cat "$work/rss") / 1024 ))" "$floor" "$k_warm" "$(echo "$b_warm / $k_warm" | bc -l)"

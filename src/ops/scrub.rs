@@ -461,7 +461,21 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         n => n,
     }
-    .clamp(1, bgs.len().max(1));
+    .max(1);
+    // Work units are slices of block groups, so that one large data block
+    // group still keeps every thread busy. An extent belongs to the slice its
+    // start falls in.
+    let work: Vec<(&BlockGroup, u64, u64)> = bgs
+        .iter()
+        .flat_map(|bg| {
+            let end = bg.start.saturating_add(bg.len);
+            (0..bg.len.div_ceil(SCRUB_SLICE).max(1)).map(move |i| {
+                let from = bg.start + i * SCRUB_SLICE;
+                (bg, from, from.saturating_add(SCRUB_SLICE).min(end))
+            })
+        })
+        .collect();
+    let threads = threads.min(work.len().max(1));
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Acc>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -470,8 +484,8 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
                 let mut acc = Acc::default();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(bg) = bgs.get(i) else { break };
-                    if let Err(e) = scrub_block_group(&ctx, bg, &mut acc) {
+                    let Some(&(bg, from, to)) = work.get(i) else { break };
+                    if let Err(e) = scrub_block_group(&ctx, bg, from, to, &mut acc) {
                         // The extent tree of this block group could not be walked: say
                         // so and go on with the others.
                         acc.push(Finding {
@@ -610,7 +624,11 @@ fn block_groups(fs: &Filesystem) -> Result<Vec<BlockGroup>> {
     Ok(out)
 }
 
-fn scrub_block_group(ctx: &Ctx<'_>, bg: &BlockGroup, acc: &mut Acc) -> Result<()> {
+/// Bytes of a block group one worker takes at a time.
+const SCRUB_SLICE: u64 = 64 << 20;
+
+/// Scrub the extents of `bg` that start in [from, to).
+fn scrub_block_group(ctx: &Ctx<'_>, bg: &BlockGroup, from: u64, to: u64, acc: &mut Acc) -> Result<()> {
     let fs = ctx.fs;
     let vol = fs.volume();
     let entry = vol.chunks.lookup(bg.start)?.clone();
@@ -622,11 +640,11 @@ fn scrub_block_group(ctx: &Ctx<'_>, bg: &BlockGroup, acc: &mut Acc) -> Result<()
     }
     let extent_root = fs.tree_root(EXTENT_TREE_OBJECTID)?;
     let end = bg.start + bg.len;
-    let mut c = fs.reader.seek(&extent_root, Key::new(bg.start, 0, 0))?;
+    let mut c = fs.reader.seek(&extent_root, Key::new(from, 0, 0))?;
     let mut bufs: Vec<Vec<u8>> = Vec::new();
     while let Some(item) = c.next_item()? {
         let k = item.key;
-        if k.objectid >= end {
+        if k.objectid >= to.min(end) {
             break;
         }
         // Like the kernel's scrub, a tree block's header generation must equal
