@@ -4,7 +4,11 @@
 
 pub mod compress;
 pub mod data;
+pub mod direct;
 pub mod inode;
+pub mod pagecache;
+pub mod transaction;
+pub mod write;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,723 @@
+//! A write transaction: copy-on-write trees, extent allocation from existing
+//! block groups, extent-tree back references, block group `used`, the free
+//! space tree, and a crash-safe commit.
+//!
+//! Model (the kernel's, simplified): every tree the transaction touches is a
+//! [`CowTree`]; the [`Store`] below them hands out metadata addresses and
+//! queues extent-tree reference changes ("delayed refs"). Before the commit,
+//! [`Transaction::settle`] applies those changes to the extent tree, rewrites
+//! the block group items and free space tree entries of every block group
+//! whose allocation changed, and refreshes root items — each of which may COW
+//! more blocks and queue more changes — until a fixed point.
+//!
+//! Free space source of truth: at open, the extent tree (block group ranges
+//! minus EXTENT_ITEM / METADATA_ITEM ranges). The free space tree is then
+//! *recomputed* for each changed block group from that in-memory map rather
+//! than edited incrementally: simpler, and correct by construction. Blocks the
+//! last committed superblock can reach are never reused before the commit:
+//! they are freed from the extent tree (so the new free space tree shows them
+//! free, as the kernel's does) but kept `pinned` in memory.
+//!
+//! Commit order: every dirty tree block to every mirror, fsync every image,
+//! then the superblocks (all copies that fit, generation + 1, backup roots
+//! rotated), fsync again. A crash before the superblock write leaves the old
+//! superblock pointing at untouched blocks.
+//!
+//! Free space tree bitmaps (the kernel switches fragmented groups to them)
+//! are read from nowhere (the extent tree is the truth) and a changed group
+//! is written back in extent form with its info flag cleared.
+//!
+//! Limits (refused cleanly, image untouched): non-skinny metadata extent
+//! items, filesystems without a free space tree
+//! (v1 space cache), shared tree blocks (snapshots), and running out of space
+//! in the existing block groups (no new chunk allocation yet: "no space left").
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use zerocopy::{FromZeros, IntoBytes};
+
+use crate::error::{Error, Result};
+use crate::format::items::{self, parse_extent_item, ExtentRef};
+use crate::format::superblock::seal_super;
+use crate::format::*;
+use crate::fs::Filesystem;
+use crate::tree::block::{Expect, TreeBlock};
+use crate::tree::cow::{BlockStore, CowTree};
+use crate::tree::leaf::BlockFormat;
+use crate::tree::RootPtr;
+
+/// One block group as the allocator sees it.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub start: u64,
+    pub len: u64,
+    pub flags: u64,
+    pub chunk_objectid: u64,
+}
+
+/// A queued extent-tree change for a tree block.
+#[derive(Clone, Copy, Debug)]
+enum RefOp {
+    Alloc { addr: u64, owner: u64, level: u8 },
+    Free { addr: u64, level: u8 },
+}
+
+/// Allocation state and the delayed-ref queue; the `BlockStore` of every tree.
+pub struct Store {
+    pub fs: Filesystem,
+    fmt: BlockFormat,
+    transid: u64,
+    pub groups: BTreeMap<u64, Group>,
+    /// Extents the extent tree will list after the commit: start -> length.
+    allocated: BTreeMap<u64, u64>,
+    /// Freed this transaction but still reachable from the committed roots.
+    pinned: BTreeMap<u64, u64>,
+    /// Logical ranges holding a superblock copy on some device: never
+    /// allocated, though the free space tree lists them free (as mkfs and the
+    /// kernel do; readers exclude them when loading it).
+    excluded: BTreeMap<u64, u64>,
+    /// Block groups whose allocation changed (start addresses).
+    dirty_groups: BTreeSet<u64>,
+    log: Vec<RefOp>,
+    /// Whether the block group items live in the block group tree.
+    bg_tree: bool,
+}
+
+fn no_space(what: &str, len: u64) -> Error {
+    Error::Invalid(format!(
+        "no space left: cannot allocate {len} bytes of {what} in the existing block groups (btrs does not allocate new chunks yet); image unchanged"
+    ))
+}
+
+impl Store {
+    fn group_of(&self, addr: u64) -> Result<&Group> {
+        match self.groups.range(..=addr).next_back() {
+            Some((_, g)) if addr < g.start + g.len => Ok(g),
+            _ => Err(Error::corrupt(format!("logical {addr}"), "not inside any block group")),
+        }
+    }
+
+    /// Whether [start, start+len) overlaps an allocated or pinned extent.
+    fn busy(&self, start: u64, len: u64) -> Option<u64> {
+        let end = start + len;
+        for map in [&self.allocated, &self.pinned, &self.excluded] {
+            if let Some((&s, &l)) = map.range(..end).next_back() {
+                if s + l > start {
+                    return Some(s + l);
+                }
+            }
+        }
+        None
+    }
+
+    /// First fit of `len` bytes, `align`-aligned, in groups with `kind` flag.
+    /// Metadata (`no_stripe_cross`) never crosses a 64 KiB stripe boundary,
+    /// which the kernel's tree-checker and scrub rely on.
+    fn find(&self, kind: u64, len: u64, align: u64, no_stripe_cross: bool) -> Option<u64> {
+        for g in self.groups.values().filter(|g| g.flags & kind != 0) {
+            let mut pos = g.start.div_ceil(align) * align;
+            while pos + len <= g.start + g.len {
+                if no_stripe_cross && pos / STRIPE_LEN != (pos + len - 1) / STRIPE_LEN {
+                    pos = (pos / STRIPE_LEN + 1) * STRIPE_LEN;
+                    continue;
+                }
+                match self.busy(pos, len) {
+                    None => return Some(pos),
+                    Some(next) => pos = next.div_ceil(align) * align,
+                }
+            }
+        }
+        None
+    }
+
+    fn take(&mut self, start: u64, len: u64) -> Result<()> {
+        let g = self.group_of(start)?.start;
+        self.allocated.insert(start, len);
+        self.dirty_groups.insert(g);
+        Ok(())
+    }
+
+    /// Data space: up to `len` bytes (sector multiple), the largest free run
+    /// at the first fit, so large writes may get several extents.
+    pub fn alloc_data(&mut self, len: u64) -> Result<(u64, u64)> {
+        let ss = self.fs.sectorsize as u64;
+        // Try the whole length, then halves, down to one sector.
+        let mut want = len;
+        loop {
+            if let Some(pos) = self.find(BLOCK_GROUP_DATA, want, ss, false) {
+                self.take(pos, want)?;
+                return Ok((pos, want));
+            }
+            if want <= ss {
+                return Err(no_space("data", len));
+            }
+            want = (want / 2).div_ceil(ss) * ss;
+        }
+    }
+
+    /// Forget a data extent the extent tree no longer lists; pinned until the
+    /// commit because the committed file tree may still reference it.
+    pub fn release_data(&mut self, start: u64) -> Result<()> {
+        if let Some(len) = self.allocated.remove(&start) {
+            self.pinned.insert(start, len);
+            let g = self.group_of(start)?.start;
+            self.dirty_groups.insert(g);
+        }
+        Ok(())
+    }
+}
+
+impl BlockStore for Store {
+    fn format(&self) -> &BlockFormat {
+        &self.fmt
+    }
+
+    fn transid(&self) -> u64 {
+        self.transid
+    }
+
+    fn read(&self, logical: u64, expect: Expect) -> Result<Arc<TreeBlock>> {
+        self.fs.reader.read_block(logical, expect, None)
+    }
+
+    fn alloc(&mut self, owner: u64, level: u8) -> Result<u64> {
+        let ns = self.fmt.nodesize as u64;
+        let pos = self.find(BLOCK_GROUP_METADATA, ns, ns, true).ok_or_else(|| no_space("metadata", ns))?;
+        self.take(pos, ns)?;
+        self.log.push(RefOp::Alloc { addr: pos, owner, level });
+        Ok(pos)
+    }
+
+    fn free(&mut self, logical: u64, _owner: u64, level: u8, generation: u64) -> Result<()> {
+        if let Some(len) = self.allocated.remove(&logical) {
+            if generation < self.transid {
+                self.pinned.insert(logical, len);
+            }
+            let g = self.group_of(logical)?.start;
+            self.dirty_groups.insert(g);
+        }
+        self.log.push(RefOp::Free { addr: logical, level });
+        Ok(())
+    }
+}
+
+/// A running transaction. Dropping it without [`Transaction::commit`] aborts:
+/// nothing reachable from the superblock was written.
+pub struct Transaction {
+    pub store: Store,
+    pub trees: BTreeMap<u64, CowTree>,
+    /// Root items as found at open, to notice which changed.
+    root_items: HashMap<u64, (Key, RootItem)>,
+    /// Current time for inode stamps.
+    pub now: crate::format::Timespec,
+    /// Test-only switches of the direct writer (see `fs::direct`).
+    #[cfg(test)]
+    pub direct_no_bounce: bool,
+    #[cfg(test)]
+    pub direct_fail_at: Option<u64>,
+}
+
+impl Transaction {
+    /// Start a transaction on a filesystem opened with `OpenOptions.writable`.
+    pub fn begin(fs: Filesystem) -> Result<Transaction> {
+        let sb = fs.sb;
+        if !sb.has_incompat(INCOMPAT_SKINNY_METADATA) {
+            return Err(Error::Unsupported("writing filesystems without skinny-metadata".into()));
+        }
+        if !sb.has_compat_ro(COMPAT_RO_FREE_SPACE_TREE) || !sb.has_compat_ro(COMPAT_RO_FREE_SPACE_TREE_VALID) {
+            return Err(Error::Unsupported("writing filesystems without a free space tree (v1 space cache)".into()));
+        }
+        // Quota groups count every extent per subvolume; btrs does not keep
+        // those counts, so writing would leave `btrfs check` reporting
+        // mismatches (and simple quotas need owner refs on every data extent).
+        if sb.has_incompat(INCOMPAT_SIMPLE_QUOTA) || fs.root_item(QUOTA_TREE_OBJECTID)?.is_some() {
+            return Err(Error::Unsupported("writing filesystems with quotas enabled".into()));
+        }
+        if sb.log_root.get() != 0 {
+            return Err(Error::Unsupported("the filesystem has a log tree to replay; mount it once with the kernel".into()));
+        }
+        for (_, d) in fs.volume().devices.iter() {
+            let mode = rustix::fs::fcntl_getfl(&d.file).map_err(|e| Error::io(&d.path, "fcntl", e.into()))?;
+            if mode & rustix::fs::OFlags::ACCMODE == rustix::fs::OFlags::RDONLY {
+                return Err(Error::Invalid("filesystem opened read-only; open with writable".into()));
+            }
+        }
+        if !fs.volume().missing.is_empty() {
+            return Err(Error::Unsupported("writing a degraded filesystem".into()));
+        }
+        let chunk_uuid = fs.reader.root_block(&fs.tree_root(CHUNK_TREE_OBJECTID)?)?.header.chunk_tree_uuid;
+        let fmt = BlockFormat::new(sb.nodesize.get(), fs.csum, sb.metadata_fsid(), chunk_uuid)?;
+        let transid = sb.generation.get() + 1;
+        let bg_tree = sb.has_compat_ro(COMPAT_RO_BLOCK_GROUP_TREE);
+        let ns = sb.nodesize.get() as u64;
+
+        // Block groups.
+        let bg_root = fs.tree_root(if bg_tree { BLOCK_GROUP_TREE_OBJECTID } else { EXTENT_TREE_OBJECTID })?;
+        let mut groups = BTreeMap::new();
+        let mut c = fs.reader.seek(&bg_root, Key::MIN)?;
+        while let Some(it) = c.next_item()? {
+            if it.key.item_type != BLOCK_GROUP_ITEM_KEY {
+                continue;
+            }
+            let (bgi, _) = items::read_prefix::<BlockGroupItem>(it.data(), "block group item")?;
+            groups.insert(
+                it.key.objectid,
+                Group { start: it.key.objectid, len: it.key.offset, flags: bgi.flags.get(), chunk_objectid: bgi.chunk_objectid.get() },
+            );
+        }
+        // Allocated extents.
+        let ext_root = fs.tree_root(EXTENT_TREE_OBJECTID)?;
+        let mut allocated = BTreeMap::new();
+        let mut c = fs.reader.seek(&ext_root, Key::MIN)?;
+        while let Some(it) = c.next_item()? {
+            match it.key.item_type {
+                EXTENT_ITEM_KEY => {
+                    allocated.insert(it.key.objectid, it.key.offset);
+                }
+                METADATA_ITEM_KEY => {
+                    allocated.insert(it.key.objectid, ns);
+                }
+                _ => {}
+            }
+        }
+        let excluded = super_stripes(&fs)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let store = Store {
+            fs,
+            fmt,
+            transid,
+            groups,
+            allocated,
+            pinned: BTreeMap::new(),
+            excluded,
+            dirty_groups: BTreeSet::new(),
+            log: Vec::new(),
+            bg_tree,
+        };
+        Ok(Transaction {
+            store,
+            trees: BTreeMap::new(),
+            root_items: HashMap::new(),
+            now: crate::format::Timespec::new(now.as_secs(), now.subsec_nanos()),
+            #[cfg(test)]
+            direct_no_bounce: false,
+            #[cfg(test)]
+            direct_fail_at: None,
+        })
+    }
+
+    pub fn transid(&self) -> u64 {
+        self.store.transid
+    }
+
+    pub fn fs(&self) -> &Filesystem {
+        &self.store.fs
+    }
+
+    /// Make sure tree `id` is loaded as a CowTree.
+    pub fn open_tree(&mut self, id: u64) -> Result<()> {
+        if self.trees.contains_key(&id) {
+            return Ok(());
+        }
+        let root = if id == ROOT_TREE_OBJECTID {
+            self.store.fs.tree_root(id)?
+        } else {
+            let (k, ri) = self
+                .store
+                .fs
+                .root_item(id)?
+                .ok_or_else(|| Error::NotFound(format!("tree {id} has no root item")))?;
+            self.root_items.insert(id, (k, ri));
+            RootPtr { bytenr: ri.bytenr.get(), level: ri.level, generation: ri.generation.get(), owner: id }
+        };
+        self.trees.insert(id, CowTree::new(root));
+        Ok(())
+    }
+
+    /// Run `f` on tree `id` with the store.
+    pub fn with_tree<T>(&mut self, id: u64, f: impl FnOnce(&mut CowTree, &mut Store) -> Result<T>) -> Result<T> {
+        self.open_tree(id)?;
+        let t = self.trees.get_mut(&id).ok_or_else(|| Error::Invalid(format!("tree {id} not open")))?;
+        f(t, &mut self.store)
+    }
+
+    pub fn get(&mut self, tree: u64, key: Key) -> Result<Option<Vec<u8>>> {
+        self.with_tree(tree, |t, s| t.get(s, key))
+    }
+
+    pub fn range(&mut self, tree: u64, min: Key, max: Key) -> Result<Vec<(Key, Vec<u8>)>> {
+        self.with_tree(tree, |t, s| t.range(s, min, max))
+    }
+
+    pub fn insert(&mut self, tree: u64, key: Key, data: Vec<u8>) -> Result<()> {
+        self.with_tree(tree, |t, s| t.insert(s, key, data))
+    }
+
+    pub fn put(&mut self, tree: u64, key: Key, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        self.with_tree(tree, |t, s| t.put(s, key, data))
+    }
+
+    pub fn delete(&mut self, tree: u64, key: Key) -> Result<Option<Vec<u8>>> {
+        self.with_tree(tree, |t, s| t.delete(s, key))
+    }
+
+    pub fn last_le(&mut self, tree: u64, key: Key) -> Result<Option<(Key, Vec<u8>)>> {
+        self.with_tree(tree, |t, s| t.last_le(s, key))
+    }
+
+    /// Add a data extent item with one inline EXTENT_DATA_REF.
+    pub fn add_data_extent(&mut self, bytenr: u64, len: u64, root: u64, ino: u64, offset: u64) -> Result<()> {
+        let mut body = ExtentItem { refs: 1.into(), generation: self.transid().into(), flags: EXTENT_FLAG_DATA.into() }
+            .as_bytes()
+            .to_vec();
+        body.push(EXTENT_DATA_REF_KEY);
+        body.extend_from_slice(
+            ExtentDataRef { root: root.into(), objectid: ino.into(), offset: offset.into(), count: 1.into() }.as_bytes(),
+        );
+        self.insert(EXTENT_TREE_OBJECTID, Key::new(bytenr, EXTENT_ITEM_KEY, len), body)
+    }
+
+    /// Change the count of the (root, ino, offset) data ref of extent `bytenr` by
+    /// `delta`; returns true when the extent lost its last reference (deleted).
+    pub fn data_ref_delta(&mut self, bytenr: u64, len: u64, root: u64, ino: u64, offset: u64, delta: i64) -> Result<bool> {
+        let key = Key::new(bytenr, EXTENT_ITEM_KEY, len);
+        let body = self
+            .get(EXTENT_TREE_OBJECTID, key)?
+            .ok_or_else(|| Error::corrupt(format!("data extent {bytenr}"), "no extent item"))?;
+        let info = parse_extent_item(key, &body)?;
+        let mut refs: Vec<ExtentRef> = info.inline_refs.clone();
+        let mut found = false;
+        for r in refs.iter_mut() {
+            if let ExtentRef::Data { root: r0, objectid, offset: o, count } = r {
+                if *r0 == root && *objectid == ino && *o == offset {
+                    let c = *count as i64 + delta;
+                    if c < 0 {
+                        return Err(Error::corrupt(format!("data extent {bytenr}"), "ref count underflow"));
+                    }
+                    *count = c as u32;
+                    found = true;
+                }
+            }
+        }
+        if !found {
+            if delta < 0 {
+                // Keyed refs (many owners) are not handled by this writer yet.
+                return Err(Error::Unsupported(format!("data extent {bytenr}: back reference not inline")));
+            }
+            refs.push(ExtentRef::Data { root, objectid: ino, offset, count: delta as u32 });
+        }
+        refs.retain(|r| !matches!(r, ExtentRef::Data { count: 0, .. }));
+        let total: i64 = info.refs as i64 + delta;
+        if total <= 0 || refs.is_empty() {
+            if total > 0 {
+                return Err(Error::Unsupported(format!("data extent {bytenr}: keyed back references")));
+            }
+            self.delete(EXTENT_TREE_OBJECTID, key)?;
+            self.store.release_data(bytenr)?;
+            return Ok(true);
+        }
+        let mut nb = ExtentItem { refs: (total as u64).into(), generation: info.generation.into(), flags: info.flags.into() }
+            .as_bytes()
+            .to_vec();
+        for r in &refs {
+            match r {
+                ExtentRef::Data { root, objectid, offset, count } => {
+                    nb.push(EXTENT_DATA_REF_KEY);
+                    nb.extend_from_slice(
+                        ExtentDataRef { root: (*root).into(), objectid: (*objectid).into(), offset: (*offset).into(), count: (*count).into() }
+                            .as_bytes(),
+                    );
+                }
+                _ => return Err(Error::Unsupported(format!("data extent {bytenr}: shared back references"))),
+            }
+        }
+        self.put(EXTENT_TREE_OBJECTID, key, nb)?;
+        Ok(false)
+    }
+
+    /// Apply queued tree-block ref changes to the extent tree.
+    fn apply_log(&mut self) -> Result<bool> {
+        let log = std::mem::take(&mut self.store.log);
+        if log.is_empty() {
+            return Ok(false);
+        }
+        let ns = self.store.fmt.nodesize as u64;
+        let transid = self.transid();
+        for op in log {
+            match op {
+                RefOp::Alloc { addr, owner, level } => {
+                    let mut body = ExtentItem { refs: 1.into(), generation: transid.into(), flags: EXTENT_FLAG_TREE_BLOCK.into() }
+                        .as_bytes()
+                        .to_vec();
+                    body.push(TREE_BLOCK_REF_KEY);
+                    body.extend_from_slice(&owner.to_le_bytes());
+                    self.insert(EXTENT_TREE_OBJECTID, Key::new(addr, METADATA_ITEM_KEY, level as u64), body)?;
+                }
+                RefOp::Free { addr, level } => {
+                    let key = Key::new(addr, METADATA_ITEM_KEY, level as u64);
+                    match self.get(EXTENT_TREE_OBJECTID, key)? {
+                        Some(body) => {
+                            let info = parse_extent_item(key, &body)?;
+                            if info.refs != 1 || info.flags & BLOCK_FLAG_FULL_BACKREF != 0 {
+                                return Err(Error::Unsupported(format!(
+                                    "tree block {addr} is shared ({} refs; snapshots): not writable by btrs yet",
+                                    info.refs
+                                )));
+                            }
+                            self.delete(EXTENT_TREE_OBJECTID, key)?;
+                        }
+                        None => {
+                            return Err(Error::corrupt(
+                                format!("tree block {addr}"),
+                                format!("no metadata extent item (nodesize {ns}) to free"),
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Rewrite block group item `used` and the free space tree entries of one group.
+    fn update_group(&mut self, start: u64) -> Result<()> {
+        let g = self.store.groups.get(&start).cloned().ok_or_else(|| Error::Invalid(format!("no block group at {start}")))?;
+        let end = g.start + g.len;
+        let mut used = 0u64;
+        let mut free: Vec<(u64, u64)> = Vec::new();
+        let mut pos = g.start;
+        for (&s, &l) in self.store.allocated.range(g.start..end) {
+            used += l;
+            if s > pos {
+                free.push((pos, s - pos));
+            }
+            pos = pos.max(s + l);
+        }
+        if pos < end {
+            free.push((pos, end - pos));
+        }
+        // Block group item.
+        let bg_tree = if self.store.bg_tree { BLOCK_GROUP_TREE_OBJECTID } else { EXTENT_TREE_OBJECTID };
+        let bg_key = Key::new(g.start, BLOCK_GROUP_ITEM_KEY, g.len);
+        let new_bg = BlockGroupItem { used: used.into(), chunk_objectid: g.chunk_objectid.into(), flags: g.flags.into() };
+        let old = self.get(bg_tree, bg_key)?;
+        if old.as_deref() != Some(new_bg.as_bytes()) {
+            self.put(bg_tree, bg_key, new_bg.as_bytes().to_vec())?;
+        }
+        // Free space tree: diff existing extents against the wanted ones.
+        let fst = FREE_SPACE_TREE_OBJECTID;
+        // A group the kernel switched to bitmaps is written back as extents
+        // (either form is valid as long as the info flag says which): drop
+        // its bitmap items first.
+        let items = self.range(fst, Key::new(g.start, FREE_SPACE_EXTENT_KEY, 0), Key::new(end - 1, FREE_SPACE_BITMAP_KEY, u64::MAX))?;
+        let mut have = BTreeSet::new();
+        for (k, _) in items {
+            match k.item_type {
+                FREE_SPACE_EXTENT_KEY => {
+                    have.insert((k.objectid, k.offset));
+                }
+                FREE_SPACE_BITMAP_KEY => {
+                    self.delete(fst, k)?;
+                }
+                _ => {}
+            }
+        }
+        let want: BTreeSet<(u64, u64)> = free.iter().copied().collect();
+        for &(s, l) in have.difference(&want) {
+            self.delete(fst, Key::new(s, FREE_SPACE_EXTENT_KEY, l))?;
+        }
+        for &(s, l) in want.difference(&have) {
+            self.insert(fst, Key::new(s, FREE_SPACE_EXTENT_KEY, l), Vec::new())?;
+        }
+        let info_key = Key::new(g.start, FREE_SPACE_INFO_KEY, g.len);
+        let info = FreeSpaceInfo { extent_count: (want.len() as u32).into(), flags: 0.into() };
+        let old = self.get(fst, info_key)?;
+        if old.as_deref() != Some(info.as_bytes()) {
+            self.put(fst, info_key, info.as_bytes().to_vec())?;
+        }
+        Ok(())
+    }
+
+    /// Write changed tree roots into their root items.
+    fn update_root_items(&mut self) -> Result<bool> {
+        let mut changed = false;
+        let ids: Vec<u64> = self.trees.keys().copied().filter(|&id| id != ROOT_TREE_OBJECTID).collect();
+        for id in ids {
+            let root = match self.trees.get(&id) {
+                Some(t) => t.root(),
+                None => continue,
+            };
+            let Some((key, mut ri)) = self.root_items.get(&id).cloned() else { continue };
+            if ri.bytenr.get() == root.bytenr && ri.level == root.level && ri.generation.get() == root.generation {
+                continue;
+            }
+            ri.bytenr = root.bytenr.into();
+            ri.level = root.level;
+            ri.generation = root.generation.into();
+            ri.generation_v2 = root.generation.into();
+            if id == FS_TREE_OBJECTID || id >= FIRST_FREE_OBJECTID {
+                ri.ctransid = self.transid().into();
+                ri.ctime = self.now;
+            }
+            // Keep the stored size (v1 root items stay v1).
+            let old = self.get(ROOT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(format!("root item {key}"), "vanished"))?;
+            let mut body = ri.as_bytes().to_vec();
+            body.truncate(old.len().min(body.len()));
+            self.put(ROOT_TREE_OBJECTID, key, body)?;
+            self.root_items.insert(id, (key, ri));
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Bring extent tree, block groups, free space tree and root items to a
+    /// fixed point (each update may COW blocks and queue more updates).
+    pub fn settle(&mut self) -> Result<()> {
+        for _ in 0..200 {
+            let mut busy = self.apply_log()?;
+            let groups = std::mem::take(&mut self.store.dirty_groups);
+            for g in &groups {
+                self.update_group(*g)?;
+                busy = true;
+            }
+            busy |= self.update_root_items()?;
+            if !busy && self.store.log.is_empty() && self.store.dirty_groups.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(Error::Invalid("transaction bookkeeping does not converge".into()))
+    }
+
+    /// Write everything and the superblocks. Consumes the transaction.
+    pub fn commit(mut self) -> Result<()> {
+        self.settle()?;
+        let vol = self.store.fs.volume();
+        let mut blocks = Vec::new();
+        for t in self.trees.values() {
+            blocks.extend(t.dirty_blocks(&self.store)?);
+        }
+        // 1. Tree blocks to every mirror.
+        for (logical, bytes) in &blocks {
+            let copies = vol.num_copies(*logical)?;
+            for m in 0..copies {
+                vol.write_copy(*logical, bytes, m)?;
+            }
+        }
+        vol.sync_all()?;
+        // 2. Superblocks.
+        let root = self.trees.get(&ROOT_TREE_OBJECTID).map(|t| t.root()).unwrap_or(self.store.fs.tree_root(ROOT_TREE_OBJECTID)?);
+        let transid = self.transid();
+        let mut sb = self.store.fs.sb;
+        // Sum of block group `used`: every extent the extent tree lists
+        // (chunk tree blocks included), pinned ones not.
+        let used: u64 = self.store.allocated.values().sum::<u64>();
+        let old_gen = sb.generation.get();
+        sb.generation = transid.into();
+        sb.root = root.bytenr.into();
+        sb.root_level = root.level;
+        sb.bytes_used = used.into();
+        if sb.uuid_tree_generation.get() == old_gen {
+            sb.uuid_tree_generation = transid.into();
+        }
+        if sb.cache_generation.get() == old_gen {
+            sb.cache_generation = transid.into();
+        }
+        self.fill_backup(&mut sb, root)?;
+        let csum = self.store.fs.csum;
+        for dev in vol.devices.values() {
+            let mut s = sb;
+            s.dev_item = dev.sb.dev_item;
+            for &off in SUPER_MIRROR_OFFSETS.iter() {
+                if off + SUPER_INFO_SIZE as u64 > dev.size {
+                    break;
+                }
+                s.bytenr = off.into();
+                seal_super(&mut s, csum);
+                dev.write_all_at(off, s.as_bytes())?;
+            }
+        }
+        vol.sync_all()?;
+        Ok(())
+    }
+
+    fn fill_backup(&self, sb: &mut SuperBlock, root: RootPtr) -> Result<()> {
+        // The kernel rotates through the four slots; the next slot after the
+        // newest one gets this commit.
+        let newest = (0..NUM_BACKUP_ROOTS).max_by_key(|&i| sb.super_roots[i].tree_root_gen.get()).unwrap_or(0);
+        let slot = (newest + 1) % NUM_BACKUP_ROOTS;
+        let mut b = RootBackup::new_zeroed();
+        let ptr = |id: u64| -> Result<RootPtr> {
+            match self.trees.get(&id) {
+                Some(t) => Ok(t.root()),
+                None => self.store.fs.tree_root(id),
+            }
+        };
+        let ext = ptr(EXTENT_TREE_OBJECTID)?;
+        let fst = ptr(FS_TREE_OBJECTID)?;
+        let dev = ptr(DEV_TREE_OBJECTID)?;
+        let csum = ptr(CSUM_TREE_OBJECTID)?;
+        b.tree_root = root.bytenr.into();
+        b.tree_root_gen = root.generation.into();
+        b.tree_root_level = root.level;
+        b.chunk_root = sb.chunk_root;
+        b.chunk_root_gen = sb.chunk_root_generation;
+        b.chunk_root_level = sb.chunk_root_level;
+        b.extent_root = ext.bytenr.into();
+        b.extent_root_gen = ext.generation.into();
+        b.extent_root_level = ext.level;
+        b.fs_root = fst.bytenr.into();
+        b.fs_root_gen = fst.generation.into();
+        b.fs_root_level = fst.level;
+        b.dev_root = dev.bytenr.into();
+        b.dev_root_gen = dev.generation.into();
+        b.dev_root_level = dev.level;
+        b.csum_root = csum.bytenr.into();
+        b.csum_root_gen = csum.generation.into();
+        b.csum_root_level = csum.level;
+        b.total_bytes = sb.total_bytes;
+        b.bytes_used = sb.bytes_used;
+        b.num_devices = sb.num_devices;
+        sb.super_roots[slot] = b;
+        Ok(())
+    }
+}
+
+/// The logical stripe units that contain a superblock copy, per chunk (the
+/// kernel's exclude_super_stripes via btrfs_rmap_block).
+fn super_stripes(fs: &Filesystem) -> Result<BTreeMap<u64, u64>> {
+    use crate::format::types::Profile;
+    let vol = fs.volume();
+    let mut out = BTreeMap::new();
+    for e in vol.chunks.iter() {
+        let c = &e.chunk;
+        let n = c.stripes.len() as u64;
+        let sl = c.stripe_len.max(1);
+        let sub = (c.sub_stripes as u64).max(1);
+        let (stripe_size, factor) = match e.profile {
+            Profile::Raid0 => (c.length / n.max(1), n),
+            Profile::Raid10 => (c.length / (n / sub).max(1), n / sub),
+            Profile::Raid5 | Profile::Raid6 => {
+                return Err(Error::Unsupported("writing filesystems with RAID5/6 chunks".into()));
+            }
+            _ => (c.length, 1),
+        };
+        for (i, st) in c.stripes.iter().enumerate() {
+            let Some(dev) = vol.devices.get(&st.devid) else { continue };
+            for &off in SUPER_MIRROR_OFFSETS.iter() {
+                if off + SUPER_INFO_SIZE as u64 > dev.size || off < st.offset || off >= st.offset + stripe_size {
+                    continue;
+                }
+                let stripe_nr = (off - st.offset) / sl;
+                let idx = match e.profile {
+                    Profile::Raid0 => i as u64,
+                    Profile::Raid10 => i as u64 / sub,
+                    _ => 0,
+                };
+                let logical = e.logical + (stripe_nr * factor + idx) * sl;
+                out.insert(logical, sl);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,805 @@
+//! Namespace and file-data changes inside a [`Transaction`]: create, mkdir,
+//! symlink, hard links, unlink/rmdir, rename, xattrs, writes at any offset
+//! (copy-on-write, or in place for NODATACOW extents that are not shared)
+//! and truncation.
+//!
+//! Data is written to its new location (every mirror, from the engine's own
+//! buffer, never the caller's) before any item naming it is inserted, so the
+//! commit's superblock write is the single point where the change appears.
+//! Extents are only ever regular (never inline, never compressed): always
+//! valid, and simpler to overwrite.
+
+use zerocopy::{FromZeros, IntoBytes};
+
+use crate::error::{Error, Result};
+use crate::format::items::{self, parse_dir_items, parse_file_extent, FileExtentKind};
+use crate::format::*;
+use crate::fs::direct::{Bounce, DirectWriter, Plain, Source};
+use crate::fs::transaction::Transaction;
+
+/// Largest data extent btrs writes (the kernel's BTRFS_MAX_EXTENT_SIZE).
+const MAX_EXTENT: u64 = 128 * 1024 * 1024;
+
+/// Per-write statistics and, for `-v`, a log of every write submitted.
+#[derive(Default, Debug, Clone)]
+pub struct WriteReport {
+    pub bios: Vec<BioRecord>,
+    pub bytes: u64,
+    /// Things worth telling the user (e.g. O_DIRECT unavailable).
+    pub notices: Vec<String>,
+}
+
+/// One write of one contiguous piece to one copy.
+#[derive(Debug, Clone)]
+pub struct BioRecord {
+    pub logical: u64,
+    pub len: u64,
+    pub devid: u64,
+    pub physical: u64,
+    pub mirror: usize,
+}
+
+/// Options for file data writes.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteOpts {
+    /// Largest single device write (a "bio"); pieces never cross a stripe.
+    pub max_bio: usize,
+}
+
+impl Default for WriteOpts {
+    fn default() -> Self {
+        WriteOpts { max_bio: 1 << 20 }
+    }
+}
+
+fn zero_inode() -> InodeItem {
+    InodeItem::new_zeroed()
+}
+
+impl Transaction {
+    pub fn read_inode(&mut self, root: u64, ino: u64) -> Result<InodeItem> {
+        let data = self
+            .get(root, Key::new(ino, INODE_ITEM_KEY, 0))?
+            .ok_or_else(|| Error::NotFound(format!("inode {root}:{ino}")))?;
+        Ok(items::read_prefix::<InodeItem>(&data, "inode item")?.0)
+    }
+
+    pub fn put_inode(&mut self, root: u64, ino: u64, item: &InodeItem) -> Result<()> {
+        self.put(root, Key::new(ino, INODE_ITEM_KEY, 0), item.as_bytes().to_vec())?;
+        Ok(())
+    }
+
+    /// Stamp an inode as changed by this transaction.
+    fn touch(&self, it: &mut InodeItem, mtime: bool) {
+        it.transid = self.transid().into();
+        it.sequence = (it.sequence.get() + 1).into();
+        it.ctime = self.now;
+        if mtime {
+            it.mtime = self.now;
+        }
+    }
+
+    /// (inode, dir type) named `name` in directory `dir`.
+    pub fn lookup_name(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<(u64, u8)>> {
+        let Some(data) = self.get(root, Key::new(dir, DIR_ITEM_KEY, items::name_hash(name)))? else { return Ok(None) };
+        for e in parse_dir_items(&data)? {
+            if e.name == name {
+                if e.location.item_type != INODE_ITEM_KEY {
+                    return Err(Error::Unsupported(format!("{}: crossing into a subvolume", String::from_utf8_lossy(name))));
+                }
+                return Ok(Some((e.location.objectid, e.dir_type)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Resolve an absolute path in the top-level subvolume to (inode, dir type).
+    pub fn resolve_path(&mut self, path: &str) -> Result<Option<(u64, u8)>> {
+        let mut cur = (FIRST_FREE_OBJECTID, FT_DIR);
+        for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            if cur.1 != FT_DIR {
+                return Err(Error::Invalid(format!("{path}: a component is not a directory")));
+            }
+            match self.lookup_name(FS_TREE_OBJECTID, cur.0, comp.as_bytes())? {
+                Some(x) => cur = x,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    fn next_ino(&mut self, root: u64) -> Result<u64> {
+        let last = self.last_le(root, Key::new(LAST_FREE_OBJECTID, u8::MAX, u64::MAX))?;
+        Ok(last.map(|(k, _)| k.objectid + 1).unwrap_or(FIRST_FREE_OBJECTID + 1).max(FIRST_FREE_OBJECTID + 1))
+    }
+
+    fn next_index(&mut self, root: u64, dir: u64) -> Result<u64> {
+        match self.last_le(root, Key::new(dir, DIR_INDEX_KEY, u64::MAX))? {
+            Some((k, _)) if k.objectid == dir && k.item_type == DIR_INDEX_KEY => Ok(k.offset + 1),
+            _ => Ok(2),
+        }
+    }
+
+    /// Add the name `name` in `dir` for inode `ino` (dir item, dir index,
+    /// inode ref); the caller adjusts `ino`'s nlink.
+    pub fn add_link(&mut self, root: u64, dir: u64, name: &[u8], ino: u64, dir_type: u8) -> Result<()> {
+        if name.is_empty() || name.len() > NAME_LEN || name.contains(&b'/') || name == b"." || name == b".." {
+            return Err(Error::Invalid(format!("invalid name {:?}", String::from_utf8_lossy(name))));
+        }
+        if self.lookup_name(root, dir, name)?.is_some() {
+            return Err(Error::Invalid(format!("{} already exists", String::from_utf8_lossy(name))));
+        }
+        let mut d = self.read_inode(root, dir)?;
+        if d.mode.get() & S_IFMT != S_IFDIR {
+            return Err(Error::Invalid(format!("inode {dir} is not a directory")));
+        }
+        let index = self.next_index(root, dir)?;
+        let transid = self.transid();
+        let mut entry = DirItem {
+            location: DiskKey::new(ino, INODE_ITEM_KEY, 0),
+            transid: transid.into(),
+            data_len: 0.into(),
+            name_len: (name.len() as u16).into(),
+            dir_type,
+        }
+        .as_bytes()
+        .to_vec();
+        entry.extend_from_slice(name);
+        let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
+        // Names with the same hash share one DIR_ITEM.
+        let mut body = self.get(root, hkey)?.unwrap_or_default();
+        body.extend_from_slice(&entry);
+        self.put(root, hkey, body)?;
+        self.insert(root, Key::new(dir, DIR_INDEX_KEY, index), entry)?;
+        // Inode ref (several names in the same directory share the item).
+        let rkey = Key::new(ino, INODE_REF_KEY, dir);
+        let mut rbody = self.get(root, rkey)?.unwrap_or_default();
+        if rbody.len() + name.len() + 10 > self.store.fs.sb.nodesize.get() as usize / 2 {
+            return Err(Error::Unsupported("too many hard links in one directory (extended refs)".into()));
+        }
+        rbody.extend_from_slice(InodeRef { index: index.into(), name_len: (name.len() as u16).into() }.as_bytes());
+        rbody.extend_from_slice(name);
+        self.put(root, rkey, rbody)?;
+        d.size = (d.size.get() + 2 * name.len() as u64).into();
+        self.touch(&mut d, true);
+        self.put_inode(root, dir, &d)
+    }
+
+    /// Remove the name `name` from `dir` (not the inode itself); returns the inode.
+    fn remove_link(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<u64> {
+        let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
+        let data = self.get(root, hkey)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        let entries = parse_dir_items(&data)?;
+        let ent = entries
+            .iter()
+            .find(|e| e.name == name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        if ent.location.item_type != INODE_ITEM_KEY {
+            return Err(Error::Unsupported("removing a subvolume".into()));
+        }
+        let ino = ent.location.objectid;
+        // Rebuild the dir item without this name.
+        let mut rest = Vec::new();
+        for e in entries.iter().filter(|e| e.name != name) {
+            rest.extend_from_slice(
+                DirItem {
+                    location: e.location.to_disk(),
+                    transid: e.transid.into(),
+                    data_len: (e.data.len() as u16).into(),
+                    name_len: (e.name.len() as u16).into(),
+                    dir_type: e.dir_type,
+                }
+                .as_bytes(),
+            );
+            rest.extend_from_slice(&e.name);
+            rest.extend_from_slice(&e.data);
+        }
+        if rest.is_empty() {
+            self.delete(root, hkey)?;
+        } else {
+            self.put(root, hkey, rest)?;
+        }
+        // Inode ref -> index.
+        let rkey = Key::new(ino, INODE_REF_KEY, dir);
+        let rdata = self.get(root, rkey)?.ok_or_else(|| Error::Unsupported("name stored as an extended inode ref".into()))?;
+        let refs = items::parse_inode_refs(rkey, &rdata)?;
+        let r = refs.iter().find(|r| r.name == name).ok_or_else(|| Error::corrupt(format!("inode {ino}"), "no inode ref for name"))?;
+        let index = r.index;
+        let mut nb = Vec::new();
+        for r in refs.iter().filter(|r| r.name != name) {
+            nb.extend_from_slice(InodeRef { index: r.index.into(), name_len: (r.name.len() as u16).into() }.as_bytes());
+            nb.extend_from_slice(&r.name);
+        }
+        if nb.is_empty() {
+            self.delete(root, rkey)?;
+        } else {
+            self.put(root, rkey, nb)?;
+        }
+        self.delete(root, Key::new(dir, DIR_INDEX_KEY, index))?;
+        let mut d = self.read_inode(root, dir)?;
+        d.size = d.size.get().saturating_sub(2 * name.len() as u64).into();
+        self.touch(&mut d, true);
+        self.put_inode(root, dir, &d)?;
+        Ok(ino)
+    }
+
+    /// A new inode linked as `dir/name`. `mode` includes the S_IF type bits.
+    pub fn create(&mut self, root: u64, dir: u64, name: &[u8], mode: u32, flags: u64) -> Result<u64> {
+        let ft = FileType::from_mode(mode).ok_or_else(|| Error::Invalid(format!("bad mode {mode:o}")))?;
+        let ino = self.next_ino(root)?;
+        let mut it = zero_inode();
+        it.generation = self.transid().into();
+        it.transid = self.transid().into();
+        it.nlink = 1.into();
+        it.mode = mode.into();
+        it.flags = flags.into();
+        it.atime = self.now;
+        it.ctime = self.now;
+        it.mtime = self.now;
+        it.otime = self.now;
+        self.insert(root, Key::new(ino, INODE_ITEM_KEY, 0), it.as_bytes().to_vec())?;
+        self.add_link(root, dir, name, ino, ft.dir_type())?;
+        Ok(ino)
+    }
+
+    /// A symlink: the target is stored as an inline extent, as the kernel does.
+    pub fn symlink(&mut self, root: u64, dir: u64, name: &[u8], target: &[u8]) -> Result<u64> {
+        let max = (self.store.fs.sectorsize as usize).min(self.store.fs.sb.nodesize.get() as usize / 2);
+        if target.is_empty() || target.len() >= max {
+            return Err(Error::Invalid(format!("symlink target length {} not in 1..{max}", target.len())));
+        }
+        let ino = self.create(root, dir, name, S_IFLNK | 0o777, 0)?;
+        let mut body = FileExtentHeader {
+            generation: self.transid().into(),
+            ram_bytes: (target.len() as u64).into(),
+            compression: 0,
+            encryption: 0,
+            other_encoding: 0.into(),
+            extent_type: FILE_EXTENT_INLINE,
+        }
+        .as_bytes()
+        .to_vec();
+        body.extend_from_slice(target);
+        self.insert(root, Key::new(ino, EXTENT_DATA_KEY, 0), body)?;
+        let mut it = self.read_inode(root, ino)?;
+        it.size = (target.len() as u64).into();
+        it.nbytes = (target.len() as u64).into();
+        self.put_inode(root, ino, &it)?;
+        Ok(ino)
+    }
+
+    /// Hard link `ino` as `dir/name`.
+    pub fn link(&mut self, root: u64, ino: u64, dir: u64, name: &[u8]) -> Result<()> {
+        let mut it = self.read_inode(root, ino)?;
+        let ft = FileType::from_mode(it.mode.get()).ok_or_else(|| Error::Invalid("bad mode".into()))?;
+        if ft == FileType::Directory {
+            return Err(Error::Invalid("hard links to directories are not allowed".into()));
+        }
+        self.add_link(root, dir, name, ino, ft.dir_type())?;
+        it.nlink = (it.nlink.get() + 1).into();
+        self.touch(&mut it, false);
+        self.put_inode(root, ino, &it)
+    }
+
+    /// Remove `dir/name`; the inode goes when its last link does. Directories
+    /// must be empty.
+    pub fn unlink(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<()> {
+        let (ino, ft) = self.lookup_name(root, dir, name)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        if ft == FT_DIR {
+            let it = self.read_inode(root, ino)?;
+            if it.size.get() != 0 {
+                return Err(Error::Invalid(format!("{}: directory not empty", String::from_utf8_lossy(name))));
+            }
+        }
+        self.remove_link(root, dir, name)?;
+        let mut it = self.read_inode(root, ino)?;
+        let n = it.nlink.get().saturating_sub(1);
+        if n == 0 || ft == FT_DIR {
+            self.drop_extents_from(root, ino, 0, &mut it)?;
+            // Everything keyed by this inode goes.
+            let all = self.range(root, Key::new(ino, 0, 0), Key::new(ino, u8::MAX, u64::MAX))?;
+            for (k, _) in all {
+                self.delete(root, k)?;
+            }
+        } else {
+            it.nlink = n.into();
+            self.touch(&mut it, false);
+            self.put_inode(root, ino, &it)?;
+        }
+        Ok(())
+    }
+
+    /// Move `sdir/sname` to `ddir/dname`, replacing a non-directory target.
+    pub fn rename(&mut self, root: u64, sdir: u64, sname: &[u8], ddir: u64, dname: &[u8]) -> Result<()> {
+        let (ino, ft) = self.lookup_name(root, sdir, sname)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(sname).into_owned()))?;
+        if let Some((tino, tft)) = self.lookup_name(root, ddir, dname)? {
+            if tino == ino {
+                return Ok(());
+            }
+            if tft == FT_DIR || ft == FT_DIR {
+                return Err(Error::Invalid(format!("{} exists", String::from_utf8_lossy(dname))));
+            }
+            self.unlink(root, ddir, dname)?;
+        }
+        if ft == FT_DIR {
+            // Refuse moving a directory into itself.
+            let mut cur = ddir;
+            while cur != FIRST_FREE_OBJECTID {
+                if cur == ino {
+                    return Err(Error::Invalid("cannot move a directory into itself".into()));
+                }
+                let refs = self.range(root, Key::new(cur, INODE_REF_KEY, 0), Key::new(cur, INODE_REF_KEY, u64::MAX))?;
+                cur = refs.first().map(|(k, _)| k.offset).ok_or_else(|| Error::corrupt(format!("inode {cur}"), "no parent"))?;
+            }
+        }
+        self.remove_link(root, sdir, sname)?;
+        self.add_link(root, ddir, dname, ino, ft)?;
+        let mut it = self.read_inode(root, ino)?;
+        self.touch(&mut it, false);
+        self.put_inode(root, ino, &it)
+    }
+
+    /// Set (or with `None` remove) an xattr.
+    pub fn set_xattr(&mut self, root: u64, ino: u64, name: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let key = Key::new(ino, XATTR_ITEM_KEY, items::name_hash(name));
+        let old = self.get(root, key)?.map(|d| parse_dir_items(&d)).transpose()?.unwrap_or_default();
+        let mut body = Vec::new();
+        let mut found = false;
+        let transid = self.transid();
+        let mut emit = |name: &[u8], data: &[u8], tid: u64| {
+            body.extend_from_slice(
+                DirItem {
+                    location: DiskKey::new(0, 0, 0),
+                    transid: tid.into(),
+                    data_len: (data.len() as u16).into(),
+                    name_len: (name.len() as u16).into(),
+                    dir_type: FT_XATTR,
+                }
+                .as_bytes(),
+            );
+            body.extend_from_slice(name);
+            body.extend_from_slice(data);
+        };
+        for e in &old {
+            if e.name == name {
+                found = true;
+                if let Some(v) = value {
+                    emit(name, v, transid);
+                }
+            } else {
+                emit(&e.name, &e.data, e.transid);
+            }
+        }
+        if !found {
+            match value {
+                Some(v) => emit(name, v, transid),
+                None => return Err(Error::NotFound(format!("xattr {}", String::from_utf8_lossy(name)))),
+            }
+        }
+        if body.len() + 25 > self.store.fs.sb.nodesize.get() as usize - 101 - 25 * 2 {
+            return Err(Error::Invalid("xattr too large for a leaf".into()));
+        }
+        if body.is_empty() {
+            self.delete(root, key)?;
+        } else {
+            self.put(root, key, body)?;
+        }
+        let mut it = self.read_inode(root, ino)?;
+        self.touch(&mut it, false);
+        self.put_inode(root, ino, &it)
+    }
+
+    /// File extent items of `ino` overlapping [start, end), as (key offset, body).
+    fn extents_overlapping(&mut self, root: u64, ino: u64, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if let Some((k, d)) = self.last_le(root, Key::new(ino, EXTENT_DATA_KEY, start))? {
+            if k.objectid == ino && k.item_type == EXTENT_DATA_KEY && k.offset < start {
+                out.push((k.offset, d));
+            }
+        }
+        if end > start {
+            for (k, d) in self.range(root, Key::new(ino, EXTENT_DATA_KEY, start), Key::new(ino, EXTENT_DATA_KEY, end - 1))? {
+                out.push((k.offset, d));
+            }
+        }
+        let mut keep = Vec::new();
+        for (off, d) in out {
+            let fe = parse_file_extent(&d)?;
+            if off.saturating_add(fe.file_len()) > start && off < end {
+                keep.push((off, d));
+            }
+        }
+        Ok(keep)
+    }
+
+    /// Remove file data in [start, end) (end = u64::MAX for "to EOF"),
+    /// trimming extents that straddle the edges and dropping references.
+    /// Updates `it.nbytes` (the caller stores `it`).
+    fn punch(&mut self, root: u64, ino: u64, start: u64, end: u64, it: &mut InodeItem) -> Result<()> {
+        for (off, d) in self.extents_overlapping(root, ino, start, end)? {
+            let fe = parse_file_extent(&d)?;
+            let flen = fe.file_len();
+            self.delete(root, Key::new(ino, EXTENT_DATA_KEY, off))?;
+            match fe.kind {
+                FileExtentKind::Inline { .. } => {
+                    it.nbytes = it.nbytes.get().saturating_sub(flen).into();
+                    // An inline extent is only at 0 and smaller than a sector; the
+                    // caller has read its bytes and rewrites them if needed.
+                }
+                FileExtentKind::Regular { prealloc, disk_bytenr, disk_num_bytes, offset, num_bytes } => {
+                    if fe.compression != 0 && (off < start || off + flen > end) {
+                        return Err(Error::Unsupported("partially overwriting a compressed extent".into()));
+                    }
+                    let header = FileExtentHeader {
+                        generation: fe.generation.into(),
+                        ram_bytes: fe.ram_bytes.into(),
+                        compression: fe.compression,
+                        encryption: fe.encryption,
+                        other_encoding: fe.other_encoding.into(),
+                        extent_type: if prealloc { FILE_EXTENT_PREALLOC } else { FILE_EXTENT_REG },
+                    };
+                    let piece = |o: u64, n: u64| {
+                        let mut b = header.as_bytes().to_vec();
+                        b.extend_from_slice(
+                            FileExtentBody {
+                                disk_bytenr: disk_bytenr.into(),
+                                disk_num_bytes: disk_num_bytes.into(),
+                                offset: o.into(),
+                                num_bytes: n.into(),
+                            }
+                            .as_bytes(),
+                        );
+                        b
+                    };
+                    let backref_off = off.wrapping_sub(offset);
+                    let mut pieces = 0i64;
+                    let mut kept = 0u64;
+                    if off < start {
+                        self.insert(root, Key::new(ino, EXTENT_DATA_KEY, off), piece(offset, start - off))?;
+                        pieces += 1;
+                        kept += start - off;
+                    }
+                    if off.saturating_add(flen) > end {
+                        let cut = end - off;
+                        self.insert(root, Key::new(ino, EXTENT_DATA_KEY, end), piece(offset + cut, num_bytes - cut))?;
+                        pieces += 1;
+                        kept += num_bytes - cut;
+                    }
+                    if disk_bytenr != 0 {
+                        it.nbytes = it.nbytes.get().saturating_sub(num_bytes - kept).into();
+                        if pieces != 1 {
+                            let gone = self.data_ref_delta(disk_bytenr, disk_num_bytes, root, ino, backref_off, pieces - 1)?;
+                            if gone {
+                                self.delete_csums(disk_bytenr, disk_num_bytes)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_extents_from(&mut self, root: u64, ino: u64, from: u64, it: &mut InodeItem) -> Result<()> {
+        self.punch(root, ino, from, u64::MAX, it)
+    }
+
+    /// Remove data checksums for [start, start+len), splitting items at the edges.
+    pub fn delete_csums(&mut self, start: u64, len: u64) -> Result<()> {
+        let end = start + len;
+        let ss = self.store.fs.sectorsize as u64;
+        let cs = self.store.fs.csum.size() as u64;
+        let mut found = Vec::new();
+        if let Some((k, d)) = self.last_le(CSUM_TREE_OBJECTID, Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, start))? {
+            if k.objectid == EXTENT_CSUM_OBJECTID && k.item_type == EXTENT_CSUM_KEY && k.offset < start {
+                found.push((k, d));
+            }
+        }
+        found.extend(self.range(
+            CSUM_TREE_OBJECTID,
+            Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, start),
+            Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, end - 1),
+        )?);
+        for (k, d) in found {
+            let s = k.offset;
+            let e = s + d.len() as u64 / cs * ss;
+            if e <= start || s >= end {
+                continue;
+            }
+            self.delete(CSUM_TREE_OBJECTID, k)?;
+            if s < start {
+                let n = ((start - s) / ss * cs) as usize;
+                self.insert(CSUM_TREE_OBJECTID, k, d.get(..n).unwrap_or_default().to_vec())?;
+            }
+            if e > end {
+                let n = ((end - s) / ss * cs) as usize;
+                self.insert(
+                    CSUM_TREE_OBJECTID,
+                    Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, end),
+                    d.get(n..).unwrap_or_default().to_vec(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Current content of [start, start+len) of a file (holes read as zero),
+    /// from the transaction's view of its extents.
+    fn read_range(&mut self, root: u64, ino: u64, start: u64, len: u64) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; len as usize];
+        let end = start + len;
+        for (off, d) in self.extents_overlapping(root, ino, start, end)? {
+            let fe = parse_file_extent(&d)?;
+            let from = off.max(start);
+            let to = off.saturating_add(fe.file_len()).min(end);
+            let dst = out.get_mut((from - start) as usize..(to - start) as usize).ok_or_else(|| Error::Invalid("range".into()))?;
+            match fe.kind {
+                FileExtentKind::Inline { data } if fe.compression == 0 => {
+                    let src = data.get((from - off) as usize..(to - off) as usize).unwrap_or_default();
+                    dst[..src.len()].copy_from_slice(src);
+                }
+                FileExtentKind::Regular { prealloc: false, disk_bytenr, offset, .. } if disk_bytenr != 0 && fe.compression == 0 => {
+                    self.store.fs.volume().read_copy(disk_bytenr + offset + (from - off), dst, 0)?;
+                }
+                FileExtentKind::Regular { .. } if fe.compression == 0 => {}
+                _ => return Err(Error::Unsupported("rewriting part of a compressed extent".into())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Write `buf` to every copy of `logical`, in pieces of at most `max_bio`
+    /// bytes that never cross a stripe or chunk boundary.
+    pub fn write_data(&self, logical: u64, buf: &[u8], opts: WriteOpts, report: &mut WriteReport) -> Result<()> {
+        let vol = self.store.fs.volume();
+        let copies = vol.num_copies(logical)?;
+        for m in 0..copies {
+            for (off, addr, n) in vol.copy_segments(logical, buf.len(), m)? {
+                let mut done = 0;
+                while done < n {
+                    let k = (n - done).min(opts.max_bio.max(4096));
+                    let piece = &buf[off + done..off + done + k];
+                    vol.device(addr.devid)?.write_all_at(addr.physical + done as u64, piece)?;
+                    report.bios.push(BioRecord {
+                        logical: logical + (off + done) as u64,
+                        len: k as u64,
+                        devid: addr.devid,
+                        physical: addr.physical + done as u64,
+                        mirror: m,
+                    });
+                    done += k;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_csums(&mut self, logical: u64, data: &[u8]) -> Result<()> {
+        let ss = self.store.fs.sectorsize as usize;
+        let csum = self.store.fs.csum;
+        let cs = csum.size();
+        // Keep each csum item well under a leaf.
+        let per_item = ((self.store.fs.sb.nodesize.get() as usize - 101) / 2 / cs).max(1);
+        for (i, chunk) in data.chunks(per_item * ss).enumerate() {
+            let mut body = Vec::with_capacity(chunk.len() / ss * cs);
+            for sector in chunk.chunks(ss) {
+                body.extend_from_slice(&csum.compute(sector)[..cs]);
+            }
+            let at = logical + (i * per_item * ss) as u64;
+            self.insert(CSUM_TREE_OBJECTID, Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, at), body)?;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at byte `offset` of regular file `ino` (buffered: the
+    /// bytes are copied into the engine's buffer first, then written).
+    pub fn write_at(&mut self, root: u64, ino: u64, offset: u64, data: &[u8], opts: WriteOpts, report: &mut WriteReport) -> Result<()> {
+        self.write_impl(root, ino, offset, &Plain(data), opts, report, false)
+    }
+
+    /// Direct write from a source other threads may be changing: see
+    /// [`crate::fs::direct`]. On any bio error nothing of this write is
+    /// recorded in the trees (the caller should drop the transaction).
+    pub fn write_direct(&mut self, root: u64, ino: u64, offset: u64, src: &dyn Source, opts: WriteOpts, report: &mut WriteReport) -> Result<()> {
+        self.write_impl(root, ino, offset, src, opts, report, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_impl(
+        &mut self,
+        root: u64,
+        ino: u64,
+        offset: u64,
+        src: &dyn Source,
+        opts: WriteOpts,
+        report: &mut WriteReport,
+        direct: bool,
+    ) -> Result<()> {
+        let mut it = self.read_inode(root, ino)?;
+        if it.mode.get() & S_IFMT != S_IFREG {
+            return Err(Error::Invalid(format!("inode {ino} is not a regular file")));
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        let ss = self.store.fs.sectorsize as u64;
+        let old_size = it.size.get();
+        let end = offset.checked_add(src.len() as u64).ok_or_else(|| Error::Invalid("offset overflow".into()))?;
+        let mut a = offset / ss * ss;
+        let b = end.div_ceil(ss) * ss;
+        // An inline extent (always at 0, < 1 sector) becomes part of the new extent.
+        if let Some(first) = self.get(root, Key::new(ino, EXTENT_DATA_KEY, 0))? {
+            if matches!(parse_file_extent(&first)?.kind, FileExtentKind::Inline { .. }) {
+                a = 0;
+            }
+        }
+        // The engine's own pages: existing bytes of the edge sectors, then the caller's.
+        let mut bounce = Bounce::zeroed((b - a) as usize);
+        let valid_end = old_size.min(b);
+        if a < offset && a < old_size {
+            let n = (offset.min(valid_end)) - a;
+            let head = self.read_range(root, ino, a, n)?;
+            bounce.bytes_mut()[..head.len()].copy_from_slice(&head);
+        }
+        if end < b && end < old_size {
+            let tail = self.read_range(root, ino, end, valid_end - end)?;
+            let s = (end - a) as usize;
+            bounce.bytes_mut()[s..s + tail.len()].copy_from_slice(&tail);
+        }
+        let base = (offset - a) as usize;
+        src.copy_to(0, &mut bounce.bytes_mut()[base..base + src.len()]);
+        let buf = bounce.bytes();
+
+        let nocow = it.flags.get() & INODE_NODATACOW != 0;
+        let nosum = it.flags.get() & INODE_NODATASUM != 0 || nocow;
+        if nocow && self.try_write_in_place(root, ino, a, buf, opts, report)? {
+            report.bytes += src.len() as u64;
+            if end > old_size {
+                it.size = end.into();
+            }
+            self.touch(&mut it, true);
+            return self.put_inode(root, ino, &it);
+        }
+        // Allocate every piece first, write them all (every bio on every
+        // mirror finished), and only then record anything in the trees.
+        let mut pieces = Vec::new();
+        let mut pos = a;
+        while pos < b {
+            let want = (b - pos).min(MAX_EXTENT);
+            let (logical, got) = self.store.alloc_data(want)?;
+            pieces.push((pos, logical, got));
+            pos += got;
+        }
+        if direct {
+            let mut dw = DirectWriter::new(self.store.fs.volume(), opts.max_bio);
+            #[cfg(test)]
+            {
+                dw.no_bounce = self.direct_no_bounce;
+                dw.fail_at = self.direct_fail_at;
+            }
+            report.notices.append(&mut dw.notices);
+            for &(pos, logical, got) in &pieces {
+                let off = (pos - a) as usize;
+                let mut piece = Bounce::zeroed(got as usize);
+                piece.bytes_mut().copy_from_slice(&buf[off..off + got as usize]);
+                let live: Option<(&dyn Source, usize)> = Some((src, base.wrapping_sub(off)));
+                let live = if base >= off { live } else { None };
+                report.bios.extend(dw.write(logical, &piece, live)?);
+            }
+        } else {
+            for &(pos, logical, got) in &pieces {
+                let off = (pos - a) as usize;
+                self.write_data(logical, &buf[off..off + got as usize], opts, report)?;
+            }
+        }
+        // Without NO_HOLES, a gap between the old end and the write is an explicit hole.
+        let no_holes = self.store.fs.sb.has_incompat(INCOMPAT_NO_HOLES);
+        let old_end = old_size.div_ceil(ss) * ss;
+        self.punch(root, ino, a, b, &mut it)?;
+        if !no_holes && a > old_end {
+            self.insert_extent_item(root, ino, old_end, 0, a - old_end, a - old_end)?;
+        }
+        for &(pos, logical, got) in &pieces {
+            let off = (pos - a) as usize;
+            if !nosum {
+                // Checksums from the same engine-owned bytes every mirror got.
+                self.add_csums(logical, &buf[off..off + got as usize])?;
+            }
+            self.add_data_extent(logical, got, root, ino, pos)?;
+            self.insert_extent_item(root, ino, pos, logical, got, got)?;
+            it.nbytes = (it.nbytes.get() + got).into();
+        }
+        report.bytes += src.len() as u64;
+        if end > old_size {
+            it.size = end.into();
+        }
+        self.touch(&mut it, true);
+        self.put_inode(root, ino, &it)
+    }
+
+    fn insert_extent_item(&mut self, root: u64, ino: u64, file_off: u64, disk: u64, disk_len: u64, len: u64) -> Result<()> {
+        let mut b = FileExtentHeader {
+            generation: self.transid().into(),
+            ram_bytes: disk_len.into(),
+            compression: 0,
+            encryption: 0,
+            other_encoding: 0.into(),
+            extent_type: FILE_EXTENT_REG,
+        }
+        .as_bytes()
+        .to_vec();
+        b.extend_from_slice(
+            FileExtentBody {
+                disk_bytenr: disk.into(),
+                disk_num_bytes: if disk == 0 { 0.into() } else { disk_len.into() },
+                offset: 0.into(),
+                num_bytes: len.into(),
+            }
+            .as_bytes(),
+        );
+        self.insert(root, Key::new(ino, EXTENT_DATA_KEY, file_off), b)
+    }
+
+    /// NODATACOW: overwrite in place when [a, a+len) is covered by regular,
+    /// uncompressed extents referenced only by this file range. Returns false
+    /// when it is not (the caller then COWs, as the kernel falls back).
+    fn try_write_in_place(&mut self, root: u64, ino: u64, a: u64, buf: &[u8], opts: WriteOpts, report: &mut WriteReport) -> Result<bool> {
+        let end = a + buf.len() as u64;
+        let exts = self.extents_overlapping(root, ino, a, end)?;
+        let mut pos = a;
+        let mut plan = Vec::new();
+        for (off, d) in &exts {
+            let fe = parse_file_extent(d)?;
+            let FileExtentKind::Regular { prealloc: false, disk_bytenr, disk_num_bytes, offset, .. } = fe.kind else { return Ok(false) };
+            if *off > pos || disk_bytenr == 0 || fe.compression != 0 {
+                return Ok(false);
+            }
+            let key = Key::new(disk_bytenr, EXTENT_ITEM_KEY, disk_num_bytes);
+            let Some(body) = self.get(EXTENT_TREE_OBJECTID, key)? else { return Ok(false) };
+            if items::parse_extent_item(key, &body)?.refs != 1 {
+                return Ok(false);
+            }
+            let to = (off + fe.file_len()).min(end);
+            plan.push((disk_bytenr + offset + (pos - off), pos, to));
+            pos = to;
+        }
+        if pos < end {
+            return Ok(false);
+        }
+        for (logical, from, to) in plan {
+            self.write_data(logical, &buf[(from - a) as usize..(to - a) as usize], opts, report)?;
+        }
+        Ok(true)
+    }
+
+    /// Set a regular file's size, dropping data past it or extending with a hole.
+    pub fn truncate(&mut self, root: u64, ino: u64, size: u64) -> Result<()> {
+        let mut it = self.read_inode(root, ino)?;
+        if it.mode.get() & S_IFMT != S_IFREG {
+            return Err(Error::Invalid(format!("inode {ino} is not a regular file")));
+        }
+        let ss = self.store.fs.sectorsize as u64;
+        let old = it.size.get();
+        if size < old {
+            let keep = size.div_ceil(ss) * ss;
+            // Zero the tail of the last kept sector so a later extension reads zeros.
+            if size % ss != 0 {
+                let z = vec![0u8; (keep - size) as usize];
+                let mut r = WriteReport::default();
+                self.write_at(root, ino, size, &z, WriteOpts::default(), &mut r)?;
+                it = self.read_inode(root, ino)?;
+            }
+            self.punch(root, ino, keep, u64::MAX, &mut it)?;
+        } else if size > old && !self.store.fs.sb.has_incompat(INCOMPAT_NO_HOLES) {
+            let from = old.div_ceil(ss) * ss;
+            let to = size.div_ceil(ss) * ss;
+            if to > from {
+                self.insert_extent_item(root, ino, from, 0, to - from, to - from)?;
+            }
+        }
+        it.size = size.into();
+        self.touch(&mut it, true);
+        self.put_inode(root, ino, &it)
+    }
+}

@@ -1,0 +1,248 @@
+//! Commands that change a filesystem: write, mkdir, rm, mv, ln, setfattr.
+//! Each runs one transaction and commits it; on any error nothing is
+//! committed and the image is unchanged.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::format::*;
+use crate::fs::transaction::Transaction;
+use crate::fs::write::{WriteOpts, WriteReport};
+use crate::fs::Filesystem;
+use crate::volumes::OpenOptions;
+
+/// What `btrs write` should do besides writing the bytes.
+#[derive(Clone, Debug, Default)]
+pub struct WriteRequest {
+    pub offset: u64,
+    /// Cut the file to `offset` before writing (so it ends with the new bytes).
+    pub truncate: bool,
+    pub parents: bool,
+    pub nodatasum: bool,
+    pub nodatacow: bool,
+    pub max_bio: Option<usize>,
+    /// Use the direct writer (bounce pages, parallel bios, O_DIRECT).
+    pub direct: bool,
+}
+
+fn begin(opts: &OpenOptions) -> Result<Transaction> {
+    let mut o = opts.clone();
+    o.writable = true;
+    Transaction::begin(Filesystem::open(&o)?)
+}
+
+/// Split "/a/b/c" into ("/a/b", "c").
+fn split(path: &str) -> Result<(String, Vec<u8>)> {
+    let p = path.trim_end_matches('/');
+    let (dir, name) = match p.rfind('/') {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => ("", p),
+    };
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(Error::Invalid(format!("{path}: not a name")));
+    }
+    Ok((if dir.is_empty() { "/".into() } else { dir.to_string() }, name.as_bytes().to_vec()))
+}
+
+/// The directory inode at `path`, made (with parents) when `parents`.
+fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<u64> {
+    let mut cur = FIRST_FREE_OBJECTID;
+    for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        cur = match tx.lookup_name(FS_TREE_OBJECTID, cur, comp.as_bytes())? {
+            Some((ino, FT_DIR)) => ino,
+            Some(_) => return Err(Error::Invalid(format!("{path}: {comp} is not a directory"))),
+            None if parents => tx.create(FS_TREE_OBJECTID, cur, comp.as_bytes(), S_IFDIR | 0o755, 0)?,
+            None => return Err(Error::NotFound(format!("{path}: no directory {comp}"))),
+        };
+    }
+    Ok(cur)
+}
+
+/// Write `data` into file `path` (created when missing).
+pub fn write(opts: &OpenOptions, path: &str, data: &[u8], req: &WriteRequest) -> Result<WriteReport> {
+    let mut tx = begin(opts)?;
+    let (dir, name) = split(path)?;
+    let d = dir_at(&mut tx, &dir, req.parents)?;
+    let root = FS_TREE_OBJECTID;
+    let ino = match tx.lookup_name(root, d, &name)? {
+        Some((ino, FT_REG_FILE)) => ino,
+        Some(_) => return Err(Error::Invalid(format!("{path} is not a regular file"))),
+        None => {
+            let mut flags = 0;
+            if req.nodatasum {
+                flags |= INODE_NODATASUM;
+            }
+            if req.nodatacow {
+                flags |= INODE_NODATACOW | INODE_NODATASUM;
+            }
+            tx.create(root, d, &name, S_IFREG | 0o644, flags)?
+        }
+    };
+    if req.truncate {
+        tx.truncate(root, ino, req.offset)?;
+    }
+    let mut report = WriteReport::default();
+    let wopts = WriteOpts { max_bio: req.max_bio.unwrap_or(WriteOpts::default().max_bio) };
+    // Large inputs are written in 64 MiB steps so the edge-sector reads stay small.
+    let step = 64 << 20;
+    let mut off = 0usize;
+    while off < data.len() {
+        let n = (data.len() - off).min(step);
+        let at = req.offset + off as u64;
+        if req.direct {
+            tx.write_direct(root, ino, at, &crate::fs::direct::Plain(&data[off..off + n]), wopts, &mut report)?;
+        } else {
+            tx.write_at(root, ino, at, &data[off..off + n], wopts, &mut report)?;
+        }
+        off += n;
+    }
+    tx.commit()?;
+    Ok(report)
+}
+
+pub fn mkdir(opts: &OpenOptions, path: &str, parents: bool) -> Result<()> {
+    let mut tx = begin(opts)?;
+    if parents {
+        dir_at(&mut tx, path, true)?;
+    } else {
+        let (dir, name) = split(path)?;
+        let d = dir_at(&mut tx, &dir, false)?;
+        tx.create(FS_TREE_OBJECTID, d, &name, S_IFDIR | 0o755, 0)?;
+    }
+    tx.commit()
+}
+
+fn rm_tree(tx: &mut Transaction, dir: u64, name: &[u8]) -> Result<()> {
+    let root = FS_TREE_OBJECTID;
+    if let Some((ino, FT_DIR)) = tx.lookup_name(root, dir, name)? {
+        let kids = tx.range(root, Key::new(ino, DIR_INDEX_KEY, 0), Key::new(ino, DIR_INDEX_KEY, u64::MAX))?;
+        for (_, body) in kids {
+            for e in crate::format::items::parse_dir_items(&body)? {
+                rm_tree(tx, ino, &e.name)?;
+            }
+        }
+    }
+    tx.unlink(root, dir, name)
+}
+
+pub fn rm(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<()> {
+    let mut tx = begin(opts)?;
+    for path in paths {
+        let (dir, name) = split(path)?;
+        let d = dir_at(&mut tx, &dir, false)?;
+        if recursive {
+            rm_tree(&mut tx, d, &name)?;
+        } else {
+            tx.unlink(FS_TREE_OBJECTID, d, &name)?;
+        }
+    }
+    tx.commit()
+}
+
+pub fn mv(opts: &OpenOptions, src: &str, dst: &str) -> Result<()> {
+    let mut tx = begin(opts)?;
+    let (sd, sn) = split(src)?;
+    let sdir = dir_at(&mut tx, &sd, false)?;
+    // Into an existing directory: keep the name.
+    let (ddir, dn) = match tx.resolve_path(dst)? {
+        Some((ino, FT_DIR)) => (ino, sn.clone()),
+        _ => {
+            let (dd, dn) = split(dst)?;
+            (dir_at(&mut tx, &dd, false)?, dn)
+        }
+    };
+    tx.rename(FS_TREE_OBJECTID, sdir, &sn, ddir, &dn)?;
+    tx.commit()
+}
+
+pub fn ln(opts: &OpenOptions, target: &str, link: &str, symbolic: bool) -> Result<()> {
+    let mut tx = begin(opts)?;
+    let (ld, ln) = split(link)?;
+    let dir = dir_at(&mut tx, &ld, false)?;
+    if symbolic {
+        tx.symlink(FS_TREE_OBJECTID, dir, &ln, target.as_bytes())?;
+    } else {
+        let (ino, _) = tx.resolve_path(target)?.ok_or_else(|| Error::NotFound(target.to_string()))?;
+        tx.link(FS_TREE_OBJECTID, ino, dir, &ln)?;
+    }
+    tx.commit()
+}
+
+pub fn setfattr(opts: &OpenOptions, path: &str, name: &str, value: Option<&[u8]>) -> Result<()> {
+    let mut tx = begin(opts)?;
+    let (ino, _) = tx.resolve_path(path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
+    tx.set_xattr(FS_TREE_OBJECTID, ino, name.as_bytes(), value)?;
+    tx.commit()
+}
+
+/// Read a whole input (a host file or stdin).
+pub fn read_input(from: Option<&Path>) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut v = Vec::new();
+    match from {
+        Some(p) if p != Path::new("-") => {
+            v = std::fs::read(p).map_err(|e| Error::io(p, "read", e))?;
+        }
+        _ => {
+            std::io::stdin().read_to_end(&mut v).map_err(|e| Error::io("<stdin>", "read", e))?;
+        }
+    }
+    Ok(v)
+}
+
+/// Copy host files, directories (recursively) and symlinks into the
+/// filesystem, in one transaction: `put IMAGE SRC... DEST`. With one SRC and
+/// a DEST that does not exist, SRC is copied *as* DEST; otherwise DEST must be
+/// a directory and each SRC goes into it under its own name.
+pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Result<u64> {
+    let mut tx = begin(opts)?;
+    let mut files = 0u64;
+    let targets: Vec<(u64, Vec<u8>, &std::path::PathBuf)> = match tx.resolve_path(dest)? {
+        Some((ino, FT_DIR)) => srcs
+            .iter()
+            .map(|s| {
+                let name = s.file_name().map(|n| n.as_encoded_bytes().to_vec()).ok_or_else(|| Error::Invalid(format!("{}: no file name", s.display())))?;
+                Ok((ino, name, s))
+            })
+            .collect::<Result<_>>()?,
+        Some(_) => return Err(Error::Invalid(format!("{dest} exists and is not a directory"))),
+        None if srcs.len() == 1 => {
+            let (d, n) = split(dest)?;
+            vec![(dir_at(&mut tx, &d, false)?, n, &srcs[0])]
+        }
+        None => return Err(Error::NotFound(format!("{dest}: no such directory"))),
+    };
+    for (dir, name, src) in targets {
+        put_one(&mut tx, dir, &name, src, &mut files)?;
+    }
+    tx.commit()?;
+    Ok(files)
+}
+
+fn put_one(tx: &mut Transaction, dir: u64, name: &[u8], src: &Path, files: &mut u64) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = FS_TREE_OBJECTID;
+    let meta = std::fs::symlink_metadata(src).map_err(|e| Error::io(src, "stat", e))?;
+    let perm = meta.permissions().mode() & 0o7777;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let t = std::fs::read_link(src).map_err(|e| Error::io(src, "readlink", e))?;
+        tx.symlink(root, dir, name, t.as_os_str().as_encoded_bytes())?;
+    } else if ft.is_dir() {
+        let ino = tx.create(root, dir, name, S_IFDIR | perm, 0)?;
+        let mut kids: Vec<_> = std::fs::read_dir(src).map_err(|e| Error::io(src, "readdir", e))?.filter_map(|e| e.ok()).collect();
+        kids.sort_by_key(|e| e.file_name());
+        for k in kids {
+            put_one(tx, ino, k.file_name().as_encoded_bytes(), &k.path(), files)?;
+        }
+    } else if ft.is_file() {
+        let ino = tx.create(root, dir, name, S_IFREG | perm, 0)?;
+        let data = std::fs::read(src).map_err(|e| Error::io(src, "read", e))?;
+        let mut report = WriteReport::default();
+        tx.write_at(root, ino, 0, &data, WriteOpts::default(), &mut report)?;
+        *files += 1;
+    } else {
+        return Err(Error::Unsupported(format!("{}: special files", src.display())));
+    }
+    Ok(())
+}
