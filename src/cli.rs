@@ -42,9 +42,90 @@ pub enum Command {
     /// Verify every copy of every block and superblock, compare mirrors byte for byte, optionally repair.
     Scrub(ScrubArgs),
     /// Make a new btrfs on image files (devid 1, 2, ... in the order given).
+    ///
+    /// Image builders: --rootdir copies a host tree in without root or a kernel
+    /// mount. Ownership and modes need no fakeroot: --all-root, --owner-map and
+    /// --manifest set what the image stores (precedence: owner map, then
+    /// all-root, then the manifest). --shrink makes the smallest image that holds
+    /// the content; --print-size says how large that is without writing; -b SIZE
+    /// makes exactly that size or fails naming the size needed.
+    ///
+    /// Reproducible images: give --uuid and set SOURCE_DATE_EPOCH. Then every
+    /// timestamp btrs makes up (the root directory and subvolume root items, the
+    /// inode otimes) is SOURCE_DATE_EPOCH, every --rootdir inode's atime and ctime
+    /// are SOURCE_DATE_EPOCH, and mtimes later than it are clamped to it (older
+    /// mtimes are kept, like tar --clamp-mtime); every other UUID derives from the
+    /// fsid. Nothing of the build host goes in: not its CPU count, page size,
+    /// rotational or SSD state, or the images' starting sizes under --shrink.
+    /// Owners come from the source tree (or the options above), so build as the
+    /// same user or use --all-root / --manifest.
     Mkfs(Box<MkfsArgs>),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+    /// Write bytes into a file (created when missing), in one committed transaction.
+    Write(WriteArgs),
+    /// Make a directory.
+    Mkdir(MkdirArgs),
+    /// Remove files or (with -r) directory trees; empty directories without -r.
+    Rm(RmArgs),
+    /// Rename or move a file or directory.
+    Mv(MvArgs),
+    /// Make a hard link, or with -s a symbolic link.
+    Ln(LnArgs),
+    /// Set (or with -x remove) an extended attribute.
+    Setfattr(SetfattrArgs),
+    /// Copy host files and directories into the filesystem.
+    Put(PutArgs),
+    /// Write a deterministic clean or damaged test filesystem and its manifest.
+    ///
+    /// `btrs fixture list` prints every fixture name with a one-line description.
+    /// `btrs fixture NAME DIR` makes DIR (it must be missing or empty) and writes
+    /// DIR/dev1.img, DIR/dev2.img, ... (128 MiB sparse each) and DIR/manifest.json.
+    ///
+    /// Fixtures: raid1-clean, dup-clean, raid1c3-clean; raid1-csum-crc32c,
+    /// raid1-csum-xxhash, raid1-csum-sha256, raid1-csum-blake2 (the
+    /// "raid1-every-csum" family: one fixture per checksum type); raid1-compressed;
+    /// raid1-deep-tree (nodesize 4K, fs tree of 3+ levels); raid1-many-files;
+    /// and damaged ones: raid1-nodatasum-mismatch, raid1-csum-error,
+    /// raid1-stale-csum, raid1-metadata-error, raid1-super-error,
+    /// raid1c3-majority, raid1-degraded (dev2.img is deleted: scrub with --degraded).
+    ///
+    /// Every fixture holds the same small tree (inline and regular files, a sparse
+    /// file, a symlink, nested directories, data/random.bin with checksums and
+    /// nodatasum/raw.bin without: the damaged fixtures hurt these two), plus
+    /// thousands of entries in raid1-deep-tree and raid1-many-files.
+    ///
+    /// The same NAME and --seed give byte-identical images and manifest: the fsid
+    /// comes from name and seed, every timestamp is fixed (2023-11-14), and the
+    /// file content comes from a PRNG seeded with --seed. (Files are owned by the
+    /// user running btrs, so images made by different users differ.) Damage is
+    /// written raw to one image at the physical address the chunk tree gives, as a
+    /// failing disk would.
+    ///
+    /// manifest.json: {"name", "seed", "description", "fsid", "csum", "nodesize",
+    /// "sectorsize", "compress", "profiles": {"data", "metadata", "system"},
+    /// "image_size", "devices": [image files present, devid order],
+    /// "missing_devices": [deleted image files], "fs_tree_levels",
+    /// "files": [{"path" (no leading slash), "type" (file, dir, symlink), "size",
+    /// "sha256" (files), "mode" (permission bits), "mtime", "mtime_nsec", "target"
+    /// (symlinks), "flags" (nodatasum, nodatacow)}],
+    /// "expected_findings": [{"kind", "devid", "logical", "mirror", "path",
+    /// "file_offset"}] (exactly what `btrs scrub --json` reports, other finding
+    /// fields aside), "expected_exit" (of btrs scrub: 0 clean, 3 damaged), "clean"}.
+    Fixture(FixtureArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FixtureArgs {
+    /// Fixture name, or `list`.
+    #[arg(value_name = "NAME|list")]
+    pub name: String,
+    /// Directory to create (must be missing or empty); not used with `list`.
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Seed of the generated content (and of the fsid).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -83,8 +164,24 @@ pub struct MkfsArgs {
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
     /// Size of every image (K, M, G, T suffixes); existing images are resized to it.
-    #[arg(short = 'b', long = "size", value_name = "SIZE")]
+    /// Exact: if the content does not fit, mkfs fails naming the size needed and
+    /// leaves the images' lengths and contents alone (new ones are removed).
+    #[arg(short = 'b', long = "size", value_name = "SIZE", conflicts_with = "shrink")]
     pub size: Option<String>,
+    /// Make the smallest image: chunks sized to the content, each image created or
+    /// truncated to the end of its last chunk, whatever its starting size.
+    #[arg(long)]
+    pub shrink: bool,
+    /// With --shrink: this much extra free data space (SIZE, or PERCENT% of the
+    /// minimal size), plus a tenth of it (at least 8 MiB) of metadata space so
+    /// that files can be created in it (a --shrink image without slack is full).
+    #[arg(long, value_name = "SIZE|PERCENT%", requires = "shrink")]
+    pub slack: Option<String>,
+    /// Write nothing: scan --rootdir and print the size in bytes each image would
+    /// have with --shrink (one line per image; hard links count once, holes not
+    /// at all, compressed data as compressed). The images need not exist.
+    #[arg(long)]
+    pub print_size: bool,
     /// Data profile: single, dup, raid0, raid1, raid1c3, raid1c4, raid10 (default: single).
     #[arg(short = 'd', long = "data", value_name = "PROFILE")]
     pub data: Option<String>,
@@ -118,6 +215,36 @@ pub struct MkfsArgs {
     /// Compress --rootdir file data: zlib, lzo, zstd, optionally :LEVEL.
     #[arg(long, value_name = "ALGO[:LEVEL]", requires = "rootdir")]
     pub compress: Option<String>,
+    /// Inode flags for a --rootdir path (relative to it): nodatacow (implies
+    /// nodatasum) or nodatasum, comma separated; the file gets no checksums. Repeatable.
+    #[arg(long = "inode-flags", value_name = "FLAGS:PATH", requires = "rootdir")]
+    pub inode_flags: Vec<String>,
+    /// Store every --rootdir inode as owned by uid 0, gid 0 (no root or fakeroot needed).
+    #[arg(long, requires = "rootdir")]
+    pub all_root: bool,
+    /// Store source uids and gids FROM..FROM+COUNT as TO..TO+COUNT (decimal; uid
+    /// and gid alike). Repeatable; the first matching range wins.
+    #[arg(long = "owner-map", value_name = "FROM:TO:COUNT", requires = "rootdir")]
+    pub owner_map: Vec<String>,
+    /// Per-path overrides applied during the --rootdir walk, one per line:
+    ///
+    /// `PATH MODE UID GID` sets the permission bits (octal, up to 07777, e.g. 4755;
+    /// the file type is kept) and the owner; `-` in any field keeps the source
+    /// value (after --owner-map / --all-root).
+    ///
+    /// `PATH xattr NAME=VALUE` sets an extended attribute: VALUE is the rest of the
+    /// line taken literally (no trailing NUL is added), or bytes in hex with a 0x
+    /// prefix, e.g. `/etc xattr security.selinux=system_u:object_r:etc_t:s0` or
+    /// `/usr/bin/ping xattr security.capability=0x0100000200200000000000000000000000000000`.
+    ///
+    /// `PATH xattr -NAME` drops an xattr the source has.
+    ///
+    /// PATH is relative to --rootdir (a leading `/` and `./` are ignored; `/` is
+    /// the root directory itself); write a space as ` ` and a backslash as
+    /// `\`. Lines starting with `#` and blank lines are ignored. Every PATH must
+    /// exist in the tree. A hard-linked file takes the lines of all its names.
+    #[arg(long, value_name = "FILE", requires = "rootdir", verbatim_doc_comment)]
+    pub manifest: Option<PathBuf>,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
@@ -203,4 +330,102 @@ pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
         out.push((format!("{name}.1"), buf));
     }
     Ok(out)
+}
+
+#[derive(Args, Debug)]
+pub struct WriteArgs {
+    pub image: PathBuf,
+    /// Path of the file inside the filesystem.
+    pub path: String,
+    /// Read the bytes from this host file ("-" or absent: standard input).
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Byte offset to write at.
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    /// Cut the file at --offset first, so it ends with the new bytes.
+    #[arg(long)]
+    pub truncate: bool,
+    /// Direct write: the engine copies the input into its own aligned pages and
+    /// writes them bio by bio, never from the caller's buffer.
+    #[arg(long)]
+    pub direct: bool,
+    /// Largest single device write, e.g. 1M, 256K.
+    #[arg(long, value_name = "SIZE")]
+    pub max_bio: Option<String>,
+    /// Create the file without data checksums.
+    #[arg(long)]
+    pub nodatasum: bool,
+    /// Create the file NODATACOW (implies nodatasum): overwrites go in place.
+    #[arg(long)]
+    pub nodatacow: bool,
+    /// Make missing parent directories.
+    #[arg(short = 'p', long)]
+    pub parents: bool,
+    /// Print every device write: logical, length, devid, physical, mirror.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Print nothing on success.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MkdirArgs {
+    pub image: PathBuf,
+    pub path: String,
+    /// Make parents as needed; no error if it exists.
+    #[arg(short = 'p', long)]
+    pub parents: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    pub image: PathBuf,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    /// Remove directories and their contents.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MvArgs {
+    pub image: PathBuf,
+    pub src: String,
+    pub dst: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LnArgs {
+    pub image: PathBuf,
+    /// Existing path (hard link) or link target text (-s).
+    pub target: String,
+    pub link: String,
+    /// Make a symbolic link.
+    #[arg(short = 's', long)]
+    pub symbolic: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SetfattrArgs {
+    pub image: PathBuf,
+    pub path: String,
+    /// Attribute name, e.g. user.comment.
+    #[arg(short = 'n', long)]
+    pub name: String,
+    /// Value (absent: empty).
+    #[arg(short = 'v', long)]
+    pub value: Option<String>,
+    /// Remove the attribute.
+    #[arg(short = 'x', long)]
+    pub remove: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    pub image: PathBuf,
+    /// Host files, directories (copied recursively) or symlinks, then the destination path.
+    #[arg(required = true, num_args = 2..)]
+    pub paths: Vec<PathBuf>,
 }

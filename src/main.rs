@@ -104,6 +104,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(3) });
         }
         Command::Mkfs(a) => mkfs(*a, &mut out)?,
+        Command::Fixture(a) => fixture(a, &mut out)?,
+        Command::Write(a) => write_cmd(&cli.devices, cli.degraded, a, &mut out)?,
+        Command::Mkdir(a) => btrs::ops::write::mkdir(&wopts(&cli.devices, cli.degraded, &a.image), &a.path, a.parents)?,
+        Command::Rm(a) => btrs::ops::write::rm(&wopts(&cli.devices, cli.degraded, &a.image), &a.paths, a.recursive)?,
+        Command::Mv(a) => btrs::ops::write::mv(&wopts(&cli.devices, cli.degraded, &a.image), &a.src, &a.dst)?,
+        Command::Ln(a) => btrs::ops::write::ln(&wopts(&cli.devices, cli.degraded, &a.image), &a.target, &a.link, a.symbolic)?,
+        Command::Setfattr(a) => {
+            let v = if a.remove { None } else { Some(a.value.as_deref().unwrap_or("").as_bytes()) };
+            btrs::ops::write::setfattr(&wopts(&cli.devices, cli.degraded, &a.image), &a.path, &a.name, v)?
+        }
+        Command::Put(a) => {
+            let (dest, srcs) = a.paths.split_last().ok_or_else(|| anyhow::anyhow!("need SRC... DEST"))?;
+            let dest = dest.to_str().ok_or_else(|| anyhow::anyhow!("destination is not UTF-8"))?;
+            let n = btrs::ops::write::put(&wopts(&cli.devices, cli.degraded, &a.image), srcs, dest)?;
+            writeln!(out, "copied {n} files")?;
+        }
         Command::Completions(a) => {
             let mut cmd = btrs::cli::command();
             clap_complete::generate(a.shell, &mut cmd, "btrs", &mut out);
@@ -168,10 +184,34 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     o.force = a.force;
     o.rootdir = a.rootdir;
     o.compress = a.compress.as_deref().map(m::parse_compress).transpose()?;
+    o.inode_flags = a.inode_flags.iter().map(|s| m::parse_inode_flags(s)).collect::<btrs::Result<_>>()?;
     o.timestamp = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => Some(v.trim().parse().with_context(|| format!("bad SOURCE_DATE_EPOCH {v:?}"))?),
         _ => None,
     };
+    // SOURCE_DATE_EPOCH asks for a reproducible image: host atimes and ctimes are
+    // replaced by it and newer mtimes clamped to it.
+    o.clamp_times = o.timestamp.is_some();
+    o.shrink = a.shrink;
+    o.slack = a.slack.as_deref().map(m::parse_slack).transpose()?;
+    o.ownership.all_root = a.all_root;
+    o.ownership.owner_map = a.owner_map.iter().map(|s| btrs::ops::rootdir::IdMap::parse(s)).collect::<btrs::Result<_>>()?;
+    if let Some(p) = &a.manifest {
+        let text = std::fs::read_to_string(p).with_context(|| format!("read --manifest {}", p.display()))?;
+        o.ownership.manifest = btrs::ops::rootdir::parse_manifest(&text).with_context(|| format!("--manifest {}", p.display()))?;
+    }
+    if a.print_size {
+        let r = m::print_size(&o)?;
+        if a.json {
+            serde_json::to_writer_pretty(&mut *out, &r)?;
+            writeln!(out)?;
+        } else {
+            for d in &r.images {
+                writeln!(out, "{}", d.size)?;
+            }
+        }
+        return Ok(());
+    }
     let s = m::mkfs(&o)?;
     for w in &s.warnings {
         eprintln!("btrs: warning: {w}");
@@ -216,4 +256,83 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// `btrs fixture list | NAME DIR`.
+fn fixture(a: btrs::cli::FixtureArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    use btrs::ops::fixture as f;
+    if a.name == "list" {
+        for (name, desc) in f::list() {
+            writeln!(out, "{name:<26} {desc}")?;
+        }
+        return Ok(());
+    }
+    let dir = a.dir.context("fixture NAME needs a DIR to write to")?;
+    let m = f::generate(&a.name, &dir, a.seed).with_context(|| format!("cannot make fixture {} in {}", a.name, dir.display()))?;
+    writeln!(
+        out,
+        "{}: {} in {} ({} files, {} expected findings{})",
+        m.name,
+        m.devices.join(", "),
+        dir.display(),
+        m.files.len(),
+        m.expected_findings.len(),
+        if m.missing_devices.is_empty() { String::new() } else { format!(", missing {}", m.missing_devices.join(", ")) }
+    )?;
+    Ok(())
+}
+
+fn wopts(devices: &[std::path::PathBuf], degraded: bool, image: &std::path::Path) -> OpenOptions {
+    OpenOptions { image: image.to_path_buf(), devices: devices.to_vec(), degraded, writable: true }
+}
+
+fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let max_bio = match &a.max_bio {
+        Some(s) => Some(parse_size_arg(s)?),
+        None => None,
+    };
+    let data = btrs::ops::write::read_input(a.from.as_deref())?;
+    let req = btrs::ops::write::WriteRequest {
+        offset: a.offset,
+        truncate: a.truncate,
+        parents: a.parents,
+        nodatasum: a.nodatasum,
+        nodatacow: a.nodatacow,
+        max_bio,
+        direct: a.direct,
+    };
+    let report = btrs::ops::write::write(&wopts(devices, degraded, &a.image), &a.path, &data, &req)?;
+    for n in &report.notices {
+        eprintln!("btrs: notice: {n}");
+    }
+    if a.verbose {
+        for b in &report.bios {
+            writeln!(out, "bio logical {} len {} devid {} physical {} mirror {}", b.logical, b.len, b.devid, b.physical, b.mirror + 1)?;
+        }
+    }
+    if !a.quiet {
+        writeln!(out, "wrote {} bytes to {} at offset {} ({} device writes)", report.bytes, a.path, a.offset, report.bios.len())?;
+    }
+    Ok(())
+}
+
+fn parse_size_arg(s: &str) -> anyhow::Result<usize> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1usize << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => anyhow::bail!("bad size {s}"),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: usize = num.parse().map_err(|_| anyhow::anyhow!("bad size {s}"))?;
+    if n * mul < 4096 {
+        anyhow::bail!("--max-bio must be at least 4K");
+    }
+    Ok(n * mul)
 }

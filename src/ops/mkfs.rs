@@ -120,6 +120,45 @@ pub struct MkfsOptions {
     pub compress: Option<(Compression, Option<i32>)>,
     /// Seconds since the epoch used for every timestamp mkfs makes up (`SOURCE_DATE_EPOCH`).
     pub timestamp: Option<u64>,
+    /// Inode flags (`INODE_NODATASUM`, `INODE_NODATACOW`) for `rootdir` paths,
+    /// relative to it; NODATASUM files get no checksums (see `ScanOptions`).
+    pub inode_flags: Vec<(PathBuf, u64)>,
+    /// Use `timestamp` as the ctime of the `rootdir` inodes too (ctime cannot be
+    /// set on the host, so byte-for-byte reproducible images need this).
+    pub fixed_ctime: bool,
+    /// Reproducible builds: with `timestamp`, the `rootdir` inodes get it as
+    /// atime and ctime, and mtimes later than it are clamped to it.
+    pub clamp_times: bool,
+    /// Owners, modes and xattrs to store instead of the host's (`--all-root`,
+    /// `--owner-map`, `--manifest`).
+    pub ownership: rootdir::Ownership,
+    /// Size chunks to the content and truncate (or create) each image at the end
+    /// of its last dev extent, whatever its starting size.
+    pub shrink: bool,
+    /// Extra free data space with `shrink`.
+    pub slack: Option<Slack>,
+}
+
+/// `--slack`: extra free space in a shrunk image.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Slack {
+    Bytes(u64),
+    /// Percent of the minimal image size.
+    Percent(u32),
+}
+
+/// Parse `--slack SIZE|PERCENT%`.
+pub fn parse_slack(s: &str) -> Result<Slack> {
+    match s.trim().strip_suffix('%') {
+        Some(p) => p
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&p| p <= 10_000)
+            .map(Slack::Percent)
+            .ok_or_else(|| Error::Invalid(format!("bad --slack {s:?}: want SIZE or PERCENT% (0..10000)"))),
+        None => parse_size(s).map(Slack::Bytes),
+    }
 }
 
 impl MkfsOptions {
@@ -139,6 +178,12 @@ impl MkfsOptions {
             rootdir: None,
             compress: None,
             timestamp: None,
+            inode_flags: Vec::new(),
+            fixed_ctime: false,
+            clamp_times: false,
+            ownership: rootdir::Ownership::default(),
+            shrink: false,
+            slack: None,
         }
     }
 }
@@ -188,6 +233,24 @@ pub struct RootdirSummary {
     pub special: u64,
     pub hardlinks: u64,
     pub data_bytes: u64,
+}
+
+/// Parse `--inode-flags FLAGS:PATH` (FLAGS: nodatacow, nodatasum, comma separated).
+/// nodatacow implies nodatasum, as `chattr +C` gives both on the kernel.
+pub fn parse_inode_flags(s: &str) -> Result<(PathBuf, u64)> {
+    let (flags, path) = s.split_once(':').ok_or_else(|| Error::Invalid(format!("--inode-flags {s:?}: want FLAGS:PATH")))?;
+    let mut v = 0u64;
+    for f in flags.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        v |= match f.to_ascii_lowercase().as_str() {
+            "nodatacow" => INODE_NODATACOW | INODE_NODATASUM,
+            "nodatasum" => INODE_NODATASUM,
+            _ => return Err(Error::Invalid(format!("--inode-flags: unknown flag {f:?}; use nodatacow or nodatasum"))),
+        };
+    }
+    if v == 0 || path.is_empty() {
+        return Err(Error::Invalid(format!("--inode-flags {s:?}: want FLAGS:PATH")));
+    }
+    Ok((PathBuf::from(path.trim_start_matches('/')), v))
 }
 
 /// Parse a size with an optional K/M/G/T/P/E suffix (binary units), e.g. `1G`, `512M`, `4096`.
@@ -549,11 +612,13 @@ fn read_up_to(f: &File, buf: &mut [u8], off: u64) -> usize {
     done
 }
 
-fn open_image(path: &Path, size: Option<u64>, force: bool) -> Result<(File, u64)> {
+/// Open (or create) an image; its size is set only once the layout is known
+/// to fit, so a failed mkfs leaves an existing file's length alone.
+fn open_image(path: &Path, may_create: bool, force: bool) -> Result<(File, u64)> {
     refuse_loop_attached(path)?;
     let exists = path.exists();
-    if !exists && size.is_none() {
-        return Err(Error::Invalid(format!("{}: does not exist; give --size to create it", path.display())));
+    if !exists && !may_create {
+        return Err(Error::Invalid(format!("{}: does not exist; give --size or --shrink to create it", path.display())));
     }
     let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| Error::io(path, "open", e))?;
     lock_exclusive(&f, path)?;
@@ -569,14 +634,7 @@ fn open_image(path: &Path, size: Option<u64>, force: bool) -> Result<(File, u64)
             )));
         }
     }
-    let len = match size {
-        Some(s) => {
-            f.set_len(s).map_err(|e| Error::io(path, "set size", e))?;
-            s
-        }
-        None => meta.len(),
-    };
-    Ok((f, len))
+    Ok((f, meta.len()))
 }
 
 // ---------------------------------------------------------------------------
@@ -738,8 +796,9 @@ pub fn mkfs(opts: &MkfsOptions) -> Result<MkfsSummary> {
     r
 }
 
-fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
-    // ---- validate ----
+/// Check the options; returns the metadata and data profiles and the time
+/// every made-up timestamp gets.
+fn validate(opts: &MkfsOptions) -> Result<(Profile, Profile, (u64, u32))> {
     if opts.images.is_empty() {
         return Err(Error::Invalid("no image given".into()));
     }
@@ -777,84 +836,48 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
             (d.as_secs(), d.subsec_nanos())
         }
     };
+    if opts.shrink && opts.size.is_some() {
+        return Err(Error::Invalid("--shrink and --size exclude each other".into()));
+    }
+    if opts.slack.is_some() && !opts.shrink {
+        return Err(Error::Invalid("--slack needs --shrink".into()));
+    }
+    Ok((meta_profile, data_profile, now))
+}
 
-    // ---- scan the rootdir before touching the images ----
-    let scan_opts = ScanOptions {
-        sectorsize: opts.sectorsize,
-        nodesize: opts.nodesize,
-        compress: opts.compress,
-        otime: now,
-        generation: GENERATION,
-        no_holes: opts.features.no_holes,
-        csum: opts.csum,
-        exclude: opts
-            .images
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
-            .collect(),
-    };
-    let scan: Option<Scan> = match &opts.rootdir {
-        Some(dir) => Some(rootdir::scan(dir, &scan_opts)?),
-        None => None,
-    };
+fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
+    let (meta_profile, data_profile, now) = validate(opts)?;
+    let ndevs = opts.images.len();
+    let scan = scan_rootdir(opts, now)?;
 
-    // ---- open images ----
+    // ---- open images (their lengths change only once a layout fits) ----
     let mut files = Vec::new();
-    let mut sizes = Vec::new();
+    let mut cur_lens = Vec::new();
     for p in &opts.images {
-        let (f, len) = open_image(p, opts.size, opts.force)?;
+        let (f, len) = open_image(p, opts.size.is_some() || opts.shrink, opts.force)?;
         files.push(f);
-        sizes.push(len / opts.sectorsize as u64 * opts.sectorsize as u64);
+        cur_lens.push(len);
     }
     let devs = Devices { files, paths: opts.images.clone() };
+    let sector = opts.sectorsize as u64;
 
     // ---- plan chunks ----
+    let (chunks, sizes) = if opts.shrink {
+        let (chunks, ends) = shrink_plan(opts, scan.as_ref(), meta_profile, data_profile)?;
+        (chunks, ends)
+    } else {
+        let sizes: Vec<u64> = match opts.size {
+            Some(s) => vec![s / sector * sector; ndevs],
+            None => cur_lens.iter().map(|l| l / sector * sector).collect(),
+        };
+        (plan_for_sizes(opts, scan.as_ref(), &sizes, meta_profile, data_profile)?, sizes)
+    };
+    if opts.shrink || opts.size.is_some() {
+        for ((f, p), s) in devs.files.iter().zip(&devs.paths).zip(&sizes) {
+            f.set_len(*s).map_err(|e| Error::io(p, "set size", e))?;
+        }
+    }
     let total: u64 = sizes.iter().sum();
-    let tenth = (total / 10) / MIB * MIB;
-    let meta_default = if total >= 50 * GIB { GIB } else { tenth.clamp(32 * MIB, 256 * MIB) };
-    let data_default = tenth.clamp(64 * MIB, GIB);
-    let (data_need, meta_need) = match &scan {
-        Some(s) => (s.data_bytes + s.data_bytes / 64 + 4 * MIB, s.metadata_bytes * 3 + 4 * MIB),
-        None => (0, 0),
-    };
-    let request = |scale: u64| {
-        let shrink = |v: u64, min: u64| (v / scale / MIB * MIB).max(min);
-        let meta_len = shrink(meta_default, 8 * MIB);
-        let data_len = shrink(data_default, 8 * MIB);
-        LayoutRequest {
-            meta_profile,
-            data_profile,
-            sys_len: if scale > 1 { 4 * MIB } else { 8 * MIB },
-            meta_lens: chunk_lens(meta_need, meta_len, if meta_len >= GIB { GIB } else { 256 * MIB }.max(meta_len)),
-            data_lens: chunk_lens(data_need, data_len, GIB),
-        }
-    };
-    let scales = [1u64, 2, 4, 8, 16, 32, 64, 128];
-    let chunks = scales.iter().find_map(|&s| plan_layout(&sizes, &request(s)));
-    let chunks = match chunks {
-        Some(c) => c,
-        None => {
-            let smallest = request(*scales.last().unwrap_or(&1));
-            // Find the smallest equal device size that works, to tell the user.
-            let (mut lo, mut hi) = (MIB, 1u64 << 50);
-            while lo + MIB < hi {
-                let mid = (lo + hi) / 2 / MIB * MIB;
-                if plan_layout(&vec![mid; ndevs], &smallest).is_some() {
-                    hi = mid;
-                } else {
-                    lo = mid;
-                }
-            }
-            let small = opts.images.iter().zip(&sizes).map(|(p, s)| format!("{} ({s} bytes)", p.display())).collect::<Vec<_>>();
-            return Err(Error::Invalid(format!(
-                "images too small for this filesystem: {}; each of the {ndevs} image(s) needs at least {hi} bytes ({} MiB) with data {data_profile}, metadata {meta_profile}{}",
-                small.join(", "),
-                hi.div_ceil(MIB),
-                if scan.is_some() { " and the --rootdir content" } else { "" }
-            )));
-        }
-    };
 
     // ---- identities ----
     let fsid = opts.fsid.unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes());
@@ -925,6 +948,221 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
         warnings,
     };
     Ok(summary)
+}
+
+
+fn scan_rootdir(opts: &MkfsOptions, now: (u64, u32)) -> Result<Option<Scan>> {
+    let scan_opts = ScanOptions {
+        sectorsize: opts.sectorsize,
+        nodesize: opts.nodesize,
+        compress: opts.compress,
+        otime: now,
+        generation: GENERATION,
+        no_holes: opts.features.no_holes,
+        csum: opts.csum,
+        exclude: opts
+            .images
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
+            .collect(),
+        inode_flags: opts.inode_flags.clone(),
+        ctime: if opts.fixed_ctime { Some(now) } else { None },
+        clamp_time: if opts.clamp_times { opts.timestamp.map(|t| (t, 0)) } else { None },
+        ownership: opts.ownership.clone(),
+    };
+    match &opts.rootdir {
+        Some(dir) => Ok(Some(rootdir::scan(dir, &scan_opts)?)),
+        None => Ok(None),
+    }
+}
+
+/// Chunks for images of the given sizes: the usual generous chunk sizes when
+/// they fit, else smaller ones, else chunks sized exactly to the content; if
+/// even that does not fit, an error naming the size each image needs.
+fn plan_for_sizes(
+    opts: &MkfsOptions,
+    scan: Option<&Scan>,
+    sizes: &[u64],
+    meta_profile: Profile,
+    data_profile: Profile,
+) -> Result<Vec<PlannedChunk>> {
+    let ndevs = sizes.len();
+    let total: u64 = sizes.iter().sum();
+    let tenth = (total / 10) / MIB * MIB;
+    let meta_default = if total >= 50 * GIB { GIB } else { tenth.clamp(32 * MIB, 256 * MIB) };
+    let data_default = tenth.clamp(64 * MIB, GIB);
+    let (data_need, meta_need) = match scan {
+        Some(s) => (s.data_bytes + s.data_bytes / 64 + 4 * MIB, s.metadata_bytes * 3 + 4 * MIB),
+        None => (0, 0),
+    };
+    let request = |scale: u64| {
+        let shrink = |v: u64, min: u64| (v / scale / MIB * MIB).max(min);
+        let meta_len = shrink(meta_default, 8 * MIB);
+        let data_len = shrink(data_default, 8 * MIB);
+        LayoutRequest {
+            meta_profile,
+            data_profile,
+            sys_len: if scale > 1 { 4 * MIB } else { 8 * MIB },
+            meta_lens: chunk_lens(meta_need, meta_len, if meta_len >= GIB { GIB } else { 256 * MIB }.max(meta_len)),
+            data_lens: chunk_lens(data_need, data_len, GIB),
+        }
+    };
+    let scales = [1u64, 2, 4, 8, 16, 32, 64, 128];
+    if let Some(c) = scales.iter().find_map(|&s| plan_layout(sizes, &request(s))) {
+        return Ok(c);
+    }
+    // Chunks sized to the content: what --shrink would make.
+    let exact = minimal_request(opts, scan, meta_profile, data_profile, 0)?;
+    if let Some(c) = plan_layout(sizes, &exact) {
+        return Ok(c);
+    }
+    let need = needed_size(ndevs, &exact);
+    let small = opts.images.iter().zip(sizes).map(|(p, s)| format!("{} ({s} bytes)", p.display())).collect::<Vec<_>>();
+    Err(Error::Invalid(format!(
+        "images too small for this filesystem: {}; each of the {ndevs} image(s) needs at least {need} bytes ({} MiB) with data {data_profile}, metadata {meta_profile}{}",
+        small.join(", "),
+        need.div_ceil(MIB),
+        if scan.is_some() { " and the --rootdir content" } else { "" }
+    )))
+}
+
+/// The smallest equal image size that `req` fits on (MiB granularity).
+fn needed_size(ndevs: usize, req: &LayoutRequest) -> u64 {
+    let (mut lo, mut hi) = (MIB, 1u64 << 50);
+    while lo + MIB < hi {
+        let mid = (lo + hi) / 2 / MIB * MIB;
+        if plan_layout(&vec![mid; ndevs], req).is_some() {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
+}
+
+/// Chunk sizes that hold exactly the content, plus `slack` free data bytes.
+///
+/// The data pass runs dry (nothing written; only compressed files are read)
+/// to learn the exact data extents, fs items and checksums: hard links count
+/// once, holes not at all, compressed data as compressed.
+fn minimal_request(
+    opts: &MkfsOptions,
+    scan: Option<&Scan>,
+    meta_profile: Profile,
+    data_profile: Profile,
+    slack: u64,
+) -> Result<LayoutRequest> {
+    let nodesize = opts.nodesize;
+    let sizes_of = |items: &[TreeItem]| items.iter().map(|i| i.data.len()).collect::<Vec<_>>();
+    let (data_bytes, fs_blocks, csum_blocks, mut ext_items) = match scan {
+        Some(s) => {
+            let mut sink = rootdir::CountingSink::default();
+            let r = rootdir::write_data(s, &mut sink)?;
+            (sink.next, count_blocks(&sizes_of(&r.fs_items), nodesize)?, count_blocks(&sizes_of(&r.csum_items), nodesize)?, sizes_of(&r.extent_items))
+        }
+        None => (0, 1, 1, Vec::new()),
+    };
+    // Compressed extents are never split, so each data chunk boundary may waste
+    // up to one extent's worth.
+    let data_chunks = data_bytes.div_ceil(GIB).max(1);
+    let waste = if opts.compress.is_some() { data_chunks * rootdir::MAX_UNCOMPRESSED } else { 0 };
+    let data_need = data_bytes + waste + slack;
+    let data_lens = chunk_lens(data_need, MIB, GIB);
+    // Root, dev, uuid, data reloc, free space and block group trees take one or
+    // two blocks each at this size; count them generously.
+    let small_trees = 8usize;
+    let chunk_count = 2 + data_lens.len();
+    ext_items.extend(std::iter::repeat_n(24usize, chunk_count));
+    let mut ext_blocks = 1usize;
+    for _ in 0..4 {
+        let blocks = fs_blocks + csum_blocks + small_trees + ext_blocks;
+        let mut items = ext_items.clone();
+        items.extend(std::iter::repeat_n(33usize, blocks));
+        ext_blocks = count_blocks(&items, nodesize)?;
+    }
+    let meta_bytes = (fs_blocks + csum_blocks + small_trees + ext_blocks) as u64 * nodesize as u64;
+    // Headroom for the kernel's first transactions after mount (its global
+    // block reserve and copy-on-write of the roots): a quarter, at least 2 MiB.
+    let mut meta_len = (meta_bytes + (meta_bytes / 4).max(2 * MIB)).div_ceil(MIB) * MIB;
+    if slack > 0 {
+        // Free data space is useless without metadata space to create files in:
+        // the kernel holds back its global block reserve (several MiB) first.
+        meta_len += (slack / 10).max(8 * MIB).div_ceil(MIB) * MIB;
+    }
+    Ok(LayoutRequest {
+        meta_profile,
+        data_profile,
+        sys_len: MIB,
+        meta_lens: chunk_lens(meta_len, meta_len.min(256 * MIB), 256 * MIB),
+        data_lens,
+    })
+}
+
+/// Devices large enough for any layout, for planning `--shrink` before the
+/// image sizes are known.
+const UNBOUNDED: u64 = 1 << 50;
+
+/// `--shrink`: the minimal chunks and, per image, the end of its last dev extent.
+fn shrink_plan(
+    opts: &MkfsOptions,
+    scan: Option<&Scan>,
+    meta_profile: Profile,
+    data_profile: Profile,
+) -> Result<(Vec<PlannedChunk>, Vec<u64>)> {
+    let ndevs = opts.images.len();
+    let plan = |slack: u64| -> Result<(Vec<PlannedChunk>, Vec<u64>)> {
+        let req = minimal_request(opts, scan, meta_profile, data_profile, slack)?;
+        let chunks = plan_layout(&vec![UNBOUNDED; ndevs], &req)
+            .ok_or_else(|| Error::Invalid("content too large to lay out (internal error)".into()))?;
+        let mut ends = vec![DEVICE_RESERVED; ndevs];
+        for c in &chunks {
+            for &(devid, phys) in &c.stripes {
+                let e = &mut ends[(devid - 1) as usize];
+                *e = (*e).max(phys + c.stripe_size);
+            }
+        }
+        Ok((chunks, ends))
+    };
+    match opts.slack {
+        None => plan(0),
+        Some(Slack::Bytes(b)) => plan(b),
+        Some(Slack::Percent(p)) => {
+            let (_, ends) = plan(0)?;
+            let base = ends.iter().copied().max().unwrap_or(0);
+            plan(base.saturating_mul(p as u64) / 100)
+        }
+    }
+}
+
+/// What `--print-size` reports: the size each image needs with `--shrink`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SizeReport {
+    pub images: Vec<DeviceSize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceSize {
+    pub devid: u64,
+    pub path: String,
+    pub size: u64,
+}
+
+/// Dry run of `--shrink`: scan the root directory and compute the size each
+/// image would have, writing nothing (the images need not exist).
+pub fn print_size(opts: &MkfsOptions) -> Result<SizeReport> {
+    let (meta_profile, data_profile, now) = validate(opts)?;
+    let scan = scan_rootdir(opts, now)?;
+    let (_, ends) = shrink_plan(opts, scan.as_ref(), meta_profile, data_profile)?;
+    Ok(SizeReport {
+        images: opts
+            .images
+            .iter()
+            .zip(ends)
+            .enumerate()
+            .map(|(i, (p, size))| DeviceSize { devid: i as u64 + 1, path: p.display().to_string(), size })
+            .collect(),
+    })
 }
 
 /// Hands out tree block addresses in order, filling one chunk after another.

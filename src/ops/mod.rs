@@ -2,8 +2,10 @@
 
 pub mod dump;
 pub mod extract;
+pub mod fixture;
 pub mod listing;
 pub mod mkfs;
 pub mod rootdir;
 pub mod backref;
 pub mod scrub;
+pub mod write;

@@ -44,6 +44,180 @@ pub struct ScanOptions {
     /// (st_dev, st_ino) of files not to copy: the images being made, should they
     /// live inside the source tree.
     pub exclude: Vec<(u64, u64)>,
+    /// Inode flags (`INODE_NODATASUM`, `INODE_NODATACOW`) for paths relative to
+    /// the root: the host has no portable way to carry them. A NODATASUM file
+    /// gets no csum items and is never compressed, as the kernel would write it.
+    pub inode_flags: Vec<(PathBuf, u64)>,
+    /// The ctime of every inode instead of the host's: ctime cannot be set on the
+    /// host, so reproducible images need it replaced.
+    pub ctime: Option<(u64, u32)>,
+    /// Reproducible builds (`SOURCE_DATE_EPOCH`): atime and ctime become this
+    /// time and any mtime later than it is clamped to it, as reproducible-builds
+    /// tools (tar --clamp-mtime) do; older mtimes are kept.
+    pub clamp_time: Option<(u64, u32)>,
+    /// Owners, modes and xattrs to store instead of the host's.
+    pub ownership: Ownership,
+}
+
+/// One `--owner-map FROM:TO:COUNT` range: ids FROM..FROM+COUNT become TO..TO+COUNT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdMap {
+    pub from: u32,
+    pub to: u32,
+    pub count: u32,
+}
+
+impl IdMap {
+    /// Parse `FROM:TO:COUNT` (decimal).
+    pub fn parse(s: &str) -> Result<IdMap> {
+        let bad = || Error::Invalid(format!("--owner-map {s:?}: want FROM:TO:COUNT (decimal ids)"));
+        let mut it = s.split(':').map(|p| p.trim().parse::<u32>());
+        let (from, to, count) = match (it.next(), it.next(), it.next(), it.next()) {
+            (Some(Ok(f)), Some(Ok(t)), Some(Ok(c)), None) => (f, t, c),
+            _ => return Err(bad()),
+        };
+        if count == 0 || from.checked_add(count - 1).is_none() || to.checked_add(count - 1).is_none() {
+            return Err(Error::Invalid(format!("--owner-map {s:?}: empty range or ids past 4294967295")));
+        }
+        Ok(IdMap { from, to, count })
+    }
+
+    fn map(&self, id: u32) -> Option<u32> {
+        let off = id.checked_sub(self.from)?;
+        (off < self.count).then(|| self.to + off)
+    }
+}
+
+/// One line of a `--manifest` file, for one path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// Relative to the root directory; empty for the root itself.
+    pub path: PathBuf,
+    /// Permission bits (07777) replacing the source's; the file type is kept.
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// (name, Some(value)) sets an xattr, (name, None) drops the source's.
+    pub xattrs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// What `--all-root`, `--owner-map` and `--manifest` ask, applied in that
+/// order of increasing precedence: map ranges first, then all-root, then the
+/// manifest's per-path values. This is how image builders get root-owned
+/// files and set-uid modes without running as root or under fakeroot.
+#[derive(Clone, Debug, Default)]
+pub struct Ownership {
+    pub all_root: bool,
+    pub owner_map: Vec<IdMap>,
+    pub manifest: Vec<ManifestEntry>,
+}
+
+/// Undo fstab-style octal escapes (`\040` for a space, `\\` for a backslash)
+/// so manifest paths can hold whitespace.
+fn unescape(field: &str, lineno: usize) -> Result<Vec<u8>> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if b.get(i + 1) == Some(&b'\\') {
+                out.push(b'\\');
+                i += 2;
+                continue;
+            }
+            let oct = b.get(i + 1..i + 4).and_then(|o| std::str::from_utf8(o).ok()).and_then(|o| u8::from_str_radix(o, 8).ok());
+            match oct {
+                Some(v) => {
+                    out.push(v);
+                    i += 4;
+                }
+                None => return Err(Error::Invalid(format!("manifest line {lineno}: bad escape in {field:?} (use \\NNN octal or \\\\)"))),
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Parse a `--manifest` file's text. See the `--manifest` help for the syntax.
+pub fn parse_manifest(text: &str) -> Result<Vec<ManifestEntry>> {
+    let mut out: Vec<ManifestEntry> = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let lineno = n + 1;
+        let line = raw.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (path_field, rest) = line.split_once([' ', '\t']).unwrap_or((line, ""));
+        let rest = rest.trim_start();
+        let path = unescape(path_field, lineno)?;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&path));
+        // "/", "." and "./x" all name paths under the root directory.
+        let path: PathBuf = path.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
+        let idx = match out.iter().position(|e| e.path == path) {
+            Some(i) => i,
+            None => {
+                out.push(ManifestEntry { path, ..Default::default() });
+                out.len() - 1
+            }
+        };
+        let e = &mut out[idx];
+        if let Some(x) = rest.strip_prefix("xattr").filter(|r| r.starts_with([' ', '\t'])) {
+            let x = x.trim_start();
+            if let Some(name) = x.strip_prefix('-') {
+                e.xattrs.push((name.trim_end().as_bytes().to_vec(), None));
+                continue;
+            }
+            let (name, value) =
+                x.split_once('=').ok_or_else(|| Error::Invalid(format!("manifest line {lineno}: want `PATH xattr NAME=VALUE`")))?;
+            if name.is_empty() || name.len() > NAME_LEN || !name.contains('.') {
+                return Err(Error::Invalid(format!("manifest line {lineno}: bad xattr name {name:?} (want e.g. security.selinux)")));
+            }
+            let value = match value.strip_prefix("0x").or_else(|| value.strip_prefix("0X")) {
+                Some(hex) => {
+                    let hex = hex.trim_end();
+                    if hex.len() % 2 != 0 {
+                        return Err(Error::Invalid(format!("manifest line {lineno}: odd number of hex digits")));
+                    }
+                    (0..hex.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+                        .collect::<std::result::Result<Vec<u8>, _>>()
+                        .map_err(|_| Error::Invalid(format!("manifest line {lineno}: bad hex value")))?
+                }
+                None => value.as_bytes().to_vec(),
+            };
+            e.xattrs.push((name.as_bytes().to_vec(), Some(value)));
+            continue;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() != 3 {
+            return Err(Error::Invalid(format!(
+                "manifest line {lineno}: want `PATH MODE UID GID` or `PATH xattr NAME=VALUE`, got {raw:?}"
+            )));
+        }
+        let num = |v: &str, radix: u32, what: &str| -> Result<Option<u32>> {
+            if v == "-" {
+                return Ok(None);
+            }
+            u32::from_str_radix(v, radix).map(Some).map_err(|_| Error::Invalid(format!("manifest line {lineno}: bad {what} {v:?}")))
+        };
+        if let Some(m) = num(f[0], 8, "mode (octal)")? {
+            if m > 0o7777 {
+                return Err(Error::Invalid(format!("manifest line {lineno}: mode {m:o} has more than permission bits (07777)")));
+            }
+            e.mode = Some(m);
+        }
+        if let Some(u) = num(f[1], 10, "uid")? {
+            e.uid = Some(u);
+        }
+        if let Some(g) = num(f[2], 10, "gid")? {
+            e.gid = Some(g);
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Debug)]
@@ -68,6 +242,8 @@ struct ScanInode {
     atime: (u64, u32),
     mtime: (u64, u32),
     ctime: (u64, u32),
+    /// INODE_* flags for the inode item.
+    flags: u64,
     /// (parent inode, dir index, name), one per hard link.
     names: Vec<(u64, u64, Vec<u8>)>,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
@@ -80,6 +256,11 @@ struct ScanInode {
 pub struct Scan {
     inodes: Vec<ScanInode>,
     opts: ScanOptions,
+    root: PathBuf,
+    /// Which of `opts.inode_flags` matched a scanned path (unmatched ones are an error).
+    flags_used: Vec<bool>,
+    /// Likewise for `opts.ownership.manifest`.
+    manifest_used: Vec<bool>,
     /// Upper bound of data bytes the regular extents take on disk.
     pub data_bytes: u64,
     /// Rough upper bound of the fs and csum tree item bytes.
@@ -100,6 +281,32 @@ pub trait DataSink {
     fn reserve(&mut self, len: u64, whole: bool) -> Result<(u64, u64)>;
     /// Write bytes at a logical address inside a data chunk (all copies).
     fn write(&mut self, logical: u64, data: &[u8]) -> Result<()>;
+    /// A sink that only counts (for sizing): data stored as is need not be
+    /// read, since its size is known; compressed data still must be.
+    fn dry(&self) -> bool {
+        false
+    }
+}
+
+/// A [`DataSink`] that stores nothing: one endless data chunk, for finding
+/// how many bytes the data and the items referring to it take.
+#[derive(Default)]
+pub struct CountingSink {
+    pub next: u64,
+}
+
+impl DataSink for CountingSink {
+    fn reserve(&mut self, len: u64, _whole: bool) -> Result<(u64, u64)> {
+        let at = self.next;
+        self.next += len;
+        Ok((at, len))
+    }
+    fn write(&mut self, _logical: u64, _data: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    fn dry(&self) -> bool {
+        true
+    }
 }
 
 /// What the data pass produced.
@@ -208,6 +415,9 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
     let mut s = Scan {
         inodes: Vec::new(),
         opts: opts.clone(),
+        root: root.to_path_buf(),
+        flags_used: vec![false; opts.inode_flags.len()],
+        manifest_used: vec![false; opts.ownership.manifest.len()],
         data_bytes: 0,
         metadata_bytes: 0,
         files: 0,
@@ -221,6 +431,16 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
     let root_idx = s.add_inode(root, &meta, 256)?;
     s.inodes[root_idx].names.push((256, 0, b"..".to_vec()));
     s.walk_dir(root_idx, &mut by_host)?;
+    // A flag for a path that is not there is a typo, not a no-op: say so.
+    if let Some(i) = s.flags_used.iter().position(|u| !u) {
+        return Err(Error::NotFound(format!("inode flags for {}: no such path under the root directory", opts.inode_flags[i].0.display())));
+    }
+    if let Some(i) = s.manifest_used.iter().position(|u| !u) {
+        return Err(Error::NotFound(format!(
+            "--manifest entry for {:?}: no such path under the root directory",
+            opts.ownership.manifest[i].path.display()
+        )));
+    }
     Ok(s)
 }
 
@@ -229,6 +449,9 @@ impl Scan {
         let kind = FileType::from_mode(m.mode())
             .ok_or_else(|| Error::Unsupported(format!("{}: unknown file type {:o}", path.display(), m.mode())))?;
         let sector = self.opts.sectorsize as u64;
+        let flags = self.flags_for(path);
+        // The kernel never compresses a file without checksums (or in place).
+        let compress = if flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { self.opts.compress };
         let mut content = Content::None;
         let mut size = 0;
         match kind {
@@ -241,10 +464,11 @@ impl Scan {
                     if size <= DEFAULT_MAX_INLINE && size < sector && !ranges.is_empty() {
                         let mut buf = vec![0u8; size as usize];
                         f.read_exact_at(&mut buf, 0).map_err(io(path, "read"))?;
-                        content = self.inline_content(buf);
+                        content = inline_content(buf, compress, self.opts.sectorsize);
                     } else {
                         self.data_bytes += ranges.iter().map(|r| r.1 - r.0).sum::<u64>();
-                        let csums = ranges.iter().map(|r| (r.1 - r.0) / sector).sum::<u64>() * self.opts.csum.size() as u64;
+                        let sums = if flags & INODE_NODATASUM != 0 { 0 } else { 1 };
+                        let csums = sums * ranges.iter().map(|r| (r.1 - r.0) / sector).sum::<u64>() * self.opts.csum.size() as u64;
                         let pieces = ranges.iter().map(|r| (r.1 - r.0).div_ceil(MAX_UNCOMPRESSED)).sum::<u64>();
                         self.metadata_bytes += csums + pieces * (53 + 53 + 50);
                         content = Content::Ranges(ranges);
@@ -283,36 +507,96 @@ impl Scan {
         }
         self.metadata_bytes += 400;
         let rdev = if matches!(kind, FileType::CharDevice | FileType::BlockDevice) { host_rdev_to_btrfs(m.rdev()) } else { 0 };
+        let own = &self.opts.ownership;
+        let map_id = |id: u32| own.owner_map.iter().find_map(|r| r.map(id)).unwrap_or(id);
+        let (mut uid, mut gid) = (map_id(m.uid()), map_id(m.gid()));
+        if own.all_root {
+            (uid, gid) = (0, 0);
+        }
+        let (mut atime, mut mtime) = (ts(m.atime(), m.atime_nsec()), ts(m.mtime(), m.mtime_nsec()));
+        let mut ctime = self.opts.ctime.unwrap_or_else(|| ts(m.ctime(), m.ctime_nsec()));
+        if let Some(t) = self.opts.clamp_time {
+            // atime and ctime say when the build host touched the file: not content.
+            (atime, ctime) = (t, t);
+            // Compare as signed seconds: pre-1970 times are stored two's complement.
+            if (mtime.0 as i64, mtime.1) > (t.0 as i64, t.1) {
+                mtime = t;
+            }
+        }
         self.inodes.push(ScanInode {
             ino,
             kind,
             host: path.to_path_buf(),
             mode: m.mode(),
-            uid: m.uid(),
-            gid: m.gid(),
+            uid,
+            gid,
             rdev,
             size,
-            atime: ts(m.atime(), m.atime_nsec()),
-            mtime: ts(m.mtime(), m.mtime_nsec()),
-            ctime: ts(m.ctime(), m.ctime_nsec()),
+            atime,
+            mtime,
+            ctime,
+            flags,
             names: Vec::new(),
             xattrs: kept,
             content,
             entries: Vec::new(),
         });
-        Ok(self.inodes.len() - 1)
+        let idx = self.inodes.len() - 1;
+        self.apply_manifest(idx, path)?;
+        Ok(idx)
     }
 
-    /// Small files live in the leaf; compressed there too when that is smaller, as the kernel does.
-    fn inline_content(&self, buf: Vec<u8>) -> Content {
-        if let Some((kind, level)) = self.opts.compress {
-            if let Ok(c) = compress::encode(kind, &buf, self.opts.sectorsize, level) {
-                if c.len() < buf.len() {
-                    return Content::Inline(c, kind.raw());
+    /// Apply the `--manifest` lines for `path` (one of the names of inode `idx`).
+    fn apply_manifest(&mut self, idx: usize, path: &Path) -> Result<()> {
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        let max = crate::tree::builder::max_item_size(self.opts.nodesize);
+        for (i, e) in self.opts.ownership.manifest.iter().enumerate() {
+            if e.path.as_path() != rel {
+                continue;
+            }
+            self.manifest_used[i] = true;
+            let ino = &mut self.inodes[idx];
+            if let Some(m) = e.mode {
+                ino.mode = (ino.mode & !0o7777) | m;
+            }
+            if let Some(u) = e.uid {
+                ino.uid = u;
+            }
+            if let Some(g) = e.gid {
+                ino.gid = g;
+            }
+            for (name, value) in &e.xattrs {
+                ino.xattrs.retain(|x| &x.0 != name);
+                if let Some(v) = value {
+                    if name.len() + v.len() + 30 > max {
+                        return Err(Error::Invalid(format!(
+                            "--manifest: xattr {} of {} ({} bytes) does not fit a {}-byte tree block",
+                            String::from_utf8_lossy(name),
+                            path.display(),
+                            v.len(),
+                            self.opts.nodesize
+                        )));
+                    }
+                    ino.xattrs.push((name.clone(), v.clone()));
+                    self.metadata_bytes += (name.len() + v.len() + 60) as u64;
                 }
             }
+            ino.xattrs.sort();
         }
-        Content::Inline(buf, COMPRESS_NONE)
+        Ok(())
+    }
+
+    /// The inode flags asked for `path` (marking them used).
+    fn flags_for(&mut self, path: &Path) -> u64 {
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        let mut flags = 0u64;
+        for (i, (p, f)) in self.opts.inode_flags.iter().enumerate() {
+            if p.as_path() == rel {
+                flags |= f;
+                self.flags_used[i] = true;
+            }
+        }
+        flags
     }
 
     fn walk_dir(&mut self, dir_idx: usize, by_host: &mut HashMap<(u64, u64), usize>) -> Result<()> {
@@ -337,6 +621,10 @@ impl Scan {
             let idx = match existing {
                 Some(i) => {
                     self.hardlinks += 1;
+                    // Flags belong to the inode: any of its names may carry them.
+                    let more = self.flags_for(&path);
+                    self.inodes[i].flags |= more;
+                    self.apply_manifest(i, &path)?;
                     i
                 }
                 None => {
@@ -360,6 +648,18 @@ impl Scan {
     }
 }
 
+/// Small files live in the leaf; compressed there too when that is smaller, as the kernel does.
+fn inline_content(buf: Vec<u8>, compress: Option<(Compression, Option<i32>)>, sectorsize: u32) -> Content {
+    if let Some((kind, level)) = compress {
+        if let Ok(c) = compress::encode(kind, &buf, sectorsize, level) {
+            if c.len() < buf.len() {
+                return Content::Inline(c, kind.raw());
+            }
+        }
+    }
+    Content::Inline(buf, COMPRESS_NONE)
+}
+
 fn inode_item(i: &ScanInode, opts: &ScanOptions, nbytes: u64) -> InodeItem {
     let size = match i.kind {
         FileType::Directory => i.entries.iter().map(|e| e.0.len() as u64 * 2).sum(),
@@ -378,7 +678,7 @@ fn inode_item(i: &ScanInode, opts: &ScanOptions, nbytes: u64) -> InodeItem {
         gid: i.gid.into(),
         mode: i.mode.into(),
         rdev: i.rdev.into(),
-        flags: 0.into(),
+        flags: i.flags.into(),
         sequence: 0.into(),
         reserved: [0.into(); 4],
         atime: t(i.atime),
@@ -461,7 +761,9 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
             }
             Content::Ranges(ranges) => {
                 let f = open_source(&i.host)?;
-                let piece_max = if opts.compress.is_some() { MAX_UNCOMPRESSED } else { MAX_EXTENT_SIZE };
+                let nodatasum = i.flags & INODE_NODATASUM != 0;
+                let compress = if i.flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { opts.compress };
+                let piece_max = if compress.is_some() { MAX_UNCOMPRESSED } else { MAX_EXTENT_SIZE };
                 let mut file_end = 0u64;
                 for &(start, end) in ranges {
                     if !opts.no_holes && start > file_end {
@@ -478,7 +780,7 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
                             f.read_exact_at(&mut buf[..avail], at).map_err(io(&i.host, "read"))?;
                             Ok(buf)
                         };
-                        let compressed = match opts.compress {
+                        let compressed = match compress {
                             Some((kind, level)) => {
                                 let buf = read(pos, want)?;
                                 let avail = i.size.saturating_sub(pos).min(want) as usize;
@@ -496,7 +798,9 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
                                 let mut out = c;
                                 out.resize(disk_len as usize, 0);
                                 sink.write(logical, &out)?;
-                                push_csums(&mut sector_csums, logical, &out, sector, opts.csum);
+                                if !nodatasum {
+                                    push_csums(&mut sector_csums, logical, &out, sector, opts.csum);
+                                }
                                 ((logical, disk_len), ram, kind, want)
                             }
                             None => {
@@ -506,9 +810,11 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
                                 let mut done = 0u64;
                                 while done < granted {
                                     let n = (granted - done).min(COPY_PIECE);
-                                    let out = read(pos + done, n)?;
+                                    let out = if sink.dry() { vec![0u8; n as usize] } else { read(pos + done, n)? };
                                     sink.write(logical + done, &out)?;
-                                    push_csums(&mut sector_csums, logical + done, &out, sector, opts.csum);
+                                    if !nodatasum {
+                                        push_csums(&mut sector_csums, logical + done, &out, sector, opts.csum);
+                                    }
                                     done += n;
                                 }
                                 ((logical, granted), granted, COMPRESS_NONE, granted)
@@ -646,6 +952,10 @@ mod tests {
             no_holes: true,
             csum: CsumType::Sha256,
             exclude: Vec::new(),
+            inode_flags: Vec::new(),
+            ctime: None,
+            clamp_time: None,
+            ownership: Ownership::default(),
         };
         let mut sectors: Vec<(u64, Vec<u8>)> = (0..300u64).map(|i| ((1 << 20) + i * 4096, vec![i as u8; 32])).collect();
         sectors.push((1 << 30, vec![1; 32]));
