@@ -10,7 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The host could not read or write an image file.
-    #[error("{path}: {op}")]
+    #[error("{path}: {op}: {source}")]
     Io { path: PathBuf, op: String, #[source] source: std::io::Error },
 
     /// Bytes on the image do not make sense. `at` names where (device, logical
@@ -40,7 +40,7 @@ pub enum Error {
     Invalid(String),
 
     /// A compressed extent that would not decompress.
-    #[error("{at}")]
+    #[error("{at}: {source}")]
     Compress { at: String, #[source] source: crate::fs::compress::CompressError },
 }
 
