@@ -182,6 +182,13 @@ pub struct MkfsArgs {
     /// at all, compressed data as compressed). The images need not exist.
     #[arg(long)]
     pub print_size: bool,
+    /// Make the filesystem at this byte offset inside each image file (e.g. a GPT
+    /// partition's start; a multiple of 4096). Nothing before it is written; give
+    /// -b with the partition's size so nothing after it is either (the file only
+    /// ever grows with --offset, never shrinks). Mount with `losetup -o OFFSET
+    /// --sizelimit SIZE` or `mount -o loop,offset=OFFSET`.
+    #[arg(long, value_name = "BYTES", default_value = "0")]
+    pub offset: String,
     /// Data profile: single, dup, raid0, raid1, raid1c3, raid1c4, raid10 (default: single).
     #[arg(short = 'd', long = "data", value_name = "PROFILE")]
     pub data: Option<String>,

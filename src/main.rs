@@ -210,6 +210,7 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // replaced by it and newer mtimes clamped to it.
     o.clamp_times = o.timestamp.is_some();
     o.shrink = a.shrink;
+    o.offset = m::parse_size(&a.offset)?;
     o.slack = a.slack.as_deref().map(m::parse_slack).transpose()?;
     o.ownership.all_root = a.all_root;
     o.ownership.owner_map = a.owner_map.iter().map(|s| btrs::ops::rootdir::IdMap::parse(s)).collect::<btrs::Result<_>>()?;

@@ -137,6 +137,10 @@ pub struct MkfsOptions {
     pub shrink: bool,
     /// Extra free data space with `shrink`.
     pub slack: Option<Slack>,
+    /// Byte offset of the filesystem in every image file (a partition inside
+    /// a disk image); a multiple of the sectorsize. Bytes before it are never
+    /// written, bytes after it only when `size` says the filesystem reaches them.
+    pub offset: u64,
 }
 
 /// `--slack`: extra free space in a shrunk image.
@@ -184,6 +188,7 @@ impl MkfsOptions {
             ownership: rootdir::Ownership::default(),
             shrink: false,
             slack: None,
+            offset: 0,
         }
     }
 }
@@ -495,6 +500,8 @@ fn chunk_lens(need: u64, default: u64, max: u64) -> Vec<u64> {
 struct Devices {
     files: Vec<File>,
     paths: Vec<PathBuf>,
+    /// Where the filesystem starts in every image file (`--offset`).
+    offset: u64,
 }
 
 impl Devices {
@@ -504,7 +511,8 @@ impl Devices {
             (Some(f), Some(p)) => (f, p),
             _ => return Err(Error::Invalid(format!("no device {devid}"))),
         };
-        f.write_all_at(data, physical).map_err(|e| Error::io(p, format!("write at {physical}"), e))
+        let at = physical.checked_add(self.offset).ok_or_else(|| Error::Invalid(format!("offset {physical} too large")))?;
+        f.write_all_at(data, at).map_err(|e| Error::io(p, format!("write at {at}"), e))
     }
 
     /// fsync every image, in parallel: each waits on its own disk flush.
@@ -581,9 +589,9 @@ impl DataSink for DataAlloc<'_> {
 // Validation of images.
 
 /// Name the filesystem or signature found at the start of an image, if any.
-fn existing_signature(f: &File) -> Option<&'static str> {
+fn existing_signature(f: &File, offset: u64) -> Option<&'static str> {
     let mut buf = vec![0u8; 128 * 1024];
-    let n = read_up_to(f, &mut buf, 0);
+    let n = read_up_to(f, &mut buf, offset);
     let b = &buf[..n];
     let at = |off: usize, sig: &[u8]| b.get(off..off + sig.len()) == Some(sig);
     if at(SUPER_INFO_OFFSET as usize + 64, &BTRFS_MAGIC) {
@@ -614,7 +622,7 @@ fn read_up_to(f: &File, buf: &mut [u8], off: u64) -> usize {
 
 /// Open (or create) an image; its size is set only once the layout is known
 /// to fit, so a failed mkfs leaves an existing file's length alone.
-fn open_image(path: &Path, may_create: bool, force: bool) -> Result<(File, u64)> {
+fn open_image(path: &Path, may_create: bool, force: bool, offset: u64) -> Result<(File, u64)> {
     refuse_loop_attached(path)?;
     let exists = path.exists();
     if !exists && !may_create {
@@ -627,7 +635,7 @@ fn open_image(path: &Path, may_create: bool, force: bool) -> Result<(File, u64)>
         return Err(Error::Unsupported(format!("{}: not a regular file (btrs makes filesystems in image files)", path.display())));
     }
     if exists && !force {
-        if let Some(sig) = existing_signature(&f) {
+        if let Some(sig) = existing_signature(&f, offset) {
             return Err(Error::Devices(format!(
                 "{} contains a {sig} filesystem; use --force to overwrite it",
                 path.display()
@@ -839,6 +847,9 @@ fn validate(opts: &MkfsOptions) -> Result<(Profile, Profile, (u64, u32))> {
     if opts.shrink && opts.size.is_some() {
         return Err(Error::Invalid("--shrink and --size exclude each other".into()));
     }
+    if opts.offset % opts.sectorsize as u64 != 0 {
+        return Err(Error::Invalid(format!("--offset {} is not a multiple of the sectorsize {}", opts.offset, opts.sectorsize)));
+    }
     if opts.slack.is_some() && !opts.shrink {
         return Err(Error::Invalid("--slack needs --shrink".into()));
     }
@@ -854,11 +865,15 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
     let mut files = Vec::new();
     let mut cur_lens = Vec::new();
     for p in &opts.images {
-        let (f, len) = open_image(p, opts.size.is_some() || opts.shrink, opts.force)?;
+        let (f, len) = open_image(p, opts.size.is_some() || opts.shrink, opts.force, opts.offset)?;
+        if opts.offset > 0 && len <= opts.offset && opts.size.is_none() && !opts.shrink {
+            return Err(Error::Invalid(format!("{}: {len} bytes long, nothing after --offset {}", p.display(), opts.offset)));
+        }
         files.push(f);
-        cur_lens.push(len);
+        // The filesystem's device is what follows the offset.
+        cur_lens.push(len.saturating_sub(opts.offset));
     }
-    let devs = Devices { files, paths: opts.images.clone() };
+    let devs = Devices { files, paths: opts.images.clone(), offset: opts.offset };
     let sector = opts.sectorsize as u64;
 
     // ---- plan chunks ----
@@ -873,8 +888,12 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
         (plan_for_sizes(opts, scan.as_ref(), &sizes, meta_profile, data_profile)?, sizes)
     };
     if opts.shrink || opts.size.is_some() {
-        for ((f, p), s) in devs.files.iter().zip(&devs.paths).zip(&sizes) {
-            f.set_len(*s).map_err(|e| Error::io(p, "set size", e))?;
+        for (((f, p), s), cur) in devs.files.iter().zip(&devs.paths).zip(&sizes).zip(&cur_lens) {
+            // Inside a larger file (--offset), whatever follows the filesystem is
+            // someone else's (a backup GPT, other partitions): only ever grow.
+            if opts.offset == 0 || s > cur {
+                f.set_len(opts.offset + *s).map_err(|e| Error::io(p, "set size", e))?;
+            }
         }
     }
     let total: u64 = sizes.iter().sum();
@@ -1012,12 +1031,17 @@ fn plan_for_sizes(
     if let Some(c) = scales.iter().find_map(|&s| plan_layout(sizes, &request(s))) {
         return Ok(c);
     }
-    // Chunks sized to the content: what --shrink would make.
-    let exact = minimal_request(opts, scan, meta_profile, data_profile, 0)?;
-    if let Some(c) = plan_layout(sizes, &exact) {
+    // With --rootdir, chunks sized to the content (what --shrink makes) before
+    // giving up. An empty filesystem keeps the usual minimum chunk sizes: room
+    // to grow is all it is for.
+    let last = match scan {
+        Some(_) => minimal_request(opts, scan, meta_profile, data_profile, 0)?,
+        None => request(*scales.last().unwrap_or(&1)),
+    };
+    if let Some(c) = plan_layout(sizes, &last) {
         return Ok(c);
     }
-    let need = needed_size(ndevs, &exact);
+    let need = needed_size(ndevs, &last);
     let small = opts.images.iter().zip(sizes).map(|(p, s)| format!("{} ({s} bytes)", p.display())).collect::<Vec<_>>();
     Err(Error::Invalid(format!(
         "images too small for this filesystem: {}; each of the {ndevs} image(s) needs at least {need} bytes ({} MiB) with data {data_profile}, metadata {meta_profile}{}",

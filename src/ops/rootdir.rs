@@ -934,6 +934,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn manifest_lines_parse() {
+        let m = parse_manifest(
+            "# c\n\n/ 0755 0 0\n./a\\040b 4755 - 7\n/etc xattr security.selinux=x:y z\n/etc xattr user.h=0x00ff\n/etc xattr -user.gone\n",
+        )
+        .unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!((m[0].path.as_os_str().len(), m[0].mode, m[0].uid), (0, Some(0o755), Some(0)));
+        assert_eq!((m[1].path.to_str(), m[1].mode, m[1].uid, m[1].gid), (Some("a b"), Some(0o4755), None, Some(7)));
+        assert_eq!(m[2].xattrs[0], (b"security.selinux".to_vec(), Some(b"x:y z".to_vec())));
+        assert_eq!(m[2].xattrs[1].1, Some(vec![0, 255]));
+        assert_eq!(m[2].xattrs[2], (b"user.gone".to_vec(), None));
+        for bad in ["/a 8 0 0", "/a 0755 0", "/a 0755 x 0", "/a xattr noequals", "/a xattr user.h=0xabc", "/a 17777 0 0"] {
+            assert!(parse_manifest(bad).is_err(), "{bad}");
+        }
+        assert_eq!(IdMap::parse("1000:0:10").unwrap().map(1009), Some(9));
+        assert_eq!(IdMap::parse("1000:0:10").unwrap().map(1010), None);
+        assert!(IdMap::parse("1:2").is_err() && IdMap::parse("1:2:0").is_err() && IdMap::parse("4294967295:0:2").is_err());
+    }
+
+    #[test]
     fn rdev_is_stored_as_kernel_mkdev() {
         // glibc makedev(8, 300) and makedev(259, 70000).
         let glibc = |major: u64, minor: u64| ((major & 0xfff) << 8) | ((major & !0xfff) << 32) | (minor & 0xff) | ((minor & !0xff) << 12);
