@@ -2,7 +2,7 @@
 //! types, modes (setuid included), owners, nanosecond mtimes, symlink targets,
 //! hardlinks, xattrs, device numbers and holes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::fs::File;
@@ -31,6 +31,10 @@ struct Extractor<'a> {
     fs: &'a Filesystem,
     root: bool,
     links: HashMap<InodeId, PathBuf>,
+    /// Directories already extracted: a directory has one parent, so meeting one again means
+    /// damaged metadata (a loop, or an entry aliasing another directory) that would otherwise
+    /// recurse until the depth limit, re-extracting whole subtrees at every level.
+    dirs: HashSet<InodeId>,
     stats: ExtractStats,
 }
 
@@ -39,7 +43,7 @@ struct Extractor<'a> {
 /// (its contents are then merged in).
 pub fn extract(fs: &Filesystem, src: &str, dest: &Path) -> Result<ExtractStats> {
     let ent = fs.resolve(src)?;
-    let mut x = Extractor { fs, root: rustix::process::geteuid().is_root(), links: HashMap::new(), stats: ExtractStats::default() };
+    let mut x = Extractor { fs, root: rustix::process::geteuid().is_root(), links: HashMap::new(), dirs: HashSet::new(), stats: ExtractStats::default() };
     if dest.symlink_metadata().is_ok() && !(ent.file_type == FileType::Directory && dest.is_dir()) {
         return Err(Error::Invalid(format!("{} already exists", dest.display())));
     }
@@ -63,6 +67,12 @@ impl Extractor<'_> {
         }
         match ino.file_type {
             FileType::Directory => {
+                if ent.id.ino != crate::format::EMPTY_SUBVOL_DIR_OBJECTID && !self.dirs.insert(ent.id) {
+                    return Err(Error::corrupt(
+                        format!("directory {} at {fspath:?}", ent.id),
+                        "reached twice (directory loop or aliased directory)",
+                    ));
+                }
                 if !dest.is_dir() {
                     std::fs::create_dir(dest).map_err(|e| Error::io(dest, "mkdir", e))?;
                 }

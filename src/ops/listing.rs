@@ -1,5 +1,6 @@
 //! `ls`: directory listings in short and long (`ls -l`-like) form.
 
+use std::collections::HashSet;
 use std::io::Write;
 
 use crate::error::{Error, Result};
@@ -19,12 +20,26 @@ pub fn ls(fs: &Filesystem, path: &str, opts: &LsOptions, out: &mut dyn Write) ->
         return print_entry(fs, &DirEnt { name, ..ent }, opts.long, out);
     }
     let shown = if path.is_empty() { "/".to_string() } else { path.to_string() };
-    list_dir(fs, &ent, &shown, opts, out, 0)
+    list_dir(fs, &ent, &shown, opts, out, 0, &mut HashSet::new())
 }
 
-fn list_dir(fs: &Filesystem, dir: &DirEnt, shown: &str, opts: &LsOptions, out: &mut dyn Write, depth: usize) -> Result<()> {
+/// `seen`: directories listed so far. A directory has one parent, so meeting one again in a
+/// recursive listing means damaged metadata (a loop, or two entries naming one directory); going
+/// on would list whole subtrees again at every level, exponentially with several such entries.
+fn list_dir(
+    fs: &Filesystem,
+    dir: &DirEnt,
+    shown: &str,
+    opts: &LsOptions,
+    out: &mut dyn Write,
+    depth: usize,
+    seen: &mut HashSet<crate::fs::InodeId>,
+) -> Result<()> {
     if depth > 4096 {
         return Err(Error::corrupt(shown, "directory nesting deeper than 4096 (loop?)"));
+    }
+    if opts.recursive && dir.id.ino != crate::format::EMPTY_SUBVOL_DIR_OBJECTID && !seen.insert(dir.id) {
+        return Err(Error::corrupt(shown, format!("directory {} reached twice (directory loop or aliased directory)", dir.id)));
     }
     let entries = fs.read_dir(dir.id)?;
     if opts.recursive {
@@ -37,7 +52,7 @@ fn list_dir(fs: &Filesystem, dir: &DirEnt, shown: &str, opts: &LsOptions, out: &
         for e in entries.iter().filter(|e| e.file_type == FileType::Directory) {
             w(writeln!(out))?;
             let child = format!("{}/{}", shown.trim_end_matches('/'), String::from_utf8_lossy(&e.name));
-            list_dir(fs, e, &child, opts, out, depth + 1)?;
+            list_dir(fs, e, &child, opts, out, depth + 1, seen)?;
         }
     }
     Ok(())

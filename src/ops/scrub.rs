@@ -12,7 +12,7 @@
 //! 64 KiB scrub stripe they touch (the kernel scrubs in `BTRFS_STRIPE_LEN`
 //! windows aligned to the block group start); error counters count sectors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -465,19 +465,24 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     // Work units are slices of block groups, so that one large data block
     // group still keeps every thread busy. An extent belongs to the slice its
     // start falls in.
+    // The length comes from the image (a damaged chunk claimed 1.7 PiB): slices grow so that
+    // no block group makes more than MAX_SLICES of them.
     let work: Vec<(&BlockGroup, u64, u64)> = bgs
         .iter()
         .flat_map(|bg| {
             let end = bg.start.saturating_add(bg.len);
-            (0..bg.len.div_ceil(SCRUB_SLICE).max(1)).map(move |i| {
-                let from = bg.start + i * SCRUB_SLICE;
-                (bg, from, from.saturating_add(SCRUB_SLICE).min(end))
+            let slice = SCRUB_SLICE.max(bg.len.div_ceil(MAX_SLICES));
+            (0..bg.len.div_ceil(slice).max(1)).map(move |i| {
+                let from = bg.start.saturating_add(i * slice);
+                (bg, from, from.saturating_add(slice).min(end))
             })
         })
         .collect();
     let threads = threads.min(work.len().max(1));
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Acc>> = Mutex::new(Vec::new());
+    // Block groups already reported as not fully scrubbed: one finding each, not one per slice.
+    let failed_bgs: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -485,7 +490,10 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&(bg, from, to)) = work.get(i) else { break };
-                    if let Err(e) = scrub_block_group(&ctx, bg, from, to, &mut acc) {
+                    // Only the first failing slice of a block group reports it.
+                    let first_failure = || failed_bgs.lock().map(|mut f| f.insert(bg.start)).unwrap_or(true);
+                    let r = scrub_block_group(&ctx, bg, from, to, &mut acc);
+                    if let Err(e) = r.or_else(|e| if first_failure() { Err(e) } else { Ok(()) }) {
                         // The extent tree of this block group could not be walked: say
                         // so and go on with the others.
                         acc.push(Finding {
@@ -626,6 +634,8 @@ fn block_groups(fs: &Filesystem) -> Result<Vec<BlockGroup>> {
 
 /// Bytes of a block group one worker takes at a time.
 const SCRUB_SLICE: u64 = 64 << 20;
+/// Most slices one block group is cut into (64 GiB at SCRUB_SLICE; larger groups get larger slices).
+const MAX_SLICES: u64 = 1024;
 
 /// Scrub the extents of `bg` that start in [from, to).
 fn scrub_block_group(ctx: &Ctx<'_>, bg: &BlockGroup, from: u64, to: u64, acc: &mut Acc) -> Result<()> {

@@ -47,7 +47,16 @@ impl MapEntry {
         let to_chunk_end = self.end() - logical;
         match self.profile {
             Profile::Single | Profile::Dup | Profile::Raid1 | Profile::Raid1C3 | Profile::Raid1C4 => {
-                let v = stripes.iter().map(|s| PhysAddr { devid: s.devid, physical: s.offset + off }).collect();
+                // Stripe offsets come from the image: a sum past u64 is corrupt, not a panic.
+                let v = stripes
+                    .iter()
+                    .map(|s| {
+                        s.offset
+                            .checked_add(off)
+                            .map(|physical| PhysAddr { devid: s.devid, physical })
+                            .ok_or_else(|| Error::corrupt(at(), format!("stripe offset {} + {off} overflows", s.offset)))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 Ok((v, to_chunk_end))
             }
             Profile::Raid0 | Profile::Raid10 => {
@@ -65,9 +74,13 @@ impl MapEntry {
                 let v = (0..sub)
                     .map(|j| {
                         let s = &stripes[(first + j) as usize];
-                        PhysAddr { devid: s.devid, physical: s.offset + row * stripe_len + in_stripe }
+                        row.checked_mul(stripe_len)
+                            .and_then(|x| x.checked_add(in_stripe))
+                            .and_then(|x| x.checked_add(s.offset))
+                            .map(|physical| PhysAddr { devid: s.devid, physical })
+                            .ok_or_else(|| Error::corrupt(at(), format!("stripe offset {} + row {row} overflows", s.offset)))
                     })
-                    .collect();
+                    .collect::<Result<Vec<_>>>()?;
                 Ok((v, (stripe_len - in_stripe).min(to_chunk_end)))
             }
             Profile::Raid5 | Profile::Raid6 => {
@@ -183,6 +196,21 @@ mod tests {
         assert_eq!(len, (1 << 30) - 5);
         assert!(m.lookup(5).is_err());
         assert!(m.lookup(2 << 30).is_err());
+    }
+
+    /// Regression (fuzz target chunk_map, crash-d1a4926c): a stripe offset near u64::MAX made
+    /// `map` overflow (a panic with debug assertions, a wrapped physical address without).
+    #[test]
+    fn stripe_offset_overflow_is_corrupt() {
+        let e = MapEntry { logical: 0, chunk: chunk(BLOCK_GROUP_DATA, &[(1, u64::MAX - 10)], 1), profile: Profile::Single };
+        assert!(e.map(5).is_ok());
+        assert!(e.map(4096).unwrap_err().is_corrupt());
+        let e = MapEntry {
+            logical: 0,
+            chunk: chunk(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID0, &[(1, u64::MAX - 10), (2, 0)], 1),
+            profile: Profile::Raid0,
+        };
+        assert!(e.map(2 * STRIPE_LEN).unwrap_err().is_corrupt());
     }
 
     #[test]
