@@ -388,3 +388,21 @@ fn offset_puts_the_filesystem_inside_a_partitioned_disk() {
     assert_eq!(fs::read(mnt.join("etc/hostname")).unwrap(), b"builder\n");
     drop(lm);
 }
+
+/// An entry the walk cannot read is named in the error, and no filesystem is
+/// left behind. Needs an unprivileged user: root reads everything.
+#[test]
+fn unreadable_rootdir_entry_is_named() {
+    let d = shared_tempdir();
+    let src = d.path().join("src");
+    make_tree(&src);
+    let secret = src.join("etc/secret");
+    fs::write(&secret, b"no peeking").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
+    let img = d.path().join("img");
+    let (code, _, err) = btrs_rootless(&["mkfs", "-b", "256M", "-r", s(&src), s(&img)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("etc/secret"), "error must name the entry: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!has_valid_super(&img), "no valid filesystem left behind");
+}
