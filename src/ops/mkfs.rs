@@ -913,6 +913,14 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
     };
 
     // ---- wipe: from here on a failure leaves no valid btrfs behind ----
+    // The wipe must reach the disk before any tree block only when an old btrfs
+    // superblock could otherwise survive a crash next to half-written trees.
+    let had_btrfs = devs.files.iter().zip(&sizes).any(|(f, size)| {
+        SUPER_MIRROR_OFFSETS.iter().filter(|&&m| m + SUPER_INFO_SIZE as u64 <= *size).any(|&m| {
+            let mut magic = [0u8; 8];
+            f.read_exact_at(&mut magic, opts.offset + m + 64).is_ok() && magic == BTRFS_MAGIC
+        })
+    });
     let zero = vec![0u8; DEVICE_RESERVED as usize];
     for (i, size) in sizes.iter().enumerate() {
         let devid = i as u64 + 1;
@@ -923,7 +931,9 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
             }
         }
     }
-    devs.sync()?;
+    if had_btrfs {
+        devs.sync()?;
+    }
 
     let (summary_used, per_chunk_used, warnings) = build_and_write(&ctx, &devs, scan.as_ref())?;
 
