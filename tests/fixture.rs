@@ -353,3 +353,31 @@ fn extract_shows_the_manifests_files() {
         std::fs::remove_dir_all(&dest).expect("cleanup");
     }
 }
+
+/// The same fixture made by root and by an unprivileged user is the same
+/// bytes: nothing of who ran btrs ends up in the image.
+#[test]
+fn fixtures_do_not_depend_on_the_user() {
+    if !common::interop::is_root() {
+        eprintln!("skipped: fixtures_do_not_depend_on_the_user: needs root to run btrs as another user");
+        assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "needs root");
+        return;
+    }
+    let tmp = tempfile::Builder::new().prefix("btrs-fixture-user-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let as_root = tmp.path().join("root");
+    let m = make("raid1-clean", &as_root);
+    let as_nobody = tmp.path().join("nobody");
+    let st = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_btrs"), "fixture", "raid1-clean"])
+        .arg(&as_nobody)
+        .args(["--seed", "42"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    for img in images(&as_root, &m) {
+        let other = as_nobody.join(img.file_name().unwrap());
+        assert_eq!(std::fs::metadata(&other).unwrap().uid(), 65534);
+        assert!(same_bytes(&img, &other), "{} differs between users", img.display());
+    }
+}

@@ -534,6 +534,8 @@ fn make_in(spec: &'static Spec, dir: &Path, seed: u64) -> Result<Manifest> {
     o.compress = spec.compress;
     o.timestamp = Some(EPOCH);
     o.fixed_ctime = true;
+    // Owned by root whoever runs btrs, so images match across users and machines.
+    o.ownership.all_root = true;
     o.inode_flags = entries.iter().filter(|e| e.flags != 0).map(|e| (PathBuf::from(&e.path), e.flags)).collect();
     let summary = mkfs(&o)?;
     drop(guard);
