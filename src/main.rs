@@ -283,10 +283,24 @@ fn fixture(a: btrs::cli::FixtureArgs, out: &mut dyn Write) -> anyhow::Result<()>
         for (name, desc) in f::list() {
             writeln!(out, "{name:<26} {desc}")?;
         }
+        for (name, desc, _) in f::GROUPS {
+            writeln!(out, "{name:<26} (group) {desc}")?;
+        }
         return Ok(());
     }
     let dir = a.dir.context("fixture NAME needs a DIR to write to")?;
-    let m = f::generate(&a.name, &dir, a.seed).with_context(|| format!("cannot make fixture {} in {}", a.name, dir.display()))?;
+    let made = match f::generate_group(&a.name, &dir, a.seed) {
+        Some(r) => r,
+        None => f::generate(&a.name, &dir, a.seed).map(|m| vec![m]),
+    }
+    .with_context(|| format!("cannot make fixture {} in {}", a.name, dir.display()))?;
+    for m in made {
+        fixture_summary(&m, &dir, out)?;
+    }
+    Ok(())
+}
+
+fn fixture_summary(m: &btrs::ops::fixture::Manifest, dir: &std::path::Path, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(
         out,
         "{}: {} in {} ({} files, {} expected findings{})",

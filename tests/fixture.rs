@@ -26,7 +26,8 @@ fn btrs(args: &[&str]) -> (i32, String, String) {
 fn names() -> Vec<String> {
     let (code, out, err) = btrs(&["fixture", "list"]);
     assert_eq!(code, 0, "fixture list: {err}");
-    out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+    // Groups (made into subdirectories) are tested on their own.
+    out.lines().filter(|l| !l.contains("(group)")).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
 }
 
 /// Make fixture `name` in `dir` (a separate process each time) and load its manifest.
@@ -379,5 +380,28 @@ fn fixtures_do_not_depend_on_the_user() {
         let other = as_nobody.join(img.file_name().unwrap());
         assert_eq!(std::fs::metadata(&other).unwrap().uid(), 65534);
         assert!(same_bytes(&img, &other), "{} differs between users", img.display());
+    }
+}
+
+/// `raid1-every-csum` makes one fixture per checksum type, each the same bytes
+/// as the fixture made alone.
+#[test]
+fn every_csum_group_makes_one_fixture_per_checksum() {
+    let (code, out, _) = btrs(&["fixture", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("raid1-every-csum") && l.contains("(group)")), "{out}");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("group");
+    let (code, _, err) = btrs(&["fixture", "raid1-every-csum", dir.to_str().unwrap(), "--seed", "42"]);
+    assert_eq!(code, 0, "{err}");
+    for (sub, csum) in [("crc32c", "crc32c"), ("xxhash", "xxhash64"), ("sha256", "sha256"), ("blake2", "blake2")] {
+        let text = std::fs::read(dir.join(sub).join("manifest.json")).unwrap();
+        let m: Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(m["csum"], csum, "{sub}: {}", m["csum"]);
+        let alone = tmp.path().join(format!("alone-{sub}"));
+        let m2 = make(&format!("raid1-csum-{sub}"), &alone);
+        for img in images(&alone, &m2) {
+            assert!(same_bytes(&img, &dir.join(sub).join(img.file_name().unwrap())), "{sub}");
+        }
     }
 }

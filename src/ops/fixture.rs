@@ -170,6 +170,24 @@ pub fn list() -> Vec<(&'static str, &'static str)> {
     SPECS.iter().map(|s| (s.name, s.description)).collect()
 }
 
+/// Groups of fixtures made together, each member in `DIR/<suffix>/`.
+pub const GROUPS: &[(&str, &str, &[(&str, &str)])] = &[(
+    "raid1-every-csum",
+    "one raid1 fixture per checksum type, in DIR/crc32c, DIR/xxhash, DIR/sha256, DIR/blake2",
+    &[
+        ("crc32c", "raid1-csum-crc32c"),
+        ("xxhash", "raid1-csum-xxhash"),
+        ("sha256", "raid1-csum-sha256"),
+        ("blake2", "raid1-csum-blake2"),
+    ],
+)];
+
+/// Make every member of group `name` under `dir`; `None` when `name` is not a group.
+pub fn generate_group(name: &str, dir: &Path, seed: u64) -> Option<Result<Vec<Manifest>>> {
+    let (_, _, members) = GROUPS.iter().find(|(g, _, _)| *g == name)?;
+    Some(members.iter().map(|(sub, member)| generate(member, &dir.join(sub), seed)).collect())
+}
+
 /// One file of the fixture, as the kernel should show it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ManifestFile {
