@@ -286,22 +286,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     fn mkfs_raid1() -> Option<(tempfile::TempDir, Vec<PathBuf>)> {
-        let tmp = tempfile::tempdir().ok()?;
-        let imgs: Vec<PathBuf> = (1..=2).map(|i| tmp.path().join(format!("dev{i}.img"))).collect();
-        for p in &imgs {
-            File::create(p).ok()?.set_len(256 << 20).ok()?;
-        }
-        let ok = std::process::Command::new("mkfs.btrfs")
-            .args(["-q", "-d", "raid1", "-m", "raid1"])
-            .args(&imgs)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("skipped: mkfs.btrfs not available");
-            return None;
-        }
-        Some((tmp, imgs))
+        crate::fs::testutil::mkfs_btrfs(2, &["-d", "raid1", "-m", "raid1"])
     }
 
     /// Returns (mirror mismatches, csum mismatches) over the written file.

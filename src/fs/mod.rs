@@ -346,3 +346,33 @@ fn poisoned() -> Error {
 fn tree_label(id: u64) -> String {
     crate::format::types::tree_name(id).map(str::to_string).unwrap_or_else(|| id.to_string())
 }
+
+/// Test images made by mkfs.btrfs, shared by the write-path unit tests.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::path::PathBuf;
+
+    /// `ndev` fresh 256 MiB images formatted by `mkfs.btrfs -q ARGS`. `None`
+    /// (after saying so) when btrfs-progs is missing, unless interop tests are
+    /// required, which makes that a failure.
+    pub(crate) fn mkfs_btrfs(ndev: usize, args: &[&str]) -> Option<(tempfile::TempDir, Vec<PathBuf>)> {
+        let tmp = tempfile::tempdir().ok()?;
+        let imgs: Vec<PathBuf> = (1..=ndev).map(|i| tmp.path().join(format!("dev{i}.img"))).collect();
+        for p in &imgs {
+            std::fs::File::create(p).ok()?.set_len(256 << 20).ok()?;
+        }
+        let ok = std::process::Command::new("mkfs.btrfs")
+            .arg("-q")
+            .args(args)
+            .args(&imgs)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "mkfs.btrfs failed or is missing");
+            eprintln!("skipped: mkfs.btrfs not available");
+            return None;
+        }
+        Some((tmp, imgs))
+    }
+}

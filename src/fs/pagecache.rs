@@ -187,24 +187,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     fn mkfs_dup() -> Option<(tempfile::TempDir, Vec<PathBuf>)> {
-        let tmp = tempfile::tempdir().ok()?;
-        // One image with DUP data and metadata: two copies of everything, and
-        // `btrfs check` runs on a plain file.
-        let imgs: Vec<PathBuf> = vec![tmp.path().join("dev1.img")];
-        for p in &imgs {
-            std::fs::File::create(p).ok()?.set_len(256 << 20).ok()?;
-        }
-        let ok = std::process::Command::new("mkfs.btrfs")
-            .args(["-q", "-d", "dup", "-m", "dup"])
-            .args(&imgs)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("skipped: mkfs.btrfs not available");
-            return None;
-        }
-        Some((tmp, imgs))
+        crate::fs::testutil::mkfs_btrfs(1, &["-d", "dup", "-m", "dup"])
     }
 
     /// Many threads rewrite overlapping ranges while writeback runs; then every
