@@ -31,10 +31,10 @@ fn populate(root: &Path) {
     std::fs::hard_link(root.join("d/s4096"), root.join("d/e/hard")).unwrap();
     xattr::set(root.join("one"), "user.note", b"hello").unwrap();
     xattr::set(root.join("d"), "user.empty", b"").unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &root.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, root.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("chr"),
+        root.join("chr"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0o600),
         rustix::fs::makedev(10, 200),
@@ -49,8 +49,8 @@ fn populate(root: &Path) {
         last_access: rustix::fs::Timespec { tv_sec: 1_600_000_000, tv_nsec: 1 },
         last_modification: rustix::fs::Timespec { tv_sec: 1_600_000_123, tv_nsec: 987_654_321 },
     };
-    rustix::fs::utimensat(rustix::fs::CWD, &root.join("d/m3"), &t, rustix::fs::AtFlags::empty()).unwrap();
-    rustix::fs::utimensat(rustix::fs::CWD, &root.join("link"), &t, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    rustix::fs::utimensat(rustix::fs::CWD, root.join("d/m3"), &t, rustix::fs::AtFlags::empty()).unwrap();
+    rustix::fs::utimensat(rustix::fs::CWD, root.join("link"), &t, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
 }
 
 fn round_trip(test: &str, ndev: usize, mkfs_args: &[&str], mount_opts: &str) {

@@ -170,8 +170,11 @@ pub fn list() -> Vec<(&'static str, &'static str)> {
     SPECS.iter().map(|s| (s.name, s.description)).collect()
 }
 
+/// A group: its name, a description, and (subdirectory, fixture) members.
+pub type Group = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+
 /// Groups of fixtures made together, each member in `DIR/<suffix>/`.
-pub const GROUPS: &[(&str, &str, &[(&str, &str)])] = &[(
+pub const GROUPS: &[Group] = &[(
     "raid1-every-csum",
     "one raid1 fixture per checksum type, in DIR/crc32c, DIR/xxhash, DIR/sha256, DIR/blake2",
     &[
