@@ -153,8 +153,10 @@ pub struct ScrubArgs {
     /// Never open the images for writing (the default without --repair).
     #[arg(long)]
     pub readonly: bool,
-    /// Rewrite checksums to match the data (not supported yet).
-    #[arg(long)]
+    /// Rewrite the checksum of every data sector whose copies all agree but
+    /// fail their checksum (csum_all_copies), in a copy-on-write transaction,
+    /// and report those findings as corrected.
+    #[arg(long, conflicts_with = "readonly")]
     pub fix_csum: bool,
 }
 

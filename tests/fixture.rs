@@ -405,3 +405,27 @@ fn every_csum_group_makes_one_fixture_per_checksum() {
         }
     }
 }
+
+/// `scrub --fix-csum` on the stale-checksum fixture rewrites the checksums in a
+/// transaction: afterwards btrs scrub and `btrfs check --check-data-csum` are clean.
+#[test]
+fn fix_csum_makes_stale_checksums_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = make("raid1-stale-csum", tmp.path());
+    let imgs = images(tmp.path(), &m);
+    let img = imgs[0].to_str().unwrap();
+    let (code, out, _) = btrs(&["scrub", "--json", img]);
+    assert_eq!(code, 3);
+    assert!(out.contains("csum_all_copies"), "{out}");
+    let (code, out, err) = btrs(&["scrub", "--json", "--fix-csum", img]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let fixed: Vec<&Value> = v["findings"].as_array().unwrap().iter().filter(|f| f["kind"] == "csum_all_copies").collect();
+    assert!(!fixed.is_empty() && fixed.iter().all(|f| f["repaired"] == true), "{out}");
+    assert!(v["totals"]["corrected_errors"].as_u64().unwrap() > 0, "{out}");
+    let (code, out, _) = btrs(&["scrub", "--json", img]);
+    assert_eq!(code, 0, "rescrub: {out}");
+    if interop_enabled("fix_csum_makes_stale_checksums_clean") {
+        btrfs_check(&imgs, &["--check-data-csum"]).unwrap_or_else(|e| panic!("{e}"));
+    }
+}

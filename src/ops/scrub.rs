@@ -396,10 +396,65 @@ impl Acc {
 /// Scrub the filesystem that `open` names.
 pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     if opts.fix_csum {
-        return Err(Error::Unsupported(
-            "--fix-csum (rewriting checksums needs the copy-on-write engine, which btrs does not have yet)".into(),
-        ));
+        return fix_csum(open, opts);
     }
+    scrub_pass(open, opts)
+}
+
+/// `--fix-csum`: scrub, then rewrite the checksum of every data sector whose
+/// copies all agree but fail their checksum (a buffer that changed after its
+/// checksum was taken), in one copy-on-write transaction, and report those
+/// findings as corrected.
+fn fix_csum(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
+    let mut report = scrub_pass(open, &ScrubOptions { fix_csum: false, ..opts.clone() })?;
+    let fs = Filesystem::open(&OpenOptions { writable: true, ..open.clone() })?;
+    let ss = fs.sectorsize as u64;
+    let stale: BTreeSet<u64> = report
+        .findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::CsumAllCopies && !f.metadata)
+        .filter_map(|f| f.logical.map(|l| (l, f.len)))
+        .flat_map(|(l, len)| (0..len.div_ceil(ss)).map(move |i| l + i * ss))
+        .collect();
+    if stale.is_empty() {
+        return Ok(report);
+    }
+    let csum = fs.csum;
+    let csize = csum.size();
+    let mut tx = crate::fs::transaction::Transaction::begin(fs)?;
+    let mut sector = vec![0u8; ss as usize];
+    for &s in &stale {
+        // Scrub proved every copy holds these bytes; any copy will do.
+        tx.fs().volume().read_copy(s, &mut sector, 0)?;
+        let at = || format!("csum item for logical {s}");
+        let (k, mut item) = tx
+            .last_le(CSUM_TREE_OBJECTID, Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, s))?
+            .filter(|(k, _)| k.objectid == EXTENT_CSUM_OBJECTID && k.item_type == EXTENT_CSUM_KEY)
+            .ok_or_else(|| Error::corrupt(at(), "no csum item covers the sector"))?;
+        let pos = usize::try_from((s - k.offset) / ss).unwrap_or(usize::MAX).saturating_mul(csize);
+        let slot = item.get_mut(pos..pos.saturating_add(csize)).ok_or_else(|| Error::corrupt(at(), "sector beyond the csum item"))?;
+        slot.copy_from_slice(&csum.compute(&sector)[..csize]);
+        tx.put(CSUM_TREE_OBJECTID, k, item)?;
+    }
+    tx.commit()?;
+    for f in report.findings.iter_mut().filter(|f| f.kind == FindingKind::CsumAllCopies && !f.metadata) {
+        f.repaired = true;
+        f.detail = "checksum rewritten from the data every copy agrees on".into();
+        if let Some(d) = report.devices.iter_mut().find(|d| Some(d.devid) == f.devid) {
+            let sectors = f.len.div_ceil(ss);
+            d.counters.uncorrectable_errors = d.counters.uncorrectable_errors.saturating_sub(sectors);
+            d.counters.corrected_errors += sectors;
+        }
+    }
+    let mut totals = Counters::default();
+    for d in &report.devices {
+        totals.add(&d.counters);
+    }
+    report.totals = totals;
+    Ok(report)
+}
+
+fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     let started = Instant::now();
     let open = OpenOptions { writable: opts.repair, ..open.clone() };
     let fs = Filesystem::open(&open)?;
