@@ -1646,32 +1646,12 @@ mod tests {
 
     const FSID: [u8; 16] = [7; 16];
 
-    /// A leaf of `nodesize` bytes at logical 65536 with the given items, crc32c-sealed.
+    /// A leaf of `nodesize` bytes at logical 65536 with the given items,
+    /// serialized by the tree layer's own leaf writer.
     fn leaf_with(items: &[(Key, Vec<u8>)], nodesize: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; nodesize];
-        let mut data_end = nodesize - HEADER_SIZE;
-        for (i, (k, body)) in items.iter().enumerate() {
-            data_end -= body.len();
-            let it = Item { key: k.to_disk(), offset: (data_end as u32).into(), size: (body.len() as u32).into() };
-            let at = HEADER_SIZE + i * ITEM_SIZE;
-            buf[at..at + ITEM_SIZE].copy_from_slice(it.as_bytes());
-            buf[HEADER_SIZE + data_end..HEADER_SIZE + data_end + body.len()].copy_from_slice(body);
-        }
-        let h = Header {
-            csum: [0; 32],
-            fsid: FSID,
-            bytenr: 65536.into(),
-            flags: (1u64 | (1u64 << 56)).into(),
-            chunk_tree_uuid: [9; 16],
-            generation: 3.into(),
-            owner: 5.into(),
-            nritems: (items.len() as u32).into(),
-            level: 0,
-        };
-        buf[..HEADER_SIZE].copy_from_slice(h.as_bytes());
-        let c = CsumType::Crc32c.compute(&buf[32..]);
-        buf[..32].copy_from_slice(&c);
-        buf
+        let fmt = crate::tree::leaf::BlockFormat::new(nodesize as u32, CsumType::Crc32c, FSID, [9; 16]).expect("format");
+        let leaf = crate::tree::leaf::EditLeaf { items: items.to_vec() };
+        leaf.to_bytes(&fmt, 65536, 3, 5).expect("leaf fits")
     }
 
     fn dump_leaf(items: &[(Key, Vec<u8>)]) -> String {
