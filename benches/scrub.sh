@@ -8,24 +8,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 size=${1:-1024}; csum=${2:-crc32c}
 btrs="$here/target/release/btrs"
 (cd "$here" && cargo build --release -q)
-work=$(mktemp -d); mnt="$work/mnt"; mkdir -p "$mnt"; loops=()
-cleanup() {
-  mountpoint -q "$mnt" && umount "$mnt"
-  for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
-  btrfs device scan --forget >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-truncate -s $((size + 1024))M "$work/a.img" "$work/b.img"
-mkfs.btrfs -q --csum "$csum" -d raid1 -m raid1 "$work/a.img" "$work/b.img"
-mount_pair() {
-  loops=(); for i in a b; do loops+=("$(losetup -f --show "$work/$i.img")"); done
-  mount -t btrfs -o "device=${loops[0]},device=${loops[1]},nodiscard" "${loops[0]}" "$mnt"
-}
-umount_pair() {
-  umount "$mnt"; for l in "${loops[@]}"; do losetup -d "$l"; done; loops=()
-  btrfs device scan --forget >/dev/null 2>&1 || true
-}
+. "$here/benches/pair.sh"
+make_pair "$size" --csum "$csum"
 mount_pair
 for i in $(seq 1 $((size / 64))); do head -c 64M /dev/urandom > "$mnt/f$i"; done
 sync
