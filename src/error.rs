@@ -39,6 +39,10 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// The filesystem is full (ENOSPC): no block group and no device has room.
+    #[error("no space left on the filesystem: {0}")]
+    NoSpace(String),
+
     /// A compressed extent that would not decompress.
     #[error("{at}: {source}")]
     Compress { at: String, #[source] source: crate::fs::compress::CompressError },

@@ -238,11 +238,76 @@ fn enospc_is_clear_and_leaves_image_unchanged() {
     let (code, _, err) = btrs(&["write", imgs[0].to_str().unwrap(), "/big", "--from", src.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("no space left"), "{err}");
-    let after = std::fs::read(&imgs[0]).unwrap();
-    // Data may have been written to free space, but nothing reachable changed:
-    // superblocks identical and the check is clean.
-    assert_eq!(&before[65536..69632], &after[65536..69632], "superblock changed");
+    // The space check comes before any data is written: not one byte changed.
+    assert!(std::fs::read(&imgs[0]).unwrap() == before, "image changed");
     check(&imgs);
+    // A write that fits still goes in: btrs adds data chunks until the devices are full.
+    let fits = pseudo(150 << 20, 5);
+    write(tmp.path(), imgs[0].to_str().unwrap(), "/fits", &fits, &[]);
+    check(&imgs);
+    assert!(cat(imgs[0].to_str().unwrap(), "/fits") == fits);
+}
+
+/// (data, metadata) chunk counts from the chunk tree.
+fn chunk_counts(img: &str) -> (usize, usize) {
+    let dump = ok(&["dump-tree", img, "--tree", "chunk"]);
+    let kinds: Vec<&str> = dump.lines().filter(|l| l.contains(" type ") && l.contains("stripe_len")).collect();
+    (kinds.iter().filter(|l| l.contains("type DATA")).count(), kinds.iter().filter(|l| l.contains("type METADATA")).count())
+}
+
+/// When the block groups fill up, btrs adds chunks in the filesystem's
+/// profile (chunk item, dev items, dev extents, block group, free space), on
+/// a btrs-made RAID1 pair and on a mkfs.btrfs image; `btrfs check`, btrs's
+/// scrub (mirrors identical) and the kernel accept them, and the kernel keeps
+/// writing into them.
+#[test]
+fn chunks_are_added_as_block_groups_fill() {
+    if !interop_enabled("chunks_are_added_as_block_groups_fill") {
+        return;
+    }
+    // 80k empty files (about 29 MiB of metadata) overflow the first
+    // metadata block group (16 MiB for btrs, 32 MiB for mkfs.btrfs).
+    let host = tempfile::tempdir().unwrap();
+    let src = host.path().join("many");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..80_000 {
+        std::fs::File::create(src.join(format!("f{i:05}"))).unwrap();
+    }
+    for maker in ["btrs", "mkfs.btrfs"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let imgs = if maker == "btrs" {
+            let imgs: Vec<PathBuf> = (1..=2).map(|i| tmp.path().join(format!("dev{i}.img"))).collect();
+            let names: Vec<&str> = imgs.iter().map(|p| p.to_str().unwrap()).collect();
+            let mut args = vec!["mkfs", "-b", "128M", "-d", "raid1", "-m", "raid1"];
+            args.extend(&names);
+            ok(&args);
+            imgs
+        } else {
+            mkfs_progs(tmp.path(), 1, 300 << 20, "")
+        };
+        let img = imgs[0].to_str().unwrap();
+        let (data0, meta0) = chunk_counts(img);
+        ok(&["put", img, src.to_str().unwrap(), "/many"]);
+        let big = pseudo(40 << 20, 3);
+        write(tmp.path(), img, "/big", &big, &[]);
+        let (data1, meta1) = chunk_counts(img);
+        assert!(data1 > data0, "{maker}: no data chunk added ({data0} -> {data1})");
+        assert!(meta1 > meta0, "{maker}: no metadata chunk added ({meta0} -> {meta1})");
+        check(&imgs);
+        scrub_clean(img);
+        assert!(cat(img, "/big") == big, "{maker}: /big differs");
+        let mnt = tmp.path().join("mnt");
+        let mounted = Mounted::mount(&mnt, &imgs, "").expect("mount");
+        assert!(std::fs::read(mnt.join("big")).unwrap() == big, "{maker}: kernel reads different bytes");
+        assert_eq!(std::fs::read_dir(mnt.join("many")).unwrap().count(), 80_000);
+        let k = pseudo(20 << 20, 4);
+        std::fs::write(mnt.join("kernel.bin"), &k).unwrap();
+        let sc = Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt).output().unwrap();
+        assert!(sc.status.success(), "{maker}: kernel scrub: {}{}", String::from_utf8_lossy(&sc.stdout), String::from_utf8_lossy(&sc.stderr));
+        mounted.unmount().expect("umount");
+        check(&imgs);
+        assert!(cat(img, "/kernel.bin") == k);
+    }
 }
 
 /// 4 KiB nodes (deep trees, and the kernel turns fragmented free space into

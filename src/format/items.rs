@@ -2,7 +2,7 @@
 //! stored in a leaf and returns owned, typed values or a `Corrupt` error naming
 //! what was short or out of range. Nothing here panics on any input.
 
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use super::ondisk::*;
 use super::types::Key;
@@ -73,6 +73,29 @@ pub fn parse_chunk(data: &[u8]) -> Result<(ChunkInfo, usize)> {
         },
         pos,
     ))
+}
+
+impl ChunkInfo {
+    /// The chunk item's bytes (the inverse of [`parse_chunk`]).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Chunk {
+            length: self.length.into(),
+            owner: self.owner.into(),
+            stripe_len: self.stripe_len.into(),
+            chunk_type: self.chunk_type.into(),
+            io_align: self.io_align.into(),
+            io_width: self.io_width.into(),
+            sector_size: self.sector_size.into(),
+            num_stripes: (self.stripes.len() as u16).into(),
+            sub_stripes: self.sub_stripes.into(),
+        }
+        .as_bytes()
+        .to_vec();
+        for s in &self.stripes {
+            v.extend_from_slice(Stripe { devid: s.devid.into(), offset: s.offset.into(), dev_uuid: s.dev_uuid }.as_bytes());
+        }
+        v
+    }
 }
 
 /// One name in an INODE_REF item (several may be packed in one item).
@@ -370,7 +393,6 @@ pub fn parse_u64_array(data: &[u8], what: &str) -> Result<Vec<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zerocopy::IntoBytes;
 
     #[test]
     fn name_hash_matches_kernel() {

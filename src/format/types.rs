@@ -142,6 +142,46 @@ impl Profile {
     }
 }
 
+/// How the kernel's chunk allocator lays a profile out (its `btrfs_raid_array`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaidAttr {
+    /// Stripes a chunk puts on each device it uses (DUP: 2).
+    pub dev_stripes: usize,
+    /// Most devices one chunk spans; 0 = as many as have space.
+    pub devs_max: usize,
+    pub devs_min: usize,
+    /// The device count is rounded down to a multiple of this.
+    pub devs_increment: usize,
+    /// Copies of each byte.
+    pub ncopies: usize,
+    pub sub_stripes: u16,
+}
+
+impl Profile {
+    /// The kernel's allocation attributes; `None` for RAID5/6, which btrs
+    /// does not allocate.
+    pub fn raid_attr(self) -> Option<RaidAttr> {
+        let a = |dev_stripes, devs_max, devs_min, devs_increment, ncopies, sub_stripes| RaidAttr {
+            dev_stripes,
+            devs_max,
+            devs_min,
+            devs_increment,
+            ncopies,
+            sub_stripes,
+        };
+        Some(match self {
+            Profile::Single => a(1, 1, 1, 1, 1, 1),
+            Profile::Dup => a(2, 1, 1, 1, 2, 1),
+            Profile::Raid0 => a(1, 0, 1, 1, 1, 1),
+            Profile::Raid1 => a(1, 2, 2, 2, 2, 1),
+            Profile::Raid1C3 => a(1, 3, 3, 3, 3, 1),
+            Profile::Raid1C4 => a(1, 4, 4, 4, 4, 1),
+            Profile::Raid10 => a(1, 0, 2, 2, 2, 2),
+            Profile::Raid5 | Profile::Raid6 => return None,
+        })
+    }
+}
+
 impl std::fmt::Display for Profile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

@@ -2,6 +2,7 @@
 //! directories, symlinks, xattrs and file data (with checksum verification
 //! and fallback to other copies).
 
+pub mod alloc;
 pub mod compress;
 pub mod data;
 pub mod direct;
@@ -47,7 +48,7 @@ pub struct DirEnt {
 
 impl Filesystem {
     pub fn open(opts: &OpenOptions) -> Result<Filesystem> {
-        let mut vol = Volume::open(opts)?;
+        let vol = Volume::open(opts)?;
         let sb = vol.sb;
         let unsupported = sb.unsupported_incompat();
         if unsupported != 0 {
@@ -89,7 +90,7 @@ impl Filesystem {
             (chunks, devids, back)
         };
         let mut vol = vol_back;
-        vol.chunks = Default::default();
+        vol.chunks.clear();
         for (logical, c) in chunks {
             vol.chunks.insert(logical, c)?;
         }

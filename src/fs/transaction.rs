@@ -27,10 +27,19 @@
 //! are read from nowhere (the extent tree is the truth) and a changed group
 //! is written back in extent form with its info flag cleared.
 //!
+//! New chunks: when no block group of the needed kind has room, a chunk is
+//! planned by [`crate::fs::alloc`] in the profile of the newest block group
+//! of that kind, entered into the live chunk map at once (so its blocks can
+//! be written), and recorded in the trees during `settle` — chunk item and
+//! dev item (chunk tree, which lives in SYSTEM block groups), dev extents
+//! (dev tree), block group item and free space — like the kernel's pending
+//! block groups. SYSTEM chunks are never added (they would have to enter the
+//! superblock's sys_chunk_array); running out of system space is an error.
+//!
 //! Limits (refused cleanly, image untouched): non-skinny metadata extent
 //! items, filesystems without a free space tree
-//! (v1 space cache), shared tree blocks (snapshots), and running out of space
-//! in the existing block groups (no new chunk allocation yet: "no space left").
+//! (v1 space cache), shared tree blocks (snapshots), and a full device set
+//! ("no space left").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -41,6 +50,7 @@ use crate::error::{Error, Result};
 use crate::format::items::{self, parse_extent_item, ExtentRef};
 use crate::format::superblock::seal_super;
 use crate::format::*;
+use crate::fs::alloc::{plan_chunk, ChunkPlan, DevSpace};
 use crate::fs::Filesystem;
 use crate::tree::block::{Expect, TreeBlock};
 use crate::tree::cow::{BlockStore, CowTree};
@@ -82,11 +92,21 @@ pub struct Store {
     log: Vec<RefOp>,
     /// Whether the block group items live in the block group tree.
     bg_tree: bool,
+    /// The devices' free space, for new chunks.
+    devs: Vec<DevSpace>,
+    /// Dev items as the chunk tree holds them (bytes_used changes with new chunks).
+    dev_items: BTreeMap<u64, DevItem>,
+    /// Chunks planned this transaction whose tree items are not written yet.
+    pending_chunks: Vec<ChunkPlan>,
+    /// Chunks added this transaction (for the report and the proactive rule).
+    pub new_chunks: Vec<(u64, u64, u64)>,
+    /// Where the last allocation of each kind ended.
+    hints: BTreeMap<u64, u64>,
 }
 
 fn no_space(what: &str, len: u64) -> Error {
-    Error::Invalid(format!(
-        "no space left: cannot allocate {len} bytes of {what} in the existing block groups (btrs does not allocate new chunks yet); image unchanged"
+    Error::NoSpace(format!(
+        "cannot allocate {len} bytes of {what}: its block groups are full and the devices have no room for another chunk; image unchanged"
     ))
 }
 
@@ -111,12 +131,21 @@ impl Store {
         None
     }
 
-    /// First fit of `len` bytes, `align`-aligned, in groups with `kind` flag.
+    /// First fit of `len` bytes, `align`-aligned, in groups with `kind` flag,
+    /// searching from where the last allocation of that kind ended, then
+    /// from the start (like the kernel's allocation hint): without the hint,
+    /// n small files would walk n extents each.
     /// Metadata (`no_stripe_cross`) never crosses a 64 KiB stripe boundary,
     /// which the kernel's tree-checker and scrub rely on.
     fn find(&self, kind: u64, len: u64, align: u64, no_stripe_cross: bool) -> Option<u64> {
-        for g in self.groups.values().filter(|g| g.flags & kind != 0) {
-            let mut pos = g.start.div_ceil(align) * align;
+        let hint = self.hints.get(&kind).copied().unwrap_or(0);
+        self.find_from(kind, len, align, no_stripe_cross, hint)
+            .or_else(|| if hint > 0 { self.find_from(kind, len, align, no_stripe_cross, 0) } else { None })
+    }
+
+    fn find_from(&self, kind: u64, len: u64, align: u64, no_stripe_cross: bool, from: u64) -> Option<u64> {
+        for g in self.groups.values().filter(|g| g.flags & kind != 0 && g.start + g.len > from) {
+            let mut pos = g.start.max(from).div_ceil(align) * align;
             while pos + len <= g.start + g.len {
                 if no_stripe_cross && pos / STRIPE_LEN != (pos + len - 1) / STRIPE_LEN {
                     pos = (pos / STRIPE_LEN + 1) * STRIPE_LEN;
@@ -131,7 +160,93 @@ impl Store {
         None
     }
 
-    fn take(&mut self, start: u64, len: u64) -> Result<()> {
+    /// Add a chunk for block groups of `kind` (DATA / METADATA), in the
+    /// profile of the newest block group serving that kind. Ok(false) when
+    /// the devices have no room.
+    fn alloc_chunk(&mut self, kind: u64) -> Result<bool> {
+        let template = self
+            .groups
+            .values()
+            .filter(|g| g.flags & kind != 0)
+            .next_back()
+            .ok_or_else(|| Error::Unsupported(format!("no block group of type {kind:#x} to take a profile from")))?;
+        let flags = template.flags & (BLOCK_GROUP_TYPE_MASK | BLOCK_GROUP_PROFILE_MASK);
+        let vol = self.fs.volume();
+        let logical = vol.chunks.entries().iter().map(|e| e.end()).max().unwrap_or(0);
+        let Some(plan) = plan_chunk(&self.devs, logical, flags)? else { return Ok(false) };
+        let info = plan.info(&self.devs, self.fs.sectorsize);
+        vol.chunks.insert(plan.logical, info)?;
+        let entry = vol.chunks.lookup(plan.logical)?;
+        self.excluded.extend(super_stripes_of(vol, &entry)?);
+        for &(devid, phys) in &plan.stripes {
+            if let Some(d) = self.devs.iter_mut().find(|d| d.devid == devid) {
+                d.extents.insert(phys, plan.stripe_size);
+            }
+        }
+        self.groups.insert(
+            plan.logical,
+            Group { start: plan.logical, len: plan.length, flags, chunk_objectid: FIRST_CHUNK_TREE_OBJECTID },
+        );
+        self.dirty_groups.insert(plan.logical);
+        self.new_chunks.push((plan.logical, plan.length, flags));
+        self.pending_chunks.push(plan);
+        Ok(true)
+    }
+
+    /// Fail with ENOSPC, before anything is written, when `len` bytes of data
+    /// cannot fit: free bytes of the data block groups plus the chunks the
+    /// devices still have room for. (Fragmentation and metadata can still
+    /// fail a write later; the commit then never happens.)
+    pub fn ensure_data_space(&self, len: u64) -> Result<()> {
+        let mut free = 0u64;
+        for g in self.groups.values().filter(|g| g.flags & BLOCK_GROUP_DATA != 0) {
+            let end = g.start + g.len;
+            let busy: u64 = [&self.allocated, &self.pinned, &self.excluded]
+                .iter()
+                .map(|m| m.range(g.start..end).map(|(&s, &l)| l.min(end - s)).sum::<u64>())
+                .sum();
+            free += g.len.saturating_sub(busy);
+        }
+        if free >= len {
+            return Ok(());
+        }
+        let Some(template) = self.groups.values().filter(|g| g.flags & BLOCK_GROUP_DATA != 0).next_back() else {
+            return Err(no_space("data", len));
+        };
+        let flags = template.flags & (BLOCK_GROUP_TYPE_MASK | BLOCK_GROUP_PROFILE_MASK);
+        let mut devs = self.devs.clone();
+        while free < len {
+            let Some(plan) = plan_chunk(&devs, 0, flags)? else {
+                return Err(Error::NoSpace(format!(
+                    "{len} bytes of data do not fit: {free} bytes free in the data block groups and on the devices; image unchanged"
+                )));
+            };
+            for &(devid, phys) in &plan.stripes {
+                if let Some(d) = devs.iter_mut().find(|d| d.devid == devid) {
+                    d.extents.insert(phys, plan.stripe_size);
+                }
+            }
+            free += plan.length;
+        }
+        Ok(())
+    }
+
+    /// The kernel adds a metadata chunk before the old ones are full (its
+    /// reserve for the next transactions, deletes included): do the same when
+    /// metadata block groups are more than 80 % used.
+    fn metadata_headroom(&mut self) -> Result<()> {
+        let meta: Vec<&Group> =
+            self.groups.values().filter(|g| g.flags & BLOCK_GROUP_METADATA != 0 && g.flags & BLOCK_GROUP_DATA == 0).collect();
+        let total: u64 = meta.iter().map(|g| g.len).sum();
+        let used: u64 = meta.iter().map(|g| self.allocated.range(g.start..g.start + g.len).map(|(_, l)| l).sum::<u64>()).sum();
+        if total > 0 && used * 5 > total * 4 {
+            self.alloc_chunk(BLOCK_GROUP_METADATA)?;
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, kind: u64, start: u64, len: u64) -> Result<()> {
+        self.hints.insert(kind, start + len);
         let g = self.group_of(start)?.start;
         self.allocated.insert(start, len);
         self.dirty_groups.insert(g);
@@ -142,12 +257,20 @@ impl Store {
     /// at the first fit, so large writes may get several extents.
     pub fn alloc_data(&mut self, len: u64) -> Result<(u64, u64)> {
         let ss = self.fs.sectorsize as u64;
-        // Try the whole length, then halves, down to one sector.
+        // Try the whole length, then a new chunk, then halves down to one
+        // sector (the kernel's find_free_extent loop and its caller).
         let mut want = len;
+        let mut chunk_tried = false;
         loop {
             if let Some(pos) = self.find(BLOCK_GROUP_DATA, want, ss, false) {
-                self.take(pos, want)?;
+                self.take(BLOCK_GROUP_DATA, pos, want)?;
                 return Ok((pos, want));
+            }
+            if !chunk_tried {
+                chunk_tried = true;
+                if self.alloc_chunk(BLOCK_GROUP_DATA)? {
+                    continue;
+                }
             }
             if want <= ss {
                 return Err(no_space("data", len));
@@ -183,8 +306,15 @@ impl BlockStore for Store {
 
     fn alloc(&mut self, owner: u64, level: u8) -> Result<u64> {
         let ns = self.fmt.nodesize as u64;
-        let pos = self.find(BLOCK_GROUP_METADATA, ns, ns, true).ok_or_else(|| no_space("metadata", ns))?;
-        self.take(pos, ns)?;
+        // The chunk tree lives in SYSTEM block groups.
+        let (kind, what) =
+            if owner == CHUNK_TREE_OBJECTID { (BLOCK_GROUP_SYSTEM, "system metadata") } else { (BLOCK_GROUP_METADATA, "metadata") };
+        let mut pos = self.find(kind, ns, ns, true);
+        if pos.is_none() && kind == BLOCK_GROUP_METADATA && self.alloc_chunk(kind)? {
+            pos = self.find(kind, ns, ns, true);
+        }
+        let pos = pos.ok_or_else(|| no_space(what, ns))?;
+        self.take(kind, pos, ns)?;
         self.log.push(RefOp::Alloc { addr: pos, owner, level });
         Ok(pos)
     }
@@ -282,6 +412,28 @@ impl Transaction {
             }
         }
         let excluded = super_stripes(&fs)?;
+        // Devices: dev items (chunk tree) and dev extents (dev tree).
+        let mut dev_items = BTreeMap::new();
+        let chunk_root = fs.tree_root(CHUNK_TREE_OBJECTID)?;
+        for (k, data) in fs.reader.range(&chunk_root, Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, 0), Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, u64::MAX))? {
+            let (d, _) = items::read_prefix::<DevItem>(&data, "dev item").map_err(|e| e.within(format!("chunk tree item {k}")))?;
+            dev_items.insert(k.offset, d);
+        }
+        let mut devs: Vec<DevSpace> = dev_items
+            .iter()
+            .map(|(&devid, d)| DevSpace { devid, total_bytes: d.total_bytes.get(), uuid: d.uuid, extents: BTreeMap::new() })
+            .collect();
+        let dev_root = fs.tree_root(DEV_TREE_OBJECTID)?;
+        let mut c = fs.reader.seek(&dev_root, Key::MIN)?;
+        while let Some(it) = c.next_item()? {
+            if it.key.item_type != DEV_EXTENT_KEY {
+                continue;
+            }
+            let (de, _) = items::read_prefix::<DevExtent>(it.data(), "dev extent")?;
+            if let Some(d) = devs.iter_mut().find(|d| d.devid == it.key.objectid) {
+                d.extents.insert(it.key.offset, de.length.get());
+            }
+        }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let store = Store {
             fs,
@@ -294,6 +446,11 @@ impl Transaction {
             dirty_groups: BTreeSet::new(),
             log: Vec::new(),
             bg_tree,
+            devs,
+            dev_items,
+            pending_chunks: Vec::new(),
+            new_chunks: Vec::new(),
+            hints: BTreeMap::new(),
         };
         Ok(Transaction {
             store,
@@ -320,7 +477,8 @@ impl Transaction {
         if self.trees.contains_key(&id) {
             return Ok(());
         }
-        let root = if id == ROOT_TREE_OBJECTID {
+        // The root and chunk trees are named by the superblock, not a root item.
+        let root = if id == ROOT_TREE_OBJECTID || id == CHUNK_TREE_OBJECTID {
             self.store.fs.tree_root(id)?
         } else {
             let (k, ri) = self
@@ -539,6 +697,43 @@ impl Transaction {
         Ok(())
     }
 
+    /// Record chunks planned since the last call: chunk item, dev items and
+    /// dev extents (the block group item and free space entries follow from
+    /// the group being dirty).
+    fn insert_pending_chunks(&mut self) -> Result<bool> {
+        let plans = std::mem::take(&mut self.store.pending_chunks);
+        if plans.is_empty() {
+            return Ok(false);
+        }
+        let chunk_tree_uuid = self.store.fmt.chunk_tree_uuid;
+        for plan in plans {
+            let info = plan.info(&self.store.devs, self.store.fs.sectorsize);
+            self.insert(CHUNK_TREE_OBJECTID, Key::new(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, plan.logical), info.to_bytes())?;
+            for &(devid, phys) in &plan.stripes {
+                let de = DevExtent {
+                    chunk_tree: CHUNK_TREE_OBJECTID.into(),
+                    chunk_objectid: FIRST_CHUNK_TREE_OBJECTID.into(),
+                    chunk_offset: plan.logical.into(),
+                    length: plan.stripe_size.into(),
+                    chunk_tree_uuid,
+                };
+                self.insert(DEV_TREE_OBJECTID, Key::new(devid, DEV_EXTENT_KEY, phys), de.as_bytes().to_vec())?;
+                let item = self
+                    .store
+                    .dev_items
+                    .get_mut(&devid)
+                    .ok_or_else(|| Error::corrupt(format!("devid {devid}"), "no dev item in the chunk tree"))?;
+                item.bytes_used = (item.bytes_used.get() + plan.stripe_size).into();
+            }
+            let devids: BTreeSet<u64> = plan.stripes.iter().map(|s| s.0).collect();
+            for devid in devids {
+                let item = self.store.dev_items[&devid];
+                self.put(CHUNK_TREE_OBJECTID, Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, devid), item.as_bytes().to_vec())?;
+            }
+        }
+        Ok(true)
+    }
+
     /// Write changed tree roots into their root items.
     fn update_root_items(&mut self) -> Result<bool> {
         let mut changed = false;
@@ -574,15 +769,17 @@ impl Transaction {
     /// Bring extent tree, block groups, free space tree and root items to a
     /// fixed point (each update may COW blocks and queue more updates).
     pub fn settle(&mut self) -> Result<()> {
+        self.store.metadata_headroom()?;
         for _ in 0..200 {
-            let mut busy = self.apply_log()?;
+            let mut busy = self.insert_pending_chunks()?;
+            busy |= self.apply_log()?;
             let groups = std::mem::take(&mut self.store.dirty_groups);
             for g in &groups {
                 self.update_group(*g)?;
                 busy = true;
             }
             busy |= self.update_root_items()?;
-            if !busy && self.store.log.is_empty() && self.store.dirty_groups.is_empty() {
+            if !busy && self.store.log.is_empty() && self.store.dirty_groups.is_empty() && self.store.pending_chunks.is_empty() {
                 return Ok(());
             }
         }
@@ -623,11 +820,20 @@ impl Transaction {
         if sb.cache_generation.get() == old_gen {
             sb.cache_generation = transid.into();
         }
+        if let Some(t) = self.trees.get(&CHUNK_TREE_OBJECTID) {
+            let c = t.root();
+            sb.chunk_root = c.bytenr.into();
+            sb.chunk_root_level = c.level;
+            sb.chunk_root_generation = c.generation.into();
+        }
         self.fill_backup(&mut sb, root)?;
         let csum = self.store.fs.csum;
         for dev in vol.devices.values() {
             let mut s = sb;
             s.dev_item = dev.sb.dev_item;
+            if let Some(item) = self.store.dev_items.get(&dev.devid) {
+                s.dev_item.bytes_used = item.bytes_used;
+            }
             for &off in SUPER_MIRROR_OFFSETS.iter() {
                 if off + SUPER_INFO_SIZE as u64 > dev.size {
                     break;
@@ -686,37 +892,43 @@ impl Transaction {
 /// The logical stripe units that contain a superblock copy, per chunk (the
 /// kernel's exclude_super_stripes via btrfs_rmap_block).
 fn super_stripes(fs: &Filesystem) -> Result<BTreeMap<u64, u64>> {
-    use crate::format::types::Profile;
     let vol = fs.volume();
     let mut out = BTreeMap::new();
-    for e in vol.chunks.iter() {
-        let c = &e.chunk;
-        let n = c.stripes.len() as u64;
-        let sl = c.stripe_len.max(1);
-        let sub = (c.sub_stripes as u64).max(1);
-        let (stripe_size, factor) = match e.profile {
-            Profile::Raid0 => (c.length / n.max(1), n),
-            Profile::Raid10 => (c.length / (n / sub).max(1), n / sub),
-            Profile::Raid5 | Profile::Raid6 => {
-                return Err(Error::Unsupported("writing filesystems with RAID5/6 chunks".into()));
+    for e in vol.chunks.entries() {
+        out.extend(super_stripes_of(vol, &e)?);
+    }
+    Ok(out)
+}
+
+fn super_stripes_of(vol: &crate::volumes::Volume, e: &crate::volumes::MapEntry) -> Result<BTreeMap<u64, u64>> {
+    use crate::format::types::Profile;
+    let mut out = BTreeMap::new();
+    let c = &e.chunk;
+    let n = c.stripes.len() as u64;
+    let sl = c.stripe_len.max(1);
+    let sub = (c.sub_stripes as u64).max(1);
+    let (stripe_size, factor) = match e.profile {
+        Profile::Raid0 => (c.length / n.max(1), n),
+        Profile::Raid10 => (c.length / (n / sub).max(1), n / sub),
+        Profile::Raid5 | Profile::Raid6 => {
+            return Err(Error::Unsupported("writing filesystems with RAID5/6 chunks".into()));
+        }
+        _ => (c.length, 1),
+    };
+    for (i, st) in c.stripes.iter().enumerate() {
+        let Some(dev) = vol.devices.get(&st.devid) else { continue };
+        for &off in SUPER_MIRROR_OFFSETS.iter() {
+            if off + SUPER_INFO_SIZE as u64 > dev.size || off < st.offset || off >= st.offset + stripe_size {
+                continue;
             }
-            _ => (c.length, 1),
-        };
-        for (i, st) in c.stripes.iter().enumerate() {
-            let Some(dev) = vol.devices.get(&st.devid) else { continue };
-            for &off in SUPER_MIRROR_OFFSETS.iter() {
-                if off + SUPER_INFO_SIZE as u64 > dev.size || off < st.offset || off >= st.offset + stripe_size {
-                    continue;
-                }
-                let stripe_nr = (off - st.offset) / sl;
-                let idx = match e.profile {
-                    Profile::Raid0 => i as u64,
-                    Profile::Raid10 => i as u64 / sub,
-                    _ => 0,
-                };
-                let logical = e.logical + (stripe_nr * factor + idx) * sl;
-                out.insert(logical, sl);
-            }
+            let stripe_nr = (off - st.offset) / sl;
+            let idx = match e.profile {
+                Profile::Raid0 => i as u64,
+                Profile::Raid10 => i as u64 / sub,
+                _ => 0,
+            };
+            let logical = e.logical + (stripe_nr * factor + idx) * sl;
+            out.insert(logical, sl);
         }
     }
     Ok(out)

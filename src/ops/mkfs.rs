@@ -698,24 +698,12 @@ fn inode_ref(index: u64, name: &[u8]) -> Vec<u8> {
 }
 
 fn chunk_item(c: &PlannedChunk, dev_uuids: &[[u8; 16]], sectorsize: u32) -> Vec<u8> {
-    let mut v = Chunk {
-        length: c.length.into(),
-        owner: EXTENT_TREE_OBJECTID.into(),
-        stripe_len: STRIPE_LEN.into(),
-        chunk_type: c.flags.into(),
-        io_align: (STRIPE_LEN as u32).into(),
-        io_width: (STRIPE_LEN as u32).into(),
-        sector_size: sectorsize.into(),
-        num_stripes: (c.stripes.len() as u16).into(),
-        sub_stripes: c.sub_stripes.into(),
+    let mut info = map_entry(c).chunk;
+    info.sector_size = sectorsize;
+    for s in info.stripes.iter_mut() {
+        s.dev_uuid = dev_uuids.get((s.devid - 1) as usize).copied().unwrap_or([0; 16]);
     }
-    .as_bytes()
-    .to_vec();
-    for &(devid, phys) in &c.stripes {
-        let uuid = dev_uuids.get((devid - 1) as usize).copied().unwrap_or([0; 16]);
-        v.extend_from_slice(Stripe { devid: devid.into(), offset: phys.into(), dev_uuid: uuid }.as_bytes());
-    }
-    v
+    info.to_bytes()
 }
 
 fn map_entry(c: &PlannedChunk) -> MapEntry {

@@ -472,7 +472,7 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     let (bgs, bg_error) = match block_groups(&fs) {
         Ok(b) => (b, None),
         Err(e) => {
-            let b = vol.chunks.iter().map(|e| BlockGroup { start: e.logical, len: e.chunk.length, used: e.chunk.length }).collect();
+            let b = vol.chunks.entries().iter().map(|e| BlockGroup { start: e.logical, len: e.chunk.length, used: e.chunk.length }).collect();
             (b, Some(e))
         }
     };
@@ -481,6 +481,7 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
         Vec::new()
     } else {
         vol.chunks
+            .entries()
             .iter()
             .filter(|e| !bgs.iter().any(|bg| bg.start == e.logical))
             .map(|e| (e.logical, e.chunk.length))
@@ -696,7 +697,7 @@ const MAX_SLICES: u64 = 1024;
 fn scrub_block_group(ctx: &Ctx<'_>, bg: &BlockGroup, from: u64, to: u64, acc: &mut Acc) -> Result<()> {
     let fs = ctx.fs;
     let vol = fs.volume();
-    let entry = vol.chunks.lookup(bg.start)?.clone();
+    let entry = vol.chunks.lookup(bg.start)?;
     if entry.logical != bg.start || entry.chunk.length != bg.len {
         return Err(Error::corrupt(
             format!("block group {} +{}", bg.start, bg.len),

@@ -81,6 +81,8 @@ pub fn write(opts: &OpenOptions, path: &str, data: &[u8], req: &WriteRequest) ->
     if req.truncate {
         tx.truncate(root, ino, req.offset)?;
     }
+    // A write that cannot fit fails before any byte reaches the images.
+    tx.store.ensure_data_space(data.len() as u64)?;
     let mut report = WriteReport::default();
     let wopts = WriteOpts { max_bio: req.max_bio.unwrap_or(WriteOpts::default().max_bio) };
     // Large inputs are written in 64 MiB steps so the edge-sector reads stay small.
@@ -196,6 +198,13 @@ pub fn read_input(from: Option<&Path>) -> Result<Vec<u8>> {
 /// a directory and each SRC goes into it under its own name.
 pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Result<u64> {
     let mut tx = begin(opts)?;
+    // Fail before writing anything when the data cannot fit.
+    let ss = tx.fs().sectorsize as u64;
+    let mut need = 0u64;
+    for s in srcs {
+        need += host_data_bytes(s, ss)?;
+    }
+    tx.store.ensure_data_space(need)?;
     let mut files = 0u64;
     let targets: Vec<(u64, Vec<u8>, &std::path::PathBuf)> = match tx.resolve_path(dest)? {
         Some((ino, FT_DIR)) => srcs
@@ -217,6 +226,21 @@ pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Resul
     }
     tx.commit()?;
     Ok(files)
+}
+
+/// Data bytes a host tree takes once written (each file rounded up to a sector).
+fn host_data_bytes(p: &Path, ss: u64) -> Result<u64> {
+    let meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, "stat", e))?;
+    if meta.is_file() {
+        return Ok(meta.len().div_ceil(ss) * ss);
+    }
+    let mut n = 0;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(p).map_err(|e| Error::io(p, "readdir", e))? {
+            n += host_data_bytes(&e.map_err(|e| Error::io(p, "readdir", e))?.path(), ss)?;
+        }
+    }
+    Ok(n)
 }
 
 fn put_one(tx: &mut Transaction, dir: u64, name: &[u8], src: &Path, files: &mut u64) -> Result<()> {

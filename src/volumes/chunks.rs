@@ -1,6 +1,7 @@
 //! The chunk map: logical address ranges to stripes on devices, per profile.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
 use crate::format::items::ChunkInfo;
@@ -124,16 +125,21 @@ pub fn check_chunk(logical: u64, c: &ChunkInfo) -> Result<Profile> {
     Ok(profile)
 }
 
-#[derive(Clone, Debug, Default)]
+/// Logical chunk start -> mapping. Behind a lock because a write transaction
+/// adds chunks to the live volume when the existing block groups are full
+/// (the new chunk's tree items are only committed later, but its blocks are
+/// written through this map before that).
+#[derive(Debug, Default)]
 pub struct ChunkMap {
-    entries: BTreeMap<u64, MapEntry>,
+    entries: RwLock<BTreeMap<u64, Arc<MapEntry>>>,
 }
 
 impl ChunkMap {
-    pub fn insert(&mut self, logical: u64, chunk: ChunkInfo) -> Result<()> {
+    pub fn insert(&self, logical: u64, chunk: ChunkInfo) -> Result<()> {
         let profile = check_chunk(logical, &chunk)?;
         let end = logical + chunk.length;
-        if let Some((_, prev)) = self.entries.range(..end).next_back() {
+        let mut entries = self.entries.write().map_err(|_| Error::Invalid("chunk map lock poisoned".into()))?;
+        if let Some((_, prev)) = entries.range(..end).next_back() {
             if prev.logical != logical && prev.end() > logical {
                 return Err(Error::corrupt(
                     format!("chunk at logical {logical}"),
@@ -141,29 +147,39 @@ impl ChunkMap {
                 ));
             }
         }
-        self.entries.insert(logical, MapEntry { logical, chunk, profile });
+        entries.insert(logical, Arc::new(MapEntry { logical, chunk, profile }));
         Ok(())
     }
 
-    pub fn lookup(&self, logical: u64) -> Result<&MapEntry> {
-        self.entries
+    pub fn lookup(&self, logical: u64) -> Result<Arc<MapEntry>> {
+        let entries = self.entries.read().map_err(|_| Error::Invalid("chunk map lock poisoned".into()))?;
+        entries
             .range(..=logical)
             .next_back()
             .map(|(_, e)| e)
             .filter(|e| logical < e.end())
+            .cloned()
             .ok_or_else(|| Error::corrupt(format!("logical {logical}"), "not inside any chunk"))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &MapEntry> {
-        self.entries.values()
+    /// Every chunk, in logical order (a snapshot).
+    pub fn entries(&self) -> Vec<Arc<MapEntry>> {
+        self.entries.read().map(|e| e.values().cloned().collect()).unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.read().map(|e| e.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
+    }
+
+    /// Forget every chunk (the bootstrap map is replaced by the chunk tree's).
+    pub fn clear(&self) {
+        if let Ok(mut e) = self.entries.write() {
+            e.clear();
+        }
     }
 }
 
