@@ -160,17 +160,21 @@ impl Store {
         None
     }
 
+    /// Type and profile of a new chunk for `kind`: those of the newest block
+    /// group serving it (after a converting balance, the target profile).
+    fn new_chunk_flags(&self, kind: u64) -> Result<u64> {
+        self.groups
+            .values()
+            .rfind(|g| g.flags & kind != 0)
+            .map(|g| g.flags & (BLOCK_GROUP_TYPE_MASK | BLOCK_GROUP_PROFILE_MASK))
+            .ok_or_else(|| Error::Unsupported(format!("no block group of type {kind:#x} to take a profile from")))
+    }
+
     /// Add a chunk for block groups of `kind` (DATA / METADATA), in the
     /// profile of the newest block group serving that kind. Ok(false) when
     /// the devices have no room.
     fn alloc_chunk(&mut self, kind: u64) -> Result<bool> {
-        let template = self
-            .groups
-            .values()
-            .filter(|g| g.flags & kind != 0)
-            .next_back()
-            .ok_or_else(|| Error::Unsupported(format!("no block group of type {kind:#x} to take a profile from")))?;
-        let flags = template.flags & (BLOCK_GROUP_TYPE_MASK | BLOCK_GROUP_PROFILE_MASK);
+        let flags = self.new_chunk_flags(kind)?;
         let vol = self.fs.volume();
         let logical = vol.chunks.entries().iter().map(|e| e.end()).max().unwrap_or(0);
         let Some(plan) = plan_chunk(&self.devs, logical, flags)? else { return Ok(false) };
@@ -210,10 +214,7 @@ impl Store {
         if free >= len {
             return Ok(());
         }
-        let Some(template) = self.groups.values().filter(|g| g.flags & BLOCK_GROUP_DATA != 0).next_back() else {
-            return Err(no_space("data", len));
-        };
-        let flags = template.flags & (BLOCK_GROUP_TYPE_MASK | BLOCK_GROUP_PROFILE_MASK);
+        let flags = self.new_chunk_flags(BLOCK_GROUP_DATA)?;
         let mut devs = self.devs.clone();
         while free < len {
             let Some(plan) = plan_chunk(&devs, 0, flags)? else {

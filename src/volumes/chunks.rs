@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn raid1_maps_both() {
-        let mut m = ChunkMap::default();
+        let m = ChunkMap::default();
         m.insert(1 << 30, chunk(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID1, &[(1, 1 << 20), (2, 2 << 20)], 1)).unwrap();
         let (v, len) = m.lookup((1 << 30) + 5).unwrap().map((1 << 30) + 5).unwrap();
         assert_eq!(v, vec![PhysAddr { devid: 1, physical: (1 << 20) + 5 }, PhysAddr { devid: 2, physical: (2 << 20) + 5 }]);
@@ -260,7 +260,7 @@ mod tests {
     fn bad_shapes_rejected() {
         assert!(check_chunk(0, &chunk(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID1, &[(1, 0)], 1)).is_err());
         assert!(check_chunk(0, &chunk(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID1 | BLOCK_GROUP_DUP, &[(1, 0), (1, 5)], 1)).is_err());
-        let mut m = ChunkMap::default();
+        let m = ChunkMap::default();
         m.insert(0, chunk(BLOCK_GROUP_DATA, &[(1, 0)], 1)).unwrap();
         assert!(m.insert(1 << 29, chunk(BLOCK_GROUP_DATA, &[(1, 0)], 1)).is_err(), "overlap");
     }
