@@ -371,6 +371,11 @@ pub struct WriteArgs {
     /// Make missing parent directories.
     #[arg(short = 'p', long)]
     pub parents: bool,
+    /// Commit after every SIZE bytes written (in steps of 16 MiB) and go on
+    /// in a new transaction, like the kernel's periodic commit; a crash then
+    /// keeps what the last commit wrote. Default 1G. Bounds memory.
+    #[arg(long, value_name = "SIZE")]
+    pub commit_every: Option<String>,
     /// Print every device write: logical, length, devid, physical, mirror.
     #[arg(short, long)]
     pub verbose: bool,

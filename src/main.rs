@@ -1,6 +1,6 @@
 //! The `btrs` binary: parse arguments, call the library, print, set the exit code.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -323,7 +323,7 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
         Some(s) => Some(parse_size_arg(s)?),
         None => None,
     };
-    let data = btrs::ops::write::read_input(a.from.as_deref())?;
+    let (mut input, len) = btrs::ops::write::open_input(a.from.as_deref())?;
     let req = btrs::ops::write::WriteRequest {
         offset: a.offset,
         truncate: a.truncate,
@@ -332,8 +332,30 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
         nodatacow: a.nodatacow,
         max_bio,
         direct: a.direct,
+        commit_every: match &a.commit_every {
+            Some(s) => Some(btrs::ops::mkfs::parse_size(s)?),
+            None => None,
+        },
     };
-    let report = btrs::ops::write::write(&wopts(devices, degraded, &a.image), &a.path, &data, &req)?;
+    // A bar on a terminal for writes of known, non-trivial size.
+    let bar = match len {
+        Some(n) if n >= 64 << 20 && !a.quiet && std::io::stderr().is_terminal() => {
+            let b = indicatif::ProgressBar::with_draw_target(Some(n), indicatif::ProgressDrawTarget::stderr());
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+                b.set_style(style);
+            }
+            Some(b)
+        }
+        _ => None,
+    };
+    let report = btrs::ops::write::write(&wopts(devices, degraded, &a.image), &a.path, &mut input, len, &req, &mut |done| {
+        if let Some(b) = &bar {
+            b.set_position(done);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     for n in &report.notices {
         eprintln!("btrs: notice: {n}");
     }

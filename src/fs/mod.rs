@@ -115,6 +115,29 @@ impl Filesystem {
         Ok(fs)
     }
 
+    /// Take up the superblock this process just committed: roots and caches
+    /// of the previous generation are dropped.
+    pub fn committed(&mut self, sb: SuperBlock) -> Result<()> {
+        self.sb = sb;
+        self.reader.committed(sb.generation.get());
+        let mut roots = self.roots.lock().map_err(|_| poisoned())?;
+        roots.clear();
+        roots.insert(
+            CHUNK_TREE_OBJECTID,
+            RootPtr {
+                bytenr: sb.chunk_root.get(),
+                level: sb.chunk_root_level,
+                generation: sb.chunk_root_generation.get(),
+                owner: CHUNK_TREE_OBJECTID,
+            },
+        );
+        roots.insert(
+            ROOT_TREE_OBJECTID,
+            RootPtr { bytenr: sb.root.get(), level: sb.root_level, generation: sb.generation.get(), owner: ROOT_TREE_OBJECTID },
+        );
+        Ok(())
+    }
+
     pub fn volume(&self) -> &Volume {
         &self.reader.vol
     }

@@ -788,12 +788,32 @@ impl Transaction {
     }
 
     /// Write everything and the superblocks. Consumes the transaction.
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
+        self.commit_keep().map(drop)
+    }
+
+    /// Commit, then start the next transaction on the same (still locked)
+    /// devices: long operations commit in steps so their memory stays
+    /// bounded, each step crash-safe on its own.
+    pub fn commit_and_continue(self) -> Result<Transaction> {
+        let now = self.now;
+        let mut next = Transaction::begin(self.commit_keep()?)?;
+        next.now = now;
+        Ok(next)
+    }
+
+    /// Commit and hand back the filesystem, now at the new generation.
+    fn commit_keep(mut self) -> Result<Filesystem> {
         self.settle()?;
         let vol = self.store.fs.volume();
         let mut blocks = Vec::new();
         for t in self.trees.values() {
             blocks.extend(t.dirty_blocks(&self.store)?);
+        }
+        // Nothing changed: no new generation (a superblock generation newer
+        // than its root block's would not mount).
+        if blocks.is_empty() {
+            return Ok(self.store.fs);
         }
         // 1. Tree blocks to every mirror.
         for (logical, bytes) in &blocks {
@@ -845,7 +865,9 @@ impl Transaction {
             }
         }
         vol.sync_all()?;
-        Ok(())
+        let mut fs = self.store.fs;
+        fs.committed(sb)?;
+        Ok(fs)
     }
 
     fn fill_backup(&self, sb: &mut SuperBlock, root: RootPtr) -> Result<()> {

@@ -2,6 +2,7 @@
 //! Each runs one transaction and commits it; on any error nothing is
 //! committed and the image is unchanged.
 
+use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -23,6 +24,9 @@ pub struct WriteRequest {
     pub max_bio: Option<usize>,
     /// Use the direct writer (bounce pages, parallel bios, O_DIRECT).
     pub direct: bool,
+    /// Commit after every this many bytes (rounded up to whole steps of
+    /// 16 MiB) and go on in a new transaction; `None`: every 1 GiB.
+    pub commit_every: Option<u64>,
 }
 
 fn begin(opts: &OpenOptions) -> Result<Transaction> {
@@ -58,8 +62,34 @@ fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<u64> {
     Ok(cur)
 }
 
-/// Write `data` into file `path` (created when missing).
-pub fn write(opts: &OpenOptions, path: &str, data: &[u8], req: &WriteRequest) -> Result<WriteReport> {
+/// Bytes read from the input and handed to the engine at a time: bounds the
+/// memory a write needs whatever the input size (each step is at most one
+/// extent's worth of engine pages plus the read buffer).
+const WRITE_STEP: usize = 16 << 20;
+
+/// Bytes after which a long write commits and goes on in a new transaction,
+/// so the dirty tree blocks (checksums above all) held in memory stay
+/// bounded whatever the input size; each commit is crash-safe, so a crash
+/// leaves the file with a prefix of the new bytes, like the kernel's periodic
+/// commits.
+const COMMIT_EVERY: u64 = 1 << 30;
+
+/// Whether a commit is due: `every` bytes handed to the engine since the last.
+fn commit_due(done: u64, last: u64, every: u64) -> bool {
+    done - last >= every.max(1)
+}
+
+/// Write the bytes of `input` into file `path` (created when missing),
+/// streaming: `len_hint` (a host file's size) lets the space check run before
+/// anything is written; `progress` is told the bytes done after each step.
+pub fn write(
+    opts: &OpenOptions,
+    path: &str,
+    input: &mut dyn Read,
+    len_hint: Option<u64>,
+    req: &WriteRequest,
+    progress: &mut dyn FnMut(u64),
+) -> Result<WriteReport> {
     let mut tx = begin(opts)?;
     let (dir, name) = split(path)?;
     let d = dir_at(&mut tx, &dir, req.parents)?;
@@ -82,24 +112,49 @@ pub fn write(opts: &OpenOptions, path: &str, data: &[u8], req: &WriteRequest) ->
         tx.truncate(root, ino, req.offset)?;
     }
     // A write that cannot fit fails before any byte reaches the images.
-    tx.store.ensure_data_space(data.len() as u64)?;
+    if let Some(len) = len_hint {
+        tx.store.ensure_data_space(len)?;
+    }
     let mut report = WriteReport::default();
     let wopts = WriteOpts { max_bio: req.max_bio.unwrap_or(WriteOpts::default().max_bio) };
-    // Large inputs are written in 64 MiB steps so the edge-sector reads stay small.
-    let step = 64 << 20;
-    let mut off = 0usize;
-    while off < data.len() {
-        let n = (data.len() - off).min(step);
-        let at = req.offset + off as u64;
-        if req.direct {
-            tx.write_direct(root, ino, at, &crate::fs::direct::Plain(&data[off..off + n]), wopts, &mut report)?;
-        } else {
-            tx.write_at(root, ino, at, &data[off..off + n], wopts, &mut report)?;
+    let mut buf = vec![0u8; WRITE_STEP];
+    let mut done = 0u64;
+    let mut last_commit = 0u64;
+    let every = req.commit_every.unwrap_or(COMMIT_EVERY);
+    loop {
+        let n = fill(input, &mut buf)?;
+        if n == 0 {
+            break;
         }
-        off += n;
+        let at = req.offset + done;
+        if req.direct {
+            tx.write_direct(root, ino, at, &crate::fs::direct::Plain(&buf[..n]), wopts, &mut report)?;
+        } else {
+            tx.write_at(root, ino, at, &buf[..n], wopts, &mut report)?;
+        }
+        done += n as u64;
+        progress(done);
+        if commit_due(done, last_commit, every) {
+            tx = tx.commit_and_continue()?;
+            last_commit = done;
+        }
     }
     tx.commit()?;
     Ok(report)
+}
+
+/// Read until `buf` is full or the input ends; the byte count.
+fn fill(input: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("<input>", "read", e)),
+        }
+    }
+    Ok(n)
 }
 
 pub fn mkdir(opts: &OpenOptions, path: &str, parents: bool) -> Result<()> {
@@ -177,19 +232,18 @@ pub fn setfattr(opts: &OpenOptions, path: &str, name: &str, value: Option<&[u8]>
     tx.commit()
 }
 
-/// Read a whole input (a host file or stdin).
-pub fn read_input(from: Option<&Path>) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let mut v = Vec::new();
+/// Open the input of `btrs write`: a host file (with its size, for the space
+/// check) or standard input.
+pub fn open_input(from: Option<&Path>) -> Result<(Box<dyn Read>, Option<u64>)> {
     match from {
         Some(p) if p != Path::new("-") => {
-            v = std::fs::read(p).map_err(|e| Error::io(p, "read", e))?;
+            let f = std::fs::File::open(p).map_err(|e| Error::io(p, "open", e))?;
+            let meta = f.metadata().map_err(|e| Error::io(p, "stat", e))?;
+            let len = meta.is_file().then_some(meta.len());
+            Ok((Box::new(f), len))
         }
-        _ => {
-            std::io::stdin().read_to_end(&mut v).map_err(|e| Error::io("<stdin>", "read", e))?;
-        }
+        _ => Ok((Box::new(std::io::stdin()), None)),
     }
-    Ok(v)
 }
 
 /// Copy host files, directories (recursively) and symlinks into the

@@ -65,6 +65,15 @@ impl TreeReader {
         TreeBlock::parse(logical, buf, self.csum, &self.fsid, expect)
     }
 
+    /// Forget cached blocks and accept blocks up to `generation`: after this
+    /// process committed a transaction, freed addresses may hold new blocks.
+    pub fn committed(&mut self, generation: u64) {
+        self.max_generation = generation;
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+
     /// Read a tree block, trying every copy until one verifies.
     pub fn read_block(&self, logical: u64, expect: Expect, owner: Option<u64>) -> Result<Arc<TreeBlock>> {
         if let Some(b) = self.cache.lock().map_err(|_| poisoned())?.get(&logical) {
