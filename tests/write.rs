@@ -408,3 +408,75 @@ fn long_write_commits_in_steps() {
     check(&imgs);
     assert!(cat(img, "/steps2") == data2);
 }
+
+/// SIGKILL at many points of a write (buffered and direct, overwrite of an
+/// existing file and a new file, several commits in one run): after each,
+/// `btrfs check` is clean, btrs's scrub finds every reachable mirror and
+/// checksum good, and each file holds its content as of some commit — never
+/// a mix inside one transaction.
+#[test]
+fn sigkill_at_random_points_keeps_old_or_new_content() {
+    if !progs_available() {
+        eprintln!("skipped: btrfs-progs not available");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = mkfs_progs(tmp.path(), 1, 256 << 20, "");
+    let img = imgs[0].to_str().unwrap();
+    let old = pseudo(32 << 20, 21);
+    write(tmp.path(), img, "/f", &old, &[]);
+    let new = pseudo(32 << 20, 22);
+    let src = tmp.path().join("new.bin");
+    std::fs::write(&src, &new).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["write", img, "/f", "--from", src.to_str().unwrap(), "--quiet"];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_btrs")).args(&args).spawn().expect("spawn btrs")
+    };
+    // How long an unkilled write takes: kills are spread over that time.
+    let t0 = std::time::Instant::now();
+    assert!(run(&[]).wait().unwrap().success());
+    let full = t0.elapsed().as_micros() as u64;
+    write(tmp.path(), img, "/f", &old, &[]);
+    let (mut olds, mut news, mut steps) = (0, 0, 0);
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for i in 0..16 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let extra: &[&str] = match i % 4 {
+            0 => &[],
+            1 => &["--direct"],
+            2 => &["--commit-every", "16M"],
+            _ => &["--direct", "--commit-every", "16M"],
+        };
+        let mut child = run(extra);
+        std::thread::sleep(std::time::Duration::from_micros(x % (full + full / 4)));
+        let _ = child.kill();
+        let _ = child.wait();
+        check(&imgs);
+        scrub_clean(img);
+        let got = cat(img, "/f");
+        assert_eq!(got.len(), old.len(), "kill {i}: size changed");
+        if got == old {
+            olds += 1;
+        } else if got == new {
+            news += 1;
+        } else {
+            // Only a write that commits every 16 MiB may stop between commits:
+            // then the first half is new and the second old.
+            let half = 16 << 20;
+            assert!(extra.contains(&"--commit-every"), "kill {i}: a mix inside one transaction");
+            assert!(got[..half] == new[..half] && got[half..] == old[half..], "kill {i}: not a commit boundary");
+            steps += 1;
+        }
+        // Back to the old content for the next round.
+        if got != old {
+            write(tmp.path(), img, "/f", &old, &[]);
+        }
+    }
+    eprintln!("16 kills over {full} µs: {olds} old, {news} new, {steps} at a commit boundary");
+    // Kills are spread from process start to past the end: some must land
+    // before the commit and some after, or the test did not test anything.
+    assert!(olds > 0 && news + steps > 0, "kills all landed on one side of the commit");
+}

@@ -25,6 +25,9 @@ pub struct Device {
     /// The valid superblock copy with the highest generation on this device.
     pub sb: SuperBlock,
     pub devid: u64,
+    /// Test builds: the fault plan of the volume (see `volumes::fault`).
+    #[cfg(test)]
+    pub fault: std::sync::OnceLock<std::sync::Arc<super::fault::FaultPlan>>,
 }
 
 impl Device {
@@ -54,7 +57,15 @@ impl Device {
             .max_by_key(|sb| sb.generation.get())
             .copied();
         match best {
-            Some(sb) => Ok(Device { path: path.to_path_buf(), file, size, devid: sb.dev_item.devid.get(), sb }),
+            Some(sb) => Ok(Device {
+                path: path.to_path_buf(),
+                file,
+                size,
+                devid: sb.dev_item.devid.get(),
+                sb,
+                #[cfg(test)]
+                fault: Default::default(),
+            }),
             None => {
                 let why: Vec<String> = copies
                     .iter()
@@ -85,7 +96,15 @@ impl Device {
             .into_iter()
             .find_map(|c| c.result.ok())
             .unwrap_or_else(SuperBlock::new_zeroed);
-        Ok(Device { path: path.to_path_buf(), file, size, devid: sb.dev_item.devid.get(), sb })
+        Ok(Device {
+                path: path.to_path_buf(),
+                file,
+                size,
+                devid: sb.dev_item.devid.get(),
+                sb,
+                #[cfg(test)]
+                fault: Default::default(),
+            })
     }
 
     pub fn read_exact_at(&self, physical: u64, buf: &mut [u8]) -> Result<()> {
@@ -103,12 +122,37 @@ impl Device {
     }
 
     pub fn write_all_at(&self, physical: u64, buf: &[u8]) -> Result<()> {
+        #[cfg(test)]
+        if let Some(plan) = self.fault.get() {
+            use super::fault::Verdict;
+            let mut old = vec![0u8; buf.len()];
+            let n = self.file.read_at(&mut old, physical).unwrap_or(0);
+            old.truncate(n);
+            plan.remember(&self.path, physical, old);
+            let injected = |what: &str| {
+                Error::io(&self.path, format!("write {} bytes at {physical}", buf.len()), std::io::Error::other(format!("injected {what}")))
+            };
+            match plan.tick(buf.len()) {
+                Verdict::Go => {}
+                Verdict::Partial(k) => {
+                    let _ = self.file.write_all_at(&buf[..k], physical);
+                    return Err(injected("torn write"));
+                }
+                Verdict::Fail => return Err(injected("write failure")),
+            }
+        }
         self.file
             .write_all_at(buf, physical)
             .map_err(|e| Error::io(&self.path, format!("write {} bytes at {physical}", buf.len()), e))
     }
 
     pub fn sync(&self) -> Result<()> {
+        #[cfg(test)]
+        if let Some(plan) = self.fault.get() {
+            if !matches!(plan.tick(0), super::fault::Verdict::Go) {
+                return Err(Error::io(&self.path, "fsync", std::io::Error::other("injected flush failure")));
+            }
+        }
         self.file.sync_data().map_err(|e| Error::io(&self.path, "fsync", e))
     }
 

@@ -7,9 +7,29 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// How long a lock is retried before the image counts as in use. A lock can
+/// outlive its owner's close by a moment: a process that forks keeps the
+/// locked file description alive in the child until the child's exec
+/// closes it (O_CLOEXEC), so a writer that just finished may still appear to
+/// hold its lock.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// flock without blocking, retried for [`LOCK_PATIENCE`].
+fn flock_patiently(file: &File, op: rustix::fs::FlockOperation) -> rustix::io::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match rustix::fs::flock(file, op) {
+            Err(rustix::io::Errno::WOULDBLOCK) if start.elapsed() < LOCK_PATIENCE => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Take an exclusive, non-blocking lock on an image for the life of `file`.
 pub fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
-    match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+    match flock_patiently(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Devices(format!(
             "{} is in use by another process (it holds a lock on it); not writing",
@@ -21,7 +41,7 @@ pub fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
 
 /// Take a shared lock, so that readers do not run alongside a writer.
 pub fn lock_shared(file: &File, path: &Path) -> Result<()> {
-    match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+    match flock_patiently(file, rustix::fs::FlockOperation::NonBlockingLockShared) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Devices(format!(
             "{} is being written by another process; try again when it is done",

@@ -4,6 +4,8 @@
 
 pub mod chunks;
 pub mod device;
+#[cfg(test)]
+pub mod fault;
 pub mod guard;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -163,6 +165,14 @@ impl Volume {
             self.device(addr.devid)?.write_all_at(addr.physical, &data[off..off + n])?;
         }
         Ok(())
+    }
+
+    /// Test builds: route every device's I/O through `plan`.
+    #[cfg(test)]
+    pub fn set_fault(&self, plan: std::sync::Arc<fault::FaultPlan>) {
+        for d in self.devices.values() {
+            let _ = d.fault.set(plan.clone());
+        }
     }
 
     /// Flush every device to stable storage.
