@@ -55,6 +55,38 @@ fn check(imgs: &[PathBuf]) {
     }
 }
 
+/// Every root item's bytes_used equals the bytes of the tree's blocks (the
+/// kernel sizes its global reserve from it; btrfs check does not look).
+fn root_bytes_used_match(img: &str) {
+    let roots = ok(&["dump-tree", img, "--tree", "root"]);
+    let mut tree: Option<String> = None;
+    let mut checked = 0;
+    for line in roots.lines() {
+        if let Some(rest) = line.trim().strip_prefix("item ") {
+            tree = rest.split_once("key (").and_then(|(_, k)| k.split_once(" ROOT_ITEM ")).map(|(id, _)| id.to_string());
+        } else if let (Some(id), Some(used)) = (&tree, line.split_once("bytes_used ").map(|(_, v)| v.trim())) {
+            let name = match id.as_str() {
+                "EXTENT_TREE" => "extent".to_string(),
+                "DEV_TREE" => "dev".to_string(),
+                "FS_TREE" => "5".to_string(),
+                "CSUM_TREE" => "csum".to_string(),
+                "UUID_TREE" => "uuid".to_string(),
+                "FREE_SPACE_TREE" => "free-space".to_string(),
+                "DATA_RELOC_TREE" => "data-reloc".to_string(),
+                "BLOCK_GROUP_TREE" => "block-group".to_string(),
+                other => other.to_string(),
+            };
+            let dump = ok(&["dump-tree", img, "--tree", &name]);
+            let blocks = dump.lines().filter(|l| (l.starts_with("leaf ") || l.starts_with("node ")) && l.contains(" owner ")).count();
+            let nodesize = 16384;
+            assert_eq!(used.parse::<u64>().unwrap(), blocks as u64 * nodesize, "tree {id}: bytes_used vs {blocks} blocks");
+            checked += 1;
+            tree = None;
+        }
+    }
+    assert!(checked >= 5, "only {checked} root items checked:\n{roots}");
+}
+
 fn scrub_clean(img: &str) {
     let (code, out, err) = btrs(&["scrub", "--no-progress", img]);
     assert_eq!(code, 0, "scrub not clean: {out}{err}");
@@ -73,8 +105,12 @@ fn model_write(m: &mut BTreeMap<String, Vec<u8>>, path: &str, off: usize, data: 
 }
 
 fn verify(img: &str, m: &BTreeMap<String, Vec<u8>>) {
+    // One extract of the whole tree, not a process per file (10k files).
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("x");
+    ok(&["extract", img, "/", dest.to_str().unwrap()]);
     for (p, want) in m {
-        let got = cat(img, p);
+        let got = std::fs::read(dest.join(p.trim_start_matches('/'))).unwrap_or_else(|e| panic!("{p}: {e}"));
         assert!(got == *want, "{p}: content differs (len {} vs {})", got.len(), want.len());
     }
 }
@@ -479,4 +515,116 @@ fn sigkill_at_random_points_keeps_old_or_new_content() {
     // Kills are spread from process start to past the end: some must land
     // before the commit and some after, or the test did not test anything.
     assert!(olds > 0 && news + steps > 0, "kills all landed on one side of the commit");
+}
+
+/// The long script, on a btrs-made RAID1 pair and on a mkfs.btrfs
+/// pair the kernel has filled: btrs writes every kind of change (the edge
+/// sizes of `sequence`, a 300 MiB file crossing chunk boundaries, 10k small
+/// files, truncate down and up, deletes and renames) → `btrfs check` → the
+/// kernel reads every byte and scrubs → the kernel writes, deletes and runs
+/// a full balance (every chunk relocated) → `btrfs check` → btrs reads the
+/// kernel's result, writes again on the relocated chunks, and `btrfs check`
+/// and btrs's scrub are clean.
+#[test]
+fn long_interop_script_with_kernel_balance() {
+    if !interop_enabled("long_interop_script_with_kernel_balance") {
+        return;
+    }
+    for maker in ["btrs", "mkfs.btrfs+kernel"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut m: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let imgs = if maker == "btrs" {
+            let imgs: Vec<PathBuf> = (1..=2).map(|i| tmp.path().join(format!("dev{i}.img"))).collect();
+            let names: Vec<&str> = imgs.iter().map(|p| p.to_str().unwrap()).collect();
+            let mut args = vec!["mkfs", "-b", "2G", "-d", "raid1", "-m", "raid1"];
+            args.extend(&names);
+            ok(&args);
+            imgs
+        } else {
+            let imgs = mkfs_progs(tmp.path(), 2, 2 << 30, "raid1");
+            let mnt = tmp.path().join("mnt");
+            let mounted = Mounted::mount(&mnt, &imgs, "").expect("mount");
+            std::fs::create_dir(mnt.join("k")).unwrap();
+            for (i, len) in [0usize, 1, 5000, 3 << 20, 50 << 20].into_iter().enumerate() {
+                let data = pseudo(len, 100 + i as u64);
+                std::fs::write(mnt.join(format!("k/f{i}")), &data).unwrap();
+                m.insert(format!("/k/f{i}"), data);
+            }
+            mounted.unmount().expect("umount");
+            imgs
+        };
+        let img = imgs[0].to_str().unwrap();
+        m.extend(sequence(tmp.path(), &imgs));
+        // 300 MiB: larger than any one data chunk of these pairs (10 % of 4 GiB).
+        let big = pseudo(300 << 20, 31);
+        write(tmp.path(), img, "/big", &big, &["-p"]);
+        m.insert("/big".into(), big);
+        // 10k small files in one directory.
+        let host = tmp.path().join("small");
+        std::fs::create_dir(&host).unwrap();
+        for i in 0..10_000u64 {
+            let data = pseudo((i % 700) as usize, i);
+            std::fs::write(host.join(format!("s{i:05}")), &data).unwrap();
+            m.insert(format!("/small/s{i:05}"), data);
+        }
+        ok(&["put", img, host.to_str().unwrap(), "/small"]);
+        // Truncate down, then up (the tail reads back as zeros).
+        let t = pseudo(1 << 20, 41);
+        write(tmp.path(), img, "/trunc", &t, &[]);
+        write(tmp.path(), img, "/trunc", b"", &["--offset", "12345", "--truncate"]);
+        write(tmp.path(), img, "/trunc", b"end", &["--offset", "700000"]);
+        let mut tw = t[..12345].to_vec();
+        tw.resize(700000, 0);
+        tw.extend_from_slice(b"end");
+        m.insert("/trunc".into(), tw);
+        check(&imgs);
+        scrub_clean(img);
+        root_bytes_used_match(img);
+        verify(img, &m);
+
+        let mnt = tmp.path().join("mnt");
+        let mounted = Mounted::mount(&mnt, &imgs, "").expect("mount");
+        for (p, want) in &m {
+            let got = std::fs::read(mnt.join(p.trim_start_matches('/'))).unwrap();
+            assert!(got == *want, "{maker}: kernel sees different bytes in {p}");
+        }
+        let sc = Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt).output().unwrap();
+        assert!(sc.status.success(), "{maker}: kernel scrub: {}", String::from_utf8_lossy(&sc.stdout));
+        // The kernel changes things, then relocates every chunk.
+        let kdata = pseudo(20 << 20, 51);
+        std::fs::write(mnt.join("kernel.bin"), &kdata).unwrap();
+        m.insert("/kernel.bin".into(), kdata);
+        std::fs::remove_file(mnt.join("small/s00007")).unwrap();
+        m.remove("/small/s00007");
+        std::fs::rename(mnt.join("trunc"), mnt.join("renamed-by-kernel")).unwrap();
+        let v = m.remove("/trunc").unwrap();
+        m.insert("/renamed-by-kernel".into(), v);
+        let bal = Command::new("btrfs").args(["balance", "start", "--full-balance"]).arg(&mnt).output().unwrap();
+        if !bal.status.success() {
+            let usage = Command::new("btrfs").args(["filesystem", "usage", "-T"]).arg(&mnt).output().unwrap();
+            let dmesg = Command::new("dmesg").output().unwrap();
+            let dmesg = String::from_utf8_lossy(&dmesg.stdout);
+            let tail: Vec<&str> = dmesg.lines().rev().take(25).collect();
+            panic!(
+                "{maker}: balance: {}{}\n{}\n{}",
+                String::from_utf8_lossy(&bal.stdout),
+                String::from_utf8_lossy(&bal.stderr),
+                String::from_utf8_lossy(&usage.stdout),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        mounted.unmount().expect("umount");
+        check(&imgs);
+        verify(img, &m);
+        assert_ne!(btrs(&["cat", img, "/small/s00007"]).0, 0, "{maker}: file the kernel deleted still there");
+        // btrs keeps writing on the relocated chunks.
+        let after = pseudo(5 << 20, 61);
+        write(tmp.path(), img, "/big", &after, &["--offset", "1000"]);
+        model_write(&mut m, "/big", 1000, &after, false);
+        write(tmp.path(), img, "/after-balance", &after, &["--direct"]);
+        m.insert("/after-balance".into(), after);
+        check(&imgs);
+        scrub_clean(img);
+        verify(img, &m);
+    }
 }

@@ -70,7 +70,7 @@ pub struct Group {
 #[derive(Clone, Copy, Debug)]
 enum RefOp {
     Alloc { addr: u64, owner: u64, level: u8 },
-    Free { addr: u64, level: u8 },
+    Free { addr: u64, owner: u64, level: u8 },
 }
 
 /// Allocation state and the delayed-ref queue; the `BlockStore` of every tree.
@@ -102,6 +102,9 @@ pub struct Store {
     pub new_chunks: Vec<(u64, u64, u64)>,
     /// Where the last allocation of each kind ended.
     hints: BTreeMap<u64, u64>,
+    /// Per tree: bytes of tree blocks allocated minus freed, not yet in its
+    /// root item's bytes_used.
+    used_delta: HashMap<u64, i64>,
 }
 
 fn no_space(what: &str, len: u64) -> Error {
@@ -317,10 +320,12 @@ impl BlockStore for Store {
         let pos = pos.ok_or_else(|| no_space(what, ns))?;
         self.take(kind, pos, ns)?;
         self.log.push(RefOp::Alloc { addr: pos, owner, level });
+        *self.used_delta.entry(owner).or_default() += ns as i64;
         Ok(pos)
     }
 
-    fn free(&mut self, logical: u64, _owner: u64, level: u8, generation: u64) -> Result<()> {
+    fn free(&mut self, logical: u64, owner: u64, level: u8, generation: u64) -> Result<()> {
+        *self.used_delta.entry(owner).or_default() -= self.fmt.nodesize as i64;
         if let Some(len) = self.allocated.remove(&logical) {
             if generation < self.transid {
                 self.pinned.insert(logical, len);
@@ -328,7 +333,7 @@ impl BlockStore for Store {
             let g = self.group_of(logical)?.start;
             self.dirty_groups.insert(g);
         }
-        self.log.push(RefOp::Free { addr: logical, level });
+        self.log.push(RefOp::Free { addr: logical, owner, level });
         Ok(())
     }
 }
@@ -452,6 +457,7 @@ impl Transaction {
             pending_chunks: Vec::new(),
             new_chunks: Vec::new(),
             hints: BTreeMap::new(),
+            used_delta: HashMap::new(),
         };
         Ok(Transaction {
             store,
@@ -537,62 +543,148 @@ impl Transaction {
         self.insert(EXTENT_TREE_OBJECTID, Key::new(bytenr, EXTENT_ITEM_KEY, len), body)
     }
 
+    /// Edit the inline refs of extent item `key`: `f` changes them and
+    /// returns by how much the reference count changed. The item is deleted
+    /// when no reference is left; returns whether it was.
+    fn edit_extent_refs(&mut self, key: Key, f: impl FnOnce(&mut Vec<ExtentRef>) -> Result<i64>) -> Result<bool> {
+        let at = || format!("extent {} ({})", key.objectid, if key.item_type == METADATA_ITEM_KEY { "tree block" } else { "data" });
+        let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(at(), "no extent item"))?;
+        let mut info = parse_extent_item(key, &body)?;
+        let delta = f(&mut info.inline_refs)?;
+        info.inline_refs.retain(|r| !matches!(r, ExtentRef::Data { count: 0, .. } | ExtentRef::SharedData { count: 0, .. }));
+        let refs = info.refs as i64 + delta;
+        if refs < 0 {
+            return Err(Error::corrupt(at(), "reference count underflow"));
+        }
+        if refs == 0 {
+            if info.inline_refs.iter().any(|r| r.count() > 0) {
+                return Err(Error::corrupt(at(), "no references counted but back references left"));
+            }
+            self.delete(EXTENT_TREE_OBJECTID, key)?;
+            return Ok(true);
+        }
+        info.refs = refs as u64;
+        self.put(EXTENT_TREE_OBJECTID, key, info.to_bytes())?;
+        Ok(false)
+    }
+
     /// Change the count of the (root, ino, offset) data ref of extent `bytenr` by
     /// `delta`; returns true when the extent lost its last reference (deleted).
     pub fn data_ref_delta(&mut self, bytenr: u64, len: u64, root: u64, ino: u64, offset: u64, delta: i64) -> Result<bool> {
+        // Leaves the kernel relocated hold their data refs by parent: turn
+        // them into per-root refs first (see `unshare_children`).
+        self.apply_log()?;
         let key = Key::new(bytenr, EXTENT_ITEM_KEY, len);
-        let body = self
-            .get(EXTENT_TREE_OBJECTID, key)?
-            .ok_or_else(|| Error::corrupt(format!("data extent {bytenr}"), "no extent item"))?;
-        let info = parse_extent_item(key, &body)?;
-        let mut refs: Vec<ExtentRef> = info.inline_refs.clone();
-        let mut found = false;
-        for r in refs.iter_mut() {
-            if let ExtentRef::Data { root: r0, objectid, offset: o, count } = r {
-                if *r0 == root && *objectid == ino && *o == offset {
-                    let c = *count as i64 + delta;
-                    if c < 0 {
-                        return Err(Error::corrupt(format!("data extent {bytenr}"), "ref count underflow"));
-                    }
-                    *count = c as u32;
-                    found = true;
+        let gone = self.edit_extent_refs(key, |refs| {
+            let found = refs.iter_mut().find_map(|r| match r {
+                ExtentRef::Data { root: r0, objectid, offset: o, count } if *r0 == root && *objectid == ino && *o == offset => Some(count),
+                _ => None,
+            });
+            match found {
+                Some(count) => {
+                    *count = u32::try_from(*count as i64 + delta)
+                        .map_err(|_| Error::corrupt(format!("data extent {bytenr}"), "data ref count underflow"))?;
                 }
+                None if delta > 0 => refs.push(ExtentRef::Data { root, objectid: ino, offset, count: delta as u32 }),
+                // Keyed refs (very many owners) are not handled by this writer yet.
+                None => return Err(Error::Unsupported(format!("data extent {bytenr}: back reference not inline"))),
             }
-        }
-        if !found {
-            if delta < 0 {
-                // Keyed refs (many owners) are not handled by this writer yet.
-                return Err(Error::Unsupported(format!("data extent {bytenr}: back reference not inline")));
-            }
-            refs.push(ExtentRef::Data { root, objectid: ino, offset, count: delta as u32 });
-        }
-        refs.retain(|r| !matches!(r, ExtentRef::Data { count: 0, .. }));
-        let total: i64 = info.refs as i64 + delta;
-        if total <= 0 || refs.is_empty() {
-            if total > 0 {
-                return Err(Error::Unsupported(format!("data extent {bytenr}: keyed back references")));
-            }
-            self.delete(EXTENT_TREE_OBJECTID, key)?;
+            Ok(delta)
+        })?;
+        if gone {
             self.store.release_data(bytenr)?;
-            return Ok(true);
         }
-        let mut nb = ExtentItem { refs: (total as u64).into(), generation: info.generation.into(), flags: info.flags.into() }
-            .as_bytes()
-            .to_vec();
-        for r in &refs {
-            match r {
-                ExtentRef::Data { root, objectid, offset, count } => {
-                    nb.push(EXTENT_DATA_REF_KEY);
-                    nb.extend_from_slice(
-                        ExtentDataRef { root: (*root).into(), objectid: (*objectid).into(), offset: (*offset).into(), count: (*count).into() }
-                            .as_bytes(),
-                    );
+        Ok(gone)
+    }
+
+    /// Block `addr` of tree `owner`, which the kernel marked FULL_BACKREF
+    /// (balance does this to the blocks it relocates), is being replaced by
+    /// an ordinary copy: what it points to is referenced by parent address
+    /// (SHARED_BLOCK_REF / SHARED_DATA_REF to `addr`), which will no longer
+    /// exist. Move each such reference to the tree (TREE_BLOCK_REF /
+    /// EXTENT_DATA_REF), as the kernel's update_ref_for_cow does.
+    fn unshare_children(&mut self, addr: u64, owner: u64, level: u8) -> Result<()> {
+        let old = self.store.fs.reader.read_block(addr, Expect { level: Some(level), ..Default::default() }, Some(owner))?;
+        if level > 0 {
+            for i in 0..old.nritems() {
+                let (_, child, _) = old.ptr(i);
+                let key = Key::new(child, METADATA_ITEM_KEY, (level - 1) as u64);
+                // A child already replaced in this transaction has no item left.
+                if self.get(EXTENT_TREE_OBJECTID, key)?.is_none() {
+                    continue;
                 }
-                _ => return Err(Error::Unsupported(format!("data extent {bytenr}: shared back references"))),
+                if !self.drop_keyed_ref(Key::new(child, SHARED_BLOCK_REF_KEY, addr), 1)? {
+                    self.edit_extent_refs(key, |refs| {
+                        let n = refs.len();
+                        refs.retain(|r| *r != ExtentRef::SharedBlock { parent: addr });
+                        if refs.len() == n {
+                            return Err(Error::corrupt(format!("tree block {child}"), format!("no back reference from parent {addr}")));
+                        }
+                        refs.push(ExtentRef::TreeBlock { root: owner });
+                        Ok(0)
+                    })?;
+                } else {
+                    self.edit_extent_refs(key, |refs| {
+                        refs.push(ExtentRef::TreeBlock { root: owner });
+                        Ok(0)
+                    })?;
+                }
             }
+            return Ok(());
         }
-        self.put(EXTENT_TREE_OBJECTID, key, nb)?;
-        Ok(false)
+        for i in 0..old.nritems() {
+            let k = old.key(i);
+            if k.item_type != EXTENT_DATA_KEY {
+                continue;
+            }
+            let fe = items::parse_file_extent(old.item_data(i))?;
+            let items::FileExtentKind::Regular { disk_bytenr, disk_num_bytes, offset, .. } = fe.kind else { continue };
+            if disk_bytenr == 0 {
+                continue;
+            }
+            let ekey = Key::new(disk_bytenr, EXTENT_ITEM_KEY, disk_num_bytes);
+            let (ino, off) = (k.objectid, k.offset.wrapping_sub(offset));
+            let keyed = self.drop_keyed_ref(Key::new(disk_bytenr, SHARED_DATA_REF_KEY, addr), 1)?;
+            self.edit_extent_refs(ekey, |refs| {
+                if !keyed {
+                    let shared = refs.iter_mut().find_map(|r| match r {
+                        ExtentRef::SharedData { parent, count } if *parent == addr && *count > 0 => Some(count),
+                        _ => None,
+                    });
+                    match shared {
+                        Some(c) => *c -= 1,
+                        None => {
+                            return Err(Error::corrupt(format!("data extent {disk_bytenr}"), format!("no back reference from leaf {addr}")))
+                        }
+                    }
+                }
+                match refs.iter_mut().find_map(|r| match r {
+                    ExtentRef::Data { root, objectid, offset, count } if *root == owner && *objectid == ino && *offset == off => Some(count),
+                    _ => None,
+                }) {
+                    Some(c) => *c += 1,
+                    None => refs.push(ExtentRef::Data { root: owner, objectid: ino, offset: off, count: 1 }),
+                }
+                Ok(0)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Take `n` off a standalone (keyed) back reference item; false when
+    /// there is no such item (the reference is inline).
+    fn drop_keyed_ref(&mut self, key: Key, n: u32) -> Result<bool> {
+        let Some(body) = self.get(EXTENT_TREE_OBJECTID, key)? else { return Ok(false) };
+        let count = match key.item_type {
+            SHARED_DATA_REF_KEY => items::read_prefix::<SharedDataRef>(&body, "shared data ref")?.0.count.get(),
+            _ => 1,
+        };
+        if count <= n {
+            self.delete(EXTENT_TREE_OBJECTID, key)?;
+        } else {
+            self.put(EXTENT_TREE_OBJECTID, key, SharedDataRef { count: (count - n).into() }.as_bytes().to_vec())?;
+        }
+        Ok(true)
     }
 
     /// Apply queued tree-block ref changes to the extent tree.
@@ -613,16 +705,19 @@ impl Transaction {
                     body.extend_from_slice(&owner.to_le_bytes());
                     self.insert(EXTENT_TREE_OBJECTID, Key::new(addr, METADATA_ITEM_KEY, level as u64), body)?;
                 }
-                RefOp::Free { addr, level } => {
+                RefOp::Free { addr, owner, level } => {
                     let key = Key::new(addr, METADATA_ITEM_KEY, level as u64);
                     match self.get(EXTENT_TREE_OBJECTID, key)? {
                         Some(body) => {
                             let info = parse_extent_item(key, &body)?;
-                            if info.refs != 1 || info.flags & BLOCK_FLAG_FULL_BACKREF != 0 {
+                            if info.refs != 1 {
                                 return Err(Error::Unsupported(format!(
-                                    "tree block {addr} is shared ({} refs; snapshots): not writable by btrs yet",
+                                    "tree block {addr} is shared by {} trees (snapshots): not writable by btrs yet",
                                     info.refs
                                 )));
+                            }
+                            if info.flags & BLOCK_FLAG_FULL_BACKREF != 0 {
+                                self.unshare_children(addr, owner, level)?;
                             }
                             self.delete(EXTENT_TREE_OBJECTID, key)?;
                         }
@@ -745,9 +840,15 @@ impl Transaction {
                 None => continue,
             };
             let Some((key, mut ri)) = self.root_items.get(&id).cloned() else { continue };
-            if ri.bytenr.get() == root.bytenr && ri.level == root.level && ri.generation.get() == root.generation {
+            let delta = self.store.used_delta.remove(&id).unwrap_or(0);
+            if delta == 0 && ri.bytenr.get() == root.bytenr && ri.level == root.level && ri.generation.get() == root.generation {
                 continue;
             }
+            // bytes_used counts the tree's blocks; the kernel keeps it up to
+            // date block by block and sizes its global reserve from it, so a
+            // stale value (worse, one it later drives below zero) makes it
+            // fail with ENOSPC.
+            ri.bytes_used = ri.bytes_used.get().saturating_add_signed(delta).into();
             ri.bytenr = root.bytenr.into();
             ri.level = root.level;
             ri.generation = root.generation.into();
