@@ -221,11 +221,30 @@ pub struct MkfsArgs {
     /// Populate the top-level subvolume from this host directory.
     #[arg(short = 'r', long = "rootdir", value_name = "DIR")]
     pub rootdir: Option<PathBuf>,
+    /// Make a --rootdir directory (PATH, relative to it) a subvolume; repeatable.
+    ///
+    /// `:ro` makes it read-only; `:default` makes it the default subvolume (what
+    /// the kernel mounts without subvol= or subvolid=; the DEFAULT_SUBVOL
+    /// incompat flag is set, as `btrfs subvolume set-default` does). Subvolumes
+    /// may nest (`--subvol a --subvol a/b`). Every file belongs to the nearest
+    /// subvolume above it and inode numbers restart at 256 in each; subvolume
+    /// ids are 256, 257, ... in the order of the walk (depth first, names in
+    /// byte order), whatever the order of the options. A hard link between
+    /// names in different subvolumes cannot exist on btrfs: each subvolume
+    /// gets its own copy of the file (with a warning), as mkfs.btrfs does. PATH
+    /// must be a directory in the tree (not a symlink), given once.
+    #[arg(long = "subvol", value_name = "PATH[:ro][:default]", requires = "rootdir")]
+    pub subvols: Vec<String>,
     /// Compress --rootdir file data: zlib, lzo, zstd, optionally :LEVEL.
-    #[arg(long, value_name = "ALGO[:LEVEL]", requires = "rootdir")]
-    pub compress: Option<String>,
-    /// Inode flags for a --rootdir path (relative to it): nodatacow (implies
-    /// nodatasum) or nodatasum, comma separated; the file gets no checksums. Repeatable.
+    /// Repeatable: `ALGO[:LEVEL]:PATH` compresses PATH (relative to --rootdir;
+    /// a file, or a directory or subvolume and everything beneath it) so, and
+    /// `none:PATH` not at all; the longest matching PATH wins, then the form
+    /// without PATH. A PATH that reads as a number needs a `./` prefix.
+    #[arg(long, value_name = "ALGO[:LEVEL][:PATH]", requires = "rootdir")]
+    pub compress: Vec<String>,
+    /// Inode flags for a --rootdir path (relative to it, also inside
+    /// subvolumes): nodatacow (implies nodatasum) or nodatasum, comma
+    /// separated; the file gets no checksums. Repeatable.
     #[arg(long = "inode-flags", value_name = "FLAGS:PATH", requires = "rootdir")]
     pub inode_flags: Vec<String>,
     /// Store every --rootdir inode as owned by uid 0, gid 0 (no root or fakeroot needed).

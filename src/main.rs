@@ -200,7 +200,14 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     o.force = a.force;
     o.rootdir = a.rootdir;
-    o.compress = a.compress.as_deref().map(m::parse_compress).transpose()?;
+    for c in &a.compress {
+        match m::parse_compress_arg(c)? {
+            (Some(path), algo) => o.compress_paths.push((path, algo)),
+            (None, algo) if o.compress.is_none() => o.compress = algo,
+            (None, _) => anyhow::bail!("--compress {c:?}: only one --compress may go without a PATH"),
+        }
+    }
+    o.subvols = a.subvols.iter().map(|s| btrs::ops::rootdir::SubvolSpec::parse(s)).collect::<btrs::Result<_>>()?;
     o.inode_flags = a.inode_flags.iter().map(|s| m::parse_inode_flags(s)).collect::<btrs::Result<_>>()?;
     o.timestamp = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => Some(v.trim().parse().with_context(|| format!("bad SOURCE_DATE_EPOCH {v:?}"))?),
@@ -272,6 +279,15 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             "Rootdir:            {} files ({} bytes), {} directories, {} symlinks, {} special, {} hardlinks",
             r.files, r.data_bytes, r.dirs, r.symlinks, r.special, r.hardlinks
         )?;
+        if !r.subvolumes.is_empty() {
+            writeln!(out, "Subvolumes:")?;
+            writeln!(out, "   ID  PARENT  FLAGS        PATH")?;
+            for sv in &r.subvolumes {
+                let flags = [(sv.readonly, "ro"), (sv.default, "default")].iter().filter(|f| f.0).map(|f| f.1).collect::<Vec<_>>();
+                let flags = if flags.is_empty() { "-".to_string() } else { flags.join(",") };
+                writeln!(out, "  {:>3}  {:>6}  {flags:<11}  {}", sv.id, sv.parent, sv.path)?;
+            }
+        }
     }
     Ok(())
 }

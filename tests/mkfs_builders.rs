@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -405,4 +405,268 @@ fn unreadable_rootdir_entry_is_named() {
     assert!(err.contains("etc/secret"), "error must name the entry: {err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(!has_valid_super(&img), "no valid filesystem left behind");
+}
+
+// ---------------------------------------------------------------------------
+// --subvol
+
+/// A varied tree for the subvolume tests: files inline and not, compressible
+/// and not, a sparse file, symlinks, a fifo, odd modes, an empty directory, a
+/// hard link inside `a` and one from `c` into `a` (across the boundary).
+fn make_subvol_tree(root: &Path) {
+    for d in ["a/b/deep", "a/empty", "c/sub", "top"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("top/readme"), b"top level\n").unwrap();
+    fs::write(root.join("a/small"), b"in a\n").unwrap();
+    fs::write(root.join("a/text"), "compress me ".repeat(50_000)).unwrap();
+    let noise: Vec<u8> = (0..700_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    fs::write(root.join("a/b/noise"), &noise).unwrap();
+    fs::write(root.join("a/b/raw"), &noise[..200_000]).unwrap();
+    fs::write(root.join("a/b/deep/leaf"), b"deep\n").unwrap();
+    let f = fs::File::create(root.join("a/b/sparse")).unwrap();
+    f.set_len(8 * MIB).unwrap();
+    f.write_all_at(b"middle", 4 * MIB).unwrap();
+    std::os::unix::fs::symlink("../small", root.join("a/b/link")).unwrap();
+    fs::write(root.join("c/sub/file"), b"in c\n").unwrap();
+    fs::write(root.join("c/secret"), b"0600\n").unwrap();
+    fs::set_permissions(root.join("c/secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(root.join("c/tool"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(root.join("c/tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, root.join("c/fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o644), 0)
+        .unwrap();
+    fs::hard_link(root.join("a/small"), root.join("a/small-link")).unwrap();
+    fs::hard_link(root.join("a/small"), root.join("c/small-from-a")).unwrap();
+}
+
+/// Every entry under `src` has the same type, permission bits, size, content
+/// and symlink target under `dst` (a mount or an extracted copy).
+fn assert_same_tree(src: &Path, dst: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let mut n = 0;
+    for p in walk(src).into_iter().skip(1) {
+        let rel = p.strip_prefix(src).unwrap();
+        let q = dst.join(rel);
+        let (a, b) = (fs::symlink_metadata(&p).unwrap(), fs::symlink_metadata(&q).unwrap_or_else(|e| panic!("{}: {e}", q.display())));
+        assert_eq!(a.mode(), b.mode(), "mode of {}", rel.display());
+        let ft = a.file_type();
+        if ft.is_file() {
+            assert_eq!(a.len(), b.len(), "size of {}", rel.display());
+            assert!(fs::read(&p).unwrap() == fs::read(&q).unwrap(), "content of {}", rel.display());
+        } else if ft.is_symlink() {
+            assert_eq!(fs::read_link(&p).unwrap(), fs::read_link(&q).unwrap(), "target of {}", rel.display());
+        } else {
+            assert!(ft.is_dir() || ft.is_fifo(), "{}", rel.display());
+        }
+        n += 1;
+    }
+    assert!(n > 0, "nothing compared under {}", src.display());
+}
+
+const SUBVOL_ARGS: [&str; 6] = ["--subvol", "a", "--subvol", "a/b:ro", "--subvol", "c:default"];
+
+#[test]
+fn subvolumes_mount_with_default_readonly_and_nesting() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_subvol_tree(&src);
+    let img = d.path().join("img");
+    let mut args = vec!["mkfs", "--json", "-b", "256M", "-r", s(&src)];
+    // Per-subvolume options: zstd in `a` (its nested `b` included), none in
+    // the nodatacow file inside the read-only `a/b`.
+    args.extend(SUBVOL_ARGS);
+    args.extend(["--compress", "zstd:a", "--inode-flags", "nodatacow:a/b/raw", s(&img)]);
+    let (code, out, err) = btrs(&args, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("c/small-from-a") && err.contains("separate copy"), "cross-subvolume hard link warning: {err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let svs: Vec<(u64, u64, String, bool, bool)> = summary["rootdir"]["subvolumes"]
+        .as_array()
+        .expect("subvolumes")
+        .iter()
+        .map(|v| {
+            let path = v["path"].as_str().unwrap().to_string();
+            (v["id"].as_u64().unwrap(), v["parent"].as_u64().unwrap(), path, v["readonly"] == true, v["default"] == true)
+        })
+        .collect();
+    let want = [(256, 5, "a", false, false), (257, 256, "a/b", true, false), (258, 5, "c", false, true)];
+    assert_eq!(svs, want.map(|(i, p, n, r, df)| (i, p, n.to_string(), r, df)).to_vec());
+    check_clean(&img, "subvolumes");
+
+    // The items, as btrfs-progs reads them.
+    if progs_available() {
+        let dump = |tree: &str| common::interop::must(Command::new("btrfs").args(["inspect-internal", "dump-tree", "-t", tree]).arg(&img));
+        let root = dump("root");
+        for want in [
+            "key (FS_TREE ROOT_REF 256)",
+            "key (256 ROOT_BACKREF 5)",
+            "key (256 ROOT_REF 257)",
+            "key (257 ROOT_BACKREF 256)",
+            "key (FS_TREE ROOT_REF 258)",
+            "location key (258 ROOT_ITEM 0) type DIR",
+            "flags 0x1(RDONLY)",
+        ] {
+            assert!(root.contains(want), "root tree lacks {want:?}:\n{root}");
+        }
+        let uuid_items = dump("uuid").matches("UUID_KEY_SUBVOL").count();
+        assert_eq!(uuid_items, 4, "uuid tree: the top level and three subvolumes");
+        // Inode numbers restart per subvolume: `a/b`'s top directory is 256 in tree 257.
+        let b = dump("257");
+        assert!(b.contains("key (256 INODE_REF 256)") && b.contains("name: .."), "{b}");
+        assert!(b.contains("NODATASUM|NODATACOW"), "a/b/raw keeps its flags:\n{b}");
+        assert!(b.contains("compression 3"), "a/b inherits zstd from --compress zstd:a:\n{b}");
+        assert!(!dump("258").contains("compression 3"), "c is not compressed");
+        let top = dump("5");
+        assert!(top.contains("location key (256 ROOT_ITEM 0) type DIR"), "{top}");
+        let super_ = common::interop::must(Command::new("btrfs").args(["inspect-internal", "dump-super"]).arg(&img));
+        assert!(super_.contains("DEFAULT_SUBVOL"), "{super_}");
+    }
+
+    // btrs's own reader crosses the subvolume boundaries.
+    let ls = btrs_ok(&["ls", "-R", s(&img)]);
+    for p in ["/a/b:", "/a/b/deep:", "/c/sub:", "leaf", "small-from-a"] {
+        assert!(ls.lines().any(|l| l == p), "ls -R lacks {p}:\n{ls}");
+    }
+    let ex = d.path().join("extracted");
+    btrs_ok(&["extract", s(&img), s(&ex)]);
+    assert_same_tree(&src, &ex);
+
+    if !interop_enabled("subvolumes_mount_with_default_readonly_and_nesting") {
+        return;
+    }
+    let mnt = d.path().join("mnt");
+    // No subvol= option: the default subvolume, `c`, is the top.
+    let m = Mounted::mount(&mnt, std::slice::from_ref(&img), "").expect("mount default");
+    assert_same_tree(&src.join("c"), &mnt);
+    assert!(!mnt.join("a").exists() && mnt.join("sub/file").exists());
+    let def = common::interop::must(Command::new("btrfs").args(["subvolume", "get-default"]).arg(&mnt));
+    assert!(def.starts_with("ID 258 "), "{def}");
+    m.unmount().expect("umount");
+
+    let m = Mounted::mount(&mnt, std::slice::from_ref(&img), "subvolid=5").expect("mount subvolid=5");
+    assert_same_tree(&src, &mnt);
+    let list = common::interop::must(Command::new("btrfs").args(["subvolume", "list", "-p"]).arg(&mnt));
+    // Drop "gen N": mounting `c` above already committed a transaction in it.
+    let rows: Vec<String> = list
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let gen = w.iter().position(|x| *x == "gen").unwrap_or(w.len());
+            w[..gen].iter().chain(w.iter().skip(gen + 2)).copied().collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        ["ID 256 parent 5 top level 5 path a", "ID 257 parent 256 top level 256 path a/b", "ID 258 parent 5 top level 5 path c"],
+        "{list}"
+    );
+    let ro = |p: &str| common::interop::must(Command::new("btrfs").args(["property", "get"]).arg(mnt.join(p)).arg("ro"));
+    assert_eq!(ro("a/b").trim(), "ro=true");
+    assert_eq!(ro("a").trim(), "ro=false");
+    // Hard links: one inode inside `a`, a copy of its own in `c`.
+    let ino = |p: &str| fs::metadata(mnt.join(p)).unwrap();
+    assert_eq!((ino("a/small").ino(), ino("a/small").nlink()), (ino("a/small-link").ino(), 2));
+    assert_eq!(ino("c/small-from-a").nlink(), 1);
+    // Each subvolume is its own inode number space (and st_dev).
+    assert_eq!(ino("a").ino(), 256);
+    assert_eq!(ino("a/b").ino(), 256);
+    assert_ne!(ino("a").dev(), ino("a/b").dev());
+    fs::write(mnt.join("a/new"), b"written by the kernel").expect("write into rw subvolume a");
+    let e = fs::write(mnt.join("a/b/new"), b"x").expect_err("a/b is read-only");
+    assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::ROFS.raw_os_error()), "{e}");
+    m.unmount().expect("umount");
+    btrfs_check(std::slice::from_ref(&img), &[]).expect("btrfs check after the kernel wrote");
+}
+
+#[test]
+fn subvolume_images_are_reproducible_and_sized_right() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_subvol_tree(&src);
+    let env = [("SOURCE_DATE_EPOCH", "1000000000")];
+    let mk = |img: &Path, extra: &[&str]| {
+        let mut args = vec!["mkfs", "--shrink", "-U", "0a1b2c3d-0000-4000-8000-000000000002", "-r", s(&src)];
+        args.extend(SUBVOL_ARGS);
+        args.extend(extra);
+        args.push(s(img));
+        let (code, _, err) = btrs(&args, &env);
+        assert_eq!(code, 0, "{err}");
+    };
+    let (a, b) = (d.path().join("a.img"), d.path().join("b.img"));
+    mk(&a, &[]);
+    mk(&b, &[]);
+    assert!(fs::read(&a).unwrap() == fs::read(&b).unwrap(), "two runs with -U and SOURCE_DATE_EPOCH differ");
+    check_clean(&a, "reproducible subvolumes");
+    // The subvolume UUIDs derive from the fsid too.
+    let out = btrs(&["mkfs", "--json", "--shrink", "-U", "0a1b2c3d-0000-4000-8000-000000000002", "-r", s(&src), "--subvol", "a", s(&d.path().join("j.img"))], &env).1;
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let again = btrs(&["mkfs", "--json", "--shrink", "-U", "0a1b2c3d-0000-4000-8000-000000000002", "-r", s(&src), "--subvol", "a", s(&d.path().join("k.img"))], &env).1;
+    let k: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(j["rootdir"]["subvolumes"][0]["uuid"], k["rootdir"]["subvolumes"][0]["uuid"]);
+    assert_ne!(j["rootdir"]["subvolumes"][0]["uuid"], serde_json::Value::Null);
+
+    // --print-size counts the subvolume trees, and matches --shrink.
+    let mut args = vec!["mkfs", "--print-size", "-r", s(&src)];
+    args.extend(SUBVOL_ARGS);
+    let fresh = d.path().join("fresh.img");
+    args.push(s(&fresh));
+    let printed: u64 = btrs_ok(&args).trim().parse().expect("a number");
+    assert!(!fresh.exists());
+    assert_eq!(printed, fs::metadata(&a).unwrap().len());
+    // Many subvolumes: the shrunk image still holds every tree.
+    let many = d.path().join("many");
+    let mut args: Vec<String> = ["mkfs", "--shrink", "-n", "4K", "-r", s(&many)].map(String::from).to_vec();
+    for i in 0..60 {
+        fs::create_dir_all(many.join(format!("sv{i:02}/inner"))).unwrap();
+        fs::write(many.join(format!("sv{i:02}/inner/f")), vec![i as u8; 5000]).unwrap();
+        args.extend(["--subvol".to_string(), format!("sv{i:02}")]);
+    }
+    let mimg = d.path().join("many.img");
+    args.push(s(&mimg).to_string());
+    let (code, _, err) = btrs(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert_eq!(code, 0, "{err}");
+    check_clean(&mimg, "60 subvolumes, 4K nodes");
+    let ls = btrs_ok(&["ls", "-R", s(&mimg)]);
+    assert_eq!(ls.lines().filter(|l| *l == "f").count(), 60);
+}
+
+#[test]
+fn bad_subvol_options_fail_and_write_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_subvol_tree(&src);
+    std::os::unix::fs::symlink("a", src.join("to-a")).unwrap();
+    let img = d.path().join("img");
+    let cases: [(&[&str], &str); 8] = [
+        (&["--subvol", "nope"], "nope: no such directory"),
+        (&["--subvol", "top/readme"], "top/readme: not a directory"),
+        (&["--subvol", "to-a"], "to-a: not a directory"),
+        (&["--subvol", "a", "--subvol", "./a/:ro"], "a: given more than once"),
+        (&["--subvol", "a:default", "--subvol", "c:default"], "only one subvolume can be the default"),
+        (&["--subvol", "../src/a"], "`..` is not allowed"),
+        (&["--subvol", "/"], "the root itself is the top-level subvolume"),
+        (&["--compress", "zstd:nope"], "--compress for nope: no such path"),
+    ];
+    for (extra, msg) in cases {
+        let mut args = vec!["mkfs", "--shrink", "-r", s(&src)];
+        args.extend(extra);
+        args.push(s(&img));
+        let (code, _, err) = btrs(&args, &[]);
+        assert_eq!(code, 1, "{extra:?}: {err}");
+        assert!(err.contains(msg), "{extra:?}: want {msg:?} in: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!img.exists(), "{extra:?}: an image was left behind");
+    }
+    // An existing image keeps its filesystem.
+    btrs_ok(&["mkfs", "-b", "128M", s(&img)]);
+    let before = fs::read(&img).unwrap();
+    let (code, _, err) = btrs(&["mkfs", "-f", "-r", s(&src), "--subvol", "nope", s(&img)], &[]);
+    assert_ne!(code, 0, "{err}");
+    assert!(fs::read(&img).unwrap() == before, "a refused mkfs changed the image");
+    // Without --rootdir there is nothing to make subvolumes of.
+    let none = d.path().join("none.img");
+    let (code, _, err) = btrs(&["mkfs", "-b", "128M", "--subvol", "a", s(&none)], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--rootdir"), "{err}");
+    assert!(!none.exists());
 }

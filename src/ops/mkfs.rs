@@ -117,7 +117,13 @@ pub struct MkfsOptions {
     pub features: Features,
     pub force: bool,
     pub rootdir: Option<PathBuf>,
+    /// Compression of `rootdir` files not under one of `compress_paths`.
     pub compress: Option<(Compression, Option<i32>)>,
+    /// Compression (None: none) of a `rootdir` path and everything beneath it,
+    /// relative to `rootdir`; the longest matching path wins.
+    pub compress_paths: Vec<(PathBuf, rootdir::Compress)>,
+    /// Directories of `rootdir` that become subvolumes.
+    pub subvols: Vec<rootdir::SubvolSpec>,
     /// Seconds since the epoch used for every timestamp mkfs makes up (`SOURCE_DATE_EPOCH`).
     pub timestamp: Option<u64>,
     /// Inode flags (`INODE_NODATASUM`, `INODE_NODATACOW`) for `rootdir` paths,
@@ -181,6 +187,8 @@ impl MkfsOptions {
             force: false,
             rootdir: None,
             compress: None,
+            compress_paths: Vec::new(),
+            subvols: Vec::new(),
             timestamp: None,
             inode_flags: Vec::new(),
             fixed_ctime: false,
@@ -238,6 +246,18 @@ pub struct RootdirSummary {
     pub special: u64,
     pub hardlinks: u64,
     pub data_bytes: u64,
+    pub subvolumes: Vec<SubvolSummary>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SubvolSummary {
+    pub id: u64,
+    /// Relative to the root directory.
+    pub path: String,
+    pub parent: u64,
+    pub uuid: String,
+    pub readonly: bool,
+    pub default: bool,
 }
 
 /// Parse `--inode-flags FLAGS:PATH` (FLAGS: nodatacow, nodatasum, comma separated).
@@ -302,6 +322,38 @@ pub fn parse_compress(s: &str) -> Result<(Compression, Option<i32>)> {
         (Compression::Lzo, Some(_)) => Err(Error::Invalid("lzo has no compression levels".into())),
         _ => Ok((kind, level)),
     }
+}
+
+/// Parse a `--compress` value: `ALGO[:LEVEL]` for every file, or
+/// `ALGO[:LEVEL]:PATH` for a path relative to the root directory and what is
+/// beneath it (ALGO may then be `none`). Returns (path, compression).
+/// A PATH that reads as a number needs a `./` prefix to not be a level.
+pub fn parse_compress_arg(s: &str) -> Result<(Option<PathBuf>, rootdir::Compress)> {
+    let (name, rest) = match s.split_once(':') {
+        Some((n, r)) => (n, Some(r)),
+        None => (s, None),
+    };
+    let is_level = |v: &str| v.parse::<i32>().is_ok();
+    let (level, path) = match rest {
+        None => (None, None),
+        Some(r) if is_level(r) => (Some(r), None),
+        Some(r) => match r.split_once(':') {
+            Some((l, p)) if is_level(l) => (Some(l), Some(p)),
+            _ => (None, Some(r)),
+        },
+    };
+    let path = path.map(|p| rootdir::relative_path(p, "--compress")).transpose()?;
+    if name.eq_ignore_ascii_case("none") {
+        if level.is_some() {
+            return Err(Error::Invalid(format!("--compress {s:?}: `none` takes no level")));
+        }
+        return Ok((path, None));
+    }
+    let algo = match level {
+        Some(l) => format!("{name}:{l}"),
+        None => name.to_string(),
+    };
+    Ok((path, Some(parse_compress(&algo)?)))
 }
 
 fn fmt_uuid(u: &[u8; 16]) -> String {
@@ -653,6 +705,10 @@ fn key(o: u64, t: u8, off: u64) -> Key {
 }
 
 fn root_item(bytenr: u64, level: u8, bytes_used: u64, root_dirid: u64, uuid: [u8; 16], time: (u64, u32), nodesize: u32) -> Vec<u8> {
+    new_root_item(bytenr, level, bytes_used, root_dirid, uuid, time, nodesize).as_bytes().to_vec()
+}
+
+fn new_root_item(bytenr: u64, level: u8, bytes_used: u64, root_dirid: u64, uuid: [u8; 16], time: (u64, u32), nodesize: u32) -> RootItem {
     let mut r = RootItem::new_zeroed();
     // The embedded inode is what btrfs-progs and the kernel put there: a directory with one link.
     r.inode.generation = 1.into();
@@ -674,7 +730,33 @@ fn root_item(bytenr: u64, level: u8, bytes_used: u64, root_dirid: u64, uuid: [u8
         r.ctime = Timespec::new(time.0, time.1);
         r.otime = Timespec::new(time.0, time.1);
     }
+    r
+}
+
+/// The root item of a subvolume `--subvol` made: like the kernel's
+/// create_subvol, its inode carries ROOT_ITEM_INIT (generation_v2 is valid),
+/// and a read-only subvolume has ROOT_SUBVOL_RDONLY.
+fn subvol_root_item(tree: (u64, u8, u64), uuid: [u8; 16], readonly: bool, time: (u64, u32), nodesize: u32) -> Vec<u8> {
+    let mut r = new_root_item(tree.0, tree.1, tree.2, FIRST_FREE_OBJECTID, uuid, time, nodesize);
+    r.inode.flags = INODE_ROOT_ITEM_INIT.into();
+    if readonly {
+        r.flags = ROOT_SUBVOL_RDONLY.into();
+    }
     r.as_bytes().to_vec()
+}
+
+/// ROOT_REF / ROOT_BACKREF data: the directory and DIR_INDEX of the entry that
+/// links a subvolume, and its name.
+fn root_ref(dirid: u64, index: u64, name: &[u8]) -> Vec<u8> {
+    let mut v = RootRef { dirid: dirid.into(), sequence: index.into(), name_len: (name.len() as u16).into() }.as_bytes().to_vec();
+    v.extend_from_slice(name);
+    v
+}
+
+/// A UUID_KEY_SUBVOL item of the uuid tree: the uuid split into key halves.
+fn uuid_item(uuid: &[u8; 16], subvol: u64) -> TreeItem {
+    let half = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    TreeItem::new(key(half(&uuid[..8]), UUID_KEY_SUBVOL, half(&uuid[8..])), subvol.to_le_bytes().to_vec())
 }
 
 fn dir_inode(time: (u64, u32), otime: (u64, u32)) -> Vec<u8> {
@@ -741,7 +823,8 @@ enum TreeId {
     Root,
     Extent,
     Dev,
-    Fs,
+    /// A subvolume tree: 5 (the top level) or one `--subvol` made.
+    Fs(u64),
     Csum,
     Uuid,
     DataReloc,
@@ -756,7 +839,7 @@ impl TreeId {
             TreeId::Root => ROOT_TREE_OBJECTID,
             TreeId::Extent => EXTENT_TREE_OBJECTID,
             TreeId::Dev => DEV_TREE_OBJECTID,
-            TreeId::Fs => FS_TREE_OBJECTID,
+            TreeId::Fs(id) => id,
             TreeId::Csum => CSUM_TREE_OBJECTID,
             TreeId::Uuid => UUID_TREE_OBJECTID,
             TreeId::DataReloc => DATA_RELOC_TREE_OBJECTID,
@@ -775,6 +858,8 @@ struct Ctx<'a> {
     dev_sizes: Vec<u64>,
     chunks: Vec<PlannedChunk>,
     now: (u64, u32),
+    /// The `--subvol` subvolumes and their UUIDs.
+    subvols: Vec<(rootdir::ScanSubvol, [u8; 16])>,
 }
 
 /// Make the filesystem. On error nothing on the images looks like a valid btrfs
@@ -841,6 +926,16 @@ fn validate(opts: &MkfsOptions) -> Result<(Profile, Profile, (u64, u32))> {
     if opts.slack.is_some() && !opts.shrink {
         return Err(Error::Invalid("--slack needs --shrink".into()));
     }
+    if opts.rootdir.is_none() {
+        let needs = [
+            ("--subvol", !opts.subvols.is_empty()),
+            ("--compress", opts.compress.is_some() || !opts.compress_paths.is_empty()),
+            ("--inode-flags", !opts.inode_flags.is_empty()),
+        ];
+        if let Some((what, _)) = needs.iter().find(|n| n.1) {
+            return Err(Error::Invalid(format!("{what} needs --rootdir")));
+        }
+    }
     Ok((meta_profile, data_profile, now))
 }
 
@@ -898,6 +993,10 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
         dev_sizes: sizes.clone(),
         chunks,
         now,
+        subvols: scan
+            .as_ref()
+            .map(|s| s.subvolumes().iter().map(|sv| (sv.clone(), uuids.get(&format!("subvolume/{}", sv.id)))).collect())
+            .unwrap_or_default(),
     };
 
     // ---- wipe: from here on a failure leaves no valid btrfs behind ----
@@ -961,6 +1060,18 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
             special: s.special,
             hardlinks: s.hardlinks,
             data_bytes: s.data_bytes,
+            subvolumes: ctx
+                .subvols
+                .iter()
+                .map(|(sv, uuid)| SubvolSummary {
+                    id: sv.id,
+                    path: sv.path.display().to_string(),
+                    parent: sv.parent,
+                    uuid: fmt_uuid(uuid),
+                    readonly: sv.readonly,
+                    default: sv.default,
+                })
+                .collect(),
         }),
         warnings,
     };
@@ -973,6 +1084,8 @@ fn scan_rootdir(opts: &MkfsOptions, now: (u64, u32)) -> Result<Option<Scan>> {
         sectorsize: opts.sectorsize,
         nodesize: opts.nodesize,
         compress: opts.compress,
+        compress_paths: opts.compress_paths.clone(),
+        subvols: opts.subvols.clone(),
         otime: now,
         generation: GENERATION,
         no_holes: opts.features.no_holes,
@@ -1081,19 +1194,24 @@ fn minimal_request(
         Some(s) => {
             let mut sink = rootdir::CountingSink::default();
             let r = rootdir::write_data(s, &mut sink)?;
-            (sink.next, count_blocks(&sizes_of(&r.fs_items), nodesize)?, count_blocks(&sizes_of(&r.csum_items), nodesize)?, sizes_of(&r.extent_items))
+            // Every subvolume is a tree of its own, each at least one leaf.
+            let fs_blocks = r.fs_trees.iter().map(|(_, items)| count_blocks(&sizes_of(items), nodesize)).sum::<Result<usize>>()?;
+            (sink.next, fs_blocks, count_blocks(&sizes_of(&r.csum_items), nodesize)?, sizes_of(&r.extent_items))
         }
         None => (0, 1, 1, Vec::new()),
     };
     // Compressed extents are never split, so each data chunk boundary may waste
     // up to one extent's worth.
     let data_chunks = data_bytes.div_ceil(GIB).max(1);
-    let waste = if opts.compress.is_some() { data_chunks * rootdir::MAX_UNCOMPRESSED } else { 0 };
+    let waste = if scan.is_some_and(Scan::any_compression) { data_chunks * rootdir::MAX_UNCOMPRESSED } else { 0 };
     let data_need = data_bytes + waste + slack;
     let data_lens = chunk_lens(data_need, MIB, GIB);
     // Root, dev, uuid, data reloc, free space and block group trees take one or
-    // two blocks each at this size; count them generously.
-    let small_trees = 8usize;
+    // two blocks each at this size; count them generously. Each subvolume adds
+    // a root item and two refs (under 700 bytes) to the root tree and an item
+    // to the uuid tree.
+    let subvols = scan.map_or(0, |s| s.subvolumes().len());
+    let small_trees = 8usize + (subvols * 800).div_ceil(crate::tree::builder::leaf_data_size(nodesize));
     let chunk_count = 2 + data_lens.len();
     ext_items.extend(std::iter::repeat_n(24usize, chunk_count));
     let mut ext_blocks = 1usize;
@@ -1233,7 +1351,7 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
     let mut warnings = Vec::new();
 
     // ---- file data ----
-    let (fs_items, data_extent_items, csum_items, data_extents) = match scan {
+    let (fs_trees, data_extent_items, csum_items, data_extents) = match scan {
         Some(s) => {
             warnings.extend(s.warnings.iter().cloned());
             let mut alloc = DataAlloc {
@@ -1247,16 +1365,18 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
                 current: 0,
             };
             let r = rootdir::write_data(s, &mut alloc)?;
-            (r.fs_items, r.extent_items, r.csum_items, r.extents)
+            (r.fs_trees, r.extent_items, r.csum_items, r.extents)
         }
         None => {
             let items = vec![
                 TreeItem::new(key(256, INODE_ITEM_KEY, 0), dir_inode(ctx.now, ctx.now)),
                 TreeItem::new(key(256, INODE_REF_KEY, 256), inode_ref(0, b"..")),
             ];
-            (items, Vec::new(), Vec::new(), Vec::new())
+            (vec![(FS_TREE_OBJECTID, items)], Vec::new(), Vec::new(), Vec::new())
         }
     };
+    let fs_tree_ids: Vec<TreeId> = fs_trees.iter().map(|(id, _)| TreeId::Fs(*id)).collect();
+    let fs_items_of = |id: u64| fs_trees.iter().find(|t| t.0 == id).map(|t| t.1.as_slice()).unwrap_or_default();
 
     // ---- fixed trees ----
     let chunk_items = |dev_used: &[u64]| -> Vec<TreeItem> {
@@ -1294,14 +1414,10 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
     dev_tree.extend(dev_extents);
     let chunk_tree = chunk_items(&dev_used);
 
-    let uuid_tree = vec![TreeItem::new(
-        key(
-            u64::from_le_bytes(ctx.fs_uuid[..8].try_into().unwrap_or([0; 8])),
-            UUID_KEY_SUBVOL,
-            u64::from_le_bytes(ctx.fs_uuid[8..].try_into().unwrap_or([0; 8])),
-        ),
-        FS_TREE_OBJECTID.to_le_bytes().to_vec(),
-    )];
+    let mut uuid_tree = vec![uuid_item(&ctx.fs_uuid, FS_TREE_OBJECTID)];
+    uuid_tree.extend(ctx.subvols.iter().map(|(sv, uuid)| uuid_item(uuid, sv.id)));
+    uuid_tree.sort_by_key(|i| i.key);
+    let default_subvol = ctx.subvols.iter().find(|(sv, _)| sv.default).map(|(sv, _)| sv.id);
     let data_reloc_tree = vec![
         TreeItem::new(key(256, INODE_ITEM_KEY, 0), dir_inode(ctx.now, (0, 0))),
         TreeItem::new(key(256, INODE_REF_KEY, 256), inode_ref(0, b"..")),
@@ -1311,9 +1427,20 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
     // so both come after the rest. Neither's shape depends on those values.
     let root_tree_items = |built: &std::collections::HashMap<TreeId, crate::tree::builder::BuiltTree>, extent: (u64, u8, u64)| {
         let bytes_of = |t: TreeId| built.get(&t).map(|b| b.blocks.len() as u64 * nodesize as u64).unwrap_or(0);
-        let ri = |t: TreeId, dirid: u64, uuid: [u8; 16]| {
+        let place = |t: TreeId| {
             let b = built.get(&t);
-            root_item(b.map(|b| b.root).unwrap_or(0), b.map(|b| b.level).unwrap_or(0), bytes_of(t), dirid, uuid, ctx.now, nodesize)
+            (b.map(|b| b.root).unwrap_or(0), b.map(|b| b.level).unwrap_or(0), bytes_of(t))
+        };
+        let ri = |t: TreeId, dirid: u64, uuid: [u8; 16]| {
+            let (bytenr, level, used) = place(t);
+            root_item(bytenr, level, used, dirid, uuid, ctx.now, nodesize)
+        };
+        // "default" in the root tree directory names the subvolume mounted
+        // without subvol=/subvolid=: the top level (offset -1, as mkfs.btrfs
+        // writes it) unless a --subvol is the default.
+        let default_location = match default_subvol {
+            Some(id) => key(id, ROOT_ITEM_KEY, 0),
+            None => key(FS_TREE_OBJECTID, ROOT_ITEM_KEY, u64::MAX),
         };
         let mut v = vec![
             TreeItem::new(key(EXTENT_TREE_OBJECTID, ROOT_ITEM_KEY, 0), {
@@ -1321,12 +1448,12 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
             }),
             TreeItem::new(key(DEV_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::Dev, 0, [0; 16])),
             TreeItem::new(key(FS_TREE_OBJECTID, INODE_REF_KEY, ROOT_TREE_DIR_OBJECTID), inode_ref(0, b"default")),
-            TreeItem::new(key(FS_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::Fs, 256, ctx.fs_uuid)),
+            TreeItem::new(key(FS_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::Fs(FS_TREE_OBJECTID), 256, ctx.fs_uuid)),
             TreeItem::new(key(ROOT_TREE_DIR_OBJECTID, INODE_ITEM_KEY, 0), dir_inode(ctx.now, ctx.now)),
             TreeItem::new(key(ROOT_TREE_DIR_OBJECTID, INODE_REF_KEY, ROOT_TREE_DIR_OBJECTID), inode_ref(0, b"..")),
             TreeItem::new(key(ROOT_TREE_DIR_OBJECTID, DIR_ITEM_KEY, name_hash(b"default")), {
                 let mut d = DirItem {
-                    location: key(FS_TREE_OBJECTID, ROOT_ITEM_KEY, u64::MAX).to_disk(),
+                    location: default_location.to_disk(),
                     transid: GENERATION.into(),
                     data_len: 0.into(),
                     name_len: 7.into(),
@@ -1347,10 +1474,22 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
             v.push(TreeItem::new(key(BLOCK_GROUP_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::BlockGroup, 0, [0; 16])));
         }
         v.push(TreeItem::new(key(DATA_RELOC_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::DataReloc, 256, [0; 16])));
+        // Each subvolume: its root item, and the pair of refs that say where it
+        // is linked (ROOT_REF under the parent, ROOT_BACKREF under the child).
+        for (sv, uuid) in &ctx.subvols {
+            let item = subvol_root_item(place(TreeId::Fs(sv.id)), *uuid, sv.readonly, ctx.now, nodesize);
+            let r = root_ref(sv.dirid, sv.index, &sv.name);
+            v.push(TreeItem::new(key(sv.id, ROOT_ITEM_KEY, 0), item));
+            v.push(TreeItem::new(key(sv.id, ROOT_BACKREF_KEY, sv.parent), r.clone()));
+            v.push(TreeItem::new(key(sv.parent, ROOT_REF_KEY, sv.id), r));
+        }
+        v.sort_by_key(|i| i.key);
         v
     };
     // Trees in block layout order; the chunk tree lives in the system chunk.
-    let mut meta_trees = vec![TreeId::Root, TreeId::Extent, TreeId::Dev, TreeId::Fs, TreeId::Csum, TreeId::Uuid, TreeId::DataReloc];
+    let mut meta_trees = vec![TreeId::Root, TreeId::Extent, TreeId::Dev];
+    meta_trees.extend(fs_tree_ids.iter().copied());
+    meta_trees.extend([TreeId::Csum, TreeId::Uuid, TreeId::DataReloc]);
     if features.free_space_tree {
         meta_trees.push(TreeId::FreeSpace);
     }
@@ -1362,7 +1501,7 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
         match t {
             TreeId::Chunk => count_blocks(&sizes_of(&chunk_tree), nodesize),
             TreeId::Dev => count_blocks(&sizes_of(&dev_tree), nodesize),
-            TreeId::Fs => count_blocks(&sizes_of(&fs_items), nodesize),
+            TreeId::Fs(id) => count_blocks(&sizes_of(fs_items_of(id)), nodesize),
             TreeId::Csum => count_blocks(&sizes_of(&csum_items), nodesize),
             TreeId::Uuid => count_blocks(&sizes_of(&uuid_tree), nodesize),
             TreeId::DataReloc => count_blocks(&sizes_of(&data_reloc_tree), nodesize),
@@ -1484,16 +1623,15 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
     };
     let addr_of = |t: TreeId| addrs.iter().find(|a| a.0 == t).map(|a| a.1.clone()).unwrap_or_default();
     let mut built: std::collections::HashMap<TreeId, crate::tree::builder::BuiltTree> = std::collections::HashMap::new();
-    let simple: Vec<(TreeId, &Vec<TreeItem>)> = vec![
-        (TreeId::Chunk, &chunk_tree),
-        (TreeId::Dev, &dev_tree),
-        (TreeId::Fs, &fs_items),
-        (TreeId::Csum, &csum_items),
+    let mut simple: Vec<(TreeId, &[TreeItem])> = vec![(TreeId::Chunk, &chunk_tree), (TreeId::Dev, &dev_tree)];
+    simple.extend(fs_trees.iter().map(|(id, items)| (TreeId::Fs(*id), items.as_slice())));
+    simple.extend([
+        (TreeId::Csum, csum_items.as_slice()),
         (TreeId::Uuid, &uuid_tree),
         (TreeId::DataReloc, &data_reloc_tree),
         (TreeId::FreeSpace, &fst_tree),
         (TreeId::BlockGroup, &bg_items),
-    ];
+    ]);
     for (t, items) in simple {
         if (t == TreeId::FreeSpace && !features.free_space_tree) || (t == TreeId::BlockGroup && !features.block_group_tree) {
             continue;
@@ -1579,12 +1717,16 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
     if ctx.chunks.iter().map(|c| c.profile).any(|p| matches!(p, Profile::Raid1C3 | Profile::Raid1C4)) {
         incompat |= INCOMPAT_RAID1C34;
     }
-    if let Some((kind, _)) = opts.compress {
-        match kind {
-            Compression::Lzo => incompat |= INCOMPAT_COMPRESS_LZO,
-            Compression::Zstd => incompat |= INCOMPAT_COMPRESS_ZSTD,
-            _ => {}
-        }
+    if scan.is_some_and(|s| s.uses_compression(Compression::Lzo)) {
+        incompat |= INCOMPAT_COMPRESS_LZO;
+    }
+    if scan.is_some_and(|s| s.uses_compression(Compression::Zstd)) {
+        incompat |= INCOMPAT_COMPRESS_ZSTD;
+    }
+    // As mkfs.btrfs and `btrfs subvolume set-default` do: older kernels must
+    // not mount the top level when another subvolume is the default.
+    if default_subvol.is_some() {
+        incompat |= INCOMPAT_DEFAULT_SUBVOL;
     }
     let mut compat_ro = 0;
     if features.free_space_tree {
@@ -1630,7 +1772,7 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
         (b.chunk_root, b.chunk_root_gen, b.chunk_root_level) = (chunk_root.into(), GENERATION.into(), chunk_level);
         let (a, l) = set(TreeId::Extent);
         (b.extent_root, b.extent_root_gen, b.extent_root_level) = (a.into(), GENERATION.into(), l);
-        let (a, l) = set(TreeId::Fs);
+        let (a, l) = set(TreeId::Fs(FS_TREE_OBJECTID));
         (b.fs_root, b.fs_root_gen, b.fs_root_level) = (a.into(), GENERATION.into(), l);
         let (a, l) = set(TreeId::Dev);
         (b.dev_root, b.dev_root_gen, b.dev_root_level) = (a.into(), GENERATION.into(), l);
@@ -1683,6 +1825,20 @@ mod tests {
         assert_eq!(parse_size("2KiB").unwrap(), 2048);
         assert!(parse_size("1Q").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn compress_args_parse() {
+        let z = Some((Compression::Zstd, None));
+        assert_eq!(parse_compress_arg("zstd").unwrap(), (None, z));
+        assert_eq!(parse_compress_arg("zstd:3").unwrap(), (None, Some((Compression::Zstd, Some(3)))));
+        assert_eq!(parse_compress_arg("zstd:a/b").unwrap(), (Some(PathBuf::from("a/b")), z));
+        assert_eq!(parse_compress_arg("zlib:9:/a/").unwrap(), (Some(PathBuf::from("a")), Some((Compression::Zlib, Some(9)))));
+        assert_eq!(parse_compress_arg("zstd:./3").unwrap(), (Some(PathBuf::from("3")), z));
+        assert_eq!(parse_compress_arg("none:c").unwrap(), (Some(PathBuf::from("c")), None));
+        for bad in ["gzip:a", "zlib:10:a", "lzo:1:a", "none:1:a", "zstd:../x"] {
+            assert!(parse_compress_arg(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

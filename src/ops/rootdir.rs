@@ -1,6 +1,6 @@
 //! `mkfs --rootdir`: walk a host directory into the items of the top-level
-//! subvolume (inodes, names, xattrs, file extents) and write file data into
-//! data chunks through a [`DataSink`].
+//! subvolume and of the subvolumes `--subvol` makes (inodes, names, xattrs,
+//! file extents) and write file data into data chunks through a [`DataSink`].
 //!
 //! Two passes: [`scan`] reads the host tree's shape and metadata (it has to,
 //! before mkfs can size chunks), and [`write_data`] then copies file data and
@@ -30,12 +30,21 @@ const COPY_PIECE: u64 = 4 * 1024 * 1024;
 /// The kernel's default `max_inline` mount option.
 pub const DEFAULT_MAX_INLINE: u64 = 2048;
 
+/// Compression of file data: algorithm and level, or None for none.
+pub type Compress = Option<(Compression, Option<i32>)>;
+
 /// How the walk treats file data.
 #[derive(Clone, Debug)]
 pub struct ScanOptions {
     pub sectorsize: u32,
     pub nodesize: u32,
+    /// Compression of every file not under one of `compress_paths`.
     pub compress: Option<(Compression, Option<i32>)>,
+    /// Compression (None: none) for a path relative to the root and everything
+    /// beneath it; the longest matching path wins.
+    pub compress_paths: Vec<(PathBuf, Compress)>,
+    /// Directories (relative to the root) that become subvolumes.
+    pub subvols: Vec<SubvolSpec>,
     /// The inode otime (creation time) for every inode: the host has no portable one.
     pub otime: (u64, u32),
     pub generation: u64,
@@ -86,6 +95,77 @@ impl IdMap {
         let off = id.checked_sub(self.from)?;
         (off < self.count).then(|| self.to + off)
     }
+}
+
+/// A path relative to the root directory, as options name it: `/`, `.` and
+/// trailing slashes mean nothing; `..` is refused (it would leave the tree).
+pub fn relative_path(s: &str, what: &str) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in Path::new(s).components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::ParentDir => {
+                return Err(Error::Invalid(format!("{what} {s:?}: `..` is not allowed (paths are relative to the root directory)")))
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// One `--subvol PATH[:ro][:default]`: a directory of the root directory that
+/// becomes a subvolume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubvolSpec {
+    /// Relative to the root directory; never empty (the root is subvolume 5).
+    pub path: PathBuf,
+    /// BTRFS_ROOT_SUBVOL_RDONLY in its root item.
+    pub readonly: bool,
+    /// The subvolume the kernel mounts when no subvol= or subvolid= is given.
+    pub default: bool,
+}
+
+impl SubvolSpec {
+    /// Parse `PATH[:ro][:default]` (the suffixes in any order).
+    pub fn parse(s: &str) -> Result<SubvolSpec> {
+        let (mut rest, mut readonly, mut default) = (s, false, false);
+        loop {
+            if let Some(r) = rest.strip_suffix(":ro") {
+                readonly = true;
+                rest = r;
+            } else if let Some(r) = rest.strip_suffix(":default") {
+                default = true;
+                rest = r;
+            } else {
+                break;
+            }
+        }
+        let path = relative_path(rest, "--subvol")?;
+        if path.as_os_str().is_empty() {
+            return Err(Error::Invalid(format!(
+                "--subvol {s:?}: want PATH[:ro][:default], a directory below the root directory (the root itself is the top-level subvolume)"
+            )));
+        }
+        Ok(SubvolSpec { path, readonly, default })
+    }
+}
+
+/// A subvolume made by the walk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanSubvol {
+    /// Its tree id (256, 257, ... in walk order).
+    pub id: u64,
+    /// The subvolume holding the directory it is linked in (5 for the top level).
+    pub parent: u64,
+    /// That directory's inode number in `parent`.
+    pub dirid: u64,
+    /// The DIR_INDEX of its entry in that directory.
+    pub index: u64,
+    pub name: Vec<u8>,
+    /// Relative to the root directory.
+    pub path: PathBuf,
+    pub readonly: bool,
+    pub default: bool,
 }
 
 /// One line of a `--manifest` file, for one path.
@@ -231,6 +311,8 @@ enum Content {
 
 #[derive(Clone, Debug)]
 struct ScanInode {
+    /// The tree (subvolume) the inode lives in.
+    subvol: u64,
     ino: u64,
     kind: FileType,
     host: PathBuf,
@@ -244,12 +326,15 @@ struct ScanInode {
     ctime: (u64, u32),
     /// INODE_* flags for the inode item.
     flags: u64,
+    /// How its data is compressed (unless `flags` forbid it).
+    compress: Compress,
     /// (parent inode, dir index, name), one per hard link.
     names: Vec<(u64, u64, Vec<u8>)>,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     content: Content,
-    /// Directories: (name, child inode, type, index).
-    entries: Vec<(Vec<u8>, u64, FileType, u64)>,
+    /// Directories: (name, location key, type, index). The location is the
+    /// child's INODE_ITEM, or the ROOT_ITEM of a subvolume linked here.
+    entries: Vec<(Vec<u8>, Key, FileType, u64)>,
 }
 
 /// The host tree as read by [`scan`].
@@ -261,6 +346,12 @@ pub struct Scan {
     flags_used: Vec<bool>,
     /// Likewise for `opts.ownership.manifest`.
     manifest_used: Vec<bool>,
+    /// Likewise for `opts.compress_paths`.
+    compress_used: Vec<bool>,
+    /// Subvolumes made so far, in id order.
+    subvols: Vec<ScanSubvol>,
+    /// Next free inode number of each subvolume: numbers restart in each tree.
+    next_ino: BTreeMap<u64, u64>,
     /// Upper bound of data bytes the regular extents take on disk.
     pub data_bytes: u64,
     /// Rough upper bound of the fs and csum tree item bytes.
@@ -311,7 +402,8 @@ impl DataSink for CountingSink {
 
 /// What the data pass produced.
 pub struct DataResult {
-    pub fs_items: Vec<TreeItem>,
+    /// The items of every subvolume tree: (tree id, sorted items), 5 first.
+    pub fs_trees: Vec<(u64, Vec<TreeItem>)>,
     /// EXTENT_ITEMs for data extents.
     pub extent_items: Vec<TreeItem>,
     /// EXTENT_CSUM items.
@@ -406,18 +498,49 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
-/// Walk `root` (the future inode 256) in bytewise name order, depth first.
+/// Refuse `--subvol` lists mkfs cannot make, before anything is read: each
+/// path must be a directory (not a symlink to one) in the tree, named once,
+/// and at most one may be the default.
+fn check_subvols(root: &Path, subvols: &[SubvolSpec]) -> Result<()> {
+    for (i, sv) in subvols.iter().enumerate() {
+        let shown = sv.path.display();
+        if subvols[..i].iter().any(|o| o.path == sv.path) {
+            return Err(Error::Invalid(format!("--subvol {shown}: given more than once")));
+        }
+        let host = root.join(&sv.path);
+        match std::fs::symlink_metadata(&host) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(Error::Invalid(format!("--subvol {shown}: not a directory ({})", host.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!("--subvol {shown}: no such directory under the root directory")))
+            }
+            Err(e) => return Err(Error::io(host, "stat", e)),
+        }
+    }
+    if subvols.iter().filter(|s| s.default).count() > 1 {
+        return Err(Error::Invalid("--subvol: only one subvolume can be the default".into()));
+    }
+    Ok(())
+}
+
+/// Walk `root` (the future inode 256 of subvolume 5) in bytewise name order,
+/// depth first. Subvolumes get tree ids in this walk order, so the ids depend
+/// on the tree's shape, not on the order of the `--subvol` options.
 pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
     let meta = std::fs::metadata(root).map_err(io(root, "stat"))?;
     if !meta.is_dir() {
         return Err(Error::Invalid(format!("--rootdir {}: not a directory", root.display())));
     }
+    check_subvols(root, &opts.subvols)?;
     let mut s = Scan {
         inodes: Vec::new(),
         opts: opts.clone(),
         root: root.to_path_buf(),
         flags_used: vec![false; opts.inode_flags.len()],
         manifest_used: vec![false; opts.ownership.manifest.len()],
+        compress_used: vec![false; opts.compress_paths.len()],
+        subvols: Vec::new(),
+        next_ino: BTreeMap::from([(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID + 1)]),
         data_bytes: 0,
         metadata_bytes: 0,
         files: 0,
@@ -427,13 +550,21 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
         hardlinks: 0,
         warnings: Vec::new(),
     };
-    let mut by_host: HashMap<(u64, u64), usize> = HashMap::new();
-    let root_idx = s.add_inode(root, &meta, 256)?;
-    s.inodes[root_idx].names.push((256, 0, b"..".to_vec()));
+    let mut by_host: HashMap<(u64, u64), Vec<(u64, usize)>> = HashMap::new();
+    let root_idx = s.add_inode(root, &meta, FS_TREE_OBJECTID, FIRST_FREE_OBJECTID)?;
+    s.inodes[root_idx].names.push((FIRST_FREE_OBJECTID, 0, b"..".to_vec()));
     s.walk_dir(root_idx, &mut by_host)?;
     // A flag for a path that is not there is a typo, not a no-op: say so.
     if let Some(i) = s.flags_used.iter().position(|u| !u) {
         return Err(Error::NotFound(format!("inode flags for {}: no such path under the root directory", opts.inode_flags[i].0.display())));
+    }
+    if let Some(i) = s.compress_used.iter().position(|u| !u) {
+        return Err(Error::NotFound(format!("--compress for {}: no such path under the root directory", opts.compress_paths[i].0.display())));
+    }
+    // Checked to exist above, so only a path the walk never reached is left:
+    // one inside an excluded image or behind a symlink.
+    if let Some(sv) = opts.subvols.iter().find(|sv| !s.subvols.iter().any(|m| m.path == sv.path)) {
+        return Err(Error::NotFound(format!("--subvol {}: the walk of the root directory does not reach it", sv.path.display())));
     }
     if let Some(i) = s.manifest_used.iter().position(|u| !u) {
         return Err(Error::NotFound(format!(
@@ -445,13 +576,29 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
 }
 
 impl Scan {
-    fn add_inode(&mut self, path: &Path, m: &std::fs::Metadata, ino: u64) -> Result<usize> {
+    /// The subvolumes made, in id order.
+    pub fn subvolumes(&self) -> &[ScanSubvol] {
+        &self.subvols
+    }
+
+    /// Whether any file may be compressed with `kind`.
+    pub fn uses_compression(&self, kind: Compression) -> bool {
+        self.opts.compress.map(|c| c.0) == Some(kind) || self.opts.compress_paths.iter().any(|(_, c)| c.map(|c| c.0) == Some(kind))
+    }
+
+    /// Whether any file may be compressed.
+    pub fn any_compression(&self) -> bool {
+        self.opts.compress.is_some() || self.opts.compress_paths.iter().any(|(_, c)| c.is_some())
+    }
+
+    fn add_inode(&mut self, path: &Path, m: &std::fs::Metadata, subvol: u64, ino: u64) -> Result<usize> {
         let kind = FileType::from_mode(m.mode())
             .ok_or_else(|| Error::Unsupported(format!("{}: unknown file type {:o}", path.display(), m.mode())))?;
         let sector = self.opts.sectorsize as u64;
         let flags = self.flags_for(path);
+        let wanted = self.compress_for(path);
         // The kernel never compresses a file without checksums (or in place).
-        let compress = if flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { self.opts.compress };
+        let compress = if flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { wanted };
         let mut content = Content::None;
         let mut size = 0;
         match kind {
@@ -524,6 +671,7 @@ impl Scan {
             }
         }
         self.inodes.push(ScanInode {
+            subvol,
             ino,
             kind,
             host: path.to_path_buf(),
@@ -536,6 +684,7 @@ impl Scan {
             mtime,
             ctime,
             flags,
+            compress: wanted,
             names: Vec::new(),
             xattrs: kept,
             content,
@@ -586,6 +735,24 @@ impl Scan {
         Ok(())
     }
 
+    /// The compression asked for `path`: that of the longest `--compress ...:PATH`
+    /// naming it or a directory above it, else the global one. A path named
+    /// exactly is marked used.
+    fn compress_for(&mut self, path: &Path) -> Compress {
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        let mut best: Option<(usize, Compress)> = None;
+        for (i, (p, c)) in self.opts.compress_paths.iter().enumerate() {
+            if p.as_path() == rel {
+                self.compress_used[i] = true;
+            }
+            let depth = p.components().count();
+            if rel.starts_with(p) && best.is_none_or(|(d, _)| depth >= d) {
+                best = Some((depth, *c));
+            }
+        }
+        best.map_or(self.opts.compress, |(_, c)| c)
+    }
+
     /// The inode flags asked for `path` (marking them used).
     fn flags_for(&mut self, path: &Path) -> u64 {
         let rel = path.strip_prefix(&self.root).unwrap_or(path);
@@ -599,9 +766,40 @@ impl Scan {
         flags
     }
 
-    fn walk_dir(&mut self, dir_idx: usize, by_host: &mut HashMap<(u64, u64), usize>) -> Result<()> {
+    /// The next free inode number in subvolume `subvol`.
+    fn take_ino(&mut self, subvol: u64) -> u64 {
+        let next = self.next_ino.entry(subvol).or_insert(FIRST_FREE_OBJECTID + 1);
+        *next += 1;
+        *next - 1
+    }
+
+    /// Make the directory `path` (named `name` at `index` in directory
+    /// `dir_idx`) the top directory of a new subvolume: inode 256 of its own
+    /// tree, whose ".." INODE_REF points at itself as in every subvolume.
+    fn add_subvol(&mut self, spec: SubvolSpec, dir_idx: usize, index: u64, name: &[u8], path: &Path, m: &std::fs::Metadata) -> Result<usize> {
+        let id = FIRST_FREE_OBJECTID + self.subvols.len() as u64;
+        let (parent, dirid) = (self.inodes[dir_idx].subvol, self.inodes[dir_idx].ino);
+        self.subvols.push(ScanSubvol {
+            id,
+            parent,
+            dirid,
+            index,
+            name: name.to_vec(),
+            path: spec.path,
+            readonly: spec.readonly,
+            default: spec.default,
+        });
+        self.next_ino.insert(id, FIRST_FREE_OBJECTID + 1);
+        // Its own tree: at least one more leaf, and a root item with its refs.
+        self.metadata_bytes += self.opts.nodesize as u64 + 1024;
+        let idx = self.add_inode(path, m, id, FIRST_FREE_OBJECTID)?;
+        self.inodes[idx].names.push((FIRST_FREE_OBJECTID, 0, b"..".to_vec()));
+        Ok(idx)
+    }
+
+    fn walk_dir(&mut self, dir_idx: usize, by_host: &mut HashMap<(u64, u64), Vec<(u64, usize)>>) -> Result<()> {
         let dir_path = self.inodes[dir_idx].host.clone();
-        let dir_ino = self.inodes[dir_idx].ino;
+        let (subvol, dir_ino) = (self.inodes[dir_idx].subvol, self.inodes[dir_idx].ino);
         let mut names: Vec<Vec<u8>> = Vec::new();
         for e in std::fs::read_dir(&dir_path).map_err(io(&dir_path, "readdir"))? {
             let e = e.map_err(io(&dir_path, "readdir"))?;
@@ -617,7 +815,27 @@ impl Scan {
                 self.warnings.push(format!("{}: is one of the images being made; not copied", path.display()));
                 continue;
             }
-            let existing = if !m.is_dir() && m.nlink() > 1 { by_host.get(&host_id).copied() } else { None };
+            self.metadata_bytes += (3 * (name.len() + 60)) as u64;
+            let rel = path.strip_prefix(&self.root).unwrap_or(&path);
+            let spec = if m.is_dir() { self.opts.subvols.iter().find(|s| s.path.as_path() == rel).cloned() } else { None };
+            if let Some(spec) = spec {
+                let idx = self.add_subvol(spec, dir_idx, index, &name, &path, &m)?;
+                let location = Key::new(self.inodes[idx].subvol, ROOT_ITEM_KEY, 0);
+                self.inodes[dir_idx].entries.push((name, location, FileType::Directory, index));
+                self.walk_dir(idx, by_host)?;
+                continue;
+            }
+            // A hard link is one inode only within one subvolume: the kernel
+            // cannot link across subvolumes, so each subvolume that holds names
+            // of the host file gets its own copy (as mkfs.btrfs does).
+            let linked = if !m.is_dir() && m.nlink() > 1 { by_host.get(&host_id) } else { None };
+            let existing = linked.and_then(|l| l.iter().find(|(sv, _)| *sv == subvol)).map(|&(_, i)| i);
+            if existing.is_none() && linked.is_some() {
+                self.warnings.push(format!(
+                    "{}: hard link across a subvolume boundary; stored as a separate copy in subvolume {subvol}",
+                    path.display()
+                ));
+            }
             let idx = match existing {
                 Some(i) => {
                     self.hardlinks += 1;
@@ -628,18 +846,17 @@ impl Scan {
                     i
                 }
                 None => {
-                    let ino = 256 + self.inodes.len() as u64;
-                    let i = self.add_inode(&path, &m, ino)?;
+                    let ino = self.take_ino(subvol);
+                    let i = self.add_inode(&path, &m, subvol, ino)?;
                     if !m.is_dir() && m.nlink() > 1 {
-                        by_host.insert(host_id, i);
+                        by_host.entry(host_id).or_default().push((subvol, i));
                     }
                     i
                 }
             };
             let (child_ino, kind) = (self.inodes[idx].ino, self.inodes[idx].kind);
             self.inodes[idx].names.push((dir_ino, index, name.clone()));
-            self.metadata_bytes += (3 * (name.len() + 60)) as u64;
-            self.inodes[dir_idx].entries.push((name, child_ino, kind, index));
+            self.inodes[dir_idx].entries.push((name, Key::new(child_ino, INODE_ITEM_KEY, 0), kind, index));
             if existing.is_none() && kind == FileType::Directory {
                 self.walk_dir(idx, by_host)?;
             }
@@ -661,6 +878,8 @@ fn inline_content(buf: Vec<u8>, compress: Option<(Compression, Option<i32>)>, se
 }
 
 fn inode_item(i: &ScanInode, opts: &ScanOptions, nbytes: u64) -> InodeItem {
+    // A directory's i_size counts every name twice (DIR_ITEM and DIR_INDEX),
+    // subvolume entries included, as the kernel and btrfs check count it.
     let size = match i.kind {
         FileType::Directory => i.entries.iter().map(|e| e.0.len() as u64 * 2).sum(),
         _ => i.size,
@@ -735,20 +954,23 @@ fn max_csum_item_bytes(nodesize: u32, csum_size: usize) -> usize {
 }
 
 /// Copy every regular file's data into the data chunks and produce the
-/// subvolume's items, the data EXTENT_ITEMs and the csum items.
+/// subvolumes' items, the data EXTENT_ITEMs and the csum items.
 pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
     let opts = &scan.opts;
     let gen = opts.generation;
     let sector = opts.sectorsize as u64;
-    let mut fs: BTreeMap<Key, Vec<u8>> = BTreeMap::new();
+    // Items of every subvolume tree, keyed (tree id, key): one sorted map for all.
+    let mut fs: BTreeMap<(u64, Key), Vec<u8>> = BTreeMap::new();
     let mut extent_items = Vec::new();
     let mut extents: Vec<(u64, u64)> = Vec::new();
     // Csums of sectors in logical order: (logical, csum bytes), merged into runs later.
     let mut sector_csums: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut bytes = 0u64;
-    let append = |fs: &mut BTreeMap<Key, Vec<u8>>, key: Key, data: &[u8]| fs.entry(key).or_default().extend_from_slice(data);
+    let append = |fs: &mut BTreeMap<(u64, Key), Vec<u8>>, key: (u64, Key), data: &[u8]| fs.entry(key).or_default().extend_from_slice(data);
 
     for i in &scan.inodes {
+        let tree = i.subvol;
+        let k = |objectid: u64, item_type: u8, offset: u64| (tree, Key::new(objectid, item_type, offset));
         let mut nbytes = 0u64;
         match &i.content {
             Content::None => {}
@@ -756,19 +978,19 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
                 let ram = if i.kind == FileType::Symlink { data.len() as u64 } else { i.size };
                 let mut v = file_extent_bytes(gen, ram, *compression, FILE_EXTENT_INLINE);
                 v.extend_from_slice(data);
-                fs.insert(Key::new(i.ino, EXTENT_DATA_KEY, 0), v);
+                fs.insert(k(i.ino, EXTENT_DATA_KEY, 0), v);
                 nbytes = ram;
             }
             Content::Ranges(ranges) => {
                 let f = open_source(&i.host)?;
                 let nodatasum = i.flags & INODE_NODATASUM != 0;
-                let compress = if i.flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { opts.compress };
+                let compress = if i.flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { i.compress };
                 let piece_max = if compress.is_some() { MAX_UNCOMPRESSED } else { MAX_EXTENT_SIZE };
                 let mut file_end = 0u64;
                 for &(start, end) in ranges {
                     if !opts.no_holes && start > file_end {
                         let v = regular_extent(gen, start - file_end, 0, 0, 0, start - file_end);
-                        fs.insert(Key::new(i.ino, EXTENT_DATA_KEY, file_end), v);
+                        fs.insert(k(i.ino, EXTENT_DATA_KEY, file_end), v);
                     }
                     let mut pos = start;
                     while pos < end {
@@ -821,12 +1043,12 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
                             }
                         };
                         fs.insert(
-                            Key::new(i.ino, EXTENT_DATA_KEY, pos),
+                            k(i.ino, EXTENT_DATA_KEY, pos),
                             regular_extent(gen, ram, comp_type, disk.0, disk.1, granted),
                         );
                         extent_items.push(TreeItem::new(
                             Key::new(disk.0, EXTENT_ITEM_KEY, disk.1),
-                            data_extent_item(gen, FS_TREE_OBJECTID, i.ino, pos),
+                            data_extent_item(gen, tree, i.ino, pos),
                         ));
                         extents.push(disk);
                         bytes += disk.1;
@@ -838,22 +1060,22 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
                 let size_end = round_up(i.size, sector);
                 if !opts.no_holes && size_end > file_end {
                     let v = regular_extent(gen, size_end - file_end, 0, 0, 0, size_end - file_end);
-                    fs.insert(Key::new(i.ino, EXTENT_DATA_KEY, file_end), v);
+                    fs.insert(k(i.ino, EXTENT_DATA_KEY, file_end), v);
                 }
             }
         }
         if matches!(i.content, Content::None) && i.kind == FileType::Regular && i.size > 0 && !opts.no_holes {
             // An all-hole file still needs its hole described without NO_HOLES.
             let len = round_up(i.size, sector);
-            fs.insert(Key::new(i.ino, EXTENT_DATA_KEY, 0), regular_extent(gen, len, 0, 0, 0, len));
+            fs.insert(k(i.ino, EXTENT_DATA_KEY, 0), regular_extent(gen, len, 0, 0, 0, len));
         }
         let item = inode_item(i, opts, nbytes);
-        fs.insert(Key::new(i.ino, INODE_ITEM_KEY, 0), item.as_bytes().to_vec());
+        fs.insert(k(i.ino, INODE_ITEM_KEY, 0), item.as_bytes().to_vec());
         let max_item = crate::tree::builder::max_item_size(opts.nodesize);
         for (parent, index, name) in &i.names {
             let mut v = InodeRef { index: (*index).into(), name_len: (name.len() as u16).into() }.as_bytes().to_vec();
             v.extend_from_slice(name);
-            let key = Key::new(i.ino, INODE_REF_KEY, *parent);
+            let key = k(i.ino, INODE_REF_KEY, *parent);
             let held = fs.get(&key).map_or(0, Vec::len);
             if held > 0 && held + v.len() > max_item {
                 // The INODE_REF item for this directory is full (many hard links in one
@@ -862,38 +1084,40 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
                     .as_bytes()
                     .to_vec();
                 x.extend_from_slice(name);
-                append(&mut fs, Key::new(i.ino, INODE_EXTREF_KEY, crate::format::items::extref_hash(*parent, name)), &x);
+                append(&mut fs, k(i.ino, INODE_EXTREF_KEY, crate::format::items::extref_hash(*parent, name)), &x);
             } else {
                 append(&mut fs, key, &v);
             }
         }
         for (name, value) in &i.xattrs {
             let v = dir_item_bytes(Key::MIN, gen, name, value, FT_XATTR);
-            append(&mut fs, Key::new(i.ino, XATTR_ITEM_KEY, name_hash(name)), &v);
+            append(&mut fs, k(i.ino, XATTR_ITEM_KEY, name_hash(name)), &v);
         }
-        for (name, child, kind, index) in &i.entries {
-            let loc = Key::new(*child, INODE_ITEM_KEY, 0);
-            let v = dir_item_bytes(loc, gen, name, &[], kind.dir_type());
-            append(&mut fs, Key::new(i.ino, DIR_ITEM_KEY, name_hash(name)), &v);
-            fs.insert(Key::new(i.ino, DIR_INDEX_KEY, *index), v);
+        for (name, location, kind, index) in &i.entries {
+            let v = dir_item_bytes(*location, gen, name, &[], kind.dir_type());
+            append(&mut fs, k(i.ino, DIR_ITEM_KEY, name_hash(name)), &v);
+            fs.insert(k(i.ino, DIR_INDEX_KEY, *index), v);
         }
     }
     let max_item = crate::tree::builder::max_item_size(opts.nodesize);
-    let mut fs_items = Vec::with_capacity(fs.len());
-    for (k, v) in fs {
+    let mut fs_trees: Vec<(u64, Vec<TreeItem>)> = Vec::new();
+    for ((tree, key), v) in fs {
         if v.len() > max_item {
             return Err(Error::Unsupported(format!(
-                "item {k} of inode {} is {} bytes, more than a {}-byte tree block holds (too many names or hash collisions)",
-                k.objectid,
+                "item {key} of inode {} in subvolume {tree} is {} bytes, more than a {}-byte tree block holds (too many names or hash collisions)",
+                key.objectid,
                 v.len(),
                 opts.nodesize
             )));
         }
-        fs_items.push(TreeItem::new(k, v));
+        match fs_trees.last_mut() {
+            Some((t, items)) if *t == tree => items.push(TreeItem::new(key, v)),
+            _ => fs_trees.push((tree, vec![TreeItem::new(key, v)])),
+        }
     }
     extent_items.sort_by_key(|i| i.key);
     let csum_items = csum_runs(sector_csums, sector, opts);
-    Ok(DataResult { fs_items, extent_items, csum_items, extents, bytes })
+    Ok(DataResult { fs_trees, extent_items, csum_items, extents, bytes })
 }
 
 fn push_csums(out: &mut Vec<(u64, Vec<u8>)>, logical: u64, data: &[u8], sector: u64, csum: CsumType) {
@@ -954,6 +1178,75 @@ mod tests {
     }
 
     #[test]
+    fn subvol_specs_parse() {
+        let p = |s: &str| SubvolSpec::parse(s).unwrap();
+        assert_eq!(p("a/b"), SubvolSpec { path: "a/b".into(), readonly: false, default: false });
+        assert_eq!(p("./a/b/:ro"), SubvolSpec { path: "a/b".into(), readonly: true, default: false });
+        assert_eq!(p("/x:default:ro"), SubvolSpec { path: "x".into(), readonly: true, default: true });
+        assert_eq!(p("x:y:ro").path, PathBuf::from("x:y"));
+        for bad in ["", "/", ".:ro", "a/../b", ":default"] {
+            assert!(SubvolSpec::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn test_opts() -> ScanOptions {
+        ScanOptions {
+            sectorsize: 4096,
+            nodesize: 4096,
+            compress: None,
+            compress_paths: Vec::new(),
+            subvols: Vec::new(),
+            otime: (0, 0),
+            generation: 1,
+            no_holes: true,
+            csum: CsumType::Crc32c,
+            exclude: Vec::new(),
+            inode_flags: Vec::new(),
+            ctime: None,
+            clamp_time: None,
+            ownership: Ownership::default(),
+        }
+    }
+
+    /// Ids follow the walk, not the option order; every subvolume numbers its
+    /// inodes from 256; a hard link across a boundary becomes a second inode.
+    #[test]
+    fn subvolumes_get_walk_order_ids_and_their_own_inode_numbers() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("z/y")).unwrap();
+        std::fs::create_dir_all(r.join("m")).unwrap();
+        std::fs::write(r.join("m/f"), b"x").unwrap();
+        std::fs::hard_link(r.join("m/f"), r.join("z/f")).unwrap();
+        std::fs::hard_link(r.join("m/f"), r.join("z/g")).unwrap();
+        let mut opts = test_opts();
+        opts.subvols = ["z/y:ro", "z", "m:default"].iter().map(|s| SubvolSpec::parse(s).unwrap()).collect();
+        opts.compress_paths = vec![(PathBuf::from("z"), Some((Compression::Zstd, None))), (PathBuf::from("z/y"), None)];
+        let scan = scan(r, &opts).unwrap();
+        let got: Vec<(u64, u64, u64, &str)> =
+            scan.subvolumes().iter().map(|s| (s.id, s.parent, s.dirid, s.path.to_str().unwrap())).collect();
+        assert_eq!(got, vec![(256, 5, 256, "m"), (257, 5, 256, "z"), (258, 257, 256, "z/y")]);
+        assert!(scan.subvolumes()[0].default && scan.subvolumes()[2].readonly);
+        let ino = |sv: u64, name: &str| {
+            scan.inodes.iter().find(|i| i.subvol == sv && i.names.iter().any(|n| n.2 == name.as_bytes())).map(|i| (i.ino, i.names.len()))
+        };
+        assert_eq!(ino(256, "f"), Some((257, 1)));
+        // z: f and g are one inode (257), y is a subvolume, not an inode of z.
+        assert_eq!(ino(257, "f"), Some((257, 2)));
+        assert_eq!(ino(257, "g"), Some((257, 2)));
+        assert_eq!(ino(258, ".."), Some((256, 1)));
+        assert_eq!(scan.warnings.len(), 1, "{:?}", scan.warnings);
+        let z_top = scan.inodes.iter().find(|i| i.subvol == 257 && i.ino == 256).unwrap();
+        let y_entry = z_top.entries.iter().find(|e| e.0 == b"y").unwrap();
+        assert_eq!(y_entry.1, Key::new(258, ROOT_ITEM_KEY, 0));
+        // --compress zstd:z reaches z's files; none:z/y switches it off below.
+        assert_eq!(z_top.compress.map(|c| c.0), Some(Compression::Zstd));
+        assert_eq!(scan.inodes.iter().find(|i| i.subvol == 258).unwrap().compress, None);
+        let r = write_data(&scan, &mut CountingSink::default()).unwrap();
+        assert_eq!(r.fs_trees.iter().map(|t| t.0).collect::<Vec<_>>(), vec![5, 256, 257, 258]);
+    }
+
+    #[test]
     fn rdev_is_stored_as_kernel_mkdev() {
         // glibc makedev(8, 300) and makedev(259, 70000).
         let glibc = |major: u64, minor: u64| ((major & 0xfff) << 8) | ((major & !0xfff) << 32) | (minor & 0xff) | ((minor & !0xff) << 12);
@@ -963,20 +1256,7 @@ mod tests {
 
     #[test]
     fn csum_items_merge_contiguous_sectors_and_split_at_the_limit() {
-        let opts = ScanOptions {
-            sectorsize: 4096,
-            nodesize: 4096,
-            compress: None,
-            otime: (0, 0),
-            generation: 1,
-            no_holes: true,
-            csum: CsumType::Sha256,
-            exclude: Vec::new(),
-            inode_flags: Vec::new(),
-            ctime: None,
-            clamp_time: None,
-            ownership: Ownership::default(),
-        };
+        let opts = ScanOptions { csum: CsumType::Sha256, ..test_opts() };
         let mut sectors: Vec<(u64, Vec<u8>)> = (0..300u64).map(|i| ((1 << 20) + i * 4096, vec![i as u8; 32])).collect();
         sectors.push((1 << 30, vec![1; 32]));
         let items = csum_runs(sectors, 4096, &opts);
