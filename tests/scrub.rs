@@ -303,6 +303,11 @@ fn tree_block_damage_is_repaired_from_the_other_copy() {
     assert_eq!(f[0]["physical"], phys);
     assert_eq!(f[0]["logical"], bytenr);
     assert_eq!(f[0]["good_mirror"], good);
+    // Counted as the kernel does: a tree block checksum failure is a verify
+    // error (one per sector of the node), csum_errors being for data.
+    assert_eq!(r["devices"][0]["verify_errors"], 1, "4 KiB nodes: one sector: {r:#}");
+    assert_eq!(r["devices"][0]["csum_errors"], 0, "{r:#}");
+    assert_eq!(r["devices"][1]["verify_errors"], 0, "{r:#}");
 
     let (code, r) = scrub(&imgs[0], &["--repair"]);
     assert_eq!(code, 0, "{r:#}");
@@ -336,6 +341,12 @@ fn metadata_dup_copy_damage_single_device() {
     assert_eq!(f[0]["mirror"], 2);
     assert_eq!(f[0]["physical"], phys);
     assert_eq!(f[0]["kind"], "csum");
+    // The kernel counts a bad tree block per sector, in verify_errors.
+    let m = load_manifest("single");
+    let sectors = m["nodesize"].as_u64().unwrap() / m["sectorsize"].as_u64().unwrap();
+    assert!(sectors > 1, "a node of several sectors shows the per-sector count");
+    assert_eq!(r["totals"]["verify_errors"], sectors, "{r:#}");
+    assert_eq!(r["totals"]["csum_errors"], 0, "{r:#}");
     let (code, _) = scrub(&imgs[0], &["--repair"]);
     assert_eq!(code, 0);
     let (code, r) = scrub(&imgs[0], &[]);
