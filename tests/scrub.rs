@@ -4,11 +4,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::fixtures::{foreign_names, load_manifest, unpack_foreign};
+use common::interop::KernelLock;
 use serde_json::Value;
 
 fn btrs(args: &[&str]) -> (i32, String, String) {
@@ -30,7 +32,7 @@ fn scrub(image: &Path, extra: &[&str]) -> (i32, Value) {
     (code, v)
 }
 
-const ERROR_COUNTERS: [&str; 8] = [
+const ERROR_COUNTERS: [&str; 7] = [
     "read_errors",
     "csum_errors",
     "verify_errors",
@@ -38,7 +40,6 @@ const ERROR_COUNTERS: [&str; 8] = [
     "corrected_errors",
     "uncorrectable_errors",
     "mirror_mismatches",
-    "verify_errors",
 ];
 
 fn assert_clean(report: &Value, what: &str) {
@@ -110,8 +111,36 @@ fn mirror_of(image: &Path, logical: u64, devid: u64) -> u64 {
     panic!("logical {logical} in no chunk");
 }
 
+/// A regular or prealloc file extent item, from btrfs-progs' dump.
+#[derive(Clone, Copy, Debug)]
+struct FileExtent {
+    /// Key offset: where in the file the item's bytes start.
+    file_offset: u64,
+    /// Disk bytenr (logical) of the extent.
+    bytenr: u64,
+    /// Where in the extent the item's bytes start, and how many it maps.
+    data_offset: u64,
+    len: u64,
+}
+
 /// (disk bytenr, file offset of the extent) of the first regular or prealloc extent of the file named `name`.
 fn file_extent(image: &Path, tree: &str, name: &str) -> (u64, u64) {
+    let e = file_extents(image, tree, name)[0];
+    (e.bytenr, e.file_offset)
+}
+
+/// Logical address of byte `off` of the file named `name` in the top-level
+/// subvolume, whichever of its extents holds it (the kernel may split a write).
+fn logical_at(image: &Path, name: &str, off: u64) -> u64 {
+    file_extents(image, "5", name)
+        .iter()
+        .find(|e| off >= e.file_offset && off < e.file_offset + e.len)
+        .map(|e| e.bytenr + e.data_offset + (off - e.file_offset))
+        .unwrap_or_else(|| panic!("{name}: no extent maps file offset {off}"))
+}
+
+/// Every regular or prealloc extent item (holes and inline extents left out) of the file named `name`.
+fn file_extents(image: &Path, tree: &str, name: &str) -> Vec<FileExtent> {
     let text = dump_tree(image, tree);
     let lines: Vec<&str> = text.lines().collect();
     let mut ino = None;
@@ -125,21 +154,33 @@ fn file_extent(image: &Path, tree: &str, name: &str) -> (u64, u64) {
     }
     let ino = ino.unwrap_or_else(|| panic!("no dir entry {name}"));
     let prefix = format!("key ({ino} EXTENT_DATA ");
+    let mut out = Vec::new();
     for (i, l) in lines.iter().enumerate() {
         if let Some(p) = l.find(&prefix) {
             let off: u64 = l[p + prefix.len()..].split(')').next().and_then(|s| s.parse().ok()).expect("offset");
-            for l2 in &lines[i + 1..(i + 5).min(lines.len())] {
-                let l2 = l2.trim();
-                if let Some(rest) = l2.strip_prefix("extent data disk byte ").or_else(|| l2.strip_prefix("prealloc data disk byte ")) {
-                    let bytenr: u64 = rest.split_whitespace().next().and_then(|s| s.parse().ok()).expect("bytenr");
-                    if bytenr != 0 {
-                        return (bytenr, off);
-                    }
+            // "extent data disk byte B nr N" then "extent data offset O nr N ram R"
+            // ("prealloc data ..." for preallocated extents).
+            let item: Vec<&str> = lines[i + 1..(i + 5).min(lines.len())].iter().map(|l| l.trim()).collect();
+            for (j, l2) in item.iter().enumerate() {
+                let Some(rest) = l2.strip_prefix("extent data disk byte ").or_else(|| l2.strip_prefix("prealloc data disk byte ")) else {
+                    continue;
+                };
+                let bytenr: u64 = rest.split_whitespace().next().and_then(|s| s.parse().ok()).expect("bytenr");
+                let w: Vec<&str> = item.get(j + 1).map(|n| n.split_whitespace().collect()).unwrap_or_default();
+                // [extent|prealloc, data, offset, O, nr, N, ...]
+                let (data_offset, len) = match (w.get(2), w.get(3), w.get(5)) {
+                    (Some(&"offset"), Some(o), Some(n)) => (o.parse().expect("data offset"), n.parse().expect("nr")),
+                    _ => panic!("{name}: no data offset line after {l2}"),
+                };
+                if bytenr != 0 {
+                    out.push(FileExtent { file_offset: off, bytenr, data_offset, len });
                 }
+                break;
             }
         }
     }
-    panic!("no regular extent for {name} (inode {ino})");
+    assert!(!out.is_empty(), "no regular extent for {name} (inode {ino})");
+    out
 }
 
 fn flip(image: &Path, offset: u64) {
@@ -153,12 +194,17 @@ fn flip(image: &Path, offset: u64) {
 
 /// `btrfs check --readonly` (with extra args) over the images; None when it cannot run here.
 fn btrfs_check(images: &[PathBuf], check_args: &str) -> Option<bool> {
+    let _k = kernel_lock();
+    btrfs_check_locked(images, check_args)
+}
+
+/// [`btrfs_check`] for a caller that already holds the kernel lock.
+fn btrfs_check_locked(images: &[PathBuf], check_args: &str) -> Option<bool> {
     if images.len() > 1 && !is_root() {
         eprintln!("skipping btrfs check of a multi-device filesystem: needs root");
         return None;
     }
-    let _k = kernel_lock();
-    let tool = Path::new("/work/shared/tools/check-images");
+    let tool = Path::new(CHECK_IMAGES);
     let status = if tool.exists() {
         Command::new(tool).args(images).env("CHECK_ARGS", check_args).output()
     } else if images.len() == 1 {
@@ -303,6 +349,11 @@ fn tree_block_damage_is_repaired_from_the_other_copy() {
     assert_eq!(f[0]["physical"], phys);
     assert_eq!(f[0]["logical"], bytenr);
     assert_eq!(f[0]["good_mirror"], good);
+    // Counted as the kernel does: a tree block checksum failure is a verify
+    // error (one per sector of the node), csum_errors being for data.
+    assert_eq!(r["devices"][0]["verify_errors"], 1, "4 KiB nodes: one sector: {r:#}");
+    assert_eq!(r["devices"][0]["csum_errors"], 0, "{r:#}");
+    assert_eq!(r["devices"][1]["verify_errors"], 0, "{r:#}");
 
     let (code, r) = scrub(&imgs[0], &["--repair"]);
     assert_eq!(code, 0, "{r:#}");
@@ -336,6 +387,12 @@ fn metadata_dup_copy_damage_single_device() {
     assert_eq!(f[0]["mirror"], 2);
     assert_eq!(f[0]["physical"], phys);
     assert_eq!(f[0]["kind"], "csum");
+    // The kernel counts a bad tree block per sector, in verify_errors.
+    let m = load_manifest("single");
+    let sectors = m["nodesize"].as_u64().unwrap() / m["sectorsize"].as_u64().unwrap();
+    assert!(sectors > 1, "a node of several sectors shows the per-sector count");
+    assert_eq!(r["totals"]["verify_errors"], sectors, "{r:#}");
+    assert_eq!(r["totals"]["csum_errors"], 0, "{r:#}");
     let (code, _) = scrub(&imgs[0], &["--repair"]);
     assert_eq!(code, 0);
     let (code, r) = scrub(&imgs[0], &[]);
@@ -436,48 +493,178 @@ fn repair_and_fix_csum_refuse_readonly() {
     assert!(stdout.contains("data_bytes_scrubbed:") && stdout.contains("no errors found"), "{stdout}");
 }
 
-/// Kernel mounts and loop devices from this file one at a time (loop device
-/// allocation and `btrfs device scan --forget` race with each other).
-static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn kernel_lock() -> std::sync::MutexGuard<'static, ()> {
-    KERNEL.lock().unwrap_or_else(|e| e.into_inner())
+/// Kernel mounts and loop devices one at a time (loop device allocation and
+/// `btrfs device scan --forget` race with each other), in this process and
+/// across test processes: the lock of tests/common/interop.rs. Not reentrant.
+fn kernel_lock() -> KernelLock {
+    common::interop::kernel_lock()
 }
 
-/// BTRS_INTEROP: unset → run when root, else skip; `require` → must run; `skip` → skip.
-fn interop(what: &str) -> bool {
-    match std::env::var("BTRS_INTEROP").as_deref() {
-        Ok("skip") => {
-            eprintln!("skipping {what}: BTRS_INTEROP=skip");
-            false
-        }
-        Ok("require") => {
-            assert!(is_root(), "{what}: BTRS_INTEROP=require but not root");
-            true
-        }
-        _ if is_root() => true,
-        _ => {
-            eprintln!("skipping {what}: needs root for a kernel mount");
-            false
+const KERNEL_MOUNT: &str = "/work/shared/tools/kernel-mount";
+const KERNEL_UMOUNT: &str = "/work/shared/tools/kernel-umount";
+const CHECK_IMAGES: &str = "/work/shared/tools/check-images";
+
+/// A kernel mount of image files (through kernel-mount's loop devices) at
+/// `dir/mnt`. Holds the kernel lock for its whole life and unmounts (detaching
+/// the loop devices) on drop, so a failed assertion leaves nothing mounted.
+struct KernelMount {
+    mnt: PathBuf,
+    mounted: bool,
+    _lock: KernelLock,
+}
+
+impl KernelMount {
+    /// Mount with `opts` (e.g. "ro"), only after `btrfs check --readonly` has
+    /// passed on the images: never mount what the checker rejects.
+    fn new(dir: &Path, images: &[PathBuf], opts: &str) -> KernelMount {
+        let lock = kernel_lock();
+        assert_eq!(btrfs_check_locked(images, ""), Some(true), "btrfs check --readonly must pass before mounting {images:?}");
+        let mnt = dir.join("mnt");
+        let out = Command::new(KERNEL_MOUNT).arg(&mnt).args(images).env("MOUNT_OPTS", opts).output().expect("running kernel-mount");
+        assert!(out.status.success(), "kernel-mount {images:?}: {}", String::from_utf8_lossy(&out.stderr));
+        KernelMount { mnt, mounted: true, _lock: lock }
+    }
+
+    fn umount_now(&mut self) -> bool {
+        self.mounted = false;
+        // A just-finished writer can keep the mount busy for a moment.
+        (0..5).any(|i| {
+            if i > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Command::new(KERNEL_UMOUNT).arg(&self.mnt).status().map(|s| s.success()).unwrap_or(false)
+        })
+    }
+
+    /// Unmount now and assert it worked (drop only tries).
+    fn umount(mut self) {
+        assert!(self.umount_now(), "kernel-umount {}", self.mnt.display());
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        if self.mounted && !self.umount_now() {
+            eprintln!("kernel-umount {} failed: left mounted", self.mnt.display());
         }
     }
+}
+
+/// The error counters of the kernel's `btrfs scrub start -R` (raw `btrfs_scrub_progress`).
+const KERNEL_ERROR_COUNTERS: [&str; 8] = [
+    "read_errors",
+    "csum_errors",
+    "verify_errors",
+    "super_errors",
+    "malloc_errors",
+    "uncorrectable_errors",
+    "unverified_errors",
+    "corrected_errors",
+];
+
+/// What the kernel's scrub counted, per devid, and its output for messages.
+struct KernelScrub {
+    devices: BTreeMap<u64, serde_json::Map<String, Value>>,
+    text: String,
+}
+
+impl KernelScrub {
+    fn get(&self, devid: u64, counter: &str) -> u64 {
+        self.devices
+            .get(&devid)
+            .and_then(|c| c.get(counter))
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("kernel scrub: no {counter} for devid {devid}: {}", self.text))
+    }
+
+    fn assert_clean(&self, what: &str) {
+        for devid in self.devices.keys() {
+            for c in KERNEL_ERROR_COUNTERS {
+                assert_eq!(self.get(*devid, c), 0, "{what}: kernel scrub devid {devid} {c}: {}", self.text);
+            }
+        }
+    }
+
+    /// The extent and byte counters agree with btrs's report, device by device.
+    fn assert_counts_match(&self, report: &Value, what: &str) {
+        for devid in self.devices.keys() {
+            let ours = report["devices"].as_array().unwrap().iter().find(|d| d["devid"] == *devid).expect("device");
+            for c in ["data_extents_scrubbed", "tree_extents_scrubbed", "data_bytes_scrubbed", "tree_bytes_scrubbed", "no_csum"] {
+                assert_eq!(ours[c], self.get(*devid, c), "{what} devid {devid} {c}: kernel {}", self.text);
+            }
+        }
+    }
+}
+
+/// Mount `images` read-only and run the kernel's scrub with `-r` (read-only:
+/// it counts but repairs nothing, so the images are left as they were), unmount,
+/// and return its per-device counters.
+fn kernel_scrub(dir: &Path, images: &[PathBuf]) -> KernelScrub {
+    let m = KernelMount::new(dir, images, "ro");
+    let out = Command::new("btrfs").args(["scrub", "start", "-B", "-R", "-d", "-r"]).arg(&m.mnt).output().expect("btrfs scrub");
+    m.umount();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // 0, or 3 when it found errors it did not fix: both come with the counters.
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(3)),
+        "kernel scrub: {:?}: {text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "Scrub device /dev/loopN (id K) done" then "\tcounter: value" lines.
+    let mut devices = BTreeMap::new();
+    let mut cur = None;
+    for line in text.lines() {
+        if let Some(p) = line.find("(id ") {
+            let id: u64 = line[p + 4..].split(')').next().and_then(|s| s.parse().ok()).expect("devid");
+            devices.insert(id, serde_json::Map::new());
+            cur = Some(id);
+        } else if let Some((k, v)) = line.trim().split_once(": ") {
+            if let (Some(c), Ok(v)) = (cur.and_then(|id| devices.get_mut(&id)), v.trim().parse::<u64>()) {
+                c.insert(k.to_string(), v.into());
+            }
+        }
+    }
+    assert_eq!(devices.len(), images.len(), "kernel scrub: one block per device: {text}");
+    KernelScrub { devices, text }
+}
+
+/// BTRS_INTEROP gate (tests/common/interop.rs: root, loop devices, btrfs-progs),
+/// plus the shared mount tools these tests go through. Under `require` a test
+/// that cannot run panics; otherwise it says why and is skipped.
+fn interop(what: &str) -> bool {
+    if !common::interop::interop_enabled(what) {
+        return false;
+    }
+    let tools = [KERNEL_MOUNT, KERNEL_UMOUNT, CHECK_IMAGES];
+    if let Some(t) = tools.iter().find(|t| !Path::new(t).exists()) {
+        assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "{what}: BTRS_INTEROP=require but {t} is missing");
+        eprintln!("skipped: {what}: {t} is missing");
+        return false;
+    }
+    true
+}
+
+/// mkfs.btrfs (`mkfs_args`, e.g. profiles and `--csum`) on `n` images of
+/// 128 MiB, then `write` fills it through a read-write kernel mount.
+fn make_kernel_fs(dir: &Path, mkfs_args: &[&str], n: usize, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Vec<PathBuf> {
+    let imgs: Vec<PathBuf> = (1..=n).map(|i| dir.join(format!("dev{i}.img"))).collect();
+    for img in &imgs {
+        std::fs::File::create(img).unwrap().set_len(128 << 20).unwrap();
+    }
+    let st = Command::new("mkfs.btrfs").args(["-q", "-f"]).args(mkfs_args).args(&imgs).output().unwrap();
+    assert!(st.status.success(), "mkfs.btrfs: {}", String::from_utf8_lossy(&st.stderr));
+    let m = KernelMount::new(dir, &imgs, "");
+    write(&m.mnt).expect("writing through the kernel mount");
+    m.umount();
+    imgs
 }
 
 /// mkfs.btrfs with `profile` for data and metadata on `n` images, then a
 /// kernel mount writes `vm/disk.raw` (256 KiB, `chattr +C`: no checksums) and
 /// a preallocated `vm/fallocated`.
 fn make_nodatasum_fs(dir: &Path, profile: &str, n: usize) -> Vec<PathBuf> {
-    let imgs: Vec<PathBuf> = (1..=n).map(|i| dir.join(format!("dev{i}.img"))).collect();
-    for img in &imgs {
-        std::fs::File::create(img).unwrap().set_len(128 << 20).unwrap();
-    }
-    let st = Command::new("mkfs.btrfs").args(["-q", "-f", "-d", profile, "-m", profile]).args(&imgs).output().unwrap();
-    assert!(st.status.success(), "mkfs.btrfs: {}", String::from_utf8_lossy(&st.stderr));
-    let mnt = dir.join("mnt");
-    let _k = kernel_lock();
-    let st = Command::new("/work/shared/tools/kernel-mount").arg(&mnt).args(&imgs).output().unwrap();
-    assert!(st.status.success(), "kernel-mount: {}", String::from_utf8_lossy(&st.stderr));
-    let write = (|| -> std::io::Result<()> {
+    make_kernel_fs(dir, &["-d", profile, "-m", profile], n, |mnt| {
         std::fs::create_dir(mnt.join("vm"))?;
         let file = mnt.join("vm/disk.raw");
         std::fs::File::create(&file)?;
@@ -488,11 +675,31 @@ fn make_nodatasum_fs(dir: &Path, profile: &str, n: usize) -> Vec<PathBuf> {
         let st = Command::new("fallocate").args(["-l", "262144"]).arg(mnt.join("vm/fallocated")).status()?;
         assert!(st.success(), "fallocate");
         Ok(())
-    })();
-    let um = Command::new("/work/shared/tools/kernel-umount").arg(&mnt).status().unwrap();
-    write.unwrap();
-    assert!(um.success());
-    imgs
+    })
+}
+
+/// Bytes that do not repeat from sector to sector (xorshift), so every sector
+/// has its own checksum and no two sectors of a file are interchangeable.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Checksummed files `data/NAME` of the given sizes, written through the kernel;
+/// file i holds `pattern(i + 1, size)`.
+fn write_files(mnt: &Path, files: &[(&str, usize)]) -> std::io::Result<()> {
+    std::fs::create_dir(mnt.join("data"))?;
+    for (i, (name, size)) in files.iter().enumerate() {
+        std::fs::write(mnt.join("data").join(name), pattern(i as u64 + 1, *size))?;
+    }
+    Ok(())
 }
 
 /// RAID1C3 nodatasum: two copies out-vote the changed third, which is
@@ -526,7 +733,8 @@ fn raid1c3_nodatasum_majority_repair() {
 
 /// A nodatasum (`chattr +C`) file on RAID1: no fixture has one, so make it
 /// with mkfs.btrfs and the kernel. A changed byte in one copy can only be
-/// found by comparing the copies.
+/// found by comparing the copies: the kernel's scrub, which checks each copy
+/// against its checksum and never compares copies, reports nothing.
 #[test]
 fn nodatasum_mirror_mismatch() {
     if !interop("nodatasum_mirror_mismatch") {
@@ -550,6 +758,16 @@ fn nodatasum_mirror_mismatch() {
     let (bytenr, _) = file_extent(&imgs[0], "5", "disk.raw");
     let phys = physical(&imgs[0], bytenr + 12288, 2, 0);
     flip(&imgs[1], phys + 9);
+
+    // Only data changed, so btrfs check (which reads no data) passes and the
+    // kernel may mount it. Its scrub reads the nodatasum sectors (no_csum) and
+    // has nothing to hold them against: this mismatch is what only btrs finds.
+    let kernel = kernel_scrub(dir.path(), &imgs);
+    kernel.assert_clean("kernel scrub of a nodatasum mirror mismatch");
+    for devid in [1, 2] {
+        assert!(kernel.get(devid, "no_csum") >= 64, "devid {devid}: the kernel read the nodatasum file: {}", kernel.text);
+    }
+
     let (code, r) = scrub(&imgs[0], &["--repair"]);
     assert_eq!(code, 3, "{r:#}");
     let f = findings(&r);
@@ -707,35 +925,11 @@ fn byte_counters_match_the_kernel_scrub() {
     for name in ["single", "raid10-blake2", "raid1c3-sha256", "mixed-noholes", "raid0"] {
         let dir = tempfile::tempdir().unwrap();
         let imgs = unpack_foreign(name, dir.path());
-        let mnt = dir.path().join("mnt");
-        let _k = kernel_lock();
-        let m = Command::new("/work/shared/tools/kernel-mount").arg(&mnt).args(&imgs).env("MOUNT_OPTS", "ro").output().unwrap();
-        assert!(m.status.success(), "{name}: kernel-mount: {}", String::from_utf8_lossy(&m.stderr));
-        let out = Command::new("btrfs").args(["scrub", "start", "-B", "-R", "-d", "-r"]).arg(&mnt).output().unwrap();
-        let um = Command::new("/work/shared/tools/kernel-umount").arg(&mnt).status().unwrap();
-        assert!(out.status.success() && um.success(), "{name}: kernel scrub: {}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout);
-        // "Scrub device /dev/loopN (id K) done" then "\tcounter: value" lines.
-        let mut kernel: Vec<(u64, serde_json::Map<String, Value>)> = Vec::new();
-        for line in text.lines() {
-            if let Some(p) = line.find("(id ") {
-                let id = line[p + 4..].split(')').next().and_then(|s| s.parse().ok()).expect("devid");
-                kernel.push((id, serde_json::Map::new()));
-            } else if let Some((k, v)) = line.trim().split_once(": ") {
-                if let (Some(cur), Ok(v)) = (kernel.last_mut(), v.trim().parse::<u64>()) {
-                    cur.1.insert(k.to_string(), v.into());
-                }
-            }
-        }
-        assert_eq!(kernel.len(), imgs.len(), "{name}: {text}");
+        let kernel = kernel_scrub(dir.path(), &imgs);
+        kernel.assert_clean(name);
         let (code, r) = scrub(&imgs[0], &[]);
         assert_eq!(code, 0, "{name}");
-        for (devid, counters) in kernel {
-            let ours = r["devices"].as_array().unwrap().iter().find(|d| d["devid"] == devid).expect("device");
-            for c in ["data_extents_scrubbed", "tree_extents_scrubbed", "data_bytes_scrubbed", "tree_bytes_scrubbed", "no_csum"] {
-                assert_eq!(ours[c], counters[c], "{name} devid {devid} {c}: kernel {text}");
-            }
-        }
+        kernel.assert_counts_match(&r, name);
     }
 }
 
@@ -789,4 +983,148 @@ fn extent_tree_damaged_in_every_copy() {
     assert!(!f.is_empty());
     assert!(f.iter().all(|x| x["kind"] == "verify" && x["repaired"] == false), "{r:#}");
     assert!(f.iter().any(|x| x["detail"].as_str().unwrap_or("").contains(&leaf.to_string())), "{r:#}");
+}
+
+/// Files written by the kernel for the agreement tests: a few MiB each.
+const AGREEMENT_FILES: [(&str, usize); 3] = [("a", 3 << 20), ("b", 2 << 20), ("c", 4 << 20)];
+/// mkfs.btrfs's default sector size on this (4 KiB page) machine.
+const SECTOR: u64 = 4096;
+
+/// The kernel and btrs on the same damage: a RAID1 pair made by mkfs.btrfs with
+/// checksum `csum` and written by the kernel; one byte changed in one copy of
+/// several data sectors, in different files, on both devices, at physical
+/// offsets from the chunk tree. Then btrs --repair, after which the kernel
+/// finds nothing left.
+fn kernel_agrees_on_damaged_data(csum: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = make_kernel_fs(dir.path(), &["--csum", csum, "-d", "raid1", "-m", "raid1"], 2, |mnt| {
+        write_files(mnt, &AGREEMENT_FILES)
+    });
+    // (file, sector of the file, devid whose copy is changed)
+    let damage = [("a", 1, 1), ("a", 700, 2), ("b", 3, 2), ("b", 400, 1), ("c", 7, 1), ("c", 1000, 2)];
+    let mut damaged = Vec::new();
+    for (i, &(name, sector, devid)) in damage.iter().enumerate() {
+        let logical = logical_at(&imgs[0], name, sector * SECTOR);
+        let phys = physical(&imgs[0], logical, devid, 0);
+        flip(&imgs[devid as usize - 1], phys + 100 + i as u64);
+        damaged.push((name, sector, devid, logical, phys));
+    }
+    // btrfs check reads no data: the images pass, and only then may the kernel mount them.
+    assert_eq!(btrfs_check(&imgs, ""), Some(true), "btrfs check --readonly ignores data damage");
+
+    let (code, r) = scrub(&imgs[0], &[]);
+    assert_eq!(code, 3, "{r:#}");
+    let f = findings(&r);
+    assert_eq!(f.len(), damaged.len(), "one finding per damaged sector: {r:#}");
+    for &(name, sector, devid, logical, phys) in &damaged {
+        let x = f
+            .iter()
+            .find(|x| x["devid"] == devid && x["physical"] == phys)
+            .unwrap_or_else(|| panic!("no finding for {name} sector {sector} on devid {devid}: {r:#}"));
+        assert_eq!(x["kind"], "csum", "{x:#}");
+        assert_eq!(x["metadata"], false);
+        assert_eq!(x["logical"], logical);
+        assert_eq!(x["len"], SECTOR);
+        assert_eq!(x["paths"], serde_json::json!([format!("data/{name}")]));
+        assert_eq!(x["file_offset"], sector * SECTOR);
+        assert_eq!(x["good_mirror"], mirror_of(&imgs[0], logical, 3 - devid));
+        assert_eq!(x["repaired"], false);
+    }
+
+    let kernel = kernel_scrub(dir.path(), &imgs);
+    kernel.assert_counts_match(&r, csum);
+    let mut kernel_total = 0;
+    for devid in [1u64, 2] {
+        let ours = f.iter().filter(|x| x["devid"] == devid && x["kind"] == "csum").count() as u64;
+        let theirs = kernel.get(devid, "csum_errors");
+        assert!(ours >= theirs, "devid {devid}: btrs {ours} csum findings, kernel {theirs} csum_errors: {}", kernel.text);
+        assert_eq!(r["devices"][devid as usize - 1]["csum_errors"], ours, "{r:#}");
+        assert_eq!(kernel.get(devid, "verify_errors"), 0, "data damage only: {}", kernel.text);
+        kernel_total += theirs;
+    }
+    // Both find every damaged sector: equal totals, and btrs at least the kernel on each device.
+    assert_eq!(kernel_total, damaged.len() as u64, "the kernel found every damaged sector: {}", kernel.text);
+
+    let (code, r) = scrub(&imgs[0], &["--repair"]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["totals"]["corrected_errors"], damaged.len() as u64, "{r:#}");
+    assert!(findings(&r).iter().all(|x| x["repaired"] == true), "{r:#}");
+    let (code, r) = scrub(&imgs[0], &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_clean(&r, "after btrs --repair");
+    assert_eq!(btrfs_check(&imgs, "--check-data-csum"), Some(true), "btrfs check --check-data-csum after btrs --repair");
+    let kernel = kernel_scrub(dir.path(), &imgs);
+    kernel.assert_clean("kernel scrub after btrs --repair");
+    kernel.assert_counts_match(&r, csum);
+}
+
+#[test]
+fn kernel_agrees_on_damaged_data_crc32c() {
+    if !interop("kernel_agrees_on_damaged_data_crc32c") {
+        return;
+    }
+    kernel_agrees_on_damaged_data("crc32c");
+}
+
+#[test]
+fn kernel_agrees_on_damaged_data_sha256() {
+    if !interop("kernel_agrees_on_damaged_data_sha256") {
+        return;
+    }
+    kernel_agrees_on_damaged_data("sha256");
+}
+
+/// The other face of the direct-IO race, on a kernel-made image: every copy of
+/// a data sector holds the same bytes and none matches the checksum.
+/// `--fix-csum` rewrites the checksum; then btrfs check, the kernel's scrub and
+/// the kernel's reads all accept the bytes that are on disk.
+#[test]
+fn fix_csum_on_a_kernel_made_image() {
+    if !interop("fix_csum_on_a_kernel_made_image") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = make_kernel_fs(dir.path(), &["--csum", "blake2", "-d", "raid1", "-m", "raid1"], 2, |mnt| {
+        write_files(mnt, &AGREEMENT_FILES[..1])
+    });
+    let (off, byte) = (5 * SECTOR, 77);
+    let logical = logical_at(&imgs[0], "a", off);
+    for devid in [1u64, 2] {
+        flip(&imgs[devid as usize - 1], physical(&imgs[0], logical, devid, 0) + byte);
+    }
+    assert_eq!(btrfs_check(&imgs, ""), Some(true), "btrfs check --readonly ignores data");
+
+    let (code, r) = scrub(&imgs[0], &[]);
+    assert_eq!(code, 3, "{r:#}");
+    let f = findings(&r);
+    assert_eq!(f.len(), 2, "one finding per copy: {r:#}");
+    for x in &f {
+        assert_eq!(x["kind"], "csum_all_copies", "{x:#}");
+        assert_eq!(x["logical"], logical);
+        assert_eq!(x["paths"], serde_json::json!(["data/a"]));
+        assert_eq!(x["file_offset"], off);
+        assert_eq!(x["good_mirror"], Value::Null);
+        assert_eq!(x["repaired"], false);
+    }
+
+    let (code, r) = scrub(&imgs[0], &["--fix-csum"]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["totals"]["corrected_errors"], 2, "{r:#}");
+    assert!(findings(&r).iter().all(|x| x["repaired"] == true), "{r:#}");
+    let (code, r) = scrub(&imgs[0], &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_clean(&r, "after --fix-csum");
+    assert_eq!(btrfs_check(&imgs, "--check-data-csum"), Some(true), "btrfs check --check-data-csum after --fix-csum");
+
+    let kernel = kernel_scrub(dir.path(), &imgs);
+    kernel.assert_clean("kernel scrub after --fix-csum");
+    kernel.assert_counts_match(&r, "after --fix-csum");
+    // The kernel reads the file: what is on disk, the changed byte included.
+    let mut want = pattern(1, AGREEMENT_FILES[0].1);
+    want[(off + byte) as usize] ^= 0x5a;
+    let m = KernelMount::new(dir.path(), &imgs, "ro");
+    let got = std::fs::read(m.mnt.join("data/a"));
+    m.umount();
+    let got = got.expect("the kernel reads data/a after --fix-csum");
+    assert!(got == want, "the kernel's read of data/a differs from the bytes on disk");
 }

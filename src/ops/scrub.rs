@@ -116,7 +116,10 @@ pub struct Counters {
     pub data_bytes_scrubbed: u64,
     pub tree_bytes_scrubbed: u64,
     pub read_errors: u64,
+    /// Data sectors (per copy) whose checksum fails.
     pub csum_errors: u64,
+    /// Tree block sectors (per copy) whose checksum or header fails, as the
+    /// kernel counts them.
     pub verify_errors: u64,
     pub no_csum: u64,
     pub super_errors: u64,
@@ -845,8 +848,13 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
         let c = acc.dev(loc.devid);
         match kind {
             FindingKind::Read => c.read_errors += sectors,
-            FindingKind::Csum | FindingKind::CsumAllCopies => c.csum_errors += sectors,
-            FindingKind::Verify => c.verify_errors += sectors,
+            // The kernel's scrub (fs/btrfs/scrub.c since 6.4, scrub_verify_one_metadata)
+            // marks a tree block whose checksum fails in meta_error_bitmap, not
+            // csum_error_bitmap, so `btrfs scrub` counts it in verify_errors, per
+            // sector; csum_errors is data only. Count it where the kernel does, so
+            // the two reports can be compared counter by counter. The finding still
+            // says `csum`: that is what failed.
+            FindingKind::Csum | FindingKind::CsumAllCopies | FindingKind::Verify => c.verify_errors += sectors,
             FindingKind::MirrorMismatch => c.mirror_mismatches += sectors,
             FindingKind::Super => {}
         }
