@@ -18,11 +18,11 @@ head -c "${size}M" /dev/urandom > "$src"
 cat "$src" > /dev/null
 for csum in "${csums[@]}"; do
   # Kernel: mount + cp + sync + umount of a fresh pair.
-  make_pair $((size * 2)) --csum "$csum"
+  rm -f "$work/a.img" "$work/b.img"; make_pair $((size * 2)) --csum "$csum" 2>/dev/null
   s=$(now); mount_pair; cp "$src" "$mnt/f"; sync; umount_pair; e=$(now)
   k=$(echo "$e - $s" | bc -l)
   for mode in buffered direct; do
-    make_pair $((size * 2)) --csum "$csum"
+    rm -f "$work/a.img" "$work/b.img"; make_pair $((size * 2)) --csum "$csum" 2>/dev/null
     flag=(); [ "$mode" = direct ] && flag=(--direct)
     s=$(now)
     /usr/bin/time -f '%M' -o "$work/rss" "$btrs" write --quiet "${flag[@]}" "$work/a.img" /f --from "$src"

@@ -237,7 +237,9 @@ impl<'v> DirectWriter<'v> {
         let tracker = Tracker::default();
         tracker.add(bios.len());
         let next = AtomicUsize::new(0);
-        let workers = self.vol.devices.len().clamp(2, 4);
+        // Several bios in flight per device: O_DIRECT writes are synchronous,
+        // and one at a time would leave the device idle between them.
+        let workers = (self.vol.devices.len() * 4).clamp(4, 16);
         let _ = &live;
         std::thread::scope(|s| {
             for _ in 0..workers {

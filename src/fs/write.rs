@@ -550,18 +550,21 @@ impl Transaction {
     }
 
     /// Write `buf` to every copy of `logical`, in pieces of at most `max_bio`
-    /// bytes that never cross a stripe or chunk boundary.
+    /// bytes that never cross a stripe or chunk boundary. Each copy is written
+    /// by its own thread: the copies live on different images (or far apart
+    /// on one), and the host writes them in parallel.
     pub fn write_data(&self, logical: u64, buf: &[u8], opts: WriteOpts, report: &mut WriteReport) -> Result<()> {
         let vol = self.store.fs.volume();
         let copies = vol.num_copies(logical)?;
-        for m in 0..copies {
+        let write_copy = |m: usize| -> Result<Vec<BioRecord>> {
+            let mut bios = Vec::new();
             for (off, addr, n) in vol.copy_segments(logical, buf.len(), m)? {
+                let dev = vol.device(addr.devid)?;
                 let mut done = 0;
                 while done < n {
                     let k = (n - done).min(opts.max_bio.max(4096));
-                    let piece = &buf[off + done..off + done + k];
-                    vol.device(addr.devid)?.write_all_at(addr.physical + done as u64, piece)?;
-                    report.bios.push(BioRecord {
+                    dev.write_all_at(addr.physical + done as u64, &buf[off + done..off + done + k])?;
+                    bios.push(BioRecord {
                         logical: logical + (off + done) as u64,
                         len: k as u64,
                         devid: addr.devid,
@@ -571,23 +574,46 @@ impl Transaction {
                     done += k;
                 }
             }
+            Ok(bios)
+        };
+        let results: Vec<Result<Vec<BioRecord>>> = if copies == 1 {
+            vec![write_copy(0)]
+        } else {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = (0..copies).map(|m| s.spawn(move || write_copy(m))).collect();
+                hs.into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("a mirror writer thread panicked".into()))))
+                    .collect()
+            })
+        };
+        for r in results {
+            report.bios.extend(r?);
         }
         Ok(())
     }
 
-    fn add_csums(&mut self, logical: u64, data: &[u8]) -> Result<()> {
+    /// Checksums of every sector of `data`, back to back.
+    fn compute_csums(&self, data: &[u8]) -> Vec<u8> {
         let ss = self.store.fs.sectorsize as usize;
         let csum = self.store.fs.csum;
         let cs = csum.size();
+        let mut out = Vec::with_capacity(data.len() / ss * cs);
+        for sector in data.chunks(ss) {
+            out.extend_from_slice(&csum.compute(sector)[..cs]);
+        }
+        out
+    }
+
+    /// Insert checksum items for the sectors at `logical` (`sums` as from
+    /// [`Self::compute_csums`]).
+    fn insert_csums(&mut self, logical: u64, sums: &[u8]) -> Result<()> {
+        let ss = self.store.fs.sectorsize as u64;
+        let cs = self.store.fs.csum.size();
         // Keep each csum item well under a leaf.
         let per_item = ((self.store.fs.sb.nodesize.get() as usize - 101) / 2 / cs).max(1);
-        for (i, chunk) in data.chunks(per_item * ss).enumerate() {
-            let mut body = Vec::with_capacity(chunk.len() / ss * cs);
-            for sector in chunk.chunks(ss) {
-                body.extend_from_slice(&csum.compute(sector)[..cs]);
-            }
-            let at = logical + (i * per_item * ss) as u64;
-            self.insert(CSUM_TREE_OBJECTID, Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, at), body)?;
+        for (i, body) in sums.chunks(per_item * cs).enumerate() {
+            let at = logical + (i * per_item) as u64 * ss;
+            self.insert(CSUM_TREE_OBJECTID, Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, at), body.to_vec())?;
         }
         Ok(())
     }
@@ -671,28 +697,50 @@ impl Transaction {
             pieces.push((pos, logical, got));
             pos += got;
         }
-        if direct {
-            let mut dw = DirectWriter::new(self.store.fs.volume(), opts.max_bio);
-            #[cfg(test)]
-            {
-                dw.no_bounce = self.direct_no_bounce;
-                dw.fail_at = self.direct_fail_at;
+        // Checksums are computed on another core while the copies are
+        // written: both read the same engine-owned bytes, which nothing
+        // changes until both are done.
+        let sums: Vec<Vec<u8>> = std::thread::scope(|s| -> Result<Vec<Vec<u8>>> {
+            let this = &*self;
+            let csummer = (!nosum).then(|| {
+                let pieces = &pieces;
+                s.spawn(move || {
+                    pieces
+                        .iter()
+                        .map(|&(pos, _, got)| {
+                            let off = (pos - a) as usize;
+                            this.compute_csums(&buf[off..off + got as usize])
+                        })
+                        .collect::<Vec<_>>()
+                })
+            });
+            if direct {
+                let mut dw = DirectWriter::new(this.store.fs.volume(), opts.max_bio);
+                #[cfg(test)]
+                {
+                    dw.no_bounce = this.direct_no_bounce;
+                    dw.fail_at = this.direct_fail_at;
+                }
+                report.notices.append(&mut dw.notices);
+                for &(pos, logical, got) in &pieces {
+                    let off = (pos - a) as usize;
+                    let mut piece = Bounce::zeroed(got as usize);
+                    piece.bytes_mut().copy_from_slice(&buf[off..off + got as usize]);
+                    let live: Option<(&dyn Source, usize)> = Some((src, base.wrapping_sub(off)));
+                    let live = if base >= off { live } else { None };
+                    report.bios.extend(dw.write(logical, &piece, live)?);
+                }
+            } else {
+                for &(pos, logical, got) in &pieces {
+                    let off = (pos - a) as usize;
+                    this.write_data(logical, &buf[off..off + got as usize], opts, report)?;
+                }
             }
-            report.notices.append(&mut dw.notices);
-            for &(pos, logical, got) in &pieces {
-                let off = (pos - a) as usize;
-                let mut piece = Bounce::zeroed(got as usize);
-                piece.bytes_mut().copy_from_slice(&buf[off..off + got as usize]);
-                let live: Option<(&dyn Source, usize)> = Some((src, base.wrapping_sub(off)));
-                let live = if base >= off { live } else { None };
-                report.bios.extend(dw.write(logical, &piece, live)?);
+            match csummer {
+                Some(h) => h.join().map_err(|_| Error::Invalid("checksum thread panicked".into())),
+                None => Ok(Vec::new()),
             }
-        } else {
-            for &(pos, logical, got) in &pieces {
-                let off = (pos - a) as usize;
-                self.write_data(logical, &buf[off..off + got as usize], opts, report)?;
-            }
-        }
+        })?;
         // Without NO_HOLES, a gap between the old end and the write is an explicit hole.
         let no_holes = self.store.fs.sb.has_incompat(INCOMPAT_NO_HOLES);
         let old_end = old_size.div_ceil(ss) * ss;
@@ -700,11 +748,10 @@ impl Transaction {
         if !no_holes && a > old_end {
             self.insert_extent_item(root, ino, old_end, 0, a - old_end, a - old_end)?;
         }
-        for &(pos, logical, got) in &pieces {
-            let off = (pos - a) as usize;
-            if !nosum {
+        for (i, &(pos, logical, got)) in pieces.iter().enumerate() {
+            if let Some(sum) = sums.get(i) {
                 // Checksums from the same engine-owned bytes every mirror got.
-                self.add_csums(logical, &buf[off..off + got as usize])?;
+                self.insert_csums(logical, sum)?;
             }
             self.add_data_extent(logical, got, root, ino, pos)?;
             self.insert_extent_item(root, ino, pos, logical, got, got)?;

@@ -175,9 +175,15 @@ impl Volume {
         }
     }
 
-    /// Flush every device to stable storage.
+    /// Flush every device to stable storage, all at once (one thread each).
     pub fn sync_all(&self) -> Result<()> {
-        self.devices.values().try_for_each(|d| d.sync())
+        if self.devices.len() == 1 {
+            return self.devices.values().try_for_each(|d| d.sync());
+        }
+        std::thread::scope(|s| {
+            let hs: Vec<_> = self.devices.values().map(|d| s.spawn(move || d.sync())).collect();
+            hs.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("an fsync thread panicked".into()))))
+        })
     }
 
     /// Where copy `mirror` of `logical` lives.
