@@ -42,7 +42,9 @@ fn error_text(e: &anyhow::Error) -> String {
 }
 
 fn open(cli_devices: &[std::path::PathBuf], degraded: bool, image: &std::path::Path) -> anyhow::Result<Filesystem> {
-    let opts = OpenOptions { image: image.to_path_buf(), devices: cli_devices.to_vec(), degraded, writable: false };
+    // Listing, reading and dumping see the last committed state even while a
+    // btrs writer works on the images.
+    let opts = OpenOptions { image: image.to_path_buf(), devices: cli_devices.to_vec(), degraded, writable: false, alongside_writer: true };
     Filesystem::open(&opts).with_context(|| format!("cannot open {}", image.display()))
 }
 
@@ -57,7 +59,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     match cli.command {
         Command::DumpSuper(a) => {
-            let dev = btrs::volumes::Device::open(&a.image, false).or_else(|_| btrs::volumes::Device::open_raw(&a.image))?;
+            let dev = btrs::volumes::Device::open_locked(&a.image, btrs::volumes::guard::Lock::SharedIfFree)
+                .or_else(|_| btrs::volumes::Device::open_raw(&a.image))?;
             btrs::ops::dump::dump_super(&mut out, &dev, a.all, a.json)?;
         }
         Command::DumpTree(a) => {
@@ -102,7 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Scrub(a) => {
-            let open = OpenOptions { image: a.image.clone(), devices: cli.devices.clone(), degraded: cli.degraded, writable: false };
+            let open = OpenOptions { image: a.image.clone(), devices: cli.devices.clone(), degraded: cli.degraded, writable: false, ..Default::default() };
             let opts = btrs::ops::scrub::ScrubOptions {
                 repair: a.repair,
                 prefer_mirror: a.prefer_mirror.map(|n| n as usize),
@@ -331,7 +334,7 @@ fn fixture_summary(m: &btrs::ops::fixture::Manifest, dir: &std::path::Path, out:
 }
 
 fn wopts(devices: &[std::path::PathBuf], degraded: bool, image: &std::path::Path) -> OpenOptions {
-    OpenOptions { image: image.to_path_buf(), devices: devices.to_vec(), degraded, writable: true }
+    OpenOptions { image: image.to_path_buf(), devices: devices.to_vec(), degraded, writable: true, ..Default::default() }
 }
 
 fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -247,18 +247,59 @@ fn kernel_reads_btrs_writes_and_btrs_reads_kernel_writes() {
     assert_eq!(cat(img, "/a/kernel.bin"), want);
 }
 
+/// Concurrency: while another process writes (holds the exclusive lock), a
+/// second writer and scrub are refused with a clear message, and the
+/// read-only commands see the last committed state; with a real btrs writer
+/// running, every `ls` shows the new file either not at all or complete.
 #[test]
-fn second_writer_is_refused() {
+fn writers_exclude_each_other_readers_see_the_last_commit() {
     if !progs_available() {
+        eprintln!("skipped: btrfs-progs not available");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let imgs = mkfs_progs(tmp.path(), 1, 256 << 20, "");
-    let f = std::fs::File::open(&imgs[0]).unwrap();
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).unwrap();
-    let (code, _, err) = btrs(&["mkdir", imgs[0].to_str().unwrap(), "/x"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("in use by another process"), "{err}");
+    let imgs = mkfs_progs(tmp.path(), 1, 512 << 20, "");
+    let img = imgs[0].to_str().unwrap();
+    let old = pseudo(100_000, 1);
+    write(tmp.path(), img, "/old", &old, &[]);
+    {
+        let f = std::fs::File::open(&imgs[0]).unwrap();
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let (code, _, err) = btrs(&["mkdir", img, "/x"]);
+        assert_ne!(code, 0);
+        assert!(err.contains("in use by another process"), "{err}");
+        let (code, _, err) = btrs(&["scrub", "--no-progress", img]);
+        assert_ne!(code, 0);
+        assert!(err.contains("being written by another process"), "{err}");
+        assert!(cat(img, "/old") == old);
+        assert!(ok(&["ls", img, "/"]).contains("old"));
+    }
+    let big = pseudo(200 << 20, 2);
+    let src = tmp.path().join("big.bin");
+    std::fs::write(&src, &big).unwrap();
+    let mut writer =
+        Command::new(env!("CARGO_BIN_EXE_btrs")).args(["write", img, "/new", "--from", src.to_str().unwrap(), "--quiet"]).spawn().unwrap();
+    let (mut before, mut after) = (0, 0);
+    loop {
+        let done = writer.try_wait().unwrap().is_some();
+        let listing = ok(&["ls", "-l", img, "/"]);
+        match listing.lines().find(|l| l.ends_with(" new")) {
+            None => before += 1,
+            Some(line) => {
+                assert!(line.contains(&(200u64 << 20).to_string()), "new file visible before its commit was complete: {line}");
+                after += 1;
+            }
+        }
+        assert!(cat(img, "/old") == old, "committed file changed under a reader");
+        if done {
+            break;
+        }
+    }
+    assert!(writer.wait().unwrap().success());
+    eprintln!("{before} listings before the commit, {after} after");
+    assert!(after > 0);
+    assert!(cat(img, "/new") == big);
+    check(&imgs);
 }
 
 #[test]

@@ -294,7 +294,7 @@ mod tests {
     /// Returns (mirror mismatches, csum mismatches) over the written file.
     fn run(no_bounce: bool, nodatasum: bool) -> Option<(usize, usize)> {
         let (_tmp, imgs) = mkfs_raid1()?;
-        let opts = OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), degraded: false, writable: true };
+        let opts = OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), degraded: false, writable: true, ..Default::default() };
         let mut tx = Transaction::begin(Filesystem::open(&opts).unwrap()).unwrap();
         tx.direct_no_bounce = no_bounce;
         let flags = if nodatasum { INODE_NODATASUM } else { 0 };
@@ -369,7 +369,7 @@ mod tests {
     #[test]
     fn failed_bio_commits_nothing() {
         let Some((_tmp, imgs)) = mkfs_raid1() else { return };
-        let opts = OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), degraded: false, writable: true };
+        let opts = OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), degraded: false, writable: true, ..Default::default() };
         let before: Vec<Vec<u8>> = imgs.iter().map(|p| std::fs::read(p).unwrap()).collect();
         let mut tx = Transaction::begin(Filesystem::open(&opts).unwrap()).unwrap();
         let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();

@@ -197,7 +197,7 @@ mod tests {
     fn stable_pages_under_concurrent_rewrites() {
         for nodatasum in [false, true] {
             let Some((_tmp, imgs)) = mkfs_dup() else { return };
-            let opts = OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), degraded: false, writable: true };
+            let opts = OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), degraded: false, writable: true, ..Default::default() };
             let mut tx = Transaction::begin(Filesystem::open(&opts).unwrap()).unwrap();
             let flags = if nodatasum { INODE_NODATASUM } else { 0 };
             let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"hot", S_IFREG | 0o644, flags).unwrap();

@@ -1086,7 +1086,7 @@ mod crash_tests {
     }
 
     fn opts(imgs: &[PathBuf], writable: bool) -> OpenOptions {
-        OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable }
+        OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable, alongside_writer: false }
     }
 
     /// File contents by name; `None` when absent.
@@ -1200,6 +1200,35 @@ mod crash_tests {
         eprintln!("{} device(s): {total} I/Os; {olds} crashes left the old state, {news} the new", imgs.len());
         // Only a crash after the superblocks reached the disk shows the new state.
         assert!(olds > 0 && news > 0);
+    }
+
+    /// One device of a RAID1 pair fails every read: readers and the writer
+    /// are served by the other copy (with a warning naming the device), the
+    /// write commits to both, and the result checks clean.
+    #[test]
+    fn read_errors_on_one_device_are_served_from_the_other() {
+        let Some((_tmp, imgs)) = crate::fs::testutil::mkfs_btrfs(2, &["-d", "raid1", "-m", "raid1"]) else { return };
+        baseline(&imgs);
+        let mut fs = Filesystem::open(&opts(&imgs, false)).unwrap();
+        fs.volume().devices[&1].fault.set(Arc::new(FaultPlan::unreadable())).unwrap();
+        // Drop the blocks cached while opening, so every read meets the fault.
+        let generation = fs.sb.generation.get();
+        fs.reader.committed(generation);
+        for (name, want) in old_state() {
+            if let Some(want) = want {
+                let id = fs.resolve(name).unwrap().id;
+                assert!(fs.read_file_bytes(id).unwrap() == want, "{name}");
+            }
+        }
+        let warnings = fs.take_warnings();
+        assert!(warnings.iter().any(|w| w.0.contains("devid 1")), "no warning names devid 1: {warnings:?}");
+        drop(fs);
+        let mut fs = Filesystem::open(&opts(&imgs, true)).unwrap();
+        fs.volume().devices[&1].fault.set(Arc::new(FaultPlan::unreadable())).unwrap();
+        let generation = fs.sb.generation.get();
+        fs.reader.committed(generation);
+        sequence(fs).unwrap();
+        assert!(judge(&imgs, "after a write with devid 1 unreadable"), "the write did not land");
     }
 
     #[test]

@@ -540,7 +540,23 @@ impl Transaction {
                     dst[..src.len()].copy_from_slice(src);
                 }
                 FileExtentKind::Regular { prealloc: false, disk_bytenr, offset, .. } if disk_bytenr != 0 && fe.compression == 0 => {
-                    self.store.fs.volume().read_copy(disk_bytenr + offset + (from - off), dst, 0)?;
+                    // The first copy that reads: a device with read errors
+                    // must not stop a write the other copies can serve.
+                    let vol = self.store.fs.volume();
+                    let at = disk_bytenr + offset + (from - off);
+                    let mut last = None;
+                    for m in 0..vol.num_copies(at)? {
+                        match vol.read_copy(at, dst, m) {
+                            Ok(()) => {
+                                last = None;
+                                break;
+                            }
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    if let Some(e) = last {
+                        return Err(e);
+                    }
                 }
                 FileExtentKind::Regular { .. } if fe.compression == 0 => {}
                 _ => return Err(Error::Unsupported("rewriting part of a compressed extent".into())),

@@ -651,7 +651,7 @@ fn file_logical(fs: &Filesystem, path: &str, file_offset: u64) -> Result<u64> {
 /// opened read-only and closed again before anything is written.
 fn plan_damage(spec: &Spec, images: &[PathBuf], entries: &[Entry], seed: u64) -> Result<(Vec<Patch>, Vec<ExpectedFinding>, u8)> {
     let first = images.first().ok_or_else(|| Error::Invalid("fixture without devices".into()))?;
-    let fs = Filesystem::open(&OpenOptions { image: first.clone(), devices: images.to_vec(), degraded: false, writable: false })?;
+    let fs = Filesystem::open(&OpenOptions { image: first.clone(), devices: images.to_vec(), degraded: false, writable: false, ..Default::default() })?;
     let vol = fs.volume();
     let fs_root = fs.tree_root(FS_TREE_OBJECTID)?;
     let levels = fs_root.level + 1;

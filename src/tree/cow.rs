@@ -1479,7 +1479,7 @@ mod tests {
             })
             .collect();
         devs.sort();
-        let opts = crate::volumes::OpenOptions { image: devs[0].clone(), devices: devs.clone(), degraded: false, writable: false };
+        let opts = crate::volumes::OpenOptions { image: devs[0].clone(), devices: devs.clone(), degraded: false, writable: false, ..Default::default() };
         Some((tmp, crate::Filesystem::open(&opts).unwrap()))
     }
 

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::guard::Lock;
 use crate::error::{Error, Result};
 use crate::format::superblock::{parse_super, SuperProblem};
 use crate::format::{SuperBlock, SUPER_INFO_SIZE, SUPER_MIRROR_OFFSETS};
@@ -34,6 +35,12 @@ impl Device {
     /// Open an image read-only and pick its best superblock copy. An image
     /// with no valid copy is an error naming each copy's problem.
     pub fn open(path: &Path, writable: bool) -> Result<Device> {
+        Device::open_locked(path, if writable { Lock::Exclusive } else { Lock::Shared })
+    }
+
+    /// Open with an explicit lock mode (`Exclusive` opens for writing).
+    pub fn open_locked(path: &Path, lock: Lock) -> Result<Device> {
+        let writable = lock == Lock::Exclusive;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(writable)
@@ -41,10 +48,8 @@ impl Device {
             .map_err(|e| Error::io(path, "open", e))?;
         if writable {
             super::guard::refuse_loop_attached(path)?;
-            super::guard::lock_exclusive(&file, path)?;
-        } else {
-            super::guard::lock_shared(&file, path)?;
         }
+        super::guard::lock(&file, path, lock)?;
         let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
         let size = if meta.file_type().is_block_device() { block_device_size(&file, path)? } else { meta.len() };
         let copies = read_super_copies(&file, path, size, false)?;
@@ -108,6 +113,10 @@ impl Device {
     }
 
     pub fn read_exact_at(&self, physical: u64, buf: &mut [u8]) -> Result<()> {
+        #[cfg(test)]
+        if self.fault.get().is_some_and(|p| p.fail_reads) {
+            return Err(Error::io(&self.path, format!("read {} bytes at {physical}", buf.len()), std::io::Error::other("injected read error")));
+        }
         let end = physical.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > self.size) {
             return Err(Error::io(

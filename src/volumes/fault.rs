@@ -25,6 +25,8 @@ pub struct FaultPlan {
     pub fault: Fault,
     count: AtomicU64,
     undo: Mutex<Vec<(PathBuf, u64, Vec<u8>)>>,
+    /// Every read from a device carrying this plan fails (a dying disk).
+    pub fail_reads: bool,
 }
 
 /// What the device should do with one I/O.
@@ -37,7 +39,12 @@ pub enum Verdict {
 
 impl FaultPlan {
     pub fn new(at: u64, fault: Fault) -> FaultPlan {
-        FaultPlan { at, fault, count: AtomicU64::new(0), undo: Mutex::new(Vec::new()) }
+        FaultPlan { at, fault, count: AtomicU64::new(0), undo: Mutex::new(Vec::new()), fail_reads: false }
+    }
+
+    /// A plan under which reads fail and writes go through.
+    pub fn unreadable() -> FaultPlan {
+        FaultPlan { fail_reads: true, ..FaultPlan::new(u64::MAX, Fault::Fail) }
     }
 
     /// I/Os seen so far.

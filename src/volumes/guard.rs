@@ -39,6 +39,21 @@ pub fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
     }
 }
 
+/// How an image is locked while it is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lock {
+    /// A writer: nobody else may hold any lock.
+    Exclusive,
+    /// A reader that needs the images to hold still (scrub compares copies,
+    /// and a NODATACOW write changes committed bytes in place).
+    Shared,
+    /// A reader of the last committed state: shared when it can be had,
+    /// otherwise none. A btrs writer never overwrites what the committed
+    /// superblock reaches (COW) before its own commit, so the tree the
+    /// superblock names stays readable while it works.
+    SharedIfFree,
+}
+
 /// Take a shared lock, so that readers do not run alongside a writer.
 pub fn lock_shared(file: &File, path: &Path) -> Result<()> {
     match flock_patiently(file, rustix::fs::FlockOperation::NonBlockingLockShared) {
@@ -48,6 +63,18 @@ pub fn lock_shared(file: &File, path: &Path) -> Result<()> {
             path.display()
         ))),
         Err(e) => Err(Error::io(path, "flock", e.into())),
+    }
+}
+
+/// Lock `file` as `lock` says.
+pub fn lock(file: &File, path: &Path, lock: Lock) -> Result<()> {
+    match lock {
+        Lock::Exclusive => lock_exclusive(file, path),
+        Lock::Shared => lock_shared(file, path),
+        Lock::SharedIfFree => match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+            Ok(()) | Err(rustix::io::Errno::WOULDBLOCK) => Ok(()),
+            Err(e) => Err(Error::io(path, "flock", e.into())),
+        },
     }
 }
 

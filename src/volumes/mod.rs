@@ -29,6 +29,19 @@ pub struct OpenOptions {
     /// Read from the remaining copies when devices are missing.
     pub degraded: bool,
     pub writable: bool,
+    /// Read-only: read the last committed state even while a btrs writer
+    /// holds the images (see [`guard::Lock::SharedIfFree`]).
+    pub alongside_writer: bool,
+}
+
+impl OpenOptions {
+    fn lock(&self) -> guard::Lock {
+        match (self.writable, self.alongside_writer) {
+            (true, _) => guard::Lock::Exclusive,
+            (false, false) => guard::Lock::Shared,
+            (false, true) => guard::Lock::SharedIfFree,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -44,7 +57,7 @@ pub struct Volume {
 
 impl Volume {
     pub fn open(opts: &OpenOptions) -> Result<Volume> {
-        let first = Device::open(&opts.image, opts.writable)?;
+        let first = Device::open_locked(&opts.image, opts.lock())?;
         let fsid = first.sb.fsid;
         let first_canon = canonical(&opts.image);
         let mut devices: BTreeMap<u64, Device> = BTreeMap::new();
@@ -64,7 +77,7 @@ impl Volume {
             if !seen.insert(canonical(&path)) {
                 continue;
             }
-            let dev = match Device::open(&path, opts.writable) {
+            let dev = match Device::open_locked(&path, opts.lock()) {
                 Ok(d) => d,
                 Err(e) if explicit => return Err(e),
                 Err(_) => continue,
