@@ -29,7 +29,7 @@ use crate::format::superblock::seal_super;
 use crate::format::{CsumType, Key, Profile};
 use crate::fs::compress::Compression;
 use crate::ops::rootdir::{self, DataSink, Scan, ScanOptions};
-use crate::tree::builder::{build_tree, count_blocks, BlockParams, TreeItem};
+use crate::tree::builder::{count_blocks, BlockParams, TreeItem};
 use crate::volumes::chunks::MapEntry;
 use crate::volumes::guard::{lock_exclusive, refuse_loop_attached};
 
@@ -1623,6 +1623,19 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
     };
     let addr_of = |t: TreeId| addrs.iter().find(|a| a.0 == t).map(|a| a.1.clone()).unwrap_or_default();
     let mut built: std::collections::HashMap<TreeId, crate::tree::builder::BuiltTree> = std::collections::HashMap::new();
+    // Each tree's blocks go to the images as they are made and only their
+    // addresses and levels are kept: holding every block of every tree until
+    // the end doubled the peak memory of a large --rootdir. Nothing is
+    // reachable before the superblocks, written last after a flush.
+    let write_out = |items: &[TreeItem], params: &BlockParams, addrs: &[u64]| -> Result<crate::tree::builder::BuiltTree> {
+        let mut blocks = Vec::new();
+        let (root, level) = crate::tree::builder::build_tree_into(items, params, addrs, &mut |a, l, bytes| {
+            writer.write(a, &bytes)?;
+            blocks.push((a, l, Vec::new()));
+            Ok(())
+        })?;
+        Ok(crate::tree::builder::BuiltTree { root, level, blocks })
+    };
     let mut simple: Vec<(TreeId, &[TreeItem])> = vec![(TreeId::Chunk, &chunk_tree), (TreeId::Dev, &dev_tree)];
     simple.extend(fs_trees.iter().map(|(id, items)| (TreeId::Fs(*id), items.as_slice())));
     simple.extend([
@@ -1636,7 +1649,7 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
         if (t == TreeId::FreeSpace && !features.free_space_tree) || (t == TreeId::BlockGroup && !features.block_group_tree) {
             continue;
         }
-        built.insert(t, build_tree(items, &params(t.objectid()), &addr_of(t))?);
+        built.insert(t, write_out(items, &params(t.objectid()), &addr_of(t))?);
     }
     // Levels of every block, for the skinny METADATA_ITEM offsets. Root and extent
     // trees: their levels follow from their (already planned) shapes.
@@ -1680,19 +1693,13 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
         }
     }
     extent_tree.sort_by_key(|i| i.key);
-    let ext_built = build_tree(&extent_tree, &params(EXTENT_TREE_OBJECTID), &addr_of(TreeId::Extent))?;
+    let ext_built = write_out(&extent_tree, &params(EXTENT_TREE_OBJECTID), &addr_of(TreeId::Extent))?;
     let ext_info = (ext_built.root, ext_built.level, ext_built.blocks.len() as u64 * nodesize as u64);
     built.insert(TreeId::Extent, ext_built);
     let root_items = root_tree_items(&built, ext_info);
-    let root_built = build_tree(&root_items, &params(ROOT_TREE_OBJECTID), &addr_of(TreeId::Root))?;
-    built.insert(TreeId::Root, root_built);
+    built.insert(TreeId::Root, write_out(&root_items, &params(ROOT_TREE_OBJECTID), &addr_of(TreeId::Root))?);
 
-    // ---- write tree blocks, then sync, then superblocks ----
-    for b in built.values() {
-        for (a, _, bytes) in &b.blocks {
-            writer.write(*a, bytes)?;
-        }
-    }
+    // ---- every tree block is written: sync, then superblocks ----
     devs.sync()?;
 
     let bytes_used: u64 = chunk_used.iter().sum();

@@ -305,6 +305,10 @@ enum Content {
     None,
     /// Whole file (or symlink target) stored in the leaf: (bytes as stored, compression).
     Inline(Vec<u8>, u8),
+    /// A regular file small enough to live inline: read (and maybe
+    /// compressed) when its item is made, not kept from the scan on, so the
+    /// contents of many small files are not in memory twice.
+    InlineFile,
     /// Sector-aligned data ranges [start, end) of a regular file, holes between them.
     Ranges(Vec<(u64, u64)>),
 }
@@ -597,8 +601,6 @@ impl Scan {
         let sector = self.opts.sectorsize as u64;
         let flags = self.flags_for(path);
         let wanted = self.compress_for(path);
-        // The kernel never compresses a file without checksums (or in place).
-        let compress = if flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { wanted };
         let mut content = Content::None;
         let mut size = 0;
         match kind {
@@ -609,9 +611,7 @@ impl Scan {
                     let f = open_source(path)?;
                     let ranges = data_ranges(&f, path, size, sector)?;
                     if size <= DEFAULT_MAX_INLINE && size < sector && !ranges.is_empty() {
-                        let mut buf = vec![0u8; size as usize];
-                        f.read_exact_at(&mut buf, 0).map_err(io(path, "read"))?;
-                        content = inline_content(buf, compress, self.opts.sectorsize);
+                        content = Content::InlineFile;
                     } else {
                         self.data_bytes += ranges.iter().map(|r| r.1 - r.0).sum::<u64>();
                         let sums = if flags & INODE_NODATASUM != 0 { 0 } else { 1 };
@@ -972,8 +972,20 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
         let tree = i.subvol;
         let k = |objectid: u64, item_type: u8, offset: u64| (tree, Key::new(objectid, item_type, offset));
         let mut nbytes = 0u64;
-        match &i.content {
-            Content::None => {}
+        let read_inline;
+        let content = match &i.content {
+            Content::InlineFile => {
+                let mut buf = vec![0u8; i.size as usize];
+                open_source(&i.host)?.read_exact_at(&mut buf, 0).map_err(io(&i.host, "read"))?;
+                // The kernel never compresses a file without checksums (or in place).
+                let compress = if i.flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { i.compress };
+                read_inline = inline_content(buf, compress, opts.sectorsize);
+                &read_inline
+            }
+            c => c,
+        };
+        match content {
+            Content::None | Content::InlineFile => {}
             Content::Inline(data, compression) => {
                 let ram = if i.kind == FileType::Symlink { data.len() as u64 } else { i.size };
                 let mut v = file_extent_bytes(gen, ram, *compression, FILE_EXTENT_INLINE);

@@ -153,6 +153,23 @@ pub fn count_blocks(item_sizes: &[usize], nodesize: u32) -> Result<usize> {
 /// duplicates; `addrs` gives one logical address per block in plan order
 /// (leaves, then nodes bottom-up; the root is the last address).
 pub fn build_tree(items: &[TreeItem], params: &BlockParams, addrs: &[u64]) -> Result<BuiltTree> {
+    let mut blocks = Vec::new();
+    let (root, level) = build_tree_into(items, params, addrs, &mut |a, l, b| {
+        blocks.push((a, l, b));
+        Ok(())
+    })?;
+    Ok(BuiltTree { root, level, blocks })
+}
+
+/// Like [`build_tree`], handing each block to `sink` (address, level, bytes)
+/// as soon as it is made instead of keeping them all: a large tree need not
+/// be in memory twice. Returns the root address and level.
+pub fn build_tree_into(
+    items: &[TreeItem],
+    params: &BlockParams,
+    addrs: &[u64],
+    sink: &mut dyn FnMut(u64, u8, Vec<u8>) -> Result<()>,
+) -> Result<(u64, u8)> {
     for w in items.windows(2) {
         if w[0].key >= w[1].key {
             return Err(Error::Invalid(format!(
@@ -173,7 +190,6 @@ pub fn build_tree(items: &[TreeItem], params: &BlockParams, addrs: &[u64]) -> Re
     }
     let mut next_addr = addrs.iter().copied();
     let mut take_addr = || next_addr.next().ok_or_else(|| Error::Invalid("ran out of block addresses".into()));
-    let mut blocks = Vec::with_capacity(plan.block_count());
     // (first key, address) of each block of the level below.
     let mut below: Vec<(Key, u64)> = Vec::with_capacity(plan.leaves.len());
     for range in &plan.leaves {
@@ -181,7 +197,7 @@ pub fn build_tree(items: &[TreeItem], params: &BlockParams, addrs: &[u64]) -> Re
         let block = write_leaf(&items[range.clone()], params, addr);
         let first = items.get(range.start).map(|i| i.key).unwrap_or(Key::MIN);
         below.push((first, addr));
-        blocks.push((addr, 0u8, block));
+        sink(addr, 0u8, block)?;
     }
     for (lvl, level) in plan.nodes.iter().enumerate() {
         let level_no = (lvl + 1) as u8;
@@ -191,12 +207,12 @@ pub fn build_tree(items: &[TreeItem], params: &BlockParams, addrs: &[u64]) -> Re
             let children = &below[range.clone()];
             let block = write_node(children, params, addr, level_no);
             this.push((children.first().map(|c| c.0).unwrap_or(Key::MIN), addr));
-            blocks.push((addr, level_no, block));
+            sink(addr, level_no, block)?;
         }
         below = this;
     }
     let root = below.first().map(|b| b.1).ok_or_else(|| Error::Invalid("empty tree plan".into()))?;
-    Ok(BuiltTree { root, level: plan.root_level(), blocks })
+    Ok((root, plan.root_level()))
 }
 
 fn header(params: &BlockParams, addr: u64, nritems: usize, level: u8) -> Header {
