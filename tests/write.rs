@@ -669,3 +669,70 @@ fn long_interop_script_with_kernel_balance() {
         verify(img, &m);
     }
 }
+
+/// Writing into a subvolume whose tree blocks a snapshot shares: btrs copies
+/// the shared blocks (the snapshot keeps the originals, with references by
+/// parent address where the kernel would put them), `btrfs check` is clean,
+/// the snapshot still reads its old bytes, and the kernel agrees — even after
+/// it deletes the snapshot and cleans it up, which walks every reference.
+#[test]
+fn writes_next_to_a_snapshot_leave_it_intact() {
+    if !interop_enabled("writes_next_to_a_snapshot_leave_it_intact") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = mkfs_progs(tmp.path(), 1, 1 << 30, "");
+    let img = imgs[0].to_str().unwrap();
+    let mnt = tmp.path().join("mnt");
+    let mut old: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    {
+        let mounted = Mounted::mount(&mnt, &imgs, "").expect("mount");
+        std::fs::create_dir(mnt.join("d")).unwrap();
+        // Enough files for a tree of several levels, so nodes are shared too.
+        for i in 0..1500u64 {
+            let data = pseudo((i as usize * 37) % 3000 + 1, i);
+            std::fs::write(mnt.join(format!("d/f{i}")), &data).unwrap();
+            old.insert(format!("/d/f{i}"), data);
+        }
+        let big = pseudo(5 << 20, 9);
+        std::fs::write(mnt.join("big"), &big).unwrap();
+        old.insert("/big".into(), big);
+        let st = Command::new("btrfs").args(["subvolume", "snapshot"]).arg(&mnt).arg(mnt.join("snap")).output().unwrap();
+        assert!(st.status.success(), "snapshot: {}", String::from_utf8_lossy(&st.stderr));
+        mounted.unmount().expect("umount");
+    }
+    let mut now = old.clone();
+    let patch = pseudo(100_000, 10);
+    write(tmp.path(), img, "/big", &patch, &["--offset", "1000000"]);
+    model_write(&mut now, "/big", 1_000_000, &patch, false);
+    ok(&["rm", img, "/d/f7"]);
+    now.remove("/d/f7");
+    write(tmp.path(), img, "/d/new", &patch, &[]);
+    now.insert("/d/new".into(), patch.clone());
+    for i in (0..1500).step_by(50) {
+        write(tmp.path(), img, &format!("/d/f{i}"), b"changed", &["--truncate"]);
+        now.insert(format!("/d/f{i}"), b"changed".to_vec());
+    }
+    check(&imgs);
+    scrub_clean(img);
+    verify(img, &now);
+    let snap: BTreeMap<String, Vec<u8>> = old.iter().map(|(k, v)| (format!("/snap{k}"), v.clone())).collect();
+    verify(img, &snap);
+
+    let mounted = Mounted::mount(&mnt, &imgs, "").expect("mount");
+    for (p, want) in now.iter().chain(snap.iter()) {
+        let got = std::fs::read(mnt.join(p.trim_start_matches('/'))).unwrap();
+        assert!(got == *want, "kernel sees different bytes in {p}");
+    }
+    let st = Command::new("btrfs").args(["subvolume", "delete", "-c"]).arg(mnt.join("snap")).output().unwrap();
+    assert!(st.status.success(), "subvolume delete: {}", String::from_utf8_lossy(&st.stderr));
+    // Wait for the cleaner to drop the snapshot's tree (it frees every
+    // block and data reference the snapshot held).
+    let st = Command::new("btrfs").args(["subvolume", "sync"]).arg(&mnt).output().unwrap();
+    assert!(st.status.success(), "subvolume sync: {}", String::from_utf8_lossy(&st.stderr));
+    let sc = Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt).output().unwrap();
+    assert!(sc.status.success(), "kernel scrub: {}", String::from_utf8_lossy(&sc.stdout));
+    mounted.unmount().expect("umount");
+    check(&imgs);
+    verify(img, &now);
+}

@@ -36,10 +36,16 @@
 //! block groups. SYSTEM chunks are never added (they would have to enter the
 //! superblock's sys_chunk_array); running out of system space is an error.
 //!
+//! Shared tree blocks (a snapshot shares the subvolume's blocks) and the
+//! FULL_BACKREF blocks the kernel's balance leaves are copied the way the
+//! kernel's update_ref_for_cow does it: references move between "from this
+//! tree" and "from this parent block" so that every tree still using the
+//! old block keeps its references (see `cow_shared`, `unshare_children`).
+//!
 //! Limits (refused cleanly, image untouched): non-skinny metadata extent
-//! items, filesystems without a free space tree
-//! (v1 space cache), shared tree blocks (snapshots), and a full device set
-//! ("no space left").
+//! items, filesystems without a free space tree (v1 space cache), quotas,
+//! back references kept as separate (keyed) data ref items when one would
+//! have to be removed, and a full device set ("no space left").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -547,10 +553,15 @@ impl Transaction {
     /// returns by how much the reference count changed. The item is deleted
     /// when no reference is left; returns whether it was.
     fn edit_extent_refs(&mut self, key: Key, f: impl FnOnce(&mut Vec<ExtentRef>) -> Result<i64>) -> Result<bool> {
+        self.edit_extent_item(key, |info| f(&mut info.inline_refs))
+    }
+
+    /// Like [`Self::edit_extent_refs`], with the flags in reach too.
+    fn edit_extent_item(&mut self, key: Key, f: impl FnOnce(&mut items::ExtentInfo) -> Result<i64>) -> Result<bool> {
         let at = || format!("extent {} ({})", key.objectid, if key.item_type == METADATA_ITEM_KEY { "tree block" } else { "data" });
         let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(at(), "no extent item"))?;
         let mut info = parse_extent_item(key, &body)?;
-        let delta = f(&mut info.inline_refs)?;
+        let delta = f(&mut info)?;
         info.inline_refs.retain(|r| !matches!(r, ExtentRef::Data { count: 0, .. } | ExtentRef::SharedData { count: 0, .. }));
         let refs = info.refs as i64 + delta;
         if refs < 0 {
@@ -671,6 +682,88 @@ impl Transaction {
         Ok(())
     }
 
+    /// Block `addr`, shared with other trees (a snapshot), was replaced by a
+    /// copy in tree `root`. It stays for the others; what it points to gains
+    /// a reference for the copy, and `root` drops its reference to it — the
+    /// kernel's update_ref_for_cow: when `root` owns the block and it is not
+    /// yet FULL_BACKREF, the block turns FULL_BACKREF and its children are
+    /// (also) referenced by its address for the trees still using it, while
+    /// the tree's own references go on serving the copy; otherwise the
+    /// children gain references from `root` for the copy.
+    fn cow_shared(&mut self, addr: u64, root: u64, level: u8, flags: u64) -> Result<()> {
+        let old = self.store.fs.reader.read_block(addr, Expect { level: Some(level), ..Default::default() }, Some(root))?;
+        let by_parent = old.owner() == root && flags & BLOCK_FLAG_FULL_BACKREF == 0;
+        self.add_child_refs(&old, addr, if by_parent { None } else { Some(root) })?;
+        let key = Key::new(addr, METADATA_ITEM_KEY, level as u64);
+        let keyed = self.drop_keyed_ref(Key::new(addr, TREE_BLOCK_REF_KEY, root), 1)?;
+        self.edit_extent_item(key, |info| {
+            if by_parent {
+                info.flags |= BLOCK_FLAG_FULL_BACKREF;
+            }
+            if !keyed {
+                let n = info.inline_refs.len();
+                info.inline_refs.retain(|r| *r != ExtentRef::TreeBlock { root });
+                if info.inline_refs.len() == n {
+                    return Err(Error::corrupt(format!("tree block {addr}"), format!("shared, but holds no reference from tree {root}")));
+                }
+            }
+            Ok(-1)
+        })?;
+        // Still in use by the other trees: not free after this commit.
+        let ns = self.store.fmt.nodesize as u64;
+        self.store.pinned.remove(&addr);
+        self.store.allocated.insert(addr, ns);
+        Ok(())
+    }
+
+    /// One more reference to everything block `old` (at `parent`) points
+    /// to: by its address (`root` None: SHARED_BLOCK_REF / SHARED_DATA_REF)
+    /// or from tree `root` (TREE_BLOCK_REF / EXTENT_DATA_REF).
+    fn add_child_refs(&mut self, old: &TreeBlock, parent: u64, root: Option<u64>) -> Result<()> {
+        if old.level() > 0 {
+            for i in 0..old.nritems() {
+                let (_, child, _) = old.ptr(i);
+                let key = Key::new(child, METADATA_ITEM_KEY, (old.level() - 1) as u64);
+                self.edit_extent_refs(key, |refs| {
+                    refs.push(match root {
+                        None => ExtentRef::SharedBlock { parent },
+                        Some(root) => ExtentRef::TreeBlock { root },
+                    });
+                    Ok(1)
+                })?;
+            }
+            return Ok(());
+        }
+        for i in 0..old.nritems() {
+            let k = old.key(i);
+            if k.item_type != EXTENT_DATA_KEY {
+                continue;
+            }
+            let fe = items::parse_file_extent(old.item_data(i))?;
+            let items::FileExtentKind::Regular { disk_bytenr, disk_num_bytes, offset, .. } = fe.kind else { continue };
+            if disk_bytenr == 0 {
+                continue;
+            }
+            let (ino, off) = (k.objectid, k.offset.wrapping_sub(offset));
+            self.edit_extent_refs(Key::new(disk_bytenr, EXTENT_ITEM_KEY, disk_num_bytes), |refs| {
+                let found = refs.iter_mut().find_map(|r| match (r, root) {
+                    (ExtentRef::SharedData { parent: p, count }, None) if *p == parent => Some(count),
+                    (ExtentRef::Data { root: r0, objectid, offset: o, count }, Some(root)) if *r0 == root && *objectid == ino && *o == off => {
+                        Some(count)
+                    }
+                    _ => None,
+                });
+                match (found, root) {
+                    (Some(c), _) => *c += 1,
+                    (None, None) => refs.push(ExtentRef::SharedData { parent, count: 1 }),
+                    (None, Some(root)) => refs.push(ExtentRef::Data { root, objectid: ino, offset: off, count: 1 }),
+                }
+                Ok(1)
+            })?;
+        }
+        Ok(())
+    }
+
     /// Take `n` off a standalone (keyed) back reference item; false when
     /// there is no such item (the reference is inline).
     fn drop_keyed_ref(&mut self, key: Key, n: u32) -> Result<bool> {
@@ -710,11 +803,9 @@ impl Transaction {
                     match self.get(EXTENT_TREE_OBJECTID, key)? {
                         Some(body) => {
                             let info = parse_extent_item(key, &body)?;
-                            if info.refs != 1 {
-                                return Err(Error::Unsupported(format!(
-                                    "tree block {addr} is shared by {} trees (snapshots): not writable by btrs yet",
-                                    info.refs
-                                )));
+                            if info.refs > 1 {
+                                self.cow_shared(addr, owner, level, info.flags)?;
+                                continue;
                             }
                             if info.flags & BLOCK_FLAG_FULL_BACKREF != 0 {
                                 self.unshare_children(addr, owner, level)?;
