@@ -616,68 +616,54 @@ impl Transaction {
     /// EXTENT_DATA_REF), as the kernel's update_ref_for_cow does.
     fn unshare_children(&mut self, addr: u64, owner: u64, level: u8) -> Result<()> {
         let old = self.store.fs.reader.read_block(addr, Expect { level: Some(level), ..Default::default() }, Some(owner))?;
-        if level > 0 {
-            for i in 0..old.nritems() {
-                let (_, child, _) = old.ptr(i);
-                let key = Key::new(child, METADATA_ITEM_KEY, (level - 1) as u64);
-                // A child already replaced in this transaction has no item left.
-                if self.get(EXTENT_TREE_OBJECTID, key)?.is_none() {
-                    continue;
-                }
-                if !self.drop_keyed_ref(Key::new(child, SHARED_BLOCK_REF_KEY, addr), 1)? {
+        for child in children(&old)? {
+            match child {
+                Child::Block(key) => {
+                    let child = key.objectid;
+                    // A child already replaced in this transaction has no item left.
+                    if self.get(EXTENT_TREE_OBJECTID, key)?.is_none() {
+                        continue;
+                    }
+                    let keyed = self.drop_keyed_ref(Key::new(child, SHARED_BLOCK_REF_KEY, addr), 1)?;
                     self.edit_extent_refs(key, |refs| {
                         let n = refs.len();
                         refs.retain(|r| *r != ExtentRef::SharedBlock { parent: addr });
-                        if refs.len() == n {
+                        if !keyed && refs.len() == n {
                             return Err(Error::corrupt(format!("tree block {child}"), format!("no back reference from parent {addr}")));
                         }
                         refs.push(ExtentRef::TreeBlock { root: owner });
                         Ok(0)
                     })?;
-                } else {
+                }
+                Child::Data { key, ino, offset: off } => {
+                    let keyed = self.drop_keyed_ref(Key::new(key.objectid, SHARED_DATA_REF_KEY, addr), 1)?;
                     self.edit_extent_refs(key, |refs| {
-                        refs.push(ExtentRef::TreeBlock { root: owner });
+                        if !keyed {
+                            let shared = refs.iter_mut().find_map(|r| match r {
+                                ExtentRef::SharedData { parent, count } if *parent == addr && *count > 0 => Some(count),
+                                _ => None,
+                            });
+                            match shared {
+                                Some(c) => *c -= 1,
+                                None => {
+                                    return Err(Error::corrupt(
+                                        format!("data extent {}", key.objectid),
+                                        format!("no back reference from leaf {addr}"),
+                                    ))
+                                }
+                            }
+                        }
+                        match refs.iter_mut().find_map(|r| match r {
+                            ExtentRef::Data { root, objectid, offset, count } if *root == owner && *objectid == ino && *offset == off => Some(count),
+                            _ => None,
+                        }) {
+                            Some(c) => *c += 1,
+                            None => refs.push(ExtentRef::Data { root: owner, objectid: ino, offset: off, count: 1 }),
+                        }
                         Ok(0)
                     })?;
                 }
             }
-            return Ok(());
-        }
-        for i in 0..old.nritems() {
-            let k = old.key(i);
-            if k.item_type != EXTENT_DATA_KEY {
-                continue;
-            }
-            let fe = items::parse_file_extent(old.item_data(i))?;
-            let items::FileExtentKind::Regular { disk_bytenr, disk_num_bytes, offset, .. } = fe.kind else { continue };
-            if disk_bytenr == 0 {
-                continue;
-            }
-            let ekey = Key::new(disk_bytenr, EXTENT_ITEM_KEY, disk_num_bytes);
-            let (ino, off) = (k.objectid, k.offset.wrapping_sub(offset));
-            let keyed = self.drop_keyed_ref(Key::new(disk_bytenr, SHARED_DATA_REF_KEY, addr), 1)?;
-            self.edit_extent_refs(ekey, |refs| {
-                if !keyed {
-                    let shared = refs.iter_mut().find_map(|r| match r {
-                        ExtentRef::SharedData { parent, count } if *parent == addr && *count > 0 => Some(count),
-                        _ => None,
-                    });
-                    match shared {
-                        Some(c) => *c -= 1,
-                        None => {
-                            return Err(Error::corrupt(format!("data extent {disk_bytenr}"), format!("no back reference from leaf {addr}")))
-                        }
-                    }
-                }
-                match refs.iter_mut().find_map(|r| match r {
-                    ExtentRef::Data { root, objectid, offset, count } if *root == owner && *objectid == ino && *offset == off => Some(count),
-                    _ => None,
-                }) {
-                    Some(c) => *c += 1,
-                    None => refs.push(ExtentRef::Data { root: owner, objectid: ino, offset: off, count: 1 }),
-                }
-                Ok(0)
-            })?;
         }
         Ok(())
     }
@@ -720,46 +706,37 @@ impl Transaction {
     /// to: by its address (`root` None: SHARED_BLOCK_REF / SHARED_DATA_REF)
     /// or from tree `root` (TREE_BLOCK_REF / EXTENT_DATA_REF).
     fn add_child_refs(&mut self, old: &TreeBlock, parent: u64, root: Option<u64>) -> Result<()> {
-        if old.level() > 0 {
-            for i in 0..old.nritems() {
-                let (_, child, _) = old.ptr(i);
-                let key = Key::new(child, METADATA_ITEM_KEY, (old.level() - 1) as u64);
-                self.edit_extent_refs(key, |refs| {
-                    refs.push(match root {
-                        None => ExtentRef::SharedBlock { parent },
-                        Some(root) => ExtentRef::TreeBlock { root },
-                    });
-                    Ok(1)
-                })?;
-            }
-            return Ok(());
-        }
-        for i in 0..old.nritems() {
-            let k = old.key(i);
-            if k.item_type != EXTENT_DATA_KEY {
-                continue;
-            }
-            let fe = items::parse_file_extent(old.item_data(i))?;
-            let items::FileExtentKind::Regular { disk_bytenr, disk_num_bytes, offset, .. } = fe.kind else { continue };
-            if disk_bytenr == 0 {
-                continue;
-            }
-            let (ino, off) = (k.objectid, k.offset.wrapping_sub(offset));
-            self.edit_extent_refs(Key::new(disk_bytenr, EXTENT_ITEM_KEY, disk_num_bytes), |refs| {
-                let found = refs.iter_mut().find_map(|r| match (r, root) {
-                    (ExtentRef::SharedData { parent: p, count }, None) if *p == parent => Some(count),
-                    (ExtentRef::Data { root: r0, objectid, offset: o, count }, Some(root)) if *r0 == root && *objectid == ino && *o == off => {
-                        Some(count)
-                    }
-                    _ => None,
-                });
-                match (found, root) {
-                    (Some(c), _) => *c += 1,
-                    (None, None) => refs.push(ExtentRef::SharedData { parent, count: 1 }),
-                    (None, Some(root)) => refs.push(ExtentRef::Data { root, objectid: ino, offset: off, count: 1 }),
+        for child in children(old)? {
+            match child {
+                Child::Block(key) => {
+                    self.edit_extent_refs(key, |refs| {
+                        refs.push(match root {
+                            None => ExtentRef::SharedBlock { parent },
+                            Some(root) => ExtentRef::TreeBlock { root },
+                        });
+                        Ok(1)
+                    })?;
                 }
-                Ok(1)
-            })?;
+                Child::Data { key, ino, offset: off } => {
+                    self.edit_extent_refs(key, |refs| {
+                        let found = refs.iter_mut().find_map(|r| match (r, root) {
+                            (ExtentRef::SharedData { parent: p, count }, None) if *p == parent => Some(count),
+                            (ExtentRef::Data { root: r0, objectid, offset: o, count }, Some(root))
+                                if *r0 == root && *objectid == ino && *o == off =>
+                            {
+                                Some(count)
+                            }
+                            _ => None,
+                        });
+                        match (found, root) {
+                            (Some(c), _) => *c += 1,
+                            (None, None) => refs.push(ExtentRef::SharedData { parent, count: 1 }),
+                            (None, Some(root)) => refs.push(ExtentRef::Data { root, objectid: ino, offset: off, count: 1 }),
+                        }
+                        Ok(1)
+                    })?;
+                }
+            }
         }
         Ok(())
     }
@@ -1102,6 +1079,43 @@ impl Transaction {
         sb.super_roots[slot] = b;
         Ok(())
     }
+}
+
+/// Something a tree block holds a reference to.
+enum Child {
+    /// A child block (its METADATA_ITEM key).
+    Block(Key),
+    /// A data extent (its EXTENT_ITEM key) and the (inode, file offset of the
+    /// extent's start) a file extent item maps it at.
+    Data { key: Key, ino: u64, offset: u64 },
+}
+
+/// Every reference `block` holds: its child blocks, or the data extents its
+/// file extent items point to (one per item, holes and inline ones skipped).
+fn children(block: &TreeBlock) -> Result<Vec<Child>> {
+    let mut out = Vec::with_capacity(block.nritems());
+    for i in 0..block.nritems() {
+        if block.level() > 0 {
+            let (_, child, _) = block.ptr(i);
+            out.push(Child::Block(Key::new(child, METADATA_ITEM_KEY, (block.level() - 1) as u64)));
+            continue;
+        }
+        let k = block.key(i);
+        if k.item_type != EXTENT_DATA_KEY {
+            continue;
+        }
+        let fe = items::parse_file_extent(block.item_data(i))?;
+        if let items::FileExtentKind::Regular { disk_bytenr, disk_num_bytes, offset, .. } = fe.kind {
+            if disk_bytenr != 0 {
+                out.push(Child::Data {
+                    key: Key::new(disk_bytenr, EXTENT_ITEM_KEY, disk_num_bytes),
+                    ino: k.objectid,
+                    offset: k.offset.wrapping_sub(offset),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The logical stripe units that contain a superblock copy, per chunk (the

@@ -32,6 +32,18 @@ pub struct Device {
 }
 
 impl Device {
+    fn new(path: &Path, file: File, size: u64, sb: SuperBlock) -> Device {
+        Device {
+            path: path.to_path_buf(),
+            file,
+            size,
+            devid: sb.dev_item.devid.get(),
+            sb,
+            #[cfg(test)]
+            fault: Default::default(),
+        }
+    }
+
     /// Open an image read-only and pick its best superblock copy. An image
     /// with no valid copy is an error naming each copy's problem.
     pub fn open(path: &Path, writable: bool) -> Result<Device> {
@@ -62,15 +74,7 @@ impl Device {
             .max_by_key(|sb| sb.generation.get())
             .copied();
         match best {
-            Some(sb) => Ok(Device {
-                path: path.to_path_buf(),
-                file,
-                size,
-                devid: sb.dev_item.devid.get(),
-                sb,
-                #[cfg(test)]
-                fault: Default::default(),
-            }),
+            Some(sb) => Ok(Device::new(path, file, size, sb)),
             None => {
                 let why: Vec<String> = copies
                     .iter()
@@ -101,15 +105,7 @@ impl Device {
             .into_iter()
             .find_map(|c| c.result.ok())
             .unwrap_or_else(SuperBlock::new_zeroed);
-        Ok(Device {
-                path: path.to_path_buf(),
-                file,
-                size,
-                devid: sb.dev_item.devid.get(),
-                sb,
-                #[cfg(test)]
-                fault: Default::default(),
-            })
+        Ok(Device::new(path, file, size, sb))
     }
 
     pub fn read_exact_at(&self, physical: u64, buf: &mut [u8]) -> Result<()> {
