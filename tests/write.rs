@@ -736,3 +736,40 @@ fn writes_next_to_a_snapshot_leave_it_intact() {
     check(&imgs);
     verify(img, &now);
 }
+
+/// Small files go inline in their leaf, as the kernel's buffered writes put
+/// them; growing past max_inline (2048) turns the inline extent into a
+/// regular one; truncating back down makes it inline again.
+#[test]
+fn small_files_are_inline_like_the_kernel() {
+    if !progs_available() {
+        eprintln!("skipped: btrfs-progs not available");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = mkfs_progs(tmp.path(), 1, 256 << 20, "");
+    let img = imgs[0].to_str().unwrap();
+    let inline_sizes = || -> Vec<u64> {
+        ok(&["dump-tree", img, "--tree", "5"])
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("inline extent data size "))
+            .map(|r| r.split_whitespace().next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let a = pseudo(100, 1);
+    write(tmp.path(), img, "/small", &a, &[]);
+    assert_eq!(inline_sizes(), vec![100]);
+    let b = pseudo(3000, 2);
+    write(tmp.path(), img, "/small", &b, &["--offset", "100"]);
+    assert_eq!(inline_sizes(), Vec::<u64>::new(), "3100 bytes is past max_inline");
+    let mut want = a.clone();
+    want.extend_from_slice(&b);
+    assert!(cat(img, "/small") == want);
+    write(tmp.path(), img, "/small", b"xy", &["--offset", "10", "--truncate"]);
+    assert_eq!(inline_sizes(), vec![12]);
+    want.truncate(10);
+    want.extend_from_slice(b"xy");
+    assert!(cat(img, "/small") == want);
+    check(&imgs);
+    scrub_clean(img);
+}

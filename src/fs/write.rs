@@ -17,6 +17,9 @@ use crate::format::*;
 use crate::fs::direct::{Bounce, DirectWriter, Plain, Source};
 use crate::fs::transaction::Transaction;
 
+/// Largest file kept inline in its leaf (the kernel's default max_inline).
+const MAX_INLINE: u64 = 2048;
+
 /// Largest data extent btrs writes (the kernel's BTRFS_MAX_EXTENT_SIZE).
 const MAX_EXTENT: u64 = 128 * 1024 * 1024;
 
@@ -692,6 +695,31 @@ impl Transaction {
         let base = (offset - a) as usize;
         src.copy_to(0, &mut bounce.bytes_mut()[base..base + src.len()]);
         let buf = bounce.bytes();
+
+        // A small file lives inline in its leaf, as the kernel's buffered
+        // writes make it (cow_file_range_inline): the whole file under
+        // max_inline and one sector. Direct writes never inline.
+        let new_size = old_size.max(end);
+        if !direct && a == 0 && new_size <= MAX_INLINE && new_size < ss {
+            self.punch(root, ino, 0, b, &mut it)?;
+            let mut item = FileExtentHeader {
+                generation: self.transid().into(),
+                ram_bytes: new_size.into(),
+                compression: 0,
+                encryption: 0,
+                other_encoding: 0.into(),
+                extent_type: FILE_EXTENT_INLINE,
+            }
+            .as_bytes()
+            .to_vec();
+            item.extend_from_slice(&buf[..new_size as usize]);
+            self.insert(root, Key::new(ino, EXTENT_DATA_KEY, 0), item)?;
+            it.nbytes = (it.nbytes.get() + new_size).into();
+            report.bytes += src.len() as u64;
+            it.size = new_size.into();
+            self.touch(&mut it, true);
+            return self.put_inode(root, ino, &it);
+        }
 
         let nocow = it.flags.get() & INODE_NODATACOW != 0;
         let nosum = it.flags.get() & INODE_NODATASUM != 0 || nocow;
