@@ -619,3 +619,86 @@ fn huge_block_group_length_is_bounded() {
     assert_eq!(report.matches("not fully scrubbed").count(), 1, "{}", &report[..report.len().min(3000)]);
     assert!(elapsed < Duration::from_secs(20), "scrub took {elapsed:?}");
 }
+
+/// Superblock fields (sizes, levels, roots, feature bits, checksum type, the
+/// sys_chunk_array that bootstraps the chunk map) set to hostile values in
+/// the primary copy of devid 1, resealed so the checksum passes: every
+/// read-side command answers or fails cleanly, in bounded time and memory.
+#[test]
+fn mutated_superblocks_never_crash() {
+    const SB_VARIANTS: usize = 480;
+    // (offset, width) of the fields a parser takes sizes and addresses from.
+    const FIELDS: &[(usize, usize)] = &[
+        (48, 8), (56, 8), (72, 8), (80, 8), (88, 8), (96, 8), (104, 8), (112, 8), (120, 8), (128, 8), (136, 8),
+        (144, 4), (148, 4), (152, 4), (156, 4), (160, 4), (164, 8), (172, 8), (180, 8), (188, 8), (196, 2),
+        (198, 1), (199, 1), (200, 1), (201, 8), (209, 8), (217, 8), (555, 8), (563, 8), (587, 8),
+    ];
+    const SYS_ARRAY: usize = 811;
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let names = ["single", "raid1-xxhash-4k"];
+    let workers: Vec<(PathBuf, Vec<Vec<PathBuf>>)> = (0..WORKERS)
+        .map(|w| {
+            let wdir = tmp.path().join(format!("w{w}"));
+            let imgs = names.iter().map(|n| unpack_foreign(n, &wdir.join("img").join(n))).collect();
+            std::fs::create_dir_all(wdir.join("scratch")).unwrap();
+            (wdir, imgs)
+        })
+        .collect();
+    let next = AtomicUsize::new(0);
+    let tally = Mutex::new(Tally::default());
+    std::thread::scope(|s| {
+        for (wdir, imgs) in &workers {
+            let (next, tally) = (&next, &tally);
+            s.spawn(move || loop {
+                let v = next.fetch_add(1, Ordering::SeqCst);
+                if v >= SB_VARIANTS {
+                    break;
+                }
+                let images = &imgs[v % imgs.len()];
+                let f = std::fs::OpenOptions::new().read(true).write(true).open(&images[0]).unwrap();
+                let mut orig = vec![0u8; 4096];
+                f.read_exact_at(&mut orig, 65536).unwrap();
+                let mut b = orig.clone();
+                let mut rng = Rng(0x5b00_0000 + v as u64);
+                let mut desc = Vec::new();
+                for _ in 0..1 + rng.below(3) {
+                    let sys_len = u32::from_le_bytes(orig[160..164].try_into().unwrap()) as usize;
+                    let (at, width) = if rng.below(3) == 0 && sys_len > 8 {
+                        (SYS_ARRAY + rng.below(sys_len - 8), [1, 2, 4, 8][rng.below(4)])
+                    } else {
+                        FIELDS[rng.below(FIELDS.len())]
+                    };
+                    let val = rng.nasty();
+                    b[at..at + width].copy_from_slice(&val.to_le_bytes()[..width]);
+                    desc.push(format!("{width} bytes at {at} = {val:#x}"));
+                }
+                // Reseal with the checksum type the superblock now names, so
+                // the checksum is not what stops the damage.
+                let kind = CsumType::from_raw(u16::from_le_bytes([b[196], b[197]])).unwrap_or(CsumType::Crc32c);
+                reseal(&mut b, kind);
+                f.write_all_at(&b, 65536).unwrap();
+                let what = format!("superblock variant {v} of {}: {}", images[0].display(), desc.join(", "));
+                let img = images[0].to_str().unwrap();
+                let scratch = wdir.join("scratch");
+                run_btrs(&["dump-super", img, "--all"], false, &scratch, &what, tally);
+                run_btrs(&["ls", img, "/", "-R", "-l"], false, &scratch, &what, tally);
+                run_btrs(&["scrub", img, "--readonly", "--json", "--no-progress", "--threads", "1"], true, &scratch, &what, tally);
+                f.write_all_at(&orig, 65536).unwrap();
+            });
+        }
+    });
+    let t = tally.into_inner().unwrap();
+    println!(
+        "hostile superblocks: {SB_VARIANTS} variants, {} command runs: {} ok, {} clean errors, {} scrub findings, {} failures; {:.1?}",
+        t.runs,
+        t.ok,
+        t.clean_error,
+        t.scrub_findings,
+        t.failures.len(),
+        started.elapsed()
+    );
+    assert_eq!(t.runs, SB_VARIANTS * 3);
+    assert!(t.clean_error + t.scrub_findings > SB_VARIANTS / 3, "too few mutations detected");
+    assert!(t.failures.is_empty(), "{} failures; first ones:\n{}", t.failures.len(), t.failures.iter().take(15).cloned().collect::<Vec<_>>().join("\n---\n"));
+}

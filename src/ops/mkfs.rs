@@ -574,7 +574,7 @@ impl Devices {
                 .files
                 .iter()
                 .zip(&self.paths)
-                .map(|(f, p)| scope.spawn(move || f.sync_all().map_err(|e| Error::io(p, "fsync", e))))
+                .map(|(f, p)| scope.spawn(move || f.sync_data().map_err(|e| Error::io(p, "fsync", e))))
                 .collect();
             handles
                 .into_iter()
