@@ -210,6 +210,47 @@ fn pax_time(v: &[u8]) -> Option<(u64, u32)> {
     Some((secs as u64, ns))
 }
 
+/// PAX records (`LEN key=value\n`, values any bytes) of the extended headers
+/// found between archive offsets `from` and `to`: the extension headers just
+/// before a member's own header.
+fn pax_records(file: &File, mut from: u64, to: u64, shown: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    while from + 512 <= to {
+        let mut block = [0u8; 512];
+        file.read_exact_at(&mut block, from).map_err(|e| Error::io(shown, "read", e))?;
+        let h = ::tar::Header::from_byte_slice(&block);
+        let bad = |what: &str| Error::Invalid(format!("{}: extension header at byte {from}: {what}", shown.display()));
+        let size = h.entry_size().map_err(|e| bad(&e.to_string()))?;
+        if h.entry_type().is_pax_local_extensions() {
+            // Far more than any xattr (64 KiB) or path needs.
+            if size > 16 << 20 {
+                return Err(bad(&format!("{size} bytes of PAX records")));
+            }
+            let mut data = vec![0u8; size as usize];
+            file.read_exact_at(&mut data, from + 512).map_err(|e| Error::io(shown, "read", e))?;
+            out.extend(parse_pax(&data).ok_or_else(|| bad("malformed PAX records"))?);
+        }
+        from += 512 + size.div_ceil(512) * 512;
+    }
+    Ok(out)
+}
+
+fn parse_pax(mut d: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    while d.first().is_some_and(|&b| b != 0) {
+        let sp = d.iter().position(|&b| b == b' ')?;
+        let len: usize = std::str::from_utf8(&d[..sp]).ok()?.parse().ok()?;
+        if len <= sp + 1 || len > d.len() || d[len - 1] != b'\n' {
+            return None;
+        }
+        let kv = &d[sp + 1..len - 1];
+        let eq = kv.iter().position(|&b| b == b'=')?;
+        out.push((kv[..eq].to_vec(), kv[eq + 1..].to_vec()));
+        d = &d[len..];
+    }
+    Some(out)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Packing {
     Plain,
@@ -333,12 +374,20 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
     // The last member read, to say where a damaged archive goes wrong.
     let mut last: Option<String> = None;
     let (mut warned_global, mut warned_acl) = (false, false);
+    // Where the previous member's data ends: its extension headers lie
+    // between there and a member's own header.
+    let mut prev_end = 0u64;
     for entry in entries {
-        let mut e = entry.map_err(|err| match &last {
-            None => Error::Invalid(format!("{}: not a tar archive ({err})", shown.display())),
-            Some(m) => Error::Invalid(format!("{}: damaged after member {m}: {err}", shown.display())),
+        let e = entry.map_err(|err| match &last {
+            None => Error::Invalid(format!("{}: not a tar archive, or damaged at its start ({err})", shown.display())),
+            Some(m) => Error::Invalid(format!("{}: damaged or truncated after member {m}: {err}", shown.display())),
         })?;
-        let raw = e.path_bytes().into_owned();
+        // The tar crate splits PAX records at newlines, which binary xattr
+        // values (security.capability) hold: the records are read here.
+        let records = pax_records(&file, prev_end, e.raw_header_position(), &shown)?;
+        prev_end = e.raw_file_position().saturating_add(e.size().div_ceil(512) * 512);
+        let record = |k: &[u8]| records.iter().rev().find(|r| r.0 == k).map(|r| r.1.clone());
+        let raw = record(b"path").unwrap_or_else(|| e.path_bytes().into_owned());
         let name = String::from_utf8_lossy(&raw).into_owned();
         let bad = |what: String| Error::Invalid(format!("{}: member {name}: {what}", shown.display()));
         let unsupported = |what: String| Error::Unsupported(format!("{}: member {name}: {what}", shown.display()));
@@ -351,23 +400,26 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
             continue;
         }
         let (mut mtime, mut atime, mut ctime, mut xattrs, mut sparse) = (None, None, None, Vec::new(), false);
-        if let Some(records) = e.pax_extensions().map_err(|err| bad(format!("PAX records: {err}")))? {
-            for r in records {
-                let r = r.map_err(|err| bad(format!("PAX record: {err}")))?;
-                let (key, value) = (r.key_bytes(), r.value_bytes());
-                let time = || pax_time(value).ok_or_else(|| bad(format!("bad PAX {} {:?}", String::from_utf8_lossy(key), String::from_utf8_lossy(value))));
-                match key {
-                    b"mtime" => mtime = Some(time()?),
-                    b"atime" => atime = Some(time()?),
-                    b"ctime" => ctime = Some(time()?),
-                    _ if key.starts_with(b"SCHILY.xattr.") => xattrs.push((key[13..].to_vec(), value.to_vec())),
-                    _ if key.starts_with(b"GNU.sparse.") => sparse = true,
-                    _ if key.starts_with(b"SCHILY.acl.") && !warned_acl => {
-                        t.warnings.push(format!("{}: POSIX ACL records ignored (first at member {name})", shown.display()));
-                        warned_acl = true;
-                    }
-                    _ => {}
+        let (mut uid, mut gid) = (None, None);
+        for (key, value) in &records {
+            let bad_value = || bad(format!("bad PAX {} {:?}", String::from_utf8_lossy(key), String::from_utf8_lossy(value)));
+            let time = || pax_time(value).ok_or_else(bad_value);
+            let number = || std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok()).ok_or_else(bad_value);
+            match key.as_slice() {
+                b"mtime" => mtime = Some(time()?),
+                b"atime" => atime = Some(time()?),
+                b"ctime" => ctime = Some(time()?),
+                b"uid" => uid = Some(number()?),
+                b"gid" => gid = Some(number()?),
+                // The tar crate found the member's data by its own reading of the records.
+                b"size" if number()? != e.size() => return Err(unsupported("PAX size record the tar reader misread".into())),
+                _ if key.starts_with(b"SCHILY.xattr.") => xattrs.push((key[13..].to_vec(), value.clone())),
+                _ if key.starts_with(b"GNU.sparse.") => sparse = true,
+                _ if key.starts_with(b"SCHILY.acl.") && !warned_acl => {
+                    t.warnings.push(format!("{}: POSIX ACL records ignored (first at member {name})", shown.display()));
+                    warned_acl = true;
                 }
+                _ => {}
             }
         }
         use ::tar::EntryType as T;
@@ -389,7 +441,8 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
         };
         let comps = components(&raw).map_err(|why| bad(format!("{why}: refused, it would leave the root directory")))?;
         if ty == T::Link {
-            let target = e.link_name_bytes().ok_or_else(|| bad("hard link without a target".into()))?.into_owned();
+            let target = record(b"linkpath").or_else(|| e.link_name_bytes().map(|l| l.into_owned()));
+            let target = target.filter(|t| !t.is_empty()).ok_or_else(|| bad("hard link without a target".into()))?;
             let tc = components(&target).map_err(|why| bad(format!("hard link target: {why}")))?;
             let node = t
                 .find(Path::new(std::ffi::OsStr::from_bytes(&tc.join(&b'/'))))
@@ -405,8 +458,8 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
         let h = e.header();
         let perm = h.mode().map_err(|err| bad(format!("mode: {err}")))? & 0o7777;
         let id32 = |v: u64, what: &str| u32::try_from(v).map_err(|_| bad(format!("{what} {v} does not fit 32 bits")));
-        let uid = id32(h.uid().map_err(|err| bad(format!("uid: {err}")))?, "uid")?;
-        let gid = id32(h.gid().map_err(|err| bad(format!("gid: {err}")))?, "gid")?;
+        let uid = id32(uid.map_or_else(|| h.uid(), Ok).map_err(|err| bad(format!("uid: {err}")))?, "uid")?;
+        let gid = id32(gid.map_or_else(|| h.gid(), Ok).map_err(|err| bad(format!("gid: {err}")))?, "gid")?;
         let mtime = match mtime {
             Some(t) => t,
             None => (h.mtime().map_err(|err| bad(format!("mtime: {err}")))?, 0),
@@ -427,7 +480,8 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
             )));
         }
         let target = if ty == T::Symlink {
-            e.link_name_bytes().ok_or_else(|| bad("symlink without a target".into()))?.into_owned()
+            let target = record(b"linkpath").or_else(|| e.link_name_bytes().map(|l| l.into_owned()));
+            target.ok_or_else(|| bad("symlink without a target".into()))?
         } else {
             Vec::new()
         };
@@ -471,6 +525,15 @@ mod tests {
         for bad in [&b""[..], b"x", b"1.2x", b"--1", b".5"] {
             assert_eq!(pax_time(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn pax_records_hold_any_bytes() {
+        let r = parse_pax(b"30 mtime=1700000000.123456789\n26 SCHILY.xattr.user.a=\n\n\n18 path=a\nb/c d=e\n\0\0").unwrap();
+        assert_eq!(r[0], (b"mtime".to_vec(), b"1700000000.123456789".to_vec()));
+        assert_eq!(r[1], (b"SCHILY.xattr.user.a".to_vec(), b"\n\n".to_vec()));
+        assert_eq!(r[2], (b"path".to_vec(), b"a\nb/c d=e".to_vec()));
+        assert!(parse_pax(b"99 x=y\n").is_none() && parse_pax(b"6 xy\n").is_none());
     }
 
     #[test]
