@@ -44,7 +44,10 @@ pub enum Command {
     /// Make a new btrfs on image files (devid 1, 2, ... in the order given).
     ///
     /// Image builders: --rootdir copies a host tree in without root or a kernel
-    /// mount. Ownership and modes need no fakeroot: --all-root, --owner-map and
+    /// mount, --rootdir-tar an archive's members (owners, modes and xattrs as
+    /// the archive says, no staging copy); every option below that names
+    /// --rootdir works alike with either.
+    /// Ownership and modes need no fakeroot: --all-root, --owner-map and
     /// --manifest set what the image stores (precedence: owner map, then
     /// all-root, then the manifest). --shrink makes the smallest image that holds
     /// the content; --print-size says how large that is without writing; -b SIZE
@@ -180,7 +183,7 @@ pub struct MkfsArgs {
     /// that files can be created in it (a --shrink image without slack is full).
     #[arg(long, value_name = "SIZE|PERCENT%", requires = "shrink")]
     pub slack: Option<String>,
-    /// Write nothing: scan --rootdir and print the size in bytes each image would
+    /// Write nothing: scan --rootdir (or --rootdir-tar) and print the size in bytes each image would
     /// have with --shrink (one line per image; hard links count once, holes not
     /// at all, compressed data as compressed). The images need not exist.
     #[arg(long)]

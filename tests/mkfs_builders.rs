@@ -951,7 +951,9 @@ fn bad_archives_fail_naming_the_member_and_write_nothing() {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(*ty);
             h.set_mode(0o644);
-            (h.set_uid(0), h.set_gid(0), h.set_mtime(0));
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
             h.set_size(data.len() as u64);
             // Raw names: the builder itself refuses `..` and absolute paths.
             h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
