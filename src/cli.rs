@@ -44,7 +44,10 @@ pub enum Command {
     /// Make a new btrfs on image files (devid 1, 2, ... in the order given).
     ///
     /// Image builders: --rootdir copies a host tree in without root or a kernel
-    /// mount. Ownership and modes need no fakeroot: --all-root, --owner-map and
+    /// mount, --rootdir-tar an archive's members (owners, modes and xattrs as
+    /// the archive says, no staging copy); every option below that names
+    /// --rootdir works alike with either.
+    /// Ownership and modes need no fakeroot: --all-root, --owner-map and
     /// --manifest set what the image stores (precedence: owner map, then
     /// all-root, then the manifest). --shrink makes the smallest image that holds
     /// the content; --print-size says how large that is without writing; -b SIZE
@@ -161,6 +164,7 @@ pub struct ScrubArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").args(["rootdir", "rootdir_tar"])))]
 pub struct MkfsArgs {
     /// Image files, one per device; created (sparse) when missing if --size is given.
     #[arg(required = true, value_name = "IMAGE")]
@@ -179,7 +183,7 @@ pub struct MkfsArgs {
     /// that files can be created in it (a --shrink image without slack is full).
     #[arg(long, value_name = "SIZE|PERCENT%", requires = "shrink")]
     pub slack: Option<String>,
-    /// Write nothing: scan --rootdir and print the size in bytes each image would
+    /// Write nothing: scan --rootdir (or --rootdir-tar) and print the size in bytes each image would
     /// have with --shrink (one line per image; hard links count once, holes not
     /// at all, compressed data as compressed). The images need not exist.
     #[arg(long)]
@@ -221,6 +225,30 @@ pub struct MkfsArgs {
     /// Populate the top-level subvolume from this host directory.
     #[arg(short = 'r', long = "rootdir", value_name = "DIR")]
     pub rootdir: Option<PathBuf>,
+    /// Populate the top-level subvolume from this tar archive (`-`: standard
+    /// input), as --rootdir would from the directory it unpacks to: the same
+    /// items, and the same image when the archive holds the same tree.
+    ///
+    /// Owners are the numeric uid and gid of each member (user and group names
+    /// are ignored); times come from PAX mtime, atime and ctime records with
+    /// nanoseconds, else the header's mtime stands for all three; xattrs come
+    /// from PAX SCHILY.xattr records (GNU tar --xattrs --xattrs-include='*',
+    /// bsdtar). Hard links become one inode; devices keep their numbers. Member
+    /// paths lose a `./` prefix; the `./` member is the root directory.
+    /// Directories only implied by deeper paths (and the root, when not
+    /// listed) get mode 0755, owner 0:0 and the time mkfs stamps what it makes
+    /// up (SOURCE_DATE_EPOCH when set). A path given twice: the later member
+    /// wins, as on extraction. Refused, naming the member: absolute paths, `..`,
+    /// sparse members and entry types other than files, directories, symlinks,
+    /// hard links, devices and fifos. PAX global headers and ACL records are
+    /// ignored (with a warning).
+    ///
+    /// The archive is read in place, not into memory: a member's data is read
+    /// from where it lies in the archive. gzip and zstd archives, and archives
+    /// from a pipe or standard input, are first copied uncompressed into an
+    /// unlinked temporary file in $TMPDIR; other compressions are refused.
+    #[arg(long = "rootdir-tar", value_name = "FILE")]
+    pub rootdir_tar: Option<PathBuf>,
     /// Make a --rootdir directory (PATH, relative to it) a subvolume; repeatable.
     ///
     /// `:ro` makes it read-only; `:default` makes it the default subvolume (what
@@ -233,26 +261,26 @@ pub struct MkfsArgs {
     /// names in different subvolumes cannot exist on btrfs: each subvolume
     /// gets its own copy of the file (with a warning), as mkfs.btrfs does. PATH
     /// must be a directory in the tree (not a symlink), given once.
-    #[arg(long = "subvol", value_name = "PATH[:ro][:default]", requires = "rootdir")]
+    #[arg(long = "subvol", value_name = "PATH[:ro][:default]", requires = "source")]
     pub subvols: Vec<String>,
     /// Compress --rootdir file data: zlib, lzo, zstd, optionally :LEVEL.
     /// Repeatable: `ALGO[:LEVEL]:PATH` compresses PATH (relative to --rootdir;
     /// a file, or a directory or subvolume and everything beneath it) so, and
     /// `none:PATH` not at all; the longest matching PATH wins, then the form
     /// without PATH. A PATH that reads as a number needs a `./` prefix.
-    #[arg(long, value_name = "ALGO[:LEVEL][:PATH]", requires = "rootdir")]
+    #[arg(long, value_name = "ALGO[:LEVEL][:PATH]", requires = "source")]
     pub compress: Vec<String>,
     /// Inode flags for a --rootdir path (relative to it, also inside
     /// subvolumes): nodatacow (implies nodatasum) or nodatasum, comma
     /// separated; the file gets no checksums. Repeatable.
-    #[arg(long = "inode-flags", value_name = "FLAGS:PATH", requires = "rootdir")]
+    #[arg(long = "inode-flags", value_name = "FLAGS:PATH", requires = "source")]
     pub inode_flags: Vec<String>,
     /// Store every --rootdir inode as owned by uid 0, gid 0 (no root or fakeroot needed).
-    #[arg(long, requires = "rootdir")]
+    #[arg(long, requires = "source")]
     pub all_root: bool,
     /// Store source uids and gids FROM..FROM+COUNT as TO..TO+COUNT (decimal; uid
     /// and gid alike). Repeatable; the first matching range wins.
-    #[arg(long = "owner-map", value_name = "FROM:TO:COUNT", requires = "rootdir")]
+    #[arg(long = "owner-map", value_name = "FROM:TO:COUNT", requires = "source")]
     pub owner_map: Vec<String>,
     /// Per-path overrides applied during the --rootdir walk, one per line:
     ///
@@ -271,7 +299,7 @@ pub struct MkfsArgs {
     /// the root directory itself); write a space as ` ` and a backslash as
     /// `\`. Lines starting with `#` and blank lines are ignored. Every PATH must
     /// exist in the tree. A hard-linked file takes the lines of all its names.
-    #[arg(long, value_name = "FILE", requires = "rootdir", verbatim_doc_comment)]
+    #[arg(long, value_name = "FILE", requires = "source", verbatim_doc_comment)]
     pub manifest: Option<PathBuf>,
     /// Print a JSON summary instead of text.
     #[arg(long)]

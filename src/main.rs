@@ -203,6 +203,7 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     o.force = a.force;
     o.rootdir = a.rootdir;
+    o.rootdir_tar = a.rootdir_tar;
     for c in &a.compress {
         match m::parse_compress_arg(c)? {
             (Some(path), algo) => o.compress_paths.push((path, algo)),

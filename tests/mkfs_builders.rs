@@ -8,6 +8,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -456,7 +457,7 @@ fn assert_same_tree(src: &Path, dst: &Path) {
         } else if ft.is_symlink() {
             assert_eq!(fs::read_link(&p).unwrap(), fs::read_link(&q).unwrap(), "target of {}", rel.display());
         } else {
-            assert!(ft.is_dir() || ft.is_fifo(), "{}", rel.display());
+            assert!(ft.is_dir() || ft.is_fifo() || ft.is_char_device(), "{}", rel.display());
         }
         n += 1;
     }
@@ -669,4 +670,342 @@ fn bad_subvol_options_fail_and_write_nothing() {
     assert_ne!(code, 0);
     assert!(err.contains("--rootdir"), "{err}");
     assert!(!none.exists());
+}
+
+// ---------------------------------------------------------------------------
+// --rootdir-tar
+
+/// A varied tree for the tar tests: a multi-MiB file, an empty one, a sparse
+/// one (unless `sparse` is false), nested and empty directories, a symlink,
+/// hard links, a fifo, a character device (as root), a set-uid mode, user
+/// xattrs, nanosecond mtimes and (as root) owners other than the test user.
+fn make_tar_tree(root: &Path, sparse: bool) {
+    use rustix::fs::{utimensat, AtFlags, Timestamps, Timespec, CWD};
+    for d in ["etc/empty-dir", "usr/bin", "var/lib/deep"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("etc/hostname"), b"tarred\n").unwrap();
+    fs::write(root.join("etc/empty"), b"").unwrap();
+    let big: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    fs::write(root.join("usr/bin/tool"), &big).unwrap();
+    fs::set_permissions(root.join("usr/bin/tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::hard_link(root.join("usr/bin/tool"), root.join("usr/bin/tool-alias")).unwrap();
+    fs::hard_link(root.join("etc/hostname"), root.join("var/lib/deep/hostname-link")).unwrap();
+    fs::write(root.join("var/lib/deep/leaf"), "text ".repeat(3000)).unwrap();
+    if sparse {
+        let f = fs::File::create(root.join("var/sparse")).unwrap();
+        f.set_len(16 * MIB).unwrap();
+        f.write_all_at(b"middle", 8 * MIB).unwrap();
+    }
+    std::os::unix::fs::symlink("../usr/bin/tool", root.join("etc/tool-link")).unwrap();
+    rustix::fs::mknodat(CWD, root.join("var/fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o620), 0).unwrap();
+    if is_root() {
+        let dev = rustix::fs::makedev(4, 70_000);
+        rustix::fs::mknodat(CWD, root.join("var/tty"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::from_raw_mode(0o600), dev)
+            .unwrap();
+    }
+    xattr::set(root.join("etc/hostname"), "user.origin", b"builder\0binary\n").unwrap();
+    xattr::set(root.join("usr/bin"), "user.dir", b"d").unwrap();
+    // Children before parents, so a directory's time is set after its entries change.
+    let mut all = walk(root);
+    all.reverse();
+    for (n, p) in all.iter().enumerate() {
+        // chown would clear the set-uid bit of the tool (and its other name).
+        if is_root() && !p.file_name().is_some_and(|n| n.as_bytes().starts_with(b"tool")) {
+            std::os::unix::fs::lchown(p, Some(1234 + n as u32 % 3), Some(4321)).unwrap();
+        }
+        let t = Timespec { tv_sec: 1_600_000_000 + n as i64 * 1000, tv_nsec: 123_456_789 - n as i64 * 7 };
+        utimensat(CWD, p, &Timestamps { last_access: t, last_modification: t }, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    }
+}
+
+/// `tar` of a whole tree as GNU tar writes it for image builders: PAX format
+/// (nanosecond times), every xattr.
+fn tar_of(tree: &Path, out: &Path) {
+    let (code, _, err) = run(Command::new("tar").args(["--xattrs", "--xattrs-include=*", "--format=posix", "-C", s(tree), "-cf", s(out), "."]));
+    assert_eq!(code, 0, "tar: {err}");
+}
+
+const TAR_UUID: &str = "0a1b2c3d-0000-4000-8000-0000000000a7";
+
+/// `btrs mkfs` with -U and SOURCE_DATE_EPOCH (after every source mtime, so
+/// none is clamped), stdin from `input` when given.
+fn mkfs_repro(args: &[&str], input: Option<&Path>) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["mkfs", "-U", TAR_UUID]).args(args).env("SOURCE_DATE_EPOCH", "1700000000");
+    if let Some(i) = input {
+        cmd.stdin(fs::File::open(i).unwrap());
+    }
+    run(&mut cmd)
+}
+
+#[test]
+fn tar_source_equals_the_same_tree_unpacked() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_tar_tree(&src, true);
+    let tar = d.path().join("t.tar");
+    tar_of(&src, &tar);
+    let (a, b) = (d.path().join("a.img"), d.path().join("b.img"));
+    for (args, img) in [(["-r", s(&src)], &a), (["--rootdir-tar", s(&tar)], &b)] {
+        let (code, _, err) = mkfs_repro(&[&args[..], &["--shrink", s(img)]].concat(), None);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        check_clean(img, args[0]);
+    }
+    // The same names, types, modes, link counts, owners, sizes and mtimes ...
+    let (la, lb) = (btrs_ok(&["ls", "-R", "-l", s(&a)]), btrs_ok(&["ls", "-R", "-l", s(&b)]));
+    assert_eq!(la, lb, "ls -R -l of the directory-made and the tar-made image differ");
+    assert!(lb.contains("rwsr-xr-x") && lb.contains("hostname-link") && lb.contains("-> ../usr/bin/tool"), "{lb}");
+    // ... the same bytes and xattrs. Not the same image: GNU tar stores the
+    // holes of var/sparse as zeros (without --sparse), which become data.
+    let (ea, eb) = (d.path().join("ea"), d.path().join("eb"));
+    btrs_ok(&["extract", s(&a), s(&ea)]);
+    btrs_ok(&["extract", s(&b), s(&eb)]);
+    assert_same_tree(&src, &eb);
+    for p in walk(&ea).into_iter().skip(1) {
+        let q = eb.join(p.strip_prefix(&ea).unwrap());
+        let names = |p: &Path| {
+            let mut v: Vec<_> = xattr::list(p).unwrap().map(|n| (n.clone(), xattr::get(p, &n).unwrap())).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&p), names(&q), "xattrs of {}", q.display());
+        let (ma, mb) = (fs::symlink_metadata(&p).unwrap(), fs::symlink_metadata(&q).unwrap());
+        assert_eq!((ma.uid(), ma.gid(), ma.rdev(), ma.mtime(), ma.mtime_nsec()), (mb.uid(), mb.gid(), mb.rdev(), mb.mtime(), mb.mtime_nsec()));
+    }
+    assert_eq!(xattr::get(eb.join("etc/hostname"), "user.origin").unwrap().as_deref(), Some(&b"builder\0binary\n"[..]));
+
+    // Without a sparse file the two images are byte for byte the same: the walk
+    // numbers inodes and orders items alike for both sources. So too with
+    // every option that names paths, and from gzip and standard input.
+    let src2 = d.path().join("src2");
+    make_tar_tree(&src2, false);
+    let tar2 = d.path().join("t2.tar");
+    tar_of(&src2, &tar2);
+    let gz = d.path().join("t2.tar.gz");
+    let (code, _, err) = run(Command::new("sh").arg("-c").arg(format!("gzip -c {} > {}", s(&tar2), s(&gz))));
+    assert_eq!(code, 0, "gzip: {err}");
+    let manifest = d.path().join("manifest");
+    fs::write(&manifest, "/etc 0750 0 42\n/usr/bin/tool xattr security.capability=0x0100000200200000000000000000000000000000\n").unwrap();
+    let option_sets: [&[&str]; 4] = [
+        &["--shrink"],
+        &["-b", "300M", "--all-root", "--compress", "zstd", "--compress", "none:usr", "--inode-flags", "nodatacow:var/lib/deep/leaf"],
+        &["--shrink", "--subvol", "var:ro", "--subvol", "usr/bin:default", "--owner-map", "1234:0:2"],
+        &["--shrink", "-O", "^no-holes", "--manifest", s(&manifest), "-n", "4K"],
+    ];
+    for opts in option_sets {
+        let (x, y) = (d.path().join("x.img"), d.path().join("y.img"));
+        let _ = (fs::remove_file(&x), fs::remove_file(&y));
+        let (code, _, err) = mkfs_repro(&[opts, &["-r", s(&src2), s(&x)]].concat(), None);
+        assert_eq!(code, 0, "{opts:?} -r: {err}");
+        for (source, input) in [(s(&tar2), None), (s(&gz), None), ("-", Some(tar2.as_path()))] {
+            let _ = fs::remove_file(&y);
+            let (code, _, err) = mkfs_repro(&[opts, &["--rootdir-tar", source, s(&y)]].concat(), input);
+            assert_eq!(code, 0, "{opts:?} --rootdir-tar {source}: {err}");
+            assert!(fs::read(&x).unwrap() == fs::read(&y).unwrap(), "{opts:?}: --rootdir-tar {source} and -r images differ");
+        }
+        check_clean(&y, &format!("{opts:?}"));
+    }
+    // --print-size reads the archive as --shrink does.
+    let printed: u64 = btrs_ok(&["mkfs", "--print-size", "--rootdir-tar", s(&tar2), s(&d.path().join("p.img"))]).trim().parse().unwrap();
+    let (code, _, err) = mkfs_repro(&["--shrink", "--rootdir-tar", s(&tar2), s(&d.path().join("q.img"))], None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(printed, fs::metadata(d.path().join("q.img")).unwrap().len());
+    assert!(!d.path().join("p.img").exists());
+}
+
+#[test]
+fn tar_made_image_mounts_with_the_archive_metadata() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_tar_tree(&src, true);
+    let tar = d.path().join("t.tar");
+    tar_of(&src, &tar);
+    let img = d.path().join("img");
+    // No SOURCE_DATE_EPOCH: every time comes from the archive's PAX records.
+    btrs_ok(&["mkfs", "--shrink", "--rootdir-tar", s(&tar), s(&img)]);
+    check_clean(&img, "tar-made");
+    if !interop_enabled("tar_made_image_mounts_with_the_archive_metadata") {
+        return;
+    }
+    let mnt = d.path().join("mnt");
+    let m = Mounted::mount(&mnt, std::slice::from_ref(&img), "ro").expect("mount");
+    assert_same_tree(&src, &mnt);
+    for p in walk(&src) {
+        let rel = p.strip_prefix(&src).unwrap();
+        let q = mnt.join(rel);
+        let (a, b) = (fs::symlink_metadata(&p).unwrap(), fs::symlink_metadata(&q).unwrap());
+        assert_eq!((a.mode(), a.uid(), a.gid(), a.rdev()), (b.mode(), b.uid(), b.gid(), b.rdev()), "{}", rel.display());
+        assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()), "mtime of {}", rel.display());
+        if !a.is_dir() {
+            // btrfs counts a directory's links as 1, whatever its subdirectories.
+            assert_eq!(a.nlink(), b.nlink(), "links of {}", rel.display());
+        }
+        if !a.file_type().is_symlink() {
+            for n in xattr::list(&p).unwrap() {
+                assert_eq!(xattr::get(&p, &n).unwrap(), xattr::get(&q, &n).unwrap(), "{n:?} of {}", rel.display());
+            }
+        }
+    }
+    let ino = |p: &str| fs::metadata(mnt.join(p)).unwrap().ino();
+    assert_eq!(ino("usr/bin/tool"), ino("usr/bin/tool-alias"));
+    assert_eq!(ino("etc/hostname"), ino("var/lib/deep/hostname-link"));
+    m.unmount().expect("umount");
+    check_clean(&img, "after the kernel mount");
+}
+
+/// Archives GNU tar would not make from a tree: built member by member.
+fn tar_member(b: &mut tar::Builder<fs::File>, path: &str, ty: tar::EntryType, mode: u32, data: &[u8], pax: &[(&str, &[u8])]) {
+    if !pax.is_empty() {
+        b.append_pax_extensions(pax.iter().copied()).unwrap();
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(ty);
+    h.set_mode(mode);
+    h.set_uid(2000);
+    h.set_gid(3000);
+    h.set_mtime(1_500_000_000);
+    h.set_size(data.len() as u64);
+    if ty == tar::EntryType::Link || ty == tar::EntryType::Symlink {
+        h.set_link_name(std::str::from_utf8(data).unwrap()).unwrap();
+        h.set_size(0);
+        b.append_data(&mut h, path, std::io::empty()).unwrap();
+    } else {
+        b.append_data(&mut h, path, data).unwrap();
+    }
+}
+
+#[test]
+fn tar_implicit_dirs_duplicates_links_and_security_xattrs() {
+    use tar::EntryType as T;
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("hand.tar");
+    let mut b = tar::Builder::new(fs::File::create(&path).unwrap());
+    let cap: &[u8] = &[1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    tar_member(&mut b, "./deep/er/file", T::Regular, 0o640, b"first", &[("mtime", b"1600000000.000000042")]);
+    tar_member(&mut b, "deep/er/alias", T::Link, 0o644, b"./deep/er/file", &[]);
+    // A later member of the same path wins; the earlier hard link keeps the first file.
+    tar_member(&mut b, "deep/er/file", T::Regular, 0o600, b"second version", &[]);
+    tar_member(
+        &mut b,
+        "bin/ping",
+        T::Regular,
+        0o755,
+        b"#!/bin/true\n",
+        &[("SCHILY.xattr.security.capability", cap), ("SCHILY.xattr.security.selinux", b"system_u:object_r:ping_exec_t:s0\0")],
+    );
+    // Listed after its contents: the directory gets these values, keeps them.
+    tar_member(&mut b, "bin/", T::Directory, 0o700, b"", &[("uid", b"70000"), ("atime", b"1.5"), ("ctime", b"2.25")]);
+    tar_member(&mut b, "bin/sh", T::Symlink, 0o777, b"ping", &[]);
+    b.finish().unwrap();
+    drop(b);
+    let img = d.path().join("img");
+    let (code, _, err) = btrs(&["mkfs", "--shrink", "--rootdir-tar", s(&path), s(&img)], &[("SOURCE_DATE_EPOCH", "1700000000")]);
+    assert_eq!(code, 0, "{err}");
+    check_clean(&img, "hand-made archive");
+    // deep/ and deep/er/ are implied: 0755, root, SOURCE_DATE_EPOCH. The root too.
+    let top = btrs_ok(&["ls", "-l", s(&img), "/"]);
+    let line = top.lines().find(|l| l.ends_with(" deep")).unwrap_or_else(|| panic!("{top}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((f[0], f[2], f[3], f[5]), ("drwxr-xr-x", "0", "0", "2023-11-14"), "{line}");
+    assert!(f[6].starts_with("22:13:20"), "{line}");
+    assert_eq!(ls_owner(&img, "/", "bin"), ("drwx------".to_string(), 70000, 3000));
+    assert_eq!(btrs_ok(&["cat", s(&img), "/deep/er/file"]), "second version");
+    assert_eq!(btrs_ok(&["cat", s(&img), "/deep/er/alias"]), "first");
+    assert_eq!(ls_owner(&img, "/deep/er", "alias"), ("-rw-r-----".to_string(), 2000, 3000));
+    if progs_available() {
+        let dump = common::interop::must(Command::new("btrfs").args(["inspect-internal", "dump-tree", "-t", "5"]).arg(&img));
+        assert!(dump.contains("name: security.capability") && dump.contains("name: security.selinux"), "{dump}");
+        assert!(dump.contains("mtime 1600000000.42 "), "{dump}");
+    }
+    if !interop_enabled("tar_implicit_dirs_duplicates_links_and_security_xattrs") {
+        return;
+    }
+    let mnt = d.path().join("mnt");
+    let m = Mounted::mount(&mnt, std::slice::from_ref(&img), "ro").expect("mount");
+    assert_eq!(xattr::get(mnt.join("bin/ping"), "security.capability").unwrap().as_deref(), Some(cap));
+    assert_eq!(fs::symlink_metadata(mnt.join("deep/er/alias")).unwrap().nlink(), 1);
+    let md = fs::metadata(mnt.join("deep/er/file")).unwrap();
+    assert_eq!((md.mtime(), md.mtime_nsec(), md.mode() & 0o7777), (1_500_000_000, 0, 0o600));
+    m.unmount().expect("umount");
+}
+
+#[test]
+fn bad_archives_fail_naming_the_member_and_write_nothing() {
+    use tar::EntryType as T;
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_tar_tree(&src, false);
+    let good = d.path().join("good.tar");
+    tar_of(&src, &good);
+    let bytes = fs::read(&good).unwrap();
+    let at = |name: &str, data: &[u8]| {
+        let p = d.path().join(name);
+        fs::write(&p, data).unwrap();
+        p
+    };
+    let hand = |name: &str, members: &[(&str, T, &[u8])]| {
+        let p = d.path().join(name);
+        let mut b = tar::Builder::new(fs::File::create(&p).unwrap());
+        for (path, ty, data) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*ty);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(data.len() as u64);
+            // Raw names: the builder itself refuses `..` and absolute paths.
+            h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.finish().unwrap();
+        p
+    };
+    // The tool's data is cut off: the member holding it is named.
+    // The header of the member holding the tool's data (whichever of its two
+    // names the archive lists first): a regular file ('0') under usr/bin.
+    let tool_at = (0..bytes.len()).step_by(512).find(|&p| bytes[p..].starts_with(b"./usr/bin/tool") && bytes[p + 156] == b'0').unwrap();
+    let tool_name = String::from_utf8_lossy(&bytes[tool_at..tool_at + 100]).trim_end_matches('\0').to_string();
+    let cut_msg = format!("truncated: member {tool_name} has 5000000 bytes");
+    // The start of the last header block ("ustar" sits at byte 257 of a header).
+    let last_header = bytes.windows(6).rposition(|w| w == b"ustar\0").unwrap() - 257;
+    let sparse_src = d.path().join("sp");
+    fs::File::create(&sparse_src).unwrap().set_len(8 * MIB).unwrap();
+    let sparse = d.path().join("sparse.tar");
+    let (code, _, err) = run(Command::new("tar").args(["--sparse", "--format=gnu", "-C", s(d.path()), "-cf", s(&sparse), "sp"]));
+    assert_eq!(code, 0, "{err}");
+    let xz = d.path().join("t.tar.xz");
+    let xz_ok = run(Command::new("sh").arg("-c").arg(format!("xz -c {} > {}", s(&good), s(&xz)))).0 == 0;
+    let mut cases: Vec<(PathBuf, &str)> = vec![
+        (d.path().join("missing.tar"), "no such file"),
+        (at("text.tar", &b"hello, not an archive\n".repeat(100)), "not a tar archive"),
+        (at("empty.tar", b""), "empty file, not a tar archive"),
+        (at("cut-data.tar", &bytes[..tool_at + 4096]), &cut_msg),
+        (at("cut-header.tar", &bytes[..last_header + 100]), "damaged or truncated after member"),
+        (hand("abs.tar", &[("/etc/passwd", T::Regular, b"x")]), "member /etc/passwd: absolute path"),
+        (hand("dotdot.tar", &[("a/../../b", T::Regular, b"x")]), "member a/../../b: `..`"),
+        (hand("volume.tar", &[("label", T::new(b'V'), b"")]), "member label: entry type"),
+        (hand("dangling.tar", &[("b", T::Link, b"")]), "member b: hard link"),
+        (hand("dirfile.tar", &[("a/b", T::Regular, b"x"), ("a", T::Regular, b"y")]), "member a: a replaces a directory"),
+        (sparse, "member sp: sparse member"),
+    ];
+    if xz_ok {
+        cases.push((xz, "xz-compressed archive"));
+    }
+    for (archive, msg) in &cases {
+        let img = d.path().join("img");
+        let (code, _, err) = btrs(&["mkfs", "--shrink", "--rootdir-tar", s(archive), s(&img)], &[]);
+        assert_eq!(code, 1, "{}: {err}", archive.display());
+        assert!(err.contains(msg), "{}: want {msg:?} in: {err}", archive.display());
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!img.exists(), "{}: an image was left behind", archive.display());
+    }
+    // Both sources at once is a usage error; so is the archive as its own image.
+    let (code, _, err) = btrs(&["mkfs", "--shrink", "-r", s(&src), "--rootdir-tar", s(&good), s(&d.path().join("img"))], &[]);
+    assert!(code == 2 && err.contains("cannot be used with"), "{err}");
+    let (code, _, err) = btrs(&["mkfs", "-f", "--shrink", "--rootdir-tar", s(&good), s(&good)], &[]);
+    assert!(code == 1 && err.contains("is one of the images being made"), "{err}");
+    assert!(fs::read(&good).unwrap() == bytes, "the archive was written to");
 }

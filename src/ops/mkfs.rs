@@ -117,6 +117,10 @@ pub struct MkfsOptions {
     pub features: Features,
     pub force: bool,
     pub rootdir: Option<PathBuf>,
+    /// Populate the top-level subvolume from this tar archive instead (`-`:
+    /// standard input); excludes `rootdir`. Everything said of `rootdir`
+    /// paths below holds for the archive's member paths.
+    pub rootdir_tar: Option<PathBuf>,
     /// Compression of `rootdir` files not under one of `compress_paths`.
     pub compress: Option<(Compression, Option<i32>)>,
     /// Compression (None: none) of a `rootdir` path and everything beneath it,
@@ -186,6 +190,7 @@ impl MkfsOptions {
             features: Features::default(),
             force: false,
             rootdir: None,
+            rootdir_tar: None,
             compress: None,
             compress_paths: Vec::new(),
             subvols: Vec::new(),
@@ -926,14 +931,17 @@ fn validate(opts: &MkfsOptions) -> Result<(Profile, Profile, (u64, u32))> {
     if opts.slack.is_some() && !opts.shrink {
         return Err(Error::Invalid("--slack needs --shrink".into()));
     }
-    if opts.rootdir.is_none() {
+    if opts.rootdir.is_some() && opts.rootdir_tar.is_some() {
+        return Err(Error::Invalid("--rootdir and --rootdir-tar exclude each other".into()));
+    }
+    if opts.rootdir.is_none() && opts.rootdir_tar.is_none() {
         let needs = [
             ("--subvol", !opts.subvols.is_empty()),
             ("--compress", opts.compress.is_some() || !opts.compress_paths.is_empty()),
             ("--inode-flags", !opts.inode_flags.is_empty()),
         ];
         if let Some((what, _)) = needs.iter().find(|n| n.1) {
-            return Err(Error::Invalid(format!("{what} needs --rootdir")));
+            return Err(Error::Invalid(format!("{what} needs --rootdir or --rootdir-tar")));
         }
     }
     Ok((meta_profile, data_profile, now))
@@ -1101,6 +1109,16 @@ fn scan_rootdir(opts: &MkfsOptions, now: (u64, u32)) -> Result<Option<Scan>> {
         clamp_time: if opts.clamp_times { opts.timestamp.map(|t| (t, 0)) } else { None },
         ownership: opts.ownership.clone(),
     };
+    if let Some(archive) = &opts.rootdir_tar {
+        // The archive is read again while the images are written: it must not be one of them.
+        if let Ok(a) = std::fs::metadata(archive) {
+            let id = |m: &std::fs::Metadata| (std::os::unix::fs::MetadataExt::dev(m), std::os::unix::fs::MetadataExt::ino(m));
+            if a.is_file() && scan_opts.exclude.contains(&id(&a)) {
+                return Err(Error::Invalid(format!("--rootdir-tar {}: is one of the images being made", archive.display())));
+            }
+        }
+        return Ok(Some(rootdir::scan_tar(archive, &scan_opts)?));
+    }
     match &opts.rootdir {
         Some(dir) => Ok(Some(rootdir::scan(dir, &scan_opts)?)),
         None => Ok(None),

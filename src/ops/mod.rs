@@ -6,6 +6,7 @@ pub mod fixture;
 pub mod listing;
 pub mod mkfs;
 pub mod rootdir;
+pub mod rootdir_tar;
 pub mod backref;
 pub mod scrub;
 pub mod write;

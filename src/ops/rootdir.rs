@@ -319,7 +319,10 @@ struct ScanInode {
     subvol: u64,
     ino: u64,
     kind: FileType,
-    host: PathBuf,
+    /// Relative to the root directory (empty for the root itself).
+    path: PathBuf,
+    /// Where the file's bytes begin in the archive (`--rootdir-tar`; 0 for a host file).
+    offset: u64,
     mode: u32,
     uid: u32,
     gid: u32,
@@ -341,11 +344,12 @@ struct ScanInode {
     entries: Vec<(Vec<u8>, Key, FileType, u64)>,
 }
 
-/// The host tree as read by [`scan`].
+/// The source tree as read by [`scan`] or [`scan_tar`].
 pub struct Scan {
     inodes: Vec<ScanInode>,
     opts: ScanOptions,
-    root: PathBuf,
+    /// Where [`write_data`] reads file bytes from.
+    data: DataSource,
     /// Which of `opts.inode_flags` matched a scanned path (unmatched ones are an error).
     flags_used: Vec<bool>,
     /// Likewise for `opts.ownership.manifest`.
@@ -502,23 +506,196 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
+/// One file of the source tree as the walk reads it: what `lstat` says of a
+/// host file, or what a tar header and its PAX records say of a member.
+#[derive(Clone, Debug)]
+pub(crate) struct SourceFile {
+    /// File type and permission bits, as in st_mode.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Device number as btrfs stores it (the kernel's MKDEV: major << 20 | minor).
+    pub rdev: u64,
+    pub size: u64,
+    pub atime: (u64, u32),
+    pub mtime: (u64, u32),
+    pub ctime: (u64, u32),
+    /// How many names the file has.
+    pub nlink: u64,
+    /// An identity all of its names share: names with one identity are hard
+    /// links to one inode (host: st_dev and st_ino).
+    pub id: (u64, u64),
+    /// Where the file's bytes begin in the archive (0 for a host file).
+    pub offset: u64,
+}
+
+impl SourceFile {
+    fn is_dir(&self) -> bool {
+        FileType::from_mode(self.mode) == Some(FileType::Directory)
+    }
+}
+
+/// What the walk reads: a host directory (`--rootdir`) or the members of an
+/// archive read into memory, data left in the archive (`--rootdir-tar`).
+/// Paths are relative to the root directory.
+pub(crate) enum Tree<'a> {
+    Host(&'a Path),
+    Archive(&'a crate::ops::rootdir_tar::TarTree),
+}
+
+impl Tree<'_> {
+    /// How messages name a path: the host path, or ARCHIVE:MEMBER.
+    fn shown(&self, rel: &Path) -> PathBuf {
+        match self {
+            Tree::Host(root) => root.join(rel),
+            Tree::Archive(t) => t.shown(rel),
+        }
+    }
+
+    /// The names in directory `rel`, in byte order.
+    fn list(&self, rel: &Path) -> Result<Vec<Vec<u8>>> {
+        match self {
+            Tree::Host(root) => {
+                let dir = root.join(rel);
+                let mut names = Vec::new();
+                for e in std::fs::read_dir(&dir).map_err(io(&dir, "readdir"))? {
+                    names.push(e.map_err(io(&dir, "readdir"))?.file_name().as_bytes().to_vec());
+                }
+                names.sort();
+                Ok(names)
+            }
+            Tree::Archive(t) => Ok(t.list(rel)),
+        }
+    }
+
+    /// The file at `rel`, or None when there is none.
+    fn stat(&self, rel: &Path) -> Result<Option<SourceFile>> {
+        let root = match self {
+            Tree::Host(root) => root,
+            Tree::Archive(t) => return Ok(t.stat(rel)),
+        };
+        let path = root.join(rel);
+        let m = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, "lstat", e)),
+        };
+        Ok(Some(SourceFile {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            rdev: host_rdev_to_btrfs(m.rdev()),
+            size: m.size(),
+            atime: ts(m.atime(), m.atime_nsec()),
+            mtime: ts(m.mtime(), m.mtime_nsec()),
+            ctime: ts(m.ctime(), m.ctime_nsec()),
+            nlink: m.nlink(),
+            id: (m.dev(), m.ino()),
+            offset: 0,
+        }))
+    }
+
+    fn read_link(&self, rel: &Path) -> Result<Vec<u8>> {
+        match self {
+            Tree::Host(root) => {
+                let path = root.join(rel);
+                Ok(std::fs::read_link(&path).map_err(io(&path, "readlink"))?.as_os_str().as_bytes().to_vec())
+            }
+            Tree::Archive(t) => Ok(t.link_target(rel)),
+        }
+    }
+
+    /// Extended attributes, sorted by name.
+    fn xattrs(&self, rel: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        match self {
+            Tree::Host(root) => read_xattrs(&root.join(rel)),
+            Tree::Archive(t) => Ok(t.xattrs(rel)),
+        }
+    }
+
+    /// Sector-aligned data ranges of a regular file of `size` bytes: holes
+    /// stay holes on the host; an archive member is all data.
+    fn data_ranges(&self, rel: &Path, size: u64, sector: u64) -> Result<Vec<(u64, u64)>> {
+        match self {
+            Tree::Host(root) => {
+                let path = root.join(rel);
+                data_ranges(&open_source(&path)?, &path, size, sector)
+            }
+            Tree::Archive(_) => Ok(vec![(0, round_up(size, sector))]),
+        }
+    }
+}
+
+/// Where [`write_data`] reads file bytes from.
+enum DataSource {
+    /// The host directory: each file is opened by its path when written.
+    Host(PathBuf),
+    /// The archive, open once: a member's bytes lie contiguous at its offset.
+    Archive { file: File, path: PathBuf },
+}
+
+/// The bytes of one file, open for positional reads.
+struct FileBytes<'a> {
+    file: FileHandle<'a>,
+    /// Added to every offset: where the member's data begins in the archive.
+    base: u64,
+    /// For errors: the host file, or the archive.
+    path: PathBuf,
+    op: String,
+}
+
+enum FileHandle<'a> {
+    Own(File),
+    Shared(&'a File),
+}
+
+impl FileBytes<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> Result<()> {
+        let f = match &self.file {
+            FileHandle::Own(f) => f,
+            FileHandle::Shared(f) => f,
+        };
+        f.read_exact_at(buf, self.base + at).map_err(|e| Error::io(&self.path, self.op.clone(), e))
+    }
+}
+
+impl DataSource {
+    fn open(&self, i: &ScanInode) -> Result<FileBytes<'_>> {
+        match self {
+            DataSource::Host(root) => {
+                let path = root.join(&i.path);
+                Ok(FileBytes { file: FileHandle::Own(open_source(&path)?), base: 0, path, op: "read".into() })
+            }
+            DataSource::Archive { file, path } => Ok(FileBytes {
+                file: FileHandle::Shared(file),
+                base: i.offset,
+                path: path.clone(),
+                op: format!("read member {}", i.path.display()),
+            }),
+        }
+    }
+
+    fn shown(&self, rel: &Path) -> String {
+        match self {
+            DataSource::Host(root) => root.join(rel).display().to_string(),
+            DataSource::Archive { path, .. } => format!("{}:{}", path.display(), rel.display()),
+        }
+    }
+}
+
 /// Refuse `--subvol` lists mkfs cannot make, before anything is read: each
 /// path must be a directory (not a symlink to one) in the tree, named once,
 /// and at most one may be the default.
-fn check_subvols(root: &Path, subvols: &[SubvolSpec]) -> Result<()> {
+fn check_subvols(tree: &Tree<'_>, subvols: &[SubvolSpec]) -> Result<()> {
     for (i, sv) in subvols.iter().enumerate() {
         let shown = sv.path.display();
         if subvols[..i].iter().any(|o| o.path == sv.path) {
             return Err(Error::Invalid(format!("--subvol {shown}: given more than once")));
         }
-        let host = root.join(&sv.path);
-        match std::fs::symlink_metadata(&host) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(Error::Invalid(format!("--subvol {shown}: not a directory ({})", host.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!("--subvol {shown}: no such directory under the root directory")))
-            }
-            Err(e) => return Err(Error::io(host, "stat", e)),
+        match tree.stat(&sv.path)? {
+            Some(m) if m.is_dir() => {}
+            Some(_) => return Err(Error::Invalid(format!("--subvol {shown}: not a directory ({})", tree.shown(&sv.path).display()))),
+            None => return Err(Error::NotFound(format!("--subvol {shown}: no such directory under the root directory"))),
         }
     }
     if subvols.iter().filter(|s| s.default).count() > 1 {
@@ -527,19 +704,37 @@ fn check_subvols(root: &Path, subvols: &[SubvolSpec]) -> Result<()> {
     Ok(())
 }
 
-/// Walk `root` (the future inode 256 of subvolume 5) in bytewise name order,
-/// depth first. Subvolumes get tree ids in this walk order, so the ids depend
-/// on the tree's shape, not on the order of the `--subvol` options.
+/// Walk the host directory `root` (the future inode 256 of subvolume 5).
 pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
     let meta = std::fs::metadata(root).map_err(io(root, "stat"))?;
     if !meta.is_dir() {
         return Err(Error::Invalid(format!("--rootdir {}: not a directory", root.display())));
     }
-    check_subvols(root, &opts.subvols)?;
+    walk(&Tree::Host(root), DataSource::Host(root.to_path_buf()), opts)
+}
+
+/// Read a tar archive (`-` for standard input; gzip or zstd compressed too)
+/// into the same items [`scan`] makes of the directory it would unpack to.
+pub fn scan_tar(archive: &Path, opts: &ScanOptions) -> Result<Scan> {
+    let (file, shown, tree) = crate::ops::rootdir_tar::read(archive, opts.otime)?;
+    let mut opts = opts.clone();
+    // Host identities mean nothing inside an archive (see `SourceFile::id`).
+    opts.exclude.clear();
+    let mut s = walk(&Tree::Archive(&tree), DataSource::Archive { file, path: shown }, &opts)?;
+    s.warnings.extend(tree.warnings);
+    Ok(s)
+}
+
+/// Walk `tree` from its root in bytewise name order, depth first. Subvolumes
+/// get tree ids in this walk order, so the ids depend on the tree's shape, not
+/// on the order of the `--subvol` options; inode numbers too, so a directory
+/// and the archive of it give the same numbers.
+fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Result<Scan> {
+    check_subvols(tree, &opts.subvols)?;
     let mut s = Scan {
         inodes: Vec::new(),
         opts: opts.clone(),
-        root: root.to_path_buf(),
+        data,
         flags_used: vec![false; opts.inode_flags.len()],
         manifest_used: vec![false; opts.ownership.manifest.len()],
         compress_used: vec![false; opts.compress_paths.len()],
@@ -554,10 +749,12 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
         hardlinks: 0,
         warnings: Vec::new(),
     };
-    let mut by_host: HashMap<(u64, u64), Vec<(u64, usize)>> = HashMap::new();
-    let root_idx = s.add_inode(root, &meta, FS_TREE_OBJECTID, FIRST_FREE_OBJECTID)?;
+    let root = Path::new("");
+    let meta = tree.stat(root)?.ok_or_else(|| Error::io(tree.shown(root), "stat", std::io::ErrorKind::NotFound.into()))?;
+    let mut by_id: HashMap<(u64, u64), Vec<(u64, usize)>> = HashMap::new();
+    let root_idx = s.add_inode(tree, root, &meta, FS_TREE_OBJECTID, FIRST_FREE_OBJECTID)?;
     s.inodes[root_idx].names.push((FIRST_FREE_OBJECTID, 0, b"..".to_vec()));
-    s.walk_dir(root_idx, &mut by_host)?;
+    s.walk_dir(tree, root_idx, &mut by_id)?;
     // A flag for a path that is not there is a typo, not a no-op: say so.
     if let Some(i) = s.flags_used.iter().position(|u| !u) {
         return Err(Error::NotFound(format!("inode flags for {}: no such path under the root directory", opts.inode_flags[i].0.display())));
@@ -595,21 +792,20 @@ impl Scan {
         self.opts.compress.is_some() || self.opts.compress_paths.iter().any(|(_, c)| c.is_some())
     }
 
-    fn add_inode(&mut self, path: &Path, m: &std::fs::Metadata, subvol: u64, ino: u64) -> Result<usize> {
-        let kind = FileType::from_mode(m.mode())
-            .ok_or_else(|| Error::Unsupported(format!("{}: unknown file type {:o}", path.display(), m.mode())))?;
+    fn add_inode(&mut self, tree: &Tree<'_>, rel: &Path, m: &SourceFile, subvol: u64, ino: u64) -> Result<usize> {
+        let kind = FileType::from_mode(m.mode)
+            .ok_or_else(|| Error::Unsupported(format!("{}: unknown file type {:o}", tree.shown(rel).display(), m.mode)))?;
         let sector = self.opts.sectorsize as u64;
-        let flags = self.flags_for(path);
-        let wanted = self.compress_for(path);
+        let flags = self.flags_for(rel);
+        let wanted = self.compress_for(rel);
         let mut content = Content::None;
         let mut size = 0;
         match kind {
             FileType::Regular => {
-                size = m.size();
+                size = m.size;
                 self.files += 1;
                 if size > 0 {
-                    let f = open_source(path)?;
-                    let ranges = data_ranges(&f, path, size, sector)?;
+                    let ranges = tree.data_ranges(rel, size, sector)?;
                     if size <= DEFAULT_MAX_INLINE && size < sector && !ranges.is_empty() {
                         content = Content::InlineFile;
                     } else {
@@ -624,10 +820,9 @@ impl Scan {
             }
             FileType::Symlink => {
                 self.symlinks += 1;
-                let target = std::fs::read_link(path).map_err(io(path, "readlink"))?;
-                let t = target.as_os_str().as_bytes().to_vec();
+                let t = tree.read_link(rel)?;
                 if t.len() >= sector as usize || t.len() + 21 + 25 > crate::tree::builder::max_item_size(self.opts.nodesize) {
-                    return Err(Error::Unsupported(format!("{}: symlink target of {} bytes is too long", path.display(), t.len())));
+                    return Err(Error::Unsupported(format!("{}: symlink target of {} bytes is too long", tree.shown(rel).display(), t.len())));
                 }
                 size = t.len() as u64;
                 content = Content::Inline(t, COMPRESS_NONE);
@@ -635,14 +830,14 @@ impl Scan {
             FileType::Directory => self.dirs += 1,
             _ => self.special += 1,
         }
-        let xattrs = read_xattrs(path)?;
+        let xattrs = tree.xattrs(rel)?;
         let max = crate::tree::builder::max_item_size(self.opts.nodesize);
         let mut kept = Vec::new();
         for (n, v) in xattrs {
             if n.len() + v.len() + 30 > max || n.len() > NAME_LEN {
                 self.warnings.push(format!(
                     "{}: xattr {} ({} bytes) does not fit a {}-byte tree block; skipped",
-                    path.display(),
+                    tree.shown(rel).display(),
                     String::from_utf8_lossy(&n),
                     v.len(),
                     self.opts.nodesize
@@ -653,15 +848,15 @@ impl Scan {
             kept.push((n, v));
         }
         self.metadata_bytes += 400;
-        let rdev = if matches!(kind, FileType::CharDevice | FileType::BlockDevice) { host_rdev_to_btrfs(m.rdev()) } else { 0 };
+        let rdev = if matches!(kind, FileType::CharDevice | FileType::BlockDevice) { m.rdev } else { 0 };
         let own = &self.opts.ownership;
         let map_id = |id: u32| own.owner_map.iter().find_map(|r| r.map(id)).unwrap_or(id);
-        let (mut uid, mut gid) = (map_id(m.uid()), map_id(m.gid()));
+        let (mut uid, mut gid) = (map_id(m.uid), map_id(m.gid));
         if own.all_root {
             (uid, gid) = (0, 0);
         }
-        let (mut atime, mut mtime) = (ts(m.atime(), m.atime_nsec()), ts(m.mtime(), m.mtime_nsec()));
-        let mut ctime = self.opts.ctime.unwrap_or_else(|| ts(m.ctime(), m.ctime_nsec()));
+        let (mut atime, mut mtime) = (m.atime, m.mtime);
+        let mut ctime = self.opts.ctime.unwrap_or(m.ctime);
         if let Some(t) = self.opts.clamp_time {
             // atime and ctime say when the build host touched the file: not content.
             (atime, ctime) = (t, t);
@@ -674,8 +869,9 @@ impl Scan {
             subvol,
             ino,
             kind,
-            host: path.to_path_buf(),
-            mode: m.mode(),
+            path: rel.to_path_buf(),
+            offset: m.offset,
+            mode: m.mode,
             uid,
             gid,
             rdev,
@@ -691,13 +887,12 @@ impl Scan {
             entries: Vec::new(),
         });
         let idx = self.inodes.len() - 1;
-        self.apply_manifest(idx, path)?;
+        self.apply_manifest(idx, rel)?;
         Ok(idx)
     }
 
-    /// Apply the `--manifest` lines for `path` (one of the names of inode `idx`).
-    fn apply_manifest(&mut self, idx: usize, path: &Path) -> Result<()> {
-        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+    /// Apply the `--manifest` lines for `rel` (one of the names of inode `idx`).
+    fn apply_manifest(&mut self, idx: usize, rel: &Path) -> Result<()> {
         let max = crate::tree::builder::max_item_size(self.opts.nodesize);
         for (i, e) in self.opts.ownership.manifest.iter().enumerate() {
             if e.path.as_path() != rel {
@@ -721,7 +916,7 @@ impl Scan {
                         return Err(Error::Invalid(format!(
                             "--manifest: xattr {} of {} ({} bytes) does not fit a {}-byte tree block",
                             String::from_utf8_lossy(name),
-                            path.display(),
+                            self.data.shown(rel),
                             v.len(),
                             self.opts.nodesize
                         )));
@@ -735,11 +930,10 @@ impl Scan {
         Ok(())
     }
 
-    /// The compression asked for `path`: that of the longest `--compress ...:PATH`
+    /// The compression asked for `rel`: that of the longest `--compress ...:PATH`
     /// naming it or a directory above it, else the global one. A path named
     /// exactly is marked used.
-    fn compress_for(&mut self, path: &Path) -> Compress {
-        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+    fn compress_for(&mut self, rel: &Path) -> Compress {
         let mut best: Option<(usize, Compress)> = None;
         for (i, (p, c)) in self.opts.compress_paths.iter().enumerate() {
             if p.as_path() == rel {
@@ -753,9 +947,8 @@ impl Scan {
         best.map_or(self.opts.compress, |(_, c)| c)
     }
 
-    /// The inode flags asked for `path` (marking them used).
-    fn flags_for(&mut self, path: &Path) -> u64 {
-        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+    /// The inode flags asked for `rel` (marking them used).
+    fn flags_for(&mut self, rel: &Path) -> u64 {
         let mut flags = 0u64;
         for (i, (p, f)) in self.opts.inode_flags.iter().enumerate() {
             if p.as_path() == rel {
@@ -773,10 +966,20 @@ impl Scan {
         *next - 1
     }
 
-    /// Make the directory `path` (named `name` at `index` in directory
+    /// Make the directory `rel` (named `name` at `index` in directory
     /// `dir_idx`) the top directory of a new subvolume: inode 256 of its own
     /// tree, whose ".." INODE_REF points at itself as in every subvolume.
-    fn add_subvol(&mut self, spec: SubvolSpec, dir_idx: usize, index: u64, name: &[u8], path: &Path, m: &std::fs::Metadata) -> Result<usize> {
+    #[allow(clippy::too_many_arguments)]
+    fn add_subvol(
+        &mut self,
+        tree: &Tree<'_>,
+        spec: SubvolSpec,
+        dir_idx: usize,
+        index: u64,
+        name: &[u8],
+        rel: &Path,
+        m: &SourceFile,
+    ) -> Result<usize> {
         let id = FIRST_FREE_OBJECTID + self.subvols.len() as u64;
         let (parent, dirid) = (self.inodes[dir_idx].subvol, self.inodes[dir_idx].ino);
         self.subvols.push(ScanSubvol {
@@ -792,64 +995,57 @@ impl Scan {
         self.next_ino.insert(id, FIRST_FREE_OBJECTID + 1);
         // Its own tree: at least one more leaf, and a root item with its refs.
         self.metadata_bytes += self.opts.nodesize as u64 + 1024;
-        let idx = self.add_inode(path, m, id, FIRST_FREE_OBJECTID)?;
+        let idx = self.add_inode(tree, rel, m, id, FIRST_FREE_OBJECTID)?;
         self.inodes[idx].names.push((FIRST_FREE_OBJECTID, 0, b"..".to_vec()));
         Ok(idx)
     }
 
-    fn walk_dir(&mut self, dir_idx: usize, by_host: &mut HashMap<(u64, u64), Vec<(u64, usize)>>) -> Result<()> {
-        let dir_path = self.inodes[dir_idx].host.clone();
+    fn walk_dir(&mut self, tree: &Tree<'_>, dir_idx: usize, by_id: &mut HashMap<(u64, u64), Vec<(u64, usize)>>) -> Result<()> {
+        let dir_rel = self.inodes[dir_idx].path.clone();
         let (subvol, dir_ino) = (self.inodes[dir_idx].subvol, self.inodes[dir_idx].ino);
-        let mut names: Vec<Vec<u8>> = Vec::new();
-        for e in std::fs::read_dir(&dir_path).map_err(io(&dir_path, "readdir"))? {
-            let e = e.map_err(io(&dir_path, "readdir"))?;
-            names.push(e.file_name().as_bytes().to_vec());
-        }
-        names.sort();
+        let names = tree.list(&dir_rel)?;
         // DIR_INDEX numbers start at 2 in every directory (0 and 1 are "." and "..").
         for (index, name) in (2u64..).zip(names) {
-            let path = dir_path.join(std::ffi::OsStr::from_bytes(&name));
-            let m = std::fs::symlink_metadata(&path).map_err(io(&path, "lstat"))?;
-            let host_id = (m.dev(), m.ino());
-            if self.opts.exclude.contains(&host_id) {
-                self.warnings.push(format!("{}: is one of the images being made; not copied", path.display()));
+            let rel = dir_rel.join(std::ffi::OsStr::from_bytes(&name));
+            let m = tree.stat(&rel)?.ok_or_else(|| Error::io(tree.shown(&rel), "lstat", std::io::ErrorKind::NotFound.into()))?;
+            if self.opts.exclude.contains(&m.id) {
+                self.warnings.push(format!("{}: is one of the images being made; not copied", tree.shown(&rel).display()));
                 continue;
             }
             self.metadata_bytes += (3 * (name.len() + 60)) as u64;
-            let rel = path.strip_prefix(&self.root).unwrap_or(&path);
-            let spec = if m.is_dir() { self.opts.subvols.iter().find(|s| s.path.as_path() == rel).cloned() } else { None };
+            let spec = if m.is_dir() { self.opts.subvols.iter().find(|s| s.path == rel).cloned() } else { None };
             if let Some(spec) = spec {
-                let idx = self.add_subvol(spec, dir_idx, index, &name, &path, &m)?;
+                let idx = self.add_subvol(tree, spec, dir_idx, index, &name, &rel, &m)?;
                 let location = Key::new(self.inodes[idx].subvol, ROOT_ITEM_KEY, 0);
                 self.inodes[dir_idx].entries.push((name, location, FileType::Directory, index));
-                self.walk_dir(idx, by_host)?;
+                self.walk_dir(tree, idx, by_id)?;
                 continue;
             }
             // A hard link is one inode only within one subvolume: the kernel
             // cannot link across subvolumes, so each subvolume that holds names
-            // of the host file gets its own copy (as mkfs.btrfs does).
-            let linked = if !m.is_dir() && m.nlink() > 1 { by_host.get(&host_id) } else { None };
+            // of the source file gets its own copy (as mkfs.btrfs does).
+            let linked = if !m.is_dir() && m.nlink > 1 { by_id.get(&m.id) } else { None };
             let existing = linked.and_then(|l| l.iter().find(|(sv, _)| *sv == subvol)).map(|&(_, i)| i);
             if existing.is_none() && linked.is_some() {
                 self.warnings.push(format!(
                     "{}: hard link across a subvolume boundary; stored as a separate copy in subvolume {subvol}",
-                    path.display()
+                    tree.shown(&rel).display()
                 ));
             }
             let idx = match existing {
                 Some(i) => {
                     self.hardlinks += 1;
                     // Flags belong to the inode: any of its names may carry them.
-                    let more = self.flags_for(&path);
+                    let more = self.flags_for(&rel);
                     self.inodes[i].flags |= more;
-                    self.apply_manifest(i, &path)?;
+                    self.apply_manifest(i, &rel)?;
                     i
                 }
                 None => {
                     let ino = self.take_ino(subvol);
-                    let i = self.add_inode(&path, &m, subvol, ino)?;
-                    if !m.is_dir() && m.nlink() > 1 {
-                        by_host.entry(host_id).or_default().push((subvol, i));
+                    let i = self.add_inode(tree, &rel, &m, subvol, ino)?;
+                    if !m.is_dir() && m.nlink > 1 {
+                        by_id.entry(m.id).or_default().push((subvol, i));
                     }
                     i
                 }
@@ -858,7 +1054,7 @@ impl Scan {
             self.inodes[idx].names.push((dir_ino, index, name.clone()));
             self.inodes[dir_idx].entries.push((name, Key::new(child_ino, INODE_ITEM_KEY, 0), kind, index));
             if existing.is_none() && kind == FileType::Directory {
-                self.walk_dir(idx, by_host)?;
+                self.walk_dir(tree, idx, by_id)?;
             }
         }
         Ok(())
@@ -976,7 +1172,7 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
         let content = match &i.content {
             Content::InlineFile => {
                 let mut buf = vec![0u8; i.size as usize];
-                open_source(&i.host)?.read_exact_at(&mut buf, 0).map_err(io(&i.host, "read"))?;
+                scan.data.open(i)?.read_exact_at(&mut buf, 0)?;
                 // The kernel never compresses a file without checksums (or in place).
                 let compress = if i.flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { i.compress };
                 read_inline = inline_content(buf, compress, opts.sectorsize);
@@ -994,7 +1190,7 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
                 nbytes = ram;
             }
             Content::Ranges(ranges) => {
-                let f = open_source(&i.host)?;
+                let f = scan.data.open(i)?;
                 let nodatasum = i.flags & INODE_NODATASUM != 0;
                 let compress = if i.flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { i.compress };
                 let piece_max = if compress.is_some() { MAX_UNCOMPRESSED } else { MAX_EXTENT_SIZE };
@@ -1011,7 +1207,7 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
                         let read = |at: u64, len: u64| -> Result<Vec<u8>> {
                             let mut buf = vec![0u8; len as usize];
                             let avail = i.size.saturating_sub(at).min(len) as usize;
-                            f.read_exact_at(&mut buf[..avail], at).map_err(io(&i.host, "read"))?;
+                            f.read_exact_at(&mut buf[..avail], at)?;
                             Ok(buf)
                         };
                         let compressed = match compress {
@@ -1019,7 +1215,7 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink) -> Result<DataResult> {
                                 let buf = read(pos, want)?;
                                 let avail = i.size.saturating_sub(pos).min(want) as usize;
                                 compress::compress(kind, &buf[..avail], opts.sectorsize, level)
-                                    .map_err(|e| Error::Compress { at: i.host.display().to_string(), source: e })?
+                                    .map_err(|e| Error::Compress { at: scan.data.shown(&i.path), source: e })?
                                     .map(|c| (c, round_up(avail as u64, sector), kind.raw()))
                             }
                             None => None,

@@ -1,0 +1,546 @@
+//! `mkfs --rootdir-tar`: the members of a tar archive as the tree the
+//! `--rootdir` walk reads ([`crate::ops::rootdir::Tree`]), so both sources
+//! make the same items and share one data path.
+//!
+//! Only the members' metadata is kept in memory. A member's bytes lie
+//! contiguous in an uncompressed archive, so the data pass reads them from
+//! the archive file at the member's data offset. A compressed archive, or one
+//! read from a pipe or standard input, is first copied (decompressed) into an
+//! unlinked temporary file in `$TMPDIR`, which then serves the same way.
+//!
+//! What an archive says and how it is taken:
+//! - ustar, GNU and PAX headers (long names, PAX `path`, `linkpath`, `size`,
+//!   `uid`, `gid`); numeric owners only, user and group names are ignored;
+//! - PAX `mtime`, `atime`, `ctime` with nanoseconds; without them the
+//!   header's mtime (whole seconds) stands for all three;
+//! - PAX `SCHILY.xattr.NAME` records become xattrs (GNU tar `--xattrs`, bsdtar);
+//! - hard links (type `1`) name an earlier member: one inode, several names;
+//! - `./` prefixes are dropped; the `./` member, if any, is the root directory;
+//! - directories the archive does not list (`a/b/c` without `a/`) and a root
+//!   it does not list are made with mode 0755, owner 0:0 and every time set to
+//!   the time mkfs stamps what it makes up (SOURCE_DATE_EPOCH when set);
+//! - a path given twice: the later member wins, as extraction does (earlier
+//!   hard links keep the earlier file; a directory given again only gets the
+//!   new metadata and keeps its contents; a non-directory cannot replace a
+//!   directory);
+//! - refused, naming the member: absolute paths, `..`, sparse members (GNU
+//!   `S` type or PAX `GNU.sparse.*`), and entry types other than files,
+//!   directories, symlinks, hard links, devices and fifos; also archives
+//!   compressed other than with gzip or zstd, damaged or truncated archives;
+//! - PAX global headers and ACL records are ignored, with a warning.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::ops::rootdir::SourceFile;
+
+const S_IFMT: u32 = 0o170000;
+
+/// The archive's members as a tree; node 0 is the root directory.
+pub(crate) struct TarTree {
+    nodes: Vec<Node>,
+    /// The archive, as messages name it.
+    shown: PathBuf,
+    pub(crate) warnings: Vec<String>,
+}
+
+struct Node {
+    file: SourceFile,
+    /// Symlink target.
+    target: Vec<u8>,
+    /// Sorted by name.
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Directories: name to node.
+    children: BTreeMap<Vec<u8>, usize>,
+}
+
+impl TarTree {
+    fn find(&self, rel: &Path) -> Option<usize> {
+        let mut cur = 0;
+        for c in rel.components() {
+            if let Component::Normal(n) = c {
+                cur = *self.nodes[cur].children.get(n.as_bytes())?;
+            }
+        }
+        Some(cur)
+    }
+
+    /// How messages name a member: ARCHIVE:PATH.
+    pub(crate) fn shown(&self, rel: &Path) -> PathBuf {
+        PathBuf::from(format!("{}:{}", self.shown.display(), rel.display()))
+    }
+
+    pub(crate) fn list(&self, rel: &Path) -> Vec<Vec<u8>> {
+        self.find(rel).map(|n| self.nodes[n].children.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    pub(crate) fn stat(&self, rel: &Path) -> Option<SourceFile> {
+        self.find(rel).map(|n| self.nodes[n].file.clone())
+    }
+
+    pub(crate) fn link_target(&self, rel: &Path) -> Vec<u8> {
+        self.find(rel).map(|n| self.nodes[n].target.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn xattrs(&self, rel: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.find(rel).map(|n| self.nodes[n].xattrs.clone()).unwrap_or_default()
+    }
+
+    /// A directory the archive implies but does not list.
+    fn implicit_dir(&mut self, now: (u64, u32)) -> usize {
+        let file = SourceFile {
+            mode: 0o040755,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            nlink: 1,
+            id: (0, self.nodes.len() as u64),
+            offset: 0,
+        };
+        self.nodes.push(Node { file, target: Vec::new(), xattrs: Vec::new(), children: BTreeMap::new() });
+        self.nodes.len() - 1
+    }
+
+    /// The directory holding `comps`' last component, made (implicitly) as needed.
+    fn parent_of(&mut self, comps: &[Vec<u8>], now: (u64, u32)) -> std::result::Result<usize, String> {
+        let mut cur = 0;
+        for (i, c) in comps[..comps.len() - 1].iter().enumerate() {
+            cur = match self.nodes[cur].children.get(c) {
+                Some(&n) if self.nodes[n].file.mode & S_IFMT == 0o040000 => n,
+                Some(_) => return Err(format!("{} is not a directory in the archive", join(&comps[..=i]))),
+                None => {
+                    let n = self.implicit_dir(now);
+                    self.nodes[cur].children.insert(c.clone(), n);
+                    n
+                }
+            };
+        }
+        Ok(cur)
+    }
+
+    /// Give node `new` the name `comps` (empty: the root). A name already
+    /// there is replaced, as extraction replaces it.
+    fn name(&mut self, comps: &[Vec<u8>], new: usize, now: (u64, u32)) -> std::result::Result<(), String> {
+        let is_dir = |t: &TarTree, n: usize| t.nodes[n].file.mode & S_IFMT == 0o040000;
+        let old = match comps.last() {
+            None => Some(0),
+            Some(last) => {
+                let parent = self.parent_of(comps, now)?;
+                match self.nodes[parent].children.get(last) {
+                    Some(&o) => Some(o),
+                    None => {
+                        self.nodes[parent].children.insert(last.clone(), new);
+                        None
+                    }
+                }
+            }
+        };
+        let Some(old) = old else { return Ok(()) };
+        match (is_dir(self, old), is_dir(self, new)) {
+            // A directory again: new metadata, same contents (and node, so
+            // names below it stay valid).
+            (true, true) => {
+                let mut file = self.nodes[new].file.clone();
+                file.id = self.nodes[old].file.id;
+                self.nodes[old].file = file;
+                self.nodes[old].xattrs = std::mem::take(&mut self.nodes[new].xattrs);
+                Ok(())
+            }
+            (true, false) if comps.is_empty() => Err("the root of the archive is not a directory".into()),
+            (true, false) => Err(format!("{} replaces a directory with a non-directory", join(comps))),
+            (false, _) => {
+                self.nodes[old].file.nlink -= 1;
+                let parent = self.parent_of(comps, now)?;
+                self.nodes[parent].children.insert(comps[comps.len() - 1].clone(), new);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn join(comps: &[Vec<u8>]) -> String {
+    String::from_utf8_lossy(&comps.join(&b'/')).into_owned()
+}
+
+/// A member path as components: `.` and empty ones dropped; absolute paths
+/// and `..` refused (they would leave the root directory).
+fn components(raw: &[u8]) -> std::result::Result<Vec<Vec<u8>>, &'static str> {
+    if raw.starts_with(b"/") {
+        return Err("absolute path");
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("`..` in the path"),
+            c => out.push(c.to_vec()),
+        }
+    }
+    Ok(out)
+}
+
+/// A PAX time: decimal seconds, maybe negative, maybe with a fraction.
+/// Stored as the kernel stores times: two's-complement seconds, nanoseconds.
+fn pax_time(v: &[u8]) -> Option<(u64, u32)> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s),
+    };
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: i64 = int.parse().ok()?;
+    let ns = (0..9).fold(0u32, |n, i| n * 10 + frac.as_bytes().get(i).map_or(0, |b| (b - b'0') as u32));
+    let (secs, ns) = match (neg, ns) {
+        (false, _) => (secs, ns),
+        (true, 0) => (-secs, 0),
+        (true, _) => (-secs - 1, 1_000_000_000 - ns),
+    };
+    Some((secs as u64, ns))
+}
+
+/// PAX records (`LEN key=value\n`, values any bytes) of the extended headers
+/// found between archive offsets `from` and `to`: the extension headers just
+/// before a member's own header.
+fn pax_records(file: &File, mut from: u64, to: u64, shown: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    while from + 512 <= to {
+        let mut block = [0u8; 512];
+        file.read_exact_at(&mut block, from).map_err(|e| Error::io(shown, "read", e))?;
+        let h = ::tar::Header::from_byte_slice(&block);
+        let bad = |what: &str| Error::Invalid(format!("{}: extension header at byte {from}: {what}", shown.display()));
+        let size = h.entry_size().map_err(|e| bad(&e.to_string()))?;
+        if h.entry_type().is_pax_local_extensions() {
+            // Far more than any xattr (64 KiB) or path needs.
+            if size > 16 << 20 {
+                return Err(bad(&format!("{size} bytes of PAX records")));
+            }
+            let mut data = vec![0u8; size as usize];
+            file.read_exact_at(&mut data, from + 512).map_err(|e| Error::io(shown, "read", e))?;
+            out.extend(parse_pax(&data).ok_or_else(|| bad("malformed PAX records"))?);
+        }
+        from += 512 + size.div_ceil(512) * 512;
+    }
+    Ok(out)
+}
+
+fn parse_pax(mut d: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    while d.first().is_some_and(|&b| b != 0) {
+        let sp = d.iter().position(|&b| b == b' ')?;
+        let len: usize = std::str::from_utf8(&d[..sp]).ok()?.parse().ok()?;
+        if len <= sp + 1 || len > d.len() || d[len - 1] != b'\n' {
+            return None;
+        }
+        let kv = &d[sp + 1..len - 1];
+        let eq = kv.iter().position(|&b| b == b'=')?;
+        out.push((kv[..eq].to_vec(), kv[eq + 1..].to_vec()));
+        d = &d[len..];
+    }
+    Some(out)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Packing {
+    Plain,
+    Gzip,
+    Zstd,
+}
+
+/// What the first bytes of an archive say about its compression.
+fn packing(head: &[u8], shown: &Path) -> Result<Packing> {
+    let refuse = |what: &str, tool: &str| {
+        Err(Error::Unsupported(format!(
+            "{}: {what}-compressed archive; only gzip and zstd are read: decompress it first (`{tool} -dc ARCHIVE | btrs mkfs --rootdir-tar - ...`)",
+            shown.display()
+        )))
+    };
+    match head {
+        [0x1f, 0x8b, ..] => Ok(Packing::Gzip),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Ok(Packing::Zstd),
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => refuse("xz", "xz"),
+        [b'B', b'Z', b'h', ..] => refuse("bzip2", "bzip2"),
+        [0x04, 0x22, 0x4d, 0x18, ..] => refuse("lz4", "lz4"),
+        _ => Ok(Packing::Plain),
+    }
+}
+
+/// A file in `$TMPDIR` no other process can open, gone when closed: O_TMPFILE,
+/// else a fresh name unlinked at once.
+fn unlinked_temp() -> Result<File> {
+    let dir = std::env::temp_dir();
+    let tmpfile = rustix::fs::OFlags::TMPFILE.bits() as i32;
+    if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(tmpfile).open(&dir) {
+        return Ok(f);
+    }
+    for n in 0u32.. {
+        let p = dir.join(format!(".btrs-rootdir-tar-{}-{n}", std::process::id()));
+        match std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&p) {
+            Ok(f) => {
+                let _ = std::fs::remove_file(&p);
+                return Ok(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(p, "create temporary file", e)),
+        }
+    }
+    unreachable!("u32 names run out")
+}
+
+/// Copy `input` (decompressing it) into an unlinked temporary file, so the
+/// members' bytes can be read at their offsets later.
+fn spool(input: impl Read, packing: Packing, shown: &Path) -> Result<File> {
+    let mut reader: Box<dyn Read + '_> = match packing {
+        Packing::Plain => Box::new(input),
+        Packing::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        Packing::Zstd => Box::new(zstd::stream::read::Decoder::new(input).map_err(|e| Error::io(shown, "zstd", e))?),
+    };
+    let mut out = unlinked_temp()?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let what = if packing == Packing::Plain { "read" } else { "decompress" };
+                return Err(Error::io(shown, what, e));
+            }
+        };
+        out.write_all(&buf[..n]).map_err(|e| Error::io(std::env::temp_dir(), "write temporary copy of the archive", e))?;
+    }
+    // The tar reader starts where the file position is.
+    out.rewind().map_err(|e| Error::io(std::env::temp_dir(), "seek temporary copy of the archive", e))?;
+    Ok(out)
+}
+
+/// The archive as a seekable, uncompressed file, and how messages name it.
+fn open(archive: &Path) -> Result<(File, PathBuf)> {
+    if archive == Path::new("-") {
+        let shown = PathBuf::from("<stdin>");
+        let mut input = BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+        let head = input.fill_buf().map_err(|e| Error::io(&shown, "read", e))?.to_vec();
+        let p = packing(&head, &shown)?;
+        return Ok((spool(input, p, &shown)?, shown));
+    }
+    let f = File::open(archive).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound(format!("--rootdir-tar {}: no such file", archive.display())),
+        _ => Error::io(archive, "open", e),
+    })?;
+    let m = f.metadata().map_err(|e| Error::io(archive, "stat", e))?;
+    if m.is_dir() {
+        return Err(Error::Invalid(format!("--rootdir-tar {}: a directory, not an archive (use --rootdir)", archive.display())));
+    }
+    let shown = archive.to_path_buf();
+    if !m.is_file() {
+        // A pipe (`<(zcat ...)`) or device: not seekable, spool it.
+        let mut input = BufReader::with_capacity(1 << 16, f);
+        let head = input.fill_buf().map_err(|e| Error::io(&shown, "read", e))?.to_vec();
+        let p = packing(&head, &shown)?;
+        return Ok((spool(input, p, &shown)?, shown));
+    }
+    let mut head = [0u8; 6];
+    let n = f.read_at(&mut head, 0).map_err(|e| Error::io(&shown, "read", e))?;
+    match packing(&head[..n], &shown)? {
+        Packing::Plain => Ok((f, shown)),
+        p => Ok((spool(f, p, &shown)?, shown)),
+    }
+}
+
+/// Read `archive` (`-`: standard input) into a [`TarTree`]; returns the
+/// uncompressed archive file the members' bytes are to be read from, and how
+/// messages name it. `now` stamps the directories the archive only implies.
+pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, TarTree)> {
+    let (file, shown) = open(archive)?;
+    let len = file.metadata().map_err(|e| Error::io(&shown, "stat", e))?.len();
+    if len == 0 {
+        return Err(Error::Invalid(format!("{}: empty file, not a tar archive", shown.display())));
+    }
+    let mut t = TarTree { nodes: Vec::new(), shown: shown.clone(), warnings: Vec::new() };
+    t.implicit_dir(now);
+    let mut ar = ::tar::Archive::new(&file);
+    let entries = ar.entries_with_seek().map_err(|e| Error::io(&shown, "read", e))?;
+    // The last member read, to say where a damaged archive goes wrong.
+    let mut last: Option<String> = None;
+    let (mut warned_global, mut warned_acl) = (false, false);
+    // Where the previous member's data ends: its extension headers lie
+    // between there and a member's own header.
+    let mut prev_end = 0u64;
+    for entry in entries {
+        let e = entry.map_err(|err| match &last {
+            None => Error::Invalid(format!("{}: not a tar archive, or damaged at its start ({err})", shown.display())),
+            Some(m) => Error::Invalid(format!("{}: damaged or truncated after member {m}: {err}", shown.display())),
+        })?;
+        // The tar crate splits PAX records at newlines, which binary xattr
+        // values (security.capability) hold: the records are read here.
+        let records = pax_records(&file, prev_end, e.raw_header_position(), &shown)?;
+        prev_end = e.raw_file_position().saturating_add(e.size().div_ceil(512) * 512);
+        let record = |k: &[u8]| records.iter().rev().find(|r| r.0 == k).map(|r| r.1.clone());
+        let raw = record(b"path").unwrap_or_else(|| e.path_bytes().into_owned());
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let bad = |what: String| Error::Invalid(format!("{}: member {name}: {what}", shown.display()));
+        let unsupported = |what: String| Error::Unsupported(format!("{}: member {name}: {what}", shown.display()));
+        let ty = e.header().entry_type();
+        if ty.is_pax_global_extensions() {
+            if !warned_global {
+                t.warnings.push(format!("{}: PAX global header ignored (its records apply to no member)", shown.display()));
+                warned_global = true;
+            }
+            continue;
+        }
+        let (mut mtime, mut atime, mut ctime, mut xattrs, mut sparse) = (None, None, None, Vec::new(), false);
+        let (mut uid, mut gid) = (None, None);
+        for (key, value) in &records {
+            let bad_value = || bad(format!("bad PAX {} {:?}", String::from_utf8_lossy(key), String::from_utf8_lossy(value)));
+            let time = || pax_time(value).ok_or_else(bad_value);
+            let number = || std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok()).ok_or_else(bad_value);
+            match key.as_slice() {
+                b"mtime" => mtime = Some(time()?),
+                b"atime" => atime = Some(time()?),
+                b"ctime" => ctime = Some(time()?),
+                b"uid" => uid = Some(number()?),
+                b"gid" => gid = Some(number()?),
+                // The tar crate found the member's data by its own reading of the records.
+                b"size" if number()? != e.size() => return Err(unsupported("PAX size record the tar reader misread".into())),
+                _ if key.starts_with(b"SCHILY.xattr.") => xattrs.push((key[13..].to_vec(), value.clone())),
+                _ if key.starts_with(b"GNU.sparse.") => sparse = true,
+                _ if key.starts_with(b"SCHILY.acl.") && !warned_acl => {
+                    t.warnings.push(format!("{}: POSIX ACL records ignored (first at member {name})", shown.display()));
+                    warned_acl = true;
+                }
+                _ => {}
+            }
+        }
+        use ::tar::EntryType as T;
+        let regular_as_dir = matches!(ty, T::Regular) && raw.ends_with(b"/");
+        let ifmt = match ty {
+            _ if sparse || ty.is_gnu_sparse() => {
+                return Err(unsupported("sparse member; make the archive without --sparse (or from the unpacked tree with --rootdir)".into()))
+            }
+            // Old archives mark directories by a trailing slash only.
+            _ if regular_as_dir => 0o040000,
+            T::Regular | T::Continuous => 0o100000,
+            T::Directory => 0o040000,
+            T::Symlink => 0o120000,
+            T::Char => 0o020000,
+            T::Block => 0o060000,
+            T::Fifo => 0o010000,
+            T::Link => 0,
+            other => return Err(unsupported(format!("entry type {:?} ({:?}) is not supported", other, other.as_byte() as char))),
+        };
+        let comps = components(&raw).map_err(|why| bad(format!("{why}: refused, it would leave the root directory")))?;
+        if ty == T::Link {
+            let target = record(b"linkpath").or_else(|| e.link_name_bytes().map(|l| l.into_owned()));
+            let target = target.filter(|t| !t.is_empty()).ok_or_else(|| bad("hard link without a target".into()))?;
+            let tc = components(&target).map_err(|why| bad(format!("hard link target: {why}")))?;
+            let node = t
+                .find(Path::new(std::ffi::OsStr::from_bytes(&tc.join(&b'/'))))
+                .ok_or_else(|| bad(format!("hard link to {}, which no earlier member is", String::from_utf8_lossy(&target))))?;
+            if t.nodes[node].file.mode & S_IFMT == 0o040000 {
+                return Err(bad(format!("hard link to the directory {}", String::from_utf8_lossy(&target))));
+            }
+            t.nodes[node].file.nlink += 1;
+            t.name(&comps, node, now).map_err(bad)?;
+            last = Some(name);
+            continue;
+        }
+        let h = e.header();
+        let perm = h.mode().map_err(|err| bad(format!("mode: {err}")))? & 0o7777;
+        let id32 = |v: u64, what: &str| u32::try_from(v).map_err(|_| bad(format!("{what} {v} does not fit 32 bits")));
+        let uid = id32(uid.map_or_else(|| h.uid(), Ok).map_err(|err| bad(format!("uid: {err}")))?, "uid")?;
+        let gid = id32(gid.map_or_else(|| h.gid(), Ok).map_err(|err| bad(format!("gid: {err}")))?, "gid")?;
+        let mtime = match mtime {
+            Some(t) => t,
+            None => (h.mtime().map_err(|err| bad(format!("mtime: {err}")))?, 0),
+        };
+        let rdev = if matches!(ty, T::Char | T::Block) {
+            let major = h.device_major().map_err(|err| bad(format!("device major: {err}")))?.unwrap_or(0) as u64;
+            let minor = h.device_minor().map_err(|err| bad(format!("device minor: {err}")))?.unwrap_or(0) as u64;
+            // The kernel's MKDEV, what btrfs stores (20 bits of minor).
+            ((major & 0xfff) << 20) | (minor & 0xf_ffff)
+        } else {
+            0
+        };
+        let (size, offset) = if ifmt == 0o100000 { (e.size(), e.raw_file_position()) } else { (0, 0) };
+        if offset.checked_add(size).is_none_or(|end| end > len) {
+            return Err(Error::Invalid(format!(
+                "{}: truncated: member {name} has {size} bytes from offset {offset}, the archive ends at {len}",
+                shown.display()
+            )));
+        }
+        let target = if ty == T::Symlink {
+            let target = record(b"linkpath").or_else(|| e.link_name_bytes().map(|l| l.into_owned()));
+            target.ok_or_else(|| bad("symlink without a target".into()))?
+        } else {
+            Vec::new()
+        };
+        xattrs.sort();
+        // The later record of one name wins, as it would on extraction.
+        xattrs.reverse();
+        xattrs.dedup_by(|a, b| a.0 == b.0);
+        xattrs.reverse();
+        let file = SourceFile {
+            mode: ifmt | perm,
+            uid,
+            gid,
+            rdev,
+            size,
+            atime: atime.unwrap_or(mtime),
+            mtime,
+            ctime: ctime.unwrap_or(mtime),
+            nlink: 1,
+            id: (0, t.nodes.len() as u64),
+            offset,
+        };
+        t.nodes.push(Node { file, target, xattrs, children: BTreeMap::new() });
+        let n = t.nodes.len() - 1;
+        t.name(&comps, n, now).map_err(bad)?;
+        last = Some(name);
+    }
+    Ok((file, shown, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times_parse() {
+        assert_eq!(pax_time(b"1700000000.123456789"), Some((1_700_000_000, 123_456_789)));
+        assert_eq!(pax_time(b"12.5"), Some((12, 500_000_000)));
+        assert_eq!(pax_time(b"12"), Some((12, 0)));
+        assert_eq!(pax_time(b"-1.25"), Some(((-2i64) as u64, 750_000_000)));
+        assert_eq!(pax_time(b"1.1234567891"), Some((1, 123_456_789)));
+        for bad in [&b""[..], b"x", b"1.2x", b"--1", b".5"] {
+            assert_eq!(pax_time(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pax_records_hold_any_bytes() {
+        let r = parse_pax(b"30 mtime=1700000000.123456789\n26 SCHILY.xattr.user.a=\n\n\n18 path=a\nb/c d=e\n\0\0").unwrap();
+        assert_eq!(r[0], (b"mtime".to_vec(), b"1700000000.123456789".to_vec()));
+        assert_eq!(r[1], (b"SCHILY.xattr.user.a".to_vec(), b"\n\n".to_vec()));
+        assert_eq!(r[2], (b"path".to_vec(), b"a\nb/c d=e".to_vec()));
+        assert!(parse_pax(b"99 x=y\n").is_none() && parse_pax(b"6 xy\n").is_none());
+    }
+
+    #[test]
+    fn member_paths_stay_inside() {
+        assert_eq!(components(b"./a//b/./c/").unwrap(), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert!(components(b"./").unwrap().is_empty());
+        assert!(components(b"/etc/passwd").is_err());
+        assert!(components(b"a/../../b").is_err());
+    }
+}
