@@ -253,18 +253,7 @@ impl Transaction {
             return Err(Error::Invalid(format!("symlink target length {} not in 1..{max}", target.len())));
         }
         let ino = self.create(root, dir, name, S_IFLNK | 0o777, 0)?;
-        let mut body = FileExtentHeader {
-            generation: self.transid().into(),
-            ram_bytes: (target.len() as u64).into(),
-            compression: 0,
-            encryption: 0,
-            other_encoding: 0.into(),
-            extent_type: FILE_EXTENT_INLINE,
-        }
-        .as_bytes()
-        .to_vec();
-        body.extend_from_slice(target);
-        self.insert(root, Key::new(ino, EXTENT_DATA_KEY, 0), body)?;
+        self.insert_inline(root, ino, target)?;
         let mut it = self.read_inode(root, ino)?;
         it.size = (target.len() as u64).into();
         it.nbytes = (target.len() as u64).into();
@@ -702,18 +691,7 @@ impl Transaction {
         let new_size = old_size.max(end);
         if !direct && a == 0 && new_size <= MAX_INLINE && new_size < ss {
             self.punch(root, ino, 0, b, &mut it)?;
-            let mut item = FileExtentHeader {
-                generation: self.transid().into(),
-                ram_bytes: new_size.into(),
-                compression: 0,
-                encryption: 0,
-                other_encoding: 0.into(),
-                extent_type: FILE_EXTENT_INLINE,
-            }
-            .as_bytes()
-            .to_vec();
-            item.extend_from_slice(&buf[..new_size as usize]);
-            self.insert(root, Key::new(ino, EXTENT_DATA_KEY, 0), item)?;
+            self.insert_inline(root, ino, &buf[..new_size as usize])?;
             it.nbytes = (it.nbytes.get() + new_size).into();
             report.bytes += src.len() as u64;
             it.size = new_size.into();
@@ -807,6 +785,22 @@ impl Transaction {
         }
         self.touch(&mut it, true);
         self.put_inode(root, ino, &it)
+    }
+
+    /// An uncompressed inline extent at file offset 0 holding `data`.
+    fn insert_inline(&mut self, root: u64, ino: u64, data: &[u8]) -> Result<()> {
+        let mut item = FileExtentHeader {
+            generation: self.transid().into(),
+            ram_bytes: (data.len() as u64).into(),
+            compression: 0,
+            encryption: 0,
+            other_encoding: 0.into(),
+            extent_type: FILE_EXTENT_INLINE,
+        }
+        .as_bytes()
+        .to_vec();
+        item.extend_from_slice(data);
+        self.insert(root, Key::new(ino, EXTENT_DATA_KEY, 0), item)
     }
 
     fn insert_extent_item(&mut self, root: u64, ino: u64, file_off: u64, disk: u64, disk_len: u64, len: u64) -> Result<()> {
