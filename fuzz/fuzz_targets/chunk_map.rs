@@ -13,7 +13,7 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let mut map = ChunkMap::default();
+    let map = ChunkMap::default();
     for (logical, bytes) in input.chunks.iter().take(16) {
         if let Ok((c, _)) = parse_chunk(bytes) {
             let _ = map.insert(*logical, c);
@@ -25,7 +25,7 @@ fuzz_target!(|input: Input| {
             let _ = e.map(*l);
         }
     }
-    for e in map.iter() {
+    for e in map.entries() {
         let _ = e.map(e.logical);
         let _ = e.map(e.end().wrapping_sub(1));
     }

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = sb.label_string();
         let _ = sb.unsupported_incompat();
         if let Ok(chunks) = sb.sys_chunks() {
-            let mut map = btrs::volumes::chunks::ChunkMap::default();
+            let map = btrs::volumes::chunks::ChunkMap::default();
             for (key, c) in chunks {
                 let _ = map.insert(key.offset, c);
             }
