@@ -367,6 +367,27 @@ fn existing_filesystems_need_force() {
     mkfs(&["-f"], std::slice::from_ref(&img));
     mkfs(&["-f", "-b", "256M"], std::slice::from_ref(&xfs));
     assert!(has_valid_super(&xfs));
+    // The old signature is gone (the wipe punches a hole or writes zeros): blkid
+    // and mount must not see an xfs any more.
+    let head = fs::read(&xfs).unwrap();
+    assert_eq!(&head[..4], &[0u8; 4], "xfs magic survived mkfs -f");
+    // A device whose first MiB is noise: everything before the superblock and
+    // between it and the first chunk reads back as zeros.
+    let noisy = dir.path().join("noisy.img");
+    let mut b = vec![0u8; 300 << 20];
+    let mut x = 0x9e3779b97f4a7c15u64;
+    for byte in b[..1 << 20].iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *byte = x as u8 | 1;
+    }
+    fs::write(&noisy, &b).unwrap();
+    mkfs(&["-f"], std::slice::from_ref(&noisy));
+    let head = fs::read(&noisy).unwrap();
+    assert!(head[..64 << 10].iter().all(|&v| v == 0), "bytes before the superblock were not wiped");
+    assert!(head[(64 << 10) + 4096..1 << 20].iter().all(|&v| v == 0), "bytes after the superblock were not wiped");
+    assert_check(std::slice::from_ref(&noisy), "mkfs -f over noise");
 }
 
 #[test]

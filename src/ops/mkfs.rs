@@ -572,6 +572,25 @@ impl Devices {
         f.write_all_at(data, at).map_err(|e| Error::io(p, format!("write at {at}"), e))
     }
 
+    /// Make `len` bytes at `physical` read as zeros. A range that is already a
+    /// hole (a fresh sparse image) needs nothing; otherwise punching a hole is a
+    /// metadata change where writing zeros would allocate and later flush real
+    /// blocks. Zeros are written where the host filesystem cannot punch.
+    fn zero_phys(&self, devid: u64, physical: u64, len: u64) -> Result<()> {
+        use rustix::fs::{fallocate, seek, FallocateFlags, SeekFrom};
+        let f = self.files.get((devid - 1) as usize).ok_or_else(|| Error::Invalid(format!("no device {devid}")))?;
+        let at = physical.checked_add(self.offset).ok_or_else(|| Error::Invalid(format!("offset {physical} too large")))?;
+        match seek(f, SeekFrom::Data(at as i64)) {
+            Ok(next) if next >= at + len => return Ok(()),
+            Err(rustix::io::Errno::NXIO) => return Ok(()),
+            _ => {}
+        }
+        if fallocate(f, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, at, len).is_ok() {
+            return Ok(());
+        }
+        self.write_phys(devid, physical, &vec![0u8; len as usize])
+    }
+
     /// fsync every image, in parallel: each waits on its own disk flush.
     fn sync(&self) -> Result<()> {
         std::thread::scope(|scope| {
@@ -1016,13 +1035,12 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
             f.read_exact_at(&mut magic, opts.offset + m + 64).is_ok() && magic == BTRFS_MAGIC
         })
     });
-    let zero = vec![0u8; DEVICE_RESERVED as usize];
     for (i, size) in sizes.iter().enumerate() {
         let devid = i as u64 + 1;
-        devs.write_phys(devid, 0, &zero[..(*size).min(DEVICE_RESERVED) as usize])?;
+        devs.zero_phys(devid, 0, (*size).min(DEVICE_RESERVED))?;
         for &m in &SUPER_MIRROR_OFFSETS[1..] {
             if m + SUPER_INFO_SIZE as u64 <= *size {
-                devs.write_phys(devid, m, &zero[..SUPER_INFO_SIZE])?;
+                devs.zero_phys(devid, m, SUPER_INFO_SIZE as u64)?;
             }
         }
     }
