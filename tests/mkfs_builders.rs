@@ -1009,3 +1009,91 @@ fn bad_archives_fail_naming_the_member_and_write_nothing() {
     assert!(code == 1 && err.contains("is one of the images being made"), "{err}");
     assert!(fs::read(&good).unwrap() == bytes, "the archive was written to");
 }
+
+/// A posix_acl xattr value as the kernel stores it: version 2, then
+/// (tag, perm, id) entries.
+fn acl_value(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn tar_acls_and_libarchive_xattrs_become_xattrs() {
+    use tar::EntryType as T;
+    const NONE: u32 = u32::MAX;
+    let d = tempfile::tempdir().unwrap();
+    // A tree with POSIX ACLs, archived by GNU tar with --acls only: the ACLs
+    // travel as SCHILY.acl.* text, not as raw xattrs.
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"acl'd").unwrap();
+    let access = acl_value(&[(1, 6, NONE), (2, 5, 4242), (4, 4, NONE), (0x10, 5, NONE), (0x20, 0, NONE)]);
+    let default = acl_value(&[(1, 7, NONE), (4, 5, NONE), (8, 7, 4343), (0x10, 7, NONE), (0x20, 5, NONE)]);
+    xattr::set(src.join("f"), "system.posix_acl_access", &access).expect("this test needs a host filesystem with POSIX ACLs");
+    xattr::set(&src, "system.posix_acl_default", &default).unwrap();
+    let gnu = d.path().join("gnu.tar");
+    let (code, _, err) = run(Command::new("tar").args(["--acls", "--format=posix", "-C", s(&src), "-cf", s(&gnu), "."]));
+    assert_eq!(code, 0, "tar: {err}");
+    let raw = fs::read(&gnu).unwrap();
+    assert!(raw.windows(17).any(|w| w == b"SCHILY.acl.access"), "GNU tar stored no ACL text");
+    assert!(!raw.windows(18).any(|w| w == b"SCHILY.xattr.syste"), "GNU tar stored raw ACL xattrs: the text path would go untested");
+
+    // bsdtar's records, by hand: LIBARCHIVE.xattr (URL-encoded name, base64
+    // value), an ACL with the id as fourth field, one naming a user without
+    // an id (left out with a warning), and an NFSv4 ACL (ignored, warned).
+    let hand = d.path().join("bsd.tar");
+    let mut b = tar::Builder::new(fs::File::create(&hand).unwrap());
+    tar_member(&mut b, "x", T::Regular, 0o644, b"x", &[("LIBARCHIVE.xattr.user.odd%3Dname", b"AAECAw==")]);
+    tar_member(
+        &mut b,
+        "both",
+        T::Regular,
+        0o644,
+        b"b",
+        // The SCHILY record names the same xattr: it wins.
+        &[("LIBARCHIVE.xattr.user.v", b"AAECAw=="), ("SCHILY.xattr.user.v", b"raw")],
+    );
+    tar_member(&mut b, "acl4", T::Regular, 0o640, b"a", &[("SCHILY.acl.access", b"user::rw-,user:alice:r--:1001,group::r--,mask::r--,other::---")]);
+    tar_member(&mut b, "named", T::Regular, 0o640, b"n", &[("SCHILY.acl.access", b"user::rw-,user:nobody-known:r--,group::r--,mask::r--,other::---")]);
+    tar_member(&mut b, "nfs4", T::Regular, 0o640, b"4", &[("SCHILY.acl.ace", b"owner@:rw-p--aARWcCos:-------:allow")]);
+    b.finish().unwrap();
+    drop(b);
+
+    let (gi, hi) = (d.path().join("g.img"), d.path().join("h.img"));
+    btrs_ok(&["mkfs", "--shrink", "--rootdir-tar", s(&gnu), s(&gi)]);
+    let (code, out, err) = btrs(&["mkfs", "--shrink", "--rootdir-tar", s(&hand), s(&hi)], &[]);
+    assert_eq!(code, 0, "{err}");
+    let said = format!("{out}{err}");
+    assert!(said.contains("member named: SCHILY.acl.access ignored") && said.contains("nobody-known"), "{said}");
+    assert!(said.contains("NFSv4 ACL records ignored"), "{said}");
+    check_clean(&gi, "GNU tar --acls");
+    check_clean(&hi, "bsdtar records");
+    if progs_available() {
+        let dump = common::interop::must(Command::new("btrfs").args(["inspect-internal", "dump-tree", "-t", "5"]).arg(&gi));
+        assert!(dump.contains("name: system.posix_acl_access") && dump.contains("name: system.posix_acl_default"), "{dump}");
+        let dump = common::interop::must(Command::new("btrfs").args(["inspect-internal", "dump-tree", "-t", "5"]).arg(&hi));
+        assert!(dump.contains("name: user.odd=name") && dump.contains("name: system.posix_acl_access"), "{dump}");
+        assert_eq!(dump.matches("name: system.posix_acl_access").count(), 1, "only acl4 has an ACL: {dump}");
+    }
+    if !interop_enabled("tar_acls_and_libarchive_xattrs_become_xattrs") {
+        return;
+    }
+    // The kernel reads back the source's ACLs byte for byte.
+    let mnt = d.path().join("mnt");
+    let m = Mounted::mount(&mnt, std::slice::from_ref(&gi), "ro").expect("mount");
+    assert_eq!(xattr::get(mnt.join("f"), "system.posix_acl_access").unwrap(), Some(access));
+    assert_eq!(xattr::get(&mnt, "system.posix_acl_default").unwrap(), Some(default));
+    m.unmount().expect("umount");
+    let m = Mounted::mount(&mnt, std::slice::from_ref(&hi), "ro").expect("mount");
+    assert_eq!(xattr::get(mnt.join("x"), "user.odd=name").unwrap().as_deref(), Some(&[0u8, 1, 2, 3][..]));
+    assert_eq!(xattr::get(mnt.join("both"), "user.v").unwrap().as_deref(), Some(&b"raw"[..]));
+    let want = acl_value(&[(1, 6, NONE), (2, 4, 1001), (4, 4, NONE), (0x10, 4, NONE), (0x20, 0, NONE)]);
+    assert_eq!(xattr::get(mnt.join("acl4"), "system.posix_acl_access").unwrap(), Some(want));
+    assert_eq!(xattr::get(mnt.join("named"), "system.posix_acl_access").unwrap(), None);
+    m.unmount().expect("umount");
+}

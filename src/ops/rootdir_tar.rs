@@ -13,7 +13,14 @@
 //!   `uid`, `gid`); numeric owners only, user and group names are ignored;
 //! - PAX `mtime`, `atime`, `ctime` with nanoseconds; without them the
 //!   header's mtime (whole seconds) stands for all three;
-//! - PAX `SCHILY.xattr.NAME` records become xattrs (GNU tar `--xattrs`, bsdtar);
+//! - PAX `SCHILY.xattr.NAME` records become xattrs (GNU tar `--xattrs`, bsdtar),
+//!   and bsdtar's `LIBARCHIVE.xattr.NAME` (URL-encoded name, base64 value)
+//!   where no SCHILY record names the same xattr;
+//! - POSIX ACLs (`SCHILY.acl.access`, `SCHILY.acl.default`, GNU tar `--acls`,
+//!   bsdtar) become `system.posix_acl_access`/`_default` xattrs, as the
+//!   kernel stores them; a named user or group needs a numeric id (bsdtar
+//!   adds it; GNU tar does when the name is unknown on the archiving host),
+//!   else that ACL is left out with a warning naming the member;
 //! - hard links (type `1`) name an earlier member: one inode, several names;
 //! - `./` prefixes are dropped; the `./` member, if any, is the root directory;
 //! - directories the archive does not list (`a/b/c` without `a/`) and a root
@@ -27,7 +34,8 @@
 //!   `S` type or PAX `GNU.sparse.*`), and entry types other than files,
 //!   directories, symlinks, hard links, devices and fifos; also archives
 //!   compressed other than with gzip or zstd, damaged or truncated archives;
-//! - PAX global headers and ACL records are ignored, with a warning.
+//! - PAX global headers and NFSv4 ACLs (`SCHILY.acl.ace`) are ignored, with
+//!   a warning.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -35,6 +43,8 @@ use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
+
+use base64::Engine as _;
 
 use crate::error::{Error, Result};
 use crate::ops::rootdir::SourceFile;
@@ -251,6 +261,109 @@ fn parse_pax(mut d: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     Some(out)
 }
 
+/// `%XX` escapes of a LIBARCHIVE.xattr record's name undone.
+fn percent_decode(v: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == b'%' {
+            let hex = std::str::from_utf8(v.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(v[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+// Tags of the kernel's posix_acl_xattr entries (include/uapi/linux/posix_acl.h).
+const ACL_USER_OBJ: u16 = 0x01;
+const ACL_USER: u16 = 0x02;
+const ACL_GROUP_OBJ: u16 = 0x04;
+const ACL_GROUP: u16 = 0x08;
+const ACL_MASK: u16 = 0x10;
+const ACL_OTHER: u16 = 0x20;
+const ACL_UNDEFINED_ID: u32 = u32::MAX;
+const POSIX_ACL_XATTR_VERSION: u32 = 2;
+
+/// A POSIX.1e text ACL as GNU tar (`acl_to_text`) and bsdtar store it in
+/// SCHILY.acl.access/default — entries `tag:qualifier:perms[:id]` separated
+/// by commas or newlines, `#` comments — turned into the binary value of the
+/// system.posix_acl_* xattr the kernel reads. Named users and groups need a
+/// numeric id (bsdtar's fourth field, or a numeric qualifier): resolving
+/// names through the build host's passwd would make the image depend on it.
+/// None for an empty ACL.
+fn acl_xattr(text: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
+    let text = std::str::from_utf8(text).map_err(|_| "not UTF-8".to_string())?;
+    let mut entries: Vec<(u16, u32, u16)> = Vec::new();
+    for raw in text.split([',', '\n']) {
+        let e = raw.split('#').next().unwrap_or("").trim();
+        if e.is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = e.split(':').map(str::trim).collect();
+        if f.len() < 3 || f.len() > 4 {
+            return Err(format!("entry {e:?} is not tag:qualifier:perms"));
+        }
+        let perm = f[2].chars().try_fold(0u16, |p, c| match c {
+            'r' => Ok(p | 4),
+            'w' => Ok(p | 2),
+            'x' => Ok(p | 1),
+            '-' => Ok(p),
+            _ => Err(format!("entry {e:?}: permissions {:?}", f[2])),
+        })?;
+        let named = !f[1].is_empty();
+        let id = || -> std::result::Result<u32, String> {
+            f.get(3)
+                .copied()
+                .filter(|v| !v.is_empty())
+                .or(Some(f[1]))
+                .and_then(|v| v.parse::<u32>().ok())
+                .ok_or_else(|| format!("entry {e:?} names {:?} without a numeric id", f[1]))
+        };
+        let (tag, id) = match (f[0], named) {
+            ("user" | "u", false) => (ACL_USER_OBJ, ACL_UNDEFINED_ID),
+            ("user" | "u", true) => (ACL_USER, id()?),
+            ("group" | "g", false) => (ACL_GROUP_OBJ, ACL_UNDEFINED_ID),
+            ("group" | "g", true) => (ACL_GROUP, id()?),
+            ("mask" | "m", _) => (ACL_MASK, ACL_UNDEFINED_ID),
+            ("other" | "o", _) => (ACL_OTHER, ACL_UNDEFINED_ID),
+            _ => return Err(format!("entry {e:?}: unknown tag {:?}", f[0])),
+        };
+        entries.push((tag, id, perm));
+    }
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    // The kernel's posix_acl_valid: entries ordered by tag, then id; each
+    // *_OBJ, MASK and OTHER at most once, named ids unique; USER_OBJ,
+    // GROUP_OBJ and OTHER present; MASK present when named entries are.
+    entries.sort_unstable_by_key(|&(tag, id, _)| (tag, id));
+    if entries.windows(2).any(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1)) {
+        return Err("an entry is given twice".into());
+    }
+    let has = |tag: u16| entries.iter().any(|e| e.0 == tag);
+    if !(has(ACL_USER_OBJ) && has(ACL_GROUP_OBJ) && has(ACL_OTHER)) {
+        return Err("user::, group:: and other:: entries are required".into());
+    }
+    if (has(ACL_USER) || has(ACL_GROUP)) && !has(ACL_MASK) {
+        return Err("named entries without a mask:: entry".into());
+    }
+    if entries.len() == 3 {
+        // Only what the mode bits say: the kernel stores no xattr for it either.
+        return Ok(None);
+    }
+    let mut out = POSIX_ACL_XATTR_VERSION.to_le_bytes().to_vec();
+    for (tag, id, perm) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    Ok(Some(out))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Packing {
     Plain,
@@ -400,6 +513,7 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
             continue;
         }
         let (mut mtime, mut atime, mut ctime, mut xattrs, mut sparse) = (None, None, None, Vec::new(), false);
+        let (mut libarchive_xattrs, mut acls) = (Vec::new(), Vec::new());
         let (mut uid, mut gid) = (None, None);
         for (key, value) in &records {
             let bad_value = || bad(format!("bad PAX {} {:?}", String::from_utf8_lossy(key), String::from_utf8_lossy(value)));
@@ -414,9 +528,32 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
                 // The tar crate found the member's data by its own reading of the records.
                 b"size" if number()? != e.size() => return Err(unsupported("PAX size record the tar reader misread".into())),
                 _ if key.starts_with(b"SCHILY.xattr.") => xattrs.push((key[13..].to_vec(), value.clone())),
+                // bsdtar writes each xattr twice: SCHILY (raw, kept above) and
+                // LIBARCHIVE (URL-encoded name, base64 value); the latter alone
+                // when told to, so it counts only where no SCHILY record names it.
+                _ if key.starts_with(b"LIBARCHIVE.xattr.") => {
+                    let xname = percent_decode(&key[17..]).ok_or_else(bad_value)?;
+                    let xvalue = base64::engine::general_purpose::STANDARD.decode(value).map_err(|_| bad_value())?;
+                    libarchive_xattrs.push((xname, xvalue));
+                }
                 _ if key.starts_with(b"GNU.sparse.") => sparse = true,
+                b"SCHILY.acl.access" | b"SCHILY.acl.default" => {
+                    let xname: &[u8] = if key.ends_with(b"access") { b"system.posix_acl_access" } else { b"system.posix_acl_default" };
+                    match acl_xattr(value) {
+                        Ok(Some(v)) => acls.push((xname.to_vec(), v)),
+                        Ok(None) => {}
+                        Err(why) => t.warnings.push(format!(
+                            "{}: member {name}: {} ignored: {why}",
+                            shown.display(),
+                            String::from_utf8_lossy(key)
+                        )),
+                    }
+                }
                 _ if key.starts_with(b"SCHILY.acl.") && !warned_acl => {
-                    t.warnings.push(format!("{}: POSIX ACL records ignored (first at member {name})", shown.display()));
+                    t.warnings.push(format!(
+                        "{}: NFSv4 ACL records ignored (btrfs has no NFSv4 ACLs; first at member {name})",
+                        shown.display()
+                    ));
                     warned_acl = true;
                 }
                 _ => {}
@@ -485,6 +622,13 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
         } else {
             Vec::new()
         };
+        // A default ACL belongs to directories only (the kernel refuses it elsewhere).
+        acls.retain(|(n, _)| ifmt == 0o040000 || n.as_slice() != b"system.posix_acl_default");
+        for (n, v) in libarchive_xattrs.into_iter().chain(acls) {
+            if !xattrs.iter().any(|x: &(Vec<u8>, Vec<u8>)| x.0 == n) {
+                xattrs.push((n, v));
+            }
+        }
         xattrs.sort();
         // The later record of one name wins, as it would on extraction.
         xattrs.reverse();
@@ -534,6 +678,35 @@ mod tests {
         assert_eq!(r[1], (b"SCHILY.xattr.user.a".to_vec(), b"\n\n".to_vec()));
         assert_eq!(r[2], (b"path".to_vec(), b"a\nb/c d=e".to_vec()));
         assert!(parse_pax(b"99 x=y\n").is_none() && parse_pax(b"6 xy\n").is_none());
+    }
+
+    #[test]
+    fn acl_text_becomes_the_kernel_xattr() {
+        // bsdtar: named entries carry the id as a fourth field; any order.
+        let v = acl_xattr(b"user::rw-,group::r--,other::---,mask::rwx,user:alice:r-x:1001,group:7:rw-").unwrap().unwrap();
+        let mut want = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 5, 1001), (4, 4, u32::MAX), (8, 6, 7), (0x10, 7, u32::MAX), (0x20, 0, u32::MAX)] {
+            want.extend_from_slice(&tag.to_le_bytes());
+            want.extend_from_slice(&perm.to_le_bytes());
+            want.extend_from_slice(&id.to_le_bytes());
+        }
+        assert_eq!(v, want);
+        // GNU tar: newline separated, effective-rights comments, abbreviations.
+        let g = acl_xattr(b"u::rwx\nu:1002:rwx\t#effective:r-x\ng::r-x\nm::r-x\no::r-x\n").unwrap().unwrap();
+        assert_eq!(g.len(), 4 + 5 * 8);
+        // Only the mode bits: no xattr, as the kernel keeps none.
+        assert_eq!(acl_xattr(b"user::rw-,group::r--,other::r--").unwrap(), None);
+        assert_eq!(acl_xattr(b"").unwrap(), None);
+        for bad in [&b"user:bob:r--,user::rw-,group::r--,mask::r--,other::---"[..], b"user::rw-,group::r--", b"user::rw-,user:5:r--,group::r--,other::---", b"user::rwz,group::r--,other::---", b"user::rw-,user::r--,group::r--,other::---", b"bogus::rw-"] {
+            assert!(acl_xattr(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn libarchive_names_are_url_decoded() {
+        assert_eq!(percent_decode(b"user.a%3Db%25").unwrap(), b"user.a=b%");
+        assert_eq!(percent_decode(b"bad%4"), None);
+        assert_eq!(percent_decode(b"bad%zz"), None);
     }
 
     #[test]
