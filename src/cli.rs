@@ -279,7 +279,8 @@ pub struct MkfsArgs {
     #[arg(long, requires = "source")]
     pub all_root: bool,
     /// Store source uids and gids FROM..FROM+COUNT as TO..TO+COUNT (decimal; uid
-    /// and gid alike). Repeatable; the first matching range wins.
+    /// and gid alike; the named users and groups of POSIX ACLs too). Repeatable;
+    /// the first matching range wins.
     #[arg(long = "owner-map", value_name = "FROM:TO:COUNT", requires = "source")]
     pub owner_map: Vec<String>,
     /// Per-path overrides applied during the --rootdir walk, one per line:

@@ -1096,4 +1096,14 @@ fn tar_acls_and_libarchive_xattrs_become_xattrs() {
     assert_eq!(xattr::get(mnt.join("acl4"), "system.posix_acl_access").unwrap(), Some(want));
     assert_eq!(xattr::get(mnt.join("named"), "system.posix_acl_access").unwrap(), None);
     m.unmount().expect("umount");
+    // --owner-map shifts the named entries of ACLs as it shifts owners.
+    let mi = d.path().join("m.img");
+    btrs_ok(&["mkfs", "--shrink", "--owner-map", "4000:0:1000", "--rootdir-tar", s(&gnu), s(&mi)]);
+    check_clean(&mi, "owner-mapped ACLs");
+    let m = Mounted::mount(&mnt, std::slice::from_ref(&mi), "ro").expect("mount");
+    let shifted = acl_value(&[(1, 6, NONE), (2, 5, 242), (4, 4, NONE), (0x10, 5, NONE), (0x20, 0, NONE)]);
+    assert_eq!(xattr::get(mnt.join("f"), "system.posix_acl_access").unwrap(), Some(shifted));
+    let shifted = acl_value(&[(1, 7, NONE), (4, 5, NONE), (8, 7, 343), (0x10, 7, NONE), (0x20, 5, NONE)]);
+    assert_eq!(xattr::get(&mnt, "system.posix_acl_default").unwrap(), Some(shifted));
+    m.unmount().expect("umount");
 }

@@ -97,6 +97,35 @@ impl IdMap {
     }
 }
 
+/// A system.posix_acl_* value (version 2, then 8-byte tag/perm/id entries)
+/// with the ids of named user (tag 2) and group (tag 8) entries passed
+/// through `map`, re-sorted as the kernel requires.
+fn remap_acl(v: &[u8], map: impl Fn(u32) -> u32) -> std::result::Result<Vec<u8>, String> {
+    if v.len() < 4 || (v.len() - 4) % 8 != 0 || v[..4] != 2u32.to_le_bytes() {
+        return Err("not a version 2 POSIX ACL".into());
+    }
+    let mut entries: Vec<(u16, u32, u16)> = v[4..]
+        .chunks_exact(8)
+        .map(|e| {
+            let tag = u16::from_le_bytes([e[0], e[1]]);
+            let perm = u16::from_le_bytes([e[2], e[3]]);
+            let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+            (tag, if tag == 2 || tag == 8 { map(id) } else { id }, perm)
+        })
+        .collect();
+    entries.sort_by_key(|&(tag, id, _)| (tag, id));
+    if entries.windows(2).any(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1)) {
+        return Err("--owner-map maps two named entries to one id".into());
+    }
+    let mut out = v[..4].to_vec();
+    for (tag, id, perm) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    Ok(out)
+}
+
 /// A path relative to the root directory, as options name it: `/`, `.` and
 /// trailing slashes mean nothing; `..` is refused (it would leave the tree).
 pub fn relative_path(s: &str, what: &str) -> Result<PathBuf> {
@@ -851,6 +880,17 @@ impl Scan {
         let rdev = if matches!(kind, FileType::CharDevice | FileType::BlockDevice) { m.rdev } else { 0 };
         let own = &self.opts.ownership;
         let map_id = |id: u32| own.owner_map.iter().find_map(|r| r.map(id)).unwrap_or(id);
+        if !own.owner_map.is_empty() {
+            // Named users and groups of POSIX ACLs are owners too: shifted
+            // alike, as an idmapped mount or a user namespace shifts them.
+            for (n, v) in kept.iter_mut() {
+                if n.as_slice() == b"system.posix_acl_access" || n.as_slice() == b"system.posix_acl_default" {
+                    *v = remap_acl(v, map_id).map_err(|why| {
+                        Error::Invalid(format!("{}: {}: {why}", tree.shown(rel).display(), String::from_utf8_lossy(n)))
+                    })?;
+                }
+            }
+        }
         let (mut uid, mut gid) = (map_id(m.uid), map_id(m.gid));
         if own.all_root {
             (uid, gid) = (0, 0);
@@ -1452,6 +1492,29 @@ mod tests {
         assert_eq!(scan.inodes.iter().find(|i| i.subvol == 258).unwrap().compress, None);
         let r = write_data(&scan, &mut CountingSink::default()).unwrap();
         assert_eq!(r.fs_trees.iter().map(|t| t.0).collect::<Vec<_>>(), vec![5, 256, 257, 258]);
+    }
+
+    #[test]
+    fn owner_map_shifts_named_acl_entries() {
+        let entry = |tag: u16, perm: u16, id: u32| [tag.to_le_bytes().as_slice(), &perm.to_le_bytes(), &id.to_le_bytes()].concat();
+        let acl = |es: &[(u16, u16, u32)]| {
+            let mut v = 2u32.to_le_bytes().to_vec();
+            for &(t, p, i) in es {
+                v.extend(entry(t, p, i));
+            }
+            v
+        };
+        let none = u32::MAX;
+        let map = IdMap { from: 1000, to: 0, count: 10 };
+        let f = |id: u32| map.map(id).unwrap_or(id);
+        // uid 1001 becomes 1 and sorts before 500; the *_OBJ entries keep the undefined id.
+        let v = acl(&[(1, 6, none), (2, 4, 500), (2, 5, 1001), (4, 4, none), (8, 7, 1002), (0x10, 7, none), (0x20, 0, none)]);
+        let want = acl(&[(1, 6, none), (2, 5, 1), (2, 4, 500), (4, 4, none), (8, 7, 2), (0x10, 7, none), (0x20, 0, none)]);
+        assert_eq!(remap_acl(&v, f).unwrap(), want);
+        // Two named users landing on one id cannot be an ACL.
+        assert!(remap_acl(&acl(&[(1, 6, none), (2, 4, 1), (2, 5, 1001), (4, 4, none), (0x10, 7, none), (0x20, 0, none)]), f).is_err());
+        assert!(remap_acl(&[2, 0, 0, 0, 1], f).is_err());
+        assert!(remap_acl(&[1, 0, 0, 0], f).is_err());
     }
 
     #[test]
