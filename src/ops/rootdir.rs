@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
 use zerocopy::IntoBytes;
@@ -352,6 +353,8 @@ struct ScanInode {
     path: PathBuf,
     /// Where the file's bytes begin in the archive (`--rootdir-tar`; 0 for a host file).
     offset: u64,
+    /// Data segments of a sparse archive member (see [`SourceFile::sparse`]).
+    sparse: Option<Arc<[(u64, u64)]>>,
     mode: u32,
     uid: u32,
     gid: u32,
@@ -508,14 +511,23 @@ fn data_ranges(file: &File, path: &Path, size: u64, sector: u64) -> Result<Vec<(
             Ok(e) => e.min(size),
             Err(e) => return Err(Error::io(path, "seek hole", e.into())),
         };
+        out.push((start, end));
+        pos = end.max(start + 1);
+    }
+    Ok(sector_ranges(out.into_iter(), sector))
+}
+
+/// Byte ranges (in order) widened to whole sectors, touching ones merged.
+fn sector_ranges(ranges: impl Iterator<Item = (u64, u64)>, sector: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in ranges {
         let (s, e) = (start / sector * sector, round_up(end, sector));
         match out.last_mut() {
             Some(last) if last.1 >= s => last.1 = last.1.max(e),
             _ => out.push((s, e)),
         }
-        pos = end.max(start + 1);
     }
-    Ok(out)
+    out
 }
 
 fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -556,6 +568,9 @@ pub(crate) struct SourceFile {
     pub id: (u64, u64),
     /// Where the file's bytes begin in the archive (0 for a host file).
     pub offset: u64,
+    /// A sparse archive member's (file offset, length) data segments, stored
+    /// one after the other from `offset`; None: all data, contiguous.
+    pub sparse: Option<Arc<[(u64, u64)]>>,
 }
 
 impl SourceFile {
@@ -621,6 +636,7 @@ impl Tree<'_> {
             nlink: m.nlink(),
             id: (m.dev(), m.ino()),
             offset: 0,
+            sparse: None,
         }))
     }
 
@@ -650,7 +666,10 @@ impl Tree<'_> {
                 let path = root.join(rel);
                 data_ranges(&open_source(&path)?, &path, size, sector)
             }
-            Tree::Archive(_) => Ok(vec![(0, round_up(size, sector))]),
+            Tree::Archive(t) => Ok(match t.stat(rel).and_then(|f| f.sparse) {
+                Some(segments) => sector_ranges(segments.iter().map(|&(o, l)| (o, o + l)), sector),
+                None => vec![(0, round_up(size, sector))],
+            }),
         }
     }
 }
@@ -668,6 +687,9 @@ struct FileBytes<'a> {
     file: FileHandle<'a>,
     /// Added to every offset: where the member's data begins in the archive.
     base: u64,
+    /// A sparse member's segments as (file offset, length, offset from
+    /// `base`): bytes outside them read as zeros.
+    segments: Option<Vec<(u64, u64, u64)>>,
     /// For errors: the host file, or the archive.
     path: PathBuf,
     op: String,
@@ -684,7 +706,22 @@ impl FileBytes<'_> {
             FileHandle::Own(f) => f,
             FileHandle::Shared(f) => f,
         };
-        f.read_exact_at(buf, self.base + at).map_err(|e| Error::io(&self.path, self.op.clone(), e))
+        let Some(segments) = &self.segments else {
+            return f.read_exact_at(buf, self.base + at).map_err(|e| Error::io(&self.path, self.op.clone(), e));
+        };
+        // Holes read as zeros; the segments' bytes come from the archive.
+        buf.fill(0);
+        let end = at + buf.len() as u64;
+        let first = segments.partition_point(|&(off, len, _)| off + len <= at);
+        for &(off, len, stored_at) in &segments[first..] {
+            if off >= end {
+                break;
+            }
+            let (from, to) = (off.max(at), (off + len).min(end));
+            let dst = &mut buf[(from - at) as usize..(to - at) as usize];
+            f.read_exact_at(dst, self.base + stored_at + (from - off)).map_err(|e| Error::io(&self.path, self.op.clone(), e))?;
+        }
+        Ok(())
     }
 }
 
@@ -693,11 +730,20 @@ impl DataSource {
         match self {
             DataSource::Host(root) => {
                 let path = root.join(&i.path);
-                Ok(FileBytes { file: FileHandle::Own(open_source(&path)?), base: 0, path, op: "read".into() })
+                Ok(FileBytes { file: FileHandle::Own(open_source(&path)?), base: 0, segments: None, path, op: "read".into() })
             }
             DataSource::Archive { file, path } => Ok(FileBytes {
                 file: FileHandle::Shared(file),
                 base: i.offset,
+                segments: i.sparse.as_ref().map(|sp| {
+                    let mut stored = 0u64;
+                    sp.iter()
+                        .map(|&(off, len)| {
+                            stored += len;
+                            (off, len, stored - len)
+                        })
+                        .collect()
+                }),
                 path: path.clone(),
                 op: format!("read member {}", i.path.display()),
             }),
@@ -911,6 +957,7 @@ impl Scan {
             kind,
             path: rel.to_path_buf(),
             offset: m.offset,
+            sparse: m.sparse.clone(),
             mode: m.mode,
             uid,
             gid,

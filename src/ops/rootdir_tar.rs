@@ -30,8 +30,11 @@
 //!   hard links keep the earlier file; a directory given again only gets the
 //!   new metadata and keeps its contents; a non-directory cannot replace a
 //!   directory);
-//! - refused, naming the member: absolute paths, `..`, sparse members (GNU
-//!   `S` type or PAX `GNU.sparse.*`), and entry types other than files,
+//! - sparse members keep their holes: old GNU (`S`, with extension blocks)
+//!   and PAX formats 0.0, 0.1 and 1.0 (GNU tar `--sparse`); the data of the
+//!   listed segments is read where it lies in the archive;
+//! - refused, naming the member: absolute paths, `..`, damaged sparse maps,
+//!   and entry types other than files,
 //!   directories, symlinks, hard links, devices and fifos; also archives
 //!   compressed other than with gzip or zstd, damaged or truncated archives;
 //! - PAX global headers and NFSv4 ACLs (`SCHILY.acl.ace`) are ignored, with
@@ -115,6 +118,7 @@ impl TarTree {
             nlink: 1,
             id: (0, self.nodes.len() as u64),
             offset: 0,
+            sparse: None,
         };
         self.nodes.push(Node { file, target: Vec::new(), xattrs: Vec::new(), children: BTreeMap::new() });
         self.nodes.len() - 1
@@ -259,6 +263,172 @@ fn parse_pax(mut d: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         d = &d[len..];
     }
     Some(out)
+}
+
+/// Where a sparse member's bytes are.
+#[derive(Debug, PartialEq)]
+struct SparseMember {
+    /// (file offset, length) of each data segment, in file order; the bytes
+    /// of the segments lie one after the other from `data_start`.
+    segments: Vec<(u64, u64)>,
+    real_size: u64,
+    /// Archive offset of the first segment's bytes.
+    data_start: u64,
+    /// Bytes stored in the archive from `data_start` (segments only).
+    stored: u64,
+    /// The member's real path (PAX `GNU.sparse.name`).
+    name: Option<Vec<u8>>,
+}
+
+/// A numeric header field: octal ASCII (space or NUL terminated), or GNU
+/// base-256 when the high bit of the first byte is set.
+fn header_number(f: &[u8]) -> Option<u64> {
+    if f.first().is_some_and(|&b| b & 0x80 != 0) {
+        if f[0] & 0x40 != 0 {
+            return None; // negative
+        }
+        return f[1..].iter().try_fold((f[0] & 0x3f) as u64, |n, &b| n.checked_mul(256).map(|n| n | b as u64));
+    }
+    let t: &[u8] = {
+        let s = f.iter().position(|&b| b != b' ').map_or(&f[f.len()..], |i| &f[i..]);
+        let end = s.iter().position(|&b| b == 0 || b == b' ').unwrap_or(s.len());
+        &s[..end]
+    };
+    if t.is_empty() {
+        return Some(0);
+    }
+    t.iter().try_fold(0u64, |n, &b| match b {
+        b'0'..=b'7' => n.checked_mul(8).map(|n| n | (b - b'0') as u64),
+        _ => None,
+    })
+}
+
+/// Segments as the archive lists them: zero-length entries (GNU tar ends
+/// with one at the real size) dropped, the rest checked to be in order,
+/// apart, inside the file, and covered by the stored bytes.
+fn check_segments(list: Vec<(u64, u64)>, real_size: u64, stored: u64) -> std::result::Result<Vec<(u64, u64)>, String> {
+    let segments: Vec<(u64, u64)> = list.into_iter().filter(|&(_, l)| l > 0).collect();
+    let mut end = 0u64;
+    let mut total = 0u64;
+    for &(off, l) in &segments {
+        let e = off.checked_add(l).ok_or("segment past 2^64")?;
+        if off < end {
+            return Err(format!("segments overlap or are out of order at file offset {off}"));
+        }
+        if e > real_size {
+            return Err(format!("segment {off}+{l} past the file size {real_size}"));
+        }
+        end = e;
+        total += l;
+    }
+    if total > stored {
+        return Err(format!("segments hold {total} bytes, the member stores {stored}"));
+    }
+    Ok(segments)
+}
+
+/// An old GNU sparse member (type `S`): four segments in the header, more in
+/// extension blocks of 21 after it, then the segments' bytes.
+fn old_gnu_sparse(file: &File, header_at: u64, shown: &Path) -> std::result::Result<SparseMember, String> {
+    let mut block = [0u8; 512];
+    file.read_exact_at(&mut block, header_at).map_err(|e| format!("read {}: {e}", shown.display()))?;
+    let field = |b: &[u8], at: usize, what: &str| header_number(&b[at..at + 12]).ok_or_else(|| format!("bad {what} at byte {at}"));
+    let stored = field(&block, 124, "size")?;
+    let real_size = field(&block, 483, "real size")?;
+    let mut list = Vec::new();
+    for i in 0..4 {
+        list.push((field(&block, 386 + 24 * i, "segment offset")?, field(&block, 398 + 24 * i, "segment length")?));
+    }
+    let mut extended = block[482] == 1;
+    let mut at = header_at + 512;
+    while extended {
+        if list.len() > 1 << 20 {
+            return Err("more than a million segments".into());
+        }
+        file.read_exact_at(&mut block, at).map_err(|e| format!("read {}: {e}", shown.display()))?;
+        for i in 0..21 {
+            list.push((field(&block, 24 * i, "segment offset")?, field(&block, 12 + 24 * i, "segment length")?));
+        }
+        extended = block[504] == 1;
+        at += 512;
+    }
+    let segments = check_segments(list, real_size, stored)?;
+    Ok(SparseMember { segments, real_size, data_start: at, stored, name: None })
+}
+
+/// A PAX sparse member (GNU tar `--format=posix --sparse`): format 1.0 keeps
+/// the segment list in decimal lines at the start of the member's data
+/// (padded to 512 bytes); 0.1 in a `GNU.sparse.map` record; 0.0 in repeated
+/// `GNU.sparse.offset`/`numbytes` records.
+fn pax_sparse(records: &[(Vec<u8>, Vec<u8>)], file: &File, data_at: u64, size: u64, shown: &Path) -> std::result::Result<SparseMember, String> {
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    let record = |k: &[u8]| records.iter().rev().find(|r| r.0 == k).map(|r| text(&r.1));
+    let num = |v: &str, what: &str| v.trim().parse::<u64>().map_err(|_| format!("bad {what} {v:?}"));
+    let name = records.iter().rev().find(|r| r.0 == b"GNU.sparse.name").map(|r| r.1.clone());
+    let major = record(b"GNU.sparse.major");
+    if major.as_deref() == Some("1") {
+        let minor = record(b"GNU.sparse.minor").unwrap_or_default();
+        if minor.trim() != "0" {
+            return Err(format!("PAX sparse format 1.{minor} is not known"));
+        }
+        let real_size = num(&record(b"GNU.sparse.realsize").ok_or("no GNU.sparse.realsize record")?, "GNU.sparse.realsize")?;
+        // Read the decimal lines block by block until the list is complete.
+        let (mut buf, mut at, mut numbers, mut line) = (Vec::new(), 0u64, Vec::new(), Vec::new());
+        let mut want: Option<u64> = None;
+        while want.is_none_or(|w| (numbers.len() as u64) < 1 + 2 * w) {
+            if at >= size {
+                return Err("segment list runs past the member's data".into());
+            }
+            buf.resize(512, 0);
+            file.read_exact_at(&mut buf, data_at + at).map_err(|e| format!("read {}: {e}", shown.display()))?;
+            at += 512;
+            for &b in &buf {
+                if want.is_some_and(|w| numbers.len() as u64 > 2 * w) {
+                    break;
+                }
+                if b == b'\n' {
+                    numbers.push(num(&text(&line), "segment list number")?);
+                    line.clear();
+                    if numbers.len() == 1 {
+                        if numbers[0] > size / 2 + 1 {
+                            return Err(format!("{} segments cannot fit in {size} bytes", numbers[0]));
+                        }
+                        want = Some(numbers[0]);
+                    }
+                } else {
+                    line.push(b);
+                    if line.len() > 24 {
+                        return Err("segment list line too long".into());
+                    }
+                }
+            }
+        }
+        let list = numbers[1..].chunks_exact(2).map(|p| (p[0], p[1])).collect();
+        let stored = size - at;
+        let segments = check_segments(list, real_size, stored)?;
+        return Ok(SparseMember { segments, real_size, data_start: data_at + at, stored, name });
+    }
+    if let Some(m) = major {
+        return Err(format!("PAX sparse format {m}.x is not known"));
+    }
+    let real_size = num(&record(b"GNU.sparse.size").ok_or("no GNU.sparse.size record")?, "GNU.sparse.size")?;
+    let list: Vec<(u64, u64)> = if let Some(map) = record(b"GNU.sparse.map") {
+        let v: Vec<u64> = map.split(',').filter(|x| !x.is_empty()).map(|x| num(x, "GNU.sparse.map entry")).collect::<std::result::Result<_, _>>()?;
+        if v.len() % 2 != 0 {
+            return Err("GNU.sparse.map has an odd number of entries".into());
+        }
+        v.chunks_exact(2).map(|p| (p[0], p[1])).collect()
+    } else {
+        let offs = records.iter().filter(|r| r.0 == b"GNU.sparse.offset").map(|r| num(&text(&r.1), "GNU.sparse.offset"));
+        let lens = records.iter().filter(|r| r.0 == b"GNU.sparse.numbytes").map(|r| num(&text(&r.1), "GNU.sparse.numbytes"));
+        let (offs, lens): (Vec<_>, Vec<_>) = (offs.collect::<std::result::Result<_, _>>()?, lens.collect::<std::result::Result<_, _>>()?);
+        if offs.len() != lens.len() {
+            return Err("GNU.sparse.offset and GNU.sparse.numbytes records do not pair up".into());
+        }
+        offs.into_iter().zip(lens).collect()
+    };
+    let segments = check_segments(list, real_size, size)?;
+    Ok(SparseMember { segments, real_size, data_start: data_at, stored: size, name })
 }
 
 /// `%XX` escapes of a LIBARCHIVE.xattr record's name undone.
@@ -561,10 +731,26 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
         }
         use ::tar::EntryType as T;
         let regular_as_dir = matches!(ty, T::Regular) && raw.ends_with(b"/");
+        // Sparse members: where their data segments are, their real size and
+        // (PAX) their real name.
+        let sparse_map = if ty.is_gnu_sparse() {
+            Some(old_gnu_sparse(&file, e.raw_header_position(), &shown).map_err(|why| bad(format!("sparse member: {why}")))?)
+        } else if sparse {
+            Some(pax_sparse(&records, &file, e.raw_file_position(), e.size(), &shown).map_err(|why| bad(format!("sparse member: {why}")))?)
+        } else {
+            None
+        };
+        if let Some(sp) = &sparse_map {
+            prev_end = sp.data_start.saturating_add(sp.stored.div_ceil(512) * 512);
+        }
+        let raw = match sparse_map.as_ref().and_then(|sp| sp.name.clone()) {
+            Some(n) => n,
+            None => raw,
+        };
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let bad = |what: String| Error::Invalid(format!("{}: member {name}: {what}", shown.display()));
         let ifmt = match ty {
-            _ if sparse || ty.is_gnu_sparse() => {
-                return Err(unsupported("sparse member; make the archive without --sparse (or from the unpacked tree with --rootdir)".into()))
-            }
+            _ if sparse_map.is_some() => 0o100000,
             // Old archives mark directories by a trailing slash only.
             _ if regular_as_dir => 0o040000,
             T::Regular | T::Continuous => 0o100000,
@@ -609,10 +795,14 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
         } else {
             0
         };
-        let (size, offset) = if ifmt == 0o100000 { (e.size(), e.raw_file_position()) } else { (0, 0) };
-        if offset.checked_add(size).is_none_or(|end| end > len) {
+        let (size, offset, stored) = match &sparse_map {
+            Some(sp) => (sp.real_size, sp.data_start, sp.stored),
+            None if ifmt == 0o100000 => (e.size(), e.raw_file_position(), e.size()),
+            None => (0, 0, 0),
+        };
+        if offset.checked_add(stored).is_none_or(|end| end > len) {
             return Err(Error::Invalid(format!(
-                "{}: truncated: member {name} has {size} bytes from offset {offset}, the archive ends at {len}",
+                "{}: truncated: member {name} has {stored} bytes from offset {offset}, the archive ends at {len}",
                 shown.display()
             )));
         }
@@ -646,6 +836,7 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
             nlink: 1,
             id: (0, t.nodes.len() as u64),
             offset,
+            sparse: sparse_map.map(|sp| sp.segments.into()),
         };
         t.nodes.push(Node { file, target, xattrs, children: BTreeMap::new() });
         let n = t.nodes.len() - 1;
@@ -700,6 +891,27 @@ mod tests {
         for bad in [&b"user:bob:r--,user::rw-,group::r--,mask::r--,other::---"[..], b"user::rw-,group::r--", b"user::rw-,user:5:r--,group::r--,other::---", b"user::rwz,group::r--,other::---", b"user::rw-,user::r--,group::r--,other::---", b"bogus::rw-"] {
             assert!(acl_xattr(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn header_numbers_are_octal_or_base256() {
+        assert_eq!(header_number(b"00000001750\0"), Some(1000));
+        assert_eq!(header_number(b"   17 \0\0\0\0\0\0"), Some(15));
+        assert_eq!(header_number(b"\0\0\0\0"), Some(0));
+        assert_eq!(header_number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]), Some(1 << 24));
+        assert_eq!(header_number(&[0xc0, 0, 0, 0]), None, "negative base-256");
+        assert_eq!(header_number(&[0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), None, "past 2^64");
+        assert_eq!(header_number(b"0009"), None);
+    }
+
+    #[test]
+    fn sparse_segments_are_checked() {
+        assert_eq!(check_segments(vec![(0, 10), (20, 5), (100, 0)], 100, 15).unwrap(), vec![(0, 10), (20, 5)]);
+        assert!(check_segments(vec![(0, 10), (5, 5)], 100, 15).is_err(), "overlap");
+        assert!(check_segments(vec![(20, 5), (0, 10)], 100, 15).is_err(), "out of order");
+        assert!(check_segments(vec![(95, 10)], 100, 15).is_err(), "past the size");
+        assert!(check_segments(vec![(0, 10), (20, 10)], 100, 15).is_err(), "more than stored");
+        assert!(check_segments(vec![(u64::MAX, 10)], u64::MAX, 15).is_err(), "overflow");
     }
 
     #[test]
