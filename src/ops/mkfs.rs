@@ -593,16 +593,17 @@ impl Devices {
 
     /// fsync every image, in parallel: each waits on its own disk flush.
     fn sync(&self) -> Result<()> {
+        let sync = |(f, p): (&File, &PathBuf)| f.sync_data().map_err(|e| Error::io(p, "fsync", e));
+        let mut all = self.files.iter().zip(&self.paths);
+        let Some(first) = all.next() else { return Ok(()) };
         std::thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .files
-                .iter()
-                .zip(&self.paths)
-                .map(|(f, p)| scope.spawn(move || f.sync_data().map_err(|e| Error::io(p, "fsync", e))))
-                .collect();
+            // The others on threads of their own, the first on this one.
+            let handles: Vec<_> = all.map(|d| scope.spawn(move || sync(d))).collect();
+            let mine = sync(first);
             handles
                 .into_iter()
-                .try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("fsync thread panicked".into()))))
+                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("fsync thread panicked".into()))))
+                .fold(mine, |acc, r| acc.and(r))
         })
     }
 }
