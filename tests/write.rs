@@ -773,3 +773,66 @@ fn small_files_are_inline_like_the_kernel() {
     check(&imgs);
     scrub_clean(img);
 }
+
+fn keyed_data_refs(img: &str) -> usize {
+    let out = Command::new("btrfs").args(["inspect-internal", "dump-tree", "-t", "extent", img]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).matches("EXTENT_DATA_REF").count()
+}
+
+/// Sixty reflinks of one extent: the kernel keeps the first few dozen back
+/// references inline in the extent item and the rest as keyed
+/// EXTENT_DATA_REF items. btrs drops and adds references of both kinds.
+#[test]
+fn keyed_back_references_from_many_reflinks() {
+    if !interop_enabled("keyed_back_references_from_many_reflinks") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = mkfs_progs(tmp.path(), 1, 512 << 20, "");
+    let img = imgs[0].to_str().unwrap();
+    let mnt = tmp.path().join("mnt");
+    let orig = pseudo(1 << 20, 77);
+    let mut now: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    {
+        let mounted = Mounted::mount(&mnt, &imgs, "").expect("mount");
+        std::fs::write(mnt.join("orig"), &orig).unwrap();
+        now.insert("/orig".into(), orig.clone());
+        for i in 1..=60 {
+            let st = Command::new("cp").arg("--reflink=always").arg(mnt.join("orig")).arg(mnt.join(format!("c{i}"))).output().unwrap();
+            assert!(st.status.success(), "cp --reflink: {}", String::from_utf8_lossy(&st.stderr));
+            now.insert(format!("/c{i}"), orig.clone());
+        }
+        mounted.unmount().expect("umount");
+    }
+    let keyed = keyed_data_refs(img);
+    assert!(keyed >= 10, "the kernel made only {keyed} keyed data refs; the test needs them");
+    // Every copy goes or changes: each of its references, inline or keyed, is dropped.
+    for i in (1..=60).step_by(2) {
+        ok(&["rm", img, &format!("/c{i}")]);
+        now.remove(&format!("/c{i}"));
+    }
+    let patch = pseudo(100_000, 78);
+    for i in (2..=60).step_by(6) {
+        // The middle overwritten: the extent keeps two references from this file.
+        write(tmp.path(), img, &format!("/c{i}"), &patch, &["--offset", "300000"]);
+        model_write(&mut now, &format!("/c{i}"), 300_000, &patch, false);
+    }
+    check(&imgs);
+    let left = keyed_data_refs(img);
+    assert!(left < keyed, "keyed refs {keyed} -> {left}: none was dropped");
+    verify(img, &now);
+    root_bytes_used_match(img);
+    let mounted = Mounted::mount(&mnt, &imgs, "").expect("mount");
+    for (p, want) in &now {
+        assert!(std::fs::read(mnt.join(p.trim_start_matches('/'))).unwrap() == *want, "kernel reads other bytes in {p}");
+    }
+    // The kernel drops the rest: the references btrs left must be the ones it finds.
+    for p in now.keys().filter(|p| p.as_str() != "/orig") {
+        std::fs::remove_file(mnt.join(p.trim_start_matches('/'))).unwrap();
+    }
+    mounted.unmount().expect("umount");
+    check(&imgs);
+    assert_eq!(keyed_data_refs(img), 0, "references are left after every copy went");
+    assert!(cat(img, "/orig") == orig);
+}

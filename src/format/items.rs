@@ -306,8 +306,11 @@ pub struct ExtentInfo {
 }
 
 impl ExtentRef {
-    /// Where the kernel's tree-checker wants this inline ref: refs sorted by
-    /// type, then by parent / root / data-ref hash.
+    /// The (type, sequence) the kernel's tree-checker orders inline refs by:
+    /// types ascending and, within one type, the sequence (parent / root /
+    /// data-ref hash) descending — lookup_inline_extent_backref walks them
+    /// that way and stops at the first smaller one. Keyed refs sit at this
+    /// key (type, offset).
     pub fn order(&self) -> (u8, u64) {
         match *self {
             ExtentRef::Owner { root } => (EXTENT_OWNER_REF_KEY, root),
@@ -339,7 +342,10 @@ impl ExtentInfo {
             v.extend_from_slice(TreeBlockInfo { key: key.to_disk(), level }.as_bytes());
         }
         let mut refs = self.inline_refs.clone();
-        refs.sort_by_key(|r| r.order());
+        refs.sort_by(|a, b| {
+            let (a, b) = (a.order(), b.order());
+            a.0.cmp(&b.0).then(b.1.cmp(&a.1))
+        });
         for r in &refs {
             v.push(r.order().0);
             match *r {
@@ -464,10 +470,10 @@ mod tests {
         };
         let key = Key::new(1 << 20, EXTENT_ITEM_KEY, 4096);
         let back = parse_extent_item(key, &data.to_bytes()).unwrap();
+        // Types ascending, within a type the sequence descending (tree-checker.c).
         let order: Vec<(u8, u64)> = back.inline_refs.iter().map(|r| r.order()).collect();
-        let mut sorted = order.clone();
-        sorted.sort();
-        assert_eq!(order, sorted);
+        assert!(order.windows(2).all(|w| w[0].0 < w[1].0 || (w[0].0 == w[1].0 && w[0].1 > w[1].1)), "{order:?}");
+        assert_eq!(order.iter().filter(|o| o.0 == SHARED_DATA_REF_KEY).map(|o| o.1).collect::<Vec<_>>(), vec![4096, 1024]);
         assert_eq!(back.inline_refs.len(), 4);
         assert_eq!(back.inline_refs.iter().map(|r| r.count()).sum::<u64>(), 5);
         assert_eq!(back.to_bytes(), data.to_bytes());

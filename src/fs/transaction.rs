@@ -586,26 +586,164 @@ impl Transaction {
         // them into per-root refs first (see `unshare_children`).
         self.apply_log()?;
         let key = Key::new(bytenr, EXTENT_ITEM_KEY, len);
-        let gone = self.edit_extent_refs(key, |refs| {
-            let found = refs.iter_mut().find_map(|r| match r {
-                ExtentRef::Data { root: r0, objectid, offset: o, count } if *r0 == root && *objectid == ino && *o == offset => Some(count),
-                _ => None,
-            });
-            match found {
-                Some(count) => {
-                    *count = u32::try_from(*count as i64 + delta)
-                        .map_err(|_| Error::corrupt(format!("data extent {bytenr}"), "data ref count underflow"))?;
-                }
-                None if delta > 0 => refs.push(ExtentRef::Data { root, objectid: ino, offset, count: delta as u32 }),
-                // Keyed refs (very many owners) are not handled by this writer yet.
-                None => return Err(Error::Unsupported(format!("data extent {bytenr}: back reference not inline"))),
-            }
-            Ok(delta)
-        })?;
+        let r = ExtentRef::Data { root, objectid: ino, offset, count: 0 };
+        let gone = if delta >= 0 {
+            self.add_ref(key, r, delta as u32)?;
+            false
+        } else {
+            self.drop_ref(key, r, (-delta) as u32)?
+        };
         if gone {
             self.store.release_data(bytenr)?;
         }
         Ok(gone)
+    }
+
+    /// The keyed item holding back reference `r` (identity only; counts
+    /// ignored) of the extent at `bytenr`, and its count, if there is one.
+    /// EXTENT_DATA_REF items sit at the hash of (root, objectid, offset); on a
+    /// hash collision the kernel moves the later one to the next offset.
+    fn find_keyed_ref(&mut self, bytenr: u64, r: &ExtentRef) -> Result<Option<(Key, u32)>> {
+        let (ty, at) = r.order();
+        let mut key = Key::new(bytenr, ty, at);
+        loop {
+            let Some(body) = self.get(EXTENT_TREE_OBJECTID, key)? else { return Ok(None) };
+            let found = items::parse_keyed_ref(key, &body)?;
+            let count = found.count() as u32;
+            match (&found, r) {
+                (ExtentRef::Data { root, objectid, offset, .. }, ExtentRef::Data { root: r0, objectid: o0, offset: f0, .. }) => {
+                    if (root, objectid, offset) == (r0, o0, f0) {
+                        return Ok(Some((key, count)));
+                    }
+                    key.offset = key.offset.checked_add(1).ok_or_else(|| Error::corrupt(format!("data extent {bytenr}"), "data ref hash chain past 2^64"))?;
+                }
+                _ => return Ok(Some((key, count.max(1)))),
+            }
+        }
+    }
+
+    /// The body of keyed back reference item `r` with count `count`.
+    fn keyed_ref_body(r: &ExtentRef, count: u32) -> Vec<u8> {
+        match *r {
+            ExtentRef::Data { root, objectid, offset, .. } => {
+                ExtentDataRef { root: root.into(), objectid: objectid.into(), offset: offset.into(), count: count.into() }.as_bytes().to_vec()
+            }
+            ExtentRef::SharedData { .. } => SharedDataRef { count: count.into() }.as_bytes().to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `n` more of back reference `r` (its count field ignored) on extent
+    /// item `key`: added to the inline ref or keyed item that holds it, else a
+    /// new inline ref — or, like the kernel's lookup_inline_extent_backref,
+    /// a new keyed item once the extent item would reach
+    /// BTRFS_MAX_EXTENT_ITEM_SIZE.
+    fn add_ref(&mut self, key: Key, r: ExtentRef, n: u32) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let at = || format!("extent {} ({})", key.objectid, if key.item_type == METADATA_ITEM_KEY { "tree block" } else { "data" });
+        let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(at(), "no extent item"))?;
+        let info = parse_extent_item(key, &body)?;
+        let counted = matches!(r, ExtentRef::Data { .. } | ExtentRef::SharedData { .. });
+        if info.inline_refs.iter().any(|x| same_ref(x, &r)) {
+            if !counted {
+                return Err(Error::corrupt(at(), format!("a second {r:?} back reference")));
+            }
+            self.edit_extent_refs(key, |refs| {
+                for x in refs.iter_mut() {
+                    if same_ref(x, &r) {
+                        match x {
+                            ExtentRef::Data { count, .. } | ExtentRef::SharedData { count, .. } => {
+                                *count = count.checked_add(n).ok_or_else(|| Error::corrupt(at(), "back reference count overflow"))?
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(n as i64)
+            })?;
+            return Ok(());
+        }
+        if let Some((k, count)) = self.find_keyed_ref(key.objectid, &r)? {
+            if !counted {
+                return Err(Error::corrupt(at(), format!("a second {r:?} back reference")));
+            }
+            let count = count.checked_add(n).ok_or_else(|| Error::corrupt(at(), "back reference count overflow"))?;
+            self.put(EXTENT_TREE_OBJECTID, k, Self::keyed_ref_body(&r, count))?;
+            self.edit_extent_refs(key, |_| Ok(n as i64))?;
+            return Ok(());
+        }
+        let with_count = match r {
+            ExtentRef::Data { root, objectid, offset, .. } => ExtentRef::Data { root, objectid, offset, count: n },
+            ExtentRef::SharedData { parent, .. } => ExtentRef::SharedData { parent, count: n },
+            other if n == 1 => other,
+            _ => return Err(Error::corrupt(at(), format!("{n} references of one {r:?}"))),
+        };
+        let inline_size = inline_ref_size(&with_count);
+        if body.len() + inline_size < max_extent_item_size(self.store.fmt.nodesize) {
+            self.edit_extent_refs(key, |refs| {
+                refs.push(with_count);
+                Ok(n as i64)
+            })?;
+            return Ok(());
+        }
+        // Keyed: at the first free offset of the hash chain for data refs.
+        let (ty, mut off) = with_count.order();
+        while self.get(EXTENT_TREE_OBJECTID, Key::new(key.objectid, ty, off))?.is_some() {
+            if ty != EXTENT_DATA_REF_KEY {
+                return Err(Error::corrupt(at(), format!("keyed back reference {ty} {off} already there")));
+            }
+            off = off.checked_add(1).ok_or_else(|| Error::corrupt(at(), "data ref hash chain past 2^64"))?;
+        }
+        self.insert(EXTENT_TREE_OBJECTID, Key::new(key.objectid, ty, off), Self::keyed_ref_body(&with_count, n))?;
+        self.edit_extent_refs(key, |_| Ok(n as i64))?;
+        Ok(())
+    }
+
+    /// `n` fewer of back reference `r` (count field ignored) on extent item
+    /// `key`, inline or keyed; true when the extent lost its last reference
+    /// (its item is deleted).
+    fn drop_ref(&mut self, key: Key, r: ExtentRef, n: u32) -> Result<bool> {
+        let at = || format!("extent {} ({})", key.objectid, if key.item_type == METADATA_ITEM_KEY { "tree block" } else { "data" });
+        let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(at(), "no extent item"))?;
+        let info = parse_extent_item(key, &body)?;
+        if info.inline_refs.iter().any(|x| same_ref(x, &r)) {
+            return self.edit_extent_refs(key, |refs| {
+                let mut kept = Vec::with_capacity(refs.len());
+                for x in refs.drain(..) {
+                    if !same_ref(&x, &r) {
+                        kept.push(x);
+                        continue;
+                    }
+                    match x {
+                        ExtentRef::Data { root, objectid, offset, count } => {
+                            let count = count.checked_sub(n).ok_or_else(|| Error::corrupt(at(), "data ref count underflow"))?;
+                            kept.push(ExtentRef::Data { root, objectid, offset, count });
+                        }
+                        ExtentRef::SharedData { parent, count } => {
+                            let count = count.checked_sub(n).ok_or_else(|| Error::corrupt(at(), "shared data ref count underflow"))?;
+                            kept.push(ExtentRef::SharedData { parent, count });
+                        }
+                        _ if n == 1 => {}
+                        _ => return Err(Error::corrupt(at(), format!("dropping {n} of a single {r:?}"))),
+                    }
+                }
+                *refs = kept;
+                Ok(-(n as i64))
+            });
+        }
+        let (k, count) = self.find_keyed_ref(key.objectid, &r)?.ok_or_else(|| Error::corrupt(at(), format!("no back reference {r:?}")))?;
+        match count.checked_sub(n) {
+            None => return Err(Error::corrupt(at(), format!("{r:?}: count {count} cannot drop {n}"))),
+            Some(0) => {
+                self.delete(EXTENT_TREE_OBJECTID, k)?;
+            }
+            Some(left) => {
+                self.put(EXTENT_TREE_OBJECTID, k, Self::keyed_ref_body(&r, left))?;
+            }
+        }
+        self.edit_extent_refs(key, |_| Ok(-(n as i64)))
     }
 
     /// Block `addr` of tree `owner`, which the kernel marked FULL_BACKREF
@@ -617,51 +755,20 @@ impl Transaction {
     fn unshare_children(&mut self, addr: u64, owner: u64, level: u8) -> Result<()> {
         let old = self.store.fs.reader.read_block(addr, Expect { level: Some(level), ..Default::default() }, Some(owner))?;
         for child in children(&old)? {
+            // The new reference first: dropping the old one first could take
+            // the count through zero and delete the extent item.
             match child {
                 Child::Block(key) => {
-                    let child = key.objectid;
                     // A child already replaced in this transaction has no item left.
                     if self.get(EXTENT_TREE_OBJECTID, key)?.is_none() {
                         continue;
                     }
-                    let keyed = self.drop_keyed_ref(Key::new(child, SHARED_BLOCK_REF_KEY, addr), 1)?;
-                    self.edit_extent_refs(key, |refs| {
-                        let n = refs.len();
-                        refs.retain(|r| *r != ExtentRef::SharedBlock { parent: addr });
-                        if !keyed && refs.len() == n {
-                            return Err(Error::corrupt(format!("tree block {child}"), format!("no back reference from parent {addr}")));
-                        }
-                        refs.push(ExtentRef::TreeBlock { root: owner });
-                        Ok(0)
-                    })?;
+                    self.add_ref(key, ExtentRef::TreeBlock { root: owner }, 1)?;
+                    self.drop_ref(key, ExtentRef::SharedBlock { parent: addr }, 1)?;
                 }
                 Child::Data { key, ino, offset: off } => {
-                    let keyed = self.drop_keyed_ref(Key::new(key.objectid, SHARED_DATA_REF_KEY, addr), 1)?;
-                    self.edit_extent_refs(key, |refs| {
-                        if !keyed {
-                            let shared = refs.iter_mut().find_map(|r| match r {
-                                ExtentRef::SharedData { parent, count } if *parent == addr && *count > 0 => Some(count),
-                                _ => None,
-                            });
-                            match shared {
-                                Some(c) => *c -= 1,
-                                None => {
-                                    return Err(Error::corrupt(
-                                        format!("data extent {}", key.objectid),
-                                        format!("no back reference from leaf {addr}"),
-                                    ))
-                                }
-                            }
-                        }
-                        match refs.iter_mut().find_map(|r| match r {
-                            ExtentRef::Data { root, objectid, offset, count } if *root == owner && *objectid == ino && *offset == off => Some(count),
-                            _ => None,
-                        }) {
-                            Some(c) => *c += 1,
-                            None => refs.push(ExtentRef::Data { root: owner, objectid: ino, offset: off, count: 1 }),
-                        }
-                        Ok(0)
-                    })?;
+                    self.add_ref(key, ExtentRef::Data { root: owner, objectid: ino, offset: off, count: 0 }, 1)?;
+                    self.drop_ref(key, ExtentRef::SharedData { parent: addr, count: 0 }, 1)?;
                 }
             }
         }
@@ -707,36 +814,13 @@ impl Transaction {
     /// or from tree `root` (TREE_BLOCK_REF / EXTENT_DATA_REF).
     fn add_child_refs(&mut self, old: &TreeBlock, parent: u64, root: Option<u64>) -> Result<()> {
         for child in children(old)? {
-            match child {
-                Child::Block(key) => {
-                    self.edit_extent_refs(key, |refs| {
-                        refs.push(match root {
-                            None => ExtentRef::SharedBlock { parent },
-                            Some(root) => ExtentRef::TreeBlock { root },
-                        });
-                        Ok(1)
-                    })?;
-                }
-                Child::Data { key, ino, offset: off } => {
-                    self.edit_extent_refs(key, |refs| {
-                        let found = refs.iter_mut().find_map(|r| match (r, root) {
-                            (ExtentRef::SharedData { parent: p, count }, None) if *p == parent => Some(count),
-                            (ExtentRef::Data { root: r0, objectid, offset: o, count }, Some(root))
-                                if *r0 == root && *objectid == ino && *o == off =>
-                            {
-                                Some(count)
-                            }
-                            _ => None,
-                        });
-                        match (found, root) {
-                            (Some(c), _) => *c += 1,
-                            (None, None) => refs.push(ExtentRef::SharedData { parent, count: 1 }),
-                            (None, Some(root)) => refs.push(ExtentRef::Data { root, objectid: ino, offset: off, count: 1 }),
-                        }
-                        Ok(1)
-                    })?;
-                }
-            }
+            let (key, r) = match (child, root) {
+                (Child::Block(key), None) => (key, ExtentRef::SharedBlock { parent }),
+                (Child::Block(key), Some(root)) => (key, ExtentRef::TreeBlock { root }),
+                (Child::Data { key, .. }, None) => (key, ExtentRef::SharedData { parent, count: 0 }),
+                (Child::Data { key, ino, offset }, Some(root)) => (key, ExtentRef::Data { root, objectid: ino, offset, count: 0 }),
+            };
+            self.add_ref(key, r, 1)?;
         }
         Ok(())
     }
@@ -1162,6 +1246,32 @@ fn super_stripes_of(vol: &crate::volumes::Volume, e: &crate::volumes::MapEntry) 
     }
     Ok(out)
 }
+
+/// Whether two back references name the same referrer (counts aside).
+fn same_ref(a: &ExtentRef, b: &ExtentRef) -> bool {
+    match (a, b) {
+        (ExtentRef::Data { root, objectid, offset, .. }, ExtentRef::Data { root: r, objectid: o, offset: f, .. }) => (root, objectid, offset) == (r, o, f),
+        (ExtentRef::SharedData { parent, .. }, ExtentRef::SharedData { parent: p, .. }) => parent == p,
+        _ => a == b,
+    }
+}
+
+/// Bytes an inline back reference takes in an extent item (type byte included).
+fn inline_ref_size(r: &ExtentRef) -> usize {
+    match r {
+        ExtentRef::Data { .. } => 1 + std::mem::size_of::<ExtentDataRef>(),
+        ExtentRef::SharedData { .. } => 1 + 8 + std::mem::size_of::<SharedDataRef>(),
+        _ => 1 + 8,
+    }
+}
+
+/// The kernel's BTRFS_MAX_EXTENT_ITEM_SIZE: an extent item stops taking
+/// inline refs before it reaches a sixteenth of a leaf's data area, less
+/// one item header.
+fn max_extent_item_size(nodesize: u32) -> usize {
+    (nodesize as usize - std::mem::size_of::<Header>()) / 16 - std::mem::size_of::<Item>()
+}
+
 
 #[cfg(test)]
 mod crash_tests {
