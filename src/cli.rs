@@ -392,7 +392,8 @@ pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
 #[derive(Args, Debug)]
 pub struct WriteArgs {
     pub image: PathBuf,
-    /// Path of the file inside the filesystem.
+    /// Path of the file inside the filesystem, from the top-level subvolume;
+    /// paths lead through subvolumes and snapshots (read-only ones are refused).
     pub path: String,
     /// Read the bytes from this host file ("-" or absent: standard input).
     #[arg(long, value_name = "FILE")]

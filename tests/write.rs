@@ -836,3 +836,102 @@ fn keyed_back_references_from_many_reflinks() {
     assert_eq!(keyed_data_refs(img), 0, "references are left after every copy went");
     assert!(cat(img, "/orig") == orig);
 }
+
+fn file_sha(p: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(p).unwrap()).to_vec()
+}
+
+/// Writes inside subvolumes and snapshots the kernel made: nested ones,
+/// forty writable snapshots sharing one leaf (so the file's extent carries
+/// keyed back references), and a read-only snapshot btrs must refuse.
+#[test]
+fn writes_inside_subvolumes_and_snapshots() {
+    if !interop_enabled("writes_inside_subvolumes_and_snapshots") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = mkfs_progs(tmp.path(), 1, 1 << 30, "");
+    let img = imgs[0].to_str().unwrap();
+    let mnt = tmp.path().join("mnt");
+    let base = pseudo(1 << 20, 90);
+    let mut now: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let subvol = |args: &[&str]| {
+        let st = Command::new("btrfs").arg("subvolume").args(args).output().unwrap();
+        assert!(st.status.success(), "btrfs subvolume {args:?}: {}", String::from_utf8_lossy(&st.stderr));
+    };
+    {
+        let mounted = Mounted::mount(&mnt, &imgs, "").expect("mount");
+        let m = |p: &str| mnt.join(p).to_str().unwrap().to_string();
+        subvol(&["create", &m("sv")]);
+        std::fs::write(mnt.join("sv/f"), &base).unwrap();
+        subvol(&["create", &m("sv/inner")]);
+        std::fs::write(mnt.join("sv/inner/g"), b"inner").unwrap();
+        subvol(&["snapshot", "-r", &m("sv"), &m("ro")]);
+        for i in 1..=40 {
+            subvol(&["snapshot", &m("sv"), &m(&format!("s{i}"))]);
+            now.insert(format!("/s{i}/f"), base.clone());
+        }
+        mounted.unmount().expect("umount");
+    }
+    now.insert("/sv/f".into(), base.clone());
+    now.insert("/ro/f".into(), base.clone());
+    now.insert("/sv/inner/g".into(), b"inner".to_vec());
+    let patch = pseudo(50_000, 91);
+    for i in 1..=40 {
+        write(tmp.path(), img, &format!("/s{i}/f"), &patch, &["--offset", &(i * 8192).to_string()]);
+        model_write(&mut now, &format!("/s{i}/f"), i as usize * 8192, &patch, false);
+    }
+    write(tmp.path(), img, "/sv/f", &patch, &["--offset", "500000"]);
+    model_write(&mut now, "/sv/f", 500_000, &patch, false);
+    write(tmp.path(), img, "/sv/inner/new/deep", b"nested", &["-p"]);
+    now.insert("/sv/inner/new/deep".into(), b"nested".to_vec());
+    ok(&["mv", img, "/s3/f", "/s3/moved"]);
+    let moved = now.remove("/s3/f").unwrap();
+    now.insert("/s3/moved".into(), moved.clone());
+    ok(&["ln", img, "/s3/moved", "/s3/hard"]);
+    now.insert("/s3/hard".into(), moved);
+    ok(&["rm", img, "/s4/f"]);
+    now.remove("/s4/f");
+    ok(&["setfattr", img, "/s5/f", "--name", "user.k", "--value", "v"]);
+    check(&imgs);
+
+    // Refused, image untouched: a read-only snapshot, moves and links across
+    // subvolumes, removing a subvolume.
+    let before = file_sha(&imgs[0]);
+    for (args, want) in [
+        (vec!["write", img, "/ro/f", "--from", "/dev/null"], "read-only"),
+        (vec!["mkdir", img, "/ro/d"], "read-only"),
+        (vec!["mv", img, "/s1/f", "/s2/other"], "different subvolumes"),
+        (vec!["ln", img, "/s1/f", "/sv/link"], "different subvolumes"),
+        (vec!["rm", img, "-r", "/s7"], "is a subvolume"),
+    ] {
+        let (code, _, err) = btrs(&args);
+        assert!(code != 0 && err.contains(want), "{args:?}: want {want:?}, got {code}: {err}");
+    }
+    assert_eq!(file_sha(&imgs[0]), before, "a refused command changed the image");
+    verify(img, &now);
+    root_bytes_used_match(img);
+    scrub_clean(img);
+
+    let mounted = Mounted::mount(&mnt, &imgs, "").expect("mount");
+    for (p, want) in &now {
+        assert!(std::fs::read(mnt.join(p.trim_start_matches('/'))).unwrap() == *want, "kernel reads other bytes in {p}");
+    }
+    assert_eq!(xattr::get(mnt.join("s5/f"), "user.k").unwrap(), Some(b"v".to_vec()));
+    let list = Command::new("btrfs").args(["subvolume", "list"]).arg(&mnt).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 43, "{}", String::from_utf8_lossy(&list.stdout));
+    // The kernel goes on writing in them and drops half the snapshots.
+    std::fs::write(mnt.join("sv/inner/new/after"), b"kernel").unwrap();
+    for i in (1..=40).step_by(2) {
+        subvol(&["delete", "-c", mnt.join(format!("s{i}")).to_str().unwrap()]);
+    }
+    subvol(&["sync", mnt.to_str().unwrap()]);
+    let sc = Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt).output().unwrap();
+    assert!(sc.status.success(), "kernel scrub: {}", String::from_utf8_lossy(&sc.stdout));
+    mounted.unmount().expect("umount");
+    check(&imgs);
+    now.retain(|p, _| !(1..=40).step_by(2).any(|i| p.starts_with(&format!("/s{i}/"))));
+    now.insert("/sv/inner/new/after".into(), b"kernel".to_vec());
+    verify(img, &now);
+}

@@ -262,7 +262,7 @@ impl Filesystem {
     /// Whether the root tree has the ROOT_REF that links subvolume `child`
     /// under this name in `dir`; snapshots carry entries for nested subvolumes
     /// without one.
-    fn subvol_linked_at(&self, dir: InodeId, child: u64, name: &[u8]) -> Result<bool> {
+    pub(crate) fn subvol_linked_at(&self, dir: InodeId, child: u64, name: &[u8]) -> Result<bool> {
         let root = self.tree_root(ROOT_TREE_OBJECTID)?;
         match self.reader.lookup(&root, Key::new(dir.subvol, ROOT_REF_KEY, child))? {
             Some(data) => {

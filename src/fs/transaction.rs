@@ -42,10 +42,14 @@
 //! tree" and "from this parent block" so that every tree still using the
 //! old block keeps its references (see `cow_shared`, `unshare_children`).
 //!
+//! Back references live inline in the extent item (type ascending, within a
+//! type parent / root / hash descending, as the tree-checker wants) until it
+//! would reach BTRFS_MAX_EXTENT_ITEM_SIZE; past that they are keyed items,
+//! found, counted and dropped like the inline ones (`add_ref`, `drop_ref`).
+//!
 //! Limits (refused cleanly, image untouched): non-skinny metadata extent
 //! items, filesystems without a free space tree (v1 space cache), quotas,
-//! back references kept as separate (keyed) data ref items when one would
-//! have to be removed, and a full device set ("no space left").
+//! and a full device set ("no space left").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -1456,5 +1460,68 @@ mod crash_tests {
     fn crash_at_every_io_raid1_pair() {
         let Some((_tmp, imgs)) = crate::fs::testutil::mkfs_btrfs(2, &["-d", "raid1", "-m", "raid1"]) else { return };
         run(&imgs);
+    }
+}
+
+#[cfg(test)]
+mod ref_tests {
+    use super::*;
+    use crate::format::items::{extent_data_ref_hash, parse_keyed_ref, FileExtentKind};
+    use crate::fs::inode::InodeId;
+    use crate::fs::write::{WriteOpts, WriteReport};
+    use crate::volumes::OpenOptions;
+
+    /// Sixty more owners of one data extent: the first ones inline while the
+    /// item stays under BTRFS_MAX_EXTENT_ITEM_SIZE, the rest keyed at their
+    /// hash; more of a keyed ref counts up in its item; dropping them all
+    /// gives back the extent item as it was.
+    #[test]
+    fn refs_past_the_inline_limit_go_keyed_and_come_back() {
+        let Some((_tmp, imgs)) = crate::fs::testutil::mkfs_btrfs(1, &[]) else { return };
+        let o = OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable: true, alongside_writer: false };
+        let mut tx = Transaction::begin(Filesystem::open(&o).unwrap()).unwrap();
+        let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
+        tx.write_at(FS_TREE_OBJECTID, ino, 0, &vec![7u8; 1 << 20], WriteOpts::default(), &mut WriteReport::default()).unwrap();
+        tx.commit().unwrap();
+        let fs = Filesystem::open(&o).unwrap();
+        let extents = fs.file_extents(InodeId { subvol: FS_TREE_OBJECTID, ino }).unwrap();
+        let FileExtentKind::Regular { disk_bytenr, disk_num_bytes, .. } = extents[0].1.kind else { panic!("{extents:?}") };
+        let nodesize = fs.sb.nodesize.get();
+        let mut tx = Transaction::begin(fs).unwrap();
+        let key = Key::new(disk_bytenr, EXTENT_ITEM_KEY, disk_num_bytes);
+        let before = tx.get(EXTENT_TREE_OBJECTID, key).unwrap().unwrap();
+        let keyed = |tx: &mut Transaction| {
+            tx.range(EXTENT_TREE_OBJECTID, Key::new(disk_bytenr, EXTENT_DATA_REF_KEY, 0), Key::new(disk_bytenr, EXTENT_DATA_REF_KEY, u64::MAX))
+                .unwrap()
+        };
+        for i in 0..60 {
+            assert!(!tx.data_ref_delta(disk_bytenr, disk_num_bytes, FS_TREE_OBJECTID, 1000 + i, 0, 1).unwrap());
+        }
+        let item = tx.get(EXTENT_TREE_OBJECTID, key).unwrap().unwrap();
+        assert!(item.len() < max_extent_item_size(nodesize), "extent item of {} bytes", item.len());
+        let info = parse_extent_item(key, &item).unwrap();
+        let k = keyed(&mut tx);
+        assert!(!k.is_empty() && info.inline_refs.len() > 20, "{} inline, {} keyed", info.inline_refs.len(), k.len());
+        assert_eq!((info.refs, info.inline_refs.len() + k.len()), (61, 61));
+        for (kk, body) in &k {
+            let ExtentRef::Data { root, objectid, offset, count } = parse_keyed_ref(*kk, body).unwrap() else { panic!() };
+            assert_eq!((kk.offset, count), (extent_data_ref_hash(root, objectid, offset), 1));
+        }
+        // One more of a keyed owner: its item counts 2.
+        let ExtentRef::Data { objectid: keyed_owner, .. } = parse_keyed_ref(k[0].0, &k[0].1).unwrap() else { panic!() };
+        tx.data_ref_delta(disk_bytenr, disk_num_bytes, FS_TREE_OBJECTID, keyed_owner, 0, 1).unwrap();
+        let body = tx.get(EXTENT_TREE_OBJECTID, k[0].0).unwrap().unwrap();
+        assert!(matches!(parse_keyed_ref(k[0].0, &body).unwrap(), ExtentRef::Data { count: 2, .. }));
+        // Dropping a reference nobody holds is corruption, not a silent no-op.
+        assert!(tx.data_ref_delta(disk_bytenr, disk_num_bytes, FS_TREE_OBJECTID, 999, 0, -1).is_err());
+        tx.data_ref_delta(disk_bytenr, disk_num_bytes, FS_TREE_OBJECTID, keyed_owner, 0, -1).unwrap();
+        for i in 0..60 {
+            assert!(!tx.data_ref_delta(disk_bytenr, disk_num_bytes, FS_TREE_OBJECTID, 1000 + i, 0, -1).unwrap());
+        }
+        assert!(keyed(&mut tx).is_empty());
+        assert_eq!(tx.get(EXTENT_TREE_OBJECTID, key).unwrap().unwrap(), before);
+        // The last reference gone: the extent is gone.
+        assert!(tx.data_ref_delta(disk_bytenr, disk_num_bytes, FS_TREE_OBJECTID, ino, 0, -1).unwrap());
+        assert!(tx.get(EXTENT_TREE_OBJECTID, key).unwrap().is_none());
     }
 }

@@ -55,6 +55,14 @@ impl Default for WriteOpts {
     }
 }
 
+/// Where a path leads: the tree (subvolume) and inode, and its dir type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub root: u64,
+    pub ino: u64,
+    pub dir_type: u8,
+}
+
 fn zero_inode() -> InodeItem {
     InodeItem::new_zeroed()
 }
@@ -83,32 +91,72 @@ impl Transaction {
     }
 
     /// (inode, dir type) named `name` in directory `dir`.
+    /// `name` in directory `dir` of tree `root`: (inode, dir type). An entry
+    /// that is a subvolume is an error here: the engine's own edits (unlink,
+    /// rename, link) stay inside one tree; [`Self::lookup`] steps into it.
     pub fn lookup_name(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<(u64, u8)>> {
-        let Some(data) = self.get(root, Key::new(dir, DIR_ITEM_KEY, items::name_hash(name)))? else { return Ok(None) };
-        for e in parse_dir_items(&data)? {
-            if e.name == name {
-                if e.location.item_type != INODE_ITEM_KEY {
-                    return Err(Error::Unsupported(format!("{}: crossing into a subvolume", String::from_utf8_lossy(name))));
-                }
-                return Ok(Some((e.location.objectid, e.dir_type)));
-            }
+        match self.lookup_entry(root, dir, name)? {
+            None => Ok(None),
+            Some(e) if e.location.item_type == INODE_ITEM_KEY => Ok(Some((e.location.objectid, e.dir_type))),
+            Some(_) => Err(Error::Unsupported(format!(
+                "{}: is a subvolume (btrs does not create, delete, move or link subvolumes)",
+                String::from_utf8_lossy(name)
+            ))),
         }
-        Ok(None)
     }
 
-    /// Resolve an absolute path in the top-level subvolume to (inode, dir type).
-    pub fn resolve_path(&mut self, path: &str) -> Result<Option<(u64, u8)>> {
-        let mut cur = (FIRST_FREE_OBJECTID, FT_DIR);
+    fn lookup_entry(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<items::DirEntry>> {
+        let Some(data) = self.get(root, Key::new(dir, DIR_ITEM_KEY, items::name_hash(name)))? else { return Ok(None) };
+        Ok(parse_dir_items(&data)?.into_iter().find(|e| e.name == name))
+    }
+
+    /// `name` in directory `dir` of tree `root`, stepping into a subvolume
+    /// when the entry is one (its root directory), as path walks do.
+    pub fn lookup(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<Place>> {
+        let Some(e) = self.lookup_entry(root, dir, name)? else { return Ok(None) };
+        match e.location.item_type {
+            INODE_ITEM_KEY => Ok(Some(Place { root, ino: e.location.objectid, dir_type: e.dir_type })),
+            ROOT_ITEM_KEY => {
+                let sub = e.location.objectid;
+                let at = || format!("subvolume {} ({})", sub, String::from_utf8_lossy(name));
+                // A subvolume being deleted keeps its entry until the kernel's cleaner runs.
+                if !self.store.fs.subvol_linked_at(crate::fs::inode::InodeId { subvol: root, ino: dir }, sub, name)? {
+                    return Err(Error::Unsupported(format!("{}: deleted, not yet cleaned up", at())));
+                }
+                let (_, ri) = self.store.fs.root_item(sub)?.ok_or_else(|| Error::corrupt(at(), "no root item"))?;
+                Ok(Some(Place { root: sub, ino: ri.root_dirid.get(), dir_type: FT_DIR }))
+            }
+            t => Err(Error::corrupt(format!("directory {dir} of tree {root}"), format!("entry location type {t}"))),
+        }
+    }
+
+    /// Resolve an absolute path from the top-level subvolume, through nested
+    /// subvolumes, to where it leads.
+    pub fn resolve(&mut self, path: &str) -> Result<Option<Place>> {
+        let mut cur = Place { root: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID, dir_type: FT_DIR };
         for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-            if cur.1 != FT_DIR {
+            if cur.dir_type != FT_DIR {
                 return Err(Error::Invalid(format!("{path}: a component is not a directory")));
             }
-            match self.lookup_name(FS_TREE_OBJECTID, cur.0, comp.as_bytes())? {
+            match self.lookup(cur.root, cur.ino, comp.as_bytes())? {
                 Some(x) => cur = x,
                 None => return Ok(None),
             }
         }
         Ok(Some(cur))
+    }
+
+    /// Refuse changes to a read-only subvolume (a read-only snapshot), as the
+    /// kernel does with EROFS.
+    pub fn ensure_writable(&mut self, root: u64) -> Result<()> {
+        if root == FS_TREE_OBJECTID {
+            return Ok(());
+        }
+        let (_, ri) = self.store.fs.root_item(root)?.ok_or_else(|| Error::NotFound(format!("subvolume {root}")))?;
+        if ri.flags.get() & ROOT_SUBVOL_RDONLY != 0 {
+            return Err(Error::Invalid(format!("subvolume {root} is read-only")));
+        }
+        Ok(())
     }
 
     fn next_ino(&mut self, root: u64) -> Result<u64> {

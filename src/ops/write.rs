@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::fs::transaction::Transaction;
-use crate::fs::write::{WriteOpts, WriteReport};
+use crate::fs::write::{Place, WriteOpts, WriteReport};
 use crate::fs::Filesystem;
 use crate::volumes::OpenOptions;
 
@@ -48,18 +48,31 @@ fn split(path: &str) -> Result<(String, Vec<u8>)> {
     Ok((if dir.is_empty() { "/".into() } else { dir.to_string() }, name.as_bytes().to_vec()))
 }
 
-/// The directory inode at `path`, made (with parents) when `parents`.
-fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<u64> {
-    let mut cur = FIRST_FREE_OBJECTID;
+/// The directory at `path` (through subvolumes), made (with parents) when
+/// `parents`; the subvolume it is in must be writable.
+fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<Place> {
+    let mut cur = Place { root: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID, dir_type: FT_DIR };
     for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        cur = match tx.lookup_name(FS_TREE_OBJECTID, cur, comp.as_bytes())? {
-            Some((ino, FT_DIR)) => ino,
+        cur = match tx.lookup(cur.root, cur.ino, comp.as_bytes())? {
+            Some(p) if p.dir_type == FT_DIR => p,
             Some(_) => return Err(Error::Invalid(format!("{path}: {comp} is not a directory"))),
-            None if parents => tx.create(FS_TREE_OBJECTID, cur, comp.as_bytes(), S_IFDIR | 0o755, 0)?,
+            None if parents => {
+                tx.ensure_writable(cur.root)?;
+                let ino = tx.create(cur.root, cur.ino, comp.as_bytes(), S_IFDIR | 0o755, 0)?;
+                Place { root: cur.root, ino, dir_type: FT_DIR }
+            }
             None => return Err(Error::NotFound(format!("{path}: no directory {comp}"))),
         };
     }
+    tx.ensure_writable(cur.root)?;
     Ok(cur)
+}
+
+/// Where an existing path leads, in a writable subvolume.
+fn existing(tx: &mut Transaction, path: &str) -> Result<Place> {
+    let p = tx.resolve(path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
+    tx.ensure_writable(p.root)?;
+    Ok(p)
 }
 
 /// Bytes read from the input and handed to the engine at a time: bounds the
@@ -92,8 +105,7 @@ pub fn write(
 ) -> Result<WriteReport> {
     let mut tx = begin(opts)?;
     let (dir, name) = split(path)?;
-    let d = dir_at(&mut tx, &dir, req.parents)?;
-    let root = FS_TREE_OBJECTID;
+    let Place { root, ino: d, .. } = dir_at(&mut tx, &dir, req.parents)?;
     let ino = match tx.lookup_name(root, d, &name)? {
         Some((ino, FT_REG_FILE)) => ino,
         Some(_) => return Err(Error::Invalid(format!("{path} is not a regular file"))),
@@ -164,18 +176,17 @@ pub fn mkdir(opts: &OpenOptions, path: &str, parents: bool) -> Result<()> {
     } else {
         let (dir, name) = split(path)?;
         let d = dir_at(&mut tx, &dir, false)?;
-        tx.create(FS_TREE_OBJECTID, d, &name, S_IFDIR | 0o755, 0)?;
+        tx.create(d.root, d.ino, &name, S_IFDIR | 0o755, 0)?;
     }
     tx.commit()
 }
 
-fn rm_tree(tx: &mut Transaction, dir: u64, name: &[u8]) -> Result<()> {
-    let root = FS_TREE_OBJECTID;
+fn rm_tree(tx: &mut Transaction, root: u64, dir: u64, name: &[u8]) -> Result<()> {
     if let Some((ino, FT_DIR)) = tx.lookup_name(root, dir, name)? {
         let kids = tx.range(root, Key::new(ino, DIR_INDEX_KEY, 0), Key::new(ino, DIR_INDEX_KEY, u64::MAX))?;
         for (_, body) in kids {
             for e in crate::format::items::parse_dir_items(&body)? {
-                rm_tree(tx, ino, &e.name)?;
+                rm_tree(tx, root, ino, &e.name)?;
             }
         }
     }
@@ -188,9 +199,9 @@ pub fn rm(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<()> {
         let (dir, name) = split(path)?;
         let d = dir_at(&mut tx, &dir, false)?;
         if recursive {
-            rm_tree(&mut tx, d, &name)?;
+            rm_tree(&mut tx, d.root, d.ino, &name)?;
         } else {
-            tx.unlink(FS_TREE_OBJECTID, d, &name)?;
+            tx.unlink(d.root, d.ino, &name)?;
         }
     }
     tx.commit()
@@ -201,14 +212,21 @@ pub fn mv(opts: &OpenOptions, src: &str, dst: &str) -> Result<()> {
     let (sd, sn) = split(src)?;
     let sdir = dir_at(&mut tx, &sd, false)?;
     // Into an existing directory: keep the name.
-    let (ddir, dn) = match tx.resolve_path(dst)? {
-        Some((ino, FT_DIR)) => (ino, sn.clone()),
+    let (ddir, dn) = match tx.resolve(dst)? {
+        Some(p) if p.dir_type == FT_DIR => {
+            tx.ensure_writable(p.root)?;
+            (p, sn.clone())
+        }
         _ => {
             let (dd, dn) = split(dst)?;
             (dir_at(&mut tx, &dd, false)?, dn)
         }
     };
-    tx.rename(FS_TREE_OBJECTID, sdir, &sn, ddir, &dn)?;
+    if ddir.root != sdir.root {
+        // The kernel's EXDEV: inodes belong to one tree; a move across is a copy.
+        return Err(Error::Invalid(format!("{src} and {dst} are in different subvolumes")));
+    }
+    tx.rename(sdir.root, sdir.ino, &sn, ddir.ino, &dn)?;
     tx.commit()
 }
 
@@ -217,18 +235,21 @@ pub fn ln(opts: &OpenOptions, target: &str, link: &str, symbolic: bool) -> Resul
     let (ld, ln) = split(link)?;
     let dir = dir_at(&mut tx, &ld, false)?;
     if symbolic {
-        tx.symlink(FS_TREE_OBJECTID, dir, &ln, target.as_bytes())?;
+        tx.symlink(dir.root, dir.ino, &ln, target.as_bytes())?;
     } else {
-        let (ino, _) = tx.resolve_path(target)?.ok_or_else(|| Error::NotFound(target.to_string()))?;
-        tx.link(FS_TREE_OBJECTID, ino, dir, &ln)?;
+        let t = existing(&mut tx, target)?;
+        if t.root != dir.root {
+            return Err(Error::Invalid(format!("{target} and {link} are in different subvolumes")));
+        }
+        tx.link(dir.root, t.ino, dir.ino, &ln)?;
     }
     tx.commit()
 }
 
 pub fn setfattr(opts: &OpenOptions, path: &str, name: &str, value: Option<&[u8]>) -> Result<()> {
     let mut tx = begin(opts)?;
-    let (ino, _) = tx.resolve_path(path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
-    tx.set_xattr(FS_TREE_OBJECTID, ino, name.as_bytes(), value)?;
+    let p = existing(&mut tx, path)?;
+    tx.set_xattr(p.root, p.ino, name.as_bytes(), value)?;
     tx.commit()
 }
 
@@ -260,12 +281,13 @@ pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Resul
     }
     tx.store.ensure_data_space(need)?;
     let mut files = 0u64;
-    let targets: Vec<(u64, Vec<u8>, &std::path::PathBuf)> = match tx.resolve_path(dest)? {
-        Some((ino, FT_DIR)) => srcs
+    let targets: Vec<(Place, Vec<u8>, &std::path::PathBuf)> = match tx.resolve(dest)? {
+        Some(p) if p.dir_type == FT_DIR => srcs
             .iter()
             .map(|s| {
                 let name = s.file_name().map(|n| n.as_encoded_bytes().to_vec()).ok_or_else(|| Error::Invalid(format!("{}: no file name", s.display())))?;
-                Ok((ino, name, s))
+                tx.ensure_writable(p.root)?;
+                Ok((p, name, s))
             })
             .collect::<Result<_>>()?,
         Some(_) => return Err(Error::Invalid(format!("{dest} exists and is not a directory"))),
@@ -297,9 +319,9 @@ fn host_data_bytes(p: &Path, ss: u64) -> Result<u64> {
     Ok(n)
 }
 
-fn put_one(tx: &mut Transaction, dir: u64, name: &[u8], src: &Path, files: &mut u64) -> Result<()> {
+fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut u64) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let root = FS_TREE_OBJECTID;
+    let (root, dir) = (at.root, at.ino);
     let meta = std::fs::symlink_metadata(src).map_err(|e| Error::io(src, "stat", e))?;
     let perm = meta.permissions().mode() & 0o7777;
     let ft = meta.file_type();
@@ -311,7 +333,7 @@ fn put_one(tx: &mut Transaction, dir: u64, name: &[u8], src: &Path, files: &mut 
         let mut kids: Vec<_> = std::fs::read_dir(src).map_err(|e| Error::io(src, "readdir", e))?.filter_map(|e| e.ok()).collect();
         kids.sort_by_key(|e| e.file_name());
         for k in kids {
-            put_one(tx, ino, k.file_name().as_encoded_bytes(), &k.path(), files)?;
+            put_one(tx, Place { root, ino, dir_type: FT_DIR }, k.file_name().as_encoded_bytes(), &k.path(), files)?;
         }
     } else if ft.is_file() {
         let ino = tx.create(root, dir, name, S_IFREG | perm, 0)?;
