@@ -48,6 +48,12 @@ fn open(cli_devices: &[std::path::PathBuf], degraded: bool, image: &std::path::P
     Filesystem::open(&opts).with_context(|| format!("cannot open {}", image.display()))
 }
 
+fn warn_all(warnings: Vec<String>) {
+    for w in warnings {
+        eprintln!("btrs: warning: {w}");
+    }
+}
+
 fn print_warnings(fs: &Filesystem) {
     for w in fs.take_warnings() {
         eprintln!("btrs: warning: {}", w.0);
@@ -126,18 +132,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mkfs(a) => mkfs(*a, &mut out)?,
         Command::Fixture(a) => fixture(a, &mut out)?,
         Command::Write(a) => write_cmd(&cli.devices, cli.degraded, a, &mut out)?,
-        Command::Mkdir(a) => btrs::ops::write::mkdir(&wopts(&cli.devices, cli.degraded, &a.image), &a.path, a.parents)?,
-        Command::Rm(a) => btrs::ops::write::rm(&wopts(&cli.devices, cli.degraded, &a.image), &a.paths, a.recursive)?,
-        Command::Mv(a) => btrs::ops::write::mv(&wopts(&cli.devices, cli.degraded, &a.image), &a.src, &a.dst)?,
-        Command::Ln(a) => btrs::ops::write::ln(&wopts(&cli.devices, cli.degraded, &a.image), &a.target, &a.link, a.symbolic)?,
+        Command::Mkdir(a) => warn_all(btrs::ops::write::mkdir(&wopts(&cli.devices, cli.degraded, &a.image), &a.path, a.parents)?),
+        Command::Rm(a) => warn_all(btrs::ops::write::rm(&wopts(&cli.devices, cli.degraded, &a.image), &a.paths, a.recursive)?),
+        Command::Mv(a) => warn_all(btrs::ops::write::mv(&wopts(&cli.devices, cli.degraded, &a.image), &a.src, &a.dst)?),
+        Command::Ln(a) => warn_all(btrs::ops::write::ln(&wopts(&cli.devices, cli.degraded, &a.image), &a.target, &a.link, a.symbolic)?),
         Command::Setfattr(a) => {
             let v = if a.remove { None } else { Some(a.value.as_deref().unwrap_or("").as_bytes()) };
-            btrs::ops::write::setfattr(&wopts(&cli.devices, cli.degraded, &a.image), &a.path, &a.name, v)?
+            warn_all(btrs::ops::write::setfattr(&wopts(&cli.devices, cli.degraded, &a.image), &a.path, &a.name, v)?)
         }
         Command::Put(a) => {
             let (dest, srcs) = a.paths.split_last().ok_or_else(|| anyhow::anyhow!("need SRC... DEST"))?;
             let dest = dest.to_str().ok_or_else(|| anyhow::anyhow!("destination is not UTF-8"))?;
-            let n = btrs::ops::write::put(&wopts(&cli.devices, cli.degraded, &a.image), srcs, dest)?;
+            let (n, warnings) = btrs::ops::write::put(&wopts(&cli.devices, cli.degraded, &a.image), srcs, dest)?;
+            warn_all(warnings);
             writeln!(out, "copied {n} files")?;
         }
         Command::Completions(a) => {

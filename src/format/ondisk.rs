@@ -634,6 +634,13 @@ ondisk! {
     } = 8;
 }
 
+/// `btrfs_qgroup_status_item.flags`: accounting is on / a rescan runs /
+/// the counts are known to be wrong until a rescan / simple quotas.
+pub const QGROUP_STATUS_FLAG_ON: u64 = 1 << 0;
+pub const QGROUP_STATUS_FLAG_RESCAN: u64 = 1 << 1;
+pub const QGROUP_STATUS_FLAG_INCONSISTENT: u64 = 1 << 2;
+pub const QGROUP_STATUS_FLAG_SIMPLE_MODE: u64 = 1 << 3;
+
 ondisk! {
     /// `struct btrfs_qgroup_status_item`.
     pub struct QgroupStatusItem {

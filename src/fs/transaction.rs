@@ -49,7 +49,9 @@
 //!
 //! Limits (refused cleanly, image untouched): non-skinny metadata extent
 //! items, filesystems without a free space tree (v1 space cache), quotas,
-//! and a full device set ("no space left").
+//! and a full device set ("no space left"). With quota groups on, a
+//! commit marks their counts inconsistent for a rescan (see
+//! `mark_qgroups_inconsistent`); simple quotas are refused.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -374,11 +376,10 @@ impl Transaction {
         if !sb.has_compat_ro(COMPAT_RO_FREE_SPACE_TREE) || !sb.has_compat_ro(COMPAT_RO_FREE_SPACE_TREE_VALID) {
             return Err(Error::Unsupported("writing filesystems without a free space tree (v1 space cache)".into()));
         }
-        // Quota groups count every extent per subvolume; btrs does not keep
-        // those counts, so writing would leave `btrfs check` reporting
-        // mismatches (and simple quotas need owner refs on every data extent).
-        if sb.has_incompat(INCOMPAT_SIMPLE_QUOTA) || fs.root_item(QUOTA_TREE_OBJECTID)?.is_some() {
-            return Err(Error::Unsupported("writing filesystems with quotas enabled".into()));
+        // Simple quotas need an owner ref on every new data extent, which
+        // btrs does not write.
+        if sb.has_incompat(INCOMPAT_SIMPLE_QUOTA) {
+            return Err(Error::Unsupported("writing filesystems with simple quotas".into()));
         }
         if sb.log_root.get() != 0 {
             return Err(Error::Unsupported("the filesystem has a log tree to replay; mount it once with the kernel".into()));
@@ -1049,6 +1050,44 @@ impl Transaction {
         self.commit_keep().map(drop)
     }
 
+    /// Commit; the warnings gathered on the way (devices that failed a read,
+    /// quota accounting left to a rescan).
+    pub fn commit_with_warnings(self) -> Result<Vec<String>> {
+        let fs = self.commit_keep()?;
+        Ok(fs.take_warnings().into_iter().map(|w| w.0).collect())
+    }
+
+    /// Quota groups count each subvolume's referenced and exclusive bytes;
+    /// keeping them exact needs every changed extent's owners walked, which
+    /// btrs does not do. Like the kernel when it cannot account an operation,
+    /// the counts are marked inconsistent (kept, with their limits) until
+    /// `btrfs quota rescan` recounts them; the kernel and `btrfs check`
+    /// accept that state.
+    fn mark_qgroups_inconsistent(&mut self) -> Result<()> {
+        if self.store.fs.root_item(QUOTA_TREE_OBJECTID)?.is_none() {
+            return Ok(());
+        }
+        let key = Key::new(0, QGROUP_STATUS_KEY, 0);
+        let Some(body) = self.get(QUOTA_TREE_OBJECTID, key)? else {
+            return Err(Error::corrupt("quota tree", "no qgroup status item"));
+        };
+        let mut raw = body.clone();
+        raw.resize(raw.len().max(std::mem::size_of::<QgroupStatusItem>()), 0);
+        let (mut st, _) = items::read_prefix::<QgroupStatusItem>(&raw, "qgroup status")?;
+        let flags = st.flags.get();
+        if flags & QGROUP_STATUS_FLAG_ON == 0 || flags & QGROUP_STATUS_FLAG_INCONSISTENT != 0 {
+            return Ok(());
+        }
+        st.flags = (flags | QGROUP_STATUS_FLAG_INCONSISTENT).into();
+        st.generation = self.transid().into();
+        let mut out = st.as_bytes().to_vec();
+        // Keep the stored size (32 bytes without simple quotas' enable_gen).
+        out.truncate(body.len());
+        self.put(QUOTA_TREE_OBJECTID, key, out)?;
+        self.store.fs.warn("quota group counts are now marked inconsistent; run `btrfs quota rescan` on the mounted filesystem".into());
+        Ok(())
+    }
+
     /// Commit, then start the next transaction on the same (still locked)
     /// devices: long operations commit in steps so their memory stays
     /// bounded, each step crash-safe on its own.
@@ -1061,6 +1100,9 @@ impl Transaction {
 
     /// Commit and hand back the filesystem, now at the new generation.
     fn commit_keep(mut self) -> Result<Filesystem> {
+        if self.trees.values().any(|t| t.is_dirty()) {
+            self.mark_qgroups_inconsistent()?;
+        }
         self.settle()?;
         let vol = self.store.fs.volume();
         let mut blocks = Vec::new();

@@ -1,6 +1,8 @@
 //! Commands that change a filesystem: write, mkdir, rm, mv, ln, setfattr.
 //! Each runs one transaction and commits it; on any error nothing is
-//! committed and the image is unchanged.
+//! committed and the image is unchanged. Each returns the warnings the
+//! filesystem gathered (a device that failed a read, quota counts left to a
+//! rescan) for the caller to show.
 
 use std::io::Read;
 use std::path::Path;
@@ -151,7 +153,7 @@ pub fn write(
             last_commit = done;
         }
     }
-    tx.commit()?;
+    report.notices.extend(tx.commit_with_warnings()?);
     Ok(report)
 }
 
@@ -169,7 +171,7 @@ fn fill(input: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
     Ok(n)
 }
 
-pub fn mkdir(opts: &OpenOptions, path: &str, parents: bool) -> Result<()> {
+pub fn mkdir(opts: &OpenOptions, path: &str, parents: bool) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
     if parents {
         dir_at(&mut tx, path, true)?;
@@ -178,7 +180,7 @@ pub fn mkdir(opts: &OpenOptions, path: &str, parents: bool) -> Result<()> {
         let d = dir_at(&mut tx, &dir, false)?;
         tx.create(d.root, d.ino, &name, S_IFDIR | 0o755, 0)?;
     }
-    tx.commit()
+    tx.commit_with_warnings()
 }
 
 fn rm_tree(tx: &mut Transaction, root: u64, dir: u64, name: &[u8]) -> Result<()> {
@@ -193,7 +195,7 @@ fn rm_tree(tx: &mut Transaction, root: u64, dir: u64, name: &[u8]) -> Result<()>
     tx.unlink(root, dir, name)
 }
 
-pub fn rm(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<()> {
+pub fn rm(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
     for path in paths {
         let (dir, name) = split(path)?;
@@ -204,10 +206,10 @@ pub fn rm(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<()> {
             tx.unlink(d.root, d.ino, &name)?;
         }
     }
-    tx.commit()
+    tx.commit_with_warnings()
 }
 
-pub fn mv(opts: &OpenOptions, src: &str, dst: &str) -> Result<()> {
+pub fn mv(opts: &OpenOptions, src: &str, dst: &str) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
     let (sd, sn) = split(src)?;
     let sdir = dir_at(&mut tx, &sd, false)?;
@@ -227,10 +229,10 @@ pub fn mv(opts: &OpenOptions, src: &str, dst: &str) -> Result<()> {
         return Err(Error::Invalid(format!("{src} and {dst} are in different subvolumes")));
     }
     tx.rename(sdir.root, sdir.ino, &sn, ddir.ino, &dn)?;
-    tx.commit()
+    tx.commit_with_warnings()
 }
 
-pub fn ln(opts: &OpenOptions, target: &str, link: &str, symbolic: bool) -> Result<()> {
+pub fn ln(opts: &OpenOptions, target: &str, link: &str, symbolic: bool) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
     let (ld, ln) = split(link)?;
     let dir = dir_at(&mut tx, &ld, false)?;
@@ -243,14 +245,14 @@ pub fn ln(opts: &OpenOptions, target: &str, link: &str, symbolic: bool) -> Resul
         }
         tx.link(dir.root, t.ino, dir.ino, &ln)?;
     }
-    tx.commit()
+    tx.commit_with_warnings()
 }
 
-pub fn setfattr(opts: &OpenOptions, path: &str, name: &str, value: Option<&[u8]>) -> Result<()> {
+pub fn setfattr(opts: &OpenOptions, path: &str, name: &str, value: Option<&[u8]>) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
     let p = existing(&mut tx, path)?;
     tx.set_xattr(p.root, p.ino, name.as_bytes(), value)?;
-    tx.commit()
+    tx.commit_with_warnings()
 }
 
 /// Open the input of `btrs write`: a host file (with its size, for the space
@@ -271,7 +273,7 @@ pub fn open_input(from: Option<&Path>) -> Result<(Box<dyn Read>, Option<u64>)> {
 /// filesystem, in one transaction: `put IMAGE SRC... DEST`. With one SRC and
 /// a DEST that does not exist, SRC is copied *as* DEST; otherwise DEST must be
 /// a directory and each SRC goes into it under its own name.
-pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Result<u64> {
+pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Result<(u64, Vec<String>)> {
     let mut tx = begin(opts)?;
     // Fail before writing anything when the data cannot fit.
     let ss = tx.fs().sectorsize as u64;
@@ -300,8 +302,8 @@ pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Resul
     for (dir, name, src) in targets {
         put_one(&mut tx, dir, &name, src, &mut files)?;
     }
-    tx.commit()?;
-    Ok(files)
+    let warnings = tx.commit_with_warnings()?;
+    Ok((files, warnings))
 }
 
 /// Data bytes a host tree takes once written (each file rounded up to a sector).
