@@ -432,7 +432,8 @@ fn small_nodes_explicit_holes_and_kernel_bitmaps() {
 
 #[test]
 fn put_copies_a_host_tree() {
-    if !progs_available() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    if !interop_enabled("put_copies_a_host_tree") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -444,6 +445,38 @@ fn put_copies_a_host_tree() {
     std::fs::write(src.join("sub/deeper/small"), b"small").unwrap();
     std::fs::write(src.join("empty"), b"").unwrap();
     std::os::unix::fs::symlink("sub/big.bin", src.join("link")).unwrap();
+    // What mkfs --rootdir keeps, put keeps: holes, hard links, special files,
+    // set-id modes, owners, xattrs, nanosecond times.
+    let sparse = std::fs::File::create(src.join("sparse")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    sparse.write_all_at(b"middle", 20 << 20).unwrap();
+    sparse.write_all_at(b"end", (64 << 20) - 3).unwrap();
+    drop(sparse);
+    std::fs::File::create(src.join("all-hole")).unwrap().set_len(5 << 20).unwrap();
+    std::fs::hard_link(src.join("sub/deeper/small"), src.join("small-again")).unwrap();
+    use rustix::fs::{mknodat, FileType, Mode, CWD};
+    mknodat(CWD, src.join("fifo"), FileType::Fifo, Mode::from_raw_mode(0o640), 0).unwrap();
+    mknodat(CWD, src.join("tty"), FileType::CharacterDevice, Mode::from_raw_mode(0o620), rustix::fs::makedev(4, 70_000)).unwrap();
+    std::fs::write(src.join("suid"), b"#!/bin/true").unwrap();
+    xattr::set(src.join("suid"), "user.note", b"binary\0value").unwrap();
+    xattr::set(src.join("sub"), "user.dir", b"d").unwrap();
+    xattr::set(src.join("suid"), "security.capability", &[1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    std::os::unix::fs::lchown(src.join("sub/big.bin"), Some(1234), Some(4321)).unwrap();
+    std::fs::set_permissions(src.join("suid"), std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    let mut all = vec![src.clone()];
+    let mut i = 0;
+    while i < all.len() {
+        if std::fs::symlink_metadata(&all[i]).unwrap().is_dir() {
+            let mut kids: Vec<_> = std::fs::read_dir(&all[i]).unwrap().map(|e| e.unwrap().path()).collect();
+            kids.sort();
+            all.extend(kids);
+        }
+        i += 1;
+    }
+    for (n, p) in all.iter().rev().enumerate() {
+        let t = rustix::fs::Timespec { tv_sec: 1_600_000_000 + n as i64 * 100, tv_nsec: 123_456_789 - n as i64 };
+        rustix::fs::utimensat(CWD, p, &rustix::fs::Timestamps { last_access: t, last_modification: t }, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    }
     let img = imgs[0].to_str().unwrap();
     ok(&["put", img, src.to_str().unwrap(), "/copy"]);
     check(&imgs);
@@ -451,6 +484,30 @@ fn put_copies_a_host_tree() {
     assert_eq!(cat(img, "/copy/sub/deeper/small"), b"small");
     assert_eq!(cat(img, "/copy/empty"), b"");
     scrub_clean(img);
+    root_bytes_used_match(img);
+    // The holes stay holes: 64 + 5 MiB of file in far less data.
+    let used: u64 = {
+        let out = Command::new("btrfs").args(["inspect-internal", "dump-super", img]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().find(|l| l.starts_with("bytes_used")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert!(used < 8 << 20, "bytes_used {used}: holes were written as data");
+    let out = tmp.path().join("out");
+    ok(&["extract", img, "/copy", out.to_str().unwrap()]);
+    for rel in ["suid", "sub/big.bin", "tty", "fifo", "link", "sparse", "sub"] {
+        let (a, b) = (std::fs::symlink_metadata(src.join(rel)).unwrap(), std::fs::symlink_metadata(out.join(rel)).unwrap());
+        assert_eq!((a.mode(), a.uid(), a.gid(), a.rdev()), (b.mode(), b.uid(), b.gid(), b.rdev()), "{rel}");
+        assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()), "mtime of {rel}");
+        // Reading a symlink or listing a directory updates its atime on the
+        // host (files are read with O_NOATIME): compare files' atimes only.
+        if !a.is_dir() && !a.file_type().is_symlink() {
+            assert_eq!((a.atime(), a.atime_nsec()), (b.atime(), b.atime_nsec()), "atime of {rel}");
+        }
+    }
+    assert_eq!(xattr::get(out.join("suid"), "security.capability").unwrap().map(|v| v.len()), Some(20));
+    assert_eq!(std::fs::metadata(out.join("small-again")).unwrap().ino(), std::fs::metadata(out.join("sub/deeper/small")).unwrap().ino());
+    // Last: hashing the files updates their atimes.
+    common::fixtures::assert_manifest_eq(&common::fixtures::walk_manifest(&src), &common::fixtures::walk_manifest(&out));
 }
 
 fn generation(img: &str) -> u64 {

@@ -135,10 +135,16 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    /// xattrs, owner, mode, then times: chown clears setuid, and every change
-    /// touches ctime/mtime, so the order matters.
+    /// Owner, xattrs, mode, then times: chown clears setuid and the
+    /// security.capability xattr, and every change touches ctime/mtime, so
+    /// the order matters.
     fn metadata(&mut self, ino: &Inode, dest: &Path) -> Result<()> {
         let is_link = ino.file_type == FileType::Symlink;
+        if self.root {
+            std::os::unix::fs::lchown(dest, Some(ino.uid), Some(ino.gid)).map_err(|e| Error::io(dest, "chown", e))?;
+        } else if ino.uid != rustix::process::geteuid().as_raw() {
+            self.skip(format!("{}: owner {}:{} needs root", dest.display(), ino.uid, ino.gid));
+        }
         for (name, value) in self.fs.xattrs(ino.id)? {
             let name_os = OsStr::from_bytes(&name);
             if !self.root && !name.starts_with(b"user.") {
@@ -152,11 +158,6 @@ impl Extractor<'_> {
             if let Err(e) = xattr::set(dest, name_os, &value) {
                 self.skip(format!("{}: xattr {name_os:?}: {e}", dest.display()));
             }
-        }
-        if self.root {
-            std::os::unix::fs::lchown(dest, Some(ino.uid), Some(ino.gid)).map_err(|e| Error::io(dest, "chown", e))?;
-        } else if ino.uid != rustix::process::geteuid().as_raw() {
-            self.skip(format!("{}: owner {}:{} needs root", dest.display(), ino.uid, ino.gid));
         }
         if !is_link {
             rustix::fs::chmod(dest, Mode::from_raw_mode(ino.permissions())).map_err(|e| Error::io(dest, "chmod", e.into()))?;

@@ -466,7 +466,7 @@ fn io(path: &Path, op: &str) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Linux dev_t (glibc encoding) to the kernel's internal MKDEV (major << 20 | minor),
 /// which is what btrfs stores in the inode's rdev.
-fn host_rdev_to_btrfs(rdev: u64) -> u64 {
+pub(crate) fn host_rdev_to_btrfs(rdev: u64) -> u64 {
     let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
     let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
     ((major & 0xfff) << 20) | (minor & 0xf_ffff)
@@ -475,7 +475,7 @@ fn host_rdev_to_btrfs(rdev: u64) -> u64 {
 /// Open a source file for reading without touching its atime (O_NOATIME needs
 /// ownership or CAP_FOWNER; fall back to a plain open), so that making an image
 /// does not change the tree it is made from and two runs see the same times.
-fn open_source(path: &Path) -> Result<File> {
+pub(crate) fn open_source(path: &Path) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let noatime = rustix::fs::OFlags::NOATIME.bits() as i32;
     match std::fs::OpenOptions::new().read(true).custom_flags(noatime).open(path) {
@@ -489,7 +489,7 @@ fn round_up(v: u64, to: u64) -> u64 {
 }
 
 /// Data ranges of a file, sector aligned, via SEEK_DATA/SEEK_HOLE so holes stay holes.
-fn data_ranges(file: &File, path: &Path, size: u64, sector: u64) -> Result<Vec<(u64, u64)>> {
+pub(crate) fn data_ranges(file: &File, path: &Path, size: u64, sector: u64) -> Result<Vec<(u64, u64)>> {
     use rustix::fs::{seek, SeekFrom};
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut pos = 0u64;
@@ -530,7 +530,7 @@ fn sector_ranges(ranges: impl Iterator<Item = (u64, u64)>, sector: u64) -> Vec<(
     out
 }
 
-fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub(crate) fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
     // The xattr crate uses the l*xattr calls: symlinks' own attributes, not their targets'.
     let names = match xattr::list(path) {

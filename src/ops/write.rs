@@ -299,18 +299,22 @@ pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Resul
         }
         None => return Err(Error::NotFound(format!("{dest}: no such directory"))),
     };
+    let mut copied = Copied::new();
     for (dir, name, src) in targets {
-        put_one(&mut tx, dir, &name, src, &mut files)?;
+        put_one(&mut tx, dir, &name, src, &mut files, &mut copied)?;
     }
     let warnings = tx.commit_with_warnings()?;
     Ok((files, warnings))
 }
 
-/// Data bytes a host tree takes once written (each file rounded up to a sector).
+/// Data bytes a host tree takes once written (each data range rounded to
+/// sectors; holes take nothing).
 fn host_data_bytes(p: &Path, ss: u64) -> Result<u64> {
     let meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, "stat", e))?;
     if meta.is_file() {
-        return Ok(meta.len().div_ceil(ss) * ss);
+        let f = crate::ops::rootdir::open_source(p)?;
+        let ranges = crate::ops::rootdir::data_ranges(&f, p, meta.len(), ss)?;
+        return Ok(ranges.iter().map(|r| r.1 - r.0).sum());
     }
     let mut n = 0;
     if meta.is_dir() {
@@ -321,30 +325,84 @@ fn host_data_bytes(p: &Path, ss: u64) -> Result<u64> {
     Ok(n)
 }
 
-fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut u64) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+/// Host files copied so far, by (st_dev, st_ino), for hard links inside the
+/// copied trees: the second name links to the inode the first made.
+type Copied = std::collections::HashMap<(u64, u64), u64>;
+
+/// Copy one host path in as `at/name` with what `mkfs --rootdir` keeps:
+/// type, mode (set-id bits too), owner, nanosecond atime/mtime/ctime, xattrs,
+/// device numbers, symlink targets, hard links and holes (data ranges via
+/// SEEK_DATA/SEEK_HOLE, read in bounded steps).
+fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut u64, copied: &mut Copied) -> Result<()> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
     let (root, dir) = (at.root, at.ino);
     let meta = std::fs::symlink_metadata(src).map_err(|e| Error::io(src, "stat", e))?;
-    let perm = meta.permissions().mode() & 0o7777;
+    let id = (meta.dev(), meta.ino());
+    if !meta.is_dir() && meta.nlink() > 1 {
+        if let Some(&ino) = copied.get(&id) {
+            return tx.link(root, ino, dir, name);
+        }
+    }
+    let mode = meta.mode();
     let ft = meta.file_type();
-    if ft.is_symlink() {
+    let ino = if ft.is_symlink() {
         let t = std::fs::read_link(src).map_err(|e| Error::io(src, "readlink", e))?;
-        tx.symlink(root, dir, name, t.as_os_str().as_encoded_bytes())?;
+        tx.symlink(root, dir, name, t.as_os_str().as_encoded_bytes())?
     } else if ft.is_dir() {
-        let ino = tx.create(root, dir, name, S_IFDIR | perm, 0)?;
-        let mut kids: Vec<_> = std::fs::read_dir(src).map_err(|e| Error::io(src, "readdir", e))?.filter_map(|e| e.ok()).collect();
+        let ino = tx.create(root, dir, name, mode, 0)?;
+        let mut kids: Vec<_> = std::fs::read_dir(src).map_err(|e| Error::io(src, "readdir", e))?.collect::<std::io::Result<_>>().map_err(|e| Error::io(src, "readdir", e))?;
         kids.sort_by_key(|e| e.file_name());
         for k in kids {
-            put_one(tx, Place { root, ino, dir_type: FT_DIR }, k.file_name().as_encoded_bytes(), &k.path(), files)?;
+            put_one(tx, Place { root, ino, dir_type: FT_DIR }, k.file_name().as_encoded_bytes(), &k.path(), files, copied)?;
         }
+        ino
     } else if ft.is_file() {
-        let ino = tx.create(root, dir, name, S_IFREG | perm, 0)?;
-        let data = std::fs::read(src).map_err(|e| Error::io(src, "read", e))?;
+        let ino = tx.create(root, dir, name, mode, 0)?;
+        let f = crate::ops::rootdir::open_source(src)?;
+        let size = meta.len();
+        let ss = tx.fs().sectorsize as u64;
         let mut report = WriteReport::default();
-        tx.write_at(root, ino, 0, &data, WriteOpts::default(), &mut report)?;
+        let mut buf = Vec::new();
+        for (start, end) in crate::ops::rootdir::data_ranges(&f, src, size, ss)? {
+            let mut pos = start;
+            let end = end.min(size);
+            while pos < end {
+                let n = ((end - pos) as usize).min(WRITE_STEP);
+                buf.resize(n, 0);
+                f.read_exact_at(&mut buf, pos).map_err(|e| Error::io(src, format!("read at {pos}"), e))?;
+                tx.write_at(root, ino, pos, &buf, WriteOpts::default(), &mut report)?;
+                pos += n as u64;
+            }
+        }
+        // A file ending in a hole (or all hole) still has its full size.
+        if tx.read_inode(root, ino)?.size.get() < size {
+            tx.truncate(root, ino, size)?;
+        }
         *files += 1;
+        ino
     } else {
-        return Err(Error::Unsupported(format!("{}: special files", src.display())));
+        // Fifos, sockets, character and block devices: an inode with rdev.
+        let ino = tx.create(root, dir, name, mode, 0)?;
+        let mut it = tx.read_inode(root, ino)?;
+        it.rdev = crate::ops::rootdir::host_rdev_to_btrfs(meta.rdev()).into();
+        tx.put_inode(root, ino, &it)?;
+        ino
+    };
+    for (n, v) in crate::ops::rootdir::read_xattrs(src)? {
+        tx.set_xattr(root, ino, &n, Some(&v))?;
+    }
+    // Owner and times last: adding entries and xattrs stamps the inode.
+    let mut it = tx.read_inode(root, ino)?;
+    let ts = |sec: i64, nsec: i64| crate::format::Timespec { sec: (sec as u64).into(), nsec: (nsec.clamp(0, 999_999_999) as u32).into() };
+    it.uid = meta.uid().into();
+    it.gid = meta.gid().into();
+    it.mode = mode.into();
+    it.atime = ts(meta.atime(), meta.atime_nsec());
+    it.mtime = ts(meta.mtime(), meta.mtime_nsec());
+    it.ctime = ts(meta.ctime(), meta.ctime_nsec());
+    tx.put_inode(root, ino, &it)?;
+    if meta.nlink() > 1 && !meta.is_dir() {
+        copied.insert(id, ino);
     }
     Ok(())
 }
