@@ -195,6 +195,10 @@ pub struct MkfsArgs {
     /// --sizelimit SIZE` or `mount -o loop,offset=OFFSET`.
     #[arg(long, value_name = "BYTES", default_value = "0")]
     pub offset: String,
+    /// Threads reading, compressing and checksumming --rootdir file data
+    /// (default: one per CPU). The image is the same for any number.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    pub threads: usize,
     /// Data profile: single, dup, raid0, raid1, raid1c3, raid1c4, raid10 (default: single).
     #[arg(short = 'd', long = "data", value_name = "PROFILE")]
     pub data: Option<String>,

@@ -229,6 +229,7 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     o.clamp_times = o.timestamp.is_some();
     o.shrink = a.shrink;
     o.offset = m::parse_size(&a.offset)?;
+    o.threads = a.threads;
     o.slack = a.slack.as_deref().map(m::parse_slack).transpose()?;
     o.ownership.all_root = a.all_root;
     o.ownership.owner_map = a.owner_map.iter().map(|s| btrs::ops::rootdir::IdMap::parse(s)).collect::<btrs::Result<_>>()?;
@@ -248,7 +249,27 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let s = m::mkfs(&o)?;
+    // A bar on a terminal while --rootdir data is written.
+    let bar = (o.rootdir.is_some() || o.rootdir_tar.is_some()) && !a.json && std::io::stderr().is_terminal();
+    let bar = bar.then(|| {
+        let b = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+            b.set_style(style);
+        }
+        b
+    });
+    if let Some(b) = &bar {
+        let b = b.clone();
+        o.progress = m::Progress(Some(std::sync::Arc::new(move |done, total| {
+            b.set_length(total);
+            b.set_position(done);
+        })));
+    }
+    let s = m::mkfs(&o);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let s = s?;
     for w in &s.warnings {
         eprintln!("btrs: warning: {w}");
     }

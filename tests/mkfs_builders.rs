@@ -1186,3 +1186,108 @@ fn tar_sparse_members_keep_their_holes() {
     assert!(md.blocks() * 512 <= 64 * 1024, "middle: {} bytes allocated", md.blocks() * 512);
     m.unmount().expect("umount");
 }
+
+/// File data for the threads test: larger than one copy piece (4 MiB) and
+/// than one compressed extent, compressible and not, with holes and a tail
+/// that ends mid-sector; many small files (inline) too.
+fn make_data_tree(root: &Path) {
+    fs::create_dir_all(root.join("small")).unwrap();
+    let text: Vec<u8> = (0..3_000_000u32).flat_map(|i| format!("{i:08} line of text\n").into_bytes()).take(9 * MIB as usize + 1234).collect();
+    fs::write(root.join("text"), &text).unwrap();
+    let noise: Vec<u8> = (0..(6 * MIB as u32 + 77)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    fs::write(root.join("noise"), &noise).unwrap();
+    let f = fs::File::create(root.join("holes")).unwrap();
+    f.set_len(40 * MIB).unwrap();
+    f.write_all_at(&noise[..5 * MIB as usize], 3 * MIB).unwrap();
+    f.write_all_at(&text[..2 * MIB as usize], 30 * MIB + 100).unwrap();
+    for i in 0..300u32 {
+        fs::write(root.join(format!("small/{i}")), format!("{i} ").repeat(i as usize % 700)).unwrap();
+    }
+}
+
+/// Reading, compressing and checksumming run on worker threads; placing stays
+/// in order, so the image is the same for any number of them.
+#[test]
+fn images_do_not_depend_on_the_thread_count() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_data_tree(&src);
+    let tar = d.path().join("src.tar");
+    tar_of(&src, &tar);
+    for extra in [&[][..], &["--compress", "zstd"], &["--compress", "lzo", "--csum", "sha256", "-m", "single"]] {
+        let mut images = Vec::new();
+        for threads in ["1", "2", "5"] {
+            for source in [["-r", s(&src)], ["--rootdir-tar", s(&tar)]] {
+                let img = d.path().join(format!("t{threads}-{}.img", images.len()));
+                let (code, _, err) = mkfs_repro(&[extra, &["--shrink", "--threads", threads], &source[..], &[s(&img)]].concat(), None);
+                assert_eq!(code, 0, "{extra:?} {threads}: {err}");
+                images.push((threads, source[0], img));
+            }
+        }
+        for source in ["-r", "--rootdir-tar"] {
+            let same: Vec<_> = images.iter().filter(|i| i.1 == source).collect();
+            let first = fs::read(&same[0].2).unwrap();
+            for other in &same[1..] {
+                assert!(fs::read(&other.2).unwrap() == first, "{extra:?} {source}: {} threads differ from 1", other.0);
+            }
+            check_clean(&same[0].2, &format!("{extra:?} {source}"));
+        }
+        let out = d.path().join(format!("out{}", extra.len()));
+        btrs_ok(&["extract", s(&images[2].2), s(&out)]);
+        assert_same_tree(&src, &out);
+        fs::remove_dir_all(&out).unwrap();
+        for (_, _, img) in images {
+            fs::remove_file(img).unwrap();
+        }
+    }
+}
+
+/// Data stored as is goes from the source file to every copy with
+/// copy_file_range where the host allows (here: the same filesystem), and
+/// reads back right, checksums included.
+#[test]
+fn file_data_is_copied_file_to_file() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_data_tree(&src);
+    let tar = d.path().join("src.tar");
+    tar_of(&src, &tar);
+    let copied = |args: &[&str], imgs: &[PathBuf]| -> (u64, u64) {
+        let out = btrs_ok(&[&["mkfs", "--json"], args, &imgs.iter().map(|p| s(p)).collect::<Vec<_>>()[..]].concat());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (v["rootdir"]["data_copied_bytes"].as_u64().unwrap(), v["rootdir"]["data_written_bytes"].as_u64().unwrap())
+    };
+    // Data stored in the image: the files' data ranges, in whole sectors.
+    let stored: u64 = 9 * MIB + 4096 + 6 * MIB + 4096 + 5 * MIB + 2 * MIB + 4096;
+    let one = [d.path().join("one.img")];
+    let (c, w) = copied(&["--shrink", "-r", s(&src)], &one);
+    assert!(c > 0, "copy_file_range was not used");
+    assert!(c + w >= stored, "{c} + {w} < {stored}");
+    check_clean(&one[0], "copy_file_range, one image");
+    if progs_available() {
+        common::interop::must(Command::new("btrfs").args(["check", "--readonly", "--check-data-csum"]).arg(&one[0]));
+    }
+    let (code, out, err) = btrs(&["scrub", s(&one[0])], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let x = d.path().join("x");
+    btrs_ok(&["extract", s(&one[0]), s(&x)]);
+    assert_same_tree(&src, &x);
+    // From a tar archive too; on a RAID1 pair every copy is copied.
+    let pair = [d.path().join("p1.img"), d.path().join("p2.img")];
+    for p in &pair {
+        fs::File::create(p).unwrap().set_len(512 * MIB).unwrap();
+    }
+    let (c2, w2) = copied(&["-f", "-d", "raid1", "-m", "raid1", "--rootdir-tar", s(&tar)], &pair);
+    assert!(c2 > c, "RAID1 from tar: {c2} bytes copied");
+    assert!(c2 + w2 >= 2 * stored, "{c2} + {w2} < 2 × {stored}");
+    let (code, out, err) = btrs(&["scrub", s(&pair[0]), "--device", s(&pair[1])], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.matches("mirror_mismatches: 0").count(), 2, "{out}");
+    assert!(out.contains("data_bytes_scrubbed: ") && !out.contains("data_bytes_scrubbed: 0\n"), "{out}");
+    let y = d.path().join("y");
+    btrs_ok(&["extract", s(&pair[0]), "--device", s(&pair[1]), s(&y)]);
+    assert_same_tree(&src, &y);
+    if is_root() {
+        common::interop::btrfs_check(&pair, &["--check-data-csum"]).expect("btrfs check of the pair");
+    }
+}

@@ -151,6 +151,21 @@ pub struct MkfsOptions {
     /// a disk image); a multiple of the sectorsize. Bytes before it are never
     /// written, bytes after it only when `size` says the filesystem reaches them.
     pub offset: u64,
+    /// Worker threads for reading, compressing and checksumming rootdir file
+    /// data (0: one per core); the image does not depend on it.
+    pub threads: usize,
+    /// Told the rootdir file bytes written so far and the total.
+    pub progress: Progress,
+}
+
+/// A callback for [`MkfsOptions::progress`]: (bytes done, bytes in all).
+#[derive(Clone, Default)]
+pub struct Progress(pub Option<std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Progress(callback)" } else { "Progress(none)" })
+    }
 }
 
 /// `--slack`: extra free space in a shrunk image.
@@ -202,6 +217,8 @@ impl MkfsOptions {
             shrink: false,
             slack: None,
             offset: 0,
+            threads: 0,
+            progress: Progress::default(),
         }
     }
 }
@@ -251,6 +268,10 @@ pub struct RootdirSummary {
     pub special: u64,
     pub hardlinks: u64,
     pub data_bytes: u64,
+    /// File data bytes (counted once per copy) written by copy_file_range
+    /// from the source files, and from memory (compressed or after a refusal).
+    pub data_copied_bytes: u64,
+    pub data_written_bytes: u64,
     pub subvolumes: Vec<SubvolSummary>,
 }
 
@@ -559,6 +580,11 @@ struct Devices {
     paths: Vec<PathBuf>,
     /// Where the filesystem starts in every image file (`--offset`).
     offset: u64,
+    /// copy_file_range still worth trying (turned off at its first refusal).
+    copy_range: std::cell::Cell<bool>,
+    /// File data bytes written by copy_file_range and by pwrite (all copies).
+    copied: std::cell::Cell<u64>,
+    written: std::cell::Cell<u64>,
 }
 
 impl Devices {
@@ -570,6 +596,38 @@ impl Devices {
         };
         let at = physical.checked_add(self.offset).ok_or_else(|| Error::Invalid(format!("offset {physical} too large")))?;
         f.write_all_at(data, at).map_err(|e| Error::io(p, format!("write at {at}"), e))
+    }
+
+    /// Write `data` at `physical`; its first `valid` bytes are also bytes
+    /// `src_off..` of `src`: copied file to file where the host allows (a
+    /// reflink on xfs or btrfs, an in-kernel copy elsewhere), the rest — and
+    /// everything once copy_file_range is refused — written from `data`.
+    fn copy_phys(&self, devid: u64, physical: u64, data: &[u8], src: &File, src_off: u64, valid: u64) -> Result<()> {
+        let mut done = 0u64;
+        let valid = valid.min(data.len() as u64);
+        if self.copy_range.get() && valid > 0 {
+            let i = (devid - 1) as usize;
+            let dst = self.files.get(i).ok_or_else(|| Error::Invalid(format!("no device {devid}")))?;
+            while done < valid {
+                let mut from = src_off + done;
+                let mut to = self.offset + physical + done;
+                match rustix::fs::copy_file_range(src, Some(&mut from), dst, Some(&mut to), (valid - done) as usize) {
+                    Ok(0) | Err(_) => {
+                        // EXDEV, EINVAL, EOPNOTSUPP, ENOSYS, a short source:
+                        // plain writes from here on.
+                        self.copy_range.set(false);
+                        break;
+                    }
+                    Ok(n) => done += n as u64,
+                }
+            }
+            self.copied.set(self.copied.get() + done);
+        }
+        self.written.set(self.written.get() + data.len() as u64 - done);
+        if done < data.len() as u64 {
+            self.write_phys(devid, physical + done, &data[done as usize..])?;
+        }
+        Ok(())
     }
 
     /// Make `len` bytes at `physical` read as zeros. A range that is already a
@@ -616,6 +674,13 @@ struct ChunkWriter<'a> {
 impl ChunkWriter<'_> {
     /// Write `data` at `logical` to every copy, split at stripe boundaries.
     fn write(&self, logical: u64, data: &[u8]) -> Result<()> {
+        self.write_from(logical, data, None)
+    }
+
+    /// [`Self::write`] for file data (`data` Some), counted per copy, and
+    /// copied file to file where `data` says the bytes also lie in a file
+    /// (see [`DataSink::write_copy`]).
+    fn write_from(&self, logical: u64, data: &[u8], file_data: Option<Option<(&File, u64, u64)>>) -> Result<()> {
         let mut done = 0usize;
         while done < data.len() {
             let at = logical + done as u64;
@@ -627,7 +692,17 @@ impl ChunkWriter<'_> {
             let (copies, contiguous) = entry.map(at)?;
             let n = (data.len() - done).min(contiguous as usize);
             for c in copies {
-                self.devs.write_phys(c.devid, c.physical, &data[done..done + n])?;
+                match file_data {
+                    Some(Some((f, off, valid))) => {
+                        let valid_here = valid.saturating_sub(done as u64).min(n as u64);
+                        self.devs.copy_phys(c.devid, c.physical, &data[done..done + n], f, off + done as u64, valid_here)?
+                    }
+                    Some(None) => {
+                        self.devs.written.set(self.devs.written.get() + n as u64);
+                        self.devs.write_phys(c.devid, c.physical, &data[done..done + n])?
+                    }
+                    None => self.devs.write_phys(c.devid, c.physical, &data[done..done + n])?,
+                }
             }
             done += n;
         }
@@ -658,7 +733,11 @@ impl DataSink for DataAlloc<'_> {
     }
 
     fn write(&mut self, logical: u64, data: &[u8]) -> Result<()> {
-        self.writer.write(logical, data)
+        self.writer.write_from(logical, data, Some(None))
+    }
+
+    fn write_copy(&mut self, logical: u64, data: &[u8], from: (&File, u64, u64)) -> Result<()> {
+        self.writer.write_from(logical, data, Some(Some(from)))
     }
 }
 
@@ -984,7 +1063,14 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
         // The filesystem's device is what follows the offset.
         cur_lens.push(len.saturating_sub(opts.offset));
     }
-    let devs = Devices { files, paths: opts.images.clone(), offset: opts.offset };
+    let devs = Devices {
+        files,
+        paths: opts.images.clone(),
+        offset: opts.offset,
+        copy_range: std::cell::Cell::new(true),
+        copied: std::cell::Cell::new(0),
+        written: std::cell::Cell::new(0),
+    };
     let sector = opts.sectorsize as u64;
 
     // ---- plan chunks ----
@@ -1087,6 +1173,8 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
             special: s.special,
             hardlinks: s.hardlinks,
             data_bytes: s.data_bytes,
+            data_copied_bytes: devs.copied.get(),
+            data_written_bytes: devs.written.get(),
             subvolumes: ctx
                 .subvols
                 .iter()
@@ -1127,6 +1215,7 @@ fn scan_rootdir(opts: &MkfsOptions, now: (u64, u32)) -> Result<Option<Scan>> {
         ctime: if opts.fixed_ctime { Some(now) } else { None },
         clamp_time: if opts.clamp_times { opts.timestamp.map(|t| (t, 0)) } else { None },
         ownership: opts.ownership.clone(),
+        threads: opts.threads,
     };
     if let Some(archive) = &opts.rootdir_tar {
         // The archive is read again while the images are written: it must not be one of them.
@@ -1230,7 +1319,7 @@ fn minimal_request(
     let (data_bytes, fs_blocks, csum_blocks, mut ext_items) = match scan {
         Some(s) => {
             let mut sink = rootdir::CountingSink::default();
-            let r = rootdir::write_data(s, &mut sink)?;
+            let r = rootdir::write_data(s, &mut sink, &mut |_, _| {})?;
             // Every subvolume is a tree of its own, each at least one leaf.
             let fs_blocks = r.fs_trees.iter().map(|(_, items)| count_blocks(&sizes_of(items), nodesize)).sum::<Result<usize>>()?;
             (sink.next, fs_blocks, count_blocks(&sizes_of(&r.csum_items), nodesize)?, sizes_of(&r.extent_items))
@@ -1401,7 +1490,11 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
                     .collect(),
                 current: 0,
             };
-            let r = rootdir::write_data(s, &mut alloc)?;
+            let r = rootdir::write_data(s, &mut alloc, &mut |done, total| {
+                if let Some(p) = &opts.progress.0 {
+                    p(done, total)
+                }
+            })?;
             (r.fs_trees, r.extent_items, r.csum_items, r.extents)
         }
         None => {

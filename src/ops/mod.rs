@@ -5,6 +5,7 @@ pub mod extract;
 pub mod fixture;
 pub mod listing;
 pub mod mkfs;
+pub mod pipeline;
 pub mod rootdir;
 pub mod rootdir_tar;
 pub mod backref;
