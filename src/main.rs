@@ -371,7 +371,7 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
         Some(s) => Some(parse_size_arg(s)?),
         None => None,
     };
-    let (mut input, len) = btrs::ops::write::open_input(a.from.as_deref())?;
+    let (input, len) = btrs::ops::write::open_input(a.from.as_deref())?;
     let req = btrs::ops::write::WriteRequest {
         offset: a.offset,
         truncate: a.truncate,
@@ -396,7 +396,7 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
         }
         _ => None,
     };
-    let report = btrs::ops::write::write(&wopts(devices, degraded, &a.image), &a.path, &mut input, len, &req, &mut |done| {
+    let report = btrs::ops::write::write(&wopts(devices, degraded, &a.image), &a.path, input, len, &req, &mut |done| {
         if let Some(b) = &bar {
             b.set_position(done);
         }

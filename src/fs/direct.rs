@@ -53,6 +53,24 @@ impl Bounce {
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.pages.as_mut_bytes()[..self.len]
     }
+    /// Bytes the pages hold.
+    pub fn capacity(&self) -> usize {
+        self.pages.len() * PAGE
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Use the first `len` bytes (at most the capacity), the rest of the last
+    /// page zeroed: a reused buffer must not carry old bytes past its end.
+    pub fn set_len(&mut self, len: usize) {
+        let len = len.min(self.capacity());
+        let page_end = len.div_ceil(PAGE) * PAGE;
+        self.pages.as_mut_bytes()[len..page_end].fill(0);
+        self.len = len;
+    }
 }
 
 /// Where a direct write takes its bytes from: something other threads may be
@@ -220,7 +238,8 @@ impl<'v> DirectWriter<'v> {
             return Err(Error::io("<test>", "injected bio failure", std::io::Error::other("injected")));
         }
         let dev = self.vol.device(bio.rec.devid)?;
-        let aligned = bio.rec.physical % PAGE as u64 == 0 && data.len() % PAGE == 0;
+        // O_DIRECT wants the file offset, the length and the memory aligned.
+        let aligned = bio.rec.physical % PAGE as u64 == 0 && data.len() % PAGE == 0 && data.as_ptr() as usize % PAGE == 0;
         match self.direct_files.get(&bio.rec.devid) {
             Some(f) if aligned => f
                 .write_all_at(data, bio.rec.physical)
@@ -229,11 +248,12 @@ impl<'v> DirectWriter<'v> {
         }
     }
 
-    /// Write `bounce` (sector-aligned length) at `logical` to every copy and
-    /// wait for all bios. `live` (tests only) is the caller's source, read at
-    /// bio time when the bounce copy is switched off.
-    pub fn write(&self, logical: u64, bounce: &Bounce, live: Option<(&dyn Source, usize)>) -> Result<Vec<BioRecord>> {
-        let bios = self.plan(logical, bounce.len)?;
+    /// Write `bounce` — engine-owned bytes, sector-aligned length — at
+    /// `logical` to every copy and wait for all bios. `live` (tests only) is
+    /// the caller's source, read at bio time when the bounce copy is
+    /// switched off.
+    pub fn write(&self, logical: u64, bounce: &[u8], live: Option<(&dyn Source, usize)>) -> Result<Vec<BioRecord>> {
+        let bios = self.plan(logical, bounce.len())?;
         let tracker = Tracker::default();
         tracker.add(bios.len());
         let next = AtomicUsize::new(0);
@@ -252,7 +272,7 @@ impl<'v> DirectWriter<'v> {
                         if let Some((src, base)) = live {
                             // What a device DMA-ing from the caller's page would see.
                             let mut b = Bounce::zeroed(span.len());
-                            b.bytes_mut().copy_from_slice(&bounce.bytes()[span.clone()]);
+                            b.bytes_mut().copy_from_slice(&bounce[span.clone()]);
                             let lo = span.start.max(base);
                             let hi = span.end.min(base + src.len());
                             if lo < hi {
@@ -262,7 +282,7 @@ impl<'v> DirectWriter<'v> {
                             continue;
                         }
                     }
-                    tracker.complete(self.issue(bio, &bounce.bytes()[span]));
+                    tracker.complete(self.issue(bio, &bounce[span]));
                 });
             }
         });

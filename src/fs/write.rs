@@ -55,6 +55,13 @@ impl Default for WriteOpts {
     }
 }
 
+/// The bytes of a write: borrowed from the caller (copied into engine pages
+/// before anything is written), or pages the caller hands over.
+enum Payload<'a> {
+    Borrowed(&'a dyn Source),
+    Owned(Bounce),
+}
+
 /// Where a path leads: the tree (subvolume) and inode, and its dir type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Place {
@@ -677,37 +684,55 @@ impl Transaction {
     /// Write `data` at byte `offset` of regular file `ino` (buffered: the
     /// bytes are copied into the engine's buffer first, then written).
     pub fn write_at(&mut self, root: u64, ino: u64, offset: u64, data: &[u8], opts: WriteOpts, report: &mut WriteReport) -> Result<()> {
-        self.write_impl(root, ino, offset, &Plain(data), opts, report, false)
+        self.write_impl(root, ino, offset, Payload::Borrowed(&Plain(data)), opts, report, false).map(drop)
     }
 
     /// Direct write from a source other threads may be changing: see
     /// [`crate::fs::direct`]. On any bio error nothing of this write is
     /// recorded in the trees (the caller should drop the transaction).
     pub fn write_direct(&mut self, root: u64, ino: u64, offset: u64, src: &dyn Source, opts: WriteOpts, report: &mut WriteReport) -> Result<()> {
-        self.write_impl(root, ino, offset, src, opts, report, true)
+        self.write_impl(root, ino, offset, Payload::Borrowed(src), opts, report, true).map(drop)
     }
 
+    /// Write pages the caller hands over (filled, then given up: nobody else
+    /// can change them), buffered or `direct`. When they start on a sector
+    /// and end on one or past the file's end they are the engine's pages for
+    /// this write as they are, with no copy; otherwise they are copied like a
+    /// borrowed buffer. The pages come back for the next write.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_owned(&mut self, root: u64, ino: u64, offset: u64, pages: Bounce, direct: bool, opts: WriteOpts, report: &mut WriteReport) -> Result<Bounce> {
+        self.write_impl(root, ino, offset, Payload::Owned(pages), opts, report, direct)
+    }
+
+    /// Returns the engine pages the write used, for the caller to reuse.
     #[allow(clippy::too_many_arguments)]
     fn write_impl(
         &mut self,
         root: u64,
         ino: u64,
         offset: u64,
-        src: &dyn Source,
+        payload: Payload<'_>,
         opts: WriteOpts,
         report: &mut WriteReport,
         direct: bool,
-    ) -> Result<()> {
+    ) -> Result<Bounce> {
         let mut it = self.read_inode(root, ino)?;
         if it.mode.get() & S_IFMT != S_IFREG {
             return Err(Error::Invalid(format!("inode {ino} is not a regular file")));
         }
-        if src.is_empty() {
-            return Ok(());
+        let src_len = match &payload {
+            Payload::Borrowed(s) => s.len(),
+            Payload::Owned(p) => p.len(),
+        };
+        if src_len == 0 {
+            return Ok(match payload {
+                Payload::Owned(p) => p,
+                Payload::Borrowed(_) => Bounce::zeroed(0),
+            });
         }
         let ss = self.store.fs.sectorsize as u64;
         let old_size = it.size.get();
-        let end = offset.checked_add(src.len() as u64).ok_or_else(|| Error::Invalid("offset overflow".into()))?;
+        let end = offset.checked_add(src_len as u64).ok_or_else(|| Error::Invalid("offset overflow".into()))?;
         let mut a = offset / ss * ss;
         let b = end.div_ceil(ss) * ss;
         // An inline extent (always at 0, < 1 sector) becomes part of the new extent.
@@ -716,21 +741,41 @@ impl Transaction {
                 a = 0;
             }
         }
-        // The engine's own pages: existing bytes of the edge sectors, then the caller's.
-        let mut bounce = Bounce::zeroed((b - a) as usize);
-        let valid_end = old_size.min(b);
-        if a < offset && a < old_size {
-            let n = (offset.min(valid_end)) - a;
-            let head = self.read_range(root, ino, a, n)?;
-            bounce.bytes_mut()[..head.len()].copy_from_slice(&head);
-        }
-        if end < b && end < old_size {
-            let tail = self.read_range(root, ino, end, valid_end - end)?;
-            let s = (end - a) as usize;
-            bounce.bytes_mut()[s..s + tail.len()].copy_from_slice(&tail);
-        }
+        // The engine's own pages: existing bytes of the edge sectors, then the
+        // caller's. Pages handed over that cover [a, b) already are them.
         let base = (offset - a) as usize;
-        src.copy_to(0, &mut bounce.bytes_mut()[base..base + src.len()]);
+        let (bounce, live) = match payload {
+            Payload::Owned(mut pages) if a == offset && (end == b || end >= old_size) && (b - a) as usize <= pages.capacity() => {
+                pages.set_len((b - a) as usize);
+                pages.bytes_mut()[src_len..].fill(0);
+                (pages, None)
+            }
+            payload => {
+                let mut bounce = Bounce::zeroed((b - a) as usize);
+                let valid_end = old_size.min(b);
+                if a < offset && a < old_size {
+                    let n = (offset.min(valid_end)) - a;
+                    let head = self.read_range(root, ino, a, n)?;
+                    bounce.bytes_mut()[..head.len()].copy_from_slice(&head);
+                }
+                if end < b && end < old_size {
+                    let tail = self.read_range(root, ino, end, valid_end - end)?;
+                    let s = (end - a) as usize;
+                    bounce.bytes_mut()[s..s + tail.len()].copy_from_slice(&tail);
+                }
+                let live = match payload {
+                    Payload::Borrowed(src) => {
+                        src.copy_to(0, &mut bounce.bytes_mut()[base..base + src_len]);
+                        Some(src)
+                    }
+                    Payload::Owned(pages) => {
+                        bounce.bytes_mut()[base..base + src_len].copy_from_slice(pages.bytes());
+                        None
+                    }
+                };
+                (bounce, live)
+            }
+        };
         let buf = bounce.bytes();
 
         // A small file lives inline in its leaf, as the kernel's buffered
@@ -741,21 +786,23 @@ impl Transaction {
             self.punch(root, ino, 0, b, &mut it)?;
             self.insert_inline(root, ino, &buf[..new_size as usize])?;
             it.nbytes = (it.nbytes.get() + new_size).into();
-            report.bytes += src.len() as u64;
+            report.bytes += src_len as u64;
             it.size = new_size.into();
             self.touch(&mut it, true);
-            return self.put_inode(root, ino, &it);
+            self.put_inode(root, ino, &it)?;
+            return Ok(bounce);
         }
 
         let nocow = it.flags.get() & INODE_NODATACOW != 0;
         let nosum = it.flags.get() & INODE_NODATASUM != 0 || nocow;
         if nocow && self.try_write_in_place(root, ino, a, buf, opts, report)? {
-            report.bytes += src.len() as u64;
+            report.bytes += src_len as u64;
             if end > old_size {
                 it.size = end.into();
             }
             self.touch(&mut it, true);
-            return self.put_inode(root, ino, &it);
+            self.put_inode(root, ino, &it)?;
+            return Ok(bounce);
         }
         // Allocate every piece first, write them all (every bio on every
         // mirror finished), and only then record anything in the trees.
@@ -793,12 +840,11 @@ impl Transaction {
                 }
                 report.notices.append(&mut dw.notices);
                 for &(pos, logical, got) in &pieces {
+                    // The engine's pages go to the bios as they are: nothing
+                    // else can change them until every mirror has them.
                     let off = (pos - a) as usize;
-                    let mut piece = Bounce::zeroed(got as usize);
-                    piece.bytes_mut().copy_from_slice(&buf[off..off + got as usize]);
-                    let live: Option<(&dyn Source, usize)> = Some((src, base.wrapping_sub(off)));
-                    let live = if base >= off { live } else { None };
-                    report.bios.extend(dw.write(logical, &piece, live)?);
+                    let live = live.filter(|_| base >= off).map(|src| (src, base - off));
+                    report.bios.extend(dw.write(logical, &buf[off..off + got as usize], live)?);
                 }
             } else {
                 for &(pos, logical, got) in &pieces {
@@ -827,12 +873,13 @@ impl Transaction {
             self.insert_extent_item(root, ino, pos, logical, got, got)?;
             it.nbytes = (it.nbytes.get() + got).into();
         }
-        report.bytes += src.len() as u64;
+        report.bytes += src_len as u64;
         if end > old_size {
             it.size = end.into();
         }
         self.touch(&mut it, true);
-        self.put_inode(root, ino, &it)
+        self.put_inode(root, ino, &it)?;
+        Ok(bounce)
     }
 
     /// An uncompressed inline extent at file offset 0 holding `data`.

@@ -10,6 +10,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::fs::transaction::Transaction;
+use crate::fs::direct::Bounce;
 use crate::fs::write::{Place, WriteOpts, WriteReport};
 use crate::fs::Filesystem;
 use crate::volumes::OpenOptions;
@@ -100,7 +101,7 @@ fn commit_due(done: u64, last: u64, every: u64) -> bool {
 pub fn write(
     opts: &OpenOptions,
     path: &str,
-    input: &mut dyn Read,
+    mut input: Box<dyn Read + Send>,
     len_hint: Option<u64>,
     req: &WriteRequest,
     progress: &mut dyn FnMut(u64),
@@ -131,21 +132,42 @@ pub fn write(
     }
     let mut report = WriteReport::default();
     let wopts = WriteOpts { max_bio: req.max_bio.unwrap_or(WriteOpts::default().max_bio) };
-    let mut buf = vec![0u8; WRITE_STEP];
     let mut done = 0u64;
     let mut last_commit = 0u64;
     let every = req.commit_every.unwrap_or(COMMIT_EVERY);
-    loop {
-        let n = fill(input, &mut buf)?;
+    // The input is read straight into engine pages, one step ahead on a
+    // thread of its own, while the engine writes the step before: two sets
+    // of pages travel between them. The pages are handed over, so the
+    // engine writes them to every mirror as they are (no second copy) and
+    // nothing can change them meanwhile. The reader is not joined: on an
+    // error it may sit in a read of standard input until the process ends.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Bounce>>(1);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Bounce>(2);
+    for _ in 0..2 {
+        let _ = empty_tx.send(Bounce::zeroed(WRITE_STEP));
+    }
+    std::thread::spawn(move || {
+        while let Ok(mut pages) = empty_rx.recv() {
+            pages.set_len(pages.capacity());
+            let r = fill(&mut *input, pages.bytes_mut()).map(|n| {
+                pages.set_len(n);
+                pages
+            });
+            let end = !matches!(&r, Ok(p) if !p.is_empty());
+            if full_tx.send(r).is_err() || end {
+                break;
+            }
+        }
+    });
+    while let Ok(pages) = full_rx.recv() {
+        let pages = pages?;
+        let n = pages.len();
         if n == 0 {
             break;
         }
         let at = req.offset + done;
-        if req.direct {
-            tx.write_direct(root, ino, at, &crate::fs::direct::Plain(&buf[..n]), wopts, &mut report)?;
-        } else {
-            tx.write_at(root, ino, at, &buf[..n], wopts, &mut report)?;
-        }
+        let pages = tx.write_owned(root, ino, at, pages, req.direct, wopts, &mut report)?;
+        let _ = empty_tx.send(pages);
         done += n as u64;
         progress(done);
         if commit_due(done, last_commit, every) {
@@ -257,7 +279,7 @@ pub fn setfattr(opts: &OpenOptions, path: &str, name: &str, value: Option<&[u8]>
 
 /// Open the input of `btrs write`: a host file (with its size, for the space
 /// check) or standard input.
-pub fn open_input(from: Option<&Path>) -> Result<(Box<dyn Read>, Option<u64>)> {
+pub fn open_input(from: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
     match from {
         Some(p) if p != Path::new("-") => {
             let f = std::fs::File::open(p).map_err(|e| Error::io(p, "open", e))?;
