@@ -814,23 +814,34 @@ impl Transaction {
             pieces.push((pos, logical, got));
             pos += got;
         }
-        // Checksums are computed on another core while the copies are
-        // written: both read the same engine-owned bytes, which nothing
-        // changes until both are done.
+        // Checksums are computed on other threads while the copies are
+        // written: all read the same engine-owned bytes, which nothing
+        // changes until all are done. Buffered copies cost CPU (the host's
+        // page-cache copy), so the sectors are split among as many threads as
+        // there are cores and a slow checksum (blake2) does not leave one
+        // core to finish alone; direct bios mostly wait on the device, and
+        // one checksum thread beside them measured faster.
         let sums: Vec<Vec<u8>> = std::thread::scope(|s| -> Result<Vec<Vec<u8>>> {
             let this = &*self;
-            let csummer = (!nosum).then(|| {
-                let pieces = &pieces;
-                s.spawn(move || {
-                    pieces
-                        .iter()
-                        .map(|&(pos, _, got)| {
-                            let off = (pos - a) as usize;
-                            this.compute_csums(&buf[off..off + got as usize])
-                        })
-                        .collect::<Vec<_>>()
-                })
-            });
+            let csummers: Vec<_> = if nosum {
+                Vec::new()
+            } else {
+                let cores = if direct { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) };
+                let sectors = buf.len() / ss as usize;
+                let per = sectors.div_ceil(cores).max(1) * ss as usize;
+                buf.chunks(per).map(|part| s.spawn(move || this.compute_csums(part))).collect()
+            };
+            let pieces_ref = &pieces;
+            let split_sums = move |all: Vec<u8>| -> Vec<Vec<u8>> {
+                let cs = this.store.fs.csum.size();
+                pieces_ref
+                    .iter()
+                    .map(|&(pos, _, got)| {
+                        let first = ((pos - a) / ss) as usize * cs;
+                        all[first..first + (got / ss) as usize * cs].to_vec()
+                    })
+                    .collect()
+            };
             if direct {
                 let mut dw = DirectWriter::new(this.store.fs.volume(), opts.max_bio);
                 #[cfg(test)]
@@ -852,10 +863,14 @@ impl Transaction {
                     this.write_data(logical, &buf[off..off + got as usize], opts, report)?;
                 }
             }
-            match csummer {
-                Some(h) => h.join().map_err(|_| Error::Invalid("checksum thread panicked".into())),
-                None => Ok(Vec::new()),
+            if csummers.is_empty() {
+                return Ok(Vec::new());
             }
+            let mut all = Vec::new();
+            for h in csummers {
+                all.extend(h.join().map_err(|_| Error::Invalid("checksum thread panicked".into()))?);
+            }
+            Ok(split_sums(all))
         })?;
         // Without NO_HOLES, a gap between the old end and the write is an explicit hole.
         let no_holes = self.store.fs.sb.has_incompat(INCOMPAT_NO_HOLES);
