@@ -636,6 +636,7 @@ impl Transaction {
                     });
                     done += k;
                 }
+                dev.start_writeback(addr.physical, n as u64);
             }
             Ok(bios)
         };

@@ -151,6 +151,20 @@ impl Device {
             .map_err(|e| Error::io(&self.path, format!("write {} bytes at {physical}", buf.len()), e))
     }
 
+    /// Start writing `len` bytes at `physical` back to the disk now, without
+    /// waiting: long writes then overlap the device's work with the CPU's,
+    /// and the flush before the superblocks finds little left. Linux starts
+    /// asynchronous writeback of a range's dirty pages for
+    /// POSIX_FADV_DONTNEED (and drops only pages already clean). Only a
+    /// hint: durability still comes from [`Self::sync`].
+    pub fn start_writeback(&self, physical: u64, len: u64) {
+        #[cfg(test)]
+        if self.fault.get().is_some() {
+            return;
+        }
+        let _ = rustix::fs::fadvise(&self.file, physical, len, rustix::fs::Advice::DontNeed);
+    }
+
     pub fn sync(&self) -> Result<()> {
         #[cfg(test)]
         if let Some(plan) = self.fault.get() {
