@@ -1047,3 +1047,58 @@ fn quota_groups_are_left_for_a_rescan() {
     assert_eq!(qgroup_status_flags(img), "ON");
     check(&imgs);
 }
+
+/// Standard input arrives in uneven pieces and with pauses; the reader
+/// thread fills whole steps ahead of the engine, buffered and direct, at an
+/// aligned and an unaligned offset (the copying path), and a step that ends
+/// mid-sector inside the file.
+#[test]
+fn write_from_standard_input_in_uneven_pieces() {
+    use std::io::Write;
+    if !progs_available() {
+        assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "btrfs-progs missing");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = mkfs_progs(tmp.path(), 1, 512 << 20, "");
+    let img = imgs[0].to_str().unwrap();
+    let data = pseudo(37 << 20 | 4567, 31);
+    let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (path, extra) in [("/buffered", &[][..]), ("/direct", &["--direct"][..]), ("/odd", &["--offset", "5001"][..])] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_btrs"))
+            .args(["write", img, path, "--quiet"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut at = 0;
+        for (n, piece) in [1usize, 4095, 3 << 20, 17, 20 << 20, 100_000].iter().cycle().enumerate() {
+            if at >= data.len() {
+                break;
+            }
+            let end = (at + piece).min(data.len());
+            stdin.write_all(&data[at..end]).unwrap();
+            at = end;
+            if n % 4 == 3 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        drop(stdin);
+        assert!(child.wait().unwrap().success(), "{path}");
+        let off = if path == "/odd" { 5001 } else { 0 };
+        model_write(&mut model, path, off, &data, false);
+    }
+    // Overwrite inside a file, ending mid-sector before its end.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_btrs"))
+        .args(["write", img, "/buffered", "--quiet", "--offset", "4096"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&data[..(16 << 20) + 77]).unwrap();
+    assert!(child.wait().unwrap().success());
+    model_write(&mut model, "/buffered", 4096, &data[..(16 << 20) + 77], false);
+    check(&imgs);
+    verify(img, &model);
+    scrub_clean(img);
+}
