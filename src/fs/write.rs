@@ -658,13 +658,8 @@ impl Transaction {
 
     /// Checksums of every sector of `data`, back to back.
     fn compute_csums(&self, data: &[u8]) -> Vec<u8> {
-        let ss = self.store.fs.sectorsize as usize;
-        let csum = self.store.fs.csum;
-        let cs = csum.size();
-        let mut out = Vec::with_capacity(data.len() / ss * cs);
-        for sector in data.chunks(ss) {
-            out.extend_from_slice(&csum.compute(sector)[..cs]);
-        }
+        let mut out = Vec::new();
+        self.store.fs.csum.compute_sectors(data, self.store.fs.sectorsize as usize, &mut out);
         out
     }
 

@@ -1363,11 +1363,8 @@ fn run_job(scan: &Scan, job: &DataJob, dry: bool) -> Result<JobDone> {
                 if !sums {
                     return Vec::new();
                 }
-                let n = opts.csum.size();
-                let mut out = Vec::with_capacity(data.len() / sector * n);
-                for chunk in data.chunks(sector) {
-                    out.extend_from_slice(&opts.csum.compute(chunk)[..n]);
-                }
+                let mut out = Vec::new();
+                opts.csum.compute_sectors(data, sector, &mut out);
                 out
             };
             // Bytes of the file (not of zero padding past EOF) in this piece.
