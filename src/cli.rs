@@ -429,7 +429,8 @@ pub struct WriteArgs {
     /// keeps what the last commit wrote. Default 1G. Bounds memory.
     #[arg(long, value_name = "SIZE")]
     pub commit_every: Option<String>,
-    /// Print every device write: logical, length, devid, physical, mirror.
+    /// Print every device write ("bio") as it is submitted and as it
+    /// completes: logical, length, devid, physical, mirror.
     #[arg(short, long)]
     pub verbose: bool,
     /// Print nothing on success.

@@ -372,7 +372,7 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
         None => None,
     };
     let (input, len) = btrs::ops::write::open_input(a.from.as_deref())?;
-    let req = btrs::ops::write::WriteRequest {
+    let mut req = btrs::ops::write::WriteRequest {
         offset: a.offset,
         truncate: a.truncate,
         parents: a.parents,
@@ -384,6 +384,7 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
             Some(s) => Some(btrs::ops::mkfs::parse_size(s)?),
             None => None,
         },
+        on_bio: None,
     };
     // A bar on a terminal for writes of known, non-trivial size.
     let bar = match len {
@@ -396,21 +397,46 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
         }
         _ => None,
     };
-    let report = btrs::ops::write::write(&wopts(devices, degraded, &a.image), &a.path, input, len, &req, &mut |done| {
-        if let Some(b) = &bar {
-            b.set_position(done);
+    // -v: each bio as it is submitted and as it completes, printed here as
+    // the device threads report them while the write runs beside.
+    let (events, lines) = std::sync::mpsc::channel::<String>();
+    if a.verbose {
+        let events = std::sync::Mutex::new(events);
+        req.on_bio = Some(btrs::fs::write::BioHook(std::sync::Arc::new(move |b: &btrs::fs::write::BioRecord, stage| {
+            let what = match stage {
+                btrs::fs::write::BioStage::Submitted => "submit",
+                btrs::fs::write::BioStage::Completed => "done",
+                btrs::fs::write::BioStage::Failed => "failed",
+            };
+            let line = format!("bio {what} logical {} len {} devid {} physical {} mirror {}", b.logical, b.len, b.devid, b.physical, b.mirror + 1);
+            if let Ok(e) = events.lock() {
+                let _ = e.send(line);
+            }
+        })));
+    } else {
+        drop(events);
+    }
+    let open = wopts(devices, degraded, &a.image);
+    let report = std::thread::scope(|s| -> anyhow::Result<_> {
+        let writer = s.spawn(|| {
+            let req = req;
+            btrs::ops::write::write(&open, &a.path, input, len, &req, &mut |done| {
+                if let Some(b) = &bar {
+                    b.set_position(done);
+                }
+            })
+        });
+        // Ends when the write is over and its last bio hook is gone.
+        for line in lines {
+            writeln!(out, "{line}")?;
         }
+        writer.join().map_err(|_| anyhow::anyhow!("the writer thread panicked"))?.map_err(anyhow::Error::from)
     })?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     for n in &report.notices {
         eprintln!("btrs: notice: {n}");
-    }
-    if a.verbose {
-        for b in &report.bios {
-            writeln!(out, "bio logical {} len {} devid {} physical {} mirror {}", b.logical, b.len, b.devid, b.physical, b.mirror + 1)?;
-        }
     }
     if !a.quiet {
         writeln!(out, "wrote {} bytes to {} at offset {} ({} device writes)", report.bytes, a.path, a.offset, report.bios.len())?;

@@ -241,7 +241,7 @@ fn rootdir_keeps_holes_sparse() {
     make_source(&src);
     let imgs = images(dir.path(), 1);
     mkfs(&["-b", "256M", "-r", s(&src)], &imgs);
-    if progs_available() {
+    if common::interop::progs_for("rootdir_keeps_holes_sparse", false) {
         // "sparse" has two data ranges; with NO_HOLES its holes have no extent items at all.
         let out = must(Command::new("btrfs").args(["inspect-internal", "dump-tree", "-t", "fs"]).arg(&imgs[0]));
         let lines: Vec<&str> = out.lines().collect();
@@ -532,8 +532,7 @@ fn dev_extents(img: &Path) -> Vec<(u64, u64)> {
 
 #[test]
 fn superblock_copies_and_dev_extents_keep_apart() {
-    if !progs_available() {
-        eprintln!("skipped: superblock_copies_and_dev_extents_keep_apart: btrfs-progs not installed");
+    if !common::interop::progs_for("superblock_copies_and_dev_extents_keep_apart", false) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

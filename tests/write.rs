@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::interop::{btrfs_check, interop_enabled, progs_available, Mounted};
+use common::interop::{btrfs_check, interop_enabled, Mounted};
 
 fn btrs(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_btrs")).args(args).output().expect("running btrs");
@@ -188,8 +188,7 @@ fn mkfs_progs(dir: &Path, n: usize, size: u64, profile: &str) -> Vec<PathBuf> {
 
 #[test]
 fn write_sequence_on_mkfs_btrfs_image() {
-    if !progs_available() {
-        eprintln!("skipped: btrfs-progs not available");
+    if !common::interop::progs_for("write_sequence_on_mkfs_btrfs_image", false) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -200,8 +199,7 @@ fn write_sequence_on_mkfs_btrfs_image() {
 
 #[test]
 fn write_sequence_on_btrs_mkfs_raid1_pair() {
-    if !progs_available() || !common::interop::is_root() {
-        eprintln!("skipped: multi-image btrfs check needs btrfs-progs and root");
+    if !common::interop::progs_for("write_sequence_on_btrs_mkfs_raid1_pair", true) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -253,8 +251,7 @@ fn kernel_reads_btrs_writes_and_btrs_reads_kernel_writes() {
 /// running, every `ls` shows the new file either not at all or complete.
 #[test]
 fn writers_exclude_each_other_readers_see_the_last_commit() {
-    if !progs_available() {
-        eprintln!("skipped: btrfs-progs not available");
+    if !common::interop::progs_for("writers_exclude_each_other_readers_see_the_last_commit", false) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -304,7 +301,7 @@ fn writers_exclude_each_other_readers_see_the_last_commit() {
 
 #[test]
 fn enospc_is_clear_and_leaves_image_unchanged() {
-    if !progs_available() {
+    if !common::interop::progs_for("enospc_is_clear_and_leaves_image_unchanged", false) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -522,8 +519,7 @@ fn generation(img: &str) -> u64 {
 /// input ending exactly on a commit leaves no empty extra generation.
 #[test]
 fn long_write_commits_in_steps() {
-    if !progs_available() {
-        eprintln!("skipped: btrfs-progs not available");
+    if !common::interop::progs_for("long_write_commits_in_steps", false) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -550,8 +546,7 @@ fn long_write_commits_in_steps() {
 /// a mix inside one transaction.
 #[test]
 fn sigkill_at_random_points_keeps_old_or_new_content() {
-    if !progs_available() {
-        eprintln!("skipped: btrfs-progs not available");
+    if !common::interop::progs_for("sigkill_at_random_points_keeps_old_or_new_content", false) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -799,8 +794,7 @@ fn writes_next_to_a_snapshot_leave_it_intact() {
 /// regular one; truncating back down makes it inline again.
 #[test]
 fn small_files_are_inline_like_the_kernel() {
-    if !progs_available() {
-        eprintln!("skipped: btrfs-progs not available");
+    if !common::interop::progs_for("small_files_are_inline_like_the_kernel", false) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -1055,8 +1049,7 @@ fn quota_groups_are_left_for_a_rescan() {
 #[test]
 fn write_from_standard_input_in_uneven_pieces() {
     use std::io::Write;
-    if !progs_available() {
-        assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "btrfs-progs missing");
+    if !common::interop::progs_for("write_from_standard_input_in_uneven_pieces", false) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -1101,4 +1094,139 @@ fn write_from_standard_input_in_uneven_pieces() {
     check(&imgs);
     verify(img, &model);
     scrub_clean(img);
+}
+
+/// A chunk as btrfs-progs prints it: logical start, length, sub_stripes,
+/// and its stripes (devid, physical).
+struct ProgsChunk {
+    start: u64,
+    len: u64,
+    kind: String,
+    sub_stripes: u64,
+    stripes: Vec<(u64, u64)>,
+}
+
+fn progs_chunks(imgs: &[PathBuf]) -> Vec<ProgsChunk> {
+    let out = common::interop::btrfs_on(imgs, &["inspect-internal", "dump-tree", "-t", "chunk"]).unwrap_or_else(|e| panic!("{e}"));
+    let mut chunks: Vec<ProgsChunk> = Vec::new();
+    let field = |l: &str, name: &str| -> Option<u64> { l.split_whitespace().skip_while(|w| *w != name).nth(1).and_then(|v| v.parse().ok()) };
+    for l in out.lines().map(str::trim) {
+        if let Some(rest) = l.strip_prefix("item ").and_then(|r| r.split_once("(FIRST_CHUNK_TREE CHUNK_ITEM ")) {
+            let start = rest.1.split(')').next().unwrap().parse().unwrap();
+            chunks.push(ProgsChunk { start, len: 0, kind: String::new(), sub_stripes: 1, stripes: Vec::new() });
+        } else if let Some(c) = chunks.last_mut() {
+            if l.starts_with("length ") {
+                c.len = field(l, "length").unwrap();
+                c.kind = l.rsplit(' ').next().unwrap().to_string();
+            } else if l.starts_with("num_stripes ") {
+                c.sub_stripes = field(l, "sub_stripes").unwrap();
+            } else if l.starts_with("stripe ") {
+                c.stripes.push((field(l, "devid").unwrap(), field(l, "offset").unwrap()));
+            }
+        }
+    }
+    chunks
+}
+
+/// Where copy `mirror` of `logical` lives, computed from btrfs-progs' view
+/// of the chunk (the stripe arithmetic of the kernel's btrfs_map_block),
+/// independently of btrs's chunk mapper.
+fn progs_map(c: &ProgsChunk, logical: u64, mirror: u64) -> (u64, u64) {
+    const STRIPE_LEN: u64 = 64 << 10;
+    let off = logical - c.start;
+    if c.kind.contains("RAID10") || c.kind.contains("RAID0") {
+        let sub = c.sub_stripes.max(1);
+        let factor = c.stripes.len() as u64 / sub;
+        let nr = off / STRIPE_LEN;
+        let (devid, phys) = c.stripes[((nr % factor) * sub + mirror) as usize];
+        (devid, phys + (nr / factor) * STRIPE_LEN + off % STRIPE_LEN)
+    } else {
+        let (devid, phys) = c.stripes[mirror as usize];
+        (devid, phys + off)
+    }
+}
+
+/// `btrs write -v` lines: (stage, logical, len, devid, physical, mirror 0-based).
+fn bio_lines(out: &str) -> Vec<(String, u64, u64, u64, u64, u64)> {
+    out.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if w.len() != 12 || w[0] != "bio" {
+                return None;
+            }
+            let n = |i: usize| w[i].parse::<u64>().unwrap_or_else(|_| panic!("bad bio line {l:?}"));
+            Some((w[1].to_string(), n(3), n(5), n(7), n(9), n(11) - 1))
+        })
+        .collect()
+}
+
+/// The direct writer's bios, seen with `-v`: none larger than `--max-bio`
+/// (default 256 pages of 4 KiB), none across a 64 KiB stripe unit (RAID10)
+/// or a chunk boundary (a 200 MiB write on RAID1 that fills one data chunk
+/// and goes on in the next), each at the device address btrfs-progs' chunk
+/// items give for its copy, every submitted bio completed, and together
+/// every sector of the file once per copy. Then check, content and scrub.
+#[test]
+fn direct_bios_respect_max_bio_stripes_and_chunks() {
+    if !common::interop::progs_for("direct_bios_respect_max_bio_stripes_and_chunks", true) {
+        return;
+    }
+    for (profile, ndev, len, max_bio, extra) in [
+        ("raid10", 4usize, (5usize << 20) + 3, 48u64 << 10, &["--max-bio", "48K"][..]),
+        ("raid1", 2, 200 << 20, 1 << 20, &[][..]),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let imgs: Vec<PathBuf> = (1..=ndev).map(|i| tmp.path().join(format!("dev{i}.img"))).collect();
+        let names: Vec<&str> = imgs.iter().map(|p| p.to_str().unwrap()).collect();
+        let mut args = vec!["mkfs", "-b", "512M", "-d", profile, "-m", profile];
+        args.extend(&names);
+        ok(&args);
+        let data = pseudo(len, len as u64);
+        let src = tmp.path().join("src.bin");
+        std::fs::write(&src, &data).unwrap();
+        let mut args = vec!["write", names[0], "/f", "--from", src.to_str().unwrap(), "--direct", "-v"];
+        args.extend_from_slice(extra);
+        let out = ok(&args);
+        let bios = bio_lines(&out);
+        let chunks = progs_chunks(&imgs);
+        let copies = if profile == "raid10" || profile == "raid1" { 2 } else { 1 };
+        let submitted: Vec<_> = bios.iter().filter(|b| b.0 == "submit").map(|b| (b.1, b.2, b.3, b.4, b.5)).collect();
+        let mut done: Vec<_> = bios.iter().filter(|b| b.0 == "done").map(|b| (b.1, b.2, b.3, b.4, b.5)).collect();
+        assert!(!bios.iter().any(|b| b.0 != "submit" && b.0 != "done"), "{profile}: a bio failed:\n{out}");
+        let mut want_done = submitted.clone();
+        want_done.sort();
+        done.sort();
+        assert_eq!(done, want_done, "{profile}: every submitted bio completes once");
+        let mut per_mirror: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        let mut data_chunks = std::collections::BTreeSet::new();
+        for &(logical, n, devid, physical, mirror) in &submitted {
+            assert!(n > 0 && n <= max_bio && n % 4096 == 0, "{profile}: bio of {n} bytes (max {max_bio})");
+            let c = chunks
+                .iter()
+                .find(|c| c.start <= logical && logical < c.start + c.len)
+                .unwrap_or_else(|| panic!("{profile}: no chunk holds logical {logical}"));
+            assert!(c.kind.starts_with("DATA"), "{profile}: data bio in a {} chunk", c.kind);
+            assert!(logical + n <= c.start + c.len, "{profile}: bio {logical}+{n} crosses the end of chunk {}", c.start);
+            if profile == "raid10" {
+                let unit = |x: u64| (x - c.start) / (64 << 10);
+                assert_eq!(unit(logical), unit(logical + n - 1), "{profile}: bio {logical}+{n} crosses a stripe unit");
+            }
+            assert_eq!((devid, physical), progs_map(c, logical, mirror), "{profile}: bio {logical}+{n} copy {mirror}");
+            per_mirror.entry(mirror).or_default().push((logical, n));
+            data_chunks.insert(c.start);
+        }
+        assert_eq!(per_mirror.len(), copies, "{profile}: bios for {} copies", per_mirror.len());
+        for (m, ranges) in per_mirror.iter_mut() {
+            ranges.sort();
+            assert!(ranges.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "{profile}: overlapping bios on copy {m}");
+            let total: u64 = ranges.iter().map(|r| r.1).sum();
+            assert_eq!(total, (len as u64).div_ceil(4096) * 4096, "{profile}: bytes written to copy {m}");
+        }
+        if profile == "raid1" {
+            assert!(data_chunks.len() >= 2, "the 200 MiB write stayed in one chunk: {data_chunks:?}");
+        }
+        check(&imgs);
+        assert!(cat(names[0], "/f") == data, "{profile}: content differs");
+        scrub_clean(names[0]);
+    }
 }

@@ -7,10 +7,20 @@
 //!
 //! The request is split into bios of at most `max_bio` bytes that never cross
 //! a stripe unit (64 KiB for RAID0/10) or chunk boundary; one bio per copy.
-//! Bios are issued by a few worker threads and tracked together by a
-//! [`Tracker`] (pending count + first error): the write completes only when
-//! every bio finished on every mirror, and one failed bio fails the whole
-//! write — the caller then commits none of its file extents.
+//! Each device has a queue of its own, served in order by its own threads,
+//! so every device always has work: O_DIRECT writes are synchronous, and a
+//! device that waited for its slower partner after every step would sit idle
+//! (measured: two image files written this way take as long as two
+//! independent `dd oflag=direct`; with a barrier per 16 MiB step, 30 % longer).
+//!
+//! The bios of one write are tracked together by a [`Tracker`] (pending count +
+//! first error). [`DirectWriter::submit`] queues them and returns; a caller
+//! with a borrowed buffer waits for them at once, a streaming writer that
+//! handed over its pages lets them run while it records the step and reads
+//! the next one. Every write is waited for ([`DirectWriter::finish`]) before
+//! its transaction may read that data back or commit. One failed bio fails the write it belongs to; the
+//! transaction then commits nothing (the superblocks are never written), so
+//! the file keeps its previous contents.
 //!
 //! Image files are reopened with O_DIRECT where the host filesystem allows
 //! (tmpfs does not: then the ordinary descriptor is used and a notice given).
@@ -20,32 +30,45 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::{Error, Result};
-use crate::fs::write::BioRecord;
+use crate::fs::write::{BioHook, BioRecord, BioStage};
 use crate::volumes::Volume;
 
 pub const PAGE: usize = 4096;
+
+/// Threads per device issuing its bios. Synchronous O_DIRECT writes into a
+/// sparse image on ext4 are serialized by the host inode's lock anyway
+/// (block allocation); a second thread keeps a block device busy while the
+/// first one's write completes.
+const WORKERS_PER_DEVICE: usize = 2;
 
 /// One bounce page, aligned for O_DIRECT.
 #[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C, align(4096))]
 pub struct Page([u8; PAGE]);
 
-/// Engine-owned, page-aligned memory.
+/// Engine-owned, page-aligned memory. Pages taken from a [`PagePool`] go
+/// back to it when dropped, wherever that happens: after a buffered write,
+/// or in the device thread that completes the last bio writing them.
 pub struct Bounce {
     pages: Vec<Page>,
     len: usize,
+    home: Option<Sender<Bounce>>,
 }
 
 impl Bounce {
     pub fn zeroed(len: usize) -> Bounce {
-        Bounce { pages: vec![Page([0; PAGE]); len.div_ceil(PAGE)], len }
+        Bounce { pages: vec![Page([0; PAGE]); len.div_ceil(PAGE)], len, home: None }
     }
     pub fn bytes(&self) -> &[u8] {
         &self.pages.as_bytes()[..self.len]
@@ -70,6 +93,41 @@ impl Bounce {
         let page_end = len.div_ceil(PAGE) * PAGE;
         self.pages.as_mut_bytes()[len..page_end].fill(0);
         self.len = len;
+    }
+}
+
+impl Drop for Bounce {
+    fn drop(&mut self) {
+        let Some(home) = self.home.take() else { return };
+        let back = Bounce { pages: std::mem::take(&mut self.pages), len: 0, home: Some(home.clone()) };
+        // The pool is gone (its user stopped): the pages are freed here, and
+        // must not try to go home again.
+        if let Err(std::sync::mpsc::SendError(mut orphan)) = home.send(back) {
+            orphan.home = None;
+        }
+    }
+}
+
+/// A fixed set of equal buffers that come back by themselves (see [`Bounce`]):
+/// the memory a streaming write needs is the pool, whatever the input size.
+pub struct PagePool {
+    free: Receiver<Bounce>,
+}
+
+impl PagePool {
+    pub fn new(count: usize, len: usize) -> PagePool {
+        let (home, free) = channel();
+        for _ in 0..count {
+            let mut b = Bounce::zeroed(len);
+            b.home = Some(home.clone());
+            let _ = home.send(b);
+        }
+        PagePool { free }
+    }
+    /// The next free buffer, waiting for one to come back; `None` once no
+    /// buffer can come back any more.
+    pub fn take(&self) -> Option<Bounce> {
+        self.free.recv().ok()
     }
 }
 
@@ -142,6 +200,10 @@ impl Tracker {
             self.all_done.notify_all();
         }
     }
+    /// Every bio finished without an error.
+    fn succeeded(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) == 0 && self.first_error.lock().is_ok_and(|e| e.is_none())
+    }
     /// Wait for every bio; the first error, if any.
     pub fn wait(&self) -> Result<()> {
         let mut g = self.done_lock.lock().map_err(|_| Error::Invalid("tracker poisoned".into()))?;
@@ -164,54 +226,132 @@ pub struct Bio {
     pub rec: BioRecord,
 }
 
-/// Issues the bios of direct writes.
-pub struct DirectWriter<'v> {
-    vol: &'v Volume,
+/// A bio on its device's queue: the pages it writes from stay alive (and
+/// out of their pool) until it is done.
+struct Job {
+    pages: Arc<Bounce>,
+    span: Range<usize>,
+    rec: BioRecord,
+    tracker: Arc<Tracker>,
+    hook: Option<BioHook>,
+    /// Test-only: fail instead of writing.
+    #[cfg(test)]
+    fail: bool,
+}
+
+/// What a device's threads write with.
+struct DeviceFiles {
+    path: PathBuf,
+    /// Opened with O_DIRECT, when the host allowed it.
+    direct: Option<File>,
+    /// The ordinary descriptor, for pieces O_DIRECT cannot take.
+    plain: File,
+}
+
+impl DeviceFiles {
+    fn write(&self, data: &[u8], physical: u64) -> Result<()> {
+        // O_DIRECT wants the file offset, the length and the memory aligned.
+        let aligned = physical % PAGE as u64 == 0 && data.len() % PAGE == 0 && data.as_ptr() as usize % PAGE == 0;
+        match &self.direct {
+            Some(f) if aligned => f
+                .write_all_at(data, physical)
+                .map_err(|e| Error::io(&self.path, format!("O_DIRECT write {} bytes at {physical}", data.len()), e)),
+            _ => self.plain.write_all_at(data, physical).map_err(|e| Error::io(&self.path, format!("write {} bytes at {physical}", data.len()), e)),
+        }
+    }
+}
+
+fn serve(files: &DeviceFiles, queue: &Mutex<Receiver<Job>>, abort: &AtomicBool) {
+    loop {
+        let job = match queue.lock() {
+            Ok(q) => q.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        let r = if abort.load(Ordering::Relaxed) {
+            Err(Error::Invalid("write abandoned".into()))
+        } else {
+            #[cfg(test)]
+            if job.fail {
+                job.tracker.complete(Err(Error::io(&files.path, "injected bio failure", std::io::Error::other("injected"))));
+                continue;
+            }
+            files.write(&job.pages.bytes()[job.span.clone()], job.rec.physical)
+        };
+        if let Some(h) = &job.hook {
+            h.call(&job.rec, if r.is_ok() { BioStage::Completed } else { BioStage::Failed });
+        }
+        job.tracker.complete(r);
+    }
+}
+
+/// Issues the bios of direct writes, on threads of its own per device.
+pub struct DirectWriter {
     pub max_bio: usize,
-    /// Per devid: a descriptor opened with O_DIRECT, when the host allowed it.
-    direct_files: BTreeMap<u64, File>,
+    queues: BTreeMap<u64, Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    /// Writes submitted and not yet waited for.
+    outstanding: Vec<Arc<Tracker>>,
+    abort: Arc<AtomicBool>,
     pub notices: Vec<String>,
-    /// Test-only: write each bio straight from the caller's (changing) source
-    /// instead of the bounce pages, to show the checks catch what bounce
-    /// copies prevent.
+    /// Test-only: each bio gets its own copy of the caller's (changing)
+    /// source, taken as it is queued, instead of the shared bounce pages:
+    /// what devices reading the caller's memory at their own time would
+    /// see. Shows the checks catch what bounce copies prevent.
     #[cfg(test)]
     pub no_bounce: bool,
     /// Test-only: fail the bio that writes this logical address.
     #[cfg(test)]
     pub fail_at: Option<u64>,
 }
-
-impl<'v> DirectWriter<'v> {
-    pub fn new(vol: &'v Volume, max_bio: usize) -> DirectWriter<'v> {
-        let mut direct_files = BTreeMap::new();
-        let mut notices = Vec::new();
-        for (devid, d) in &vol.devices {
-            let flags = rustix::fs::OFlags::RDWR | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC;
-            match rustix::fs::open(&d.path, flags, rustix::fs::Mode::empty()) {
-                Ok(fd) => {
-                    direct_files.insert(*devid, File::from(fd));
-                }
-                Err(e) => notices.push(format!("{}: O_DIRECT not available ({e}); writing through the page cache", d.path.display())),
-            }
-        }
-        DirectWriter {
-            vol,
+impl DirectWriter {
+    /// Open every device of `vol` for direct writes and start its threads.
+    pub fn new(vol: &Volume, max_bio: usize) -> Result<DirectWriter> {
+        let abort = Arc::new(AtomicBool::new(false));
+        let mut w = DirectWriter {
             max_bio: max_bio.max(PAGE) / PAGE * PAGE,
-            direct_files,
-            notices,
+            queues: BTreeMap::new(),
+            workers: Vec::new(),
+            outstanding: Vec::new(),
+            abort: abort.clone(),
+            notices: Vec::new(),
             #[cfg(test)]
             no_bounce: false,
             #[cfg(test)]
             fail_at: None,
+        };
+        for (devid, d) in &vol.devices {
+            let flags = rustix::fs::OFlags::RDWR | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC;
+            let direct = match rustix::fs::open(&d.path, flags, rustix::fs::Mode::empty()) {
+                Ok(fd) => Some(File::from(fd)),
+                Err(e) => {
+                    w.notices.push(format!("{}: O_DIRECT not available ({e}); writing through the page cache", d.path.display()));
+                    None
+                }
+            };
+            let plain = d.file.try_clone().map_err(|e| Error::io(&d.path, "dup", e))?;
+            let files = Arc::new(DeviceFiles { path: d.path.clone(), direct, plain });
+            let (tx, rx) = channel::<Job>();
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..WORKERS_PER_DEVICE {
+                let (files, rx, abort) = (files.clone(), rx.clone(), abort.clone());
+                let h = std::thread::Builder::new()
+                    .name(format!("bio-dev{devid}"))
+                    .spawn(move || serve(&files, &rx, &abort))
+                    .map_err(|e| Error::io(&d.path, "start a bio thread", e))?;
+                w.workers.push(h);
+            }
+            w.queues.insert(*devid, tx);
         }
+        Ok(w)
     }
 
     /// Split [logical, logical+len) into bios for every copy.
-    pub fn plan(&self, logical: u64, len: usize) -> Result<Vec<Bio>> {
-        let copies = self.vol.num_copies(logical)?;
+    pub fn plan(&self, vol: &Volume, logical: u64, len: usize) -> Result<Vec<Bio>> {
+        let copies = vol.num_copies(logical)?;
         let mut out = Vec::new();
         for m in 0..copies {
-            for (off, addr, n) in self.vol.copy_segments(logical, len, m)? {
+            for (off, addr, n) in vol.copy_segments(logical, len, m)? {
                 let mut done = 0;
                 while done < n {
                     let k = (n - done).min(self.max_bio);
@@ -232,63 +372,91 @@ impl<'v> DirectWriter<'v> {
         Ok(out)
     }
 
-    fn issue(&self, bio: &Bio, data: &[u8]) -> Result<()> {
-        #[cfg(test)]
-        if self.fail_at.is_some_and(|f| f >= bio.rec.logical && f < bio.rec.logical + bio.rec.len) {
-            return Err(Error::io("<test>", "injected bio failure", std::io::Error::other("injected")));
+    /// Queue the bios writing `pages[span]` (engine-owned bytes, a whole
+    /// number of sectors) at `logical` on every copy, and return at once:
+    /// the pages stay alive until the last of them is done. `live` (tests
+    /// only) is the caller's source and where it starts in the pages.
+    pub fn submit(
+        &mut self,
+        vol: &Volume,
+        logical: u64,
+        pages: &Arc<Bounce>,
+        span: Range<usize>,
+        hook: Option<&BioHook>,
+        live: Option<(&dyn Source, usize)>,
+    ) -> Result<Vec<BioRecord>> {
+        let _ = &live;
+        let bios = self.plan(vol, logical, span.len())?;
+        // Finished writes need no more waiting for.
+        self.outstanding.retain(|t| !t.succeeded());
+        let tracker = Arc::new(Tracker::default());
+        tracker.add(bios.len());
+        self.outstanding.push(tracker.clone());
+        for bio in &bios {
+            let at = span.start + bio.buf_off;
+            let (pages, span) = (pages.clone(), at..at + bio.rec.len as usize);
+            #[cfg(test)]
+            let (pages, span) = match live {
+                Some((src, base)) if self.no_bounce => {
+                    // What a device DMA-ing from the caller's page would see.
+                    let mut b = Bounce::zeroed(span.len());
+                    b.bytes_mut().copy_from_slice(&pages.bytes()[span.clone()]);
+                    let lo = span.start.max(base);
+                    let hi = span.end.min(base + src.len());
+                    if lo < hi {
+                        src.copy_to(lo - base, &mut b.bytes_mut()[lo - span.start..hi - span.start]);
+                    }
+                    let n = b.len();
+                    (Arc::new(b), 0..n)
+                }
+                _ => (pages, span),
+            };
+            if let Some(h) = hook {
+                h.call(&bio.rec, BioStage::Submitted);
+            }
+            let job = Job {
+                pages,
+                span,
+                rec: bio.rec.clone(),
+                tracker: tracker.clone(),
+                hook: hook.cloned(),
+                #[cfg(test)]
+                fail: self.fail_at.is_some_and(|f| f >= bio.rec.logical && f < bio.rec.logical + bio.rec.len),
+            };
+            let queue = self.queues.get(&bio.rec.devid).ok_or(Error::Devices(format!("devid {} has no bio queue", bio.rec.devid)))?;
+            if queue.send(job).is_err() {
+                // Its threads are gone: count the bio as failed.
+                tracker.complete(Err(Error::Invalid(format!("devid {}: bio threads stopped", bio.rec.devid))));
+            }
         }
-        let dev = self.vol.device(bio.rec.devid)?;
-        // O_DIRECT wants the file offset, the length and the memory aligned.
-        let aligned = bio.rec.physical % PAGE as u64 == 0 && data.len() % PAGE == 0 && data.as_ptr() as usize % PAGE == 0;
-        match self.direct_files.get(&bio.rec.devid) {
-            Some(f) if aligned => f
-                .write_all_at(data, bio.rec.physical)
-                .map_err(|e| Error::io(&dev.path, format!("O_DIRECT write {} bytes at {}", data.len(), bio.rec.physical), e)),
-            _ => dev.write_all_at(bio.rec.physical, data),
-        }
+        Ok(bios.into_iter().map(|b| b.rec).collect())
     }
 
-    /// Write `bounce` — engine-owned bytes, sector-aligned length — at
-    /// `logical` to every copy and wait for all bios. `live` (tests only) is
-    /// the caller's source, read at bio time when the bounce copy is
-    /// switched off.
-    pub fn write(&self, logical: u64, bounce: &[u8], live: Option<(&dyn Source, usize)>) -> Result<Vec<BioRecord>> {
-        let bios = self.plan(logical, bounce.len())?;
-        let tracker = Tracker::default();
-        tracker.add(bios.len());
-        let next = AtomicUsize::new(0);
-        // Several bios in flight per device: O_DIRECT writes are synchronous,
-        // and one at a time would leave the device idle between them.
-        let workers = (self.vol.devices.len() * 4).clamp(4, 16);
-        let _ = &live;
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(bio) = bios.get(i) else { break };
-                    let span = bio.buf_off..bio.buf_off + bio.rec.len as usize;
-                    #[cfg(test)]
-                    if self.no_bounce {
-                        if let Some((src, base)) = live {
-                            // What a device DMA-ing from the caller's page would see.
-                            let mut b = Bounce::zeroed(span.len());
-                            b.bytes_mut().copy_from_slice(&bounce[span.clone()]);
-                            let lo = span.start.max(base);
-                            let hi = span.end.min(base + src.len());
-                            if lo < hi {
-                                src.copy_to(lo - base, &mut b.bytes_mut()[lo - span.start..hi - span.start]);
-                            }
-                            tracker.complete(self.issue(bio, b.bytes()));
-                            continue;
-                        }
-                    }
-                    tracker.complete(self.issue(bio, &bounce[span]));
-                });
+    /// Wait until every bio submitted so far finished on every mirror; the
+    /// first error of any of them. Flushing is the commit's job (it fsyncs
+    /// every image before the superblocks).
+    pub fn finish(&mut self) -> Result<()> {
+        let mut first = Ok(());
+        for t in self.outstanding.drain(..) {
+            if let Err(e) = t.wait() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
             }
-        });
-        tracker.wait()?;
-        // Flushing is the commit's job (it fsyncs every image before the superblock).
-        Ok(bios.into_iter().map(|b| b.rec).collect())
+        }
+        first
+    }
+}
+
+impl Drop for DirectWriter {
+    /// An abandoned writer (its transaction dropped) skips what is queued,
+    /// waits for the bios already at a device, and stops its threads.
+    fn drop(&mut self) {
+        self.abort.store(true, Ordering::Relaxed);
+        self.queues.clear();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
     }
 }
 
@@ -334,7 +502,7 @@ mod tests {
                 }
             });
             let mut report = WriteReport::default();
-            let r = tx.write_direct(FS_TREE_OBJECTID, ino, 0, &buf, WriteOpts { max_bio: 64 << 10 }, &mut report);
+            let r = tx.write_direct(FS_TREE_OBJECTID, ino, 0, &buf, &WriteOpts { max_bio: 64 << 10, on_bio: None }, &mut report);
             stop.store(true, Ordering::Relaxed);
             r.unwrap();
         });
@@ -398,7 +566,7 @@ mod tests {
         tx.direct_fail_at = Some(probe + 4096 * 3);
         let data = vec![7u8; 1 << 20];
         let mut report = WriteReport::default();
-        let r = tx.write_direct(FS_TREE_OBJECTID, ino, 0, &Plain(&data), WriteOpts::default(), &mut report);
+        let r = tx.write_direct(FS_TREE_OBJECTID, ino, 0, &Plain(&data), &WriteOpts::default(), &mut report);
         assert!(r.is_err(), "injected failure not reported");
         drop(tx); // abort
         // Superblocks untouched: the filesystem is as before.
@@ -408,5 +576,73 @@ mod tests {
         }
         let fs = Filesystem::open(&OpenOptions { writable: false, ..opts }).unwrap();
         assert!(fs.lookup(fs.root_dir(), b"f").unwrap().is_none());
+    }
+
+    /// Streamed steps (pages handed over) only queue their bios: a bio of an
+    /// early step that fails makes a later step or the commit fail, and
+    /// nothing is committed; the pages of every step go back to their pool.
+    #[test]
+    fn failed_bio_of_a_queued_step_fails_the_commit() {
+        let Some((_tmp, imgs)) = mkfs_raid1() else { return };
+        let opts = OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), degraded: false, writable: true, ..Default::default() };
+        let supers = |imgs: &[PathBuf]| -> Vec<Vec<u8>> { imgs.iter().map(|p| std::fs::read(p).unwrap()[65536..65536 + 4096].to_vec()).collect() };
+        let before = supers(&imgs);
+        let step = 4 << 20;
+        let pool = PagePool::new(2, step);
+        // Where the first step's extent goes: the allocator is deterministic,
+        // so a transaction dropped after asking gives the address to fail.
+        let first = {
+            let mut tx = Transaction::begin(Filesystem::open(&opts).unwrap()).unwrap();
+            tx.store.alloc_data(step as u64).unwrap().0
+        };
+        let mut tx = Transaction::begin(Filesystem::open(&opts).unwrap()).unwrap();
+        let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
+        tx.direct_fail_at = Some(first + 4096 * 2);
+        let mut report = WriteReport::default();
+        let mut failed = None;
+        for k in 0..6u64 {
+            let mut pages = pool.take().expect("pages came back to the pool");
+            pages.set_len(step);
+            pages.bytes_mut().fill(k as u8 + 1);
+            if let Err(e) = tx.write_owned(FS_TREE_OBJECTID, ino, k * step as u64, pages, true, &WriteOpts::default(), &mut report) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let r = match failed {
+            Some(e) => Err(e),
+            None => tx.commit(),
+        };
+        let e = r.expect_err("a failed bio must fail the write or its commit");
+        assert!(e.to_string().contains("injected"), "{e}");
+        assert_eq!(supers(&imgs), before, "superblocks changed");
+        let fs = Filesystem::open(&OpenOptions { writable: false, ..opts.clone() }).unwrap();
+        assert!(fs.lookup(fs.root_dir(), b"f").unwrap().is_none());
+        drop(fs);
+
+        // The same steps without a fault: every byte lands on both mirrors.
+        let mut tx = Transaction::begin(Filesystem::open(&opts).unwrap()).unwrap();
+        let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
+        for k in 0..6u64 {
+            let mut pages = pool.take().expect("pages came back to the pool");
+            pages.set_len(step);
+            pages.bytes_mut().fill(k as u8 + 1);
+            tx.write_owned(FS_TREE_OBJECTID, ino, k * step as u64, pages, true, &WriteOpts::default(), &mut report).unwrap();
+        }
+        tx.commit().unwrap();
+        let fs = Filesystem::open(&OpenOptions { writable: false, ..opts }).unwrap();
+        let id = InodeId { subvol: FS_TREE_OBJECTID, ino };
+        for (off, fe) in fs.file_extents(id).unwrap() {
+            let items::FileExtentKind::Regular { disk_bytenr, disk_num_bytes, .. } = fe.kind else { panic!("inline") };
+            let mut c0 = vec![0u8; disk_num_bytes as usize];
+            let mut c1 = c0.clone();
+            fs.volume().read_copy(disk_bytenr, &mut c0, 0).unwrap();
+            fs.volume().read_copy(disk_bytenr, &mut c1, 1).unwrap();
+            assert!(c0 == c1, "mirrors differ in the extent at file offset {off}");
+            for (i, sector) in c0.chunks(4096).enumerate() {
+                let want = ((off + (i * 4096) as u64) / step as u64) as u8 + 1;
+                assert!(sector.iter().all(|&b| b == want), "file offset {off} sector {i}");
+            }
+        }
     }
 }

@@ -103,7 +103,7 @@ impl CachedFile {
 
     /// Write every dirty page to the transaction (all mirrors, checksums from
     /// the sealed bytes), then release the pages to writers.
-    pub fn writeback(&self, tx: &mut Transaction, opts: WriteOpts, report: &mut WriteReport) -> Result<()> {
+    pub fn writeback(&self, tx: &mut Transaction, opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
         // Seal: take the dirty bits and a reference to the bytes.
         let sealed: Vec<Sealed> = {
             let mut g = self.pages.lock().map_err(|_| poisoned())?;
@@ -137,7 +137,7 @@ impl CachedFile {
     }
 
     /// Write maximal runs of dirty bytes from sealed pages.
-    fn write_sealed(&self, tx: &mut Transaction, sealed: &[Sealed], opts: WriteOpts, report: &mut WriteReport) -> Result<()> {
+    fn write_sealed(&self, tx: &mut Transaction, sealed: &[Sealed], opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
         let mut run: Option<(u64, Vec<u8>)> = None;
         for (idx, data, mask) in sealed {
             let base = idx * PAGE as u64;
@@ -221,14 +221,14 @@ mod tests {
                     }));
                 }
                 while !stop.load(Ordering::Relaxed) {
-                    file.writeback(&mut tx, WriteOpts::default(), &mut WriteReport::default()).unwrap();
+                    file.writeback(&mut tx, &WriteOpts::default(), &mut WriteReport::default()).unwrap();
                     rounds += 1;
                     if hs.iter().all(|h| h.is_finished()) {
                         stop.store(true, Ordering::Relaxed);
                     }
                 }
             });
-            file.writeback(&mut tx, WriteOpts::default(), &mut WriteReport::default()).unwrap();
+            file.writeback(&mut tx, &WriteOpts::default(), &mut WriteReport::default()).unwrap();
             let want = file.snapshot(0, len).unwrap();
             tx.commit().unwrap();
             let chk = std::process::Command::new("btrfs").args(["check", "--readonly"]).arg(&imgs[0]).output().unwrap();

@@ -359,6 +359,9 @@ pub struct Transaction {
     root_items: HashMap<u64, (Key, RootItem)>,
     /// Current time for inode stamps.
     pub now: crate::format::Timespec,
+    /// Direct bios of this transaction's writes, on the devices' threads
+    /// (started by the first direct write).
+    pub direct: Option<crate::fs::direct::DirectWriter>,
     /// Test-only switches of the direct writer (see `fs::direct`).
     #[cfg(test)]
     pub direct_no_bounce: bool,
@@ -475,6 +478,7 @@ impl Transaction {
             trees: BTreeMap::new(),
             root_items: HashMap::new(),
             now: crate::format::Timespec::new(now.as_secs(), now.subsec_nanos()),
+            direct: None,
             #[cfg(test)]
             direct_no_bounce: false,
             #[cfg(test)]
@@ -1100,6 +1104,10 @@ impl Transaction {
 
     /// Commit and hand back the filesystem, now at the new generation.
     fn commit_keep(mut self) -> Result<Filesystem> {
+        // No root may point at data before every bio writing it is done.
+        if let Some(mut dw) = self.direct.take() {
+            dw.finish()?;
+        }
         if self.trees.values().any(|t| t.is_dirty()) {
             self.mark_qgroups_inconsistent()?;
         }
@@ -1374,7 +1382,7 @@ mod crash_tests {
         for (name, data) in old_state() {
             if let Some(d) = data {
                 let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, name.as_bytes(), S_IFREG | 0o644, 0).unwrap();
-                tx.write_at(FS_TREE_OBJECTID, ino, 0, &d, o, &mut r).unwrap();
+                tx.write_at(FS_TREE_OBJECTID, ino, 0, &d, &o, &mut r).unwrap();
             }
         }
         tx.commit().unwrap();
@@ -1387,11 +1395,11 @@ mod crash_tests {
         let root = FS_TREE_OBJECTID;
         let dir = FIRST_FREE_OBJECTID;
         let (a, _) = tx.lookup_name(root, dir, b"a")?.ok_or_else(|| Error::NotFound("a".into()))?;
-        tx.write_at(root, a, 100_001, &bytes(40_000, 4), o, &mut r)?;
-        tx.write_at(root, a, 300_000, &bytes(100_000, 5), o, &mut r)?;
+        tx.write_at(root, a, 100_001, &bytes(40_000, 4), &o, &mut r)?;
+        tx.write_at(root, a, 300_000, &bytes(100_000, 5), &o, &mut r)?;
         tx.set_xattr(root, a, b"user.v", Some(b"new"))?;
         let b = tx.create(root, dir, b"b", S_IFREG | 0o644, 0)?;
-        tx.write_at(root, b, 0, &bytes(200_000, 2), o, &mut r)?;
+        tx.write_at(root, b, 0, &bytes(200_000, 2), &o, &mut r)?;
         tx.unlink(root, dir, b"c")?;
         tx.commit()
     }
@@ -1523,7 +1531,7 @@ mod ref_tests {
         let o = OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable: true, alongside_writer: false };
         let mut tx = Transaction::begin(Filesystem::open(&o).unwrap()).unwrap();
         let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
-        tx.write_at(FS_TREE_OBJECTID, ino, 0, &vec![7u8; 1 << 20], WriteOpts::default(), &mut WriteReport::default()).unwrap();
+        tx.write_at(FS_TREE_OBJECTID, ino, 0, &vec![7u8; 1 << 20], &WriteOpts::default(), &mut WriteReport::default()).unwrap();
         tx.commit().unwrap();
         let fs = Filesystem::open(&o).unwrap();
         let extents = fs.file_extents(InodeId { subvol: FS_TREE_OBJECTID, ino }).unwrap();

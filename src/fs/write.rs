@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::format::items::{self, parse_dir_items, parse_file_extent, FileExtentKind};
 use crate::format::*;
 use crate::fs::direct::{Bounce, DirectWriter, Plain, Source};
+use std::sync::Arc;
 use crate::fs::transaction::Transaction;
 
 /// Largest file kept inline in its leaf (the kernel's default max_inline).
@@ -42,18 +43,47 @@ pub struct BioRecord {
     pub mirror: usize,
 }
 
+/// Where a bio is in its life, for a [`BioHook`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BioStage {
+    Submitted,
+    Completed,
+    Failed,
+}
+
+/// Told of every data bio as it is submitted and as it completes (from the
+/// thread that issued it), for `btrs write -v`.
+#[derive(Clone)]
+pub struct BioHook(pub Arc<BioFn>);
+
+pub type BioFn = dyn Fn(&BioRecord, BioStage) + Send + Sync;
+
+impl BioHook {
+    pub fn call(&self, rec: &BioRecord, stage: BioStage) {
+        (self.0)(rec, stage)
+    }
+}
+
+impl std::fmt::Debug for BioHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BioHook")
+    }
+}
+
 /// Options for file data writes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct WriteOpts {
     /// Largest single device write (a "bio"); pieces never cross a stripe.
     pub max_bio: usize,
+    pub on_bio: Option<BioHook>,
 }
 
 impl Default for WriteOpts {
     fn default() -> Self {
-        WriteOpts { max_bio: 1 << 20 }
+        WriteOpts { max_bio: 1 << 20, on_bio: None }
     }
 }
+
 
 /// The bytes of a write: borrowed from the caller (copied into engine pages
 /// before anything is written), or pages the caller hands over.
@@ -574,6 +604,8 @@ impl Transaction {
     /// Current content of [start, start+len) of a file (holes read as zero),
     /// from the transaction's view of its extents.
     fn read_range(&mut self, root: u64, ino: u64, start: u64, len: u64) -> Result<Vec<u8>> {
+        // Queued direct bios may be writing exactly these sectors.
+        self.finish_direct()?;
         let mut out = vec![0u8; len as usize];
         let end = start + len;
         for (off, d) in self.extents_overlapping(root, ino, start, end)? {
@@ -616,7 +648,7 @@ impl Transaction {
     /// bytes that never cross a stripe or chunk boundary. Each copy is written
     /// by its own thread: the copies live on different images (or far apart
     /// on one), and the host writes them in parallel.
-    pub fn write_data(&self, logical: u64, buf: &[u8], opts: WriteOpts, report: &mut WriteReport) -> Result<()> {
+    pub fn write_data(&self, logical: u64, buf: &[u8], opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
         let vol = self.store.fs.volume();
         let copies = vol.num_copies(logical)?;
         let write_copy = |m: usize| -> Result<Vec<BioRecord>> {
@@ -626,14 +658,23 @@ impl Transaction {
                 let mut done = 0;
                 while done < n {
                     let k = (n - done).min(opts.max_bio.max(4096));
-                    dev.write_all_at(addr.physical + done as u64, &buf[off + done..off + done + k])?;
-                    bios.push(BioRecord {
+                    let rec = BioRecord {
                         logical: logical + (off + done) as u64,
                         len: k as u64,
                         devid: addr.devid,
                         physical: addr.physical + done as u64,
                         mirror: m,
-                    });
+                    };
+                    let hook = |stage| {
+                        if let Some(h) = &opts.on_bio {
+                            h.call(&rec, stage)
+                        }
+                    };
+                    hook(BioStage::Submitted);
+                    let r = dev.write_all_at(rec.physical, &buf[off + done..off + done + k]);
+                    hook(if r.is_ok() { BioStage::Completed } else { BioStage::Failed });
+                    r?;
+                    bios.push(rec);
                     done += k;
                 }
                 dev.start_writeback(addr.physical, n as u64);
@@ -679,28 +720,43 @@ impl Transaction {
 
     /// Write `data` at byte `offset` of regular file `ino` (buffered: the
     /// bytes are copied into the engine's buffer first, then written).
-    pub fn write_at(&mut self, root: u64, ino: u64, offset: u64, data: &[u8], opts: WriteOpts, report: &mut WriteReport) -> Result<()> {
-        self.write_impl(root, ino, offset, Payload::Borrowed(&Plain(data)), opts, report, false).map(drop)
+    pub fn write_at(&mut self, root: u64, ino: u64, offset: u64, data: &[u8], opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
+        self.write_impl(root, ino, offset, Payload::Borrowed(&Plain(data)), opts, report, false)
     }
 
     /// Direct write from a source other threads may be changing: see
-    /// [`crate::fs::direct`]. On any bio error nothing of this write is
-    /// recorded in the trees (the caller should drop the transaction).
-    pub fn write_direct(&mut self, root: u64, ino: u64, offset: u64, src: &dyn Source, opts: WriteOpts, report: &mut WriteReport) -> Result<()> {
-        self.write_impl(root, ino, offset, Payload::Borrowed(src), opts, report, true).map(drop)
+    /// [`crate::fs::direct`]. Returns when every bio finished on every
+    /// mirror; on any bio error the transaction must be dropped (it would
+    /// record extents whose bytes are not all on disk).
+    pub fn write_direct(&mut self, root: u64, ino: u64, offset: u64, src: &dyn Source, opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
+        self.write_impl(root, ino, offset, Payload::Borrowed(src), opts, report, true)?;
+        self.finish_direct()
     }
 
     /// Write pages the caller hands over (filled, then given up: nobody else
     /// can change them), buffered or `direct`. When they start on a sector
     /// and end on one or past the file's end they are the engine's pages for
     /// this write as they are, with no copy; otherwise they are copied like a
-    /// borrowed buffer. The pages come back for the next write.
+    /// borrowed buffer. Pages from a [`crate::fs::direct::PagePool`] go back
+    /// to it once written.
+    ///
+    /// Direct bios are only queued: they run while the caller prepares its
+    /// next pages, and finish before the transaction reads file data back or
+    /// commits. A bio error surfaces from a later write or from the commit,
+    /// and the transaction then commits nothing.
     #[allow(clippy::too_many_arguments)]
-    pub fn write_owned(&mut self, root: u64, ino: u64, offset: u64, pages: Bounce, direct: bool, opts: WriteOpts, report: &mut WriteReport) -> Result<Bounce> {
+    pub fn write_owned(&mut self, root: u64, ino: u64, offset: u64, pages: Bounce, direct: bool, opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
         self.write_impl(root, ino, offset, Payload::Owned(pages), opts, report, direct)
     }
 
-    /// Returns the engine pages the write used, for the caller to reuse.
+    /// Wait for every direct bio queued in this transaction; the first error.
+    pub fn finish_direct(&mut self) -> Result<()> {
+        match &mut self.direct {
+            Some(dw) => dw.finish(),
+            None => Ok(()),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn write_impl(
         &mut self,
@@ -708,10 +764,10 @@ impl Transaction {
         ino: u64,
         offset: u64,
         payload: Payload<'_>,
-        opts: WriteOpts,
+        opts: &WriteOpts,
         report: &mut WriteReport,
         direct: bool,
-    ) -> Result<Bounce> {
+    ) -> Result<()> {
         let mut it = self.read_inode(root, ino)?;
         if it.mode.get() & S_IFMT != S_IFREG {
             return Err(Error::Invalid(format!("inode {ino} is not a regular file")));
@@ -721,10 +777,7 @@ impl Transaction {
             Payload::Owned(p) => p.len(),
         };
         if src_len == 0 {
-            return Ok(match payload {
-                Payload::Owned(p) => p,
-                Payload::Borrowed(_) => Bounce::zeroed(0),
-            });
+            return Ok(());
         }
         let ss = self.store.fs.sectorsize as u64;
         let old_size = it.size.get();
@@ -786,7 +839,7 @@ impl Transaction {
             it.size = new_size.into();
             self.touch(&mut it, true);
             self.put_inode(root, ino, &it)?;
-            return Ok(bounce);
+            return Ok(());
         }
 
         let nocow = it.flags.get() & INODE_NODATACOW != 0;
@@ -798,10 +851,12 @@ impl Transaction {
             }
             self.touch(&mut it, true);
             self.put_inode(root, ino, &it)?;
-            return Ok(bounce);
+            return Ok(());
         }
-        // Allocate every piece first, write them all (every bio on every
-        // mirror finished), and only then record anything in the trees.
+        // Allocate every piece, write (or, direct, queue) every copy of it,
+        // then record it in the trees. Nothing recorded reaches a committed
+        // root before every bio finished: the commit waits for them, and a
+        // failed one fails it.
         let mut pieces = Vec::new();
         let mut pos = a;
         while pos < b {
@@ -810,64 +865,11 @@ impl Transaction {
             pieces.push((pos, logical, got));
             pos += got;
         }
-        // Checksums are computed on other threads while the copies are
-        // written: all read the same engine-owned bytes, which nothing
-        // changes until all are done. Buffered copies cost CPU (the host's
-        // page-cache copy), so the sectors are split among as many threads as
-        // there are cores and a slow checksum (blake2) does not leave one
-        // core to finish alone; direct bios mostly wait on the device, and
-        // one checksum thread beside them measured faster.
-        let sums: Vec<Vec<u8>> = std::thread::scope(|s| -> Result<Vec<Vec<u8>>> {
-            let this = &*self;
-            let csummers: Vec<_> = if nosum {
-                Vec::new()
-            } else {
-                let cores = if direct { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) };
-                let sectors = buf.len() / ss as usize;
-                let per = sectors.div_ceil(cores).max(1) * ss as usize;
-                buf.chunks(per).map(|part| s.spawn(move || this.compute_csums(part))).collect()
-            };
-            let pieces_ref = &pieces;
-            let split_sums = move |all: Vec<u8>| -> Vec<Vec<u8>> {
-                let cs = this.store.fs.csum.size();
-                pieces_ref
-                    .iter()
-                    .map(|&(pos, _, got)| {
-                        let first = ((pos - a) / ss) as usize * cs;
-                        all[first..first + (got / ss) as usize * cs].to_vec()
-                    })
-                    .collect()
-            };
-            if direct {
-                let mut dw = DirectWriter::new(this.store.fs.volume(), opts.max_bio);
-                #[cfg(test)]
-                {
-                    dw.no_bounce = this.direct_no_bounce;
-                    dw.fail_at = this.direct_fail_at;
-                }
-                report.notices.append(&mut dw.notices);
-                for &(pos, logical, got) in &pieces {
-                    // The engine's pages go to the bios as they are: nothing
-                    // else can change them until every mirror has them.
-                    let off = (pos - a) as usize;
-                    let live = live.filter(|_| base >= off).map(|src| (src, base - off));
-                    report.bios.extend(dw.write(logical, &buf[off..off + got as usize], live)?);
-                }
-            } else {
-                for &(pos, logical, got) in &pieces {
-                    let off = (pos - a) as usize;
-                    this.write_data(logical, &buf[off..off + got as usize], opts, report)?;
-                }
-            }
-            if csummers.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut all = Vec::new();
-            for h in csummers {
-                all.extend(h.join().map_err(|_| Error::Invalid("checksum thread panicked".into()))?);
-            }
-            Ok(split_sums(all))
-        })?;
+        let sums = if direct {
+            self.write_pieces_direct(&pieces, a, bounce, live.map(|src| (src, base)), nosum, opts, report)?
+        } else {
+            self.write_pieces_buffered(&pieces, a, bounce.bytes(), nosum, opts, report)?
+        };
         // Without NO_HOLES, a gap between the old end and the write is an explicit hole.
         let no_holes = self.store.fs.sb.has_incompat(INCOMPAT_NO_HOLES);
         let old_end = old_size.div_ceil(ss) * ss;
@@ -890,7 +892,90 @@ impl Transaction {
         }
         self.touch(&mut it, true);
         self.put_inode(root, ino, &it)?;
-        Ok(bounce)
+        Ok(())
+    }
+
+    /// Checksums of each piece's sectors (`pieces` as (file offset, logical,
+    /// length), `buf` starting at file offset `a`), one `Vec` per piece.
+    fn piece_csums(&self, pieces: &[(u64, u64, u64)], a: u64, all: &[u8]) -> Vec<Vec<u8>> {
+        let ss = self.store.fs.sectorsize as u64;
+        let cs = self.store.fs.csum.size();
+        pieces
+            .iter()
+            .map(|&(pos, _, got)| {
+                let first = ((pos - a) / ss) as usize * cs;
+                all[first..first + (got / ss) as usize * cs].to_vec()
+            })
+            .collect()
+    }
+
+    /// Buffered: every copy of every piece written, and the checksums
+    /// computed on other threads meanwhile from the same engine-owned bytes,
+    /// which nothing changes until all are done. The copies cost CPU (the
+    /// host's page-cache copy), so the sectors are split among as many
+    /// threads as there are cores and a slow checksum does not leave one
+    /// core to finish alone.
+    fn write_pieces_buffered(&self, pieces: &[(u64, u64, u64)], a: u64, buf: &[u8], nosum: bool, opts: &WriteOpts, report: &mut WriteReport) -> Result<Vec<Vec<u8>>> {
+        let ss = self.store.fs.sectorsize as usize;
+        std::thread::scope(|s| -> Result<Vec<Vec<u8>>> {
+            let csummers: Vec<_> = if nosum {
+                Vec::new()
+            } else {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+                let per = (buf.len() / ss).div_ceil(cores).max(1) * ss;
+                buf.chunks(per).map(|part| s.spawn(move || self.compute_csums(part))).collect()
+            };
+            for &(pos, logical, got) in pieces {
+                let off = (pos - a) as usize;
+                self.write_data(logical, &buf[off..off + got as usize], opts, report)?;
+            }
+            let mut all = Vec::new();
+            for h in csummers {
+                all.extend(h.join().map_err(|_| Error::Invalid("checksum thread panicked".into()))?);
+            }
+            Ok(if nosum { Vec::new() } else { self.piece_csums(pieces, a, &all) })
+        })
+    }
+
+    /// Direct: the engine's pages go to the bios of every piece as they are
+    /// (nothing else can change them until every mirror has them), queued on
+    /// the devices' own threads; the checksums are computed here meanwhile.
+    /// `live` (tests only) is the caller's source and where it starts.
+    #[allow(clippy::too_many_arguments)]
+    fn write_pieces_direct(
+        &mut self,
+        pieces: &[(u64, u64, u64)],
+        a: u64,
+        bounce: Bounce,
+        live: Option<(&dyn Source, usize)>,
+        nosum: bool,
+        opts: &WriteOpts,
+        report: &mut WriteReport,
+    ) -> Result<Vec<Vec<u8>>> {
+        let vol = self.store.fs.volume();
+        if self.direct.is_none() {
+            let dw = DirectWriter::new(vol, opts.max_bio)?;
+            report.notices.extend(dw.notices.iter().cloned());
+            self.direct = Some(dw);
+        }
+        let Some(dw) = self.direct.as_mut() else { return Err(Error::Invalid("no direct writer".into())) };
+        dw.max_bio = opts.max_bio.max(crate::fs::direct::PAGE) / crate::fs::direct::PAGE * crate::fs::direct::PAGE;
+        #[cfg(test)]
+        {
+            dw.no_bounce = self.direct_no_bounce;
+            dw.fail_at = self.direct_fail_at;
+        }
+        let pages = Arc::new(bounce);
+        for &(pos, logical, got) in pieces {
+            let off = (pos - a) as usize;
+            report.bios.extend(dw.submit(vol, logical, &pages, off..off + got as usize, opts.on_bio.as_ref(), live)?);
+        }
+        if nosum {
+            return Ok(Vec::new());
+        }
+        let mut all = Vec::new();
+        self.store.fs.csum.compute_sectors(pages.bytes(), self.store.fs.sectorsize as usize, &mut all);
+        Ok(self.piece_csums(pieces, a, &all))
     }
 
     /// An uncompressed inline extent at file offset 0 holding `data`.
@@ -935,7 +1020,9 @@ impl Transaction {
     /// NODATACOW: overwrite in place when [a, a+len) is covered by regular,
     /// uncompressed extents referenced only by this file range. Returns false
     /// when it is not (the caller then COWs, as the kernel falls back).
-    fn try_write_in_place(&mut self, root: u64, ino: u64, a: u64, buf: &[u8], opts: WriteOpts, report: &mut WriteReport) -> Result<bool> {
+    fn try_write_in_place(&mut self, root: u64, ino: u64, a: u64, buf: &[u8], opts: &WriteOpts, report: &mut WriteReport) -> Result<bool> {
+        // An extent of this transaction may still have direct bios in flight.
+        self.finish_direct()?;
         let end = a + buf.len() as u64;
         let exts = self.extents_overlapping(root, ino, a, end)?;
         let mut pos = a;
@@ -978,7 +1065,7 @@ impl Transaction {
             if size % ss != 0 {
                 let z = vec![0u8; (keep - size) as usize];
                 let mut r = WriteReport::default();
-                self.write_at(root, ino, size, &z, WriteOpts::default(), &mut r)?;
+                self.write_at(root, ino, size, &z, &WriteOpts::default(), &mut r)?;
                 it = self.read_inode(root, ino)?;
             }
             self.punch(root, ino, keep, u64::MAX, &mut it)?;

@@ -10,8 +10,8 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::fs::transaction::Transaction;
-use crate::fs::direct::Bounce;
-use crate::fs::write::{Place, WriteOpts, WriteReport};
+use crate::fs::direct::{Bounce, PagePool};
+use crate::fs::write::{BioHook, Place, WriteOpts, WriteReport};
 use crate::fs::Filesystem;
 use crate::volumes::OpenOptions;
 
@@ -30,6 +30,8 @@ pub struct WriteRequest {
     /// Commit after every this many bytes (rounded up to whole steps of
     /// 16 MiB) and go on in a new transaction; `None`: every 1 GiB.
     pub commit_every: Option<u64>,
+    /// Told of every data bio as it is submitted and completed.
+    pub on_bio: Option<BioHook>,
 }
 
 fn begin(opts: &OpenOptions) -> Result<Transaction> {
@@ -83,6 +85,12 @@ fn existing(tx: &mut Transaction, path: &str) -> Result<Place> {
 /// extent's worth of engine pages plus the read buffer).
 const WRITE_STEP: usize = 16 << 20;
 
+/// Step buffers in circulation: one the reader fills, one the engine
+/// records, and two whose direct bios may still be running, so neither
+/// device waits for the other, for the engine or for the reader (measured:
+/// three buffers still left the devices idle at times).
+const STEP_BUFFERS: usize = 4;
+
 /// Bytes after which a long write commits and goes on in a new transaction,
 /// so the dirty tree blocks (checksums above all) held in memory stay
 /// bounded whatever the input size; each commit is crash-safe, so a crash
@@ -131,23 +139,21 @@ pub fn write(
         tx.store.ensure_data_space(len)?;
     }
     let mut report = WriteReport::default();
-    let wopts = WriteOpts { max_bio: req.max_bio.unwrap_or(WriteOpts::default().max_bio) };
+    let wopts = WriteOpts { max_bio: req.max_bio.unwrap_or(WriteOpts::default().max_bio), on_bio: req.on_bio.clone() };
     let mut done = 0u64;
     let mut last_commit = 0u64;
     let every = req.commit_every.unwrap_or(COMMIT_EVERY);
-    // The input is read straight into engine pages, one step ahead on a
-    // thread of its own, while the engine writes the step before: two sets
-    // of pages travel between them. The pages are handed over, so the
-    // engine writes them to every mirror as they are (no second copy) and
-    // nothing can change them meanwhile. The reader is not joined: on an
-    // error it may sit in a read of standard input until the process ends.
+    // The input is read straight into engine pages, a step ahead on a
+    // thread of its own, while the engine writes the steps before. The
+    // pages are handed over, so the engine writes them to every mirror as
+    // they are (no second copy) and nothing can change them meanwhile; they
+    // come back to the pool when written (for direct writes, when their
+    // last bio is done). The reader is not joined: on an error it may sit
+    // in a read of standard input until the process ends.
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Bounce>>(1);
-    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Bounce>(2);
-    for _ in 0..2 {
-        let _ = empty_tx.send(Bounce::zeroed(WRITE_STEP));
-    }
+    let pool = PagePool::new(STEP_BUFFERS, WRITE_STEP);
     std::thread::spawn(move || {
-        while let Ok(mut pages) = empty_rx.recv() {
+        while let Some(mut pages) = pool.take() {
             pages.set_len(pages.capacity());
             let r = fill(&mut *input, pages.bytes_mut()).map(|n| {
                 pages.set_len(n);
@@ -166,8 +172,7 @@ pub fn write(
             break;
         }
         let at = req.offset + done;
-        let pages = tx.write_owned(root, ino, at, pages, req.direct, wopts, &mut report)?;
-        let _ = empty_tx.send(pages);
+        tx.write_owned(root, ino, at, pages, req.direct, &wopts, &mut report)?;
         done += n as u64;
         progress(done);
         if commit_due(done, last_commit, every) {
@@ -392,7 +397,7 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
                 let n = ((end - pos) as usize).min(WRITE_STEP);
                 buf.resize(n, 0);
                 f.read_exact_at(&mut buf, pos).map_err(|e| Error::io(src, format!("read at {pos}"), e))?;
-                tx.write_at(root, ino, pos, &buf, WriteOpts::default(), &mut report)?;
+                tx.write_at(root, ino, pos, &buf, &WriteOpts::default(), &mut report)?;
                 pos += n as u64;
             }
         }
