@@ -1049,18 +1049,44 @@ fn scrub_data_extent(
             }
         }
         let csums = fs.data_csums(pos, bend - pos)?;
+        // Every copy's sector checksums at once (BLAKE2b hashes several
+        // sectors per SIMD pass), only where some sector has one to match.
+        let csize = fs.csum.size();
+        let computed: Vec<Vec<u8>> = if csums.iter().any(Option::is_some) {
+            bufs.iter()
+                .take(n)
+                .map(|b| {
+                    let mut v = Vec::with_capacity(nsect * csize);
+                    fs.csum.compute_sectors(b, ss as usize, &mut v);
+                    v
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let read = BatchRead { bufs, sector_ok: &sector_ok, csums: &csums, computed: &computed };
         // Scrub stripes (64 KiB windows from the chunk start) inside the batch.
         let mut w = pos;
         while w < bend {
             let wend = (entry.logical + ((w - entry.logical) / STRIPE_LEN + 1) * STRIPE_LEN).min(bend);
             let (locs, _) = entry.map(w)?;
-            scrub_data_window(ctx, start, w, wend, pos, &locs[..n.min(locs.len())], bufs, &sector_ok, &csums, acc, &mut pending);
+            scrub_data_window(ctx, start, w, wend, pos, &locs[..n.min(locs.len())], &read, acc, &mut pending);
             w = wend;
         }
         finish_batch(ctx, pos, bufs, &mut pending, acc);
         pos = bend;
     }
     Ok(())
+}
+
+/// One batch of a data extent as read: each copy's bytes, which of its
+/// sectors read, the stored checksum per sector, and each copy's computed
+/// sector checksums back to back (empty when no sector has a checksum).
+struct BatchRead<'a> {
+    bufs: &'a [Vec<u8>],
+    sector_ok: &'a [Vec<bool>],
+    csums: &'a [Option<CsumBytes>],
+    computed: &'a [Vec<u8>],
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1071,15 +1097,14 @@ fn scrub_data_window(
     wend: u64,
     batch: u64,
     locs: &[crate::volumes::PhysAddr],
-    bufs: &[Vec<u8>],
-    sector_ok: &[Vec<bool>],
-    csums: &[Option<CsumBytes>],
+    read: &BatchRead<'_>,
     acc: &mut Acc,
     pending: &mut Vec<Pending>,
 ) {
+    let BatchRead { bufs, sector_ok, csums, computed } = *read;
     let vol = ctx.fs.volume();
     let ss = ctx.ss;
-    let csum = ctx.fs.csum;
+    let csize = ctx.fs.csum.size();
     let present: Vec<bool> = locs.iter().map(|l| vol.devices.contains_key(&l.devid)).collect();
     for (m, loc) in locs.iter().enumerate() {
         if present[m] {
@@ -1114,7 +1139,11 @@ fn scrub_data_window(
             Some(want) => {
                 let good: Vec<bool> = sec
                     .iter()
-                    .map(|c| matches!(c, Sector::Data(d) if csum.matches(&csum.compute(d), &want)))
+                    .enumerate()
+                    .map(|(m, c)| {
+                        matches!(c, Sector::Data(_))
+                            && computed.get(m).and_then(|v| v.get(idx * csize..(idx + 1) * csize)) == Some(&want[..csize])
+                    })
                     .collect();
                 source = good.iter().position(|&g| g);
                 let readable: Vec<&[u8]> = sec.iter().filter_map(|c| if let Sector::Data(d) = c { Some(*d) } else { None }).collect();
