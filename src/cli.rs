@@ -408,11 +408,18 @@ pub struct WriteArgs {
     /// Cut the file at --offset first, so it ends with the new bytes.
     #[arg(long)]
     pub truncate: bool,
-    /// Direct write: the engine copies the input into its own aligned pages and
-    /// writes them bio by bio, never from the caller's buffer.
+    /// Direct write: the input goes into the engine's own aligned pages (never
+    /// written from the caller's buffer) and from them to every mirror in
+    /// bios that never cross a stripe or chunk boundary, through image files
+    /// opened O_DIRECT (a notice where the host refuses it). An offset or an
+    /// end inside a sector is read-modify-written: the sector's current bytes
+    /// are merged into the engine's pages and whole sectors go to disk (the
+    /// kernel falls back to buffered IO there; the bytes on disk are the
+    /// same). A failed bio fails the write; nothing of it is committed.
     #[arg(long)]
     pub direct: bool,
-    /// Largest single device write, e.g. 1M, 256K.
+    /// Largest single device write (bio), e.g. 1M, 256K; default 1M (256
+    /// pages of 4 KiB).
     #[arg(long, value_name = "SIZE")]
     pub max_bio: Option<String>,
     /// Create the file without data checksums.

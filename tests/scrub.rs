@@ -894,22 +894,17 @@ fn truncated_image_read_errors_name_the_good_copy() {
 /// --repair refuses an image the kernel has attached to a loop device.
 #[test]
 fn repair_refuses_loop_attached_image() {
-    if !is_root() {
-        eprintln!("skipping repair_refuses_loop_attached_image: needs root for losetup");
+    if !common::interop::interop_enabled("repair_refuses_loop_attached_image") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let imgs = unpack_foreign("single", dir.path());
     let _k = kernel_lock();
-    let out = Command::new("losetup").args(["-f", "--show", "-r"]).arg(&imgs[0]).output().unwrap();
-    if !out.status.success() {
-        eprintln!("skipping: losetup failed: {}", String::from_utf8_lossy(&out.stderr));
-        return;
-    }
-    let loopdev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Detached on drop, also when an assertion below fails.
+    let loops = common::interop::Loops::attach(&imgs[..1], true).expect("losetup");
     let (code, _, stderr) = btrs(&["scrub", "--no-progress", "--repair", imgs[0].to_str().unwrap()]);
     let (ro_code, _, _) = btrs(&["scrub", "--no-progress", imgs[0].to_str().unwrap()]);
-    let _ = Command::new("losetup").args(["-d", &loopdev]).status();
+    drop(loops);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("attached"), "{stderr}");
     assert_eq!(ro_code, 0, "a read-only scrub may run");

@@ -1230,3 +1230,62 @@ fn direct_bios_respect_max_bio_stripes_and_chunks() {
         scrub_clean(names[0]);
     }
 }
+
+fn sha256_of(p: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(p).unwrap()).to_vec()
+}
+
+/// Images in use are refused by every command that writes, with an error
+/// naming the loop device, and left byte-identical: a pair mounted
+/// (read-only) by the kernel, and a pair of which only the second image is
+/// attached to a loop device (named through the first).
+#[test]
+fn write_commands_refuse_images_in_use() {
+    if !interop_enabled("write_commands_refuse_images_in_use") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = mkfs_progs(tmp.path(), 2, 256 << 20, "raid1");
+    let img = imgs[0].to_str().unwrap();
+    write(tmp.path(), img, "/f", b"before", &[]);
+    let src = tmp.path().join("src.bin");
+    let attempts = |loopdev: &str| {
+        let runs: [&[&str]; 6] = [
+            &["write", img, "/f", "--from", src.to_str().unwrap()],
+            &["write", img, "/g", "--from", src.to_str().unwrap(), "--direct"],
+            &["mkdir", img, "/d"],
+            &["rm", img, "/f"],
+            &["setfattr", img, "/f", "-n", "user.x", "-v", "1"],
+            &["scrub", "--no-progress", "--repair", img],
+        ];
+        for args in runs {
+            let (code, out, err) = btrs(args);
+            assert_eq!(code, 1, "btrs {args:?} on an image in use: {out}{err}");
+            assert!(err.contains(loopdev) && err.contains("attached"), "btrs {args:?}: the error does not name {loopdev}: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    };
+    let mnt = tmp.path().join("mnt");
+    let mounted = Mounted::mount(&mnt, &imgs, "ro").expect("mount");
+    let dev = {
+        let out = common::interop::must(Command::new("findmnt").args(["-n", "-o", "SOURCE"]).arg(&mnt));
+        out.trim().to_string()
+    };
+    let before: Vec<Vec<u8>> = imgs.iter().map(|p| sha256_of(p)).collect();
+    attempts(&dev);
+    let after: Vec<Vec<u8>> = imgs.iter().map(|p| sha256_of(p)).collect();
+    assert!(before == after, "a refused command changed a mounted image");
+    mounted.unmount().expect("umount");
+
+    let before: Vec<Vec<u8>> = imgs.iter().map(|p| sha256_of(p)).collect();
+    {
+        let _lock = common::interop::kernel_lock();
+        let loops = common::interop::Loops::attach(&imgs[1..], true).expect("losetup");
+        attempts(&loops.devs[0]);
+    }
+    let after: Vec<Vec<u8>> = imgs.iter().map(|p| sha256_of(p)).collect();
+    assert!(before == after, "a refused command changed an image");
+    check(&imgs);
+    assert_eq!(cat(img, "/f"), b"before");
+}

@@ -80,6 +80,10 @@ impl Volume {
             let dev = match Device::open_locked(&path, opts.lock()) {
                 Ok(d) => d,
                 Err(e) if explicit => return Err(e),
+                // A sibling of this filesystem that cannot be used (in use,
+                // attached to a loop device, unreadable) is the error to
+                // report, not a device to call missing later.
+                Err(e) if Device::open_raw(&path).is_ok_and(|d| d.sb.fsid == fsid) => return Err(e),
                 Err(_) => continue,
             };
             if dev.sb.fsid != fsid {
