@@ -1231,11 +1231,6 @@ fn direct_bios_respect_max_bio_stripes_and_chunks() {
     }
 }
 
-fn sha256_of(p: &Path) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(std::fs::read(p).unwrap()).to_vec()
-}
-
 /// Images in use are refused by every command that writes, with an error
 /// naming the loop device, and left byte-identical: a pair mounted
 /// (read-only) by the kernel, and a pair of which only the second image is
@@ -1272,19 +1267,19 @@ fn write_commands_refuse_images_in_use() {
         let out = common::interop::must(Command::new("findmnt").args(["-n", "-o", "SOURCE"]).arg(&mnt));
         out.trim().to_string()
     };
-    let before: Vec<Vec<u8>> = imgs.iter().map(|p| sha256_of(p)).collect();
+    let before: Vec<Vec<u8>> = imgs.iter().map(|p| file_sha(p)).collect();
     attempts(&dev);
-    let after: Vec<Vec<u8>> = imgs.iter().map(|p| sha256_of(p)).collect();
+    let after: Vec<Vec<u8>> = imgs.iter().map(|p| file_sha(p)).collect();
     assert!(before == after, "a refused command changed a mounted image");
     mounted.unmount().expect("umount");
 
-    let before: Vec<Vec<u8>> = imgs.iter().map(|p| sha256_of(p)).collect();
+    let before: Vec<Vec<u8>> = imgs.iter().map(|p| file_sha(p)).collect();
     {
         let _lock = common::interop::kernel_lock();
         let loops = common::interop::Loops::attach(&imgs[1..], true).expect("losetup");
         attempts(&loops.devs[0]);
     }
-    let after: Vec<Vec<u8>> = imgs.iter().map(|p| sha256_of(p)).collect();
+    let after: Vec<Vec<u8>> = imgs.iter().map(|p| file_sha(p)).collect();
     assert!(before == after, "a refused command changed an image");
     check(&imgs);
     assert_eq!(cat(img, "/f"), b"before");
