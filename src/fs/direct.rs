@@ -287,7 +287,7 @@ fn serve(files: &DeviceFiles, queue: &Mutex<Receiver<Job>>, abort: &AtomicBool) 
 
 /// Issues the bios of direct writes, on threads of its own per device.
 pub struct DirectWriter {
-    pub max_bio: usize,
+    max_bio: usize,
     queues: BTreeMap<u64, Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
     /// Writes submitted and not yet waited for.
@@ -304,12 +304,13 @@ pub struct DirectWriter {
     #[cfg(test)]
     pub fail_at: Option<u64>,
 }
+
 impl DirectWriter {
     /// Open every device of `vol` for direct writes and start its threads.
     pub fn new(vol: &Volume, max_bio: usize) -> Result<DirectWriter> {
         let abort = Arc::new(AtomicBool::new(false));
         let mut w = DirectWriter {
-            max_bio: max_bio.max(PAGE) / PAGE * PAGE,
+            max_bio: PAGE,
             queues: BTreeMap::new(),
             workers: Vec::new(),
             outstanding: Vec::new(),
@@ -343,7 +344,13 @@ impl DirectWriter {
             }
             w.queues.insert(*devid, tx);
         }
+        w.set_max_bio(max_bio);
         Ok(w)
+    }
+
+    /// Bios of at most `max_bio` bytes from now on, in whole pages.
+    pub fn set_max_bio(&mut self, max_bio: usize) {
+        self.max_bio = max_bio.max(PAGE) / PAGE * PAGE;
     }
 
     /// Split [logical, logical+len) into bios for every copy.

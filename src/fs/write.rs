@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::format::items::{self, parse_dir_items, parse_file_extent, FileExtentKind};
 use crate::format::*;
 use crate::fs::direct::{Bounce, DirectWriter, Plain, Source};
-use std::sync::Arc;
 use crate::fs::transaction::Transaction;
+use std::sync::Arc;
 
 /// Largest file kept inline in its leaf (the kernel's default max_inline).
 const MAX_INLINE: u64 = 2048;
@@ -83,7 +83,6 @@ impl Default for WriteOpts {
         WriteOpts { max_bio: 1 << 20, on_bio: None }
     }
 }
-
 
 /// The bytes of a write: borrowed from the caller (copied into engine pages
 /// before anything is written), or pages the caller hands over.
@@ -959,7 +958,7 @@ impl Transaction {
             self.direct = Some(dw);
         }
         let Some(dw) = self.direct.as_mut() else { return Err(Error::Invalid("no direct writer".into())) };
-        dw.max_bio = opts.max_bio.max(crate::fs::direct::PAGE) / crate::fs::direct::PAGE * crate::fs::direct::PAGE;
+        dw.set_max_bio(opts.max_bio);
         #[cfg(test)]
         {
             dw.no_bounce = self.direct_no_bounce;
