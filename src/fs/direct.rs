@@ -430,10 +430,13 @@ impl DirectWriter {
                 #[cfg(test)]
                 fail: self.fail_at.is_some_and(|f| f >= bio.rec.logical && f < bio.rec.logical + bio.rec.len),
             };
-            let queue = self.queues.get(&bio.rec.devid).ok_or(Error::Devices(format!("devid {} has no bio queue", bio.rec.devid)))?;
-            if queue.send(job).is_err() {
-                // Its threads are gone: count the bio as failed.
-                tracker.complete(Err(Error::Invalid(format!("devid {}: bio threads stopped", bio.rec.devid))));
+            let sent = match self.queues.get(&bio.rec.devid) {
+                Some(queue) => queue.send(job).map_err(|unsent| unsent.0),
+                None => Err(job),
+            };
+            if let Err(job) = sent {
+                // No threads for its device: the bio fails (and so the write).
+                job.tracker.complete(Err(Error::Devices(format!("devid {}: no bio threads", bio.rec.devid))));
             }
         }
         Ok(bios.into_iter().map(|b| b.rec).collect())
