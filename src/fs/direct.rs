@@ -246,10 +246,17 @@ struct DeviceFiles {
     direct: Option<File>,
     /// The ordinary descriptor, for pieces O_DIRECT cannot take.
     plain: File,
+    /// Test builds: the device's fault plan (see `volumes::fault`).
+    #[cfg(test)]
+    fault: Option<Arc<crate::volumes::fault::FaultPlan>>,
 }
 
 impl DeviceFiles {
     fn write(&self, data: &[u8], physical: u64) -> Result<()> {
+        #[cfg(test)]
+        if let Some(plan) = &self.fault {
+            plan.before_write(&self.plain, &self.path, physical, data)?;
+        }
         // O_DIRECT wants the file offset, the length and the memory aligned.
         let aligned = physical % PAGE as u64 == 0 && data.len() % PAGE == 0 && data.as_ptr() as usize % PAGE == 0;
         match &self.direct {
@@ -331,7 +338,13 @@ impl DirectWriter {
                 }
             };
             let plain = d.file.try_clone().map_err(|e| Error::io(&d.path, "dup", e))?;
-            let files = Arc::new(DeviceFiles { path: d.path.clone(), direct, plain });
+            let files = Arc::new(DeviceFiles {
+                path: d.path.clone(),
+                direct,
+                plain,
+                #[cfg(test)]
+                fault: d.fault.get().cloned(),
+            });
             let (tx, rx) = channel::<Job>();
             let rx = Arc::new(Mutex::new(rx));
             for _ in 0..WORKERS_PER_DEVICE {

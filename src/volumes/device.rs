@@ -129,22 +129,7 @@ impl Device {
     pub fn write_all_at(&self, physical: u64, buf: &[u8]) -> Result<()> {
         #[cfg(test)]
         if let Some(plan) = self.fault.get() {
-            use super::fault::Verdict;
-            let mut old = vec![0u8; buf.len()];
-            let n = self.file.read_at(&mut old, physical).unwrap_or(0);
-            old.truncate(n);
-            plan.remember(&self.path, physical, old);
-            let injected = |what: &str| {
-                Error::io(&self.path, format!("write {} bytes at {physical}", buf.len()), std::io::Error::other(format!("injected {what}")))
-            };
-            match plan.tick(buf.len()) {
-                Verdict::Go => {}
-                Verdict::Partial(k) => {
-                    let _ = self.file.write_all_at(&buf[..k], physical);
-                    return Err(injected("torn write"));
-                }
-                Verdict::Fail => return Err(injected("write failure")),
-            }
+            plan.before_write(&self.file, &self.path, physical, buf)?;
         }
         self.file
             .write_all_at(buf, physical)

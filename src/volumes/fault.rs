@@ -4,9 +4,13 @@
 //! died there. Each write's previous bytes are kept so a test can put the
 //! images back and try the next k without copying them.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use crate::error::{Error, Result};
 
 /// What happens at the chosen I/O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,9 +71,29 @@ impl FaultPlan {
         }
     }
 
+    /// A write of `buf` at `physical` of the image `path` (open as `file`)
+    /// under this plan: the bytes it replaces are kept for [`Self::restore`],
+    /// then it may go ahead (Ok: the caller writes), or fail, torn (its first
+    /// part written here) or not at all. Every path that writes an image
+    /// calls this first, so the k-th I/O is counted the same way for all.
+    pub fn before_write(&self, file: &File, path: &Path, physical: u64, buf: &[u8]) -> Result<()> {
+        let mut old = vec![0u8; buf.len()];
+        let n = file.read_at(&mut old, physical).unwrap_or(0);
+        old.truncate(n);
+        self.remember(path, physical, old);
+        let injected = |what: &str| Error::io(path, format!("write {} bytes at {physical}", buf.len()), std::io::Error::other(format!("injected {what}")));
+        match self.tick(buf.len()) {
+            Verdict::Go => Ok(()),
+            Verdict::Partial(k) => {
+                let _ = file.write_all_at(&buf[..k], physical);
+                Err(injected("torn write"))
+            }
+            Verdict::Fail => Err(injected("write failure")),
+        }
+    }
+
     /// Put back every byte written under this plan, newest first.
     pub fn restore(&self) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
         let undo = std::mem::take(&mut *self.undo.lock().map_err(|_| std::io::Error::other("poisoned"))?);
         for (path, off, bytes) in undo.into_iter().rev() {
             std::fs::OpenOptions::new().write(true).open(&path)?.write_all_at(&bytes, off)?;
