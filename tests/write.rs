@@ -186,6 +186,15 @@ fn mkfs_progs(dir: &Path, n: usize, size: u64, profile: &str) -> Vec<PathBuf> {
     imgs
 }
 
+/// `btrs mkfs -b SIZE -d PROFILE -m PROFILE` on `n` new images in `dir`.
+fn mkfs_btrs(dir: &Path, n: usize, size: &str, profile: &str) -> Vec<PathBuf> {
+    let imgs: Vec<PathBuf> = (1..=n).map(|i| dir.join(format!("dev{i}.img"))).collect();
+    let mut args = vec!["mkfs", "-b", size, "-d", profile, "-m", profile];
+    args.extend(imgs.iter().map(|p| p.to_str().unwrap()));
+    ok(&args);
+    imgs
+}
+
 #[test]
 fn write_sequence_on_mkfs_btrfs_image() {
     if !common::interop::progs_for("write_sequence_on_mkfs_btrfs_image", false) {
@@ -203,14 +212,10 @@ fn write_sequence_on_btrs_mkfs_raid1_pair() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let imgs: Vec<PathBuf> = (1..=2).map(|i| tmp.path().join(format!("dev{i}.img"))).collect();
-    let names: Vec<&str> = imgs.iter().map(|p| p.to_str().unwrap()).collect();
-    let mut args = vec!["mkfs", "-b", "256M", "-d", "raid1", "-m", "raid1"];
-    args.extend(&names);
-    ok(&args);
+    let imgs = mkfs_btrs(tmp.path(), 2, "256M", "raid1");
     sequence(tmp.path(), &imgs);
     // Every mirror of every block identical, every checksum valid.
-    scrub_clean(names[0]);
+    scrub_clean(imgs[0].to_str().unwrap());
 }
 
 #[test]
@@ -350,12 +355,7 @@ fn chunks_are_added_as_block_groups_fill() {
     for maker in ["btrs", "mkfs.btrfs"] {
         let tmp = tempfile::tempdir().unwrap();
         let imgs = if maker == "btrs" {
-            let imgs: Vec<PathBuf> = (1..=2).map(|i| tmp.path().join(format!("dev{i}.img"))).collect();
-            let names: Vec<&str> = imgs.iter().map(|p| p.to_str().unwrap()).collect();
-            let mut args = vec!["mkfs", "-b", "128M", "-d", "raid1", "-m", "raid1"];
-            args.extend(&names);
-            ok(&args);
-            imgs
+            mkfs_btrs(tmp.path(), 2, "128M", "raid1")
         } else {
             mkfs_progs(tmp.path(), 1, 300 << 20, "")
         };
@@ -627,12 +627,7 @@ fn long_interop_script_with_kernel_balance() {
         let tmp = tempfile::tempdir().unwrap();
         let mut m: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let imgs = if maker == "btrs" {
-            let imgs: Vec<PathBuf> = (1..=2).map(|i| tmp.path().join(format!("dev{i}.img"))).collect();
-            let names: Vec<&str> = imgs.iter().map(|p| p.to_str().unwrap()).collect();
-            let mut args = vec!["mkfs", "-b", "2G", "-d", "raid1", "-m", "raid1"];
-            args.extend(&names);
-            ok(&args);
-            imgs
+            mkfs_btrs(tmp.path(), 2, "2G", "raid1")
         } else {
             let imgs = mkfs_progs(tmp.path(), 2, 2 << 30, "raid1");
             let mnt = tmp.path().join("mnt");
@@ -1176,11 +1171,8 @@ fn direct_bios_respect_max_bio_stripes_and_chunks() {
         ("raid1", 2, 200 << 20, 1 << 20, &[][..]),
     ] {
         let tmp = tempfile::tempdir().unwrap();
-        let imgs: Vec<PathBuf> = (1..=ndev).map(|i| tmp.path().join(format!("dev{i}.img"))).collect();
+        let imgs = mkfs_btrs(tmp.path(), ndev, "512M", profile);
         let names: Vec<&str> = imgs.iter().map(|p| p.to_str().unwrap()).collect();
-        let mut args = vec!["mkfs", "-b", "512M", "-d", profile, "-m", profile];
-        args.extend(&names);
-        ok(&args);
         let data = pseudo(len, len as u64);
         let src = tmp.path().join("src.bin");
         std::fs::write(&src, &data).unwrap();
