@@ -401,7 +401,6 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
     // the device threads report them while the write runs beside.
     let (events, lines) = std::sync::mpsc::channel::<String>();
     if a.verbose {
-        let events = std::sync::Mutex::new(events);
         req.on_bio = Some(btrs::fs::write::BioHook(std::sync::Arc::new(move |b: &btrs::fs::write::BioRecord, stage| {
             let what = match stage {
                 btrs::fs::write::BioStage::Submitted => "submit",
@@ -409,9 +408,7 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
                 btrs::fs::write::BioStage::Failed => "failed",
             };
             let line = format!("bio {what} logical {} len {} devid {} physical {} mirror {}", b.logical, b.len, b.devid, b.physical, b.mirror + 1);
-            if let Ok(e) = events.lock() {
-                let _ = e.send(line);
-            }
+            let _ = events.send(line);
         })));
     } else {
         drop(events);
