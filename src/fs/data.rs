@@ -5,6 +5,7 @@ use super::{Filesystem, Inode, InodeId};
 use crate::error::{Error, Result};
 use crate::format::items::{FileExtent, FileExtentKind};
 use crate::format::*;
+use crate::volumes::Volume;
 
 /// Bytes of a file handed to a consumer in file order.
 #[derive(Debug)]
@@ -105,9 +106,15 @@ impl Filesystem {
                     let mut done = 0u64;
                     while done < len {
                         let n = (len - done).min(READ_PIECE);
-                        let logical = disk_bytenr + offset + done;
+                        // Both come from the image: a sum past u64 is corrupt, not a wrap.
+                        let logical = disk_bytenr.checked_add(*offset).and_then(|x| x.checked_add(done)).ok_or_else(|| {
+                            Error::corrupt(at(), format!("disk_bytenr {disk_bytenr} + offset {offset} overflows"))
+                        })?;
+                        let here = off + done;
                         let buf = self.read_data(logical, n, nodatasum, &|l| {
-                            format!("{id} file offset {}", off + done + (l - logical))
+                            // The read is widened to whole sectors: l may lie before `logical`.
+                            let file_off = if l >= logical { here.saturating_add(l - logical) } else { here.saturating_sub(logical - l) };
+                            format!("{id} file offset {file_off}")
                         })?;
                         sink(FileChunk::Data { offset: off + done, data: &buf })?;
                         done += n;
@@ -118,11 +125,11 @@ impl Filesystem {
                         return Err(Error::corrupt(at(), format!("compressed extent of {disk_num_bytes} bytes ({} uncompressed) is too large", fe.ram_bytes)));
                     }
                     let raw = self.read_data(*disk_bytenr, *disk_num_bytes, nodatasum, &|l| {
-                        format!("{id} compressed extent at file offset {off} (disk byte {})", l - disk_bytenr)
+                        format!("{id} compressed extent at file offset {off} (disk byte {})", l.saturating_sub(*disk_bytenr))
                     })?;
                     let plain = self.decompress(fe.compression, &raw, fe.ram_bytes, &at())?;
-                    let start = (*offset as usize).min(plain.len());
-                    let end = (start + len as usize).min(plain.len());
+                    let start = usize::try_from(*offset).unwrap_or(usize::MAX).min(plain.len());
+                    let end = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)).min(plain.len());
                     sink(FileChunk::Data { offset: off, data: &plain[start..end] })?;
                     if ((end - start) as u64) < len {
                         sink(FileChunk::Hole { offset: off + (end - start) as u64, len: len - (end - start) as u64 })?;
@@ -144,7 +151,7 @@ impl Filesystem {
             Err(e) => return Err(e),
         };
         let csize = self.csum.size();
-        let end = logical + len;
+        let end = logical.saturating_add(len);
         let mut c = self.reader.seek_le(&root, Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, logical))?;
         while let Some(item) = c.next_item()? {
             let k = item.key;
@@ -162,7 +169,7 @@ impl Filesystem {
                 return Err(Error::corrupt(format!("csum item {k}"), format!("size {} not a multiple of {csize}", data.len())));
             }
             for (i, c) in data.chunks_exact(csize).enumerate() {
-                let s = k.offset + i as u64 * ss;
+                let Some(s) = k.offset.checked_add(i as u64 * ss) else { break };
                 if s >= end {
                     break;
                 }
@@ -176,74 +183,163 @@ impl Filesystem {
         Ok(out)
     }
 
-    /// Read data bytes, verifying each sector against the csum tree (unless
-    /// `nodatasum`) and serving bad sectors from another copy. `describe`
-    /// turns a logical address into "which file, which offset" for messages.
+    /// Read data bytes, verifying every sector they touch against the csum
+    /// tree (unless `nodatasum`) and serving bad sectors from another copy.
+    /// The read is widened to whole sectors: a checksum covers a whole
+    /// sector, whatever part of it the file uses. `describe` turns a logical
+    /// address into "which file, which offset" for messages.
     pub fn read_data(&self, logical: u64, len: u64, nodatasum: bool, describe: &dyn Fn(u64) -> String) -> Result<Vec<u8>> {
-        let vol = self.volume();
-        let ss = self.sectorsize as u64;
-        let n = usize::try_from(len).map_err(|_| Error::Invalid("read too large".into()))?;
+        let ss = u64::from(self.sectorsize);
+        let end = logical.checked_add(len).ok_or_else(|| Error::corrupt(describe(logical), format!("data range {logical}+{len} overflows")))?;
+        let start = logical - logical % ss;
+        let aligned_end = end
+            .checked_next_multiple_of(ss)
+            .ok_or_else(|| Error::corrupt(describe(logical), format!("data range {logical}+{len} overflows")))?;
+        let n = usize::try_from(aligned_end - start).map_err(|_| Error::Invalid("read too large".into()))?;
         let mut buf = vec![0u8; n];
-        let copies = vol.num_copies(logical).map_err(|e| e.within(describe(logical)))?;
-        // First copy that reads at all.
-        let mut first_err = None;
-        let mut base = None;
-        for m in 0..copies {
-            match vol.read_copy(logical, &mut buf, m) {
-                Ok(()) => {
-                    base = Some(m);
-                    break;
-                }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        let Some(base) = base else {
-            return Err(first_err.unwrap_or_else(|| Error::Devices("no copy readable".into())).within(describe(logical)));
-        };
-        if nodatasum || logical % ss != 0 {
-            return Ok(buf);
-        }
-        let csums = self.data_csums(logical, len)?;
-        let mut sector = vec![0u8; ss as usize];
-        for (i, want) in csums.iter().enumerate() {
-            let Some(want) = want else { continue };
-            let s = i * ss as usize;
-            let e = (s + ss as usize).min(n);
-            if e - s < ss as usize {
-                continue;
-            }
-            if self.csum.matches(&self.csum.compute(&buf[s..e]), want) {
-                continue;
-            }
-            let sl = logical + s as u64;
-            let mut fixed = false;
-            for m in (0..copies).filter(|&m| m != base) {
-                if vol.read_copy(sl, &mut sector, m).is_ok() && self.csum.matches(&self.csum.compute(&sector), want) {
-                    buf[s..e].copy_from_slice(&sector);
-                    let bad = vol.locate(sl, base).ok();
-                    self.warn(format!(
-                        "{}: csum mismatch on copy {}{}; read copy {} instead",
-                        describe(sl),
-                        base + 1,
-                        bad.map(|p| format!(" (devid {} physical {})", p.devid, p.physical)).unwrap_or_default(),
-                        m + 1
-                    ));
-                    fixed = true;
-                    break;
-                }
-            }
-            if !fixed {
-                let locs: Vec<String> = (0..copies)
-                    .filter_map(|m| vol.locate(sl, m).ok().map(|p| format!("copy {} devid {} physical {}", m + 1, p.devid, p.physical)))
-                    .collect();
-                return Err(Error::corrupt(
-                    describe(sl),
-                    format!("data csum mismatch at logical {sl} on every copy ({})", locs.join(", ")),
-                ));
-            }
-        }
+        let csums = if nodatasum { None } else { Some(self.data_csums(start, aligned_end - start)?) };
+        read_verified(self.volume(), self.csum, ss, start, &mut buf, csums.as_deref(), describe, &mut |w| self.warn(w))?;
+        // OK to index: start <= logical <= end <= aligned_end, all within buf.
+        let head = usize::try_from(logical - start).unwrap_or(0);
+        buf.drain(..head);
+        buf.truncate(usize::try_from(len).unwrap_or(usize::MAX));
         Ok(buf)
     }
+}
+
+/// Fill `buf` (whole sectors from `start`) with verified data. Each piece
+/// that stays on one stripe of every copy is read from the first copy that
+/// reads, current devices before stale ones; every sector is checked against
+/// its checksum in `csums` (one entry per sector; `None` for nodatasum) and a
+/// bad one is taken from another copy whose bytes match it, with a warning.
+/// A copy on a stale device is served only where a checksum vouches for it.
+/// No good copy of a sector: an error, and the caller writes nothing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn read_verified(
+    vol: &Volume,
+    csum: CsumType,
+    ss: u64,
+    start: u64,
+    buf: &mut [u8],
+    csums: Option<&[Option<CsumBytes>]>,
+    describe: &dyn Fn(u64) -> String,
+    warn: &mut dyn FnMut(String),
+) -> Result<()> {
+    let ssz = usize::try_from(ss).map_err(|_| Error::Invalid("sector size".into()))?;
+    if ssz == 0 || start % ss != 0 || buf.len() % ssz != 0 {
+        return Err(Error::Invalid(format!("verified read at {start} of {} bytes is not whole sectors", buf.len())));
+    }
+    let mut done = 0usize;
+    while done < buf.len() {
+        let pos = start + done as u64;
+        let (_, contiguous) = vol.chunks.lookup(pos).and_then(|e| e.map(pos)).map_err(|e| e.within(describe(pos)))?;
+        let n = usize::try_from(contiguous).unwrap_or(usize::MAX).min(buf.len() - done);
+        // A piece that ends inside a sector (a stripe unit is always whole
+        // sectors, so only a damaged chunk does this) is read sector by sector.
+        let n = if n % ssz != 0 { ssz.min(buf.len() - done) } else { n };
+        let piece = &mut buf[done..done + n];
+        let first_sector = done / ssz;
+        let sums = csums.map(|c| c.get(first_sector..first_sector + n / ssz).unwrap_or_default());
+        read_piece(vol, csum, ssz, pos, piece, sums, describe, warn)?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// [`read_verified`] for a piece that lies on one stripe of each copy.
+#[allow(clippy::too_many_arguments)]
+fn read_piece(
+    vol: &Volume,
+    csum: CsumType,
+    ssz: usize,
+    pos: u64,
+    piece: &mut [u8],
+    sums: Option<&[Option<CsumBytes>]>,
+    describe: &dyn Fn(u64) -> String,
+    warn: &mut dyn FnMut(String),
+) -> Result<()> {
+    let copies = vol.read_order(pos).map_err(|e| e.within(describe(pos)))?;
+    // A sector without a checksum can only be taken from a current device.
+    let vouched = |i: usize| sums.is_some_and(|s| s.get(i).is_some_and(Option::is_some));
+    let all_vouched = sums.is_some_and(|s| s.len() * ssz >= piece.len() && s.iter().all(Option::is_some));
+    let mut base = None;
+    let mut last_err = None;
+    for c in &copies {
+        if c.stale && !all_vouched {
+            continue;
+        }
+        match vol.read_copy(pos, piece, c.mirror) {
+            Ok(()) => {
+                base = Some(*c);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    // No copy read whole (or only stale ones could): every sector is taken
+    // one by one below.
+    let mut sector = vec![0u8; ssz];
+    for (i, dst) in piece.chunks_mut(ssz).enumerate() {
+        let at = pos + (i * ssz) as u64;
+        let want = sums.and_then(|s| s.get(i).copied().flatten());
+        let good = |c: &crate::volumes::ReadCopy, bytes: &[u8]| match want {
+            Some(w) => csum.matches(&csum.compute(bytes), &w),
+            None => !c.stale,
+        };
+        if base.is_some_and(|b| good(&b, dst)) {
+            continue;
+        }
+        let mut served = None;
+        for c in copies.iter().filter(|c| Some(**c) != base) {
+            if c.stale && !vouched(i) {
+                continue;
+            }
+            if vol.read_copy(at, &mut sector, c.mirror).is_ok() && good(c, &sector) {
+                dst.copy_from_slice(&sector);
+                served = Some(*c);
+                break;
+            }
+        }
+        match (served, base) {
+            (Some(c), Some(b)) => {
+                let bad = vol.locate(at, b.mirror).ok();
+                let why = if want.is_some() { "csum mismatch" } else { "stale device" };
+                warn(format!(
+                    "{}: {why} on copy {}{}; read copy {} (devid {}) instead",
+                    describe(at),
+                    b.mirror + 1,
+                    bad.map(|p| format!(" (devid {} physical {})", p.devid, p.physical)).unwrap_or_default(),
+                    c.mirror + 1,
+                    c.devid
+                ));
+            }
+            (Some(_), None) => {}
+            (None, _) => {
+                let locs: Vec<String> = copies
+                    .iter()
+                    .filter_map(|c| {
+                        vol.locate(at, c.mirror).ok().map(|p| {
+                            format!("copy {} devid {} physical {}{}", c.mirror + 1, p.devid, p.physical, if c.stale { " (stale device)" } else { "" })
+                        })
+                    })
+                    .collect();
+                if want.is_some() {
+                    return Err(Error::corrupt(
+                        describe(at),
+                        format!("data csum mismatch at logical {at} on every copy ({})", locs.join(", ")),
+                    ));
+                }
+                if copies.iter().any(|c| c.stale) {
+                    return Err(Error::Devices(format!(
+                        "{}: logical {at}: no current device holds a readable copy ({}), and a copy on a stale \
+                         device cannot be trusted without a checksum; run `btrs scrub --repair` or bring back the current image",
+                        describe(at),
+                        locs.join(", ")
+                    )));
+                }
+                return Err(last_err.unwrap_or_else(|| Error::Devices(format!("logical {at}: no copy readable"))).within(describe(at)));
+            }
+        }
+    }
+    Ok(())
 }

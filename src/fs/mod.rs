@@ -11,7 +11,7 @@ pub mod pagecache;
 pub mod transaction;
 pub mod write;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 pub use data::FileChunk;
@@ -20,7 +20,7 @@ pub use inode::{Inode, InodeId, Timespec};
 use crate::error::{Error, Result};
 use crate::format::items::{self, parse_root_item, DirEntry};
 use crate::format::*;
-use crate::tree::{RootPtr, TreeReader};
+use crate::tree::{Expect, RootPtr, TreeBlock, TreeReader};
 use crate::volumes::{OpenOptions, Volume};
 
 /// A problem that did not stop the read, e.g. a bad copy served from another.
@@ -72,7 +72,7 @@ impl Filesystem {
             let reader = TreeReader::new(vol.clone())?;
             let items = reader.range(&chunk_root, Key::MIN, Key::MAX)?;
             let mut chunks = Vec::new();
-            let mut devids = BTreeSet::new();
+            let mut devids = BTreeMap::new();
             for (key, data) in items {
                 match key.item_type {
                     CHUNK_ITEM_KEY => {
@@ -80,7 +80,8 @@ impl Filesystem {
                         chunks.push((key.offset, c));
                     }
                     DEV_ITEM_KEY => {
-                        devids.insert(key.offset);
+                        let (d, _) = items::read_prefix::<DevItem>(&data, "dev item").map_err(|e| e.within(format!("chunk tree item {key}")))?;
+                        devids.insert(key.offset, d.total_bytes.get());
                     }
                     _ => {}
                 }
@@ -94,7 +95,9 @@ impl Filesystem {
         for (logical, c) in chunks {
             vol.chunks.insert(logical, c)?;
         }
-        vol.expect_devices(&devids)?;
+        vol.expect_devices(&devids.keys().copied().collect())?;
+        crate::volumes::chunks::verify_stripes(&vol.chunks.entries(), &devids, None, false)?;
+        let open_warnings = mark_stale(&mut vol)?;
         let reader = TreeReader::new(Arc::new(vol))?;
         let fs = Filesystem {
             csum: sb.csum_kind()?,
@@ -112,7 +115,36 @@ impl Filesystem {
                 RootPtr { bytenr: sb.root.get(), level: sb.root_level, generation: sb.generation.get(), owner: ROOT_TREE_OBJECTID },
             );
         }
+        for w in open_warnings {
+            fs.warn(w);
+        }
+        // The dev tree must agree with the chunks. A writer allocates from
+        // it, so it must be readable; a reader can go on without it.
+        match fs.dev_extents() {
+            Ok(exts) => {
+                for w in crate::volumes::chunks::verify_stripes(&fs.volume().chunks.entries(), &devids, Some(&exts), opts.writable)? {
+                    fs.warn(w);
+                }
+            }
+            Err(e) if opts.writable || !e.is_corrupt() => return Err(e.within("dev tree")),
+            Err(e) => fs.warn(format!("dev tree unreadable, device extents not checked against the chunks: {e}")),
+        }
         Ok(fs)
+    }
+
+    /// Every dev extent: (devid, physical, length, chunk logical).
+    pub fn dev_extents(&self) -> Result<Vec<(u64, u64, u64, u64)>> {
+        let root = self.tree_root(DEV_TREE_OBJECTID)?;
+        let mut out = Vec::new();
+        let mut c = self.reader.seek(&root, Key::MIN)?;
+        while let Some(it) = c.next_item()? {
+            if it.key.item_type != DEV_EXTENT_KEY {
+                continue;
+            }
+            let (de, _) = items::read_prefix::<DevExtent>(it.data(), "dev extent").map_err(|e| e.within(format!("dev tree item {}", it.key)))?;
+            out.push((it.key.objectid, it.key.offset, de.length.get(), de.chunk_offset.get()));
+        }
+        Ok(out)
     }
 
     /// Take up the superblock this process just committed: roots and caches
@@ -361,6 +393,49 @@ impl Filesystem {
         let out_len = usize::try_from(ram_bytes).map_err(|_| Error::corrupt(at, "ram_bytes too large"))?;
         compress::decompress(k, input, out_len, self.sectorsize).map_err(|e| Error::Compress { at: at.into(), source: e })
     }
+}
+
+/// Find the stale devices (see [`Volume::stale`]) and say so. A commit
+/// writes every tree block to every device before any superblock, so a
+/// device whose superblock is behind but which holds a verified copy of the
+/// newest root tree block only missed the last superblock writes (a crash
+/// between them) and is current. Any other device behind the newest
+/// generation is stale: with `--degraded` it is left out like a missing one.
+fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
+    let sb = vol.sb;
+    let newest = sb.generation.get();
+    let root = sb.root.get();
+    let csum = sb.csum_kind()?;
+    let fsid = sb.metadata_fsid();
+    let nodesize = usize::try_from(sb.nodesize.get()).map_err(|_| Error::Invalid("nodesize".into()))?;
+    let behind: Vec<(u64, u64)> =
+        vol.devices.values().filter(|d| d.sb.generation.get() < newest).map(|d| (d.devid, d.sb.generation.get())).collect();
+    let mut warnings = Vec::new();
+    for (devid, generation) in behind {
+        let holds_newest_root = vol.chunks.lookup(root).and_then(|e| Ok((e.num_copies(), e.map(root)?.0))).is_ok_and(|(n, locs)| {
+            locs.iter().take(n).enumerate().filter(|(_, l)| l.devid == devid).any(|(m, _)| {
+                let mut buf = vec![0u8; nodesize];
+                let expect = Expect { level: Some(sb.root_level), generation: Some(newest), max_generation: None };
+                vol.read_copy(root, &mut buf, m).is_ok() && TreeBlock::parse(root, buf, csum, &fsid, expect).is_ok()
+            })
+        });
+        if holds_newest_root {
+            continue;
+        }
+        vol.stale.insert(devid, generation);
+        let text = vol.stale_text(devid);
+        if vol.degraded {
+            warnings.push(format!("{text}; left out (--degraded)"));
+            vol.stale.remove(&devid);
+            vol.devices.remove(&devid);
+            vol.missing.insert(devid);
+        } else {
+            warnings.push(format!(
+                "{text}; its copies are not used unless a checksum vouches for them: run `btrs scrub --repair` to rebuild it"
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 fn poisoned() -> Error {

@@ -362,6 +362,8 @@ pub struct Transaction {
     /// Direct bios of this transaction's writes, on the devices' threads
     /// (started by the first direct write).
     pub direct: Option<crate::fs::direct::DirectWriter>,
+    /// Paths commands named inodes by, for messages: (tree, inode) -> path.
+    pub names: HashMap<(u64, u64), String>,
     /// Test-only switches of the direct writer (see `fs::direct`).
     #[cfg(test)]
     pub direct_no_bounce: bool,
@@ -395,6 +397,14 @@ impl Transaction {
         }
         if !fs.volume().missing.is_empty() {
             return Err(Error::Unsupported("writing a degraded filesystem".into()));
+        }
+        // A write would seal a new generation over a device that lacks
+        // earlier ones, and its superblock would then hide that it is stale.
+        if let Some(&devid) = fs.volume().stale.keys().next() {
+            return Err(Error::Devices(format!(
+                "{}; not writing: run `btrs scrub --repair` to rebuild it from the current copies first",
+                fs.volume().stale_text(devid)
+            )));
         }
         let chunk_uuid = fs.reader.root_block(&fs.tree_root(CHUNK_TREE_OBJECTID)?)?.header.chunk_tree_uuid;
         let fmt = BlockFormat::new(sb.nodesize.get(), fs.csum, sb.metadata_fsid(), chunk_uuid)?;
@@ -479,6 +489,7 @@ impl Transaction {
             root_items: HashMap::new(),
             now: crate::format::Timespec::new(now.as_secs(), now.subsec_nanos()),
             direct: None,
+            names: HashMap::new(),
             #[cfg(test)]
             direct_no_bounce: false,
             #[cfg(test)]
@@ -1095,10 +1106,12 @@ impl Transaction {
     /// Commit, then start the next transaction on the same (still locked)
     /// devices: long operations commit in steps so their memory stays
     /// bounded, each step crash-safe on its own.
-    pub fn commit_and_continue(self) -> Result<Transaction> {
+    pub fn commit_and_continue(mut self) -> Result<Transaction> {
         let now = self.now;
+        let names = std::mem::take(&mut self.names);
         let mut next = Transaction::begin(self.commit_keep()?)?;
         next.now = now;
+        next.names = names;
         Ok(next)
     }
 

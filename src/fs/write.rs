@@ -601,12 +601,18 @@ impl Transaction {
     }
 
     /// Current content of [start, start+len) of a file (holes read as zero),
-    /// from the transaction's view of its extents.
+    /// from the transaction's view of its extents. Every data sector read is
+    /// verified against its checksum (as this transaction's csum tree has
+    /// it) and a bad copy is replaced by a good one: a read-modify-write must
+    /// never seal a damaged sector under a new, valid checksum.
     fn read_range(&mut self, root: u64, ino: u64, start: u64, len: u64) -> Result<Vec<u8>> {
         // Queued direct bios may be writing exactly these sectors.
         self.finish_direct()?;
-        let mut out = vec![0u8; len as usize];
-        let end = start + len;
+        let nodatasum = self.read_inode(root, ino)?.flags.get() & INODE_NODATASUM != 0;
+        let ss = u64::from(self.store.fs.sectorsize);
+        let n = usize::try_from(len).map_err(|_| Error::Invalid("read too large".into()))?;
+        let mut out = vec![0u8; n];
+        let end = start.checked_add(len).ok_or_else(|| Error::Invalid(format!("range {start}+{len} overflows")))?;
         for (off, d) in self.extents_overlapping(root, ino, start, end)? {
             let fe = parse_file_extent(&d)?;
             let from = off.max(start);
@@ -618,29 +624,92 @@ impl Transaction {
                     dst[..src.len()].copy_from_slice(src);
                 }
                 FileExtentKind::Regular { prealloc: false, disk_bytenr, offset, .. } if disk_bytenr != 0 && fe.compression == 0 => {
-                    // The first copy that reads: a device with read errors
-                    // must not stop a write the other copies can serve.
-                    let vol = self.store.fs.volume();
-                    let at = disk_bytenr + offset + (from - off);
-                    let mut last = None;
-                    for m in 0..vol.num_copies(at)? {
-                        match vol.read_copy(at, dst, m) {
-                            Ok(()) => {
-                                last = None;
-                                break;
-                            }
-                            Err(e) => last = Some(e),
-                        }
-                    }
-                    if let Some(e) = last {
-                        return Err(e);
-                    }
+                    let at = disk_bytenr
+                        .checked_add(offset)
+                        .and_then(|x| x.checked_add(from - off))
+                        .ok_or_else(|| Error::corrupt(format!("inode {root}/{ino} extent at {off}"), "disk address overflows"))?;
+                    // Whole sectors around the bytes wanted.
+                    let a = at - at % ss;
+                    let b = (at + dst.len() as u64).next_multiple_of(ss);
+                    let mut sectors = vec![0u8; (b - a) as usize];
+                    let csums = if nodatasum { None } else { Some(self.data_csums(a, b - a)?) };
+                    let label = self.inode_label(root, ino);
+                    let describe = |l: u64| {
+                        let file_off = if l >= at { from.saturating_add(l - at) } else { from.saturating_sub(at - l) };
+                        format!("{label} file offset {file_off}")
+                    };
+                    let fs = &self.store.fs;
+                    crate::fs::data::read_verified(
+                        fs.volume(),
+                        fs.csum,
+                        ss,
+                        a,
+                        &mut sectors,
+                        csums.as_deref(),
+                        &describe,
+                        &mut |w| fs.warn(w),
+                    )?;
+                    let skip = (at - a) as usize;
+                    dst.copy_from_slice(&sectors[skip..skip + dst.len()]);
                 }
                 FileExtentKind::Regular { .. } if fe.compression == 0 => {}
                 _ => return Err(Error::Unsupported("rewriting part of a compressed extent".into())),
             }
         }
         Ok(out)
+    }
+
+    /// Checksums of each sector of [start, start+len) as this transaction's
+    /// csum tree holds them (`None` where it has none).
+    pub fn data_csums(&mut self, start: u64, len: u64) -> Result<Vec<Option<CsumBytes>>> {
+        let ss = u64::from(self.store.fs.sectorsize);
+        let cs = self.store.fs.csum.size();
+        let nsect = usize::try_from(len.div_ceil(ss)).map_err(|_| Error::Invalid("range too large".into()))?;
+        let mut out = vec![None; nsect];
+        let end = start.saturating_add(len);
+        let mut found = Vec::new();
+        if let Some((k, d)) = self.last_le(CSUM_TREE_OBJECTID, Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, start))? {
+            if k.objectid == EXTENT_CSUM_OBJECTID && k.item_type == EXTENT_CSUM_KEY && k.offset < start {
+                found.push((k, d));
+            }
+        }
+        if end > start {
+            found.extend(self.range(
+                CSUM_TREE_OBJECTID,
+                Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, start),
+                Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, end - 1),
+            )?);
+        }
+        for (k, d) in found {
+            for (i, c) in d.chunks_exact(cs).enumerate() {
+                let Some(s) = k.offset.checked_add(i as u64 * ss) else { break };
+                if s >= end {
+                    break;
+                }
+                if s >= start && (s - start) % ss == 0 {
+                    let mut v = [0u8; CSUM_SIZE];
+                    v[..cs].copy_from_slice(c);
+                    if let Some(slot) = out.get_mut(((s - start) / ss) as usize) {
+                        *slot = Some(v);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// How messages name an inode: the path a command gave for it, when it
+    /// said (see [`Transaction::name_inode`]), else its tree and number.
+    pub fn inode_label(&self, root: u64, ino: u64) -> String {
+        match self.names.get(&(root, ino)) {
+            Some(p) => p.clone(),
+            None => format!("inode {root}/{ino}"),
+        }
+    }
+
+    /// Remember the path a command named an inode by, for messages.
+    pub fn name_inode(&mut self, root: u64, ino: u64, path: &str) {
+        self.names.insert((root, ino), path.to_string());
     }
 
     /// Write `buf` to every copy of `logical`, in pieces of at most `max_bio`

@@ -69,6 +69,11 @@ pub enum FindingKind {
     Super,
     /// Copies differ and no checksum can say which is right.
     MirrorMismatch,
+    /// A device whose superblock generation is older than the filesystem's
+    /// (an older copy of the image): it lacks every write since. Its copies
+    /// are compared with the current ones and rebuilt from them by
+    /// `--repair`, never counted against them.
+    StaleDevice,
 }
 
 impl FindingKind {
@@ -80,6 +85,7 @@ impl FindingKind {
             FindingKind::Verify => "verify",
             FindingKind::Super => "super",
             FindingKind::MirrorMismatch => "mirror_mismatch",
+            FindingKind::StaleDevice => "stale_device",
         }
     }
 }
@@ -856,7 +862,7 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
             // says `csum`: that is what failed.
             FindingKind::Csum | FindingKind::CsumAllCopies | FindingKind::Verify => c.verify_errors += sectors,
             FindingKind::MirrorMismatch => c.mirror_mismatches += sectors,
-            FindingKind::Super => {}
+            FindingKind::Super | FindingKind::StaleDevice => {}
         }
         let good_mirror = source.filter(|&s| s != m);
         let mut repaired = false;
@@ -1106,6 +1112,7 @@ fn scrub_data_window(
     let ss = ctx.ss;
     let csize = ctx.fs.csum.size();
     let present: Vec<bool> = locs.iter().map(|l| vol.devices.contains_key(&l.devid)).collect();
+    let stale: Vec<bool> = locs.iter().map(|l| vol.is_stale(l.devid)).collect();
     for (m, loc) in locs.iter().enumerate() {
         if present[m] {
             let c = acc.dev(loc.devid);
@@ -1163,21 +1170,54 @@ fn scrub_data_window(
                 uncorrectable = source.is_none();
             }
             None => {
-                let copies: Vec<Option<&[u8]>> =
-                    sec.iter().map(|c| if let Sector::Data(d) = c { Some(*d) } else { None }).collect();
+                // Only copies on current devices vote: a stale device lacks
+                // every write since its generation, and two stale copies
+                // agreeing must not outvote the one current copy.
+                let copies: Vec<Option<&[u8]>> = sec
+                    .iter()
+                    .enumerate()
+                    .map(|(m, c)| if let Sector::Data(d) = c { (!stale[m]).then_some(*d) } else { None })
+                    .collect();
                 for (m, c) in sec.iter().enumerate() {
                     if !matches!(c, Sector::Absent) {
                         acc.dev(locs[m].devid).no_csum += 1;
                     }
                 }
-                let mut verdict = arbitrate(&copies, prefer);
-                if verdict != Verdict::Agree && unread_by_files(ctx, acc, extent, s) {
+                let mut verdict = arbitrate(&copies, prefer.filter(|&p| !stale.get(p).copied().unwrap_or(false)));
+                // The current copy the stale ones are compared with.
+                let current = match &verdict {
+                    Verdict::Agree => copies.iter().position(Option::is_some),
+                    Verdict::Majority { good, .. } | Verdict::Preferred { good, .. } => Some(*good),
+                    Verdict::NoArbiter { .. } => None,
+                };
+                let stale_differs = sec.iter().enumerate().any(|(m, c)| {
+                    stale[m] && matches!(c, Sector::Data(d) if current.and_then(|g| copies[g]).is_none_or(|g| g != *d))
+                });
+                let mut unread = false;
+                if (verdict != Verdict::Agree || stale_differs) && unread_by_files(ctx, acc, extent, s) {
                     // Preallocated or no longer referenced bytes were never
                     // written through the mirrors; nothing reads them.
                     verdict = Verdict::Agree;
+                    unread = true;
+                }
+                if !unread {
+                    for (m, c) in sec.iter().enumerate() {
+                        let Sector::Data(d) = c else { continue };
+                        if !stale[m] {
+                            continue;
+                        }
+                        match current.and_then(|g| copies[g]) {
+                            Some(g) if g == *d => {}
+                            Some(_) => bad.push((m, FindingKind::MirrorMismatch, "copy on a stale device differs from the current copy (no checksum)")),
+                            None => {
+                                uncorrectable = true;
+                                bad.push((m, FindingKind::MirrorMismatch, "no current copy to compare this stale device's copy with (no checksum)"));
+                            }
+                        }
+                    }
                 }
                 match verdict {
-                    Verdict::Agree => source = copies.iter().position(|c| c.is_some()),
+                    Verdict::Agree => source = copies.iter().position(|c| c.is_some()).or(source),
                     Verdict::Majority { good, bad: b } => {
                         source = Some(good);
                         bad.extend(b.into_iter().map(|m| (m, FindingKind::MirrorMismatch, "copy differs from the majority (no checksum)")));
@@ -1208,7 +1248,7 @@ fn scrub_data_window(
                     FindingKind::Read => c.read_errors += sectors,
                     FindingKind::Csum | FindingKind::CsumAllCopies => c.csum_errors += sectors,
                     FindingKind::MirrorMismatch => c.mirror_mismatches += sectors,
-                    FindingKind::Verify | FindingKind::Super => {}
+                    FindingKind::Verify | FindingKind::Super | FindingKind::StaleDevice => {}
                 }
             }
             let good_mirror = source.filter(|&g| g != m && !uncorrectable);
@@ -1255,17 +1295,62 @@ fn unread_by_files(ctx: &Ctx<'_>, acc: &mut Acc, extent: u64, logical: u64) -> b
 fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) -> Result<()> {
     let vol = fs.volume();
     let chunk_root = fs.tree_root(CHUNK_TREE_OBJECTID)?;
-    let mut dev_uuids: BTreeMap<u64, [u8; 16]> = BTreeMap::new();
+    let mut dev_items: BTreeMap<u64, DevItem> = BTreeMap::new();
     for (k, data) in fs.reader.range(
         &chunk_root,
         Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, 0),
         Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, u64::MAX),
     )? {
         let (d, _) = read_prefix::<DevItem>(&data, "dev item").map_err(|e| e.within(format!("chunk tree {k}")))?;
-        dev_uuids.insert(k.offset, d.uuid);
+        dev_items.insert(k.offset, d);
     }
     let newest = vol.sb.generation.get();
+    // A device's superblock: the newest one with the device's own dev item
+    // (the only per-device part besides bytenr), as a commit writes it.
+    let template = |devid: u64| -> Option<SuperBlock> {
+        let mut sb = vol.sb;
+        sb.dev_item = *dev_items.get(&devid)?;
+        Some(sb)
+    };
     for dev in vol.devices.values() {
+        let stale = vol.is_stale(dev.devid);
+        // A stale device is rebuilt (its superblocks last) only when every
+        // copy it holds that scrub found wrong was repaired.
+        let rebuilt = stale
+            && opts.repair
+            && acc.dropped_unrepaired == 0
+            && !acc.findings.iter().any(|f| f.devid == Some(dev.devid) && !f.repaired && f.kind != FindingKind::Super);
+        let before = acc.findings.len();
+        if stale {
+            acc.push(Finding {
+                kind: FindingKind::StaleDevice,
+                devid: Some(dev.devid),
+                physical: None,
+                logical: None,
+                len: 0,
+                mirror: None,
+                good_mirror: None,
+                metadata: true,
+                paths: Vec::new(),
+                file_offset: None,
+                repaired: false,
+                detail: format!(
+                    "{}; {}",
+                    vol.stale_text(dev.devid),
+                    if rebuilt {
+                        "every copy it holds now matches the current ones"
+                    } else if opts.repair {
+                        "not every copy it holds could be rebuilt"
+                    } else {
+                        "run `btrs scrub --repair` to rebuild it from the current copies"
+                    }
+                ),
+                extent: None,
+            });
+        }
+        // Where it was kept (not when the findings list is full).
+        let stale_at = (stale && acc.findings.len() > before).then_some(before);
+        let mut all_supers_ok = true;
         for copy in dev.super_copies()? {
             let problem = match &copy.result {
                 Err(p) => Some(p.to_string()),
@@ -1274,7 +1359,7 @@ fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) -> Result<(
                 Ok(sb) if sb.dev_item.devid.get() != dev.devid => {
                     Some(format!("devid {} differs from the device's {}", sb.dev_item.devid.get(), dev.devid))
                 }
-                Ok(sb) if dev_uuids.get(&dev.devid).is_some_and(|u| *u != sb.dev_item.uuid) => {
+                Ok(sb) if dev_items.get(&dev.devid).is_some_and(|d| d.uuid != sb.dev_item.uuid) => {
                     Some("device uuid differs from the chunk tree's dev item".into())
                 }
                 Ok(sb) if sb.generation.get() != newest => {
@@ -1285,9 +1370,10 @@ fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) -> Result<(
             let Some(detail) = problem else { continue };
             acc.dev(dev.devid).super_errors += 1;
             let mut repaired = false;
-            // The device's own newest valid copy is the template: the dev item differs per device.
-            if opts.repair && dev.sb.generation.get() == newest {
-                let mut sb = dev.sb;
+            // A stale device keeps its old superblocks until it is rebuilt:
+            // they are what says it is stale.
+            let template = if stale && !rebuilt { None } else { template(dev.devid) };
+            if let (true, Some(mut sb)) = (opts.repair, template) {
                 sb.bytenr = copy.offset.into();
                 if let Ok(ct) = sb.csum_kind() {
                     seal_super(&mut sb, ct);
@@ -1305,6 +1391,7 @@ fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) -> Result<(
             if repaired {
                 c.corrected_errors += 1;
             }
+            all_supers_ok &= repaired;
             acc.push(Finding {
                 kind: FindingKind::Super,
                 devid: Some(dev.devid),
@@ -1320,6 +1407,16 @@ fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) -> Result<(
                 detail,
                 extent: None,
             });
+        }
+        if let Some(i) = stale_at {
+            if rebuilt && all_supers_ok {
+                if let Some(f) = acc.findings.get_mut(i) {
+                    f.repaired = true;
+                }
+                acc.dev(dev.devid).corrected_errors += 1;
+            } else {
+                acc.dev(dev.devid).uncorrectable_errors += 1;
+            }
         }
     }
     Ok(())

@@ -132,6 +132,7 @@ pub fn write(
             tx.create(root, d, &name, S_IFREG | 0o644, flags)?
         }
     };
+    tx.name_inode(root, ino, path);
     if req.truncate {
         tx.truncate(root, ino, req.offset)?;
     }

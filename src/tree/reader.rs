@@ -86,8 +86,13 @@ impl TreeReader {
         }
         let expect = Expect { max_generation: Some(self.max_generation), ..expect };
         let copies = self.vol.num_copies(logical).map_err(|e| e.within(format!("tree block {logical}")))?;
+        // Current devices first; a stale device's copy serves only when it
+        // verifies (its header generation must be the one the parent expects).
+        let mut order: Vec<usize> = self.vol.read_order(logical).map(|v| v.iter().map(|c| c.mirror).collect()).unwrap_or_default();
+        let rest: Vec<usize> = (0..copies).filter(|m| !order.contains(m)).collect();
+        order.extend(rest);
         let mut problems = Vec::new();
-        for mirror in 0..copies {
+        for mirror in order {
             match self.read_copy(logical, mirror, expect) {
                 Ok(b) => {
                     let b = Arc::new(b);

@@ -125,6 +125,115 @@ pub fn check_chunk(logical: u64, c: &ChunkInfo) -> Result<Profile> {
     Ok(profile)
 }
 
+impl MapEntry {
+    /// Bytes each stripe of the chunk takes on its device (the kernel's
+    /// `calc_stripe_length`): the whole chunk for mirrored profiles, the
+    /// chunk divided among the data stripes for striped ones.
+    pub fn stripe_size(&self) -> Result<u64> {
+        let n = self.chunk.stripes.len() as u64;
+        let data_stripes = match self.profile {
+            Profile::Single | Profile::Dup | Profile::Raid1 | Profile::Raid1C3 | Profile::Raid1C4 => 1,
+            Profile::Raid0 => n,
+            Profile::Raid10 => n / u64::from(self.chunk.sub_stripes.max(1)),
+            Profile::Raid5 => n.saturating_sub(1),
+            Profile::Raid6 => n.saturating_sub(2),
+        };
+        if data_stripes == 0 || self.chunk.length % data_stripes != 0 {
+            return Err(Error::corrupt(
+                format!("chunk at logical {}", self.logical),
+                format!("length {} does not divide among {data_stripes} data stripes", self.chunk.length),
+            ));
+        }
+        Ok(self.chunk.length / data_stripes)
+    }
+}
+
+/// Check that the chunks' stripes fit the devices and share no byte (the
+/// kernel's `verify_one_dev_extent` and `verify_dev_extents`): a stripe lying
+/// on top of another chunk's would make a repair of one overwrite the other.
+/// `device_sizes` are the dev items' total_bytes; `dev_extents` the dev
+/// tree's (devid, physical, length, chunk logical), or `None` when the dev
+/// tree could not be read. A dev extent overlapping a stripe that is not its
+/// own is corrupt; one that overlaps nothing (an orphan, which `btrfs check`
+/// before 6.3 accepts) and a stripe without a dev extent are returned as
+/// warnings when `strict` is false (a reader is not hurt by them; a writer
+/// allocating from the dev tree would be).
+pub fn verify_stripes(
+    entries: &[Arc<MapEntry>],
+    device_sizes: &BTreeMap<u64, u64>,
+    dev_extents: Option<&[(u64, u64, u64, u64)]>,
+    strict: bool,
+) -> Result<Vec<String>> {
+    // (devid, physical) -> (end, chunk logical)
+    let mut stripes: BTreeMap<(u64, u64), (u64, u64)> = BTreeMap::new();
+    for e in entries {
+        let len = e.stripe_size()?;
+        for s in &e.chunk.stripes {
+            let at = || format!("chunk at logical {} stripe on devid {} at {}", e.logical, s.devid, s.offset);
+            let end = s.offset.checked_add(len).ok_or_else(|| Error::corrupt(at(), format!("stripe of {len} bytes overflows")))?;
+            match device_sizes.get(&s.devid) {
+                None => return Err(Error::corrupt(at(), "no dev item for this devid")),
+                Some(&size) if end > size => {
+                    return Err(Error::corrupt(at(), format!("stripe ends at {end}, past the device's {size} bytes")))
+                }
+                Some(_) => {}
+            }
+            if let Some((_, other)) = stripes.insert((s.devid, s.offset), (end, e.logical)) {
+                return Err(Error::corrupt(at(), format!("stripe starts where a stripe of chunk {other} starts")));
+            }
+        }
+    }
+    let mut prev: Option<((u64, u64), (u64, u64))> = None;
+    for (&(devid, start), &(end, chunk)) in &stripes {
+        if let Some(((pdev, pstart), (pend, pchunk))) = prev {
+            if pdev == devid && pend > start {
+                return Err(Error::corrupt(
+                    format!("devid {devid}"),
+                    format!("stripe of chunk {chunk} at {start} overlaps stripe of chunk {pchunk} at {pstart}..{pend}"),
+                ));
+            }
+        }
+        prev = Some(((devid, start), (end, chunk)));
+    }
+    let Some(dev_extents) = dev_extents else { return Ok(Vec::new()) };
+    let mut loose = Vec::new();
+    let mut matched = std::collections::BTreeSet::new();
+    for &(devid, physical, length, chunk) in dev_extents {
+        let at = || format!("dev extent of devid {devid} at {physical}");
+        let end = physical.checked_add(length).ok_or_else(|| Error::corrupt(at(), format!("length {length} overflows")))?;
+        if stripes.get(&(devid, physical)) == Some(&(end, chunk)) {
+            if !matched.insert((devid, physical)) {
+                return Err(Error::corrupt(at(), "listed twice"));
+            }
+            continue;
+        }
+        // The stripes of this device that the extent touches.
+        let touched = stripes
+            .range(..(devid, end))
+            .rev()
+            .take_while(|((d, _), _)| *d == devid)
+            .find(|(_, &(e, _))| e > physical);
+        match touched {
+            Some((&(_, p), &(e, c))) => {
+                return Err(Error::corrupt(
+                    at(),
+                    format!("claims chunk {chunk} for {physical}..{end}, which overlaps the stripe of chunk {c} at {p}..{e}"),
+                ))
+            }
+            None => loose.push(format!("{}: no chunk stripe there (orphan dev extent of chunk {chunk}, {length} bytes)", at())),
+        }
+    }
+    for (&(devid, p), &(_, c)) in &stripes {
+        if !matched.contains(&(devid, p)) {
+            loose.push(format!("stripe of chunk {c} on devid {devid} at {p} has no dev extent"));
+        }
+    }
+    match loose.first() {
+        Some(first) if strict => Err(Error::corrupt("dev tree", first.clone())),
+        _ => Ok(loose),
+    }
+}
+
 /// Logical chunk start -> mapping. Behind a lock because a write transaction
 /// adds chunks to the live volume when the existing block groups are full
 /// (the new chunk's tree items are only committed later, but its blocks are

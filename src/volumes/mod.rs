@@ -53,6 +53,13 @@ pub struct Volume {
     /// Devids the filesystem has (from the chunk tree's dev items) that were not found.
     pub missing: BTreeSet<u64>,
     pub degraded: bool,
+    /// Devices whose superblock is older than the newest and that were not
+    /// proven current (see `Filesystem::open`): devid -> their generation.
+    /// An image swapped for an older copy of itself lacks every write since:
+    /// its copies are never served unless a checksum vouches for them, never
+    /// outvote a current copy, and writing is refused until `scrub --repair`
+    /// rebuilds it.
+    pub stale: BTreeMap<u64, u64>,
 }
 
 impl Volume {
@@ -113,7 +120,14 @@ impl Volume {
             .max_by_key(|d| d.sb.generation.get())
             .map(|d| d.sb)
             .ok_or_else(|| Error::Devices("no devices".into()))?;
-        Ok(Volume { devices, sb, chunks: ChunkMap::default(), missing: BTreeSet::new(), degraded: opts.degraded })
+        Ok(Volume {
+            devices,
+            sb,
+            chunks: ChunkMap::default(),
+            missing: BTreeSet::new(),
+            degraded: opts.degraded,
+            stale: BTreeMap::new(),
+        })
     }
 
     /// Record the devids the chunk tree lists; fail on missing ones unless degraded.
@@ -146,6 +160,41 @@ impl Volume {
 
     pub fn num_copies(&self, logical: u64) -> Result<usize> {
         Ok(self.chunks.lookup(logical)?.num_copies())
+    }
+
+    /// The copies of `logical` a read may use, in the order to try them:
+    /// copies on current devices first, then those on stale devices (the
+    /// caller serves a stale copy only when something vouches for it);
+    /// copies on missing devices are left out.
+    pub fn read_order(&self, logical: u64) -> Result<Vec<ReadCopy>> {
+        let entry = self.chunks.lookup(logical)?;
+        let (locs, _) = entry.map(logical)?;
+        let mut out: Vec<ReadCopy> = locs
+            .iter()
+            .take(entry.num_copies())
+            .enumerate()
+            .filter(|(_, l)| self.devices.contains_key(&l.devid))
+            .map(|(mirror, l)| ReadCopy { mirror, devid: l.devid, stale: self.stale.contains_key(&l.devid) })
+            .collect();
+        // Stable: mirror order within current and within stale copies.
+        out.sort_by_key(|c| c.stale);
+        Ok(out)
+    }
+
+    /// Whether devid is stale (see [`Volume::stale`]).
+    pub fn is_stale(&self, devid: u64) -> bool {
+        self.stale.contains_key(&devid)
+    }
+
+    /// Words for a stale device: which image, how old, what to do.
+    pub fn stale_text(&self, devid: u64) -> String {
+        let path = self.devices.get(&devid).map(|d| d.path.display().to_string()).unwrap_or_else(|| "?".into());
+        let gen = self.stale.get(&devid).copied().unwrap_or(0);
+        format!(
+            "devid {devid} ({path}) is stale: its superblock generation {gen} is older than the filesystem's {} \
+             (an older copy of the image?)",
+            self.sb.generation.get()
+        )
     }
 
     /// Split `len` bytes at `logical` into pieces that are contiguous on copy
@@ -208,6 +257,16 @@ impl Volume {
         let (copies, _) = self.chunks.lookup(logical)?.map(logical)?;
         copies.get(mirror).copied().ok_or_else(|| Error::Invalid(format!("logical {logical}: no copy {}", mirror + 1)))
     }
+}
+
+/// One copy a read may use (see [`Volume::read_order`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadCopy {
+    /// 0-based copy number, as `read_copy` takes it.
+    pub mirror: usize,
+    pub devid: u64,
+    /// The copy lives on a stale device.
+    pub stale: bool,
 }
 
 fn join(v: &[u64]) -> String {

@@ -7,3 +7,6 @@
 mod common;
 
 mod util;
+mod verified;
+mod stale;
+mod chunks;

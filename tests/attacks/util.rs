@@ -130,3 +130,46 @@ pub fn locate(imgs: &[PathBuf], logical: u64, mirror: usize) -> (u64, u64) {
 pub fn image_of(imgs: &[PathBuf], devid: u64) -> &Path {
     &imgs[(devid - 1) as usize]
 }
+
+/// Edit the first item of tree `tree` whose key and data satisfy `pick`: `edit` gets the
+/// whole tree block and the item's (start, length) in it; the block's checksum is then
+/// resealed and the block written to every copy, so only the structure checks can catch it.
+/// Returns the item's key.
+pub fn patch_item(
+    imgs: &[PathBuf],
+    tree: u64,
+    pick: impl Fn(&btrs::format::Key, &[u8]) -> bool,
+    edit: impl FnOnce(&mut Vec<u8>, std::ops::Range<usize>),
+) -> btrs::format::Key {
+    use std::os::unix::fs::FileExt;
+    let opts = btrs::volumes::OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), ..Default::default() };
+    let fs = btrs::Filesystem::open(&opts).unwrap();
+    let root = fs.tree_root(tree).unwrap();
+    let mut c = fs.reader.seek(&root, btrs::format::Key::MIN).unwrap();
+    while let Some(it) = c.next_item().unwrap() {
+        if !pick(&it.key, it.data()) {
+            continue;
+        }
+        let logical = it.leaf.header.bytenr.get();
+        let (off, size) = it.leaf.item_location(it.slot);
+        let start = 101 + off as usize;
+        let mut block = it.leaf.bytes().to_vec();
+        edit(&mut block, start..start + size as usize);
+        reseal(fs.csum, &mut block);
+        for m in 0..fs.volume().num_copies(logical).unwrap() {
+            let p = fs.volume().locate(logical, m).unwrap();
+            let f = std::fs::OpenOptions::new().write(true).open(&fs.volume().devices[&p.devid].path).unwrap();
+            f.write_all_at(&block, p.physical).unwrap();
+            f.sync_all().unwrap();
+        }
+        return it.key;
+    }
+    panic!("no item picked in tree {tree}");
+}
+
+/// Recompute a tree block's checksum (bytes 32.. into the first csum-size bytes).
+pub fn reseal(csum: btrs::format::CsumType, block: &mut [u8]) {
+    let sum = csum.compute(&block[32..]);
+    block[..32].fill(0);
+    block[..csum.size()].copy_from_slice(&sum[..csum.size()]);
+}

@@ -1,0 +1,94 @@
+//! Chunk maps that lie: a stripe on top of another chunk's stripe, a stripe past the end
+//! of its device, dev extents that disagree with the chunks. Open refuses them with a
+//! `corrupt` error naming both chunks, before any command reads or repairs through them.
+//! (On e7a4f9a a data chunk whose second stripe lay on a metadata stripe was accepted,
+//! and `scrub --repair` "corrected" 7680 sectors by writing over live metadata.)
+
+use std::path::PathBuf;
+
+use btrs::format::{BLOCK_GROUP_DATA, BLOCK_GROUP_METADATA, CHUNK_ITEM_KEY, CHUNK_TREE_OBJECTID, DEV_EXTENT_KEY, DEV_TREE_OBJECTID};
+
+use crate::util::*;
+
+/// (logical, stripe offsets) of the first chunk with type bits `kind`.
+fn chunk_of(imgs: &[PathBuf], kind: u64) -> (u64, Vec<(u64, u64)>) {
+    let opts = btrs::volumes::OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), ..Default::default() };
+    let fs = btrs::Filesystem::open(&opts).unwrap();
+    let e = fs.volume().chunks.entries().into_iter().find(|e| e.chunk.chunk_type & kind != 0).unwrap();
+    (e.logical, e.chunk.stripes.iter().map(|s| (s.devid, s.offset)).collect())
+}
+
+/// Every command that opens the set fails with a corrupt error containing `words`,
+/// and no image changes.
+fn all_refuse(imgs: &[PathBuf], words: &[&str]) {
+    let before = fingerprints(imgs);
+    let img = s(&imgs[0]);
+    let dest = imgs[0].parent().unwrap().join("out");
+    let src = imgs[0].parent().unwrap().join("x.bin");
+    std::fs::write(&src, b"x").unwrap();
+    for args in [
+        vec!["ls", img, "/"],
+        vec!["cat", img, "/f"],
+        vec!["extract", img, "/", s(&dest)],
+        vec!["scrub", img],
+        vec!["scrub", img, "--repair"],
+        vec!["write", img, "/g", "--from", s(&src)],
+        vec!["dump-tree", img],
+    ] {
+        let err = fails(&args, 1);
+        assert!(err.contains("corrupt"), "{args:?}: {err}");
+        for w in words {
+            assert!(err.contains(w), "{args:?}: error does not name {w:?}: {err}");
+        }
+        assert_eq!(fingerprints(imgs), before, "{args:?} changed an image");
+    }
+    assert!(!dest.exists() || std::fs::read_dir(&dest).unwrap().next().is_none());
+}
+
+fn pair(dir: &std::path::Path) -> Vec<PathBuf> {
+    let imgs = mkfs(dir, 2, "128M", "raid1", &[]);
+    let src = dir.join("f.bin");
+    std::fs::write(&src, pseudo(300_000, 1)).unwrap();
+    ok(&["write", s(&imgs[0]), "/f", "--from", s(&src)]);
+    imgs
+}
+
+#[test]
+fn data_stripe_on_top_of_a_metadata_stripe_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = pair(tmp.path());
+    let (data, _) = chunk_of(&imgs, BLOCK_GROUP_DATA);
+    let (meta, mstripes) = chunk_of(&imgs, BLOCK_GROUP_METADATA);
+    let on_dev2 = mstripes.iter().find(|(d, _)| *d == 2).unwrap().1;
+    patch_item(&imgs, CHUNK_TREE_OBJECTID, |k, _| k.item_type == CHUNK_ITEM_KEY && k.offset == data, |b, r| {
+        // Stripe 1 (devid 2): chunk header 48 bytes, stripe 32 bytes, offset after devid.
+        let at = r.start + 48 + 32 + 8;
+        b[at..at + 8].copy_from_slice(&on_dev2.to_le_bytes());
+    });
+    all_refuse(&imgs, &[&format!("chunk {meta}"), &data.to_string()]);
+}
+
+#[test]
+fn stripe_past_the_device_end_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = pair(tmp.path());
+    let (data, _) = chunk_of(&imgs, BLOCK_GROUP_DATA);
+    patch_item(&imgs, CHUNK_TREE_OBJECTID, |k, _| k.item_type == CHUNK_ITEM_KEY && k.offset == data, |b, r| {
+        let at = r.start + 48 + 32 + 8;
+        b[at..at + 8].copy_from_slice(&(120u64 << 20).to_le_bytes());
+    });
+    all_refuse(&imgs, &["past the device"]);
+}
+
+#[test]
+fn dev_extent_over_another_chunks_stripe_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = pair(tmp.path());
+    // The first dev extent of devid 1 claims 1 TiB: it reaches over the next chunk's stripe.
+    let key = patch_item(&imgs, DEV_TREE_OBJECTID, |k, _| k.item_type == DEV_EXTENT_KEY && k.objectid == 1, |b, r| {
+        // struct btrfs_dev_extent: chunk_tree, chunk_objectid, chunk_offset, length.
+        let at = r.start + 24;
+        b[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    });
+    all_refuse(&imgs, &["dev extent", &format!("at {}", key.offset), "overlaps"]);
+}
