@@ -23,6 +23,14 @@
 //! rotated), fsync again. A crash before the superblock write leaves the old
 //! superblock pointing at untouched blocks.
 //!
+//! Readers beside the writer: a read-only open registers the generation it
+//! reads (an OFD byte-range lock, `volumes::guard::register_reader`). Space
+//! a transaction freed stays unused by this process's later transactions
+//! while a reader of an older generation is registered (`Held`), and a
+//! writer whose process did not see what was freed since a registered
+//! reader's generation waits for it, then refuses. NODATACOW overwrites are
+//! copied on write while any reader is registered.
+//!
 //! Free space tree bitmaps (the kernel switches fragmented groups to them)
 //! are read from nowhere (the extent tree is the truth) and a changed group
 //! is written back in extent form with its info flag cleared.
@@ -95,6 +103,9 @@ pub struct Store {
     allocated: BTreeMap<u64, u64>,
     /// Freed this transaction but still reachable from the committed roots.
     pinned: BTreeMap<u64, u64>,
+    /// Freed by earlier transactions of this process, kept unused while a
+    /// registered reader still reads a generation that reaches them.
+    held: Held,
     /// Logical ranges holding a superblock copy on some device: never
     /// allocated, though the free space tree lists them free (as mkfs and the
     /// kernel do; readers exclude them when loading it).
@@ -136,7 +147,7 @@ impl Store {
     /// Whether [start, start+len) overlaps an allocated or pinned extent.
     fn busy(&self, start: u64, len: u64) -> Option<u64> {
         let end = start + len;
-        for map in [&self.allocated, &self.pinned, &self.excluded] {
+        for map in [&self.allocated, &self.pinned, &self.excluded, &self.held.ranges] {
             if let Some((&s, &l)) = map.range(..end).next_back() {
                 if s + l > start {
                     return Some(s + l);
@@ -220,7 +231,7 @@ impl Store {
         let mut free = 0u64;
         for g in self.groups.values().filter(|g| g.flags & BLOCK_GROUP_DATA != 0) {
             let end = g.start + g.len;
-            let busy: u64 = [&self.allocated, &self.pinned, &self.excluded]
+            let busy: u64 = [&self.allocated, &self.pinned, &self.excluded, &self.held.ranges]
                 .iter()
                 .map(|m| m.range(g.start..end).map(|(&s, &l)| l.min(end - s)).sum::<u64>())
                 .sum();
@@ -289,10 +300,28 @@ impl Store {
                 }
             }
             if want <= ss {
+                // Space held for readers that may have gone since.
+                if self.release_held()? {
+                    want = len;
+                    chunk_tried = true;
+                    continue;
+                }
                 return Err(no_space("data", len));
             }
             want = (want / 2).div_ceil(ss) * ss;
         }
+    }
+
+    /// Ask again which readers remain and stop holding what none of them can
+    /// reach. Whether anything was let go.
+    fn release_held(&mut self) -> Result<bool> {
+        if self.held.ranges.is_empty() {
+            return Ok(false);
+        }
+        let before = self.held.ranges.len();
+        let oldest = self.fs.volume().oldest_reader(self.transid.saturating_sub(1))?;
+        self.held.release(oldest);
+        Ok(self.held.ranges.len() < before)
     }
 
     /// Forget a data extent the extent tree no longer lists; pinned until the
@@ -329,6 +358,9 @@ impl BlockStore for Store {
         if pos.is_none() && kind == BLOCK_GROUP_METADATA && self.alloc_chunk(kind)? {
             pos = self.find(kind, ns, ns, true);
         }
+        if pos.is_none() && self.release_held()? {
+            pos = self.find(kind, ns, ns, true);
+        }
         let pos = pos.ok_or_else(|| no_space(what, ns))?;
         self.take(kind, pos, ns)?;
         self.log.push(RefOp::Alloc { addr: pos, owner, level });
@@ -349,6 +381,39 @@ impl BlockStore for Store {
         Ok(())
     }
 }
+
+/// Space freed by this process's earlier transactions that readers of older
+/// generations may still be reading. A reader registers the generation it
+/// reads (`volumes::guard::register_reader`); an extent freed by transaction
+/// T is reachable from generations before T, so it stays unused while a
+/// reader of a generation below T is registered, as the kernel keeps freed
+/// extents pinned until no one can see them.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// start -> length, of every range still held.
+    ranges: BTreeMap<u64, u64>,
+    /// start -> the transaction that freed it.
+    freed_in: BTreeMap<u64, u64>,
+    /// The committed generation when this process started writing: frees
+    /// before it are unknown here.
+    since: Option<u64>,
+}
+
+impl Held {
+    /// Keep only what a reader of generation `oldest` (None: no reader)
+    /// can still reach.
+    fn release(&mut self, oldest: Option<u64>) {
+        let keep: BTreeMap<u64, u64> = match oldest {
+            None => BTreeMap::new(),
+            Some(r) => self.freed_in.iter().filter(|&(_, &t)| t > r).map(|(&s, &t)| (s, t)).collect(),
+        };
+        self.ranges.retain(|s, _| keep.contains_key(s));
+        self.freed_in = keep;
+    }
+}
+
+/// How long a writer waits for readers of generations it cannot protect.
+const READER_PATIENCE: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// A running transaction. Dropping it without [`Transaction::commit`] aborts:
 /// nothing reachable from the superblock was written.
@@ -374,7 +439,34 @@ pub struct Transaction {
 impl Transaction {
     /// Start a transaction on a filesystem opened with `OpenOptions.writable`.
     pub fn begin(fs: Filesystem) -> Result<Transaction> {
+        Transaction::begin_holding(fs, Held::default())
+    }
+
+    /// Start a transaction that keeps `held` (from this process's earlier
+    /// transactions) unused as long as readers need it.
+    fn begin_holding(fs: Filesystem, mut held: Held) -> Result<Transaction> {
         let sb = fs.sb;
+        let committed = sb.generation.get();
+        let since = *held.since.get_or_insert(committed);
+        // A reader of a generation older than what this process has seen
+        // freed may read blocks freed by an earlier writer: wait for it.
+        let started = std::time::Instant::now();
+        let oldest = loop {
+            let oldest = fs.volume().oldest_reader(committed)?;
+            match oldest {
+                Some(r) if r < since => {
+                    if started.elapsed() >= READER_PATIENCE {
+                        return Err(Error::Devices(format!(
+                            "a reader still reads generation {r} of this filesystem (now at {committed}); writing now could \
+                             overwrite what it reads: try again when it is done"
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => break oldest,
+            }
+        };
+        held.release(oldest);
         if !sb.has_incompat(INCOMPAT_SKINNY_METADATA) {
             return Err(Error::Unsupported("writing filesystems without skinny-metadata".into()));
         }
@@ -472,6 +564,7 @@ impl Transaction {
             groups,
             allocated,
             pinned: BTreeMap::new(),
+            held,
             excluded,
             dirty_groups: BTreeSet::new(),
             log: Vec::new(),
@@ -1109,7 +1202,15 @@ impl Transaction {
     pub fn commit_and_continue(mut self) -> Result<Transaction> {
         let now = self.now;
         let names = std::mem::take(&mut self.names);
-        let mut next = Transaction::begin(self.commit_keep()?)?;
+        // What this transaction freed stays unused while readers of older
+        // generations remain (decided when the next one begins).
+        let transid = self.transid();
+        let mut held = std::mem::take(&mut self.store.held);
+        for (&start, &len) in &self.store.pinned {
+            held.ranges.insert(start, len);
+            held.freed_in.insert(start, transid);
+        }
+        let mut next = Transaction::begin_holding(self.commit_keep()?, held)?;
         next.now = now;
         next.names = names;
         Ok(next)

@@ -1091,6 +1091,11 @@ impl Transaction {
     fn try_write_in_place(&mut self, root: u64, ino: u64, a: u64, buf: &[u8], opts: &WriteOpts, report: &mut WriteReport) -> Result<bool> {
         // An extent of this transaction may still have direct bios in flight.
         self.finish_direct()?;
+        // A registered reader reads the committed bytes an in-place write
+        // would change under it: copy on write instead while one is there.
+        if self.store.fs.volume().oldest_reader(self.transid())?.is_some() {
+            return Ok(false);
+        }
         let end = a + buf.len() as u64;
         let exts = self.extents_overlapping(root, ino, a, end)?;
         let mut pos = a;

@@ -160,6 +160,17 @@ impl Device {
         self.file.sync_data().map_err(|e| Error::io(&self.path, "fsync", e))
     }
 
+    /// The generation of this device's best superblock as it is on disk now
+    /// (a writer may have committed since the device was opened).
+    pub fn current_generation(&self) -> Result<u64> {
+        Ok(read_super_copies(&self.file, &self.path, self.size, false)?
+            .iter()
+            .filter_map(|c| c.result.as_ref().ok().filter(|sb| sb.bytenr.get() == c.offset && sb.fsid == self.sb.fsid))
+            .map(|sb| sb.generation.get())
+            .max()
+            .unwrap_or(0))
+    }
+
     /// Every superblock copy location that fits on this device, decoded.
     pub fn super_copies(&self) -> Result<Vec<SuperCopy>> {
         read_super_copies(&self.file, &self.path, self.size, true)

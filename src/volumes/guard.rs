@@ -49,8 +49,9 @@ pub enum Lock {
     Shared,
     /// A reader of the last committed state: shared when it can be had,
     /// otherwise none. A btrs writer never overwrites what the committed
-    /// superblock reaches (COW) before its own commit, so the tree the
-    /// superblock names stays readable while it works.
+    /// superblock reaches (COW) before its own commit, and after it keeps
+    /// what it freed unused while the reader is registered (see
+    /// [`register_reader`]), so the tree the reader found stays readable.
     SharedIfFree,
 }
 
@@ -104,4 +105,65 @@ pub fn refuse_loop_attached(path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where reader registrations live: byte-range locks far past any image's
+/// end (a lock needs no bytes to exist there), one byte per generation.
+const READER_LOCK_BASE: u64 = 1 << 62;
+
+fn generation_lock(kind: libc::c_short, generation: u64, len: u64) -> Result<libc::flock> {
+    let start = READER_LOCK_BASE
+        .checked_add(generation)
+        .filter(|s| s.checked_add(len).is_some_and(|e| e <= i64::MAX as u64))
+        .ok_or_else(|| Error::Invalid(format!("generation {generation} is too large to register a reader at")))?;
+    Ok(libc::flock {
+        l_type: kind,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        // OK: bounded by i64::MAX just above.
+        l_start: start as libc::off_t,
+        l_len: len as libc::off_t,
+        l_pid: 0,
+    })
+}
+
+/// Announce that this open file reads the committed state of `generation`:
+/// an open-file-description read lock on the generation's byte, held until
+/// the file is closed. A writer of this filesystem keeps every block that
+/// generation reaches unused while the lock is held (see
+/// [`oldest_reader`]). OFD locks do not interact with the `flock` locks
+/// above, and stay with this open file alone (closing another descriptor of
+/// the same image drops nothing).
+pub fn register_reader(file: &File, path: &Path, generation: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = generation_lock(libc::F_RDLCK as libc::c_short, generation, 1)?;
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&l))
+        .map(|_| ())
+        .map_err(|e| Error::io(path, "register reader (fcntl F_OFD_SETLK)", e.into()))
+}
+
+/// The oldest generation below `below` that a reader registered on `file`
+/// (by any process) still reads, if any.
+pub fn oldest_reader(file: &File, path: &Path, below: u64) -> Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    let mut limit = below;
+    let mut found = None;
+    // F_OFD_GETLK names one conflicting lock; narrow the range below it until none is left.
+    while limit > 0 {
+        let mut l = generation_lock(libc::F_WRLCK as libc::c_short, 0, limit)?;
+        nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_GETLK(&mut l))
+            .map_err(|e| Error::io(path, "look for readers (fcntl F_OFD_GETLK)", e.into()))?;
+        if l.l_type == libc::F_UNLCK as libc::c_short {
+            break;
+        }
+        let generation = u64::try_from(l.l_start).ok().and_then(|s| s.checked_sub(READER_LOCK_BASE));
+        match generation {
+            Some(g) if g < limit => {
+                found = Some(g);
+                limit = g;
+            }
+            // A lock that is not one of ours (or an impossible answer): stop narrowing.
+            _ => break,
+        }
+    }
+    Ok(found)
 }

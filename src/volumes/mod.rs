@@ -63,7 +63,50 @@ pub struct Volume {
 }
 
 impl Volume {
+    /// Open the device set. A read-only open also registers as a reader of
+    /// the generation it found (see [`guard::register_reader`]), then checks
+    /// the superblocks did not move on meanwhile: a writer that committed
+    /// before seeing the registration may already reuse blocks of the
+    /// generation found, so the open starts again at the new one.
     pub fn open(opts: &OpenOptions) -> Result<Volume> {
+        const TRIES: usize = 20;
+        for _ in 0..TRIES {
+            let vol = Volume::open_once(opts)?;
+            if opts.writable {
+                return Ok(vol);
+            }
+            let generation = vol.sb.generation.get();
+            // On every device: --degraded may leave some out later.
+            for d in vol.devices.values() {
+                guard::register_reader(&d.file, &d.path, generation)?;
+            }
+            let mut newest = generation;
+            for d in vol.devices.values() {
+                newest = newest.max(d.current_generation()?);
+            }
+            if newest == generation {
+                return Ok(vol);
+            }
+        }
+        Err(Error::Devices(format!(
+            "{}: a writer committed {TRIES} times while the filesystem was being opened; try again",
+            opts.image.display()
+        )))
+    }
+
+    /// The oldest generation below `below` that a registered reader reads
+    /// (any process, any device of the set), if any.
+    pub fn oldest_reader(&self, below: u64) -> Result<Option<u64>> {
+        let mut oldest: Option<u64> = None;
+        for d in self.devices.values() {
+            if let Some(g) = guard::oldest_reader(&d.file, &d.path, below)? {
+                oldest = Some(oldest.map_or(g, |o| o.min(g)));
+            }
+        }
+        Ok(oldest)
+    }
+
+    fn open_once(opts: &OpenOptions) -> Result<Volume> {
         let first = Device::open_locked(&opts.image, opts.lock())?;
         let fsid = first.sb.fsid;
         let first_canon = canonical(&opts.image);

@@ -10,3 +10,4 @@ mod util;
 mod verified;
 mod stale;
 mod chunks;
+mod readers;
