@@ -7,3 +7,5 @@
 mod common;
 
 mod util;
+
+mod extract;
