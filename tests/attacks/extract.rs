@@ -557,3 +557,36 @@ fn existing_dest_is_refused_whole() {
     assert!(err.contains("already exists"), "{err}");
     assert_eq!(snapshot(&sc.p("outside")), before);
 }
+
+/// A tree 1200 directories deep, with a hard link from its bottom to the top, extracts under
+/// a limit of 128 open files: only the deepest directories along the path stay open, the
+/// others are reopened by name from an open ancestor.
+#[test]
+fn deep_tree_extracts_with_few_descriptors() {
+    use rustix::fs::{Mode, OFlags};
+    const DEPTH: usize = 1200;
+    let sc = Scene::new();
+    // Built one level at a time through directory handles (a test must not chdir).
+    let mut dir = rustix::fs::open(sc.src(""), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    for _ in 0..DEPTH {
+        rustix::fs::mkdirat(&dir, "d", Mode::from_raw_mode(0o755)).unwrap();
+        dir = rustix::fs::openat(&dir, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    }
+    let f = rustix::fs::openat(&dir, "f", OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o644)).unwrap();
+    std::fs::File::from(f).write_all_at(b"bottom", 0).unwrap();
+    let bottom = format!("{}/f", vec!["d"; DEPTH].join("/"));
+    fs::hard_link(sc.src(&bottom), sc.src("top")).unwrap();
+    let img = sc.image();
+    let dest = sc.p("dest");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 128; exec \"$0\" \"$@\"")
+        .arg(crate::util::BIN)
+        .args(["extract", s(&img), s(&dest)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (fs::metadata(dest.join(&bottom)).unwrap(), fs::metadata(dest.join("top")).unwrap());
+    assert_eq!(read(&dest.join("top")), b"bottom");
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "one inode, two links");
+}
