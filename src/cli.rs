@@ -38,6 +38,22 @@ pub enum Command {
     /// Write a file's bytes to standard output.
     Cat(CatArgs),
     /// Copy a subtree out to the host, preserving metadata, hardlinks and holes.
+    ///
+    /// DEST must not exist, or, when PATH is a directory, be a directory into
+    /// which PATH's entries are merged. DEST itself may be a symlink to a
+    /// directory (followed, once: it is the caller's choice); nothing below DEST
+    /// is ever reached through a symlink. The image's symlinks are made as
+    /// symlinks and never followed, and a name that already exists on the host
+    /// is left alone, even a symlink pointing out of DEST, so nothing outside
+    /// DEST is created or changed, whatever the image holds.
+    ///
+    /// An entry that cannot be extracted (a name no host directory can hold,
+    /// such as `..` or one with `/`; a name used twice in one directory or
+    /// already taken on the host; a directory loop; data that fails its checksum
+    /// on every copy) is skipped with its subtree, the rest is extracted, and
+    /// extract lists the failed entries and exits 1. Owners need root: what
+    /// cannot be applied (owners, xattrs) is warned about and leaves the exit
+    /// status 0.
     Extract(ExtractArgs),
     /// Verify every copy of every block and superblock, compare mirrors byte for byte, optionally repair.
     Scrub(ScrubArgs),

@@ -109,6 +109,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "extracted {} files ({} bytes), {} directories, {} symlinks, {} special files, {} hardlinks",
                 stats.files, stats.bytes, stats.dirs, stats.symlinks, stats.special, stats.hardlinks
             );
+            if stats.failures > 0 {
+                const SHOWN: usize = 50;
+                let n = stats.failures;
+                eprintln!("btrs: error: {n} {} could not be extracted:", if n == 1 { "entry" } else { "entries" });
+                for f in stats.failed.iter().take(SHOWN) {
+                    eprintln!("  {f}");
+                }
+                if n > SHOWN as u64 {
+                    eprintln!("  ... and {} more", n - SHOWN as u64);
+                }
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Scrub(a) => {
             let open = OpenOptions { image: a.image.clone(), devices: cli.devices.clone(), degraded: cli.degraded, writable: false, ..Default::default() };

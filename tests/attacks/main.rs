@@ -7,7 +7,9 @@
 mod common;
 
 mod util;
-mod verified;
-mod stale;
+
 mod chunks;
+mod extract;
 mod readers;
+mod stale;
+mod verified;
