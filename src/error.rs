@@ -43,6 +43,11 @@ pub enum Error {
     #[error("no space left on the filesystem: {0}")]
     NoSpace(String),
 
+    /// A tree block btrs was about to write breaks a rule of the kernel's
+    /// tree-checker: a bug in btrs, caught before any superblock names the block.
+    #[error("internal error: tree block {block} ({tree}) would be refused by the kernel's tree-checker: {what}")]
+    TreeCheck { tree: String, block: u64, what: String },
+
     /// A compressed extent that would not decompress.
     #[error("{at}: {source}")]
     Compress { at: String, #[source] source: crate::fs::compress::CompressError },

@@ -3,6 +3,7 @@
 
 pub mod csum;
 pub mod items;
+pub mod limits;
 pub mod ondisk;
 pub mod superblock;
 pub mod types;

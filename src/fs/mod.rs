@@ -333,17 +333,29 @@ impl Filesystem {
         Ok(cur)
     }
 
+    /// A symlink's target: the first i_size bytes of its inline extent, as
+    /// the kernel reads it. mkfs.btrfs --rootdir stores the target with a
+    /// trailing NUL in the extent (extent 25 bytes, inode size 24); the NUL
+    /// is not part of the target.
     pub fn read_link(&self, id: InodeId) -> Result<Vec<u8>> {
+        let size = self.inode(id)?.size;
         let exts = self.file_extents(id)?;
-        match exts.first() {
+        let mut target = match exts.first() {
             Some((0, fe)) => match &fe.kind {
-                items::FileExtentKind::Inline { data } if fe.compression == COMPRESS_NONE => Ok(data.clone()),
+                items::FileExtentKind::Inline { data } if fe.compression == COMPRESS_NONE => data.clone(),
                 items::FileExtentKind::Inline { data } => {
-                    self.decompress(fe.compression, data, fe.ram_bytes, &format!("symlink {id}"))
+                    self.decompress(fe.compression, data, fe.ram_bytes, &format!("symlink {id}"))?
                 }
-                _ => Err(Error::corrupt(format!("symlink {id}"), "target is not an inline extent")),
+                _ => return Err(Error::corrupt(format!("symlink {id}"), "target is not an inline extent")),
             },
-            _ => Err(Error::corrupt(format!("symlink {id}"), "no target extent")),
+            _ => return Err(Error::corrupt(format!("symlink {id}"), "no target extent")),
+        };
+        match usize::try_from(size) {
+            Ok(n) if n <= target.len() => {
+                target.truncate(n);
+                Ok(target)
+            }
+            _ => Err(Error::corrupt(format!("symlink {id}"), format!("inode size {size} past its {}-byte target extent", target.len()))),
         }
     }
 

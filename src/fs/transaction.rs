@@ -499,7 +499,8 @@ impl Transaction {
             )));
         }
         let chunk_uuid = fs.reader.root_block(&fs.tree_root(CHUNK_TREE_OBJECTID)?)?.header.chunk_tree_uuid;
-        let fmt = BlockFormat::new(sb.nodesize.get(), fs.csum, sb.metadata_fsid(), chunk_uuid)?;
+        // Every block the engine seals passes the kernel's tree-checker rules.
+        let fmt = BlockFormat::new(sb.nodesize.get(), fs.csum, sb.metadata_fsid(), chunk_uuid)?.checked(fs.sectorsize, sb.incompat_flags.get());
         let transid = sb.generation.get() + 1;
         let bg_tree = sb.has_compat_ro(COMPAT_RO_BLOCK_GROUP_TREE);
         let ns = sb.nodesize.get() as u64;

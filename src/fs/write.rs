@@ -13,6 +13,7 @@ use zerocopy::{FromZeros, IntoBytes};
 
 use crate::error::{Error, Result};
 use crate::format::items::{self, parse_dir_items, parse_file_extent, FileExtentKind};
+use crate::format::limits;
 use crate::format::*;
 use crate::fs::direct::{Bounce, DirectWriter, Plain, Source};
 use crate::fs::transaction::Transaction;
@@ -210,9 +211,7 @@ impl Transaction {
     /// Add the name `name` in `dir` for inode `ino` (dir item, dir index,
     /// inode ref); the caller adjusts `ino`'s nlink.
     pub fn add_link(&mut self, root: u64, dir: u64, name: &[u8], ino: u64, dir_type: u8) -> Result<()> {
-        if name.is_empty() || name.len() > NAME_LEN || name.contains(&b'/') || name == b"." || name == b".." {
-            return Err(Error::Invalid(format!("invalid name {:?}", String::from_utf8_lossy(name))));
-        }
+        limits::check_entry_name(name)?;
         if self.lookup_name(root, dir, name)?.is_some() {
             return Err(Error::Invalid(format!("{} already exists", String::from_utf8_lossy(name))));
         }
@@ -233,9 +232,17 @@ impl Transaction {
         .to_vec();
         entry.extend_from_slice(name);
         let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
-        // Names with the same hash share one DIR_ITEM.
+        // Names with the same hash share one DIR_ITEM, which must still fit a leaf.
         let mut body = self.get(root, hkey)?.unwrap_or_default();
         body.extend_from_slice(&entry);
+        let max = limits::max_item_size(self.store.fs.sb.nodesize.get());
+        if body.len() > max {
+            return Err(Error::Invalid(format!(
+                "{}: the directory entries sharing its name hash would take {} bytes, more than a leaf's {max}",
+                String::from_utf8_lossy(name),
+                body.len()
+            )));
+        }
         self.put(root, hkey, body)?;
         self.insert(root, Key::new(dir, DIR_INDEX_KEY, index), entry)?;
         // Inode ref (several names in the same directory share the item).
@@ -332,10 +339,7 @@ impl Transaction {
 
     /// A symlink: the target is stored as an inline extent, as the kernel does.
     pub fn symlink(&mut self, root: u64, dir: u64, name: &[u8], target: &[u8]) -> Result<u64> {
-        let max = (self.store.fs.sectorsize as usize).min(self.store.fs.sb.nodesize.get() as usize / 2);
-        if target.is_empty() || target.len() >= max {
-            return Err(Error::Invalid(format!("symlink target length {} not in 1..{max}", target.len())));
-        }
+        limits::check_symlink_target(target, self.store.fs.sb.nodesize.get(), self.store.fs.sectorsize)?;
         let ino = self.create(root, dir, name, S_IFLNK | 0o777, 0)?;
         self.insert_inline(root, ino, target)?;
         let mut it = self.read_inode(root, ino)?;
@@ -418,6 +422,8 @@ impl Transaction {
 
     /// Set (or with `None` remove) an xattr.
     pub fn set_xattr(&mut self, root: u64, ino: u64, name: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let nodesize = self.store.fs.sb.nodesize.get();
+        limits::check_xattr(name, value, nodesize)?;
         let key = Key::new(ino, XATTR_ITEM_KEY, items::name_hash(name));
         let old = self.get(root, key)?.map(|d| parse_dir_items(&d)).transpose()?.unwrap_or_default();
         let mut body = Vec::new();
@@ -453,8 +459,14 @@ impl Transaction {
                 None => return Err(Error::NotFound(format!("xattr {}", String::from_utf8_lossy(name)))),
             }
         }
-        if body.len() + 25 > self.store.fs.sb.nodesize.get() as usize - 101 - 25 * 2 {
-            return Err(Error::Invalid("xattr too large for a leaf".into()));
+        // xattrs whose names hash alike share one item, which must fit a leaf.
+        let max = limits::max_item_size(nodesize);
+        if body.len() > max {
+            return Err(Error::Invalid(format!(
+                "xattr {}: with the xattrs sharing its name hash the item would take {} bytes, more than a leaf's {max}",
+                String::from_utf8_lossy(name),
+                body.len()
+            )));
         }
         if body.is_empty() {
             self.delete(root, key)?;
@@ -849,6 +861,7 @@ impl Transaction {
         }
         let ss = self.store.fs.sectorsize as u64;
         let old_size = it.size.get();
+        limits::check_file_range(offset, src_len as u64)?;
         let end = offset.checked_add(src_len as u64).ok_or_else(|| Error::Invalid("offset overflow".into()))?;
         let mut a = offset / ss * ss;
         let b = end.div_ceil(ss) * ss;
@@ -1126,6 +1139,7 @@ impl Transaction {
 
     /// Set a regular file's size, dropping data past it or extending with a hole.
     pub fn truncate(&mut self, root: u64, ino: u64, size: u64) -> Result<()> {
+        limits::check_file_range(size, 0)?;
         let mut it = self.read_inode(root, ino)?;
         if it.mode.get() & S_IFMT != S_IFREG {
             return Err(Error::Invalid(format!("inode {ino} is not a regular file")));

@@ -1763,6 +1763,12 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
         chunk_tree_uuid: ctx.chunk_uuid,
         generation: GENERATION,
         owner,
+        // Every block mkfs seals passes the kernel's tree-checker rules (the
+        // incompat bits they look at: skinny metadata, never mixed groups).
+        check: Some(crate::tree::leaf::CheckParams {
+            sectorsize: opts.sectorsize,
+            incompat: INCOMPAT_MIXED_BACKREF | INCOMPAT_EXTENDED_IREF | INCOMPAT_SKINNY_METADATA,
+        }),
     };
     let addr_of = |t: TreeId| addrs.iter().find(|a| a.0 == t).map(|a| a.1.clone()).unwrap_or_default();
     let mut built: std::collections::HashMap<TreeId, crate::tree::builder::BuiltTree> = std::collections::HashMap::new();

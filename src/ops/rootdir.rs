@@ -916,9 +916,8 @@ impl Scan {
             FileType::Symlink => {
                 self.symlinks += 1;
                 let t = tree.read_link(rel)?;
-                if t.len() >= sector as usize || t.len() + 21 + 25 > crate::tree::builder::max_item_size(self.opts.nodesize) {
-                    return Err(Error::Unsupported(format!("{}: symlink target of {} bytes is too long", tree.shown(rel).display(), t.len())));
-                }
+                crate::format::limits::check_symlink_target(&t, self.opts.nodesize, sector as u32)
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", tree.shown(rel).display())))?;
                 size = t.len() as u64;
                 content = Content::Inline(t, COMPRESS_NONE);
             }
@@ -926,10 +925,12 @@ impl Scan {
             _ => self.special += 1,
         }
         let xattrs = tree.xattrs(rel)?;
-        let max = crate::tree::builder::max_item_size(self.opts.nodesize);
         let mut kept = Vec::new();
         for (n, v) in xattrs {
-            if n.len() + v.len() + 30 > max || n.len() > NAME_LEN {
+            if n.is_empty() || n.contains(&0) {
+                return Err(Error::Invalid(format!("{}: an xattr with an empty name or a NUL in its name", tree.shown(rel).display())));
+            }
+            if crate::format::limits::check_xattr(&n, Some(&v), self.opts.nodesize).is_err() {
                 self.warnings.push(format!(
                     "{}: xattr {} ({} bytes) does not fit a {}-byte tree block; skipped",
                     tree.shown(rel).display(),
@@ -1000,7 +1001,6 @@ impl Scan {
 
     /// Apply the `--manifest` lines for `rel` (one of the names of inode `idx`).
     fn apply_manifest(&mut self, idx: usize, rel: &Path) -> Result<()> {
-        let max = crate::tree::builder::max_item_size(self.opts.nodesize);
         for (i, e) in self.opts.ownership.manifest.iter().enumerate() {
             if e.path.as_path() != rel {
                 continue;
@@ -1019,15 +1019,8 @@ impl Scan {
             for (name, value) in &e.xattrs {
                 ino.xattrs.retain(|x| &x.0 != name);
                 if let Some(v) = value {
-                    if name.len() + v.len() + 30 > max {
-                        return Err(Error::Invalid(format!(
-                            "--manifest: xattr {} of {} ({} bytes) does not fit a {}-byte tree block",
-                            String::from_utf8_lossy(name),
-                            self.data.shown(rel),
-                            v.len(),
-                            self.opts.nodesize
-                        )));
-                    }
+                    crate::format::limits::check_xattr(name, Some(v), self.opts.nodesize)
+                        .map_err(|err| Error::Invalid(format!("--manifest: {}: {err}", self.data.shown(rel))))?;
                     ino.xattrs.push((name.clone(), v.clone()));
                     self.metadata_bytes += (name.len() + v.len() + 60) as u64;
                 }

@@ -186,17 +186,21 @@ fn join(comps: &[Vec<u8>]) -> String {
 }
 
 /// A member path as components: `.` and empty ones dropped; absolute paths
-/// and `..` refused (they would leave the root directory).
-fn components(raw: &[u8]) -> std::result::Result<Vec<Vec<u8>>, &'static str> {
+/// and `..` refused (they would leave the root directory), and names the
+/// kernel would not hold (longer than 255 bytes, with a NUL: PAX paths may).
+fn components(raw: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
     if raw.starts_with(b"/") {
-        return Err("absolute path");
+        return Err("absolute path: refused, it would leave the root directory".into());
     }
     let mut out = Vec::new();
     for c in raw.split(|&b| b == b'/') {
         match c {
             b"" | b"." => {}
-            b".." => return Err("`..` in the path"),
-            c => out.push(c.to_vec()),
+            b".." => return Err("`..` in the path: refused, it would leave the root directory".into()),
+            c => {
+                crate::format::limits::check_entry_name(c).map_err(|e| e.to_string())?;
+                out.push(c.to_vec())
+            }
         }
     }
     Ok(out)
@@ -762,7 +766,7 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
             T::Link => 0,
             other => return Err(unsupported(format!("entry type {:?} ({:?}) is not supported", other, other.as_byte() as char))),
         };
-        let comps = components(&raw).map_err(|why| bad(format!("{why}: refused, it would leave the root directory")))?;
+        let comps = components(&raw).map_err(bad)?;
         if ty == T::Link {
             let target = record(b"linkpath").or_else(|| e.link_name_bytes().map(|l| l.into_owned()));
             let target = target.filter(|t| !t.is_empty()).ok_or_else(|| bad("hard link without a target".into()))?;

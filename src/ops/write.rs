@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::format::limits;
 use crate::format::*;
 use crate::fs::transaction::Transaction;
 use crate::fs::direct::{Bounce, PagePool};
@@ -50,6 +51,7 @@ fn split(path: &str) -> Result<(String, Vec<u8>)> {
     if name.is_empty() || name == "." || name == ".." {
         return Err(Error::Invalid(format!("{path}: not a name")));
     }
+    limits::check_entry_name(name.as_bytes()).map_err(|e| Error::Invalid(format!("{path}: {e}")))?;
     Ok((if dir.is_empty() { "/".into() } else { dir.to_string() }, name.as_bytes().to_vec()))
 }
 
@@ -62,6 +64,7 @@ fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<Place> {
             Some(p) if p.dir_type == FT_DIR => p,
             Some(_) => return Err(Error::Invalid(format!("{path}: {comp} is not a directory"))),
             None if parents => {
+                limits::check_entry_name(comp.as_bytes()).map_err(|e| Error::Invalid(format!("{path}: {e}")))?;
                 tx.ensure_writable(cur.root)?;
                 let ino = tx.create(cur.root, cur.ino, comp.as_bytes(), S_IFDIR | 0o755, 0)?;
                 Place { root: cur.root, ino, dir_type: FT_DIR }
@@ -115,8 +118,11 @@ pub fn write(
     req: &WriteRequest,
     progress: &mut dyn FnMut(u64),
 ) -> Result<WriteReport> {
-    let mut tx = begin(opts)?;
+    // The kernel stops at the largest file size (EFBIG): refused before
+    // anything is written when the size is known, else before the step past it.
+    limits::check_file_range(req.offset, len_hint.unwrap_or(0))?;
     let (dir, name) = split(path)?;
+    let mut tx = begin(opts)?;
     let Place { root, ino: d, .. } = dir_at(&mut tx, &dir, req.parents)?;
     let ino = match tx.lookup_name(root, d, &name)? {
         Some((ino, FT_REG_FILE)) => ino,
@@ -174,6 +180,7 @@ pub fn write(
             break;
         }
         let at = req.offset + done;
+        limits::check_file_range(at, n as u64)?;
         tx.write_owned(root, ino, at, pages, req.direct, &wopts, &mut report)?;
         done += n as u64;
         progress(done);
@@ -304,11 +311,13 @@ pub fn open_input(from: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u
 /// a directory and each SRC goes into it under its own name.
 pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Result<(u64, Vec<String>)> {
     let mut tx = begin(opts)?;
-    // Fail before writing anything when the data cannot fit.
-    let ss = tx.fs().sectorsize as u64;
+    // Fail before writing anything when the data cannot fit, or when a
+    // name, symlink target or xattr is beyond what the kernel accepts.
+    let fs = tx.fs();
+    let (ss, nodesize) = (fs.sectorsize, fs.sb.nodesize.get());
     let mut need = 0u64;
     for s in srcs {
-        need += host_data_bytes(s, ss)?;
+        need += host_scan(s, ss, nodesize)?;
     }
     tx.store.ensure_data_space(need)?;
     let mut files = 0u64;
@@ -328,6 +337,9 @@ pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Resul
         }
         None => return Err(Error::NotFound(format!("{dest}: no such directory"))),
     };
+    for (_, name, src) in &targets {
+        limits::check_entry_name(name).map_err(|e| Error::Invalid(format!("{}: {e}", src.display())))?;
+    }
     let mut copied = Copied::new();
     for (dir, name, src) in targets {
         put_one(&mut tx, dir, &name, src, &mut files, &mut copied)?;
@@ -337,18 +349,29 @@ pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Resul
 }
 
 /// Data bytes a host tree takes once written (each data range rounded to
-/// sectors; holes take nothing).
-fn host_data_bytes(p: &Path, ss: u64) -> Result<u64> {
+/// sectors; holes take nothing), after checking that every name below `p`,
+/// symlink target and xattr is within the kernel's limits.
+fn host_scan(p: &Path, ss: u32, nodesize: u32) -> Result<u64> {
     let meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, "stat", e))?;
+    let what = |e: Error| Error::Invalid(format!("{}: {e}", p.display()));
+    for (n, v) in crate::ops::rootdir::read_xattrs(p)? {
+        limits::check_xattr(&n, Some(&v), nodesize).map_err(what)?;
+    }
+    if meta.is_symlink() {
+        let t = std::fs::read_link(p).map_err(|e| Error::io(p, "readlink", e))?;
+        limits::check_symlink_target(t.as_os_str().as_encoded_bytes(), nodesize, ss).map_err(what)?;
+    }
     if meta.is_file() {
         let f = crate::ops::rootdir::open_source(p)?;
-        let ranges = crate::ops::rootdir::data_ranges(&f, p, meta.len(), ss)?;
+        let ranges = crate::ops::rootdir::data_ranges(&f, p, meta.len(), ss as u64)?;
         return Ok(ranges.iter().map(|r| r.1 - r.0).sum());
     }
     let mut n = 0;
     if meta.is_dir() {
         for e in std::fs::read_dir(p).map_err(|e| Error::io(p, "readdir", e))? {
-            n += host_data_bytes(&e.map_err(|e| Error::io(p, "readdir", e))?.path(), ss)?;
+            let e = e.map_err(|e| Error::io(p, "readdir", e))?;
+            limits::check_entry_name(e.file_name().as_encoded_bytes()).map_err(|err| Error::Invalid(format!("{}: {err}", e.path().display())))?;
+            n += host_scan(&e.path(), ss, nodesize)?;
         }
     }
     Ok(n)

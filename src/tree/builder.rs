@@ -39,6 +39,23 @@ pub struct BlockParams {
     pub generation: u64,
     /// The tree id written in every header (`btrfs_header.owner`).
     pub owner: u64,
+    /// When set, every block is checked against the kernel's tree-checker
+    /// rules as it is sealed (mkfs sets it).
+    pub check: Option<super::leaf::CheckParams>,
+}
+
+impl BlockParams {
+    fn check_sealed(&self, block: &[u8], addr: u64) -> Result<()> {
+        let Some(c) = self.check else { return Ok(()) };
+        let rules = super::checker::Rules {
+            nodesize: self.nodesize,
+            sectorsize: c.sectorsize,
+            csum_size: self.csum.size(),
+            incompat: c.incompat,
+            super_generation: self.generation,
+        };
+        super::checker::check_block(block, &rules).map_err(|v| v.into_error(self.owner, addr))
+    }
 }
 
 /// Where the tree's blocks go, leaves first, then each level of nodes; the
@@ -195,6 +212,7 @@ pub fn build_tree_into(
     for range in &plan.leaves {
         let addr = take_addr()?;
         let block = write_leaf(&items[range.clone()], params, addr);
+        params.check_sealed(&block, addr)?;
         let first = items.get(range.start).map(|i| i.key).unwrap_or(Key::MIN);
         below.push((first, addr));
         sink(addr, 0u8, block)?;
@@ -206,6 +224,7 @@ pub fn build_tree_into(
             let addr = take_addr()?;
             let children = &below[range.clone()];
             let block = write_node(children, params, addr, level_no);
+            params.check_sealed(&block, addr)?;
             this.push((children.first().map(|c| c.0).unwrap_or(Key::MIN), addr));
             sink(addr, level_no, block)?;
         }
@@ -278,6 +297,7 @@ mod tests {
             chunk_tree_uuid: [9; 16],
             generation: 3,
             owner: 5,
+            check: None,
         }
     }
 

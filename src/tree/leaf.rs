@@ -28,6 +28,16 @@ pub struct BlockFormat {
     /// METADATA_UUID feature is set, else its fsid.
     pub fsid: [u8; 16],
     pub chunk_tree_uuid: [u8; 16],
+    /// When set, every block is checked against the kernel's tree-checker
+    /// rules as it is sealed (the write engine sets it; see [`BlockFormat::checked`]).
+    pub check: Option<CheckParams>,
+}
+
+/// What the tree-checker rules need beyond [`BlockFormat`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckParams {
+    pub sectorsize: u32,
+    pub incompat: u64,
 }
 
 impl BlockFormat {
@@ -35,7 +45,27 @@ impl BlockFormat {
         if !(MIN_NODESIZE..=MAX_NODESIZE).contains(&nodesize) || !nodesize.is_power_of_two() {
             return Err(Error::Invalid(format!("nodesize {nodesize} is not a power of two in 4KiB..=64KiB")));
         }
-        Ok(BlockFormat { nodesize, csum, fsid, chunk_tree_uuid })
+        Ok(BlockFormat { nodesize, csum, fsid, chunk_tree_uuid, check: None })
+    }
+
+    /// The same format, checking every block it seals.
+    pub fn checked(self, sectorsize: u32, incompat: u64) -> Self {
+        BlockFormat { check: Some(CheckParams { sectorsize, incompat }), ..self }
+    }
+
+    /// Run the tree-checker rules on a sealed block, when this format checks.
+    /// A block is written in the transaction of its generation, which the
+    /// superblock then carries.
+    pub fn check_sealed(&self, block: &[u8], logical: u64, generation: u64, owner: u64) -> Result<()> {
+        let Some(c) = self.check else { return Ok(()) };
+        let rules = super::checker::Rules {
+            nodesize: self.nodesize,
+            sectorsize: c.sectorsize,
+            csum_size: self.csum.size(),
+            incompat: c.incompat,
+            super_generation: generation,
+        };
+        super::checker::check_block(block, &rules).map_err(|v| v.into_error(owner, logical))
     }
 
     /// Bytes after the header: item headers plus bodies (leaf) or key pointers (node).
@@ -139,6 +169,7 @@ impl EditLeaf {
             buf[HEADER_SIZE + data_end..HEADER_SIZE + data_end + body.len()].copy_from_slice(body);
         }
         finish_block(&mut buf, fmt, logical, generation, owner, self.items.len(), 0);
+        fmt.check_sealed(&buf, logical, generation, owner)?;
         Ok(buf)
     }
 }
@@ -181,6 +212,7 @@ impl EditNode {
             buf[at..at + KEY_PTR_SIZE].copy_from_slice(kp.as_bytes());
         }
         finish_block(&mut buf, fmt, logical, generation, owner, self.ptrs.len(), self.level);
+        fmt.check_sealed(&buf, logical, generation, owner)?;
         Ok(buf)
     }
 }

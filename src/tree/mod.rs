@@ -2,6 +2,7 @@
 
 pub mod block;
 pub mod builder;
+pub mod checker;
 pub mod cow;
 pub mod leaf;
 pub mod reader;

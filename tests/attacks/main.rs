@@ -10,6 +10,7 @@ mod util;
 
 mod chunks;
 mod extract;
+mod items;
 mod readers;
 mod stale;
 mod verified;

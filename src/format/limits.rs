@@ -1,0 +1,152 @@
+//! The kernel's size limits on names, xattrs, symlink targets and files, and
+//! checks that refuse a request beyond them with an error naming what is
+//! wrong. The item-size limits follow from the node size (a leaf holds the
+//! header, then item headers and bodies): ctree.h's BTRFS_MAX_ITEM_SIZE,
+//! BTRFS_MAX_XATTR_SIZE and BTRFS_MAX_INLINE_DATA_SIZE.
+
+use super::ondisk::*;
+use crate::error::{Error, Result};
+
+const HEADER_SIZE: usize = std::mem::size_of::<Header>();
+const ITEM_SIZE: usize = std::mem::size_of::<Item>();
+const DIR_ITEM_SIZE: usize = std::mem::size_of::<DirItem>();
+
+/// Longest file or directory entry name (BTRFS_NAME_LEN).
+pub const MAX_NAME_LEN: usize = NAME_LEN;
+/// Longest xattr name (the VFS's XATTR_NAME_MAX).
+pub const MAX_XATTR_NAME_LEN: usize = 255;
+/// Largest file size and file offset (the VFS's MAX_LFS_FILESIZE): a write
+/// may not end past it, a file may not be truncated beyond it.
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
+/// Largest item body one leaf holds (BTRFS_MAX_ITEM_SIZE).
+pub fn max_item_size(nodesize: u32) -> usize {
+    (nodesize as usize).saturating_sub(HEADER_SIZE + ITEM_SIZE)
+}
+
+/// Largest xattr name plus value (BTRFS_MAX_XATTR_SIZE): one dir item alone in a leaf.
+pub fn max_xattr_size(nodesize: u32) -> usize {
+    max_item_size(nodesize).saturating_sub(DIR_ITEM_SIZE)
+}
+
+/// Largest inline extent data (BTRFS_MAX_INLINE_DATA_SIZE).
+pub fn max_inline_data_size(nodesize: u32) -> usize {
+    max_item_size(nodesize).saturating_sub(FILE_EXTENT_INLINE_DATA_START)
+}
+
+/// Longest symlink target: the kernel's btrfs_symlink stores it as one
+/// uncompressed inline extent, which must fit a leaf and stay below a sector.
+pub fn max_symlink_len(nodesize: u32, sectorsize: u32) -> usize {
+    max_inline_data_size(nodesize).min((sectorsize as usize).saturating_sub(1))
+}
+
+fn shown(name: &[u8]) -> String {
+    let s = String::from_utf8_lossy(name);
+    if s.chars().count() > 40 {
+        format!("{:?}...", s.chars().take(40).collect::<String>())
+    } else {
+        format!("{s:?}")
+    }
+}
+
+/// A directory entry name: 1..=255 bytes, no '/' or NUL, not "." or "..".
+pub fn check_entry_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::Invalid("empty file name".into()));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::Invalid(format!("file name {} of {} bytes: at most {MAX_NAME_LEN}", shown(name), name.len())));
+    }
+    if name.contains(&b'/') {
+        return Err(Error::Invalid(format!("file name {} contains '/'", shown(name))));
+    }
+    if name.contains(&0) {
+        return Err(Error::Invalid(format!("file name {} contains a NUL byte", shown(name))));
+    }
+    if name == b"." || name == b".." {
+        return Err(Error::Invalid(format!("file name {} is reserved", shown(name))));
+    }
+    Ok(())
+}
+
+/// An xattr: name of 1..=255 bytes without NUL, value of at most 64 KiB, and
+/// name plus value within what one leaf holds.
+pub fn check_xattr(name: &[u8], value: Option<&[u8]>, nodesize: u32) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::Invalid("empty xattr name".into()));
+    }
+    if name.len() > MAX_XATTR_NAME_LEN {
+        return Err(Error::Invalid(format!("xattr name of {} bytes: at most {MAX_XATTR_NAME_LEN}", name.len())));
+    }
+    if name.contains(&0) {
+        return Err(Error::Invalid(format!("xattr name {} contains a NUL byte", shown(name))));
+    }
+    if let Some(v) = value {
+        if v.len() > XATTR_SIZE_MAX {
+            return Err(Error::Invalid(format!("xattr {} value of {} bytes: at most {XATTR_SIZE_MAX}", shown(name), v.len())));
+        }
+        let max = max_xattr_size(nodesize);
+        if name.len() + v.len() > max {
+            return Err(Error::Invalid(format!(
+                "xattr {}: name and value of {} bytes: at most {max} with {nodesize}-byte nodes",
+                shown(name),
+                name.len() + v.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A symlink target: 1..=max_symlink_len bytes without NUL.
+pub fn check_symlink_target(target: &[u8], nodesize: u32, sectorsize: u32) -> Result<()> {
+    let max = max_symlink_len(nodesize, sectorsize);
+    if target.is_empty() {
+        return Err(Error::Invalid("empty symlink target".into()));
+    }
+    if target.contains(&0) {
+        return Err(Error::Invalid("symlink target contains a NUL byte".into()));
+    }
+    if target.len() > max {
+        return Err(Error::Invalid(format!(
+            "symlink target of {} bytes: at most {max} with {nodesize}-byte nodes and {sectorsize}-byte sectors",
+            target.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A write of `len` bytes at `offset` (or a truncate to `offset` when `len`
+/// is 0) must end at or below the largest file size.
+pub fn check_file_range(offset: u64, len: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= MAX_FILE_SIZE => Ok(()),
+        _ => Err(Error::Invalid(format!(
+            "{} ending at {} is past the largest file size {MAX_FILE_SIZE} (2^63-1)",
+            if len == 0 { format!("size {offset}") } else { format!("write of {len} bytes at offset {offset}") },
+            offset as u128 + len as u128
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_limits_on_4k_and_16k_nodes() {
+        assert_eq!(max_item_size(4096), 3970);
+        assert_eq!(max_xattr_size(4096), 3940);
+        assert_eq!(max_inline_data_size(4096), 3949);
+        assert_eq!(max_symlink_len(4096, 4096), 3949);
+        assert_eq!(max_xattr_size(16384), 16228);
+        assert_eq!(max_symlink_len(16384, 4096), 4095);
+        assert!(check_xattr(b"user.a", Some(&vec![0; 3940 - 6]), 4096).is_ok());
+        assert!(check_xattr(b"user.a", Some(&vec![0; 3941 - 6]), 4096).is_err());
+        assert!(check_file_range(i64::MAX as u64 - 4, 4).is_ok());
+        assert!(check_file_range(i64::MAX as u64 - 4, 5).is_err());
+        assert!(check_file_range(u64::MAX, 5).is_err());
+        assert!(check_entry_name(b"a/b").is_err());
+        assert!(check_entry_name(&[b'x'; 256]).is_err());
+        assert!(check_entry_name(&[b'x'; 255]).is_ok());
+    }
+}
