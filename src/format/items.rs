@@ -17,10 +17,52 @@ pub fn read_prefix<T: FromBytes>(data: &[u8], what: &str) -> Result<(T, usize)> 
     }
 }
 
-fn take<'a>(data: &'a [u8], pos: usize, len: usize, what: &str) -> Result<&'a [u8]> {
-    pos.checked_add(len)
-        .and_then(|end| data.get(pos..end))
-        .ok_or_else(|| Error::corrupt(what, format!("{len} bytes at {pos} run past item end {}", data.len())))
+/// A cursor over an item's bytes: every read is bounds-checked and names
+/// what was short, so the parsers below do no arithmetic of their own.
+pub struct ItemCursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> ItemCursor<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        ItemCursor { data, pos: 0 }
+    }
+
+    /// Whether every byte was read.
+    pub fn is_done(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+
+    /// Bytes read so far.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// The next `len` bytes.
+    pub fn bytes(&mut self, len: usize, what: &str) -> Result<&'a [u8]> {
+        let pos = self.pos;
+        let out = pos
+            .checked_add(len)
+            .and_then(|end| self.data.get(pos..end))
+            .ok_or_else(|| Error::corrupt(what, format!("{len} bytes at {pos} run past item end {}", self.data.len())))?;
+        self.pos = pos.saturating_add(len);
+        Ok(out)
+    }
+
+    /// The next fixed-size struct.
+    pub fn read<T: FromBytes>(&mut self, what: &str) -> Result<T> {
+        let (v, used) = read_prefix::<T>(self.data.get(self.pos..).unwrap_or_default(), what)?;
+        self.pos = self.pos.saturating_add(used);
+        Ok(v)
+    }
+
+    /// Everything not read yet.
+    pub fn rest(&mut self) -> &'a [u8] {
+        let r = self.data.get(self.pos..).unwrap_or_default();
+        self.pos = self.data.len();
+        r
+    }
 }
 
 /// A chunk item with its stripes.
@@ -46,19 +88,18 @@ pub struct StripeInfo {
 
 /// Decode a chunk item; returns it and the number of bytes it occupies.
 pub fn parse_chunk(data: &[u8]) -> Result<(ChunkInfo, usize)> {
-    let (c, mut pos) = read_prefix::<Chunk>(data, "chunk item")?;
-    let n = c.num_stripes.get() as usize;
+    let mut cur = ItemCursor::new(data);
+    let c = cur.read::<Chunk>("chunk item")?;
+    let n = usize::from(c.num_stripes.get());
     if n == 0 {
         return Err(Error::corrupt("chunk item", "num_stripes is 0"));
     }
     let mut stripes = Vec::with_capacity(n.min(256));
-    for i in 0..n {
-        let bytes = take(data, pos, std::mem::size_of::<Stripe>(), "chunk item stripes")?;
-        let (s, used) = read_prefix::<Stripe>(bytes, "chunk stripe")?;
-        pos += used;
-        let _ = i;
+    for _ in 0..n {
+        let s = cur.read::<Stripe>("chunk item stripes")?;
         stripes.push(StripeInfo { devid: s.devid.get(), offset: s.offset.get(), dev_uuid: s.dev_uuid });
     }
+    let pos = cur.pos();
     Ok((
         ChunkInfo {
             length: c.length.get(),
@@ -86,7 +127,8 @@ impl ChunkInfo {
             io_align: self.io_align.into(),
             io_width: self.io_width.into(),
             sector_size: self.sector_size.into(),
-            num_stripes: (self.stripes.len() as u16).into(),
+            // A chunk has at most a few hundred stripes (the item fits a leaf).
+            num_stripes: u16::try_from(self.stripes.len()).unwrap_or(u16::MAX).into(),
             sub_stripes: self.sub_stripes.into(),
         }
         .as_bytes()
@@ -109,13 +151,11 @@ pub struct InodeRefEntry {
 
 pub fn parse_inode_refs(key: Key, data: &[u8]) -> Result<Vec<InodeRefEntry>> {
     let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < data.len() {
-        let (r, used) = read_prefix::<InodeRef>(&data[pos..], "inode ref")?;
-        pos += used;
-        let name = take(data, pos, r.name_len.get() as usize, "inode ref name")?;
+    let mut cur = ItemCursor::new(data);
+    while !cur.is_done() {
+        let r = cur.read::<InodeRef>("inode ref")?;
+        let name = cur.bytes(usize::from(r.name_len.get()), "inode ref name")?;
         check_name(name, "inode ref")?;
-        pos += name.len();
         out.push(InodeRefEntry { parent: key.offset, index: r.index.get(), name: name.to_vec() });
     }
     Ok(out)
@@ -123,13 +163,11 @@ pub fn parse_inode_refs(key: Key, data: &[u8]) -> Result<Vec<InodeRefEntry>> {
 
 pub fn parse_inode_extrefs(data: &[u8]) -> Result<Vec<InodeRefEntry>> {
     let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < data.len() {
-        let (r, used) = read_prefix::<InodeExtref>(&data[pos..], "inode extref")?;
-        pos += used;
-        let name = take(data, pos, r.name_len.get() as usize, "inode extref name")?;
+    let mut cur = ItemCursor::new(data);
+    while !cur.is_done() {
+        let r = cur.read::<InodeExtref>("inode extref")?;
+        let name = cur.bytes(usize::from(r.name_len.get()), "inode extref name")?;
         check_name(name, "inode extref")?;
-        pos += name.len();
         out.push(InodeRefEntry { parent: r.parent_objectid.get(), index: r.index.get(), name: name.to_vec() });
     }
     Ok(out)
@@ -156,12 +194,11 @@ pub struct DirEntry {
 
 pub fn parse_dir_items(data: &[u8]) -> Result<Vec<DirEntry>> {
     let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < data.len() {
-        let (d, used) = read_prefix::<DirItem>(&data[pos..], "dir item")?;
-        pos += used;
-        let name_len = d.name_len.get() as usize;
-        let data_len = d.data_len.get() as usize;
+    let mut cur = ItemCursor::new(data);
+    while !cur.is_done() {
+        let d = cur.read::<DirItem>("dir item")?;
+        let name_len = usize::from(d.name_len.get());
+        let data_len = usize::from(d.data_len.get());
         let is_xattr = d.dir_type == FT_XATTR;
         if name_len == 0 || (!is_xattr && name_len > NAME_LEN) || name_len > XATTR_SIZE_MAX {
             return Err(Error::corrupt("dir item", format!("name length {name_len} out of range")));
@@ -172,10 +209,8 @@ pub fn parse_dir_items(data: &[u8]) -> Result<Vec<DirEntry>> {
         if data_len > XATTR_SIZE_MAX {
             return Err(Error::corrupt("dir item", format!("xattr value length {data_len} too large")));
         }
-        let name = take(data, pos, name_len, "dir item name")?;
-        pos += name_len;
-        let value = take(data, pos, data_len, "dir item data")?;
-        pos += data_len;
+        let name = cur.bytes(name_len, "dir item name")?;
+        let value = cur.bytes(data_len, "dir item data")?;
         out.push(DirEntry {
             location: Key::from_disk(&d.location),
             transid: d.transid.get(),
@@ -193,13 +228,14 @@ pub fn name_hash(name: &[u8]) -> u64 {
     // crc32c::crc32c_append inverts on entry and exit; undo both to get the
     // kernel's raw crc32c(seed = ~1) value.
     let seed: u32 = !1u32;
-    (!crc32c::crc32c_append(!seed, name)) as u64
+    u64::from(!crc32c::crc32c_append(!seed, name))
 }
 
 /// The hash used for INODE_EXTREF key offsets: crc32c of the name seeded with the parent inode.
 pub fn extref_hash(parent: u64, name: &[u8]) -> u64 {
-    let seed = parent as u32;
-    (!crc32c::crc32c_append(!seed, name)) as u64
+    // The kernel passes the parent as the u32 seed: its low 32 bits.
+    let seed = u32::try_from(parent & u64::from(u32::MAX)).unwrap_or(0);
+    u64::from(!crc32c::crc32c_append(!seed, name))
 }
 
 /// A decoded EXTENT_DATA item.
@@ -232,12 +268,13 @@ impl FileExtent {
 }
 
 pub fn parse_file_extent(data: &[u8]) -> Result<FileExtent> {
-    let (h, used) = read_prefix::<FileExtentHeader>(data, "file extent")?;
+    let mut cur = ItemCursor::new(data);
+    let h = cur.read::<FileExtentHeader>("file extent")?;
     let kind = match h.extent_type {
-        FILE_EXTENT_INLINE => FileExtentKind::Inline { data: data[used..].to_vec() },
+        FILE_EXTENT_INLINE => FileExtentKind::Inline { data: cur.rest().to_vec() },
         FILE_EXTENT_REG | FILE_EXTENT_PREALLOC => {
-            let (b, _) = read_prefix::<FileExtentBody>(&data[used..], "file extent body")?;
-            if data.len() != used + std::mem::size_of::<FileExtentBody>() {
+            let b = cur.read::<FileExtentBody>("file extent body")?;
+            if !cur.is_done() {
                 return Err(Error::corrupt("file extent", format!("regular extent item size {} is not 53", data.len())));
             }
             FileExtentKind::Regular {
@@ -266,8 +303,9 @@ pub fn parse_root_item(data: &[u8]) -> Result<RootItem> {
         return Err(Error::corrupt("root item", format!("size {} below {ROOT_ITEM_V1_SIZE}", data.len())));
     }
     let mut buf = [0u8; std::mem::size_of::<RootItem>()];
-    let n = data.len().min(buf.len());
-    buf[..n].copy_from_slice(&data[..n]);
+    for (b, d) in buf.iter_mut().zip(data) {
+        *b = *d;
+    }
     Ok(read_prefix::<RootItem>(&buf, "root item")?.0)
 }
 
@@ -279,8 +317,9 @@ pub struct RootRefEntry {
 }
 
 pub fn parse_root_ref(data: &[u8]) -> Result<RootRefEntry> {
-    let (r, used) = read_prefix::<RootRef>(data, "root ref")?;
-    let name = take(data, used, r.name_len.get() as usize, "root ref name")?;
+    let mut cur = ItemCursor::new(data);
+    let r = cur.read::<RootRef>("root ref")?;
+    let name = cur.bytes(usize::from(r.name_len.get()), "root ref name")?;
     check_name(name, "root ref")?;
     Ok(RootRefEntry { dirid: r.dirid.get(), sequence: r.sequence.get(), name: name.to_vec() })
 }
@@ -324,7 +363,7 @@ impl ExtentRef {
     /// How many references this one counts for.
     pub fn count(&self) -> u64 {
         match *self {
-            ExtentRef::Data { count, .. } | ExtentRef::SharedData { count, .. } => count as u64,
+            ExtentRef::Data { count, .. } | ExtentRef::SharedData { count, .. } => u64::from(count),
             ExtentRef::Owner { .. } => 0,
             _ => 1,
         }
@@ -371,22 +410,20 @@ pub fn parse_extent_item(key: Key, data: &[u8]) -> Result<ExtentInfo> {
     if data.len() < std::mem::size_of::<ExtentItem>() {
         return Err(Error::Incompatible(format!("extent item {key} of size {} (v0 extent refs)", data.len())));
     }
-    let (e, mut pos) = read_prefix::<ExtentItem>(data, "extent item")?;
+    let mut cur = ItemCursor::new(data);
+    let e = cur.read::<ExtentItem>("extent item")?;
     let flags = e.flags.get();
     let mut tree_block = None;
     if flags & EXTENT_FLAG_TREE_BLOCK != 0 && key.item_type == EXTENT_ITEM_KEY {
-        let (info, used) = read_prefix::<TreeBlockInfo>(&data[pos..], "extent tree block info")?;
-        pos += used;
+        let info = cur.read::<TreeBlockInfo>("extent tree block info")?;
         tree_block = Some((Key::from_disk(&info.key), info.level));
     }
     let mut inline_refs = Vec::new();
-    while pos < data.len() {
-        let ty = data[pos];
-        pos += 1;
+    while !cur.is_done() {
+        let ty = cur.read::<u8>("inline ref type")?;
         let r = match ty {
             TREE_BLOCK_REF_KEY | SHARED_BLOCK_REF_KEY | EXTENT_OWNER_REF_KEY => {
-                let (v, used) = read_prefix::<zerocopy::little_endian::U64>(&data[pos..], "inline ref")?;
-                pos += used;
+                let v = cur.read::<zerocopy::little_endian::U64>("inline ref")?;
                 match ty {
                     TREE_BLOCK_REF_KEY => ExtentRef::TreeBlock { root: v.get() },
                     SHARED_BLOCK_REF_KEY => ExtentRef::SharedBlock { parent: v.get() },
@@ -394,15 +431,12 @@ pub fn parse_extent_item(key: Key, data: &[u8]) -> Result<ExtentInfo> {
                 }
             }
             EXTENT_DATA_REF_KEY => {
-                let (d, used) = read_prefix::<ExtentDataRef>(&data[pos..], "inline data ref")?;
-                pos += used;
+                let d = cur.read::<ExtentDataRef>("inline data ref")?;
                 ExtentRef::Data { root: d.root.get(), objectid: d.objectid.get(), offset: d.offset.get(), count: d.count.get() }
             }
             SHARED_DATA_REF_KEY => {
-                let (p, used) = read_prefix::<zerocopy::little_endian::U64>(&data[pos..], "inline shared data ref")?;
-                pos += used;
-                let (c, used) = read_prefix::<SharedDataRef>(&data[pos..], "inline shared data ref")?;
-                pos += used;
+                let p = cur.read::<zerocopy::little_endian::U64>("inline shared data ref")?;
+                let c = cur.read::<SharedDataRef>("inline shared data ref")?;
                 ExtentRef::SharedData { parent: p.get(), count: c.count.get() }
             }
             t => return Err(Error::corrupt(format!("extent item {key}"), format!("unknown inline ref type {t}"))),
@@ -439,7 +473,7 @@ pub fn extent_data_ref_hash(root: u64, objectid: u64, offset: u64) -> u64 {
     let raw = |seed: u32, data: &[u8]| !crc32c::crc32c_append(!seed, data);
     let high = raw(!0, &root.to_le_bytes());
     let low = raw(raw(!0, &objectid.to_le_bytes()), &offset.to_le_bytes());
-    ((high as u64) << 31) ^ (low as u64)
+    (u64::from(high) << 31) ^ u64::from(low)
 }
 
 /// Decode a little-endian u64 array item (dev stats, uuid tree entries).
@@ -451,6 +485,8 @@ pub fn parse_u64_array(data: &[u8], what: &str) -> Result<Vec<u64>> {
 }
 
 #[cfg(test)]
+// Tests may index and cast freely: a panic there is a failing test.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 mod tests {
     /// Extent items re-encode to what they decode from, with refs put in
     /// the kernel's order whatever order they were added in.

@@ -5,6 +5,7 @@
 //! BTRFS_MAX_XATTR_SIZE and BTRFS_MAX_INLINE_DATA_SIZE.
 
 use super::ondisk::*;
+use super::usize_of;
 use crate::error::{Error, Result};
 
 const HEADER_SIZE: usize = std::mem::size_of::<Header>();
@@ -17,11 +18,11 @@ pub const MAX_NAME_LEN: usize = NAME_LEN;
 pub const MAX_XATTR_NAME_LEN: usize = 255;
 /// Largest file size and file offset (the VFS's MAX_LFS_FILESIZE): a write
 /// may not end past it, a file may not be truncated beyond it.
-pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+pub const MAX_FILE_SIZE: u64 = u64::MAX >> 1;
 
 /// Largest item body one leaf holds (BTRFS_MAX_ITEM_SIZE).
 pub fn max_item_size(nodesize: u32) -> usize {
-    (nodesize as usize).saturating_sub(HEADER_SIZE + ITEM_SIZE)
+    usize_of(nodesize).saturating_sub(HEADER_SIZE.saturating_add(ITEM_SIZE))
 }
 
 /// Largest xattr name plus value (BTRFS_MAX_XATTR_SIZE): one dir item alone in a leaf.
@@ -37,7 +38,7 @@ pub fn max_inline_data_size(nodesize: u32) -> usize {
 /// Longest symlink target: the kernel's btrfs_symlink stores it as one
 /// uncompressed inline extent, which must fit a leaf and stay below a sector.
 pub fn max_symlink_len(nodesize: u32, sectorsize: u32) -> usize {
-    max_inline_data_size(nodesize).min((sectorsize as usize).saturating_sub(1))
+    max_inline_data_size(nodesize).min(usize_of(sectorsize).saturating_sub(1))
 }
 
 fn shown(name: &[u8]) -> String {
@@ -86,11 +87,11 @@ pub fn check_xattr(name: &[u8], value: Option<&[u8]>, nodesize: u32) -> Result<(
             return Err(Error::Invalid(format!("xattr {} value of {} bytes: at most {XATTR_SIZE_MAX}", shown(name), v.len())));
         }
         let max = max_xattr_size(nodesize);
-        if name.len() + v.len() > max {
+        if name.len().saturating_add(v.len()) > max {
             return Err(Error::Invalid(format!(
                 "xattr {}: name and value of {} bytes: at most {max} with {nodesize}-byte nodes",
                 shown(name),
-                name.len() + v.len()
+                name.len().saturating_add(v.len())
             )));
         }
     }
@@ -123,12 +124,14 @@ pub fn check_file_range(offset: u64, len: u64) -> Result<()> {
         _ => Err(Error::Invalid(format!(
             "{} ending at {} is past the largest file size {MAX_FILE_SIZE} (2^63-1)",
             if len == 0 { format!("size {offset}") } else { format!("write of {len} bytes at offset {offset}") },
-            offset as u128 + len as u128
+            u128::from(offset).saturating_add(u128::from(len))
         ))),
     }
 }
 
 #[cfg(test)]
+// Tests may index and cast freely: a panic there is a failing test.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 mod tests {
     use super::*;
 

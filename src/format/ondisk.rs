@@ -6,6 +6,7 @@
 //! image decides (profiles, checksum types, item types) stay raw integers here;
 //! `format::types` turns them into enums and rejects unknown values.
 
+use super::objectid_of;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -132,18 +133,18 @@ pub const FREE_SPACE_TREE_OBJECTID: u64 = 10;
 pub const BLOCK_GROUP_TREE_OBJECTID: u64 = 11;
 pub const RAID_STRIPE_TREE_OBJECTID: u64 = 12;
 pub const DEV_STATS_OBJECTID: u64 = 0;
-pub const BALANCE_OBJECTID: u64 = -4i64 as u64;
-pub const ORPHAN_OBJECTID: u64 = -5i64 as u64;
-pub const TREE_LOG_OBJECTID: u64 = -6i64 as u64;
-pub const TREE_LOG_FIXUP_OBJECTID: u64 = -7i64 as u64;
-pub const TREE_RELOC_OBJECTID: u64 = -8i64 as u64;
-pub const DATA_RELOC_TREE_OBJECTID: u64 = -9i64 as u64;
-pub const EXTENT_CSUM_OBJECTID: u64 = -10i64 as u64;
-pub const FREE_SPACE_OBJECTID: u64 = -11i64 as u64;
-pub const FREE_INO_OBJECTID: u64 = -12i64 as u64;
-pub const MULTIPLE_OBJECTIDS: u64 = -255i64 as u64;
+pub const BALANCE_OBJECTID: u64 = objectid_of(-4);
+pub const ORPHAN_OBJECTID: u64 = objectid_of(-5);
+pub const TREE_LOG_OBJECTID: u64 = objectid_of(-6);
+pub const TREE_LOG_FIXUP_OBJECTID: u64 = objectid_of(-7);
+pub const TREE_RELOC_OBJECTID: u64 = objectid_of(-8);
+pub const DATA_RELOC_TREE_OBJECTID: u64 = objectid_of(-9);
+pub const EXTENT_CSUM_OBJECTID: u64 = objectid_of(-10);
+pub const FREE_SPACE_OBJECTID: u64 = objectid_of(-11);
+pub const FREE_INO_OBJECTID: u64 = objectid_of(-12);
+pub const MULTIPLE_OBJECTIDS: u64 = objectid_of(-255);
 pub const FIRST_FREE_OBJECTID: u64 = 256;
-pub const LAST_FREE_OBJECTID: u64 = -256i64 as u64;
+pub const LAST_FREE_OBJECTID: u64 = objectid_of(-256);
 pub const FIRST_CHUNK_TREE_OBJECTID: u64 = 256;
 pub const DEV_ITEMS_OBJECTID: u64 = 1;
 /// The kernel shows a subvolume entry whose subvolume is not linked there

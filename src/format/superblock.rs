@@ -6,6 +6,7 @@ use super::csum::CsumType;
 use super::items::{parse_chunk, ChunkInfo};
 use super::ondisk::*;
 use super::types::Key;
+use super::usize_of;
 use crate::error::{Error, Result};
 
 /// The checksum covers everything after the csum field itself.
@@ -62,7 +63,7 @@ fn check_super_sanity(sb: &SuperBlock) -> std::result::Result<(), String> {
     if !nodesize.is_power_of_two() || nodesize < sectorsize || nodesize > 65536 {
         return Err(format!("nodesize {nodesize} is not a power of two in sectorsize..64KiB"));
     }
-    let sys = sb.sys_chunk_array_size.get() as usize;
+    let sys = usize_of(sb.sys_chunk_array_size.get());
     if sys > SYSTEM_CHUNK_ARRAY_SIZE {
         return Err(format!("sys_chunk_array_size {sys} exceeds {SYSTEM_CHUNK_ARRAY_SIZE}"));
     }
@@ -70,7 +71,9 @@ fn check_super_sanity(sb: &SuperBlock) -> std::result::Result<(), String> {
         return Err("tree root level out of range".into());
     }
     for (name, v) in [("root", sb.root.get()), ("chunk_root", sb.chunk_root.get())] {
-        if v % sectorsize as u64 != 0 {
+        // OK: sectorsize is a power of two >= 4096, checked above.
+        #[allow(clippy::arithmetic_side_effects)]
+        if v % u64::from(sectorsize) != 0 {
             return Err(format!("{name} {v} is not sector aligned"));
         }
     }
@@ -113,13 +116,13 @@ impl SuperBlock {
 
     pub fn label_string(&self) -> String {
         let end = self.label.iter().position(|&b| b == 0).unwrap_or(LABEL_SIZE);
-        String::from_utf8_lossy(&self.label[..end]).into_owned()
+        String::from_utf8_lossy(self.label.get(..end).unwrap_or_default()).into_owned()
     }
 
     /// The (key, chunk) pairs of the system chunk array: enough of the chunk
     /// map to read the chunk tree itself.
     pub fn sys_chunks(&self) -> Result<Vec<(Key, ChunkInfo)>> {
-        let size = self.sys_chunk_array_size.get() as usize;
+        let size = usize_of(self.sys_chunk_array_size.get());
         let arr = self.sys_chunk_array.get(..size).ok_or_else(|| {
             Error::corrupt("superblock sys_chunk_array", format!("size {size} too large"))
         })?;
@@ -127,7 +130,7 @@ impl SuperBlock {
         let mut pos = 0usize;
         while pos < arr.len() {
             let at = format!("superblock sys_chunk_array offset {pos}");
-            let (dk, rest) = DiskKey::read_from_prefix(&arr[pos..])
+            let (dk, rest) = DiskKey::read_from_prefix(arr.get(pos..).unwrap_or_default())
                 .map_err(|_| Error::corrupt(&at, "truncated key"))?;
             let key = Key::from_disk(&dk);
             if key.item_type != CHUNK_ITEM_KEY {
@@ -135,7 +138,7 @@ impl SuperBlock {
             }
             let (chunk, used) = parse_chunk(rest).map_err(|e| e.within(&at))?;
             out.push((key, chunk));
-            pos += std::mem::size_of::<DiskKey>() + used;
+            pos = pos.saturating_add(std::mem::size_of::<DiskKey>()).saturating_add(used);
         }
         Ok(out)
     }

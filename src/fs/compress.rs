@@ -28,6 +28,10 @@
 //! up to the sector size while the stream only holds the real bytes), and a
 //! stream that would produce more is cut off.
 
+// Bytes here come from images and users: every sum, index and cast is
+// checked, or allowed where it cannot fail with the reason beside it.
+#![warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
+
 use std::fmt;
 use std::io::Write;
 
@@ -342,7 +346,7 @@ fn zstd_level(level: Option<i32>) -> Result<i32, CompressError> {
 
 fn zlib_encode(input: &[u8], level: u32) -> Result<Vec<u8>, CompressError> {
     let mut enc = flate2::write::ZlibEncoder::new(
-        Vec::with_capacity(input.len() / 2 + 64),
+        Vec::with_capacity((input.len() >> 1).saturating_add(64)),
         flate2::Compression::new(level),
     );
     enc.write_all(input)
@@ -371,7 +375,7 @@ fn zlib_decode(input: &[u8], out: &mut [u8]) -> Result<usize, CompressError> {
     if cmf >> 4 > 7 {
         return Err(corrupt(
             ALGO,
-            format!("window size 2^{} too large", (cmf >> 4) + 8),
+            format!("window size 2^{} too large", (cmf >> 4).saturating_add(8)),
         ));
     }
     if (u16::from(cmf) << 8 | u16::from(flg)) % 31 != 0 {
@@ -497,7 +501,7 @@ fn lzo_encode(input: &[u8], sectorsize: usize) -> Result<Vec<u8>, CompressError>
     const ALGO: &str = "lzo";
     let mut dict = lzokay::compress::Dict::new();
     let mut scratch = vec![0u8; lzo_worst(sectorsize)];
-    let mut out = Vec::with_capacity(input.len() / 2 + 64);
+    let mut out = Vec::with_capacity((input.len() >> 1).saturating_add(64));
     // Placeholder for the total length, filled in at the end.
     out.extend_from_slice(&[0u8; LZO_LEN]);
     // One segment per sector of input, exactly as lzo_compress_folios()
@@ -515,9 +519,12 @@ fn lzo_encode(input: &[u8], sectorsize: usize) -> Result<Vec<u8>, CompressError>
         // The next segment header must not straddle a sector boundary: if
         // it would not fit, zero-pad to the boundary. The kernel also pads
         // after the last segment and counts that padding in the total.
-        let left = (sectorsize - out.len() % sectorsize) % sectorsize;
+        let left = match out.len().checked_rem(sectorsize) {
+            Some(r) if r > 0 => sectorsize.saturating_sub(r),
+            _ => 0,
+        };
         if left < LZO_LEN {
-            out.resize(out.len() + left, 0);
+            out.resize(out.len().saturating_add(left), 0);
         }
     }
     let total =
@@ -563,15 +570,15 @@ fn lzo_decode(input: &[u8], out: &mut [u8], sectorsize: usize) -> Result<usize, 
     let mut produced = 0usize;
     // Every pass consumes at least a segment header, so this terminates.
     while pos < total && produced < out.len() {
-        let left_in_sector = sectorsize - pos % sectorsize;
+        let left_in_sector = sectorsize.saturating_sub(pos.checked_rem(sectorsize).unwrap_or(0));
         if left_in_sector < LZO_LEN {
             // Padding; the next header (if any) starts at the boundary.
-            pos += left_in_sector;
+            pos = pos.saturating_add(left_in_sector);
             if pos >= total {
                 break;
             }
         }
-        let header_end = pos + LZO_LEN;
+        let header_end = pos.saturating_add(LZO_LEN);
         if header_end > total {
             return Err(corrupt(
                 ALGO,
@@ -604,20 +611,22 @@ fn lzo_decode(input: &[u8], out: &mut [u8], sectorsize: usize) -> Result<usize, 
         // buffer turns anything larger into an error instead of an overrun.
         let n = lzokay::decompress::decompress(seg, &mut segment_out)
             .map_err(|e| corrupt(ALGO, format!("segment at {pos}: {e}")))?;
-        let take = n.min(out.len() - produced);
+        let take = n.min(out.len().saturating_sub(produced));
         if let (Some(dst), Some(src)) = (
-            out.get_mut(produced..produced + take),
+            out.get_mut(produced..produced.saturating_add(take)),
             segment_out.get(..take),
         ) {
             dst.copy_from_slice(src);
         }
-        produced += take;
+        produced = produced.saturating_add(take);
         pos = seg_end;
     }
     Ok(produced)
 }
 
 #[cfg(test)]
+// Tests may index and cast freely: a panic there is a failing test.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

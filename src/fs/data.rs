@@ -1,11 +1,16 @@
 //! File data: walking extents, reading data with checksum verification and
 //! fallback to other copies, decompression, holes.
 
+// Bytes here come from images and users: every sum, index and cast is
+// checked, or allowed where it cannot fail with the reason beside it.
+#![warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
+
 use super::{Filesystem, Inode, InodeId};
 use crate::error::{Error, Result};
 use crate::format::items::{FileExtent, FileExtentKind};
 use crate::format::*;
 use crate::volumes::Volume;
+use crate::format::u64_of;
 
 /// Bytes of a file handed to a consumer in file order.
 #[derive(Debug)]
@@ -35,21 +40,21 @@ impl Filesystem {
         let nodatasum = inode.flags & INODE_NODATASUM != 0;
         let mut pos = 0u64;
         for (off, fe) in self.file_extents(inode.id)? {
-            if off >= size {
-                break;
-            }
-            if off < pos {
+            // Past the size: nothing more to read.
+            let Some(left) = size.checked_sub(off).filter(|l| *l > 0) else { break };
+            let Some(gap) = off.checked_sub(pos) else {
                 return Err(Error::corrupt(id.to_string(), format!("extent at {off} overlaps the previous one ending at {pos}")));
+            };
+            if gap > 0 {
+                sink(FileChunk::Hole { offset: pos, len: gap })?;
             }
-            if off > pos {
-                sink(FileChunk::Hole { offset: pos, len: off - pos })?;
-            }
-            let len = fe.file_len().min(size - off);
+            let len = fe.file_len().min(left);
             self.read_extent(id, off, len, &fe, nodatasum, sink)?;
-            pos = off + len;
+            // OK: len <= size - off.
+            pos = off.saturating_add(len);
         }
-        if pos < size {
-            sink(FileChunk::Hole { offset: pos, len: size - pos })?;
+        if let Some(left) = size.checked_sub(pos).filter(|l| *l > 0) {
+            sink(FileChunk::Hole { offset: pos, len: left })?;
         }
         Ok(())
     }
@@ -62,7 +67,7 @@ impl Filesystem {
         self.read_file(&inode, &mut |c| {
             match c {
                 FileChunk::Data { data, .. } => out.extend_from_slice(data),
-                FileChunk::Hole { len, .. } => out.resize(out.len() + len as usize, 0),
+                FileChunk::Hole { len, .. } => out.resize(out.len().saturating_add(usize::try_from(len).unwrap_or(usize::MAX)), 0),
             }
             Ok(())
         })?;
@@ -91,10 +96,11 @@ impl Filesystem {
                     plain = self.decompress(fe.compression, data, fe.ram_bytes, &at())?;
                     &plain
                 };
-                let n = (len as usize).min(bytes.len());
-                sink(FileChunk::Data { offset: off, data: &bytes[..n] })?;
-                if (n as u64) < len {
-                    sink(FileChunk::Hole { offset: off + n as u64, len: len - n as u64 })?;
+                let data = bytes.get(..usize::try_from(len).unwrap_or(usize::MAX)).unwrap_or(bytes);
+                sink(FileChunk::Data { offset: off, data })?;
+                let n = u64_of(data.len());
+                if let Some(rest) = len.checked_sub(n).filter(|r| *r > 0) {
+                    sink(FileChunk::Hole { offset: off.saturating_add(n), len: rest })?;
                 }
                 Ok(())
             }
@@ -104,20 +110,24 @@ impl Filesystem {
                 }
                 if fe.compression == COMPRESS_NONE {
                     let mut done = 0u64;
-                    while done < len {
-                        let n = (len - done).min(READ_PIECE);
+                    while let Some(left) = len.checked_sub(done).filter(|l| *l > 0) {
+                        let n = left.min(READ_PIECE);
                         // Both come from the image: a sum past u64 is corrupt, not a wrap.
                         let logical = disk_bytenr.checked_add(*offset).and_then(|x| x.checked_add(done)).ok_or_else(|| {
                             Error::corrupt(at(), format!("disk_bytenr {disk_bytenr} + offset {offset} overflows"))
                         })?;
-                        let here = off + done;
+                        // OK: off + len is at most the file size.
+                        let here = off.saturating_add(done);
                         let buf = self.read_data(logical, n, nodatasum, &|l| {
                             // The read is widened to whole sectors: l may lie before `logical`.
-                            let file_off = if l >= logical { here.saturating_add(l - logical) } else { here.saturating_sub(logical - l) };
+                            let file_off = match l.checked_sub(logical) {
+                                Some(d) => here.saturating_add(d),
+                                None => here.saturating_sub(logical.saturating_sub(l)),
+                            };
                             format!("{id} file offset {file_off}")
                         })?;
-                        sink(FileChunk::Data { offset: off + done, data: &buf })?;
-                        done += n;
+                        sink(FileChunk::Data { offset: here, data: &buf })?;
+                        done = done.saturating_add(n);
                     }
                     Ok(())
                 } else {
@@ -130,9 +140,11 @@ impl Filesystem {
                     let plain = self.decompress(fe.compression, &raw, fe.ram_bytes, &at())?;
                     let start = usize::try_from(*offset).unwrap_or(usize::MAX).min(plain.len());
                     let end = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)).min(plain.len());
-                    sink(FileChunk::Data { offset: off, data: &plain[start..end] })?;
-                    if ((end - start) as u64) < len {
-                        sink(FileChunk::Hole { offset: off + (end - start) as u64, len: len - (end - start) as u64 })?;
+                    let data = plain.get(start..end).unwrap_or_default();
+                    sink(FileChunk::Data { offset: off, data })?;
+                    let n = u64_of(data.len());
+                    if let Some(rest) = len.checked_sub(n).filter(|r| *r > 0) {
+                        sink(FileChunk::Hole { offset: off.saturating_add(n), len: rest })?;
                     }
                     Ok(())
                 }
@@ -142,8 +154,8 @@ impl Filesystem {
 
     /// Data checksums for each sector of [logical, logical+len); `None` where the csum tree has none.
     pub fn data_csums(&self, logical: u64, len: u64) -> Result<Vec<Option<CsumBytes>>> {
-        let ss = self.sectorsize as u64;
-        let nsect = len.div_ceil(ss) as usize;
+        let ss = u64::from(self.sectorsize);
+        let nsect = usize::try_from(len.div_ceil(ss)).map_err(|_| Error::Invalid("range too large".into()))?;
         let mut out = vec![None; nsect];
         let root = match self.tree_root(CSUM_TREE_OBJECTID) {
             Ok(r) => r,
@@ -165,18 +177,24 @@ impl Filesystem {
                 break;
             }
             let data = item.data();
-            if data.len() % csize != 0 {
+            if data.len().checked_rem(csize) != Some(0) {
                 return Err(Error::corrupt(format!("csum item {k}"), format!("size {} not a multiple of {csize}", data.len())));
             }
             for (i, c) in data.chunks_exact(csize).enumerate() {
-                let Some(s) = k.offset.checked_add(i as u64 * ss) else { break };
+                let Some(s) = u64_of(i).checked_mul(ss).and_then(|d| k.offset.checked_add(d)) else { break };
                 if s >= end {
                     break;
                 }
-                if s >= logical && (s - logical) % ss == 0 {
+                let Some(rel) = s.checked_sub(logical) else { continue };
+                // OK: ss is the sector size, never 0.
+                #[allow(clippy::arithmetic_side_effects)]
+                let (index, misaligned) = (rel / ss, rel % ss);
+                if misaligned == 0 {
                     let mut v = [0u8; CSUM_SIZE];
-                    v[..csize].copy_from_slice(c);
-                    out[((s - logical) / ss) as usize] = Some(v);
+                    if let (Some(dst), Some(slot)) = (v.get_mut(..csize), usize::try_from(index).ok().and_then(|i| out.get_mut(i))) {
+                        dst.copy_from_slice(c);
+                        *slot = Some(v);
+                    }
                 }
             }
         }
@@ -191,16 +209,19 @@ impl Filesystem {
     pub fn read_data(&self, logical: u64, len: u64, nodatasum: bool, describe: &dyn Fn(u64) -> String) -> Result<Vec<u8>> {
         let ss = u64::from(self.sectorsize);
         let end = logical.checked_add(len).ok_or_else(|| Error::corrupt(describe(logical), format!("data range {logical}+{len} overflows")))?;
+        // OK: ss is the sector size, never 0; the remainder is below logical.
+        #[allow(clippy::arithmetic_side_effects)]
         let start = logical - logical % ss;
         let aligned_end = end
             .checked_next_multiple_of(ss)
             .ok_or_else(|| Error::corrupt(describe(logical), format!("data range {logical}+{len} overflows")))?;
-        let n = usize::try_from(aligned_end - start).map_err(|_| Error::Invalid("read too large".into()))?;
+        let span = aligned_end.saturating_sub(start);
+        let n = usize::try_from(span).map_err(|_| Error::Invalid("read too large".into()))?;
         let mut buf = vec![0u8; n];
-        let csums = if nodatasum { None } else { Some(self.data_csums(start, aligned_end - start)?) };
+        let csums = if nodatasum { None } else { Some(self.data_csums(start, span)?) };
         read_verified(self.volume(), self.csum, ss, start, &mut buf, csums.as_deref(), describe, &mut |w| self.warn(w))?;
         // OK to index: start <= logical <= end <= aligned_end, all within buf.
-        let head = usize::try_from(logical - start).unwrap_or(0);
+        let head = usize::try_from(logical.saturating_sub(start)).unwrap_or(0);
         buf.drain(..head);
         buf.truncate(usize::try_from(len).unwrap_or(usize::MAX));
         Ok(buf)
@@ -226,22 +247,28 @@ pub(crate) fn read_verified(
     warn: &mut dyn FnMut(String),
 ) -> Result<()> {
     let ssz = usize::try_from(ss).map_err(|_| Error::Invalid("sector size".into()))?;
-    if ssz == 0 || start % ss != 0 || buf.len() % ssz != 0 {
+    if start.checked_rem(ss) != Some(0) || buf.len().checked_rem(ssz) != Some(0) {
         return Err(Error::Invalid(format!("verified read at {start} of {} bytes is not whole sectors", buf.len())));
     }
+    // Whole sectors at a time: a piece that ends inside a sector (a stripe
+    // unit is always whole sectors, so only a damaged chunk does this) is
+    // read sector by sector.
+    let total = buf.len();
     let mut done = 0usize;
-    while done < buf.len() {
-        let pos = start + done as u64;
+    let mut sector_index = 0usize;
+    while let Some(left) = total.checked_sub(done).filter(|l| *l > 0) {
+        let pos = start
+            .checked_add(u64_of(done))
+            .ok_or_else(|| Error::corrupt(describe(start), format!("data range at {start} overflows")))?;
         let (_, contiguous) = vol.chunks.lookup(pos).and_then(|e| e.map(pos)).map_err(|e| e.within(describe(pos)))?;
-        let n = usize::try_from(contiguous).unwrap_or(usize::MAX).min(buf.len() - done);
-        // A piece that ends inside a sector (a stripe unit is always whole
-        // sectors, so only a damaged chunk does this) is read sector by sector.
-        let n = if n % ssz != 0 { ssz.min(buf.len() - done) } else { n };
-        let piece = &mut buf[done..done + n];
-        let first_sector = done / ssz;
-        let sums = csums.map(|c| c.get(first_sector..first_sector + n / ssz).unwrap_or_default());
+        let n = usize::try_from(contiguous).unwrap_or(usize::MAX).min(left);
+        let sectors = n.checked_div(ssz).unwrap_or(0).max(1);
+        let n = sectors.saturating_mul(ssz).min(left);
+        let piece = done.checked_add(n).and_then(|end| buf.get_mut(done..end)).ok_or_else(|| Error::Invalid("read piece".into()))?;
+        let sums = csums.map(|c| c.get(sector_index..sector_index.saturating_add(sectors)).unwrap_or_default());
         read_piece(vol, csum, ssz, pos, piece, sums, describe, warn)?;
-        done += n;
+        done = done.saturating_add(n);
+        sector_index = sector_index.saturating_add(sectors);
     }
     Ok(())
 }
@@ -261,7 +288,7 @@ fn read_piece(
     let copies = vol.read_order(pos).map_err(|e| e.within(describe(pos)))?;
     // A sector without a checksum can only be taken from a current device.
     let vouched = |i: usize| sums.is_some_and(|s| s.get(i).is_some_and(Option::is_some));
-    let all_vouched = sums.is_some_and(|s| s.len() * ssz >= piece.len() && s.iter().all(Option::is_some));
+    let all_vouched = sums.is_some_and(|s| s.len().saturating_mul(ssz) >= piece.len() && s.iter().all(Option::is_some));
     let mut base = None;
     let mut last_err = None;
     for c in &copies {
@@ -280,7 +307,7 @@ fn read_piece(
     // one by one below.
     let mut sector = vec![0u8; ssz];
     for (i, dst) in piece.chunks_mut(ssz).enumerate() {
-        let at = pos + (i * ssz) as u64;
+        let at = pos.saturating_add(u64_of(i.saturating_mul(ssz)));
         let want = sums.and_then(|s| s.get(i).copied().flatten());
         let good = |c: &crate::volumes::ReadCopy, bytes: &[u8]| match want {
             Some(w) => csum.matches(&csum.compute(bytes), &w),
@@ -307,9 +334,9 @@ fn read_piece(
                 warn(format!(
                     "{}: {why} on copy {}{}; read copy {} (devid {}) instead",
                     describe(at),
-                    b.mirror + 1,
+                    b.mirror.saturating_add(1),
                     bad.map(|p| format!(" (devid {} physical {})", p.devid, p.physical)).unwrap_or_default(),
-                    c.mirror + 1,
+                    c.mirror.saturating_add(1),
                     c.devid
                 ));
             }
@@ -319,7 +346,7 @@ fn read_piece(
                     .iter()
                     .filter_map(|c| {
                         vol.locate(at, c.mirror).ok().map(|p| {
-                            format!("copy {} devid {} physical {}{}", c.mirror + 1, p.devid, p.physical, if c.stale { " (stale device)" } else { "" })
+                            format!("copy {} devid {} physical {}{}", c.mirror.saturating_add(1), p.devid, p.physical, if c.stale { " (stale device)" } else { "" })
                         })
                     })
                     .collect();

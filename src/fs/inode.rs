@@ -1,5 +1,9 @@
 //! Typed inodes.
 
+// Bytes here come from images and users: every sum, index and cast is
+// checked, or allowed where it cannot fail with the reason beside it.
+#![warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
+
 use crate::error::{Error, Result};
 use crate::format::items::read_prefix;
 use crate::format::{FileType, InodeItem};
@@ -26,7 +30,8 @@ pub struct Timespec {
 impl Timespec {
     /// Nanoseconds beyond one second cannot be represented on a host; clamp them.
     fn from_disk(t: &crate::format::Timespec) -> Self {
-        Timespec { sec: t.sec.get() as i64, nsec: t.nsec.get().min(999_999_999) }
+        // The on-disk seconds are a two's-complement i64 in a u64 field.
+        Timespec { sec: i64::from_ne_bytes(t.sec.get().to_ne_bytes()), nsec: t.nsec.get().min(999_999_999) }
     }
 }
 
@@ -110,7 +115,9 @@ impl Inode {
     /// Major and minor numbers of a device node. The kernel stores its
     /// internal dev_t (MKDEV: major << 20 | minor) in the inode item.
     pub fn rdev_major_minor(&self) -> (u32, u32) {
-        (((self.rdev >> 20) & 0xfff) as u32, (self.rdev & 0xf_ffff) as u32)
+        // Masked to 12 and 20 bits: they fit a u32.
+        let part = |v: u64| u32::try_from(v).unwrap_or(0);
+        (part((self.rdev >> 20) & 0xfff), part(self.rdev & 0xf_ffff))
     }
 }
 

@@ -46,6 +46,8 @@ pub struct DirEnt {
     pub subvol: bool,
 }
 
+// The read half of fs: bytes from images, checked like the layers below.
+#[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 impl Filesystem {
     pub fn open(opts: &OpenOptions) -> Result<Filesystem> {
         let vol = Volume::open(opts)?;
@@ -191,7 +193,7 @@ impl Filesystem {
                     (Some(d), Some(p)) => format!(" (devid {d} physical {p})"),
                     _ => String::new(),
                 };
-                Warning(format!("tree block {} copy {}{loc} is bad: {}; read another copy", b.logical, b.mirror + 1, b.problem))
+                Warning(format!("tree block {} copy {}{loc} is bad: {}; read another copy", b.logical, b.mirror.saturating_add(1), b.problem))
             })
             .collect();
         if let Ok(mut v) = self.warnings.lock() {
@@ -413,6 +415,7 @@ impl Filesystem {
 /// newest root tree block only missed the last superblock writes (a crash
 /// between them) and is current. Any other device behind the newest
 /// generation is stale: with `--degraded` it is left out like a missing one.
+#[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
     let sb = vol.sb;
     let newest = sb.generation.get();

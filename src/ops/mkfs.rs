@@ -1756,20 +1756,11 @@ fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result
     };
 
     // ---- build every tree ----
-    let params = |owner: u64| BlockParams {
-        nodesize,
-        csum: opts.csum,
-        fsid: ctx.fsid,
-        chunk_tree_uuid: ctx.chunk_uuid,
-        generation: GENERATION,
-        owner,
-        // Every block mkfs seals passes the kernel's tree-checker rules (the
-        // incompat bits they look at: skinny metadata, never mixed groups).
-        check: Some(crate::tree::leaf::CheckParams {
-            sectorsize: opts.sectorsize,
-            incompat: INCOMPAT_MIXED_BACKREF | INCOMPAT_EXTENDED_IREF | INCOMPAT_SKINNY_METADATA,
-        }),
-    };
+    // Every block mkfs seals passes the kernel's tree-checker rules (the
+    // incompat bits they look at: skinny metadata, never mixed groups).
+    let format = crate::tree::leaf::BlockFormat::new(nodesize, opts.csum, ctx.fsid, ctx.chunk_uuid)?
+        .checked(opts.sectorsize, INCOMPAT_MIXED_BACKREF | INCOMPAT_EXTENDED_IREF | INCOMPAT_SKINNY_METADATA);
+    let params = |owner: u64| BlockParams { format, generation: GENERATION, owner };
     let addr_of = |t: TreeId| addrs.iter().find(|a| a.0 == t).map(|a| a.1.clone()).unwrap_or_default();
     let mut built: std::collections::HashMap<TreeId, crate::tree::builder::BuiltTree> = std::collections::HashMap::new();
     // Each tree's blocks go to the images as they are made and only their

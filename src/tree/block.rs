@@ -4,6 +4,7 @@
 use zerocopy::FromBytes;
 
 use crate::error::Error;
+use crate::format::usize_of;
 use crate::format::{CsumType, Header, Item, Key, KeyPtr, MAX_LEVEL};
 
 pub const HEADER_SIZE: usize = std::mem::size_of::<Header>();
@@ -107,17 +108,17 @@ impl TreeBlock {
             return Err(format!("level {level} out of range"));
         }
         let n = self.nritems();
-        let space = self.data.len() - HEADER_SIZE;
+        let space = self.data.len().saturating_sub(HEADER_SIZE);
         if level == 0 {
-            if n * ITEM_SIZE > space {
+            let table_end = n.saturating_mul(ITEM_SIZE);
+            if table_end > space {
                 return Err(format!("{n} items do not fit in a leaf"));
             }
-            let table_end = n * ITEM_SIZE;
             let mut prev: Option<Key> = None;
             for i in 0..n {
                 let item = self.raw_item(i);
-                let off = item.offset.get() as usize;
-                let size = item.size.get() as usize;
+                let off = usize_of(item.offset.get());
+                let size = usize_of(item.size.get());
                 if off < table_end || off.checked_add(size).is_none_or(|e| e > space) {
                     return Err(format!("item {i} data [{off}, +{size}) outside the leaf data area"));
                 }
@@ -131,7 +132,7 @@ impl TreeBlock {
             if n == 0 {
                 return Err("node with no pointers".into());
             }
-            if n * KEY_PTR_SIZE > space {
+            if n.saturating_mul(KEY_PTR_SIZE) > space {
                 return Err(format!("{n} pointers do not fit in a node"));
             }
             let mut prev: Option<Key> = None;
@@ -162,7 +163,7 @@ impl TreeBlock {
     }
 
     pub fn nritems(&self) -> usize {
-        self.header.nritems.get() as usize
+        usize_of(self.header.nritems.get())
     }
 
     pub fn generation(&self) -> u64 {
@@ -174,9 +175,9 @@ impl TreeBlock {
     }
 
     fn raw_item(&self, i: usize) -> Item {
-        let at = HEADER_SIZE + i * ITEM_SIZE;
-        // In bounds: parse() checked nritems against the block size.
-        Item::read_from_prefix(&self.data[at..]).map(|(v, _)| v).unwrap_or_else(|_| unreachable_item())
+        // In bounds for i < nritems: parse() checked nritems against the block size.
+        let at = i.saturating_mul(ITEM_SIZE).saturating_add(HEADER_SIZE);
+        Item::read_from_prefix(self.data.get(at..).unwrap_or_default()).map(|(v, _)| v).unwrap_or_else(|_| unreachable_item())
     }
 
     /// Key of item `i` (leaf) or pointer `i` (node). `i` must be < nritems.
@@ -191,8 +192,9 @@ impl TreeBlock {
     /// Body of leaf item `i`.
     pub fn item_data(&self, i: usize) -> &[u8] {
         let item = self.raw_item(i);
-        let start = HEADER_SIZE + item.offset.get() as usize;
-        &self.data[start..start + item.size.get() as usize]
+        // In bounds: parse() checked every item's range against the leaf.
+        let start = usize_of(item.offset.get()).saturating_add(HEADER_SIZE);
+        start.checked_add(usize_of(item.size.get())).and_then(|end| self.data.get(start..end)).unwrap_or_default()
     }
 
     /// Offset and size of item `i` as stored (for dump-tree).
@@ -203,8 +205,8 @@ impl TreeBlock {
 
     /// Pointer `i` of a node: (key, child logical address, child generation).
     pub fn ptr(&self, i: usize) -> (Key, u64, u64) {
-        let at = HEADER_SIZE + i * KEY_PTR_SIZE;
-        match KeyPtr::read_from_prefix(&self.data[at..]) {
+        let at = i.saturating_mul(KEY_PTR_SIZE).saturating_add(HEADER_SIZE);
+        match KeyPtr::read_from_prefix(self.data.get(at..).unwrap_or_default()) {
             Ok((p, _)) => (Key::from_disk(&p.key), p.blockptr.get(), p.generation.get()),
             Err(_) => (Key::MAX, 0, 0),
         }
@@ -216,9 +218,11 @@ impl TreeBlock {
         // Binary search over the sorted keys checked in parse().
         let (mut lo, mut hi) = (0usize, n);
         while lo < hi {
-            let mid = (lo + hi) / 2;
+            // OK: lo < hi <= nritems, far below usize::MAX.
+            #[allow(clippy::arithmetic_side_effects)]
+            let mid = lo + (hi - lo) / 2;
             if self.key(mid) <= *key {
-                lo = mid + 1;
+                lo = mid.saturating_add(1);
             } else {
                 hi = mid;
             }
@@ -238,13 +242,15 @@ pub fn problem_error(logical: u64, tree: Option<u64>, problems: &[(usize, BlockP
     let tree = tree.and_then(crate::format::types::tree_name).map(|n| format!(" ({n})")).unwrap_or_default();
     let what = problems
         .iter()
-        .map(|(m, p)| format!("copy {}: {p}", m + 1))
+        .map(|(m, p)| format!("copy {}: {p}", m.saturating_add(1)))
         .collect::<Vec<_>>()
         .join("; ");
     Error::corrupt(format!("tree block {logical}{tree}"), if what.is_empty() { "no readable copy".into() } else { what })
 }
 
 #[cfg(test)]
+// Tests may index and cast freely: a panic there is a failing test.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 mod tests {
     use super::*;
     use crate::format::*;

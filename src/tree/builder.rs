@@ -9,12 +9,12 @@
 
 use std::ops::Range;
 
-use zerocopy::IntoBytes;
 
 use super::block::{HEADER_SIZE, ITEM_SIZE, KEY_PTR_SIZE};
+use super::leaf::{leaf_bytes, node_bytes, BlockFormat, NodePtr};
 use crate::error::{Error, Result};
 use crate::format::ondisk::*;
-use crate::format::{CsumType, Key};
+use crate::format::{usize_of, Key};
 
 /// One leaf item: its key and its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,33 +29,15 @@ impl TreeItem {
     }
 }
 
-/// What every block header of one tree carries.
+/// What every block of one tree carries: the filesystem's block format
+/// (which also says whether sealed blocks pass the tree-checker rules), the
+/// generation and the tree id written in every header.
 #[derive(Clone, Debug)]
 pub struct BlockParams {
-    pub nodesize: u32,
-    pub csum: CsumType,
-    pub fsid: [u8; FSID_SIZE],
-    pub chunk_tree_uuid: [u8; UUID_SIZE],
+    pub format: BlockFormat,
     pub generation: u64,
     /// The tree id written in every header (`btrfs_header.owner`).
     pub owner: u64,
-    /// When set, every block is checked against the kernel's tree-checker
-    /// rules as it is sealed (mkfs sets it).
-    pub check: Option<super::leaf::CheckParams>,
-}
-
-impl BlockParams {
-    fn check_sealed(&self, block: &[u8], addr: u64) -> Result<()> {
-        let Some(c) = self.check else { return Ok(()) };
-        let rules = super::checker::Rules {
-            nodesize: self.nodesize,
-            sectorsize: c.sectorsize,
-            csum_size: self.csum.size(),
-            incompat: c.incompat,
-            super_generation: self.generation,
-        };
-        super::checker::check_block(block, &rules).map_err(|v| v.into_error(self.owner, addr))
-    }
 }
 
 /// Where the tree's blocks go, leaves first, then each level of nodes; the
@@ -70,12 +52,13 @@ pub struct TreePlan {
 
 impl TreePlan {
     pub fn block_count(&self) -> usize {
-        self.leaves.len() + self.nodes.iter().map(Vec::len).sum::<usize>()
+        self.nodes.iter().map(Vec::len).fold(self.leaves.len(), usize::saturating_add)
     }
 
     /// Level of the root block.
     pub fn root_level(&self) -> u8 {
-        self.nodes.len() as u8
+        // OK: plan_tree makes at most MAX_LEVEL - 1 node levels.
+        u8::try_from(self.nodes.len()).unwrap_or(u8::MAX)
     }
 }
 
@@ -90,24 +73,24 @@ pub struct BuiltTree {
 
 /// Bytes of a leaf available for item headers and data.
 pub fn leaf_data_size(nodesize: u32) -> usize {
-    nodesize as usize - HEADER_SIZE
+    usize_of(nodesize).saturating_sub(HEADER_SIZE)
 }
 
 /// The largest item data a leaf can hold (one item alone in a leaf).
 pub fn max_item_size(nodesize: u32) -> usize {
-    leaf_data_size(nodesize) - ITEM_SIZE
+    leaf_data_size(nodesize).saturating_sub(ITEM_SIZE)
 }
 
 /// Key pointers that fit in one node.
 pub fn node_capacity(nodesize: u32) -> usize {
-    (nodesize as usize - HEADER_SIZE) / KEY_PTR_SIZE
+    leaf_data_size(nodesize).checked_div(KEY_PTR_SIZE).unwrap_or(0)
 }
 
 /// Fill target for leaves and nodes. Sequential inserts in the kernel leave
 /// leaves nearly full; we leave a little room (about 1/16) so that the first
 /// writes after mount do not split every leaf they touch.
 fn fill_target(capacity: usize) -> usize {
-    capacity - capacity / 16
+    capacity.saturating_sub(capacity.checked_div(16).unwrap_or(0))
 }
 
 /// Split a tree with items of the given data sizes into leaves and nodes.
@@ -118,7 +101,7 @@ pub fn plan_tree(item_sizes: &[usize], nodesize: u32) -> Result<TreePlan> {
     let mut start = 0;
     let mut used = 0usize;
     for (i, &size) in item_sizes.iter().enumerate() {
-        let need = ITEM_SIZE + size;
+        let need = size.saturating_add(ITEM_SIZE);
         if need > cap {
             return Err(Error::Invalid(format!(
                 "item {i} of {size} bytes does not fit in a {nodesize}-byte tree block"
@@ -126,12 +109,12 @@ pub fn plan_tree(item_sizes: &[usize], nodesize: u32) -> Result<TreePlan> {
         }
         // Start a new leaf when this item would pass the fill target, unless
         // the leaf is empty (a large item then gets a leaf to itself).
-        if i > start && used + need > target {
+        if i > start && used.saturating_add(need) > target {
             leaves.push(start..i);
             start = i;
             used = 0;
         }
-        used += need;
+        used = used.saturating_add(need);
     }
     if start < item_sizes.len() || leaves.is_empty() {
         // An empty tree is one empty leaf.
@@ -141,19 +124,22 @@ pub fn plan_tree(item_sizes: &[usize], nodesize: u32) -> Result<TreePlan> {
     let mut nodes = Vec::new();
     let mut count = leaves.len();
     while count > 1 {
-        if nodes.len() + 1 >= MAX_LEVEL as usize {
+        if nodes.len().saturating_add(1) >= usize::from(MAX_LEVEL) {
             return Err(Error::Invalid("tree would be deeper than btrfs allows".into()));
         }
         // Spread children evenly rather than leaving a nearly empty last node.
-        let n_nodes = count.div_ceil(per_node);
-        let base = count / n_nodes;
-        let extra = count % n_nodes;
+        // OK: per_node >= 2 and count > 1, so n_nodes >= 1.
+        #[allow(clippy::arithmetic_side_effects)]
+        let (n_nodes, base, extra) = {
+            let n = count.div_ceil(per_node);
+            (n, count / n, count % n)
+        };
         let mut level = Vec::with_capacity(n_nodes);
-        let mut s = 0;
+        let mut s = 0usize;
         for j in 0..n_nodes {
-            let len = base + usize::from(j < extra);
-            level.push(s..s + len);
-            s += len;
+            let len = base.saturating_add(usize::from(j < extra));
+            level.push(s..s.saturating_add(len));
+            s = s.saturating_add(len);
         }
         count = level.len();
         nodes.push(level);
@@ -187,16 +173,16 @@ pub fn build_tree_into(
     addrs: &[u64],
     sink: &mut dyn FnMut(u64, u8, Vec<u8>) -> Result<()>,
 ) -> Result<(u64, u8)> {
-    for w in items.windows(2) {
-        if w[0].key >= w[1].key {
+    for (a, b) in items.iter().zip(items.iter().skip(1)) {
+        if a.key >= b.key {
             return Err(Error::Invalid(format!(
                 "tree {}: keys out of order or duplicated: {} then {}",
-                params.owner, w[0].key, w[1].key
+                params.owner, a.key, b.key
             )));
         }
     }
     let sizes: Vec<usize> = items.iter().map(|i| i.data.len()).collect();
-    let plan = plan_tree(&sizes, params.nodesize)?;
+    let plan = plan_tree(&sizes, params.format.nodesize)?;
     if addrs.len() != plan.block_count() {
         return Err(Error::Invalid(format!(
             "tree {}: {} addresses for {} blocks",
@@ -211,20 +197,20 @@ pub fn build_tree_into(
     let mut below: Vec<(Key, u64)> = Vec::with_capacity(plan.leaves.len());
     for range in &plan.leaves {
         let addr = take_addr()?;
-        let block = write_leaf(&items[range.clone()], params, addr);
-        params.check_sealed(&block, addr)?;
+        let leaf = items.get(range.clone()).ok_or_else(|| Error::Invalid("tree plan past its items".into()))?;
+        let block = leaf_bytes(&params.format, addr, params.generation, params.owner, leaf.iter().map(|i| (i.key, i.data.as_slice())))?;
         let first = items.get(range.start).map(|i| i.key).unwrap_or(Key::MIN);
         below.push((first, addr));
         sink(addr, 0u8, block)?;
     }
-    for (lvl, level) in plan.nodes.iter().enumerate() {
-        let level_no = (lvl + 1) as u8;
+    for (level_no, level) in (1u8..).zip(&plan.nodes) {
         let mut this = Vec::with_capacity(level.len());
         for range in level {
             let addr = take_addr()?;
-            let children = &below[range.clone()];
-            let block = write_node(children, params, addr, level_no);
-            params.check_sealed(&block, addr)?;
+            let children = below.get(range.clone()).ok_or_else(|| Error::Invalid("tree plan past its blocks".into()))?;
+            let ptrs: Vec<NodePtr> =
+                children.iter().map(|&(key, blockptr)| NodePtr { key, blockptr, generation: params.generation }).collect();
+            let block = node_bytes(&params.format, addr, params.generation, params.owner, level_no, &ptrs)?;
             this.push((children.first().map(|c| c.0).unwrap_or(Key::MIN), addr));
             sink(addr, level_no, block)?;
         }
@@ -234,71 +220,16 @@ pub fn build_tree_into(
     Ok((root, plan.root_level()))
 }
 
-fn header(params: &BlockParams, addr: u64, nritems: usize, level: u8) -> Header {
-    Header {
-        csum: [0; CSUM_SIZE],
-        fsid: params.fsid,
-        bytenr: addr.into(),
-        flags: (HEADER_FLAG_WRITTEN | (MIXED_BACKREF_REV << BACKREF_REV_SHIFT)).into(),
-        chunk_tree_uuid: params.chunk_tree_uuid,
-        generation: params.generation.into(),
-        owner: params.owner.into(),
-        nritems: (nritems as u32).into(),
-        level,
-    }
-}
-
-fn seal(block: &mut [u8], csum: CsumType) {
-    let c = csum.compute(&block[CSUM_SIZE..]);
-    block[..CSUM_SIZE].copy_from_slice(&c);
-}
-
-fn write_leaf(items: &[TreeItem], params: &BlockParams, addr: u64) -> Vec<u8> {
-    let nodesize = params.nodesize as usize;
-    let mut block = vec![0u8; nodesize];
-    block[..HEADER_SIZE].copy_from_slice(header(params, addr, items.len(), 0).as_bytes());
-    // Item data grows down from the end of the block; offsets are relative
-    // to the end of the header.
-    let mut data_end = nodesize - HEADER_SIZE;
-    for (i, it) in items.iter().enumerate() {
-        data_end -= it.data.len();
-        let item = Item { key: it.key.to_disk(), offset: (data_end as u32).into(), size: (it.data.len() as u32).into() };
-        let at = HEADER_SIZE + i * ITEM_SIZE;
-        block[at..at + ITEM_SIZE].copy_from_slice(item.as_bytes());
-        let d = HEADER_SIZE + data_end;
-        block[d..d + it.data.len()].copy_from_slice(&it.data);
-    }
-    seal(&mut block, params.csum);
-    block
-}
-
-fn write_node(children: &[(Key, u64)], params: &BlockParams, addr: u64, level: u8) -> Vec<u8> {
-    let mut block = vec![0u8; params.nodesize as usize];
-    block[..HEADER_SIZE].copy_from_slice(header(params, addr, children.len(), level).as_bytes());
-    for (i, (key, child)) in children.iter().enumerate() {
-        let p = KeyPtr { key: key.to_disk(), blockptr: (*child).into(), generation: params.generation.into() };
-        let at = HEADER_SIZE + i * KEY_PTR_SIZE;
-        block[at..at + KEY_PTR_SIZE].copy_from_slice(p.as_bytes());
-    }
-    seal(&mut block, params.csum);
-    block
-}
-
 #[cfg(test)]
+// Tests may index and cast freely: a panic there is a failing test.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 mod tests {
     use super::*;
+    use crate::format::CsumType;
     use crate::tree::block::{Expect, TreeBlock};
 
     fn params(nodesize: u32) -> BlockParams {
-        BlockParams {
-            nodesize,
-            csum: CsumType::Crc32c,
-            fsid: [7; 16],
-            chunk_tree_uuid: [9; 16],
-            generation: 3,
-            owner: 5,
-            check: None,
-        }
+        BlockParams { format: BlockFormat::new(nodesize, CsumType::Crc32c, [7; 16], [9; 16]).unwrap(), generation: 3, owner: 5 }
     }
 
     #[test]

@@ -77,18 +77,20 @@ fn u64_at(data: &[u8], at: usize) -> Option<u64> {
 }
 
 fn aligned(v: u64, to: u32) -> bool {
-    to != 0 && v % to as u64 == 0
+    v.checked_rem(u64::from(to)) == Some(0)
 }
 
 /// The kernel's is_fstree: the top subvolume, or a subvolume id (not a
 /// qgroup id with a level, not one of the negative special trees).
 pub fn is_fstree(id: u64) -> bool {
-    id == FS_TREE_OBJECTID || ((id as i64) >= FIRST_FREE_OBJECTID as i64 && id >> 48 == 0)
+    // The kernel compares as signed: the negative special trees are below.
+    let signed = i64::from_ne_bytes(id.to_ne_bytes());
+    id == FS_TREE_OBJECTID || (signed >= 256 && id >> 48 == 0)
 }
 
 /// Check one tree block (leaf or node), as laid out on disk.
 pub fn check_block(block: &[u8], rules: &Rules) -> Check {
-    if block.len() != rules.nodesize as usize {
+    if block.len() != usize_of(rules.nodesize) {
         return Err(bad(format!("block of {} bytes, nodesize is {}", block.len(), rules.nodesize)));
     }
     let header = read::<Header>(block, 0).ok_or_else(|| bad("block shorter than a header"))?;
@@ -102,15 +104,17 @@ pub fn check_block(block: &[u8], rules: &Rules) -> Check {
 fn check_node(block: &[u8], header: &Header, rules: &Rules) -> Check {
     let level = header.level;
     if level >= MAX_LEVEL {
-        return Err(bad(format!("invalid level for node, have {level} expect [1, {}]", MAX_LEVEL - 1)));
+        return Err(bad(format!("invalid level for node, have {level} expect [1, {}]", MAX_LEVEL.saturating_sub(1))));
     }
-    let n = header.nritems.get() as usize;
-    let max = (rules.nodesize as usize - HEADER_SIZE) / KEY_PTR_SIZE;
+    let n = usize_of(header.nritems.get());
+    let max = usize_of(rules.nodesize).saturating_sub(HEADER_SIZE).checked_div(KEY_PTR_SIZE).unwrap_or(0);
     if n == 0 || n > max {
         return Err(bad(format!("node with {n} pointers, expect [1, {max}]")));
     }
     let mut prev: Option<Key> = None;
     for slot in 0..n {
+        // OK: slot < nritems <= what fits a 64 KiB node.
+        #[allow(clippy::arithmetic_side_effects)]
         let p = read::<KeyPtr>(block, HEADER_SIZE + slot * KEY_PTR_SIZE).ok_or_else(|| bad("pointer past the block"))?;
         let key = Key::from_disk(&p.key);
         let at = |what: String| Violation { slot: Some(slot), key: Some(key), what };
@@ -138,7 +142,7 @@ struct Slot<'a> {
 }
 
 fn check_leaf(block: &[u8], header: &Header, rules: &Rules) -> Check {
-    let n = header.nritems.get() as usize;
+    let n = usize_of(header.nritems.get());
     let owner = header.owner.get();
     let flags = header.flags.get();
     if n == 0 {
@@ -156,13 +160,14 @@ fn check_leaf(block: &[u8], header: &Header, rules: &Rules) -> Check {
         }
         return Ok(());
     }
-    let data_size = rules.nodesize as usize - HEADER_SIZE;
+    let data_size = usize_of(rules.nodesize).saturating_sub(HEADER_SIZE);
     // Item data is checked only in blocks that reached disk, as the kernel does.
     let check_data = flags & HEADER_FLAG_WRITTEN != 0;
     let mut prev: Option<Slot> = None;
-    let mut prev_offset = data_size as u64;
+    let mut prev_offset = u64_of(data_size);
     for slot in 0..n {
-        let item = read::<Item>(block, HEADER_SIZE + slot * ITEM_SIZE).ok_or_else(|| bad(format!("item header {slot} past the block")))?;
+        let header_at = slot.saturating_mul(ITEM_SIZE).saturating_add(HEADER_SIZE);
+        let item = read::<Item>(block, header_at).ok_or_else(|| bad(format!("item header {slot} past the block")))?;
         let key = Key::from_disk(&item.key);
         let at = |what: String| Violation { slot: Some(slot), key: Some(key), what };
         // Keys above (0, 0, 0), strictly increasing.
@@ -170,19 +175,21 @@ fn check_leaf(block: &[u8], header: &Header, rules: &Rules) -> Check {
         if pk >= key {
             return Err(at(format!("bad key order, previous {pk}")));
         }
-        let (off, size) = (item.offset.get() as u64, item.size.get() as u64);
-        let end = off + size;
+        let (off, size) = (u64::from(item.offset.get()), u64::from(item.size.get()));
+        // Two u32s: no overflow in u64.
+        let end = off.saturating_add(size);
         // Bodies packed from the end of the leaf downwards, no gap, no overlap.
         if end != prev_offset {
             return Err(at(format!("unexpected item end, have {end} expect {prev_offset}")));
         }
-        if end > data_size as u64 {
+        if end > u64_of(data_size) {
             return Err(at(format!("item end {end} outside the leaf data ({data_size})")));
         }
-        if off < ((slot + 1) * ITEM_SIZE) as u64 {
+        if off < u64_of(slot.saturating_add(1).saturating_mul(ITEM_SIZE)) {
             return Err(at(format!("item data at {off} overlaps the item headers")));
         }
-        let data = block.get(HEADER_SIZE + off as usize..HEADER_SIZE + end as usize).ok_or_else(|| at("item data past the block".into()))?;
+        let range = usize::try_from(off).ok().zip(usize::try_from(end).ok()).map(|(o, e)| o.saturating_add(HEADER_SIZE)..e.saturating_add(HEADER_SIZE));
+        let data = range.and_then(|r| block.get(r)).ok_or_else(|| at("item data past the block".into()))?;
         let cur = Slot { key, data };
         if check_data {
             check_item(&cur, prev.as_ref(), owner, rules).map_err(|v| Violation { slot: Some(slot), key: Some(key), ..v })?;
@@ -228,7 +235,9 @@ fn check_prev_ino(cur: &Slot, prev: Option<&Slot>, owner: u64) -> Check {
 fn file_extent_end(key: Key, data: &[u8], sectorsize: u32) -> Option<u64> {
     let h = read::<FileExtentHeader>(data, 0)?;
     if h.extent_type == FILE_EXTENT_INLINE {
-        let ss = sectorsize as u64;
+        // Wrapping like the kernel's u64 arithmetic; a wrapped end is then out of order.
+        let ss = u64::from(sectorsize).max(1);
+        #[allow(clippy::arithmetic_side_effects)]
         Some(key.offset.wrapping_add(h.ram_bytes.get()).wrapping_add(ss - 1) / ss * ss)
     } else {
         Some(key.offset.wrapping_add(read::<FileExtentBody>(data, FILE_EXTENT_INLINE_DATA_START)?.num_bytes.get()))
@@ -258,12 +267,12 @@ fn check_file_extent(cur: &Slot, prev: Option<&Slot>, owner: u64, rules: &Rules)
             return Err(bad(format!("inline extent at file offset {}, expect 0", key.offset)));
         }
         // A compressed inline extent has no size to compare with.
-        if h.compression == COMPRESS_NONE && size as u64 != FILE_EXTENT_INLINE_DATA_START as u64 + h.ram_bytes.get() {
+        if h.compression == COMPRESS_NONE && Some(u64_of(size)) != u64_of(FILE_EXTENT_INLINE_DATA_START).checked_add(h.ram_bytes.get()) {
             return Err(bad(format!("uncompressed inline extent of {size} bytes with ram_bytes {}", h.ram_bytes.get())));
         }
         return Ok(());
     }
-    let body_end = FILE_EXTENT_INLINE_DATA_START + std::mem::size_of::<FileExtentBody>();
+    let body_end = FILE_EXTENT_INLINE_DATA_START.saturating_add(std::mem::size_of::<FileExtentBody>());
     if size != body_end {
         return Err(bad(format!("invalid item size {size} for a regular/prealloc extent, expect {body_end}")));
     }
@@ -300,11 +309,12 @@ fn check_csum(cur: &Slot, prev: Option<&Slot>, rules: &Rules) -> Check {
     if !aligned(key.offset, rules.sectorsize) {
         return Err(bad(format!("csum item offset {} not aligned to {}", key.offset, rules.sectorsize)));
     }
-    if rules.csum_size == 0 || cur.data.len() % rules.csum_size != 0 {
+    if cur.data.len().checked_rem(rules.csum_size) != Some(0) {
         return Err(bad(format!("csum item of {} bytes, not a multiple of {}", cur.data.len(), rules.csum_size)));
     }
     if let Some(p) = prev.filter(|p| p.key.item_type == EXTENT_CSUM_KEY) {
-        let prev_end = (p.data.len() / rules.csum_size.max(1)) as u64 * rules.sectorsize as u64 + p.key.offset;
+        let sectors = u64_of(p.data.len().checked_div(rules.csum_size).unwrap_or(0));
+        let prev_end = sectors.saturating_mul(u64::from(rules.sectorsize)).saturating_add(p.key.offset);
         if prev_end > key.offset {
             return Err(bad(format!("previous csum item ends at {prev_end}, past this one's start {}", key.offset)));
         }
@@ -375,25 +385,26 @@ fn check_dir_item(cur: &Slot, prev: Option<&Slot>, owner: u64, rules: &Rules) ->
         if ft == FT_XATTR && key.item_type != XATTR_ITEM_KEY {
             return Err(bad("xattr dir type under a non-XATTR key"));
         }
-        let name_len = d.name_len.get() as usize;
-        let data_len = d.data_len.get() as usize;
+        let name_len = usize::from(d.name_len.get());
+        let data_len = usize::from(d.data_len.get());
         let max_name = if ft == FT_XATTR { MAX_XATTR_NAME_LEN } else { MAX_NAME_LEN };
         if name_len > max_name {
             return Err(bad(format!("dir item name of {name_len} bytes, at most {max_name}")));
         }
         let max = max_xattr_size(rules.nodesize);
-        if name_len + data_len > max {
-            return Err(bad(format!("dir item name and data of {} bytes, at most {max}", name_len + data_len)));
+        if name_len.saturating_add(data_len) > max {
+            return Err(bad(format!("dir item name and data of {} bytes, at most {max}", name_len.saturating_add(data_len))));
         }
         if data_len != 0 && ft != FT_XATTR {
             return Err(bad(format!("dir item with data of {data_len} bytes, expect 0")));
         }
-        let start = pos + std::mem::size_of::<DirItem>();
-        let total = std::mem::size_of::<DirItem>() + name_len + data_len;
-        if pos + total > size {
-            return Err(bad(format!("dir item data crosses the item end, have {} boundary {size}", pos + total)));
+        let start = pos.saturating_add(std::mem::size_of::<DirItem>());
+        let total = std::mem::size_of::<DirItem>().saturating_add(name_len).saturating_add(data_len);
+        let next = pos.saturating_add(total);
+        if next > size {
+            return Err(bad(format!("dir item data crosses the item end, have {next} boundary {size}")));
         }
-        let name = cur.data.get(start..start + name_len).ok_or_else(|| bad("dir item name past the item"))?;
+        let name = cur.data.get(start..start.saturating_add(name_len)).ok_or_else(|| bad("dir item name past the item"))?;
         if key.item_type == DIR_ITEM_KEY || key.item_type == XATTR_ITEM_KEY {
             let h = name_hash(name);
             if key.offset != h {
@@ -407,7 +418,7 @@ fn check_dir_item(cur: &Slot, prev: Option<&Slot>, owner: u64, rules: &Rules) ->
         if ft != FT_XATTR {
             check_entry_name(name)?;
         }
-        pos += total;
+        pos = next;
     }
     Ok(())
 }
@@ -421,10 +432,11 @@ fn check_inode_ref(cur: &Slot, prev: Option<&Slot>, owner: u64) -> Check {
     let mut pos = 0;
     while pos < cur.data.len() {
         let r = read::<InodeRef>(cur.data, pos).ok_or_else(|| bad(format!("inode ref header at {pos} overflows the item")))?;
-        let start = pos + hdr;
-        let name = cur.data.get(start..start + r.name_len.get() as usize).ok_or_else(|| bad(format!("inode ref name at {start} overflows the item")))?;
+        let start = pos.saturating_add(hdr);
+        let end = start.saturating_add(usize::from(r.name_len.get()));
+        let name = cur.data.get(start..end).ok_or_else(|| bad(format!("inode ref name at {start} overflows the item")))?;
         check_entry_name(name)?;
-        pos = start + name.len();
+        pos = end;
     }
     Ok(())
 }
@@ -434,10 +446,11 @@ fn check_inode_extref(cur: &Slot) -> Check {
     let mut pos = 0;
     while pos < cur.data.len() {
         let r = read::<InodeExtref>(cur.data, pos).ok_or_else(|| bad(format!("inode extref header at {pos} overflows the item")))?;
-        let start = pos + hdr;
-        let name = cur.data.get(start..start + r.name_len.get() as usize).ok_or_else(|| bad(format!("inode extref name at {start} overflows the item")))?;
+        let start = pos.saturating_add(hdr);
+        let end = start.saturating_add(usize::from(r.name_len.get()));
+        let name = cur.data.get(start..end).ok_or_else(|| bad(format!("inode extref name at {start} overflows the item")))?;
         check_entry_name(name)?;
-        pos = start + name.len();
+        pos = end;
     }
     Ok(())
 }
@@ -471,9 +484,7 @@ fn check_block_group(cur: &Slot) -> Check {
 /// (ncopies, nparity) of a chunk's profile, picked as the kernel's
 /// btrfs_bg_flags_to_raid_index does.
 fn copies_parity(t: u64) -> (u16, u16) {
-    if t & BLOCK_GROUP_RAID10 != 0 {
-        (2, 0)
-    } else if t & BLOCK_GROUP_RAID1 != 0 || t & BLOCK_GROUP_DUP != 0 {
+    if t & (BLOCK_GROUP_RAID10 | BLOCK_GROUP_RAID1 | BLOCK_GROUP_DUP) != 0 {
         (2, 0)
     } else if t & BLOCK_GROUP_RAID0 != 0 {
         (1, 0)
@@ -494,7 +505,7 @@ fn check_chunk(cur: &Slot, rules: &Rules) -> Check {
     let c = read::<Chunk>(cur.data, 0).ok_or_else(|| bad(format!("chunk item of {} bytes, below {}", cur.data.len(), std::mem::size_of::<Chunk>())))?;
     let n = c.num_stripes.get();
     if n != 0 {
-        let want = std::mem::size_of::<Chunk>() + n as usize * std::mem::size_of::<Stripe>();
+        let want = usize::from(n).saturating_mul(std::mem::size_of::<Stripe>()).saturating_add(std::mem::size_of::<Chunk>());
         if cur.data.len() != want {
             return Err(bad(format!("chunk item of {} bytes, expect {want} for {n} stripes", cur.data.len())));
         }
@@ -531,7 +542,7 @@ pub fn check_chunk_valid(c: &Chunk, logical: u64, rules: &Rules) -> Check {
     if stripe_len != STRIPE_LEN {
         return Err(bad(format!("invalid chunk stripe length {stripe_len}")));
     }
-    if length >= (u32::MAX as u64) << 16 {
+    if length >= u64::from(u32::MAX) << 16 {
         return Err(bad(format!("chunk length {length} too large")));
     }
     if t & !(BLOCK_GROUP_TYPE_MASK | BLOCK_GROUP_PROFILE_MASK) != 0 {
@@ -674,7 +685,9 @@ fn check_root_item(cur: &Slot, rules: &Rules) -> Check {
     }
     // A legacy root item reads as zeros past its end.
     let mut buf = [0u8; std::mem::size_of::<RootItem>()];
-    buf[..size].copy_from_slice(cur.data);
+    for (b, d) in buf.iter_mut().zip(cur.data) {
+        *b = *d;
+    }
     let ri = read::<RootItem>(&buf, 0).ok_or_else(|| bad("short root item"))?;
     let limit = rules.super_generation.saturating_add(1);
     for (name, g) in [("generation", ri.generation.get()), ("generation_v2", ri.generation_v2.get()), ("last_snapshot", ri.last_snapshot.get())] {
@@ -705,7 +718,7 @@ fn check_extent_item(cur: &Slot, prev: Option<&Slot>, rules: &Rules) -> Check {
     if !aligned(key.objectid, ss) {
         return Err(bad(format!("extent bytenr {} not aligned to {ss}", key.objectid)));
     }
-    if skinny && key.offset >= MAX_LEVEL as u64 {
+    if skinny && key.offset >= u64::from(MAX_LEVEL) {
         return Err(bad(format!("invalid tree level {}", key.offset)));
     }
     let ei = read::<ExtentItem>(cur.data, 0)
@@ -720,7 +733,7 @@ fn check_extent_item(cur: &Slot, prev: Option<&Slot>, rules: &Rules) -> Check {
     }
     let tree_block = flags & EXTENT_FLAG_TREE_BLOCK != 0;
     if tree_block {
-        if key.item_type == EXTENT_ITEM_KEY && key.offset != rules.nodesize as u64 {
+        if key.item_type == EXTENT_ITEM_KEY && key.offset != u64::from(rules.nodesize) {
             return Err(bad(format!("tree block extent length {}, expect {}", key.offset, rules.nodesize)));
         }
     } else {
@@ -740,52 +753,52 @@ fn check_extent_item(cur: &Slot, prev: Option<&Slot>, rules: &Rules) -> Check {
         if info.level >= MAX_LEVEL {
             return Err(bad(format!("tree block info level {}", info.level)));
         }
-        pos += std::mem::size_of::<TreeBlockInfo>();
+        pos = pos.saturating_add(std::mem::size_of::<TreeBlockInfo>());
     }
     let end = cur.data.len();
     let mut inline_refs: u64 = 0;
     let (mut last_type, mut last_seq) = (0u8, u64::MAX);
     while pos < end {
-        if pos + std::mem::size_of::<ExtentInlineRef>() > end {
+        if pos.saturating_add(std::mem::size_of::<ExtentInlineRef>()) > end {
             return Err(bad(format!("inline ref at {pos} overflows the extent item ({end})")));
         }
         let ty = cur.data.get(pos).copied().unwrap_or(0);
-        let offset = u64_at(cur.data, pos + 1).unwrap_or(0);
+        let offset = u64_at(cur.data, pos.saturating_add(1)).unwrap_or(0);
         let ref_size = match ty {
             TREE_BLOCK_REF_KEY | SHARED_BLOCK_REF_KEY | EXTENT_OWNER_REF_KEY => 9,
-            SHARED_DATA_REF_KEY => 9 + std::mem::size_of::<SharedDataRef>(),
-            EXTENT_DATA_REF_KEY => 1 + std::mem::size_of::<ExtentDataRef>(),
+            SHARED_DATA_REF_KEY => std::mem::size_of::<SharedDataRef>().saturating_add(9),
+            EXTENT_DATA_REF_KEY => std::mem::size_of::<ExtentDataRef>().saturating_add(1),
             _ => return Err(bad(format!("unknown inline ref type {ty}"))),
         };
-        if pos + ref_size > end {
+        if pos.saturating_add(ref_size) > end {
             return Err(bad(format!("inline ref of type {ty} at {pos} overflows the extent item ({end})")));
         }
         let seq = match ty {
             TREE_BLOCK_REF_KEY => {
-                inline_refs += 1;
+                inline_refs = inline_refs.saturating_add(1);
                 offset
             }
             SHARED_BLOCK_REF_KEY => {
                 if !aligned(offset, ss) {
                     return Err(bad(format!("shared block ref parent {offset} not aligned to {ss}")));
                 }
-                inline_refs += 1;
+                inline_refs = inline_refs.saturating_add(1);
                 offset
             }
             EXTENT_DATA_REF_KEY => {
-                let d = read::<ExtentDataRef>(cur.data, pos + 1).ok_or_else(|| bad("short data ref"))?;
+                let d = read::<ExtentDataRef>(cur.data, pos.saturating_add(1)).ok_or_else(|| bad("short data ref"))?;
                 if !aligned(d.offset.get(), ss) {
                     return Err(bad(format!("data ref offset {} not aligned to {ss}", d.offset.get())));
                 }
-                inline_refs += d.count.get() as u64;
+                inline_refs = inline_refs.saturating_add(u64::from(d.count.get()));
                 extent_data_ref_hash(d.root.get(), d.objectid.get(), d.offset.get())
             }
             SHARED_DATA_REF_KEY => {
                 if !aligned(offset, ss) {
                     return Err(bad(format!("shared data ref parent {offset} not aligned to {ss}")));
                 }
-                let c = read::<SharedDataRef>(cur.data, pos + 9).ok_or_else(|| bad("short shared data ref"))?;
-                inline_refs += c.count.get() as u64;
+                let c = read::<SharedDataRef>(cur.data, pos.saturating_add(9)).ok_or_else(|| bad("short shared data ref"))?;
+                inline_refs = inline_refs.saturating_add(u64::from(c.count.get()));
                 offset
             }
             _ => {
@@ -807,7 +820,7 @@ fn check_extent_item(cur: &Slot, prev: Option<&Slot>, rules: &Rules) -> Check {
             return Err(bad(format!("inline ref out of order: type {ty} sequence {seq:#x} after {last_seq:#x}")));
         }
         (last_type, last_seq) = (ty, seq);
-        pos += ref_size;
+        pos = pos.saturating_add(ref_size);
     }
     if pos != end {
         return Err(bad("padding after the inline refs"));
@@ -816,7 +829,7 @@ fn check_extent_item(cur: &Slot, prev: Option<&Slot>, rules: &Rules) -> Check {
         return Err(bad(format!("extent refs {} below its inline refs {inline_refs}", ei.refs.get())));
     }
     if let Some(p) = prev.filter(|p| p.key.item_type == EXTENT_ITEM_KEY || p.key.item_type == METADATA_ITEM_KEY) {
-        let len = if p.key.item_type == METADATA_ITEM_KEY { rules.nodesize as u64 } else { p.key.offset };
+        let len = if p.key.item_type == METADATA_ITEM_KEY { u64::from(rules.nodesize) } else { p.key.offset };
         if p.key.objectid.wrapping_add(len) > key.objectid {
             return Err(bad(format!("previous extent {} overlaps this one", p.key)));
         }
@@ -841,7 +854,7 @@ fn check_keyed_ref(cur: &Slot, rules: &Rules) -> Check {
 
 fn check_extent_data_ref(cur: &Slot, rules: &Rules) -> Check {
     let sz = std::mem::size_of::<ExtentDataRef>();
-    if cur.data.len() % sz != 0 {
+    if cur.data.len().checked_rem(sz) != Some(0) {
         return Err(bad(format!("extent data ref item of {} bytes, not a multiple of {sz}", cur.data.len())));
     }
     if !aligned(cur.key.objectid, rules.sectorsize) {
@@ -907,6 +920,8 @@ pub fn check_filesystem(fs: &crate::fs::Filesystem) -> crate::error::Result<Vec<
 }
 
 #[cfg(test)]
+// Tests may index and cast freely: a panic there is a failing test.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 mod tests {
     use super::*;
     use crate::tree::block::TreeBlock;

@@ -275,7 +275,7 @@ impl CowTree {
         let children: Vec<NodePtr> = match self.load(store, addr, level, generation, key)? {
             Loaded::Dirty(EditBlock::Leaf(l)) => {
                 let start = l.items.partition_point(|(k, _)| *k < min);
-                for (k, d) in &l.items[start..] {
+                for (k, d) in l.items.get(start..).unwrap_or_default() {
                     if *k > max || !f(*k, d)? {
                         return Ok(false);
                     }
@@ -285,7 +285,7 @@ impl CowTree {
             Loaded::Clean(b) if b.is_leaf() => {
                 let start = match b.slot_le(&min) {
                     Some(s) if b.key(s) == min => s,
-                    Some(s) => s + 1,
+                    Some(s) => s.saturating_add(1),
                     None => 0,
                 };
                 for i in start..b.nritems() {
@@ -298,7 +298,7 @@ impl CowTree {
             }
             Loaded::Dirty(EditBlock::Node(n)) => {
                 let start = n.child_slot(&min);
-                n.ptrs[start..].iter().take_while(|p| p.key <= max).copied().collect()
+                n.ptrs.get(start..).unwrap_or_default().iter().take_while(|p| p.key <= max).copied().collect()
             }
             Loaded::Clean(b) => {
                 let start = b.slot_le(&min).unwrap_or(0);
@@ -312,7 +312,8 @@ impl CowTree {
             }
         };
         for p in children {
-            if !self.visit(store, p.blockptr, level - 1, p.generation, Some(p.key), min, max, f)? {
+            // A node's children are one level down (load() checked the level).
+            if !self.visit(store, p.blockptr, level.saturating_sub(1), p.generation, Some(p.key), min, max, f)? {
                 return Ok(false);
             }
         }
@@ -371,7 +372,7 @@ impl CowTree {
         let children: Vec<NodePtr> = match self.load(store, addr, level, generation, key)? {
             Loaded::Dirty(EditBlock::Leaf(l)) => {
                 let end = l.items.partition_point(|(k, _)| *k <= max);
-                for (k, d) in l.items[..end].iter().rev() {
+                for (k, d) in l.items.get(..end).unwrap_or_default().iter().rev() {
                     if *k < min || !f(*k, d)? {
                         return Ok(false);
                     }
@@ -379,7 +380,7 @@ impl CowTree {
                 return Ok(true);
             }
             Loaded::Clean(b) if b.is_leaf() => {
-                let end = b.slot_le(&max).map_or(0, |s| s + 1);
+                let end = b.slot_le(&max).map_or(0, |s| s.saturating_add(1));
                 for i in (0..end).rev() {
                     let k = b.key(i);
                     if k < min || !f(k, b.item_data(i))? {
@@ -398,7 +399,7 @@ impl CowTree {
                 .collect(),
         };
         for p in children {
-            if !self.visit_rev(store, p.blockptr, level - 1, p.generation, Some(p.key), min, max, f)? {
+            if !self.visit_rev(store, p.blockptr, level.saturating_sub(1), p.generation, Some(p.key), min, max, f)? {
                 return Ok(false);
             }
             // Every child further left holds only keys below this one's first key.
@@ -521,7 +522,7 @@ impl CowTree {
         }
         if !m.split.is_empty() {
             // The root itself split: a new root one level up holds the pieces.
-            let level = r.level + 1;
+            let level = r.level.saturating_add(1);
             if level >= MAX_LEVEL {
                 return Err(Error::Unsupported(format!("{} would grow beyond {MAX_LEVEL} levels", self.at(m.addr))));
             }
@@ -556,7 +557,10 @@ impl CowTree {
                 return Err(internal(format!("block {addr} is not a dirty leaf")));
             };
             match (leaf.search(&key), mode) {
-                (Ok(i), Mode::Replace) => *old = Some(std::mem::replace(&mut leaf.items[i].1, data)),
+                (Ok(i), Mode::Replace) => {
+                    let slot = leaf.items.get_mut(i).ok_or_else(|| internal(format!("leaf {addr} has no item {i}")))?;
+                    *old = Some(std::mem::replace(&mut slot.1, data));
+                }
                 (Err(i), Mode::Insert) => leaf.items.insert(i, (key, data)),
                 (Ok(_), Mode::Insert) => return Err(internal(format!("key {key} appeared during insert"))),
                 (Err(_), Mode::Replace) => return Err(internal(format!("key {key} vanished during update"))),
@@ -568,12 +572,13 @@ impl CowTree {
         let node = self.dirty_node(addr)?;
         let slot = node.child_slot(&key);
         let child = node.ptrs.get(slot).copied().ok_or_else(|| internal(format!("node {addr} has no pointers")))?;
-        let m = self.modify_rec(store, child.blockptr, level - 1, child.generation, Some(child.key), key, data, mode, old)?;
+        let m = self.modify_rec(store, child.blockptr, level.saturating_sub(1), child.generation, Some(child.key), key, data, mode, old)?;
         let first = self.dirty_first_key(m.addr)?;
         let max_ptrs = self.max_ptrs(&fmt);
         let node = self.dirty_node(addr)?;
-        node.ptrs[slot] = NodePtr { key: first, blockptr: m.addr, generation: transid };
-        node.ptrs.splice(slot + 1..slot + 1, m.split);
+        *node.ptr_mut(slot)? = NodePtr { key: first, blockptr: m.addr, generation: transid };
+        let after = slot.saturating_add(1);
+        node.ptrs.splice(after..after, m.split);
         if level == 1 {
             self.relieve_leaf(store, addr, slot)?;
         }
@@ -600,7 +605,7 @@ impl CowTree {
     fn leaf_used<S: BlockStore + ?Sized>(&self, store: &S, p: NodePtr) -> Result<usize> {
         Ok(match self.load(store, p.blockptr, 0, p.generation, Some(p.key))? {
             Loaded::Dirty(EditBlock::Leaf(l)) => l.used(),
-            Loaded::Clean(b) => (0..b.nritems()).map(|i| leaf_item_size(b.item_location(i).1 as usize)).sum(),
+            Loaded::Clean(b) => (0..b.nritems()).map(|i| leaf_item_size(crate::format::usize_of(b.item_location(i).1))).fold(0, usize::saturating_add),
             Loaded::Dirty(EditBlock::Node(_)) => return Err(internal(format!("block {} is a node at level 0", p.blockptr))),
         })
     }
@@ -616,33 +621,29 @@ impl CowTree {
         let cap = fmt.leaf_data_size();
         let transid = store.transid();
         let ptrs = self.dirty_node(addr)?.ptrs.clone();
-        let child = ptrs[slot].blockptr;
+        let child = ptrs.get(slot).ok_or_else(|| internal(format!("node {addr} has no pointer {slot}")))?.blockptr;
         let sizes: Vec<usize> = match self.dirty.get(&child) {
             Some(EditBlock::Leaf(l)) => l.items.iter().map(|(_, d)| leaf_item_size(d.len())).collect(),
             _ => return Err(internal(format!("child {child} of {addr} is not a dirty leaf"))),
         };
-        let used: usize = sizes.iter().sum();
-        if used <= cap {
-            return Ok(());
-        }
-        let excess = used - cap;
+        let used: usize = sizes.iter().fold(0, |a, b| a.saturating_add(*b));
+        let Some(excess) = used.checked_sub(cap).filter(|e| *e > 0) else { return Ok(()) };
         // How many items from one end of the child a neighbour with `room`
         // bytes free can take so that the child fits, keeping at least one.
         let take = |order: &mut dyn Iterator<Item = &usize>, room: usize| -> Option<usize> {
-            let mut moved = 0;
-            for (n, s) in order.enumerate().take(sizes.len() - 1) {
-                if moved + s > room {
+            let mut moved = 0usize;
+            for (n, s) in (1..).zip(order.take(sizes.len().saturating_sub(1))) {
+                moved = moved.saturating_add(*s);
+                if moved > room {
                     return None;
                 }
-                moved += s;
                 if moved >= excess {
-                    return Some(n + 1);
+                    return Some(n);
                 }
             }
             None
         };
-        if slot > 0 {
-            let p = ptrs[slot - 1];
+        if let Some(&p) = slot.checked_sub(1).and_then(|l| ptrs.get(l)) {
             let room = cap.saturating_sub(self.leaf_used(store, p)?);
             if let Some(n) = take(&mut sizes.iter(), room) {
                 let left = self.cow(store, p.blockptr, 0, p.generation, Some(p.key))?;
@@ -650,25 +651,26 @@ impl CowTree {
                 self.dirty_leaf(left)?.items.extend(moved);
                 let first = self.dirty_first_key(child)?;
                 let node = self.dirty_node(addr)?;
-                node.ptrs[slot - 1] = NodePtr { key: p.key, blockptr: left, generation: transid };
-                node.ptrs[slot].key = first;
+                *node.ptr_mut(slot.saturating_sub(1))? = NodePtr { key: p.key, blockptr: left, generation: transid };
+                node.ptr_mut(slot)?.key = first;
                 return Ok(());
             }
         }
-        if let Some(&p) = ptrs.get(slot + 1) {
+        if let Some(&p) = ptrs.get(slot.saturating_add(1)) {
             let room = cap.saturating_sub(self.leaf_used(store, p)?);
             if let Some(n) = take(&mut sizes.iter().rev(), room) {
                 let right = self.cow(store, p.blockptr, 0, p.generation, Some(p.key))?;
                 let items = &mut self.dirty_leaf(child)?.items;
-                let moved: Vec<_> = items.drain(items.len() - n..).collect();
+                let moved: Vec<_> = items.drain(items.len().saturating_sub(n)..).collect();
                 self.dirty_leaf(right)?.items.splice(0..0, moved);
                 let first = self.dirty_first_key(right)?;
-                self.dirty_node(addr)?.ptrs[slot + 1] = NodePtr { key: first, blockptr: right, generation: transid };
+                *self.dirty_node(addr)?.ptr_mut(slot.saturating_add(1))? = NodePtr { key: first, blockptr: right, generation: transid };
                 return Ok(());
             }
         }
         let split = self.split_leaf(store, child)?;
-        self.dirty_node(addr)?.ptrs.splice(slot + 1..slot + 1, split);
+        let after = slot.saturating_add(1);
+        self.dirty_node(addr)?.ptrs.splice(after..after, split);
         Ok(())
     }
 
@@ -755,11 +757,11 @@ impl CowTree {
         let node = self.dirty_node(addr)?;
         let slot = node.child_slot(&key);
         let child = node.ptrs.get(slot).copied().ok_or_else(|| internal(format!("node {addr} has no pointers")))?;
-        let new_child = self.delete_rec(store, child.blockptr, level - 1, child.generation, Some(child.key), key, old)?;
+        let new_child = self.delete_rec(store, child.blockptr, level.saturating_sub(1), child.generation, Some(child.key), key, old)?;
         let transid = store.transid();
-        let node = self.dirty_node(addr)?;
-        node.ptrs[slot].blockptr = new_child;
-        node.ptrs[slot].generation = transid;
+        let p = self.dirty_node(addr)?.ptr_mut(slot)?;
+        p.blockptr = new_child;
+        p.generation = transid;
         self.fix_child(store, addr, slot)?;
         Ok(addr)
     }
@@ -772,12 +774,12 @@ impl CowTree {
         let transid = store.transid();
         let max_ptrs = self.max_ptrs(&fmt);
         let n = self.dirty_node(addr)?.ptrs.len();
-        let child = self.dirty_node(addr)?.ptrs[slot].blockptr;
+        let child = self.dirty_node(addr)?.ptr_mut(slot)?.blockptr;
         let (nritems, underfull) = match self.dirty.get(&child) {
-            Some(EditBlock::Leaf(l)) => (l.items.len(), l.used() < fmt.leaf_data_size() / 4),
+            Some(EditBlock::Leaf(l)) => (l.items.len(), l.used() < fmt.leaf_data_size() >> 2),
             // The kernel balances nodes at a quarter full too (balance_level);
             // at least 2 so small test fanouts still merge single-pointer nodes.
-            Some(EditBlock::Node(c)) => (c.ptrs.len(), c.ptrs.len() < (max_ptrs / 4).max(2)),
+            Some(EditBlock::Node(c)) => (c.ptrs.len(), c.ptrs.len() < (max_ptrs >> 2).max(2)),
             None => return Err(internal(format!("child {child} of {addr} is not dirty"))),
         };
         if nritems == 0 {
@@ -789,22 +791,25 @@ impl CowTree {
             return Ok(());
         }
         let first = self.dirty_first_key(child)?;
-        self.dirty_node(addr)?.ptrs[slot].key = first;
+        self.dirty_node(addr)?.ptr_mut(slot)?.key = first;
         if !underfull || n < 2 {
             return Ok(());
         }
         // Pair with the left neighbour when there is one (as the kernel tries
         // push_leaf_left first), else with the right one.
-        let (l, r) = if slot > 0 { (slot - 1, slot) } else { (slot, slot + 1) };
+        let (l, r) = match slot.checked_sub(1) {
+            Some(left) => (left, slot),
+            None => (slot, slot.saturating_add(1)),
+        };
         let level = self.dirty.get(&child).map_or(0, EditBlock::level);
         let mut ends = [0u64; 2];
-        for (i, s) in [l, r].into_iter().enumerate() {
-            let p = self.dirty_node(addr)?.ptrs[s];
+        for (end, s) in ends.iter_mut().zip([l, r]) {
+            let p = *self.dirty_node(addr)?.ptr_mut(s)?;
             let a = self.cow(store, p.blockptr, level, p.generation, Some(p.key))?;
-            let node = self.dirty_node(addr)?;
-            node.ptrs[s].blockptr = a;
-            node.ptrs[s].generation = transid;
-            ends[i] = a;
+            let q = self.dirty_node(addr)?.ptr_mut(s)?;
+            q.blockptr = a;
+            q.generation = transid;
+            *end = a;
         }
         let (left_addr, right_addr) = (ends[0], ends[1]);
         let left = self.dirty.remove(&left_addr);
@@ -832,14 +837,14 @@ impl CowTree {
                 let right_key = b.first_key();
                 self.dirty.insert(right_addr, b);
                 let node = self.dirty_node(addr)?;
-                node.ptrs[l].key = left_key.ok_or_else(|| internal("empty left after rebalance".into()))?;
-                node.ptrs[r].key = right_key.ok_or_else(|| internal("empty right after rebalance".into()))?;
+                node.ptr_mut(l)?.key = left_key.ok_or_else(|| internal("empty left after rebalance".into()))?;
+                node.ptr_mut(r)?.key = right_key.ok_or_else(|| internal("empty right after rebalance".into()))?;
             }
             None => {
                 // Everything fit in the left block: the right one is gone.
                 store.free(right_addr, self.root.owner, level, transid)?;
                 let node = self.dirty_node(addr)?;
-                node.ptrs[l].key = left_key.ok_or_else(|| internal("empty block after merge".into()))?;
+                node.ptr_mut(l)?.key = left_key.ok_or_else(|| internal("empty block after merge".into()))?;
                 node.ptrs.remove(r);
             }
         }
@@ -857,7 +862,7 @@ impl CowTree {
             self.discard(store, r.bytenr)?;
             match only {
                 Some(p) => {
-                    self.root = RootPtr { bytenr: p.blockptr, level: r.level - 1, generation: p.generation, owner: r.owner };
+                    self.root = RootPtr { bytenr: p.blockptr, level: r.level.saturating_sub(1), generation: p.generation, owner: r.owner };
                 }
                 None => {
                     // Every child was emptied: the tree is one empty leaf again.
@@ -892,6 +897,8 @@ fn rebalance<T>(v: &mut Vec<T>, sizes: &[usize], cap: usize) -> Result<Option<Ve
 }
 
 #[cfg(test)]
+// Tests may index and cast freely: a panic there is a failing test.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 mod tests {
     use super::*;
     use crate::format::{CsumType, CSUM_TREE_OBJECTID, EXTENT_DATA_KEY, FS_TREE_OBJECTID};

@@ -12,7 +12,7 @@ use zerocopy::IntoBytes;
 
 use super::block::{TreeBlock, HEADER_SIZE, ITEM_SIZE, KEY_PTR_SIZE};
 use crate::error::{Error, Result};
-use crate::format::{CsumType, Header, Item, Key, KeyPtr, BACKREF_REV_SHIFT, CSUM_SIZE, HEADER_FLAG_WRITTEN, MAX_LEVEL, MIXED_BACKREF_REV};
+use crate::format::{usize_of, CsumType, Header, Item, Key, KeyPtr, BACKREF_REV_SHIFT, CSUM_SIZE, HEADER_FLAG_WRITTEN, MAX_LEVEL, MIXED_BACKREF_REV};
 
 /// Smallest and largest node sizes btrfs accepts (mkfs: sectorsize..=64 KiB).
 const MIN_NODESIZE: u32 = 4096;
@@ -71,7 +71,7 @@ impl BlockFormat {
     /// Bytes after the header: item headers plus bodies (leaf) or key pointers (node).
     /// The kernel calls this BTRFS_LEAF_DATA_SIZE.
     pub fn leaf_data_size(&self) -> usize {
-        (self.nodesize as usize).saturating_sub(HEADER_SIZE)
+        usize_of(self.nodesize).saturating_sub(HEADER_SIZE)
     }
 
     /// Largest item body that fits in an otherwise empty leaf.
@@ -81,7 +81,7 @@ impl BlockFormat {
 
     /// Key pointers a node can hold (BTRFS_NODEPTRS_PER_BLOCK).
     pub fn max_node_ptrs(&self) -> usize {
-        self.leaf_data_size() / KEY_PTR_SIZE
+        self.leaf_data_size().checked_div(KEY_PTR_SIZE).unwrap_or(0)
     }
 }
 
@@ -116,7 +116,22 @@ pub enum EditBlock {
 
 /// Space one leaf item takes: its header plus its body.
 pub fn leaf_item_size(body_len: usize) -> usize {
-    ITEM_SIZE + body_len
+    body_len.saturating_add(ITEM_SIZE)
+}
+
+/// Copy `bytes` into `buf` at `at`; a range past the block is a write-path bug.
+pub(crate) fn put(buf: &mut [u8], at: usize, bytes: &[u8]) -> Result<()> {
+    let len = buf.len();
+    at.checked_add(bytes.len())
+        .and_then(|end| buf.get_mut(at..end))
+        .ok_or_else(|| internal(format!("{} bytes at {at} past a block of {len}", bytes.len())))?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+/// A size or offset inside a block as the on-disk u32.
+fn u32_in_block(v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| internal(format!("{v} does not fit a block")))
 }
 
 impl EditLeaf {
@@ -157,26 +172,19 @@ impl EditLeaf {
         if !self.fits(fmt) {
             return Err(internal(format!("leaf {logical} holds {} bytes, more than {}", self.used(), fmt.leaf_data_size())));
         }
-        let mut buf = vec![0u8; fmt.nodesize as usize];
-        let mut data_end = fmt.leaf_data_size();
-        for (i, (key, body)) in self.items.iter().enumerate() {
-            // Bodies are packed downwards from the end in item order, as btrfs
-            // does; the tree-checker insists on exactly this contiguity.
-            data_end -= body.len();
-            let item = Item { key: key.to_disk(), offset: (data_end as u32).into(), size: (body.len() as u32).into() };
-            let at = HEADER_SIZE + i * ITEM_SIZE;
-            buf[at..at + ITEM_SIZE].copy_from_slice(item.as_bytes());
-            buf[HEADER_SIZE + data_end..HEADER_SIZE + data_end + body.len()].copy_from_slice(body);
-        }
-        finish_block(&mut buf, fmt, logical, generation, owner, self.items.len(), 0);
-        fmt.check_sealed(&buf, logical, generation, owner)?;
-        Ok(buf)
+        leaf_bytes(fmt, logical, generation, owner, self.items.iter().map(|(k, d)| (*k, d.as_slice())))
     }
 }
 
 impl EditNode {
     pub fn first_key(&self) -> Option<Key> {
         self.ptrs.first().map(|p| p.key)
+    }
+
+    /// Pointer `slot`, to change; a slot past the end is a write-path bug.
+    pub fn ptr_mut(&mut self, slot: usize) -> Result<&mut NodePtr> {
+        let n = self.ptrs.len();
+        self.ptrs.get_mut(slot).ok_or_else(|| internal(format!("node pointer {slot} of {n}")))
     }
 
     /// Index of the child whose key range holds `key` (slot 0 for keys below the first).
@@ -205,15 +213,7 @@ impl EditNode {
         if self.level == 0 || self.level >= MAX_LEVEL {
             return Err(internal(format!("node {logical} at level {}", self.level)));
         }
-        let mut buf = vec![0u8; fmt.nodesize as usize];
-        for (i, p) in self.ptrs.iter().enumerate() {
-            let kp = KeyPtr { key: p.key.to_disk(), blockptr: p.blockptr.into(), generation: p.generation.into() };
-            let at = HEADER_SIZE + i * KEY_PTR_SIZE;
-            buf[at..at + KEY_PTR_SIZE].copy_from_slice(kp.as_bytes());
-        }
-        finish_block(&mut buf, fmt, logical, generation, owner, self.ptrs.len(), self.level);
-        fmt.check_sealed(&buf, logical, generation, owner)?;
-        Ok(buf)
+        node_bytes(fmt, logical, generation, owner, self.level, &self.ptrs)
     }
 }
 
@@ -251,8 +251,53 @@ impl EditBlock {
     }
 }
 
+/// The one leaf serializer (the write engine's and mkfs's): item headers
+/// from the front, bodies packed downwards from the end in item order, as
+/// btrfs lays them out and the tree-checker insists on; then the header,
+/// the checksum, and the tree-checker rules when `fmt` checks.
+pub(crate) fn leaf_bytes<'a>(
+    fmt: &BlockFormat,
+    logical: u64,
+    generation: u64,
+    owner: u64,
+    items: impl Iterator<Item = (Key, &'a [u8])>,
+) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; usize_of(fmt.nodesize)];
+    let mut data_end = fmt.leaf_data_size();
+    let mut at = HEADER_SIZE;
+    let mut n = 0usize;
+    for (key, body) in items {
+        data_end = data_end.checked_sub(body.len()).ok_or_else(|| internal(format!("leaf {logical} overflows")))?;
+        let item = Item { key: key.to_disk(), offset: u32_in_block(data_end)?.into(), size: u32_in_block(body.len())?.into() };
+        put(&mut buf, at, item.as_bytes())?;
+        put(&mut buf, data_end.saturating_add(HEADER_SIZE), body)?;
+        at = at.saturating_add(ITEM_SIZE);
+        n = n.saturating_add(1);
+    }
+    if at.saturating_sub(HEADER_SIZE) > data_end {
+        return Err(internal(format!("leaf {logical}: item headers run into item bodies")));
+    }
+    finish_block(&mut buf, fmt, logical, generation, owner, n, 0)?;
+    fmt.check_sealed(&buf, logical, generation, owner)?;
+    Ok(buf)
+}
+
+/// The one node serializer: key pointers from the front, header, checksum.
+pub(crate) fn node_bytes(fmt: &BlockFormat, logical: u64, generation: u64, owner: u64, level: u8, ptrs: &[NodePtr]) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; usize_of(fmt.nodesize)];
+    let mut at = HEADER_SIZE;
+    for p in ptrs {
+        let kp = KeyPtr { key: p.key.to_disk(), blockptr: p.blockptr.into(), generation: p.generation.into() };
+        put(&mut buf, at, kp.as_bytes())?;
+        at = at.saturating_add(KEY_PTR_SIZE);
+    }
+    finish_block(&mut buf, fmt, logical, generation, owner, ptrs.len(), level)?;
+    fmt.check_sealed(&buf, logical, generation, owner)?;
+    Ok(buf)
+}
+
 /// Write the header and then the checksum over everything after the csum field.
-fn finish_block(buf: &mut [u8], fmt: &BlockFormat, logical: u64, generation: u64, owner: u64, nritems: usize, level: u8) {
+fn finish_block(buf: &mut [u8], fmt: &BlockFormat, logical: u64, generation: u64, owner: u64, nritems: usize, level: u8) -> Result<()> {
     let header = Header {
         csum: [0; CSUM_SIZE],
         fsid: fmt.fsid,
@@ -264,12 +309,12 @@ fn finish_block(buf: &mut [u8], fmt: &BlockFormat, logical: u64, generation: u64
         chunk_tree_uuid: fmt.chunk_tree_uuid,
         generation: generation.into(),
         owner: owner.into(),
-        nritems: (nritems as u32).into(),
+        nritems: u32_in_block(nritems)?.into(),
         level,
     };
-    buf[..HEADER_SIZE].copy_from_slice(header.as_bytes());
-    let csum = fmt.csum.compute(&buf[CSUM_SIZE..]);
-    buf[..CSUM_SIZE].copy_from_slice(&csum);
+    put(buf, 0, header.as_bytes())?;
+    let csum = fmt.csum.compute(buf.get(CSUM_SIZE..).unwrap_or_default());
+    put(buf, 0, &csum)
 }
 
 /// Trees the kernel's tree-checker refuses to see as one empty leaf: every
@@ -306,13 +351,17 @@ pub fn split_points(sizes: &[usize], cap: usize) -> Result<Vec<usize>> {
     if sizes.iter().any(|&s| s > cap) {
         return Err(internal(format!("an element of {} bytes exceeds a block's {cap}", sizes.iter().max().unwrap_or(&0))));
     }
-    let mut prefix = Vec::with_capacity(sizes.len() + 1);
-    prefix.push(0usize);
+    // Sizes are items of one block: their sums are far below usize::MAX.
+    let mut prefix = Vec::with_capacity(sizes.len().saturating_add(1));
+    let mut run = 0usize;
+    prefix.push(run);
     for s in sizes {
-        prefix.push(prefix[prefix.len() - 1] + s);
+        run = run.saturating_add(*s);
+        prefix.push(run);
     }
     let n = sizes.len();
-    let sum = |a: usize, b: usize| prefix[b] - prefix[a];
+    let at = |i: usize| prefix.get(i).copied().unwrap_or(0);
+    let sum = |a: usize, b: usize| at(b).saturating_sub(at(a));
     // Two groups: [0, k) and [k, n).
     let best2 = (1..n).filter(|&k| sum(0, k) <= cap && sum(k, n) <= cap).min_by_key(|&k| sum(0, k).max(sum(k, n)));
     if let Some(k) = best2 {
@@ -324,7 +373,7 @@ pub fn split_points(sizes: &[usize], cap: usize) -> Result<Vec<usize>> {
         if sum(0, a) > cap {
             break;
         }
-        for b in a + 1..n {
+        for b in a.saturating_add(1)..n {
             if sum(a, b) > cap {
                 break;
             }
@@ -340,18 +389,20 @@ pub fn split_points(sizes: &[usize], cap: usize) -> Result<Vec<usize>> {
         return Ok(vec![a, b]);
     }
     let mut points = Vec::new();
-    let mut acc = 0;
+    let mut acc = 0usize;
     for (i, &s) in sizes.iter().enumerate() {
-        if acc + s > cap {
+        if acc.saturating_add(s) > cap {
             points.push(i);
             acc = 0;
         }
-        acc += s;
+        acc = acc.saturating_add(s);
     }
     Ok(points)
 }
 
 #[cfg(test)]
+// Tests may index and cast freely: a panic there is a failing test.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 mod tests {
     use super::*;
     use crate::tree::block::Expect;

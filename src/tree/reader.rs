@@ -58,7 +58,7 @@ impl TreeReader {
 
     /// Read one copy of a tree block and verify it.
     pub fn read_copy(&self, logical: u64, mirror: usize, expect: Expect) -> std::result::Result<TreeBlock, BlockProblem> {
-        let mut buf = vec![0u8; self.nodesize as usize];
+        let mut buf = vec![0u8; crate::format::usize_of(self.nodesize)];
         if let Err(e) = self.vol.read_copy(logical, &mut buf, mirror) {
             return Err(BlockProblem::Structure(format!("read failed: {e}")));
         }
@@ -81,7 +81,7 @@ impl TreeReader {
                 return Ok(b.clone());
             }
         }
-        if logical % self.vol.sb.sectorsize.get() as u64 != 0 {
+        if logical.checked_rem(u64::from(self.vol.sb.sectorsize.get())) != Some(0) {
             return Err(Error::corrupt(format!("tree block {logical}"), "address not sector aligned"));
         }
         let expect = Expect { max_generation: Some(self.max_generation), ..expect };
@@ -145,7 +145,8 @@ impl TreeReader {
         let (key, ptr, gen) = parent.ptr(slot);
         let child = self.read_block(
             ptr,
-            Expect { level: Some(parent.level() - 1), generation: Some(gen), max_generation: None },
+            // A node's level is 1..MAX_LEVEL (parse() checked it): its children are one below.
+            Expect { level: Some(parent.level().saturating_sub(1)), generation: Some(gen), max_generation: None },
             Some(owner),
         )?;
         // The parent's key must be the child's first key; anything else means
@@ -168,7 +169,7 @@ impl TreeReader {
                 // First slot with key >= target.
                 let slot = match block.slot_le(&key) {
                     Some(s) if block.key(s) == key => s,
-                    Some(s) => s + 1,
+                    Some(s) => s.saturating_add(1),
                     None => 0,
                 };
                 c.path.push((block, slot));
@@ -268,7 +269,7 @@ impl Cursor<'_> {
             let Some((leaf, slot)) = self.path.last().cloned() else { return Ok(None) };
             if slot < leaf.nritems() {
                 if let Some(l) = self.path.last_mut() {
-                    l.1 += 1;
+                    l.1 = l.1.saturating_add(1);
                 }
                 let key = leaf.key(slot);
                 if let Some(prev) = self.last {
@@ -286,7 +287,7 @@ impl Cursor<'_> {
             self.path.pop();
             loop {
                 let Some((node, slot)) = self.path.last_mut() else { return Ok(None) };
-                *slot += 1;
+                *slot = slot.saturating_add(1);
                 if *slot < node.nritems() {
                     let node = node.clone();
                     let slot = *slot;

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
-use crate::format::items::ChunkInfo;
+use crate::format::items::{ChunkInfo, StripeInfo};
+use crate::format::u64_of;
 use crate::format::Profile;
 
 /// One physical place holding a copy of some logical bytes.
@@ -31,7 +32,7 @@ impl MapEntry {
         match self.profile {
             Profile::Single | Profile::Raid0 => 1,
             Profile::Dup | Profile::Raid1 | Profile::Raid1C3 | Profile::Raid1C4 => self.chunk.stripes.len(),
-            Profile::Raid10 => self.chunk.sub_stripes.max(1) as usize,
+            Profile::Raid10 => usize::from(self.chunk.sub_stripes.max(1)),
             Profile::Raid5 | Profile::Raid6 => 1,
         }
     }
@@ -40,41 +41,44 @@ impl MapEntry {
     /// stay contiguous on each of them (to the end of the stripe unit or chunk).
     pub fn map(&self, logical: u64) -> Result<(Vec<PhysAddr>, u64)> {
         let at = || format!("chunk {} ({})", self.logical, self.profile);
-        if logical < self.logical || logical >= self.end() {
+        let (Some(off), Some(to_chunk_end)) = (logical.checked_sub(self.logical), self.end().checked_sub(logical)) else {
+            return Err(Error::corrupt(at(), format!("logical {logical} outside chunk")));
+        };
+        if to_chunk_end == 0 {
             return Err(Error::corrupt(at(), format!("logical {logical} outside chunk")));
         }
-        let off = logical - self.logical;
         let stripes = &self.chunk.stripes;
-        let to_chunk_end = self.end() - logical;
+        // Stripe offsets come from the image: a sum past u64 is corrupt, not a panic.
+        let overflow = |s: &StripeInfo| Error::corrupt(at(), format!("stripe offset {} + {off} overflows", s.offset));
         match self.profile {
             Profile::Single | Profile::Dup | Profile::Raid1 | Profile::Raid1C3 | Profile::Raid1C4 => {
-                // Stripe offsets come from the image: a sum past u64 is corrupt, not a panic.
                 let v = stripes
                     .iter()
-                    .map(|s| {
-                        s.offset
-                            .checked_add(off)
-                            .map(|physical| PhysAddr { devid: s.devid, physical })
-                            .ok_or_else(|| Error::corrupt(at(), format!("stripe offset {} + {off} overflows", s.offset)))
-                    })
+                    .map(|s| s.offset.checked_add(off).map(|physical| PhysAddr { devid: s.devid, physical }).ok_or_else(|| overflow(s)))
                     .collect::<Result<Vec<_>>>()?;
                 Ok((v, to_chunk_end))
             }
             Profile::Raid0 | Profile::Raid10 => {
                 let stripe_len = self.chunk.stripe_len;
-                let sub = if self.profile == Profile::Raid10 { self.chunk.sub_stripes.max(1) as u64 } else { 1 };
-                let n = stripes.len() as u64;
-                if stripe_len == 0 || n % sub != 0 {
-                    return Err(Error::corrupt(at(), "bad stripe_len or stripe count"));
+                let sub = if self.profile == Profile::Raid10 { u64::from(self.chunk.sub_stripes.max(1)) } else { 1 };
+                let n = u64_of(stripes.len());
+                let shape = || Error::corrupt(at(), "bad stripe_len or stripe count");
+                if stripe_len == 0 || n.checked_rem(sub) != Some(0) {
+                    return Err(shape());
                 }
-                let factor = n / sub;
-                let stripe_nr = off / stripe_len;
-                let in_stripe = off % stripe_len;
-                let first = (stripe_nr % factor) * sub;
-                let row = stripe_nr / factor;
+                let factor = n.checked_div(sub).filter(|f| *f > 0).ok_or_else(shape)?;
+                // OK: stripe_len and factor are not zero (checked above).
+                #[allow(clippy::arithmetic_side_effects)]
+                let (stripe_nr, in_stripe) = (off / stripe_len, off % stripe_len);
+                #[allow(clippy::arithmetic_side_effects)]
+                let (first, row) = ((stripe_nr % factor) * sub, stripe_nr / factor);
                 let v = (0..sub)
                     .map(|j| {
-                        let s = &stripes[(first + j) as usize];
+                        let s = first
+                            .checked_add(j)
+                            .and_then(|i| usize::try_from(i).ok())
+                            .and_then(|i| stripes.get(i))
+                            .ok_or_else(shape)?;
                         row.checked_mul(stripe_len)
                             .and_then(|x| x.checked_add(in_stripe))
                             .and_then(|x| x.checked_add(s.offset))
@@ -82,7 +86,10 @@ impl MapEntry {
                             .ok_or_else(|| Error::corrupt(at(), format!("stripe offset {} + row {row} overflows", s.offset)))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                Ok((v, (stripe_len - in_stripe).min(to_chunk_end)))
+                // OK: in_stripe < stripe_len.
+                #[allow(clippy::arithmetic_side_effects)]
+                let contiguous = (stripe_len - in_stripe).min(to_chunk_end);
+                Ok((v, contiguous))
             }
             Profile::Raid5 | Profile::Raid6 => {
                 Err(Error::Unsupported(format!("{}: reading RAID5/RAID6 chunks", at())))
@@ -110,7 +117,7 @@ pub fn check_chunk(logical: u64, c: &ChunkInfo) -> Result<Profile> {
         Profile::Raid1C3 => n == 3,
         Profile::Raid1C4 => n == 4,
         Profile::Raid0 => n >= 1,
-        Profile::Raid10 => n >= 2 && c.sub_stripes >= 1 && n % c.sub_stripes as usize == 0,
+        Profile::Raid10 => n >= 2 && n.checked_rem(usize::from(c.sub_stripes)) == Some(0),
         Profile::Raid5 => n >= 2,
         Profile::Raid6 => n >= 3,
     };
@@ -130,21 +137,21 @@ impl MapEntry {
     /// `calc_stripe_length`): the whole chunk for mirrored profiles, the
     /// chunk divided among the data stripes for striped ones.
     pub fn stripe_size(&self) -> Result<u64> {
-        let n = self.chunk.stripes.len() as u64;
+        let n = u64_of(self.chunk.stripes.len());
         let data_stripes = match self.profile {
             Profile::Single | Profile::Dup | Profile::Raid1 | Profile::Raid1C3 | Profile::Raid1C4 => 1,
             Profile::Raid0 => n,
-            Profile::Raid10 => n / u64::from(self.chunk.sub_stripes.max(1)),
+            Profile::Raid10 => n.checked_div(u64::from(self.chunk.sub_stripes.max(1))).unwrap_or(0),
             Profile::Raid5 => n.saturating_sub(1),
             Profile::Raid6 => n.saturating_sub(2),
         };
-        if data_stripes == 0 || self.chunk.length % data_stripes != 0 {
+        if self.chunk.length.checked_rem(data_stripes) != Some(0) {
             return Err(Error::corrupt(
                 format!("chunk at logical {}", self.logical),
                 format!("length {} does not divide among {data_stripes} data stripes", self.chunk.length),
             ));
         }
-        Ok(self.chunk.length / data_stripes)
+        Ok(self.chunk.length.checked_div(data_stripes).unwrap_or(0))
     }
 }
 
@@ -246,6 +253,8 @@ pub struct ChunkMap {
 impl ChunkMap {
     pub fn insert(&self, logical: u64, chunk: ChunkInfo) -> Result<()> {
         let profile = check_chunk(logical, &chunk)?;
+        // OK: check_chunk refused a length that overflows.
+        #[allow(clippy::arithmetic_side_effects)]
         let end = logical + chunk.length;
         let mut entries = self.entries.write().map_err(|_| Error::Invalid("chunk map lock poisoned".into()))?;
         if let Some((_, prev)) = entries.range(..end).next_back() {
@@ -293,6 +302,8 @@ impl ChunkMap {
 }
 
 #[cfg(test)]
+// Tests may index and cast freely: a panic there is a failing test.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 mod tests {
     use super::*;
     use crate::format::items::StripeInfo;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::guard::Lock;
 use crate::error::{Error, Result};
 use crate::format::superblock::{parse_super, SuperProblem};
-use crate::format::{SuperBlock, SUPER_INFO_SIZE, SUPER_MIRROR_OFFSETS};
+use crate::format::{u64_of, SuperBlock, SUPER_INFO_OFFSET, SUPER_INFO_SIZE, SUPER_MIRROR_OFFSETS};
 
 /// What was found at one superblock location.
 #[derive(Debug, Clone)]
@@ -83,7 +83,7 @@ impl Device {
                         Err(p) => format!("copy {} at {}: {p}", c.index, c.offset),
                     })
                     .collect();
-                if size < SUPER_MIRROR_OFFSETS[0] + SUPER_INFO_SIZE as u64 {
+                if size < SUPER_INFO_OFFSET.saturating_add(u64_of(SUPER_INFO_SIZE)) {
                     return Err(Error::Devices(format!(
                         "{}: not a btrfs image: {size} bytes is too small to hold a superblock",
                         path.display()
@@ -113,7 +113,7 @@ impl Device {
         if self.fault.get().is_some_and(|p| p.fail_reads) {
             return Err(Error::io(&self.path, format!("read {} bytes at {physical}", buf.len()), std::io::Error::other("injected read error")));
         }
-        let end = physical.checked_add(buf.len() as u64);
+        let end = physical.checked_add(u64_of(buf.len()));
         if end.is_none_or(|e| e > self.size) {
             return Err(Error::io(
                 &self.path,
@@ -180,7 +180,7 @@ impl Device {
 fn read_super_copies(file: &File, path: &Path, size: u64, all: bool) -> Result<Vec<SuperCopy>> {
     let mut out = Vec::new();
     for (index, &offset) in SUPER_MIRROR_OFFSETS.iter().enumerate() {
-        if offset + SUPER_INFO_SIZE as u64 > size {
+        if offset.saturating_add(u64_of(SUPER_INFO_SIZE)) > size {
             break;
         }
         let mut buf = vec![0u8; SUPER_INFO_SIZE];
@@ -190,7 +190,7 @@ fn read_super_copies(file: &File, path: &Path, size: u64, all: bool) -> Result<V
             Err(e) => return Err(Error::io(path, format!("read superblock at {offset}"), e)),
         };
         out.push(SuperCopy { index, offset, result });
-        if !all && index == 0 && out[0].result.is_err() {
+        if !all && index == 0 && out.first().is_some_and(|c| c.result.is_err()) {
             // Keep looking: a damaged primary copy is exactly when the mirrors matter.
             continue;
         }

@@ -114,16 +114,21 @@ const READER_LOCK_BASE: u64 = 1 << 62;
 fn generation_lock(kind: libc::c_short, generation: u64, len: u64) -> Result<libc::flock> {
     let start = READER_LOCK_BASE
         .checked_add(generation)
-        .filter(|s| s.checked_add(len).is_some_and(|e| e <= i64::MAX as u64))
+        .filter(|s| s.checked_add(len).is_some_and(|e| i64::try_from(e).is_ok()))
         .ok_or_else(|| Error::Invalid(format!("generation {generation} is too large to register a reader at")))?;
+    let off = |v: u64| libc::off_t::try_from(v).map_err(|_| Error::Invalid(format!("lock offset {v} out of range")));
     Ok(libc::flock {
         l_type: kind,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        // OK: bounded by i64::MAX just above.
-        l_start: start as libc::off_t,
-        l_len: len as libc::off_t,
+        l_whence: short(libc::SEEK_SET),
+        l_start: off(start)?,
+        l_len: off(len)?,
         l_pid: 0,
     })
+}
+
+/// libc's lock constants are `c_int`; `struct flock` holds them as `c_short`.
+fn short(v: libc::c_int) -> libc::c_short {
+    libc::c_short::try_from(v).unwrap_or(libc::c_short::MAX)
 }
 
 /// Announce that this open file reads the committed state of `generation`:
@@ -135,7 +140,7 @@ fn generation_lock(kind: libc::c_short, generation: u64, len: u64) -> Result<lib
 /// the same image drops nothing).
 pub fn register_reader(file: &File, path: &Path, generation: u64) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let l = generation_lock(libc::F_RDLCK as libc::c_short, generation, 1)?;
+    let l = generation_lock(short(libc::F_RDLCK), generation, 1)?;
     nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&l))
         .map(|_| ())
         .map_err(|e| Error::io(path, "register reader (fcntl F_OFD_SETLK)", e.into()))
@@ -149,10 +154,10 @@ pub fn oldest_reader(file: &File, path: &Path, below: u64) -> Result<Option<u64>
     let mut found = None;
     // F_OFD_GETLK names one conflicting lock; narrow the range below it until none is left.
     while limit > 0 {
-        let mut l = generation_lock(libc::F_WRLCK as libc::c_short, 0, limit)?;
+        let mut l = generation_lock(short(libc::F_WRLCK), 0, limit)?;
         nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_GETLK(&mut l))
             .map_err(|e| Error::io(path, "look for readers (fcntl F_OFD_GETLK)", e.into()))?;
-        if l.l_type == libc::F_UNLCK as libc::c_short {
+        if l.l_type == short(libc::F_UNLCK) {
             break;
         }
         let generation = u64::try_from(l.l_start).ok().and_then(|s| s.checked_sub(READER_LOCK_BASE));

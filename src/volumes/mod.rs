@@ -2,9 +2,15 @@
 //! logical addresses to stripes on them, and reading/writing copies. This is
 //! the only layer that touches image files.
 
+// Bytes here come from images and users: every sum, index and cast is
+// checked, or allowed where it cannot fail with the reason beside it.
+#![warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
+
 pub mod chunks;
 pub mod device;
 #[cfg(test)]
+// Tests may index and cast freely: a panic there is a failing test.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 pub mod fault;
 pub mod guard;
 
@@ -16,6 +22,7 @@ pub use device::Device;
 
 use crate::error::{Error, Result};
 use crate::format::types::uuid_string;
+use crate::format::u64_of;
 use crate::format::SuperBlock;
 
 /// How to find the devices of a filesystem.
@@ -246,15 +253,18 @@ impl Volume {
     pub fn copy_segments(&self, logical: u64, len: usize, mirror: usize) -> Result<Vec<(usize, PhysAddr, usize)>> {
         let mut out = Vec::new();
         let mut done = 0usize;
-        while done < len {
-            let pos = logical + done as u64;
+        while let Some(left) = len.checked_sub(done).filter(|l| *l > 0) {
+            let pos = logical
+                .checked_add(u64_of(done))
+                .ok_or_else(|| Error::corrupt(format!("logical {logical}"), format!("range of {len} bytes overflows")))?;
             let (copies, contiguous) = self.chunks.lookup(pos)?.map(pos)?;
             let addr = copies.get(mirror).copied().ok_or_else(|| {
-                Error::Invalid(format!("logical {pos}: no copy {} (chunk has {})", mirror + 1, copies.len()))
+                Error::Invalid(format!("logical {pos}: no copy {} (chunk has {})", mirror.saturating_add(1), copies.len()))
             })?;
-            let n = ((len - done) as u64).min(contiguous) as usize;
+            // map() never says 0 bytes: a piece always makes progress.
+            let n = usize::try_from(contiguous).unwrap_or(usize::MAX).min(left).max(1);
             out.push((done, addr, n));
-            done += n;
+            done = done.saturating_add(n);
         }
         Ok(out)
     }
@@ -263,7 +273,8 @@ impl Volume {
     /// following the stripes across stripe-unit and chunk boundaries.
     pub fn read_copy(&self, logical: u64, buf: &mut [u8], mirror: usize) -> Result<()> {
         for (off, addr, n) in self.copy_segments(logical, buf.len(), mirror)? {
-            self.device(addr.devid)?.read_exact_at(addr.physical, &mut buf[off..off + n])?;
+            let piece = off.checked_add(n).and_then(|end| buf.get_mut(off..end)).ok_or_else(|| Error::Invalid("segment".into()))?;
+            self.device(addr.devid)?.read_exact_at(addr.physical, piece)?;
         }
         Ok(())
     }
@@ -271,7 +282,8 @@ impl Volume {
     /// Write `data` at `logical` to copy `mirror` only (repairs write one bad copy).
     pub fn write_copy(&self, logical: u64, data: &[u8], mirror: usize) -> Result<()> {
         for (off, addr, n) in self.copy_segments(logical, data.len(), mirror)? {
-            self.device(addr.devid)?.write_all_at(addr.physical, &data[off..off + n])?;
+            let piece = off.checked_add(n).and_then(|end| data.get(off..end)).ok_or_else(|| Error::Invalid("segment".into()))?;
+            self.device(addr.devid)?.write_all_at(addr.physical, piece)?;
         }
         Ok(())
     }
@@ -298,7 +310,7 @@ impl Volume {
     /// Where copy `mirror` of `logical` lives.
     pub fn locate(&self, logical: u64, mirror: usize) -> Result<PhysAddr> {
         let (copies, _) = self.chunks.lookup(logical)?.map(logical)?;
-        copies.get(mirror).copied().ok_or_else(|| Error::Invalid(format!("logical {logical}: no copy {}", mirror + 1)))
+        copies.get(mirror).copied().ok_or_else(|| Error::Invalid(format!("logical {logical}: no copy {}", mirror.saturating_add(1))))
     }
 }
 
