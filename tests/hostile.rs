@@ -702,3 +702,152 @@ fn mutated_superblocks_never_crash() {
     assert!(t.clean_error + t.scrub_findings > SB_VARIANTS / 3, "too few mutations detected");
     assert!(t.failures.is_empty(), "{} failures; first ones:\n{}", t.failures.len(), t.failures.iter().take(15).cloned().collect::<Vec<_>>().join("\n---\n"));
 }
+
+/// Copy `src` to `dst` keeping holes (only the data regions SEEK_DATA finds are copied).
+fn sparse_copy(src: &Path, dst: &Path) {
+    use rustix::fs::SeekFrom as S;
+    let from = std::fs::File::open(src).unwrap();
+    let to = std::fs::File::create(dst).unwrap();
+    let len = from.metadata().unwrap().len();
+    to.set_len(len).unwrap();
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    while pos < len {
+        let Ok(data) = rustix::fs::seek(&from, S::Data(pos as i64)) else { break };
+        let hole = rustix::fs::seek(&from, S::Hole(data as i64)).unwrap_or(len).min(len);
+        let mut at = data;
+        while at < hole {
+            let n = ((hole - at) as usize).min(buf.len());
+            from.read_exact_at(&mut buf[..n], at).unwrap();
+            to.write_all_at(&buf[..n], at).unwrap();
+            at += n as u64;
+        }
+        pos = hole;
+    }
+}
+
+/// An item to mutate: its leaf's logical address, its slot, and every copy of the leaf.
+type Target = (u64, usize, Vec<(usize, u64)>);
+
+/// Chunk items, device items and dev extents with hostile fields (resealed), sometimes with
+/// the second device swapped for an older copy of itself: reading, scrubbing, repairing and
+/// writing commands answer or fail cleanly, in bounded time and memory, and a repair that
+/// runs never leaves an image that `btrs` itself then crashes on.
+#[test]
+fn mutated_chunk_and_device_items_and_stale_devices_never_crash() {
+    const CD_VARIANTS: usize = 160;
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    let bin = env!("CARGO_BIN_EXE_btrs");
+    let imgs: Vec<PathBuf> = (1..=2).map(|i| base.join(format!("dev{i}.img"))).collect();
+    let run = |args: &[&str]| {
+        let o = Command::new(bin).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&["mkfs", "-f", "-b", "160M", "-d", "raid1", "-m", "raid1", imgs[0].to_str().unwrap(), imgs[1].to_str().unwrap()]);
+    let src = tmp.path().join("data.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    run(&["write", imgs[0].to_str().unwrap(), "/a", "--from", src.to_str().unwrap(), "--nodatasum"]);
+    run(&["write", imgs[0].to_str().unwrap(), "/b", "--from", src.to_str().unwrap()]);
+    // The older copy of devid 2, then more writes.
+    let old2 = tmp.path().join("dev2.old");
+    sparse_copy(&imgs[1], &old2);
+    run(&["write", imgs[0].to_str().unwrap(), "/a", "--from", src.to_str().unwrap(), "--offset", "100000"]);
+    run(&["mkdir", imgs[0].to_str().unwrap(), "/d"]);
+    // Chunk tree and dev tree items, with the place of each copy of their leaf.
+    let fs = btrs::Filesystem::open(&OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), ..Default::default() }).unwrap();
+    let mut targets: Vec<Target> = Vec::new();
+    for tree in [CHUNK_TREE_OBJECTID, btrs::format::DEV_TREE_OBJECTID] {
+        let root = fs.tree_root(tree).unwrap();
+        let mut c = fs.reader.seek(&root, Key::MIN).unwrap();
+        while let Some(it) = c.next_item().unwrap() {
+            let t = it.key.item_type;
+            if [btrs::format::CHUNK_ITEM_KEY, btrs::format::DEV_ITEM_KEY, btrs::format::DEV_EXTENT_KEY].contains(&t) {
+                let l = it.leaf.logical;
+                let copies = (0..fs.volume().num_copies(l).unwrap())
+                    .map(|m| {
+                        let p = fs.volume().locate(l, m).unwrap();
+                        (p.devid as usize - 1, p.physical)
+                    })
+                    .collect();
+                targets.push((l, it.slot, copies));
+            }
+        }
+    }
+    let (csum, nodesize) = (fs.csum, fs.sb.nodesize.get() as usize);
+    drop(fs);
+    assert!(targets.len() >= 6, "chunk and dev items: {}", targets.len());
+    let next = AtomicUsize::new(0);
+    let tally = Mutex::new(Tally::default());
+    std::thread::scope(|s| {
+        for w in 0..WORKERS {
+            let (next, tally, targets, imgs, old2, src) = (&next, &tally, &targets, &imgs, &old2, &src);
+            let wdir = tmp.path().join(format!("w{w}"));
+            std::fs::create_dir_all(wdir.join("scratch")).unwrap();
+            s.spawn(move || loop {
+                let v = next.fetch_add(1, Ordering::SeqCst);
+                if v >= CD_VARIANTS {
+                    break;
+                }
+                let mut rng = Rng(0xc4d0_0000 + v as u64);
+                let mine: Vec<PathBuf> = (1..=2).map(|i| wdir.join(format!("dev{i}.img"))).collect();
+                let stale = rng.below(2) == 0;
+                sparse_copy(&imgs[0], &mine[0]);
+                sparse_copy(if stale { old2 } else { &imgs[1] }, &mine[1]);
+                let (leaf, slot, copies) = &targets[rng.below(targets.len())];
+                let files: Vec<std::fs::File> = mine.iter().map(|p| std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap()).collect();
+                let mut b = vec![0u8; nodesize];
+                files[copies[0].0].read_exact_at(&mut b, copies[0].1).unwrap();
+                let item = HEADER_SIZE + slot * ITEM_SIZE;
+                let off = HEADER_SIZE + get_u32(&b, item + 17) as usize;
+                let size = get_u32(&b, item + 21) as usize;
+                let mut desc = Vec::new();
+                for _ in 0..1 + rng.below(2) {
+                    // A field of the body: u64s at 8-byte steps (lengths, offsets, devids,
+                    // stripe offsets), or the u16s of a chunk (num_stripes, sub_stripes).
+                    let (at, width) = if rng.below(4) == 0 && size >= 48 { (off + 44 + 2 * rng.below(2), 2) } else { (off + 8 * rng.below((size / 8).max(1)), 8) };
+                    let val = if rng.below(3) == 0 {
+                        // Another chunk's or device's value: overlaps rather than nonsense.
+                        u64::from_le_bytes(b[off..off + 8].try_into().unwrap()).wrapping_add(rng.below(3) as u64 * 1048576)
+                    } else {
+                        rng.nasty()
+                    };
+                    if at + width <= b.len() {
+                        b[at..at + width].copy_from_slice(&val.to_le_bytes()[..width]);
+                    }
+                    desc.push(format!("{width} bytes at {} = {val:#x}", at - off));
+                }
+                reseal(&mut b, csum);
+                for &(d, p) in copies {
+                    files[d].write_all_at(&b, p).unwrap();
+                }
+                let what = format!("variant {v} (leaf {leaf} slot {slot}{}: {})", if stale { ", devid 2 stale" } else { "" }, desc.join(", "));
+                let img = mine[0].to_str().unwrap();
+                let scratch = wdir.join("scratch");
+                run_btrs(&["ls", img, "/", "-R", "-l"], false, &scratch, &what, tally);
+                run_btrs(&["cat", img, "/a"], false, &scratch, &what, tally);
+                run_btrs(&["dump-tree", img, "--tree", "chunk"], false, &scratch, &what, tally);
+                run_btrs(&["scrub", img, "--json", "--no-progress", "--threads", "2"], true, &scratch, &what, tally);
+                run_btrs(&["scrub", img, "--repair", "--json", "--no-progress", "--threads", "2"], true, &scratch, &what, tally);
+                run_btrs(&["write", img, "/c", "--from", src.to_str().unwrap()], false, &scratch, &what, tally);
+                run_btrs(&["scrub", img, "--json", "--no-progress", "--threads", "1"], true, &scratch, &what, tally);
+            });
+        }
+    });
+    let t = tally.into_inner().unwrap();
+    println!(
+        "hostile chunk/device items: {CD_VARIANTS} variants, {} command runs: {} ok, {} clean errors, {} scrub findings, {} failures; {:.1?}",
+        t.runs,
+        t.ok,
+        t.clean_error,
+        t.scrub_findings,
+        t.failures.len(),
+        started.elapsed()
+    );
+    assert_eq!(t.runs, CD_VARIANTS * 7);
+    assert!(t.clean_error + t.scrub_findings > CD_VARIANTS, "too few mutations detected");
+    assert!(t.failures.is_empty(), "{} failures; first ones:\n{}", t.failures.len(), t.failures.iter().take(15).cloned().collect::<Vec<_>>().join("\n---\n"));
+}
