@@ -12,14 +12,26 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
     about = "Create, read, write and scrub btrfs filesystems kept in image files, without a kernel mount",
     long_about = "btrs works on btrfs filesystems stored in plain image files, one file per device. \
 IMAGE is any one device of the filesystem; the other devices are given with --device PATH, or found \
-among the regular files in IMAGE's directory that carry the same filesystem UUID."
+among the regular files in IMAGE's directory that carry the same filesystem UUID.\n\n\
+A device whose superblock is older than the others' (an older copy of the image, put back) is stale: \
+it lacks every write since. Its copies are used only where a checksum vouches for them, never counted \
+against current copies; reading commands warn naming it, writing commands refuse the set until \
+`btrs scrub --repair` has rebuilt it (or --degraded leaves it out). A device that only missed the last \
+superblock write of a commit (a crash between them) is not stale.\n\n\
+Every data sector read is verified against its checksum, the last partial sector of a file included, \
+for the caller and for the read-modify-write of a partial write; a bad copy is replaced by a good one \
+with a warning naming path, file offset and devid, and with no good copy the command fails and writes \
+nothing.\n\n\
+Reading commands see the last committed state even while a btrs writer works on the images: the \
+writer keeps what it frees unused while they read (a new writer waits for readers of older \
+generations, then refuses)."
 )]
 pub struct Cli {
     /// Another device (image file) of the filesystem; repeatable.
     #[arg(long = "device", global = true, value_name = "PATH")]
     pub devices: Vec<PathBuf>,
 
-    /// Read from the copies that remain when devices are missing.
+    /// Read from the copies that remain when devices are missing (stale devices are left out).
     #[arg(long, global = true)]
     pub degraded: bool,
 
@@ -151,7 +163,10 @@ pub struct FixtureArgs {
 pub struct ScrubArgs {
     /// Any device of the filesystem.
     pub image: PathBuf,
-    /// Rewrite bad copies from good ones (opens the images for writing).
+    /// Rewrite bad copies from good ones (opens the images for writing). A
+    /// stale device (finding stale_device) is rebuilt from the current copies,
+    /// its superblocks last, only once every copy it holds matches; its copies
+    /// never outvote a current one.
     #[arg(long, conflicts_with = "readonly")]
     pub repair: bool,
     /// When copies differ and no checksum or majority decides, trust copy N (1-based).
