@@ -578,18 +578,7 @@ impl Transaction {
         let end = start + len;
         let ss = self.store.fs.sectorsize as u64;
         let cs = self.store.fs.csum.size() as u64;
-        let mut found = Vec::new();
-        if let Some((k, d)) = self.last_le(CSUM_TREE_OBJECTID, Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, start))? {
-            if k.objectid == EXTENT_CSUM_OBJECTID && k.item_type == EXTENT_CSUM_KEY && k.offset < start {
-                found.push((k, d));
-            }
-        }
-        found.extend(self.range(
-            CSUM_TREE_OBJECTID,
-            Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, start),
-            Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, end - 1),
-        )?);
-        for (k, d) in found {
+        for (k, d) in self.csum_items_from(start, end)? {
             let s = k.offset;
             let e = s + d.len() as u64 / cs * ss;
             if e <= start || s >= end {
@@ -679,20 +668,7 @@ impl Transaction {
         let nsect = usize::try_from(len.div_ceil(ss)).map_err(|_| Error::Invalid("range too large".into()))?;
         let mut out = vec![None; nsect];
         let end = start.saturating_add(len);
-        let mut found = Vec::new();
-        if let Some((k, d)) = self.last_le(CSUM_TREE_OBJECTID, Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, start))? {
-            if k.objectid == EXTENT_CSUM_OBJECTID && k.item_type == EXTENT_CSUM_KEY && k.offset < start {
-                found.push((k, d));
-            }
-        }
-        if end > start {
-            found.extend(self.range(
-                CSUM_TREE_OBJECTID,
-                Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, start),
-                Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, end - 1),
-            )?);
-        }
-        for (k, d) in found {
+        for (k, d) in self.csum_items_from(start, end)? {
             for (i, c) in d.chunks_exact(cs).enumerate() {
                 let Some(s) = k.offset.checked_add(i as u64 * ss) else { break };
                 if s >= end {
@@ -708,6 +684,25 @@ impl Transaction {
             }
         }
         Ok(out)
+    }
+
+    /// The csum items that may cover [start, end): the last one starting
+    /// before `start`, then every one starting inside.
+    fn csum_items_from(&mut self, start: u64, end: u64) -> Result<Vec<(Key, Vec<u8>)>> {
+        let mut found = Vec::new();
+        if let Some((k, d)) = self.last_le(CSUM_TREE_OBJECTID, Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, start))? {
+            if k.objectid == EXTENT_CSUM_OBJECTID && k.item_type == EXTENT_CSUM_KEY && k.offset < start {
+                found.push((k, d));
+            }
+        }
+        if end > start {
+            found.extend(self.range(
+                CSUM_TREE_OBJECTID,
+                Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, start),
+                Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, end - 1),
+            )?);
+        }
+        Ok(found)
     }
 
     /// How messages name an inode: the path a command gave for it, when it

@@ -114,6 +114,28 @@ pub struct Finding {
     extent: Option<u64>,
 }
 
+impl Finding {
+    /// A finding about a whole device, block group or range rather than one
+    /// copy of some bytes: nothing to merge, not repaired (yet).
+    fn about(kind: FindingKind, devid: Option<u64>, logical: Option<u64>, len: u64, detail: String) -> Finding {
+        Finding {
+            kind,
+            devid,
+            physical: None,
+            logical,
+            len,
+            mirror: None,
+            good_mirror: None,
+            metadata: !matches!(kind, FindingKind::Read),
+            paths: Vec::new(),
+            file_offset: None,
+            repaired: false,
+            detail,
+            extent: None,
+        }
+    }
+}
+
 /// Per-device counters, named like the kernel's `btrfs_scrub_progress`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
@@ -561,21 +583,7 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
                     if let Err(e) = r.or_else(|e| if first_failure() { Err(e) } else { Ok(()) }) {
                         // The extent tree of this block group could not be walked: say
                         // so and go on with the others.
-                        acc.push(Finding {
-                            kind: FindingKind::Verify,
-                            devid: None,
-                            physical: None,
-                            logical: Some(bg.start),
-                            len: bg.len,
-                            mirror: None,
-                            good_mirror: None,
-                            metadata: true,
-                            paths: Vec::new(),
-                            file_offset: None,
-                            repaired: false,
-                            detail: format!("block group not fully scrubbed: {e}"),
-                            extent: None,
-                        });
+                        acc.push(Finding::about(FindingKind::Verify, None, Some(bg.start), bg.len, format!("block group not fully scrubbed: {e}")));
                     }
                 }
                 if let Ok(mut r) = results.lock() {
@@ -597,21 +605,7 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
         acc.dropped_unrepaired += part.dropped_unrepaired;
     }
     if let Some(e) = bg_error {
-        acc.push(Finding {
-            kind: FindingKind::Verify,
-            devid: None,
-            physical: None,
-            logical: None,
-            len: 0,
-            mirror: None,
-            good_mirror: None,
-            metadata: true,
-            paths: Vec::new(),
-            file_offset: None,
-            repaired: false,
-            detail: format!("block group items unreadable ({e}); scrubbed by chunk instead"),
-            extent: None,
-        });
+        acc.push(Finding::about(FindingKind::Verify, None, None, 0, format!("block group items unreadable ({e}); scrubbed by chunk instead")));
     }
     for (logical, len) in orphan_chunks {
         acc.push(Finding {
@@ -634,21 +628,7 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     scrub_supers(&fs, opts, &mut acc)?;
     for missing in &vol.missing {
         acc.dev(*missing);
-        acc.findings.push(Finding {
-            kind: FindingKind::Read,
-            devid: Some(*missing),
-            physical: None,
-            logical: None,
-            len: 0,
-            mirror: None,
-            good_mirror: None,
-            metadata: false,
-            paths: Vec::new(),
-            file_offset: None,
-            repaired: false,
-            detail: "device missing: its copies were not scrubbed".into(),
-            extent: None,
-        });
+        acc.findings.push(Finding::about(FindingKind::Read, Some(*missing), None, 0, "device missing: its copies were not scrubbed".into()));
     }
     resolve_paths(&fs, &mut acc.findings);
     let _ = fs.reader.take_bad_copies();
@@ -1322,19 +1302,7 @@ fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) -> Result<(
             && !acc.findings.iter().any(|f| f.devid == Some(dev.devid) && !f.repaired && f.kind != FindingKind::Super);
         let before = acc.findings.len();
         if stale {
-            acc.push(Finding {
-                kind: FindingKind::StaleDevice,
-                devid: Some(dev.devid),
-                physical: None,
-                logical: None,
-                len: 0,
-                mirror: None,
-                good_mirror: None,
-                metadata: true,
-                paths: Vec::new(),
-                file_offset: None,
-                repaired: false,
-                detail: format!(
+            acc.push(Finding::about(FindingKind::StaleDevice, Some(dev.devid), None, 0, format!(
                     "{}; {}",
                     vol.stale_text(dev.devid),
                     if rebuilt {
@@ -1344,9 +1312,7 @@ fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) -> Result<(
                     } else {
                         "run `btrs scrub --repair` to rebuild it from the current copies"
                     }
-                ),
-                extent: None,
-            });
+                )));
         }
         // Where it was kept (not when the findings list is full).
         let stale_at = (stale && acc.findings.len() > before).then_some(before);
