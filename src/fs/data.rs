@@ -359,7 +359,7 @@ fn read_piece(
                 if copies.iter().any(|c| c.stale) {
                     return Err(Error::Devices(format!(
                         "{}: logical {at}: no current device holds a readable copy ({}), and a copy on a stale \
-                         device cannot be trusted without a checksum; run `btrs scrub --repair` or bring back the current image",
+                         device cannot be trusted without a checksum: bring back the current image of that device",
                         describe(at),
                         locs.join(", ")
                     )));
