@@ -516,9 +516,11 @@ impl Transaction {
                     // caller has read its bytes and rewrites them if needed.
                 }
                 FileExtentKind::Regular { prealloc, disk_bytenr, disk_num_bytes, offset, num_bytes } => {
-                    if fe.compression != 0 && (off < start || off + flen > end) {
-                        return Err(Error::Unsupported("partially overwriting a compressed extent".into()));
-                    }
+                    // A compressed extent is trimmed like any other: the pieces
+                    // left keep naming the whole extent (disk_bytenr,
+                    // disk_num_bytes, ram_bytes, compression) with offset and
+                    // num_bytes into its decompressed bytes, as the kernel's
+                    // btrfs_drop_extents leaves them.
                     let header = FileExtentHeader {
                         generation: fe.generation.into(),
                         ram_bytes: fe.ram_bytes.into(),
@@ -665,10 +667,51 @@ impl Transaction {
                     dst.copy_from_slice(&sectors[skip..skip + dst.len()]);
                 }
                 FileExtentKind::Regular { .. } if fe.compression == 0 => {}
-                _ => return Err(Error::Unsupported("rewriting part of a compressed extent".into())),
+                FileExtentKind::Regular { prealloc: false, disk_bytenr, disk_num_bytes, offset, .. } if disk_bytenr != 0 => {
+                    // The whole compressed extent, its checksums (over the
+                    // compressed bytes) verified, then decompressed.
+                    let plain = self.read_compressed(root, ino, off, &fe, disk_bytenr, disk_num_bytes, nodatasum)?;
+                    let skip = offset.checked_add(from - off).and_then(|x| usize::try_from(x).ok()).unwrap_or(usize::MAX);
+                    let src = plain.get(skip..).unwrap_or_default();
+                    let n = src.len().min(dst.len());
+                    dst[..n].copy_from_slice(&src[..n]);
+                }
+                FileExtentKind::Regular { .. } => {}
+                FileExtentKind::Inline { data } => {
+                    let label = self.inode_label(root, ino);
+                    let plain = self.store.fs.decompress(fe.compression, &data, fe.ram_bytes, &format!("{label} inline extent"))?;
+                    let src = plain.get((from - off) as usize..).unwrap_or_default();
+                    let n = src.len().min(dst.len());
+                    dst[..n].copy_from_slice(&src[..n]);
+                }
             }
         }
         Ok(out)
+    }
+
+    /// The decompressed bytes (`ram_bytes` of them) of the compressed extent
+    /// at `disk_bytenr` that the file extent item `fe` at file offset `off`
+    /// names; every sector read is verified against the checksums this
+    /// transaction's csum tree holds for the compressed bytes first, as
+    /// [`Self::read_range`] does for plain data.
+    #[allow(clippy::too_many_arguments)]
+    fn read_compressed(&mut self, root: u64, ino: u64, off: u64, fe: &items::FileExtent, disk_bytenr: u64, disk_num_bytes: u64, nodatasum: bool) -> Result<Vec<u8>> {
+        let label = self.inode_label(root, ino);
+        let at = format!("{label} compressed extent at file offset {off}");
+        let ss = u64::from(self.store.fs.sectorsize);
+        let max = crate::fs::compress::MAX_COMPRESSED as u64;
+        if disk_num_bytes == 0 || disk_num_bytes > max || disk_num_bytes % ss != 0 || disk_bytenr % ss != 0 {
+            return Err(Error::corrupt(at, format!("compressed extent at {disk_bytenr} of {disk_num_bytes} bytes")));
+        }
+        if fe.ram_bytes > crate::fs::compress::MAX_DECOMPRESSED_LEN as u64 {
+            return Err(Error::corrupt(at, format!("ram_bytes {} of a compressed extent", fe.ram_bytes)));
+        }
+        let mut raw = vec![0u8; disk_num_bytes as usize];
+        let csums = if nodatasum { None } else { Some(self.data_csums(disk_bytenr, disk_num_bytes)?) };
+        let describe = |l: u64| format!("{at} (disk byte {})", l.saturating_sub(disk_bytenr));
+        let fs = &self.store.fs;
+        crate::fs::data::read_verified(fs.volume(), fs.csum, ss, disk_bytenr, &mut raw, csums.as_deref(), &describe, &mut |w| fs.warn(w))?;
+        fs.decompress(fe.compression, &raw, fe.ram_bytes, &at)
     }
 
     /// Checksums of each sector of [start, start+len) as this transaction's

@@ -9,6 +9,7 @@ mod common;
 mod util;
 
 mod chunks;
+mod compressed_rewrite;
 mod extract;
 mod items;
 mod readers;
