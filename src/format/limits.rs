@@ -19,6 +19,9 @@ pub const MAX_XATTR_NAME_LEN: usize = 255;
 /// may not end past it, a file may not be truncated beyond it.
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
+/// Most links of one inode (BTRFS_LINK_MAX).
+pub const LINK_MAX: u32 = 65535;
+
 /// Largest item body one leaf holds (BTRFS_MAX_ITEM_SIZE).
 pub fn max_item_size(nodesize: u32) -> usize {
     (nodesize as usize).saturating_sub(HEADER_SIZE + ITEM_SIZE)

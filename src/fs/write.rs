@@ -245,18 +245,91 @@ impl Transaction {
         }
         self.put(root, hkey, body)?;
         self.insert(root, Key::new(dir, DIR_INDEX_KEY, index), entry)?;
-        // Inode ref (several names in the same directory share the item).
-        let rkey = Key::new(ino, INODE_REF_KEY, dir);
-        let mut rbody = self.get(root, rkey)?.unwrap_or_default();
-        if rbody.len() + name.len() + 10 > self.store.fs.sb.nodesize.get() as usize / 2 {
-            return Err(Error::Unsupported("too many hard links in one directory (extended refs)".into()));
-        }
-        rbody.extend_from_slice(InodeRef { index: index.into(), name_len: (name.len() as u16).into() }.as_bytes());
-        rbody.extend_from_slice(name);
-        self.put(root, rkey, rbody)?;
+        self.add_inode_ref(root, ino, dir, name, index)?;
         d.size = (d.size.get() + 2 * name.len() as u64).into();
         self.touch(&mut d, true);
         self.put_inode(root, dir, &d)
+    }
+
+    /// Record `dir/name` (directory index `index`) among the back
+    /// references of inode `ino`, as the kernel's btrfs_insert_inode_ref
+    /// does: in the INODE_REF item of (ino, dir), which every name of `ino`
+    /// in `dir` shares, while it stays within a leaf's largest item; past
+    /// that in an INODE_EXTREF item keyed by the hash of (dir, name), shared
+    /// only by names whose hashes collide.
+    ///
+    /// Extended refs need the EXTENDED_IREF incompat feature. The kernel
+    /// refuses the link (EMLINK) without it; btrs turns it on instead: it is
+    /// one of the features the kernel lets a mounted filesystem turn on
+    /// (BTRFS_FEATURE_INCOMPAT_SAFE_SET, through sysfs), and every kernel
+    /// since 3.7 reads it.
+    fn add_inode_ref(&mut self, root: u64, ino: u64, dir: u64, name: &[u8], index: u64) -> Result<()> {
+        let max = limits::max_item_size(self.store.fs.sb.nodesize.get());
+        let entry = items::InodeRefEntry { parent: dir, index, name: name.to_vec() };
+        let rkey = Key::new(ino, INODE_REF_KEY, dir);
+        let mut refs = match self.get(root, rkey)? {
+            Some(d) => items::parse_inode_refs(rkey, &d)?,
+            None => Vec::new(),
+        };
+        refs.push(entry.clone());
+        let body = items::encode_inode_refs(&refs);
+        if body.len() <= max {
+            self.put(root, rkey, body)?;
+            return Ok(());
+        }
+        if !self.store.fs.sb.has_incompat(INCOMPAT_EXTENDED_IREF) {
+            let flags = self.store.fs.sb.incompat_flags.get() | INCOMPAT_EXTENDED_IREF;
+            self.store.fs.sb.incompat_flags = flags.into();
+        }
+        let xkey = Key::new(ino, INODE_EXTREF_KEY, items::extref_hash(dir, name));
+        let mut xrefs = match self.get(root, xkey)? {
+            Some(d) => items::parse_inode_extrefs(&d)?,
+            None => Vec::new(),
+        };
+        xrefs.push(entry);
+        let body = items::encode_inode_extrefs(&xrefs);
+        if body.len() > max {
+            return Err(Error::Invalid(format!(
+                "{}: the extended inode refs of inode {ino} sharing its hash would take {} bytes, more than a leaf's {max}",
+                String::from_utf8_lossy(name),
+                body.len()
+            )));
+        }
+        self.put(root, xkey, body)?;
+        Ok(())
+    }
+
+    /// Remove `dir/name` from the back references of inode `ino` (its
+    /// INODE_REF item, else its INODE_EXTREF item, as the kernel's
+    /// btrfs_del_inode_ref looks); returns the name's directory index.
+    fn remove_inode_ref(&mut self, root: u64, ino: u64, dir: u64, name: &[u8]) -> Result<u64> {
+        let rkey = Key::new(ino, INODE_REF_KEY, dir);
+        if let Some(d) = self.get(root, rkey)? {
+            let mut refs = items::parse_inode_refs(rkey, &d)?;
+            if let Some(i) = refs.iter().position(|r| r.name == name) {
+                let r = refs.remove(i);
+                if refs.is_empty() {
+                    self.delete(root, rkey)?;
+                } else {
+                    self.put(root, rkey, items::encode_inode_refs(&refs))?;
+                }
+                return Ok(r.index);
+            }
+        }
+        let xkey = Key::new(ino, INODE_EXTREF_KEY, items::extref_hash(dir, name));
+        let missing = || {
+            Error::corrupt(format!("inode {root}/{ino}"), format!("no inode ref or extref for {} in directory {dir}", String::from_utf8_lossy(name)))
+        };
+        let d = self.get(root, xkey)?.ok_or_else(missing)?;
+        let mut refs = items::parse_inode_extrefs(&d)?;
+        let i = refs.iter().position(|r| r.parent == dir && r.name == name).ok_or_else(missing)?;
+        let r = refs.remove(i);
+        if refs.is_empty() {
+            self.delete(root, xkey)?;
+        } else {
+            self.put(root, xkey, items::encode_inode_extrefs(&refs))?;
+        }
+        Ok(r.index)
     }
 
     /// Remove the name `name` from `dir` (not the inode itself); returns the inode.
@@ -294,22 +367,7 @@ impl Transaction {
         } else {
             self.put(root, hkey, rest)?;
         }
-        // Inode ref -> index.
-        let rkey = Key::new(ino, INODE_REF_KEY, dir);
-        let rdata = self.get(root, rkey)?.ok_or_else(|| Error::Unsupported("name stored as an extended inode ref".into()))?;
-        let refs = items::parse_inode_refs(rkey, &rdata)?;
-        let r = refs.iter().find(|r| r.name == name).ok_or_else(|| Error::corrupt(format!("inode {ino}"), "no inode ref for name"))?;
-        let index = r.index;
-        let mut nb = Vec::new();
-        for r in refs.iter().filter(|r| r.name != name) {
-            nb.extend_from_slice(InodeRef { index: r.index.into(), name_len: (r.name.len() as u16).into() }.as_bytes());
-            nb.extend_from_slice(&r.name);
-        }
-        if nb.is_empty() {
-            self.delete(root, rkey)?;
-        } else {
-            self.put(root, rkey, nb)?;
-        }
+        let index = self.remove_inode_ref(root, ino, dir, name)?;
         self.delete(root, Key::new(dir, DIR_INDEX_KEY, index))?;
         let mut d = self.read_inode(root, dir)?;
         d.size = d.size.get().saturating_sub(2 * name.len() as u64).into();
@@ -355,6 +413,9 @@ impl Transaction {
         let ft = FileType::from_mode(it.mode.get()).ok_or_else(|| Error::Invalid("bad mode".into()))?;
         if ft == FileType::Directory {
             return Err(Error::Invalid("hard links to directories are not allowed".into()));
+        }
+        if it.nlink.get() >= limits::LINK_MAX {
+            return Err(Error::Invalid(format!("inode {ino}: too many links (the kernel's limit is {})", limits::LINK_MAX)));
         }
         self.add_link(root, dir, name, ino, ft.dir_type())?;
         it.nlink = (it.nlink.get() + 1).into();
