@@ -10,6 +10,7 @@ mod util;
 
 mod chunks;
 mod compressed_rewrite;
+mod compressed_write;
 mod extrefs;
 mod extract;
 mod items;
