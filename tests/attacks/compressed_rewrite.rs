@@ -143,3 +143,45 @@ fn partial_rewrites_of_compressed_extents_made_by_the_kernel() {
     assert!(trimmed >= 4, "only {trimmed} items name part of a compressed extent");
     kernel_judge(test, tmp.path(), &imgs, &mut m, kernel_writes_more);
 }
+
+/// The edge sectors of a rewrite inside a compressed extent come from
+/// decompressing it, and its compressed bytes are verified first: a bad
+/// copy is passed over for the good one (with a warning), and with no good
+/// copy the write, or a truncate into the extent, fails and changes nothing.
+#[test]
+fn rewrites_never_launder_a_damaged_compressed_extent() {
+    use crate::verified::{data_logical, flip};
+    let test = "rewrites_never_launder_a_damaged_compressed_extent";
+    for bad_copies in [1, 2] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, mut m) = source(tmp.path());
+        let imgs = mkfs(tmp.path(), 2, "256M", "raid1", &["-r", s(&src), "--compress", "zstd"]);
+        // A byte inside the first compressed extent of /big (its stream
+        // starts at disk byte 0), on copy 1, or on both.
+        let at = data_logical(&imgs, "/big") + 100;
+        for copy in 0..bad_copies {
+            flip(&imgs, at, copy);
+        }
+        let before = fingerprints(&imgs);
+        let patch = tmp.path().join("patch");
+        std::fs::write(&patch, pseudo(5000, 41)).unwrap();
+        let (code, _, err) = btrs(&["write", s(&imgs[0]), "/big", "--from", s(&patch), "--offset", "70000"]);
+        if bad_copies == 1 {
+            assert_eq!(code, 0, "{err}");
+            assert!(err.contains("devid 1") && err.contains("/big") && err.contains("compressed extent"), "the bad copy must be named: {err}");
+            model_write(&mut m, "/big", 70_000, &pseudo(5000, 41), false);
+            // The old extent still holds the bad copy (its other pieces are
+            // the file's): scrub repairs it from copy 2.
+            let (code, _, err) = btrs(&["scrub", s(&imgs[0]), "--repair"]);
+            assert_eq!(code, 0, "scrub --repair: {err}");
+            judged(test, &imgs, &m, "rewrite past a bad copy");
+        } else {
+            assert_eq!(code, 1, "a rewrite over a compressed extent bad on every copy must fail: {err}");
+            assert!(err.contains("csum mismatch"), "{err}");
+            assert_eq!(fingerprints(&imgs), before, "a failed rewrite changed the images");
+            let (code, _, err) = btrs(&["write", s(&imgs[0]), "/big", "--from", "/dev/null", "--offset", "100001", "--truncate"]);
+            assert_eq!(code, 1, "a truncate into a compressed extent bad on every copy must fail: {err}");
+            assert_eq!(fingerprints(&imgs), before, "a failed truncate changed the images");
+        }
+    }
+}

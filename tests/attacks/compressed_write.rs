@@ -39,7 +39,13 @@ impl Facts {
 }
 
 fn facts(img: &Path, path: &str) -> Facts {
-    let opts = btrs::volumes::OpenOptions { image: img.to_path_buf(), devices: vec![img.to_path_buf()], ..Default::default() };
+    // The other devices of the filesystem are the images beside it.
+    let devices: Vec<_> = std::fs::read_dir(img.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "img"))
+        .collect();
+    let opts = btrs::volumes::OpenOptions { image: img.to_path_buf(), devices, ..Default::default() };
     let fs = btrs::Filesystem::open(&opts).unwrap();
     let id = fs.resolve(path).unwrap().id;
     let inode = fs.inode(id).unwrap();
@@ -89,7 +95,8 @@ fn write_compress_and_compress_force() {
     let test = "write_compress_and_compress_force";
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let imgs = mkfs(dir, 1, "256M", "single", &[]);
+    // A RAID1 pair: every compressed extent goes to both copies.
+    let imgs = mkfs(dir, 2, "256M", "raid1", &[]);
     let img = &imgs[0];
     let mut m = Model::new();
     for (i, (arg, kind)) in [("--compress", 1u8), ("--compress=zlib:9", 1), ("--compress=lzo", 2), ("--compress=zstd", 3), ("--compress=zstd:-5", 3)].iter().enumerate() {
