@@ -1316,6 +1316,12 @@ impl Transaction {
         }
         let force = opts.is_some_and(|o| o.force);
         if !force && (flags & INODE_NOCOMPRESS != 0 || prop == Some(props::CompressionProp::No)) {
+            if opts.is_some() {
+                report.notices.push(format!(
+                    "{}: written uncompressed: the file is marked NOCOMPRESS (--compress-force compresses it anyway)",
+                    self.inode_label(root, ino)
+                ));
+            }
             return Ok(None);
         }
         let kind = match (prop, opts) {
