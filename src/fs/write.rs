@@ -8,7 +8,7 @@
 //! commit's superblock write is the single point where the change appears.
 //! Extents written are regular, inline for a whole small file, and
 //! compressed as the kernel compresses them (asked for, or by the inode's
-//! flag or property; see [`Transaction::compress_policy`]). Extents of any
+//! flag or property; see `Transaction::compress_policy`). Extents of any
 //! kind are trimmed, split and read back for the edge sectors of a write,
 //! compressed ones included (decompressed after their checksums pass).
 //!
@@ -111,7 +111,7 @@ pub struct CompressOpts {
     pub force: bool,
 }
 
-/// How one write compresses (see [`Transaction::compress_policy`]).
+/// How one write compresses (see `Transaction::compress_policy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Policy {
     kind: Compression,
