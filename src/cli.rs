@@ -102,6 +102,13 @@ pub enum Command {
     /// Rename or move a file or directory.
     Mv(MvArgs),
     /// Make a hard link, or with -s a symbolic link.
+    ///
+    /// Names of one file in one directory share an inode ref item; past what
+    /// a leaf holds (about 300 names of 40 bytes on 16 KiB nodes) they go into
+    /// extended inode refs, as the kernel's do, and the EXTENDED_IREF feature
+    /// is turned on when a filesystem made without it first needs one (the
+    /// kernel refuses the link there instead; every kernel since 3.7 reads
+    /// the feature).
     Ln(LnArgs),
     /// Set (or with -x remove) an extended attribute.
     Setfattr(SetfattrArgs),
@@ -459,6 +466,29 @@ pub struct WriteArgs {
     /// Create the file NODATACOW (implies nodatasum): overwrites go in place.
     #[arg(long)]
     pub nodatacow: bool,
+    /// Compress the bytes written, as the kernel's compress=ALGO[:LEVEL] mount
+    /// option would: zlib (the default), lzo or zstd, levels as for mkfs
+    /// --compress. Data goes in chunks of 128 KiB, each stored compressed only
+    /// when that saves at least a sector (checksums cover the compressed
+    /// bytes); files up to a sector whose compressed form fits in 2048 bytes
+    /// are compressed inline. A chunk that does not compress is written as it
+    /// is and marks the file NOCOMPRESS: from there on nothing more of it is
+    /// compressed, in this write or later ones, unless forced. Files flagged
+    /// compressed (chattr +c) or with a btrfs.compression property are
+    /// compressed without this option, with the property's algorithm when it
+    /// names one (it also wins over ALGO), and a property never lets the file
+    /// be marked; new files and directories inherit both from their
+    /// directory, like NODATACOW. Files without checksums (nodatasum,
+    /// nodatacow) are never compressed, and direct writes neither (refused
+    /// with --direct).
+    #[arg(long, value_name = "ALGO[:LEVEL]", num_args = 0..=1, require_equals = true, default_missing_value = "zlib",
+          conflicts_with_all = ["direct", "nodatasum", "nodatacow", "compress_force"])]
+    pub compress: Option<String>,
+    /// Like --compress, as the kernel's compress-force= does: every chunk is
+    /// tried, also in files marked NOCOMPRESS, and none is marked.
+    #[arg(long, value_name = "ALGO[:LEVEL]", num_args = 0..=1, require_equals = true, default_missing_value = "zlib",
+          conflicts_with_all = ["direct", "nodatasum", "nodatacow"])]
+    pub compress_force: Option<String>,
     /// Make missing parent directories.
     #[arg(short = 'p', long)]
     pub parents: bool,
@@ -517,7 +547,12 @@ pub struct LnArgs {
 pub struct SetfattrArgs {
     pub image: PathBuf,
     pub path: String,
-    /// Attribute name, e.g. user.comment.
+    /// Attribute name, e.g. user.comment. `btrfs.compression` is the kernel's
+    /// compression property: zlib, lzo or zstd (anything after the name is
+    /// ignored, as by the kernel) flags the file or directory COMPRESS, `no`
+    /// or `none` flags it NOCOMPRESS, removing it (or an empty value) clears
+    /// both; files without checksums refuse it, and other btrfs.* names are
+    /// refused. New files and directories inherit it from their directory.
     #[arg(short = 'n', long)]
     pub name: String,
     /// Value (absent: empty).

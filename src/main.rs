@@ -383,8 +383,16 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
         Some(s) => Some(parse_size_arg(s)?),
         None => None,
     };
+    let compress = match (&a.compress, &a.compress_force) {
+        (Some(c), _) | (None, Some(c)) => {
+            let (kind, level) = btrs::ops::mkfs::parse_compress(c)?;
+            Some(btrs::fs::write::CompressOpts { kind, level, force: a.compress_force.is_some() })
+        }
+        (None, None) => None,
+    };
     let (input, len) = btrs::ops::write::open_input(a.from.as_deref())?;
     let mut req = btrs::ops::write::WriteRequest {
+        compress,
         offset: a.offset,
         truncate: a.truncate,
         parents: a.parents,
@@ -448,7 +456,12 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
         eprintln!("btrs: notice: {n}");
     }
     if !a.quiet {
-        writeln!(out, "wrote {} bytes to {} at offset {} ({} device writes)", report.bytes, a.path, a.offset, report.bios.len())?;
+        let compressed = if report.compressed > 0 {
+            format!("; {} file bytes stored compressed in {} bytes", report.compressed, report.compressed_disk)
+        } else {
+            String::new()
+        };
+        writeln!(out, "wrote {} bytes to {} at offset {} ({} device writes{compressed})", report.bytes, a.path, a.offset, report.bios.len())?;
     }
     Ok(())
 }

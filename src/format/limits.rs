@@ -20,6 +20,9 @@ pub const MAX_XATTR_NAME_LEN: usize = 255;
 /// may not end past it, a file may not be truncated beyond it.
 pub const MAX_FILE_SIZE: u64 = u64::MAX >> 1;
 
+/// Most links of one inode (BTRFS_LINK_MAX).
+pub const LINK_MAX: u32 = 65535;
+
 /// Largest item body one leaf holds (BTRFS_MAX_ITEM_SIZE).
 pub fn max_item_size(nodesize: u32) -> usize {
     usize_of(nodesize).saturating_sub(HEADER_SIZE.saturating_add(ITEM_SIZE))

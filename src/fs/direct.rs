@@ -525,7 +525,7 @@ mod tests {
                 }
             });
             let mut report = WriteReport::default();
-            let r = tx.write_direct(FS_TREE_OBJECTID, ino, 0, &buf, &WriteOpts { max_bio: 64 << 10, on_bio: None }, &mut report);
+            let r = tx.write_direct(FS_TREE_OBJECTID, ino, 0, &buf, &WriteOpts { max_bio: 64 << 10, on_bio: None, compress: None }, &mut report);
             stop.store(true, Ordering::Relaxed);
             r.unwrap();
         });

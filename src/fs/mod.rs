@@ -8,6 +8,7 @@ pub mod data;
 pub mod direct;
 pub mod inode;
 pub mod pagecache;
+pub mod props;
 pub mod transaction;
 pub mod write;
 

@@ -284,6 +284,18 @@ impl Store {
     /// at the first fit, so large writes may get several extents.
     pub fn alloc_data(&mut self, len: u64) -> Result<(u64, u64)> {
         let ss = self.fs.sectorsize as u64;
+        self.alloc_data_min(len, ss)
+    }
+
+    /// Data space of exactly `len` bytes in one run (a compressed extent);
+    /// `NoSpace` when there is no such run.
+    pub fn alloc_data_exact(&mut self, len: u64) -> Result<u64> {
+        self.alloc_data_min(len, len).map(|(pos, _)| pos)
+    }
+
+    /// [`Self::alloc_data`], halving no further than `min` bytes.
+    fn alloc_data_min(&mut self, len: u64, min: u64) -> Result<(u64, u64)> {
+        let ss = self.fs.sectorsize as u64;
         // Try the whole length, then a new chunk, then halves down to one
         // sector (the kernel's find_free_extent loop and its caller).
         let mut want = len;
@@ -299,7 +311,7 @@ impl Store {
                     continue;
                 }
             }
-            if want <= ss {
+            if want <= min.max(ss) {
                 // Space held for readers that may have gone since.
                 if self.release_held()? {
                     want = len;
@@ -308,7 +320,7 @@ impl Store {
                 }
                 return Err(no_space("data", len));
             }
-            want = (want / 2).div_ceil(ss) * ss;
+            want = ((want / 2).div_ceil(ss) * ss).max(min);
         }
     }
 
@@ -593,6 +605,13 @@ impl Transaction {
 
     pub fn transid(&self) -> u64 {
         self.store.transid
+    }
+
+    /// Turn on incompat feature `flag` in the superblock this transaction
+    /// commits (a feature the kernel itself turns on when first used).
+    pub fn set_incompat(&mut self, flag: u64) {
+        let sb = &mut self.store.fs.sb;
+        sb.incompat_flags = (sb.incompat_flags.get() | flag).into();
     }
 
     pub fn fs(&self) -> &Filesystem {

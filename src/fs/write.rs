@@ -6,8 +6,15 @@
 //! Data is written to its new location (every mirror, from the engine's own
 //! buffer, never the caller's) before any item naming it is inserted, so the
 //! commit's superblock write is the single point where the change appears.
-//! Extents are only ever regular (never inline, never compressed): always
-//! valid, and simpler to overwrite.
+//! Extents written are regular, inline for a whole small file, and
+//! compressed as the kernel compresses them (asked for, or by the inode's
+//! flag or property; see `Transaction::compress_policy`). Extents of any
+//! kind are trimmed, split and read back for the edge sectors of a write,
+//! compressed ones included (decompressed after their checksums pass).
+//!
+//! Names: an inode's names in one directory share an INODE_REF item until
+//! it would pass a leaf's largest item, then go into INODE_EXTREF items, as
+//! the kernel keeps them.
 
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -15,7 +22,9 @@ use crate::error::{Error, Result};
 use crate::format::items::{self, parse_dir_items, parse_file_extent, FileExtentKind};
 use crate::format::limits;
 use crate::format::*;
+use crate::fs::compress::{self, Compression};
 use crate::fs::direct::{Bounce, DirectWriter, Plain, Source};
+use crate::fs::props;
 use crate::fs::transaction::Transaction;
 use std::sync::Arc;
 
@@ -32,6 +41,10 @@ pub struct WriteReport {
     pub bytes: u64,
     /// Things worth telling the user (e.g. O_DIRECT unavailable).
     pub notices: Vec<String>,
+    /// File bytes written as compressed extents, and the bytes those
+    /// extents take on disk (one copy).
+    pub compressed: u64,
+    pub compressed_disk: u64,
 }
 
 /// One write of one contiguous piece to one copy.
@@ -77,12 +90,133 @@ pub struct WriteOpts {
     /// Largest single device write (a "bio"); pieces never cross a stripe.
     pub max_bio: usize,
     pub on_bio: Option<BioHook>,
+    /// Compress what is written, as the kernel's compress= (or, `force`,
+    /// compress-force=) mount option would; files flagged or with the
+    /// property are compressed without it.
+    pub compress: Option<CompressOpts>,
 }
 
 impl Default for WriteOpts {
     fn default() -> Self {
-        WriteOpts { max_bio: 1 << 20, on_bio: None }
+        WriteOpts { max_bio: 1 << 20, on_bio: None, compress: None }
     }
+}
+
+/// Compression asked for a write: algorithm, level (None: its default) and
+/// whether it is forced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompressOpts {
+    pub kind: Compression,
+    pub level: Option<i32>,
+    pub force: bool,
+}
+
+/// How one write compresses (see `Transaction::compress_policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Policy {
+    kind: Compression,
+    level: Option<i32>,
+    /// A chunk that does not compress marks the file NOCOMPRESS, and
+    /// nothing after it in this write is compressed.
+    mark: bool,
+}
+
+/// File data compressed at most this much at a time: a compressed extent
+/// never covers more (BTRFS_MAX_UNCOMPRESSED).
+const CHUNK: usize = compress::MAX_UNCOMPRESSED;
+
+/// One chunk compressed: the bytes to write (padded with zeros to a
+/// sector) and their checksums.
+struct Compressed {
+    data: Vec<u8>,
+    sums: Vec<u8>,
+}
+
+/// One data extent written and waiting for its items: file offset,
+/// logical address, bytes on disk, file bytes, compression, checksums
+/// (empty: none).
+struct Rec {
+    pos: u64,
+    logical: u64,
+    disk_len: u64,
+    len: u64,
+    compression: u8,
+    sums: Vec<u8>,
+}
+
+/// Plain extents from (file offset, logical, length) pieces and their checksums.
+fn plain_recs(pieces: &[(u64, u64, u64)], sums: Vec<Vec<u8>>) -> Vec<Rec> {
+    let mut sums = sums.into_iter();
+    pieces
+        .iter()
+        .map(|&(pos, logical, got)| Rec { pos, logical, disk_len: got, len: got, compression: COMPRESS_NONE, sums: sums.next().unwrap_or_default() })
+        .collect()
+}
+
+/// Compress `buf` (of which the first `valid` bytes are file data, the rest
+/// zeros past the end of the file) in chunks of [`CHUNK`] bytes, `threads`
+/// at a time. Per chunk: `Some` when it compressed by at least a sector;
+/// `None` when it did not, or holds a sector or less of data (never worth
+/// it, and not counted as a failure, as the kernel skips such ranges). With
+/// `p.mark`, the first chunk that did not compress ends compression: it and
+/// every chunk after it are `None` whatever the thread count. Also the
+/// index of the first chunk that did not compress.
+fn compress_chunks(
+    buf: &[u8],
+    valid: usize,
+    ss: usize,
+    p: Policy,
+    csum: CsumType,
+    threads: usize,
+) -> std::result::Result<(Vec<Option<Compressed>>, Option<usize>), compress::CompressError> {
+    enum Outcome {
+        Skipped,
+        Failed,
+        Done(Compressed),
+    }
+    let one = |k: usize| -> std::result::Result<Outcome, compress::CompressError> {
+        let cs = k * CHUNK;
+        let vend = ((k + 1) * CHUNK).min(valid);
+        if vend <= cs || vend - cs <= ss {
+            return Ok(Outcome::Skipped);
+        }
+        let Some(mut data) = compress::compress(p.kind, &buf[cs..vend], ss as u32, p.level)? else { return Ok(Outcome::Failed) };
+        data.resize(data.len().div_ceil(ss) * ss, 0);
+        let mut sums = Vec::new();
+        csum.compute_sectors(&data, ss, &mut sums);
+        Ok(Outcome::Done(Compressed { data, sums }))
+    };
+    let n = buf.len().div_ceil(CHUNK);
+    let mut out: Vec<Option<Compressed>> = (0..n).map(|_| None).collect();
+    let mut failed = None;
+    let mut i = 0;
+    while i < n {
+        let hi = (i + threads.max(1)).min(n);
+        let results: Vec<_> = if hi - i == 1 {
+            vec![one(i)]
+        } else {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = (i..hi).map(|k| s.spawn(move || one(k))).collect();
+                hs.into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(compress::CompressError::Compressor { algo: "thread", detail: "panicked".into() })))
+                    .collect()
+            })
+        };
+        for (k, r) in (i..hi).zip(results) {
+            match r? {
+                Outcome::Skipped => {}
+                Outcome::Done(c) => out[k] = Some(c),
+                Outcome::Failed => {
+                    failed = failed.or(Some(k));
+                    if p.mark {
+                        return Ok((out, failed));
+                    }
+                }
+            }
+        }
+        i = hi;
+    }
+    Ok((out, failed))
 }
 
 /// The bytes of a write: borrowed from the caller (copied into engine pages
@@ -245,18 +379,88 @@ impl Transaction {
         }
         self.put(root, hkey, body)?;
         self.insert(root, Key::new(dir, DIR_INDEX_KEY, index), entry)?;
-        // Inode ref (several names in the same directory share the item).
-        let rkey = Key::new(ino, INODE_REF_KEY, dir);
-        let mut rbody = self.get(root, rkey)?.unwrap_or_default();
-        if rbody.len() + name.len() + 10 > self.store.fs.sb.nodesize.get() as usize / 2 {
-            return Err(Error::Unsupported("too many hard links in one directory (extended refs)".into()));
-        }
-        rbody.extend_from_slice(InodeRef { index: index.into(), name_len: (name.len() as u16).into() }.as_bytes());
-        rbody.extend_from_slice(name);
-        self.put(root, rkey, rbody)?;
+        self.add_inode_ref(root, ino, dir, name, index)?;
         d.size = (d.size.get() + 2 * name.len() as u64).into();
         self.touch(&mut d, true);
         self.put_inode(root, dir, &d)
+    }
+
+    /// Record `dir/name` (directory index `index`) among the back
+    /// references of inode `ino`, as the kernel's btrfs_insert_inode_ref
+    /// does: in the INODE_REF item of (ino, dir), which every name of `ino`
+    /// in `dir` shares, while it stays within a leaf's largest item; past
+    /// that in an INODE_EXTREF item keyed by the hash of (dir, name), shared
+    /// only by names whose hashes collide.
+    ///
+    /// Extended refs need the EXTENDED_IREF incompat feature. The kernel
+    /// refuses the link (EMLINK) without it; btrs turns it on instead: it is
+    /// one of the features the kernel lets a mounted filesystem turn on
+    /// (BTRFS_FEATURE_INCOMPAT_SAFE_SET, through sysfs), and every kernel
+    /// since 3.7 reads it.
+    fn add_inode_ref(&mut self, root: u64, ino: u64, dir: u64, name: &[u8], index: u64) -> Result<()> {
+        let max = limits::max_item_size(self.store.fs.sb.nodesize.get());
+        let entry = items::InodeRefEntry { parent: dir, index, name: name.to_vec() };
+        let rkey = Key::new(ino, INODE_REF_KEY, dir);
+        let mut refs = match self.get(root, rkey)? {
+            Some(d) => items::parse_inode_refs(rkey, &d)?,
+            None => Vec::new(),
+        };
+        refs.push(entry.clone());
+        let body = items::encode_inode_refs(&refs);
+        if body.len() <= max {
+            self.put(root, rkey, body)?;
+            return Ok(());
+        }
+        self.set_incompat(INCOMPAT_EXTENDED_IREF);
+        let xkey = Key::new(ino, INODE_EXTREF_KEY, items::extref_hash(dir, name));
+        let mut xrefs = match self.get(root, xkey)? {
+            Some(d) => items::parse_inode_extrefs(&d)?,
+            None => Vec::new(),
+        };
+        xrefs.push(entry);
+        let body = items::encode_inode_extrefs(&xrefs);
+        if body.len() > max {
+            return Err(Error::Invalid(format!(
+                "{}: the extended inode refs of inode {ino} sharing its hash would take {} bytes, more than a leaf's {max}",
+                String::from_utf8_lossy(name),
+                body.len()
+            )));
+        }
+        self.put(root, xkey, body)?;
+        Ok(())
+    }
+
+    /// Remove `dir/name` from the back references of inode `ino` (its
+    /// INODE_REF item, else its INODE_EXTREF item, as the kernel's
+    /// btrfs_del_inode_ref looks); returns the name's directory index.
+    fn remove_inode_ref(&mut self, root: u64, ino: u64, dir: u64, name: &[u8]) -> Result<u64> {
+        let rkey = Key::new(ino, INODE_REF_KEY, dir);
+        if let Some(d) = self.get(root, rkey)? {
+            let mut refs = items::parse_inode_refs(rkey, &d)?;
+            if let Some(i) = refs.iter().position(|r| r.name == name) {
+                let r = refs.remove(i);
+                if refs.is_empty() {
+                    self.delete(root, rkey)?;
+                } else {
+                    self.put(root, rkey, items::encode_inode_refs(&refs))?;
+                }
+                return Ok(r.index);
+            }
+        }
+        let xkey = Key::new(ino, INODE_EXTREF_KEY, items::extref_hash(dir, name));
+        let missing = || {
+            Error::corrupt(format!("inode {root}/{ino}"), format!("no inode ref or extref for {} in directory {dir}", String::from_utf8_lossy(name)))
+        };
+        let d = self.get(root, xkey)?.ok_or_else(missing)?;
+        let mut refs = items::parse_inode_extrefs(&d)?;
+        let i = refs.iter().position(|r| r.parent == dir && r.name == name).ok_or_else(missing)?;
+        let r = refs.remove(i);
+        if refs.is_empty() {
+            self.delete(root, xkey)?;
+        } else {
+            self.put(root, xkey, items::encode_inode_extrefs(&refs))?;
+        }
+        Ok(r.index)
     }
 
     /// Remove the name `name` from `dir` (not the inode itself); returns the inode.
@@ -294,22 +498,7 @@ impl Transaction {
         } else {
             self.put(root, hkey, rest)?;
         }
-        // Inode ref -> index.
-        let rkey = Key::new(ino, INODE_REF_KEY, dir);
-        let rdata = self.get(root, rkey)?.ok_or_else(|| Error::Unsupported("name stored as an extended inode ref".into()))?;
-        let refs = items::parse_inode_refs(rkey, &rdata)?;
-        let r = refs.iter().find(|r| r.name == name).ok_or_else(|| Error::corrupt(format!("inode {ino}"), "no inode ref for name"))?;
-        let index = r.index;
-        let mut nb = Vec::new();
-        for r in refs.iter().filter(|r| r.name != name) {
-            nb.extend_from_slice(InodeRef { index: r.index.into(), name_len: (r.name.len() as u16).into() }.as_bytes());
-            nb.extend_from_slice(&r.name);
-        }
-        if nb.is_empty() {
-            self.delete(root, rkey)?;
-        } else {
-            self.put(root, rkey, nb)?;
-        }
+        let index = self.remove_inode_ref(root, ino, dir, name)?;
         self.delete(root, Key::new(dir, DIR_INDEX_KEY, index))?;
         let mut d = self.read_inode(root, dir)?;
         d.size = d.size.get().saturating_sub(2 * name.len() as u64).into();
@@ -319,8 +508,15 @@ impl Transaction {
     }
 
     /// A new inode linked as `dir/name`. `mode` includes the S_IF type bits.
+    /// The new inode inherits from `dir` its compression and NODATACOW
+    /// flags and its compression property, as the kernel's
+    /// btrfs_inherit_iflags and btrfs_inode_inherit_props give them.
     pub fn create(&mut self, root: u64, dir: u64, name: &[u8], mode: u32, flags: u64) -> Result<u64> {
         let ft = FileType::from_mode(mode).ok_or_else(|| Error::Invalid(format!("bad mode {mode:o}")))?;
+        let dir_flags = self.read_inode(root, dir)?.flags.get();
+        let flags = props::inherit_flags(flags, dir_flags, mode);
+        let prop = props::inherit_compression(self.xattr(root, dir, props::COMPRESSION)?.as_deref(), flags, mode);
+        let flags = prop.map_or(flags, |(_, f)| f);
         let ino = self.next_ino(root)?;
         let mut it = zero_inode();
         it.generation = self.transid().into();
@@ -333,6 +529,9 @@ impl Transaction {
         it.mtime = self.now;
         it.otime = self.now;
         self.insert(root, Key::new(ino, INODE_ITEM_KEY, 0), it.as_bytes().to_vec())?;
+        if let Some((value, _)) = prop {
+            self.put_xattr(root, ino, props::COMPRESSION, Some(value))?;
+        }
         self.add_link(root, dir, name, ino, ft.dir_type())?;
         Ok(ino)
     }
@@ -341,7 +540,7 @@ impl Transaction {
     pub fn symlink(&mut self, root: u64, dir: u64, name: &[u8], target: &[u8]) -> Result<u64> {
         limits::check_symlink_target(target, self.store.fs.sb.nodesize.get(), self.store.fs.sectorsize)?;
         let ino = self.create(root, dir, name, S_IFLNK | 0o777, 0)?;
-        self.insert_inline(root, ino, target)?;
+        self.insert_inline(root, ino, target, target.len() as u64, COMPRESS_NONE)?;
         let mut it = self.read_inode(root, ino)?;
         it.size = (target.len() as u64).into();
         it.nbytes = (target.len() as u64).into();
@@ -355,6 +554,9 @@ impl Transaction {
         let ft = FileType::from_mode(it.mode.get()).ok_or_else(|| Error::Invalid("bad mode".into()))?;
         if ft == FileType::Directory {
             return Err(Error::Invalid("hard links to directories are not allowed".into()));
+        }
+        if it.nlink.get() >= limits::LINK_MAX {
+            return Err(Error::Invalid(format!("inode {ino}: too many links (the kernel's limit is {})", limits::LINK_MAX)));
         }
         self.add_link(root, dir, name, ino, ft.dir_type())?;
         it.nlink = (it.nlink.get() + 1).into();
@@ -421,9 +623,32 @@ impl Transaction {
     }
 
     /// Set (or with `None` remove) an xattr.
+    /// A `btrfs.*` name is an inode property, taken as the kernel takes it
+    /// (see [`props`]): refused unless valid, and the inode's flags change
+    /// with it.
     pub fn set_xattr(&mut self, root: u64, ino: u64, name: &[u8], value: Option<&[u8]>) -> Result<()> {
+        limits::check_xattr(name, value, self.store.fs.sb.nodesize.get())?;
+        let mut it = self.read_inode(root, ino)?;
+        if name.starts_with(b"btrfs.") {
+            let (flags, incompat, remove) =
+                props::apply(name, value, it.flags.get()).map_err(|e| Error::Invalid(format!("{}: {e}", self.inode_label(root, ino))))?;
+            // Removing a property that is not there is no error (the kernel's
+            // setxattr without XATTR_REPLACE).
+            if !remove || self.xattr(root, ino, name)?.is_some() {
+                self.put_xattr(root, ino, name, if remove { None } else { value })?;
+            }
+            self.set_incompat(incompat);
+            it.flags = flags.into();
+        } else {
+            self.put_xattr(root, ino, name, value)?;
+        }
+        self.touch(&mut it, false);
+        self.put_inode(root, ino, &it)
+    }
+
+    /// Store (or with `None` remove) xattr `name` of an inode, nothing else.
+    fn put_xattr(&mut self, root: u64, ino: u64, name: &[u8], value: Option<&[u8]>) -> Result<()> {
         let nodesize = self.store.fs.sb.nodesize.get();
-        limits::check_xattr(name, value, nodesize)?;
         let key = Key::new(ino, XATTR_ITEM_KEY, items::name_hash(name));
         let old = self.get(root, key)?.map(|d| parse_dir_items(&d)).transpose()?.unwrap_or_default();
         let mut body = Vec::new();
@@ -473,9 +698,7 @@ impl Transaction {
         } else {
             self.put(root, key, body)?;
         }
-        let mut it = self.read_inode(root, ino)?;
-        self.touch(&mut it, false);
-        self.put_inode(root, ino, &it)
+        Ok(())
     }
 
     /// File extent items of `ino` overlapping [start, end), as (key offset, body).
@@ -516,9 +739,11 @@ impl Transaction {
                     // caller has read its bytes and rewrites them if needed.
                 }
                 FileExtentKind::Regular { prealloc, disk_bytenr, disk_num_bytes, offset, num_bytes } => {
-                    if fe.compression != 0 && (off < start || off + flen > end) {
-                        return Err(Error::Unsupported("partially overwriting a compressed extent".into()));
-                    }
+                    // A compressed extent is trimmed like any other: the pieces
+                    // left keep naming the whole extent (disk_bytenr,
+                    // disk_num_bytes, ram_bytes, compression) with offset and
+                    // num_bytes into its decompressed bytes, as the kernel's
+                    // btrfs_drop_extents leaves them.
                     let header = FileExtentHeader {
                         generation: fe.generation.into(),
                         ram_bytes: fe.ram_bytes.into(),
@@ -654,10 +879,51 @@ impl Transaction {
                     dst.copy_from_slice(&sectors[skip..skip + dst.len()]);
                 }
                 FileExtentKind::Regular { .. } if fe.compression == 0 => {}
-                _ => return Err(Error::Unsupported("rewriting part of a compressed extent".into())),
+                FileExtentKind::Regular { prealloc: false, disk_bytenr, disk_num_bytes, offset, .. } if disk_bytenr != 0 => {
+                    // The whole compressed extent, its checksums (over the
+                    // compressed bytes) verified, then decompressed.
+                    let plain = self.read_compressed(root, ino, off, &fe, disk_bytenr, disk_num_bytes, nodatasum)?;
+                    let skip = offset.checked_add(from - off).and_then(|x| usize::try_from(x).ok()).unwrap_or(usize::MAX);
+                    let src = plain.get(skip..).unwrap_or_default();
+                    let n = src.len().min(dst.len());
+                    dst[..n].copy_from_slice(&src[..n]);
+                }
+                FileExtentKind::Regular { .. } => {}
+                FileExtentKind::Inline { data } => {
+                    let label = self.inode_label(root, ino);
+                    let plain = self.store.fs.decompress(fe.compression, &data, fe.ram_bytes, &format!("{label} inline extent"))?;
+                    let src = plain.get((from - off) as usize..).unwrap_or_default();
+                    let n = src.len().min(dst.len());
+                    dst[..n].copy_from_slice(&src[..n]);
+                }
             }
         }
         Ok(out)
+    }
+
+    /// The decompressed bytes (`ram_bytes` of them) of the compressed extent
+    /// at `disk_bytenr` that the file extent item `fe` at file offset `off`
+    /// names; every sector read is verified against the checksums this
+    /// transaction's csum tree holds for the compressed bytes first, as
+    /// [`Self::read_range`] does for plain data.
+    #[allow(clippy::too_many_arguments)]
+    fn read_compressed(&mut self, root: u64, ino: u64, off: u64, fe: &items::FileExtent, disk_bytenr: u64, disk_num_bytes: u64, nodatasum: bool) -> Result<Vec<u8>> {
+        let label = self.inode_label(root, ino);
+        let at = format!("{label} compressed extent at file offset {off}");
+        let ss = u64::from(self.store.fs.sectorsize);
+        let max = crate::fs::compress::MAX_COMPRESSED as u64;
+        if disk_num_bytes == 0 || disk_num_bytes > max || disk_num_bytes % ss != 0 || disk_bytenr % ss != 0 {
+            return Err(Error::corrupt(at, format!("compressed extent at {disk_bytenr} of {disk_num_bytes} bytes")));
+        }
+        if fe.ram_bytes > crate::fs::compress::MAX_DECOMPRESSED_LEN as u64 {
+            return Err(Error::corrupt(at, format!("ram_bytes {} of a compressed extent", fe.ram_bytes)));
+        }
+        let mut raw = vec![0u8; disk_num_bytes as usize];
+        let csums = if nodatasum { None } else { Some(self.data_csums(disk_bytenr, disk_num_bytes)?) };
+        let describe = |l: u64| format!("{at} (disk byte {})", l.saturating_sub(disk_bytenr));
+        let fs = &self.store.fs;
+        crate::fs::data::read_verified(fs.volume(), fs.csum, ss, disk_bytenr, &mut raw, csums.as_deref(), &describe, &mut |w| fs.warn(w))?;
+        fs.decompress(fe.compression, &raw, fe.ram_bytes, &at)
     }
 
     /// Checksums of each sector of [start, start+len) as this transaction's
@@ -902,14 +1168,41 @@ impl Transaction {
             }
         };
         let buf = bounce.bytes();
+        let new_size = old_size.max(end);
+        let policy = self.compress_policy(root, ino, &it, opts.compress, direct, report)?;
+
+        // A whole small file, compressed, inline when it fits max_inline (the
+        // kernel's compress_file_range tries this first). Not smaller than
+        // its bytes: not worth it, and the file is marked as not compressing.
+        if let Some(p) = policy.filter(|_| a == 0 && new_size <= ss) {
+            let plain = &buf[..new_size as usize];
+            let c = compress::encode(p.kind, plain, self.store.fs.sectorsize, p.level)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", self.inode_label(root, ino))))?;
+            let fits = c.len() as u64 <= MAX_INLINE && c.len() <= limits::max_inline_data_size(self.store.fs.sb.nodesize.get());
+            if c.len() < plain.len() && fits {
+                self.punch(root, ino, 0, b, &mut it)?;
+                self.insert_inline(root, ino, &c, new_size, p.kind.raw())?;
+                self.set_incompat(props::incompat_for(p.kind));
+                report.compressed += new_size;
+                report.compressed_disk += c.len() as u64;
+                it.nbytes = (it.nbytes.get() + new_size).into();
+                report.bytes += src_len as u64;
+                it.size = new_size.into();
+                self.touch(&mut it, true);
+                self.put_inode(root, ino, &it)?;
+                return Ok(());
+            }
+            if p.mark {
+                self.mark_nocompress(root, ino, &mut it, 0, report);
+            }
+        }
 
         // A small file lives inline in its leaf, as the kernel's buffered
         // writes make it (cow_file_range_inline): the whole file under
         // max_inline and one sector. Direct writes never inline.
-        let new_size = old_size.max(end);
         if !direct && a == 0 && new_size <= MAX_INLINE && new_size < ss {
             self.punch(root, ino, 0, b, &mut it)?;
-            self.insert_inline(root, ino, &buf[..new_size as usize])?;
+            self.insert_inline(root, ino, &buf[..new_size as usize], new_size, COMPRESS_NONE)?;
             it.nbytes = (it.nbytes.get() + new_size).into();
             report.bytes += src_len as u64;
             it.size = new_size.into();
@@ -933,34 +1226,34 @@ impl Transaction {
         // then record it in the trees. Nothing recorded reaches a committed
         // root before every bio finished: the commit waits for them, and a
         // failed one fails it.
-        let mut pieces = Vec::new();
-        let mut pos = a;
-        while pos < b {
-            let want = (b - pos).min(MAX_EXTENT);
-            let (logical, got) = self.store.alloc_data(want)?;
-            pieces.push((pos, logical, got));
-            pos += got;
-        }
-        let sums = if direct {
-            self.write_pieces_direct(&pieces, a, bounce, live.map(|src| (src, base)), nosum, opts, report)?
-        } else {
-            self.write_pieces_buffered(&pieces, a, bounce.bytes(), nosum, opts, report)?
+        let recs = match policy {
+            // The policy is None for direct writes.
+            Some(p) => self.write_compressed(root, ino, &mut it, a, buf, new_size, p, opts, report)?,
+            None => {
+                let pieces = self.alloc_pieces(a, b)?;
+                let sums = if direct {
+                    self.write_pieces_direct(&pieces, a, bounce, live.map(|src| (src, base)), nosum, opts, report)?
+                } else {
+                    self.write_pieces_buffered(&pieces, a, bounce.bytes(), nosum, opts, report)?
+                };
+                plain_recs(&pieces, sums)
+            }
         };
         // Without NO_HOLES, a gap between the old end and the write is an explicit hole.
         let no_holes = self.store.fs.sb.has_incompat(INCOMPAT_NO_HOLES);
         let old_end = old_size.div_ceil(ss) * ss;
         self.punch(root, ino, a, b, &mut it)?;
         if !no_holes && a > old_end {
-            self.insert_extent_item(root, ino, old_end, 0, a - old_end, a - old_end)?;
+            self.insert_extent_item(root, ino, old_end, 0, a - old_end, a - old_end, COMPRESS_NONE)?;
         }
-        for (i, &(pos, logical, got)) in pieces.iter().enumerate() {
-            if let Some(sum) = sums.get(i) {
+        for r in recs {
+            if !r.sums.is_empty() {
                 // Checksums from the same engine-owned bytes every mirror got.
-                self.insert_csums(logical, sum)?;
+                self.insert_csums(r.logical, &r.sums)?;
             }
-            self.add_data_extent(logical, got, root, ino, pos)?;
-            self.insert_extent_item(root, ino, pos, logical, got, got)?;
-            it.nbytes = (it.nbytes.get() + got).into();
+            self.add_data_extent(r.logical, r.disk_len, root, ino, r.pos)?;
+            self.insert_extent_item(root, ino, r.pos, r.logical, r.disk_len, r.len, r.compression)?;
+            it.nbytes = (it.nbytes.get() + r.len).into();
         }
         report.bytes += src_len as u64;
         if end > old_size {
@@ -969,6 +1262,163 @@ impl Transaction {
         self.touch(&mut it, true);
         self.put_inode(root, ino, &it)?;
         Ok(())
+    }
+
+    /// Data space for file bytes [a, b): (file offset, logical, length) of
+    /// each run the allocator hands out (at most MAX_EXTENT each).
+    fn alloc_pieces(&mut self, a: u64, b: u64) -> Result<Vec<(u64, u64, u64)>> {
+        let mut pieces = Vec::new();
+        let mut pos = a;
+        while pos < b {
+            let want = (b - pos).min(MAX_EXTENT);
+            let (logical, got) = self.store.alloc_data(want)?;
+            pieces.push((pos, logical, got));
+            pos += got;
+        }
+        Ok(pieces)
+    }
+
+    /// How this write of inode `ino` (flags in `it`) is compressed, as the
+    /// kernel decides (inode_need_compress, compress_file_range): never for
+    /// direct writes or files without checksums; with `force` always (the
+    /// compress-force= mount option); else not for NOCOMPRESS files (or a
+    /// `none` property), and for files asked for (`opts`, the compress=
+    /// mount option), flagged COMPRESS or with an algorithm as property. The
+    /// property's algorithm wins over the one asked for, then zlib (the
+    /// kernel's default for chattr +c). A level given applies to its own
+    /// algorithm only.
+    fn compress_policy(&mut self, root: u64, ino: u64, it: &InodeItem, opts: Option<CompressOpts>, direct: bool, report: &mut WriteReport) -> Result<Option<Policy>> {
+        let flags = it.flags.get();
+        let prop = self.compression_prop(root, ino)?;
+        let wanted = opts.is_some() || flags & INODE_COMPRESS != 0 || matches!(prop, Some(props::CompressionProp::Algo(_)));
+        if !wanted {
+            return Ok(None);
+        }
+        if flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 {
+            if opts.is_some() {
+                report.notices.push(format!(
+                    "{}: written uncompressed: it has no data checksums (nodatasum or nodatacow), and the kernel never compresses such files",
+                    self.inode_label(root, ino)
+                ));
+            }
+            return Ok(None);
+        }
+        if direct {
+            if opts.is_some() || flags & INODE_COMPRESS != 0 {
+                report.notices.push(format!("{}: direct writes are never compressed (as the kernel's)", self.inode_label(root, ino)));
+            }
+            return Ok(None);
+        }
+        let force = opts.is_some_and(|o| o.force);
+        if !force && (flags & INODE_NOCOMPRESS != 0 || prop == Some(props::CompressionProp::No)) {
+            if opts.is_some() {
+                report.notices.push(format!(
+                    "{}: written uncompressed: the file is marked NOCOMPRESS (--compress-force compresses it anyway)",
+                    self.inode_label(root, ino)
+                ));
+            }
+            return Ok(None);
+        }
+        let kind = match (prop, opts) {
+            (Some(props::CompressionProp::Algo(k)), _) => k,
+            (_, Some(o)) => o.kind,
+            _ => Compression::Zlib,
+        };
+        let level = opts.filter(|o| o.kind == kind).and_then(|o| o.level);
+        // The kernel marks a file that did not compress, unless forced or
+        // the property asks for compression.
+        let mark = !force && !matches!(prop, Some(props::CompressionProp::Algo(_)));
+        Ok(Some(Policy { kind, level, mark }))
+    }
+
+    /// The `btrfs.compression` property of an inode, if it has a valid one.
+    fn compression_prop(&mut self, root: u64, ino: u64) -> Result<Option<props::CompressionProp>> {
+        Ok(self.xattr(root, ino, props::COMPRESSION)?.and_then(|v| props::parse_compression(&v)))
+    }
+
+    /// The value of xattr `name` of an inode.
+    fn xattr(&mut self, root: u64, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(d) = self.get(root, Key::new(ino, XATTR_ITEM_KEY, items::name_hash(name)))? else { return Ok(None) };
+        Ok(parse_dir_items(&d)?.into_iter().find(|e| e.name == name).map(|e| e.data))
+    }
+
+    /// A file whose data did not compress: NOCOMPRESS from now on (stored
+    /// with the inode at the end of the write), as the kernel marks it.
+    fn mark_nocompress(&self, root: u64, ino: u64, it: &mut InodeItem, at: u64, report: &mut WriteReport) {
+        if it.flags.get() & INODE_NOCOMPRESS == 0 {
+            it.flags = (it.flags.get() | INODE_NOCOMPRESS).into();
+            report.notices.push(format!(
+                "{}: data at offset {at} does not compress by a sector; marked NOCOMPRESS and written uncompressed from there (as the kernel's compress= does; --compress-force tries every chunk)",
+                self.inode_label(root, ino)
+            ));
+        }
+    }
+
+    /// Buffered, compressed: the file bytes [a, a + buf.len()) (`new_size`
+    /// the file's size after the write) in chunks of 128 KiB compressed on
+    /// several threads; a chunk that saves a sector becomes a compressed
+    /// extent of its own (checksums over the compressed bytes, padded with
+    /// zeros to a sector), the others are written as plain extents.
+    #[allow(clippy::too_many_arguments)]
+    fn write_compressed(
+        &mut self,
+        root: u64,
+        ino: u64,
+        it: &mut InodeItem,
+        a: u64,
+        buf: &[u8],
+        new_size: u64,
+        p: Policy,
+        opts: &WriteOpts,
+        report: &mut WriteReport,
+    ) -> Result<Vec<Rec>> {
+        let ss = self.store.fs.sectorsize as usize;
+        let valid = usize::try_from(new_size.saturating_sub(a)).unwrap_or(usize::MAX).min(buf.len());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let fs = &self.store.fs;
+        let (chunks, failed) = compress_chunks(buf, valid, ss, p, fs.csum, threads)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.inode_label(root, ino))))?;
+        if let (Some(i), true) = (failed, p.mark) {
+            self.mark_nocompress(root, ino, it, a + (i * CHUNK) as u64, report);
+        }
+        let mut recs = Vec::new();
+        // A run of plain chunks waiting to be written as one extent.
+        let mut run: Option<(usize, usize)> = None;
+        for (i, c) in chunks.into_iter().enumerate() {
+            let (cs, ce) = (i * CHUNK, ((i + 1) * CHUNK).min(buf.len()));
+            let placed = match c {
+                Some(c) => match self.store.alloc_data_exact(c.data.len() as u64) {
+                    Ok(logical) => Some((c, logical)),
+                    // No run that long: written plain, as the kernel falls back.
+                    Err(Error::NoSpace(_)) => None,
+                    Err(e) => return Err(e),
+                },
+                None => None,
+            };
+            let Some((c, logical)) = placed else {
+                run = Some(run.map_or((cs, ce), |(s, _)| (s, ce)));
+                continue;
+            };
+            if let Some((rs, re)) = run.take() {
+                recs.extend(self.write_plain_run(a + rs as u64, &buf[rs..re], opts, report)?);
+            }
+            self.write_data(logical, &c.data, opts, report)?;
+            self.set_incompat(props::incompat_for(p.kind));
+            report.compressed += (ce - cs) as u64;
+            report.compressed_disk += c.data.len() as u64;
+            recs.push(Rec { pos: a + cs as u64, logical, disk_len: c.data.len() as u64, len: (ce - cs) as u64, compression: p.kind.raw(), sums: c.sums });
+        }
+        if let Some((rs, re)) = run {
+            recs.extend(self.write_plain_run(a + rs as u64, &buf[rs..re], opts, report)?);
+        }
+        Ok(recs)
+    }
+
+    /// Plain extents for the file bytes `buf` starting at file offset `at`.
+    fn write_plain_run(&mut self, at: u64, buf: &[u8], opts: &WriteOpts, report: &mut WriteReport) -> Result<Vec<Rec>> {
+        let pieces = self.alloc_pieces(at, at + buf.len() as u64)?;
+        let sums = self.write_pieces_buffered(&pieces, at, buf, false, opts, report)?;
+        Ok(plain_recs(&pieces, sums))
     }
 
     /// Checksums of each piece's sectors (`pieces` as (file offset, logical,
@@ -1054,12 +1504,14 @@ impl Transaction {
         Ok(self.piece_csums(pieces, a, &all))
     }
 
-    /// An uncompressed inline extent at file offset 0 holding `data`.
-    fn insert_inline(&mut self, root: u64, ino: u64, data: &[u8]) -> Result<()> {
+    /// An inline extent at file offset 0 holding `data`, which is `ram`
+    /// file bytes compressed with `compression` (or, COMPRESS_NONE, those
+    /// bytes as they are).
+    fn insert_inline(&mut self, root: u64, ino: u64, data: &[u8], ram: u64, compression: u8) -> Result<()> {
         let mut item = FileExtentHeader {
             generation: self.transid().into(),
-            ram_bytes: (data.len() as u64).into(),
-            compression: 0,
+            ram_bytes: ram.into(),
+            compression,
             encryption: 0,
             other_encoding: 0.into(),
             extent_type: FILE_EXTENT_INLINE,
@@ -1070,11 +1522,16 @@ impl Transaction {
         self.insert(root, Key::new(ino, EXTENT_DATA_KEY, 0), item)
     }
 
-    fn insert_extent_item(&mut self, root: u64, ino: u64, file_off: u64, disk: u64, disk_len: u64, len: u64) -> Result<()> {
+    /// A regular extent item at `file_off` naming all `len` file bytes of the
+    /// extent at `disk` (`disk_len` bytes on disk; 0 for a hole), compressed
+    /// with `compression` (then `len` is its ram_bytes) or not (then `len`
+    /// is `disk_len`).
+    #[allow(clippy::too_many_arguments)]
+    fn insert_extent_item(&mut self, root: u64, ino: u64, file_off: u64, disk: u64, disk_len: u64, len: u64, compression: u8) -> Result<()> {
         let mut b = FileExtentHeader {
             generation: self.transid().into(),
-            ram_bytes: disk_len.into(),
-            compression: 0,
+            ram_bytes: if compression == COMPRESS_NONE { disk_len } else { len }.into(),
+            compression,
             encryption: 0,
             other_encoding: 0.into(),
             extent_type: FILE_EXTENT_REG,
@@ -1155,11 +1612,91 @@ impl Transaction {
             let from = old.div_ceil(ss) * ss;
             let to = size.div_ceil(ss) * ss;
             if to > from {
-                self.insert_extent_item(root, ino, from, 0, to - from, to - from)?;
+                self.insert_extent_item(root, ino, from, 0, to - from, to - from, COMPRESS_NONE)?;
             }
         }
         it.size = size.into();
         self.touch(&mut it, true);
         self.put_inode(root, ino, &it)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Text with a run of noise over chunks 3 and 4, and a short tail.
+    fn data() -> Vec<u8> {
+        let mut v: Vec<u8> = b"extent leaf node chunk mirror ".iter().copied().cycle().take(10 * CHUNK + 6000).collect();
+        v[3 * CHUNK..5 * CHUNK].copy_from_slice(&noise(2 * CHUNK, 7));
+        v
+    }
+
+    /// Per chunk (data, checksums) when compressed; the first that did not compress.
+    type Layout = (Vec<Option<(Vec<u8>, Vec<u8>)>>, Option<usize>);
+
+    fn layout(p: Policy, threads: usize) -> Layout {
+        let d = data();
+        let mut buf = d.clone();
+        buf.resize(d.len().div_ceil(4096) * 4096, 0);
+        let (chunks, failed) = compress_chunks(&buf, d.len(), 4096, p, CsumType::Crc32c, threads).unwrap();
+        (chunks.into_iter().map(|c| c.map(|c| (c.data, c.sums))).collect(), failed)
+    }
+
+    #[test]
+    fn compressed_chunks_do_not_depend_on_the_thread_count() {
+        for mark in [false, true] {
+            let p = Policy { kind: Compression::Zstd, level: None, mark };
+            let one = layout(p, 1);
+            for threads in [2, 3, 8] {
+                assert!(layout(p, threads) == one, "mark {mark}: {threads} threads give another layout");
+            }
+            let kinds: Vec<bool> = one.0.iter().map(Option::is_some).collect();
+            assert_eq!(one.1, Some(3));
+            if mark {
+                // The first chunk that does not compress ends compression.
+                assert_eq!(kinds, [true, true, true, false, false, false, false, false, false, false, false]);
+            } else {
+                // Forced: every chunk tried; the tail (6000 bytes) compresses too.
+                assert_eq!(kinds, [true, true, true, false, false, true, true, true, true, true, true]);
+            }
+        }
+    }
+
+    #[test]
+    fn compressed_chunks_are_padded_and_checksummed() {
+        let d = data();
+        let (chunks, _) = layout(Policy { kind: Compression::Lzo, level: None, mark: false }, 2);
+        for (k, (data, sums)) in chunks.into_iter().enumerate().filter_map(|(k, c)| c.map(|c| (k, c))) {
+            assert_eq!(data.len() % 4096, 0);
+            assert!(data.len() + 4096 <= CHUNK);
+            let mut want = Vec::new();
+            CsumType::Crc32c.compute_sectors(&data, 4096, &mut want);
+            assert_eq!(sums, want);
+            let plain = compress::decompress(Compression::Lzo, &data, CHUNK, 4096).unwrap();
+            let end = ((k + 1) * CHUNK).min(d.len());
+            assert!(plain[..end - k * CHUNK] == d[k * CHUNK..end], "chunk {k}");
+            assert!(plain[end - k * CHUNK..].iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn a_sector_or_less_is_never_compressed_nor_a_failure() {
+        let buf = vec![b'a'; 4096];
+        let p = Policy { kind: Compression::Zlib, level: None, mark: true };
+        let (chunks, failed) = compress_chunks(&buf, 4096, 4096, p, CsumType::Crc32c, 4).unwrap();
+        assert!(chunks[0].is_none() && failed.is_none());
     }
 }

@@ -12,7 +12,7 @@ use crate::format::limits;
 use crate::format::*;
 use crate::fs::transaction::Transaction;
 use crate::fs::direct::{Bounce, PagePool};
-use crate::fs::write::{BioHook, Place, WriteOpts, WriteReport};
+use crate::fs::write::{BioHook, CompressOpts, Place, WriteOpts, WriteReport};
 use crate::fs::Filesystem;
 use crate::volumes::OpenOptions;
 
@@ -33,6 +33,8 @@ pub struct WriteRequest {
     pub commit_every: Option<u64>,
     /// Told of every data bio as it is submitted and completed.
     pub on_bio: Option<BioHook>,
+    /// Compress the data (the kernel's compress= / compress-force=).
+    pub compress: Option<CompressOpts>,
 }
 
 fn begin(opts: &OpenOptions) -> Result<Transaction> {
@@ -121,6 +123,9 @@ pub fn write(
     // The kernel stops at the largest file size (EFBIG): refused before
     // anything is written when the size is known, else before the step past it.
     limits::check_file_range(req.offset, len_hint.unwrap_or(0))?;
+    if req.direct && req.compress.is_some() {
+        return Err(Error::Invalid("direct writes are never compressed (the kernel's are not either): --direct with --compress".into()));
+    }
     let (dir, name) = split(path)?;
     let mut tx = begin(opts)?;
     let Place { root, ino: d, .. } = dir_at(&mut tx, &dir, req.parents)?;
@@ -147,7 +152,7 @@ pub fn write(
         tx.store.ensure_data_space(len)?;
     }
     let mut report = WriteReport::default();
-    let wopts = WriteOpts { max_bio: req.max_bio.unwrap_or(WriteOpts::default().max_bio), on_bio: req.on_bio.clone() };
+    let wopts = WriteOpts { max_bio: req.max_bio.unwrap_or(WriteOpts::default().max_bio), on_bio: req.on_bio.clone(), compress: req.compress };
     let mut done = 0u64;
     let mut last_commit = 0u64;
     let every = req.commit_every.unwrap_or(COMMIT_EVERY);

@@ -9,6 +9,9 @@ mod common;
 mod util;
 
 mod chunks;
+mod compressed_rewrite;
+mod compressed_write;
+mod extrefs;
 mod extract;
 mod items;
 mod readers;

@@ -173,3 +173,118 @@ pub fn reseal(csum: btrs::format::CsumType, block: &mut [u8]) {
     block[..32].fill(0);
     block[..csum.size()].copy_from_slice(&sum[..csum.size()]);
 }
+
+/// File contents as they should read: path -> bytes.
+pub type Model = std::collections::BTreeMap<String, Vec<u8>>;
+
+/// Apply a write of `data` at `off` (after cutting the file at `off` when
+/// `truncate`) to the model.
+pub fn model_write(m: &mut Model, path: &str, off: usize, data: &[u8], truncate: bool) {
+    let f = m.entry(path.to_string()).or_default();
+    if truncate {
+        f.truncate(off);
+    }
+    if f.len() < off + data.len() {
+        f.resize(off + data.len(), 0);
+    }
+    f[off..off + data.len()].copy_from_slice(data);
+}
+
+/// `btrs write IMG PATH --offset OFF [EXTRA...]` of `data` (through a host file in `dir`),
+/// and the same change in the model.
+pub fn write_at(dir: &Path, img: &Path, m: &mut Model, path: &str, off: usize, data: &[u8], extra: &[&str]) {
+    let src = dir.join("write-src.bin");
+    std::fs::write(&src, data).unwrap();
+    let off_s = off.to_string();
+    let mut args = vec!["write", s(img), path, "--from", s(&src), "--offset", &off_s, "--quiet"];
+    args.extend_from_slice(extra);
+    ok(&args);
+    model_write(m, path, off, data, extra.contains(&"--truncate"));
+}
+
+/// Cut (or extend with zeros) `path` to `size` bytes with `btrs write --truncate`.
+pub fn truncate_to(img: &Path, m: &mut Model, path: &str, size: usize) {
+    let size_s = size.to_string();
+    ok(&["write", s(img), path, "--from", "/dev/null", "--offset", &size_s, "--truncate", "--quiet"]);
+    m.get_mut(path).unwrap().resize(size, 0);
+}
+
+/// Every model file reads back through `btrs cat` with the model's bytes.
+pub fn btrs_reads_model(img: &Path, m: &Model, what: &str) {
+    for (p, want) in m {
+        let got = ok(&["cat", s(img), p]);
+        assert!(got == *want, "{what}: btrs cat {p}: {} bytes, want {} (first difference at {:?})", got.len(), want.len(), first_diff(&got, want));
+    }
+}
+
+pub fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y).or(if a.len() != b.len() { Some(a.len().min(b.len())) } else { None })
+}
+
+/// Compressible bytes: words of a small vocabulary in a pseudo-random order.
+pub fn text(n: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "extent", "leaf", "node", "checksum", "mirror", "stripe", "chunk", "inode", "subvolume", "snapshot", "reflink", "scrub",
+        "balance", "transaction", "generation", "compression",
+    ];
+    let r = pseudo(n / 4 + 16, seed);
+    let mut out = Vec::with_capacity(n + 16);
+    let mut i = 0;
+    while out.len() < n {
+        out.extend_from_slice(WORDS[(r[i % r.len()] % 16) as usize].as_bytes());
+        out.push(if r[(i + 1) % r.len()] % 9 == 0 { b'\n' } else { b' ' });
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+/// `btrfs inspect-internal dump-tree -t TREE` of one image.
+pub fn progs_dump(img: &Path, tree: &str) -> String {
+    crate::common::interop::must(Command::new("btrfs").args(["inspect-internal", "dump-tree", "-t", tree]).arg(img))
+}
+
+/// The judges after a step: `btrfs check --readonly --check-data-csum` and
+/// btrs reading back the model's bytes.
+pub fn judged(test: &str, imgs: &[PathBuf], m: &Model, what: &str) {
+    progs_check(&format!("{test}: {what}"), imgs, &["--check-data-csum"]);
+    btrs_reads_model(&imgs[0], m, what);
+}
+
+/// The kernel as judge: mount (after `btrfs check`), read every model file,
+/// let `more` write through the mount (and record it in the model), scrub
+/// (`btrfs scrub start -B`, no errors), unmount, `btrfs check
+/// --check-data-csum` again and btrs reads the model. False (after saying
+/// why) when the kernel cannot be used here.
+pub fn kernel_judge(test: &str, dir: &Path, imgs: &[PathBuf], m: &mut Model, more: impl FnOnce(&Path, &mut Model)) -> bool {
+    use crate::common::interop::{interop_enabled, Mounted};
+    if !interop_enabled(test) {
+        return false;
+    }
+    let mnt = dir.join("mnt");
+    let mounted = Mounted::mount(&mnt, imgs, "").unwrap_or_else(|e| panic!("{test}: mount: {e}"));
+    for (p, want) in m.iter() {
+        let got = std::fs::read(mnt.join(p.trim_start_matches('/'))).unwrap_or_else(|e| panic!("{test}: kernel reads {p}: {e}"));
+        assert!(got == *want, "{test}: the kernel reads other bytes in {p} ({} vs {}, first difference at {:?})", got.len(), want.len(), first_diff(&got, want));
+    }
+    more(&mnt, m);
+    crate::common::interop::must(Command::new("sync").arg("-f").arg(&mnt));
+    let out = Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("no errors found"), "{test}: kernel scrub: {text}");
+    for (p, want) in m.iter() {
+        let got = std::fs::read(mnt.join(p.trim_start_matches('/'))).unwrap();
+        assert!(got == *want, "{test}: the kernel reads other bytes in {p} after its writes");
+    }
+    mounted.unmount().unwrap_or_else(|e| panic!("{test}: umount: {e}"));
+    judged(test, imgs, m, "after the kernel");
+    true
+}
+
+/// `mkfs.btrfs -q [EXTRA...]` on one new image of `size` bytes in `dir`.
+pub fn mkfs_progs(dir: &Path, size: u64, extra: &[&str]) -> Vec<PathBuf> {
+    let img = dir.join("progs.img");
+    std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+    crate::common::interop::must(Command::new("mkfs.btrfs").arg("-q").args(extra).arg(&img));
+    vec![img]
+}
