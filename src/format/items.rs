@@ -178,7 +178,7 @@ pub fn parse_inode_extrefs(data: &[u8]) -> Result<Vec<InodeRefEntry>> {
 pub fn encode_inode_refs(refs: &[InodeRefEntry]) -> Vec<u8> {
     let mut out = Vec::new();
     for r in refs {
-        out.extend_from_slice(InodeRef { index: r.index.into(), name_len: (r.name.len() as u16).into() }.as_bytes());
+        out.extend_from_slice(InodeRef { index: r.index.into(), name_len: name_len16(&r.name).into() }.as_bytes());
         out.extend_from_slice(&r.name);
     }
     out
@@ -190,11 +190,17 @@ pub fn encode_inode_extrefs(refs: &[InodeRefEntry]) -> Vec<u8> {
     let mut out = Vec::new();
     for r in refs {
         out.extend_from_slice(
-            InodeExtref { parent_objectid: r.parent.into(), index: r.index.into(), name_len: (r.name.len() as u16).into() }.as_bytes(),
+            InodeExtref { parent_objectid: r.parent.into(), index: r.index.into(), name_len: name_len16(&r.name).into() }.as_bytes(),
         );
         out.extend_from_slice(&r.name);
     }
     out
+}
+
+/// A name's length as the u16 field holds it (callers refuse names over
+/// 255 bytes before they get here; the tree-checker catches any that slip).
+fn name_len16(name: &[u8]) -> u16 {
+    u16::try_from(name.len()).unwrap_or(u16::MAX)
 }
 
 fn check_name(name: &[u8], what: &str) -> Result<()> {
