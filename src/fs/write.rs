@@ -684,10 +684,10 @@ impl Transaction {
             vec![write_copy(0)]
         } else {
             std::thread::scope(|s| {
-                let hs: Vec<_> = (0..copies).map(|m| s.spawn(move || write_copy(m))).collect();
-                hs.into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("a mirror writer thread panicked".into()))))
-                    .collect()
+                // Each copy on a thread of its own; one the host refuses to
+                // start is that copy's error.
+                let hs: Vec<_> = (0..copies).map(|m| crate::threads::spawn_scoped(s, "mirror-writer", move || write_copy(m))).collect();
+                hs.into_iter().map(|h| h.and_then(|h| crate::threads::join(h, "mirror writer"))).collect()
             })
         };
         for r in results {
@@ -922,7 +922,7 @@ impl Transaction {
             } else {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
                 let per = (buf.len() / ss).div_ceil(cores).max(1) * ss;
-                buf.chunks(per).map(|part| s.spawn(move || self.compute_csums(part))).collect()
+                buf.chunks(per).map(|part| crate::threads::spawn_scoped(s, "checksum", move || Ok(self.compute_csums(part)))).collect::<Result<_>>()?
             };
             for &(pos, logical, got) in pieces {
                 let off = (pos - a) as usize;
@@ -930,7 +930,7 @@ impl Transaction {
             }
             let mut all = Vec::new();
             for h in csummers {
-                all.extend(h.join().map_err(|_| Error::Invalid("checksum thread panicked".into()))?);
+                all.extend(crate::threads::join(h, "checksum")?);
             }
             Ok(if nosum { Vec::new() } else { self.piece_csums(pieces, a, &all) })
         })

@@ -666,12 +666,9 @@ impl Devices {
         let Some(first) = all.next() else { return Ok(()) };
         std::thread::scope(|scope| {
             // The others on threads of their own, the first on this one.
-            let handles: Vec<_> = all.map(|d| scope.spawn(move || sync(d))).collect();
+            let handles: Vec<_> = all.map(|d| crate::threads::spawn_scoped(scope, "fsync", move || sync(d))).collect();
             let mine = sync(first);
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("fsync thread panicked".into()))))
-                .fold(mine, |acc, r| acc.and(r))
+            handles.into_iter().map(|h| h.and_then(|h| crate::threads::join(h, "fsync"))).fold(mine, |acc, r| acc.and(r))
         })
     }
 }

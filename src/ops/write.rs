@@ -99,6 +99,10 @@ const STEP_BUFFERS: usize = 4;
 /// commits.
 const COMMIT_EVERY: u64 = 1 << 30;
 
+/// Largest file size: the kernel's (MAX_LFS_FILESIZE, i64::MAX); btrfs keeps
+/// sizes and offsets as signed 64-bit values in places.
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
 /// Whether a commit is due: `every` bytes handed to the engine since the last.
 fn commit_due(done: u64, last: u64, every: u64) -> bool {
     done - last >= every.max(1)
@@ -115,6 +119,9 @@ pub fn write(
     req: &WriteRequest,
     progress: &mut dyn FnMut(u64),
 ) -> Result<WriteReport> {
+    if req.offset > MAX_FILE_SIZE {
+        return Err(Error::Invalid(format!("--offset {} is past the largest file size ({MAX_FILE_SIZE})", req.offset)));
+    }
     let mut tx = begin(opts)?;
     let (dir, name) = split(path)?;
     let Place { root, ino: d, .. } = dir_at(&mut tx, &dir, req.parents)?;
@@ -153,7 +160,7 @@ pub fn write(
     // in a read of standard input until the process ends.
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Bounce>>(1);
     let pool = PagePool::new(STEP_BUFFERS, WRITE_STEP);
-    std::thread::spawn(move || {
+    let reader = move || {
         while let Some(mut pages) = pool.take() {
             pages.set_len(pages.capacity());
             let r = fill(&mut *input, pages.bytes_mut()).map(|n| {
@@ -165,14 +172,24 @@ pub fn write(
                 break;
             }
         }
-    });
-    while let Ok(pages) = full_rx.recv() {
+    };
+    std::thread::Builder::new().name("write-reader".into()).spawn(reader).map_err(|e| Error::io("<threads>", "start the input reader thread", e))?;
+    loop {
+        // The reader ends with an empty step (or an error): a channel closed
+        // before that means it died (panicked), and what came so far is not
+        // the whole input.
+        let Ok(pages) = full_rx.recv() else {
+            return Err(Error::Invalid("the input reader thread ended before the input did (panicked)".into()));
+        };
         let pages = pages?;
         let n = pages.len();
         if n == 0 {
             break;
         }
         let at = req.offset + done;
+        if at.checked_add(n as u64).is_none_or(|end| end > MAX_FILE_SIZE) {
+            return Err(Error::Invalid(format!("{path}: writing at {at} would make the file larger than {MAX_FILE_SIZE} bytes")));
+        }
         tx.write_owned(root, ino, at, pages, req.direct, &wopts, &mut report)?;
         done += n as u64;
         progress(done);
