@@ -206,8 +206,8 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     o.metadata_profile = profile(&a.metadata, "metadata")?;
     o.csum = btrs::format::CsumType::from_name(&a.csum)
         .with_context(|| format!("unknown checksum type {:?}; use crc32c, xxhash, sha256 or blake2", a.csum))?;
-    o.nodesize = u32::try_from(m::parse_size(&a.nodesize)?).context("nodesize too large")?;
-    o.sectorsize = u32::try_from(m::parse_size(&a.sectorsize)?).context("sectorsize too large")?;
+    o.nodesize = u32::try_from(m::parse_size(&a.nodesize)?).map_err(|_| anyhow::anyhow!("--nodesize {}: too large (4K..64K)", a.nodesize))?;
+    o.sectorsize = u32::try_from(m::parse_size(&a.sectorsize)?).map_err(|_| anyhow::anyhow!("--sectorsize {}: too large (4096)", a.sectorsize))?;
     o.label = a.label;
     o.fsid = match &a.uuid {
         Some(u) => Some(*uuid::Uuid::parse_str(u).with_context(|| format!("bad UUID {u:?}"))?.as_bytes()),

@@ -60,6 +60,14 @@ fn btrs_fsize_limited(args: &[&str], limit_kib: u64) -> Command {
     c
 }
 
+/// The primary superblock's bytes: what every commit rewrites.
+fn superblock(img: &Path) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; 4096];
+    std::fs::File::open(img).unwrap().read_exact_at(&mut b, 65536).unwrap();
+    b
+}
+
 fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
@@ -233,4 +241,219 @@ fn direct_write_from_endless_stdin_stops_at_the_first_failed_bio() {
     // trees are as they were (the free space itself may hold the new bytes).
     let after = ok(&["ls", s(&imgs[0]), "/"]);
     assert!(after.is_empty(), "{}", String::from_utf8_lossy(&after));
+}
+
+// ---------------------------------------------------------------------------
+// Hostile numbers on the command line.
+
+/// Every numeric option with hostile values (too large for its type or for
+/// what it means, negative, zero, a size whose suffix overflows): a clear
+/// error with exit 2 (clap's usage errors) or 1 (btrs's), or it works — never
+/// a panic, a signal or a hang. A refused command leaves the image alone and
+/// leaves no new image behind. `--threads 1000000` panicked; a `--max-bio`
+/// whose suffix overflowed wrapped around.
+#[test]
+fn hostile_numbers_fail_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = mkfs(d, 1, "256M", "single", &[]).remove(0);
+    let src = d.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), pseudo(100_000, 3)).unwrap();
+    let four_k = d.join("4k");
+    std::fs::write(&four_k, pseudo(4096, 4)).unwrap();
+    let (img_s, src_s, four_k_s) = (s(&img).to_string(), s(&src).to_string(), s(&four_k).to_string());
+    // (arguments, exit code, what stderr must say); NEW is a path no file is at.
+    #[rustfmt::skip]
+    let cases: &[(&[&str], i32, &str)] = &[
+        // mkfs --threads
+        (&["mkfs", "--threads", "1000000", "-b", "256M", "NEW"], 2, "at most 1024 threads"),
+        (&["mkfs", "--threads", "18446744073709551616", "-b", "256M", "NEW"], 2, "not a thread count"),
+        (&["mkfs", "--threads=-1", "-b", "256M", "NEW"], 2, "not a thread count"),
+        (&["mkfs", "--threads", "1024", "-b", "256M", "-r", "SRC", "NEW"], 0, ""),
+        (&["mkfs", "--threads", "0", "-b", "256M", "-r", "SRC", "NEW"], 0, ""),
+        // mkfs -b / --size
+        (&["mkfs", "-b", "18446744073709551616", "NEW"], 1, "bad size"),
+        (&["mkfs", "-b", "16E", "NEW"], 1, "too large"),
+        (&["mkfs", "-b", "17179869184G", "NEW"], 1, "too large"),
+        (&["mkfs", "-b", "15E", "NEW"], 1, "largest file size"),
+        (&["mkfs", "-b", "9223372036854775808", "NEW"], 1, "largest file size"),
+        (&["mkfs", "-b", "0", "NEW"], 1, "too small"),
+        (&["mkfs", "--size=-5M", "NEW"], 1, "bad size"),
+        (&["mkfs", "-b", "1.5G", "NEW"], 1, "bad size"),
+        (&["mkfs", "-b", "5X", "NEW"], 1, "unknown suffix"),
+        // mkfs --offset
+        (&["mkfs", "--offset", "18446744073709547520", "-b", "100M", "NEW"], 1, "largest file size"),
+        (&["mkfs", "--offset", "9223372036854771712", "-b", "100M", "NEW"], 1, "largest file size"),
+        (&["mkfs", "--offset", "18446744073709551616", "-b", "100M", "NEW"], 1, "bad size"),
+        (&["mkfs", "--offset=-4096", "-b", "100M", "NEW"], 1, "bad size"),
+        (&["mkfs", "--offset", "16E", "-b", "100M", "NEW"], 1, "too large"),
+        (&["mkfs", "--offset", "1", "-b", "100M", "NEW"], 1, "multiple of the sectorsize"),
+        // mkfs -n / -s
+        (&["mkfs", "-n", "0", "-b", "256M", "NEW"], 1, "nodesize 0"),
+        (&["mkfs", "-n", "4294967296", "-b", "256M", "NEW"], 1, "too large"),
+        (&["mkfs", "-n", "18446744073709551616", "-b", "256M", "NEW"], 1, "bad size"),
+        (&["mkfs", "--nodesize", "128K", "-b", "256M", "NEW"], 1, "power of two between"),
+        (&["mkfs", "--nodesize", "12K", "-b", "256M", "NEW"], 1, "power of two between"),
+        (&["mkfs", "-s", "0", "-b", "256M", "NEW"], 1, "sectorsize 0"),
+        (&["mkfs", "--sectorsize", "4294967296", "-b", "256M", "NEW"], 1, "too large"),
+        // mkfs --slack, --compress levels, --owner-map
+        (&["mkfs", "--shrink", "--slack", "7E", "-r", "SRC", "NEW"], 1, "at most"),
+        (&["mkfs", "--shrink", "--slack", "18446744073709551616", "-r", "SRC", "NEW"], 1, "bad size"),
+        (&["mkfs", "--shrink", "--slack", "4294967296%", "-r", "SRC", "NEW"], 1, "bad --slack"),
+        (&["mkfs", "--shrink", "--slack", "0", "-r", "SRC", "NEW"], 0, ""),
+        (&["mkfs", "-b", "256M", "--compress", "zlib:10", "-r", "SRC", "NEW"], 1, "zlib level"),
+        (&["mkfs", "-b", "256M", "--compress", "zstd:2147483648", "-r", "SRC", "NEW"], 1, "no such path"),
+        (&["mkfs", "-b", "256M", "--owner-map", "0:4294967295:2", "-r", "SRC", "NEW"], 1, "owner-map"),
+        (&["mkfs", "-b", "256M", "--owner-map", "0:0:18446744073709551616", "-r", "SRC", "NEW"], 1, "owner-map"),
+        // scrub
+        (&["scrub", "--threads", "1000000", "IMG"], 2, "at most 1024 threads"),
+        (&["scrub", "--threads", "1024", "IMG"], 0, ""),
+        (&["scrub", "--prefer-mirror", "0", "IMG"], 2, "--prefer-mirror"),
+        (&["scrub", "--prefer-mirror", "5", "IMG"], 2, "--prefer-mirror"),
+        (&["scrub", "--prefer-mirror", "18446744073709551616", "IMG"], 2, "--prefer-mirror"),
+        (&["scrub", "--prefer-mirror", "4", "IMG"], 0, ""),
+        // fixture --seed
+        (&["fixture", "list", "--seed", "18446744073709551616"], 2, "--seed"),
+        (&["fixture", "list", "--seed=-1"], 2, "--seed"),
+        (&["fixture", "raid1-clean", "NEW", "--seed", "18446744073709551615"], 0, ""),
+        // write --offset, --max-bio, --commit-every
+        (&["write", "IMG", "/f", "--from", "4K", "--offset", "18446744073709551615"], 2, "--offset"),
+        (&["write", "IMG", "/f", "--from", "4K", "--offset", "9223372036854775808"], 2, "--offset"),
+        (&["write", "IMG", "/f", "--from", "4K", "--offset=-1"], 2, "--offset"),
+        (&["write", "IMG", "/f", "--from", "4K", "--offset", "9223372036854775807"], 1, "larger than"),
+        (&["write", "IMG", "/f", "--from", "4K", "--offset", "9223372036854771712", "--direct"], 1, "larger than"),
+        (&["write", "IMG", "/far", "--from", "4K", "--offset", "9223372036854767616"], 0, ""),
+        (&["write", "IMG", "/f", "--from", "4K", "--max-bio", "0"], 1, "at least 4K"),
+        (&["write", "IMG", "/f", "--from", "4K", "--max-bio", "18014398509481984K"], 1, "at most 1G"),
+        (&["write", "IMG", "/f", "--from", "4K", "--max-bio", "18446744073709551616"], 1, "bad size"),
+        (&["write", "IMG", "/f", "--from", "4K", "--max-bio", "2G"], 1, "at most 1G"),
+        (&["write", "IMG", "/f", "--from", "4K", "--max-bio=-4K"], 1, "bad size"),
+        (&["write", "IMG", "/f", "--from", "4K", "--commit-every", "16E"], 1, "too large"),
+        (&["write", "IMG", "/f", "--from", "4K", "--commit-every=-1"], 1, "bad size"),
+        (&["write", "IMG", "/f0", "--from", "4K", "--commit-every", "0"], 0, ""),
+        (&["write", "IMG", "/f15", "--from", "4K", "--commit-every", "15E", "--direct", "--max-bio", "1G"], 0, ""),
+        // dump-tree -t
+        (&["dump-tree", "-t", "18446744073709551616", "IMG"], 1, "unknown tree"),
+        (&["dump-tree", "-t=-1", "IMG"], 1, "no ROOT_ITEM"),
+        (&["dump-tree", "-t", "0", "IMG"], 1, "no ROOT_ITEM"),
+    ];
+    for (i, (args, want, needle)) in cases.iter().enumerate() {
+        let new = d.join(format!("new{i}"));
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| match *a {
+                "NEW" => s(&new).to_string(),
+                "IMG" => img_s.clone(),
+                "SRC" => src_s.clone(),
+                "4K" => four_k_s.clone(),
+                a => a.to_string(),
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // The superblock: a refused command commits nothing (hashing the
+        // whole image for each of these cases would take minutes).
+        let before = superblock(&img);
+        let (out, _) = bounded(Command::new(BIN).args(&args), &format!("{args:?}"));
+        let err = stderr(&out);
+        assert_eq!(code(&out), *want, "{args:?}: {err}");
+        if *want != 0 {
+            assert!(err.contains(needle), "{args:?}: stderr lacks {needle:?}: {err}");
+            assert!(err.lines().count() <= 6, "{args:?}: not a short message: {err}");
+            assert_eq!(superblock(&img), before, "{args:?}: a refused command changed the image");
+            assert!(!new.exists(), "{args:?}: a refused command left {} behind", new.display());
+        } else if args[0] == "mkfs" {
+            progs_check("hostile_numbers_fail_cleanly", &[new.clone()], &[]);
+        }
+        if new.is_dir() {
+            std::fs::remove_dir_all(&new).unwrap();
+        } else {
+            let _ = std::fs::remove_file(&new);
+        }
+    }
+    // The writes that worked left a filesystem btrfs check accepts.
+    progs_check("hostile_numbers_fail_cleanly", &[img.clone()], &[]);
+}
+
+// ---------------------------------------------------------------------------
+// Offsets and sizes that wrap; existing files left alone.
+
+/// `mkfs` with hostile --offset / --size on an existing ext4 image, without
+/// -f: refused, and the file keeps its length and every byte. An offset of
+/// 2^64-4096 with -b 100M wrapped around and truncated the ext4 image to
+/// 100 MiB - 4 KiB; --offset 4096 wrote a btrfs into the middle of it.
+#[test]
+fn mkfs_refuses_wrapping_offsets_on_an_ext4_image() {
+    let test = "mkfs_refuses_wrapping_offsets_on_an_ext4_image";
+    let have = Command::new("mkfs.ext4").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !have {
+        assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "{test}: BTRS_INTEROP=require but mkfs.ext4 is missing (e2fsprogs)");
+        eprintln!("skipped: {test}: mkfs.ext4 not installed (e2fsprogs)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ext4 = tmp.path().join("ext4.img");
+    let o = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&ext4).arg("100M").output().unwrap();
+    assert!(o.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&o.stderr));
+    let before = fingerprint(&ext4);
+    #[rustfmt::skip]
+    let cases: &[&[&str]] = &[
+        &["--offset", "18446744073709547520", "-b", "100M"],
+        &["--offset", "18446744073709547520", "-b", "4K"],
+        &["--offset", "18446744073709547520"],
+        &["--offset", "9223372036854771712", "-b", "100M"],
+        &["--offset", "4611686018427387904", "-b", "100M"],
+        &["--offset", "4096", "-b", "50M"],
+        &["--offset", "1M", "-b", "50M"],
+        &["--offset", "1M"],
+        &["-b", "50M"],
+        &["-b", "15E"],
+        &["-b", "16E"],
+        &["--shrink"],
+    ];
+    for extra in cases {
+        let mut args = vec!["mkfs"];
+        args.extend_from_slice(extra);
+        args.push(s(&ext4));
+        let (out, _) = bounded(Command::new(BIN).args(&args), &format!("{args:?}"));
+        let err = stderr(&out);
+        assert_eq!(code(&out), 1, "{args:?}: {err}");
+        assert_eq!(fingerprint(&ext4), before, "{args:?} changed the ext4 image: {err}");
+    }
+    let o = Command::new("e2fsck").args(["-n", "-f"]).arg(&ext4).output().unwrap();
+    assert!(o.status.success(), "e2fsck: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+}
+
+/// A file that is no filesystem and longer than the requested size: a mkfs
+/// that fails (the content does not fit, the offset wraps) leaves its length
+/// and bytes alone.
+#[test]
+fn failed_mkfs_leaves_a_larger_plain_file_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("plain.img");
+    {
+        let f = std::fs::File::create(&plain).unwrap();
+        f.set_len(96 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&pseudo(1 << 20, 9), 0).unwrap();
+        f.write_all_at(&pseudo(1 << 20, 10), 95 << 20).unwrap();
+    }
+    let before = fingerprint(&plain);
+    let src = data_tree(tmp.path(), 24, 2 << 20);
+    #[rustfmt::skip]
+    let cases: &[&[&str]] = &[
+        &["-b", "40M", "-r", s(&src)],
+        &["--offset", "18446744073709547520", "-b", "64M"],
+        &["--offset", "9223372036854771712", "-b", "64M", "-r", s(&src)],
+        &["-b", "15E"],
+        &["-n", "3K", "-b", "64M"],
+    ];
+    for extra in cases {
+        let mut args = vec!["mkfs"];
+        args.extend_from_slice(extra);
+        args.push(s(&plain));
+        let (out, _) = bounded(Command::new(BIN).args(&args), &format!("{args:?}"));
+        assert_eq!(code(&out), 1, "{args:?}: {}", stderr(&out));
+        assert_eq!(fingerprint(&plain), before, "{args:?} changed the file");
+    }
 }
