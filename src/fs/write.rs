@@ -399,11 +399,17 @@ impl Transaction {
             self.unlink(root, ddir, dname)?;
         }
         if ft == FT_DIR {
-            // Refuse moving a directory into itself.
+            // Refuse moving a directory into itself. A parent chain that
+            // comes back on itself (crafted INODE_REFs) would never reach
+            // the root: an error, not an endless walk.
             let mut cur = ddir;
+            let mut seen = std::collections::HashSet::new();
             while cur != FIRST_FREE_OBJECTID {
                 if cur == ino {
                     return Err(Error::Invalid("cannot move a directory into itself".into()));
+                }
+                if !seen.insert(cur) {
+                    return Err(Error::corrupt(format!("inode {cur} of tree {root}"), "its parent chain loops"));
                 }
                 let refs = self.range(root, Key::new(cur, INODE_REF_KEY, 0), Key::new(cur, INODE_REF_KEY, u64::MAX))?;
                 cur = refs.first().map(|(k, _)| k.offset).ok_or_else(|| Error::corrupt(format!("inode {cur}"), "no parent"))?;

@@ -457,3 +457,304 @@ fn failed_mkfs_leaves_a_larger_plain_file_alone() {
         assert_eq!(fingerprint(&plain), before, "{args:?} changed the file");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Deep trees and directory loops: no walk may overflow the stack.
+
+/// Depth of the deep trees: far more than a recursive walk's stack holds.
+const DEEP: usize = 20_000;
+
+/// "/d/d/.../d", `DEEP` levels.
+fn deep_path() -> String {
+    "/d".repeat(DEEP)
+}
+
+/// A host directory `DEEP` levels deep under `dir`, made through directory
+/// descriptors (its paths are far longer than PATH_MAX); removed with
+/// `rm -rf` on drop, which handles any depth.
+struct DeepHostTree {
+    root: PathBuf,
+}
+
+impl DeepHostTree {
+    fn make(dir: &Path) -> DeepHostTree {
+        use rustix::fs::{mkdirat, openat, Mode, OFlags};
+        let root = dir.join("deep");
+        std::fs::create_dir_all(&root).unwrap();
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut fd = openat(rustix::fs::CWD, &root, flags, Mode::empty()).unwrap();
+        for _ in 0..DEEP {
+            mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            fd = openat(&fd, "d", flags, Mode::empty()).unwrap();
+        }
+        DeepHostTree { root }
+    }
+}
+
+impl Drop for DeepHostTree {
+    fn drop(&mut self) {
+        let _ = Command::new("rm").arg("-rf").arg(&self.root).status();
+    }
+}
+
+/// `mkdir -p` makes a 20000-level tree; `rm -r` removes it (it overflowed
+/// the stack, recursing once per level) and btrfs check agrees.
+#[test]
+fn rm_r_of_a_20000_level_tree_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = mkfs(tmp.path(), 1, "256M", "single", &[]);
+    let img = s(&imgs[0]);
+    ok(&["mkdir", "-p", img, &deep_path()]);
+    ok(&["mkdir", "-p", img, "/keep"]);
+    let (out, took) = bounded(Command::new(BIN).args(["rm", "-r", img, "/d"]), "rm -r of a 20000-level tree");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    eprintln!("rm -r of {DEEP} levels: {took:?}");
+    assert_eq!(ok(&["ls", img, "/"]), b"keep\n");
+    progs_check("rm_r_of_a_20000_level_tree_works", &imgs, &[]);
+}
+
+/// `ls -R` of a 20000-level tree lists every level (it stopped at 4096
+/// levels with an error naming a 8 KiB path). Its output (every level's path,
+/// 400 MB) is counted, not kept.
+#[test]
+fn ls_r_of_a_20000_level_tree_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = mkfs(tmp.path(), 1, "256M", "single", &[]);
+    let img = s(&imgs[0]);
+    ok(&["mkdir", "-p", img, &deep_path()]);
+    let t0 = Instant::now();
+    let mut child = Command::new(BIN).args(["ls", "-R", img, "/"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut so = child.stdout.take().unwrap();
+    let (mut lines, mut bytes, mut tail) = (0usize, 0usize, Vec::new());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = so.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+        bytes += n;
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > 200_000 {
+            tail.drain(..tail.len() - 100_000);
+        }
+        assert!(t0.elapsed() < HANG, "ls -R still running after {HANG:?}");
+    }
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(0), "ls -R: {err}");
+    // Per level: its "PATH:" line, its entry, the blank line before the next.
+    assert_eq!(lines, 3 * DEEP + 1, "{bytes} bytes");
+    let last = format!("{}:\n", deep_path());
+    assert!(tail.ends_with(last.as_bytes()), "does not end with the deepest directory");
+    eprintln!("ls -R of {DEEP} levels: {bytes} bytes in {:?}", t0.elapsed());
+}
+
+/// `put` of a host tree 20000 levels deep: its paths outgrow PATH_MAX, so a
+/// clean error naming that (nothing committed), never a stack overflow.
+#[test]
+fn put_of_a_20000_level_host_tree_fails_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let deep = DeepHostTree::make(tmp.path());
+    let imgs = mkfs(tmp.path(), 1, "256M", "single", &[]);
+    let before = fingerprint(&imgs[0]);
+    let (out, _) = bounded(Command::new(BIN).args(["put", s(&imgs[0]), s(&deep.root), "/deep"]), "put of a deep host tree");
+    let err = stderr(&out);
+    match code(&out) {
+        0 => progs_check("put_of_a_20000_level_host_tree_fails_cleanly", &imgs, &[]),
+        1 => {
+            assert!(err.contains("File name too long"), "{}", &err[err.len().saturating_sub(300)..]);
+            assert_eq!(fingerprint(&imgs[0]), before, "a failed put changed the image");
+        }
+        c => panic!("put: exit {c}: {err}"),
+    }
+}
+
+/// `mkfs -r` of a host tree 20000 levels deep: likewise a clean error (the
+/// new image removed again), never a stack overflow.
+#[test]
+fn mkfs_rootdir_of_a_20000_level_host_tree_fails_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let deep = DeepHostTree::make(tmp.path());
+    let img = tmp.path().join("new.img");
+    let (out, _) = bounded(Command::new(BIN).args(["mkfs", "-b", "256M", "-r", s(&deep.root), s(&img)]), "mkfs -r of a deep host tree");
+    let err = stderr(&out);
+    match code(&out) {
+        0 => progs_check("mkfs_rootdir_of_a_20000_level_host_tree_fails_cleanly", &[img], &[]),
+        1 => {
+            assert!(err.contains("File name too long"), "{}", &err[err.len().saturating_sub(300)..]);
+            assert!(!img.exists(), "the failed mkfs left its image behind");
+        }
+        c => panic!("mkfs: exit {c}: {err}"),
+    }
+}
+
+/// `mkfs --rootdir-tar` of an archive whose one member is a directory 20000
+/// levels deep (its parents implied): archive paths have no PATH_MAX, so the
+/// image is made (the walk overflowed the stack), and holds the path.
+#[test]
+fn mkfs_rootdir_tar_of_a_20000_level_path_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tar_path = tmp.path().join("deep.tar");
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        let member = format!("{}/", &deep_path()[1..]);
+        b.append_data(&mut h, &member, std::io::empty()).unwrap();
+        b.finish().unwrap();
+    }
+    let img = tmp.path().join("new.img");
+    let (out, took) = bounded(Command::new(BIN).args(["mkfs", "-b", "256M", "--rootdir-tar", s(&tar_path), s(&img)]), "mkfs --rootdir-tar of a deep path");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    eprintln!("mkfs --rootdir-tar of {DEEP} levels: {took:?}");
+    let deepest = format!("{}/", deep_path());
+    let (c, listing, err) = btrs(&["ls", s(&img), &deepest]);
+    assert_eq!((c, listing.len()), (0, 0), "the deepest directory is there and empty: {err}");
+    progs_check("mkfs_rootdir_tar_of_a_20000_level_path_works", &[img], &[]);
+}
+
+/// Every leaf of tree `tree` in single-device image `img`, each copy's
+/// physical address.
+fn leaf_copies(img: &Path, tree: u64) -> Vec<u64> {
+    let fs = btrs::Filesystem::open(&btrs::volumes::OpenOptions { image: img.to_path_buf(), ..Default::default() }).unwrap();
+    let mut out = Vec::new();
+    let mut stack = vec![fs.reader.root_block(&fs.tree_root(tree).unwrap()).unwrap()];
+    while let Some(b) = stack.pop() {
+        if b.is_leaf() {
+            for m in 0..fs.volume().num_copies(b.logical).unwrap() {
+                out.push(fs.volume().locate(b.logical, m).unwrap().physical);
+            }
+        } else {
+            for i in 0..b.nritems() {
+                stack.push(fs.reader.child(&b, i, tree).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Apply `edit(key objectid, key type, key offset, leaf, item's key offset
+/// in the leaf, body offset in the leaf)` to every item of every leaf copy of
+/// tree `tree`, resealing the leaves it changed (crc32c); how many items
+/// were changed (counted once per copy).
+fn patch_items(img: &Path, tree: u64, edit: impl Fn(u64, u8, u64, &mut [u8], usize, usize) -> bool) -> usize {
+    use std::os::unix::fs::FileExt;
+    const HEADER: usize = 101;
+    const ITEM: usize = 25;
+    let nodesize = 16384;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
+    let mut changed = 0;
+    for phys in leaf_copies(img, tree) {
+        let mut b = vec![0u8; nodesize];
+        f.read_exact_at(&mut b, phys).unwrap();
+        let n = u32::from_le_bytes(b[96..100].try_into().unwrap()) as usize;
+        let mut any = false;
+        for i in 0..n {
+            let item = HEADER + i * ITEM;
+            let oid = u64::from_le_bytes(b[item..item + 8].try_into().unwrap());
+            let ty = b[item + 8];
+            let off = u64::from_le_bytes(b[item + 9..item + 17].try_into().unwrap());
+            let body = HEADER + u32::from_le_bytes(b[item + 17..item + 21].try_into().unwrap()) as usize;
+            if edit(oid, ty, off, &mut b, item, body) {
+                any = true;
+                changed += 1;
+            }
+        }
+        if any {
+            let c = btrs::format::CsumType::Crc32c.compute(&b[32..]);
+            b[..32].copy_from_slice(&c);
+            f.write_all_at(&b, phys).unwrap();
+        }
+    }
+    changed
+}
+
+/// An image whose /a/b entry (DIR_ITEM and DIR_INDEX) is patched to name the
+/// root directory: /a/b is / again, a loop.
+fn looped_image(dir: &Path) -> PathBuf {
+    let img = mkfs(dir, 1, "256M", "single", &[]).remove(0);
+    ok(&["mkdir", "-p", s(&img), "/a/b/c"]);
+    ok(&["write", s(&img), "/a/b/c/f", "--from", "/dev/null", "--quiet"]);
+    let fs = btrs::Filesystem::open(&btrs::volumes::OpenOptions { image: img.clone(), ..Default::default() }).unwrap();
+    let a = fs.resolve("/a").unwrap().id.ino;
+    let b = fs.resolve("/a/b").unwrap().id.ino;
+    drop(fs);
+    let n = patch_items(&img, btrs::format::FS_TREE_OBJECTID, |oid, ty, _, leaf, _, body| {
+        let entry = ty == btrs::format::DIR_ITEM_KEY || ty == btrs::format::DIR_INDEX_KEY;
+        if oid != a || !entry || leaf[body + 30..body + 31] != *b"b" || u64::from_le_bytes(leaf[body..body + 8].try_into().unwrap()) != b {
+            return false;
+        }
+        leaf[body..body + 8].copy_from_slice(&256u64.to_le_bytes());
+        true
+    });
+    assert_eq!(n, 2, "DIR_ITEM and DIR_INDEX of /a/b");
+    img
+}
+
+/// `rm -r` through a crafted directory loop: a clean error (it recursed
+/// until the stack overflowed), exit 1, the image unchanged.
+#[test]
+fn rm_r_through_a_directory_loop_is_a_clean_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = looped_image(tmp.path());
+    let before = fingerprint(&img);
+    let (out, _) = bounded(Command::new(BIN).args(["rm", "-r", s(&img), "/a"]), "rm -r through a loop");
+    let err = stderr(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains("reached twice"), "{err}");
+    assert!(err.len() < 400, "{err}");
+    eprintln!("rm -r: {}", err.trim());
+    assert_eq!(fingerprint(&img), before, "a failed rm changed the image");
+}
+
+/// `ls -R` through the same loop: a clean error naming it, exit 1.
+#[test]
+fn ls_r_through_a_directory_loop_is_a_clean_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = looped_image(tmp.path());
+    let before = fingerprint(&img);
+    let (out, _) = bounded(Command::new(BIN).args(["ls", "-R", s(&img), "/"]), "ls -R through a loop");
+    let err = stderr(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains("reached twice"), "{err}");
+    eprintln!("ls -R: {}", err.trim());
+    assert_eq!(fingerprint(&img), before);
+}
+
+/// `mv` of a directory into one whose parent chain (INODE_REFs) loops: it
+/// walked the chain forever looking for the root; now a clean error, exit 1,
+/// the image unchanged.
+#[test]
+fn mv_into_a_looping_parent_chain_is_a_clean_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = mkfs(tmp.path(), 1, "256M", "single", &[]).remove(0);
+    ok(&["mkdir", "-p", s(&img), "/a/b"]);
+    ok(&["mkdir", s(&img), "/x"]);
+    let fs = btrs::Filesystem::open(&btrs::volumes::OpenOptions { image: img.clone(), ..Default::default() }).unwrap();
+    let a = fs.resolve("/a").unwrap().id.ino;
+    let b = fs.resolve("/a/b").unwrap().id.ino;
+    drop(fs);
+    // /a's INODE_REF names /a/b as its parent: b -> a -> b -> ...
+    let n = patch_items(&img, btrs::format::FS_TREE_OBJECTID, |oid, ty, off, leaf, item, _| {
+        if oid != a || ty != btrs::format::INODE_REF_KEY || off != 256 {
+            return false;
+        }
+        leaf[item + 9..item + 17].copy_from_slice(&b.to_le_bytes());
+        true
+    });
+    assert_eq!(n, 1, "INODE_REF of /a");
+    let before = fingerprint(&img);
+    let (out, _) = bounded(Command::new(BIN).args(["mv", s(&img), "/x", "/a/b"]), "mv into a looping parent chain");
+    let err = stderr(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains("parent chain loops"), "{err}");
+    eprintln!("mv: {}", err.trim());
+    assert_eq!(fingerprint(&img), before);
+}
