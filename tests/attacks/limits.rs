@@ -758,3 +758,72 @@ fn mv_into_a_looping_parent_chain_is_a_clean_error() {
     eprintln!("mv: {}", err.trim());
     assert_eq!(fingerprint(&img), before);
 }
+
+// ---------------------------------------------------------------------------
+// A reader that closes the pipe early.
+
+/// Every command that writes to standard output, read by a reader that
+/// closes the pipe at once, or after one byte: it ends quietly (exit 0, no
+/// panic message, no death by signal). `completions` panicked in clap_complete.
+#[test]
+fn a_closed_pipe_ends_every_command_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    for i in 0..300 {
+        std::fs::write(src.join(format!("sub/file-with-a-long-name-{i:04}")), pseudo(100 + i, i as u64)).unwrap();
+    }
+    std::fs::write(src.join("big"), pseudo(4 << 20, 1)).unwrap();
+    let imgs = mkfs(tmp.path(), 1, "256M", "single", &["-r", s(&src)]);
+    let img = s(&imgs[0]);
+    let newimg = tmp.path().join("new.img");
+    #[rustfmt::skip]
+    let cmds: Vec<Vec<&str>> = vec![
+        vec!["completions", "bash"], vec!["completions", "zsh"], vec!["completions", "fish"],
+        vec!["completions", "elvish"], vec!["completions", "powershell"],
+        vec!["cat", img, "/big"],
+        vec!["ls", "-R", img, "/"], vec!["ls", "-l", "-R", img, "/"], vec!["ls", img, "/sub"],
+        vec!["dump-tree", img], vec!["dump-tree", "-t", "fs", img],
+        vec!["dump-super", img], vec!["dump-super", "--all", "--json", img],
+        vec!["scrub", "--json", img], vec!["scrub", img],
+        vec!["fixture", "list"],
+        vec!["mkfs", "-f", "-b", "256M", "--json", s(&newimg)],
+        vec!["write", img, "/w", "--from", "/dev/null", "-v"],
+        vec!["--help"], vec!["mkfs", "--help"], vec!["--version"],
+    ];
+    for cmd in &cmds {
+        for read_first in [false, true] {
+            let what = format!("{cmd:?} (pipe closed {})", if read_first { "after one byte" } else { "at once" });
+            let t0 = Instant::now();
+            let mut child = Command::new(BIN).args(cmd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+            let mut out = child.stdout.take().unwrap();
+            if read_first {
+                let mut b = [0u8; 1];
+                let _ = out.read(&mut b);
+            }
+            drop(out);
+            let mut err = String::new();
+            let mut se = child.stderr.take().unwrap();
+            let reader = std::thread::spawn(move || {
+                let _ = se.read_to_string(&mut err);
+                err
+            });
+            let status = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break st;
+                }
+                if t0.elapsed() > HANG {
+                    let _ = child.kill();
+                    panic!("{what}: still running after {HANG:?}");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let err = reader.join().unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            assert!(status.signal().is_none(), "{what}: died of signal {:?}: {err}", status.signal());
+            assert!(!err.contains("panicked"), "{what}: {err}");
+            assert_eq!(status.code(), Some(0), "{what}: {err}");
+            assert!(err.is_empty() || !err.contains("error"), "{what}: {err}");
+        }
+    }
+}
