@@ -55,8 +55,13 @@ fn bounded(cmd: &mut Command, what: &str) -> (Output, Duration) {
 /// `btrs ARGS` under a file size limit of `limit_kib` KiB (bash's `ulimit -f`
 /// unit), SIGXFSZ left at its default: btrs itself must turn it into EFBIG.
 fn btrs_fsize_limited(args: &[&str], limit_kib: u64) -> Command {
+    btrs_fsize_limited_with(args, limit_kib, ":")
+}
+
+/// [`btrs_fsize_limited`] after `shell` (e.g. `trap '' XFSZ`).
+fn btrs_fsize_limited_with(args: &[&str], limit_kib: u64, shell: &str) -> Command {
     let mut c = Command::new("bash");
-    c.arg("-c").arg(format!("ulimit -f {limit_kib}; exec \"$0\" \"$@\"")).arg(BIN).args(args);
+    c.arg("-c").arg(format!("{shell}; ulimit -f {limit_kib}; exec \"$0\" \"$@\"")).arg(BIN).args(args);
     c
 }
 
@@ -120,20 +125,21 @@ impl Drop for Tmpfs {
 
 /// `mkfs -r` whose image writes fail with EFBIG (a file size limit) part way
 /// through the threaded data pass ends at once with the error, whatever the
-/// thread count. It hung with two or more threads: the reader waited forever
-/// on a full job queue after the workers had quit.
+/// thread count, with SIGXFSZ at its default (it killed btrs) or ignored. It
+/// hung with two or more threads: the reader waited forever on a full job
+/// queue after the workers had quit.
 #[test]
 fn mkfs_rootdir_under_a_file_size_limit_fails_promptly() {
     let tmp = tempfile::tempdir().unwrap();
     let src = data_tree(tmp.path(), 24, 2 << 20);
-    for threads in ["1", "2", "8"] {
+    for (shell, threads) in [(":", "1"), (":", "2"), (":", "8"), ("trap '' XFSZ", "2"), ("trap '' XFSZ", "8")] {
         let img = tmp.path().join(format!("t{threads}.img"));
         // The image exists at full size, so only writes past the limit fail
         // (the data chunk lies far above 32 MiB).
         std::fs::File::create(&img).unwrap().set_len(300 << 20).unwrap();
         let (out, took) = bounded(
-            &mut btrs_fsize_limited(&["mkfs", "-f", "--threads", threads, "-r", s(&src), s(&img)], 32 << 10),
-            &format!("mkfs -r --threads {threads} under ulimit -f"),
+            &mut btrs_fsize_limited_with(&["mkfs", "-f", "--threads", threads, "-r", s(&src), s(&img)], 32 << 10, shell),
+            &format!("mkfs -r --threads {threads} under ulimit -f ({shell:?})"),
         );
         let err = stderr(&out);
         assert_eq!(code(&out), 1, "--threads {threads}: {err}");
@@ -142,26 +148,32 @@ fn mkfs_rootdir_under_a_file_size_limit_fails_promptly() {
     }
 }
 
-/// `mkfs -r` into an image on a filesystem that fills up (ENOSPC) part way
-/// through the data pass: a prompt error for any thread count, and the image
-/// it created is gone again.
+/// `mkfs -r` into an image on a filesystem that fills up (ENOSPC) in the
+/// data pass — at its first write (the disk nearly full already) or after
+/// some 20 MiB: a prompt error for any thread count, and the image it created
+/// is gone again. The first case hung with two or more threads.
 #[test]
 fn mkfs_rootdir_on_a_full_disk_fails_promptly() {
     let test = "mkfs_rootdir_on_a_full_disk_fails_promptly";
     let tmp = tempfile::tempdir().unwrap();
     let Some(small) = Tmpfs::mount(test, &tmp.path().join("small"), "20m") else { return };
     let src = data_tree(tmp.path(), 24, 2 << 20);
-    for threads in ["1", "2", "8"] {
-        let img = small.dir.join(format!("t{threads}.img"));
-        let (out, took) = bounded(
-            Command::new(BIN).args(["mkfs", "-b", "300M", "--threads", threads, "-r", s(&src), s(&img)]),
-            &format!("mkfs -r --threads {threads} on a full tmpfs"),
-        );
-        let err = stderr(&out);
-        assert_eq!(code(&out), 1, "--threads {threads}: {err}");
-        assert!(err.contains("No space left"), "--threads {threads}: {err}");
-        assert!(!img.exists(), "--threads {threads}: the failed mkfs left its new image behind");
-        eprintln!("--threads {threads}: failed in {took:?}: {}", err.trim());
+    for filler in [19usize << 20, 0] {
+        let fill = small.dir.join("filler");
+        std::fs::write(&fill, vec![0u8; filler]).unwrap();
+        for threads in ["1", "2", "8"] {
+            let img = small.dir.join(format!("t{threads}.img"));
+            let (out, took) = bounded(
+                Command::new(BIN).args(["mkfs", "-b", "300M", "--threads", threads, "-r", s(&src), s(&img)]),
+                &format!("mkfs -r --threads {threads} on a full tmpfs ({} MiB taken)", filler >> 20),
+            );
+            let err = stderr(&out);
+            assert_eq!(code(&out), 1, "--threads {threads}: {err}");
+            assert!(err.contains("No space left"), "--threads {threads}: {err}");
+            assert!(!img.exists(), "--threads {threads}: the failed mkfs left its new image behind");
+            eprintln!("{} MiB taken, --threads {threads}: failed in {took:?}: {}", filler >> 20, err.trim());
+        }
+        std::fs::remove_file(&fill).unwrap();
     }
 }
 
@@ -267,7 +279,7 @@ fn hostile_numbers_fail_cleanly() {
     #[rustfmt::skip]
     let cases: &[(&[&str], i32, &str)] = &[
         // mkfs --threads
-        (&["mkfs", "--threads", "1000000", "-b", "256M", "NEW"], 2, "at most 1024 threads"),
+        (&["mkfs", "--threads", "1000000", "-b", "256M", "-r", "SRC", "NEW"], 2, "at most 1024 threads"),
         (&["mkfs", "--threads", "18446744073709551616", "-b", "256M", "NEW"], 2, "not a thread count"),
         (&["mkfs", "--threads=-1", "-b", "256M", "NEW"], 2, "not a thread count"),
         (&["mkfs", "--threads", "1024", "-b", "256M", "-r", "SRC", "NEW"], 0, ""),
