@@ -1054,8 +1054,10 @@ mod tests {
         block[100] = MAX_LEVEL;
         let c = CsumType::Crc32c.compute(&block[32..]);
         block[..32].copy_from_slice(&c);
-        let e = TreeBlock::parse(0, block, CsumType::Crc32c, &[0x42; 16], Expect::default()).err().expect("level 8 refused");
-        assert!(e.to_string().contains("level 8 out of range"), "{e}");
+        match TreeBlock::parse(0, block, CsumType::Crc32c, &[0x42; 16], Expect::default()) {
+            Err(e) => assert!(e.to_string().contains("level 8 out of range"), "{e}"),
+            Ok(_) => panic!("a block claiming level 8 parsed"),
+        }
     }
 
     /// Walk the whole tree and check every structural invariant, then compare

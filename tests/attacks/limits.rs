@@ -375,7 +375,7 @@ fn hostile_numbers_fail_cleanly() {
             assert_eq!(superblock(&img), before, "{args:?}: a refused command changed the image");
             assert!(!new.exists(), "{args:?}: a refused command left {} behind", new.display());
         } else if args[0] == "mkfs" {
-            progs_check("hostile_numbers_fail_cleanly", &[new.clone()], &[]);
+            progs_check("hostile_numbers_fail_cleanly", std::slice::from_ref(&new), &[]);
         }
         if new.is_dir() {
             std::fs::remove_dir_all(&new).unwrap();
@@ -384,7 +384,7 @@ fn hostile_numbers_fail_cleanly() {
         }
     }
     // The writes that worked left a filesystem btrfs check accepts.
-    progs_check("hostile_numbers_fail_cleanly", &[img.clone()], &[]);
+    progs_check("hostile_numbers_fail_cleanly", std::slice::from_ref(&img), &[]);
 }
 
 // ---------------------------------------------------------------------------
