@@ -182,8 +182,8 @@ pub struct ScrubArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Worker threads (default: number of CPUs).
-    #[arg(long, value_name = "N")]
+    /// Worker threads (default: number of CPUs; at most 1024).
+    #[arg(long, value_name = "N", value_parser = thread_count)]
     pub threads: Option<usize>,
     /// Show a progress bar on stderr when it is a terminal (default).
     #[arg(long, overrides_with = "no_progress")]
@@ -234,8 +234,8 @@ pub struct MkfsArgs {
     #[arg(long, value_name = "BYTES", default_value = "0")]
     pub offset: String,
     /// Threads reading, compressing and checksumming --rootdir file data
-    /// (default: one per CPU). The image is the same for any number.
-    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    /// (default: one per CPU; at most 1024). The image is the same for any number.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true, value_parser = thread_count)]
     pub threads: usize,
     /// Data profile: single, dup, raid0, raid1, raid1c3, raid1c4, raid10 (default: single).
     #[arg(short = 'd', long = "data", value_name = "PROFILE")]
@@ -409,6 +409,16 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
+/// A thread count: 0 (one per CPU) up to [`crate::threads::MAX_THREADS`].
+fn thread_count(s: &str) -> Result<usize, String> {
+    let max = crate::threads::MAX_THREADS;
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        Ok(_) => Err(format!("at most {max} threads")),
+        Err(_) => Err(format!("not a thread count (0 for one per CPU, up to {max})")),
+    }
+}
+
 /// The clap command tree (for man pages and completions).
 pub fn command() -> clap::Command {
     Cli::command()
@@ -440,8 +450,8 @@ pub struct WriteArgs {
     /// Read the bytes from this host file ("-" or absent: standard input).
     #[arg(long, value_name = "FILE")]
     pub from: Option<PathBuf>,
-    /// Byte offset to write at.
-    #[arg(long, default_value_t = 0)]
+    /// Byte offset to write at (below 2^63, the largest file size).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
     pub offset: u64,
     /// Cut the file at --offset first, so it ends with the new bytes.
     #[arg(long)]
@@ -456,8 +466,8 @@ pub struct WriteArgs {
     /// same). A failed bio fails the write; nothing of it is committed.
     #[arg(long)]
     pub direct: bool,
-    /// Largest single device write (bio), e.g. 1M, 256K; default 1M (256
-    /// pages of 4 KiB).
+    /// Largest single device write (bio), 4K to 1G, e.g. 1M, 256K; default
+    /// 1M (256 pages of 4 KiB).
     #[arg(long, value_name = "SIZE")]
     pub max_bio: Option<String>,
     /// Create the file without data checksums.

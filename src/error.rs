@@ -10,7 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The host could not read or write an image file.
-    #[error("{path}: {op}: {source}")]
+    #[error("{}: {op}: {source}", shown_path(path))]
     Io { path: PathBuf, op: String, #[source] source: std::io::Error },
 
     /// Bytes on the image do not make sense. `at` names where (device, logical
@@ -53,6 +53,26 @@ pub enum Error {
     Compress { at: String, #[source] source: crate::fs::compress::CompressError },
 }
 
+/// A path as an error shows it: one longer than a screen (a tree deeper than
+/// PATH_MAX allows) keeps its start and its end, with the middle elided.
+fn shown_path(path: &std::path::Path) -> String {
+    const HEAD: usize = 120;
+    const TAIL: usize = 200;
+    let full = path.display().to_string();
+    if full.len() <= HEAD + TAIL + 40 {
+        return full;
+    }
+    let mut head = HEAD;
+    while !full.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = full.len() - TAIL;
+    while !full.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}[... {} bytes ...]{}", &full[..head], tail - head, &full[tail..])
+}
+
 impl Error {
     pub fn corrupt(at: impl Into<String>, what: impl Into<String>) -> Self {
         Error::Corrupt { at: at.into(), what: what.into() }
@@ -73,5 +93,21 @@ impl Error {
 
     pub fn is_corrupt(&self) -> bool {
         matches!(self, Error::Corrupt { .. } | Error::Compress { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path too long to read in a message is cut in the middle, short ones are kept.
+    #[test]
+    fn long_paths_are_elided_in_messages() {
+        let short = Error::io("/a/b", "open", std::io::ErrorKind::NotFound.into());
+        assert!(short.to_string().starts_with("/a/b: open: "), "{short}");
+        let long = format!("/root{}/last", "/d".repeat(5000));
+        let e = Error::io(&long, "lstat", std::io::Error::from_raw_os_error(36));
+        let m = e.to_string();
+        assert!(m.len() < 500 && m.starts_with("/root/d/d") && m.contains("bytes ...]") && m.contains("/d/d/last: lstat: "), "{m}");
     }
 }

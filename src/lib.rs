@@ -13,6 +13,7 @@ pub mod error;
 pub mod format;
 pub mod fs;
 pub mod ops;
+pub mod threads;
 pub mod tree;
 pub mod volumes;
 

@@ -10,6 +10,10 @@ use btrs::Filesystem;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A write past the file size limit (`ulimit -f`) must fail with EFBIG and
+    // be reported like any full disk, not kill the process with SIGXFSZ: a
+    // handler that only sets a flag stands in for ignoring the signal.
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -160,8 +164,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             writeln!(out, "copied {n} files")?;
         }
         Command::Completions(a) => {
+            // clap_complete panics when its writer fails (a closed pipe):
+            // generate into memory, then write like any other output.
             let mut cmd = btrs::cli::command();
-            clap_complete::generate(a.shell, &mut cmd, "btrs", &mut out);
+            let mut buf = Vec::new();
+            clap_complete::generate(a.shell, &mut cmd, "btrs", &mut buf);
+            out.write_all(&buf)?;
         }
     }
     out.flush()?;
@@ -210,8 +218,8 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     o.metadata_profile = profile(&a.metadata, "metadata")?;
     o.csum = btrs::format::CsumType::from_name(&a.csum)
         .with_context(|| format!("unknown checksum type {:?}; use crc32c, xxhash, sha256 or blake2", a.csum))?;
-    o.nodesize = u32::try_from(m::parse_size(&a.nodesize)?).context("nodesize too large")?;
-    o.sectorsize = u32::try_from(m::parse_size(&a.sectorsize)?).context("sectorsize too large")?;
+    o.nodesize = u32::try_from(m::parse_size(&a.nodesize)?).map_err(|_| anyhow::anyhow!("--nodesize {}: too large (4K..64K)", a.nodesize))?;
+    o.sectorsize = u32::try_from(m::parse_size(&a.sectorsize)?).map_err(|_| anyhow::anyhow!("--sectorsize {}: too large (4096)", a.sectorsize))?;
     o.label = a.label;
     o.fsid = match &a.uuid {
         Some(u) => Some(*uuid::Uuid::parse_str(u).with_context(|| format!("bad UUID {u:?}"))?.as_bytes()),
@@ -435,19 +443,26 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
     }
     let open = wopts(devices, degraded, &a.image);
     let report = std::thread::scope(|s| -> anyhow::Result<_> {
-        let writer = s.spawn(|| {
+        let writer = btrs::threads::spawn_scoped(s, "writer", || {
             let req = req;
             btrs::ops::write::write(&open, &a.path, input, len, &req, &mut |done| {
                 if let Some(b) = &bar {
                     b.set_position(done);
                 }
             })
-        });
-        // Ends when the write is over and its last bio hook is gone.
+        })?;
+        // Ends when the write is over and its last bio hook is gone. A
+        // failed print (a closed pipe) stops the printing, not the write:
+        // its own outcome comes first.
+        let mut printed = Ok(());
         for line in lines {
-            writeln!(out, "{line}")?;
+            if printed.is_ok() {
+                printed = writeln!(out, "{line}");
+            }
         }
-        writer.join().map_err(|_| anyhow::anyhow!("the writer thread panicked"))?.map_err(anyhow::Error::from)
+        let report = btrs::threads::join(writer, "writer")?;
+        printed?;
+        Ok(report)
     })?;
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -466,6 +481,9 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
     Ok(())
 }
 
+/// Largest --max-bio: a bio is at most one write step anyway (16 MiB).
+const MAX_BIO: usize = 1 << 30;
+
 fn parse_size_arg(s: &str) -> anyhow::Result<usize> {
     let t = s.trim();
     let (num, mul) = match t.char_indices().last() {
@@ -481,8 +499,9 @@ fn parse_size_arg(s: &str) -> anyhow::Result<usize> {
         _ => (t, 1),
     };
     let n: usize = num.parse().map_err(|_| anyhow::anyhow!("bad size {s}"))?;
-    if n * mul < 4096 {
+    let bytes = n.checked_mul(mul).filter(|&b| b <= MAX_BIO).ok_or_else(|| anyhow::anyhow!("--max-bio {s}: at most 1G"))?;
+    if bytes < 4096 {
         anyhow::bail!("--max-bio must be at least 4K");
     }
-    Ok(n * mul)
+    Ok(bytes)
 }

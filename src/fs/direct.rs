@@ -204,6 +204,10 @@ impl Tracker {
     fn succeeded(&self) -> bool {
         self.pending.load(Ordering::SeqCst) == 0 && self.first_error.lock().is_ok_and(|e| e.is_none())
     }
+    /// Some bio already failed.
+    fn failed(&self) -> bool {
+        self.first_error.lock().map_or(true, |e| e.is_some())
+    }
     /// Wait for every bio; the first error, if any.
     pub fn wait(&self) -> Result<()> {
         let mut g = self.done_lock.lock().map_err(|_| Error::Invalid("tracker poisoned".into()))?;
@@ -237,6 +241,29 @@ struct Job {
     /// Test-only: fail instead of writing.
     #[cfg(test)]
     fail: bool,
+    /// Its tracker was told how it ended.
+    completed: bool,
+}
+
+impl Job {
+    fn complete(mut self, r: Result<()>) {
+        self.completed = true;
+        self.tracker.complete(r);
+    }
+}
+
+impl Drop for Job {
+    /// A bio dropped unwritten (its thread panicked, or its queue's threads
+    /// are gone) still counts as done, failed: its write must not wait for it
+    /// forever.
+    fn drop(&mut self) {
+        if !self.completed {
+            self.tracker.complete(Err(Error::Devices(format!(
+                "devid {}: the bio at logical {} was dropped unwritten (its device thread ended)",
+                self.rec.devid, self.rec.logical
+            ))));
+        }
+    }
 }
 
 /// What a device's threads write with.
@@ -280,7 +307,7 @@ fn serve(files: &DeviceFiles, queue: &Mutex<Receiver<Job>>, abort: &AtomicBool) 
         } else {
             #[cfg(test)]
             if job.fail {
-                job.tracker.complete(Err(Error::io(&files.path, "injected bio failure", std::io::Error::other("injected"))));
+                job.complete(Err(Error::io(&files.path, "injected bio failure", std::io::Error::other("injected"))));
                 continue;
             }
             files.write(&job.pages.bytes()[job.span.clone()], job.rec.physical)
@@ -288,7 +315,7 @@ fn serve(files: &DeviceFiles, queue: &Mutex<Receiver<Job>>, abort: &AtomicBool) 
         if let Some(h) = &job.hook {
             h.call(&job.rec, if r.is_ok() { BioStage::Completed } else { BioStage::Failed });
         }
-        job.tracker.complete(r);
+        job.complete(r);
     }
 }
 
@@ -406,6 +433,11 @@ impl DirectWriter {
         live: Option<(&dyn Source, usize)>,
     ) -> Result<Vec<BioRecord>> {
         let _ = &live;
+        // A write whose bio failed fails the next submit at once: a long
+        // streaming write stops there instead of at its next commit.
+        if self.outstanding.iter().any(|t| t.failed()) {
+            return Err(self.finish().err().unwrap_or_else(|| Error::Invalid("a bio failed".into())));
+        }
         let bios = self.plan(vol, logical, span.len())?;
         // Finished writes need no more waiting for.
         self.outstanding.retain(|t| !t.succeeded());
@@ -442,6 +474,7 @@ impl DirectWriter {
                 hook: hook.cloned(),
                 #[cfg(test)]
                 fail: self.fail_at.is_some_and(|f| f >= bio.rec.logical && f < bio.rec.logical + bio.rec.len),
+                completed: false,
             };
             let sent = match self.queues.get(&bio.rec.devid) {
                 Some(queue) => queue.send(job).map_err(|unsent| unsent.0),
@@ -449,7 +482,7 @@ impl DirectWriter {
             };
             if let Err(job) = sent {
                 // No threads for its device: the bio fails (and so the write).
-                job.tracker.complete(Err(Error::Devices(format!("devid {}: no bio threads", bio.rec.devid))));
+                job.complete(Err(Error::Devices(format!("devid {}: no bio threads", bio.rec.devid))));
             }
         }
         Ok(bios.into_iter().map(|b| b.rec).collect())
@@ -601,6 +634,36 @@ mod tests {
         assert!(fs.lookup(fs.root_dir(), b"f").unwrap().is_none());
     }
 
+    /// A bio thread that panics (here in the -v hook, which runs on it) fails
+    /// the write with an error instead of leaving it waiting for the bio
+    /// forever; nothing is committed.
+    #[test]
+    fn a_panicking_bio_thread_fails_the_write() {
+        let Some((_tmp, imgs)) = mkfs_raid1() else { return };
+        let opts = OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), degraded: false, writable: true, ..Default::default() };
+        let (tx_done, rx_done) = std::sync::mpsc::channel();
+        let opts2 = opts.clone();
+        std::thread::spawn(move || {
+            let mut tx = Transaction::begin(Filesystem::open(&opts2).unwrap()).unwrap();
+            let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
+            let hook = BioHook(Arc::new(|rec: &BioRecord, stage| {
+                if stage == BioStage::Completed && rec.devid == 2 {
+                    panic!("injected bio thread panic");
+                }
+            }));
+            let wopts = WriteOpts { on_bio: Some(hook), ..WriteOpts::default() };
+            let data = vec![7u8; 4 << 20];
+            let mut report = WriteReport::default();
+            let r = tx.write_direct(FS_TREE_OBJECTID, ino, 0, &Plain(&data), &wopts, &mut report).and_then(|_| tx.commit());
+            let _ = tx_done.send(r.map_err(|e| e.to_string()));
+        });
+        let r = rx_done.recv_timeout(std::time::Duration::from_secs(60)).expect("the write hung on a bio whose thread panicked");
+        let e = r.expect_err("a bio thread panic must fail the write");
+        assert!(e.contains("dropped unwritten"), "{e}");
+        let fs = Filesystem::open(&OpenOptions { writable: false, ..opts }).unwrap();
+        assert!(fs.lookup(fs.root_dir(), b"f").unwrap().is_none());
+    }
+
     /// Streamed steps (pages handed over) only queue their bios: a bio of an
     /// early step that fails makes a later step or the commit fail, and
     /// nothing is committed; the pages of every step go back to their pool.
@@ -633,7 +696,10 @@ mod tests {
             }
         }
         let r = match failed {
-            Some(e) => Err(e),
+            Some(e) => {
+                drop(tx); // abort
+                Err(e)
+            }
             None => tx.commit(),
         };
         let e = r.expect_err("a failed bio must fail the write or its commit");

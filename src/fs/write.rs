@@ -605,11 +605,17 @@ impl Transaction {
             self.unlink(root, ddir, dname)?;
         }
         if ft == FT_DIR {
-            // Refuse moving a directory into itself.
+            // Refuse moving a directory into itself. A parent chain that
+            // comes back on itself (crafted INODE_REFs) would never reach
+            // the root: an error, not an endless walk.
             let mut cur = ddir;
+            let mut seen = std::collections::HashSet::new();
             while cur != FIRST_FREE_OBJECTID {
                 if cur == ino {
                     return Err(Error::Invalid("cannot move a directory into itself".into()));
+                }
+                if !seen.insert(cur) {
+                    return Err(Error::corrupt(format!("inode {cur} of tree {root}"), "its parent chain loops"));
                 }
                 let refs = self.range(root, Key::new(cur, INODE_REF_KEY, 0), Key::new(cur, INODE_REF_KEY, u64::MAX))?;
                 cur = refs.first().map(|(k, _)| k.offset).ok_or_else(|| Error::corrupt(format!("inode {cur}"), "no parent"))?;
@@ -1026,10 +1032,10 @@ impl Transaction {
             vec![write_copy(0)]
         } else {
             std::thread::scope(|s| {
-                let hs: Vec<_> = (0..copies).map(|m| s.spawn(move || write_copy(m))).collect();
-                hs.into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("a mirror writer thread panicked".into()))))
-                    .collect()
+                // Each copy on a thread of its own; one the host refuses to
+                // start is that copy's error.
+                let hs: Vec<_> = (0..copies).map(|m| crate::threads::spawn_scoped(s, "mirror-writer", move || write_copy(m))).collect();
+                hs.into_iter().map(|h| h.and_then(|h| crate::threads::join(h, "mirror writer"))).collect()
             })
         };
         for r in results {
@@ -1449,7 +1455,7 @@ impl Transaction {
             } else {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
                 let per = (buf.len() / ss).div_ceil(cores).max(1) * ss;
-                buf.chunks(per).map(|part| s.spawn(move || self.compute_csums(part))).collect()
+                buf.chunks(per).map(|part| crate::threads::spawn_scoped(s, "checksum", move || Ok(self.compute_csums(part)))).collect::<Result<_>>()?
             };
             for &(pos, logical, got) in pieces {
                 let off = (pos - a) as usize;
@@ -1457,7 +1463,7 @@ impl Transaction {
             }
             let mut all = Vec::new();
             for h in csummers {
-                all.extend(h.join().map_err(|_| Error::Invalid("checksum thread panicked".into()))?);
+                all.extend(crate::threads::join(h, "checksum")?);
             }
             Ok(if nosum { Vec::new() } else { self.piece_csums(pieces, a, &all) })
         })

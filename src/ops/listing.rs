@@ -20,42 +20,69 @@ pub fn ls(fs: &Filesystem, path: &str, opts: &LsOptions, out: &mut dyn Write) ->
         return print_entry(fs, &DirEnt { name, ..ent }, opts.long, out);
     }
     let shown = if path.is_empty() { "/".to_string() } else { path.to_string() };
-    list_dir(fs, &ent, &shown, opts, out, 0, &mut HashSet::new())
+    list_dir(fs, &ent, &shown, opts, out)
 }
 
+/// List directory `dir` (recursively with `-R`: each directory's entries,
+/// then its subdirectories depth first). Iterative, with an explicit stack
+/// of the directories whose subdirectories are still to list: a tree as deep
+/// as `mkdir -p` can make must not overflow the thread's stack.
+///
 /// `seen`: directories listed so far. A directory has one parent, so meeting one again in a
 /// recursive listing means damaged metadata (a loop, or two entries naming one directory); going
 /// on would list whole subtrees again at every level, exponentially with several such entries.
-fn list_dir(
-    fs: &Filesystem,
-    dir: &DirEnt,
-    shown: &str,
-    opts: &LsOptions,
-    out: &mut dyn Write,
-    depth: usize,
-    seen: &mut HashSet<crate::fs::InodeId>,
-) -> Result<()> {
-    if depth > 4096 {
-        return Err(Error::corrupt(shown, "directory nesting deeper than 4096 (loop?)"));
-    }
-    if opts.recursive && dir.id.ino != crate::format::EMPTY_SUBVOL_DIR_OBJECTID && !seen.insert(dir.id) {
-        return Err(Error::corrupt(shown, format!("directory {} reached twice (directory loop or aliased directory)", dir.id)));
-    }
-    let entries = fs.read_dir(dir.id)?;
-    if opts.recursive {
-        w(writeln!(out, "{shown}:"))?;
-    }
-    for e in &entries {
-        print_entry(fs, e, opts.long, out)?;
-    }
-    if opts.recursive {
-        for e in entries.iter().filter(|e| e.file_type == FileType::Directory) {
-            w(writeln!(out))?;
-            let child = format!("{}/{}", shown.trim_end_matches('/'), String::from_utf8_lossy(&e.name));
-            list_dir(fs, e, &child, opts, out, depth + 1, seen)?;
+fn list_dir(fs: &Filesystem, dir: &DirEnt, shown: &str, opts: &LsOptions, out: &mut dyn Write) -> Result<()> {
+    let mut seen: HashSet<crate::fs::InodeId> = HashSet::new();
+    // Each level: its shown path and its subdirectories not yet listed.
+    let mut stack: Vec<(String, std::vec::IntoIter<DirEnt>)> = Vec::new();
+    let mut next: Option<(DirEnt, String)> = Some((dir.clone(), shown.to_string()));
+    loop {
+        if let Some((dir, shown)) = next.take() {
+            if opts.recursive && dir.id.ino != crate::format::EMPTY_SUBVOL_DIR_OBJECTID && !seen.insert(dir.id) {
+                let parent = shown.rsplit_once('/').map_or("/", |p| if p.0.is_empty() { "/" } else { p.0 });
+                return Err(Error::corrupt(
+                    format!("directory {} (entry {:?} in {})", dir.id, String::from_utf8_lossy(&dir.name), short(parent)),
+                    "reached twice (directory loop or aliased directory)",
+                ));
+            }
+            let entries = fs.read_dir(dir.id)?;
+            if opts.recursive {
+                w(writeln!(out, "{shown}:"))?;
+            }
+            for e in &entries {
+                print_entry(fs, e, opts.long, out)?;
+            }
+            if !opts.recursive {
+                return Ok(());
+            }
+            let subdirs: Vec<DirEnt> = entries.into_iter().filter(|e| e.file_type == FileType::Directory).collect();
+            stack.push((shown, subdirs.into_iter()));
+        }
+        let Some((shown, subdirs)) = stack.last_mut() else { return Ok(()) };
+        match subdirs.next() {
+            Some(e) => {
+                w(writeln!(out))?;
+                let child = format!("{}/{}", shown.trim_end_matches('/'), String::from_utf8_lossy(&e.name));
+                next = Some((e, child));
+            }
+            None => {
+                stack.pop();
+            }
         }
     }
-    Ok(())
+}
+
+/// A path cut to its last 200 bytes for a message (a deep tree's paths are
+/// long).
+fn short(path: &str) -> String {
+    if path.len() <= 200 {
+        return path.to_string();
+    }
+    let mut cut = path.len() - 200;
+    while !path.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!("...{}", &path[cut..])
 }
 
 fn print_entry(fs: &Filesystem, e: &DirEnt, long: bool, out: &mut dyn Write) -> Result<()> {

@@ -666,12 +666,9 @@ impl Devices {
         let Some(first) = all.next() else { return Ok(()) };
         std::thread::scope(|scope| {
             // The others on threads of their own, the first on this one.
-            let handles: Vec<_> = all.map(|d| scope.spawn(move || sync(d))).collect();
+            let handles: Vec<_> = all.map(|d| crate::threads::spawn_scoped(scope, "fsync", move || sync(d))).collect();
             let mine = sync(first);
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("fsync thread panicked".into()))))
-                .fold(mine, |acc, r| acc.and(r))
+            handles.into_iter().map(|h| h.and_then(|h| crate::threads::join(h, "fsync"))).fold(mine, |acc, r| acc.and(r))
         })
     }
 }
@@ -789,6 +786,10 @@ fn read_up_to(f: &File, buf: &mut [u8], off: u64) -> usize {
     done
 }
 
+/// Largest end of a filesystem in its image file (offset + size): the
+/// largest file size Linux allows (MAX_LFS_FILESIZE).
+pub const MAX_IMAGE_END: u64 = i64::MAX as u64;
+
 /// Open (or create) an image; its size is set only once the layout is known
 /// to fit, so a failed mkfs leaves an existing file's length alone.
 fn open_image(path: &Path, may_create: bool, force: bool, offset: u64) -> Result<(File, u64)> {
@@ -809,6 +810,16 @@ fn open_image(path: &Path, may_create: bool, force: bool, offset: u64) -> Result
                 "{} contains a {sig} filesystem; use --force to overwrite it",
                 path.display()
             )));
+        }
+        // A filesystem at the start of the file that --offset would write
+        // into (a partition table there has no such signature).
+        if offset > 0 && offset < meta.len() {
+            if let Some(sig) = existing_signature(&f, 0) {
+                return Err(Error::Devices(format!(
+                    "{} contains a {sig} filesystem at offset 0 that a filesystem at --offset {offset} would overwrite; use --force to overwrite it",
+                    path.display()
+                )));
+            }
         }
     }
     Ok((f, meta.len()))
@@ -1040,8 +1051,24 @@ fn validate(opts: &MkfsOptions) -> Result<(Profile, Profile, (u64, u32))> {
     if opts.offset % opts.sectorsize as u64 != 0 {
         return Err(Error::Invalid(format!("--offset {} is not a multiple of the sectorsize {}", opts.offset, opts.sectorsize)));
     }
+    // Where the filesystem ends in the image file must be a file size the
+    // host can have: checked here, before any file is touched (an offset
+    // that wrapped around once truncated an image it was never meant to).
+    let end = opts.offset.checked_add(opts.size.unwrap_or(0)).filter(|&e| e <= MAX_IMAGE_END);
+    if end.is_none() {
+        return Err(Error::Invalid(match opts.size {
+            Some(s) if opts.offset == 0 => format!("--size {s} is past the largest file size ({MAX_IMAGE_END} bytes)"),
+            Some(s) => format!("--offset {} plus --size {s} is past the largest file size ({MAX_IMAGE_END} bytes)", opts.offset),
+            None => format!("--offset {} is past the largest file size ({MAX_IMAGE_END} bytes)", opts.offset),
+        }));
+    }
     if opts.slack.is_some() && !opts.shrink {
         return Err(Error::Invalid("--slack needs --shrink".into()));
+    }
+    if let Some(Slack::Bytes(b)) = opts.slack {
+        if b > MAX_SLACK {
+            return Err(Error::Invalid(format!("--slack of {b} bytes: at most {MAX_SLACK} (16 TiB); for a larger image give --size")));
+        }
     }
     if opts.rootdir.is_some() && opts.rootdir_tar.is_some() {
         return Err(Error::Invalid("--rootdir and --rootdir-tar exclude each other".into()));
@@ -1067,12 +1094,14 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
     // ---- open images (their lengths change only once a layout fits) ----
     let mut files = Vec::new();
     let mut cur_lens = Vec::new();
+    let mut file_lens = Vec::new();
     for p in &opts.images {
         let (f, len) = open_image(p, opts.size.is_some() || opts.shrink, opts.force, opts.offset)?;
         if opts.offset > 0 && len <= opts.offset && opts.size.is_none() && !opts.shrink {
             return Err(Error::Invalid(format!("{}: {len} bytes long, nothing after --offset {}", p.display(), opts.offset)));
         }
         files.push(f);
+        file_lens.push(len);
         // The filesystem's device is what follows the offset.
         cur_lens.push(len.saturating_sub(opts.offset));
     }
@@ -1098,11 +1127,22 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
         (plan_for_sizes(opts, scan.as_ref(), &sizes, meta_profile, data_profile)?, sizes)
     };
     if opts.shrink || opts.size.is_some() {
-        for (((f, p), s), cur) in devs.files.iter().zip(&devs.paths).zip(&sizes).zip(&cur_lens) {
+        for (i, ((f, p), s)) in devs.files.iter().zip(&devs.paths).zip(&sizes).enumerate() {
             // Inside a larger file (--offset), whatever follows the filesystem is
             // someone else's (a backup GPT, other partitions): only ever grow.
-            if opts.offset == 0 || s > cur {
-                f.set_len(opts.offset + *s).map_err(|e| Error::io(p, "set size", e))?;
+            if opts.offset == 0 || *s > cur_lens[i] {
+                let r = match opts.offset.checked_add(*s).filter(|&e| e <= MAX_IMAGE_END) {
+                    Some(end) => f.set_len(end).map_err(|e| Error::io(p, "set size", e)),
+                    None => Err(Error::Invalid(format!("{}: --offset {} plus {s} bytes is past the largest file size", p.display(), opts.offset))),
+                };
+                if let Err(e) = r {
+                    // Nothing is written yet: the images resized so far get
+                    // their lengths back (new ones are removed by the caller).
+                    for (g, len) in devs.files.iter().zip(&file_lens).take(i) {
+                        let _ = g.set_len(*len);
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -1382,6 +1422,11 @@ fn minimal_request(
 /// image sizes are known.
 const UNBOUNDED: u64 = 1 << 50;
 
+/// Most `--slack`: its space is laid out in chunks of at most 1 GiB (and a
+/// tenth of it in metadata chunks), so an unbounded slack meant billions of
+/// chunks planned in memory; 16 TiB is ext4's largest file besides.
+const MAX_SLACK: u64 = 16 << 40;
+
 /// `--shrink`: the minimal chunks and, per image, the end of its last dev extent.
 fn shrink_plan(
     opts: &MkfsOptions,
@@ -1403,13 +1448,19 @@ fn shrink_plan(
         }
         Ok((chunks, ends))
     };
+    let bounded = |b: u64| {
+        if b > MAX_SLACK {
+            return Err(Error::Invalid(format!("--slack of {b} bytes: at most {MAX_SLACK} (16 TiB); for a larger image give --size")));
+        }
+        plan(b)
+    };
     match opts.slack {
         None => plan(0),
-        Some(Slack::Bytes(b)) => plan(b),
+        Some(Slack::Bytes(b)) => bounded(b),
         Some(Slack::Percent(p)) => {
             let (_, ends) = plan(0)?;
             let base = ends.iter().copied().max().unwrap_or(0);
-            plan(base.saturating_mul(p as u64) / 100)
+            bounded(base.saturating_mul(p as u64) / 100)
         }
     }
 }

@@ -1100,12 +1100,32 @@ impl Scan {
         Ok(idx)
     }
 
+    /// Walk directory `dir_idx` and everything beneath it, depth first in
+    /// name order. Iterative, with an explicit stack of the directories being
+    /// walked: a host tree (or an archive's paths) as deep as the host allows
+    /// must not overflow the thread's stack.
     fn walk_dir(&mut self, tree: &Tree<'_>, dir_idx: usize, by_id: &mut HashMap<(u64, u64), Vec<(u64, usize)>>) -> Result<()> {
-        let dir_rel = self.inodes[dir_idx].path.clone();
-        let (subvol, dir_ino) = (self.inodes[dir_idx].subvol, self.inodes[dir_idx].ino);
-        let names = tree.list(&dir_rel)?;
-        // DIR_INDEX numbers start at 2 in every directory (0 and 1 are "." and "..").
-        for (index, name) in (2u64..).zip(names) {
+        /// A directory being walked: its inode, its names in byte order and
+        /// the DIR_INDEX number of the next one.
+        struct Dir {
+            idx: usize,
+            names: std::vec::IntoIter<Vec<u8>>,
+            index: u64,
+        }
+        let open = |s: &Scan, idx: usize| -> Result<Dir> {
+            // DIR_INDEX numbers start at 2 in every directory (0 and 1 are "." and "..").
+            Ok(Dir { idx, names: tree.list(&s.inodes[idx].path)?.into_iter(), index: 2 })
+        };
+        let mut stack = vec![open(self, dir_idx)?];
+        while let Some(top) = stack.last_mut() {
+            let Some(name) = top.names.next() else {
+                stack.pop();
+                continue;
+            };
+            let (dir_idx, index) = (top.idx, top.index);
+            top.index += 1;
+            let dir_rel = &self.inodes[dir_idx].path;
+            let (subvol, dir_ino) = (self.inodes[dir_idx].subvol, self.inodes[dir_idx].ino);
             let rel = dir_rel.join(std::ffi::OsStr::from_bytes(&name));
             let m = tree.stat(&rel)?.ok_or_else(|| Error::io(tree.shown(&rel), "lstat", std::io::ErrorKind::NotFound.into()))?;
             if self.opts.exclude.contains(&m.id) {
@@ -1118,7 +1138,7 @@ impl Scan {
                 let idx = self.add_subvol(tree, spec, dir_idx, index, &name, &rel, &m)?;
                 let location = Key::new(self.inodes[idx].subvol, ROOT_ITEM_KEY, 0);
                 self.inodes[dir_idx].entries.push((name, location, FileType::Directory, index));
-                self.walk_dir(tree, idx, by_id)?;
+                stack.push(open(self, idx)?);
                 continue;
             }
             // A hard link is one inode only within one subvolume: the kernel
@@ -1154,7 +1174,7 @@ impl Scan {
             self.inodes[idx].names.push((dir_ino, index, name.clone()));
             self.inodes[dir_idx].entries.push((name, Key::new(child_ino, INODE_ITEM_KEY, 0), kind, index));
             if existing.is_none() && kind == FileType::Directory {
-                self.walk_dir(tree, idx, by_id)?;
+                stack.push(open(self, idx)?);
             }
         }
         Ok(())

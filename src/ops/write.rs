@@ -165,7 +165,7 @@ pub fn write(
     // in a read of standard input until the process ends.
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Bounce>>(1);
     let pool = PagePool::new(STEP_BUFFERS, WRITE_STEP);
-    std::thread::spawn(move || {
+    let reader = move || {
         while let Some(mut pages) = pool.take() {
             pages.set_len(pages.capacity());
             let r = fill(&mut *input, pages.bytes_mut()).map(|n| {
@@ -177,8 +177,15 @@ pub fn write(
                 break;
             }
         }
-    });
-    while let Ok(pages) = full_rx.recv() {
+    };
+    std::thread::Builder::new().name("write-reader".into()).spawn(reader).map_err(|e| Error::io("<threads>", "start the input reader thread", e))?;
+    loop {
+        // The reader ends with an empty step (or an error): a channel closed
+        // before that means it died (panicked), and what came so far is not
+        // the whole input.
+        let Ok(pages) = full_rx.recv() else {
+            return Err(Error::Invalid("the input reader thread ended before the input did (panicked)".into()));
+        };
         let pages = pages?;
         let n = pages.len();
         if n == 0 {
@@ -224,16 +231,51 @@ pub fn mkdir(opts: &OpenOptions, path: &str, parents: bool) -> Result<Vec<String
     tx.commit_with_warnings()
 }
 
+/// Remove `dir/name` and, when it is a directory, everything beneath it
+/// (children before their directory). Iterative, with an explicit stack: a
+/// tree as deep as `mkdir -p` can make must not overflow the thread's stack.
+/// A directory met twice means a crafted loop (an entry naming an ancestor)
+/// or an aliased directory: an error, and the transaction commits nothing.
 fn rm_tree(tx: &mut Transaction, root: u64, dir: u64, name: &[u8]) -> Result<()> {
-    if let Some((ino, FT_DIR)) = tx.lookup_name(root, dir, name)? {
-        let kids = tx.range(root, Key::new(ino, DIR_INDEX_KEY, 0), Key::new(ino, DIR_INDEX_KEY, u64::MAX))?;
-        for (_, body) in kids {
-            for e in crate::format::items::parse_dir_items(&body)? {
-                rm_tree(tx, root, ino, &e.name)?;
+    struct Level {
+        parent: u64,
+        name: Vec<u8>,
+        /// The directory's inode; None for a non-directory.
+        ino: Option<u64>,
+        /// Its children's names, in DIR_INDEX order, not yet removed.
+        kids: std::vec::IntoIter<Vec<u8>>,
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut open = |tx: &mut Transaction, parent: u64, name: Vec<u8>| -> Result<Level> {
+        let Some((ino, FT_DIR)) = tx.lookup_name(root, parent, &name)? else {
+            return Ok(Level { parent, name, ino: None, kids: Vec::new().into_iter() });
+        };
+        if !seen.insert(ino) {
+            return Err(Error::corrupt(
+                format!("directory {ino} of tree {root}"),
+                format!("reached twice (entry {:?} in directory {parent}): a directory loop or an aliased directory", String::from_utf8_lossy(&name)),
+            ));
+        }
+        let mut kids = Vec::new();
+        for (_, body) in tx.range(root, Key::new(ino, DIR_INDEX_KEY, 0), Key::new(ino, DIR_INDEX_KEY, u64::MAX))? {
+            kids.extend(crate::format::items::parse_dir_items(&body)?.into_iter().map(|e| e.name));
+        }
+        Ok(Level { parent, name, ino: Some(ino), kids: kids.into_iter() })
+    };
+    let mut stack = vec![open(tx, dir, name.to_vec())?];
+    while let Some(top) = stack.last_mut() {
+        match (top.ino, top.kids.next()) {
+            (Some(ino), Some(kid)) => {
+                let level = open(tx, ino, kid)?;
+                stack.push(level);
+            }
+            _ => {
+                let done = stack.pop().ok_or_else(|| Error::Invalid("rm: empty stack (internal)".into()))?;
+                tx.unlink(root, done.parent, &done.name)?;
             }
         }
     }
-    tx.unlink(root, dir, name)
+    Ok(())
 }
 
 pub fn rm(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<Vec<String>> {
@@ -347,36 +389,40 @@ pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Resul
     }
     let mut copied = Copied::new();
     for (dir, name, src) in targets {
-        put_one(&mut tx, dir, &name, src, &mut files, &mut copied)?;
+        put_tree(&mut tx, dir, &name, src, &mut files, &mut copied)?;
     }
     let warnings = tx.commit_with_warnings()?;
     Ok((files, warnings))
 }
 
 /// Data bytes a host tree takes once written (each data range rounded to
-/// sectors; holes take nothing), after checking that every name below `p`,
-/// symlink target and xattr is within the kernel's limits.
-fn host_scan(p: &Path, ss: u32, nodesize: u32) -> Result<u64> {
-    let meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, "stat", e))?;
-    let what = |e: Error| Error::Invalid(format!("{}: {e}", p.display()));
-    for (n, v) in crate::ops::rootdir::read_xattrs(p)? {
-        limits::check_xattr(&n, Some(&v), nodesize).map_err(what)?;
-    }
-    if meta.is_symlink() {
-        let t = std::fs::read_link(p).map_err(|e| Error::io(p, "readlink", e))?;
-        limits::check_symlink_target(t.as_os_str().as_encoded_bytes(), nodesize, ss).map_err(what)?;
-    }
-    if meta.is_file() {
-        let f = crate::ops::rootdir::open_source(p)?;
-        let ranges = crate::ops::rootdir::data_ranges(&f, p, meta.len(), ss as u64)?;
-        return Ok(ranges.iter().map(|r| r.1 - r.0).sum());
-    }
-    let mut n = 0;
-    if meta.is_dir() {
-        for e in std::fs::read_dir(p).map_err(|e| Error::io(p, "readdir", e))? {
-            let e = e.map_err(|e| Error::io(p, "readdir", e))?;
-            limits::check_entry_name(e.file_name().as_encoded_bytes()).map_err(|err| Error::Invalid(format!("{}: {err}", e.path().display())))?;
-            n += host_scan(&e.path(), ss, nodesize)?;
+/// sectors; holes take nothing), after checking that every name below `top`,
+/// symlink target and xattr is within the kernel's limits. Iterative (a
+/// stack of paths still to look at): a deep host tree must not overflow the
+/// thread's stack.
+fn host_scan(top: &Path, ss: u32, nodesize: u32) -> Result<u64> {
+    let mut n = 0u64;
+    let mut todo = vec![top.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&p).map_err(|e| Error::io(&p, "stat", e))?;
+        let what = |e: Error| Error::Invalid(format!("{}: {e}", p.display()));
+        for (name, v) in crate::ops::rootdir::read_xattrs(&p)? {
+            limits::check_xattr(&name, Some(&v), nodesize).map_err(what)?;
+        }
+        if meta.is_symlink() {
+            let t = std::fs::read_link(&p).map_err(|e| Error::io(&p, "readlink", e))?;
+            limits::check_symlink_target(t.as_os_str().as_encoded_bytes(), nodesize, ss).map_err(what)?;
+        } else if meta.is_file() {
+            let f = crate::ops::rootdir::open_source(&p)?;
+            let ranges = crate::ops::rootdir::data_ranges(&f, &p, meta.len(), u64::from(ss))?;
+            n = n.saturating_add(ranges.iter().map(|r| r.1 - r.0).sum());
+        } else if meta.is_dir() {
+            for e in std::fs::read_dir(&p).map_err(|e| Error::io(&p, "readdir", e))? {
+                let e = e.map_err(|e| Error::io(&p, "readdir", e))?;
+                limits::check_entry_name(e.file_name().as_encoded_bytes())
+                    .map_err(|err| Error::Invalid(format!("{}: {err}", e.path().display())))?;
+                todo.push(e.path());
+            }
         }
     }
     Ok(n)
@@ -386,18 +432,52 @@ fn host_scan(p: &Path, ss: u32, nodesize: u32) -> Result<u64> {
 /// copied trees: the second name links to the inode the first made.
 type Copied = std::collections::HashMap<(u64, u64), u64>;
 
+/// A host directory being copied in: made, its entries not all copied yet.
+struct PutDir {
+    root: u64,
+    ino: u64,
+    src: std::path::PathBuf,
+    meta: std::fs::Metadata,
+    kids: std::vec::IntoIter<std::fs::DirEntry>,
+}
+
+/// Copy host path `src` in as `at/name` and, for a directory, everything
+/// beneath it (in name order; each directory's xattrs, owner and times once
+/// its entries are in). Iterative, with an explicit stack of the directories
+/// being copied: a deep host tree must not overflow the thread's stack.
+fn put_tree(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut u64, copied: &mut Copied) -> Result<()> {
+    let mut stack: Vec<PutDir> = put_one(tx, at, name, src, files, copied)?.into_iter().collect();
+    while let Some(top) = stack.last_mut() {
+        match top.kids.next() {
+            Some(k) => {
+                let at = Place { root: top.root, ino: top.ino, dir_type: FT_DIR };
+                if let Some(d) = put_one(tx, at, k.file_name().as_encoded_bytes(), &k.path(), files, copied)? {
+                    stack.push(d);
+                }
+            }
+            None => {
+                if let Some(d) = stack.pop() {
+                    put_finish(tx, d.root, d.ino, &d.src, &d.meta, copied)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Copy one host path in as `at/name` with what `mkfs --rootdir` keeps:
 /// type, mode (set-id bits too), owner, nanosecond atime/mtime/ctime, xattrs,
 /// device numbers, symlink targets, hard links and holes (data ranges via
-/// SEEK_DATA/SEEK_HOLE, read in bounded steps).
-fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut u64, copied: &mut Copied) -> Result<()> {
+/// SEEK_DATA/SEEK_HOLE, read in bounded steps). A directory is only made:
+/// returned with its entries for [`put_tree`] to copy and then finish.
+fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut u64, copied: &mut Copied) -> Result<Option<PutDir>> {
     use std::os::unix::fs::{FileExt, MetadataExt};
     let (root, dir) = (at.root, at.ino);
     let meta = std::fs::symlink_metadata(src).map_err(|e| Error::io(src, "stat", e))?;
     let id = (meta.dev(), meta.ino());
     if !meta.is_dir() && meta.nlink() > 1 {
         if let Some(&ino) = copied.get(&id) {
-            return tx.link(root, ino, dir, name);
+            return tx.link(root, ino, dir, name).map(|_| None);
         }
     }
     let mode = meta.mode();
@@ -409,10 +489,7 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
         let ino = tx.create(root, dir, name, mode, 0)?;
         let mut kids: Vec<_> = std::fs::read_dir(src).map_err(|e| Error::io(src, "readdir", e))?.collect::<std::io::Result<_>>().map_err(|e| Error::io(src, "readdir", e))?;
         kids.sort_by_key(|e| e.file_name());
-        for k in kids {
-            put_one(tx, Place { root, ino, dir_type: FT_DIR }, k.file_name().as_encoded_bytes(), &k.path(), files, copied)?;
-        }
-        ino
+        return Ok(Some(PutDir { root, ino, src: src.to_path_buf(), meta, kids: kids.into_iter() }));
     } else if ft.is_file() {
         let ino = tx.create(root, dir, name, mode, 0)?;
         let f = crate::ops::rootdir::open_source(src)?;
@@ -445,6 +522,14 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
         tx.put_inode(root, ino, &it)?;
         ino
     };
+    put_finish(tx, root, ino, src, &meta, copied)?;
+    Ok(None)
+}
+
+/// The xattrs, owner, mode and times of host path `src` onto inode `ino`.
+fn put_finish(tx: &mut Transaction, root: u64, ino: u64, src: &Path, meta: &std::fs::Metadata, copied: &mut Copied) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (mode, id) = (meta.mode(), (meta.dev(), meta.ino()));
     for (n, v) in crate::ops::rootdir::read_xattrs(src)? {
         tx.set_xattr(root, ino, &n, Some(&v))?;
     }

@@ -1033,6 +1033,40 @@ mod tests {
         assert!(!tree.is_dirty());
     }
 
+    /// The recursive walks descend one level per call, so their depth is the
+    /// tree's height: a root pointer (from a crafted root item) claiming a
+    /// level its block does not have is refused at the first block, whatever
+    /// the level, and blocks themselves never claim MAX_LEVEL or more.
+    #[test]
+    fn a_root_level_the_block_does_not_have_is_an_error() {
+        let mut s = MemStore::new(4096);
+        let mut t = CowTree::create(&mut s, FS_TREE_OBJECTID).unwrap();
+        t.set_fanout_limit(4);
+        for i in 0..200u16 {
+            t.insert(&mut s, key(i), body(300, i as u64)).unwrap();
+        }
+        commit(&mut t, &mut s);
+        let r = t.root();
+        assert!(r.level >= 2);
+        for level in [0, r.level - 1, r.level + 1, MAX_LEVEL, 200, u8::MAX] {
+            let mut bad = CowTree::new(RootPtr { level, ..r });
+            assert!(bad.get(&s, key(7)).is_err(), "level {level}");
+            assert!(bad.range(&s, Key::MIN, Key::MAX).is_err(), "level {level}");
+            assert!(bad.last_le(&s, Key::MAX).is_err(), "level {level}");
+            assert!(bad.insert(&mut s, key(1000), body(10, 0)).is_err(), "level {level}");
+        }
+        // A block whose header says level 8, otherwise sound (fsid, bytenr, checksum).
+        let mut block = vec![0u8; 4096];
+        block[32..48].copy_from_slice(&[0x42; 16]);
+        block[100] = MAX_LEVEL;
+        let c = CsumType::Crc32c.compute(&block[32..]);
+        block[..32].copy_from_slice(&c);
+        match TreeBlock::parse(0, block, CsumType::Crc32c, &[0x42; 16], Expect::default()) {
+            Err(e) => assert!(e.to_string().contains("level 8 out of range"), "{e}"),
+            Ok(_) => panic!("a block claiming level 8 parsed"),
+        }
+    }
+
     /// Walk the whole tree and check every structural invariant, then compare
     /// its contents with the model. `full` also serializes and re-parses every
     /// dirty block.
