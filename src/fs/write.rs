@@ -196,11 +196,16 @@ fn compress_chunks(
             vec![one(i)]
         } else {
             std::thread::scope(|s| {
-                let hs: Vec<_> = (i..hi).map(|k| s.spawn(move || one(k))).collect();
-                hs.into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(compress::CompressError::Compressor { algo: "thread", detail: "panicked".into() })))
-                    .collect()
-            })
+                let hs = (i..hi)
+                    .map(|k| crate::threads::spawn_scoped(s, "compress", move || one(k)))
+                    .collect::<Result<Vec<_>>>()
+                    .map_err(|e| compress::CompressError::Compressor { algo: "thread", detail: e.to_string() })?;
+                Ok::<_, compress::CompressError>(
+                    hs.into_iter()
+                        .map(|h| h.join().unwrap_or_else(|_| Err(compress::CompressError::Compressor { algo: "thread", detail: "panicked".into() })))
+                        .collect(),
+                )
+            })?
         };
         for (k, r) in (i..hi).zip(results) {
             match r? {

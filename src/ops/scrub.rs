@@ -570,28 +570,37 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     let results: Mutex<Vec<Acc>> = Mutex::new(Vec::new());
     // Block groups already reported as not fully scrubbed: one finding each, not one per slice.
     let failed_bgs: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mut acc = Acc::default();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(bg, from, to)) = work.get(i) else { break };
-                    // Only the first failing slice of a block group reports it.
-                    let first_failure = || failed_bgs.lock().map(|mut f| f.insert(bg.start)).unwrap_or(true);
-                    let r = scrub_block_group(&ctx, bg, from, to, &mut acc);
-                    if let Err(e) = r.or_else(|e| if first_failure() { Err(e) } else { Ok(()) }) {
-                        // The extent tree of this block group could not be walked: say
-                        // so and go on with the others.
-                        acc.push(Finding::about(FindingKind::Verify, None, Some(bg.start), bg.len, format!("block group not fully scrubbed: {e}")));
-                    }
-                }
-                if let Ok(mut r) = results.lock() {
-                    r.push(acc);
-                }
-            });
+    let worker = || {
+        let mut acc = Acc::default();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(bg, from, to)) = work.get(i) else { break };
+            // Only the first failing slice of a block group reports it.
+            let first_failure = || failed_bgs.lock().map(|mut f| f.insert(bg.start)).unwrap_or(true);
+            let r = scrub_block_group(&ctx, bg, from, to, &mut acc);
+            if let Err(e) = r.or_else(|e| if first_failure() { Err(e) } else { Ok(()) }) {
+                // The extent tree of this block group could not be walked: say
+                // so and go on with the others.
+                acc.push(Finding::about(FindingKind::Verify, None, Some(bg.start), bg.len, format!("block group not fully scrubbed: {e}")));
+            }
         }
-    });
+        if let Ok(mut r) = results.lock() {
+            r.push(acc);
+        }
+    };
+    // A worker the host cannot start, or one that panics, fails the scrub
+    // with an error that says so.
+    std::thread::scope(|s| {
+        let hs = (0..threads)
+            .map(|_| {
+                crate::threads::spawn_scoped(s, "scrub", || {
+                    worker();
+                    Ok(())
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        hs.into_iter().try_for_each(|h| crate::threads::join(h, "scrub"))
+    })?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -608,21 +617,7 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
         acc.push(Finding::about(FindingKind::Verify, None, None, 0, format!("block group items unreadable ({e}); scrubbed by chunk instead")));
     }
     for (logical, len) in orphan_chunks {
-        acc.push(Finding {
-            kind: FindingKind::Verify,
-            devid: None,
-            physical: None,
-            logical: Some(logical),
-            len,
-            mirror: None,
-            good_mirror: None,
-            metadata: true,
-            paths: Vec::new(),
-            file_offset: None,
-            repaired: false,
-            detail: "chunk has no block group item".into(),
-            extent: None,
-        });
+        acc.push(Finding::about(FindingKind::Verify, None, Some(logical), len, "chunk has no block group item".into()));
     }
     acc.findings.sort_by_key(|f| (f.logical, f.mirror, f.physical));
     scrub_supers(&fs, opts, &mut acc)?;

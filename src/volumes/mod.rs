@@ -302,8 +302,12 @@ impl Volume {
             return self.devices.values().try_for_each(|d| d.sync());
         }
         std::thread::scope(|s| {
-            let hs: Vec<_> = self.devices.values().map(|d| s.spawn(move || d.sync())).collect();
-            hs.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("an fsync thread panicked".into()))))
+            let hs = self
+                .devices
+                .values()
+                .map(|d| crate::threads::spawn_scoped(s, "fsync", move || d.sync()))
+                .collect::<Result<Vec<_>>>()?;
+            hs.into_iter().try_for_each(|h| crate::threads::join(h, "fsync"))
         })
     }
 

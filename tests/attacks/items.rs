@@ -128,7 +128,11 @@ fn writes_past_the_largest_file_size_are_refused() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("past the largest file size"), "{err}");
     assert_eq!(fingerprints(&imgs), before);
-    refused(&imgs, &["write", img, "/f", "--truncate", "--offset", &(max + 1).to_string(), "--from", "/dev/null"], "past the largest file size");
+    // An offset past it is a usage error (exit 2), named by the option.
+    let before = fingerprints(&imgs);
+    let err = fails(&["write", img, "/f", "--truncate", "--offset", &(max + 1).to_string(), "--from", "/dev/null"], 2);
+    assert!(err.contains("--offset"), "{err}");
+    assert_eq!(fingerprints(&imgs), before);
     // Ending exactly at 2^63-1 is what the kernel allows.
     let four = tmp.path().join("four");
     std::fs::write(&four, b"0123").unwrap();
