@@ -81,6 +81,23 @@ struct Extractor<'a> {
 /// bad `dest`) and host errors that stop every entry (no space, read-only)
 /// are returned; other failures are counted in the stats.
 pub fn extract(fs: &Filesystem, src: &str, dest: &Path) -> Result<ExtractStats> {
+    // The walk recurses once per directory level, up to MAX_DEPTH: it runs on
+    // a thread whose stack holds that many levels many times over, whatever
+    // the caller's stack limit (4096 levels need about 4 MiB).
+    std::thread::scope(|s| {
+        let h = std::thread::Builder::new()
+            .name("extract".into())
+            .stack_size(WALK_STACK)
+            .spawn_scoped(s, || extract_on_this_thread(fs, src, dest))
+            .map_err(|e| Error::io("<threads>", "start the extract thread", e))?;
+        crate::threads::join(h, "extract")
+    })
+}
+
+/// Stack of the extract walk (see [`extract`]).
+const WALK_STACK: usize = 64 << 20;
+
+fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path) -> Result<ExtractStats> {
     let ent = fs.resolve(src)?;
     let fspath = src.trim_matches('/');
     let ino = fs.inode(ent.id)?;

@@ -590,3 +590,26 @@ fn deep_tree_extracts_with_few_descriptors() {
     assert_eq!(read(&dest.join("top")), b"bottom");
     assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "one inode, two links");
 }
+
+/// Extract walks one call per directory level, up to 4096 levels: on its own thread with
+/// a large stack, so a small stack limit of the caller (`ulimit -s 1024`) cannot make
+/// it overflow (on a 1 MiB main stack it did, at 4096 levels).
+#[test]
+fn deepest_allowed_tree_extracts_under_a_small_stack_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = crate::util::mkfs(tmp.path(), 1, "128M", "single", &[]);
+    let deep = vec!["d"; 4096].join("/");
+    crate::util::ok(&["mkdir", "-p", crate::util::s(&imgs[0]), &format!("/{deep}")]);
+    let out = tmp.path().join("out");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -s 1024; exec \"$0\" extract \"$1\" / \"$2\""))
+        .arg(crate::util::BIN)
+        .arg(&imgs[0])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "extract under ulimit -s 1024: {:?} {}", status.status, String::from_utf8_lossy(&status.stderr));
+    let dirs = std::process::Command::new("find").arg(&out).args(["-type", "d"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&dirs.stdout).lines().count(), 4097, "out itself and 4096 levels");
+}
