@@ -1,5 +1,6 @@
 //! A tree block through the verifier (checksum recomputed, so the structure checks run), then
-//! every item through its decoder and the dump-tree printer, which decodes every item type.
+//! every item through its decoder and the dump-tree printer, which decodes every item type;
+//! the raw block through the tree-checker port.
 #![no_main]
 
 use btrs::format::items;
@@ -22,6 +23,16 @@ fuzz_target!(|data: &[u8]| {
     let c = csum.compute(&b[32..]);
     b[..32].copy_from_slice(&c);
     let fsid: [u8; 16] = b[32..48].try_into().unwrap();
+    // The port of the kernel's tree-checker reads every field of every item:
+    // it must answer for any bytes, structure checks passed or not.
+    let rules = btrs::tree::checker::Rules {
+        nodesize: nodesize as u32,
+        sectorsize: 4096,
+        csum_size: csum.size(),
+        incompat: u64::from(sel).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        super_generation: u64::from_le_bytes(b[80..88].try_into().unwrap()),
+    };
+    let _ = btrs::tree::checker::check_block(&b, &rules);
     let Ok(block) = TreeBlock::parse(LOGICAL, b, csum, &fsid, Expect::default()) else { return };
     let ctx = DumpCtx { nodesize: nodesize as u32, sectorsize: 4096, csum_size: csum.size() };
     let mut out = Vec::new();
