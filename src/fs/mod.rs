@@ -458,6 +458,9 @@ fn tree_label(id: u64) -> String {
     crate::format::types::tree_name(id).map(str::to_string).unwrap_or_else(|| id.to_string())
 }
 
+#[cfg(test)]
+mod model_tests;
+
 /// Test images made by mkfs.btrfs, shared by the write-path unit tests.
 #[cfg(test)]
 pub(crate) mod testutil {
