@@ -861,17 +861,28 @@ impl Transaction {
             return Ok(());
         }
         let ss = self.store.fs.sectorsize as u64;
-        let old_size = it.size.get();
         limits::check_file_range(offset, src_len as u64)?;
         let end = offset.checked_add(src_len as u64).ok_or_else(|| Error::Invalid("offset overflow".into()))?;
         let mut a = offset / ss * ss;
         let b = end.div_ceil(ss) * ss;
-        // An inline extent (always at 0, < 1 sector) becomes part of the new extent.
+        // An inline extent (always at 0, < 1 sector) becomes part of the new
+        // extent when the write starts in its sector; a write further on
+        // first moves it to a regular extent of its own sector, or the new
+        // extent would start at 0 and hold every byte up to the write.
         if let Some(first) = self.get(root, Key::new(ino, EXTENT_DATA_KEY, 0))? {
             if matches!(parse_file_extent(&first)?.kind, FileExtentKind::Inline { .. }) {
-                a = 0;
+                if offset < ss {
+                    a = 0;
+                } else {
+                    let head = self.read_range(root, ino, 0, ss)?;
+                    let mut r = WriteReport::default();
+                    self.write_impl(root, ino, 0, Payload::Borrowed(&Plain(&head)), opts, &mut r, false)?;
+                    report.bios.extend(r.bios);
+                    it = self.read_inode(root, ino)?;
+                }
             }
         }
+        let old_size = it.size.get();
         // The engine's own pages: existing bytes of the edge sectors, then the
         // caller's. Pages handed over that cover [a, b) already are them.
         let base = (offset - a) as usize;
