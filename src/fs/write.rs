@@ -424,6 +424,16 @@ impl Transaction {
     pub fn set_xattr(&mut self, root: u64, ino: u64, name: &[u8], value: Option<&[u8]>) -> Result<()> {
         let nodesize = self.store.fs.sb.nodesize.get();
         limits::check_xattr(name, value, nodesize)?;
+        // The kernel's rule (xattr_permission): user.* xattrs only on regular
+        // files and directories; on anything else it refuses to set them and
+        // cannot read them back.
+        let ty = self.read_inode(root, ino)?.mode.get() & S_IFMT;
+        if name.starts_with(b"user.") && ty != S_IFREG && ty != S_IFDIR {
+            return Err(Error::Invalid(format!(
+                "xattr {}: user.* xattrs are only allowed on regular files and directories",
+                String::from_utf8_lossy(name)
+            )));
+        }
         let key = Key::new(ino, XATTR_ITEM_KEY, items::name_hash(name));
         let old = self.get(root, key)?.map(|d| parse_dir_items(&d)).transpose()?.unwrap_or_default();
         let mut body = Vec::new();

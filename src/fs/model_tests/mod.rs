@@ -694,3 +694,20 @@ fn regression_write_far_past_an_inline_file() {
          check",
     );
 }
+
+/// Seed 1 (single-crc32c-16k-btrs), and the CLI's seed 101: btrs stored
+/// user.* xattrs on a fifo (and symlinks), which the kernel refuses to set
+/// and cannot read back (getxattr: ENODATA, though listxattr names them).
+#[test]
+fn regression_user_xattrs_only_on_files_and_directories() {
+    regression(
+        "single-crc32c-16k-btrs",
+        "mkdir /h36/e15/d21/b6 p
+         put /h36/e15/d21 seed=8905729865428051105
+         setxattr /h36/e15/d21/put978/f3 user.mime len=16219 seed=15432355379850361549
+         symlink ../t /s
+         setxattr /s user.a len=3 seed=1
+         rmxattr /s user.a
+         setxattr /h36 user.a len=3 seed=1",
+    );
+}
