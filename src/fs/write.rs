@@ -1170,9 +1170,11 @@ impl Transaction {
         let old = it.size.get();
         if size < old {
             let keep = size.div_ceil(ss) * ss;
-            // Zero the tail of the last kept sector so a later extension reads zeros.
+            // Zero the tail of the last kept sector so a later extension reads
+            // zeros (up to the old end: past it the sector holds zeros already,
+            // and a last sector ending at 2^63 may not be written to its end).
             if size % ss != 0 {
-                let z = vec![0u8; (keep - size) as usize];
+                let z = vec![0u8; (keep.min(old) - size) as usize];
                 let mut r = WriteReport::default();
                 self.write_at(root, ino, size, &z, &WriteOpts::default(), &mut r)?;
                 it = self.read_inode(root, ino)?;

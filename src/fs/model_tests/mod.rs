@@ -711,3 +711,19 @@ fn regression_user_xattrs_only_on_files_and_directories() {
          setxattr /h36 user.a len=3 seed=1",
     );
 }
+
+/// Seed 12 (dup-xxhash-4k-btrs): truncating down to a size inside the
+/// file's last sector, when that sector ends at 2^63, was refused ("past the
+/// largest file size"): the zeros written over the rest of the kept sector
+/// went to the sector's end, past the file's.
+#[test]
+fn regression_truncate_inside_the_last_sector_below_2_63() {
+    regression(
+        "dup-xxhash-4k-btrs",
+        "write /f off=9223372036854775806 len=1 seed=1
+         truncate /f size=9223372036854775806
+         write /g off=9223372036854771712 len=4095 seed=2
+         truncate /g size=9223372036854771713
+         truncate /g size=9223372036854775807",
+    );
+}
