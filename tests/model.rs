@@ -305,6 +305,40 @@ fn run_seed(l: &'static Layout, seed: u64, n: usize, check_every: usize, kernel:
     }
 }
 
+fn fixed(layout: &str, seed: u64, n: usize, check_every: usize) -> Option<Stats> {
+    let l = shared::layout(layout);
+    let t = std::time::Instant::now();
+    let s = run_seed(l, seed, n, check_every, true)?;
+    report(&format!("cli {layout} seed {seed}"), &s, t.elapsed());
+    for k in ["write", "truncate", "mkdir", "rm", "mv", "ln", "symlink", "setxattr", "check"] {
+        assert!(s.by_op.get(k).copied().unwrap_or(0) > 0, "{layout}: no {k} op ran");
+    }
+    Some(s)
+}
+
+#[test]
+fn model_cli_single_crc32c_btrs() {
+    if let Some(s) = fixed("single-crc32c-16k-btrs", 101, 260, 45) {
+        assert!(s.crashes > 0, "no command was killed: {s:?}");
+    }
+}
+
+#[test]
+fn model_cli_raid1_sha256_progs() {
+    fixed("raid1-sha256-16k-progs-noholes", 102, 200, 50);
+}
+
+#[test]
+fn model_cli_raid10_and_raid1c3_4k() {
+    fixed("raid10-crc32c-4k-btrs-holes", 103, 150, 50);
+    fixed("raid1c3-blake2-4k-progs-holes-fst", 104, 150, 50);
+}
+
+#[test]
+fn model_cli_kernel_subvols() {
+    fixed("kernel-subvols-16k", 105, 200, 50);
+}
+
 /// The CLI soak: random seeds for `BTRS_SOAK_SECONDS` (see benches/soak.sh).
 #[test]
 #[ignore]

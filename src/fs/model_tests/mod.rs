@@ -580,6 +580,56 @@ pub fn run_or_explain(cfg: &RunCfg, seed: u64) -> Option<Stats> {
     }
 }
 
+/// A fixed seed on a layout: every op kind, refusals, faults, and (where
+/// the kernel is here) its end step.
+fn fixed(layout: &str, seeds: &[u64], ops: usize, check_every: usize) -> Option<Stats> {
+    let l = shared::layout(layout);
+    let t = std::time::Instant::now();
+    let mut total = Stats::default();
+    for (i, &seed) in seeds.iter().enumerate() {
+        let cfg = RunCfg { layout: l, ops, gen: gen_cfg(check_every), kernel_end: i == 0 };
+        total.add(&run_or_explain(&cfg, seed)?);
+    }
+    report(layout, &total, t.elapsed());
+    for k in ["write", "write-direct", "truncate", "mkdir", "rm", "rm-r", "mv", "ln", "symlink", "setxattr", "rmxattr", "put", "commit", "crash", "check"] {
+        assert!(total.by_op.get(k).copied().unwrap_or(0) > 0, "{layout}: no {k} op ran");
+    }
+    assert!(total.crashes > 0, "{layout}: no fault fired");
+    Some(total)
+}
+
+#[test]
+fn model_lib_single_crc32c_16k_btrs() {
+    if let Some(s) = fixed("single-crc32c-16k-btrs", &[1, 2], 700, 120) {
+        assert!(s.enospc > 0 && s.new_chunks > 0, "no ENOSPC or no new chunk: {s:?}");
+    }
+}
+
+#[test]
+fn model_lib_dup_xxhash_4k_btrs() {
+    fixed("dup-xxhash-4k-btrs", &[11, 12], 600, 120);
+}
+
+#[test]
+fn model_lib_raid1_sha256_progs() {
+    fixed("raid1-sha256-16k-progs-noholes", &[21], 700, 140);
+}
+
+#[test]
+fn model_lib_raid1c3_blake2_4k_progs_holes() {
+    fixed("raid1c3-blake2-4k-progs-holes-fst", &[31], 600, 140);
+}
+
+#[test]
+fn model_lib_raid10_crc32c_4k_btrs_holes() {
+    fixed("raid10-crc32c-4k-btrs-holes", &[41], 600, 140);
+}
+
+#[test]
+fn model_lib_kernel_subvols_compressed_prealloc() {
+    fixed("kernel-subvols-16k", &[51], 600, 150);
+}
+
 /// The op text round-trips (regression lists are pasted from it).
 #[test]
 fn op_text_round_trips() {
