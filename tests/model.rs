@@ -47,6 +47,9 @@ struct CliRunner {
     copies: u64,
     chunks0: usize,
     n: u64,
+    /// A kill left some superblock copies one generation behind; the next
+    /// commit rewrites them.
+    stale_supers: bool,
 }
 
 /// How a command ended.
@@ -62,7 +65,7 @@ impl CliRunner {
         std::fs::create_dir_all(&host).unwrap();
         let capacity = imgs.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
         let chunks0 = chunk_count(&imgs);
-        CliRunner { imgs, host, model, kill_next: None, stats: Stats::default(), capacity, copies, chunks0, n: 0 }
+        CliRunner { imgs, host, model, kill_next: None, stats: Stats::default(), capacity, copies, chunks0, n: 0, stale_supers: false }
     }
 
     fn img(&self) -> String {
@@ -181,6 +184,9 @@ impl CliRunner {
         let _ = std::fs::remove_dir_all(self.host.join(format!("put-{}", self.n)));
         let now = generation(&self.imgs)?;
         let k = now.checked_sub(before).ok_or("[generation] went back")? as usize;
+        if k > 0 {
+            self.stale_supers = false;
+        }
         match (end, applied.result) {
             (End::Killed, result) => {
                 // Any commit the command reached: before it, between its steps, or all.
@@ -197,6 +203,7 @@ impl CliRunner {
                 drop(fs);
                 judge(&self.imgs, true).map_err(|e| format!("[kill] {op}: {e}"))?;
                 self.stats.crashes += 1;
+                self.stale_supers = true;
                 self.model = st;
                 return Ok(());
             }
@@ -234,7 +241,7 @@ impl CliRunner {
         let fs = open_ro(&self.imgs)?;
         compare_all(&mut FsView { fs: &fs }, &self.model).map_err(|e| format!("[tree] {e}"))?;
         drop(fs);
-        judge(&self.imgs, false).map_err(|e| format!("[judge] {e}"))?;
+        judge(&self.imgs, self.stale_supers).map_err(|e| format!("[judge] {e}"))?;
         self.stats.new_chunks = chunk_count(&self.imgs).saturating_sub(self.chunks0);
         Ok(())
     }
