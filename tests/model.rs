@@ -177,6 +177,7 @@ impl CliRunner {
             _ => {}
         }
         let applied = self.model.apply(op);
+        let cands = in_place_of(&self.model, op);
         let args = self.args(op);
         let before = generation(&self.imgs)?;
         let kill = self.kill_next.take();
@@ -197,8 +198,9 @@ impl CliRunner {
                         states.push(m.clone());
                     }
                 }
-                let st = states.get(k).cloned().ok_or_else(|| format!("[kill] {op}: killed {k} generations on, {} states", states.len()))?;
+                let mut st = states.get(k).cloned().ok_or_else(|| format!("[kill] {op}: killed {k} generations on, {} states", states.len()))?;
                 let fs = open_ro(&self.imgs)?;
+                reconcile_in_place(&fs, &mut st, &cands).map_err(|e| format!("[kill] {e}"))?;
                 compare_all(&mut FsView { fs: &fs }, &st).map_err(|e| format!("[kill] {op} killed after {}µs: {e}", kill.unwrap_or(0)))?;
                 drop(fs);
                 judge(&self.imgs, true).map_err(|e| format!("[kill] {op}: {e}"))?;
@@ -212,6 +214,10 @@ impl CliRunner {
             (End::Err(e), want) => {
                 if k > 0 {
                     self.model = applied.commits.get(k - 1).cloned().ok_or_else(|| format!("[commits] {op}: {k} commits landed before: {e}"))?;
+                }
+                if !cands.is_empty() {
+                    let fs = open_ro(&self.imgs)?;
+                    reconcile_in_place(&fs, &mut self.model, &cands).map_err(|e| format!("[nocow] {e}"))?;
                 }
                 match (classify(&e), want) {
                     (ErrClass::NoSpace, _) => {
@@ -237,6 +243,13 @@ impl CliRunner {
     }
 
     fn full_check(&mut self) -> Result<(), String> {
+        let t = std::time::Instant::now();
+        let r = self.full_check_timed();
+        self.stats.check_time += t.elapsed();
+        r
+    }
+
+    fn full_check_timed(&mut self) -> Result<(), String> {
         self.stats.checks += 1;
         let fs = open_ro(&self.imgs)?;
         compare_all(&mut FsView { fs: &fs }, &self.model).map_err(|e| format!("[tree] {e}"))?;
@@ -325,25 +338,25 @@ fn fixed(layout: &str, seed: u64, n: usize, check_every: usize) -> Option<Stats>
 
 #[test]
 fn model_cli_single_crc32c_btrs() {
-    if let Some(s) = fixed("single-crc32c-16k-btrs", 101, 260, 45) {
+    if let Some(s) = fixed("single-crc32c-16k-btrs", 101, 400, 50) {
         assert!(s.crashes > 0, "no command was killed: {s:?}");
     }
 }
 
 #[test]
 fn model_cli_raid1_sha256_progs() {
-    fixed("raid1-sha256-16k-progs-noholes", 102, 200, 50);
+    fixed("raid1-sha256-16k-progs-noholes", 102, 300, 50);
 }
 
 #[test]
 fn model_cli_raid10_and_raid1c3_4k() {
-    fixed("raid10-crc32c-4k-btrs-holes", 103, 150, 50);
-    fixed("raid1c3-blake2-4k-progs-holes-fst", 104, 150, 50);
+    fixed("raid10-crc32c-4k-btrs-holes", 103, 220, 55);
+    fixed("raid1c3-blake2-4k-progs-holes-fst", 104, 220, 55);
 }
 
 #[test]
 fn model_cli_kernel_subvols() {
-    fixed("kernel-subvols-16k", 105, 200, 50);
+    fixed("kernel-subvols-16k", 105, 300, 50);
 }
 
 /// The CLI soak: random seeds for `BTRS_SOAK_SECONDS` (see benches/soak.sh).
