@@ -78,11 +78,11 @@ impl CliRunner {
         let img = self.img();
         let s = |x: &str| x.to_string();
         match op {
-            Op::Write { path, off, len, seed, direct, truncate, parents, create, commit_every, max_bio_k } => {
+            Op::Write { path, off, len, seed, direct, truncate, parents, create, commit_every, max_bio_k, compress } => {
                 let from = self.host.join("input");
                 std::fs::write(&from, data(*seed, *len as usize)).unwrap();
                 let mut a = vec![s("write"), img, path.clone(), s("--from"), from.to_str().unwrap().into(), format!("--offset={off}"), s("--quiet")];
-                for (on, f) in [(*direct, "--direct"), (*truncate, "--truncate"), (*parents, "-p"), (*commit_every, "--commit-every=16M")] {
+                for (on, f) in [(*direct, "--direct"), (*truncate, "--truncate"), (*parents, "-p"), (*commit_every, "--commit-every=16M"), (*compress, "--compress=zstd")] {
                     if on {
                         a.push(f.into());
                     }

@@ -1228,6 +1228,9 @@ pub enum Op {
         commit_every: bool,
         /// `--max-bio` in KiB (0: default).
         max_bio_k: u32,
+        /// Compressed (zstd): a known gap, generated only with
+        /// BTRS_MODEL_GAPS=compress-write.
+        compress: bool,
     },
     /// `btrs write PATH --truncate --offset SIZE` of nothing (creates a missing file).
     Truncate { path: String, size: u64 },
@@ -1322,9 +1325,9 @@ pub fn dec(s: &str) -> Result<String, String> {
 impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Op::Write { path, off, len, seed, direct, truncate, parents, create, commit_every, max_bio_k } => {
+            Op::Write { path, off, len, seed, direct, truncate, parents, create, commit_every, max_bio_k, compress } => {
                 write!(f, "write {} off={off} len={len} seed={seed}", enc(path))?;
-                for (on, w) in [(*direct, "direct"), (*truncate, "trunc"), (*parents, "p"), (*commit_every, "ce")] {
+                for (on, w) in [(*direct, "direct"), (*truncate, "trunc"), (*parents, "p"), (*commit_every, "ce"), (*compress, "zstd")] {
                     if on {
                         write!(f, " {w}")?;
                     }
@@ -1394,6 +1397,7 @@ pub fn parse_op(line: &str) -> Result<Op, String> {
             },
             commit_every: flag("ce"),
             max_bio_k: kv("bio").unwrap_or(0) as u32,
+            compress: flag("zstd"),
         },
         Some("truncate") => Op::Truncate { path: arg(1)?, size: kv("size")? },
         Some("mkdir") => Op::Mkdir { path: arg(1)?, parents: flag("p") },
@@ -1736,6 +1740,7 @@ impl Gen {
             create,
             commit_every: big && r.chance(1, 2),
             max_bio_k: [0, 0, 0, 64, 4, 256][r.below(6) as usize],
+            compress: self.cfg.gaps.compressed_write && r.chance(1, 6),
         }
     }
 }
