@@ -414,8 +414,11 @@ impl Filesystem {
 /// writes every tree block to every device before any superblock, so a
 /// device whose superblock is behind but which holds a verified copy of the
 /// newest root tree block only missed the last superblock writes (a crash
-/// between them) and is current. Any other device behind the newest
-/// generation is stale: with `--degraded` it is left out like a missing one.
+/// between them) and is current. So is a device one generation behind that
+/// holds no copy of the root tree block (RAID10, RAID1 on three or more
+/// devices) when it holds copies of blocks the newest commit wrote and every
+/// one of them verifies. Any other device behind the newest generation is
+/// stale: with `--degraded` it is left out like a missing one.
 #[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
     let sb = vol.sb;
@@ -435,7 +438,7 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
                 vol.read_copy(root, &mut buf, m).is_ok() && TreeBlock::parse(root, buf, csum, &fsid, expect).is_ok()
             })
         });
-        if holds_newest_root {
+        if holds_newest_root || (generation.checked_add(1) == Some(newest) && holds_newest_commit(vol, devid)) {
             continue;
         }
         vol.stale.insert(devid, generation);
@@ -454,6 +457,69 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
     Ok(warnings)
 }
 
+/// Whether device `devid` holds copies of tree blocks the newest commit
+/// wrote, and every one of them verifies: the blocks of the superblock's
+/// generation, reached from the root and chunk trees through pointers and
+/// root items of that generation. A device holding none of them proves
+/// nothing (an older copy of it would hold none either) and is not current.
+#[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
+fn holds_newest_commit(vol: &Volume, devid: u64) -> bool {
+    let sb = vol.sb;
+    let newest = sb.generation.get();
+    let (Ok(csum), Ok(nodesize)) = (sb.csum_kind(), usize::try_from(sb.nodesize.get())) else { return false };
+    let fsid = sb.metadata_fsid();
+    let read = |logical: u64, level: u8, m: usize| -> Option<TreeBlock> {
+        let mut buf = vec![0u8; nodesize];
+        let expect = Expect { level: Some(level), generation: Some(newest), max_generation: None };
+        vol.read_copy(logical, &mut buf, m).ok()?;
+        TreeBlock::parse(logical, buf, csum, &fsid, expect).ok()
+    };
+    let mut todo = vec![(sb.root.get(), sb.root_level)];
+    if sb.chunk_root_generation.get() == newest {
+        todo.push((sb.chunk_root.get(), sb.chunk_root_level));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut held_any = false;
+    while let Some((logical, level)) = todo.pop() {
+        if !seen.insert(logical) {
+            continue;
+        }
+        let Ok((locs, n)) = vol.chunks.lookup(logical).and_then(|e| Ok((e.map(logical)?.0, e.num_copies()))) else { return false };
+        let mut good = None;
+        for (m, l) in locs.iter().take(n).enumerate() {
+            match read(logical, level, m) {
+                Some(b) => {
+                    held_any |= l.devid == devid;
+                    good = good.or(Some(b));
+                }
+                None if l.devid == devid => return false,
+                None => {}
+            }
+        }
+        let Some(block) = good else { return false };
+        if !block.is_leaf() {
+            for i in 0..block.nritems() {
+                let (_, child, generation) = block.ptr(i);
+                if generation == newest {
+                    todo.push((child, level.saturating_sub(1)));
+                }
+            }
+        } else if block.owner() == ROOT_TREE_OBJECTID {
+            for i in 0..block.nritems() {
+                if block.key(i).item_type != ROOT_ITEM_KEY {
+                    continue;
+                }
+                if let Ok(ri) = parse_root_item(block.item_data(i)) {
+                    if ri.generation.get() == newest {
+                        todo.push((ri.bytenr.get(), ri.level));
+                    }
+                }
+            }
+        }
+    }
+    held_any
+}
+
 fn poisoned() -> Error {
     Error::Invalid("internal lock poisoned".into())
 }
@@ -461,6 +527,9 @@ fn poisoned() -> Error {
 fn tree_label(id: u64) -> String {
     crate::format::types::tree_name(id).map(str::to_string).unwrap_or_else(|| id.to_string())
 }
+
+#[cfg(test)]
+mod model_tests;
 
 /// Test images made by mkfs.btrfs, shared by the write-path unit tests.
 #[cfg(test)]

@@ -651,6 +651,16 @@ impl Transaction {
             self.set_incompat(incompat);
             it.flags = flags.into();
         } else {
+            // The kernel's rule (xattr_permission): user.* xattrs only on
+            // regular files and directories; on anything else it refuses to
+            // set them and cannot read them back.
+            let ty = it.mode.get() & S_IFMT;
+            if value.is_some() && name.starts_with(b"user.") && ty != S_IFREG && ty != S_IFDIR {
+                return Err(Error::Invalid(format!(
+                    "xattr {}: user.* xattrs are only allowed on regular files and directories",
+                    String::from_utf8_lossy(name)
+                )));
+            }
             self.put_xattr(root, ino, name, value)?;
         }
         self.touch(&mut it, false);
@@ -841,8 +851,9 @@ impl Transaction {
     /// from the transaction's view of its extents. Every data sector read is
     /// verified against its checksum (as this transaction's csum tree has
     /// it) and a bad copy is replaced by a good one: a read-modify-write must
-    /// never seal a damaged sector under a new, valid checksum.
-    fn read_range(&mut self, root: u64, ino: u64, start: u64, len: u64) -> Result<Vec<u8>> {
+    /// never seal a damaged sector under a new, valid checksum. (Public for
+    /// readers of a running transaction, the model tests among them.)
+    pub fn read_range(&mut self, root: u64, ino: u64, start: u64, len: u64) -> Result<Vec<u8>> {
         // Queued direct bios may be writing exactly these sectors.
         self.finish_direct()?;
         let nodatasum = self.read_inode(root, ino)?.flags.get() & INODE_NODATASUM != 0;
@@ -1132,17 +1143,28 @@ impl Transaction {
             return Ok(());
         }
         let ss = self.store.fs.sectorsize as u64;
-        let old_size = it.size.get();
         limits::check_file_range(offset, src_len as u64)?;
         let end = offset.checked_add(src_len as u64).ok_or_else(|| Error::Invalid("offset overflow".into()))?;
         let mut a = offset / ss * ss;
         let b = end.div_ceil(ss) * ss;
-        // An inline extent (always at 0, < 1 sector) becomes part of the new extent.
+        // An inline extent (always at 0, < 1 sector) becomes part of the new
+        // extent when the write starts in its sector; a write further on
+        // first moves it to a regular extent of its own sector, or the new
+        // extent would start at 0 and hold every byte up to the write.
         if let Some(first) = self.get(root, Key::new(ino, EXTENT_DATA_KEY, 0))? {
             if matches!(parse_file_extent(&first)?.kind, FileExtentKind::Inline { .. }) {
-                a = 0;
+                if offset < ss {
+                    a = 0;
+                } else {
+                    let head = self.read_range(root, ino, 0, ss)?;
+                    let mut r = WriteReport::default();
+                    self.write_impl(root, ino, 0, Payload::Borrowed(&Plain(&head)), opts, &mut r, false)?;
+                    report.bios.extend(r.bios);
+                    it = self.read_inode(root, ino)?;
+                }
             }
         }
+        let old_size = it.size.get();
         // The engine's own pages: existing bytes of the edge sectors, then the
         // caller's. Pages handed over that cover [a, b) already are them.
         let base = (offset - a) as usize;
@@ -1611,9 +1633,11 @@ impl Transaction {
         let old = it.size.get();
         if size < old {
             let keep = size.div_ceil(ss) * ss;
-            // Zero the tail of the last kept sector so a later extension reads zeros.
+            // Zero the tail of the last kept sector so a later extension reads
+            // zeros (up to the old end: past it the sector holds zeros already,
+            // and a last sector ending at 2^63 may not be written to its end).
             if size % ss != 0 {
-                let z = vec![0u8; (keep - size) as usize];
+                let z = vec![0u8; (keep.min(old) - size) as usize];
                 let mut r = WriteReport::default();
                 self.write_at(root, ino, size, &z, &WriteOpts::default(), &mut r)?;
                 it = self.read_inode(root, ino)?;

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::format::limits;
 use crate::format::*;
 use crate::fs::transaction::Transaction;
-use crate::fs::direct::{Bounce, PagePool};
+use crate::fs::direct::{Bounce, PagePool, PAGE};
 use crate::fs::write::{BioHook, CompressOpts, Place, WriteOpts, WriteReport};
 use crate::fs::Filesystem;
 use crate::volumes::OpenOptions;
@@ -115,7 +115,7 @@ fn commit_due(done: u64, last: u64, every: u64) -> bool {
 pub fn write(
     opts: &OpenOptions,
     path: &str,
-    mut input: Box<dyn Read + Send>,
+    input: Box<dyn Read + Send>,
     len_hint: Option<u64>,
     req: &WriteRequest,
     progress: &mut dyn FnMut(u64),
@@ -123,11 +123,35 @@ pub fn write(
     // The kernel stops at the largest file size (EFBIG): refused before
     // anything is written when the size is known, else before the step past it.
     limits::check_file_range(req.offset, len_hint.unwrap_or(0))?;
+    check_direct_compress(req)?;
+    split(path)?;
+    let (tx, mut report) = write_in(begin(opts)?, path, input, len_hint, req, progress)?;
+    report.notices.extend(tx.commit_with_warnings()?);
+    Ok(report)
+}
+
+/// The kernel never compresses direct writes; asking for both is an error.
+fn check_direct_compress(req: &WriteRequest) -> Result<()> {
     if req.direct && req.compress.is_some() {
         return Err(Error::Invalid("direct writes are never compressed (the kernel's are not either): --direct with --compress".into()));
     }
+    Ok(())
+}
+
+/// [`write`] inside a running transaction, which is handed back uncommitted
+/// (after the commits `req.commit_every` asked for); on an error the
+/// transaction is gone and nothing since its last commit is kept.
+pub fn write_in(
+    mut tx: Transaction,
+    path: &str,
+    mut input: Box<dyn Read + Send>,
+    len_hint: Option<u64>,
+    req: &WriteRequest,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Transaction, WriteReport)> {
+    limits::check_file_range(req.offset, len_hint.unwrap_or(0))?;
+    check_direct_compress(req)?;
     let (dir, name) = split(path)?;
-    let mut tx = begin(opts)?;
     let Place { root, ino: d, .. } = dir_at(&mut tx, &dir, req.parents)?;
     let ino = match tx.lookup_name(root, d, &name)? {
         Some((ino, FT_REG_FILE)) => ino,
@@ -164,7 +188,10 @@ pub fn write(
     // last bio is done). The reader is not joined: on an error it may sit
     // in a read of standard input until the process ends.
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Bounce>>(1);
-    let pool = PagePool::new(STEP_BUFFERS, WRITE_STEP);
+    // An input of known size smaller than a step gets buffers of its size:
+    // zeroing four 16 MiB steps costs more than a small write itself.
+    let step = len_hint.map_or(WRITE_STEP, |n| usize::try_from(n).unwrap_or(WRITE_STEP).clamp(PAGE, WRITE_STEP).next_multiple_of(PAGE));
+    let pool = PagePool::new(STEP_BUFFERS, step);
     let reader = move || {
         while let Some(mut pages) = pool.take() {
             pages.set_len(pages.capacity());
@@ -201,8 +228,7 @@ pub fn write(
             last_commit = done;
         }
     }
-    report.notices.extend(tx.commit_with_warnings()?);
-    Ok(report)
+    Ok((tx, report))
 }
 
 /// Read until `buf` is full or the input ends; the byte count.
@@ -221,14 +247,21 @@ fn fill(input: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
 
 pub fn mkdir(opts: &OpenOptions, path: &str, parents: bool) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
+    mkdir_in(&mut tx, path, parents)?;
+    tx.commit_with_warnings()
+}
+
+/// [`mkdir`] inside a running transaction (not committed). Like every `*_in`
+/// command: on an error the caller drops the transaction, as the command does.
+pub fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool) -> Result<()> {
     if parents {
-        dir_at(&mut tx, path, true)?;
+        dir_at(tx, path, true)?;
     } else {
         let (dir, name) = split(path)?;
-        let d = dir_at(&mut tx, &dir, false)?;
+        let d = dir_at(tx, &dir, false)?;
         tx.create(d.root, d.ino, &name, S_IFDIR | 0o755, 0)?;
     }
-    tx.commit_with_warnings()
+    Ok(())
 }
 
 /// Remove `dir/name` and, when it is a directory, everything beneath it
@@ -280,22 +313,34 @@ fn rm_tree(tx: &mut Transaction, root: u64, dir: u64, name: &[u8]) -> Result<()>
 
 pub fn rm(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
+    rm_in(&mut tx, paths, recursive)?;
+    tx.commit_with_warnings()
+}
+
+/// [`rm`] inside a running transaction (not committed).
+pub fn rm_in(tx: &mut Transaction, paths: &[String], recursive: bool) -> Result<()> {
     for path in paths {
         let (dir, name) = split(path)?;
-        let d = dir_at(&mut tx, &dir, false)?;
+        let d = dir_at(tx, &dir, false)?;
         if recursive {
-            rm_tree(&mut tx, d.root, d.ino, &name)?;
+            rm_tree(tx, d.root, d.ino, &name)?;
         } else {
             tx.unlink(d.root, d.ino, &name)?;
         }
     }
-    tx.commit_with_warnings()
+    Ok(())
 }
 
 pub fn mv(opts: &OpenOptions, src: &str, dst: &str) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
+    mv_in(&mut tx, src, dst)?;
+    tx.commit_with_warnings()
+}
+
+/// [`mv`] inside a running transaction (not committed).
+pub fn mv_in(tx: &mut Transaction, src: &str, dst: &str) -> Result<()> {
     let (sd, sn) = split(src)?;
-    let sdir = dir_at(&mut tx, &sd, false)?;
+    let sdir = dir_at(tx, &sd, false)?;
     // Into an existing directory: keep the name.
     let (ddir, dn) = match tx.resolve(dst)? {
         Some(p) if p.dir_type == FT_DIR => {
@@ -304,38 +349,48 @@ pub fn mv(opts: &OpenOptions, src: &str, dst: &str) -> Result<Vec<String>> {
         }
         _ => {
             let (dd, dn) = split(dst)?;
-            (dir_at(&mut tx, &dd, false)?, dn)
+            (dir_at(tx, &dd, false)?, dn)
         }
     };
     if ddir.root != sdir.root {
         // The kernel's EXDEV: inodes belong to one tree; a move across is a copy.
         return Err(Error::Invalid(format!("{src} and {dst} are in different subvolumes")));
     }
-    tx.rename(sdir.root, sdir.ino, &sn, ddir.ino, &dn)?;
-    tx.commit_with_warnings()
+    tx.rename(sdir.root, sdir.ino, &sn, ddir.ino, &dn)
 }
 
 pub fn ln(opts: &OpenOptions, target: &str, link: &str, symbolic: bool) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
+    ln_in(&mut tx, target, link, symbolic)?;
+    tx.commit_with_warnings()
+}
+
+/// [`ln`] inside a running transaction (not committed).
+pub fn ln_in(tx: &mut Transaction, target: &str, link: &str, symbolic: bool) -> Result<()> {
     let (ld, ln) = split(link)?;
-    let dir = dir_at(&mut tx, &ld, false)?;
+    let dir = dir_at(tx, &ld, false)?;
     if symbolic {
         tx.symlink(dir.root, dir.ino, &ln, target.as_bytes())?;
     } else {
-        let t = existing(&mut tx, target)?;
+        let t = existing(tx, target)?;
         if t.root != dir.root {
             return Err(Error::Invalid(format!("{target} and {link} are in different subvolumes")));
         }
         tx.link(dir.root, t.ino, dir.ino, &ln)?;
     }
-    tx.commit_with_warnings()
+    Ok(())
 }
 
 pub fn setfattr(opts: &OpenOptions, path: &str, name: &str, value: Option<&[u8]>) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
-    let p = existing(&mut tx, path)?;
-    tx.set_xattr(p.root, p.ino, name.as_bytes(), value)?;
+    setfattr_in(&mut tx, path, name, value)?;
     tx.commit_with_warnings()
+}
+
+/// [`setfattr`] inside a running transaction (not committed).
+pub fn setfattr_in(tx: &mut Transaction, path: &str, name: &str, value: Option<&[u8]>) -> Result<()> {
+    let p = existing(tx, path)?;
+    tx.set_xattr(p.root, p.ino, name.as_bytes(), value)
 }
 
 /// Open the input of `btrs write`: a host file (with its size, for the space
@@ -358,6 +413,13 @@ pub fn open_input(from: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u
 /// a directory and each SRC goes into it under its own name.
 pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Result<(u64, Vec<String>)> {
     let mut tx = begin(opts)?;
+    let files = put_in(&mut tx, srcs, dest)?;
+    let warnings = tx.commit_with_warnings()?;
+    Ok((files, warnings))
+}
+
+/// [`put`] inside a running transaction (not committed); the files copied.
+pub fn put_in(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: &str) -> Result<u64> {
     // Fail before writing anything when the data cannot fit, or when a
     // name, symlink target or xattr is beyond what the kernel accepts.
     let fs = tx.fs();
@@ -380,7 +442,7 @@ pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Resul
         Some(_) => return Err(Error::Invalid(format!("{dest} exists and is not a directory"))),
         None if srcs.len() == 1 => {
             let (d, n) = split(dest)?;
-            vec![(dir_at(&mut tx, &d, false)?, n, &srcs[0])]
+            vec![(dir_at(tx, &d, false)?, n, &srcs[0])]
         }
         None => return Err(Error::NotFound(format!("{dest}: no such directory"))),
     };
@@ -389,10 +451,9 @@ pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Resul
     }
     let mut copied = Copied::new();
     for (dir, name, src) in targets {
-        put_tree(&mut tx, dir, &name, src, &mut files, &mut copied)?;
+        put_tree(tx, dir, &name, src, &mut files, &mut copied)?;
     }
-    let warnings = tx.commit_with_warnings()?;
-    Ok((files, warnings))
+    Ok(files)
 }
 
 /// Data bytes a host tree takes once written (each data range rounded to

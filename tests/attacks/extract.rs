@@ -603,7 +603,7 @@ fn deepest_allowed_tree_extracts_under_a_small_stack_limit() {
     let out = tmp.path().join("out");
     let status = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit -s 1024; exec \"$0\" extract \"$1\" / \"$2\""))
+        .arg("ulimit -s 1024; exec \"$0\" extract \"$1\" / \"$2\"")
         .arg(crate::util::BIN)
         .arg(&imgs[0])
         .arg(&out)
