@@ -160,6 +160,8 @@ impl CliRunner {
         match out.status.code() {
             Some(0) => Ok(End::Ok),
             Some(1) => Ok(End::Err(err.trim().strip_prefix("btrs: error: ").unwrap_or(err.trim()).to_string())),
+            // A usage error (an option's value out of its range) is a refusal too.
+            Some(2) if err.starts_with("error: invalid value") => Ok(End::Err(err.trim().to_string())),
             c => Err(format!("[exit] btrs {args:?} ended with {c:?}: {err}")),
         }
     }

@@ -438,16 +438,24 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
                 vol.read_copy(root, &mut buf, m).is_ok() && TreeBlock::parse(root, buf, csum, &fsid, expect).is_ok()
             })
         });
-        if holds_newest_root || (generation.checked_add(1) == Some(newest) && holds_newest_commit(vol, devid)) {
+        let one_behind = generation.checked_add(1) == Some(newest);
+        let evidence = if holds_newest_root { Some(true) } else if one_behind { holds_newest_commit(vol, devid) } else { Some(false) };
+        if evidence == Some(true) {
             continue;
         }
         vol.stale.insert(devid, generation);
+        if evidence.is_none() {
+            vol.lagging.insert(devid);
+        }
         let text = vol.stale_text(devid);
         if vol.degraded {
             warnings.push(format!("{text}; left out (--degraded)"));
             vol.stale.remove(&devid);
+            vol.lagging.remove(&devid);
             vol.devices.remove(&devid);
             vol.missing.insert(devid);
+        } else if evidence.is_none() {
+            warnings.push(format!("{text}; its copies come after the current ones: run `btrs scrub --repair` to rebuild it"));
         } else {
             warnings.push(format!(
                 "{text}; its copies are not used unless a checksum vouches for them: run `btrs scrub --repair` to rebuild it"
@@ -457,16 +465,17 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
     Ok(warnings)
 }
 
-/// Whether device `devid` holds copies of tree blocks the newest commit
-/// wrote, and every one of them verifies: the blocks of the superblock's
-/// generation, reached from the root and chunk trees through pointers and
-/// root items of that generation. A device holding none of them proves
-/// nothing (an older copy of it would hold none either) and is not current.
+/// What device `devid`'s copies of the tree blocks the newest commit wrote
+/// say (the blocks of the superblock's generation, reached from the root and
+/// chunk trees through pointers and root items of that generation): Some(true)
+/// when it holds some and every one verifies (it got the commit), Some(false)
+/// when one does not (it missed it), None when it holds none (an older copy
+/// of it would hold none either: nothing tells).
 #[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
-fn holds_newest_commit(vol: &Volume, devid: u64) -> bool {
+fn holds_newest_commit(vol: &Volume, devid: u64) -> Option<bool> {
     let sb = vol.sb;
     let newest = sb.generation.get();
-    let (Ok(csum), Ok(nodesize)) = (sb.csum_kind(), usize::try_from(sb.nodesize.get())) else { return false };
+    let (Ok(csum), Ok(nodesize)) = (sb.csum_kind(), usize::try_from(sb.nodesize.get())) else { return Some(false) };
     let fsid = sb.metadata_fsid();
     let read = |logical: u64, level: u8, m: usize| -> Option<TreeBlock> {
         let mut buf = vec![0u8; nodesize];
@@ -484,7 +493,7 @@ fn holds_newest_commit(vol: &Volume, devid: u64) -> bool {
         if !seen.insert(logical) {
             continue;
         }
-        let Ok((locs, n)) = vol.chunks.lookup(logical).and_then(|e| Ok((e.map(logical)?.0, e.num_copies()))) else { return false };
+        let Ok((locs, n)) = vol.chunks.lookup(logical).and_then(|e| Ok((e.map(logical)?.0, e.num_copies()))) else { return Some(false) };
         let mut good = None;
         for (m, l) in locs.iter().take(n).enumerate() {
             match read(logical, level, m) {
@@ -492,11 +501,11 @@ fn holds_newest_commit(vol: &Volume, devid: u64) -> bool {
                     held_any |= l.devid == devid;
                     good = good.or(Some(b));
                 }
-                None if l.devid == devid => return false,
+                None if l.devid == devid => return Some(false),
                 None => {}
             }
         }
-        let Some(block) = good else { return false };
+        let Some(block) = good else { return Some(false) };
         if !block.is_leaf() {
             for i in 0..block.nritems() {
                 let (_, child, generation) = block.ptr(i);
@@ -517,7 +526,7 @@ fn holds_newest_commit(vol: &Volume, devid: u64) -> bool {
             }
         }
     }
-    held_any
+    held_any.then_some(true)
 }
 
 fn poisoned() -> Error {

@@ -655,7 +655,7 @@ impl Transaction {
             // regular files and directories; on anything else it refuses to
             // set them and cannot read them back.
             let ty = it.mode.get() & S_IFMT;
-            if value.is_some() && name.starts_with(b"user.") && ty != S_IFREG && ty != S_IFDIR {
+            if name.starts_with(b"user.") && ty != S_IFREG && ty != S_IFDIR {
                 return Err(Error::Invalid(format!(
                     "xattr {}: user.* xattrs are only allowed on regular files and directories",
                     String::from_utf8_lossy(name)

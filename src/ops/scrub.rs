@@ -1088,6 +1088,7 @@ fn scrub_data_window(
     let csize = ctx.fs.csum.size();
     let present: Vec<bool> = locs.iter().map(|l| vol.devices.contains_key(&l.devid)).collect();
     let stale: Vec<bool> = locs.iter().map(|l| vol.is_stale(l.devid)).collect();
+    let lagging: Vec<bool> = locs.iter().map(|l| vol.lagging.contains(&l.devid)).collect();
     for (m, loc) in locs.iter().enumerate() {
         if present[m] {
             let c = acc.dev(loc.devid);
@@ -1147,12 +1148,22 @@ fn scrub_data_window(
             None => {
                 // Only copies on current devices vote: a stale device lacks
                 // every write since its generation, and two stale copies
-                // agreeing must not outvote the one current copy.
-                let copies: Vec<Option<&[u8]>> = sec
-                    .iter()
-                    .enumerate()
-                    .map(|(m, c)| if let Sector::Data(d) = c { (!stale[m]).then_some(*d) } else { None })
-                    .collect();
+                // agreeing must not outvote the one current copy. Where no
+                // current copy is there, lagging ones (see Volume::lagging) vote.
+                let voters = |with_lagging: bool| -> Vec<Option<&[u8]>> {
+                    sec.iter()
+                        .enumerate()
+                        .map(|(m, c)| if let Sector::Data(d) = c { (!stale[m] || (with_lagging && lagging[m])).then_some(*d) } else { None })
+                        .collect()
+                };
+                let mut copies = voters(false);
+                let mut stale = stale.clone();
+                if copies.iter().all(Option::is_none) {
+                    copies = voters(true);
+                    for (s, l) in stale.iter_mut().zip(&lagging) {
+                        *s &= !*l;
+                    }
+                }
                 for (m, c) in sec.iter().enumerate() {
                     if !matches!(c, Sector::Absent) {
                         acc.dev(locs[m].devid).no_csum += 1;

@@ -67,6 +67,12 @@ pub struct Volume {
     /// outvote a current copy, and writing is refused until `scrub --repair`
     /// rebuilds it.
     pub stale: BTreeMap<u64, u64>,
+    /// Stale devices one generation behind with nothing to tell whether they
+    /// missed only the last commit's superblock writes (a crash between
+    /// them) or are an older copy: the last commit wrote no tree block to
+    /// them. Their copies come after current ones but are served when no
+    /// current copy is there; scrub and writers treat them as stale.
+    pub lagging: BTreeSet<u64>,
 }
 
 impl Volume {
@@ -177,6 +183,7 @@ impl Volume {
             missing: BTreeSet::new(),
             degraded: opts.degraded,
             stale: BTreeMap::new(),
+            lagging: BTreeSet::new(),
         })
     }
 
@@ -224,10 +231,15 @@ impl Volume {
             .take(entry.num_copies())
             .enumerate()
             .filter(|(_, l)| self.devices.contains_key(&l.devid))
-            .map(|(mirror, l)| ReadCopy { mirror, devid: l.devid, stale: self.stale.contains_key(&l.devid) })
+            .map(|(mirror, l)| ReadCopy {
+                mirror,
+                devid: l.devid,
+                stale: self.stale.contains_key(&l.devid) && !self.lagging.contains(&l.devid),
+                lagging: self.lagging.contains(&l.devid),
+            })
             .collect();
-        // Stable: mirror order within current and within stale copies.
-        out.sort_by_key(|c| c.stale);
+        // Stable: mirror order within current, lagging and stale copies.
+        out.sort_by_key(|c| (c.stale, c.lagging));
         Ok(out)
     }
 
@@ -240,6 +252,14 @@ impl Volume {
     pub fn stale_text(&self, devid: u64) -> String {
         let path = self.devices.get(&devid).map(|d| d.path.display().to_string()).unwrap_or_else(|| "?".into());
         let gen = self.stale.get(&devid).copied().unwrap_or(0);
+        if self.lagging.contains(&devid) {
+            return format!(
+                "devid {devid} ({path}) is stale: its superblock generation {gen} is one behind the filesystem's {} \
+                 (a crash between a commit's superblock writes, or an older copy of the image: the last commit \
+                 wrote no tree block to it, so nothing tells which)",
+                self.sb.generation.get()
+            );
+        }
         format!(
             "devid {devid} ({path}) is stale: its superblock generation {gen} is older than the filesystem's {} \
              (an older copy of the image?)",
@@ -324,8 +344,11 @@ pub struct ReadCopy {
     /// 0-based copy number, as `read_copy` takes it.
     pub mirror: usize,
     pub devid: u64,
-    /// The copy lives on a stale device.
+    /// The copy lives on a stale device: served only where a checksum vouches for it.
     pub stale: bool,
+    /// The copy lives on a lagging device (see [`Volume::lagging`]): tried
+    /// after current copies, served without a checksum when none is there.
+    pub lagging: bool,
 }
 
 fn join(v: &[u64]) -> String {

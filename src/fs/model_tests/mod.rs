@@ -429,11 +429,7 @@ fn request(op: &Op) -> u64 {
 /// after success; on an error it is gone, as when a command fails.
 fn exec(mut tx: Transaction, op: &Op, scratch: &Path, puts: &mut u64) -> (Option<Transaction>, crate::error::Result<()>) {
     let r = match op {
-        Op::Write { compress: true, .. } => {
-            // Not in the library's WriteRequest yet (branch gaps): wire it here when it lands.
-            Err(Error::Unsupported("compressed writes through the library entrance".into()))
-        }
-        Op::Write { path, off, len, seed, direct, truncate, parents, create, commit_every, max_bio_k, compress: false } => {
+        Op::Write { path, off, len, seed, direct, truncate, parents, create, commit_every, max_bio_k, compress } => {
             let req = cmd::WriteRequest {
                 offset: *off,
                 truncate: *truncate,
@@ -444,7 +440,11 @@ fn exec(mut tx: Transaction, op: &Op, scratch: &Path, puts: &mut u64) -> (Option
                 direct: *direct,
                 commit_every: commit_every.then_some(WRITE_STEP),
                 on_bio: None,
-                compress: None,
+                compress: compress.then_some(crate::fs::write::CompressOpts {
+                    kind: crate::fs::compress::Compression::Zstd,
+                    level: None,
+                    force: false,
+                }),
             };
             let input = Box::new(std::io::Cursor::new(data(*seed, *len as usize)));
             return match cmd::write_in(tx, path, input, Some(*len), &req, &mut |_| {}) {

@@ -181,7 +181,7 @@ pub fn classify(msg: &str) -> ErrClass {
         ErrClass::GapExtref
     } else if has("name stored as an extended inode ref") {
         ErrClass::GapExtrefStored
-    } else if has("past the largest file size") {
+    } else if has("past the largest file size") || (has("--offset") && has("is not in 0..=")) {
         ErrClass::TooBig
     } else if has("user.* xattrs are only allowed") {
         ErrClass::XattrType
@@ -387,9 +387,10 @@ pub struct Gaps {
 }
 
 impl Gaps {
-    /// From `BTRS_MODEL_GAPS` (comma separated: compressed, extref, compress-write, all).
+    /// From `BTRS_MODEL_GAPS` (comma separated: compressed, extref,
+    /// compress-write, all, none); unset: all (every gap is filled now).
     pub fn from_env() -> Gaps {
-        let v = std::env::var("BTRS_MODEL_GAPS").unwrap_or_default();
+        let v = std::env::var("BTRS_MODEL_GAPS").unwrap_or_else(|_| "all".into());
         let on = |k: &str| v.split(',').any(|x| x.trim() == k || x.trim() == "all");
         Gaps { compressed_partial: on("compressed"), extref: on("extref"), compressed_write: on("compress-write") }
     }
@@ -1729,19 +1730,15 @@ impl Gen {
             1 => Create::NoCow,
             _ => Create::Plain,
         };
-        Op::Write {
-            path,
-            off,
-            len,
-            seed: r.next(),
-            direct: r.chance(3, 10),
-            truncate: r.chance(1, 20),
-            parents,
-            create,
-            commit_every: big && r.chance(1, 2),
-            max_bio_k: [0, 0, 0, 64, 4, 256][r.below(6) as usize],
-            compress: self.cfg.gaps.compressed_write && r.chance(1, 6),
-        }
+        let seed = r.next();
+        let direct = r.chance(3, 10);
+        let truncate = r.chance(1, 20);
+        let commit_every = big && r.chance(1, 2);
+        let max_bio_k = [0, 0, 0, 64, 4, 256][r.below(6) as usize];
+        // The command line refuses --compress with --direct, --nodatasum or
+        // --nodatacow (the kernel compresses none of them): never asked together.
+        let compress = self.cfg.gaps.compressed_write && r.chance(1, 6) && !direct && create == Create::Plain;
+        Op::Write { path, off, len, seed, direct, truncate, parents, create, commit_every, max_bio_k, compress }
     }
 }
 

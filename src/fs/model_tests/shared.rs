@@ -364,16 +364,37 @@ pub fn reconcile_in_place(fs: &Filesystem, m: &mut Model, cands: &[InPlace]) -> 
 /// `btrfs check --readonly --check-data-csum` and btrs's scrub (every copy of
 /// every block readable, checksums good, mirrors identical). After a crash
 /// some superblock copies may lag one generation (the kernel's commit has the
-/// same window): `after_crash` lets scrub name those, and nothing else.
+/// same window): `after_crash` lets scrub name those, and nothing else. A
+/// device whose superblocks all lag, and to which the last commit wrote no
+/// tree block, is stale (nothing tells a crash from an older copy of the
+/// image): then `scrub --repair`, what its message says to run, must rebuild
+/// it and leave a clean scrub.
 pub fn judge(imgs: &[PathBuf], after_crash: bool) -> Result<(), String> {
     if progs_here(imgs) {
         interop::btrfs_check(imgs, &["--check-data-csum"]).map_err(|e| format!("btrfs check: {e}"))?;
     }
-    let rep = lib_api::scrub(&open_opts(imgs, false), &lib_api::ScrubOptions { threads: 1, ..Default::default() })
-        .map_err(|e| format!("scrub: {e}"))?;
-    let stale = |f: &lib_api::Finding| after_crash && f.kind == lib_api::FindingKind::Super && f.detail.contains("is not the newest");
-    if !rep.findings.iter().all(stale) || rep.findings_dropped > 0 {
+    let scrub = |repair: bool| {
+        lib_api::scrub(&open_opts(imgs, repair), &lib_api::ScrubOptions { threads: 1, repair, ..Default::default() })
+            .map_err(|e| format!("scrub: {e}"))
+    };
+    let rep = scrub(false)?;
+    let lag = |f: &lib_api::Finding| {
+        after_crash
+            && (f.kind == lib_api::FindingKind::Super && f.detail.contains("is not the newest")
+                || f.kind == lib_api::FindingKind::StaleDevice && f.detail.contains("one behind"))
+    };
+    if !rep.findings.iter().all(lag) || rep.findings_dropped > 0 {
         return Err(format!("scrub is not clean: {:?}", rep.findings));
+    }
+    if rep.findings.iter().any(|f| f.kind == lib_api::FindingKind::StaleDevice) {
+        let fixed = scrub(true)?;
+        if !fixed.clean() {
+            return Err(format!("scrub --repair left a stale device after a crash: {:?}", fixed.findings));
+        }
+        let again = scrub(false)?;
+        if !again.findings.is_empty() {
+            return Err(format!("scrub after --repair is not clean: {:?}", again.findings));
+        }
     }
     Ok(())
 }
