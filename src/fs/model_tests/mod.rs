@@ -830,14 +830,11 @@ fn regression_truncate_inside_the_last_sector_below_2_63() {
     );
 }
 
-/// Seed 51 (kernel-subvols-16k), in the extended-ref area branch `gaps`
-/// owns (left unfixed here): the kernel stored the later names of an inode
-/// with ninety long names in one directory as extended refs; removing one
-/// makes btrs call the image corrupt ("corrupt inode 261: no inode ref for
-/// name") where it should refuse it as not supported yet (the gap) or, once
-/// `gaps` lands, remove it (run with BTRS_MODEL_GAPS=extref).
+/// Seed 51 (kernel-subvols-16k): the kernel stored the later names of an
+/// inode with ninety long names in one directory as extended refs; removing
+/// one made btrs call the image corrupt ("corrupt inode 261: no inode ref for
+/// name"). Extended refs are read and written now: the name goes.
 #[test]
-#[ignore]
 fn regression_rm_of_a_name_in_an_extended_ref() {
     regression("kernel-subvols-16k", "rm /xr/nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn087");
 }
