@@ -16,8 +16,10 @@ among the regular files in IMAGE's directory that carry the same filesystem UUID
 A device whose superblock is older than the others' (an older copy of the image, put back) is stale: \
 it lacks every write since. Its copies are used only where a checksum vouches for them, never counted \
 against current copies; reading commands warn naming it, writing commands refuse the set until \
-`btrs scrub --repair` has rebuilt it (or --degraded leaves it out). A device that only missed the last \
-superblock write of a commit (a crash between them) is not stale.\n\n\
+`btrs scrub --repair` has rebuilt it (or --degraded leaves it out). A device one commit behind that holds \
+blocks of the newest commit (a crash between its superblock writes) is current. One that holds none \
+(no tree block of that commit maps to it) could be either: its copies come after current ones and \
+writing waits for `btrs scrub --repair`, which after a crash only rewrites its superblocks.\n\n\
 Every data sector read is verified against its checksum, the last partial sector of a file included, \
 for the caller and for the read-modify-write of a partial write; a bad copy is replaced by a good one \
 with a warning naming path, file offset and devid, and with no good copy the command fails and writes \

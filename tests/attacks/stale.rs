@@ -10,14 +10,6 @@ use std::path::{Path, PathBuf};
 
 use crate::util::*;
 
-fn write_file(dir: &Path, img: &Path, path: &str, data: &[u8], extra: &[&str]) {
-    let src = dir.join("src.bin");
-    std::fs::write(&src, data).unwrap();
-    let mut args = vec!["write", s(img), path, "--from", s(&src)];
-    args.extend_from_slice(extra);
-    ok(&args);
-}
-
 /// A copy of `img` kept aside (not beside it: two images claiming one devid is another error).
 fn save(img: &Path) -> PathBuf {
     let saved = img.parent().unwrap().join("saved");

@@ -71,6 +71,15 @@ pub fn mkfs(dir: &Path, n: usize, size: &str, profile: &str, extra: &[&str]) -> 
     imgs
 }
 
+/// `btrs write IMG PATH --from` a host file holding `data` (in `dir`), plus `extra`.
+pub fn write_file(dir: &Path, img: &Path, path: &str, data: &[u8], extra: &[&str]) {
+    let src = dir.join("src.bin");
+    std::fs::write(&src, data).unwrap();
+    let mut args = vec!["write", s(img), path, "--from", s(&src)];
+    args.extend_from_slice(extra);
+    ok(&args);
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }

@@ -33,22 +33,14 @@ pub fn flip(imgs: &[PathBuf], logical: u64, mirror: usize) {
     f.sync_all().unwrap();
 }
 
-fn put_file(dir: &Path, img: &Path, path: &str, data: &[u8], extra: &[&str]) {
-    let src = dir.join("src.bin");
-    std::fs::write(&src, data).unwrap();
-    let mut args = vec!["write", s(img), path, "--from", s(&src)];
-    args.extend_from_slice(extra);
-    ok(&args);
-}
-
 /// A file of 5000 bytes (two sectors, the second partial) on a RAID1 pair, and one of
 /// 3000 bytes written direct (under one sector, not inline).
 fn pair_with_files(dir: &Path) -> (Vec<PathBuf>, Vec<u8>, Vec<u8>) {
     let imgs = mkfs(dir, 2, "128M", "raid1", &[]);
     let a = pseudo(5000, 1);
     let b = pseudo(3000, 2);
-    put_file(dir, &imgs[0], "/a", &a, &[]);
-    put_file(dir, &imgs[0], "/b", &b, &["--direct"]);
+    write_file(dir, &imgs[0], "/a", &a, &[]);
+    write_file(dir, &imgs[0], "/b", &b, &["--direct"]);
     (imgs, a, b)
 }
 
@@ -148,7 +140,7 @@ fn single_copy_bad_last_sector_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let imgs = mkfs(tmp.path(), 1, "128M", "single", &[]);
     let a = pseudo(5000, 1);
-    put_file(tmp.path(), &imgs[0], "/a", &a, &[]);
+    write_file(tmp.path(), &imgs[0], "/a", &a, &[]);
     let la = data_logical(&imgs, "/a");
     flip(&imgs, la + 4999, 0);
     let (code, _, err) = btrs(&["cat", s(&imgs[0]), "/a"]);

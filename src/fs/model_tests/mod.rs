@@ -29,7 +29,7 @@ mod lib_api {
     pub use crate::volumes::OpenOptions;
 }
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -766,9 +766,6 @@ fn soak() {
     report(&format!("soak: {seeds} seeds from {base}"), &total, t.elapsed());
     eprintln!("soak: clean: {} ops, {} seeds, {} s", total.ops, seeds, t.elapsed().as_secs());
 }
-
-#[allow(dead_code)]
-fn unused(_: HashMap<u8, u8>) {}
 
 // ---------------------------------------------------------------- regressions
 
