@@ -15,11 +15,11 @@ IMAGE is any one device of the filesystem; the other devices are given with --de
 among the regular files in IMAGE's directory that carry the same filesystem UUID.\n\n\
 A device whose superblock is older than the others' (an older copy of the image, put back) is stale: \
 it lacks every write since. Its copies are used only where a checksum vouches for them, never counted \
-against current copies; reading commands warn naming it, writing commands refuse the set until \
-`btrs scrub --repair` has rebuilt it (or --degraded leaves it out). A device one commit behind that holds \
-blocks of the newest commit (a crash between its superblock writes) is current. One that holds none \
-(no tree block of that commit maps to it) could be either: its copies come after current ones and \
-writing waits for `btrs scrub --repair`, which after a crash only rewrites its superblocks.\n\n\
+against current copies; reading commands warn naming it (--degraded leaves it out instead), writing \
+commands refuse the set until `btrs scrub --repair` has rebuilt it. A device one commit behind is \
+current when its copies of the blocks the newest commit wrote are the same as a current device's (a \
+crash between the commit's superblock writes). One that holds none of them (or only ones no current \
+device holds) could be either, and is stale until `btrs scrub --repair` or --accept-lagging.\n\n\
 Every data sector read is verified against its checksum, the last partial sector of a file included, \
 for the caller and for the read-modify-write of a partial write; a bad copy is replaced by a good one \
 with a warning naming path, file offset and devid, and with no good copy the command fails and writes \
@@ -36,6 +36,12 @@ pub struct Cli {
     /// Read from the copies that remain when devices are missing (stale devices are left out).
     #[arg(long, global = true)]
     pub degraded: bool,
+
+    /// Take a device one commit behind that nothing proves stale or current as current
+    /// (right after a crash between a commit's superblock writes; wrong for an older copy
+    /// of the image, whose bytes would then be served and kept).
+    #[arg(long, global = true)]
+    pub accept_lagging: bool,
 
     #[command(subcommand)]
     pub command: Command,

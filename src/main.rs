@@ -45,10 +45,30 @@ fn error_text(e: &anyhow::Error) -> String {
     text
 }
 
-fn open(cli_devices: &[std::path::PathBuf], degraded: bool, image: &std::path::Path) -> anyhow::Result<Filesystem> {
+/// The device set the global options name.
+struct Set {
+    devices: Vec<std::path::PathBuf>,
+    degraded: bool,
+    accept_lagging: bool,
+}
+
+impl Set {
+    fn options(&self, image: &std::path::Path, writable: bool) -> OpenOptions {
+        OpenOptions {
+            image: image.to_path_buf(),
+            devices: self.devices.clone(),
+            degraded: self.degraded,
+            accept_lagging: self.accept_lagging,
+            writable,
+            alongside_writer: false,
+        }
+    }
+}
+
+fn open(set: &Set, image: &std::path::Path) -> anyhow::Result<Filesystem> {
     // Listing, reading and dumping see the last committed state even while a
     // btrs writer works on the images.
-    let opts = OpenOptions { image: image.to_path_buf(), devices: cli_devices.to_vec(), degraded, writable: false, alongside_writer: true };
+    let opts = OpenOptions { alongside_writer: true, ..set.options(image, false) };
     Filesystem::open(&opts).with_context(|| format!("cannot open {}", image.display()))
 }
 
@@ -67,6 +87,7 @@ fn print_warnings(fs: &Filesystem) {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    let set = Set { devices: cli.devices.clone(), degraded: cli.degraded, accept_lagging: cli.accept_lagging };
     match cli.command {
         Command::DumpSuper(a) => {
             let dev = btrs::volumes::Device::open_locked(&a.image, btrs::volumes::guard::Lock::SharedIfFree)
@@ -74,7 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             btrs::ops::dump::dump_super(&mut out, &dev, a.all, a.json)?;
         }
         Command::DumpTree(a) => {
-            let fs = open(&cli.devices, cli.degraded, &a.image)?;
+            let fs = open(&set, &a.image)?;
             let tree = match &a.tree {
                 Some(t) => Some(btrs::format::types::parse_tree_id(t).with_context(|| format!("unknown tree {t:?}"))?),
                 None => None,
@@ -84,20 +105,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             r?;
         }
         Command::Ls(a) => {
-            let fs = open(&cli.devices, cli.degraded, &a.image)?;
+            let fs = open(&set, &a.image)?;
             let opts = btrs::ops::listing::LsOptions { long: a.long, recursive: a.recursive };
             let r = btrs::ops::listing::ls(&fs, &a.path, &opts, &mut out);
             print_warnings(&fs);
             r?;
         }
         Command::Cat(a) => {
-            let fs = open(&cli.devices, cli.degraded, &a.image)?;
+            let fs = open(&set, &a.image)?;
             let r = cat(&fs, &a.path, &mut out);
             print_warnings(&fs);
             r?;
         }
         Command::Extract(a) => {
-            let fs = open(&cli.devices, cli.degraded, &a.image)?;
+            let fs = open(&set, &a.image)?;
             let (src, dest) = match a.paths.as_slice() {
                 [dest] => ("/", dest.as_str()),
                 [src, dest] => (src.as_str(), dest.as_str()),
@@ -127,7 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Scrub(a) => {
-            let open = OpenOptions { image: a.image.clone(), devices: cli.devices.clone(), degraded: cli.degraded, writable: false, ..Default::default() };
+            let open = set.options(&a.image, false);
             let opts = btrs::ops::scrub::ScrubOptions {
                 repair: a.repair,
                 prefer_mirror: a.prefer_mirror.map(|n| n as usize),
@@ -147,19 +168,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Mkfs(a) => mkfs(*a, &mut out)?,
         Command::Fixture(a) => fixture(a, &mut out)?,
-        Command::Write(a) => write_cmd(&cli.devices, cli.degraded, a, &mut out)?,
-        Command::Mkdir(a) => warn_all(btrs::ops::write::mkdir(&wopts(&cli.devices, cli.degraded, &a.image), &a.path, a.parents)?),
-        Command::Rm(a) => warn_all(btrs::ops::write::rm(&wopts(&cli.devices, cli.degraded, &a.image), &a.paths, a.recursive)?),
-        Command::Mv(a) => warn_all(btrs::ops::write::mv(&wopts(&cli.devices, cli.degraded, &a.image), &a.src, &a.dst)?),
-        Command::Ln(a) => warn_all(btrs::ops::write::ln(&wopts(&cli.devices, cli.degraded, &a.image), &a.target, &a.link, a.symbolic)?),
+        Command::Write(a) => write_cmd(&set, a, &mut out)?,
+        Command::Mkdir(a) => warn_all(btrs::ops::write::mkdir(&wopts(&set, &a.image), &a.path, a.parents)?),
+        Command::Rm(a) => warn_all(btrs::ops::write::rm(&wopts(&set, &a.image), &a.paths, a.recursive)?),
+        Command::Mv(a) => warn_all(btrs::ops::write::mv(&wopts(&set, &a.image), &a.src, &a.dst)?),
+        Command::Ln(a) => warn_all(btrs::ops::write::ln(&wopts(&set, &a.image), &a.target, &a.link, a.symbolic)?),
         Command::Setfattr(a) => {
             let v = if a.remove { None } else { Some(a.value.as_deref().unwrap_or("").as_bytes()) };
-            warn_all(btrs::ops::write::setfattr(&wopts(&cli.devices, cli.degraded, &a.image), &a.path, &a.name, v)?)
+            warn_all(btrs::ops::write::setfattr(&wopts(&set, &a.image), &a.path, &a.name, v)?)
         }
         Command::Put(a) => {
             let (dest, srcs) = a.paths.split_last().ok_or_else(|| anyhow::anyhow!("need SRC... DEST"))?;
             let dest = dest.to_str().ok_or_else(|| anyhow::anyhow!("destination is not UTF-8"))?;
-            let (n, warnings) = btrs::ops::write::put(&wopts(&cli.devices, cli.degraded, &a.image), srcs, dest)?;
+            let (n, warnings) = btrs::ops::write::put(&wopts(&set, &a.image), srcs, dest)?;
             warn_all(warnings);
             writeln!(out, "copied {n} files")?;
         }
@@ -382,11 +403,11 @@ fn fixture_summary(m: &btrs::ops::fixture::Manifest, dir: &std::path::Path, out:
     Ok(())
 }
 
-fn wopts(devices: &[std::path::PathBuf], degraded: bool, image: &std::path::Path) -> OpenOptions {
-    OpenOptions { image: image.to_path_buf(), devices: devices.to_vec(), degraded, writable: true, ..Default::default() }
+fn wopts(set: &Set, image: &std::path::Path) -> OpenOptions {
+    set.options(image, true)
 }
 
-fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+fn write_cmd(set: &Set, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let max_bio = match &a.max_bio {
         Some(s) => Some(parse_size_arg(s)?),
         None => None,
@@ -441,7 +462,7 @@ fn write_cmd(devices: &[std::path::PathBuf], degraded: bool, a: btrs::cli::Write
     } else {
         drop(events);
     }
-    let open = wopts(devices, degraded, &a.image);
+    let open = wopts(set, &a.image);
     let report = std::thread::scope(|s| -> anyhow::Result<_> {
         let writer = btrs::threads::spawn_scoped(s, "writer", || {
             let req = req;

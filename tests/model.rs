@@ -201,11 +201,12 @@ impl CliRunner {
                     }
                 }
                 let mut st = states.get(k).cloned().ok_or_else(|| format!("[kill] {op}: killed {k} generations on, {} states", states.len()))?;
-                let fs = open_ro(&self.imgs)?;
+                let fs = open_after_crash(&self.imgs)?;
+                let torn = torn_paths(&st, &cands);
                 reconcile_in_place(&fs, &mut st, &cands).map_err(|e| format!("[kill] {e}"))?;
                 compare_all(&mut FsView { fs: &fs }, &st).map_err(|e| format!("[kill] {op} killed after {}µs: {e}", kill.unwrap_or(0)))?;
                 drop(fs);
-                judge(&self.imgs, true).map_err(|e| format!("[kill] {op}: {e}"))?;
+                judge(&self.imgs, true, &torn).map_err(|e| format!("[kill] {op}: {e}"))?;
                 self.stats.crashes += 1;
                 self.stale_supers = true;
                 self.model = st;
@@ -256,7 +257,7 @@ impl CliRunner {
         let fs = open_ro(&self.imgs)?;
         compare_all(&mut FsView { fs: &fs }, &self.model).map_err(|e| format!("[tree] {e}"))?;
         drop(fs);
-        judge(&self.imgs, self.stale_supers).map_err(|e| format!("[judge] {e}"))?;
+        judge(&self.imgs, self.stale_supers, &[]).map_err(|e| format!("[judge] {e}"))?;
         self.stats.new_chunks = chunk_count(&self.imgs).saturating_sub(self.chunks0);
         Ok(())
     }

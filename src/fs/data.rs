@@ -357,11 +357,13 @@ fn read_piece(
                     ));
                 }
                 if copies.iter().any(|c| c.stale) {
+                    let lagging = copies.iter().any(|c| c.lagging);
                     return Err(Error::Devices(format!(
                         "{}: logical {at}: no current device holds a readable copy ({}), and a copy on a stale \
-                         device cannot be trusted without a checksum: bring back the current image of that device",
+                         device cannot be trusted without a checksum: bring back the current image of that device{}",
                         describe(at),
-                        locs.join(", ")
+                        locs.join(", "),
+                        if lagging { " (or, if a crash between a commit's superblock writes left it behind, use --accept-lagging)" } else { "" }
                     )));
                 }
                 return Err(last_err.unwrap_or_else(|| Error::Devices(format!("logical {at}: no copy readable"))).within(describe(at)));

@@ -412,34 +412,34 @@ impl Filesystem {
 
 /// Find the stale devices (see [`Volume::stale`]) and say so. A commit
 /// writes every tree block to every device before any superblock, so a
-/// device whose superblock is behind but which holds a verified copy of the
-/// newest root tree block only missed the last superblock writes (a crash
-/// between them) and is current. So is a device one generation behind that
-/// holds no copy of the root tree block (RAID10, RAID1 on three or more
-/// devices) when it holds copies of blocks the newest commit wrote and every
-/// one of them verifies. Any other device behind the newest generation is
-/// stale: with `--degraded` it is left out like a missing one.
+/// device one generation behind whose copies of the blocks the newest commit
+/// wrote are the same as a current device's only missed the last superblock
+/// writes (a crash between them) and is current. Holding such blocks is not
+/// enough: an image saved after a commit whose superblocks were never written
+/// holds blocks of that generation at the same addresses, with other bytes.
+/// One behind with nothing to compare is lagging (see [`Volume::lagging`]).
+/// Any other device behind the newest generation is stale: with `--degraded`
+/// it is left out like a missing one.
 #[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
     let sb = vol.sb;
     let newest = sb.generation.get();
-    let root = sb.root.get();
-    let csum = sb.csum_kind()?;
-    let fsid = sb.metadata_fsid();
-    let nodesize = usize::try_from(sb.nodesize.get()).map_err(|_| Error::Invalid("nodesize".into()))?;
     let behind: Vec<(u64, u64)> =
         vol.devices.values().filter(|d| d.sb.generation.get() < newest).map(|d| (d.devid, d.sb.generation.get())).collect();
     let mut warnings = Vec::new();
     for (devid, generation) in behind {
-        let holds_newest_root = vol.chunks.lookup(root).and_then(|e| Ok((e.num_copies(), e.map(root)?.0))).is_ok_and(|(n, locs)| {
-            locs.iter().take(n).enumerate().filter(|(_, l)| l.devid == devid).any(|(m, _)| {
-                let mut buf = vec![0u8; nodesize];
-                let expect = Expect { level: Some(sb.root_level), generation: Some(newest), max_generation: None };
-                vol.read_copy(root, &mut buf, m).is_ok() && TreeBlock::parse(root, buf, csum, &fsid, expect).is_ok()
-            })
-        });
+        // Only one commit behind can be a crash between the superblock writes
+        // of the newest commit; anything older missed a whole commit.
         let one_behind = generation.checked_add(1) == Some(newest);
-        let evidence = if holds_newest_root { Some(true) } else if one_behind { holds_newest_commit(vol, devid) } else { Some(false) };
+        let evidence = if one_behind { holds_newest_commit(vol, devid) } else { Some(false) };
+        if evidence.is_none() && vol.accept_lagging {
+            let path = vol.devices.get(&devid).map(|d| d.path.display().to_string()).unwrap_or_default();
+            warnings.push(format!(
+                "devid {devid} ({path}): superblock generation {generation} is one behind the filesystem's {newest}, \
+                 and nothing tells a crash from an older copy; taken as current (--accept-lagging)"
+            ));
+            continue;
+        }
         if evidence == Some(true) {
             continue;
         }
@@ -455,7 +455,10 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
             vol.devices.remove(&devid);
             vol.missing.insert(devid);
         } else if evidence.is_none() {
-            warnings.push(format!("{text}; its copies come after the current ones: run `btrs scrub --repair` to rebuild it"));
+            warnings.push(format!(
+                "{text}; its copies are not used unless a checksum vouches for them: run `btrs scrub --repair` to \
+                 rebuild it from the current copies (or --accept-lagging to take it as current after a crash)"
+            ));
         } else {
             warnings.push(format!(
                 "{text}; its copies are not used unless a checksum vouches for them: run `btrs scrub --repair` to rebuild it"
@@ -467,10 +470,14 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
 
 /// What device `devid`'s copies of the tree blocks the newest commit wrote
 /// say (the blocks of the superblock's generation, reached from the root and
-/// chunk trees through pointers and root items of that generation): Some(true)
-/// when it holds some and every one verifies (it got the commit), Some(false)
-/// when one does not (it missed it), None when it holds none (an older copy
-/// of it would hold none either: nothing tells).
+/// chunk trees through pointers and root items of that generation), each
+/// compared byte for byte with a copy on a device whose superblock is the
+/// newest: Some(true) when it holds such blocks, at least one has a copy to
+/// compare with, and every one it holds is the same (it got the commit);
+/// Some(false) when one does not verify or differs (it missed the commit, or
+/// holds the blocks of a commit that never completed at the same addresses);
+/// None when nothing can be compared (an older copy of it would hold none of
+/// the commit's blocks either, or only blocks no current device has).
 #[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 fn holds_newest_commit(vol: &Volume, devid: u64) -> Option<bool> {
     let sb = vol.sb;
@@ -483,29 +490,34 @@ fn holds_newest_commit(vol: &Volume, devid: u64) -> Option<bool> {
         vol.read_copy(logical, &mut buf, m).ok()?;
         TreeBlock::parse(logical, buf, csum, &fsid, expect).ok()
     };
+    let current = |d: u64| vol.devices.get(&d).is_some_and(|dev| dev.sb.generation.get() == newest);
     let mut todo = vec![(sb.root.get(), sb.root_level)];
     if sb.chunk_root_generation.get() == newest {
         todo.push((sb.chunk_root.get(), sb.chunk_root_level));
     }
     let mut seen = std::collections::HashSet::new();
-    let mut held_any = false;
+    let mut compared = false;
     while let Some((logical, level)) = todo.pop() {
         if !seen.insert(logical) {
             continue;
         }
         let Ok((locs, n)) = vol.chunks.lookup(logical).and_then(|e| Ok((e.map(logical)?.0, e.num_copies()))) else { return Some(false) };
-        let mut good = None;
-        for (m, l) in locs.iter().take(n).enumerate() {
-            match read(logical, level, m) {
-                Some(b) => {
-                    held_any |= l.devid == devid;
-                    good = good.or(Some(b));
+        // Its copies (None: unreadable or not a block of this commit), and the
+        // one a current device holds.
+        let copies: Vec<(u64, Option<TreeBlock>)> = locs.iter().take(n).enumerate().map(|(m, l)| (l.devid, read(logical, level, m))).collect();
+        if copies.iter().any(|(d, b)| *d == devid && b.is_none()) {
+            return Some(false);
+        }
+        let reference = copies.iter().find(|(d, b)| current(*d) && b.is_some()).and_then(|(_, b)| b.as_ref());
+        if let Some(r) = reference {
+            for (_, b) in copies.iter().filter(|(d, _)| *d == devid) {
+                if b.as_ref().map(TreeBlock::bytes) != Some(r.bytes()) {
+                    return Some(false);
                 }
-                None if l.devid == devid => return Some(false),
-                None => {}
+                compared = true;
             }
         }
-        let Some(block) = good else { return Some(false) };
+        let Some(block) = reference.or_else(|| copies.iter().find_map(|(_, b)| b.as_ref())) else { return Some(false) };
         if !block.is_leaf() {
             for i in 0..block.nritems() {
                 let (_, child, generation) = block.ptr(i);
@@ -526,7 +538,7 @@ fn holds_newest_commit(vol: &Volume, devid: u64) -> Option<bool> {
             }
         }
     }
-    held_any.then_some(true)
+    compared.then_some(true)
 }
 
 fn poisoned() -> Error {

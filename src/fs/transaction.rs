@@ -505,8 +505,9 @@ impl Transaction {
         // A write would seal a new generation over a device that lacks
         // earlier ones, and its superblock would then hide that it is stale.
         if let Some(&devid) = fs.volume().stale.keys().next() {
+            let after_crash = if fs.volume().lagging.contains(&devid) { " (or --accept-lagging after a crash)" } else { "" };
             return Err(Error::Devices(format!(
-                "{}; not writing: run `btrs scrub --repair` to rebuild it from the current copies first",
+                "{}; not writing: run `btrs scrub --repair` to rebuild it from the current copies first{after_crash}",
                 fs.volume().stale_text(devid)
             )));
         }
@@ -1490,7 +1491,7 @@ mod crash_tests {
     }
 
     fn opts(imgs: &[PathBuf], writable: bool) -> OpenOptions {
-        OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable, alongside_writer: false }
+        OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable, alongside_writer: false, accept_lagging: false }
     }
 
     /// File contents by name; `None` when absent.
@@ -1668,7 +1669,7 @@ mod ref_tests {
     #[test]
     fn refs_past_the_inline_limit_go_keyed_and_come_back() {
         let Some((_tmp, imgs)) = crate::fs::testutil::mkfs_btrfs(1, &[]) else { return };
-        let o = OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable: true, alongside_writer: false };
+        let o = OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable: true, alongside_writer: false, accept_lagging: false };
         let mut tx = Transaction::begin(Filesystem::open(&o).unwrap()).unwrap();
         let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
         tx.write_at(FS_TREE_OBJECTID, ino, 0, &vec![7u8; 1 << 20], &WriteOpts::default(), &mut WriteReport::default()).unwrap();

@@ -565,42 +565,57 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
             })
         })
         .collect();
-    let threads = threads.min(work.len().max(1));
-    let next = AtomicUsize::new(0);
+    // A repair rebuilds data before tree blocks, with a flush between: a
+    // stale device one commit behind whose rebuild stopped half way (a kill,
+    // a crash) must not look current at the next open, and what says it is
+    // current is its copies of the newest commit's tree blocks.
+    let is_data = |bg: &BlockGroup| {
+        vol.chunks.lookup(bg.start).is_ok_and(|e| e.chunk.chunk_type & (BLOCK_GROUP_DATA | BLOCK_GROUP_METADATA) == BLOCK_GROUP_DATA)
+    };
+    let (data_work, meta_work): (Vec<_>, Vec<_>) = work.iter().partition(|(bg, _, _)| is_data(bg));
+    let phases: Vec<Vec<(&BlockGroup, u64, u64)>> =
+        if opts.repair && !vol.stale.is_empty() { vec![data_work, meta_work] } else { vec![work] };
     let results: Mutex<Vec<Acc>> = Mutex::new(Vec::new());
     // Block groups already reported as not fully scrubbed: one finding each, not one per slice.
     let failed_bgs: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
-    let worker = || {
-        let mut acc = Acc::default();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&(bg, from, to)) = work.get(i) else { break };
-            // Only the first failing slice of a block group reports it.
-            let first_failure = || failed_bgs.lock().map(|mut f| f.insert(bg.start)).unwrap_or(true);
-            let r = scrub_block_group(&ctx, bg, from, to, &mut acc);
-            if let Err(e) = r.or_else(|e| if first_failure() { Err(e) } else { Ok(()) }) {
-                // The extent tree of this block group could not be walked: say
-                // so and go on with the others.
-                acc.push(Finding::about(FindingKind::Verify, None, Some(bg.start), bg.len, format!("block group not fully scrubbed: {e}")));
+    for (phase, work) in phases.iter().enumerate() {
+        if phase > 0 {
+            vol.sync_all()?;
+        }
+        let threads = threads.min(work.len().max(1));
+        let next = AtomicUsize::new(0);
+        let worker = || {
+            let mut acc = Acc::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(bg, from, to)) = work.get(i) else { break };
+                // Only the first failing slice of a block group reports it.
+                let first_failure = || failed_bgs.lock().map(|mut f| f.insert(bg.start)).unwrap_or(true);
+                let r = scrub_block_group(&ctx, bg, from, to, &mut acc);
+                if let Err(e) = r.or_else(|e| if first_failure() { Err(e) } else { Ok(()) }) {
+                    // The extent tree of this block group could not be walked: say
+                    // so and go on with the others.
+                    acc.push(Finding::about(FindingKind::Verify, None, Some(bg.start), bg.len, format!("block group not fully scrubbed: {e}")));
+                }
             }
-        }
-        if let Ok(mut r) = results.lock() {
-            r.push(acc);
-        }
-    };
-    // A worker the host cannot start, or one that panics, fails the scrub
-    // with an error that says so.
-    std::thread::scope(|s| {
-        let hs = (0..threads)
-            .map(|_| {
-                crate::threads::spawn_scoped(s, "scrub", || {
-                    worker();
-                    Ok(())
+            if let Ok(mut r) = results.lock() {
+                r.push(acc);
+            }
+        };
+        // A worker the host cannot start, or one that panics, fails the scrub
+        // with an error that says so.
+        std::thread::scope(|s| {
+            let hs = (0..threads)
+                .map(|_| {
+                    crate::threads::spawn_scoped(s, "scrub", || {
+                        worker();
+                        Ok(())
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        hs.into_iter().try_for_each(|h| crate::threads::join(h, "scrub"))
-    })?;
+                .collect::<Result<Vec<_>>>()?;
+            hs.into_iter().try_for_each(|h| crate::threads::join(h, "scrub"))
+        })?;
+    }
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -798,9 +813,40 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
         .map(|m| if good.contains(&m) { raw[m].as_ref().and_then(|r| r.as_ref().ok()).map(|b| b.as_slice()) } else { None })
         .collect();
     let prefer = ctx.opts.prefer_mirror.map(|p| p - 1);
-    let verdict = arbitrate(&good_bytes, prefer);
+    // Copies on stale devices do not vote while a current one verifies: an
+    // image saved after a commit that never completed holds verified blocks
+    // of the next generation at the addresses the real commit used.
+    let stale: Vec<bool> = locs.iter().take(raw.len()).map(|l| vol.is_stale(l.devid)).collect();
+    let current_good = good.iter().any(|&m| !stale.get(m).copied().unwrap_or(false));
+    let voters: Vec<Option<&[u8]>> = good_bytes
+        .iter()
+        .enumerate()
+        .map(|(m, b)| b.filter(|_| !(current_good && stale.get(m).copied().unwrap_or(false))))
+        .collect();
+    let mut verdict = arbitrate(&voters, prefer.filter(|&p| !(current_good && stale.get(p).copied().unwrap_or(false))));
+    // A stale copy that differs from the current one is repaired from it.
+    if current_good {
+        let src = match &verdict {
+            Verdict::Agree => voters.iter().position(Option::is_some),
+            Verdict::Majority { good, .. } | Verdict::Preferred { good, .. } => Some(*good),
+            Verdict::NoArbiter { .. } => None,
+        };
+        if let Some(g) = src {
+            let differ: Vec<usize> =
+                (0..good_bytes.len()).filter(|&m| stale.get(m).copied().unwrap_or(false) && good_bytes[m].is_some() && good_bytes[m] != good_bytes[g]).collect();
+            if !differ.is_empty() {
+                verdict = match verdict {
+                    Verdict::Majority { good, mut bad } | Verdict::Preferred { good, mut bad } => {
+                        bad.extend(differ);
+                        Verdict::Majority { good, bad }
+                    }
+                    _ => Verdict::Majority { good: g, bad: differ },
+                };
+            }
+        }
+    }
     let source = match &verdict {
-        Verdict::Agree => good.first().copied(),
+        Verdict::Agree => voters.iter().position(Option::is_some).or(good.first().copied()),
         Verdict::Majority { good, .. } | Verdict::Preferred { good, .. } => Some(*good),
         Verdict::NoArbiter { .. } => None,
     };
@@ -816,7 +862,9 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
         let (kind, detail) = match v {
             Ok(()) => match &verdict {
                 Verdict::Majority { bad, .. } | Verdict::Preferred { bad, .. } if bad.contains(&m) => {
-                    (FindingKind::MirrorMismatch, "verified copies differ".to_string())
+                    let stale_copy = current_good && stale.get(m).copied().unwrap_or(false);
+                    let detail = if stale_copy { "copy on a stale device differs from the current copy" } else { "verified copies differ" };
+                    (FindingKind::MirrorMismatch, detail.to_string())
                 }
                 Verdict::NoArbiter { .. } => (FindingKind::MirrorMismatch, "verified copies differ".to_string()),
                 _ => continue,
@@ -1148,22 +1196,11 @@ fn scrub_data_window(
             None => {
                 // Only copies on current devices vote: a stale device lacks
                 // every write since its generation, and two stale copies
-                // agreeing must not outvote the one current copy. Where no
-                // current copy is there, lagging ones (see Volume::lagging) vote.
-                let voters = |with_lagging: bool| -> Vec<Option<&[u8]>> {
-                    sec.iter()
-                        .enumerate()
-                        .map(|(m, c)| if let Sector::Data(d) = c { (!stale[m] || (with_lagging && lagging[m])).then_some(*d) } else { None })
-                        .collect()
-                };
-                let mut copies = voters(false);
-                let mut stale = stale.clone();
-                if copies.iter().all(Option::is_none) {
-                    copies = voters(true);
-                    for (s, l) in stale.iter_mut().zip(&lagging) {
-                        *s &= !*l;
-                    }
-                }
+                // agreeing must not outvote the one current copy. A lagging
+                // device (see Volume::lagging) is stale here too: where it
+                // holds the only copies nothing can vouch for them.
+                let copies: Vec<Option<&[u8]>> =
+                    sec.iter().enumerate().map(|(m, c)| if let Sector::Data(d) = c { (!stale[m]).then_some(*d) } else { None }).collect();
                 for (m, c) in sec.iter().enumerate() {
                     if !matches!(c, Sector::Absent) {
                         acc.dev(locs[m].devid).no_csum += 1;
@@ -1197,7 +1234,15 @@ fn scrub_data_window(
                             Some(_) => bad.push((m, FindingKind::MirrorMismatch, "copy on a stale device differs from the current copy (no checksum)")),
                             None => {
                                 uncorrectable = true;
-                                bad.push((m, FindingKind::MirrorMismatch, "no current copy to compare this stale device's copy with (no checksum)"));
+                                bad.push((
+                                    m,
+                                    FindingKind::MirrorMismatch,
+                                    if lagging[m] {
+                                        "no current copy to compare this lagging device's copy with (no checksum): --accept-lagging takes it as current after a crash"
+                                    } else {
+                                        "no current copy to compare this stale device's copy with (no checksum)"
+                                    },
+                                ));
                             }
                         }
                     }
@@ -1302,10 +1347,17 @@ fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) -> Result<(
         let stale = vol.is_stale(dev.devid);
         // A stale device is rebuilt (its superblocks last) only when every
         // copy it holds that scrub found wrong was repaired.
+        // A data checksum failure with no good copy anywhere does not hold it
+        // back: it stays as detectable on a current device as here.
         let rebuilt = stale
             && opts.repair
             && acc.dropped_unrepaired == 0
-            && !acc.findings.iter().any(|f| f.devid == Some(dev.devid) && !f.repaired && f.kind != FindingKind::Super);
+            && !acc.findings.iter().any(|f| {
+                f.devid == Some(dev.devid)
+                    && !f.repaired
+                    && f.kind != FindingKind::Super
+                    && (f.metadata || !matches!(f.kind, FindingKind::Csum | FindingKind::CsumAllCopies))
+            });
         let before = acc.findings.len();
         if stale {
             acc.push(Finding::about(FindingKind::StaleDevice, Some(dev.devid), None, 0, format!(

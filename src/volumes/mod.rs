@@ -39,6 +39,10 @@ pub struct OpenOptions {
     /// Read-only: read the last committed state even while a btrs writer
     /// holds the images (see [`guard::Lock::SharedIfFree`]).
     pub alongside_writer: bool,
+    /// Take a device one commit behind that nothing proves stale or current
+    /// (see [`Volume::lagging`]) as current: right after a crash between the
+    /// superblock writes of a commit, wrong for an older copy of the image.
+    pub accept_lagging: bool,
 }
 
 impl OpenOptions {
@@ -70,9 +74,11 @@ pub struct Volume {
     /// Stale devices one generation behind with nothing to tell whether they
     /// missed only the last commit's superblock writes (a crash between
     /// them) or are an older copy: the last commit wrote no tree block to
-    /// them. Their copies come after current ones but are served when no
-    /// current copy is there; scrub and writers treat them as stale.
+    /// them. They are stale (in [`Volume::stale`] too), their copies tried
+    /// before other stale ones; `--accept-lagging` takes them as current.
     pub lagging: BTreeSet<u64>,
+    /// [`OpenOptions::accept_lagging`].
+    pub accept_lagging: bool,
 }
 
 impl Volume {
@@ -182,6 +188,7 @@ impl Volume {
             chunks: ChunkMap::default(),
             missing: BTreeSet::new(),
             degraded: opts.degraded,
+            accept_lagging: opts.accept_lagging,
             stale: BTreeMap::new(),
             lagging: BTreeSet::new(),
         })
@@ -234,12 +241,12 @@ impl Volume {
             .map(|(mirror, l)| ReadCopy {
                 mirror,
                 devid: l.devid,
-                stale: self.stale.contains_key(&l.devid) && !self.lagging.contains(&l.devid),
+                stale: self.stale.contains_key(&l.devid),
                 lagging: self.lagging.contains(&l.devid),
             })
             .collect();
         // Stable: mirror order within current, lagging and stale copies.
-        out.sort_by_key(|c| (c.stale, c.lagging));
+        out.sort_by_key(|c| (c.stale, !c.lagging));
         Ok(out)
     }
 
@@ -346,8 +353,8 @@ pub struct ReadCopy {
     pub devid: u64,
     /// The copy lives on a stale device: served only where a checksum vouches for it.
     pub stale: bool,
-    /// The copy lives on a lagging device (see [`Volume::lagging`]): tried
-    /// after current copies, served without a checksum when none is there.
+    /// The copy lives on a lagging device (see [`Volume::lagging`], `stale`
+    /// too): tried before other stale copies.
     pub lagging: bool,
 }
 

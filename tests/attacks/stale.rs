@@ -261,3 +261,199 @@ fn one_commit_behind_without_evidence_is_stale_but_readable() {
         progs_check("one_commit_behind_without_evidence_is_stale_but_readable", &imgs, &[]);
     }
 }
+
+/// Put the two superblock copies of `from` into `to` (what a crash between the
+/// superblock writes of a commit leaves, or the other way round).
+fn put_supers(from: &Path, to: &Path) {
+    use std::os::unix::fs::FileExt;
+    let (o, n) = (std::fs::File::open(from).unwrap(), std::fs::OpenOptions::new().write(true).open(to).unwrap());
+    for at in [65536u64, 64 << 20] {
+        let mut buf = vec![0u8; 4096];
+        o.read_exact_at(&mut buf, at).unwrap();
+        n.write_all_at(&buf, at).unwrap();
+    }
+}
+
+/// Three images, data `data` and metadata RAID1 (on two of them).
+fn mkfs3(dir: &Path, data: &str) -> Vec<PathBuf> {
+    let imgs: Vec<PathBuf> = (1..=3).map(|i| dir.join(format!("dev{i}.img"))).collect();
+    let mut args = vec!["mkfs", "-f", "-b", "128M", "-d", data, "-m", "raid1"];
+    args.extend(imgs.iter().map(|p| s(p)));
+    ok(&args);
+    imgs
+}
+
+/// An image saved after a commit whose superblocks were never written holds
+/// tree blocks of the next generation at the addresses the real next commit
+/// then used, with other bytes. Put back, it is one commit behind and "holds
+/// blocks of the newest generation": it must still be stale (its blocks differ
+/// from the current device's), never current. (Found by an attacker's pass on
+/// 3bd3b2b: `ls` showed the commit that never happened, `mkdir` was accepted
+/// and the real commit was lost.)
+#[test]
+fn an_image_saved_after_a_commit_that_never_completed_is_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let imgs = mkfs(dir, 2, "128M", "raid1", &[]);
+    let (g1a, g1b) = (save(&imgs[0]), save(&imgs[1]));
+    std::fs::create_dir_all(dir.join("aside")).unwrap();
+    let ghost = dir.join("aside").join("ghost.img");
+    // One commit whose superblocks never reach the images ...
+    write_file(dir, &imgs[0], "/ghost", &pseudo(50_000, 1), &["--nodatasum"]);
+    std::fs::copy(&imgs[0], &ghost).unwrap();
+    put_supers(&g1a, &ghost);
+    // ... the set as that crash left it, then the real commit.
+    std::fs::copy(&g1a, &imgs[0]).unwrap();
+    std::fs::copy(&g1b, &imgs[1]).unwrap();
+    let b = pseudo(50_000, 2);
+    write_file(dir, &imgs[0], "/real", &b, &["--nodatasum"]);
+    std::fs::copy(&ghost, &imgs[0]).unwrap();
+
+    let (code, out, err) = btrs(&["ls", s(&imgs[1]), "/"]);
+    let names = String::from_utf8_lossy(&out).to_string();
+    assert_eq!(code, 0, "{err}");
+    assert!(names.contains("real") && !names.contains("ghost"), "ls shows a commit that never completed: {names}");
+    assert!(err.contains("devid 1") && err.contains("stale"), "no warning names the stale device: {err}");
+    let (code, out, err) = btrs(&["cat", s(&imgs[1]), "/real"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out == b, "cat served the bytes of a commit that never completed");
+    let before = fingerprints(&imgs);
+    let err = fails(&["mkdir", s(&imgs[1]), "/x"], 1);
+    assert!(err.contains("scrub --repair"), "{err}");
+    assert_eq!(fingerprints(&imgs), before, "a refused write changed an image");
+    let (code, rep, err) = scrub_json(&imgs[1], &["--repair"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let (code, rep, _) = scrub_json(&imgs[1], &[]);
+    assert_eq!(code, 0, "{rep}");
+    assert!(copy_on(&imgs, 0, "/real", b.len()) == b, "the rebuilt device does not hold the current bytes");
+    ok(&["mkdir", s(&imgs[1]), "/x"]);
+    progs_check("an_image_saved_after_a_commit_that_never_completed_is_stale", &imgs, &[]);
+}
+
+/// `scrub --repair` of a stale device killed at its k-th write, for every k
+/// until it completes: the device stays stale (current bytes served, writes
+/// refused) or is rebuilt whole, never current with old data. (On 3bd3b2b a
+/// kill after the tree blocks were rebuilt and before the data made the
+/// device look current: `cat` returned the old zeros with exit 0, for good.)
+#[test]
+fn a_repair_killed_at_any_write_never_makes_a_stale_device_current() {
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        assert!(std::env::var("BTRS_INTEROP").as_deref() != Ok("require"), "strace is needed (apt-get install strace)");
+        eprintln!("a_repair_killed_at_any_write_never_makes_a_stale_device_current: skipped, no strace");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let imgs = mkfs(dir, 2, "128M", "raid1", &[]);
+    write_file(dir, &imgs[1], "/n", &pseudo(300_000, 1), &["--nodatasum"]);
+    let old = save(&imgs[0]);
+    let b = pseudo(300_000, 2);
+    write_file(dir, &imgs[1], "/n", &b, &["--nodatasum", "--truncate"]);
+    std::fs::copy(&old, &imgs[0]).unwrap();
+    let start: Vec<PathBuf> = imgs.iter().map(|p| {
+        let kept = dir.join("start").join(p.file_name().unwrap());
+        std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+        std::fs::copy(p, &kept).unwrap();
+        kept
+    }).collect();
+    let bin = env!("CARGO_BIN_EXE_btrs");
+    let mut completed = false;
+    for k in 1..=200 {
+        for (kept, p) in start.iter().zip(&imgs) {
+            std::fs::copy(kept, p).unwrap();
+        }
+        let inject = format!("inject=pwrite64:signal=SIGKILL:when={k}");
+        let st = std::process::Command::new("strace")
+            .args(["-f", "-o", "/dev/null", "-e", "trace=pwrite64", "-e", &inject, bin, "scrub", s(&imgs[1]), "--repair", "--threads", "1"])
+            .output()
+            .unwrap();
+        let (code, out, err) = btrs(&["cat", s(&imgs[1]), "/n"]);
+        assert_eq!(code, 0, "killed at write {k}: {err}");
+        assert!(out == b, "killed at write {k}: cat served bytes /n does not hold");
+        let (code, _, err) = btrs(&["mkdir", s(&imgs[1]), "/d"]);
+        if code == 0 {
+            assert!(copy_on(&imgs, 0, "/n", b.len()) == b, "killed at write {k}: writes accepted with the old bytes on devid 1");
+        } else {
+            assert!(err.contains("stale"), "killed at write {k}: {err}");
+        }
+        if st.status.success() {
+            completed = true;
+            assert_eq!(code, 0, "the repair completed and writes are still refused: {err}");
+            break;
+        }
+    }
+    assert!(completed, "the repair never completed within 200 writes");
+}
+
+/// A device one commit behind that holds no tree block of the newest commit,
+/// and holds the only copy of a nodatasum file: nothing can say whether its
+/// bytes are current. They are not served (an error names the device and
+/// --accept-lagging), and `scrub --repair` does not call the device rebuilt.
+/// (On 3bd3b2b `cat` returned an older copy's bytes with exit 0, and the
+/// repair rewrote its superblocks, after which nothing warned at all.)
+#[test]
+fn a_lagging_device_with_the_only_copy_is_neither_served_nor_laundered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let imgs = mkfs3(dir, "single");
+    let a = pseudo(100_000, 1);
+    write_file(dir, &imgs[0], "/n", &a, &["--nodatasum"]);
+    let k = device_without_metadata(&imgs);
+    let (devid, _) = locate(&imgs, crate::verified::data_logical(&imgs, "/n"), 0);
+    assert_eq!(devid, (k + 1) as u64, "the layout moved: /n's only copy is not on the device without metadata");
+    let old = save(&imgs[k]);
+    let b = pseudo(100_000, 2);
+    write_file(dir, &imgs[0], "/n", &b, &["--nodatasum", "--truncate"]);
+    std::fs::copy(&old, &imgs[k]).unwrap();
+
+    let (code, out, err) = btrs(&["cat", s(&imgs[0]), "/n"]);
+    assert_eq!(code, 1, "cat served unverifiable bytes: {err}");
+    assert!(out.is_empty() && err.contains("--accept-lagging"), "{err}");
+    let (code, rep, _) = scrub_json(&imgs[0], &["--repair"]);
+    assert_eq!(code, 3, "{rep}");
+    let stale: Vec<_> = findings(&rep).iter().filter(|f| f["kind"] == "stale_device").collect();
+    assert!(stale.len() == 1 && stale[0]["repaired"] == false, "{rep}");
+    let (code, _, err) = btrs(&["cat", s(&imgs[0]), "/n"]);
+    assert_eq!(code, 1, "the repair laundered the lagging device: {err}");
+    let err = fails(&["mkdir", s(&imgs[0]), "/d"], 1);
+    assert!(err.contains("--accept-lagging"), "{err}");
+    // The caller who says it was a crash takes it as current (here wrongly:
+    // the image is older, and what it holds where /n now lives is served).
+    let (code, out, err) = btrs(&["--accept-lagging", "cat", s(&imgs[0]), "/n"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.len() == b.len() && err.contains("taken as current"), "{err}");
+}
+
+/// A device that only missed the superblock writes of the last commit (a
+/// crash), holding no tree block of it, with one bad sector in a file whose
+/// only copy it holds: the repair rewrites its superblocks (the bad sector
+/// stays as detectable as before) instead of keeping the set read-only for
+/// good. (On 3bd3b2b every repair left it stale and every write was refused.)
+#[test]
+fn a_bad_sector_on_a_lagging_device_does_not_block_it_for_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let imgs = mkfs3(dir, "single");
+    let x = pseudo(100_000, 1);
+    write_file(dir, &imgs[0], "/other", &x, &[]);
+    let k = device_without_metadata(&imgs);
+    let logical = crate::verified::data_logical(&imgs, "/other");
+    assert_eq!(locate(&imgs, logical, 0).0, (k + 1) as u64, "the layout moved");
+    let old = save(&imgs[k]);
+    let y = pseudo(100_000, 2);
+    write_file(dir, &imgs[0], "/c", &y, &[]);
+    put_supers(&old, &imgs[k]);
+    crate::verified::flip(&imgs, logical + 100, 0);
+
+    let (code, out, err) = btrs(&["cat", s(&imgs[0]), "/c"]);
+    assert!(code == 0 && out == y, "{err}");
+    let (code, rep, _) = scrub_json(&imgs[0], &["--repair"]);
+    assert_eq!(code, 3, "{rep}");
+    assert!(findings(&rep).iter().all(|f| f["kind"] == "csum" && f["repaired"] == false || f["repaired"] == true), "{rep}");
+    ok(&["mkdir", s(&imgs[0]), "/d"]);
+    let (code, rep, _) = scrub_json(&imgs[0], &[]);
+    assert_eq!(code, 3, "{rep}");
+    assert!(findings(&rep).iter().all(|f| f["kind"] == "csum"), "only the bad sector is left: {rep}");
+    let (code, _, err) = btrs(&["cat", s(&imgs[0]), "/other"]);
+    assert_eq!(code, 1, "the bad sector was served: {err}");
+}

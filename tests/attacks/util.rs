@@ -129,6 +129,7 @@ pub fn locate(imgs: &[PathBuf], logical: u64, mirror: usize) -> (u64, u64) {
         degraded: false,
         writable: false,
         alongside_writer: false,
+        accept_lagging: false,
     };
     let fs = btrs::Filesystem::open(&opts).unwrap();
     let p = fs.volume().locate(logical, mirror).unwrap();

@@ -16,7 +16,14 @@ use super::lib_api::{self, Filesystem, InodeId, OpenOptions};
 use super::model::*;
 
 pub fn open_opts(imgs: &[PathBuf], writable: bool) -> OpenOptions {
-    OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable, alongside_writer: false }
+    OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable, alongside_writer: false, accept_lagging: false }
+}
+
+/// Read-only, as a caller who knows a crash just happened opens it: a device
+/// left one commit behind that nothing can compare is taken as current
+/// (`--accept-lagging`; see `judge` for what plain opens make of it).
+pub fn open_after_crash(imgs: &[PathBuf]) -> Result<Filesystem, String> {
+    Filesystem::open(&OpenOptions { accept_lagging: true, ..open_opts(imgs, false) }).map_err(|e| format!("open: {e}"))
 }
 
 pub fn open_ro(imgs: &[PathBuf]) -> Result<Filesystem, String> {
@@ -365,38 +372,69 @@ pub fn reconcile_in_place(fs: &Filesystem, m: &mut Model, cands: &[InPlace]) -> 
 /// every block readable, checksums good, mirrors identical). After a crash
 /// some superblock copies may lag one generation (the kernel's commit has the
 /// same window): `after_crash` lets scrub name those, and nothing else. A
-/// device whose superblocks all lag, and to which the last commit wrote no
-/// tree block, is stale (nothing tells a crash from an older copy of the
-/// image): then `scrub --repair`, what its message says to run, must rebuild
-/// it and leave a clean scrub.
-pub fn judge(imgs: &[PathBuf], after_crash: bool) -> Result<(), String> {
+/// device whose superblocks all lag, and whose copies of the last commit's
+/// tree blocks cannot be compared with a current device's, is stale (nothing
+/// tells a crash from an older copy of the image): then `scrub --repair`,
+/// what its message says to run, must rebuild it; where it holds copies no
+/// current device has and no checksum covers, only `--accept-lagging` (the
+/// caller knows it was a crash) may take it as current, and then every
+/// mirror must agree and the next scrub be clean.
+pub fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(), String> {
     if progs_here(imgs) {
         interop::btrfs_check(imgs, &["--check-data-csum"]).map_err(|e| format!("btrfs check: {e}"))?;
     }
-    let scrub = |repair: bool| {
-        lib_api::scrub(&open_opts(imgs, repair), &lib_api::ScrubOptions { threads: 1, repair, ..Default::default() })
+    let scrub = |repair: bool, accept_lagging: bool, prefer_mirror: Option<usize>| {
+        let open = OpenOptions { accept_lagging, ..open_opts(imgs, repair) };
+        lib_api::scrub(&open, &lib_api::ScrubOptions { threads: 1, repair, prefer_mirror, ..Default::default() })
             .map_err(|e| format!("scrub: {e}"))
     };
-    let rep = scrub(false)?;
-    let lag = |f: &lib_api::Finding| {
-        after_crash
-            && (f.kind == lib_api::FindingKind::Super && f.detail.contains("is not the newest")
-                || f.kind == lib_api::FindingKind::StaleDevice && f.detail.contains("one behind"))
+    let rep = scrub(false, false, None)?;
+    let lagging_copy = |f: &lib_api::Finding| f.kind == lib_api::FindingKind::MirrorMismatch && f.detail.contains("lagging device's copy");
+    let behind = |f: &lib_api::Finding| {
+        f.kind == lib_api::FindingKind::Super && f.detail.contains("is not the newest")
+            || f.kind == lib_api::FindingKind::StaleDevice && f.detail.contains("one behind")
+            || lagging_copy(f)
     };
-    if !rep.findings.iter().all(lag) || rep.findings_dropped > 0 {
+    // A NODATACOW write goes in place on each mirror in turn, outside any
+    // transaction (as the kernel's): stopped between them, the mirrors of
+    // what it covered differ, and no checksum says which is right.
+    let torn_copy = |f: &lib_api::Finding| {
+        f.kind == lib_api::FindingKind::MirrorMismatch
+            && !f.metadata
+            && !f.paths.is_empty()
+            && f.paths.iter().all(|p| torn.iter().any(|t| t.trim_start_matches('/') == p.trim_start_matches('/')))
+    };
+    if !rep.findings.iter().all(|f| after_crash && behind(f) || torn_copy(f)) || rep.findings_dropped > 0 {
         return Err(format!("scrub is not clean: {:?}", rep.findings));
     }
-    if rep.findings.iter().any(|f| f.kind == lib_api::FindingKind::StaleDevice) {
-        let fixed = scrub(true)?;
+    let stale = rep.findings.iter().any(|f| f.kind == lib_api::FindingKind::StaleDevice);
+    let diverged = rep.findings.iter().any(torn_copy);
+    if stale || diverged {
+        // The model took what copy 1 holds (what a read serves first), so
+        // the repair must keep it.
+        let prefer = diverged.then_some(1);
+        let fixed = scrub(true, false, prefer)?;
         if !fixed.clean() {
-            return Err(format!("scrub --repair left a stale device after a crash: {:?}", fixed.findings));
+            let unfixed = |f: &&lib_api::Finding| !f.repaired;
+            if !fixed.findings.iter().filter(unfixed).all(behind) {
+                return Err(format!("scrub --repair left more than a lagging device's unverifiable copies after a crash: {:?}", fixed.findings));
+            }
+            let taken = scrub(true, true, prefer)?;
+            if !taken.clean() {
+                return Err(format!("scrub --repair --accept-lagging after a crash is not clean: {:?}", taken.findings));
+            }
         }
-        let again = scrub(false)?;
+        let again = scrub(false, false, None)?;
         if !again.findings.is_empty() {
             return Err(format!("scrub after --repair is not clean: {:?}", again.findings));
         }
     }
     Ok(())
+}
+
+/// The paths of the files NODATACOW writes went in place in (see [`judge`]).
+pub fn torn_paths(m: &Model, cands: &[InPlace]) -> Vec<String> {
+    m.paths().into_iter().filter(|(_, id)| cands.iter().any(|c| c.0 == *id)).map(|(p, _)| p).collect()
 }
 
 /// Whether `btrfs check` can judge these images here (several need loop
@@ -721,7 +759,7 @@ pub fn kernel_end(imgs: &[PathBuf], tmp: &Path, model: &mut Model, test: &str) -
     sh(&mut Command::new("sync"))?;
     compare_all(&mut KView::new(&mnt), model).map_err(|e| format!("kernel view after its writes and balance: {e}"))?;
     mounted.unmount()?;
-    judge(imgs, false)?;
+    judge(imgs, false, &[])?;
     let fs = open_ro(imgs)?;
     compare_all(&mut FsView { fs: &fs }, model).map_err(|e| format!("btrs after the kernel's balance: {e}"))?;
     eprintln!("{test}: the kernel's view of {n} nodes equals the model; it wrote, balanced, and btrs agrees");
