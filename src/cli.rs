@@ -14,12 +14,13 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 IMAGE is any one device of the filesystem; the other devices are given with --device PATH, or found \
 among the regular files in IMAGE's directory that carry the same filesystem UUID.\n\n\
 A device whose superblock is older than the others' (an older copy of the image, put back) is stale: \
-it lacks every write since. Its copies are used only where a checksum vouches for them, never counted \
-against current copies; reading commands warn naming it (--degraded leaves it out instead), writing \
-commands refuse the set until `btrs scrub --repair` has rebuilt it. A device one commit behind is \
-current when its copies of the blocks the newest commit wrote are the same as a current device's (a \
-crash between the commit's superblock writes). One that holds none of them (or only ones no current \
-device holds) could be either, and is stale until `btrs scrub --repair` or --accept-lagging.\n\n\
+it lacks every write since. Its copies are used only where a checksum vouches for them, or, for tree \
+blocks, where they were written no later than its own generation; they never outvote or repair a \
+current copy. Reading commands warn naming it (--degraded leaves it out instead), writing commands \
+refuse the set until `btrs scrub --repair` has compared every copy it holds with a current one and \
+rebuilt it. A crash between the superblock writes of a commit leaves a device one commit behind that \
+nothing can tell from an older copy: it is stale too, until that repair (which then only rewrites its \
+superblocks) or --accept-lagging.\n\n\
 Every data sector read is verified against its checksum, the last partial sector of a file included, \
 for the caller and for the read-modify-write of a partial write; a bad copy is replaced by a good one \
 with a warning naming path, file offset and devid, and with no good copy the command fails and writes \

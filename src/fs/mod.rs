@@ -410,16 +410,13 @@ impl Filesystem {
     }
 }
 
-/// Find the stale devices (see [`Volume::stale`]) and say so. A commit
-/// writes every tree block to every device before any superblock, so a
-/// device one generation behind whose copies of the blocks the newest commit
-/// wrote are the same as a current device's only missed the last superblock
-/// writes (a crash between them) and is current. Holding such blocks is not
-/// enough: an image saved after a commit whose superblocks were never written
-/// holds blocks of that generation at the same addresses, with other bytes.
-/// One behind with nothing to compare is lagging (see [`Volume::lagging`]).
-/// Any other device behind the newest generation is stale: with `--degraded`
-/// it is left out like a missing one.
+/// Find the stale devices (see [`Volume::stale`]) and say so: every device
+/// whose superblock generation is behind the newest. One only a commit
+/// behind whose copies of that commit's tree blocks are not shown to differ
+/// from a current device's may be what a crash between the commit's
+/// superblock writes left: lagging (see [`Volume::lagging`]), which
+/// `--accept-lagging` takes as current. With `--degraded` a stale device is
+/// left out like a missing one.
 #[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
     let sb = vol.sb;
@@ -429,22 +426,24 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     for (devid, generation) in behind {
         // Only one commit behind can be a crash between the superblock writes
-        // of the newest commit; anything older missed a whole commit.
+        // of the newest commit; anything older missed a whole commit. Even
+        // then it stays stale until `scrub --repair` has compared every copy
+        // it holds with a current one (or the caller says it was a crash):
+        // what it holds can match the newest commit's tree blocks and still
+        // miss data (an older image put back after a repair that could not
+        // rebuild its data), or hold a commit that never completed.
         let one_behind = generation.checked_add(1) == Some(newest);
-        let evidence = if one_behind { holds_newest_commit(vol, devid) } else { Some(false) };
-        if evidence.is_none() && vol.accept_lagging {
+        let lagging = one_behind && holds_newest_commit(vol, devid) != Some(false);
+        if lagging && vol.accept_lagging {
             let path = vol.devices.get(&devid).map(|d| d.path.display().to_string()).unwrap_or_default();
             warnings.push(format!(
-                "devid {devid} ({path}): superblock generation {generation} is one behind the filesystem's {newest}, \
-                 and nothing tells a crash from an older copy; taken as current (--accept-lagging)"
+                "devid {devid} ({path}): superblock generation {generation} is one behind the filesystem's {newest}; \
+                 taken as current (--accept-lagging)"
             ));
             continue;
         }
-        if evidence == Some(true) {
-            continue;
-        }
         vol.stale.insert(devid, generation);
-        if evidence.is_none() {
+        if lagging {
             vol.lagging.insert(devid);
         }
         let text = vol.stale_text(devid);
@@ -454,14 +453,16 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
             vol.lagging.remove(&devid);
             vol.devices.remove(&devid);
             vol.missing.insert(devid);
-        } else if evidence.is_none() {
+        } else if lagging {
             warnings.push(format!(
-                "{text}; its copies are not used unless a checksum vouches for them: run `btrs scrub --repair` to \
-                 rebuild it from the current copies (or --accept-lagging to take it as current after a crash)"
+                "{text}; its copies are not used unless a checksum or their generation vouches for them: run \
+                 `btrs scrub --repair` to compare it with the current copies (or --accept-lagging to take it as \
+                 current after a crash)"
             ));
         } else {
             warnings.push(format!(
-                "{text}; its copies are not used unless a checksum vouches for them: run `btrs scrub --repair` to rebuild it"
+                "{text}; its copies are not used unless a checksum or their generation vouches for them: run \
+                 `btrs scrub --repair` to rebuild it"
             ));
         }
     }

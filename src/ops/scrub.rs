@@ -813,40 +813,46 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
         .map(|m| if good.contains(&m) { raw[m].as_ref().and_then(|r| r.as_ref().ok()).map(|b| b.as_slice()) } else { None })
         .collect();
     let prefer = ctx.opts.prefer_mirror.map(|p| p - 1);
-    // Copies on stale devices do not vote while a current one verifies: an
-    // image saved after a commit that never completed holds verified blocks
-    // of the next generation at the addresses the real commit used.
-    let stale: Vec<bool> = locs.iter().take(raw.len()).map(|l| vol.is_stale(l.devid)).collect();
-    let current_good = good.iter().any(|&m| !stale.get(m).copied().unwrap_or(false));
-    let voters: Vec<Option<&[u8]>> = good_bytes
+    // A copy on a stale device votes (and is a repair source) only for a
+    // block written no later than that device's generation: copy on write
+    // never rewrites a block in place, so such a copy is the current one. A
+    // later block on it may be from a commit that never completed, written
+    // at the same address (an image saved after such a crash, put back).
+    // The header's generation (bytes 80..88), of a current device's copy where one verifies.
+    let header_gen = |m: usize| raw[m].as_ref().and_then(|r| r.as_ref().ok()).and_then(|b| b.get(80..88)).and_then(|g| g.try_into().ok()).map(u64::from_le_bytes);
+    let on_stale = |m: usize| locs.get(m).is_some_and(|l| vol.is_stale(l.devid));
+    let block_gen = generation
+        .or_else(|| good.iter().filter(|&&m| !on_stale(m)).find_map(|&m| header_gen(m)))
+        .or_else(|| good.iter().find_map(|&m| header_gen(m)));
+    let untrusted: Vec<bool> = locs
         .iter()
-        .enumerate()
-        .map(|(m, b)| b.filter(|_| !(current_good && stale.get(m).copied().unwrap_or(false))))
+        .take(raw.len())
+        .map(|l| vol.stale.get(&l.devid).is_some_and(|&g| block_gen.is_none_or(|b| b > g)))
         .collect();
-    let mut verdict = arbitrate(&voters, prefer.filter(|&p| !(current_good && stale.get(p).copied().unwrap_or(false))));
-    // A stale copy that differs from the current one is repaired from it.
-    if current_good {
-        let src = match &verdict {
-            Verdict::Agree => voters.iter().position(Option::is_some),
-            Verdict::Majority { good, .. } | Verdict::Preferred { good, .. } => Some(*good),
-            Verdict::NoArbiter { .. } => None,
-        };
-        if let Some(g) = src {
-            let differ: Vec<usize> =
-                (0..good_bytes.len()).filter(|&m| stale.get(m).copied().unwrap_or(false) && good_bytes[m].is_some() && good_bytes[m] != good_bytes[g]).collect();
-            if !differ.is_empty() {
-                verdict = match verdict {
-                    Verdict::Majority { good, mut bad } | Verdict::Preferred { good, mut bad } => {
-                        bad.extend(differ);
-                        Verdict::Majority { good, bad }
-                    }
-                    _ => Verdict::Majority { good: g, bad: differ },
-                };
+    let untrusted_at = |m: usize| untrusted.get(m).copied().unwrap_or(false);
+    let voters: Vec<Option<&[u8]>> = good_bytes.iter().enumerate().map(|(m, b)| b.filter(|_| !untrusted_at(m))).collect();
+    let mut verdict = arbitrate(&voters, prefer.filter(|&p| !untrusted_at(p)));
+    let src = match &verdict {
+        Verdict::Agree => voters.iter().position(Option::is_some),
+        Verdict::Majority { good, .. } | Verdict::Preferred { good, .. } => Some(*good),
+        Verdict::NoArbiter { .. } => None,
+    };
+    // An untrusted copy that differs from the current one is repaired from
+    // it; with no current copy it can be neither trusted nor repaired.
+    let differ: Vec<usize> = (0..good_bytes.len())
+        .filter(|&m| untrusted_at(m) && good_bytes[m].is_some() && src.is_none_or(|g| good_bytes[m] != good_bytes[g]))
+        .collect();
+    if let (Some(g), false) = (src, differ.is_empty()) {
+        verdict = match verdict {
+            Verdict::Majority { good, mut bad } | Verdict::Preferred { good, mut bad } => {
+                bad.extend(differ.iter().copied());
+                Verdict::Majority { good, bad }
             }
-        }
+            _ => Verdict::Majority { good: g, bad: differ.clone() },
+        };
     }
     let source = match &verdict {
-        Verdict::Agree => voters.iter().position(Option::is_some).or(good.first().copied()),
+        Verdict::Agree => src,
         Verdict::Majority { good, .. } | Verdict::Preferred { good, .. } => Some(*good),
         Verdict::NoArbiter { .. } => None,
     };
@@ -862,10 +868,13 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
         let (kind, detail) = match v {
             Ok(()) => match &verdict {
                 Verdict::Majority { bad, .. } | Verdict::Preferred { bad, .. } if bad.contains(&m) => {
-                    let stale_copy = current_good && stale.get(m).copied().unwrap_or(false);
-                    let detail = if stale_copy { "copy on a stale device differs from the current copy" } else { "verified copies differ" };
+                    let detail = if untrusted_at(m) { "copy on a stale device differs from the current copy" } else { "verified copies differ" };
                     (FindingKind::MirrorMismatch, detail.to_string())
                 }
+                _ if src.is_none() && differ.contains(&m) => (
+                    FindingKind::MirrorMismatch,
+                    "no current copy to compare this stale device's copy with (written after its generation)".to_string(),
+                ),
                 Verdict::NoArbiter { .. } => (FindingKind::MirrorMismatch, "verified copies differ".to_string()),
                 _ => continue,
             },

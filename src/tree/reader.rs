@@ -87,13 +87,29 @@ impl TreeReader {
         let expect = Expect { max_generation: Some(self.max_generation), ..expect };
         let copies = self.vol.num_copies(logical).map_err(|e| e.within(format!("tree block {logical}")))?;
         // Current devices first; a stale device's copy serves only when it
-        // verifies (its header generation must be the one the parent expects).
-        let mut order: Vec<usize> = self.vol.read_order(logical).map(|v| v.iter().map(|c| c.mirror).collect()).unwrap_or_default();
-        let rest: Vec<usize> = (0..copies).filter(|m| !order.contains(m)).collect();
+        // verifies and was written no later than the device's own generation
+        // (copy on write never changes a block in place, so such a block is
+        // the one the current devices hold; a later one may be from a commit
+        // that never completed, at the same address).
+        let read_order = self.vol.read_order(logical).unwrap_or_default();
+        let mut order: Vec<(usize, Option<u64>)> =
+            read_order.iter().map(|c| (c.mirror, if c.stale { self.vol.stale.get(&c.devid).copied() } else { None })).collect();
+        let rest: Vec<(usize, Option<u64>)> = (0..copies).filter(|m| !order.iter().any(|(o, _)| o == m)).map(|m| (m, None)).collect();
         order.extend(rest);
         let mut problems = Vec::new();
-        for mirror in order {
-            match self.read_copy(logical, mirror, expect) {
+        for (mirror, stale_gen) in order {
+            let expect = match stale_gen {
+                Some(g) => Expect { max_generation: expect.max_generation.map(|m| m.min(g)).or(Some(g)), ..expect },
+                None => expect,
+            };
+            let read = self.read_copy(logical, mirror, expect).map_err(|p| match (stale_gen, p) {
+                (Some(g), BlockProblem::TooNew { found, .. }) => BlockProblem::Structure(format!(
+                    "generation {found}, written after its stale device's {g}: not trusted (run `btrs scrub --repair`, \
+                     or --accept-lagging after a crash)"
+                )),
+                (_, p) => p,
+            });
+            match read {
                 Ok(b) => {
                     let b = Arc::new(b);
                     self.note_bad(logical, &problems);

@@ -64,18 +64,19 @@ pub struct Volume {
     /// Devids the filesystem has (from the chunk tree's dev items) that were not found.
     pub missing: BTreeSet<u64>,
     pub degraded: bool,
-    /// Devices whose superblock is older than the newest and that were not
-    /// proven current (see `Filesystem::open`): devid -> their generation.
-    /// An image swapped for an older copy of itself lacks every write since:
-    /// its copies are never served unless a checksum vouches for them, never
-    /// outvote a current copy, and writing is refused until `scrub --repair`
-    /// rebuilds it.
+    /// Devices whose superblock is older than the newest (unless
+    /// `--accept-lagging` took one only a commit behind as current): devid ->
+    /// their generation. An image swapped for an older copy of itself lacks
+    /// every write since: its copies are never served unless a checksum (for
+    /// tree blocks: a generation no later than its own) vouches for them,
+    /// never outvote or repair a current copy, and writing is refused until
+    /// `scrub --repair` rebuilds it.
     pub stale: BTreeMap<u64, u64>,
-    /// Stale devices one generation behind with nothing to tell whether they
-    /// missed only the last commit's superblock writes (a crash between
-    /// them) or are an older copy: the last commit wrote no tree block to
-    /// them. They are stale (in [`Volume::stale`] too), their copies tried
-    /// before other stale ones; `--accept-lagging` takes them as current.
+    /// Stale devices one generation behind whose copies of the newest
+    /// commit's tree blocks were not shown to differ from a current device's:
+    /// a crash between that commit's superblock writes, or an older copy of
+    /// the image. They are stale (in [`Volume::stale`] too), their copies
+    /// tried before other stale ones; `--accept-lagging` takes them as current.
     pub lagging: BTreeSet<u64>,
     /// [`OpenOptions::accept_lagging`].
     pub accept_lagging: bool,
@@ -262,8 +263,7 @@ impl Volume {
         if self.lagging.contains(&devid) {
             return format!(
                 "devid {devid} ({path}) is stale: its superblock generation {gen} is one behind the filesystem's {} \
-                 (a crash between a commit's superblock writes, or an older copy of the image: the last commit \
-                 wrote no tree block to it, so nothing tells which)",
+                 (a crash between a commit's superblock writes leaves this, and so does an older copy of the image)",
                 self.sb.generation.get()
             );
         }

@@ -142,10 +142,13 @@ fn two_stale_copies_never_outvote_the_current_one() {
 }
 
 /// Only the superblocks are behind (a crash between the superblock writes of a
-/// commit): the device holds the newest tree blocks, so it is current, not stale.
+/// commit): the device holds every block of the newest commit, but nothing in
+/// it can prove that (an older image put back after a repair that rebuilt its
+/// tree blocks but not its data looks the same), so it is stale until `scrub
+/// --repair` has compared every copy: reads are served from current copies,
+/// writes wait, and the repair then only rewrites its superblocks.
 #[test]
-fn superblocks_behind_alone_are_not_a_stale_device() {
-    use std::os::unix::fs::FileExt;
+fn superblocks_behind_alone_wait_for_a_repair_that_only_rewrites_them() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let imgs = mkfs(dir, 2, "128M", "raid1", &[]);
@@ -153,24 +156,28 @@ fn superblocks_behind_alone_are_not_a_stale_device() {
     let old = save(&imgs[1]);
     let b = pseudo(100_000, 2);
     write_file(dir, &imgs[0], "/n", &b, &["--truncate"]);
-    // Put the old superblocks back on devid 2.
-    let (o, n) = (std::fs::File::open(&old).unwrap(), std::fs::OpenOptions::new().write(true).open(&imgs[1]).unwrap());
-    for at in [65536u64, 64 << 20] {
-        let mut buf = vec![0u8; 4096];
-        o.read_exact_at(&mut buf, at).unwrap();
-        n.write_all_at(&buf, at).unwrap();
-    }
+    put_supers(&old, &imgs[1]);
     let (code, out, err) = btrs(&["cat", s(&imgs[0]), "/n"]);
-    assert_eq!(code, 0);
+    assert_eq!(code, 0, "{err}");
     assert!(out == b);
-    assert!(!err.contains("stale"), "a device that missed only its superblock write is called stale: {err}");
+    assert!(err.contains("one behind") && err.contains("--accept-lagging"), "{err}");
+    let before = fingerprints(&imgs);
+    let err = fails(&["mkdir", s(&imgs[0]), "/d"], 1);
+    assert!(err.contains("scrub --repair"), "{err}");
+    assert_eq!(fingerprints(&imgs), before);
+    // With the caller's word that it was a crash, reading and writing go on at once.
+    let (code, _, err) = btrs(&["--accept-lagging", "cat", s(&imgs[0]), "/n"]);
+    assert!(code == 0 && err.contains("taken as current"), "{err}");
     let (code, rep, _) = scrub_json(&imgs[0], &["--repair"]);
     assert_eq!(code, 0, "{rep}");
-    assert!(findings(&rep).iter().all(|f| f["kind"] == "super" && f["repaired"] == true), "{rep}");
+    assert!(
+        findings(&rep).iter().all(|f| (f["kind"] == "super" || f["kind"] == "stale_device") && f["repaired"] == true),
+        "the repair found more than superblocks to rewrite: {rep}"
+    );
     write_file(dir, &imgs[0], "/after", b"after", &[]);
     let (code, rep, _) = scrub_json(&imgs[0], &[]);
     assert_eq!(code, 0, "{rep}");
-    progs_check("superblocks_behind_alone_are_not_a_stale_device", &imgs, &[]);
+    progs_check("superblocks_behind_alone_wait_for_a_repair_that_only_rewrites_them", &imgs, &[]);
 }
 
 /// The device of a RAID1-metadata, RAID1C3-data set of three that holds no
@@ -456,4 +463,101 @@ fn a_bad_sector_on_a_lagging_device_does_not_block_it_for_good() {
     assert!(findings(&rep).iter().all(|f| f["kind"] == "csum"), "only the bad sector is left: {rep}");
     let (code, _, err) = btrs(&["cat", s(&imgs[0]), "/other"]);
     assert_eq!(code, 1, "the bad sector was served: {err}");
+}
+
+/// The device holding the only copy of a NODATACOW file is put back one commit
+/// older. `scrub --repair` can rebuild its tree blocks from the current copies
+/// but not that data: the device must stay stale, its bytes never served.
+/// (On d5dadb4 the repair rebuilt the tree blocks, and the next open took the
+/// device as current because they matched: `cat` served the older bytes with
+/// exit 0, and writes were accepted.)
+#[test]
+fn a_repair_that_cannot_rebuild_the_data_leaves_the_device_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=3).map(|i| dir.join(format!("dev{i}.img"))).collect();
+    let mut args = vec!["mkfs", "-f", "-b", "128M", "-d", "single", "-m", "raid1c3"];
+    args.extend(imgs.iter().map(|p| s(p)));
+    ok(&args);
+    write_file(dir, &imgs[0], "/n", &pseudo(100_000, 1), &["--nodatacow"]);
+    let (devid, _) = locate(&imgs, crate::verified::data_logical(&imgs, "/n"), 0);
+    let k = (devid - 1) as usize;
+    let old = save(&imgs[k]);
+    write_file(dir, &imgs[0], "/n", &pseudo(100_000, 2), &["--nodatacow"]);
+    std::fs::copy(&old, &imgs[k]).unwrap();
+    for round in 0..2 {
+        let (code, out, err) = btrs(&["cat", s(&imgs[0]), "/n"]);
+        assert!(code == 1 && out.is_empty(), "round {round}: the older copy's bytes were served: {err}");
+        let before = fingerprints(&imgs);
+        fails(&["mkdir", s(&imgs[0]), "/x"], 1);
+        assert_eq!(fingerprints(&imgs), before);
+        let (code, rep, _) = scrub_json(&imgs[0], &["--repair"]);
+        assert_eq!(code, 3, "round {round}: {rep}");
+        assert!(
+            findings(&rep).iter().any(|f| f["kind"] == "stale_device" && f["repaired"] == false),
+            "round {round}: the device was called rebuilt: {rep}"
+        );
+    }
+}
+
+/// An image saved after a commit that never completed, put back, while the
+/// current device's copies of the blocks that differ are damaged: no copy of
+/// them can be trusted, so nothing is served from them and the repair takes
+/// nothing from the stale device. (On d5dadb4 `ls` showed the commit that
+/// never happened with no warning, and the repair overwrote the current
+/// copies with it.)
+#[test]
+fn a_stale_copy_never_repairs_a_damaged_current_one() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let imgs = mkfs(dir, 2, "128M", "raid1", &[]);
+    let (g1a, g1b) = (save(&imgs[0]), save(&imgs[1]));
+    std::fs::create_dir_all(dir.join("aside")).unwrap();
+    let ghost = dir.join("aside").join("ghost.img");
+    ok(&["mkdir", s(&imgs[0]), "/aaaa"]);
+    std::fs::copy(&imgs[0], &ghost).unwrap();
+    put_supers(&g1a, &ghost);
+    std::fs::copy(&g1a, &imgs[0]).unwrap();
+    std::fs::copy(&g1b, &imgs[1]).unwrap();
+    ok(&["mkdir", s(&imgs[0]), "/bbbb"]);
+    // Where the ghost's tree blocks differ from the current ones, damage the current copy.
+    let meta: Vec<(u64, u64)> = {
+        let opts = btrs::volumes::OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), ..Default::default() };
+        let fs = btrs::Filesystem::open(&opts).unwrap();
+        fs.volume()
+            .chunks
+            .entries()
+            .iter()
+            .filter(|e| e.chunk.chunk_type & btrs::format::BLOCK_GROUP_DATA == 0)
+            .map(|e| (e.logical, e.chunk.length))
+            .collect()
+    };
+    let nodesize = 16384u64;
+    let (ga, cur) = (std::fs::File::open(&ghost).unwrap(), std::fs::OpenOptions::new().read(true).write(true).open(&imgs[1]).unwrap());
+    let mut damaged = 0;
+    for (start, len) in meta {
+        for logical in (start..start + len).step_by(nodesize as usize) {
+            let (pa, pb) = (locate(&imgs, logical, 0), locate(&imgs, logical, 1));
+            let (pa, pb) = if pa.0 == 1 { (pa.1, pb.1) } else { (pb.1, pa.1) };
+            let (mut x, mut y) = (vec![0u8; nodesize as usize], vec![0u8; nodesize as usize]);
+            ga.read_exact_at(&mut x, pa).unwrap();
+            cur.read_exact_at(&mut y, pb).unwrap();
+            if x != y && x.iter().any(|&b| b != 0) {
+                y[2000] ^= 0x55;
+                cur.write_all_at(&y, pb).unwrap();
+                damaged += 1;
+            }
+        }
+    }
+    assert!(damaged > 0, "the ghost's tree blocks do not differ");
+    std::fs::copy(&ghost, &imgs[0]).unwrap();
+    let (code, out, err) = btrs(&["ls", s(&imgs[1]), "/"]);
+    assert!(!String::from_utf8_lossy(&out).contains("aaaa"), "ls showed the commit that never completed (exit {code}): {err}");
+    let before = fingerprints(&imgs);
+    let (code, _, _) = btrs(&["scrub", s(&imgs[1]), "--repair"]);
+    assert_ne!(code, 0);
+    let after = fingerprints(&imgs);
+    assert_eq!(after[1], before[1], "the repair wrote the stale device's blocks over the current device");
+    fails(&["mkdir", s(&imgs[1]), "/x"], 1);
 }
