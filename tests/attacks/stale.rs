@@ -222,10 +222,7 @@ fn one_commit_behind_without_evidence_is_stale_but_readable() {
     for swapped in [false, true] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let imgs: Vec<PathBuf> = (1..=3).map(|i| dir.join(format!("dev{i}.img"))).collect();
-        let mut args = vec!["mkfs", "-f", "-b", "128M", "-d", "raid1c3", "-m", "raid1"];
-        args.extend(imgs.iter().map(|p| s(p)));
-        ok(&args);
+        let imgs = mkfs3(dir, "raid1c3", "raid1");
         let k = device_without_metadata(&imgs);
         let (a, b) = (pseudo(300_000, 1), pseudo(300_000, 2));
         write_file(dir, &imgs[0], "/n", &a, &["--nodatasum"]);
@@ -281,10 +278,10 @@ fn put_supers(from: &Path, to: &Path) {
     }
 }
 
-/// Three images, data `data` and metadata RAID1 (on two of them).
-fn mkfs3(dir: &Path, data: &str) -> Vec<PathBuf> {
+/// Three images, data in `data` and metadata in `meta`.
+fn mkfs3(dir: &Path, data: &str, meta: &str) -> Vec<PathBuf> {
     let imgs: Vec<PathBuf> = (1..=3).map(|i| dir.join(format!("dev{i}.img"))).collect();
-    let mut args = vec!["mkfs", "-f", "-b", "128M", "-d", data, "-m", "raid1"];
+    let mut args = vec!["mkfs", "-f", "-b", "128M", "-d", data, "-m", meta];
     args.extend(imgs.iter().map(|p| s(p)));
     ok(&args);
     imgs
@@ -402,7 +399,7 @@ fn a_repair_killed_at_any_write_never_makes_a_stale_device_current() {
 fn a_lagging_device_with_the_only_copy_is_neither_served_nor_laundered() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let imgs = mkfs3(dir, "single");
+    let imgs = mkfs3(dir, "single", "raid1");
     let a = pseudo(100_000, 1);
     write_file(dir, &imgs[0], "/n", &a, &["--nodatasum"]);
     let k = device_without_metadata(&imgs);
@@ -440,7 +437,7 @@ fn a_lagging_device_with_the_only_copy_is_neither_served_nor_laundered() {
 fn a_bad_sector_on_a_lagging_device_does_not_block_it_for_good() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let imgs = mkfs3(dir, "single");
+    let imgs = mkfs3(dir, "single", "raid1");
     let x = pseudo(100_000, 1);
     write_file(dir, &imgs[0], "/other", &x, &[]);
     let k = device_without_metadata(&imgs);
@@ -475,10 +472,7 @@ fn a_bad_sector_on_a_lagging_device_does_not_block_it_for_good() {
 fn a_repair_that_cannot_rebuild_the_data_leaves_the_device_stale() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let imgs: Vec<PathBuf> = (1..=3).map(|i| dir.join(format!("dev{i}.img"))).collect();
-    let mut args = vec!["mkfs", "-f", "-b", "128M", "-d", "single", "-m", "raid1c3"];
-    args.extend(imgs.iter().map(|p| s(p)));
-    ok(&args);
+    let imgs = mkfs3(dir, "single", "raid1c3");
     write_file(dir, &imgs[0], "/n", &pseudo(100_000, 1), &["--nodatacow"]);
     let (devid, _) = locate(&imgs, crate::verified::data_logical(&imgs, "/n"), 0);
     let k = (devid - 1) as usize;
