@@ -376,6 +376,8 @@ struct Ctx<'a> {
     chunk_tree_uuid: [u8; 16],
     sb_gen: u64,
     progress: Option<&'a indicatif::ProgressBar>,
+    /// Stale devices a repair leaves untouched (see [`scrub`]).
+    hold: &'a BTreeSet<u64>,
 }
 
 /// What one worker gathers.
@@ -429,7 +431,29 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     if opts.fix_csum {
         return fix_csum(open, opts);
     }
-    scrub_pass(open, opts)
+    if !opts.repair {
+        return scrub_pass(open, opts, &BTreeSet::new());
+    }
+    // A stale device that cannot be rebuilt whole is left untouched: what it
+    // holds that differs from the current copies is the proof that it is an
+    // older copy, and rewriting only part of it would erase that proof (one
+    // commit behind, with matching tree blocks, it would look like a crash,
+    // and --accept-lagging would take its old data as current).
+    let dry = scrub_pass(open, &ScrubOptions { repair: false, progress: false, ..opts.clone() }, &BTreeSet::new())?;
+    let stale: BTreeSet<u64> = dry.findings.iter().filter(|f| f.kind == FindingKind::StaleDevice).filter_map(|f| f.devid).collect();
+    let hold: BTreeSet<u64> = stale
+        .into_iter()
+        .filter(|&d| {
+            dry.findings_dropped_unrepaired > 0
+                || dry.findings.iter().any(|f| {
+                    f.devid == Some(d)
+                        && f.good_mirror.is_none()
+                        && !matches!(f.kind, FindingKind::Super | FindingKind::StaleDevice)
+                        && (f.metadata || !matches!(f.kind, FindingKind::Csum | FindingKind::CsumAllCopies))
+                })
+        })
+        .collect();
+    scrub_pass(open, opts, &hold)
 }
 
 /// `--fix-csum`: scrub, then rewrite the checksum of every data sector whose
@@ -437,7 +461,7 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
 /// checksum was taken), in one copy-on-write transaction, and report those
 /// findings as corrected.
 fn fix_csum(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
-    let mut report = scrub_pass(open, &ScrubOptions { fix_csum: false, ..opts.clone() })?;
+    let mut report = scrub(open, &ScrubOptions { fix_csum: false, ..opts.clone() })?;
     let fs = Filesystem::open(&OpenOptions { writable: true, ..open.clone() })?;
     let ss = fs.sectorsize as u64;
     let stale: BTreeSet<u64> = report
@@ -485,7 +509,7 @@ fn fix_csum(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     Ok(report)
 }
 
-fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
+fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions, hold: &BTreeSet<u64>) -> Result<ScrubReport> {
     let started = Instant::now();
     let open = OpenOptions { writable: opts.repair, ..open.clone() };
     let fs = Filesystem::open(&open)?;
@@ -542,6 +566,7 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
         chunk_tree_uuid,
         sb_gen: sb.generation.get(),
         progress: bar.as_ref(),
+        hold,
     };
 
     let threads = match opts.threads {
@@ -931,6 +956,9 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
 /// back. Only a copy that reads back identical after the flush counts as repaired.
 fn repair_copy(ctx: &Ctx<'_>, logical: u64, data: &[u8], mirror: usize, devid: u64) -> bool {
     let vol = ctx.fs.volume();
+    if ctx.hold.contains(&devid) {
+        return false;
+    }
     // Past the end of a truncated image: growing the file is not a repair
     // btrs makes on its own (the device may be short for a reason).
     match (vol.locate(logical, mirror), vol.device(devid)) {
@@ -991,7 +1019,7 @@ fn finish_batch(ctx: &Ctx<'_>, batch: u64, bufs: &[Vec<u8>], pending: &mut Vec<P
         // Past the end of a truncated image: growing the file is not a repair
         // btrs makes on its own (the device may be short for a reason).
         let fits = group.iter().all(|p| {
-            p.f.devid.zip(p.f.physical).is_some_and(|(d, ph)| vol.device(d).is_ok_and(|dev| ph + p.f.len <= dev.size))
+            p.f.devid.zip(p.f.physical).is_some_and(|(d, ph)| !ctx.hold.contains(&d) && vol.device(d).is_ok_and(|dev| ph + p.f.len <= dev.size))
         });
         if !fits || vol.write_copy(logical, &data, mirror).is_err() {
             continue;

@@ -491,6 +491,12 @@ fn a_repair_that_cannot_rebuild_the_data_leaves_the_device_stale() {
             findings(&rep).iter().any(|f| f["kind"] == "stale_device" && f["repaired"] == false),
             "round {round}: the device was called rebuilt: {rep}"
         );
+        // The repair left it untouched, so it is still recognisably an older
+        // copy: even --accept-lagging refuses it. (On cdfc405 the repair
+        // rebuilt its tree blocks, and --accept-lagging then served and kept
+        // the older bytes.)
+        let (code, out, err) = btrs(&["--accept-lagging", "cat", s(&imgs[0]), "/n"]);
+        assert!(code == 1 && out.is_empty(), "round {round}: --accept-lagging served the older copy: {err}");
     }
 }
 
