@@ -913,3 +913,43 @@ fn regression_torn_nodatacow_overwrite_on_raid1c3() {
          write /f8/g20 off=4195 len=516 seed=13229403896950073937 zstd bio=256",
     );
 }
+
+/// Soak seed 740008 (raid10-crc32c-4k-btrs-holes): a crash between the
+/// superblock writes left the two devices that hold the root tree block one
+/// commit behind; a plain open rightly refuses to trust blocks written after
+/// their generation, so the judge takes them as current (--accept-lagging, as
+/// the message says) and repairs.
+#[test]
+fn regression_crash_leaves_the_root_only_on_lagging_devices() {
+    regression(
+        "raid10-crc32c-4k-btrs-holes",
+        "write /f20 off=2 len=210480 seed=7966809348434745923 direct
+         put /e2 seed=12511842978988574176
+         symlink ../a27/f30 /f6
+         put /e2/d3 seed=16564343650652688913
+         write /e2/b19 off=511 len=1048577 seed=5509578263263876500 zstd bio=256
+         write /e2/h39 off=65536 len=60484 seed=17660113971697632828
+         write /f20 off=1037143 len=3843933 seed=3130434520311716799 bio=256
+         write /e2/h23 off=0 len=25865 seed=10597616776421288492 nocow
+         write /e19 off=4098 len=65537 seed=6781938544762280435 nosum bio=64
+         write /e2/c3 off=1943059788 len=31518 seed=11033017618684839201
+         symlink ../e5/nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn645 /sp%20ace66
+         ln /e2/h23 /e2/g24
+         write /e2/h13 off=9223372036854775807 len=0 seed=8366291942218888421 bio=4
+         put /e2 seed=14814864420658246751
+         write /e1 off=0 len=4852749 seed=5318626197567321576 direct bio=64
+         write /d37 off=0 len=15 seed=9203567063383198039 zstd bio=64
+         mkdir /e2/h2/a1 p
+         truncate /e2/put843/g0 size=28207
+         write /d37 off=1625888 len=9441 seed=13243948602346221927
+         setxattr /e2/h2/a1 user.c len=76 seed=16367448897373248509
+         write /e2/b19 off=2097150 len=38433230 seed=982803984889038395 direct ce bio=4
+         put /e2/put843/g14 seed=16411811453326441103
+         truncate /h35 size=511
+         rm /e2/put843/g3
+         write /e2/put843/g2 off=1 len=36055 seed=13876015849610773433 bio=4
+         crash at=33 torn
+         write /e2/put843/sp%20ace111 off=2 len=3550 seed=13784110203952885598 direct
+         write /h13 off=66047 len=4095 seed=11195566249220685758",
+    );
+}

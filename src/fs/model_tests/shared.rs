@@ -388,7 +388,25 @@ pub fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(),
         lib_api::scrub(&open, &lib_api::ScrubOptions { threads: 1, repair, prefer_mirror, ..Default::default() })
             .map_err(|e| format!("scrub: {e}"))
     };
-    let rep = scrub(false, false, None)?;
+    let rep = match scrub(false, false, None) {
+        Ok(r) => r,
+        // After a crash, tree blocks only lagging devices hold (RAID10 keeps
+        // the root on two of four) cannot be trusted by a plain open; the
+        // caller who knows it was a crash takes them as current, as the
+        // message says.
+        Err(e) if after_crash && e.contains("written after its stale device") => {
+            let taken = scrub(true, true, None)?;
+            if !taken.clean() {
+                return Err(format!("scrub --repair --accept-lagging after a crash is not clean: {:?}", taken.findings));
+            }
+            let again = scrub(false, false, None)?;
+            if !again.findings.is_empty() {
+                return Err(format!("scrub after --repair --accept-lagging is not clean: {:?}", again.findings));
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let lagging_copy = |f: &lib_api::Finding| f.kind == lib_api::FindingKind::MirrorMismatch && f.detail.contains("lagging device's copy");
     let behind = |f: &lib_api::Finding| {
         f.kind == lib_api::FindingKind::Super && f.detail.contains("is not the newest")
@@ -420,7 +438,19 @@ pub fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(),
         // The model took what copy 1 holds (what a read serves first), so
         // the repair must keep it.
         let prefer = diverged.then_some(1);
-        let fixed = scrub(true, false, prefer)?;
+        let fixed = match scrub(true, false, prefer) {
+            Ok(f) => f,
+            // A writer cannot open a set whose tree blocks only lagging
+            // devices hold: the same as below, at once.
+            Err(e) if after_crash && e.contains("written after its stale device") => {
+                let taken = scrub(true, true, prefer)?;
+                if !taken.clean() {
+                    return Err(format!("scrub --repair --accept-lagging after a crash is not clean: {:?}", taken.findings));
+                }
+                taken
+            }
+            Err(e) => return Err(e),
+        };
         if !fixed.clean() {
             let unfixed = |f: &&lib_api::Finding| !f.repaired;
             if !fixed.findings.iter().filter(unfixed).all(|f| behind(f) || crash_only(f)) {
