@@ -431,15 +431,21 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     if opts.fix_csum {
         return fix_csum(open, opts);
     }
+    let no_hold = BTreeSet::new();
     if !opts.repair {
-        return scrub_pass(open, opts, &BTreeSet::new());
+        return scrub_pass(open, opts, &no_hold);
+    }
+    // Only a set with a stale device needs the dry pass below.
+    let any_stale = !Filesystem::open(&OpenOptions { writable: false, ..open.clone() })?.volume().stale.is_empty();
+    if !any_stale {
+        return scrub_pass(open, opts, &no_hold);
     }
     // A stale device that cannot be rebuilt whole is left untouched: what it
     // holds that differs from the current copies is the proof that it is an
     // older copy, and rewriting only part of it would erase that proof (one
     // commit behind, with matching tree blocks, it would look like a crash,
     // and --accept-lagging would take its old data as current).
-    let dry = scrub_pass(open, &ScrubOptions { repair: false, progress: false, ..opts.clone() }, &BTreeSet::new())?;
+    let dry = scrub_pass(open, &ScrubOptions { repair: false, progress: false, ..opts.clone() }, &no_hold)?;
     let stale: BTreeSet<u64> = dry.findings.iter().filter(|f| f.kind == FindingKind::StaleDevice).filter_map(|f| f.devid).collect();
     let hold: BTreeSet<u64> = stale
         .into_iter()

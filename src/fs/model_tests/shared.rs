@@ -388,22 +388,30 @@ pub fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(),
         lib_api::scrub(&open, &lib_api::ScrubOptions { threads: 1, repair, prefer_mirror, ..Default::default() })
             .map_err(|e| format!("scrub: {e}"))
     };
+    // Taken as current (the caller knows it was a crash), a repair must
+    // leave nothing behind, and the next plain scrub must find nothing.
+    let take_lagging = |prefer: Option<usize>| -> Result<(), String> {
+        let taken = scrub(true, true, prefer)?;
+        if !taken.clean() {
+            return Err(format!("scrub --repair --accept-lagging after a crash is not clean: {:?}", taken.findings));
+        }
+        Ok(())
+    };
+    let settled = || -> Result<(), String> {
+        let again = scrub(false, false, None)?;
+        if !again.findings.is_empty() {
+            return Err(format!("scrub after --repair is not clean: {:?}", again.findings));
+        }
+        Ok(())
+    };
+    // After a crash, tree blocks only lagging devices hold (RAID10 keeps the
+    // root on two of four) cannot be trusted by a plain open or a writer.
+    let untrusted_root = |e: &String| after_crash && e.contains("written after its stale device");
     let rep = match scrub(false, false, None) {
         Ok(r) => r,
-        // After a crash, tree blocks only lagging devices hold (RAID10 keeps
-        // the root on two of four) cannot be trusted by a plain open; the
-        // caller who knows it was a crash takes them as current, as the
-        // message says.
-        Err(e) if after_crash && e.contains("written after its stale device") => {
-            let taken = scrub(true, true, None)?;
-            if !taken.clean() {
-                return Err(format!("scrub --repair --accept-lagging after a crash is not clean: {:?}", taken.findings));
-            }
-            let again = scrub(false, false, None)?;
-            if !again.findings.is_empty() {
-                return Err(format!("scrub after --repair --accept-lagging is not clean: {:?}", again.findings));
-            }
-            return Ok(());
+        Err(e) if untrusted_root(&e) => {
+            take_lagging(None)?;
+            return settled();
         }
         Err(e) => return Err(e),
     };
@@ -434,39 +442,25 @@ pub fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(),
     }
     let stale = rep.findings.iter().any(|f| f.kind == lib_api::FindingKind::StaleDevice);
     let diverged = rep.findings.iter().any(torn_copy);
-    if stale || diverged {
-        // The model took what copy 1 holds (what a read serves first), so
-        // the repair must keep it.
-        let prefer = diverged.then_some(1);
-        let fixed = match scrub(true, false, prefer) {
-            Ok(f) => f,
-            // A writer cannot open a set whose tree blocks only lagging
-            // devices hold: the same as below, at once.
-            Err(e) if after_crash && e.contains("written after its stale device") => {
-                let taken = scrub(true, true, prefer)?;
-                if !taken.clean() {
-                    return Err(format!("scrub --repair --accept-lagging after a crash is not clean: {:?}", taken.findings));
-                }
-                taken
-            }
-            Err(e) => return Err(e),
-        };
-        if !fixed.clean() {
+    if !stale && !diverged {
+        return Ok(());
+    }
+    // The model took what copy 1 holds (what a read serves first), so the
+    // repair must keep it.
+    let prefer = diverged.then_some(1);
+    match scrub(true, false, prefer) {
+        Ok(fixed) if fixed.clean() => {}
+        Ok(fixed) => {
             let unfixed = |f: &&lib_api::Finding| !f.repaired;
             if !fixed.findings.iter().filter(unfixed).all(|f| behind(f) || crash_only(f)) {
                 return Err(format!("scrub --repair left more than a lagging device's unverifiable copies after a crash: {:?}", fixed.findings));
             }
-            let taken = scrub(true, true, prefer)?;
-            if !taken.clean() {
-                return Err(format!("scrub --repair --accept-lagging after a crash is not clean: {:?}", taken.findings));
-            }
+            take_lagging(prefer)?;
         }
-        let again = scrub(false, false, None)?;
-        if !again.findings.is_empty() {
-            return Err(format!("scrub after --repair is not clean: {:?}", again.findings));
-        }
+        Err(e) if untrusted_root(&e) => take_lagging(prefer)?,
+        Err(e) => return Err(e),
     }
-    Ok(())
+    settled()
 }
 
 /// The paths of the files NODATACOW writes went in place in (see [`judge`]).
