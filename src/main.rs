@@ -9,6 +9,15 @@ use btrs::volumes::OpenOptions;
 use btrs::Filesystem;
 use clap::Parser;
 
+/// `eprintln!` that ignores a failed write: with stderr closed (`2>&1 | head -c 60`)
+/// a warning or the error text cannot be shown, and that must not turn into a
+/// panic (exit 101) that hides the command's own exit code.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     // A write past the file size limit (`ulimit -f`) must fail with EFBIG and
     // be reported like any full disk, not kill the process with SIGXFSZ: a
@@ -22,7 +31,7 @@ fn main() -> ExitCode {
             if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("btrs: error: {}", error_text(&e));
+            say!("btrs: error: {}", error_text(&e));
             ExitCode::from(1)
         }
     }
@@ -74,13 +83,13 @@ fn open(set: &Set, image: &std::path::Path) -> anyhow::Result<Filesystem> {
 
 fn warn_all(warnings: Vec<String>) {
     for w in warnings {
-        eprintln!("btrs: warning: {w}");
+        say!("btrs: warning: {w}");
     }
 }
 
 fn print_warnings(fs: &Filesystem) {
     for w in fs.take_warnings() {
-        eprintln!("btrs: warning: {}", w.0);
+        say!("btrs: warning: {}", w.0);
     }
 }
 
@@ -128,21 +137,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_warnings(&fs);
             let stats = r?;
             for s in &stats.skipped {
-                eprintln!("btrs: warning: not applied: {s}");
+                say!("btrs: warning: not applied: {s}");
             }
-            eprintln!(
+            say!(
                 "extracted {} files ({} bytes), {} directories, {} symlinks, {} special files, {} hardlinks",
                 stats.files, stats.bytes, stats.dirs, stats.symlinks, stats.special, stats.hardlinks
             );
             if stats.failures > 0 {
                 const SHOWN: usize = 50;
                 let n = stats.failures;
-                eprintln!("btrs: error: {n} {} could not be extracted:", if n == 1 { "entry" } else { "entries" });
+                say!("btrs: error: {n} {} could not be extracted:", if n == 1 { "entry" } else { "entries" });
                 for f in stats.failed.iter().take(SHOWN) {
-                    eprintln!("  {f}");
+                    say!("  {f}");
                 }
                 if n > SHOWN as u64 {
-                    eprintln!("  ... and {} more", n - SHOWN as u64);
+                    say!("  ... and {} more", n - SHOWN as u64);
                 }
                 return Ok(ExitCode::from(1));
             }
@@ -312,7 +321,7 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     let s = s?;
     for w in &s.warnings {
-        eprintln!("btrs: warning: {w}");
+        say!("btrs: warning: {w}");
     }
     if a.json {
         serde_json::to_writer_pretty(&mut *out, &s)?;
@@ -489,7 +498,7 @@ fn write_cmd(set: &Set, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow:
         b.finish_and_clear();
     }
     for n in &report.notices {
-        eprintln!("btrs: notice: {n}");
+        say!("btrs: notice: {n}");
     }
     if !a.quiet {
         let compressed = if report.compressed > 0 {

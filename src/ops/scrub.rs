@@ -28,7 +28,7 @@ use crate::format::*;
 use crate::fs::Filesystem;
 use crate::tree::block::BlockProblem;
 use crate::tree::{Expect, TreeBlock};
-use crate::volumes::{MapEntry, OpenOptions};
+use crate::volumes::{MapEntry, OpenOptions, TreeTrust};
 
 /// Data is read in batches of this many bytes per copy (rounded to scrub stripes).
 const BATCH: u64 = 1 << 20;
@@ -844,11 +844,13 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
         .map(|m| if good.contains(&m) { raw[m].as_ref().and_then(|r| r.as_ref().ok()).map(|b| b.as_slice()) } else { None })
         .collect();
     let prefer = ctx.opts.prefer_mirror.map(|p| p - 1);
-    // A copy on a stale device votes (and is a repair source) only for a
+    // A copy on a lagging device votes (and is a repair source) only for a
     // block written no later than that device's generation: copy on write
     // never rewrites a block in place, so such a copy is the current one. A
     // later block on it may be from a commit that never completed, written
     // at the same address (an image saved after such a crash, put back).
+    // Another stale device's copy never does: it may hold another history
+    // with the same addresses and generations (see Volume::tree_trust).
     // The header's generation (bytes 80..88), of a current device's copy where one verifies.
     let header_gen = |m: usize| raw[m].as_ref().and_then(|r| r.as_ref().ok()).and_then(|b| b.get(80..88)).and_then(|g| g.try_into().ok()).map(u64::from_le_bytes);
     let on_stale = |m: usize| locs.get(m).is_some_and(|l| vol.is_stale(l.devid));
@@ -858,7 +860,11 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
     let untrusted: Vec<bool> = locs
         .iter()
         .take(raw.len())
-        .map(|l| vol.stale.get(&l.devid).is_some_and(|&g| block_gen.is_none_or(|b| b > g)))
+        .map(|l| match vol.tree_trust(l.devid) {
+            TreeTrust::Current => false,
+            TreeTrust::UpTo(g) => block_gen.is_none_or(|b| b > g),
+            TreeTrust::Nothing(_) => true,
+        })
         .collect();
     let untrusted_at = |m: usize| untrusted.get(m).copied().unwrap_or(false);
     let voters: Vec<Option<&[u8]>> = good_bytes.iter().enumerate().map(|(m, b)| b.filter(|_| !untrusted_at(m))).collect();
@@ -904,7 +910,12 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
                 }
                 _ if src.is_none() && differ.contains(&m) => (
                     FindingKind::MirrorMismatch,
-                    "no current copy to compare this stale device's copy with (written after its generation)".to_string(),
+                    if matches!(locs.get(m).map(|l| vol.tree_trust(l.devid)), Some(TreeTrust::UpTo(_))) {
+                        "no current copy to compare this stale device's copy with (written after its generation)"
+                    } else {
+                        "no current copy to compare this stale device's copy with"
+                    }
+                    .to_string(),
                 ),
                 Verdict::NoArbiter { .. } => (FindingKind::MirrorMismatch, "verified copies differ".to_string()),
                 _ => continue,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use super::block::{problem_error, BlockProblem, Expect, TreeBlock};
 use crate::error::{Error, Result};
 use crate::format::{CsumType, Key};
-use crate::volumes::Volume;
+use crate::volumes::{TreeTrust, Volume};
 
 /// Where a tree starts: its root block, level and generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,24 +86,37 @@ impl TreeReader {
         }
         let expect = Expect { max_generation: Some(self.max_generation), ..expect };
         let copies = self.vol.num_copies(logical).map_err(|e| e.within(format!("tree block {logical}")))?;
-        // Current devices first; a stale device's copy serves only when it
+        // Current devices first; a lagging device's copy serves only when it
         // verifies and was written no later than the device's own generation
         // (copy on write never changes a block in place, so such a block is
         // the one the current devices hold; a later one may be from a commit
-        // that never completed, at the same address).
+        // that never completed, at the same address). Another stale device's
+        // copy never serves (see Volume::tree_trust).
         let read_order = self.vol.read_order(logical).unwrap_or_default();
-        let mut order: Vec<(usize, Option<u64>)> =
-            read_order.iter().map(|c| (c.mirror, if c.stale { self.vol.stale.get(&c.devid).copied() } else { None })).collect();
-        let rest: Vec<(usize, Option<u64>)> = (0..copies).filter(|m| !order.iter().any(|(o, _)| o == m)).map(|m| (m, None)).collect();
+        let mut order: Vec<(usize, TreeTrust)> = read_order.iter().map(|c| (c.mirror, self.vol.tree_trust(c.devid))).collect();
+        let rest: Vec<(usize, TreeTrust)> =
+            (0..copies).filter(|m| !order.iter().any(|(o, _)| o == m)).map(|m| (m, TreeTrust::Current)).collect();
         order.extend(rest);
         let mut problems = Vec::new();
-        for (mirror, stale_gen) in order {
-            let expect = match stale_gen {
-                Some(g) => Expect { max_generation: expect.max_generation.map(|m| m.min(g)).or(Some(g)), ..expect },
-                None => expect,
+        for (mirror, trust) in order {
+            let expect = match trust {
+                TreeTrust::UpTo(g) => Expect { max_generation: expect.max_generation.map(|m| m.min(g)).or(Some(g)), ..expect },
+                TreeTrust::Current => expect,
+                TreeTrust::Nothing(g) => {
+                    let devid = read_order.iter().find(|c| c.mirror == mirror).map_or(0, |c| c.devid);
+                    problems.push((
+                        mirror,
+                        BlockProblem::Structure(format!(
+                            "on stale devid {devid} (generation {g}), which may hold another history of this \
+                             filesystem: not trusted (put its current image back; `btrs scrub --repair` rebuilds \
+                             it from copies on current devices only)"
+                        )),
+                    ));
+                    continue;
+                }
             };
-            let read = self.read_copy(logical, mirror, expect).map_err(|p| match (stale_gen, p) {
-                (Some(g), BlockProblem::TooNew { found, .. }) => BlockProblem::Structure(format!(
+            let read = self.read_copy(logical, mirror, expect).map_err(|p| match (trust, p) {
+                (TreeTrust::UpTo(g), BlockProblem::TooNew { found, .. }) => BlockProblem::Structure(format!(
                     "generation {found}, written after its stale device's {g}: not trusted (run `btrs scrub --repair`, \
                      or --accept-lagging after a crash)"
                 )),

@@ -68,7 +68,7 @@ pub struct Volume {
     /// `--accept-lagging` took one only a commit behind as current): devid ->
     /// their generation. An image swapped for an older copy of itself lacks
     /// every write since: its copies are never served unless a checksum (for
-    /// tree blocks: a generation no later than its own) vouches for them,
+    /// tree blocks on a lagging one: a generation no later than its own) vouches for them,
     /// never outvote or repair a current copy, and writing is refused until
     /// `scrub --repair` rebuilds it.
     pub stale: BTreeMap<u64, u64>,
@@ -78,6 +78,11 @@ pub struct Volume {
     /// the image. They are stale (in [`Volume::stale`] too), their copies
     /// tried before other stale ones; `--accept-lagging` takes them as current.
     pub lagging: BTreeSet<u64>,
+    /// Lagging devices that hold tree blocks of the newest commit (each the
+    /// same as a current device's copy where there is one): of this history,
+    /// so their tree blocks up to their own generation are served (see
+    /// [`Volume::tree_trust`]).
+    pub got_commit: BTreeSet<u64>,
     /// [`OpenOptions::accept_lagging`].
     pub accept_lagging: bool,
 }
@@ -192,6 +197,7 @@ impl Volume {
             accept_lagging: opts.accept_lagging,
             stale: BTreeMap::new(),
             lagging: BTreeSet::new(),
+            got_commit: BTreeSet::new(),
         })
     }
 
@@ -249,6 +255,23 @@ impl Volume {
         // Stable: mirror order within current, lagging and stale copies.
         out.sort_by_key(|c| (c.stale, !c.lagging));
         Ok(out)
+    }
+
+    /// How far a tree block copy on `devid` may be trusted. A lagging
+    /// device's that holds blocks of the newest commit ([`Volume::got_commit`]):
+    /// those up to its own generation are the current ones (copy on write
+    /// never rewrites a block in place, and a crash between superblock writes
+    /// leaves nothing else). Any other stale device may hold another
+    /// history of this filesystem (a copy of the set written apart from it,
+    /// or a split brain): its blocks carry the same addresses, generations
+    /// and valid checksums as the current ones, so nothing in a block tells
+    /// which history it is from, and none is trusted.
+    pub fn tree_trust(&self, devid: u64) -> TreeTrust {
+        match self.stale.get(&devid) {
+            None => TreeTrust::Current,
+            Some(&g) if self.got_commit.contains(&devid) => TreeTrust::UpTo(g),
+            Some(&g) => TreeTrust::Nothing(g),
+        }
     }
 
     /// Whether devid is stale (see [`Volume::stale`]).
@@ -343,6 +366,17 @@ impl Volume {
         let (copies, _) = self.chunks.lookup(logical)?.map(logical)?;
         copies.get(mirror).copied().ok_or_else(|| Error::Invalid(format!("logical {logical}: no copy {}", mirror.saturating_add(1))))
     }
+}
+
+/// See [`Volume::tree_trust`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeTrust {
+    /// A current device: its verified blocks are served.
+    Current,
+    /// A lagging device: blocks no newer than its generation.
+    UpTo(u64),
+    /// Another stale device (its generation): no tree block.
+    Nothing(u64),
 }
 
 /// One copy a read may use (see [`Volume::read_order`]).

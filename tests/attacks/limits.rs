@@ -842,3 +842,37 @@ fn a_closed_pipe_ends_every_command_quietly() {
         }
     }
 }
+
+/// With standard error closed (`2>&1 | head -c 60` once the reader is gone),
+/// warnings and the error text cannot be shown; the command still ends with
+/// its own exit code, never a panic (exit 101) in the write of its message
+/// (seen on 5a334e3: `mkdir ... 2>&1 | head -c 60` exited 101).
+#[test]
+fn a_closed_stderr_keeps_the_exit_code() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = mkfs(tmp.path(), 2, "128M", "raid1", &[]);
+    let img = s(&imgs[0]);
+    ok(&["mkdir", img, "/d"]);
+    // A stale device makes every command below warn before it ends.
+    let aside = tmp.path().join("aside");
+    std::fs::create_dir_all(&aside).unwrap();
+    std::fs::copy(&imgs[1], aside.join("old.img")).unwrap();
+    ok(&["mkdir", img, "/e"]);
+    std::fs::copy(aside.join("old.img"), &imgs[1]).unwrap();
+    #[rustfmt::skip]
+    let cmds: Vec<(Vec<&str>, i32)> = vec![
+        (vec!["mkdir", img, "/f"], 1),
+        (vec!["ls", img, "/"], 0),
+        (vec!["cat", img, "/nope"], 1),
+        (vec!["scrub", img], 3),
+        (vec!["mkdir", img], 2),
+    ];
+    for (cmd, want) in &cmds {
+        let mut child = Command::new(BIN).args(cmd).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stderr.take());
+        let status = child.wait().unwrap();
+        assert!(status.signal().is_none(), "{cmd:?}: died of signal {:?}", status.signal());
+        assert_eq!(status.code(), Some(*want), "{cmd:?} with stderr closed");
+    }
+}

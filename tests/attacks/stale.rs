@@ -278,6 +278,19 @@ fn put_supers(from: &Path, to: &Path) {
     }
 }
 
+/// The (logical start, length) of every chunk that holds tree blocks.
+fn tree_chunks(imgs: &[PathBuf]) -> Vec<(u64, u64)> {
+    let opts = btrs::volumes::OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), ..Default::default() };
+    let fs = btrs::Filesystem::open(&opts).unwrap();
+    fs.volume()
+        .chunks
+        .entries()
+        .iter()
+        .filter(|e| e.chunk.chunk_type & btrs::format::BLOCK_GROUP_DATA == 0)
+        .map(|e| (e.logical, e.chunk.length))
+        .collect()
+}
+
 /// Three images, data in `data` and metadata in `meta`.
 fn mkfs3(dir: &Path, data: &str, meta: &str) -> Vec<PathBuf> {
     let imgs: Vec<PathBuf> = (1..=3).map(|i| dir.join(format!("dev{i}.img"))).collect();
@@ -522,17 +535,7 @@ fn a_stale_copy_never_repairs_a_damaged_current_one() {
     std::fs::copy(&g1b, &imgs[1]).unwrap();
     ok(&["mkdir", s(&imgs[0]), "/bbbb"]);
     // Where the ghost's tree blocks differ from the current ones, damage the current copy.
-    let meta: Vec<(u64, u64)> = {
-        let opts = btrs::volumes::OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), ..Default::default() };
-        let fs = btrs::Filesystem::open(&opts).unwrap();
-        fs.volume()
-            .chunks
-            .entries()
-            .iter()
-            .filter(|e| e.chunk.chunk_type & btrs::format::BLOCK_GROUP_DATA == 0)
-            .map(|e| (e.logical, e.chunk.length))
-            .collect()
-    };
+    let meta = tree_chunks(&imgs);
     let nodesize = 16384u64;
     let (ga, cur) = (std::fs::File::open(&ghost).unwrap(), std::fs::OpenOptions::new().read(true).write(true).open(&imgs[1]).unwrap());
     let mut damaged = 0;
@@ -560,4 +563,175 @@ fn a_stale_copy_never_repairs_a_damaged_current_one() {
     let after = fingerprints(&imgs);
     assert_eq!(after[1], before[1], "the repair wrote the stale device's blocks over the current device");
     fails(&["mkdir", s(&imgs[1]), "/x"], 1);
+}
+
+/// Two histories with one fsid: a copy of the set written apart from it (a
+/// split brain, or an image kept aside and mounted elsewhere), one of its
+/// images put back. Its tree blocks carry the same addresses and
+/// generations as the current ones and their own valid checksums, so
+/// nothing in a block tells which history it is from: where the current
+/// copy is damaged, serving the stale one returned the other history's
+/// file with exit 0, and `scrub --repair` wrote it over the current copy
+/// (a third attacker's pass on c7d86f9). A stale device's tree blocks are
+/// trusted for nothing; only a data checksum from the current trees vouches.
+#[test]
+fn a_stale_device_from_another_history_never_speaks_for_the_current_one() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let imgs = mkfs(dir, 2, "128M", "raid1", &[]);
+    let (ours, theirs) = (pseudo(300_000, 11), pseudo(300_000, 12));
+    // The copy, kept in its own directory and written there.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let copy: Vec<PathBuf> = imgs.iter().map(|p| other.join(p.file_name().unwrap())).collect();
+    for (p, c) in imgs.iter().zip(&copy) {
+        std::fs::copy(p, c).unwrap();
+    }
+    write_file(dir, &imgs[0], "/s", &ours, &[]);
+    ok(&["mkdir", s(&imgs[0]), "/m3"]);
+    ok(&["mkdir", s(&imgs[0]), "/m4"]);
+    write_file(&other, &copy[0], "/s", &theirs, &[]);
+    ok(&["mkdir", s(&copy[0]), "/f3"]);
+    std::fs::copy(&copy[0], &imgs[0]).unwrap();
+    // Damage the current device's copy of every tree block where the two histories differ.
+    let meta = tree_chunks(&imgs);
+    let nodesize = 16384u64;
+    let (stale, cur) = (std::fs::File::open(&imgs[0]).unwrap(), std::fs::OpenOptions::new().read(true).write(true).open(&imgs[1]).unwrap());
+    let mut damaged = 0;
+    for (start, len) in meta {
+        for logical in (start..start + len).step_by(nodesize as usize) {
+            let (pa, pb) = (locate(&imgs, logical, 0), locate(&imgs, logical, 1));
+            let (pa, pb) = if pa.0 == 1 { (pa.1, pb.1) } else { (pb.1, pa.1) };
+            let (mut x, mut y) = (vec![0u8; nodesize as usize], vec![0u8; nodesize as usize]);
+            stale.read_exact_at(&mut x, pa).unwrap();
+            cur.read_exact_at(&mut y, pb).unwrap();
+            // Same address and generation (bytes 80..88), other bytes.
+            if x != y && x.iter().any(|&b| b != 0) && x[48..56] == y[48..56] && x[80..88] == y[80..88] {
+                y[3000] ^= 0x55;
+                cur.write_all_at(&y, pb).unwrap();
+                damaged += 1;
+            }
+        }
+    }
+    assert!(damaged > 0, "no tree block of the two histories shares address and generation");
+    let (code, out, err) = btrs(&["cat", s(&imgs[1]), "/s"]);
+    assert!(out != theirs, "cat served the other history's /s (exit {code}): {err}");
+    assert!(code != 0 || out == ours, "cat /s exit 0 with bytes /s never held: {err}");
+    assert!(code == 0 || err.contains("stale devid 1"), "the error does not name the stale device: {err}");
+    let before = fingerprints(&imgs);
+    let (code, _, err) = btrs(&["scrub", s(&imgs[1]), "--repair"]);
+    assert_ne!(code, 0, "scrub --repair reported the damaged set repaired: {err}");
+    assert_eq!(fingerprints(&imgs)[1], before[1], "the repair wrote the other history's blocks over the current device");
+    let (code, out, err) = btrs(&["cat", s(&imgs[1]), "/s"]);
+    assert!(out != theirs, "after the repair cat served the other history's /s (exit {code}): {err}");
+    fails(&["mkdir", s(&imgs[1]), "/x"], 1);
+}
+
+/// A set made the way the attacker's pass on the fix above found it (allocation is
+/// deterministic, so this placement repeats): `n` images with data in `data`,
+/// metadata in `meta`, a subvolume `sv`; the set writes X to /sv/s and commits twice
+/// more, a copy of it writes Y there and commits once; then device `foreign`
+/// (0-based) of the copy is put in the set. It is one commit behind and the newest
+/// commit wrote no tree block to it. Returns (images, X, Y).
+fn foreign_one_behind(dir: &Path, n: usize, data: &str, meta: &str, foreign: usize) -> (Vec<PathBuf>, Vec<u8>, Vec<u8>) {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("sv")).unwrap();
+    std::fs::write(root.join("sv/f"), b"hi\n").unwrap();
+    let imgs: Vec<PathBuf> = (1..=n).map(|i| dir.join(format!("dev{i}.img"))).collect();
+    let mut args = vec!["mkfs", "-f", "-b", "128M", "-d", data, "-m", meta, "--rootdir", s(&root), "--subvol", "sv"];
+    args.extend(imgs.iter().map(|p| s(p)));
+    ok(&args);
+    ok(&["mkdir", s(&imgs[0]), "/p1"]);
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let copy: Vec<PathBuf> = imgs.iter().map(|p| other.join(p.file_name().unwrap())).collect();
+    for (p, c) in imgs.iter().zip(&copy) {
+        std::fs::copy(p, c).unwrap();
+    }
+    let (x, y) = (vec![b'X'; 100], vec![b'Y'; 100]);
+    write_file(dir, &imgs[0], "/sv/s", &x, &[]);
+    ok(&["mkdir", s(&imgs[0]), "/sv/d1"]);
+    ok(&["mkdir", s(&imgs[0]), "/d2"]);
+    write_file(&other, &copy[0], "/sv/s", &y, &[]);
+    ok(&["mkdir", s(&copy[0]), "/sv/d1"]);
+    std::fs::copy(&copy[foreign], &imgs[foreign]).unwrap();
+    std::fs::remove_dir_all(&other).unwrap();
+    (imgs, x, y)
+}
+
+/// A device one commit behind to which that commit wrote no tree block holds nothing
+/// that tells a crash from another history: its tree blocks are trusted for nothing
+/// until `--accept-lagging` says it was a crash. (Raid0 metadata: the other history's
+/// leaf of /sv was the only copy and `cat` served Y with exit 0, no damage needed; then
+/// `scrub --repair` only rewrote the device's superblocks, exit 0, and made it current.)
+#[test]
+fn a_device_the_newest_commit_wrote_nothing_to_is_no_witness() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (imgs, x, y) = foreign_one_behind(tmp.path(), 2, "raid1", "raid0", 1);
+    let (code, out, err) = btrs(&["cat", s(&imgs[0]), "/sv/s"]);
+    assert!(err.contains("one behind"), "devid 2 is not one commit behind here: {err}");
+    assert!(out != y, "cat served the other history's /sv/s (exit {code}): {err}");
+    assert!(code != 0 || out == x, "cat exit 0 with bytes /sv/s never held: {err}");
+    let before = fingerprints(&imgs);
+    let (code, _, err) = btrs(&["scrub", s(&imgs[0]), "--repair"]);
+    assert_ne!(code, 0, "scrub --repair made the foreign device current: {err}");
+    assert_eq!(fingerprints(&imgs), before, "the repair wrote to a set it could not rebuild");
+    let (code, out, err) = btrs(&["cat", s(&imgs[0]), "/sv/s"]);
+    assert!(out != y, "after the repair cat served the other history's /sv/s (exit {code}): {err}");
+    assert!(code != 0 || err.contains("accept-lagging"), "the error does not say what would read it: {err}");
+    fails(&["mkdir", s(&imgs[0]), "/x"], 1);
+}
+
+/// The same on RAID10: the foreign device's copies neither serve nor repair nor win
+/// by `--prefer-mirror`. (The current copy damaged: `cat` served Y with exit 0 and the
+/// repair wrote Y over the current device; undamaged, `--prefer-mirror 2` overwrote
+/// the good current copy with the foreign one.)
+#[test]
+fn a_foreign_raid10_device_never_repairs_or_outranks_a_current_copy() {
+    use std::os::unix::fs::FileExt;
+    for damage in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (imgs, x, y) = foreign_one_behind(tmp.path(), 4, "raid10", "raid10", 3);
+        let (_, _, err) = btrs(&["ls", s(&imgs[0]), "/"]);
+        assert!(err.contains("one behind"), "devid 4 is not one commit behind here: {err}");
+        // The foreign device's partner copies (devid 3) of tree blocks that differ.
+        let meta = tree_chunks(&imgs);
+        let (f4, c3) = (std::fs::File::open(&imgs[3]).unwrap(), std::fs::OpenOptions::new().read(true).write(true).open(&imgs[2]).unwrap());
+        let mut differ = 0;
+        for (start, len) in meta {
+            for logical in (start..start + len).step_by(16384) {
+                let locs: Vec<(u64, u64)> = (0..2).map(|m| locate(&imgs, logical, m)).collect();
+                let (Some(p4), Some(p3)) = (locs.iter().find(|l| l.0 == 4), locs.iter().find(|l| l.0 == 3)) else { continue };
+                let (mut a, mut b) = (vec![0u8; 16384], vec![0u8; 16384]);
+                f4.read_exact_at(&mut a, p4.1).unwrap();
+                c3.read_exact_at(&mut b, p3.1).unwrap();
+                if a != b && a.iter().any(|&v| v != 0) && a[48..56] == b[48..56] && a[80..88] == b[80..88] {
+                    differ += 1;
+                    if damage {
+                        b[8000] ^= 0xff;
+                        c3.write_all_at(&b, p3.1).unwrap();
+                    }
+                }
+            }
+        }
+        assert!(differ > 0, "no tree block of the two histories shares address and generation");
+        let (code, out, err) = btrs(&["cat", s(&imgs[0]), "/sv/s"]);
+        assert!(out != y, "damage {damage}: cat served the other history's /sv/s (exit {code}): {err}");
+        assert!(code != 0 || out == x, "damage {damage}: cat exit 0 with bytes /sv/s never held: {err}");
+        let before = fingerprints(&imgs);
+        let mut args = vec!["scrub", s(&imgs[0]), "--repair"];
+        if !damage {
+            args.extend(["--prefer-mirror", "2"]);
+        }
+        let (code, _, err) = btrs(&args);
+        let after = fingerprints(&imgs);
+        assert_eq!(after[..3], before[..3], "damage {damage}: the repair wrote over a current device (exit {code}): {err}");
+        let (code, out, err) = btrs(&["cat", s(&imgs[0]), "/sv/s"]);
+        assert!(out != y, "damage {damage}: after the repair cat served the other history's /sv/s (exit {code}): {err}");
+        if !damage {
+            // Every copy the foreign device holds has a current partner: rebuilt from them.
+            assert_eq!((code, out), (0, x), "{err}");
+        }
+    }
 }
