@@ -16,9 +16,8 @@ among the regular files in IMAGE's directory that carry the same filesystem UUID
 A device whose superblock is older than the others' (an older copy of the image, put back) is stale: \
 it lacks every write since. Its copies are used only where a data checksum from the current trees \
 vouches for them; its tree blocks never (they may be another history of the filesystem, a copy of the \
-set written apart from it, with the same addresses and generations), except, on a device one commit \
-behind (below) that holds the newest commit's tree blocks, those written no later than its own \
-generation. They never outvote or repair a current copy. Reading commands warn naming it (--degraded leaves it out instead), writing commands \
+set written apart from it, with the same addresses and generations). They never outvote or repair a \
+current copy, not even with --prefer-mirror. Reading commands warn naming it (--degraded leaves it out instead), writing commands \
 refuse the set until `btrs scrub --repair` has compared every copy it holds with a current one and \
 rebuilt it. A crash between the superblock writes of a commit leaves a device one commit behind that \
 nothing can tell from an older copy: it is stale too, until that repair (which then only rewrites its \

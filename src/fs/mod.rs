@@ -433,8 +433,7 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
         // miss data (an older image put back after a repair that could not
         // rebuild its data), or hold a commit that never completed.
         let one_behind = generation.checked_add(1) == Some(newest);
-        let holds = if one_behind { holds_newest_commit(vol, devid) } else { Some(false) };
-        let lagging = holds != Some(false);
+        let lagging = one_behind && holds_newest_commit(vol, devid) != Some(false);
         if lagging && vol.accept_lagging {
             let path = vol.devices.get(&devid).map(|d| d.path.display().to_string()).unwrap_or_default();
             warnings.push(format!(
@@ -447,32 +446,18 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
         if lagging {
             vol.lagging.insert(devid);
         }
-        // Only blocks of the newest commit found on it show it is of this
-        // history; with none (the commit wrote nothing to it), its tree
-        // blocks are trusted for nothing (see Volume::tree_trust).
-        if holds == Some(true) {
-            vol.got_commit.insert(devid);
-        }
         let text = vol.stale_text(devid);
         if vol.degraded {
             warnings.push(format!("{text}; left out (--degraded)"));
             vol.stale.remove(&devid);
             vol.lagging.remove(&devid);
-            vol.got_commit.remove(&devid);
             vol.devices.remove(&devid);
             vol.missing.insert(devid);
-        } else if holds.is_none() {
-            warnings.push(format!(
-                "{text}; its copies are not used unless a data checksum vouches for them (its tree blocks never: \
-                 the commit it missed wrote none to it, so nothing shows it is of this history): run \
-                 `btrs scrub --repair` to compare it with the current copies (or --accept-lagging to take it as \
-                 current after a crash)"
-            ));
         } else if lagging {
             warnings.push(format!(
-                "{text}; its copies are not used unless a checksum or their generation vouches for them: run \
-                 `btrs scrub --repair` to compare it with the current copies (or --accept-lagging to take it as \
-                 current after a crash)"
+                "{text}; its copies are not used unless a data checksum vouches for them (its tree blocks never: \
+                 nothing in them tells a crash from an older copy or another history): run `btrs scrub --repair` \
+                 to compare it with the current copies (or --accept-lagging to take it as current after a crash)"
             ));
         } else {
             warnings.push(format!(
@@ -488,13 +473,12 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
 /// say (the blocks of the superblock's generation, reached from the root and
 /// chunk trees through pointers and root items of that generation), each
 /// compared byte for byte with a copy on a device whose superblock is the
-/// newest: Some(true) when it holds such blocks, each verifies as a block of
-/// that generation and is the same as a current device's copy where there is
-/// one (it got the commit); Some(false) when one does not verify or differs
-/// (it missed the commit, or holds the blocks of a commit that never
-/// completed at the same addresses); None when it holds none of them (the
-/// commit wrote nothing to it: an older copy of it, or one from another
-/// history, would hold none either).
+/// newest: Some(true) when it holds such blocks, at least one has a copy to
+/// compare with, and every one it holds is the same (it got the commit);
+/// Some(false) when one does not verify or differs (it missed the commit, or
+/// holds the blocks of a commit that never completed at the same addresses);
+/// None when nothing can be compared (an older copy of it would hold none of
+/// the commit's blocks either, or only blocks no current device has).
 #[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 fn holds_newest_commit(vol: &Volume, devid: u64) -> Option<bool> {
     let sb = vol.sb;
@@ -513,7 +497,7 @@ fn holds_newest_commit(vol: &Volume, devid: u64) -> Option<bool> {
         todo.push((sb.chunk_root.get(), sb.chunk_root_level));
     }
     let mut seen = std::collections::HashSet::new();
-    let (mut compared, mut held) = (false, false);
+    let mut compared = false;
     while let Some((logical, level)) = todo.pop() {
         if !seen.insert(logical) {
             continue;
@@ -525,7 +509,6 @@ fn holds_newest_commit(vol: &Volume, devid: u64) -> Option<bool> {
         if copies.iter().any(|(d, b)| *d == devid && b.is_none()) {
             return Some(false);
         }
-        held |= copies.iter().any(|(d, _)| *d == devid);
         let reference = copies.iter().find(|(d, b)| current(*d) && b.is_some()).and_then(|(_, b)| b.as_ref());
         if let Some(r) = reference {
             for (_, b) in copies.iter().filter(|(d, _)| *d == devid) {
@@ -556,7 +539,7 @@ fn holds_newest_commit(vol: &Volume, devid: u64) -> Option<bool> {
             }
         }
     }
-    (compared || held).then_some(true)
+    compared.then_some(true)
 }
 
 fn poisoned() -> Error {

@@ -844,28 +844,10 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
         .map(|m| if good.contains(&m) { raw[m].as_ref().and_then(|r| r.as_ref().ok()).map(|b| b.as_slice()) } else { None })
         .collect();
     let prefer = ctx.opts.prefer_mirror.map(|p| p - 1);
-    // A copy on a lagging device votes (and is a repair source) only for a
-    // block written no later than that device's generation: copy on write
-    // never rewrites a block in place, so such a copy is the current one. A
-    // later block on it may be from a commit that never completed, written
-    // at the same address (an image saved after such a crash, put back).
-    // Another stale device's copy never does: it may hold another history
-    // with the same addresses and generations (see Volume::tree_trust).
-    // The header's generation (bytes 80..88), of a current device's copy where one verifies.
-    let header_gen = |m: usize| raw[m].as_ref().and_then(|r| r.as_ref().ok()).and_then(|b| b.get(80..88)).and_then(|g| g.try_into().ok()).map(u64::from_le_bytes);
-    let on_stale = |m: usize| locs.get(m).is_some_and(|l| vol.is_stale(l.devid));
-    let block_gen = generation
-        .or_else(|| good.iter().filter(|&&m| !on_stale(m)).find_map(|&m| header_gen(m)))
-        .or_else(|| good.iter().find_map(|&m| header_gen(m)));
-    let untrusted: Vec<bool> = locs
-        .iter()
-        .take(raw.len())
-        .map(|l| match vol.tree_trust(l.devid) {
-            TreeTrust::Current => false,
-            TreeTrust::UpTo(g) => block_gen.is_none_or(|b| b > g),
-            TreeTrust::Nothing(_) => true,
-        })
-        .collect();
+    // A copy on a stale device never votes and is never a repair source, not
+    // even one the caller prefers: it may hold another history with the same
+    // addresses and generations (see Volume::tree_trust).
+    let untrusted: Vec<bool> = locs.iter().take(raw.len()).map(|l| vol.is_stale(l.devid)).collect();
     let untrusted_at = |m: usize| untrusted.get(m).copied().unwrap_or(false);
     let voters: Vec<Option<&[u8]>> = good_bytes.iter().enumerate().map(|(m, b)| b.filter(|_| !untrusted_at(m))).collect();
     let mut verdict = arbitrate(&voters, prefer.filter(|&p| !untrusted_at(p)));
@@ -910,8 +892,9 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
                 }
                 _ if src.is_none() && differ.contains(&m) => (
                     FindingKind::MirrorMismatch,
-                    if matches!(locs.get(m).map(|l| vol.tree_trust(l.devid)), Some(TreeTrust::UpTo(_))) {
-                        "no current copy to compare this stale device's copy with (written after its generation)"
+                    if matches!(locs.get(m).map(|l| vol.tree_trust(l.devid)), Some(TreeTrust::Stale { lagging: true, .. })) {
+                        "no current copy to compare this lagging device's copy with: --accept-lagging takes it as \
+                         current after a crash"
                     } else {
                         "no current copy to compare this stale device's copy with"
                     }

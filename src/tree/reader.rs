@@ -86,42 +86,34 @@ impl TreeReader {
         }
         let expect = Expect { max_generation: Some(self.max_generation), ..expect };
         let copies = self.vol.num_copies(logical).map_err(|e| e.within(format!("tree block {logical}")))?;
-        // Current devices first; a lagging device's copy serves only when it
-        // verifies and was written no later than the device's own generation
-        // (copy on write never changes a block in place, so such a block is
-        // the one the current devices hold; a later one may be from a commit
-        // that never completed, at the same address). Another stale device's
-        // copy never serves (see Volume::tree_trust).
+        // Current devices only: a stale device's copy never serves (see
+        // Volume::tree_trust), but is named in the error when it is all there is.
         let read_order = self.vol.read_order(logical).unwrap_or_default();
-        let mut order: Vec<(usize, TreeTrust)> = read_order.iter().map(|c| (c.mirror, self.vol.tree_trust(c.devid))).collect();
-        let rest: Vec<(usize, TreeTrust)> =
-            (0..copies).filter(|m| !order.iter().any(|(o, _)| o == m)).map(|m| (m, TreeTrust::Current)).collect();
+        let mut order: Vec<(usize, TreeTrust, u64)> =
+            read_order.iter().map(|c| (c.mirror, self.vol.tree_trust(c.devid), c.devid)).collect();
+        let rest: Vec<(usize, TreeTrust, u64)> =
+            (0..copies).filter(|m| !order.iter().any(|(o, _, _)| o == m)).map(|m| (m, TreeTrust::Current, 0)).collect();
         order.extend(rest);
         let mut problems = Vec::new();
-        for (mirror, trust) in order {
-            let expect = match trust {
-                TreeTrust::UpTo(g) => Expect { max_generation: expect.max_generation.map(|m| m.min(g)).or(Some(g)), ..expect },
-                TreeTrust::Current => expect,
-                TreeTrust::Nothing(g) => {
-                    let devid = read_order.iter().find(|c| c.mirror == mirror).map_or(0, |c| c.devid);
-                    problems.push((
-                        mirror,
-                        BlockProblem::Structure(format!(
-                            "on stale devid {devid} (generation {g}), which may hold another history of this \
-                             filesystem: not trusted (put its current image back; `btrs scrub --repair` rebuilds \
-                             it from copies on current devices only)"
-                        )),
-                    ));
-                    continue;
-                }
-            };
-            let read = self.read_copy(logical, mirror, expect).map_err(|p| match (trust, p) {
-                (TreeTrust::UpTo(g), BlockProblem::TooNew { found, .. }) => BlockProblem::Structure(format!(
-                    "generation {found}, written after its stale device's {g}: not trusted (run `btrs scrub --repair`, \
-                     or --accept-lagging after a crash)"
-                )),
-                (_, p) => p,
-            });
+        for (mirror, trust, devid) in order {
+            if let TreeTrust::Stale { generation, lagging } = trust {
+                let why = if lagging {
+                    format!(
+                        "on stale devid {devid}, one commit behind (generation {generation}): not trusted, nothing in \
+                         a tree block tells a crash from an older copy or another history (--accept-lagging takes \
+                         it as current after a crash)"
+                    )
+                } else {
+                    format!(
+                        "on stale devid {devid} (generation {generation}), which may hold another history of this \
+                         filesystem: not trusted (put its current image back; `btrs scrub --repair` rebuilds it \
+                         from copies on current devices only)"
+                    )
+                };
+                problems.push((mirror, BlockProblem::Structure(why)));
+                continue;
+            }
+            let read = self.read_copy(logical, mirror, expect);
             match read {
                 Ok(b) => {
                     let b = Arc::new(b);

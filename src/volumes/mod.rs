@@ -68,7 +68,7 @@ pub struct Volume {
     /// `--accept-lagging` took one only a commit behind as current): devid ->
     /// their generation. An image swapped for an older copy of itself lacks
     /// every write since: its copies are never served unless a checksum (for
-    /// tree blocks on a lagging one: a generation no later than its own) vouches for them,
+    /// tree blocks: nothing) vouches for them,
     /// never outvote or repair a current copy, and writing is refused until
     /// `scrub --repair` rebuilds it.
     pub stale: BTreeMap<u64, u64>,
@@ -78,11 +78,6 @@ pub struct Volume {
     /// the image. They are stale (in [`Volume::stale`] too), their copies
     /// tried before other stale ones; `--accept-lagging` takes them as current.
     pub lagging: BTreeSet<u64>,
-    /// Lagging devices that hold tree blocks of the newest commit (each the
-    /// same as a current device's copy where there is one): of this history,
-    /// so their tree blocks up to their own generation are served (see
-    /// [`Volume::tree_trust`]).
-    pub got_commit: BTreeSet<u64>,
     /// [`OpenOptions::accept_lagging`].
     pub accept_lagging: bool,
 }
@@ -197,7 +192,6 @@ impl Volume {
             accept_lagging: opts.accept_lagging,
             stale: BTreeMap::new(),
             lagging: BTreeSet::new(),
-            got_commit: BTreeSet::new(),
         })
     }
 
@@ -257,20 +251,18 @@ impl Volume {
         Ok(out)
     }
 
-    /// How far a tree block copy on `devid` may be trusted. A lagging
-    /// device's that holds blocks of the newest commit ([`Volume::got_commit`]):
-    /// those up to its own generation are the current ones (copy on write
-    /// never rewrites a block in place, and a crash between superblock writes
-    /// leaves nothing else). Any other stale device may hold another
-    /// history of this filesystem (a copy of the set written apart from it,
-    /// or a split brain): its blocks carry the same addresses, generations
-    /// and valid checksums as the current ones, so nothing in a block tells
-    /// which history it is from, and none is trusted.
+    /// Whether a tree block copy on `devid` may be trusted. None on a stale
+    /// device is: it may hold another history of this filesystem (a copy of
+    /// the set written apart from it, or a split brain), whose blocks carry
+    /// the same addresses, generations and valid checksums as the current
+    /// ones, so nothing in a block tells which history it is from. Not even
+    /// on a lagging device that holds the newest commit's blocks: an older
+    /// copy given those blocks looks the same. `--accept-lagging` is the
+    /// caller's word that a lagging one was left by a crash.
     pub fn tree_trust(&self, devid: u64) -> TreeTrust {
         match self.stale.get(&devid) {
             None => TreeTrust::Current,
-            Some(&g) if self.got_commit.contains(&devid) => TreeTrust::UpTo(g),
-            Some(&g) => TreeTrust::Nothing(g),
+            Some(&generation) => TreeTrust::Stale { generation, lagging: self.lagging.contains(&devid) },
         }
     }
 
@@ -373,10 +365,9 @@ impl Volume {
 pub enum TreeTrust {
     /// A current device: its verified blocks are served.
     Current,
-    /// A lagging device: blocks no newer than its generation.
-    UpTo(u64),
-    /// Another stale device (its generation): no tree block.
-    Nothing(u64),
+    /// A stale device (its superblock generation; whether it is lagging):
+    /// none of its tree blocks.
+    Stale { generation: u64, lagging: bool },
 }
 
 /// One copy a read may use (see [`Volume::read_order`]).

@@ -291,6 +291,34 @@ fn tree_chunks(imgs: &[PathBuf]) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The tree blocks where the copy on devid `foreign` and the one on devid `victim`
+/// carry the same address and generation but other bytes (two histories); with
+/// `damage`, a byte of each victim copy is flipped. Returns how many.
+fn where_histories_differ(imgs: &[PathBuf], victim: u64, foreign: u64, damage: bool) -> usize {
+    use std::os::unix::fs::FileExt;
+    let file = |devid: u64| std::fs::OpenOptions::new().read(true).write(true).open(image_of(imgs, devid)).unwrap();
+    let (v, f) = (file(victim), file(foreign));
+    let mut n = 0;
+    for (start, len) in tree_chunks(imgs) {
+        for logical in (start..start + len).step_by(16384) {
+            let locs: Vec<(u64, u64)> = (0..2).map(|m| locate(imgs, logical, m)).collect();
+            let (Some(pv), Some(pf)) = (locs.iter().find(|l| l.0 == victim), locs.iter().find(|l| l.0 == foreign)) else { continue };
+            let (mut x, mut y) = (vec![0u8; 16384], vec![0u8; 16384]);
+            v.read_exact_at(&mut x, pv.1).unwrap();
+            f.read_exact_at(&mut y, pf.1).unwrap();
+            // Same address (bytes 48..56) and generation (80..88), other bytes.
+            if x != y && y.iter().any(|&b| b != 0) && x[48..56] == y[48..56] && x[80..88] == y[80..88] {
+                n += 1;
+                if damage {
+                    x[3000] ^= 0x55;
+                    v.write_all_at(&x, pv.1).unwrap();
+                }
+            }
+        }
+    }
+    n
+}
+
 /// Three images, data in `data` and metadata in `meta`.
 fn mkfs3(dir: &Path, data: &str, meta: &str) -> Vec<PathBuf> {
     let imgs: Vec<PathBuf> = (1..=3).map(|i| dir.join(format!("dev{i}.img"))).collect();
@@ -576,7 +604,6 @@ fn a_stale_copy_never_repairs_a_damaged_current_one() {
 /// trusted for nothing; only a data checksum from the current trees vouches.
 #[test]
 fn a_stale_device_from_another_history_never_speaks_for_the_current_one() {
-    use std::os::unix::fs::FileExt;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let imgs = mkfs(dir, 2, "128M", "raid1", &[]);
@@ -595,25 +622,7 @@ fn a_stale_device_from_another_history_never_speaks_for_the_current_one() {
     ok(&["mkdir", s(&copy[0]), "/f3"]);
     std::fs::copy(&copy[0], &imgs[0]).unwrap();
     // Damage the current device's copy of every tree block where the two histories differ.
-    let meta = tree_chunks(&imgs);
-    let nodesize = 16384u64;
-    let (stale, cur) = (std::fs::File::open(&imgs[0]).unwrap(), std::fs::OpenOptions::new().read(true).write(true).open(&imgs[1]).unwrap());
-    let mut damaged = 0;
-    for (start, len) in meta {
-        for logical in (start..start + len).step_by(nodesize as usize) {
-            let (pa, pb) = (locate(&imgs, logical, 0), locate(&imgs, logical, 1));
-            let (pa, pb) = if pa.0 == 1 { (pa.1, pb.1) } else { (pb.1, pa.1) };
-            let (mut x, mut y) = (vec![0u8; nodesize as usize], vec![0u8; nodesize as usize]);
-            stale.read_exact_at(&mut x, pa).unwrap();
-            cur.read_exact_at(&mut y, pb).unwrap();
-            // Same address and generation (bytes 80..88), other bytes.
-            if x != y && x.iter().any(|&b| b != 0) && x[48..56] == y[48..56] && x[80..88] == y[80..88] {
-                y[3000] ^= 0x55;
-                cur.write_all_at(&y, pb).unwrap();
-                damaged += 1;
-            }
-        }
-    }
+    let damaged = where_histories_differ(&imgs, 2, 1, true);
     assert!(damaged > 0, "no tree block of the two histories shares address and generation");
     let (code, out, err) = btrs(&["cat", s(&imgs[1]), "/s"]);
     assert!(out != theirs, "cat served the other history's /s (exit {code}): {err}");
@@ -689,32 +698,13 @@ fn a_device_the_newest_commit_wrote_nothing_to_is_no_witness() {
 /// the good current copy with the foreign one.)
 #[test]
 fn a_foreign_raid10_device_never_repairs_or_outranks_a_current_copy() {
-    use std::os::unix::fs::FileExt;
     for damage in [true, false] {
         let tmp = tempfile::tempdir().unwrap();
         let (imgs, x, y) = foreign_one_behind(tmp.path(), 4, "raid10", "raid10", 3);
         let (_, _, err) = btrs(&["ls", s(&imgs[0]), "/"]);
         assert!(err.contains("one behind"), "devid 4 is not one commit behind here: {err}");
         // The foreign device's partner copies (devid 3) of tree blocks that differ.
-        let meta = tree_chunks(&imgs);
-        let (f4, c3) = (std::fs::File::open(&imgs[3]).unwrap(), std::fs::OpenOptions::new().read(true).write(true).open(&imgs[2]).unwrap());
-        let mut differ = 0;
-        for (start, len) in meta {
-            for logical in (start..start + len).step_by(16384) {
-                let locs: Vec<(u64, u64)> = (0..2).map(|m| locate(&imgs, logical, m)).collect();
-                let (Some(p4), Some(p3)) = (locs.iter().find(|l| l.0 == 4), locs.iter().find(|l| l.0 == 3)) else { continue };
-                let (mut a, mut b) = (vec![0u8; 16384], vec![0u8; 16384]);
-                f4.read_exact_at(&mut a, p4.1).unwrap();
-                c3.read_exact_at(&mut b, p3.1).unwrap();
-                if a != b && a.iter().any(|&v| v != 0) && a[48..56] == b[48..56] && a[80..88] == b[80..88] {
-                    differ += 1;
-                    if damage {
-                        b[8000] ^= 0xff;
-                        c3.write_all_at(&b, p3.1).unwrap();
-                    }
-                }
-            }
-        }
+        let differ = where_histories_differ(&imgs, 3, 4, damage);
         assert!(differ > 0, "no tree block of the two histories shares address and generation");
         let (code, out, err) = btrs(&["cat", s(&imgs[0]), "/sv/s"]);
         assert!(out != y, "damage {damage}: cat served the other history's /sv/s (exit {code}): {err}");
@@ -732,6 +722,77 @@ fn a_foreign_raid10_device_never_repairs_or_outranks_a_current_copy() {
         if !damage {
             // Every copy the foreign device holds has a current partner: rebuilt from them.
             assert_eq!((code, out), (0, x), "{err}");
+        }
+    }
+}
+
+/// A device one commit behind that holds the newest commit's tree blocks is what a
+/// crash between the superblock writes leaves, and also what an older copy from another
+/// history looks like once those blocks are copied into it (an attacker's pass on
+/// 66d5d26: the exception for such a device let its foreign leaf win `--prefer-mirror`
+/// over a good current copy, and, the current copy damaged, `cat` served it with exit
+/// 0 and `scrub --repair` copied it over the current device). No stale device's tree
+/// block is trusted; `--accept-lagging` is the caller's word that it was a crash.
+#[test]
+fn a_lagging_device_given_the_newest_commit_is_still_no_witness() {
+    use std::os::unix::fs::FileExt;
+    for damage in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/f"), b"original").unwrap();
+        let imgs: Vec<PathBuf> = (1..=2).map(|i| dir.join(format!("dev{i}.img"))).collect();
+        ok(&["mkfs", "-f", "-b", "128M", "-d", "raid1", "-m", "raid1", "--rootdir", s(&root), "--subvol", "sub", s(&imgs[0]), s(&imgs[1])]);
+        let other = dir.join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let copy: Vec<PathBuf> = imgs.iter().map(|p| other.join(p.file_name().unwrap())).collect();
+        for (p, c) in imgs.iter().zip(&copy) {
+            std::fs::copy(p, c).unwrap();
+        }
+        let (cur, foreign) = (b"CURRENT-CONTENT".to_vec(), b"FOREIGN-CONTENT".to_vec());
+        write_file(dir, &imgs[0], "/sub/f", &cur, &[]);
+        ok(&["mkdir", s(&imgs[0]), "/x"]);
+        write_file(&other, &copy[0], "/sub/f", &foreign, &[]);
+        // The foreign devid 2, given every tree block of the newest commit the current one holds.
+        let current = std::fs::read(&imgs[1]).unwrap();
+        std::fs::copy(&copy[1], &imgs[1]).unwrap();
+        let newest = u64::from_le_bytes(current[65536 + 72..65536 + 80].try_into().unwrap());
+        let fsid = &current[65536 + 32..65536 + 48];
+        let f = std::fs::OpenOptions::new().write(true).open(&imgs[1]).unwrap();
+        for at in (0..current.len() - 16384).step_by(4096) {
+            if at == 65536 || at == 64 << 20 || &current[at + 32..at + 48] != fsid {
+                continue;
+            }
+            if u64::from_le_bytes(current[at + 80..at + 88].try_into().unwrap()) == newest {
+                f.write_all_at(&current[at..at + 16384], at as u64).unwrap();
+            }
+        }
+        let (_, _, err) = btrs(&["ls", s(&imgs[0]), "/"]);
+        assert!(err.contains("one behind"), "devid 2 is not one commit behind here: {err}");
+        if damage {
+            // Every tree block of devid 1 where the two histories differ.
+            let damaged = where_histories_differ(&imgs, 1, 2, true);
+            assert!(damaged > 0, "no tree block of the two histories shares address and generation");
+        }
+        let (code, out, err) = btrs(&["cat", s(&imgs[0]), "/sub/f"]);
+        assert!(out != foreign, "damage {damage}: cat served the other history's file (exit {code}): {err}");
+        assert!(code != 0 || out == cur, "damage {damage}: cat exit 0 with bytes the file never held: {err}");
+        let before = fingerprints(&imgs);
+        let mut args = vec!["scrub", s(&imgs[0]), "--repair"];
+        if !damage {
+            args.extend(["--prefer-mirror", "2"]);
+        }
+        let (code, _, err) = btrs(&args);
+        assert_eq!(fingerprints(&imgs)[0], before[0], "damage {damage}: the repair wrote over the current device (exit {code}): {err}");
+        let (code, out, err) = btrs(&["cat", s(&imgs[0]), "/sub/f"]);
+        assert!(out != foreign, "damage {damage}: after the repair cat served the other history's file (exit {code}): {err}");
+        if damage {
+            fails(&["mkdir", s(&imgs[0]), "/y"], 1);
+        } else {
+            // Every copy it holds has a current partner: rebuilt from them, current bytes.
+            assert_eq!((code, out), (0, cur), "{err}");
+            ok(&["mkdir", s(&imgs[0]), "/y"]);
         }
     }
 }

@@ -405,8 +405,10 @@ pub fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(),
         Ok(())
     };
     // After a crash, tree blocks only lagging devices hold (RAID10 keeps the
-    // root on two of four) cannot be trusted by a plain open or a writer.
-    let untrusted_root = |e: &String| after_crash && e.contains("written after its stale device");
+    // root on two of four) cannot be trusted by a plain open or a writer:
+    // the error says --accept-lagging takes them as current.
+    const TAKE: &str = "--accept-lagging takes it as current";
+    let untrusted_root = |e: &String| after_crash && e.contains(TAKE);
     let rep = match scrub(false, false, None) {
         Ok(r) => r,
         Err(e) if untrusted_root(&e) => {
@@ -435,7 +437,7 @@ pub fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(),
     // caller who knows it was a crash takes them as current below.
     let crash_only = |f: &lib_api::Finding| {
         after_crash && rep.findings.iter().any(|g| g.kind == lib_api::FindingKind::StaleDevice && g.detail.contains("one behind"))
-            && (f.detail.contains("written after its stale device") || f.detail.contains("no current copy to compare"))
+            && (f.detail.contains(TAKE) || f.detail.contains("no current copy to compare"))
     };
     if !rep.findings.iter().all(|f| after_crash && behind(f) || torn_copy(f) || crash_only(f)) || rep.findings_dropped > 0 {
         return Err(format!("scrub is not clean: {:?}", rep.findings));
