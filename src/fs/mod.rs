@@ -51,7 +51,7 @@ pub struct DirEnt {
 #[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 impl Filesystem {
     pub fn open(opts: &OpenOptions) -> Result<Filesystem> {
-        let vol = Volume::open(opts)?;
+        let mut vol = Volume::open(opts)?;
         let sb = vol.sb;
         let unsupported = sb.unsupported_incompat();
         if unsupported != 0 {
@@ -63,6 +63,26 @@ impl Filesystem {
         for (key, chunk) in sb.sys_chunks()? {
             vol.chunks.insert(key.offset, chunk)?;
         }
+        // The chunk tree is read before the stale devices can be told apart
+        // from lagging ones (that needs the chunk map), but their superblocks
+        // already say which are behind: none of those serves it (see
+        // Volume::tree_trust), but for one commit behind under
+        // --accept-lagging, checked again below once it is known.
+        let newest = sb.generation.get();
+        let behind: Vec<(u64, u64)> =
+            vol.devices.values().filter(|d| d.sb.generation.get() < newest).map(|d| (d.devid, d.sb.generation.get())).collect();
+        let mut taken = Vec::new();
+        for &(devid, generation) in &behind {
+            let one_behind = generation.checked_add(1) == Some(newest);
+            if one_behind && vol.accept_lagging {
+                taken.push(devid);
+                continue;
+            }
+            vol.stale.insert(devid, generation);
+            if one_behind {
+                vol.lagging.insert(devid);
+            }
+        }
         // Read the chunk tree with the bootstrap map, then rebuild the map from it.
         let chunk_root = RootPtr {
             bytenr: sb.chunk_root.get(),
@@ -70,20 +90,21 @@ impl Filesystem {
             generation: sb.chunk_root_generation.get(),
             owner: CHUNK_TREE_OBJECTID,
         };
-        let (chunks, devids, vol_back) = {
+        let (chunks, devids, vol_back, chunk_items) = {
             let vol = Arc::new(vol);
             let reader = TreeReader::new(vol.clone())?;
             let items = reader.range(&chunk_root, Key::MIN, Key::MAX)?;
             let mut chunks = Vec::new();
             let mut devids = BTreeMap::new();
-            for (key, data) in items {
+            for (key, data) in &items {
+                let (key, data) = (*key, data.as_slice());
                 match key.item_type {
                     CHUNK_ITEM_KEY => {
-                        let (c, _) = items::parse_chunk(&data).map_err(|e| e.within(format!("chunk tree item {key}")))?;
+                        let (c, _) = items::parse_chunk(data).map_err(|e| e.within(format!("chunk tree item {key}")))?;
                         chunks.push((key.offset, c));
                     }
                     DEV_ITEM_KEY => {
-                        let (d, _) = items::read_prefix::<DevItem>(&data, "dev item").map_err(|e| e.within(format!("chunk tree item {key}")))?;
+                        let (d, _) = items::read_prefix::<DevItem>(data, "dev item").map_err(|e| e.within(format!("chunk tree item {key}")))?;
                         devids.insert(key.offset, d.total_bytes.get());
                     }
                     _ => {}
@@ -91,9 +112,11 @@ impl Filesystem {
             }
             drop(reader);
             let back = Arc::try_unwrap(vol).map_err(|_| Error::Invalid("volume still shared".into()))?;
-            (chunks, devids, back)
+            (chunks, devids, back, items)
         };
         let mut vol = vol_back;
+        vol.stale.clear();
+        vol.lagging.clear();
         vol.chunks.clear();
         for (logical, c) in chunks {
             vol.chunks.insert(logical, c)?;
@@ -102,6 +125,11 @@ impl Filesystem {
         crate::volumes::chunks::verify_stripes(&vol.chunks.entries(), &devids, None, false)?;
         let open_warnings = mark_stale(&mut vol)?;
         let reader = TreeReader::new(Arc::new(vol))?;
+        // A device --accept-lagging let serve the chunk tree that then proved
+        // stale (it missed the newest commit): read it again without it.
+        if taken.iter().any(|d| reader.vol.is_stale(*d)) && reader.range(&chunk_root, Key::MIN, Key::MAX)? != chunk_items {
+            return Err(Error::corrupt("chunk tree", "a stale device's copy differs from the current one"));
+        }
         let fs = Filesystem {
             csum: sb.csum_kind()?,
             sectorsize: sb.sectorsize.get(),

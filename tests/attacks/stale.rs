@@ -796,3 +796,76 @@ fn a_lagging_device_given_the_newest_commit_is_still_no_witness() {
         }
     }
 }
+
+/// The chunk tree is read before the stale devices are known from the chunk map, but
+/// their superblocks already say which are behind: it too is never served from them.
+/// (`-m dup` on two devices keeps the system chunk on devid 1 alone; an older devid 1
+/// whose chunk tree leaf was rewritten, DATA|RAID0 to DATA|RAID1 at the same stripes,
+/// and resealed made `cat` return another file's bytes with exit 0, `--degraded` too:
+/// an attacker's pass on e08b8ff.) A crash that leaves that device one commit behind
+/// reads with `--accept-lagging`, as the error says.
+#[test]
+fn the_chunk_tree_is_never_read_from_a_stale_device() {
+    use std::os::unix::fs::FileExt;
+    for forged in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let imgs: Vec<PathBuf> = (1..=2).map(|i| dir.join(format!("dev{i}.img"))).collect();
+        ok(&["mkfs", "-f", "-b", "128M", "-m", "dup", "-d", "raid0", s(&imgs[0]), s(&imgs[1])]);
+        let (f1, f2) = (pseudo(300_000, 1), pseudo(200_000, 2));
+        write_file(dir, &imgs[0], "/f2", &f2, &["--nodatasum"]);
+        let old = save(&imgs[0]);
+        write_file(dir, &imgs[0], "/f1", &f1, &[]);
+        if forged {
+            let f = std::fs::OpenOptions::new().read(true).write(true).open(&old).unwrap();
+            let mut leaf = vec![0u8; 16384];
+            f.read_exact_at(&mut leaf, 1 << 20).unwrap();
+            assert_eq!(leaf[100], 0, "the chunk tree root is not a leaf");
+            let nritems = u32::from_le_bytes(leaf[96..100].try_into().unwrap()) as usize;
+            let mut changed = 0;
+            for i in 0..nritems {
+                let h = 101 + i * 25;
+                let (item_type, data_off) = (leaf[h + 8], u32::from_le_bytes(leaf[h + 17..h + 21].try_into().unwrap()) as usize);
+                let at = 101 + data_off;
+                let chunk_type = u64::from_le_bytes(leaf[at + 24..at + 32].try_into().unwrap());
+                // A chunk item (228) of a RAID0 data chunk: RAID1, half as long.
+                if item_type == 228 && chunk_type == 0x1 | 0x8 {
+                    let len = u64::from_le_bytes(leaf[at..at + 8].try_into().unwrap());
+                    leaf[at..at + 8].copy_from_slice(&(len / 2).to_le_bytes());
+                    leaf[at + 24..at + 32].copy_from_slice(&(0x1u64 | 0x10).to_le_bytes());
+                    changed += 1;
+                }
+            }
+            assert!(changed > 0, "no RAID0 data chunk in the chunk tree");
+            reseal(btrs::format::CsumType::Crc32c, &mut leaf);
+            for m in 0..2 {
+                let (devid, physical) = locate(&imgs, 1 << 20, m);
+                assert_eq!(devid, 1, "the system chunk is not on devid 1 alone");
+                f.write_all_at(&leaf, physical).unwrap();
+            }
+            std::fs::copy(&old, &imgs[0]).unwrap();
+        } else {
+            put_supers(&old, &imgs[0]);
+        }
+        let before = fingerprints(&imgs);
+        for degraded in [false, true] {
+            let mut args = vec!["cat", s(&imgs[1]), "/f2"];
+            if degraded {
+                args.insert(0, "--degraded");
+            }
+            let (code, out, err) = btrs(&args);
+            assert!(out.is_empty() || out == f2, "forged {forged}, degraded {degraded}: cat /f2 served bytes it never held (exit {code}): {err}");
+            assert_ne!(code, 0, "forged {forged}, degraded {degraded}: {err}");
+            assert!(degraded || err.contains("accept-lagging") || forged, "the error does not say what reads it after a crash: {err}");
+        }
+        assert_eq!(fingerprints(&imgs), before);
+        if !forged {
+            let (code, out, err) = btrs(&["--accept-lagging", "cat", s(&imgs[1]), "/f2"]);
+            assert_eq!((code, out == f2), (0, true), "after a crash --accept-lagging does not read it: {err}");
+            let (code, _, err) = btrs(&["--accept-lagging", "scrub", s(&imgs[1]), "--repair"]);
+            assert_eq!(code, 0, "{err}");
+            assert!(btrs(&["cat", s(&imgs[1]), "/f1"]).1 == f1);
+            ok(&["mkdir", s(&imgs[1]), "/d"]);
+        }
+    }
+}
