@@ -265,6 +265,9 @@ impl LibRunner {
     /// ENOSPC; either way the images must hold a committed state.
     fn failed(&mut self, e: Error, extra: Vec<Model>, gen_before: u64, predicted: Option<&ErrClass>, op: &Op) -> Result<(), String> {
         self.tx = None;
+        // What the failed transaction held before this op, uncommitted writes
+        // included: they take space until the rollback below forgets them.
+        let uncommitted = self.model.data_bytes();
         if let Some(a) = self.armed.take() {
             if injected(&e) || a.plan.count() > a.plan.at {
                 let mut states = a.states;
@@ -299,7 +302,7 @@ impl LibRunner {
                 if !matches!(e, Error::NoSpace(_)) {
                     return Err(format!("[error-type] ENOSPC text from a {e:?}"));
                 }
-                let held = self.committed.data_bytes().max(self.model.data_bytes()) + request(op);
+                let held = self.committed.data_bytes().max(self.model.data_bytes()).max(uncommitted) + request(op);
                 if held * self.copies * 4 < self.capacity {
                     return Err(format!(
                         "[enospc] ({op}): {e}, with about {} MiB of data ({} copies) on {} MiB of images",
@@ -826,6 +829,95 @@ fn regression_truncate_inside_the_last_sector_below_2_63() {
          write /g off=9223372036854771712 len=4095 seed=2
          truncate /g size=9223372036854771713
          truncate /g size=9223372036854775807",
+    );
+}
+
+/// Soak seed 760000 (raid10-crc32c-4k-btrs-holes), a judge bug: a write of
+/// 163 MB, not yet committed, filled the data block groups, and the next
+/// write's ENOSPC was judged against the committed data only (39 MiB of 512
+/// MiB of images: "too early"); what the failed transaction held counts too.
+#[test]
+fn regression_enospc_after_a_large_uncommitted_write() {
+    regression(
+        "raid10-crc32c-4k-btrs-holes",
+        "commit reopen
+write /mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm11/%C3%A92 off=2895203618 len=28620 seed=16160027302748848820 p bio=4
+write /mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm11/%C3%A92 off=2 len=21981349 seed=7412620343619899675 ce
+ln /mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm11/%C3%A92 /mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm11/g23
+symlink ../e23/nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn227 /mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm11/d26
+ln /mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm11/g23 /h0
+rm -r /mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm11
+write /h0 off=692265054 len=2957632 seed=1074466720250831797 nocow
+put /c14 seed=16553834263000165984
+mkdir /f15
+write /c14/d0 off=393215 len=31447 seed=4332766629101790964 direct nosum bio=64
+write /c14/d0 off=2690760 len=4094421 seed=4746767908675724129 bio=4
+commit
+write /d34 off=9223372036854075881 len=131072 seed=10980920721207557654
+commit reopen
+put /g38 seed=9004759362010363909
+write /g38/h8 off=4095 len=131072 seed=10613115598255338312 direct
+commit reopen
+commit
+write /h0 off=1 len=29715 seed=6076720063118788651 bio=64
+rm /g38/g1
+write /g38/b1 off=0 len=1048576 seed=12124876808363236099 direct nocow bio=256
+rm /g38/d2/g1/e7/d0/d21
+mv /g38 /a10
+write /c28 off=1049087 len=38713 seed=2537156675122724570 zstd bio=4
+write /a10/d2/g1/e7/e4/h14 off=0 len=4096 seed=13956924838553535914 p
+put /c14/d1/g35 seed=3984519678661725944
+write /c14/b13/f17 off=2 len=14508 seed=10519614307022399575 p
+write /c14/b13/a5 off=0 len=39555 seed=4303535753791535274
+mv / /c14/d1/h5
+rm /a10/d2/g1/e7/d0/h37 /a10/d2/g1/e7/d22
+put /c14 seed=8023502022632172582
+write /h0 off=0 len=22265 seed=13973199838624175414 nosum
+write /c14/d0 off=144371713 len=1962 seed=10705340732181427054 bio=64
+write /c14/put130/g29/h26 off=511 len=4193895 seed=15621976897902448083 direct trunc p nosum bio=64
+truncate /c14/put130/g3/g14 size=100
+write /c14/put130/g29/h26 off=3903490 len=28128 seed=11049084272635229394 direct bio=256
+rm -r /a10/d2
+put /c14/c2 seed=3336703156152917206
+truncate /pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp198 size=10136419672062
+write /c14/d1/d6 off=100 len=4096 seed=681353426495006978 direct bio=4
+write /c14/put130/d6 off=8069 len=4095 seed=10675301726681397805
+write /c14/put130/f2/a39 off=100 len=131072 seed=5366944352331214660
+commit
+commit
+write /c14/c2/s2 off=2 len=12788 seed=14557799476324322820 trunc bio=64
+write /c14/put130/g3/f7 off=0 len=31642 seed=6254453652564810306 trunc nosum bio=256
+commit
+write /c14/g3 off=3297237111 len=330 seed=5331767629368711809
+write /a10/e35 off=9223372036853748963 len=65537 seed=11375088886415769898 bio=64
+write /d34 off=511 len=14675 seed=1652197970927195769 direct bio=64
+truncate /c14/g3 size=444772350
+write /a10/b1 off=65535 len=4097 seed=4519690167508548776 direct bio=64
+write /d34 off=15187 len=154270 seed=14101535526351233669 direct
+write /c14/put130/g29/rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr749 off=4194406 len=238085 seed=6921503934458348786
+write /c14/put130/b11 off=4095 len=2980073 seed=2927819139663587763
+commit
+write /c10 off=1055337 len=5925 seed=16237239630222663101 bio=64
+mv /c14/put130/g29/h26 /a10/tttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt490
+write /c14/c2/d0 off=2046 len=1048576 seed=6493707622721883149 bio=4
+write /c14/put130/c25 off=3906844720 len=13982 seed=9352055150413543814
+check
+write /c14/e15/g9 off=100 len=115 seed=8211350266951762263 trunc p
+ln /h0 /ssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss766
+write /c14/e15/g9 off=15 len=278308 seed=14654161715423357285 trunc bio=64
+write /ssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss766 off=5921792581631 len=83385 seed=11176699604067500628 nocow
+truncate /c14/c2/s4-link size=2863
+write /c14/d1/h10 off=0 len=32553 seed=4206540735747694596 nosum
+write /c14/d1/d6 off=8191 len=4095 seed=5541246739299489295 direct bio=4
+rm /pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp198 /c14/e8
+truncate /h0 size=1247289540608
+write /a10/a36 off=9223372036854775807 len=0 seed=2709393277674553022 direct bio=256
+write /c14/put130/g29/a8 off=13045 len=36279 seed=4942712499441812633
+write /c14/put130/g3/s0 off=2 len=1223 seed=10082765945313492064 bio=4
+mkdir /c14/c2/sssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss643/e14 p
+put /c14/c2 seed=10982396694301025443
+write /c14/c2/d0 off=2787381 len=163166845 seed=13980510048979976260
+write /c14/c2/put183/g2/nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn128 off=4095 len=29539 seed=1016486931089343577 direct nosum bio=256",
     );
 }
 
