@@ -60,8 +60,9 @@ impl Filesystem {
                 crate::format::superblock::incompat_names(unsupported).join(", ")
             )));
         }
-        for (key, chunk) in sb.sys_chunks()? {
-            vol.chunks.insert(key.offset, chunk)?;
+        let sys_chunks = sb.sys_chunks()?;
+        for (key, chunk) in &sys_chunks {
+            vol.chunks.insert(key.offset, chunk.clone())?;
         }
         // The chunk tree is read before the stale devices can be told apart
         // from lagging ones (that needs the chunk map), but their superblocks
@@ -114,6 +115,18 @@ impl Filesystem {
             let back = Arc::try_unwrap(vol).map_err(|_| Error::Invalid("volume still shared".into()))?;
             (chunks, devids, back, items)
         };
+        // The superblock's copy of the system chunks is what the kernel maps
+        // the chunk tree with, and what every commit writes back: it must be
+        // the chunk tree's, or a copy that overlaps other chunks or lies
+        // past its device would be taken and spread to every superblock.
+        for (key, chunk) in &sys_chunks {
+            if !chunks.iter().any(|(logical, c)| *logical == key.offset && c == chunk) {
+                return Err(Error::corrupt(
+                    "superblock sys_chunk_array",
+                    format!("system chunk {} differs from the chunk tree's", key.offset),
+                ));
+            }
+        }
         let mut vol = vol_back;
         vol.stale.clear();
         vol.lagging.clear();

@@ -92,3 +92,31 @@ fn dev_extent_over_another_chunks_stripe_is_refused() {
     });
     all_refuse(&imgs, &["dev extent", &format!("at {}", key.offset), "overlaps"]);
 }
+
+/// The superblock's copy of the system chunks (what the kernel maps the chunk tree
+/// with, and what every commit writes back) must be the chunk tree's. A primary
+/// superblock whose system stripe was moved onto the metadata stripe, resealed, was
+/// taken without a word on fa2b09d, scrub found nothing, and the next write copied it
+/// into every superblock (an attacker's pass).
+#[test]
+fn a_sys_chunk_array_that_differs_from_the_chunk_tree_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = pair(tmp.path());
+    let (_, meta) = chunk_of(&imgs, btrs::format::BLOCK_GROUP_METADATA);
+    let (_, sys) = chunk_of(&imgs, btrs::format::BLOCK_GROUP_SYSTEM);
+    for img in &imgs {
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
+        let mut sb = vec![0u8; 4096];
+        f.read_exact_at(&mut sb, 65536).unwrap();
+        // sys_chunk_array at 0x32b: key (17 bytes), chunk (48), stripe 0: devid (8), offset.
+        let at = 0x32b + 17 + 48 + 8;
+        assert_eq!(u64::from_le_bytes(sb[at..at + 8].try_into().unwrap()), sys[0].1, "not the system chunk's stripe");
+        let devid = u64::from_le_bytes(sb[at - 8..at].try_into().unwrap());
+        let onto = meta.iter().find(|m| m.0 == devid).unwrap().1;
+        sb[at..at + 8].copy_from_slice(&onto.to_le_bytes());
+        reseal(btrs::format::CsumType::Crc32c, &mut sb);
+        f.write_all_at(&sb, 65536).unwrap();
+    }
+    all_refuse(&imgs, &["sys_chunk_array", "differs from the chunk tree"]);
+}
