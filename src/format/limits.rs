@@ -101,6 +101,102 @@ pub fn check_xattr(name: &[u8], value: Option<&[u8]>, nodesize: u32) -> Result<(
     Ok(())
 }
 
+/// The namespaces the kernel keeps xattrs in (fs/xattr.c
+/// `xattr_resolve_name` over btrfs's handlers): a prefix with something after
+/// it, or one of the two POSIX ACL names, whose value must then be an ACL the
+/// kernel takes (`posix_acl_from_xattr`, `posix_acl_valid`; a default ACL
+/// only on a directory). Anything else the kernel refuses to set, so a
+/// mounted image would hold what no kernel call could have made.
+pub fn check_xattr_namespace(name: &[u8], value: &[u8], is_dir: bool) -> Result<()> {
+    const PREFIXES: [&[u8]; 4] = [b"user.", b"trusted.", b"security.", b"btrfs."];
+    if let Some(p) = PREFIXES.iter().find(|p| name.starts_with(p)) {
+        if name.len() == p.len() {
+            return Err(Error::Invalid(format!("xattr {}: nothing after the namespace", shown(name))));
+        }
+        return Ok(());
+    }
+    let default = match name {
+        b"system.posix_acl_access" => false,
+        b"system.posix_acl_default" => true,
+        _ => {
+            return Err(Error::Invalid(format!(
+                "xattr {}: not in a namespace the kernel has (user., trusted., security., btrfs., \
+                 system.posix_acl_access, system.posix_acl_default)",
+                shown(name)
+            )))
+        }
+    };
+    let entries = check_posix_acl(value).map_err(|why| Error::Invalid(format!("xattr {}: {why}", shown(name))))?;
+    if default && !is_dir && entries > 0 {
+        return Err(Error::Invalid(format!("xattr {}: a default ACL is only for a directory", shown(name))));
+    }
+    Ok(())
+}
+
+/// A POSIX ACL as an xattr value (struct posix_acl_xattr_header, version 2,
+/// then 8-byte entries: tag, perm, id): its entry count, or why the kernel
+/// refuses it. Empty (no ACL) is taken too.
+fn check_posix_acl(value: &[u8]) -> std::result::Result<usize, String> {
+    const USER_OBJ: u16 = 0x01;
+    const USER: u16 = 0x02;
+    const GROUP_OBJ: u16 = 0x04;
+    const GROUP: u16 = 0x08;
+    const MASK: u16 = 0x10;
+    const OTHER: u16 = 0x20;
+    if value.is_empty() {
+        return Ok(0);
+    }
+    let (Some(header), Some(body)) = (value.get(..4), value.get(4..)) else {
+        return Err(format!("an ACL of {} bytes is shorter than its 4-byte header", value.len()));
+    };
+    if header != 2u32.to_le_bytes() {
+        return Err("not a version 2 POSIX ACL".into());
+    }
+    if body.is_empty() {
+        // No entries: the kernel takes it as no ACL.
+        return Ok(0);
+    }
+    if body.len() % 8 != 0 {
+        return Err(format!("ACL entries of {} bytes: not a whole number of 8-byte entries", body.len()));
+    }
+    // posix_acl_valid: USER_OBJ, USER..., GROUP_OBJ, GROUP..., MASK (needed
+    // with USER or GROUP entries), OTHER, in that order.
+    #[derive(PartialEq)]
+    enum State {
+        UserObj,
+        User,
+        Group,
+        Other,
+        Done,
+    }
+    let mut state = State::UserObj;
+    let mut needs_mask = false;
+    for e in body.chunks_exact(8) {
+        let word = |b: Option<&[u8]>| b.and_then(|b| b.try_into().ok()).map_or(0, u16::from_le_bytes);
+        let (tag, perm) = (word(e.get(..2)), word(e.get(2..4)));
+        let id = e.get(4..8).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes);
+        if perm & !7 != 0 {
+            return Err(format!("ACL entry permissions {perm:#o}: only read, write and execute"));
+        }
+        state = match (tag, state) {
+            (USER_OBJ, State::UserObj) => State::User,
+            (USER, State::User) | (GROUP, State::Group) if id != u32::MAX => {
+                needs_mask = true;
+                if tag == USER { State::User } else { State::Group }
+            }
+            (GROUP_OBJ, State::User) => State::Group,
+            (MASK, State::Group) => State::Other,
+            (OTHER, State::Other) => State::Done,
+            (OTHER, State::Group) if !needs_mask => State::Done,
+            _ => return Err(format!("ACL entry with tag {tag:#x} out of order, repeated, unknown or without a mask")),
+        };
+    }
+    if state != State::Done {
+        return Err("ACL without the owner, group and other entries".into());
+    }
+    Ok(body.len() / 8)
+}
+
 /// A symlink target: 1..=max_symlink_len bytes without NUL.
 pub fn check_symlink_target(target: &[u8], nodesize: u32, sectorsize: u32) -> Result<()> {
     let max = max_symlink_len(nodesize, sectorsize);
@@ -137,6 +233,50 @@ pub fn check_file_range(offset: u64, len: u64) -> Result<()> {
 #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 mod tests {
     use super::*;
+
+    fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for &(tag, perm, id) in entries {
+            v.extend(tag.to_le_bytes());
+            v.extend(perm.to_le_bytes());
+            v.extend(id.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn acls_as_the_kernel_takes_them() {
+        const ANY: u32 = u32::MAX;
+        let minimal = acl(&[(0x01, 6, ANY), (0x04, 4, ANY), (0x20, 4, ANY)]);
+        let named = acl(&[(0x01, 6, ANY), (0x02, 7, 1000), (0x04, 4, ANY), (0x08, 5, 100), (0x10, 7, ANY), (0x20, 0, ANY)]);
+        for v in [&minimal, &named, &acl(&[]), &Vec::new()] {
+            check_xattr_namespace(b"system.posix_acl_access", v, false).unwrap();
+            check_xattr_namespace(b"system.posix_acl_default", v, true).unwrap();
+        }
+        assert!(check_xattr_namespace(b"system.posix_acl_default", &minimal, false).is_err(), "default ACL on a file");
+        check_xattr_namespace(b"system.posix_acl_default", &acl(&[]), false).unwrap();
+        let bad = [
+            acl(&[(0x04, 4, ANY), (0x01, 6, ANY), (0x20, 4, ANY)]),                   // out of order
+            acl(&[(0x01, 6, ANY), (0x02, 7, 1000), (0x04, 4, ANY), (0x20, 4, ANY)]), // named entry without a mask
+            acl(&[(0x01, 6, ANY), (0x02, 7, ANY), (0x04, 4, ANY), (0x10, 7, ANY), (0x20, 4, ANY)]), // unmapped uid
+            acl(&[(0x01, 0o10, ANY), (0x04, 4, ANY), (0x20, 4, ANY)]),               // perm beyond rwx
+            acl(&[(0x01, 6, ANY), (0x04, 4, ANY)]),                                   // no OTHER
+            acl(&[(0x01, 6, ANY), (0x04, 4, ANY), (0x20, 4, ANY), (0x20, 4, ANY)]),   // OTHER twice
+            acl(&[(0x01, 6, ANY), (0x40, 4, ANY), (0x20, 4, ANY)]),                   // unknown tag
+            minimal[..minimal.len() - 1].to_vec(),                                    // partial entry
+            vec![2, 0, 0],                                                            // short header
+            [&3u32.to_le_bytes()[..], &minimal[4..]].concat(),                        // version 3
+        ];
+        for v in &bad {
+            assert!(check_xattr_namespace(b"system.posix_acl_access", v, true).is_err(), "{v:?}");
+        }
+        for ok in [&b"user.a"[..], b"trusted.a", b"security.selinux", b"btrfs.compression"] {
+            check_xattr_namespace(ok, b"v", false).unwrap();
+        }
+        for no in [&b"user."[..], b"system.foo", b"foo.bar", b"system.posix_acl_accessx", b"User.a"] {
+            assert!(check_xattr_namespace(no, b"v", true).is_err(), "{}", String::from_utf8_lossy(no));
+        }
+    }
 
     #[test]
     fn kernel_limits_on_4k_and_16k_nodes() {

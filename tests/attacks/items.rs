@@ -49,6 +49,30 @@ fn setfattr_refuses_names_and_sizes_the_kernel_rejects() {
     progs_check("setfattr_refuses_names_and_sizes_the_kernel_rejects", &imgs, &[]);
 }
 
+/// Only the namespaces the kernel has, and only ACLs it takes (setfattr stored
+/// `system.posix_acl_access` "garbage", `system.foo`, `foo.bar` and `user.` on
+/// fa2b09d: an attacker's pass).
+#[test]
+fn setfattr_refuses_namespaces_and_acls_the_kernel_rejects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = image(tmp.path(), "16384");
+    let img = s(&imgs[0]);
+    for (name, why) in [
+        ("system.posix_acl_access", "not a version 2 POSIX ACL"),
+        ("system.posix_acl_default", "not a version 2 POSIX ACL"),
+        ("system.foo", "not in a namespace the kernel has"),
+        ("foo.bar", "not in a namespace the kernel has"),
+        ("user.", "nothing after the namespace"),
+        ("security.", "nothing after the namespace"),
+    ] {
+        refused(&imgs, &["setfattr", img, "/f", "-n", name, "-v", "garbage"], why);
+    }
+    for name in ["user.u", "trusted.t", "security.s"] {
+        ok(&["setfattr", img, "/f", "-n", name, "-v", "v"]);
+    }
+    progs_check("setfattr_refuses_namespaces_and_acls_the_kernel_rejects", &imgs, &[]);
+}
+
 #[test]
 fn xattr_limit_on_16k_nodes() {
     let tmp = tempfile::tempdir().unwrap();
