@@ -1151,6 +1151,14 @@ impl Transaction {
         let end = offset.checked_add(src_len as u64).ok_or_else(|| Error::Invalid("offset overflow".into()))?;
         let mut a = offset / ss * ss;
         let b = end.div_ceil(ss) * ss;
+        // A write past the sector the file ends in first zeros the rest of
+        // that sector (the kernel's btrfs_truncate_block): bytes stored past
+        // the end (an mmap write can leave them) would become file content.
+        let size = it.size.get();
+        if size % ss != 0 && size.div_ceil(ss) * ss <= a {
+            self.zero_past_end(root, ino, size, size.div_ceil(ss) * ss, report)?;
+            it = self.read_inode(root, ino)?;
+        }
         // An inline extent (always at 0, < 1 sector) becomes part of the new
         // extent when the write starts in its sector; a write further on
         // first moves it to a regular extent of its own sector, or the new
@@ -1626,6 +1634,16 @@ impl Transaction {
         Ok(true)
     }
 
+    /// Zeros over [from, to) of a file that ends at `from`, in its last
+    /// sector, before the file grows past it.
+    fn zero_past_end(&mut self, root: u64, ino: u64, from: u64, to: u64, report: &mut WriteReport) -> Result<()> {
+        let z = vec![0u8; (to - from) as usize];
+        let mut r = WriteReport::default();
+        self.write_impl(root, ino, from, Payload::Borrowed(&Plain(&z)), &WriteOpts::default(), &mut r, false)?;
+        report.bios.extend(r.bios);
+        Ok(())
+    }
+
     /// Set a regular file's size, dropping data past it or extending with a hole.
     pub fn truncate(&mut self, root: u64, ino: u64, size: u64) -> Result<()> {
         limits::check_file_range(size, 0)?;
@@ -1647,7 +1665,12 @@ impl Transaction {
                 it = self.read_inode(root, ino)?;
             }
             self.punch(root, ino, keep, u64::MAX, &mut it)?;
-        } else if size > old && !self.store.fs.sb.has_incompat(INCOMPAT_NO_HOLES) {
+        } else if size > old && old % ss != 0 {
+            // As a write past the end does (see write_impl).
+            self.zero_past_end(root, ino, old, (old.div_ceil(ss) * ss).min(size), &mut WriteReport::default())?;
+            it = self.read_inode(root, ino)?;
+        }
+        if size > old && !self.store.fs.sb.has_incompat(INCOMPAT_NO_HOLES) {
             let from = old.div_ceil(ss) * ss;
             let to = size.div_ceil(ss) * ss;
             if to > from {

@@ -147,3 +147,42 @@ fn single_copy_bad_last_sector_is_an_error() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("csum mismatch") && err.contains("/a"), "{err}");
 }
+
+/// Bytes stored past a file's end in its last sector (an mmap write leaves them;
+/// btrfs check takes them) are not file content: growing the file, by truncate or
+/// by a write further on, zeros them first, as the kernel's btrfs_truncate_block
+/// does. (On fa2b09d both served them as file bytes: an attacker's pass.)
+#[test]
+fn growing_a_file_never_exposes_bytes_stored_past_its_end() {
+    use btrs::format::{FS_TREE_OBJECTID, INODE_ITEM_KEY};
+    for grow in ["truncate", "write"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let imgs = mkfs(dir, 1, "128M", "dup", &[]);
+        let img = s(&imgs[0]);
+        let x = vec![b'X'; 8192];
+        write_file(dir, &imgs[0], "/f", &x, &[]);
+        write_file(dir, &imgs[0], "/n", &x, &["--nodatacow"]);
+        for ino in [257u64, 258] {
+            // The inode's size (bytes 16..24 of the inode item): 5000.
+            patch_item(&imgs, FS_TREE_OBJECTID, |k, _| k.objectid == ino && k.item_type == INODE_ITEM_KEY, |b, r| {
+                b[r.start + 16..r.start + 24].copy_from_slice(&5000u64.to_le_bytes());
+            });
+        }
+        progs_check("growing_a_file_never_exposes_bytes_stored_past_its_end", &imgs, &[]);
+        for f in ["/f", "/n"] {
+            let mut want = x[..5000].to_vec();
+            if grow == "truncate" {
+                ok(&["write", img, f, "--truncate", "--offset", "10000", "--from", "/dev/null", "--quiet"]);
+                want.resize(10000, 0);
+            } else {
+                write_at(dir, &imgs[0], &mut Model::new(), f, 12000, b"Z", &[]);
+                want.resize(12000, 0);
+                want.push(b'Z');
+            }
+            let got = ok(&["cat", img, f]);
+            assert!(got == want, "{grow} {f}: first difference at {:?}", first_diff(&got, &want));
+        }
+        progs_check("growing_a_file_never_exposes_bytes_stored_past_its_end", &imgs, &["--check-data-csum"]);
+    }
+}
