@@ -921,6 +921,23 @@ write /c14/c2/put183/g2/nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn
     );
 }
 
+/// Soak seed 770000 (raid1-sha256-16k-progs-noholes): a NODATACOW direct
+/// write in place past the end, then a crash before its commit, left its
+/// bytes in the file's last sector past the committed end; a later write
+/// past that sector and a truncate up served them as file content. Growing a
+/// file zeros the rest of its last sector first.
+#[test]
+fn regression_bytes_past_the_end_after_a_crash() {
+    regression(
+        "raid1-sha256-16k-progs-noholes",
+        "put / seed=8270379248335772962
+write /put746/d11 off=2029844466 len=5 seed=5882008892136075460 direct nocow
+crash at=1
+write /put746/d11 off=2029844469 len=475 seed=4965191132982251233 bio=256
+truncate /put746/d11 size=9223372036854012557",
+    );
+}
+
 /// Seed 51 (kernel-subvols-16k): the kernel stored the later names of an
 /// inode with ninety long names in one directory as extended refs; removing
 /// one made btrs call the image corrupt ("corrupt inode 261: no inode ref for
