@@ -133,68 +133,12 @@ pub fn check_xattr_namespace(name: &[u8], value: &[u8], is_dir: bool) -> Result<
     Ok(())
 }
 
-/// A POSIX ACL as an xattr value (struct posix_acl_xattr_header, version 2,
-/// then 8-byte entries: tag, perm, id): its entry count, or why the kernel
-/// refuses it. Empty (no ACL) is taken too.
+/// A POSIX ACL as an xattr value (see [`super::acl`]): its entry count, or
+/// why the kernel refuses it. Empty (no ACL) is taken too.
 fn check_posix_acl(value: &[u8]) -> std::result::Result<usize, String> {
-    const USER_OBJ: u16 = 0x01;
-    const USER: u16 = 0x02;
-    const GROUP_OBJ: u16 = 0x04;
-    const GROUP: u16 = 0x08;
-    const MASK: u16 = 0x10;
-    const OTHER: u16 = 0x20;
-    if value.is_empty() {
-        return Ok(0);
-    }
-    let (Some(header), Some(body)) = (value.get(..4), value.get(4..)) else {
-        return Err(format!("an ACL of {} bytes is shorter than its 4-byte header", value.len()));
-    };
-    if header != 2u32.to_le_bytes() {
-        return Err("not a version 2 POSIX ACL".into());
-    }
-    if body.is_empty() {
-        // No entries: the kernel takes it as no ACL.
-        return Ok(0);
-    }
-    if body.len() % 8 != 0 {
-        return Err(format!("ACL entries of {} bytes: not a whole number of 8-byte entries", body.len()));
-    }
-    // posix_acl_valid: USER_OBJ, USER..., GROUP_OBJ, GROUP..., MASK (needed
-    // with USER or GROUP entries), OTHER, in that order.
-    #[derive(PartialEq)]
-    enum State {
-        UserObj,
-        User,
-        Group,
-        Other,
-        Done,
-    }
-    let mut state = State::UserObj;
-    let mut needs_mask = false;
-    for e in body.chunks_exact(8) {
-        let word = |b: Option<&[u8]>| b.and_then(|b| b.try_into().ok()).map_or(0, u16::from_le_bytes);
-        let (tag, perm) = (word(e.get(..2)), word(e.get(2..4)));
-        let id = e.get(4..8).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes);
-        if perm & !7 != 0 {
-            return Err(format!("ACL entry permissions {perm:#o}: only read, write and execute"));
-        }
-        state = match (tag, state) {
-            (USER_OBJ, State::UserObj) => State::User,
-            (USER, State::User) | (GROUP, State::Group) if id != u32::MAX => {
-                needs_mask = true;
-                if tag == USER { State::User } else { State::Group }
-            }
-            (GROUP_OBJ, State::User) => State::Group,
-            (MASK, State::Group) => State::Other,
-            (OTHER, State::Other) => State::Done,
-            (OTHER, State::Group) if !needs_mask => State::Done,
-            _ => return Err(format!("ACL entry with tag {tag:#x} out of order, repeated, unknown or without a mask")),
-        };
-    }
-    if state != State::Done {
-        return Err("ACL without the owner, group and other entries".into());
-    }
-    Ok(body.len() / 8)
+    let entries = super::acl::decode(value)?;
+    super::acl::validate(&entries)?;
+    Ok(entries.len())
 }
 
 /// A symlink target: 1..=max_symlink_len bytes without NUL.

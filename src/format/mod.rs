@@ -5,6 +5,7 @@
 // checked, or allowed where it cannot fail with the reason beside it.
 #![warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 
+pub mod acl;
 pub mod csum;
 pub mod items;
 pub mod limits;

@@ -1156,7 +1156,7 @@ impl Transaction {
         // the end (an mmap write can leave them) would become file content.
         let size = it.size.get();
         if size % ss != 0 && size.div_ceil(ss) * ss <= a {
-            self.zero_past_end(root, ino, size, size.div_ceil(ss) * ss, report)?;
+            self.write_zeros(root, ino, size, size.div_ceil(ss) * ss, report)?;
             it = self.read_inode(root, ino)?;
         }
         // An inline extent (always at 0, < 1 sector) becomes part of the new
@@ -1634,12 +1634,15 @@ impl Transaction {
         Ok(true)
     }
 
-    /// Zeros over [from, to) of a file that ends at `from`, in its last
-    /// sector, before the file grows past it.
-    fn zero_past_end(&mut self, root: u64, ino: u64, from: u64, to: u64, report: &mut WriteReport) -> Result<()> {
+    /// Zeros over [from, to) of a file, within the sector its size ends in,
+    /// written as any write is: the rest of that sector when the file
+    /// shrinks to a size inside it or grows from one (the kernel's
+    /// btrfs_truncate_block), so that what it held past the end never
+    /// becomes file content.
+    fn write_zeros(&mut self, root: u64, ino: u64, from: u64, to: u64, report: &mut WriteReport) -> Result<()> {
         let z = vec![0u8; (to - from) as usize];
         let mut r = WriteReport::default();
-        self.write_impl(root, ino, from, Payload::Borrowed(&Plain(&z)), &WriteOpts::default(), &mut r, false)?;
+        self.write_at(root, ino, from, &z, &WriteOpts::default(), &mut r)?;
         report.bios.extend(r.bios);
         Ok(())
     }
@@ -1659,15 +1662,13 @@ impl Transaction {
             // zeros (up to the old end: past it the sector holds zeros already,
             // and a last sector ending at 2^63 may not be written to its end).
             if size % ss != 0 {
-                let z = vec![0u8; (keep.min(old) - size) as usize];
-                let mut r = WriteReport::default();
-                self.write_at(root, ino, size, &z, &WriteOpts::default(), &mut r)?;
+                self.write_zeros(root, ino, size, keep.min(old), &mut WriteReport::default())?;
                 it = self.read_inode(root, ino)?;
             }
             self.punch(root, ino, keep, u64::MAX, &mut it)?;
         } else if size > old && old % ss != 0 {
             // As a write past the end does (see write_impl).
-            self.zero_past_end(root, ino, old, (old.div_ceil(ss) * ss).min(size), &mut WriteReport::default())?;
+            self.write_zeros(root, ino, old, (old.div_ceil(ss) * ss).min(size), &mut WriteReport::default())?;
             it = self.read_inode(root, ino)?;
         }
         if size > old && !self.store.fs.sb.has_incompat(INCOMPAT_NO_HOLES) {

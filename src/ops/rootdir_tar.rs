@@ -50,6 +50,7 @@ use std::path::{Component, Path, PathBuf};
 use base64::Engine as _;
 
 use crate::error::{Error, Result};
+use crate::format::acl::{self, ACL_GROUP, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER, ACL_UNDEFINED_ID, ACL_USER, ACL_USER_OBJ};
 use crate::ops::rootdir::SourceFile;
 
 const S_IFMT: u32 = 0o170000;
@@ -452,16 +453,6 @@ fn percent_decode(v: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-// Tags of the kernel's posix_acl_xattr entries (include/uapi/linux/posix_acl.h).
-const ACL_USER_OBJ: u16 = 0x01;
-const ACL_USER: u16 = 0x02;
-const ACL_GROUP_OBJ: u16 = 0x04;
-const ACL_GROUP: u16 = 0x08;
-const ACL_MASK: u16 = 0x10;
-const ACL_OTHER: u16 = 0x20;
-const ACL_UNDEFINED_ID: u32 = u32::MAX;
-const POSIX_ACL_XATTR_VERSION: u32 = 2;
-
 /// A POSIX.1e text ACL as GNU tar (`acl_to_text`) and bsdtar store it in
 /// SCHILY.acl.access/default — entries `tag:qualifier:perms[:id]` separated
 /// by commas or newlines, `#` comments — turned into the binary value of the
@@ -529,13 +520,8 @@ fn acl_xattr(text: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
         // Only what the mode bits say: the kernel stores no xattr for it either.
         return Ok(None);
     }
-    let mut out = POSIX_ACL_XATTR_VERSION.to_le_bytes().to_vec();
-    for (tag, id, perm) in entries {
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(&perm.to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-    }
-    Ok(Some(out))
+    let entries: Vec<acl::AclEntry> = entries.into_iter().map(|(tag, id, perm)| acl::AclEntry { tag, perm, id }).collect();
+    Ok(Some(acl::encode(&entries)))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
