@@ -197,20 +197,40 @@ impl Mounted {
 
     /// Unmount now, reporting failure (drop only tries).
     pub fn unmount(mut self) -> Result<(), String> {
+        umount_retrying(&self.mnt)?;
         self.mounted = false;
-        let r = run(Command::new("umount").arg(&self.mnt)).map(|_| ());
         self.loops = None;
-        r
+        Ok(())
     }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        if self.mounted {
-            let _ = Command::new("umount").arg(&self.mnt).status();
+        // Still mounted after retries (a panic, or a failed unmount): detach
+        // it lazily so that no mount outlives the test.
+        if self.mounted && umount_retrying(&self.mnt).is_err() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
         self.loops = None;
     }
+}
+
+/// `umount`, tried again for a few seconds while the kernel says the
+/// target is busy (once seen right after the files written to it were
+/// closed: something still held it for a moment).
+fn umount_retrying(mnt: &Path) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..25 {
+        match run(Command::new("umount").arg(mnt)) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.contains("busy") => {
+                last = e;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
 }
 
 /// Run a shell-like command, panicking with its output when it fails.
