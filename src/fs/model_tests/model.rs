@@ -146,6 +146,8 @@ pub enum ErrClass {
     XattrLimit,
     /// user.* xattrs on something other than a regular file or directory.
     XattrType,
+    /// An xattr name in no namespace the kernel has (or nothing after it).
+    XattrNamespace,
     SymlinkLimit,
     NotDir,
     NotRegular,
@@ -185,6 +187,8 @@ pub fn classify(msg: &str) -> ErrClass {
         ErrClass::TooBig
     } else if has("user.* xattrs are only allowed") {
         ErrClass::XattrType
+    } else if has("not in a namespace the kernel has") || has("nothing after the namespace") {
+        ErrClass::XattrNamespace
     } else if has("empty xattr name") || has("xattr name of") || has("name and value of") || (has("xattr") && has("value of")) {
         ErrClass::XattrLimit
     } else if has("symlink target of") || has("empty symlink target") || has("symlink target contains") {
@@ -835,6 +839,12 @@ impl Model {
             if v.len() > 65536 || n.len() + v.len() > max_xattr(self.params.nodesize) {
                 return Err(ErrClass::XattrLimit);
             }
+        }
+        // The namespaces the kernel has an xattr handler for (the names the
+        // generator makes; ACLs and btrfs.* properties are tested apart).
+        let namespaced = [&b"user."[..], b"trusted.", b"security."].iter().any(|p| n.len() > p.len() && n.starts_with(p));
+        if value.is_some() && !namespaced {
+            return Err(ErrClass::XattrNamespace);
         }
         // The kernel keeps user.* xattrs to regular files and directories.
         if n.starts_with(b"user.") && !matches!(self.node(id).kind, Kind::File(_) | Kind::Dir { .. }) {
@@ -1583,6 +1593,9 @@ impl Gen {
                     0 => format!("user.{}", "x".repeat(250)),
                     1 => format!("user.{}", "y".repeat(251)),
                     2 => String::new(),
+                    3 => "trusted.t".into(),
+                    4 => "security.s".into(),
+                    5 => ["system.foo", "foo.bar", "user.", "trusted.", "security"][self.rng.below(5) as usize].into(),
                     n => format!("user.{}", ["a", "b", "c", "mime", "long"][(n % 5) as usize]),
                 };
                 let remove = self.rng.chance(1, 4);
