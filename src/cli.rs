@@ -265,7 +265,8 @@ pub struct MkfsArgs {
     /// Filesystem label.
     #[arg(short = 'L', long = "label", default_value = "")]
     pub label: String,
-    /// Filesystem UUID; with SOURCE_DATE_EPOCH the images are byte-for-byte reproducible.
+    /// Filesystem UUID; with SOURCE_DATE_EPOCH the images are byte-for-byte reproducible
+    /// (the other UUIDs are derived from it then, random otherwise).
     #[arg(short = 'U', long = "uuid")]
     pub uuid: Option<String>,
     /// Features, comma separated, `^` to disable: no-holes, free-space-tree, block-group-tree.
@@ -429,6 +430,32 @@ fn thread_count(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `--max-bio`: a size in bytes or with a K, M or G suffix, whole pages of
+/// 4 KiB from 4K to 1G (a bio is built of pages).
+fn bio_size(s: &str) -> Result<usize, String> {
+    const PAGE: usize = 4096;
+    const MAX: usize = 1 << 30;
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1usize << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown unit {c:?} (K, M or G)")),
+            };
+            (t.get(..i).unwrap_or(""), m)
+        }
+        _ => (t, 1),
+    };
+    let n: usize = num.parse().map_err(|_| "not a size (e.g. 1M, 256K, 65536)".to_string())?;
+    match n.checked_mul(mul) {
+        Some(b) if (PAGE..=MAX).contains(&b) && b % PAGE == 0 => Ok(b),
+        Some(b) if (PAGE..=MAX).contains(&b) => Err(format!("{b} bytes is not a whole number of 4 KiB pages")),
+        _ => Err("must be from 4K to 1G".into()),
+    }
+}
+
 /// The clap command tree (for man pages and completions).
 pub fn command() -> clap::Command {
     Cli::command()
@@ -476,10 +503,10 @@ pub struct WriteArgs {
     /// same). A failed bio fails the write; nothing of it is committed.
     #[arg(long)]
     pub direct: bool,
-    /// Largest single device write (bio), 4K to 1G, e.g. 1M, 256K; default
-    /// 1M (256 pages of 4 KiB).
-    #[arg(long, value_name = "SIZE")]
-    pub max_bio: Option<String>,
+    /// Largest single device write (bio): whole 4 KiB pages from 4K to 1G,
+    /// e.g. 1M, 256K; default 1M (256 pages).
+    #[arg(long, value_name = "SIZE", value_parser = bio_size)]
+    pub max_bio: Option<usize>,
     /// Create the file without data checksums.
     #[arg(long)]
     pub nodatasum: bool,
@@ -567,7 +594,14 @@ pub struct LnArgs {
 pub struct SetfattrArgs {
     pub image: PathBuf,
     pub path: String,
-    /// Attribute name, e.g. user.comment. `btrfs.compression` is the kernel's
+    /// Attribute name, e.g. user.comment, in a namespace the kernel has, with
+    /// something after it: user. (regular files and directories only),
+    /// trusted., security., btrfs. (properties, below), or
+    /// system.posix_acl_access / system.posix_acl_default, whose value must be
+    /// a binary POSIX ACL the kernel takes (a default ACL only on a
+    /// directory); anything else is refused before anything is written, as
+    /// are names over 255 bytes and a name and value too large for one leaf.
+    /// `btrfs.compression` is the kernel's
     /// compression property: zlib, lzo or zstd (anything after the name is
     /// ignored, as by the kernel) flags the file or directory COMPRESS, `no`
     /// or `none` flags it NOCOMPRESS, removing it (or an empty value) clears

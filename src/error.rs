@@ -18,6 +18,12 @@ pub enum Error {
     #[error("corrupt {at}: {what}")]
     Corrupt { at: String, what: String },
 
+    /// Every copy of a tree block lies on a stale device, whose tree blocks
+    /// are trusted for nothing (see `Volume::stale`): not damage, but no
+    /// current copy to read.
+    #[error("{at}: {what}")]
+    Untrusted { at: String, what: String },
+
     /// The image uses a feature whose on-disk format btrs does not understand.
     #[error("incompatible image: {0}")]
     Incompatible(String),
@@ -87,12 +93,15 @@ impl Error {
     pub fn within(self, outer: impl std::fmt::Display) -> Self {
         match self {
             Error::Corrupt { at, what } => Error::Corrupt { at: format!("{outer}: {at}"), what },
+            Error::Untrusted { at, what } => Error::Untrusted { at: format!("{outer}: {at}"), what },
             other => other,
         }
     }
 
+    /// Image content that cannot be read: damaged, or (`Untrusted`) only on
+    /// stale devices. Callers that go on past one go on past the other.
     pub fn is_corrupt(&self) -> bool {
-        matches!(self, Error::Corrupt { .. } | Error::Compress { .. })
+        matches!(self, Error::Corrupt { .. } | Error::Compress { .. } | Error::Untrusted { .. })
     }
 }
 

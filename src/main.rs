@@ -32,9 +32,25 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             say!("btrs: error: {}", error_text(&e));
-            ExitCode::from(1)
+            ExitCode::from(if e.chain().any(|c| c.is::<Usage>()) { 2 } else { 1 })
         }
     }
+}
+
+/// An option value that does not parse: exit 2, like clap's usage errors.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage<T, E: std::fmt::Display>(r: Result<T, E>) -> anyhow::Result<T> {
+    r.map_err(|e| anyhow::Error::new(Usage(e.to_string())))
 }
 
 /// The error and its causes, each once: library errors already spell out
@@ -70,6 +86,7 @@ impl Set {
             accept_lagging: self.accept_lagging,
             writable,
             alongside_writer: false,
+            divergent_ok: false,
         }
     }
 }
@@ -235,7 +252,7 @@ fn cat(fs: &Filesystem, path: &str, out: &mut dyn Write) -> anyhow::Result<()> {
 fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     use btrs::ops::mkfs as m;
     let mut o = m::MkfsOptions::new(a.images);
-    o.size = a.size.as_deref().map(m::parse_size).transpose()?;
+    o.size = usage(a.size.as_deref().map(m::parse_size).transpose())?;
     let profile = |s: &Option<String>, what: &str| -> anyhow::Result<Option<btrs::format::Profile>> {
         match s {
             None => Ok(None),
@@ -244,32 +261,42 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 .with_context(|| format!("unknown {what} profile {s:?}; use single, dup, raid0, raid1, raid1c3, raid1c4 or raid10")),
         }
     };
-    o.data_profile = profile(&a.data, "data")?;
-    o.metadata_profile = profile(&a.metadata, "metadata")?;
-    o.csum = btrs::format::CsumType::from_name(&a.csum)
-        .with_context(|| format!("unknown checksum type {:?}; use crc32c, xxhash, sha256 or blake2", a.csum))?;
-    o.nodesize = u32::try_from(m::parse_size(&a.nodesize)?).map_err(|_| anyhow::anyhow!("--nodesize {}: too large (4K..64K)", a.nodesize))?;
-    o.sectorsize = u32::try_from(m::parse_size(&a.sectorsize)?).map_err(|_| anyhow::anyhow!("--sectorsize {}: too large (4096)", a.sectorsize))?;
+    o.data_profile = usage(profile(&a.data, "data"))?;
+    o.metadata_profile = usage(profile(&a.metadata, "metadata"))?;
+    o.csum = usage(
+        btrs::format::CsumType::from_name(&a.csum)
+            .ok_or_else(|| format!("unknown checksum type {:?}; use crc32c, xxhash, sha256 or blake2", a.csum)),
+    )?;
+    o.nodesize = usage(m::parse_size(&a.nodesize).map_err(|e| e.to_string()).and_then(|n| {
+        u32::try_from(n).map_err(|_| format!("--nodesize {}: too large (4K..64K)", a.nodesize))
+    }))?;
+    o.sectorsize = usage(m::parse_size(&a.sectorsize).map_err(|e| e.to_string()).and_then(|n| {
+        u32::try_from(n).map_err(|_| format!("--sectorsize {}: too large (4096)", a.sectorsize))
+    }))?;
     o.label = a.label;
     o.fsid = match &a.uuid {
-        Some(u) => Some(*uuid::Uuid::parse_str(u).with_context(|| format!("bad UUID {u:?}"))?.as_bytes()),
+        Some(u) => Some(*usage(uuid::Uuid::parse_str(u).map_err(|e| format!("bad UUID {u:?}: {e}")))?.as_bytes()),
         None => None,
     };
     if let Some(f) = &a.features {
-        o.features = o.features.apply(f)?;
+        // An unknown name is a usage error; a combination btrs refuses is not.
+        o.features = match o.features.apply(f) {
+            Err(btrs::Error::Invalid(m)) if m.starts_with("unknown feature") => return usage(Err(m)),
+            r => r?,
+        };
     }
     o.force = a.force;
     o.rootdir = a.rootdir;
     o.rootdir_tar = a.rootdir_tar;
     for c in &a.compress {
-        match m::parse_compress_arg(c)? {
+        match usage(m::parse_compress_arg(c))? {
             (Some(path), algo) => o.compress_paths.push((path, algo)),
             (None, algo) if o.compress.is_none() => o.compress = algo,
-            (None, _) => anyhow::bail!("--compress {c:?}: only one --compress may go without a PATH"),
+            (None, _) => return usage(Err(format!("--compress {c:?}: only one --compress may go without a PATH"))),
         }
     }
-    o.subvols = a.subvols.iter().map(|s| btrs::ops::rootdir::SubvolSpec::parse(s)).collect::<btrs::Result<_>>()?;
-    o.inode_flags = a.inode_flags.iter().map(|s| m::parse_inode_flags(s)).collect::<btrs::Result<_>>()?;
+    o.subvols = usage(a.subvols.iter().map(|s| btrs::ops::rootdir::SubvolSpec::parse(s)).collect::<btrs::Result<_>>())?;
+    o.inode_flags = usage(a.inode_flags.iter().map(|s| m::parse_inode_flags(s)).collect::<btrs::Result<_>>())?;
     o.timestamp = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => Some(v.trim().parse().with_context(|| format!("bad SOURCE_DATE_EPOCH {v:?}"))?),
         _ => None,
@@ -278,11 +305,11 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // replaced by it and newer mtimes clamped to it.
     o.clamp_times = o.timestamp.is_some();
     o.shrink = a.shrink;
-    o.offset = m::parse_size(&a.offset)?;
+    o.offset = usage(m::parse_size(&a.offset))?;
     o.threads = a.threads;
-    o.slack = a.slack.as_deref().map(m::parse_slack).transpose()?;
+    o.slack = usage(a.slack.as_deref().map(m::parse_slack).transpose())?;
     o.ownership.all_root = a.all_root;
-    o.ownership.owner_map = a.owner_map.iter().map(|s| btrs::ops::rootdir::IdMap::parse(s)).collect::<btrs::Result<_>>()?;
+    o.ownership.owner_map = usage(a.owner_map.iter().map(|s| btrs::ops::rootdir::IdMap::parse(s)).collect::<btrs::Result<_>>())?;
     if let Some(p) = &a.manifest {
         let text = std::fs::read_to_string(p).with_context(|| format!("read --manifest {}", p.display()))?;
         o.ownership.manifest = btrs::ops::rootdir::parse_manifest(&text).with_context(|| format!("--manifest {}", p.display()))?;
@@ -417,13 +444,10 @@ fn wopts(set: &Set, image: &std::path::Path) -> OpenOptions {
 }
 
 fn write_cmd(set: &Set, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let max_bio = match &a.max_bio {
-        Some(s) => Some(parse_size_arg(s)?),
-        None => None,
-    };
+    let max_bio = a.max_bio;
     let compress = match (&a.compress, &a.compress_force) {
         (Some(c), _) | (None, Some(c)) => {
-            let (kind, level) = btrs::ops::mkfs::parse_compress(c)?;
+            let (kind, level) = usage(btrs::ops::mkfs::parse_compress(c))?;
             Some(btrs::fs::write::CompressOpts { kind, level, force: a.compress_force.is_some() })
         }
         (None, None) => None,
@@ -438,10 +462,7 @@ fn write_cmd(set: &Set, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow:
         nodatacow: a.nodatacow,
         max_bio,
         direct: a.direct,
-        commit_every: match &a.commit_every {
-            Some(s) => Some(btrs::ops::mkfs::parse_size(s)?),
-            None => None,
-        },
+        commit_every: usage(a.commit_every.as_deref().map(btrs::ops::mkfs::parse_size).transpose())?,
         on_bio: None,
     };
     // A bar on a terminal for writes of known, non-trivial size.
@@ -511,27 +532,3 @@ fn write_cmd(set: &Set, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow:
     Ok(())
 }
 
-/// Largest --max-bio: a bio is at most one write step anyway (16 MiB).
-const MAX_BIO: usize = 1 << 30;
-
-fn parse_size_arg(s: &str) -> anyhow::Result<usize> {
-    let t = s.trim();
-    let (num, mul) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1usize << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                _ => anyhow::bail!("bad size {s}"),
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    let n: usize = num.parse().map_err(|_| anyhow::anyhow!("bad size {s}"))?;
-    let bytes = n.checked_mul(mul).filter(|&b| b <= MAX_BIO).ok_or_else(|| anyhow::anyhow!("--max-bio {s}: at most 1G"))?;
-    if bytes < 4096 {
-        anyhow::bail!("--max-bio must be at least 4K");
-    }
-    Ok(bytes)
-}

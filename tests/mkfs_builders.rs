@@ -638,22 +638,24 @@ fn bad_subvol_options_fail_and_write_nothing() {
     make_subvol_tree(&src);
     std::os::unix::fs::symlink("a", src.join("to-a")).unwrap();
     let img = d.path().join("img");
-    let cases: [(&[&str], &str); 8] = [
-        (&["--subvol", "nope"], "nope: no such directory"),
-        (&["--subvol", "top/readme"], "top/readme: not a directory"),
-        (&["--subvol", "to-a"], "to-a: not a directory"),
-        (&["--subvol", "a", "--subvol", "./a/:ro"], "a: given more than once"),
-        (&["--subvol", "a:default", "--subvol", "c:default"], "only one subvolume can be the default"),
-        (&["--subvol", "../src/a"], "`..` is not allowed"),
-        (&["--subvol", "/"], "the root itself is the top-level subvolume"),
-        (&["--compress", "zstd:nope"], "--compress for nope: no such path"),
+    // Exit 2: the value itself is not a subvolume path (a usage error); 1: it
+    // does not fit the source tree.
+    let cases: [(&[&str], i32, &str); 8] = [
+        (&["--subvol", "nope"], 1, "nope: no such directory"),
+        (&["--subvol", "top/readme"], 1, "top/readme: not a directory"),
+        (&["--subvol", "to-a"], 1, "to-a: not a directory"),
+        (&["--subvol", "a", "--subvol", "./a/:ro"], 1, "a: given more than once"),
+        (&["--subvol", "a:default", "--subvol", "c:default"], 1, "only one subvolume can be the default"),
+        (&["--subvol", "../src/a"], 2, "`..` is not allowed"),
+        (&["--subvol", "/"], 2, "the root itself is the top-level subvolume"),
+        (&["--compress", "zstd:nope"], 1, "--compress for nope: no such path"),
     ];
-    for (extra, msg) in cases {
+    for (extra, want, msg) in cases {
         let mut args = vec!["mkfs", "--shrink", "-r", s(&src)];
         args.extend(extra);
         args.push(s(&img));
         let (code, _, err) = btrs(&args, &[]);
-        assert_eq!(code, 1, "{extra:?}: {err}");
+        assert_eq!(code, want, "{extra:?}: {err}");
         assert!(err.contains(msg), "{extra:?}: want {msg:?} in: {err}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(!img.exists(), "{extra:?}: an image was left behind");

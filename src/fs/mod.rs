@@ -67,14 +67,10 @@ impl Filesystem {
         // The chunk tree is read before the stale devices can be told apart
         // from lagging ones (that needs the chunk map), but their superblocks
         // already say which are behind: none of those serves it (see
-        // Volume::tree_trust), but for one commit behind under
+        // ReadCopy::stale), but for one commit behind under
         // --accept-lagging, checked again below once it is known.
-        let newest = sb.generation.get();
-        let behind: Vec<(u64, u64)> =
-            vol.devices.values().filter(|d| d.sb.generation.get() < newest).map(|d| (d.devid, d.sb.generation.get())).collect();
         let mut taken = Vec::new();
-        for &(devid, generation) in &behind {
-            let one_behind = generation.checked_add(1) == Some(newest);
+        for (devid, generation, one_behind) in devices_behind(&vol) {
             if one_behind && vol.accept_lagging {
                 taken.push(devid);
                 continue;
@@ -106,7 +102,7 @@ impl Filesystem {
                     }
                     DEV_ITEM_KEY => {
                         let (d, _) = items::read_prefix::<DevItem>(data, "dev item").map_err(|e| e.within(format!("chunk tree item {key}")))?;
-                        devids.insert(key.offset, d.total_bytes.get());
+                        devids.insert(key.offset, (d.total_bytes.get(), d.uuid));
                     }
                     _ => {}
                 }
@@ -115,6 +111,17 @@ impl Filesystem {
             let back = Arc::try_unwrap(vol).map_err(|_| Error::Invalid("volume still shared".into()))?;
             (chunks, devids, back, items)
         };
+        let mut vol = vol_back;
+        vol.stale.clear();
+        vol.lagging.clear();
+        vol.chunks.clear();
+        for (logical, c) in &chunks {
+            vol.chunks.insert(*logical, c.clone())?;
+        }
+        vol.expect_devices(&devids.iter().map(|(devid, (_, uuid))| (*devid, *uuid)).collect())?;
+        let devids: BTreeMap<u64, u64> = devids.into_iter().map(|(devid, (total, _))| (devid, total)).collect();
+        // (After the device check: a device of another filesystem with the
+        // same fsid fails that one first, naming both images.)
         // The superblock's copy of the system chunks is what the kernel maps
         // the chunk tree with, and what every commit writes back: it must be
         // the chunk tree's, or a copy that overlaps other chunks or lies
@@ -127,16 +134,14 @@ impl Filesystem {
                 ));
             }
         }
-        let mut vol = vol_back;
-        vol.stale.clear();
-        vol.lagging.clear();
-        vol.chunks.clear();
-        for (logical, c) in chunks {
-            vol.chunks.insert(logical, c)?;
-        }
-        vol.expect_devices(&devids.keys().copied().collect())?;
         crate::volumes::chunks::verify_stripes(&vol.chunks.entries(), &devids, None, false)?;
-        let open_warnings = mark_stale(&mut vol)?;
+        let mut open_warnings = mark_stale(&mut vol)?;
+        if let Some(w) = divergent_histories(&vol) {
+            if !opts.divergent_ok {
+                return Err(Error::corrupt("device set", w));
+            }
+            open_warnings.push(w);
+        }
         let reader = TreeReader::new(Arc::new(vol))?;
         // A device --accept-lagging let serve the chunk tree that then proved
         // stale (it missed the newest commit): read it again without it.
@@ -460,12 +465,9 @@ impl Filesystem {
 /// left out like a missing one.
 #[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
-    let sb = vol.sb;
-    let newest = sb.generation.get();
-    let behind: Vec<(u64, u64)> =
-        vol.devices.values().filter(|d| d.sb.generation.get() < newest).map(|d| (d.devid, d.sb.generation.get())).collect();
+    let newest = vol.sb.generation.get();
     let mut warnings = Vec::new();
-    for (devid, generation) in behind {
+    for (devid, generation, one_behind) in devices_behind(vol) {
         // Only one commit behind can be a crash between the superblock writes
         // of the newest commit; anything older missed a whole commit. Even
         // then it stays stale until `scrub --repair` has compared every copy
@@ -473,7 +475,6 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
         // what it holds can match the newest commit's tree blocks and still
         // miss data (an older image put back after a repair that could not
         // rebuild its data), or hold a commit that never completed.
-        let one_behind = generation.checked_add(1) == Some(newest);
         let lagging = one_behind && holds_newest_commit(vol, devid) != Some(false);
         if lagging && vol.accept_lagging {
             let path = vol.devices.get(&devid).map(|d| d.path.display().to_string()).unwrap_or_default();
@@ -492,7 +493,9 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
             warnings.push(format!("{text}; left out (--degraded)"));
             vol.stale.remove(&devid);
             vol.lagging.remove(&devid);
-            vol.devices.remove(&devid);
+            if let Some(dev) = vol.devices.remove(&devid) {
+                vol.left_out.insert(devid, (dev.path, generation));
+            }
             vol.missing.insert(devid);
         } else if lagging {
             warnings.push(format!(
@@ -510,21 +513,43 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
     Ok(warnings)
 }
 
-/// What device `devid`'s copies of the tree blocks the newest commit wrote
-/// say (the blocks of the superblock's generation, reached from the root and
-/// chunk trees through pointers and root items of that generation), each
-/// compared byte for byte with a copy on a device whose superblock is the
-/// newest: Some(true) when it holds such blocks, at least one has a copy to
-/// compare with, and every one it holds is the same (it got the commit);
-/// Some(false) when one does not verify or differs (it missed the commit, or
-/// holds the blocks of a commit that never completed at the same addresses);
-/// None when nothing can be compared (an older copy of it would hold none of
-/// the commit's blocks either, or only blocks no current device has).
+/// The devices whose superblock generation is behind the filesystem's:
+/// (devid, generation, only one commit behind).
+fn devices_behind(vol: &Volume) -> Vec<(u64, u64, bool)> {
+    let newest = vol.sb.generation.get();
+    vol.devices
+        .values()
+        .map(|d| (d.devid, d.sb.generation.get()))
+        .filter(|&(_, generation)| generation < newest)
+        .map(|(devid, generation)| (devid, generation, generation.checked_add(1) == Some(newest)))
+        .collect()
+}
+
+/// How a walk of the newest commit's tree blocks ended.
+enum Walked<R> {
+    /// Every block (up to the budget) was visited.
+    Done,
+    /// The visitor stopped it with an answer.
+    Found(R),
+    /// A block no chunk maps, or with no copy that verifies as a block of
+    /// that commit.
+    Unreadable,
+}
+
+/// Walk the tree blocks the newest commit wrote, breadth first, at most
+/// `budget` of them: the blocks of the superblock's generation, reached from
+/// the root and chunk trees through pointers and root items of that
+/// generation. `each` sees a block's logical address and its copies, each
+/// (devid, the copy when it verifies as that commit's block there).
 #[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
-fn holds_newest_commit(vol: &Volume, devid: u64) -> Option<bool> {
+fn walk_newest_commit<R>(
+    vol: &Volume,
+    budget: usize,
+    mut each: impl FnMut(u64, &[(u64, Option<TreeBlock>)]) -> Option<R>,
+) -> Walked<R> {
     let sb = vol.sb;
     let newest = sb.generation.get();
-    let (Ok(csum), Ok(nodesize)) = (sb.csum_kind(), usize::try_from(sb.nodesize.get())) else { return Some(false) };
+    let (Ok(csum), Ok(nodesize)) = (sb.csum_kind(), usize::try_from(sb.nodesize.get())) else { return Walked::Unreadable };
     let fsid = sb.metadata_fsid();
     let read = |logical: u64, level: u8, m: usize| -> Option<TreeBlock> {
         let mut buf = vec![0u8; nodesize];
@@ -533,38 +558,31 @@ fn holds_newest_commit(vol: &Volume, devid: u64) -> Option<bool> {
         TreeBlock::parse(logical, buf, csum, &fsid, expect).ok()
     };
     let current = |d: u64| vol.devices.get(&d).is_some_and(|dev| dev.sb.generation.get() == newest);
-    let mut todo = vec![(sb.root.get(), sb.root_level)];
+    let mut todo = std::collections::VecDeque::from([(sb.root.get(), sb.root_level)]);
     if sb.chunk_root_generation.get() == newest {
-        todo.push((sb.chunk_root.get(), sb.chunk_root_level));
+        todo.push_back((sb.chunk_root.get(), sb.chunk_root_level));
     }
     let mut seen = std::collections::HashSet::new();
-    let mut compared = false;
-    while let Some((logical, level)) = todo.pop() {
+    while let Some((logical, level)) = todo.pop_front() {
+        if seen.len() >= budget {
+            break;
+        }
         if !seen.insert(logical) {
             continue;
         }
-        let Ok((locs, n)) = vol.chunks.lookup(logical).and_then(|e| Ok((e.map(logical)?.0, e.num_copies()))) else { return Some(false) };
-        // Its copies (None: unreadable or not a block of this commit), and the
-        // one a current device holds.
+        let Ok((locs, n)) = vol.chunks.lookup(logical).and_then(|e| Ok((e.map(logical)?.0, e.num_copies()))) else { return Walked::Unreadable };
         let copies: Vec<(u64, Option<TreeBlock>)> = locs.iter().take(n).enumerate().map(|(m, l)| (l.devid, read(logical, level, m))).collect();
-        if copies.iter().any(|(d, b)| *d == devid && b.is_none()) {
-            return Some(false);
+        if let Some(r) = each(logical, &copies) {
+            return Walked::Found(r);
         }
+        // The children are found through a current device's copy when one verifies.
         let reference = copies.iter().find(|(d, b)| current(*d) && b.is_some()).and_then(|(_, b)| b.as_ref());
-        if let Some(r) = reference {
-            for (_, b) in copies.iter().filter(|(d, _)| *d == devid) {
-                if b.as_ref().map(TreeBlock::bytes) != Some(r.bytes()) {
-                    return Some(false);
-                }
-                compared = true;
-            }
-        }
-        let Some(block) = reference.or_else(|| copies.iter().find_map(|(_, b)| b.as_ref())) else { return Some(false) };
+        let Some(block) = reference.or_else(|| copies.iter().find_map(|(_, b)| b.as_ref())) else { return Walked::Unreadable };
         if !block.is_leaf() {
             for i in 0..block.nritems() {
                 let (_, child, generation) = block.ptr(i);
                 if generation == newest {
-                    todo.push((child, level.saturating_sub(1)));
+                    todo.push_back((child, level.saturating_sub(1)));
                 }
             }
         } else if block.owner() == ROOT_TREE_OBJECTID {
@@ -574,13 +592,104 @@ fn holds_newest_commit(vol: &Volume, devid: u64) -> Option<bool> {
                 }
                 if let Ok(ri) = parse_root_item(block.item_data(i)) {
                     if ri.generation.get() == newest {
-                        todo.push((ri.bytenr.get(), ri.level));
+                        todo.push_back((ri.bytenr.get(), ri.level));
                     }
                 }
             }
         }
     }
-    compared.then_some(true)
+    Walked::Done
+}
+
+/// What device `devid`'s copies of the tree blocks the newest commit wrote
+/// (see [`walk_newest_commit`]) say, each compared byte for byte with a copy
+/// on a device whose superblock is the newest: Some(true) when it holds such
+/// blocks, at least one has a copy to compare with, and every one it holds
+/// is the same (it got the commit); Some(false) when one does not verify or
+/// differs (it missed the commit, or holds the blocks of a commit that never
+/// completed at the same addresses); None when nothing can be compared (an
+/// older copy of it would hold none of the commit's blocks either, or only
+/// blocks no current device has).
+#[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
+fn holds_newest_commit(vol: &Volume, devid: u64) -> Option<bool> {
+    let newest = vol.sb.generation.get();
+    let current = |d: u64| vol.devices.get(&d).is_some_and(|dev| dev.sb.generation.get() == newest);
+    let mut compared = false;
+    let walked = walk_newest_commit(vol, usize::MAX, |_, copies| {
+        if copies.iter().any(|(d, b)| *d == devid && b.is_none()) {
+            return Some(());
+        }
+        let reference = copies.iter().find(|(d, b)| current(*d) && b.is_some()).and_then(|(_, b)| b.as_ref())?;
+        for (_, b) in copies.iter().filter(|(d, _)| *d == devid) {
+            if b.as_ref().map(TreeBlock::bytes) != Some(reference.bytes()) {
+                return Some(());
+            }
+            compared = true;
+        }
+        None
+    });
+    match walked {
+        Walked::Done => compared.then_some(true),
+        Walked::Found(()) | Walked::Unreadable => Some(false),
+    }
+}
+
+/// How many of the newest commit's tree blocks open compares across the
+/// current devices: the root tree and the tops of the trees that commit
+/// changed. A deeper difference (or one only in data) is scrub's to find.
+const DIVERGENCE_BUDGET: usize = 64;
+
+/// Whether the current devices (superblock of the newest generation) hold
+/// two histories of the filesystem: their superblocks name different roots
+/// for one generation, or two copies of one of the newest commit's tree
+/// blocks both verify as that commit's block there and differ. One commit
+/// writes the same superblock fields and the same bytes to every copy, so
+/// only two copies of the set written apart (a split brain, or a device
+/// from a copy of the set that made as many commits) look like this; a
+/// damaged copy does not verify and is a repair's business. Nothing tells
+/// which history is the right one. Returns the words for it.
+#[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
+fn divergent_histories(vol: &Volume) -> Option<String> {
+    let newest = vol.sb.generation.get();
+    let current: Vec<&crate::volumes::Device> =
+        vol.devices.values().filter(|d| d.sb.generation.get() == newest && !vol.is_stale(d.devid)).collect();
+    let name = |devid: u64| {
+        let path = vol.devices.get(&devid).map(|d| d.path.display().to_string()).unwrap_or_default();
+        format!("devid {devid} ({path})")
+    };
+    let what = |a: u64, b: u64, differ: &str| {
+        format!(
+            "{} and {} both hold the commit of generation {newest} but {differ}: two histories of this filesystem \
+             (a device from another copy of the set, or a split brain), and nothing tells which is current; \
+             `btrs scrub` lists every difference, and `--degraded` with one of the images moved away reads the other's",
+            name(a),
+            name(b)
+        )
+    };
+    let (first, rest) = current.split_first()?;
+    let fields = |sb: &SuperBlock| {
+        (
+            (sb.root.get(), sb.root_level, sb.chunk_root.get(), sb.chunk_root_level, sb.chunk_root_generation.get()),
+            (sb.log_root.get(), sb.log_root_level, sb.bytes_used.get(), sb.total_bytes.get()),
+        )
+    };
+    if let Some(other) = rest.iter().find(|d| fields(&d.sb) != fields(&first.sb)) {
+        return Some(what(first.devid, other.devid, "their superblocks name different trees"));
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let walked = walk_newest_commit(vol, DIVERGENCE_BUDGET, |logical, copies| {
+        let verified: Vec<(u64, &TreeBlock)> =
+            copies.iter().filter(|(d, _)| current.iter().any(|c| c.devid == *d)).filter_map(|(d, b)| Some((*d, b.as_ref()?))).collect();
+        let (d0, b0) = verified.first()?;
+        let (d1, _) = verified.iter().find(|(d, b)| d != d0 && b.bytes() != b0.bytes())?;
+        Some(what(*d0, *d1, &format!("their copies of tree block {logical} differ (both verify)")))
+    });
+    match walked {
+        Walked::Found(w) => Some(w),
+        Walked::Done | Walked::Unreadable => None,
+    }
 }
 
 fn poisoned() -> Error {

@@ -1491,7 +1491,7 @@ mod crash_tests {
     }
 
     fn opts(imgs: &[PathBuf], writable: bool) -> OpenOptions {
-        OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable, alongside_writer: false, accept_lagging: false }
+        OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable, alongside_writer: false, accept_lagging: false, divergent_ok: false }
     }
 
     /// File contents by name; `None` when absent.
@@ -1682,7 +1682,7 @@ mod ref_tests {
     #[test]
     fn refs_past_the_inline_limit_go_keyed_and_come_back() {
         let Some((_tmp, imgs)) = crate::fs::testutil::mkfs_btrfs(1, &[]) else { return };
-        let o = OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable: true, alongside_writer: false, accept_lagging: false };
+        let o = OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable: true, alongside_writer: false, accept_lagging: false, divergent_ok: false };
         let mut tx = Transaction::begin(Filesystem::open(&o).unwrap()).unwrap();
         let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
         tx.write_at(FS_TREE_OBJECTID, ino, 0, &vec![7u8; 1 << 20], &WriteOpts::default(), &mut WriteReport::default()).unwrap();

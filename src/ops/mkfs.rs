@@ -386,8 +386,10 @@ fn fmt_uuid(u: &[u8; 16]) -> String {
     uuid::Uuid::from_bytes(*u).hyphenated().to_string()
 }
 
-/// UUIDs: derived from the fsid when the caller fixed it (reproducible
-/// images), random otherwise.
+/// UUIDs: derived from the fsid when the caller fixed it and the time too
+/// (reproducible images), random otherwise: two filesystems made with one
+/// `-U` alone must not share device uuids, or a device of one would pass for
+/// the same device of the other.
 struct UuidSource {
     fsid: [u8; 16],
     derived: bool,
@@ -1150,7 +1152,7 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
 
     // ---- identities ----
     let fsid = opts.fsid.unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes());
-    let uuids = UuidSource { fsid, derived: opts.fsid.is_some() };
+    let uuids = UuidSource { fsid, derived: opts.fsid.is_some() && opts.timestamp.is_some() };
     let ctx = Ctx {
         opts,
         fsid,

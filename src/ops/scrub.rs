@@ -28,7 +28,7 @@ use crate::format::*;
 use crate::fs::Filesystem;
 use crate::tree::block::BlockProblem;
 use crate::tree::{Expect, TreeBlock};
-use crate::volumes::{MapEntry, OpenOptions, TreeTrust};
+use crate::volumes::{MapEntry, OpenOptions};
 
 /// Data is read in batches of this many bytes per copy (rounded to scrub stripes).
 const BATCH: u64 = 1 << 20;
@@ -194,7 +194,9 @@ impl Counters {
 pub struct DeviceReport {
     pub devid: u64,
     pub path: Option<String>,
+    /// Not scrubbed: missing, or (`left_out`) stale and left out by --degraded.
     pub missing: bool,
+    pub left_out: bool,
     #[serde(flatten)]
     pub counters: Counters,
 }
@@ -233,7 +235,11 @@ impl ScrubReport {
         writeln!(out, "UUID:             {}", self.fsid)?;
         for dev in &self.devices {
             let path = dev.path.as_deref().unwrap_or("<missing>");
-            let status = if dev.missing { "missing" } else { "finished" };
+            let status = match (dev.missing, dev.left_out) {
+                (_, true) => "left out (stale, --degraded)",
+                (true, false) => "missing",
+                (false, false) => "finished",
+            };
             writeln!(out, "Scrub device {path} (id {}) done", dev.devid)?;
             writeln!(out, "Status:           {status}")?;
             writeln!(out, "Duration:         {dur}")?;
@@ -436,7 +442,7 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
         return scrub_pass(open, opts, &no_hold);
     }
     // Only a set with a stale device needs the dry pass below.
-    let any_stale = !Filesystem::open(&OpenOptions { writable: false, ..open.clone() })?.volume().stale.is_empty();
+    let any_stale = !Filesystem::open(&OpenOptions { writable: false, divergent_ok: true, ..open.clone() })?.volume().stale.is_empty();
     if !any_stale {
         return scrub_pass(open, opts, &no_hold);
     }
@@ -517,7 +523,11 @@ fn fix_csum(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
 
 fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions, hold: &BTreeSet<u64>) -> Result<ScrubReport> {
     let started = Instant::now();
-    let open = OpenOptions { writable: opts.repair, ..open.clone() };
+    // Two histories on the current devices: scrub is what lists where they
+    // differ. It repairs nothing there: a checksum only speaks for the
+    // history whose trees it came from, and --prefer-mirror counts copies
+    // per chunk, so it could stitch a third history out of the two.
+    let open = OpenOptions { writable: opts.repair, divergent_ok: !opts.repair, ..open.clone() };
     let fs = Filesystem::open(&open)?;
     let vol = fs.volume();
     let sb = fs.sb;
@@ -669,7 +679,14 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions, hold: &BTreeSet<u64>) -> 
     scrub_supers(&fs, opts, &mut acc)?;
     for missing in &vol.missing {
         acc.dev(*missing);
-        acc.findings.push(Finding::about(FindingKind::Read, Some(*missing), None, 0, "device missing: its copies were not scrubbed".into()));
+        let detail = match vol.left_out.get(missing) {
+            Some((_, generation)) => format!(
+                "stale device (superblock generation {generation}) left out by --degraded: its copies were not scrubbed \
+                 (scrub --repair without --degraded rebuilds it)"
+            ),
+            None => "device missing: its copies were not scrubbed".into(),
+        };
+        acc.findings.push(Finding::about(FindingKind::Read, Some(*missing), None, 0, detail));
     }
     resolve_paths(&fs, &mut acc.findings);
     let _ = fs.reader.take_bad_copies();
@@ -682,10 +699,12 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions, hold: &BTreeSet<u64>) -> 
     for (devid, c) in &acc.counters {
         totals.add(c);
         let dev = vol.devices.get(devid);
+        let left_out = vol.left_out.get(devid);
         devices.push(DeviceReport {
             devid: *devid,
-            path: dev.map(|d| d.path.display().to_string()),
+            path: dev.map(|d| &d.path).or(left_out.map(|(p, _)| p)).map(|p| p.display().to_string()),
             missing: dev.is_none(),
+            left_out: left_out.is_some(),
             counters: *c,
         });
     }
@@ -846,7 +865,7 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
     let prefer = ctx.opts.prefer_mirror.map(|p| p - 1);
     // A copy on a stale device never votes and is never a repair source, not
     // even one the caller prefers: it may hold another history with the same
-    // addresses and generations (see Volume::tree_trust).
+    // addresses and generations (see ReadCopy::stale).
     let untrusted: Vec<bool> = locs.iter().take(raw.len()).map(|l| vol.is_stale(l.devid)).collect();
     let untrusted_at = |m: usize| untrusted.get(m).copied().unwrap_or(false);
     let voters: Vec<Option<&[u8]>> = good_bytes.iter().enumerate().map(|(m, b)| b.filter(|_| !untrusted_at(m))).collect();
@@ -892,7 +911,7 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
                 }
                 _ if src.is_none() && differ.contains(&m) => (
                     FindingKind::MirrorMismatch,
-                    if matches!(locs.get(m).map(|l| vol.tree_trust(l.devid)), Some(TreeTrust::Stale { lagging: true, .. })) {
+                    if locs.get(m).is_some_and(|l| vol.lagging.contains(&l.devid)) {
                         "no current copy to compare this lagging device's copy with: --accept-lagging takes it as \
                          current after a crash"
                     } else {

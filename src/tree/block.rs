@@ -37,6 +37,8 @@ pub enum BlockProblem {
     Generation { found: u64, expected: u64 },
     TooNew { found: u64, max: u64 },
     Structure(String),
+    /// The copy is on a stale device (the words say which and why).
+    Untrusted(String),
 }
 
 impl std::fmt::Display for BlockProblem {
@@ -50,7 +52,7 @@ impl std::fmt::Display for BlockProblem {
                 write!(f, "generation {found}, parent pointer says {expected} (stale or misdirected write)")
             }
             BlockProblem::TooNew { found, max } => write!(f, "generation {found} newer than superblock {max}"),
-            BlockProblem::Structure(s) => write!(f, "{s}"),
+            BlockProblem::Structure(s) | BlockProblem::Untrusted(s) => write!(f, "{s}"),
         }
     }
 }
@@ -245,7 +247,11 @@ pub fn problem_error(logical: u64, tree: Option<u64>, problems: &[(usize, BlockP
         .map(|(m, p)| format!("copy {}: {p}", m.saturating_add(1)))
         .collect::<Vec<_>>()
         .join("; ");
-    Error::corrupt(format!("tree block {logical}{tree}"), if what.is_empty() { "no readable copy".into() } else { what })
+    let at = format!("tree block {logical}{tree}");
+    if !problems.is_empty() && problems.iter().all(|(_, p)| matches!(p, BlockProblem::Untrusted(_))) {
+        return Error::Untrusted { at, what: format!("no copy on a current device: {what}") };
+    }
+    Error::corrupt(at, if what.is_empty() { "no readable copy".into() } else { what })
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use super::block::{problem_error, BlockProblem, Expect, TreeBlock};
 use crate::error::{Error, Result};
 use crate::format::{CsumType, Key};
-use crate::volumes::{TreeTrust, Volume};
+use crate::volumes::{ReadCopy, Volume};
 
 /// Where a tree starts: its root block, level and generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,16 +87,18 @@ impl TreeReader {
         let expect = Expect { max_generation: Some(self.max_generation), ..expect };
         let copies = self.vol.num_copies(logical).map_err(|e| e.within(format!("tree block {logical}")))?;
         // Current devices only: a stale device's copy never serves (see
-        // Volume::tree_trust), but is named in the error when it is all there is.
-        let read_order = self.vol.read_order(logical).unwrap_or_default();
-        let mut order: Vec<(usize, TreeTrust, u64)> =
-            read_order.iter().map(|c| (c.mirror, self.vol.tree_trust(c.devid), c.devid)).collect();
-        let rest: Vec<(usize, TreeTrust, u64)> =
-            (0..copies).filter(|m| !order.iter().any(|(o, _, _)| o == m)).map(|m| (m, TreeTrust::Current, 0)).collect();
+        // ReadCopy::stale), but is named in the error when it is all there is.
+        // Copies on missing devices come last, to be reported unreadable.
+        let mut order = self.vol.read_order(logical).unwrap_or_default();
+        let rest: Vec<ReadCopy> = (0..copies)
+            .filter(|m| !order.iter().any(|c| c.mirror == *m))
+            .map(|mirror| ReadCopy { mirror, devid: 0, stale: false, lagging: false })
+            .collect();
         order.extend(rest);
         let mut problems = Vec::new();
-        for (mirror, trust, devid) in order {
-            if let TreeTrust::Stale { generation, lagging } = trust {
+        for ReadCopy { mirror, devid, stale, lagging } in order {
+            if stale {
+                let generation = self.vol.stale.get(&devid).copied().unwrap_or(0);
                 let why = if lagging {
                     format!(
                         "on stale devid {devid}, one commit behind (generation {generation}): not trusted, nothing in \
@@ -110,7 +112,7 @@ impl TreeReader {
                          from copies on current devices only)"
                     )
                 };
-                problems.push((mirror, BlockProblem::Structure(why)));
+                problems.push((mirror, BlockProblem::Untrusted(why)));
                 continue;
             }
             let read = self.read_copy(logical, mirror, expect);

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::format::types::uuid_string;
 use crate::format::u64_of;
 use crate::format::SuperBlock;
+use crate::format::UUID_SIZE;
 
 /// How to find the devices of a filesystem.
 #[derive(Clone, Debug, Default)]
@@ -43,6 +44,11 @@ pub struct OpenOptions {
     /// (see [`Volume::lagging`]) as current: right after a crash between the
     /// superblock writes of a commit, wrong for an older copy of the image.
     pub accept_lagging: bool,
+    /// Open even when the current devices hold two histories (see
+    /// `fs::divergent_histories`): for scrub, which reports every
+    /// difference; anything else would serve one history as if it were
+    /// the only one.
+    pub divergent_ok: bool,
 }
 
 impl OpenOptions {
@@ -80,6 +86,10 @@ pub struct Volume {
     pub lagging: BTreeSet<u64>,
     /// [`OpenOptions::accept_lagging`].
     pub accept_lagging: bool,
+    /// Stale devices `--degraded` left out (in [`Volume::missing`] too):
+    /// devid → (image, superblock generation), so that they are named as
+    /// what they are rather than as missing.
+    pub left_out: BTreeMap<u64, (PathBuf, u64)>,
 }
 
 impl Volume {
@@ -192,11 +202,38 @@ impl Volume {
             accept_lagging: opts.accept_lagging,
             stale: BTreeMap::new(),
             lagging: BTreeSet::new(),
+            left_out: BTreeMap::new(),
         })
     }
 
-    /// Record the devids the chunk tree lists; fail on missing ones unless degraded.
-    pub fn expect_devices(&mut self, devids: &BTreeSet<u64>) -> Result<()> {
+    /// Record the devices the chunk tree lists (devid → device uuid); fail on
+    /// missing ones unless degraded, and on an image whose device uuid is not
+    /// the one the chunk tree gives its devid: a device of another filesystem
+    /// with the same fsid (made with the same `-U`), whose extents would be
+    /// read as this one's.
+    pub fn expect_devices(&mut self, devs: &BTreeMap<u64, [u8; UUID_SIZE]>) -> Result<()> {
+        for (devid, uuid) in devs {
+            if let Some(d) = self.devices.get(devid).filter(|d| d.sb.dev_item.uuid != *uuid) {
+                // Which image the chunk tree was read by: the newest superblock's.
+                let newest = self.sb.generation.get();
+                let by = self
+                    .devices
+                    .values()
+                    .find(|o| o.devid != *devid && o.sb.generation.get() == newest)
+                    .map(|o| format!("devid {} ({}, generation {newest})", o.devid, o.path.display()))
+                    .unwrap_or_else(|| format!("generation {newest}"));
+                return Err(Error::Devices(format!(
+                    "devid {devid} ({}) has device uuid {}, but the chunk tree of {by} gives devid {devid} device uuid {}: \
+                     images of two filesystems with the same UUID {} (made with the same -U?); move away the one that \
+                     does not belong (--degraded reads without it)",
+                    d.path.display(),
+                    uuid_string(&d.sb.dev_item.uuid),
+                    uuid_string(uuid),
+                    uuid_string(&self.sb.fsid)
+                )));
+            }
+        }
+        let devids: BTreeSet<u64> = devs.keys().copied().collect();
         self.missing = devids.iter().copied().filter(|d| !self.devices.contains_key(d)).collect();
         let extra: Vec<u64> = self.devices.keys().copied().filter(|d| !devids.contains(d)).collect();
         if !extra.is_empty() {
@@ -249,21 +286,6 @@ impl Volume {
         // Stable: mirror order within current, lagging and stale copies.
         out.sort_by_key(|c| (c.stale, !c.lagging));
         Ok(out)
-    }
-
-    /// Whether a tree block copy on `devid` may be trusted. None on a stale
-    /// device is: it may hold another history of this filesystem (a copy of
-    /// the set written apart from it, or a split brain), whose blocks carry
-    /// the same addresses, generations and valid checksums as the current
-    /// ones, so nothing in a block tells which history it is from. Not even
-    /// on a lagging device that holds the newest commit's blocks: an older
-    /// copy given those blocks looks the same. `--accept-lagging` is the
-    /// caller's word that a lagging one was left by a crash.
-    pub fn tree_trust(&self, devid: u64) -> TreeTrust {
-        match self.stale.get(&devid) {
-            None => TreeTrust::Current,
-            Some(&generation) => TreeTrust::Stale { generation, lagging: self.lagging.contains(&devid) },
-        }
     }
 
     /// Whether devid is stale (see [`Volume::stale`]).
@@ -360,23 +382,21 @@ impl Volume {
     }
 }
 
-/// See [`Volume::tree_trust`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TreeTrust {
-    /// A current device: its verified blocks are served.
-    Current,
-    /// A stale device (its superblock generation; whether it is lagging):
-    /// none of its tree blocks.
-    Stale { generation: u64, lagging: bool },
-}
-
 /// One copy a read may use (see [`Volume::read_order`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadCopy {
     /// 0-based copy number, as `read_copy` takes it.
     pub mirror: usize,
     pub devid: u64,
-    /// The copy lives on a stale device: served only where a checksum vouches for it.
+    /// The copy lives on a stale device: served only where a checksum vouches
+    /// for it, and never a tree block: the device may hold another history
+    /// of this filesystem (a copy of the set written apart from it, or a
+    /// split brain), whose blocks carry the same addresses, generations and
+    /// valid checksums as the current ones, so nothing in a block tells which
+    /// history it is from. Not even on a lagging device that holds the newest
+    /// commit's blocks: an older copy given those blocks looks the same.
+    /// `--accept-lagging` is the caller's word that a lagging one was left by
+    /// a crash.
     pub stale: bool,
     /// The copy lives on a lagging device (see [`Volume::lagging`], `stale`
     /// too): tried before other stale copies.

@@ -120,3 +120,60 @@ fn a_sys_chunk_array_that_differs_from_the_chunk_tree_is_refused() {
     }
     all_refuse(&imgs, &["sys_chunk_array", "differs from the chunk tree"]);
 }
+
+/// A device of another filesystem made with the same `-U` put in a set: its devid is
+/// one the chunk tree knows, so it was taken as that device. Made by mkfs.btrfs, open
+/// failed on "dev extent overlaps" or "sys_chunk_array differs" naming one image; made
+/// by `btrs mkfs -U` (which derived every device uuid from the fsid), it was taken
+/// whole and `cat` served the other filesystem's bytes with exit 0 (an attacker's
+/// pass). Now device uuids are random unless SOURCE_DATE_EPOCH asks for a
+/// reproducible image, and open names both images and the device uuids that differ,
+/// whichever of the two filesystems made more commits; every command refuses the set
+/// without touching it; with the image moved away, `--degraded` reads.
+#[test]
+fn a_device_of_another_filesystem_with_the_same_uuid_is_named() {
+    let test = "a_device_of_another_filesystem_with_the_same_uuid_is_named";
+    if !crate::common::interop::progs_for(test, false) {
+        return;
+    }
+    let uuid = "11111111-2222-3333-4444-555555555555";
+    for maker in ["btrs", "mkfs.btrfs"] {
+        for theirs_newer in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path();
+            let imgs = mkfs(dir, 2, "128M", "raid1", &["-U", uuid]);
+            write_file(dir, &imgs[0], "/f", b"ours\n", &[]);
+            let other = dir.join("other");
+            std::fs::create_dir_all(&other).unwrap();
+            let theirs: Vec<PathBuf> = (1..=2).map(|i| other.join(format!("dev{i}.img"))).collect();
+            for p in &theirs {
+                std::fs::File::create(p).unwrap().set_len(128 << 20).unwrap();
+            }
+            if maker == "btrs" {
+                ok(&["mkfs", "-f", "-U", uuid, "-d", "raid1", "-m", "raid1", s(&theirs[0]), s(&theirs[1])]);
+            } else {
+                crate::common::interop::must(
+                    std::process::Command::new("mkfs.btrfs").args(["-q", "-f", "-U", uuid, "-d", "raid1", "-m", "raid1"]).args(&theirs),
+                );
+            }
+            let commits = if theirs_newer { 8 } else { 0 };
+            for i in 0..commits {
+                ok(&["mkdir", s(&theirs[0]), &format!("/d{i}")]);
+            }
+            write_file(&other, &theirs[0], "/f", b"theirs\n", &[]);
+            std::fs::copy(&theirs[1], &imgs[1]).unwrap();
+            let before = fingerprints(&imgs);
+            for args in [&["ls", s(&imgs[0]), "/"][..], &["cat", s(&imgs[0]), "/f"], &["scrub", s(&imgs[0]), "--repair"], &["mkdir", s(&imgs[0]), "/d"]] {
+                let (code, out, err) = btrs(args);
+                assert_eq!(code, 1, "{maker}, theirs newer {theirs_newer}: {args:?} exit {code}, out {:?}: {err}", String::from_utf8_lossy(&out));
+                assert!(
+                    err.contains("device uuid") && err.contains("same UUID") && err.contains("dev1.img") && err.contains("dev2.img"),
+                    "{maker}, theirs newer {theirs_newer}: {args:?}: the error does not name the images and what differs: {err}"
+                );
+            }
+            assert_eq!(fingerprints(&imgs), before, "{maker}: a command wrote to the mixed set");
+            std::fs::rename(&imgs[1], other.join("foreign.img")).unwrap();
+            assert_eq!(ok(&["--degraded", "cat", s(&imgs[0]), "/f"]), b"ours\n");
+        }
+    }
+}

@@ -869,3 +869,82 @@ fn the_chunk_tree_is_never_read_from_a_stale_device() {
         }
     }
 }
+
+/// Two copies of a set that each made the same number of commits, one device of each
+/// put together: no device is behind, so nothing is stale, yet the two hold different
+/// histories at the same addresses with valid checksums. `cat` of a nodatasum file
+/// served whichever copy it read first with exit 0 (and the other history's bytes when
+/// that copy failed). Open now compares the current devices' copies of the newest
+/// commit's tree blocks and refuses a set whose verified copies differ; scrub lists the
+/// differences; `scrub --repair` refuses too (it "repaired" the other history's
+/// checksummed data from this one's checksums, an attacker's pass found); each history
+/// stays readable alone with `--degraded`.
+#[test]
+fn two_histories_of_one_generation_are_refused_not_mixed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let imgs = mkfs(dir, 2, "128M", "raid1", &[]);
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let copy: Vec<PathBuf> = imgs.iter().map(|p| other.join(p.file_name().unwrap())).collect();
+    for (p, c) in imgs.iter().zip(&copy) {
+        std::fs::copy(p, c).unwrap();
+    }
+    let (ours, theirs) = (pseudo(300_000, 21), pseudo(300_000, 22));
+    let (ours_c, theirs_c) = (pseudo(200_000, 23), pseudo(200_000, 24));
+    write_file(dir, &imgs[0], "/s", &ours, &["--nodatasum"]);
+    write_file(dir, &imgs[0], "/c", &ours_c, &[]);
+    write_file(&other, &copy[0], "/s", &theirs, &["--nodatasum"]);
+    write_file(&other, &copy[0], "/c", &theirs_c, &[]);
+    std::fs::copy(&copy[1], &imgs[1]).unwrap();
+    std::fs::remove_dir_all(&other).unwrap();
+
+    for img in &imgs {
+        let (code, out, err) = btrs(&["cat", s(img), "/s"]);
+        assert_eq!(code, 1, "cat /s of two histories exit {code} ({} bytes, ours {}, theirs {}): {err}", out.len(), out == ours, out == theirs);
+        assert!(out.is_empty(), "cat wrote bytes before refusing");
+        assert!(err.contains("two histories") && err.contains("devid 1") && err.contains("devid 2"), "the error names neither device: {err}");
+    }
+    fails(&["ls", s(&imgs[0]), "/"], 1);
+    let before = fingerprints(&imgs);
+    fails(&["mkdir", s(&imgs[0]), "/x"], 1);
+    for extra in [&["--repair"][..], &["--repair", "--prefer-mirror", "1"], &["--repair", "--prefer-mirror", "2"], &["--fix-csum"]] {
+        let mut args = vec!["scrub", s(&imgs[0])];
+        args.extend_from_slice(extra);
+        let err = fails(&args, 1);
+        assert!(err.contains("two histories"), "{args:?}: {err}");
+    }
+    assert_eq!(fingerprints(&imgs), before, "a command wrote to a set it cannot tell the history of");
+    let (code, rep, err) = scrub_json(&imgs[0], &[]);
+    assert_eq!(code, 3, "scrub of two histories: {err}");
+    let differ = findings(&rep).iter().filter(|f| f["kind"] == "mirror_mismatch").count();
+    assert!(differ >= 4, "scrub does not list the differing copies: {rep}");
+    assert_eq!(fingerprints(&imgs), before, "scrub without --repair wrote");
+    // Each history is whole on its own device.
+    assert!(cat_alone(&imgs, 0, "/s") == ours && cat_alone(&imgs, 0, "/c") == ours_c, "devid 1 alone does not read its own history");
+    assert!(cat_alone(&imgs, 1, "/s") == theirs && cat_alone(&imgs, 1, "/c") == theirs_c, "devid 2 alone does not read its own history");
+}
+
+/// A tree block whose every copy is on a stale device is not damaged: the error says
+/// there is no current copy and which device holds it (it said "corrupt tree block").
+/// `--degraded` leaves the stale device out, and scrub names it as that, not as a
+/// missing device.
+#[test]
+fn a_block_only_a_stale_device_holds_is_untrusted_not_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (imgs, x, y) = foreign_one_behind(tmp.path(), 2, "raid1", "raid0", 1);
+    let (code, out, err) = btrs(&["cat", s(&imgs[0]), "/sv/s"]);
+    assert!(out != y && out != x, "cat served /sv/s through a leaf only the stale device holds (exit {code}): {err}");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no copy on a current device") && err.contains("stale devid 2"), "{err}");
+    assert!(!err.contains("corrupt"), "an untrusted block is called corrupt: {err}");
+    let before = fingerprints(&imgs);
+    let (code, rep, err) = scrub_json(&imgs[0], &["--degraded", "--repair"]);
+    assert_ne!(code, 0, "{err}");
+    assert_eq!(fingerprints(&imgs), before, "a degraded repair wrote to the set");
+    let dev2 = rep["devices"].as_array().unwrap().iter().find(|d| d["devid"] == 2).expect("devid 2 in the report").clone();
+    assert!(dev2["left_out"] == true && dev2["path"].as_str().is_some_and(|p| p.ends_with("dev2.img")), "{dev2}");
+    let f = findings(&rep).iter().find(|f| f["devid"] == 2).expect("a finding about devid 2");
+    let detail = f["detail"].as_str().unwrap();
+    assert!(detail.contains("stale") && detail.contains("left out") && !detail.contains("missing"), "{detail}");
+}

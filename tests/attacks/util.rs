@@ -130,6 +130,7 @@ pub fn locate(imgs: &[PathBuf], logical: u64, mirror: usize) -> (u64, u64) {
         writable: false,
         alongside_writer: false,
         accept_lagging: false,
+        divergent_ok: false,
     };
     let fs = btrs::Filesystem::open(&opts).unwrap();
     let p = fs.volume().locate(logical, mirror).unwrap();

@@ -16,7 +16,7 @@ use super::lib_api::{self, Filesystem, InodeId, OpenOptions};
 use super::model::*;
 
 pub fn open_opts(imgs: &[PathBuf], writable: bool) -> OpenOptions {
-    OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable, alongside_writer: false, accept_lagging: false }
+    OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable, alongside_writer: false, accept_lagging: false, divergent_ok: false }
 }
 
 /// Read-only, as a caller who knows a crash just happened opens it: a device
