@@ -167,6 +167,14 @@ impl Filesystem {
         for w in open_warnings {
             fs.warn(w);
         }
+        if sb.log_root.get() != 0 {
+            fs.warn(format!(
+                "the filesystem has a log tree (block {}): changes fsynced after generation {} are in it, and btrs shows the \
+                 last commit without them (the kernel replays them at its next mount)",
+                sb.log_root.get(),
+                sb.generation.get()
+            ));
+        }
         // The dev tree must agree with the chunks. A writer allocates from
         // it, so it must be readable; a reader can go on without it.
         match fs.dev_extents() {

@@ -459,6 +459,19 @@ impl Transaction {
     fn begin_holding(fs: Filesystem, mut held: Held) -> Result<Transaction> {
         let sb = fs.sb;
         let committed = sb.generation.get();
+        // A log tree holds what was fsynced after the last commit; the kernel
+        // replays it at its next mount. Its blocks (and the data extents it
+        // logged) are in no extent tree, so a commit here could allocate over
+        // them, and the replay would then read whatever was written there.
+        if sb.log_root.get() != 0 {
+            return Err(Error::Unsupported(format!(
+                "writing to a filesystem with a log tree (block {}: changes fsynced after generation {committed}, which the \
+                 kernel replays at its next mount): btrs does not replay it, and a write could reuse the space it lies \
+                 in; mount it with the kernel once (which replays and commits it), or drop those changes with \
+                 `btrfs rescue zero-log`",
+                sb.log_root.get()
+            )));
+        }
         let since = *held.since.get_or_insert(committed);
         // A reader of a generation older than what this process has seen
         // freed may read blocks freed by an earlier writer: wait for it.

@@ -15,6 +15,7 @@ mod compressed_write;
 mod extrefs;
 mod extract;
 mod items;
+mod logtree;
 mod readers;
 mod stale;
 mod verified;
