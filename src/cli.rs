@@ -430,29 +430,16 @@ fn thread_count(s: &str) -> Result<usize, String> {
     }
 }
 
-/// `--max-bio`: a size in bytes or with a K, M or G suffix, whole pages of
-/// 4 KiB from 4K to 1G (a bio is built of pages).
+/// `--max-bio`: a size (as mkfs sizes are written: bytes, or K, M, G...),
+/// whole pages of 4 KiB from 4K to 1G (a bio is built of pages).
 fn bio_size(s: &str) -> Result<usize, String> {
-    const PAGE: usize = 4096;
-    const MAX: usize = 1 << 30;
-    let t = s.trim();
-    let (num, mul) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1usize << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                _ => return Err(format!("unknown unit {c:?} (K, M or G)")),
-            };
-            (t.get(..i).unwrap_or(""), m)
-        }
-        _ => (t, 1),
-    };
-    let n: usize = num.parse().map_err(|_| "not a size (e.g. 1M, 256K, 65536)".to_string())?;
-    match n.checked_mul(mul) {
-        Some(b) if (PAGE..=MAX).contains(&b) && b % PAGE == 0 => Ok(b),
-        Some(b) if (PAGE..=MAX).contains(&b) => Err(format!("{b} bytes is not a whole number of 4 KiB pages")),
-        _ => Err("must be from 4K to 1G".into()),
+    const PAGE: u64 = 4096;
+    const MAX: u64 = 1 << 30;
+    match crate::ops::mkfs::parse_size(s) {
+        Err(e) => Err(e.to_string()),
+        Ok(b) if !(PAGE..=MAX).contains(&b) => Err("must be from 4K to 1G".into()),
+        Ok(b) if b % PAGE != 0 => Err(format!("{b} bytes is not a whole number of 4 KiB pages")),
+        Ok(b) => usize::try_from(b).map_err(|_| "must be from 4K to 1G".into()),
     }
 }
 
@@ -539,7 +526,8 @@ pub struct WriteArgs {
     /// Make missing parent directories.
     #[arg(short = 'p', long)]
     pub parents: bool,
-    /// Commit after every SIZE bytes written (in steps of 16 MiB) and go on
+    /// Commit after every SIZE bytes written (in steps of 16 MiB: smaller
+    /// sizes, 0 included, commit every step) and go on
     /// in a new transaction, like the kernel's periodic commit; a crash then
     /// keeps what the last commit wrote. Default 1G. Bounds memory.
     #[arg(long, value_name = "SIZE")]

@@ -183,6 +183,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 fix_csum: a.fix_csum,
             };
             let report = btrs::ops::scrub::scrub(&open, &opts).with_context(|| format!("cannot scrub {}", a.image.display()))?;
+            for w in &report.warnings {
+                say!("btrs: warning: {w}");
+            }
             if a.json {
                 report.write_json(&mut out)?;
             } else {

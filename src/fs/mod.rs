@@ -35,6 +35,9 @@ pub struct Filesystem {
     pub sectorsize: u32,
     roots: Mutex<HashMap<u64, RootPtr>>,
     warnings: Mutex<Vec<Warning>>,
+    /// Two histories on the current devices (see `divergent_histories`),
+    /// when the caller opened such a set anyway (`OpenOptions::divergent_ok`).
+    pub divergence: Option<String>,
 }
 
 /// One directory entry.
@@ -136,11 +139,12 @@ impl Filesystem {
         }
         crate::volumes::chunks::verify_stripes(&vol.chunks.entries(), &devids, None, false)?;
         let mut open_warnings = mark_stale(&mut vol)?;
-        if let Some(w) = divergent_histories(&vol) {
+        let divergence = divergent_histories(&vol);
+        if let Some(w) = &divergence {
             if !opts.divergent_ok {
-                return Err(Error::corrupt("device set", w));
+                return Err(Error::corrupt("device set", w.clone()));
             }
-            open_warnings.push(w);
+            open_warnings.push(w.clone());
         }
         let reader = TreeReader::new(Arc::new(vol))?;
         // A device --accept-lagging let serve the chunk tree that then proved
@@ -155,6 +159,7 @@ impl Filesystem {
             reader,
             roots: Mutex::new(HashMap::new()),
             warnings: Mutex::new(Vec::new()),
+            divergence,
         };
         {
             let mut roots = fs.roots.lock().map_err(|_| poisoned())?;
@@ -167,13 +172,8 @@ impl Filesystem {
         for w in open_warnings {
             fs.warn(w);
         }
-        if sb.log_root.get() != 0 {
-            fs.warn(format!(
-                "the filesystem has a log tree (block {}): changes fsynced after generation {} are in it, and btrs shows the \
-                 last commit without them (the kernel replays them at its next mount)",
-                sb.log_root.get(),
-                sb.generation.get()
-            ));
+        if let Some(w) = log_tree_note(&sb) {
+            fs.warn(w);
         }
         // The dev tree must agree with the chunks. A writer allocates from
         // it, so it must be readable; a reader can go on without it.
@@ -521,6 +521,18 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
     Ok(warnings)
 }
 
+/// What a reader must be told about a log tree, if the filesystem has one.
+pub fn log_tree_note(sb: &SuperBlock) -> Option<String> {
+    (sb.log_root.get() != 0).then(|| {
+        format!(
+            "the filesystem has a log tree (block {}): changes fsynced after generation {} are in it, and btrs shows the \
+             last commit without them (the kernel replays them at its next mount)",
+            sb.log_root.get(),
+            sb.generation.get()
+        )
+    })
+}
+
 /// The devices whose superblock generation is behind the filesystem's:
 /// (devid, generation, only one commit behind).
 fn devices_behind(vol: &Volume) -> Vec<(u64, u64, bool)> {
@@ -675,10 +687,12 @@ fn divergent_histories(vol: &Volume) -> Option<String> {
         )
     };
     let (first, rest) = current.split_first()?;
+    // What one commit writes alike to every device's superblock.
     let fields = |sb: &SuperBlock| {
         (
             (sb.root.get(), sb.root_level, sb.chunk_root.get(), sb.chunk_root_level, sb.chunk_root_generation.get()),
-            (sb.log_root.get(), sb.log_root_level, sb.bytes_used.get(), sb.total_bytes.get()),
+            (sb.log_root.get(), sb.log_root_level, sb.bytes_used.get(), sb.total_bytes.get(), sb.num_devices.get()),
+            (sb.incompat_flags.get(), sb.compat_ro_flags.get(), sb.cache_generation.get(), sb.uuid_tree_generation.get()),
         )
     };
     if let Some(other) = rest.iter().find(|d| fields(&d.sb) != fields(&first.sb)) {

@@ -74,6 +74,10 @@ pub enum FindingKind {
     /// are compared with the current ones and rebuilt from them by
     /// `--repair`, never counted against them.
     StaleDevice,
+    /// The current devices hold two histories of the filesystem (their
+    /// superblocks or verified copies of the newest commit's tree blocks
+    /// differ): nothing tells which is current, so nothing is repaired.
+    TwoHistories,
 }
 
 impl FindingKind {
@@ -86,6 +90,7 @@ impl FindingKind {
             FindingKind::Super => "super",
             FindingKind::MirrorMismatch => "mirror_mismatch",
             FindingKind::StaleDevice => "stale_device",
+            FindingKind::TwoHistories => "two_histories",
         }
     }
 }
@@ -213,6 +218,8 @@ pub struct ScrubReport {
     pub findings_dropped_unrepaired: u64,
     pub block_groups: u64,
     pub duration_ms: u64,
+    /// What a reader must know that is no finding (a log tree).
+    pub warnings: Vec<String>,
 }
 
 impl ScrubReport {
@@ -688,6 +695,9 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions, hold: &BTreeSet<u64>) -> 
         };
         acc.findings.push(Finding::about(FindingKind::Read, Some(*missing), None, 0, detail));
     }
+    if let Some(d) = &fs.divergence {
+        acc.findings.push(Finding::about(FindingKind::TwoHistories, None, None, 0, d.clone()));
+    }
     resolve_paths(&fs, &mut acc.findings);
     let _ = fs.reader.take_bad_copies();
 
@@ -717,6 +727,7 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions, hold: &BTreeSet<u64>) -> 
         findings_dropped_unrepaired: acc.dropped_unrepaired,
         block_groups: bgs.len() as u64,
         duration_ms: started.elapsed().as_millis() as u64,
+        warnings: crate::fs::log_tree_note(&sb).into_iter().collect(),
     })
 }
 
@@ -938,7 +949,7 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
             // says `csum`: that is what failed.
             FindingKind::Csum | FindingKind::CsumAllCopies | FindingKind::Verify => c.verify_errors += sectors,
             FindingKind::MirrorMismatch => c.mirror_mismatches += sectors,
-            FindingKind::Super | FindingKind::StaleDevice => {}
+            FindingKind::Super | FindingKind::StaleDevice | FindingKind::TwoHistories => {}
         }
         let good_mirror = source.filter(|&s| s != m);
         let mut repaired = false;
@@ -1335,7 +1346,7 @@ fn scrub_data_window(
                     FindingKind::Read => c.read_errors += sectors,
                     FindingKind::Csum | FindingKind::CsumAllCopies => c.csum_errors += sectors,
                     FindingKind::MirrorMismatch => c.mirror_mismatches += sectors,
-                    FindingKind::Verify | FindingKind::Super | FindingKind::StaleDevice => {}
+                    FindingKind::Verify | FindingKind::Super | FindingKind::StaleDevice | FindingKind::TwoHistories => {}
                 }
             }
             let good_mirror = source.filter(|&g| g != m && !uncorrectable);

@@ -193,6 +193,7 @@ impl Volume {
             .max_by_key(|d| d.sb.generation.get())
             .map(|d| d.sb)
             .ok_or_else(|| Error::Devices("no devices".into()))?;
+        same_filesystem(&devices, &sb)?;
         Ok(Volume {
             devices,
             sb,
@@ -401,6 +402,40 @@ pub struct ReadCopy {
     /// The copy lives on a lagging device (see [`Volume::lagging`], `stale`
     /// too): tried before other stale copies.
     pub lagging: bool,
+}
+
+/// Every device must agree with the newest superblock on what no commit
+/// changes: checksum type, node, sector and stripe size, metadata uuid. A
+/// device that does not is of another filesystem with the same fsid (made
+/// with the same `-U`): its blocks fail this filesystem's checks as if
+/// damaged, and a repair would write the other filesystem's over them.
+fn same_filesystem(devices: &BTreeMap<u64, Device>, sb: &SuperBlock) -> Result<()> {
+    let newest = devices.values().rev().find(|d| d.sb.generation.get() == sb.generation.get());
+    for d in devices.values() {
+        let differs = [
+            ("checksum type", u64::from(d.sb.csum_type.get()), u64::from(sb.csum_type.get())),
+            ("nodesize", u64::from(d.sb.nodesize.get()), u64::from(sb.nodesize.get())),
+            ("sectorsize", u64::from(d.sb.sectorsize.get()), u64::from(sb.sectorsize.get())),
+            ("stripesize", u64::from(d.sb.stripesize.get()), u64::from(sb.stripesize.get())),
+        ]
+        .into_iter()
+        .find(|(_, a, b)| a != b)
+        .map(|(what, a, b)| format!("{what} {a} against {b}"))
+        .or_else(|| (d.sb.metadata_fsid() != sb.metadata_fsid()).then(|| "metadata uuid".to_string()));
+        if let (Some(what), Some(n)) = (differs, newest) {
+            return Err(Error::Devices(format!(
+                "devid {} ({}) and devid {} ({}) carry filesystem UUID {} but differ in {what}: images of two filesystems \
+                 with the same UUID (made with the same -U?); move away the one that does not belong (--degraded reads \
+                 without it)",
+                d.devid,
+                d.path.display(),
+                n.devid,
+                n.path.display(),
+                uuid_string(&sb.fsid)
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn join(v: &[u64]) -> String {

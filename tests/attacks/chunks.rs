@@ -177,3 +177,52 @@ fn a_device_of_another_filesystem_with_the_same_uuid_is_named() {
         }
     }
 }
+
+/// Two filesystems made with the same `-U` and SOURCE_DATE_EPOCH (so with the same
+/// device uuids too) but different checksum types, one device of each put together.
+/// The other's tree blocks failed this one's checksums as if damaged, so the set
+/// opened, and `scrub --repair` wrote the other filesystem's blocks over the only
+/// good copies, exit 0 (an attacker's pass on ca23275). Devices must agree on what
+/// no commit changes (checksum type, node, sector and stripe size, metadata uuid);
+/// either way round, every command refuses naming both images.
+#[test]
+fn a_device_of_another_filesystem_with_another_checksum_is_refused() {
+    for (ours, theirs) in [("crc32c", "xxhash"), ("xxhash", "crc32c")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("big"), pseudo(200_000, 5)).unwrap();
+        let make = |sub: &str, csum: &str| -> Vec<PathBuf> {
+            let d = dir.join(sub);
+            std::fs::create_dir_all(&d).unwrap();
+            let imgs: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("dev{i}.img"))).collect();
+            let out = std::process::Command::new(BIN)
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .args(["mkfs", "-f", "-U", "11111111-2222-3333-4444-555555555555", "-d", "raid1", "-m", "raid1", "-b", "128M", "--csum", csum, "-r"])
+                .arg(&src)
+                .args(&imgs)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            imgs
+        };
+        let imgs = make("x", ours);
+        let other = make("y", theirs);
+        std::fs::copy(&other[1], &imgs[1]).unwrap();
+        let before = fingerprints(&imgs);
+        for img in &imgs {
+            for args in [&["ls", s(img), "/"][..], &["cat", s(img), "/big"], &["scrub", s(img)], &["scrub", s(img), "--repair"], &["mkdir", s(img), "/d"]] {
+                let (code, _, err) = btrs(args);
+                assert_eq!(code, 1, "{ours} set with a {theirs} device: {args:?}: {err}");
+                assert!(
+                    err.contains("checksum type") && err.contains("dev1.img") && err.contains("dev2.img") && err.contains("same UUID"),
+                    "{args:?}: the error does not name both images and what differs: {err}"
+                );
+            }
+        }
+        assert_eq!(fingerprints(&imgs), before, "a command wrote to the mixed set");
+        std::fs::rename(&imgs[1], dir.join("foreign.img")).unwrap();
+        assert_eq!(ok(&["--degraded", "cat", s(&imgs[0]), "/big"]), pseudo(200_000, 5));
+    }
+}

@@ -67,6 +67,35 @@ fn a_log_tree_is_named_by_readers_and_refused_by_writers() {
         assert!(err.contains("log tree") && err.contains("zero-log"), "{args:?}: {err}");
     }
     assert_eq!(fingerprints(&imgs), before, "a writing command wrote to an image with a log tree");
+    // Scrub says so too (it said nothing, an attacker's pass on ca23275), in its
+    // JSON as well, and finds nothing wrong.
+    let (code, out, err) = btrs(&["scrub", s(&imgs[0]), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("log tree"), "scrub does not say the fsynced changes are not scrubbed: {err}");
+    let rep: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(rep["warnings"].as_array().is_some_and(|w| w.iter().any(|w| w.as_str().is_some_and(|w| w.contains("log tree")))), "{rep}");
+}
+
+/// A log tree on one device's superblock only: the devices of one generation name
+/// different trees, two histories. Every command but a plain scrub refuses; scrub
+/// reported the set clean (exit 0) and now reports `two_histories` (exit 3).
+#[test]
+fn a_log_tree_on_one_device_only_is_two_histories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let imgs = mkfs(dir, 2, "128M", "raid1", &[]);
+    write_file(dir, &imgs[0], "/f", b"committed\n", &[]);
+    set_log_root(&imgs[1]);
+    let err = fails(&["ls", s(&imgs[0]), "/"], 1);
+    assert!(err.contains("two histories"), "{err}");
+    let before = fingerprints(&imgs);
+    let (code, out, err) = btrs(&["scrub", s(&imgs[0]), "--json"]);
+    assert_eq!(code, 3, "{err}");
+    let rep: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let f = rep["findings"].as_array().unwrap();
+    assert!(f.iter().any(|f| f["kind"] == "two_histories" && f["repaired"] == false), "{rep}");
+    fails(&["scrub", s(&imgs[0]), "--repair"], 1);
+    assert_eq!(fingerprints(&imgs), before, "a command wrote to a set of two histories");
 }
 
 /// A log tree the kernel wrote (a file fsynced with no commit after it, the image

@@ -919,6 +919,7 @@ fn two_histories_of_one_generation_are_refused_not_mixed() {
     assert_eq!(code, 3, "scrub of two histories: {err}");
     let differ = findings(&rep).iter().filter(|f| f["kind"] == "mirror_mismatch").count();
     assert!(differ >= 4, "scrub does not list the differing copies: {rep}");
+    assert!(findings(&rep).iter().any(|f| f["kind"] == "two_histories"), "scrub does not name the two histories: {rep}");
     assert_eq!(fingerprints(&imgs), before, "scrub without --repair wrote");
     // Each history is whole on its own device.
     assert!(cat_alone(&imgs, 0, "/s") == ours && cat_alone(&imgs, 0, "/c") == ours_c, "devid 1 alone does not read its own history");
