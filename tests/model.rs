@@ -203,10 +203,12 @@ impl CliRunner {
                 let mut st = states.get(k).cloned().ok_or_else(|| format!("[kill] {op}: killed {k} generations on, {} states", states.len()))?;
                 let fs = open_after_crash(&self.imgs)?;
                 let torn = torn_paths(&st, &cands);
+                let unreconciled = st.clone();
                 reconcile_in_place(&fs, &mut st, &cands).map_err(|e| format!("[kill] {e}"))?;
                 compare_all(&mut FsView { fs: &fs }, &st).map_err(|e| format!("[kill] {op} killed after {}µs: {e}", kill.unwrap_or(0)))?;
                 drop(fs);
                 judge(&self.imgs, true, &torn).map_err(|e| format!("[kill] {op}: {e}"))?;
+                st = settle_in_place(&self.imgs, unreconciled, &cands).map_err(|e| format!("[kill] {op}: after the repair: {e}"))?;
                 self.stats.crashes += 1;
                 self.stale_supers = true;
                 self.model = st;

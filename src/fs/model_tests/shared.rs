@@ -465,6 +465,22 @@ pub fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(),
     settled()
 }
 
+/// The model after [`judge`]'s repair of a crash: what the torn NODATACOW
+/// bytes settled on. The judge prefers copy 1, what a read served first and
+/// the model took, but a majority of three copies outvotes a preference
+/// (soak seed 811317: RAID1C3, a truncate's in-place zeroing killed after the
+/// first mirror; the repair put the old bytes back and a later check found
+/// them), so the model takes what the copies hold now, from `unreconciled`
+/// (the state before the first reconcile).
+pub fn settle_in_place(imgs: &[PathBuf], unreconciled: Model, cands: &[InPlace]) -> Result<Model, String> {
+    let mut st = unreconciled;
+    if !cands.is_empty() {
+        let fs = open_after_crash(imgs)?;
+        reconcile_in_place(&fs, &mut st, cands)?;
+    }
+    Ok(st)
+}
+
 /// The paths of the files NODATACOW writes went in place in (see [`judge`]).
 pub fn torn_paths(m: &Model, cands: &[InPlace]) -> Vec<String> {
     m.paths().into_iter().filter(|(_, id)| cands.iter().any(|c| c.0 == *id)).map(|(p, _)| p).collect()
