@@ -62,7 +62,9 @@ pub enum Command {
     /// Copy a subtree out to the host, preserving metadata, hardlinks and holes.
     ///
     /// DEST must not exist, or, when PATH is a directory, be a directory into
-    /// which PATH's entries are merged. DEST itself may be a symlink to a
+    /// which PATH's entries are merged. A directory that was already there (DEST
+    /// itself, or one merged into) keeps its own owner, mode, xattrs and times;
+    /// only what extract makes takes the image's. DEST itself may be a symlink to a
     /// directory (followed, once: it is the caller's choice); nothing below DEST
     /// is ever reached through a symlink. The image's symlinks are made as
     /// symlinks and never followed, and a name that already exists on the host
@@ -183,7 +185,9 @@ pub struct ScrubArgs {
     /// Rewrite bad copies from good ones (opens the images for writing). A
     /// stale device (finding stale_device) is rebuilt from the current copies,
     /// its superblocks last, only once every copy it holds matches; its copies
-    /// never outvote a current one.
+    /// never outvote a current one. Every tree block is read before anything
+    /// is written: on two histories (finding two_histories: copies of one tree
+    /// block that both verify yet differ) nothing is repaired anywhere.
     #[arg(long, conflicts_with = "readonly")]
     pub repair: bool,
     /// When copies differ and no checksum or majority decides, trust copy N (1-based).

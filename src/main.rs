@@ -278,15 +278,19 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }))?;
     o.label = a.label;
     o.fsid = match &a.uuid {
-        Some(u) => Some(*usage(uuid::Uuid::parse_str(u).map_err(|e| format!("bad UUID {u:?}: {e}")))?.as_bytes()),
+        Some(u) => Some(*usage(uuid::Uuid::parse_str(u).map_err(|e| format!("bad UUID {u:?}: {e}")).and_then(|id| {
+            if id.is_nil() {
+                Err(format!("--uuid {u}: the nil UUID names no filesystem"))
+            } else {
+                Ok(id)
+            }
+        }))?
+        .as_bytes()),
         None => None,
     };
     if let Some(f) = &a.features {
         // An unknown name is a usage error; a combination btrs refuses is not.
-        o.features = match o.features.apply(f) {
-            Err(btrs::Error::Invalid(m)) if m.starts_with("unknown feature") => return usage(Err(m)),
-            r => r?,
-        };
+        o.features = o.features.with(&usage(m::parse_features(f))?)?;
     }
     o.force = a.force;
     o.rootdir = a.rootdir;
@@ -317,6 +321,8 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(p).with_context(|| format!("read --manifest {}", p.display()))?;
         o.ownership.manifest = btrs::ops::rootdir::parse_manifest(&text).with_context(|| format!("--manifest {}", p.display()))?;
     }
+    // Values no image could make work are usage errors (exit 2), told before any image is read.
+    usage(m::check_options(&o))?;
     if a.print_size {
         let r = m::print_size(&o)?;
         if a.json {

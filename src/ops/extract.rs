@@ -103,13 +103,17 @@ fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path) -> Result<Ext
     let ino = fs.inode(ent.id)?;
     if ino.file_type == FileType::Directory {
         let children = fs.read_dir(ent.id)?;
-        let fd = dest_dir(dest)?;
+        let (fd, made) = dest_dir(dest)?;
         let mut x = Extractor::new(fs, fd, dest.to_path_buf());
         x.dirs.insert(ent.id);
         x.children(children, fspath, 0)?;
-        let top = x.dirs_open.top().map_err(|e| Error::io(dest, "open", e))?;
-        let r = x.metadata_fd(&ino, &*top, dest);
-        x.record(fspath, r)?;
+        // DEST that was there before keeps its own owner, mode and times: the image
+        // does not get to make the caller's directory setuid or someone else's.
+        if made {
+            let top = x.dirs_open.top().map_err(|e| Error::io(dest, "open", e))?;
+            let r = x.metadata_fd(&ino, &*top, dest);
+            x.record(fspath, r)?;
+        }
         x.stats.dirs += 1;
         return Ok(x.stats);
     }
@@ -129,15 +133,19 @@ fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path) -> Result<Ext
 }
 
 /// DEST as a directory handle: opened when it is a directory (or the caller's symlink to one),
-/// made when it does not exist.
-fn dest_dir(dest: &Path) -> Result<OwnedFd> {
+/// made when it does not exist (then `true`).
+fn dest_dir(dest: &Path) -> Result<(OwnedFd, bool)> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     match dest.symlink_metadata() {
-        Ok(_) if dest.is_dir() => rustix::fs::open(dest, flags, Mode::empty()).map_err(|e| Error::io(dest, "open", e.into())),
+        Ok(_) if dest.is_dir() => {
+            rustix::fs::open(dest, flags, Mode::empty()).map(|fd| (fd, false)).map_err(|e| Error::io(dest, "open", e.into()))
+        }
         Ok(_) => Err(Error::Invalid(format!("{} already exists", dest.display()))),
         Err(_) => {
             std::fs::create_dir(dest).map_err(|e| Error::io(dest, "mkdir", e))?;
-            rustix::fs::open(dest, flags | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| Error::io(dest, "open", e.into()))
+            rustix::fs::open(dest, flags | OFlags::NOFOLLOW, Mode::empty())
+                .map(|fd| (fd, true))
+                .map_err(|e| Error::io(dest, "open", e.into()))
         }
     }
 }
@@ -350,10 +358,10 @@ impl<'a> Extractor<'a> {
                 if ent.id.ino != crate::format::EMPTY_SUBVOL_DIR_OBJECTID && !self.dirs.insert(ent.id) {
                     return Err(Error::corrupt(format!("directory {}", ent.id), "reached twice (directory loop or aliased directory)"));
                 }
-                let fd = self.make_dir(&parent, name)?;
+                let (fd, made) = self.make_dir(&parent, name)?;
                 drop(parent);
                 self.dirs_open.push(name, fd);
-                let r = self.dir_contents(&ino, fspath, depth);
+                let r = self.dir_contents(&ino, fspath, depth, made);
                 self.dirs_open.pop();
                 r?;
                 self.stats.dirs += 1;
@@ -406,21 +414,22 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    /// A new directory `name` in `parent`, or the one already there when merging into an
-    /// existing tree; never a symlink to one.
-    fn make_dir(&self, parent: &OwnedFd, name: &OsStr) -> Result<OwnedFd> {
+    /// A new directory `name` in `parent` (then `true`), or the one already there when
+    /// merging into an existing tree; never a symlink to one.
+    fn make_dir(&self, parent: &OwnedFd, name: &OsStr) -> Result<(OwnedFd, bool)> {
         let host = || self.dirs_open.host(name);
-        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) => {}
+        let made = match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => true,
             Err(Errno::EXIST) => {
                 let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| Error::io(host(), "stat", e.into()))?;
                 if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
                     return Err(self.create_error(parent, name, "mkdir", Errno::EXIST));
                 }
+                false
             }
             Err(e) => return Err(Error::io(host(), "mkdir", e.into())),
-        }
-        open_dir(parent, name).map_err(|e| Error::io(host(), "open", e))
+        };
+        open_dir(parent, name).map(|fd| (fd, made)).map_err(|e| Error::io(host(), "open", e))
     }
 
     /// The error of making `name` in `parent`: a name already taken says by what.
@@ -442,12 +451,16 @@ impl<'a> Extractor<'a> {
         Error::Invalid(format!("{}: already exists on the host as {what}; left alone", host.display()))
     }
 
-    /// The entries of the directory just made (the top of the stack), then its metadata.
-    fn dir_contents(&mut self, ino: &Inode, fspath: &str, depth: usize) -> Result<()> {
+    /// The entries of the directory just made (the top of the stack), then its metadata
+    /// when extract made it: a host directory merged into keeps its own.
+    fn dir_contents(&mut self, ino: &Inode, fspath: &str, depth: usize, made: bool) -> Result<()> {
         match self.fs.read_dir(ino.id) {
             Ok(children) => self.children(children, fspath, depth)?,
             // The directory stays, empty; its metadata is still set.
             Err(e) => self.record(fspath, Err(e))?,
+        }
+        if !made {
+            return Ok(());
         }
         let here = self.dirs_open.here();
         let fd = self.dirs_open.top().map_err(|e| Error::io(&here, "open", e))?;

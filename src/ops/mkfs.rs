@@ -55,28 +55,57 @@ impl Default for Features {
     }
 }
 
-impl Features {
-    /// Apply a comma-separated `-O` list to these features; `^name` turns one off.
-    pub fn apply(mut self, spec: &str) -> Result<Features> {
-        for raw in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+/// One `-O` name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    NoHoles,
+    FreeSpaceTree,
+    BlockGroupTree,
+    /// Always on in btrs images (extref, skinny-metadata, mixed-backref).
+    AlwaysOn(&'static str),
+}
+
+/// A comma-separated `-O` list: each name turned on, or off with `^`. An
+/// unknown name is the caller's typo (a usage error), told apart from a
+/// combination btrs refuses, which [`Features::with`] reports.
+pub fn parse_features(spec: &str) -> std::result::Result<Vec<(bool, Feature)>, String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|raw| {
             let (on, name) = match raw.strip_prefix('^') {
                 Some(n) => (false, n),
                 None => (true, raw),
             };
-            match name.to_ascii_lowercase().replace('_', "-").as_str() {
-                "no-holes" => self.no_holes = on,
-                "free-space-tree" | "fst" => self.free_space_tree = on,
-                "block-group-tree" | "bgt" => self.block_group_tree = on,
-                // Always on in btrs images; turning them off is not offered.
-                "extref" | "skinny-metadata" | "mixed-backref" if on => {}
-                "extref" | "skinny-metadata" | "mixed-backref" => {
-                    return Err(Error::Unsupported(format!("mkfs without {name}")))
-                }
-                _ => {
-                    return Err(Error::Invalid(format!(
-                        "unknown feature {name:?}; known: no-holes, free-space-tree, block-group-tree"
-                    )))
-                }
+            let f = match name.to_ascii_lowercase().replace('_', "-").as_str() {
+                "no-holes" => Feature::NoHoles,
+                "free-space-tree" | "fst" => Feature::FreeSpaceTree,
+                "block-group-tree" | "bgt" => Feature::BlockGroupTree,
+                "extref" => Feature::AlwaysOn("extref"),
+                "skinny-metadata" => Feature::AlwaysOn("skinny-metadata"),
+                "mixed-backref" => Feature::AlwaysOn("mixed-backref"),
+                _ => return Err(format!("unknown feature {name:?}; known: no-holes, free-space-tree, block-group-tree")),
+            };
+            Ok((on, f))
+        })
+        .collect()
+}
+
+impl Features {
+    /// Apply a comma-separated `-O` list to these features; `^name` turns one off.
+    pub fn apply(self, spec: &str) -> Result<Features> {
+        self.with(&parse_features(spec).map_err(Error::Invalid)?)
+    }
+
+    /// These features with `list` applied in order; refuses what btrs does not make.
+    pub fn with(mut self, list: &[(bool, Feature)]) -> Result<Features> {
+        for &(on, f) in list {
+            match f {
+                Feature::NoHoles => self.no_holes = on,
+                Feature::FreeSpaceTree => self.free_space_tree = on,
+                Feature::BlockGroupTree => self.block_group_tree = on,
+                Feature::AlwaysOn(_) if on => {}
+                Feature::AlwaysOn(name) => return Err(Error::Unsupported(format!("mkfs without {name}"))),
             }
         }
         if self.block_group_tree && !self.free_space_tree {
@@ -1009,6 +1038,9 @@ pub fn mkfs(opts: &MkfsOptions) -> Result<MkfsSummary> {
 
 /// Check the options; returns the metadata and data profiles and the time
 /// every made-up timestamp gets.
+///
+/// Touches no file: [`check_options`] lets a caller tell a request that can
+/// never work (a usage error) from a failure on the images.
 fn validate(opts: &MkfsOptions) -> Result<(Profile, Profile, (u64, u32))> {
     if opts.images.is_empty() {
         return Err(Error::Invalid("no image given".into()));
@@ -1086,6 +1118,12 @@ fn validate(opts: &MkfsOptions) -> Result<(Profile, Profile, (u64, u32))> {
         }
     }
     Ok((meta_profile, data_profile, now))
+}
+
+/// The options alone, before any image is looked at: what mkfs would refuse
+/// whatever the images hold.
+pub fn check_options(opts: &MkfsOptions) -> Result<()> {
+    validate(opts).map(|_| ())
 }
 
 fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
@@ -1334,7 +1372,11 @@ fn plan_for_sizes(
         return Ok(c);
     }
     let need = needed_size(ndevs, &last);
-    let small = opts.images.iter().zip(sizes).map(|(p, s)| format!("{} ({s} bytes)", p.display())).collect::<Vec<_>>();
+    // The size asked for, when one was: the files' lengths say nothing then.
+    let small = match opts.size {
+        Some(s) => vec![format!("--size {s} bytes")],
+        None => opts.images.iter().zip(sizes).map(|(p, s)| format!("{} ({s} bytes)", p.display())).collect::<Vec<_>>(),
+    };
     Err(Error::Invalid(format!(
         "images too small for this filesystem: {}; each of the {ndevs} image(s) needs at least {need} bytes ({} MiB) with data {data_profile}, metadata {meta_profile}{}",
         small.join(", "),

@@ -428,7 +428,14 @@ impl Acc {
                 return;
             }
         }
-        if self.findings.len() >= MAX_FINDINGS {
+        // The first finding of each kind that decides what --repair may do
+        // is kept past the limit: a stale device, two histories.
+        let decides = || match f.kind {
+            FindingKind::StaleDevice => true,
+            FindingKind::TwoHistories => !self.findings.iter().any(|p| p.kind == FindingKind::TwoHistories),
+            _ => false,
+        };
+        if self.findings.len() >= MAX_FINDINGS && !decides() {
             self.dropped += 1;
             if !f.repaired {
                 self.dropped_unrepaired += 1;
@@ -446,19 +453,30 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     }
     let no_hold = BTreeSet::new();
     if !opts.repair {
-        return scrub_pass(open, opts, &no_hold);
+        return scrub_pass(open, opts, &no_hold, Scope::All);
+    }
+    // Before anything is written, the tree blocks are read: two histories
+    // anywhere in them (not only in the newest commit, which open compares)
+    // and --repair repairs nothing at all, because a copy that passes its
+    // checksum would be taken as good by a repair elsewhere and stitch the two
+    // together. The report is then that of a plain scrub.
+    let dry_opts = ScrubOptions { repair: false, progress: false, ..opts.clone() };
+    let meta = scrub_pass(open, &dry_opts, &no_hold, Scope::TreeBlocks)?;
+    if meta.findings.iter().any(|f| f.kind == FindingKind::TwoHistories) {
+        let mut r = scrub_pass(open, &ScrubOptions { repair: false, ..opts.clone() }, &no_hold, Scope::All)?;
+        r.warnings.push("two histories on the current devices: --repair repaired nothing".into());
+        return Ok(r);
     }
     // Only a set with a stale device needs the dry pass below.
-    let any_stale = !Filesystem::open(&OpenOptions { writable: false, divergent_ok: true, ..open.clone() })?.volume().stale.is_empty();
-    if !any_stale {
-        return scrub_pass(open, opts, &no_hold);
+    if !meta.findings.iter().any(|f| f.kind == FindingKind::StaleDevice) {
+        return scrub_pass(open, opts, &no_hold, Scope::All);
     }
     // A stale device that cannot be rebuilt whole is left untouched: what it
     // holds that differs from the current copies is the proof that it is an
     // older copy, and rewriting only part of it would erase that proof (one
     // commit behind, with matching tree blocks, it would look like a crash,
     // and --accept-lagging would take its old data as current).
-    let dry = scrub_pass(open, &ScrubOptions { repair: false, progress: false, ..opts.clone() }, &no_hold)?;
+    let dry = scrub_pass(open, &dry_opts, &no_hold, Scope::All)?;
     let stale: BTreeSet<u64> = dry.findings.iter().filter(|f| f.kind == FindingKind::StaleDevice).filter_map(|f| f.devid).collect();
     let hold: BTreeSet<u64> = stale
         .into_iter()
@@ -472,7 +490,15 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
                 })
         })
         .collect();
-    scrub_pass(open, opts, &hold)
+    scrub_pass(open, opts, &hold, Scope::All)
+}
+
+/// What a scrub pass reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    All,
+    /// Metadata and system block groups only (the dry look before a repair).
+    TreeBlocks,
 }
 
 /// `--fix-csum`: scrub, then rewrite the checksum of every data sector whose
@@ -528,7 +554,7 @@ fn fix_csum(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     Ok(report)
 }
 
-fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions, hold: &BTreeSet<u64>) -> Result<ScrubReport> {
+fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions, hold: &BTreeSet<u64>, scope: Scope) -> Result<ScrubReport> {
     let started = Instant::now();
     // Two histories on the current devices: scrub is what lists where they
     // differ. It repairs nothing there: a checksum only speaks for the
@@ -621,6 +647,10 @@ fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions, hold: &BTreeSet<u64>) -> 
         vol.chunks.lookup(bg.start).is_ok_and(|e| e.chunk.chunk_type & (BLOCK_GROUP_DATA | BLOCK_GROUP_METADATA) == BLOCK_GROUP_DATA)
     };
     let (data_work, meta_work): (Vec<_>, Vec<_>) = work.iter().partition(|(bg, _, _)| is_data(bg));
+    let (data_work, work) = match scope {
+        Scope::All => (data_work, work),
+        Scope::TreeBlocks => (Vec::new(), meta_work.clone()),
+    };
     let phases: Vec<Vec<(&BlockGroup, u64, u64)>> =
         if opts.repair && !vol.stale.is_empty() { vec![data_work, meta_work] } else { vec![work] };
     let results: Mutex<Vec<Acc>> = Mutex::new(Vec::new());
@@ -880,6 +910,43 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
     let untrusted: Vec<bool> = locs.iter().take(raw.len()).map(|l| vol.is_stale(l.devid)).collect();
     let untrusted_at = |m: usize| untrusted.get(m).copied().unwrap_or(false);
     let voters: Vec<Option<&[u8]>> = good_bytes.iter().enumerate().map(|(m, b)| b.filter(|_| !untrusted_at(m))).collect();
+    // Two current copies that both verify (checksum, address, the generation
+    // the parent expects) yet differ: the kernel writes a tree block once per
+    // generation, and a torn write fails its checksum, so each came from its
+    // own history. No vote or preference may pick one: each would rewrite the
+    // other history's block and leave the trees that point at it.
+    let two_histories = {
+        let mut v = voters.iter().flatten();
+        v.next().is_some_and(|first| v.any(|b| b != first))
+    };
+    if two_histories {
+        for (m, loc) in locs.iter().enumerate().take(n) {
+            if voters.get(m).copied().flatten().is_none() {
+                continue;
+            }
+            let c = acc.dev(loc.devid);
+            c.mirror_mismatches += sectors;
+            c.uncorrectable_errors += sectors;
+            acc.push(Finding {
+                kind: FindingKind::TwoHistories,
+                devid: Some(loc.devid),
+                physical: Some(loc.physical),
+                logical: Some(logical),
+                len: ctx.nodesize,
+                mirror: Some(m + 1),
+                good_mirror: None,
+                metadata: true,
+                paths: Vec::new(),
+                file_offset: None,
+                repaired: false,
+                detail: "copies of one tree block verify (checksum, address, generation) but differ: \
+                         two histories; nothing is repaired"
+                    .into(),
+                extent: Some(logical),
+            });
+        }
+        return;
+    }
     let mut verdict = arbitrate(&voters, prefer.filter(|&p| !untrusted_at(p)));
     let src = match &verdict {
         Verdict::Agree => voters.iter().position(Option::is_some),

@@ -223,15 +223,15 @@ impl Volume {
                     .find(|o| o.devid != *devid && o.sb.generation.get() == newest)
                     .map(|o| format!("devid {} ({}, generation {newest})", o.devid, o.path.display()))
                     .unwrap_or_else(|| format!("generation {newest}"));
-                return Err(Error::Devices(format!(
-                    "devid {devid} ({}) has device uuid {}, but the chunk tree of {by} gives devid {devid} device uuid {}: \
-                     images of two filesystems with the same UUID {} (made with the same -U?); move away the one that \
-                     does not belong (--degraded reads without it)",
-                    d.path.display(),
-                    uuid_string(&d.sb.dev_item.uuid),
-                    uuid_string(uuid),
-                    uuid_string(&self.sb.fsid)
-                )));
+                return Err(two_filesystems(
+                    format!(
+                        "devid {devid} ({}) has device uuid {}, but the chunk tree of {by} gives devid {devid} device uuid {}",
+                        d.path.display(),
+                        uuid_string(&d.sb.dev_item.uuid),
+                        uuid_string(uuid),
+                    ),
+                    &self.sb.fsid,
+                ));
             }
         }
         let devids: BTreeSet<u64> = devs.keys().copied().collect();
@@ -423,16 +423,10 @@ fn same_filesystem(devices: &BTreeMap<u64, Device>, sb: &SuperBlock) -> Result<(
         .map(|(what, a, b)| format!("{what} {a} against {b}"))
         .or_else(|| (d.sb.metadata_fsid() != sb.metadata_fsid()).then(|| "metadata uuid".to_string()));
         if let (Some(what), Some(n)) = (differs, newest) {
-            return Err(Error::Devices(format!(
-                "devid {} ({}) and devid {} ({}) carry filesystem UUID {} but differ in {what}: images of two filesystems \
-                 with the same UUID (made with the same -U?); move away the one that does not belong (--degraded reads \
-                 without it)",
-                d.devid,
-                d.path.display(),
-                n.devid,
-                n.path.display(),
-                uuid_string(&sb.fsid)
-            )));
+            return Err(two_filesystems(
+                format!("devid {} ({}) and devid {} ({}) differ in {what}", d.devid, d.path.display(), n.devid, n.path.display()),
+                &sb.fsid,
+            ));
         }
     }
     Ok(())
@@ -462,4 +456,13 @@ fn sibling_files(image: &Path) -> Vec<PathBuf> {
     };
     out.sort();
     out
+}
+
+/// Devices that carry one filesystem UUID but cannot be one filesystem: `what` says how.
+fn two_filesystems(what: String, fsid: &[u8; UUID_SIZE]) -> Error {
+    Error::Devices(format!(
+        "{what}: images of two filesystems with the same UUID {} (made with the same -U?); move away the one that \
+         does not belong (--degraded reads without it)",
+        uuid_string(fsid)
+    ))
 }

@@ -499,10 +499,12 @@ fn valid_tree_round_trips() {
     let img = sc.image();
     let expected = walk_manifest(&sc.p("src"));
 
-    let check = |out: &Path, skip: &str| {
-        let mut got = walk_manifest(out);
-        got["entries"].as_array_mut().unwrap().retain(|e| skip.is_empty() || e["path"] != skip);
-        crate::common::fixtures::assert_manifest_eq(&expected, &got);
+    let check = |out: &Path, skip: &[&str]| {
+        let (mut want, mut got) = (expected.clone(), walk_manifest(out));
+        for m in [&mut want, &mut got] {
+            m["entries"].as_array_mut().unwrap().retain(|e| !skip.iter().any(|s| e["path"] == *s));
+        }
+        crate::common::fixtures::assert_manifest_eq(&want, &got);
         let blocks = fs::metadata(out.join("sparse")).unwrap().blocks();
         assert!(blocks * 512 < 1 << 20, "sparse file is not sparse: {blocks} blocks");
         if root {
@@ -512,23 +514,68 @@ fn valid_tree_round_trips() {
     };
     let fresh = sc.p("fresh");
     sc.extract(&img, &fresh, 0, 0);
-    check(&fresh, "");
+    check(&fresh, &[]);
 
     let real = sc.p("real");
     fs::create_dir(&real).unwrap();
     fs::write(real.join("mine"), b"host file").unwrap();
     let via = sc.p("via-link");
     symlink(&real, &via).unwrap();
+    let real_before = fs::metadata(&real).unwrap();
     sc.extract(&img, &via, 0, 0);
     assert!(fs::symlink_metadata(&via).unwrap().file_type().is_symlink());
     assert_eq!(read(&real.join("mine")), b"host file");
-    check(&real, "mine");
+    // The directory merged into keeps its own metadata (see existing_directories_keep_their_metadata).
+    let real_after = fs::metadata(&real).unwrap();
+    assert_eq!((real_after.mode(), real_after.uid()), (real_before.mode(), real_before.uid()));
+    check(&real, &["mine", ""]);
 
     // One file to a new name.
     let one = sc.p("one");
     sc.extract_path(&img, "/setuid", &one);
     assert_eq!(read(&one), b"#!/bin/sh\n");
     assert_eq!(fs::metadata(&one).unwrap().mode() & 0o7777, 0o4755);
+}
+
+/// Regression (third attacker pass): an image whose root is mode 4777, extracted into an
+/// existing DEST, made DEST setuid and world-writable (and, as root, the image's uid owned
+/// it); so did a merged subdirectory. Directories that were already there now keep their
+/// own owner, mode and times; only what extract makes takes the image's.
+#[test]
+fn existing_directories_keep_their_metadata() {
+    let sc = Scene::new();
+    sc.file("sub/f", b"data");
+    fs::set_permissions(sc.src("sub"), fs::Permissions::from_mode(0o4777)).unwrap();
+    fs::set_permissions(sc.src(""), fs::Permissions::from_mode(0o4777)).unwrap();
+    if is_root() {
+        std::os::unix::fs::lchown(sc.src(""), Some(4242), Some(4242)).unwrap();
+        std::os::unix::fs::lchown(sc.src("sub"), Some(4242), Some(4242)).unwrap();
+    }
+    let img = sc.image();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::new(1_500_000_000, 0);
+    let dest = sc.p("dest");
+    fs::create_dir_all(dest.join("sub")).unwrap();
+    for d in [dest.join("sub"), dest.clone()] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o750)).unwrap();
+        fs::File::open(&d).unwrap().set_times(fs::FileTimes::new().set_modified(old)).unwrap();
+    }
+    let want = |p: &Path| {
+        let m = fs::metadata(p).unwrap();
+        // Not the mtime: a file made inside a directory moves it, as on any host.
+        (m.mode() & 0o7777, m.uid(), m.gid())
+    };
+    let (dest_before, sub_before) = (want(&dest), want(&dest.join("sub")));
+    sc.extract(&img, &dest, 0, 0);
+    assert_eq!(read(&dest.join("sub/f")), b"data");
+    assert_eq!(want(&dest), dest_before, "DEST took the image root's metadata");
+    let dest_mtime = fs::metadata(&dest).unwrap().mtime();
+    assert_eq!(dest_mtime, 1_500_000_000, "DEST took the image root's times");
+    assert_eq!(want(&dest.join("sub")), sub_before, "a merged directory took the image's metadata");
+    // What extract makes still takes the image's metadata.
+    let fresh = sc.p("fresh");
+    sc.extract(&img, &fresh, 0, 0);
+    assert_eq!(want(&fresh).0, 0o4777);
+    assert_eq!(want(&fresh.join("sub")).0, 0o4777);
 }
 
 impl Scene {

@@ -876,7 +876,7 @@ fn the_chunk_tree_is_never_read_from_a_stale_device() {
 /// served whichever copy it read first with exit 0 (and the other history's bytes when
 /// that copy failed). Open now compares the current devices' copies of the newest
 /// commit's tree blocks and refuses a set whose verified copies differ; scrub lists the
-/// differences; `scrub --repair` refuses too (it "repaired" the other history's
+/// differences; `scrub --repair` repairs nothing (it "repaired" the other history's
 /// checksummed data from this one's checksums, an attacker's pass found); each history
 /// stays readable alone with `--degraded`.
 #[test]
@@ -911,14 +911,18 @@ fn two_histories_of_one_generation_are_refused_not_mixed() {
     for extra in [&["--repair"][..], &["--repair", "--prefer-mirror", "1"], &["--repair", "--prefer-mirror", "2"], &["--fix-csum"]] {
         let mut args = vec!["scrub", s(&imgs[0])];
         args.extend_from_slice(extra);
-        let err = fails(&args, 1);
+        // --repair reports where the histories differ and repairs nothing (exit 3);
+        // --fix-csum, which commits, refuses (exit 1).
+        let err = fails(&args, if extra == ["--fix-csum"] { 1 } else { 3 });
         assert!(err.contains("two histories"), "{args:?}: {err}");
     }
     assert_eq!(fingerprints(&imgs), before, "a command wrote to a set it cannot tell the history of");
     let (code, rep, err) = scrub_json(&imgs[0], &[]);
     assert_eq!(code, 3, "scrub of two histories: {err}");
-    let differ = findings(&rep).iter().filter(|f| f["kind"] == "mirror_mismatch").count();
+    let differ = findings(&rep).iter().filter(|f| f["kind"] == "mirror_mismatch" || (f["kind"] == "two_histories" && f["logical"].is_u64())).count();
     assert!(differ >= 4, "scrub does not list the differing copies: {rep}");
+    let blocks = findings(&rep).iter().filter(|f| f["kind"] == "two_histories" && f["metadata"] == true && f["logical"].is_u64()).count();
+    assert!(blocks >= 2, "scrub does not name the tree blocks where the histories differ: {rep}");
     assert!(findings(&rep).iter().any(|f| f["kind"] == "two_histories"), "scrub does not name the two histories: {rep}");
     assert_eq!(fingerprints(&imgs), before, "scrub without --repair wrote");
     // Each history is whole on its own device.
@@ -948,4 +952,67 @@ fn a_block_only_a_stale_device_holds_is_untrusted_not_corrupt() {
     let f = findings(&rep).iter().find(|f| f["devid"] == 2).expect("a finding about devid 2");
     let detail = f["detail"].as_str().unwrap();
     assert!(detail.contains("stale") && detail.contains("left out") && !detail.contains("missing"), "{detail}");
+}
+
+/// Regression (third attacker pass): two histories that differ only in a tree block the
+/// newest commit did not write (here the checksum leaf, one copy changed and resealed so
+/// both copies verify). Open compares only the newest commit's blocks and let it through;
+/// scrub called the two copies a `mirror_mismatch`, and `scrub --repair --prefer-mirror 1`
+/// overwrote the other history's block, along with every other repair it made. Scrub now
+/// names the block `two_histories` (exit 3), and `--repair` first reads every tree block
+/// and, on two histories, repairs nothing at all, not even damage elsewhere.
+#[test]
+fn two_histories_in_an_older_tree_are_never_repaired() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let imgs = mkfs(dir, 2, "128M", "raid1", &[]);
+    let (c, d) = (pseudo(200_000, 31), pseudo(100_000, 32));
+    write_file(dir, &imgs[0], "/c", &c, &[]);
+    write_file(dir, &imgs[0], "/d", &d, &[]);
+    ok(&["mkdir", s(&imgs[0]), "/x"]);
+    let opts = btrs::volumes::OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), ..Default::default() };
+    let fs = btrs::Filesystem::open(&opts).unwrap();
+    let csum_root = fs.reader.root_block(&fs.tree_root(btrs::format::CSUM_TREE_OBJECTID).unwrap()).unwrap();
+    assert!(csum_root.is_leaf() && csum_root.header.generation.get() < fs.sb.generation.get(), "the newest commit wrote the csum leaf");
+    let leaf = csum_root.logical;
+    let nodesize = fs.sb.nodesize.get() as usize;
+    // Another history's checksum leaf in copy 2: the last checksum byte differs, resealed.
+    let (devid, phys) = locate(&imgs, leaf, 1);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(image_of(&imgs, devid)).unwrap();
+    let mut b = vec![0u8; nodesize];
+    f.read_exact_at(&mut b, phys).unwrap();
+    b[nodesize - 1] ^= 0x5a;
+    reseal(fs.csum, &mut b);
+    f.write_all_at(&b, phys).unwrap();
+    // And damage that a repair would mend: copy 2 of /d's first sector.
+    let d_logical = {
+        let ent = fs.resolve("/d").unwrap();
+        let ext = fs.file_extents(ent.id).unwrap();
+        ext.iter()
+            .find_map(|(_, e)| match e.kind {
+                btrs::format::items::FileExtentKind::Regular { disk_bytenr, offset, .. } => Some(disk_bytenr + offset),
+                _ => None,
+            })
+            .expect("/d has a regular extent")
+    };
+    drop(fs);
+    let (devid, phys) = locate(&imgs, d_logical, 1);
+    let g = std::fs::OpenOptions::new().read(true).write(true).open(image_of(&imgs, devid)).unwrap();
+    g.write_all_at(&[0xee; 512], phys).unwrap();
+    drop((f, g));
+    let before = fingerprints(&imgs);
+
+    let (code, rep, err) = scrub_json(&imgs[0], &[]);
+    assert_eq!(code, 3, "{err}");
+    let two: Vec<_> = findings(&rep).iter().filter(|f| f["kind"] == "two_histories" && f["logical"] == leaf).collect();
+    assert_eq!(two.len(), 2, "both copies of the csum leaf are named two_histories: {rep}");
+    for extra in [&["--repair"][..], &["--repair", "--prefer-mirror", "1"], &["--repair", "--prefer-mirror", "2"]] {
+        let (code, rep, err) = scrub_json(&imgs[0], extra);
+        assert_eq!(code, 3, "{extra:?}: {err}");
+        assert!(findings(&rep).iter().all(|f| f["repaired"] == false), "{extra:?} repaired something: {rep}");
+        assert!(findings(&rep).iter().any(|f| f["kind"] == "two_histories"), "{extra:?}: {rep}");
+        assert!(err.contains("repaired nothing"), "{extra:?}: {err}");
+        assert_eq!(fingerprints(&imgs), before, "scrub {extra:?} wrote to a set of two histories");
+    }
 }
