@@ -63,8 +63,9 @@ pub enum Command {
     ///
     /// DEST must not exist, or, when PATH is a directory, be a directory into
     /// which PATH's entries are merged. A directory that was already there (DEST
-    /// itself, or one merged into) keeps its own owner, mode, xattrs and times;
-    /// only what extract makes takes the image's. DEST itself may be a symlink to a
+    /// itself, or one merged into) keeps its own owner, mode and xattrs (its
+    /// mtime moves as entries are made in it, as on any host); only what
+    /// extract makes takes the image's metadata. DEST itself may be a symlink to a
     /// directory (followed, once: it is the caller's choice); nothing below DEST
     /// is ever reached through a symlink. The image's symlinks are made as
     /// symlinks and never followed, and a name that already exists on the host
@@ -210,7 +211,8 @@ pub struct ScrubArgs {
     pub readonly: bool,
     /// Rewrite the checksum of every data sector whose copies all agree but
     /// fail their checksum (csum_all_copies), in a copy-on-write transaction,
-    /// and report those findings as corrected.
+    /// and report those findings as corrected. On two histories nothing is
+    /// rewritten.
     #[arg(long, conflicts_with = "readonly")]
     pub fix_csum: bool,
 }

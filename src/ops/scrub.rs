@@ -507,6 +507,13 @@ enum Scope {
 /// findings as corrected.
 fn fix_csum(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     let mut report = scrub(open, &ScrubOptions { fix_csum: false, ..opts.clone() })?;
+    // Two histories anywhere (open sees only the newest commit's): the
+    // checksums to rewrite are one history's, and a commit would write the
+    // other's trees over with them.
+    if report.findings.iter().any(|f| f.kind == FindingKind::TwoHistories) {
+        report.warnings.push("two histories on the current devices: --fix-csum rewrote no checksum".into());
+        return Ok(report);
+    }
     let fs = Filesystem::open(&OpenOptions { writable: true, ..open.clone() })?;
     let ss = fs.sectorsize as u64;
     let stale: BTreeSet<u64> = report

@@ -911,9 +911,8 @@ fn two_histories_of_one_generation_are_refused_not_mixed() {
     for extra in [&["--repair"][..], &["--repair", "--prefer-mirror", "1"], &["--repair", "--prefer-mirror", "2"], &["--fix-csum"]] {
         let mut args = vec!["scrub", s(&imgs[0])];
         args.extend_from_slice(extra);
-        // --repair reports where the histories differ and repairs nothing (exit 3);
-        // --fix-csum, which commits, refuses (exit 1).
-        let err = fails(&args, if extra == ["--fix-csum"] { 1 } else { 3 });
+        // Each reports where the histories differ and repairs nothing (exit 3).
+        let err = fails(&args, 3);
         assert!(err.contains("two histories"), "{args:?}: {err}");
     }
     assert_eq!(fingerprints(&imgs), before, "a command wrote to a set it cannot tell the history of");
@@ -960,7 +959,8 @@ fn a_block_only_a_stale_device_holds_is_untrusted_not_corrupt() {
 /// scrub called the two copies a `mirror_mismatch`, and `scrub --repair --prefer-mirror 1`
 /// overwrote the other history's block, along with every other repair it made. Scrub now
 /// names the block `two_histories` (exit 3), and `--repair` first reads every tree block
-/// and, on two histories, repairs nothing at all, not even damage elsewhere.
+/// and, on two histories, repairs nothing at all, not even damage elsewhere; nor does
+/// `--fix-csum` commit its checksums (it did, an attacker's pass on the first fix found).
 #[test]
 fn two_histories_in_an_older_tree_are_never_repaired() {
     use std::os::unix::fs::FileExt;
@@ -985,7 +985,24 @@ fn two_histories_in_an_older_tree_are_never_repaired() {
     b[nodesize - 1] ^= 0x5a;
     reseal(fs.csum, &mut b);
     f.write_all_at(&b, phys).unwrap();
-    // And damage that a repair would mend: copy 2 of /d's first sector.
+    // And damage that a repair would mend: copy 2 of /d's first sector; and a
+    // sector of /c changed alike on both copies, whose checksum --fix-csum rewrites.
+    let c_logical = {
+        let ent = fs.resolve("/c").unwrap();
+        fs.file_extents(ent.id)
+            .unwrap()
+            .iter()
+            .find_map(|(_, e)| match e.kind {
+                btrs::format::items::FileExtentKind::Regular { disk_bytenr, offset, .. } => Some(disk_bytenr + offset),
+                _ => None,
+            })
+            .expect("/c has a regular extent")
+    };
+    for m in 0..2 {
+        let (devid, phys) = locate(&imgs, c_logical + 8192, m);
+        let h = std::fs::OpenOptions::new().read(true).write(true).open(image_of(&imgs, devid)).unwrap();
+        h.write_all_at(&[0x77; 16], phys + 100).unwrap();
+    }
     let d_logical = {
         let ent = fs.resolve("/d").unwrap();
         let ext = fs.file_extents(ent.id).unwrap();
@@ -1007,12 +1024,15 @@ fn two_histories_in_an_older_tree_are_never_repaired() {
     assert_eq!(code, 3, "{err}");
     let two: Vec<_> = findings(&rep).iter().filter(|f| f["kind"] == "two_histories" && f["logical"] == leaf).collect();
     assert_eq!(two.len(), 2, "both copies of the csum leaf are named two_histories: {rep}");
-    for extra in [&["--repair"][..], &["--repair", "--prefer-mirror", "1"], &["--repair", "--prefer-mirror", "2"]] {
+    assert!(findings(&rep).iter().any(|f| f["kind"] == "csum_all_copies"), "{rep}");
+    // --fix-csum committed its checksums over the two histories (attacker's pass on c363b17).
+    for extra in [&["--repair"][..], &["--repair", "--prefer-mirror", "1"], &["--repair", "--prefer-mirror", "2"], &["--fix-csum"], &["--repair", "--fix-csum"]] {
         let (code, rep, err) = scrub_json(&imgs[0], extra);
         assert_eq!(code, 3, "{extra:?}: {err}");
         assert!(findings(&rep).iter().all(|f| f["repaired"] == false), "{extra:?} repaired something: {rep}");
         assert!(findings(&rep).iter().any(|f| f["kind"] == "two_histories"), "{extra:?}: {rep}");
-        assert!(err.contains("repaired nothing"), "{extra:?}: {err}");
+        let said = if extra.contains(&"--repair") { "repaired nothing" } else { "rewrote no checksum" };
+        assert!(err.contains(said), "{extra:?}: {err}");
         assert_eq!(fingerprints(&imgs), before, "scrub {extra:?} wrote to a set of two histories");
     }
 }
