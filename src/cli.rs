@@ -28,7 +28,8 @@ with a warning naming path, file offset and devid, and with no good copy the com
 nothing.\n\n\
 Reading commands see the last committed state even while a btrs writer works on the images: the \
 writer keeps what it frees unused while they read (a new writer waits for readers of older \
-generations, then refuses)."
+generations, then refuses). A reader that comes while the writer has overwritten NODATACOW data in \
+place waits for its commit (up to 30 s)."
 )]
 pub struct Cli {
     /// Another device (image file) of the filesystem; repeatable.

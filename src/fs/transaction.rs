@@ -29,7 +29,9 @@
 //! while a reader of an older generation is registered (`Held`), and a
 //! writer whose process did not see what was freed since a registered
 //! reader's generation waits for it, then refuses. NODATACOW overwrites are
-//! copied on write while any reader is registered.
+//! copied on write while any reader is registered; a writer that overwrote in
+//! place holds a mark until its commit, and a reader that comes meanwhile
+//! waits for that commit (`volumes::guard::mark_in_place`).
 //!
 //! Free space tree bitmaps (the kernel switches fragmented groups to them)
 //! are read from nowhere (the extent tree is the truth) and a changed group
@@ -132,7 +134,7 @@ pub struct Store {
 
 fn no_space(what: &str, len: u64) -> Error {
     Error::NoSpace(format!(
-        "cannot allocate {len} bytes of {what}: its block groups are full and the devices have no room for another chunk; image unchanged"
+        "cannot allocate {len} bytes of {what}: its block groups are full and the devices have no room for another chunk; nothing of this transaction was committed"
     ))
 }
 
@@ -245,7 +247,7 @@ impl Store {
         while free < len {
             let Some(plan) = plan_chunk(&devs, 0, flags)? else {
                 return Err(Error::NoSpace(format!(
-                    "{len} bytes of data do not fit: {free} bytes free in the data block groups and on the devices; image unchanged"
+                    "{len} bytes of data do not fit: {free} bytes free in the data block groups and on the devices; nothing of this transaction was committed"
                 )));
             };
             for &(devid, phys) in &plan.stripes {
@@ -429,6 +431,17 @@ const READER_PATIENCE: std::time::Duration = std::time::Duration::from_millis(15
 
 /// A running transaction. Dropping it without [`Transaction::commit`] aborts:
 /// nothing reachable from the superblock was written.
+/// Where a transaction stands with NODATACOW overwrites in place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum InPlace {
+    #[default]
+    Unmarked,
+    /// Marked before looking for readers; nothing overwritten yet.
+    Marked,
+    /// Committed bytes overwritten: marked until the commit is on the images.
+    Written,
+}
+
 pub struct Transaction {
     pub store: Store,
     pub trees: BTreeMap<u64, CowTree>,
@@ -441,6 +454,9 @@ pub struct Transaction {
     pub direct: Option<crate::fs::direct::DirectWriter>,
     /// Paths commands named inodes by, for messages: (tree, inode) -> path.
     pub names: HashMap<(u64, u64), String>,
+    /// The in-place mark is held (see `volumes::guard::mark_in_place`), and
+    /// whether committed bytes were overwritten under it.
+    pub(crate) in_place: InPlace,
     /// Test-only switches of the direct writer (see `fs::direct`).
     #[cfg(test)]
     pub direct_no_bounce: bool,
@@ -610,6 +626,7 @@ impl Transaction {
             now: crate::format::Timespec::new(now.as_secs(), now.subsec_nanos()),
             direct: None,
             names: HashMap::new(),
+            in_place: InPlace::Unmarked,
             #[cfg(test)]
             direct_no_bounce: false,
             #[cfg(test)]
@@ -1268,6 +1285,9 @@ impl Transaction {
         // Nothing changed: no new generation (a superblock generation newer
         // than its root block's would not mount).
         if blocks.is_empty() {
+            if self.in_place != InPlace::Unmarked {
+                vol.mark_in_place(false)?;
+            }
             return Ok(self.store.fs);
         }
         // 1. Tree blocks to every mirror.
@@ -1320,6 +1340,11 @@ impl Transaction {
             }
         }
         vol.sync_all()?;
+        // Readers waiting for the bytes overwritten in place to be part of a
+        // commit can open this one.
+        if self.in_place != InPlace::Unmarked {
+            vol.mark_in_place(false)?;
+        }
         let mut fs = self.store.fs;
         fs.committed(sb)?;
         Ok(fs)

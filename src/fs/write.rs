@@ -1601,11 +1601,6 @@ impl Transaction {
     fn try_write_in_place(&mut self, root: u64, ino: u64, a: u64, buf: &[u8], opts: &WriteOpts, report: &mut WriteReport) -> Result<bool> {
         // An extent of this transaction may still have direct bios in flight.
         self.finish_direct()?;
-        // A registered reader reads the committed bytes an in-place write
-        // would change under it: copy on write instead while one is there.
-        if self.store.fs.volume().oldest_reader(self.transid())?.is_some() {
-            return Ok(false);
-        }
         let end = a + buf.len() as u64;
         let exts = self.extents_overlapping(root, ino, a, end)?;
         let mut pos = a;
@@ -1628,6 +1623,23 @@ impl Transaction {
         if pos < end {
             return Ok(false);
         }
+        // A registered reader reads the committed bytes an in-place write
+        // would change under it: copy on write instead while one is there.
+        // The mark goes up before the look, so that a reader registering
+        // after the look sees the mark and waits for this commit.
+        use crate::fs::transaction::InPlace;
+        if self.in_place == InPlace::Unmarked {
+            self.store.fs.volume().mark_in_place(true)?;
+            self.in_place = InPlace::Marked;
+        }
+        if self.store.fs.volume().oldest_reader(self.transid())?.is_some() {
+            if self.in_place == InPlace::Marked {
+                self.store.fs.volume().mark_in_place(false)?;
+                self.in_place = InPlace::Unmarked;
+            }
+            return Ok(false);
+        }
+        self.in_place = InPlace::Written;
         for (logical, from, to) in plan {
             self.write_data(logical, &buf[(from - a) as usize..(to - a) as usize], opts, report)?;
         }

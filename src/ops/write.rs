@@ -569,6 +569,16 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
                 pos += n as u64;
             }
         }
+        // Its size is what was copied: a file with bytes past it (/proc and
+        // /sys files say 0 or 4096, a file grows while copied) is refused, not
+        // cut short.
+        let mut past = [0u8; 1];
+        if f.read_at(&mut past, size).map_err(|e| Error::io(src, format!("read at {size}"), e))? != 0 {
+            return Err(Error::Invalid(format!(
+                "{}: holds bytes past its size ({size}), as /proc and /sys files do or a file written while it is copied; not copied",
+                src.display()
+            )));
+        }
         // A file ending in a hole (or all hole) still has its full size.
         if tx.read_inode(root, ino)?.size.get() < size {
             tx.truncate(root, ino, size)?;

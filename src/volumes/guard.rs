@@ -111,6 +111,38 @@ pub fn refuse_loop_attached(path: &Path) -> Result<()> {
 /// end (a lock needs no bytes to exist there), one byte per generation.
 const READER_LOCK_BASE: u64 = 1 << 62;
 
+/// The byte a writer write-locks while its transaction has overwritten
+/// committed NODATACOW data in place (see [`mark_in_place`]).
+const IN_PLACE_LOCK: u64 = READER_LOCK_BASE - 1;
+
+fn in_place_lock(kind: libc::c_short) -> Result<libc::flock> {
+    let off = |v: u64| libc::off_t::try_from(v).map_err(|_| Error::Invalid(format!("lock offset {v} out of range")));
+    Ok(libc::flock { l_type: kind, l_whence: short(libc::SEEK_SET), l_start: off(IN_PLACE_LOCK)?, l_len: 1, l_pid: 0 })
+}
+
+/// A writer about to overwrite committed NODATACOW bytes in place says so
+/// (`on`), before it looks for readers, and takes it back once its commit
+/// is on the images. A reader registers first and then looks at this mark
+/// ([`in_place_pending`]): so either the writer sees the reader and copies
+/// on write, or the reader sees the mark and waits for the commit, whose
+/// trees are the state those bytes belong to.
+pub fn mark_in_place(file: &File, path: &Path, on: bool) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = in_place_lock(short(if on { libc::F_WRLCK } else { libc::F_UNLCK }))?;
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&l))
+        .map(|_| ())
+        .map_err(|e| Error::io(path, "mark an in-place write (fcntl F_OFD_SETLK)", e.into()))
+}
+
+/// Whether another open file (any process) holds the in-place mark on `file`.
+pub fn in_place_pending(file: &File, path: &Path) -> Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut l = in_place_lock(short(libc::F_RDLCK))?;
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_GETLK(&mut l))
+        .map_err(|e| Error::io(path, "look for an in-place write (fcntl F_OFD_GETLK)", e.into()))?;
+    Ok(l.l_type != short(libc::F_UNLCK))
+}
+
 fn generation_lock(kind: libc::c_short, generation: u64, len: u64) -> Result<libc::flock> {
     let start = READER_LOCK_BASE
         .checked_add(generation)

@@ -61,6 +61,9 @@ impl OpenOptions {
     }
 }
 
+/// How long a reader waits for the commit of a writer's in-place overwrites.
+const IN_PLACE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Debug)]
 pub struct Volume {
     pub devices: BTreeMap<u64, Device>,
@@ -98,9 +101,16 @@ impl Volume {
     /// the superblocks did not move on meanwhile: a writer that committed
     /// before seeing the registration may already reuse blocks of the
     /// generation found, so the open starts again at the new one.
+    ///
+    /// A writer that has overwritten committed NODATACOW bytes in place and
+    /// not yet committed (see [`guard::mark_in_place`]) makes the open wait
+    /// for that commit and start again: the generation found no longer
+    /// describes those bytes.
     pub fn open(opts: &OpenOptions) -> Result<Volume> {
         const TRIES: usize = 20;
-        for _ in 0..TRIES {
+        let started = std::time::Instant::now();
+        let mut tries = 0;
+        while tries < TRIES {
             let vol = Volume::open_once(opts)?;
             if opts.writable {
                 return Ok(vol);
@@ -110,6 +120,23 @@ impl Volume {
             for d in vol.devices.values() {
                 guard::register_reader(&d.file, &d.path, generation)?;
             }
+            let mut in_place = false;
+            for d in vol.devices.values() {
+                in_place |= guard::in_place_pending(&d.file, &d.path)?;
+            }
+            if in_place {
+                if started.elapsed() >= IN_PLACE_PATIENCE {
+                    return Err(Error::Devices(format!(
+                        "{}: a writer is overwriting NODATACOW data in place and has not committed for {} s; try again",
+                        opts.image.display(),
+                        IN_PLACE_PATIENCE.as_secs()
+                    )));
+                }
+                drop(vol);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            tries = tries.saturating_add(1);
             let mut newest = generation;
             for d in vol.devices.values() {
                 newest = newest.max(d.current_generation()?);
@@ -122,6 +149,12 @@ impl Volume {
             "{}: a writer committed {TRIES} times while the filesystem was being opened; try again",
             opts.image.display()
         )))
+    }
+
+    /// Mark (or unmark) this writer's in-place overwrites on every device
+    /// (see [`guard::mark_in_place`]).
+    pub fn mark_in_place(&self, on: bool) -> Result<()> {
+        self.devices.values().try_for_each(|d| guard::mark_in_place(&d.file, &d.path, on))
     }
 
     /// The oldest generation below `below` that a registered reader reads

@@ -887,3 +887,17 @@ fn a_closed_stderr_keeps_the_exit_code() {
         assert_eq!(status.code(), Some(*want), "{cmd:?} with stderr closed");
     }
 }
+
+/// Regression (attacker's pass on 5c11694): `put` of a file whose size says less than it
+/// holds (/proc files say 0) stored an empty file and said "copied 1 files", exit 0.
+/// It is refused now, naming the file, and the image is unchanged.
+#[test]
+fn put_refuses_a_file_holding_more_than_its_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = crate::util::mkfs(tmp.path(), 1, "128M", "single", &[]);
+    let before = fingerprint(&imgs[0]);
+    let (c, _, err) = btrs(&["put", s(&imgs[0]), "/proc/self/status", "/"]);
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("/proc/self/status") && err.contains("past its size"), "{err}");
+    assert_eq!(fingerprint(&imgs[0]), before, "a refused put changed the image");
+}

@@ -180,3 +180,75 @@ fn nodatacow_overwrite_beside_a_reader_is_copied_on_write() {
     assert!(ok(&["cat", s(img), "/n"]) == new);
     progs_check("nodatacow_overwrite_beside_a_reader_is_copied_on_write", &imgs, &[]);
 }
+
+/// Regression (attacker's pass on 5c11694): a reader that starts after a writer has
+/// begun overwriting a NODATACOW file in place read the old generation's trees over
+/// sectors already rewritten: the new bytes up to where the writer was, the old after,
+/// exit 0, a state the file never had. The writer now marks its in-place overwrites
+/// before it looks for readers and until its commit is on the images; a reader that
+/// comes meanwhile waits for that commit and reads it.
+#[test]
+fn reader_arriving_during_an_in_place_overwrite_waits_for_its_commit() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let imgs = mkfs(dir, 1, "128M", "single", &[]);
+    let img = &imgs[0];
+    let old = pseudo(24 * MIB, 17);
+    let new = pseudo(24 * MIB, 18);
+    std::fs::write(dir.join("old.bin"), &old).unwrap();
+    ok(&["write", s(img), "/n", "--from", s(&dir.join("old.bin")), "--nodatacow"]);
+    // Where /n's first sector lies in the image: the writer's in-place bytes land there.
+    let first = {
+        let fs = btrs::Filesystem::open(&btrs::volumes::OpenOptions { image: img.clone(), ..Default::default() }).unwrap();
+        let ent = fs.resolve("/n").unwrap();
+        let logical = fs
+            .file_extents(ent.id)
+            .unwrap()
+            .iter()
+            .find_map(|(off, e)| match e.kind {
+                btrs::format::items::FileExtentKind::Regular { disk_bytenr, offset, .. } if *off == 0 => Some(disk_bytenr + offset),
+                _ => None,
+            })
+            .expect("/n starts with a regular extent");
+        fs.volume().locate(logical, 0).unwrap().physical
+    };
+    let mut w = Command::new(BIN)
+        .args(["write", s(img), "/n", "--from", "-", "--commit-every", "64M"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = w.stdin.take().unwrap();
+    // Feed the first 16 MiB step (write reads its input in such steps), then wait until
+    // its first sector is overwritten in place.
+    stdin.write_all(&new[..16 * MIB]).unwrap();
+    let f = std::fs::File::open(img).unwrap();
+    let mut sector = vec![0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        f.read_exact_at(&mut sector, first).unwrap();
+        if sector[..] == new[..4096] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the writer never overwrote /n in place");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A reader now: the committed trees are the old ones, the first sectors already new.
+    let mut cat = Command::new(BIN).args(["cat", s(img), "/n"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stdin.write_all(&new[16 * MIB..]).unwrap();
+    drop(stdin);
+    let out = w.wait_with_output().unwrap();
+    assert!(out.status.success(), "writer: {}", String::from_utf8_lossy(&out.stderr));
+    let mut got = Vec::new();
+    cat.stdout.take().unwrap().read_to_end(&mut got).unwrap();
+    let status = cat.wait().unwrap();
+    let mut err = String::new();
+    cat.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "the reader failed: {err}");
+    let torn = got != old && got != new;
+    assert!(!torn, "the reader printed a state /n never had ({} bytes, first difference from new at {:?}, from old at {:?})", got.len(), first_diff(&got, &new), first_diff(&got, &old));
+    assert!(got == new, "the reader came after the in-place overwrite began: it reads the commit that holds it");
+    progs_check("reader_arriving_during_an_in_place_overwrite_waits_for_its_commit", &imgs, &[]);
+}
