@@ -429,8 +429,6 @@ impl Held {
 /// How long a writer waits for readers of generations it cannot protect.
 const READER_PATIENCE: std::time::Duration = std::time::Duration::from_millis(1500);
 
-/// A running transaction. Dropping it without [`Transaction::commit`] aborts:
-/// nothing reachable from the superblock was written.
 /// Where a transaction stands with NODATACOW overwrites in place.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum InPlace {
@@ -442,6 +440,8 @@ pub(crate) enum InPlace {
     Written,
 }
 
+/// A running transaction. Dropping it without [`Transaction::commit`] aborts:
+/// nothing reachable from the superblock was written.
 pub struct Transaction {
     pub store: Store,
     pub trees: BTreeMap<u64, CowTree>,

@@ -926,35 +926,11 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
         let mut v = voters.iter().flatten();
         v.next().is_some_and(|first| v.any(|b| b != first))
     };
-    if two_histories {
-        for (m, loc) in locs.iter().enumerate().take(n) {
-            if voters.get(m).copied().flatten().is_none() {
-                continue;
-            }
-            let c = acc.dev(loc.devid);
-            c.mirror_mismatches += sectors;
-            c.uncorrectable_errors += sectors;
-            acc.push(Finding {
-                kind: FindingKind::TwoHistories,
-                devid: Some(loc.devid),
-                physical: Some(loc.physical),
-                logical: Some(logical),
-                len: ctx.nodesize,
-                mirror: Some(m + 1),
-                good_mirror: None,
-                metadata: true,
-                paths: Vec::new(),
-                file_offset: None,
-                repaired: false,
-                detail: "copies of one tree block verify (checksum, address, generation) but differ: \
-                         two histories; nothing is repaired"
-                    .into(),
-                extent: Some(logical),
-            });
-        }
-        return;
-    }
-    let mut verdict = arbitrate(&voters, prefer.filter(|&p| !untrusted_at(p)));
+    let mut verdict = if two_histories {
+        Verdict::NoArbiter { copies: (0..voters.len()).filter(|&m| voters[m].is_some()).collect() }
+    } else {
+        arbitrate(&voters, prefer.filter(|&p| !untrusted_at(p)))
+    };
     let src = match &verdict {
         Verdict::Agree => voters.iter().position(Option::is_some),
         Verdict::Majority { good, .. } | Verdict::Preferred { good, .. } => Some(*good),
@@ -990,9 +966,10 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
         let Some(v) = &verdicts[m] else { continue };
         let (kind, detail) = match v {
             Ok(()) => match &verdict {
+                // Only stale copies can be outvoted here: current ones that
+                // differ are two histories (NoArbiter).
                 Verdict::Majority { bad, .. } | Verdict::Preferred { bad, .. } if bad.contains(&m) => {
-                    let detail = if untrusted_at(m) { "copy on a stale device differs from the current copy" } else { "verified copies differ" };
-                    (FindingKind::MirrorMismatch, detail.to_string())
+                    (FindingKind::MirrorMismatch, "copy on a stale device differs from the current copy".to_string())
                 }
                 _ if src.is_none() && differ.contains(&m) => (
                     FindingKind::MirrorMismatch,
@@ -1004,7 +981,12 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
                     }
                     .to_string(),
                 ),
-                Verdict::NoArbiter { .. } => (FindingKind::MirrorMismatch, "verified copies differ".to_string()),
+                Verdict::NoArbiter { .. } => (
+                    FindingKind::TwoHistories,
+                    "copies of one tree block verify (checksum, address, generation) but differ: two histories; nothing is \
+                     repaired"
+                        .to_string(),
+                ),
                 _ => continue,
             },
             Err(BlockProblem::Csum) if all_fail_csum_alike => (FindingKind::CsumAllCopies, "every copy fails its checksum".into()),
@@ -1022,8 +1004,8 @@ fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, level: Option
             // the two reports can be compared counter by counter. The finding still
             // says `csum`: that is what failed.
             FindingKind::Csum | FindingKind::CsumAllCopies | FindingKind::Verify => c.verify_errors += sectors,
-            FindingKind::MirrorMismatch => c.mirror_mismatches += sectors,
-            FindingKind::Super | FindingKind::StaleDevice | FindingKind::TwoHistories => {}
+            FindingKind::MirrorMismatch | FindingKind::TwoHistories => c.mirror_mismatches += sectors,
+            FindingKind::Super | FindingKind::StaleDevice => {}
         }
         let good_mirror = source.filter(|&s| s != m);
         let mut repaired = false;
