@@ -24,7 +24,7 @@ mod lib_api {
     pub use btrs::fs::{FileChunk, Filesystem, InodeId};
     pub use btrs::ops::mkfs::{mkfs, MkfsOptions};
     pub use btrs::ops::scrub::{scrub, Finding, FindingKind, ScrubOptions};
-    pub use btrs::volumes::OpenOptions;
+    pub use btrs::volumes::{raw, OpenOptions};
     pub use btrs::Error;
 }
 

@@ -737,7 +737,7 @@ pub(crate) mod testutil {
         let tmp = tempfile::tempdir().ok()?;
         let imgs: Vec<PathBuf> = (1..=ndev).map(|i| tmp.path().join(format!("dev{i}.img"))).collect();
         for p in &imgs {
-            std::fs::File::create(p).ok()?.set_len(256 << 20).ok()?;
+            crate::volumes::raw::set_len(p, 256 << 20).ok()?;
         }
         let ok = std::process::Command::new("mkfs.btrfs")
             .arg("-q")

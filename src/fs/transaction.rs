@@ -451,7 +451,7 @@ pub struct Transaction {
     pub now: crate::format::Timespec,
     /// Direct bios of this transaction's writes, on the devices' threads
     /// (started by the first direct write).
-    pub direct: Option<crate::fs::direct::DirectWriter>,
+    pub direct: Option<crate::volumes::bio::DirectWriter>,
     /// Paths commands named inodes by, for messages: (tree, inode) -> path.
     pub names: HashMap<(u64, u64), String>,
     /// The in-place mark is held (see `volumes::guard::mark_in_place`), and
@@ -523,8 +523,7 @@ impl Transaction {
             return Err(Error::Unsupported("the filesystem has a log tree to replay; mount it once with the kernel".into()));
         }
         for (_, d) in fs.volume().devices.iter() {
-            let mode = rustix::fs::fcntl_getfl(&d.file).map_err(|e| Error::io(&d.path, "fcntl", e.into()))?;
-            if mode & rustix::fs::OFlags::ACCMODE == rustix::fs::OFlags::RDONLY {
+            if !d.opened_writable()? {
                 return Err(Error::Invalid("filesystem opened read-only; open with writable".into()));
             }
         }
@@ -1576,7 +1575,7 @@ mod crash_tests {
         // run on the devices' own threads, through the same fault plan.
         let b = tx.create(root, dir, b"b", S_IFREG | 0o644, 0)?;
         let data = bytes(200_000, 2);
-        let mut pages = crate::fs::direct::Bounce::zeroed(data.len());
+        let mut pages = crate::volumes::bio::Bounce::zeroed(data.len());
         pages.bytes_mut().copy_from_slice(&data);
         tx.write_owned(root, b, 0, pages, true, &o, &mut r)?;
         tx.unlink(root, dir, b"c")?;

@@ -23,7 +23,9 @@ use crate::format::items::{self, parse_dir_items, parse_file_extent, FileExtentK
 use crate::format::limits;
 use crate::format::*;
 use crate::fs::compress::{self, Compression};
-use crate::fs::direct::{Bounce, DirectWriter, Plain, Source};
+use crate::fs::direct::{Plain, Source};
+use crate::volumes::bio::{Bounce, DirectWriter, Live};
+pub use crate::volumes::bio::{BioFn, BioHook, BioRecord, BioStage};
 use crate::fs::props;
 use crate::fs::transaction::Transaction;
 use std::sync::Arc;
@@ -45,43 +47,6 @@ pub struct WriteReport {
     /// extents take on disk (one copy).
     pub compressed: u64,
     pub compressed_disk: u64,
-}
-
-/// One write of one contiguous piece to one copy.
-#[derive(Debug, Clone)]
-pub struct BioRecord {
-    pub logical: u64,
-    pub len: u64,
-    pub devid: u64,
-    pub physical: u64,
-    pub mirror: usize,
-}
-
-/// Where a bio is in its life, for a [`BioHook`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BioStage {
-    Submitted,
-    Completed,
-    Failed,
-}
-
-/// Told of every data bio as it is submitted and as it completes (from the
-/// thread that issued it), for `btrs write -v`.
-#[derive(Clone)]
-pub struct BioHook(pub Arc<BioFn>);
-
-pub type BioFn = dyn Fn(&BioRecord, BioStage) + Send + Sync;
-
-impl BioHook {
-    pub fn call(&self, rec: &BioRecord, stage: BioStage) {
-        (self.0)(rec, stage)
-    }
-}
-
-impl std::fmt::Debug for BioHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BioHook")
-    }
 }
 
 /// Options for file data writes.
@@ -1011,60 +976,13 @@ impl Transaction {
         self.names.insert((root, ino), path.to_string());
     }
 
-    /// Write `buf` to every copy of `logical`, in pieces of at most `max_bio`
-    /// bytes that never cross a stripe or chunk boundary. Each copy is written
-    /// by its own thread: the copies live on different images (or far apart
-    /// on one), and the host writes them in parallel.
+    /// Write `buf` to every copy of `logical` through the page cache (see
+    /// [`crate::volumes::Volume::write_bios`]).
     pub fn write_data(&self, logical: u64, buf: &[u8], opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
-        let vol = self.store.fs.volume();
-        let copies = vol.num_copies(logical)?;
-        let write_copy = |m: usize| -> Result<Vec<BioRecord>> {
-            let mut bios = Vec::new();
-            for (off, addr, n) in vol.copy_segments(logical, buf.len(), m)? {
-                let dev = vol.device(addr.devid)?;
-                let mut done = 0;
-                while done < n {
-                    let k = (n - done).min(opts.max_bio.max(4096));
-                    let rec = BioRecord {
-                        logical: logical + (off + done) as u64,
-                        len: k as u64,
-                        devid: addr.devid,
-                        physical: addr.physical + done as u64,
-                        mirror: m,
-                    };
-                    let hook = |stage| {
-                        if let Some(h) = &opts.on_bio {
-                            h.call(&rec, stage)
-                        }
-                    };
-                    hook(BioStage::Submitted);
-                    let r = dev.write_all_at(rec.physical, &buf[off + done..off + done + k]);
-                    hook(if r.is_ok() { BioStage::Completed } else { BioStage::Failed });
-                    r?;
-                    bios.push(rec);
-                    done += k;
-                }
-                dev.start_writeback(addr.physical, n as u64);
-            }
-            Ok(bios)
-        };
-        let results: Vec<Result<Vec<BioRecord>>> = if copies == 1 {
-            vec![write_copy(0)]
-        } else {
-            std::thread::scope(|s| {
-                // Each copy on a thread of its own; one the host refuses to
-                // start is that copy's error.
-                let hs: Vec<_> = (0..copies).map(|m| crate::threads::spawn_scoped(s, "mirror-writer", move || write_copy(m))).collect();
-                hs.into_iter().map(|h| h.and_then(|h| crate::threads::join(h, "mirror writer"))).collect()
-            })
-        };
-        for r in results {
-            report.bios.extend(r?);
-        }
+        report.bios.extend(self.store.fs.volume().write_bios(logical, buf, opts.max_bio, opts.on_bio.as_ref())?);
         Ok(())
     }
 
-    /// Checksums of every sector of `data`, back to back.
     fn compute_csums(&self, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         self.store.fs.csum.compute_sectors(data, self.store.fs.sectorsize as usize, &mut out);
@@ -1537,6 +1455,12 @@ impl Transaction {
             dw.fail_at = self.direct_fail_at;
         }
         let pages = Arc::new(bounce);
+        let copy_to = |off: usize, dst: &mut [u8]| {
+            if let Some((src, _)) = live {
+                src.copy_to(off, dst)
+            }
+        };
+        let live = live.map(|(src, base)| Live { base, len: src.len(), copy_to: &copy_to });
         for &(pos, logical, got) in pieces {
             let off = (pos - a) as usize;
             report.bios.extend(dw.submit(vol, logical, &pages, off..off + got as usize, opts.on_bio.as_ref(), live)?);

@@ -22,7 +22,6 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
@@ -76,7 +75,7 @@ pub fn dump_super(out: &mut dyn Write, dev: &Device, all: bool, json: bool) -> R
         let read = if offset + SUPER_INFO_SIZE as u64 > dev.size {
             Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "beyond the end of the device"))
         } else {
-            dev.file.read_exact_at(&mut raw, offset)
+            dev.read_raw_at(offset, &mut raw)
         };
         if json {
             values.push(match read {
@@ -1436,7 +1435,7 @@ fn log_root_of(fs: &Filesystem) -> Option<(u64, u8)> {
     }
     for dev in fs.volume().devices.values() {
         let mut raw = vec![0u8; SUPER_INFO_SIZE];
-        if dev.file.read_exact_at(&mut raw, SUPER_INFO_OFFSET).is_err() {
+        if dev.read_raw_at(SUPER_INFO_OFFSET, &mut raw).is_err() {
             continue;
         }
         if let Ok(p) = crate::format::superblock::parse_super(&raw) {
@@ -1978,9 +1977,7 @@ mod tests {
             return None;
         }
         let p = dir.join(name);
-        let f = std::fs::File::create(&p).unwrap();
-        f.set_len(300 << 20).unwrap();
-        drop(f);
+        crate::volumes::raw::set_len(&p, 300 << 20).unwrap();
         let st = Command::new("mkfs.btrfs").arg("-q").arg("-f").args(extra).arg(&p).output().unwrap();
         assert!(st.status.success(), "mkfs.btrfs failed: {}", String::from_utf8_lossy(&st.stderr));
         Some(p)
@@ -2030,9 +2027,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let Some(img) = mkfs(dir.path(), "a.img", &[]) else { return };
         // Damage the second copy (64 MiB) inside the checksummed area.
-        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-        f.write_all_at(b"XXXX", (64 << 20) + 200).unwrap();
-        drop(f);
+        crate::volumes::raw::patch(&img, (64 << 20) + 200, b"XXXX").unwrap();
         let dev = Device::open(&img, false).unwrap();
         let mut out = Vec::new();
         dump_super(&mut out, &dev, true, true).unwrap();
@@ -2051,9 +2046,7 @@ mod tests {
         assert_eq!(arr[1]["magic_ok"], true);
 
         // Bad magic: still printed, with its verdict, in text and JSON.
-        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-        f.write_all_at(b"NOTBTRFS", (64 << 20) + 64).unwrap();
-        drop(f);
+        crate::volumes::raw::patch(&img, (64 << 20) + 64, b"NOTBTRFS").unwrap();
         let mut out = Vec::new();
         dump_super(&mut out, &dev, true, false).unwrap();
         let s = String::from_utf8(out).unwrap();

@@ -564,9 +564,7 @@ fn make_in(spec: &'static Spec, dir: &Path, seed: u64) -> Result<Manifest> {
     let (patches, expected, levels) = plan_damage(spec, &images, &entries, seed)?;
     for p in &patches {
         let path = &p.image;
-        let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io(path, "open"))?;
-        f.write_all_at(&p.bytes, p.physical).map_err(io(path, "write"))?;
-        f.sync_all().map_err(io(path, "fsync"))?;
+        crate::volumes::raw::patch(path, p.physical, &p.bytes)?;
     }
     let mut missing = Vec::new();
     if spec.damage == Damage::Degraded {

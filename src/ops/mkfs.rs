@@ -14,9 +14,8 @@
 //!    point), give blocks addresses, build and write them;
 //! 6. fsync, write every superblock copy on every device, fsync again.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::PathBuf;
 
 use serde::Serialize;
 use sha2::Digest;
@@ -31,7 +30,8 @@ use crate::fs::compress::Compression;
 use crate::ops::rootdir::{self, DataSink, Scan, ScanOptions};
 use crate::tree::builder::{count_blocks, BlockParams, TreeItem};
 use crate::volumes::chunks::MapEntry;
-use crate::volumes::guard::{lock_exclusive, refuse_loop_attached};
+use crate::volumes::create::{self, ChunkWriter, NewImages};
+pub use crate::volumes::create::MAX_IMAGE_END;
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
@@ -606,151 +606,6 @@ fn chunk_lens(need: u64, default: u64, max: u64) -> Vec<u64> {
 // ---------------------------------------------------------------------------
 // Writing through the planned chunk map.
 
-struct Devices {
-    files: Vec<File>,
-    paths: Vec<PathBuf>,
-    /// Where the filesystem starts in every image file (`--offset`).
-    offset: u64,
-    /// copy_file_range still worth trying (turned off at its first refusal).
-    copy_range: std::cell::Cell<bool>,
-    /// File data bytes written by copy_file_range and by pwrite (all copies).
-    copied: std::cell::Cell<u64>,
-    written: std::cell::Cell<u64>,
-}
-
-impl Devices {
-    fn write_phys(&self, devid: u64, physical: u64, data: &[u8]) -> Result<()> {
-        let i = (devid - 1) as usize;
-        let (f, p) = match (self.files.get(i), self.paths.get(i)) {
-            (Some(f), Some(p)) => (f, p),
-            _ => return Err(Error::Invalid(format!("no device {devid}"))),
-        };
-        let at = physical.checked_add(self.offset).ok_or_else(|| Error::Invalid(format!("offset {physical} too large")))?;
-        f.write_all_at(data, at).map_err(|e| Error::io(p, format!("write at {at}"), e))
-    }
-
-    /// Write `data` at `physical`; its first `valid` bytes are also bytes
-    /// `src_off..` of `src`: copied file to file where the host allows (a
-    /// reflink on xfs or btrfs, an in-kernel copy elsewhere), the rest — and
-    /// everything once copy_file_range is refused — written from `data`.
-    fn copy_phys(&self, devid: u64, physical: u64, data: &[u8], src: &File, src_off: u64, valid: u64) -> Result<()> {
-        let mut done = 0u64;
-        let valid = valid.min(data.len() as u64);
-        if self.copy_range.get() && valid > 0 {
-            let i = (devid - 1) as usize;
-            let dst = self.files.get(i).ok_or_else(|| Error::Invalid(format!("no device {devid}")))?;
-            while done < valid {
-                let mut from = src_off + done;
-                let mut to = self.offset + physical + done;
-                match rustix::fs::copy_file_range(src, Some(&mut from), dst, Some(&mut to), (valid - done) as usize) {
-                    Ok(0) | Err(_) => {
-                        // EXDEV, EINVAL, EOPNOTSUPP, ENOSYS, a short source:
-                        // plain writes from here on.
-                        self.copy_range.set(false);
-                        break;
-                    }
-                    Ok(n) => done += n as u64,
-                }
-            }
-            self.copied.set(self.copied.get() + done);
-        }
-        self.written.set(self.written.get() + data.len() as u64 - done);
-        if done < data.len() as u64 {
-            self.write_phys(devid, physical + done, &data[done as usize..])?;
-        }
-        Ok(())
-    }
-
-    /// Start writing file data back now, without waiting (Linux starts
-    /// asynchronous writeback of dirty pages for POSIX_FADV_DONTNEED): the
-    /// data's disk writes overlap the rest of mkfs, and the final flush finds
-    /// little left. A hint only; the images are fsynced at the end.
-    fn start_writeback(&self, devid: u64, physical: u64, len: u64) {
-        if let Some(f) = self.files.get((devid - 1) as usize) {
-            let _ = rustix::fs::fadvise(f, self.offset + physical, len, rustix::fs::Advice::DontNeed);
-        }
-    }
-
-    /// Make `len` bytes at `physical` read as zeros. A range that is already a
-    /// hole (a fresh sparse image) needs nothing; otherwise punching a hole is a
-    /// metadata change where writing zeros would allocate and later flush real
-    /// blocks. Zeros are written where the host filesystem cannot punch.
-    fn zero_phys(&self, devid: u64, physical: u64, len: u64) -> Result<()> {
-        use rustix::fs::{fallocate, seek, FallocateFlags, SeekFrom};
-        let f = self.files.get((devid - 1) as usize).ok_or_else(|| Error::Invalid(format!("no device {devid}")))?;
-        let at = physical.checked_add(self.offset).ok_or_else(|| Error::Invalid(format!("offset {physical} too large")))?;
-        match seek(f, SeekFrom::Data(at as i64)) {
-            Ok(next) if next >= at + len => return Ok(()),
-            Err(rustix::io::Errno::NXIO) => return Ok(()),
-            _ => {}
-        }
-        if fallocate(f, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, at, len).is_ok() {
-            return Ok(());
-        }
-        self.write_phys(devid, physical, &vec![0u8; len as usize])
-    }
-
-    /// fsync every image, in parallel: each waits on its own disk flush.
-    fn sync(&self) -> Result<()> {
-        let sync = |(f, p): (&File, &PathBuf)| f.sync_data().map_err(|e| Error::io(p, "fsync", e));
-        let mut all = self.files.iter().zip(&self.paths);
-        let Some(first) = all.next() else { return Ok(()) };
-        std::thread::scope(|scope| {
-            // The others on threads of their own, the first on this one.
-            let handles: Vec<_> = all.map(|d| crate::threads::spawn_scoped(scope, "fsync", move || sync(d))).collect();
-            let mine = sync(first);
-            handles.into_iter().map(|h| h.and_then(|h| crate::threads::join(h, "fsync"))).fold(mine, |acc, r| acc.and(r))
-        })
-    }
-}
-
-struct ChunkWriter<'a> {
-    devs: &'a Devices,
-    map: Vec<MapEntry>,
-}
-
-impl ChunkWriter<'_> {
-    /// Write `data` at `logical` to every copy, split at stripe boundaries.
-    fn write(&self, logical: u64, data: &[u8]) -> Result<()> {
-        self.write_from(logical, data, None)
-    }
-
-    /// [`Self::write`] for file data (`data` Some), counted per copy, and
-    /// copied file to file where `data` says the bytes also lie in a file
-    /// (see [`DataSink::write_copy`]).
-    fn write_from(&self, logical: u64, data: &[u8], file_data: Option<Option<(&File, u64, u64)>>) -> Result<()> {
-        let mut done = 0usize;
-        while done < data.len() {
-            let at = logical + done as u64;
-            let entry = self
-                .map
-                .iter()
-                .find(|e| e.logical <= at && at < e.end())
-                .ok_or_else(|| Error::Invalid(format!("logical {at} is in no chunk")))?;
-            let (copies, contiguous) = entry.map(at)?;
-            let n = (data.len() - done).min(contiguous as usize);
-            for c in copies {
-                match file_data {
-                    Some(Some((f, off, valid))) => {
-                        let valid_here = valid.saturating_sub(done as u64).min(n as u64);
-                        self.devs.copy_phys(c.devid, c.physical, &data[done..done + n], f, off + done as u64, valid_here)?
-                    }
-                    Some(None) => {
-                        self.devs.written.set(self.devs.written.get() + n as u64);
-                        self.devs.write_phys(c.devid, c.physical, &data[done..done + n])?
-                    }
-                    None => self.devs.write_phys(c.devid, c.physical, &data[done..done + n])?,
-                }
-                if file_data.is_some() {
-                    self.devs.start_writeback(c.devid, c.physical, n as u64);
-                }
-            }
-            done += n;
-        }
-        Ok(())
-    }
-}
-
 struct DataAlloc<'a> {
     writer: &'a ChunkWriter<'a>,
     /// (logical start, end, next free) of each data chunk.
@@ -784,77 +639,6 @@ impl DataSink for DataAlloc<'_> {
 
 // ---------------------------------------------------------------------------
 // Validation of images.
-
-/// Name the filesystem or signature found at the start of an image, if any.
-fn existing_signature(f: &File, offset: u64) -> Option<&'static str> {
-    let mut buf = vec![0u8; 128 * 1024];
-    let n = read_up_to(f, &mut buf, offset);
-    let b = &buf[..n];
-    let at = |off: usize, sig: &[u8]| b.get(off..off + sig.len()) == Some(sig);
-    if at(SUPER_INFO_OFFSET as usize + 64, &BTRFS_MAGIC) {
-        return Some("btrfs");
-    }
-    if at(1080, &[0x53, 0xef]) {
-        return Some("ext2/3/4");
-    }
-    if at(0, b"XFSB") {
-        return Some("xfs");
-    }
-    if at(4086, b"SWAPSPACE2") || at(4086, b"SWAP-SPACE") {
-        return Some("swap");
-    }
-    None
-}
-
-fn read_up_to(f: &File, buf: &mut [u8], off: u64) -> usize {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], off + done as u64) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => done += n,
-        }
-    }
-    done
-}
-
-/// Largest end of a filesystem in its image file (offset + size): the
-/// largest file size Linux allows (MAX_LFS_FILESIZE).
-pub const MAX_IMAGE_END: u64 = i64::MAX as u64;
-
-/// Open (or create) an image; its size is set only once the layout is known
-/// to fit, so a failed mkfs leaves an existing file's length alone.
-fn open_image(path: &Path, may_create: bool, force: bool, offset: u64) -> Result<(File, u64)> {
-    refuse_loop_attached(path)?;
-    let exists = path.exists();
-    if !exists && !may_create {
-        return Err(Error::Invalid(format!("{}: does not exist; give --size or --shrink to create it", path.display())));
-    }
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| Error::io(path, "open", e))?;
-    lock_exclusive(&f, path)?;
-    let meta = f.metadata().map_err(|e| Error::io(path, "stat", e))?;
-    if !meta.is_file() {
-        return Err(Error::Unsupported(format!("{}: not a regular file (btrs makes filesystems in image files)", path.display())));
-    }
-    if exists && !force {
-        if let Some(sig) = existing_signature(&f, offset) {
-            return Err(Error::Devices(format!(
-                "{} contains a {sig} filesystem; use --force to overwrite it",
-                path.display()
-            )));
-        }
-        // A filesystem at the start of the file that --offset would write
-        // into (a partition table there has no such signature).
-        if offset > 0 && offset < meta.len() {
-            if let Some(sig) = existing_signature(&f, 0) {
-                return Err(Error::Devices(format!(
-                    "{} contains a {sig} filesystem at offset 0 that a filesystem at --offset {offset} would overwrite; use --force to overwrite it",
-                    path.display()
-                )));
-            }
-        }
-    }
-    Ok((f, meta.len()))
-}
 
 // ---------------------------------------------------------------------------
 // Item makers.
@@ -1026,12 +810,10 @@ struct Ctx<'a> {
 pub fn mkfs(opts: &MkfsOptions) -> Result<MkfsSummary> {
     // Image files this run creates are removed again if it fails, so that a failed
     // mkfs leaves no half-made image behind.
-    let created: Vec<PathBuf> = opts.images.iter().filter(|p| !p.exists()).cloned().collect();
+    let created = create::not_yet_there(&opts.images);
     let r = make(opts);
     if r.is_err() {
-        for p in created {
-            let _ = std::fs::remove_file(p);
-        }
+        create::remove_created(created);
     }
     r
 }
@@ -1132,27 +914,14 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
     let scan = scan_rootdir(opts, now)?;
 
     // ---- open images (their lengths change only once a layout fits) ----
-    let mut files = Vec::new();
-    let mut cur_lens = Vec::new();
-    let mut file_lens = Vec::new();
-    for p in &opts.images {
-        let (f, len) = open_image(p, opts.size.is_some() || opts.shrink, opts.force, opts.offset)?;
+    let devs = NewImages::open(&opts.images, opts.size.is_some() || opts.shrink, opts.force, opts.offset)?;
+    for (p, &len) in opts.images.iter().zip(devs.file_lens()) {
         if opts.offset > 0 && len <= opts.offset && opts.size.is_none() && !opts.shrink {
             return Err(Error::Invalid(format!("{}: {len} bytes long, nothing after --offset {}", p.display(), opts.offset)));
         }
-        files.push(f);
-        file_lens.push(len);
-        // The filesystem's device is what follows the offset.
-        cur_lens.push(len.saturating_sub(opts.offset));
     }
-    let devs = Devices {
-        files,
-        paths: opts.images.clone(),
-        offset: opts.offset,
-        copy_range: std::cell::Cell::new(true),
-        copied: std::cell::Cell::new(0),
-        written: std::cell::Cell::new(0),
-    };
+    // The filesystem's device is what follows the offset.
+    let cur_lens: Vec<u64> = devs.file_lens().iter().map(|len| len.saturating_sub(opts.offset)).collect();
     let sector = opts.sectorsize as u64;
 
     // ---- plan chunks ----
@@ -1167,24 +936,7 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
         (plan_for_sizes(opts, scan.as_ref(), &sizes, meta_profile, data_profile)?, sizes)
     };
     if opts.shrink || opts.size.is_some() {
-        for (i, ((f, p), s)) in devs.files.iter().zip(&devs.paths).zip(&sizes).enumerate() {
-            // Inside a larger file (--offset), whatever follows the filesystem is
-            // someone else's (a backup GPT, other partitions): only ever grow.
-            if opts.offset == 0 || *s > cur_lens[i] {
-                let r = match opts.offset.checked_add(*s).filter(|&e| e <= MAX_IMAGE_END) {
-                    Some(end) => f.set_len(end).map_err(|e| Error::io(p, "set size", e)),
-                    None => Err(Error::Invalid(format!("{}: --offset {} plus {s} bytes is past the largest file size", p.display(), opts.offset))),
-                };
-                if let Err(e) = r {
-                    // Nothing is written yet: the images resized so far get
-                    // their lengths back (new ones are removed by the caller).
-                    for (g, len) in devs.files.iter().zip(&file_lens).take(i) {
-                        let _ = g.set_len(*len);
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        devs.resize(&sizes)?;
     }
     let total: u64 = sizes.iter().sum();
 
@@ -1209,12 +961,7 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
     // ---- wipe: from here on a failure leaves no valid btrfs behind ----
     // The wipe must reach the disk before any tree block only when an old btrfs
     // superblock could otherwise survive a crash next to half-written trees.
-    let had_btrfs = devs.files.iter().zip(&sizes).any(|(f, size)| {
-        SUPER_MIRROR_OFFSETS.iter().filter(|&&m| m + SUPER_INFO_SIZE as u64 <= *size).any(|&m| {
-            let mut magic = [0u8; 8];
-            f.read_exact_at(&mut magic, opts.offset + m + 64).is_ok() && magic == BTRFS_MAGIC
-        })
-    });
+    let had_btrfs = devs.hold_btrfs(&sizes);
     for (i, size) in sizes.iter().enumerate() {
         let devid = i as u64 + 1;
         devs.zero_phys(devid, 0, (*size).min(DEVICE_RESERVED))?;
@@ -1266,8 +1013,8 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
             special: s.special,
             hardlinks: s.hardlinks,
             data_bytes: s.data_bytes,
-            data_copied_bytes: devs.copied.get(),
-            data_written_bytes: devs.written.get(),
+            data_copied_bytes: devs.data_copied_and_written().0,
+            data_written_bytes: devs.data_copied_and_written().1,
             subvolumes: ctx
                 .subvols
                 .iter()
@@ -1577,7 +1324,7 @@ impl MetaAlloc {
 
 type BuildResult = (u64, Vec<u64>, Vec<String>);
 
-fn build_and_write(ctx: &Ctx<'_>, devs: &Devices, scan: Option<&Scan>) -> Result<BuildResult> {
+fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Scan>) -> Result<BuildResult> {
     let opts = ctx.opts;
     let nodesize = opts.nodesize;
     let features = opts.features;

@@ -948,9 +948,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "zst"))
             .map(|p| {
                 let out = tmp.path().join(p.file_stem().unwrap());
-                let mut dec = zstd::stream::read::Decoder::new(std::fs::File::open(&p).unwrap()).unwrap();
-                dec.window_log_max(31).unwrap();
-                std::io::copy(&mut dec, &mut std::fs::File::create(&out).unwrap()).unwrap();
+                crate::volumes::raw::unpack_zstd(&p, &out).unwrap();
                 out
             })
             .collect();

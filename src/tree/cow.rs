@@ -1474,35 +1474,6 @@ mod tests {
         check(&t, &s, &m, true);
     }
 
-    /// Decompress a fixture device, leaving all-zero runs as holes.
-    fn unpack(src: &std::path::Path, dst: &std::path::Path) -> std::io::Result<()> {
-        use std::io::{Read, Seek, SeekFrom, Write};
-        let mut dec = zstd::stream::read::Decoder::new(std::fs::File::open(src)?)?;
-        dec.window_log_max(31)?;
-        let mut out = std::fs::File::create(dst)?;
-        let mut buf = vec![0u8; 1 << 16];
-        let mut len = 0u64;
-        loop {
-            let mut n = 0;
-            while n < buf.len() {
-                match dec.read(&mut buf[n..])? {
-                    0 => break,
-                    k => n += k,
-                }
-            }
-            if n == 0 {
-                break;
-            }
-            if buf[..n].iter().all(|&b| b == 0) {
-                out.seek(SeekFrom::Current(n as i64))?;
-            } else {
-                out.write_all(&buf[..n])?;
-            }
-            len += n as u64;
-        }
-        out.set_len(len)
-    }
-
     /// A reference image made by mkfs.btrfs and the kernel, unpacked into a
     /// temporary directory (None when the fixture is absent).
     fn open_fixture(name: &str) -> Option<(tempfile::TempDir, crate::Filesystem)> {
@@ -1515,7 +1486,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "zst"))
             .map(|p| {
                 let out = tmp.path().join(p.file_stem().unwrap());
-                unpack(&p, &out).unwrap();
+                crate::volumes::raw::unpack_zstd(&p, &out).unwrap();
                 out
             })
             .collect();

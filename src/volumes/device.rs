@@ -21,7 +21,8 @@ pub struct SuperCopy {
 #[derive(Debug)]
 pub struct Device {
     pub path: PathBuf,
-    pub file: File,
+    /// Only `volumes/` reads and writes image files.
+    pub(super) file: File,
     pub size: u64,
     /// The valid superblock copy with the highest generation on this device.
     pub sb: SuperBlock,
@@ -124,6 +125,18 @@ impl Device {
         self.file
             .read_exact_at(buf, physical)
             .map_err(|e| Error::io(&self.path, format!("read {} bytes at {physical}", buf.len()), e))
+    }
+
+    /// A plain positioned read of what is on the image, with no bounds check
+    /// and no fault injection: what `dump-super` shows, damaged or not.
+    pub fn read_raw_at(&self, physical: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, physical)
+    }
+
+    /// The image was opened for writing.
+    pub fn opened_writable(&self) -> Result<bool> {
+        let mode = rustix::fs::fcntl_getfl(&self.file).map_err(|e| Error::io(&self.path, "fcntl", e.into()))?;
+        Ok(mode & rustix::fs::OFlags::ACCMODE != rustix::fs::OFlags::RDONLY)
     }
 
     pub fn write_all_at(&self, physical: u64, buf: &[u8]) -> Result<()> {

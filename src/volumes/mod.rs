@@ -6,13 +6,16 @@
 // checked, or allowed where it cannot fail with the reason beside it.
 #![warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 
+pub mod bio;
 pub mod chunks;
+pub mod create;
 pub mod device;
 #[cfg(test)]
 // Tests may index and cast freely: a panic there is a failing test.
 #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 pub mod fault;
 pub mod guard;
+pub mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -396,17 +399,8 @@ impl Volume {
 
     /// Flush every device to stable storage, all at once (one thread each).
     pub fn sync_all(&self) -> Result<()> {
-        if self.devices.len() == 1 {
-            return self.devices.values().try_for_each(|d| d.sync());
-        }
-        std::thread::scope(|s| {
-            let hs = self
-                .devices
-                .values()
-                .map(|d| crate::threads::spawn_scoped(s, "fsync", move || d.sync()))
-                .collect::<Result<Vec<_>>>()?;
-            hs.into_iter().try_for_each(|h| crate::threads::join(h, "fsync"))
-        })
+        let devices: Vec<&Device> = self.devices.values().collect();
+        in_parallel(&devices, "fsync", |d| d.sync())
     }
 
     /// Where copy `mirror` of `logical` lives.
@@ -498,4 +492,20 @@ fn two_filesystems(what: String, fsid: &[u8; UUID_SIZE]) -> Error {
          does not belong (--degraded reads without it)",
         uuid_string(fsid)
     ))
+}
+
+/// Run `f` on every item at once, the first on this thread and each other on
+/// a thread of its own (an fsync per image: each waits on its own disk
+/// flush). Every call finishes; the first error in item order is returned.
+pub(crate) fn in_parallel<T: Sync>(items: &[T], what: &str, f: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
+    let Some((first, rest)) = items.split_first() else { return Ok(()) };
+    if rest.is_empty() {
+        return f(first);
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = rest.iter().map(|item| crate::threads::spawn_scoped(s, what, move || f(item))).collect();
+        let mine = f(first);
+        handles.into_iter().map(|h| h.and_then(|h| crate::threads::join(h, what))).fold(mine, |acc, r| acc.and(r))
+    })
 }

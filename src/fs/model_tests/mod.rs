@@ -26,7 +26,7 @@ mod lib_api {
     pub use crate::fs::{FileChunk, Filesystem, InodeId};
     pub use crate::ops::mkfs::{mkfs, MkfsOptions};
     pub use crate::ops::scrub::{scrub, Finding, FindingKind, ScrubOptions};
-    pub use crate::volumes::OpenOptions;
+    pub use crate::volumes::{raw, OpenOptions};
 }
 
 use std::collections::BTreeMap;

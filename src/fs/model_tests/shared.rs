@@ -542,7 +542,7 @@ pub fn layout(name: &str) -> &'static Layout {
 pub fn make_images(dir: &Path, l: &Layout) -> Option<Vec<PathBuf>> {
     let imgs: Vec<PathBuf> = (1..=l.devs).map(|i| dir.join(format!("dev{i}.img"))).collect();
     for p in &imgs {
-        std::fs::File::create(p).ok()?.set_len(l.size_mb << 20).ok()?;
+        lib_api::raw::set_len(p, l.size_mb << 20).ok()?;
     }
     if l.progs {
         if !interop::progs_for(l.name, false) {
@@ -769,9 +769,8 @@ pub fn kernel_end(imgs: &[PathBuf], tmp: &Path, model: &mut Model, test: &str) -
     // balance (which needs a free chunk of each kind): the files grow and it
     // resizes every device to them.
     for p in imgs {
-        let f = std::fs::OpenOptions::new().write(true).open(p).map_err(|e| e.to_string())?;
-        let len = f.metadata().map_err(|e| e.to_string())?.len();
-        f.set_len(len + (256 << 20)).map_err(|e| e.to_string())?;
+        let len = lib_api::raw::len(p).map_err(|e| e.to_string())?;
+        lib_api::raw::set_len(p, len + (256 << 20)).map_err(|e| e.to_string())?;
     }
     let mounted = interop::Mounted::mount(&mnt, imgs, "")?;
     let n = compare_all(&mut KView::new(&mnt), model).map_err(|e| format!("kernel view: {e}"))?;
