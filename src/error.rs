@@ -56,7 +56,7 @@ pub enum Error {
 
     /// A compressed extent that would not decompress.
     #[error("{at}: {source}")]
-    Compress { at: String, #[source] source: crate::fs::compress::CompressError },
+    Compress { at: String, #[source] source: crate::format::compress::CompressError },
 }
 
 /// A path as an error shows it: one longer than a screen (a tree deeper than

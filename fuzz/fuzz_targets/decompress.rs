@@ -3,7 +3,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use btrs::fs::compress::{decompress, Compression};
+use btrs::format::compress::{decompress, Compression};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

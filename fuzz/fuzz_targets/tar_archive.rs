@@ -4,7 +4,7 @@
 //! makes the data pass read every member through its sparse map.
 #![no_main]
 
-use btrs::fs::compress::Compression;
+use btrs::format::compress::Compression;
 use btrs::ops::mkfs::{print_size, MkfsOptions};
 use libfuzzer_sys::fuzz_target;
 

@@ -6,6 +6,7 @@
 #![warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 
 pub mod acl;
+pub mod compress;
 pub mod csum;
 pub mod items;
 pub mod limits;

@@ -3,7 +3,6 @@
 //! and fallback to other copies).
 
 pub mod alloc;
-pub mod compress;
 pub mod data;
 pub mod direct;
 pub mod inode;

@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::fs::compress::Compression;
+use crate::format::compress::Compression;
 
 /// The one property xattr the kernel knows.
 pub const COMPRESSION: &[u8] = b"btrfs.compression";

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::format::items::{self, parse_dir_items, parse_file_extent, FileExtentKind};
 use crate::format::limits;
 use crate::format::*;
-use crate::fs::compress::{self, Compression};
+use crate::format::compress::{self, Compression};
 use crate::fs::direct::{Plain, Source};
 use crate::volumes::bio::{Bounce, DirectWriter, Live};
 pub use crate::volumes::bio::{BioFn, BioHook, BioRecord, BioStage};
@@ -902,11 +902,11 @@ impl Transaction {
         let label = self.inode_label(root, ino);
         let at = format!("{label} compressed extent at file offset {off}");
         let ss = u64::from(self.store.fs.sectorsize);
-        let max = crate::fs::compress::MAX_COMPRESSED as u64;
+        let max = crate::format::compress::MAX_COMPRESSED as u64;
         if disk_num_bytes == 0 || disk_num_bytes > max || disk_num_bytes % ss != 0 || disk_bytenr % ss != 0 {
             return Err(Error::corrupt(at, format!("compressed extent at {disk_bytenr} of {disk_num_bytes} bytes")));
         }
-        if fe.ram_bytes > crate::fs::compress::MAX_DECOMPRESSED_LEN as u64 {
+        if fe.ram_bytes > crate::format::compress::MAX_DECOMPRESSED_LEN as u64 {
             return Err(Error::corrupt(at, format!("ram_bytes {} of a compressed extent", fe.ram_bytes)));
         }
         let mut raw = vec![0u8; disk_num_bytes as usize];

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::format::ondisk::{FS_TREE_OBJECTID, INODE_NODATACOW, INODE_NODATASUM, SUPER_INFO_SIZE};
 use crate::format::items::FileExtentKind;
 use crate::format::{CsumType, Profile};
-use crate::fs::compress::Compression;
+use crate::format::compress::Compression;
 use crate::fs::Filesystem;
 use crate::ops::mkfs::{mkfs, MkfsOptions};
 use crate::volumes::OpenOptions;

@@ -26,7 +26,7 @@ use crate::format::items::{name_hash, ChunkInfo, StripeInfo};
 use crate::format::ondisk::*;
 use crate::format::superblock::seal_super;
 use crate::format::{CsumType, Key, Profile};
-use crate::fs::compress::Compression;
+use crate::format::compress::Compression;
 use crate::ops::rootdir::{self, DataSink, Scan, ScanOptions};
 use crate::tree::builder::{count_blocks, BlockParams, TreeItem};
 use crate::volumes::chunks::MapEntry;

@@ -20,7 +20,7 @@ use crate::format::items::name_hash;
 use crate::format::ondisk::*;
 use crate::format::{CsumType, FileType, Key};
 use crate::ops::pipeline::ordered_map;
-use crate::fs::compress::{self, Compression};
+use crate::format::compress::{self, Compression};
 use crate::tree::builder::TreeItem;
 
 /// The kernel's BTRFS_MAX_EXTENT_SIZE: no uncompressed extent is longer.

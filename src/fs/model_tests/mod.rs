@@ -448,7 +448,7 @@ fn exec(mut tx: Transaction, op: &Op, scratch: &Path, puts: &mut u64) -> (Option
                 commit_every: commit_every.then_some(WRITE_STEP),
                 on_bio: None,
                 compress: compress.then_some(crate::fs::write::CompressOpts {
-                    kind: crate::fs::compress::Compression::Zstd,
+                    kind: crate::format::compress::Compression::Zstd,
                     level: None,
                     force: false,
                 }),
