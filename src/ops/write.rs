@@ -467,15 +467,15 @@ fn host_scan(top: &Path, ss: u32, nodesize: u32) -> Result<u64> {
     while let Some(p) = todo.pop() {
         let meta = std::fs::symlink_metadata(&p).map_err(|e| Error::io(&p, "stat", e))?;
         let what = |e: Error| Error::Invalid(format!("{}: {e}", p.display()));
-        for (name, v) in crate::ops::rootdir::read_xattrs(&p)? {
+        for (name, v) in crate::ops::host::read_xattrs(&p)? {
             limits::check_xattr(&name, Some(&v), nodesize).map_err(what)?;
         }
         if meta.is_symlink() {
             let t = std::fs::read_link(&p).map_err(|e| Error::io(&p, "readlink", e))?;
             limits::check_symlink_target(t.as_os_str().as_encoded_bytes(), nodesize, ss).map_err(what)?;
         } else if meta.is_file() {
-            let f = crate::ops::rootdir::open_source(&p)?;
-            let ranges = crate::ops::rootdir::data_ranges(&f, &p, meta.len(), u64::from(ss))?;
+            let f = crate::ops::host::open_source(&p)?;
+            let ranges = crate::ops::host::data_ranges(&f, &p, meta.len(), u64::from(ss))?;
             n = n.saturating_add(ranges.iter().map(|r| r.1 - r.0).sum());
         } else if meta.is_dir() {
             for e in std::fs::read_dir(&p).map_err(|e| Error::io(&p, "readdir", e))? {
@@ -553,12 +553,12 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
         return Ok(Some(PutDir { root, ino, src: src.to_path_buf(), meta, kids: kids.into_iter() }));
     } else if ft.is_file() {
         let ino = tx.create(root, dir, name, mode, 0)?;
-        let f = crate::ops::rootdir::open_source(src)?;
+        let f = crate::ops::host::open_source(src)?;
         let size = meta.len();
         let ss = tx.fs().sectorsize as u64;
         let mut report = WriteReport::default();
         let mut buf = Vec::new();
-        for (start, end) in crate::ops::rootdir::data_ranges(&f, src, size, ss)? {
+        for (start, end) in crate::ops::host::data_ranges(&f, src, size, ss)? {
             let mut pos = start;
             let end = end.min(size);
             while pos < end {
@@ -589,7 +589,7 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
         // Fifos, sockets, character and block devices: an inode with rdev.
         let ino = tx.create(root, dir, name, mode, 0)?;
         let mut it = tx.read_inode(root, ino)?;
-        it.rdev = crate::ops::rootdir::host_rdev_to_btrfs(meta.rdev()).into();
+        it.rdev = crate::ops::host::host_rdev_to_btrfs(meta.rdev()).into();
         tx.put_inode(root, ino, &it)?;
         ino
     };
@@ -601,7 +601,7 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
 fn put_finish(tx: &mut Transaction, root: u64, ino: u64, src: &Path, meta: &std::fs::Metadata, copied: &mut Copied) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let (mode, id) = (meta.mode(), (meta.dev(), meta.ino()));
-    for (n, v) in crate::ops::rootdir::read_xattrs(src)? {
+    for (n, v) in crate::ops::host::read_xattrs(src)? {
         tx.set_xattr(root, ino, &n, Some(&v))?;
     }
     // Owner and times last: adding entries and xattrs stamps the inode.

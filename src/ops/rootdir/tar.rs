@@ -51,7 +51,7 @@ use base64::Engine as _;
 
 use crate::error::{Error, Result};
 use crate::format::acl::{self, ACL_GROUP, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER, ACL_UNDEFINED_ID, ACL_USER, ACL_USER_OBJ};
-use crate::ops::rootdir::SourceFile;
+use super::source::SourceFile;
 
 const S_IFMT: u32 = 0o170000;
 

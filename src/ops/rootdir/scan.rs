@@ -1,0 +1,939 @@
+//! The first pass of `--rootdir`: options, the walk of the source (a host
+//! directory or an archive's members) and the items it makes (inodes, names,
+//! xattrs, subvolumes); file data waits for the data pass (`data`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::Arc;
+use std::path::{Path, PathBuf};
+
+use zerocopy::IntoBytes;
+
+use crate::error::{Error, Result};
+use crate::format::ondisk::*;
+use crate::format::{CsumType, FileType, Key};
+use crate::format::compress::{self, Compression};
+use crate::ops::host::{data_ranges, host_rdev_to_btrfs, io, open_source, read_xattrs, round_up, sector_ranges};
+
+use super::manifest::{remap_acl, Ownership};
+use super::source::SourceFile;
+use super::tar;
+
+/// The kernel's BTRFS_MAX_EXTENT_SIZE: no uncompressed extent is longer.
+pub const MAX_EXTENT_SIZE: u64 = 128 * 1024 * 1024;
+/// Compressed extents cover at most this much file data (BTRFS_MAX_UNCOMPRESSED).
+pub const MAX_UNCOMPRESSED: u64 = 128 * 1024;
+/// Uncompressed data is copied through a buffer of this size.
+pub(super) const COPY_PIECE: u64 = 4 * 1024 * 1024;
+/// The kernel's default `max_inline` mount option.
+pub const DEFAULT_MAX_INLINE: u64 = 2048;
+
+/// Compression of file data: algorithm and level, or None for none.
+pub type Compress = Option<(Compression, Option<i32>)>;
+
+/// How the walk treats file data.
+#[derive(Clone, Debug)]
+pub struct ScanOptions {
+    pub sectorsize: u32,
+    pub nodesize: u32,
+    /// Compression of every file not under one of `compress_paths`.
+    pub compress: Option<(Compression, Option<i32>)>,
+    /// Compression (None: none) for a path relative to the root and everything
+    /// beneath it; the longest matching path wins.
+    pub compress_paths: Vec<(PathBuf, Compress)>,
+    /// Directories (relative to the root) that become subvolumes.
+    pub subvols: Vec<SubvolSpec>,
+    /// The inode otime (creation time) for every inode: the host has no portable one.
+    pub otime: (u64, u32),
+    pub generation: u64,
+    pub no_holes: bool,
+    pub csum: CsumType,
+    /// (st_dev, st_ino) of files not to copy: the images being made, should they
+    /// live inside the source tree.
+    pub exclude: Vec<(u64, u64)>,
+    /// Inode flags (`INODE_NODATASUM`, `INODE_NODATACOW`) for paths relative to
+    /// the root: the host has no portable way to carry them. A NODATASUM file
+    /// gets no csum items and is never compressed, as the kernel would write it.
+    pub inode_flags: Vec<(PathBuf, u64)>,
+    /// The ctime of every inode instead of the host's: ctime cannot be set on the
+    /// host, so reproducible images need it replaced.
+    pub ctime: Option<(u64, u32)>,
+    /// Reproducible builds (`SOURCE_DATE_EPOCH`): atime and ctime become this
+    /// time and any mtime later than it is clamped to it, as reproducible-builds
+    /// tools (tar --clamp-mtime) do; older mtimes are kept.
+    pub clamp_time: Option<(u64, u32)>,
+    /// Owners, modes and xattrs to store instead of the host's.
+    pub ownership: Ownership,
+    /// Worker threads reading, compressing and checksumming file data
+    /// (0: one per core). The image is the same for any number.
+    pub threads: usize,
+}
+
+/// A path relative to the root directory, as options name it: `/`, `.` and
+/// trailing slashes mean nothing; `..` is refused (it would leave the tree).
+pub fn relative_path(s: &str, what: &str) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in Path::new(s).components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::ParentDir => {
+                return Err(Error::Invalid(format!("{what} {s:?}: `..` is not allowed (paths are relative to the root directory)")))
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// One `--subvol PATH[:ro][:default]`: a directory of the root directory that
+/// becomes a subvolume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubvolSpec {
+    /// Relative to the root directory; never empty (the root is subvolume 5).
+    pub path: PathBuf,
+    /// BTRFS_ROOT_SUBVOL_RDONLY in its root item.
+    pub readonly: bool,
+    /// The subvolume the kernel mounts when no subvol= or subvolid= is given.
+    pub default: bool,
+}
+
+impl SubvolSpec {
+    /// Parse `PATH[:ro][:default]` (the suffixes in any order).
+    pub fn parse(s: &str) -> Result<SubvolSpec> {
+        let (mut rest, mut readonly, mut default) = (s, false, false);
+        loop {
+            if let Some(r) = rest.strip_suffix(":ro") {
+                readonly = true;
+                rest = r;
+            } else if let Some(r) = rest.strip_suffix(":default") {
+                default = true;
+                rest = r;
+            } else {
+                break;
+            }
+        }
+        let path = relative_path(rest, "--subvol")?;
+        if path.as_os_str().is_empty() {
+            return Err(Error::Invalid(format!(
+                "--subvol {s:?}: want PATH[:ro][:default], a directory below the root directory (the root itself is the top-level subvolume)"
+            )));
+        }
+        Ok(SubvolSpec { path, readonly, default })
+    }
+}
+
+/// A subvolume made by the walk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanSubvol {
+    /// Its tree id (256, 257, ... in walk order).
+    pub id: u64,
+    /// The subvolume holding the directory it is linked in (5 for the top level).
+    pub parent: u64,
+    /// That directory's inode number in `parent`.
+    pub dirid: u64,
+    /// The DIR_INDEX of its entry in that directory.
+    pub index: u64,
+    pub name: Vec<u8>,
+    /// Relative to the root directory.
+    pub path: PathBuf,
+    pub readonly: bool,
+    pub default: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum Content {
+    None,
+    /// Whole file (or symlink target) stored in the leaf: (bytes as stored, compression).
+    Inline(Vec<u8>, u8),
+    /// A regular file small enough to live inline: read (and maybe
+    /// compressed) when its item is made, not kept from the scan on, so the
+    /// contents of many small files are not in memory twice.
+    InlineFile,
+    /// Sector-aligned data ranges [start, end) of a regular file, holes between them.
+    Ranges(Vec<(u64, u64)>),
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct ScanInode {
+    /// The tree (subvolume) the inode lives in.
+    pub(super) subvol: u64,
+    pub(super) ino: u64,
+    pub(super) kind: FileType,
+    /// Relative to the root directory (empty for the root itself).
+    pub(super) path: PathBuf,
+    /// Where the file's bytes begin in the archive (`--rootdir-tar`; 0 for a host file).
+    pub(super) offset: u64,
+    /// Data segments of a sparse archive member (see [`SourceFile::sparse`]).
+    pub(super) sparse: Option<Arc<[(u64, u64)]>>,
+    pub(super) mode: u32,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
+    pub(super) rdev: u64,
+    pub(super) size: u64,
+    pub(super) atime: (u64, u32),
+    pub(super) mtime: (u64, u32),
+    pub(super) ctime: (u64, u32),
+    /// INODE_* flags for the inode item.
+    pub(super) flags: u64,
+    /// How its data is compressed (unless `flags` forbid it).
+    pub(super) compress: Compress,
+    /// (parent inode, dir index, name), one per hard link.
+    pub(super) names: Vec<(u64, u64, Vec<u8>)>,
+    pub(super) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) content: Content,
+    /// Directories: (name, location key, type, index). The location is the
+    /// child's INODE_ITEM, or the ROOT_ITEM of a subvolume linked here.
+    pub(super) entries: Vec<(Vec<u8>, Key, FileType, u64)>,
+}
+
+/// The source tree as read by [`scan`] or [`scan_tar`].
+pub struct Scan {
+    pub(super) inodes: Vec<ScanInode>,
+    pub(super) opts: ScanOptions,
+    /// Where [`write_data`] reads file bytes from.
+    pub(super) data: DataSource,
+    /// Which of `opts.inode_flags` matched a scanned path (unmatched ones are an error).
+    pub(super) flags_used: Vec<bool>,
+    /// Likewise for `opts.ownership.manifest`.
+    pub(super) manifest_used: Vec<bool>,
+    /// Likewise for `opts.compress_paths`.
+    pub(super) compress_used: Vec<bool>,
+    /// Subvolumes made so far, in id order.
+    pub(super) subvols: Vec<ScanSubvol>,
+    /// Next free inode number of each subvolume: numbers restart in each tree.
+    pub(super) next_ino: BTreeMap<u64, u64>,
+    /// Upper bound of data bytes the regular extents take on disk.
+    pub data_bytes: u64,
+    /// Rough upper bound of the fs and csum tree item bytes.
+    pub metadata_bytes: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub special: u64,
+    pub hardlinks: u64,
+    pub warnings: Vec<String>,
+}
+
+pub(super) fn ts(sec: i64, nsec: i64) -> (u64, u32) {
+    // Times before 1970 keep their two's-complement seconds, as the kernel stores them.
+    (sec as u64, nsec.clamp(0, 999_999_999) as u32)
+}
+
+/// What the walk reads: a host directory (`--rootdir`) or the members of an
+/// archive read into memory, data left in the archive (`--rootdir-tar`).
+/// Paths are relative to the root directory.
+pub(crate) enum Tree<'a> {
+    Host(&'a Path),
+    Archive(&'a tar::TarTree),
+}
+
+impl Tree<'_> {
+    /// How messages name a path: the host path, or ARCHIVE:MEMBER.
+    fn shown(&self, rel: &Path) -> PathBuf {
+        match self {
+            Tree::Host(root) => root.join(rel),
+            Tree::Archive(t) => t.shown(rel),
+        }
+    }
+
+    /// The names in directory `rel`, in byte order.
+    fn list(&self, rel: &Path) -> Result<Vec<Vec<u8>>> {
+        match self {
+            Tree::Host(root) => {
+                let dir = root.join(rel);
+                let mut names = Vec::new();
+                for e in std::fs::read_dir(&dir).map_err(io(&dir, "readdir"))? {
+                    names.push(e.map_err(io(&dir, "readdir"))?.file_name().as_bytes().to_vec());
+                }
+                names.sort();
+                Ok(names)
+            }
+            Tree::Archive(t) => Ok(t.list(rel)),
+        }
+    }
+
+    /// The file at `rel`, or None when there is none.
+    fn stat(&self, rel: &Path) -> Result<Option<SourceFile>> {
+        let root = match self {
+            Tree::Host(root) => root,
+            Tree::Archive(t) => return Ok(t.stat(rel)),
+        };
+        let path = root.join(rel);
+        let m = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, "lstat", e)),
+        };
+        Ok(Some(SourceFile {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            rdev: host_rdev_to_btrfs(m.rdev()),
+            size: m.size(),
+            atime: ts(m.atime(), m.atime_nsec()),
+            mtime: ts(m.mtime(), m.mtime_nsec()),
+            ctime: ts(m.ctime(), m.ctime_nsec()),
+            nlink: m.nlink(),
+            id: (m.dev(), m.ino()),
+            offset: 0,
+            sparse: None,
+        }))
+    }
+
+    fn read_link(&self, rel: &Path) -> Result<Vec<u8>> {
+        match self {
+            Tree::Host(root) => {
+                let path = root.join(rel);
+                Ok(std::fs::read_link(&path).map_err(io(&path, "readlink"))?.as_os_str().as_bytes().to_vec())
+            }
+            Tree::Archive(t) => Ok(t.link_target(rel)),
+        }
+    }
+
+    /// Extended attributes, sorted by name.
+    fn xattrs(&self, rel: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        match self {
+            Tree::Host(root) => read_xattrs(&root.join(rel)),
+            Tree::Archive(t) => Ok(t.xattrs(rel)),
+        }
+    }
+
+    /// Sector-aligned data ranges of a regular file of `size` bytes: holes
+    /// stay holes on the host; an archive member is all data.
+    fn data_ranges(&self, rel: &Path, size: u64, sector: u64) -> Result<Vec<(u64, u64)>> {
+        match self {
+            Tree::Host(root) => {
+                let path = root.join(rel);
+                data_ranges(&open_source(&path)?, &path, size, sector)
+            }
+            Tree::Archive(t) => Ok(match t.stat(rel).and_then(|f| f.sparse) {
+                Some(segments) => sector_ranges(segments.iter().map(|&(o, l)| (o, o + l)), sector),
+                None => vec![(0, round_up(size, sector))],
+            }),
+        }
+    }
+}
+
+/// Where [`write_data`] reads file bytes from.
+pub(super) enum DataSource {
+    /// The host directory: each file is opened by its path when written.
+    Host(PathBuf),
+    /// The archive, open once: a member's bytes lie contiguous at its offset.
+    Archive { file: File, path: PathBuf },
+}
+
+/// The bytes of one file, open for positional reads.
+pub(super) struct FileBytes<'a> {
+    pub(super) file: FileHandle<'a>,
+    /// Added to every offset: where the member's data begins in the archive.
+    pub(super) base: u64,
+    /// A sparse member's segments as (file offset, length, offset from
+    /// `base`): bytes outside them read as zeros.
+    pub(super) segments: Option<Vec<(u64, u64, u64)>>,
+    /// For errors: the host file, or the archive.
+    pub(super) path: PathBuf,
+    pub(super) op: String,
+}
+
+pub(super) enum FileHandle<'a> {
+    Own(File),
+    Shared(&'a File),
+}
+
+impl FileBytes<'_> {
+    /// The host file itself (not an archive's), for copying file to file.
+    pub(super) fn into_own_file(self) -> Option<File> {
+        match self.file {
+            FileHandle::Own(f) => Some(f),
+            FileHandle::Shared(_) => None,
+        }
+    }
+
+    pub(super) fn read_exact_at(&self, buf: &mut [u8], at: u64) -> Result<()> {
+        let f = match &self.file {
+            FileHandle::Own(f) => f,
+            FileHandle::Shared(f) => f,
+        };
+        let Some(segments) = &self.segments else {
+            return f.read_exact_at(buf, self.base + at).map_err(|e| Error::io(&self.path, self.op.clone(), e));
+        };
+        // Holes read as zeros; the segments' bytes come from the archive.
+        buf.fill(0);
+        let end = at + buf.len() as u64;
+        let first = segments.partition_point(|&(off, len, _)| off + len <= at);
+        for &(off, len, stored_at) in &segments[first..] {
+            if off >= end {
+                break;
+            }
+            let (from, to) = (off.max(at), (off + len).min(end));
+            let dst = &mut buf[(from - at) as usize..(to - at) as usize];
+            f.read_exact_at(dst, self.base + stored_at + (from - off)).map_err(|e| Error::io(&self.path, self.op.clone(), e))?;
+        }
+        Ok(())
+    }
+}
+
+impl DataSource {
+    pub(super) fn open(&self, i: &ScanInode) -> Result<FileBytes<'_>> {
+        match self {
+            DataSource::Host(root) => {
+                let path = root.join(&i.path);
+                Ok(FileBytes { file: FileHandle::Own(open_source(&path)?), base: 0, segments: None, path, op: "read".into() })
+            }
+            DataSource::Archive { file, path } => Ok(FileBytes {
+                file: FileHandle::Shared(file),
+                base: i.offset,
+                segments: i.sparse.as_ref().map(|sp| {
+                    let mut stored = 0u64;
+                    sp.iter()
+                        .map(|&(off, len)| {
+                            stored += len;
+                            (off, len, stored - len)
+                        })
+                        .collect()
+                }),
+                path: path.clone(),
+                op: format!("read member {}", i.path.display()),
+            }),
+        }
+    }
+
+    pub(super) fn shown(&self, rel: &Path) -> String {
+        match self {
+            DataSource::Host(root) => root.join(rel).display().to_string(),
+            DataSource::Archive { path, .. } => format!("{}:{}", path.display(), rel.display()),
+        }
+    }
+}
+
+/// Refuse `--subvol` lists mkfs cannot make, before anything is read: each
+/// path must be a directory (not a symlink to one) in the tree, named once,
+/// and at most one may be the default.
+pub(super) fn check_subvols(tree: &Tree<'_>, subvols: &[SubvolSpec]) -> Result<()> {
+    for (i, sv) in subvols.iter().enumerate() {
+        let shown = sv.path.display();
+        if subvols[..i].iter().any(|o| o.path == sv.path) {
+            return Err(Error::Invalid(format!("--subvol {shown}: given more than once")));
+        }
+        match tree.stat(&sv.path)? {
+            Some(m) if m.is_dir() => {}
+            Some(_) => return Err(Error::Invalid(format!("--subvol {shown}: not a directory ({})", tree.shown(&sv.path).display()))),
+            None => return Err(Error::NotFound(format!("--subvol {shown}: no such directory under the root directory"))),
+        }
+    }
+    if subvols.iter().filter(|s| s.default).count() > 1 {
+        return Err(Error::Invalid("--subvol: only one subvolume can be the default".into()));
+    }
+    Ok(())
+}
+
+/// Walk the host directory `root` (the future inode 256 of subvolume 5).
+pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
+    let meta = std::fs::metadata(root).map_err(io(root, "stat"))?;
+    if !meta.is_dir() {
+        return Err(Error::Invalid(format!("--rootdir {}: not a directory", root.display())));
+    }
+    walk(&Tree::Host(root), DataSource::Host(root.to_path_buf()), opts)
+}
+
+/// Read a tar archive (`-` for standard input; gzip or zstd compressed too)
+/// into the same items [`scan`] makes of the directory it would unpack to.
+pub fn scan_tar(archive: &Path, opts: &ScanOptions) -> Result<Scan> {
+    let (file, shown, tree) = tar::read(archive, opts.otime)?;
+    let mut opts = opts.clone();
+    // Host identities mean nothing inside an archive (see `SourceFile::id`).
+    opts.exclude.clear();
+    let mut s = walk(&Tree::Archive(&tree), DataSource::Archive { file, path: shown }, &opts)?;
+    s.warnings.extend(tree.warnings);
+    Ok(s)
+}
+
+/// Walk `tree` from its root in bytewise name order, depth first. Subvolumes
+/// get tree ids in this walk order, so the ids depend on the tree's shape, not
+/// on the order of the `--subvol` options; inode numbers too, so a directory
+/// and the archive of it give the same numbers.
+pub(super) fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Result<Scan> {
+    check_subvols(tree, &opts.subvols)?;
+    let mut s = Scan {
+        inodes: Vec::new(),
+        opts: opts.clone(),
+        data,
+        flags_used: vec![false; opts.inode_flags.len()],
+        manifest_used: vec![false; opts.ownership.manifest.len()],
+        compress_used: vec![false; opts.compress_paths.len()],
+        subvols: Vec::new(),
+        next_ino: BTreeMap::from([(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID + 1)]),
+        data_bytes: 0,
+        metadata_bytes: 0,
+        files: 0,
+        dirs: 0,
+        symlinks: 0,
+        special: 0,
+        hardlinks: 0,
+        warnings: Vec::new(),
+    };
+    let root = Path::new("");
+    let meta = tree.stat(root)?.ok_or_else(|| Error::io(tree.shown(root), "stat", std::io::ErrorKind::NotFound.into()))?;
+    let mut by_id: HashMap<(u64, u64), Vec<(u64, usize)>> = HashMap::new();
+    let root_idx = s.add_inode(tree, root, &meta, FS_TREE_OBJECTID, FIRST_FREE_OBJECTID)?;
+    s.inodes[root_idx].names.push((FIRST_FREE_OBJECTID, 0, b"..".to_vec()));
+    s.walk_dir(tree, root_idx, &mut by_id)?;
+    // A flag for a path that is not there is a typo, not a no-op: say so.
+    if let Some(i) = s.flags_used.iter().position(|u| !u) {
+        return Err(Error::NotFound(format!("inode flags for {}: no such path under the root directory", opts.inode_flags[i].0.display())));
+    }
+    if let Some(i) = s.compress_used.iter().position(|u| !u) {
+        return Err(Error::NotFound(format!("--compress for {}: no such path under the root directory", opts.compress_paths[i].0.display())));
+    }
+    // Checked to exist above, so only a path the walk never reached is left:
+    // one inside an excluded image or behind a symlink.
+    if let Some(sv) = opts.subvols.iter().find(|sv| !s.subvols.iter().any(|m| m.path == sv.path)) {
+        return Err(Error::NotFound(format!("--subvol {}: the walk of the root directory does not reach it", sv.path.display())));
+    }
+    if let Some(i) = s.manifest_used.iter().position(|u| !u) {
+        return Err(Error::NotFound(format!(
+            "--manifest entry for {:?}: no such path under the root directory",
+            opts.ownership.manifest[i].path.display()
+        )));
+    }
+    Ok(s)
+}
+
+impl Scan {
+    /// The subvolumes made, in id order.
+    pub fn subvolumes(&self) -> &[ScanSubvol] {
+        &self.subvols
+    }
+
+    /// Whether any file may be compressed with `kind`.
+    pub fn uses_compression(&self, kind: Compression) -> bool {
+        self.opts.compress.map(|c| c.0) == Some(kind) || self.opts.compress_paths.iter().any(|(_, c)| c.map(|c| c.0) == Some(kind))
+    }
+
+    /// Whether any file may be compressed.
+    pub fn any_compression(&self) -> bool {
+        self.opts.compress.is_some() || self.opts.compress_paths.iter().any(|(_, c)| c.is_some())
+    }
+
+    fn add_inode(&mut self, tree: &Tree<'_>, rel: &Path, m: &SourceFile, subvol: u64, ino: u64) -> Result<usize> {
+        let kind = FileType::from_mode(m.mode)
+            .ok_or_else(|| Error::Unsupported(format!("{}: unknown file type {:o}", tree.shown(rel).display(), m.mode)))?;
+        let sector = self.opts.sectorsize as u64;
+        let flags = self.flags_for(rel);
+        let wanted = self.compress_for(rel);
+        let mut content = Content::None;
+        let mut size = 0;
+        match kind {
+            FileType::Regular => {
+                size = m.size;
+                self.files += 1;
+                if size > 0 {
+                    let ranges = tree.data_ranges(rel, size, sector)?;
+                    if size <= DEFAULT_MAX_INLINE && size < sector && !ranges.is_empty() {
+                        content = Content::InlineFile;
+                    } else {
+                        self.data_bytes += ranges.iter().map(|r| r.1 - r.0).sum::<u64>();
+                        let sums = if flags & INODE_NODATASUM != 0 { 0 } else { 1 };
+                        let csums = sums * ranges.iter().map(|r| (r.1 - r.0) / sector).sum::<u64>() * self.opts.csum.size() as u64;
+                        let pieces = ranges.iter().map(|r| (r.1 - r.0).div_ceil(MAX_UNCOMPRESSED)).sum::<u64>();
+                        self.metadata_bytes += csums + pieces * (53 + 53 + 50);
+                        content = Content::Ranges(ranges);
+                    }
+                }
+            }
+            FileType::Symlink => {
+                self.symlinks += 1;
+                let t = tree.read_link(rel)?;
+                crate::format::limits::check_symlink_target(&t, self.opts.nodesize, sector as u32)
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", tree.shown(rel).display())))?;
+                size = t.len() as u64;
+                content = Content::Inline(t, COMPRESS_NONE);
+            }
+            FileType::Directory => self.dirs += 1,
+            _ => self.special += 1,
+        }
+        let xattrs = tree.xattrs(rel)?;
+        let mut kept = Vec::new();
+        for (n, v) in xattrs {
+            if n.is_empty() || n.contains(&0) {
+                return Err(Error::Invalid(format!("{}: an xattr with an empty name or a NUL in its name", tree.shown(rel).display())));
+            }
+            if crate::format::limits::check_xattr(&n, Some(&v), self.opts.nodesize).is_err() {
+                self.warnings.push(format!(
+                    "{}: xattr {} ({} bytes) does not fit a {}-byte tree block; skipped",
+                    tree.shown(rel).display(),
+                    String::from_utf8_lossy(&n),
+                    v.len(),
+                    self.opts.nodesize
+                ));
+                continue;
+            }
+            self.metadata_bytes += (n.len() + v.len() + 60) as u64;
+            kept.push((n, v));
+        }
+        self.metadata_bytes += 400;
+        let rdev = if matches!(kind, FileType::CharDevice | FileType::BlockDevice) { m.rdev } else { 0 };
+        let own = &self.opts.ownership;
+        let map_id = |id: u32| own.owner_map.iter().find_map(|r| r.map(id)).unwrap_or(id);
+        if !own.owner_map.is_empty() {
+            // Named users and groups of POSIX ACLs are owners too: shifted
+            // alike, as an idmapped mount or a user namespace shifts them.
+            for (n, v) in kept.iter_mut() {
+                if n.as_slice() == b"system.posix_acl_access" || n.as_slice() == b"system.posix_acl_default" {
+                    *v = remap_acl(v, map_id).map_err(|why| {
+                        Error::Invalid(format!("{}: {}: {why}", tree.shown(rel).display(), String::from_utf8_lossy(n)))
+                    })?;
+                }
+            }
+        }
+        let (mut uid, mut gid) = (map_id(m.uid), map_id(m.gid));
+        if own.all_root {
+            (uid, gid) = (0, 0);
+        }
+        let (mut atime, mut mtime) = (m.atime, m.mtime);
+        let mut ctime = self.opts.ctime.unwrap_or(m.ctime);
+        if let Some(t) = self.opts.clamp_time {
+            // atime and ctime say when the build host touched the file: not content.
+            (atime, ctime) = (t, t);
+            // Compare as signed seconds: pre-1970 times are stored two's complement.
+            if (mtime.0 as i64, mtime.1) > (t.0 as i64, t.1) {
+                mtime = t;
+            }
+        }
+        self.inodes.push(ScanInode {
+            subvol,
+            ino,
+            kind,
+            path: rel.to_path_buf(),
+            offset: m.offset,
+            sparse: m.sparse.clone(),
+            mode: m.mode,
+            uid,
+            gid,
+            rdev,
+            size,
+            atime,
+            mtime,
+            ctime,
+            flags,
+            compress: wanted,
+            names: Vec::new(),
+            xattrs: kept,
+            content,
+            entries: Vec::new(),
+        });
+        let idx = self.inodes.len() - 1;
+        self.apply_manifest(idx, rel)?;
+        Ok(idx)
+    }
+
+    /// Apply the `--manifest` lines for `rel` (one of the names of inode `idx`).
+    fn apply_manifest(&mut self, idx: usize, rel: &Path) -> Result<()> {
+        for (i, e) in self.opts.ownership.manifest.iter().enumerate() {
+            if e.path.as_path() != rel {
+                continue;
+            }
+            self.manifest_used[i] = true;
+            let ino = &mut self.inodes[idx];
+            if let Some(m) = e.mode {
+                ino.mode = (ino.mode & !0o7777) | m;
+            }
+            if let Some(u) = e.uid {
+                ino.uid = u;
+            }
+            if let Some(g) = e.gid {
+                ino.gid = g;
+            }
+            for (name, value) in &e.xattrs {
+                ino.xattrs.retain(|x| &x.0 != name);
+                if let Some(v) = value {
+                    crate::format::limits::check_xattr(name, Some(v), self.opts.nodesize)
+                        .map_err(|err| Error::Invalid(format!("--manifest: {}: {err}", self.data.shown(rel))))?;
+                    ino.xattrs.push((name.clone(), v.clone()));
+                    self.metadata_bytes += (name.len() + v.len() + 60) as u64;
+                }
+            }
+            ino.xattrs.sort();
+        }
+        Ok(())
+    }
+
+    /// The compression asked for `rel`: that of the longest `--compress ...:PATH`
+    /// naming it or a directory above it, else the global one. A path named
+    /// exactly is marked used.
+    fn compress_for(&mut self, rel: &Path) -> Compress {
+        let mut best: Option<(usize, Compress)> = None;
+        for (i, (p, c)) in self.opts.compress_paths.iter().enumerate() {
+            if p.as_path() == rel {
+                self.compress_used[i] = true;
+            }
+            let depth = p.components().count();
+            if rel.starts_with(p) && best.is_none_or(|(d, _)| depth >= d) {
+                best = Some((depth, *c));
+            }
+        }
+        best.map_or(self.opts.compress, |(_, c)| c)
+    }
+
+    /// The inode flags asked for `rel` (marking them used).
+    fn flags_for(&mut self, rel: &Path) -> u64 {
+        let mut flags = 0u64;
+        for (i, (p, f)) in self.opts.inode_flags.iter().enumerate() {
+            if p.as_path() == rel {
+                flags |= f;
+                self.flags_used[i] = true;
+            }
+        }
+        flags
+    }
+
+    /// The next free inode number in subvolume `subvol`.
+    fn take_ino(&mut self, subvol: u64) -> u64 {
+        let next = self.next_ino.entry(subvol).or_insert(FIRST_FREE_OBJECTID + 1);
+        *next += 1;
+        *next - 1
+    }
+
+    /// Make the directory `rel` (named `name` at `index` in directory
+    /// `dir_idx`) the top directory of a new subvolume: inode 256 of its own
+    /// tree, whose ".." INODE_REF points at itself as in every subvolume.
+    #[allow(clippy::too_many_arguments)]
+    fn add_subvol(
+        &mut self,
+        tree: &Tree<'_>,
+        spec: SubvolSpec,
+        dir_idx: usize,
+        index: u64,
+        name: &[u8],
+        rel: &Path,
+        m: &SourceFile,
+    ) -> Result<usize> {
+        let id = FIRST_FREE_OBJECTID + self.subvols.len() as u64;
+        let (parent, dirid) = (self.inodes[dir_idx].subvol, self.inodes[dir_idx].ino);
+        self.subvols.push(ScanSubvol {
+            id,
+            parent,
+            dirid,
+            index,
+            name: name.to_vec(),
+            path: spec.path,
+            readonly: spec.readonly,
+            default: spec.default,
+        });
+        self.next_ino.insert(id, FIRST_FREE_OBJECTID + 1);
+        // Its own tree: at least one more leaf, and a root item with its refs.
+        self.metadata_bytes += self.opts.nodesize as u64 + 1024;
+        let idx = self.add_inode(tree, rel, m, id, FIRST_FREE_OBJECTID)?;
+        self.inodes[idx].names.push((FIRST_FREE_OBJECTID, 0, b"..".to_vec()));
+        Ok(idx)
+    }
+
+    /// Walk directory `dir_idx` and everything beneath it, depth first in
+    /// name order. Iterative, with an explicit stack of the directories being
+    /// walked: a host tree (or an archive's paths) as deep as the host allows
+    /// must not overflow the thread's stack.
+    fn walk_dir(&mut self, tree: &Tree<'_>, dir_idx: usize, by_id: &mut HashMap<(u64, u64), Vec<(u64, usize)>>) -> Result<()> {
+        /// A directory being walked: its inode, its names in byte order and
+        /// the DIR_INDEX number of the next one.
+        struct Dir {
+            idx: usize,
+            names: std::vec::IntoIter<Vec<u8>>,
+            index: u64,
+        }
+        let open = |s: &Scan, idx: usize| -> Result<Dir> {
+            // DIR_INDEX numbers start at 2 in every directory (0 and 1 are "." and "..").
+            Ok(Dir { idx, names: tree.list(&s.inodes[idx].path)?.into_iter(), index: 2 })
+        };
+        let mut stack = vec![open(self, dir_idx)?];
+        while let Some(top) = stack.last_mut() {
+            let Some(name) = top.names.next() else {
+                stack.pop();
+                continue;
+            };
+            let (dir_idx, index) = (top.idx, top.index);
+            top.index += 1;
+            let dir_rel = &self.inodes[dir_idx].path;
+            let (subvol, dir_ino) = (self.inodes[dir_idx].subvol, self.inodes[dir_idx].ino);
+            let rel = dir_rel.join(std::ffi::OsStr::from_bytes(&name));
+            let m = tree.stat(&rel)?.ok_or_else(|| Error::io(tree.shown(&rel), "lstat", std::io::ErrorKind::NotFound.into()))?;
+            if self.opts.exclude.contains(&m.id) {
+                self.warnings.push(format!("{}: is one of the images being made; not copied", tree.shown(&rel).display()));
+                continue;
+            }
+            self.metadata_bytes += (3 * (name.len() + 60)) as u64;
+            let spec = if m.is_dir() { self.opts.subvols.iter().find(|s| s.path == rel).cloned() } else { None };
+            if let Some(spec) = spec {
+                let idx = self.add_subvol(tree, spec, dir_idx, index, &name, &rel, &m)?;
+                let location = Key::new(self.inodes[idx].subvol, ROOT_ITEM_KEY, 0);
+                self.inodes[dir_idx].entries.push((name, location, FileType::Directory, index));
+                stack.push(open(self, idx)?);
+                continue;
+            }
+            // A hard link is one inode only within one subvolume: the kernel
+            // cannot link across subvolumes, so each subvolume that holds names
+            // of the source file gets its own copy (as mkfs.btrfs does).
+            let linked = if !m.is_dir() && m.nlink > 1 { by_id.get(&m.id) } else { None };
+            let existing = linked.and_then(|l| l.iter().find(|(sv, _)| *sv == subvol)).map(|&(_, i)| i);
+            if existing.is_none() && linked.is_some() {
+                self.warnings.push(format!(
+                    "{}: hard link across a subvolume boundary; stored as a separate copy in subvolume {subvol}",
+                    tree.shown(&rel).display()
+                ));
+            }
+            let idx = match existing {
+                Some(i) => {
+                    self.hardlinks += 1;
+                    // Flags belong to the inode: any of its names may carry them.
+                    let more = self.flags_for(&rel);
+                    self.inodes[i].flags |= more;
+                    self.apply_manifest(i, &rel)?;
+                    i
+                }
+                None => {
+                    let ino = self.take_ino(subvol);
+                    let i = self.add_inode(tree, &rel, &m, subvol, ino)?;
+                    if !m.is_dir() && m.nlink > 1 {
+                        by_id.entry(m.id).or_default().push((subvol, i));
+                    }
+                    i
+                }
+            };
+            let (child_ino, kind) = (self.inodes[idx].ino, self.inodes[idx].kind);
+            self.inodes[idx].names.push((dir_ino, index, name.clone()));
+            self.inodes[dir_idx].entries.push((name, Key::new(child_ino, INODE_ITEM_KEY, 0), kind, index));
+            if existing.is_none() && kind == FileType::Directory {
+                stack.push(open(self, idx)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Small files live in the leaf; compressed there too when that is smaller, as the kernel does.
+pub(super) fn inline_content(buf: Vec<u8>, compress: Option<(Compression, Option<i32>)>, sectorsize: u32) -> Content {
+    if let Some((kind, level)) = compress {
+        if let Ok(c) = compress::encode(kind, &buf, sectorsize, level) {
+            if c.len() < buf.len() {
+                return Content::Inline(c, kind.raw());
+            }
+        }
+    }
+    Content::Inline(buf, COMPRESS_NONE)
+}
+
+pub(super) fn inode_item(i: &ScanInode, opts: &ScanOptions, nbytes: u64) -> InodeItem {
+    // A directory's i_size counts every name twice (DIR_ITEM and DIR_INDEX),
+    // subvolume entries included, as the kernel and btrfs check count it.
+    let size = match i.kind {
+        FileType::Directory => i.entries.iter().map(|e| e.0.len() as u64 * 2).sum(),
+        _ => i.size,
+    };
+    let nlink = if i.kind == FileType::Directory { 1 } else { i.names.len() as u32 };
+    let t = |(s, n): (u64, u32)| Timespec::new(s, n);
+    InodeItem {
+        generation: opts.generation.into(),
+        transid: opts.generation.into(),
+        size: size.into(),
+        nbytes: nbytes.into(),
+        block_group: 0.into(),
+        nlink: nlink.into(),
+        uid: i.uid.into(),
+        gid: i.gid.into(),
+        mode: i.mode.into(),
+        rdev: i.rdev.into(),
+        flags: i.flags.into(),
+        sequence: 0.into(),
+        reserved: [0.into(); 4],
+        atime: t(i.atime),
+        ctime: t(i.ctime),
+        mtime: t(i.mtime),
+        otime: t(opts.otime),
+    }
+}
+
+pub(super) fn dir_item_bytes(location: Key, transid: u64, name: &[u8], data: &[u8], dir_type: u8) -> Vec<u8> {
+    let d = DirItem {
+        location: location.to_disk(),
+        transid: transid.into(),
+        data_len: (data.len() as u16).into(),
+        name_len: (name.len() as u16).into(),
+        dir_type,
+    };
+    let mut v = d.as_bytes().to_vec();
+    v.extend_from_slice(name);
+    v.extend_from_slice(data);
+    v
+}
+
+pub(super) fn file_extent_bytes(gen: u64, ram: u64, compression: u8, ty: u8) -> Vec<u8> {
+    FileExtentHeader {
+        generation: gen.into(),
+        ram_bytes: ram.into(),
+        compression,
+        encryption: 0,
+        other_encoding: 0.into(),
+        extent_type: ty,
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+pub(super) fn regular_extent(gen: u64, ram: u64, compression: u8, disk_bytenr: u64, disk_num_bytes: u64, num_bytes: u64) -> Vec<u8> {
+    let mut v = file_extent_bytes(gen, ram, compression, FILE_EXTENT_REG);
+    v.extend_from_slice(
+        FileExtentBody {
+            disk_bytenr: disk_bytenr.into(),
+            disk_num_bytes: disk_num_bytes.into(),
+            offset: 0.into(),
+            num_bytes: num_bytes.into(),
+        }
+        .as_bytes(),
+    );
+    v
+}
+
+/// Largest csum item payload in bytes (the kernel's MAX_CSUM_ITEMS, in sectors × csum size).
+pub(super) fn max_csum_item_bytes(nodesize: u32, csum_size: usize) -> usize {
+    ((crate::tree::builder::leaf_data_size(nodesize) - 2 * 25) / csum_size - 1) * csum_size
+}
+
+/// Options for tests: 4 KiB sectors and nodes, crc32c, no compression.
+#[cfg(test)]
+pub(super) fn test_opts() -> ScanOptions {
+    ScanOptions {
+        sectorsize: 4096,
+        nodesize: 4096,
+        compress: None,
+        compress_paths: Vec::new(),
+        subvols: Vec::new(),
+        otime: (0, 0),
+        generation: 1,
+        no_holes: true,
+        csum: CsumType::Crc32c,
+        exclude: Vec::new(),
+        inode_flags: Vec::new(),
+        ctime: None,
+        clamp_time: None,
+        ownership: Ownership::default(),
+        threads: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subvol_specs_parse() {
+        let p = |s: &str| SubvolSpec::parse(s).unwrap();
+        assert_eq!(p("a/b"), SubvolSpec { path: "a/b".into(), readonly: false, default: false });
+        assert_eq!(p("./a/b/:ro"), SubvolSpec { path: "a/b".into(), readonly: true, default: false });
+        assert_eq!(p("/x:default:ro"), SubvolSpec { path: "x".into(), readonly: true, default: true });
+        assert_eq!(p("x:y:ro").path, PathBuf::from("x:y"));
+        for bad in ["", "/", ".:ro", "a/../b", ":default"] {
+            assert!(SubvolSpec::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
