@@ -48,7 +48,7 @@ for m in "${mutants[@]}"; do
     status=1
   else
     first=$(grep -m1 -E "^seed [0-9]+ on .* failed after" "$log" || grep -m1 -E "panicked|error" "$log" || true)
-    failed=$(grep -cE "^    fs::model_tests::" "$log" || true)
+    failed=$(grep -cE "^    model_tests::" "$log" || true)
     echo "mutant $name ($what): caught in $(( $(date +%s) - start )) s by $failed fixed-seed tests; first: ${first:0:300}"
   fi
 done

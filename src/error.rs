@@ -56,7 +56,7 @@ pub enum Error {
 
     /// A compressed extent that would not decompress.
     #[error("{at}: {source}")]
-    Compress { at: String, #[source] source: crate::format::compress::CompressError },
+    Compress { at: String, #[source] source: CompressError },
 }
 
 /// A path as an error shows it: one longer than a screen (a tree deeper than
@@ -103,6 +103,23 @@ impl Error {
     pub fn is_corrupt(&self) -> bool {
         matches!(self, Error::Corrupt { .. } | Error::Compress { .. } | Error::Untrusted { .. })
     }
+}
+
+/// Everything that can go wrong while (de)compressing an extent.
+#[derive(thiserror::Error, Debug)]
+pub enum CompressError {
+    #[error("unknown compression type {raw}")]
+    UnknownType { raw: u8 },
+    #[error("corrupt {algo} data: {detail}")]
+    Corrupt { algo: &'static str, detail: String },
+    #[error("length {len} exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("invalid sector size {sectorsize} (must be a power of two from 512 to 65536)")]
+    InvalidSectorSize { sectorsize: u32 },
+    #[error("{algo} does not support compression level {level}")]
+    InvalidLevel { algo: &'static str, level: i32 },
+    #[error("{algo} compressor failed: {detail}")]
+    Compressor { algo: &'static str, detail: String },
 }
 
 #[cfg(test)]

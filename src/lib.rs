@@ -17,5 +17,10 @@ pub mod threads;
 pub mod tree;
 pub mod volumes;
 
+// The random-operation model test against btrs, btrfs check and the kernel
+// (whole filesystem: mkfs, writes, scrub), and crash tests by fault injection.
+#[cfg(test)]
+mod model_tests;
+
 pub use error::{Error, Result};
 pub use fs::Filesystem;

@@ -1,6 +1,6 @@
 //! Random-operation model testing through the `btrs` command line (issue
 //! 20): what users run. The same generator and model as the library
-//! entrance (`src/fs/model_tests/`), whose files this test includes; every
+//! entrance (`src/model_tests/`), whose files this test includes; every
 //! op is one `btrs` command (one transaction); a crash op SIGKILLs the next
 //! command after a random delay. After every command the paths it touched
 //! equal the model (a refused command leaves the generation as it was);
@@ -9,9 +9,9 @@
 
 #[path = "common/mod.rs"]
 mod common;
-#[path = "../src/fs/model_tests/model.rs"]
+#[path = "../src/model_tests/model.rs"]
 mod model;
-#[path = "../src/fs/model_tests/shared.rs"]
+#[path = "../src/model_tests/shared.rs"]
 mod shared;
 
 use common::interop;

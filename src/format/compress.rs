@@ -118,22 +118,7 @@ impl fmt::Display for Compression {
     }
 }
 
-/// Everything that can go wrong while (de)compressing an extent.
-#[derive(thiserror::Error, Debug)]
-pub enum CompressError {
-    #[error("unknown compression type {raw}")]
-    UnknownType { raw: u8 },
-    #[error("corrupt {algo} data: {detail}")]
-    Corrupt { algo: &'static str, detail: String },
-    #[error("length {len} exceeds the limit of {max} bytes")]
-    TooLarge { len: usize, max: usize },
-    #[error("invalid sector size {sectorsize} (must be a power of two from 512 to 65536)")]
-    InvalidSectorSize { sectorsize: u32 },
-    #[error("{algo} does not support compression level {level}")]
-    InvalidLevel { algo: &'static str, level: i32 },
-    #[error("{algo} compressor failed: {detail}")]
-    Compressor { algo: &'static str, detail: String },
-}
+pub use crate::error::CompressError;
 
 fn corrupt(algo: &'static str, detail: impl Into<String>) -> CompressError {
     CompressError::Corrupt {

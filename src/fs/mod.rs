@@ -3,6 +3,7 @@
 //! and fallback to other copies).
 
 pub mod alloc;
+pub mod check;
 pub mod data;
 pub mod direct;
 pub mod inode;
@@ -720,9 +721,6 @@ fn poisoned() -> Error {
 fn tree_label(id: u64) -> String {
     crate::format::types::tree_name(id).map(str::to_string).unwrap_or_else(|| id.to_string())
 }
-
-#[cfg(test)]
-mod model_tests;
 
 /// Test images made by mkfs.btrfs, shared by the write-path unit tests.
 #[cfg(test)]

@@ -225,7 +225,7 @@ fn mkfs_btrfs_rootdir_symlinks_read_back_exactly() {
     assert_eq!(std::fs::read(dest.join("sub/file")).unwrap(), b"data");
     let opts = btrs::volumes::OpenOptions { image: img.clone(), devices: vec![img.clone()], ..Default::default() };
     let fs = btrs::Filesystem::open(&opts).unwrap();
-    assert_eq!(btrs::tree::checker::check_filesystem(&fs).unwrap(), Vec::<String>::new());
+    assert_eq!(btrs::fs::check::check_filesystem(&fs).unwrap(), Vec::<String>::new());
 }
 
 /// The kernel mounts an image with an xattr and a symlink at its limits on

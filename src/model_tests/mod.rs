@@ -14,11 +14,13 @@ mod model;
 mod shared;
 
 #[allow(dead_code, unused_imports)]
-#[path = "../../../tests/common/interop.rs"]
+#[path = "../../tests/common/interop.rs"]
 mod interop;
 
 /// The btrs items the shared files use (`btrs::` in `tests/model.rs`).
 #[allow(unused_imports)]
+mod crash;
+
 mod lib_api {
     pub use crate::error::Error;
     pub use crate::format::items::{parse_inode_refs, FileExtentKind};
