@@ -1,0 +1,162 @@
+//! The items mkfs makes up itself (root items, the root directory, chunk
+//! items, ...) and the trees it writes.
+
+
+use zerocopy::{FromZeros, IntoBytes};
+
+use crate::format::items::{ChunkInfo, StripeInfo};
+use crate::format::ondisk::*;
+use crate::format::Key;
+use crate::tree::builder::TreeItem;
+use crate::volumes::chunks::MapEntry;
+use super::layout::PlannedChunk;
+
+/// Everything mkfs writes belongs to this one transaction.
+pub(super) const GENERATION: u64 = 1;
+
+pub(super) fn key(o: u64, t: u8, off: u64) -> Key {
+    Key::new(o, t, off)
+}
+
+pub(super) fn root_item(bytenr: u64, level: u8, bytes_used: u64, root_dirid: u64, uuid: [u8; 16], time: (u64, u32), nodesize: u32) -> Vec<u8> {
+    new_root_item(bytenr, level, bytes_used, root_dirid, uuid, time, nodesize).as_bytes().to_vec()
+}
+
+fn new_root_item(bytenr: u64, level: u8, bytes_used: u64, root_dirid: u64, uuid: [u8; 16], time: (u64, u32), nodesize: u32) -> RootItem {
+    let mut r = RootItem::new_zeroed();
+    // The embedded inode is what btrfs-progs and the kernel put there: a directory with one link.
+    r.inode.generation = 1.into();
+    r.inode.size = 3.into();
+    r.inode.nlink = 1.into();
+    r.inode.nbytes = (nodesize as u64).into();
+    r.inode.mode = (S_IFDIR | 0o755).into();
+    r.generation = GENERATION.into();
+    r.root_dirid = root_dirid.into();
+    r.bytenr = bytenr.into();
+    r.bytes_used = bytes_used.into();
+    r.refs = 1.into();
+    r.level = level;
+    r.generation_v2 = GENERATION.into();
+    r.uuid = uuid;
+    if uuid != [0; 16] {
+        r.ctransid = GENERATION.into();
+        r.otransid = GENERATION.into();
+        r.ctime = Timespec::new(time.0, time.1);
+        r.otime = Timespec::new(time.0, time.1);
+    }
+    r
+}
+
+/// The root item of a subvolume `--subvol` made: like the kernel's
+/// create_subvol, its inode carries ROOT_ITEM_INIT (generation_v2 is valid),
+/// and a read-only subvolume has ROOT_SUBVOL_RDONLY.
+pub(super) fn subvol_root_item(tree: (u64, u8, u64), uuid: [u8; 16], readonly: bool, time: (u64, u32), nodesize: u32) -> Vec<u8> {
+    let mut r = new_root_item(tree.0, tree.1, tree.2, FIRST_FREE_OBJECTID, uuid, time, nodesize);
+    r.inode.flags = INODE_ROOT_ITEM_INIT.into();
+    if readonly {
+        r.flags = ROOT_SUBVOL_RDONLY.into();
+    }
+    r.as_bytes().to_vec()
+}
+
+/// ROOT_REF / ROOT_BACKREF data: the directory and DIR_INDEX of the entry that
+/// links a subvolume, and its name.
+pub(super) fn root_ref(dirid: u64, index: u64, name: &[u8]) -> Vec<u8> {
+    let mut v = RootRef { dirid: dirid.into(), sequence: index.into(), name_len: (name.len() as u16).into() }.as_bytes().to_vec();
+    v.extend_from_slice(name);
+    v
+}
+
+/// A UUID_KEY_SUBVOL item of the uuid tree: the uuid split into key halves.
+pub(super) fn uuid_item(uuid: &[u8; 16], subvol: u64) -> TreeItem {
+    let half = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    TreeItem::new(key(half(&uuid[..8]), UUID_KEY_SUBVOL, half(&uuid[8..])), subvol.to_le_bytes().to_vec())
+}
+
+pub(super) fn dir_inode(time: (u64, u32), otime: (u64, u32)) -> Vec<u8> {
+    let mut i = InodeItem::new_zeroed();
+    i.generation = GENERATION.into();
+    i.transid = GENERATION.into();
+    i.nlink = 1.into();
+    i.mode = (S_IFDIR | 0o755).into();
+    let t = Timespec::new(time.0, time.1);
+    i.atime = t;
+    i.ctime = t;
+    i.mtime = t;
+    i.otime = Timespec::new(otime.0, otime.1);
+    i.as_bytes().to_vec()
+}
+
+pub(super) fn inode_ref(index: u64, name: &[u8]) -> Vec<u8> {
+    let mut v = InodeRef { index: index.into(), name_len: (name.len() as u16).into() }.as_bytes().to_vec();
+    v.extend_from_slice(name);
+    v
+}
+
+pub(super) fn chunk_item(c: &PlannedChunk, dev_uuids: &[[u8; 16]], sectorsize: u32) -> Vec<u8> {
+    let mut info = map_entry(c).chunk;
+    info.sector_size = sectorsize;
+    for s in info.stripes.iter_mut() {
+        s.dev_uuid = dev_uuids.get((s.devid - 1) as usize).copied().unwrap_or([0; 16]);
+    }
+    info.to_bytes()
+}
+
+pub(super) fn map_entry(c: &PlannedChunk) -> MapEntry {
+    MapEntry {
+        logical: c.logical,
+        profile: c.profile,
+        chunk: ChunkInfo {
+            length: c.length,
+            owner: EXTENT_TREE_OBJECTID,
+            stripe_len: STRIPE_LEN,
+            chunk_type: c.flags,
+            io_align: STRIPE_LEN as u32,
+            io_width: STRIPE_LEN as u32,
+            sector_size: 4096,
+            sub_stripes: c.sub_stripes,
+            stripes: c.stripes.iter().map(|&(devid, offset)| StripeInfo { devid, offset, dev_uuid: [0; 16] }).collect(),
+        },
+    }
+}
+
+pub(super) fn metadata_extent_item(owner: u64) -> Vec<u8> {
+    let mut v = ExtentItem { refs: 1.into(), generation: GENERATION.into(), flags: EXTENT_FLAG_TREE_BLOCK.into() }
+        .as_bytes()
+        .to_vec();
+    v.extend_from_slice(ExtentInlineRef { ref_type: TREE_BLOCK_REF_KEY, offset: owner.into() }.as_bytes());
+    v
+}
+
+/// The trees mkfs writes, in the order their blocks are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum TreeId {
+    Chunk,
+    Root,
+    Extent,
+    Dev,
+    /// A subvolume tree: 5 (the top level) or one `--subvol` made.
+    Fs(u64),
+    Csum,
+    Uuid,
+    DataReloc,
+    FreeSpace,
+    BlockGroup,
+}
+
+impl TreeId {
+    pub(super) fn objectid(self) -> u64 {
+        match self {
+            TreeId::Chunk => CHUNK_TREE_OBJECTID,
+            TreeId::Root => ROOT_TREE_OBJECTID,
+            TreeId::Extent => EXTENT_TREE_OBJECTID,
+            TreeId::Dev => DEV_TREE_OBJECTID,
+            TreeId::Fs(id) => id,
+            TreeId::Csum => CSUM_TREE_OBJECTID,
+            TreeId::Uuid => UUID_TREE_OBJECTID,
+            TreeId::DataReloc => DATA_RELOC_TREE_OBJECTID,
+            TreeId::FreeSpace => FREE_SPACE_TREE_OBJECTID,
+            TreeId::BlockGroup => BLOCK_GROUP_TREE_OBJECTID,
+        }
+    }
+}
