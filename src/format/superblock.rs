@@ -182,14 +182,15 @@ pub fn compat_ro_names(flags: u64) -> Vec<String> {
     flag_names(flags, table)
 }
 
+/// Names of the superblock flags, in the order btrfs-progs prints them.
 pub fn super_flag_names(flags: u64) -> Vec<String> {
     let table: &[(u64, &str)] = &[
         (SUPER_FLAG_WRITTEN, "WRITTEN"),
         (SUPER_FLAG_RELOC, "RELOC"),
+        (SUPER_FLAG_CHANGING_FSID, "CHANGING_FSID"),
         (SUPER_FLAG_SEEDING, "SEEDING"),
         (SUPER_FLAG_METADUMP, "METADUMP"),
         (SUPER_FLAG_METADUMP_V2, "METADUMP_V2"),
-        (SUPER_FLAG_CHANGING_FSID, "CHANGING_FSID"),
         (SUPER_FLAG_CHANGING_FSID_V2, "CHANGING_FSID_V2"),
     ];
     flag_names(flags, table)

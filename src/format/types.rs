@@ -121,6 +121,14 @@ impl Profile {
         Profile::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(s))
     }
 
+    /// The profile as a type flags string spells it: `single`, `DUP`, `RAID1`...
+    pub fn flags_name(self) -> String {
+        match self {
+            Profile::Single => "single".into(),
+            p => p.name().to_ascii_uppercase(),
+        }
+    }
+
     /// How many copies of each byte the profile keeps.
     pub fn copies(self) -> usize {
         match self {
@@ -334,33 +342,70 @@ pub fn objectid_name(id: u64, item_type: u8) -> String {
     tree_name(id).map(str::to_string).unwrap_or_else(|| id.to_string())
 }
 
+/// A well-known object id (a tree or a special object) and the names it
+/// goes by: btrs's own, and the two spellings of btrfs-progs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectidNames {
+    pub id: u64,
+    /// btrs's name: [`tree_name`], [`objectid_name`], messages.
+    pub name: &'static str,
+    /// btrfs-progs' `print_objectid()` spelling, where it is not `name`.
+    pub progs_name: Option<&'static str>,
+    /// The word btrfs-progs' dump-tree prints before `tree key (...)`;
+    /// `None` for the ids it calls `file`.
+    pub tree_label: Option<&'static str>,
+}
+
+impl ObjectidNames {
+    /// The name as btrfs-progs' `print_objectid()` spells it.
+    pub fn progs(&self) -> &'static str {
+        self.progs_name.unwrap_or(self.name)
+    }
+}
+
+const fn names(
+    id: u64,
+    name: &'static str,
+    progs_name: Option<&'static str>,
+    tree_label: Option<&'static str>,
+) -> ObjectidNames {
+    ObjectidNames { id, name, progs_name, tree_label }
+}
+
+/// Every well-known object id with its names, declared once.
+pub const OBJECTID_NAMES: [ObjectidNames; 22] = [
+    names(ROOT_TREE_OBJECTID, "ROOT_TREE", None, Some("root")),
+    names(EXTENT_TREE_OBJECTID, "EXTENT_TREE", None, Some("extent")),
+    names(CHUNK_TREE_OBJECTID, "CHUNK_TREE", None, Some("chunk")),
+    names(DEV_TREE_OBJECTID, "DEV_TREE", None, Some("device")),
+    names(FS_TREE_OBJECTID, "FS_TREE", None, Some("fs")),
+    names(ROOT_TREE_DIR_OBJECTID, "ROOT_TREE_DIR", None, Some("directory")),
+    names(CSUM_TREE_OBJECTID, "CSUM_TREE", None, Some("checksum")),
+    names(QUOTA_TREE_OBJECTID, "QUOTA_TREE", None, Some("quota")),
+    names(UUID_TREE_OBJECTID, "UUID_TREE", None, Some("uuid")),
+    names(FREE_SPACE_TREE_OBJECTID, "FREE_SPACE_TREE", None, Some("free space")),
+    names(BLOCK_GROUP_TREE_OBJECTID, "BLOCK_GROUP_TREE", None, Some("block group")),
+    names(RAID_STRIPE_TREE_OBJECTID, "RAID_STRIPE_TREE", None, Some("raid stripe")),
+    names(BALANCE_OBJECTID, "BALANCE", None, None),
+    names(ORPHAN_OBJECTID, "ORPHAN", None, Some("orphan")),
+    names(TREE_LOG_OBJECTID, "TREE_LOG", None, Some("log")),
+    names(TREE_LOG_FIXUP_OBJECTID, "TREE_LOG_FIXUP", Some("LOG_FIXUP"), Some("log fixup")),
+    names(TREE_RELOC_OBJECTID, "TREE_RELOC", None, Some("reloc")),
+    names(DATA_RELOC_TREE_OBJECTID, "DATA_RELOC_TREE", None, Some("data reloc")),
+    names(EXTENT_CSUM_OBJECTID, "EXTENT_CSUM", None, Some("extent checksum")),
+    names(FREE_SPACE_OBJECTID, "FREE_SPACE", None, None),
+    names(FREE_INO_OBJECTID, "FREE_INO", None, None),
+    names(MULTIPLE_OBJECTIDS, "MULTIPLE", None, Some("multiple")),
+];
+
+/// The names of a well-known object id.
+pub fn objectid_names(id: u64) -> Option<&'static ObjectidNames> {
+    OBJECTID_NAMES.iter().find(|n| n.id == id)
+}
+
 /// Name of a tree by its object id (the owner field of tree blocks).
 pub fn tree_name(id: u64) -> Option<&'static str> {
-    Some(match id {
-        ROOT_TREE_OBJECTID => "ROOT_TREE",
-        EXTENT_TREE_OBJECTID => "EXTENT_TREE",
-        CHUNK_TREE_OBJECTID => "CHUNK_TREE",
-        DEV_TREE_OBJECTID => "DEV_TREE",
-        FS_TREE_OBJECTID => "FS_TREE",
-        ROOT_TREE_DIR_OBJECTID => "ROOT_TREE_DIR",
-        CSUM_TREE_OBJECTID => "CSUM_TREE",
-        QUOTA_TREE_OBJECTID => "QUOTA_TREE",
-        UUID_TREE_OBJECTID => "UUID_TREE",
-        FREE_SPACE_TREE_OBJECTID => "FREE_SPACE_TREE",
-        BLOCK_GROUP_TREE_OBJECTID => "BLOCK_GROUP_TREE",
-        RAID_STRIPE_TREE_OBJECTID => "RAID_STRIPE_TREE",
-        BALANCE_OBJECTID => "BALANCE",
-        ORPHAN_OBJECTID => "ORPHAN",
-        TREE_LOG_OBJECTID => "TREE_LOG",
-        TREE_LOG_FIXUP_OBJECTID => "TREE_LOG_FIXUP",
-        TREE_RELOC_OBJECTID => "TREE_RELOC",
-        DATA_RELOC_TREE_OBJECTID => "DATA_RELOC_TREE",
-        EXTENT_CSUM_OBJECTID => "EXTENT_CSUM",
-        FREE_SPACE_OBJECTID => "FREE_SPACE",
-        FREE_INO_OBJECTID => "FREE_INO",
-        MULTIPLE_OBJECTIDS => "MULTIPLE",
-        _ => return None,
-    })
+    objectid_names(id).map(|n| n.name)
 }
 
 /// Parse a tree name as `--tree` accepts it: a number, or a name such as
@@ -393,21 +438,25 @@ pub fn parse_tree_id(s: &str) -> Option<u64> {
     })
 }
 
+/// The type bits of a chunk or block group and their names, in bit order.
+pub const BLOCK_GROUP_TYPE_NAMES: [(u64, &str); 3] =
+    [(BLOCK_GROUP_DATA, "DATA"), (BLOCK_GROUP_SYSTEM, "SYSTEM"), (BLOCK_GROUP_METADATA, "METADATA")];
+
+/// The name of one block group type bit.
+pub fn block_group_type_name(bit: u64) -> Option<&'static str> {
+    BLOCK_GROUP_TYPE_NAMES.iter().find(|(b, _)| *b == bit).map(|(_, n)| *n)
+}
+
 /// Human form of chunk / block group type flags, like btrfs-progs: `DATA|RAID1`.
 pub fn block_group_flags_string(flags: u64) -> String {
     let mut parts = Vec::new();
-    for (bit, name) in [
-        (BLOCK_GROUP_DATA, "DATA"),
-        (BLOCK_GROUP_SYSTEM, "SYSTEM"),
-        (BLOCK_GROUP_METADATA, "METADATA"),
-    ] {
+    for (bit, name) in BLOCK_GROUP_TYPE_NAMES {
         if flags & bit != 0 {
             parts.push(name.to_string());
         }
     }
     match Profile::from_flags(flags) {
-        Some(Profile::Single) => parts.push("single".into()),
-        Some(p) => parts.push(p.name().to_ascii_uppercase()),
+        Some(p) => parts.push(p.flags_name()),
         None => parts.push(format!("PROFILES({:#x})", flags & BLOCK_GROUP_PROFILE_MASK)),
     }
     let unknown = flags & !(BLOCK_GROUP_TYPE_MASK | BLOCK_GROUP_PROFILE_MASK);
@@ -446,6 +495,17 @@ mod tests {
         assert_eq!(Profile::from_flags(BLOCK_GROUP_RAID1 | BLOCK_GROUP_DUP), None);
         assert_eq!(block_group_flags_string(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID1), "DATA|RAID1");
         assert_eq!(block_group_flags_string(BLOCK_GROUP_METADATA), "METADATA|single");
+    }
+
+    #[test]
+    fn objectid_names_are_declared_once() {
+        for (i, n) in OBJECTID_NAMES.iter().enumerate() {
+            assert!(OBJECTID_NAMES[..i].iter().all(|m| m.id != n.id), "{} twice", n.name);
+        }
+        assert_eq!(tree_name(TREE_LOG_FIXUP_OBJECTID), Some("TREE_LOG_FIXUP"));
+        assert_eq!(objectid_names(TREE_LOG_FIXUP_OBJECTID).map(|n| n.progs()), Some("LOG_FIXUP"));
+        assert_eq!(objectid_names(FS_TREE_OBJECTID).map(|n| n.progs()), Some("FS_TREE"));
+        assert_eq!(tree_name(256), None);
     }
 
     #[test]
