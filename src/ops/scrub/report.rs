@@ -1,0 +1,302 @@
+//! What a caller passes and gets back: the options, the findings, the
+//! per-device counters, and the report as text or JSON.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, Default)]
+pub struct ScrubOptions {
+    /// Rewrite bad copies from good ones (the images are opened for writing).
+    pub repair: bool,
+    /// 1-based copy to trust when copies differ and nothing else can decide.
+    pub prefer_mirror: Option<usize>,
+    /// Worker threads (block groups are shared among them); 0 = number of CPUs.
+    pub threads: usize,
+    /// Show a progress bar on stderr (only drawn when stderr is a terminal).
+    pub progress: bool,
+    /// Rewrite checksums to match data (needs the COW write engine).
+    pub fix_csum: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// Short read, I/O error, or a missing device.
+    Read,
+    /// This copy fails its checksum (another copy may be good).
+    Csum,
+    /// Every copy agrees and every copy fails the checksum: the data changed
+    /// before the checksum was taken, or the checksum itself is wrong.
+    CsumAllCopies,
+    /// A tree block header does not match (bytenr, fsid, chunk tree uuid,
+    /// generation, level, owner) or its structure is broken.
+    Verify,
+    /// A superblock copy is bad or stale.
+    Super,
+    /// Copies differ and no checksum can say which is right.
+    MirrorMismatch,
+    /// A device whose superblock generation is older than the filesystem's
+    /// (an older copy of the image): it lacks every write since. Its copies
+    /// are compared with the current ones and rebuilt from them by
+    /// `--repair`, never counted against them.
+    StaleDevice,
+    /// The current devices hold two histories of the filesystem (their
+    /// superblocks or verified copies of the newest commit's tree blocks
+    /// differ): nothing tells which is current, so nothing is repaired.
+    TwoHistories,
+}
+
+impl FindingKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingKind::Read => "read",
+            FindingKind::Csum => "csum",
+            FindingKind::CsumAllCopies => "csum_all_copies",
+            FindingKind::Verify => "verify",
+            FindingKind::Super => "super",
+            FindingKind::MirrorMismatch => "mirror_mismatch",
+            FindingKind::StaleDevice => "stale_device",
+            FindingKind::TwoHistories => "two_histories",
+        }
+    }
+}
+
+/// One problem with one copy of a contiguous run of bytes.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub devid: Option<u64>,
+    pub physical: Option<u64>,
+    pub logical: Option<u64>,
+    /// Bytes covered (adjacent sectors with the same problem are merged).
+    pub len: u64,
+    /// 1-based copy number.
+    pub mirror: Option<usize>,
+    /// A copy proven good (checksum, header, majority or --prefer-mirror), 1-based.
+    pub good_mirror: Option<usize>,
+    /// Tree block (true) or data (false).
+    pub metadata: bool,
+    pub paths: Vec<String>,
+    pub file_offset: Option<u64>,
+    pub repaired: bool,
+    pub detail: String,
+    /// Start of the extent the bytes belong to (for path resolution and merging).
+    #[serde(skip)]
+    pub(super) extent: Option<u64>,
+}
+
+impl Finding {
+    /// A finding about a whole device, block group or range rather than one
+    /// copy of some bytes: nothing to merge, not repaired (yet).
+    pub(super) fn about(kind: FindingKind, devid: Option<u64>, logical: Option<u64>, len: u64, detail: String) -> Finding {
+        Finding {
+            kind,
+            devid,
+            physical: None,
+            logical,
+            len,
+            mirror: None,
+            good_mirror: None,
+            metadata: !matches!(kind, FindingKind::Read),
+            paths: Vec::new(),
+            file_offset: None,
+            repaired: false,
+            detail,
+            extent: None,
+        }
+    }
+}
+
+/// Per-device counters, named like the kernel's `btrfs_scrub_progress`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub data_extents_scrubbed: u64,
+    pub tree_extents_scrubbed: u64,
+    pub data_bytes_scrubbed: u64,
+    pub tree_bytes_scrubbed: u64,
+    pub read_errors: u64,
+    /// Data sectors (per copy) whose checksum fails.
+    pub csum_errors: u64,
+    /// Tree block sectors (per copy) whose checksum or header fails, as the
+    /// kernel counts them.
+    pub verify_errors: u64,
+    pub no_csum: u64,
+    pub super_errors: u64,
+    pub corrected_errors: u64,
+    pub uncorrectable_errors: u64,
+    pub mirror_mismatches: u64,
+}
+
+impl Counters {
+    pub(super) fn add(&mut self, o: &Counters) {
+        self.data_extents_scrubbed += o.data_extents_scrubbed;
+        self.tree_extents_scrubbed += o.tree_extents_scrubbed;
+        self.data_bytes_scrubbed += o.data_bytes_scrubbed;
+        self.tree_bytes_scrubbed += o.tree_bytes_scrubbed;
+        self.read_errors += o.read_errors;
+        self.csum_errors += o.csum_errors;
+        self.verify_errors += o.verify_errors;
+        self.no_csum += o.no_csum;
+        self.super_errors += o.super_errors;
+        self.corrected_errors += o.corrected_errors;
+        self.uncorrectable_errors += o.uncorrectable_errors;
+        self.mirror_mismatches += o.mirror_mismatches;
+    }
+
+    fn fields(&self) -> [(&'static str, u64); 12] {
+        [
+            ("data_extents_scrubbed", self.data_extents_scrubbed),
+            ("tree_extents_scrubbed", self.tree_extents_scrubbed),
+            ("data_bytes_scrubbed", self.data_bytes_scrubbed),
+            ("tree_bytes_scrubbed", self.tree_bytes_scrubbed),
+            ("read_errors", self.read_errors),
+            ("csum_errors", self.csum_errors),
+            ("verify_errors", self.verify_errors),
+            ("no_csum", self.no_csum),
+            ("super_errors", self.super_errors),
+            ("corrected_errors", self.corrected_errors),
+            ("uncorrectable_errors", self.uncorrectable_errors),
+            ("mirror_mismatches", self.mirror_mismatches),
+        ]
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceReport {
+    pub devid: u64,
+    pub path: Option<String>,
+    /// Not scrubbed: missing, or (`left_out`) stale and left out by --degraded.
+    pub missing: bool,
+    pub left_out: bool,
+    #[serde(flatten)]
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScrubReport {
+    pub fsid: String,
+    pub devices: Vec<DeviceReport>,
+    pub totals: Counters,
+    pub findings: Vec<Finding>,
+    /// Findings beyond the kept ones (counted, not listed).
+    pub findings_dropped: u64,
+    /// Findings dropped that were not repaired.
+    pub findings_dropped_unrepaired: u64,
+    pub block_groups: u64,
+    pub duration_ms: u64,
+    /// What a reader must know that is no finding (a log tree).
+    pub warnings: Vec<String>,
+}
+
+impl ScrubReport {
+    /// Nothing wrong remains on the images (everything found was repaired).
+    pub fn clean(&self) -> bool {
+        self.findings.iter().all(|f| f.repaired) && self.findings_dropped_unrepaired == 0
+    }
+
+    pub fn write_json(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, self).map_err(std::io::Error::other)?;
+        writeln!(out)
+    }
+
+    /// Text like `btrfs scrub status -d -R`: a block per device, a summary,
+    /// then one line per finding.
+    pub fn write_text(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let d = Duration::from_millis(self.duration_ms);
+        let secs = d.as_secs();
+        let dur = format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+        writeln!(out, "UUID:             {}", self.fsid)?;
+        for dev in &self.devices {
+            let path = dev.path.as_deref().unwrap_or("<missing>");
+            let status = match (dev.missing, dev.left_out) {
+                (_, true) => "left out (stale, --degraded)",
+                (true, false) => "missing",
+                (false, false) => "finished",
+            };
+            writeln!(out, "Scrub device {path} (id {}) done", dev.devid)?;
+            writeln!(out, "Status:           {status}")?;
+            writeln!(out, "Duration:         {dur}")?;
+            for (name, v) in dev.counters.fields() {
+                writeln!(out, "\t{name}: {v}")?;
+            }
+        }
+        let t = &self.totals;
+        let total = t.data_bytes_scrubbed + t.tree_bytes_scrubbed;
+        writeln!(out, "Summary:")?;
+        writeln!(out, "Duration:         {dur}")?;
+        writeln!(out, "Total scrubbed:   {} (data {}, metadata {})", human(total), human(t.data_bytes_scrubbed), human(t.tree_bytes_scrubbed))?;
+        let rate = if d.as_secs_f64() > 0.0 { total as f64 / d.as_secs_f64() } else { 0.0 };
+        writeln!(out, "Rate:             {}/s", human(rate as u64))?;
+        let errs: Vec<String> = [
+            ("read", t.read_errors),
+            ("csum", t.csum_errors),
+            ("verify", t.verify_errors),
+            ("super", t.super_errors),
+            ("mirror_mismatch", t.mirror_mismatches),
+        ]
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+        if errs.is_empty() && self.findings.is_empty() {
+            writeln!(out, "Error summary:    no errors found")?;
+        } else {
+            writeln!(out, "Error summary:    {}", if errs.is_empty() { "see findings".into() } else { errs.join(" ") })?;
+            writeln!(out, "  Corrected:      {}", t.corrected_errors)?;
+            writeln!(out, "  Uncorrectable:  {}", t.uncorrectable_errors)?;
+            let unrepaired = self.findings.iter().filter(|f| !f.repaired).count() as u64 + self.findings_dropped_unrepaired;
+            writeln!(out, "  Unrepaired:     {unrepaired} finding(s)")?;
+        }
+        for f in &self.findings {
+            writeln!(out, "{}", finding_line(f))?;
+        }
+        if self.findings_dropped > 0 {
+            writeln!(out, "... and {} more findings not listed", self.findings_dropped)?;
+        }
+        Ok(())
+    }
+}
+
+fn finding_line(f: &Finding) -> String {
+    let mut s = f.kind.name().to_string();
+    let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+    s += &format!(
+        ": devid {} physical {} logical {} len {} mirror {}",
+        opt(f.devid),
+        opt(f.physical),
+        opt(f.logical),
+        f.len,
+        f.mirror.map(|m| m.to_string()).unwrap_or_else(|| "-".into())
+    );
+    s += if f.metadata { " (metadata)" } else { " (data)" };
+    if let Some(g) = f.good_mirror {
+        s += &format!(" good copy {g}");
+    }
+    if !f.paths.is_empty() {
+        s += &format!(" path {}", f.paths.join(", "));
+        if let Some(o) = f.file_offset {
+            s += &format!(" file offset {o}");
+        }
+    }
+    if !f.detail.is_empty() {
+        s += &format!(": {}", f.detail);
+    }
+    s += if f.repaired { " [repaired]" } else { " [not repaired]" };
+    s
+}
+
+fn human(b: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b}B")
+    } else {
+        format!("{v:.2}{}", UNITS[u])
+    }
+}
