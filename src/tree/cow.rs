@@ -255,9 +255,12 @@ impl CowTree {
             return Ok(());
         }
         let r = self.root;
-        self.visit(store, r.bytenr, r.level, r.generation, None, min, max, f).map(|_| ())
+        self.visit(store, r.bytenr, r.level, r.generation, None, (min, max), Dir::Forward, f).map(|_| ())
     }
 
+    /// Visit the items with keys in `range` below the block at `addr`, in
+    /// `dir` order, until `f` says stop; false once the walk should stop
+    /// (`f` asked to, or the range ended inside this subtree).
     #[allow(clippy::too_many_arguments)]
     fn visit<S: BlockStore + ?Sized>(
         &self,
@@ -266,8 +269,8 @@ impl CowTree {
         level: u8,
         generation: u64,
         key: Option<Key>,
-        min: Key,
-        max: Key,
+        (min, max): (Key, Key),
+        dir: Dir,
         f: &mut dyn FnMut(Key, &[u8]) -> Result<bool>,
     ) -> Result<bool> {
         // Children are visited through their pointers; collect them first so the
@@ -275,12 +278,9 @@ impl CowTree {
         let children: Vec<NodePtr> = match self.load(store, addr, level, generation, key)? {
             Loaded::Dirty(EditBlock::Leaf(l)) => {
                 let start = l.items.partition_point(|(k, _)| *k < min);
-                for (k, d) in l.items.get(start..).unwrap_or_default() {
-                    if *k > max || !f(*k, d)? {
-                        return Ok(false);
-                    }
-                }
-                return Ok(true);
+                let end = l.items.partition_point(|(k, _)| *k <= max).max(start);
+                let items = l.items.get(start..end).unwrap_or_default().iter().map(|(k, d)| (*k, d.as_slice()));
+                return visit_items(items, start > 0, end < l.items.len(), dir, f);
             }
             Loaded::Clean(b) if b.is_leaf() => {
                 let start = match b.slot_le(&min) {
@@ -288,32 +288,33 @@ impl CowTree {
                     Some(s) => s.saturating_add(1),
                     None => 0,
                 };
-                for i in start..b.nritems() {
-                    let k = b.key(i);
-                    if k > max || !f(k, b.item_data(i))? {
-                        return Ok(false);
-                    }
-                }
-                return Ok(true);
+                let end = b.slot_le(&max).map_or(0, |s| s.saturating_add(1)).max(start);
+                let items = (start..end).map(|i| (b.key(i), b.item_data(i)));
+                return visit_items(items, start > 0, end < b.nritems(), dir, f);
             }
             Loaded::Dirty(EditBlock::Node(n)) => {
-                let start = n.child_slot(&min);
-                n.ptrs.get(start..).unwrap_or_default().iter().take_while(|p| p.key <= max).copied().collect()
+                let (lo, hi) = (n.child_slot(&min), n.child_slot(&max));
+                n.ptrs.get(lo..=hi.max(lo)).unwrap_or_default().iter().filter(|p| p.key <= max).copied().collect()
             }
             Loaded::Clean(b) => {
-                let start = b.slot_le(&min).unwrap_or(0);
-                (start..b.nritems())
+                let (lo, hi) = (b.slot_le(&min).unwrap_or(0), b.slot_le(&max).unwrap_or(0));
+                (lo..=hi.max(lo))
                     .map(|i| {
                         let (key, blockptr, generation) = b.ptr(i);
                         NodePtr { key, blockptr, generation }
                     })
-                    .take_while(|p| p.key <= max)
+                    .filter(|p| p.key <= max)
                     .collect()
             }
         };
-        for p in children {
+        // (Only a first child can start above `max`: it holds nothing in range.)
+        let ordered: Box<dyn Iterator<Item = NodePtr>> = match dir {
+            Dir::Forward => Box::new(children.into_iter()),
+            Dir::Backward => Box::new(children.into_iter().rev()),
+        };
+        for p in ordered {
             // A node's children are one level down (load() checked the level).
-            if !self.visit(store, p.blockptr, level.saturating_sub(1), p.generation, Some(p.key), min, max, f)? {
+            if !self.visit(store, p.blockptr, level.saturating_sub(1), p.generation, Some(p.key), (min, max), dir, f)? {
                 return Ok(false);
             }
         }
@@ -353,61 +354,7 @@ impl CowTree {
             return Ok(());
         }
         let r = self.root;
-        self.visit_rev(store, r.bytenr, r.level, r.generation, None, min, max, f).map(|_| ())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn visit_rev<S: BlockStore + ?Sized>(
-        &self,
-        store: &S,
-        addr: u64,
-        level: u8,
-        generation: u64,
-        key: Option<Key>,
-        min: Key,
-        max: Key,
-        f: &mut dyn FnMut(Key, &[u8]) -> Result<bool>,
-    ) -> Result<bool> {
-        // Children from the one holding `max` leftwards.
-        let children: Vec<NodePtr> = match self.load(store, addr, level, generation, key)? {
-            Loaded::Dirty(EditBlock::Leaf(l)) => {
-                let end = l.items.partition_point(|(k, _)| *k <= max);
-                for (k, d) in l.items.get(..end).unwrap_or_default().iter().rev() {
-                    if *k < min || !f(*k, d)? {
-                        return Ok(false);
-                    }
-                }
-                return Ok(true);
-            }
-            Loaded::Clean(b) if b.is_leaf() => {
-                let end = b.slot_le(&max).map_or(0, |s| s.saturating_add(1));
-                for i in (0..end).rev() {
-                    let k = b.key(i);
-                    if k < min || !f(k, b.item_data(i))? {
-                        return Ok(false);
-                    }
-                }
-                return Ok(true);
-            }
-            Loaded::Dirty(EditBlock::Node(n)) => n.ptrs.get(..=n.child_slot(&max)).unwrap_or(&[]).iter().rev().copied().collect(),
-            Loaded::Clean(b) => (0..=b.slot_le(&max).unwrap_or(0))
-                .rev()
-                .map(|i| {
-                    let (key, blockptr, generation) = b.ptr(i);
-                    NodePtr { key, blockptr, generation }
-                })
-                .collect(),
-        };
-        for p in children {
-            if !self.visit_rev(store, p.blockptr, level.saturating_sub(1), p.generation, Some(p.key), min, max, f)? {
-                return Ok(false);
-            }
-            // Every child further left holds only keys below this one's first key.
-            if p.key <= min {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        self.visit(store, r.bytenr, r.level, r.generation, None, (min, max), Dir::Backward, f).map(|_| ())
     }
 
     // ---------------------------------------------------------------- COW
@@ -893,6 +840,35 @@ fn rebalance<T>(v: &mut Vec<T>, sizes: &[usize], cap: usize) -> Result<Option<Ve
         [] => Ok(None),
         [p] => Ok(Some(v.split_off(*p))),
         _ => Err(internal(format!("two neighbours of {} elements do not fit in two blocks", sizes.len()))),
+    }
+}
+
+/// The order of a walk over a key range.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Forward,
+    Backward,
+}
+
+/// Give a leaf's items in `range` to `f` in `dir` order; false once the
+/// walk should stop: `f` said so, or the leaf holds keys past the range's
+/// far end (`below` keys under it, `above` keys over it).
+fn visit_items<'a>(
+    items: impl DoubleEndedIterator<Item = (Key, &'a [u8])>,
+    below: bool,
+    above: bool,
+    dir: Dir,
+    f: &mut dyn FnMut(Key, &[u8]) -> Result<bool>,
+) -> Result<bool> {
+    let mut each = |(k, d): (Key, &[u8])| f(k, d);
+    let (done, past_end) = match dir {
+        Dir::Forward => (items.map(&mut each).find(|r| !matches!(r, Ok(true))), above),
+        Dir::Backward => (items.rev().map(&mut each).find(|r| !matches!(r, Ok(true))), below),
+    };
+    match done {
+        // `f` said stop, or failed.
+        Some(r) => r,
+        None => Ok(!past_end),
     }
 }
 
