@@ -45,6 +45,12 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// btrs failed itself: a worker thread panicked (or poisoned a lock it
+    /// held), or an internal plan did not hold. A bug, not the caller's or
+    /// the image's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// The filesystem is full (ENOSPC): no block group and no device has room.
     #[error("no space left on the filesystem: {0}")]
     NoSpace(String),

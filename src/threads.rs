@@ -33,7 +33,7 @@ pub fn join<T>(h: ScopedJoinHandle<'_, Result<T>>, what: &str) -> Result<T> {
 pub fn panicked(what: &str, payload: &(dyn Any + Send)) -> Error {
     let msg = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
     match msg {
-        Some(m) => Error::Invalid(format!("a {what} thread panicked: {m}")),
-        None => Error::Invalid(format!("a {what} thread panicked")),
+        Some(m) => Error::Internal(format!("a {what} thread panicked: {m}")),
+        None => Error::Internal(format!("a {what} thread panicked")),
     }
 }

@@ -715,7 +715,7 @@ fn divergent_histories(vol: &Volume) -> Option<String> {
 }
 
 fn poisoned() -> Error {
-    Error::Invalid("internal lock poisoned".into())
+    Error::Internal("filesystem root cache lock poisoned".into())
 }
 
 fn tree_label(id: u64) -> String {

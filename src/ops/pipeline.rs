@@ -138,11 +138,11 @@ where
                                 let end = total.lock().map(|mut t| t.take()).unwrap_or(None);
                                 return match end {
                                     Some(Ok(n)) if n == next => Ok(()),
-                                    Some(Ok(n)) => Err(E::from(Error::Invalid(format!(
+                                    Some(Ok(n)) => Err(E::from(Error::Internal(format!(
                                         "data pass: {next} of {n} jobs came back (a worker thread ended early)"
                                     )))),
                                     Some(Err(e)) => Err(E::from(e)),
-                                    None => Err(E::from(Error::Invalid("data pass: the reader thread stopped early".into()))),
+                                    None => Err(E::from(Error::Internal("data pass: the reader thread stopped early".into()))),
                                 };
                             }
                         }

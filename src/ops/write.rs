@@ -211,7 +211,7 @@ pub fn write_in(
         // before that means it died (panicked), and what came so far is not
         // the whole input.
         let Ok(pages) = full_rx.recv() else {
-            return Err(Error::Invalid("the input reader thread ended before the input did (panicked)".into()));
+            return Err(Error::Internal("the input reader thread ended before the input did (panicked)".into()));
         };
         let pages = pages?;
         let n = pages.len();

@@ -261,7 +261,7 @@ impl TreeReader {
 }
 
 fn poisoned() -> Error {
-    Error::Invalid("internal lock poisoned".into())
+    Error::Internal("tree block cache lock poisoned".into())
 }
 
 /// An item found by a cursor: the leaf that holds it and its slot.

@@ -200,12 +200,12 @@ impl Tracker {
     }
     /// Wait for every bio; the first error, if any.
     pub fn wait(&self) -> Result<()> {
-        let mut g = self.done_lock.lock().map_err(|_| Error::Invalid("tracker poisoned".into()))?;
+        let mut g = self.done_lock.lock().map_err(|_| Error::Internal("bio tracker lock poisoned".into()))?;
         while self.pending.load(Ordering::SeqCst) != 0 {
-            g = self.all_done.wait(g).map_err(|_| Error::Invalid("tracker poisoned".into()))?;
+            g = self.all_done.wait(g).map_err(|_| Error::Internal("bio tracker lock poisoned".into()))?;
         }
         drop(g);
-        match self.first_error.lock().map_err(|_| Error::Invalid("tracker poisoned".into()))?.take() {
+        match self.first_error.lock().map_err(|_| Error::Internal("bio tracker lock poisoned".into()))?.take() {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -353,7 +353,7 @@ fn serve(files: &DeviceFiles, queue: &Mutex<Receiver<Job>>, abort: &AtomicBool) 
             }
             match job.pages.bytes().get(job.span.clone()) {
                 Some(data) => files.write(data, job.rec.physical),
-                None => Err(Error::Invalid(format!("bio at logical {}: its span is past its pages", job.rec.logical))),
+                None => Err(Error::Internal(format!("bio at logical {}: its span is past its pages", job.rec.logical))),
             }
         };
         if let Some(h) = &job.hook {

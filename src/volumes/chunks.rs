@@ -256,7 +256,7 @@ impl ChunkMap {
         // OK: check_chunk refused a length that overflows.
         #[allow(clippy::arithmetic_side_effects)]
         let end = logical + chunk.length;
-        let mut entries = self.entries.write().map_err(|_| Error::Invalid("chunk map lock poisoned".into()))?;
+        let mut entries = self.entries.write().map_err(|_| Error::Internal("chunk map lock poisoned".into()))?;
         if let Some((_, prev)) = entries.range(..end).next_back() {
             if prev.logical != logical && prev.end() > logical {
                 return Err(Error::corrupt(
@@ -270,7 +270,7 @@ impl ChunkMap {
     }
 
     pub fn lookup(&self, logical: u64) -> Result<Arc<MapEntry>> {
-        let entries = self.entries.read().map_err(|_| Error::Invalid("chunk map lock poisoned".into()))?;
+        let entries = self.entries.read().map_err(|_| Error::Internal("chunk map lock poisoned".into()))?;
         entries
             .range(..=logical)
             .next_back()

@@ -235,7 +235,7 @@ fn run_workers(ctx: &Ctx<'_>, phases: &[Vec<Slice<'_>>], threads: usize) -> Resu
 /// Add up what the workers gathered.
 fn merge(results: Mutex<Vec<Acc>>) -> Result<Acc> {
     let mut acc = Acc::default();
-    for part in results.into_inner().map_err(|_| Error::Invalid("scrub worker panicked".into()))? {
+    for part in results.into_inner().map_err(|_| Error::Internal("a scrub worker panicked".into()))? {
         for (d, c) in part.counters {
             acc.dev(d).add(&c);
         }
