@@ -10,6 +10,7 @@ pub mod inode;
 pub mod pagecache;
 pub mod props;
 pub mod transaction;
+pub mod txn;
 pub mod write;
 
 use std::collections::{BTreeMap, HashMap};

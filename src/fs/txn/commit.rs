@@ -1,0 +1,176 @@
+//! The commit. Its order: every dirty tree block to every mirror, fsync
+//! every image, then the superblocks (all copies that fit, generation + 1,
+//! backup roots rotated), fsync again. A crash before the superblock write
+//! leaves the old superblock pointing at untouched blocks.
+//!
+//! A long operation commits in steps ([`Transaction::commit_and_continue`]):
+//! what each step freed is held for the readers of older generations.
+
+use zerocopy::{FromZeros, IntoBytes};
+
+use crate::error::Result;
+use crate::format::superblock::seal_super;
+use crate::format::*;
+use crate::fs::Filesystem;
+use crate::tree::RootPtr;
+
+use super::readers::InPlace;
+use super::Transaction;
+
+impl Transaction {
+    /// Write everything and the superblocks. Consumes the transaction.
+    pub fn commit(self) -> Result<()> {
+        self.commit_keep().map(drop)
+    }
+
+    /// Commit; the warnings gathered on the way (devices that failed a read,
+    /// quota accounting left to a rescan).
+    pub fn commit_with_warnings(self) -> Result<Vec<String>> {
+        let fs = self.commit_keep()?;
+        Ok(fs.take_warnings().into_iter().map(|w| w.0).collect())
+    }
+
+    /// Commit, then start the next transaction on the same (still locked)
+    /// devices: long operations commit in steps so their memory stays
+    /// bounded, each step crash-safe on its own.
+    pub fn commit_and_continue(mut self) -> Result<Transaction> {
+        let now = self.now;
+        let names = std::mem::take(&mut self.names);
+        // What this transaction freed stays unused while readers of older
+        // generations remain (decided when the next one begins).
+        let transid = self.transid();
+        let mut held = std::mem::take(&mut self.store.held);
+        for (&start, &len) in &self.store.pinned {
+            held.ranges.insert(start, len);
+            held.freed_in.insert(start, transid);
+        }
+        let mut next = Transaction::begin_holding(self.commit_keep()?, held)?;
+        next.now = now;
+        next.names = names;
+        Ok(next)
+    }
+
+    /// Commit and hand back the filesystem, now at the new generation.
+    fn commit_keep(mut self) -> Result<Filesystem> {
+        // No root may point at data before every bio writing it is done.
+        if let Some(mut dw) = self.direct.take() {
+            dw.finish()?;
+        }
+        if self.trees.values().any(|t| t.is_dirty()) {
+            self.mark_qgroups_inconsistent()?;
+        }
+        self.settle()?;
+        let vol = self.store.fs.volume();
+        let mut blocks = Vec::new();
+        for t in self.trees.values() {
+            blocks.extend(t.dirty_blocks(&self.store)?);
+        }
+        // Nothing changed: no new generation (a superblock generation newer
+        // than its root block's would not mount).
+        if blocks.is_empty() {
+            if self.in_place != InPlace::Unmarked {
+                vol.mark_in_place(false)?;
+            }
+            return Ok(self.store.fs);
+        }
+        // 1. Tree blocks to every mirror.
+        for (logical, bytes) in &blocks {
+            let copies = vol.num_copies(*logical)?;
+            for m in 0..copies {
+                vol.write_copy(*logical, bytes, m)?;
+            }
+        }
+        vol.sync_all()?;
+        // 2. Superblocks.
+        let root = self.trees.get(&ROOT_TREE_OBJECTID).map(|t| t.root()).unwrap_or(self.store.fs.tree_root(ROOT_TREE_OBJECTID)?);
+        let transid = self.transid();
+        let mut sb = self.store.fs.sb;
+        // Sum of block group `used`: every extent the extent tree lists
+        // (chunk tree blocks included), pinned ones not.
+        let used: u64 = self.store.allocated.values().sum::<u64>();
+        let old_gen = sb.generation.get();
+        sb.generation = transid.into();
+        sb.root = root.bytenr.into();
+        sb.root_level = root.level;
+        sb.bytes_used = used.into();
+        if sb.uuid_tree_generation.get() == old_gen {
+            sb.uuid_tree_generation = transid.into();
+        }
+        if sb.cache_generation.get() == old_gen {
+            sb.cache_generation = transid.into();
+        }
+        if let Some(t) = self.trees.get(&CHUNK_TREE_OBJECTID) {
+            let c = t.root();
+            sb.chunk_root = c.bytenr.into();
+            sb.chunk_root_level = c.level;
+            sb.chunk_root_generation = c.generation.into();
+        }
+        self.fill_backup(&mut sb, root)?;
+        let csum = self.store.fs.csum;
+        for dev in vol.devices.values() {
+            let mut s = sb;
+            s.dev_item = dev.sb.dev_item;
+            if let Some(item) = self.store.dev_items.get(&dev.devid) {
+                s.dev_item.bytes_used = item.bytes_used;
+            }
+            for &off in SUPER_MIRROR_OFFSETS.iter() {
+                if off + SUPER_INFO_SIZE as u64 > dev.size {
+                    break;
+                }
+                s.bytenr = off.into();
+                seal_super(&mut s, csum);
+                dev.write_all_at(off, s.as_bytes())?;
+            }
+        }
+        vol.sync_all()?;
+        // Readers waiting for the bytes overwritten in place to be part of a
+        // commit can open this one.
+        if self.in_place != InPlace::Unmarked {
+            vol.mark_in_place(false)?;
+        }
+        let mut fs = self.store.fs;
+        fs.committed(sb)?;
+        Ok(fs)
+    }
+
+    fn fill_backup(&self, sb: &mut SuperBlock, root: RootPtr) -> Result<()> {
+        // The kernel rotates through the four slots; the next slot after the
+        // newest one gets this commit.
+        let newest = (0..NUM_BACKUP_ROOTS).max_by_key(|&i| sb.super_roots[i].tree_root_gen.get()).unwrap_or(0);
+        let slot = (newest + 1) % NUM_BACKUP_ROOTS;
+        let mut b = RootBackup::new_zeroed();
+        let ptr = |id: u64| -> Result<RootPtr> {
+            match self.trees.get(&id) {
+                Some(t) => Ok(t.root()),
+                None => self.store.fs.tree_root(id),
+            }
+        };
+        let ext = ptr(EXTENT_TREE_OBJECTID)?;
+        let fst = ptr(FS_TREE_OBJECTID)?;
+        let dev = ptr(DEV_TREE_OBJECTID)?;
+        let csum = ptr(CSUM_TREE_OBJECTID)?;
+        b.tree_root = root.bytenr.into();
+        b.tree_root_gen = root.generation.into();
+        b.tree_root_level = root.level;
+        b.chunk_root = sb.chunk_root;
+        b.chunk_root_gen = sb.chunk_root_generation;
+        b.chunk_root_level = sb.chunk_root_level;
+        b.extent_root = ext.bytenr.into();
+        b.extent_root_gen = ext.generation.into();
+        b.extent_root_level = ext.level;
+        b.fs_root = fst.bytenr.into();
+        b.fs_root_gen = fst.generation.into();
+        b.fs_root_level = fst.level;
+        b.dev_root = dev.bytenr.into();
+        b.dev_root_gen = dev.generation.into();
+        b.dev_root_level = dev.level;
+        b.csum_root = csum.bytenr.into();
+        b.csum_root_gen = csum.generation.into();
+        b.csum_root_level = csum.level;
+        b.total_bytes = sb.total_bytes;
+        b.bytes_used = sb.bytes_used;
+        b.num_devices = sb.num_devices;
+        sb.super_roots[slot] = b;
+        Ok(())
+    }
+}

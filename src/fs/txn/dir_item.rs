@@ -1,0 +1,247 @@
+//! Names in directories: dir items and dir index items, and the inode
+//! refs and extrefs that name each inode's parents (the kernel's
+//! dir-item.c and inode-item.c); lookups by name and by path.
+//!
+//! Names: an inode's names in one directory share an INODE_REF item until
+//! it would pass a leaf's largest item, then go into INODE_EXTREF items, as
+//! the kernel keeps them.
+
+use zerocopy::IntoBytes;
+
+use crate::error::{Error, Result};
+use crate::format::items::{self, parse_dir_items};
+use crate::format::limits;
+use crate::format::*;
+
+use super::types::Place;
+use super::Transaction;
+
+impl Transaction {
+    /// (inode, dir type) named `name` in directory `dir`.
+    /// `name` in directory `dir` of tree `root`: (inode, dir type). An entry
+    /// that is a subvolume is an error here: the engine's own edits (unlink,
+    /// rename, link) stay inside one tree; [`Self::lookup`] steps into it.
+    pub fn lookup_name(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<(u64, u8)>> {
+        match self.lookup_entry(root, dir, name)? {
+            None => Ok(None),
+            Some(e) if e.location.item_type == INODE_ITEM_KEY => Ok(Some((e.location.objectid, e.dir_type))),
+            Some(_) => Err(Error::Unsupported(format!(
+                "{}: is a subvolume (btrs does not create, delete, move or link subvolumes)",
+                String::from_utf8_lossy(name)
+            ))),
+        }
+    }
+
+    fn lookup_entry(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<items::DirEntry>> {
+        let Some(data) = self.get(root, Key::new(dir, DIR_ITEM_KEY, items::name_hash(name)))? else { return Ok(None) };
+        Ok(parse_dir_items(&data)?.into_iter().find(|e| e.name == name))
+    }
+
+    /// `name` in directory `dir` of tree `root`, stepping into a subvolume
+    /// when the entry is one (its root directory), as path walks do.
+    pub fn lookup(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<Place>> {
+        let Some(e) = self.lookup_entry(root, dir, name)? else { return Ok(None) };
+        match e.location.item_type {
+            INODE_ITEM_KEY => Ok(Some(Place { root, ino: e.location.objectid, dir_type: e.dir_type })),
+            ROOT_ITEM_KEY => {
+                let sub = e.location.objectid;
+                let at = || format!("subvolume {} ({})", sub, String::from_utf8_lossy(name));
+                // A subvolume being deleted keeps its entry until the kernel's cleaner runs.
+                if !self.store.fs.subvol_linked_at(crate::fs::inode::InodeId { subvol: root, ino: dir }, sub, name)? {
+                    return Err(Error::Unsupported(format!("{}: deleted, not yet cleaned up", at())));
+                }
+                let (_, ri) = self.store.fs.root_item(sub)?.ok_or_else(|| Error::corrupt(at(), "no root item"))?;
+                Ok(Some(Place { root: sub, ino: ri.root_dirid.get(), dir_type: FT_DIR }))
+            }
+            t => Err(Error::corrupt(format!("directory {dir} of tree {root}"), format!("entry location type {t}"))),
+        }
+    }
+
+    /// Resolve an absolute path from the top-level subvolume, through nested
+    /// subvolumes, to where it leads.
+    pub fn resolve(&mut self, path: &str) -> Result<Option<Place>> {
+        let mut cur = Place { root: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID, dir_type: FT_DIR };
+        for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            if cur.dir_type != FT_DIR {
+                return Err(Error::Invalid(format!("{path}: a component is not a directory")));
+            }
+            match self.lookup(cur.root, cur.ino, comp.as_bytes())? {
+                Some(x) => cur = x,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    fn next_index(&mut self, root: u64, dir: u64) -> Result<u64> {
+        match self.last_le(root, Key::new(dir, DIR_INDEX_KEY, u64::MAX))? {
+            Some((k, _)) if k.objectid == dir && k.item_type == DIR_INDEX_KEY => Ok(k.offset + 1),
+            _ => Ok(2),
+        }
+    }
+
+    /// Add the name `name` in `dir` for inode `ino` (dir item, dir index,
+    /// inode ref); the caller adjusts `ino`'s nlink.
+    pub fn add_link(&mut self, root: u64, dir: u64, name: &[u8], ino: u64, dir_type: u8) -> Result<()> {
+        limits::check_entry_name(name)?;
+        if self.lookup_name(root, dir, name)?.is_some() {
+            return Err(Error::Invalid(format!("{} already exists", String::from_utf8_lossy(name))));
+        }
+        let mut d = self.read_inode(root, dir)?;
+        if d.mode.get() & S_IFMT != S_IFDIR {
+            return Err(Error::Invalid(format!("inode {dir} is not a directory")));
+        }
+        let index = self.next_index(root, dir)?;
+        let transid = self.transid();
+        let mut entry = DirItem {
+            location: DiskKey::new(ino, INODE_ITEM_KEY, 0),
+            transid: transid.into(),
+            data_len: 0.into(),
+            name_len: (name.len() as u16).into(),
+            dir_type,
+        }
+        .as_bytes()
+        .to_vec();
+        entry.extend_from_slice(name);
+        let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
+        // Names with the same hash share one DIR_ITEM, which must still fit a leaf.
+        let mut body = self.get(root, hkey)?.unwrap_or_default();
+        body.extend_from_slice(&entry);
+        let max = limits::max_item_size(self.store.fs.sb.nodesize.get());
+        if body.len() > max {
+            return Err(Error::Invalid(format!(
+                "{}: the directory entries sharing its name hash would take {} bytes, more than a leaf's {max}",
+                String::from_utf8_lossy(name),
+                body.len()
+            )));
+        }
+        self.put(root, hkey, body)?;
+        self.insert(root, Key::new(dir, DIR_INDEX_KEY, index), entry)?;
+        self.add_inode_ref(root, ino, dir, name, index)?;
+        d.size = (d.size.get() + 2 * name.len() as u64).into();
+        self.touch(&mut d, true);
+        self.put_inode(root, dir, &d)
+    }
+
+    /// Record `dir/name` (directory index `index`) among the back
+    /// references of inode `ino`, as the kernel's btrfs_insert_inode_ref
+    /// does: in the INODE_REF item of (ino, dir), which every name of `ino`
+    /// in `dir` shares, while it stays within a leaf's largest item; past
+    /// that in an INODE_EXTREF item keyed by the hash of (dir, name), shared
+    /// only by names whose hashes collide.
+    ///
+    /// Extended refs need the EXTENDED_IREF incompat feature. The kernel
+    /// refuses the link (EMLINK) without it; btrs turns it on instead: it is
+    /// one of the features the kernel lets a mounted filesystem turn on
+    /// (BTRFS_FEATURE_INCOMPAT_SAFE_SET, through sysfs), and every kernel
+    /// since 3.7 reads it.
+    fn add_inode_ref(&mut self, root: u64, ino: u64, dir: u64, name: &[u8], index: u64) -> Result<()> {
+        let max = limits::max_item_size(self.store.fs.sb.nodesize.get());
+        let entry = items::InodeRefEntry { parent: dir, index, name: name.to_vec() };
+        let rkey = Key::new(ino, INODE_REF_KEY, dir);
+        let mut refs = match self.get(root, rkey)? {
+            Some(d) => items::parse_inode_refs(rkey, &d)?,
+            None => Vec::new(),
+        };
+        refs.push(entry.clone());
+        let body = items::encode_inode_refs(&refs);
+        if body.len() <= max {
+            self.put(root, rkey, body)?;
+            return Ok(());
+        }
+        self.set_incompat(INCOMPAT_EXTENDED_IREF);
+        let xkey = Key::new(ino, INODE_EXTREF_KEY, items::extref_hash(dir, name));
+        let mut xrefs = match self.get(root, xkey)? {
+            Some(d) => items::parse_inode_extrefs(&d)?,
+            None => Vec::new(),
+        };
+        xrefs.push(entry);
+        let body = items::encode_inode_extrefs(&xrefs);
+        if body.len() > max {
+            return Err(Error::Invalid(format!(
+                "{}: the extended inode refs of inode {ino} sharing its hash would take {} bytes, more than a leaf's {max}",
+                String::from_utf8_lossy(name),
+                body.len()
+            )));
+        }
+        self.put(root, xkey, body)?;
+        Ok(())
+    }
+
+    /// Remove `dir/name` from the back references of inode `ino` (its
+    /// INODE_REF item, else its INODE_EXTREF item, as the kernel's
+    /// btrfs_del_inode_ref looks); returns the name's directory index.
+    fn remove_inode_ref(&mut self, root: u64, ino: u64, dir: u64, name: &[u8]) -> Result<u64> {
+        let rkey = Key::new(ino, INODE_REF_KEY, dir);
+        if let Some(d) = self.get(root, rkey)? {
+            let mut refs = items::parse_inode_refs(rkey, &d)?;
+            if let Some(i) = refs.iter().position(|r| r.name == name) {
+                let r = refs.remove(i);
+                if refs.is_empty() {
+                    self.delete(root, rkey)?;
+                } else {
+                    self.put(root, rkey, items::encode_inode_refs(&refs))?;
+                }
+                return Ok(r.index);
+            }
+        }
+        let xkey = Key::new(ino, INODE_EXTREF_KEY, items::extref_hash(dir, name));
+        let missing = || {
+            Error::corrupt(format!("inode {root}/{ino}"), format!("no inode ref or extref for {} in directory {dir}", String::from_utf8_lossy(name)))
+        };
+        let d = self.get(root, xkey)?.ok_or_else(missing)?;
+        let mut refs = items::parse_inode_extrefs(&d)?;
+        let i = refs.iter().position(|r| r.parent == dir && r.name == name).ok_or_else(missing)?;
+        let r = refs.remove(i);
+        if refs.is_empty() {
+            self.delete(root, xkey)?;
+        } else {
+            self.put(root, xkey, items::encode_inode_extrefs(&refs))?;
+        }
+        Ok(r.index)
+    }
+
+    /// Remove the name `name` from `dir` (not the inode itself); returns the inode.
+    pub(super) fn remove_link(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<u64> {
+        let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
+        let data = self.get(root, hkey)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        let entries = parse_dir_items(&data)?;
+        let ent = entries
+            .iter()
+            .find(|e| e.name == name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        if ent.location.item_type != INODE_ITEM_KEY {
+            return Err(Error::Unsupported("removing a subvolume".into()));
+        }
+        let ino = ent.location.objectid;
+        // Rebuild the dir item without this name.
+        let mut rest = Vec::new();
+        for e in entries.iter().filter(|e| e.name != name) {
+            rest.extend_from_slice(
+                DirItem {
+                    location: e.location.to_disk(),
+                    transid: e.transid.into(),
+                    data_len: (e.data.len() as u16).into(),
+                    name_len: (e.name.len() as u16).into(),
+                    dir_type: e.dir_type,
+                }
+                .as_bytes(),
+            );
+            rest.extend_from_slice(&e.name);
+            rest.extend_from_slice(&e.data);
+        }
+        if rest.is_empty() {
+            self.delete(root, hkey)?;
+        } else {
+            self.put(root, hkey, rest)?;
+        }
+        let index = self.remove_inode_ref(root, ino, dir, name)?;
+        self.delete(root, Key::new(dir, DIR_INDEX_KEY, index))?;
+        let mut d = self.read_inode(root, dir)?;
+        d.size = d.size.get().saturating_sub(2 * name.len() as u64).into();
+        self.touch(&mut d, true);
+        self.put_inode(root, dir, &d)?;
+        Ok(ino)
+    }
+}

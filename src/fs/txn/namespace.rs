@@ -1,0 +1,157 @@
+//! Namespace changes: create, symlink, hard link, unlink and rmdir,
+//! rename; and the read-only subvolume check (the kernel's inode.c
+//! operations on names).
+
+use zerocopy::{FromZeros, IntoBytes};
+
+use crate::error::{Error, Result};
+use crate::format::limits;
+use crate::format::*;
+use crate::fs::props;
+
+use super::Transaction;
+
+fn zero_inode() -> InodeItem {
+    InodeItem::new_zeroed()
+}
+
+impl Transaction {
+    /// Refuse changes to a read-only subvolume (a read-only snapshot), as the
+    /// kernel does with EROFS.
+    pub fn ensure_writable(&mut self, root: u64) -> Result<()> {
+        if root == FS_TREE_OBJECTID {
+            return Ok(());
+        }
+        let (_, ri) = self.store.fs.root_item(root)?.ok_or_else(|| Error::NotFound(format!("subvolume {root}")))?;
+        if ri.flags.get() & ROOT_SUBVOL_RDONLY != 0 {
+            return Err(Error::Invalid(format!("subvolume {root} is read-only")));
+        }
+        Ok(())
+    }
+
+    fn next_ino(&mut self, root: u64) -> Result<u64> {
+        let last = self.last_le(root, Key::new(LAST_FREE_OBJECTID, u8::MAX, u64::MAX))?;
+        Ok(last.map(|(k, _)| k.objectid + 1).unwrap_or(FIRST_FREE_OBJECTID + 1).max(FIRST_FREE_OBJECTID + 1))
+    }
+
+    /// A new inode linked as `dir/name`. `mode` includes the S_IF type bits.
+    /// The new inode inherits from `dir` its compression and NODATACOW
+    /// flags and its compression property, as the kernel's
+    /// btrfs_inherit_iflags and btrfs_inode_inherit_props give them.
+    pub fn create(&mut self, root: u64, dir: u64, name: &[u8], mode: u32, flags: u64) -> Result<u64> {
+        let ft = FileType::from_mode(mode).ok_or_else(|| Error::Invalid(format!("bad mode {mode:o}")))?;
+        let dir_flags = self.read_inode(root, dir)?.flags.get();
+        let flags = props::inherit_flags(flags, dir_flags, mode);
+        let prop = props::inherit_compression(self.xattr(root, dir, props::COMPRESSION)?.as_deref(), flags, mode);
+        let flags = prop.map_or(flags, |(_, f)| f);
+        let ino = self.next_ino(root)?;
+        let mut it = zero_inode();
+        it.generation = self.transid().into();
+        it.transid = self.transid().into();
+        it.nlink = 1.into();
+        it.mode = mode.into();
+        it.flags = flags.into();
+        it.atime = self.now;
+        it.ctime = self.now;
+        it.mtime = self.now;
+        it.otime = self.now;
+        self.insert(root, Key::new(ino, INODE_ITEM_KEY, 0), it.as_bytes().to_vec())?;
+        if let Some((value, _)) = prop {
+            self.put_xattr(root, ino, props::COMPRESSION, Some(value))?;
+        }
+        self.add_link(root, dir, name, ino, ft.dir_type())?;
+        Ok(ino)
+    }
+
+    /// A symlink: the target is stored as an inline extent, as the kernel does.
+    pub fn symlink(&mut self, root: u64, dir: u64, name: &[u8], target: &[u8]) -> Result<u64> {
+        limits::check_symlink_target(target, self.store.fs.sb.nodesize.get(), self.store.fs.sectorsize)?;
+        let ino = self.create(root, dir, name, S_IFLNK | 0o777, 0)?;
+        self.insert_inline(root, ino, target, target.len() as u64, COMPRESS_NONE)?;
+        let mut it = self.read_inode(root, ino)?;
+        it.size = (target.len() as u64).into();
+        it.nbytes = (target.len() as u64).into();
+        self.put_inode(root, ino, &it)?;
+        Ok(ino)
+    }
+
+    /// Hard link `ino` as `dir/name`.
+    pub fn link(&mut self, root: u64, ino: u64, dir: u64, name: &[u8]) -> Result<()> {
+        let mut it = self.read_inode(root, ino)?;
+        let ft = FileType::from_mode(it.mode.get()).ok_or_else(|| Error::Invalid("bad mode".into()))?;
+        if ft == FileType::Directory {
+            return Err(Error::Invalid("hard links to directories are not allowed".into()));
+        }
+        if it.nlink.get() >= limits::LINK_MAX {
+            return Err(Error::Invalid(format!("inode {ino}: too many links (the kernel's limit is {})", limits::LINK_MAX)));
+        }
+        self.add_link(root, dir, name, ino, ft.dir_type())?;
+        it.nlink = (it.nlink.get() + 1).into();
+        self.touch(&mut it, false);
+        self.put_inode(root, ino, &it)
+    }
+
+    /// Remove `dir/name`; the inode goes when its last link does. Directories
+    /// must be empty.
+    pub fn unlink(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<()> {
+        let (ino, ft) = self.lookup_name(root, dir, name)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        if ft == FT_DIR {
+            let it = self.read_inode(root, ino)?;
+            if it.size.get() != 0 {
+                return Err(Error::Invalid(format!("{}: directory not empty", String::from_utf8_lossy(name))));
+            }
+        }
+        self.remove_link(root, dir, name)?;
+        let mut it = self.read_inode(root, ino)?;
+        let n = it.nlink.get().saturating_sub(1);
+        if n == 0 || ft == FT_DIR {
+            self.drop_extents_from(root, ino, 0, &mut it)?;
+            // Everything keyed by this inode goes.
+            let all = self.range(root, Key::new(ino, 0, 0), Key::new(ino, u8::MAX, u64::MAX))?;
+            for (k, _) in all {
+                self.delete(root, k)?;
+            }
+        } else {
+            it.nlink = n.into();
+            self.touch(&mut it, false);
+            self.put_inode(root, ino, &it)?;
+        }
+        Ok(())
+    }
+
+    /// Move `sdir/sname` to `ddir/dname`, replacing a non-directory target.
+    pub fn rename(&mut self, root: u64, sdir: u64, sname: &[u8], ddir: u64, dname: &[u8]) -> Result<()> {
+        let (ino, ft) = self.lookup_name(root, sdir, sname)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(sname).into_owned()))?;
+        if let Some((tino, tft)) = self.lookup_name(root, ddir, dname)? {
+            if tino == ino {
+                return Ok(());
+            }
+            if tft == FT_DIR || ft == FT_DIR {
+                return Err(Error::Invalid(format!("{} exists", String::from_utf8_lossy(dname))));
+            }
+            self.unlink(root, ddir, dname)?;
+        }
+        if ft == FT_DIR {
+            // Refuse moving a directory into itself. A parent chain that
+            // comes back on itself (crafted INODE_REFs) would never reach
+            // the root: an error, not an endless walk.
+            let mut cur = ddir;
+            let mut seen = std::collections::HashSet::new();
+            while cur != FIRST_FREE_OBJECTID {
+                if cur == ino {
+                    return Err(Error::Invalid("cannot move a directory into itself".into()));
+                }
+                if !seen.insert(cur) {
+                    return Err(Error::corrupt(format!("inode {cur} of tree {root}"), "its parent chain loops"));
+                }
+                let refs = self.range(root, Key::new(cur, INODE_REF_KEY, 0), Key::new(cur, INODE_REF_KEY, u64::MAX))?;
+                cur = refs.first().map(|(k, _)| k.offset).ok_or_else(|| Error::corrupt(format!("inode {cur}"), "no parent"))?;
+            }
+        }
+        self.remove_link(root, sdir, sname)?;
+        self.add_link(root, ddir, dname, ino, ft)?;
+        let mut it = self.read_inode(root, ino)?;
+        self.touch(&mut it, false);
+        self.put_inode(root, ino, &it)
+    }
+}
