@@ -17,10 +17,10 @@ export BTRS_MODEL_SHRINK=${BTRS_MODEL_SHRINK:-30}
 
 # name | file | text (must occur exactly once) | replacement | what it breaks
 mutants=(
-  "csum-overwrite|src/fs/write.rs|if !r.sums.is_empty() {|if !r.sums.is_empty() && r.pos >= old_size {|an overwrite inside the file stores no checksums for its new extent"
-  "truncate-tail|src/fs/write.rs|let z = vec![0u8; (keep.min(old) - size) as usize];|let z = vec![0u8; (keep.min(old) - size).saturating_sub(1) as usize];|truncate down leaves the last byte of the kept sector unzeroed (off by one)"
-  "csum-delete|src/fs/write.rs|self.delete_csums(disk_bytenr, disk_num_bytes)?;|let _ = (disk_bytenr, disk_num_bytes);|checksums of a freed data extent stay in the csum tree"
-  "nlink|src/fs/write.rs|it.nlink = (it.nlink.get() + 1).into();|it.nlink = it.nlink.get().into();|a new hard link does not raise the link count"
+  "csum-overwrite|src/fs/txn/file.rs|if !r.sums.is_empty() {|if !r.sums.is_empty() && r.pos >= old_size {|an overwrite inside the file stores no checksums for its new extent"
+  "truncate-tail|src/fs/txn/file.rs|self.write_zeros(root, ino, size, keep.min(old), &mut WriteReport::default())?;|self.write_zeros(root, ino, size, keep.min(old).saturating_sub(1).max(size), &mut WriteReport::default())?;|truncate down leaves the last byte of the kept sector unzeroed (off by one)"
+  "csum-delete|src/fs/txn/file_extent.rs|self.delete_csums(disk_bytenr, disk_num_bytes)?;|let _ = (disk_bytenr, disk_num_bytes);|checksums of a freed data extent stay in the csum tree"
+  "nlink|src/fs/txn/namespace.rs|it.nlink = (it.nlink.get() + 1).into();|it.nlink = it.nlink.get().into();|a new hard link does not raise the link count"
 )
 want=("$@")
 status=0

@@ -457,7 +457,7 @@ fn write_cmd(set: &Set, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow:
     let compress = match (&a.compress, &a.compress_force) {
         (Some(c), _) | (None, Some(c)) => {
             let (kind, level) = usage(btrs::ops::mkfs::parse_compress(c))?;
-            Some(btrs::fs::write::CompressOpts { kind, level, force: a.compress_force.is_some() })
+            Some(btrs::fs::txn::CompressOpts { kind, level, force: a.compress_force.is_some() })
         }
         (None, None) => None,
     };
@@ -489,11 +489,11 @@ fn write_cmd(set: &Set, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow:
     // the device threads report them while the write runs beside.
     let (events, lines) = std::sync::mpsc::channel::<String>();
     if a.verbose {
-        req.on_bio = Some(btrs::fs::write::BioHook(std::sync::Arc::new(move |b: &btrs::fs::write::BioRecord, stage| {
+        req.on_bio = Some(btrs::fs::txn::BioHook(std::sync::Arc::new(move |b: &btrs::fs::txn::BioRecord, stage| {
             let what = match stage {
-                btrs::fs::write::BioStage::Submitted => "submit",
-                btrs::fs::write::BioStage::Completed => "done",
-                btrs::fs::write::BioStage::Failed => "failed",
+                btrs::fs::txn::BioStage::Submitted => "submit",
+                btrs::fs::txn::BioStage::Completed => "done",
+                btrs::fs::txn::BioStage::Failed => "failed",
             };
             let line = format!("bio {what} logical {} len {} devid {} physical {} mirror {}", b.logical, b.len, b.devid, b.physical, b.mirror + 1);
             let _ = events.send(line);

@@ -71,8 +71,8 @@ mod tests {
     //! harness must see divergence.
     use super::*;
     use crate::format::*;
-    use crate::fs::transaction::Transaction;
-    use crate::fs::write::{BioHook, BioRecord, BioStage, WriteOpts, WriteReport};
+    use crate::fs::txn::Transaction;
+    use crate::fs::txn::{BioHook, BioRecord, BioStage, WriteOpts, WriteReport};
     use std::sync::Arc;
     use crate::fs::{Filesystem, InodeId};
     use crate::volumes::OpenOptions;

@@ -9,9 +9,7 @@ pub mod direct;
 pub mod inode;
 pub mod pagecache;
 pub mod props;
-pub mod transaction;
 pub mod txn;
-pub mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
-use crate::fs::transaction::Transaction;
-use crate::fs::write::{WriteOpts, WriteReport};
+use crate::fs::txn::Transaction;
+use crate::fs::txn::{WriteOpts, WriteReport};
 
 const PAGE: usize = 4096;
 

@@ -9,9 +9,9 @@
 use crate::error::{Error, Result};
 use std::sync::Arc;
 use crate::format::*;
-use crate::fs::transaction::Transaction;
+use crate::fs::txn::Transaction;
 use crate::fs::Filesystem;
-use crate::fs::write::{WriteOpts, WriteReport};
+use crate::fs::txn::{WriteOpts, WriteReport};
 use crate::volumes::fault::{Fault, FaultPlan};
 use crate::volumes::OpenOptions;
 use std::path::PathBuf;

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use crate::error::Error;
 use crate::format::items::{parse_dir_items, parse_file_extent, DirEntry, FileExtentKind};
 use crate::format::*;
-use crate::fs::transaction::Transaction;
+use crate::fs::txn::Transaction;
 use crate::fs::Filesystem;
 use crate::ops::write as cmd;
 use crate::volumes::fault::{Fault, FaultPlan};
@@ -449,7 +449,7 @@ fn exec(mut tx: Transaction, op: &Op, scratch: &Path, puts: &mut u64) -> (Option
                 direct: *direct,
                 commit_every: commit_every.then_some(WRITE_STEP),
                 on_bio: None,
-                compress: compress.then_some(crate::fs::write::CompressOpts {
+                compress: compress.then_some(crate::fs::txn::CompressOpts {
                     kind: crate::format::compress::Compression::Zstd,
                     level: None,
                     force: false,

@@ -10,9 +10,9 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::format::limits;
 use crate::format::*;
-use crate::fs::transaction::Transaction;
+use crate::fs::txn::Transaction;
 use crate::fs::direct::{Bounce, PagePool, PAGE};
-use crate::fs::write::{BioHook, CompressOpts, Place, WriteOpts, WriteReport};
+use crate::fs::txn::{BioHook, CompressOpts, Place, WriteOpts, WriteReport};
 use crate::fs::Filesystem;
 use crate::volumes::OpenOptions;
 

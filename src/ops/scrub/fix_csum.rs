@@ -36,7 +36,7 @@ pub(super) fn fix_csum(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubR
     }
     let csum = fs.csum;
     let csize = csum.size();
-    let mut tx = crate::fs::transaction::Transaction::begin(fs)?;
+    let mut tx = crate::fs::txn::Transaction::begin(fs)?;
     let mut sector = vec![0u8; ss as usize];
     for &s in &stale {
         // Scrub proved every copy holds these bytes; any copy will do.
