@@ -13,10 +13,11 @@ pub enum Error {
     #[error("{}: {op}: {source}", shown_path(path))]
     Io { path: PathBuf, op: String, #[source] source: std::io::Error },
 
-    /// Bytes on the image do not make sense. `at` names where (device, logical
-    /// address, tree, item); `what` says what is wrong.
+    /// Bytes on the image do not make sense. `kind` says which rule they
+    /// break, `at` names where (device, logical address, tree, item), `what`
+    /// says what is wrong.
     #[error("corrupt {at}: {what}")]
-    Corrupt { at: String, what: String },
+    Corrupt { kind: CorruptKind, at: String, what: String },
 
     /// Every copy of a tree block lies on a stale device, whose tree blocks
     /// are trusted for nothing (see `Volume::stale`): not damage, but no
@@ -86,8 +87,16 @@ fn shown_path(path: &std::path::Path) -> String {
 }
 
 impl Error {
-    pub fn corrupt(at: impl Into<String>, what: impl Into<String>) -> Self {
-        Error::Corrupt { at: at.into(), what: what.into() }
+    pub fn corrupt(kind: CorruptKind, at: impl Into<String>, what: impl Into<String>) -> Self {
+        Error::Corrupt { kind, at: at.into(), what: what.into() }
+    }
+
+    /// What kind of damage this is, for a `Corrupt` error.
+    pub fn corrupt_kind(&self) -> Option<CorruptKind> {
+        match self {
+            Error::Corrupt { kind, .. } => Some(*kind),
+            _ => None,
+        }
     }
 
     pub fn io(path: impl Into<PathBuf>, op: impl Into<String>, source: std::io::Error) -> Self {
@@ -98,7 +107,7 @@ impl Error {
     /// inode being read), leaving other kinds unchanged.
     pub fn within(self, outer: impl std::fmt::Display) -> Self {
         match self {
-            Error::Corrupt { at, what } => Error::Corrupt { at: format!("{outer}: {at}"), what },
+            Error::Corrupt { kind, at, what } => Error::Corrupt { kind, at: format!("{outer}: {at}"), what },
             Error::Untrusted { at, what } => Error::Untrusted { at: format!("{outer}: {at}"), what },
             other => other,
         }
@@ -109,6 +118,41 @@ impl Error {
     pub fn is_corrupt(&self) -> bool {
         matches!(self, Error::Corrupt { .. } | Error::Compress { .. } | Error::Untrusted { .. })
     }
+}
+
+/// Which rule of the format damaged bytes break: what a caller (or a test)
+/// can match on, apart from the message, which names the place and detail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CorruptKind {
+    /// A superblock, its system chunk array, or the device set it describes.
+    Superblock,
+    /// The chunk map: chunk items, stripes, dev extents, addresses outside
+    /// every chunk.
+    ChunkMap,
+    /// A tree block's header or shape: level, generation, keys in order,
+    /// items within the block, a leaf where a node belongs.
+    TreeBlock,
+    /// An item too short or too long for its type, or not a whole number of
+    /// entries.
+    ItemSize,
+    /// A field of an item holds a value the format does not allow (an
+    /// unknown type, a name length out of range, items that overlap).
+    ItemValue,
+    /// An item that must exist is missing (a root item, an inode ref, an
+    /// extent item, the checksum of a sector).
+    MissingItem,
+    /// Extent reference counts or back references that do not add up.
+    ExtentRefs,
+    /// An address or length whose end is past 2^64.
+    Overflow,
+    /// A directory or parent chain that loops, or nests deeper than any
+    /// real tree.
+    Loop,
+    /// A compressed extent whose sizes cannot be.
+    Compressed,
+    /// No copy could be read and verified against its checksum.
+    Unreadable,
 }
 
 /// Everything that can go wrong while (de)compressing an extent.

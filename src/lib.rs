@@ -22,5 +22,5 @@ pub mod volumes;
 #[cfg(test)]
 mod model_tests;
 
-pub use error::{Error, Result};
+pub use error::{CorruptKind, Error, Result};
 pub use fs::Filesystem;

@@ -6,14 +6,14 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::ondisk::*;
 use super::types::Key;
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 
 /// Read a fixed-size struct from the front of `data`, or say what was short.
 pub fn read_prefix<T: FromBytes>(data: &[u8], what: &str) -> Result<(T, usize)> {
     let size = std::mem::size_of::<T>();
     match T::read_from_prefix(data) {
         Ok((v, _)) => Ok((v, size)),
-        Err(_) => Err(Error::corrupt(what, format!("item too short: {} bytes, need {size}", data.len()))),
+        Err(_) => Err(Error::corrupt(CorruptKind::ItemSize, what, format!("item too short: {} bytes, need {size}", data.len()))),
     }
 }
 
@@ -45,7 +45,7 @@ impl<'a> ItemCursor<'a> {
         let out = pos
             .checked_add(len)
             .and_then(|end| self.data.get(pos..end))
-            .ok_or_else(|| Error::corrupt(what, format!("{len} bytes at {pos} run past item end {}", self.data.len())))?;
+            .ok_or_else(|| Error::corrupt(CorruptKind::ItemSize, what, format!("{len} bytes at {pos} run past item end {}", self.data.len())))?;
         self.pos = pos.saturating_add(len);
         Ok(out)
     }
@@ -92,7 +92,7 @@ pub fn parse_chunk(data: &[u8]) -> Result<(ChunkInfo, usize)> {
     let c = cur.read::<Chunk>("chunk item")?;
     let n = usize::from(c.num_stripes.get());
     if n == 0 {
-        return Err(Error::corrupt("chunk item", "num_stripes is 0"));
+        return Err(Error::corrupt(CorruptKind::ChunkMap, "chunk item", "num_stripes is 0"));
     }
     let mut stripes = Vec::with_capacity(n.min(256));
     for _ in 0..n {
@@ -205,7 +205,7 @@ fn name_len16(name: &[u8]) -> u16 {
 
 fn check_name(name: &[u8], what: &str) -> Result<()> {
     if name.is_empty() || name.len() > NAME_LEN {
-        return Err(Error::corrupt(what, format!("name length {} out of 1..=255", name.len())));
+        return Err(Error::corrupt(CorruptKind::ItemValue, what, format!("name length {} out of 1..=255", name.len())));
     }
     Ok(())
 }
@@ -231,13 +231,13 @@ pub fn parse_dir_items(data: &[u8]) -> Result<Vec<DirEntry>> {
         let data_len = usize::from(d.data_len.get());
         let is_xattr = d.dir_type == FT_XATTR;
         if name_len == 0 || (!is_xattr && name_len > NAME_LEN) || name_len > XATTR_SIZE_MAX {
-            return Err(Error::corrupt("dir item", format!("name length {name_len} out of range")));
+            return Err(Error::corrupt(CorruptKind::ItemValue, "dir item", format!("name length {name_len} out of range")));
         }
         if !is_xattr && data_len != 0 {
-            return Err(Error::corrupt("dir item", format!("data_len {data_len} on a non-xattr entry")));
+            return Err(Error::corrupt(CorruptKind::ItemValue, "dir item", format!("data_len {data_len} on a non-xattr entry")));
         }
         if data_len > XATTR_SIZE_MAX {
-            return Err(Error::corrupt("dir item", format!("xattr value length {data_len} too large")));
+            return Err(Error::corrupt(CorruptKind::ItemSize, "dir item", format!("xattr value length {data_len} too large")));
         }
         let name = cur.bytes(name_len, "dir item name")?;
         let value = cur.bytes(data_len, "dir item data")?;
@@ -305,7 +305,7 @@ pub fn parse_file_extent(data: &[u8]) -> Result<FileExtent> {
         FILE_EXTENT_REG | FILE_EXTENT_PREALLOC => {
             let b = cur.read::<FileExtentBody>("file extent body")?;
             if !cur.is_done() {
-                return Err(Error::corrupt("file extent", format!("regular extent item size {} is not 53", data.len())));
+                return Err(Error::corrupt(CorruptKind::ItemSize, "file extent", format!("regular extent item size {} is not 53", data.len())));
             }
             FileExtentKind::Regular {
                 prealloc: h.extent_type == FILE_EXTENT_PREALLOC,
@@ -315,7 +315,7 @@ pub fn parse_file_extent(data: &[u8]) -> Result<FileExtent> {
                 num_bytes: b.num_bytes.get(),
             }
         }
-        t => return Err(Error::corrupt("file extent", format!("unknown extent type {t}"))),
+        t => return Err(Error::corrupt(CorruptKind::ItemValue, "file extent", format!("unknown extent type {t}"))),
     };
     Ok(FileExtent {
         generation: h.generation.get(),
@@ -330,7 +330,7 @@ pub fn parse_file_extent(data: &[u8]) -> Result<FileExtent> {
 /// Decode a root item, accepting the short pre-v2 layout (the missing tail reads as zeros).
 pub fn parse_root_item(data: &[u8]) -> Result<RootItem> {
     if data.len() < ROOT_ITEM_V1_SIZE {
-        return Err(Error::corrupt("root item", format!("size {} below {ROOT_ITEM_V1_SIZE}", data.len())));
+        return Err(Error::corrupt(CorruptKind::ItemSize, "root item", format!("size {} below {ROOT_ITEM_V1_SIZE}", data.len())));
     }
     let mut buf = [0u8; std::mem::size_of::<RootItem>()];
     for (b, d) in buf.iter_mut().zip(data) {
@@ -469,7 +469,7 @@ pub fn parse_extent_item(key: Key, data: &[u8]) -> Result<ExtentInfo> {
                 let c = cur.read::<SharedDataRef>("inline shared data ref")?;
                 ExtentRef::SharedData { parent: p.get(), count: c.count.get() }
             }
-            t => return Err(Error::corrupt(format!("extent item {key}"), format!("unknown inline ref type {t}"))),
+            t => return Err(Error::corrupt(CorruptKind::ItemValue, format!("extent item {key}"), format!("unknown inline ref type {t}"))),
         };
         inline_refs.push(r);
     }
@@ -493,7 +493,7 @@ pub fn parse_keyed_ref(key: Key, data: &[u8]) -> Result<ExtentRef> {
             let (o, _) = read_prefix::<ExtentOwnerRef>(data, "extent owner ref")?;
             ExtentRef::Owner { root: o.root_id.get() }
         }
-        t => return Err(Error::corrupt(format!("{key}"), format!("item type {t} is not a back reference"))),
+        t => return Err(Error::corrupt(CorruptKind::ExtentRefs, format!("{key}"), format!("item type {t} is not a back reference"))),
     })
 }
 
@@ -509,7 +509,7 @@ pub fn extent_data_ref_hash(root: u64, objectid: u64, offset: u64) -> u64 {
 /// Decode a little-endian u64 array item (dev stats, uuid tree entries).
 pub fn parse_u64_array(data: &[u8], what: &str) -> Result<Vec<u64>> {
     if data.len() % 8 != 0 {
-        return Err(Error::corrupt(what, format!("size {} is not a multiple of 8", data.len())));
+        return Err(Error::corrupt(CorruptKind::ItemSize, what, format!("size {} is not a multiple of 8", data.len())));
     }
     Ok(data.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
 }

@@ -7,7 +7,7 @@ use super::items::{parse_chunk, ChunkInfo};
 use super::ondisk::*;
 use super::types::Key;
 use super::usize_of;
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 
 /// The checksum covers everything after the csum field itself.
 pub fn super_csum_region(bytes: &[u8]) -> &[u8] {
@@ -124,17 +124,17 @@ impl SuperBlock {
     pub fn sys_chunks(&self) -> Result<Vec<(Key, ChunkInfo)>> {
         let size = usize_of(self.sys_chunk_array_size.get());
         let arr = self.sys_chunk_array.get(..size).ok_or_else(|| {
-            Error::corrupt("superblock sys_chunk_array", format!("size {size} too large"))
+            Error::corrupt(CorruptKind::Superblock, "superblock sys_chunk_array", format!("size {size} too large"))
         })?;
         let mut out = Vec::new();
         let mut pos = 0usize;
         while pos < arr.len() {
             let at = format!("superblock sys_chunk_array offset {pos}");
             let (dk, rest) = DiskKey::read_from_prefix(arr.get(pos..).unwrap_or_default())
-                .map_err(|_| Error::corrupt(&at, "truncated key"))?;
+                .map_err(|_| Error::corrupt(CorruptKind::Superblock, &at, "truncated key"))?;
             let key = Key::from_disk(&dk);
             if key.item_type != CHUNK_ITEM_KEY {
-                return Err(Error::corrupt(&at, format!("key type {} is not CHUNK_ITEM", key.item_type)));
+                return Err(Error::corrupt(CorruptKind::Superblock, &at, format!("key type {} is not CHUNK_ITEM", key.item_type)));
             }
             let (chunk, used) = parse_chunk(rest).map_err(|e| e.within(&at))?;
             out.push((key, chunk));

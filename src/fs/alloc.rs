@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{ChunkInfo, StripeInfo};
 use crate::format::*;
 
@@ -103,7 +103,7 @@ impl ChunkPlan {
 /// when the devices have no room for one (ENOSPC).
 pub fn plan_chunk(devs: &[DevSpace], logical: u64, flags: u64) -> Result<Option<ChunkPlan>> {
     let profile = Profile::from_flags(flags)
-        .ok_or_else(|| Error::corrupt(format!("block group flags {flags:#x}"), "several profile bits"))?;
+        .ok_or_else(|| Error::corrupt(CorruptKind::ChunkMap, format!("block group flags {flags:#x}"), "several profile bits"))?;
     let attr = profile
         .raid_attr()
         .ok_or_else(|| Error::Unsupported(format!("allocating {profile} chunks")))?;

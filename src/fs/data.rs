@@ -6,7 +6,7 @@
 #![warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 
 use super::{Filesystem, Inode, InodeId};
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{FileExtent, FileExtentKind};
 use crate::format::*;
 use crate::volumes::Volume;
@@ -43,7 +43,7 @@ impl Filesystem {
             // Past the size: nothing more to read.
             let Some(left) = size.checked_sub(off).filter(|l| *l > 0) else { break };
             let Some(gap) = off.checked_sub(pos) else {
-                return Err(Error::corrupt(id.to_string(), format!("extent at {off} overlaps the previous one ending at {pos}")));
+                return Err(Error::corrupt(CorruptKind::ItemValue, id.to_string(), format!("extent at {off} overlaps the previous one ending at {pos}")));
             };
             if gap > 0 {
                 sink(FileChunk::Hole { offset: pos, len: gap })?;
@@ -114,7 +114,7 @@ impl Filesystem {
                         let n = left.min(READ_PIECE);
                         // Both come from the image: a sum past u64 is corrupt, not a wrap.
                         let logical = disk_bytenr.checked_add(*offset).and_then(|x| x.checked_add(done)).ok_or_else(|| {
-                            Error::corrupt(at(), format!("disk_bytenr {disk_bytenr} + offset {offset} overflows"))
+                            Error::corrupt(CorruptKind::Overflow, at(), format!("disk_bytenr {disk_bytenr} + offset {offset} overflows"))
                         })?;
                         // OK: off + len is at most the file size.
                         let here = off.saturating_add(done);
@@ -132,7 +132,7 @@ impl Filesystem {
                     Ok(())
                 } else {
                     if *disk_num_bytes > MAX_COMPRESSED_DISK || fe.ram_bytes > MAX_COMPRESSED_DISK {
-                        return Err(Error::corrupt(at(), format!("compressed extent of {disk_num_bytes} bytes ({} uncompressed) is too large", fe.ram_bytes)));
+                        return Err(Error::corrupt(CorruptKind::Compressed, at(), format!("compressed extent of {disk_num_bytes} bytes ({} uncompressed) is too large", fe.ram_bytes)));
                     }
                     let raw = self.read_data(*disk_bytenr, *disk_num_bytes, nodatasum, &|l| {
                         format!("{id} compressed extent at file offset {off} (disk byte {})", l.saturating_sub(*disk_bytenr))
@@ -178,7 +178,7 @@ impl Filesystem {
             }
             let data = item.data();
             if data.len().checked_rem(csize) != Some(0) {
-                return Err(Error::corrupt(format!("csum item {k}"), format!("size {} not a multiple of {csize}", data.len())));
+                return Err(Error::corrupt(CorruptKind::ItemSize, format!("csum item {k}"), format!("size {} not a multiple of {csize}", data.len())));
             }
             for (i, c) in data.chunks_exact(csize).enumerate() {
                 let Some(s) = u64_of(i).checked_mul(ss).and_then(|d| k.offset.checked_add(d)) else { break };
@@ -208,13 +208,13 @@ impl Filesystem {
     /// address into "which file, which offset" for messages.
     pub fn read_data(&self, logical: u64, len: u64, nodatasum: bool, describe: &dyn Fn(u64) -> String) -> Result<Vec<u8>> {
         let ss = u64::from(self.sectorsize);
-        let end = logical.checked_add(len).ok_or_else(|| Error::corrupt(describe(logical), format!("data range {logical}+{len} overflows")))?;
+        let end = logical.checked_add(len).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, describe(logical), format!("data range {logical}+{len} overflows")))?;
         // OK: ss is the sector size, never 0; the remainder is below logical.
         #[allow(clippy::arithmetic_side_effects)]
         let start = logical - logical % ss;
         let aligned_end = end
             .checked_next_multiple_of(ss)
-            .ok_or_else(|| Error::corrupt(describe(logical), format!("data range {logical}+{len} overflows")))?;
+            .ok_or_else(|| Error::corrupt(CorruptKind::Overflow, describe(logical), format!("data range {logical}+{len} overflows")))?;
         let span = aligned_end.saturating_sub(start);
         let n = usize::try_from(span).map_err(|_| Error::Invalid("read too large".into()))?;
         let mut buf = vec![0u8; n];
@@ -259,7 +259,7 @@ pub(crate) fn read_verified(
     while let Some(left) = total.checked_sub(done).filter(|l| *l > 0) {
         let pos = start
             .checked_add(u64_of(done))
-            .ok_or_else(|| Error::corrupt(describe(start), format!("data range at {start} overflows")))?;
+            .ok_or_else(|| Error::corrupt(CorruptKind::Overflow, describe(start), format!("data range at {start} overflows")))?;
         let (_, contiguous) = vol.chunks.lookup(pos).and_then(|e| e.map(pos)).map_err(|e| e.within(describe(pos)))?;
         let n = usize::try_from(contiguous).unwrap_or(usize::MAX).min(left);
         let sectors = n.checked_div(ssz).unwrap_or(0).max(1);
@@ -351,7 +351,7 @@ fn read_piece(
                     })
                     .collect();
                 if want.is_some() {
-                    return Err(Error::corrupt(
+                    return Err(Error::corrupt(CorruptKind::Unreadable,
                         describe(at),
                         format!("data csum mismatch at logical {at} on every copy ({})", locs.join(", ")),
                     ));

@@ -4,7 +4,7 @@
 // checked, or allowed where it cannot fail with the reason beside it.
 #![warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::read_prefix;
 use crate::format::{FileType, InodeItem};
 
@@ -62,7 +62,7 @@ impl Inode {
         let (i, _) = read_prefix::<InodeItem>(data, "inode item")?;
         let mode = i.mode.get();
         let file_type = FileType::from_mode(mode)
-            .ok_or_else(|| Error::corrupt(format!("inode {id}"), format!("mode {mode:#o} has no valid file type")))?;
+            .ok_or_else(|| Error::corrupt(CorruptKind::ItemValue, format!("inode {id}"), format!("mode {mode:#o} has no valid file type")))?;
         Ok(Inode {
             id,
             file_type,

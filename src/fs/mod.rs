@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 pub use data::FileChunk;
 pub use inode::{Inode, InodeId, Timespec};
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{self, parse_root_item, DirEntry};
 use crate::format::*;
 use crate::tree::{Expect, RootPtr, TreeBlock, TreeReader};
@@ -130,7 +130,7 @@ impl Filesystem {
         // past its device would be taken and spread to every superblock.
         for (key, chunk) in &sys_chunks {
             if !chunks.iter().any(|(logical, c)| *logical == key.offset && c == chunk) {
-                return Err(Error::corrupt(
+                return Err(Error::corrupt(CorruptKind::Superblock,
                     "superblock sys_chunk_array",
                     format!("system chunk {} differs from the chunk tree's", key.offset),
                 ));
@@ -141,7 +141,7 @@ impl Filesystem {
         let divergence = divergent_histories(&vol);
         if let Some(w) = &divergence {
             if !opts.divergent_ok {
-                return Err(Error::corrupt("device set", w.clone()));
+                return Err(Error::corrupt(CorruptKind::Superblock, "device set", w.clone()));
             }
             open_warnings.push(w.clone());
         }
@@ -149,7 +149,7 @@ impl Filesystem {
         // A device --accept-lagging let serve the chunk tree that then proved
         // stale (it missed the newest commit): read it again without it.
         if taken.iter().any(|d| reader.vol.is_stale(*d)) && reader.range(&chunk_root, Key::MIN, Key::MAX)? != chunk_items {
-            return Err(Error::corrupt("chunk tree", "a stale device's copy differs from the current one"));
+            return Err(Error::corrupt(CorruptKind::Superblock, "chunk tree", "a stale device's copy differs from the current one"));
         }
         let fs = Filesystem {
             csum: sb.csum_kind()?,
@@ -323,7 +323,7 @@ impl Filesystem {
     fn dirent(&self, dir: InodeId, e: DirEntry) -> Result<DirEnt> {
         let at = || format!("directory {dir} entry {:?}", String::from_utf8_lossy(&e.name));
         let file_type = FileType::from_dir_type(e.dir_type)
-            .ok_or_else(|| Error::corrupt(at(), format!("unknown file type {}", e.dir_type)))?;
+            .ok_or_else(|| Error::corrupt(CorruptKind::ItemValue, at(), format!("unknown file type {}", e.dir_type)))?;
         match e.location.item_type {
             INODE_ITEM_KEY => Ok(DirEnt { name: e.name, id: InodeId { subvol: dir.subvol, ino: e.location.objectid }, file_type, subvol: false }),
             ROOT_ITEM_KEY => {
@@ -339,11 +339,11 @@ impl Filesystem {
                 }
                 let dirid = match self.root_item(subvol)? {
                     Some((_, ri)) => ri.root_dirid.get(),
-                    None => return Err(Error::corrupt(at(), format!("subvolume {subvol} has no root item"))),
+                    None => return Err(Error::corrupt(CorruptKind::MissingItem, at(), format!("subvolume {subvol} has no root item"))),
                 };
                 Ok(DirEnt { name: e.name, id: InodeId { subvol, ino: dirid }, file_type: FileType::Directory, subvol: true })
             }
-            t => Err(Error::corrupt(at(), format!("location key type {t}"))),
+            t => Err(Error::corrupt(CorruptKind::ItemValue, at(), format!("location key type {t}"))),
         }
     }
 
@@ -402,16 +402,16 @@ impl Filesystem {
                 items::FileExtentKind::Inline { data } => {
                     self.decompress(fe.compression, data, fe.ram_bytes, &format!("symlink {id}"))?
                 }
-                _ => return Err(Error::corrupt(format!("symlink {id}"), "target is not an inline extent")),
+                _ => return Err(Error::corrupt(CorruptKind::ItemValue, format!("symlink {id}"), "target is not an inline extent")),
             },
-            _ => return Err(Error::corrupt(format!("symlink {id}"), "no target extent")),
+            _ => return Err(Error::corrupt(CorruptKind::MissingItem, format!("symlink {id}"), "no target extent")),
         };
         match usize::try_from(size) {
             Ok(n) if n <= target.len() => {
                 target.truncate(n);
                 Ok(target)
             }
-            _ => Err(Error::corrupt(format!("symlink {id}"), format!("inode size {size} past its {}-byte target extent", target.len()))),
+            _ => Err(Error::corrupt(CorruptKind::ItemValue, format!("symlink {id}"), format!("inode size {size} past its {}-byte target extent", target.len()))),
         }
     }
 
@@ -458,7 +458,7 @@ impl Filesystem {
 
     pub(crate) fn decompress(&self, kind: u8, input: &[u8], ram_bytes: u64, at: &str) -> Result<Vec<u8>> {
         let k = compress::Compression::from_raw(kind).map_err(|e| Error::Compress { at: at.into(), source: e })?;
-        let out_len = usize::try_from(ram_bytes).map_err(|_| Error::corrupt(at, "ram_bytes too large"))?;
+        let out_len = usize::try_from(ram_bytes).map_err(|_| Error::corrupt(CorruptKind::Compressed, at, "ram_bytes too large"))?;
         compress::decompress(k, input, out_len, self.sectorsize).map_err(|e| Error::Compress { at: at.into(), source: e })
     }
 }

@@ -3,7 +3,7 @@
 //! the INODE_REF / ROOT_BACKREF chains. Used to name the files a scrub
 //! finding hurts.
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{self, ExtentRef, FileExtentKind};
 use crate::format::*;
 use crate::fs::Filesystem;
@@ -187,7 +187,7 @@ pub fn inode_path(fs: &Filesystem, subvol: u64, ino: u64) -> Result<String> {
         parts.push(entry.name);
         ino = entry.parent;
     }
-    Err(Error::corrupt(format!("inode {ino} of subvolume {subvol}"), "path deeper than 4096 levels (loop?)"))
+    Err(Error::corrupt(CorruptKind::Loop, format!("inode {ino} of subvolume {subvol}"), "path deeper than 4096 levels (loop?)"))
 }
 
 fn join(parts: &[Vec<u8>]) -> String {

@@ -24,7 +24,7 @@ use std::rc::Rc;
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::FileType;
 use crate::fs::{DirEnt, FileChunk, Filesystem, Inode, InodeId};
 
@@ -337,7 +337,7 @@ impl<'a> Extractor<'a> {
 
     fn node(&mut self, ent: &DirEnt, name: &OsStr, fspath: &str, depth: usize) -> Result<()> {
         if depth > MAX_DEPTH {
-            return Err(Error::corrupt(shown(fspath), format!("directory nesting deeper than {MAX_DEPTH} (loop?)")));
+            return Err(Error::corrupt(CorruptKind::Loop, shown(fspath), format!("directory nesting deeper than {MAX_DEPTH} (loop?)")));
         }
         let ino = self.fs.inode(ent.id)?;
         let parent = self.dirs_open.top().map_err(|e| Error::io(self.dirs_open.here(), "open", e))?;
@@ -356,7 +356,7 @@ impl<'a> Extractor<'a> {
         match ino.file_type {
             FileType::Directory => {
                 if ent.id.ino != crate::format::EMPTY_SUBVOL_DIR_OBJECTID && !self.dirs.insert(ent.id) {
-                    return Err(Error::corrupt(format!("directory {}", ent.id), "reached twice (directory loop or aliased directory)"));
+                    return Err(Error::corrupt(CorruptKind::Loop, format!("directory {}", ent.id), "reached twice (directory loop or aliased directory)"));
                 }
                 let (fd, made) = self.make_dir(&parent, name)?;
                 drop(parent);
@@ -382,7 +382,7 @@ impl<'a> Extractor<'a> {
             FileType::Symlink => {
                 let target = self.fs.read_link(ent.id)?;
                 if target.contains(&0) {
-                    return Err(Error::corrupt(format!("symlink {}", ent.id), "target contains a NUL byte"));
+                    return Err(Error::corrupt(CorruptKind::ItemValue, format!("symlink {}", ent.id), "target contains a NUL byte"));
                 }
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), &*parent, name)
                     .map_err(|e| self.create_error(&parent, name, "symlink", e))?;

@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::limits;
 use crate::format::*;
 use crate::fs::txn::Transaction;
@@ -284,7 +284,7 @@ fn rm_tree(tx: &mut Transaction, root: u64, dir: u64, name: &[u8]) -> Result<()>
             return Ok(Level { parent, name, ino: None, kids: Vec::new().into_iter() });
         };
         if !seen.insert(ino) {
-            return Err(Error::corrupt(
+            return Err(Error::corrupt(CorruptKind::Loop,
                 format!("directory {ino} of tree {root}"),
                 format!("reached twice (entry {:?} in directory {parent}): a directory loop or an aliased directory", String::from_utf8_lossy(&name)),
             ));

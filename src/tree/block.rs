@@ -3,7 +3,7 @@
 
 use zerocopy::FromBytes;
 
-use crate::error::Error;
+use crate::error::{CorruptKind, Error};
 use crate::format::usize_of;
 use crate::format::{CsumType, Header, Item, Key, KeyPtr, MAX_LEVEL};
 
@@ -251,7 +251,7 @@ pub fn problem_error(logical: u64, tree: Option<u64>, problems: &[(usize, BlockP
     if !problems.is_empty() && problems.iter().all(|(_, p)| matches!(p, BlockProblem::Untrusted(_))) {
         return Error::Untrusted { at, what: format!("no copy on a current device: {what}") };
     }
-    Error::corrupt(at, if what.is_empty() { "no readable copy".into() } else { what })
+    Error::corrupt(CorruptKind::Unreadable, at, if what.is_empty() { "no readable copy".into() } else { what })
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use super::block::{Expect, TreeBlock};
 use super::leaf::{internal, leaf_item_size, must_not_be_empty, split_points, BlockFormat, EditBlock, EditLeaf, EditNode, NodePtr};
 use super::reader::RootPtr;
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::{Key, MAX_LEVEL};
 
 /// What a tree needs from the transaction below it.
@@ -205,17 +205,17 @@ impl CowTree {
         }
         let b = store.read(addr, Expect { level: Some(level), generation: Some(generation), max_generation: None })?;
         if b.level() != level {
-            return Err(Error::corrupt(self.at(addr), format!("level {}, expected {level}", b.level())));
+            return Err(Error::corrupt(CorruptKind::TreeBlock, self.at(addr), format!("level {}, expected {level}", b.level())));
         }
         if b.generation() != generation {
-            return Err(Error::corrupt(self.at(addr), format!("generation {}, parent says {generation}", b.generation())));
+            return Err(Error::corrupt(CorruptKind::TreeBlock, self.at(addr), format!("generation {}, parent says {generation}", b.generation())));
         }
         if let Some(k) = key {
             if b.nritems() == 0 {
-                return Err(Error::corrupt(self.at(addr), "empty block below a node"));
+                return Err(Error::corrupt(CorruptKind::TreeBlock, self.at(addr), "empty block below a node"));
             }
             if b.key(0) != k {
-                return Err(Error::corrupt(self.at(addr), format!("first key {} but parent pointer key {k}", b.key(0))));
+                return Err(Error::corrupt(CorruptKind::TreeBlock, self.at(addr), format!("first key {} but parent pointer key {k}", b.key(0))));
             }
         }
         Ok(Loaded::Clean(b))
@@ -380,7 +380,7 @@ impl CowTree {
             Loaded::Dirty(_) => return Ok(addr),
         };
         if generation > transid {
-            return Err(Error::corrupt(self.at(addr), format!("generation {generation} is newer than transaction {transid}")));
+            return Err(Error::corrupt(CorruptKind::TreeBlock, self.at(addr), format!("generation {generation} is newer than transaction {transid}")));
         }
         let new = store.alloc(self.root.owner, level)?;
         store.free(addr, self.root.owner, level, generation)?;
@@ -947,10 +947,10 @@ mod tests {
             self.transid
         }
         fn read(&self, logical: u64, expect: Expect) -> Result<Arc<TreeBlock>> {
-            let b = self.committed.get(&logical).ok_or_else(|| Error::corrupt(format!("block {logical}"), "never written"))?;
+            let b = self.committed.get(&logical).ok_or_else(|| Error::corrupt(CorruptKind::TreeBlock, format!("block {logical}"), "never written"))?;
             assert!(self.live.contains(&logical) || self.pinned.contains(&logical), "read of released block {logical}");
             if expect.level.is_some_and(|l| l != b.level()) || expect.generation.is_some_and(|g| g != b.generation()) {
-                return Err(Error::corrupt(format!("block {logical}"), "level or generation mismatch"));
+                return Err(Error::corrupt(CorruptKind::TreeBlock, format!("block {logical}"), "level or generation mismatch"));
             }
             Ok(b.clone())
         }
@@ -1343,9 +1343,9 @@ mod tests {
         let damaged = TreeBlock::parse(below.logical, bytes, s.fmt.csum, &s.fmt.fsid, Expect::default()).unwrap();
         s.committed.insert(below.logical, Arc::new(damaged));
         let probe = t.range(&s, Key::MIN, Key::MAX).unwrap_err();
-        assert!(probe.is_corrupt(), "{probe}");
-        assert!(t.insert(&mut s, first, vec![1]).unwrap_err().is_corrupt());
-        assert!(t.delete(&mut s, first).unwrap_err().is_corrupt());
+        assert_eq!(probe.corrupt_kind(), Some(CorruptKind::TreeBlock), "{probe}");
+        assert_eq!(t.insert(&mut s, first, vec![1]).unwrap_err().corrupt_kind(), Some(CorruptKind::TreeBlock));
+        assert_eq!(t.delete(&mut s, first).unwrap_err().corrupt_kind(), Some(CorruptKind::TreeBlock));
 
         // Out of space part way through splits: an error, and nothing panics.
         let mut s = MemStore::new(4096);

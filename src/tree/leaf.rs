@@ -11,7 +11,7 @@
 use zerocopy::IntoBytes;
 
 use super::block::{TreeBlock, HEADER_SIZE, ITEM_SIZE, KEY_PTR_SIZE};
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::{usize_of, CsumType, Header, Item, Key, KeyPtr, BACKREF_REV_SHIFT, CSUM_SIZE, HEADER_FLAG_WRITTEN, MAX_LEVEL, MIXED_BACKREF_REV};
 
 /// Smallest and largest node sizes btrfs accepts (mkfs: sectorsize..=64 KiB).
@@ -156,13 +156,13 @@ impl EditLeaf {
     /// Copy a parsed leaf. `TreeBlock::parse` has bounded every item already.
     pub fn from_block(b: &TreeBlock) -> Result<Self> {
         if !b.is_leaf() {
-            return Err(Error::corrupt(format!("tree block {}", b.logical), "expected a leaf, found a node"));
+            return Err(Error::corrupt(CorruptKind::TreeBlock, format!("tree block {}", b.logical), "expected a leaf, found a node"));
         }
         let leaf = EditLeaf { items: (0..b.nritems()).map(|i| (b.key(i), b.item_data(i).to_vec())).collect() };
         // Parsing bounds each item but allows overlaps; overlapping bodies would
         // not fit once laid out contiguously.
         if leaf.used() > b.bytes().len().saturating_sub(HEADER_SIZE) {
-            return Err(Error::corrupt(format!("tree block {}", b.logical), "leaf items overlap"));
+            return Err(Error::corrupt(CorruptKind::TreeBlock, format!("tree block {}", b.logical), "leaf items overlap"));
         }
         Ok(leaf)
     }
@@ -194,7 +194,7 @@ impl EditNode {
 
     pub fn from_block(b: &TreeBlock) -> Result<Self> {
         if b.is_leaf() {
-            return Err(Error::corrupt(format!("tree block {}", b.logical), "expected a node, found a leaf"));
+            return Err(Error::corrupt(CorruptKind::TreeBlock, format!("tree block {}", b.logical), "expected a node, found a leaf"));
         }
         let ptrs = (0..b.nritems())
             .map(|i| {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::block::{problem_error, BlockProblem, Expect, TreeBlock};
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::{CsumType, Key};
 use crate::volumes::{ReadCopy, Volume};
 
@@ -82,7 +82,7 @@ impl TreeReader {
             }
         }
         if logical.checked_rem(u64::from(self.vol.sb.sectorsize.get())) != Some(0) {
-            return Err(Error::corrupt(format!("tree block {logical}"), "address not sector aligned"));
+            return Err(Error::corrupt(CorruptKind::TreeBlock, format!("tree block {logical}"), "address not sector aligned"));
         }
         let expect = Expect { max_generation: Some(self.max_generation), ..expect };
         let copies = self.vol.num_copies(logical).map_err(|e| e.within(format!("tree block {logical}")))?;
@@ -175,7 +175,7 @@ impl TreeReader {
         // The parent's key must be the child's first key; anything else means
         // pointers were swapped or misdirected, and searches would go astray.
         if child.nritems() > 0 && child.key(0) != key {
-            return Err(Error::corrupt(
+            return Err(Error::corrupt(CorruptKind::TreeBlock,
                 format!("tree block {} ({})", parent.logical, tree_label(owner)),
                 format!("pointer {slot} key {key} does not match child {ptr}'s first key {}", child.key(0)),
             ));
@@ -297,7 +297,7 @@ impl Cursor<'_> {
                 let key = leaf.key(slot);
                 if let Some(prev) = self.last {
                     if key <= prev {
-                        return Err(Error::corrupt(
+                        return Err(Error::corrupt(CorruptKind::TreeBlock,
                             format!("tree block {} ({})", leaf.logical, tree_label(self.owner)),
                             format!("key {key} follows {prev}: tree out of order or looping"),
                         ));

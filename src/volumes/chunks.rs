@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{ChunkInfo, StripeInfo};
 use crate::format::u64_of;
 use crate::format::Profile;
@@ -42,14 +42,14 @@ impl MapEntry {
     pub fn map(&self, logical: u64) -> Result<(Vec<PhysAddr>, u64)> {
         let at = || format!("chunk {} ({})", self.logical, self.profile);
         let (Some(off), Some(to_chunk_end)) = (logical.checked_sub(self.logical), self.end().checked_sub(logical)) else {
-            return Err(Error::corrupt(at(), format!("logical {logical} outside chunk")));
+            return Err(Error::corrupt(CorruptKind::ChunkMap, at(), format!("logical {logical} outside chunk")));
         };
         if to_chunk_end == 0 {
-            return Err(Error::corrupt(at(), format!("logical {logical} outside chunk")));
+            return Err(Error::corrupt(CorruptKind::ChunkMap, at(), format!("logical {logical} outside chunk")));
         }
         let stripes = &self.chunk.stripes;
         // Stripe offsets come from the image: a sum past u64 is corrupt, not a panic.
-        let overflow = |s: &StripeInfo| Error::corrupt(at(), format!("stripe offset {} + {off} overflows", s.offset));
+        let overflow = |s: &StripeInfo| Error::corrupt(CorruptKind::Overflow, at(), format!("stripe offset {} + {off} overflows", s.offset));
         match self.profile {
             Profile::Single | Profile::Dup | Profile::Raid1 | Profile::Raid1C3 | Profile::Raid1C4 => {
                 let v = stripes
@@ -62,7 +62,7 @@ impl MapEntry {
                 let stripe_len = self.chunk.stripe_len;
                 let sub = if self.profile == Profile::Raid10 { u64::from(self.chunk.sub_stripes.max(1)) } else { 1 };
                 let n = u64_of(stripes.len());
-                let shape = || Error::corrupt(at(), "bad stripe_len or stripe count");
+                let shape = || Error::corrupt(CorruptKind::ChunkMap, at(), "bad stripe_len or stripe count");
                 if stripe_len == 0 || n.checked_rem(sub) != Some(0) {
                     return Err(shape());
                 }
@@ -83,7 +83,7 @@ impl MapEntry {
                             .and_then(|x| x.checked_add(in_stripe))
                             .and_then(|x| x.checked_add(s.offset))
                             .map(|physical| PhysAddr { devid: s.devid, physical })
-                            .ok_or_else(|| Error::corrupt(at(), format!("stripe offset {} + row {row} overflows", s.offset)))
+                            .ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), format!("stripe offset {} + row {row} overflows", s.offset)))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 // OK: in_stripe < stripe_len.
@@ -102,12 +102,12 @@ impl MapEntry {
 pub fn check_chunk(logical: u64, c: &ChunkInfo) -> Result<Profile> {
     let at = format!("chunk item at logical {logical}");
     let profile = Profile::from_flags(c.chunk_type)
-        .ok_or_else(|| Error::corrupt(&at, format!("several profile bits set in type {:#x}", c.chunk_type)))?;
+        .ok_or_else(|| Error::corrupt(CorruptKind::ChunkMap, &at, format!("several profile bits set in type {:#x}", c.chunk_type)))?;
     if c.length == 0 {
-        return Err(Error::corrupt(&at, "length 0"));
+        return Err(Error::corrupt(CorruptKind::ChunkMap, &at, "length 0"));
     }
     if logical.checked_add(c.length).is_none() {
-        return Err(Error::corrupt(&at, "length overflows"));
+        return Err(Error::corrupt(CorruptKind::Overflow, &at, "length overflows"));
     }
     let n = c.stripes.len();
     let ok = match profile {
@@ -122,12 +122,12 @@ pub fn check_chunk(logical: u64, c: &ChunkInfo) -> Result<Profile> {
         Profile::Raid6 => n >= 3,
     };
     if !ok {
-        return Err(Error::corrupt(&at, format!("{n} stripes do not fit profile {profile}")));
+        return Err(Error::corrupt(CorruptKind::ChunkMap, &at, format!("{n} stripes do not fit profile {profile}")));
     }
     if matches!(profile, Profile::Raid0 | Profile::Raid10 | Profile::Raid5 | Profile::Raid6)
         && (c.stripe_len == 0 || !c.stripe_len.is_power_of_two())
     {
-        return Err(Error::corrupt(&at, format!("stripe_len {} is not a power of two", c.stripe_len)));
+        return Err(Error::corrupt(CorruptKind::ChunkMap, &at, format!("stripe_len {} is not a power of two", c.stripe_len)));
     }
     Ok(profile)
 }
@@ -146,7 +146,7 @@ impl MapEntry {
             Profile::Raid6 => n.saturating_sub(2),
         };
         if self.chunk.length.checked_rem(data_stripes) != Some(0) {
-            return Err(Error::corrupt(
+            return Err(Error::corrupt(CorruptKind::ChunkMap,
                 format!("chunk at logical {}", self.logical),
                 format!("length {} does not divide among {data_stripes} data stripes", self.chunk.length),
             ));
@@ -177,16 +177,16 @@ pub fn verify_stripes(
         let len = e.stripe_size()?;
         for s in &e.chunk.stripes {
             let at = || format!("chunk at logical {} stripe on devid {} at {}", e.logical, s.devid, s.offset);
-            let end = s.offset.checked_add(len).ok_or_else(|| Error::corrupt(at(), format!("stripe of {len} bytes overflows")))?;
+            let end = s.offset.checked_add(len).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), format!("stripe of {len} bytes overflows")))?;
             match device_sizes.get(&s.devid) {
-                None => return Err(Error::corrupt(at(), "no dev item for this devid")),
+                None => return Err(Error::corrupt(CorruptKind::MissingItem, at(), "no dev item for this devid")),
                 Some(&size) if end > size => {
-                    return Err(Error::corrupt(at(), format!("stripe ends at {end}, past the device's {size} bytes")))
+                    return Err(Error::corrupt(CorruptKind::ChunkMap, at(), format!("stripe ends at {end}, past the device's {size} bytes")))
                 }
                 Some(_) => {}
             }
             if let Some((_, other)) = stripes.insert((s.devid, s.offset), (end, e.logical)) {
-                return Err(Error::corrupt(at(), format!("stripe starts where a stripe of chunk {other} starts")));
+                return Err(Error::corrupt(CorruptKind::ChunkMap, at(), format!("stripe starts where a stripe of chunk {other} starts")));
             }
         }
     }
@@ -194,7 +194,7 @@ pub fn verify_stripes(
     for (&(devid, start), &(end, chunk)) in &stripes {
         if let Some(((pdev, pstart), (pend, pchunk))) = prev {
             if pdev == devid && pend > start {
-                return Err(Error::corrupt(
+                return Err(Error::corrupt(CorruptKind::ChunkMap,
                     format!("devid {devid}"),
                     format!("stripe of chunk {chunk} at {start} overlaps stripe of chunk {pchunk} at {pstart}..{pend}"),
                 ));
@@ -207,10 +207,10 @@ pub fn verify_stripes(
     let mut matched = std::collections::BTreeSet::new();
     for &(devid, physical, length, chunk) in dev_extents {
         let at = || format!("dev extent of devid {devid} at {physical}");
-        let end = physical.checked_add(length).ok_or_else(|| Error::corrupt(at(), format!("length {length} overflows")))?;
+        let end = physical.checked_add(length).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), format!("length {length} overflows")))?;
         if stripes.get(&(devid, physical)) == Some(&(end, chunk)) {
             if !matched.insert((devid, physical)) {
-                return Err(Error::corrupt(at(), "listed twice"));
+                return Err(Error::corrupt(CorruptKind::ChunkMap, at(), "listed twice"));
             }
             continue;
         }
@@ -222,7 +222,7 @@ pub fn verify_stripes(
             .find(|(_, &(e, _))| e > physical);
         match touched {
             Some((&(_, p), &(e, c))) => {
-                return Err(Error::corrupt(
+                return Err(Error::corrupt(CorruptKind::ChunkMap,
                     at(),
                     format!("claims chunk {chunk} for {physical}..{end}, which overlaps the stripe of chunk {c} at {p}..{e}"),
                 ))
@@ -236,7 +236,7 @@ pub fn verify_stripes(
         }
     }
     match loose.first() {
-        Some(first) if strict => Err(Error::corrupt("dev tree", first.clone())),
+        Some(first) if strict => Err(Error::corrupt(CorruptKind::ChunkMap, "dev tree", first.clone())),
         _ => Ok(loose),
     }
 }
@@ -259,7 +259,7 @@ impl ChunkMap {
         let mut entries = self.entries.write().map_err(|_| Error::Internal("chunk map lock poisoned".into()))?;
         if let Some((_, prev)) = entries.range(..end).next_back() {
             if prev.logical != logical && prev.end() > logical {
-                return Err(Error::corrupt(
+                return Err(Error::corrupt(CorruptKind::ChunkMap,
                     format!("chunk at logical {logical}"),
                     format!("overlaps chunk at {}", prev.logical),
                 ));
@@ -277,7 +277,7 @@ impl ChunkMap {
             .map(|(_, e)| e)
             .filter(|e| logical < e.end())
             .cloned()
-            .ok_or_else(|| Error::corrupt(format!("logical {logical}"), "not inside any chunk"))
+            .ok_or_else(|| Error::corrupt(CorruptKind::ChunkMap, format!("logical {logical}"), "not inside any chunk"))
     }
 
     /// Every chunk, in logical order (a snapshot).
@@ -340,13 +340,13 @@ mod tests {
     fn stripe_offset_overflow_is_corrupt() {
         let e = MapEntry { logical: 0, chunk: chunk(BLOCK_GROUP_DATA, &[(1, u64::MAX - 10)], 1), profile: Profile::Single };
         assert!(e.map(5).is_ok());
-        assert!(e.map(4096).unwrap_err().is_corrupt());
+        assert_eq!(e.map(4096).unwrap_err().corrupt_kind(), Some(CorruptKind::Overflow));
         let e = MapEntry {
             logical: 0,
             chunk: chunk(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID0, &[(1, u64::MAX - 10), (2, 0)], 1),
             profile: Profile::Raid0,
         };
-        assert!(e.map(2 * STRIPE_LEN).unwrap_err().is_corrupt());
+        assert_eq!(e.map(2 * STRIPE_LEN).unwrap_err().corrupt_kind(), Some(CorruptKind::Overflow));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 pub use chunks::{ChunkMap, MapEntry, PhysAddr};
 pub use device::Device;
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::types::uuid_string;
 use crate::format::u64_of;
 use crate::format::SuperBlock;
@@ -357,7 +357,7 @@ impl Volume {
         while let Some(left) = len.checked_sub(done).filter(|l| *l > 0) {
             let pos = logical
                 .checked_add(u64_of(done))
-                .ok_or_else(|| Error::corrupt(format!("logical {logical}"), format!("range of {len} bytes overflows")))?;
+                .ok_or_else(|| Error::corrupt(CorruptKind::Overflow, format!("logical {logical}"), format!("range of {len} bytes overflows")))?;
             let (copies, contiguous) = self.chunks.lookup(pos)?.map(pos)?;
             let addr = copies.get(mirror).copied().ok_or_else(|| {
                 Error::Invalid(format!("logical {pos}: no copy {} (chunk has {})", mirror.saturating_add(1), copies.len()))

@@ -8,7 +8,7 @@
 
 use zerocopy::IntoBytes;
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{self, parse_dir_items};
 use crate::format::limits;
 use crate::format::*;
@@ -50,10 +50,10 @@ impl Transaction {
                 if !self.store.fs.subvol_linked_at(crate::fs::inode::InodeId { subvol: root, ino: dir }, sub, name)? {
                     return Err(Error::Unsupported(format!("{}: deleted, not yet cleaned up", at())));
                 }
-                let (_, ri) = self.store.fs.root_item(sub)?.ok_or_else(|| Error::corrupt(at(), "no root item"))?;
+                let (_, ri) = self.store.fs.root_item(sub)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no root item"))?;
                 Ok(Some(Place { root: sub, ino: ri.root_dirid.get(), dir_type: FT_DIR }))
             }
-            t => Err(Error::corrupt(format!("directory {dir} of tree {root}"), format!("entry location type {t}"))),
+            t => Err(Error::corrupt(CorruptKind::ItemValue, format!("directory {dir} of tree {root}"), format!("entry location type {t}"))),
         }
     }
 
@@ -187,7 +187,7 @@ impl Transaction {
         }
         let xkey = Key::new(ino, INODE_EXTREF_KEY, items::extref_hash(dir, name));
         let missing = || {
-            Error::corrupt(format!("inode {root}/{ino}"), format!("no inode ref or extref for {} in directory {dir}", String::from_utf8_lossy(name)))
+            Error::corrupt(CorruptKind::MissingItem, format!("inode {root}/{ino}"), format!("no inode ref or extref for {} in directory {dir}", String::from_utf8_lossy(name)))
         };
         let d = self.get(root, xkey)?.ok_or_else(missing)?;
         let mut refs = items::parse_inode_extrefs(&d)?;

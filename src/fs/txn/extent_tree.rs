@@ -16,7 +16,7 @@
 
 use zerocopy::IntoBytes;
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{self, parse_extent_item, ExtentRef};
 use crate::format::*;
 use crate::tree::block::{Expect, TreeBlock};
@@ -47,17 +47,17 @@ impl Transaction {
     /// Like [`Self::edit_extent_refs`], with the flags in reach too.
     fn edit_extent_item(&mut self, key: Key, f: impl FnOnce(&mut items::ExtentInfo) -> Result<i64>) -> Result<bool> {
         let at = || format!("extent {} ({})", key.objectid, if key.item_type == METADATA_ITEM_KEY { "tree block" } else { "data" });
-        let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(at(), "no extent item"))?;
+        let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no extent item"))?;
         let mut info = parse_extent_item(key, &body)?;
         let delta = f(&mut info)?;
         info.inline_refs.retain(|r| !matches!(r, ExtentRef::Data { count: 0, .. } | ExtentRef::SharedData { count: 0, .. }));
         let refs = info.refs as i64 + delta;
         if refs < 0 {
-            return Err(Error::corrupt(at(), "reference count underflow"));
+            return Err(Error::corrupt(CorruptKind::ExtentRefs, at(), "reference count underflow"));
         }
         if refs == 0 {
             if info.inline_refs.iter().any(|r| r.count() > 0) {
-                return Err(Error::corrupt(at(), "no references counted but back references left"));
+                return Err(Error::corrupt(CorruptKind::ExtentRefs, at(), "no references counted but back references left"));
             }
             self.delete(EXTENT_TREE_OBJECTID, key)?;
             return Ok(true);
@@ -103,7 +103,7 @@ impl Transaction {
                     if (root, objectid, offset) == (r0, o0, f0) {
                         return Ok(Some((key, count)));
                     }
-                    key.offset = key.offset.checked_add(1).ok_or_else(|| Error::corrupt(format!("data extent {bytenr}"), "data ref hash chain past 2^64"))?;
+                    key.offset = key.offset.checked_add(1).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, format!("data extent {bytenr}"), "data ref hash chain past 2^64"))?;
                 }
                 _ => return Ok(Some((key, count.max(1)))),
             }
@@ -131,19 +131,19 @@ impl Transaction {
             return Ok(());
         }
         let at = || format!("extent {} ({})", key.objectid, if key.item_type == METADATA_ITEM_KEY { "tree block" } else { "data" });
-        let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(at(), "no extent item"))?;
+        let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no extent item"))?;
         let info = parse_extent_item(key, &body)?;
         let counted = matches!(r, ExtentRef::Data { .. } | ExtentRef::SharedData { .. });
         if info.inline_refs.iter().any(|x| same_ref(x, &r)) {
             if !counted {
-                return Err(Error::corrupt(at(), format!("a second {r:?} back reference")));
+                return Err(Error::corrupt(CorruptKind::ExtentRefs, at(), format!("a second {r:?} back reference")));
             }
             self.edit_extent_refs(key, |refs| {
                 for x in refs.iter_mut() {
                     if same_ref(x, &r) {
                         match x {
                             ExtentRef::Data { count, .. } | ExtentRef::SharedData { count, .. } => {
-                                *count = count.checked_add(n).ok_or_else(|| Error::corrupt(at(), "back reference count overflow"))?
+                                *count = count.checked_add(n).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), "back reference count overflow"))?
                             }
                             _ => {}
                         }
@@ -155,9 +155,9 @@ impl Transaction {
         }
         if let Some((k, count)) = self.find_keyed_ref(key.objectid, &r)? {
             if !counted {
-                return Err(Error::corrupt(at(), format!("a second {r:?} back reference")));
+                return Err(Error::corrupt(CorruptKind::ExtentRefs, at(), format!("a second {r:?} back reference")));
             }
-            let count = count.checked_add(n).ok_or_else(|| Error::corrupt(at(), "back reference count overflow"))?;
+            let count = count.checked_add(n).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), "back reference count overflow"))?;
             self.put(EXTENT_TREE_OBJECTID, k, Self::keyed_ref_body(&r, count))?;
             self.edit_extent_refs(key, |_| Ok(n as i64))?;
             return Ok(());
@@ -166,7 +166,7 @@ impl Transaction {
             ExtentRef::Data { root, objectid, offset, .. } => ExtentRef::Data { root, objectid, offset, count: n },
             ExtentRef::SharedData { parent, .. } => ExtentRef::SharedData { parent, count: n },
             other if n == 1 => other,
-            _ => return Err(Error::corrupt(at(), format!("{n} references of one {r:?}"))),
+            _ => return Err(Error::corrupt(CorruptKind::ExtentRefs, at(), format!("{n} references of one {r:?}"))),
         };
         let inline_size = inline_ref_size(&with_count);
         if body.len() + inline_size < max_extent_item_size(self.store.fmt.nodesize) {
@@ -180,9 +180,9 @@ impl Transaction {
         let (ty, mut off) = with_count.order();
         while self.get(EXTENT_TREE_OBJECTID, Key::new(key.objectid, ty, off))?.is_some() {
             if ty != EXTENT_DATA_REF_KEY {
-                return Err(Error::corrupt(at(), format!("keyed back reference {ty} {off} already there")));
+                return Err(Error::corrupt(CorruptKind::ExtentRefs, at(), format!("keyed back reference {ty} {off} already there")));
             }
-            off = off.checked_add(1).ok_or_else(|| Error::corrupt(at(), "data ref hash chain past 2^64"))?;
+            off = off.checked_add(1).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), "data ref hash chain past 2^64"))?;
         }
         self.insert(EXTENT_TREE_OBJECTID, Key::new(key.objectid, ty, off), Self::keyed_ref_body(&with_count, n))?;
         self.edit_extent_refs(key, |_| Ok(n as i64))?;
@@ -194,7 +194,7 @@ impl Transaction {
     /// (its item is deleted).
     fn drop_ref(&mut self, key: Key, r: ExtentRef, n: u32) -> Result<bool> {
         let at = || format!("extent {} ({})", key.objectid, if key.item_type == METADATA_ITEM_KEY { "tree block" } else { "data" });
-        let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(at(), "no extent item"))?;
+        let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no extent item"))?;
         let info = parse_extent_item(key, &body)?;
         if info.inline_refs.iter().any(|x| same_ref(x, &r)) {
             return self.edit_extent_refs(key, |refs| {
@@ -206,24 +206,24 @@ impl Transaction {
                     }
                     match x {
                         ExtentRef::Data { root, objectid, offset, count } => {
-                            let count = count.checked_sub(n).ok_or_else(|| Error::corrupt(at(), "data ref count underflow"))?;
+                            let count = count.checked_sub(n).ok_or_else(|| Error::corrupt(CorruptKind::ExtentRefs, at(), "data ref count underflow"))?;
                             kept.push(ExtentRef::Data { root, objectid, offset, count });
                         }
                         ExtentRef::SharedData { parent, count } => {
-                            let count = count.checked_sub(n).ok_or_else(|| Error::corrupt(at(), "shared data ref count underflow"))?;
+                            let count = count.checked_sub(n).ok_or_else(|| Error::corrupt(CorruptKind::ExtentRefs, at(), "shared data ref count underflow"))?;
                             kept.push(ExtentRef::SharedData { parent, count });
                         }
                         _ if n == 1 => {}
-                        _ => return Err(Error::corrupt(at(), format!("dropping {n} of a single {r:?}"))),
+                        _ => return Err(Error::corrupt(CorruptKind::ExtentRefs, at(), format!("dropping {n} of a single {r:?}"))),
                     }
                 }
                 *refs = kept;
                 Ok(-(n as i64))
             });
         }
-        let (k, count) = self.find_keyed_ref(key.objectid, &r)?.ok_or_else(|| Error::corrupt(at(), format!("no back reference {r:?}")))?;
+        let (k, count) = self.find_keyed_ref(key.objectid, &r)?.ok_or_else(|| Error::corrupt(CorruptKind::ExtentRefs, at(), format!("no back reference {r:?}")))?;
         match count.checked_sub(n) {
-            None => return Err(Error::corrupt(at(), format!("{r:?}: count {count} cannot drop {n}"))),
+            None => return Err(Error::corrupt(CorruptKind::ExtentRefs, at(), format!("{r:?}: count {count} cannot drop {n}"))),
             Some(0) => {
                 self.delete(EXTENT_TREE_OBJECTID, k)?;
             }
@@ -285,7 +285,7 @@ impl Transaction {
                 let n = info.inline_refs.len();
                 info.inline_refs.retain(|r| *r != ExtentRef::TreeBlock { root });
                 if info.inline_refs.len() == n {
-                    return Err(Error::corrupt(format!("tree block {addr}"), format!("shared, but holds no reference from tree {root}")));
+                    return Err(Error::corrupt(CorruptKind::ExtentRefs, format!("tree block {addr}"), format!("shared, but holds no reference from tree {root}")));
                 }
             }
             Ok(-1)
@@ -362,7 +362,7 @@ impl Transaction {
                             self.delete(EXTENT_TREE_OBJECTID, key)?;
                         }
                         None => {
-                            return Err(Error::corrupt(
+                            return Err(Error::corrupt(CorruptKind::MissingItem,
                                 format!("tree block {addr}"),
                                 format!("no metadata extent item (nodesize {ns}) to free"),
                             ))

@@ -3,7 +3,7 @@
 //! sector verified against this transaction's checksums, compressed
 //! extents decompressed.
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{self, parse_file_extent, FileExtentKind};
 use crate::format::*;
 
@@ -38,7 +38,7 @@ impl Transaction {
                     let at = disk_bytenr
                         .checked_add(offset)
                         .and_then(|x| x.checked_add(from - off))
-                        .ok_or_else(|| Error::corrupt(format!("inode {root}/{ino} extent at {off}"), "disk address overflows"))?;
+                        .ok_or_else(|| Error::corrupt(CorruptKind::Overflow, format!("inode {root}/{ino} extent at {off}"), "disk address overflows"))?;
                     // Whole sectors around the bytes wanted.
                     let a = at - at % ss;
                     let b = (at + dst.len() as u64).next_multiple_of(ss);
@@ -98,10 +98,10 @@ impl Transaction {
         let ss = u64::from(self.store.fs.sectorsize);
         let max = crate::format::compress::MAX_COMPRESSED as u64;
         if disk_num_bytes == 0 || disk_num_bytes > max || disk_num_bytes % ss != 0 || disk_bytenr % ss != 0 {
-            return Err(Error::corrupt(at, format!("compressed extent at {disk_bytenr} of {disk_num_bytes} bytes")));
+            return Err(Error::corrupt(CorruptKind::Compressed, at, format!("compressed extent at {disk_bytenr} of {disk_num_bytes} bytes")));
         }
         if fe.ram_bytes > crate::format::compress::MAX_DECOMPRESSED_LEN as u64 {
-            return Err(Error::corrupt(at, format!("ram_bytes {} of a compressed extent", fe.ram_bytes)));
+            return Err(Error::corrupt(CorruptKind::Compressed, at, format!("ram_bytes {} of a compressed extent", fe.ram_bytes)));
         }
         let mut raw = vec![0u8; disk_num_bytes as usize];
         let csums = if nodatasum { None } else { Some(self.data_csums(disk_bytenr, disk_num_bytes)?) };

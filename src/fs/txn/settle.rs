@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use zerocopy::IntoBytes;
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items;
 use crate::format::*;
 
@@ -103,7 +103,7 @@ impl Transaction {
                     .store
                     .dev_items
                     .get_mut(&devid)
-                    .ok_or_else(|| Error::corrupt(format!("devid {devid}"), "no dev item in the chunk tree"))?;
+                    .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("devid {devid}"), "no dev item in the chunk tree"))?;
                 item.bytes_used = (item.bytes_used.get() + plan.stripe_size).into();
             }
             let devids: BTreeSet<u64> = plan.stripes.iter().map(|s| s.0).collect();
@@ -143,7 +143,7 @@ impl Transaction {
                 ri.ctime = self.now;
             }
             // Keep the stored size (v1 root items stay v1).
-            let old = self.get(ROOT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(format!("root item {key}"), "vanished"))?;
+            let old = self.get(ROOT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("root item {key}"), "vanished"))?;
             let mut body = ri.as_bytes().to_vec();
             body.truncate(old.len().min(body.len()));
             self.put(ROOT_TREE_OBJECTID, key, body)?;
@@ -185,7 +185,7 @@ impl Transaction {
         }
         let key = Key::new(0, QGROUP_STATUS_KEY, 0);
         let Some(body) = self.get(QUOTA_TREE_OBJECTID, key)? else {
-            return Err(Error::corrupt("quota tree", "no qgroup status item"));
+            return Err(Error::corrupt(CorruptKind::MissingItem, "quota tree", "no qgroup status item"));
         };
         let mut raw = body.clone();
         raw.resize(raw.len().max(std::mem::size_of::<QgroupStatusItem>()), 0);

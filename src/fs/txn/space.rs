@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items;
 use crate::format::*;
 use crate::fs::alloc::{plan_chunk, ChunkPlan, DevSpace};
@@ -97,7 +97,7 @@ impl Store {
     fn group_of(&self, addr: u64) -> Result<&Group> {
         match self.groups.range(..=addr).next_back() {
             Some((_, g)) if addr < g.start + g.len => Ok(g),
-            _ => Err(Error::corrupt(format!("logical {addr}"), "not inside any block group")),
+            _ => Err(Error::corrupt(CorruptKind::MissingItem, format!("logical {addr}"), "not inside any block group")),
         }
     }
 

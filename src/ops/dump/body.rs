@@ -3,7 +3,7 @@
 
 use zerocopy::FromBytes;
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items;
 
 pub(super) fn need<T: FromBytes>(data: &[u8], what: &str) -> Result<T> {
@@ -14,7 +14,7 @@ pub(super) fn need<T: FromBytes>(data: &[u8], what: &str) -> Result<T> {
 pub(super) fn padded<T: FromBytes>(data: &[u8], min: usize, what: &str) -> Result<T> {
     let size = std::mem::size_of::<T>();
     if data.len() < min {
-        return Err(Error::corrupt(what, format!("item too short: {} bytes, need {min}", data.len())));
+        return Err(Error::corrupt(CorruptKind::ItemSize, what, format!("item too short: {} bytes, need {min}", data.len())));
     }
     let mut v = vec![0u8; size];
     let n = data.len().min(size);
@@ -26,5 +26,5 @@ pub(super) fn u64_at(data: &[u8], pos: usize, what: &str) -> Result<u64> {
     data.get(pos..pos + 8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes)
-        .ok_or_else(|| Error::corrupt(what, format!("item too short: {} bytes, need {}", data.len(), pos + 8)))
+        .ok_or_else(|| Error::corrupt(CorruptKind::ItemSize, what, format!("item too short: {} bytes, need {}", data.len(), pos + 8)))
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use super::body::{need, u64_at};
 use super::names::{bg_flags_str, extent_flags_str, key_str, objectid_str};
 use super::DumpCtx;
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{self, ExtentRef};
 use crate::format::ondisk::*;
 use crate::format::Key;
@@ -67,7 +67,7 @@ pub(super) fn extent_owner_ref(buf: &mut Vec<u8>, key: Key, data: &[u8]) -> Resu
 pub(super) fn extent_csum(buf: &mut Vec<u8>, ctx: &DumpCtx, key: Key, data: &[u8]) -> Result<()> {
     let cs = ctx.csum_size.max(1);
     if data.len() % cs != 0 {
-        return Err(Error::corrupt(
+        return Err(Error::corrupt(CorruptKind::ItemSize,
             "extent csum",
             format!("item size {} is not a multiple of the checksum size {cs}", data.len()),
         ));

@@ -6,7 +6,7 @@ use std::io::Write;
 use super::body::need;
 use super::names::{bg_flags_str, objectid_str};
 use super::text::hex_dump;
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{self, ChunkInfo};
 use crate::format::ondisk::*;
 use crate::format::types::uuid_string;
@@ -133,7 +133,7 @@ pub(super) fn persistent_item(buf: &mut Vec<u8>, key: Key, data: &[u8]) -> Resul
     if key.objectid == DEV_STATS_OBJECTID {
         let v = items::parse_u64_array(data, "dev stats")?;
         if v.len() < DEV_STAT_VALUES_MAX {
-            return Err(Error::corrupt(
+            return Err(Error::corrupt(CorruptKind::ItemSize,
                 "dev stats",
                 format!("{} values, need {DEV_STAT_VALUES_MAX}", v.len()),
             ));

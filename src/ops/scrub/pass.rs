@@ -13,7 +13,7 @@ use super::report::{Counters, DeviceReport, Finding, FindingKind, ScrubOptions, 
 use super::state::{Acc, Ctx};
 use super::supers::scrub_supers;
 use super::tree::scrub_tree_block;
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::read_prefix;
 use crate::format::*;
 use crate::fs::Filesystem;
@@ -346,7 +346,7 @@ fn scrub_block_group(ctx: &Ctx<'_>, bg: &BlockGroup, from: u64, to: u64, acc: &m
     let vol = fs.volume();
     let entry = vol.chunks.lookup(bg.start)?;
     if entry.logical != bg.start || entry.chunk.length != bg.len {
-        return Err(Error::corrupt(
+        return Err(Error::corrupt(CorruptKind::ChunkMap,
             format!("block group {} +{}", bg.start, bg.len),
             format!("chunk is {} +{}", entry.logical, entry.chunk.length),
         ));
@@ -381,7 +381,7 @@ fn scrub_block_group(ctx: &Ctx<'_>, bg: &BlockGroup, from: u64, to: u64, acc: &m
             _ => continue,
         };
         if k.objectid < bg.start || k.objectid.checked_add(len).is_none_or(|e| e > end) || len == 0 {
-            return Err(Error::corrupt(format!("extent {k}"), format!("does not fit block group {} +{}", bg.start, bg.len)));
+            return Err(Error::corrupt(CorruptKind::ItemValue, format!("extent {k}"), format!("does not fit block group {} +{}", bg.start, bg.len)));
         }
         let copies = entry.num_copies() as u64;
         match tree_level {
