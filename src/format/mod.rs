@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod compress;
 pub mod csum;
+pub mod encode;
 pub mod items;
 pub mod limits;
 pub mod ondisk;

@@ -90,7 +90,92 @@ pub fn seal_super(sb: &mut SuperBlock, csum_type: CsumType) {
     sb.csum = c;
 }
 
+/// Where one tree's root block is, as a backup root slot records it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeRootRef {
+    pub bytenr: u64,
+    pub generation: u64,
+    pub level: u8,
+}
+
+/// One of the superblock's four backup root slots, decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackupRootInfo {
+    pub tree: TreeRootRef,
+    pub chunk: TreeRootRef,
+    pub extent: TreeRootRef,
+    pub fs: TreeRootRef,
+    pub dev: TreeRootRef,
+    pub csum: TreeRootRef,
+    pub total_bytes: u64,
+    pub bytes_used: u64,
+    pub num_devices: u64,
+}
+
+pub fn parse_backup_root(b: &RootBackup) -> BackupRootInfo {
+    let r = |bytenr: zerocopy::little_endian::U64, generation: zerocopy::little_endian::U64, level: u8| TreeRootRef {
+        bytenr: bytenr.get(),
+        generation: generation.get(),
+        level,
+    };
+    BackupRootInfo {
+        tree: r(b.tree_root, b.tree_root_gen, b.tree_root_level),
+        chunk: r(b.chunk_root, b.chunk_root_gen, b.chunk_root_level),
+        extent: r(b.extent_root, b.extent_root_gen, b.extent_root_level),
+        fs: r(b.fs_root, b.fs_root_gen, b.fs_root_level),
+        dev: r(b.dev_root, b.dev_root_gen, b.dev_root_level),
+        csum: r(b.csum_root, b.csum_root_gen, b.csum_root_level),
+        total_bytes: b.total_bytes.get(),
+        bytes_used: b.bytes_used.get(),
+        num_devices: b.num_devices.get(),
+    }
+}
+
+/// The trees a commit records in a backup root slot, besides the chunk
+/// tree, which the superblock itself names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackupTrees {
+    pub tree: TreeRootRef,
+    pub extent: TreeRootRef,
+    pub fs: TreeRootRef,
+    pub dev: TreeRootRef,
+    pub csum: TreeRootRef,
+}
+
 impl SuperBlock {
+    /// The backup root slot the next commit fills: the one after the newest
+    /// (by tree root generation; the last of equals), as the kernel rotates
+    /// them. A new filesystem's first commit takes slot 0.
+    pub fn next_backup_slot(&self) -> usize {
+        let newest = self.super_roots.iter().enumerate().max_by_key(|(_, b)| b.tree_root_gen.get()).map_or(0, |(i, _)| i);
+        newest.checked_add(1).and_then(|n| n.checked_rem(NUM_BACKUP_ROOTS)).unwrap_or(0)
+    }
+
+    /// Record a commit's tree roots in the next backup root slot. The chunk
+    /// root, the byte counts and the device count are the superblock's own:
+    /// set them first.
+    pub fn record_backup_roots(&mut self, trees: &BackupTrees) {
+        let info = BackupRootInfo {
+            tree: trees.tree,
+            chunk: TreeRootRef {
+                bytenr: self.chunk_root.get(),
+                generation: self.chunk_root_generation.get(),
+                level: self.chunk_root_level,
+            },
+            extent: trees.extent,
+            fs: trees.fs,
+            dev: trees.dev,
+            csum: trees.csum,
+            total_bytes: self.total_bytes.get(),
+            bytes_used: self.bytes_used.get(),
+            num_devices: self.num_devices.get(),
+        };
+        let slot = self.next_backup_slot();
+        if let Some(b) = self.super_roots.get_mut(slot) {
+            *b = super::encode::backup_root(&info);
+        }
+    }
+
     pub fn csum_kind(&self) -> Result<CsumType> {
         let raw = self.csum_type.get();
         CsumType::from_raw(raw).ok_or_else(|| Error::Incompatible(format!("unknown checksum type {raw}")))

@@ -260,33 +260,11 @@ pub fn problem_error(logical: u64, tree: Option<u64>, problems: &[(usize, BlockP
 mod tests {
     use super::*;
     use crate::format::*;
-    use zerocopy::IntoBytes;
 
+    /// A leaf at 65536 (generation 3, tree 5) through the tree layer's one serializer.
     pub(crate) fn leaf_with(items: &[(Key, &[u8])], nodesize: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; nodesize];
-        let mut data_end = nodesize - HEADER_SIZE;
-        for (i, (k, body)) in items.iter().enumerate() {
-            data_end -= body.len();
-            let it = Item { key: k.to_disk(), offset: (data_end as u32).into(), size: (body.len() as u32).into() };
-            let at = HEADER_SIZE + i * ITEM_SIZE;
-            buf[at..at + ITEM_SIZE].copy_from_slice(it.as_bytes());
-            buf[HEADER_SIZE + data_end..HEADER_SIZE + data_end + body.len()].copy_from_slice(body);
-        }
-        let h = Header {
-            csum: [0; 32],
-            fsid: [7; 16],
-            bytenr: 65536.into(),
-            flags: 1.into(),
-            chunk_tree_uuid: [0; 16],
-            generation: 3.into(),
-            owner: 5.into(),
-            nritems: (items.len() as u32).into(),
-            level: 0,
-        };
-        buf[..HEADER_SIZE].copy_from_slice(h.as_bytes());
-        let c = CsumType::Crc32c.compute(&buf[32..]);
-        buf[..32].copy_from_slice(&c);
-        buf
+        let fmt = crate::tree::leaf::BlockFormat::new(nodesize as u32, CsumType::Crc32c, [7; 16], [0; 16]).unwrap();
+        crate::tree::leaf::leaf_bytes(&fmt, 65536, 3, 5, items.iter().map(|(k, b)| (*k, *b))).unwrap()
     }
 
     #[test]
@@ -370,6 +348,9 @@ mod tests {
                 let _ = parse_extent_item(Key::new(1 << 20, METADATA_ITEM_KEY, 0), &data);
                 let _ = parse_keyed_ref(key, &data);
                 let _ = parse_u64_array(&data, "x");
+                let _ = parse_dev_extent(&data);
+                let _ = parse_block_group(&data);
+                let _ = parse_csum_item(&data, CsumType::Sha256).map(|c| c.count());
                 let _ = crate::format::superblock::parse_super(&data);
             }
         }

@@ -1271,8 +1271,14 @@ mod tests {
                 }
                 for (alloc, addr, owner, level) in log {
                     let k = Key::new(addr, METADATA_ITEM_KEY, level as u64);
-                    // Roughly the size of a metadata extent item with one inline ref.
-                    let item = [owner.to_le_bytes().as_slice(), &[0; 25]].concat();
+                    let item = crate::format::encode::extent_item(&crate::format::items::ExtentInfo {
+                        refs: 1,
+                        generation: 1,
+                        flags: crate::format::EXTENT_FLAG_TREE_BLOCK,
+                        tree_block: None,
+                        inline_refs: vec![crate::format::items::ExtentRef::TreeBlock { root: owner }],
+                    })
+                    .unwrap();
                     if alloc {
                         ext.insert(s, k, item).unwrap();
                     } else {

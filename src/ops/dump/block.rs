@@ -80,9 +80,10 @@ pub fn print_block(buf: &mut Vec<u8>, ctx: &DumpCtx, block: &TreeBlock) {
 #[cfg(test)]
 mod tests {
     use super::super::test_support::dump_leaf;
+    use crate::format::encode;
+    use crate::format::items::InodeRefEntry;
     use crate::format::ondisk::*;
     use crate::format::Key;
-    use zerocopy::IntoBytes;
 
     fn inode_item(mode: u32, size: u64) -> Vec<u8> {
         let mut ii = <InodeItem as zerocopy::FromZeros>::new_zeroed();
@@ -91,18 +92,14 @@ mod tests {
         ii.nlink = 1.into();
         ii.mode = mode.into();
         ii.atime = Timespec::new(1_795_462_101, 5);
-        ii.as_bytes().to_vec()
+        encode::inode_item(&ii)
     }
 
     #[test]
     fn leaf_header_and_items() {
         let s = dump_leaf(&[
             (Key::new(256, INODE_ITEM_KEY, 0), inode_item(0o40755, 0)),
-            (Key::new(256, INODE_REF_KEY, 256), {
-                let mut v = InodeRef { index: 0.into(), name_len: 2.into() }.as_bytes().to_vec();
-                v.extend_from_slice(b"..");
-                v
-            }),
+            (Key::new(256, INODE_REF_KEY, 256), encode::inode_refs(&[InodeRefEntry { parent: 256, index: 0, name: b"..".to_vec() }]).unwrap()),
         ]);
         let free = 4096 - 101 - 160 - 12 - 2 * 25;
         assert!(s.starts_with(&format!("leaf 65536 items 2 free space {free} generation 3 owner FS_TREE\n")), "{s}");

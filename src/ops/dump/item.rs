@@ -94,6 +94,8 @@ fn decode_item(buf: &mut Vec<u8>, ctx: &DumpCtx, key: Key, data: &[u8]) -> Resul
 mod tests {
     use super::super::test_support::dump_leaf;
     use super::*;
+    use crate::format::encode::{self, RootItemSize};
+    use crate::format::items::*;
     use zerocopy::IntoBytes;
 
     #[test]
@@ -133,47 +135,20 @@ mod tests {
 
     #[test]
     fn decodes_extent_file_and_root_items() {
-        let mut ext = ExtentItem { refs: 1.into(), generation: 6.into(), flags: EXTENT_FLAG_DATA.into() }.as_bytes().to_vec();
-        ext.push(EXTENT_DATA_REF_KEY);
-        ext.extend_from_slice(
-            ExtentDataRef { root: 5.into(), objectid: 257.into(), offset: 0.into(), count: 1.into() }.as_bytes(),
+        let extent = |flags: u64, r: ExtentRef| {
+            encode::extent_item(&ExtentInfo { refs: 1, generation: 6, flags, tree_block: None, inline_refs: vec![r] }).unwrap()
+        };
+        let ext = extent(EXTENT_FLAG_DATA, ExtentRef::Data { root: 5, objectid: 257, offset: 0, count: 1 });
+        let meta = extent(EXTENT_FLAG_TREE_BLOCK, ExtentRef::TreeBlock { root: 2 });
+        let file_extent = |ram_bytes: u64, compression: u8, kind: FileExtentKind| {
+            encode::file_extent(&FileExtent { generation: 8, ram_bytes, compression, encryption: 0, other_encoding: 0, kind })
+        };
+        let fe_reg = file_extent(
+            8192,
+            COMPRESS_ZSTD,
+            FileExtentKind::Regular { prealloc: false, disk_bytenr: 13631488, disk_num_bytes: 4096, offset: 0, num_bytes: 8192 },
         );
-        let mut meta = ExtentItem { refs: 1.into(), generation: 6.into(), flags: EXTENT_FLAG_TREE_BLOCK.into() }
-            .as_bytes()
-            .to_vec();
-        meta.push(TREE_BLOCK_REF_KEY);
-        meta.extend_from_slice(&2u64.to_le_bytes());
-        let fe_reg = {
-            let mut v = FileExtentHeader {
-                generation: 8.into(),
-                ram_bytes: 8192.into(),
-                compression: COMPRESS_ZSTD,
-                encryption: 0,
-                other_encoding: 0.into(),
-                extent_type: FILE_EXTENT_REG,
-            }
-            .as_bytes()
-            .to_vec();
-            v.extend_from_slice(
-                FileExtentBody { disk_bytenr: 13631488.into(), disk_num_bytes: 4096.into(), offset: 0.into(), num_bytes: 8192.into() }
-                    .as_bytes(),
-            );
-            v
-        };
-        let fe_inline = {
-            let mut v = FileExtentHeader {
-                generation: 8.into(),
-                ram_bytes: 5.into(),
-                compression: 0,
-                encryption: 0,
-                other_encoding: 0.into(),
-                extent_type: FILE_EXTENT_INLINE,
-            }
-            .as_bytes()
-            .to_vec();
-            v.extend_from_slice(b"hello");
-            v
-        };
+        let fe_inline = file_extent(5, 0, FileExtentKind::Inline { data: b"hello".to_vec() });
         let mut ri = <RootItem as zerocopy::FromZeros>::new_zeroed();
         ri.generation = 5.into();
         ri.generation_v2 = 5.into();
@@ -186,7 +161,7 @@ mod tests {
         let s = dump_leaf(&[
             (Key::new(257, EXTENT_DATA_KEY, 0), fe_inline),
             (Key::new(257, EXTENT_DATA_KEY, 4096), fe_reg),
-            (Key::new(258, ROOT_ITEM_KEY, 0), ri.as_bytes().to_vec()),
+            (Key::new(258, ROOT_ITEM_KEY, 0), encode::root_item(&ri, RootItemSize::Full)),
             (Key::new(13631488, EXTENT_ITEM_KEY, 4096), ext),
             (Key::new(30408704, METADATA_ITEM_KEY, 0), meta),
             (Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, 13631488), csum),
@@ -223,34 +198,28 @@ mod tests {
             num_uncorrectable_read_errors: 7.into(),
         };
         let verity = VerityDescriptorItem { size: 256.into(), reserved: [0.into(); 2], encryption: 0 };
-        let mut xattr = DirItem {
-            location: DiskKey::new(0, 0, 0),
-            transid: 8.into(),
-            data_len: 6.into(),
-            name_len: 6.into(),
+        let xattr = encode::dir_item(&DirEntry {
+            location: Key::MIN,
+            transid: 8,
             dir_type: FT_XATTR,
-        }
-        .as_bytes()
-        .to_vec();
-        xattr.extend_from_slice(b"user.xab\0cde");
-        let mut extref = InodeExtref { parent_objectid: 256.into(), index: 9.into(), name_len: 4.into() }.as_bytes().to_vec();
-        extref.extend_from_slice(b"name");
-        let mut rref = RootRef { dirid: 256.into(), sequence: 2.into(), name_len: 3.into() }.as_bytes().to_vec();
-        rref.extend_from_slice(b"sub");
-        let mut chunk = Chunk {
-            length: (8u64 << 20).into(),
-            owner: 2.into(),
-            stripe_len: STRIPE_LEN.into(),
-            chunk_type: (BLOCK_GROUP_SYSTEM | BLOCK_GROUP_DUP).into(),
-            io_align: 65536.into(),
-            io_width: 65536.into(),
-            sector_size: 4096.into(),
-            num_stripes: 1.into(),
-            sub_stripes: 1.into(),
-        }
-        .as_bytes()
-        .to_vec();
-        chunk.extend_from_slice(Stripe { devid: 1.into(), offset: 22020096.into(), dev_uuid: [0x11; 16] }.as_bytes());
+            name: b"user.x".to_vec(),
+            data: b"ab\0cde".to_vec(),
+        })
+        .unwrap();
+        let extref = encode::inode_extrefs(&[InodeRefEntry { parent: 256, index: 9, name: b"name".to_vec() }]).unwrap();
+        let rref = encode::root_ref(&RootRefEntry { dirid: 256, sequence: 2, name: b"sub".to_vec() }).unwrap();
+        let chunk = encode::chunk_item(&ChunkInfo {
+            length: 8 << 20,
+            owner: 2,
+            stripe_len: STRIPE_LEN,
+            chunk_type: BLOCK_GROUP_SYSTEM | BLOCK_GROUP_DUP,
+            io_align: 65536,
+            io_width: 65536,
+            sector_size: 4096,
+            sub_stripes: 1,
+            stripes: vec![StripeInfo { devid: 1, offset: 22020096, dev_uuid: [0x11; 16] }],
+        })
+        .unwrap();
         let mut fsh = DiskKey::new(256, INODE_ITEM_KEY, 0).as_bytes().to_vec();
         for v in [7u64, 3, 1] {
             fsh.extend_from_slice(&v.to_le_bytes());
@@ -274,13 +243,13 @@ mod tests {
             (Key::new(256, ROOT_REF_KEY, 257), rref),
             (Key::new(256, CHUNK_ITEM_KEY, 22020096), chunk),
             (Key::new(1 << 20, BLOCK_GROUP_ITEM_KEY, 8 << 20), {
-                BlockGroupItem { used: 4096.into(), chunk_objectid: 256.into(), flags: BLOCK_GROUP_DATA.into() }.as_bytes().to_vec()
+                encode::block_group_item(&BlockGroupInfo { used: 4096, chunk_objectid: 256, flags: BLOCK_GROUP_DATA })
             }),
-            (Key::new(1 << 20, FREE_SPACE_INFO_KEY, 8 << 20), FreeSpaceInfo { extent_count: 1.into(), flags: 1.into() }.as_bytes().to_vec()),
+            (Key::new(1 << 20, FREE_SPACE_INFO_KEY, 8 << 20), encode::free_space_info(1, 1)),
             (Key::new(1 << 20, FREE_SPACE_BITMAP_KEY, 8 << 20), zeroed(64)),
             (Key::new(BALANCE_OBJECTID, TEMPORARY_ITEM_KEY, 0), balance.as_bytes().to_vec()),
             (Key::new(FREE_SPACE_OBJECTID, 0, 1 << 20), fsh),
-            (Key::new(0x1234, UUID_KEY_SUBVOL, 0x5678), 257u64.to_le_bytes().to_vec()),
+            (Key::new(0x1234, UUID_KEY_SUBVOL, 0x5678), encode::u64_array(&[257])),
             (Key::new(u64::MAX - 100, STRING_ITEM_KEY, 0), b"a string".to_vec()),
         ]);
         for want in [

@@ -6,16 +6,17 @@ use std::fs::File;
 use zerocopy::{FromZeros, IntoBytes};
 
 use crate::error::{Error, Result};
-use crate::format::items::name_hash;
+use crate::format::encode;
+use crate::format::items::{name_hash, BlockGroupInfo, DevExtentInfo, DirEntry};
 use crate::format::ondisk::*;
-use crate::format::superblock::seal_super;
+use crate::format::superblock::{seal_super, BackupTrees, TreeRootRef};
 use crate::format::Profile;
 use crate::format::compress::Compression;
 use crate::ops::rootdir::{self, DataSink, Scan};
 use crate::tree::builder::{count_blocks, BlockParams, TreeItem};
 use crate::volumes::create::{ChunkWriter, NewImages};
 use super::items::{
-    chunk_item, dir_inode, inode_ref, key, map_entry, metadata_extent_item, root_item, root_ref, subvol_root_item, uuid_item, TreeId, GENERATION,
+    chunk_info, dir_inode, inode_ref, key, map_entry, metadata_extent_item, root_item, root_ref, subvol_root_item, uuid_item, TreeId, GENERATION,
 };
 use super::layout::PlannedChunk;
 use super::options::MkfsOptions;
@@ -133,7 +134,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         None => {
             let items = vec![
                 TreeItem::new(key(256, INODE_ITEM_KEY, 0), dir_inode(ctx.now, ctx.now)),
-                TreeItem::new(key(256, INODE_REF_KEY, 256), inode_ref(0, b"..")),
+                TreeItem::new(key(256, INODE_REF_KEY, 256), inode_ref(256, 0, b"..")?),
             ];
             (vec![(FS_TREE_OBJECTID, items)], Vec::new(), Vec::new(), Vec::new())
         }
@@ -142,40 +143,35 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
     let fs_items_of = |id: u64| fs_trees.iter().find(|t| t.0 == id).map(|t| t.1.as_slice()).unwrap_or_default();
 
     // ---- fixed trees ----
-    let chunk_items = |dev_used: &[u64]| -> Vec<TreeItem> {
+    let chunk_items = |dev_used: &[u64]| -> Result<Vec<TreeItem>> {
         let mut v = Vec::new();
         for (i, size) in ctx.dev_sizes.iter().enumerate() {
             let devid = i as u64 + 1;
-            v.push(TreeItem::new(key(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, devid), dev_item(ctx, devid, *size, dev_used[i]).as_bytes().to_vec()));
+            v.push(TreeItem::new(key(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, devid), encode::dev_item(&dev_item(ctx, devid, *size, dev_used[i]))));
         }
         for c in &ctx.chunks {
-            v.push(TreeItem::new(key(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, c.logical), chunk_item(c, &ctx.dev_uuids, opts.sectorsize)));
+            let item = encode::chunk_item(&chunk_info(c, &ctx.dev_uuids, opts.sectorsize))?;
+            v.push(TreeItem::new(key(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, c.logical), item));
         }
-        v
+        Ok(v)
     };
     let mut dev_used = vec![0u64; ctx.dev_sizes.len()];
     let mut dev_tree = Vec::new();
     for i in 0..ctx.dev_sizes.len() {
         // Zeroed error counters, as the kernel creates them on first mount.
-        dev_tree.push(TreeItem::new(key(DEV_STATS_OBJECTID, PERSISTENT_ITEM_KEY, i as u64 + 1), vec![0u8; 8 * DEV_STAT_VALUES_MAX]));
+        dev_tree.push(TreeItem::new(key(DEV_STATS_OBJECTID, PERSISTENT_ITEM_KEY, i as u64 + 1), encode::u64_array(&[0; DEV_STAT_VALUES_MAX])));
     }
     let mut dev_extents = Vec::new();
     for c in &ctx.chunks {
         for &(devid, phys) in &c.stripes {
             dev_used[(devid - 1) as usize] += c.stripe_size;
-            let de = DevExtent {
-                chunk_tree: CHUNK_TREE_OBJECTID.into(),
-                chunk_objectid: FIRST_CHUNK_TREE_OBJECTID.into(),
-                chunk_offset: c.logical.into(),
-                length: c.stripe_size.into(),
-                chunk_tree_uuid: ctx.chunk_uuid,
-            };
-            dev_extents.push(TreeItem::new(key(devid, DEV_EXTENT_KEY, phys), de.as_bytes().to_vec()));
+            let de = DevExtentInfo::of_chunk(c.logical, c.stripe_size, ctx.chunk_uuid);
+            dev_extents.push(TreeItem::new(key(devid, DEV_EXTENT_KEY, phys), encode::dev_extent(&de)));
         }
     }
     dev_extents.sort_by_key(|i| i.key);
     dev_tree.extend(dev_extents);
-    let chunk_tree = chunk_items(&dev_used);
+    let chunk_tree = chunk_items(&dev_used)?;
 
     let mut uuid_tree = vec![uuid_item(&ctx.fs_uuid, FS_TREE_OBJECTID)];
     uuid_tree.extend(ctx.subvols.iter().map(|(sv, uuid)| uuid_item(uuid, sv.id)));
@@ -183,7 +179,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
     let default_subvol = ctx.subvols.iter().find(|(sv, _)| sv.default).map(|(sv, _)| sv.id);
     let data_reloc_tree = vec![
         TreeItem::new(key(256, INODE_ITEM_KEY, 0), dir_inode(ctx.now, (0, 0))),
-        TreeItem::new(key(256, INODE_REF_KEY, 256), inode_ref(0, b"..")),
+        TreeItem::new(key(256, INODE_REF_KEY, 256), inode_ref(256, 0, b"..")?),
     ];
 
     // The root tree needs the other roots; the extent tree needs every block's level,
@@ -205,28 +201,18 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
             Some(id) => key(id, ROOT_ITEM_KEY, 0),
             None => key(FS_TREE_OBJECTID, ROOT_ITEM_KEY, u64::MAX),
         };
+        let default_entry =
+            DirEntry { location: default_location, transid: GENERATION, dir_type: FT_DIR, name: b"default".to_vec(), data: Vec::new() };
         let mut v = vec![
             TreeItem::new(key(EXTENT_TREE_OBJECTID, ROOT_ITEM_KEY, 0), {
                 root_item(extent.0, extent.1, extent.2, 0, [0; 16], ctx.now, nodesize)
             }),
             TreeItem::new(key(DEV_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::Dev, 0, [0; 16])),
-            TreeItem::new(key(FS_TREE_OBJECTID, INODE_REF_KEY, ROOT_TREE_DIR_OBJECTID), inode_ref(0, b"default")),
+            TreeItem::new(key(FS_TREE_OBJECTID, INODE_REF_KEY, ROOT_TREE_DIR_OBJECTID), inode_ref(ROOT_TREE_DIR_OBJECTID, 0, b"default")?),
             TreeItem::new(key(FS_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::Fs(FS_TREE_OBJECTID), 256, ctx.fs_uuid)),
             TreeItem::new(key(ROOT_TREE_DIR_OBJECTID, INODE_ITEM_KEY, 0), dir_inode(ctx.now, ctx.now)),
-            TreeItem::new(key(ROOT_TREE_DIR_OBJECTID, INODE_REF_KEY, ROOT_TREE_DIR_OBJECTID), inode_ref(0, b"..")),
-            TreeItem::new(key(ROOT_TREE_DIR_OBJECTID, DIR_ITEM_KEY, name_hash(b"default")), {
-                let mut d = DirItem {
-                    location: default_location.to_disk(),
-                    transid: GENERATION.into(),
-                    data_len: 0.into(),
-                    name_len: 7.into(),
-                    dir_type: FT_DIR,
-                }
-                .as_bytes()
-                .to_vec();
-                d.extend_from_slice(b"default");
-                d
-            }),
+            TreeItem::new(key(ROOT_TREE_DIR_OBJECTID, INODE_REF_KEY, ROOT_TREE_DIR_OBJECTID), inode_ref(ROOT_TREE_DIR_OBJECTID, 0, b"..")?),
+            TreeItem::new(key(ROOT_TREE_DIR_OBJECTID, DIR_ITEM_KEY, name_hash(b"default")), encode::dir_item(&default_entry)?),
             TreeItem::new(key(CSUM_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::Csum, 0, [0; 16])),
             TreeItem::new(key(UUID_TREE_OBJECTID, ROOT_ITEM_KEY, 0), ri(TreeId::Uuid, 0, [0; 16])),
         ];
@@ -241,13 +227,13 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         // is linked (ROOT_REF under the parent, ROOT_BACKREF under the child).
         for (sv, uuid) in &ctx.subvols {
             let item = subvol_root_item(place(TreeId::Fs(sv.id)), *uuid, sv.readonly, ctx.now, nodesize);
-            let r = root_ref(sv.dirid, sv.index, &sv.name);
+            let r = root_ref(sv.dirid, sv.index, &sv.name)?;
             v.push(TreeItem::new(key(sv.id, ROOT_ITEM_KEY, 0), item));
             v.push(TreeItem::new(key(sv.id, ROOT_BACKREF_KEY, sv.parent), r.clone()));
             v.push(TreeItem::new(key(sv.parent, ROOT_REF_KEY, sv.id), r));
         }
         v.sort_by_key(|i| i.key);
-        v
+        Ok(v)
     };
     // Trees in block layout order; the chunk tree lives in the system chunk.
     let mut meta_trees = vec![TreeId::Root, TreeId::Extent, TreeId::Dev];
@@ -269,7 +255,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
             TreeId::Uuid => count_blocks(&sizes_of(&uuid_tree), nodesize),
             TreeId::DataReloc => count_blocks(&sizes_of(&data_reloc_tree), nodesize),
             // Root tree: one root item per tree plus the "default" dir entries; sizes are fixed.
-            TreeId::Root => count_blocks(&sizes_of(&root_tree_items(&std::collections::HashMap::new(), (0, 0, 0))), nodesize),
+            TreeId::Root => count_blocks(&sizes_of(&root_tree_items(&std::collections::HashMap::new(), (0, 0, 0))?), nodesize),
             _ => Ok(1),
         }
     };
@@ -317,8 +303,8 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
             .iter()
             .zip(&used)
             .map(|(c, &u)| {
-                let bg = BlockGroupItem { used: u.into(), chunk_objectid: FIRST_CHUNK_TREE_OBJECTID.into(), flags: c.flags.into() };
-                TreeItem::new(key(c.logical, BLOCK_GROUP_ITEM_KEY, c.length), bg.as_bytes().to_vec())
+                let bg = BlockGroupInfo { used: u, chunk_objectid: FIRST_CHUNK_TREE_OBJECTID, flags: c.flags };
+                TreeItem::new(key(c.logical, BLOCK_GROUP_ITEM_KEY, c.length), encode::block_group_item(&bg))
             })
             .collect();
         let mut ext = Vec::new();
@@ -328,7 +314,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         for (t, list) in &addrs {
             for &a in list {
                 // Skinny metadata: the key offset is the block's level, filled in below.
-                ext.push(TreeItem::new(key(a, METADATA_ITEM_KEY, 0), metadata_extent_item(t.objectid())));
+                ext.push(TreeItem::new(key(a, METADATA_ITEM_KEY, 0), metadata_extent_item(t.objectid())?));
             }
         }
         ext.extend(data_extent_items.iter().cloned());
@@ -354,8 +340,8 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
                 if pos < c.logical + c.length {
                     free.push((pos, c.logical + c.length - pos));
                 }
-                let info = FreeSpaceInfo { extent_count: (free.len() as u32).into(), flags: 0.into() };
-                fst.push(TreeItem::new(key(c.logical, FREE_SPACE_INFO_KEY, c.length), info.as_bytes().to_vec()));
+                let info = encode::free_space_info(free.len() as u32, 0);
+                fst.push(TreeItem::new(key(c.logical, FREE_SPACE_INFO_KEY, c.length), info));
                 for (s, l) in free {
                     fst.push(TreeItem::new(key(s, FREE_SPACE_EXTENT_KEY, l), Vec::new()));
                 }
@@ -414,7 +400,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
     // Levels of every block, for the skinny METADATA_ITEM offsets. Root and extent
     // trees: their levels follow from their (already planned) shapes.
     let root_plan = {
-        let probe = root_tree_items(&built, (0, 0, 0));
+        let probe = root_tree_items(&built, (0, 0, 0))?;
         crate::tree::builder::plan_tree(&sizes_of(&probe), nodesize)?
     };
     if root_plan.block_count() != counts[&TreeId::Root] {
@@ -456,7 +442,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
     let ext_built = write_out(&extent_tree, &params(EXTENT_TREE_OBJECTID), &addr_of(TreeId::Extent))?;
     let ext_info = (ext_built.root, ext_built.level, ext_built.blocks.len() as u64 * nodesize as u64);
     built.insert(TreeId::Extent, ext_built);
-    let root_items = root_tree_items(&built, ext_info);
+    let root_items = root_tree_items(&built, ext_info)?;
     built.insert(TreeId::Root, write_out(&root_items, &params(ROOT_TREE_OBJECTID), &addr_of(TreeId::Root))?);
 
     // ---- every tree block is written: sync, then superblocks ----
@@ -466,14 +452,14 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
     let get = |t: TreeId| built.get(&t).map(|b| (b.root, b.level)).unwrap_or((0, 0));
     let (root, root_level) = get(TreeId::Root);
     let (chunk_root, chunk_level) = get(TreeId::Chunk);
-    let mut sys_array = Vec::new();
-    for c in ctx.chunks.iter().filter(|c| c.flags & BLOCK_GROUP_SYSTEM != 0) {
-        sys_array.extend_from_slice(key(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, c.logical).to_disk().as_bytes());
-        sys_array.extend_from_slice(&chunk_item(c, &ctx.dev_uuids, opts.sectorsize));
-    }
-    if sys_array.len() > SYSTEM_CHUNK_ARRAY_SIZE {
-        return Err(Error::Unsupported("system chunk array overflow".into()));
-    }
+    let sys_chunks: Vec<_> = ctx
+        .chunks
+        .iter()
+        .filter(|c| c.flags & BLOCK_GROUP_SYSTEM != 0)
+        .map(|c| (key(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, c.logical), chunk_info(c, &ctx.dev_uuids, opts.sectorsize)))
+        .collect();
+    // Refuses an array past the superblock's 2048 bytes ("system chunk array overflow").
+    let sys_array = encode::sys_chunk_array(&sys_chunks)?;
     let mut incompat = INCOMPAT_MIXED_BACKREF | INCOMPAT_EXTENDED_IREF | INCOMPAT_SKINNY_METADATA;
     if features.no_holes {
         incompat |= INCOMPAT_NO_HOLES;
@@ -533,21 +519,18 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         sb.uuid_tree_generation = GENERATION.into();
         // metadata_uuid stays zero: it only means something with INCOMPAT_METADATA_UUID.
         sb.sys_chunk_array[..sys_array.len()].copy_from_slice(&sys_array);
-        let b = &mut sb.super_roots[0];
-        let set = |t: TreeId| get(t);
-        (b.tree_root, b.tree_root_gen, b.tree_root_level) = (root.into(), GENERATION.into(), root_level);
-        (b.chunk_root, b.chunk_root_gen, b.chunk_root_level) = (chunk_root.into(), GENERATION.into(), chunk_level);
-        let (a, l) = set(TreeId::Extent);
-        (b.extent_root, b.extent_root_gen, b.extent_root_level) = (a.into(), GENERATION.into(), l);
-        let (a, l) = set(TreeId::Fs(FS_TREE_OBJECTID));
-        (b.fs_root, b.fs_root_gen, b.fs_root_level) = (a.into(), GENERATION.into(), l);
-        let (a, l) = set(TreeId::Dev);
-        (b.dev_root, b.dev_root_gen, b.dev_root_level) = (a.into(), GENERATION.into(), l);
-        let (a, l) = set(TreeId::Csum);
-        (b.csum_root, b.csum_root_gen, b.csum_root_level) = (a.into(), GENERATION.into(), l);
-        b.total_bytes = total.into();
-        b.bytes_used = bytes_used.into();
-        b.num_devices = (ctx.dev_sizes.len() as u64).into();
+        // Backup slot 0 (the first commit's), with the chunk root and sizes set above.
+        let at = |t: TreeId| {
+            let (bytenr, level) = get(t);
+            TreeRootRef { bytenr, generation: GENERATION, level }
+        };
+        sb.record_backup_roots(&BackupTrees {
+            tree: TreeRootRef { bytenr: root, generation: GENERATION, level: root_level },
+            extent: at(TreeId::Extent),
+            fs: at(TreeId::Fs(FS_TREE_OBJECTID)),
+            dev: at(TreeId::Dev),
+            csum: at(TreeId::Csum),
+        });
         for &off in &SUPER_MIRROR_OFFSETS {
             if off + SUPER_INFO_SIZE as u64 > *size {
                 continue;

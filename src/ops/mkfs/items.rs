@@ -1,10 +1,11 @@
 //! The items mkfs makes up itself (root items, the root directory, chunk
 //! items, ...) and the trees it writes.
 
+use zerocopy::FromZeros;
 
-use zerocopy::{FromZeros, IntoBytes};
-
-use crate::format::items::{ChunkInfo, StripeInfo};
+use crate::error::Result;
+use crate::format::encode::{self, RootItemSize};
+use crate::format::items::{ChunkInfo, ExtentInfo, ExtentRef, InodeRefEntry, RootRefEntry, StripeInfo};
 use crate::format::ondisk::*;
 use crate::format::Key;
 use crate::tree::builder::TreeItem;
@@ -19,7 +20,7 @@ pub(super) fn key(o: u64, t: u8, off: u64) -> Key {
 }
 
 pub(super) fn root_item(bytenr: u64, level: u8, bytes_used: u64, root_dirid: u64, uuid: [u8; 16], time: (u64, u32), nodesize: u32) -> Vec<u8> {
-    new_root_item(bytenr, level, bytes_used, root_dirid, uuid, time, nodesize).as_bytes().to_vec()
+    encode::root_item(&new_root_item(bytenr, level, bytes_used, root_dirid, uuid, time, nodesize), RootItemSize::Full)
 }
 
 fn new_root_item(bytenr: u64, level: u8, bytes_used: u64, root_dirid: u64, uuid: [u8; 16], time: (u64, u32), nodesize: u32) -> RootItem {
@@ -56,21 +57,19 @@ pub(super) fn subvol_root_item(tree: (u64, u8, u64), uuid: [u8; 16], readonly: b
     if readonly {
         r.flags = ROOT_SUBVOL_RDONLY.into();
     }
-    r.as_bytes().to_vec()
+    encode::root_item(&r, RootItemSize::Full)
 }
 
 /// ROOT_REF / ROOT_BACKREF data: the directory and DIR_INDEX of the entry that
 /// links a subvolume, and its name.
-pub(super) fn root_ref(dirid: u64, index: u64, name: &[u8]) -> Vec<u8> {
-    let mut v = RootRef { dirid: dirid.into(), sequence: index.into(), name_len: (name.len() as u16).into() }.as_bytes().to_vec();
-    v.extend_from_slice(name);
-    v
+pub(super) fn root_ref(dirid: u64, index: u64, name: &[u8]) -> Result<Vec<u8>> {
+    encode::root_ref(&RootRefEntry { dirid, sequence: index, name: name.to_vec() })
 }
 
 /// A UUID_KEY_SUBVOL item of the uuid tree: the uuid split into key halves.
 pub(super) fn uuid_item(uuid: &[u8; 16], subvol: u64) -> TreeItem {
     let half = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-    TreeItem::new(key(half(&uuid[..8]), UUID_KEY_SUBVOL, half(&uuid[8..])), subvol.to_le_bytes().to_vec())
+    TreeItem::new(key(half(&uuid[..8]), UUID_KEY_SUBVOL, half(&uuid[8..])), encode::u64_array(&[subvol]))
 }
 
 pub(super) fn dir_inode(time: (u64, u32), otime: (u64, u32)) -> Vec<u8> {
@@ -84,22 +83,22 @@ pub(super) fn dir_inode(time: (u64, u32), otime: (u64, u32)) -> Vec<u8> {
     i.ctime = t;
     i.mtime = t;
     i.otime = Timespec::new(otime.0, otime.1);
-    i.as_bytes().to_vec()
+    encode::inode_item(&i)
 }
 
-pub(super) fn inode_ref(index: u64, name: &[u8]) -> Vec<u8> {
-    let mut v = InodeRef { index: index.into(), name_len: (name.len() as u16).into() }.as_bytes().to_vec();
-    v.extend_from_slice(name);
-    v
+/// An INODE_REF body: one name of an inode in directory `parent` (the key offset).
+pub(super) fn inode_ref(parent: u64, index: u64, name: &[u8]) -> Result<Vec<u8>> {
+    encode::inode_refs(&[InodeRefEntry { parent, index, name: name.to_vec() }])
 }
 
-pub(super) fn chunk_item(c: &PlannedChunk, dev_uuids: &[[u8; 16]], sectorsize: u32) -> Vec<u8> {
+/// The chunk as its CHUNK_ITEM says it: stripes with their devices' uuids.
+pub(super) fn chunk_info(c: &PlannedChunk, dev_uuids: &[[u8; 16]], sectorsize: u32) -> ChunkInfo {
     let mut info = map_entry(c).chunk;
     info.sector_size = sectorsize;
     for s in info.stripes.iter_mut() {
         s.dev_uuid = dev_uuids.get((s.devid - 1) as usize).copied().unwrap_or([0; 16]);
     }
-    info.to_bytes()
+    info
 }
 
 pub(super) fn map_entry(c: &PlannedChunk) -> MapEntry {
@@ -120,12 +119,15 @@ pub(super) fn map_entry(c: &PlannedChunk) -> MapEntry {
     }
 }
 
-pub(super) fn metadata_extent_item(owner: u64) -> Vec<u8> {
-    let mut v = ExtentItem { refs: 1.into(), generation: GENERATION.into(), flags: EXTENT_FLAG_TREE_BLOCK.into() }
-        .as_bytes()
-        .to_vec();
-    v.extend_from_slice(ExtentInlineRef { ref_type: TREE_BLOCK_REF_KEY, offset: owner.into() }.as_bytes());
-    v
+/// The skinny METADATA_ITEM of a tree block of tree `owner`.
+pub(super) fn metadata_extent_item(owner: u64) -> Result<Vec<u8>> {
+    encode::extent_item(&ExtentInfo {
+        refs: 1,
+        generation: GENERATION,
+        flags: EXTENT_FLAG_TREE_BLOCK,
+        tree_block: None,
+        inline_refs: vec![ExtentRef::TreeBlock { root: owner }],
+    })
 }
 
 /// The trees mkfs writes, in the order their blocks are laid out.

@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 
-use zerocopy::IntoBytes;
-
 use crate::error::{Error, Result};
-use crate::format::items::name_hash;
+use crate::format::encode;
+use crate::format::items::{extref_hash, name_hash, DirEntry, ExtentInfo, ExtentRef, InodeRefEntry};
 use crate::format::ondisk::*;
 use crate::format::{FileType, Key};
 use crate::ops::pipeline::ordered_map;
@@ -17,7 +16,7 @@ use crate::format::compress::{self, Compression};
 use crate::tree::builder::TreeItem;
 use crate::ops::host::round_up;
 use super::scan::{
-    dir_item_bytes, file_extent_bytes, inline_content, inode_item, max_csum_item_bytes, regular_extent, Content, DataSource, Scan,
+    inline_content, inline_extent, inode_item, max_csum_item_bytes, regular_extent, Content, DataSource, Scan,
     ScanOptions, COPY_PIECE, MAX_EXTENT_SIZE, MAX_UNCOMPRESSED,
 };
 
@@ -231,14 +230,15 @@ struct DataOut {
 impl DataOut {
     /// A regular extent of `covered` file bytes at `file_pos`, on disk at `disk`.
     #[allow(clippy::too_many_arguments)]
-    fn extent(&mut self, scan: &Scan, inode: usize, file_pos: u64, disk: (u64, u64), ram: u64, comp: u8, covered: u64) {
+    fn extent(&mut self, scan: &Scan, inode: usize, file_pos: u64, disk: (u64, u64), ram: u64, comp: u8, covered: u64) -> Result<()> {
         let i = &scan.inodes[inode];
         let gen = scan.opts.generation;
         self.fs.insert((i.subvol, Key::new(i.ino, EXTENT_DATA_KEY, file_pos)), regular_extent(gen, ram, comp, disk.0, disk.1, covered));
-        self.extent_items.push(TreeItem::new(Key::new(disk.0, EXTENT_ITEM_KEY, disk.1), data_extent_item(gen, i.subvol, i.ino, file_pos)));
+        self.extent_items.push(TreeItem::new(Key::new(disk.0, EXTENT_ITEM_KEY, disk.1), data_extent_item(gen, i.subvol, i.ino, file_pos)?));
         self.extents.push(disk);
         self.bytes += disk.1;
         self.nbytes[inode] += covered;
+        Ok(())
     }
 
     /// The csums of consecutive sectors from `logical`.
@@ -298,9 +298,7 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut
         let i = &scan.inodes[job.inode];
         match (job.kind, done?) {
             (JobKind::Inline, JobDone::Inline(Content::Inline(data, compression))) => {
-                let mut v = file_extent_bytes(gen, i.size, compression, FILE_EXTENT_INLINE);
-                v.extend_from_slice(&data);
-                out.fs.insert((i.subvol, Key::new(i.ino, EXTENT_DATA_KEY, 0)), v);
+                out.fs.insert((i.subvol, Key::new(i.ino, EXTENT_DATA_KEY, 0)), inline_extent(gen, i.size, compression, data));
                 out.nbytes[job.inode] = i.size;
                 done_bytes += i.size;
             }
@@ -309,7 +307,7 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut
                 let (logical, _) = sink.reserve(disk_len, true)?;
                 sink.write(logical, &c)?;
                 out.sums(logical, &sums, sector, csum_size);
-                out.extent(scan, job.inode, pos, (logical, disk_len), ram, kind, len);
+                out.extent(scan, job.inode, pos, (logical, disk_len), ram, kind, len)?;
                 done_bytes += len;
             }
             (JobKind::Piece { pos, len, range_end, compress, .. }, JobDone::Piece { compressed: None, raw, sums, source }) => {
@@ -351,7 +349,7 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut
                     off += n;
                     if cur.used == cur.granted {
                         if let Some(o) = open.take() {
-                            out.extent(scan, o.inode, o.file_pos, (o.logical, o.granted), o.granted, COMPRESS_NONE, o.granted);
+                            out.extent(scan, o.inode, o.file_pos, (o.logical, o.granted), o.granted, COMPRESS_NONE, o.granted)?;
                         }
                     }
                 }
@@ -386,9 +384,7 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut
             Content::None | Content::InlineFile => {}
             Content::Inline(data, compression) => {
                 let ram = if i.kind == FileType::Symlink { data.len() as u64 } else { i.size };
-                let mut v = file_extent_bytes(gen, ram, *compression, FILE_EXTENT_INLINE);
-                v.extend_from_slice(data);
-                fs.insert(k(i.ino, EXTENT_DATA_KEY, 0), v);
+                fs.insert(k(i.ino, EXTENT_DATA_KEY, 0), inline_extent(gen, ram, *compression, data.clone()));
                 nbytes = ram;
             }
             Content::Ranges(ranges) => {
@@ -414,31 +410,28 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut
             fs.insert(k(i.ino, EXTENT_DATA_KEY, 0), regular_extent(gen, len, 0, 0, 0, len));
         }
         let item = inode_item(i, opts, nbytes);
-        fs.insert(k(i.ino, INODE_ITEM_KEY, 0), item.as_bytes().to_vec());
+        fs.insert(k(i.ino, INODE_ITEM_KEY, 0), encode::inode_item(&item));
         let max_item = crate::tree::builder::max_item_size(opts.nodesize);
         for (parent, index, name) in &i.names {
-            let mut v = InodeRef { index: (*index).into(), name_len: (name.len() as u16).into() }.as_bytes().to_vec();
-            v.extend_from_slice(name);
+            let entry = InodeRefEntry { parent: *parent, index: *index, name: name.clone() };
+            let v = encode::inode_refs(std::slice::from_ref(&entry))?;
             let key = k(i.ino, INODE_REF_KEY, *parent);
             let held = fs.get(&key).map_or(0, Vec::len);
             if held > 0 && held + v.len() > max_item {
                 // The INODE_REF item for this directory is full (many hard links in one
                 // directory): like the kernel, continue in INODE_EXTREF items.
-                let mut x = InodeExtref { parent_objectid: (*parent).into(), index: (*index).into(), name_len: (name.len() as u16).into() }
-                    .as_bytes()
-                    .to_vec();
-                x.extend_from_slice(name);
-                append(&mut fs, k(i.ino, INODE_EXTREF_KEY, crate::format::items::extref_hash(*parent, name)), &x);
+                let x = encode::inode_extrefs(std::slice::from_ref(&entry))?;
+                append(&mut fs, k(i.ino, INODE_EXTREF_KEY, extref_hash(*parent, name)), &x);
             } else {
                 append(&mut fs, key, &v);
             }
         }
         for (name, value) in &i.xattrs {
-            let v = dir_item_bytes(Key::MIN, gen, name, value, FT_XATTR);
+            let v = encode::dir_item(&DirEntry { location: Key::MIN, transid: gen, dir_type: FT_XATTR, name: name.clone(), data: value.clone() })?;
             append(&mut fs, k(i.ino, XATTR_ITEM_KEY, name_hash(name)), &v);
         }
         for (name, location, kind, index) in &i.entries {
-            let v = dir_item_bytes(*location, gen, name, &[], kind.dir_type());
+            let v = encode::dir_item(&DirEntry { location: *location, transid: gen, dir_type: kind.dir_type(), name: name.clone(), data: Vec::new() })?;
             append(&mut fs, k(i.ino, DIR_ITEM_KEY, name_hash(name)), &v);
             fs.insert(k(i.ino, DIR_INDEX_KEY, *index), v);
         }
@@ -460,12 +453,12 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut
         }
     }
     extent_items.sort_by_key(|i| i.key);
-    let csum_items = csum_runs(sector_csums, sector, opts);
+    let csum_items = csum_runs(sector_csums, sector, opts)?;
     Ok(DataResult { fs_trees, extent_items, csum_items, extents, bytes })
 }
 
 /// Merge per-sector csums into EXTENT_CSUM items over contiguous sectors.
-fn csum_runs(mut sectors: Vec<(u64, Vec<u8>)>, sector: u64, opts: &ScanOptions) -> Vec<TreeItem> {
+fn csum_runs(mut sectors: Vec<(u64, Vec<u8>)>, sector: u64, opts: &ScanOptions) -> Result<Vec<TreeItem>> {
     sectors.sort_by_key(|s| s.0);
     let max = max_csum_item_bytes(opts.nodesize, opts.csum.size());
     let mut items: Vec<TreeItem> = Vec::new();
@@ -477,17 +470,18 @@ fn csum_runs(mut sectors: Vec<(u64, Vec<u8>)>, sector: u64, opts: &ScanOptions) 
         }
         next = logical + sector;
     }
-    items
+    items.into_iter().map(|it| Ok(TreeItem::new(it.key, encode::csum_item(it.data, opts.csum)?))).collect()
 }
 
 /// EXTENT_ITEM of a data extent with its one inline EXTENT_DATA_REF.
-pub fn data_extent_item(gen: u64, root: u64, objectid: u64, offset: u64) -> Vec<u8> {
-    let mut v = ExtentItem { refs: 1.into(), generation: gen.into(), flags: EXTENT_FLAG_DATA.into() }.as_bytes().to_vec();
-    v.push(EXTENT_DATA_REF_KEY);
-    v.extend_from_slice(
-        ExtentDataRef { root: root.into(), objectid: objectid.into(), offset: offset.into(), count: 1.into() }.as_bytes(),
-    );
-    v
+pub fn data_extent_item(gen: u64, root: u64, objectid: u64, offset: u64) -> Result<Vec<u8>> {
+    encode::extent_item(&ExtentInfo {
+        refs: 1,
+        generation: gen,
+        flags: EXTENT_FLAG_DATA,
+        tree_block: None,
+        inline_refs: vec![ExtentRef::Data { root, objectid, offset, count: 1 }],
+    })
 }
 
 #[cfg(test)]
@@ -540,7 +534,7 @@ mod tests {
         let opts = ScanOptions { csum: CsumType::Sha256, ..test_opts() };
         let mut sectors: Vec<(u64, Vec<u8>)> = (0..300u64).map(|i| ((1 << 20) + i * 4096, vec![i as u8; 32])).collect();
         sectors.push((1 << 30, vec![1; 32]));
-        let items = csum_runs(sectors, 4096, &opts);
+        let items = csum_runs(sectors, 4096, &opts).unwrap();
         let max = max_csum_item_bytes(4096, 32);
         assert!(items.iter().all(|i| i.data.len() <= max));
         assert_eq!(items.iter().map(|i| i.data.len()).sum::<usize>(), 301 * 32);

@@ -6,6 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::format::acl;
 use crate::format::ondisk::*;
 
 /// One `--owner-map FROM:TO:COUNT` range: ids FROM..FROM+COUNT become TO..TO+COUNT.
@@ -44,26 +45,15 @@ pub(super) fn remap_acl(v: &[u8], map: impl Fn(u32) -> u32) -> std::result::Resu
     if v.len() < 4 || (v.len() - 4) % 8 != 0 || v[..4] != 2u32.to_le_bytes() {
         return Err("not a version 2 POSIX ACL".into());
     }
-    let mut entries: Vec<(u16, u32, u16)> = v[4..]
-        .chunks_exact(8)
-        .map(|e| {
-            let tag = u16::from_le_bytes([e[0], e[1]]);
-            let perm = u16::from_le_bytes([e[2], e[3]]);
-            let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
-            (tag, if tag == 2 || tag == 8 { map(id) } else { id }, perm)
-        })
-        .collect();
-    entries.sort_by_key(|&(tag, id, _)| (tag, id));
-    if entries.windows(2).any(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1)) {
+    let mut entries = acl::decode(v)?;
+    for e in entries.iter_mut().filter(|e| e.tag == acl::ACL_USER || e.tag == acl::ACL_GROUP) {
+        e.id = map(e.id);
+    }
+    entries.sort_by_key(|e| (e.tag, e.id));
+    if entries.windows(2).any(|w| (w[0].tag, w[0].id) == (w[1].tag, w[1].id)) {
         return Err("--owner-map maps two named entries to one id".into());
     }
-    let mut out = v[..4].to_vec();
-    for (tag, id, perm) in entries {
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(&perm.to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-    }
-    Ok(out)
+    Ok(acl::encode(&entries))
 }
 
 /// One line of a `--manifest` file, for one path.

@@ -9,9 +9,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
-use zerocopy::IntoBytes;
-
 use crate::error::{Error, Result};
+use crate::format::encode;
+use crate::format::items::{FileExtent, FileExtentKind};
 use crate::format::ondisk::*;
 use crate::format::{CsumType, FileType, Key};
 use crate::format::compress::{self, Compression};
@@ -853,45 +853,30 @@ pub(super) fn inode_item(i: &ScanInode, opts: &ScanOptions, nbytes: u64) -> Inod
     }
 }
 
-pub(super) fn dir_item_bytes(location: Key, transid: u64, name: &[u8], data: &[u8], dir_type: u8) -> Vec<u8> {
-    let d = DirItem {
-        location: location.to_disk(),
-        transid: transid.into(),
-        data_len: (data.len() as u16).into(),
-        name_len: (name.len() as u16).into(),
-        dir_type,
-    };
-    let mut v = d.as_bytes().to_vec();
-    v.extend_from_slice(name);
-    v.extend_from_slice(data);
-    v
-}
-
-pub(super) fn file_extent_bytes(gen: u64, ram: u64, compression: u8, ty: u8) -> Vec<u8> {
-    FileExtentHeader {
-        generation: gen.into(),
-        ram_bytes: ram.into(),
+/// An inline EXTENT_DATA item holding `data` (compressed with `compression`,
+/// standing for `ram` file bytes).
+pub(super) fn inline_extent(gen: u64, ram: u64, compression: u8, data: Vec<u8>) -> Vec<u8> {
+    encode::file_extent(&FileExtent {
+        generation: gen,
+        ram_bytes: ram,
         compression,
         encryption: 0,
-        other_encoding: 0.into(),
-        extent_type: ty,
-    }
-    .as_bytes()
-    .to_vec()
+        other_encoding: 0,
+        kind: FileExtentKind::Inline { data },
+    })
 }
 
+/// A regular EXTENT_DATA item naming `num_bytes` file bytes from the start
+/// of the extent at `disk_bytenr` (0: a hole).
 pub(super) fn regular_extent(gen: u64, ram: u64, compression: u8, disk_bytenr: u64, disk_num_bytes: u64, num_bytes: u64) -> Vec<u8> {
-    let mut v = file_extent_bytes(gen, ram, compression, FILE_EXTENT_REG);
-    v.extend_from_slice(
-        FileExtentBody {
-            disk_bytenr: disk_bytenr.into(),
-            disk_num_bytes: disk_num_bytes.into(),
-            offset: 0.into(),
-            num_bytes: num_bytes.into(),
-        }
-        .as_bytes(),
-    );
-    v
+    encode::file_extent(&FileExtent {
+        generation: gen,
+        ram_bytes: ram,
+        compression,
+        encryption: 0,
+        other_encoding: 0,
+        kind: FileExtentKind::Regular { prealloc: false, disk_bytenr, disk_num_bytes, offset: 0, num_bytes },
+    })
 }
 
 /// Largest csum item payload in bytes (the kernel's MAX_CSUM_ITEMS, in sectors × csum size).
