@@ -477,7 +477,7 @@ pub fn parse_block_group(data: &[u8]) -> Result<BlockGroupInfo> {
 pub fn parse_csum_item(data: &[u8], csum: super::CsumType) -> Result<std::slice::ChunksExact<'_, u8>> {
     let size = csum.size();
     if data.len().checked_rem(size) != Some(0) {
-        return Err(Error::corrupt("csum item", format!("{} bytes, not a multiple of {size}", data.len())));
+        return Err(Error::corrupt(CorruptKind::ItemSize, "csum item", format!("{} bytes, not a multiple of {size}", data.len())));
     }
     Ok(data.chunks_exact(size))
 }
