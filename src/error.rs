@@ -11,7 +11,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The host could not read or write an image file.
     #[error("{}: {op}: {source}", shown_path(path))]
-    Io { path: PathBuf, op: String, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
 
     /// Bytes on the image do not make sense. `kind` says which rule they
     /// break, `at` names where (device, logical address, tree, item), `what`
@@ -63,7 +68,11 @@ pub enum Error {
 
     /// A compressed extent that would not decompress.
     #[error("{at}: {source}")]
-    Compress { at: String, #[source] source: CompressError },
+    Compress {
+        at: String,
+        #[source]
+        source: CompressError,
+    },
 }
 
 /// A path as an error shows it: one longer than a screen (a tree deeper than

@@ -158,7 +158,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             say!(
                 "extracted {} files ({} bytes), {} directories, {} symlinks, {} special files, {} hardlinks",
-                stats.files, stats.bytes, stats.dirs, stats.symlinks, stats.special, stats.hardlinks
+                stats.files,
+                stats.bytes,
+                stats.dirs,
+                stats.symlinks,
+                stats.special,
+                stats.hardlinks
             );
             if stats.failures > 0 {
                 const SHOWN: usize = 50;
@@ -270,22 +275,28 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         btrs::format::CsumType::from_name(&a.csum)
             .ok_or_else(|| format!("unknown checksum type {:?}; use crc32c, xxhash, sha256 or blake2", a.csum)),
     )?;
-    o.nodesize = usage(m::parse_size(&a.nodesize).map_err(|e| e.to_string()).and_then(|n| {
-        u32::try_from(n).map_err(|_| format!("--nodesize {}: too large (4K..64K)", a.nodesize))
-    }))?;
-    o.sectorsize = usage(m::parse_size(&a.sectorsize).map_err(|e| e.to_string()).and_then(|n| {
-        u32::try_from(n).map_err(|_| format!("--sectorsize {}: too large (4096)", a.sectorsize))
-    }))?;
+    o.nodesize = usage(
+        m::parse_size(&a.nodesize)
+            .map_err(|e| e.to_string())
+            .and_then(|n| u32::try_from(n).map_err(|_| format!("--nodesize {}: too large (4K..64K)", a.nodesize))),
+    )?;
+    o.sectorsize = usage(
+        m::parse_size(&a.sectorsize)
+            .map_err(|e| e.to_string())
+            .and_then(|n| u32::try_from(n).map_err(|_| format!("--sectorsize {}: too large (4096)", a.sectorsize))),
+    )?;
     o.label = a.label;
     o.fsid = match &a.uuid {
-        Some(u) => Some(*usage(uuid::Uuid::parse_str(u).map_err(|e| format!("bad UUID {u:?}: {e}")).and_then(|id| {
-            if id.is_nil() {
-                Err(format!("--uuid {u}: the nil UUID names no filesystem"))
-            } else {
-                Ok(id)
-            }
-        }))?
-        .as_bytes()),
+        Some(u) => Some(
+            *usage(uuid::Uuid::parse_str(u).map_err(|e| format!("bad UUID {u:?}: {e}")).and_then(|id| {
+                if id.is_nil() {
+                    Err(format!("--uuid {u}: the nil UUID names no filesystem"))
+                } else {
+                    Ok(id)
+                }
+            }))?
+            .as_bytes(),
+        ),
         None => None,
     };
     if let Some(f) = &a.features {
@@ -495,7 +506,8 @@ fn write_cmd(set: &Set, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow:
                 btrs::fs::txn::BioStage::Completed => "done",
                 btrs::fs::txn::BioStage::Failed => "failed",
             };
-            let line = format!("bio {what} logical {} len {} devid {} physical {} mirror {}", b.logical, b.len, b.devid, b.physical, b.mirror + 1);
+            let line =
+                format!("bio {what} logical {} len {} devid {} physical {} mirror {}", b.logical, b.len, b.devid, b.physical, b.mirror + 1);
             let _ = events.send(line);
         })));
     } else {
@@ -536,8 +548,14 @@ fn write_cmd(set: &Set, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow:
         } else {
             String::new()
         };
-        writeln!(out, "wrote {} bytes to {} at offset {} ({} device writes{compressed})", report.bytes, a.path, a.offset, report.bios.len())?;
+        writeln!(
+            out,
+            "wrote {} bytes to {} at offset {} ({} device writes{compressed})",
+            report.bytes,
+            a.path,
+            a.offset,
+            report.bios.len()
+        )?;
     }
     Ok(())
 }
-

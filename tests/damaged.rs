@@ -103,7 +103,7 @@ fn bad_magic_in_every_copy() {
     // dump-super still shows the damaged copies, with their verdicts.
     let out = btrs(&["dump-super", "--all"], &img);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("magic") , "{text}");
+    assert!(text.contains("magic"), "{text}");
 }
 
 #[test]

@@ -16,11 +16,7 @@ use sha2::{Digest, Sha256};
 
 fn btrs(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_btrs")).args(args).output().expect("running btrs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn names() -> Vec<String> {
@@ -165,7 +161,9 @@ fn scrub_finds_exactly_the_manifests_findings() {
             .as_array()
             .expect("findings")
             .iter()
-            .map(|f| key(&f["kind"], &f["devid"], &f["logical"], &f["mirror"], f["paths"].get(0).unwrap_or(&Value::Null), &f["file_offset"]))
+            .map(|f| {
+                key(&f["kind"], &f["devid"], &f["logical"], &f["mirror"], f["paths"].get(0).unwrap_or(&Value::Null), &f["file_offset"])
+            })
             .collect();
         let want: BTreeSet<String> = m["expected_findings"]
             .as_array()
@@ -345,8 +343,7 @@ fn extract_shows_the_manifests_files() {
             continue;
         }
         assert_eq!(code, 0, "{name}: extract\n{out}{err}");
-        let ambiguous: Vec<&str> =
-            findings.iter().filter(|f| f["kind"] == "mirror_mismatch").filter_map(|f| f["path"].as_str()).collect();
+        let ambiguous: Vec<&str> = findings.iter().filter(|f| f["kind"] == "mirror_mismatch").filter_map(|f| f["path"].as_str()).collect();
         let mut seen = Vec::new();
         walk(&dest, "", &mut seen);
         compare(&name, "extracted", seen, &m, &ambiguous);

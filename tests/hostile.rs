@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use btrs::format::{Key, CsumType, CHUNK_TREE_OBJECTID, ROOT_ITEM_KEY, ROOT_TREE_OBJECTID};
+use btrs::format::{CsumType, Key, CHUNK_TREE_OBJECTID, ROOT_ITEM_KEY, ROOT_TREE_OBJECTID};
 use btrs::tree::RootPtr;
 use btrs::volumes::OpenOptions;
 use common::fixtures::{load_manifest, unpack_foreign};
@@ -457,14 +457,16 @@ fn mutated_metadata_never_crashes() {
                 let mut rng = Rng(0x5eed_0000 + v as u64);
                 // Half the variants hit the subvolume trees (owner 5 or >= 256), where the
                 // directory, inode and extent decoders live; the rest any tree.
-                let fs_blocks: Vec<&Block> = info.blocks.iter().filter(|b| b.owner == 5 || (256..u64::MAX - 255).contains(&b.owner)).collect();
+                let fs_blocks: Vec<&Block> =
+                    info.blocks.iter().filter(|b| b.owner == 5 || (256..u64::MAX - 255).contains(&b.owner)).collect();
                 let block = if rng.below(2) == 0 && !fs_blocks.is_empty() {
                     fs_blocks[rng.below(fs_blocks.len())].clone()
                 } else {
                     info.blocks[rng.below(info.blocks.len())].clone()
                 };
                 let others: Vec<u64> = info.blocks.iter().map(|b| b.logical).collect();
-                let files: Vec<std::fs::File> = images.iter().map(|p| std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap()).collect();
+                let files: Vec<std::fs::File> =
+                    images.iter().map(|p| std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap()).collect();
                 let mut orig = vec![0u8; info.nodesize];
                 files[block.copies[0].0].read_exact_at(&mut orig, block.copies[0].1).unwrap();
                 let mut b = orig.clone();
@@ -526,7 +528,12 @@ fn mutated_metadata_never_crashes() {
     // Mutations must actually bite: a run where every command succeeded would mean the
     // mutated blocks were never read.
     assert!(t.clean_error + t.scrub_findings > VARIANTS / 2, "too few mutations detected: {} errors", t.clean_error + t.scrub_findings);
-    assert!(t.failures.is_empty(), "{} failures; first ones:\n{}", t.failures.len(), t.failures.iter().take(15).cloned().collect::<Vec<_>>().join("\n---\n"));
+    assert!(
+        t.failures.is_empty(),
+        "{} failures; first ones:\n{}",
+        t.failures.len(),
+        t.failures.iter().take(15).cloned().collect::<Vec<_>>().join("\n---\n")
+    );
 }
 
 /// Regression (found by `mutated_metadata_never_crashes`, variant 552): a directory entry
@@ -629,9 +636,36 @@ fn mutated_superblocks_never_crash() {
     const SB_VARIANTS: usize = 480;
     // (offset, width) of the fields a parser takes sizes and addresses from.
     const FIELDS: &[(usize, usize)] = &[
-        (48, 8), (56, 8), (72, 8), (80, 8), (88, 8), (96, 8), (104, 8), (112, 8), (120, 8), (128, 8), (136, 8),
-        (144, 4), (148, 4), (152, 4), (156, 4), (160, 4), (164, 8), (172, 8), (180, 8), (188, 8), (196, 2),
-        (198, 1), (199, 1), (200, 1), (201, 8), (209, 8), (217, 8), (555, 8), (563, 8), (587, 8),
+        (48, 8),
+        (56, 8),
+        (72, 8),
+        (80, 8),
+        (88, 8),
+        (96, 8),
+        (104, 8),
+        (112, 8),
+        (120, 8),
+        (128, 8),
+        (136, 8),
+        (144, 4),
+        (148, 4),
+        (152, 4),
+        (156, 4),
+        (160, 4),
+        (164, 8),
+        (172, 8),
+        (180, 8),
+        (188, 8),
+        (196, 2),
+        (198, 1),
+        (199, 1),
+        (200, 1),
+        (201, 8),
+        (209, 8),
+        (217, 8),
+        (555, 8),
+        (563, 8),
+        (587, 8),
     ];
     const SYS_ARRAY: usize = 811;
     let started = Instant::now();
@@ -700,7 +734,12 @@ fn mutated_superblocks_never_crash() {
     );
     assert_eq!(t.runs, SB_VARIANTS * 3);
     assert!(t.clean_error + t.scrub_findings > SB_VARIANTS / 3, "too few mutations detected");
-    assert!(t.failures.is_empty(), "{} failures; first ones:\n{}", t.failures.len(), t.failures.iter().take(15).cloned().collect::<Vec<_>>().join("\n---\n"));
+    assert!(
+        t.failures.is_empty(),
+        "{} failures; first ones:\n{}",
+        t.failures.len(),
+        t.failures.iter().take(15).cloned().collect::<Vec<_>>().join("\n---\n")
+    );
 }
 
 /// Copy `src` to `dst` keeping holes (only the data regions SEEK_DATA finds are copied).
@@ -798,7 +837,8 @@ fn mutated_chunk_and_device_items_and_stale_devices_never_crash() {
                 sparse_copy(&imgs[0], &mine[0]);
                 sparse_copy(if stale { old2 } else { &imgs[1] }, &mine[1]);
                 let (leaf, slot, copies) = &targets[rng.below(targets.len())];
-                let files: Vec<std::fs::File> = mine.iter().map(|p| std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap()).collect();
+                let files: Vec<std::fs::File> =
+                    mine.iter().map(|p| std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap()).collect();
                 let mut b = vec![0u8; nodesize];
                 files[copies[0].0].read_exact_at(&mut b, copies[0].1).unwrap();
                 let item = HEADER_SIZE + slot * ITEM_SIZE;
@@ -808,7 +848,11 @@ fn mutated_chunk_and_device_items_and_stale_devices_never_crash() {
                 for _ in 0..1 + rng.below(2) {
                     // A field of the body: u64s at 8-byte steps (lengths, offsets, devids,
                     // stripe offsets), or the u16s of a chunk (num_stripes, sub_stripes).
-                    let (at, width) = if rng.below(4) == 0 && size >= 48 { (off + 44 + 2 * rng.below(2), 2) } else { (off + 8 * rng.below((size / 8).max(1)), 8) };
+                    let (at, width) = if rng.below(4) == 0 && size >= 48 {
+                        (off + 44 + 2 * rng.below(2), 2)
+                    } else {
+                        (off + 8 * rng.below((size / 8).max(1)), 8)
+                    };
                     let val = if rng.below(3) == 0 {
                         // Another chunk's or device's value: overlaps rather than nonsense.
                         u64::from_le_bytes(b[off..off + 8].try_into().unwrap()).wrapping_add(rng.below(3) as u64 * 1048576)
@@ -824,7 +868,8 @@ fn mutated_chunk_and_device_items_and_stale_devices_never_crash() {
                 for &(d, p) in copies {
                     files[d].write_all_at(&b, p).unwrap();
                 }
-                let what = format!("variant {v} (leaf {leaf} slot {slot}{}: {})", if stale { ", devid 2 stale" } else { "" }, desc.join(", "));
+                let what =
+                    format!("variant {v} (leaf {leaf} slot {slot}{}: {})", if stale { ", devid 2 stale" } else { "" }, desc.join(", "));
                 let img = mine[0].to_str().unwrap();
                 let scratch = wdir.join("scratch");
                 run_btrs(&["ls", img, "/", "-R", "-l"], false, &scratch, &what, tally);
@@ -849,5 +894,10 @@ fn mutated_chunk_and_device_items_and_stale_devices_never_crash() {
     );
     assert_eq!(t.runs, CD_VARIANTS * 7);
     assert!(t.clean_error + t.scrub_findings > CD_VARIANTS, "too few mutations detected");
-    assert!(t.failures.is_empty(), "{} failures; first ones:\n{}", t.failures.len(), t.failures.iter().take(15).cloned().collect::<Vec<_>>().join("\n---\n"));
+    assert!(
+        t.failures.is_empty(),
+        "{} failures; first ones:\n{}",
+        t.failures.len(),
+        t.failures.iter().take(15).cloned().collect::<Vec<_>>().join("\n---\n")
+    );
 }

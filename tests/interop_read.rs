@@ -93,5 +93,10 @@ fn kernel_written_raid10_sha256_8k() {
 
 #[test]
 fn kernel_written_raid1_xxhash_dup_data() {
-    round_trip("kernel_written_raid1_xxhash_dup_data", 1, &["-d", "dup", "-m", "dup", "--csum", "xxhash", "-n", "4096"], "compress-force=zlib");
+    round_trip(
+        "kernel_written_raid1_xxhash_dup_data",
+        1,
+        &["-d", "dup", "-m", "dup", "--csum", "xxhash", "-n", "4096"],
+        "compress-force=zlib",
+    );
 }

@@ -13,16 +13,8 @@ use common::interop::{btrfs_check, interop_enabled, is_root, must, progs_availab
 use serde_json::Value;
 
 fn btrs(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_btrs"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .expect("running btrs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Command::new(env!("CARGO_BIN_EXE_btrs")).args(args).envs(envs.iter().copied()).output().expect("running btrs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn images(dir: &Path, n: usize) -> Vec<PathBuf> {
@@ -115,7 +107,17 @@ fn empty_multi_image_matrix_passes_check() {
             assert_eq!(sum["devices"].as_array().map(Vec::len), Some(ndev));
             // One profile per block group type: no leftover temporary chunks.
             for c in sum["chunks"].as_array().unwrap() {
-                let want = if c["kind"] == "data" { if d.is_empty() { "single" } else { d } } else if m.is_empty() { "raid1" } else { m };
+                let want = if c["kind"] == "data" {
+                    if d.is_empty() {
+                        "single"
+                    } else {
+                        d
+                    }
+                } else if m.is_empty() {
+                    "raid1"
+                } else {
+                    m
+                };
                 assert_eq!(c["profile"], want, "{c}");
             }
             if !assert_check(&imgs, &format!("{csum} {ndev} images d={d} m={m} n={ns}")) {
@@ -296,7 +298,8 @@ fn fixed_uuid_and_epoch_give_identical_images() {
         fs::create_dir(&sub).unwrap();
         let imgs = images(&sub, 2);
         mkfs_env(&["-b", "200M", "-U", "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f0", "-r", s(&src)], &imgs, &env);
-        let h: Vec<String> = imgs.iter().map(|p| must(Command::new("sha256sum").arg(p)).split_whitespace().next().unwrap_or("").to_string()).collect();
+        let h: Vec<String> =
+            imgs.iter().map(|p| must(Command::new("sha256sum").arg(p)).split_whitespace().next().unwrap_or("").to_string()).collect();
         if run > 0 {
             hashes.push(h);
         }
@@ -404,7 +407,11 @@ fn existing_file_keeps_its_size() {
 
 fn mount_write_scrub(imgs: &[PathBuf], mnt: &Path, what: &str) {
     let m = Mounted::mount(mnt, imgs, "").unwrap_or_else(|e| panic!("{what}: {e}"));
-    must(Command::new("dd").arg("if=/dev/urandom").arg(format!("of={}", mnt.join("data").display())).args(["bs=1M", "count=64", "status=none"]));
+    must(Command::new("dd").arg("if=/dev/urandom").arg(format!("of={}", mnt.join("data").display())).args([
+        "bs=1M",
+        "count=64",
+        "status=none",
+    ]));
     must(&mut Command::new("sync"));
     let out = must(Command::new("btrfs").args(["scrub", "start", "-B"]).arg(mnt));
     assert!(out.contains("no errors found"), "{what}: scrub: {out}");
@@ -422,12 +429,8 @@ fn kernel_mounts_writes_and_scrubs() {
     // The full matrix: every checksum x {single/dup on one image, raid1 on two,
     // raid1c3 on three, raid10 on four} x nodesize {4K, 16K, 64K}, plus the
     // block group tree.
-    let layouts: &[(usize, &[&str])] = &[
-        (1, &[]),
-        (2, &["-d", "raid1", "-m", "raid1"]),
-        (3, &["-d", "raid1c3", "-m", "raid1c3"]),
-        (4, &["-d", "raid10", "-m", "raid10"]),
-    ];
+    let layouts: &[(usize, &[&str])] =
+        &[(1, &[]), (2, &["-d", "raid1", "-m", "raid1"]), (3, &["-d", "raid1c3", "-m", "raid1c3"]), (4, &["-d", "raid10", "-m", "raid10"])];
     let mut cases: Vec<(usize, Vec<&str>)> = vec![(1, vec!["-O", "block-group-tree"])];
     for csum in ["crc32c", "xxhash", "sha256", "blake2"] {
         for (n, layout) in layouts {
@@ -462,7 +465,8 @@ fn kernel_mounts_raid1_pair_degraded() {
     let m = Mounted::mount_checked_elsewhere(&dir.path().join("mnt"), &imgs[..1], "degraded,ro");
     let m = m.unwrap_or_else(|e| panic!("degraded mount of the first image alone: {e}"));
     m.unmount().unwrap();
-    let m = Mounted::mount_checked_elsewhere(&dir.path().join("mnt"), &imgs[1..], "degraded,ro").unwrap_or_else(|e| panic!("degraded mount of the second image alone: {e}"));
+    let m = Mounted::mount_checked_elsewhere(&dir.path().join("mnt"), &imgs[1..], "degraded,ro")
+        .unwrap_or_else(|e| panic!("degraded mount of the second image alone: {e}"));
     m.unmount().unwrap();
 }
 

@@ -7,8 +7,8 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,11 +23,7 @@ fn s(p: &Path) -> &str {
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().expect("spawn");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn btrs(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
@@ -100,10 +96,8 @@ fn has_valid_super(img: &Path) -> bool {
 /// `btrs ls -l` line of a path: (mode string, uid, gid).
 fn ls_owner(img: &Path, dir: &str, name: &str) -> (String, u32, u32) {
     let out = btrs_ok(&["ls", "-l", s(img), dir]);
-    let line = out
-        .lines()
-        .find(|l| l.split_whitespace().last() == Some(name))
-        .unwrap_or_else(|| panic!("{name} not in ls of {dir}: {out}"));
+    let line =
+        out.lines().find(|l| l.split_whitespace().last() == Some(name)).unwrap_or_else(|| panic!("{name} not in ls of {dir}: {out}"));
     let f: Vec<&str> = line.split_whitespace().collect();
     (f[0].to_string(), f[2].parse().unwrap(), f[3].parse().unwrap())
 }
@@ -375,7 +369,8 @@ fn offset_puts_the_filesystem_inside_a_partitioned_disk() {
     assert!(out.contains("No problems found"), "{out}");
 
     let lock = common::interop::kernel_lock();
-    let (code, dev, err) = run(Command::new("losetup").args(["--find", "--show", "-o", &start.to_string(), "--sizelimit", &size.to_string()]).arg(&disk));
+    let (code, dev, err) =
+        run(Command::new("losetup").args(["--find", "--show", "-o", &start.to_string(), "--sizelimit", &size.to_string()]).arg(&disk));
     assert_eq!(code, 0, "losetup: {err}");
     let mut lm = LoopMount { dev: dev.trim().to_string(), mnt: None, _lock: lock };
     let (code, out, err) = run(Command::new("btrfs").args(["check", "--readonly", &lm.dev]));
@@ -599,9 +594,39 @@ fn subvolume_images_are_reproducible_and_sized_right() {
     assert!(fs::read(&a).unwrap() == fs::read(&b).unwrap(), "two runs with -U and SOURCE_DATE_EPOCH differ");
     check_clean(&a, "reproducible subvolumes");
     // The subvolume UUIDs derive from the fsid too.
-    let out = btrs(&["mkfs", "--json", "--shrink", "-U", "0a1b2c3d-0000-4000-8000-000000000002", "-r", s(&src), "--subvol", "a", s(&d.path().join("j.img"))], &env).1;
+    let out = btrs(
+        &[
+            "mkfs",
+            "--json",
+            "--shrink",
+            "-U",
+            "0a1b2c3d-0000-4000-8000-000000000002",
+            "-r",
+            s(&src),
+            "--subvol",
+            "a",
+            s(&d.path().join("j.img")),
+        ],
+        &env,
+    )
+    .1;
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let again = btrs(&["mkfs", "--json", "--shrink", "-U", "0a1b2c3d-0000-4000-8000-000000000002", "-r", s(&src), "--subvol", "a", s(&d.path().join("k.img"))], &env).1;
+    let again = btrs(
+        &[
+            "mkfs",
+            "--json",
+            "--shrink",
+            "-U",
+            "0a1b2c3d-0000-4000-8000-000000000002",
+            "-r",
+            s(&src),
+            "--subvol",
+            "a",
+            s(&d.path().join("k.img")),
+        ],
+        &env,
+    )
+    .1;
     let k: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert_eq!(j["rootdir"]["subvolumes"][0]["uuid"], k["rootdir"]["subvolumes"][0]["uuid"]);
     assert_ne!(j["rootdir"]["subvolumes"][0]["uuid"], serde_json::Value::Null);
@@ -682,7 +707,7 @@ fn bad_subvol_options_fail_and_write_nothing() {
 /// hard links, a fifo, a character device (as root), a set-uid mode, user
 /// xattrs, nanosecond mtimes and (as root) owners other than the test user.
 fn make_tar_tree(root: &Path, sparse: bool) {
-    use rustix::fs::{utimensat, AtFlags, Timestamps, Timespec, CWD};
+    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
     for d in ["etc/empty-dir", "usr/bin", "var/lib/deep"] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -724,7 +749,8 @@ fn make_tar_tree(root: &Path, sparse: bool) {
 /// `tar` of a whole tree as GNU tar writes it for image builders: PAX format
 /// (nanosecond times), every xattr.
 fn tar_of(tree: &Path, out: &Path) {
-    let (code, _, err) = run(Command::new("tar").args(["--xattrs", "--xattrs-include=*", "--format=posix", "-C", s(tree), "-cf", s(out), "."]));
+    let (code, _, err) =
+        run(Command::new("tar").args(["--xattrs", "--xattrs-include=*", "--format=posix", "-C", s(tree), "-cf", s(out), "."]));
     assert_eq!(code, 0, "tar: {err}");
 }
 
@@ -773,7 +799,10 @@ fn tar_source_equals_the_same_tree_unpacked() {
         };
         assert_eq!(names(&p), names(&q), "xattrs of {}", q.display());
         let (ma, mb) = (fs::symlink_metadata(&p).unwrap(), fs::symlink_metadata(&q).unwrap());
-        assert_eq!((ma.uid(), ma.gid(), ma.rdev(), ma.mtime(), ma.mtime_nsec()), (mb.uid(), mb.gid(), mb.rdev(), mb.mtime(), mb.mtime_nsec()));
+        assert_eq!(
+            (ma.uid(), ma.gid(), ma.rdev(), ma.mtime(), ma.mtime_nsec()),
+            (mb.uid(), mb.gid(), mb.rdev(), mb.mtime(), mb.mtime_nsec())
+        );
     }
     assert_eq!(xattr::get(eb.join("etc/hostname"), "user.origin").unwrap().as_deref(), Some(&b"builder\0binary\n"[..]));
 
@@ -1061,8 +1090,22 @@ fn tar_acls_and_libarchive_xattrs_become_xattrs() {
         // The SCHILY record names the same xattr: it wins.
         &[("LIBARCHIVE.xattr.user.v", b"AAECAw=="), ("SCHILY.xattr.user.v", b"raw")],
     );
-    tar_member(&mut b, "acl4", T::Regular, 0o640, b"a", &[("SCHILY.acl.access", b"user::rw-,user:alice:r--:1001,group::r--,mask::r--,other::---")]);
-    tar_member(&mut b, "named", T::Regular, 0o640, b"n", &[("SCHILY.acl.access", b"user::rw-,user:nobody-known:r--,group::r--,mask::r--,other::---")]);
+    tar_member(
+        &mut b,
+        "acl4",
+        T::Regular,
+        0o640,
+        b"a",
+        &[("SCHILY.acl.access", b"user::rw-,user:alice:r--:1001,group::r--,mask::r--,other::---")],
+    );
+    tar_member(
+        &mut b,
+        "named",
+        T::Regular,
+        0o640,
+        b"n",
+        &[("SCHILY.acl.access", b"user::rw-,user:nobody-known:r--,group::r--,mask::r--,other::---")],
+    );
     tar_member(&mut b, "nfs4", T::Regular, 0o640, b"4", &[("SCHILY.acl.ace", b"owner@:rw-p--aARWcCos:-------:allow")]);
     b.finish().unwrap();
     drop(b);
@@ -1194,7 +1237,8 @@ fn tar_sparse_members_keep_their_holes() {
 /// that ends mid-sector; many small files (inline) too.
 fn make_data_tree(root: &Path) {
     fs::create_dir_all(root.join("small")).unwrap();
-    let text: Vec<u8> = (0..3_000_000u32).flat_map(|i| format!("{i:08} line of text\n").into_bytes()).take(9 * MIB as usize + 1234).collect();
+    let text: Vec<u8> =
+        (0..3_000_000u32).flat_map(|i| format!("{i:08} line of text\n").into_bytes()).take(9 * MIB as usize + 1234).collect();
     fs::write(root.join("text"), &text).unwrap();
     let noise: Vec<u8> = (0..(6 * MIB as u32 + 77)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
     fs::write(root.join("noise"), &noise).unwrap();

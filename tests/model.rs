@@ -81,8 +81,22 @@ impl CliRunner {
             Op::Write { path, off, len, seed, direct, truncate, parents, create, commit_every, max_bio_k, compress } => {
                 let from = self.host.join("input");
                 std::fs::write(&from, data(*seed, *len as usize)).unwrap();
-                let mut a = vec![s("write"), img, path.clone(), s("--from"), from.to_str().unwrap().into(), format!("--offset={off}"), s("--quiet")];
-                for (on, f) in [(*direct, "--direct"), (*truncate, "--truncate"), (*parents, "-p"), (*commit_every, "--commit-every=16M"), (*compress, "--compress=zstd")] {
+                let mut a = vec![
+                    s("write"),
+                    img,
+                    path.clone(),
+                    s("--from"),
+                    from.to_str().unwrap().into(),
+                    format!("--offset={off}"),
+                    s("--quiet"),
+                ];
+                for (on, f) in [
+                    (*direct, "--direct"),
+                    (*truncate, "--truncate"),
+                    (*parents, "-p"),
+                    (*commit_every, "--commit-every=16M"),
+                    (*compress, "--compress=zstd"),
+                ] {
                     if on {
                         a.push(f.into());
                     }
@@ -100,7 +114,16 @@ impl CliRunner {
             Op::Truncate { path, size } => {
                 let from = self.host.join("empty");
                 std::fs::write(&from, b"").unwrap();
-                vec![s("write"), img, path.clone(), s("--from"), from.to_str().unwrap().into(), format!("--offset={size}"), s("--truncate"), s("--quiet")]
+                vec![
+                    s("write"),
+                    img,
+                    path.clone(),
+                    s("--from"),
+                    from.to_str().unwrap().into(),
+                    format!("--offset={size}"),
+                    s("--truncate"),
+                    s("--quiet"),
+                ]
             }
             Op::Mkdir { path, parents } => {
                 let mut a = vec![s("mkdir"), img, path.clone()];
@@ -143,7 +166,13 @@ impl CliRunner {
 
     /// Run a command, killed after `kill` µs if asked.
     fn run(&self, args: &[String], kill: Option<u64>) -> Result<End, String> {
-        let mut child = Command::new(BIN).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
         if let Some(us) = kill {
             std::thread::sleep(std::time::Duration::from_micros(us));
             let _ = child.kill();
@@ -200,7 +229,8 @@ impl CliRunner {
                         states.push(m.clone());
                     }
                 }
-                let mut st = states.get(k).cloned().ok_or_else(|| format!("[kill] {op}: killed {k} generations on, {} states", states.len()))?;
+                let mut st =
+                    states.get(k).cloned().ok_or_else(|| format!("[kill] {op}: killed {k} generations on, {} states", states.len()))?;
                 let fs = open_after_crash(&self.imgs)?;
                 let torn = torn_paths(&st, &cands);
                 let unreconciled = st.clone();
@@ -218,7 +248,8 @@ impl CliRunner {
             (End::Ok, Err(want)) => return Err(format!("[accepted] {op}: btrs did it, the model expects {want:?}")),
             (End::Err(e), want) => {
                 if k > 0 {
-                    self.model = applied.commits.get(k - 1).cloned().ok_or_else(|| format!("[commits] {op}: {k} commits landed before: {e}"))?;
+                    self.model =
+                        applied.commits.get(k - 1).cloned().ok_or_else(|| format!("[commits] {op}: {k} commits landed before: {e}"))?;
                 }
                 if !cands.is_empty() {
                     let fs = open_ro(&self.imgs)?;
@@ -228,7 +259,11 @@ impl CliRunner {
                     (ErrClass::NoSpace, _) => {
                         let held = self.model.data_bytes() + if let Op::Write { len, .. } = op { *len } else { 1 << 20 };
                         if held * self.copies * 4 < self.capacity {
-                            return Err(format!("[enospc] {op}: {e}, with about {} MiB of data on {} MiB of images", held >> 20, self.capacity >> 20));
+                            return Err(format!(
+                                "[enospc] {op}: {e}, with about {} MiB of data on {} MiB of images",
+                                held >> 20,
+                                self.capacity >> 20
+                            ));
                         }
                         self.stats.enospc += 1;
                     }
@@ -238,7 +273,9 @@ impl CliRunner {
                             return Err(format!("[unchanged] {op}: refused, yet the generation moved from {before} to {now}"));
                         }
                     }
-                    (got, Err(want)) => return Err(format!("[error-class] {op}: btrs refused with {got:?} ({e}), the model expects {want:?}")),
+                    (got, Err(want)) => {
+                        return Err(format!("[error-class] {op}: btrs refused with {got:?} ({e}), the model expects {want:?}"))
+                    }
                     (_, Ok(_)) => return Err(format!("[refused] {op}: btrs refused ({e}), the model expects success")),
                 }
             }
@@ -271,13 +308,19 @@ fn copies(l: &Layout) -> u64 {
 
 /// Run ops from `source` on fresh images of `l`; the ops run up to a
 /// failure, with it.
-fn run(l: &'static Layout, dir: &Path, mut source: impl FnMut(&Model) -> Option<Op>, kernel: bool) -> Option<Result<Stats, (Vec<Op>, String)>> {
+fn run(
+    l: &'static Layout,
+    dir: &Path,
+    mut source: impl FnMut(&Model) -> Option<Op>,
+    kernel: bool,
+) -> Option<Result<Stats, (Vec<Op>, String)>> {
     if l.kernel_init && !interop::interop_enabled(l.name) {
         return None;
     }
     let imgs = make_images(dir, l)?;
     let gaps = Gaps::from_env();
-    let model = if l.kernel_init { kernel_init(&imgs, dir, gaps).unwrap_or_else(|e| panic!("{}: {e}", l.name)) } else { fresh_model(&imgs, gaps) };
+    let model =
+        if l.kernel_init { kernel_init(&imgs, dir, gaps).unwrap_or_else(|e| panic!("{}: {e}", l.name)) } else { fresh_model(&imgs, gaps) };
     let mut r = CliRunner::new(imgs.clone(), dir, model, copies(l));
     let mut ops = Vec::new();
     let res = (|| -> Result<(), String> {
@@ -301,7 +344,6 @@ fn replay(l: &'static Layout, ops: &[Op], kernel: bool) -> Option<Result<Stats, 
     run(l, tmp.path(), |_| it.next(), kernel)
 }
 
-
 /// Run `n` generated ops from `seed`; a failure is minimized and reported
 /// with its seed and ops.
 fn run_seed(l: &'static Layout, seed: u64, n: usize, check_every: usize, kernel: bool) -> Option<Stats> {
@@ -310,10 +352,15 @@ fn run_seed(l: &'static Layout, seed: u64, n: usize, check_every: usize, kernel:
     let cfg = GenCfg { cli: true, check_every, crash_one_in: 30, big_write: 40 << 20, fill, gaps: Gaps::from_env() };
     let mut g = Gen::new(seed, cfg);
     let mut i = 0;
-    let r = run(l, tmp.path(), |m| {
-        i += 1;
-        (i <= n).then(|| g.next(m))
-    }, kernel)?;
+    let r = run(
+        l,
+        tmp.path(),
+        |m| {
+            i += 1;
+            (i <= n).then(|| g.next(m))
+        },
+        kernel,
+    )?;
     match r {
         Ok(s) => Some(s),
         Err((ops, msg)) => {
@@ -369,9 +416,10 @@ fn model_cli_kernel_subvols() {
 #[ignore]
 fn soak_cli() {
     let secs: u64 = std::env::var("BTRS_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let base: u64 = std::env::var("BTRS_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-    });
+    let base: u64 = std::env::var("BTRS_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
     let t = std::time::Instant::now();
     let mut total = Stats::default();
     let mut seeds = 0u64;

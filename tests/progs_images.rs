@@ -109,12 +109,8 @@ fn restore(src: &Path, dir: &Path) -> Result<PathBuf, String> {
 /// when killed for time, stdout, stderr).
 fn run_bounded(cmd: &mut Command, scratch: &Path, limit: Duration) -> (Option<ExitStatus>, String, String) {
     let (op, ep) = (scratch.join("stdout"), scratch.join("stderr"));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&op).unwrap())
-        .stderr(std::fs::File::create(&ep).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(std::fs::File::create(&op).unwrap()).stderr(std::fs::File::create(&ep).unwrap()).spawn().unwrap();
     let start = Instant::now();
     let st = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -255,8 +251,7 @@ fn progs_test_images() {
 }
 
 /// Damaged images the installed `btrfs check` (v6.2) passes: btrs must still fail cleanly.
-const KNOWN_DAMAGED: &[(&str, &str)] =
-    &[("067-dupe-filename", "two directory entries with one name; newer btrfs check versions flag it")];
+const KNOWN_DAMAGED: &[(&str, &str)] = &[("067-dupe-filename", "two directory entries with one name; newer btrfs check versions flag it")];
 
 enum Outcome {
     RestoreFailed(String),
@@ -306,7 +301,12 @@ fn check_one(src: &Path, name: &str, work: &Path) -> Outcome {
         // btrfs-image keeps metadata only: file data reads back as zeros and fails its checksum;
         // inline extents are zeroed too, so compressed ones fail to decode and symlink targets
         // become NUL bytes.
-        (true, Some(e)) if dump && ["checksum", "csum mismatch", "NUL byte", "corrupt lzo", "corrupt zlib", "corrupt zstd"].iter().any(|n| e.contains(n)) => {
+        (true, Some(e))
+            if dump
+                && ["checksum", "csum mismatch", "NUL byte", "corrupt lzo", "corrupt zlib", "corrupt zstd"]
+                    .iter()
+                    .any(|n| e.contains(n)) =>
+        {
             Outcome::ZeroedData
         }
         (true, Some(_)) if KNOWN_DAMAGED.iter().any(|(n, _)| name.contains(n)) => Outcome::CleanError,

@@ -10,10 +10,7 @@ const COLLIDING: [&str; 2] = ["collide-1371838", "collide-2000402"];
 
 #[test]
 fn name_hash_collisions_resolve_by_name() {
-    assert_eq!(
-        btrs::format::items::name_hash(COLLIDING[0].as_bytes()),
-        btrs::format::items::name_hash(COLLIDING[1].as_bytes())
-    );
+    assert_eq!(btrs::format::items::name_hash(COLLIDING[0].as_bytes()), btrs::format::items::name_hash(COLLIDING[1].as_bytes()));
     if !common::interop::progs_available() {
         assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "mkfs.btrfs missing");
         eprintln!("skipped: name_hash_collisions_resolve_by_name: btrfs-progs not installed");

@@ -38,11 +38,7 @@ fn extract_and_compare(name: &str) {
     let imgs = unpack_foreign(name, &tmp.path().join("img"));
     let dest = tmp.path().join("out");
     let out = btrs().arg("extract").arg(&imgs[0]).arg(&dest).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{name}: extract failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{name}: extract failed: {}", String::from_utf8_lossy(&out.stderr));
     let mut expected = expected_entries(name);
     let mut actual = walk_manifest(&dest);
     let volatile = volatile_mtime_paths(name);
@@ -73,16 +69,7 @@ fixture_test!(extract_subvol, "subvol");
 
 #[test]
 fn every_fixture_has_a_test() {
-    let tested = [
-        "single",
-        "raid1-xxhash-4k",
-        "raid1c3-sha256",
-        "raid10-blake2",
-        "raid0",
-        "mixed-noholes",
-        "compress",
-        "subvol",
-    ];
+    let tested = ["single", "raid1-xxhash-4k", "raid1c3-sha256", "raid10-blake2", "raid0", "mixed-noholes", "compress", "subvol"];
     for n in foreign_names() {
         assert!(tested.contains(&n.as_str()), "fixture {n} has no extract test");
     }

@@ -15,11 +15,7 @@ use serde_json::Value;
 
 fn btrs(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_btrs")).args(args).output().expect("running btrs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// Run `btrs scrub --json IMAGE extra...`; exit code and the parsed report.
@@ -28,19 +24,13 @@ fn scrub(image: &Path, extra: &[&str]) -> (i32, Value) {
     let mut args = vec!["scrub", "--json", "--no-progress", img];
     args.extend_from_slice(extra);
     let (code, stdout, stderr) = btrs(&args);
-    let v = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("scrub {img} {extra:?}: exit {code}, bad JSON ({e}): {stdout}\n{stderr}"));
+    let v =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("scrub {img} {extra:?}: exit {code}, bad JSON ({e}): {stdout}\n{stderr}"));
     (code, v)
 }
 
-const ERROR_COUNTERS: [&str; 7] = [
-    "read_errors",
-    "csum_errors",
-    "verify_errors",
-    "super_errors",
-    "corrected_errors",
-    "uncorrectable_errors",
-    "mirror_mismatches",
-];
+const ERROR_COUNTERS: [&str; 7] =
+    ["read_errors", "csum_errors", "verify_errors", "super_errors", "corrected_errors", "uncorrectable_errors", "mirror_mismatches"];
 
 fn assert_clean(report: &Value, what: &str) {
     for c in ERROR_COUNTERS {
@@ -938,9 +928,8 @@ fn block_group_tree_filesystem() {
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(root.join("d/file"), &data).unwrap();
     let img = dir.path().join("a.img");
-    let (code, _, stderr) = btrs(&[
-        "mkfs", "-f", "-b", "256M", "-O", "block-group-tree", "-r", root.to_str().unwrap(), img.to_str().unwrap(),
-    ]);
+    let (code, _, stderr) =
+        btrs(&["mkfs", "-f", "-b", "256M", "-O", "block-group-tree", "-r", root.to_str().unwrap(), img.to_str().unwrap()]);
     if code != 0 {
         eprintln!("skipping block_group_tree_filesystem: btrs mkfs failed: {stderr}");
         return;
@@ -992,9 +981,7 @@ const SECTOR: u64 = 4096;
 /// finds nothing left.
 fn kernel_agrees_on_damaged_data(csum: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let imgs = make_kernel_fs(dir.path(), &["--csum", csum, "-d", "raid1", "-m", "raid1"], 2, |mnt| {
-        write_files(mnt, &AGREEMENT_FILES)
-    });
+    let imgs = make_kernel_fs(dir.path(), &["--csum", csum, "-d", "raid1", "-m", "raid1"], 2, |mnt| write_files(mnt, &AGREEMENT_FILES));
     // (file, sector of the file, devid whose copy is changed)
     let damage = [("a", 1, 1), ("a", 700, 2), ("b", 3, 2), ("b", 400, 1), ("c", 7, 1), ("c", 1000, 2)];
     let mut damaged = Vec::new();
@@ -1079,9 +1066,8 @@ fn fix_csum_on_a_kernel_made_image() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let imgs = make_kernel_fs(dir.path(), &["--csum", "blake2", "-d", "raid1", "-m", "raid1"], 2, |mnt| {
-        write_files(mnt, &AGREEMENT_FILES[..1])
-    });
+    let imgs =
+        make_kernel_fs(dir.path(), &["--csum", "blake2", "-d", "raid1", "-m", "raid1"], 2, |mnt| write_files(mnt, &AGREEMENT_FILES[..1]));
     let (off, byte) = (5 * SECTOR, 77);
     let logical = logical_at(&imgs[0], "a", off);
     for devid in [1u64, 2] {

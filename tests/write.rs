@@ -354,11 +354,7 @@ fn chunks_are_added_as_block_groups_fill() {
     }
     for maker in ["btrs", "mkfs.btrfs"] {
         let tmp = tempfile::tempdir().unwrap();
-        let imgs = if maker == "btrs" {
-            mkfs_btrs(tmp.path(), 2, "128M", "raid1")
-        } else {
-            mkfs_progs(tmp.path(), 1, 300 << 20, "")
-        };
+        let imgs = if maker == "btrs" { mkfs_btrs(tmp.path(), 2, "128M", "raid1") } else { mkfs_progs(tmp.path(), 1, 300 << 20, "") };
         let img = imgs[0].to_str().unwrap();
         let (data0, meta0) = chunk_counts(img);
         ok(&["put", img, src.to_str().unwrap(), "/many"]);
@@ -377,7 +373,12 @@ fn chunks_are_added_as_block_groups_fill() {
         let k = pseudo(20 << 20, 4);
         std::fs::write(mnt.join("kernel.bin"), &k).unwrap();
         let sc = Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt).output().unwrap();
-        assert!(sc.status.success(), "{maker}: kernel scrub: {}{}", String::from_utf8_lossy(&sc.stdout), String::from_utf8_lossy(&sc.stderr));
+        assert!(
+            sc.status.success(),
+            "{maker}: kernel scrub: {}{}",
+            String::from_utf8_lossy(&sc.stdout),
+            String::from_utf8_lossy(&sc.stderr)
+        );
         mounted.unmount().expect("umount");
         check(&imgs);
         assert!(cat(img, "/kernel.bin") == k);
@@ -472,7 +473,13 @@ fn put_copies_a_host_tree() {
     }
     for (n, p) in all.iter().rev().enumerate() {
         let t = rustix::fs::Timespec { tv_sec: 1_600_000_000 + n as i64 * 100, tv_nsec: 123_456_789 - n as i64 };
-        rustix::fs::utimensat(CWD, p, &rustix::fs::Timestamps { last_access: t, last_modification: t }, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        rustix::fs::utimensat(
+            CWD,
+            p,
+            &rustix::fs::Timestamps { last_access: t, last_modification: t },
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
     }
     let img = imgs[0].to_str().unwrap();
     ok(&["put", img, src.to_str().unwrap(), "/copy"]);
@@ -1028,7 +1035,8 @@ fn quota_groups_are_left_for_a_rescan() {
     assert!(st.status.success(), "rescan: {}", String::from_utf8_lossy(&st.stderr));
     let show = Command::new("btrfs").args(["qgroup", "show", "--raw"]).arg(&mnt).output().unwrap();
     let show = String::from_utf8_lossy(&show.stdout).into_owned();
-    let sv: Vec<u64> = show.lines().find(|l| l.starts_with("0/256")).unwrap().split_whitespace().skip(1).take(2).map(|v| v.parse().unwrap()).collect();
+    let sv: Vec<u64> =
+        show.lines().find(|l| l.starts_with("0/256")).unwrap().split_whitespace().skip(1).take(2).map(|v| v.parse().unwrap()).collect();
     // sv holds 2 MiB + 100,000 bytes (rounded to a sector) of data and its tree leaf.
     assert_eq!(sv[0], (2 << 20) + 102_400 + 16_384, "{show}");
     m.unmount().expect("umount");
@@ -1104,7 +1112,8 @@ struct ProgsChunk {
 fn progs_chunks(imgs: &[PathBuf]) -> Vec<ProgsChunk> {
     let out = common::interop::btrfs_on(imgs, &["inspect-internal", "dump-tree", "-t", "chunk"]).unwrap_or_else(|e| panic!("{e}"));
     let mut chunks: Vec<ProgsChunk> = Vec::new();
-    let field = |l: &str, name: &str| -> Option<u64> { l.split_whitespace().skip_while(|w| *w != name).nth(1).and_then(|v| v.parse().ok()) };
+    let field =
+        |l: &str, name: &str| -> Option<u64> { l.split_whitespace().skip_while(|w| *w != name).nth(1).and_then(|v| v.parse().ok()) };
     for l in out.lines().map(str::trim) {
         if let Some(rest) = l.strip_prefix("item ").and_then(|r| r.split_once("(FIRST_CHUNK_TREE CHUNK_ITEM ")) {
             let start = rest.1.split(')').next().unwrap().parse().unwrap();
@@ -1166,10 +1175,9 @@ fn direct_bios_respect_max_bio_stripes_and_chunks() {
     if !common::interop::progs_for("direct_bios_respect_max_bio_stripes_and_chunks", true) {
         return;
     }
-    for (profile, ndev, len, max_bio, extra) in [
-        ("raid10", 4usize, (5usize << 20) + 3, 48u64 << 10, &["--max-bio", "48K"][..]),
-        ("raid1", 2, 200 << 20, 1 << 20, &[][..]),
-    ] {
+    for (profile, ndev, len, max_bio, extra) in
+        [("raid10", 4usize, (5usize << 20) + 3, 48u64 << 10, &["--max-bio", "48K"][..]), ("raid1", 2, 200 << 20, 1 << 20, &[][..])]
+    {
         let tmp = tempfile::tempdir().unwrap();
         let imgs = mkfs_btrs(tmp.path(), ndev, "512M", profile);
         let names: Vec<&str> = imgs.iter().map(|p| p.to_str().unwrap()).collect();

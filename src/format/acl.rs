@@ -87,7 +87,11 @@ pub fn validate(entries: &[AclEntry]) -> Result<(), String> {
             (ACL_USER_OBJ, State::UserObj) => State::User,
             (ACL_USER, State::User) | (ACL_GROUP, State::Group) if id != ACL_UNDEFINED_ID => {
                 needs_mask = true;
-                if tag == ACL_USER { State::User } else { State::Group }
+                if tag == ACL_USER {
+                    State::User
+                } else {
+                    State::Group
+                }
             }
             (ACL_GROUP_OBJ, State::User) => State::Group,
             (ACL_MASK, State::Group) => State::Other,

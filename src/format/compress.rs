@@ -121,17 +121,11 @@ impl fmt::Display for Compression {
 pub use crate::error::CompressError;
 
 fn corrupt(algo: &'static str, detail: impl Into<String>) -> CompressError {
-    CompressError::Corrupt {
-        algo,
-        detail: detail.into(),
-    }
+    CompressError::Corrupt { algo, detail: detail.into() }
 }
 
 fn compressor_failed(algo: &'static str, detail: impl fmt::Display) -> CompressError {
-    CompressError::Compressor {
-        algo,
-        detail: detail.to_string(),
-    }
+    CompressError::Compressor { algo, detail: detail.to_string() }
 }
 
 /// Btrfs only supports power-of-two sector sizes up to 64 KiB; the lzo
@@ -164,12 +158,7 @@ fn round_up(len: usize, align: usize) -> usize {
 /// `round_up(total length, sectorsize)` (unused trailing sectors), and for
 /// inline extents it treats a stream shorter than `ram_bytes` as an error
 /// (see [`decompress_with_len`]).
-pub fn decompress(
-    kind: Compression,
-    input: &[u8],
-    out_len: usize,
-    sectorsize: u32,
-) -> Result<Vec<u8>, CompressError> {
+pub fn decompress(kind: Compression, input: &[u8], out_len: usize, sectorsize: u32) -> Result<Vec<u8>, CompressError> {
     decompress_with_len(kind, input, out_len, sectorsize).map(|(data, _)| data)
 }
 
@@ -179,18 +168,10 @@ pub fn decompress(
 /// Callers that want the kernel's stricter rule for *inline* extents, where
 /// a stream shorter than `ram_bytes` is an I/O error, compare the count with
 /// `out_len`; for regular extents a short stream is normal.
-pub fn decompress_with_len(
-    kind: Compression,
-    input: &[u8],
-    out_len: usize,
-    sectorsize: u32,
-) -> Result<(Vec<u8>, usize), CompressError> {
+pub fn decompress_with_len(kind: Compression, input: &[u8], out_len: usize, sectorsize: u32) -> Result<(Vec<u8>, usize), CompressError> {
     let sectorsize = check_sectorsize(sectorsize)?;
     if out_len > MAX_DECOMPRESSED_LEN {
-        return Err(CompressError::TooLarge {
-            len: out_len,
-            max: MAX_DECOMPRESSED_LEN,
-        });
+        return Err(CompressError::TooLarge { len: out_len, max: MAX_DECOMPRESSED_LEN });
     }
     let mut out = vec![0u8; out_len];
     let produced = match kind {
@@ -236,12 +217,7 @@ pub fn decompress_with_len(
 /// `level`: zlib 1..=9 (default 3), zstd 1..=15 or the fast levels -15..=-1
 /// (default 3); lzo has no levels and ignores it. [`Compression::None`]
 /// never saves anything and always yields `Ok(None)`.
-pub fn compress(
-    kind: Compression,
-    input: &[u8],
-    sectorsize: u32,
-    level: Option<i32>,
-) -> Result<Option<Vec<u8>>, CompressError> {
+pub fn compress(kind: Compression, input: &[u8], sectorsize: u32, level: Option<i32>) -> Result<Option<Vec<u8>>, CompressError> {
     let sector = check_sectorsize(sectorsize)?;
     check_input_len(input)?;
     if kind == Compression::None {
@@ -263,30 +239,17 @@ pub fn compress(
 /// it fits inline (its size is what must fit `max_inline`), and for tests.
 /// A result longer than [`MAX_COMPRESSED`] is no valid extent (the kernel's
 /// lzo reader refuses it), so it is reported as `TooLarge` instead.
-pub fn encode(
-    kind: Compression,
-    input: &[u8],
-    sectorsize: u32,
-    level: Option<i32>,
-) -> Result<Vec<u8>, CompressError> {
+pub fn encode(kind: Compression, input: &[u8], sectorsize: u32, level: Option<i32>) -> Result<Vec<u8>, CompressError> {
     let sector = check_sectorsize(sectorsize)?;
     check_input_len(input)?;
     let encoded = encode_unchecked(kind, input, sector, level)?;
     if encoded.len() > MAX_COMPRESSED {
-        return Err(CompressError::TooLarge {
-            len: encoded.len(),
-            max: MAX_COMPRESSED,
-        });
+        return Err(CompressError::TooLarge { len: encoded.len(), max: MAX_COMPRESSED });
     }
     Ok(encoded)
 }
 
-fn encode_unchecked(
-    kind: Compression,
-    input: &[u8],
-    sector: usize,
-    level: Option<i32>,
-) -> Result<Vec<u8>, CompressError> {
+fn encode_unchecked(kind: Compression, input: &[u8], sector: usize, level: Option<i32>) -> Result<Vec<u8>, CompressError> {
     match kind {
         Compression::None => Ok(input.to_vec()),
         Compression::Zlib => zlib_encode(input, zlib_level(level)?),
@@ -297,10 +260,7 @@ fn encode_unchecked(
 
 fn check_input_len(input: &[u8]) -> Result<(), CompressError> {
     if input.len() > MAX_UNCOMPRESSED {
-        return Err(CompressError::TooLarge {
-            len: input.len(),
-            max: MAX_UNCOMPRESSED,
-        });
+        return Err(CompressError::TooLarge { len: input.len(), max: MAX_UNCOMPRESSED });
     }
     Ok(())
 }
@@ -309,10 +269,7 @@ fn zlib_level(level: Option<i32>) -> Result<u32, CompressError> {
     let level = level.unwrap_or(ZLIB_DEFAULT_LEVEL);
     match u32::try_from(level) {
         Ok(l @ 1..=9) => Ok(l),
-        _ => Err(CompressError::InvalidLevel {
-            algo: "zlib",
-            level,
-        }),
+        _ => Err(CompressError::InvalidLevel { algo: "zlib", level }),
     }
 }
 
@@ -320,22 +277,16 @@ fn zstd_level(level: Option<i32>) -> Result<i32, CompressError> {
     // Kernels since 6.15 also accept the negative "fast" levels down to -15.
     match level.unwrap_or(ZSTD_DEFAULT_LEVEL) {
         l @ (1..=15 | -15..=-1) => Ok(l),
-        level => Err(CompressError::InvalidLevel {
-            algo: "zstd",
-            level,
-        }),
+        level => Err(CompressError::InvalidLevel { algo: "zstd", level }),
     }
 }
 
 // ---------------------------------------------------------------- zlib ----
 
 fn zlib_encode(input: &[u8], level: u32) -> Result<Vec<u8>, CompressError> {
-    let mut enc = flate2::write::ZlibEncoder::new(
-        Vec::with_capacity((input.len() >> 1).saturating_add(64)),
-        flate2::Compression::new(level),
-    );
-    enc.write_all(input)
-        .map_err(|e| compressor_failed("zlib", e))?;
+    let mut enc =
+        flate2::write::ZlibEncoder::new(Vec::with_capacity((input.len() >> 1).saturating_add(64)), flate2::Compression::new(level));
+    enc.write_all(input).map_err(|e| compressor_failed("zlib", e))?;
     enc.finish().map_err(|e| compressor_failed("zlib", e))
 }
 
@@ -352,16 +303,10 @@ fn zlib_decode(input: &[u8], out: &mut [u8]) -> Result<usize, CompressError> {
         _ => return Err(corrupt(ALGO, "input shorter than the 2-byte zlib header")),
     };
     if cmf & 0x0f != 8 {
-        return Err(corrupt(
-            ALGO,
-            format!("compression method {} is not deflate", cmf & 0x0f),
-        ));
+        return Err(corrupt(ALGO, format!("compression method {} is not deflate", cmf & 0x0f)));
     }
     if cmf >> 4 > 7 {
-        return Err(corrupt(
-            ALGO,
-            format!("window size 2^{} too large", (cmf >> 4).saturating_add(8)),
-        ));
+        return Err(corrupt(ALGO, format!("window size 2^{} too large", (cmf >> 4).saturating_add(8))));
     }
     if (u16::from(cmf) << 8 | u16::from(flg)) % 31 != 0 {
         return Err(corrupt(ALGO, "header check bits are wrong"));
@@ -383,9 +328,7 @@ fn zlib_decode(input: &[u8], out: &mut [u8]) -> Result<usize, CompressError> {
             return Ok(out_pos);
         }
         let src = body.get(in_pos..).unwrap_or_default();
-        let status = inflater
-            .decompress(src, dst, flate2::FlushDecompress::None)
-            .map_err(|e| corrupt(ALGO, e.to_string()))?;
+        let status = inflater.decompress(src, dst, flate2::FlushDecompress::None).map_err(|e| corrupt(ALGO, e.to_string()))?;
         let produced = as_index(inflater.total_out(), ALGO)?;
         match status {
             flate2::Status::StreamEnd => return Ok(produced),
@@ -393,10 +336,7 @@ fn zlib_decode(input: &[u8], out: &mut [u8]) -> Result<usize, CompressError> {
                 // With output room left, no progress means the input ran
                 // out before the end of the stream.
                 if as_index(inflater.total_in(), ALGO)? == in_pos && produced == out_pos {
-                    return Err(corrupt(
-                        ALGO,
-                        format!("stream truncated after {produced} bytes of output"),
-                    ));
+                    return Err(corrupt(ALGO, format!("stream truncated after {produced} bytes of output")));
                 }
             }
         }
@@ -416,8 +356,7 @@ fn zstd_err(code: usize) -> String {
 fn zstd_encode(input: &[u8], level: i32) -> Result<Vec<u8>, CompressError> {
     use zstd::zstd_safe::{CCtx, CParameter};
     const ALGO: &str = "zstd";
-    let mut cctx =
-        CCtx::try_create().ok_or_else(|| compressor_failed(ALGO, "cannot allocate a context"))?;
+    let mut cctx = CCtx::try_create().ok_or_else(|| compressor_failed(ALGO, "cannot allocate a context"))?;
     // The window must stay within what the kernel's decoder accepts. zstd
     // shrinks it further for small inputs, and since the input size is known
     // the frame header records the content size, as the kernel's does.
@@ -427,12 +366,10 @@ fn zstd_encode(input: &[u8], level: i32) -> Result<Vec<u8>, CompressError> {
         CParameter::ContentSizeFlag(true),
         CParameter::ChecksumFlag(false),
     ] {
-        cctx.set_parameter(param)
-            .map_err(|code| compressor_failed(ALGO, zstd_err(code)))?;
+        cctx.set_parameter(param).map_err(|code| compressor_failed(ALGO, zstd_err(code)))?;
     }
     let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(input.len()));
-    cctx.compress2(&mut out, input)
-        .map_err(|code| compressor_failed(ALGO, zstd_err(code)))?;
+    cctx.compress2(&mut out, input).map_err(|code| compressor_failed(ALGO, zstd_err(code)))?;
     Ok(out)
 }
 
@@ -442,10 +379,8 @@ fn zstd_encode(input: &[u8], level: i32) -> Result<Vec<u8>, CompressError> {
 fn zstd_decode(input: &[u8], out: &mut [u8]) -> Result<usize, CompressError> {
     use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer};
     const ALGO: &str = "zstd";
-    let mut dctx =
-        DCtx::try_create().ok_or_else(|| compressor_failed(ALGO, "cannot allocate a context"))?;
-    dctx.set_parameter(DParameter::WindowLogMax(ZSTD_MAX_WINDOW_LOG))
-        .map_err(|code| compressor_failed(ALGO, zstd_err(code)))?;
+    let mut dctx = DCtx::try_create().ok_or_else(|| compressor_failed(ALGO, "cannot allocate a context"))?;
+    dctx.set_parameter(DParameter::WindowLogMax(ZSTD_MAX_WINDOW_LOG)).map_err(|code| compressor_failed(ALGO, zstd_err(code)))?;
     let mut src = InBuffer::around(input);
     let mut dst = OutBuffer::around(out);
     loop {
@@ -453,18 +388,13 @@ fn zstd_decode(input: &[u8], out: &mut [u8]) -> Result<usize, CompressError> {
         if out_before >= dst.capacity() {
             return Ok(out_before);
         }
-        let hint = dctx
-            .decompress_stream(&mut dst, &mut src)
-            .map_err(|code| corrupt(ALGO, zstd_err(code)))?;
+        let hint = dctx.decompress_stream(&mut dst, &mut src).map_err(|code| corrupt(ALGO, zstd_err(code)))?;
         if hint == 0 {
             // End of the frame; anything after it is padding.
             return Ok(dst.pos());
         }
         if src.pos() == in_before && dst.pos() == out_before {
-            return Err(corrupt(
-                ALGO,
-                format!("frame truncated after {} bytes of output", dst.pos()),
-            ));
+            return Err(corrupt(ALGO, format!("frame truncated after {} bytes of output", dst.pos())));
         }
     }
 }
@@ -492,13 +422,9 @@ fn lzo_encode(input: &[u8], sectorsize: usize) -> Result<Vec<u8>, CompressError>
     // One segment per sector of input, exactly as lzo_compress_folios()
     // does, so segment boundaries line up with what the kernel expects.
     for chunk in input.chunks(sectorsize) {
-        let n = lzokay::compress::compress_no_alloc(chunk, &mut scratch, &mut dict)
-            .map_err(|e| compressor_failed(ALGO, e))?;
-        let seg = scratch
-            .get(..n)
-            .ok_or_else(|| compressor_failed(ALGO, "segment larger than its buffer"))?;
-        let seg_len =
-            u32::try_from(n).map_err(|_| compressor_failed(ALGO, "segment length overflow"))?;
+        let n = lzokay::compress::compress_no_alloc(chunk, &mut scratch, &mut dict).map_err(|e| compressor_failed(ALGO, e))?;
+        let seg = scratch.get(..n).ok_or_else(|| compressor_failed(ALGO, "segment larger than its buffer"))?;
+        let seg_len = u32::try_from(n).map_err(|_| compressor_failed(ALGO, "segment length overflow"))?;
         out.extend_from_slice(&seg_len.to_le_bytes());
         out.extend_from_slice(seg);
         // The next segment header must not straddle a sector boundary: if
@@ -512,8 +438,7 @@ fn lzo_encode(input: &[u8], sectorsize: usize) -> Result<Vec<u8>, CompressError>
             out.resize(out.len().saturating_add(left), 0);
         }
     }
-    let total =
-        u32::try_from(out.len()).map_err(|_| compressor_failed(ALGO, "total length overflow"))?;
+    let total = u32::try_from(out.len()).map_err(|_| compressor_failed(ALGO, "total length overflow"))?;
     if let Some(header) = out.get_mut(..LZO_LEN) {
         header.copy_from_slice(&total.to_le_bytes());
     }
@@ -526,28 +451,15 @@ fn lzo_encode(input: &[u8], sectorsize: usize) -> Result<Vec<u8>, CompressError>
 /// as soon as `out` is full.
 fn lzo_decode(input: &[u8], out: &mut [u8], sectorsize: usize) -> Result<usize, CompressError> {
     const ALGO: &str = "lzo";
-    let total = read_le32(input, 0)
-        .ok_or_else(|| corrupt(ALGO, "input shorter than the 4-byte length header"))?;
+    let total = read_le32(input, 0).ok_or_else(|| corrupt(ALGO, "input shorter than the 4-byte length header"))?;
     if total < LZO_LEN {
-        return Err(corrupt(
-            ALGO,
-            format!("total length {total} is smaller than its header"),
-        ));
+        return Err(corrupt(ALGO, format!("total length {total} is smaller than its header")));
     }
     if total > input.len() {
-        return Err(corrupt(
-            ALGO,
-            format!(
-                "total length {total} exceeds the {} bytes available",
-                input.len()
-            ),
-        ));
+        return Err(corrupt(ALGO, format!("total length {total} exceeds the {} bytes available", input.len())));
     }
     if total > MAX_COMPRESSED {
-        return Err(corrupt(
-            ALGO,
-            format!("total length {total} exceeds the btrfs limit of {MAX_COMPRESSED}"),
-        ));
+        return Err(corrupt(ALGO, format!("total length {total} exceeds the btrfs limit of {MAX_COMPRESSED}")));
     }
     let max_segment = lzo_worst(sectorsize);
     let mut segment_out = vec![0u8; sectorsize];
@@ -565,42 +477,22 @@ fn lzo_decode(input: &[u8], out: &mut [u8], sectorsize: usize) -> Result<usize, 
         }
         let header_end = pos.saturating_add(LZO_LEN);
         if header_end > total {
-            return Err(corrupt(
-                ALGO,
-                format!("segment header at {pos} runs past the total length {total}"),
-            ));
+            return Err(corrupt(ALGO, format!("segment header at {pos} runs past the total length {total}")));
         }
-        let seg_len = read_le32(input, pos)
-            .ok_or_else(|| corrupt(ALGO, format!("segment header at {pos} is truncated")))?;
+        let seg_len = read_le32(input, pos).ok_or_else(|| corrupt(ALGO, format!("segment header at {pos} is truncated")))?;
         if seg_len > max_segment {
-            return Err(corrupt(
-                ALGO,
-                format!("segment at {pos} is {seg_len} bytes, more than the {max_segment} one sector can need"),
-            ));
+            return Err(corrupt(ALGO, format!("segment at {pos} is {seg_len} bytes, more than the {max_segment} one sector can need")));
         }
         let seg_end = header_end
             .checked_add(seg_len)
             .filter(|&end| end <= total)
-            .ok_or_else(|| {
-                corrupt(
-                    ALGO,
-                    format!(
-                        "segment at {pos} ({seg_len} bytes) runs past the total length {total}"
-                    ),
-                )
-            })?;
-        let seg = input
-            .get(header_end..seg_end)
-            .ok_or_else(|| corrupt(ALGO, format!("segment at {pos} is truncated")))?;
+            .ok_or_else(|| corrupt(ALGO, format!("segment at {pos} ({seg_len} bytes) runs past the total length {total}")))?;
+        let seg = input.get(header_end..seg_end).ok_or_else(|| corrupt(ALGO, format!("segment at {pos} is truncated")))?;
         // A segment holds at most one sector; decoding into a sector-sized
         // buffer turns anything larger into an error instead of an overrun.
-        let n = lzokay::decompress::decompress(seg, &mut segment_out)
-            .map_err(|e| corrupt(ALGO, format!("segment at {pos}: {e}")))?;
+        let n = lzokay::decompress::decompress(seg, &mut segment_out).map_err(|e| corrupt(ALGO, format!("segment at {pos}: {e}")))?;
         let take = n.min(out.len().saturating_sub(produced));
-        if let (Some(dst), Some(src)) = (
-            out.get_mut(produced..produced.saturating_add(take)),
-            segment_out.get(..take),
-        ) {
+        if let (Some(dst), Some(src)) = (out.get_mut(produced..produced.saturating_add(take)), segment_out.get(..take)) {
             dst.copy_from_slice(src);
         }
         produced = produced.saturating_add(take);
@@ -648,11 +540,7 @@ mod tests {
         // Trailing sector padding as read from disk must not matter.
         let mut padded = enc.clone();
         padded.resize(round_up(enc.len(), SECTOR), 0);
-        assert_eq!(
-            decompress(kind, &padded, out_len, SS).unwrap(),
-            dec,
-            "{kind}"
-        );
+        assert_eq!(decompress(kind, &padded, out_len, SS).unwrap(), dec, "{kind}");
     }
 
     /// Walks an lzo container independently of the decoder and returns the
@@ -664,17 +552,11 @@ mod tests {
         let mut headers = vec![];
         while pos < total {
             if SECTOR - pos % SECTOR < 4 {
-                assert!(enc[pos..pos + (SECTOR - pos % SECTOR)]
-                    .iter()
-                    .all(|&b| b == 0));
+                assert!(enc[pos..pos + (SECTOR - pos % SECTOR)].iter().all(|&b| b == 0));
                 pos += SECTOR - pos % SECTOR;
                 continue;
             }
-            assert_eq!(
-                pos / SECTOR,
-                (pos + 3) / SECTOR,
-                "header straddles a sector"
-            );
+            assert_eq!(pos / SECTOR, (pos + 3) / SECTOR, "header straddles a sector");
             headers.push(pos);
             let len = u32::from_le_bytes(enc[pos..pos + 4].try_into().unwrap()) as usize;
             pos += 4 + len;
@@ -685,12 +567,7 @@ mod tests {
 
     #[test]
     fn raw_values() {
-        for kind in [
-            Compression::None,
-            Compression::Zlib,
-            Compression::Lzo,
-            Compression::Zstd,
-        ] {
+        for kind in [Compression::None, Compression::Zlib, Compression::Lzo, Compression::Zstd] {
             assert_eq!(Compression::from_raw(kind.raw()).unwrap(), kind);
         }
         assert_eq!(Compression::Zstd.raw(), 3);
@@ -726,10 +603,7 @@ mod tests {
     fn encode_refuses_results_above_the_extent_limit() {
         for kind in ALGOS {
             let r = encode(kind, &noise(MAX_UNCOMPRESSED, 7), SS, None);
-            assert!(
-                matches!(r, Err(CompressError::TooLarge { len, max: MAX_COMPRESSED }) if len > MAX_COMPRESSED),
-                "{kind}: {r:?}"
-            );
+            assert!(matches!(r, Err(CompressError::TooLarge { len, max: MAX_COMPRESSED }) if len > MAX_COMPRESSED), "{kind}: {r:?}");
         }
     }
 
@@ -737,9 +611,7 @@ mod tests {
     fn compressible_input_is_compressed() {
         for kind in ALGOS {
             for data in [text(100_000), text(MAX_UNCOMPRESSED), vec![0u8; 2 * SECTOR]] {
-                let enc = compress(kind, &data, SS, None)
-                    .unwrap()
-                    .expect("should compress");
+                let enc = compress(kind, &data, SS, None).unwrap().expect("should compress");
                 assert!(round_up(enc.len(), SECTOR) + SECTOR <= round_up(data.len(), SECTOR));
                 assert_eq!(decompress(kind, &enc, data.len(), SS).unwrap(), data);
             }
@@ -750,23 +622,15 @@ mod tests {
     fn worthless_compression_is_refused() {
         for kind in ALGOS {
             // Random data does not shrink.
-            assert!(compress(kind, &noise(MAX_UNCOMPRESSED, 1), SS, None)
-                .unwrap()
-                .is_none());
+            assert!(compress(kind, &noise(MAX_UNCOMPRESSED, 1), SS, None).unwrap().is_none());
             // One sector or less can never save a whole sector.
-            assert!(compress(kind, &vec![0u8; SECTOR], SS, None)
-                .unwrap()
-                .is_none());
+            assert!(compress(kind, &vec![0u8; SECTOR], SS, None).unwrap().is_none());
             assert!(compress(kind, &text(100), SS, None).unwrap().is_none());
             assert!(compress(kind, &[], SS, None).unwrap().is_none());
             // 4097 bytes round up to two sectors; all zeros fit in one.
-            assert!(compress(kind, &vec![0u8; SECTOR + 1], SS, None)
-                .unwrap()
-                .is_some());
+            assert!(compress(kind, &vec![0u8; SECTOR + 1], SS, None).unwrap().is_some());
         }
-        assert!(compress(Compression::None, &text(10_000), SS, None)
-            .unwrap()
-            .is_none());
+        assert!(compress(Compression::None, &text(10_000), SS, None).unwrap().is_none());
     }
 
     #[test]
@@ -797,25 +661,14 @@ mod tests {
 
     #[test]
     fn none_copies_and_pads() {
-        assert_eq!(
-            decompress(Compression::None, b"abc", 5, SS).unwrap(),
-            b"abc\0\0"
-        );
-        assert_eq!(
-            decompress(Compression::None, b"abcdef", 2, SS).unwrap(),
-            b"ab"
-        );
+        assert_eq!(decompress(Compression::None, b"abc", 5, SS).unwrap(), b"abc\0\0");
+        assert_eq!(decompress(Compression::None, b"abcdef", 2, SS).unwrap(), b"ab");
         assert_eq!(encode(Compression::None, b"xyz", SS, None).unwrap(), b"xyz");
     }
 
     #[test]
     fn lzo_one_segment_per_sector() {
-        for data in [
-            text(MAX_UNCOMPRESSED),
-            noise(10 * SECTOR + 17, 4),
-            text(SECTOR),
-            vec![],
-        ] {
+        for data in [text(MAX_UNCOMPRESSED), noise(10 * SECTOR + 17, 4), text(SECTOR), vec![]] {
             let enc = encode(Compression::Lzo, &data, SS, None).unwrap();
             assert_eq!(lzo_segments(&enc).len(), data.len().div_ceil(SECTOR));
         }
@@ -849,19 +702,13 @@ mod tests {
             // The padding is zero and the second header sits on the boundary.
             assert!(enc[SECTOR - gap..SECTOR].iter().all(|&b| b == 0));
             assert_eq!(lzo_segments(&enc), vec![4, SECTOR]);
-            assert_eq!(
-                decompress(Compression::Lzo, &enc, data.len(), SS).unwrap(),
-                data
-            );
+            assert_eq!(decompress(Compression::Lzo, &enc, data.len(), SS).unwrap(), data);
         }
         // With exactly 4 bytes left the header still fits before the boundary.
         let data = lzo_input_with_gap(4);
         let enc = encode(Compression::Lzo, &data, SS, None).unwrap();
         assert_eq!(lzo_segments(&enc), vec![4, SECTOR - 4]);
-        assert_eq!(
-            decompress(Compression::Lzo, &enc, data.len(), SS).unwrap(),
-            data
-        );
+        assert_eq!(decompress(Compression::Lzo, &enc, data.len(), SS).unwrap(), data);
     }
 
     #[test]
@@ -870,21 +717,12 @@ mod tests {
         data.truncate(SECTOR);
         let enc = encode(Compression::Lzo, &data, SS, None).unwrap();
         assert_eq!(enc.len(), SECTOR);
-        assert_eq!(
-            u32::from_le_bytes(enc[..4].try_into().unwrap()) as usize,
-            SECTOR
-        );
-        assert_eq!(
-            decompress(Compression::Lzo, &enc, SECTOR, SS).unwrap(),
-            data
-        );
+        assert_eq!(u32::from_le_bytes(enc[..4].try_into().unwrap()) as usize, SECTOR);
+        assert_eq!(decompress(Compression::Lzo, &enc, SECTOR, SS).unwrap(), data);
         // A writer that left the padding out of the total is still read.
         let mut short = enc.clone();
         short[..4].copy_from_slice(&((SECTOR - 2) as u32).to_le_bytes());
-        assert_eq!(
-            decompress(Compression::Lzo, &short, SECTOR, SS).unwrap(),
-            data
-        );
+        assert_eq!(decompress(Compression::Lzo, &short, SECTOR, SS).unwrap(), data);
     }
 
     #[test]
@@ -946,17 +784,11 @@ mod tests {
         ];
         for (name, bytes) in cases {
             let r = decompress(Compression::Lzo, &bytes, 3 * SECTOR, SS);
-            assert!(
-                matches!(r, Err(CompressError::Corrupt { algo: "lzo", .. })),
-                "{name}: {r:?}"
-            );
+            assert!(matches!(r, Err(CompressError::Corrupt { algo: "lzo", .. })), "{name}: {r:?}");
         }
         // A container with no segments at all is just zeros (the kernel
         // zero-fills too).
-        assert_eq!(
-            decompress(Compression::Lzo, &[4, 0, 0, 0], 10, SS).unwrap(),
-            vec![0u8; 10]
-        );
+        assert_eq!(decompress(Compression::Lzo, &[4, 0, 0, 0], 10, SS).unwrap(), vec![0u8; 10]);
     }
 
     #[test]
@@ -966,18 +798,12 @@ mod tests {
             let enc = encode(kind, &data, SS, None).unwrap();
             for cut in [0, 1, 2, enc.len() / 3, enc.len() / 2, enc.len() - 12] {
                 let r = decompress(kind, &enc[..cut], data.len(), SS);
-                assert!(
-                    matches!(r, Err(CompressError::Corrupt { .. })),
-                    "{kind} cut {cut}: {r:?}"
-                );
+                assert!(matches!(r, Err(CompressError::Corrupt { .. })), "{kind} cut {cut}: {r:?}");
             }
             for seed in 1..20 {
                 let junk = noise(2000, seed);
                 let r = decompress(kind, &junk, 3 * SECTOR, SS);
-                assert!(
-                    matches!(r, Err(CompressError::Corrupt { .. })),
-                    "{kind} seed {seed}"
-                );
+                assert!(matches!(r, Err(CompressError::Corrupt { .. })), "{kind} seed {seed}");
             }
         }
     }
@@ -997,14 +823,10 @@ mod tests {
         let mut adler = enc.clone();
         let n = adler.len();
         adler[n - 1] ^= 0xff;
-        assert_eq!(
-            decompress(Compression::Zlib, &adler, 5000, SS).unwrap(),
-            text(5000)
-        );
+        assert_eq!(decompress(Compression::Zlib, &adler, 5000, SS).unwrap(), text(5000));
         // Output is standard zlib.
         let mut std_dec = vec![];
-        std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(&enc[..]), &mut std_dec)
-            .unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(&enc[..]), &mut std_dec).unwrap();
         assert_eq!(std_dec, text(5000));
     }
 
@@ -1013,14 +835,8 @@ mod tests {
         let data = text(MAX_UNCOMPRESSED);
         let enc = encode(Compression::Zstd, &data, SS, None).unwrap();
         // Content size recorded, window within the kernel's 128 KiB.
-        assert_eq!(
-            zstd::zstd_safe::get_frame_content_size(&enc).unwrap(),
-            Some(MAX_UNCOMPRESSED as u64)
-        );
-        assert_eq!(
-            zstd::bulk::decompress(&enc, MAX_UNCOMPRESSED).unwrap(),
-            data
-        );
+        assert_eq!(zstd::zstd_safe::get_frame_content_size(&enc).unwrap(), Some(MAX_UNCOMPRESSED as u64));
+        assert_eq!(zstd::bulk::decompress(&enc, MAX_UNCOMPRESSED).unwrap(), data);
         // Window descriptor asking for 2^41 bytes: refused, no allocation.
         let huge_window = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xff, 0x01, 0x00, 0x00];
         assert!(decompress(Compression::Zstd, &huge_window, SECTOR, SS).is_err());
@@ -1032,27 +848,15 @@ mod tests {
         // A frame made elsewhere with a large content size is still cut at
         // out_len without decoding it all.
         let big = zstd::bulk::compress(&vec![7u8; 4 * SECTOR], 3).unwrap();
-        assert_eq!(
-            decompress(Compression::Zstd, &big, 100, SS).unwrap(),
-            vec![7u8; 100]
-        );
+        assert_eq!(decompress(Compression::Zstd, &big, 100, SS).unwrap(), vec![7u8; 100]);
     }
 
     #[test]
     fn limits_and_parameters() {
-        assert!(matches!(
-            decompress(Compression::Zlib, &[], MAX_DECOMPRESSED_LEN + 1, SS),
-            Err(CompressError::TooLarge { .. })
-        ));
-        assert!(matches!(
-            compress(Compression::Zstd, &vec![0; MAX_UNCOMPRESSED + 1], SS, None),
-            Err(CompressError::TooLarge { .. })
-        ));
+        assert!(matches!(decompress(Compression::Zlib, &[], MAX_DECOMPRESSED_LEN + 1, SS), Err(CompressError::TooLarge { .. })));
+        assert!(matches!(compress(Compression::Zstd, &vec![0; MAX_UNCOMPRESSED + 1], SS, None), Err(CompressError::TooLarge { .. })));
         for bad in [0, 3, 100, 4095, 1 << 17] {
-            assert!(matches!(
-                decompress(Compression::Lzo, &[], 0, bad),
-                Err(CompressError::InvalidSectorSize { .. })
-            ));
+            assert!(matches!(decompress(Compression::Lzo, &[], 0, bad), Err(CompressError::InvalidSectorSize { .. })));
             assert!(encode(Compression::Lzo, &[], bad, None).is_err());
         }
         let data = text(3 * SECTOR);
@@ -1086,10 +890,7 @@ mod tests {
     /// The text written to the files whose extents are in testdata/ (same
     /// generator as testdata/README.md describes).
     fn vector_text(len: usize, seed: u32) -> Vec<u8> {
-        const WORDS: [&str; 11] = [
-            "extent", "sector", "btrfs", "segment", "zero", "padding", "inline", "kernel", "lzo",
-            "zstd", "zlib",
-        ];
+        const WORDS: [&str; 11] = ["extent", "sector", "btrfs", "segment", "zero", "padding", "inline", "kernel", "lzo", "zstd", "zlib"];
         let mut out = Vec::new();
         let mut x = seed;
         while out.len() < len {
@@ -1113,21 +914,9 @@ mod tests {
         let regular = vector_text(13000, 1);
         let inline = vector_text(1500, 2);
         let vectors: [(Compression, &[u8], &[u8]); 3] = [
-            (
-                Compression::Lzo,
-                include_bytes!("testdata/lzo_regular.bin"),
-                include_bytes!("testdata/lzo_inline.bin"),
-            ),
-            (
-                Compression::Zlib,
-                include_bytes!("testdata/zlib_regular.bin"),
-                include_bytes!("testdata/zlib_inline.bin"),
-            ),
-            (
-                Compression::Zstd,
-                include_bytes!("testdata/zstd_regular.bin"),
-                include_bytes!("testdata/zstd_inline.bin"),
-            ),
+            (Compression::Lzo, include_bytes!("testdata/lzo_regular.bin"), include_bytes!("testdata/lzo_inline.bin")),
+            (Compression::Zlib, include_bytes!("testdata/zlib_regular.bin"), include_bytes!("testdata/zlib_inline.bin")),
+            (Compression::Zstd, include_bytes!("testdata/zstd_regular.bin"), include_bytes!("testdata/zstd_inline.bin")),
         ];
         for (kind, reg, inl) in vectors {
             // As read from disk: disk_num_bytes, zero padded.
@@ -1173,11 +962,7 @@ mod tests {
     }
 
     fn any_algo() -> impl Strategy<Value = Compression> {
-        prop_oneof![
-            Just(Compression::Zlib),
-            Just(Compression::Lzo),
-            Just(Compression::Zstd)
-        ]
+        prop_oneof![Just(Compression::Zlib), Just(Compression::Lzo), Just(Compression::Zstd)]
     }
 
     proptest! {

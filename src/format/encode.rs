@@ -334,9 +334,7 @@ impl ExtentInfo {
     /// [`extent_item`] without its check: the form fs/ calls until it
     /// moves to the checked one.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = ExtentItem { refs: self.refs.into(), generation: self.generation.into(), flags: self.flags.into() }
-            .as_bytes()
-            .to_vec();
+        let mut v = ExtentItem { refs: self.refs.into(), generation: self.generation.into(), flags: self.flags.into() }.as_bytes().to_vec();
         if let Some((key, level)) = self.tree_block {
             v.extend_from_slice(TreeBlockInfo { key: key.to_disk(), level }.as_bytes());
         }
@@ -418,8 +416,13 @@ mod tests {
     fn dir_entry() -> impl Strategy<Value = DirEntry> {
         let entry = (key(), any::<u64>(), prop_oneof![0u8..=FT_SYMLINK, Just(FT_DIR | FT_ENCRYPTED)], name())
             .prop_map(|(location, transid, dir_type, name)| DirEntry { location, transid, dir_type, name, data: Vec::new() });
-        let xattr = (any::<u64>(), vec(any::<u8>(), 1..=300), vec(any::<u8>(), 0..=2000))
-            .prop_map(|(transid, name, data)| DirEntry { location: Key::MIN, transid, dir_type: FT_XATTR, name, data });
+        let xattr = (any::<u64>(), vec(any::<u8>(), 1..=300), vec(any::<u8>(), 0..=2000)).prop_map(|(transid, name, data)| DirEntry {
+            location: Key::MIN,
+            transid,
+            dir_type: FT_XATTR,
+            name,
+            data,
+        });
         prop_oneof![entry, xattr]
     }
 
@@ -431,8 +434,12 @@ mod tests {
         prop_oneof![
             any::<u64>().prop_map(|root| ExtentRef::TreeBlock { root }),
             any::<u64>().prop_map(|parent| ExtentRef::SharedBlock { parent }),
-            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>())
-                .prop_map(|(root, objectid, offset, count)| ExtentRef::Data { root, objectid, offset, count }),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(root, objectid, offset, count)| ExtentRef::Data {
+                root,
+                objectid,
+                offset,
+                count
+            }),
             (any::<u64>(), any::<u32>()).prop_map(|(parent, count)| ExtentRef::SharedData { parent, count }),
             any::<u64>().prop_map(|root| ExtentRef::Owner { root }),
         ]
@@ -443,7 +450,8 @@ mod tests {
     }
 
     fn chunk() -> impl Strategy<Value = ChunkInfo> {
-        let stripe = (any::<u64>(), any::<u64>(), any::<[u8; 16]>()).prop_map(|(devid, offset, dev_uuid)| StripeInfo { devid, offset, dev_uuid });
+        let stripe =
+            (any::<u64>(), any::<u64>(), any::<[u8; 16]>()).prop_map(|(devid, offset, dev_uuid)| StripeInfo { devid, offset, dev_uuid });
         (any::<[u64; 4]>(), any::<[u32; 3]>(), any::<u16>(), vec(stripe, 1..=8)).prop_map(|(l, w, sub_stripes, stripes)| ChunkInfo {
             length: l[0],
             owner: l[1],

@@ -42,10 +42,9 @@ impl<'a> ItemCursor<'a> {
     /// The next `len` bytes.
     pub fn bytes(&mut self, len: usize, what: &str) -> Result<&'a [u8]> {
         let pos = self.pos;
-        let out = pos
-            .checked_add(len)
-            .and_then(|end| self.data.get(pos..end))
-            .ok_or_else(|| Error::corrupt(CorruptKind::ItemSize, what, format!("{len} bytes at {pos} run past item end {}", self.data.len())))?;
+        let out = pos.checked_add(len).and_then(|end| self.data.get(pos..end)).ok_or_else(|| {
+            Error::corrupt(CorruptKind::ItemSize, what, format!("{len} bytes at {pos} run past item end {}", self.data.len()))
+        })?;
         self.pos = pos.saturating_add(len);
         Ok(out)
     }
@@ -255,7 +254,11 @@ pub fn parse_file_extent(data: &[u8]) -> Result<FileExtent> {
         FILE_EXTENT_REG | FILE_EXTENT_PREALLOC => {
             let b = cur.read::<FileExtentBody>("file extent body")?;
             if !cur.is_done() {
-                return Err(Error::corrupt(CorruptKind::ItemSize, "file extent", format!("regular extent item size {} is not 53", data.len())));
+                return Err(Error::corrupt(
+                    CorruptKind::ItemSize,
+                    "file extent",
+                    format!("regular extent item size {} is not 53", data.len()),
+                ));
             }
             FileExtentKind::Regular {
                 prealloc: h.extent_type == FILE_EXTENT_PREALLOC,

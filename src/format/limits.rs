@@ -200,16 +200,16 @@ mod tests {
         assert!(check_xattr_namespace(b"system.posix_acl_default", &minimal, false).is_err(), "default ACL on a file");
         check_xattr_namespace(b"system.posix_acl_default", &acl(&[]), false).unwrap();
         let bad = [
-            acl(&[(0x04, 4, ANY), (0x01, 6, ANY), (0x20, 4, ANY)]),                   // out of order
+            acl(&[(0x04, 4, ANY), (0x01, 6, ANY), (0x20, 4, ANY)]), // out of order
             acl(&[(0x01, 6, ANY), (0x02, 7, 1000), (0x04, 4, ANY), (0x20, 4, ANY)]), // named entry without a mask
             acl(&[(0x01, 6, ANY), (0x02, 7, ANY), (0x04, 4, ANY), (0x10, 7, ANY), (0x20, 4, ANY)]), // unmapped uid
-            acl(&[(0x01, 0o10, ANY), (0x04, 4, ANY), (0x20, 4, ANY)]),               // perm beyond rwx
-            acl(&[(0x01, 6, ANY), (0x04, 4, ANY)]),                                   // no OTHER
-            acl(&[(0x01, 6, ANY), (0x04, 4, ANY), (0x20, 4, ANY), (0x20, 4, ANY)]),   // OTHER twice
-            acl(&[(0x01, 6, ANY), (0x40, 4, ANY), (0x20, 4, ANY)]),                   // unknown tag
-            minimal[..minimal.len() - 1].to_vec(),                                    // partial entry
-            vec![2, 0, 0],                                                            // short header
-            [&3u32.to_le_bytes()[..], &minimal[4..]].concat(),                        // version 3
+            acl(&[(0x01, 0o10, ANY), (0x04, 4, ANY), (0x20, 4, ANY)]), // perm beyond rwx
+            acl(&[(0x01, 6, ANY), (0x04, 4, ANY)]),                 // no OTHER
+            acl(&[(0x01, 6, ANY), (0x04, 4, ANY), (0x20, 4, ANY), (0x20, 4, ANY)]), // OTHER twice
+            acl(&[(0x01, 6, ANY), (0x40, 4, ANY), (0x20, 4, ANY)]), // unknown tag
+            minimal[..minimal.len() - 1].to_vec(),                  // partial entry
+            vec![2, 0, 0],                                          // short header
+            [&3u32.to_le_bytes()[..], &minimal[4..]].concat(),      // version 3
         ];
         for v in &bad {
             assert!(check_xattr_namespace(b"system.posix_acl_access", v, true).is_err(), "{v:?}");

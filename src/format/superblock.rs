@@ -208,9 +208,10 @@ impl SuperBlock {
     /// map to read the chunk tree itself.
     pub fn sys_chunks(&self) -> Result<Vec<(Key, ChunkInfo)>> {
         let size = usize_of(self.sys_chunk_array_size.get());
-        let arr = self.sys_chunk_array.get(..size).ok_or_else(|| {
-            Error::corrupt(CorruptKind::Superblock, "superblock sys_chunk_array", format!("size {size} too large"))
-        })?;
+        let arr = self
+            .sys_chunk_array
+            .get(..size)
+            .ok_or_else(|| Error::corrupt(CorruptKind::Superblock, "superblock sys_chunk_array", format!("size {size} too large")))?;
         let mut out = Vec::new();
         let mut pos = 0usize;
         while pos < arr.len() {

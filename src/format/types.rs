@@ -363,12 +363,7 @@ impl ObjectidNames {
     }
 }
 
-const fn names(
-    id: u64,
-    name: &'static str,
-    progs_name: Option<&'static str>,
-    tree_label: Option<&'static str>,
-) -> ObjectidNames {
+const fn names(id: u64, name: &'static str, progs_name: Option<&'static str>, tree_label: Option<&'static str>) -> ObjectidNames {
     ObjectidNames { id, name, progs_name, tree_label }
 }
 

@@ -39,11 +39,8 @@ impl DevSpace {
     pub fn find_hole(&self, want: u64) -> Option<(u64, u64)> {
         let mut best: Option<(u64, u64)> = None;
         let mut pos = DEVICE_RESERVED;
-        let holes = self
-            .extents
-            .iter()
-            .map(|(&s, &l)| (s, s.saturating_add(l)))
-            .chain(std::iter::once((self.total_bytes, self.total_bytes)));
+        let holes =
+            self.extents.iter().map(|(&s, &l)| (s, s.saturating_add(l))).chain(std::iter::once((self.total_bytes, self.total_bytes)));
         for (s, e) in holes {
             if s > pos {
                 let len = s.min(self.total_bytes).saturating_sub(pos);
@@ -104,9 +101,7 @@ impl ChunkPlan {
 pub fn plan_chunk(devs: &[DevSpace], logical: u64, flags: u64) -> Result<Option<ChunkPlan>> {
     let profile = Profile::from_flags(flags)
         .ok_or_else(|| Error::corrupt(CorruptKind::ChunkMap, format!("block group flags {flags:#x}"), "several profile bits"))?;
-    let attr = profile
-        .raid_attr()
-        .ok_or_else(|| Error::Unsupported(format!("allocating {profile} chunks")))?;
+    let attr = profile.raid_attr().ok_or_else(|| Error::Unsupported(format!("allocating {profile} chunks")))?;
     let total_rw: u64 = devs.iter().map(|d| d.total_bytes).sum();
     // calc_chunk_size + init_alloc_chunk_ctl_policy_regular.
     let chunk_size = if flags & BLOCK_GROUP_DATA != 0 {
@@ -159,15 +154,7 @@ pub fn plan_chunk(devs: &[DevSpace], logical: u64, flags: u64) -> Result<Option<
             stripes.push((devid, start + j * stripe_size));
         }
     }
-    Ok(Some(ChunkPlan {
-        logical,
-        length: stripe_size * data_stripes,
-        flags,
-        profile,
-        stripe_size,
-        sub_stripes: attr.sub_stripes,
-        stripes,
-    }))
+    Ok(Some(ChunkPlan { logical, length: stripe_size * data_stripes, flags, profile, stripe_size, sub_stripes: attr.sub_stripes, stripes }))
 }
 
 #[cfg(test)]

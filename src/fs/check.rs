@@ -277,7 +277,9 @@ mod tests {
         assert!(s.mutate_item(ty(BLOCK_GROUP_ITEM_KEY), 0, &le64(u64::MAX)).contains("used"));
         assert!(s.mutate_item(ty(BLOCK_GROUP_ITEM_KEY), 8, &le64(0)).contains("chunk objectid"));
         assert!(s.mutate_item(ty(BLOCK_GROUP_ITEM_KEY), 16, &le64(BLOCK_GROUP_DATA | BLOCK_GROUP_SYSTEM)).contains("type"));
-        assert!(s.mutate_item(ty(BLOCK_GROUP_ITEM_KEY), 16, &le64(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID1 | BLOCK_GROUP_DUP)).contains("profile"));
+        assert!(s
+            .mutate_item(ty(BLOCK_GROUP_ITEM_KEY), 16, &le64(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID1 | BLOCK_GROUP_DUP))
+            .contains("profile"));
         // Chunks (length 0, stripe_len 16, type 24, sector_size 40, num_stripes 44).
         assert!(s.mutate_item(ty(CHUNK_ITEM_KEY), 16, &le64(4096)).contains("stripe length"));
         assert!(s.mutate_item(ty(CHUNK_ITEM_KEY), 40, &512u32.to_le_bytes()).contains("sectorsize"));

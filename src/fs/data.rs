@@ -8,16 +8,22 @@
 use super::{Filesystem, Inode, InodeId};
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{FileExtent, FileExtentKind};
+use crate::format::u64_of;
 use crate::format::*;
 use crate::volumes::Volume;
-use crate::format::u64_of;
 
 /// Bytes of a file handed to a consumer in file order.
 #[derive(Debug)]
 pub enum FileChunk<'a> {
-    Data { offset: u64, data: &'a [u8] },
+    Data {
+        offset: u64,
+        data: &'a [u8],
+    },
     /// Reads as zeros: a hole, a prealloc extent, or implicit (NO_HOLES) gaps.
-    Hole { offset: u64, len: u64 },
+    Hole {
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// Largest piece read from disk at once for uncompressed extents.
@@ -43,7 +49,11 @@ impl Filesystem {
             // Past the size: nothing more to read.
             let Some(left) = size.checked_sub(off).filter(|l| *l > 0) else { break };
             let Some(gap) = off.checked_sub(pos) else {
-                return Err(Error::corrupt(CorruptKind::ItemValue, id.to_string(), format!("extent at {off} overlaps the previous one ending at {pos}")));
+                return Err(Error::corrupt(
+                    CorruptKind::ItemValue,
+                    id.to_string(),
+                    format!("extent at {off} overlaps the previous one ending at {pos}"),
+                ));
             };
             if gap > 0 {
                 sink(FileChunk::Hole { offset: pos, len: gap })?;
@@ -132,7 +142,11 @@ impl Filesystem {
                     Ok(())
                 } else {
                     if *disk_num_bytes > MAX_COMPRESSED_DISK || fe.ram_bytes > MAX_COMPRESSED_DISK {
-                        return Err(Error::corrupt(CorruptKind::Compressed, at(), format!("compressed extent of {disk_num_bytes} bytes ({} uncompressed) is too large", fe.ram_bytes)));
+                        return Err(Error::corrupt(
+                            CorruptKind::Compressed,
+                            at(),
+                            format!("compressed extent of {disk_num_bytes} bytes ({} uncompressed) is too large", fe.ram_bytes),
+                        ));
                     }
                     let raw = self.read_data(*disk_bytenr, *disk_num_bytes, nodatasum, &|l| {
                         format!("{id} compressed extent at file offset {off} (disk byte {})", l.saturating_sub(*disk_bytenr))
@@ -178,7 +192,11 @@ impl Filesystem {
             }
             let data = item.data();
             if data.len().checked_rem(csize) != Some(0) {
-                return Err(Error::corrupt(CorruptKind::ItemSize, format!("csum item {k}"), format!("size {} not a multiple of {csize}", data.len())));
+                return Err(Error::corrupt(
+                    CorruptKind::ItemSize,
+                    format!("csum item {k}"),
+                    format!("size {} not a multiple of {csize}", data.len()),
+                ));
             }
             for (i, c) in data.chunks_exact(csize).enumerate() {
                 let Some(s) = u64_of(i).checked_mul(ss).and_then(|d| k.offset.checked_add(d)) else { break };
@@ -208,7 +226,9 @@ impl Filesystem {
     /// address into "which file, which offset" for messages.
     pub fn read_data(&self, logical: u64, len: u64, nodatasum: bool, describe: &dyn Fn(u64) -> String) -> Result<Vec<u8>> {
         let ss = u64::from(self.sectorsize);
-        let end = logical.checked_add(len).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, describe(logical), format!("data range {logical}+{len} overflows")))?;
+        let end = logical
+            .checked_add(len)
+            .ok_or_else(|| Error::corrupt(CorruptKind::Overflow, describe(logical), format!("data range {logical}+{len} overflows")))?;
         // OK: ss is the sector size, never 0; the remainder is below logical.
         #[allow(clippy::arithmetic_side_effects)]
         let start = logical - logical % ss;
@@ -346,12 +366,19 @@ fn read_piece(
                     .iter()
                     .filter_map(|c| {
                         vol.locate(at, c.mirror).ok().map(|p| {
-                            format!("copy {} devid {} physical {}{}", c.mirror.saturating_add(1), p.devid, p.physical, if c.stale { " (stale device)" } else { "" })
+                            format!(
+                                "copy {} devid {} physical {}{}",
+                                c.mirror.saturating_add(1),
+                                p.devid,
+                                p.physical,
+                                if c.stale { " (stale device)" } else { "" }
+                            )
                         })
                     })
                     .collect();
                 if want.is_some() {
-                    return Err(Error::corrupt(CorruptKind::Unreadable,
+                    return Err(Error::corrupt(
+                        CorruptKind::Unreadable,
                         describe(at),
                         format!("data csum mismatch at logical {at} on every copy ({})", locs.join(", ")),
                     ));
@@ -363,7 +390,11 @@ fn read_piece(
                          device cannot be trusted without a checksum: bring back the current image of that device{}",
                         describe(at),
                         locs.join(", "),
-                        if lagging { " (or, if a crash between a commit's superblock writes left it behind, use --accept-lagging)" } else { "" }
+                        if lagging {
+                            " (or, if a crash between a commit's superblock writes left it behind, use --accept-lagging)"
+                        } else {
+                            ""
+                        }
                     )));
                 }
                 return Err(last_err.unwrap_or_else(|| Error::Devices(format!("logical {at}: no copy readable"))).within(describe(at)));

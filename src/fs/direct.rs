@@ -73,11 +73,11 @@ mod tests {
     use crate::format::*;
     use crate::fs::txn::Transaction;
     use crate::fs::txn::{BioHook, BioRecord, BioStage, WriteOpts, WriteReport};
-    use std::sync::Arc;
     use crate::fs::{Filesystem, InodeId};
     use crate::volumes::OpenOptions;
     use std::path::PathBuf;
     use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
 
     fn mkfs_raid1() -> Option<(tempfile::TempDir, Vec<PathBuf>)> {
         crate::fs::testutil::mkfs_btrfs(2, &["-d", "raid1", "-m", "raid1"])
@@ -106,7 +106,14 @@ mod tests {
                 }
             });
             let mut report = WriteReport::default();
-            let r = tx.write_direct(FS_TREE_OBJECTID, ino, 0, &buf, &WriteOpts { max_bio: 64 << 10, on_bio: None, compress: None }, &mut report);
+            let r = tx.write_direct(
+                FS_TREE_OBJECTID,
+                ino,
+                0,
+                &buf,
+                &WriteOpts { max_bio: 64 << 10, on_bio: None, compress: None },
+                &mut report,
+            );
             stop.store(true, Ordering::Relaxed);
             r.unwrap();
         });
@@ -173,7 +180,7 @@ mod tests {
         let r = tx.write_direct(FS_TREE_OBJECTID, ino, 0, &Plain(&data), &WriteOpts::default(), &mut report);
         assert!(r.is_err(), "injected failure not reported");
         drop(tx); // abort
-        // Superblocks untouched: the filesystem is as before.
+                  // Superblocks untouched: the filesystem is as before.
         for (p, b) in imgs.iter().zip(&before) {
             let now = std::fs::read(p).unwrap();
             assert_eq!(&now[65536..65536 + 4096], &b[65536..65536 + 4096], "superblock changed");
@@ -219,7 +226,8 @@ mod tests {
     fn failed_bio_of_a_queued_step_fails_the_commit() {
         let Some((_tmp, imgs)) = mkfs_raid1() else { return };
         let opts = OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), degraded: false, writable: true, ..Default::default() };
-        let supers = |imgs: &[PathBuf]| -> Vec<Vec<u8>> { imgs.iter().map(|p| std::fs::read(p).unwrap()[65536..65536 + 4096].to_vec()).collect() };
+        let supers =
+            |imgs: &[PathBuf]| -> Vec<Vec<u8>> { imgs.iter().map(|p| std::fs::read(p).unwrap()[65536..65536 + 4096].to_vec()).collect() };
         let before = supers(&imgs);
         let step = 4 << 20;
         let pool = PagePool::new(2, step);

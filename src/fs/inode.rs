@@ -61,8 +61,9 @@ impl Inode {
     pub fn parse(id: InodeId, data: &[u8]) -> Result<Inode> {
         let (i, _) = read_prefix::<InodeItem>(data, "inode item")?;
         let mode = i.mode.get();
-        let file_type = FileType::from_mode(mode)
-            .ok_or_else(|| Error::corrupt(CorruptKind::ItemValue, format!("inode {id}"), format!("mode {mode:#o} has no valid file type")))?;
+        let file_type = FileType::from_mode(mode).ok_or_else(|| {
+            Error::corrupt(CorruptKind::ItemValue, format!("inode {id}"), format!("mode {mode:#o} has no valid file type"))
+        })?;
         Ok(Inode {
             id,
             file_type,
@@ -120,4 +121,3 @@ impl Inode {
         (part((self.rdev >> 20) & 0xfff), part(self.rdev & 0xf_ffff))
     }
 }
-

@@ -103,7 +103,8 @@ impl Filesystem {
                         chunks.push((key.offset, c));
                     }
                     DEV_ITEM_KEY => {
-                        let (d, _) = items::read_prefix::<DevItem>(data, "dev item").map_err(|e| e.within(format!("chunk tree item {key}")))?;
+                        let (d, _) =
+                            items::read_prefix::<DevItem>(data, "dev item").map_err(|e| e.within(format!("chunk tree item {key}")))?;
                         devids.insert(key.offset, (d.total_bytes.get(), d.uuid));
                     }
                     _ => {}
@@ -130,7 +131,8 @@ impl Filesystem {
         // past its device would be taken and spread to every superblock.
         for (key, chunk) in &sys_chunks {
             if !chunks.iter().any(|(logical, c)| *logical == key.offset && c == chunk) {
-                return Err(Error::corrupt(CorruptKind::Superblock,
+                return Err(Error::corrupt(
+                    CorruptKind::Superblock,
                     "superblock sys_chunk_array",
                     format!("system chunk {} differs from the chunk tree's", key.offset),
                 ));
@@ -197,7 +199,8 @@ impl Filesystem {
             if it.key.item_type != DEV_EXTENT_KEY {
                 continue;
             }
-            let (de, _) = items::read_prefix::<DevExtent>(it.data(), "dev extent").map_err(|e| e.within(format!("dev tree item {}", it.key)))?;
+            let (de, _) =
+                items::read_prefix::<DevExtent>(it.data(), "dev extent").map_err(|e| e.within(format!("dev tree item {}", it.key)))?;
             out.push((it.key.objectid, it.key.offset, de.length.get(), de.chunk_offset.get()));
         }
         Ok(out)
@@ -247,7 +250,12 @@ impl Filesystem {
                     (Some(d), Some(p)) => format!(" (devid {d} physical {p})"),
                     _ => String::new(),
                 };
-                Warning(format!("tree block {} copy {}{loc} is bad: {}; read another copy", b.logical, b.mirror.saturating_add(1), b.problem))
+                Warning(format!(
+                    "tree block {} copy {}{loc} is bad: {}; read another copy",
+                    b.logical,
+                    b.mirror.saturating_add(1),
+                    b.problem
+                ))
             })
             .collect();
         if let Ok(mut v) = self.warnings.lock() {
@@ -270,9 +278,7 @@ impl Filesystem {
         if let Some(r) = self.roots.lock().map_err(|_| poisoned())?.get(&id) {
             return Ok(*r);
         }
-        let (_, ri) = self
-            .root_item(id)?
-            .ok_or_else(|| Error::NotFound(format!("tree {} has no root item", tree_label(id))))?;
+        let (_, ri) = self.root_item(id)?.ok_or_else(|| Error::NotFound(format!("tree {} has no root item", tree_label(id))))?;
         let r = RootPtr { bytenr: ri.bytenr.get(), level: ri.level, generation: ri.generation.get(), owner: id };
         self.roots.lock().map_err(|_| poisoned())?.insert(id, r);
         Ok(r)
@@ -306,11 +312,7 @@ impl Filesystem {
             return Ok(Vec::new());
         }
         let root = self.tree_root(dir.subvol)?;
-        let items = self.reader.range(
-            &root,
-            Key::new(dir.ino, DIR_INDEX_KEY, 0),
-            Key::new(dir.ino, DIR_INDEX_KEY, u64::MAX),
-        )?;
+        let items = self.reader.range(&root, Key::new(dir.ino, DIR_INDEX_KEY, 0), Key::new(dir.ino, DIR_INDEX_KEY, u64::MAX))?;
         let mut out = Vec::with_capacity(items.len());
         for (key, data) in items {
             for e in items::parse_dir_items(&data).map_err(|e| e.within(format!("directory {dir} index {}", key.offset)))? {
@@ -325,7 +327,9 @@ impl Filesystem {
         let file_type = FileType::from_dir_type(e.dir_type)
             .ok_or_else(|| Error::corrupt(CorruptKind::ItemValue, at(), format!("unknown file type {}", e.dir_type)))?;
         match e.location.item_type {
-            INODE_ITEM_KEY => Ok(DirEnt { name: e.name, id: InodeId { subvol: dir.subvol, ino: e.location.objectid }, file_type, subvol: false }),
+            INODE_ITEM_KEY => {
+                Ok(DirEnt { name: e.name, id: InodeId { subvol: dir.subvol, ino: e.location.objectid }, file_type, subvol: false })
+            }
             ROOT_ITEM_KEY => {
                 let subvol = e.location.objectid;
                 if !self.subvol_linked_at(dir, subvol, &e.name)? {
@@ -382,9 +386,7 @@ impl Filesystem {
             if cur.file_type != FileType::Directory {
                 return Err(Error::NotFound(format!("{path}: {:?} is not a directory", String::from_utf8_lossy(&cur.name))));
             }
-            cur = self
-                .lookup(cur.id, comp.as_bytes())?
-                .ok_or_else(|| Error::NotFound(format!("{path}: no entry {comp:?}")))?;
+            cur = self.lookup(cur.id, comp.as_bytes())?.ok_or_else(|| Error::NotFound(format!("{path}: no entry {comp:?}")))?;
         }
         Ok(cur)
     }
@@ -399,9 +401,7 @@ impl Filesystem {
         let mut target = match exts.first() {
             Some((0, fe)) => match &fe.kind {
                 items::FileExtentKind::Inline { data } if fe.compression == COMPRESS_NONE => data.clone(),
-                items::FileExtentKind::Inline { data } => {
-                    self.decompress(fe.compression, data, fe.ram_bytes, &format!("symlink {id}"))?
-                }
+                items::FileExtentKind::Inline { data } => self.decompress(fe.compression, data, fe.ram_bytes, &format!("symlink {id}"))?,
                 _ => return Err(Error::corrupt(CorruptKind::ItemValue, format!("symlink {id}"), "target is not an inline extent")),
             },
             _ => return Err(Error::corrupt(CorruptKind::MissingItem, format!("symlink {id}"), "no target extent")),
@@ -411,7 +411,11 @@ impl Filesystem {
                 target.truncate(n);
                 Ok(target)
             }
-            _ => Err(Error::corrupt(CorruptKind::ItemValue, format!("symlink {id}"), format!("inode size {size} past its {}-byte target extent", target.len()))),
+            _ => Err(Error::corrupt(
+                CorruptKind::ItemValue,
+                format!("symlink {id}"),
+                format!("inode size {size} past its {}-byte target extent", target.len()),
+            )),
         }
     }
 
@@ -561,11 +565,7 @@ enum Walked<R> {
 /// generation. `each` sees a block's logical address and its copies, each
 /// (devid, the copy when it verifies as that commit's block there).
 #[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
-fn walk_newest_commit<R>(
-    vol: &Volume,
-    budget: usize,
-    mut each: impl FnMut(u64, &[(u64, Option<TreeBlock>)]) -> Option<R>,
-) -> Walked<R> {
+fn walk_newest_commit<R>(vol: &Volume, budget: usize, mut each: impl FnMut(u64, &[(u64, Option<TreeBlock>)]) -> Option<R>) -> Walked<R> {
     let sb = vol.sb;
     let newest = sb.generation.get();
     let (Ok(csum), Ok(nodesize)) = (sb.csum_kind(), usize::try_from(sb.nodesize.get())) else { return Walked::Unreadable };
@@ -589,8 +589,11 @@ fn walk_newest_commit<R>(
         if !seen.insert(logical) {
             continue;
         }
-        let Ok((locs, n)) = vol.chunks.lookup(logical).and_then(|e| Ok((e.map(logical)?.0, e.num_copies()))) else { return Walked::Unreadable };
-        let copies: Vec<(u64, Option<TreeBlock>)> = locs.iter().take(n).enumerate().map(|(m, l)| (l.devid, read(logical, level, m))).collect();
+        let Ok((locs, n)) = vol.chunks.lookup(logical).and_then(|e| Ok((e.map(logical)?.0, e.num_copies()))) else {
+            return Walked::Unreadable;
+        };
+        let copies: Vec<(u64, Option<TreeBlock>)> =
+            locs.iter().take(n).enumerate().map(|(m, l)| (l.devid, read(logical, level, m))).collect();
         if let Some(r) = each(logical, &copies) {
             return Walked::Found(r);
         }
@@ -735,13 +738,8 @@ pub(crate) mod testutil {
         for p in &imgs {
             crate::volumes::raw::set_len(p, 256 << 20).ok()?;
         }
-        let ok = std::process::Command::new("mkfs.btrfs")
-            .arg("-q")
-            .args(args)
-            .args(&imgs)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
+        let ok =
+            std::process::Command::new("mkfs.btrfs").arg("-q").args(args).args(&imgs).output().map(|o| o.status.success()).unwrap_or(false);
         if !ok {
             assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "mkfs.btrfs failed or is missing");
             eprintln!("skipped: mkfs.btrfs not available");

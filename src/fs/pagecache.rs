@@ -85,11 +85,7 @@ impl CachedFile {
         Ok(())
     }
 
-    fn wait_unsealed<'a>(
-        &self,
-        mut g: MutexGuard<'a, BTreeMap<u64, Page>>,
-        idx: u64,
-    ) -> Result<MutexGuard<'a, BTreeMap<u64, Page>>> {
+    fn wait_unsealed<'a>(&self, mut g: MutexGuard<'a, BTreeMap<u64, Page>>, idx: u64) -> Result<MutexGuard<'a, BTreeMap<u64, Page>>> {
         let mut waited = false;
         while g.get(&idx).is_some_and(|p| p.sealed) {
             waited = true;

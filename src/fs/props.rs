@@ -7,8 +7,8 @@
 //! an algorithm from their directory (stored under its plain name).
 
 use crate::error::{Error, Result};
-use crate::format::*;
 use crate::format::compress::Compression;
+use crate::format::*;
 
 /// The one property xattr the kernel knows.
 pub const COMPRESSION: &[u8] = b"btrfs.compression";
@@ -64,16 +64,14 @@ pub fn apply(name: &[u8], value: Option<&[u8]>, flags: u64) -> Result<(u64, u64,
     };
     if flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 {
         return Err(Error::Invalid(
-            "btrfs.compression: the inode has no data checksums (nodatasum or nodatacow), and the kernel never compresses such files".into(),
+            "btrfs.compression: the inode has no data checksums (nodatasum or nodatacow), and the kernel never compresses such files"
+                .into(),
         ));
     }
     match parse_compression(value) {
         Some(CompressionProp::Algo(kind)) => Ok((flags & !INODE_NOCOMPRESS | INODE_COMPRESS, incompat_for(kind), false)),
         Some(CompressionProp::No) => Ok((flags & !INODE_COMPRESS | INODE_NOCOMPRESS, 0, false)),
-        None => Err(Error::Invalid(format!(
-            "btrfs.compression {:?}: use zlib, lzo, zstd, no or none",
-            String::from_utf8_lossy(value)
-        ))),
+        None => Err(Error::Invalid(format!("btrfs.compression {:?}: use zlib, lzo, zstd, no or none", String::from_utf8_lossy(value)))),
     }
 }
 

@@ -7,14 +7,14 @@
 //! reachable block identical, every checksum valid), and the files hold
 //! either all of the old state or all of the new one, never a mix.
 use crate::error::{Error, Result};
-use std::sync::Arc;
 use crate::format::*;
 use crate::fs::txn::Transaction;
-use crate::fs::Filesystem;
 use crate::fs::txn::{WriteOpts, WriteReport};
+use crate::fs::Filesystem;
 use crate::volumes::fault::{Fault, FaultPlan};
 use crate::volumes::OpenOptions;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 fn bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -29,7 +29,15 @@ fn bytes(n: usize, seed: u64) -> Vec<u8> {
 }
 
 fn opts(imgs: &[PathBuf], writable: bool) -> OpenOptions {
-    OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable, alongside_writer: false, accept_lagging: false, divergent_ok: false }
+    OpenOptions {
+        image: imgs[0].clone(),
+        devices: imgs.to_vec(),
+        degraded: false,
+        writable,
+        alongside_writer: false,
+        accept_lagging: false,
+        divergent_ok: false,
+    }
 }
 
 /// File contents by name; `None` when absent.
@@ -84,7 +92,8 @@ fn sequence(fs: Filesystem) -> Result<()> {
 }
 
 fn read_state(imgs: &[PathBuf]) -> State {
-    let fs = Filesystem::open(&OpenOptions { accept_lagging: true, ..opts(imgs, false) }).unwrap_or_else(|e| panic!("open after crash: {e}"));
+    let fs =
+        Filesystem::open(&OpenOptions { accept_lagging: true, ..opts(imgs, false) }).unwrap_or_else(|e| panic!("open after crash: {e}"));
     old_state()
         .into_iter()
         .map(|(name, _)| {
@@ -101,16 +110,20 @@ fn read_state(imgs: &[PathBuf]) -> State {
 fn judge(imgs: &[PathBuf], what: &str) -> bool {
     if imgs.len() == 1 {
         let chk = std::process::Command::new("btrfs").args(["check", "--readonly"]).arg(&imgs[0]).output().unwrap();
-        assert!(chk.status.success(), "{what}: btrfs check: {}{}", String::from_utf8_lossy(&chk.stdout), String::from_utf8_lossy(&chk.stderr));
+        assert!(
+            chk.status.success(),
+            "{what}: btrfs check: {}{}",
+            String::from_utf8_lossy(&chk.stdout),
+            String::from_utf8_lossy(&chk.stderr)
+        );
     }
     // A crash between superblock writes leaves some copies one
     // generation behind (the kernel's own commit has the same window, and
     // mounts the newest); a device whose copies all lag is stale until a
     // repair or --accept-lagging. Taken as current (the test knows it was
     // a crash), scrub names the lagging copies and nothing else.
-    let stale_super = |f: &crate::ops::scrub::Finding| {
-        f.kind == crate::ops::scrub::FindingKind::Super && f.detail.contains("is not the newest")
-    };
+    let stale_super =
+        |f: &crate::ops::scrub::Finding| f.kind == crate::ops::scrub::FindingKind::Super && f.detail.contains("is not the newest");
     let lagging = |f: &crate::ops::scrub::Finding| {
         stale_super(f) || f.kind == crate::ops::scrub::FindingKind::StaleDevice && f.detail.contains("one behind")
     };

@@ -15,6 +15,7 @@ mod shared;
 
 #[allow(dead_code, unused_imports)]
 #[path = "../../tests/common/interop.rs"]
+#[allow(unreachable_pub)] // Shared with the integration tests, whose crates use it whole.
 mod interop;
 
 /// The btrs items the shared files use (`btrs::` in `tests/model.rs`).
@@ -22,13 +23,13 @@ mod interop;
 mod crash;
 
 mod lib_api {
-    pub use crate::error::Error;
-    pub use crate::format::items::{parse_inode_refs, FileExtentKind};
-    pub use crate::format::{CsumType, FileType, Key, Profile, EMPTY_SUBVOL_DIR_OBJECTID, INODE_REF_KEY};
-    pub use crate::fs::{FileChunk, Filesystem, InodeId};
-    pub use crate::ops::mkfs::{mkfs, MkfsOptions};
-    pub use crate::ops::scrub::{scrub, Finding, FindingKind, ScrubOptions};
-    pub use crate::volumes::{raw, OpenOptions};
+    pub(super) use crate::error::Error;
+    pub(super) use crate::format::items::{parse_inode_refs, FileExtentKind};
+    pub(super) use crate::format::{CsumType, FileType, Key, Profile, EMPTY_SUBVOL_DIR_OBJECTID, INODE_REF_KEY};
+    pub(super) use crate::fs::{FileChunk, Filesystem, InodeId};
+    pub(super) use crate::ops::mkfs::{mkfs, MkfsOptions};
+    pub(super) use crate::ops::scrub::{scrub, Finding, FindingKind, ScrubOptions};
+    pub(super) use crate::volumes::{raw, OpenOptions};
 }
 
 use std::collections::BTreeMap;
@@ -60,7 +61,8 @@ impl TxView<'_> {
             ROOT_ITEM_KEY => {
                 let sub = e.location.objectid;
                 let fs = self.tx.fs();
-                let linked = fs.subvol_linked_at(crate::fs::InodeId { subvol: dir.0, ino: dir.1 }, sub, &e.name).map_err(|e| e.to_string())?;
+                let linked =
+                    fs.subvol_linked_at(crate::fs::InodeId { subvol: dir.0, ino: dir.1 }, sub, &e.name).map_err(|e| e.to_string())?;
                 if !linked {
                     let h = e.name.iter().fold(dir.1 ^ dir.2, |h, &b| h.rotate_left(5) ^ b as u64);
                     return Ok((dir.0, EMPTY_SUBVOL_DIR_OBJECTID, h | 1));
@@ -147,7 +149,7 @@ struct Armed {
     states: Vec<Model>,
 }
 
-pub struct LibRunner {
+pub(crate) struct LibRunner {
     pub imgs: Vec<PathBuf>,
     scratch: PathBuf,
     tx: Option<Transaction>,
@@ -172,7 +174,7 @@ fn injected(e: &Error) -> bool {
 }
 
 impl LibRunner {
-    pub fn new(imgs: Vec<PathBuf>, scratch: &Path, model: Model, copies: u64) -> LibRunner {
+    pub(crate) fn new(imgs: Vec<PathBuf>, scratch: &Path, model: Model, copies: u64) -> LibRunner {
         let capacity = imgs.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
         let chunks0 = chunk_count(&imgs);
         LibRunner {
@@ -206,7 +208,7 @@ impl LibRunner {
     }
 
     /// Run one op through btrs and the model; Err is a failure of btrs.
-    pub fn step(&mut self, op: &Op) -> Result<(), String> {
+    pub(crate) fn step(&mut self, op: &Op) -> Result<(), String> {
         self.stats.ops += 1;
         *self.stats.by_op.entry(op_name(op)).or_default() += 1;
         match op {
@@ -276,7 +278,10 @@ impl LibRunner {
                 states.extend(extra);
                 let now = generation(&self.imgs).map_err(|x| format!("[crash] reopen after a fault: {x}"))?;
                 let k = now.checked_sub(a.gen0).ok_or("[crash] generation went back")? as usize;
-                let mut st = states.get(k).cloned().ok_or_else(|| format!("[crash] generation {now} is {k} past {}, only {} states", a.gen0, states.len()))?;
+                let mut st = states
+                    .get(k)
+                    .cloned()
+                    .ok_or_else(|| format!("[crash] generation {now} is {k} past {}, only {} states", a.gen0, states.len()))?;
                 let fs = open_after_crash(&self.imgs)?;
                 let cands = std::mem::take(&mut self.inplace);
                 let torn = torn_paths(&st, &cands);
@@ -298,7 +303,10 @@ impl LibRunner {
         let now = generation(&self.imgs).map_err(|x| format!("[open] after a failure: {x}"))?;
         let k = now.saturating_sub(gen_before) as usize;
         if k > 0 {
-            self.committed = extra.get(k - 1).cloned().ok_or_else(|| format!("[commits] {k} commits landed before the failure, {} expected at most", extra.len()))?;
+            self.committed = extra
+                .get(k - 1)
+                .cloned()
+                .ok_or_else(|| format!("[commits] {k} commits landed before the failure, {} expected at most", extra.len()))?;
         }
         self.rolled_back()?;
         match classify(&e.to_string()) {
@@ -374,7 +382,9 @@ impl LibRunner {
                     Ok(()) => Ok(()),
                     // A queued direct bio met the fault: it surfaces at the
                     // next read, and the transaction is lost.
-                    Err(e) if self.armed.is_some() && e.contains("injected") => self.failed(Error::Invalid(e), Vec::new(), gen_before, None, op),
+                    Err(e) if self.armed.is_some() && e.contains("injected") => {
+                        self.failed(Error::Invalid(e), Vec::new(), gen_before, None, op)
+                    }
                     Err(e) => Err(format!("[view] {e}")),
                 }
             }
@@ -501,7 +511,7 @@ fn exec(mut tx: Transaction, op: &Op, scratch: &Path, puts: &mut u64) -> (Option
 
 /// How a run goes: its layout, length and op mix.
 #[derive(Clone, Debug)]
-pub struct RunCfg {
+pub(crate) struct RunCfg {
     pub layout: &'static Layout,
     pub ops: usize,
     pub gen: GenCfg,
@@ -509,24 +519,23 @@ pub struct RunCfg {
     pub kernel_end: bool,
 }
 
-pub fn gen_cfg(check_every: usize) -> GenCfg {
+pub(crate) fn gen_cfg(check_every: usize) -> GenCfg {
     GenCfg { cli: false, check_every, crash_one_in: 90, big_write: 40 << 20, fill: 0, gaps: Gaps::from_env() }
 }
 
 /// A failure: the ops up to the failing one, and what failed.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     pub ops: Vec<Op>,
     pub msg: String,
 }
 
 impl Failure {
     /// The kind of failure, which a minimized list must keep.
-    pub fn kind(&self) -> String {
+    pub(crate) fn kind(&self) -> String {
         kind_of(&self.msg)
     }
 }
-
 
 /// Fresh images and the model of them; `None` when the tools are missing.
 fn setup(l: &Layout, dir: &Path) -> Option<(Vec<PathBuf>, Model)> {
@@ -535,7 +544,11 @@ fn setup(l: &Layout, dir: &Path) -> Option<(Vec<PathBuf>, Model)> {
     }
     let imgs = make_images(dir, l)?;
     let gaps = Gaps::from_env();
-    let model = if l.kernel_init { kernel_init(&imgs, dir, gaps).unwrap_or_else(|e| panic!("{}: kernel setup: {e}", l.name)) } else { fresh_model(&imgs, gaps) };
+    let model = if l.kernel_init {
+        kernel_init(&imgs, dir, gaps).unwrap_or_else(|e| panic!("{}: kernel setup: {e}", l.name))
+    } else {
+        fresh_model(&imgs, gaps)
+    };
     Some((imgs, model))
 }
 
@@ -545,7 +558,12 @@ fn copies(l: &Layout) -> u64 {
 
 /// Run `source` (generated ops, or a fixed list) on fresh images of `l`.
 /// Ok: the stats; Err: the ops run up to the failure.
-fn run(l: &'static Layout, dir: &Path, mut source: impl FnMut(&Model) -> Option<Op>, kernel: bool) -> Option<Result<(Stats, Model), Failure>> {
+fn run(
+    l: &'static Layout,
+    dir: &Path,
+    mut source: impl FnMut(&Model) -> Option<Op>,
+    kernel: bool,
+) -> Option<Result<(Stats, Model), Failure>> {
     let (imgs, model) = setup(l, dir)?;
     let mut r = LibRunner::new(imgs.clone(), dir, model, copies(l));
     let mut ops = Vec::new();
@@ -570,7 +588,10 @@ fn run(l: &'static Layout, dir: &Path, mut source: impl FnMut(&Model) -> Option<
     }));
     let res = match res {
         Ok(r) => r,
-        Err(p) => Err(format!("[panic] {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())),
+        Err(p) => Err(format!(
+            "[panic] {}",
+            p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+        )),
     };
     Some(match res {
         Ok(()) => Ok((r.stats.clone(), r.committed.clone())),
@@ -579,30 +600,35 @@ fn run(l: &'static Layout, dir: &Path, mut source: impl FnMut(&Model) -> Option<
 }
 
 /// Generate and run `cfg.ops` ops from `seed`.
-pub fn run_seed(cfg: &RunCfg, seed: u64) -> Option<Result<Stats, Failure>> {
+pub(crate) fn run_seed(cfg: &RunCfg, seed: u64) -> Option<Result<Stats, Failure>> {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut gc = cfg.gen.clone();
     gc.fill = (cfg.layout.size_mb << 20) * cfg.layout.devs as u64 / copies(cfg.layout);
     let mut g = Gen::new(seed, gc);
     let mut n = 0;
     let total = cfg.ops;
-    run(cfg.layout, tmp.path(), |m| {
-        n += 1;
-        (n <= total).then(|| g.next(m))
-    }, cfg.kernel_end)
+    run(
+        cfg.layout,
+        tmp.path(),
+        |m| {
+            n += 1;
+            (n <= total).then(|| g.next(m))
+        },
+        cfg.kernel_end,
+    )
     .map(|r| r.map(|(s, _)| s))
 }
 
 /// Run a fixed op list on fresh images of `l` (then the kernel's end step
 /// with `kernel`).
-pub fn replay(l: &'static Layout, ops: &[Op], kernel: bool) -> Option<Result<Stats, Failure>> {
+pub(crate) fn replay(l: &'static Layout, ops: &[Op], kernel: bool) -> Option<Result<Stats, Failure>> {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut it = ops.iter().cloned();
     run(l, tmp.path(), |_| it.next(), kernel).map(|r| r.map(|(s, _)| s))
 }
 
 /// Shrink a failing list to a few ops that fail the same way.
-pub fn shrink(l: &'static Layout, f: &Failure, budget: usize) -> Vec<Op> {
+pub(crate) fn shrink(l: &'static Layout, f: &Failure, budget: usize) -> Vec<Op> {
     let kind = f.kind();
     let kernel = kind.starts_with("[kernel");
     let mut fails = |ops: &[Op]| matches!(replay(l, ops, kernel), Some(Err(g)) if g.kind() == kind);
@@ -618,7 +644,7 @@ fn save(l: &Layout, seed: u64, what: &str, ops: &[Op]) -> PathBuf {
 
 /// Run a seed; on a failure, minimize it and panic with the seed and the
 /// minimized ops (ready to become a regression test).
-pub fn run_or_explain(cfg: &RunCfg, seed: u64) -> Option<Stats> {
+pub(crate) fn run_or_explain(cfg: &RunCfg, seed: u64) -> Option<Stats> {
     let r = run_seed(cfg, seed)?;
     match r {
         Ok(s) => Some(s),
@@ -627,7 +653,8 @@ pub fn run_or_explain(cfg: &RunCfg, seed: u64) -> Option<Stats> {
             eprintln!("seed {seed} on {} failed after {} ops (saved in {}): {}", cfg.layout.name, f.ops.len(), full.display(), f.msg);
             let budget = std::env::var("BTRS_MODEL_SHRINK").ok().and_then(|s| s.parse().ok()).unwrap_or(400);
             let small = shrink(cfg.layout, &f, budget);
-            let again = replay(cfg.layout, &small, f.kind().starts_with("[kernel")).and_then(|r| r.err()).map(|g| g.msg).unwrap_or_default();
+            let again =
+                replay(cfg.layout, &small, f.kind().starts_with("[kernel")).and_then(|r| r.err()).map(|g| g.msg).unwrap_or_default();
             let min = save(cfg.layout, seed, "min", &small);
             panic!(
                 "seed {seed} on layout {} fails: {}\nminimized to {} ops (in {}; fails with: {again}):\n{}",
@@ -652,7 +679,23 @@ fn fixed(layout: &str, seeds: &[u64], ops: usize, check_every: usize) -> Option<
         total.add(&run_or_explain(&cfg, seed)?);
     }
     report(layout, &total, t.elapsed());
-    for k in ["write", "write-direct", "truncate", "mkdir", "rm", "rm-r", "mv", "ln", "symlink", "setxattr", "rmxattr", "put", "commit", "crash", "check"] {
+    for k in [
+        "write",
+        "write-direct",
+        "truncate",
+        "mkdir",
+        "rm",
+        "rm-r",
+        "mv",
+        "ln",
+        "symlink",
+        "setxattr",
+        "rmxattr",
+        "put",
+        "commit",
+        "crash",
+        "check",
+    ] {
         assert!(total.by_op.get(k).copied().unwrap_or(0) > 0, "{layout}: no {k} op ran");
     }
     assert!(total.crashes > 0, "{layout}: no fault fired");
@@ -749,9 +792,10 @@ fn shrink_file() {
 #[ignore]
 fn soak() {
     let secs: u64 = std::env::var("BTRS_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let base: u64 = std::env::var("BTRS_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-    });
+    let base: u64 = std::env::var("BTRS_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
     let ops: usize = std::env::var("BTRS_SOAK_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1500);
     let t = std::time::Instant::now();
     let mut total = Stats::default();

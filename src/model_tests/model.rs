@@ -17,13 +17,13 @@ use std::sync::Arc;
 
 /// splitmix64: small, fast, and the same on every machine.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub(super) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Rng {
+    pub(super) fn new(seed: u64) -> Rng {
         Rng(seed ^ 0x5851_F42D_4C95_7F2D)
     }
-    pub fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -31,21 +31,21 @@ impl Rng {
         z ^ (z >> 31)
     }
     /// Uniform in 0..n (0 when n is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
             self.next() % n
         }
     }
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+    pub(super) fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.below(hi.saturating_sub(lo) + 1)
     }
     /// True with probability num/den.
-    pub fn chance(&mut self, num: u64, den: u64) -> bool {
+    pub(super) fn chance(&mut self, num: u64, den: u64) -> bool {
         self.below(den) < num
     }
-    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> Option<&'a T> {
+    pub(super) fn pick<'a, T>(&mut self, v: &'a [T]) -> Option<&'a T> {
         if v.is_empty() {
             None
         } else {
@@ -53,7 +53,7 @@ impl Rng {
         }
     }
     /// Index by weights.
-    pub fn weighted(&mut self, w: &[u64]) -> usize {
+    pub(super) fn weighted(&mut self, w: &[u64]) -> usize {
         let total: u64 = w.iter().sum();
         let mut x = self.below(total);
         for (i, &k) in w.iter().enumerate() {
@@ -68,7 +68,7 @@ impl Rng {
 
 /// The bytes of a write: `len` bytes from `seed`. A quarter of the seeds give
 /// text-like, compressible bytes, the rest noise.
-pub fn data(seed: u64, len: usize) -> Vec<u8> {
+pub(super) fn data(seed: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
     if seed % 4 == 0 {
         let words: [&[u8]; 6] = [b"btrfs ", b"model ", b"extent ", b"sector ", b"\n", b"0123456789 "];
@@ -93,38 +93,38 @@ pub fn data(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Printable bytes (an xattr value the command line can carry).
-pub fn printable(seed: u64, len: usize) -> Vec<u8> {
+pub(super) fn printable(seed: u64, len: usize) -> Vec<u8> {
     let mut r = Rng::new(seed);
     (0..len).map(|_| b'!' + r.below(94) as u8).collect()
 }
 
 // ---------------------------------------------------------------- the kernel's limits
 
-pub const S_IFMT: u32 = 0o170000;
-pub const S_IFREG: u32 = 0o100000;
-pub const S_IFDIR: u32 = 0o040000;
-pub const S_IFLNK: u32 = 0o120000;
-pub const S_IFIFO: u32 = 0o010000;
+pub(super) const S_IFMT: u32 = 0o170000;
+pub(super) const S_IFREG: u32 = 0o100000;
+pub(super) const S_IFDIR: u32 = 0o040000;
+pub(super) const S_IFLNK: u32 = 0o120000;
+pub(super) const S_IFIFO: u32 = 0o010000;
 /// btrfs inode flags (BTRFS_INODE_NODATASUM, BTRFS_INODE_NODATACOW).
-pub const NODATASUM: u64 = 1;
-pub const NODATACOW: u64 = 2;
-pub const MAX_FILE: u64 = i64::MAX as u64;
-pub const NAME_MAX: usize = 255;
+pub(super) const NODATASUM: u64 = 1;
+pub(super) const NODATACOW: u64 = 2;
+pub(super) const MAX_FILE: u64 = i64::MAX as u64;
+pub(super) const NAME_MAX: usize = 255;
 /// Bytes btrs reads into one step of a streaming write (`ops::write`).
-pub const WRITE_STEP: u64 = 16 << 20;
+pub(super) const WRITE_STEP: u64 = 16 << 20;
 /// The kernel's default max_inline; btrs keeps files this small inline.
-pub const MAX_INLINE: u64 = 2048;
+pub(super) const MAX_INLINE: u64 = 2048;
 
 /// BTRFS_MAX_ITEM_SIZE: a leaf less its header (101) and one item (25).
-pub fn max_item(nodesize: u32) -> usize {
+pub(super) fn max_item(nodesize: u32) -> usize {
     nodesize as usize - 101 - 25
 }
 /// BTRFS_MAX_XATTR_SIZE: one dir item (30 bytes) and its name and value.
-pub fn max_xattr(nodesize: u32) -> usize {
+pub(super) fn max_xattr(nodesize: u32) -> usize {
     max_item(nodesize) - 30
 }
 /// Longest symlink target: one inline extent (21-byte header), below a sector.
-pub fn max_symlink(nodesize: u32, sectorsize: u32) -> usize {
+pub(super) fn max_symlink(nodesize: u32, sectorsize: u32) -> usize {
     (max_item(nodesize) - 21).min(sectorsize as usize - 1)
 }
 
@@ -134,7 +134,7 @@ pub fn max_symlink(nodesize: u32, sectorsize: u32) -> usize {
 /// errno: `Error::NotFound` and `Error::NoSpace` are typed, the rest are
 /// `Error::Invalid`/`Error::Unsupported` told apart by their text.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ErrClass {
+pub(crate) enum ErrClass {
     NotFound,
     Exists,
     NotEmpty,
@@ -166,12 +166,12 @@ pub enum ErrClass {
     Other(String),
 }
 
-pub const GAP_REWRITE: &str = "rewriting part of a compressed extent";
-pub const GAP_PARTIAL: &str = "partially overwriting a compressed extent";
+pub(super) const GAP_REWRITE: &str = "rewriting part of a compressed extent";
+pub(super) const GAP_PARTIAL: &str = "partially overwriting a compressed extent";
 
 /// The class of an error from its text (the library's `Display`, or what the
 /// command line printed after "btrs: error: ").
-pub fn classify(msg: &str) -> ErrClass {
+pub(super) fn classify(msg: &str) -> ErrClass {
     let has = |s: &str| msg.contains(s);
     if has("no space left on the filesystem") {
         ErrClass::NoSpace
@@ -234,7 +234,7 @@ const MPAGE: u64 = 64 << 10;
 
 /// A compressed extent item of a file (the kernel made it): its file range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Citem {
+pub(crate) struct Citem {
     pub start: u64,
     pub len: u64,
     pub inline: bool,
@@ -252,7 +252,7 @@ impl Citem {
 
 /// A file's bytes: sparse pages shared between model copies.
 #[derive(Clone, Debug, Default)]
-pub struct FileData {
+pub(crate) struct FileData {
     pub size: u64,
     pages: BTreeMap<u64, Arc<Vec<u8>>>,
     /// Compressed extent items (only images the kernel wrote have them).
@@ -262,7 +262,7 @@ pub struct FileData {
 }
 
 impl FileData {
-    pub fn write(&mut self, off: u64, data: &[u8]) {
+    pub(crate) fn write(&mut self, off: u64, data: &[u8]) {
         let mut pos = 0usize;
         while pos < data.len() {
             let at = off + pos as u64;
@@ -286,7 +286,7 @@ impl FileData {
     }
 
     /// New size; bytes past it read as zeros if the file grows again.
-    pub fn truncate(&mut self, size: u64) {
+    pub(crate) fn truncate(&mut self, size: u64) {
         if size < self.size {
             let first_gone = size.div_ceil(MPAGE);
             self.pages.retain(|&k, _| k < first_gone);
@@ -301,7 +301,7 @@ impl FileData {
     }
 
     /// Bytes of [off, off+len) (zeros in holes and past the end).
-    pub fn read(&self, off: u64, len: usize) -> Vec<u8> {
+    pub(crate) fn read(&self, off: u64, len: usize) -> Vec<u8> {
         let mut out = vec![0u8; len];
         let end = off + len as u64;
         for (&pi, p) in self.pages.range(off / MPAGE..end.div_ceil(MPAGE)) {
@@ -316,7 +316,7 @@ impl FileData {
     }
 
     /// Whether [off, off+len) is all zeros.
-    pub fn zero(&self, off: u64, len: u64) -> bool {
+    pub(crate) fn zero(&self, off: u64, len: u64) -> bool {
         let end = off.saturating_add(len);
         for (&pi, p) in self.pages.range(off / MPAGE..end.div_ceil(MPAGE)) {
             let ps = pi * MPAGE;
@@ -330,26 +330,30 @@ impl FileData {
     }
 
     /// Bytes held in pages (what the data takes, roughly).
-    pub fn held(&self) -> u64 {
+    pub(crate) fn held(&self) -> u64 {
         self.pages.len() as u64 * MPAGE
     }
 }
 
 // ---------------------------------------------------------------- the tree
 
-pub type Id = u32;
+pub(super) type Id = u32;
 
 #[derive(Clone, Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub id: Id,
     /// Creation order (the DIR_INDEX order the engine walks).
     pub index: u64,
 }
 
 #[derive(Clone, Debug)]
-pub enum Kind {
+pub(crate) enum Kind {
     File(FileData),
-    Dir { entries: BTreeMap<Vec<u8>, Entry>, next_index: u64, parent: Option<Id> },
+    Dir {
+        entries: BTreeMap<Vec<u8>, Entry>,
+        next_index: u64,
+        parent: Option<Id>,
+    },
     /// A snapshot's stand-in for a subvolume nested in what it copied: an
     /// empty read-only directory.
     Stub,
@@ -358,7 +362,7 @@ pub enum Kind {
 }
 
 #[derive(Clone, Debug)]
-pub struct Node {
+pub(crate) struct Node {
     pub kind: Kind,
     pub mode: u32,
     pub uid: u32,
@@ -370,10 +374,10 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn is_dir(&self) -> bool {
+    pub(crate) fn is_dir(&self) -> bool {
         matches!(self.kind, Kind::Dir { .. } | Kind::Stub)
     }
-    pub fn file(&self) -> Option<&FileData> {
+    pub(crate) fn file(&self) -> Option<&FileData> {
         match &self.kind {
             Kind::File(f) => Some(f),
             _ => None,
@@ -384,7 +388,7 @@ impl Node {
 /// Which known gaps (being closed in branch `gaps`) the engine now handles:
 /// off, the model expects today's refusal; on, success.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Gaps {
+pub(crate) struct Gaps {
     pub compressed_partial: bool,
     pub extref: bool,
     pub compressed_write: bool,
@@ -393,7 +397,7 @@ pub struct Gaps {
 impl Gaps {
     /// From `BTRS_MODEL_GAPS` (comma separated: compressed, extref,
     /// compress-write, all, none); unset: all (every gap is filled now).
-    pub fn from_env() -> Gaps {
+    pub(crate) fn from_env() -> Gaps {
         let v = std::env::var("BTRS_MODEL_GAPS").unwrap_or_else(|_| "all".into());
         let on = |k: &str| v.split(',').any(|x| x.trim() == k || x.trim() == "all");
         Gaps { compressed_partial: on("compressed"), extref: on("extref"), compressed_write: on("compress-write") }
@@ -401,20 +405,20 @@ impl Gaps {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct Params {
+pub(crate) struct Params {
     pub nodesize: u32,
     pub sectorsize: u32,
     pub gaps: Gaps,
 }
 
 #[derive(Clone, Debug)]
-pub struct Subvol {
+pub(crate) struct Subvol {
     pub ro: bool,
     pub root: Id,
 }
 
 #[derive(Clone, Debug)]
-pub struct Model {
+pub(crate) struct Model {
     pub nodes: BTreeMap<Id, Arc<Node>>,
     pub root: Id,
     next_id: Id,
@@ -425,18 +429,18 @@ pub struct Model {
 }
 
 /// The top-level subvolume's id in the model (the kernel's FS_TREE).
-pub const TOP: u64 = 5;
+pub(super) const TOP: u64 = 5;
 
 /// What an operation did to the model: its end state or the refusal, and
 /// the states committed on the way (a long write commits in steps).
-pub struct Applied {
+pub(crate) struct Applied {
     pub result: Result<Model, ErrClass>,
     pub commits: Vec<Model>,
 }
 
 impl Model {
     /// An empty filesystem: the root directory (0755, root's).
-    pub fn new(params: Params) -> Model {
+    pub(crate) fn new(params: Params) -> Model {
         let root = Node {
             kind: Kind::Dir { entries: BTreeMap::new(), next_index: 2, parent: None },
             mode: S_IFDIR | 0o755,
@@ -454,21 +458,21 @@ impl Model {
         Model { nodes, root: 1, next_id: 2, subvols, params, extref: BTreeSet::new() }
     }
 
-    pub fn node(&self, id: Id) -> &Node {
+    pub(crate) fn node(&self, id: Id) -> &Node {
         &self.nodes[&id]
     }
-    pub fn node_mut(&mut self, id: Id) -> &mut Node {
+    pub(crate) fn node_mut(&mut self, id: Id) -> &mut Node {
         Arc::make_mut(self.nodes.get_mut(&id).expect("model node"))
     }
 
-    pub fn add_node(&mut self, n: Node) -> Id {
+    pub(crate) fn add_node(&mut self, n: Node) -> Id {
         let id = self.next_id;
         self.next_id += 1;
         self.nodes.insert(id, Arc::new(n));
         id
     }
 
-    pub fn entries(&self, dir: Id) -> Option<&BTreeMap<Vec<u8>, Entry>> {
+    pub(crate) fn entries(&self, dir: Id) -> Option<&BTreeMap<Vec<u8>, Entry>> {
         match &self.node(dir).kind {
             Kind::Dir { entries, .. } => Some(entries),
             _ => None,
@@ -476,7 +480,7 @@ impl Model {
     }
 
     /// A directory's i_size: twice the bytes of its entry names.
-    pub fn dir_size(&self, dir: Id) -> u64 {
+    pub(crate) fn dir_size(&self, dir: Id) -> u64 {
         self.entries(dir).map_or(0, |e| e.keys().map(|k| 2 * k.len() as u64).sum())
     }
 
@@ -531,7 +535,7 @@ impl Model {
 
     /// Where a path leads as a reader sees it (`Filesystem::resolve`: a stub
     /// is an empty directory), without errors.
-    pub fn find(&self, path: &str) -> Option<Id> {
+    pub(crate) fn find(&self, path: &str) -> Option<Id> {
         let mut cur = self.root;
         for comp in components(path) {
             cur = self.entries(cur)?.get(comp.as_bytes())?.id;
@@ -557,7 +561,13 @@ impl Model {
                 None if parents => {
                     check_name(comp.as_bytes())?;
                     self.ensure_writable(cur)?;
-                    self.create(cur, comp.as_bytes(), S_IFDIR | 0o755, 0, Kind::Dir { entries: BTreeMap::new(), next_index: 2, parent: Some(cur) })?
+                    self.create(
+                        cur,
+                        comp.as_bytes(),
+                        S_IFDIR | 0o755,
+                        0,
+                        Kind::Dir { entries: BTreeMap::new(), next_index: 2, parent: Some(cur) },
+                    )?
                 }
                 None => return Err(ErrClass::NotFound),
             };
@@ -581,9 +591,7 @@ impl Model {
         if !self.params.gaps.extref {
             let refs: usize = self
                 .entries(dir)
-                .map(|e| {
-                    e.iter().filter(|(n, x)| x.id == id && !self.extref.contains(&(dir, n.to_vec()))).map(|(n, _)| n.len() + 10).sum()
-                })
+                .map(|e| e.iter().filter(|(n, x)| x.id == id && !self.extref.contains(&(dir, n.to_vec()))).map(|(n, _)| n.len() + 10).sum())
                 .unwrap_or(0);
             if refs + name.len() + 10 > self.params.nodesize as usize / 2 {
                 return Err(ErrClass::GapExtref);
@@ -644,7 +652,8 @@ impl Model {
     fn rm_tree(&mut self, dir: Id, name: &[u8]) -> Result<(), ErrClass> {
         if let Some(id) = self.lookup_name(dir, name)? {
             if matches!(self.node(id).kind, Kind::Dir { .. }) {
-                let mut kids: Vec<(u64, Vec<u8>)> = self.entries(id).map(|e| e.iter().map(|(n, x)| (x.index, n.clone())).collect()).unwrap_or_default();
+                let mut kids: Vec<(u64, Vec<u8>)> =
+                    self.entries(id).map(|e| e.iter().map(|(n, x)| (x.index, n.clone())).collect()).unwrap_or_default();
                 kids.sort();
                 for (_, k) in kids {
                     self.rm_tree(id, &k)?;
@@ -658,7 +667,7 @@ impl Model {
 
     /// Apply `op` as btrs must: the new state, or the refusal (the state is
     /// then what it was, or the last of `commits`).
-    pub fn apply(&self, op: &Op) -> Applied {
+    pub(crate) fn apply(&self, op: &Op) -> Applied {
         let mut m = self.clone();
         let mut commits = Vec::new();
         let r = match op {
@@ -892,7 +901,8 @@ impl Model {
         let id = match &h.kind {
             HostKind::Symlink(t) => self.create(dir, name, S_IFLNK | 0o777, 0, Kind::Symlink(t.clone()))?,
             HostKind::Dir(kids) => {
-                let id = self.create(dir, name, S_IFDIR | h.mode, 0, Kind::Dir { entries: BTreeMap::new(), next_index: 2, parent: Some(dir) })?;
+                let id =
+                    self.create(dir, name, S_IFDIR | h.mode, 0, Kind::Dir { entries: BTreeMap::new(), next_index: 2, parent: Some(dir) })?;
                 for (kn, k) in kids {
                     self.put_one(id, kn, k, copied)?;
                 }
@@ -925,7 +935,7 @@ impl Model {
     // ------------------------------------------------ views for the generator
 
     /// Every path of the tree (through subvolumes, not into stubs) with its node.
-    pub fn paths(&self) -> Vec<(String, Id)> {
+    pub(crate) fn paths(&self) -> Vec<(String, Id)> {
         let mut out = vec![("/".to_string(), self.root)];
         let mut stack = vec![("".to_string(), self.root)];
         while let Some((p, d)) = stack.pop() {
@@ -944,7 +954,7 @@ impl Model {
 
     /// Whether `op` would remove or replace a name the kernel stored as an
     /// extended inode ref (a known gap, generated only when it is closed).
-    pub fn hits_extref(&self, op: &Op) -> bool {
+    pub(crate) fn hits_extref(&self, op: &Op) -> bool {
         if self.extref.is_empty() {
             return false;
         }
@@ -975,13 +985,13 @@ impl Model {
     }
 
     /// Bytes of file data the model holds (each inode once).
-    pub fn data_bytes(&self) -> u64 {
+    pub(crate) fn data_bytes(&self) -> u64 {
         self.nodes.values().filter_map(|n| n.file()).map(|f| f.held()).sum()
     }
 }
 
 /// Path components as the engine walks them.
-pub fn components(path: &str) -> impl Iterator<Item = &str> {
+pub(super) fn components(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|c| !c.is_empty() && *c != ".")
 }
 
@@ -997,7 +1007,7 @@ fn check_name(name: &[u8]) -> Result<(), ErrClass> {
 }
 
 /// `ops::write::split`: "/a/b/c" into ("/a/b", "c").
-pub fn split(path: &str) -> Result<(String, Vec<u8>), ErrClass> {
+pub(super) fn split(path: &str) -> Result<(String, Vec<u8>), ErrClass> {
     let p = path.trim_end_matches('/');
     let (dir, name) = match p.rfind('/') {
         Some(i) => (&p[..i], &p[i + 1..]),
@@ -1067,16 +1077,20 @@ fn truncate_file(f: &mut FileData, size: u64, ss: u64, gaps: Gaps) -> Result<(),
 // ---------------------------------------------------------------- host trees for `put`
 
 #[derive(Clone, Debug)]
-pub enum HostKind {
+pub(super) enum HostKind {
     /// size, data runs (offset, length, seed), hard-link group.
-    File { size: u64, runs: Vec<(u64, u64, u64)>, group: Option<usize> },
+    File {
+        size: u64,
+        runs: Vec<(u64, u64, u64)>,
+        group: Option<usize>,
+    },
     Dir(Vec<(Vec<u8>, HostNode)>),
     Symlink(Vec<u8>),
     Fifo,
 }
 
 #[derive(Clone, Debug)]
-pub struct HostNode {
+pub(super) struct HostNode {
     pub kind: HostKind,
     /// Permission bits (with set-id bits).
     pub mode: u32,
@@ -1085,13 +1099,13 @@ pub struct HostNode {
 
 /// A small host tree `put` copies in, made from a seed.
 #[derive(Clone, Debug)]
-pub struct HostTree {
+pub(super) struct HostTree {
     pub name: Vec<u8>,
     pub root: HostNode,
 }
 
 impl HostTree {
-    pub fn generate(seed: u64) -> HostTree {
+    pub(super) fn generate(seed: u64) -> HostTree {
         let mut r = Rng::new(seed);
         let mut groups = 0usize;
         let root = if r.chance(1, 6) { Self::leaf(&mut r, &mut groups, false) } else { Self::dir(&mut r, 0, &mut groups) };
@@ -1164,7 +1178,7 @@ impl HostTree {
     }
 
     /// Make the tree at `dir/name` on the host.
-    pub fn materialize(&self, dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    pub(super) fn materialize(&self, dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
         use std::os::unix::ffi::OsStrExt;
         let at = dir.join(std::ffi::OsStr::from_bytes(&self.name));
         let mut made: HashMap<usize, std::path::PathBuf> = HashMap::new();
@@ -1217,14 +1231,14 @@ impl HostTree {
 // ---------------------------------------------------------------- operations
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Create {
+pub(crate) enum Create {
     Plain,
     NoSum,
     NoCow,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     /// `btrs write PATH --offset OFF` of `len` bytes from `seed`.
     Write {
         path: String,
@@ -1244,36 +1258,66 @@ pub enum Op {
         compress: bool,
     },
     /// `btrs write PATH --truncate --offset SIZE` of nothing (creates a missing file).
-    Truncate { path: String, size: u64 },
-    Mkdir { path: String, parents: bool },
-    Rm { paths: Vec<String>, recursive: bool },
-    Mv { src: String, dst: String },
-    Link { target: String, link: String },
-    Symlink { target: String, link: String },
+    Truncate {
+        path: String,
+        size: u64,
+    },
+    Mkdir {
+        path: String,
+        parents: bool,
+    },
+    Rm {
+        paths: Vec<String>,
+        recursive: bool,
+    },
+    Mv {
+        src: String,
+        dst: String,
+    },
+    Link {
+        target: String,
+        link: String,
+    },
+    Symlink {
+        target: String,
+        link: String,
+    },
     /// Value: (length, seed) of printable bytes; `None` removes.
-    SetXattr { path: String, name: String, value: Option<(u32, u64)> },
-    Put { dest: String, seed: u64 },
+    SetXattr {
+        path: String,
+        name: String,
+        value: Option<(u32, u64)>,
+    },
+    Put {
+        dest: String,
+        seed: u64,
+    },
     /// Library: commit (and with `reopen`, open the images afresh, as a new
     /// process would). Command line: every command commits; nothing to do.
-    Commit { reopen: bool },
+    Commit {
+        reopen: bool,
+    },
     /// Library: drop the running transaction. Command line: nothing.
     Abort,
     /// Library: the `at`-th image I/O from now fails (or is torn) and every
     /// later one too. Command line: the next command is killed (SIGKILL)
     /// `at` microseconds after it starts.
-    Crash { at: u64, torn: bool },
+    Crash {
+        at: u64,
+        torn: bool,
+    },
     /// Whole tree against the model, `btrfs check`, scrub.
     Check,
 }
 
 impl Op {
     /// Whether the op changes the filesystem (a command runs for it).
-    pub fn mutates(&self) -> bool {
+    pub(crate) fn mutates(&self) -> bool {
         !matches!(self, Op::Commit { .. } | Op::Abort | Op::Crash { .. } | Op::Check)
     }
 
     /// Paths whose state the op may change (checked right after it).
-    pub fn touched(&self) -> Vec<String> {
+    pub(crate) fn touched(&self) -> Vec<String> {
         let parent = |p: &str| split(p).map(|(d, _)| d).unwrap_or_else(|_| "/".into());
         match self {
             Op::Write { path, .. } | Op::Truncate { path, .. } | Op::Mkdir { path, .. } => vec![path.clone(), parent(path)],
@@ -1298,7 +1342,7 @@ impl Op {
 }
 
 /// Path and name text in op lists: bytes outside a safe set as %XX.
-pub fn enc(s: &str) -> String {
+pub(super) fn enc(s: &str) -> String {
     let mut o = String::new();
     for &b in s.as_bytes() {
         if b.is_ascii_alphanumeric() || b"._/-~+,:".contains(&b) {
@@ -1313,7 +1357,7 @@ pub fn enc(s: &str) -> String {
     o
 }
 
-pub fn dec(s: &str) -> Result<String, String> {
+pub(super) fn dec(s: &str) -> Result<String, String> {
     if s == "%%" {
         return Ok(String::new());
     }
@@ -1379,7 +1423,7 @@ impl std::fmt::Display for Op {
 }
 
 /// Parse one line of an op list (as `Display` writes it).
-pub fn parse_op(line: &str) -> Result<Op, String> {
+pub(super) fn parse_op(line: &str) -> Result<Op, String> {
     let w: Vec<&str> = line.split_whitespace().collect();
     let kv = |k: &str| -> Result<u64, String> {
         w.iter()
@@ -1432,18 +1476,18 @@ pub fn parse_op(line: &str) -> Result<Op, String> {
 }
 
 /// An op list from text: one op a line; blank lines and `#` comments skipped.
-pub fn parse_ops(text: &str) -> Result<Vec<Op>, String> {
+pub(super) fn parse_ops(text: &str) -> Result<Vec<Op>, String> {
     text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(parse_op).collect()
 }
 
-pub fn ops_text(ops: &[Op]) -> String {
+pub(super) fn ops_text(ops: &[Op]) -> String {
     ops.iter().map(|o| format!("{o}\n")).collect()
 }
 
 // ---------------------------------------------------------------- the generator
 
 #[derive(Clone, Debug)]
-pub struct GenCfg {
+pub(crate) struct GenCfg {
     /// The command-line entrance (crash = SIGKILL; commit/abort do nothing).
     pub cli: bool,
     /// A `check` op every this many ops.
@@ -1459,7 +1503,7 @@ pub struct GenCfg {
     pub gaps: Gaps,
 }
 
-pub struct Gen {
+pub(super) struct Gen {
     pub rng: Rng,
     pub cfg: GenCfg,
     count: usize,
@@ -1470,12 +1514,12 @@ pub struct Gen {
 }
 
 impl Gen {
-    pub fn new(seed: u64, cfg: GenCfg) -> Gen {
+    pub(super) fn new(seed: u64, cfg: GenCfg) -> Gen {
         Gen { rng: Rng::new(seed), cfg, count: 0, commit_pm: 300, names: 0 }
     }
 
     /// The next op for model state `m`.
-    pub fn next(&mut self, m: &Model) -> Op {
+    pub(super) fn next(&mut self, m: &Model) -> Op {
         for _ in 0..20 {
             let op = self.next_any(m);
             if self.cfg.gaps.extref || !m.hits_extref(&op) {
@@ -1539,7 +1583,11 @@ impl Gen {
             5 => {
                 // rmdir: an empty directory (or not).
                 let empty: Vec<&(String, Id)> = dirs.iter().copied().filter(|(_, id)| m.dir_size(*id) == 0).collect();
-                let p = if empty.is_empty() || self.rng.chance(1, 4) { self.dir(&dirs) } else { self.rng.pick(&empty).map(|x| x.0.clone()).unwrap_or_default() };
+                let p = if empty.is_empty() || self.rng.chance(1, 4) {
+                    self.dir(&dirs)
+                } else {
+                    self.rng.pick(&empty).map(|x| x.0.clone()).unwrap_or_default()
+                };
                 Op::Rm { paths: vec![p], recursive: false }
             }
             6 => {
@@ -1697,7 +1745,8 @@ impl Gen {
     fn write(&mut self, m: &Model, files: &[&(String, Id)], dirs: &[&(String, Id)]) -> Op {
         let existing = !files.is_empty() && self.rng.chance(7, 10);
         // Files with compressed extents (the kernel's) get their share.
-        let compressed: Vec<&(String, Id)> = files.iter().copied().filter(|(_, id)| m.node(*id).file().is_some_and(|f| !f.compressed.is_empty())).collect();
+        let compressed: Vec<&(String, Id)> =
+            files.iter().copied().filter(|(_, id)| m.node(*id).file().is_some_and(|f| !f.compressed.is_empty())).collect();
         let (path, parents) = if existing && !compressed.is_empty() && self.rng.chance(1, 4) {
             (self.rng.pick(&compressed).map(|x| x.0.clone()).unwrap_or_default(), false)
         } else if existing {
@@ -1759,7 +1808,7 @@ impl Gen {
 
 /// What kind of failure a message reports: its `[tag]` and first few words
 /// that are not paths or numbers. A minimized list must fail the same way.
-pub fn kind_of(msg: &str) -> String {
+pub(super) fn kind_of(msg: &str) -> String {
     let (tag, rest) = msg.split_once(']').unwrap_or((msg, ""));
     let words: Vec<&str> = rest.split_whitespace().filter(|w| !w.contains('/') && !w.chars().any(|c| c.is_ascii_digit())).take(4).collect();
     format!("{tag}] {}", words.join(" "))
@@ -1767,7 +1816,7 @@ pub fn kind_of(msg: &str) -> String {
 
 /// Delta debugging (ddmin): drop chunks of the list, then single ops, while
 /// `fails` still says yes. `budget` bounds the runs.
-pub fn minimize(ops: Vec<Op>, fails: &mut dyn FnMut(&[Op]) -> bool, mut budget: usize) -> Vec<Op> {
+pub(super) fn minimize(ops: Vec<Op>, fails: &mut dyn FnMut(&[Op]) -> bool, mut budget: usize) -> Vec<Op> {
     let mut cur = ops;
     let mut n = 2usize;
     while cur.len() >= 2 && budget > 0 {
@@ -1801,7 +1850,7 @@ pub fn minimize(ops: Vec<Op>, fails: &mut dyn FnMut(&[Op]) -> bool, mut budget: 
 
 /// What a view says of one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stat {
+pub(super) struct Stat {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
@@ -1812,14 +1861,14 @@ pub struct Stat {
 }
 
 /// A piece of a file's content as a view streams it.
-pub enum Chunk<'a> {
+pub(super) enum Chunk<'a> {
     Data(&'a [u8]),
     Hole(u64),
 }
 
 /// A filesystem as seen by btrs (committed, or through a running
 /// transaction) or by the kernel.
-pub trait View {
+pub(super) trait View {
     type Id: Copy + Eq + std::hash::Hash + std::fmt::Debug;
     fn root(&mut self) -> Self::Id;
     fn lookup(&mut self, dir: Self::Id, name: &[u8]) -> Result<Option<Self::Id>, String>;
@@ -1861,7 +1910,7 @@ fn first_diff(a: &[u8], b: &[u8]) -> usize {
 }
 
 /// The model's stat of a node.
-pub fn model_stat(m: &Model, id: Id) -> Stat {
+pub(super) fn model_stat(m: &Model, id: Id) -> Stat {
     let n = m.node(id);
     let size = match &n.kind {
         Kind::File(f) => f.size,
@@ -1890,7 +1939,7 @@ fn cmp_stat(path: &str, want: &Stat, got: &Stat) -> Result<(), String> {
 /// Compare one node (not below it): stat, xattrs, symlink target, the
 /// entries' names, and file bytes (whole when small, else `range` and the
 /// file's last 8 KiB).
-pub fn compare_node<V: View>(v: &mut V, vid: V::Id, m: &Model, id: Id, path: &str, range: Option<(u64, u64)>) -> Result<(), String> {
+pub(super) fn compare_node<V: View>(v: &mut V, vid: V::Id, m: &Model, id: Id, path: &str, range: Option<(u64, u64)>) -> Result<(), String> {
     let want = model_stat(m, id);
     let got = v.stat(vid)?;
     cmp_stat(path, &want, &got)?;
@@ -1991,7 +2040,7 @@ fn compare_file<V: View>(v: &mut V, vid: V::Id, f: &FileData, path: &str) -> Res
 }
 
 /// Resolve `path` in a view (readers' rules: stubs are empty directories).
-pub fn view_find<V: View>(v: &mut V, path: &str) -> Result<Option<V::Id>, String> {
+pub(super) fn view_find<V: View>(v: &mut V, path: &str) -> Result<Option<V::Id>, String> {
     let mut cur = v.root();
     for comp in components(path) {
         match v.lookup(cur, comp.as_bytes())? {
@@ -2004,7 +2053,7 @@ pub fn view_find<V: View>(v: &mut V, path: &str) -> Result<Option<V::Id>, String
 
 /// After an op: each path it touched is there in both or neither, and the
 /// same.
-pub fn compare_paths<V: View>(v: &mut V, m: &Model, op: &Op) -> Result<(), String> {
+pub(super) fn compare_paths<V: View>(v: &mut V, m: &Model, op: &Op) -> Result<(), String> {
     let range = match op {
         Op::Write { off, len, .. } => Some((*off, off.saturating_add(*len))),
         _ => None,
@@ -2033,7 +2082,7 @@ pub fn compare_paths<V: View>(v: &mut V, m: &Model, op: &Op) -> Result<(), Strin
 
 /// The whole tree: every node as in the model, whole files streamed, hard
 /// links the same inode in both and nowhere else.
-pub fn compare_all<V: View>(v: &mut V, m: &Model) -> Result<usize, String> {
+pub(super) fn compare_all<V: View>(v: &mut V, m: &Model) -> Result<usize, String> {
     let mut seen: HashMap<Id, V::Id> = HashMap::new();
     let mut back: HashMap<V::Id, Id> = HashMap::new();
     let mut stack = vec![("/".to_string(), m.root, v.root())];

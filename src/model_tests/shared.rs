@@ -15,27 +15,35 @@ use super::interop;
 use super::lib_api::{self, Filesystem, InodeId, OpenOptions};
 use super::model::*;
 
-pub fn open_opts(imgs: &[PathBuf], writable: bool) -> OpenOptions {
-    OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable, alongside_writer: false, accept_lagging: false, divergent_ok: false }
+pub(super) fn open_opts(imgs: &[PathBuf], writable: bool) -> OpenOptions {
+    OpenOptions {
+        image: imgs[0].clone(),
+        devices: imgs.to_vec(),
+        degraded: false,
+        writable,
+        alongside_writer: false,
+        accept_lagging: false,
+        divergent_ok: false,
+    }
 }
 
 /// Read-only, as a caller who knows a crash just happened opens it: a device
 /// left one commit behind that nothing can compare is taken as current
 /// (`--accept-lagging`; see `judge` for what plain opens make of it).
-pub fn open_after_crash(imgs: &[PathBuf]) -> Result<Filesystem, String> {
+pub(super) fn open_after_crash(imgs: &[PathBuf]) -> Result<Filesystem, String> {
     Filesystem::open(&OpenOptions { accept_lagging: true, ..open_opts(imgs, false) }).map_err(|e| format!("open: {e}"))
 }
 
-pub fn open_ro(imgs: &[PathBuf]) -> Result<Filesystem, String> {
+pub(super) fn open_ro(imgs: &[PathBuf]) -> Result<Filesystem, String> {
     Filesystem::open(&open_opts(imgs, false)).map_err(|e| format!("open: {e}"))
 }
 
-pub fn generation(imgs: &[PathBuf]) -> Result<u64, String> {
+pub(super) fn generation(imgs: &[PathBuf]) -> Result<u64, String> {
     Ok(open_ro(imgs)?.sb.generation.get())
 }
 
 /// Chunks in the chunk tree.
-pub fn chunk_count(imgs: &[PathBuf]) -> usize {
+pub(super) fn chunk_count(imgs: &[PathBuf]) -> usize {
     open_ro(imgs).map(|fs| fs.volume().chunks.entries().len()).unwrap_or(0)
 }
 
@@ -43,7 +51,7 @@ pub fn chunk_count(imgs: &[PathBuf]) -> usize {
 
 /// Counts for the report of a run.
 #[derive(Default, Debug, Clone)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub ops: u64,
     pub by_op: BTreeMap<&'static str, u64>,
     pub refused: BTreeMap<String, u64>,
@@ -57,7 +65,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn add(&mut self, o: &Stats) {
+    pub(crate) fn add(&mut self, o: &Stats) {
         self.ops += o.ops;
         for (k, v) in &o.by_op {
             *self.by_op.entry(k).or_default() += v;
@@ -74,7 +82,7 @@ impl Stats {
     }
 }
 
-pub fn op_name(op: &Op) -> &'static str {
+pub(super) fn op_name(op: &Op) -> &'static str {
     match op {
         Op::Write { direct: true, .. } => "write-direct",
         Op::Write { .. } => "write",
@@ -95,7 +103,7 @@ pub fn op_name(op: &Op) -> &'static str {
     }
 }
 
-pub fn report(name: &str, s: &Stats, t: std::time::Duration) {
+pub(super) fn report(name: &str, s: &Stats, t: std::time::Duration) {
     eprintln!(
         "{name}: {} ops in {:.1}s ({:.0} ops/s outside the {:.1}s of whole-tree checks; {} commits, {} checks, {} faults, {} ENOSPC, {} new chunks); refused {:?}; ops {:?}",
         s.ops,
@@ -112,7 +120,6 @@ pub fn report(name: &str, s: &Stats, t: std::time::Duration) {
     );
 }
 
-
 // ---------------------------------------------------------------- btrs's committed view
 
 /// A placeholder directory (a snapshot's stub of a nested subvolume) has
@@ -121,7 +128,7 @@ fn tag(name: &[u8], parent: u64) -> u64 {
     name.iter().fold(parent ^ 0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
-pub struct FsView<'a> {
+pub(super) struct FsView<'a> {
     pub fs: &'a Filesystem,
 }
 
@@ -199,13 +206,13 @@ fn fix(id: InodeId, name: &[u8], dir: (InodeId, u64)) -> (InodeId, u64) {
 // ---------------------------------------------------------------- the kernel's view
 
 /// A mounted filesystem seen through the host's system calls.
-pub struct KView {
+pub(super) struct KView {
     pub root: PathBuf,
     paths: HashMap<(u64, u64, u64), PathBuf>,
 }
 
 impl KView {
-    pub fn new(root: &Path) -> KView {
+    pub(super) fn new(root: &Path) -> KView {
         KView { root: root.to_path_buf(), paths: HashMap::new() }
     }
     fn id_of(&mut self, p: &Path, parent: u64) -> Result<(u64, u64, u64), String> {
@@ -309,11 +316,11 @@ impl View for KView {
 
 /// A write that may have gone in place into a NODATACOW file: (node, file
 /// offset, bytes).
-pub type InPlace = (Id, u64, Vec<u8>);
+pub(super) type InPlace = (Id, u64, Vec<u8>);
 
 /// The in-place candidates of `op` on `m`: a write or truncate of an
 /// existing NODATACOW file.
-pub fn in_place_of(m: &Model, op: &Op) -> Vec<InPlace> {
+pub(super) fn in_place_of(m: &Model, op: &Op) -> Vec<InPlace> {
     let (path, writes): (&str, Vec<(u64, Vec<u8>)>) = match op {
         Op::Write { path, off, len, seed, truncate, .. } => {
             let mut w = vec![(*off, data(*seed, *len as usize))];
@@ -326,7 +333,9 @@ pub fn in_place_of(m: &Model, op: &Op) -> Vec<InPlace> {
         _ => return Vec::new(),
     };
     match m.find(path) {
-        Some(id) if m.node(id).file().is_some() && m.node(id).flags & NODATACOW != 0 => writes.into_iter().map(|(o, d)| (id, o, d)).collect(),
+        Some(id) if m.node(id).file().is_some() && m.node(id).flags & NODATACOW != 0 => {
+            writes.into_iter().map(|(o, d)| (id, o, d)).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -335,7 +344,7 @@ pub fn in_place_of(m: &Model, op: &Op) -> Vec<InPlace> {
 /// do too): after a rollback, each byte such a write covered may be the
 /// committed one or one of the writes'. Check that btrs's bytes there are
 /// one of those, and take them into the model.
-pub fn reconcile_in_place(fs: &Filesystem, m: &mut Model, cands: &[InPlace]) -> Result<(), String> {
+pub(super) fn reconcile_in_place(fs: &Filesystem, m: &mut Model, cands: &[InPlace]) -> Result<(), String> {
     let ids: std::collections::BTreeSet<Id> = cands.iter().map(|c| c.0).collect();
     let paths = m.paths();
     for id in ids {
@@ -352,7 +361,8 @@ pub fn reconcile_in_place(fs: &Filesystem, m: &mut Model, cands: &[InPlace]) -> 
             let old = m.node(id).file().map(|f| f.read(off, got.len())).unwrap_or_default();
             for (i, &b) in got.iter().enumerate() {
                 let p = off + i as u64;
-                let ok = b == old[i] || cands.iter().any(|c| c.0 == id && p >= c.1 && p < c.1 + c.2.len() as u64 && c.2[(p - c.1) as usize] == b);
+                let ok = b == old[i]
+                    || cands.iter().any(|c| c.0 == id && p >= c.1 && p < c.1 + c.2.len() as u64 && c.2[(p - c.1) as usize] == b);
                 if !ok {
                     return Err(format!("{path}: byte {p} of a NODATACOW file is {b:#x}: neither committed ({:#x}) nor written", old[i]));
                 }
@@ -379,7 +389,7 @@ pub fn reconcile_in_place(fs: &Filesystem, m: &mut Model, cands: &[InPlace]) -> 
 /// current device has and no checksum covers, only `--accept-lagging` (the
 /// caller knows it was a crash) may take it as current, and then every
 /// mirror must agree and the next scrub be clean.
-pub fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(), String> {
+pub(super) fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(), String> {
     if progs_here(imgs) {
         interop::btrfs_check(imgs, &["--check-data-csum"]).map_err(|e| format!("btrfs check: {e}"))?;
     }
@@ -436,7 +446,8 @@ pub fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(),
     // devices hold (written after their generation, so not trusted): the
     // caller who knows it was a crash takes them as current below.
     let crash_only = |f: &lib_api::Finding| {
-        after_crash && rep.findings.iter().any(|g| g.kind == lib_api::FindingKind::StaleDevice && g.detail.contains("one behind"))
+        after_crash
+            && rep.findings.iter().any(|g| g.kind == lib_api::FindingKind::StaleDevice && g.detail.contains("one behind"))
             && (f.detail.contains(TAKE) || f.detail.contains("no current copy to compare"))
     };
     if !rep.findings.iter().all(|f| after_crash && behind(f) || torn_copy(f) || crash_only(f)) || rep.findings_dropped > 0 {
@@ -455,7 +466,10 @@ pub fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(),
         Ok(fixed) => {
             let unfixed = |f: &&lib_api::Finding| !f.repaired;
             if !fixed.findings.iter().filter(unfixed).all(|f| behind(f) || crash_only(f)) {
-                return Err(format!("scrub --repair left more than a lagging device's unverifiable copies after a crash: {:?}", fixed.findings));
+                return Err(format!(
+                    "scrub --repair left more than a lagging device's unverifiable copies after a crash: {:?}",
+                    fixed.findings
+                ));
             }
             take_lagging(prefer)?;
         }
@@ -472,7 +486,7 @@ pub fn judge(imgs: &[PathBuf], after_crash: bool, torn: &[String]) -> Result<(),
 /// first mirror; the repair put the old bytes back and a later check found
 /// them), so the model takes what the copies hold now, from `unreconciled`
 /// (the state before the first reconcile).
-pub fn settle_in_place(imgs: &[PathBuf], unreconciled: Model, cands: &[InPlace]) -> Result<Model, String> {
+pub(super) fn settle_in_place(imgs: &[PathBuf], unreconciled: Model, cands: &[InPlace]) -> Result<Model, String> {
     let mut st = unreconciled;
     if !cands.is_empty() {
         let fs = open_after_crash(imgs)?;
@@ -482,13 +496,13 @@ pub fn settle_in_place(imgs: &[PathBuf], unreconciled: Model, cands: &[InPlace])
 }
 
 /// The paths of the files NODATACOW writes went in place in (see [`judge`]).
-pub fn torn_paths(m: &Model, cands: &[InPlace]) -> Vec<String> {
+pub(super) fn torn_paths(m: &Model, cands: &[InPlace]) -> Vec<String> {
     m.paths().into_iter().filter(|(_, id)| cands.iter().any(|c| c.0 == *id)).map(|(p, _)| p).collect()
 }
 
 /// Whether `btrfs check` can judge these images here (several need loop
 /// devices, so root); says why not once, and fails under BTRS_INTEROP=require.
-pub fn progs_here(imgs: &[PathBuf]) -> bool {
+pub(super) fn progs_here(imgs: &[PathBuf]) -> bool {
     use std::sync::atomic::{AtomicBool, Ordering};
     static SAID: AtomicBool = AtomicBool::new(false);
     let root = imgs.len() > 1;
@@ -507,7 +521,7 @@ pub fn progs_here(imgs: &[PathBuf]) -> bool {
 
 /// How a run's images are made.
 #[derive(Clone, Debug)]
-pub struct Layout {
+pub(crate) struct Layout {
     pub name: &'static str,
     /// `btrs mkfs` (library) or `mkfs.btrfs`.
     pub progs: bool,
@@ -524,22 +538,88 @@ pub struct Layout {
     pub kernel_init: bool,
 }
 
-pub const LAYOUTS: &[Layout] = &[
-    Layout { name: "single-crc32c-16k-btrs", progs: false, devs: 1, data: "single", meta: "dup", csum: "crc32c", nodesize: 16384, size_mb: 160, features: "", kernel_init: false },
-    Layout { name: "dup-xxhash-4k-btrs", progs: false, devs: 1, data: "dup", meta: "dup", csum: "xxhash", nodesize: 4096, size_mb: 200, features: "", kernel_init: false },
-    Layout { name: "raid1-sha256-16k-progs-noholes", progs: true, devs: 2, data: "raid1", meta: "raid1", csum: "sha256", nodesize: 16384, size_mb: 160, features: "-O no-holes", kernel_init: false },
-    Layout { name: "raid1c3-blake2-4k-progs-holes-fst", progs: true, devs: 3, data: "raid1c3", meta: "raid1c3", csum: "blake2", nodesize: 4096, size_mb: 160, features: "-O ^no-holes -R free-space-tree", kernel_init: false },
-    Layout { name: "raid10-crc32c-4k-btrs-holes", progs: false, devs: 4, data: "raid10", meta: "raid10", csum: "crc32c", nodesize: 4096, size_mb: 128, features: "^no-holes", kernel_init: false },
-    Layout { name: "kernel-subvols-16k", progs: true, devs: 1, data: "single", meta: "dup", csum: "crc32c", nodesize: 16384, size_mb: 256, features: "", kernel_init: true },
+pub(super) const LAYOUTS: &[Layout] = &[
+    Layout {
+        name: "single-crc32c-16k-btrs",
+        progs: false,
+        devs: 1,
+        data: "single",
+        meta: "dup",
+        csum: "crc32c",
+        nodesize: 16384,
+        size_mb: 160,
+        features: "",
+        kernel_init: false,
+    },
+    Layout {
+        name: "dup-xxhash-4k-btrs",
+        progs: false,
+        devs: 1,
+        data: "dup",
+        meta: "dup",
+        csum: "xxhash",
+        nodesize: 4096,
+        size_mb: 200,
+        features: "",
+        kernel_init: false,
+    },
+    Layout {
+        name: "raid1-sha256-16k-progs-noholes",
+        progs: true,
+        devs: 2,
+        data: "raid1",
+        meta: "raid1",
+        csum: "sha256",
+        nodesize: 16384,
+        size_mb: 160,
+        features: "-O no-holes",
+        kernel_init: false,
+    },
+    Layout {
+        name: "raid1c3-blake2-4k-progs-holes-fst",
+        progs: true,
+        devs: 3,
+        data: "raid1c3",
+        meta: "raid1c3",
+        csum: "blake2",
+        nodesize: 4096,
+        size_mb: 160,
+        features: "-O ^no-holes -R free-space-tree",
+        kernel_init: false,
+    },
+    Layout {
+        name: "raid10-crc32c-4k-btrs-holes",
+        progs: false,
+        devs: 4,
+        data: "raid10",
+        meta: "raid10",
+        csum: "crc32c",
+        nodesize: 4096,
+        size_mb: 128,
+        features: "^no-holes",
+        kernel_init: false,
+    },
+    Layout {
+        name: "kernel-subvols-16k",
+        progs: true,
+        devs: 1,
+        data: "single",
+        meta: "dup",
+        csum: "crc32c",
+        nodesize: 16384,
+        size_mb: 256,
+        features: "",
+        kernel_init: true,
+    },
 ];
 
-pub fn layout(name: &str) -> &'static Layout {
+pub(super) fn layout(name: &str) -> &'static Layout {
     LAYOUTS.iter().find(|l| l.name == name).unwrap_or_else(|| panic!("no layout {name}"))
 }
 
 /// Make the images of `l` in `dir`; `None` when the tools it needs are not
 /// here (said, or a failure under BTRS_INTEROP=require).
-pub fn make_images(dir: &Path, l: &Layout) -> Option<Vec<PathBuf>> {
+pub(super) fn make_images(dir: &Path, l: &Layout) -> Option<Vec<PathBuf>> {
     let imgs: Vec<PathBuf> = (1..=l.devs).map(|i| dir.join(format!("dev{i}.img"))).collect();
     for p in &imgs {
         lib_api::raw::set_len(p, l.size_mb << 20).ok()?;
@@ -572,7 +652,7 @@ pub fn make_images(dir: &Path, l: &Layout) -> Option<Vec<PathBuf>> {
 }
 
 /// The model of a fresh image: an empty root directory.
-pub fn fresh_model(imgs: &[PathBuf], gaps: Gaps) -> Model {
+pub(super) fn fresh_model(imgs: &[PathBuf], gaps: Gaps) -> Model {
     let fs = open_ro(imgs).expect("open fresh image");
     Model::new(Params { nodesize: fs.sb.nodesize.get(), sectorsize: fs.sectorsize, gaps })
 }
@@ -592,7 +672,7 @@ fn sh(cmd: &mut Command) -> Result<String, String> {
 /// compressed files (extents and inline), prealloc extents, hard links
 /// (many in one directory, so some names go to extended refs), symlinks,
 /// xattrs. Returns the model, read from the kernel's view of it.
-pub fn kernel_init(imgs: &[PathBuf], tmp: &Path, gaps: Gaps) -> Result<Model, String> {
+pub(super) fn kernel_init(imgs: &[PathBuf], tmp: &Path, gaps: Gaps) -> Result<Model, String> {
     let params = fresh_model(imgs, gaps).params;
     let mnt = tmp.join("init-mnt");
     let mounted = interop::Mounted::mount(&mnt, imgs, "")?;
@@ -680,7 +760,7 @@ pub fn kernel_init(imgs: &[PathBuf], tmp: &Path, gaps: Gaps) -> Result<Model, St
 }
 
 /// The model of what the kernel shows at `mnt`.
-pub fn model_from_kernel(mnt: &Path, params: Params) -> Result<Model, String> {
+pub(super) fn model_from_kernel(mnt: &Path, params: Params) -> Result<Model, String> {
     use std::os::unix::fs::MetadataExt;
     let mut kv = KView::new(mnt);
     let root = kv.root();
@@ -735,7 +815,16 @@ pub fn model_from_kernel(mnt: &Path, params: Params) -> Result<Model, String> {
                     Kind::Special
                 };
                 let xattrs = if meta.ino() == 2 { BTreeMap::new() } else { kv.xattrs(vid)? };
-                let id = model.add_node(Node { kind, mode: stat.mode, uid: stat.uid, gid: stat.gid, flags: 0, xattrs, subvol, nlink: stat.nlink });
+                let id = model.add_node(Node {
+                    kind,
+                    mode: stat.mode,
+                    uid: stat.uid,
+                    gid: stat.gid,
+                    flags: 0,
+                    xattrs,
+                    subvol,
+                    nlink: stat.nlink,
+                });
                 if let Some(sv) = model.subvols.get_mut(&subvol) {
                     if meta.ino() == 256 {
                         sv.root = id;
@@ -760,7 +849,7 @@ pub fn model_from_kernel(mnt: &Path, params: Params) -> Result<Model, String> {
 /// the model holds, scrubs clean, writes more (applied to the model too),
 /// balances every chunk; then `btrfs check`, btrs's view and btrs's scrub
 /// agree with the model, which is the kernel's view.
-pub fn kernel_end(imgs: &[PathBuf], tmp: &Path, model: &mut Model, test: &str) -> Result<bool, String> {
+pub(super) fn kernel_end(imgs: &[PathBuf], tmp: &Path, model: &mut Model, test: &str) -> Result<bool, String> {
     if !interop::interop_enabled(test) {
         return Ok(false);
     }
@@ -803,7 +892,9 @@ pub fn kernel_end(imgs: &[PathBuf], tmp: &Path, model: &mut Model, test: &str) -
     // end step still holds the kernel and btrs to the model.
     match sh(Command::new("btrfs").args(["balance", "start", "--full-balance"]).arg(&mnt)) {
         Ok(_) => {}
-        Err(e) if e.contains("No space left on device") => eprintln!("{test}: the kernel's balance ran out of space (its own limit on small filesystems)"),
+        Err(e) if e.contains("No space left on device") => {
+            eprintln!("{test}: the kernel's balance ran out of space (its own limit on small filesystems)")
+        }
         Err(e) => return Err(e),
     }
     sh(&mut Command::new("sync"))?;

@@ -132,10 +132,7 @@ fn inode_extents_from(fs: &Filesystem, root: u64, ino: u64, min_offset: u64) -> 
         Err(e) => return Err(e),
     };
     let items = fs.reader.range(&root_ptr, Key::new(ino, EXTENT_DATA_KEY, min_offset), Key::new(ino, EXTENT_DATA_KEY, u64::MAX))?;
-    items
-        .into_iter()
-        .map(|(k, d)| items::parse_file_extent(&d).map(|fe| (k.offset, fe)))
-        .collect()
+    items.into_iter().map(|(k, d)| items::parse_file_extent(&d).map(|fe| (k.offset, fe))).collect()
 }
 
 /// The path of an inode from the top-level subvolume, walking INODE_REF /
@@ -154,11 +151,8 @@ pub fn inode_path(fs: &Filesystem, subvol: u64, ino: u64) -> Result<String> {
             if subvol == FS_TREE_OBJECTID {
                 return Ok(join(&parts));
             }
-            let backrefs = fs.reader.range(
-                &root_tree,
-                Key::new(subvol, ROOT_BACKREF_KEY, 0),
-                Key::new(subvol, ROOT_BACKREF_KEY, u64::MAX),
-            )?;
+            let backrefs =
+                fs.reader.range(&root_tree, Key::new(subvol, ROOT_BACKREF_KEY, 0), Key::new(subvol, ROOT_BACKREF_KEY, u64::MAX))?;
             let Some((k, data)) = backrefs.into_iter().next() else {
                 // A subvolume not linked anywhere (deleted, or a snapshot whose link went).
                 return Ok(format!("<subvol {subvol}>/{}", join(&parts)));

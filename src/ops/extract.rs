@@ -356,7 +356,11 @@ impl<'a> Extractor<'a> {
         match ino.file_type {
             FileType::Directory => {
                 if ent.id.ino != crate::format::EMPTY_SUBVOL_DIR_OBJECTID && !self.dirs.insert(ent.id) {
-                    return Err(Error::corrupt(CorruptKind::Loop, format!("directory {}", ent.id), "reached twice (directory loop or aliased directory)"));
+                    return Err(Error::corrupt(
+                        CorruptKind::Loop,
+                        format!("directory {}", ent.id),
+                        "reached twice (directory loop or aliased directory)",
+                    ));
                 }
                 let (fd, made) = self.make_dir(&parent, name)?;
                 drop(parent);
@@ -558,8 +562,7 @@ impl<'a> Extractor<'a> {
                 self.skip(format!("{}: mode {:o} needs /proc", host.display(), ino.permissions()));
             }
         }
-        rustix::fs::utimensat(parent, name, &timestamps(ino), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| Error::io(host, "set times", e.into()))
+        rustix::fs::utimensat(parent, name, &timestamps(ino), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| Error::io(host, "set times", e.into()))
     }
 
     fn skip(&mut self, what: String) {

@@ -20,10 +20,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::format::ondisk::{FS_TREE_OBJECTID, INODE_NODATACOW, INODE_NODATASUM, SUPER_INFO_SIZE};
-use crate::format::items::FileExtentKind;
-use crate::format::{CsumType, Profile};
 use crate::format::compress::Compression;
+use crate::format::items::FileExtentKind;
+use crate::format::ondisk::{FS_TREE_OBJECTID, INODE_NODATACOW, INODE_NODATASUM, SUPER_INFO_SIZE};
+use crate::format::{CsumType, Profile};
 use crate::fs::Filesystem;
 use crate::ops::mkfs::{mkfs, MkfsOptions};
 use crate::volumes::OpenOptions;
@@ -132,11 +132,23 @@ const SPECS: &[Spec] = &[
     Spec {
         nodesize: 4096,
         extra: Extra::DeepTree(4000),
-        ..spec("raid1-deep-tree", "raid1, nodesize 4K, 4000 entries in one directory: fs tree of 3+ levels, no damage", 2, Profile::Raid1, Damage::None)
+        ..spec(
+            "raid1-deep-tree",
+            "raid1, nodesize 4K, 4000 entries in one directory: fs tree of 3+ levels, no damage",
+            2,
+            Profile::Raid1,
+            Damage::None,
+        )
     },
     Spec {
         extra: Extra::ManyFiles(1500),
-        ..spec("raid1-many-files", "raid1, 1500 small files (inline and regular) in nested directories, no damage", 2, Profile::Raid1, Damage::None)
+        ..spec(
+            "raid1-many-files",
+            "raid1, 1500 small files (inline and regular) in nested directories, no damage",
+            2,
+            Profile::Raid1,
+            Damage::None,
+        )
     },
     spec(
         "raid1-nodatasum-mismatch",
@@ -153,7 +165,13 @@ const SPECS: &[Spec] = &[
         Profile::Raid1,
         Damage::StaleCsum,
     ),
-    spec("raid1-metadata-error", "raid1, copy 1 of the fs tree root block corrupted: csum (metadata)", 2, Profile::Raid1, Damage::MetadataError),
+    spec(
+        "raid1-metadata-error",
+        "raid1, copy 1 of the fs tree root block corrupted: csum (metadata)",
+        2,
+        Profile::Raid1,
+        Damage::MetadataError,
+    ),
     spec("raid1-super-error", "raid1, the 64 MiB superblock copy of devid 2 corrupted: super", 2, Profile::Raid1, Damage::SuperError),
     spec(
         "raid1c3-majority",
@@ -177,12 +195,7 @@ pub type Group = (&'static str, &'static str, &'static [(&'static str, &'static 
 pub const GROUPS: &[Group] = &[(
     "raid1-every-csum",
     "one raid1 fixture per checksum type, in DIR/crc32c, DIR/xxhash, DIR/sha256, DIR/blake2",
-    &[
-        ("crc32c", "raid1-csum-crc32c"),
-        ("xxhash", "raid1-csum-xxhash"),
-        ("sha256", "raid1-csum-sha256"),
-        ("blake2", "raid1-csum-blake2"),
-    ],
+    &[("crc32c", "raid1-csum-crc32c"), ("xxhash", "raid1-csum-xxhash"), ("sha256", "raid1-csum-sha256"), ("blake2", "raid1-csum-blake2")],
 )];
 
 /// Make every member of group `name` under `dir`; `None` when `name` is not a group.
@@ -288,8 +301,22 @@ impl Prng {
     /// Compressible text: lines made of a small vocabulary.
     fn text(&mut self, n: usize) -> Vec<u8> {
         const WORDS: [&str; 16] = [
-            "btrfs", "extent", "chunk", "stripe", "mirror", "scrub", "leaf", "node", "csum", "inode", "subvolume", "device",
-            "superblock", "transaction", "generation", "block",
+            "btrfs",
+            "extent",
+            "chunk",
+            "stripe",
+            "mirror",
+            "scrub",
+            "leaf",
+            "node",
+            "csum",
+            "inode",
+            "subvolume",
+            "device",
+            "superblock",
+            "transaction",
+            "generation",
+            "block",
         ];
         let mut v = Vec::with_capacity(n + 64);
         let mut line = 0u64;
@@ -311,7 +338,10 @@ impl Prng {
 enum Node {
     Dir,
     /// Content and the (offset, len) ranges actually written (the rest are holes).
-    File { data: Vec<u8>, written: Option<Vec<(u64, u64)>> },
+    File {
+        data: Vec<u8>,
+        written: Option<Vec<(u64, u64)>>,
+    },
     Symlink(String),
 }
 
@@ -649,7 +679,13 @@ fn file_logical(fs: &Filesystem, path: &str, file_offset: u64) -> Result<u64> {
 /// opened read-only and closed again before anything is written.
 fn plan_damage(spec: &Spec, images: &[PathBuf], entries: &[Entry], seed: u64) -> Result<(Vec<Patch>, Vec<ExpectedFinding>, u8)> {
     let first = images.first().ok_or_else(|| Error::Invalid("fixture without devices".into()))?;
-    let fs = Filesystem::open(&OpenOptions { image: first.clone(), devices: images.to_vec(), degraded: false, writable: false, ..Default::default() })?;
+    let fs = Filesystem::open(&OpenOptions {
+        image: first.clone(),
+        devices: images.to_vec(),
+        degraded: false,
+        writable: false,
+        ..Default::default()
+    })?;
     let vol = fs.volume();
     let fs_root = fs.tree_root(FS_TREE_OBJECTID)?;
     let levels = fs_root.level + 1;

@@ -40,7 +40,8 @@ fn list_dir(fs: &Filesystem, dir: &DirEnt, shown: &str, opts: &LsOptions, out: &
         if let Some((dir, shown)) = next.take() {
             if opts.recursive && dir.id.ino != crate::format::EMPTY_SUBVOL_DIR_OBJECTID && !seen.insert(dir.id) {
                 let parent = shown.rsplit_once('/').map_or("/", |p| if p.0.is_empty() { "/" } else { p.0 });
-                return Err(Error::corrupt(CorruptKind::Loop,
+                return Err(Error::corrupt(
+                    CorruptKind::Loop,
                     format!("directory {} (entry {:?} in {})", dir.id, String::from_utf8_lossy(&dir.name), short(parent)),
                     "reached twice (directory loop or aliased directory)",
                 ));

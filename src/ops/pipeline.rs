@@ -217,14 +217,20 @@ mod tests {
     #[test]
     fn an_error_stops_the_run() {
         let mut seen = 0;
-        let r = ordered_map(0..10_000u64, 4, 8, |&j| j, |j, _| {
-            seen += 1;
-            if j == 37 {
-                Err(TestErr::Job(j))
-            } else {
-                Ok(())
-            }
-        });
+        let r = ordered_map(
+            0..10_000u64,
+            4,
+            8,
+            |&j| j,
+            |j, _| {
+                seen += 1;
+                if j == 37 {
+                    Err(TestErr::Job(j))
+                } else {
+                    Ok(())
+                }
+            },
+        );
         assert_eq!(r, Err(TestErr::Job(37)));
         assert_eq!(seen, 38);
     }
@@ -295,12 +301,18 @@ mod tests {
         let jobs = (0..100u64).inspect(|_| {
             produced.fetch_add(1, Ordering::SeqCst);
         });
-        let r: Result<(), TestErr> = ordered_map(jobs, 3, 5, |&j| j, |j, _| {
-            std::thread::sleep(Duration::from_micros(200));
-            // The reader may hold one job it took a credit for plus the window.
-            assert!(produced.load(Ordering::SeqCst) <= j + 1 + 5 + 1, "read {} ahead of {j}", produced.load(Ordering::SeqCst));
-            Ok(())
-        });
+        let r: Result<(), TestErr> = ordered_map(
+            jobs,
+            3,
+            5,
+            |&j| j,
+            |j, _| {
+                std::thread::sleep(Duration::from_micros(200));
+                // The reader may hold one job it took a credit for plus the window.
+                assert!(produced.load(Ordering::SeqCst) <= j + 1 + 5 + 1, "read {} ahead of {j}", produced.load(Ordering::SeqCst));
+                Ok(())
+            },
+        );
         assert!(r.is_ok());
     }
 }

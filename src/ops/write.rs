@@ -10,8 +10,8 @@ use std::path::Path;
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::limits;
 use crate::format::*;
-use crate::fs::txn::Transaction;
 use crate::fs::direct::{Bounce, PagePool, PAGE};
+use crate::fs::txn::Transaction;
 use crate::fs::txn::{BioHook, CompressOpts, Place, WriteOpts, WriteReport};
 use crate::fs::Filesystem;
 use crate::volumes::OpenOptions;
@@ -176,7 +176,8 @@ pub fn write_in(
         tx.store.ensure_data_space(len)?;
     }
     let mut report = WriteReport::default();
-    let wopts = WriteOpts { max_bio: req.max_bio.unwrap_or(WriteOpts::default().max_bio), on_bio: req.on_bio.clone(), compress: req.compress };
+    let wopts =
+        WriteOpts { max_bio: req.max_bio.unwrap_or(WriteOpts::default().max_bio), on_bio: req.on_bio.clone(), compress: req.compress };
     let mut done = 0u64;
     let mut last_commit = 0u64;
     let every = req.commit_every.unwrap_or(COMMIT_EVERY);
@@ -205,7 +206,10 @@ pub fn write_in(
             }
         }
     };
-    std::thread::Builder::new().name("write-reader".into()).spawn(reader).map_err(|e| Error::io("<threads>", "start the input reader thread", e))?;
+    std::thread::Builder::new()
+        .name("write-reader".into())
+        .spawn(reader)
+        .map_err(|e| Error::io("<threads>", "start the input reader thread", e))?;
     loop {
         // The reader ends with an empty step (or an error): a channel closed
         // before that means it died (panicked), and what came so far is not
@@ -284,9 +288,13 @@ fn rm_tree(tx: &mut Transaction, root: u64, dir: u64, name: &[u8]) -> Result<()>
             return Ok(Level { parent, name, ino: None, kids: Vec::new().into_iter() });
         };
         if !seen.insert(ino) {
-            return Err(Error::corrupt(CorruptKind::Loop,
+            return Err(Error::corrupt(
+                CorruptKind::Loop,
                 format!("directory {ino} of tree {root}"),
-                format!("reached twice (entry {:?} in directory {parent}): a directory loop or an aliased directory", String::from_utf8_lossy(&name)),
+                format!(
+                    "reached twice (entry {:?} in directory {parent}): a directory loop or an aliased directory",
+                    String::from_utf8_lossy(&name)
+                ),
             ));
         }
         let mut kids = Vec::new();
@@ -434,7 +442,10 @@ pub fn put_in(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: &str) -> 
         Some(p) if p.dir_type == FT_DIR => srcs
             .iter()
             .map(|s| {
-                let name = s.file_name().map(|n| n.as_encoded_bytes().to_vec()).ok_or_else(|| Error::Invalid(format!("{}: no file name", s.display())))?;
+                let name = s
+                    .file_name()
+                    .map(|n| n.as_encoded_bytes().to_vec())
+                    .ok_or_else(|| Error::Invalid(format!("{}: no file name", s.display())))?;
                 tx.ensure_writable(p.root)?;
                 Ok((p, name, s))
             })
@@ -548,7 +559,10 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
         tx.symlink(root, dir, name, t.as_os_str().as_encoded_bytes())?
     } else if ft.is_dir() {
         let ino = tx.create(root, dir, name, mode, 0)?;
-        let mut kids: Vec<_> = std::fs::read_dir(src).map_err(|e| Error::io(src, "readdir", e))?.collect::<std::io::Result<_>>().map_err(|e| Error::io(src, "readdir", e))?;
+        let mut kids: Vec<_> = std::fs::read_dir(src)
+            .map_err(|e| Error::io(src, "readdir", e))?
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io(src, "readdir", e))?;
         kids.sort_by_key(|e| e.file_name());
         return Ok(Some(PutDir { root, ino, src: src.to_path_buf(), meta, kids: kids.into_iter() }));
     } else if ft.is_file() {

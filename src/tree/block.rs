@@ -33,9 +33,18 @@ pub enum BlockProblem {
     Csum,
     Bytenr(u64),
     Fsid,
-    Level { found: u8, expected: u8 },
-    Generation { found: u64, expected: u64 },
-    TooNew { found: u64, max: u64 },
+    Level {
+        found: u8,
+        expected: u8,
+    },
+    Generation {
+        found: u64,
+        expected: u64,
+    },
+    TooNew {
+        found: u64,
+        max: u64,
+    },
     Structure(String),
     /// The copy is on a stale device (the words say which and why).
     Untrusted(String),
@@ -242,11 +251,7 @@ use zerocopy::FromZeros;
 /// Helper for callers turning a problem into an error with location.
 pub fn problem_error(logical: u64, tree: Option<u64>, problems: &[(usize, BlockProblem)]) -> Error {
     let tree = tree.and_then(crate::format::types::tree_name).map(|n| format!(" ({n})")).unwrap_or_default();
-    let what = problems
-        .iter()
-        .map(|(m, p)| format!("copy {}: {p}", m.saturating_add(1)))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let what = problems.iter().map(|(m, p)| format!("copy {}: {p}", m.saturating_add(1))).collect::<Vec<_>>().join("; ");
     let at = format!("tree block {logical}{tree}");
     if !problems.is_empty() && problems.iter().all(|(_, p)| matches!(p, BlockProblem::Untrusted(_))) {
         return Error::Untrusted { at, what: format!("no copy on a current device: {what}") };

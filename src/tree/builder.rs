@@ -9,7 +9,6 @@
 
 use std::ops::Range;
 
-
 use super::block::{HEADER_SIZE, ITEM_SIZE, KEY_PTR_SIZE};
 use super::leaf::{leaf_bytes, node_bytes, BlockFormat, NodePtr};
 use crate::error::{Error, Result};
@@ -103,9 +102,7 @@ pub fn plan_tree(item_sizes: &[usize], nodesize: u32) -> Result<TreePlan> {
     for (i, &size) in item_sizes.iter().enumerate() {
         let need = size.saturating_add(ITEM_SIZE);
         if need > cap {
-            return Err(Error::Invalid(format!(
-                "item {i} of {size} bytes does not fit in a {nodesize}-byte tree block"
-            )));
+            return Err(Error::Invalid(format!("item {i} of {size} bytes does not fit in a {nodesize}-byte tree block")));
         }
         // Start a new leaf when this item would pass the fill target, unless
         // the leaf is empty (a large item then gets a leaf to itself).
@@ -175,21 +172,13 @@ pub fn build_tree_into(
 ) -> Result<(u64, u8)> {
     for (a, b) in items.iter().zip(items.iter().skip(1)) {
         if a.key >= b.key {
-            return Err(Error::Invalid(format!(
-                "tree {}: keys out of order or duplicated: {} then {}",
-                params.owner, a.key, b.key
-            )));
+            return Err(Error::Invalid(format!("tree {}: keys out of order or duplicated: {} then {}", params.owner, a.key, b.key)));
         }
     }
     let sizes: Vec<usize> = items.iter().map(|i| i.data.len()).collect();
     let plan = plan_tree(&sizes, params.format.nodesize)?;
     if addrs.len() != plan.block_count() {
-        return Err(Error::Invalid(format!(
-            "tree {}: {} addresses for {} blocks",
-            params.owner,
-            addrs.len(),
-            plan.block_count()
-        )));
+        return Err(Error::Invalid(format!("tree {}: {} addresses for {} blocks", params.owner, addrs.len(), plan.block_count())));
     }
     let mut next_addr = addrs.iter().copied();
     let mut take_addr = || next_addr.next().ok_or_else(|| Error::Invalid("ran out of block addresses".into()));
@@ -243,8 +232,7 @@ mod tests {
 
     #[test]
     fn many_items_make_a_valid_multilevel_tree() {
-        let items: Vec<TreeItem> =
-            (0..5000u64).map(|i| TreeItem::new(Key::new(256 + i, 1, 0), vec![i as u8; 160])).collect();
+        let items: Vec<TreeItem> = (0..5000u64).map(|i| TreeItem::new(Key::new(256 + i, 1, 0), vec![i as u8; 160])).collect();
         let sizes: Vec<usize> = items.iter().map(|i| i.data.len()).collect();
         let n = count_blocks(&sizes, 4096).unwrap();
         let addrs: Vec<u64> = (0..n as u64).map(|i| (100 + i) * 4096).collect();

@@ -188,7 +188,10 @@ fn check_leaf(block: &[u8], header: &Header, rules: &Rules) -> Check {
         if off < u64_of(slot.saturating_add(1).saturating_mul(ITEM_SIZE)) {
             return Err(at(format!("item data at {off} overlaps the item headers")));
         }
-        let range = usize::try_from(off).ok().zip(usize::try_from(end).ok()).map(|(o, e)| o.saturating_add(HEADER_SIZE)..e.saturating_add(HEADER_SIZE));
+        let range = usize::try_from(off)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .map(|(o, e)| o.saturating_add(HEADER_SIZE)..e.saturating_add(HEADER_SIZE));
         let data = range.and_then(|r| block.get(r)).ok_or_else(|| at("item data past the block".into()))?;
         let cur = Slot { key, data };
         if check_data {
@@ -357,7 +360,11 @@ fn check_root_key(k: Key, is_root_item: bool) -> Check {
 /// btrs: a name in a directory entry or inode ref: 1..=255 bytes, no '/' or NUL.
 fn check_entry_name(name: &[u8]) -> Check {
     if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains(&b'/') || name.contains(&0) {
-        return Err(bad(format!("name {:?} of {} bytes: 1..={MAX_NAME_LEN} bytes without '/' or NUL", String::from_utf8_lossy(name), name.len())));
+        return Err(bad(format!(
+            "name {:?} of {} bytes: 1..={MAX_NAME_LEN} bytes without '/' or NUL",
+            String::from_utf8_lossy(name),
+            name.len()
+        )));
     }
     Ok(())
 }
@@ -502,7 +509,8 @@ fn copies_parity(t: u64) -> (u16, u16) {
 }
 
 fn check_chunk(cur: &Slot, rules: &Rules) -> Check {
-    let c = read::<Chunk>(cur.data, 0).ok_or_else(|| bad(format!("chunk item of {} bytes, below {}", cur.data.len(), std::mem::size_of::<Chunk>())))?;
+    let c = read::<Chunk>(cur.data, 0)
+        .ok_or_else(|| bad(format!("chunk item of {} bytes, below {}", cur.data.len(), std::mem::size_of::<Chunk>())))?;
     let n = c.num_stripes.get();
     if n != 0 {
         let want = usize::from(n).saturating_mul(std::mem::size_of::<Stripe>()).saturating_add(std::mem::size_of::<Chunk>());
@@ -690,7 +698,9 @@ fn check_root_item(cur: &Slot, rules: &Rules) -> Check {
     }
     let ri = read::<RootItem>(&buf, 0).ok_or_else(|| bad("short root item"))?;
     let limit = rules.super_generation.saturating_add(1);
-    for (name, g) in [("generation", ri.generation.get()), ("generation_v2", ri.generation_v2.get()), ("last_snapshot", ri.last_snapshot.get())] {
+    for (name, g) in
+        [("generation", ri.generation.get()), ("generation_v2", ri.generation_v2.get()), ("last_snapshot", ri.last_snapshot.get())]
+    {
         if g > limit {
             return Err(bad(format!("root {name} {g} above {limit}")));
         }

@@ -208,14 +208,22 @@ impl CowTree {
             return Err(Error::corrupt(CorruptKind::TreeBlock, self.at(addr), format!("level {}, expected {level}", b.level())));
         }
         if b.generation() != generation {
-            return Err(Error::corrupt(CorruptKind::TreeBlock, self.at(addr), format!("generation {}, parent says {generation}", b.generation())));
+            return Err(Error::corrupt(
+                CorruptKind::TreeBlock,
+                self.at(addr),
+                format!("generation {}, parent says {generation}", b.generation()),
+            ));
         }
         if let Some(k) = key {
             if b.nritems() == 0 {
                 return Err(Error::corrupt(CorruptKind::TreeBlock, self.at(addr), "empty block below a node"));
             }
             if b.key(0) != k {
-                return Err(Error::corrupt(CorruptKind::TreeBlock, self.at(addr), format!("first key {} but parent pointer key {k}", b.key(0))));
+                return Err(Error::corrupt(
+                    CorruptKind::TreeBlock,
+                    self.at(addr),
+                    format!("first key {} but parent pointer key {k}", b.key(0)),
+                ));
             }
         }
         Ok(Loaded::Clean(b))
@@ -380,7 +388,11 @@ impl CowTree {
             Loaded::Dirty(_) => return Ok(addr),
         };
         if generation > transid {
-            return Err(Error::corrupt(CorruptKind::TreeBlock, self.at(addr), format!("generation {generation} is newer than transaction {transid}")));
+            return Err(Error::corrupt(
+                CorruptKind::TreeBlock,
+                self.at(addr),
+                format!("generation {generation} is newer than transaction {transid}"),
+            ));
         }
         let new = store.alloc(self.root.owner, level)?;
         store.free(addr, self.root.owner, level, generation)?;
@@ -552,7 +564,9 @@ impl CowTree {
     fn leaf_used<S: BlockStore + ?Sized>(&self, store: &S, p: NodePtr) -> Result<usize> {
         Ok(match self.load(store, p.blockptr, 0, p.generation, Some(p.key))? {
             Loaded::Dirty(EditBlock::Leaf(l)) => l.used(),
-            Loaded::Clean(b) => (0..b.nritems()).map(|i| leaf_item_size(crate::format::usize_of(b.item_location(i).1))).fold(0, usize::saturating_add),
+            Loaded::Clean(b) => {
+                (0..b.nritems()).map(|i| leaf_item_size(crate::format::usize_of(b.item_location(i).1))).fold(0, usize::saturating_add)
+            }
             Loaded::Dirty(EditBlock::Node(_)) => return Err(internal(format!("block {} is a node at level 0", p.blockptr))),
         })
     }
@@ -947,7 +961,10 @@ mod tests {
             self.transid
         }
         fn read(&self, logical: u64, expect: Expect) -> Result<Arc<TreeBlock>> {
-            let b = self.committed.get(&logical).ok_or_else(|| Error::corrupt(CorruptKind::TreeBlock, format!("block {logical}"), "never written"))?;
+            let b = self
+                .committed
+                .get(&logical)
+                .ok_or_else(|| Error::corrupt(CorruptKind::TreeBlock, format!("block {logical}"), "never written"))?;
             assert!(self.live.contains(&logical) || self.pinned.contains(&logical), "read of released block {logical}");
             if expect.level.is_some_and(|l| l != b.level()) || expect.generation.is_some_and(|g| g != b.generation()) {
                 return Err(Error::corrupt(CorruptKind::TreeBlock, format!("block {logical}"), "level or generation mismatch"));
@@ -1473,7 +1490,13 @@ mod tests {
             })
             .collect();
         devs.sort();
-        let opts = crate::volumes::OpenOptions { image: devs[0].clone(), devices: devs.clone(), degraded: false, writable: false, ..Default::default() };
+        let opts = crate::volumes::OpenOptions {
+            image: devs[0].clone(),
+            devices: devs.clone(),
+            degraded: false,
+            writable: false,
+            ..Default::default()
+        };
         Some((tmp, crate::Filesystem::open(&opts).unwrap()))
     }
 

@@ -12,7 +12,9 @@ use zerocopy::IntoBytes;
 
 use super::block::{TreeBlock, HEADER_SIZE, ITEM_SIZE, KEY_PTR_SIZE};
 use crate::error::{CorruptKind, Error, Result};
-use crate::format::{usize_of, CsumType, Header, Item, Key, KeyPtr, BACKREF_REV_SHIFT, CSUM_SIZE, HEADER_FLAG_WRITTEN, MAX_LEVEL, MIXED_BACKREF_REV};
+use crate::format::{
+    usize_of, CsumType, Header, Item, Key, KeyPtr, BACKREF_REV_SHIFT, CSUM_SIZE, HEADER_FLAG_WRITTEN, MAX_LEVEL, MIXED_BACKREF_REV,
+};
 
 /// Smallest and largest node sizes btrfs accepts (mkfs: sectorsize..=64 KiB).
 const MIN_NODESIZE: u32 = 4096;

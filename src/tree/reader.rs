@@ -175,7 +175,8 @@ impl TreeReader {
         // The parent's key must be the child's first key; anything else means
         // pointers were swapped or misdirected, and searches would go astray.
         if child.nritems() > 0 && child.key(0) != key {
-            return Err(Error::corrupt(CorruptKind::TreeBlock,
+            return Err(Error::corrupt(
+                CorruptKind::TreeBlock,
                 format!("tree block {} ({})", parent.logical, tree_label(owner)),
                 format!("pointer {slot} key {key} does not match child {ptr}'s first key {}", child.key(0)),
             ));
@@ -297,7 +298,8 @@ impl Cursor<'_> {
                 let key = leaf.key(slot);
                 if let Some(prev) = self.last {
                     if key <= prev {
-                        return Err(Error::corrupt(CorruptKind::TreeBlock,
+                        return Err(Error::corrupt(
+                            CorruptKind::TreeBlock,
                             format!("tree block {} ({})", leaf.logical, tree_label(self.owner)),
                             format!("key {key} follows {prev}: tree out of order or looping"),
                         ));

@@ -331,7 +331,10 @@ impl DeviceFiles {
             Some(f) if aligned => f
                 .write_all_at(data, physical)
                 .map_err(|e| Error::io(&self.path, format!("O_DIRECT write {} bytes at {physical}", data.len()), e)),
-            _ => self.plain.write_all_at(data, physical).map_err(|e| Error::io(&self.path, format!("write {} bytes at {physical}", data.len()), e)),
+            _ => self
+                .plain
+                .write_all_at(data, physical)
+                .map_err(|e| Error::io(&self.path, format!("write {} bytes at {physical}", data.len()), e)),
         }
     }
 }
@@ -535,7 +538,6 @@ impl Drop for DirectWriter {
     }
 }
 
-
 impl Volume {
     /// Write `buf` at `logical` to every copy through the page cache, in bios
     /// of at most `max_bio` bytes (at least a page) that never cross a
@@ -556,7 +558,11 @@ impl Volume {
                             h.call(&bio.rec, stage)
                         }
                     };
-                    let data = bio.buf_off.checked_add(bio.buf_len).and_then(|end| buf.get(bio.buf_off..end)).ok_or_else(|| overflow(bio.rec.logical))?;
+                    let data = bio
+                        .buf_off
+                        .checked_add(bio.buf_len)
+                        .and_then(|end| buf.get(bio.buf_off..end))
+                        .ok_or_else(|| overflow(bio.rec.logical))?;
                     stage(BioStage::Submitted);
                     let r = dev.write_all_at(bio.rec.physical, data);
                     stage(if r.is_ok() { BioStage::Completed } else { BioStage::Failed });

@@ -49,7 +49,8 @@ impl MapEntry {
         }
         let stripes = &self.chunk.stripes;
         // Stripe offsets come from the image: a sum past u64 is corrupt, not a panic.
-        let overflow = |s: &StripeInfo| Error::corrupt(CorruptKind::Overflow, at(), format!("stripe offset {} + {off} overflows", s.offset));
+        let overflow =
+            |s: &StripeInfo| Error::corrupt(CorruptKind::Overflow, at(), format!("stripe offset {} + {off} overflows", s.offset));
         match self.profile {
             Profile::Single | Profile::Dup | Profile::Raid1 | Profile::Raid1C3 | Profile::Raid1C4 => {
                 let v = stripes
@@ -74,16 +75,15 @@ impl MapEntry {
                 let (first, row) = ((stripe_nr % factor) * sub, stripe_nr / factor);
                 let v = (0..sub)
                     .map(|j| {
-                        let s = first
-                            .checked_add(j)
-                            .and_then(|i| usize::try_from(i).ok())
-                            .and_then(|i| stripes.get(i))
-                            .ok_or_else(shape)?;
+                        let s =
+                            first.checked_add(j).and_then(|i| usize::try_from(i).ok()).and_then(|i| stripes.get(i)).ok_or_else(shape)?;
                         row.checked_mul(stripe_len)
                             .and_then(|x| x.checked_add(in_stripe))
                             .and_then(|x| x.checked_add(s.offset))
                             .map(|physical| PhysAddr { devid: s.devid, physical })
-                            .ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), format!("stripe offset {} + row {row} overflows", s.offset)))
+                            .ok_or_else(|| {
+                                Error::corrupt(CorruptKind::Overflow, at(), format!("stripe offset {} + row {row} overflows", s.offset))
+                            })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 // OK: in_stripe < stripe_len.
@@ -91,9 +91,7 @@ impl MapEntry {
                 let contiguous = (stripe_len - in_stripe).min(to_chunk_end);
                 Ok((v, contiguous))
             }
-            Profile::Raid5 | Profile::Raid6 => {
-                Err(Error::Unsupported(format!("{}: reading RAID5/RAID6 chunks", at())))
-            }
+            Profile::Raid5 | Profile::Raid6 => Err(Error::Unsupported(format!("{}: reading RAID5/RAID6 chunks", at()))),
         }
     }
 }
@@ -146,7 +144,8 @@ impl MapEntry {
             Profile::Raid6 => n.saturating_sub(2),
         };
         if self.chunk.length.checked_rem(data_stripes) != Some(0) {
-            return Err(Error::corrupt(CorruptKind::ChunkMap,
+            return Err(Error::corrupt(
+                CorruptKind::ChunkMap,
                 format!("chunk at logical {}", self.logical),
                 format!("length {} does not divide among {data_stripes} data stripes", self.chunk.length),
             ));
@@ -177,11 +176,18 @@ pub fn verify_stripes(
         let len = e.stripe_size()?;
         for s in &e.chunk.stripes {
             let at = || format!("chunk at logical {} stripe on devid {} at {}", e.logical, s.devid, s.offset);
-            let end = s.offset.checked_add(len).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), format!("stripe of {len} bytes overflows")))?;
+            let end = s
+                .offset
+                .checked_add(len)
+                .ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), format!("stripe of {len} bytes overflows")))?;
             match device_sizes.get(&s.devid) {
                 None => return Err(Error::corrupt(CorruptKind::MissingItem, at(), "no dev item for this devid")),
                 Some(&size) if end > size => {
-                    return Err(Error::corrupt(CorruptKind::ChunkMap, at(), format!("stripe ends at {end}, past the device's {size} bytes")))
+                    return Err(Error::corrupt(
+                        CorruptKind::ChunkMap,
+                        at(),
+                        format!("stripe ends at {end}, past the device's {size} bytes"),
+                    ))
                 }
                 Some(_) => {}
             }
@@ -194,7 +200,8 @@ pub fn verify_stripes(
     for (&(devid, start), &(end, chunk)) in &stripes {
         if let Some(((pdev, pstart), (pend, pchunk))) = prev {
             if pdev == devid && pend > start {
-                return Err(Error::corrupt(CorruptKind::ChunkMap,
+                return Err(Error::corrupt(
+                    CorruptKind::ChunkMap,
                     format!("devid {devid}"),
                     format!("stripe of chunk {chunk} at {start} overlaps stripe of chunk {pchunk} at {pstart}..{pend}"),
                 ));
@@ -207,7 +214,9 @@ pub fn verify_stripes(
     let mut matched = std::collections::BTreeSet::new();
     for &(devid, physical, length, chunk) in dev_extents {
         let at = || format!("dev extent of devid {devid} at {physical}");
-        let end = physical.checked_add(length).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), format!("length {length} overflows")))?;
+        let end = physical
+            .checked_add(length)
+            .ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), format!("length {length} overflows")))?;
         if stripes.get(&(devid, physical)) == Some(&(end, chunk)) {
             if !matched.insert((devid, physical)) {
                 return Err(Error::corrupt(CorruptKind::ChunkMap, at(), "listed twice"));
@@ -215,14 +224,11 @@ pub fn verify_stripes(
             continue;
         }
         // The stripes of this device that the extent touches.
-        let touched = stripes
-            .range(..(devid, end))
-            .rev()
-            .take_while(|((d, _), _)| *d == devid)
-            .find(|(_, &(e, _))| e > physical);
+        let touched = stripes.range(..(devid, end)).rev().take_while(|((d, _), _)| *d == devid).find(|(_, &(e, _))| e > physical);
         match touched {
             Some((&(_, p), &(e, c))) => {
-                return Err(Error::corrupt(CorruptKind::ChunkMap,
+                return Err(Error::corrupt(
+                    CorruptKind::ChunkMap,
                     at(),
                     format!("claims chunk {chunk} for {physical}..{end}, which overlaps the stripe of chunk {c} at {p}..{e}"),
                 ))
@@ -259,7 +265,8 @@ impl ChunkMap {
         let mut entries = self.entries.write().map_err(|_| Error::Internal("chunk map lock poisoned".into()))?;
         if let Some((_, prev)) = entries.range(..end).next_back() {
             if prev.logical != logical && prev.end() > logical {
-                return Err(Error::corrupt(CorruptKind::ChunkMap,
+                return Err(Error::corrupt(
+                    CorruptKind::ChunkMap,
                     format!("chunk at logical {logical}"),
                     format!("overlaps chunk at {}", prev.logical),
                 ));
@@ -368,11 +375,8 @@ mod tests {
 
     #[test]
     fn raid0_rotation() {
-        let e = MapEntry {
-            logical: 0,
-            chunk: chunk(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID0, &[(1, 100), (2, 200)], 1),
-            profile: Profile::Raid0,
-        };
+        let e =
+            MapEntry { logical: 0, chunk: chunk(BLOCK_GROUP_DATA | BLOCK_GROUP_RAID0, &[(1, 100), (2, 200)], 1), profile: Profile::Raid0 };
         assert_eq!(e.map(STRIPE_LEN * 3 + 7).unwrap().0, vec![PhysAddr { devid: 2, physical: 200 + STRIPE_LEN + 7 }]);
     }
 

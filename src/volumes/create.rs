@@ -57,7 +57,11 @@ impl NewImages {
             if self.offset == 0 || *s > cur {
                 let r = match self.offset.checked_add(*s).filter(|&e| e <= MAX_IMAGE_END) {
                     Some(end) => f.set_len(end).map_err(|e| Error::io(p, "set size", e)),
-                    None => Err(Error::Invalid(format!("{}: --offset {} plus {s} bytes is past the largest file size", p.display(), self.offset))),
+                    None => Err(Error::Invalid(format!(
+                        "{}: --offset {} plus {s} bytes is past the largest file size",
+                        p.display(),
+                        self.offset
+                    ))),
                 };
                 if let Err(e) = r {
                     // Nothing is written yet: the images resized so far get
@@ -250,7 +254,9 @@ impl ChunkWriter<'_> {
                 match file_data {
                     Some(Some((f, off, valid))) => {
                         let valid_here = valid.saturating_sub(u64_of(done)).min(u64_of(n));
-                        let src_off = off.checked_add(u64_of(done)).ok_or_else(|| Error::Invalid(format!("source offset {off} + {done} overflows")))?;
+                        let src_off = off
+                            .checked_add(u64_of(done))
+                            .ok_or_else(|| Error::Invalid(format!("source offset {off} + {done} overflows")))?;
                         self.devs.copy_phys(c.devid, c.physical, piece, f, src_off, valid_here)?
                     }
                     Some(None) => {
@@ -319,10 +325,7 @@ fn open_image(path: &Path, may_create: bool, force: bool, offset: u64) -> Result
     }
     if exists && !force {
         if let Some(sig) = existing_signature(&f, offset) {
-            return Err(Error::Devices(format!(
-                "{} contains a {sig} filesystem; use --force to overwrite it",
-                path.display()
-            )));
+            return Err(Error::Devices(format!("{} contains a {sig} filesystem; use --force to overwrite it", path.display())));
         }
         // A filesystem at the start of the file that --offset would write
         // into (a partition table there has no such signature).
@@ -337,4 +340,3 @@ fn open_image(path: &Path, may_create: bool, force: bool, offset: u64) -> Result
     }
     Ok((f, meta.len()))
 }
-

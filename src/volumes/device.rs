@@ -54,11 +54,7 @@ impl Device {
     /// Open with an explicit lock mode (`Exclusive` opens for writing).
     pub fn open_locked(path: &Path, lock: Lock) -> Result<Device> {
         let writable = lock == Lock::Exclusive;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
-            .map_err(|e| Error::io(path, "open", e))?;
+        let file = std::fs::OpenOptions::new().read(true).write(writable).open(path).map_err(|e| Error::io(path, "open", e))?;
         if writable {
             super::guard::refuse_loop_attached(path)?;
         }
@@ -102,17 +98,18 @@ impl Device {
         let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
         let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
         let size = if meta.file_type().is_block_device() { block_device_size(&file, path)? } else { meta.len() };
-        let sb = read_super_copies(&file, path, size, true)?
-            .into_iter()
-            .find_map(|c| c.result.ok())
-            .unwrap_or_else(SuperBlock::new_zeroed);
+        let sb = read_super_copies(&file, path, size, true)?.into_iter().find_map(|c| c.result.ok()).unwrap_or_else(SuperBlock::new_zeroed);
         Ok(Device::new(path, file, size, sb))
     }
 
     pub fn read_exact_at(&self, physical: u64, buf: &mut [u8]) -> Result<()> {
         #[cfg(test)]
         if self.fault.get().is_some_and(|p| p.fail_reads) {
-            return Err(Error::io(&self.path, format!("read {} bytes at {physical}", buf.len()), std::io::Error::other("injected read error")));
+            return Err(Error::io(
+                &self.path,
+                format!("read {} bytes at {physical}", buf.len()),
+                std::io::Error::other("injected read error"),
+            ));
         }
         let end = physical.checked_add(u64_of(buf.len()));
         if end.is_none_or(|e| e > self.size) {
@@ -122,9 +119,7 @@ impl Device {
                 std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "beyond the end of the image (truncated?)"),
             ));
         }
-        self.file
-            .read_exact_at(buf, physical)
-            .map_err(|e| Error::io(&self.path, format!("read {} bytes at {physical}", buf.len()), e))
+        self.file.read_exact_at(buf, physical).map_err(|e| Error::io(&self.path, format!("read {} bytes at {physical}", buf.len()), e))
     }
 
     /// A plain positioned read of what is on the image, with no bounds check
@@ -144,9 +139,7 @@ impl Device {
         if let Some(plan) = self.fault.get() {
             plan.before_write(&self.file, &self.path, physical, buf)?;
         }
-        self.file
-            .write_all_at(buf, physical)
-            .map_err(|e| Error::io(&self.path, format!("write {} bytes at {physical}", buf.len()), e))
+        self.file.write_all_at(buf, physical).map_err(|e| Error::io(&self.path, format!("write {} bytes at {physical}", buf.len()), e))
     }
 
     /// Start writing `len` bytes at `physical` back to the disk now, without

@@ -81,7 +81,9 @@ impl FaultPlan {
         let n = file.read_at(&mut old, physical).unwrap_or(0);
         old.truncate(n);
         self.remember(path, physical, old);
-        let injected = |what: &str| Error::io(path, format!("write {} bytes at {physical}", buf.len()), std::io::Error::other(format!("injected {what}")));
+        let injected = |what: &str| {
+            Error::io(path, format!("write {} bytes at {physical}", buf.len()), std::io::Error::other(format!("injected {what}")))
+        };
         match self.tick(buf.len()) {
             Verdict::Go => Ok(()),
             Verdict::Partial(k) => {

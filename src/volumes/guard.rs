@@ -31,10 +31,9 @@ fn flock_patiently(file: &File, op: rustix::fs::FlockOperation) -> rustix::io::R
 pub fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
     match flock_patiently(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Devices(format!(
-            "{} is in use by another process (it holds a lock on it); not writing",
-            path.display()
-        ))),
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            Err(Error::Devices(format!("{} is in use by another process (it holds a lock on it); not writing", path.display())))
+        }
         Err(e) => Err(Error::io(path, "flock", e.into())),
     }
 }
@@ -59,10 +58,9 @@ pub enum Lock {
 pub fn lock_shared(file: &File, path: &Path) -> Result<()> {
     match flock_patiently(file, rustix::fs::FlockOperation::NonBlockingLockShared) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Devices(format!(
-            "{} is being written by another process; try again when it is done",
-            path.display()
-        ))),
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            Err(Error::Devices(format!("{} is being written by another process; try again when it is done", path.display())))
+        }
         Err(e) => Err(Error::io(path, "flock", e.into())),
     }
 }
@@ -98,10 +96,7 @@ pub fn refuse_loop_attached(path: &Path) -> Result<()> {
         let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
         let same = std::fs::metadata(backing).map(|m| m.dev() == dev && m.ino() == ino).unwrap_or(false);
         if same || Path::new(backing) == canon {
-            return Err(Error::Devices(format!(
-                "{} is attached to /dev/{name} (it may be mounted); detach it first",
-                path.display()
-            )));
+            return Err(Error::Devices(format!("{} is attached to /dev/{name} (it may be mounted); detach it first", path.display())));
         }
     }
     Ok(())
@@ -149,13 +144,7 @@ fn generation_lock(kind: libc::c_short, generation: u64, len: u64) -> Result<lib
         .filter(|s| s.checked_add(len).is_some_and(|e| i64::try_from(e).is_ok()))
         .ok_or_else(|| Error::Invalid(format!("generation {generation} is too large to register a reader at")))?;
     let off = |v: u64| libc::off_t::try_from(v).map_err(|_| Error::Invalid(format!("lock offset {v} out of range")));
-    Ok(libc::flock {
-        l_type: kind,
-        l_whence: short(libc::SEEK_SET),
-        l_start: off(start)?,
-        l_len: off(len)?,
-        l_pid: 0,
-    })
+    Ok(libc::flock { l_type: kind, l_whence: short(libc::SEEK_SET), l_start: off(start)?, l_len: off(len)?, l_pid: 0 })
 }
 
 /// libc's lock constants are `c_int`; `struct flock` holds them as `c_short`.

@@ -224,11 +224,7 @@ impl Volume {
             }
             devices.insert(dev.devid, dev);
         }
-        let sb = devices
-            .values()
-            .max_by_key(|d| d.sb.generation.get())
-            .map(|d| d.sb)
-            .ok_or_else(|| Error::Devices("no devices".into()))?;
+        let sb = devices.values().max_by_key(|d| d.sb.generation.get()).map(|d| d.sb).ok_or_else(|| Error::Devices("no devices".into()))?;
         same_filesystem(&devices, &sb)?;
         Ok(Volume {
             devices,
@@ -281,8 +277,7 @@ impl Volume {
             )));
         }
         if !self.missing.is_empty() && !self.degraded {
-            let present: Vec<String> =
-                self.devices.values().map(|d| format!("devid {} = {}", d.devid, d.path.display())).collect();
+            let present: Vec<String> = self.devices.values().map(|d| format!("devid {} = {}", d.devid, d.path.display())).collect();
             return Err(Error::Devices(format!(
                 "filesystem {} is missing devid(s) {} (found {}); name them with --device PATH, or use --degraded",
                 uuid_string(&self.sb.fsid),
@@ -355,9 +350,9 @@ impl Volume {
         let mut out = Vec::new();
         let mut done = 0usize;
         while let Some(left) = len.checked_sub(done).filter(|l| *l > 0) {
-            let pos = logical
-                .checked_add(u64_of(done))
-                .ok_or_else(|| Error::corrupt(CorruptKind::Overflow, format!("logical {logical}"), format!("range of {len} bytes overflows")))?;
+            let pos = logical.checked_add(u64_of(done)).ok_or_else(|| {
+                Error::corrupt(CorruptKind::Overflow, format!("logical {logical}"), format!("range of {len} bytes overflows"))
+            })?;
             let (copies, contiguous) = self.chunks.lookup(pos)?.map(pos)?;
             let addr = copies.get(mirror).copied().ok_or_else(|| {
                 Error::Invalid(format!("logical {pos}: no copy {} (chunk has {})", mirror.saturating_add(1), copies.len()))
@@ -474,11 +469,7 @@ fn sibling_files(image: &Path) -> Vec<PathBuf> {
         _ => PathBuf::from("."),
     };
     let mut out: Vec<PathBuf> = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-            .map(|e| e.path())
-            .collect(),
+        Ok(rd) => rd.filter_map(|e| e.ok()).filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false)).map(|e| e.path()).collect(),
         Err(_) => Vec::new(),
     };
     out.sort();

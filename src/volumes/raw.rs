@@ -17,12 +17,7 @@ pub fn patch(path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
 /// Make `path` an image file of `len` bytes: created (sparse) when missing,
 /// its length set when not.
 pub fn set_len(path: &Path, len: u64) -> Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| Error::io(path, "open", e))?;
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(|e| Error::io(path, "open", e))?;
     f.set_len(len).map_err(|e| Error::io(path, "set size", e))
 }
 

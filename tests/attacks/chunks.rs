@@ -60,11 +60,16 @@ fn data_stripe_on_top_of_a_metadata_stripe_is_refused() {
     let (data, _) = chunk_of(&imgs, BLOCK_GROUP_DATA);
     let (meta, mstripes) = chunk_of(&imgs, BLOCK_GROUP_METADATA);
     let on_dev2 = mstripes.iter().find(|(d, _)| *d == 2).unwrap().1;
-    patch_item(&imgs, CHUNK_TREE_OBJECTID, |k, _| k.item_type == CHUNK_ITEM_KEY && k.offset == data, |b, r| {
-        // Stripe 1 (devid 2): chunk header 48 bytes, stripe 32 bytes, offset after devid.
-        let at = r.start + 48 + 32 + 8;
-        b[at..at + 8].copy_from_slice(&on_dev2.to_le_bytes());
-    });
+    patch_item(
+        &imgs,
+        CHUNK_TREE_OBJECTID,
+        |k, _| k.item_type == CHUNK_ITEM_KEY && k.offset == data,
+        |b, r| {
+            // Stripe 1 (devid 2): chunk header 48 bytes, stripe 32 bytes, offset after devid.
+            let at = r.start + 48 + 32 + 8;
+            b[at..at + 8].copy_from_slice(&on_dev2.to_le_bytes());
+        },
+    );
     all_refuse(&imgs, &[&format!("chunk {meta}"), &data.to_string()]);
 }
 
@@ -73,10 +78,15 @@ fn stripe_past_the_device_end_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let imgs = pair(tmp.path());
     let (data, _) = chunk_of(&imgs, BLOCK_GROUP_DATA);
-    patch_item(&imgs, CHUNK_TREE_OBJECTID, |k, _| k.item_type == CHUNK_ITEM_KEY && k.offset == data, |b, r| {
-        let at = r.start + 48 + 32 + 8;
-        b[at..at + 8].copy_from_slice(&(120u64 << 20).to_le_bytes());
-    });
+    patch_item(
+        &imgs,
+        CHUNK_TREE_OBJECTID,
+        |k, _| k.item_type == CHUNK_ITEM_KEY && k.offset == data,
+        |b, r| {
+            let at = r.start + 48 + 32 + 8;
+            b[at..at + 8].copy_from_slice(&(120u64 << 20).to_le_bytes());
+        },
+    );
     all_refuse(&imgs, &["past the device"]);
 }
 
@@ -85,11 +95,16 @@ fn dev_extent_over_another_chunks_stripe_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let imgs = pair(tmp.path());
     // The first dev extent of devid 1 claims 1 TiB: it reaches over the next chunk's stripe.
-    let key = patch_item(&imgs, DEV_TREE_OBJECTID, |k, _| k.item_type == DEV_EXTENT_KEY && k.objectid == 1, |b, r| {
-        // struct btrfs_dev_extent: chunk_tree, chunk_objectid, chunk_offset, length.
-        let at = r.start + 24;
-        b[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
-    });
+    let key = patch_item(
+        &imgs,
+        DEV_TREE_OBJECTID,
+        |k, _| k.item_type == DEV_EXTENT_KEY && k.objectid == 1,
+        |b, r| {
+            // struct btrfs_dev_extent: chunk_tree, chunk_objectid, chunk_offset, length.
+            let at = r.start + 24;
+            b[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        },
+    );
     all_refuse(&imgs, &["dev extent", &format!("at {}", key.offset), "overlaps"]);
 }
 
@@ -163,9 +178,19 @@ fn a_device_of_another_filesystem_with_the_same_uuid_is_named() {
             write_file(&other, &theirs[0], "/f", b"theirs\n", &[]);
             std::fs::copy(&theirs[1], &imgs[1]).unwrap();
             let before = fingerprints(&imgs);
-            for args in [&["ls", s(&imgs[0]), "/"][..], &["cat", s(&imgs[0]), "/f"], &["scrub", s(&imgs[0]), "--repair"], &["mkdir", s(&imgs[0]), "/d"]] {
+            for args in [
+                &["ls", s(&imgs[0]), "/"][..],
+                &["cat", s(&imgs[0]), "/f"],
+                &["scrub", s(&imgs[0]), "--repair"],
+                &["mkdir", s(&imgs[0]), "/d"],
+            ] {
                 let (code, out, err) = btrs(args);
-                assert_eq!(code, 1, "{maker}, theirs newer {theirs_newer}: {args:?} exit {code}, out {:?}: {err}", String::from_utf8_lossy(&out));
+                assert_eq!(
+                    code,
+                    1,
+                    "{maker}, theirs newer {theirs_newer}: {args:?} exit {code}, out {:?}: {err}",
+                    String::from_utf8_lossy(&out)
+                );
                 assert!(
                     err.contains("device uuid") && err.contains("same UUID") && err.contains("dev1.img") && err.contains("dev2.img"),
                     "{maker}, theirs newer {theirs_newer}: {args:?}: the error does not name the images and what differs: {err}"
@@ -199,7 +224,21 @@ fn a_device_of_another_filesystem_with_another_checksum_is_refused() {
             let imgs: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("dev{i}.img"))).collect();
             let out = std::process::Command::new(BIN)
                 .env("SOURCE_DATE_EPOCH", "1700000000")
-                .args(["mkfs", "-f", "-U", "11111111-2222-3333-4444-555555555555", "-d", "raid1", "-m", "raid1", "-b", "128M", "--csum", csum, "-r"])
+                .args([
+                    "mkfs",
+                    "-f",
+                    "-U",
+                    "11111111-2222-3333-4444-555555555555",
+                    "-d",
+                    "raid1",
+                    "-m",
+                    "raid1",
+                    "-b",
+                    "128M",
+                    "--csum",
+                    csum,
+                    "-r",
+                ])
                 .arg(&src)
                 .args(&imgs)
                 .output()
@@ -212,7 +251,13 @@ fn a_device_of_another_filesystem_with_another_checksum_is_refused() {
         std::fs::copy(&other[1], &imgs[1]).unwrap();
         let before = fingerprints(&imgs);
         for img in &imgs {
-            for args in [&["ls", s(img), "/"][..], &["cat", s(img), "/big"], &["scrub", s(img)], &["scrub", s(img), "--repair"], &["mkdir", s(img), "/d"]] {
+            for args in [
+                &["ls", s(img), "/"][..],
+                &["cat", s(img), "/big"],
+                &["scrub", s(img)],
+                &["scrub", s(img), "--repair"],
+                &["mkdir", s(img), "/d"],
+            ] {
                 let (code, _, err) = btrs(args);
                 assert_eq!(code, 1, "{ours} set with a {theirs} device: {args:?}: {err}");
                 assert!(

@@ -17,7 +17,11 @@ fn compressions(img: &Path) -> [usize; 4] {
     let dump = progs_dump(img, "5");
     let mut n = [0; 4];
     for l in dump.lines() {
-        if let Some(r) = l.trim().strip_prefix("extent compression ").or_else(|| l.split_once("compression ").filter(|_| l.contains("inline extent")).map(|(_, r)| r)) {
+        if let Some(r) = l
+            .trim()
+            .strip_prefix("extent compression ")
+            .or_else(|| l.split_once("compression ").filter(|_| l.contains("inline extent")).map(|(_, r)| r))
+        {
             if let Some(c) = r.split_whitespace().next().and_then(|c| c.parse::<usize>().ok()) {
                 n[c.min(3)] += 1;
             }
@@ -168,7 +172,10 @@ fn rewrites_never_launder_a_damaged_compressed_extent() {
         let (code, _, err) = btrs(&["write", s(&imgs[0]), "/big", "--from", s(&patch), "--offset", "70000"]);
         if bad_copies == 1 {
             assert_eq!(code, 0, "{err}");
-            assert!(err.contains("devid 1") && err.contains("/big") && err.contains("compressed extent"), "the bad copy must be named: {err}");
+            assert!(
+                err.contains("devid 1") && err.contains("/big") && err.contains("compressed extent"),
+                "the bad copy must be named: {err}"
+            );
             model_write(&mut m, "/big", 70_000, &pseudo(5000, 41), false);
             // The old extent still holds the bad copy (its other pieces are
             // the file's): scrub repairs it from copy 2.

@@ -49,18 +49,15 @@ fn facts(img: &Path, path: &str) -> Facts {
     let fs = btrs::Filesystem::open(&opts).unwrap();
     let id = fs.resolve(path).unwrap().id;
     let inode = fs.inode(id).unwrap();
-    let prop = fs
-        .xattrs(id)
-        .unwrap()
-        .into_iter()
-        .find(|(n, _)| n == b"btrfs.compression")
-        .map(|(_, v)| String::from_utf8(v).unwrap());
+    let prop = fs.xattrs(id).unwrap().into_iter().find(|(n, _)| n == b"btrfs.compression").map(|(_, v)| String::from_utf8(v).unwrap());
     let extents = fs
         .file_extents(id)
         .unwrap()
         .into_iter()
         .map(|(off, fe)| match fe.kind {
-            btrs::format::items::FileExtentKind::Inline { ref data } => (off, fe.compression, true, fe.ram_bytes, fe.ram_bytes, data.len() as u64),
+            btrs::format::items::FileExtentKind::Inline { ref data } => {
+                (off, fe.compression, true, fe.ram_bytes, fe.ram_bytes, data.len() as u64)
+            }
             btrs::format::items::FileExtentKind::Regular { num_bytes, disk_num_bytes, .. } => {
                 (off, fe.compression, false, fe.ram_bytes, num_bytes, disk_num_bytes)
             }
@@ -99,7 +96,11 @@ fn write_compress_and_compress_force() {
     let imgs = mkfs(dir, 2, "256M", "raid1", &[]);
     let img = &imgs[0];
     let mut m = Model::new();
-    for (i, (arg, kind)) in [("--compress", 1u8), ("--compress=zlib:9", 1), ("--compress=lzo", 2), ("--compress=zstd", 3), ("--compress=zstd:-5", 3)].iter().enumerate() {
+    for (i, (arg, kind)) in
+        [("--compress", 1u8), ("--compress=zlib:9", 1), ("--compress=lzo", 2), ("--compress=zstd", 3), ("--compress=zstd:-5", 3)]
+            .iter()
+            .enumerate()
+    {
         let p = format!("/c{i}");
         write_at(dir, img, &mut m, &p, 0, &text((1 << 20) + 5, i as u64), &[arg]);
         let f = facts(img, &p);

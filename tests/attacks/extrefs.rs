@@ -110,8 +110,10 @@ fn kernel_sees_and_removes(test: &str, dir: &Path, imgs: &[PathBuf], names: &Nam
     kernel_judge(test, dir, imgs, &mut m, |mnt, _| {
         use std::os::unix::fs::MetadataExt;
         for (d, want) in &names {
-            let got: BTreeSet<String> =
-                std::fs::read_dir(mnt.join(d.trim_start_matches('/'))).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            let got: BTreeSet<String> = std::fs::read_dir(mnt.join(d.trim_start_matches('/')))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
             assert_eq!(&got, want, "{test}: the kernel lists {d}");
         }
         assert_eq!(std::fs::metadata(mnt.join("f")).unwrap().nlink(), nlink, "{test}: the kernel's link count");

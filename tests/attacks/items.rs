@@ -245,7 +245,16 @@ fn kernel_reads_items_at_the_limits() {
     let mnt = tmp.path().join("mnt");
     let m = interop::Mounted::mount(&mnt, &imgs, "ro").unwrap();
     assert!(std::fs::read_link(mnt.join("l")).unwrap() == std::path::Path::new(&x(3949)), "the kernel reads another target");
-    let got = std::process::Command::new("getfattr").args(["--absolute-names", "--only-values", "-n", "user.a"]).arg(mnt.join("f")).output().unwrap();
-    assert!(got.status.success() && got.stdout == value.as_bytes(), "getfattr: {} bytes; {}", got.stdout.len(), String::from_utf8_lossy(&got.stderr));
+    let got = std::process::Command::new("getfattr")
+        .args(["--absolute-names", "--only-values", "-n", "user.a"])
+        .arg(mnt.join("f"))
+        .output()
+        .unwrap();
+    assert!(
+        got.status.success() && got.stdout == value.as_bytes(),
+        "getfattr: {} bytes; {}",
+        got.stdout.len(),
+        String::from_utf8_lossy(&got.stderr)
+    );
     m.unmount().unwrap();
 }

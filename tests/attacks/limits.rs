@@ -216,7 +216,8 @@ fn direct_write_from_endless_stdin_stops_at_the_first_failed_bio() {
         let mut args = vec!["write", s(&imgs[0]), "/endless", "--quiet"];
         args.extend_from_slice(mode);
         let t0 = Instant::now();
-        let mut child = btrs_fsize_limited(&args, 8 << 10).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child =
+            btrs_fsize_limited(&args, 8 << 10).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let mut stdin = child.stdin.take().unwrap();
         let feeder = std::thread::spawn(move || {
             use std::io::Write;
@@ -405,7 +406,11 @@ fn mkfs_refuses_wrapping_offsets_on_an_ext4_image() {
     let test = "mkfs_refuses_wrapping_offsets_on_an_ext4_image";
     let have = Command::new("mkfs.ext4").arg("-V").output().is_ok_and(|o| o.status.success());
     if !have {
-        assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "{test}: BTRS_INTEROP=require but mkfs.ext4 is missing (e2fsprogs)");
+        assert_ne!(
+            std::env::var("BTRS_INTEROP").as_deref(),
+            Ok("require"),
+            "{test}: BTRS_INTEROP=require but mkfs.ext4 is missing (e2fsprogs)"
+        );
         eprintln!("skipped: {test}: mkfs.ext4 not installed (e2fsprogs)");
         return;
     }
@@ -637,7 +642,10 @@ fn mkfs_rootdir_tar_of_a_20000_level_path_works() {
         b.finish().unwrap();
     }
     let img = tmp.path().join("new.img");
-    let (out, took) = bounded(Command::new(BIN).args(["mkfs", "-b", "256M", "--rootdir-tar", s(&tar_path), s(&img)]), "mkfs --rootdir-tar of a deep path");
+    let (out, took) = bounded(
+        Command::new(BIN).args(["mkfs", "-b", "256M", "--rootdir-tar", s(&tar_path), s(&img)]),
+        "mkfs --rootdir-tar of a deep path",
+    );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     eprintln!("mkfs --rootdir-tar of {DEEP} levels: {took:?}");
     let deepest = format!("{}/", deep_path());

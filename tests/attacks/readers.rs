@@ -126,7 +126,12 @@ fn new_writer_refuses_while_a_reader_of_an_older_generation_remains() {
     std::fs::write(&src, &old).unwrap();
     ok(&["write", s(img), "/f", "--from", s(&src)]);
     // Writer A holds the images; a reader starts beside it (generation of the old file).
-    let mut a = Command::new(BIN).args(["write", s(img), "/g", "--commit-every", "16M"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut a = Command::new(BIN)
+        .args(["write", s(img), "/g", "--commit-every", "16M"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdin = a.stdin.take().unwrap();
     stdin.write_all(&pseudo(MIB, 4)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -248,7 +253,13 @@ fn reader_arriving_during_an_in_place_overwrite_waits_for_its_commit() {
     cat.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(status.success(), "the reader failed: {err}");
     let torn = got != old && got != new;
-    assert!(!torn, "the reader printed a state /n never had ({} bytes, first difference from new at {:?}, from old at {:?})", got.len(), first_diff(&got, &new), first_diff(&got, &old));
+    assert!(
+        !torn,
+        "the reader printed a state /n never had ({} bytes, first difference from new at {:?}, from old at {:?})",
+        got.len(),
+        first_diff(&got, &new),
+        first_diff(&got, &old)
+    );
     assert!(got == new, "the reader came after the in-place overwrite began: it reads the commit that holds it");
     progs_check("reader_arriving_during_an_in_place_overwrite_waits_for_its_commit", &imgs, &[]);
 }

@@ -202,11 +202,8 @@ fn copy_on(imgs: &[PathBuf], k: usize, path: &str, len: usize) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
     let logical = crate::verified::data_logical(imgs, path);
     let devid = (k + 1) as u64;
-    let physical = (0..imgs.len())
-        .map(|m| locate(imgs, logical, m))
-        .find(|&(d, _)| d == devid)
-        .map(|(_, p)| p)
-        .expect("a copy on the device");
+    let physical =
+        (0..imgs.len()).map(|m| locate(imgs, logical, m)).find(|&(d, _)| d == devid).map(|(_, p)| p).expect("a copy on the device");
     let mut buf = vec![0u8; len];
     std::fs::File::open(&imgs[k]).unwrap().read_exact_at(&mut buf, physical).unwrap();
     buf
@@ -395,12 +392,15 @@ fn a_repair_killed_at_any_write_never_makes_a_stale_device_current() {
     let b = pseudo(300_000, 2);
     write_file(dir, &imgs[1], "/n", &b, &["--nodatasum", "--truncate"]);
     std::fs::copy(&old, &imgs[0]).unwrap();
-    let start: Vec<PathBuf> = imgs.iter().map(|p| {
-        let kept = dir.join("start").join(p.file_name().unwrap());
-        std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
-        std::fs::copy(p, &kept).unwrap();
-        kept
-    }).collect();
+    let start: Vec<PathBuf> = imgs
+        .iter()
+        .map(|p| {
+            let kept = dir.join("start").join(p.file_name().unwrap());
+            std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+            std::fs::copy(p, &kept).unwrap();
+            kept
+        })
+        .collect();
     let bin = env!("CARGO_BIN_EXE_btrs");
     let mut completed = false;
     for k in 1..=200 {
@@ -854,7 +854,10 @@ fn the_chunk_tree_is_never_read_from_a_stale_device() {
                 args.insert(0, "--degraded");
             }
             let (code, out, err) = btrs(&args);
-            assert!(out.is_empty() || out == f2, "forged {forged}, degraded {degraded}: cat /f2 served bytes it never held (exit {code}): {err}");
+            assert!(
+                out.is_empty() || out == f2,
+                "forged {forged}, degraded {degraded}: cat /f2 served bytes it never held (exit {code}): {err}"
+            );
             assert_ne!(code, 0, "forged {forged}, degraded {degraded}: {err}");
             assert!(degraded || err.contains("accept-lagging") || forged, "the error does not say what reads it after a crash: {err}");
         }
@@ -901,9 +904,19 @@ fn two_histories_of_one_generation_are_refused_not_mixed() {
 
     for img in &imgs {
         let (code, out, err) = btrs(&["cat", s(img), "/s"]);
-        assert_eq!(code, 1, "cat /s of two histories exit {code} ({} bytes, ours {}, theirs {}): {err}", out.len(), out == ours, out == theirs);
+        assert_eq!(
+            code,
+            1,
+            "cat /s of two histories exit {code} ({} bytes, ours {}, theirs {}): {err}",
+            out.len(),
+            out == ours,
+            out == theirs
+        );
         assert!(out.is_empty(), "cat wrote bytes before refusing");
-        assert!(err.contains("two histories") && err.contains("devid 1") && err.contains("devid 2"), "the error names neither device: {err}");
+        assert!(
+            err.contains("two histories") && err.contains("devid 1") && err.contains("devid 2"),
+            "the error names neither device: {err}"
+        );
     }
     fails(&["ls", s(&imgs[0]), "/"], 1);
     let before = fingerprints(&imgs);
@@ -918,7 +931,8 @@ fn two_histories_of_one_generation_are_refused_not_mixed() {
     assert_eq!(fingerprints(&imgs), before, "a command wrote to a set it cannot tell the history of");
     let (code, rep, err) = scrub_json(&imgs[0], &[]);
     assert_eq!(code, 3, "scrub of two histories: {err}");
-    let differ = findings(&rep).iter().filter(|f| f["kind"] == "mirror_mismatch" || (f["kind"] == "two_histories" && f["logical"].is_u64())).count();
+    let differ =
+        findings(&rep).iter().filter(|f| f["kind"] == "mirror_mismatch" || (f["kind"] == "two_histories" && f["logical"].is_u64())).count();
     assert!(differ >= 4, "scrub does not list the differing copies: {rep}");
     let blocks = findings(&rep).iter().filter(|f| f["kind"] == "two_histories" && f["metadata"] == true && f["logical"].is_u64()).count();
     assert!(blocks >= 2, "scrub does not name the tree blocks where the histories differ: {rep}");
@@ -1026,7 +1040,13 @@ fn two_histories_in_an_older_tree_are_never_repaired() {
     assert_eq!(two.len(), 2, "both copies of the csum leaf are named two_histories: {rep}");
     assert!(findings(&rep).iter().any(|f| f["kind"] == "csum_all_copies"), "{rep}");
     // --fix-csum committed its checksums over the two histories (attacker's pass on c363b17).
-    for extra in [&["--repair"][..], &["--repair", "--prefer-mirror", "1"], &["--repair", "--prefer-mirror", "2"], &["--fix-csum"], &["--repair", "--fix-csum"]] {
+    for extra in [
+        &["--repair"][..],
+        &["--repair", "--prefer-mirror", "1"],
+        &["--repair", "--prefer-mirror", "2"],
+        &["--fix-csum"],
+        &["--repair", "--fix-csum"],
+    ] {
         let (code, rep, err) = scrub_json(&imgs[0], extra);
         assert_eq!(code, 3, "{extra:?}: {err}");
         assert!(findings(&rep).iter().all(|f| f["repaired"] == false), "{extra:?} repaired something: {rep}");

@@ -19,13 +19,8 @@ pub fn btrs(args: &[&str]) -> (i32, Vec<u8>, String) {
 /// Run `btrs ARGS` with `input` on standard input.
 pub fn btrs_stdin(args: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
     use std::io::Write;
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run btrs");
+    let mut child =
+        Command::new(BIN).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run btrs");
     let mut stdin = child.stdin.take().unwrap();
     let data = input.to_vec();
     let feeder = std::thread::spawn(move || {
@@ -224,7 +219,13 @@ pub fn truncate_to(img: &Path, m: &mut Model, path: &str, size: usize) {
 pub fn btrs_reads_model(img: &Path, m: &Model, what: &str) {
     for (p, want) in m {
         let got = ok(&["cat", s(img), p]);
-        assert!(got == *want, "{what}: btrs cat {p}: {} bytes, want {} (first difference at {:?})", got.len(), want.len(), first_diff(&got, want));
+        assert!(
+            got == *want,
+            "{what}: btrs cat {p}: {} bytes, want {} (first difference at {:?})",
+            got.len(),
+            want.len(),
+            first_diff(&got, want)
+        );
     }
 }
 
@@ -235,8 +236,22 @@ pub fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
 /// Compressible bytes: words of a small vocabulary in a pseudo-random order.
 pub fn text(n: usize, seed: u64) -> Vec<u8> {
     const WORDS: [&str; 16] = [
-        "extent", "leaf", "node", "checksum", "mirror", "stripe", "chunk", "inode", "subvolume", "snapshot", "reflink", "scrub",
-        "balance", "transaction", "generation", "compression",
+        "extent",
+        "leaf",
+        "node",
+        "checksum",
+        "mirror",
+        "stripe",
+        "chunk",
+        "inode",
+        "subvolume",
+        "snapshot",
+        "reflink",
+        "scrub",
+        "balance",
+        "transaction",
+        "generation",
+        "compression",
     ];
     let r = pseudo(n / 4 + 16, seed);
     let mut out = Vec::with_capacity(n + 16);
@@ -276,7 +291,13 @@ pub fn kernel_judge(test: &str, dir: &Path, imgs: &[PathBuf], m: &mut Model, mor
     let mounted = Mounted::mount(&mnt, imgs, "").unwrap_or_else(|e| panic!("{test}: mount: {e}"));
     for (p, want) in m.iter() {
         let got = std::fs::read(mnt.join(p.trim_start_matches('/'))).unwrap_or_else(|e| panic!("{test}: kernel reads {p}: {e}"));
-        assert!(got == *want, "{test}: the kernel reads other bytes in {p} ({} vs {}, first difference at {:?})", got.len(), want.len(), first_diff(&got, want));
+        assert!(
+            got == *want,
+            "{test}: the kernel reads other bytes in {p} ({} vs {}, first difference at {:?})",
+            got.len(),
+            want.len(),
+            first_diff(&got, want)
+        );
     }
     more(&mnt, m);
     crate::common::interop::must(Command::new("sync").arg("-f").arg(&mnt));

@@ -59,7 +59,10 @@ fn partial_last_sector_is_verified_and_served_from_the_good_copy() {
         let (code, out, err) = btrs(&["cat", s(&imgs[0]), path]);
         assert_eq!(code, 0, "cat {path}: {err}");
         assert!(out == *want, "cat {path} returned wrong bytes");
-        assert!(err.contains(path) && err.contains("devid 1") && err.contains("file offset"), "warning for {path} must name path, offset and devid: {err}");
+        assert!(
+            err.contains(path) && err.contains("devid 1") && err.contains("file offset"),
+            "warning for {path} must name path, offset and devid: {err}"
+        );
     }
     let dest = tmp.path().join("out");
     let (code, _, err) = btrs(&["extract", s(&imgs[0]), "/", s(&dest)]);
@@ -165,9 +168,14 @@ fn growing_a_file_never_exposes_bytes_stored_past_its_end() {
         write_file(dir, &imgs[0], "/n", &x, &["--nodatacow"]);
         for ino in [257u64, 258] {
             // The inode's size (bytes 16..24 of the inode item): 5000.
-            patch_item(&imgs, FS_TREE_OBJECTID, |k, _| k.objectid == ino && k.item_type == INODE_ITEM_KEY, |b, r| {
-                b[r.start + 16..r.start + 24].copy_from_slice(&5000u64.to_le_bytes());
-            });
+            patch_item(
+                &imgs,
+                FS_TREE_OBJECTID,
+                |k, _| k.objectid == ino && k.item_type == INODE_ITEM_KEY,
+                |b, r| {
+                    b[r.start + 16..r.start + 24].copy_from_slice(&5000u64.to_le_bytes());
+                },
+            );
         }
         progs_check("growing_a_file_never_exposes_bytes_stored_past_its_end", &imgs, &[]);
         for f in ["/f", "/n"] {

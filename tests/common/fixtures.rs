@@ -29,9 +29,7 @@ use sha2::{Digest, Sha256};
 
 /// `CARGO_MANIFEST_DIR/fixtures/foreign`.
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join("foreign")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("foreign")
 }
 
 /// Names of the fixtures present (subdirectories of [`fixtures_dir`] with a `manifest.json`),
@@ -72,11 +70,7 @@ pub fn expected_entries(name: &str) -> Value {
 pub fn volatile_mtime_paths(name: &str) -> Vec<String> {
     load_manifest(name)["empty_subvol_placeholders"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
         .unwrap_or_default()
 }
 
@@ -84,9 +78,7 @@ pub fn volatile_mtime_paths(name: &str) -> Vec<String> {
 pub fn strip_mtime(manifest: &mut Value, paths: &[String]) {
     if let Some(entries) = manifest["entries"].as_array_mut() {
         for e in entries {
-            let hit = e["path"]
-                .as_str()
-                .is_some_and(|p| paths.iter().any(|x| x == p));
+            let hit = e["path"].as_str().is_some_and(|p| paths.iter().any(|x| x == p));
             if hit {
                 if let Some(o) = e.as_object_mut() {
                     o.remove("mtime");
@@ -117,9 +109,7 @@ pub fn unpack_foreign(name: &str, dest: &Path) -> Vec<PathBuf> {
         .map(|src| {
             let file = src.file_name().unwrap().to_string_lossy();
             let out = dest.join(file.strip_suffix(".zst").unwrap_or(&file));
-            unpack_sparse(&src, &out).unwrap_or_else(|e| {
-                panic!("unpacking {} to {}: {e}", src.display(), out.display())
-            });
+            unpack_sparse(&src, &out).unwrap_or_else(|e| panic!("unpacking {} to {}: {e}", src.display(), out.display()));
             out
         })
         .collect()
@@ -236,8 +226,7 @@ pub fn walk_manifest(root: &Path) -> Value {
     let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
     while let Some(rel) = stack.pop() {
         let dir = join(root, &rel);
-        let rd =
-            fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading dir {}: {e}", dir.display()));
+        let rd = fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading dir {}: {e}", dir.display()));
         for ent in rd {
             let ent = ent.unwrap_or_else(|e| panic!("reading dir {}: {e}", dir.display()));
             let mut child = rel.clone();
@@ -245,8 +234,7 @@ pub fn walk_manifest(root: &Path) -> Value {
                 child.push(b'/');
             }
             child.extend_from_slice(ent.file_name().as_bytes());
-            let md = fs::symlink_metadata(join(root, &child))
-                .unwrap_or_else(|e| panic!("lstat {}: {e}", join(root, &child).display()));
+            let md = fs::symlink_metadata(join(root, &child)).unwrap_or_else(|e| panic!("lstat {}: {e}", join(root, &child).display()));
             if md.is_dir() {
                 stack.push(child.clone());
             }
@@ -259,8 +247,7 @@ pub fn walk_manifest(root: &Path) -> Value {
     let mut entries = Vec::with_capacity(rels.len());
     for rel in &rels {
         let full = join(root, rel);
-        let md =
-            fs::symlink_metadata(&full).unwrap_or_else(|e| panic!("lstat {}: {e}", full.display()));
+        let md = fs::symlink_metadata(&full).unwrap_or_else(|e| panic!("lstat {}: {e}", full.display()));
         let ft = md.file_type();
         let t = if ft.is_dir() {
             "dir"
@@ -291,23 +278,15 @@ pub fn walk_manifest(root: &Path) -> Value {
             e.insert("size".into(), json!(md.size()));
         }
         if t == "file" {
-            let h =
-                sha256_file(&full).unwrap_or_else(|e| panic!("reading {}: {e}", full.display()));
+            let h = sha256_file(&full).unwrap_or_else(|e| panic!("reading {}: {e}", full.display()));
             e.insert("sha256".into(), json!(h));
         }
         if t == "symlink" {
-            let target =
-                fs::read_link(&full).unwrap_or_else(|e| panic!("readlink {}: {e}", full.display()));
-            e.insert(
-                "target".into(),
-                json!(manifest_text(target.as_os_str().as_bytes())),
-            );
+            let target = fs::read_link(&full).unwrap_or_else(|e| panic!("readlink {}: {e}", full.display()));
+            e.insert("target".into(), json!(manifest_text(target.as_os_str().as_bytes())));
         }
         if t == "chr" || t == "blk" {
-            e.insert(
-                "rdev".into(),
-                json!([dev_major(md.rdev()), dev_minor(md.rdev())]),
-            );
+            e.insert("rdev".into(), json!([dev_major(md.rdev()), dev_minor(md.rdev())]));
         }
         if t != "symlink" {
             let x = user_xattrs(&full);
@@ -344,19 +323,13 @@ pub fn diff_manifests(expected: &Value, actual: &Value) -> Vec<String> {
     fn by_path(v: &Value) -> Vec<(String, &Map<String, Value>)> {
         v["entries"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| Some((e["path"].as_str()?.to_owned(), e.as_object()?)))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|e| Some((e["path"].as_str()?.to_owned(), e.as_object()?))).collect())
             .unwrap_or_default()
     }
     let exp = by_path(expected);
     let act = by_path(actual);
-    let act_map: HashMap<&str, &Map<String, Value>> =
-        act.iter().map(|(p, e)| (p.as_str(), *e)).collect();
-    let exp_map: HashMap<&str, &Map<String, Value>> =
-        exp.iter().map(|(p, e)| (p.as_str(), *e)).collect();
+    let act_map: HashMap<&str, &Map<String, Value>> = act.iter().map(|(p, e)| (p.as_str(), *e)).collect();
+    let exp_map: HashMap<&str, &Map<String, Value>> = exp.iter().map(|(p, e)| (p.as_str(), *e)).collect();
     let mut out = Vec::new();
     for (p, e) in &exp {
         match act_map.get(p.as_str()) {
@@ -398,11 +371,6 @@ pub fn assert_manifest_eq(expected: &Value, actual: &Value) {
     let d = diff_manifests(expected, actual);
     if !d.is_empty() {
         let shown: Vec<&str> = d.iter().take(50).map(String::as_str).collect();
-        panic!(
-            "manifests differ ({} differences):\n  {}{}",
-            d.len(),
-            shown.join("\n  "),
-            if d.len() > 50 { "\n  ..." } else { "" }
-        );
+        panic!("manifests differ ({} differences):\n  {}{}", d.len(), shown.join("\n  "), if d.len() > 50 { "\n  ..." } else { "" });
     }
 }

@@ -85,7 +85,10 @@ fn compress_chunks(
                     .map_err(|e| compress::CompressError::Compressor { algo: "thread", detail: e.to_string() })?;
                 Ok::<_, compress::CompressError>(
                     hs.into_iter()
-                        .map(|h| h.join().unwrap_or_else(|_| Err(compress::CompressError::Compressor { algo: "thread", detail: "panicked".into() })))
+                        .map(|h| {
+                            h.join()
+                                .unwrap_or_else(|_| Err(compress::CompressError::Compressor { algo: "thread", detail: "panicked".into() }))
+                        })
                         .collect(),
                 )
             })?
@@ -117,7 +120,15 @@ impl Transaction {
     /// property's algorithm wins over the one asked for, then zlib (the
     /// kernel's default for chattr +c). A level given applies to its own
     /// algorithm only.
-    pub(super) fn compress_policy(&mut self, root: u64, ino: u64, it: &InodeItem, opts: Option<CompressOpts>, direct: bool, report: &mut WriteReport) -> Result<Option<Policy>> {
+    pub(super) fn compress_policy(
+        &mut self,
+        root: u64,
+        ino: u64,
+        it: &InodeItem,
+        opts: Option<CompressOpts>,
+        direct: bool,
+        report: &mut WriteReport,
+    ) -> Result<Option<Policy>> {
         let flags = it.flags.get();
         let prop = self.compression_prop(root, ino)?;
         let wanted = opts.is_some() || flags & INODE_COMPRESS != 0 || matches!(prop, Some(props::CompressionProp::Algo(_)));
@@ -269,7 +280,14 @@ impl Transaction {
             self.set_incompat(props::incompat_for(p.kind));
             report.compressed += (ce - cs) as u64;
             report.compressed_disk += c.data.len() as u64;
-            recs.push(Rec { pos: a + cs as u64, logical, disk_len: c.data.len() as u64, len: (ce - cs) as u64, compression: p.kind.raw(), sums: c.sums });
+            recs.push(Rec {
+                pos: a + cs as u64,
+                logical,
+                disk_len: c.data.len() as u64,
+                len: (ce - cs) as u64,
+                compression: p.kind.raw(),
+                sums: c.sums,
+            });
         }
         if let Some((rs, re)) = run {
             recs.extend(self.write_plain_run(a + rs as u64, &buf[rs..re], opts, report)?);

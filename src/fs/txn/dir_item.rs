@@ -50,7 +50,8 @@ impl Transaction {
                 if !self.store.fs.subvol_linked_at(crate::fs::inode::InodeId { subvol: root, ino: dir }, sub, name)? {
                     return Err(Error::Unsupported(format!("{}: deleted, not yet cleaned up", at())));
                 }
-                let (_, ri) = self.store.fs.root_item(sub)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no root item"))?;
+                let (_, ri) =
+                    self.store.fs.root_item(sub)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no root item"))?;
                 Ok(Some(Place { root: sub, ino: ri.root_dirid.get(), dir_type: FT_DIR }))
             }
             t => Err(Error::corrupt(CorruptKind::ItemValue, format!("directory {dir} of tree {root}"), format!("entry location type {t}"))),
@@ -187,7 +188,11 @@ impl Transaction {
         }
         let xkey = Key::new(ino, INODE_EXTREF_KEY, items::extref_hash(dir, name));
         let missing = || {
-            Error::corrupt(CorruptKind::MissingItem, format!("inode {root}/{ino}"), format!("no inode ref or extref for {} in directory {dir}", String::from_utf8_lossy(name)))
+            Error::corrupt(
+                CorruptKind::MissingItem,
+                format!("inode {root}/{ino}"),
+                format!("no inode ref or extref for {} in directory {dir}", String::from_utf8_lossy(name)),
+            )
         };
         let d = self.get(root, xkey)?.ok_or_else(missing)?;
         let mut refs = items::parse_inode_extrefs(&d)?;
@@ -206,11 +211,8 @@ impl Transaction {
         let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
         let data = self.get(root, hkey)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
         let entries = parse_dir_items(&data)?;
-        let ent = entries
-            .iter()
-            .find(|e| e.name == name)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        let ent =
+            entries.iter().find(|e| e.name == name).cloned().ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
         if ent.location.item_type != INODE_ITEM_KEY {
             return Err(Error::Unsupported("removing a subvolume".into()));
         }

@@ -32,7 +32,14 @@ pub(super) fn plain_recs(pieces: &[(u64, u64, u64)], sums: Vec<Vec<u8>>) -> Vec<
     let mut sums = sums.into_iter();
     pieces
         .iter()
-        .map(|&(pos, logical, got)| Rec { pos, logical, disk_len: got, len: got, compression: COMPRESS_NONE, sums: sums.next().unwrap_or_default() })
+        .map(|&(pos, logical, got)| Rec {
+            pos,
+            logical,
+            disk_len: got,
+            len: got,
+            compression: COMPRESS_NONE,
+            sums: sums.next().unwrap_or_default(),
+        })
         .collect()
 }
 
@@ -78,7 +85,15 @@ impl Transaction {
     /// host's page-cache copy), so the sectors are split among as many
     /// threads as there are cores and a slow checksum does not leave one
     /// core to finish alone.
-    pub(super) fn write_pieces_buffered(&self, pieces: &[(u64, u64, u64)], a: u64, buf: &[u8], nosum: bool, opts: &WriteOpts, report: &mut WriteReport) -> Result<Vec<Vec<u8>>> {
+    pub(super) fn write_pieces_buffered(
+        &self,
+        pieces: &[(u64, u64, u64)],
+        a: u64,
+        buf: &[u8],
+        nosum: bool,
+        opts: &WriteOpts,
+        report: &mut WriteReport,
+    ) -> Result<Vec<Vec<u8>>> {
         let ss = self.store.fs.sectorsize as usize;
         std::thread::scope(|s| -> Result<Vec<Vec<u8>>> {
             let csummers: Vec<_> = if nosum {
@@ -86,7 +101,9 @@ impl Transaction {
             } else {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
                 let per = (buf.len() / ss).div_ceil(cores).max(1) * ss;
-                buf.chunks(per).map(|part| crate::threads::spawn_scoped(s, "checksum", move || Ok(self.compute_csums(part)))).collect::<Result<_>>()?
+                buf.chunks(per)
+                    .map(|part| crate::threads::spawn_scoped(s, "checksum", move || Ok(self.compute_csums(part))))
+                    .collect::<Result<_>>()?
             };
             for &(pos, logical, got) in pieces {
                 let off = (pos - a) as usize;

@@ -27,9 +27,7 @@ use super::Transaction;
 impl Transaction {
     /// Add a data extent item with one inline EXTENT_DATA_REF.
     pub fn add_data_extent(&mut self, bytenr: u64, len: u64, root: u64, ino: u64, offset: u64) -> Result<()> {
-        let mut body = ExtentItem { refs: 1.into(), generation: self.transid().into(), flags: EXTENT_FLAG_DATA.into() }
-            .as_bytes()
-            .to_vec();
+        let mut body = ExtentItem { refs: 1.into(), generation: self.transid().into(), flags: EXTENT_FLAG_DATA.into() }.as_bytes().to_vec();
         body.push(EXTENT_DATA_REF_KEY);
         body.extend_from_slice(
             ExtentDataRef { root: root.into(), objectid: ino.into(), offset: offset.into(), count: 1.into() }.as_bytes(),
@@ -103,7 +101,9 @@ impl Transaction {
                     if (root, objectid, offset) == (r0, o0, f0) {
                         return Ok(Some((key, count)));
                     }
-                    key.offset = key.offset.checked_add(1).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, format!("data extent {bytenr}"), "data ref hash chain past 2^64"))?;
+                    key.offset = key.offset.checked_add(1).ok_or_else(|| {
+                        Error::corrupt(CorruptKind::Overflow, format!("data extent {bytenr}"), "data ref hash chain past 2^64")
+                    })?;
                 }
                 _ => return Ok(Some((key, count.max(1)))),
             }
@@ -114,7 +114,9 @@ impl Transaction {
     fn keyed_ref_body(r: &ExtentRef, count: u32) -> Vec<u8> {
         match *r {
             ExtentRef::Data { root, objectid, offset, .. } => {
-                ExtentDataRef { root: root.into(), objectid: objectid.into(), offset: offset.into(), count: count.into() }.as_bytes().to_vec()
+                ExtentDataRef { root: root.into(), objectid: objectid.into(), offset: offset.into(), count: count.into() }
+                    .as_bytes()
+                    .to_vec()
             }
             ExtentRef::SharedData { .. } => SharedDataRef { count: count.into() }.as_bytes().to_vec(),
             _ => Vec::new(),
@@ -143,7 +145,9 @@ impl Transaction {
                     if same_ref(x, &r) {
                         match x {
                             ExtentRef::Data { count, .. } | ExtentRef::SharedData { count, .. } => {
-                                *count = count.checked_add(n).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), "back reference count overflow"))?
+                                *count = count
+                                    .checked_add(n)
+                                    .ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), "back reference count overflow"))?
                             }
                             _ => {}
                         }
@@ -206,11 +210,15 @@ impl Transaction {
                     }
                     match x {
                         ExtentRef::Data { root, objectid, offset, count } => {
-                            let count = count.checked_sub(n).ok_or_else(|| Error::corrupt(CorruptKind::ExtentRefs, at(), "data ref count underflow"))?;
+                            let count = count
+                                .checked_sub(n)
+                                .ok_or_else(|| Error::corrupt(CorruptKind::ExtentRefs, at(), "data ref count underflow"))?;
                             kept.push(ExtentRef::Data { root, objectid, offset, count });
                         }
                         ExtentRef::SharedData { parent, count } => {
-                            let count = count.checked_sub(n).ok_or_else(|| Error::corrupt(CorruptKind::ExtentRefs, at(), "shared data ref count underflow"))?;
+                            let count = count
+                                .checked_sub(n)
+                                .ok_or_else(|| Error::corrupt(CorruptKind::ExtentRefs, at(), "shared data ref count underflow"))?;
                             kept.push(ExtentRef::SharedData { parent, count });
                         }
                         _ if n == 1 => {}
@@ -221,7 +229,9 @@ impl Transaction {
                 Ok(-(n as i64))
             });
         }
-        let (k, count) = self.find_keyed_ref(key.objectid, &r)?.ok_or_else(|| Error::corrupt(CorruptKind::ExtentRefs, at(), format!("no back reference {r:?}")))?;
+        let (k, count) = self
+            .find_keyed_ref(key.objectid, &r)?
+            .ok_or_else(|| Error::corrupt(CorruptKind::ExtentRefs, at(), format!("no back reference {r:?}")))?;
         match count.checked_sub(n) {
             None => return Err(Error::corrupt(CorruptKind::ExtentRefs, at(), format!("{r:?}: count {count} cannot drop {n}"))),
             Some(0) => {
@@ -285,7 +295,11 @@ impl Transaction {
                 let n = info.inline_refs.len();
                 info.inline_refs.retain(|r| *r != ExtentRef::TreeBlock { root });
                 if info.inline_refs.len() == n {
-                    return Err(Error::corrupt(CorruptKind::ExtentRefs, format!("tree block {addr}"), format!("shared, but holds no reference from tree {root}")));
+                    return Err(Error::corrupt(
+                        CorruptKind::ExtentRefs,
+                        format!("tree block {addr}"),
+                        format!("shared, but holds no reference from tree {root}"),
+                    ));
                 }
             }
             Ok(-1)
@@ -340,9 +354,8 @@ impl Transaction {
         for op in log {
             match op {
                 RefOp::Alloc { addr, owner, level } => {
-                    let mut body = ExtentItem { refs: 1.into(), generation: transid.into(), flags: EXTENT_FLAG_TREE_BLOCK.into() }
-                        .as_bytes()
-                        .to_vec();
+                    let mut body =
+                        ExtentItem { refs: 1.into(), generation: transid.into(), flags: EXTENT_FLAG_TREE_BLOCK.into() }.as_bytes().to_vec();
                     body.push(TREE_BLOCK_REF_KEY);
                     body.extend_from_slice(&owner.to_le_bytes());
                     self.insert(EXTENT_TREE_OBJECTID, Key::new(addr, METADATA_ITEM_KEY, level as u64), body)?;
@@ -362,7 +375,8 @@ impl Transaction {
                             self.delete(EXTENT_TREE_OBJECTID, key)?;
                         }
                         None => {
-                            return Err(Error::corrupt(CorruptKind::MissingItem,
+                            return Err(Error::corrupt(
+                                CorruptKind::MissingItem,
                                 format!("tree block {addr}"),
                                 format!("no metadata extent item (nodesize {ns}) to free"),
                             ))
@@ -415,7 +429,9 @@ fn children(block: &TreeBlock) -> Result<Vec<Child>> {
 /// Whether two back references name the same referrer (counts aside).
 fn same_ref(a: &ExtentRef, b: &ExtentRef) -> bool {
     match (a, b) {
-        (ExtentRef::Data { root, objectid, offset, .. }, ExtentRef::Data { root: r, objectid: o, offset: f, .. }) => (root, objectid, offset) == (r, o, f),
+        (ExtentRef::Data { root, objectid, offset, .. }, ExtentRef::Data { root: r, objectid: o, offset: f, .. }) => {
+            (root, objectid, offset) == (r, o, f)
+        }
         (ExtentRef::SharedData { parent, .. }, ExtentRef::SharedData { parent: p, .. }) => parent == p,
         _ => a == b,
     }
@@ -453,7 +469,15 @@ mod ref_tests {
     #[test]
     fn refs_past_the_inline_limit_go_keyed_and_come_back() {
         let Some((_tmp, imgs)) = crate::fs::testutil::mkfs_btrfs(1, &[]) else { return };
-        let o = OpenOptions { image: imgs[0].clone(), devices: imgs.to_vec(), degraded: false, writable: true, alongside_writer: false, accept_lagging: false, divergent_ok: false };
+        let o = OpenOptions {
+            image: imgs[0].clone(),
+            devices: imgs.to_vec(),
+            degraded: false,
+            writable: true,
+            alongside_writer: false,
+            accept_lagging: false,
+            divergent_ok: false,
+        };
         let mut tx = Transaction::begin(Filesystem::open(&o).unwrap()).unwrap();
         let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
         tx.write_at(FS_TREE_OBJECTID, ino, 0, &vec![7u8; 1 << 20], &WriteOpts::default(), &mut WriteReport::default()).unwrap();
@@ -466,8 +490,12 @@ mod ref_tests {
         let key = Key::new(disk_bytenr, EXTENT_ITEM_KEY, disk_num_bytes);
         let before = tx.get(EXTENT_TREE_OBJECTID, key).unwrap().unwrap();
         let keyed = |tx: &mut Transaction| {
-            tx.range(EXTENT_TREE_OBJECTID, Key::new(disk_bytenr, EXTENT_DATA_REF_KEY, 0), Key::new(disk_bytenr, EXTENT_DATA_REF_KEY, u64::MAX))
-                .unwrap()
+            tx.range(
+                EXTENT_TREE_OBJECTID,
+                Key::new(disk_bytenr, EXTENT_DATA_REF_KEY, 0),
+                Key::new(disk_bytenr, EXTENT_DATA_REF_KEY, u64::MAX),
+            )
+            .unwrap()
         };
         for i in 0..60 {
             assert!(!tx.data_ref_delta(disk_bytenr, disk_num_bytes, FS_TREE_OBJECTID, 1000 + i, 0, 1).unwrap());

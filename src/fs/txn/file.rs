@@ -42,7 +42,15 @@ impl Transaction {
     /// [`crate::fs::direct`]. Returns when every bio finished on every
     /// mirror; on any bio error the transaction must be dropped (it would
     /// record extents whose bytes are not all on disk).
-    pub fn write_direct(&mut self, root: u64, ino: u64, offset: u64, src: &dyn Source, opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
+    pub fn write_direct(
+        &mut self,
+        root: u64,
+        ino: u64,
+        offset: u64,
+        src: &dyn Source,
+        opts: &WriteOpts,
+        report: &mut WriteReport,
+    ) -> Result<()> {
         self.write_impl(root, ino, offset, Payload::Borrowed(src), opts, report, true)?;
         self.finish_direct()
     }
@@ -59,7 +67,16 @@ impl Transaction {
     /// commits. A bio error surfaces from a later write or from the commit,
     /// and the transaction then commits nothing.
     #[allow(clippy::too_many_arguments)]
-    pub fn write_owned(&mut self, root: u64, ino: u64, offset: u64, pages: Bounce, direct: bool, opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
+    pub fn write_owned(
+        &mut self,
+        root: u64,
+        ino: u64,
+        offset: u64,
+        pages: Bounce,
+        direct: bool,
+        opts: &WriteOpts,
+        report: &mut WriteReport,
+    ) -> Result<()> {
         self.write_impl(root, ino, offset, Payload::Owned(pages), opts, report, direct)
     }
 
@@ -157,7 +174,15 @@ impl Transaction {
     /// when it joins an inline extent. A write past the end's sector first
     /// zeros the rest of it, and a write past an inline extent's sector
     /// first moves that extent to a regular one (`it` is read again then).
-    fn first_sector(&mut self, root: u64, ino: u64, offset: u64, it: &mut InodeItem, opts: &WriteOpts, report: &mut WriteReport) -> Result<u64> {
+    fn first_sector(
+        &mut self,
+        root: u64,
+        ino: u64,
+        offset: u64,
+        it: &mut InodeItem,
+        opts: &WriteOpts,
+        report: &mut WriteReport,
+    ) -> Result<u64> {
         let ss = self.store.fs.sectorsize as u64;
         let mut a = offset / ss * ss;
         // A write past the sector the file ends in first zeros the rest of
@@ -244,7 +269,17 @@ impl Transaction {
     /// A small file inline in its leaf: the whole file (`new_size` bytes of
     /// `buf`), the extents of [0, b) punched first.
     #[allow(clippy::too_many_arguments)]
-    fn write_inline_file(&mut self, root: u64, ino: u64, it: &mut InodeItem, buf: &[u8], new_size: u64, b: u64, src_len: usize, report: &mut WriteReport) -> Result<()> {
+    fn write_inline_file(
+        &mut self,
+        root: u64,
+        ino: u64,
+        it: &mut InodeItem,
+        buf: &[u8],
+        new_size: u64,
+        b: u64,
+        src_len: usize,
+        report: &mut WriteReport,
+    ) -> Result<()> {
         self.punch(root, ino, 0, b, it)?;
         self.insert_inline(root, ino, &buf[..new_size as usize], new_size, COMPRESS_NONE)?;
         it.nbytes = (it.nbytes.get() + new_size).into();

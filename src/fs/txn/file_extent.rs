@@ -134,7 +134,16 @@ impl Transaction {
     /// with `compression` (then `len` is its ram_bytes) or not (then `len`
     /// is `disk_len`).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn insert_extent_item(&mut self, root: u64, ino: u64, file_off: u64, disk: u64, disk_len: u64, len: u64, compression: u8) -> Result<()> {
+    pub(super) fn insert_extent_item(
+        &mut self,
+        root: u64,
+        ino: u64,
+        file_off: u64,
+        disk: u64,
+        disk_len: u64,
+        len: u64,
+        compression: u8,
+    ) -> Result<()> {
         let mut b = FileExtentHeader {
             generation: self.transid().into(),
             ram_bytes: if compression == COMPRESS_NONE { disk_len } else { len }.into(),

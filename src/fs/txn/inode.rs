@@ -11,9 +11,7 @@ use super::Transaction;
 
 impl Transaction {
     pub fn read_inode(&mut self, root: u64, ino: u64) -> Result<InodeItem> {
-        let data = self
-            .get(root, Key::new(ino, INODE_ITEM_KEY, 0))?
-            .ok_or_else(|| Error::NotFound(format!("inode {root}:{ino}")))?;
+        let data = self.get(root, Key::new(ino, INODE_ITEM_KEY, 0))?.ok_or_else(|| Error::NotFound(format!("inode {root}:{ino}")))?;
         Ok(items::read_prefix::<InodeItem>(&data, "inode item")?.0)
     }
 

@@ -170,11 +170,7 @@ impl Transaction {
         let root = if id == ROOT_TREE_OBJECTID || id == CHUNK_TREE_OBJECTID {
             self.store.fs.tree_root(id)?
         } else {
-            let (k, ri) = self
-                .store
-                .fs
-                .root_item(id)?
-                .ok_or_else(|| Error::NotFound(format!("tree {id} has no root item")))?;
+            let (k, ri) = self.store.fs.root_item(id)?.ok_or_else(|| Error::NotFound(format!("tree {id} has no root item")))?;
             self.root_items.insert(id, (k, ri));
             RootPtr { bytenr: ri.bytenr.get(), level: ri.level, generation: ri.generation.get(), owner: id }
         };

@@ -145,7 +145,10 @@ impl Transaction {
                     return Err(Error::corrupt(CorruptKind::Loop, format!("inode {cur} of tree {root}"), "its parent chain loops"));
                 }
                 let refs = self.range(root, Key::new(cur, INODE_REF_KEY, 0), Key::new(cur, INODE_REF_KEY, u64::MAX))?;
-                cur = refs.first().map(|(k, _)| k.offset).ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("inode {cur}"), "no parent"))?;
+                cur = refs
+                    .first()
+                    .map(|(k, _)| k.offset)
+                    .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("inode {cur}"), "no parent"))?;
             }
         }
         self.remove_link(root, sdir, sname)?;

@@ -35,10 +35,9 @@ impl Transaction {
                     dst[..src.len()].copy_from_slice(src);
                 }
                 FileExtentKind::Regular { prealloc: false, disk_bytenr, offset, .. } if disk_bytenr != 0 && fe.compression == 0 => {
-                    let at = disk_bytenr
-                        .checked_add(offset)
-                        .and_then(|x| x.checked_add(from - off))
-                        .ok_or_else(|| Error::corrupt(CorruptKind::Overflow, format!("inode {root}/{ino} extent at {off}"), "disk address overflows"))?;
+                    let at = disk_bytenr.checked_add(offset).and_then(|x| x.checked_add(from - off)).ok_or_else(|| {
+                        Error::corrupt(CorruptKind::Overflow, format!("inode {root}/{ino} extent at {off}"), "disk address overflows")
+                    })?;
                     // Whole sectors around the bytes wanted.
                     let a = at - at % ss;
                     let b = (at + dst.len() as u64).next_multiple_of(ss);
@@ -50,16 +49,9 @@ impl Transaction {
                         format!("{label} file offset {file_off}")
                     };
                     let fs = &self.store.fs;
-                    crate::fs::data::read_verified(
-                        fs.volume(),
-                        fs.csum,
-                        ss,
-                        a,
-                        &mut sectors,
-                        csums.as_deref(),
-                        &describe,
-                        &mut |w| fs.warn(w),
-                    )?;
+                    crate::fs::data::read_verified(fs.volume(), fs.csum, ss, a, &mut sectors, csums.as_deref(), &describe, &mut |w| {
+                        fs.warn(w)
+                    })?;
                     let skip = (at - a) as usize;
                     dst.copy_from_slice(&sectors[skip..skip + dst.len()]);
                 }
@@ -92,13 +84,26 @@ impl Transaction {
     /// transaction's csum tree holds for the compressed bytes first, as
     /// [`Self::read_range`] does for plain data.
     #[allow(clippy::too_many_arguments)]
-    fn read_compressed(&mut self, root: u64, ino: u64, off: u64, fe: &items::FileExtent, disk_bytenr: u64, disk_num_bytes: u64, nodatasum: bool) -> Result<Vec<u8>> {
+    fn read_compressed(
+        &mut self,
+        root: u64,
+        ino: u64,
+        off: u64,
+        fe: &items::FileExtent,
+        disk_bytenr: u64,
+        disk_num_bytes: u64,
+        nodatasum: bool,
+    ) -> Result<Vec<u8>> {
         let label = self.inode_label(root, ino);
         let at = format!("{label} compressed extent at file offset {off}");
         let ss = u64::from(self.store.fs.sectorsize);
         let max = crate::format::compress::MAX_COMPRESSED as u64;
         if disk_num_bytes == 0 || disk_num_bytes > max || disk_num_bytes % ss != 0 || disk_bytenr % ss != 0 {
-            return Err(Error::corrupt(CorruptKind::Compressed, at, format!("compressed extent at {disk_bytenr} of {disk_num_bytes} bytes")));
+            return Err(Error::corrupt(
+                CorruptKind::Compressed,
+                at,
+                format!("compressed extent at {disk_bytenr} of {disk_num_bytes} bytes"),
+            ));
         }
         if fe.ram_bytes > crate::format::compress::MAX_DECOMPRESSED_LEN as u64 {
             return Err(Error::corrupt(CorruptKind::Compressed, at, format!("ram_bytes {} of a compressed extent", fe.ram_bytes)));

@@ -99,11 +99,10 @@ impl Transaction {
                     chunk_tree_uuid,
                 };
                 self.insert(DEV_TREE_OBJECTID, Key::new(devid, DEV_EXTENT_KEY, phys), de.as_bytes().to_vec())?;
-                let item = self
-                    .store
-                    .dev_items
-                    .get_mut(&devid)
-                    .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("devid {devid}"), "no dev item in the chunk tree"))?;
+                let item =
+                    self.store.dev_items.get_mut(&devid).ok_or_else(|| {
+                        Error::corrupt(CorruptKind::MissingItem, format!("devid {devid}"), "no dev item in the chunk tree")
+                    })?;
                 item.bytes_used = (item.bytes_used.get() + plan.stripe_size).into();
             }
             let devids: BTreeSet<u64> = plan.stripes.iter().map(|s| s.0).collect();
@@ -143,7 +142,9 @@ impl Transaction {
                 ri.ctime = self.now;
             }
             // Keep the stored size (v1 root items stay v1).
-            let old = self.get(ROOT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("root item {key}"), "vanished"))?;
+            let old = self
+                .get(ROOT_TREE_OBJECTID, key)?
+                .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("root item {key}"), "vanished"))?;
             let mut body = ri.as_bytes().to_vec();
             body.truncate(old.len().min(body.len()));
             self.put(ROOT_TREE_OBJECTID, key, body)?;

@@ -122,8 +122,13 @@ impl Store {
     /// which the kernel's tree-checker and scrub rely on.
     fn find(&self, kind: u64, len: u64, align: u64, no_stripe_cross: bool) -> Option<u64> {
         let hint = self.hints.get(&kind).copied().unwrap_or(0);
-        self.find_from(kind, len, align, no_stripe_cross, hint)
-            .or_else(|| if hint > 0 { self.find_from(kind, len, align, no_stripe_cross, 0) } else { None })
+        self.find_from(kind, len, align, no_stripe_cross, hint).or_else(|| {
+            if hint > 0 {
+                self.find_from(kind, len, align, no_stripe_cross, 0)
+            } else {
+                None
+            }
+        })
     }
 
     fn find_from(&self, kind: u64, len: u64, align: u64, no_stripe_cross: bool, from: u64) -> Option<u64> {
@@ -170,10 +175,7 @@ impl Store {
                 d.extents.insert(phys, plan.stripe_size);
             }
         }
-        self.groups.insert(
-            plan.logical,
-            Group { start: plan.logical, len: plan.length, flags, chunk_objectid: FIRST_CHUNK_TREE_OBJECTID },
-        );
+        self.groups.insert(plan.logical, Group { start: plan.logical, len: plan.length, flags, chunk_objectid: FIRST_CHUNK_TREE_OBJECTID });
         self.dirty_groups.insert(plan.logical);
         self.new_chunks.push((plan.logical, plan.length, flags));
         self.pending_chunks.push(plan);
@@ -313,7 +315,8 @@ impl Store {
         let sb = fs.sb;
         let chunk_uuid = fs.reader.root_block(&fs.tree_root(CHUNK_TREE_OBJECTID)?)?.header.chunk_tree_uuid;
         // Every block the engine seals passes the kernel's tree-checker rules.
-        let fmt = BlockFormat::new(sb.nodesize.get(), fs.csum, sb.metadata_fsid(), chunk_uuid)?.checked(fs.sectorsize, sb.incompat_flags.get());
+        let fmt =
+            BlockFormat::new(sb.nodesize.get(), fs.csum, sb.metadata_fsid(), chunk_uuid)?.checked(fs.sectorsize, sb.incompat_flags.get());
         let transid = sb.generation.get() + 1;
         let bg_tree = sb.has_compat_ro(COMPAT_RO_BLOCK_GROUP_TREE);
         let ns = sb.nodesize.get() as u64;
@@ -351,7 +354,11 @@ impl Store {
         // Devices: dev items (chunk tree) and dev extents (dev tree).
         let mut dev_items = BTreeMap::new();
         let chunk_root = fs.tree_root(CHUNK_TREE_OBJECTID)?;
-        for (k, data) in fs.reader.range(&chunk_root, Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, 0), Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, u64::MAX))? {
+        for (k, data) in fs.reader.range(
+            &chunk_root,
+            Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, 0),
+            Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, u64::MAX),
+        )? {
             let (d, _) = items::read_prefix::<DevItem>(&data, "dev item").map_err(|e| e.within(format!("chunk tree item {k}")))?;
             dev_items.insert(k.offset, d);
         }

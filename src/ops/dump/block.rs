@@ -99,7 +99,10 @@ mod tests {
     fn leaf_header_and_items() {
         let s = dump_leaf(&[
             (Key::new(256, INODE_ITEM_KEY, 0), inode_item(0o40755, 0)),
-            (Key::new(256, INODE_REF_KEY, 256), encode::inode_refs(&[InodeRefEntry { parent: 256, index: 0, name: b"..".to_vec() }]).unwrap()),
+            (
+                Key::new(256, INODE_REF_KEY, 256),
+                encode::inode_refs(&[InodeRefEntry { parent: 256, index: 0, name: b"..".to_vec() }]).unwrap(),
+            ),
         ]);
         let free = 4096 - 101 - 160 - 12 - 2 * 25;
         assert!(s.starts_with(&format!("leaf 65536 items 2 free space {free} generation 3 owner FS_TREE\n")), "{s}");

@@ -24,11 +24,9 @@ pub(super) fn print_extent_item(buf: &mut Vec<u8>, key: Key, data: &[u8]) -> Res
         match r {
             ExtentRef::TreeBlock { root } => w!(buf, "\t\ttree block backref root {}\n", objectid_str(*root, 0)),
             ExtentRef::SharedBlock { parent } => w!(buf, "\t\tshared block backref parent {parent}\n"),
-            ExtentRef::Data { root, objectid, offset, count } => w!(
-                buf,
-                "\t\textent data backref root {} objectid {objectid} offset {offset} count {count}\n",
-                objectid_str(*root, 0)
-            ),
+            ExtentRef::Data { root, objectid, offset, count } => {
+                w!(buf, "\t\textent data backref root {} objectid {objectid} offset {offset} count {count}\n", objectid_str(*root, 0))
+            }
             ExtentRef::SharedData { parent, count } => {
                 w!(buf, "\t\tshared data backref parent {parent} count {count}\n")
             }
@@ -40,11 +38,7 @@ pub(super) fn print_extent_item(buf: &mut Vec<u8>, key: Key, data: &[u8]) -> Res
 
 pub(super) fn extent_data_ref(buf: &mut Vec<u8>, key: Key, data: &[u8]) -> Result<()> {
     if let ExtentRef::Data { root, objectid, offset, count } = items::parse_keyed_ref(key, data)? {
-        w!(
-            buf,
-            "\t\textent data backref root {} objectid {objectid} offset {offset} count {count}\n",
-            objectid_str(root, 0)
-        );
+        w!(buf, "\t\textent data backref root {} objectid {objectid} offset {offset} count {count}\n", objectid_str(root, 0));
     }
     Ok(())
 }
@@ -67,7 +61,8 @@ pub(super) fn extent_owner_ref(buf: &mut Vec<u8>, key: Key, data: &[u8]) -> Resu
 pub(super) fn extent_csum(buf: &mut Vec<u8>, ctx: &DumpCtx, key: Key, data: &[u8]) -> Result<()> {
     let cs = ctx.csum_size.max(1);
     if data.len() % cs != 0 {
-        return Err(Error::corrupt(CorruptKind::ItemSize,
+        return Err(Error::corrupt(
+            CorruptKind::ItemSize,
             "extent csum",
             format!("item size {} is not a multiple of the checksum size {cs}", data.len()),
         ));
@@ -79,13 +74,7 @@ pub(super) fn extent_csum(buf: &mut Vec<u8>, ctx: &DumpCtx, key: Key, data: &[u8
 
 pub(super) fn block_group(buf: &mut Vec<u8>, data: &[u8]) -> Result<()> {
     let bg: BlockGroupItem = need(data, "block group item")?;
-    w!(
-        buf,
-        "\t\tblock group used {} chunk_objectid {} flags {}\n",
-        bg.used.get(),
-        bg.chunk_objectid.get(),
-        bg_flags_str(bg.flags.get())
-    );
+    w!(buf, "\t\tblock group used {} chunk_objectid {} flags {}\n", bg.used.get(), bg.chunk_objectid.get(), bg_flags_str(bg.flags.get()));
     Ok(())
 }
 

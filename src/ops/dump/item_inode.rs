@@ -12,14 +12,7 @@ use crate::format::ondisk::*;
 use crate::format::Key;
 
 pub(super) fn print_inode_item(buf: &mut Vec<u8>, ii: &InodeItem) {
-    w!(
-        buf,
-        "\t\tgeneration {} transid {} size {} nbytes {}\n",
-        ii.generation.get(),
-        ii.transid.get(),
-        ii.size.get(),
-        ii.nbytes.get()
-    );
+    w!(buf, "\t\tgeneration {} transid {} size {} nbytes {}\n", ii.generation.get(), ii.transid.get(), ii.size.get(), ii.nbytes.get());
     w!(
         buf,
         "\t\tblock group {} mode {:o} links {} uid {} gid {} rdev {}\n",
@@ -91,13 +84,7 @@ pub(super) fn print_file_extent(buf: &mut Vec<u8>, data: &[u8]) -> Result<()> {
     let comp = compress_str(fe.compression);
     match fe.kind {
         FileExtentKind::Inline { data: inline } => {
-            w!(
-                buf,
-                "\t\tinline extent data size {} ram_bytes {} compression {} ({comp})\n",
-                inline.len(),
-                fe.ram_bytes,
-                fe.compression
-            );
+            w!(buf, "\t\tinline extent data size {} ram_bytes {} compression {} ({comp})\n", inline.len(), fe.ram_bytes, fe.compression);
         }
         FileExtentKind::Regular { prealloc: true, disk_bytenr, disk_num_bytes, offset, num_bytes } => {
             w!(buf, "\t\tprealloc data disk byte {disk_bytenr} nr {disk_num_bytes}\n");

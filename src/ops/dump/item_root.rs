@@ -74,13 +74,7 @@ pub(super) fn qgroup_status(buf: &mut Vec<u8>, data: &[u8]) -> Result<()> {
     if f & 4 != 0 {
         fs.push_str("|INCONSISTENT");
     }
-    w!(
-        buf,
-        "\t\tversion {} generation {} flags {fs} scan {}\n",
-        s.version.get(),
-        s.generation.get(),
-        s.rescan.get()
-    );
+    w!(buf, "\t\tversion {} generation {} flags {fs} scan {}\n", s.version.get(), s.generation.get(), s.rescan.get());
     Ok(())
 }
 

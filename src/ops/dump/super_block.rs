@@ -193,12 +193,7 @@ fn print_super(buf: &mut Vec<u8>, raw: &[u8]) {
     w!(buf, "uuid_tree_generation\t{}\n", sb.uuid_tree_generation.get());
     let d = &sb.dev_item;
     w!(buf, "dev_item.uuid\t\t{}\n", uuid_string(&d.uuid));
-    w!(
-        buf,
-        "dev_item.fsid\t\t{} {}\n",
-        uuid_string(&d.fsid),
-        if d.fsid == meta_uuid { "[match]" } else { "[DON'T MATCH]" }
-    );
+    w!(buf, "dev_item.fsid\t\t{} {}\n", uuid_string(&d.fsid), if d.fsid == meta_uuid { "[match]" } else { "[DON'T MATCH]" });
     w!(buf, "dev_item.type\t\t{}\n", d.dev_type.get());
     w!(buf, "dev_item.total_bytes\t{}\n", d.total_bytes.get());
     w!(buf, "dev_item.bytes_used\t{}\n", d.bytes_used.get());
@@ -352,11 +347,13 @@ fn super_json(raw: &[u8], offset: u64, path: &str) -> Value {
     put("stripesize", json!(sb.stripesize.get()));
     put("root_dir", json!(sb.root_dir_objectid.get()));
     put("num_devices", json!(sb.num_devices.get()));
-    put("compat_flags", flags_json(sb.compat_flags.get(), if sb.compat_flags.get() != 0 {
-        vec![format!("unknown flag: {:#x}", sb.compat_flags.get())]
-    } else {
-        Vec::new()
-    }));
+    put(
+        "compat_flags",
+        flags_json(
+            sb.compat_flags.get(),
+            if sb.compat_flags.get() != 0 { vec![format!("unknown flag: {:#x}", sb.compat_flags.get())] } else { Vec::new() },
+        ),
+    );
     put("compat_ro_flags", flags_json(ro, compat_ro_names(ro)));
     put("incompat_flags", flags_json(inc, incompat_names(inc)));
     put("cache_generation", json!(sb.cache_generation.get()));

@@ -48,12 +48,8 @@ pub fn dump_tree_with(out: &mut dyn Write, fs: &Filesystem, tree: Option<u64>, o
     let d = Dumper { fs, ctx: DumpCtx::of(fs), order };
     let sb = &fs.sb;
     let root_start = TreeStart::from_ptr(fs.tree_root(ROOT_TREE_OBJECTID)?, false);
-    let log_start = log_root_of(fs).map(|(bytenr, level)| TreeStart {
-        bytenr,
-        level: Some(level),
-        owner: TREE_LOG_OBJECTID,
-        allow_newer: true,
-    });
+    let log_start =
+        log_root_of(fs).map(|(bytenr, level)| TreeStart { bytenr, level: Some(level), owner: TREE_LOG_OBJECTID, allow_newer: true });
     match tree {
         Some(ROOT_TREE_OBJECTID) => {
             out.write_all(b"root tree\n").map_err(out_err)?;
@@ -201,21 +197,12 @@ impl Dumper<'_> {
     }
 
     /// Print every block of a tree. Leaves' ROOT_ITEMs go to `collect` when given.
-    fn print_tree(
-        &self,
-        out: &mut dyn Write,
-        start: TreeStart,
-        mut collect: Option<&mut Vec<(Key, Vec<u8>)>>,
-    ) -> Result<()> {
+    fn print_tree(&self, out: &mut dyn Write, start: TreeStart, mut collect: Option<&mut Vec<(Key, Vec<u8>)>>) -> Result<()> {
         let expect = Expect { level: start.level, generation: None, max_generation: None };
         let root = match self.read(start.bytenr, expect, start.owner, start.allow_newer) {
             Ok(b) => b,
             Err(e) => {
-                let msg = format!(
-                    "ERROR: failed to read root block {} of tree {}: {e}\n",
-                    start.bytenr,
-                    objectid_str(start.owner, 0)
-                );
+                let msg = format!("ERROR: failed to read root block {} of tree {}: {e}\n", start.bytenr, objectid_str(start.owner, 0));
                 return out.write_all(msg.as_bytes()).map_err(out_err);
             }
         };
@@ -225,12 +212,7 @@ impl Dumper<'_> {
         }
     }
 
-    fn emit(
-        &self,
-        out: &mut dyn Write,
-        block: &TreeBlock,
-        collect: &mut Option<&mut Vec<(Key, Vec<u8>)>>,
-    ) -> Result<()> {
+    fn emit(&self, out: &mut dyn Write, block: &TreeBlock, collect: &mut Option<&mut Vec<(Key, Vec<u8>)>>) -> Result<()> {
         let mut buf = Vec::with_capacity(self.ctx.nodesize as usize * 4);
         print_block(&mut buf, &self.ctx, block);
         out.write_all(&buf).map_err(out_err)?;
@@ -281,13 +263,7 @@ impl Dumper<'_> {
         }
     }
 
-    fn dfs(
-        &self,
-        out: &mut dyn Write,
-        block: &TreeBlock,
-        start: TreeStart,
-        collect: &mut Option<&mut Vec<(Key, Vec<u8>)>>,
-    ) -> Result<()> {
+    fn dfs(&self, out: &mut dyn Write, block: &TreeBlock, start: TreeStart, collect: &mut Option<&mut Vec<(Key, Vec<u8>)>>) -> Result<()> {
         self.emit(out, block, collect)?;
         for p in self.children(block) {
             if let Some(child) = self.read_child(out, &p, start)? {

@@ -5,21 +5,22 @@ use std::fs::File;
 
 use zerocopy::{FromZeros, IntoBytes};
 
+use super::items::{
+    chunk_info, dir_inode, inode_ref, key, map_entry, metadata_extent_item, root_item, root_ref, subvol_root_item, uuid_item, TreeId,
+    GENERATION,
+};
+use super::layout::PlannedChunk;
+use super::options::MkfsOptions;
 use crate::error::{Error, Result};
+use crate::format::compress::Compression;
 use crate::format::encode;
 use crate::format::items::{name_hash, BlockGroupInfo, DevExtentInfo, DirEntry};
 use crate::format::ondisk::*;
 use crate::format::superblock::{seal_super, BackupTrees, TreeRootRef};
 use crate::format::Profile;
-use crate::format::compress::Compression;
 use crate::ops::rootdir::{self, DataSink, Scan};
 use crate::tree::builder::{count_blocks, BlockParams, TreeItem};
 use crate::volumes::create::{ChunkWriter, NewImages};
-use super::items::{
-    chunk_info, dir_inode, inode_ref, key, map_entry, metadata_extent_item, root_item, root_ref, subvol_root_item, uuid_item, TreeId, GENERATION,
-};
-use super::layout::PlannedChunk;
-use super::options::MkfsOptions;
 
 pub(super) struct Ctx<'a> {
     pub(super) opts: &'a MkfsOptions,
@@ -83,10 +84,8 @@ impl MetaAlloc {
     fn take(&mut self, n: usize) -> Result<Vec<u64>> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            let c = self
-                .chunks
-                .get(self.current)
-                .ok_or_else(|| Error::Invalid("metadata chunks are full (internal sizing error)".into()))?;
+            let c =
+                self.chunks.get(self.current).ok_or_else(|| Error::Invalid("metadata chunks are full (internal sizing error)".into()))?;
             if self.next + self.nodesize <= c.1 {
                 out.push(self.next);
                 self.next += self.nodesize;
@@ -147,7 +146,10 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         let mut v = Vec::new();
         for (i, size) in ctx.dev_sizes.iter().enumerate() {
             let devid = i as u64 + 1;
-            v.push(TreeItem::new(key(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, devid), encode::dev_item(&dev_item(ctx, devid, *size, dev_used[i]))));
+            v.push(TreeItem::new(
+                key(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, devid),
+                encode::dev_item(&dev_item(ctx, devid, *size, dev_used[i])),
+            ));
         }
         for c in &ctx.chunks {
             let item = encode::chunk_item(&chunk_info(c, &ctx.dev_uuids, opts.sectorsize))?;
@@ -159,7 +161,8 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
     let mut dev_tree = Vec::new();
     for i in 0..ctx.dev_sizes.len() {
         // Zeroed error counters, as the kernel creates them on first mount.
-        dev_tree.push(TreeItem::new(key(DEV_STATS_OBJECTID, PERSISTENT_ITEM_KEY, i as u64 + 1), encode::u64_array(&[0; DEV_STAT_VALUES_MAX])));
+        dev_tree
+            .push(TreeItem::new(key(DEV_STATS_OBJECTID, PERSISTENT_ITEM_KEY, i as u64 + 1), encode::u64_array(&[0; DEV_STAT_VALUES_MAX])));
     }
     let mut dev_extents = Vec::new();
     for c in &ctx.chunks {

@@ -3,6 +3,7 @@
 
 use zerocopy::FromZeros;
 
+use super::layout::PlannedChunk;
 use crate::error::Result;
 use crate::format::encode::{self, RootItemSize};
 use crate::format::items::{ChunkInfo, ExtentInfo, ExtentRef, InodeRefEntry, RootRefEntry, StripeInfo};
@@ -10,7 +11,6 @@ use crate::format::ondisk::*;
 use crate::format::Key;
 use crate::tree::builder::TreeItem;
 use crate::volumes::chunks::MapEntry;
-use super::layout::PlannedChunk;
 
 /// Everything mkfs writes belongs to this one transaction.
 pub(super) const GENERATION: u64 = 1;
@@ -19,7 +19,15 @@ pub(super) fn key(o: u64, t: u8, off: u64) -> Key {
     Key::new(o, t, off)
 }
 
-pub(super) fn root_item(bytenr: u64, level: u8, bytes_used: u64, root_dirid: u64, uuid: [u8; 16], time: (u64, u32), nodesize: u32) -> Vec<u8> {
+pub(super) fn root_item(
+    bytenr: u64,
+    level: u8,
+    bytes_used: u64,
+    root_dirid: u64,
+    uuid: [u8; 16],
+    time: (u64, u32),
+    nodesize: u32,
+) -> Vec<u8> {
     encode::root_item(&new_root_item(bytenr, level, bytes_used, root_dirid, uuid, time, nodesize), RootItemSize::Full)
 }
 

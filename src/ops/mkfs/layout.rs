@@ -2,13 +2,12 @@
 //! clear of the superblock copies, and the sizes for `--shrink`, `-b` and
 //! `--print-size`.
 
-
+use super::options::{MkfsOptions, Slack, GIB, MIB};
 use crate::error::{Error, Result};
 use crate::format::ondisk::*;
 use crate::format::Profile;
 use crate::ops::rootdir::{self, Scan};
 use crate::tree::builder::{count_blocks, TreeItem};
-use super::options::{MkfsOptions, Slack, GIB, MIB};
 
 /// Where the first chunk starts in the logical address space.
 const FIRST_LOGICAL: u64 = MIB;
@@ -63,9 +62,7 @@ fn place(cursor: u64, len: u64, size: u64) -> Option<u64> {
 pub(super) fn profile_shape(p: Profile, ndevs: usize) -> Result<(usize, usize, usize, u16)> {
     let need = p.min_devices();
     if ndevs < need {
-        return Err(Error::Invalid(format!(
-            "profile {p} needs at least {need} devices (images), {ndevs} given"
-        )));
+        return Err(Error::Invalid(format!("profile {p} needs at least {need} devices (images), {ndevs} given")));
     }
     Ok(match p {
         Profile::Single => (1, 1, 1, 1),

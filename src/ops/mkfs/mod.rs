@@ -25,21 +25,21 @@ use crate::error::{Error, Result};
 use crate::format::ondisk::*;
 use crate::format::Profile;
 use crate::ops::rootdir::{self, Scan, ScanOptions};
-use crate::volumes::create::{self, NewImages};
 pub use crate::volumes::create::MAX_IMAGE_END;
+use crate::volumes::create::{self, NewImages};
 
 mod build;
 mod items;
 mod layout;
 mod options;
 
-pub use options::{
-    parse_compress, parse_compress_arg, parse_features, parse_inode_flags, parse_size, parse_slack, Feature, Features,
-    MkfsOptions, Progress, Slack,
-};
 use build::{build_and_write, Ctx};
 use items::GENERATION;
 use layout::{plan_for_sizes, profile_shape, shrink_plan, MAX_SLACK};
+pub use options::{
+    parse_compress, parse_compress_arg, parse_features, parse_inode_flags, parse_size, parse_slack, Feature, Features, MkfsOptions,
+    Progress, Slack,
+};
 
 /// What was made, for printing.
 #[derive(Clone, Debug, Serialize)]

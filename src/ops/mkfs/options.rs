@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::format::compress::Compression;
 use crate::format::ondisk::*;
 use crate::format::{CsumType, Profile};
-use crate::format::compress::Compression;
 use crate::ops::rootdir;
 
 pub(super) const MIB: u64 = 1024 * 1024;

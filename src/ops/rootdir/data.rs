@@ -6,19 +6,19 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 
+use super::scan::{
+    inline_content, inline_extent, inode_item, max_csum_item_bytes, regular_extent, Content, DataSource, Scan, ScanOptions, COPY_PIECE,
+    MAX_EXTENT_SIZE, MAX_UNCOMPRESSED,
+};
 use crate::error::{Error, Result};
+use crate::format::compress::{self, Compression};
 use crate::format::encode;
 use crate::format::items::{extref_hash, name_hash, DirEntry, ExtentInfo, ExtentRef, InodeRefEntry};
 use crate::format::ondisk::*;
 use crate::format::{FileType, Key};
-use crate::ops::pipeline::ordered_map;
-use crate::format::compress::{self, Compression};
-use crate::tree::builder::TreeItem;
 use crate::ops::host::round_up;
-use super::scan::{
-    inline_content, inline_extent, inode_item, max_csum_item_bytes, regular_extent, Content, DataSource, Scan,
-    ScanOptions, COPY_PIECE, MAX_EXTENT_SIZE, MAX_UNCOMPRESSED,
-};
+use crate::ops::pipeline::ordered_map;
+use crate::tree::builder::TreeItem;
 
 /// Where [`write_data`] puts file data: the data chunks of the new filesystem.
 pub trait DataSink {
@@ -205,7 +205,12 @@ fn run_job(scan: &Scan, job: &DataJob, dry: bool) -> Result<JobDone> {
                 if let Some(mut c) = c {
                     c.resize(round_up(c.len() as u64, sector as u64) as usize, 0);
                     let sums = csums(&c);
-                    return Ok(JobDone::Piece { compressed: Some((c, round_up(avail as u64, sector as u64), kind.raw())), raw: Vec::new(), sums, source: None });
+                    return Ok(JobDone::Piece {
+                        compressed: Some((c, round_up(avail as u64, sector as u64), kind.raw())),
+                        raw: Vec::new(),
+                        sums,
+                        source: None,
+                    });
                 }
             }
             let sums = csums(&buf);
@@ -278,7 +283,14 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut
     let gen = opts.generation;
     let sector = opts.sectorsize as u64;
     let csum_size = opts.csum.size();
-    let mut out = DataOut { fs: BTreeMap::new(), extent_items: Vec::new(), extents: Vec::new(), sector_csums: Vec::new(), bytes: 0, nbytes: vec![0u64; scan.inodes.len()] };
+    let mut out = DataOut {
+        fs: BTreeMap::new(),
+        extent_items: Vec::new(),
+        extents: Vec::new(),
+        sector_csums: Vec::new(),
+        bytes: 0,
+        nbytes: vec![0u64; scan.inodes.len()],
+    };
 
     // ---- file data, in inode order ----
     let dry = sink.dry();
@@ -427,11 +439,23 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut
             }
         }
         for (name, value) in &i.xattrs {
-            let v = encode::dir_item(&DirEntry { location: Key::MIN, transid: gen, dir_type: FT_XATTR, name: name.clone(), data: value.clone() })?;
+            let v = encode::dir_item(&DirEntry {
+                location: Key::MIN,
+                transid: gen,
+                dir_type: FT_XATTR,
+                name: name.clone(),
+                data: value.clone(),
+            })?;
             append(&mut fs, k(i.ino, XATTR_ITEM_KEY, name_hash(name)), &v);
         }
         for (name, location, kind, index) in &i.entries {
-            let v = encode::dir_item(&DirEntry { location: *location, transid: gen, dir_type: kind.dir_type(), name: name.clone(), data: Vec::new() })?;
+            let v = encode::dir_item(&DirEntry {
+                location: *location,
+                transid: gen,
+                dir_type: kind.dir_type(),
+                name: name.clone(),
+                data: Vec::new(),
+            })?;
             append(&mut fs, k(i.ino, DIR_ITEM_KEY, name_hash(name)), &v);
             fs.insert(k(i.ino, DIR_INDEX_KEY, *index), v);
         }
@@ -487,8 +511,8 @@ pub fn data_extent_item(gen: u64, root: u64, objectid: u64, offset: u64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::rootdir::scan::{scan, test_opts, SubvolSpec};
     use crate::format::CsumType;
+    use crate::ops::rootdir::scan::{scan, test_opts, SubvolSpec};
     use std::path::PathBuf;
 
     /// Ids follow the walk, not the option order; every subvolume numbers its

@@ -6,15 +6,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::format::compress::{self, Compression};
 use crate::format::encode;
 use crate::format::items::{FileExtent, FileExtentKind};
 use crate::format::ondisk::*;
 use crate::format::{CsumType, FileType, Key};
-use crate::format::compress::{self, Compression};
 use crate::ops::host::{data_ranges, host_rdev_to_btrfs, io, open_source, read_xattrs, round_up, sector_ranges};
 
 use super::manifest::{remap_acl, Ownership};
@@ -485,7 +485,10 @@ pub(super) fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Res
         return Err(Error::NotFound(format!("inode flags for {}: no such path under the root directory", opts.inode_flags[i].0.display())));
     }
     if let Some(i) = s.compress_used.iter().position(|u| !u) {
-        return Err(Error::NotFound(format!("--compress for {}: no such path under the root directory", opts.compress_paths[i].0.display())));
+        return Err(Error::NotFound(format!(
+            "--compress for {}: no such path under the root directory",
+            opts.compress_paths[i].0.display()
+        )));
     }
     // Checked to exist above, so only a path the walk never reached is left:
     // one inside an excluded image or behind a symlink.
@@ -582,9 +585,8 @@ impl Scan {
             // alike, as an idmapped mount or a user namespace shifts them.
             for (n, v) in kept.iter_mut() {
                 if n.as_slice() == b"system.posix_acl_access" || n.as_slice() == b"system.posix_acl_default" {
-                    *v = remap_acl(v, map_id).map_err(|why| {
-                        Error::Invalid(format!("{}: {}: {why}", tree.shown(rel).display(), String::from_utf8_lossy(n)))
-                    })?;
+                    *v = remap_acl(v, map_id)
+                        .map_err(|why| Error::Invalid(format!("{}: {}: {why}", tree.shown(rel).display(), String::from_utf8_lossy(n))))?;
                 }
             }
         }

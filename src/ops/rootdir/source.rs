@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-
 use crate::format::FileType;
 
 /// One file of the source tree as the walk reads it: what `lstat` says of a

@@ -49,9 +49,9 @@ use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
 
+use super::source::SourceFile;
 use crate::error::{Error, Result};
 use crate::format::acl::{self, ACL_GROUP, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER, ACL_UNDEFINED_ID, ACL_USER, ACL_USER_OBJ};
-use super::source::SourceFile;
 
 const S_IFMT: u32 = 0o170000;
 
@@ -365,7 +365,13 @@ fn old_gnu_sparse(file: &File, header_at: u64, shown: &Path) -> std::result::Res
 /// the segment list in decimal lines at the start of the member's data
 /// (padded to 512 bytes); 0.1 in a `GNU.sparse.map` record; 0.0 in repeated
 /// `GNU.sparse.offset`/`numbytes` records.
-fn pax_sparse(records: &[(Vec<u8>, Vec<u8>)], file: &File, data_at: u64, size: u64, shown: &Path) -> std::result::Result<SparseMember, String> {
+fn pax_sparse(
+    records: &[(Vec<u8>, Vec<u8>)],
+    file: &File,
+    data_at: u64,
+    size: u64,
+    shown: &Path,
+) -> std::result::Result<SparseMember, String> {
     let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
     let record = |k: &[u8]| records.iter().rev().find(|r| r.0 == k).map(|r| text(&r.1));
     let num = |v: &str, what: &str| v.trim().parse::<u64>().map_err(|_| format!("bad {what} {v:?}"));
@@ -418,7 +424,8 @@ fn pax_sparse(records: &[(Vec<u8>, Vec<u8>)], file: &File, data_at: u64, size: u
     }
     let real_size = num(&record(b"GNU.sparse.size").ok_or("no GNU.sparse.size record")?, "GNU.sparse.size")?;
     let list: Vec<(u64, u64)> = if let Some(map) = record(b"GNU.sparse.map") {
-        let v: Vec<u64> = map.split(',').filter(|x| !x.is_empty()).map(|x| num(x, "GNU.sparse.map entry")).collect::<std::result::Result<_, _>>()?;
+        let v: Vec<u64> =
+            map.split(',').filter(|x| !x.is_empty()).map(|x| num(x, "GNU.sparse.map entry")).collect::<std::result::Result<_, _>>()?;
         if v.len() % 2 != 0 {
             return Err("GNU.sparse.map has an odd number of entries".into());
         }
@@ -702,18 +709,14 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
                     match acl_xattr(value) {
                         Ok(Some(v)) => acls.push((xname.to_vec(), v)),
                         Ok(None) => {}
-                        Err(why) => t.warnings.push(format!(
-                            "{}: member {name}: {} ignored: {why}",
-                            shown.display(),
-                            String::from_utf8_lossy(key)
-                        )),
+                        Err(why) => {
+                            t.warnings.push(format!("{}: member {name}: {} ignored: {why}", shown.display(), String::from_utf8_lossy(key)))
+                        }
                     }
                 }
                 _ if key.starts_with(b"SCHILY.acl.") && !warned_acl => {
-                    t.warnings.push(format!(
-                        "{}: NFSv4 ACL records ignored (btrfs has no NFSv4 ACLs; first at member {name})",
-                        shown.display()
-                    ));
+                    t.warnings
+                        .push(format!("{}: NFSv4 ACL records ignored (btrfs has no NFSv4 ACLs; first at member {name})", shown.display()));
                     warned_acl = true;
                 }
                 _ => {}
@@ -866,7 +869,8 @@ mod tests {
         // bsdtar: named entries carry the id as a fourth field; any order.
         let v = acl_xattr(b"user::rw-,group::r--,other::---,mask::rwx,user:alice:r-x:1001,group:7:rw-").unwrap().unwrap();
         let mut want = 2u32.to_le_bytes().to_vec();
-        for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 5, 1001), (4, 4, u32::MAX), (8, 6, 7), (0x10, 7, u32::MAX), (0x20, 0, u32::MAX)] {
+        for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 5, 1001), (4, 4, u32::MAX), (8, 6, 7), (0x10, 7, u32::MAX), (0x20, 0, u32::MAX)]
+        {
             want.extend_from_slice(&tag.to_le_bytes());
             want.extend_from_slice(&perm.to_le_bytes());
             want.extend_from_slice(&id.to_le_bytes());
@@ -878,7 +882,14 @@ mod tests {
         // Only the mode bits: no xattr, as the kernel keeps none.
         assert_eq!(acl_xattr(b"user::rw-,group::r--,other::r--").unwrap(), None);
         assert_eq!(acl_xattr(b"").unwrap(), None);
-        for bad in [&b"user:bob:r--,user::rw-,group::r--,mask::r--,other::---"[..], b"user::rw-,group::r--", b"user::rw-,user:5:r--,group::r--,other::---", b"user::rwz,group::r--,other::---", b"user::rw-,user::r--,group::r--,other::---", b"bogus::rw-"] {
+        for bad in [
+            &b"user:bob:r--,user::rw-,group::r--,mask::r--,other::---"[..],
+            b"user::rw-,group::r--",
+            b"user::rw-,user:5:r--,group::r--,other::---",
+            b"user::rwz,group::r--,other::---",
+            b"user::rw-,user::r--,group::r--,other::---",
+            b"bogus::rw-",
+        ] {
             assert!(acl_xattr(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }

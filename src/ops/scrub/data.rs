@@ -55,7 +55,9 @@ fn finish_batch(ctx: &Ctx<'_>, batch: u64, bufs: &[Vec<u8>], pending: &mut Vec<P
         // Past the end of a truncated image: growing the file is not a repair
         // btrs makes on its own (the device may be short for a reason).
         let fits = group.iter().all(|p| {
-            p.f.devid.zip(p.f.physical).is_some_and(|(d, ph)| !ctx.hold.contains(&d) && vol.device(d).is_ok_and(|dev| ph + p.f.len <= dev.size))
+            p.f.devid
+                .zip(p.f.physical)
+                .is_some_and(|(d, ph)| !ctx.hold.contains(&d) && vol.device(d).is_ok_and(|dev| ph + p.f.len <= dev.size))
         });
         if !fits || vol.write_copy(logical, &data, mirror).is_err() {
             continue;
@@ -286,9 +288,10 @@ fn scrub_data_window(
                     Verdict::Majority { good, .. } | Verdict::Preferred { good, .. } => Some(*good),
                     Verdict::NoArbiter { .. } => None,
                 };
-                let stale_differs = sec.iter().enumerate().any(|(m, c)| {
-                    stale[m] && matches!(c, Sector::Data(d) if current.and_then(|g| copies[g]).is_none_or(|g| g != *d))
-                });
+                let stale_differs = sec
+                    .iter()
+                    .enumerate()
+                    .any(|(m, c)| stale[m] && matches!(c, Sector::Data(d) if current.and_then(|g| copies[g]).is_none_or(|g| g != *d)));
                 let mut unread = false;
                 if (verdict != Verdict::Agree || stale_differs) && unread_by_files(ctx, acc, extent, s) {
                     // Preallocated or no longer referenced bytes were never
@@ -304,7 +307,11 @@ fn scrub_data_window(
                         }
                         match current.and_then(|g| copies[g]) {
                             Some(g) if g == *d => {}
-                            Some(_) => bad.push((m, FindingKind::MirrorMismatch, "copy on a stale device differs from the current copy (no checksum)")),
+                            Some(_) => bad.push((
+                                m,
+                                FindingKind::MirrorMismatch,
+                                "copy on a stale device differs from the current copy (no checksum)",
+                            )),
                             None => {
                                 uncorrectable = true;
                                 bad.push((
@@ -328,11 +335,17 @@ fn scrub_data_window(
                     }
                     Verdict::Preferred { good, bad: b } => {
                         source = Some(good);
-                        bad.extend(b.into_iter().map(|m| (m, FindingKind::MirrorMismatch, "copy differs from the preferred copy (no checksum)")));
+                        bad.extend(
+                            b.into_iter().map(|m| (m, FindingKind::MirrorMismatch, "copy differs from the preferred copy (no checksum)")),
+                        );
                     }
                     Verdict::NoArbiter { copies } => {
                         uncorrectable = true;
-                        bad.extend(copies.into_iter().map(|m| (m, FindingKind::MirrorMismatch, "copies differ and there is no checksum to decide")));
+                        bad.extend(
+                            copies
+                                .into_iter()
+                                .map(|m| (m, FindingKind::MirrorMismatch, "copies differ and there is no checksum to decide")),
+                        );
                     }
                 }
                 for (m, c) in sec.iter().enumerate() {

@@ -47,7 +47,9 @@ pub(super) fn fix_csum(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubR
             .filter(|(k, _)| k.objectid == EXTENT_CSUM_OBJECTID && k.item_type == EXTENT_CSUM_KEY)
             .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no csum item covers the sector"))?;
         let pos = usize::try_from((s - k.offset) / ss).unwrap_or(usize::MAX).saturating_mul(csize);
-        let slot = item.get_mut(pos..pos.saturating_add(csize)).ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "sector beyond the csum item"))?;
+        let slot = item
+            .get_mut(pos..pos.saturating_add(csize))
+            .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "sector beyond the csum item"))?;
         slot.copy_from_slice(&csum.compute(&sector)[..csize]);
         tx.put(CSUM_TREE_OBJECTID, k, item)?;
     }

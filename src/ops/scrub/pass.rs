@@ -100,7 +100,8 @@ fn find_block_groups(fs: &Filesystem) -> BlockGroups {
     let (bgs, error) = match block_groups(fs) {
         Ok(b) => (b, None),
         Err(e) => {
-            let b = vol.chunks.entries().iter().map(|e| BlockGroup { start: e.logical, len: e.chunk.length, used: e.chunk.length }).collect();
+            let b =
+                vol.chunks.entries().iter().map(|e| BlockGroup { start: e.logical, len: e.chunk.length, used: e.chunk.length }).collect();
             (b, Some(e))
         }
     };
@@ -108,12 +109,7 @@ fn find_block_groups(fs: &Filesystem) -> BlockGroups {
     let orphan_chunks: Vec<(u64, u64)> = if error.is_some() {
         Vec::new()
     } else {
-        vol.chunks
-            .entries()
-            .iter()
-            .filter(|e| !bgs.iter().any(|bg| bg.start == e.logical))
-            .map(|e| (e.logical, e.chunk.length))
-            .collect()
+        vol.chunks.entries().iter().filter(|e| !bgs.iter().any(|bg| bg.start == e.logical)).map(|e| (e.logical, e.chunk.length)).collect()
     };
     BlockGroups { bgs, error, orphan_chunks }
 }
@@ -122,15 +118,12 @@ fn find_block_groups(fs: &Filesystem) -> BlockGroups {
 /// stderr is a terminal.
 fn progress_bar(fs: &Filesystem, bgs: &[BlockGroup], opts: &ScrubOptions) -> Option<indicatif::ProgressBar> {
     let vol = fs.volume();
-    let total: u64 = bgs
-        .iter()
-        .map(|bg| bg.used.saturating_mul(vol.num_copies(bg.start).unwrap_or(1) as u64))
-        .sum();
+    let total: u64 = bgs.iter().map(|bg| bg.used.saturating_mul(vol.num_copies(bg.start).unwrap_or(1) as u64)).sum();
     if opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "scrub [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-        ) {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("scrub [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+        {
             b.set_style(style);
         }
         Some(b)
@@ -180,7 +173,11 @@ fn plan_phases<'a>(fs: &Filesystem, bgs: &'a [BlockGroup], opts: &ScrubOptions, 
         Scope::All => (data_work, work),
         Scope::TreeBlocks => (Vec::new(), meta_work.clone()),
     };
-    if opts.repair && !vol.stale.is_empty() { vec![data_work, meta_work] } else { vec![work] }
+    if opts.repair && !vol.stale.is_empty() {
+        vec![data_work, meta_work]
+    } else {
+        vec![work]
+    }
 }
 
 /// Run the phases one after the other, with a flush between them: in each,
@@ -208,7 +205,13 @@ fn run_workers(ctx: &Ctx<'_>, phases: &[Vec<Slice<'_>>], threads: usize) -> Resu
                 if let Err(e) = r.or_else(|e| if first_failure() { Err(e) } else { Ok(()) }) {
                     // The extent tree of this block group could not be walked: say
                     // so and go on with the others.
-                    acc.push(Finding::about(FindingKind::Verify, None, Some(bg.start), bg.len, format!("block group not fully scrubbed: {e}")));
+                    acc.push(Finding::about(
+                        FindingKind::Verify,
+                        None,
+                        Some(bg.start),
+                        bg.len,
+                        format!("block group not fully scrubbed: {e}"),
+                    ));
                 }
             }
             if let Ok(mut r) = results.lock() {
@@ -258,7 +261,13 @@ fn add_set_findings(
 ) -> Result<()> {
     let vol = fs.volume();
     if let Some(e) = bg_error {
-        acc.push(Finding::about(FindingKind::Verify, None, None, 0, format!("block group items unreadable ({e}); scrubbed by chunk instead")));
+        acc.push(Finding::about(
+            FindingKind::Verify,
+            None,
+            None,
+            0,
+            format!("block group items unreadable ({e}); scrubbed by chunk instead"),
+        ));
     }
     for (logical, len) in orphan_chunks {
         acc.push(Finding::about(FindingKind::Verify, None, Some(logical), len, "chunk has no block group item".into()));
@@ -328,8 +337,8 @@ fn block_groups(fs: &Filesystem) -> Result<Vec<BlockGroup>> {
         if item.key.item_type != BLOCK_GROUP_ITEM_KEY {
             continue;
         }
-        let (bg, _) = read_prefix::<BlockGroupItem>(item.data(), "block group item")
-            .map_err(|e| e.within(format!("block group {}", item.key)))?;
+        let (bg, _) =
+            read_prefix::<BlockGroupItem>(item.data(), "block group item").map_err(|e| e.within(format!("block group {}", item.key)))?;
         out.push(BlockGroup { start: item.key.objectid, len: item.key.offset, used: bg.used.get() });
     }
     Ok(out)
@@ -346,7 +355,8 @@ fn scrub_block_group(ctx: &Ctx<'_>, bg: &BlockGroup, from: u64, to: u64, acc: &m
     let vol = fs.volume();
     let entry = vol.chunks.lookup(bg.start)?;
     if entry.logical != bg.start || entry.chunk.length != bg.len {
-        return Err(Error::corrupt(CorruptKind::ChunkMap,
+        return Err(Error::corrupt(
+            CorruptKind::ChunkMap,
             format!("block group {} +{}", bg.start, bg.len),
             format!("chunk is {} +{}", entry.logical, entry.chunk.length),
         ));
@@ -368,10 +378,7 @@ fn scrub_block_group(ctx: &Ctx<'_>, bg: &BlockGroup, from: u64, to: u64, acc: &m
             EXTENT_ITEM_KEY => {
                 let flags = head.as_ref().map(|e| e.flags.get()).unwrap_or(0);
                 if flags & EXTENT_FLAG_TREE_BLOCK != 0 {
-                    let level = crate::format::items::parse_extent_item(k, item.data())
-                        .ok()
-                        .and_then(|i| i.tree_block)
-                        .map(|(_, l)| l);
+                    let level = crate::format::items::parse_extent_item(k, item.data()).ok().and_then(|i| i.tree_block).map(|(_, l)| l);
                     (k.offset, Some(level))
                 } else {
                     (k.offset, None)
@@ -381,7 +388,11 @@ fn scrub_block_group(ctx: &Ctx<'_>, bg: &BlockGroup, from: u64, to: u64, acc: &m
             _ => continue,
         };
         if k.objectid < bg.start || k.objectid.checked_add(len).is_none_or(|e| e > end) || len == 0 {
-            return Err(Error::corrupt(CorruptKind::ItemValue, format!("extent {k}"), format!("does not fit block group {} +{}", bg.start, bg.len)));
+            return Err(Error::corrupt(
+                CorruptKind::ItemValue,
+                format!("extent {k}"),
+                format!("does not fit block group {} +{}", bg.start, bg.len),
+            ));
         }
         let copies = entry.num_copies() as u64;
         match tree_level {

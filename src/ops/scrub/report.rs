@@ -225,7 +225,13 @@ impl ScrubReport {
         let total = t.data_bytes_scrubbed + t.tree_bytes_scrubbed;
         writeln!(out, "Summary:")?;
         writeln!(out, "Duration:         {dur}")?;
-        writeln!(out, "Total scrubbed:   {} (data {}, metadata {})", human(total), human(t.data_bytes_scrubbed), human(t.tree_bytes_scrubbed))?;
+        writeln!(
+            out,
+            "Total scrubbed:   {} (data {}, metadata {})",
+            human(total),
+            human(t.data_bytes_scrubbed),
+            human(t.tree_bytes_scrubbed)
+        )?;
         let rate = if d.as_secs_f64() > 0.0 { total as f64 / d.as_secs_f64() } else { 0.0 };
         writeln!(out, "Rate:             {}/s", human(rate as u64))?;
         let errs: Vec<String> = [

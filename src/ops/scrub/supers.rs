@@ -20,11 +20,9 @@ pub(super) fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) 
     let vol = fs.volume();
     let chunk_root = fs.tree_root(CHUNK_TREE_OBJECTID)?;
     let mut dev_items: BTreeMap<u64, DevItem> = BTreeMap::new();
-    for (k, data) in fs.reader.range(
-        &chunk_root,
-        Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, 0),
-        Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, u64::MAX),
-    )? {
+    for (k, data) in
+        fs.reader.range(&chunk_root, Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, 0), Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, u64::MAX))?
+    {
         let (d, _) = read_prefix::<DevItem>(&data, "dev item").map_err(|e| e.within(format!("chunk tree {k}")))?;
         dev_items.insert(k.offset, d);
     }
@@ -53,7 +51,12 @@ pub(super) fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) 
             });
         let before = acc.findings.len();
         if stale {
-            acc.push(Finding::about(FindingKind::StaleDevice, Some(dev.devid), None, 0, format!(
+            acc.push(Finding::about(
+                FindingKind::StaleDevice,
+                Some(dev.devid),
+                None,
+                0,
+                format!(
                     "{}; {}",
                     vol.stale_text(dev.devid),
                     if rebuilt {
@@ -63,7 +66,8 @@ pub(super) fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) 
                     } else {
                         "run `btrs scrub --repair` to rebuild it from the current copies"
                     }
-                )));
+                ),
+            ));
         }
         // Where it was kept (not when the findings list is full).
         let stale_at = (stale && acc.findings.len() > before).then_some(before);
@@ -79,9 +83,7 @@ pub(super) fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) 
                 Ok(sb) if dev_items.get(&dev.devid).is_some_and(|d| d.uuid != sb.dev_item.uuid) => {
                     Some("device uuid differs from the chunk tree's dev item".into())
                 }
-                Ok(sb) if sb.generation.get() != newest => {
-                    Some(format!("generation {} is not the newest ({newest})", sb.generation.get()))
-                }
+                Ok(sb) if sb.generation.get() != newest => Some(format!("generation {} is not the newest ({newest})", sb.generation.get())),
                 Ok(_) => None,
             };
             let Some(detail) = problem else { continue };

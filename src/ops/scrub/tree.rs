@@ -25,13 +25,8 @@ fn check_tree_copy(
     level: Option<u8>,
     generation: Option<u64>,
 ) -> std::result::Result<(), BlockProblem> {
-    let block = TreeBlock::parse(
-        logical,
-        raw.to_vec(),
-        ctx.fs.csum,
-        &ctx.fsid,
-        Expect { level, generation, max_generation: Some(ctx.sb_gen) },
-    )?;
+    let block =
+        TreeBlock::parse(logical, raw.to_vec(), ctx.fs.csum, &ctx.fsid, Expect { level, generation, max_generation: Some(ctx.sb_gen) })?;
     if block.header.chunk_tree_uuid != ctx.chunk_tree_uuid {
         return Err(BlockProblem::Structure("header chunk tree uuid does not match the chunk tree's".into()));
     }
