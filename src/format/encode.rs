@@ -106,9 +106,8 @@ pub fn inode_extrefs(refs: &[InodeRefEntry]) -> Result<Vec<u8>> {
 }
 
 /// [`inode_refs`] without the name check, a name over 65535 bytes stored
-/// with a length of 65535: the form fs/ calls (through `items::`) until it
-/// moves to the checked one. Its callers check names first.
-pub fn encode_inode_refs(refs: &[InodeRefEntry]) -> Vec<u8> {
+/// with a length of 65535.
+fn encode_inode_refs(refs: &[InodeRefEntry]) -> Vec<u8> {
     let mut out = Vec::new();
     for r in refs {
         out.extend_from_slice(InodeRef { index: r.index.into(), name_len: name_len_saturating(&r.name).into() }.as_bytes());
@@ -118,7 +117,7 @@ pub fn encode_inode_refs(refs: &[InodeRefEntry]) -> Vec<u8> {
 }
 
 /// [`inode_extrefs`] without the name check (see [`encode_inode_refs`]).
-pub fn encode_inode_extrefs(refs: &[InodeRefEntry]) -> Vec<u8> {
+fn encode_inode_extrefs(refs: &[InodeRefEntry]) -> Vec<u8> {
     let mut out = Vec::new();
     for r in refs {
         out.extend_from_slice(
@@ -172,21 +171,28 @@ pub fn file_extent(fe: &FileExtent) -> Vec<u8> {
 // ---- roots ----
 
 /// The two sizes of a ROOT_ITEM the kernel reads: the full one, and the
-/// one written before the v2 fields (generation_v2 on) existed.
+/// one written before the v2 fields (generation_v2 on) existed; and any
+/// other length an item was found with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RootItemSize {
     V1,
     Full,
+    /// The first `n` bytes of the full item (all of it when `n` is more).
+    /// The tree checker refuses such items, but the parser reads one (the
+    /// missing fields zero) and a rewrite keeps the length it had.
+    Stored(usize),
 }
 
 impl RootItemSize {
-    /// The size an item of `len` stored bytes keeps when rewritten: v1 for
-    /// anything shorter than the full item.
+    /// The size an item of `len` stored bytes keeps when rewritten: the same
+    /// length, up to the full item's.
     pub fn of_len(len: usize) -> Self {
-        if len < std::mem::size_of::<RootItem>() {
+        if len == ROOT_ITEM_V1_SIZE {
             RootItemSize::V1
-        } else {
+        } else if len >= std::mem::size_of::<RootItem>() {
             RootItemSize::Full
+        } else {
+            RootItemSize::Stored(len)
         }
     }
 }
@@ -194,10 +200,12 @@ impl RootItemSize {
 /// A ROOT_ITEM body (inverse of [`parse_root_item`]); a v1 item drops the v2 fields.
 pub fn root_item(r: &RootItem, size: RootItemSize) -> Vec<u8> {
     let bytes = r.as_bytes();
-    match size {
-        RootItemSize::Full => bytes.to_vec(),
-        RootItemSize::V1 => bytes.get(..ROOT_ITEM_V1_SIZE).unwrap_or(bytes).to_vec(),
-    }
+    let len = match size {
+        RootItemSize::Full => bytes.len(),
+        RootItemSize::V1 => ROOT_ITEM_V1_SIZE,
+        RootItemSize::Stored(n) => n,
+    };
+    bytes.get(..len).unwrap_or(bytes).to_vec()
 }
 
 /// A ROOT_REF or ROOT_BACKREF body (inverse of [`parse_root_ref`]).
@@ -221,9 +229,8 @@ pub fn chunk_item(c: &ChunkInfo) -> Result<Vec<u8>> {
 
 impl ChunkInfo {
     /// [`chunk_item`] without its checks, more than 65535 stripes counted as
-    /// 65535: the form fs/ calls until it moves to the checked one. Its
-    /// chunks always have stripes.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// 65535.
+    fn to_bytes(&self) -> Vec<u8> {
         let mut v = Chunk {
             length: self.length.into(),
             owner: self.owner.into(),
@@ -295,6 +302,14 @@ pub fn free_space_info(extent_count: u32, flags: u32) -> Vec<u8> {
     FreeSpaceInfo { extent_count: extent_count.into(), flags: flags.into() }.as_bytes().to_vec()
 }
 
+/// A QGROUP_STATUS item body at the length the stored item had (32 bytes
+/// as kernels before 6.7 wrote it, without enable_gen), at most the full
+/// item (inverse of [`parse_qgroup_status`]).
+pub fn qgroup_status_item(s: &QgroupStatusItem, stored_len: usize) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    bytes.get(..stored_len).unwrap_or(bytes).to_vec()
+}
+
 /// A little-endian u64 array: a UUID_KEY_* item's subvolume ids, a
 /// DEV_STATS item's counters (inverse of [`parse_u64_array`]).
 pub fn u64_array(values: &[u64]) -> Vec<u8> {
@@ -331,9 +346,8 @@ pub fn extent_item(e: &ExtentInfo) -> Result<Vec<u8>> {
 }
 
 impl ExtentInfo {
-    /// [`extent_item`] without its check: the form fs/ calls until it
-    /// moves to the checked one.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// [`extent_item`] without its check.
+    fn to_bytes(&self) -> Vec<u8> {
         let mut v = ExtentItem { refs: self.refs.into(), generation: self.generation.into(), flags: self.flags.into() }.as_bytes().to_vec();
         if let Some((key, level)) = self.tree_block {
             v.extend_from_slice(TreeBlockInfo { key: key.to_disk(), level }.as_bytes());
@@ -534,6 +548,36 @@ mod tests {
             prop_assert_eq!(&back.as_bytes()[..ROOT_ITEM_V1_SIZE], &r.as_bytes()[..ROOT_ITEM_V1_SIZE]);
             prop_assert!(back.as_bytes()[ROOT_ITEM_V1_SIZE..].iter().all(|&b| b == 0));
             prop_assert_eq!(root_item(&back, RootItemSize::V1), v1);
+        }
+
+        /// A root item of any stored length is rewritten at that length
+        /// (at most the full item's): the bytes it had, with the new values.
+        #[test]
+        fn root_items_keep_their_stored_length(r in fixed::<RootItem>(), len in 0usize..600) {
+            let full = std::mem::size_of::<RootItem>();
+            let bytes = root_item(&r, RootItemSize::of_len(len));
+            prop_assert_eq!(&bytes[..], &r.as_bytes()[..len.min(full)]);
+            if len >= ROOT_ITEM_V1_SIZE {
+                let back = parse_root_item(&bytes).unwrap();
+                prop_assert_eq!(&back.as_bytes()[..bytes.len()], &bytes[..]);
+                prop_assert!(back.as_bytes()[bytes.len()..].iter().all(|&b| b == 0));
+                prop_assert_eq!(root_item(&back, RootItemSize::of_len(len)), bytes);
+            }
+        }
+
+        /// A qgroup status item round-trips at its stored length: the full
+        /// 40 bytes, or the 32 without enable_gen (read back with it zero).
+        #[test]
+        fn qgroup_status_round_trip(s in fixed::<QgroupStatusItem>(), len in 0usize..60) {
+            let full = std::mem::size_of::<QgroupStatusItem>();
+            let bytes = qgroup_status_item(&s, len);
+            prop_assert_eq!(&bytes[..], &s.as_bytes()[..len.min(full)]);
+            let back = parse_qgroup_status(&bytes).unwrap();
+            prop_assert_eq!(&back.as_bytes()[..bytes.len()], &bytes[..]);
+            prop_assert!(back.as_bytes()[bytes.len()..].iter().all(|&b| b == 0));
+            prop_assert_eq!(qgroup_status_item(&back, len), bytes);
+            let whole = parse_qgroup_status(&qgroup_status_item(&s, full)).unwrap();
+            prop_assert_eq!(whole.as_bytes(), s.as_bytes());
         }
 
         #[test]

@@ -148,10 +148,6 @@ pub fn parse_inode_extrefs(data: &[u8]) -> Result<Vec<InodeRefEntry>> {
     Ok(out)
 }
 
-// The encoders of these items (and every other) live in `super::encode`;
-// fs/ still calls them by their old paths here.
-pub use super::encode::{encode_inode_extrefs, encode_inode_refs};
-
 pub(super) fn check_name(name: &[u8], what: &str) -> Result<()> {
     if name.is_empty() || name.len() > NAME_LEN {
         return Err(Error::corrupt(CorruptKind::ItemValue, what, format!("name length {} out of 1..=255", name.len())));
@@ -290,6 +286,16 @@ pub fn parse_root_item(data: &[u8]) -> Result<RootItem> {
         *b = *d;
     }
     Ok(read_prefix::<RootItem>(&buf, "root item")?.0)
+}
+
+/// A QGROUP_STATUS item; one shorter than the full item (kernels before
+/// 6.7 wrote 32 bytes, without enable_gen) reads with the rest zero.
+pub fn parse_qgroup_status(data: &[u8]) -> Result<QgroupStatusItem> {
+    let mut buf = [0u8; std::mem::size_of::<QgroupStatusItem>()];
+    for (b, d) in buf.iter_mut().zip(data) {
+        *b = *d;
+    }
+    Ok(read_prefix::<QgroupStatusItem>(&buf, "qgroup status")?.0)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

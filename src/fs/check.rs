@@ -318,11 +318,11 @@ mod tests {
         let mut inode = InodeItem::new_zeroed();
         inode.mode = (S_IFREG | 0o644).into();
         inode.nlink = 1.into();
-        let ok = EditLeaf { items: vec![(Key::new(256, INODE_ITEM_KEY, 0), inode.as_bytes().to_vec())] };
+        let ok = EditLeaf { items: vec![(Key::new(256, INODE_ITEM_KEY, 0), encode::inode_item(&inode))] };
         assert!(ok.to_bytes(&fmt, 1 << 20, 5, FS_TREE_OBJECTID).is_ok());
         let mut bad = ok.clone();
         inode.mode = 0o644.into();
-        bad.items[0].1 = inode.as_bytes().to_vec();
+        bad.items[0].1 = encode::inode_item(&inode);
         let e = bad.to_bytes(&fmt, 1 << 20, 5, FS_TREE_OBJECTID).unwrap_err();
         assert!(matches!(e, Error::TreeCheck { block: 1048576, .. }), "{e}");
         assert!(e.to_string().contains("slot 0 key") && e.to_string().contains("file type"), "{e}");

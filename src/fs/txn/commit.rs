@@ -6,10 +6,10 @@
 //! A long operation commits in steps ([`Transaction::commit_and_continue`]):
 //! what each step freed is held for the readers of older generations.
 
-use zerocopy::{FromZeros, IntoBytes};
+use zerocopy::IntoBytes;
 
 use crate::error::Result;
-use crate::format::superblock::seal_super;
+use crate::format::superblock::{seal_super, BackupTrees, TreeRootRef};
 use crate::format::*;
 use crate::fs::Filesystem;
 use crate::tree::RootPtr;
@@ -135,10 +135,7 @@ impl Transaction {
 
     fn fill_backup(&self, sb: &mut SuperBlock, root: RootPtr) -> Result<()> {
         // The kernel rotates through the four slots; the next slot after the
-        // newest one gets this commit.
-        let newest = (0..NUM_BACKUP_ROOTS).max_by_key(|&i| sb.super_roots[i].tree_root_gen.get()).unwrap_or(0);
-        let slot = (newest + 1) % NUM_BACKUP_ROOTS;
-        let mut b = RootBackup::new_zeroed();
+        // newest one gets this commit (`SuperBlock::record_backup_roots`).
         let ptr = |id: u64| -> Result<RootPtr> {
             match self.trees.get(&id) {
                 Some(t) => Ok(t.root()),
@@ -149,28 +146,9 @@ impl Transaction {
         let fst = ptr(FS_TREE_OBJECTID)?;
         let dev = ptr(DEV_TREE_OBJECTID)?;
         let csum = ptr(CSUM_TREE_OBJECTID)?;
-        b.tree_root = root.bytenr.into();
-        b.tree_root_gen = root.generation.into();
-        b.tree_root_level = root.level;
-        b.chunk_root = sb.chunk_root;
-        b.chunk_root_gen = sb.chunk_root_generation;
-        b.chunk_root_level = sb.chunk_root_level;
-        b.extent_root = ext.bytenr.into();
-        b.extent_root_gen = ext.generation.into();
-        b.extent_root_level = ext.level;
-        b.fs_root = fst.bytenr.into();
-        b.fs_root_gen = fst.generation.into();
-        b.fs_root_level = fst.level;
-        b.dev_root = dev.bytenr.into();
-        b.dev_root_gen = dev.generation.into();
-        b.dev_root_level = dev.level;
-        b.csum_root = csum.bytenr.into();
-        b.csum_root_gen = csum.generation.into();
-        b.csum_root_level = csum.level;
-        b.total_bytes = sb.total_bytes;
-        b.bytes_used = sb.bytes_used;
-        b.num_devices = sb.num_devices;
-        sb.super_roots[slot] = b;
+        let r = |p: RootPtr| TreeRootRef { bytenr: p.bytenr, generation: p.generation, level: p.level };
+        // The chunk root and sizes come from `sb`, already set.
+        sb.record_backup_roots(&BackupTrees { tree: r(root), extent: r(ext), fs: r(fst), dev: r(dev), csum: r(csum) });
         Ok(())
     }
 }

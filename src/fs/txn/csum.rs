@@ -2,6 +2,7 @@
 //! (the checksum half of the kernel's file-item.c).
 
 use crate::error::{Error, Result};
+use crate::format::encode;
 use crate::format::*;
 
 use super::Transaction;
@@ -22,7 +23,8 @@ impl Transaction {
         let per_item = ((self.store.fs.sb.nodesize.get() as usize - 101) / 2 / cs).max(1);
         for (i, body) in sums.chunks(per_item * cs).enumerate() {
             let at = logical + (i * per_item) as u64 * ss;
-            self.insert(CSUM_TREE_OBJECTID, Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, at), body.to_vec())?;
+            let body = encode::csum_item(body.to_vec(), self.store.fs.csum)?;
+            self.insert(CSUM_TREE_OBJECTID, Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, at), body)?;
         }
         Ok(())
     }

@@ -6,9 +6,8 @@
 //! it would pass a leaf's largest item, then go into INODE_EXTREF items, as
 //! the kernel keeps them.
 
-use zerocopy::IntoBytes;
-
 use crate::error::{CorruptKind, Error, Result};
+use crate::format::encode;
 use crate::format::items::{self, parse_dir_items};
 use crate::format::limits;
 use crate::format::*;
@@ -94,16 +93,13 @@ impl Transaction {
         }
         let index = self.next_index(root, dir)?;
         let transid = self.transid();
-        let mut entry = DirItem {
-            location: DiskKey::new(ino, INODE_ITEM_KEY, 0),
-            transid: transid.into(),
-            data_len: 0.into(),
-            name_len: (name.len() as u16).into(),
+        let entry = encode::dir_item(&items::DirEntry {
+            location: Key::new(ino, INODE_ITEM_KEY, 0),
+            transid,
             dir_type,
-        }
-        .as_bytes()
-        .to_vec();
-        entry.extend_from_slice(name);
+            name: name.to_vec(),
+            data: Vec::new(),
+        })?;
         let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
         // Names with the same hash share one DIR_ITEM, which must still fit a leaf.
         let mut body = self.get(root, hkey)?.unwrap_or_default();
@@ -145,7 +141,7 @@ impl Transaction {
             None => Vec::new(),
         };
         refs.push(entry.clone());
-        let body = items::encode_inode_refs(&refs);
+        let body = encode::inode_refs(&refs)?;
         if body.len() <= max {
             self.put(root, rkey, body)?;
             return Ok(());
@@ -157,7 +153,7 @@ impl Transaction {
             None => Vec::new(),
         };
         xrefs.push(entry);
-        let body = items::encode_inode_extrefs(&xrefs);
+        let body = encode::inode_extrefs(&xrefs)?;
         if body.len() > max {
             return Err(Error::Invalid(format!(
                 "{}: the extended inode refs of inode {ino} sharing its hash would take {} bytes, more than a leaf's {max}",
@@ -181,7 +177,7 @@ impl Transaction {
                 if refs.is_empty() {
                     self.delete(root, rkey)?;
                 } else {
-                    self.put(root, rkey, items::encode_inode_refs(&refs))?;
+                    self.put(root, rkey, encode::inode_refs(&refs)?)?;
                 }
                 return Ok(r.index);
             }
@@ -201,7 +197,7 @@ impl Transaction {
         if refs.is_empty() {
             self.delete(root, xkey)?;
         } else {
-            self.put(root, xkey, items::encode_inode_extrefs(&refs))?;
+            self.put(root, xkey, encode::inode_extrefs(&refs)?)?;
         }
         Ok(r.index)
     }
@@ -218,21 +214,8 @@ impl Transaction {
         }
         let ino = ent.location.objectid;
         // Rebuild the dir item without this name.
-        let mut rest = Vec::new();
-        for e in entries.iter().filter(|e| e.name != name) {
-            rest.extend_from_slice(
-                DirItem {
-                    location: e.location.to_disk(),
-                    transid: e.transid.into(),
-                    data_len: (e.data.len() as u16).into(),
-                    name_len: (e.name.len() as u16).into(),
-                    dir_type: e.dir_type,
-                }
-                .as_bytes(),
-            );
-            rest.extend_from_slice(&e.name);
-            rest.extend_from_slice(&e.data);
-        }
+        let remaining: Vec<items::DirEntry> = entries.into_iter().filter(|e| e.name != name).collect();
+        let rest = encode::dir_items(&remaining)?;
         if rest.is_empty() {
             self.delete(root, hkey)?;
         } else {

@@ -14,10 +14,9 @@
 //! would reach BTRFS_MAX_EXTENT_ITEM_SIZE; past that they are keyed items,
 //! found, counted and dropped like the inline ones (`add_ref`, `drop_ref`).
 
-use zerocopy::IntoBytes;
-
 use crate::error::{CorruptKind, Error, Result};
-use crate::format::items::{self, parse_extent_item, ExtentRef};
+use crate::format::encode;
+use crate::format::items::{self, parse_extent_item, ExtentInfo, ExtentRef};
 use crate::format::*;
 use crate::tree::block::{Expect, TreeBlock};
 
@@ -27,11 +26,13 @@ use super::Transaction;
 impl Transaction {
     /// Add a data extent item with one inline EXTENT_DATA_REF.
     pub fn add_data_extent(&mut self, bytenr: u64, len: u64, root: u64, ino: u64, offset: u64) -> Result<()> {
-        let mut body = ExtentItem { refs: 1.into(), generation: self.transid().into(), flags: EXTENT_FLAG_DATA.into() }.as_bytes().to_vec();
-        body.push(EXTENT_DATA_REF_KEY);
-        body.extend_from_slice(
-            ExtentDataRef { root: root.into(), objectid: ino.into(), offset: offset.into(), count: 1.into() }.as_bytes(),
-        );
+        let body = encode::extent_item(&ExtentInfo {
+            refs: 1,
+            generation: self.transid(),
+            flags: EXTENT_FLAG_DATA,
+            tree_block: None,
+            inline_refs: vec![ExtentRef::Data { root, objectid: ino, offset, count: 1 }],
+        })?;
         self.insert(EXTENT_TREE_OBJECTID, Key::new(bytenr, EXTENT_ITEM_KEY, len), body)
     }
 
@@ -43,7 +44,7 @@ impl Transaction {
     }
 
     /// Like [`Self::edit_extent_refs`], with the flags in reach too.
-    fn edit_extent_item(&mut self, key: Key, f: impl FnOnce(&mut items::ExtentInfo) -> Result<i64>) -> Result<bool> {
+    fn edit_extent_item(&mut self, key: Key, f: impl FnOnce(&mut ExtentInfo) -> Result<i64>) -> Result<bool> {
         let at = || format!("extent {} ({})", key.objectid, if key.item_type == METADATA_ITEM_KEY { "tree block" } else { "data" });
         let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no extent item"))?;
         let mut info = parse_extent_item(key, &body)?;
@@ -61,7 +62,7 @@ impl Transaction {
             return Ok(true);
         }
         info.refs = refs as u64;
-        self.put(EXTENT_TREE_OBJECTID, key, info.to_bytes())?;
+        self.put(EXTENT_TREE_OBJECTID, key, encode::extent_item(&info)?)?;
         Ok(false)
     }
 
@@ -110,17 +111,16 @@ impl Transaction {
         }
     }
 
-    /// The body of keyed back reference item `r` with count `count`.
-    fn keyed_ref_body(r: &ExtentRef, count: u32) -> Vec<u8> {
-        match *r {
-            ExtentRef::Data { root, objectid, offset, .. } => {
-                ExtentDataRef { root: root.into(), objectid: objectid.into(), offset: offset.into(), count: count.into() }
-                    .as_bytes()
-                    .to_vec()
-            }
-            ExtentRef::SharedData { .. } => SharedDataRef { count: count.into() }.as_bytes().to_vec(),
-            _ => Vec::new(),
-        }
+    /// The body of keyed back reference item `r` of the extent at `bytenr`
+    /// with count `count` (the key [`encode::keyed_ref`] gives with it is
+    /// only where a data ref's hash chain starts: the callers find the offset).
+    fn keyed_ref_body(bytenr: u64, r: &ExtentRef, count: u32) -> Result<Vec<u8>> {
+        let r = match *r {
+            ExtentRef::Data { root, objectid, offset, .. } => ExtentRef::Data { root, objectid, offset, count },
+            ExtentRef::SharedData { parent, .. } => ExtentRef::SharedData { parent, count },
+            _ => r.clone(),
+        };
+        Ok(encode::keyed_ref(bytenr, &r)?.1)
     }
 
     /// `n` more of back reference `r` (its count field ignored) on extent
@@ -162,7 +162,7 @@ impl Transaction {
                 return Err(Error::corrupt(CorruptKind::ExtentRefs, at(), format!("a second {r:?} back reference")));
             }
             let count = count.checked_add(n).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), "back reference count overflow"))?;
-            self.put(EXTENT_TREE_OBJECTID, k, Self::keyed_ref_body(&r, count))?;
+            self.put(EXTENT_TREE_OBJECTID, k, Self::keyed_ref_body(key.objectid, &r, count)?)?;
             self.edit_extent_refs(key, |_| Ok(n as i64))?;
             return Ok(());
         }
@@ -188,7 +188,7 @@ impl Transaction {
             }
             off = off.checked_add(1).ok_or_else(|| Error::corrupt(CorruptKind::Overflow, at(), "data ref hash chain past 2^64"))?;
         }
-        self.insert(EXTENT_TREE_OBJECTID, Key::new(key.objectid, ty, off), Self::keyed_ref_body(&with_count, n))?;
+        self.insert(EXTENT_TREE_OBJECTID, Key::new(key.objectid, ty, off), Self::keyed_ref_body(key.objectid, &with_count, n)?)?;
         self.edit_extent_refs(key, |_| Ok(n as i64))?;
         Ok(())
     }
@@ -238,7 +238,7 @@ impl Transaction {
                 self.delete(EXTENT_TREE_OBJECTID, k)?;
             }
             Some(left) => {
-                self.put(EXTENT_TREE_OBJECTID, k, Self::keyed_ref_body(&r, left))?;
+                self.put(EXTENT_TREE_OBJECTID, k, Self::keyed_ref_body(key.objectid, &r, left)?)?;
             }
         }
         self.edit_extent_refs(key, |_| Ok(-(n as i64)))
@@ -338,7 +338,8 @@ impl Transaction {
         if count <= n {
             self.delete(EXTENT_TREE_OBJECTID, key)?;
         } else {
-            self.put(EXTENT_TREE_OBJECTID, key, SharedDataRef { count: (count - n).into() }.as_bytes().to_vec())?;
+            let (_, body) = encode::keyed_ref(key.objectid, &ExtentRef::SharedData { parent: key.offset, count: count - n })?;
+            self.put(EXTENT_TREE_OBJECTID, key, body)?;
         }
         Ok(true)
     }
@@ -354,10 +355,13 @@ impl Transaction {
         for op in log {
             match op {
                 RefOp::Alloc { addr, owner, level } => {
-                    let mut body =
-                        ExtentItem { refs: 1.into(), generation: transid.into(), flags: EXTENT_FLAG_TREE_BLOCK.into() }.as_bytes().to_vec();
-                    body.push(TREE_BLOCK_REF_KEY);
-                    body.extend_from_slice(&owner.to_le_bytes());
+                    let body = encode::extent_item(&ExtentInfo {
+                        refs: 1,
+                        generation: transid,
+                        flags: EXTENT_FLAG_TREE_BLOCK,
+                        tree_block: None,
+                        inline_refs: vec![ExtentRef::TreeBlock { root: owner }],
+                    })?;
                     self.insert(EXTENT_TREE_OBJECTID, Key::new(addr, METADATA_ITEM_KEY, level as u64), body)?;
                 }
                 RefOp::Free { addr, owner, level } => {

@@ -2,10 +2,9 @@
 //! ones, and a range punched out, extents trimmed at its edges and their
 //! references dropped (the kernel's btrfs_drop_extents).
 
-use zerocopy::IntoBytes;
-
 use crate::error::Result;
-use crate::format::items::{parse_file_extent, FileExtentKind};
+use crate::format::encode;
+use crate::format::items::{parse_file_extent, FileExtent, FileExtentKind};
 use crate::format::*;
 
 use super::Transaction;
@@ -57,26 +56,15 @@ impl Transaction {
                     // disk_num_bytes, ram_bytes, compression) with offset and
                     // num_bytes into its decompressed bytes, as the kernel's
                     // btrfs_drop_extents leaves them.
-                    let header = FileExtentHeader {
-                        generation: fe.generation.into(),
-                        ram_bytes: fe.ram_bytes.into(),
-                        compression: fe.compression,
-                        encryption: fe.encryption,
-                        other_encoding: fe.other_encoding.into(),
-                        extent_type: if prealloc { FILE_EXTENT_PREALLOC } else { FILE_EXTENT_REG },
-                    };
                     let piece = |o: u64, n: u64| {
-                        let mut b = header.as_bytes().to_vec();
-                        b.extend_from_slice(
-                            FileExtentBody {
-                                disk_bytenr: disk_bytenr.into(),
-                                disk_num_bytes: disk_num_bytes.into(),
-                                offset: o.into(),
-                                num_bytes: n.into(),
-                            }
-                            .as_bytes(),
-                        );
-                        b
+                        encode::file_extent(&FileExtent {
+                            generation: fe.generation,
+                            ram_bytes: fe.ram_bytes,
+                            compression: fe.compression,
+                            encryption: fe.encryption,
+                            other_encoding: fe.other_encoding,
+                            kind: FileExtentKind::Regular { prealloc, disk_bytenr, disk_num_bytes, offset: o, num_bytes: n },
+                        })
                     };
                     let backref_off = off.wrapping_sub(offset);
                     let mut pieces = 0i64;
@@ -115,17 +103,14 @@ impl Transaction {
     /// file bytes compressed with `compression` (or, COMPRESS_NONE, those
     /// bytes as they are).
     pub(super) fn insert_inline(&mut self, root: u64, ino: u64, data: &[u8], ram: u64, compression: u8) -> Result<()> {
-        let mut item = FileExtentHeader {
-            generation: self.transid().into(),
-            ram_bytes: ram.into(),
+        let item = encode::file_extent(&FileExtent {
+            generation: self.transid(),
+            ram_bytes: ram,
             compression,
             encryption: 0,
-            other_encoding: 0.into(),
-            extent_type: FILE_EXTENT_INLINE,
-        }
-        .as_bytes()
-        .to_vec();
-        item.extend_from_slice(data);
+            other_encoding: 0,
+            kind: FileExtentKind::Inline { data: data.to_vec() },
+        });
         self.insert(root, Key::new(ino, EXTENT_DATA_KEY, 0), item)
     }
 
@@ -144,25 +129,20 @@ impl Transaction {
         len: u64,
         compression: u8,
     ) -> Result<()> {
-        let mut b = FileExtentHeader {
-            generation: self.transid().into(),
-            ram_bytes: if compression == COMPRESS_NONE { disk_len } else { len }.into(),
+        let b = encode::file_extent(&FileExtent {
+            generation: self.transid(),
+            ram_bytes: if compression == COMPRESS_NONE { disk_len } else { len },
             compression,
             encryption: 0,
-            other_encoding: 0.into(),
-            extent_type: FILE_EXTENT_REG,
-        }
-        .as_bytes()
-        .to_vec();
-        b.extend_from_slice(
-            FileExtentBody {
-                disk_bytenr: disk.into(),
-                disk_num_bytes: if disk == 0 { 0.into() } else { disk_len.into() },
-                offset: 0.into(),
-                num_bytes: len.into(),
-            }
-            .as_bytes(),
-        );
+            other_encoding: 0,
+            kind: FileExtentKind::Regular {
+                prealloc: false,
+                disk_bytenr: disk,
+                disk_num_bytes: if disk == 0 { 0 } else { disk_len },
+                offset: 0,
+                num_bytes: len,
+            },
+        });
         self.insert(root, Key::new(ino, EXTENT_DATA_KEY, file_off), b)
     }
 }

@@ -1,11 +1,9 @@
 //! Inode items inside a transaction: read, stored, stamped as changed;
 //! and how messages name an inode.
 
-use zerocopy::IntoBytes;
-
 use crate::error::{Error, Result};
-use crate::format::items;
 use crate::format::*;
+use crate::format::{encode, items};
 
 use super::Transaction;
 
@@ -16,7 +14,7 @@ impl Transaction {
     }
 
     pub fn put_inode(&mut self, root: u64, ino: u64, item: &InodeItem) -> Result<()> {
-        self.put(root, Key::new(ino, INODE_ITEM_KEY, 0), item.as_bytes().to_vec())?;
+        self.put(root, Key::new(ino, INODE_ITEM_KEY, 0), encode::inode_item(item))?;
         Ok(())
     }
 

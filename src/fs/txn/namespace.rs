@@ -2,11 +2,11 @@
 //! rename; and the read-only subvolume check (the kernel's inode.c
 //! operations on names).
 
-use zerocopy::{FromZeros, IntoBytes};
+use zerocopy::FromZeros;
 
 use crate::error::{CorruptKind, Error, Result};
-use crate::format::limits;
 use crate::format::*;
+use crate::format::{encode, limits};
 use crate::fs::props;
 
 use super::Transaction;
@@ -55,7 +55,7 @@ impl Transaction {
         it.ctime = self.now;
         it.mtime = self.now;
         it.otime = self.now;
-        self.insert(root, Key::new(ino, INODE_ITEM_KEY, 0), it.as_bytes().to_vec())?;
+        self.insert(root, Key::new(ino, INODE_ITEM_KEY, 0), encode::inode_item(&it))?;
         if let Some((value, _)) = prop {
             self.put_xattr(root, ino, props::COMPRESSION, Some(value))?;
         }

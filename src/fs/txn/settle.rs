@@ -10,10 +10,9 @@
 
 use std::collections::BTreeSet;
 
-use zerocopy::IntoBytes;
-
 use crate::error::{CorruptKind, Error, Result};
-use crate::format::items;
+use crate::format::encode::{self, RootItemSize};
+use crate::format::items::{self, BlockGroupInfo, DevExtentInfo};
 use crate::format::*;
 
 use super::Transaction;
@@ -39,10 +38,10 @@ impl Transaction {
         // Block group item.
         let bg_tree = if self.store.bg_tree { BLOCK_GROUP_TREE_OBJECTID } else { EXTENT_TREE_OBJECTID };
         let bg_key = Key::new(g.start, BLOCK_GROUP_ITEM_KEY, g.len);
-        let new_bg = BlockGroupItem { used: used.into(), chunk_objectid: g.chunk_objectid.into(), flags: g.flags.into() };
+        let new_bg = encode::block_group_item(&BlockGroupInfo { used, chunk_objectid: g.chunk_objectid, flags: g.flags });
         let old = self.get(bg_tree, bg_key)?;
-        if old.as_deref() != Some(new_bg.as_bytes()) {
-            self.put(bg_tree, bg_key, new_bg.as_bytes().to_vec())?;
+        if old.as_deref() != Some(&new_bg[..]) {
+            self.put(bg_tree, bg_key, new_bg)?;
         }
         // Free space tree: diff existing extents against the wanted ones.
         let fst = FREE_SPACE_TREE_OBJECTID;
@@ -70,10 +69,10 @@ impl Transaction {
             self.insert(fst, Key::new(s, FREE_SPACE_EXTENT_KEY, l), Vec::new())?;
         }
         let info_key = Key::new(g.start, FREE_SPACE_INFO_KEY, g.len);
-        let info = FreeSpaceInfo { extent_count: (want.len() as u32).into(), flags: 0.into() };
+        let info = encode::free_space_info(want.len() as u32, 0);
         let old = self.get(fst, info_key)?;
-        if old.as_deref() != Some(info.as_bytes()) {
-            self.put(fst, info_key, info.as_bytes().to_vec())?;
+        if old.as_deref() != Some(&info[..]) {
+            self.put(fst, info_key, info)?;
         }
         Ok(())
     }
@@ -89,16 +88,14 @@ impl Transaction {
         let chunk_tree_uuid = self.store.fmt.chunk_tree_uuid;
         for plan in plans {
             let info = plan.info(&self.store.devs, self.store.fs.sectorsize);
-            self.insert(CHUNK_TREE_OBJECTID, Key::new(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, plan.logical), info.to_bytes())?;
+            self.insert(
+                CHUNK_TREE_OBJECTID,
+                Key::new(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, plan.logical),
+                encode::chunk_item(&info)?,
+            )?;
             for &(devid, phys) in &plan.stripes {
-                let de = DevExtent {
-                    chunk_tree: CHUNK_TREE_OBJECTID.into(),
-                    chunk_objectid: FIRST_CHUNK_TREE_OBJECTID.into(),
-                    chunk_offset: plan.logical.into(),
-                    length: plan.stripe_size.into(),
-                    chunk_tree_uuid,
-                };
-                self.insert(DEV_TREE_OBJECTID, Key::new(devid, DEV_EXTENT_KEY, phys), de.as_bytes().to_vec())?;
+                let de = DevExtentInfo::of_chunk(plan.logical, plan.stripe_size, chunk_tree_uuid);
+                self.insert(DEV_TREE_OBJECTID, Key::new(devid, DEV_EXTENT_KEY, phys), encode::dev_extent(&de))?;
                 let item =
                     self.store.dev_items.get_mut(&devid).ok_or_else(|| {
                         Error::corrupt(CorruptKind::MissingItem, format!("devid {devid}"), "no dev item in the chunk tree")
@@ -108,7 +105,7 @@ impl Transaction {
             let devids: BTreeSet<u64> = plan.stripes.iter().map(|s| s.0).collect();
             for devid in devids {
                 let item = self.store.dev_items[&devid];
-                self.put(CHUNK_TREE_OBJECTID, Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, devid), item.as_bytes().to_vec())?;
+                self.put(CHUNK_TREE_OBJECTID, Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, devid), encode::dev_item(&item))?;
             }
         }
         Ok(true)
@@ -145,9 +142,7 @@ impl Transaction {
             let old = self
                 .get(ROOT_TREE_OBJECTID, key)?
                 .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("root item {key}"), "vanished"))?;
-            let mut body = ri.as_bytes().to_vec();
-            body.truncate(old.len().min(body.len()));
-            self.put(ROOT_TREE_OBJECTID, key, body)?;
+            self.put(ROOT_TREE_OBJECTID, key, encode::root_item(&ri, RootItemSize::of_len(old.len())))?;
             self.root_items.insert(id, (key, ri));
             changed = true;
         }
@@ -188,19 +183,15 @@ impl Transaction {
         let Some(body) = self.get(QUOTA_TREE_OBJECTID, key)? else {
             return Err(Error::corrupt(CorruptKind::MissingItem, "quota tree", "no qgroup status item"));
         };
-        let mut raw = body.clone();
-        raw.resize(raw.len().max(std::mem::size_of::<QgroupStatusItem>()), 0);
-        let (mut st, _) = items::read_prefix::<QgroupStatusItem>(&raw, "qgroup status")?;
+        let mut st = items::parse_qgroup_status(&body)?;
         let flags = st.flags.get();
         if flags & QGROUP_STATUS_FLAG_ON == 0 || flags & QGROUP_STATUS_FLAG_INCONSISTENT != 0 {
             return Ok(());
         }
         st.flags = (flags | QGROUP_STATUS_FLAG_INCONSISTENT).into();
         st.generation = self.transid().into();
-        let mut out = st.as_bytes().to_vec();
         // Keep the stored size (32 bytes without simple quotas' enable_gen).
-        out.truncate(body.len());
-        self.put(QUOTA_TREE_OBJECTID, key, out)?;
+        self.put(QUOTA_TREE_OBJECTID, key, encode::qgroup_status_item(&st, body.len()))?;
         self.store.fs.warn("quota group counts are now marked inconsistent; run `btrfs quota rescan` on the mounted filesystem".into());
         Ok(())
     }

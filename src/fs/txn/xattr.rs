@@ -2,10 +2,9 @@
 //! property), stored in the item of their name hash, read back (the
 //! kernel's xattr.c).
 
-use zerocopy::IntoBytes;
-
 use crate::error::{Error, Result};
-use crate::format::items::{self, parse_dir_items};
+use crate::format::encode;
+use crate::format::items::{self, parse_dir_items, DirEntry};
 use crate::format::limits;
 use crate::format::*;
 use crate::fs::props;
@@ -56,22 +55,11 @@ impl Transaction {
         let nodesize = self.store.fs.sb.nodesize.get();
         let key = Key::new(ino, XATTR_ITEM_KEY, items::name_hash(name));
         let old = self.get(root, key)?.map(|d| parse_dir_items(&d)).transpose()?.unwrap_or_default();
-        let mut body = Vec::new();
+        let mut entries = Vec::new();
         let mut found = false;
         let transid = self.transid();
         let mut emit = |name: &[u8], data: &[u8], tid: u64| {
-            body.extend_from_slice(
-                DirItem {
-                    location: DiskKey::new(0, 0, 0),
-                    transid: tid.into(),
-                    data_len: (data.len() as u16).into(),
-                    name_len: (name.len() as u16).into(),
-                    dir_type: FT_XATTR,
-                }
-                .as_bytes(),
-            );
-            body.extend_from_slice(name);
-            body.extend_from_slice(data);
+            entries.push(DirEntry { location: Key::MIN, transid: tid, dir_type: FT_XATTR, name: name.to_vec(), data: data.to_vec() });
         };
         for e in &old {
             if e.name == name {
@@ -89,6 +77,7 @@ impl Transaction {
                 None => return Err(Error::NotFound(format!("xattr {}", String::from_utf8_lossy(name)))),
             }
         }
+        let body = encode::dir_items(&entries)?;
         // xattrs whose names hash alike share one item, which must fit a leaf.
         let max = limits::max_item_size(nodesize);
         if body.len() > max {
