@@ -55,9 +55,9 @@ fn finish_batch(ctx: &Ctx<'_>, batch: u64, bufs: &[Vec<u8>], pending: &mut Vec<P
         // Past the end of a truncated image: growing the file is not a repair
         // btrs makes on its own (the device may be short for a reason).
         let fits = group.iter().all(|p| {
-            p.f.devid
-                .zip(p.f.physical)
-                .is_some_and(|(d, ph)| !ctx.hold.contains(&d) && vol.device(d).is_ok_and(|dev| ph + p.f.len <= dev.size))
+            p.f.devid.zip(p.f.physical).is_some_and(|(d, ph)| {
+                !ctx.hold.contains(&d) && vol.device(d).is_ok_and(|dev| ph.checked_add(p.f.len).is_some_and(|end| end <= dev.size))
+            })
         });
         if !fits || vol.write_copy(logical, &data, mirror).is_err() {
             continue;

@@ -32,13 +32,36 @@ mod tree;
 pub use arbitrate::{arbitrate, Verdict};
 pub use report::{Counters, DeviceReport, Finding, FindingKind, ScrubOptions, ScrubReport};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::volumes::OpenOptions;
 
 /// Scrub the filesystem that `open` names.
 pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
+    // A bad option is refused before any image is opened (for writing, under --repair).
+    if opts.prefer_mirror == Some(0) {
+        return Err(Error::Invalid("--prefer-mirror counts copies from 1".into()));
+    }
     if opts.fix_csum {
         return fix_csum::fix_csum(open, opts);
     }
     repair::scrub_or_repair(open, opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--prefer-mirror 0` is the caller's mistake, said before any image is
+    /// opened: here there is none to open, and the error names the option.
+    #[test]
+    fn prefer_mirror_zero_is_refused_before_opening() {
+        let open = OpenOptions { image: "/nonexistent/btrs-image.img".into(), ..Default::default() };
+        for repair in [false, true] {
+            let opts = ScrubOptions { prefer_mirror: Some(0), repair, ..Default::default() };
+            match scrub(&open, &opts) {
+                Err(Error::Invalid(m)) => assert!(m.contains("--prefer-mirror"), "{m}"),
+                other => panic!("repair={repair}: {other:?}"),
+            }
+        }
+    }
 }

@@ -62,11 +62,6 @@ pub(super) fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions, hold: &BTreeSe
     let open = OpenOptions { writable: opts.repair, divergent_ok: !opts.repair, ..open.clone() };
     let fs = Filesystem::open(&open)?;
     let sb = fs.sb;
-    if let Some(p) = opts.prefer_mirror {
-        if p == 0 {
-            return Err(Error::Invalid("--prefer-mirror counts copies from 1".into()));
-        }
-    }
     let chunk_root = fs.tree_root(CHUNK_TREE_OBJECTID)?;
     let chunk_tree_uuid = fs.reader.root_block(&chunk_root)?.header.chunk_tree_uuid;
     let BlockGroups { bgs, error, orphan_chunks } = find_block_groups(&fs);
