@@ -17,7 +17,6 @@ use zerocopy::IntoBytes;
 
 use super::items::*;
 use super::ondisk::*;
-use super::superblock::{BackupRootInfo, TreeRootRef};
 use super::types::Key;
 use super::CsumType;
 use crate::error::{Error, Result};
@@ -316,22 +315,6 @@ pub fn u64_array(values: &[u64]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// One backup root slot of the superblock (inverse of `superblock::parse_backup_root`).
-pub fn backup_root(b: &BackupRootInfo) -> RootBackup {
-    let mut out = <RootBackup as zerocopy::FromZeros>::new_zeroed();
-    let set = |r: &TreeRootRef| (r.bytenr.into(), r.generation.into(), r.level);
-    (out.tree_root, out.tree_root_gen, out.tree_root_level) = set(&b.tree);
-    (out.chunk_root, out.chunk_root_gen, out.chunk_root_level) = set(&b.chunk);
-    (out.extent_root, out.extent_root_gen, out.extent_root_level) = set(&b.extent);
-    (out.fs_root, out.fs_root_gen, out.fs_root_level) = set(&b.fs);
-    (out.dev_root, out.dev_root_gen, out.dev_root_level) = set(&b.dev);
-    (out.csum_root, out.csum_root_gen, out.csum_root_level) = set(&b.csum);
-    out.total_bytes = b.total_bytes.into();
-    out.bytes_used = b.bytes_used.into();
-    out.num_devices = b.num_devices.into();
-    out
-}
-
 // ---- extents and their back references ----
 
 /// An EXTENT_ITEM or METADATA_ITEM body with its inline refs, put in the
@@ -409,7 +392,6 @@ pub fn csum_item(sums: Vec<u8>, csum: CsumType) -> Result<Vec<u8>> {
 #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 mod tests {
     use super::*;
-    use crate::format::superblock::{parse_backup_root, BackupTrees};
     use proptest::collection::vec;
     use proptest::prelude::*;
     use zerocopy::FromBytes;
@@ -457,10 +439,6 @@ mod tests {
             (any::<u64>(), any::<u32>()).prop_map(|(parent, count)| ExtentRef::SharedData { parent, count }),
             any::<u64>().prop_map(|root| ExtentRef::Owner { root }),
         ]
-    }
-
-    fn tree_root() -> impl Strategy<Value = TreeRootRef> {
-        (any::<u64>(), any::<u64>(), any::<u8>()).prop_map(|(bytenr, generation, level)| TreeRootRef { bytenr, generation, level })
     }
 
     fn chunk() -> impl Strategy<Value = ChunkInfo> {
@@ -640,37 +618,6 @@ mod tests {
             prop_assert_eq!(parse_u64_array(&u64_array(&v), "x").unwrap(), v);
         }
 
-        #[test]
-        fn backup_roots_round_trip(
-            r in (tree_root(), tree_root(), tree_root(), tree_root(), tree_root(), tree_root()),
-            n in any::<[u64; 3]>(),
-        ) {
-            let b = BackupRootInfo { tree: r.0, chunk: r.1, extent: r.2, fs: r.3, dev: r.4, csum: r.5, total_bytes: n[0], bytes_used: n[1], num_devices: n[2] };
-            prop_assert_eq!(parse_backup_root(&backup_root(&b)), b);
-        }
-
-        /// A commit's backup goes in the slot after the newest, with the
-        /// chunk root and sizes of the superblock it is recorded in.
-        #[test]
-        fn backup_roots_recorded_in_the_next_slot(gens in any::<[u8; 4]>(), r in (tree_root(), tree_root(), tree_root(), tree_root(), tree_root()), chunk in tree_root()) {
-            let mut sb = <SuperBlock as zerocopy::FromZeros>::new_zeroed();
-            for (b, g) in sb.super_roots.iter_mut().zip(gens) {
-                b.tree_root_gen = u64::from(g).into();
-            }
-            (sb.chunk_root, sb.chunk_root_generation, sb.chunk_root_level) = (chunk.bytenr.into(), chunk.generation.into(), chunk.level);
-            (sb.total_bytes, sb.bytes_used, sb.num_devices) = (7.into(), 8.into(), 9.into());
-            let newest = (0..NUM_BACKUP_ROOTS).max_by_key(|&i| gens[i]).unwrap();
-            let before = sb.super_roots;
-            let trees = BackupTrees { tree: r.0, extent: r.1, fs: r.2, dev: r.3, csum: r.4 };
-            sb.record_backup_roots(&trees);
-            let slot = (newest + 1) % NUM_BACKUP_ROOTS;
-            let got = parse_backup_root(&sb.super_roots[slot]);
-            let want = BackupRootInfo { tree: r.0, chunk, extent: r.1, fs: r.2, dev: r.3, csum: r.4, total_bytes: 7, bytes_used: 8, num_devices: 9 };
-            prop_assert_eq!(got, want);
-            for i in (0..NUM_BACKUP_ROOTS).filter(|&i| i != slot) {
-                prop_assert_eq!(sb.super_roots[i].as_bytes(), before[i].as_bytes());
-            }
-        }
 
         /// Extent items re-encode to what they decode from, refs in the
         /// kernel's order (types ascending, within a type the sequence
