@@ -82,24 +82,9 @@ mod tests {
         v
     }
 
-    /// A foreign fixture (mkfs.btrfs + kernel), unpacked and opened.
+    /// A foreign fixture (mkfs.btrfs + kernel), unpacked and opened; it must be there.
     fn open_fixture(name: &str) -> (tempfile::TempDir, crate::Filesystem) {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/foreign").join(name);
-        let tmp = tempfile::tempdir().unwrap();
-        let mut devs: Vec<_> = std::fs::read_dir(&src)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "zst"))
-            .map(|p| {
-                let out = tmp.path().join(p.file_stem().unwrap());
-                crate::volumes::raw::unpack_zstd(&p, &out).unwrap();
-                out
-            })
-            .collect();
-        devs.sort();
-        let opts = crate::volumes::OpenOptions { image: devs[0].clone(), devices: devs.clone(), ..Default::default() };
-        (tmp, crate::Filesystem::open(&opts).unwrap())
+        crate::fs::testutil::open_fixture(name).unwrap_or_else(|| panic!("fixture {name} missing"))
     }
 
     /// Images made by mkfs.btrfs and filled by the kernel pass every rule,

@@ -729,6 +729,27 @@ fn tree_label(id: u64) -> String {
 pub(crate) mod testutil {
     use std::path::PathBuf;
 
+    /// A reference image made by mkfs.btrfs and the kernel (`fixtures/foreign/NAME`),
+    /// unpacked into a temporary directory and opened; None when it is absent.
+    pub(crate) fn open_fixture(name: &str) -> Option<(tempfile::TempDir, crate::Filesystem)> {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/foreign").join(name);
+        let rd = std::fs::read_dir(&src).ok()?;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut devs: Vec<_> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "zst"))
+            .map(|p| {
+                let out = tmp.path().join(p.file_stem().unwrap());
+                crate::volumes::raw::unpack_zstd(&p, &out).unwrap();
+                out
+            })
+            .collect();
+        devs.sort();
+        let opts = crate::volumes::OpenOptions { image: devs[0].clone(), devices: devs.clone(), ..Default::default() };
+        Some((tmp, crate::Filesystem::open(&opts).unwrap()))
+    }
+
     /// `ndev` fresh 256 MiB images formatted by `mkfs.btrfs -q ARGS`. `None`
     /// (after saying so) when btrfs-progs is missing, unless interop tests are
     /// required, which makes that a failure.

@@ -584,32 +584,7 @@ fn committed_blocks_are_copied_not_changed() {
     check(&t, &s, &m, true);
 }
 
-/// A reference image made by mkfs.btrfs and the kernel, unpacked into a
-/// temporary directory (None when the fixture is absent).
-fn open_fixture(name: &str) -> Option<(tempfile::TempDir, crate::Filesystem)> {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/foreign").join(name);
-    let rd = std::fs::read_dir(&src).ok()?;
-    let tmp = tempfile::tempdir().unwrap();
-    let mut devs: Vec<_> = rd
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "zst"))
-        .map(|p| {
-            let out = tmp.path().join(p.file_stem().unwrap());
-            crate::volumes::raw::unpack_zstd(&p, &out).unwrap();
-            out
-        })
-        .collect();
-    devs.sort();
-    let opts = crate::volumes::OpenOptions {
-        image: devs[0].clone(),
-        devices: devs.clone(),
-        degraded: false,
-        writable: false,
-        ..Default::default()
-    };
-    Some((tmp, crate::Filesystem::open(&opts).unwrap()))
-}
+use crate::fs::testutil::open_fixture;
 
 /// Committed blocks come from a kernel-made image; new blocks get
 /// addresses past its end and stay in memory.
