@@ -78,6 +78,23 @@ pub struct ChunkInfo {
     pub stripes: Vec<StripeInfo>,
 }
 
+impl ChunkInfo {
+    /// Whether two chunk items put the same logical bytes in the same places: length,
+    /// type, stripe length and every stripe (device, offset, device uuid), and
+    /// sub_stripes where the profile reads it (RAID10). owner, io_align, io_width,
+    /// sector_size, and sub_stripes of other profiles, steer no read or write.
+    /// (btrfs-image -r can rewrite a chunk-tree copy's sub_stripes and leave the
+    /// superblock's as it was; the kernel and btrfs check take such an image.)
+    pub fn same_mapping(&self, other: &ChunkInfo) -> bool {
+        let raid10 = self.chunk_type & BLOCK_GROUP_RAID10 != 0;
+        self.length == other.length
+            && self.chunk_type == other.chunk_type
+            && self.stripe_len == other.stripe_len
+            && self.stripes == other.stripes
+            && (!raid10 || self.sub_stripes == other.sub_stripes)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StripeInfo {
     pub devid: u64,
@@ -497,6 +514,45 @@ pub fn parse_csum_item(data: &[u8], csum: super::CsumType) -> Result<std::slice:
 mod tests {
     use super::*;
     use zerocopy::IntoBytes;
+
+    #[test]
+    fn same_mapping_ignores_only_fields_that_steer_no_io() {
+        let stripe = |devid, offset| StripeInfo { devid, offset, dev_uuid: [devid as u8; 16] };
+        let base = ChunkInfo {
+            length: 8 << 20,
+            owner: 2,
+            stripe_len: 65536,
+            chunk_type: BLOCK_GROUP_SYSTEM | BLOCK_GROUP_DUP,
+            io_align: 65536,
+            io_width: 65536,
+            sector_size: 4096,
+            sub_stripes: 1,
+            stripes: vec![stripe(1, 22020096), stripe(1, 30408704)],
+        };
+        // What btrfs-image -r's chunk-tree fixup leaves: sub_stripes 0 on a DUP chunk.
+        let restored = ChunkInfo { sub_stripes: 0, io_align: 4096, io_width: 4096, owner: 7, ..base.clone() };
+        assert!(base.same_mapping(&restored) && restored.same_mapping(&base));
+        let moved = ChunkInfo { stripes: vec![stripe(1, 22020096), stripe(1, 38797312)], ..base.clone() };
+        let other_dev = ChunkInfo { stripes: vec![stripe(1, 22020096), stripe(2, 30408704)], ..base.clone() };
+        let one_copy = ChunkInfo { stripes: vec![stripe(1, 22020096)], ..base.clone() };
+        let longer = ChunkInfo { length: 16 << 20, ..base.clone() };
+        let single = ChunkInfo { chunk_type: BLOCK_GROUP_SYSTEM, ..base.clone() };
+        let wider = ChunkInfo { stripe_len: 131072, ..base.clone() };
+        for (what, c) in
+            [("moved", moved), ("other_dev", other_dev), ("one_copy", one_copy), ("longer", longer), ("single", single), ("wider", wider)]
+        {
+            assert!(!base.same_mapping(&c) && !c.same_mapping(&base), "{what} was taken as the same mapping");
+        }
+        // RAID10 reads sub_stripes: there a different count is a different mapping.
+        let raid10 = ChunkInfo {
+            chunk_type: BLOCK_GROUP_SYSTEM | BLOCK_GROUP_RAID10,
+            sub_stripes: 2,
+            stripes: (1..=4).map(|d| stripe(d, 1 << 20)).collect(),
+            ..base.clone()
+        };
+        assert!(raid10.same_mapping(&raid10.clone()));
+        assert!(!raid10.same_mapping(&ChunkInfo { sub_stripes: 1, ..raid10.clone() }));
+    }
 
     #[test]
     fn extref_hash_matches_kernel() {

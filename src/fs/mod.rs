@@ -126,11 +126,13 @@ impl Filesystem {
         // (After the device check: a device of another filesystem with the
         // same fsid fails that one first, naming both images.)
         // The superblock's copy of the system chunks is what the kernel maps
-        // the chunk tree with, and what every commit writes back: it must be
-        // the chunk tree's, or a copy that overlaps other chunks or lies
+        // the chunk tree with, and what every commit writes back: it must map
+        // like the chunk tree's, or a copy that overlaps other chunks or lies
         // past its device would be taken and spread to every superblock.
+        // (Fields that steer no I/O may differ: btrfs-image -r leaves such
+        // images, and the kernel and btrfs check take them.)
         for (key, chunk) in &sys_chunks {
-            if !chunks.iter().any(|(logical, c)| *logical == key.offset && c == chunk) {
+            if !chunks.iter().any(|(logical, c)| *logical == key.offset && c.same_mapping(chunk)) {
                 return Err(Error::corrupt(
                     CorruptKind::Superblock,
                     "superblock sys_chunk_array",
