@@ -298,7 +298,7 @@ mod tests {
     /// xattr past the kernel's limit is refused as an internal error, not written.
     #[test]
     fn sealing_refuses_a_bad_leaf() {
-        use crate::tree::leaf::{BlockFormat, EditLeaf};
+        use crate::tree::{edit::EditLeaf, encode::BlockFormat};
         let fmt = BlockFormat::new(4096, CsumType::Crc32c, [7; 16], [9; 16]).unwrap().checked(4096, INCOMPAT_SKINNY_METADATA);
         let mut inode = InodeItem::new_zeroed();
         inode.mode = (S_IFREG | 0o644).into();

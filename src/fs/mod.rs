@@ -2,12 +2,12 @@
 //! directories, symlinks, xattrs and file data (with checksum verification
 //! and fallback to other copies).
 
-pub mod alloc;
 pub mod check;
 pub mod data;
 pub mod direct;
 pub mod inode;
 pub mod pagecache;
+pub mod path;
 pub mod props;
 pub mod txn;
 
@@ -380,17 +380,11 @@ impl Filesystem {
         Ok(None)
     }
 
-    /// Resolve a '/'-separated path from the top-level subvolume. Symlinks are
-    /// not followed (paths name entries, like `btrfs restore`).
+    /// Resolve a '/'-separated path from the top-level subvolume (see
+    /// [`path::walk`]: symlinks are not followed).
     pub fn resolve(&self, path: &str) -> Result<DirEnt> {
-        let mut cur = DirEnt { name: Vec::new(), id: self.root_dir(), file_type: FileType::Directory, subvol: true };
-        for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-            if cur.file_type != FileType::Directory {
-                return Err(Error::NotFound(format!("{path}: {:?} is not a directory", String::from_utf8_lossy(&cur.name))));
-            }
-            cur = self.lookup(cur.id, comp.as_bytes())?.ok_or_else(|| Error::NotFound(format!("{path}: no entry {comp:?}")))?;
-        }
-        Ok(cur)
+        let top = DirEnt { name: Vec::new(), id: self.root_dir(), file_type: FileType::Directory, subvol: true };
+        path::walk(path, top, |e| e.file_type == FileType::Directory, |e, name| self.lookup(e.id, name))?.found(path)
     }
 
     /// A symlink's target: the first i_size bytes of its inline extent, as

@@ -61,10 +61,10 @@ fn split(path: &str) -> Result<(String, Vec<u8>)> {
 /// `parents`; the subvolume it is in must be writable.
 fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<Place> {
     let mut cur = Place { root: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID, dir_type: FT_DIR };
-    for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+    for comp in crate::fs::path::components(path) {
         cur = match tx.lookup(cur.root, cur.ino, comp.as_bytes())? {
             Some(p) if p.dir_type == FT_DIR => p,
-            Some(_) => return Err(Error::Invalid(format!("{path}: {comp} is not a directory"))),
+            Some(_) => return Err(Error::Invalid(crate::fs::path::not_dir(path, comp))),
             None if parents => {
                 limits::check_entry_name(comp.as_bytes()).map_err(|e| Error::Invalid(format!("{path}: {e}")))?;
                 tx.ensure_writable(cur.root)?;

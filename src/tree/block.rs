@@ -268,8 +268,8 @@ mod tests {
 
     /// A leaf at 65536 (generation 3, tree 5) through the tree layer's one serializer.
     pub(crate) fn leaf_with(items: &[(Key, &[u8])], nodesize: usize) -> Vec<u8> {
-        let fmt = crate::tree::leaf::BlockFormat::new(nodesize as u32, CsumType::Crc32c, [7; 16], [0; 16]).unwrap();
-        crate::tree::leaf::leaf_bytes(&fmt, 65536, 3, 5, items.iter().map(|(k, b)| (*k, *b))).unwrap()
+        let fmt = crate::tree::encode::BlockFormat::new(nodesize as u32, CsumType::Crc32c, [7; 16], [0; 16]).unwrap();
+        crate::tree::encode::leaf_bytes(&fmt, 65536, 3, 5, items.iter().map(|(k, b)| (*k, *b))).unwrap()
     }
 
     #[test]

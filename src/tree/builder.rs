@@ -10,7 +10,7 @@
 use std::ops::Range;
 
 use super::block::{HEADER_SIZE, ITEM_SIZE, KEY_PTR_SIZE};
-use super::leaf::{leaf_bytes, node_bytes, BlockFormat, NodePtr};
+use super::encode::{leaf_bytes, node_bytes, BlockFormat, NodePtr};
 use crate::error::{Error, Result};
 use crate::format::ondisk::*;
 use crate::format::{usize_of, Key};

@@ -42,7 +42,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::block::{Expect, TreeBlock};
-use super::leaf::{internal, leaf_item_size, must_not_be_empty, split_points, BlockFormat, EditBlock, EditLeaf, EditNode, NodePtr};
+use super::edit::{must_not_be_empty, split_points, EditBlock, EditLeaf, EditNode};
+use super::encode::{internal, leaf_item_size, BlockFormat, NodePtr};
 use super::reader::RootPtr;
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::{Key, MAX_LEVEL};

@@ -8,7 +8,8 @@ pub mod block;
 pub mod builder;
 pub mod checker;
 pub mod cow;
-pub mod leaf;
+pub mod edit;
+pub mod encode;
 pub mod reader;
 
 pub use block::{Expect, TreeBlock};

@@ -6,6 +6,7 @@
 // checked, or allowed where it cannot fail with the reason beside it.
 #![warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 
+pub mod alloc;
 pub mod bio;
 pub mod chunks;
 pub mod create;

@@ -60,17 +60,8 @@ impl Transaction {
     /// Resolve an absolute path from the top-level subvolume, through nested
     /// subvolumes, to where it leads.
     pub fn resolve(&mut self, path: &str) -> Result<Option<Place>> {
-        let mut cur = Place { root: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID, dir_type: FT_DIR };
-        for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-            if cur.dir_type != FT_DIR {
-                return Err(Error::Invalid(format!("{path}: a component is not a directory")));
-            }
-            match self.lookup(cur.root, cur.ino, comp.as_bytes())? {
-                Some(x) => cur = x,
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(cur))
+        let top = Place { root: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID, dir_type: FT_DIR };
+        crate::fs::path::walk(path, top, |p| p.dir_type == FT_DIR, |p, name| self.lookup(p.root, p.ino, name))?.if_present(path)
     }
 
     fn next_index(&mut self, root: u64, dir: u64) -> Result<u64> {

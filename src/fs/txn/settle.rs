@@ -14,6 +14,7 @@ use crate::error::{CorruptKind, Error, Result};
 use crate::format::encode::{self, RootItemSize};
 use crate::format::items::{self, BlockGroupInfo, DevExtentInfo};
 use crate::format::*;
+use crate::volumes::alloc::uuid_in;
 
 use super::Transaction;
 
@@ -87,7 +88,7 @@ impl Transaction {
         }
         let chunk_tree_uuid = self.store.fmt.chunk_tree_uuid;
         for plan in plans {
-            let info = plan.info(&self.store.devs, self.store.fs.sectorsize);
+            let info = plan.info(uuid_in(&self.store.devs), self.store.fs.sectorsize);
             self.insert(
                 CHUNK_TREE_OBJECTID,
                 Key::new(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, plan.logical),

@@ -26,11 +26,11 @@ use std::sync::Arc;
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::items;
 use crate::format::*;
-use crate::fs::alloc::{plan_chunk, ChunkPlan, DevSpace};
 use crate::fs::Filesystem;
 use crate::tree::block::{Expect, TreeBlock};
 use crate::tree::cow::BlockStore;
-use crate::tree::leaf::BlockFormat;
+use crate::tree::encode::BlockFormat;
+use crate::volumes::alloc::{plan_chunk, uuid_in, ChunkPlan, DevSpace};
 
 use super::readers::Held;
 
@@ -166,7 +166,7 @@ impl Store {
         let vol = self.fs.volume();
         let logical = vol.chunks.entries().iter().map(|e| e.end()).max().unwrap_or(0);
         let Some(plan) = plan_chunk(&self.devs, logical, flags)? else { return Ok(false) };
-        let info = plan.info(&self.devs, self.fs.sectorsize);
+        let info = plan.info(uuid_in(&self.devs), self.fs.sectorsize);
         vol.chunks.insert(plan.logical, info)?;
         let entry = vol.chunks.lookup(plan.logical)?;
         self.excluded.extend(super_stripes_of(vol, &entry)?);

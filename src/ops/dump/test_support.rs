@@ -14,8 +14,8 @@ const FSID: [u8; 16] = [7; 16];
 /// A leaf of `nodesize` bytes at logical 65536 with the given items,
 /// serialized by the tree layer's own leaf writer.
 fn leaf_with(items: &[(Key, Vec<u8>)], nodesize: usize) -> Vec<u8> {
-    let fmt = crate::tree::leaf::BlockFormat::new(nodesize as u32, CsumType::Crc32c, FSID, [9; 16]).expect("format");
-    let leaf = crate::tree::leaf::EditLeaf { items: items.to_vec() };
+    let fmt = crate::tree::encode::BlockFormat::new(nodesize as u32, CsumType::Crc32c, FSID, [9; 16]).expect("format");
+    let leaf = crate::tree::edit::EditLeaf { items: items.to_vec() };
     leaf.to_bytes(&fmt, 65536, 3, 5).expect("leaf fits")
 }
 

@@ -9,7 +9,6 @@ use super::items::{
     chunk_info, dir_inode, inode_ref, key, map_entry, metadata_extent_item, root_item, root_ref, subvol_root_item, uuid_item, TreeId,
     GENERATION,
 };
-use super::layout::PlannedChunk;
 use super::options::MkfsOptions;
 use crate::error::{Error, Result};
 use crate::format::compress::Compression;
@@ -20,6 +19,7 @@ use crate::format::superblock::{seal_super, BackupTrees, TreeRootRef};
 use crate::format::Profile;
 use crate::ops::rootdir::{self, DataSink, Scan};
 use crate::tree::builder::{count_blocks, BlockParams, TreeItem};
+use crate::volumes::alloc::ChunkPlan;
 use crate::volumes::create::{ChunkWriter, NewImages};
 
 pub(super) struct Ctx<'a> {
@@ -29,7 +29,7 @@ pub(super) struct Ctx<'a> {
     pub(super) fs_uuid: [u8; 16],
     pub(super) dev_uuids: Vec<[u8; 16]>,
     pub(super) dev_sizes: Vec<u64>,
-    pub(super) chunks: Vec<PlannedChunk>,
+    pub(super) chunks: Vec<ChunkPlan>,
     pub(super) now: (u64, u32),
     /// The `--subvol` subvolumes and their UUIDs.
     pub(super) subvols: Vec<(rootdir::ScanSubvol, [u8; 16])>,
@@ -367,7 +367,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
     // ---- build every tree ----
     // Every block mkfs seals passes the kernel's tree-checker rules (the
     // incompat bits they look at: skinny metadata, never mixed groups).
-    let format = crate::tree::leaf::BlockFormat::new(nodesize, opts.csum, ctx.fsid, ctx.chunk_uuid)?
+    let format = crate::tree::encode::BlockFormat::new(nodesize, opts.csum, ctx.fsid, ctx.chunk_uuid)?
         .checked(opts.sectorsize, INCOMPAT_MIXED_BACKREF | INCOMPAT_EXTENDED_IREF | INCOMPAT_SKINNY_METADATA);
     let params = |owner: u64| BlockParams { format, generation: GENERATION, owner };
     let addr_of = |t: TreeId| addrs.iter().find(|a| a.0 == t).map(|a| a.1.clone()).unwrap_or_default();

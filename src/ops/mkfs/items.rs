@@ -3,13 +3,13 @@
 
 use zerocopy::FromZeros;
 
-use super::layout::PlannedChunk;
 use crate::error::Result;
 use crate::format::encode::{self, RootItemSize};
-use crate::format::items::{ChunkInfo, ExtentInfo, ExtentRef, InodeRefEntry, RootRefEntry, StripeInfo};
+use crate::format::items::{ChunkInfo, ExtentInfo, ExtentRef, InodeRefEntry, RootRefEntry};
 use crate::format::ondisk::*;
 use crate::format::Key;
 use crate::tree::builder::TreeItem;
+use crate::volumes::alloc::ChunkPlan;
 use crate::volumes::chunks::MapEntry;
 
 /// Everything mkfs writes belongs to this one transaction.
@@ -100,31 +100,13 @@ pub(super) fn inode_ref(parent: u64, index: u64, name: &[u8]) -> Result<Vec<u8>>
 }
 
 /// The chunk as its CHUNK_ITEM says it: stripes with their devices' uuids.
-pub(super) fn chunk_info(c: &PlannedChunk, dev_uuids: &[[u8; 16]], sectorsize: u32) -> ChunkInfo {
-    let mut info = map_entry(c).chunk;
-    info.sector_size = sectorsize;
-    for s in info.stripes.iter_mut() {
-        s.dev_uuid = dev_uuids.get((s.devid - 1) as usize).copied().unwrap_or([0; 16]);
-    }
-    info
+pub(super) fn chunk_info(c: &ChunkPlan, dev_uuids: &[[u8; 16]], sectorsize: u32) -> ChunkInfo {
+    c.info(|devid| dev_uuids.get((devid - 1) as usize).copied().unwrap_or([0; 16]), sectorsize)
 }
 
-pub(super) fn map_entry(c: &PlannedChunk) -> MapEntry {
-    MapEntry {
-        logical: c.logical,
-        profile: c.profile,
-        chunk: ChunkInfo {
-            length: c.length,
-            owner: EXTENT_TREE_OBJECTID,
-            stripe_len: STRIPE_LEN,
-            chunk_type: c.flags,
-            io_align: STRIPE_LEN as u32,
-            io_width: STRIPE_LEN as u32,
-            sector_size: 4096,
-            sub_stripes: c.sub_stripes,
-            stripes: c.stripes.iter().map(|&(devid, offset)| StripeInfo { devid, offset, dev_uuid: [0; 16] }).collect(),
-        },
-    }
+/// The chunk as mkfs's own chunk map uses it to write the images.
+pub(super) fn map_entry(c: &ChunkPlan) -> MapEntry {
+    MapEntry { logical: c.logical, profile: c.profile, chunk: c.info(|_| [0; 16], 4096) }
 }
 
 /// The skinny METADATA_ITEM of a tree block of tree `owner`.

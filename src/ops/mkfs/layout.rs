@@ -8,6 +8,7 @@ use crate::format::ondisk::*;
 use crate::format::Profile;
 use crate::ops::rootdir::{self, Scan};
 use crate::tree::builder::{count_blocks, TreeItem};
+use crate::volumes::alloc::{shape, ChunkPlan, Shape};
 
 /// Where the first chunk starts in the logical address space.
 const FIRST_LOGICAL: u64 = MIB;
@@ -18,30 +19,6 @@ struct DevModel {
     pub(super) size: u64,
     /// Next free physical byte; everything below is allocated or reserved.
     pub(super) cursor: u64,
-}
-
-#[derive(Clone, Debug)]
-pub(super) struct PlannedChunk {
-    pub(super) logical: u64,
-    pub(super) length: u64,
-    pub(super) flags: u64,
-    pub(super) profile: Profile,
-    pub(super) stripe_size: u64,
-    pub(super) sub_stripes: u16,
-    /// (devid, physical), in stripe order.
-    pub(super) stripes: Vec<(u64, u64)>,
-}
-
-impl PlannedChunk {
-    pub(super) fn kind(&self) -> &'static str {
-        if self.flags & BLOCK_GROUP_SYSTEM != 0 {
-            "system"
-        } else if self.flags & BLOCK_GROUP_METADATA != 0 {
-            "metadata"
-        } else {
-            "data"
-        }
-    }
 }
 
 /// Place `len` bytes at or after `cursor`, stepping over superblock copies
@@ -57,32 +34,10 @@ fn place(cursor: u64, len: u64, size: u64) -> Option<u64> {
     (start.checked_add(len)? <= size).then_some(start)
 }
 
-/// How many devices and stripes per chunk a profile uses with `ndevs` devices:
-/// (devices used, stripes per device, data stripes, sub stripes).
-pub(super) fn profile_shape(p: Profile, ndevs: usize) -> Result<(usize, usize, usize, u16)> {
-    let need = p.min_devices();
-    if ndevs < need {
-        return Err(Error::Invalid(format!("profile {p} needs at least {need} devices (images), {ndevs} given")));
-    }
-    Ok(match p {
-        Profile::Single => (1, 1, 1, 1),
-        Profile::Dup => (1, 2, 1, 1),
-        Profile::Raid1 => (2, 1, 1, 1),
-        Profile::Raid1C3 => (3, 1, 1, 1),
-        Profile::Raid1C4 => (4, 1, 1, 1),
-        Profile::Raid0 => (ndevs, 1, ndevs, 1),
-        Profile::Raid10 => {
-            let n = ndevs / 2 * 2;
-            (n, 1, n / 2, 2)
-        }
-        Profile::Raid5 | Profile::Raid6 => {
-            return Err(Error::Unsupported(format!("mkfs with profile {p}")));
-        }
-    })
-}
-
-fn alloc_chunk(devs: &mut [DevModel], logical: u64, flags: u64, profile: Profile, target: u64) -> Option<PlannedChunk> {
-    let (ndev, per_dev, data_stripes, sub_stripes) = profile_shape(profile, devs.len()).ok()?;
+/// mkfs's placer: the chunk packed at each chosen device's cursor, devices
+/// with the most room first; `None` when they cannot hold it.
+fn alloc_chunk(devs: &mut [DevModel], logical: u64, flags: u64, profile: Profile, target: u64) -> Option<ChunkPlan> {
+    let Shape { devices: ndev, per_device: per_dev, data_stripes, sub_stripes } = shape(profile, devs.len()).ok()?;
     let stripe_size = target.div_ceil(data_stripes as u64).div_ceil(MIB) * MIB;
     // Like the kernel: devices with the most free space first (ties: lowest devid).
     let mut order: Vec<usize> = (0..devs.len()).collect();
@@ -116,7 +71,7 @@ fn alloc_chunk(devs: &mut [DevModel], logical: u64, flags: u64, profile: Profile
         return None;
     }
     // RAID10 pairs mirror stripes next to each other; keep stripe order by devid for readability.
-    Some(PlannedChunk {
+    Some(ChunkPlan {
         logical,
         length: stripe_size * data_stripes as u64,
         flags: flags | profile.flag(),
@@ -135,7 +90,7 @@ struct LayoutRequest {
     pub(super) data_lens: Vec<u64>,
 }
 
-fn plan_layout(sizes: &[u64], req: &LayoutRequest) -> Option<Vec<PlannedChunk>> {
+fn plan_layout(sizes: &[u64], req: &LayoutRequest) -> Option<Vec<ChunkPlan>> {
     let mut devs: Vec<DevModel> =
         sizes.iter().enumerate().map(|(i, &s)| DevModel { devid: i as u64 + 1, size: s, cursor: DEVICE_RESERVED }).collect();
     let mut logical = FIRST_LOGICAL;
@@ -176,7 +131,7 @@ pub(super) fn plan_for_sizes(
     sizes: &[u64],
     meta_profile: Profile,
     data_profile: Profile,
-) -> Result<Vec<PlannedChunk>> {
+) -> Result<Vec<ChunkPlan>> {
     let ndevs = sizes.len();
     let total: u64 = sizes.iter().sum();
     let tenth = (total / 10) / MIB * MIB;
@@ -318,9 +273,9 @@ pub(super) fn shrink_plan(
     scan: Option<&Scan>,
     meta_profile: Profile,
     data_profile: Profile,
-) -> Result<(Vec<PlannedChunk>, Vec<u64>)> {
+) -> Result<(Vec<ChunkPlan>, Vec<u64>)> {
     let ndevs = opts.images.len();
-    let plan = |slack: u64| -> Result<(Vec<PlannedChunk>, Vec<u64>)> {
+    let plan = |slack: u64| -> Result<(Vec<ChunkPlan>, Vec<u64>)> {
         let req = minimal_request(opts, scan, meta_profile, data_profile, slack)?;
         let chunks = plan_layout(&vec![UNBOUNDED; ndevs], &req)
             .ok_or_else(|| Error::Invalid("content too large to lay out (internal error)".into()))?;

@@ -35,7 +35,7 @@ mod options;
 
 use build::{build_and_write, Ctx};
 use items::GENERATION;
-use layout::{plan_for_sizes, profile_shape, shrink_plan, MAX_SLACK};
+use layout::{plan_for_sizes, shrink_plan, MAX_SLACK};
 pub use options::{
     parse_compress, parse_compress_arg, parse_features, parse_inode_flags, parse_size, parse_slack, Feature, Features, MkfsOptions,
     Progress, Slack,
@@ -189,8 +189,9 @@ pub(super) fn validate(opts: &MkfsOptions) -> Result<(Profile, Profile, (u64, u3
     let meta_profile = opts.metadata_profile.unwrap_or(def_meta);
     let data_profile = opts.data_profile.unwrap_or(def_data);
     for (what, p) in [("metadata", meta_profile), ("data", data_profile)] {
-        profile_shape(p, ndevs).map_err(|e| match e {
+        crate::volumes::alloc::shape(p, ndevs).map_err(|e| match e {
             Error::Invalid(m) => Error::Invalid(format!("{what}: {m}")),
+            Error::Unsupported(_) => Error::Unsupported(format!("mkfs with profile {p}")),
             other => other,
         })?;
     }

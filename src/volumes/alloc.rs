@@ -1,11 +1,13 @@
-//! Chunk allocation on a live filesystem: where a new chunk's stripes go on
-//! the devices and how big it is, following the kernel's regular allocation
-//! policy (fs/btrfs/volumes.c `btrfs_create_chunk` and friends), so chunks
-//! btrs adds look like the ones the kernel would have added.
+//! Where a chunk's stripes go. One plan type ([`ChunkPlan`]) and one reading of
+//! the profiles ([`shape`], from the kernel's `btrfs_raid_array` in
+//! [`Profile::raid_attr`]) serve both placers: [`plan_chunk`], the kernel's
+//! regular policy on a live filesystem (fs/btrfs/volumes.c `btrfs_create_chunk`
+//! and friends, so chunks btrs adds look like the ones the kernel would have
+//! added), and mkfs's packing of empty devices (ops/mkfs/layout.rs).
 //!
-//! This module only plans: it works on a model of each device (its size and
-//! its dev extents) and returns a [`ChunkPlan`]. The transaction records the
-//! plan in the chunk, device, block group and free space trees.
+//! This module only plans: it works on a model of each device and returns plans.
+//! The transaction (or mkfs) records them in the chunk, device, block group and
+//! free space trees.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,9 @@ const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
 /// The kernel's `BTRFS_MAX_DATA_CHUNK_SIZE`.
 const MAX_DATA_CHUNK: u64 = 10 * GIB;
+// OK: STRIPE_LEN is 64 KiB.
+#[allow(clippy::as_conversions)]
+const STRIPE_LEN_U32: u32 = STRIPE_LEN as u32;
 
 /// One device as the chunk allocator sees it.
 #[derive(Clone, Debug)]
@@ -30,7 +35,7 @@ pub struct DevSpace {
 
 impl DevSpace {
     pub fn bytes_used(&self) -> u64 {
-        self.extents.values().sum()
+        self.extents.values().fold(0, |a, &l| a.saturating_add(l))
     }
 
     /// The kernel's `find_free_dev_extent`: the first hole of at least `want`
@@ -57,7 +62,37 @@ impl DevSpace {
     }
 }
 
-/// A chunk the allocator decided on.
+/// How a chunk of one profile lies over the devices that have room for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Devices the chunk uses.
+    pub devices: usize,
+    /// Stripes on each of them (DUP: 2).
+    pub per_device: usize,
+    /// Stripes holding distinct data (the chunk's length is this many stripes).
+    pub data_stripes: usize,
+    pub sub_stripes: u16,
+}
+
+/// The shape of a `profile` chunk over `ndevs` devices; refused below the
+/// profile's minimum device count (what mkfs and a conversion must have).
+pub fn shape(profile: Profile, ndevs: usize) -> Result<Shape> {
+    let need = profile.min_devices();
+    if ndevs < need {
+        return Err(Error::Invalid(format!("profile {profile} needs at least {need} devices (images), {ndevs} given")));
+    }
+    let attr = profile.raid_attr().ok_or_else(|| Error::Unsupported(format!("allocating {profile} chunks")))?;
+    let spread = if attr.devs_max == 0 { ndevs } else { attr.devs_max.min(ndevs) };
+    // OK: devs_increment and ncopies are at least 1 in every RaidAttr.
+    #[allow(clippy::arithmetic_side_effects)]
+    let devices = spread / attr.devs_increment * attr.devs_increment;
+    let stripes = devices.checked_mul(attr.dev_stripes).ok_or_else(|| Error::Invalid(format!("{ndevs} devices")))?;
+    #[allow(clippy::arithmetic_side_effects)]
+    let data_stripes = stripes / attr.ncopies;
+    Ok(Shape { devices, per_device: attr.dev_stripes, data_stripes, sub_stripes: attr.sub_stripes })
+}
+
+/// A chunk a placer decided on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkPlan {
     pub logical: u64,
@@ -72,28 +107,37 @@ pub struct ChunkPlan {
 }
 
 impl ChunkPlan {
-    /// The chunk as the chunk map and the chunk item describe it.
-    pub fn info(&self, devs: &[DevSpace], sectorsize: u32) -> ChunkInfo {
+    /// The chunk as the chunk map and the chunk item describe it; `dev_uuid`
+    /// gives each stripe's device uuid.
+    pub fn info(&self, dev_uuid: impl Fn(u64) -> [u8; 16], sectorsize: u32) -> ChunkInfo {
         ChunkInfo {
             length: self.length,
             owner: EXTENT_TREE_OBJECTID,
             stripe_len: STRIPE_LEN,
             chunk_type: self.flags,
-            io_align: STRIPE_LEN as u32,
-            io_width: STRIPE_LEN as u32,
+            io_align: STRIPE_LEN_U32,
+            io_width: STRIPE_LEN_U32,
             sector_size: sectorsize,
             sub_stripes: self.sub_stripes,
-            stripes: self
-                .stripes
-                .iter()
-                .map(|&(devid, offset)| StripeInfo {
-                    devid,
-                    offset,
-                    dev_uuid: devs.iter().find(|d| d.devid == devid).map(|d| d.uuid).unwrap_or([0; 16]),
-                })
-                .collect(),
+            stripes: self.stripes.iter().map(|&(devid, offset)| StripeInfo { devid, offset, dev_uuid: dev_uuid(devid) }).collect(),
         }
     }
+
+    /// "system", "metadata" or "data", for messages.
+    pub fn kind(&self) -> &'static str {
+        if self.flags & BLOCK_GROUP_SYSTEM != 0 {
+            "system"
+        } else if self.flags & BLOCK_GROUP_METADATA != 0 {
+            "metadata"
+        } else {
+            "data"
+        }
+    }
+}
+
+/// The uuid of device `devid` among `devs` (zeros for one not there).
+pub fn uuid_in(devs: &[DevSpace]) -> impl Fn(u64) -> [u8; 16] + '_ {
+    |devid| devs.iter().find(|d| d.devid == devid).map(|d| d.uuid).unwrap_or([0; 16])
 }
 
 /// Plan a chunk of type `flags` (type | profile bits) at `logical`. `None`
@@ -102,7 +146,10 @@ pub fn plan_chunk(devs: &[DevSpace], logical: u64, flags: u64) -> Result<Option<
     let profile = Profile::from_flags(flags)
         .ok_or_else(|| Error::corrupt(CorruptKind::ChunkMap, format!("block group flags {flags:#x}"), "several profile bits"))?;
     let attr = profile.raid_attr().ok_or_else(|| Error::Unsupported(format!("allocating {profile} chunks")))?;
-    let total_rw: u64 = devs.iter().map(|d| d.total_bytes).sum();
+    // Device sizes and dev extents come from the image: sums saturate, and the
+    // plan never leaves the hole it was cut from (open checked every dev extent
+    // against its device).
+    let total_rw = devs.iter().fold(0u64, |a, d| a.saturating_add(d.total_bytes));
     // calc_chunk_size + init_alloc_chunk_ctl_policy_regular.
     let chunk_size = if flags & BLOCK_GROUP_DATA != 0 {
         MAX_DATA_CHUNK
@@ -116,8 +163,9 @@ pub fn plan_chunk(devs: &[DevSpace], logical: u64, flags: u64) -> Result<Option<
     let max_stripe = chunk_size.min(GIB);
     // No chunk larger than 10 % of the writable space.
     let max_chunk = (total_rw / 10).min(chunk_size);
-    let dev_extent_min = STRIPE_LEN * attr.dev_stripes as u64;
-    let want = max_stripe * attr.dev_stripes as u64;
+    let dev_stripes = u64_of(attr.dev_stripes);
+    let dev_extent_min = STRIPE_LEN.saturating_mul(dev_stripes);
+    let want = max_stripe.saturating_mul(dev_stripes);
 
     // gather_device_info: each device's best hole, largest first.
     let mut avail: Vec<(u64, u64, u64)> = devs
@@ -132,38 +180,64 @@ pub fn plan_chunk(devs: &[DevSpace], logical: u64, flags: u64) -> Result<Option<
     if attr.devs_max != 0 {
         ndevs = ndevs.min(attr.devs_max);
     }
-    ndevs = ndevs / attr.devs_increment * attr.devs_increment;
+    ndevs = ndevs.checked_div(attr.devs_increment).unwrap_or(0).saturating_mul(attr.devs_increment);
     if ndevs < attr.devs_min || ndevs == 0 {
         return Ok(None);
     }
-    // decide_stripe_size_regular.
-    let max_avail = avail[ndevs - 1].2;
-    let num_stripes = ndevs * attr.dev_stripes;
-    let data_stripes = (num_stripes / attr.ncopies).max(1) as u64;
-    let mut stripe_size = max_avail / attr.dev_stripes as u64;
-    if stripe_size * data_stripes > max_chunk {
-        stripe_size = (max_chunk / data_stripes).div_ceil(16 * MIB).saturating_mul(16 * MIB).min(stripe_size);
+    // decide_stripe_size_regular: the smallest hole of the devices taken.
+    let Some(&(_, _, max_avail)) = ndevs.checked_sub(1).and_then(|i| avail.get(i)) else { return Ok(None) };
+    let num_stripes = ndevs.saturating_mul(attr.dev_stripes);
+    let data_stripes = u64_of(num_stripes.checked_div(attr.ncopies).unwrap_or(0).max(1));
+    let mut stripe_size = max_avail.checked_div(dev_stripes).unwrap_or(0);
+    if stripe_size.saturating_mul(data_stripes) > max_chunk {
+        let per_stripe = max_chunk.checked_div(data_stripes).unwrap_or(0);
+        stripe_size = per_stripe.div_ceil(16 * MIB).saturating_mul(16 * MIB).min(stripe_size);
     }
-    stripe_size = stripe_size.min(GIB) / STRIPE_LEN * STRIPE_LEN;
+    stripe_size = round_down(stripe_size.min(GIB), STRIPE_LEN);
     if stripe_size == 0 {
         return Ok(None);
     }
     let mut stripes = Vec::with_capacity(num_stripes);
-    for &(devid, start, _) in &avail[..ndevs] {
-        for j in 0..attr.dev_stripes as u64 {
-            stripes.push((devid, start + j * stripe_size));
+    for &(devid, start, _) in avail.iter().take(ndevs) {
+        for j in 0..dev_stripes {
+            // Inside the hole: dev_stripes * stripe_size <= its length.
+            stripes.push((devid, start.saturating_add(j.saturating_mul(stripe_size))));
         }
     }
-    Ok(Some(ChunkPlan { logical, length: stripe_size * data_stripes, flags, profile, stripe_size, sub_stripes: attr.sub_stripes, stripes }))
+    let length = stripe_size.saturating_mul(data_stripes);
+    Ok(Some(ChunkPlan { logical, length, flags, profile, stripe_size, sub_stripes: attr.sub_stripes, stripes }))
+}
+
+/// `v` rounded down to a multiple of `align` (a power of two).
+fn round_down(v: u64, align: u64) -> u64 {
+    v & !align.saturating_sub(1)
 }
 
 #[cfg(test)]
+// Tests may index and cast freely: a panic there is a failing test.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn dev(devid: u64, total: u64, extents: &[(u64, u64)]) -> DevSpace {
         DevSpace { devid, total_bytes: total, uuid: [devid as u8; 16], extents: extents.iter().copied().collect() }
+    }
+
+    #[test]
+    fn shapes_follow_the_raid_table() {
+        let sh = |p, n| shape(p, n).map(|s| (s.devices, s.per_device, s.data_stripes, s.sub_stripes));
+        assert_eq!(sh(Profile::Single, 3).unwrap(), (1, 1, 1, 1));
+        assert_eq!(sh(Profile::Dup, 1).unwrap(), (1, 2, 1, 1));
+        assert_eq!(sh(Profile::Raid1, 3).unwrap(), (2, 1, 1, 1));
+        assert_eq!(sh(Profile::Raid1C3, 4).unwrap(), (3, 1, 1, 1));
+        assert_eq!(sh(Profile::Raid1C4, 4).unwrap(), (4, 1, 1, 1));
+        assert_eq!(sh(Profile::Raid0, 3).unwrap(), (3, 1, 3, 1));
+        assert_eq!(sh(Profile::Raid10, 5).unwrap(), (4, 1, 2, 2));
+        assert_eq!(sh(Profile::Raid10, 4).unwrap(), (4, 1, 2, 2));
+        assert!(matches!(shape(Profile::Raid10, 3), Err(Error::Invalid(m)) if m.contains("at least 4")));
+        assert!(matches!(shape(Profile::Raid0, 1), Err(Error::Invalid(_))));
+        assert!(matches!(shape(Profile::Raid5, 3), Err(Error::Unsupported(_))));
     }
 
     #[test]
@@ -253,7 +327,7 @@ mod tests {
                     }
                     taken.push((devid, phys, end));
                 }
-                let info = p.info(&devs, 4096);
+                let info = p.info(uuid_in(&devs), 4096);
                 prop_assert!(crate::volumes::chunks::check_chunk(0, &info).is_ok());
             }
         }
