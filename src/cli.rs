@@ -293,7 +293,9 @@ pub struct MkfsArgs {
     /// are ignored); times come from PAX mtime, atime and ctime records with
     /// nanoseconds, else the header's mtime stands for all three; xattrs come
     /// from PAX SCHILY.xattr records (GNU tar --xattrs --xattrs-include='*',
-    /// bsdtar). Hard links become one inode; devices keep their numbers. Member
+    /// bsdtar); one that `btrs setfattr` would refuse (a name outside the
+    /// kernel's namespaces, an invalid ACL or btrfs property) is refused naming
+    /// the member, from a manifest too. Hard links become one inode; devices keep their numbers. Member
     /// paths lose a `./` prefix; the `./` member is the root directory.
     /// Directories only implied by deeper paths (and the root, when not
     /// listed) get mode 0755, owner 0:0 and the time mkfs stamps what it makes

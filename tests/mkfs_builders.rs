@@ -1337,3 +1337,70 @@ fn file_data_is_copied_file_to_file() {
         common::interop::btrfs_check(&pair, &["--check-data-csum"]).expect("btrfs check of the pair");
     }
 }
+
+/// An archive's or a manifest's xattr that `btrs setfattr` (and the kernel's
+/// setxattr) would refuse is refused by mkfs too, naming the member and the
+/// xattr, before any image exists: names outside the kernel's namespaces, a
+/// namespace with nothing after it, an ACL that does not parse, a default ACL
+/// on a file, user.* on a symlink, a btrfs property the kernel does not know
+/// or a value it refuses. (Before, mkfs stored them all and exited 0; the
+/// kernel cannot read some of them back, extract warned "not applied".)
+#[test]
+fn xattrs_the_kernel_refuses_are_refused_by_mkfs() {
+    use tar::EntryType as T;
+    let d = tempfile::tempdir().unwrap();
+    let acl_default_on_file: &[u8] =
+        &[2, 0, 0, 0, 1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff, 4, 0, 4, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 4, 0, 0xff, 0xff, 0xff, 0xff];
+    let cases: &[(&str, T, &str, &[u8], &str)] = &[
+        ("f", T::Regular, "foo.bar", b"v", "not in a namespace the kernel has"),
+        ("f", T::Regular, "system.foo", b"v", "not in a namespace the kernel has"),
+        ("f", T::Regular, "user.", b"v", "nothing after the namespace"),
+        ("f", T::Regular, "system.posix_acl_access", b"garbage", "system.posix_acl_access"),
+        ("f", T::Regular, "system.posix_acl_default", acl_default_on_file, "only for a directory"),
+        ("l", T::Symlink, "user.note", b"v", "user.* xattrs are only allowed"),
+        ("f", T::Regular, "btrfs.compression", b"garbage", "use zlib, lzo, zstd"),
+        ("f", T::Regular, "btrfs.nothing", b"zstd", "not a btrfs property"),
+    ];
+    for (i, (member, ty, name, value, says)) in cases.iter().enumerate() {
+        let tar = d.path().join(format!("bad{i}.tar"));
+        let mut b = tar::Builder::new(fs::File::create(&tar).unwrap());
+        let key = format!("SCHILY.xattr.{name}");
+        tar_member(&mut b, member, *ty, 0o644, if *ty == T::Symlink { b"target" } else { b"x" }, &[(&key, value)]);
+        b.finish().unwrap();
+        drop(b);
+        let img = d.path().join(format!("bad{i}.img"));
+        let (code, _, err) = btrs(&["mkfs", "-b", "128M", "--rootdir-tar", s(&tar), s(&img)], &[]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains(says) && err.contains(member) && err.contains(name.trim_end_matches('.')), "{name}: {err}");
+        assert!(!img.exists(), "{name}: mkfs left an image behind");
+    }
+    // The same through --manifest over a host tree.
+    let root = d.path().join("root");
+    fs::create_dir(&root).unwrap();
+    fs::write(root.join("f"), b"x").unwrap();
+    for (name, value, says) in
+        [("foo.bar", "v", "not in a namespace"), ("user.", "v", "nothing after"), ("btrfs.compression", "lz4", "use zlib")]
+    {
+        let manifest = d.path().join("manifest");
+        fs::write(&manifest, format!("/f xattr {name}={value}\n")).unwrap();
+        let img = d.path().join("m.img");
+        let (code, _, err) = btrs(&["mkfs", "-b", "128M", "-r", s(&root), "--manifest", s(&manifest), s(&img)], &[]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains("--manifest") && err.contains(says), "{name}: {err}");
+        assert!(!img.exists());
+    }
+    // What the kernel takes still goes in: a valid property, an empty one (no property).
+    let tar = d.path().join("good.tar");
+    let mut b = tar::Builder::new(fs::File::create(&tar).unwrap());
+    tar_member(&mut b, "z", T::Regular, 0o644, b"x", &[("SCHILY.xattr.btrfs.compression", b"zstd"), ("SCHILY.xattr.user.a", b"1")]);
+    tar_member(&mut b, "n", T::Regular, 0o644, b"x", &[("SCHILY.xattr.btrfs.compression", b"")]);
+    b.finish().unwrap();
+    drop(b);
+    let img = d.path().join("good.img");
+    let (code, _, err) = btrs(&["mkfs", "-b", "128M", "--rootdir-tar", s(&tar), s(&img)], &[]);
+    assert_eq!(code, 0, "{err}");
+    check_clean(&img, "valid xattrs from an archive");
+    let dump = btrs_ok(&["dump-tree", s(&img), "--tree", "fs"]);
+    assert_eq!(dump.matches("name: btrfs.compression").count(), 1, "{dump}");
+    assert!(dump.contains("name: user.a"), "{dump}");
+}

@@ -20,7 +20,7 @@ impl Transaction {
         limits::check_xattr(name, value, self.store.fs.sb.nodesize.get())?;
         let mut it = self.read_inode(root, ino)?;
         if let Some(v) = value {
-            limits::check_xattr_namespace(name, v, it.mode.get() & S_IFMT == S_IFDIR)
+            limits::check_xattr_on(name, v, it.mode.get() & S_IFMT)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", self.inode_label(root, ino))))?;
         }
         if name.starts_with(b"btrfs.") {
@@ -34,16 +34,6 @@ impl Transaction {
             self.set_incompat(incompat);
             it.flags = flags.into();
         } else {
-            // The kernel's rule (xattr_permission): user.* xattrs only on
-            // regular files and directories; on anything else it refuses to
-            // set them and cannot read them back.
-            let ty = it.mode.get() & S_IFMT;
-            if name.starts_with(b"user.") && ty != S_IFREG && ty != S_IFDIR {
-                return Err(Error::Invalid(format!(
-                    "xattr {}: user.* xattrs are only allowed on regular files and directories",
-                    String::from_utf8_lossy(name)
-                )));
-            }
             self.put_xattr(root, ino, name, value)?;
         }
         self.touch(&mut it, false);

@@ -573,6 +573,16 @@ impl Scan {
                 ));
                 continue;
             }
+            // What setfattr would refuse, mkfs refuses too, naming the source path.
+            let bad = |e: Error| Error::Invalid(format!("{}: {e}", tree.shown(rel).display()));
+            crate::format::limits::check_xattr_on(&n, &v, m.mode & S_IFMT).map_err(bad)?;
+            if n.starts_with(b"btrfs.") {
+                let (_, _, empty) = crate::fs::props::apply(&n, Some(&v), 0).map_err(bad)?;
+                if empty {
+                    // An empty btrfs.compression says "no property" (setfattr removes it).
+                    continue;
+                }
+            }
             self.metadata_bytes += (n.len() + v.len() + 60) as u64;
             kept.push((n, v));
         }
@@ -651,8 +661,13 @@ impl Scan {
             for (name, value) in &e.xattrs {
                 ino.xattrs.retain(|x| &x.0 != name);
                 if let Some(v) = value {
-                    crate::format::limits::check_xattr(name, Some(v), self.opts.nodesize)
-                        .map_err(|err| Error::Invalid(format!("--manifest: {}: {err}", self.data.shown(rel))))?;
+                    let bad = |err: Error| Error::Invalid(format!("--manifest: {}: {err}", self.data.shown(rel)));
+                    crate::format::limits::check_xattr(name, Some(v), self.opts.nodesize).map_err(bad)?;
+                    crate::format::limits::check_xattr_on(name, v, ino.mode & S_IFMT).map_err(bad)?;
+                    // An empty btrfs.compression says "no property", as in the sources.
+                    if name.starts_with(b"btrfs.") && crate::fs::props::apply(name, Some(v), 0).map_err(bad)?.2 {
+                        continue;
+                    }
                     ino.xattrs.push((name.clone(), v.clone()));
                     self.metadata_bytes += (name.len() + v.len() + 60) as u64;
                 }
