@@ -110,9 +110,26 @@ fn print_warnings(fs: &Filesystem) {
     }
 }
 
+/// Standard output, naming itself in its errors (a full disk or /dev/full
+/// would otherwise say only "No space left on device").
+struct Stdout<W>(W);
+
+impl<W: Write> Write for Stdout<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(named_stdout)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(named_stdout)
+    }
+}
+
+fn named_stdout(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("<stdout>: write: {e}"))
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = std::io::BufWriter::new(Stdout(stdout.lock()));
     let set = Set { devices: cli.devices.clone(), degraded: cli.degraded, accept_lagging: cli.accept_lagging };
     match cli.command {
         Command::DumpSuper(a) => {

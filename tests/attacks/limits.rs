@@ -896,6 +896,24 @@ fn a_closed_stderr_keeps_the_exit_code() {
     }
 }
 
+/// Output that cannot be written (a full disk; here /dev/full) fails the
+/// command naming standard output, not only "No space left on device"
+/// (attacker's pass on cb1d672: dump-super, ls and dump-tree said only that).
+#[test]
+fn a_full_stdout_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = mkfs(tmp.path(), 1, "128M", "single", &[]);
+    let img = s(&imgs[0]);
+    ok(&["mkdir", img, "/d"]);
+    for cmd in [vec!["dump-super", img], vec!["ls", "-l", img, "/"], vec!["dump-tree", img], vec!["scrub", img, "--no-progress"]] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = Command::new(BIN).args(&cmd).stdin(Stdio::null()).stdout(full).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
+        assert!(err.contains("<stdout>") && err.contains("No space left"), "{cmd:?}: {err}");
+    }
+}
+
 /// Regression (attacker's pass on 5c11694): `put` of a file whose size says less than it
 /// holds (/proc files say 0) stored an empty file and said "copied 1 files", exit 0.
 /// It is refused now, naming the file, and the image is unchanged.
