@@ -387,8 +387,13 @@ pub struct DumpTreeArgs {
     pub image: PathBuf,
     /// Only this tree: a name (root, extent, chunk, dev, fs, csum, uuid, free-space, data-reloc,
     /// block-group, quota) or a tree / subvolume id.
-    #[arg(short, long, value_name = "NAME|ID")]
-    pub tree: Option<String>,
+    #[arg(short, long, value_name = "NAME|ID", value_parser = tree_id)]
+    pub tree: Option<u64>,
+}
+
+/// A tree name or id, checked before any image is opened (exit 2 when it is neither).
+fn tree_id(s: &str) -> Result<u64, String> {
+    crate::format::types::parse_tree_id(s).ok_or_else(|| format!("unknown tree {s:?}: a tree name or a tree / subvolume id"))
 }
 
 #[derive(Args, Debug)]

@@ -139,11 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::DumpTree(a) => {
             let fs = open(&set, &a.image)?;
-            let tree = match &a.tree {
-                Some(t) => Some(btrs::format::types::parse_tree_id(t).with_context(|| format!("unknown tree {t:?}"))?),
-                None => None,
-            };
-            let r = btrs::ops::dump::dump_tree(&mut out, &fs, tree);
+            let r = btrs::ops::dump::dump_tree(&mut out, &fs, a.tree);
             print_warnings(&fs);
             r?;
         }
@@ -318,7 +314,12 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     if let Some(f) = &a.features {
         // An unknown name is a usage error; a combination btrs refuses is not.
-        o.features = o.features.with(&usage(m::parse_features(f))?)?;
+        // A combination no image could have (block-group-tree without
+        // free-space-tree) is a usage error too; one btrs does not make is not.
+        o.features = match o.features.with(&usage(m::parse_features(f))?) {
+            Err(btrs::Error::Invalid(e)) => return Err(anyhow::Error::new(Usage(e))),
+            r => r?,
+        };
     }
     o.force = a.force;
     o.rootdir = a.rootdir;

@@ -94,6 +94,36 @@ impl NewImages {
     }
 }
 
+/// The first image path that names the same file as an earlier one, however
+/// spelt (`a.img` and `./a.img`, a symlink, a hard link): (earlier, later).
+/// Files that exist compare by device and inode; paths not yet there by their
+/// directory's real path and their name. Without this, mkfs would open the
+/// file twice and wait on its own lock, then blame "another process".
+pub fn same_file_twice(paths: &[PathBuf]) -> Option<(usize, usize)> {
+    use std::os::unix::fs::MetadataExt;
+    #[derive(PartialEq)]
+    enum Id {
+        Inode(u64, u64),
+        Path(PathBuf),
+        Unknown,
+    }
+    let id = |p: &PathBuf| match std::fs::metadata(p) {
+        Ok(m) => Id::Inode(m.dev(), m.ino()),
+        Err(_) => {
+            let dir = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            match (std::fs::canonicalize(dir), p.file_name()) {
+                (Ok(d), Some(n)) => Id::Path(d.join(n)),
+                _ => Id::Unknown,
+            }
+        }
+    };
+    let ids: Vec<Id> = paths.iter().map(id).collect();
+    ids.iter().enumerate().find_map(|(j, b)| (*b != Id::Unknown).then(|| ids.iter().take(j).position(|a| a == b).map(|i| (i, j))).flatten())
+}
+
 /// The images of `paths` that do not exist yet (a failed mkfs removes them
 /// again with [`remove_created`]).
 pub fn not_yet_there(paths: &[PathBuf]) -> Vec<PathBuf> {

@@ -311,9 +311,12 @@ fn hostile_numbers_fail_cleanly() {
         (&["mkfs", "--nodesize", "12K", "-b", "256M", "NEW"], 2, "power of two between"),
         (&["mkfs", "-s", "0", "-b", "256M", "NEW"], 2, "sectorsize 0"),
         (&["mkfs", "--sectorsize", "4294967296", "-b", "256M", "NEW"], 2, "too large"),
-        // mkfs -O: an unknown name does not parse; a combination is refused
+        // mkfs -O: an unknown name does not parse, a combination no image can
+        // have is a usage error too (like --slack without --shrink); a feature
+        // btrs does not make is refused (exit 1)
         (&["mkfs", "-O", "foo", "-b", "256M", "NEW"], 2, "unknown feature"),
-        (&["mkfs", "-O", "^free-space-tree,block-group-tree", "-b", "256M", "NEW"], 1, "needs free-space-tree"),
+        (&["mkfs", "-O", "^free-space-tree,block-group-tree", "-b", "256M", "NEW"], 2, "needs free-space-tree"),
+        (&["mkfs", "-O", "^skinny-metadata", "-b", "256M", "NEW"], 1, "without skinny-metadata"),
         // mkfs --slack, --compress levels, --owner-map
         (&["mkfs", "--shrink", "--slack", "7E", "-r", "SRC", "NEW"], 2, "at most"),
         (&["mkfs", "--shrink", "--slack", "18446744073709551616", "-r", "SRC", "NEW"], 2, "bad size"),
@@ -353,7 +356,12 @@ fn hostile_numbers_fail_cleanly() {
         (&["write", "IMG", "/f0", "--from", "4K", "--commit-every", "0"], 0, ""),
         (&["write", "IMG", "/f15", "--from", "4K", "--commit-every", "15E", "--direct", "--max-bio", "1G"], 0, ""),
         // dump-tree -t
-        (&["dump-tree", "-t", "18446744073709551616", "IMG"], 1, "unknown tree"),
+        // dump-tree -t: a value that is neither a name nor an id does not
+        // parse (exit 2, before any image is opened); an id with no tree is refused
+        (&["dump-tree", "-t", "18446744073709551616", "IMG"], 2, "unknown tree"),
+        (&["dump-tree", "-t", "foo", "IMG"], 2, "unknown tree"),
+        (&["dump-tree", "-t", "", "IMG"], 2, "unknown tree"),
+        (&["dump-tree", "-t", "foo", "NEW"], 2, "unknown tree"),
         (&["dump-tree", "-t=-1", "IMG"], 1, "no ROOT_ITEM"),
         (&["dump-tree", "-t", "0", "IMG"], 1, "no ROOT_ITEM"),
     ];
@@ -926,4 +934,37 @@ fn put_refuses_a_file_holding_more_than_its_size() {
     assert_eq!(c, 1, "{err}");
     assert!(err.contains("/proc/self/status") && err.contains("past its size"), "{err}");
     assert_eq!(fingerprint(&imgs[0]), before, "a refused put changed the image");
+}
+
+/// One image file named twice under two spellings (`./a.img`, `d/../a.img`, a
+/// symlink, a hard link) is refused as given twice (exit 2) before anything
+/// is opened: it waited 1.5 s on its own lock, then blamed "another process"
+/// (attacker's pass on cb1d672). Nothing is created, an existing file is
+/// left as it was.
+#[test]
+fn mkfs_refuses_one_file_under_two_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    let a = d.join("a.img");
+    for other in [d.join(".").join("a.img"), d.join("sub").join("..").join("a.img")] {
+        let (c, _, err) = btrs(&["mkfs", "-b", "128M", s(&a), s(&other)]);
+        assert_eq!(c, 2, "{other:?}: {err}");
+        assert!(err.contains("given twice"), "{err}");
+        assert!(!a.exists(), "a refused mkfs created {}", a.display());
+    }
+    let b = d.join("b.img");
+    std::fs::write(&b, pseudo(1 << 20, 9)).unwrap();
+    std::os::unix::fs::symlink(&b, d.join("l.img")).unwrap();
+    std::fs::hard_link(&b, d.join("h.img")).unwrap();
+    let before = fingerprint(&b);
+    for other in ["l.img", "h.img"] {
+        let (c, _, err) = btrs(&["mkfs", "-f", "-b", "128M", s(&b), s(&d.join(other))]);
+        assert_eq!(c, 2, "{other}: {err}");
+        assert!(err.contains("given twice"), "{err}");
+        assert_eq!(fingerprint(&b), before, "{other}: the refused mkfs changed the file");
+    }
+    // Two different files are still two devices.
+    let imgs = mkfs(d, 2, "128M", "raid1", &[]);
+    progs_check("mkfs_refuses_one_file_under_two_names", &imgs, &[]);
 }

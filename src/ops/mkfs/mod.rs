@@ -200,6 +200,9 @@ pub(super) fn validate(opts: &MkfsOptions) -> Result<(Profile, Profile, (u64, u3
             return Err(Error::Invalid(format!("{} given twice", a.display())));
         }
     }
+    if let Some((i, j)) = crate::volumes::create::same_file_twice(&opts.images) {
+        return Err(Error::Invalid(format!("{} and {} are one file, given twice", opts.images[i].display(), opts.images[j].display())));
+    }
     let now = match opts.timestamp {
         Some(t) => (t, 0),
         None => {
