@@ -133,14 +133,16 @@ pub fn check_xattr_namespace(name: &[u8], value: &[u8], is_dir: bool) -> Result<
     Ok(())
 }
 
-/// Everything the kernel asks of an xattr set on an inode of type `ifmt`
-/// (its S_IFMT bits) beyond size: the namespace and ACL value
-/// ([`check_xattr_namespace`]), and user.* only on regular files and
-/// directories (the kernel's xattr_permission: on anything else it refuses to
-/// set them and cannot read them back). setfattr and mkfs's sources both go
-/// through it.
-pub fn check_xattr_on(name: &[u8], value: &[u8], ifmt: u32) -> Result<()> {
-    check_xattr_namespace(name, value, ifmt == S_IFDIR)?;
+/// Everything the kernel asks of an xattr set (`Some` value) or removed
+/// (`None`) on an inode of type `ifmt` (its S_IFMT bits) beyond size: the
+/// namespace and ACL value of one set ([`check_xattr_namespace`]), and user.*
+/// only on regular files and directories, set or removed (the kernel's
+/// xattr_permission: on anything else it refuses either, and cannot read them
+/// back). setfattr and mkfs's sources both go through it.
+pub fn check_xattr_on(name: &[u8], value: Option<&[u8]>, ifmt: u32) -> Result<()> {
+    if let Some(value) = value {
+        check_xattr_namespace(name, value, ifmt == S_IFDIR)?;
+    }
     if name.starts_with(b"user.") && ifmt != S_IFREG && ifmt != S_IFDIR {
         return Err(Error::Invalid(format!("xattr {}: user.* xattrs are only allowed on regular files and directories", shown(name))));
     }

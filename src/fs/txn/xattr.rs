@@ -19,10 +19,8 @@ impl Transaction {
     pub fn set_xattr(&mut self, root: u64, ino: u64, name: &[u8], value: Option<&[u8]>) -> Result<()> {
         limits::check_xattr(name, value, self.store.fs.sb.nodesize.get())?;
         let mut it = self.read_inode(root, ino)?;
-        if let Some(v) = value {
-            limits::check_xattr_on(name, v, it.mode.get() & S_IFMT)
-                .map_err(|e| Error::Invalid(format!("{}: {e}", self.inode_label(root, ino))))?;
-        }
+        limits::check_xattr_on(name, value, it.mode.get() & S_IFMT)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.inode_label(root, ino))))?;
         if name.starts_with(b"btrfs.") {
             let (flags, incompat, remove) =
                 props::apply(name, value, it.flags.get()).map_err(|e| Error::Invalid(format!("{}: {e}", self.inode_label(root, ino))))?;

@@ -575,7 +575,7 @@ impl Scan {
             }
             // What setfattr would refuse, mkfs refuses too, naming the source path.
             let bad = |e: Error| Error::Invalid(format!("{}: {e}", tree.shown(rel).display()));
-            crate::format::limits::check_xattr_on(&n, &v, m.mode & S_IFMT).map_err(bad)?;
+            crate::format::limits::check_xattr_on(&n, Some(&v), m.mode & S_IFMT).map_err(bad)?;
             if n.starts_with(b"btrfs.") {
                 let (_, _, empty) = crate::fs::props::apply(&n, Some(&v), 0).map_err(bad)?;
                 if empty {
@@ -663,7 +663,7 @@ impl Scan {
                 if let Some(v) = value {
                     let bad = |err: Error| Error::Invalid(format!("--manifest: {}: {err}", self.data.shown(rel)));
                     crate::format::limits::check_xattr(name, Some(v), self.opts.nodesize).map_err(bad)?;
-                    crate::format::limits::check_xattr_on(name, v, ino.mode & S_IFMT).map_err(bad)?;
+                    crate::format::limits::check_xattr_on(name, Some(v), ino.mode & S_IFMT).map_err(bad)?;
                     // An empty btrfs.compression says "no property", as in the sources.
                     if name.starts_with(b"btrfs.") && crate::fs::props::apply(name, Some(v), 0).map_err(bad)?.2 {
                         continue;
