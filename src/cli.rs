@@ -203,13 +203,13 @@ pub struct ScrubArgs {
     pub threads: Option<usize>,
     /// Show a progress bar on stderr when it is a terminal (default).
     #[arg(long, overrides_with = "no_progress")]
-    pub progress: bool,
+    pub(crate) progress: bool,
     /// Do not show a progress bar.
     #[arg(long)]
     pub no_progress: bool,
     /// Never open the images for writing (the default without --repair).
     #[arg(long)]
-    pub readonly: bool,
+    pub(crate) readonly: bool,
     /// Rewrite the checksum of every data sector whose copies all agree but
     /// fail their checksum (csum_all_copies), in a copy-on-write transaction,
     /// and report those findings as corrected. On two histories nothing is

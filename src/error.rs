@@ -96,7 +96,7 @@ fn shown_path(path: &std::path::Path) -> String {
 }
 
 impl Error {
-    pub fn corrupt(kind: CorruptKind, at: impl Into<String>, what: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(kind: CorruptKind, at: impl Into<String>, what: impl Into<String>) -> Self {
         Error::Corrupt { kind, at: at.into(), what: what.into() }
     }
 
@@ -114,7 +114,7 @@ impl Error {
 
     /// Prefix the location of a `Corrupt` error with outer context (e.g. the
     /// inode being read), leaving other kinds unchanged.
-    pub fn within(self, outer: impl std::fmt::Display) -> Self {
+    pub(crate) fn within(self, outer: impl std::fmt::Display) -> Self {
         match self {
             Error::Corrupt { kind, at, what } => Error::Corrupt { kind, at: format!("{outer}: {at}"), what },
             Error::Untrusted { at, what } => Error::Untrusted { at: format!("{outer}: {at}"), what },
@@ -124,7 +124,7 @@ impl Error {
 
     /// Image content that cannot be read: damaged, or (`Untrusted`) only on
     /// stale devices. Callers that go on past one go on past the other.
-    pub fn is_corrupt(&self) -> bool {
+    pub(crate) fn is_corrupt(&self) -> bool {
         matches!(self, Error::Corrupt { .. } | Error::Compress { .. } | Error::Untrusted { .. })
     }
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// Most worker threads any option may ask for: more only exhausts the host
 /// (each thread reserves a stack) without going faster.
-pub const MAX_THREADS: usize = 1024;
+pub(crate) const MAX_THREADS: usize = 1024;
 
 /// Start `f` on a thread of scope `s`, named `name`.
 pub fn spawn_scoped<'s, 'e, T, F>(s: &'s Scope<'s, 'e>, name: &str, f: F) -> Result<ScopedJoinHandle<'s, T>>
@@ -30,7 +30,7 @@ pub fn join<T>(h: ScopedJoinHandle<'_, Result<T>>, what: &str) -> Result<T> {
 }
 
 /// The error for a thread that panicked, with the panic's message when it has one.
-pub fn panicked(what: &str, payload: &(dyn Any + Send)) -> Error {
+pub(crate) fn panicked(what: &str, payload: &(dyn Any + Send)) -> Error {
     let msg = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
     match msg {
         Some(m) => Error::Internal(format!("a {what} thread panicked: {m}")),

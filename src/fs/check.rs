@@ -9,7 +9,7 @@ use crate::tree::RootPtr;
 
 impl Filesystem {
     /// The rules for blocks of this filesystem, as the kernel reads them.
-    pub fn block_rules(&self) -> Rules {
+    pub(crate) fn block_rules(&self) -> Rules {
         let fs = self;
         Rules {
             nodesize: fs.sb.nodesize.get(),

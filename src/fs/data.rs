@@ -167,7 +167,7 @@ impl Filesystem {
     }
 
     /// Data checksums for each sector of [logical, logical+len); `None` where the csum tree has none.
-    pub fn data_csums(&self, logical: u64, len: u64) -> Result<Vec<Option<CsumBytes>>> {
+    pub(crate) fn data_csums(&self, logical: u64, len: u64) -> Result<Vec<Option<CsumBytes>>> {
         let ss = u64::from(self.sectorsize);
         let nsect = usize::try_from(len.div_ceil(ss)).map_err(|_| Error::Invalid("range too large".into()))?;
         let mut out = vec![None; nsect];
@@ -224,7 +224,7 @@ impl Filesystem {
     /// The read is widened to whole sectors: a checksum covers a whole
     /// sector, whatever part of it the file uses. `describe` turns a logical
     /// address into "which file, which offset" for messages.
-    pub fn read_data(&self, logical: u64, len: u64, nodatasum: bool, describe: &dyn Fn(u64) -> String) -> Result<Vec<u8>> {
+    pub(crate) fn read_data(&self, logical: u64, len: u64, nodatasum: bool, describe: &dyn Fn(u64) -> String) -> Result<Vec<u8>> {
         let ss = u64::from(self.sectorsize);
         let end = logical
             .checked_add(len)

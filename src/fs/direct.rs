@@ -17,7 +17,7 @@
 
 use std::sync::atomic::Ordering;
 
-pub use crate::volumes::bio::{Bounce, PagePool, PAGE};
+pub(crate) use crate::volumes::bio::{Bounce, PagePool, PAGE};
 
 /// Where a direct write takes its bytes from: something other threads may be
 /// changing while the write runs (a shared buffer).

@@ -23,8 +23,8 @@ impl std::fmt::Display for InodeId {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Timespec {
-    pub sec: i64,
-    pub nsec: u32,
+    pub(crate) sec: i64,
+    pub(crate) nsec: u32,
 }
 
 impl Timespec {
@@ -37,24 +37,24 @@ impl Timespec {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inode {
-    pub id: InodeId,
+    pub(crate) id: InodeId,
     pub file_type: FileType,
     /// Full st_mode (type and permission bits).
     pub mode: u32,
     pub size: u64,
-    pub nbytes: u64,
+    pub(crate) nbytes: u64,
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
-    pub rdev: u64,
+    pub(crate) rdev: u64,
     pub flags: u64,
-    pub generation: u64,
-    pub transid: u64,
-    pub sequence: u64,
-    pub atime: Timespec,
-    pub ctime: Timespec,
-    pub mtime: Timespec,
-    pub otime: Timespec,
+    pub(crate) generation: u64,
+    pub(crate) transid: u64,
+    pub(crate) sequence: u64,
+    pub(crate) atime: Timespec,
+    pub(crate) ctime: Timespec,
+    pub(crate) mtime: Timespec,
+    pub(crate) otime: Timespec,
 }
 
 impl Inode {
@@ -87,7 +87,7 @@ impl Inode {
 
     /// The directory the kernel invents for an unlinked subvolume entry:
     /// mode 0755, owned by root, one link, no times of its own.
-    pub fn empty_subvol_placeholder(id: InodeId) -> Inode {
+    pub(crate) fn empty_subvol_placeholder(id: InodeId) -> Inode {
         Inode {
             id,
             file_type: FileType::Directory,
@@ -109,13 +109,13 @@ impl Inode {
         }
     }
 
-    pub fn permissions(&self) -> u32 {
+    pub(crate) fn permissions(&self) -> u32 {
         self.mode & 0o7777
     }
 
     /// Major and minor numbers of a device node. The kernel stores its
     /// internal dev_t (MKDEV: major << 20 | minor) in the inode item.
-    pub fn rdev_major_minor(&self) -> (u32, u32) {
+    pub(crate) fn rdev_major_minor(&self) -> (u32, u32) {
         // Masked to 12 and 20 bits: they fit a u32.
         let part = |v: u64| u32::try_from(v).unwrap_or(0);
         (part((self.rdev >> 20) & 0xfff), part(self.rdev & 0xf_ffff))

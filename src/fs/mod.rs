@@ -3,12 +3,12 @@
 //! and fallback to other copies).
 
 pub mod check;
-pub mod data;
-pub mod direct;
-pub mod inode;
-pub mod pagecache;
-pub mod path;
-pub mod props;
+pub(crate) mod data;
+pub(crate) mod direct;
+pub(crate) mod inode;
+pub(crate) mod pagecache;
+pub(crate) mod path;
+pub(crate) mod props;
 pub mod txn;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,7 +36,7 @@ pub struct Filesystem {
     warnings: Mutex<Vec<Warning>>,
     /// Two histories on the current devices (see `divergent_histories`),
     /// when the caller opened such a set anyway (`OpenOptions::divergent_ok`).
-    pub divergence: Option<String>,
+    pub(crate) divergence: Option<String>,
 }
 
 /// One directory entry.
@@ -46,7 +46,7 @@ pub struct DirEnt {
     pub id: InodeId,
     pub file_type: FileType,
     /// The entry is a subvolume (or snapshot) root.
-    pub subvol: bool,
+    pub(crate) subvol: bool,
 }
 
 // The read half of fs: bytes from images, checked like the layers below.
@@ -193,7 +193,7 @@ impl Filesystem {
     }
 
     /// Every dev extent: (devid, physical, length, chunk logical).
-    pub fn dev_extents(&self) -> Result<Vec<(u64, u64, u64, u64)>> {
+    pub(crate) fn dev_extents(&self) -> Result<Vec<(u64, u64, u64, u64)>> {
         let root = self.tree_root(DEV_TREE_OBJECTID)?;
         let mut out = Vec::new();
         let mut c = self.reader.seek(&root, Key::MIN)?;
@@ -210,7 +210,7 @@ impl Filesystem {
 
     /// Take up the superblock this process just committed: roots and caches
     /// of the previous generation are dropped.
-    pub fn committed(&mut self, sb: SuperBlock) -> Result<()> {
+    pub(crate) fn committed(&mut self, sb: SuperBlock) -> Result<()> {
         self.sb = sb;
         self.reader.committed(sb.generation.get());
         let mut roots = self.roots.lock().map_err(|_| poisoned())?;
@@ -235,7 +235,7 @@ impl Filesystem {
         &self.reader.vol
     }
 
-    pub fn warn(&self, w: String) {
+    pub(crate) fn warn(&self, w: String) {
         if let Ok(mut v) = self.warnings.lock() {
             v.push(Warning(w));
         }
@@ -267,7 +267,7 @@ impl Filesystem {
     }
 
     /// The root item of tree `id` (largest key offset, as snapshots of reloc trees may repeat ids).
-    pub fn root_item(&self, id: u64) -> Result<Option<(Key, RootItem)>> {
+    pub(crate) fn root_item(&self, id: u64) -> Result<Option<(Key, RootItem)>> {
         let root = self.tree_root(ROOT_TREE_OBJECTID)?;
         match self.reader.lookup_le(&root, Key::new(id, ROOT_ITEM_KEY, u64::MAX))? {
             Some((k, data)) => Ok(Some((k, parse_root_item(&data).map_err(|e| e.within(format!("root item {k}")))?))),
@@ -521,7 +521,7 @@ fn mark_stale(vol: &mut Volume) -> Result<Vec<String>> {
 }
 
 /// What a reader must be told about a log tree, if the filesystem has one.
-pub fn log_tree_note(sb: &SuperBlock) -> Option<String> {
+pub(crate) fn log_tree_note(sb: &SuperBlock) -> Option<String> {
     (sb.log_root.get() != 0).then(|| {
         format!(
             "the filesystem has a log tree (block {}): changes fsynced after generation {} are in it, and btrs shows the \

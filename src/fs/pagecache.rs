@@ -48,12 +48,12 @@ impl Page {
 
 /// A regular file open for buffered writing in one transaction.
 pub struct CachedFile {
-    pub root: u64,
-    pub ino: u64,
+    pub(crate) root: u64,
+    pub(crate) ino: u64,
     pages: Mutex<BTreeMap<u64, Page>>,
     unsealed: Condvar,
     /// Pages writers had to wait for (for tests and statistics).
-    pub waits: std::sync::atomic::AtomicU64,
+    pub(crate) waits: std::sync::atomic::AtomicU64,
 }
 
 fn poisoned() -> Error {

@@ -7,13 +7,13 @@
 use crate::error::{Error, Result};
 
 /// The components a walk steps through, in order.
-pub fn components(path: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn components(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|c| !c.is_empty() && *c != ".")
 }
 
 /// Where a walk ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Walk<T> {
+pub(crate) enum Walk<T> {
     /// Every component was there: what the last one names.
     Found(T),
     /// `component` is not in the directory the walk had reached.
@@ -26,7 +26,7 @@ impl<T> Walk<T> {
     /// The read side's reading: a missing or non-directory component is
     /// `NotFound` (there is no such entry to read), naming the path and the
     /// component.
-    pub fn found(self, path: &str) -> Result<T> {
+    pub(crate) fn found(self, path: &str) -> Result<T> {
         match self {
             Walk::Found(t) => Ok(t),
             Walk::Missing { component } => Err(Error::NotFound(format!("{path}: no entry {component:?}"))),
@@ -37,7 +37,7 @@ impl<T> Walk<T> {
     /// The write side's reading: a missing component is `None` (the caller
     /// may create it); a non-directory one is `Invalid` (a request that cannot
     /// be carried out), in the same words as [`Walk::found`].
-    pub fn if_present(self, path: &str) -> Result<Option<T>> {
+    pub(crate) fn if_present(self, path: &str) -> Result<Option<T>> {
         match self {
             Walk::Found(t) => Ok(Some(t)),
             Walk::Missing { .. } => Ok(None),
@@ -47,13 +47,18 @@ impl<T> Walk<T> {
 }
 
 /// The error for a path that goes on past `component`, which is not a directory.
-pub fn not_dir(path: &str, component: &str) -> String {
+pub(crate) fn not_dir(path: &str, component: &str) -> String {
     format!("{path}: {component:?} is not a directory")
 }
 
 /// Walk `path` from `start`: `is_dir` tells whether a step may go on from an
 /// entry, `step` looks a name up in a directory (`None`: no such entry).
-pub fn walk<T>(path: &str, start: T, is_dir: impl Fn(&T) -> bool, mut step: impl FnMut(&T, &[u8]) -> Result<Option<T>>) -> Result<Walk<T>> {
+pub(crate) fn walk<T>(
+    path: &str,
+    start: T,
+    is_dir: impl Fn(&T) -> bool,
+    mut step: impl FnMut(&T, &[u8]) -> Result<Option<T>>,
+) -> Result<Walk<T>> {
     let mut cur = start;
     let mut last = String::new();
     for comp in components(path) {

@@ -11,11 +11,11 @@ use crate::format::compress::Compression;
 use crate::format::*;
 
 /// The one property xattr the kernel knows.
-pub const COMPRESSION: &[u8] = b"btrfs.compression";
+pub(crate) const COMPRESSION: &[u8] = b"btrfs.compression";
 
 /// What a `btrfs.compression` value asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompressionProp {
+pub(crate) enum CompressionProp {
     Algo(Compression),
     /// `no` / `none`: never compress (unless forced).
     No,
@@ -24,7 +24,7 @@ pub enum CompressionProp {
 /// Parse a `btrfs.compression` value as the kernel's
 /// btrfs_compress_is_valid_type and prop_compression_apply do: an algorithm
 /// name as a prefix, or exactly `no` / `none`. `None`: not a valid value.
-pub fn parse_compression(value: &[u8]) -> Option<CompressionProp> {
+pub(crate) fn parse_compression(value: &[u8]) -> Option<CompressionProp> {
     for (name, kind) in [(&b"zlib"[..], Compression::Zlib), (b"lzo", Compression::Lzo), (b"zstd", Compression::Zstd)] {
         if value.starts_with(name) {
             return Some(CompressionProp::Algo(kind));
@@ -38,7 +38,7 @@ pub fn parse_compression(value: &[u8]) -> Option<CompressionProp> {
 
 /// The incompat feature an algorithm's extents need (the kernel sets it when
 /// the property or the mount option names the algorithm).
-pub fn incompat_for(kind: Compression) -> u64 {
+pub(crate) fn incompat_for(kind: Compression) -> u64 {
     match kind {
         Compression::Lzo => INCOMPAT_COMPRESS_LZO,
         Compression::Zstd => INCOMPAT_COMPRESS_ZSTD,
@@ -51,7 +51,7 @@ pub fn incompat_for(kind: Compression) -> u64 {
 /// refused unless the kernel would take it; else the inode's new flags, the
 /// incompat feature to turn on (0 for none), and whether the xattr is to be
 /// removed rather than stored.
-pub fn apply(name: &[u8], value: Option<&[u8]>, flags: u64) -> Result<(u64, u64, bool)> {
+pub(crate) fn apply(name: &[u8], value: Option<&[u8]>, flags: u64) -> Result<(u64, u64, bool)> {
     if name != COMPRESSION {
         return Err(Error::Invalid(format!(
             "{}: not a btrfs property (the kernel knows only btrfs.compression)",
@@ -77,7 +77,7 @@ pub fn apply(name: &[u8], value: Option<&[u8]>, flags: u64) -> Result<(u64, u64,
 
 /// Flags a new inode of type `mode` gets from its directory's flags
 /// `dir_flags` (the kernel's btrfs_inherit_iflags) on top of `flags`.
-pub fn inherit_flags(flags: u64, dir_flags: u64, mode: u32) -> u64 {
+pub(crate) fn inherit_flags(flags: u64, dir_flags: u64, mode: u32) -> u64 {
     let mut f = flags;
     if dir_flags & INODE_NOCOMPRESS != 0 {
         f = f & !INODE_COMPRESS | INODE_NOCOMPRESS;
@@ -97,7 +97,7 @@ pub fn inherit_flags(flags: u64, dir_flags: u64, mode: u32) -> u64 {
 /// `flags` inherits from its directory's value `dir_value`, and its flags
 /// then (the kernel's inherit_props: only an algorithm passes on, under its
 /// plain name, to regular files and directories that may be compressed).
-pub fn inherit_compression(dir_value: Option<&[u8]>, flags: u64, mode: u32) -> Option<(&'static [u8], u64)> {
+pub(crate) fn inherit_compression(dir_value: Option<&[u8]>, flags: u64, mode: u32) -> Option<(&'static [u8], u64)> {
     let t = mode & S_IFMT;
     if t != S_IFREG && t != S_IFDIR || flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 {
         return None;

@@ -150,14 +150,14 @@ struct Armed {
 }
 
 pub(crate) struct LibRunner {
-    pub imgs: Vec<PathBuf>,
+    pub(crate) imgs: Vec<PathBuf>,
     scratch: PathBuf,
     tx: Option<Transaction>,
     armed: Option<Armed>,
-    pub model: Model,
-    pub committed: Model,
+    pub(crate) model: Model,
+    pub(crate) committed: Model,
     dirty: bool,
-    pub stats: Stats,
+    pub(crate) stats: Stats,
     capacity: u64,
     copies: u64,
     chunks0: usize,
@@ -512,11 +512,11 @@ fn exec(mut tx: Transaction, op: &Op, scratch: &Path, puts: &mut u64) -> (Option
 /// How a run goes: its layout, length and op mix.
 #[derive(Clone, Debug)]
 pub(crate) struct RunCfg {
-    pub layout: &'static Layout,
-    pub ops: usize,
-    pub gen: GenCfg,
+    pub(crate) layout: &'static Layout,
+    pub(crate) ops: usize,
+    pub(crate) gen: GenCfg,
     /// The kernel's end step (interop only).
-    pub kernel_end: bool,
+    pub(crate) kernel_end: bool,
 }
 
 pub(crate) fn gen_cfg(check_every: usize) -> GenCfg {
@@ -526,8 +526,8 @@ pub(crate) fn gen_cfg(check_every: usize) -> GenCfg {
 /// A failure: the ops up to the failing one, and what failed.
 #[derive(Debug)]
 pub(crate) struct Failure {
-    pub ops: Vec<Op>,
-    pub msg: String,
+    pub(crate) ops: Vec<Op>,
+    pub(crate) msg: String,
 }
 
 impl Failure {

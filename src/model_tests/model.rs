@@ -235,9 +235,9 @@ const MPAGE: u64 = 64 << 10;
 /// A compressed extent item of a file (the kernel made it): its file range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Citem {
-    pub start: u64,
-    pub len: u64,
-    pub inline: bool,
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+    pub(crate) inline: bool,
 }
 
 impl Citem {
@@ -253,12 +253,12 @@ impl Citem {
 /// A file's bytes: sparse pages shared between model copies.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct FileData {
-    pub size: u64,
+    pub(crate) size: u64,
     pages: BTreeMap<u64, Arc<Vec<u8>>>,
     /// Compressed extent items (only images the kernel wrote have them).
-    pub compressed: Vec<Citem>,
+    pub(crate) compressed: Vec<Citem>,
     /// Recent write edges: where the generator aims next (not compared).
-    pub edges: Vec<u64>,
+    pub(crate) edges: Vec<u64>,
 }
 
 impl FileData {
@@ -341,9 +341,9 @@ pub(super) type Id = u32;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Entry {
-    pub id: Id,
+    pub(crate) id: Id,
     /// Creation order (the DIR_INDEX order the engine walks).
-    pub index: u64,
+    pub(crate) index: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -363,14 +363,14 @@ pub(crate) enum Kind {
 
 #[derive(Clone, Debug)]
 pub(crate) struct Node {
-    pub kind: Kind,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub flags: u64,
-    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-    pub subvol: u64,
-    pub nlink: u32,
+    pub(crate) kind: Kind,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) flags: u64,
+    pub(crate) xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub(crate) subvol: u64,
+    pub(crate) nlink: u32,
 }
 
 impl Node {
@@ -389,9 +389,9 @@ impl Node {
 /// off, the model expects today's refusal; on, success.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Gaps {
-    pub compressed_partial: bool,
-    pub extref: bool,
-    pub compressed_write: bool,
+    pub(crate) compressed_partial: bool,
+    pub(crate) extref: bool,
+    pub(crate) compressed_write: bool,
 }
 
 impl Gaps {
@@ -406,26 +406,26 @@ impl Gaps {
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Params {
-    pub nodesize: u32,
-    pub sectorsize: u32,
-    pub gaps: Gaps,
+    pub(crate) nodesize: u32,
+    pub(crate) sectorsize: u32,
+    pub(crate) gaps: Gaps,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct Subvol {
-    pub ro: bool,
-    pub root: Id,
+    pub(crate) ro: bool,
+    pub(crate) root: Id,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct Model {
-    pub nodes: BTreeMap<Id, Arc<Node>>,
-    pub root: Id,
+    pub(crate) nodes: BTreeMap<Id, Arc<Node>>,
+    pub(crate) root: Id,
     next_id: Id,
-    pub subvols: BTreeMap<u64, Subvol>,
-    pub params: Params,
+    pub(crate) subvols: BTreeMap<u64, Subvol>,
+    pub(crate) params: Params,
     /// Names the kernel stored as extended inode refs: (directory, name).
-    pub extref: BTreeSet<(Id, Vec<u8>)>,
+    pub(crate) extref: BTreeSet<(Id, Vec<u8>)>,
 }
 
 /// The top-level subvolume's id in the model (the kernel's FS_TREE).
@@ -434,8 +434,8 @@ pub(super) const TOP: u64 = 5;
 /// What an operation did to the model: its end state or the refusal, and
 /// the states committed on the way (a long write commits in steps).
 pub(crate) struct Applied {
-    pub result: Result<Model, ErrClass>,
-    pub commits: Vec<Model>,
+    pub(crate) result: Result<Model, ErrClass>,
+    pub(crate) commits: Vec<Model>,
 }
 
 impl Model {
@@ -1091,17 +1091,17 @@ pub(super) enum HostKind {
 
 #[derive(Clone, Debug)]
 pub(super) struct HostNode {
-    pub kind: HostKind,
+    pub(crate) kind: HostKind,
     /// Permission bits (with set-id bits).
-    pub mode: u32,
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(crate) mode: u32,
+    pub(crate) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A small host tree `put` copies in, made from a seed.
 #[derive(Clone, Debug)]
 pub(super) struct HostTree {
-    pub name: Vec<u8>,
-    pub root: HostNode,
+    pub(crate) name: Vec<u8>,
+    pub(crate) root: HostNode,
 }
 
 impl HostTree {
@@ -1489,23 +1489,23 @@ pub(super) fn ops_text(ops: &[Op]) -> String {
 #[derive(Clone, Debug)]
 pub(crate) struct GenCfg {
     /// The command-line entrance (crash = SIGKILL; commit/abort do nothing).
-    pub cli: bool,
+    pub(crate) cli: bool,
     /// A `check` op every this many ops.
-    pub check_every: usize,
+    pub(crate) check_every: usize,
     /// On average one crash op in this many (0: none).
-    pub crash_one_in: u64,
+    pub(crate) crash_one_in: u64,
     /// Largest "big" write; a few writes are this big to fill the image.
-    pub big_write: u64,
+    pub(crate) big_write: u64,
     /// About the data the images hold (their bytes over the copies kept):
     /// a few writes are this big, to run out of space.
-    pub fill: u64,
+    pub(crate) fill: u64,
     /// Whether the image has subvolumes the kernel made (targets for paths).
-    pub gaps: Gaps,
+    pub(crate) gaps: Gaps,
 }
 
 pub(super) struct Gen {
-    pub rng: Rng,
-    pub cfg: GenCfg,
+    pub(crate) rng: Rng,
+    pub(crate) cfg: GenCfg,
     count: usize,
     /// Per mille chance of a commit after an op (changes every so often:
     /// runs of small transactions and a few large ones).
@@ -1851,13 +1851,13 @@ pub(super) fn minimize(ops: Vec<Op>, fails: &mut dyn FnMut(&[Op]) -> bool, mut b
 /// What a view says of one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Stat {
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub nlink: u32,
-    pub size: u64,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) nlink: u32,
+    pub(crate) size: u64,
     /// NODATASUM / NODATACOW bits (`None`: the view cannot tell).
-    pub flags: Option<u64>,
+    pub(crate) flags: Option<u64>,
 }
 
 /// A piece of a file's content as a view streams it.

@@ -52,16 +52,16 @@ pub(super) fn chunk_count(imgs: &[PathBuf]) -> usize {
 /// Counts for the report of a run.
 #[derive(Default, Debug, Clone)]
 pub(crate) struct Stats {
-    pub ops: u64,
-    pub by_op: BTreeMap<&'static str, u64>,
-    pub refused: BTreeMap<String, u64>,
-    pub enospc: u64,
-    pub crashes: u64,
-    pub commits: u64,
-    pub checks: u64,
-    pub new_chunks: usize,
+    pub(crate) ops: u64,
+    pub(crate) by_op: BTreeMap<&'static str, u64>,
+    pub(crate) refused: BTreeMap<String, u64>,
+    pub(crate) enospc: u64,
+    pub(crate) crashes: u64,
+    pub(crate) commits: u64,
+    pub(crate) checks: u64,
+    pub(crate) new_chunks: usize,
     /// Time spent in whole-tree checks and judges.
-    pub check_time: std::time::Duration,
+    pub(crate) check_time: std::time::Duration,
 }
 
 impl Stats {
@@ -129,7 +129,7 @@ fn tag(name: &[u8], parent: u64) -> u64 {
 }
 
 pub(super) struct FsView<'a> {
-    pub fs: &'a Filesystem,
+    pub(crate) fs: &'a Filesystem,
 }
 
 impl View for FsView<'_> {
@@ -207,7 +207,7 @@ fn fix(id: InodeId, name: &[u8], dir: (InodeId, u64)) -> (InodeId, u64) {
 
 /// A mounted filesystem seen through the host's system calls.
 pub(super) struct KView {
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     paths: HashMap<(u64, u64, u64), PathBuf>,
 }
 
@@ -522,20 +522,20 @@ pub(super) fn progs_here(imgs: &[PathBuf]) -> bool {
 /// How a run's images are made.
 #[derive(Clone, Debug)]
 pub(crate) struct Layout {
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// `btrs mkfs` (library) or `mkfs.btrfs`.
-    pub progs: bool,
-    pub devs: usize,
-    pub data: &'static str,
-    pub meta: &'static str,
-    pub csum: &'static str,
-    pub nodesize: u32,
-    pub size_mb: u64,
+    pub(crate) progs: bool,
+    pub(crate) devs: usize,
+    pub(crate) data: &'static str,
+    pub(crate) meta: &'static str,
+    pub(crate) csum: &'static str,
+    pub(crate) nodesize: u32,
+    pub(crate) size_mb: u64,
     /// `-O`/`-R` arguments for mkfs.btrfs, or `-O` features for btrs mkfs.
-    pub features: &'static str,
+    pub(crate) features: &'static str,
     /// Subvolumes, snapshots, compressed and prealloc extents made by the
     /// kernel before the run (interop only).
-    pub kernel_init: bool,
+    pub(crate) kernel_init: bool,
 }
 
 pub(super) const LAYOUTS: &[Layout] = &[

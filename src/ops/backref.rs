@@ -11,15 +11,15 @@ use crate::tree::Expect;
 
 /// One file that maps some of the bytes in question.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileUse {
-    pub subvol: u64,
-    pub ino: u64,
+pub(crate) struct FileUse {
+    pub(crate) subvol: u64,
+    pub(crate) ino: u64,
     /// Relative to the top-level subvolume ("sub/dir/file"); `<subvol N>/...`
     /// or `<inode N>` when a link is missing (an orphan or an unlinked snapshot).
-    pub path: String,
+    pub(crate) path: String,
     /// Offset in the file of `logical` (for compressed extents: of the start of
     /// the file extent, as compressed bytes do not map linearly).
-    pub file_offset: u64,
+    pub(crate) file_offset: u64,
 }
 
 /// Upper bounds, so that a damaged (looping or huge) tree cannot stall a scrub report.
@@ -29,22 +29,22 @@ const MAX_MAPPINGS: usize = 4096;
 
 /// One file extent item that points into a data extent.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    pub subvol: u64,
-    pub ino: u64,
+pub(crate) struct Mapping {
+    pub(crate) subvol: u64,
+    pub(crate) ino: u64,
     /// File offset of the file extent item (its key offset).
-    pub key_offset: u64,
+    pub(crate) key_offset: u64,
     /// The bytes of the extent it maps, relative to the extent start: [start, end).
-    pub start: u64,
-    pub end: u64,
-    pub prealloc: bool,
-    pub compressed: bool,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) prealloc: bool,
+    pub(crate) compressed: bool,
 }
 
 /// Every file extent item that points into the data extent at `extent_start`,
 /// found through its back references (inline and keyed data refs, shared
 /// data refs to leaves).
-pub fn extent_mappings(fs: &Filesystem, extent_start: u64) -> Result<Vec<Mapping>> {
+pub(crate) fn extent_mappings(fs: &Filesystem, extent_start: u64) -> Result<Vec<Mapping>> {
     let extent_root = fs.tree_root(EXTENT_TREE_OBJECTID)?;
     let mut refs = Vec::new();
     let mut extent_len = u64::MAX;
@@ -106,7 +106,7 @@ pub fn extent_mappings(fs: &Filesystem, extent_start: u64) -> Result<Vec<Mapping
 
 /// Files that map the byte at `logical` inside the data extent starting at
 /// `extent_start`.
-pub fn resolve_data(fs: &Filesystem, extent_start: u64, logical: u64) -> Result<Vec<FileUse>> {
+pub(crate) fn resolve_data(fs: &Filesystem, extent_start: u64, logical: u64) -> Result<Vec<FileUse>> {
     let rel = logical - extent_start;
     let mut out: Vec<FileUse> = Vec::new();
     for m in extent_mappings(fs, extent_start)? {
@@ -138,7 +138,7 @@ fn inode_extents_from(fs: &Filesystem, root: u64, ino: u64, min_offset: u64) -> 
 /// The path of an inode from the top-level subvolume, walking INODE_REF /
 /// INODE_EXTREF to its subvolume's root directory, then ROOT_BACKREF up
 /// through the parent subvolumes.
-pub fn inode_path(fs: &Filesystem, subvol: u64, ino: u64) -> Result<String> {
+pub(crate) fn inode_path(fs: &Filesystem, subvol: u64, ino: u64) -> Result<String> {
     let root_tree = fs.tree_root(ROOT_TREE_OBJECTID)?;
     let mut parts: Vec<Vec<u8>> = Vec::new();
     let (mut subvol, mut ino) = (subvol, ino);

@@ -189,7 +189,7 @@ pub fn list() -> Vec<(&'static str, &'static str)> {
 }
 
 /// A group: its name, a description, and (subdirectory, fixture) members.
-pub type Group = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+pub(crate) type Group = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
 
 /// Groups of fixtures made together, each member in `DIR/<suffix>/`.
 pub const GROUPS: &[Group] = &[(
@@ -208,69 +208,69 @@ pub fn generate_group(name: &str, dir: &Path, seed: u64) -> Option<Result<Vec<Ma
 #[derive(Clone, Debug, Serialize)]
 pub struct ManifestFile {
     /// Relative to the filesystem root, no leading slash (as scrub names files).
-    pub path: String,
+    pub(crate) path: String,
     /// "file", "dir" or "symlink".
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// Bytes (files), target length (symlinks), 0 (directories).
-    pub size: u64,
+    pub(crate) size: u64,
     /// Of the file's content; null for directories and symlinks.
-    pub sha256: Option<String>,
+    pub(crate) sha256: Option<String>,
     /// Permission bits (st_mode & 0o7777).
-    pub mode: u32,
-    pub mtime: u64,
-    pub mtime_nsec: u32,
+    pub(crate) mode: u32,
+    pub(crate) mtime: u64,
+    pub(crate) mtime_nsec: u32,
     /// Symlink target.
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// Inode flags: "nodatasum", "nodatacow".
-    pub flags: Vec<&'static str>,
+    pub(crate) flags: Vec<&'static str>,
 }
 
 /// A finding `btrs scrub --json` must report (the fields compared; others ignored).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ExpectedFinding {
-    pub kind: &'static str,
-    pub devid: Option<u64>,
-    pub logical: Option<u64>,
+    pub(crate) kind: &'static str,
+    pub(crate) devid: Option<u64>,
+    pub(crate) logical: Option<u64>,
     /// 1-based copy (superblock copy index + 1 for "super").
-    pub mirror: Option<u64>,
+    pub(crate) mirror: Option<u64>,
     /// The first path scrub names, or null.
-    pub path: Option<String>,
-    pub file_offset: Option<u64>,
+    pub(crate) path: Option<String>,
+    pub(crate) file_offset: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Profiles {
-    pub data: &'static str,
-    pub metadata: &'static str,
-    pub system: &'static str,
+pub(crate) struct Profiles {
+    pub(crate) data: &'static str,
+    pub(crate) metadata: &'static str,
+    pub(crate) system: &'static str,
 }
 
 /// `DIR/manifest.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Manifest {
     pub name: &'static str,
-    pub seed: u64,
-    pub description: &'static str,
-    pub fsid: String,
-    pub csum: &'static str,
-    pub nodesize: u32,
-    pub sectorsize: u32,
-    pub compress: Option<&'static str>,
-    pub profiles: Profiles,
+    pub(crate) seed: u64,
+    pub(crate) description: &'static str,
+    pub(crate) fsid: String,
+    pub(crate) csum: &'static str,
+    pub(crate) nodesize: u32,
+    pub(crate) sectorsize: u32,
+    pub(crate) compress: Option<&'static str>,
+    pub(crate) profiles: Profiles,
     /// Bytes of every image file.
-    pub image_size: u64,
+    pub(crate) image_size: u64,
     /// Image files present in DIR, devid 1, 2, ... (a missing one is skipped).
     pub devices: Vec<String>,
     /// Image files of the filesystem deliberately not written (deleted after mkfs).
     pub missing_devices: Vec<String>,
     /// Levels of the top-level subvolume's tree (1 = the root is a leaf).
-    pub fs_tree_levels: u8,
+    pub(crate) fs_tree_levels: u8,
     pub files: Vec<ManifestFile>,
     pub expected_findings: Vec<ExpectedFinding>,
     /// Exit code of `btrs scrub` (with `--degraded` when devices are missing).
-    pub expected_exit: i32,
-    pub clean: bool,
+    pub(crate) expected_exit: i32,
+    pub(crate) clean: bool,
 }
 
 /// SplitMix64: tiny, fast and the same everywhere, so content depends on the seed alone.

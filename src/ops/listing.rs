@@ -120,7 +120,7 @@ fn size_field(ino: &Inode) -> String {
 }
 
 /// `drwxr-xr-x`-style mode string, with s/S/t/T for setuid, setgid and sticky.
-pub fn mode_string(ino: &Inode) -> String {
+pub(crate) fn mode_string(ino: &Inode) -> String {
     let m = ino.mode;
     let mut s = String::with_capacity(10);
     s.push(ino.file_type.ls_char());
@@ -144,7 +144,7 @@ pub fn mode_string(ino: &Inode) -> String {
 }
 
 /// UTC `YYYY-MM-DD HH:MM:SS.nnnnnnnnn`, computed without a time zone database.
-pub fn format_time(t: Timespec) -> String {
+pub(crate) fn format_time(t: Timespec) -> String {
     let days = t.sec.div_euclid(86400);
     let secs = t.sec.rem_euclid(86400);
     let (y, mo, d) = civil_from_days(days);

@@ -1,13 +1,13 @@
 //! Whole-filesystem jobs built on the layers below.
 
-pub mod backref;
+pub(crate) mod backref;
 pub mod dump;
 pub mod extract;
 pub mod fixture;
-pub mod host;
+pub(crate) mod host;
 pub mod listing;
 pub mod mkfs;
-pub mod pipeline;
+pub(crate) mod pipeline;
 pub mod rootdir;
 pub mod scrub;
 pub mod write;

@@ -26,7 +26,7 @@ use crate::threads::{panicked, spawn_scoped};
 /// `consume` waits for, which bounds memory. The first error from `consume`
 /// stops the run (jobs in flight are finished and dropped) and is returned;
 /// so is a thread that could not be started or that panicked.
-pub fn ordered_map<J, R, E>(
+pub(crate) fn ordered_map<J, R, E>(
     jobs: impl Iterator<Item = J> + Send,
     workers: usize,
     window: usize,

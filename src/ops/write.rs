@@ -141,7 +141,7 @@ fn check_direct_compress(req: &WriteRequest) -> Result<()> {
 /// [`write`] inside a running transaction, which is handed back uncommitted
 /// (after the commits `req.commit_every` asked for); on an error the
 /// transaction is gone and nothing since its last commit is kept.
-pub fn write_in(
+pub(crate) fn write_in(
     mut tx: Transaction,
     path: &str,
     mut input: Box<dyn Read + Send>,
@@ -257,7 +257,7 @@ pub fn mkdir(opts: &OpenOptions, path: &str, parents: bool) -> Result<Vec<String
 
 /// [`mkdir`] inside a running transaction (not committed). Like every `*_in`
 /// command: on an error the caller drops the transaction, as the command does.
-pub fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool) -> Result<()> {
+pub(crate) fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool) -> Result<()> {
     if parents {
         dir_at(tx, path, true)?;
     } else {
@@ -326,7 +326,7 @@ pub fn rm(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<Vec<S
 }
 
 /// [`rm`] inside a running transaction (not committed).
-pub fn rm_in(tx: &mut Transaction, paths: &[String], recursive: bool) -> Result<()> {
+pub(crate) fn rm_in(tx: &mut Transaction, paths: &[String], recursive: bool) -> Result<()> {
     for path in paths {
         let (dir, name) = split(path)?;
         let d = dir_at(tx, &dir, false)?;
@@ -346,7 +346,7 @@ pub fn mv(opts: &OpenOptions, src: &str, dst: &str) -> Result<Vec<String>> {
 }
 
 /// [`mv`] inside a running transaction (not committed).
-pub fn mv_in(tx: &mut Transaction, src: &str, dst: &str) -> Result<()> {
+pub(crate) fn mv_in(tx: &mut Transaction, src: &str, dst: &str) -> Result<()> {
     let (sd, sn) = split(src)?;
     let sdir = dir_at(tx, &sd, false)?;
     // Into an existing directory: keep the name.
@@ -374,7 +374,7 @@ pub fn ln(opts: &OpenOptions, target: &str, link: &str, symbolic: bool) -> Resul
 }
 
 /// [`ln`] inside a running transaction (not committed).
-pub fn ln_in(tx: &mut Transaction, target: &str, link: &str, symbolic: bool) -> Result<()> {
+pub(crate) fn ln_in(tx: &mut Transaction, target: &str, link: &str, symbolic: bool) -> Result<()> {
     let (ld, ln) = split(link)?;
     let dir = dir_at(tx, &ld, false)?;
     if symbolic {
@@ -396,7 +396,7 @@ pub fn setfattr(opts: &OpenOptions, path: &str, name: &str, value: Option<&[u8]>
 }
 
 /// [`setfattr`] inside a running transaction (not committed).
-pub fn setfattr_in(tx: &mut Transaction, path: &str, name: &str, value: Option<&[u8]>) -> Result<()> {
+pub(crate) fn setfattr_in(tx: &mut Transaction, path: &str, name: &str, value: Option<&[u8]>) -> Result<()> {
     let p = existing(tx, path)?;
     tx.set_xattr(p.root, p.ino, name.as_bytes(), value)
 }
@@ -427,7 +427,7 @@ pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Resul
 }
 
 /// [`put`] inside a running transaction (not committed); the files copied.
-pub fn put_in(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: &str) -> Result<u64> {
+pub(crate) fn put_in(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: &str) -> Result<u64> {
     // Fail before writing anything when the data cannot fit, or when a
     // name, symlink target or xattr is beyond what the kernel accepts.
     let fs = tx.fs();

@@ -7,9 +7,9 @@ use crate::error::{CorruptKind, Error};
 use crate::format::usize_of;
 use crate::format::{CsumType, Header, Item, Key, KeyPtr, MAX_LEVEL};
 
-pub const HEADER_SIZE: usize = std::mem::size_of::<Header>();
-pub const ITEM_SIZE: usize = std::mem::size_of::<Item>();
-pub const KEY_PTR_SIZE: usize = std::mem::size_of::<KeyPtr>();
+pub(crate) const HEADER_SIZE: usize = std::mem::size_of::<Header>();
+pub(crate) const ITEM_SIZE: usize = std::mem::size_of::<Item>();
+pub(crate) const KEY_PTR_SIZE: usize = std::mem::size_of::<KeyPtr>();
 
 #[derive(Debug, Clone)]
 pub struct TreeBlock {
@@ -21,10 +21,10 @@ pub struct TreeBlock {
 /// What a reader expects of a tree block, from the pointer that led to it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Expect {
-    pub level: Option<u8>,
-    pub generation: Option<u64>,
+    pub(crate) level: Option<u8>,
+    pub(crate) generation: Option<u64>,
     /// Blocks may not be newer than the superblock that reaches them.
-    pub max_generation: Option<u64>,
+    pub(crate) max_generation: Option<u64>,
 }
 
 /// Why one copy of a tree block was refused.
@@ -63,13 +63,6 @@ impl std::fmt::Display for BlockProblem {
             BlockProblem::TooNew { found, max } => write!(f, "generation {found} newer than superblock {max}"),
             BlockProblem::Structure(s) | BlockProblem::Untrusted(s) => write!(f, "{s}"),
         }
-    }
-}
-
-impl BlockProblem {
-    /// Checksum failures and header mismatches are the two kinds scrub counts apart.
-    pub fn is_csum(&self) -> bool {
-        matches!(self, BlockProblem::Csum)
     }
 }
 
@@ -165,7 +158,7 @@ impl TreeBlock {
         &self.data
     }
 
-    pub fn level(&self) -> u8 {
+    pub(crate) fn level(&self) -> u8 {
         self.header.level
     }
 
@@ -177,11 +170,11 @@ impl TreeBlock {
         usize_of(self.header.nritems.get())
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.header.generation.get()
     }
 
-    pub fn owner(&self) -> u64 {
+    pub(crate) fn owner(&self) -> u64 {
         self.header.owner.get()
     }
 
@@ -249,7 +242,7 @@ fn unreachable_item() -> Item {
 use zerocopy::FromZeros;
 
 /// Helper for callers turning a problem into an error with location.
-pub fn problem_error(logical: u64, tree: Option<u64>, problems: &[(usize, BlockProblem)]) -> Error {
+pub(crate) fn problem_error(logical: u64, tree: Option<u64>, problems: &[(usize, BlockProblem)]) -> Error {
     let tree = tree.and_then(crate::format::types::tree_name).map(|n| format!(" ({n})")).unwrap_or_default();
     let what = problems.iter().map(|(m, p)| format!("copy {}: {p}", m.saturating_add(1))).collect::<Vec<_>>().join("; ");
     let at = format!("tree block {logical}{tree}");

@@ -17,13 +17,13 @@ use crate::format::{usize_of, Key};
 
 /// One leaf item: its key and its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TreeItem {
-    pub key: Key,
-    pub data: Vec<u8>,
+pub(crate) struct TreeItem {
+    pub(crate) key: Key,
+    pub(crate) data: Vec<u8>,
 }
 
 impl TreeItem {
-    pub fn new(key: Key, data: Vec<u8>) -> Self {
+    pub(crate) fn new(key: Key, data: Vec<u8>) -> Self {
         TreeItem { key, data }
     }
 }
@@ -32,30 +32,30 @@ impl TreeItem {
 /// (which also says whether sealed blocks pass the tree-checker rules), the
 /// generation and the tree id written in every header.
 #[derive(Clone, Debug)]
-pub struct BlockParams {
-    pub format: BlockFormat,
-    pub generation: u64,
+pub(crate) struct BlockParams {
+    pub(crate) format: BlockFormat,
+    pub(crate) generation: u64,
     /// The tree id written in every header (`btrfs_header.owner`).
-    pub owner: u64,
+    pub(crate) owner: u64,
 }
 
 /// Where the tree's blocks go, leaves first, then each level of nodes; the
 /// root is the last block.
 #[derive(Clone, Debug)]
-pub struct TreePlan {
+pub(crate) struct TreePlan {
     /// Item index ranges, one per leaf.
-    pub leaves: Vec<Range<usize>>,
+    pub(crate) leaves: Vec<Range<usize>>,
     /// For each node level (1, 2, ...): child index ranges, one per node.
-    pub nodes: Vec<Vec<Range<usize>>>,
+    pub(crate) nodes: Vec<Vec<Range<usize>>>,
 }
 
 impl TreePlan {
-    pub fn block_count(&self) -> usize {
+    pub(crate) fn block_count(&self) -> usize {
         self.nodes.iter().map(Vec::len).fold(self.leaves.len(), usize::saturating_add)
     }
 
     /// Level of the root block.
-    pub fn root_level(&self) -> u8 {
+    pub(crate) fn root_level(&self) -> u8 {
         // OK: plan_tree makes at most MAX_LEVEL - 1 node levels.
         u8::try_from(self.nodes.len()).unwrap_or(u8::MAX)
     }
@@ -63,25 +63,25 @@ impl TreePlan {
 
 /// A finished tree: every block with its logical address, root last.
 #[derive(Clone, Debug)]
-pub struct BuiltTree {
-    pub root: u64,
-    pub level: u8,
+pub(crate) struct BuiltTree {
+    pub(crate) root: u64,
+    pub(crate) level: u8,
     /// (logical address, level, block bytes).
-    pub blocks: Vec<(u64, u8, Vec<u8>)>,
+    pub(crate) blocks: Vec<(u64, u8, Vec<u8>)>,
 }
 
 /// Bytes of a leaf available for item headers and data.
-pub fn leaf_data_size(nodesize: u32) -> usize {
+pub(crate) fn leaf_data_size(nodesize: u32) -> usize {
     usize_of(nodesize).saturating_sub(HEADER_SIZE)
 }
 
 /// The largest item data a leaf can hold (one item alone in a leaf).
-pub fn max_item_size(nodesize: u32) -> usize {
+pub(crate) fn max_item_size(nodesize: u32) -> usize {
     leaf_data_size(nodesize).saturating_sub(ITEM_SIZE)
 }
 
 /// Key pointers that fit in one node.
-pub fn node_capacity(nodesize: u32) -> usize {
+pub(crate) fn node_capacity(nodesize: u32) -> usize {
     leaf_data_size(nodesize).checked_div(KEY_PTR_SIZE).unwrap_or(0)
 }
 
@@ -93,7 +93,7 @@ fn fill_target(capacity: usize) -> usize {
 }
 
 /// Split a tree with items of the given data sizes into leaves and nodes.
-pub fn plan_tree(item_sizes: &[usize], nodesize: u32) -> Result<TreePlan> {
+pub(crate) fn plan_tree(item_sizes: &[usize], nodesize: u32) -> Result<TreePlan> {
     let cap = leaf_data_size(nodesize);
     let target = fill_target(cap);
     let mut leaves = Vec::new();
@@ -145,14 +145,15 @@ pub fn plan_tree(item_sizes: &[usize], nodesize: u32) -> Result<TreePlan> {
 }
 
 /// Number of blocks a tree with items of these sizes needs.
-pub fn count_blocks(item_sizes: &[usize], nodesize: u32) -> Result<usize> {
+pub(crate) fn count_blocks(item_sizes: &[usize], nodesize: u32) -> Result<usize> {
     Ok(plan_tree(item_sizes, nodesize)?.block_count())
 }
 
 /// Build the blocks of a tree. `items` must be sorted by key with no
 /// duplicates; `addrs` gives one logical address per block in plan order
 /// (leaves, then nodes bottom-up; the root is the last address).
-pub fn build_tree(items: &[TreeItem], params: &BlockParams, addrs: &[u64]) -> Result<BuiltTree> {
+#[cfg(test)]
+pub(crate) fn build_tree(items: &[TreeItem], params: &BlockParams, addrs: &[u64]) -> Result<BuiltTree> {
     let mut blocks = Vec::new();
     let (root, level) = build_tree_into(items, params, addrs, &mut |a, l, b| {
         blocks.push((a, l, b));
@@ -164,7 +165,7 @@ pub fn build_tree(items: &[TreeItem], params: &BlockParams, addrs: &[u64]) -> Re
 /// Like [`build_tree`], handing each block to `sink` (address, level, bytes)
 /// as soon as it is made instead of keeping them all: a large tree need not
 /// be in memory twice. Returns the root address and level.
-pub fn build_tree_into(
+pub(crate) fn build_tree_into(
     items: &[TreeItem],
     params: &BlockParams,
     addrs: &[u64],

@@ -39,9 +39,9 @@ pub struct Rules {
 /// The first rule a block breaks: which item (leaf slot or node pointer) and what.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
-    pub slot: Option<usize>,
-    pub key: Option<Key>,
-    pub what: String,
+    pub(crate) slot: Option<usize>,
+    pub(crate) key: Option<Key>,
+    pub(crate) what: String,
 }
 
 impl std::fmt::Display for Violation {
@@ -56,7 +56,7 @@ impl std::fmt::Display for Violation {
 
 impl Violation {
     /// The error for a block btrs was about to write: a bug in btrs.
-    pub fn into_error(self, owner: u64, logical: u64) -> Error {
+    pub(crate) fn into_error(self, owner: u64, logical: u64) -> Error {
         let tree = crate::format::types::tree_name(owner).map(str::to_string).unwrap_or_else(|| format!("tree {owner}"));
         Error::TreeCheck { tree, block: logical, what: self.to_string() }
     }
@@ -82,7 +82,7 @@ fn aligned(v: u64, to: u32) -> bool {
 
 /// The kernel's is_fstree: the top subvolume, or a subvolume id (not a
 /// qgroup id with a level, not one of the negative special trees).
-pub fn is_fstree(id: u64) -> bool {
+pub(crate) fn is_fstree(id: u64) -> bool {
     // The kernel compares as signed: the negative special trees are below.
     let signed = i64::from_ne_bytes(id.to_ne_bytes());
     id == FS_TREE_OBJECTID || (signed >= 256 && id >> 48 == 0)
@@ -522,7 +522,7 @@ fn check_chunk(cur: &Slot, rules: &Rules) -> Check {
 }
 
 /// The kernel's btrfs_check_chunk_valid (also used on the superblock's system chunk array).
-pub fn check_chunk_valid(c: &Chunk, logical: u64, rules: &Rules) -> Check {
+pub(crate) fn check_chunk_valid(c: &Chunk, logical: u64, rules: &Rules) -> Check {
     let (length, stripe_len, n, sub) = (c.length.get(), c.stripe_len.get(), c.num_stripes.get(), c.sub_stripes.get());
     let t = c.chunk_type.get();
     let (ncopies, nparity) = copies_parity(t);

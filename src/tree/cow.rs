@@ -49,7 +49,7 @@ use crate::error::{CorruptKind, Error, Result};
 use crate::format::{Key, MAX_LEVEL};
 
 /// What a tree needs from the transaction below it.
-pub trait BlockStore {
+pub(crate) trait BlockStore {
     /// Node size, checksum type and header identity of the filesystem.
     fn format(&self) -> &BlockFormat;
 
@@ -78,7 +78,7 @@ pub trait BlockStore {
 
 /// A B-tree being modified in one transaction.
 #[derive(Debug)]
-pub struct CowTree {
+pub(crate) struct CowTree {
     root: RootPtr,
     /// Blocks copied or created in the current transaction, edited in place.
     dirty: HashMap<u64, EditBlock>,
@@ -108,12 +108,13 @@ enum Loaded<'a> {
 
 impl CowTree {
     /// A tree whose root is the committed block `root`.
-    pub fn new(root: RootPtr) -> Self {
+    pub(crate) fn new(root: RootPtr) -> Self {
         CowTree { root, dirty: HashMap::new(), dirty_transid: None, fanout_limit: None }
     }
 
     /// A new, empty tree: one empty leaf, dirty in the current transaction.
-    pub fn create<S: BlockStore + ?Sized>(store: &mut S, owner: u64) -> Result<Self> {
+    #[cfg(test)]
+    pub(crate) fn create<S: BlockStore + ?Sized>(store: &mut S, owner: u64) -> Result<Self> {
         let transid = store.transid();
         let addr = store.alloc(owner, 0)?;
         let mut t = CowTree::new(RootPtr { bytenr: addr, level: 0, generation: transid, owner });
@@ -124,34 +125,37 @@ impl CowTree {
 
     /// Where the tree starts now; after `take_dirty` and the commit, this is what
     /// the root item (or superblock) must record.
-    pub fn root(&self) -> RootPtr {
+    pub(crate) fn root(&self) -> RootPtr {
         self.root
     }
 
-    pub fn owner(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn owner(&self) -> u64 {
         self.root.owner
     }
 
     /// Cap the number of pointers per node below what the node size allows.
     /// Readers accept such trees; it exists so tests reach several levels with
     /// few items. Values below 3 are raised to 3 (a root split creates up to 3).
-    pub fn set_fanout_limit(&mut self, max_ptrs: usize) {
+    #[cfg(test)]
+    pub(crate) fn set_fanout_limit(&mut self, max_ptrs: usize) {
         self.fanout_limit = Some(max_ptrs.max(3));
     }
 
-    pub fn is_dirty(&self) -> bool {
+    pub(crate) fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }
 
     /// Number of blocks this transaction has copied or created (and not freed).
-    pub fn dirty_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn dirty_count(&self) -> usize {
         self.dirty.len()
     }
 
     /// Every dirty block serialized for the commit, as (logical, bytes) sorted
     /// by address. Nothing changes, so a failed write can be retried; once the
     /// blocks are written, call [`CowTree::mark_clean`].
-    pub fn dirty_blocks<S: BlockStore + ?Sized>(&self, store: &S) -> Result<Vec<(u64, Vec<u8>)>> {
+    pub(crate) fn dirty_blocks<S: BlockStore + ?Sized>(&self, store: &S) -> Result<Vec<(u64, Vec<u8>)>> {
         let fmt = *store.format();
         let Some(generation) = self.dirty_transid else { return Ok(Vec::new()) };
         if must_not_be_empty(self.root.owner) && matches!(self.dirty.get(&self.root.bytenr), Some(EditBlock::Leaf(l)) if l.items.is_empty())
@@ -170,13 +174,15 @@ impl CowTree {
     /// Forget the dirty blocks after they were written: from now on they are
     /// committed blocks, and the next change copies them again, as the kernel
     /// does for a block already written out.
-    pub fn mark_clean(&mut self) {
+    #[cfg(test)]
+    pub(crate) fn mark_clean(&mut self) {
         self.dirty.clear();
         self.dirty_transid = None;
     }
 
     /// [`CowTree::dirty_blocks`] then [`CowTree::mark_clean`].
-    pub fn take_dirty<S: BlockStore + ?Sized>(&mut self, store: &S) -> Result<Vec<(u64, Vec<u8>)>> {
+    #[cfg(test)]
+    pub(crate) fn take_dirty<S: BlockStore + ?Sized>(&mut self, store: &S) -> Result<Vec<(u64, Vec<u8>)>> {
         let out = self.dirty_blocks(store)?;
         self.mark_clean();
         Ok(out)
@@ -231,7 +237,7 @@ impl CowTree {
     }
 
     /// Body of the item with exactly `key`.
-    pub fn get<S: BlockStore + ?Sized>(&self, store: &S, key: Key) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn get<S: BlockStore + ?Sized>(&self, store: &S, key: Key) -> Result<Option<Vec<u8>>> {
         let mut found = None;
         self.visit_range(store, key, key, &mut |_, data| {
             found = Some(data.to_vec());
@@ -242,7 +248,7 @@ impl CowTree {
 
     /// Every item with min <= key <= max, in key order, as the tree stands now
     /// (dirty blocks included).
-    pub fn range<S: BlockStore + ?Sized>(&self, store: &S, min: Key, max: Key) -> Result<Vec<(Key, Vec<u8>)>> {
+    pub(crate) fn range<S: BlockStore + ?Sized>(&self, store: &S, min: Key, max: Key) -> Result<Vec<(Key, Vec<u8>)>> {
         let mut out = Vec::new();
         self.visit_range(store, min, max, &mut |k, d| {
             out.push((k, d.to_vec()));
@@ -253,7 +259,7 @@ impl CowTree {
 
     /// Call `f` for every item with min <= key <= max in key order, until it
     /// returns false.
-    pub fn visit_range<S: BlockStore + ?Sized>(
+    pub(crate) fn visit_range<S: BlockStore + ?Sized>(
         &self,
         store: &S,
         min: Key,
@@ -331,7 +337,8 @@ impl CowTree {
     }
 
     /// The first item with key >= `key`.
-    pub fn first_ge<S: BlockStore + ?Sized>(&self, store: &S, key: Key) -> Result<Option<(Key, Vec<u8>)>> {
+    #[cfg(test)]
+    pub(crate) fn first_ge<S: BlockStore + ?Sized>(&self, store: &S, key: Key) -> Result<Option<(Key, Vec<u8>)>> {
         let mut found = None;
         self.visit_range(store, key, Key::MAX, &mut |k, d| {
             found = Some((k, d.to_vec()));
@@ -342,7 +349,7 @@ impl CowTree {
 
     /// The last item with key <= `key` (e.g. the highest inode number or
     /// directory index in use, to allocate the next one).
-    pub fn last_le<S: BlockStore + ?Sized>(&self, store: &S, key: Key) -> Result<Option<(Key, Vec<u8>)>> {
+    pub(crate) fn last_le<S: BlockStore + ?Sized>(&self, store: &S, key: Key) -> Result<Option<(Key, Vec<u8>)>> {
         let mut found = None;
         self.visit_range_rev(store, Key::MIN, key, &mut |k, d| {
             found = Some((k, d.to_vec()));
@@ -352,7 +359,7 @@ impl CowTree {
     }
 
     /// Like [`CowTree::visit_range`], from `max` down to `min`.
-    pub fn visit_range_rev<S: BlockStore + ?Sized>(
+    pub(crate) fn visit_range_rev<S: BlockStore + ?Sized>(
         &self,
         store: &S,
         min: Key,
@@ -434,7 +441,7 @@ impl CowTree {
     // ---------------------------------------------------------------- insert / update
 
     /// Add an item; an error if the key is already present.
-    pub fn insert<S: BlockStore + ?Sized>(&mut self, store: &mut S, key: Key, data: Vec<u8>) -> Result<()> {
+    pub(crate) fn insert<S: BlockStore + ?Sized>(&mut self, store: &mut S, key: Key, data: Vec<u8>) -> Result<()> {
         self.check_size(store.format(), key, &data)?;
         if self.get(store, key)?.is_some() {
             return Err(Error::Invalid(format!("{}: key {key} already exists", self.at(self.root.bytenr))));
@@ -443,7 +450,8 @@ impl CowTree {
     }
 
     /// Replace the body of an existing item (the size may change); returns the old body.
-    pub fn update<S: BlockStore + ?Sized>(&mut self, store: &mut S, key: Key, data: Vec<u8>) -> Result<Vec<u8>> {
+    #[cfg(test)]
+    pub(crate) fn update<S: BlockStore + ?Sized>(&mut self, store: &mut S, key: Key, data: Vec<u8>) -> Result<Vec<u8>> {
         self.check_size(store.format(), key, &data)?;
         if self.get(store, key)?.is_none() {
             return Err(Error::NotFound(format!("key {key} in {}", self.at(self.root.bytenr))));
@@ -452,7 +460,7 @@ impl CowTree {
     }
 
     /// Insert or replace; returns the old body if there was one.
-    pub fn put<S: BlockStore + ?Sized>(&mut self, store: &mut S, key: Key, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn put<S: BlockStore + ?Sized>(&mut self, store: &mut S, key: Key, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
         self.check_size(store.format(), key, &data)?;
         let mode = if self.get(store, key)?.is_some() { Mode::Replace } else { Mode::Insert };
         self.modify(store, key, data, mode)
@@ -667,7 +675,7 @@ impl CowTree {
     // ---------------------------------------------------------------- delete
 
     /// Remove an item; returns its body, or None (and changes nothing) when absent.
-    pub fn delete<S: BlockStore + ?Sized>(&mut self, store: &mut S, key: Key) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn delete<S: BlockStore + ?Sized>(&mut self, store: &mut S, key: Key) -> Result<Option<Vec<u8>>> {
         if self.get(store, key)?.is_none() {
             return Ok(None);
         }
@@ -683,7 +691,8 @@ impl CowTree {
     }
 
     /// Remove every item with min <= key <= max; returns how many.
-    pub fn delete_range<S: BlockStore + ?Sized>(&mut self, store: &mut S, min: Key, max: Key) -> Result<usize> {
+    #[cfg(test)]
+    pub(crate) fn delete_range<S: BlockStore + ?Sized>(&mut self, store: &mut S, min: Key, max: Key) -> Result<usize> {
         let mut keys = Vec::new();
         self.visit_range(store, min, max, &mut |k, _| {
             keys.push(k);

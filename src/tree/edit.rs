@@ -14,45 +14,45 @@ use crate::format::{Key, MAX_LEVEL};
 
 /// A leaf as a sorted list of (key, body).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EditLeaf {
-    pub items: Vec<(Key, Vec<u8>)>,
+pub(crate) struct EditLeaf {
+    pub(crate) items: Vec<(Key, Vec<u8>)>,
 }
 
 /// An internal node: level >= 1 and its sorted child pointers.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EditNode {
-    pub level: u8,
-    pub ptrs: Vec<NodePtr>,
+pub(crate) struct EditNode {
+    pub(crate) level: u8,
+    pub(crate) ptrs: Vec<NodePtr>,
 }
 
 /// Either kind of block.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EditBlock {
+pub(crate) enum EditBlock {
     Leaf(EditLeaf),
     Node(EditNode),
 }
 
 impl EditLeaf {
     /// Bytes of the leaf data area in use (the kernel's leaf_space_used over all items).
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.items.iter().map(|(_, d)| leaf_item_size(d.len())).sum()
     }
 
-    pub fn fits(&self, fmt: &BlockFormat) -> bool {
+    pub(crate) fn fits(&self, fmt: &BlockFormat) -> bool {
         self.used() <= fmt.leaf_data_size()
     }
 
     /// `Ok(slot)` of the key, or `Err(slot)` where it would be inserted.
-    pub fn search(&self, key: &Key) -> std::result::Result<usize, usize> {
+    pub(crate) fn search(&self, key: &Key) -> std::result::Result<usize, usize> {
         self.items.binary_search_by(|(k, _)| k.cmp(key))
     }
 
-    pub fn first_key(&self) -> Option<Key> {
+    pub(crate) fn first_key(&self) -> Option<Key> {
         self.items.first().map(|(k, _)| *k)
     }
 
     /// Copy a parsed leaf. `TreeBlock::parse` has bounded every item already.
-    pub fn from_block(b: &TreeBlock) -> Result<Self> {
+    pub(crate) fn from_block(b: &TreeBlock) -> Result<Self> {
         if !b.is_leaf() {
             return Err(Error::corrupt(CorruptKind::TreeBlock, format!("tree block {}", b.logical), "expected a leaf, found a node"));
         }
@@ -66,7 +66,7 @@ impl EditLeaf {
     }
 
     /// Serialize with a full header and checksum.
-    pub fn to_bytes(&self, fmt: &BlockFormat, logical: u64, generation: u64, owner: u64) -> Result<Vec<u8>> {
+    pub(crate) fn to_bytes(&self, fmt: &BlockFormat, logical: u64, generation: u64, owner: u64) -> Result<Vec<u8>> {
         if !self.fits(fmt) {
             return Err(internal(format!("leaf {logical} holds {} bytes, more than {}", self.used(), fmt.leaf_data_size())));
         }
@@ -75,22 +75,22 @@ impl EditLeaf {
 }
 
 impl EditNode {
-    pub fn first_key(&self) -> Option<Key> {
+    pub(crate) fn first_key(&self) -> Option<Key> {
         self.ptrs.first().map(|p| p.key)
     }
 
     /// Pointer `slot`, to change; a slot past the end is a write-path bug.
-    pub fn ptr_mut(&mut self, slot: usize) -> Result<&mut NodePtr> {
+    pub(crate) fn ptr_mut(&mut self, slot: usize) -> Result<&mut NodePtr> {
         let n = self.ptrs.len();
         self.ptrs.get_mut(slot).ok_or_else(|| internal(format!("node pointer {slot} of {n}")))
     }
 
     /// Index of the child whose key range holds `key` (slot 0 for keys below the first).
-    pub fn child_slot(&self, key: &Key) -> usize {
+    pub(crate) fn child_slot(&self, key: &Key) -> usize {
         self.ptrs.partition_point(|p| p.key <= *key).saturating_sub(1)
     }
 
-    pub fn from_block(b: &TreeBlock) -> Result<Self> {
+    pub(crate) fn from_block(b: &TreeBlock) -> Result<Self> {
         if b.is_leaf() {
             return Err(Error::corrupt(CorruptKind::TreeBlock, format!("tree block {}", b.logical), "expected a node, found a leaf"));
         }
@@ -103,7 +103,7 @@ impl EditNode {
         Ok(EditNode { level: b.level(), ptrs })
     }
 
-    pub fn to_bytes(&self, fmt: &BlockFormat, logical: u64, generation: u64, owner: u64) -> Result<Vec<u8>> {
+    pub(crate) fn to_bytes(&self, fmt: &BlockFormat, logical: u64, generation: u64, owner: u64) -> Result<Vec<u8>> {
         // An empty node is refused by every reader (tree-checker: nritems >= 1).
         if self.ptrs.is_empty() || self.ptrs.len() > fmt.max_node_ptrs() {
             return Err(internal(format!("node {logical} with {} pointers", self.ptrs.len())));
@@ -116,32 +116,25 @@ impl EditNode {
 }
 
 impl EditBlock {
-    pub fn from_block(b: &TreeBlock) -> Result<Self> {
+    pub(crate) fn from_block(b: &TreeBlock) -> Result<Self> {
         Ok(if b.is_leaf() { EditBlock::Leaf(EditLeaf::from_block(b)?) } else { EditBlock::Node(EditNode::from_block(b)?) })
     }
 
-    pub fn level(&self) -> u8 {
+    pub(crate) fn level(&self) -> u8 {
         match self {
             EditBlock::Leaf(_) => 0,
             EditBlock::Node(n) => n.level,
         }
     }
 
-    pub fn nritems(&self) -> usize {
-        match self {
-            EditBlock::Leaf(l) => l.items.len(),
-            EditBlock::Node(n) => n.ptrs.len(),
-        }
-    }
-
-    pub fn first_key(&self) -> Option<Key> {
+    pub(crate) fn first_key(&self) -> Option<Key> {
         match self {
             EditBlock::Leaf(l) => l.first_key(),
             EditBlock::Node(n) => n.first_key(),
         }
     }
 
-    pub fn to_bytes(&self, fmt: &BlockFormat, logical: u64, generation: u64, owner: u64) -> Result<Vec<u8>> {
+    pub(crate) fn to_bytes(&self, fmt: &BlockFormat, logical: u64, generation: u64, owner: u64) -> Result<Vec<u8>> {
         match self {
             EditBlock::Leaf(l) => l.to_bytes(fmt, logical, generation, owner),
             EditBlock::Node(n) => n.to_bytes(fmt, logical, generation, owner),
@@ -152,7 +145,7 @@ impl EditBlock {
 /// Trees the kernel's tree-checker refuses to see as one empty leaf: every
 /// filesystem has items in them (the extent tree only without extent-tree-v2,
 /// which btrs does not write).
-pub fn must_not_be_empty(owner: u64) -> bool {
+pub(crate) fn must_not_be_empty(owner: u64) -> bool {
     use crate::format::{
         CHUNK_TREE_OBJECTID, DATA_RELOC_TREE_OBJECTID, DEV_TREE_OBJECTID, EXTENT_TREE_OBJECTID, FS_TREE_OBJECTID, ROOT_TREE_OBJECTID,
     };
@@ -170,7 +163,7 @@ pub fn must_not_be_empty(owner: u64) -> bool {
 /// Two groups always suffice when the sequence came from one full block plus
 /// one element; three when that element is large and lands in the middle (the
 /// kernel's "double split"). A greedy packing is the fallback for anything else.
-pub fn split_points(sizes: &[usize], cap: usize) -> Result<Vec<usize>> {
+pub(crate) fn split_points(sizes: &[usize], cap: usize) -> Result<Vec<usize>> {
     let total: usize = sizes.iter().sum();
     if total <= cap {
         return Ok(Vec::new());

@@ -21,27 +21,27 @@ const MAX_NODESIZE: u32 = 64 * 1024;
 /// What every tree block of one filesystem shares in its header, plus the
 /// block size that bounds how much a block can hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlockFormat {
-    pub nodesize: u32,
-    pub csum: CsumType,
+pub(crate) struct BlockFormat {
+    pub(crate) nodesize: u32,
+    pub(crate) csum: CsumType,
     /// The fsid written in headers: the superblock's metadata_uuid when the
     /// METADATA_UUID feature is set, else its fsid.
-    pub fsid: [u8; 16],
-    pub chunk_tree_uuid: [u8; 16],
+    pub(crate) fsid: [u8; 16],
+    pub(crate) chunk_tree_uuid: [u8; 16],
     /// When set, every block is checked against the kernel's tree-checker
     /// rules as it is sealed (the write engine sets it; see [`BlockFormat::checked`]).
-    pub check: Option<CheckParams>,
+    pub(crate) check: Option<CheckParams>,
 }
 
 /// What the tree-checker rules need beyond [`BlockFormat`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CheckParams {
-    pub sectorsize: u32,
-    pub incompat: u64,
+pub(crate) struct CheckParams {
+    pub(crate) sectorsize: u32,
+    pub(crate) incompat: u64,
 }
 
 impl BlockFormat {
-    pub fn new(nodesize: u32, csum: CsumType, fsid: [u8; 16], chunk_tree_uuid: [u8; 16]) -> Result<Self> {
+    pub(crate) fn new(nodesize: u32, csum: CsumType, fsid: [u8; 16], chunk_tree_uuid: [u8; 16]) -> Result<Self> {
         if !(MIN_NODESIZE..=MAX_NODESIZE).contains(&nodesize) || !nodesize.is_power_of_two() {
             return Err(Error::Invalid(format!("nodesize {nodesize} is not a power of two in 4KiB..=64KiB")));
         }
@@ -49,14 +49,14 @@ impl BlockFormat {
     }
 
     /// The same format, checking every block it seals.
-    pub fn checked(self, sectorsize: u32, incompat: u64) -> Self {
+    pub(crate) fn checked(self, sectorsize: u32, incompat: u64) -> Self {
         BlockFormat { check: Some(CheckParams { sectorsize, incompat }), ..self }
     }
 
     /// Run the tree-checker rules on a sealed block, when this format checks.
     /// A block is written in the transaction of its generation, which the
     /// superblock then carries.
-    pub fn check_sealed(&self, block: &[u8], logical: u64, generation: u64, owner: u64) -> Result<()> {
+    pub(crate) fn check_sealed(&self, block: &[u8], logical: u64, generation: u64, owner: u64) -> Result<()> {
         let Some(c) = self.check else { return Ok(()) };
         let rules = super::checker::Rules {
             nodesize: self.nodesize,
@@ -70,17 +70,17 @@ impl BlockFormat {
 
     /// Bytes after the header: item headers plus bodies (leaf) or key pointers (node).
     /// The kernel calls this BTRFS_LEAF_DATA_SIZE.
-    pub fn leaf_data_size(&self) -> usize {
+    pub(crate) fn leaf_data_size(&self) -> usize {
         usize_of(self.nodesize).saturating_sub(HEADER_SIZE)
     }
 
     /// Largest item body that fits in an otherwise empty leaf.
-    pub fn max_item_data(&self) -> usize {
+    pub(crate) fn max_item_data(&self) -> usize {
         self.leaf_data_size().saturating_sub(ITEM_SIZE)
     }
 
     /// Key pointers a node can hold (BTRFS_NODEPTRS_PER_BLOCK).
-    pub fn max_node_ptrs(&self) -> usize {
+    pub(crate) fn max_node_ptrs(&self) -> usize {
         self.leaf_data_size().checked_div(KEY_PTR_SIZE).unwrap_or(0)
     }
 }
@@ -88,14 +88,14 @@ impl BlockFormat {
 /// One node pointer: the first key of the child, its address and the
 /// generation it was written in (readers check the child against it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NodePtr {
-    pub key: Key,
-    pub blockptr: u64,
-    pub generation: u64,
+pub(crate) struct NodePtr {
+    pub(crate) key: Key,
+    pub(crate) blockptr: u64,
+    pub(crate) generation: u64,
 }
 
 /// Space one leaf item takes: its header plus its body.
-pub fn leaf_item_size(body_len: usize) -> usize {
+pub(crate) fn leaf_item_size(body_len: usize) -> usize {
     body_len.saturating_add(ITEM_SIZE)
 }
 

@@ -4,13 +4,13 @@
 // checked, or allowed where it cannot fail with the reason beside it.
 #![warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 
-pub mod block;
-pub mod builder;
+pub(crate) mod block;
+pub(crate) mod builder;
 pub mod checker;
-pub mod cow;
-pub mod edit;
-pub mod encode;
-pub mod reader;
+pub(crate) mod cow;
+pub(crate) mod edit;
+pub(crate) mod encode;
+pub(crate) mod reader;
 
 pub use block::{Expect, TreeBlock};
 pub use reader::{Cursor, ItemRef, RootPtr, TreeReader};

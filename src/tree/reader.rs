@@ -21,29 +21,29 @@ pub struct RootPtr {
 
 /// A copy that failed verification while another copy served the read.
 #[derive(Clone, Debug)]
-pub struct BadCopy {
-    pub logical: u64,
-    pub mirror: usize,
-    pub devid: Option<u64>,
-    pub physical: Option<u64>,
-    pub problem: String,
+pub(crate) struct BadCopy {
+    pub(crate) logical: u64,
+    pub(crate) mirror: usize,
+    pub(crate) devid: Option<u64>,
+    pub(crate) physical: Option<u64>,
+    pub(crate) problem: String,
 }
 
 const CACHE_BLOCKS: usize = 8192;
 
 pub struct TreeReader {
-    pub vol: Arc<Volume>,
-    pub nodesize: u32,
-    pub csum: CsumType,
-    pub fsid: [u8; 16],
-    pub max_generation: u64,
+    pub(crate) vol: Arc<Volume>,
+    pub(crate) nodesize: u32,
+    pub(crate) csum: CsumType,
+    pub(crate) fsid: [u8; 16],
+    pub(crate) max_generation: u64,
     cache: Mutex<HashMap<u64, Arc<TreeBlock>>>,
     /// Bad copies noticed while reading, for the caller to report.
-    pub bad_copies: Mutex<Vec<BadCopy>>,
+    pub(crate) bad_copies: Mutex<Vec<BadCopy>>,
 }
 
 impl TreeReader {
-    pub fn new(vol: Arc<Volume>) -> Result<Self> {
+    pub(crate) fn new(vol: Arc<Volume>) -> Result<Self> {
         let sb = vol.sb;
         Ok(TreeReader {
             nodesize: sb.nodesize.get(),
@@ -57,7 +57,7 @@ impl TreeReader {
     }
 
     /// Read one copy of a tree block and verify it.
-    pub fn read_copy(&self, logical: u64, mirror: usize, expect: Expect) -> std::result::Result<TreeBlock, BlockProblem> {
+    pub(crate) fn read_copy(&self, logical: u64, mirror: usize, expect: Expect) -> std::result::Result<TreeBlock, BlockProblem> {
         let mut buf = vec![0u8; crate::format::usize_of(self.nodesize)];
         if let Err(e) = self.vol.read_copy(logical, &mut buf, mirror) {
             return Err(BlockProblem::Structure(format!("read failed: {e}")));
@@ -67,7 +67,7 @@ impl TreeReader {
 
     /// Forget cached blocks and accept blocks up to `generation`: after this
     /// process committed a transaction, freed addresses may hold new blocks.
-    pub fn committed(&mut self, generation: u64) {
+    pub(crate) fn committed(&mut self, generation: u64) {
         self.max_generation = generation;
         if let Ok(mut c) = self.cache.lock() {
             c.clear();
@@ -75,7 +75,7 @@ impl TreeReader {
     }
 
     /// Read a tree block, trying every copy until one verifies.
-    pub fn read_block(&self, logical: u64, expect: Expect, owner: Option<u64>) -> Result<Arc<TreeBlock>> {
+    pub(crate) fn read_block(&self, logical: u64, expect: Expect, owner: Option<u64>) -> Result<Arc<TreeBlock>> {
         if let Some(b) = self.cache.lock().map_err(|_| poisoned())?.get(&logical) {
             if expect.level.is_none_or(|l| l == b.level()) && expect.generation.is_none_or(|g| g == b.generation()) {
                 return Ok(b.clone());
@@ -151,7 +151,7 @@ impl TreeReader {
         }
     }
 
-    pub fn take_bad_copies(&self) -> Vec<BadCopy> {
+    pub(crate) fn take_bad_copies(&self) -> Vec<BadCopy> {
         self.bad_copies.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
     }
 
@@ -230,7 +230,7 @@ impl TreeReader {
 
     /// Position a cursor at the last item with key <= `key` (or at the first
     /// item when every key is greater).
-    pub fn seek_le(&self, root: &RootPtr, key: Key) -> Result<Cursor<'_>> {
+    pub(crate) fn seek_le(&self, root: &RootPtr, key: Key) -> Result<Cursor<'_>> {
         let mut c = Cursor { reader: self, owner: root.owner, path: Vec::new(), last: None };
         let mut block = self.root_block(root)?;
         loop {
@@ -246,7 +246,7 @@ impl TreeReader {
     }
 
     /// The last item with key <= `key` among keys with the same objectid and type.
-    pub fn lookup_le(&self, root: &RootPtr, key: Key) -> Result<Option<(Key, Vec<u8>)>> {
+    pub(crate) fn lookup_le(&self, root: &RootPtr, key: Key) -> Result<Option<(Key, Vec<u8>)>> {
         let mut c = self.seek_le(root, key)?;
         let mut found = None;
         while let Some(item) = c.next_item()? {

@@ -25,23 +25,19 @@ const STRIPE_LEN_U32: u32 = STRIPE_LEN as u32;
 
 /// One device as the chunk allocator sees it.
 #[derive(Clone, Debug)]
-pub struct DevSpace {
-    pub devid: u64,
-    pub total_bytes: u64,
-    pub uuid: [u8; 16],
+pub(crate) struct DevSpace {
+    pub(crate) devid: u64,
+    pub(crate) total_bytes: u64,
+    pub(crate) uuid: [u8; 16],
     /// Dev extents: physical start -> length.
-    pub extents: BTreeMap<u64, u64>,
+    pub(crate) extents: BTreeMap<u64, u64>,
 }
 
 impl DevSpace {
-    pub fn bytes_used(&self) -> u64 {
-        self.extents.values().fold(0, |a, &l| a.saturating_add(l))
-    }
-
     /// The kernel's `find_free_dev_extent`: the first hole of at least `want`
     /// bytes at or after the reserved first MiB, else the largest hole.
     /// Returns (start, hole length).
-    pub fn find_hole(&self, want: u64) -> Option<(u64, u64)> {
+    pub(crate) fn find_hole(&self, want: u64) -> Option<(u64, u64)> {
         let mut best: Option<(u64, u64)> = None;
         let mut pos = DEVICE_RESERVED;
         let holes =
@@ -64,19 +60,19 @@ impl DevSpace {
 
 /// How a chunk of one profile lies over the devices that have room for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shape {
+pub(crate) struct Shape {
     /// Devices the chunk uses.
-    pub devices: usize,
+    pub(crate) devices: usize,
     /// Stripes on each of them (DUP: 2).
-    pub per_device: usize,
+    pub(crate) per_device: usize,
     /// Stripes holding distinct data (the chunk's length is this many stripes).
-    pub data_stripes: usize,
-    pub sub_stripes: u16,
+    pub(crate) data_stripes: usize,
+    pub(crate) sub_stripes: u16,
 }
 
 /// The shape of a `profile` chunk over `ndevs` devices; refused below the
 /// profile's minimum device count (what mkfs and a conversion must have).
-pub fn shape(profile: Profile, ndevs: usize) -> Result<Shape> {
+pub(crate) fn shape(profile: Profile, ndevs: usize) -> Result<Shape> {
     let need = profile.min_devices();
     if ndevs < need {
         return Err(Error::Invalid(format!("profile {profile} needs at least {need} devices (images), {ndevs} given")));
@@ -94,22 +90,22 @@ pub fn shape(profile: Profile, ndevs: usize) -> Result<Shape> {
 
 /// A chunk a placer decided on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChunkPlan {
-    pub logical: u64,
-    pub length: u64,
+pub(crate) struct ChunkPlan {
+    pub(crate) logical: u64,
+    pub(crate) length: u64,
     /// Block group type and profile bits.
-    pub flags: u64,
-    pub profile: Profile,
-    pub stripe_size: u64,
-    pub sub_stripes: u16,
+    pub(crate) flags: u64,
+    pub(crate) profile: Profile,
+    pub(crate) stripe_size: u64,
+    pub(crate) sub_stripes: u16,
     /// (devid, physical) in stripe order.
-    pub stripes: Vec<(u64, u64)>,
+    pub(crate) stripes: Vec<(u64, u64)>,
 }
 
 impl ChunkPlan {
     /// The chunk as the chunk map and the chunk item describe it; `dev_uuid`
     /// gives each stripe's device uuid.
-    pub fn info(&self, dev_uuid: impl Fn(u64) -> [u8; 16], sectorsize: u32) -> ChunkInfo {
+    pub(crate) fn info(&self, dev_uuid: impl Fn(u64) -> [u8; 16], sectorsize: u32) -> ChunkInfo {
         ChunkInfo {
             length: self.length,
             owner: EXTENT_TREE_OBJECTID,
@@ -124,7 +120,7 @@ impl ChunkPlan {
     }
 
     /// "system", "metadata" or "data", for messages.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         if self.flags & BLOCK_GROUP_SYSTEM != 0 {
             "system"
         } else if self.flags & BLOCK_GROUP_METADATA != 0 {
@@ -136,13 +132,13 @@ impl ChunkPlan {
 }
 
 /// The uuid of device `devid` among `devs` (zeros for one not there).
-pub fn uuid_in(devs: &[DevSpace]) -> impl Fn(u64) -> [u8; 16] + '_ {
+pub(crate) fn uuid_in(devs: &[DevSpace]) -> impl Fn(u64) -> [u8; 16] + '_ {
     |devid| devs.iter().find(|d| d.devid == devid).map(|d| d.uuid).unwrap_or([0; 16])
 }
 
 /// Plan a chunk of type `flags` (type | profile bits) at `logical`. `None`
 /// when the devices have no room for one (ENOSPC).
-pub fn plan_chunk(devs: &[DevSpace], logical: u64, flags: u64) -> Result<Option<ChunkPlan>> {
+pub(crate) fn plan_chunk(devs: &[DevSpace], logical: u64, flags: u64) -> Result<Option<ChunkPlan>> {
     let profile = Profile::from_flags(flags)
         .ok_or_else(|| Error::corrupt(CorruptKind::ChunkMap, format!("block group flags {flags:#x}"), "several profile bits"))?;
     let attr = profile.raid_attr().ok_or_else(|| Error::Unsupported(format!("allocating {profile} chunks")))?;

@@ -63,7 +63,7 @@ pub struct BioHook(pub Arc<BioFn>);
 pub type BioFn = dyn Fn(&BioRecord, BioStage) + Send + Sync;
 
 impl BioHook {
-    pub fn call(&self, rec: &BioRecord, stage: BioStage) {
+    pub(crate) fn call(&self, rec: &BioRecord, stage: BioStage) {
         (self.0)(rec, stage)
     }
 }
@@ -74,7 +74,7 @@ impl std::fmt::Debug for BioHook {
     }
 }
 
-pub const PAGE: usize = 4096;
+pub(crate) const PAGE: usize = 4096;
 
 /// Threads per device issuing its bios. Synchronous O_DIRECT writes into a
 /// sparse image on ext4 are serialized by the host inode's lock anyway
@@ -85,42 +85,42 @@ const WORKERS_PER_DEVICE: usize = 2;
 /// One bounce page, aligned for O_DIRECT.
 #[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C, align(4096))]
-pub struct Page([u8; PAGE]);
+pub(crate) struct Page([u8; PAGE]);
 
 /// Engine-owned, page-aligned memory. Pages taken from a [`PagePool`] go
 /// back to it when dropped, wherever that happens: after a buffered write,
 /// or in the device thread that completes the last bio writing them.
-pub struct Bounce {
+pub(crate) struct Bounce {
     pages: Vec<Page>,
     len: usize,
     home: Option<Sender<Bounce>>,
 }
 
 impl Bounce {
-    pub fn zeroed(len: usize) -> Bounce {
+    pub(crate) fn zeroed(len: usize) -> Bounce {
         Bounce { pages: vec![Page([0; PAGE]); len.div_ceil(PAGE)], len, home: None }
     }
     #[allow(clippy::indexing_slicing)] // OK: len ≤ capacity, kept by zeroed and set_len.
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.pages.as_bytes()[..self.len]
     }
     #[allow(clippy::indexing_slicing)] // OK: len ≤ capacity, kept by zeroed and set_len.
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.pages.as_mut_bytes()[..self.len]
     }
     /// Bytes the pages hold.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.pages.as_bytes().len()
     }
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
     /// Use the first `len` bytes (at most the capacity), the rest of the last
     /// page zeroed: a reused buffer must not carry old bytes past its end.
-    pub fn set_len(&mut self, len: usize) {
+    pub(crate) fn set_len(&mut self, len: usize) {
         let len = len.min(self.capacity());
         let page_end = len.div_ceil(PAGE).saturating_mul(PAGE);
         if let Some(tail) = self.pages.as_mut_bytes().get_mut(len..page_end) {
@@ -144,12 +144,12 @@ impl Drop for Bounce {
 
 /// A fixed set of equal buffers that come back by themselves (see [`Bounce`]):
 /// the memory a streaming write needs is the pool, whatever the input size.
-pub struct PagePool {
+pub(crate) struct PagePool {
     free: Receiver<Bounce>,
 }
 
 impl PagePool {
-    pub fn new(count: usize, len: usize) -> PagePool {
+    pub(crate) fn new(count: usize, len: usize) -> PagePool {
         let (home, free) = channel();
         for _ in 0..count {
             let mut b = Bounce::zeroed(len);
@@ -160,14 +160,14 @@ impl PagePool {
     }
     /// The next free buffer, waiting for one to come back; `None` once no
     /// buffer can come back any more.
-    pub fn take(&self) -> Option<Bounce> {
+    pub(crate) fn take(&self) -> Option<Bounce> {
         self.free.recv().ok()
     }
 }
 
 /// Completion tracking for the bios of one write.
 #[derive(Default)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     pending: AtomicUsize,
     first_error: Mutex<Option<Error>>,
     all_done: Condvar,
@@ -175,11 +175,11 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn add(&self, n: usize) {
+    pub(crate) fn add(&self, n: usize) {
         self.pending.fetch_add(n, Ordering::SeqCst);
     }
     /// One bio finished (on one mirror).
-    pub fn complete(&self, r: Result<()>) {
+    pub(crate) fn complete(&self, r: Result<()>) {
         if let Err(e) = r {
             if let Ok(mut f) = self.first_error.lock() {
                 f.get_or_insert(e);
@@ -199,7 +199,7 @@ impl Tracker {
         self.first_error.lock().map_or(true, |e| e.is_some())
     }
     /// Wait for every bio; the first error, if any.
-    pub fn wait(&self) -> Result<()> {
+    pub(crate) fn wait(&self) -> Result<()> {
         let mut g = self.done_lock.lock().map_err(|_| Error::Internal("bio tracker lock poisoned".into()))?;
         while self.pending.load(Ordering::SeqCst) != 0 {
             g = self.all_done.wait(g).map_err(|_| Error::Internal("bio tracker lock poisoned".into()))?;
@@ -216,10 +216,11 @@ impl Tracker {
 /// may be changing), `len` bytes that start at `base` in the pages, read by
 /// `copy_to(offset, dst)`; see [`DirectWriter::no_bounce`].
 #[derive(Clone, Copy)]
-pub struct Live<'a> {
-    pub base: usize,
-    pub len: usize,
-    pub copy_to: &'a (dyn Fn(usize, &mut [u8]) + Sync),
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) struct Live<'a> {
+    pub(crate) base: usize,
+    pub(crate) len: usize,
+    pub(crate) copy_to: &'a (dyn Fn(usize, &mut [u8]) + Sync),
 }
 
 #[cfg(test)]
@@ -242,11 +243,11 @@ impl Live<'_> {
 
 /// One planned bio.
 #[derive(Clone, Debug)]
-pub struct Bio {
+pub(crate) struct Bio {
     /// Where its bytes are in the buffer written, and how many.
-    pub buf_off: usize,
-    pub buf_len: usize,
-    pub rec: BioRecord,
+    pub(crate) buf_off: usize,
+    pub(crate) buf_len: usize,
+    pub(crate) rec: BioRecord,
 }
 
 fn overflow(logical: u64) -> Error {
@@ -367,28 +368,28 @@ fn serve(files: &DeviceFiles, queue: &Mutex<Receiver<Job>>, abort: &AtomicBool) 
 }
 
 /// Issues the bios of direct writes, on threads of its own per device.
-pub struct DirectWriter {
+pub(crate) struct DirectWriter {
     max_bio: usize,
     queues: BTreeMap<u64, Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
     /// Writes submitted and not yet waited for.
     outstanding: Vec<Arc<Tracker>>,
     abort: Arc<AtomicBool>,
-    pub notices: Vec<String>,
+    pub(crate) notices: Vec<String>,
     /// Test-only: each bio gets its own copy of the caller's (changing)
     /// source, taken as it is queued, instead of the shared bounce pages:
     /// what devices reading the caller's memory at their own time would
     /// see. Shows the checks catch what bounce copies prevent.
     #[cfg(test)]
-    pub no_bounce: bool,
+    pub(crate) no_bounce: bool,
     /// Test-only: fail the bio that writes this logical address.
     #[cfg(test)]
-    pub fail_at: Option<u64>,
+    pub(crate) fail_at: Option<u64>,
 }
 
 impl DirectWriter {
     /// Open every device of `vol` for direct writes and start its threads.
-    pub fn new(vol: &Volume, max_bio: usize) -> Result<DirectWriter> {
+    pub(crate) fn new(vol: &Volume, max_bio: usize) -> Result<DirectWriter> {
         let abort = Arc::new(AtomicBool::new(false));
         let mut w = DirectWriter {
             max_bio: PAGE,
@@ -436,12 +437,12 @@ impl DirectWriter {
     }
 
     /// Bios of at most `max_bio` bytes from now on, in whole pages.
-    pub fn set_max_bio(&mut self, max_bio: usize) {
+    pub(crate) fn set_max_bio(&mut self, max_bio: usize) {
         self.max_bio = (max_bio.max(PAGE) / PAGE).saturating_mul(PAGE);
     }
 
     /// Split [logical, logical+len) into bios for every copy.
-    pub fn plan(&self, vol: &Volume, logical: u64, len: usize) -> Result<Vec<Bio>> {
+    pub(crate) fn plan(&self, vol: &Volume, logical: u64, len: usize) -> Result<Vec<Bio>> {
         let mut out = Vec::new();
         for m in 0..vol.num_copies(logical)? {
             for segment in vol.copy_segments(logical, len, m)? {
@@ -455,7 +456,7 @@ impl DirectWriter {
     /// number of sectors) at `logical` on every copy, and return at once:
     /// the pages stay alive until the last of them is done. `live` (tests
     /// only) is the caller's source and where it starts in the pages.
-    pub fn submit(
+    pub(crate) fn submit(
         &mut self,
         vol: &Volume,
         logical: u64,
@@ -513,7 +514,7 @@ impl DirectWriter {
     /// Wait until every bio submitted so far finished on every mirror; the
     /// first error of any of them. Flushing is the commit's job (it fsyncs
     /// every image before the superblocks).
-    pub fn finish(&mut self) -> Result<()> {
+    pub(crate) fn finish(&mut self) -> Result<()> {
         let mut first = Ok(());
         for t in self.outstanding.drain(..) {
             if let Err(e) = t.wait() {
@@ -545,7 +546,7 @@ impl Volume {
     /// images (or far apart on one), and the host writes them in parallel.
     /// Writeback of each piece starts at once (see
     /// [`super::Device::start_writeback`]); the commit flushes.
-    pub fn write_bios(&self, logical: u64, buf: &[u8], max_bio: usize, hook: Option<&BioHook>) -> Result<Vec<BioRecord>> {
+    pub(crate) fn write_bios(&self, logical: u64, buf: &[u8], max_bio: usize, hook: Option<&BioHook>) -> Result<Vec<BioRecord>> {
         let copies = self.num_copies(logical)?;
         let write_copy = |m: usize| -> Result<Vec<BioRecord>> {
             let mut bios = Vec::new();

@@ -19,7 +19,7 @@ pub struct PhysAddr {
 pub struct MapEntry {
     pub logical: u64,
     pub chunk: ChunkInfo,
-    pub profile: Profile,
+    pub(crate) profile: Profile,
 }
 
 impl MapEntry {
@@ -97,7 +97,7 @@ impl MapEntry {
 }
 
 /// Validate a chunk item's shape against its profile.
-pub fn check_chunk(logical: u64, c: &ChunkInfo) -> Result<Profile> {
+pub(crate) fn check_chunk(logical: u64, c: &ChunkInfo) -> Result<Profile> {
     let at = format!("chunk item at logical {logical}");
     let profile = Profile::from_flags(c.chunk_type)
         .ok_or_else(|| Error::corrupt(CorruptKind::ChunkMap, &at, format!("several profile bits set in type {:#x}", c.chunk_type)))?;
@@ -134,7 +134,7 @@ impl MapEntry {
     /// Bytes each stripe of the chunk takes on its device (the kernel's
     /// `calc_stripe_length`): the whole chunk for mirrored profiles, the
     /// chunk divided among the data stripes for striped ones.
-    pub fn stripe_size(&self) -> Result<u64> {
+    pub(crate) fn stripe_size(&self) -> Result<u64> {
         let n = u64_of(self.chunk.stripes.len());
         let data_stripes = match self.profile {
             Profile::Single | Profile::Dup | Profile::Raid1 | Profile::Raid1C3 | Profile::Raid1C4 => 1,
@@ -164,7 +164,7 @@ impl MapEntry {
 /// before 6.3 accepts) and a stripe without a dev extent are returned as
 /// warnings when `strict` is false (a reader is not hurt by them; a writer
 /// allocating from the dev tree would be).
-pub fn verify_stripes(
+pub(crate) fn verify_stripes(
     entries: &[Arc<MapEntry>],
     device_sizes: &BTreeMap<u64, u64>,
     dev_extents: Option<&[(u64, u64, u64, u64)]>,
@@ -292,16 +292,8 @@ impl ChunkMap {
         self.entries.read().map(|e| e.values().cloned().collect()).unwrap_or_default()
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.read().map(|e| e.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Forget every chunk (the bootstrap map is replaced by the chunk tree's).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         if let Ok(mut e) = self.entries.write() {
             e.clear();
         }

@@ -16,14 +16,14 @@ use crate::format::{u64_of, BTRFS_MAGIC, SUPER_INFO_OFFSET, SUPER_INFO_SIZE, SUP
 
 /// Largest end of a filesystem in its image file (offset + size): the
 /// largest file size Linux allows (MAX_LFS_FILESIZE).
-pub const MAX_IMAGE_END: u64 = i64::MAX.unsigned_abs();
+pub(crate) const MAX_IMAGE_END: u64 = i64::MAX.unsigned_abs();
 
 impl NewImages {
     /// Open (or, `may_create`, create) every image; their lengths change only
     /// once a layout is known to fit ([`Self::resize`]), so a failed mkfs
     /// leaves an existing file's length alone. Without `force`, an image
     /// that holds a filesystem is refused.
-    pub fn open(paths: &[PathBuf], may_create: bool, force: bool, offset: u64) -> Result<NewImages> {
+    pub(crate) fn open(paths: &[PathBuf], may_create: bool, force: bool, offset: u64) -> Result<NewImages> {
         let mut files = Vec::new();
         let mut file_lens = Vec::new();
         for p in paths {
@@ -43,7 +43,7 @@ impl NewImages {
     }
 
     /// Each image file's length when it was opened.
-    pub fn file_lens(&self) -> &[u64] {
+    pub(crate) fn file_lens(&self) -> &[u64] {
         &self.file_lens
     }
 
@@ -51,7 +51,7 @@ impl NewImages {
     /// Inside a larger file (`--offset`), whatever follows the filesystem is
     /// someone else's (a backup GPT, other partitions): the file only ever
     /// grows. On failure the images resized so far get their lengths back.
-    pub fn resize(&self, sizes: &[u64]) -> Result<()> {
+    pub(crate) fn resize(&self, sizes: &[u64]) -> Result<()> {
         for (i, ((f, p), s)) in self.files.iter().zip(&self.paths).zip(sizes).enumerate() {
             let cur = self.file_lens.get(i).map_or(0, |l| l.saturating_sub(self.offset));
             if self.offset == 0 || *s > cur {
@@ -78,7 +78,7 @@ impl NewImages {
 
     /// Some device of `sizes[i]` bytes holds a btrfs superblock magic at one
     /// of its copy locations.
-    pub fn hold_btrfs(&self, sizes: &[u64]) -> bool {
+    pub(crate) fn hold_btrfs(&self, sizes: &[u64]) -> bool {
         self.files.iter().zip(sizes).any(|(f, size)| {
             SUPER_MIRROR_OFFSETS.iter().filter(|&&m| m.saturating_add(u64_of(SUPER_INFO_SIZE)) <= *size).any(|&m| {
                 let mut magic = [0u8; 8];
@@ -89,7 +89,7 @@ impl NewImages {
     }
 
     /// File data bytes written by copy_file_range, and by pwrite (all copies).
-    pub fn data_copied_and_written(&self) -> (u64, u64) {
+    pub(crate) fn data_copied_and_written(&self) -> (u64, u64) {
         (self.copied.get(), self.written.get())
     }
 }
@@ -99,7 +99,7 @@ impl NewImages {
 /// Files that exist compare by device and inode; paths not yet there by their
 /// directory's real path and their name. Without this, mkfs would open the
 /// file twice and wait on its own lock, then blame "another process".
-pub fn same_file_twice(paths: &[PathBuf]) -> Option<(usize, usize)> {
+pub(crate) fn same_file_twice(paths: &[PathBuf]) -> Option<(usize, usize)> {
     use std::os::unix::fs::MetadataExt;
     #[derive(PartialEq)]
     enum Id {
@@ -126,12 +126,12 @@ pub fn same_file_twice(paths: &[PathBuf]) -> Option<(usize, usize)> {
 
 /// The images of `paths` that do not exist yet (a failed mkfs removes them
 /// again with [`remove_created`]).
-pub fn not_yet_there(paths: &[PathBuf]) -> Vec<PathBuf> {
+pub(crate) fn not_yet_there(paths: &[PathBuf]) -> Vec<PathBuf> {
     paths.iter().filter(|p| !p.exists()).cloned().collect()
 }
 
 /// Remove images this mkfs created, after it failed.
-pub fn remove_created(paths: Vec<PathBuf>) {
+pub(crate) fn remove_created(paths: Vec<PathBuf>) {
     for p in paths {
         let _ = std::fs::remove_file(p);
     }
@@ -139,7 +139,7 @@ pub fn remove_created(paths: Vec<PathBuf>) {
 
 /// The image files of a filesystem being made, open for writing and
 /// locked, written at device (physical) offsets.
-pub struct NewImages {
+pub(crate) struct NewImages {
     files: Vec<File>,
     paths: Vec<PathBuf>,
     /// Their lengths when opened, given back when sizing them fails.
@@ -168,7 +168,7 @@ impl NewImages {
         physical.checked_add(self.offset).ok_or_else(|| Error::Invalid(format!("offset {physical} too large")))
     }
 
-    pub fn write_phys(&self, devid: u64, physical: u64, data: &[u8]) -> Result<()> {
+    pub(crate) fn write_phys(&self, devid: u64, physical: u64, data: &[u8]) -> Result<()> {
         let (f, p) = self.image(devid)?;
         let at = self.file_offset(physical)?;
         f.write_all_at(data, at).map_err(|e| Error::io(p, format!("write at {at}"), e))
@@ -178,7 +178,7 @@ impl NewImages {
     /// `src_off..` of `src`: copied file to file where the host allows (a
     /// reflink on xfs or btrfs, an in-kernel copy elsewhere), the rest — and
     /// everything once copy_file_range is refused — written from `data`.
-    pub fn copy_phys(&self, devid: u64, physical: u64, data: &[u8], src: &File, src_off: u64, valid: u64) -> Result<()> {
+    pub(crate) fn copy_phys(&self, devid: u64, physical: u64, data: &[u8], src: &File, src_off: u64, valid: u64) -> Result<()> {
         let mut done = 0usize;
         let valid = usize::try_from(valid).map_or(data.len(), |v| v.min(data.len()));
         if self.copy_range.get() && valid > 0 {
@@ -219,7 +219,7 @@ impl NewImages {
     /// asynchronous writeback of dirty pages for POSIX_FADV_DONTNEED): the
     /// data's disk writes overlap the rest of mkfs, and the final flush finds
     /// little left. A hint only; the images are fsynced at the end.
-    pub fn start_writeback(&self, devid: u64, physical: u64, len: u64) {
+    pub(crate) fn start_writeback(&self, devid: u64, physical: u64, len: u64) {
         if let (Ok((f, _)), Ok(at)) = (self.image(devid), self.file_offset(physical)) {
             let _ = rustix::fs::fadvise(f, at, len, rustix::fs::Advice::DontNeed);
         }
@@ -229,7 +229,7 @@ impl NewImages {
     /// hole (a fresh sparse image) needs nothing; otherwise punching a hole is a
     /// metadata change where writing zeros would allocate and later flush real
     /// blocks. Zeros are written where the host filesystem cannot punch.
-    pub fn zero_phys(&self, devid: u64, physical: u64, len: u64) -> Result<()> {
+    pub(crate) fn zero_phys(&self, devid: u64, physical: u64, len: u64) -> Result<()> {
         use rustix::fs::{fallocate, seek, FallocateFlags, SeekFrom};
         let (f, _) = self.image(devid)?;
         let at = self.file_offset(physical)?;
@@ -247,28 +247,28 @@ impl NewImages {
     }
 
     /// fsync every image, in parallel: each waits on its own disk flush.
-    pub fn sync(&self) -> Result<()> {
+    pub(crate) fn sync(&self) -> Result<()> {
         let images: Vec<(&File, &PathBuf)> = self.files.iter().zip(&self.paths).collect();
         super::in_parallel(&images, "fsync", |(f, p)| f.sync_data().map_err(|e| Error::io(p, "fsync", e)))
     }
 }
 
 /// Writes at logical addresses through a planned chunk map, to every copy.
-pub struct ChunkWriter<'a> {
-    pub devs: &'a NewImages,
-    pub map: Vec<MapEntry>,
+pub(crate) struct ChunkWriter<'a> {
+    pub(crate) devs: &'a NewImages,
+    pub(crate) map: Vec<MapEntry>,
 }
 
 impl ChunkWriter<'_> {
     /// Write `data` at `logical` to every copy, split at stripe boundaries.
-    pub fn write(&self, logical: u64, data: &[u8]) -> Result<()> {
+    pub(crate) fn write(&self, logical: u64, data: &[u8]) -> Result<()> {
         self.write_from(logical, data, None)
     }
 
     /// [`Self::write`] for file data (`data` Some), counted per copy, and
     /// copied file to file where `data` says the bytes also lie in a file
     /// (the data sink of `mkfs --rootdir`).
-    pub fn write_from(&self, logical: u64, data: &[u8], file_data: Option<Option<(&File, u64, u64)>>) -> Result<()> {
+    pub(crate) fn write_from(&self, logical: u64, data: &[u8], file_data: Option<Option<(&File, u64, u64)>>) -> Result<()> {
         let mut done = 0usize;
         while let Some(rest) = data.get(done..).filter(|r| !r.is_empty()) {
             let at = logical.checked_add(u64_of(done)).ok_or_else(|| Error::Invalid(format!("logical {logical} + {done} overflows")))?;

@@ -12,10 +12,10 @@ use crate::format::{u64_of, SuperBlock, SUPER_INFO_OFFSET, SUPER_INFO_SIZE, SUPE
 
 /// What was found at one superblock location.
 #[derive(Debug, Clone)]
-pub struct SuperCopy {
-    pub index: usize,
-    pub offset: u64,
-    pub result: std::result::Result<SuperBlock, SuperProblem>,
+pub(crate) struct SuperCopy {
+    pub(crate) index: usize,
+    pub(crate) offset: u64,
+    pub(crate) result: std::result::Result<SuperBlock, SuperProblem>,
 }
 
 #[derive(Debug)]
@@ -23,13 +23,13 @@ pub struct Device {
     pub path: PathBuf,
     /// Only `volumes/` reads and writes image files.
     pub(super) file: File,
-    pub size: u64,
+    pub(crate) size: u64,
     /// The valid superblock copy with the highest generation on this device.
-    pub sb: SuperBlock,
-    pub devid: u64,
+    pub(crate) sb: SuperBlock,
+    pub(crate) devid: u64,
     /// Test builds: the fault plan of the volume (see `volumes::fault`).
     #[cfg(test)]
-    pub fault: std::sync::OnceLock<std::sync::Arc<super::fault::FaultPlan>>,
+    pub(crate) fault: std::sync::OnceLock<std::sync::Arc<super::fault::FaultPlan>>,
 }
 
 impl Device {
@@ -102,7 +102,7 @@ impl Device {
         Ok(Device::new(path, file, size, sb))
     }
 
-    pub fn read_exact_at(&self, physical: u64, buf: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_exact_at(&self, physical: u64, buf: &mut [u8]) -> Result<()> {
         #[cfg(test)]
         if self.fault.get().is_some_and(|p| p.fail_reads) {
             return Err(Error::io(
@@ -124,17 +124,17 @@ impl Device {
 
     /// A plain positioned read of what is on the image, with no bounds check
     /// and no fault injection: what `dump-super` shows, damaged or not.
-    pub fn read_raw_at(&self, physical: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    pub(crate) fn read_raw_at(&self, physical: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.file.read_exact_at(buf, physical)
     }
 
     /// The image was opened for writing.
-    pub fn opened_writable(&self) -> Result<bool> {
+    pub(crate) fn opened_writable(&self) -> Result<bool> {
         let mode = rustix::fs::fcntl_getfl(&self.file).map_err(|e| Error::io(&self.path, "fcntl", e.into()))?;
         Ok(mode & rustix::fs::OFlags::ACCMODE != rustix::fs::OFlags::RDONLY)
     }
 
-    pub fn write_all_at(&self, physical: u64, buf: &[u8]) -> Result<()> {
+    pub(crate) fn write_all_at(&self, physical: u64, buf: &[u8]) -> Result<()> {
         #[cfg(test)]
         if let Some(plan) = self.fault.get() {
             plan.before_write(&self.file, &self.path, physical, buf)?;
@@ -148,7 +148,7 @@ impl Device {
     /// asynchronous writeback of a range's dirty pages for
     /// POSIX_FADV_DONTNEED (and drops only pages already clean). Only a
     /// hint: durability still comes from [`Self::sync`].
-    pub fn start_writeback(&self, physical: u64, len: u64) {
+    pub(crate) fn start_writeback(&self, physical: u64, len: u64) {
         #[cfg(test)]
         if self.fault.get().is_some() {
             return;
@@ -156,7 +156,7 @@ impl Device {
         let _ = rustix::fs::fadvise(&self.file, physical, len, rustix::fs::Advice::DontNeed);
     }
 
-    pub fn sync(&self) -> Result<()> {
+    pub(crate) fn sync(&self) -> Result<()> {
         #[cfg(test)]
         if let Some(plan) = self.fault.get() {
             if !matches!(plan.tick(0), super::fault::Verdict::Go) {
@@ -168,7 +168,7 @@ impl Device {
 
     /// The generation of this device's best superblock as it is on disk now
     /// (a writer may have committed since the device was opened).
-    pub fn current_generation(&self) -> Result<u64> {
+    pub(crate) fn current_generation(&self) -> Result<u64> {
         Ok(read_super_copies(&self.file, &self.path, self.size, false)?
             .iter()
             .filter_map(|c| c.result.as_ref().ok().filter(|sb| sb.bytenr.get() == c.offset && sb.fsid == self.sb.fsid))
@@ -178,7 +178,7 @@ impl Device {
     }
 
     /// Every superblock copy location that fits on this device, decoded.
-    pub fn super_copies(&self) -> Result<Vec<SuperCopy>> {
+    pub(crate) fn super_copies(&self) -> Result<Vec<SuperCopy>> {
         read_super_copies(&self.file, &self.path, self.size, true)
     }
 }

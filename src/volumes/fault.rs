@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 
 /// What happens at the chosen I/O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Nothing of it reaches the image.
     Fail,
     /// Its first half (whole 4 KiB sectors; disks do not tear inside one)
@@ -23,18 +23,18 @@ pub enum Fault {
 }
 
 #[derive(Debug)]
-pub struct FaultPlan {
+pub(crate) struct FaultPlan {
     /// The 0-based I/O that faults; `u64::MAX` only counts.
-    pub at: u64,
-    pub fault: Fault,
+    pub(crate) at: u64,
+    pub(crate) fault: Fault,
     count: AtomicU64,
     undo: Mutex<Vec<(PathBuf, u64, Vec<u8>)>>,
     /// Every read from a device carrying this plan fails (a dying disk).
-    pub fail_reads: bool,
+    pub(crate) fail_reads: bool,
 }
 
 /// What the device should do with one I/O.
-pub enum Verdict {
+pub(crate) enum Verdict {
     Go,
     /// Write this many leading bytes, then fail.
     Partial(usize),
@@ -42,21 +42,21 @@ pub enum Verdict {
 }
 
 impl FaultPlan {
-    pub fn new(at: u64, fault: Fault) -> FaultPlan {
+    pub(crate) fn new(at: u64, fault: Fault) -> FaultPlan {
         FaultPlan { at, fault, count: AtomicU64::new(0), undo: Mutex::new(Vec::new()), fail_reads: false }
     }
 
     /// A plan under which reads fail and writes go through.
-    pub fn unreadable() -> FaultPlan {
+    pub(crate) fn unreadable() -> FaultPlan {
         FaultPlan { fail_reads: true, ..FaultPlan::new(u64::MAX, Fault::Fail) }
     }
 
     /// I/Os seen so far.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::SeqCst)
     }
 
-    pub fn tick(&self, len: usize) -> Verdict {
+    pub(crate) fn tick(&self, len: usize) -> Verdict {
         let n = self.count.fetch_add(1, Ordering::SeqCst);
         match n.cmp(&self.at) {
             std::cmp::Ordering::Less => Verdict::Go,
@@ -65,7 +65,7 @@ impl FaultPlan {
         }
     }
 
-    pub fn remember(&self, path: &std::path::Path, offset: u64, old: Vec<u8>) {
+    pub(crate) fn remember(&self, path: &std::path::Path, offset: u64, old: Vec<u8>) {
         if let Ok(mut u) = self.undo.lock() {
             u.push((path.to_path_buf(), offset, old));
         }
@@ -76,7 +76,7 @@ impl FaultPlan {
     /// then it may go ahead (Ok: the caller writes), or fail, torn (its first
     /// part written here) or not at all. Every path that writes an image
     /// calls this first, so the k-th I/O is counted the same way for all.
-    pub fn before_write(&self, file: &File, path: &Path, physical: u64, buf: &[u8]) -> Result<()> {
+    pub(crate) fn before_write(&self, file: &File, path: &Path, physical: u64, buf: &[u8]) -> Result<()> {
         let mut old = vec![0u8; buf.len()];
         let n = file.read_at(&mut old, physical).unwrap_or(0);
         old.truncate(n);
@@ -95,7 +95,7 @@ impl FaultPlan {
     }
 
     /// Put back every byte written under this plan, newest first.
-    pub fn restore(&self) -> std::io::Result<()> {
+    pub(crate) fn restore(&self) -> std::io::Result<()> {
         let undo = std::mem::take(&mut *self.undo.lock().map_err(|_| std::io::Error::other("poisoned"))?);
         for (path, off, bytes) in undo.into_iter().rev() {
             std::fs::OpenOptions::new().write(true).open(&path)?.write_all_at(&bytes, off)?;

@@ -28,7 +28,7 @@ fn flock_patiently(file: &File, op: rustix::fs::FlockOperation) -> rustix::io::R
 }
 
 /// Take an exclusive, non-blocking lock on an image for the life of `file`.
-pub fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
+pub(crate) fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
     match flock_patiently(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::WOULDBLOCK) => {
@@ -55,7 +55,7 @@ pub enum Lock {
 }
 
 /// Take a shared lock, so that readers do not run alongside a writer.
-pub fn lock_shared(file: &File, path: &Path) -> Result<()> {
+pub(crate) fn lock_shared(file: &File, path: &Path) -> Result<()> {
     match flock_patiently(file, rustix::fs::FlockOperation::NonBlockingLockShared) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::WOULDBLOCK) => {
@@ -66,7 +66,7 @@ pub fn lock_shared(file: &File, path: &Path) -> Result<()> {
 }
 
 /// Lock `file` as `lock` says.
-pub fn lock(file: &File, path: &Path, lock: Lock) -> Result<()> {
+pub(crate) fn lock(file: &File, path: &Path, lock: Lock) -> Result<()> {
     match lock {
         Lock::Exclusive => lock_exclusive(file, path),
         Lock::Shared => lock_shared(file, path),
@@ -79,7 +79,7 @@ pub fn lock(file: &File, path: &Path, lock: Lock) -> Result<()> {
 
 /// Error if `path` is the backing file of a loop device (and so possibly
 /// mounted by the kernel), naming the loop device.
-pub fn refuse_loop_attached(path: &Path) -> Result<()> {
+pub(crate) fn refuse_loop_attached(path: &Path) -> Result<()> {
     let Ok(canon) = std::fs::canonicalize(path) else { return Ok(()) };
     let Ok(meta) = std::fs::metadata(&canon) else { return Ok(()) };
     use std::os::unix::fs::MetadataExt;
@@ -121,7 +121,7 @@ fn in_place_lock(kind: libc::c_short) -> Result<libc::flock> {
 /// ([`in_place_pending`]): so either the writer sees the reader and copies
 /// on write, or the reader sees the mark and waits for the commit, whose
 /// trees are the state those bytes belong to.
-pub fn mark_in_place(file: &File, path: &Path, on: bool) -> Result<()> {
+pub(crate) fn mark_in_place(file: &File, path: &Path, on: bool) -> Result<()> {
     use std::os::fd::AsRawFd;
     let l = in_place_lock(short(if on { libc::F_WRLCK } else { libc::F_UNLCK }))?;
     nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&l))
@@ -130,7 +130,7 @@ pub fn mark_in_place(file: &File, path: &Path, on: bool) -> Result<()> {
 }
 
 /// Whether another open file (any process) holds the in-place mark on `file`.
-pub fn in_place_pending(file: &File, path: &Path) -> Result<bool> {
+pub(crate) fn in_place_pending(file: &File, path: &Path) -> Result<bool> {
     use std::os::fd::AsRawFd;
     let mut l = in_place_lock(short(libc::F_RDLCK))?;
     nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_GETLK(&mut l))
@@ -159,7 +159,7 @@ fn short(v: libc::c_int) -> libc::c_short {
 /// [`oldest_reader`]). OFD locks do not interact with the `flock` locks
 /// above, and stay with this open file alone (closing another descriptor of
 /// the same image drops nothing).
-pub fn register_reader(file: &File, path: &Path, generation: u64) -> Result<()> {
+pub(crate) fn register_reader(file: &File, path: &Path, generation: u64) -> Result<()> {
     use std::os::fd::AsRawFd;
     let l = generation_lock(short(libc::F_RDLCK), generation, 1)?;
     nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&l))
@@ -169,7 +169,7 @@ pub fn register_reader(file: &File, path: &Path, generation: u64) -> Result<()> 
 
 /// The oldest generation below `below` that a reader registered on `file`
 /// (by any process) still reads, if any.
-pub fn oldest_reader(file: &File, path: &Path, below: u64) -> Result<Option<u64>> {
+pub(crate) fn oldest_reader(file: &File, path: &Path, below: u64) -> Result<Option<u64>> {
     use std::os::fd::AsRawFd;
     let mut limit = below;
     let mut found = None;

@@ -6,15 +6,15 @@
 // checked, or allowed where it cannot fail with the reason beside it.
 #![warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 
-pub mod alloc;
-pub mod bio;
+pub(crate) mod alloc;
+pub(crate) mod bio;
 pub mod chunks;
-pub mod create;
-pub mod device;
+pub(crate) mod create;
+pub(crate) mod device;
 #[cfg(test)]
 // Tests may index and cast freely: a panic there is a failing test.
 #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
-pub mod fault;
+pub(crate) mod fault;
 pub mod guard;
 pub mod raw;
 
@@ -72,11 +72,11 @@ const IN_PLACE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30
 pub struct Volume {
     pub devices: BTreeMap<u64, Device>,
     /// The newest valid superblock across the devices; it names the roots.
-    pub sb: SuperBlock,
+    pub(crate) sb: SuperBlock,
     pub chunks: ChunkMap,
     /// Devids the filesystem has (from the chunk tree's dev items) that were not found.
-    pub missing: BTreeSet<u64>,
-    pub degraded: bool,
+    pub(crate) missing: BTreeSet<u64>,
+    pub(crate) degraded: bool,
     /// Devices whose superblock is older than the newest (unless
     /// `--accept-lagging` took one only a commit behind as current): devid ->
     /// their generation. An image swapped for an older copy of itself lacks
@@ -84,19 +84,19 @@ pub struct Volume {
     /// tree blocks: nothing) vouches for them,
     /// never outvote or repair a current copy, and writing is refused until
     /// `scrub --repair` rebuilds it.
-    pub stale: BTreeMap<u64, u64>,
+    pub(crate) stale: BTreeMap<u64, u64>,
     /// Stale devices one generation behind whose copies of the newest
     /// commit's tree blocks were not shown to differ from a current device's:
     /// a crash between that commit's superblock writes, or an older copy of
     /// the image. They are stale (in [`Volume::stale`] too), their copies
     /// tried before other stale ones; `--accept-lagging` takes them as current.
-    pub lagging: BTreeSet<u64>,
+    pub(crate) lagging: BTreeSet<u64>,
     /// [`OpenOptions::accept_lagging`].
-    pub accept_lagging: bool,
+    pub(crate) accept_lagging: bool,
     /// Stale devices `--degraded` left out (in [`Volume::missing`] too):
     /// devid → (image, superblock generation), so that they are named as
     /// what they are rather than as missing.
-    pub left_out: BTreeMap<u64, (PathBuf, u64)>,
+    pub(crate) left_out: BTreeMap<u64, (PathBuf, u64)>,
 }
 
 impl Volume {
@@ -157,13 +157,13 @@ impl Volume {
 
     /// Mark (or unmark) this writer's in-place overwrites on every device
     /// (see [`guard::mark_in_place`]).
-    pub fn mark_in_place(&self, on: bool) -> Result<()> {
+    pub(crate) fn mark_in_place(&self, on: bool) -> Result<()> {
         self.devices.values().try_for_each(|d| guard::mark_in_place(&d.file, &d.path, on))
     }
 
     /// The oldest generation below `below` that a registered reader reads
     /// (any process, any device of the set), if any.
-    pub fn oldest_reader(&self, below: u64) -> Result<Option<u64>> {
+    pub(crate) fn oldest_reader(&self, below: u64) -> Result<Option<u64>> {
         let mut oldest: Option<u64> = None;
         for d in self.devices.values() {
             if let Some(g) = guard::oldest_reader(&d.file, &d.path, below)? {
@@ -245,7 +245,7 @@ impl Volume {
     /// the one the chunk tree gives its devid: a device of another filesystem
     /// with the same fsid (made with the same `-U`), whose extents would be
     /// read as this one's.
-    pub fn expect_devices(&mut self, devs: &BTreeMap<u64, [u8; UUID_SIZE]>) -> Result<()> {
+    pub(crate) fn expect_devices(&mut self, devs: &BTreeMap<u64, [u8; UUID_SIZE]>) -> Result<()> {
         for (devid, uuid) in devs {
             if let Some(d) = self.devices.get(devid).filter(|d| d.sb.dev_item.uuid != *uuid) {
                 // Which image the chunk tree was read by: the newest superblock's.
@@ -289,7 +289,7 @@ impl Volume {
         Ok(())
     }
 
-    pub fn device(&self, devid: u64) -> Result<&Device> {
+    pub(crate) fn device(&self, devid: u64) -> Result<&Device> {
         self.devices.get(&devid).ok_or_else(|| Error::Devices(format!("devid {devid} is missing")))
     }
 
@@ -301,7 +301,7 @@ impl Volume {
     /// copies on current devices first, then those on stale devices (the
     /// caller serves a stale copy only when something vouches for it);
     /// copies on missing devices are left out.
-    pub fn read_order(&self, logical: u64) -> Result<Vec<ReadCopy>> {
+    pub(crate) fn read_order(&self, logical: u64) -> Result<Vec<ReadCopy>> {
         let entry = self.chunks.lookup(logical)?;
         let (locs, _) = entry.map(logical)?;
         let mut out: Vec<ReadCopy> = locs
@@ -322,12 +322,12 @@ impl Volume {
     }
 
     /// Whether devid is stale (see [`Volume::stale`]).
-    pub fn is_stale(&self, devid: u64) -> bool {
+    pub(crate) fn is_stale(&self, devid: u64) -> bool {
         self.stale.contains_key(&devid)
     }
 
     /// Words for a stale device: which image, how old, what to do.
-    pub fn stale_text(&self, devid: u64) -> String {
+    pub(crate) fn stale_text(&self, devid: u64) -> String {
         let path = self.devices.get(&devid).map(|d| d.path.display().to_string()).unwrap_or_else(|| "?".into());
         let gen = self.stale.get(&devid).copied().unwrap_or(0);
         if self.lagging.contains(&devid) {
@@ -347,7 +347,7 @@ impl Volume {
     /// Split `len` bytes at `logical` into pieces that are contiguous on copy
     /// `mirror`: (offset into the range, where it lives, length). Pieces end at
     /// stripe-unit and chunk boundaries.
-    pub fn copy_segments(&self, logical: u64, len: usize, mirror: usize) -> Result<Vec<(usize, PhysAddr, usize)>> {
+    pub(crate) fn copy_segments(&self, logical: u64, len: usize, mirror: usize) -> Result<Vec<(usize, PhysAddr, usize)>> {
         let mut out = Vec::new();
         let mut done = 0usize;
         while let Some(left) = len.checked_sub(done).filter(|l| *l > 0) {
@@ -368,7 +368,7 @@ impl Volume {
 
     /// Read `buf.len()` bytes at `logical` from copy `mirror` (0-based),
     /// following the stripes across stripe-unit and chunk boundaries.
-    pub fn read_copy(&self, logical: u64, buf: &mut [u8], mirror: usize) -> Result<()> {
+    pub(crate) fn read_copy(&self, logical: u64, buf: &mut [u8], mirror: usize) -> Result<()> {
         for (off, addr, n) in self.copy_segments(logical, buf.len(), mirror)? {
             let piece = off.checked_add(n).and_then(|end| buf.get_mut(off..end)).ok_or_else(|| Error::Invalid("segment".into()))?;
             self.device(addr.devid)?.read_exact_at(addr.physical, piece)?;
@@ -377,7 +377,7 @@ impl Volume {
     }
 
     /// Write `data` at `logical` to copy `mirror` only (repairs write one bad copy).
-    pub fn write_copy(&self, logical: u64, data: &[u8], mirror: usize) -> Result<()> {
+    pub(crate) fn write_copy(&self, logical: u64, data: &[u8], mirror: usize) -> Result<()> {
         for (off, addr, n) in self.copy_segments(logical, data.len(), mirror)? {
             let piece = off.checked_add(n).and_then(|end| data.get(off..end)).ok_or_else(|| Error::Invalid("segment".into()))?;
             self.device(addr.devid)?.write_all_at(addr.physical, piece)?;
@@ -387,14 +387,14 @@ impl Volume {
 
     /// Test builds: route every device's I/O through `plan`.
     #[cfg(test)]
-    pub fn set_fault(&self, plan: std::sync::Arc<fault::FaultPlan>) {
+    pub(crate) fn set_fault(&self, plan: std::sync::Arc<fault::FaultPlan>) {
         for d in self.devices.values() {
             let _ = d.fault.set(plan.clone());
         }
     }
 
     /// Flush every device to stable storage, all at once (one thread each).
-    pub fn sync_all(&self) -> Result<()> {
+    pub(crate) fn sync_all(&self) -> Result<()> {
         let devices: Vec<&Device> = self.devices.values().collect();
         in_parallel(&devices, "fsync", |d| d.sync())
     }
@@ -408,10 +408,10 @@ impl Volume {
 
 /// One copy a read may use (see [`Volume::read_order`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadCopy {
+pub(crate) struct ReadCopy {
     /// 0-based copy number, as `read_copy` takes it.
-    pub mirror: usize,
-    pub devid: u64,
+    pub(crate) mirror: usize,
+    pub(crate) devid: u64,
     /// The copy lives on a stale device: served only where a checksum vouches
     /// for it, and never a tree block: the device may hold another history
     /// of this filesystem (a copy of the set written apart from it, or a
@@ -421,10 +421,10 @@ pub struct ReadCopy {
     /// commit's blocks: an older copy given those blocks looks the same.
     /// `--accept-lagging` is the caller's word that a lagging one was left by
     /// a crash.
-    pub stale: bool,
+    pub(crate) stale: bool,
     /// The copy lives on a lagging device (see [`Volume::lagging`], `stale`
     /// too): tried before other stale copies.
-    pub lagging: bool,
+    pub(crate) lagging: bool,
 }
 
 /// Every device must agree with the newest superblock on what no commit

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 /// Overwrite `bytes` at byte `offset` of the image at `path`, and flush.
-pub fn patch(path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
+pub(crate) fn patch(path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
     let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, "open", e))?;
     f.write_all_at(bytes, offset).map_err(|e| Error::io(path, format!("write {} bytes at {offset}", bytes.len()), e))?;
     f.sync_all().map_err(|e| Error::io(path, "fsync", e))
@@ -29,7 +29,8 @@ pub fn len(path: &Path) -> Result<u64> {
 /// Decompress a zstd-packed image (the reference images under `fixtures/`),
 /// leaving all-zero runs as holes.
 #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)] // OK: n ≤ buf.len() (64 KiB); len counts one file's bytes.
-pub fn unpack_zstd(src: &Path, dst: &Path) -> std::io::Result<()> {
+#[cfg(test)]
+pub(crate) fn unpack_zstd(src: &Path, dst: &Path) -> std::io::Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let mut dec = zstd::stream::read::Decoder::new(std::fs::File::open(src)?)?;
     dec.window_log_max(31)?;

@@ -25,7 +25,7 @@ impl Transaction {
 
     /// Commit; the warnings gathered on the way (devices that failed a read,
     /// quota accounting left to a rescan).
-    pub fn commit_with_warnings(self) -> Result<Vec<String>> {
+    pub(crate) fn commit_with_warnings(self) -> Result<Vec<String>> {
         let fs = self.commit_keep()?;
         Ok(fs.take_warnings().into_iter().map(|w| w.0).collect())
     }
@@ -33,7 +33,7 @@ impl Transaction {
     /// Commit, then start the next transaction on the same (still locked)
     /// devices: long operations commit in steps so their memory stays
     /// bounded, each step crash-safe on its own.
-    pub fn commit_and_continue(mut self) -> Result<Transaction> {
+    pub(crate) fn commit_and_continue(mut self) -> Result<Transaction> {
         let now = self.now;
         let names = std::mem::take(&mut self.names);
         // What this transaction freed stays unused while readers of older

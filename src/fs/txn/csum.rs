@@ -30,7 +30,7 @@ impl Transaction {
     }
 
     /// Remove data checksums for [start, start+len), splitting items at the edges.
-    pub fn delete_csums(&mut self, start: u64, len: u64) -> Result<()> {
+    pub(crate) fn delete_csums(&mut self, start: u64, len: u64) -> Result<()> {
         let end = start + len;
         let ss = self.store.fs.sectorsize as u64;
         let cs = self.store.fs.csum.size() as u64;
@@ -59,7 +59,7 @@ impl Transaction {
 
     /// Checksums of each sector of [start, start+len) as this transaction's
     /// csum tree holds them (`None` where it has none).
-    pub fn data_csums(&mut self, start: u64, len: u64) -> Result<Vec<Option<CsumBytes>>> {
+    pub(crate) fn data_csums(&mut self, start: u64, len: u64) -> Result<Vec<Option<CsumBytes>>> {
         let ss = u64::from(self.store.fs.sectorsize);
         let cs = self.store.fs.csum.size();
         let nsect = usize::try_from(len.div_ceil(ss)).map_err(|_| Error::Invalid("range too large".into()))?;

@@ -20,7 +20,7 @@ impl Transaction {
     /// `name` in directory `dir` of tree `root`: (inode, dir type). An entry
     /// that is a subvolume is an error here: the engine's own edits (unlink,
     /// rename, link) stay inside one tree; [`Self::lookup`] steps into it.
-    pub fn lookup_name(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<(u64, u8)>> {
+    pub(crate) fn lookup_name(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<(u64, u8)>> {
         match self.lookup_entry(root, dir, name)? {
             None => Ok(None),
             Some(e) if e.location.item_type == INODE_ITEM_KEY => Ok(Some((e.location.objectid, e.dir_type))),
@@ -38,7 +38,7 @@ impl Transaction {
 
     /// `name` in directory `dir` of tree `root`, stepping into a subvolume
     /// when the entry is one (its root directory), as path walks do.
-    pub fn lookup(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<Place>> {
+    pub(crate) fn lookup(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<Place>> {
         let Some(e) = self.lookup_entry(root, dir, name)? else { return Ok(None) };
         match e.location.item_type {
             INODE_ITEM_KEY => Ok(Some(Place { root, ino: e.location.objectid, dir_type: e.dir_type })),
@@ -73,7 +73,7 @@ impl Transaction {
 
     /// Add the name `name` in `dir` for inode `ino` (dir item, dir index,
     /// inode ref); the caller adjusts `ino`'s nlink.
-    pub fn add_link(&mut self, root: u64, dir: u64, name: &[u8], ino: u64, dir_type: u8) -> Result<()> {
+    pub(crate) fn add_link(&mut self, root: u64, dir: u64, name: &[u8], ino: u64, dir_type: u8) -> Result<()> {
         limits::check_entry_name(name)?;
         if self.lookup_name(root, dir, name)?.is_some() {
             return Err(Error::Invalid(format!("{} already exists", String::from_utf8_lossy(name))));

@@ -46,7 +46,7 @@ pub(super) fn plain_recs(pieces: &[(u64, u64, u64)], sums: Vec<Vec<u8>>) -> Vec<
 impl Transaction {
     /// Write `buf` to every copy of `logical` through the page cache (see
     /// [`crate::volumes::Volume::write_bios`]).
-    pub fn write_data(&self, logical: u64, buf: &[u8], opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
+    pub(crate) fn write_data(&self, logical: u64, buf: &[u8], opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
         report.bios.extend(self.store.fs.volume().write_bios(logical, buf, opts.max_bio, opts.on_bio.as_ref())?);
         Ok(())
     }

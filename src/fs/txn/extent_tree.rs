@@ -25,7 +25,7 @@ use super::Transaction;
 
 impl Transaction {
     /// Add a data extent item with one inline EXTENT_DATA_REF.
-    pub fn add_data_extent(&mut self, bytenr: u64, len: u64, root: u64, ino: u64, offset: u64) -> Result<()> {
+    pub(crate) fn add_data_extent(&mut self, bytenr: u64, len: u64, root: u64, ino: u64, offset: u64) -> Result<()> {
         let body = encode::extent_item(&ExtentInfo {
             refs: 1,
             generation: self.transid(),
@@ -68,7 +68,7 @@ impl Transaction {
 
     /// Change the count of the (root, ino, offset) data ref of extent `bytenr` by
     /// `delta`; returns true when the extent lost its last reference (deleted).
-    pub fn data_ref_delta(&mut self, bytenr: u64, len: u64, root: u64, ino: u64, offset: u64, delta: i64) -> Result<bool> {
+    pub(crate) fn data_ref_delta(&mut self, bytenr: u64, len: u64, root: u64, ino: u64, offset: u64, delta: i64) -> Result<bool> {
         // Leaves the kernel relocated hold their data refs by parent: turn
         // them into per-root refs first (see `unshare_children`).
         self.apply_log()?;

@@ -67,7 +67,7 @@ impl Transaction {
     /// commits. A bio error surfaces from a later write or from the commit,
     /// and the transaction then commits nothing.
     #[allow(clippy::too_many_arguments)]
-    pub fn write_owned(
+    pub(crate) fn write_owned(
         &mut self,
         root: u64,
         ino: u64,
@@ -380,7 +380,7 @@ impl Transaction {
     }
 
     /// Set a regular file's size, dropping data past it or extending with a hole.
-    pub fn truncate(&mut self, root: u64, ino: u64, size: u64) -> Result<()> {
+    pub(crate) fn truncate(&mut self, root: u64, ino: u64, size: u64) -> Result<()> {
         limits::check_file_range(size, 0)?;
         let mut it = self.read_inode(root, ino)?;
         if it.mode.get() & S_IFMT != S_IFREG {

@@ -8,12 +8,12 @@ use crate::format::{encode, items};
 use super::Transaction;
 
 impl Transaction {
-    pub fn read_inode(&mut self, root: u64, ino: u64) -> Result<InodeItem> {
+    pub(crate) fn read_inode(&mut self, root: u64, ino: u64) -> Result<InodeItem> {
         let data = self.get(root, Key::new(ino, INODE_ITEM_KEY, 0))?.ok_or_else(|| Error::NotFound(format!("inode {root}:{ino}")))?;
         Ok(items::read_prefix::<InodeItem>(&data, "inode item")?.0)
     }
 
-    pub fn put_inode(&mut self, root: u64, ino: u64, item: &InodeItem) -> Result<()> {
+    pub(crate) fn put_inode(&mut self, root: u64, ino: u64, item: &InodeItem) -> Result<()> {
         self.put(root, Key::new(ino, INODE_ITEM_KEY, 0), encode::inode_item(item))?;
         Ok(())
     }
@@ -30,7 +30,7 @@ impl Transaction {
 
     /// How messages name an inode: the path a command gave for it, when it
     /// said (see [`Transaction::name_inode`]), else its tree and number.
-    pub fn inode_label(&self, root: u64, ino: u64) -> String {
+    pub(crate) fn inode_label(&self, root: u64, ino: u64) -> String {
         match self.names.get(&(root, ino)) {
             Some(p) => p.clone(),
             None => format!("inode {root}/{ino}"),
@@ -38,7 +38,7 @@ impl Transaction {
     }
 
     /// Remember the path a command named an inode by, for messages.
-    pub fn name_inode(&mut self, root: u64, ino: u64, path: &str) {
+    pub(crate) fn name_inode(&mut self, root: u64, ino: u64, path: &str) {
         self.names.insert((root, ino), path.to_string());
     }
 }

@@ -62,8 +62,8 @@ mod space;
 mod types;
 mod xattr;
 
-pub use readers::Held;
-pub use space::{Group, Store};
+pub(crate) use readers::Held;
+pub(crate) use space::Store;
 pub use types::{BioFn, BioHook, BioRecord, BioStage, CompressOpts, Place, WriteOpts, WriteReport};
 
 use std::collections::{BTreeMap, HashMap};
@@ -78,25 +78,25 @@ use readers::{wait_for_readers, InPlace};
 /// A running transaction. Dropping it without [`Transaction::commit`] aborts:
 /// nothing reachable from the superblock was written.
 pub struct Transaction {
-    pub store: Store,
-    pub trees: BTreeMap<u64, CowTree>,
+    pub(crate) store: Store,
+    pub(crate) trees: BTreeMap<u64, CowTree>,
     /// Root items as found at open, to notice which changed.
     root_items: HashMap<u64, (Key, RootItem)>,
     /// Current time for inode stamps.
-    pub now: crate::format::Timespec,
+    pub(crate) now: crate::format::Timespec,
     /// Direct bios of this transaction's writes, on the devices' threads
     /// (started by the first direct write).
-    pub direct: Option<crate::volumes::bio::DirectWriter>,
+    pub(crate) direct: Option<crate::volumes::bio::DirectWriter>,
     /// Paths commands named inodes by, for messages: (tree, inode) -> path.
-    pub names: HashMap<(u64, u64), String>,
+    pub(crate) names: HashMap<(u64, u64), String>,
     /// The in-place mark is held (see `volumes::guard::mark_in_place`), and
     /// whether committed bytes were overwritten under it.
     pub(crate) in_place: InPlace,
     /// Test-only switches of the direct writer (see `fs::direct`).
     #[cfg(test)]
-    pub direct_no_bounce: bool,
+    pub(crate) direct_no_bounce: bool,
     #[cfg(test)]
-    pub direct_fail_at: Option<u64>,
+    pub(crate) direct_fail_at: Option<u64>,
 }
 
 impl Transaction {
@@ -146,23 +146,23 @@ impl Transaction {
         })
     }
 
-    pub fn transid(&self) -> u64 {
+    pub(crate) fn transid(&self) -> u64 {
         self.store.transid
     }
 
     /// Turn on incompat feature `flag` in the superblock this transaction
     /// commits (a feature the kernel itself turns on when first used).
-    pub fn set_incompat(&mut self, flag: u64) {
+    pub(crate) fn set_incompat(&mut self, flag: u64) {
         let sb = &mut self.store.fs.sb;
         sb.incompat_flags = (sb.incompat_flags.get() | flag).into();
     }
 
-    pub fn fs(&self) -> &Filesystem {
+    pub(crate) fn fs(&self) -> &Filesystem {
         &self.store.fs
     }
 
     /// Make sure tree `id` is loaded as a CowTree.
-    pub fn open_tree(&mut self, id: u64) -> Result<()> {
+    pub(crate) fn open_tree(&mut self, id: u64) -> Result<()> {
         if self.trees.contains_key(&id) {
             return Ok(());
         }
@@ -179,38 +179,38 @@ impl Transaction {
     }
 
     /// Run `f` on tree `id` with the store.
-    pub fn with_tree<T>(&mut self, id: u64, f: impl FnOnce(&mut CowTree, &mut Store) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_tree<T>(&mut self, id: u64, f: impl FnOnce(&mut CowTree, &mut Store) -> Result<T>) -> Result<T> {
         self.open_tree(id)?;
         let t = self.trees.get_mut(&id).ok_or_else(|| Error::Invalid(format!("tree {id} not open")))?;
         f(t, &mut self.store)
     }
 
-    pub fn get(&mut self, tree: u64, key: Key) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn get(&mut self, tree: u64, key: Key) -> Result<Option<Vec<u8>>> {
         self.with_tree(tree, |t, s| t.get(s, key))
     }
 
-    pub fn range(&mut self, tree: u64, min: Key, max: Key) -> Result<Vec<(Key, Vec<u8>)>> {
+    pub(crate) fn range(&mut self, tree: u64, min: Key, max: Key) -> Result<Vec<(Key, Vec<u8>)>> {
         self.with_tree(tree, |t, s| t.range(s, min, max))
     }
 
-    pub fn insert(&mut self, tree: u64, key: Key, data: Vec<u8>) -> Result<()> {
+    pub(crate) fn insert(&mut self, tree: u64, key: Key, data: Vec<u8>) -> Result<()> {
         self.with_tree(tree, |t, s| t.insert(s, key, data))
     }
 
-    pub fn put(&mut self, tree: u64, key: Key, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn put(&mut self, tree: u64, key: Key, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
         self.with_tree(tree, |t, s| t.put(s, key, data))
     }
 
-    pub fn delete(&mut self, tree: u64, key: Key) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn delete(&mut self, tree: u64, key: Key) -> Result<Option<Vec<u8>>> {
         self.with_tree(tree, |t, s| t.delete(s, key))
     }
 
-    pub fn last_le(&mut self, tree: u64, key: Key) -> Result<Option<(Key, Vec<u8>)>> {
+    pub(crate) fn last_le(&mut self, tree: u64, key: Key) -> Result<Option<(Key, Vec<u8>)>> {
         self.with_tree(tree, |t, s| t.last_le(s, key))
     }
 
     /// Wait for every direct bio queued in this transaction; the first error.
-    pub fn finish_direct(&mut self) -> Result<()> {
+    pub(crate) fn finish_direct(&mut self) -> Result<()> {
         match &mut self.direct {
             Some(dw) => dw.finish(),
             None => Ok(()),

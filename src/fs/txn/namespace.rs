@@ -18,7 +18,7 @@ fn zero_inode() -> InodeItem {
 impl Transaction {
     /// Refuse changes to a read-only subvolume (a read-only snapshot), as the
     /// kernel does with EROFS.
-    pub fn ensure_writable(&mut self, root: u64) -> Result<()> {
+    pub(crate) fn ensure_writable(&mut self, root: u64) -> Result<()> {
         if root == FS_TREE_OBJECTID {
             return Ok(());
         }
@@ -64,7 +64,7 @@ impl Transaction {
     }
 
     /// A symlink: the target is stored as an inline extent, as the kernel does.
-    pub fn symlink(&mut self, root: u64, dir: u64, name: &[u8], target: &[u8]) -> Result<u64> {
+    pub(crate) fn symlink(&mut self, root: u64, dir: u64, name: &[u8], target: &[u8]) -> Result<u64> {
         limits::check_symlink_target(target, self.store.fs.sb.nodesize.get(), self.store.fs.sectorsize)?;
         let ino = self.create(root, dir, name, S_IFLNK | 0o777, 0)?;
         self.insert_inline(root, ino, target, target.len() as u64, COMPRESS_NONE)?;
@@ -76,7 +76,7 @@ impl Transaction {
     }
 
     /// Hard link `ino` as `dir/name`.
-    pub fn link(&mut self, root: u64, ino: u64, dir: u64, name: &[u8]) -> Result<()> {
+    pub(crate) fn link(&mut self, root: u64, ino: u64, dir: u64, name: &[u8]) -> Result<()> {
         let mut it = self.read_inode(root, ino)?;
         let ft = FileType::from_mode(it.mode.get()).ok_or_else(|| Error::Invalid("bad mode".into()))?;
         if ft == FileType::Directory {
@@ -93,7 +93,7 @@ impl Transaction {
 
     /// Remove `dir/name`; the inode goes when its last link does. Directories
     /// must be empty.
-    pub fn unlink(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<()> {
+    pub(crate) fn unlink(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<()> {
         let (ino, ft) = self.lookup_name(root, dir, name)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
         if ft == FT_DIR {
             let it = self.read_inode(root, ino)?;
@@ -120,7 +120,7 @@ impl Transaction {
     }
 
     /// Move `sdir/sname` to `ddir/dname`, replacing a non-directory target.
-    pub fn rename(&mut self, root: u64, sdir: u64, sname: &[u8], ddir: u64, dname: &[u8]) -> Result<()> {
+    pub(crate) fn rename(&mut self, root: u64, sdir: u64, sname: &[u8], ddir: u64, dname: &[u8]) -> Result<()> {
         let (ino, ft) = self.lookup_name(root, sdir, sname)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(sname).into_owned()))?;
         if let Some((tino, tft)) = self.lookup_name(root, ddir, dname)? {
             if tino == ino {

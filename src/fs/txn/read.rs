@@ -16,7 +16,7 @@ impl Transaction {
     /// it) and a bad copy is replaced by a good one: a read-modify-write must
     /// never seal a damaged sector under a new, valid checksum. (Public for
     /// readers of a running transaction, the model tests among them.)
-    pub fn read_range(&mut self, root: u64, ino: u64, start: u64, len: u64) -> Result<Vec<u8>> {
+    pub(crate) fn read_range(&mut self, root: u64, ino: u64, start: u64, len: u64) -> Result<Vec<u8>> {
         // Queued direct bios may be writing exactly these sectors.
         self.finish_direct()?;
         let nodatasum = self.read_inode(root, ino)?.flags.get() & INODE_NODATASUM != 0;

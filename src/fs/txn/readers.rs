@@ -20,7 +20,7 @@ use crate::fs::Filesystem;
 /// reader of a generation below T is registered, as the kernel keeps freed
 /// extents pinned until no one can see them.
 #[derive(Debug, Default)]
-pub struct Held {
+pub(crate) struct Held {
     /// start -> length, of every range still held.
     pub(super) ranges: BTreeMap<u64, u64>,
     /// start -> the transaction that freed it.

@@ -152,7 +152,7 @@ impl Transaction {
 
     /// Bring extent tree, block groups, free space tree and root items to a
     /// fixed point (each update may COW blocks and queue more updates).
-    pub fn settle(&mut self) -> Result<()> {
+    pub(crate) fn settle(&mut self) -> Result<()> {
         self.store.metadata_headroom()?;
         for _ in 0..200 {
             let mut busy = self.insert_pending_chunks()?;

@@ -36,11 +36,11 @@ use super::readers::Held;
 
 /// One block group as the allocator sees it.
 #[derive(Clone, Debug)]
-pub struct Group {
-    pub start: u64,
-    pub len: u64,
-    pub flags: u64,
-    pub chunk_objectid: u64,
+pub(crate) struct Group {
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+    pub(crate) flags: u64,
+    pub(crate) chunk_objectid: u64,
 }
 
 /// A queued extent-tree change for a tree block.
@@ -51,11 +51,11 @@ pub(super) enum RefOp {
 }
 
 /// Allocation state and the delayed-ref queue; the `BlockStore` of every tree.
-pub struct Store {
-    pub fs: Filesystem,
+pub(crate) struct Store {
+    pub(crate) fs: Filesystem,
     pub(super) fmt: BlockFormat,
     pub(super) transid: u64,
-    pub groups: BTreeMap<u64, Group>,
+    pub(crate) groups: BTreeMap<u64, Group>,
     /// Extents the extent tree will list after the commit: start -> length.
     pub(super) allocated: BTreeMap<u64, u64>,
     /// Freed this transaction but still reachable from the committed roots.
@@ -79,7 +79,7 @@ pub struct Store {
     /// Chunks planned this transaction whose tree items are not written yet.
     pub(super) pending_chunks: Vec<ChunkPlan>,
     /// Chunks added this transaction (for the report and the proactive rule).
-    pub new_chunks: Vec<(u64, u64, u64)>,
+    pub(crate) new_chunks: Vec<(u64, u64, u64)>,
     /// Where the last allocation of each kind ended.
     hints: BTreeMap<u64, u64>,
     /// Per tree: bytes of tree blocks allocated minus freed, not yet in its
@@ -186,7 +186,7 @@ impl Store {
     /// cannot fit: free bytes of the data block groups plus the chunks the
     /// devices still have room for. (Fragmentation and metadata can still
     /// fail a write later; the commit then never happens.)
-    pub fn ensure_data_space(&self, len: u64) -> Result<()> {
+    pub(crate) fn ensure_data_space(&self, len: u64) -> Result<()> {
         let mut free = 0u64;
         for g in self.groups.values().filter(|g| g.flags & BLOCK_GROUP_DATA != 0) {
             let end = g.start + g.len;
@@ -241,14 +241,14 @@ impl Store {
 
     /// Data space: up to `len` bytes (sector multiple), the largest free run
     /// at the first fit, so large writes may get several extents.
-    pub fn alloc_data(&mut self, len: u64) -> Result<(u64, u64)> {
+    pub(crate) fn alloc_data(&mut self, len: u64) -> Result<(u64, u64)> {
         let ss = self.fs.sectorsize as u64;
         self.alloc_data_min(len, ss)
     }
 
     /// Data space of exactly `len` bytes in one run (a compressed extent);
     /// `NoSpace` when there is no such run.
-    pub fn alloc_data_exact(&mut self, len: u64) -> Result<u64> {
+    pub(crate) fn alloc_data_exact(&mut self, len: u64) -> Result<u64> {
         self.alloc_data_min(len, len).map(|(pos, _)| pos)
     }
 
@@ -297,7 +297,7 @@ impl Store {
 
     /// Forget a data extent the extent tree no longer lists; pinned until the
     /// commit because the committed file tree may still reference it.
-    pub fn release_data(&mut self, start: u64) -> Result<()> {
+    pub(crate) fn release_data(&mut self, start: u64) -> Result<()> {
         if let Some(len) = self.allocated.remove(&start) {
             self.pinned.insert(start, len);
             let g = self.group_of(start)?.start;

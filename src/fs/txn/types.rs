@@ -21,12 +21,12 @@ pub struct WriteReport {
 #[derive(Clone, Debug)]
 pub struct WriteOpts {
     /// Largest single device write (a "bio"); pieces never cross a stripe.
-    pub max_bio: usize,
-    pub on_bio: Option<BioHook>,
+    pub(crate) max_bio: usize,
+    pub(crate) on_bio: Option<BioHook>,
     /// Compress what is written, as the kernel's compress= (or, `force`,
     /// compress-force=) mount option would; files flagged or with the
     /// property are compressed without it.
-    pub compress: Option<CompressOpts>,
+    pub(crate) compress: Option<CompressOpts>,
 }
 
 impl Default for WriteOpts {
@@ -47,7 +47,7 @@ pub struct CompressOpts {
 /// Where a path leads: the tree (subvolume) and inode, and its dir type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Place {
-    pub root: u64,
-    pub ino: u64,
-    pub dir_type: u8,
+    pub(crate) root: u64,
+    pub(crate) ino: u64,
+    pub(crate) dir_type: u8,
 }

@@ -16,7 +16,7 @@ impl Transaction {
     /// A `btrfs.*` name is an inode property, taken as the kernel takes it
     /// (see [`props`]): refused unless valid, and the inode's flags change
     /// with it.
-    pub fn set_xattr(&mut self, root: u64, ino: u64, name: &[u8], value: Option<&[u8]>) -> Result<()> {
+    pub(crate) fn set_xattr(&mut self, root: u64, ino: u64, name: &[u8], value: Option<&[u8]>) -> Result<()> {
         limits::check_xattr(name, value, self.store.fs.sb.nodesize.get())?;
         let mut it = self.read_inode(root, ino)?;
         limits::check_xattr_on(name, value, it.mode.get() & S_IFMT)

@@ -50,7 +50,7 @@ pub struct DumpCtx {
 }
 
 impl DumpCtx {
-    pub fn of(fs: &Filesystem) -> DumpCtx {
+    pub(crate) fn of(fs: &Filesystem) -> DumpCtx {
         DumpCtx { nodesize: fs.reader.nodesize, sectorsize: fs.sectorsize, csum_size: fs.csum.size() }
     }
 }
@@ -71,6 +71,5 @@ mod tree;
 
 pub use block::print_block;
 pub use item::print_item;
-pub use names::key_str;
 pub use super_block::dump_super;
 pub use tree::{dump_tree, dump_tree_with, Traversal};

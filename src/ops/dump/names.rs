@@ -46,7 +46,7 @@ pub(super) fn type_str(objectid: u64, t: u8) -> String {
 }
 
 /// `btrfs_print_key()` of btrfs-progs: `key (OBJECTID TYPE OFFSET)`.
-pub fn key_str(k: &Key) -> String {
+pub(crate) fn key_str(k: &Key) -> String {
     let off = match k.item_type {
         QGROUP_RELATION_KEY | QGROUP_INFO_KEY | QGROUP_LIMIT_KEY => qgroup_str(k.offset),
         UUID_KEY_SUBVOL | UUID_KEY_RECEIVED_SUBVOL => format!("0x{:016x}", k.offset),

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::format::ondisk::*;
 use crate::format::Profile;
 use crate::ops::rootdir::{self, Scan, ScanOptions};
-pub use crate::volumes::create::MAX_IMAGE_END;
+pub(crate) use crate::volumes::create::MAX_IMAGE_END;
 use crate::volumes::create::{self, NewImages};
 
 mod build;
@@ -50,11 +50,11 @@ pub struct MkfsSummary {
     pub sectorsize: u32,
     pub csum: String,
     pub features: Vec<&'static str>,
-    pub data_profile: String,
-    pub metadata_profile: String,
-    pub system_profile: String,
+    pub(crate) data_profile: String,
+    pub(crate) metadata_profile: String,
+    pub(crate) system_profile: String,
     pub total_bytes: u64,
-    pub bytes_used: u64,
+    pub(crate) bytes_used: u64,
     pub devices: Vec<DeviceSummary>,
     pub chunks: Vec<ChunkSummary>,
     pub rootdir: Option<RootdirSummary>,
@@ -66,16 +66,16 @@ pub struct DeviceSummary {
     pub devid: u64,
     pub path: String,
     pub size: u64,
-    pub uuid: String,
+    pub(crate) uuid: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ChunkSummary {
     pub kind: &'static str,
     pub profile: String,
-    pub logical: u64,
+    pub(crate) logical: u64,
     pub length: u64,
-    pub used: u64,
+    pub(crate) used: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -88,8 +88,8 @@ pub struct RootdirSummary {
     pub data_bytes: u64,
     /// File data bytes (counted once per copy) written by copy_file_range
     /// from the source files, and from memory (compressed or after a refusal).
-    pub data_copied_bytes: u64,
-    pub data_written_bytes: u64,
+    pub(crate) data_copied_bytes: u64,
+    pub(crate) data_written_bytes: u64,
     pub subvolumes: Vec<SubvolSummary>,
 }
 
@@ -99,7 +99,7 @@ pub struct SubvolSummary {
     /// Relative to the root directory.
     pub path: String,
     pub parent: u64,
-    pub uuid: String,
+    pub(crate) uuid: String,
     pub readonly: bool,
     pub default: bool,
 }
@@ -429,8 +429,8 @@ pub struct SizeReport {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DeviceSize {
-    pub devid: u64,
-    pub path: String,
+    pub(crate) devid: u64,
+    pub(crate) path: String,
     pub size: u64,
 }
 

@@ -17,9 +17,9 @@ pub(super) const GIB: u64 = 1024 * MIB;
 /// Optional on-disk features mkfs can choose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Features {
-    pub no_holes: bool,
-    pub free_space_tree: bool,
-    pub block_group_tree: bool,
+    pub(crate) no_holes: bool,
+    pub(crate) free_space_tree: bool,
+    pub(crate) block_group_tree: bool,
 }
 
 impl Default for Features {
@@ -107,7 +107,7 @@ impl Features {
 #[derive(Clone, Debug)]
 pub struct MkfsOptions {
     /// Image files, devid 1, 2, ... in this order.
-    pub images: Vec<PathBuf>,
+    pub(crate) images: Vec<PathBuf>,
     /// Size each image to this many bytes (creating missing files sparse).
     pub size: Option<u64>,
     pub data_profile: Option<Profile>,
@@ -138,7 +138,7 @@ pub struct MkfsOptions {
     pub inode_flags: Vec<(PathBuf, u64)>,
     /// Use `timestamp` as the ctime of the `rootdir` inodes too (ctime cannot be
     /// set on the host, so byte-for-byte reproducible images need this).
-    pub fixed_ctime: bool,
+    pub(crate) fixed_ctime: bool,
     /// Reproducible builds: with `timestamp`, the `rootdir` inodes get it as
     /// atime and ctime, and mtimes later than it are clamped to it.
     pub clamp_times: bool,

@@ -21,7 +21,7 @@ use crate::ops::pipeline::ordered_map;
 use crate::tree::builder::TreeItem;
 
 /// Where [`write_data`] puts file data: the data chunks of the new filesystem.
-pub trait DataSink {
+pub(crate) trait DataSink {
     /// Reserve up to `len` contiguous bytes (never crossing a chunk); returns
     /// the logical address and how many bytes were granted. With `whole`, all
     /// of `len` or an error.
@@ -46,8 +46,8 @@ pub trait DataSink {
 /// A [`DataSink`] that stores nothing: one endless data chunk, for finding
 /// how many bytes the data and the items referring to it take.
 #[derive(Default)]
-pub struct CountingSink {
-    pub next: u64,
+pub(crate) struct CountingSink {
+    pub(crate) next: u64,
 }
 
 impl DataSink for CountingSink {
@@ -65,16 +65,15 @@ impl DataSink for CountingSink {
 }
 
 /// What the data pass produced.
-pub struct DataResult {
+pub(crate) struct DataResult {
     /// The items of every subvolume tree: (tree id, sorted items), 5 first.
-    pub fs_trees: Vec<(u64, Vec<TreeItem>)>,
+    pub(crate) fs_trees: Vec<(u64, Vec<TreeItem>)>,
     /// EXTENT_ITEMs for data extents.
-    pub extent_items: Vec<TreeItem>,
+    pub(crate) extent_items: Vec<TreeItem>,
     /// EXTENT_CSUM items.
-    pub csum_items: Vec<TreeItem>,
+    pub(crate) csum_items: Vec<TreeItem>,
     /// (logical, disk bytes) of every data extent, for block group accounting.
-    pub extents: Vec<(u64, u64)>,
-    pub bytes: u64,
+    pub(crate) extents: Vec<(u64, u64)>,
 }
 
 /// One piece of file data for the workers of [`write_data`].
@@ -227,7 +226,6 @@ struct DataOut {
     extents: Vec<(u64, u64)>,
     /// Csums of sectors: (logical, csum bytes), merged into runs later.
     sector_csums: Vec<(u64, Vec<u8>)>,
-    bytes: u64,
     /// File bytes each inode's extents cover.
     nbytes: Vec<u64>,
 }
@@ -241,7 +239,6 @@ impl DataOut {
         self.fs.insert((i.subvol, Key::new(i.ino, EXTENT_DATA_KEY, file_pos)), regular_extent(gen, ram, comp, disk.0, disk.1, covered));
         self.extent_items.push(TreeItem::new(Key::new(disk.0, EXTENT_ITEM_KEY, disk.1), data_extent_item(gen, i.subvol, i.ino, file_pos)?));
         self.extents.push(disk);
-        self.bytes += disk.1;
         self.nbytes[inode] += covered;
         Ok(())
     }
@@ -278,7 +275,7 @@ struct OpenExtent {
 /// placing (the addresses follow from every earlier extent's size) runs here,
 /// in inode order, so the result never depends on the number of workers.
 /// `progress` is told the file bytes done so far and the total.
-pub fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut(u64, u64)) -> Result<DataResult> {
+pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut(u64, u64)) -> Result<DataResult> {
     let opts = &scan.opts;
     let gen = opts.generation;
     let sector = opts.sectorsize as u64;
@@ -288,7 +285,6 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut
         extent_items: Vec::new(),
         extents: Vec::new(),
         sector_csums: Vec::new(),
-        bytes: 0,
         nbytes: vec![0u64; scan.inodes.len()],
     };
 
@@ -384,7 +380,7 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut
     if let Some(o) = open {
         return Err(Error::Invalid(format!("data pass: extent at {} left open (internal)", o.logical)));
     }
-    let DataOut { mut fs, mut extent_items, extents, sector_csums, bytes, nbytes } = out;
+    let DataOut { mut fs, mut extent_items, extents, sector_csums, nbytes } = out;
     let append = |fs: &mut BTreeMap<(u64, Key), Vec<u8>>, key: (u64, Key), data: &[u8]| fs.entry(key).or_default().extend_from_slice(data);
 
     // ---- items, in inode order ----
@@ -478,7 +474,7 @@ pub fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut
     }
     extent_items.sort_by_key(|i| i.key);
     let csum_items = csum_runs(sector_csums, sector, opts)?;
-    Ok(DataResult { fs_trees, extent_items, csum_items, extents, bytes })
+    Ok(DataResult { fs_trees, extent_items, csum_items, extents })
 }
 
 /// Merge per-sector csums into EXTENT_CSUM items over contiguous sectors.
@@ -498,7 +494,7 @@ fn csum_runs(mut sectors: Vec<(u64, Vec<u8>)>, sector: u64, opts: &ScanOptions) 
 }
 
 /// EXTENT_ITEM of a data extent with its one inline EXTENT_DATA_REF.
-pub fn data_extent_item(gen: u64, root: u64, objectid: u64, offset: u64) -> Result<Vec<u8>> {
+pub(crate) fn data_extent_item(gen: u64, root: u64, objectid: u64, offset: u64) -> Result<Vec<u8>> {
     encode::extent_item(&ExtentInfo {
         refs: 1,
         generation: gen,

@@ -12,9 +12,9 @@ use crate::format::ondisk::*;
 /// One `--owner-map FROM:TO:COUNT` range: ids FROM..FROM+COUNT become TO..TO+COUNT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdMap {
-    pub from: u32,
-    pub to: u32,
-    pub count: u32,
+    pub(crate) from: u32,
+    pub(crate) to: u32,
+    pub(crate) count: u32,
 }
 
 impl IdMap {
@@ -60,13 +60,13 @@ pub(super) fn remap_acl(v: &[u8], map: impl Fn(u32) -> u32) -> std::result::Resu
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ManifestEntry {
     /// Relative to the root directory; empty for the root itself.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Permission bits (07777) replacing the source's; the file type is kept.
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
+    pub(crate) mode: Option<u32>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
     /// (name, Some(value)) sets an xattr, (name, None) drops the source's.
-    pub xattrs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(crate) xattrs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// What `--all-root`, `--owner-map` and `--manifest` ask, applied in that

@@ -14,8 +14,8 @@ mod data;
 mod manifest;
 mod scan;
 mod source;
-pub mod tar;
+pub(crate) mod tar;
 
-pub use data::{data_extent_item, write_data, CountingSink, DataResult, DataSink};
+pub(crate) use data::{write_data, CountingSink, DataSink};
 pub use manifest::{parse_manifest, IdMap, ManifestEntry, Ownership};
 pub use scan::*;

@@ -22,58 +22,58 @@ use super::source::SourceFile;
 use super::tar;
 
 /// The kernel's BTRFS_MAX_EXTENT_SIZE: no uncompressed extent is longer.
-pub const MAX_EXTENT_SIZE: u64 = 128 * 1024 * 1024;
+pub(crate) const MAX_EXTENT_SIZE: u64 = 128 * 1024 * 1024;
 /// Compressed extents cover at most this much file data (BTRFS_MAX_UNCOMPRESSED).
-pub const MAX_UNCOMPRESSED: u64 = 128 * 1024;
+pub(crate) const MAX_UNCOMPRESSED: u64 = 128 * 1024;
 /// Uncompressed data is copied through a buffer of this size.
 pub(super) const COPY_PIECE: u64 = 4 * 1024 * 1024;
 /// The kernel's default `max_inline` mount option.
-pub const DEFAULT_MAX_INLINE: u64 = 2048;
+pub(crate) const DEFAULT_MAX_INLINE: u64 = 2048;
 
 /// Compression of file data: algorithm and level, or None for none.
-pub type Compress = Option<(Compression, Option<i32>)>;
+pub(crate) type Compress = Option<(Compression, Option<i32>)>;
 
 /// How the walk treats file data.
 #[derive(Clone, Debug)]
-pub struct ScanOptions {
-    pub sectorsize: u32,
-    pub nodesize: u32,
+pub(crate) struct ScanOptions {
+    pub(crate) sectorsize: u32,
+    pub(crate) nodesize: u32,
     /// Compression of every file not under one of `compress_paths`.
-    pub compress: Option<(Compression, Option<i32>)>,
+    pub(crate) compress: Option<(Compression, Option<i32>)>,
     /// Compression (None: none) for a path relative to the root and everything
     /// beneath it; the longest matching path wins.
-    pub compress_paths: Vec<(PathBuf, Compress)>,
+    pub(crate) compress_paths: Vec<(PathBuf, Compress)>,
     /// Directories (relative to the root) that become subvolumes.
-    pub subvols: Vec<SubvolSpec>,
+    pub(crate) subvols: Vec<SubvolSpec>,
     /// The inode otime (creation time) for every inode: the host has no portable one.
-    pub otime: (u64, u32),
-    pub generation: u64,
-    pub no_holes: bool,
-    pub csum: CsumType,
+    pub(crate) otime: (u64, u32),
+    pub(crate) generation: u64,
+    pub(crate) no_holes: bool,
+    pub(crate) csum: CsumType,
     /// (st_dev, st_ino) of files not to copy: the images being made, should they
     /// live inside the source tree.
-    pub exclude: Vec<(u64, u64)>,
+    pub(crate) exclude: Vec<(u64, u64)>,
     /// Inode flags (`INODE_NODATASUM`, `INODE_NODATACOW`) for paths relative to
     /// the root: the host has no portable way to carry them. A NODATASUM file
     /// gets no csum items and is never compressed, as the kernel would write it.
-    pub inode_flags: Vec<(PathBuf, u64)>,
+    pub(crate) inode_flags: Vec<(PathBuf, u64)>,
     /// The ctime of every inode instead of the host's: ctime cannot be set on the
     /// host, so reproducible images need it replaced.
-    pub ctime: Option<(u64, u32)>,
+    pub(crate) ctime: Option<(u64, u32)>,
     /// Reproducible builds (`SOURCE_DATE_EPOCH`): atime and ctime become this
     /// time and any mtime later than it is clamped to it, as reproducible-builds
     /// tools (tar --clamp-mtime) do; older mtimes are kept.
-    pub clamp_time: Option<(u64, u32)>,
+    pub(crate) clamp_time: Option<(u64, u32)>,
     /// Owners, modes and xattrs to store instead of the host's.
-    pub ownership: Ownership,
+    pub(crate) ownership: Ownership,
     /// Worker threads reading, compressing and checksumming file data
     /// (0: one per core). The image is the same for any number.
-    pub threads: usize,
+    pub(crate) threads: usize,
 }
 
 /// A path relative to the root directory, as options name it: `/`, `.` and
 /// trailing slashes mean nothing; `..` is refused (it would leave the tree).
-pub fn relative_path(s: &str, what: &str) -> Result<PathBuf> {
+pub(crate) fn relative_path(s: &str, what: &str) -> Result<PathBuf> {
     let mut out = PathBuf::new();
     for c in Path::new(s).components() {
         match c {
@@ -92,11 +92,11 @@ pub fn relative_path(s: &str, what: &str) -> Result<PathBuf> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubvolSpec {
     /// Relative to the root directory; never empty (the root is subvolume 5).
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// BTRFS_ROOT_SUBVOL_RDONLY in its root item.
-    pub readonly: bool,
+    pub(crate) readonly: bool,
     /// The subvolume the kernel mounts when no subvol= or subvolid= is given.
-    pub default: bool,
+    pub(crate) default: bool,
 }
 
 impl SubvolSpec {
@@ -126,20 +126,20 @@ impl SubvolSpec {
 
 /// A subvolume made by the walk.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScanSubvol {
+pub(crate) struct ScanSubvol {
     /// Its tree id (256, 257, ... in walk order).
-    pub id: u64,
+    pub(crate) id: u64,
     /// The subvolume holding the directory it is linked in (5 for the top level).
-    pub parent: u64,
+    pub(crate) parent: u64,
     /// That directory's inode number in `parent`.
-    pub dirid: u64,
+    pub(crate) dirid: u64,
     /// The DIR_INDEX of its entry in that directory.
-    pub index: u64,
-    pub name: Vec<u8>,
+    pub(crate) index: u64,
+    pub(crate) name: Vec<u8>,
     /// Relative to the root directory.
-    pub path: PathBuf,
-    pub readonly: bool,
-    pub default: bool,
+    pub(crate) path: PathBuf,
+    pub(crate) readonly: bool,
+    pub(crate) default: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -189,7 +189,7 @@ pub(super) struct ScanInode {
 }
 
 /// The source tree as read by [`scan`] or [`scan_tar`].
-pub struct Scan {
+pub(crate) struct Scan {
     pub(super) inodes: Vec<ScanInode>,
     pub(super) opts: ScanOptions,
     /// Where [`write_data`] reads file bytes from.
@@ -205,15 +205,15 @@ pub struct Scan {
     /// Next free inode number of each subvolume: numbers restart in each tree.
     pub(super) next_ino: BTreeMap<u64, u64>,
     /// Upper bound of data bytes the regular extents take on disk.
-    pub data_bytes: u64,
+    pub(crate) data_bytes: u64,
     /// Rough upper bound of the fs and csum tree item bytes.
-    pub metadata_bytes: u64,
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    pub special: u64,
-    pub hardlinks: u64,
-    pub warnings: Vec<String>,
+    pub(crate) metadata_bytes: u64,
+    pub(crate) files: u64,
+    pub(crate) dirs: u64,
+    pub(crate) symlinks: u64,
+    pub(crate) special: u64,
+    pub(crate) hardlinks: u64,
+    pub(crate) warnings: Vec<String>,
 }
 
 pub(super) fn ts(sec: i64, nsec: i64) -> (u64, u32) {
@@ -430,7 +430,7 @@ pub(super) fn check_subvols(tree: &Tree<'_>, subvols: &[SubvolSpec]) -> Result<(
 }
 
 /// Walk the host directory `root` (the future inode 256 of subvolume 5).
-pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
+pub(crate) fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
     let meta = std::fs::metadata(root).map_err(io(root, "stat"))?;
     if !meta.is_dir() {
         return Err(Error::Invalid(format!("--rootdir {}: not a directory", root.display())));
@@ -440,7 +440,7 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
 
 /// Read a tar archive (`-` for standard input; gzip or zstd compressed too)
 /// into the same items [`scan`] makes of the directory it would unpack to.
-pub fn scan_tar(archive: &Path, opts: &ScanOptions) -> Result<Scan> {
+pub(crate) fn scan_tar(archive: &Path, opts: &ScanOptions) -> Result<Scan> {
     let (file, shown, tree) = tar::read(archive, opts.otime)?;
     let mut opts = opts.clone();
     // Host identities mean nothing inside an archive (see `SourceFile::id`).
@@ -506,17 +506,17 @@ pub(super) fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Res
 
 impl Scan {
     /// The subvolumes made, in id order.
-    pub fn subvolumes(&self) -> &[ScanSubvol] {
+    pub(crate) fn subvolumes(&self) -> &[ScanSubvol] {
         &self.subvols
     }
 
     /// Whether any file may be compressed with `kind`.
-    pub fn uses_compression(&self, kind: Compression) -> bool {
+    pub(crate) fn uses_compression(&self, kind: Compression) -> bool {
         self.opts.compress.map(|c| c.0) == Some(kind) || self.opts.compress_paths.iter().any(|(_, c)| c.map(|c| c.0) == Some(kind))
     }
 
     /// Whether any file may be compressed.
-    pub fn any_compression(&self) -> bool {
+    pub(crate) fn any_compression(&self) -> bool {
         self.opts.compress.is_some() || self.opts.compress_paths.iter().any(|(_, c)| c.is_some())
     }
 

@@ -10,25 +10,25 @@ use crate::format::FileType;
 #[derive(Clone, Debug)]
 pub(crate) struct SourceFile {
     /// File type and permission bits, as in st_mode.
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
     /// Device number as btrfs stores it (the kernel's MKDEV: major << 20 | minor).
-    pub rdev: u64,
-    pub size: u64,
-    pub atime: (u64, u32),
-    pub mtime: (u64, u32),
-    pub ctime: (u64, u32),
+    pub(crate) rdev: u64,
+    pub(crate) size: u64,
+    pub(crate) atime: (u64, u32),
+    pub(crate) mtime: (u64, u32),
+    pub(crate) ctime: (u64, u32),
     /// How many names the file has.
-    pub nlink: u64,
+    pub(crate) nlink: u64,
     /// An identity all of its names share: names with one identity are hard
     /// links to one inode (host: st_dev and st_ino).
-    pub id: (u64, u64),
+    pub(crate) id: (u64, u64),
     /// Where the file's bytes begin in the archive (0 for a host file).
-    pub offset: u64,
+    pub(crate) offset: u64,
     /// A sparse archive member's (file offset, length) data segments, stored
     /// one after the other from `offset`; None: all data, contiguous.
-    pub sparse: Option<Arc<[(u64, u64)]>>,
+    pub(crate) sparse: Option<Arc<[(u64, u64)]>>,
 }
 
 impl SourceFile {

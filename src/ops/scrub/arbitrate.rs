@@ -3,7 +3,7 @@
 
 /// How copies of the same bytes relate when nothing else can vouch for one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// All readable copies are identical (or there are none).
     Agree,
     /// A strict majority of at least three readable copies agrees; `bad` differ from it.
@@ -15,7 +15,7 @@ pub enum Verdict {
 }
 
 /// Decide between copies (`None` = unreadable) by majority or preference (0-based).
-pub fn arbitrate(copies: &[Option<&[u8]>], prefer: Option<usize>) -> Verdict {
+pub(crate) fn arbitrate(copies: &[Option<&[u8]>], prefer: Option<usize>) -> Verdict {
     let readable: Vec<usize> = (0..copies.len()).filter(|&i| copies[i].is_some()).collect();
     let same = |a: usize, b: usize| copies[a] == copies[b];
     let Some(&first) = readable.first() else { return Verdict::Agree };

@@ -29,7 +29,6 @@ mod state;
 mod supers;
 mod tree;
 
-pub use arbitrate::{arbitrate, Verdict};
 pub use report::{Counters, DeviceReport, Finding, FindingKind, ScrubOptions, ScrubReport};
 
 use crate::error::{Error, Result};

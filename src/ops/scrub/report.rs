@@ -48,7 +48,7 @@ pub enum FindingKind {
 }
 
 impl FindingKind {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             FindingKind::Read => "read",
             FindingKind::Csum => "csum",
@@ -66,19 +66,19 @@ impl FindingKind {
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
     pub kind: FindingKind,
-    pub devid: Option<u64>,
-    pub physical: Option<u64>,
-    pub logical: Option<u64>,
+    pub(crate) devid: Option<u64>,
+    pub(crate) physical: Option<u64>,
+    pub(crate) logical: Option<u64>,
     /// Bytes covered (adjacent sectors with the same problem are merged).
-    pub len: u64,
+    pub(crate) len: u64,
     /// 1-based copy number.
-    pub mirror: Option<usize>,
+    pub(crate) mirror: Option<usize>,
     /// A copy proven good (checksum, header, majority or --prefer-mirror), 1-based.
-    pub good_mirror: Option<usize>,
+    pub(crate) good_mirror: Option<usize>,
     /// Tree block (true) or data (false).
     pub metadata: bool,
     pub paths: Vec<String>,
-    pub file_offset: Option<u64>,
+    pub(crate) file_offset: Option<u64>,
     pub repaired: bool,
     pub detail: String,
     /// Start of the extent the bytes belong to (for path resolution and merging).
@@ -111,21 +111,21 @@ impl Finding {
 /// Per-device counters, named like the kernel's `btrfs_scrub_progress`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
-    pub data_extents_scrubbed: u64,
-    pub tree_extents_scrubbed: u64,
-    pub data_bytes_scrubbed: u64,
-    pub tree_bytes_scrubbed: u64,
-    pub read_errors: u64,
+    pub(crate) data_extents_scrubbed: u64,
+    pub(crate) tree_extents_scrubbed: u64,
+    pub(crate) data_bytes_scrubbed: u64,
+    pub(crate) tree_bytes_scrubbed: u64,
+    pub(crate) read_errors: u64,
     /// Data sectors (per copy) whose checksum fails.
-    pub csum_errors: u64,
+    pub(crate) csum_errors: u64,
     /// Tree block sectors (per copy) whose checksum or header fails, as the
     /// kernel counts them.
-    pub verify_errors: u64,
-    pub no_csum: u64,
-    pub super_errors: u64,
-    pub corrected_errors: u64,
-    pub uncorrectable_errors: u64,
-    pub mirror_mismatches: u64,
+    pub(crate) verify_errors: u64,
+    pub(crate) no_csum: u64,
+    pub(crate) super_errors: u64,
+    pub(crate) corrected_errors: u64,
+    pub(crate) uncorrectable_errors: u64,
+    pub(crate) mirror_mismatches: u64,
 }
 
 impl Counters {
@@ -164,27 +164,27 @@ impl Counters {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DeviceReport {
-    pub devid: u64,
-    pub path: Option<String>,
+    pub(crate) devid: u64,
+    pub(crate) path: Option<String>,
     /// Not scrubbed: missing, or (`left_out`) stale and left out by --degraded.
-    pub missing: bool,
-    pub left_out: bool,
+    pub(crate) missing: bool,
+    pub(crate) left_out: bool,
     #[serde(flatten)]
-    pub counters: Counters,
+    pub(crate) counters: Counters,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ScrubReport {
-    pub fsid: String,
-    pub devices: Vec<DeviceReport>,
-    pub totals: Counters,
+    pub(crate) fsid: String,
+    pub(crate) devices: Vec<DeviceReport>,
+    pub(crate) totals: Counters,
     pub findings: Vec<Finding>,
     /// Findings beyond the kept ones (counted, not listed).
     pub findings_dropped: u64,
     /// Findings dropped that were not repaired.
-    pub findings_dropped_unrepaired: u64,
-    pub block_groups: u64,
-    pub duration_ms: u64,
+    pub(crate) findings_dropped_unrepaired: u64,
+    pub(crate) block_groups: u64,
+    pub(crate) duration_ms: u64,
     /// What a reader must know that is no finding (a log tree).
     pub warnings: Vec<String>,
 }
