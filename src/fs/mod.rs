@@ -381,7 +381,7 @@ impl Filesystem {
     }
 
     /// Resolve a '/'-separated path from the top-level subvolume (see
-    /// [`path::walk`]: symlinks are not followed).
+    /// `path::walk`: symlinks are not followed).
     pub fn resolve(&self, path: &str) -> Result<DirEnt> {
         let top = DirEnt { name: Vec::new(), id: self.root_dir(), file_type: FileType::Directory, subvol: true };
         path::walk(path, top, |e| e.file_type == FileType::Directory, |e, name| self.lookup(e.id, name))?.found(path)

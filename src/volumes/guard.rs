@@ -50,7 +50,7 @@ pub enum Lock {
     /// otherwise none. A btrs writer never overwrites what the committed
     /// superblock reaches (COW) before its own commit, and after it keeps
     /// what it freed unused while the reader is registered (see
-    /// [`register_reader`]), so the tree the reader found stays readable.
+    /// `register_reader`), so the tree the reader found stays readable.
     SharedIfFree,
 }
 

@@ -45,7 +45,7 @@ pub struct OpenOptions {
     /// holds the images (see [`guard::Lock::SharedIfFree`]).
     pub alongside_writer: bool,
     /// Take a device one commit behind that nothing proves stale or current
-    /// (see [`Volume::lagging`]) as current: right after a crash between the
+    /// (see `Volume::lagging`) as current: right after a crash between the
     /// superblock writes of a commit, wrong for an older copy of the image.
     pub accept_lagging: bool,
     /// Open even when the current devices hold two histories (see

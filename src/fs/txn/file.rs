@@ -39,7 +39,7 @@ impl Transaction {
     }
 
     /// Direct write from a source other threads may be changing: see
-    /// [`crate::fs::direct`]. Returns when every bio finished on every
+    /// the `fs::direct` module. Returns when every bio finished on every
     /// mirror; on any bio error the transaction must be dropped (it would
     /// record extents whose bytes are not all on disk).
     pub fn write_direct(

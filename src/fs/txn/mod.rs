@@ -4,9 +4,9 @@
 //! changes made inside it.
 //!
 //! Model (the kernel's, simplified): every tree the transaction touches is a
-//! [`CowTree`]; the [`Store`] below them hands out metadata addresses and
+//! `CowTree`; the `Store` below them hands out metadata addresses and
 //! queues extent-tree reference changes ("delayed refs"). Before the commit,
-//! [`Transaction::settle`] applies those changes to the extent tree, rewrites
+//! `Transaction::settle` applies those changes to the extent tree, rewrites
 //! the block group items and free space tree entries of every block group
 //! whose allocation changed, and refreshes root items — each of which may COW
 //! more blocks and queue more changes — until a fixed point.

@@ -1,10 +1,10 @@
 //! `mkfs --rootdir` and `--rootdir-tar`: walk a host directory or an
 //! archive into the items of the top-level subvolume and of the subvolumes
 //! `--subvol` makes (inodes, names, xattrs, file extents), and write file data
-//! into data chunks through a [`DataSink`].
+//! into data chunks through a `DataSink`.
 //!
-//! Two passes: [`scan`] reads the source's shape and metadata (it has to,
-//! before mkfs can size chunks), and [`write_data`] then copies file data and
+//! Two passes: `scan` reads the source's shape and metadata (it has to,
+//! before mkfs can size chunks), and `write_data` then copies file data and
 //! returns the items that refer to it. The files: `source` (one file as the
 //! walk sees it, from either source), `tar` (an archive's members),
 //! `manifest` (owners and modes the image stores), `scan` (the walk and the
