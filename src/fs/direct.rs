@@ -90,11 +90,26 @@ mod tests {
         let mut tx = Transaction::begin(Filesystem::open(&opts).unwrap()).unwrap();
         tx.direct_no_bounce = no_bounce;
         let flags = if nodatasum { INODE_NODATASUM } else { 0 };
-        let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"victim", S_IFREG | 0o644, flags).unwrap();
+        let ino = tx.create(InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, b"victim", S_IFREG | 0o644, flags).unwrap().ino;
         let len = 8 << 20;
         let init: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         let buf = SharedBuf::new(&init);
         let stop = AtomicBool::new(false);
+        // The buffer changes between any two bios, whatever the load: each
+        // bio's hook waits (up to a second) for the changer's next round.
+        // Without it, a loaded machine could run the whole write before the
+        // changer thread is scheduled, and the no-bounce run see no race.
+        let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = rounds.clone();
+        let hook = BioHook(Arc::new(move |_: &BioRecord, stage: BioStage| {
+            if stage == BioStage::Submitted {
+                let r0 = seen.load(Ordering::Acquire);
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while seen.load(Ordering::Acquire) == r0 && std::time::Instant::now() < until {
+                    std::thread::yield_now();
+                }
+            }
+        }));
         std::thread::scope(|s| {
             s.spawn(|| {
                 let mut round = 0u8;
@@ -103,15 +118,15 @@ mod tests {
                     for (i, b) in buf.0.iter().enumerate().step_by(512) {
                         b.store(round ^ i as u8, Ordering::Relaxed);
                     }
+                    rounds.fetch_add(1, Ordering::Release);
                 }
             });
             let mut report = WriteReport::default();
             let r = tx.write_direct(
-                FS_TREE_OBJECTID,
-                ino,
+                InodeId { subvol: FS_TREE_OBJECTID, ino },
                 0,
                 &buf,
-                &WriteOpts { max_bio: 64 << 10, on_bio: None, compress: None },
+                &WriteOpts { max_bio: 64 << 10, on_bio: Some(hook), compress: None },
                 &mut report,
             );
             stop.store(true, Ordering::Relaxed);
@@ -171,13 +186,13 @@ mod tests {
         let opts = OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), degraded: false, writable: true, ..Default::default() };
         let before: Vec<Vec<u8>> = imgs.iter().map(|p| std::fs::read(p).unwrap()).collect();
         let mut tx = Transaction::begin(Filesystem::open(&opts).unwrap()).unwrap();
-        let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
+        let ino = tx.create(InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, b"f", S_IFREG | 0o644, 0).unwrap().ino;
         // Fail every bio: any logical address matches nothing, so inject at the first data address.
         let (probe, _) = tx.store.alloc_data(4096).unwrap();
         tx.direct_fail_at = Some(probe + 4096 * 3);
         let data = vec![7u8; 1 << 20];
         let mut report = WriteReport::default();
-        let r = tx.write_direct(FS_TREE_OBJECTID, ino, 0, &Plain(&data), &WriteOpts::default(), &mut report);
+        let r = tx.write_direct(InodeId { subvol: FS_TREE_OBJECTID, ino }, 0, &Plain(&data), &WriteOpts::default(), &mut report);
         assert!(r.is_err(), "injected failure not reported");
         drop(tx); // abort
                   // Superblocks untouched: the filesystem is as before.
@@ -200,7 +215,7 @@ mod tests {
         let opts2 = opts.clone();
         std::thread::spawn(move || {
             let mut tx = Transaction::begin(Filesystem::open(&opts2).unwrap()).unwrap();
-            let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
+            let ino = tx.create(InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, b"f", S_IFREG | 0o644, 0).unwrap().ino;
             let hook = BioHook(Arc::new(|rec: &BioRecord, stage| {
                 if stage == BioStage::Completed && rec.devid == 2 {
                     panic!("injected bio thread panic");
@@ -209,7 +224,8 @@ mod tests {
             let wopts = WriteOpts { on_bio: Some(hook), ..WriteOpts::default() };
             let data = vec![7u8; 4 << 20];
             let mut report = WriteReport::default();
-            let r = tx.write_direct(FS_TREE_OBJECTID, ino, 0, &Plain(&data), &wopts, &mut report).and_then(|_| tx.commit());
+            let r =
+                tx.write_direct(InodeId { subvol: FS_TREE_OBJECTID, ino }, 0, &Plain(&data), &wopts, &mut report).and_then(|_| tx.commit());
             let _ = tx_done.send(r.map_err(|e| e.to_string()));
         });
         let r = rx_done.recv_timeout(std::time::Duration::from_secs(60)).expect("the write hung on a bio whose thread panicked");
@@ -238,7 +254,7 @@ mod tests {
             tx.store.alloc_data(step as u64).unwrap().0
         };
         let mut tx = Transaction::begin(Filesystem::open(&opts).unwrap()).unwrap();
-        let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
+        let ino = tx.create(InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, b"f", S_IFREG | 0o644, 0).unwrap().ino;
         tx.direct_fail_at = Some(first + 4096 * 2);
         let mut report = WriteReport::default();
         let mut failed = None;
@@ -267,7 +283,7 @@ mod tests {
 
         // The same steps without a fault: every byte lands on both mirrors.
         let mut tx = Transaction::begin(Filesystem::open(&opts).unwrap()).unwrap();
-        let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
+        let ino = tx.create(InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, b"f", S_IFREG | 0o644, 0).unwrap().ino;
         for k in 0..6u64 {
             let mut pages = pool.take().expect("pages came back to the pool");
             pages.set_len(step);

@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::fs::txn::Transaction;
 use crate::fs::txn::{WriteOpts, WriteReport};
+use crate::fs::InodeId;
 
 const PAGE: usize = 4096;
 
@@ -48,8 +49,7 @@ impl Page {
 
 /// A regular file open for buffered writing in one transaction.
 pub struct CachedFile {
-    pub(crate) root: u64,
-    pub(crate) ino: u64,
+    id: InodeId,
     pages: Mutex<BTreeMap<u64, Page>>,
     unsealed: Condvar,
     /// Pages writers had to wait for (for tests and statistics).
@@ -57,12 +57,13 @@ pub struct CachedFile {
 }
 
 fn poisoned() -> Error {
-    Error::Invalid("page cache lock poisoned".into())
+    Error::Internal("page cache lock poisoned".into())
 }
 
 impl CachedFile {
-    pub fn new(root: u64, ino: u64) -> CachedFile {
-        CachedFile { root, ino, pages: Mutex::new(BTreeMap::new()), unsealed: Condvar::new(), waits: Default::default() }
+    /// The cache of regular file `id`.
+    pub fn new(id: InodeId) -> CachedFile {
+        CachedFile { id, pages: Mutex::new(BTreeMap::new()), unsealed: Condvar::new(), waits: Default::default() }
     }
 
     /// Copy `buf` into the cache at file offset `off`, waiting for pages under writeback.
@@ -144,7 +145,7 @@ impl CachedFile {
                         Some((start, bytes)) if *start + bytes.len() as u64 == pos => bytes.push(data[i]),
                         _ => {
                             if let Some((s, b)) = run.take() {
-                                tx.write_at(self.root, self.ino, s, &b, opts, report)?;
+                                tx.write_at(self.id, s, &b, opts, report)?;
                             }
                             run = Some((pos, vec![data[i]]));
                         }
@@ -153,7 +154,7 @@ impl CachedFile {
             }
         }
         if let Some((s, b)) = run {
-            tx.write_at(self.root, self.ino, s, &b, opts, report)?;
+            tx.write_at(self.id, s, &b, opts, report)?;
         }
         Ok(())
     }
@@ -196,8 +197,9 @@ mod tests {
             let opts = OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), degraded: false, writable: true, ..Default::default() };
             let mut tx = Transaction::begin(Filesystem::open(&opts).unwrap()).unwrap();
             let flags = if nodatasum { INODE_NODATASUM } else { 0 };
-            let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"hot", S_IFREG | 0o644, flags).unwrap();
-            let file = CachedFile::new(FS_TREE_OBJECTID, ino);
+            let ino =
+                tx.create(InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, b"hot", S_IFREG | 0o644, flags).unwrap().ino;
+            let file = CachedFile::new(InodeId { subvol: FS_TREE_OBJECTID, ino });
             let len = 512 * 1024usize;
             let stop = AtomicBool::new(false);
             let mut rounds = 0;

@@ -11,6 +11,7 @@ use crate::format::*;
 use crate::fs::txn::Transaction;
 use crate::fs::txn::{WriteOpts, WriteReport};
 use crate::fs::Filesystem;
+use crate::fs::InodeId;
 use crate::volumes::fault::{Fault, FaultPlan};
 use crate::volumes::OpenOptions;
 use std::path::PathBuf;
@@ -63,8 +64,9 @@ fn baseline(imgs: &[PathBuf]) {
     let (o, mut r) = wo();
     for (name, data) in old_state() {
         if let Some(d) = data {
-            let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, name.as_bytes(), S_IFREG | 0o644, 0).unwrap();
-            tx.write_at(FS_TREE_OBJECTID, ino, 0, &d, &o, &mut r).unwrap();
+            let ino =
+                tx.create(InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, name.as_bytes(), S_IFREG | 0o644, 0).unwrap().ino;
+            tx.write_at(InodeId { subvol: FS_TREE_OBJECTID, ino }, 0, &d, &o, &mut r).unwrap();
         }
     }
     tx.commit().unwrap();
@@ -77,12 +79,12 @@ fn sequence(fs: Filesystem) -> Result<()> {
     let root = FS_TREE_OBJECTID;
     let dir = FIRST_FREE_OBJECTID;
     let (a, _) = tx.lookup_name(root, dir, b"a")?.ok_or_else(|| Error::NotFound("a".into()))?;
-    tx.write_at(root, a, 100_001, &bytes(40_000, 4), &o, &mut r)?;
-    tx.write_at(root, a, 300_000, &bytes(100_000, 5), &o, &mut r)?;
+    tx.write_at(InodeId { subvol: root, ino: a }, 100_001, &bytes(40_000, 4), &o, &mut r)?;
+    tx.write_at(InodeId { subvol: root, ino: a }, 300_000, &bytes(100_000, 5), &o, &mut r)?;
     tx.set_xattr(root, a, b"user.v", Some(b"new"))?;
     // A direct write of pages handed over: its bios are only queued, and
     // run on the devices' own threads, through the same fault plan.
-    let b = tx.create(root, dir, b"b", S_IFREG | 0o644, 0)?;
+    let b = tx.create(InodeId { subvol: root, ino: dir }, b"b", S_IFREG | 0o644, 0)?.ino;
     let data = bytes(200_000, 2);
     let mut pages = crate::volumes::bio::Bounce::zeroed(data.len());
     pages.bytes_mut().copy_from_slice(&data);

@@ -14,6 +14,7 @@ use crate::fs::direct::{Bounce, PagePool, PAGE};
 use crate::fs::txn::Transaction;
 use crate::fs::txn::{BioHook, CompressOpts, Place, WriteOpts, WriteReport};
 use crate::fs::Filesystem;
+use crate::fs::InodeId;
 use crate::volumes::OpenOptions;
 
 /// What `btrs write` should do besides writing the bytes.
@@ -60,28 +61,28 @@ fn split(path: &str) -> Result<(String, Vec<u8>)> {
 /// The directory at `path` (through subvolumes), made (with parents) when
 /// `parents`; the subvolume it is in must be writable.
 fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<Place> {
-    let mut cur = Place { root: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID, dir_type: FT_DIR };
+    let mut cur = Place { id: InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, dir_type: FT_DIR };
     for comp in crate::fs::path::components(path) {
-        cur = match tx.lookup(cur.root, cur.ino, comp.as_bytes())? {
+        cur = match tx.lookup(cur.root(), cur.ino(), comp.as_bytes())? {
             Some(p) if p.dir_type == FT_DIR => p,
             Some(_) => return Err(Error::Invalid(crate::fs::path::not_dir(path, comp))),
             None if parents => {
                 limits::check_entry_name(comp.as_bytes()).map_err(|e| Error::Invalid(format!("{path}: {e}")))?;
-                tx.ensure_writable(cur.root)?;
-                let ino = tx.create(cur.root, cur.ino, comp.as_bytes(), S_IFDIR | 0o755, 0)?;
-                Place { root: cur.root, ino, dir_type: FT_DIR }
+                tx.ensure_writable(cur.root())?;
+                let id = tx.create(cur.id, comp.as_bytes(), S_IFDIR | 0o755, 0)?;
+                Place { id, dir_type: FT_DIR }
             }
             None => return Err(Error::NotFound(format!("{path}: no directory {comp}"))),
         };
     }
-    tx.ensure_writable(cur.root)?;
+    tx.ensure_writable(cur.root())?;
     Ok(cur)
 }
 
 /// Where an existing path leads, in a writable subvolume.
 fn existing(tx: &mut Transaction, path: &str) -> Result<Place> {
     let p = tx.resolve(path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
-    tx.ensure_writable(p.root)?;
+    tx.ensure_writable(p.root())?;
     Ok(p)
 }
 
@@ -152,7 +153,7 @@ pub(crate) fn write_in(
     limits::check_file_range(req.offset, len_hint.unwrap_or(0))?;
     check_direct_compress(req)?;
     let (dir, name) = split(path)?;
-    let Place { root, ino: d, .. } = dir_at(&mut tx, &dir, req.parents)?;
+    let Place { id: InodeId { subvol: root, ino: d }, .. } = dir_at(&mut tx, &dir, req.parents)?;
     let ino = match tx.lookup_name(root, d, &name)? {
         Some((ino, FT_REG_FILE)) => ino,
         Some(_) => return Err(Error::Invalid(format!("{path} is not a regular file"))),
@@ -164,7 +165,7 @@ pub(crate) fn write_in(
             if req.nodatacow {
                 flags |= INODE_NODATACOW | INODE_NODATASUM;
             }
-            tx.create(root, d, &name, S_IFREG | 0o644, flags)?
+            tx.create(InodeId { subvol: root, ino: d }, &name, S_IFREG | 0o644, flags)?.ino
         }
     };
     tx.name_inode(root, ino, path);
@@ -263,7 +264,7 @@ pub(crate) fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool) -> Resul
     } else {
         let (dir, name) = split(path)?;
         let d = dir_at(tx, &dir, false)?;
-        tx.create(d.root, d.ino, &name, S_IFDIR | 0o755, 0)?;
+        tx.create(d.id, &name, S_IFDIR | 0o755, 0)?;
     }
     Ok(())
 }
@@ -331,9 +332,9 @@ pub(crate) fn rm_in(tx: &mut Transaction, paths: &[String], recursive: bool) -> 
         let (dir, name) = split(path)?;
         let d = dir_at(tx, &dir, false)?;
         if recursive {
-            rm_tree(tx, d.root, d.ino, &name)?;
+            rm_tree(tx, d.root(), d.ino(), &name)?;
         } else {
-            tx.unlink(d.root, d.ino, &name)?;
+            tx.unlink(d.root(), d.ino(), &name)?;
         }
     }
     Ok(())
@@ -352,7 +353,7 @@ pub(crate) fn mv_in(tx: &mut Transaction, src: &str, dst: &str) -> Result<()> {
     // Into an existing directory: keep the name.
     let (ddir, dn) = match tx.resolve(dst)? {
         Some(p) if p.dir_type == FT_DIR => {
-            tx.ensure_writable(p.root)?;
+            tx.ensure_writable(p.root())?;
             (p, sn.clone())
         }
         _ => {
@@ -360,11 +361,11 @@ pub(crate) fn mv_in(tx: &mut Transaction, src: &str, dst: &str) -> Result<()> {
             (dir_at(tx, &dd, false)?, dn)
         }
     };
-    if ddir.root != sdir.root {
+    if ddir.root() != sdir.root() {
         // The kernel's EXDEV: inodes belong to one tree; a move across is a copy.
         return Err(Error::Invalid(format!("{src} and {dst} are in different subvolumes")));
     }
-    tx.rename(sdir.root, sdir.ino, &sn, ddir.ino, &dn)
+    tx.rename(sdir.root(), sdir.ino(), &sn, ddir.ino(), &dn)
 }
 
 pub fn ln(opts: &OpenOptions, target: &str, link: &str, symbolic: bool) -> Result<Vec<String>> {
@@ -378,13 +379,13 @@ pub(crate) fn ln_in(tx: &mut Transaction, target: &str, link: &str, symbolic: bo
     let (ld, ln) = split(link)?;
     let dir = dir_at(tx, &ld, false)?;
     if symbolic {
-        tx.symlink(dir.root, dir.ino, &ln, target.as_bytes())?;
+        tx.symlink(dir.root(), dir.ino(), &ln, target.as_bytes())?;
     } else {
         let t = existing(tx, target)?;
-        if t.root != dir.root {
+        if t.root() != dir.root() {
             return Err(Error::Invalid(format!("{target} and {link} are in different subvolumes")));
         }
-        tx.link(dir.root, t.ino, dir.ino, &ln)?;
+        tx.link(dir.root(), t.ino(), dir.ino(), &ln)?;
     }
     Ok(())
 }
@@ -398,7 +399,7 @@ pub fn setfattr(opts: &OpenOptions, path: &str, name: &str, value: Option<&[u8]>
 /// [`setfattr`] inside a running transaction (not committed).
 pub(crate) fn setfattr_in(tx: &mut Transaction, path: &str, name: &str, value: Option<&[u8]>) -> Result<()> {
     let p = existing(tx, path)?;
-    tx.set_xattr(p.root, p.ino, name.as_bytes(), value)
+    tx.set_xattr(p.root(), p.ino(), name.as_bytes(), value)
 }
 
 /// Open the input of `btrs write`: a host file (with its size, for the space
@@ -446,7 +447,7 @@ pub(crate) fn put_in(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: &s
                     .file_name()
                     .map(|n| n.as_encoded_bytes().to_vec())
                     .ok_or_else(|| Error::Invalid(format!("{}: no file name", s.display())))?;
-                tx.ensure_writable(p.root)?;
+                tx.ensure_writable(p.root())?;
                 Ok((p, name, s))
             })
             .collect::<Result<_>>()?,
@@ -522,7 +523,7 @@ fn put_tree(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mu
     while let Some(top) = stack.last_mut() {
         match top.kids.next() {
             Some(k) => {
-                let at = Place { root: top.root, ino: top.ino, dir_type: FT_DIR };
+                let at = Place { id: InodeId { subvol: top.root, ino: top.ino }, dir_type: FT_DIR };
                 if let Some(d) = put_one(tx, at, k.file_name().as_encoded_bytes(), &k.path(), files, copied)? {
                     stack.push(d);
                 }
@@ -544,7 +545,7 @@ fn put_tree(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mu
 /// returned with its entries for [`put_tree`] to copy and then finish.
 fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut u64, copied: &mut Copied) -> Result<Option<PutDir>> {
     use std::os::unix::fs::{FileExt, MetadataExt};
-    let (root, dir) = (at.root, at.ino);
+    let (root, dir) = (at.root(), at.ino());
     let meta = std::fs::symlink_metadata(src).map_err(|e| Error::io(src, "stat", e))?;
     let id = (meta.dev(), meta.ino());
     if !meta.is_dir() && meta.nlink() > 1 {
@@ -558,7 +559,7 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
         let t = std::fs::read_link(src).map_err(|e| Error::io(src, "readlink", e))?;
         tx.symlink(root, dir, name, t.as_os_str().as_encoded_bytes())?
     } else if ft.is_dir() {
-        let ino = tx.create(root, dir, name, mode, 0)?;
+        let ino = tx.create(InodeId { subvol: root, ino: dir }, name, mode, 0)?.ino;
         let mut kids: Vec<_> = std::fs::read_dir(src)
             .map_err(|e| Error::io(src, "readdir", e))?
             .collect::<std::io::Result<_>>()
@@ -566,7 +567,7 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
         kids.sort_by_key(|e| e.file_name());
         return Ok(Some(PutDir { root, ino, src: src.to_path_buf(), meta, kids: kids.into_iter() }));
     } else if ft.is_file() {
-        let ino = tx.create(root, dir, name, mode, 0)?;
+        let ino = tx.create(InodeId { subvol: root, ino: dir }, name, mode, 0)?.ino;
         let f = crate::ops::host::open_source(src)?;
         let size = meta.len();
         let ss = tx.fs().sectorsize as u64;
@@ -579,7 +580,7 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
                 let n = ((end - pos) as usize).min(WRITE_STEP);
                 buf.resize(n, 0);
                 f.read_exact_at(&mut buf, pos).map_err(|e| Error::io(src, format!("read at {pos}"), e))?;
-                tx.write_at(root, ino, pos, &buf, &WriteOpts::default(), &mut report)?;
+                tx.write_at(InodeId { subvol: root, ino }, pos, &buf, &WriteOpts::default(), &mut report)?;
                 pos += n as u64;
             }
         }
@@ -601,7 +602,7 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
         ino
     } else {
         // Fifos, sockets, character and block devices: an inode with rdev.
-        let ino = tx.create(root, dir, name, mode, 0)?;
+        let ino = tx.create(InodeId { subvol: root, ino: dir }, name, mode, 0)?.ino;
         let mut it = tx.read_inode(root, ino)?;
         it.rdev = crate::ops::host::host_rdev_to_btrfs(meta.rdev()).into();
         tx.put_inode(root, ino, &it)?;

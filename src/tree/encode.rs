@@ -182,7 +182,7 @@ fn finish_block(buf: &mut [u8], fmt: &BlockFormat, logical: u64, generation: u64
 
 /// A broken promise inside the write path (not damage on disk).
 pub(crate) fn internal(what: String) -> Error {
-    Error::Invalid(format!("internal error in tree write path: {what}"))
+    Error::Internal(format!("tree write path: {what}"))
 }
 
 #[cfg(test)]

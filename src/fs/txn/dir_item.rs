@@ -14,6 +14,7 @@ use crate::format::*;
 
 use super::types::Place;
 use super::Transaction;
+use crate::fs::InodeId;
 
 impl Transaction {
     /// (inode, dir type) named `name` in directory `dir`.
@@ -41,7 +42,7 @@ impl Transaction {
     pub(crate) fn lookup(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<Place>> {
         let Some(e) = self.lookup_entry(root, dir, name)? else { return Ok(None) };
         match e.location.item_type {
-            INODE_ITEM_KEY => Ok(Some(Place { root, ino: e.location.objectid, dir_type: e.dir_type })),
+            INODE_ITEM_KEY => Ok(Some(Place { id: InodeId { subvol: root, ino: e.location.objectid }, dir_type: e.dir_type })),
             ROOT_ITEM_KEY => {
                 let sub = e.location.objectid;
                 let at = || format!("subvolume {} ({})", sub, String::from_utf8_lossy(name));
@@ -51,7 +52,7 @@ impl Transaction {
                 }
                 let (_, ri) =
                     self.store.fs.root_item(sub)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no root item"))?;
-                Ok(Some(Place { root: sub, ino: ri.root_dirid.get(), dir_type: FT_DIR }))
+                Ok(Some(Place { id: InodeId { subvol: sub, ino: ri.root_dirid.get() }, dir_type: FT_DIR }))
             }
             t => Err(Error::corrupt(CorruptKind::ItemValue, format!("directory {dir} of tree {root}"), format!("entry location type {t}"))),
         }
@@ -60,8 +61,8 @@ impl Transaction {
     /// Resolve an absolute path from the top-level subvolume, through nested
     /// subvolumes, to where it leads.
     pub fn resolve(&mut self, path: &str) -> Result<Option<Place>> {
-        let top = Place { root: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID, dir_type: FT_DIR };
-        crate::fs::path::walk(path, top, |p| p.dir_type == FT_DIR, |p, name| self.lookup(p.root, p.ino, name))?.if_present(path)
+        let top = Place { id: InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, dir_type: FT_DIR };
+        crate::fs::path::walk(path, top, |p| p.dir_type == FT_DIR, |p, name| self.lookup(p.root(), p.ino(), name))?.if_present(path)
     }
 
     fn next_index(&mut self, root: u64, dir: u64) -> Result<u64> {

@@ -483,8 +483,9 @@ mod ref_tests {
             divergent_ok: false,
         };
         let mut tx = Transaction::begin(Filesystem::open(&o).unwrap()).unwrap();
-        let ino = tx.create(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, b"f", S_IFREG | 0o644, 0).unwrap();
-        tx.write_at(FS_TREE_OBJECTID, ino, 0, &vec![7u8; 1 << 20], &WriteOpts::default(), &mut WriteReport::default()).unwrap();
+        let ino = tx.create(InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, b"f", S_IFREG | 0o644, 0).unwrap().ino;
+        tx.write_at(InodeId { subvol: FS_TREE_OBJECTID, ino }, 0, &vec![7u8; 1 << 20], &WriteOpts::default(), &mut WriteReport::default())
+            .unwrap();
         tx.commit().unwrap();
         let fs = Filesystem::open(&o).unwrap();
         let extents = fs.file_extents(InodeId { subvol: FS_TREE_OBJECTID, ino }).unwrap();

@@ -16,6 +16,7 @@ use crate::format::items::{self, parse_file_extent, FileExtentKind};
 use crate::format::limits;
 use crate::format::*;
 use crate::fs::direct::{Plain, Source};
+use crate::fs::InodeId;
 use crate::volumes::bio::Bounce;
 
 use super::extent_io::{plain_recs, Rec};
@@ -34,24 +35,16 @@ enum Payload<'a> {
 impl Transaction {
     /// Write `data` at byte `offset` of regular file `ino` (buffered: the
     /// bytes are copied into the engine's buffer first, then written).
-    pub fn write_at(&mut self, root: u64, ino: u64, offset: u64, data: &[u8], opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
-        self.write_impl(root, ino, offset, Payload::Borrowed(&Plain(data)), opts, report, false)
+    pub fn write_at(&mut self, id: InodeId, offset: u64, data: &[u8], opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
+        self.write_impl(id.subvol, id.ino, offset, Payload::Borrowed(&Plain(data)), opts, report, false)
     }
 
     /// Direct write from a source other threads may be changing: see
     /// the `fs::direct` module. Returns when every bio finished on every
     /// mirror; on any bio error the transaction must be dropped (it would
     /// record extents whose bytes are not all on disk).
-    pub fn write_direct(
-        &mut self,
-        root: u64,
-        ino: u64,
-        offset: u64,
-        src: &dyn Source,
-        opts: &WriteOpts,
-        report: &mut WriteReport,
-    ) -> Result<()> {
-        self.write_impl(root, ino, offset, Payload::Borrowed(src), opts, report, true)?;
+    pub fn write_direct(&mut self, id: InodeId, offset: u64, src: &dyn Source, opts: &WriteOpts, report: &mut WriteReport) -> Result<()> {
+        self.write_impl(id.subvol, id.ino, offset, Payload::Borrowed(src), opts, report, true)?;
         self.finish_direct()
     }
 
@@ -374,7 +367,7 @@ impl Transaction {
     fn write_zeros(&mut self, root: u64, ino: u64, from: u64, to: u64, report: &mut WriteReport) -> Result<()> {
         let z = vec![0u8; (to - from) as usize];
         let mut r = WriteReport::default();
-        self.write_at(root, ino, from, &z, &WriteOpts::default(), &mut r)?;
+        self.write_at(InodeId { subvol: root, ino }, from, &z, &WriteOpts::default(), &mut r)?;
         report.bios.extend(r.bios);
         Ok(())
     }

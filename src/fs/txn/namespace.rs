@@ -8,6 +8,7 @@ use crate::error::{CorruptKind, Error, Result};
 use crate::format::*;
 use crate::format::{encode, limits};
 use crate::fs::props;
+use crate::fs::InodeId;
 
 use super::Transaction;
 
@@ -38,7 +39,8 @@ impl Transaction {
     /// The new inode inherits from `dir` its compression and NODATACOW
     /// flags and its compression property, as the kernel's
     /// btrfs_inherit_iflags and btrfs_inode_inherit_props give them.
-    pub fn create(&mut self, root: u64, dir: u64, name: &[u8], mode: u32, flags: u64) -> Result<u64> {
+    pub fn create(&mut self, dir: InodeId, name: &[u8], mode: u32, flags: u64) -> Result<InodeId> {
+        let (root, dir) = (dir.subvol, dir.ino);
         let ft = FileType::from_mode(mode).ok_or_else(|| Error::Invalid(format!("bad mode {mode:o}")))?;
         let dir_flags = self.read_inode(root, dir)?.flags.get();
         let flags = props::inherit_flags(flags, dir_flags, mode);
@@ -60,13 +62,13 @@ impl Transaction {
             self.put_xattr(root, ino, props::COMPRESSION, Some(value))?;
         }
         self.add_link(root, dir, name, ino, ft.dir_type())?;
-        Ok(ino)
+        Ok(InodeId { subvol: root, ino })
     }
 
     /// A symlink: the target is stored as an inline extent, as the kernel does.
     pub(crate) fn symlink(&mut self, root: u64, dir: u64, name: &[u8], target: &[u8]) -> Result<u64> {
         limits::check_symlink_target(target, self.store.fs.sb.nodesize.get(), self.store.fs.sectorsize)?;
-        let ino = self.create(root, dir, name, S_IFLNK | 0o777, 0)?;
+        let ino = self.create(InodeId { subvol: root, ino: dir }, name, S_IFLNK | 0o777, 0)?.ino;
         self.insert_inline(root, ino, target, target.len() as u64, COMPRESS_NONE)?;
         let mut it = self.read_inode(root, ino)?;
         it.size = (target.len() as u64).into();

@@ -2,6 +2,7 @@
 //! file data writes and their report, and where a path leads.
 
 use crate::format::compress::Compression;
+use crate::fs::InodeId;
 pub use crate::volumes::bio::{BioFn, BioHook, BioRecord, BioStage};
 
 /// Per-write statistics and, for `-v`, a log of every write submitted.
@@ -44,10 +45,21 @@ pub struct CompressOpts {
     pub force: bool,
 }
 
-/// Where a path leads: the tree (subvolume) and inode, and its dir type.
+/// Where a path leads: the inode (in its subvolume, as the read side names
+/// it) and its dir type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Place {
-    pub(crate) root: u64,
-    pub(crate) ino: u64,
-    pub(crate) dir_type: u8,
+    pub id: InodeId,
+    pub dir_type: u8,
+}
+
+impl Place {
+    /// The subvolume (tree) the inode is in.
+    pub(crate) fn root(&self) -> u64 {
+        self.id.subvol
+    }
+
+    pub(crate) fn ino(&self) -> u64 {
+        self.id.ino
+    }
 }
