@@ -83,6 +83,22 @@ pub enum Command {
     Extract(ExtractArgs),
     /// Verify every copy of every block and superblock, compare mirrors byte for byte, optionally repair.
     Scrub(ScrubArgs),
+    /// Rebuild a missing device onto a new image file, offline (like `btrfs replace`).
+    ///
+    /// The filesystem is opened without DEVID (it must be missing: its image
+    /// moved away or lost; every other device present), and NEW (which must
+    /// not exist) is made with the same devid, device uuid and size, so no
+    /// tree changes and the other images are only read. Every copy the device
+    /// held is written from a verified current copy (tree blocks and
+    /// checksummed data by their checksums, NODATASUM data from a current
+    /// device), flushed and read back, the superblocks last; then the set must
+    /// open whole. Refused, before anything is written, when some chunk has no
+    /// copy outside DEVID (SINGLE, DUP or RAID0 chunks on it: their data is
+    /// lost). Until its superblocks are written NEW carries no btrfs
+    /// signature: a crash or failure leaves the set as it was, and a failed
+    /// replace removes NEW. Afterwards the kernel mounts the set without
+    /// `degraded`.
+    Replace(ReplaceArgs),
     /// Make a new btrfs on image files (devid 1, 2, ... in the order given).
     ///
     /// Image builders: --rootdir copies a host tree in without root or a kernel
@@ -178,6 +194,23 @@ pub struct FixtureArgs {
     /// Seed of the generated content (and of the fsid).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplaceArgs {
+    /// Any present device of the filesystem.
+    pub image: PathBuf,
+    /// The devid of the missing device to rebuild.
+    #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+    pub devid: u64,
+    /// The new image file (must not exist).
+    pub new: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Args, Debug)]

@@ -87,6 +87,7 @@ impl Set {
             writable,
             alongside_writer: false,
             divergent_ok: false,
+            replacement: None,
         }
     }
 }
@@ -212,6 +213,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.flush()?;
             // 3: something wrong remains on the images (like btrfs scrub's uncorrectable errors).
             return Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(3) });
+        }
+        Command::Replace(a) => {
+            let open = set.options(&a.image, false);
+            let r = btrs::ops::replace::replace(&open, a.devid, &a.new, !a.no_progress)
+                .with_context(|| format!("cannot replace devid {} of {}", a.devid, a.image.display()))?;
+            if a.json {
+                serde_json::to_writer_pretty(&mut out, &r)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "rebuilt devid {} (device uuid {}) onto {}: {} copies written ({} bytes of data, {} bytes of metadata scrubbed)",
+                    r.devid,
+                    r.device_uuid,
+                    r.image.display(),
+                    r.copies_written,
+                    r.data_bytes,
+                    r.tree_bytes
+                )?;
+                if r.unreadable_sectors > 0 {
+                    writeln!(out, "{} data sectors fail their checksum on every copy, as before (see `btrs scrub`)", r.unreadable_sectors)?;
+                }
+            }
         }
         Command::Mkfs(a) => mkfs(*a, &mut out)?,
         Command::Fixture(a) => fixture(a, &mut out)?,

@@ -38,6 +38,7 @@ fn opts(imgs: &[PathBuf], writable: bool) -> OpenOptions {
         alongside_writer: false,
         accept_lagging: false,
         divergent_ok: false,
+        replacement: None,
     }
 }
 

@@ -24,6 +24,7 @@ pub(super) fn open_opts(imgs: &[PathBuf], writable: bool) -> OpenOptions {
         alongside_writer: false,
         accept_lagging: false,
         divergent_ok: false,
+        replacement: None,
     }
 }
 

@@ -8,6 +8,7 @@ pub(crate) mod host;
 pub mod listing;
 pub mod mkfs;
 pub(crate) mod pipeline;
+pub mod replace;
 pub mod rootdir;
 pub mod scrub;
 pub mod write;

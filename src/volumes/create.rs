@@ -124,6 +124,17 @@ pub(crate) fn same_file_twice(paths: &[PathBuf]) -> Option<(usize, usize)> {
     ids.iter().enumerate().find_map(|(j, b)| (*b != Id::Unknown).then(|| ids.iter().take(j).position(|a| a == b).map(|i| (i, j))).flatten())
 }
 
+/// A new, empty image file of `size` bytes (sparse) for `btrs replace`;
+/// refused when `path` exists. Removed again with [`remove_created`].
+pub(crate) fn create_blank(path: &Path, size: u64) -> Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| Error::io(path, "create", e))?;
+    let r = f.set_len(size).map_err(|e| Error::io(path, "size", e));
+    if r.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    r
+}
+
 /// The images of `paths` that do not exist yet (a failed mkfs removes them
 /// again with [`remove_created`]).
 pub(crate) fn not_yet_there(paths: &[PathBuf]) -> Vec<PathBuf> {

@@ -52,6 +52,29 @@ impl Device {
     }
 
     /// Open with an explicit lock mode (`Exclusive` opens for writing).
+    /// A new image standing in for a missing device (see
+    /// [`super::Replacement`]): locked for writing, its superblock the
+    /// filesystem's newest with `dev_item` and generation 0, in memory only.
+    pub(crate) fn open_replacement(path: &Path, newest: &SuperBlock, dev_item: crate::format::DevItem) -> Result<Device> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io(path, "open", e))?;
+        super::guard::refuse_loop_attached(path)?;
+        super::guard::lock(&file, path, Lock::Exclusive)?;
+        let size = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
+        if size < dev_item.total_bytes.get() {
+            return Err(Error::Invalid(format!(
+                "{}: {size} bytes, smaller than devid {}'s {}",
+                path.display(),
+                dev_item.devid.get(),
+                dev_item.total_bytes.get()
+            )));
+        }
+        let mut sb = *newest;
+        sb.dev_item = dev_item;
+        sb.generation = 0.into();
+        sb.bytenr = SUPER_INFO_OFFSET.into();
+        Ok(Device::new(path, file, size, sb))
+    }
+
     pub fn open_locked(path: &Path, lock: Lock) -> Result<Device> {
         let writable = lock == Lock::Exclusive;
         let file = std::fs::OpenOptions::new().read(true).write(writable).open(path).map_err(|e| Error::io(path, "open", e))?;

@@ -53,6 +53,23 @@ pub struct OpenOptions {
     /// difference; anything else would serve one history as if it were
     /// the only one.
     pub divergent_ok: bool,
+    /// `btrs replace`: an image that stands in for a missing device (see
+    /// [`Replacement`]).
+    pub replacement: Option<Replacement>,
+}
+
+/// A new image file taking the place of a missing device: same devid and
+/// device uuid (its dev item from the chunk tree), nothing on it yet. It is
+/// opened with a superblock made in memory from the newest one, with its own
+/// dev item and generation 0, so the set sees it as a stale device whose
+/// every copy `scrub --repair` rebuilds from the current ones, superblocks
+/// last. Until then the file carries no btrfs signature: a crash leaves the
+/// set as it was, and nothing takes the file for a device of it.
+#[derive(Clone, Debug)]
+pub struct Replacement {
+    pub devid: u64,
+    pub path: PathBuf,
+    pub dev_item: crate::format::DevItem,
 }
 
 impl OpenOptions {
@@ -226,6 +243,20 @@ impl Volume {
             devices.insert(dev.devid, dev);
         }
         let sb = devices.values().max_by_key(|d| d.sb.generation.get()).map(|d| d.sb).ok_or_else(|| Error::Devices("no devices".into()))?;
+        if let Some(r) = &opts.replacement {
+            if let Some(d) = devices.get(&r.devid) {
+                return Err(Error::Devices(format!(
+                    "devid {} is present ({}): replace rebuilds a missing device; move that image out of the set first, \
+                     or rebuild it in place with `btrs scrub --repair`",
+                    r.devid,
+                    d.path.display()
+                )));
+            }
+            if !seen.insert(canonical(&r.path)) {
+                return Err(Error::Invalid(format!("{} is already a device of the set", r.path.display())));
+            }
+            devices.insert(r.devid, Device::open_replacement(&r.path, &sb, r.dev_item)?);
+        }
         same_filesystem(&devices, &sb)?;
         Ok(Volume {
             devices,

@@ -126,6 +126,7 @@ pub fn locate(imgs: &[PathBuf], logical: u64, mirror: usize) -> (u64, u64) {
         alongside_writer: false,
         accept_lagging: false,
         divergent_ok: false,
+        replacement: None,
     };
     let fs = btrs::Filesystem::open(&opts).unwrap();
     let p = fs.volume().locate(logical, mirror).unwrap();

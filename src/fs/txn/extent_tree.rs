@@ -481,6 +481,7 @@ mod ref_tests {
             alongside_writer: false,
             accept_lagging: false,
             divergent_ok: false,
+            replacement: None,
         };
         let mut tx = Transaction::begin(Filesystem::open(&o).unwrap()).unwrap();
         let ino = tx.create(InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, b"f", S_IFREG | 0o644, 0).unwrap().ino;

@@ -190,6 +190,11 @@ pub struct ScrubReport {
 }
 
 impl ScrubReport {
+    /// The counters of device `devid`, when it was scrubbed.
+    pub fn device_counters(&self, devid: u64) -> Option<Counters> {
+        self.devices.iter().find(|d| d.devid == devid).map(|d| d.counters)
+    }
+
     /// Nothing wrong remains on the images (everything found was repaired).
     pub fn clean(&self) -> bool {
         self.findings.iter().all(|f| f.repaired) && self.findings_dropped_unrepaired == 0

@@ -1,0 +1,201 @@
+//! `btrs replace`: rebuild a missing device of a mirrored filesystem onto a
+//! new image file, offline, so the set is whole again (the kernel's `btrfs
+//! replace`, which needs a root mount with `-o degraded`).
+//!
+//! The new image keeps the devid, the device uuid and the size of the device
+//! it replaces (the kernel's replace also hands the old device's uuid to the
+//! new one when it finishes), so no chunk, dev extent or dev item changes: the
+//! chunk tree and every other tree stay as they are, and the other devices are
+//! only read. The rebuild is scrub's repair of a stale device: the new image
+//! joins the set as a stale device with nothing on it (see
+//! [`crate::volumes::Replacement`]), and every copy it must hold is written
+//! from a verified current copy (tree blocks and checksummed data by their
+//! checksums, NODATASUM data from a current device), flushed, and read back;
+//! its superblocks are written last. Until they are, the file carries no
+//! btrfs signature: a crash or a failure leaves the set as it was (missing
+//! that device) and a file no command takes for a device of it, which a
+//! failed replace removes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::items::read_prefix;
+use crate::format::types::uuid_string;
+use crate::format::*;
+use crate::fs::Filesystem;
+use crate::ops::scrub::{FindingKind, ScrubOptions};
+use crate::volumes::{OpenOptions, Replacement};
+
+/// What a replace did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplaceReport {
+    pub devid: u64,
+    pub image: PathBuf,
+    pub device_uuid: String,
+    pub size: u64,
+    /// Copies written onto the new image (tree block sectors, data sectors,
+    /// superblocks), as scrub counts its corrections.
+    pub copies_written: u64,
+    pub data_bytes: u64,
+    pub tree_bytes: u64,
+    /// Data sectors whose checksum fails on every remaining copy: as
+    /// unreadable on the new image as they were before (scrub lists them).
+    pub unreadable_sectors: u64,
+}
+
+/// Every device the chunk tree lists: devid → dev item.
+fn dev_items(fs: &Filesystem) -> Result<BTreeMap<u64, DevItem>> {
+    let root = fs.tree_root(CHUNK_TREE_OBJECTID)?;
+    let mut out = BTreeMap::new();
+    for (k, data) in
+        fs.reader.range(&root, Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, 0), Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, u64::MAX))?
+    {
+        let (d, _) = read_prefix::<DevItem>(&data, "dev item").map_err(|e| e.within(format!("chunk tree {k}")))?;
+        out.insert(k.offset, d);
+    }
+    Ok(out)
+}
+
+/// The first chunk that keeps a copy of some byte only on `devid`: its
+/// logical address and profile. Mirror groups: every stripe of a DUP or
+/// RAID1* chunk holds the same bytes, each `sub_stripes` stripes of RAID10,
+/// each stripe alone in SINGLE and RAID0.
+fn chunk_only_on(fs: &Filesystem, devid: u64) -> Option<(u64, Profile)> {
+    fs.volume().chunks.entries().into_iter().find_map(|e| {
+        let stripes = &e.chunk.stripes;
+        let group = match e.profile {
+            Profile::Dup | Profile::Raid1 | Profile::Raid1C3 | Profile::Raid1C4 => stripes.len(),
+            Profile::Raid10 => usize::from(e.chunk.sub_stripes.max(1)),
+            _ => 1,
+        };
+        let lost = stripes.chunks(group.max(1)).any(|g| g.iter().all(|s| s.devid == devid));
+        lost.then_some((e.logical, e.profile))
+    })
+}
+
+/// Rebuild devid `devid` of the filesystem `opts` names onto the new image
+/// `new` (which must not exist). The device must be missing from the set.
+pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, progress: bool) -> Result<ReplaceReport> {
+    if new.exists() || new.symlink_metadata().is_ok() {
+        return Err(Error::Invalid(format!("{} exists; replace writes a new image file", new.display())));
+    }
+    // What the set is without the device: read-only, degraded.
+    let look = OpenOptions { degraded: true, writable: false, replacement: None, ..opts.clone() };
+    let fs = Filesystem::open(&look)?;
+    let items = dev_items(&fs)?;
+    let Some(dev_item) = items.get(&devid).copied() else {
+        let known: Vec<String> = items.keys().map(u64::to_string).collect();
+        return Err(Error::Invalid(format!("the filesystem has no devid {devid} (devids: {})", known.join(", "))));
+    };
+    let vol = fs.volume();
+    if let Some(d) = vol.devices.get(&devid) {
+        return Err(Error::Invalid(format!(
+            "devid {devid} is present ({}): replace rebuilds a missing device; move that image out of the set first, \
+             or rebuild it in place with `btrs scrub --repair`",
+            d.path.display()
+        )));
+    }
+    if let Some((path, generation)) = vol.left_out.get(&devid) {
+        return Err(Error::Invalid(format!(
+            "devid {devid} is present but stale ({}, generation {generation}): rebuild it in place with `btrs scrub --repair`, \
+             or move it out of the set and run replace again",
+            path.display()
+        )));
+    }
+    if let Some(other) = items.keys().find(|d| **d != devid && !vol.devices.contains_key(d)) {
+        return Err(Error::Invalid(format!(
+            "devid {other} is missing too: replace rebuilds one device from a set where every other device is present"
+        )));
+    }
+    if let Some((logical, profile)) = chunk_only_on(&fs, devid) {
+        return Err(Error::Invalid(format!(
+            "the {profile} chunk at logical {logical} has no copy outside devid {devid}: what it held is lost, and replace \
+             cannot rebuild it (convert such chunks to a mirrored profile while the device is there)"
+        )));
+    }
+    let present: Vec<PathBuf> = vol.devices.values().map(|d| d.path.clone()).collect();
+    let size = dev_item.total_bytes.get();
+    let dir = match new.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    drop(fs);
+
+    crate::volumes::create::create_blank(new, size)?;
+    let rebuilt = rebuild(opts, &present, devid, new, dev_item, progress);
+    match rebuilt {
+        Ok(report) => Ok(report),
+        Err(e) => {
+            // Its superblocks are written last: without a valid one it is no
+            // device of the set, only a partial copy.
+            let has_super = crate::volumes::Device::open_locked(new, crate::volumes::guard::Lock::Shared).is_ok();
+            // A full disk shows as copies that did not read back: say so.
+            let full = rustix::fs::statvfs(&dir).ok().map(|st| st.f_bavail.saturating_mul(st.f_frsize)).filter(|free| *free < 1 << 20);
+            if !has_super {
+                crate::volumes::create::remove_created(vec![new.to_path_buf()]);
+            }
+            match full {
+                Some(free) => Err(Error::NoSpace(format!("{e} ({} is full: {free} bytes free)", dir.display()))),
+                None => Err(e),
+            }
+        }
+    }
+}
+
+/// A finding in a few words: what, where, why.
+fn describe(f: &crate::ops::scrub::Finding) -> String {
+    match (f.logical, f.physical) {
+        (Some(l), _) => format!("logical {l}: {}", f.detail),
+        (None, Some(p)) => format!("physical {p}: {}", f.detail),
+        _ => f.detail.clone(),
+    }
+}
+
+fn rebuild(opts: &OpenOptions, present: &[PathBuf], devid: u64, new: &Path, dev_item: DevItem, progress: bool) -> Result<ReplaceReport> {
+    let replacement = Replacement { devid, path: new.to_path_buf(), dev_item };
+    // The set exactly: the devices found above and the new image, nothing
+    // else from the directory.
+    let image = present.first().cloned().unwrap_or_else(|| opts.image.clone());
+    let set =
+        OpenOptions { image, devices: present.to_vec(), degraded: false, writable: true, replacement: Some(replacement), ..opts.clone() };
+    let sopts = ScrubOptions { repair: true, prefer_mirror: None, threads: 0, progress, fix_csum: false };
+    let report = crate::ops::scrub::scrub(&set, &sopts)?;
+    let stale = report.findings.iter().find(|f| f.kind == FindingKind::StaleDevice && f.devid == Some(devid));
+    if !stale.is_some_and(|f| f.repaired) {
+        let unrepaired: Vec<String> =
+            report.findings.iter().filter(|f| !f.repaired && f.devid == Some(devid)).take(5).map(describe).collect();
+        return Err(Error::Devices(format!(
+            "devid {devid} could not be rebuilt onto {}: {}",
+            new.display(),
+            if unrepaired.is_empty() { "the rebuild did not finish".to_string() } else { unrepaired.join("; ") }
+        )));
+    }
+    // The set must now open whole, the new image current.
+    let check = OpenOptions {
+        image: new.to_path_buf(),
+        devices: present.iter().cloned().chain(std::iter::once(new.to_path_buf())).collect(),
+        degraded: false,
+        writable: false,
+        replacement: None,
+        ..opts.clone()
+    };
+    let fs = Filesystem::open(&check)?;
+    if fs.volume().is_stale(devid) || !fs.volume().missing.is_empty() {
+        return Err(Error::Devices(format!("{} was rebuilt but the set does not open whole", new.display())));
+    }
+    let counters = report.device_counters(devid).unwrap_or_default();
+    let unreadable = report.findings.iter().filter(|f| f.devid == Some(devid) && f.kind == FindingKind::CsumAllCopies).count();
+    Ok(ReplaceReport {
+        devid,
+        image: new.to_path_buf(),
+        device_uuid: uuid_string(&dev_item.uuid),
+        size: dev_item.total_bytes.get(),
+        copies_written: counters.corrected_errors,
+        data_bytes: counters.data_bytes_scrubbed,
+        tree_bytes: counters.tree_bytes_scrubbed,
+        unreadable_sectors: u64::try_from(unreadable).unwrap_or(u64::MAX),
+    })
+}
