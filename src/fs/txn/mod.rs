@@ -62,6 +62,10 @@ mod space;
 mod types;
 mod xattr;
 
+// The proof that bounce pages matter (tests of fs/direct.rs through the engine).
+#[cfg(test)]
+mod direct_tests;
+
 pub(crate) use readers::Held;
 pub(crate) use space::Store;
 pub use types::{BioFn, BioHook, BioRecord, BioStage, CompressOpts, Place, WriteOpts, WriteReport};
