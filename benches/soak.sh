@@ -5,7 +5,7 @@
 # (SIGKILL included). A failure stops the run and prints the seed, the layout
 # and the operation list minimized by delta debugging (also saved under
 # $TMPDIR/btrs-model-*.ops): paste it into a regression test in
-# src/model_tests/mod.rs (or replay it: BTRS_MODEL_REPLAY=FILE cargo test
+# src/model_tests/regressions.rs (or replay it: BTRS_MODEL_REPLAY=FILE cargo test
 # --release --lib model_tests::replay_file -- --ignored).
 # Prints the clean total: operations, seeds, seconds, and the commit.
 # Root (loop devices) lets btrfs check judge multi-device images and adds the

@@ -9,7 +9,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-#[path = "../src/model_tests/model.rs"]
+#[path = "../src/model_tests/model/mod.rs"]
 mod model;
 #[path = "../src/model_tests/shared.rs"]
 mod shared;
