@@ -88,13 +88,18 @@ pub enum Command {
     /// The filesystem is opened without DEVID (it must be missing: its image
     /// moved away or lost; every other device present), and NEW (which must
     /// not exist) is made with the same devid, device uuid and size, so no
-    /// tree changes and the other images are only read. Every copy the device
+    /// tree changes and the other images are only read (opened read-only:
+    /// what scrub finds wrong on them is reported, not repaired; `btrs scrub
+    /// --repair` does that). Every copy the device
     /// held is written from a verified current copy (tree blocks and
     /// checksummed data by their checksums, NODATASUM data from a current
     /// device), flushed and read back, the superblocks last; then the set must
     /// open whole. Refused, before anything is written, when some chunk has no
     /// copy outside DEVID (SINGLE, DUP or RAID0 chunks on it: their data is
-    /// lost). Until its superblocks are written NEW carries no btrfs
+    /// lost), when the filesystem has a log tree (its blocks are in no extent
+    /// tree), or when an image beside the set already is DEVID (a replace
+    /// that finished). Data sectors whose checksum fails on every copy are
+    /// counted and left unreadable, as they were. Until its superblocks are written NEW carries no btrfs
     /// signature: a crash or failure leaves the set as it was, and a failed
     /// replace removes NEW. Afterwards the kernel mounts the set without
     /// `degraded`.

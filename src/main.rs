@@ -218,6 +218,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let open = set.options(&a.image, false);
             let r = btrs::ops::replace::replace(&open, a.devid, &a.new, !a.no_progress)
                 .with_context(|| format!("cannot replace devid {} of {}", a.devid, a.image.display()))?;
+            if r.other_device_findings > 0 {
+                say!(
+                    "btrs: warning: scrub found {} problem(s) on the other devices, left as they are (replace only reads them); \
+                     `btrs scrub --repair` fixes what has a good copy",
+                    r.other_device_findings
+                );
+            }
             if a.json {
                 serde_json::to_writer_pretty(&mut out, &r)?;
                 writeln!(out)?;

@@ -253,3 +253,85 @@ fn a_failed_replace_leaves_the_set_as_it_was() {
     scrubs_clean(&imgs[0], "after the second replace");
     reads_back(&imgs[0], &files, "after the second replace");
 }
+
+/// Damage on a remaining device that has a good copy elsewhere: replace
+/// rebuilds from the good copy, leaves the damaged image byte-identical (it
+/// only reads the other images: they are opened read-only) and says so; a
+/// sector bad on every copy is counted, not written as good. (Attacker's pass
+/// on 44f9fec: replace repaired the remaining image, and counted 0.)
+#[test]
+fn replace_only_reads_the_other_images_and_counts_what_it_cannot_rebuild() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=3).map(|i| d.join(format!("dev{i}.img"))).collect();
+    ok(&["mkfs", "-f", "-b", "256M", "-d", "raid1c3", "-m", "raid1c3", s(&imgs[0]), s(&imgs[1]), s(&imgs[2])]);
+    let files = fill(d, &imgs[0]);
+    // Garbage over the first data sector of /big on devid 1 (devid 2 keeps a good copy).
+    let opts = btrs::OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), ..Default::default() };
+    let fs = btrs::Filesystem::open(&opts).unwrap();
+    let ent = fs.resolve("/big").unwrap();
+    let (_, fe) = fs.file_extents(ent.id).unwrap().into_iter().next().unwrap();
+    let btrs::format::items::FileExtentKind::Regular { disk_bytenr, .. } = fe.kind else { panic!("not a regular extent") };
+    let at = (0..3).map(|m| fs.volume().locate(disk_bytenr, m).unwrap()).find(|p| p.devid == 1).unwrap();
+    drop(fs);
+    std::fs::OpenOptions::new().write(true).open(&imgs[0]).unwrap().write_all_at(&pseudo(4096, 77), at.physical).unwrap();
+    let lost = d.join("lost");
+    std::fs::create_dir(&lost).unwrap();
+    std::fs::rename(&imgs[2], lost.join("dev3.img")).unwrap();
+    let before: Vec<Vec<u8>> = imgs[..2].iter().map(|p| fingerprint(p)).collect();
+    let new = d.join("new3.img");
+    let (c, out, err) = btrs(&["replace", s(&imgs[0]), "3", s(&new), "--json", "--no-progress"]);
+    assert_eq!(c, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["unreadable_sectors"], 0, "{out}");
+    assert_eq!(r["other_device_findings"], 1, "{out}");
+    assert!(err.contains("left as they are"), "{err}");
+    let after: Vec<Vec<u8>> = imgs[..2].iter().map(|p| fingerprint(p)).collect();
+    assert!(before == after, "replace wrote to an image it should only read");
+    reads_back(&imgs[0], &files, "after replace beside a damaged copy");
+    // The new image holds the good copy: with devid 1 away, /big reads from 2 and 3.
+    std::fs::rename(&imgs[0], lost.join("dev1.img")).unwrap();
+    let out = Command::new(BIN).args(["--degraded", "cat", s(&imgs[1]), "/big"]).output().unwrap();
+    assert!(out.status.success() && out.stdout == files[0].1, "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::rename(lost.join("dev1.img"), &imgs[0]).unwrap();
+
+    // Now also devid 2's copy bad: no good copy anywhere once devid 3 is gone again.
+    std::fs::rename(&new, lost.join("new3.img")).unwrap();
+    let fs = btrs::Filesystem::open(&btrs::OpenOptions { image: imgs[0].clone(), degraded: true, ..Default::default() }).unwrap();
+    let at2 = (0..3).filter_map(|m| fs.volume().locate(disk_bytenr, m).ok()).find(|p| p.devid == 2).unwrap();
+    drop(fs);
+    std::fs::OpenOptions::new().write(true).open(&imgs[1]).unwrap().write_all_at(&pseudo(4096, 78), at2.physical).unwrap();
+    let new = d.join("again3.img");
+    let (c, out, err) = btrs(&["replace", s(&imgs[0]), "3", s(&new), "--json", "--no-progress"]);
+    assert_eq!(c, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["unreadable_sectors"], 1, "{out}");
+}
+
+/// A replace that finished leaves its image beside the set; a second replace
+/// of the same devid is then refused, naming it (attacker's pass on 44f9fec:
+/// two replaces at once both succeeded, and nothing opened the set after).
+#[test]
+fn a_second_replace_of_the_same_device_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("dev{i}.img"))).collect();
+    ok(&["mkfs", "-f", "-b", "256M", "-d", "raid1", "-m", "raid1", s(&imgs[0]), s(&imgs[1])]);
+    fill(d, &imgs[0]);
+    let lost = d.join("lost");
+    std::fs::create_dir(&lost).unwrap();
+    std::fs::rename(&imgs[1], lost.join("dev2.img")).unwrap();
+    let a = d.join("a.img");
+    // As if two ran at once: the second opened the set while the first
+    // was still rebuilding (its image had no signature yet), then waited for
+    // the lock; it must still see the first's image once it gets in.
+    ok(&["replace", s(&imgs[0]), "2", s(&a), "--no-progress"]);
+    let before = (fingerprint(&imgs[0]), fingerprint(&a));
+    let b = d.join("b.img");
+    let (c, _, err) = btrs(&["replace", "--device", s(&imgs[0]), s(&imgs[0]), "2", s(&b), "--no-progress"]);
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("is present") || err.contains("already is devid 2"), "{err}");
+    assert!(!b.exists());
+    assert!(before == (fingerprint(&imgs[0]), fingerprint(&a)));
+    ok(&["ls", s(&imgs[0]), "/"]);
+}

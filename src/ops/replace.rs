@@ -44,6 +44,10 @@ pub struct ReplaceReport {
     /// Data sectors whose checksum fails on every remaining copy: as
     /// unreadable on the new image as they were before (scrub lists them).
     pub unreadable_sectors: u64,
+    /// Problems scrub found on the other devices while it read them (bad
+    /// copies it had a good copy for, superblocks): left as they are, since
+    /// replace only reads those images; `btrs scrub --repair` fixes them.
+    pub other_device_findings: u64,
 }
 
 /// Every device the chunk tree lists: devid → dev item.
@@ -91,6 +95,17 @@ pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, progress: bool) -> Re
         return Err(Error::Invalid(format!("the filesystem has no devid {devid} (devids: {})", known.join(", "))));
     };
     let vol = fs.volume();
+    // The log tree's blocks (and the data it logged) are in no extent tree:
+    // the rebuild, which copies what the extent tree lists, would leave them
+    // off the new image.
+    if fs.sb.log_root.get() != 0 {
+        return Err(Error::Unsupported(format!(
+            "replacing a device of a filesystem with a log tree (block {}: changes fsynced after the last commit, which \
+             the kernel replays at its next mount): the log's blocks would not be copied; mount the set with the kernel \
+             once (-o degraded), or drop those changes with `btrfs rescue zero-log`, then replace",
+            fs.sb.log_root.get()
+        )));
+    }
     if let Some(d) = vol.devices.get(&devid) {
         return Err(Error::Invalid(format!(
             "devid {devid} is present ({}): replace rebuilds a missing device; move that image out of the set first, \
@@ -147,10 +162,12 @@ pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, progress: bool) -> Re
 
 /// A finding in a few words: what, where, why.
 fn describe(f: &crate::ops::scrub::Finding) -> String {
+    let dev = f.devid.map(|d| format!("devid {d} ")).unwrap_or_default();
+    let paths = if f.paths.is_empty() { String::new() } else { format!(" ({})", f.paths.join(", ")) };
     match (f.logical, f.physical) {
-        (Some(l), _) => format!("logical {l}: {}", f.detail),
-        (None, Some(p)) => format!("physical {p}: {}", f.detail),
-        _ => f.detail.clone(),
+        (Some(l), _) => format!("{dev}logical {l}{paths}: {}", f.detail),
+        (None, Some(p)) => format!("{dev}physical {p}: {}", f.detail),
+        _ => format!("{dev}{}", f.detail),
     }
 }
 
@@ -165,8 +182,18 @@ fn rebuild(opts: &OpenOptions, present: &[PathBuf], devid: u64, new: &Path, dev_
     let report = crate::ops::scrub::scrub(&set, &sopts)?;
     let stale = report.findings.iter().find(|f| f.kind == FindingKind::StaleDevice && f.devid == Some(devid));
     if !stale.is_some_and(|f| f.repaired) {
-        let unrepaired: Vec<String> =
-            report.findings.iter().filter(|f| !f.repaired && f.devid == Some(devid)).take(5).map(describe).collect();
+        // What held the rebuild back: first what is wrong beyond the new
+        // image's blank copies (copies that differ with nothing to decide,
+        // two histories, unreadable devices), then the copies not written.
+        let blank = |f: &&crate::ops::scrub::Finding| {
+            f.devid == Some(devid)
+                && matches!(f.kind, FindingKind::Csum | FindingKind::Verify | FindingKind::Super | FindingKind::StaleDevice)
+        };
+        let mut unrepaired: Vec<String> =
+            report.findings.iter().filter(|f| !f.repaired).filter(|f| !blank(f)).take(5).map(describe).collect();
+        if unrepaired.is_empty() {
+            unrepaired = report.findings.iter().filter(|f| !f.repaired && f.devid == Some(devid)).take(5).map(describe).collect();
+        }
         return Err(Error::Devices(format!(
             "devid {devid} could not be rebuilt onto {}: {}",
             new.display(),
@@ -187,7 +214,17 @@ fn rebuild(opts: &OpenOptions, present: &[PathBuf], devid: u64, new: &Path, dev_
         return Err(Error::Devices(format!("{} was rebuilt but the set does not open whole", new.display())));
     }
     let counters = report.device_counters(devid).unwrap_or_default();
-    let unreadable = report.findings.iter().filter(|f| f.devid == Some(devid) && f.kind == FindingKind::CsumAllCopies).count();
+    // Data sectors with no good copy anywhere: not written (scrub leaves them
+    // as unreadable on the new image as on the others).
+    let sector = u64::from(fs.sectorsize.max(1));
+    let unreadable: u64 = report
+        .findings
+        .iter()
+        .filter(|f| {
+            f.devid == Some(devid) && !f.repaired && !f.metadata && matches!(f.kind, FindingKind::Csum | FindingKind::CsumAllCopies)
+        })
+        .map(|f| f.len.div_ceil(sector))
+        .sum();
     Ok(ReplaceReport {
         devid,
         image: new.to_path_buf(),
@@ -196,6 +233,8 @@ fn rebuild(opts: &OpenOptions, present: &[PathBuf], devid: u64, new: &Path, dev_
         copies_written: counters.corrected_errors,
         data_bytes: counters.data_bytes_scrubbed,
         tree_bytes: counters.tree_bytes_scrubbed,
-        unreadable_sectors: u64::try_from(unreadable).unwrap_or(u64::MAX),
+        unreadable_sectors: unreadable,
+        other_device_findings: u64::try_from(report.findings.iter().filter(|f| !f.repaired && f.devid.is_some_and(|d| d != devid)).count())
+            .unwrap_or(u64::MAX),
     })
 }

@@ -76,7 +76,13 @@ impl Device {
     }
 
     pub fn open_locked(path: &Path, lock: Lock) -> Result<Device> {
-        let writable = lock == Lock::Exclusive;
+        Device::open_locked_for(path, lock, lock == Lock::Exclusive)
+    }
+
+    /// Like [`Self::open_locked`]; `writable` false opens the file read-only
+    /// whatever the lock (`btrs replace` holds the other devices exclusively
+    /// and only reads them: the kernel refuses any write to them).
+    pub(crate) fn open_locked_for(path: &Path, lock: Lock, writable: bool) -> Result<Device> {
         let file = std::fs::OpenOptions::new().read(true).write(writable).open(path).map_err(|e| Error::io(path, "open", e))?;
         if writable {
             super::guard::refuse_loop_attached(path)?;

@@ -191,7 +191,10 @@ impl Volume {
     }
 
     fn open_once(opts: &OpenOptions) -> Result<Volume> {
-        let first = Device::open_locked(&opts.image, opts.lock())?;
+        // Under `replace`, the devices of the set are only read: their files
+        // are opened read-only (the replacement alone is written).
+        let write = opts.lock() == guard::Lock::Exclusive && opts.replacement.is_none();
+        let first = Device::open_locked_for(&opts.image, opts.lock(), write)?;
         let fsid = first.sb.fsid;
         let first_canon = canonical(&opts.image);
         let mut devices: BTreeMap<u64, Device> = BTreeMap::new();
@@ -211,7 +214,7 @@ impl Volume {
             if !seen.insert(canonical(&path)) {
                 continue;
             }
-            let dev = match Device::open_locked(&path, opts.lock()) {
+            let dev = match Device::open_locked_for(&path, opts.lock(), write) {
                 Ok(d) => d,
                 Err(e) if explicit => return Err(e),
                 // A sibling of this filesystem that cannot be used (in use,
@@ -254,6 +257,26 @@ impl Volume {
             }
             if !seen.insert(canonical(&r.path)) {
                 return Err(Error::Invalid(format!("{} is already a device of the set", r.path.display())));
+            }
+            // Another image beside the set (or beside the new one) that
+            // already is this devid: a replace that finished meanwhile, or
+            // the old device put back. Two images would then claim it.
+            let mut beside = sibling_files(&opts.image);
+            beside.extend(sibling_files(&r.path));
+            for p in beside {
+                if seen.contains(&canonical(&p)) {
+                    continue;
+                }
+                if let Ok(d) = Device::open_raw(&p) {
+                    if d.sb.fsid == fsid && d.devid == r.devid && d.sb.magic == crate::format::BTRFS_MAGIC {
+                        return Err(Error::Devices(format!(
+                            "{} already is devid {} of filesystem {}: a second device for it would make the set ambiguous",
+                            p.display(),
+                            r.devid,
+                            uuid_string(&fsid)
+                        )));
+                    }
+                }
             }
             devices.insert(r.devid, Device::open_replacement(&r.path, &sb, r.dev_item)?);
         }

@@ -160,3 +160,24 @@ fn a_kernel_log_tree_is_left_for_the_kernel_to_replay() {
     write_file(&crash, &copy[0], "/after", b"after\n", &[]);
     progs_check(test, &copy, &[]);
 }
+
+/// `replace` copies what the extent tree lists; a log tree's blocks are in none,
+/// so the new image would lack them (attacker's pass on 44f9fec: exit 0, the
+/// new device zeros at the log root). It refuses, naming the log tree, and the
+/// remaining image is unchanged.
+#[test]
+fn replace_refuses_a_set_with_a_log_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = mkfs(tmp.path(), 2, "128M", "raid1", &[]);
+    ok(&["mkdir", s(&imgs[0]), "/d"]);
+    let aside = tmp.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    std::fs::rename(&imgs[1], aside.join("dev2.img")).unwrap();
+    set_log_root(&imgs[0]);
+    let before = fingerprint(&imgs[0]);
+    let new = tmp.path().join("new.img");
+    let err = fails(&["replace", s(&imgs[0]), "2", s(&new)], 1);
+    assert!(err.contains("log tree"), "{err}");
+    assert!(!new.exists());
+    assert_eq!(fingerprint(&imgs[0]), before);
+}
