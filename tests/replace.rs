@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::interop::{btrfs_check, interop_enabled, progs_for, Mounted};
+use common::pseudo;
 
 const BIN: &str = env!("CARGO_BIN_EXE_btrs");
 
@@ -26,18 +27,6 @@ fn ok(args: &[&str]) -> String {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn pseudo(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// The files a set holds: (path in the image, bytes).
@@ -80,6 +69,21 @@ fn fingerprint(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
+/// `n` images of a `profile` set made by btrs (256 MiB each), filled; then
+/// the image of devid `gone` moved to `dir/lost`. Returns the images (the
+/// moved one at its old path, now absent) and the files.
+fn set_losing(dir: &Path, n: usize, profile: &str, gone: usize) -> (Vec<PathBuf>, Files) {
+    let imgs: Vec<PathBuf> = (1..=n).map(|i| dir.join(format!("dev{i}.img"))).collect();
+    let mut args = vec!["mkfs", "-f", "-b", "256M", "-d", profile, "-m", profile];
+    args.extend(imgs.iter().map(|p| s(p)));
+    ok(&args);
+    let files = fill(dir, &imgs[0]);
+    let lost = dir.join("lost");
+    std::fs::create_dir_all(&lost).unwrap();
+    std::fs::rename(&imgs[gone - 1], lost.join(format!("dev{gone}.img"))).unwrap();
+    (imgs, files)
+}
+
 /// A RAID1 pair made by btrs loses devid 2; replace rebuilds it onto a new
 /// image: check-clean, scrub-clean, same bytes, and the kernel mounts it
 /// without `degraded`, reads it, writes more and scrubs clean; btrs reads the
@@ -88,12 +92,8 @@ fn fingerprint(p: &Path) -> Vec<u8> {
 fn a_lost_raid1_mirror_is_rebuilt_and_the_kernel_mounts_it_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let imgs: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("dev{i}.img"))).collect();
-    ok(&["mkfs", "-f", "-b", "256M", "-d", "raid1", "-m", "raid1", s(&imgs[0]), s(&imgs[1])]);
-    let files = fill(d, &imgs[0]);
+    let (imgs, files) = set_losing(d, 2, "raid1", 2);
     let lost = d.join("lost");
-    std::fs::create_dir(&lost).unwrap();
-    std::fs::rename(&imgs[1], lost.join("dev2.img")).unwrap();
     let new = d.join("new2.img");
     let out = ok(&["replace", s(&imgs[0]), "2", s(&new)]);
     assert!(out.contains("rebuilt devid 2"), "{out}");
@@ -221,12 +221,7 @@ fn a_failed_replace_leaves_the_set_as_it_was() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let imgs: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("dev{i}.img"))).collect();
-    ok(&["mkfs", "-f", "-b", "256M", "-d", "raid1", "-m", "raid1", s(&imgs[0]), s(&imgs[1])]);
-    let files = fill(d, &imgs[0]);
-    let lost = d.join("lost");
-    std::fs::create_dir(&lost).unwrap();
-    std::fs::rename(&imgs[1], lost.join("dev2.img")).unwrap();
+    let (imgs, files) = set_losing(d, 2, "raid1", 2);
     let keep = fingerprint(&imgs[0]);
     struct Tmpfs(PathBuf);
     impl Drop for Tmpfs {
@@ -315,12 +310,7 @@ fn replace_only_reads_the_other_images_and_counts_what_it_cannot_rebuild() {
 fn a_second_replace_of_the_same_device_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let imgs: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("dev{i}.img"))).collect();
-    ok(&["mkfs", "-f", "-b", "256M", "-d", "raid1", "-m", "raid1", s(&imgs[0]), s(&imgs[1])]);
-    fill(d, &imgs[0]);
-    let lost = d.join("lost");
-    std::fs::create_dir(&lost).unwrap();
-    std::fs::rename(&imgs[1], lost.join("dev2.img")).unwrap();
+    let (imgs, _) = set_losing(d, 2, "raid1", 2);
     let a = d.join("a.img");
     // As if two ran at once: the second opened the set while the first
     // was still rebuilding (its image had no signature yet), then waited for

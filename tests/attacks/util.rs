@@ -79,18 +79,7 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Deterministic bytes.
-pub fn pseudo(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use crate::common::pseudo;
 
 /// sha256 of a file's bytes, with its length.
 pub fn fingerprint(p: &Path) -> (u64, String) {
