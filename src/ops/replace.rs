@@ -154,6 +154,13 @@ pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, progress: bool) -> Re
             }
             match full {
                 Some(free) => Err(Error::NoSpace(format!("{e} ({} is full: {free} bytes free)", dir.display()))),
+                // The failure came after its first superblock copy: every
+                // copy it must hold is on it, and it is a device of the set.
+                None if has_super => Err(Error::Devices(format!(
+                    "{e}; {} already holds the current superblock and is devid {devid} of the set: \
+                     `btrs scrub --repair` completes its other superblock copies",
+                    new.display()
+                ))),
                 None => Err(e),
             }
         }
@@ -237,4 +244,83 @@ fn rebuild(opts: &OpenOptions, present: &[PathBuf], devid: u64, new: &Path, dev_
         other_device_findings: u64::try_from(report.findings.iter().filter(|f| !f.repaired && f.devid.is_some_and(|d| d != devid)).count())
             .unwrap_or(u64::MAX),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Crash safety by fault injection: the k-th image I/O of a replace
+    //! fails, or is torn, for every k. Whatever k, the remaining image is
+    //! untouched and the set is either the old one (NEW gone: it never got a
+    //! valid superblock) or the new one (NEW opens as a current device and the
+    //! set reads every file).
+    use super::*;
+    use crate::fs::InodeId;
+    use crate::volumes::fault::{arm_for_replacement, Fault, FaultPlan};
+    use std::sync::Arc;
+
+    fn files() -> Vec<(&'static [u8], Vec<u8>)> {
+        vec![(b"a", (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect()), (b"b", vec![5u8; 70_000])]
+    }
+
+    fn reads_all(opts: &OpenOptions, what: &str) {
+        let fs = Filesystem::open(opts).unwrap_or_else(|e| panic!("{what}: open: {e}"));
+        for (name, want) in files() {
+            let id = fs.resolve(std::str::from_utf8(name).unwrap()).unwrap().id;
+            assert!(fs.read_file_bytes(id).unwrap() == want, "{what}: {} differs", String::from_utf8_lossy(name));
+        }
+    }
+
+    #[test]
+    fn a_fault_at_any_io_leaves_the_old_set_or_the_new_one() {
+        let Some((tmp, imgs)) = crate::fs::testutil::mkfs_btrfs(2, &["-d", "raid1", "-m", "raid1"]) else { return };
+        let all = OpenOptions { image: imgs[0].clone(), devices: imgs.clone(), writable: true, ..Default::default() };
+        let mut tx = crate::fs::txn::Transaction::begin(Filesystem::open(&all).unwrap()).unwrap();
+        let top = InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID };
+        for (name, data) in files() {
+            let id = tx.create(top, name, S_IFREG | 0o644, 0).unwrap();
+            tx.write_at(id, 0, &data, &Default::default(), &mut Default::default()).unwrap();
+        }
+        tx.commit().unwrap();
+        let lost = tmp.path().join("lost");
+        std::fs::create_dir(&lost).unwrap();
+        std::fs::rename(&imgs[1], lost.join("dev2.img")).unwrap();
+        let one = OpenOptions { image: imgs[0].clone(), devices: vec![imgs[0].clone()], ..Default::default() };
+        let before = std::fs::read(&imgs[0]).unwrap();
+        let new = tmp.path().join("new2.img");
+        // Count the replace's I/Os.
+        let counter = Arc::new(FaultPlan::new(u64::MAX, Fault::Fail));
+        arm_for_replacement(Some(counter.clone()));
+        replace(&one, 2, &new, false).unwrap();
+        arm_for_replacement(None);
+        let total = counter.count();
+        assert!(total > 10, "only {total} I/Os counted: the plan did not reach the rebuild");
+        let (mut olds, mut news) = (0, 0);
+        for fault in [Fault::Fail, Fault::Torn] {
+            for k in 0..=total {
+                let _ = std::fs::remove_file(&new);
+                arm_for_replacement(Some(Arc::new(FaultPlan::new(k, fault))));
+                let r = replace(&one, 2, &new, false);
+                arm_for_replacement(None);
+                let what = format!("{fault:?} at I/O {k} of {total}");
+                assert_eq!(r.is_ok(), k >= total, "{what}: {r:?}");
+                assert!(std::fs::read(&imgs[0]).unwrap() == before, "{what}: the remaining image changed");
+                if new.exists() {
+                    // It kept NEW: its primary superblock made it a device of the set.
+                    if let Err(e) = &r {
+                        assert!(e.to_string().contains("already holds the current superblock"), "{what}: {e}");
+                    }
+                    let set = OpenOptions { devices: vec![imgs[0].clone(), new.clone()], ..one.clone() };
+                    reads_all(&set, &what);
+                    let fs = Filesystem::open(&set).unwrap();
+                    assert!(!fs.volume().is_stale(2) && fs.volume().missing.is_empty(), "{what}: the new device is not current");
+                    news += 1;
+                } else {
+                    reads_all(&OpenOptions { degraded: true, ..one.clone() }, &what);
+                    olds += 1;
+                }
+            }
+        }
+        eprintln!("replace: {total} I/Os; {olds} faults left the old set, {news} the new");
+        assert!(olds > 0 && news > 0);
+    }
 }

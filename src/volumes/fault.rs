@@ -103,3 +103,19 @@ impl FaultPlan {
         Ok(())
     }
 }
+
+thread_local! {
+    /// A plan for the next volume this thread opens with a replacement
+    /// (`btrs replace` opens its set inside scrub, out of a test's reach).
+    static FOR_REPLACEMENT: std::cell::RefCell<Option<std::sync::Arc<FaultPlan>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Hand `plan` (or none) to every replacement volume this thread opens from
+/// now on (scrub opens the set once per pass; the plan counts across them).
+pub(crate) fn arm_for_replacement(plan: Option<std::sync::Arc<FaultPlan>>) {
+    FOR_REPLACEMENT.with(|p| *p.borrow_mut() = plan);
+}
+
+pub(crate) fn for_replacement() -> Option<std::sync::Arc<FaultPlan>> {
+    FOR_REPLACEMENT.with(|p| p.borrow().clone())
+}

@@ -281,7 +281,7 @@ impl Volume {
             devices.insert(r.devid, Device::open_replacement(&r.path, &sb, r.dev_item)?);
         }
         same_filesystem(&devices, &sb)?;
-        Ok(Volume {
+        let vol = Volume {
             devices,
             sb,
             chunks: ChunkMap::default(),
@@ -291,7 +291,14 @@ impl Volume {
             stale: BTreeMap::new(),
             lagging: BTreeSet::new(),
             left_out: BTreeMap::new(),
-        })
+        };
+        #[cfg(test)]
+        if opts.replacement.is_some() {
+            if let Some(plan) = fault::for_replacement() {
+                vol.set_fault(plan);
+            }
+        }
+        Ok(vol)
     }
 
     /// Record the devices the chunk tree lists (devid → device uuid); fail on
