@@ -104,6 +104,18 @@ pub enum Command {
     /// replace removes NEW. Afterwards the kernel mounts the set without
     /// `degraded`.
     Replace(ReplaceArgs),
+    /// Grow or shrink one device image, offline (like `btrfs filesystem resize`).
+    ///
+    /// SIZE is `[DEVID:](SIZE|+SIZE|-SIZE|max|min)` (K, M, G, T suffixes;
+    /// devid 1 when not given), rounded down to whole sectors. `max` takes the
+    /// image file's length (after it was made longer by other means); `min`
+    /// the end of the last chunk stripe on the device. Growing makes the image
+    /// file longer, then commits the new size (the device's dev item, its
+    /// superblocks, the filesystem's total); shrinking commits, then cuts the
+    /// file: a crash between leaves a longer file, which is valid. Shrinking
+    /// below the end of the last chunk stripe is refused naming that size:
+    /// stripes are not moved.
+    Resize(ResizeArgs),
     /// Make a new btrfs on image files (devid 1, 2, ... in the order given).
     ///
     /// Image builders: --rootdir copies a host tree in without root or a kernel
@@ -199,6 +211,18 @@ pub struct FixtureArgs {
     /// Seed of the generated content (and of the fsid).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ResizeArgs {
+    /// Any device of the filesystem.
+    pub image: PathBuf,
+    /// `[DEVID:](SIZE|+SIZE|-SIZE|max|min)`.
+    #[arg(value_name = "SIZE", allow_hyphen_values = true)]
+    pub size: crate::ops::resize::ResizeSpec,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -244,6 +244,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Resize(a) => {
+            let open = set.options(&a.image, true);
+            let r = btrs::ops::resize::resize(&open, &a.size).with_context(|| format!("cannot resize {}", a.image.display()))?;
+            if a.json {
+                serde_json::to_writer_pretty(&mut out, &r)?;
+                writeln!(out)?;
+            } else if r.old_size == r.new_size {
+                writeln!(out, "devid {} ({}) is {} bytes already", r.devid, r.image.display(), r.new_size)?;
+            } else {
+                writeln!(out, "resized devid {} ({}) from {} to {} bytes", r.devid, r.image.display(), r.old_size, r.new_size)?;
+            }
+        }
         Command::Mkfs(a) => mkfs(*a, &mut out)?,
         Command::Fixture(a) => fixture(a, &mut out)?,
         Command::Write(a) => write_cmd(&set, a, &mut out)?,

@@ -9,6 +9,7 @@ pub mod listing;
 pub mod mkfs;
 pub(crate) mod pipeline;
 pub mod replace;
+pub mod resize;
 pub mod rootdir;
 pub mod scrub;
 pub mod write;

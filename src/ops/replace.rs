@@ -16,13 +16,11 @@
 //! that device) and a file no command takes for a device of it, which a
 //! failed replace removes.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::format::items::read_prefix;
 use crate::format::types::uuid_string;
 use crate::format::*;
 use crate::fs::Filesystem;
@@ -48,19 +46,6 @@ pub struct ReplaceReport {
     /// copies it had a good copy for, superblocks): left as they are, since
     /// replace only reads those images; `btrs scrub --repair` fixes them.
     pub other_device_findings: u64,
-}
-
-/// Every device the chunk tree lists: devid → dev item.
-fn dev_items(fs: &Filesystem) -> Result<BTreeMap<u64, DevItem>> {
-    let root = fs.tree_root(CHUNK_TREE_OBJECTID)?;
-    let mut out = BTreeMap::new();
-    for (k, data) in
-        fs.reader.range(&root, Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, 0), Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, u64::MAX))?
-    {
-        let (d, _) = read_prefix::<DevItem>(&data, "dev item").map_err(|e| e.within(format!("chunk tree {k}")))?;
-        out.insert(k.offset, d);
-    }
-    Ok(out)
 }
 
 /// The first chunk that keeps a copy of some byte only on `devid`: its
@@ -89,7 +74,7 @@ pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, progress: bool) -> Re
     // What the set is without the device: read-only, degraded.
     let look = OpenOptions { degraded: true, writable: false, replacement: None, ..opts.clone() };
     let fs = Filesystem::open(&look)?;
-    let items = dev_items(&fs)?;
+    let items = fs.dev_items()?;
     let Some(dev_item) = items.get(&devid).copied() else {
         let known: Vec<String> = items.keys().map(u64::to_string).collect();
         return Err(Error::Invalid(format!("the filesystem has no devid {devid} (devids: {})", known.join(", "))));

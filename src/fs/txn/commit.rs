@@ -93,6 +93,9 @@ impl Transaction {
         sb.root = root.bytenr.into();
         sb.root_level = root.level;
         sb.bytes_used = used.into();
+        if let Some(total) = self.total_bytes {
+            sb.total_bytes = total.into();
+        }
         if sb.uuid_tree_generation.get() == old_gen {
             sb.uuid_tree_generation = transid.into();
         }
@@ -112,6 +115,7 @@ impl Transaction {
             s.dev_item = dev.sb.dev_item;
             if let Some(item) = self.store.dev_items.get(&dev.devid) {
                 s.dev_item.bytes_used = item.bytes_used;
+                s.dev_item.total_bytes = item.total_bytes;
             }
             for &off in SUPER_MIRROR_OFFSETS.iter() {
                 if off + SUPER_INFO_SIZE as u64 > dev.size {

@@ -48,6 +48,7 @@
 mod commit;
 mod compression;
 mod csum;
+mod device;
 mod dir_item;
 mod extent_io;
 mod extent_tree;
@@ -96,6 +97,9 @@ pub struct Transaction {
     /// The in-place mark is held (see `volumes::guard::mark_in_place`), and
     /// whether committed bytes were overwritten under it.
     pub(crate) in_place: InPlace,
+    /// The superblock's total_bytes after a device size changed (see
+    /// `set_device_size`), else the committed one.
+    pub(crate) total_bytes: Option<u64>,
     /// Test-only switches of the direct writer (see `fs::direct`).
     #[cfg(test)]
     pub(crate) direct_no_bounce: bool,
@@ -143,6 +147,7 @@ impl Transaction {
             direct: None,
             names: HashMap::new(),
             in_place: InPlace::Unmarked,
+            total_bytes: None,
             #[cfg(test)]
             direct_no_bounce: false,
             #[cfg(test)]

@@ -1,0 +1,169 @@
+//! `btrs resize`: grow or shrink one device image offline (btrfs-progs can
+//! only grow, offline, since 6.17; the kernel's `btrfs filesystem resize`
+//! needs a mount).
+//!
+//! Growing makes the image file longer first (a longer file than the device
+//! says is valid), then commits the new size: the device's dev item, its
+//! superblock's copy and the superblock's total_bytes. Shrinking commits the
+//! smaller size first, then cuts the file (a crash between leaves a longer
+//! file, still valid). Shrinking stops at the end of the last chunk stripe on
+//! the device: stripes are not moved (yet), so `min` is where the last one
+//! ends.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::*;
+use crate::fs::txn::Transaction;
+use crate::fs::Filesystem;
+use crate::volumes::OpenOptions;
+
+/// What size to give a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeTo {
+    /// Exactly this many bytes.
+    Set(u64),
+    /// This many bytes more.
+    Grow(u64),
+    /// This many bytes fewer.
+    Shrink(u64),
+    /// As long as the image file is (or the block device).
+    Max,
+    /// The end of the last chunk stripe on the device.
+    Min,
+}
+
+/// `[DEVID:](SIZE|+SIZE|-SIZE|max|min)`, as `btrfs filesystem resize` takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResizeSpec {
+    pub devid: u64,
+    pub to: ResizeTo,
+}
+
+impl std::str::FromStr for ResizeSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (devid, what) = match s.split_once(':') {
+            Some((d, w)) => (d.parse::<u64>().ok().filter(|d| *d > 0).ok_or_else(|| format!("devid {d:?}: a number from 1"))?, w),
+            None => (1, s),
+        };
+        let size = |t: &str| crate::ops::mkfs::parse_size(t).map_err(|e| e.to_string());
+        let to = match what {
+            "max" => ResizeTo::Max,
+            "min" => ResizeTo::Min,
+            w if w.starts_with('+') => ResizeTo::Grow(size(&w[1..])?),
+            w if w.starts_with('-') => ResizeTo::Shrink(size(&w[1..])?),
+            "" => return Err("no size: give SIZE, +SIZE, -SIZE, max or min".into()),
+            w => ResizeTo::Set(size(w)?),
+        };
+        Ok(ResizeSpec { devid, to })
+    }
+}
+
+/// What a resize did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResizeReport {
+    pub devid: u64,
+    pub image: PathBuf,
+    pub old_size: u64,
+    pub new_size: u64,
+    /// The smallest size the device can have now (the end of its last stripe).
+    pub min_size: u64,
+}
+
+/// Resize device `spec.devid` of the filesystem `opts` names.
+pub fn resize(opts: &OpenOptions, spec: &ResizeSpec) -> Result<ResizeReport> {
+    let look = OpenOptions { writable: false, ..opts.clone() };
+    let fs = Filesystem::open(&look)?;
+    let items = fs.dev_items()?;
+    let devid = spec.devid;
+    let Some(item) = items.get(&devid) else {
+        let known: Vec<String> = items.keys().map(u64::to_string).collect();
+        return Err(Error::Invalid(format!("the filesystem has no devid {devid} (devids: {})", known.join(", "))));
+    };
+    let dev = fs.volume().device(devid)?;
+    let (image, file_len) = (dev.path.clone(), dev.size);
+    let old = item.total_bytes.get();
+    let sector = u64::from(fs.sectorsize.max(1));
+    // The first MiB is never allocated; a device smaller than it holds nothing.
+    let min = fs.last_dev_extent_end(devid)?.max(DEVICE_RESERVED).div_ceil(sector).saturating_mul(sector);
+    let wanted = match spec.to {
+        ResizeTo::Set(n) => Some(n),
+        ResizeTo::Grow(n) => old.checked_add(n),
+        ResizeTo::Shrink(n) => old.checked_sub(n),
+        ResizeTo::Max => Some(file_len),
+        ResizeTo::Min => Some(min),
+    };
+    let new = wanted
+        .ok_or_else(|| Error::Invalid(format!("devid {devid} is {old} bytes: {:?} does not give a size", spec.to)))?
+        // The kernel keeps device sizes in whole sectors.
+        .checked_div(sector)
+        .unwrap_or(0)
+        .saturating_mul(sector);
+    if new < min {
+        return Err(Error::Invalid(format!(
+            "devid {devid} ({}) cannot be smaller than {min} bytes: its last chunk stripe ends there (stripes are not moved; \
+             `resize {devid}:min` gives that size)",
+            image.display()
+        )));
+    }
+    if new > crate::volumes::create::MAX_IMAGE_END {
+        return Err(Error::Invalid(format!(
+            "{new} bytes is past the largest image btrs makes ({})",
+            crate::volumes::create::MAX_IMAGE_END
+        )));
+    }
+    let is_file = std::fs::metadata(&image).map(|m| m.is_file()).unwrap_or(false);
+    if new > file_len && !is_file {
+        return Err(Error::Invalid(format!("{} is {file_len} bytes: a device cannot grow past its end", image.display())));
+    }
+    drop(fs);
+    let report = ResizeReport { devid, image: image.clone(), old_size: old, new_size: new, min_size: min };
+    if new == old && (new == file_len || !is_file) {
+        return Ok(report);
+    }
+    // Growing: the file first.
+    let grew = is_file && new > file_len;
+    if grew {
+        crate::volumes::raw::set_len(&image, new)?;
+    }
+    let commit = || -> Result<()> {
+        let mut tx = Transaction::begin(Filesystem::open(&OpenOptions { writable: true, ..opts.clone() })?)?;
+        tx.set_device_size(devid, new)?;
+        tx.commit().map(|_| ())
+    };
+    if new != old {
+        if let Err(e) = commit() {
+            if grew {
+                let _ = crate::volumes::raw::set_len(&image, file_len);
+            }
+            return Err(e);
+        }
+    }
+    // Shrinking: the file last.
+    if is_file && new < file_len {
+        crate::volumes::raw::set_len(&image, new)?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_like_btrfs_filesystem_resize() {
+        let p = |s: &str| s.parse::<ResizeSpec>();
+        assert_eq!(p("+64M").unwrap(), ResizeSpec { devid: 1, to: ResizeTo::Grow(64 << 20) });
+        assert_eq!(p("2:-1G").unwrap(), ResizeSpec { devid: 2, to: ResizeTo::Shrink(1 << 30) });
+        assert_eq!(p("3:max").unwrap(), ResizeSpec { devid: 3, to: ResizeTo::Max });
+        assert_eq!(p("min").unwrap(), ResizeSpec { devid: 1, to: ResizeTo::Min });
+        assert_eq!(p("300M").unwrap(), ResizeSpec { devid: 1, to: ResizeTo::Set(300 << 20) });
+        for bad in ["", "0:+1M", "x:+1M", "2:", "+", "-", "+-5M", "5X", "1:2:3", "-1:max", "18446744073709551616"] {
+            assert!(p(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+}
