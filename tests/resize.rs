@@ -144,3 +144,70 @@ fn one_device_of_a_pair_grows() {
     checked(test, &imgs, "after growing devid 2");
     reads(&imgs[0], "/f", &data, "after growing devid 2");
 }
+
+/// An image file longer than its device (a grow killed after the file grew,
+/// a shrink killed before the cut, or `truncate -s`) is valid: the
+/// superblock copies past the device's end are neither written by a commit
+/// nor scrubbed, as the kernel has it. (Attacker's pass on d305348: scrub
+/// reported the copy at 64 MiB past a 30 MiB device as bad, exit 3, and a
+/// commit wrote it, which the kernel then left behind.)
+#[test]
+fn a_file_longer_than_its_device_is_valid() {
+    let test = "a_file_longer_than_its_device_is_valid";
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = d.join("a.img");
+    ok(&["mkfs", "-b", "128M", "-d", "single", "-m", "single", s(&img)]);
+    let data = pseudo(1_000_000, 6);
+    write(d, &img, "/f", &data);
+    ok(&["resize", s(&img), "min"]);
+    let min = len(&img);
+    assert!(min < 64 << 20, "min {min} is past the copy at 64 MiB: the test needs a device below it");
+    std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(128 << 20).unwrap();
+    let imgs = vec![img.clone()];
+    checked(test, &imgs, "file longer than the device");
+    write(d, &img, "/g", &data);
+    checked(test, &imgs, "after a commit on it");
+    let mut sb = vec![0u8; 8];
+    use std::os::unix::fs::FileExt;
+    std::fs::File::open(&img).unwrap().read_exact_at(&mut sb, (64 << 20) + 64).unwrap();
+    assert_ne!(&sb, b"_BHRfS_M", "a commit wrote a superblock copy past the device's end");
+    reads(&img, "/f", &data, "file longer than the device");
+}
+
+/// Growing onto a full disk: refused before anything is committed (the new
+/// superblock copies' space is allocated first), the image byte-identical.
+/// (Attacker's pass on d305348: the primary superblock took the new size,
+/// the copy at 64 MiB failed, and the file was cut back under it.)
+#[test]
+fn growing_on_a_full_disk_changes_nothing() {
+    let test = "growing_on_a_full_disk_changes_nothing";
+    if !common::interop::is_root() {
+        assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "{test}: BTRS_INTEROP=require but not root (tmpfs)");
+        eprintln!("skipped: {test}: needs root to mount a small tmpfs");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let small = tmp.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    struct Tmpfs(PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=48M", "tmpfs"]).arg(&small).status().unwrap();
+    assert!(st.success(), "mount tmpfs");
+    let _guard = Tmpfs(small.clone());
+    let img = small.join("i.img");
+    ok(&["mkfs", "-b", "40M", "-d", "single", "-m", "single", s(&img)]);
+    write(tmp.path(), &img, "/f", &pseudo(20_000_000, 7));
+    // Fill the rest of the tmpfs.
+    let fill = small.join("fill");
+    let _ = Command::new("dd").args(["if=/dev/zero", "bs=1M", "count=100"]).arg(format!("of={}", s(&fill))).output();
+    let before = std::fs::read(&img).unwrap();
+    let (c, _, err) = btrs(&["resize", s(&img), "+100M"]);
+    assert_eq!(c, 1, "{err}");
+    assert!(std::fs::read(&img).unwrap() == before, "a failed grow changed the image: {err}");
+    assert_eq!(len(&img), 40 << 20);
+}

@@ -74,18 +74,20 @@ pub struct ResizeReport {
     pub min_size: u64,
 }
 
-/// Resize device `spec.devid` of the filesystem `opts` names.
+/// Resize device `spec.devid` of the filesystem `opts` names. Every decision
+/// is made under the write lock the transaction holds until the file has
+/// its new length: another writer cannot allocate past a new end meanwhile.
 pub fn resize(opts: &OpenOptions, spec: &ResizeSpec) -> Result<ResizeReport> {
-    let look = OpenOptions { writable: false, ..opts.clone() };
-    let fs = Filesystem::open(&look)?;
+    let mut tx = Transaction::begin(Filesystem::open(&OpenOptions { writable: true, ..opts.clone() })?)?;
+    let fs = &tx.store.fs;
     let items = fs.dev_items()?;
     let devid = spec.devid;
     let Some(item) = items.get(&devid) else {
         let known: Vec<String> = items.keys().map(u64::to_string).collect();
         return Err(Error::Invalid(format!("the filesystem has no devid {devid} (devids: {})", known.join(", "))));
     };
-    let dev = fs.volume().device(devid)?;
-    let (image, file_len) = (dev.path.clone(), dev.size);
+    let image = fs.volume().device(devid)?.path.clone();
+    let file_len = crate::volumes::raw::len(&image)?;
     let old = item.total_bytes.get();
     let sector = u64::from(fs.sectorsize.max(1));
     // The first MiB is never allocated; a device smaller than it holds nothing.
@@ -120,30 +122,44 @@ pub fn resize(opts: &OpenOptions, spec: &ResizeSpec) -> Result<ResizeReport> {
     if new > file_len && !is_file {
         return Err(Error::Invalid(format!("{} is {file_len} bytes: a device cannot grow past its end", image.display())));
     }
-    drop(fs);
     let report = ResizeReport { devid, image: image.clone(), old_size: old, new_size: new, min_size: min };
     if new == old && (new == file_len || !is_file) {
         return Ok(report);
     }
-    // Growing: the file first.
+    // Growing: the file first, and the disk space the new superblock
+    // copies take, so a full disk stops it before anything is committed.
     let grew = is_file && new > file_len;
     if grew {
-        crate::volumes::raw::set_len(&image, new)?;
-    }
-    let commit = || -> Result<()> {
-        let mut tx = Transaction::begin(Filesystem::open(&OpenOptions { writable: true, ..opts.clone() })?)?;
-        tx.set_device_size(devid, new)?;
-        tx.commit().map(|_| ())
-    };
-    if new != old {
-        if let Err(e) = commit() {
-            if grew {
-                let _ = crate::volumes::raw::set_len(&image, file_len);
-            }
+        let grown = crate::volumes::raw::set_len(&image, new).and_then(|()| crate::volumes::raw::reserve_supers(&image, file_len, new));
+        if let Err(e) = grown {
+            let _ = crate::volumes::raw::set_len(&image, file_len);
             return Err(e);
         }
     }
-    // Shrinking: the file last.
+    // What holds the lock until the file has its length: the committed
+    // filesystem, or the transaction that had nothing to commit.
+    let mut _held_fs = None;
+    let mut _held_tx = None;
+    if new != old {
+        tx.set_device_size(devid, new)?;
+        match tx.commit() {
+            Ok(fs) => _held_fs = Some(fs),
+            Err(e) => {
+                // Cut the file back only when no superblock took the new size.
+                let committed = Filesystem::open(&OpenOptions { writable: false, ..opts.clone() })
+                    .and_then(|f| f.dev_items())
+                    .map(|items| items.get(&devid).map(|i| i.total_bytes.get()) == Some(new))
+                    .unwrap_or(true);
+                if grew && !committed {
+                    let _ = crate::volumes::raw::set_len(&image, file_len);
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        _held_tx = Some(tx);
+    }
+    // Shrinking: the file last, still under the lock.
     if is_file && new < file_len {
         crate::volumes::raw::set_len(&image, new)?;
     }

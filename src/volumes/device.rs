@@ -212,6 +212,15 @@ impl Device {
     }
 }
 
+/// Whether a commit writes the superblock copy at `offset` on a device of
+/// `total_bytes` (its dev item's size): the kernel's write_dev_supers stops at
+/// the first copy that does not end before the device does. Copies past it
+/// (an image file longer than its device, or one shrunk) are left alone, by
+/// commits and by scrub.
+pub(crate) fn super_copy_in_use(offset: u64, total_bytes: u64) -> bool {
+    offset.saturating_add(u64_of(SUPER_INFO_SIZE)) < total_bytes
+}
+
 fn read_super_copies(file: &File, path: &Path, size: u64, all: bool) -> Result<Vec<SuperCopy>> {
     let mut out = Vec::new();
     for (index, &offset) in SUPER_MIRROR_OFFSETS.iter().enumerate() {

@@ -21,6 +21,19 @@ pub fn set_len(path: &Path, len: u64) -> Result<()> {
     f.set_len(len).map_err(|e| Error::io(path, "set size", e))
 }
 
+/// Allocate the disk space of every superblock copy that lies in
+/// `from..to` of the image at `path` (a grown file is a hole there), so that
+/// a full disk fails now and not in the middle of a commit's superblocks.
+pub fn reserve_supers(path: &Path, from: u64, to: u64) -> Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, "open", e))?;
+    for &off in crate::format::SUPER_MIRROR_OFFSETS.iter().filter(|&&o| o >= from && o < to) {
+        let len = crate::format::u64_of(crate::format::SUPER_INFO_SIZE);
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::KEEP_SIZE, off, len)
+            .map_err(|e| Error::io(path, format!("allocate {len} bytes at {off}"), e.into()))?;
+    }
+    Ok(())
+}
+
 /// The length of the image file at `path`.
 pub fn len(path: &Path) -> Result<u64> {
     Ok(std::fs::metadata(path).map_err(|e| Error::io(path, "stat", e))?.len())

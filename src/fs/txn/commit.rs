@@ -118,7 +118,9 @@ impl Transaction {
                 s.dev_item.total_bytes = item.total_bytes;
             }
             for &off in SUPER_MIRROR_OFFSETS.iter() {
-                if off + SUPER_INFO_SIZE as u64 > dev.size {
+                // The device's size, not its image file's: as the kernel,
+                // and so a grown file gets its copies (see `resize`).
+                if !crate::volumes::device::super_copy_in_use(off, s.dev_item.total_bytes.get()) {
                     break;
                 }
                 s.bytenr = off.into();

@@ -72,7 +72,9 @@ pub(super) fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) 
         // Where it was kept (not when the findings list is full).
         let stale_at = (stale && acc.findings.len() > before).then_some(before);
         let mut all_supers_ok = true;
-        for copy in dev.super_copies()? {
+        // Only the copies a commit writes (see `super_copy_in_use`).
+        let total = dev_items.get(&dev.devid).map_or(dev.size, |d| d.total_bytes.get());
+        for copy in dev.super_copies()?.into_iter().filter(|c| crate::volumes::device::super_copy_in_use(c.offset, total)) {
             let problem = match &copy.result {
                 Err(p) => Some(p.to_string()),
                 Ok(sb) if sb.bytenr.get() != copy.offset => Some(format!("bytenr {} does not match its offset", sb.bytenr.get())),
