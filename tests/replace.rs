@@ -10,24 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::interop::{btrfs_check, interop_enabled, progs_for, Mounted};
-use common::pseudo;
-
-const BIN: &str = env!("CARGO_BIN_EXE_btrs");
-
-fn btrs(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).output().expect("running btrs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn ok(args: &[&str]) -> String {
-    let (c, out, err) = btrs(args);
-    assert_eq!(c, 0, "btrs {args:?}: {err}");
-    out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::interop::{root_for, Tmpfs};
+use common::{btrs, ok, pseudo, s, BIN};
 
 /// The files a set holds: (path in the image, bytes).
 type Files = Vec<(String, Vec<u8>)>;
@@ -213,27 +197,15 @@ fn replace_refuses_what_it_cannot_rebuild() {
 /// still readable degraded, and a later replace elsewhere succeeds.
 #[test]
 fn a_failed_replace_leaves_the_set_as_it_was() {
-    let test = "a_failed_replace_leaves_the_set_as_it_was";
-    if !common::interop::is_root() {
-        assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "{test}: BTRS_INTEROP=require but not root (tmpfs)");
-        eprintln!("skipped: {test}: needs root to mount a small tmpfs");
+    if !root_for("a_failed_replace_leaves_the_set_as_it_was", "a small tmpfs") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let (imgs, files) = set_losing(d, 2, "raid1", 2);
     let keep = fingerprint(&imgs[0]);
-    struct Tmpfs(PathBuf);
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
     let small = d.join("small");
-    std::fs::create_dir(&small).unwrap();
-    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2M", "tmpfs"]).arg(&small).status().unwrap();
-    assert!(st.success(), "mount tmpfs");
-    let guard = Tmpfs(small.clone());
+    let guard = Tmpfs::mount(&small, "2M");
     let new = small.join("new2.img");
     let (c, _, err) = btrs(&["replace", s(&imgs[0]), "2", s(&new), "--no-progress"]);
     assert_eq!(c, 1, "replace onto a full disk: {err}");

@@ -8,24 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::interop::{btrfs_check, interop_enabled, progs_for, Mounted};
-use common::pseudo;
-
-const BIN: &str = env!("CARGO_BIN_EXE_btrs");
-
-fn btrs(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).output().expect("running btrs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn ok(args: &[&str]) -> String {
-    let (c, out, err) = btrs(args);
-    assert_eq!(c, 0, "btrs {args:?}: {err}");
-    out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::interop::{root_for, Tmpfs};
+use common::{btrs, ok, pseudo, s, BIN};
 
 fn len(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().len()
@@ -181,24 +165,12 @@ fn a_file_longer_than_its_device_is_valid() {
 /// the copy at 64 MiB failed, and the file was cut back under it.)
 #[test]
 fn growing_on_a_full_disk_changes_nothing() {
-    let test = "growing_on_a_full_disk_changes_nothing";
-    if !common::interop::is_root() {
-        assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "{test}: BTRS_INTEROP=require but not root (tmpfs)");
-        eprintln!("skipped: {test}: needs root to mount a small tmpfs");
+    if !root_for("growing_on_a_full_disk_changes_nothing", "a small tmpfs") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let small = tmp.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    struct Tmpfs(PathBuf);
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=48M", "tmpfs"]).arg(&small).status().unwrap();
-    assert!(st.success(), "mount tmpfs");
-    let _guard = Tmpfs(small.clone());
+    let _guard = Tmpfs::mount(&small, "48M");
     let img = small.join("i.img");
     ok(&["mkfs", "-b", "40M", "-d", "single", "-m", "single", s(&img)]);
     write(tmp.path(), &img, "/f", &pseudo(20_000_000, 7));

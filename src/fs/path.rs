@@ -60,16 +60,16 @@ pub(crate) fn walk<T>(
     mut step: impl FnMut(&T, &[u8]) -> Result<Option<T>>,
 ) -> Result<Walk<T>> {
     let mut cur = start;
-    let mut last = String::new();
+    let mut last = "";
     for comp in components(path) {
         if !is_dir(&cur) {
-            return Ok(Walk::NotDir { component: last });
+            return Ok(Walk::NotDir { component: last.to_string() });
         }
         match step(&cur, comp.as_bytes())? {
             Some(next) => cur = next,
             None => return Ok(Walk::Missing { component: comp.to_string() }),
         }
-        last = comp.to_string();
+        last = comp;
     }
     Ok(Walk::Found(cur))
 }

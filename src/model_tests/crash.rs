@@ -30,16 +30,7 @@ fn bytes(n: usize, seed: u64) -> Vec<u8> {
 }
 
 fn opts(imgs: &[PathBuf], writable: bool) -> OpenOptions {
-    OpenOptions {
-        image: imgs[0].clone(),
-        devices: imgs.to_vec(),
-        degraded: false,
-        writable,
-        alongside_writer: false,
-        accept_lagging: false,
-        divergent_ok: false,
-        replacement: None,
-    }
+    super::shared::open_opts(imgs, writable)
 }
 
 /// File contents by name; `None` when absent.

@@ -68,7 +68,8 @@ fn chunk_only_on(fs: &Filesystem, devid: u64) -> Option<(u64, Profile)> {
 /// Rebuild devid `devid` of the filesystem `opts` names onto the new image
 /// `new` (which must not exist). The device must be missing from the set.
 pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, progress: bool) -> Result<ReplaceReport> {
-    if new.exists() || new.symlink_metadata().is_ok() {
+    // symlink_metadata: a dangling symlink is there too.
+    if new.symlink_metadata().is_ok() {
         return Err(Error::Invalid(format!("{} exists; replace writes a new image file", new.display())));
     }
     // What the set is without the device: read-only, degraded.

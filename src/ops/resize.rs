@@ -86,8 +86,9 @@ pub fn resize(opts: &OpenOptions, spec: &ResizeSpec) -> Result<ResizeReport> {
         let known: Vec<String> = items.keys().map(u64::to_string).collect();
         return Err(Error::Invalid(format!("the filesystem has no devid {devid} (devids: {})", known.join(", "))));
     };
-    let image = fs.volume().device(devid)?.path.clone();
-    let file_len = crate::volumes::raw::len(&image)?;
+    // Its length as opened under the lock (a block device's size too).
+    let dev = fs.volume().device(devid)?;
+    let (image, file_len) = (dev.path.clone(), dev.size);
     let old = item.total_bytes.get();
     let sector = u64::from(fs.sectorsize.max(1));
     // The first MiB is never allocated; a device smaller than it holds nothing.

@@ -97,7 +97,8 @@ impl NewImages {
 /// The first image path that names the same file as an earlier one, however
 /// spelt (`a.img` and `./a.img`, a symlink, a hard link): (earlier, later).
 /// Files that exist compare by device and inode; paths not yet there by their
-/// directory's real path and their name. Without this, mkfs would open the
+/// directory's real path and their name, or as spelt when that directory
+/// cannot be resolved either. Without this, mkfs would open the
 /// file twice and wait on its own lock, then blame "another process".
 pub(crate) fn same_file_twice(paths: &[PathBuf]) -> Option<(usize, usize)> {
     use std::os::unix::fs::MetadataExt;
@@ -105,7 +106,6 @@ pub(crate) fn same_file_twice(paths: &[PathBuf]) -> Option<(usize, usize)> {
     enum Id {
         Inode(u64, u64),
         Path(PathBuf),
-        Unknown,
     }
     let id = |p: &PathBuf| match std::fs::metadata(p) {
         Ok(m) => Id::Inode(m.dev(), m.ino()),
@@ -116,12 +116,12 @@ pub(crate) fn same_file_twice(paths: &[PathBuf]) -> Option<(usize, usize)> {
             };
             match (std::fs::canonicalize(dir), p.file_name()) {
                 (Ok(d), Some(n)) => Id::Path(d.join(n)),
-                _ => Id::Unknown,
+                _ => Id::Path(p.clone()),
             }
         }
     };
     let ids: Vec<Id> = paths.iter().map(id).collect();
-    ids.iter().enumerate().find_map(|(j, b)| (*b != Id::Unknown).then(|| ids.iter().take(j).position(|a| a == b).map(|i| (i, j))).flatten())
+    ids.iter().enumerate().find_map(|(j, b)| ids.iter().take(j).position(|a| a == b).map(|i| (i, j)))
 }
 
 /// A new, empty image file of `size` bytes (sparse) for `btrs replace`;

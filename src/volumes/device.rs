@@ -51,15 +51,11 @@ impl Device {
         Device::open_locked(path, if writable { Lock::Exclusive } else { Lock::Shared })
     }
 
-    /// Open with an explicit lock mode (`Exclusive` opens for writing).
     /// A new image standing in for a missing device (see
     /// [`super::Replacement`]): locked for writing, its superblock the
     /// filesystem's newest with `dev_item` and generation 0, in memory only.
     pub(crate) fn open_replacement(path: &Path, newest: &SuperBlock, dev_item: crate::format::DevItem) -> Result<Device> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io(path, "open", e))?;
-        super::guard::refuse_loop_attached(path)?;
-        super::guard::lock(&file, path, Lock::Exclusive)?;
-        let size = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
+        let (file, size) = open_file(path, Lock::Exclusive, true)?;
         if size < dev_item.total_bytes.get() {
             return Err(Error::Invalid(format!(
                 "{}: {size} bytes, smaller than devid {}'s {}",
@@ -75,6 +71,7 @@ impl Device {
         Ok(Device::new(path, file, size, sb))
     }
 
+    /// Open with an explicit lock mode (`Exclusive` opens for writing).
     pub fn open_locked(path: &Path, lock: Lock) -> Result<Device> {
         Device::open_locked_for(path, lock, lock == Lock::Exclusive)
     }
@@ -83,13 +80,7 @@ impl Device {
     /// whatever the lock (`btrs replace` holds the other devices exclusively
     /// and only reads them: the kernel refuses any write to them).
     pub(crate) fn open_locked_for(path: &Path, lock: Lock, writable: bool) -> Result<Device> {
-        let file = std::fs::OpenOptions::new().read(true).write(writable).open(path).map_err(|e| Error::io(path, "open", e))?;
-        if writable {
-            super::guard::refuse_loop_attached(path)?;
-        }
-        super::guard::lock(&file, path, lock)?;
-        let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
-        let size = if meta.file_type().is_block_device() { block_device_size(&file, path)? } else { meta.len() };
+        let (file, size) = open_file(path, lock, writable)?;
         let copies = read_super_copies(&file, path, size, false)?;
         // Highest generation wins; on a tie the lowest copy, because an fsync
         // (log tree) updates only the primary copy without bumping generation.
@@ -219,6 +210,19 @@ impl Device {
 /// commits and by scrub.
 pub(crate) fn super_copy_in_use(offset: u64, total_bytes: u64) -> bool {
     offset.saturating_add(u64_of(SUPER_INFO_SIZE)) < total_bytes
+}
+
+/// An image opened for reading (and writing when `writable`: never a loop
+/// device's backing file), `lock` taken, with its size (a block device's too).
+fn open_file(path: &Path, lock: Lock, writable: bool) -> Result<(File, u64)> {
+    let file = std::fs::OpenOptions::new().read(true).write(writable).open(path).map_err(|e| Error::io(path, "open", e))?;
+    if writable {
+        super::guard::refuse_loop_attached(path)?;
+    }
+    super::guard::lock(&file, path, lock)?;
+    let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    let size = if meta.file_type().is_block_device() { block_device_size(&file, path)? } else { meta.len() };
+    Ok((file, size))
 }
 
 fn read_super_copies(file: &File, path: &Path, size: u64, all: bool) -> Result<Vec<SuperCopy>> {

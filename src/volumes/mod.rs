@@ -263,8 +263,10 @@ impl Volume {
             // the old device put back. Two images would then claim it.
             let mut beside = sibling_files(&opts.image);
             beside.extend(sibling_files(&r.path));
+            let mut read = seen.clone();
             for p in beside {
-                if seen.contains(&canonical(&p)) {
+                // Each file once (the two directories may be one).
+                if !read.insert(canonical(&p)) {
                     continue;
                 }
                 if let Ok(d) = Device::open_raw(&p) {

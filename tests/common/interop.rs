@@ -237,3 +237,34 @@ fn umount_retrying(mnt: &Path) -> Result<(), String> {
 pub fn must(cmd: &mut Command) -> String {
     run(cmd).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Whether `test` may mount (root); without root it is skipped, and under
+/// BTRS_INTEROP=require that is a failure.
+pub fn root_for(test: &str, what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert_ne!(std::env::var("BTRS_INTEROP").as_deref(), Ok("require"), "{test}: BTRS_INTEROP=require but not root ({what})");
+    eprintln!("skipped: {test}: needs root ({what})");
+    false
+}
+
+/// A small tmpfs mounted at a directory (a disk that fills up); unmounted on
+/// drop, panics included.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Make `dir` and mount a tmpfs of `size` (e.g. "2M") on it.
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("tmpfs mount point");
+        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().expect("mount");
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}

@@ -14,3 +14,24 @@ pub fn pseudo(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The btrs binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_btrs");
+
+/// Run btrs: (exit code, stdout, stderr).
+pub fn btrs(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN).args(args).output().expect("running btrs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Run btrs, which must succeed; its stdout.
+pub fn ok(args: &[&str]) -> String {
+    let (c, out, err) = btrs(args);
+    assert_eq!(c, 0, "btrs {args:?}: {err}");
+    out
+}
+
+/// A path as the &str a command line takes.
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}

@@ -352,16 +352,7 @@ impl Store {
         }
         let excluded = super_stripes(&fs)?;
         // Devices: dev items (chunk tree) and dev extents (dev tree).
-        let mut dev_items = BTreeMap::new();
-        let chunk_root = fs.tree_root(CHUNK_TREE_OBJECTID)?;
-        for (k, data) in fs.reader.range(
-            &chunk_root,
-            Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, 0),
-            Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, u64::MAX),
-        )? {
-            let (d, _) = items::read_prefix::<DevItem>(&data, "dev item").map_err(|e| e.within(format!("chunk tree item {k}")))?;
-            dev_items.insert(k.offset, d);
-        }
+        let dev_items = fs.dev_items()?;
         let mut devs: Vec<DevSpace> = dev_items
             .iter()
             .map(|(&devid, d)| DevSpace { devid, total_bytes: d.total_bytes.get(), uuid: d.uuid, extents: BTreeMap::new() })

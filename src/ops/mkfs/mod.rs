@@ -195,13 +195,13 @@ pub(super) fn validate(opts: &MkfsOptions) -> Result<(Profile, Profile, (u64, u3
             other => other,
         })?;
     }
-    for (i, a) in opts.images.iter().enumerate() {
-        if opts.images[..i].iter().any(|b| b == a) {
-            return Err(Error::Invalid(format!("{} given twice", a.display())));
-        }
-    }
     if let Some((i, j)) = crate::volumes::create::same_file_twice(&opts.images) {
-        return Err(Error::Invalid(format!("{} and {} are one file, given twice", opts.images[i].display(), opts.images[j].display())));
+        let (a, b) = (&opts.images[i], &opts.images[j]);
+        return Err(Error::Invalid(if a == b {
+            format!("{} given twice", a.display())
+        } else {
+            format!("{} and {} are one file, given twice", a.display(), b.display())
+        }));
     }
     let now = match opts.timestamp {
         Some(t) => (t, 0),

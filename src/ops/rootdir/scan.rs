@@ -504,6 +504,19 @@ pub(super) fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Res
     Ok(s)
 }
 
+/// Whether mkfs stores xattr `name` = `value` of an inode of type `ifmt`:
+/// what setfattr (and the kernel) would refuse is an error (see
+/// `limits::check_xattr_on`, `props::apply`), and an empty btrfs.compression
+/// says "no property" (setfattr removes it), so it is not stored.
+fn xattr_to_store(name: &[u8], value: &[u8], ifmt: u32) -> Result<bool> {
+    crate::format::limits::check_xattr_on(name, Some(value), ifmt)?;
+    if name.starts_with(b"btrfs.") {
+        let (_, _, empty) = crate::fs::props::apply(name, Some(value), 0)?;
+        return Ok(!empty);
+    }
+    Ok(true)
+}
+
 impl Scan {
     /// The subvolumes made, in id order.
     pub(crate) fn subvolumes(&self) -> &[ScanSubvol] {
@@ -573,15 +586,8 @@ impl Scan {
                 ));
                 continue;
             }
-            // What setfattr would refuse, mkfs refuses too, naming the source path.
-            let bad = |e: Error| Error::Invalid(format!("{}: {e}", tree.shown(rel).display()));
-            crate::format::limits::check_xattr_on(&n, Some(&v), m.mode & S_IFMT).map_err(bad)?;
-            if n.starts_with(b"btrfs.") {
-                let (_, _, empty) = crate::fs::props::apply(&n, Some(&v), 0).map_err(bad)?;
-                if empty {
-                    // An empty btrfs.compression says "no property" (setfattr removes it).
-                    continue;
-                }
+            if !xattr_to_store(&n, &v, m.mode & S_IFMT).map_err(|e| Error::Invalid(format!("{}: {e}", tree.shown(rel).display())))? {
+                continue;
             }
             self.metadata_bytes += (n.len() + v.len() + 60) as u64;
             kept.push((n, v));
@@ -663,9 +669,7 @@ impl Scan {
                 if let Some(v) = value {
                     let bad = |err: Error| Error::Invalid(format!("--manifest: {}: {err}", self.data.shown(rel)));
                     crate::format::limits::check_xattr(name, Some(v), self.opts.nodesize).map_err(bad)?;
-                    crate::format::limits::check_xattr_on(name, Some(v), ino.mode & S_IFMT).map_err(bad)?;
-                    // An empty btrfs.compression says "no property", as in the sources.
-                    if name.starts_with(b"btrfs.") && crate::fs::props::apply(name, Some(v), 0).map_err(bad)?.2 {
+                    if !xattr_to_store(name, v, ino.mode & S_IFMT).map_err(bad)? {
                         continue;
                     }
                     ino.xattrs.push((name.clone(), v.clone()));

@@ -2,14 +2,11 @@
 //! newest superblock and the chunk tree's dev items, rewrite bad ones on
 //! `--repair`, and settle whether a stale device was rebuilt whole.
 
-use std::collections::BTreeMap;
-
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::report::{Finding, FindingKind, ScrubOptions};
 use super::state::Acc;
 use crate::error::Result;
-use crate::format::items::read_prefix;
 use crate::format::superblock::{parse_super, seal_super};
 use crate::format::*;
 use crate::fs::Filesystem;
@@ -18,14 +15,7 @@ use crate::fs::Filesystem;
 /// fsid, devid and device uuid (against the chunk tree's dev item), generation.
 pub(super) fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) -> Result<()> {
     let vol = fs.volume();
-    let chunk_root = fs.tree_root(CHUNK_TREE_OBJECTID)?;
-    let mut dev_items: BTreeMap<u64, DevItem> = BTreeMap::new();
-    for (k, data) in
-        fs.reader.range(&chunk_root, Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, 0), Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, u64::MAX))?
-    {
-        let (d, _) = read_prefix::<DevItem>(&data, "dev item").map_err(|e| e.within(format!("chunk tree {k}")))?;
-        dev_items.insert(k.offset, d);
-    }
+    let dev_items = fs.dev_items()?;
     let newest = vol.sb.generation.get();
     // A device's superblock: the newest one with the device's own dev item
     // (the only per-device part besides bytenr), as a commit writes it.
