@@ -109,13 +109,34 @@ pub enum Command {
     /// SIZE is `[DEVID:](SIZE|+SIZE|-SIZE|max|min)` (K, M, G, T suffixes;
     /// devid 1 when not given), rounded down to whole sectors. `max` takes the
     /// image file's length (after it was made longer by other means); `min`
-    /// the end of the last chunk stripe on the device. Growing makes the image
-    /// file longer, then commits the new size (the device's dev item, its
-    /// superblocks, the filesystem's total); shrinking commits, then cuts the
-    /// file: a crash between leaves a longer file, which is valid. Shrinking
-    /// below the end of the last chunk stripe is refused naming that size:
-    /// stripes are not moved.
+    /// the smallest size its chunk stripes fit in, moved as low as they go.
+    /// Growing makes the image file longer, then commits the new size (the
+    /// device's dev item, its superblocks, the filesystem's total). Shrinking
+    /// first moves every stripe that ends past the new size below it (each
+    /// chunk re-striped in place of its logical range, verified, one commit
+    /// each; see `btrs balance`), then commits the size, then cuts the file:
+    /// a crash leaves stripes moved or not and a longer file, all valid.
+    /// Shrinking below what the stripes need is refused naming that size,
+    /// before anything is written.
     Resize(ResizeArgs),
+    /// Add or remove devices (image files), offline (like `btrfs device`).
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Convert chunks to other profiles, offline (like `btrfs balance start -dconvert=...`).
+    ///
+    /// Each chunk whose profile differs from the one asked for its kind is
+    /// re-striped in place of its logical range: every used extent copied
+    /// (verified: tree blocks and checksummed data by their checksums; a bad
+    /// copy is taken from a good one) to new stripes in free space, then its
+    /// chunk item, dev extents and block group committed, one commit per
+    /// chunk, so a crash leaves each chunk in its old layout or its new one.
+    /// Every move is planned before anything is written: too few devices or
+    /// too little room fails naming the chunk, images unchanged. Going to
+    /// fewer copies is refused where copies without a checksum differ
+    /// (`btrs scrub` reports them). `metadata=` converts system chunks too
+    /// unless `system=` is given. Other filesystems' RAID5/6 chunks are
+    /// not written.
+    Balance(BalanceArgs),
     /// Make a new btrfs on image files (devid 1, 2, ... in the order given).
     ///
     /// Image builders: --rootdir copies a host tree in without root or a kernel
@@ -223,6 +244,77 @@ pub struct ResizeArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Do not show progress.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// Add new image files to the filesystem as new devices, in one commit.
+    ///
+    /// Each NEW gets the next devid and a new device uuid. A NEW that does not
+    /// exist is made --size bytes long (default: as long as IMAGE); one that
+    /// exists (a regular file or block device) must carry no btrfs superblock
+    /// and keeps its length unless --size is given. Nothing moves onto the
+    /// new devices (as with `btrfs device add`): new chunks may use them, and
+    /// `btrs balance --convert` spreads copies over them. Until the commit
+    /// writes their superblocks they carry no btrfs signature: a failure
+    /// leaves the set as it was and removes the files this command made.
+    Add(DeviceAddArgs),
+    /// Remove a device: move every chunk stripe off it, then take it out of the set.
+    ///
+    /// Each chunk with a stripe on the device is re-striped onto the others
+    /// (see `btrs balance`), one commit each; then the set is committed
+    /// without it and its superblocks are zeroed. Refused before anything is
+    /// written when a profile in use needs more devices than would remain
+    /// (convert first), or when the others lack the room.
+    Remove(DeviceRemoveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DeviceAddArgs {
+    /// Any device of the filesystem.
+    pub image: PathBuf,
+    /// The image files to add.
+    #[arg(required = true)]
+    pub new: Vec<PathBuf>,
+    /// Size of each new device (K, M, G, T suffixes).
+    #[arg(long, value_parser = size_arg)]
+    pub size: Option<u64>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DeviceRemoveArgs {
+    /// Any device of the filesystem.
+    pub image: PathBuf,
+    /// The device to remove: its devid or its image file.
+    pub device: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not show progress.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BalanceArgs {
+    /// Any device of the filesystem.
+    pub image: PathBuf,
+    /// `data=PROFILE[,metadata=PROFILE][,system=PROFILE]`: single, dup,
+    /// raid0, raid1, raid1c3, raid1c4, raid10.
+    #[arg(long, required = true, value_name = "SPEC")]
+    pub convert: crate::ops::balance::Convert,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not show progress.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Args, Debug)]
@@ -504,6 +596,11 @@ fn thread_count(s: &str) -> Result<usize, String> {
         Ok(_) => Err(format!("at most {max} threads")),
         Err(_) => Err(format!("not a thread count (0 for one per CPU, up to {max})")),
     }
+}
+
+/// A size as mkfs sizes are written (bytes, or K, M, G...).
+fn size_arg(s: &str) -> Result<u64, String> {
+    crate::ops::mkfs::parse_size(s).map_err(|e| e.to_string())
 }
 
 /// `--max-bio`: a size (as mkfs sizes are written: bytes, or K, M, G...),

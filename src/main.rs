@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use btrs::cli::{Cli, Command};
+use btrs::cli::{Cli, Command, DeviceCommand};
 use btrs::volumes::OpenOptions;
 use btrs::Filesystem;
 use clap::Parser;
@@ -88,6 +88,7 @@ impl Set {
             alongside_writer: false,
             divergent_ok: false,
             replacement: None,
+            added: Vec::new(),
         }
     }
 }
@@ -246,7 +247,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Resize(a) => {
             let open = set.options(&a.image, true);
-            let r = btrs::ops::resize::resize(&open, &a.size).with_context(|| format!("cannot resize {}", a.image.display()))?;
+            let mut bar = Moving::new(!a.no_progress);
+            let r = btrs::ops::resize::resize(&open, &a.size, &mut |c| bar.tick(c))
+                .with_context(|| format!("cannot resize {}", a.image.display()))?;
+            bar.done();
             if a.json {
                 serde_json::to_writer_pretty(&mut out, &r)?;
                 writeln!(out)?;
@@ -254,6 +258,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 writeln!(out, "devid {} ({}) is {} bytes already", r.devid, r.image.display(), r.new_size)?;
             } else {
                 writeln!(out, "resized devid {} ({}) from {} to {} bytes", r.devid, r.image.display(), r.old_size, r.new_size)?;
+                if r.moved.chunks_moved > 0 {
+                    writeln!(out, "{} chunks moved below the new end, {} bytes copied", r.moved.chunks_moved, r.moved.bytes_copied)?;
+                }
+            }
+        }
+        Command::Device(DeviceCommand::Add(a)) => {
+            let open = set.options(&a.image, true);
+            let added =
+                btrs::ops::device::add(&open, &a.new, a.size).with_context(|| format!("cannot add devices to {}", a.image.display()))?;
+            if a.json {
+                serde_json::to_writer_pretty(&mut out, &added)?;
+                writeln!(out)?;
+            } else {
+                for d in &added {
+                    writeln!(out, "added devid {} ({}, device uuid {}, {} bytes)", d.devid, d.image.display(), d.device_uuid, d.size)?;
+                }
+            }
+        }
+        Command::Device(DeviceCommand::Remove(a)) => {
+            let open = set.options(&a.image, true);
+            let mut bar = Moving::new(!a.no_progress);
+            let r = btrs::ops::device::remove(&open, &a.device, &mut |c| bar.tick(c))
+                .with_context(|| format!("cannot remove device {} from {}", a.device, a.image.display()))?;
+            bar.done();
+            if a.json {
+                serde_json::to_writer_pretty(&mut out, &r)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "removed devid {} ({}): {} chunks moved, {} bytes copied",
+                    r.devid,
+                    r.image.display(),
+                    r.moved.chunks_moved,
+                    r.moved.bytes_copied
+                )?;
+            }
+        }
+        Command::Balance(a) => {
+            let open = set.options(&a.image, true);
+            let mut bar = Moving::new(!a.no_progress);
+            let r = btrs::ops::balance::convert(&open, &a.convert, &mut |c| bar.tick(c))
+                .with_context(|| format!("cannot balance {}", a.image.display()))?;
+            bar.done();
+            if a.json {
+                serde_json::to_writer_pretty(&mut out, &r)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{} chunks converted, {} bytes copied", r.chunks_moved, r.bytes_copied)?;
+                if r.repaired > 0 {
+                    writeln!(out, "{} copies failed their check and were taken from another copy", r.repaired)?;
+                }
             }
         }
         Command::Mkfs(a) => mkfs(*a, &mut out)?,
@@ -285,6 +341,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Progress of chunk moves on a terminal: a spinner with what moved so far.
+struct Moving {
+    bar: Option<indicatif::ProgressBar>,
+    chunks: u64,
+    bytes: u64,
+}
+
+impl Moving {
+    fn new(wanted: bool) -> Moving {
+        use std::io::IsTerminal;
+        let bar = (wanted && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.enable_steady_tick(std::time::Duration::from_millis(200));
+            b
+        });
+        Moving { bar, chunks: 0, bytes: 0 }
+    }
+
+    fn tick(&mut self, c: &btrs::fs::txn::Restriped) {
+        self.chunks += 1;
+        self.bytes += c.bytes_copied;
+        if let Some(b) = &self.bar {
+            b.set_message(format!(
+                "{} chunks moved, {} MiB copied (last: {} chunk at {}, {} -> {})",
+                self.chunks,
+                self.bytes >> 20,
+                c.length >> 20,
+                c.logical,
+                c.from,
+                c.to
+            ));
+        }
+    }
+
+    fn done(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
 }
 
 fn cat(fs: &Filesystem, path: &str, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -25,6 +25,7 @@ pub(super) fn open_opts(imgs: &[PathBuf], writable: bool) -> OpenOptions {
         accept_lagging: false,
         divergent_ok: false,
         replacement: None,
+        added: Vec::new(),
     }
 }
 

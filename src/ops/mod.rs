@@ -1,6 +1,8 @@
 //! Whole-filesystem jobs built on the layers below.
 
 pub(crate) mod backref;
+pub mod balance;
+pub mod device;
 pub mod dump;
 pub mod extract;
 pub mod fixture;

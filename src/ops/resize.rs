@@ -16,8 +16,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::fs::txn::Transaction;
+use crate::fs::txn::{Restriped, Transaction};
 use crate::fs::Filesystem;
+use crate::ops::balance::{MoveReport, Moves};
+use crate::volumes::alloc::Placement;
 use crate::volumes::OpenOptions;
 
 /// What size to give a device.
@@ -70,14 +72,55 @@ pub struct ResizeReport {
     pub image: PathBuf,
     pub old_size: u64,
     pub new_size: u64,
-    /// The smallest size the device can have now (the end of its last stripe).
+    /// The smallest size the device can have (its stripes moved as low as
+    /// they go).
     pub min_size: u64,
+    /// The chunks moved below the new end.
+    pub moved: MoveReport,
+}
+
+/// The moves that bring every stripe of devid below `cap`.
+fn shrink_moves(devid: u64, cap: u64) -> Moves<'static> {
+    let mut place = Placement::default();
+    place.cap.insert(devid, cap);
+    Moves { want: &|_| None, place, misplaced: true }
+}
+
+/// The smallest size devid can have: the lowest cap (in whole MiB, or the
+/// end of its last stripe) under which every stripe of it fits, on a model
+/// of the devices.
+fn smallest(tx: &Transaction, devid: u64, last_end: u64) -> Result<u64> {
+    const MIB: u64 = 1024 * 1024;
+    let fits = |cap: u64| shrink_moves(devid, cap).dry_run(tx).is_ok();
+    let used: u64 = tx.dev_space().iter().filter(|d| d.devid == devid).flat_map(|d| d.extents.values()).sum();
+    let mut lo = DEVICE_RESERVED.saturating_add(used).div_ceil(MIB).saturating_mul(MIB);
+    // Nothing moves under the end of the last stripe: that fits.
+    let mut hi = last_end;
+    if lo >= hi {
+        return Ok(hi);
+    }
+    if fits(lo) {
+        return Ok(lo);
+    }
+    // lo does not fit, hi does.
+    while hi.saturating_sub(lo) > MIB {
+        let mid = lo.saturating_add((hi - lo) / 2).div_ceil(MIB).saturating_mul(MIB);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if fits(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(hi)
 }
 
 /// Resize device `spec.devid` of the filesystem `opts` names. Every decision
 /// is made under the write lock the transaction holds until the file has
 /// its new length: another writer cannot allocate past a new end meanwhile.
-pub fn resize(opts: &OpenOptions, spec: &ResizeSpec) -> Result<ResizeReport> {
+pub fn resize(opts: &OpenOptions, spec: &ResizeSpec, progress: &mut dyn FnMut(&Restriped)) -> Result<ResizeReport> {
     let mut tx = Transaction::begin(Filesystem::open(&OpenOptions { writable: true, ..opts.clone() })?)?;
     let fs = &tx.store.fs;
     let items = fs.dev_items()?;
@@ -92,7 +135,8 @@ pub fn resize(opts: &OpenOptions, spec: &ResizeSpec) -> Result<ResizeReport> {
     let old = item.total_bytes.get();
     let sector = u64::from(fs.sectorsize.max(1));
     // The first MiB is never allocated; a device smaller than it holds nothing.
-    let min = fs.last_dev_extent_end(devid)?.max(DEVICE_RESERVED).div_ceil(sector).saturating_mul(sector);
+    let last_end = fs.last_dev_extent_end(devid)?.max(DEVICE_RESERVED).div_ceil(sector).saturating_mul(sector);
+    let min = smallest(&tx, devid, last_end)?;
     let wanted = match spec.to {
         ResizeTo::Set(n) => Some(n),
         ResizeTo::Grow(n) => old.checked_add(n),
@@ -108,8 +152,8 @@ pub fn resize(opts: &OpenOptions, spec: &ResizeSpec) -> Result<ResizeReport> {
         .saturating_mul(sector);
     if new < min {
         return Err(Error::Invalid(format!(
-            "devid {devid} ({}) cannot be smaller than {min} bytes: its last chunk stripe ends there (stripes are not moved; \
-             `resize {devid}:min` gives that size)",
+            "devid {devid} ({}) cannot be smaller than {min} bytes: its chunk stripes need that much, moved as low as they \
+             go (`resize {devid}:min` gives that size)",
             image.display()
         )));
     }
@@ -123,10 +167,18 @@ pub fn resize(opts: &OpenOptions, spec: &ResizeSpec) -> Result<ResizeReport> {
     if new > file_len && !is_file {
         return Err(Error::Invalid(format!("{} is {file_len} bytes: a device cannot grow past its end", image.display())));
     }
-    let report = ResizeReport { devid, image: image.clone(), old_size: old, new_size: new, min_size: min };
+    let report = ResizeReport { devid, image: image.clone(), old_size: old, new_size: new, min_size: min, moved: MoveReport::default() };
     if new == old && (new == file_len || !is_file) {
         return Ok(report);
     }
+    // Stripes past the new end move below it first, one commit each.
+    let mut moved = MoveReport::default();
+    if new < last_end {
+        let (next, report) = shrink_moves(devid, new).run(tx, progress)?;
+        tx = next;
+        moved = report;
+    }
+    let report = ResizeReport { moved, ..report };
     // Growing: the file first, and the disk space the new superblock
     // copies take, so a full disk stops it before anything is committed.
     let grew = is_file && new > file_len;

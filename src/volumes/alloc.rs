@@ -9,7 +9,7 @@
 //! The transaction (or mkfs) records them in the chunk, device, block group and
 //! free space trees.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{ChunkInfo, StripeInfo};
@@ -205,6 +205,282 @@ pub(crate) fn plan_chunk(devs: &[DevSpace], logical: u64, flags: u64) -> Result<
 }
 
 /// `v` rounded down to a multiple of `align` (a power of two).
+/// Where a re-striped chunk's stripes may lie (`device remove`, `resize`
+/// below the last stripe, `balance --convert`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Placement {
+    /// Devices that must hold no stripe (being removed).
+    pub(crate) avoid: BTreeSet<u64>,
+    /// Per device: where its stripes must end at the latest (being shrunk).
+    pub(crate) cap: BTreeMap<u64, u64>,
+    /// New stripes may cover a superblock copy (the caller then checks
+    /// that nothing is allocated at the logical addresses over it).
+    pub(crate) supers_inside: bool,
+}
+
+impl Placement {
+    pub(crate) fn allows(&self, devid: u64, phys: u64, len: u64) -> bool {
+        !self.avoid.contains(&devid) && self.cap.get(&devid).is_none_or(|&c| phys.checked_add(len).is_some_and(|end| end <= c))
+    }
+
+    /// A device's free space as this placement may use it: no further than
+    /// its cap, and over no superblock copy unless `supers_inside`. A chunk
+    /// keeps its logical addresses when re-striped, so a copy inside a new
+    /// stripe may lie under blocks already allocated there (the allocator
+    /// only steers new allocations around superblock copies).
+    fn space(&self, d: &DevSpace) -> DevSpace {
+        let mut d = d.clone();
+        if let Some(&cap) = self.cap.get(&d.devid) {
+            d.total_bytes = d.total_bytes.min(cap);
+        }
+        if self.supers_inside {
+            return d;
+        }
+        for &off in SUPER_MIRROR_OFFSETS.iter().filter(|&&o| o >= DEVICE_RESERVED && o < d.total_bytes) {
+            let start = round_down(off, STRIPE_LEN);
+            let end = off.saturating_add(u64_of(SUPER_INFO_SIZE)).div_ceil(STRIPE_LEN).saturating_mul(STRIPE_LEN);
+            let len = end.saturating_sub(start);
+            let cur = d.extents.get(&start).copied().unwrap_or(0);
+            d.extents.insert(start, cur.max(len));
+        }
+        d
+    }
+}
+
+/// An existing chunk as a plan (what [`plan_restripe`] starts from).
+pub(crate) fn plan_of(logical: u64, chunk: &ChunkInfo, stripe_size: u64) -> Result<ChunkPlan> {
+    let profile = Profile::from_flags(chunk.chunk_type).ok_or_else(|| {
+        Error::corrupt(CorruptKind::ChunkMap, format!("chunk at logical {logical}"), format!("type {:#x}", chunk.chunk_type))
+    })?;
+    Ok(ChunkPlan {
+        logical,
+        length: chunk.length,
+        flags: chunk.chunk_type,
+        profile,
+        stripe_size,
+        sub_stripes: chunk.sub_stripes,
+        stripes: chunk.stripes.iter().map(|s| (s.devid, s.offset)).collect(),
+    })
+}
+
+/// Why a chunk cannot be re-striped as asked.
+fn no_room(old: &ChunkPlan, to: Profile, why: String) -> Error {
+    Error::NoSpace(format!(
+        "{} chunk at logical {} ({} bytes, {}) cannot become {to}: {why}",
+        old.kind(),
+        old.logical,
+        old.length,
+        old.profile
+    ))
+}
+
+/// New stripes for the chunk `old`, in profile `to`, for the same logical
+/// range (so the trees that address it stay as they are). Same profile:
+/// the stripes `place` allows stay where they are and only the others
+/// move, to their own device when allowed (resize), else to the device with
+/// most room that holds no other stripe of the chunk. Another profile: every
+/// stripe anew, on as many devices as the profile spreads over that divide
+/// the chunk into whole 64 KiB units. `devs` must list the old stripes as
+/// used: they stay readable until the new mapping is committed.
+pub(crate) fn plan_restripe(devs: &[DevSpace], old: &ChunkPlan, to: Profile, place: &Placement) -> Result<ChunkPlan> {
+    let attr = to.raid_attr().ok_or_else(|| Error::Unsupported(format!("{to} chunks")))?;
+    let mut space: Vec<DevSpace> = devs.iter().filter(|d| !place.avoid.contains(&d.devid)).map(|d| place.space(d)).collect();
+    let flags = (old.flags & !BLOCK_GROUP_PROFILE_MASK) | to.flag();
+    if let (Some(from_n), Some(to_n)) = (mirror_copies(old.profile), mirror_copies(to)) {
+        return plan_mirrors(&mut space, old, to, to_n, from_n, flags, place);
+    }
+    if to == old.profile {
+        let ss = old.stripe_size;
+        let moving: Vec<usize> = old.stripes.iter().enumerate().filter(|(_, &(d, p))| !place.allows(d, p, ss)).map(|(i, _)| i).collect();
+        if moving.is_empty() {
+            return Ok(old.clone());
+        }
+        let mut stripes = old.stripes.clone();
+        if to == Profile::Dup {
+            // Both copies on one device: move them together.
+            let home = old.stripes.first().map(|s| s.0).unwrap_or(0);
+            let want = ss.saturating_mul(2);
+            let mut order: Vec<&DevSpace> = space.iter().collect();
+            order.sort_by_key(|d| (d.devid != home, std::cmp::Reverse(d.find_hole(want).map(|h| h.1).unwrap_or(0)), d.devid));
+            let (devid, pos) = order
+                .iter()
+                .find_map(|d| d.find_hole(want).filter(|h| h.1 >= want).map(|h| (d.devid, h.0)))
+                .ok_or_else(|| no_room(old, to, format!("no device has {want} contiguous free bytes")))?;
+            return Ok(ChunkPlan { flags, stripes: vec![(devid, pos), (devid, pos.saturating_add(ss))], ..old.clone() });
+        }
+        for i in moving {
+            let Some(&(from, _)) = old.stripes.get(i) else { continue };
+            let taken: BTreeSet<u64> = stripes.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, s)| s.0).collect();
+            let mut order: Vec<&mut DevSpace> = space.iter_mut().filter(|d| !taken.contains(&d.devid)).collect();
+            order.sort_by_key(|d| (d.devid != from, std::cmp::Reverse(d.find_hole(ss).map(|h| h.1).unwrap_or(0)), d.devid));
+            let Some(d) = order.into_iter().find(|d| d.find_hole(ss).is_some_and(|h| h.1 >= ss)) else {
+                return Err(no_room(
+                    old,
+                    to,
+                    format!("no device without another copy of it has {ss} contiguous free bytes for its stripe on devid {from}"),
+                ));
+            };
+            let pos = d.find_hole(ss).map(|h| h.0).unwrap_or(0);
+            d.extents.insert(pos, ss);
+            if let Some(slot) = stripes.get_mut(i) {
+                *slot = (d.devid, pos);
+            }
+        }
+        return Ok(ChunkPlan { flags, stripes, ..old.clone() });
+    }
+    let dev_stripes = u64_of(attr.dev_stripes);
+    let most = if attr.devs_max == 0 { space.len() } else { attr.devs_max.min(space.len()) };
+    let fewest = to.min_devices().max(attr.devs_min);
+    if most < fewest {
+        return Err(no_room(old, to, format!("{to} needs {fewest} devices, {} can take stripes", space.len())));
+    }
+    let mut last = String::new();
+    for ndevs in (fewest..=most).rev().filter(|n| n.checked_rem(attr.devs_increment) == Some(0)) {
+        let num_stripes = ndevs.saturating_mul(attr.dev_stripes);
+        let data_stripes = u64_of(num_stripes.checked_div(attr.ncopies).unwrap_or(0).max(1));
+        let unit = data_stripes.saturating_mul(STRIPE_LEN);
+        if old.length.checked_rem(unit) != Some(0) {
+            last = format!("its length is not a whole number of 64 KiB units per stripe over {ndevs} devices");
+            continue;
+        }
+        let stripe_size = old.length.checked_div(data_stripes).unwrap_or(0);
+        let want = stripe_size.saturating_mul(dev_stripes);
+        space.sort_by_key(|d| (std::cmp::Reverse(d.find_hole(want).map(|h| h.1).unwrap_or(0)), d.devid));
+        let fits: Vec<(u64, u64)> =
+            space.iter().filter_map(|d| d.find_hole(want).filter(|h| h.1 >= want).map(|h| (d.devid, h.0))).take(ndevs).collect();
+        if fits.len() < ndevs {
+            last = format!("{ndevs} devices with {want} contiguous free bytes each are needed, {} have them", fits.len());
+            continue;
+        }
+        let mut stripes = Vec::with_capacity(num_stripes);
+        for (devid, start) in fits {
+            for j in 0..dev_stripes {
+                stripes.push((devid, start.saturating_add(j.saturating_mul(stripe_size))));
+            }
+        }
+        return Ok(ChunkPlan {
+            logical: old.logical,
+            length: old.length,
+            flags,
+            profile: to,
+            stripe_size,
+            sub_stripes: attr.sub_stripes,
+            stripes,
+        });
+    }
+    Err(no_room(old, to, last))
+}
+
+/// Copies of a profile whose every stripe holds the whole chunk (single,
+/// dup, raid1, raid1c3, raid1c4); None for striped profiles.
+fn mirror_copies(p: Profile) -> Option<usize> {
+    match p {
+        Profile::Single => Some(1),
+        Profile::Dup | Profile::Raid1 => Some(2),
+        Profile::Raid1C3 => Some(3),
+        Profile::Raid1C4 => Some(4),
+        _ => None,
+    }
+}
+
+/// [`plan_restripe`] between profiles whose stripes each hold the whole
+/// chunk: old stripes the placement allows are kept (as many as the new
+/// profile has room for, on distinct devices but for dup), so going to
+/// fewer copies moves nothing and going to more copies writes only the
+/// new ones. A kept stripe keeps its index where it can.
+fn plan_mirrors(
+    space: &mut [DevSpace],
+    old: &ChunkPlan,
+    to: Profile,
+    n: usize,
+    _from_n: usize,
+    flags: u64,
+    place: &Placement,
+) -> Result<ChunkPlan> {
+    let ss = old.stripe_size;
+    let allowed: Vec<(usize, (u64, u64))> = old.stripes.iter().copied().enumerate().filter(|&(_, (d, p))| place.allows(d, p, ss)).collect();
+    let mut slots: Vec<Option<(u64, u64)>> = vec![None; n];
+    let put = |slots: &mut Vec<Option<(u64, u64)>>, j: usize, s: (u64, u64)| {
+        let at = if slots.get(j).is_some_and(Option::is_none) { Some(j) } else { slots.iter().position(Option::is_none) };
+        if let Some(slot) = at.and_then(|i| slots.get_mut(i)) {
+            *slot = Some(s);
+        }
+    };
+    if to == Profile::Dup {
+        // One device holds both: the one with most kept stripes (the first
+        // stripe's on a tie), else the one with most room.
+        let count = |d: u64| allowed.iter().filter(|(_, s)| s.0 == d).count();
+        let mut homes: Vec<u64> = space.iter().map(|d| d.devid).collect();
+        let first = allowed.first().map(|(_, s)| s.0);
+        homes.sort_by_key(|&d| {
+            let room = space.iter().find(|x| x.devid == d).and_then(|x| x.find_hole(ss)).map(|h| h.1).unwrap_or(0);
+            (std::cmp::Reverse(count(d).min(2)), Some(d) != first, std::cmp::Reverse(room), d)
+        });
+        for home in homes {
+            let mut try_slots = vec![None; n];
+            for &(j, s) in allowed.iter().filter(|(_, s)| s.0 == home).take(2) {
+                put(&mut try_slots, j, s);
+            }
+            let Some(d) = space.iter_mut().find(|x| x.devid == home) else { continue };
+            let mut trial = d.clone();
+            let mut ok = true;
+            for slot in try_slots.iter_mut().filter(|s| s.is_none()) {
+                match trial.find_hole(ss).filter(|h| h.1 >= ss) {
+                    Some((pos, _)) => {
+                        trial.extents.insert(pos, ss);
+                        *slot = Some((home, pos));
+                    }
+                    None => ok = false,
+                }
+            }
+            if ok {
+                *d = trial;
+                slots = try_slots;
+                break;
+            }
+        }
+        if slots.iter().any(Option::is_none) {
+            return Err(no_room(old, to, format!("no device has room for two stripes of {ss} bytes")));
+        }
+    } else {
+        let mut used = BTreeSet::new();
+        for &(j, s) in &allowed {
+            if used.len() < n && used.insert(s.0) {
+                put(&mut slots, j, s);
+            }
+        }
+        for i in 0..n {
+            if slots.get(i).is_some_and(Option::is_some) {
+                continue;
+            }
+            // The device of the old stripe of this number first (a stripe
+            // moved lower on its own device), then the one with most room.
+            let home = old.stripes.get(i).map(|s| s.0);
+            let mut order: Vec<&mut DevSpace> = space.iter_mut().filter(|d| !used.contains(&d.devid)).collect();
+            order.sort_by_key(|d| (Some(d.devid) != home, std::cmp::Reverse(d.find_hole(ss).map(|h| h.1).unwrap_or(0)), d.devid));
+            let Some(d) = order.into_iter().find(|d| d.find_hole(ss).is_some_and(|h| h.1 >= ss)) else {
+                return Err(no_room(
+                    old,
+                    to,
+                    format!(
+                        "{to} needs {n} devices with {ss} contiguous free bytes each (or a copy already there), {} have them",
+                        used.len()
+                    ),
+                ));
+            };
+            let pos = d.find_hole(ss).map(|h| h.0).unwrap_or(0);
+            d.extents.insert(pos, ss);
+            used.insert(d.devid);
+            if let Some(slot) = slots.get_mut(i) {
+                *slot = Some((d.devid, pos));
+            }
+        }
+    }
+    let stripes: Vec<(u64, u64)> = slots.into_iter().flatten().collect();
+    let attr = to.raid_attr().ok_or_else(|| Error::Unsupported(format!("{to} chunks")))?;
+    Ok(ChunkPlan { logical: old.logical, length: old.length, flags, profile: to, stripe_size: ss, sub_stripes: attr.sub_stripes, stripes })
+}
+
 fn round_down(v: u64, align: u64) -> u64 {
     v & !align.saturating_sub(1)
 }

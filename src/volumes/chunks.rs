@@ -131,6 +131,12 @@ pub(crate) fn check_chunk(logical: u64, c: &ChunkInfo) -> Result<Profile> {
 }
 
 impl MapEntry {
+    /// A chunk's mapping, its shape checked.
+    pub(crate) fn new(logical: u64, chunk: ChunkInfo) -> Result<MapEntry> {
+        let profile = check_chunk(logical, &chunk)?;
+        Ok(MapEntry { logical, chunk, profile })
+    }
+
     /// Bytes each stripe of the chunk takes on its device (the kernel's
     /// `calc_stripe_length`): the whole chunk for mirrored profiles, the
     /// chunk divided among the data stripes for striped ones.

@@ -71,6 +71,33 @@ impl Device {
         Ok(Device::new(path, file, size, sb))
     }
 
+    /// A new image joining the set (see [`super::Added`]): locked for
+    /// writing, its superblock the filesystem's newest with `dev_item`, in
+    /// memory only until the commit that adds it writes it.
+    pub(crate) fn open_added(path: &Path, newest: &SuperBlock, dev_item: crate::format::DevItem) -> Result<Device> {
+        let (file, size) = open_file(path, Lock::Exclusive, true)?;
+        if size < dev_item.total_bytes.get() {
+            return Err(Error::Invalid(format!("{}: {size} bytes, smaller than {}", path.display(), dev_item.total_bytes.get())));
+        }
+        let mut sb = *newest;
+        sb.dev_item = dev_item;
+        sb.bytenr = SUPER_INFO_OFFSET.into();
+        Ok(Device::new(path, file, size, sb))
+    }
+
+    /// Zero every superblock copy (after `device remove` committed): the
+    /// image is no device of the filesystem any more, and nothing should
+    /// take it for one.
+    pub(crate) fn wipe_supers(&self) -> Result<()> {
+        let zero = [0u8; SUPER_INFO_SIZE];
+        for &off in SUPER_MIRROR_OFFSETS.iter() {
+            if off.saturating_add(u64_of(SUPER_INFO_SIZE)) <= self.size {
+                self.write_all_at(off, &zero)?;
+            }
+        }
+        self.sync()
+    }
+
     /// Open with an explicit lock mode (`Exclusive` opens for writing).
     pub fn open_locked(path: &Path, lock: Lock) -> Result<Device> {
         Device::open_locked_for(path, lock, lock == Lock::Exclusive)

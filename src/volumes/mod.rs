@@ -56,6 +56,19 @@ pub struct OpenOptions {
     /// `btrs replace`: an image that stands in for a missing device (see
     /// [`Replacement`]).
     pub replacement: Option<Replacement>,
+    /// `btrs device add`: new images joining the set (see [`Added`]).
+    pub added: Vec<Added>,
+}
+
+/// A new image joining the device set: its dev item (a devid the set does
+/// not have), nothing on it yet. It is opened with the newest superblock
+/// and its own dev item, in memory only; the transaction that adds its dev
+/// item to the chunk tree writes its superblocks at the commit. Until then
+/// the file carries no btrfs signature.
+#[derive(Clone, Debug)]
+pub struct Added {
+    pub path: PathBuf,
+    pub dev_item: crate::format::DevItem,
 }
 
 /// A new image file taking the place of a missing device: same devid and
@@ -114,6 +127,8 @@ pub struct Volume {
     /// devid → (image, superblock generation), so that they are named as
     /// what they are rather than as missing.
     pub(crate) left_out: BTreeMap<u64, (PathBuf, u64)>,
+    /// Devices joining the set ([`OpenOptions::added`]): no dev item yet.
+    pub(crate) added: BTreeSet<u64>,
 }
 
 impl Volume {
@@ -283,6 +298,17 @@ impl Volume {
             devices.insert(r.devid, Device::open_replacement(&r.path, &sb, r.dev_item)?);
         }
         same_filesystem(&devices, &sb)?;
+        let mut added = BTreeSet::new();
+        for a in &opts.added {
+            let devid = a.dev_item.devid.get();
+            if !seen.insert(canonical(&a.path)) {
+                return Err(Error::Invalid(format!("{} is already a device of the set", a.path.display())));
+            }
+            if devices.contains_key(&devid) || !added.insert(devid) {
+                return Err(Error::Internal(format!("devid {devid} added twice")));
+            }
+            devices.insert(devid, Device::open_added(&a.path, &sb, a.dev_item)?);
+        }
         let vol = Volume {
             devices,
             sb,
@@ -293,6 +319,7 @@ impl Volume {
             stale: BTreeMap::new(),
             lagging: BTreeSet::new(),
             left_out: BTreeMap::new(),
+            added,
         };
         #[cfg(test)]
         if opts.replacement.is_some() {
@@ -332,7 +359,7 @@ impl Volume {
         }
         let devids: BTreeSet<u64> = devs.keys().copied().collect();
         self.missing = devids.iter().copied().filter(|d| !self.devices.contains_key(d)).collect();
-        let extra: Vec<u64> = self.devices.keys().copied().filter(|d| !devids.contains(d)).collect();
+        let extra: Vec<u64> = self.devices.keys().copied().filter(|d| !devids.contains(d) && !self.added.contains(d)).collect();
         if !extra.is_empty() {
             return Err(Error::Devices(format!(
                 "devid(s) {} are not part of filesystem {} any more",
@@ -411,13 +438,28 @@ impl Volume {
     /// `mirror`: (offset into the range, where it lives, length). Pieces end at
     /// stripe-unit and chunk boundaries.
     pub(crate) fn copy_segments(&self, logical: u64, len: usize, mirror: usize) -> Result<Vec<(usize, PhysAddr, usize)>> {
+        self.segments_on(None, logical, len, mirror)
+    }
+
+    /// [`Self::copy_segments`] through `entry` when given (a chunk's new
+    /// mapping, before it replaces the old one in the map).
+    pub(crate) fn segments_on(
+        &self,
+        entry: Option<&MapEntry>,
+        logical: u64,
+        len: usize,
+        mirror: usize,
+    ) -> Result<Vec<(usize, PhysAddr, usize)>> {
         let mut out = Vec::new();
         let mut done = 0usize;
         while let Some(left) = len.checked_sub(done).filter(|l| *l > 0) {
             let pos = logical.checked_add(u64_of(done)).ok_or_else(|| {
                 Error::corrupt(CorruptKind::Overflow, format!("logical {logical}"), format!("range of {len} bytes overflows"))
             })?;
-            let (copies, contiguous) = self.chunks.lookup(pos)?.map(pos)?;
+            let (copies, contiguous) = match entry {
+                Some(e) => e.map(pos)?,
+                None => self.chunks.lookup(pos)?.map(pos)?,
+            };
             let addr = copies.get(mirror).copied().ok_or_else(|| {
                 Error::Invalid(format!("logical {pos}: no copy {} (chunk has {})", mirror.saturating_add(1), copies.len()))
             })?;
@@ -442,6 +484,16 @@ impl Volume {
     /// Write `data` at `logical` to copy `mirror` only (repairs write one bad copy).
     pub(crate) fn write_copy(&self, logical: u64, data: &[u8], mirror: usize) -> Result<()> {
         for (off, addr, n) in self.copy_segments(logical, data.len(), mirror)? {
+            let piece = off.checked_add(n).and_then(|end| data.get(off..end)).ok_or_else(|| Error::Invalid("segment".into()))?;
+            self.device(addr.devid)?.write_all_at(addr.physical, piece)?;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `logical` to copy `mirror` of `entry`, a chunk's new
+    /// mapping that is not in the map yet (see `Transaction::restripe`).
+    pub(crate) fn write_copy_on(&self, entry: &MapEntry, logical: u64, data: &[u8], mirror: usize) -> Result<()> {
+        for (off, addr, n) in self.segments_on(Some(entry), logical, data.len(), mirror)? {
             let piece = off.checked_add(n).and_then(|end| data.get(off..end)).ok_or_else(|| Error::Invalid("segment".into()))?;
             self.device(addr.devid)?.write_all_at(addr.physical, piece)?;
         }

@@ -21,6 +21,15 @@ pub fn set_len(path: &Path, len: u64) -> Result<()> {
     f.set_len(len).map_err(|e| Error::io(path, "set size", e))
 }
 
+/// Make a new image file of `len` bytes at `path` (which must not exist),
+/// its superblock copies' disk space allocated (see [`reserve_supers`]).
+pub(crate) fn create_new(path: &Path, len: u64) -> Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| Error::io(path, "create", e))?;
+    f.set_len(len).map_err(|e| Error::io(path, "set size", e))?;
+    drop(f);
+    reserve_supers(path, 0, len)
+}
+
 /// Allocate the disk space of every superblock copy that lies in
 /// `from..to` of the image at `path` (a grown file is a hole there), so that
 /// a full disk fails now and not in the middle of a commit's superblocks.

@@ -116,6 +116,7 @@ pub fn locate(imgs: &[PathBuf], logical: u64, mirror: usize) -> (u64, u64) {
         accept_lagging: false,
         divergent_ok: false,
         replacement: None,
+        added: Vec::new(),
     };
     let fs = btrs::Filesystem::open(&opts).unwrap();
     let p = fs.volume().locate(logical, mirror).unwrap();

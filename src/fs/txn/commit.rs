@@ -50,6 +50,12 @@ impl Transaction {
         Ok(next)
     }
 
+    /// Commit and hand back the filesystem, now at the new generation (its
+    /// devices still locked).
+    pub(crate) fn commit_keep_fs(self) -> Result<Filesystem> {
+        self.commit_keep()
+    }
+
     /// Commit and hand back the filesystem, now at the new generation.
     fn commit_keep(mut self) -> Result<Filesystem> {
         // No root may point at data before every bio writing it is done.
@@ -111,12 +117,13 @@ impl Transaction {
         self.fill_backup(&mut sb, root)?;
         let csum = self.store.fs.csum;
         for dev in vol.devices.values() {
+            // A device whose dev item this transaction removed (`device
+            // remove`) is no device of the filesystem at this generation.
+            let Some(item) = self.store.dev_items.get(&dev.devid) else { continue };
             let mut s = sb;
             s.dev_item = dev.sb.dev_item;
-            if let Some(item) = self.store.dev_items.get(&dev.devid) {
-                s.dev_item.bytes_used = item.bytes_used;
-                s.dev_item.total_bytes = item.total_bytes;
-            }
+            s.dev_item.bytes_used = item.bytes_used;
+            s.dev_item.total_bytes = item.total_bytes;
             for &off in SUPER_MIRROR_OFFSETS.iter() {
                 // The device's size, not its image file's: as the kernel,
                 // and so a grown file gets its copies (see `resize`).

@@ -482,6 +482,7 @@ mod ref_tests {
             accept_lagging: false,
             divergent_ok: false,
             replacement: None,
+            added: Vec::new(),
         };
         let mut tx = Transaction::begin(Filesystem::open(&o).unwrap()).unwrap();
         let ino = tx.create(InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, b"f", S_IFREG | 0o644, 0).unwrap().ino;

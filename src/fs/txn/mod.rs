@@ -58,6 +58,7 @@ mod inode;
 mod namespace;
 mod read;
 mod readers;
+mod restripe;
 mod settle;
 mod space;
 mod types;
@@ -68,6 +69,7 @@ mod xattr;
 mod direct_tests;
 
 pub(crate) use readers::Held;
+pub use restripe::Restriped;
 pub(crate) use space::Store;
 pub use types::{BioFn, BioHook, BioRecord, BioStage, CompressOpts, Place, WriteOpts, WriteReport};
 

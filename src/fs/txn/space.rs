@@ -308,6 +308,26 @@ impl Store {
 }
 
 impl Store {
+    /// Whether the superblock copies that the chunk mapping `entry` puts on
+    /// its devices lie under logical addresses nothing uses (allocated,
+    /// pinned or held): then they can be excluded, as for any chunk.
+    pub(crate) fn supers_clear(&self, entry: &crate::volumes::MapEntry) -> Result<bool> {
+        let units = super_stripes_of(self.fs.volume(), entry)?;
+        Ok(units.iter().all(|(&s, &l)| {
+            [&self.allocated, &self.pinned, &self.held.ranges]
+                .iter()
+                .all(|m| m.range(..s.saturating_add(l)).next_back().is_none_or(|(&a, &al)| a.saturating_add(al) <= s))
+        }))
+    }
+
+    /// Keep allocations off the superblock copies of `entry` (a chunk's new
+    /// mapping).
+    pub(crate) fn exclude_supers_of(&mut self, entry: &crate::volumes::MapEntry) -> Result<()> {
+        let units = super_stripes_of(self.fs.volume(), entry)?;
+        self.excluded.extend(units);
+        Ok(())
+    }
+
     /// The allocator at the start of a transaction on `fs`: its block
     /// groups, the extents the extent tree lists, the superblock stripes,
     /// the devices (dev items and dev extents); `held` kept unused.

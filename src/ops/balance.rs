@@ -1,0 +1,306 @@
+//! `btrs balance --convert`, and the chunk moves `device remove` and
+//! `resize` below the last stripe make: each chunk re-striped in place of
+//! its logical range (see `Transaction::restripe`), one commit per chunk,
+//! so a crash or failure leaves every chunk in its old layout or its new one.
+//!
+//! Every move is planned on a model of the devices before anything is
+//! written: a conversion that needs more devices or more room than there is
+//! fails naming the first chunk that does not fit, images unchanged. (The
+//! commits between moves may add a metadata chunk the model did not see; a
+//! move that then finds no room stops there, the chunks before it moved.)
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::*;
+use crate::fs::txn::{Restriped, Transaction};
+use crate::fs::Filesystem;
+use crate::volumes::alloc::{plan_of, plan_restripe, ChunkPlan, DevSpace, Placement};
+use crate::volumes::OpenOptions;
+
+/// Target profiles of `balance --convert`, per kind of chunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Convert {
+    pub data: Option<Profile>,
+    pub metadata: Option<Profile>,
+    pub system: Option<Profile>,
+}
+
+impl std::str::FromStr for Convert {
+    type Err = String;
+
+    /// `data=P[,metadata=P][,system=P]` (also `d=`, `m=`, `s=`). Metadata
+    /// given without system converts system chunks too, as btrfs balance's
+    /// -mconvert does.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let mut c = Convert::default();
+        for part in s.split(',') {
+            let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?}: expected KIND=PROFILE"))?;
+            let p = parse_profile(v)?;
+            let slot = match k {
+                "data" | "d" => &mut c.data,
+                "metadata" | "m" => &mut c.metadata,
+                "system" | "s" => &mut c.system,
+                _ => return Err(format!("{k:?}: the kinds are data, metadata and system")),
+            };
+            if slot.replace(p).is_some() {
+                return Err(format!("{k} given twice"));
+            }
+        }
+        if c.system.is_none() {
+            c.system = c.metadata;
+        }
+        Ok(c)
+    }
+}
+
+fn parse_profile(s: &str) -> std::result::Result<Profile, String> {
+    let all = [Profile::Single, Profile::Dup, Profile::Raid0, Profile::Raid1, Profile::Raid1C3, Profile::Raid1C4, Profile::Raid10];
+    all.into_iter().find(|p| p.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
+        if s.eq_ignore_ascii_case("raid5") || s.eq_ignore_ascii_case("raid6") {
+            format!("{s}: btrs does not write RAID5/6")
+        } else {
+            format!("{s:?}: the profiles are single, dup, raid0, raid1, raid1c3, raid1c4, raid10")
+        }
+    })
+}
+
+impl Convert {
+    /// The profile chunks of type `flags` should have, when it differs.
+    fn target(&self, flags: u64) -> Option<Profile> {
+        let want = if flags & BLOCK_GROUP_SYSTEM != 0 {
+            self.system
+        } else if flags & BLOCK_GROUP_DATA != 0 && flags & BLOCK_GROUP_METADATA != 0 {
+            // Mixed block groups: data and metadata must agree (checked at parse).
+            self.data.or(self.metadata)
+        } else if flags & BLOCK_GROUP_DATA != 0 {
+            self.data
+        } else {
+            self.metadata
+        }?;
+        (Profile::from_flags(flags) != Some(want)).then_some(want)
+    }
+}
+
+/// What one run of moves did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MoveReport {
+    pub chunks_moved: u64,
+    pub bytes_copied: u64,
+    /// Copies that failed their check and were taken from another copy.
+    pub repaired: u64,
+    pub chunks: Vec<Restriped>,
+}
+
+/// Which chunks to move and where: the profile each chunk should get
+/// (None: the one it has) and where its stripes may lie.
+pub(crate) struct Moves<'a> {
+    /// From a chunk's type and profile bits, the profile it should have.
+    pub(crate) want: &'a dyn Fn(u64) -> Option<Profile>,
+    pub(crate) place: Placement,
+    /// Also move chunks whose stripes `place` does not allow.
+    pub(crate) misplaced: bool,
+}
+
+/// The chunks as a run of moves sees them: logical -> stripes.
+type Layout = BTreeMap<u64, ChunkPlan>;
+
+fn layout(tx: &Transaction) -> Result<Layout> {
+    tx.store.fs.volume().chunks.entries().iter().map(|e| Ok((e.logical, plan_of(e.logical, &e.chunk, e.stripe_size()?)?))).collect()
+}
+
+/// `place`, else (when nothing fits clear of them) over superblock copies
+/// that lie under unused logical addresses.
+fn restripe_plan(tx: &Transaction, devs: &[DevSpace], old: &ChunkPlan, to: Profile, place: &Placement) -> Result<ChunkPlan> {
+    match plan_restripe(devs, old, to, place) {
+        Ok(p) => Ok(p),
+        Err(first) => {
+            let over = Placement { supers_inside: true, ..place.clone() };
+            match plan_restripe(devs, old, to, &over) {
+                Ok(p) if tx.supers_clear(&p)? => Ok(p),
+                _ => Err(first),
+            }
+        }
+    }
+}
+
+impl Moves<'_> {
+    /// The plan for `old`, when it has to move.
+    fn plan(&self, tx: &Transaction, devs: &[DevSpace], old: &ChunkPlan) -> Result<Option<ChunkPlan>> {
+        let to = (self.want)(old.flags);
+        let misplaced = self.misplaced && old.stripes.iter().any(|&(d, p)| !self.place.allows(d, p, old.stripe_size));
+        if to.is_none() && !misplaced {
+            return Ok(None);
+        }
+        let new = restripe_plan(tx, devs, old, to.unwrap_or(old.profile), &self.place)?;
+        Ok((new != *old).then_some(new))
+    }
+
+    /// The next chunk to move. When one that has to move finds no room, a
+    /// chunk that can go lower on its devices moves first (joining the free
+    /// space it leaves with the hole below it), as long as some can.
+    fn next(&self, tx: &Transaction, devs: &[DevSpace], now: &Layout) -> Result<Option<ChunkPlan>> {
+        let mut stuck = None;
+        for old in now.values() {
+            match self.plan(tx, devs, old) {
+                Ok(Some(p)) => return Ok(Some(p)),
+                Ok(None) => {}
+                Err(e @ Error::NoSpace(_)) => {
+                    stuck = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(stuck) = stuck else { return Ok(None) };
+        for old in now.values() {
+            for &(devid, _) in &old.stripes {
+                // Every stripe of it on that device strictly lower.
+                let Some(low) = old.stripes.iter().filter(|s| s.0 == devid).map(|s| s.1).min() else { continue };
+                let mut place = Placement { avoid: self.place.avoid.clone(), ..Placement::default() };
+                place.cap.insert(devid, low);
+                if let Ok(p) = restripe_plan(tx, devs, old, old.profile, &place) {
+                    // Only lower on the same device: anything else could go round in circles.
+                    let lower = p.stripes.iter().filter(|s| !old.stripes.contains(s)).all(|&(d, o)| d == devid && o < low);
+                    if p != *old && lower {
+                        return Ok(Some(p));
+                    }
+                }
+            }
+        }
+        Err(stuck)
+    }
+
+    /// Plan every move on a model of the devices (each move frees its old
+    /// stripes once committed, as the real run does): the first chunk that
+    /// does not fit is the error, before anything is written.
+    pub(crate) fn dry_run(&self, tx: &Transaction) -> Result<usize> {
+        let mut devs = tx.dev_space().to_vec();
+        let mut now = layout(tx)?;
+        let limit = step_limit(&now);
+        for n in 0..limit {
+            let Some(new) = self.next(tx, &devs, &now)? else { return Ok(n) };
+            if let Some(old) = now.get(&new.logical) {
+                for &(devid, phys) in &old.stripes {
+                    if let Some(d) = devs.iter_mut().find(|d| d.devid == devid) {
+                        d.extents.remove(&phys);
+                    }
+                }
+            }
+            for &(devid, phys) in &new.stripes {
+                if let Some(d) = devs.iter_mut().find(|d| d.devid == devid) {
+                    d.extents.insert(phys, new.stripe_size);
+                }
+            }
+            now.insert(new.logical, new);
+        }
+        Err(Error::Internal(format!("chunks kept needing to move after {limit} moves")))
+    }
+
+    /// Move every chunk that has to, one commit each; the transaction after
+    /// the last commit (still holding the lock) and what moved.
+    pub(crate) fn run(&self, mut tx: Transaction, progress: &mut dyn FnMut(&Restriped)) -> Result<(Transaction, MoveReport)> {
+        let mut report = MoveReport::default();
+        self.dry_run(&tx)?;
+        // A commit may add a chunk (metadata headroom) that needs moving too.
+        let limit = step_limit(&layout(&tx)?).saturating_mul(2);
+        for _ in 0..limit {
+            let now = layout(&tx)?;
+            let Some(plan) = self.next(&tx, tx.dev_space(), &now).map_err(|e| stopped(e, &report))? else {
+                return Ok((tx, report));
+            };
+            let done = tx.restripe(&plan).map_err(|e| stopped(e, &report))?;
+            tx = tx.commit_and_continue().map_err(|e| stopped(e, &report))?;
+            report.chunks_moved += 1;
+            report.bytes_copied += done.bytes_copied;
+            report.repaired += done.repaired;
+            progress(&done);
+            report.chunks.push(done);
+        }
+        Err(Error::Internal(format!("chunks kept needing to move after {limit} moves")))
+    }
+}
+
+/// Most moves one run makes: every chunk converted or moved off a device,
+/// and each stripe moved lower a few times to make room.
+fn step_limit(now: &Layout) -> usize {
+    let stripes: usize = now.values().map(|p| p.stripes.len()).sum();
+    now.len().saturating_add(stripes.saturating_mul(4)).saturating_add(16)
+}
+
+/// An error after some chunks moved says so: they stay moved.
+fn stopped(e: Error, report: &MoveReport) -> Error {
+    if report.chunks_moved == 0 {
+        return e;
+    }
+    e.within(format!("after {} chunks moved and committed (they stay moved; run it again to go on)", report.chunks_moved))
+}
+
+/// `btrs balance IMAGE --convert ...`: give every chunk of each named kind
+/// the named profile.
+pub fn convert(opts: &OpenOptions, to: &Convert, progress: &mut dyn FnMut(&Restriped)) -> Result<MoveReport> {
+    if to.data.is_none() && to.metadata.is_none() && to.system.is_none() {
+        return Err(Error::Invalid("nothing to convert: give data=, metadata= or system=".into()));
+    }
+    let tx = Transaction::begin(Filesystem::open(&OpenOptions { writable: true, ..opts.clone() })?)?;
+    let ndevs = tx.dev_items().len();
+    let mixed = tx.store.groups.values().any(|g| g.flags & BLOCK_GROUP_DATA != 0 && g.flags & BLOCK_GROUP_METADATA != 0);
+    if mixed && to.data.is_some() && to.metadata.is_some() && to.data != to.metadata {
+        return Err(Error::Invalid(
+            "the filesystem has mixed data and metadata block groups: data and metadata must get one profile".into(),
+        ));
+    }
+    for (kind, p) in [("data", to.data), ("metadata", to.metadata), ("system", to.system)] {
+        if let Some(p) = p {
+            let need = p.min_devices();
+            if ndevs < need {
+                return Err(Error::Invalid(format!(
+                    "{kind} cannot become {p}: it needs at least {need} devices, the filesystem has {ndevs} (add some with `btrs device add`)"
+                )));
+            }
+        }
+    }
+    let want = |flags: u64| to.target(flags);
+    let moves = Moves { want: &want, place: Placement::default(), misplaced: false };
+    let (tx, report) = moves.run(tx, progress)?;
+    drop(tx);
+    Ok(report)
+}
+
+/// The profiles each kind of chunk has (for messages).
+pub(crate) fn profiles_in_use(fs: &Filesystem) -> BTreeMap<&'static str, Vec<Profile>> {
+    let mut out: BTreeMap<&'static str, Vec<Profile>> = BTreeMap::new();
+    for e in fs.volume().chunks.entries() {
+        let t = e.chunk.chunk_type;
+        let kind = if t & BLOCK_GROUP_SYSTEM != 0 {
+            "system"
+        } else if t & BLOCK_GROUP_DATA != 0 {
+            "data"
+        } else {
+            "metadata"
+        };
+        let v = out.entry(kind).or_default();
+        if !v.contains(&e.profile) {
+            v.push(e.profile);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn convert_specs_parse_like_balance_filters() {
+        let c: Convert = "data=raid1,metadata=raid1c3".parse().unwrap();
+        assert_eq!(c, Convert { data: Some(Profile::Raid1), metadata: Some(Profile::Raid1C3), system: Some(Profile::Raid1C3) });
+        let c: Convert = "d=single,s=dup".parse().unwrap();
+        assert_eq!(c, Convert { data: Some(Profile::Single), metadata: None, system: Some(Profile::Dup) });
+        for bad in ["", "data", "data=", "data=raid5", "data=raid7", "x=raid1", "data=raid1,data=dup", "data=raid1,"] {
+            assert!(bad.parse::<Convert>().is_err(), "{bad:?} parsed");
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! `btrs device add`, `btrs device remove`, `btrs balance --convert` and
+//! `btrs resize` below the last stripe: chunks re-striped in place of their
+//! logical ranges, judged by btrfs check, btrs scrub (identical mirrors) and
+//! the kernel (mounted without `degraded`, read, written, scrubbed, fully
+//! balanced; each RAID1 image alone mounted `degraded`), on sets made by btrs
+//! and by mkfs.btrfs and the kernel; every refusal leaves the images as they
+//! were.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::interop::{btrfs_check, interop_enabled, must, progs_for, Mounted};
+use common::{btrs, ok, pseudo, s, BIN};
+
+/// The files a set holds: (path in the image, bytes).
+type Files = Vec<(String, Vec<u8>)>;
+
+/// Checksummed, NODATASUM, inline and nested content, written by btrs.
+fn fill(dir: &Path, img: &Path, extra: &[&str]) -> Files {
+    let mut files = Vec::new();
+    for (i, (path, len, flags)) in
+        [("/big", 6_000_000usize, &[][..]), ("/nosum", 1_500_000, &["--nodatasum"][..]), ("/d/small", 300, &["-p"][..])].iter().enumerate()
+    {
+        let data = pseudo(*len, i as u64 + 11);
+        let src = dir.join(format!("src{i}"));
+        std::fs::write(&src, &data).unwrap();
+        let mut args = vec!["write", s(img), path, "--from", s(&src)];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(extra);
+        ok(&args);
+        files.push((path.to_string(), data));
+    }
+    files
+}
+
+fn reads_back(img: &Path, files: &Files, extra: &[&str], what: &str) {
+    for (path, data) in files {
+        let mut args = vec!["cat", s(img), path];
+        args.extend_from_slice(extra);
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{what}: cat {path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout == *data, "{what}: {path} reads back different bytes");
+    }
+}
+
+fn scrubs_clean(img: &Path, what: &str) {
+    let (c, out, err) = btrs(&["scrub", s(img), "--no-progress"]);
+    assert_eq!(c, 0, "{what}: scrub: {out}{err}");
+    assert!(out.contains("no errors found"), "{what}: {out}");
+}
+
+/// The profiles of the chunks, as `btrfs inspect-internal dump-tree -t chunk` names them.
+fn chunk_types(img: &Path) -> Vec<String> {
+    let (c, out, err) = btrs(&["dump-tree", s(img), "--tree", "chunk"]);
+    assert_eq!(c, 0, "{err}");
+    out.lines().filter_map(|l| l.split_once(" type ").map(|(_, t)| t.trim().to_string())).filter(|t| !t.starts_with('0')).collect()
+}
+
+fn contents(imgs: &[PathBuf]) -> Vec<Vec<u8>> {
+    imgs.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+/// Judge a device set after a change: btrfs check, scrub, read back; then
+/// (interop) the kernel mounts it whole, reads, writes, scrubs, runs a full
+/// balance, and btrs reads the result.
+fn judged(test: &str, set: &[PathBuf], files: &Files, what: &str) {
+    if progs_for(test, set.len() > 1) {
+        btrfs_check(set, &[]).unwrap_or_else(|e| panic!("{what}: btrfs check: {e}"));
+    }
+    scrubs_clean(&set[0], what);
+    reads_back(&set[0], files, &[], what);
+    if !interop_enabled(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let m = Mounted::mount(&mnt, set, "").unwrap_or_else(|e| panic!("{what}: mount without degraded: {e}"));
+    for (path, data) in files {
+        assert!(std::fs::read(mnt.join(&path[1..])).unwrap() == *data, "{what}: the kernel reads {path} differently");
+    }
+    let more = pseudo(3_000_000, 77);
+    std::fs::write(mnt.join("more"), &more).unwrap();
+    must(&mut Command::new("sync"));
+    must(&mut Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt));
+    must(&mut Command::new("btrfs").args(["balance", "start", "--full-balance"]).arg(&mnt));
+    must(&mut Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt));
+    m.unmount().unwrap_or_else(|e| panic!("{what}: umount: {e}"));
+    btrfs_check(set, &[]).unwrap_or_else(|e| panic!("{what}: btrfs check after the kernel: {e}"));
+    let mut all = files.clone();
+    all.push(("/more".into(), more));
+    reads_back(&set[0], &all, &[], &format!("{what}, after the kernel"));
+    scrubs_clean(&set[0], &format!("{what}, after the kernel"));
+}
+
+/// Each image of a RAID1 pair alone: btrs reads everything with
+/// --degraded, and the kernel mounts it `degraded,ro` and reads everything.
+fn each_alone(test: &str, set: &[PathBuf], files: &Files) {
+    for (i, img) in set.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let alone = dir.path().join("alone.img");
+        // A reflink-free copy: the original set stays as it is.
+        std::fs::copy(img, &alone).unwrap();
+        reads_back(&alone, files, &["--degraded"], &format!("image {} alone", i + 1));
+        if !interop_enabled(test) {
+            continue;
+        }
+        let mnt = dir.path().join("mnt");
+        // The whole set was checked by `judged`.
+        let m = Mounted::mount_checked_elsewhere(&mnt, std::slice::from_ref(&alone), "degraded,ro")
+            .unwrap_or_else(|e| panic!("image {} alone: mount -o degraded: {e}", i + 1));
+        for (path, data) in files {
+            assert!(std::fs::read(mnt.join(&path[1..])).unwrap() == *data, "image {} alone: the kernel reads {path} differently", i + 1);
+        }
+        m.unmount().unwrap();
+    }
+}
+
+/// A single image (DUP metadata, single data) gets a second device and
+/// becomes a RAID1 pair.
+fn dup_to_raid1(test: &str, dir: &Path, first: PathBuf, files: &Files) {
+    let second = dir.join("second.img");
+    let out = ok(&["device", "add", s(&first), s(&second)]);
+    assert!(out.contains("added devid 2"), "{out}");
+    let set = vec![first.clone(), second.clone()];
+    // The set with an empty new device is valid as it is.
+    if progs_for(test, true) {
+        btrfs_check(&set, &[]).unwrap_or_else(|e| panic!("after device add: {e}"));
+    }
+    reads_back(&first, files, &[], "after device add");
+    let out = ok(&["balance", s(&first), "--convert", "data=raid1,metadata=raid1"]);
+    assert!(out.contains("chunks converted"), "{out}");
+    let types = chunk_types(&first);
+    assert!(!types.is_empty() && types.iter().all(|t| t.ends_with("|RAID1")), "chunk types after convert: {types:?}");
+    judged(test, &set, files, "dup to raid1");
+    each_alone(test, &set, files);
+}
+
+#[test]
+fn a_btrs_image_gets_a_device_and_becomes_a_raid1_pair() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = d.join("one.img");
+    ok(&["mkfs", "-b", "256M", s(&img)]);
+    let files = fill(d, &img, &[]);
+    dup_to_raid1("a_btrs_image_gets_a_device_and_becomes_a_raid1_pair", d, img, &files);
+}
+
+/// A mkfs.btrfs image the kernel filled (and btrs wrote to).
+#[test]
+fn a_kernel_filled_image_gets_a_device_and_becomes_a_raid1_pair() {
+    let test = "a_kernel_filled_image_gets_a_device_and_becomes_a_raid1_pair";
+    if !progs_for(test, true) || !interop_enabled(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = d.join("k.img");
+    std::fs::File::create(&img).unwrap().set_len(320 << 20).unwrap();
+    must(&mut Command::new("mkfs.btrfs").arg("-q").arg(&img));
+    let kernel = pseudo(20_000_000, 5);
+    {
+        let mnt = d.join("mnt");
+        let m = Mounted::mount(&mnt, std::slice::from_ref(&img), "").unwrap();
+        std::fs::write(mnt.join("kernel"), &kernel).unwrap();
+        m.unmount().unwrap();
+    }
+    let mut files = fill(d, &img, &[]);
+    files.push(("/kernel".into(), kernel));
+    dup_to_raid1(test, d, img, &files);
+}
+
+/// RAID1C3 on three: removing one is refused (the profile needs three),
+/// images unchanged; converted to RAID1, a device goes and its superblocks
+/// with it.
+fn raid1c3_to_raid1_on_two(test: &str, imgs: &[PathBuf], files: &Files) {
+    let before = contents(imgs);
+    let (c, _, err) = btrs(&["device", "remove", s(&imgs[0]), "2"]);
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("raid1c3") && err.contains("convert"), "{err}");
+    assert!(contents(imgs) == before, "a refused remove changed the images");
+    let out = ok(&["balance", s(&imgs[0]), "--convert", "data=raid1,metadata=raid1"]);
+    assert!(out.contains("chunks converted"), "{out}");
+    let out = ok(&["device", "remove", s(&imgs[0]), s(&imgs[1])]);
+    assert!(out.contains("removed devid 2"), "{out}");
+    // No btrfs signature left on the removed image.
+    let removed = std::fs::read(&imgs[1]).unwrap();
+    for off in [65536usize, 64 << 20] {
+        assert!(&removed[off + 64..off + 72] != b"_BHRfS_M", "the removed image still has a superblock at {off}");
+    }
+    let set = vec![imgs[0].clone(), imgs[2].clone()];
+    let types = chunk_types(&set[0]);
+    assert!(types.iter().all(|t| t.ends_with("|RAID1")), "{types:?}");
+    judged(test, &set, files, "raid1c3 to raid1 on two");
+}
+
+#[test]
+fn a_btrs_raid1c3_set_loses_a_device_after_converting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=3).map(|i| d.join(format!("dev{i}.img"))).collect();
+    let mut args = vec!["mkfs", "-b", "256M", "-d", "raid1c3", "-m", "raid1c3"];
+    args.extend(imgs.iter().map(|p| s(p)));
+    ok(&args);
+    let files = fill(d, &imgs[0], &[]);
+    raid1c3_to_raid1_on_two("a_btrs_raid1c3_set_loses_a_device_after_converting", &imgs, &files);
+}
+
+#[test]
+fn a_mkfs_btrfs_raid1c3_set_loses_a_device_after_converting() {
+    let test = "a_mkfs_btrfs_raid1c3_set_loses_a_device_after_converting";
+    if !progs_for(test, true) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=3).map(|i| d.join(format!("p{i}.img"))).collect();
+    for p in &imgs {
+        std::fs::File::create(p).unwrap().set_len(300 << 20).unwrap();
+    }
+    must(&mut Command::new("mkfs.btrfs").args(["-q", "-d", "raid1c3", "-m", "raid1c3"]).args(&imgs));
+    let files = fill(d, &imgs[0], &[]);
+    raid1c3_to_raid1_on_two(test, &imgs, &files);
+}
+
+/// RAID10 over four becomes RAID1, then two devices go.
+#[test]
+fn a_raid10_set_of_four_becomes_raid1_on_two() {
+    let test = "a_raid10_set_of_four_becomes_raid1_on_two";
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=4).map(|i| d.join(format!("dev{i}.img"))).collect();
+    let mut args = vec!["mkfs", "-b", "256M", "-d", "raid10", "-m", "raid10"];
+    args.extend(imgs.iter().map(|p| s(p)));
+    ok(&args);
+    let files = fill(d, &imgs[0], &[]);
+    // Not to raid1c3 on three... nor below raid10's four devices.
+    let before = contents(&imgs);
+    let (c, _, err) = btrs(&["device", "remove", s(&imgs[0]), "4"]);
+    assert_eq!(c, 1, "{err}");
+    assert!(contents(&imgs) == before);
+    ok(&["balance", s(&imgs[0]), "--convert", "data=raid1,metadata=raid1"]);
+    ok(&["device", "remove", s(&imgs[0]), "4"]);
+    ok(&["device", "remove", s(&imgs[0]), "3"]);
+    let set = vec![imgs[0].clone(), imgs[1].clone()];
+    let types = chunk_types(&set[0]);
+    assert!(types.iter().all(|t| t.ends_with("|RAID1")), "{types:?}");
+    judged(test, &set, &files, "raid10 of four to raid1 on two");
+}
+
+/// Offsets and lengths of the dev extents of devid 1.
+fn dev_extents(img: &Path) -> Vec<(u64, u64)> {
+    let (c, out, err) = btrs(&["dump-tree", s(img), "--tree", "dev"]);
+    assert_eq!(c, 0, "{err}");
+    let mut v = Vec::new();
+    let mut at = None;
+    for l in out.lines() {
+        if let Some(rest) = l.split_once("key (1 DEV_EXTENT ").map(|x| x.1) {
+            at = rest.split(')').next().and_then(|n| n.trim().parse::<u64>().ok());
+        } else if let (Some(o), Some(len)) = (at, l.split_once(" length ").and_then(|x| x.1.trim().parse::<u64>().ok())) {
+            v.push((o, len));
+            at = None;
+        }
+    }
+    v
+}
+
+/// A 1 GiB image the kernel wrote 300 MB to, then deleted it (the empty
+/// chunks gone): `resize min` moves the last data chunk down into the hole
+/// and cuts the file to the end of the last stripe.
+#[test]
+fn resize_min_moves_stripes_down_on_a_kernel_filled_image() {
+    let test = "resize_min_moves_stripes_down_on_a_kernel_filled_image";
+    if !progs_for(test, true) || !interop_enabled(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = d.join("k.img");
+    std::fs::File::create(&img).unwrap().set_len(1 << 30).unwrap();
+    must(&mut Command::new("mkfs.btrfs").arg("-q").arg(&img));
+    let keep = pseudo(100_000_000, 3);
+    {
+        let mnt = d.join("mnt");
+        let m = Mounted::mount(&mnt, std::slice::from_ref(&img), "").unwrap();
+        std::fs::write(mnt.join("gone"), pseudo(300_000_000, 4)).unwrap();
+        must(&mut Command::new("sync"));
+        std::fs::write(mnt.join("keep"), &keep).unwrap();
+        must(&mut Command::new("sync"));
+        std::fs::remove_file(mnt.join("gone")).unwrap();
+        must(&mut Command::new("sync"));
+        must(&mut Command::new("btrfs").args(["balance", "start", "-dusage=0"]).arg(&mnt));
+        m.unmount().unwrap();
+    }
+    let last_end = |img: &Path| dev_extents(img).iter().map(|(o, l)| o + l).max().unwrap();
+    let before_end = last_end(&img);
+    let out = ok(&["resize", s(&img), "min", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(r["moved"]["chunks_moved"].as_u64().unwrap() >= 1, "{out}");
+    let len = std::fs::metadata(&img).unwrap().len();
+    assert!(len < before_end, "min did not go below the old last stripe ({len} >= {before_end})");
+    assert!(last_end(&img) <= len, "a stripe lies past the end");
+    assert_eq!(r["new_size"].as_u64(), Some(len));
+    let files: Files = vec![("/keep".into(), keep)];
+    btrfs_check(std::slice::from_ref(&img), &[]).unwrap_or_else(|e| panic!("after resize min: {e}"));
+    scrubs_clean(&img, "after resize min");
+    reads_back(&img, &files, &[], "after resize min");
+    // Full now. The kernel's balance moves the 95 MB extent whole, into
+    // one new chunk, whose size it bounds by a tenth of the filesystem:
+    // grow it back for that.
+    ok(&["resize", s(&img), "+1G"]);
+    judged(test, &[img], &files, "after resize min and +1G");
+}
+
+/// A 1 GiB btrs image with about 100 MiB used: `resize min` leaves it no
+/// longer than the end of its last stripe, check-clean; `+1G` grows it.
+#[test]
+fn resize_min_on_a_btrs_image_ends_at_its_last_stripe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = d.join("one.img");
+    ok(&["mkfs", "-b", "1G", s(&img)]);
+    let data = pseudo(100 << 20, 8);
+    let src = d.join("src");
+    std::fs::write(&src, &data).unwrap();
+    ok(&["write", s(&img), "/data", "--from", s(&src)]);
+    ok(&["resize", s(&img), "min"]);
+    let len = std::fs::metadata(&img).unwrap().len();
+    let end = dev_extents(&img).iter().map(|(o, l)| o + l).max().unwrap();
+    assert!(len <= end.next_multiple_of(1 << 20) && len >= end, "file {len}, last stripe ends at {end}");
+    let files: Files = vec![("/data".into(), data)];
+    if progs_for("resize_min_on_a_btrs_image_ends_at_its_last_stripe", false) {
+        btrfs_check(std::slice::from_ref(&img), &[]).unwrap();
+    }
+    reads_back(&img, &files, &[], "after resize min");
+    ok(&["resize", s(&img), "+1G"]);
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), len + (1 << 30));
+    judged("resize_min_on_a_btrs_image_ends_at_its_last_stripe", &[img], &files, "after resize +1G");
+}
+
+/// What cannot be done is refused before anything is written.
+#[test]
+fn refusals_leave_the_images_as_they_were() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = d.join("one.img");
+    ok(&["mkfs", "-b", "256M", s(&img)]);
+    let other = d.join("other.img");
+    ok(&["mkfs", "-b", "256M", s(&other)]);
+    fill(d, &img, &[]);
+    let all = vec![img.clone(), other.clone()];
+    let before = contents(&all);
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["balance", s(&img), "--convert", "data=raid1"], 1, "needs at least 2 devices"),
+        (vec!["balance", s(&img), "--convert", "data=raid5"], 2, "RAID5"),
+        (vec!["balance", s(&img), "--convert", "data=raid1,data=dup"], 2, "twice"),
+        (vec!["balance", s(&img)], 2, "--convert"),
+        (vec!["device", "remove", s(&img), "1"], 1, "only device"),
+        (vec!["device", "remove", s(&img), "7"], 1, "no devid 7"),
+        (vec!["device", "remove", s(&img), s(&other)], 1, "no device of the filesystem"),
+        (vec!["device", "add", s(&img), s(&other)], 1, "already holds a btrfs superblock"),
+        (vec!["device", "add", s(&img), s(&img)], 1, "btrfs superblock"),
+        (vec!["device", "add", s(&img)], 2, "required"),
+    ];
+    for (args, code, says) in cases {
+        let (c, _, err) = btrs(&args);
+        assert_eq!(c, code, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(contents(&all) == before, "{args:?} changed an image");
+    }
+    // Too small, and a missing directory: no file is left behind.
+    let small = d.join("small.img");
+    let (c, _, err) = btrs(&["device", "add", s(&img), s(&small), "--size", "1M"]);
+    assert_eq!(c, 1, "{err}");
+    assert!(!small.exists(), "a refused add left {}", small.display());
+    let (c, _, _) = btrs(&["device", "add", s(&img), s(&d.join("no/such.img"))]);
+    assert_eq!(c, 1);
+    assert!(contents(&all) == before);
+    // Shrinking below what the stripes need names the minimum.
+    let (c, _, err) = btrs(&["resize", s(&img), "2M"]);
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("cannot be smaller than"), "{err}");
+    assert!(contents(&all) == before);
+}
