@@ -83,9 +83,9 @@ fn judged(test: &str, set: &[PathBuf], files: &Files, what: &str) {
     let more = pseudo(3_000_000, 77);
     std::fs::write(mnt.join("more"), &more).unwrap();
     must(&mut Command::new("sync"));
-    must(&mut Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt));
-    must(&mut Command::new("btrfs").args(["balance", "start", "--full-balance"]).arg(&mnt));
-    must(&mut Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt));
+    must(Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt));
+    must(Command::new("btrfs").args(["balance", "start", "--full-balance"]).arg(&mnt));
+    must(Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt));
     m.unmount().unwrap_or_else(|e| panic!("{what}: umount: {e}"));
     btrfs_check(set, &[]).unwrap_or_else(|e| panic!("{what}: btrfs check after the kernel: {e}"));
     let mut all = files.clone();
@@ -158,7 +158,7 @@ fn a_kernel_filled_image_gets_a_device_and_becomes_a_raid1_pair() {
     let d = tmp.path();
     let img = d.join("k.img");
     std::fs::File::create(&img).unwrap().set_len(320 << 20).unwrap();
-    must(&mut Command::new("mkfs.btrfs").arg("-q").arg(&img));
+    must(Command::new("mkfs.btrfs").arg("-q").arg(&img));
     let kernel = pseudo(20_000_000, 5);
     {
         let mnt = d.join("mnt");
@@ -219,7 +219,7 @@ fn a_mkfs_btrfs_raid1c3_set_loses_a_device_after_converting() {
     for p in &imgs {
         std::fs::File::create(p).unwrap().set_len(300 << 20).unwrap();
     }
-    must(&mut Command::new("mkfs.btrfs").args(["-q", "-d", "raid1c3", "-m", "raid1c3"]).args(&imgs));
+    must(Command::new("mkfs.btrfs").args(["-q", "-d", "raid1c3", "-m", "raid1c3"]).args(&imgs));
     let files = fill(d, &imgs[0], &[]);
     raid1c3_to_raid1_on_two(test, &imgs, &files);
 }
@@ -279,7 +279,7 @@ fn resize_min_moves_stripes_down_on_a_kernel_filled_image() {
     let d = tmp.path();
     let img = d.join("k.img");
     std::fs::File::create(&img).unwrap().set_len(1 << 30).unwrap();
-    must(&mut Command::new("mkfs.btrfs").arg("-q").arg(&img));
+    must(Command::new("mkfs.btrfs").arg("-q").arg(&img));
     let keep = pseudo(100_000_000, 3);
     {
         let mnt = d.join("mnt");
@@ -290,7 +290,7 @@ fn resize_min_moves_stripes_down_on_a_kernel_filled_image() {
         must(&mut Command::new("sync"));
         std::fs::remove_file(mnt.join("gone")).unwrap();
         must(&mut Command::new("sync"));
-        must(&mut Command::new("btrfs").args(["balance", "start", "-dusage=0"]).arg(&mnt));
+        must(Command::new("btrfs").args(["balance", "start", "-dusage=0"]).arg(&mnt));
         m.unmount().unwrap();
     }
     let last_end = |img: &Path| dev_extents(img).iter().map(|(o, l)| o + l).max().unwrap();

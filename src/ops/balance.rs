@@ -292,6 +292,118 @@ pub(crate) fn profiles_in_use(fs: &Filesystem) -> BTreeMap<&'static str, Vec<Pro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::InodeId;
+    use crate::ops::scrub::{scrub, ScrubOptions};
+    use crate::volumes::fault::{arm_for_writers, Fault, FaultPlan};
+    use std::sync::Arc;
+
+    fn files() -> Vec<(&'static [u8], Vec<u8>, bool)> {
+        vec![
+            (b"a", (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect(), false),
+            (b"nosum", (0..700_000u32).map(|i| (i % 13) as u8).collect(), true),
+            (b"small", vec![5u8; 900], false),
+        ]
+    }
+
+    /// The set opens, every file reads back, scrub finds nothing, and the
+    /// tree blocks keep the format's rules: what a crash must leave.
+    /// A fault between the superblock writes of a commit leaves a device
+    /// one commit behind, which btrs takes as current only when told
+    /// (--accept-lagging, as its error says): the options that open the set.
+    fn whole(opts: &OpenOptions, what: &str) -> OpenOptions {
+        let mut ro = OpenOptions { writable: false, ..opts.clone() };
+        match Filesystem::open(&ro) {
+            Err(e) => {
+                assert!(e.to_string().contains("one commit behind"), "{what}: open: {e}");
+                ro.accept_lagging = true;
+            }
+            Ok(fs) if !fs.volume().lagging.is_empty() => ro.accept_lagging = true,
+            Ok(_) => {}
+        }
+        let fs = Filesystem::open(&ro).unwrap_or_else(|e| panic!("{what}: open: {e}"));
+        for (name, want, _) in files() {
+            let id = fs.resolve(std::str::from_utf8(name).unwrap()).unwrap().id;
+            assert!(fs.read_file_bytes(id).unwrap() == want, "{what}: {} differs", String::from_utf8_lossy(name));
+        }
+        let problems = crate::fs::check::check_filesystem(&fs).unwrap();
+        assert!(problems.is_empty(), "{what}: {problems:?}");
+        drop(fs);
+        let r = scrub(&ro, &ScrubOptions { repair: false, prefer_mirror: None, threads: 1, progress: false, fix_csum: false }).unwrap();
+        // Superblock copies a torn commit did not reach are all it may leave
+        // (`scrub --repair` rewrites them).
+        let other: Vec<_> = r.findings.iter().filter(|f| !f.detail.contains("is not the newest")).collect();
+        assert!(other.is_empty(), "{what}: scrub: {other:?}");
+        OpenOptions { writable: true, ..ro }
+    }
+
+    /// A write failure or a torn write at I/O k of a conversion (every
+    /// k-th, and every one of the first commit): the set is whole, with
+    /// each chunk in its old layout or its new one; running it again
+    /// finishes the conversion. Then the same for `device remove`.
+    #[test]
+    fn a_fault_at_any_io_leaves_each_chunk_old_or_new() {
+        let Some((_tmp, imgs)) = crate::fs::testutil::mkfs_btrfs(3, &["-d", "single", "-m", "dup"]) else { return };
+        // The set as its directory holds it (a removed image is no device of it).
+        let all = OpenOptions { image: imgs[0].clone(), writable: true, ..Default::default() };
+        let mut tx = Transaction::begin(Filesystem::open(&all).unwrap()).unwrap();
+        let top = InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID };
+        for (name, data, nosum) in files() {
+            let flags = if nosum { INODE_NODATASUM | INODE_NODATACOW } else { 0 };
+            let id = tx.create(top, name, S_IFREG | 0o644, flags).unwrap();
+            tx.write_at(id, 0, &data, &Default::default(), &mut Default::default()).unwrap();
+        }
+        tx.commit().unwrap();
+        whole(&all, "before");
+        let to: Convert = "data=raid1,metadata=raid1".parse().unwrap();
+        type Op<'a> = Box<dyn Fn(&OpenOptions) -> Result<()> + 'a>;
+        let ops: Vec<(&str, Op)> = vec![
+            ("convert", Box::new(|o| convert(o, &to, &mut |_| {}).map(drop))),
+            ("remove", Box::new(|o| crate::ops::device::remove(o, "3", &mut |_| {}).map(drop))),
+        ];
+        for (name, op) in &ops {
+            // Count its I/Os, then undo them.
+            let counter = Arc::new(FaultPlan::new(u64::MAX, Fault::Fail));
+            arm_for_writers(Some(counter.clone()));
+            op(&all).unwrap();
+            arm_for_writers(None);
+            let total = counter.count();
+            whole(&all, &format!("{name} without a fault"));
+            counter.restore().unwrap();
+            assert!(total > 20, "{name}: only {total} I/Os counted");
+            let stride = (total / 40).max(1);
+            let mut failed = 0;
+            for fault in [Fault::Fail, Fault::Torn] {
+                for k in (0..total).filter(|k| k % stride == 0 || *k < 40) {
+                    let what = format!("{name}: {fault:?} at I/O {k} of {total}");
+                    let plan = Arc::new(FaultPlan::new(k, fault));
+                    arm_for_writers(Some(plan.clone()));
+                    let r = op(&all);
+                    arm_for_writers(None);
+                    if r.is_err() {
+                        failed += 1;
+                    }
+                    let after = whole(&all, &what);
+                    // Once in a while: running it again finishes it.
+                    if k % (stride * 8) == 0 {
+                        let again = Arc::new(FaultPlan::new(u64::MAX, Fault::Fail));
+                        arm_for_writers(Some(again.clone()));
+                        let r = op(&after);
+                        arm_for_writers(None);
+                        // A remove that had committed the set without
+                        // devid 3 has nothing left to remove.
+                        if let Err(e) = &r {
+                            assert!(e.to_string().contains("no devid 3") && *name == "remove", "{what}: again: {e}");
+                        }
+                        whole(&all, &format!("{what}, run again"));
+                        again.restore().unwrap();
+                    }
+                    plan.restore().unwrap();
+                }
+            }
+            assert!(failed > 0, "{name}: no fault made it fail");
+            eprintln!("{name}: {total} I/Os, {failed} faults failed it");
+        }
+    }
 
     #[test]
     fn convert_specs_parse_like_balance_filters() {

@@ -241,7 +241,7 @@ mod tests {
     //! set reads every file).
     use super::*;
     use crate::fs::InodeId;
-    use crate::volumes::fault::{arm_for_replacement, Fault, FaultPlan};
+    use crate::volumes::fault::{arm_for_writers, Fault, FaultPlan};
     use std::sync::Arc;
 
     fn files() -> Vec<(&'static [u8], Vec<u8>)> {
@@ -275,18 +275,18 @@ mod tests {
         let new = tmp.path().join("new2.img");
         // Count the replace's I/Os.
         let counter = Arc::new(FaultPlan::new(u64::MAX, Fault::Fail));
-        arm_for_replacement(Some(counter.clone()));
+        arm_for_writers(Some(counter.clone()));
         replace(&one, 2, &new, false).unwrap();
-        arm_for_replacement(None);
+        arm_for_writers(None);
         let total = counter.count();
         assert!(total > 10, "only {total} I/Os counted: the plan did not reach the rebuild");
         let (mut olds, mut news) = (0, 0);
         for fault in [Fault::Fail, Fault::Torn] {
             for k in 0..=total {
                 let _ = std::fs::remove_file(&new);
-                arm_for_replacement(Some(Arc::new(FaultPlan::new(k, fault))));
+                arm_for_writers(Some(Arc::new(FaultPlan::new(k, fault))));
                 let r = replace(&one, 2, &new, false);
-                arm_for_replacement(None);
+                arm_for_writers(None);
                 let what = format!("{fault:?} at I/O {k} of {total}");
                 assert_eq!(r.is_ok(), k >= total, "{what}: {r:?}");
                 assert!(std::fs::read(&imgs[0]).unwrap() == before, "{what}: the remaining image changed");

@@ -105,17 +105,18 @@ impl FaultPlan {
 }
 
 thread_local! {
-    /// A plan for the next volume this thread opens with a replacement
-    /// (`btrs replace` opens its set inside scrub, out of a test's reach).
-    static FOR_REPLACEMENT: std::cell::RefCell<Option<std::sync::Arc<FaultPlan>>> = const { std::cell::RefCell::new(None) };
+    /// A plan for the writable volumes this thread opens (`btrs replace`
+    /// opens its set inside scrub, `balance` between its commits: out of a
+    /// test's reach).
+    static FOR_WRITERS: std::cell::RefCell<Option<std::sync::Arc<FaultPlan>>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Hand `plan` (or none) to every replacement volume this thread opens from
+/// Hand `plan` (or none) to every writable volume this thread opens from
 /// now on (scrub opens the set once per pass; the plan counts across them).
-pub(crate) fn arm_for_replacement(plan: Option<std::sync::Arc<FaultPlan>>) {
-    FOR_REPLACEMENT.with(|p| *p.borrow_mut() = plan);
+pub(crate) fn arm_for_writers(plan: Option<std::sync::Arc<FaultPlan>>) {
+    FOR_WRITERS.with(|p| *p.borrow_mut() = plan);
 }
 
-pub(crate) fn for_replacement() -> Option<std::sync::Arc<FaultPlan>> {
-    FOR_REPLACEMENT.with(|p| p.borrow().clone())
+pub(crate) fn for_writers() -> Option<std::sync::Arc<FaultPlan>> {
+    FOR_WRITERS.with(|p| p.borrow().clone())
 }

@@ -322,8 +322,8 @@ impl Volume {
             added,
         };
         #[cfg(test)]
-        if opts.replacement.is_some() {
-            if let Some(plan) = fault::for_replacement() {
+        if opts.writable {
+            if let Some(plan) = fault::for_writers() {
                 vol.set_fault(plan);
             }
         }
@@ -359,6 +359,11 @@ impl Volume {
         }
         let devids: BTreeSet<u64> = devs.keys().copied().collect();
         self.missing = devids.iter().copied().filter(|d| !self.devices.contains_key(d)).collect();
+        // An image older than the newest superblock whose devid the chunk
+        // tree no longer lists was removed from the set (`device remove`
+        // stopped between its commit and wiping it): not a device of it.
+        let newest = self.sb.generation.get();
+        self.devices.retain(|d, dev| devids.contains(d) || self.added.contains(d) || dev.sb.generation.get() >= newest);
         let extra: Vec<u64> = self.devices.keys().copied().filter(|d| !devids.contains(d) && !self.added.contains(d)).collect();
         if !extra.is_empty() {
             return Err(Error::Devices(format!(
