@@ -130,12 +130,16 @@ pub enum Command {
     /// copy is taken from a good one) to new stripes in free space, then its
     /// chunk item, dev extents and block group committed, one commit per
     /// chunk, so a crash leaves each chunk in its old layout or its new one.
-    /// Every move is planned before anything is written: too few devices or
-    /// too little room fails naming the chunk, images unchanged. Going to
-    /// fewer copies is refused where copies without a checksum differ
+    /// Where a chunk finds no room, room is made first: empty chunks are
+    /// removed (never the last of a kind), a chunk is cut in two where no
+    /// extent spans the cut, or stripes move lower on their device; each its
+    /// own commit. Every step is planned before anything is written: too few
+    /// devices or too little room fails naming the chunk, images unchanged.
+    /// Going to fewer copies checks the copies kept (a bad one is rewritten
+    /// from a good one) and is refused where copies without a checksum differ
     /// (`btrs scrub` reports them). `metadata=` converts system chunks too
-    /// unless `system=` is given. Other filesystems' RAID5/6 chunks are
-    /// not written.
+    /// unless `system=` is given. Other filesystems' RAID5/6 chunks are not
+    /// written.
     Balance(BalanceArgs),
     /// Make a new btrfs on image files (devid 1, 2, ... in the order given).
     ///
@@ -255,8 +259,8 @@ pub enum DeviceCommand {
     ///
     /// Each NEW gets the next devid and a new device uuid. A NEW that does not
     /// exist is made --size bytes long (default: as long as IMAGE); one that
-    /// exists (a regular file or block device) must carry no btrfs superblock
-    /// and keeps its length unless --size is given. Nothing moves onto the
+    /// exists (a regular file or block device) must carry no btrfs superblock,
+    /// and its length is its size. Nothing moves onto the
     /// new devices (as with `btrfs device add`): new chunks may use them, and
     /// `btrs balance --convert` spreads copies over them. Until the commit
     /// writes their superblocks they carry no btrfs signature: a failure

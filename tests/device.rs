@@ -360,7 +360,7 @@ fn refusals_leave_the_images_as_they_were() {
         (vec!["device", "remove", s(&img), "7"], 1, "no devid 7"),
         (vec!["device", "remove", s(&img), s(&other)], 1, "no device of the filesystem"),
         (vec!["device", "add", s(&img), s(&other)], 1, "already holds a btrfs superblock"),
-        (vec!["device", "add", s(&img), s(&img)], 1, "btrfs superblock"),
+        (vec!["device", "add", s(&img), s(&img)], 1, "already a device of the set"),
         (vec!["device", "add", s(&img)], 2, "required"),
     ];
     for (args, code, says) in cases {
@@ -369,6 +369,27 @@ fn refusals_leave_the_images_as_they_were() {
         assert!(err.contains(says), "{args:?}: {err}");
         assert!(contents(&all) == before, "{args:?} changed an image");
     }
+    // One file under two names; a file elsewhere than the set's directory
+    // (later commands would miss it); a size that would change a file.
+    let blank = d.join("blank.img");
+    std::fs::File::create(&blank).unwrap().set_len(200 << 20).unwrap();
+    let twin = d.join("twin.img");
+    std::fs::hard_link(&blank, &twin).unwrap();
+    let away = tempfile::tempdir().unwrap();
+    let far = away.path().join("far.img");
+    for (args, says) in [
+        (vec!["device", "add", s(&img), s(&blank), s(&twin)], "given twice"),
+        (vec!["device", "add", s(&img), s(&far)], "where the set's images are found"),
+        (vec!["device", "add", s(&img), s(&blank), "--size", "300M"], "would change it"),
+    ] {
+        let (c, _, err) = btrs(&args);
+        assert_eq!(c, 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(contents(&all) == before, "{args:?} changed an image");
+    }
+    assert!(!far.exists());
+    assert_eq!(std::fs::metadata(&blank).unwrap().len(), 200 << 20);
+    assert!(std::fs::read(&blank).unwrap().iter().all(|&b| b == 0), "a refused add wrote into {}", blank.display());
     // Too small, and a missing directory: no file is left behind.
     let small = d.join("small.img");
     let (c, _, err) = btrs(&["device", "add", s(&img), s(&small), "--size", "1M"]);
@@ -382,4 +403,70 @@ fn refusals_leave_the_images_as_they_were() {
     assert_eq!(c, 1, "{err}");
     assert!(err.contains("cannot be smaller than"), "{err}");
     assert!(contents(&all) == before);
+}
+
+/// Where `needle` first lies in the file at `p`.
+fn find(p: &Path, needle: &[u8]) -> usize {
+    let hay = std::fs::read(p).unwrap();
+    hay.windows(needle.len()).position(|w| w == needle).unwrap_or_else(|| panic!("pattern not in {}", p.display()))
+}
+
+fn flip(p: &Path, at: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at as u64).unwrap();
+    b[0] ^= 0x5a;
+    f.write_all_at(&b, at as u64).unwrap();
+}
+
+/// Going to fewer copies keeps the stripes it can, and those are checked
+/// first: a data sector and a tree block bad on the kept copy only are
+/// taken from the dropped one (raid1 to single keeps devid 1's stripe).
+#[test]
+fn dropping_copies_keeps_the_good_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("dev{i}.img"))).collect();
+    ok(&["mkfs", "-b", "256M", "-d", "raid1", "-m", "raid1", s(&imgs[0]), s(&imgs[1])]);
+    let files = fill(d, &imgs[0], &[]);
+    // The name is in the FS tree leaf: a byte of that leaf, on devid 1 only.
+    let name = b"a-name-to-find-in-the-leaf";
+    let src = d.join("named");
+    std::fs::write(&src, b"x").unwrap();
+    ok(&["write", s(&imgs[0]), &format!("/{}", std::str::from_utf8(name).unwrap()), "--from", s(&src)]);
+    flip(&imgs[0], find(&imgs[0], name));
+    // A sector of /big, on devid 1 only.
+    let big = &files[0].1;
+    flip(&imgs[0], find(&imgs[0], &big[8192..8192 + 512]) + 7);
+    let (c, out, _) = btrs(&["scrub", s(&imgs[0]), "--no-progress"]);
+    assert_eq!(c, 3, "the damage is there: {out}");
+    let out = ok(&["balance", s(&imgs[0]), "--convert", "data=single,metadata=single", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(r["repaired"].as_u64().unwrap() >= 2, "{out}");
+    let types = chunk_types(&imgs[0]);
+    assert!(types.iter().all(|t| !t.contains("RAID1")), "{types:?}");
+    judged("dropping_copies_keeps_the_good_one", &imgs, &files, "raid1 to single");
+}
+
+/// Copies of a NODATASUM sector that differ cannot both be kept by fewer
+/// copies, and nothing tells which is right: refused, images unchanged.
+#[test]
+fn dropping_differing_unchecksummed_copies_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("dev{i}.img"))).collect();
+    ok(&["mkfs", "-b", "256M", "-d", "raid1", "-m", "raid1", s(&imgs[0]), s(&imgs[1])]);
+    let files = fill(d, &imgs[0], &[]);
+    let nosum = &files[1].1;
+    flip(&imgs[1], find(&imgs[1], &nosum[4096..4096 + 512]) + 3);
+    let before = contents(&imgs);
+    let (c, _, err) = btrs(&["balance", s(&imgs[0]), "--convert", "data=single"]);
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("no checksum") && err.contains("differ"), "{err}");
+    assert!(contents(&imgs) == before, "a refused conversion changed the images");
+    // Keeping both copies loses nothing: allowed.
+    ok(&["balance", s(&imgs[0]), "--convert", "data=dup"]);
+    let (c, out, _) = btrs(&["scrub", s(&imgs[0]), "--no-progress"]);
+    assert_eq!(c, 3, "the difference is still reported: {out}");
 }

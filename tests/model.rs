@@ -160,6 +160,7 @@ impl CliRunner {
                 let src = HostTree::generate(*seed).materialize(&dir).expect("host tree");
                 vec![s("put"), img, s("--"), src.to_str().unwrap().into(), dest.clone()]
             }
+            Op::Convert { data, meta } => vec![s("balance"), img, format!("--convert=data={data},metadata={meta}"), s("--no-progress")],
             _ => Vec::new(),
         }
     }
@@ -349,7 +350,8 @@ fn replay(l: &'static Layout, ops: &[Op], kernel: bool) -> Option<Result<Stats, 
 fn run_seed(l: &'static Layout, seed: u64, n: usize, check_every: usize, kernel: bool) -> Option<Stats> {
     let tmp = tempfile::tempdir().unwrap();
     let fill = (l.size_mb << 20) * l.devs as u64 / copies(l);
-    let cfg = GenCfg { cli: true, check_every, crash_one_in: 30, big_write: 40 << 20, fill, gaps: Gaps::from_env() };
+    let cfg =
+        GenCfg { cli: true, check_every, crash_one_in: 30, big_write: 40 << 20, fill, gaps: Gaps::from_env(), devs: l.devs, data: l.data };
     let mut g = Gen::new(seed, cfg);
     let mut i = 0;
     let r = run(

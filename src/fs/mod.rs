@@ -454,21 +454,6 @@ impl Filesystem {
         Ok(out)
     }
 
-    /// Where the last dev extent on devid `devid` ends (0 when it has none).
-    pub(crate) fn last_dev_extent_end(&self, devid: u64) -> Result<u64> {
-        let root = self.tree_root(DEV_TREE_OBJECTID)?;
-        let mut end = 0u64;
-        for (k, data) in self.reader.range(&root, Key::new(devid, DEV_EXTENT_KEY, 0), Key::new(devid, DEV_EXTENT_KEY, u64::MAX))? {
-            let de = items::parse_dev_extent(&data).map_err(|e| e.within(format!("dev tree {k}")))?;
-            let e = k
-                .offset
-                .checked_add(de.length)
-                .ok_or_else(|| Error::corrupt(CorruptKind::ItemValue, format!("dev tree {k}"), format!("length {} wraps", de.length)))?;
-            end = end.max(e);
-        }
-        Ok(end)
-    }
-
     /// All subvolumes (id, parent id, name, root dirid) from ROOT_REF items.
     pub fn subvolumes(&self) -> Result<Vec<(u64, u64, Vec<u8>)>> {
         let root = self.tree_root(ROOT_TREE_OBJECTID)?;

@@ -217,6 +217,7 @@ impl LibRunner {
                 self.full_check()
             }
             Op::Commit { reopen } => self.commit(*reopen),
+            Op::Convert { data, meta } => self.convert(op, data, meta),
             Op::Abort => {
                 self.tx = None;
                 self.armed = None;
@@ -232,6 +233,36 @@ impl LibRunner {
                 Ok(())
             }
             _ => self.mutate(op),
+        }
+    }
+
+    /// `btrs balance --convert` through the library: what the transaction
+    /// holds committed first, then the conversion on the images (a fault
+    /// armed reaches its volumes too); the tree stays as it was.
+    fn convert(&mut self, op: &Op, data: &str, meta: &str) -> Result<(), String> {
+        self.commit(true)?;
+        // A transaction kept for an armed fault holds the lock: let it go.
+        self.tx = None;
+        let to: crate::ops::balance::Convert = format!("data={data},metadata={meta}").parse().map_err(|e| format!("[convert] {e}"))?;
+        let before = generation(&self.imgs).map_err(|e| format!("[open] {e}"))?;
+        crate::volumes::fault::arm_for_writers(self.armed.as_ref().map(|a| a.plan.clone()));
+        let r = crate::ops::balance::convert(&open_opts(&self.imgs, true), &to, &mut |_| {});
+        crate::volumes::fault::arm_for_writers(None);
+        match r {
+            Ok(_) => {
+                let now = generation(&self.imgs).map_err(|e| format!("[open] {e}"))?;
+                if let Some(a) = &mut self.armed {
+                    // The fault has not come yet: it goes on counting on the next transaction.
+                    a.states.extend(std::iter::repeat_n(self.committed.clone(), (now - before) as usize));
+                    let plan = a.plan.clone();
+                    self.open_tx()?;
+                    if let Some(tx) = &self.tx {
+                        tx.fs().volume().set_fault(plan);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => self.failed(e, vec![self.committed.clone(); 64], before, None, op),
         }
     }
 
@@ -520,7 +551,7 @@ pub(crate) struct RunCfg {
 }
 
 pub(crate) fn gen_cfg(check_every: usize) -> GenCfg {
-    GenCfg { cli: false, check_every, crash_one_in: 90, big_write: 40 << 20, fill: 0, gaps: Gaps::from_env() }
+    GenCfg { cli: false, check_every, crash_one_in: 90, big_write: 40 << 20, fill: 0, gaps: Gaps::from_env(), devs: 1, data: "single" }
 }
 
 /// A failure: the ops up to the failing one, and what failed.
@@ -604,6 +635,8 @@ pub(crate) fn run_seed(cfg: &RunCfg, seed: u64) -> Option<Result<Stats, Failure>
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut gc = cfg.gen.clone();
     gc.fill = (cfg.layout.size_mb << 20) * cfg.layout.devs as u64 / copies(cfg.layout);
+    gc.devs = cfg.layout.devs;
+    gc.data = cfg.layout.data;
     let mut g = Gen::new(seed, gc);
     let mut n = 0;
     let total = cfg.ops;
@@ -731,7 +764,7 @@ fn model_lib_raid10_crc32c_4k_btrs_holes() {
 
 #[test]
 fn model_lib_kernel_subvols_compressed_prealloc() {
-    fixed("kernel-subvols-16k", &[51, 52], 800, 150);
+    fixed("kernel-subvols-16k", &[51, 52, 53], 800, 150);
 }
 
 /// The op text round-trips (regression lists are pasted from it).

@@ -102,6 +102,7 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         Op::Abort => "abort",
         Op::Crash { .. } => "crash",
         Op::Check => "check",
+        Op::Convert { .. } => "convert",
     }
 }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::fs::txn::{Restriped, Transaction};
+use crate::fs::txn::{cut_unit_of, Restriped, Transaction};
 use crate::fs::Filesystem;
 use crate::volumes::alloc::{plan_of, plan_restripe, ChunkPlan, DevSpace, Placement};
 use crate::volumes::OpenOptions;
@@ -88,10 +88,24 @@ impl Convert {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MoveReport {
     pub chunks_moved: u64,
+    /// Chunks cut in two to make room, and empty chunks removed.
+    pub chunks_cut: u64,
+    pub chunks_removed: u64,
     pub bytes_copied: u64,
     /// Copies that failed their check and were taken from another copy.
     pub repaired: u64,
     pub chunks: Vec<Restriped>,
+}
+
+impl MoveReport {
+    pub(crate) fn absorb(&mut self, other: MoveReport) {
+        self.chunks_moved += other.chunks_moved;
+        self.chunks_cut += other.chunks_cut;
+        self.chunks_removed += other.chunks_removed;
+        self.bytes_copied += other.bytes_copied;
+        self.repaired += other.repaired;
+        self.chunks.extend(other.chunks);
+    }
 }
 
 /// Which chunks to move and where: the profile each chunk should get
@@ -138,23 +152,36 @@ impl Moves<'_> {
         Ok((new != *old).then_some(new))
     }
 
-    /// The next chunk to move. When one that has to move finds no room, a
-    /// chunk that can go lower on its devices moves first (joining the free
-    /// space it leaves with the hole below it), as long as some can.
-    fn next(&self, tx: &Transaction, devs: &[DevSpace], now: &Layout) -> Result<Option<ChunkPlan>> {
+    /// The next step. When a chunk that has to move finds no room: an empty
+    /// chunk (not the last of its kind) is removed, else the stuck chunk is
+    /// cut in two where no extent spans the cut (each half needs half the
+    /// room), else a chunk that can go lower on its devices moves first
+    /// (joining the free space it leaves with the hole below it).
+    fn next(&self, tx: &Transaction, devs: &[DevSpace], now: &Layout) -> Result<Option<Step>> {
         let mut stuck = None;
         for old in now.values() {
             match self.plan(tx, devs, old) {
-                Ok(Some(p)) => return Ok(Some(p)),
+                Ok(Some(p)) => return Ok(Some(Step::Move(p))),
                 Ok(None) => {}
                 Err(e @ Error::NoSpace(_)) => {
-                    stuck = Some(e);
+                    stuck = Some((e, old.clone()));
                     break;
                 }
                 Err(e) => return Err(e),
             }
         }
-        let Some(stuck) = stuck else { return Ok(None) };
+        let Some((stuck, chunk)) = stuck else { return Ok(None) };
+        let kind = |f: u64| f & BLOCK_GROUP_TYPE_MASK;
+        for c in now.values() {
+            let others = now.values().filter(|o| kind(o.flags) == kind(c.flags)).count();
+            if others > 1 && tx.range_is_free(c.logical, c.length) {
+                return Ok(Some(Step::Drop(c.logical)));
+            }
+        }
+        let unit = cut_unit_of(chunk.profile, chunk.stripes.len(), chunk.sub_stripes);
+        if let Some(at) = tx.cut_point(chunk.logical, chunk.length, unit, SMALLEST_CUT) {
+            return Ok(Some(Step::Split(chunk.logical, at)));
+        }
         for old in now.values() {
             for &(devid, _) in &old.stripes {
                 // Every stripe of it on that device strictly lower.
@@ -165,7 +192,7 @@ impl Moves<'_> {
                     // Only lower on the same device: anything else could go round in circles.
                     let lower = p.stripes.iter().filter(|s| !old.stripes.contains(s)).all(|&(d, o)| d == devid && o < low);
                     if p != *old && lower {
-                        return Ok(Some(p));
+                        return Ok(Some(Step::Move(p)));
                     }
                 }
             }
@@ -173,61 +200,192 @@ impl Moves<'_> {
         Err(stuck)
     }
 
-    /// Plan every move on a model of the devices (each move frees its old
+    /// Plan every step on a model of the devices (each move frees its old
     /// stripes once committed, as the real run does): the first chunk that
-    /// does not fit is the error, before anything is written.
-    pub(crate) fn dry_run(&self, tx: &Transaction) -> Result<usize> {
+    /// does not fit is the error, before anything is written. The moves.
+    pub(crate) fn dry_run(&self, tx: &Transaction) -> Result<Vec<ChunkPlan>> {
         let mut devs = tx.dev_space().to_vec();
         let mut now = layout(tx)?;
         let limit = step_limit(&now);
-        for n in 0..limit {
-            let Some(new) = self.next(tx, &devs, &now)? else { return Ok(n) };
-            if let Some(old) = now.get(&new.logical) {
-                for &(devid, phys) in &old.stripes {
-                    if let Some(d) = devs.iter_mut().find(|d| d.devid == devid) {
-                        d.extents.remove(&phys);
-                    }
-                }
+        let mut plans = Vec::new();
+        for _ in 0..limit {
+            let Some(step) = self.next(tx, &devs, &now)? else { return Ok(plans) };
+            step.model(&mut now, &mut devs);
+            if let Step::Move(p) = step {
+                plans.push(p);
             }
-            for &(devid, phys) in &new.stripes {
-                if let Some(d) = devs.iter_mut().find(|d| d.devid == devid) {
-                    d.extents.insert(phys, new.stripe_size);
-                }
-            }
-            now.insert(new.logical, new);
         }
-        Err(Error::Internal(format!("chunks kept needing to move after {limit} moves")))
+        Err(Error::Internal(format!("chunks kept needing to move after {limit} steps")))
     }
 
     /// Move every chunk that has to, one commit each; the transaction after
     /// the last commit (still holding the lock) and what moved.
+    ///
+    /// Stripes a move freed stay unused while a reader of a generation
+    /// before that move is registered (it reads them through its own,
+    /// older, chunk map), as the transaction's `Held` does for blocks; a move
+    /// that finds no room then waits a little for such readers to go.
     pub(crate) fn run(&self, mut tx: Transaction, progress: &mut dyn FnMut(&Restriped)) -> Result<(Transaction, MoveReport)> {
         let mut report = MoveReport::default();
-        self.dry_run(&tx)?;
+        // Going to fewer copies loses nothing that cannot be told apart:
+        // checked for every chunk before the first one moves.
+        for plan in self.dry_run(&tx)? {
+            tx.check_drop(plan.logical, plan.profile.copies())?;
+        }
+        // (devid, offset, length, the generation that freed it)
+        let mut freed: Vec<(u64, u64, u64, u64)> = Vec::new();
         // A commit may add a chunk (metadata headroom) that needs moving too.
         let limit = step_limit(&layout(&tx)?).saturating_mul(2);
         for _ in 0..limit {
             let now = layout(&tx)?;
-            let Some(plan) = self.next(&tx, tx.dev_space(), &now).map_err(|e| stopped(e, &report))? else {
-                return Ok((tx, report));
-            };
-            let done = tx.restripe(&plan).map_err(|e| stopped(e, &report))?;
-            tx = tx.commit_and_continue().map_err(|e| stopped(e, &report))?;
-            report.chunks_moved += 1;
-            report.bytes_copied += done.bytes_copied;
-            report.repaired += done.repaired;
-            progress(&done);
-            report.chunks.push(done);
+            let step = self.next_beside_readers(&tx, &now, &mut freed).map_err(|e| stopped(e, &report))?;
+            let Some(step) = step else { return Ok((tx, report)) };
+            let generation = tx.transid();
+            match step {
+                Step::Move(plan) => {
+                    if let Some(old) = now.get(&plan.logical) {
+                        for &(devid, phys) in old.stripes.iter().filter(|s| !plan.stripes.contains(s)) {
+                            freed.push((devid, phys, old.stripe_size, generation));
+                        }
+                    }
+                    let done = tx.restripe(&plan).map_err(|e| stopped(e, &report))?;
+                    tx = tx.commit_and_continue().map_err(|e| stopped(e, &report))?;
+                    report.chunks_moved += 1;
+                    report.bytes_copied += done.bytes_copied;
+                    report.repaired += done.repaired;
+                    progress(&done);
+                    report.chunks.push(done);
+                }
+                Step::Split(logical, at) => {
+                    tx.split_chunk(logical, at).map_err(|e| stopped(e, &report))?;
+                    tx = tx.commit_and_continue().map_err(|e| stopped(e, &report))?;
+                    report.chunks_cut += 1;
+                }
+                Step::Drop(logical) => {
+                    if let Some(old) = now.get(&logical) {
+                        for &(devid, phys) in &old.stripes {
+                            freed.push((devid, phys, old.stripe_size, generation));
+                        }
+                    }
+                    tx.drop_empty_chunk(logical).map_err(|e| stopped(e, &report))?;
+                    tx = tx.commit_and_continue().map_err(|e| stopped(e, &report))?;
+                    report.chunks_removed += 1;
+                }
+            }
         }
-        Err(Error::Internal(format!("chunks kept needing to move after {limit} moves")))
+        Err(Error::Internal(format!("chunks kept needing to move after {limit} steps")))
     }
 }
 
-/// Most moves one run makes: every chunk converted or moved off a device,
-/// and each stripe moved lower a few times to make room.
+impl Moves<'_> {
+    /// [`Moves::next`] with the stripes earlier moves freed held for the
+    /// readers that may still read them (see [`Moves::run`]).
+    fn next_beside_readers(&self, tx: &Transaction, now: &Layout, freed: &mut Vec<(u64, u64, u64, u64)>) -> Result<Option<Step>> {
+        let patience = std::time::Instant::now();
+        loop {
+            let vol = tx.store.fs.volume();
+            let oldest = if freed.is_empty() { None } else { vol.oldest_reader(tx.transid())? };
+            // A stripe freed by the commit of generation g is read by readers of generations before g.
+            freed.retain(|f| oldest.is_some_and(|r| r < f.3));
+            let mut devs = tx.dev_space().to_vec();
+            for &(devid, phys, len, _) in freed.iter() {
+                if let Some(d) = devs.iter_mut().find(|d| d.devid == devid) {
+                    d.extents.insert(phys, len);
+                }
+            }
+            match self.next(tx, &devs, now) {
+                Err(Error::NoSpace(_)) if !freed.is_empty() && patience.elapsed() < READER_PATIENCE => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(Error::NoSpace(m)) if !freed.is_empty() => {
+                    return Err(Error::NoSpace(format!(
+                        "{m} (a reader of generation {} still reads stripes an earlier move freed: try again when it is done)",
+                        oldest.unwrap_or(0)
+                    )));
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+/// How long a move waits for readers of older generations to go when only
+/// the stripes they may read would give it room.
+const READER_PATIENCE: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Most steps one run makes: every chunk converted or moved off a device,
+/// cut a few times, and each stripe moved lower a few times to make room.
 fn step_limit(now: &Layout) -> usize {
     let stripes: usize = now.values().map(|p| p.stripes.len()).sum();
-    now.len().saturating_add(stripes.saturating_mul(4)).saturating_add(16)
+    now.len().saturating_mul(8).saturating_add(stripes.saturating_mul(4)).saturating_add(64)
+}
+
+/// The smallest half a chunk is cut into to make room.
+const SMALLEST_CUT: u64 = 8 * 1024 * 1024;
+
+/// One step of a run, each its own commit.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Re-stripe a chunk.
+    Move(ChunkPlan),
+    /// Cut the chunk at .0 in two at .1.
+    Split(u64, u64),
+    /// Remove an empty chunk.
+    Drop(u64),
+}
+
+impl Step {
+    /// What the step does to the model of a dry run.
+    fn model(&self, now: &mut Layout, devs: &mut [DevSpace]) {
+        let mut set = |devid: u64, phys: u64, len: Option<u64>| {
+            if let Some(d) = devs.iter_mut().find(|d| d.devid == devid) {
+                match len {
+                    Some(l) => d.extents.insert(phys, l),
+                    None => d.extents.remove(&phys),
+                };
+            }
+        };
+        match self {
+            Step::Move(new) => {
+                if let Some(old) = now.get(&new.logical) {
+                    for &(devid, phys) in &old.stripes {
+                        set(devid, phys, None);
+                    }
+                }
+                for &(devid, phys) in &new.stripes {
+                    set(devid, phys, Some(new.stripe_size));
+                }
+                now.insert(new.logical, new.clone());
+            }
+            Step::Split(logical, at) => {
+                let Some(old) = now.get(logical).cloned() else { return };
+                let data_stripes = cut_unit_of(old.profile, old.stripes.len(), old.sub_stripes) / STRIPE_LEN;
+                let ss1 = (at - logical) / data_stripes.max(1);
+                let ss2 = old.stripe_size.saturating_sub(ss1);
+                for &(devid, phys) in &old.stripes {
+                    set(devid, phys, Some(ss1));
+                    set(devid, phys + ss1, Some(ss2));
+                }
+                let first = ChunkPlan { length: at - logical, stripe_size: ss1, ..old.clone() };
+                let second = ChunkPlan {
+                    logical: *at,
+                    length: old.length - (at - logical),
+                    stripe_size: ss2,
+                    stripes: old.stripes.iter().map(|&(d, p)| (d, p + ss1)).collect(),
+                    ..old
+                };
+                now.insert(*logical, first);
+                now.insert(*at, second);
+            }
+            Step::Drop(logical) => {
+                if let Some(old) = now.remove(logical) {
+                    for &(devid, phys) in &old.stripes {
+                        set(devid, phys, None);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// An error after some chunks moved says so: they stay moved.
@@ -356,7 +514,9 @@ mod tests {
         whole(&all, "before");
         let to: Convert = "data=raid1,metadata=raid1".parse().unwrap();
         type Op<'a> = Box<dyn Fn(&OpenOptions) -> Result<()> + 'a>;
+        let new = imgs[0].with_file_name("added.img");
         let ops: Vec<(&str, Op)> = vec![
+            ("add", Box::new(|o| crate::ops::device::add(o, std::slice::from_ref(&new), Some(200 << 20)).map(drop))),
             ("convert", Box::new(|o| convert(o, &to, &mut |_| {}).map(drop))),
             ("remove", Box::new(|o| crate::ops::device::remove(o, "3", &mut |_| {}).map(drop))),
         ];
@@ -369,6 +529,7 @@ mod tests {
             let total = counter.count();
             whole(&all, &format!("{name} without a fault"));
             counter.restore().unwrap();
+            let _ = std::fs::remove_file(&new);
             assert!(total > 20, "{name}: only {total} I/Os counted");
             let stride = (total / 40).max(1);
             let mut failed = 0;
@@ -383,8 +544,10 @@ mod tests {
                         failed += 1;
                     }
                     let after = whole(&all, &what);
-                    // Once in a while: running it again finishes it.
-                    if k % (stride * 8) == 0 {
+                    // Once in a while: running it again finishes it (an
+                    // add that signed its image is done or refused: its
+                    // image is not new any more).
+                    if k % (stride * 8) == 0 && *name != "add" {
                         let again = Arc::new(FaultPlan::new(u64::MAX, Fault::Fail));
                         arm_for_writers(Some(again.clone()));
                         let r = op(&after);
@@ -398,6 +561,7 @@ mod tests {
                         again.restore().unwrap();
                     }
                     plan.restore().unwrap();
+                    let _ = std::fs::remove_file(&new);
                 }
             }
             assert!(failed > 0, "{name}: no fault made it fail");

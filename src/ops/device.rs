@@ -27,7 +27,7 @@ use crate::ops::balance::{profiles_in_use, MoveReport, Moves};
 use crate::volumes::alloc::Placement;
 use crate::volumes::{Added, OpenOptions};
 
-/// The smallest device `device add` takes: room for a chunk stripe beside
+/// The smallest device `device add` takes: room for chunk stripes beside
 /// the reserved first MiB and a superblock copy.
 const MIN_DEVICE: u64 = 64 * 1024 * 1024;
 
@@ -42,8 +42,8 @@ pub struct AddedDevice {
 
 /// Add each image of `new` to the filesystem `opts` names, in one commit.
 /// An image that exists must carry no btrfs superblock; its length is its
-/// size unless `size` is given (then it is made that long). One that does not
-/// exist is made `size` bytes long, or as long as the device `opts.image`.
+/// size (`size`, if given, must match). One that does not exist is made
+/// `size` bytes long, or as long as the device `opts.image`.
 pub fn add(opts: &OpenOptions, new: &[PathBuf], size: Option<u64>) -> Result<Vec<AddedDevice>> {
     if new.is_empty() {
         return Err(Error::Invalid("no image to add".into()));
@@ -55,13 +55,46 @@ pub fn add(opts: &OpenOptions, new: &[PathBuf], size: Option<u64>) -> Result<Vec
     let default_size = look.volume().devices.values().find(|d| same_path(&d.path, &opts.image)).map(|d| d.size);
     let mut next_devid = items.keys().max().copied().unwrap_or(0).saturating_add(1);
     let ss = u64::from(look.sectorsize.max(1));
+    let csum = look.csum;
+    let members: Vec<PathBuf> = look.volume().devices.values().map(|d| d.path.clone()).collect();
     drop(look);
+    // One file under two names, or a device of the set again.
+    let mut all = members.clone();
+    all.extend(new.iter().cloned());
+    if let Some((i, j)) = crate::volumes::create::same_file_twice(&all) {
+        let (a, b) = (&all[i], &all[j]);
+        return Err(if i < members.len() {
+            Error::Invalid(format!("{} is already a device of the set (as {})", b.display(), a.display()))
+        } else {
+            Error::Invalid(format!("{} and {} are one file, given twice", a.display(), b.display()))
+        });
+    }
+    // The set is found by its images' directory unless named by --device.
+    if opts.devices.is_empty() {
+        let dir = |p: &Path| std::fs::canonicalize(p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")));
+        let home = dir(&opts.image).map_err(|e| Error::io(&opts.image, "resolve its directory", e))?;
+        if let Some(p) = new.iter().find(|p| dir(p).ok().as_ref() != Some(&home)) {
+            return Err(Error::Invalid(format!(
+                "{} is not in {}, where the set's images are found: every later command would miss it \
+                 (put it there, or name every device with --device)",
+                p.display(),
+                home.display()
+            )));
+        }
+    }
 
     let mut plan = Vec::new();
     let mut made = Vec::new();
+    // The bytes signing overwrites in files that existed, to put back.
+    let mut saved: Vec<(PathBuf, u64, Vec<u8>)> = Vec::new();
     let result = (|| -> Result<Vec<AddedDevice>> {
         for path in new {
             let size = prepare(path, size, default_size, &mut made)?;
+            if !made.contains(path) {
+                for &off in SUPER_MIRROR_OFFSETS.iter().filter(|&&o| o.saturating_add(4096) <= size) {
+                    saved.push((path.clone(), off, crate::volumes::raw::read_at(path, off, SUPER_INFO_SIZE)?));
+                }
+            }
             let size = size.checked_div(ss).unwrap_or(0).saturating_mul(ss);
             let mut item = template;
             item.devid = next_devid.into();
@@ -78,6 +111,7 @@ pub fn add(opts: &OpenOptions, new: &[PathBuf], size: Option<u64>) -> Result<Vec
         }
         let fs = Filesystem::open(&OpenOptions { writable: true, added: plan.clone(), ..opts.clone() })?;
         let mut tx = Transaction::begin(fs)?;
+        tx.fs().volume().sign_added(csum)?;
         for a in &plan {
             tx.add_device(a.dev_item)?;
         }
@@ -93,12 +127,32 @@ pub fn add(opts: &OpenOptions, new: &[PathBuf], size: Option<u64>) -> Result<Vec
             .collect())
     })();
     if result.is_err() {
-        // Files this call made and no superblock names (the commit failed
-        // before writing any: then none has a signature).
-        for p in made {
-            if crate::volumes::Device::open_raw(&p).map(|d| d.sb.magic != BTRFS_MAGIC).unwrap_or(true) {
-                let _ = std::fs::remove_file(&p);
+        // What no committed superblock lists as a device goes back as it
+        // was: files this call made are removed, signed bytes of files that
+        // existed restored. (A commit that wrote some superblocks lists
+        // them; they stay, one commit behind at worst.)
+        // (When the set does not open now, nothing is touched: better a
+        // stray file than a device of the set removed.)
+        let Ok(listed) = Filesystem::open(&OpenOptions { writable: false, ..opts.clone() })
+            .and_then(|f| f.dev_items())
+            .map(|items| items.values().map(|i| i.uuid).collect::<Vec<[u8; 16]>>())
+        else {
+            return result;
+        };
+        for a in &plan {
+            if listed.contains(&a.dev_item.uuid) {
+                continue;
             }
+            if made.contains(&a.path) {
+                let _ = std::fs::remove_file(&a.path);
+            }
+            for (p, off, bytes) in saved.iter().filter(|s| s.0 == a.path) {
+                let _ = crate::volumes::raw::patch(p, *off, bytes);
+            }
+        }
+        // Made before its plan was: no signature either way.
+        for p in made.iter().filter(|p| !plan.iter().any(|a| &a.path == *p)) {
+            let _ = std::fs::remove_file(p);
         }
     }
     result
@@ -124,11 +178,15 @@ fn prepare(path: &Path, size: Option<u64>, default: Option<u64>, made: &mut Vec<
                     uuid_string(&dev.sb.fsid)
                 )));
             }
+            // Its length is its size: a file of the caller's is not cut or
+            // grown (a failed add must leave it as it was).
             match size {
-                Some(n) if m.is_file() && n != dev.size => {
-                    check_size(path, n)?;
-                    crate::volumes::raw::set_len(path, n)?;
-                    n
+                Some(n) if n != dev.size => {
+                    return Err(Error::Invalid(format!(
+                        "{} exists and is {} bytes: --size {n} would change it (resize the file first, or name a new one)",
+                        path.display(),
+                        dev.size
+                    )));
                 }
                 _ => dev.size,
             }

@@ -79,6 +79,9 @@ pub struct ResizeReport {
     pub moved: MoveReport,
 }
 
+/// The smallest size `resize` gives a device.
+const SMALLEST: u64 = 16 * 1024 * 1024;
+
 /// The moves that bring every stripe of devid below `cap`.
 fn shrink_moves(devid: u64, cap: u64) -> Moves<'static> {
     let mut place = Placement::default();
@@ -87,15 +90,15 @@ fn shrink_moves(devid: u64, cap: u64) -> Moves<'static> {
 }
 
 /// The smallest size devid can have: the lowest cap (in whole MiB, or the
-/// end of its last stripe) under which every stripe of it fits, on a model
-/// of the devices.
-fn smallest(tx: &Transaction, devid: u64, last_end: u64) -> Result<u64> {
+/// end of its last stripe; no lower than `floor`) under which every stripe
+/// of it fits, on a model of the devices.
+fn smallest(tx: &Transaction, devid: u64, last_end: u64, floor: u64) -> Result<u64> {
     const MIB: u64 = 1024 * 1024;
     let fits = |cap: u64| shrink_moves(devid, cap).dry_run(tx).is_ok();
     let used: u64 = tx.dev_space().iter().filter(|d| d.devid == devid).flat_map(|d| d.extents.values()).sum();
-    let mut lo = DEVICE_RESERVED.saturating_add(used).div_ceil(MIB).saturating_mul(MIB);
+    let mut lo = DEVICE_RESERVED.saturating_add(used).div_ceil(MIB).saturating_mul(MIB).max(floor);
     // Nothing moves under the end of the last stripe: that fits.
-    let mut hi = last_end;
+    let mut hi = last_end.max(floor);
     if lo >= hi {
         return Ok(hi);
     }
@@ -135,8 +138,32 @@ pub fn resize(opts: &OpenOptions, spec: &ResizeSpec, progress: &mut dyn FnMut(&R
     let old = item.total_bytes.get();
     let sector = u64::from(fs.sectorsize.max(1));
     // The first MiB is never allocated; a device smaller than it holds nothing.
-    let last_end = fs.last_dev_extent_end(devid)?.max(DEVICE_RESERVED).div_ceil(sector).saturating_mul(sector);
-    let min = smallest(&tx, devid, last_end)?;
+    let end_of = |tx: &Transaction| {
+        let end =
+            tx.dev_space().iter().filter(|d| d.devid == devid).flat_map(|d| d.extents.iter().map(|(o, l)| o.saturating_add(*l))).max();
+        end.unwrap_or(0).max(DEVICE_RESERVED).div_ceil(sector).saturating_mul(sector)
+    };
+    let mut last_end = end_of(&tx);
+    // Not below a few chunks' room (`min` would otherwise move every stripe
+    // of a mirrored device elsewhere and leave its first MiB); a device
+    // that already is keeps its size.
+    let floor = SMALLEST.min(old);
+    let mut min = smallest(&tx, devid, last_end, floor)?;
+    let mut moved = MoveReport::default();
+    if spec.to == ResizeTo::Min {
+        // In steps: where one round's stripes land leaves room the next
+        // round may use (the placement is first fit, not a packing).
+        for _ in 0..4 {
+            if min >= last_end {
+                break;
+            }
+            let (next, r) = shrink_moves(devid, min).run(tx, progress)?;
+            tx = next;
+            moved.absorb(r);
+            last_end = end_of(&tx);
+            min = smallest(&tx, devid, last_end, floor)?;
+        }
+    }
     let wanted = match spec.to {
         ResizeTo::Set(n) => Some(n),
         ResizeTo::Grow(n) => old.checked_add(n),
@@ -145,15 +172,24 @@ pub fn resize(opts: &OpenOptions, spec: &ResizeSpec, progress: &mut dyn FnMut(&R
         ResizeTo::Min => Some(min),
     };
     let new = wanted
-        .ok_or_else(|| Error::Invalid(format!("devid {devid} is {old} bytes: {:?} does not give a size", spec.to)))?
+        .ok_or_else(|| {
+            Error::Invalid(match spec.to {
+                ResizeTo::Shrink(n) => format!("devid {devid} is {old} bytes: it cannot lose {n}"),
+                ResizeTo::Grow(n) => format!("devid {devid} is {old} bytes: {n} more is past 2^64"),
+                _ => format!("devid {devid} is {old} bytes: no size"),
+            })
+        })?
         // The kernel keeps device sizes in whole sectors.
         .checked_div(sector)
         .unwrap_or(0)
         .saturating_mul(sector);
+    if new < min && min == floor {
+        return Err(Error::Invalid(format!("devid {devid} ({}): btrs makes no device smaller than {floor} bytes", image.display())));
+    }
     if new < min {
         return Err(Error::Invalid(format!(
-            "devid {devid} ({}) cannot be smaller than {min} bytes: its chunk stripes need that much, moved as low as they \
-             go (`resize {devid}:min` gives that size)",
+            "devid {devid} ({}) cannot be smaller than {min} bytes: btrs finds no place for its chunk stripes below that \
+             (`resize {devid}:min` moves them in steps and may get lower)",
             image.display()
         )));
     }
@@ -172,11 +208,10 @@ pub fn resize(opts: &OpenOptions, spec: &ResizeSpec, progress: &mut dyn FnMut(&R
         return Ok(report);
     }
     // Stripes past the new end move below it first, one commit each.
-    let mut moved = MoveReport::default();
     if new < last_end {
-        let (next, report) = shrink_moves(devid, new).run(tx, progress)?;
+        let (next, r) = shrink_moves(devid, new).run(tx, progress)?;
         tx = next;
-        moved = report;
+        moved.absorb(r);
     }
     let report = ResizeReport { moved, ..report };
     // Growing: the file first, and the disk space the new superblock

@@ -298,6 +298,13 @@ impl ChunkMap {
         self.entries.read().map(|e| e.values().cloned().collect()).unwrap_or_default()
     }
 
+    /// Forget the chunk at `logical` (a removed empty chunk).
+    pub(crate) fn remove(&self, logical: u64) -> Result<()> {
+        let mut entries = self.entries.write().map_err(|_| Error::Internal("chunk map lock poisoned".into()))?;
+        entries.remove(&logical);
+        Ok(())
+    }
+
     /// Forget every chunk (the bootstrap map is replaced by the chunk tree's).
     pub(crate) fn clear(&self) {
         if let Ok(mut e) = self.entries.write() {

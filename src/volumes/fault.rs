@@ -98,7 +98,12 @@ impl FaultPlan {
     pub(crate) fn restore(&self) -> std::io::Result<()> {
         let undo = std::mem::take(&mut *self.undo.lock().map_err(|_| std::io::Error::other("poisoned"))?);
         for (path, off, bytes) in undo.into_iter().rev() {
-            std::fs::OpenOptions::new().write(true).open(&path)?.write_all_at(&bytes, off)?;
+            // A file removed since (one `device add` made) has nothing to put back.
+            match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f.write_all_at(&bytes, off)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

@@ -129,6 +129,8 @@ pub struct Volume {
     pub(crate) left_out: BTreeMap<u64, (PathBuf, u64)>,
     /// Devices joining the set ([`OpenOptions::added`]): no dev item yet.
     pub(crate) added: BTreeSet<u64>,
+    /// The caller named the devices ([`OpenOptions::devices`]).
+    explicit: bool,
 }
 
 impl Volume {
@@ -299,9 +301,10 @@ impl Volume {
         }
         same_filesystem(&devices, &sb)?;
         let mut added = BTreeSet::new();
+        let opened: BTreeSet<PathBuf> = devices.values().map(|d| canonical(&d.path)).collect();
         for a in &opts.added {
             let devid = a.dev_item.devid.get();
-            if !seen.insert(canonical(&a.path)) {
+            if opened.contains(&canonical(&a.path)) {
                 return Err(Error::Invalid(format!("{} is already a device of the set", a.path.display())));
             }
             if devices.contains_key(&devid) || !added.insert(devid) {
@@ -320,6 +323,7 @@ impl Volume {
             lagging: BTreeSet::new(),
             left_out: BTreeMap::new(),
             added,
+            explicit,
         };
         #[cfg(test)]
         if opts.writable {
@@ -359,11 +363,14 @@ impl Volume {
         }
         let devids: BTreeSet<u64> = devs.keys().copied().collect();
         self.missing = devids.iter().copied().filter(|d| !self.devices.contains_key(d)).collect();
-        // An image older than the newest superblock whose devid the chunk
-        // tree no longer lists was removed from the set (`device remove`
-        // stopped between its commit and wiping it): not a device of it.
-        let newest = self.sb.generation.get();
-        self.devices.retain(|d, dev| devids.contains(d) || self.added.contains(d) || dev.sb.generation.get() >= newest);
+        // An image found beside the set whose devid the chunk tree does not
+        // list is no device of it: one `device remove` took out and was
+        // stopped before wiping, or one `device add` signed and was stopped
+        // before the commit that lists it. (Named by the caller, it is an
+        // error below.)
+        if !self.explicit {
+            self.devices.retain(|d, _| devids.contains(d) || self.added.contains(d));
+        }
         let extra: Vec<u64> = self.devices.keys().copied().filter(|d| !devids.contains(d) && !self.added.contains(d)).collect();
         if !extra.is_empty() {
             return Err(Error::Devices(format!(
@@ -501,6 +508,30 @@ impl Volume {
         for (off, addr, n) in self.segments_on(Some(entry), logical, data.len(), mirror)? {
             let piece = off.checked_add(n).and_then(|end| data.get(off..end)).ok_or_else(|| Error::Invalid("segment".into()))?;
             self.device(addr.devid)?.write_all_at(addr.physical, piece)?;
+        }
+        Ok(())
+    }
+
+    /// Sign each added device ([`OpenOptions::added`]) before the commit
+    /// that lists it: its superblocks at the committed generation, with its
+    /// own dev item (an image no chunk tree lists yet, which opening the set
+    /// leaves out). The commit then writes the new devices' superblocks
+    /// last, so a crash between leaves them one commit behind, holding
+    /// nothing, rather than the set missing a device without a signature.
+    pub(crate) fn sign_added(&self, csum: crate::format::CsumType) -> Result<()> {
+        use zerocopy::IntoBytes;
+        for devid in &self.added {
+            let dev = self.device(*devid)?;
+            let mut s = dev.sb;
+            for &off in crate::format::SUPER_MIRROR_OFFSETS.iter() {
+                if !device::super_copy_in_use(off, s.dev_item.total_bytes.get()) {
+                    break;
+                }
+                s.bytenr = off.into();
+                crate::format::superblock::seal_super(&mut s, csum);
+                dev.write_all_at(off, s.as_bytes())?;
+            }
+            dev.sync()?;
         }
         Ok(())
     }

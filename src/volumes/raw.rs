@@ -23,11 +23,27 @@ pub fn set_len(path: &Path, len: u64) -> Result<()> {
 
 /// Make a new image file of `len` bytes at `path` (which must not exist),
 /// its superblock copies' disk space allocated (see [`reserve_supers`]).
+/// A failure removes the file again.
 pub(crate) fn create_new(path: &Path, len: u64) -> Result<()> {
     let f = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| Error::io(path, "create", e))?;
-    f.set_len(len).map_err(|e| Error::io(path, "set size", e))?;
+    let sized = f.set_len(len).map_err(|e| Error::io(path, "set size", e));
     drop(f);
-    reserve_supers(path, 0, len)
+    let r = sized.and_then(|()| reserve_supers(path, 0, len));
+    if r.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    r
+}
+
+/// Up to `len` bytes of the file at `path` from `offset` (fewer at its end).
+pub(crate) fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let mut buf = Vec::with_capacity(len);
+    let mut at = std::io::BufReader::new(f);
+    std::io::Seek::seek(&mut at, std::io::SeekFrom::Start(offset)).map_err(|e| Error::io(path, format!("seek to {offset}"), e))?;
+    at.take(crate::format::u64_of(len)).read_to_end(&mut buf).map_err(|e| Error::io(path, format!("read at {offset}"), e))?;
+    Ok(buf)
 }
 
 /// Allocate the disk space of every superblock copy that lies in

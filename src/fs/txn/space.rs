@@ -320,6 +320,23 @@ impl Store {
         }))
     }
 
+    /// Whether anything the committed roots or this transaction reach lies
+    /// in [start, start+len): allocated, pinned or held.
+    pub(crate) fn used_in(&self, start: u64, len: u64) -> bool {
+        let end = start.saturating_add(len);
+        [&self.allocated, &self.pinned, &self.held.ranges]
+            .iter()
+            .any(|m| m.range(..end).next_back().is_some_and(|(&s, &l)| s.saturating_add(l) > start))
+    }
+
+    /// Whether an extent (allocated or pinned) spans `at`: a block group
+    /// cannot be cut there.
+    pub(crate) fn spans(&self, at: u64) -> bool {
+        [&self.allocated, &self.pinned, &self.held.ranges]
+            .iter()
+            .any(|m| m.range(..at).next_back().is_some_and(|(&s, &l)| s.saturating_add(l) > at))
+    }
+
     /// Keep allocations off the superblock copies of `entry` (a chunk's new
     /// mapping).
     pub(crate) fn exclude_supers_of(&mut self, entry: &crate::volumes::MapEntry) -> Result<()> {

@@ -24,6 +24,10 @@ pub(crate) struct GenCfg {
     pub(crate) fill: u64,
     /// Whether the image has subvolumes the kernel made (targets for paths).
     pub(crate) gaps: Gaps,
+    /// Devices of the layout, and its data profile (conversions keep the
+    /// number of data copies, which the ENOSPC judgement counts on).
+    pub(crate) devs: usize,
+    pub(crate) data: &'static str,
 }
 
 pub(crate) struct Gen {
@@ -37,6 +41,21 @@ pub(crate) struct Gen {
 }
 
 impl Gen {
+    /// A conversion the devices allow: data to a profile with as many
+    /// copies, metadata to any.
+    fn convert(&mut self) -> Option<Op> {
+        let devs = self.cfg.devs;
+        let fits = |p: &str| super::super::lib_api::Profile::from_name(p).is_some_and(|p| p.min_devices() <= devs);
+        let copies = |p: &str| super::super::lib_api::Profile::from_name(p).map_or(0, |p| p.copies());
+        let all = ["single", "dup", "raid0", "raid1", "raid1c3", "raid1c4", "raid10"];
+        let want = copies(self.cfg.data);
+        let data: Vec<&str> = all.iter().copied().filter(|p| fits(p) && copies(p) == want).collect();
+        let meta: Vec<&str> = all.iter().copied().filter(|p| fits(p)).collect();
+        let d = *self.rng.pick(&data)?;
+        let m = *self.rng.pick(&meta)?;
+        Some(Op::Convert { data: d.into(), meta: m.into() })
+    }
+
     pub(crate) fn new(seed: u64, cfg: GenCfg) -> Gen {
         Gen { rng: Rng::new(seed), cfg, count: 0, commit_pm: 300, names: 0 }
     }
@@ -73,6 +92,11 @@ impl Gen {
         }
         if !self.cfg.cli && r.chance(1, 150) {
             return Op::Abort;
+        }
+        if r.chance(1, 70) {
+            if let Some(op) = self.convert() {
+                return op;
+            }
         }
         let all = m.paths();
         let files: Vec<&(String, Id)> = all.iter().filter(|(_, id)| matches!(m.node(*id).kind, Kind::File(_))).collect();

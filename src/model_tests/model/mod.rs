@@ -481,6 +481,11 @@ impl Model {
             Op::SetXattr { path, name, value } => m.setxattr(path, name, value.map(|(n, s)| printable(s, n as usize))),
             Op::Put { dest, seed } => m.put(dest, &HostTree::generate(*seed)),
             Op::Commit { .. } | Op::Abort | Op::Crash { .. } | Op::Check => Ok(()),
+            // One commit per chunk moved, the tree as it was after each.
+            Op::Convert { .. } => {
+                commits.extend(std::iter::repeat_n(m.clone(), 64));
+                Ok(())
+            }
         };
         Applied { result: r.map(|()| m), commits }
     }

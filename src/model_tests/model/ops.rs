@@ -87,6 +87,12 @@ pub(crate) enum Op {
     },
     /// Whole tree against the model, `btrfs check`, scrub.
     Check,
+    /// `btrs balance --convert data=DATA,metadata=META`: every chunk
+    /// re-striped, nothing in the tree changes.
+    Convert {
+        data: String,
+        meta: String,
+    },
 }
 
 impl Op {
@@ -197,6 +203,7 @@ impl std::fmt::Display for Op {
             Op::Abort => write!(f, "abort"),
             Op::Crash { at, torn } => write!(f, "crash at={at}{}", if *torn { " torn" } else { "" }),
             Op::Check => write!(f, "check"),
+            Op::Convert { data, meta } => write!(f, "convert data={data} meta={meta}"),
         }
     }
 }
@@ -250,6 +257,10 @@ pub(crate) fn parse_op(line: &str) -> Result<Op, String> {
         Some("abort") => Op::Abort,
         Some("crash") => Op::Crash { at: kv("at")?, torn: flag("torn") },
         Some("check") => Op::Check,
+        Some("convert") => {
+            let v = |k: &str| w.iter().find_map(|x| x.strip_prefix(k)).map(str::to_string).ok_or_else(|| format!("{line:?}: no {k}"));
+            Op::Convert { data: v("data=")?, meta: v("meta=")? }
+        }
         _ => return Err(format!("unknown op {line:?}")),
     })
 }
