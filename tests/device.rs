@@ -224,7 +224,51 @@ fn a_mkfs_btrfs_raid1c3_set_loses_a_device_after_converting() {
     raid1c3_to_raid1_on_two(test, &imgs, &files);
 }
 
+/// The kernel writes a file onto a set (mounted whole, checked first).
+fn kernel_writes(d: &Path, imgs: &[PathBuf], name: &str, seed: u64) -> (String, Vec<u8>) {
+    let data = pseudo(12_000_000, seed);
+    let mnt = d.join("kmnt");
+    let m = Mounted::mount(&mnt, imgs, "").unwrap_or_else(|e| panic!("mount to fill: {e}"));
+    std::fs::write(mnt.join(name), &data).unwrap();
+    m.unmount().unwrap();
+    (format!("/{name}"), data)
+}
+
+/// The same on a set made by mkfs.btrfs and filled by the kernel (and btrs).
+#[test]
+fn a_kernel_filled_raid1c3_set_loses_a_device_after_converting() {
+    let test = "a_kernel_filled_raid1c3_set_loses_a_device_after_converting";
+    if !progs_for(test, true) || !interop_enabled(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=3).map(|i| d.join(format!("k{i}.img"))).collect();
+    for p in &imgs {
+        std::fs::File::create(p).unwrap().set_len(300 << 20).unwrap();
+    }
+    must(Command::new("mkfs.btrfs").args(["-q", "-d", "raid1c3", "-m", "raid1c3"]).args(&imgs));
+    let mut files = vec![kernel_writes(d, &imgs, "kernel", 31)];
+    files.extend(fill(d, &imgs[0], &[]));
+    raid1c3_to_raid1_on_two(test, &imgs, &files);
+}
+
 /// RAID10 over four becomes RAID1, then two devices go.
+fn raid10_to_raid1_on_two(test: &str, imgs: &[PathBuf], files: &Files) {
+    // Not to raid1c3 on three... nor below raid10's four devices.
+    let before = contents(imgs);
+    let (c, _, err) = btrs(&["device", "remove", s(&imgs[0]), "4"]);
+    assert_eq!(c, 1, "{err}");
+    assert!(contents(imgs) == before);
+    ok(&["balance", s(&imgs[0]), "--convert", "data=raid1,metadata=raid1"]);
+    ok(&["device", "remove", s(&imgs[0]), "4"]);
+    ok(&["device", "remove", s(&imgs[0]), "3"]);
+    let set = vec![imgs[0].clone(), imgs[1].clone()];
+    let types = chunk_types(&set[0]);
+    assert!(types.iter().all(|t| t.ends_with("|RAID1")), "{types:?}");
+    judged(test, &set, files, "raid10 of four to raid1 on two");
+}
+
 #[test]
 fn a_raid10_set_of_four_becomes_raid1_on_two() {
     let test = "a_raid10_set_of_four_becomes_raid1_on_two";
@@ -235,18 +279,25 @@ fn a_raid10_set_of_four_becomes_raid1_on_two() {
     args.extend(imgs.iter().map(|p| s(p)));
     ok(&args);
     let files = fill(d, &imgs[0], &[]);
-    // Not to raid1c3 on three... nor below raid10's four devices.
-    let before = contents(&imgs);
-    let (c, _, err) = btrs(&["device", "remove", s(&imgs[0]), "4"]);
-    assert_eq!(c, 1, "{err}");
-    assert!(contents(&imgs) == before);
-    ok(&["balance", s(&imgs[0]), "--convert", "data=raid1,metadata=raid1"]);
-    ok(&["device", "remove", s(&imgs[0]), "4"]);
-    ok(&["device", "remove", s(&imgs[0]), "3"]);
-    let set = vec![imgs[0].clone(), imgs[1].clone()];
-    let types = chunk_types(&set[0]);
-    assert!(types.iter().all(|t| t.ends_with("|RAID1")), "{types:?}");
-    judged(test, &set, &files, "raid10 of four to raid1 on two");
+    raid10_to_raid1_on_two(test, &imgs, &files);
+}
+
+#[test]
+fn a_kernel_filled_raid10_set_of_four_becomes_raid1_on_two() {
+    let test = "a_kernel_filled_raid10_set_of_four_becomes_raid1_on_two";
+    if !progs_for(test, true) || !interop_enabled(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=4).map(|i| d.join(format!("k{i}.img"))).collect();
+    for p in &imgs {
+        std::fs::File::create(p).unwrap().set_len(300 << 20).unwrap();
+    }
+    must(Command::new("mkfs.btrfs").args(["-q", "-d", "raid10", "-m", "raid10"]).args(&imgs));
+    let mut files = vec![kernel_writes(d, &imgs, "kernel", 41)];
+    files.extend(fill(d, &imgs[0], &[]));
+    raid10_to_raid1_on_two(test, &imgs, &files);
 }
 
 /// Offsets and lengths of the dev extents of devid 1.
@@ -469,4 +520,26 @@ fn dropping_differing_unchecksummed_copies_is_refused() {
     ok(&["balance", s(&imgs[0]), "--convert", "data=dup"]);
     let (c, out, _) = btrs(&["scrub", s(&imgs[0]), "--no-progress"]);
     assert_eq!(c, 3, "the difference is still reported: {out}");
+}
+
+/// A single image whose free space is all in empty chunks (written, then
+/// deleted): converting data to dup needs twice the room, which removing
+/// the empty chunks (and cutting big ones) makes.
+#[test]
+fn a_converting_balance_makes_room_from_empty_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = d.join("one.img");
+    ok(&["mkfs", "-b", "256M", s(&img)]);
+    let huge = d.join("huge");
+    std::fs::write(&huge, pseudo(150_000_000, 21)).unwrap();
+    ok(&["write", s(&img), "/huge", "--from", s(&huge)]);
+    let files = fill(d, &img, &[]);
+    ok(&["rm", s(&img), "/huge"]);
+    let out = ok(&["balance", s(&img), "--convert", "data=dup", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(r["chunks_removed"].as_u64().unwrap() + r["chunks_cut"].as_u64().unwrap() > 0, "no room was made: {out}");
+    let types = chunk_types(&img);
+    assert!(types.iter().filter(|t| t.starts_with("DATA")).all(|t| t == "DATA|DUP"), "{types:?}");
+    judged("a_converting_balance_makes_room_from_empty_chunks", &[img], &files, "data to dup with room made");
 }
