@@ -543,3 +543,21 @@ fn a_converting_balance_makes_room_from_empty_chunks() {
     assert!(types.iter().filter(|t| t.starts_with("DATA")).all(|t| t == "DATA|DUP"), "{types:?}");
     judged("a_converting_balance_makes_room_from_empty_chunks", &[img], &files, "data to dup with room made");
 }
+
+/// A 64 MiB RAID1 data chunk on 160 MiB devices cannot become DUP whole
+/// (twice its length on one device): it is cut in two where no extent
+/// spans the cut, the empty half removed, the rest converted.
+#[test]
+fn a_chunk_too_big_for_its_new_profile_is_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("dev{i}.img"))).collect();
+    ok(&["mkfs", "-b", "160M", "-d", "raid1", "-m", "raid1", s(&imgs[0]), s(&imgs[1])]);
+    let files = fill(d, &imgs[0], &[]);
+    let out = ok(&["balance", s(&imgs[0]), "--convert", "data=dup", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(r["chunks_cut"].as_u64().unwrap() > 0, "nothing was cut: {out}");
+    let types = chunk_types(&imgs[0]);
+    assert!(types.iter().filter(|t| t.starts_with("DATA")).all(|t| t == "DATA|DUP"), "{types:?}");
+    judged("a_chunk_too_big_for_its_new_profile_is_cut", &imgs, &files, "raid1 to dup, cut");
+}
