@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::interop::{btrfs_check, interop_enabled, must, progs_for, Mounted};
-use common::{btrs, ok, pseudo, s, BIN};
+use common::{btrs, ok, pseudo, reads_back, s, scrubs_clean};
 
 /// The files a set holds: (path in the image, bytes).
 type Files = Vec<(String, Vec<u8>)>;
@@ -33,22 +33,6 @@ fn fill(dir: &Path, img: &Path, extra: &[&str]) -> Files {
         files.push((path.to_string(), data));
     }
     files
-}
-
-fn reads_back(img: &Path, files: &Files, extra: &[&str], what: &str) {
-    for (path, data) in files {
-        let mut args = vec!["cat", s(img), path];
-        args.extend_from_slice(extra);
-        let out = Command::new(BIN).args(&args).output().unwrap();
-        assert!(out.status.success(), "{what}: cat {path}: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(out.stdout == *data, "{what}: {path} reads back different bytes");
-    }
-}
-
-fn scrubs_clean(img: &Path, what: &str) {
-    let (c, out, err) = btrs(&["scrub", s(img), "--no-progress"]);
-    assert_eq!(c, 0, "{what}: scrub: {out}{err}");
-    assert!(out.contains("no errors found"), "{what}: {out}");
 }
 
 /// The profiles of the chunks, as `btrfs inspect-internal dump-tree -t chunk` names them.

@@ -259,7 +259,7 @@ impl CliRunner {
                 match (classify(&e), want) {
                     (ErrClass::NoSpace, _) => {
                         let held = self.model.data_bytes() + if let Op::Write { len, .. } = op { *len } else { 1 << 20 };
-                        if held * self.copies * 4 < self.capacity {
+                        if held * self.copies * 4 < self.capacity && !no_room_to_restripe(op, &e) {
                             return Err(format!(
                                 "[enospc] {op}: {e}, with about {} MiB of data on {} MiB of images",
                                 held >> 20,

@@ -53,6 +53,24 @@ pub struct DirEnt {
 #[warn(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::as_conversions)]
 impl Filesystem {
     pub fn open(opts: &OpenOptions) -> Result<Filesystem> {
+        // A reader beside a writer can open between the superblock writes of
+        // its commit: one device a commit behind, holding the only copies of
+        // what it then cannot trust. Such a state lasts milliseconds; a crash
+        // leaves it for good, and the error then stands.
+        const TRIES: u32 = 20;
+        let mut tries = 0;
+        loop {
+            match Filesystem::open_once(opts) {
+                Err(e) if opts.alongside_writer && tries < TRIES && e.to_string().contains("one commit behind") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn open_once(opts: &OpenOptions) -> Result<Filesystem> {
         let mut vol = Volume::open(opts)?;
         let sb = vol.sb;
         let unsupported = sb.unsupported_incompat();
@@ -142,6 +160,14 @@ impl Filesystem {
         }
         crate::volumes::chunks::verify_stripes(&vol.chunks.entries(), &devids, None, false)?;
         let mut open_warnings = mark_stale(&mut vol)?;
+        for (path, generation) in &vol.not_members {
+            open_warnings.push(format!(
+                "{} carries a superblock of this filesystem (generation {generation}) but is no device of it (a `device \
+                 remove` stopped before wiping it?): left out; `btrs device remove IMAGE {}` wipes it",
+                path.display(),
+                path.display()
+            ));
+        }
         let divergence = divergent_histories(&vol);
         if let Some(w) = &divergence {
             if !opts.divergent_ok {

@@ -346,7 +346,7 @@ impl LibRunner {
                     return Err(format!("[error-type] ENOSPC text from a {e:?}"));
                 }
                 let held = self.committed.data_bytes().max(self.model.data_bytes()).max(uncommitted) + request(op);
-                if held * self.copies * 4 < self.capacity {
+                if held * self.copies * 4 < self.capacity && !no_room_to_restripe(op, &e.to_string()) {
                     return Err(format!(
                         "[enospc] ({op}): {e}, with about {} MiB of data ({} copies) on {} MiB of images",
                         held >> 20,

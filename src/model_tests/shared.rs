@@ -84,6 +84,14 @@ impl Stats {
     }
 }
 
+/// A conversion refused because a chunk's new stripes find no contiguous
+/// room even after cutting it where no extent spans the cut: a limit of
+/// re-striping in place (the chunk keeps its logical range), whatever the
+/// fill; nothing was written.
+pub(super) fn no_room_to_restripe(op: &Op, msg: &str) -> bool {
+    matches!(op, Op::Convert { .. }) && msg.contains("cannot become")
+}
+
 pub(super) fn op_name(op: &Op) -> &'static str {
     match op {
         Op::Write { direct: true, .. } => "write-direct",

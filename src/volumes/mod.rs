@@ -131,6 +131,9 @@ pub struct Volume {
     pub(crate) added: BTreeSet<u64>,
     /// The caller named the devices ([`OpenOptions::devices`]).
     explicit: bool,
+    /// Images beside the set with its fsid that the chunk tree does not
+    /// list (left out; see `expect_devices`): (image, superblock generation).
+    pub(crate) not_members: Vec<(PathBuf, u64)>,
 }
 
 impl Volume {
@@ -324,6 +327,7 @@ impl Volume {
             left_out: BTreeMap::new(),
             added,
             explicit,
+            not_members: Vec::new(),
         };
         #[cfg(test)]
         if opts.writable {
@@ -369,7 +373,12 @@ impl Volume {
         // before the commit that lists it. (Named by the caller, it is an
         // error below.)
         if !self.explicit {
-            self.devices.retain(|d, _| devids.contains(d) || self.added.contains(d));
+            let gone: Vec<u64> = self.devices.keys().copied().filter(|d| !devids.contains(d) && !self.added.contains(d)).collect();
+            for d in gone {
+                if let Some(dev) = self.devices.remove(&d) {
+                    self.not_members.push((dev.path.clone(), dev.sb.generation.get()));
+                }
+            }
         }
         let extra: Vec<u64> = self.devices.keys().copied().filter(|d| !devids.contains(d) && !self.added.contains(d)).collect();
         if !extra.is_empty() {

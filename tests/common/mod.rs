@@ -35,3 +35,22 @@ pub fn ok(args: &[&str]) -> String {
 pub fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Scrub finds nothing: every copy verifies and the mirrors are identical.
+pub fn scrubs_clean(img: &std::path::Path, what: &str) {
+    let (c, out, err) = btrs(&["scrub", s(img), "--no-progress"]);
+    assert_eq!(c, 0, "{what}: scrub: {out}{err}");
+    assert!(out.contains("no errors found"), "{what}: {out}");
+}
+
+/// Each (path in the image, bytes) reads back as those bytes through `btrs
+/// cat` (with `extra` arguments, e.g. --degraded).
+pub fn reads_back(img: &std::path::Path, files: &[(String, Vec<u8>)], extra: &[&str], what: &str) {
+    for (path, data) in files {
+        let mut args = vec!["cat", s(img), path];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(BIN).args(&args).output().expect("running btrs");
+        assert!(out.status.success(), "{what}: cat {path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout == *data, "{what}: {path} reads back different bytes");
+    }
+}

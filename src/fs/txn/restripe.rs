@@ -545,6 +545,11 @@ impl Transaction {
             return Err(Error::Internal(format!("chunk at {logical} is not empty")));
         }
         let ss = e.stripe_size()?;
+        // Out of the allocator first: the tree edits below allocate blocks
+        // (a system chunk's, the chunk tree's), and one in the chunk being
+        // removed would be written nowhere.
+        let g = self.store.groups.remove(&logical).ok_or_else(|| Error::Internal(format!("no block group at {logical}")))?;
+        self.store.dirty_groups.remove(&logical);
         self.delete(CHUNK_TREE_OBJECTID, Key::new(FIRST_CHUNK_TREE_OBJECTID, CHUNK_ITEM_KEY, logical))?;
         let mut touched = std::collections::BTreeSet::new();
         for s in &e.chunk.stripes {
@@ -557,9 +562,10 @@ impl Transaction {
             let item = *self.dev_item_mut(devid)?;
             self.put(CHUNK_TREE_OBJECTID, Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, devid), encode::dev_item(&item))?;
         }
-        let g = self.store.groups.remove(&logical).ok_or_else(|| Error::Internal(format!("no block group at {logical}")))?;
-        self.store.dirty_groups.remove(&logical);
         self.delete_group_items(&g)?;
+        if self.store.used_in(e.logical, e.chunk.length) || self.store.dirty_groups.contains(&logical) {
+            return Err(Error::Internal(format!("the removed chunk at {logical} got used")));
+        }
         self.store.fs.volume().chunks.remove(logical)?;
         if e.chunk.chunk_type & BLOCK_GROUP_SYSTEM != 0 {
             self.rewrite_sys_chunk_array()?;
