@@ -58,16 +58,15 @@ impl Filesystem {
         // what it then cannot trust. Such a state lasts milliseconds; a crash
         // leaves it for good, and the error then stands.
         const TRIES: u32 = 20;
-        let mut tries = 0;
-        loop {
+        for _ in 0..TRIES {
             match Filesystem::open_once(opts) {
-                Err(e) if opts.alongside_writer && tries < TRIES && e.to_string().contains("one commit behind") => {
-                    tries += 1;
+                Err(e) if opts.alongside_writer && e.to_string().contains("one commit behind") => {
                     std::thread::sleep(std::time::Duration::from_millis(25));
                 }
                 r => return r,
             }
         }
+        Filesystem::open_once(opts)
     }
 
     fn open_once(opts: &OpenOptions) -> Result<Filesystem> {
