@@ -227,8 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             if a.json {
-                serde_json::to_writer_pretty(&mut out, &r)?;
-                writeln!(out)?;
+                json(&mut out, &r)?;
             } else {
                 writeln!(
                     out,
@@ -247,13 +246,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Resize(a) => {
             let open = set.options(&a.image, true);
-            let mut bar = Moving::new(!a.no_progress);
-            let r = btrs::ops::resize::resize(&open, &a.size, &mut |c| bar.tick(c))
+            let r = moving(!a.no_progress, |p| btrs::ops::resize::resize(&open, &a.size, p))
                 .with_context(|| format!("cannot resize {}", a.image.display()))?;
-            bar.done();
             if a.json {
-                serde_json::to_writer_pretty(&mut out, &r)?;
-                writeln!(out)?;
+                json(&mut out, &r)?;
             } else if r.old_size == r.new_size {
                 writeln!(out, "devid {} ({}) is {} bytes already", r.devid, r.image.display(), r.new_size)?;
             } else {
@@ -268,8 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let added =
                 btrs::ops::device::add(&open, &a.new, a.size).with_context(|| format!("cannot add devices to {}", a.image.display()))?;
             if a.json {
-                serde_json::to_writer_pretty(&mut out, &added)?;
-                writeln!(out)?;
+                json(&mut out, &added)?;
             } else {
                 for d in &added {
                     writeln!(out, "added devid {} ({}, device uuid {}, {} bytes)", d.devid, d.image.display(), d.device_uuid, d.size)?;
@@ -278,13 +273,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Device(DeviceCommand::Remove(a)) => {
             let open = set.options(&a.image, true);
-            let mut bar = Moving::new(!a.no_progress);
-            let r = btrs::ops::device::remove(&open, &a.device, &mut |c| bar.tick(c))
+            let r = moving(!a.no_progress, |p| btrs::ops::device::remove(&open, &a.device, p))
                 .with_context(|| format!("cannot remove device {} from {}", a.device, a.image.display()))?;
-            bar.done();
             if a.json {
-                serde_json::to_writer_pretty(&mut out, &r)?;
-                writeln!(out)?;
+                json(&mut out, &r)?;
             } else {
                 writeln!(
                     out,
@@ -298,13 +290,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Balance(a) => {
             let open = set.options(&a.image, true);
-            let mut bar = Moving::new(!a.no_progress);
-            let r = btrs::ops::balance::convert(&open, &a.convert, &mut |c| bar.tick(c))
+            let r = moving(!a.no_progress, |p| btrs::ops::balance::convert(&open, &a.convert, p))
                 .with_context(|| format!("cannot balance {}", a.image.display()))?;
-            bar.done();
             if a.json {
-                serde_json::to_writer_pretty(&mut out, &r)?;
-                writeln!(out)?;
+                json(&mut out, &r)?;
             } else {
                 writeln!(out, "{} chunks converted, {} bytes copied", r.chunks_moved, r.bytes_copied)?;
                 if r.repaired > 0 {
@@ -341,6 +330,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `value` as pretty JSON and a newline.
+fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Run a job that moves chunks, with a spinner on a terminal unless not `wanted`.
+fn moving<T>(wanted: bool, job: impl FnOnce(&mut dyn FnMut(&btrs::fs::txn::Restriped)) -> btrs::Result<T>) -> btrs::Result<T> {
+    let mut bar = Moving::new(wanted);
+    let r = job(&mut |c| bar.tick(c));
+    bar.done();
+    r
 }
 
 /// Progress of chunk moves on a terminal: a spinner with what moved so far.

@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::interop::{btrfs_check, interop_enabled, must, progs_for, Mounted};
+use common::interop::{btrfs_check, interop_enabled, mkfs_btrfs_set, must, progs_for, Mounted};
 use common::{btrs, ok, pseudo, reads_back, s, scrubs_clean};
 
 /// The files a set holds: (path in the image, bytes).
@@ -199,11 +199,7 @@ fn a_mkfs_btrfs_raid1c3_set_loses_a_device_after_converting() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let imgs: Vec<PathBuf> = (1..=3).map(|i| d.join(format!("p{i}.img"))).collect();
-    for p in &imgs {
-        std::fs::File::create(p).unwrap().set_len(300 << 20).unwrap();
-    }
-    must(Command::new("mkfs.btrfs").args(["-q", "-d", "raid1c3", "-m", "raid1c3"]).args(&imgs));
+    let imgs = mkfs_btrfs_set(d, "p", 3, "raid1c3");
     let files = fill(d, &imgs[0], &[]);
     raid1c3_to_raid1_on_two(test, &imgs, &files);
 }
@@ -227,11 +223,7 @@ fn a_kernel_filled_raid1c3_set_loses_a_device_after_converting() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let imgs: Vec<PathBuf> = (1..=3).map(|i| d.join(format!("k{i}.img"))).collect();
-    for p in &imgs {
-        std::fs::File::create(p).unwrap().set_len(300 << 20).unwrap();
-    }
-    must(Command::new("mkfs.btrfs").args(["-q", "-d", "raid1c3", "-m", "raid1c3"]).args(&imgs));
+    let imgs = mkfs_btrfs_set(d, "k", 3, "raid1c3");
     let mut files = vec![kernel_writes(d, &imgs, "kernel", 31)];
     files.extend(fill(d, &imgs[0], &[]));
     raid1c3_to_raid1_on_two(test, &imgs, &files);
@@ -274,11 +266,7 @@ fn a_kernel_filled_raid10_set_of_four_becomes_raid1_on_two() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let imgs: Vec<PathBuf> = (1..=4).map(|i| d.join(format!("k{i}.img"))).collect();
-    for p in &imgs {
-        std::fs::File::create(p).unwrap().set_len(300 << 20).unwrap();
-    }
-    must(Command::new("mkfs.btrfs").args(["-q", "-d", "raid10", "-m", "raid10"]).args(&imgs));
+    let imgs = mkfs_btrfs_set(d, "k", 4, "raid10");
     let mut files = vec![kernel_writes(d, &imgs, "kernel", 41)];
     files.extend(fill(d, &imgs[0], &[]));
     raid10_to_raid1_on_two(test, &imgs, &files);

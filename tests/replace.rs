@@ -114,13 +114,7 @@ fn a_mkfs_btrfs_raid1c3_set_gets_its_third_device_back() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let imgs: Vec<PathBuf> = (1..=3).map(|i| d.join(format!("p{i}.img"))).collect();
-    for p in &imgs {
-        std::fs::File::create(p).unwrap().set_len(300 << 20).unwrap();
-    }
-    let mut mk = Command::new("mkfs.btrfs");
-    mk.args(["-q", "-d", "raid1c3", "-m", "raid1c3"]).args(&imgs);
-    common::interop::must(&mut mk);
+    let imgs = common::interop::mkfs_btrfs_set(d, "p", 3, "raid1c3");
     let files = fill(d, &imgs[0]);
     let lost = d.join("lost");
     std::fs::create_dir(&lost).unwrap();

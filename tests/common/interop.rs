@@ -268,3 +268,14 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// `n` images `dir/{prefix}1.img`... of 300 MiB made into one filesystem by
+/// `mkfs.btrfs -q -d PROFILE -m PROFILE`.
+pub fn mkfs_btrfs_set(dir: &Path, prefix: &str, n: usize, profile: &str) -> Vec<PathBuf> {
+    let imgs: Vec<PathBuf> = (1..=n).map(|i| dir.join(format!("{prefix}{i}.img"))).collect();
+    for p in &imgs {
+        std::fs::File::create(p).unwrap().set_len(300 << 20).unwrap();
+    }
+    must(Command::new("mkfs.btrfs").args(["-q", "-d", profile, "-m", profile]).args(&imgs));
+    imgs
+}
