@@ -28,8 +28,11 @@ pub(super) fn scrub_or_repair(open: &OpenOptions, opts: &ScrubOptions) -> Result
         r.warnings.push("two histories on the current devices: --repair repaired nothing".into());
         return Ok(r);
     }
-    // Only a set with a stale device needs the dry pass below.
-    if !meta.findings.iter().any(|f| f.kind == FindingKind::StaleDevice) {
+    // Only a set with a stale device needs the dry pass below; not one whose
+    // only stale device is a new image standing in for a missing one
+    // (`btrs replace`): it holds nothing, so no proof of anything to keep.
+    let fresh = open.replacement.as_ref().map(|r| r.devid);
+    if !meta.findings.iter().any(|f| f.kind == FindingKind::StaleDevice && f.devid != fresh) {
         return scrub_pass(open, opts, &no_hold, Scope::All);
     }
     // A stale device that cannot be rebuilt whole is left untouched: what it
