@@ -533,3 +533,31 @@ fn a_chunk_too_big_for_its_new_profile_is_cut() {
     assert!(types.iter().filter(|t| t.starts_with("DATA")).all(|t| t == "DATA|DUP"), "{types:?}");
     judged("a_chunk_too_big_for_its_new_profile_is_cut", &imgs, &files, "raid1 to dup, cut");
 }
+
+/// A remove stopped after its commit and before its wipe leaves an image
+/// with a superblock of the filesystem that no chunk tree lists: every
+/// command names it, and `device remove` by its devid wipes it.
+#[test]
+fn an_image_a_remove_left_behind_is_named_and_wiped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=3).map(|i| d.join(format!("dev{i}.img"))).collect();
+    ok(&["mkfs", "-b", "200M", "-d", "raid1", "-m", "raid1", s(&imgs[0]), s(&imgs[1]), s(&imgs[2])]);
+    let files = fill(d, &imgs[0], &[]);
+    // The image as it was before the remove wiped it.
+    let away = tempfile::tempdir().unwrap();
+    let kept = away.path().join("dev3.img");
+    std::fs::copy(&imgs[2], &kept).unwrap();
+    ok(&["device", "remove", s(&imgs[0]), "3"]);
+    std::fs::copy(&kept, &imgs[2]).unwrap();
+    let (c, _, err) = btrs(&["ls", s(&imgs[0]), "/"]);
+    assert_eq!(c, 0, "{err}");
+    assert!(err.contains("dev3.img") && err.contains("no device of it"), "{err}");
+    let out = ok(&["device", "remove", s(&imgs[0]), "3"]);
+    assert!(out.contains("removed devid 3"), "{out}");
+    let left = std::fs::read(&imgs[2]).unwrap();
+    assert!(&left[65536 + 64..65536 + 72] != b"_BHRfS_M", "still a superblock");
+    let (_, _, err) = btrs(&["ls", s(&imgs[0]), "/"]);
+    assert!(!err.contains("no device of it"), "{err}");
+    judged("an_image_a_remove_left_behind_is_named_and_wiped", &imgs[..2], &files, "after the leftover was wiped");
+}

@@ -241,8 +241,13 @@ fn devid_of(fs: &Filesystem, target: &str) -> Result<u64> {
 /// Remove the device `target` (devid or image path) from the filesystem.
 pub fn remove(opts: &OpenOptions, target: &str, progress: &mut dyn FnMut(&Restriped)) -> Result<RemovedDevice> {
     let tx = Transaction::begin(Filesystem::open(&OpenOptions { writable: true, ..opts.clone() })?)?;
-    // An image a remove took out of the set but did not wipe: finish it.
-    if let Some((path, _)) = tx.fs().volume().not_members.iter().find(|(p, _)| same_path(p, Path::new(target))).cloned() {
+    // An image a remove took out of the set but did not wipe (named by its
+    // path or its old devid): finish it.
+    let leftover = tx.fs().volume().not_members.iter().find(|(p, _)| {
+        same_path(p, Path::new(target))
+            || target.parse::<u64>().is_ok_and(|n| crate::volumes::Device::open_raw(p).is_ok_and(|d| d.devid == n))
+    });
+    if let Some((path, _)) = leftover.cloned() {
         let dev = crate::volumes::Device::open(&path, true)?;
         let devid = dev.devid;
         dev.wipe_supers()?;
