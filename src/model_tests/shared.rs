@@ -40,8 +40,16 @@ pub(super) fn open_ro(imgs: &[PathBuf]) -> Result<Filesystem, String> {
     Filesystem::open(&open_opts(imgs, false)).map_err(|e| format!("open: {e}"))
 }
 
+/// The newest generation of the set. After a crash between a commit's
+/// superblock writes a device may be one commit behind and hold the only
+/// copies of the chunk tree: read it as the error says to (the newest
+/// superblock names the generation either way).
 pub(super) fn generation(imgs: &[PathBuf]) -> Result<u64, String> {
-    Ok(open_ro(imgs)?.sb.generation.get())
+    match open_ro(imgs) {
+        Ok(fs) => Ok(fs.sb.generation.get()),
+        Err(e) if e.contains("one commit behind") => Ok(open_after_crash(imgs)?.sb.generation.get()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Chunks in the chunk tree.
