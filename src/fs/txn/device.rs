@@ -28,29 +28,31 @@ impl Transaction {
     /// image holds `size` bytes (growing) and that no dev extent reaches past
     /// it (shrinking).
     pub(crate) fn set_device_size(&mut self, devid: u64, size: u64) -> Result<()> {
-        let item = self
-            .store
-            .dev_items
-            .get_mut(&devid)
-            .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("devid {devid}"), "no dev item in the chunk tree"))?;
+        let item = self.dev_item_mut(devid)?;
         let old = item.total_bytes.get();
         item.total_bytes = size.into();
         let item = *item;
         self.put(CHUNK_TREE_OBJECTID, Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, devid), encode::dev_item(&item))?;
-        let total = self.total_bytes.unwrap_or(self.store.fs.sb.total_bytes.get());
-        let total = total.checked_sub(old).and_then(|t| t.checked_add(size)).ok_or_else(|| {
-            Error::corrupt(CorruptKind::Superblock, "superblock total_bytes", format!("{total} does not hold devid {devid}'s {old}"))
-        })?;
-        self.total_bytes = Some(total);
+        self.change_total(size, old)?;
         if let Some(d) = self.store.devs.iter_mut().find(|d| d.devid == devid) {
             d.total_bytes = size;
         }
         Ok(())
     }
 
+    /// A device's dev item as this transaction has it.
+    pub(super) fn dev_item_mut(&mut self, devid: u64) -> Result<&mut DevItem> {
+        self.store
+            .dev_items
+            .get_mut(&devid)
+            .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("devid {devid}"), "no dev item in the chunk tree"))
+    }
+
+    /// The superblock's total_bytes, `remove` bytes of devices fewer and
+    /// `add` more.
     fn change_total(&mut self, add: u64, remove: u64) -> Result<()> {
         let total = self.total_bytes.unwrap_or(self.store.fs.sb.total_bytes.get());
-        let total = total.checked_add(add).and_then(|t| t.checked_sub(remove)).ok_or_else(|| {
+        let total = total.checked_sub(remove).and_then(|t| t.checked_add(add)).ok_or_else(|| {
             Error::corrupt(CorruptKind::Superblock, "superblock total_bytes", format!("{total} + {add} - {remove} is out of range"))
         })?;
         self.total_bytes = Some(total);
@@ -81,11 +83,8 @@ impl Transaction {
         if self.store.devs.iter().any(|d| d.devid == devid && !d.extents.is_empty()) {
             return Err(Error::Internal(format!("devid {devid} still holds stripes")));
         }
-        let item = self
-            .store
-            .dev_items
-            .remove(&devid)
-            .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("devid {devid}"), "no dev item in the chunk tree"))?;
+        let item = *self.dev_item_mut(devid)?;
+        self.store.dev_items.remove(&devid);
         self.delete(CHUNK_TREE_OBJECTID, Key::new(DEV_ITEMS_OBJECTID, DEV_ITEM_KEY, devid))?;
         self.delete(DEV_TREE_OBJECTID, Key::new(DEV_STATS_OBJECTID, PERSISTENT_ITEM_KEY, devid))?;
         self.store.devs.retain(|d| d.devid != devid);

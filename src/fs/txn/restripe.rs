@@ -113,12 +113,25 @@ impl Transaction {
     fn differing_unchecksummed(&self, old: &MapEntry, logical: u64, len: u64, copies: usize) -> Result<()> {
         let fs = &self.store.fs;
         let n = usize::try_from(len).map_err(|_| Error::Invalid("extent piece size".into()))?;
-        let ss = fs.sectorsize as usize;
         let csums = fs.data_csums(logical, len)?;
         if csums.iter().all(Option::is_some) {
             return Ok(());
         }
-        let all = self.read_all(old, logical, n);
+        self.refuse_differing(old, logical, n, &self.read_all(old, logical, n), &csums, copies)
+    }
+
+    /// [`Self::differing_unchecksummed`] on the `n` bytes of each old copy
+    /// already read (`all`) and their sectors' checksums.
+    fn refuse_differing(
+        &self,
+        old: &MapEntry,
+        logical: u64,
+        n: usize,
+        all: &[Option<Vec<u8>>],
+        csums: &[Option<CsumBytes>],
+        copies: usize,
+    ) -> Result<()> {
+        let ss = self.store.fs.sectorsize as usize;
         for i in (0..n.div_ceil(ss)).filter(|&i| csums.get(i).copied().flatten().is_none()) {
             let r = i * ss..((i + 1) * ss).min(n);
             let versions: Vec<Option<&[u8]>> = all.iter().map(|c| c.as_ref().and_then(|b| b.get(r.clone()))).collect();
@@ -300,7 +313,7 @@ impl Transaction {
         let sectors = n.div_ceil(ss);
         let range = |i: usize| i * ss..((i + 1) * ss).min(n);
         if dropping {
-            self.differing_unchecksummed(old, logical, len, new.num_copies())?;
+            self.refuse_differing(old, logical, n, &copies, &csums, new.num_copies())?;
         }
         // Whether old copy m holds good bytes for sector i.
         let good = |m: usize, i: usize| -> bool {
@@ -397,13 +410,6 @@ impl Transaction {
         Ok(())
     }
 
-    fn dev_item_mut(&mut self, devid: u64) -> Result<&mut DevItem> {
-        self.store
-            .dev_items
-            .get_mut(&devid)
-            .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("devid {devid}"), "no dev item in the chunk tree"))
-    }
-
     /// The superblock's copy of the system chunks, from the live map.
     fn rewrite_sys_chunk_array(&mut self) -> Result<()> {
         let sys: Vec<(Key, items::ChunkInfo)> = self
@@ -426,7 +432,8 @@ impl Transaction {
     }
 }
 
-/// The smallest logical step a chunk of this shape can be cut at.
+/// The smallest logical step a chunk of this shape can be cut at: whole
+/// 64 KiB units on every data stripe.
 pub(crate) fn cut_unit_of(profile: Profile, stripes: usize, sub_stripes: u16) -> u64 {
     let n = u64::try_from(stripes).unwrap_or(1).max(1);
     let data_stripes = match profile {
@@ -443,12 +450,6 @@ pub(crate) fn cut_unit_of(profile: Profile, stripes: usize, sub_stripes: u16) ->
 /// so a large one is cut in two at a point no extent spans, and an empty
 /// one is removed).
 impl Transaction {
-    /// The smallest logical step a chunk of `e`'s shape can be cut at: whole
-    /// 64 KiB units on every data stripe.
-    pub(crate) fn cut_unit(e: &MapEntry) -> u64 {
-        cut_unit_of(e.profile, e.chunk.stripes.len(), e.chunk.sub_stripes)
-    }
-
     /// Whether nothing is allocated (or pinned, or held for readers) in
     /// [start, start+len).
     pub(crate) fn range_is_free(&self, start: u64, len: u64) -> bool {
@@ -486,7 +487,7 @@ impl Transaction {
             return Err(Error::Internal("a chunk is cut only at the start of a transaction".into()));
         }
         let e = self.store.fs.volume().chunks.lookup(logical)?;
-        let unit = Self::cut_unit(&e);
+        let unit = cut_unit_of(e.profile, e.chunk.stripes.len(), e.chunk.sub_stripes);
         if e.logical != logical || at <= logical || at >= e.end() || (at - logical) % unit != 0 || self.store.spans(at) {
             return Err(Error::Internal(format!("chunk at {logical} cannot be cut at {at}")));
         }
@@ -534,7 +535,7 @@ impl Transaction {
     }
 
     /// Remove the chunk at `logical`, which nothing uses (see
-    /// [`Self::chunk_is_empty`]): its chunk item, dev extents, block group
+    /// [`Self::range_is_free`]): its chunk item, dev extents, block group
     /// and free space items; its stripes are free space after the commit.
     pub(crate) fn drop_empty_chunk(&mut self, logical: u64) -> Result<()> {
         if self.trees.values().any(|t| t.is_dirty()) || self.direct.is_some() {

@@ -313,11 +313,7 @@ impl Store {
     /// pinned or held): then they can be excluded, as for any chunk.
     pub(crate) fn supers_clear(&self, entry: &crate::volumes::MapEntry) -> Result<bool> {
         let units = super_stripes_of(self.fs.volume(), entry)?;
-        Ok(units.iter().all(|(&s, &l)| {
-            [&self.allocated, &self.pinned, &self.held.ranges]
-                .iter()
-                .all(|m| m.range(..s.saturating_add(l)).next_back().is_none_or(|(&a, &al)| a.saturating_add(al) <= s))
-        }))
+        Ok(units.iter().all(|(&s, &l)| !self.used_in(s, l)))
     }
 
     /// Whether anything the committed roots or this transaction reach lies
