@@ -339,15 +339,16 @@ fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> anyhow::Result<()
     Ok(())
 }
 
-/// Run a job that moves chunks, with a spinner on a terminal unless not `wanted`.
-fn moving<T>(wanted: bool, job: impl FnOnce(&mut dyn FnMut(&btrs::fs::txn::Restriped)) -> btrs::Result<T>) -> btrs::Result<T> {
+/// Run a job that moves chunks, with a progress bar on a terminal unless not `wanted`.
+fn moving<T>(wanted: bool, job: impl FnOnce(&mut dyn FnMut(btrs::fs::txn::MoveEvent<'_>)) -> btrs::Result<T>) -> btrs::Result<T> {
     let mut bar = Moving::new(wanted);
-    let r = job(&mut |c| bar.tick(c));
+    let r = job(&mut |e| bar.tick(e));
     bar.done();
     r
 }
 
-/// Progress of chunk moves on a terminal: a spinner with what moved so far.
+/// Progress of chunk moves on a terminal: a bar over the used bytes of
+/// the chunks planned to move, with what moved so far.
 struct Moving {
     bar: Option<indicatif::ProgressBar>,
     chunks: u64,
@@ -358,26 +359,41 @@ impl Moving {
     fn new(wanted: bool) -> Moving {
         use std::io::IsTerminal;
         let bar = (wanted && std::io::stderr().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::new_spinner();
+            let b = indicatif::ProgressBar::new(0);
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_msg}")
+            {
+                b.set_style(style);
+            }
             b.enable_steady_tick(std::time::Duration::from_millis(200));
             b
         });
         Moving { bar, chunks: 0, bytes: 0 }
     }
 
-    fn tick(&mut self, c: &btrs::fs::txn::Restriped) {
-        self.chunks += 1;
-        self.bytes += c.bytes_copied;
-        if let Some(b) = &self.bar {
-            b.set_message(format!(
-                "{} chunks moved, {} MiB copied (last: {} chunk at {}, {} -> {})",
-                self.chunks,
-                self.bytes >> 20,
-                c.length >> 20,
-                c.logical,
-                c.from,
-                c.to
-            ));
+    fn tick(&mut self, e: btrs::fs::txn::MoveEvent<'_>) {
+        use btrs::fs::txn::MoveEvent;
+        let Some(b) = &self.bar else { return };
+        match e {
+            // A later round (resize min) plans again: what is left is added.
+            MoveEvent::Planned { chunks, used } => {
+                b.set_length(b.position().saturating_add(used));
+                b.set_message(format!("{chunks} chunks to move"));
+            }
+            MoveEvent::Handled(n) => b.inc(n),
+            MoveEvent::Moved(c) => {
+                self.chunks += 1;
+                self.bytes += c.bytes_copied;
+                b.set_message(format!(
+                    "{} chunks moved, {} MiB written (last: {} MiB chunk at {}, {} -> {})",
+                    self.chunks,
+                    self.bytes >> 20,
+                    c.length >> 20,
+                    c.logical,
+                    c.from,
+                    c.to
+                ));
+            }
         }
     }
 

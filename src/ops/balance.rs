@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::fs::txn::{cut_unit_of, Restriped, Transaction};
+use crate::fs::txn::{cut_unit_of, MoveEvent, Restriped, Transaction};
 use crate::fs::Filesystem;
 use crate::volumes::alloc::{plan_of, plan_restripe, ChunkPlan, DevSpace, Placement};
 use crate::volumes::OpenOptions;
@@ -225,13 +225,17 @@ impl Moves<'_> {
     /// before that move is registered (it reads them through its own,
     /// older, chunk map), as the transaction's `Held` does for blocks; a move
     /// that finds no room then waits a little for such readers to go.
-    pub(crate) fn run(&self, mut tx: Transaction, progress: &mut dyn FnMut(&Restriped)) -> Result<(Transaction, MoveReport)> {
+    pub(crate) fn run(&self, mut tx: Transaction, progress: &mut dyn FnMut(MoveEvent<'_>)) -> Result<(Transaction, MoveReport)> {
         let mut report = MoveReport::default();
         // Going to fewer copies loses nothing that cannot be told apart:
         // checked for every chunk before the first one moves.
-        for plan in self.dry_run(&tx)? {
+        let plans = self.dry_run(&tx)?;
+        let mut used = 0u64;
+        for plan in &plans {
             tx.check_drop(plan.logical, plan.profile.copies())?;
+            used = used.saturating_add(tx.chunk_used(plan.logical)?);
         }
+        progress(MoveEvent::Planned { chunks: u64::try_from(plans.len()).unwrap_or(u64::MAX), used });
         // (devid, offset, length, the generation that freed it)
         let mut freed: Vec<(u64, u64, u64, u64)> = Vec::new();
         // A commit may add a chunk (metadata headroom) that needs moving too.
@@ -248,12 +252,12 @@ impl Moves<'_> {
                             freed.push((devid, phys, old.stripe_size, generation));
                         }
                     }
-                    let done = tx.restripe(&plan).map_err(|e| stopped(e, &report))?;
+                    let done = tx.restripe(&plan, progress).map_err(|e| stopped(e, &report))?;
                     tx = tx.commit_and_continue().map_err(|e| stopped(e, &report))?;
                     report.chunks_moved += 1;
                     report.bytes_copied += done.bytes_copied;
                     report.repaired += done.repaired;
-                    progress(&done);
+                    progress(MoveEvent::Moved(&done));
                     report.chunks.push(done);
                 }
                 Step::Split(logical, at) => {
@@ -398,7 +402,7 @@ fn stopped(e: Error, report: &MoveReport) -> Error {
 
 /// `btrs balance IMAGE --convert ...`: give every chunk of each named kind
 /// the named profile.
-pub fn convert(opts: &OpenOptions, to: &Convert, progress: &mut dyn FnMut(&Restriped)) -> Result<MoveReport> {
+pub fn convert(opts: &OpenOptions, to: &Convert, progress: &mut dyn FnMut(MoveEvent<'_>)) -> Result<MoveReport> {
     if to.data.is_none() && to.metadata.is_none() && to.system.is_none() {
         return Err(Error::Invalid("nothing to convert: give data=, metadata= or system=".into()));
     }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::format::types::uuid_string;
 use crate::format::*;
-use crate::fs::txn::{Restriped, Transaction};
+use crate::fs::txn::{MoveEvent, Transaction};
 use crate::fs::Filesystem;
 use crate::ops::balance::{profiles_in_use, MoveReport, Moves};
 use crate::volumes::alloc::Placement;
@@ -239,7 +239,7 @@ fn devid_of(fs: &Filesystem, target: &str) -> Result<u64> {
 }
 
 /// Remove the device `target` (devid or image path) from the filesystem.
-pub fn remove(opts: &OpenOptions, target: &str, progress: &mut dyn FnMut(&Restriped)) -> Result<RemovedDevice> {
+pub fn remove(opts: &OpenOptions, target: &str, progress: &mut dyn FnMut(MoveEvent<'_>)) -> Result<RemovedDevice> {
     let tx = Transaction::begin(Filesystem::open(&OpenOptions { writable: true, ..opts.clone() })?)?;
     // An image a remove took out of the set but did not wipe (named by its
     // path or its old devid): finish it.

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::fs::txn::{Restriped, Transaction};
+use crate::fs::txn::{MoveEvent, Transaction};
 use crate::fs::Filesystem;
 use crate::ops::balance::{MoveReport, Moves};
 use crate::volumes::alloc::Placement;
@@ -123,7 +123,7 @@ fn smallest(tx: &Transaction, devid: u64, last_end: u64, floor: u64) -> Result<u
 /// Resize device `spec.devid` of the filesystem `opts` names. Every decision
 /// is made under the write lock the transaction holds until the file has
 /// its new length: another writer cannot allocate past a new end meanwhile.
-pub fn resize(opts: &OpenOptions, spec: &ResizeSpec, progress: &mut dyn FnMut(&Restriped)) -> Result<ResizeReport> {
+pub fn resize(opts: &OpenOptions, spec: &ResizeSpec, progress: &mut dyn FnMut(MoveEvent<'_>)) -> Result<ResizeReport> {
     let mut tx = Transaction::begin(Filesystem::open(&OpenOptions { writable: true, ..opts.clone() })?)?;
     let fs = &tx.store.fs;
     let items = fs.dev_items()?;

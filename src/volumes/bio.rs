@@ -412,6 +412,7 @@ impl DirectWriter {
                     None
                 }
             };
+            d.forget_blank();
             let plain = d.file.try_clone().map_err(|e| Error::io(&d.path, "dup", e))?;
             let files = Arc::new(DeviceFiles {
                 path: d.path.clone(),

@@ -27,6 +27,16 @@ pub struct Device {
     /// The valid superblock copy with the highest generation on this device.
     pub(crate) sb: SuperBlock,
     pub(crate) devid: u64,
+    /// An image that held no data when it was opened (a replacement made
+    /// sparse a moment before): the ranges written since. A read of
+    /// anything else is zeros without asking the kernel, which would fill
+    /// page-cache pages with zeros for every hole read (a rebuild reads
+    /// each of the new image's blank copies once before writing it).
+    blank: Option<std::sync::Mutex<Written>>,
+    /// A new image standing in for a missing device: nothing on it counts
+    /// until its superblocks are written, so its copies need no flush of
+    /// their own before then (see [`Self::defers_flush`]).
+    replacement: bool,
     /// Test builds: the fault plan of the volume (see `volumes::fault`).
     #[cfg(test)]
     pub(crate) fault: std::sync::OnceLock<std::sync::Arc<super::fault::FaultPlan>>,
@@ -40,6 +50,8 @@ impl Device {
             size,
             devid: sb.dev_item.devid.get(),
             sb,
+            blank: None,
+            replacement: false,
             #[cfg(test)]
             fault: Default::default(),
         }
@@ -68,7 +80,8 @@ impl Device {
         sb.dev_item = dev_item;
         sb.generation = 0.into();
         sb.bytenr = SUPER_INFO_OFFSET.into();
-        Ok(Device::new(path, file, size, sb))
+        let blank = holds_no_data(&file).then(Default::default);
+        Ok(Device { blank, replacement: true, ..Device::new(path, file, size, sb) })
     }
 
     /// A new image joining the set (see [`super::Added`]): locked for
@@ -166,6 +179,13 @@ impl Device {
                 std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "beyond the end of the image (truncated?)"),
             ));
         }
+        if let Some(written) = &self.blank {
+            let len = u64_of(buf.len());
+            if !written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).touches(physical, len) {
+                buf.fill(0);
+                return Ok(());
+            }
+        }
         self.file.read_exact_at(buf, physical).map_err(|e| Error::io(&self.path, format!("read {} bytes at {physical}", buf.len()), e))
     }
 
@@ -173,6 +193,22 @@ impl Device {
     /// and no fault injection: what `dump-super` shows, damaged or not.
     pub(crate) fn read_raw_at(&self, physical: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.file.read_exact_at(buf, physical)
+    }
+
+    /// Copies written here may wait for one flush before the device's
+    /// superblocks are written (a replacement: until then it is no device
+    /// of the set), instead of one flush per repair.
+    pub(crate) fn defers_flush(&self) -> bool {
+        self.replacement
+    }
+
+    /// The file is about to be written other than through
+    /// [`Self::write_all_at`] (the bio writer's own descriptors): reads go to
+    /// the file from now on.
+    pub(super) fn forget_blank(&self) {
+        if let Some(written) = &self.blank {
+            written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).unknown = true;
+        }
     }
 
     /// The image was opened for writing.
@@ -185,6 +221,10 @@ impl Device {
         #[cfg(test)]
         if let Some(plan) = self.fault.get() {
             plan.before_write(&self.file, &self.path, physical, buf)?;
+        }
+        if let Some(written) = &self.blank {
+            // Recorded first: a write that fails half way may have landed.
+            written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).add(physical, u64_of(buf.len()));
         }
         self.file.write_all_at(buf, physical).map_err(|e| Error::io(&self.path, format!("write {} bytes at {physical}", buf.len()), e))
     }
@@ -252,6 +292,42 @@ fn open_file(path: &Path, lock: Lock, writable: bool) -> Result<(File, u64)> {
     Ok((file, size))
 }
 
+/// Whether the file has no data at all, only holes (SEEK_DATA finds none).
+/// A filesystem without SEEK_DATA answers no.
+fn holds_no_data(file: &File) -> bool {
+    matches!(rustix::fs::seek(file, rustix::fs::SeekFrom::Data(0)), Err(rustix::io::Errno::NXIO))
+}
+
+/// Byte ranges written, kept disjoint and merged: start → end. `unknown`:
+/// the file is written by other means too (see [`Device::forget_blank`]).
+#[derive(Debug, Default)]
+struct Written {
+    ranges: std::collections::BTreeMap<u64, u64>,
+    unknown: bool,
+}
+
+impl Written {
+    /// Whether anything in [start, start + len) may have been written.
+    fn touches(&self, start: u64, len: u64) -> bool {
+        let end = start.saturating_add(len);
+        self.unknown || self.ranges.range(..end).next_back().is_some_and(|(_, &e)| e > start)
+    }
+
+    fn add(&mut self, start: u64, len: u64) {
+        let (mut s, mut e) = (start, start.saturating_add(len));
+        // Absorb every range that overlaps or touches [s, e).
+        while let Some((&rs, &re)) = self.ranges.range(..=e).next_back() {
+            if re < s {
+                break;
+            }
+            s = s.min(rs);
+            e = e.max(re);
+            self.ranges.remove(&rs);
+        }
+        self.ranges.insert(s, e);
+    }
+}
+
 fn read_super_copies(file: &File, path: &Path, size: u64, all: bool) -> Result<Vec<SuperCopy>> {
     let mut out = Vec::new();
     for (index, &offset) in SUPER_MIRROR_OFFSETS.iter().enumerate() {
@@ -280,3 +356,51 @@ fn block_device_size(file: &File, path: &Path) -> Result<u64> {
 }
 
 use std::os::unix::fs::FileTypeExt;
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)] // tests: a panic is a failure
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_ranges_merge_and_answer_overlap() {
+        let mut w = Written::default();
+        assert!(!w.touches(0, u64::MAX));
+        w.add(100, 50);
+        w.add(300, 100);
+        assert!(!w.touches(0, 100) && !w.touches(150, 150) && !w.touches(400, 10));
+        assert!(w.touches(149, 1) && w.touches(0, 101) && w.touches(350, 1) && w.touches(0, 1000));
+        // Touching and overlapping ranges merge into one.
+        w.add(150, 150);
+        assert_eq!(w.ranges.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(), vec![(100, 400)]);
+        w.add(50, 60);
+        w.add(1000, 1);
+        assert_eq!(w.ranges.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(), vec![(50, 400), (1000, 1001)]);
+        w.unknown = true;
+        assert!(w.touches(500, 1));
+    }
+
+    /// A blank replacement reads zeros without the file until written, then
+    /// exactly what was written; data put in the file behind its back after
+    /// forget_blank is read too.
+    #[test]
+    fn a_blank_image_reads_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.img");
+        std::fs::File::create(&path).unwrap().set_len(1 << 20).unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        assert!(holds_no_data(&file), "a sparse file holds no data");
+        use zerocopy::FromZeros;
+        let dev = Device { blank: Some(Default::default()), ..Device::new(&path, file, 1 << 20, SuperBlock::new_zeroed()) };
+        let mut buf = vec![7u8; 8192];
+        dev.read_exact_at(4096, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        dev.write_all_at(8192, &[9u8; 4096]).unwrap();
+        dev.read_exact_at(4096, &mut buf).unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == 0) && buf[4096..].iter().all(|&b| b == 9));
+        std::os::unix::fs::FileExt::write_all_at(&std::fs::OpenOptions::new().write(true).open(&path).unwrap(), &[5u8; 16], 0).unwrap();
+        dev.forget_blank();
+        dev.read_exact_at(0, &mut buf[..16]).unwrap();
+        assert_eq!(&buf[..16], &[5u8; 16]);
+    }
+}

@@ -70,7 +70,7 @@ mod direct_tests;
 
 pub(crate) use readers::Held;
 pub(crate) use restripe::cut_unit_of;
-pub use restripe::Restriped;
+pub use restripe::{MoveEvent, Restriped};
 pub(crate) use space::Store;
 pub use types::{BioFn, BioHook, BioRecord, BioStage, CompressOpts, Place, WriteOpts, WriteReport};
 

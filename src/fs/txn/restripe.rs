@@ -47,6 +47,18 @@ pub struct Restriped {
     pub repaired: u64,
 }
 
+/// What moving chunks reports as it goes (a progress bar's feed).
+#[derive(Debug)]
+pub enum MoveEvent<'a> {
+    /// Before the first of a run of moves: how many chunks will move, and
+    /// how many bytes are used in them.
+    Planned { chunks: u64, used: u64 },
+    /// This many more bytes of used space in the moving chunk were handled.
+    Handled(u64),
+    /// A chunk moved, and the move was committed.
+    Moved(&'a Restriped),
+}
+
 impl Transaction {
     /// Whether `plan`'s stripes may cover the superblock copies they do:
     /// nothing is allocated at the logical addresses over them.
@@ -58,7 +70,7 @@ impl Transaction {
     /// Give the chunk at `plan.logical` the stripes of `plan` (same logical
     /// range; see the module). Call it first in a transaction, once: the
     /// copy reads what the last commit holds.
-    pub(crate) fn restripe(&mut self, plan: &ChunkPlan) -> Result<Restriped> {
+    pub(crate) fn restripe(&mut self, plan: &ChunkPlan, on: &mut dyn FnMut(MoveEvent<'_>)) -> Result<Restriped> {
         if self.trees.values().any(|t| t.is_dirty()) || self.direct.is_some() {
             return Err(Error::Internal("a chunk is re-striped only at the start of a transaction".into()));
         }
@@ -87,7 +99,7 @@ impl Transaction {
         if !self.store.supers_clear(&new)? {
             return Err(Error::Internal(format!("new stripes of the chunk at {} cover a superblock copy under used space", plan.logical)));
         }
-        self.copy_chunk(&old, &new, &mut done)?;
+        self.copy_chunk(&old, &new, &mut done, on)?;
         self.record_restripe(&old, plan, info)?;
         Ok(done)
     }
@@ -193,14 +205,27 @@ impl Transaction {
 
     /// Copy every extent the committed extent tree lists in the chunk to the
     /// new stripes that differ from the old ones.
-    fn copy_chunk(&self, old: &MapEntry, new: &MapEntry, done: &mut Restriped) -> Result<()> {
+    fn copy_chunk(&self, old: &MapEntry, new: &MapEntry, done: &mut Restriped, on: &mut dyn FnMut(MoveEvent<'_>)) -> Result<()> {
         self.each_extent(old, &mut |pos, len, tree_block| {
             if tree_block {
-                self.copy_tree_block(old, new, pos, len, done)
+                self.copy_tree_block(old, new, pos, len, done)?;
             } else {
-                self.copy_data(old, new, pos, len, done)
+                self.copy_data(old, new, pos, len, done)?;
             }
+            on(MoveEvent::Handled(len));
+            Ok(())
         })
+    }
+
+    /// Bytes the committed extent tree lists as used in the chunk at `logical`.
+    pub(crate) fn chunk_used(&self, logical: u64) -> Result<u64> {
+        let old = self.store.fs.volume().chunks.lookup(logical)?;
+        let mut used = 0u64;
+        self.each_extent(&old, &mut |_, len, _| {
+            used = used.saturating_add(len);
+            Ok(())
+        })?;
+        Ok(used)
     }
 
     /// For each copy of `new` at `logical`: the old copy it is (a kept

@@ -74,8 +74,11 @@ fn finish_batch(ctx: &Ctx<'_>, batch: u64, bufs: &[Vec<u8>], pending: &mut Vec<P
         touched.extend(group.iter().filter_map(|p| p.f.devid));
         written.push((m, first, count));
     }
-    let synced: std::collections::BTreeSet<u64> =
-        touched.into_iter().filter(|d| vol.device(*d).and_then(|dev| dev.sync()).is_ok()).collect();
+    // A replacement is flushed once, before its superblocks (supers.rs).
+    let synced: std::collections::BTreeSet<u64> = touched
+        .into_iter()
+        .filter(|d| vol.device(*d).and_then(|dev| if dev.defers_flush() { Ok(()) } else { dev.sync() }).is_ok())
+        .collect();
     for (m, first, count) in written {
         let group = &pending[first..first + count];
         if !group.iter().all(|p| p.f.devid.is_some_and(|d| synced.contains(&d))) {

@@ -62,6 +62,10 @@ pub(super) fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) 
         // Where it was kept (not when the findings list is full).
         let stale_at = (stale && acc.findings.len() > before).then_some(before);
         let mut all_supers_ok = true;
+        // Every copy written to the device reaches the disk before any
+        // superblock that makes them count (a replacement's copies were
+        // not flushed one by one).
+        let flushed = !opts.repair || dev.sync().is_ok();
         // Only the copies a commit writes (see `super_copy_in_use`).
         let total = dev_items.get(&dev.devid).map_or(dev.size, |d| d.total_bytes.get());
         for copy in dev.super_copies()?.into_iter().filter(|c| crate::volumes::device::super_copy_in_use(c.offset, total)) {
@@ -83,7 +87,7 @@ pub(super) fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) 
             let mut repaired = false;
             // A stale device keeps its old superblocks until it is rebuilt:
             // they are what says it is stale.
-            let template = if stale && !rebuilt { None } else { template(dev.devid) };
+            let template = if (stale && !rebuilt) || !flushed { None } else { template(dev.devid) };
             if let (true, Some(mut sb)) = (opts.repair, template) {
                 sb.bytenr = copy.offset.into();
                 if let Ok(ct) = sb.csum_kind() {

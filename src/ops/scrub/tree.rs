@@ -216,7 +216,8 @@ fn repair_copy(ctx: &Ctx<'_>, logical: u64, data: &[u8], mirror: usize, devid: u
     }
     // A tree block never crosses a stripe unit (nodesize <= 64 KiB, aligned),
     // so its copy lives on one device and flushing that one is enough.
-    if vol.device(devid).and_then(|d| d.sync()).is_err() {
+    // A replacement is flushed once, before its superblocks (supers.rs).
+    if vol.device(devid).and_then(|d| if d.defers_flush() { Ok(()) } else { d.sync() }).is_err() {
         return false;
     }
     let mut back = vec![0u8; data.len()];
