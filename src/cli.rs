@@ -83,10 +83,11 @@ pub enum Command {
     Extract(ExtractArgs),
     /// Verify every copy of every block and superblock, compare mirrors byte for byte, optionally repair.
     Scrub(ScrubArgs),
-    /// Rebuild a missing device onto a new image file, offline (like `btrfs replace`).
+    /// Rebuild a missing or stale device onto a new image file, offline (like `btrfs replace`).
     ///
-    /// The filesystem is opened without DEVID (it must be missing: its image
-    /// moved away or lost; every other device present), and NEW (which must
+    /// The filesystem is opened without DEVID (it must be missing, its image
+    /// moved away or lost, or stale: an older copy of its image, which lacks
+    /// every write since; every other device present), and NEW (which must
     /// not exist) is made with the same devid, device uuid and size, so no
     /// tree changes and the other images are only read (opened read-only:
     /// what scrub finds wrong on them is reported, not repaired; `btrs scrub
@@ -101,8 +102,11 @@ pub enum Command {
     /// that finished). Data sectors whose checksum fails on every copy are
     /// counted and left unreadable, as they were. Until its superblocks are written NEW carries no btrfs
     /// signature: a crash or failure leaves the set as it was, and a failed
-    /// replace removes NEW. Afterwards the kernel mounts the set without
-    /// `degraded`.
+    /// replace removes NEW. A stale image of DEVID is locked meanwhile and
+    /// then its superblocks are wiped, as the kernel's replace scratches its
+    /// source device's (a stop in between leaves two images claiming DEVID:
+    /// commands refuse the set, naming the older one to move away).
+    /// Afterwards the kernel mounts the set without `degraded`.
     Replace(ReplaceArgs),
     /// Grow or shrink one device image, offline (like `btrfs filesystem resize`).
     ///
@@ -325,7 +329,7 @@ pub struct BalanceArgs {
 pub struct ReplaceArgs {
     /// Any present device of the filesystem.
     pub image: PathBuf,
-    /// The devid of the missing device to rebuild.
+    /// The devid of the missing or stale device to rebuild.
     #[arg(value_parser = clap::value_parser!(u64).range(1..))]
     pub devid: u64,
     /// The new image file (must not exist).

@@ -242,6 +242,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if r.unreadable_sectors > 0 {
                     writeln!(out, "{} data sectors fail their checksum on every copy, as before (see `btrs scrub`)", r.unreadable_sectors)?;
                 }
+                if let Some(old) = &r.superseded {
+                    writeln!(out, "the stale image {} is no device of the set any more: its superblocks were wiped", old.display())?;
+                }
             }
         }
         Command::Resize(a) => {

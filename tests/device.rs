@@ -13,6 +13,7 @@ use std::process::Command;
 
 use common::interop::{btrfs_check, interop_enabled, mkfs_btrfs_set, must, progs_for, Mounted};
 use common::{btrs, ok, pseudo, reads_back, s, scrubs_clean};
+use common::{judged, kernel_writes};
 
 /// The files a set holds: (path in the image, bytes).
 type Files = Vec<(String, Vec<u8>)>;
@@ -44,38 +45,6 @@ fn chunk_types(img: &Path) -> Vec<String> {
 
 fn contents(imgs: &[PathBuf]) -> Vec<Vec<u8>> {
     imgs.iter().map(|p| std::fs::read(p).unwrap()).collect()
-}
-
-/// Judge a device set after a change: btrfs check, scrub, read back; then
-/// (interop) the kernel mounts it whole, reads, writes, scrubs, runs a full
-/// balance, and btrs reads the result.
-fn judged(test: &str, set: &[PathBuf], files: &Files, what: &str) {
-    if progs_for(test, set.len() > 1) {
-        btrfs_check(set, &[]).unwrap_or_else(|e| panic!("{what}: btrfs check: {e}"));
-    }
-    scrubs_clean(&set[0], what);
-    reads_back(&set[0], files, &[], what);
-    if !interop_enabled(test) {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    let m = Mounted::mount(&mnt, set, "").unwrap_or_else(|e| panic!("{what}: mount without degraded: {e}"));
-    for (path, data) in files {
-        assert!(std::fs::read(mnt.join(&path[1..])).unwrap() == *data, "{what}: the kernel reads {path} differently");
-    }
-    let more = pseudo(3_000_000, 77);
-    std::fs::write(mnt.join("more"), &more).unwrap();
-    must(&mut Command::new("sync"));
-    must(Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt));
-    must(Command::new("btrfs").args(["balance", "start", "--full-balance"]).arg(&mnt));
-    must(Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt));
-    m.unmount().unwrap_or_else(|e| panic!("{what}: umount: {e}"));
-    btrfs_check(set, &[]).unwrap_or_else(|e| panic!("{what}: btrfs check after the kernel: {e}"));
-    let mut all = files.clone();
-    all.push(("/more".into(), more));
-    reads_back(&set[0], &all, &[], &format!("{what}, after the kernel"));
-    scrubs_clean(&set[0], &format!("{what}, after the kernel"));
 }
 
 /// Each image of a RAID1 pair alone: btrs reads everything with
@@ -202,16 +171,6 @@ fn a_mkfs_btrfs_raid1c3_set_loses_a_device_after_converting() {
     let imgs = mkfs_btrfs_set(d, "p", 3, "raid1c3");
     let files = fill(d, &imgs[0], &[]);
     raid1c3_to_raid1_on_two(test, &imgs, &files);
-}
-
-/// The kernel writes a file onto a set (mounted whole, checked first).
-fn kernel_writes(d: &Path, imgs: &[PathBuf], name: &str, seed: u64) -> (String, Vec<u8>) {
-    let data = pseudo(12_000_000, seed);
-    let mnt = d.join("kmnt");
-    let m = Mounted::mount(&mnt, imgs, "").unwrap_or_else(|e| panic!("mount to fill: {e}"));
-    std::fs::write(mnt.join(name), &data).unwrap();
-    m.unmount().unwrap();
-    (format!("/{name}"), data)
 }
 
 /// The same on a set made by mkfs.btrfs and filled by the kernel (and btrs).

@@ -275,3 +275,102 @@ fn a_second_replace_of_the_same_device_is_refused() {
     assert!(before == (fingerprint(&imgs[0]), fingerprint(&a)));
     ok(&["ls", s(&imgs[0]), "/"]);
 }
+
+/// Make devid 2 of a set stale: a copy of its image taken now is put back
+/// after `more` has written to the set.
+fn staled(d: &Path, img2: &Path, more: impl FnOnce()) {
+    // Out of the set's directory meanwhile: beside it, it would be a
+    // second devid 2.
+    std::fs::create_dir_all(d.join("aside")).unwrap();
+    let old = d.join("aside").join("stale-copy");
+    std::fs::copy(img2, &old).unwrap();
+    more();
+    std::fs::rename(&old, img2).unwrap();
+}
+
+/// Replace over a stale image of the device: the new image is built
+/// without it, the stale image's superblocks are wiped (nothing takes it
+/// for a device of the set again), and the set is judged whole.
+fn supersede(test: &str, first: &Path, stale: &Path, new: &Path, files: &Files) {
+    let (c, out, err) = btrs(&["scrub", s(first), "--no-progress"]);
+    assert!(c != 0 && (out.contains("stale") || err.contains("stale")), "devid 2 must read as stale first: {out}{err}");
+    let out = ok(&["replace", s(first), "2", s(new), "--no-progress"]);
+    assert!(out.contains("rebuilt devid 2") && out.contains("superblocks were wiped"), "{out}");
+    let (c, _, err) = btrs(&["ls", s(stale), "/"]);
+    assert!(c != 0, "the superseded image still opens: {err}");
+    common::judged(test, &[first.to_path_buf(), new.to_path_buf()], files, "after replacing a stale device");
+}
+
+/// A RAID1 pair made by btrs whose devid 2 is an older copy of itself.
+#[test]
+fn a_stale_mirror_is_superseded_by_a_new_image() {
+    let test = "a_stale_mirror_is_superseded_by_a_new_image";
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("dev{i}.img"))).collect();
+    ok(&["mkfs", "-f", "-b", "256M", "-d", "raid1", "-m", "raid1", s(&imgs[0]), s(&imgs[1])]);
+    let mut files = fill(d, &imgs[0]);
+    let later = pseudo(2_500_000, 21);
+    staled(d, &imgs[1], || {
+        let src = d.join("later");
+        std::fs::write(&src, &later).unwrap();
+        ok(&["write", s(&imgs[0]), "/later", "--from", s(&src)]);
+    });
+    files.push(("/later".into(), later));
+    supersede(test, &imgs[0], &imgs[1], &d.join("new2.img"), &files);
+}
+
+/// A RAID1 pair made by mkfs.btrfs and filled by the kernel (and btrs):
+/// devid 2 lost and replaced, then the new image made stale by more
+/// kernel writes and replaced again.
+#[test]
+fn a_kernel_filled_raid1_pair_gets_a_lost_and_a_stale_mirror_back() {
+    let test = "a_kernel_filled_raid1_pair_gets_a_lost_and_a_stale_mirror_back";
+    if !progs_for(test, true) || !interop_enabled(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs = common::interop::mkfs_btrfs_set(d, "k", 2, "raid1");
+    let mut files = vec![common::kernel_writes(d, &imgs, "kernel", 41)];
+    files.extend(fill(d, &imgs[0]));
+    let lost = d.join("lost");
+    std::fs::create_dir(&lost).unwrap();
+    std::fs::rename(&imgs[1], lost.join("k2.img")).unwrap();
+    let new = d.join("new2.img");
+    let out = ok(&["replace", s(&imgs[0]), "2", s(&new), "--no-progress"]);
+    assert!(out.contains("rebuilt devid 2") && !out.contains("wiped"), "{out}");
+    let set = vec![imgs[0].clone(), new.clone()];
+    common::judged(test, &set, &files, "kernel-filled pair after replacing a lost device");
+    // What judged's kernel wrote.
+    files.push(("/more".into(), pseudo(3_000_000, 77)));
+    staled(d, &new, || files.push(common::kernel_writes(d, &set, "kernel2", 42)));
+    supersede(test, &imgs[0], &new, &d.join("new3.img"), &files);
+}
+
+/// Two images claiming one devid at different generations (what a replace
+/// that stopped before wiping the stale image leaves): every command
+/// refuses, naming the older image, and nothing is written.
+#[test]
+fn two_images_of_one_devid_are_named_with_their_generations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let imgs: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("dev{i}.img"))).collect();
+    ok(&["mkfs", "-f", "-b", "256M", "-d", "raid1", "-m", "raid1", s(&imgs[0]), s(&imgs[1])]);
+    let old = d.join("old2.img");
+    let aside = d.join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    std::fs::copy(&imgs[1], aside.join("old2.img")).unwrap();
+    fill(d, &imgs[0]);
+    std::fs::rename(aside.join("old2.img"), &old).unwrap();
+    let before: Vec<Vec<u8>> = [&imgs[0], &imgs[1], &old].iter().map(|p| fingerprint(p)).collect();
+    for args in [vec!["ls", s(&imgs[0]), "/"], vec!["scrub", s(&imgs[0]), "--repair", "--no-progress"], vec!["rm", s(&imgs[0]), "/big"]] {
+        let (c, _, err) = btrs(&args);
+        assert_eq!(c, 1, "{args:?}: {err}");
+        assert!(err.contains("both claim to be devid 2") && err.contains("old2.img is older (generation 1)"), "{args:?}: {err}");
+    }
+    let after: Vec<Vec<u8>> = [&imgs[0], &imgs[1], &old].iter().map(|p| fingerprint(p)).collect();
+    assert!(before == after, "a refused command changed an image");
+    // Named apart, the set opens.
+    ok(&["ls", s(&imgs[0]), "--device", s(&imgs[1]), "/"]);
+}

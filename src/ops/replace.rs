@@ -1,6 +1,8 @@
-//! `btrs replace`: rebuild a missing device of a mirrored filesystem onto a
-//! new image file, offline, so the set is whole again (the kernel's `btrfs
-//! replace`, which needs a root mount with `-o degraded`).
+//! `btrs replace`: rebuild a missing or stale device of a mirrored
+//! filesystem onto a new image file, offline, so the set is whole again (the
+//! kernel's `btrfs replace`, which needs a root mount with `-o degraded`).
+//! A stale image of the device is left out of the rebuild, then its
+//! superblocks are wiped.
 //!
 //! The new image keeps the devid, the device uuid and the size of the device
 //! it replaces (the kernel's replace also hands the old device's uuid to the
@@ -46,6 +48,9 @@ pub struct ReplaceReport {
     /// copies it had a good copy for, superblocks): left as they are, since
     /// replace only reads those images; `btrs scrub --repair` fixes them.
     pub other_device_findings: u64,
+    /// The stale image of the device that the new one superseded: its
+    /// superblocks are wiped (it is no device of the set any more).
+    pub superseded: Option<PathBuf>,
 }
 
 /// The first chunk that keeps a copy of some byte only on `devid`: its
@@ -99,13 +104,21 @@ pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, progress: bool) -> Re
             d.path.display()
         )));
     }
-    if let Some((path, generation)) = vol.left_out.get(&devid) {
-        return Err(Error::Invalid(format!(
-            "devid {devid} is present but stale ({}, generation {generation}): rebuild it in place with `btrs scrub --repair`, \
-             or move it out of the set and run replace again",
-            path.display()
-        )));
-    }
+    // A stale image of the device (older than the set: it lacks every
+    // write since) is superseded: the new image is built without it, then
+    // its superblocks are wiped, as the kernel's replace scratches the
+    // source device's. Locked meanwhile, and wiped only if it still is
+    // what was seen here.
+    let stale = match vol.left_out.get(&devid) {
+        Some((path, generation)) => {
+            let dev = crate::volumes::Device::open_locked(path, crate::volumes::guard::Lock::Exclusive)?;
+            if dev.sb.generation.get() != *generation || dev.devid != devid || dev.sb.fsid != fs.sb.fsid {
+                return Err(Error::Devices(format!("{} changed while replace read the set; nothing was written", path.display())));
+            }
+            Some((dev, *generation))
+        }
+        None => None,
+    };
     if let Some(other) = items.keys().find(|d| **d != devid && !vol.devices.contains_key(d)) {
         return Err(Error::Invalid(format!(
             "devid {other} is missing too: replace rebuilds one device from a set where every other device is present"
@@ -126,9 +139,23 @@ pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, progress: bool) -> Re
     drop(fs);
 
     crate::volumes::create::create_blank(new, size)?;
-    let rebuilt = rebuild(opts, &present, devid, new, dev_item, progress);
+    let superseded = stale.as_ref().map(|(d, g)| (d.path.clone(), *g));
+    let rebuilt = rebuild(opts, &present, devid, new, dev_item, superseded, progress);
     match rebuilt {
-        Ok(report) => Ok(report),
+        Ok(mut report) => {
+            if let Some((old, _)) = stale {
+                old.wipe_supers().map_err(|e| {
+                    Error::Devices(format!(
+                        "devid {devid} was rebuilt onto {}, but wiping the superblocks of the stale image {} failed ({e}): \
+                         move that image out of the set's directory",
+                        new.display(),
+                        old.path.display()
+                    ))
+                })?;
+                report.superseded = Some(old.path.clone());
+            }
+            Ok(report)
+        }
         Err(e) => {
             // Its superblocks are written last: without a valid one it is no
             // device of the set, only a partial copy.
@@ -164,8 +191,16 @@ fn describe(f: &crate::ops::scrub::Finding) -> String {
     }
 }
 
-fn rebuild(opts: &OpenOptions, present: &[PathBuf], devid: u64, new: &Path, dev_item: DevItem, progress: bool) -> Result<ReplaceReport> {
-    let replacement = Replacement { devid, path: new.to_path_buf(), dev_item };
+fn rebuild(
+    opts: &OpenOptions,
+    present: &[PathBuf],
+    devid: u64,
+    new: &Path,
+    dev_item: DevItem,
+    superseded: Option<(PathBuf, u64)>,
+    progress: bool,
+) -> Result<ReplaceReport> {
+    let replacement = Replacement { devid, path: new.to_path_buf(), dev_item, superseded };
     // The set exactly: the devices found above and the new image, nothing
     // else from the directory.
     let image = present.first().cloned().unwrap_or_else(|| opts.image.clone());
@@ -229,6 +264,7 @@ fn rebuild(opts: &OpenOptions, present: &[PathBuf], devid: u64, new: &Path, dev_
         unreadable_sectors: unreadable,
         other_device_findings: u64::try_from(report.findings.iter().filter(|f| !f.repaired && f.devid.is_some_and(|d| d != devid)).count())
             .unwrap_or(u64::MAX),
+        superseded: None,
     })
 }
 

@@ -83,6 +83,11 @@ pub struct Replacement {
     pub devid: u64,
     pub path: PathBuf,
     pub dev_item: crate::format::DevItem,
+    /// A stale image of the same devid that the replace supersedes (and
+    /// wipes once the new image is the device): (image, its superblock
+    /// generation). It is no device of the set while the new one is built,
+    /// and not the "second device" the open otherwise refuses.
+    pub superseded: Option<(PathBuf, u64)>,
 }
 
 impl OpenOptions {
@@ -255,12 +260,26 @@ impl Volume {
                 continue;
             }
             if let Some(other) = devices.get(&dev.devid) {
+                let (a, b) = (other.sb.generation.get(), dev.sb.generation.get());
+                // Older and newer: an image a replace superseded, left
+                // behind when it stopped before wiping it, or a copy kept
+                // beside the set. Which is which is said; nothing is chosen.
+                let older = match a.cmp(&b) {
+                    std::cmp::Ordering::Less => Some((&other.path, a)),
+                    std::cmp::Ordering::Greater => Some((&path, b)),
+                    std::cmp::Ordering::Equal => None,
+                };
                 return Err(Error::Devices(format!(
-                    "{} and {} both claim to be devid {} of filesystem {}",
+                    "{} (generation {a}) and {} (generation {b}) both claim to be devid {} of filesystem {}{}",
                     other.path.display(),
                     path.display(),
                     dev.devid,
-                    uuid_string(&fsid)
+                    uuid_string(&fsid),
+                    older.map_or(String::new(), |(p, g)| format!(
+                        "; {} is older (generation {g}): if a `btrs replace` superseded it, move it out of this directory \
+                         (or name the devices with --device)",
+                        p.display()
+                    ))
                 )));
             }
             devices.insert(dev.devid, dev);
@@ -290,7 +309,10 @@ impl Volume {
                     continue;
                 }
                 if let Ok(d) = Device::open_raw(&p) {
-                    if d.sb.fsid == fsid && d.devid == r.devid && d.sb.magic == crate::format::BTRFS_MAGIC {
+                    let superseded = r.superseded.as_ref().is_some_and(|(old, generation)| {
+                        canonical(old) == canonical(&p) && d.sb.generation.get() == *generation && *generation < sb.generation.get()
+                    });
+                    if d.sb.fsid == fsid && d.devid == r.devid && d.sb.magic == crate::format::BTRFS_MAGIC && !superseded {
                         return Err(Error::Devices(format!(
                             "{} already is devid {} of filesystem {}: a second device for it would make the set ambiguous",
                             p.display(),

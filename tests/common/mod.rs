@@ -54,3 +54,45 @@ pub fn reads_back(img: &std::path::Path, files: &[(String, Vec<u8>)], extra: &[&
         assert!(out.stdout == *data, "{what}: {path} reads back different bytes");
     }
 }
+
+/// Judge a device set after a change: btrfs check, scrub, read back; then
+/// (interop) the kernel mounts it whole, reads, writes, scrubs, runs a full
+/// balance, and btrs reads the result.
+pub fn judged(test: &str, set: &[std::path::PathBuf], files: &[(String, Vec<u8>)], what: &str) {
+    if interop::progs_for(test, set.len() > 1) {
+        interop::btrfs_check(set, &[]).unwrap_or_else(|e| panic!("{what}: btrfs check: {e}"));
+    }
+    scrubs_clean(&set[0], what);
+    reads_back(&set[0], files, &[], what);
+    if !interop::interop_enabled(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let m = interop::Mounted::mount(&mnt, set, "").unwrap_or_else(|e| panic!("{what}: mount without degraded: {e}"));
+    for (path, data) in files {
+        assert!(std::fs::read(mnt.join(&path[1..])).unwrap() == *data, "{what}: the kernel reads {path} differently");
+    }
+    let more = pseudo(3_000_000, 77);
+    std::fs::write(mnt.join("more"), &more).unwrap();
+    interop::must(&mut std::process::Command::new("sync"));
+    interop::must(std::process::Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt));
+    interop::must(std::process::Command::new("btrfs").args(["balance", "start", "--full-balance"]).arg(&mnt));
+    interop::must(std::process::Command::new("btrfs").args(["scrub", "start", "-B"]).arg(&mnt));
+    m.unmount().unwrap_or_else(|e| panic!("{what}: umount: {e}"));
+    interop::btrfs_check(set, &[]).unwrap_or_else(|e| panic!("{what}: btrfs check after the kernel: {e}"));
+    let mut all = files.to_vec();
+    all.push(("/more".into(), more));
+    reads_back(&set[0], &all, &[], &format!("{what}, after the kernel"));
+    scrubs_clean(&set[0], &format!("{what}, after the kernel"));
+}
+
+/// The kernel writes a file onto a set (mounted whole, checked first).
+pub fn kernel_writes(d: &std::path::Path, imgs: &[std::path::PathBuf], name: &str, seed: u64) -> (String, Vec<u8>) {
+    let data = pseudo(12_000_000, seed);
+    let mnt = d.join("kmnt");
+    let m = interop::Mounted::mount(&mnt, imgs, "").unwrap_or_else(|e| panic!("mount to fill: {e}"));
+    std::fs::write(mnt.join(name), &data).unwrap();
+    m.unmount().unwrap();
+    (format!("/{name}"), data)
+}
