@@ -171,6 +171,12 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Write bytes into a file (created when missing), in one committed transaction.
     Write(WriteArgs),
+    /// Subvolumes and snapshots, offline (like `btrfs subvolume`).
+    #[command(subcommand, visible_alias = "subvol")]
+    Subvolume(SubvolumeCommand),
+    /// Get or set a property of a subvolume, file or the filesystem (like `btrfs property`).
+    #[command(subcommand)]
+    Property(PropertyCommand),
     /// Make a directory.
     Mkdir(MkdirArgs),
     /// Remove files or (with -r) directory trees; empty directories without -r.
@@ -720,6 +726,164 @@ pub struct WriteArgs {
     /// Print nothing on success.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SubvolumeCommand {
+    /// Make new, empty subvolumes.
+    ///
+    /// Each PATH names the new subvolume: its root directory (inode 256,
+    /// mode 0755, owner 0:0), linked in the directory PATH names, which must
+    /// be in a writable subvolume. With quotas on, each gets its level-0
+    /// qgroup and the counts are marked inconsistent for a rescan.
+    Create(SubvolCreateArgs),
+    /// Snapshot a subvolume: a new subvolume sharing every block with SRC.
+    ///
+    /// Only SRC's root block is copied; everything it points to gains a
+    /// reference, so the snapshot takes one tree block whatever SRC holds.
+    /// DEST names the snapshot or, when it is an existing directory, the
+    /// directory it goes in under SRC's name. Subvolumes nested in SRC appear
+    /// in the snapshot as empty directories, as with the kernel.
+    Snapshot(SubvolSnapshotArgs),
+    /// Delete subvolumes, freeing their blocks.
+    ///
+    /// The subvolume is unlinked and its tree dropped at once: every tree
+    /// block and data extent no other subvolume or snapshot uses is freed,
+    /// with the data's checksums (the kernel leaves that to its cleaner
+    /// thread). Refused for the top level, the default subvolume, a
+    /// subvolume holding others (unless -R), and one linked in a read-only
+    /// subvolume.
+    Delete(SubvolDeleteArgs),
+    /// List subvolumes in `btrfs subvolume list`'s format.
+    List(SubvolListArgs),
+    /// Show one subvolume in `btrfs subvolume show`'s format.
+    Show(SubvolShowArgs),
+    /// Print the default subvolume (mounted when none is named).
+    GetDefault(SubvolGetDefaultArgs),
+    /// Make a subvolume the default (by path, or by id; 5 is the top level).
+    SetDefault(SubvolSetDefaultArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SubvolCreateArgs {
+    pub image: PathBuf,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    /// Make missing parent directories.
+    #[arg(short = 'p', long)]
+    pub parents: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SubvolSnapshotArgs {
+    pub image: PathBuf,
+    /// The subvolume to snapshot (a path; / is the top level).
+    pub src: String,
+    /// The snapshot's path, or an existing directory to put it in.
+    pub dest: String,
+    /// Make the snapshot read-only.
+    #[arg(short = 'r')]
+    pub readonly: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SubvolDeleteArgs {
+    pub image: PathBuf,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    /// Delete the subvolumes inside each one first.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SubvolListArgs {
+    pub image: PathBuf,
+    /// Only subvolumes directly inside the one at this path (progs' -o with its path).
+    #[arg(value_name = "PATH")]
+    pub path: Option<String>,
+    /// Show each one's parent id.
+    #[arg(short = 'p')]
+    pub parent: bool,
+    /// Show the generation each one was made in.
+    #[arg(short = 'c')]
+    pub cgen: bool,
+    /// Show the generation (always shown).
+    #[arg(short = 'g')]
+    pub gen: bool,
+    /// Show each one's uuid.
+    #[arg(short = 'u')]
+    pub uuid: bool,
+    /// Show each one's parent uuid (the subvolume it is a snapshot of).
+    #[arg(short = 'q')]
+    pub parent_uuid: bool,
+    /// Show each one's received uuid.
+    #[arg(short = 'R')]
+    pub received_uuid: bool,
+    /// Only subvolumes directly inside PATH (the top level when no PATH).
+    #[arg(short = 'o')]
+    pub below: bool,
+    /// Only snapshots.
+    #[arg(short = 's')]
+    pub snapshots: bool,
+    /// Only read-only subvolumes.
+    #[arg(short = 'r')]
+    pub readonly: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SubvolShowArgs {
+    pub image: PathBuf,
+    /// The subvolume (a path; / is the top level).
+    pub path: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SubvolGetDefaultArgs {
+    pub image: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct SubvolSetDefaultArgs {
+    pub image: PathBuf,
+    /// A subvolume's path, or its id.
+    pub subvol: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PropertyCommand {
+    /// Print a property (all of PATH's when no NAME).
+    Get(PropertyGetArgs),
+    /// Set a property.
+    ///
+    /// ro (true|false) on a subvolume: clearing it on a received subvolume
+    /// forgets that it was received, as the kernel does.
+    Set(PropertySetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PropertyGetArgs {
+    pub image: PathBuf,
+    /// A subvolume's path (/ is the top level).
+    pub path: String,
+    /// ro (the only property so far).
+    pub name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PropertySetArgs {
+    pub image: PathBuf,
+    pub path: String,
+    /// ro
+    pub name: String,
+    /// true or false
+    pub value: String,
 }
 
 #[derive(Args, Debug)]

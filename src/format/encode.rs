@@ -309,6 +309,18 @@ pub fn qgroup_status_item(s: &QgroupStatusItem, stored_len: usize) -> Vec<u8> {
     bytes.get(..stored_len).unwrap_or(bytes).to_vec()
 }
 
+/// A QGROUP_INFO item of a new qgroup: generation, then referenced and
+/// exclusive bytes (plain and compressed), all zero.
+pub fn qgroup_info(generation: u64) -> Vec<u8> {
+    u64_array(&[generation, 0, 0, 0, 0])
+}
+
+/// A QGROUP_LIMIT item without limits: flags, max referenced, max
+/// exclusive, reserved referenced and exclusive, all zero.
+pub fn qgroup_limit() -> Vec<u8> {
+    u64_array(&[0; 5])
+}
+
 /// A little-endian u64 array: a UUID_KEY_* item's subvolume ids, a
 /// DEV_STATS item's counters (inverse of [`parse_u64_array`]).
 pub fn u64_array(values: &[u64]) -> Vec<u8> {

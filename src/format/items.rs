@@ -449,6 +449,15 @@ pub fn extent_data_ref_hash(root: u64, objectid: u64, offset: u64) -> u64 {
 }
 
 /// Decode a little-endian u64 array item (dev stats, uuid tree entries).
+/// The uuid tree's key for `uuid` (UUID_KEY_SUBVOL or
+/// UUID_KEY_RECEIVED_SUBVOL): its two halves, little-endian, as objectid
+/// and offset.
+pub fn uuid_key(uuid: &[u8; 16], kind: u8) -> Key {
+    let (lo, hi) = uuid.split_at(8);
+    let half = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    Key::new(half(lo), kind, half(hi))
+}
+
 pub fn parse_u64_array(data: &[u8], what: &str) -> Result<Vec<u64>> {
     if data.len() % 8 != 0 {
         return Err(Error::corrupt(CorruptKind::ItemSize, what, format!("size {} is not a multiple of 8", data.len())));

@@ -14,4 +14,5 @@ pub mod replace;
 pub mod resize;
 pub mod rootdir;
 pub mod scrub;
+pub mod subvol;
 pub mod write;

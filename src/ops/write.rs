@@ -38,14 +38,14 @@ pub struct WriteRequest {
     pub compress: Option<CompressOpts>,
 }
 
-fn begin(opts: &OpenOptions) -> Result<Transaction> {
+pub(crate) fn begin(opts: &OpenOptions) -> Result<Transaction> {
     let mut o = opts.clone();
     o.writable = true;
     Transaction::begin(Filesystem::open(&o)?)
 }
 
 /// Split "/a/b/c" into ("/a/b", "c").
-fn split(path: &str) -> Result<(String, Vec<u8>)> {
+pub(crate) fn split(path: &str) -> Result<(String, Vec<u8>)> {
     let p = path.trim_end_matches('/');
     let (dir, name) = match p.rfind('/') {
         Some(i) => (&p[..i], &p[i + 1..]),
@@ -60,7 +60,7 @@ fn split(path: &str) -> Result<(String, Vec<u8>)> {
 
 /// The directory at `path` (through subvolumes), made (with parents) when
 /// `parents`; the subvolume it is in must be writable.
-fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<Place> {
+pub(crate) fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<Place> {
     let mut cur = Place { id: InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, dir_type: FT_DIR };
     for comp in crate::fs::path::components(path) {
         cur = match tx.lookup(cur.root(), cur.ino(), comp.as_bytes())? {

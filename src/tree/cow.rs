@@ -113,12 +113,26 @@ impl CowTree {
     }
 
     /// A new, empty tree: one empty leaf, dirty in the current transaction.
-    #[cfg(test)]
     pub(crate) fn create<S: BlockStore + ?Sized>(store: &mut S, owner: u64) -> Result<Self> {
         let transid = store.transid();
         let addr = store.alloc(owner, 0)?;
         let mut t = CowTree::new(RootPtr { bytenr: addr, level: 0, generation: transid, owner });
         t.dirty.insert(addr, EditBlock::Leaf(EditLeaf::default()));
+        t.dirty_transid = Some(transid);
+        Ok(t)
+    }
+
+    /// A new tree of `owner` whose root is a copy of the committed block
+    /// `src` (a snapshot's root: the kernel's btrfs_copy_root), dirty in the
+    /// current transaction at a new address. What `src` points to is not
+    /// touched: the caller adds the copy's references to it.
+    pub(crate) fn copy_of<S: BlockStore + ?Sized>(store: &mut S, src: &TreeBlock, owner: u64) -> Result<Self> {
+        let transid = store.transid();
+        let level = src.level();
+        let edit = EditBlock::from_block(src)?;
+        let addr = store.alloc(owner, level)?;
+        let mut t = CowTree::new(RootPtr { bytenr: addr, level, generation: transid, owner });
+        t.dirty.insert(addr, edit);
         t.dirty_transid = Some(transid);
         Ok(t)
     }

@@ -32,7 +32,7 @@ impl Transaction {
         }
     }
 
-    fn lookup_entry(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<items::DirEntry>> {
+    pub(crate) fn lookup_entry(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<items::DirEntry>> {
         let Some(data) = self.get(root, Key::new(dir, DIR_ITEM_KEY, items::name_hash(name)))? else { return Ok(None) };
         Ok(parse_dir_items(&data)?.into_iter().find(|e| e.name == name))
     }
@@ -75,8 +75,16 @@ impl Transaction {
     /// Add the name `name` in `dir` for inode `ino` (dir item, dir index,
     /// inode ref); the caller adjusts `ino`'s nlink.
     pub(crate) fn add_link(&mut self, root: u64, dir: u64, name: &[u8], ino: u64, dir_type: u8) -> Result<()> {
+        let index = self.add_entry(root, dir, name, Key::new(ino, INODE_ITEM_KEY, 0), dir_type)?;
+        self.add_inode_ref(root, ino, dir, name, index)
+    }
+
+    /// The dir item and dir index of `dir/name` leading to `location` (an
+    /// inode, or a subvolume's ROOT_ITEM key); the directory grows by the
+    /// name twice, as the kernel counts it. Its index.
+    pub(crate) fn add_entry(&mut self, root: u64, dir: u64, name: &[u8], location: Key, dir_type: u8) -> Result<u64> {
         limits::check_entry_name(name)?;
-        if self.lookup_name(root, dir, name)?.is_some() {
+        if self.lookup_entry(root, dir, name)?.is_some() {
             return Err(Error::Invalid(format!("{} already exists", String::from_utf8_lossy(name))));
         }
         let mut d = self.read_inode(root, dir)?;
@@ -85,13 +93,7 @@ impl Transaction {
         }
         let index = self.next_index(root, dir)?;
         let transid = self.transid();
-        let entry = encode::dir_item(&items::DirEntry {
-            location: Key::new(ino, INODE_ITEM_KEY, 0),
-            transid,
-            dir_type,
-            name: name.to_vec(),
-            data: Vec::new(),
-        })?;
+        let entry = encode::dir_item(&items::DirEntry { location, transid, dir_type, name: name.to_vec(), data: Vec::new() })?;
         let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
         // Names with the same hash share one DIR_ITEM, which must still fit a leaf.
         let mut body = self.get(root, hkey)?.unwrap_or_default();
@@ -106,10 +108,10 @@ impl Transaction {
         }
         self.put(root, hkey, body)?;
         self.insert(root, Key::new(dir, DIR_INDEX_KEY, index), entry)?;
-        self.add_inode_ref(root, ino, dir, name, index)?;
         d.size = (d.size.get() + 2 * name.len() as u64).into();
         self.touch(&mut d, true);
-        self.put_inode(root, dir, &d)
+        self.put_inode(root, dir, &d)?;
+        Ok(index)
     }
 
     /// Record `dir/name` (directory index `index`) among the back
@@ -196,15 +198,25 @@ impl Transaction {
 
     /// Remove the name `name` from `dir` (not the inode itself); returns the inode.
     pub(super) fn remove_link(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<u64> {
-        let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
-        let data = self.get(root, hkey)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
-        let entries = parse_dir_items(&data)?;
-        let ent =
-            entries.iter().find(|e| e.name == name).cloned().ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        let ent = self.lookup_entry(root, dir, name)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
         if ent.location.item_type != INODE_ITEM_KEY {
             return Err(Error::Unsupported("removing a subvolume".into()));
         }
         let ino = ent.location.objectid;
+        let index = self.remove_inode_ref(root, ino, dir, name)?;
+        self.remove_entry(root, dir, name, index)?;
+        Ok(ino)
+    }
+
+    /// Take `dir/name` (dir index `index`) out of the directory: its dir
+    /// item entry and dir index; the directory shrinks by the name twice.
+    pub(crate) fn remove_entry(&mut self, root: u64, dir: u64, name: &[u8], index: u64) -> Result<()> {
+        let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
+        let data = self.get(root, hkey)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        let entries = parse_dir_items(&data)?;
+        if !entries.iter().any(|e| e.name == name) {
+            return Err(Error::NotFound(String::from_utf8_lossy(name).into_owned()));
+        }
         // Rebuild the dir item without this name.
         let remaining: Vec<items::DirEntry> = entries.into_iter().filter(|e| e.name != name).collect();
         let rest = encode::dir_items(&remaining)?;
@@ -213,12 +225,10 @@ impl Transaction {
         } else {
             self.put(root, hkey, rest)?;
         }
-        let index = self.remove_inode_ref(root, ino, dir, name)?;
         self.delete(root, Key::new(dir, DIR_INDEX_KEY, index))?;
         let mut d = self.read_inode(root, dir)?;
         d.size = d.size.get().saturating_sub(2 * name.len() as u64).into();
         self.touch(&mut d, true);
-        self.put_inode(root, dir, &d)?;
-        Ok(ino)
+        self.put_inode(root, dir, &d)
     }
 }

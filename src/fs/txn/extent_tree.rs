@@ -196,7 +196,7 @@ impl Transaction {
     /// `n` fewer of back reference `r` (count field ignored) on extent item
     /// `key`, inline or keyed; true when the extent lost its last reference
     /// (its item is deleted).
-    fn drop_ref(&mut self, key: Key, r: ExtentRef, n: u32) -> Result<bool> {
+    pub(super) fn drop_ref(&mut self, key: Key, r: ExtentRef, n: u32) -> Result<bool> {
         let at = || format!("extent {} ({})", key.objectid, if key.item_type == METADATA_ITEM_KEY { "tree block" } else { "data" });
         let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no extent item"))?;
         let info = parse_extent_item(key, &body)?;
@@ -314,7 +314,7 @@ impl Transaction {
     /// One more reference to everything block `old` (at `parent`) points
     /// to: by its address (`root` None: SHARED_BLOCK_REF / SHARED_DATA_REF)
     /// or from tree `root` (TREE_BLOCK_REF / EXTENT_DATA_REF).
-    fn add_child_refs(&mut self, old: &TreeBlock, parent: u64, root: Option<u64>) -> Result<()> {
+    pub(super) fn add_child_refs(&mut self, old: &TreeBlock, parent: u64, root: Option<u64>) -> Result<()> {
         for child in children(old)? {
             let (key, r) = match (child, root) {
                 (Child::Block(key), None) => (key, ExtentRef::SharedBlock { parent }),

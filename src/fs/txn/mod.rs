@@ -43,7 +43,10 @@
 //! - `read`: file data read back; `extent_io`: data extents allocated and
 //!   written to every mirror;
 //! - `compression`: compressed writes (compress_file_range);
-//! - `file`: data writes and truncation (file.c).
+//! - `file`: data writes and truncation (file.c);
+//! - `subvol`: subvolumes and snapshots made, deleted (their trees
+//!   dropped), made read-only or the default (ioctl.c, transaction.c's
+//!   create_pending_snapshot, extent-tree.c's btrfs_drop_snapshot).
 
 mod commit;
 mod compression;
@@ -61,6 +64,7 @@ mod readers;
 mod restripe;
 mod settle;
 mod space;
+mod subvol;
 mod types;
 mod xattr;
 
@@ -72,6 +76,7 @@ pub(crate) use readers::Held;
 pub(crate) use restripe::cut_unit_of;
 pub use restripe::{MoveEvent, Restriped};
 pub(crate) use space::Store;
+pub use subvol::SubvolLink;
 pub use types::{BioFn, BioHook, BioRecord, BioStage, CompressOpts, Place, WriteOpts, WriteReport};
 
 use std::collections::{BTreeMap, HashMap};

@@ -295,6 +295,12 @@ impl Store {
         Ok(self.held.ranges.len() < before)
     }
 
+    /// Forget a committed tree block whose extent item is gone (a dropped
+    /// tree's): pinned until the commit, since the committed trees reach it.
+    pub(crate) fn release_tree_block(&mut self, addr: u64) -> Result<()> {
+        self.release_data(addr)
+    }
+
     /// Forget a data extent the extent tree no longer lists; pinned until the
     /// commit because the committed file tree may still reference it.
     pub(crate) fn release_data(&mut self, start: u64) -> Result<()> {

@@ -377,7 +377,8 @@ impl Model {
     /// `Transaction::add_link` for an existing node.
     fn add_link(&mut self, dir: Id, name: &[u8], id: Id) -> Result<(), ErrClass> {
         check_name(name)?;
-        if self.lookup_name(dir, name)?.is_some() {
+        // `Transaction::add_entry`: any entry of that name, a subvolume's too.
+        if self.entries(dir).is_some_and(|e| e.contains_key(name)) {
             return Err(ErrClass::Exists);
         }
         if !matches!(self.node(dir).kind, Kind::Dir { .. }) {

@@ -28,7 +28,7 @@ pub(super) fn time_str(t: &Timespec) -> String {
     format!("{}.{} ({})", sec, t.nsec.get(), utc_datetime(sec as i64))
 }
 
-fn utc_datetime(t: i64) -> String {
+pub(crate) fn utc_datetime(t: i64) -> String {
     let days = t.div_euclid(86400);
     let rem = t.rem_euclid(86400);
     // Howard Hinnant's civil_from_days.

@@ -1,0 +1,308 @@
+//! `btrs subvolume` and `btrs property`: subvolumes and snapshots made,
+//! deleted, listed and shown, the default subvolume, the read-only
+//! property (btrfs-progs' `btrfs subvolume` and `btrfs property` names and
+//! output). Each change is one transaction; on an error nothing is
+//! committed.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::types::uuid_string;
+use crate::format::*;
+use crate::fs::txn::{Place, Transaction};
+use crate::fs::Filesystem;
+use crate::volumes::OpenOptions;
+
+use super::write::{begin, dir_at, split};
+
+/// The subvolume whose root directory `path` is (refused otherwise).
+fn subvol_at(tx: &mut Transaction, path: &str) -> Result<u64> {
+    let p = tx.resolve(path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
+    if p.root() == FS_TREE_OBJECTID && p.ino() == FIRST_FREE_OBJECTID {
+        return Ok(FS_TREE_OBJECTID);
+    }
+    let dirid = tx.fs().root_item(p.root())?.map_or(FIRST_FREE_OBJECTID, |(_, ri)| ri.root_dirid.get());
+    if p.ino() != dirid {
+        return Err(Error::Invalid(format!("{path}: not a subvolume")));
+    }
+    Ok(p.root())
+}
+
+/// Where a new subvolume or snapshot named by `path` goes: its directory
+/// and name, refused when the name is taken.
+fn new_entry(tx: &mut Transaction, path: &str, parents: bool) -> Result<(Place, Vec<u8>)> {
+    let (dir, name) = split(path)?;
+    let d = dir_at(tx, &dir, parents)?;
+    if tx.lookup_entry(d.root(), d.ino(), &name)?.is_some() {
+        return Err(Error::Invalid(format!("{path} already exists")));
+    }
+    Ok((d, name))
+}
+
+/// `btrs subvolume create IMAGE PATH...`: new, empty subvolumes; their ids.
+pub fn create(opts: &OpenOptions, paths: &[String], parents: bool) -> Result<(Vec<u64>, Vec<String>)> {
+    let mut tx = begin(opts)?;
+    let mut ids = Vec::new();
+    for path in paths {
+        let (d, name) = new_entry(&mut tx, path, parents)?;
+        ids.push(tx.create_subvolume(d.id, &name)?);
+    }
+    Ok((ids, tx.commit_with_warnings()?))
+}
+
+/// `btrs subvolume snapshot IMAGE SRC DEST [-r]`: DEST names the snapshot,
+/// or, when it is an existing directory, the directory it goes in under
+/// SRC's name (as `btrfs subvolume snapshot`). Its id and path.
+pub fn snapshot(opts: &OpenOptions, src: &str, dest: &str, readonly: bool) -> Result<(u64, String, Vec<String>)> {
+    let mut tx = begin(opts)?;
+    let from = subvol_at(&mut tx, src)?;
+    let dest = match tx.resolve(dest)? {
+        Some(p) if p.dir_type == FT_DIR => {
+            let base =
+                src.trim_end_matches('/').rsplit('/').next().filter(|b| !b.is_empty()).ok_or_else(|| {
+                    Error::Invalid(format!("{src} has no name to give the snapshot inside {dest}: name the snapshot itself"))
+                })?;
+            format!("{}/{base}", dest.trim_end_matches('/'))
+        }
+        Some(_) => return Err(Error::Invalid(format!("{dest} already exists"))),
+        None => dest.to_string(),
+    };
+    let (d, name) = new_entry(&mut tx, &dest, false)?;
+    let id = tx.snapshot(from, d.id, &name, readonly)?;
+    Ok((id, dest, tx.commit_with_warnings()?))
+}
+
+/// `btrs subvolume delete IMAGE PATH...`: each subvolume deleted, its tree
+/// dropped; with `recursive`, the subvolumes inside it first. The ids
+/// deleted, in order.
+pub fn delete(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<(Vec<u64>, Vec<String>)> {
+    let mut tx = begin(opts)?;
+    let mut gone = Vec::new();
+    for path in paths {
+        let id = subvol_at(&mut tx, path)?;
+        let mut order = Vec::new();
+        if recursive {
+            nested_first(&mut tx, id, &mut order, 0)?;
+        } else {
+            order.push(id);
+        }
+        for id in order {
+            tx.delete_subvolume(id).map_err(|e| e.within(format!("deleting {path}")))?;
+            gone.push(id);
+        }
+    }
+    Ok((gone, tx.commit_with_warnings()?))
+}
+
+/// The subvolumes inside `id` (depth first), then `id`.
+fn nested_first(tx: &mut Transaction, id: u64, out: &mut Vec<u64>, depth: usize) -> Result<()> {
+    if depth > 4096 {
+        return Err(Error::corrupt(crate::error::CorruptKind::Loop, format!("subvolume {id}"), "subvolumes nested deeper than 4096"));
+    }
+    let refs = tx.range(ROOT_TREE_OBJECTID, Key::new(id, ROOT_REF_KEY, 0), Key::new(id, ROOT_REF_KEY, u64::MAX))?;
+    for (k, _) in refs {
+        nested_first(tx, k.offset, out, depth + 1)?;
+    }
+    out.push(id);
+    Ok(())
+}
+
+/// `btrs subvolume set-default IMAGE PATH|ID`.
+pub fn set_default(opts: &OpenOptions, target: &str) -> Result<(u64, Vec<String>)> {
+    let mut tx = begin(opts)?;
+    let id = match target.parse::<u64>() {
+        Ok(id) if !target.starts_with('/') => id,
+        _ => subvol_at(&mut tx, target)?,
+    };
+    if id != FS_TREE_OBJECTID && tx.fs().root_item(id)?.is_none_or(|(_, ri)| ri.refs.get() == 0) {
+        return Err(Error::NotFound(format!("subvolume {id}")));
+    }
+    tx.set_default_subvol(id)?;
+    Ok((id, tx.commit_with_warnings()?))
+}
+
+/// `btrs property set IMAGE PATH ro true|false`: whether it changed.
+pub fn set_readonly(opts: &OpenOptions, path: &str, readonly: bool) -> Result<(bool, Vec<String>)> {
+    let mut tx = begin(opts)?;
+    let id = subvol_at(&mut tx, path)?;
+    let changed = tx.set_subvol_readonly(id, readonly)?;
+    Ok((changed, tx.commit_with_warnings()?))
+}
+
+/// One subvolume as `btrfs subvolume list` and `show` describe it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SubvolInfo {
+    pub id: u64,
+    /// Root item generation (the last transaction that changed the tree).
+    pub generation: u64,
+    /// The generation it was made in (otransid).
+    pub cgen: u64,
+    /// The subvolume it is linked in (0 for the top level).
+    pub parent: u64,
+    pub path: String,
+    pub name: String,
+    pub uuid: String,
+    pub parent_uuid: String,
+    pub received_uuid: String,
+    pub readonly: bool,
+    /// A snapshot (its root item key records the generation it was taken in).
+    pub snapshot: bool,
+    pub otime: i64,
+    pub ctime: i64,
+    pub ctransid: u64,
+    pub stransid: u64,
+    pub rtransid: u64,
+    pub stime: i64,
+    pub rtime: i64,
+}
+
+fn uuid_or_dash(u: &[u8; 16]) -> String {
+    if *u == [0; 16] {
+        "-".into()
+    } else {
+        uuid_string(u)
+    }
+}
+
+fn secs(t: Timespec) -> i64 {
+    t.sec.get() as i64
+}
+
+/// Every subvolume (the top level first, then by id), deleted ones left out.
+pub fn subvolumes(fs: &Filesystem) -> Result<Vec<SubvolInfo>> {
+    let root = fs.tree_root(ROOT_TREE_OBJECTID)?;
+    let mut out = Vec::new();
+    let mut c = fs.reader.seek(&root, Key::new(FS_TREE_OBJECTID, ROOT_ITEM_KEY, 0))?;
+    while let Some(item) = c.next_item()? {
+        let k = item.key;
+        if k.objectid > LAST_FREE_OBJECTID {
+            break;
+        }
+        if k.item_type != ROOT_ITEM_KEY || !(k.objectid == FS_TREE_OBJECTID || k.objectid >= FIRST_FREE_OBJECTID) {
+            continue;
+        }
+        let ri = crate::format::items::parse_root_item(item.data()).map_err(|e| e.within(format!("root item {k}")))?;
+        if ri.refs.get() == 0 {
+            continue;
+        }
+        let link = if k.objectid == FS_TREE_OBJECTID {
+            None
+        } else {
+            let r = fs.reader.range(&root, Key::new(k.objectid, ROOT_BACKREF_KEY, 0), Key::new(k.objectid, ROOT_BACKREF_KEY, u64::MAX))?;
+            match r.into_iter().next() {
+                Some((bk, body)) => Some((bk.offset, crate::format::items::parse_root_ref(&body)?)),
+                // Unlinked: deleted by the kernel, its cleaner not run yet.
+                None => continue,
+            }
+        };
+        let path =
+            if k.objectid == FS_TREE_OBJECTID { String::new() } else { super::backref::inode_path(fs, k.objectid, ri.root_dirid.get())? };
+        out.push(SubvolInfo {
+            id: k.objectid,
+            generation: ri.generation.get(),
+            cgen: ri.otransid.get(),
+            parent: link.as_ref().map_or(0, |l| l.0),
+            name: link.as_ref().map_or_else(|| "<FS_TREE>".into(), |l| String::from_utf8_lossy(&l.1.name).into_owned()),
+            path,
+            uuid: uuid_or_dash(&ri.uuid),
+            parent_uuid: uuid_or_dash(&ri.parent_uuid),
+            received_uuid: uuid_or_dash(&ri.received_uuid),
+            readonly: ri.flags.get() & ROOT_SUBVOL_RDONLY != 0,
+            snapshot: k.offset != 0,
+            otime: secs(ri.otime),
+            ctime: secs(ri.ctime),
+            ctransid: ri.ctransid.get(),
+            stransid: ri.stransid.get(),
+            rtransid: ri.rtransid.get(),
+            stime: secs(ri.stime),
+            rtime: secs(ri.rtime),
+        });
+    }
+    Ok(out)
+}
+
+/// What `btrs subvolume list` shows (btrfs-progs' flags).
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    /// -p: the parent's id.
+    pub parent: bool,
+    /// -c: the generation it was made in.
+    pub cgen: bool,
+    /// -g: the generation (always shown, as progs does).
+    pub gen: bool,
+    /// -u, -q, -R: uuid, parent uuid, received uuid.
+    pub uuid: bool,
+    pub parent_uuid: bool,
+    pub received_uuid: bool,
+    /// -s: only snapshots (with their creation time).
+    pub snapshots_only: bool,
+    /// -r: only read-only subvolumes.
+    pub readonly_only: bool,
+    /// -o: only the subvolumes directly inside this one.
+    pub below: Option<u64>,
+}
+
+/// The subvolumes `opts` selects (the top level never listed, as progs).
+pub fn select(all: Vec<SubvolInfo>, opts: &ListOptions) -> Vec<SubvolInfo> {
+    all.into_iter()
+        .filter(|s| s.id != FS_TREE_OBJECTID)
+        .filter(|s| !opts.snapshots_only || s.snapshot)
+        .filter(|s| !opts.readonly_only || s.readonly)
+        .filter(|s| opts.below.is_none_or(|b| s.parent == b))
+        .collect()
+}
+
+/// One line of `btrfs subvolume list`.
+pub fn list_line(s: &SubvolInfo, opts: &ListOptions) -> String {
+    let mut l = format!("ID {} gen {}", s.id, s.generation);
+    if opts.cgen || opts.snapshots_only {
+        l.push_str(&format!(" cgen {}", s.cgen));
+    }
+    if opts.parent {
+        l.push_str(&format!(" parent {}", s.parent));
+    }
+    l.push_str(&format!(" top level {}", s.parent));
+    if opts.snapshots_only {
+        l.push_str(&format!(" otime {}", datetime(s.otime)));
+    }
+    if opts.parent_uuid {
+        l.push_str(&format!(" parent_uuid {:<36}", s.parent_uuid));
+    }
+    if opts.received_uuid {
+        l.push_str(&format!(" received_uuid {:<36}", s.received_uuid));
+    }
+    if opts.uuid {
+        l.push_str(&format!(" uuid {:<36}", s.uuid));
+    }
+    l.push_str(&format!(" path {}", s.path));
+    l
+}
+
+/// "YYYY-MM-DD HH:MM:SS" of seconds since the epoch, in UTC.
+pub fn datetime(t: i64) -> String {
+    crate::ops::dump::utc_datetime(t)
+}
+
+/// The subvolume at `path` (read-only filesystem).
+pub fn subvol_of_path(fs: &Filesystem, path: &str) -> Result<u64> {
+    let e = fs.resolve(path)?;
+    if e.id.subvol == FS_TREE_OBJECTID && e.id.ino == FIRST_FREE_OBJECTID {
+        return Ok(FS_TREE_OBJECTID);
+    }
+    let dirid = fs.root_item(e.id.subvol)?.map_or(FIRST_FREE_OBJECTID, |(_, ri)| ri.root_dirid.get());
+    if e.id.ino != dirid || !e.subvol {
+        return Err(Error::Invalid(format!("{path}: not a subvolume")));
+    }
+    Ok(e.id.subvol)
+}
+
+/// The default subvolume's id (read-only filesystem).
+pub fn get_default(fs: &Filesystem) -> Result<u64> {
+    let root = fs.tree_root(ROOT_TREE_OBJECTID)?;
+    let key = Key::new(ROOT_TREE_DIR_OBJECTID, DIR_ITEM_KEY, crate::format::items::name_hash(b"default"));
+    let Some(body) = fs.reader.lookup(&root, key)? else { return Ok(FS_TREE_OBJECTID) };
+    Ok(crate::format::items::parse_dir_items(&body)?
+        .into_iter()
+        .find(|e| e.name == b"default")
+        .map_or(FS_TREE_OBJECTID, |e| e.location.objectid))
+}
