@@ -102,8 +102,10 @@ pub enum Command {
     /// that finished). Data sectors whose checksum fails on every copy are
     /// counted and left unreadable, as they were. Until its superblocks are written NEW carries no btrfs
     /// signature: a crash or failure leaves the set as it was, and a failed
-    /// replace removes NEW. A stale image of DEVID is locked meanwhile and
-    /// then its superblocks are wiped, as the kernel's replace scratches its
+    /// replace removes NEW. A stale image of DEVID is refused unless
+    /// --wipe-stale says it is an older copy of this device (a generation
+    /// cannot tell that from another history); then it is locked meanwhile and
+    /// its superblocks are wiped, as the kernel's replace scratches its
     /// source device's (a stop in between leaves two images claiming DEVID:
     /// commands refuse the set, naming the older one to move away).
     /// Afterwards the kernel mounts the set without `degraded`.
@@ -340,6 +342,11 @@ pub struct ReplaceArgs {
     pub devid: u64,
     /// The new image file (must not exist).
     pub new: PathBuf,
+    /// DEVID is present but stale and is an older copy of this device:
+    /// wipe its superblocks once NEW is built (without this, a stale DEVID
+    /// is refused: it may hold another history).
+    #[arg(long)]
+    pub wipe_stale: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

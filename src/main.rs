@@ -217,7 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replace(a) => {
             let open = set.options(&a.image, false);
-            let r = btrs::ops::replace::replace(&open, a.devid, &a.new, !a.no_progress)
+            let r = btrs::ops::replace::replace(&open, a.devid, &a.new, a.wipe_stale, !a.no_progress)
                 .with_context(|| format!("cannot replace devid {} of {}", a.devid, a.image.display()))?;
             if r.other_device_findings > 0 {
                 say!(

@@ -279,7 +279,14 @@ fn staled(d: &Path, img2: &Path, more: impl FnOnce()) {
 fn supersede(test: &str, first: &Path, stale: &Path, new: &Path, files: &Files) {
     let (c, out, err) = btrs(&["scrub", s(first), "--no-progress"]);
     assert!(c != 0 && (out.contains("stale") || err.contains("stale")), "devid 2 must read as stale first: {out}{err}");
-    let out = ok(&["replace", s(first), "2", s(new), "--no-progress"]);
+    // A generation cannot tell an older copy from another history: without
+    // --wipe-stale it is refused, nothing written.
+    let before = (fingerprint(first), fingerprint(stale));
+    let (c, _, err) = btrs(&["replace", s(first), "2", s(new), "--no-progress"]);
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("--wipe-stale") && err.contains("anything else"), "{err}");
+    assert!(!new.exists() && before == (fingerprint(first), fingerprint(stale)), "a refused replace changed something");
+    let out = ok(&["replace", s(first), "2", s(new), "--wipe-stale", "--no-progress"]);
     assert!(out.contains("rebuilt devid 2") && out.contains("superblocks were wiped"), "{out}");
     let (c, _, err) = btrs(&["ls", s(stale), "/"]);
     assert!(c != 0, "the superseded image still opens: {err}");

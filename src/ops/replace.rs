@@ -72,7 +72,7 @@ fn chunk_only_on(fs: &Filesystem, devid: u64) -> Option<(u64, Profile)> {
 
 /// Rebuild devid `devid` of the filesystem `opts` names onto the new image
 /// `new` (which must not exist). The device must be missing from the set.
-pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, progress: bool) -> Result<ReplaceReport> {
+pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, wipe_stale: bool, progress: bool) -> Result<ReplaceReport> {
     // symlink_metadata: a dangling symlink is there too.
     if new.symlink_metadata().is_ok() {
         return Err(Error::Invalid(format!("{} exists; replace writes a new image file", new.display())));
@@ -110,6 +110,19 @@ pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, progress: bool) -> Re
     // source device's. Locked meanwhile, and wiped only if it still is
     // what was seen here.
     let stale = match vol.left_out.get(&devid) {
+        // Older is all a generation proves: an image of another history
+        // (a copy of the set written apart) is older too, and wiping it
+        // would lose what only it holds. The caller says which it is.
+        Some((path, generation)) if !wipe_stale => {
+            return Err(Error::Invalid(format!(
+                "devid {devid} is present but stale ({}, generation {generation}; the set is at {}): if it is an older \
+                 copy of this device, give --wipe-stale and replace wipes its superblocks once the new image is built; \
+                 if it may hold anything else, move it out of the set's directory first (replace then rebuilds devid \
+                 {devid} as missing), or rebuild it in place with `btrs scrub --repair`",
+                path.display(),
+                fs.sb.generation.get()
+            )));
+        }
         Some((path, generation)) => {
             let dev = crate::volumes::Device::open_locked(path, crate::volumes::guard::Lock::Exclusive)?;
             if dev.sb.generation.get() != *generation || dev.devid != devid || dev.sb.fsid != fs.sb.fsid {
@@ -165,17 +178,23 @@ pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, progress: bool) -> Re
             if !has_super {
                 crate::volumes::create::remove_created(vec![new.to_path_buf()]);
             }
-            match full {
-                Some(free) => Err(Error::NoSpace(format!("{e} ({} is full: {free} bytes free)", dir.display()))),
+            let e = match full {
+                Some(free) => Error::NoSpace(format!("{e} ({} is full: {free} bytes free)", dir.display())),
+                None => e,
+            };
+            if has_super {
                 // The failure came after its first superblock copy: every
                 // copy it must hold is on it, and it is a device of the set.
-                None if has_super => Err(Error::Devices(format!(
+                let stale_note = stale.as_ref().map_or(String::new(), |(d, _)| {
+                    format!("; the stale image {} was not wiped: move it out of the set's directory", d.path.display())
+                });
+                return Err(Error::Devices(format!(
                     "{e}; {} already holds the current superblock and is devid {devid} of the set: \
-                     `btrs scrub --repair` completes its other superblock copies",
+                     `btrs scrub --repair` completes its other superblock copies{stale_note}",
                     new.display()
-                ))),
-                None => Err(e),
+                )));
             }
+            Err(e)
         }
     }
 }
@@ -312,7 +331,7 @@ mod tests {
         // Count the replace's I/Os.
         let counter = Arc::new(FaultPlan::new(u64::MAX, Fault::Fail));
         arm_for_writers(Some(counter.clone()));
-        replace(&one, 2, &new, false).unwrap();
+        replace(&one, 2, &new, false, false).unwrap();
         arm_for_writers(None);
         let total = counter.count();
         assert!(total > 10, "only {total} I/Os counted: the plan did not reach the rebuild");
@@ -321,7 +340,7 @@ mod tests {
             for k in 0..=total {
                 let _ = std::fs::remove_file(&new);
                 arm_for_writers(Some(Arc::new(FaultPlan::new(k, fault))));
-                let r = replace(&one, 2, &new, false);
+                let r = replace(&one, 2, &new, false, false);
                 arm_for_writers(None);
                 let what = format!("{fault:?} at I/O {k} of {total}");
                 assert_eq!(r.is_ok(), k >= total, "{what}: {r:?}");

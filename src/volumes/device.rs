@@ -202,6 +202,38 @@ impl Device {
         self.replacement
     }
 
+    /// For an image opened blank (see `blank`): the first range that holds
+    /// data the writes through this device did not put there (another
+    /// process wrote into the file), rounded to the file's block size.
+    /// None when there is none, or when nothing is tracked.
+    pub(crate) fn foreign_data(&self) -> Result<Option<(u64, u64)>> {
+        let Some(written) = &self.blank else { return Ok(None) };
+        let w = written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.unknown {
+            return Ok(None);
+        }
+        let block = rustix::fs::fstat(&self.file).map_or(4096, |st| u64::try_from(st.st_blksize).unwrap_or(4096)).max(1);
+        let mut pos = 0u64;
+        while pos < self.size {
+            let Ok(at) = i64::try_from(pos) else { break };
+            let Ok(start) = rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(at)) else { break };
+            let from = i64::try_from(start).map_err(|_| Error::Invalid(format!("{}: offset {start}", self.path.display())))?;
+            let end = rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(from))
+                .map_err(|e| Error::io(&self.path, "seek hole", e.into()))?
+                .min(self.size);
+            // Every block of [start, end) must overlap something written.
+            let mut b = start.checked_div(block).and_then(|q| q.checked_mul(block)).unwrap_or(start);
+            while b < end {
+                if !w.touches(b, block) {
+                    return Ok(Some((b, block)));
+                }
+                b = b.saturating_add(block);
+            }
+            pos = end.max(start.saturating_add(1));
+        }
+        Ok(None)
+    }
+
     /// The file is about to be written other than through
     /// [`Self::write_all_at`] (the bio writer's own descriptors): reads go to
     /// the file from now on.
@@ -402,5 +434,26 @@ mod tests {
         dev.forget_blank();
         dev.read_exact_at(0, &mut buf[..16]).unwrap();
         assert_eq!(&buf[..16], &[5u8; 16]);
+    }
+
+    /// Data another process puts into a blank image outside what was
+    /// written through it is found (attacker's pass on 61ab620: a zero
+    /// NODATASUM copy read as blank was never written, and a foreign
+    /// write there stayed).
+    #[test]
+    fn data_written_behind_a_blank_images_back_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.img");
+        std::fs::File::create(&path).unwrap().set_len(4 << 20).unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        use zerocopy::FromZeros;
+        let dev = Device { blank: Some(Default::default()), ..Device::new(&path, file, 4 << 20, SuperBlock::new_zeroed()) };
+        assert_eq!(dev.foreign_data().unwrap(), None);
+        dev.write_all_at(1 << 20, &[1u8; 65536]).unwrap();
+        assert_eq!(dev.foreign_data().unwrap(), None, "its own writes are not foreign");
+        let other = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&other, &[0xaa; 4096], 3 << 20).unwrap();
+        let (at, _) = dev.foreign_data().unwrap().expect("the foreign write is found");
+        assert!((3 << 20) - 65536 < at + 65536 && at <= 3 << 20, "found at {at}");
     }
 }

@@ -66,6 +66,17 @@ pub(super) fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) 
         // superblock that makes them count (a replacement's copies were
         // not flushed one by one).
         let flushed = !opts.repair || dev.sync().is_ok();
+        // A new image the rebuild made holds only what it wrote: data
+        // elsewhere came from another process, and the copies it answered
+        // from memory as blank may not be.
+        if opts.repair && dev.defers_flush() {
+            if let Some((at, len)) = dev.foreign_data()? {
+                return Err(crate::error::Error::Devices(format!(
+                    "{}: {len} bytes at {at} were written by something else during the rebuild; the image is not trusted",
+                    dev.path.display()
+                )));
+            }
+        }
         // Only the copies a commit writes (see `super_copy_in_use`).
         let total = dev_items.get(&dev.devid).map_or(dev.size, |d| d.total_bytes.get());
         for copy in dev.super_copies()?.into_iter().filter(|c| crate::volumes::device::super_copy_in_use(c.offset, total)) {
