@@ -702,7 +702,11 @@ fn subvolume(set: &Set, c: btrs::cli::SubvolumeCommand, out: &mut dyn Write) -> 
             let id = subvol::subvol_of_path(&fs, &a.path)?;
             let all = subvol::subvolumes(&fs)?;
             let s = all.iter().find(|s| s.id == id).ok_or_else(|| anyhow::anyhow!("{}: subvolume {id} not found", a.path))?;
-            let snapshots: Vec<&subvol::SubvolInfo> = all.iter().filter(|o| s.uuid != "-" && o.parent_uuid == s.uuid).collect();
+            let snapshots: Vec<&subvol::SubvolInfo> = subvol::tree_order(&all)
+                .into_iter()
+                .filter_map(|id| all.iter().find(|o| o.id == id))
+                .filter(|o| s.uuid != "-" && o.parent_uuid == s.uuid)
+                .collect();
             if a.json {
                 #[derive(serde::Serialize)]
                 struct Show<'a> {

@@ -77,18 +77,27 @@ pub fn snapshot(opts: &OpenOptions, src: &str, dest: &str, readonly: bool) -> Re
 /// deleted, in order.
 pub fn delete(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<(Vec<u64>, Vec<String>)> {
     let mut tx = begin(opts)?;
-    let mut gone = Vec::new();
+    // Every path first: a missing one changes nothing.
+    let mut order = Vec::new();
     for path in paths {
         let id = subvol_at(&mut tx, path)?;
-        let mut order = Vec::new();
         if recursive {
             nested_first(&mut tx, id, &mut order, 0)?;
         } else {
             order.push(id);
         }
-        for id in order {
-            tx.delete_subvolume(id).map_err(|e| e.within(format!("deleting {path}")))?;
-            gone.push(id);
+    }
+    // One commit each: a drop reads its tree as last committed, and a
+    // nested one's unlinking changed its parent's.
+    let mut gone = Vec::new();
+    for (i, id) in order.iter().enumerate() {
+        if gone.contains(id) {
+            continue;
+        }
+        tx.delete_subvolume(*id).map_err(|e| e.within(format!("deleting subvolume {id}")))?;
+        gone.push(*id);
+        if i + 1 < order.len() {
+            tx = tx.commit_and_continue()?;
         }
     }
     Ok((gone, tx.commit_with_warnings()?))
@@ -281,6 +290,27 @@ pub fn list_line(s: &SubvolInfo, opts: &ListOptions) -> String {
 /// "YYYY-MM-DD HH:MM:SS" of seconds since the epoch, in UTC.
 pub fn datetime(t: i64) -> String {
     crate::ops::dump::utc_datetime(t)
+}
+
+/// The subvolumes in the order `btrfs subvolume show` lists snapshots:
+/// depth first from the top level, each one's subvolumes by id.
+pub fn tree_order(all: &[SubvolInfo]) -> Vec<u64> {
+    let mut kids: std::collections::BTreeMap<u64, Vec<u64>> = std::collections::BTreeMap::new();
+    for s in all.iter().filter(|s| s.id != FS_TREE_OBJECTID) {
+        kids.entry(s.parent).or_default().push(s.id);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![FS_TREE_OBJECTID];
+    while let Some(id) = stack.pop() {
+        if out.len() > all.len() {
+            break;
+        }
+        out.push(id);
+        if let Some(k) = kids.get(&id) {
+            stack.extend(k.iter().rev());
+        }
+    }
+    out
 }
 
 /// The subvolume at `path` (read-only filesystem).

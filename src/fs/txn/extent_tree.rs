@@ -44,7 +44,7 @@ impl Transaction {
     }
 
     /// Like [`Self::edit_extent_refs`], with the flags in reach too.
-    fn edit_extent_item(&mut self, key: Key, f: impl FnOnce(&mut ExtentInfo) -> Result<i64>) -> Result<bool> {
+    pub(super) fn edit_extent_item(&mut self, key: Key, f: impl FnOnce(&mut ExtentInfo) -> Result<i64>) -> Result<bool> {
         let at = || format!("extent {} ({})", key.objectid, if key.item_type == METADATA_ITEM_KEY { "tree block" } else { "data" });
         let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no extent item"))?;
         let mut info = parse_extent_item(key, &body)?;
@@ -128,7 +128,7 @@ impl Transaction {
     /// new inline ref — or, like the kernel's lookup_inline_extent_backref,
     /// a new keyed item once the extent item would reach
     /// BTRFS_MAX_EXTENT_ITEM_SIZE.
-    fn add_ref(&mut self, key: Key, r: ExtentRef, n: u32) -> Result<()> {
+    pub(super) fn add_ref(&mut self, key: Key, r: ExtentRef, n: u32) -> Result<()> {
         if n == 0 {
             return Ok(());
         }

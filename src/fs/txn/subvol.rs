@@ -340,7 +340,7 @@ impl Transaction {
         if ri.received_uuid != [0; 16] {
             self.uuid_remove(&ri.received_uuid, UUID_KEY_RECEIVED_SUBVOL, id)?;
         }
-        self.drop_block(ri.bytenr.get(), ri.level, Some(ri.generation.get()), ExtentRef::TreeBlock { root: id })?;
+        self.drop_block(id, ri.bytenr.get(), ri.level, Some(ri.generation.get()), ExtentRef::TreeBlock { root: id })?;
         self.delete(ROOT_TREE_OBJECTID, key)?;
         // A deletion the kernel had begun (an orphan item for its cleaner).
         self.delete(ROOT_TREE_OBJECTID, Key::new(ORPHAN_OBJECTID, ORPHAN_ITEM_KEY, id))?;
@@ -350,21 +350,25 @@ impl Transaction {
         Ok(())
     }
 
-    /// Drop the reference `via` to tree block `addr` at `level`: when other
-    /// references remain, only that one goes; when it was the last, what the
-    /// block points to loses the block's references first, then the block
-    /// goes. `generation`: what the referencing pointer says, checked on read.
-    fn drop_block(&mut self, addr: u64, level: u8, generation: Option<u64>, via: ExtentRef) -> Result<()> {
+    /// Drop the reference `via` to tree block `addr` at `level` while tree
+    /// `dropping` goes: when other references remain, only that one goes
+    /// (after the block, if `dropping` made it, turns FULL_BACKREF: see
+    /// [`Self::full_backref`]); when it was the last, what the block points
+    /// to loses the block's references first, then the block goes.
+    /// `generation`: what the referencing pointer says, checked on read.
+    fn drop_block(&mut self, dropping: u64, addr: u64, level: u8, generation: Option<u64>, via: ExtentRef) -> Result<()> {
         let key = Key::new(addr, METADATA_ITEM_KEY, u64::from(level));
         let at = || format!("tree block {addr}");
         let body = self.get(EXTENT_TREE_OBJECTID, key)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no extent item"))?;
         let info = items::parse_extent_item(key, &body)?;
+        let expect = Expect { level: Some(level), generation, ..Default::default() };
         if info.refs > 1 {
+            self.full_backref(dropping, addr, expect, info.flags)?;
             self.drop_ref(key, via, 1)?;
             return Ok(());
         }
-        let block = self.store.fs.reader.read_block(addr, Expect { level: Some(level), generation, ..Default::default() }, None)?;
-        self.drop_children(&block, info.flags & BLOCK_FLAG_FULL_BACKREF != 0)?;
+        let block = self.store.fs.reader.read_block(addr, expect, None)?;
+        self.drop_children(dropping, &block, info.flags & BLOCK_FLAG_FULL_BACKREF != 0)?;
         if !self.drop_ref(key, via, 1)? {
             return Err(Error::corrupt(CorruptKind::ExtentRefs, at(), "one reference counted, more left after dropping it"));
         }
@@ -373,36 +377,95 @@ impl Transaction {
 
     /// Every reference `block` holds, dropped: by its address when it is
     /// FULL_BACKREF, else from its owner.
-    fn drop_children(&mut self, block: &TreeBlock, full_backref: bool) -> Result<()> {
+    fn drop_children(&mut self, dropping: u64, block: &TreeBlock, full_backref: bool) -> Result<()> {
         let (parent, owner) = (block.logical, block.owner());
         if block.level() > 0 {
             for i in 0..block.nritems() {
                 let (_, child, generation) = block.ptr(i);
                 let via = if full_backref { ExtentRef::SharedBlock { parent } } else { ExtentRef::TreeBlock { root: owner } };
-                self.drop_block(child, block.level() - 1, Some(generation), via)?;
+                self.drop_block(dropping, child, block.level() - 1, Some(generation), via)?;
             }
             return Ok(());
         }
-        for i in 0..block.nritems() {
-            let k = block.key(i);
-            if k.item_type != EXTENT_DATA_KEY {
-                continue;
-            }
-            let fe = items::parse_file_extent(block.item_data(i)).map_err(|e| e.within(format!("tree block {parent} item {k}")))?;
-            let items::FileExtentKind::Regular { disk_bytenr, disk_num_bytes, offset, .. } = fe.kind else { continue };
-            if disk_bytenr == 0 {
-                continue;
-            }
+        for (key, ino, offset) in data_refs(block)? {
             let via = if full_backref {
                 ExtentRef::SharedData { parent, count: 0 }
             } else {
-                ExtentRef::Data { root: owner, objectid: k.objectid, offset: k.offset.wrapping_sub(offset), count: 0 }
+                ExtentRef::Data { root: owner, objectid: ino, offset, count: 0 }
             };
-            if self.drop_ref(Key::new(disk_bytenr, EXTENT_ITEM_KEY, disk_num_bytes), via, 1)? {
-                self.store.release_data(disk_bytenr)?;
-                self.delete_csums(disk_bytenr, disk_num_bytes)?;
+            if self.drop_ref(key, via, 1)? {
+                self.store.release_data(key.objectid)?;
+                self.delete_csums(key.objectid, key.offset)?;
             }
         }
         Ok(())
     }
+
+    /// A block tree `dropping` made (its owner), which other trees still
+    /// use: what it points to is referenced "from tree `dropping`", which
+    /// is going. Those references become references from the block's
+    /// address, and the block FULL_BACKREF; the same below it for every
+    /// block `dropping` made (the kernel's drop_snapshot with update_ref, in
+    /// its UPDATE_BACKREF stage). Blocks already FULL_BACKREF, and blocks
+    /// other trees made, keep theirs.
+    fn full_backref(&mut self, dropping: u64, addr: u64, expect: Expect, flags: u64) -> Result<()> {
+        if flags & BLOCK_FLAG_FULL_BACKREF != 0 {
+            return Ok(());
+        }
+        let block = self.store.fs.reader.read_block(addr, expect, None)?;
+        if block.owner() != dropping {
+            return Ok(());
+        }
+        if block.level() > 0 {
+            for i in 0..block.nritems() {
+                let (_, child, generation) = block.ptr(i);
+                let level = block.level() - 1;
+                let key = Key::new(child, METADATA_ITEM_KEY, u64::from(level));
+                // The new reference first: dropping first could take the
+                // count through zero.
+                self.add_ref(key, ExtentRef::SharedBlock { parent: addr }, 1)?;
+                self.drop_ref(key, ExtentRef::TreeBlock { root: dropping }, 1)?;
+                let body = self
+                    .get(EXTENT_TREE_OBJECTID, key)?
+                    .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, format!("tree block {child}"), "no extent item"))?;
+                let child_flags = items::parse_extent_item(key, &body)?.flags;
+                self.full_backref(
+                    dropping,
+                    child,
+                    Expect { level: Some(level), generation: Some(generation), ..Default::default() },
+                    child_flags,
+                )?;
+            }
+        } else {
+            for (key, ino, offset) in data_refs(&block)? {
+                self.add_ref(key, ExtentRef::SharedData { parent: addr, count: 0 }, 1)?;
+                self.drop_ref(key, ExtentRef::Data { root: dropping, objectid: ino, offset, count: 0 }, 1)?;
+            }
+        }
+        let key = Key::new(addr, METADATA_ITEM_KEY, u64::from(block.level()));
+        self.edit_extent_item(key, |info| {
+            info.flags |= BLOCK_FLAG_FULL_BACKREF;
+            Ok(0)
+        })?;
+        Ok(())
+    }
+}
+
+/// The data extents a leaf's file extent items reference: (extent item
+/// key, inode, file offset of the extent's start), one per item.
+fn data_refs(block: &TreeBlock) -> Result<Vec<(Key, u64, u64)>> {
+    let mut out = Vec::new();
+    for i in 0..block.nritems() {
+        let k = block.key(i);
+        if k.item_type != EXTENT_DATA_KEY {
+            continue;
+        }
+        let fe = items::parse_file_extent(block.item_data(i)).map_err(|e| e.within(format!("tree block {} item {k}", block.logical)))?;
+        let items::FileExtentKind::Regular { disk_bytenr, disk_num_bytes, offset, .. } = fe.kind else { continue };
+        if disk_bytenr == 0 {
+            continue;
+        }
+        out.push((Key::new(disk_bytenr, EXTENT_ITEM_KEY, disk_num_bytes), k.objectid, k.offset.wrapping_sub(offset)));
+    }
+    Ok(out)
 }
