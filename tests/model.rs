@@ -161,6 +161,17 @@ impl CliRunner {
                 vec![s("put"), img, s("--"), src.to_str().unwrap().into(), dest.clone()]
             }
             Op::Convert { data, meta } => vec![s("balance"), img, format!("--convert=data={data},metadata={meta}"), s("--no-progress")],
+            Op::SubvolCreate { path } => vec![s("subvolume"), s("create"), img, s("--"), path.clone()],
+            Op::Snapshot { src, dest, ro } => {
+                let mut a = vec![s("subvolume"), s("snapshot")];
+                if *ro {
+                    a.push(s("-r"));
+                }
+                a.extend([img, s("--"), src.clone(), dest.clone()]);
+                a
+            }
+            Op::SubvolDelete { path } => vec![s("subvolume"), s("delete"), img, s("--"), path.clone()],
+            Op::SetRo { path, ro } => vec![s("property"), s("set"), img, s("--"), path.clone(), s("ro"), ro.to_string()],
             _ => Vec::new(),
         }
     }

@@ -60,14 +60,20 @@ impl TxView<'_> {
             INODE_ITEM_KEY => Ok((dir.0, e.location.objectid, 0)),
             ROOT_ITEM_KEY => {
                 let sub = e.location.objectid;
-                let fs = self.tx.fs();
-                let linked =
-                    fs.subvol_linked_at(crate::fs::InodeId { subvol: dir.0, ino: dir.1 }, sub, &e.name).map_err(|e| e.to_string())?;
+                // As the transaction has it (a subvolume made in it too).
+                let r = self.tx.get(ROOT_TREE_OBJECTID, Key::new(dir.0, ROOT_REF_KEY, sub)).map_err(|e| e.to_string())?;
+                let linked = match r {
+                    Some(body) => {
+                        let r = crate::format::items::parse_root_ref(&body).map_err(|e| e.to_string())?;
+                        r.dirid == dir.1 && r.name == e.name
+                    }
+                    None => false,
+                };
                 if !linked {
                     let h = e.name.iter().fold(dir.1 ^ dir.2, |h, &b| h.rotate_left(5) ^ b as u64);
                     return Ok((dir.0, EMPTY_SUBVOL_DIR_OBJECTID, h | 1));
                 }
-                let (_, ri) = fs.root_item(sub).map_err(|e| e.to_string())?.ok_or("no root item")?;
+                let (_, ri) = self.tx.root_item_now(sub).map_err(|e| e.to_string())?.ok_or("no root item")?;
                 Ok((sub, ri.root_dirid.get(), 0))
             }
             t => Err(format!("entry of type {t}")),
@@ -387,8 +393,11 @@ impl LibRunner {
     fn mutate(&mut self, op: &Op) -> Result<(), String> {
         let mut applied = self.model.apply(op);
         // A refused command aborts its transaction: what came before is
-        // committed first, so that the refusal loses nothing.
-        if applied.result.is_err() && self.dirty {
+        // committed first, so that the refusal loses nothing. A snapshot
+        // copies, and a delete drops, trees as last committed: what came
+        // before is committed first too.
+        let needs_commit = matches!(op, Op::Snapshot { .. } | Op::SubvolDelete { .. });
+        if (applied.result.is_err() || needs_commit) && self.dirty {
             self.commit(false)?;
             applied = self.model.apply(op);
         }
@@ -510,6 +519,10 @@ fn exec(mut tx: Transaction, op: &Op, scratch: &Path, puts: &mut u64) -> (Option
             };
         }
         Op::Mkdir { path, parents } => cmd::mkdir_in(&mut tx, path, *parents),
+        Op::SubvolCreate { path } => crate::ops::subvol::create_in(&mut tx, path, false).map(drop),
+        Op::Snapshot { src, dest, ro } => crate::ops::subvol::snapshot_in(&mut tx, src, dest, *ro).map(drop),
+        Op::SubvolDelete { path } => crate::ops::subvol::delete_in(&mut tx, path).map(drop),
+        Op::SetRo { path, ro } => crate::ops::subvol::set_readonly_in(&mut tx, path, *ro).map(drop),
         Op::Rm { paths, recursive } => cmd::rm_in(&mut tx, paths, *recursive),
         Op::Mv { src, dst } => cmd::mv_in(&mut tx, src, dst),
         Op::Link { target, link } => cmd::ln_in(&mut tx, target, link, false),

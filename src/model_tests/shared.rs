@@ -119,6 +119,10 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         Op::Crash { .. } => "crash",
         Op::Check => "check",
         Op::Convert { .. } => "convert",
+        Op::SubvolCreate { .. } => "subvol-create",
+        Op::Snapshot { .. } => "snapshot",
+        Op::SubvolDelete { .. } => "subvol-delete",
+        Op::SetRo { .. } => "set-ro",
     }
 }
 
@@ -888,6 +892,12 @@ pub(super) fn kernel_end(imgs: &[PathBuf], tmp: &Path, model: &mut Model, test: 
     }
     for devid in 1..=imgs.len() {
         sh(Command::new("btrfs").args(["filesystem", "resize", &format!("{devid}:max")]).arg(&mnt))?;
+    }
+    // A run that made the top level read-only: the kernel makes it
+    // writable again (its property), as the model does.
+    if model.subvols.get(&TOP).is_some_and(|s| s.ro) {
+        sh(Command::new("btrfs").args(["property", "set"]).arg(&mnt).args(["ro", "false"]))?;
+        *model = model.apply(&Op::SetRo { path: "/".into(), ro: false }).result.map_err(|e| format!("set-ro: {e:?}"))?;
     }
     // The kernel writes more, into the top-level subvolume.
     let ops = [

@@ -21,7 +21,7 @@ fn subvol_at(tx: &mut Transaction, path: &str) -> Result<u64> {
     if p.root() == FS_TREE_OBJECTID && p.ino() == FIRST_FREE_OBJECTID {
         return Ok(FS_TREE_OBJECTID);
     }
-    let dirid = tx.fs().root_item(p.root())?.map_or(FIRST_FREE_OBJECTID, |(_, ri)| ri.root_dirid.get());
+    let dirid = tx.root_item_now(p.root())?.map_or(FIRST_FREE_OBJECTID, |(_, ri)| ri.root_dirid.get());
     if p.ino() != dirid {
         return Err(Error::Invalid(format!("{path}: not a subvolume")));
     }
@@ -44,10 +44,15 @@ pub fn create(opts: &OpenOptions, paths: &[String], parents: bool) -> Result<(Ve
     let mut tx = begin(opts)?;
     let mut ids = Vec::new();
     for path in paths {
-        let (d, name) = new_entry(&mut tx, path, parents)?;
-        ids.push(tx.create_subvolume(d.id, &name)?);
+        ids.push(create_in(&mut tx, path, parents)?);
     }
     Ok((ids, tx.commit_with_warnings()?))
+}
+
+/// One new subvolume at `path` inside a running transaction (not committed).
+pub(crate) fn create_in(tx: &mut Transaction, path: &str, parents: bool) -> Result<u64> {
+    let (d, name) = new_entry(tx, path, parents)?;
+    tx.create_subvolume(d.id, &name)
 }
 
 /// `btrs subvolume snapshot IMAGE SRC DEST [-r]`: DEST names the snapshot,
@@ -55,21 +60,29 @@ pub fn create(opts: &OpenOptions, paths: &[String], parents: bool) -> Result<(Ve
 /// SRC's name (as `btrfs subvolume snapshot`). Its id and path.
 pub fn snapshot(opts: &OpenOptions, src: &str, dest: &str, readonly: bool) -> Result<(u64, String, Vec<String>)> {
     let mut tx = begin(opts)?;
-    let from = subvol_at(&mut tx, src)?;
-    let dest = match tx.resolve(dest)? {
-        Some(p) if p.dir_type == FT_DIR => {
-            let base =
-                src.trim_end_matches('/').rsplit('/').next().filter(|b| !b.is_empty()).ok_or_else(|| {
-                    Error::Invalid(format!("{src} has no name to give the snapshot inside {dest}: name the snapshot itself"))
-                })?;
-            format!("{}/{base}", dest.trim_end_matches('/'))
-        }
-        Some(_) => return Err(Error::Invalid(format!("{dest} already exists"))),
-        None => dest.to_string(),
-    };
-    let (d, name) = new_entry(&mut tx, &dest, false)?;
-    let id = tx.snapshot(from, d.id, &name, readonly)?;
+    let (id, dest) = snapshot_in(&mut tx, src, dest, readonly)?;
     Ok((id, dest, tx.commit_with_warnings()?))
+}
+
+/// [`snapshot`] inside a running transaction (not committed) in which
+/// SRC's tree has not changed: a snapshot copies SRC as last committed.
+pub(crate) fn snapshot_in(tx: &mut Transaction, src: &str, dest: &str, readonly: bool) -> Result<(u64, String)> {
+    let from = subvol_at(tx, src)?;
+    let dest =
+        match tx.resolve(dest)? {
+            Some(p) if p.dir_type == FT_DIR => {
+                let base =
+                    src.trim_end_matches('/').rsplit('/').next().filter(|b| !b.is_empty()).ok_or_else(|| {
+                        Error::Invalid(format!("{src}: not a name for the snapshot inside {dest}: name the snapshot itself"))
+                    })?;
+                format!("{}/{base}", dest.trim_end_matches('/'))
+            }
+            Some(_) => return Err(Error::Invalid(format!("{dest} already exists"))),
+            None => dest.to_string(),
+        };
+    let (d, name) = new_entry(tx, &dest, false)?;
+    let id = tx.snapshot(from, d.id, &name, readonly)?;
+    Ok((id, dest))
 }
 
 /// `btrs subvolume delete IMAGE PATH...`: each subvolume deleted, its tree
@@ -103,6 +116,14 @@ pub fn delete(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<(
     Ok((gone, tx.commit_with_warnings()?))
 }
 
+/// One subvolume deleted (none inside it) in a running transaction (not
+/// committed) in which its tree has not changed; its id.
+pub(crate) fn delete_in(tx: &mut Transaction, path: &str) -> Result<u64> {
+    let id = subvol_at(tx, path)?;
+    tx.delete_subvolume(id)?;
+    Ok(id)
+}
+
 /// The subvolumes inside `id` (depth first), then `id`.
 fn nested_first(tx: &mut Transaction, id: u64, out: &mut Vec<u64>, depth: usize) -> Result<()> {
     if depth > 4096 {
@@ -123,7 +144,7 @@ pub fn set_default(opts: &OpenOptions, target: &str) -> Result<(u64, Vec<String>
         Ok(id) if !target.starts_with('/') => id,
         _ => subvol_at(&mut tx, target)?,
     };
-    if id != FS_TREE_OBJECTID && tx.fs().root_item(id)?.is_none_or(|(_, ri)| ri.refs.get() == 0) {
+    if id != FS_TREE_OBJECTID && tx.root_item_now(id)?.is_none_or(|(_, ri)| ri.refs.get() == 0) {
         return Err(Error::NotFound(format!("subvolume {id}")));
     }
     tx.set_default_subvol(id)?;
@@ -133,9 +154,14 @@ pub fn set_default(opts: &OpenOptions, target: &str) -> Result<(u64, Vec<String>
 /// `btrs property set IMAGE PATH ro true|false`: whether it changed.
 pub fn set_readonly(opts: &OpenOptions, path: &str, readonly: bool) -> Result<(bool, Vec<String>)> {
     let mut tx = begin(opts)?;
-    let id = subvol_at(&mut tx, path)?;
-    let changed = tx.set_subvol_readonly(id, readonly)?;
+    let changed = set_readonly_in(&mut tx, path, readonly)?;
     Ok((changed, tx.commit_with_warnings()?))
+}
+
+/// [`set_readonly`] inside a running transaction (not committed).
+pub(crate) fn set_readonly_in(tx: &mut Transaction, path: &str, readonly: bool) -> Result<bool> {
+    let id = subvol_at(tx, path)?;
+    tx.set_subvol_readonly(id, readonly)
 }
 
 /// One subvolume as `btrfs subvolume list` and `show` describe it.

@@ -47,11 +47,18 @@ impl Transaction {
                 let sub = e.location.objectid;
                 let at = || format!("subvolume {} ({})", sub, String::from_utf8_lossy(name));
                 // A subvolume being deleted keeps its entry until the kernel's cleaner runs.
-                if !self.store.fs.subvol_linked_at(crate::fs::inode::InodeId { subvol: root, ino: dir }, sub, name)? {
+                // As this transaction has it: a subvolume made or deleted in it too.
+                let linked = match self.get(ROOT_TREE_OBJECTID, Key::new(root, ROOT_REF_KEY, sub))? {
+                    Some(body) => {
+                        let r = items::parse_root_ref(&body).map_err(|e| e.within(format!("root ref {root} -> {sub}")))?;
+                        r.dirid == dir && r.name == name
+                    }
+                    None => false,
+                };
+                if !linked {
                     return Err(Error::Unsupported(format!("{}: deleted, not yet cleaned up", at())));
                 }
-                let (_, ri) =
-                    self.store.fs.root_item(sub)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no root item"))?;
+                let (_, ri) = self.root_item_now(sub)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no root item"))?;
                 Ok(Some(Place { id: InodeId { subvol: sub, ino: ri.root_dirid.get() }, dir_type: FT_DIR }))
             }
             t => Err(Error::corrupt(CorruptKind::ItemValue, format!("directory {dir} of tree {root}"), format!("entry location type {t}"))),

@@ -187,12 +187,26 @@ impl Transaction {
         let root = if id == ROOT_TREE_OBJECTID || id == CHUNK_TREE_OBJECTID {
             self.store.fs.tree_root(id)?
         } else {
-            let (k, ri) = self.store.fs.root_item(id)?.ok_or_else(|| Error::NotFound(format!("tree {id} has no root item")))?;
+            let (k, ri) = self.root_item_now(id)?.ok_or_else(|| Error::NotFound(format!("tree {id} has no root item")))?;
             self.root_items.insert(id, (k, ri));
             RootPtr { bytenr: ri.bytenr.get(), level: ri.level, generation: ri.generation.get(), owner: id }
         };
         self.trees.insert(id, CowTree::new(root));
         Ok(())
+    }
+
+    /// The root item of tree `id` as this transaction has it (changed or
+    /// made in it, or as committed), largest key offset first.
+    pub(crate) fn root_item_now(&mut self, id: u64) -> Result<Option<(Key, RootItem)>> {
+        if let Some(c) = self.root_items.get(&id) {
+            return Ok(Some(*c));
+        }
+        match self.last_le(ROOT_TREE_OBJECTID, Key::new(id, ROOT_ITEM_KEY, u64::MAX))? {
+            Some((k, body)) if k.objectid == id && k.item_type == ROOT_ITEM_KEY => {
+                Ok(Some((k, crate::format::items::parse_root_item(&body).map_err(|e| e.within(format!("root item {k}")))?)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Run `f` on tree `id` with the store.

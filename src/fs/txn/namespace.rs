@@ -20,10 +20,7 @@ impl Transaction {
     /// Refuse changes to a read-only subvolume (a read-only snapshot), as the
     /// kernel does with EROFS.
     pub(crate) fn ensure_writable(&mut self, root: u64) -> Result<()> {
-        if root == FS_TREE_OBJECTID {
-            return Ok(());
-        }
-        let (_, ri) = self.store.fs.root_item(root)?.ok_or_else(|| Error::NotFound(format!("subvolume {root}")))?;
+        let (_, ri) = self.root_item_now(root)?.ok_or_else(|| Error::NotFound(format!("subvolume {root}")))?;
         if ri.flags.get() & ROOT_SUBVOL_RDONLY != 0 {
             return Err(Error::Invalid(format!("subvolume {root} is read-only")));
         }

@@ -57,7 +57,7 @@ impl Transaction {
         if self.trees.get(&id).is_some_and(|t| t.is_dirty()) {
             return Err(Error::Internal(format!("subvolume {id} changed in this transaction before a snapshot or delete")));
         }
-        let (key, ri) = self.store.fs.root_item(id)?.ok_or_else(|| Error::NotFound(format!("subvolume {id}")))?;
+        let (key, ri) = self.root_item_now(id)?.ok_or_else(|| Error::NotFound(format!("subvolume {id}")))?;
         if ri.refs.get() == 0 || ri.flags.get() & ROOT_SUBVOL_DEAD != 0 {
             return Err(Error::NotFound(format!("subvolume {id} (deleted, not yet cleaned up)")));
         }
@@ -198,12 +198,15 @@ impl Transaction {
         self.store.used_delta.remove(&id);
         // What the copy points to gains a reference from it.
         self.add_child_refs(&old, root.bytenr, Some(id))?;
-        // The source has been snapshotted in this generation.
+        // The source has been snapshotted in this generation: the kernel
+        // looks up the references of its blocks up to this generation
+        // before it changes one in place (btrfs_block_can_be_shared), so
+        // this must not be lost.
         src_ri.last_snapshot = transid.into();
         let stored = self.get(ROOT_TREE_OBJECTID, src_key)?.map_or(0, |b| b.len());
         self.put(ROOT_TREE_OBJECTID, src_key, encode::root_item(&src_ri, RootItemSize::of_len(stored)))?;
         if let Some((_, cached)) = self.root_items.get_mut(&src) {
-            cached.last_snapshot = transid.into();
+            *cached = src_ri;
         }
         let mut ri = src_ri;
         ri.bytenr = root.bytenr.into();
@@ -248,10 +251,7 @@ impl Transaction {
     /// received subvolume forgets that it was received (its received uuid),
     /// as `btrfs property set ro false` does.
     pub(crate) fn set_subvol_readonly(&mut self, id: u64, readonly: bool) -> Result<bool> {
-        let (key, mut ri) = self.store.fs.root_item(id)?.ok_or_else(|| Error::NotFound(format!("subvolume {id}")))?;
-        if let Some((_, cached)) = self.root_items.get(&id) {
-            ri = *cached;
-        }
+        let (key, mut ri) = self.root_item_now(id)?.ok_or_else(|| Error::NotFound(format!("subvolume {id}")))?;
         let flags = ri.flags.get();
         let new = if readonly { flags | ROOT_SUBVOL_RDONLY } else { flags & !ROOT_SUBVOL_RDONLY };
         if new == flags {

@@ -151,6 +151,12 @@ pub(crate) enum ErrClass {
     DirLink,
     Subvol,
     Stub,
+    /// A path that is no subvolume's root, given as a subvolume.
+    NotSubvol,
+    /// Deleting the top-level subvolume.
+    TopLevel,
+    /// Deleting a subvolume another one is linked in.
+    HasNested,
     PutDestNotDir,
     /// Known gap: part of a compressed extent (the engine's two texts).
     GapCompressed(&'static str),
@@ -208,6 +214,12 @@ pub(crate) fn classify(msg: &str) -> ErrClass {
         ErrClass::Stub
     } else if has("is a subvolume") || has("removing a subvolume") {
         ErrClass::Subvol
+    } else if has("not a subvolume") {
+        ErrClass::NotSubvol
+    } else if has("top-level subvolume (5) cannot be deleted") {
+        ErrClass::TopLevel
+    } else if has("holds subvolume") {
+        ErrClass::HasNested
     } else if has("is not a regular file") {
         ErrClass::NotRegular
     } else if has("is not a directory") || has("a component is not a directory") {

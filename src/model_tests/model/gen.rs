@@ -101,7 +101,7 @@ impl Gen {
         let all = m.paths();
         let files: Vec<&(String, Id)> = all.iter().filter(|(_, id)| matches!(m.node(*id).kind, Kind::File(_))).collect();
         let dirs: Vec<&(String, Id)> = all.iter().filter(|(_, id)| matches!(m.node(*id).kind, Kind::Dir { .. })).collect();
-        let w = [30, 6, 7, 6, 3, 3, 8, 5, 4, 6, 2, 2];
+        let w = [30, 6, 7, 6, 3, 3, 8, 5, 4, 6, 2, 2, 4];
         match self.rng.weighted(&w) {
             0 => self.write(m, &files, &dirs),
             1 => {
@@ -209,10 +209,34 @@ impl Gen {
                 };
                 Op::SetXattr { path, name, value }
             }
+            12 => self.subvol_op(m, &all, &dirs),
             _ => {
                 let dest = if self.rng.chance(1, 2) { self.dir(&dirs) } else { self.new_path(&dirs) };
                 Op::Put { dest, seed: self.rng.next() }
             }
+        }
+    }
+
+    /// A subvolume made, snapshotted, deleted or made read-only (or
+    /// writable): mostly on subvolumes, now and then on any path.
+    fn subvol_op(&mut self, m: &Model, all: &[(String, Id)], dirs: &[&(String, Id)]) -> Op {
+        let subvols: Vec<String> = all.iter().filter(|(_, id)| m.subvols.values().any(|s| s.root == *id)).map(|(p, _)| p.clone()).collect();
+        let subvol = |g: &mut Self| -> String {
+            if subvols.is_empty() || g.rng.chance(1, 10) {
+                g.any(all)
+            } else {
+                g.rng.pick(&subvols).cloned().unwrap_or_else(|| "/".into())
+            }
+        };
+        match self.rng.weighted(&[3, 4, 2, 2]) {
+            0 => Op::SubvolCreate { path: self.new_path(dirs) },
+            1 => {
+                let src = subvol(self);
+                let dest = if self.rng.chance(1, 5) { self.dir(dirs) } else { self.new_path(dirs) };
+                Op::Snapshot { src, dest, ro: self.rng.chance(1, 4) }
+            }
+            2 => Op::SubvolDelete { path: subvol(self) },
+            _ => Op::SetRo { path: subvol(self), ro: self.rng.chance(1, 3) },
         }
     }
 

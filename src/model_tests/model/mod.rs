@@ -14,6 +14,7 @@ mod compare;
 mod gen;
 mod host;
 mod ops;
+mod subvol;
 
 pub(crate) use basics::*;
 pub(crate) use compare::*;
@@ -482,6 +483,10 @@ impl Model {
             Op::SetXattr { path, name, value } => m.setxattr(path, name, value.map(|(n, s)| printable(s, n as usize))),
             Op::Put { dest, seed } => m.put(dest, &HostTree::generate(*seed)),
             Op::Commit { .. } | Op::Abort | Op::Crash { .. } | Op::Check => Ok(()),
+            Op::SubvolCreate { path } => m.subvol_create(path),
+            Op::Snapshot { src, dest, ro } => m.snapshot(src, dest, *ro),
+            Op::SubvolDelete { path } => m.subvol_delete(path),
+            Op::SetRo { path, ro } => m.set_ro(path, *ro),
             // One commit per chunk moved, the tree as it was after each.
             Op::Convert { .. } => {
                 commits.extend(std::iter::repeat_n(m.clone(), 64));

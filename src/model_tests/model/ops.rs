@@ -93,6 +93,25 @@ pub(crate) enum Op {
         data: String,
         meta: String,
     },
+    /// `btrs subvolume create PATH`.
+    SubvolCreate {
+        path: String,
+    },
+    /// `btrs subvolume snapshot [-r] SRC DEST`.
+    Snapshot {
+        src: String,
+        dest: String,
+        ro: bool,
+    },
+    /// `btrs subvolume delete PATH`.
+    SubvolDelete {
+        path: String,
+    },
+    /// `btrs property set PATH ro true|false`.
+    SetRo {
+        path: String,
+        ro: bool,
+    },
 }
 
 impl Op {
@@ -116,7 +135,15 @@ impl Op {
             }
             Op::Link { target, link } => vec![target.clone(), link.clone(), parent(link)],
             Op::Symlink { link, .. } => vec![link.clone(), parent(link)],
-            Op::SetXattr { path, .. } => vec![path.clone()],
+            Op::SetXattr { path, .. } | Op::SetRo { path, .. } => vec![path.clone()],
+            Op::SubvolCreate { path } | Op::SubvolDelete { path } => vec![path.clone(), parent(path)],
+            Op::Snapshot { src, dest, .. } => {
+                let mut v = vec![src.clone(), dest.clone(), parent(dest)];
+                if let Some(base) = src.trim_end_matches('/').rsplit('/').next().filter(|b| !b.is_empty()) {
+                    v.push(format!("{}/{base}", dest.trim_end_matches('/')));
+                }
+                v
+            }
             Op::Put { dest, seed } => {
                 let n = String::from_utf8_lossy(&HostTree::generate(*seed).name).into_owned();
                 vec![dest.clone(), format!("{}/{n}", dest.trim_end_matches('/')), parent(dest)]
@@ -204,6 +231,10 @@ impl std::fmt::Display for Op {
             Op::Crash { at, torn } => write!(f, "crash at={at}{}", if *torn { " torn" } else { "" }),
             Op::Check => write!(f, "check"),
             Op::Convert { data, meta } => write!(f, "convert data={data} meta={meta}"),
+            Op::SubvolCreate { path } => write!(f, "subvol-create {}", enc(path)),
+            Op::Snapshot { src, dest, ro } => write!(f, "snapshot {} {}{}", enc(src), enc(dest), if *ro { " ro" } else { "" }),
+            Op::SubvolDelete { path } => write!(f, "subvol-delete {}", enc(path)),
+            Op::SetRo { path, ro } => write!(f, "set-ro {} {ro}", enc(path)),
         }
     }
 }
@@ -261,6 +292,10 @@ pub(crate) fn parse_op(line: &str) -> Result<Op, String> {
             let v = |k: &str| w.iter().find_map(|x| x.strip_prefix(k)).map(str::to_string).ok_or_else(|| format!("{line:?}: no {k}"));
             Op::Convert { data: v("data=")?, meta: v("meta=")? }
         }
+        Some("subvol-create") => Op::SubvolCreate { path: arg(1)? },
+        Some("snapshot") => Op::Snapshot { src: arg(1)?, dest: arg(2)?, ro: flag("ro") },
+        Some("subvol-delete") => Op::SubvolDelete { path: arg(1)? },
+        Some("set-ro") => Op::SetRo { path: arg(1)?, ro: w.get(2) == Some(&"true") },
         _ => return Err(format!("unknown op {line:?}")),
     })
 }
