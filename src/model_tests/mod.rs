@@ -70,7 +70,7 @@ impl TxView<'_> {
                     None => false,
                 };
                 if !linked {
-                    let h = e.name.iter().fold(dir.1 ^ dir.2, |h, &b| h.rotate_left(5) ^ b as u64);
+                    let h = shared::tag(&e.name, dir.1 ^ dir.2.rotate_left(17));
                     return Ok((dir.0, EMPTY_SUBVOL_DIR_OBJECTID, h | 1));
                 }
                 let (_, ri) = self.tx.root_item_now(sub).map_err(|e| e.to_string())?.ok_or("no root item")?;

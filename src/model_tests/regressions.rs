@@ -313,3 +313,39 @@ check"
         );
     }
 }
+
+/// Lib soak seed 1304 (raid1-sha256-16k-progs-noholes): a snapshot of the
+/// top level holds the stubs of the subvolumes nested in it; two (f15 in
+/// directory 261, e15 in 262) got one identity in the harness's views (an
+/// XOR-weak hash), read as two model nodes on one inode after a crash.
+#[test]
+fn regression_stubs_of_nested_subvolumes_in_a_snapshot_are_told_apart() {
+    regression(
+        "raid1-sha256-16k-progs-noholes",
+        "mkdir /d17
+         write /c33 off=2097153 len=4097 seed=4634371715659340348 trunc bio=256
+         write /d17/h32 off=4095 len=1764371 seed=17898045787922556122 bio=64
+         write /d17/e25 off=34362 len=27016 seed=16156980187146531265
+         subvol-create /a29
+         write /f28/c23 off=2 len=0 seed=4296363946144506188 p
+         mkdir /d17/c9
+         write /d17/c9/a30 off=0 len=22206569 seed=12928445578429267086 trunc ce nosum bio=64
+         mkdir /c14
+         write /e28 off=4059855 len=20708 seed=5513394152633794160
+         mkdir /d17/c9/f5
+         mkdir /d17/c9/h33
+         write /sp%20ace12 off=9223372036854665177 len=10 seed=2366524260510543777 direct
+         truncate /c14/c22 size=2
+         truncate /g27 size=405135091075309744
+         write /h20 off=2162689 len=110047 seed=11147568666788946526
+         subvol-create /d17/c9/f15
+         mkdir /d17/c9/f28
+         mkdir /c14/f16
+         snapshot /d17/c9/f15 /d17/c9/f28/e15
+         snapshot /d17/c9/f15 /c14/f16
+         snapshot / /a29/g35
+         crash at=12
+         write /d17/c9/f28/e15/h18 off=17556483998908 len=4300 seed=1145918305162966510 direct
+         check",
+    );
+}

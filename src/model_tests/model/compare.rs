@@ -287,19 +287,21 @@ pub(crate) fn compare_paths<V: View>(v: &mut V, m: &Model, op: &Op) -> Result<()
 /// links the same inode in both and nowhere else.
 pub(crate) fn compare_all<V: View>(v: &mut V, m: &Model) -> Result<usize, String> {
     let mut seen: HashMap<Id, V::Id> = HashMap::new();
-    let mut back: HashMap<V::Id, Id> = HashMap::new();
+    let mut back: HashMap<V::Id, (Id, String)> = HashMap::new();
     let mut stack = vec![("/".to_string(), m.root, v.root())];
     let mut count = 0;
     while let Some((path, id, vid)) = stack.pop() {
         count += 1;
         match (seen.get(&id), back.get(&vid)) {
             (Some(x), _) if *x != vid => return Err(format!("{path}: a hard link of the model leads to another inode in btrs")),
-            (_, Some(x)) if *x != id => return Err(format!("{path}: two model nodes are one inode in btrs")),
+            (_, Some((x, other))) if *x != id => {
+                return Err(format!("{path}: two model nodes are one inode in btrs (the other at {other})"))
+            }
             (Some(_), _) => continue,
             _ => {}
         }
         seen.insert(id, vid);
-        back.insert(vid, id);
+        back.insert(vid, (id, path.clone()));
         compare_node(v, vid, m, id, &path, None)?;
         match &m.node(id).kind {
             Kind::File(f) if f.size > 1 << 20 => compare_file(v, vid, f, &path)?,

@@ -78,6 +78,10 @@ impl Model {
         let mut i = 0;
         while let Some(&old) = order.get(i) {
             i += 1;
+            // What a nested subvolume holds is not copied (it is a stub).
+            if old != src_root && (self.node(old).subvol != from || matches!(self.node(old).kind, Kind::Stub)) {
+                continue;
+            }
             if let Some(es) = self.entries(old) {
                 for e in es.values() {
                     if seen.insert(e.id) {
