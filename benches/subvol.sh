@@ -4,6 +4,9 @@
 # made by `btrs mkfs -r DIR --subvol sv`:
 #   snapshot: `btrs subvolume snapshot IMG /sv /snap` (then deleted again,
 #             which drops the one block it copied), ROUNDS times, median;
+#   create:   `btrs subvolume create IMG /e` on the same image (then
+#             deleted): the same transaction's open and commit, nothing
+#             copied, what the snapshot's time is to be read against;
 #   delete:   `btrs subvolume delete IMG /sv` on a fresh copy of the image
 #             (every block and data extent of /sv freed), beside
 #   write:    `btrs put` of the same tree into a fresh copy (what btrs needs
@@ -17,7 +20,7 @@ trap 'rm -rf "$work"' EXIT
 now() { date +%s.%N; }
 median() { sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 el() { echo "$2 - $1" | bc -l; }
-printf '| files in /sv | snapshot (runs) | delete /sv (runs) | put of the same tree (runs) | delete / put |\n| --- | --- | --- | --- | --- |\n'
+printf '| files in /sv | snapshot (runs) | create, for comparison (runs) | delete /sv (runs) | put of the same tree (runs) | delete / put |\n| --- | --- | --- | --- | --- | --- |\n'
 for n in "${sizes[@]}"; do
   src="$work/src-$n"; rm -rf "$src"; mkdir -p "$src/sv"
   python3 - "$src/sv" "$n" <<'PY'
@@ -38,6 +41,9 @@ PY
     s=$(now); "$bin" subvolume snapshot "$img" /sv /snap >/dev/null; e=$(now)
     t[snap]+="$(el "$s" "$e") "
     "$bin" subvolume delete "$img" /snap >/dev/null
+    s=$(now); "$bin" subvolume create "$img" /e >/dev/null; e=$(now)
+    t[create]+="$(el "$s" "$e") "
+    "$bin" subvolume delete "$img" /e >/dev/null
     cp --sparse=always "$img" "$work/del.img"; sync -f "$work/del.img"
     s=$(now); "$bin" subvolume delete "$work/del.img" /sv >/dev/null; e=$(now)
     t[del]+="$(el "$s" "$e") "
@@ -49,7 +55,7 @@ PY
   done
   m() { echo "${t[$1]}" | tr ' ' '\n' | grep . | median; }
   runs() { printf '%.3f ' ${t[$1]}; }
-  printf '| %d | %.3f s (%s) | %.3f s (%s) | %.3f s (%s) | %.2f |\n' "$n" "$(m snap)" "$(runs snap)" "$(m del)" "$(runs del)" \
+  printf '| %d | %.3f s (%s) | %.3f s (%s) | %.3f s (%s) | %.3f s (%s) | %.2f |\n' "$n" "$(m snap)" "$(runs snap)" "$(m create)" "$(runs create)" "$(m del)" "$(runs del)" \
     "$(m put)" "$(runs put)" "$(echo "$(m del) / $(m put)" | bc -l)"
   unset t
 done

@@ -179,6 +179,18 @@ pub enum Command {
     /// Get or set a property of a subvolume, file or the filesystem (like `btrfs property`).
     #[command(subcommand)]
     Property(PropertyCommand),
+    /// Change inode flags (like `chattr`): C nodatacow, c compress, m nocompress, i immutable, a append-only, A noatime, d nodump, S sync, D dirsync.
+    ///
+    /// MODE is +FLAGS, -FLAGS or =FLAGS. As the kernel takes them: C on a
+    /// regular file takes effect only while it is empty (and turns its
+    /// checksums off with it); c and m exclude each other, and neither goes
+    /// with C; +c stores the btrfs.compression property (zlib) when c was not
+    /// set, -c and +m remove it. btrs then refuses to change an immutable
+    /// inode, to write an append-only one anywhere but at its end, and to
+    /// add or remove names in an immutable directory, as the kernel does.
+    Chattr(ChattrArgs),
+    /// Print inode flags (like `lsattr`, its 22 columns).
+    Lsattr(LsattrArgs),
     /// Make a directory.
     Mkdir(MkdirArgs),
     /// Remove files or (with -r) directory trees; empty directories without -r.
@@ -870,16 +882,20 @@ pub enum PropertyCommand {
     /// Set a property.
     ///
     /// ro (true|false) on a subvolume: clearing it on a received subvolume
-    /// forgets that it was received, as the kernel does.
+    /// forgets that it was received, as the kernel does. compression
+    /// (zlib, lzo, zstd, with an optional :LEVEL, or no/none; empty removes
+    /// it) on a file or directory: the btrfs.compression property, which
+    /// btrs's writes and the kernel honour and new files in a directory
+    /// inherit. label on the filesystem (at most 255 bytes; PATH any).
     Set(PropertySetArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct PropertyGetArgs {
     pub image: PathBuf,
-    /// A subvolume's path (/ is the top level).
+    /// A path in the filesystem (/ is the top level).
     pub path: String,
-    /// ro (the only property so far).
+    /// ro, compression or label (all PATH has when not given).
     pub name: Option<String>,
 }
 
@@ -887,10 +903,31 @@ pub struct PropertyGetArgs {
 pub struct PropertySetArgs {
     pub image: PathBuf,
     pub path: String,
-    /// ro
+    /// ro, compression or label.
     pub name: String,
-    /// true or false
+    /// The new value (ro: true or false; compression: empty removes it).
+    #[arg(allow_hyphen_values = true)]
     pub value: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ChattrArgs {
+    pub image: PathBuf,
+    pub path: String,
+    /// +FLAGS, -FLAGS or =FLAGS (letters among CcmiaAdSD).
+    #[arg(allow_hyphen_values = true)]
+    pub mode: crate::fs::txn::AttrChange,
+}
+
+#[derive(Args, Debug)]
+pub struct LsattrArgs {
+    pub image: PathBuf,
+    /// Paths (a directory's entries are listed unless -d).
+    #[arg(default_value = "/")]
+    pub paths: Vec<String>,
+    /// List directories themselves, not their entries.
+    #[arg(short = 'd')]
+    pub directory: bool,
 }
 
 #[derive(Args, Debug)]

@@ -305,6 +305,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Subvolume(c) => subvolume(&set, c, &mut out)?,
+        Command::Chattr(a) => {
+            let (_, w) = btrs::ops::write::chattr(&wopts(&set, &a.image), &a.path, &a.mode)
+                .with_context(|| format!("cannot change the flags of {} in {}", a.path, a.image.display()))?;
+            warn_all(w);
+        }
+        Command::Lsattr(a) => {
+            let fs = open(&set, &a.image)?;
+            for p in &a.paths {
+                let e = fs.resolve(p)?;
+                let list: Vec<(String, btrs::fs::InodeId)> = if e.file_type == btrs::format::FileType::Directory && !a.directory {
+                    fs.read_dir(e.id)?
+                        .into_iter()
+                        .map(|d| (format!("{}/{}", p.trim_end_matches('/'), String::from_utf8_lossy(&d.name)), d.id))
+                        .collect()
+                } else {
+                    vec![(p.clone(), e.id)]
+                };
+                for (path, id) in list {
+                    let flags = fs.inode(id)?.flags;
+                    writeln!(out, "{} {path}", btrs::fs::txn::lsattr_string(flags))?;
+                }
+            }
+            print_warnings(&fs);
+        }
         Command::Property(c) => property(&set, c, &mut out)?,
         Command::Mkfs(a) => mkfs(*a, &mut out)?,
         Command::Fixture(a) => fixture(a, &mut out)?,
@@ -772,28 +796,30 @@ fn show_subvol(out: &mut dyn Write, s: &btrs::ops::subvol::SubvolInfo, snapshots
 fn property(set: &Set, c: btrs::cli::PropertyCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     use btrs::cli::PropertyCommand as P;
     use btrs::ops::subvol;
+    let known = |n: &str| -> anyhow::Result<()> {
+        if subvol::PROPERTIES.contains(&n) {
+            Ok(())
+        } else {
+            Err(anyhow::Error::new(Usage(format!("unknown property {n:?} (btrs knows: {})", subvol::PROPERTIES.join(", ")))))
+        }
+    };
     match c {
         P::Get(a) => {
-            if let Some(n) = a.name.as_deref().filter(|n| *n != "ro") {
-                return Err(anyhow::Error::new(Usage(format!("unknown property {n:?} (btrs knows: ro)"))));
+            if let Some(n) = &a.name {
+                known(n)?;
             }
             let fs = open(set, &a.image)?;
-            let id = subvol::subvol_of_path(&fs, &a.path)?;
-            let all = subvol::subvolumes(&fs)?;
-            let s = all.iter().find(|s| s.id == id).ok_or_else(|| anyhow::anyhow!("{}: subvolume {id} not found", a.path))?;
-            writeln!(out, "ro={}", s.readonly)?;
+            for (n, v) in subvol::get_properties(&fs, &a.path, a.name.as_deref())? {
+                writeln!(out, "{n}={v}")?;
+            }
         }
         P::Set(a) => {
-            if a.name != "ro" {
-                return Err(anyhow::Error::new(Usage(format!("unknown property {:?} (btrs knows: ro)", a.name))));
+            known(&a.name)?;
+            if a.name == "ro" && !matches!(a.value.as_str(), "true" | "false") {
+                return Err(anyhow::Error::new(Usage(format!("ro takes true or false, not {:?}", a.value))));
             }
-            let ro = match a.value.as_str() {
-                "true" => true,
-                "false" => false,
-                v => return Err(anyhow::Error::new(Usage(format!("ro takes true or false, not {v:?}")))),
-            };
-            let (_, w) = subvol::set_readonly(&wopts(set, &a.image), &a.path, ro)
-                .with_context(|| format!("cannot set ro on {} in {}", a.path, a.image.display()))?;
+            let w = subvol::set_property(&wopts(set, &a.image), &a.path, &a.name, &a.value)
+                .with_context(|| format!("cannot set {} on {} in {}", a.name, a.path, a.image.display()))?;
             warn_all(w);
         }
     }

@@ -167,6 +167,70 @@ pub(crate) fn set_readonly_in(tx: &mut Transaction, path: &str, readonly: bool) 
     tx.set_subvol_readonly(id, readonly)
 }
 
+/// The properties `btrs property` knows, as btrfs-progs names them.
+pub const PROPERTIES: [&str; 3] = ["ro", "compression", "label"];
+
+/// `btrs property set IMAGE PATH NAME VALUE`: ro (true/false) of the
+/// subvolume at PATH, compression (an algorithm, `no`/`none`, or empty to
+/// remove it) of the inode at PATH, label of the filesystem (PATH any).
+pub fn set_property(opts: &OpenOptions, path: &str, name: &str, value: &str) -> Result<Vec<String>> {
+    let mut tx = begin(opts)?;
+    match name {
+        "ro" => {
+            let ro = match value {
+                "true" => true,
+                "false" => false,
+                v => return Err(Error::Invalid(format!("ro takes true or false, not {v:?}"))),
+            };
+            set_readonly_in(&mut tx, path, ro)?;
+        }
+        "compression" => {
+            let v = if value.is_empty() { None } else { Some(value.as_bytes()) };
+            super::write::setfattr_in(&mut tx, path, "btrfs.compression", v)?;
+        }
+        "label" => {
+            tx.resolve(path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
+            tx.set_label(value.as_bytes())?;
+        }
+        n => return Err(Error::Invalid(format!("unknown property {n:?} (btrs knows: {})", PROPERTIES.join(", ")))),
+    }
+    tx.commit_with_warnings()
+}
+
+/// `btrs property get IMAGE PATH [NAME]`: (name, value) of each property
+/// PATH has (ro on a subvolume, compression when set, label on the top
+/// level's root), or of NAME.
+pub fn get_properties(fs: &Filesystem, path: &str, name: Option<&str>) -> Result<Vec<(String, String)>> {
+    if let Some(n) = name.filter(|n| !PROPERTIES.contains(n)) {
+        return Err(Error::Invalid(format!("unknown property {n:?} (btrs knows: {})", PROPERTIES.join(", "))));
+    }
+    let e = fs.resolve(path)?;
+    let want = |n: &str| name.is_none_or(|x| x == n);
+    let mut out = Vec::new();
+    let is_subvol = subvol_of_path(fs, path).is_ok();
+    if want("ro") {
+        match subvol_of_path(fs, path) {
+            Ok(id) => {
+                let ro = fs.root_item(id)?.is_some_and(|(_, ri)| ri.flags.get() & ROOT_SUBVOL_RDONLY != 0);
+                out.push(("ro".to_string(), ro.to_string()));
+            }
+            Err(err) if name.is_some() => return Err(err),
+            Err(_) => {}
+        }
+    }
+    if want("label") && (name.is_some() || (is_subvol && e.id.subvol == FS_TREE_OBJECTID)) {
+        let l = &fs.sb.label;
+        let end = l.iter().position(|&b| b == 0).unwrap_or(l.len());
+        out.push(("label".to_string(), String::from_utf8_lossy(&l[..end]).into_owned()));
+    }
+    if want("compression") {
+        if let Some((_, v)) = fs.xattrs(e.id)?.into_iter().find(|(n, _)| n == crate::fs::props::COMPRESSION) {
+            out.push(("compression".to_string(), String::from_utf8_lossy(&v).into_owned()));
+        }
+    }
+    Ok(out)
+}
+
 /// One subvolume as `btrfs subvolume list` and `show` describe it.
 #[derive(Clone, Debug, Serialize)]
 pub struct SubvolInfo {

@@ -402,6 +402,15 @@ pub(crate) fn setfattr_in(tx: &mut Transaction, path: &str, name: &str, value: O
     tx.set_xattr(p.root(), p.ino(), name.as_bytes(), value)
 }
 
+/// `btrs chattr IMAGE PATH MODE`: the inode's new flags, as `lsattr` shows them.
+pub fn chattr(opts: &OpenOptions, path: &str, mode: &crate::fs::txn::AttrChange) -> Result<(String, Vec<String>)> {
+    let mut tx = begin(opts)?;
+    let p = existing(&mut tx, path)?;
+    tx.name_inode(p.root(), p.ino(), path);
+    let flags = tx.change_attrs(p.root(), p.ino(), mode)?;
+    Ok((crate::fs::txn::lsattr_string(flags), tx.commit_with_warnings()?))
+}
+
 /// Open the input of `btrs write`: a host file (with its size, for the space
 /// check) or standard input.
 pub fn open_input(from: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u64>)> {

@@ -98,6 +98,7 @@ impl Transaction {
         if d.mode.get() & S_IFMT != S_IFDIR {
             return Err(Error::Invalid(format!("inode {dir} is not a directory")));
         }
+        self.may_change_dir(root, dir, false)?;
         let index = self.next_index(root, dir)?;
         let transid = self.transid();
         let entry = encode::dir_item(&items::DirEntry { location, transid, dir_type, name: name.to_vec(), data: Vec::new() })?;
@@ -210,6 +211,8 @@ impl Transaction {
             return Err(Error::Unsupported("removing a subvolume".into()));
         }
         let ino = ent.location.objectid;
+        // An immutable or append-only inode keeps its names.
+        self.may_change(root, ino, false)?;
         let index = self.remove_inode_ref(root, ino, dir, name)?;
         self.remove_entry(root, dir, name, index)?;
         Ok(ino)
@@ -218,6 +221,7 @@ impl Transaction {
     /// Take `dir/name` (dir index `index`) out of the directory: its dir
     /// item entry and dir index; the directory shrinks by the name twice.
     pub(crate) fn remove_entry(&mut self, root: u64, dir: u64, name: &[u8], index: u64) -> Result<()> {
+        self.may_change_dir(root, dir, true)?;
         let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
         let data = self.get(root, hkey)?.ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
         let entries = parse_dir_items(&data)?;

@@ -88,6 +88,8 @@ impl Transaction {
         if it.mode.get() & S_IFMT != S_IFREG {
             return Err(Error::Invalid(format!("inode {ino} is not a regular file")));
         }
+        // An append-only file only grows at its end.
+        self.may_change(root, ino, offset >= it.size.get())?;
         let src_len = match &payload {
             Payload::Borrowed(s) => s.len(),
             Payload::Owned(p) => p.len(),
@@ -375,6 +377,7 @@ impl Transaction {
     /// Set a regular file's size, dropping data past it or extending with a hole.
     pub(crate) fn truncate(&mut self, root: u64, ino: u64, size: u64) -> Result<()> {
         limits::check_file_range(size, 0)?;
+        self.may_change(root, ino, false)?;
         let mut it = self.read_inode(root, ino)?;
         if it.mode.get() & S_IFMT != S_IFREG {
             return Err(Error::Invalid(format!("inode {ino} is not a regular file")));

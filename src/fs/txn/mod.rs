@@ -48,6 +48,7 @@
 //!   dropped), made read-only or the default (ioctl.c, transaction.c's
 //!   create_pending_snapshot, extent-tree.c's btrfs_drop_snapshot).
 
+mod attr;
 mod commit;
 mod compression;
 mod csum;
@@ -72,6 +73,7 @@ mod xattr;
 #[cfg(test)]
 mod direct_tests;
 
+pub use attr::{lsattr_string, AttrChange, CHATTR_LETTERS};
 pub(crate) use readers::Held;
 pub(crate) use restripe::cut_unit_of;
 pub use restripe::{MoveEvent, Restriped};

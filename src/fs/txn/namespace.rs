@@ -76,6 +76,7 @@ impl Transaction {
 
     /// Hard link `ino` as `dir/name`.
     pub(crate) fn link(&mut self, root: u64, ino: u64, dir: u64, name: &[u8]) -> Result<()> {
+        self.may_change(root, ino, false)?;
         let mut it = self.read_inode(root, ino)?;
         let ft = FileType::from_mode(it.mode.get()).ok_or_else(|| Error::Invalid("bad mode".into()))?;
         if ft == FileType::Directory {

@@ -275,6 +275,25 @@ impl Transaction {
         Ok(true)
     }
 
+    /// Give the filesystem a new label (at most 255 bytes, no NUL), written
+    /// with the superblocks of this transaction's commit (which this makes
+    /// happen, as `btrfs filesystem label` commits one).
+    pub(crate) fn set_label(&mut self, label: &[u8]) -> Result<()> {
+        if label.len() >= LABEL_SIZE || label.contains(&0) {
+            return Err(Error::Invalid(format!("a label holds at most {} bytes and no NUL ({} given)", LABEL_SIZE - 1, label.len())));
+        }
+        let mut l = [0u8; LABEL_SIZE];
+        l[..label.len()].copy_from_slice(label);
+        self.store.fs.sb.label = l;
+        // A new generation, so that the superblocks are written.
+        let key = Key::new(FS_TREE_OBJECTID, ROOT_ITEM_KEY, 0);
+        let body = self
+            .get(ROOT_TREE_OBJECTID, key)?
+            .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, "root tree", "no root item of the top level"))?;
+        self.put(ROOT_TREE_OBJECTID, key, body)?;
+        Ok(())
+    }
+
     /// The subvolume mounted when none is named: the "default" entry of the
     /// root tree's directory.
     pub(crate) fn default_subvol(&mut self) -> Result<u64> {
@@ -330,6 +349,8 @@ impl Transaction {
         if let Some((k, _)) = nested.first() {
             return Err(Error::Invalid(format!("subvolume {id} holds subvolume {}: delete that first (or use -R)", k.offset)));
         }
+        // Its root directory goes with it: not an immutable one.
+        self.may_change(id, ri.root_dirid.get(), false)?;
         if let Some(link) = self.subvol_link(id)? {
             self.ensure_writable(link.parent)?;
             self.remove_entry(link.parent, link.dirid, &link.name, link.index)?;

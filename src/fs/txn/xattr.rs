@@ -18,6 +18,7 @@ impl Transaction {
     /// with it.
     pub(crate) fn set_xattr(&mut self, root: u64, ino: u64, name: &[u8], value: Option<&[u8]>) -> Result<()> {
         limits::check_xattr(name, value, self.store.fs.sb.nodesize.get())?;
+        self.may_change(root, ino, false)?;
         let mut it = self.read_inode(root, ino)?;
         limits::check_xattr_on(name, value, it.mode.get() & S_IFMT)
             .map_err(|e| Error::Invalid(format!("{}: {e}", self.inode_label(root, ino))))?;
