@@ -818,7 +818,9 @@ pub struct SubvolDeleteArgs {
 #[derive(Args, Debug)]
 pub struct SubvolListArgs {
     pub image: PathBuf,
-    /// Only subvolumes directly inside the one at this path (progs' -o with its path).
+    /// A path in the filesystem (it must exist): with -o, only the
+    /// subvolumes directly inside the subvolume at PATH are listed; without,
+    /// every subvolume, as `btrfs subvolume list PATH` does.
     #[arg(value_name = "PATH")]
     pub path: Option<String>,
     /// Show each one's parent id.

@@ -695,6 +695,10 @@ fn subvolume(set: &Set, c: btrs::cli::SubvolumeCommand, out: &mut dyn Write) -> 
         }
         S::List(a) => {
             let fs = open(set, &a.image)?;
+            // As btrfs-progs: the path must be there, whatever the flags.
+            if let Some(p) = &a.path {
+                fs.resolve(p)?;
+            }
             let below = match (&a.path, a.below) {
                 (Some(p), true) => Some(subvol::subvol_of_path(&fs, p)?),
                 (None, true) => Some(btrs::format::FS_TREE_OBJECTID),

@@ -63,6 +63,9 @@ fn flags_and_properties_are_what_the_kernel_sees_and_bind_btrs() {
     assert_eq!(write(d, &img, "/app", b"one", &[]).0, 0, "an append-only file grows at its end");
     let (c, err) = write(d, &img, "/app", b"two", &["--offset", "0"]);
     assert!(c == 1 && err.contains("append-only"), "{err}");
+    // Nor past its end (attacker's pass on 7a48e48: a hole was made).
+    let (c, err) = write(d, &img, "/app", b"two", &["--offset", "1000000"]);
+    assert!(c == 1 && err.contains("append-only"), "{err}");
     assert_eq!(write(d, &img, "/app", b"two", &["--offset", "3"]).0, 0);
     assert!(std::fs::read(&img).unwrap() != before);
     let (c, _, err) = btrs(&["chattr", s(&img), "/imm", "=q"]);

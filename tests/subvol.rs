@@ -362,6 +362,9 @@ fn refusals_leave_the_image_as_it_was() {
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["subvolume", "delete", s(&img), "/"], 1, "top-level"),
         (vec!["subvolume", "delete", s(&img), "/other"], 1, "default subvolume"),
+        // Several: each is checked before any goes (attacker's pass on
+        // 7a48e48: /ro went, then /other was refused).
+        (vec!["subvolume", "delete", s(&img), "/ro", "/other"], 1, "default subvolume"),
         (vec!["subvolume", "delete", s(&img), "/sv"], 1, "holds subvolume"),
         (vec!["subvolume", "delete", s(&img), "/file"], 1, "not a subvolume"),
         (vec!["subvolume", "delete", s(&img), "/missing"], 1, "missing"),

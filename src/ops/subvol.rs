@@ -100,6 +100,11 @@ pub fn delete(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<(
             order.push(id);
         }
     }
+    // Every refusal before the first delete commits. (-R: the nested
+    // ones go first; a parent read-only or immutable refuses all alike.)
+    for id in &order {
+        tx.check_delete(*id, recursive).map_err(|e| e.within(format!("deleting subvolume {id}")))?;
+    }
     // One commit each: a drop reads its tree as last committed, and a
     // nested one's unlinking changed its parent's.
     let mut gone = Vec::new();

@@ -29,6 +29,8 @@ pub(crate) struct FaultPlan {
     pub(crate) fault: Fault,
     count: AtomicU64,
     undo: Mutex<Vec<(PathBuf, u64, Vec<u8>)>>,
+    /// Image files whose length changed under this plan: their first length.
+    lengths: Mutex<Vec<(PathBuf, u64)>>,
     /// Every read from a device carrying this plan fails (a dying disk).
     pub(crate) fail_reads: bool,
 }
@@ -43,7 +45,7 @@ pub(crate) enum Verdict {
 
 impl FaultPlan {
     pub(crate) fn new(at: u64, fault: Fault) -> FaultPlan {
-        FaultPlan { at, fault, count: AtomicU64::new(0), undo: Mutex::new(Vec::new()), fail_reads: false }
+        FaultPlan { at, fault, count: AtomicU64::new(0), undo: Mutex::new(Vec::new()), lengths: Mutex::new(Vec::new()), fail_reads: false }
     }
 
     /// A plan under which reads fail and writes go through.
@@ -105,7 +107,38 @@ impl FaultPlan {
                 Err(e) => return Err(e),
             }
         }
+        // Lengths last (a shrink's cut-off bytes were put back above).
+        let lengths = std::mem::take(&mut *self.lengths.lock().map_err(|_| std::io::Error::other("poisoned"))?);
+        for (path, len) in lengths.into_iter().rev() {
+            match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f.set_len(len)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
+    }
+
+    /// An image file's length is about to become `len` (`btrs resize`
+    /// grows or cuts it): one I/O, which may fail; the bytes a cut drops
+    /// and the old length are kept for [`Self::restore`].
+    pub(crate) fn before_set_len(&self, path: &Path, len: u64) -> Result<()> {
+        if let Ok(f) = File::open(path) {
+            let old = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if let Ok(mut l) = self.lengths.lock() {
+                l.push((path.to_path_buf(), old));
+            }
+            if len < old {
+                let mut tail = vec![0u8; usize::try_from(old - len).unwrap_or(0)];
+                let n = f.read_at(&mut tail, len).unwrap_or(0);
+                tail.truncate(n);
+                self.remember(path, len, tail);
+            }
+        }
+        match self.tick(0) {
+            Verdict::Go => Ok(()),
+            _ => Err(Error::io(path, format!("set size {len}"), std::io::Error::other("injected set_len failure"))),
+        }
     }
 }
 

@@ -17,6 +17,10 @@ pub(crate) fn patch(path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
 /// Make `path` an image file of `len` bytes: created (sparse) when missing,
 /// its length set when not.
 pub fn set_len(path: &Path, len: u64) -> Result<()> {
+    #[cfg(test)]
+    if let Some(plan) = super::fault::for_writers() {
+        plan.before_set_len(path, len)?;
+    }
     let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(|e| Error::io(path, "open", e))?;
     f.set_len(len).map_err(|e| Error::io(path, "set size", e))
 }

@@ -25,11 +25,25 @@ impl Transaction {
         match self.lookup_entry(root, dir, name)? {
             None => Ok(None),
             Some(e) if e.location.item_type == INODE_ITEM_KEY => Ok(Some((e.location.objectid, e.dir_type))),
+            Some(e) if !self.subvol_linked_here(root, dir, e.location.objectid, name)? => Err(placeholder(e.location.objectid, name)),
             Some(_) => Err(Error::Unsupported(format!(
-                "{}: is a subvolume (btrs does not create, delete, move or link subvolumes)",
+                "{}: is a subvolume (`btrs subvolume delete` deletes it; btrs does not move or link subvolumes)",
                 String::from_utf8_lossy(name)
             ))),
         }
+    }
+
+    /// Whether subvolume `sub` is linked as `dir/name` in tree `root` (its
+    /// ROOT_REF, as this transaction has it: one made or deleted in it
+    /// too); a snapshot's entry for a subvolume nested in its source is not.
+    fn subvol_linked_here(&mut self, root: u64, dir: u64, sub: u64, name: &[u8]) -> Result<bool> {
+        Ok(match self.get(ROOT_TREE_OBJECTID, Key::new(root, ROOT_REF_KEY, sub))? {
+            Some(body) => {
+                let r = items::parse_root_ref(&body).map_err(|e| e.within(format!("root ref {root} -> {sub}")))?;
+                r.dirid == dir && r.name == name
+            }
+            None => false,
+        })
     }
 
     pub(crate) fn lookup_entry(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<Option<items::DirEntry>> {
@@ -46,17 +60,11 @@ impl Transaction {
             ROOT_ITEM_KEY => {
                 let sub = e.location.objectid;
                 let at = || format!("subvolume {} ({})", sub, String::from_utf8_lossy(name));
-                // A subvolume being deleted keeps its entry until the kernel's cleaner runs.
-                // As this transaction has it: a subvolume made or deleted in it too.
-                let linked = match self.get(ROOT_TREE_OBJECTID, Key::new(root, ROOT_REF_KEY, sub))? {
-                    Some(body) => {
-                        let r = items::parse_root_ref(&body).map_err(|e| e.within(format!("root ref {root} -> {sub}")))?;
-                        r.dirid == dir && r.name == name
-                    }
-                    None => false,
-                };
-                if !linked {
-                    return Err(Error::Unsupported(format!("{}: deleted, not yet cleaned up", at())));
+                // A snapshot's stand-in for a subvolume nested in its source,
+                // or one being deleted (its entry stays until the kernel's
+                // cleaner runs).
+                if !self.subvol_linked_here(root, dir, sub, name)? {
+                    return Err(placeholder(sub, name));
                 }
                 let (_, ri) = self.root_item_now(sub)?.ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no root item"))?;
                 Ok(Some(Place { id: InodeId { subvol: sub, ino: ri.root_dirid.get() }, dir_type: FT_DIR }))
@@ -242,4 +250,13 @@ impl Transaction {
         self.touch(&mut d, true);
         self.put_inode(root, dir, &d)
     }
+}
+
+/// The refusal to step into or change a snapshot's placeholder of subvolume `sub`.
+fn placeholder(sub: u64, name: &[u8]) -> Error {
+    Error::Unsupported(format!(
+        "{}: an empty placeholder for subvolume {sub}, which is not held here (a snapshot does not hold the \
+         subvolumes nested in its source; a deleted one stays until cleaned up); btrs does not change placeholders",
+        String::from_utf8_lossy(name)
+    ))
 }

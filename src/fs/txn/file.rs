@@ -88,8 +88,9 @@ impl Transaction {
         if it.mode.get() & S_IFMT != S_IFREG {
             return Err(Error::Invalid(format!("inode {ino} is not a regular file")));
         }
-        // An append-only file only grows at its end.
-        self.may_change(root, ino, offset >= it.size.get())?;
+        // An append-only file only grows, at its end (the kernel opens it
+        // O_APPEND only: no write lands past the end either).
+        self.may_change(root, ino, offset == it.size.get())?;
         let src_len = match &payload {
             Payload::Borrowed(s) => s.len(),
             Payload::Owned(p) => p.len(),

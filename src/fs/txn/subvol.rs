@@ -336,23 +336,9 @@ impl Transaction {
     /// the default subvolume, one holding other subvolumes, and one linked
     /// in a read-only subvolume.
     pub(crate) fn delete_subvolume(&mut self, id: u64) -> Result<()> {
-        if id == FS_TREE_OBJECTID {
-            return Err(Error::Invalid("the top-level subvolume (5) cannot be deleted".into()));
-        }
-        if self.default_subvol()? == id {
-            return Err(Error::Invalid(format!(
-                "subvolume {id} is the default subvolume: make another one the default first (`btrs subvolume set-default`)"
-            )));
-        }
+        self.check_delete(id, false)?;
         let (key, ri) = self.clean_root_item(id)?;
-        let nested = self.range(ROOT_TREE_OBJECTID, Key::new(id, ROOT_REF_KEY, 0), Key::new(id, ROOT_REF_KEY, u64::MAX))?;
-        if let Some((k, _)) = nested.first() {
-            return Err(Error::Invalid(format!("subvolume {id} holds subvolume {}: delete that first (or use -R)", k.offset)));
-        }
-        // Its root directory goes with it: not an immutable one.
-        self.may_change(id, ri.root_dirid.get(), false)?;
         if let Some(link) = self.subvol_link(id)? {
-            self.ensure_writable(link.parent)?;
             self.remove_entry(link.parent, link.dirid, &link.name, link.index)?;
             self.delete(ROOT_TREE_OBJECTID, Key::new(link.parent, ROOT_REF_KEY, id))?;
             self.delete(ROOT_TREE_OBJECTID, Key::new(id, ROOT_BACKREF_KEY, link.parent))?;
@@ -368,6 +354,37 @@ impl Transaction {
         self.root_items.remove(&id);
         self.trees.remove(&id);
         self.store.used_delta.remove(&id);
+        Ok(())
+    }
+
+    /// Whether subvolume `id` may be deleted, changing nothing: not the top
+    /// level, not the default, holding no other subvolume (unless
+    /// `nested_ok`: they go first), its root directory neither immutable
+    /// nor append-only, linked in a writable subvolume in a directory that
+    /// may lose a name. A command deleting several checks each before it
+    /// deletes any.
+    pub(crate) fn check_delete(&mut self, id: u64, nested_ok: bool) -> Result<()> {
+        if id == FS_TREE_OBJECTID {
+            return Err(Error::Invalid("the top-level subvolume (5) cannot be deleted".into()));
+        }
+        if self.default_subvol()? == id {
+            return Err(Error::Invalid(format!(
+                "subvolume {id} is the default subvolume: make another one the default first (`btrs subvolume set-default`)"
+            )));
+        }
+        let (_, ri) = self.root_item_now(id)?.ok_or_else(|| Error::NotFound(format!("subvolume {id}")))?;
+        if !nested_ok {
+            let nested = self.range(ROOT_TREE_OBJECTID, Key::new(id, ROOT_REF_KEY, 0), Key::new(id, ROOT_REF_KEY, u64::MAX))?;
+            if let Some((k, _)) = nested.first() {
+                return Err(Error::Invalid(format!("subvolume {id} holds subvolume {}: delete that first (or use -R)", k.offset)));
+            }
+        }
+        // Its root directory goes with it: not an immutable one.
+        self.may_change(id, ri.root_dirid.get(), false)?;
+        if let Some(link) = self.subvol_link(id)? {
+            self.ensure_writable(link.parent)?;
+            self.may_change_dir(link.parent, link.dirid, true)?;
+        }
         Ok(())
     }
 

@@ -210,7 +210,7 @@ pub(crate) fn classify(msg: &str) -> ErrClass {
         ErrClass::DirLink
     } else if has("is read-only") {
         ErrClass::ReadOnly
-    } else if has("deleted, not yet cleaned up") {
+    } else if has("placeholder for subvolume") {
         ErrClass::Stub
     } else if has("is a subvolume") || has("removing a subvolume") {
         ErrClass::Subvol

@@ -302,6 +302,9 @@ impl Model {
     /// `Transaction::lookup_name`: subvolume entries are refused.
     fn lookup_name(&self, dir: Id, name: &[u8]) -> Result<Option<Id>, ErrClass> {
         let Some(e) = self.entries(dir).and_then(|e| e.get(name)) else { return Ok(None) };
+        if matches!(self.node(e.id).kind, Kind::Stub) {
+            return Err(ErrClass::Stub);
+        }
         if self.entry_is_subvol(dir, e.id) {
             return Err(ErrClass::Subvol);
         }
