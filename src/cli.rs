@@ -770,8 +770,11 @@ pub enum SubvolumeCommand {
     /// block and data extent no other subvolume or snapshot uses is freed,
     /// with the data's checksums (the kernel leaves that to its cleaner
     /// thread). Refused for the top level, the default subvolume, a
-    /// subvolume holding others (unless -R), and one linked in a read-only
-    /// subvolume.
+    /// subvolume holding others (unless -R), one whose root is immutable,
+    /// and one linked in a read-only subvolume or immutable directory: every
+    /// subvolume named (and, with -R, nested) is checked before the first
+    /// goes. Each is then deleted in its own commit (nested ones first), so
+    /// a crash leaves each subvolume whole or gone.
     Delete(SubvolDeleteArgs),
     /// List subvolumes in `btrfs subvolume list`'s format.
     List(SubvolListArgs),
@@ -818,9 +821,10 @@ pub struct SubvolDeleteArgs {
 #[derive(Args, Debug)]
 pub struct SubvolListArgs {
     pub image: PathBuf,
-    /// A path in the filesystem (it must exist): with -o, only the
-    /// subvolumes directly inside the subvolume at PATH are listed; without,
-    /// every subvolume, as `btrfs subvolume list PATH` does.
+    /// A path in the filesystem (it must exist), as the mount point of
+    /// `btrfs subvolume list PATH`: subvolumes below the subvolume PATH is in
+    /// are shown by their path from it; with -o, only those directly inside
+    /// it are listed, by their path from the top level (as progs does).
     #[arg(value_name = "PATH")]
     pub path: Option<String>,
     /// Show each one's parent id.

@@ -715,7 +715,12 @@ fn subvolume(set: &Set, c: btrs::cli::SubvolumeCommand, out: &mut dyn Write) -> 
                 readonly_only: a.readonly,
                 below,
             };
-            let list = subvol::select(subvol::subvolumes(&fs)?, &opts);
+            let mut all = subvol::subvolumes(&fs)?;
+            // progs: relative to the mounted subvolume, but not with -o.
+            if let (Some(p), false) = (&a.path, a.below) {
+                subvol::relative_to(&mut all, fs.resolve(p)?.id.subvol);
+            }
+            let list = subvol::select(all, &opts);
             if a.json {
                 json(out, &list)?;
             } else {

@@ -229,6 +229,26 @@ fn kernel_made_subvolumes_are_snapshotted_and_deleted() {
         ("/home-btrs/inner/new".into(), b"new".to_vec()),
     ];
     reads_back(&img, &files, &[], "btrs");
+    // The default, a flag and the label, set by btrs on the kernel's image.
+    ok(&["subvolume", "set-default", s(&img), "/home-btrs"]);
+    ok(&["chattr", s(&img), "/home/data", "+i"]);
+    ok(&["property", "set", s(&img), "/", "label", "kernel-made"]);
+    ok(&["property", "set", s(&img), "/home", "ro", "true"]);
+    checked(test, &img, "btrs set the default, a flag, the label and ro");
+    let m = Mounted::mount(&mnt, std::slice::from_ref(&img), "").unwrap();
+    assert!(mnt.join("inner").exists(), "the kernel does not mount the default btrs set");
+    same_listing_at(&mnt, &img, &[], "/home-btrs");
+    m.unmount().unwrap();
+    ok(&["subvolume", "set-default", s(&img), "5"]);
+    let m = Mounted::mount(&mnt, std::slice::from_ref(&img), "").unwrap();
+    let k = must(Command::new("lsattr").arg(mnt.join("home/data")));
+    assert!(k.starts_with("----i-"), "the kernel's lsattr: {k}");
+    assert!(std::fs::write(mnt.join("home/new"), b"x").is_err(), "the kernel wrote into a read-only subvolume");
+    let label = must(Command::new("btrfs").args(["filesystem", "label"]).arg(&mnt));
+    assert_eq!(label.trim(), "kernel-made");
+    m.unmount().unwrap();
+    ok(&["property", "set", s(&img), "/home", "ro", "false"]);
+    ok(&["chattr", s(&img), "/home/data", "-i"]);
     let m = Mounted::mount(&mnt, std::slice::from_ref(&img), "").unwrap();
     same_listing(&mnt, &img, &["/home", "/home-btrs", "/home-btrs/inner"]);
     for (path, want) in &files {

@@ -359,6 +359,36 @@ pub fn select(all: Vec<SubvolInfo>, opts: &ListOptions) -> Vec<SubvolInfo> {
         .collect()
 }
 
+/// Paths as `btrfs subvolume list` prints them for a filesystem opened at
+/// subvolume `top` (the one its PATH is in): subvolumes below `top` by their
+/// path from it, the others from the top level.
+pub fn relative_to(all: &mut [SubvolInfo], top: u64) {
+    if top == FS_TREE_OBJECTID {
+        return;
+    }
+    let parents: std::collections::BTreeMap<u64, u64> = all.iter().map(|s| (s.id, s.parent)).collect();
+    let Some(prefix) = all.iter().find(|s| s.id == top).map(|s| format!("{}/", s.path)) else { return };
+    for s in all.iter_mut() {
+        let mut p = s.parent;
+        let mut below = false;
+        for _ in 0..parents.len() {
+            if p == top {
+                below = true;
+                break;
+            }
+            match parents.get(&p) {
+                Some(&q) if p != FS_TREE_OBJECTID => p = q,
+                _ => break,
+            }
+        }
+        if below {
+            if let Some(rest) = s.path.strip_prefix(&prefix) {
+                s.path = rest.to_string();
+            }
+        }
+    }
+}
+
 /// One line of `btrfs subvolume list`.
 pub fn list_line(s: &SubvolInfo, opts: &ListOptions) -> String {
     let mut l = format!("ID {} gen {}", s.id, s.generation);
