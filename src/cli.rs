@@ -466,7 +466,9 @@ pub struct MkfsArgs {
     /// Features, comma separated, `^` to disable: no-holes, free-space-tree, block-group-tree.
     #[arg(short = 'O', long = "features", value_name = "LIST")]
     pub features: Option<String>,
-    /// Overwrite images that already hold a filesystem.
+    /// Overwrite images that already hold a filesystem, and cut an existing
+    /// file shorter when -b asks for less than its length (without it, that
+    /// is refused; --shrink cuts too).
     #[arg(short = 'f', long)]
     pub force: bool,
     /// Populate the top-level subvolume from this host directory.

@@ -599,3 +599,23 @@ fn many_hardlinks_in_one_directory_spill_into_extrefs() {
     assert_check(&imgs, "300 hard links");
     assert_manifest_eq(&walk_manifest(&src), &extract_manifest(&imgs, &dir.path().join("out")));
 }
+
+/// `mkfs -b` smaller than an existing file (that holds no filesystem) is
+/// refused without --force, the file untouched; with it, the file is cut
+/// (issue 19: it was cut silently).
+#[test]
+fn an_existing_file_is_cut_only_with_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("big.img");
+    std::fs::File::create(&img).unwrap().set_len(1 << 30).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&std::fs::OpenOptions::new().write(true).open(&img).unwrap(), b"keep", (1 << 30) - 4).unwrap();
+    let (c, _, err) = common::btrs(&["mkfs", "-b", "100M", img.to_str().unwrap()]);
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("--force") && err.contains("1073741824"), "{err}");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 1 << 30);
+    let mut tail = [0u8; 4];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&img).unwrap(), &mut tail, (1 << 30) - 4).unwrap();
+    assert_eq!(&tail, b"keep");
+    common::ok(&["mkfs", "-f", "-b", "100M", img.to_str().unwrap()]);
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 100 << 20);
+}

@@ -36,10 +36,17 @@ impl NewImages {
             paths: paths.to_vec(),
             file_lens,
             offset,
+            may_cut: Cell::new(force),
             copy_range: Cell::new(true),
             copied: Cell::new(0),
             written: Cell::new(0),
         })
+    }
+
+    /// Existing files may be cut shorter too (`--shrink` asks for the
+    /// smallest image whatever the file's length).
+    pub(crate) fn allow_cut(&self) {
+        self.may_cut.set(true);
     }
 
     /// Each image file's length when it was opened.
@@ -52,6 +59,19 @@ impl NewImages {
     /// someone else's (a backup GPT, other partitions): the file only ever
     /// grows. On failure the images resized so far get their lengths back.
     pub(crate) fn resize(&self, sizes: &[u64]) -> Result<()> {
+        // An existing file is never cut shorter unless --force says so:
+        // what lies past the new end is not the filesystem's to drop.
+        if !self.may_cut.get() && self.offset == 0 {
+            for ((p, s), len) in self.paths.iter().zip(sizes).zip(&self.file_lens) {
+                if *s < *len {
+                    return Err(Error::Invalid(format!(
+                        "{}: the file is {len} bytes long and the filesystem {s}: making it would cut off the rest of \
+                         the file; use --force to cut it, or another file",
+                        p.display()
+                    )));
+                }
+            }
+        }
         for (i, ((f, p), s)) in self.files.iter().zip(&self.paths).zip(sizes).enumerate() {
             let cur = self.file_lens.get(i).map_or(0, |l| l.saturating_sub(self.offset));
             if self.offset == 0 || *s > cur {
@@ -157,6 +177,8 @@ pub(crate) struct NewImages {
     file_lens: Vec<u64>,
     /// Where the filesystem starts in every image file (`--offset`).
     offset: u64,
+    /// `--force` or `--shrink`: an existing file may also be cut shorter.
+    may_cut: Cell<bool>,
     /// copy_file_range still worth trying (turned off at its first refusal).
     copy_range: Cell<bool>,
     /// File data bytes written by copy_file_range and by pwrite (all copies).

@@ -264,6 +264,9 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
 
     // ---- open images (their lengths change only once a layout fits) ----
     let devs = NewImages::open(&opts.images, opts.size.is_some() || opts.shrink, opts.force, opts.offset)?;
+    if opts.shrink {
+        devs.allow_cut();
+    }
     for (p, &len) in opts.images.iter().zip(devs.file_lens()) {
         if opts.offset > 0 && len <= opts.offset && opts.size.is_none() && !opts.shrink {
             return Err(Error::Invalid(format!("{}: {len} bytes long, nothing after --offset {}", p.display(), opts.offset)));
