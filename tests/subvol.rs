@@ -438,3 +438,24 @@ fn quota_filesystems_stay_check_clean() {
     ok(&["subvolume", "delete", s(&img), "/sv"]);
     checked(test, &img, "quota: after delete");
 }
+
+/// A NODATACOW file of a subvolume, snapshotted, then overwritten in the
+/// source: the snapshot keeps its bytes (the overwrite is copied on write,
+/// as the kernel does for extents made before the last snapshot). Lib
+/// soak seed 1402: it was written in place.
+#[test]
+fn a_nodatacow_overwrite_after_a_snapshot_leaves_the_snapshot_alone() {
+    let test = "a_nodatacow_overwrite_after_a_snapshot_leaves_the_snapshot_alone";
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = d.join("a.img");
+    ok(&["mkfs", "-b", "256M", s(&img)]);
+    ok(&["subvolume", "create", s(&img), "/sv"]);
+    let old = pseudo(300_000, 1);
+    put(d, &img, "/sv/nocow", &old, &["--nodatacow"]);
+    ok(&["subvolume", "snapshot", s(&img), "/sv", "/snap"]);
+    let new = pseudo(300_000, 2);
+    put(d, &img, "/sv/nocow", &new, &["--nodatacow"]);
+    checked(test, &img, "after the overwrite");
+    reads_back(&img, &[("/snap/nocow".into(), old), ("/sv/nocow".into(), new)], &[], "snapshot and source");
+}

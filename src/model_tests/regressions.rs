@@ -349,3 +349,25 @@ fn regression_stubs_of_nested_subvolumes_in_a_snapshot_are_told_apart() {
          check",
     );
 }
+
+/// Lib soak seed 1402 (raid10-crc32c-4k-btrs-holes): a NODATACOW file
+/// overwritten after a snapshot was written in place, changing the
+/// snapshot's copy too: the snapshot shares the leaf, not the data
+/// extent's references, so its refs said 1. An extent made up to the
+/// tree's last snapshot is now copied on write, as the kernel does.
+#[test]
+fn regression_nodatacow_overwrite_after_a_snapshot_is_copied_on_write() {
+    regression(
+        "raid10-crc32c-4k-btrs-holes",
+        "mkdir /f5/f7 p
+         put /f5/f7 seed=10070375742415779550
+         write /f5/f7/h36/d7 off=9223372036854771711 len=4096 seed=15944123454954213528 p zstd
+         write /f5/f7/put565/f0/c37 off=0 len=4097 seed=13110010529512198428 nocow bio=64
+         mv /f5/f7/put565/f0 /f5/f7/c4
+         mkdir /f5/f7/h36/e6
+         mv /f5/f7/c4/c37 /f5/f7/c4/c13
+         snapshot / /f5/f7/h36/e6/a20
+         write /f5/f7/c4/c13 off=2 len=744 seed=17974548800153945256 bio=4
+         check",
+    );
+}

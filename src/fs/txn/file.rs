@@ -320,6 +320,10 @@ impl Transaction {
         self.finish_direct()?;
         let end = a + buf.len() as u64;
         let exts = self.extents_overlapping(root, ino, a, end)?;
+        // A snapshot shares this tree's leaves, not its data extents' refs:
+        // an extent made up to the last snapshot of the tree may be another
+        // tree's too (the kernel's check_committed_ref, by last_snapshot).
+        let last_snapshot = self.root_item_now(root)?.map_or(0, |(_, ri)| ri.last_snapshot.get());
         let mut pos = a;
         let mut plan = Vec::new();
         for (off, d) in &exts {
@@ -330,7 +334,8 @@ impl Transaction {
             }
             let key = Key::new(disk_bytenr, EXTENT_ITEM_KEY, disk_num_bytes);
             let Some(body) = self.get(EXTENT_TREE_OBJECTID, key)? else { return Ok(false) };
-            if items::parse_extent_item(key, &body)?.refs != 1 {
+            let info = items::parse_extent_item(key, &body)?;
+            if info.refs != 1 || info.generation <= last_snapshot {
                 return Ok(false);
             }
             let to = (off + fe.file_len()).min(end);
