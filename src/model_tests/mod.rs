@@ -61,14 +61,7 @@ impl TxView<'_> {
             ROOT_ITEM_KEY => {
                 let sub = e.location.objectid;
                 // As the transaction has it (a subvolume made in it too).
-                let r = self.tx.get(ROOT_TREE_OBJECTID, Key::new(dir.0, ROOT_REF_KEY, sub)).map_err(|e| e.to_string())?;
-                let linked = match r {
-                    Some(body) => {
-                        let r = crate::format::items::parse_root_ref(&body).map_err(|e| e.to_string())?;
-                        r.dirid == dir.1 && r.name == e.name
-                    }
-                    None => false,
-                };
+                let linked = self.tx.subvol_linked_here(dir.0, dir.1, sub, &e.name).map_err(|e| e.to_string())?;
                 if !linked {
                     let h = shared::tag(&e.name, dir.1 ^ dir.2.rotate_left(17));
                     return Ok((dir.0, EMPTY_SUBVOL_DIR_OBJECTID, h | 1));

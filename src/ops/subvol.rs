@@ -212,9 +212,10 @@ pub fn get_properties(fs: &Filesystem, path: &str, name: Option<&str>) -> Result
     let e = fs.resolve(path)?;
     let want = |n: &str| name.is_none_or(|x| x == n);
     let mut out = Vec::new();
-    let is_subvol = subvol_of_path(fs, path).is_ok();
+    let subvol = subvol_of_path(fs, path);
+    let is_subvol = subvol.is_ok();
     if want("ro") {
-        match subvol_of_path(fs, path) {
+        match subvol {
             Ok(id) => {
                 let ro = fs.root_item(id)?.is_some_and(|(_, ri)| ri.flags.get() & ROOT_SUBVOL_RDONLY != 0);
                 out.push(("ro".to_string(), ro.to_string()));

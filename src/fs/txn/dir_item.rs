@@ -36,7 +36,7 @@ impl Transaction {
     /// Whether subvolume `sub` is linked as `dir/name` in tree `root` (its
     /// ROOT_REF, as this transaction has it: one made or deleted in it
     /// too); a snapshot's entry for a subvolume nested in its source is not.
-    fn subvol_linked_here(&mut self, root: u64, dir: u64, sub: u64, name: &[u8]) -> Result<bool> {
+    pub(crate) fn subvol_linked_here(&mut self, root: u64, dir: u64, sub: u64, name: &[u8]) -> Result<bool> {
         Ok(match self.get(ROOT_TREE_OBJECTID, Key::new(root, ROOT_REF_KEY, sub))? {
             Some(body) => {
                 let r = items::parse_root_ref(&body).map_err(|e| e.within(format!("root ref {root} -> {sub}")))?;

@@ -394,7 +394,7 @@ impl Transaction {
 }
 
 /// Something a tree block holds a reference to.
-enum Child {
+pub(super) enum Child {
     /// A child block (its METADATA_ITEM key).
     Block(Key),
     /// A data extent (its EXTENT_ITEM key) and the (inode, file offset of the
@@ -404,7 +404,7 @@ enum Child {
 
 /// Every reference `block` holds: its child blocks, or the data extents its
 /// file extent items point to (one per item, holes and inline ones skipped).
-fn children(block: &TreeBlock) -> Result<Vec<Child>> {
+pub(super) fn children(block: &TreeBlock) -> Result<Vec<Child>> {
     let mut out = Vec::with_capacity(block.nritems());
     for i in 0..block.nritems() {
         if block.level() > 0 {

@@ -28,7 +28,20 @@ use crate::fs::InodeId;
 use crate::tree::block::{Expect, TreeBlock};
 use crate::tree::cow::CowTree;
 
+use super::extent_tree::{children, Child};
 use super::Transaction;
+
+/// The data extents a leaf references: (extent item key, inode, file offset
+/// of the extent's start), one per file extent item (see `children`).
+fn data_refs(block: &TreeBlock) -> Result<Vec<(Key, u64, u64)>> {
+    Ok(children(block)?
+        .into_iter()
+        .filter_map(|c| match c {
+            Child::Data { key, ino, offset } => Some((key, ino, offset)),
+            Child::Block(_) => None,
+        })
+        .collect())
+}
 
 /// Where a subvolume is linked: its parent tree, the directory in it, the
 /// name and the directory index (its ROOT_BACKREF).
@@ -487,23 +500,4 @@ impl Transaction {
         })?;
         Ok(())
     }
-}
-
-/// The data extents a leaf's file extent items reference: (extent item
-/// key, inode, file offset of the extent's start), one per item.
-fn data_refs(block: &TreeBlock) -> Result<Vec<(Key, u64, u64)>> {
-    let mut out = Vec::new();
-    for i in 0..block.nritems() {
-        let k = block.key(i);
-        if k.item_type != EXTENT_DATA_KEY {
-            continue;
-        }
-        let fe = items::parse_file_extent(block.item_data(i)).map_err(|e| e.within(format!("tree block {} item {k}", block.logical)))?;
-        let items::FileExtentKind::Regular { disk_bytenr, disk_num_bytes, offset, .. } = fe.kind else { continue };
-        if disk_bytenr == 0 {
-            continue;
-        }
-        out.push((Key::new(disk_bytenr, EXTENT_ITEM_KEY, disk_num_bytes), k.objectid, k.offset.wrapping_sub(offset)));
-    }
-    Ok(out)
 }

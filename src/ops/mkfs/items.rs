@@ -76,8 +76,7 @@ pub(super) fn root_ref(dirid: u64, index: u64, name: &[u8]) -> Result<Vec<u8>> {
 
 /// A UUID_KEY_SUBVOL item of the uuid tree: the uuid split into key halves.
 pub(super) fn uuid_item(uuid: &[u8; 16], subvol: u64) -> TreeItem {
-    let half = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-    TreeItem::new(key(half(&uuid[..8]), UUID_KEY_SUBVOL, half(&uuid[8..])), encode::u64_array(&[subvol]))
+    TreeItem::new(crate::format::items::uuid_key(uuid, UUID_KEY_SUBVOL), encode::u64_array(&[subvol]))
 }
 
 pub(super) fn dir_inode(time: (u64, u32), otime: (u64, u32)) -> Vec<u8> {
