@@ -371,3 +371,27 @@ fn regression_nodatacow_overwrite_after_a_snapshot_is_copied_on_write() {
          check",
     );
 }
+
+/// The source and its snapshot both replaced a leaf they share within one
+/// transaction: the first replacement kept the block among the allocated
+/// ones (the snapshot still used it), the second dropped its last
+/// reference and deleted the extent item but left it allocated, so the
+/// block group counted 4 KiB no extent item held (btrfs check: "used 61440
+/// but extent items used 57344") and the free space tree missed it.
+#[test]
+fn regression_a_leaf_both_trees_replace_in_one_transaction_is_freed() {
+    regression(
+        "raid10-crc32c-4k-btrs-holes",
+        "mkdir /f5/f7 p
+         put /f5/f7 seed=10070375742415779550
+         write /f5/f7/h36/d7 off=9223372036854771711 len=4096 seed=15944123454954213528 p zstd
+         write /f5/f7/put565/f0/c37 off=0 len=4097 seed=13110010529512198428 nocow bio=64
+         mv /f5/f7/put565/f0 /f5/f7/c4
+         mkdir /f5/f7/h36/e6
+         mv /f5/f7/c4/c37 /f5/f7/c4/c13
+         snapshot / /f5/f7/h36/e6/a20
+         write /f5/f7/c4/c13 off=2 len=744 seed=17974548800153945256 bio=4
+         write /f5/f7/h36/e6/a20/f5/f7/c4/c13 off=16791 len=983 seed=3947006314056489826 trunc bio=4
+         check",
+    );
+}

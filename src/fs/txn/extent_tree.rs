@@ -377,6 +377,15 @@ impl Transaction {
                                 self.unshare_children(addr, owner, level)?;
                             }
                             self.delete(EXTENT_TREE_OBJECTID, key)?;
+                            // Both trees sharing a committed block replaced it
+                            // before this log ran: the first one's cow_shared
+                            // put it back among the allocated blocks, and with
+                            // its last reference gone it must leave them again
+                            // (pinned space is never handed out in this
+                            // transaction, so nothing else can hold it).
+                            if info.generation < transid {
+                                self.store.release_tree_block(addr)?;
+                            }
                         }
                         None => {
                             return Err(Error::corrupt(
