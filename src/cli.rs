@@ -208,6 +208,51 @@ pub enum Command {
     Ln(LnArgs),
     /// Set (or with -x remove) an extended attribute.
     Setfattr(SetfattrArgs),
+    /// Print extended attributes (like attr's `getfattr`).
+    ///
+    /// Without -n or -d, the names of the attributes matching -m (default
+    /// `^user\.`); with -d their values too; -n NAME prints one. Names are
+    /// sorted, and a leading `/` is dropped from the path in `# file:` lines
+    /// unless --absolute-names, as getfattr does. Values are written as
+    /// getfattr writes them: without -e, as text ("...") when every byte is
+    /// printable ASCII (a trailing NUL dropped), else base64 (0s...).
+    Getfattr(GetfattrArgs),
+    /// Change permission bits (like `chmod`): octal (0755) or symbolic
+    /// (u+x,go-w, a=rX, g=u).
+    ///
+    /// A symbolic clause that names no class (`+x`) leaves the bits of the
+    /// caller's umask alone, as coreutils does. A directory's set-ID bits
+    /// survive `=` unless named. Immutable and append-only inodes refuse.
+    Chmod(ChmodArgs),
+    /// Change owner and group (like `chown`): OWNER[:GROUP] or :GROUP, as
+    /// numbers.
+    ///
+    /// An image has no user database and the host's names say nothing about
+    /// its owners, so names are refused. As the kernel does on any chown of
+    /// a non-directory: the set-user-ID bit, the set-group-ID bit when group
+    /// execution is set, and security.capability are dropped.
+    Chown(ChownArgs),
+    /// Set access and modification times, making missing files (like `touch`).
+    ///
+    /// Both times become now (or -d DATE), or only the access time (-a) or
+    /// the modification time (-m); the change time always becomes now. A
+    /// missing path is made an empty regular file (mode 0644) unless -c.
+    Touch(TouchArgs),
+    /// Set the size of regular files (like `truncate -s`), making missing ones.
+    ///
+    /// SIZE is bytes or with a suffix (K, M, G, ...: powers of 1024),
+    /// prefixed by + (grow by), - (shrink by), < (at most) or > (at least).
+    /// Data past the new end is dropped; growing adds a hole.
+    Truncate(TruncateArgs),
+    /// Print an inode's fields (like `stat`).
+    ///
+    /// coreutils' layout with times in UTC (with nanoseconds); the
+    /// subvolume stands where stat prints the device, owners are numbers,
+    /// and btrfs's own fields follow: the inode flags (as lsattr shows
+    /// them), generation, transid and sequence. Symlinks are not followed.
+    Stat(StatArgs),
+    /// Print the target of a symbolic link (like `readlink`).
+    Readlink(ReadlinkArgs),
     /// Copy host files and directories into the filesystem.
     Put(PutArgs),
     /// Write a deterministic clean or damaged test filesystem and its manifest.
@@ -634,6 +679,25 @@ fn thread_count(s: &str) -> Result<usize, String> {
 }
 
 /// A size as mkfs sizes are written (bytes, or K, M, G...).
+fn octal_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode (0 to 7777)")),
+    }
+}
+
+fn owner_arg(s: &str) -> Result<(Option<u32>, Option<u32>), String> {
+    crate::ops::coreutils::parse_owner(s)
+}
+
+fn date_arg(s: &str) -> Result<crate::fs::txn::TimeSet, String> {
+    crate::ops::coreutils::parse_date(s)
+}
+
+fn truncate_size(s: &str) -> Result<crate::ops::write::TruncateSize, String> {
+    crate::ops::coreutils::parse_truncate_size(s)
+}
+
 fn size_arg(s: &str) -> Result<u64, String> {
     crate::ops::mkfs::parse_size(s).map_err(|e| e.to_string())
 }
@@ -945,6 +1009,10 @@ pub struct MkdirArgs {
     /// Make parents as needed; no error if it exists.
     #[arg(short = 'p', long)]
     pub parents: bool,
+    /// Permission bits of the new directory, octal (default 0755; parents
+    /// made by -p get 0755).
+    #[arg(short = 'm', long, value_name = "MODE", value_parser = octal_mode)]
+    pub mode: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -953,8 +1021,107 @@ pub struct RmArgs {
     #[arg(required = true)]
     pub paths: Vec<String>,
     /// Remove directories and their contents.
-    #[arg(short = 'r', long)]
+    #[arg(short = 'r', short_alias = 'R', long)]
     pub recursive: bool,
+    /// Ignore paths that do not exist.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GetfattrArgs {
+    pub image: PathBuf,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    /// Print only this attribute.
+    #[arg(short = 'n', long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Print the values of all attributes matching -m.
+    #[arg(short = 'd', long)]
+    pub dump: bool,
+    /// Attributes whose names match this regular expression (default
+    /// `^user\.`; `-` for every one).
+    #[arg(short = 'm', long, value_name = "PATTERN", allow_hyphen_values = true)]
+    pub r#match: Option<String>,
+    /// How to write values: text, hex or base64.
+    #[arg(short = 'e', long, value_name = "ENCODING")]
+    pub encoding: Option<crate::ops::stat::Encoding>,
+    /// Print the raw value only (with -n; nothing else).
+    #[arg(long)]
+    pub only_values: bool,
+    /// Keep a leading `/` in the `# file:` lines.
+    #[arg(long)]
+    pub absolute_names: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ChmodArgs {
+    pub image: PathBuf,
+    /// Octal (0755) or symbolic (u+x,go-w).
+    #[arg(allow_hyphen_values = true)]
+    pub mode: crate::ops::coreutils::ModeSpec,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ChownArgs {
+    pub image: PathBuf,
+    /// OWNER[:GROUP] or :GROUP, numeric.
+    #[arg(value_parser = owner_arg)]
+    pub owner: (Option<u32>, Option<u32>),
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TouchArgs {
+    pub image: PathBuf,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    /// Change only the access time.
+    #[arg(short = 'a')]
+    pub access: bool,
+    /// Change only the modification time.
+    #[arg(short = 'm')]
+    pub modification: bool,
+    /// Do not make missing files.
+    #[arg(short = 'c', long)]
+    pub no_create: bool,
+    /// This time instead of now: @SECONDS[.FRAC], or YYYY-MM-DD[ HH:MM[:SS[.FRAC]]]
+    /// then Z, UTC or +HH:MM / -HH:MM (no offset: UTC).
+    #[arg(short = 'd', long, value_name = "DATE", value_parser = date_arg)]
+    pub date: Option<crate::fs::txn::TimeSet>,
+}
+
+#[derive(Args, Debug)]
+pub struct TruncateArgs {
+    pub image: PathBuf,
+    /// [+-<>]SIZE.
+    #[arg(short = 's', long, value_name = "SIZE", allow_hyphen_values = true, value_parser = truncate_size)]
+    pub size: crate::ops::write::TruncateSize,
+    /// Do not make missing files.
+    #[arg(short = 'c', long)]
+    pub no_create: bool,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatArgs {
+    pub image: PathBuf,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    /// One JSON object per path, in a list.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReadlinkArgs {
+    pub image: PathBuf,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -994,7 +1161,9 @@ pub struct SetfattrArgs {
     /// refused. New files and directories inherit it from their directory.
     #[arg(short = 'n', long)]
     pub name: String,
-    /// Value (absent: empty).
+    /// Value (absent: empty), read as attr's setfattr reads it: `0x...` hex,
+    /// `0s...` base64, `"..."` text with `\NNN` octal escapes, else the
+    /// bytes as given.
     #[arg(short = 'v', long)]
     pub value: Option<String>,
     /// Remove the attribute.

@@ -333,13 +333,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mkfs(a) => mkfs(*a, &mut out)?,
         Command::Fixture(a) => fixture(a, &mut out)?,
         Command::Write(a) => write_cmd(&set, a, &mut out)?,
-        Command::Mkdir(a) => warn_all(btrs::ops::write::mkdir(&wopts(&set, &a.image), &a.path, a.parents)?),
-        Command::Rm(a) => warn_all(btrs::ops::write::rm(&wopts(&set, &a.image), &a.paths, a.recursive)?),
+        Command::Mkdir(a) => warn_all(btrs::ops::write::mkdir_mode(&wopts(&set, &a.image), &a.path, a.parents, a.mode)?),
+        Command::Rm(a) => warn_all(btrs::ops::write::rm_forced(&wopts(&set, &a.image), &a.paths, a.recursive, a.force)?),
+        Command::Chmod(a) => {
+            let umask = current_umask();
+            warn_all(btrs::ops::write::chmod(&wopts(&set, &a.image), &a.paths, &|old| a.mode.apply(old, umask))?)
+        }
+        Command::Chown(a) => {
+            let change = btrs::fs::txn::SetAttr { uid: a.owner.0, gid: a.owner.1, ..Default::default() };
+            warn_all(btrs::ops::write::set_attr(&wopts(&set, &a.image), &a.paths, &change)?)
+        }
+        Command::Touch(a) => {
+            let t = Some(a.date.unwrap_or(btrs::fs::txn::TimeSet::Now));
+            let both = !a.access && !a.modification;
+            let change = btrs::fs::txn::SetAttr {
+                atime: if both || a.access { t } else { None },
+                mtime: if both || a.modification { t } else { None },
+                ..Default::default()
+            };
+            warn_all(btrs::ops::write::touch(&wopts(&set, &a.image), &a.paths, &change, a.no_create)?)
+        }
+        Command::Truncate(a) => warn_all(btrs::ops::write::truncate(&wopts(&set, &a.image), &a.paths, a.size, a.no_create)?),
+        Command::Stat(a) => {
+            let fs = open(&set, &a.image)?;
+            let mut all = Vec::with_capacity(a.paths.len());
+            for p in &a.paths {
+                all.push(btrs::ops::stat::stat(&fs, p).with_context(|| format!("cannot stat {p}"))?);
+            }
+            if a.json {
+                json(&mut out, &all)?;
+            } else {
+                for s in &all {
+                    btrs::ops::stat::print_stat(s, &mut out)?;
+                }
+            }
+            print_warnings(&fs);
+        }
+        Command::Readlink(a) => {
+            let fs = open(&set, &a.image)?;
+            for p in &a.paths {
+                let t = btrs::ops::stat::readlink(&fs, p)?;
+                out.write_all(&t)?;
+                out.write_all(b"\n")?;
+            }
+            print_warnings(&fs);
+        }
+        Command::Getfattr(a) => {
+            if !getfattr(&set, a, &mut out)? {
+                out.flush()?;
+                return Ok(ExitCode::from(1));
+            }
+        }
         Command::Mv(a) => warn_all(btrs::ops::write::mv(&wopts(&set, &a.image), &a.src, &a.dst)?),
         Command::Ln(a) => warn_all(btrs::ops::write::ln(&wopts(&set, &a.image), &a.target, &a.link, a.symbolic)?),
         Command::Setfattr(a) => {
-            let v = if a.remove { None } else { Some(a.value.as_deref().unwrap_or("").as_bytes()) };
-            warn_all(btrs::ops::write::setfattr(&wopts(&set, &a.image), &a.path, &a.name, v)?)
+            let v = match (a.remove, &a.value) {
+                (true, _) => None,
+                (false, None) => Some(Vec::new()),
+                (false, Some(v)) => Some(usage(btrs::ops::stat::decode_value(v))?),
+            };
+            warn_all(btrs::ops::write::setfattr(&wopts(&set, &a.image), &a.path, &a.name, v.as_deref())?)
         }
         Command::Put(a) => {
             let (dest, srcs) = a.paths.split_last().ok_or_else(|| anyhow::anyhow!("need SRC... DEST"))?;
@@ -362,6 +415,65 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `value` as pretty JSON and a newline.
+/// The process's umask (symbolic chmod clauses naming no class leave its bits alone).
+fn current_umask() -> u32 {
+    let old = rustix::process::umask(rustix::fs::Mode::empty());
+    rustix::process::umask(old);
+    old.bits()
+}
+
+/// `btrs getfattr`: getfattr's output, per path a `# file:` block; false
+/// when an attribute asked for by name was missing (named on stderr, exit
+/// 1, as getfattr does).
+fn getfattr(set: &Set, a: btrs::cli::GetfattrArgs, out: &mut dyn Write) -> anyhow::Result<bool> {
+    use btrs::ops::stat::{encode_value, xattrs_matching};
+    let fs = open(set, &a.image)?;
+    let pattern = match (&a.name, a.r#match.as_deref()) {
+        (Some(_), _) | (None, Some("-")) => None,
+        (None, p) => {
+            let p = p.unwrap_or(r"^user\.");
+            Some(usage(regex_lite::Regex::new(p).map_err(|e| format!("-m {p:?}: not a regular expression: {e}")))?)
+        }
+    };
+    let mut missing = false;
+    for p in &a.paths {
+        let mut found = xattrs_matching(&fs, p, pattern.as_ref())?;
+        if let Some(n) = &a.name {
+            found.retain(|(k, _)| k == n.as_bytes());
+            if found.is_empty() {
+                eprintln!("btrs: {p}: {n}: No such attribute");
+                missing = true;
+                continue;
+            }
+        }
+        if a.only_values {
+            for (_, v) in &found {
+                out.write_all(v)?;
+            }
+            continue;
+        }
+        if found.is_empty() {
+            continue;
+        }
+        let shown = if a.absolute_names { p.as_str() } else { p.trim_start_matches('/') };
+        let shown = if shown.is_empty() { "." } else { shown };
+        writeln!(out, "# file: {shown}")?;
+        for (k, v) in &found {
+            let k = String::from_utf8_lossy(k);
+            if a.dump || a.name.is_some() {
+                write!(out, "{k}=")?;
+                out.write_all(&encode_value(v, a.encoding))?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{k}")?;
+            }
+        }
+        writeln!(out)?;
+    }
+    print_warnings(&fs);
+    Ok(!missing)
+}
+
 fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)?;

@@ -21,7 +21,7 @@ use common::interop;
 mod lib_api {
     pub use btrs::format::items::{parse_inode_refs, FileExtentKind};
     pub use btrs::format::{CsumType, FileType, Key, Profile, EMPTY_SUBVOL_DIR_OBJECTID, INODE_REF_KEY};
-    pub use btrs::fs::{FileChunk, Filesystem, InodeId};
+    pub use btrs::fs::{DirEnt, FileChunk, Filesystem, InodeId};
     pub use btrs::ops::mkfs::{mkfs, MkfsOptions};
     pub use btrs::ops::scrub::{scrub, Finding, FindingKind, ScrubOptions};
     pub use btrs::volumes::{raw, OpenOptions};
@@ -147,7 +147,11 @@ impl CliRunner {
             Op::SetXattr { path, name, value } => {
                 let mut a = vec![s("setfattr"), img, format!("--name={name}")];
                 match value {
-                    Some((n, seed)) => a.push(format!("--value={}", String::from_utf8(printable(*seed, *n as usize)).unwrap())),
+                    // Hex, as attr's setfattr reads it: printable bytes could start with 0x, 0s or a quote.
+                    Some((n, seed)) => a.push(format!(
+                        "--value=0x{}",
+                        printable(*seed, *n as usize).iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    )),
                     None => a.push(s("--remove")),
                 }
                 a.push(s("--"));
@@ -172,6 +176,12 @@ impl CliRunner {
             }
             Op::SubvolDelete { path } => vec![s("subvolume"), s("delete"), img, s("--"), path.clone()],
             Op::SetRo { path, ro } => vec![s("property"), s("set"), img, s("--"), path.clone(), s("ro"), ro.to_string()],
+            Op::Chmod { path, mode } => vec![s("chmod"), img, s("--"), format!("{mode:o}"), path.clone()],
+            Op::Chown { path, uid, gid } => {
+                let owner =
+                    format!("{}{}", uid.map(|u| u.to_string()).unwrap_or_default(), gid.map(|g| format!(":{g}")).unwrap_or_default());
+                vec![s("chown"), img, s("--"), owner, path.clone()]
+            }
             _ => Vec::new(),
         }
     }

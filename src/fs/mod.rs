@@ -47,6 +47,9 @@ pub struct DirEnt {
     pub file_type: FileType,
     /// The entry is a subvolume (or snapshot) root.
     pub(crate) subvol: bool,
+    /// For the kernel's placeholder of a subvolume not held here (see
+    /// [`Filesystem::entry_inode`]): the directory it is in.
+    pub(crate) placeholder_in: Option<InodeId>,
 }
 
 // The read half of fs: bytes from images, checked like the layers below.
@@ -333,6 +336,28 @@ impl Filesystem {
         Inode::parse(id, &data).map_err(|e| e.within(format!("inode {id}")))
     }
 
+    /// The inode an entry leads to. The kernel's placeholder for a
+    /// subvolume not held here takes the owner and group of the directory
+    /// it is in (its new_simple_dir; checked on 6.18), which
+    /// [`Filesystem::inode`] cannot know from the id alone.
+    pub fn entry_inode(&self, e: &DirEnt) -> Result<Inode> {
+        match e.placeholder_in {
+            Some(dir) => self.inode_in(e.id, dir),
+            None => self.inode(e.id),
+        }
+    }
+
+    /// Inode `id` as found in directory `dir`: [`Filesystem::inode`], but
+    /// a placeholder (see [`Filesystem::entry_inode`]) owned as `dir` is.
+    pub fn inode_in(&self, id: InodeId, dir: InodeId) -> Result<Inode> {
+        let mut ino = self.inode(id)?;
+        if id.ino == EMPTY_SUBVOL_DIR_OBJECTID {
+            let d = self.inode(dir)?;
+            (ino.uid, ino.gid) = (d.uid, d.gid);
+        }
+        Ok(ino)
+    }
+
     /// Entries of a directory in index (creation) order.
     pub fn read_dir(&self, dir: InodeId) -> Result<Vec<DirEnt>> {
         if dir.ino == EMPTY_SUBVOL_DIR_OBJECTID {
@@ -354,9 +379,13 @@ impl Filesystem {
         let file_type = FileType::from_dir_type(e.dir_type)
             .ok_or_else(|| Error::corrupt(CorruptKind::ItemValue, at(), format!("unknown file type {}", e.dir_type)))?;
         match e.location.item_type {
-            INODE_ITEM_KEY => {
-                Ok(DirEnt { name: e.name, id: InodeId { subvol: dir.subvol, ino: e.location.objectid }, file_type, subvol: false })
-            }
+            INODE_ITEM_KEY => Ok(DirEnt {
+                name: e.name,
+                id: InodeId { subvol: dir.subvol, ino: e.location.objectid },
+                file_type,
+                subvol: false,
+                placeholder_in: None,
+            }),
             ROOT_ITEM_KEY => {
                 let subvol = e.location.objectid;
                 if !self.subvol_linked_at(dir, subvol, &e.name)? {
@@ -366,13 +395,20 @@ impl Filesystem {
                         id: InodeId { subvol: dir.subvol, ino: EMPTY_SUBVOL_DIR_OBJECTID },
                         file_type: FileType::Directory,
                         subvol: false,
+                        placeholder_in: Some(dir),
                     });
                 }
                 let dirid = match self.root_item(subvol)? {
                     Some((_, ri)) => ri.root_dirid.get(),
                     None => return Err(Error::corrupt(CorruptKind::MissingItem, at(), format!("subvolume {subvol} has no root item"))),
                 };
-                Ok(DirEnt { name: e.name, id: InodeId { subvol, ino: dirid }, file_type: FileType::Directory, subvol: true })
+                Ok(DirEnt {
+                    name: e.name,
+                    id: InodeId { subvol, ino: dirid },
+                    file_type: FileType::Directory,
+                    subvol: true,
+                    placeholder_in: None,
+                })
             }
             t => Err(Error::corrupt(CorruptKind::ItemValue, at(), format!("location key type {t}"))),
         }
@@ -408,7 +444,7 @@ impl Filesystem {
     /// Resolve a '/'-separated path from the top-level subvolume (see
     /// `path::walk`: symlinks are not followed).
     pub fn resolve(&self, path: &str) -> Result<DirEnt> {
-        let top = DirEnt { name: Vec::new(), id: self.root_dir(), file_type: FileType::Directory, subvol: true };
+        let top = DirEnt { name: Vec::new(), id: self.root_dir(), file_type: FileType::Directory, subvol: true, placeholder_in: None };
         path::walk(path, top, |e| e.file_type == FileType::Directory, |e, name| self.lookup(e.id, name))?.found(path)
     }
 

@@ -26,7 +26,7 @@ mod lib_api {
     pub(super) use crate::error::Error;
     pub(super) use crate::format::items::{parse_inode_refs, FileExtentKind};
     pub(super) use crate::format::{CsumType, FileType, Key, Profile, EMPTY_SUBVOL_DIR_OBJECTID, INODE_REF_KEY};
-    pub(super) use crate::fs::{FileChunk, Filesystem, InodeId};
+    pub(super) use crate::fs::{DirEnt, FileChunk, Filesystem, InodeId};
     pub(super) use crate::ops::mkfs::{mkfs, MkfsOptions};
     pub(super) use crate::ops::scrub::{scrub, Finding, FindingKind, ScrubOptions};
     pub(super) use crate::volumes::{raw, OpenOptions};
@@ -52,22 +52,23 @@ struct TxView<'a> {
     tx: &'a mut Transaction,
 }
 
-type TxId = (u64, u64, u64);
+/// Tree, inode, a tag telling placeholders apart, and a placeholder's directory inode.
+type TxId = (u64, u64, u64, u64);
 
 impl TxView<'_> {
     fn entry_id(&mut self, dir: TxId, e: &DirEntry) -> Result<TxId, String> {
         match e.location.item_type {
-            INODE_ITEM_KEY => Ok((dir.0, e.location.objectid, 0)),
+            INODE_ITEM_KEY => Ok((dir.0, e.location.objectid, 0, 0)),
             ROOT_ITEM_KEY => {
                 let sub = e.location.objectid;
                 // As the transaction has it (a subvolume made in it too).
                 let linked = self.tx.subvol_linked_here(dir.0, dir.1, sub, &e.name).map_err(|e| e.to_string())?;
                 if !linked {
                     let h = shared::tag(&e.name, dir.1 ^ dir.2.rotate_left(17));
-                    return Ok((dir.0, EMPTY_SUBVOL_DIR_OBJECTID, h | 1));
+                    return Ok((dir.0, EMPTY_SUBVOL_DIR_OBJECTID, h | 1, dir.1));
                 }
                 let (_, ri) = self.tx.root_item_now(sub).map_err(|e| e.to_string())?.ok_or("no root item")?;
-                Ok((sub, ri.root_dirid.get(), 0))
+                Ok((sub, ri.root_dirid.get(), 0, 0))
             }
             t => Err(format!("entry of type {t}")),
         }
@@ -84,7 +85,7 @@ impl TxView<'_> {
 impl View for TxView<'_> {
     type Id = TxId;
     fn root(&mut self) -> TxId {
-        (FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, 0)
+        (FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, 0, 0)
     }
     fn lookup(&mut self, dir: TxId, name: &[u8]) -> Result<Option<TxId>, String> {
         if dir.1 == EMPTY_SUBVOL_DIR_OBJECTID || self.stat(dir)?.mode & model::S_IFMT != model::S_IFDIR {
@@ -97,7 +98,9 @@ impl View for TxView<'_> {
     }
     fn stat(&mut self, id: TxId) -> Result<Stat, String> {
         if id.1 == EMPTY_SUBVOL_DIR_OBJECTID {
-            return Ok(Stat { mode: model::S_IFDIR | 0o755, uid: 0, gid: 0, nlink: 1, size: 0, flags: Some(0) });
+            // Owned as the directory it is in (the kernel's new_simple_dir).
+            let d = self.tx.read_inode(id.0, id.3).map_err(|e| e.to_string())?;
+            return Ok(Stat { mode: model::S_IFDIR | 0o755, uid: d.uid.get(), gid: d.gid.get(), nlink: 1, size: 0, flags: Some(0) });
         }
         let i = self.tx.read_inode(id.0, id.1).map_err(|e| e.to_string())?;
         Ok(Stat {
@@ -511,11 +514,15 @@ fn exec(mut tx: Transaction, op: &Op, scratch: &Path, puts: &mut u64) -> (Option
                 Err(e) => (None, Err(e)),
             };
         }
-        Op::Mkdir { path, parents } => cmd::mkdir_in(&mut tx, path, *parents),
+        Op::Mkdir { path, parents } => cmd::mkdir_in(&mut tx, path, *parents, None),
         Op::SubvolCreate { path } => crate::ops::subvol::create_in(&mut tx, path, false).map(drop),
         Op::Snapshot { src, dest, ro } => crate::ops::subvol::snapshot_in(&mut tx, src, dest, *ro).map(drop),
         Op::SubvolDelete { path } => crate::ops::subvol::delete_in(&mut tx, path).map(drop),
         Op::SetRo { path, ro } => crate::ops::subvol::set_readonly_in(&mut tx, path, *ro).map(drop),
+        Op::Chmod { path, mode } => cmd::chmod_in(&mut tx, std::slice::from_ref(path), &|_| *mode),
+        Op::Chown { path, uid, gid } => {
+            cmd::set_attr_in(&mut tx, std::slice::from_ref(path), &crate::fs::txn::SetAttr { uid: *uid, gid: *gid, ..Default::default() })
+        }
         Op::Rm { paths, recursive } => cmd::rm_in(&mut tx, paths, *recursive),
         Op::Mv { src, dst } => cmd::mv_in(&mut tx, src, dst),
         Op::Link { target, link } => cmd::ln_in(&mut tx, target, link, false),

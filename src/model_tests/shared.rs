@@ -113,6 +113,8 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         Op::Symlink { .. } => "symlink",
         Op::SetXattr { value: Some(_), .. } => "setxattr",
         Op::SetXattr { .. } => "rmxattr",
+        Op::Chmod { .. } => "chmod",
+        Op::Chown { .. } => "chown",
         Op::Put { .. } => "put",
         Op::Commit { .. } => "commit",
         Op::Abort => "abort",
@@ -163,22 +165,27 @@ pub(super) struct FsView<'a> {
 }
 
 impl View for FsView<'_> {
-    type Id = (InodeId, u64);
+    /// The inode, a tag telling placeholders apart, and a placeholder's directory.
+    type Id = (InodeId, u64, Option<InodeId>);
     fn root(&mut self) -> Self::Id {
-        (self.fs.root_dir(), 0)
+        (self.fs.root_dir(), 0, None)
     }
     fn lookup(&mut self, dir: Self::Id, name: &[u8]) -> Result<Option<Self::Id>, String> {
         if self.fs.inode(dir.0).map_err(|e| e.to_string())?.file_type != lib_api::FileType::Directory {
             return Ok(None);
         }
-        Ok(self.fs.lookup(dir.0, name).map_err(|e| e.to_string())?.map(|d| fix(d.id, name, dir)))
+        Ok(self.fs.lookup(dir.0, name).map_err(|e| e.to_string())?.map(|d| fix(&d, dir)))
     }
     fn stat(&mut self, id: Self::Id) -> Result<Stat, String> {
-        let i = self.fs.inode(id.0).map_err(|e| e.to_string())?;
+        let i = match id.2 {
+            Some(dir) => self.fs.inode_in(id.0, dir),
+            None => self.fs.inode(id.0),
+        }
+        .map_err(|e| e.to_string())?;
         Ok(Stat { mode: i.mode, uid: i.uid, gid: i.gid, nlink: i.nlink, size: i.size, flags: Some(i.flags & (NODATASUM | NODATACOW)) })
     }
     fn entries(&mut self, dir: Self::Id) -> Result<Vec<(Vec<u8>, Self::Id)>, String> {
-        Ok(self.fs.read_dir(dir.0).map_err(|e| e.to_string())?.into_iter().map(|d| (d.name.clone(), fix(d.id, &d.name, dir))).collect())
+        Ok(self.fs.read_dir(dir.0).map_err(|e| e.to_string())?.into_iter().map(|d| (d.name.clone(), fix(&d, dir))).collect())
     }
     fn xattrs(&mut self, id: Self::Id) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, String> {
         if id.0.ino == lib_api::EMPTY_SUBVOL_DIR_OBJECTID {
@@ -225,11 +232,11 @@ impl View for FsView<'_> {
     }
 }
 
-fn fix(id: InodeId, name: &[u8], dir: (InodeId, u64)) -> (InodeId, u64) {
-    if id.ino == lib_api::EMPTY_SUBVOL_DIR_OBJECTID {
-        (id, tag(name, dir.0.ino ^ dir.1))
+fn fix(d: &lib_api::DirEnt, dir: (InodeId, u64, Option<InodeId>)) -> (InodeId, u64, Option<InodeId>) {
+    if d.id.ino == lib_api::EMPTY_SUBVOL_DIR_OBJECTID {
+        (d.id, tag(&d.name, dir.0.ino ^ dir.1), Some(dir.0))
     } else {
-        (id, 0)
+        (d.id, 0, None)
     }
 }
 

@@ -100,7 +100,7 @@ const WALK_STACK: usize = 64 << 20;
 fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path) -> Result<ExtractStats> {
     let ent = fs.resolve(src)?;
     let fspath = src.trim_matches('/');
-    let ino = fs.inode(ent.id)?;
+    let ino = fs.entry_inode(&ent)?;
     if ino.file_type == FileType::Directory {
         let children = fs.read_dir(ent.id)?;
         let (fd, made) = dest_dir(dest)?;
@@ -339,7 +339,7 @@ impl<'a> Extractor<'a> {
         if depth > MAX_DEPTH {
             return Err(Error::corrupt(CorruptKind::Loop, shown(fspath), format!("directory nesting deeper than {MAX_DEPTH} (loop?)")));
         }
-        let ino = self.fs.inode(ent.id)?;
+        let ino = self.fs.entry_inode(ent)?;
         let parent = self.dirs_open.top().map_err(|e| Error::io(self.dirs_open.here(), "open", e))?;
         let host = self.dirs_open.host(name);
         if ino.file_type != FileType::Directory && ino.nlink > 1 {

@@ -91,7 +91,7 @@ fn print_entry(fs: &Filesystem, e: &DirEnt, long: bool, out: &mut dyn Write) -> 
     if !long {
         return w(writeln!(out, "{name}"));
     }
-    let ino = fs.inode(e.id)?;
+    let ino = fs.entry_inode(e)?;
     let mut line = format!(
         "{} {:>3} {:>5} {:>5} {:>10} {} {}",
         mode_string(&ino),

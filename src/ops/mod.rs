@@ -2,6 +2,7 @@
 
 pub(crate) mod backref;
 pub mod balance;
+pub mod coreutils;
 pub mod device;
 pub mod dump;
 pub mod extract;
@@ -14,5 +15,6 @@ pub mod replace;
 pub mod resize;
 pub mod rootdir;
 pub mod scrub;
+pub mod stat;
 pub mod subvol;
 pub mod write;

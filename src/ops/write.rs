@@ -12,7 +12,7 @@ use crate::format::limits;
 use crate::format::*;
 use crate::fs::direct::{Bounce, PagePool, PAGE};
 use crate::fs::txn::Transaction;
-use crate::fs::txn::{BioHook, CompressOpts, Place, WriteOpts, WriteReport};
+use crate::fs::txn::{BioHook, CompressOpts, Place, SetAttr, WriteOpts, WriteReport};
 use crate::fs::Filesystem;
 use crate::fs::InodeId;
 use crate::volumes::OpenOptions;
@@ -251,22 +251,166 @@ fn fill(input: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
 }
 
 pub fn mkdir(opts: &OpenOptions, path: &str, parents: bool) -> Result<Vec<String>> {
+    mkdir_mode(opts, path, parents, None)
+}
+
+/// `mkdir [-p] [-m MODE]`: as coreutils, MODE (permission bits) is the new
+/// directory's; parents made by -p get 0755, and an existing directory
+/// with -p is left as it is.
+pub fn mkdir_mode(opts: &OpenOptions, path: &str, parents: bool, mode: Option<u32>) -> Result<Vec<String>> {
+    if let Some(m) = mode.filter(|m| m & !0o7777 != 0) {
+        return Err(Error::Invalid(format!("mode {m:#o} has bits beyond 07777")));
+    }
     let mut tx = begin(opts)?;
-    mkdir_in(&mut tx, path, parents)?;
+    if parents && mode.is_some() && tx.resolve(path)?.is_none() {
+        let (dir, _) = split(path)?;
+        dir_at(&mut tx, &dir, true)?;
+        mkdir_in(&mut tx, path, false, mode)?;
+    } else {
+        mkdir_in(&mut tx, path, parents, mode)?;
+    }
     tx.commit_with_warnings()
 }
 
-/// [`mkdir`] inside a running transaction (not committed). Like every `*_in`
-/// command: on an error the caller drops the transaction, as the command does.
-pub(crate) fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool) -> Result<()> {
+/// [`mkdir_mode`] inside a running transaction (not committed). Like every
+/// `*_in` command: on an error the caller drops the transaction, as the
+/// command does.
+pub(crate) fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool, mode: Option<u32>) -> Result<()> {
     if parents {
         dir_at(tx, path, true)?;
     } else {
         let (dir, name) = split(path)?;
         let d = dir_at(tx, &dir, false)?;
-        tx.create(d.id, &name, S_IFDIR | 0o755, 0)?;
+        tx.create(d.id, &name, S_IFDIR | mode.unwrap_or(0o755), 0)?;
     }
     Ok(())
+}
+
+/// `chmod`, `chown` and `touch` of existing paths: one transaction for all
+/// of them, nothing written when any fails.
+pub fn set_attr(opts: &OpenOptions, paths: &[String], change: &SetAttr) -> Result<Vec<String>> {
+    let mut tx = begin(opts)?;
+    set_attr_in(&mut tx, paths, change)?;
+    tx.commit_with_warnings()
+}
+
+/// [`set_attr`] inside a running transaction (not committed). Symlinks
+/// are not followed: `chown` and `touch` change the link itself (as
+/// `chown -h`, `touch -h`).
+pub(crate) fn set_attr_in(tx: &mut Transaction, paths: &[String], change: &SetAttr) -> Result<()> {
+    for path in paths {
+        let p = existing(tx, path)?;
+        tx.name_inode(p.root(), p.ino(), path);
+        tx.set_attr(p.root(), p.ino(), change)?;
+    }
+    Ok(())
+}
+
+/// `chmod`: each path's permission bits become `mode(old st_mode)`.
+pub fn chmod(opts: &OpenOptions, paths: &[String], mode: &dyn Fn(u32) -> u32) -> Result<Vec<String>> {
+    let mut tx = begin(opts)?;
+    chmod_in(&mut tx, paths, mode)?;
+    tx.commit_with_warnings()
+}
+
+/// [`chmod`] inside a running transaction (not committed). A symlink is
+/// refused: btrs follows none, and a link's own mode is always 0777 (the
+/// kernel has no lchmod).
+pub(crate) fn chmod_in(tx: &mut Transaction, paths: &[String], mode: &dyn Fn(u32) -> u32) -> Result<()> {
+    for path in paths {
+        let p = existing(tx, path)?;
+        if p.dir_type == FT_SYMLINK {
+            return Err(Error::Invalid(format!(
+                "{path}: a symbolic link's mode is always 0777 (btrs follows no symlink; change its target's path)"
+            )));
+        }
+        tx.name_inode(p.root(), p.ino(), path);
+        let old = tx.read_inode(p.root(), p.ino())?.mode.get();
+        let change = SetAttr { mode: Some(mode(old)), ..Default::default() };
+        tx.set_attr(p.root(), p.ino(), &change)?;
+    }
+    Ok(())
+}
+
+/// `touch`: set the times of each path (made as an empty regular file,
+/// mode 0644, when missing, unless `no_create`, which skips it as
+/// coreutils' -c does).
+pub fn touch(opts: &OpenOptions, paths: &[String], change: &SetAttr, no_create: bool) -> Result<Vec<String>> {
+    let mut tx = begin(opts)?;
+    for path in paths {
+        let p = match tx.resolve(path)? {
+            Some(p) => {
+                tx.ensure_writable(p.root())?;
+                p
+            }
+            None if no_create => continue,
+            None => {
+                let (dir, name) = split(path)?;
+                let d = dir_at(&mut tx, &dir, false)?;
+                let id = tx.create(d.id, &name, S_IFREG | 0o644, 0)?;
+                Place { id, dir_type: FT_REG_FILE }
+            }
+        };
+        tx.name_inode(p.root(), p.ino(), path);
+        tx.set_attr(p.root(), p.ino(), change)?;
+    }
+    tx.commit_with_warnings()
+}
+
+/// A size as coreutils' `truncate -s` takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TruncateSize {
+    /// Exactly this size.
+    Set(u64),
+    /// `+N`: grow by N.
+    Grow(u64),
+    /// `-N`: shrink by N (to 0 at least).
+    Shrink(u64),
+    /// `<N`: at most N.
+    AtMost(u64),
+    /// `>N`: at least N.
+    AtLeast(u64),
+}
+
+impl TruncateSize {
+    fn apply(self, old: u64) -> Option<u64> {
+        Some(match self {
+            TruncateSize::Set(n) => n,
+            TruncateSize::Grow(n) => old.checked_add(n)?,
+            TruncateSize::Shrink(n) => old.saturating_sub(n),
+            TruncateSize::AtMost(n) => old.min(n),
+            TruncateSize::AtLeast(n) => old.max(n),
+        })
+    }
+}
+
+/// `truncate -s SIZE`: set each regular file's size (made when missing
+/// unless `no_create`), dropping data past it or extending with a hole.
+pub fn truncate(opts: &OpenOptions, paths: &[String], size: TruncateSize, no_create: bool) -> Result<Vec<String>> {
+    let mut tx = begin(opts)?;
+    for path in paths {
+        let (root, ino) = match tx.resolve(path)? {
+            Some(p) if p.dir_type == FT_REG_FILE => {
+                tx.ensure_writable(p.root())?;
+                (p.root(), p.ino())
+            }
+            Some(_) => return Err(Error::Invalid(format!("{path} is not a regular file"))),
+            None if no_create => continue,
+            None => {
+                let (dir, name) = split(path)?;
+                let d = dir_at(&mut tx, &dir, false)?;
+                let id = tx.create(d.id, &name, S_IFREG | 0o644, 0)?;
+                (id.subvol, id.ino)
+            }
+        };
+        tx.name_inode(root, ino, path);
+        let old = tx.read_inode(root, ino)?.size.get();
+        let new = size
+            .apply(old)
+            .ok_or_else(|| Error::Invalid(format!("{path}: {old} bytes grown by {size:?} is past the largest file size")))?;
+        tx.truncate(root, ino, new)?;
+    }
+    tx.commit_with_warnings()
 }
 
 /// Remove `dir/name` and, when it is a directory, everything beneath it
@@ -321,9 +465,35 @@ fn rm_tree(tx: &mut Transaction, root: u64, dir: u64, name: &[u8]) -> Result<()>
 }
 
 pub fn rm(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<Vec<String>> {
+    rm_forced(opts, paths, recursive, false)
+}
+
+/// `rm [-r] [-f]`: with `force`, paths that do not exist are skipped
+/// silently (coreutils' -f); every other error still fails the command.
+pub fn rm_forced(opts: &OpenOptions, paths: &[String], recursive: bool, force: bool) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
-    rm_in(&mut tx, paths, recursive)?;
+    if force {
+        let mut present = Vec::with_capacity(paths.len());
+        for p in paths {
+            if missing(&mut tx, p)? {
+                continue;
+            }
+            present.push(p.clone());
+        }
+        rm_in(&mut tx, &present, recursive)?;
+    } else {
+        rm_in(&mut tx, paths, recursive)?;
+    }
     tx.commit_with_warnings()
+}
+
+/// Whether `path` names nothing: its last component is absent from a
+/// directory that exists, or a directory on the way is missing. A
+/// component that is not a directory is an error (coreutils' rm -f says
+/// so too), and so is a name that is not one.
+fn missing(tx: &mut Transaction, path: &str) -> Result<bool> {
+    split(path)?;
+    Ok(tx.resolve(path)?.is_none())
 }
 
 /// [`rm`] inside a running transaction (not committed).

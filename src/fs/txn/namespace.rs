@@ -35,11 +35,22 @@ impl Transaction {
     /// A new inode linked as `dir/name`. `mode` includes the S_IF type bits.
     /// The new inode inherits from `dir` its compression and NODATACOW
     /// flags and its compression property, as the kernel's
-    /// btrfs_inherit_iflags and btrfs_inode_inherit_props give them.
+    /// btrfs_inherit_iflags and btrfs_inode_inherit_props give them; from
+    /// a set-group-ID directory, its group, and a new directory the
+    /// set-group-ID bit too (the VFS's inode_init_owner). Owned by root
+    /// otherwise.
     pub fn create(&mut self, dir: InodeId, name: &[u8], mode: u32, flags: u64) -> Result<InodeId> {
         let (root, dir) = (dir.subvol, dir.ino);
         let ft = FileType::from_mode(mode).ok_or_else(|| Error::Invalid(format!("bad mode {mode:o}")))?;
-        let dir_flags = self.read_inode(root, dir)?.flags.get();
+        let parent = self.read_inode(root, dir)?;
+        let dir_flags = parent.flags.get();
+        let (mut mode, mut gid) = (mode, 0);
+        if parent.mode.get() & S_ISGID != 0 {
+            gid = parent.gid.get();
+            if mode & S_IFMT == S_IFDIR {
+                mode |= S_ISGID;
+            }
+        }
         let flags = props::inherit_flags(flags, dir_flags, mode);
         let prop = props::inherit_compression(self.xattr(root, dir, props::COMPRESSION)?.as_deref(), flags, mode);
         let flags = prop.map_or(flags, |(_, f)| f);
@@ -49,6 +60,7 @@ impl Transaction {
         it.transid = self.transid().into();
         it.nlink = 1.into();
         it.mode = mode.into();
+        it.gid = gid.into();
         it.flags = flags.into();
         it.atime = self.now;
         it.ctime = self.now;

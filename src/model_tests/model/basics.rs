@@ -147,6 +147,8 @@ pub(crate) enum ErrClass {
     NotDir,
     NotRegular,
     ReadOnly,
+    /// chmod of a symlink.
+    SymlinkMode,
     IntoItself,
     DirLink,
     Subvol,
@@ -208,6 +210,8 @@ pub(crate) fn classify(msg: &str) -> ErrClass {
         ErrClass::IntoItself
     } else if has("hard links to directories are not allowed") {
         ErrClass::DirLink
+    } else if has("a symbolic link's mode") {
+        ErrClass::SymlinkMode
     } else if has("is read-only") {
         ErrClass::ReadOnly
     } else if has("placeholder for subvolume") {

@@ -143,7 +143,14 @@ pub(crate) fn cmp_stat(path: &str, want: &Stat, got: &Stat) -> Result<(), String
 /// entries' names, and file bytes (whole when small, else `range` and the
 /// file's last 8 KiB).
 pub(crate) fn compare_node<V: View>(v: &mut V, vid: V::Id, m: &Model, id: Id, path: &str, range: Option<(u64, u64)>) -> Result<(), String> {
-    let want = model_stat(m, id);
+    let mut want = model_stat(m, id);
+    // A stub is owned as the directory it is in (the kernel's new_simple_dir).
+    if matches!(m.node(id).kind, Kind::Stub) {
+        let parent = split(path).map(|(d, _)| d).unwrap_or_else(|_| "/".into());
+        if let Some(d) = m.find(&parent) {
+            (want.uid, want.gid) = (m.node(d).uid, m.node(d).gid);
+        }
+    }
     let got = v.stat(vid)?;
     cmp_stat(path, &want, &got)?;
     let node = m.node(id);

@@ -101,7 +101,7 @@ impl Gen {
         let all = m.paths();
         let files: Vec<&(String, Id)> = all.iter().filter(|(_, id)| matches!(m.node(*id).kind, Kind::File(_))).collect();
         let dirs: Vec<&(String, Id)> = all.iter().filter(|(_, id)| matches!(m.node(*id).kind, Kind::Dir { .. })).collect();
-        let w = [30, 6, 7, 6, 3, 3, 8, 5, 4, 6, 2, 2, 4];
+        let w = [30, 6, 7, 6, 3, 3, 8, 5, 4, 6, 2, 2, 4, 3];
         match self.rng.weighted(&w) {
             0 => self.write(m, &files, &dirs),
             1 => {
@@ -210,6 +210,30 @@ impl Gen {
                 Op::SetXattr { path, name, value }
             }
             12 => self.subvol_op(m, &all, &dirs),
+            13 => {
+                let path = self.any(&all);
+                if self.rng.chance(1, 2) {
+                    let mode = match self.rng.below(6) {
+                        0 => 0o7777,
+                        1 => 0,
+                        2 => 0o4755,
+                        3 => 0o2711,
+                        _ => self.rng.below(0o10000) as u32,
+                    };
+                    Op::Chmod { path, mode }
+                } else {
+                    // Numeric ids up to the largest the kernel stores (u32::MAX is "no change").
+                    let id = |g: &mut Self| match g.rng.below(4) {
+                        0 => None,
+                        1 => Some(0),
+                        2 => Some(u32::MAX - 1),
+                        _ => Some(g.rng.below(70_000) as u32),
+                    };
+                    let gid = id(self);
+                    let uid = id(self).or(if gid.is_none() { Some(1000) } else { None });
+                    Op::Chown { path, uid, gid }
+                }
+            }
             _ => {
                 let dest = if self.rng.chance(1, 2) { self.dir(&dirs) } else { self.new_path(&dirs) };
                 Op::Put { dest, seed: self.rng.next() }

@@ -428,9 +428,19 @@ impl Model {
     }
 
     /// `Transaction::create`.
+    /// A new node in `dir`, owned by root; from a set-group-ID directory
+    /// its group, and for a directory the bit too (inode_init_owner).
     fn create(&mut self, dir: Id, name: &[u8], mode: u32, flags: u64, kind: Kind) -> Result<Id, ErrClass> {
-        let subvol = self.node(dir).subvol;
-        let id = self.add_node(Node { kind, mode, uid: 0, gid: 0, flags, xattrs: BTreeMap::new(), subvol, nlink: 1 });
+        let d = self.node(dir);
+        let subvol = d.subvol;
+        let (mut mode, mut gid) = (mode, 0);
+        if d.mode & 0o2000 != 0 {
+            gid = d.gid;
+            if mode & S_IFMT == S_IFDIR {
+                mode |= 0o2000;
+            }
+        }
+        let id = self.add_node(Node { kind, mode, uid: 0, gid, flags, xattrs: BTreeMap::new(), subvol, nlink: 1 });
         self.add_link(dir, name, id)?;
         Ok(id)
     }
@@ -490,6 +500,8 @@ impl Model {
             Op::Snapshot { src, dest, ro } => m.snapshot(src, dest, *ro),
             Op::SubvolDelete { path } => m.subvol_delete(path),
             Op::SetRo { path, ro } => m.set_ro(path, *ro),
+            Op::Chmod { path, mode } => m.chmod(path, *mode),
+            Op::Chown { path, uid, gid } => m.chown(path, *uid, *gid),
             // One commit per chunk moved, the tree as it was after each.
             Op::Convert { .. } => {
                 commits.extend(std::iter::repeat_n(m.clone(), 64));
@@ -649,6 +661,40 @@ impl Model {
         Ok(())
     }
 
+    /// `chmod`: the permission bits; a symlink's mode cannot change (the
+    /// kernel has no lchmod, and btrs follows no symlink).
+    fn chmod(&mut self, path: &str, mode: u32) -> Result<(), ErrClass> {
+        let id = self.resolve(path)?.ok_or(ErrClass::NotFound)?;
+        self.ensure_writable(id)?;
+        if matches!(self.node(id).kind, Kind::Symlink(_)) {
+            return Err(ErrClass::SymlinkMode);
+        }
+        let n = self.node_mut(id);
+        n.mode = (n.mode & S_IFMT) | (mode & 0o7777);
+        Ok(())
+    }
+
+    /// `chown` (of the path itself, as `chown -h`): on a non-directory
+    /// the kernel drops set-user-ID, and set-group-ID with group execute.
+    fn chown(&mut self, path: &str, uid: Option<u32>, gid: Option<u32>) -> Result<(), ErrClass> {
+        let id = self.resolve(path)?.ok_or(ErrClass::NotFound)?;
+        self.ensure_writable(id)?;
+        let n = self.node_mut(id);
+        if let Some(u) = uid {
+            n.uid = u;
+        }
+        if let Some(g) = gid {
+            n.gid = g;
+        }
+        if n.mode & S_IFMT != S_IFDIR {
+            n.mode &= !0o4000;
+            if n.mode & 0o010 != 0 {
+                n.mode &= !0o2000;
+            }
+        }
+        Ok(())
+    }
+
     fn setxattr(&mut self, path: &str, name: &str, value: Option<Vec<u8>>) -> Result<(), ErrClass> {
         let id = self.resolve(path)?.ok_or(ErrClass::NotFound)?;
         self.ensure_writable(id)?;
@@ -738,6 +784,9 @@ impl Model {
         for (k, v) in &h.xattrs {
             node.xattrs.insert(k.clone(), v.clone());
         }
+        // put copies the host's owner: the test's own, which made the host tree.
+        node.uid = rustix::process::geteuid().as_raw();
+        node.gid = rustix::process::getegid().as_raw();
         if !matches!(h.kind, HostKind::Symlink(_)) {
             node.mode = (node.mode & S_IFMT) | h.mode;
         }

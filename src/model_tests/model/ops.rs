@@ -112,6 +112,17 @@ pub(crate) enum Op {
         path: String,
         ro: bool,
     },
+    /// `btrs chmod MODE PATH` (octal).
+    Chmod {
+        path: String,
+        mode: u32,
+    },
+    /// `btrs chown [UID][:GID] PATH`.
+    Chown {
+        path: String,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    },
 }
 
 impl Op {
@@ -135,7 +146,7 @@ impl Op {
             }
             Op::Link { target, link } => vec![target.clone(), link.clone(), parent(link)],
             Op::Symlink { link, .. } => vec![link.clone(), parent(link)],
-            Op::SetXattr { path, .. } | Op::SetRo { path, .. } => vec![path.clone()],
+            Op::SetXattr { path, .. } | Op::SetRo { path, .. } | Op::Chmod { path, .. } | Op::Chown { path, .. } => vec![path.clone()],
             Op::SubvolCreate { path } | Op::SubvolDelete { path } => vec![path.clone(), parent(path)],
             Op::Snapshot { src, dest, .. } => {
                 let mut v = vec![src.clone(), dest.clone(), parent(dest)];
@@ -235,6 +246,17 @@ impl std::fmt::Display for Op {
             Op::Snapshot { src, dest, ro } => write!(f, "snapshot {} {}{}", enc(src), enc(dest), if *ro { " ro" } else { "" }),
             Op::SubvolDelete { path } => write!(f, "subvol-delete {}", enc(path)),
             Op::SetRo { path, ro } => write!(f, "set-ro {} {ro}", enc(path)),
+            Op::Chmod { path, mode } => write!(f, "chmod {} mode={mode:o}", enc(path)),
+            Op::Chown { path, uid, gid } => {
+                write!(f, "chown {}", enc(path))?;
+                if let Some(u) = uid {
+                    write!(f, " uid={u}")?;
+                }
+                if let Some(g) = gid {
+                    write!(f, " gid={g}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -296,6 +318,14 @@ pub(crate) fn parse_op(line: &str) -> Result<Op, String> {
         Some("snapshot") => Op::Snapshot { src: arg(1)?, dest: arg(2)?, ro: flag("ro") },
         Some("subvol-delete") => Op::SubvolDelete { path: arg(1)? },
         Some("set-ro") => Op::SetRo { path: arg(1)?, ro: w.get(2) == Some(&"true") },
+        Some("chmod") => {
+            let m = w.iter().find_map(|x| x.strip_prefix("mode=")).ok_or_else(|| format!("{line:?}: no mode="))?;
+            Op::Chmod { path: arg(1)?, mode: u32::from_str_radix(m, 8).map_err(|_| format!("{line:?}: bad mode"))? }
+        }
+        Some("chown") => {
+            let id = |k: &str| kv(k).ok().map(|v| v as u32);
+            Op::Chown { path: arg(1)?, uid: id("uid"), gid: id("gid") }
+        }
         _ => return Err(format!("unknown op {line:?}")),
     })
 }
