@@ -415,3 +415,19 @@ fn regression_placeholder_owner_and_setgid_directories() {
          check",
     );
 }
+
+/// Lib soak seed 1619 (kernel-subvols-16k): the model read from the
+/// kernel's image gave each snapshot's placeholder a subvolume id of its
+/// own (the kernel shows it on a device number of its own), the id the
+/// next subvolume then got; deleting that one took the placeholders with
+/// it (a harness fault: the model panicked).
+#[test]
+fn regression_kernel_placeholders_belong_to_their_directory_tree() {
+    regression(
+        "kernel-subvols-16k",
+        "subvol-delete /sv/inner
+         subvol-create /xr/g24
+         subvol-delete /xr/g24
+         check",
+    );
+}

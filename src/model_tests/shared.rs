@@ -824,7 +824,10 @@ pub(super) fn model_from_kernel(mnt: &Path, params: Params) -> Result<Model, Str
             } else {
                 let stat = kv.stat(vid)?;
                 let next_sv = 256 + subvol_of.len() as u64;
-                let subvol = *subvol_of.entry(vid.0).or_insert(next_sv);
+                // A placeholder has a device number of its own on the kernel's
+                // side, but lives in the tree of the directory it is in: an id
+                // of its own would collide with the next subvolume made.
+                let subvol = if meta.ino() == 2 { model.node(md).subvol } else { *subvol_of.entry(vid.0).or_insert(next_sv) };
                 if subvol != TOP && meta.ino() == 256 {
                     let ro = kv.path(vid).file_name().is_some_and(|n| n == "ro");
                     model.subvols.insert(subvol, Subvol { ro, root: 0 });
