@@ -176,6 +176,9 @@ pub enum Command {
     /// Subvolumes and snapshots, offline (like `btrfs subvolume`).
     #[command(subcommand, visible_alias = "subvol")]
     Subvolume(SubvolumeCommand),
+    /// Devices, sizes and space by profile (like `btrfs filesystem show` and `df`).
+    #[command(subcommand, visible_alias = "fi")]
+    Filesystem(FilesystemCommand),
     /// Get or set a property of a subvolume, file or the filesystem (like `btrfs property`).
     #[command(subcommand)]
     Property(PropertyCommand),
@@ -945,6 +948,29 @@ pub struct SubvolSetDefaultArgs {
     pub image: PathBuf,
     /// A subvolume's path, or its id.
     pub subvol: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FilesystemCommand {
+    /// The label, uuid, device count and bytes used, and each device's size,
+    /// allocated bytes and image, as `btrfs filesystem show` prints an
+    /// unmounted filesystem (a missing device adds `*** Some devices missing`).
+    Show(FsShowArgs),
+    /// Logical bytes allocated (total) and used per block group type and
+    /// profile, as `btrfs filesystem df` prints them on a mount, in the
+    /// kernel's order; without its GlobalReserve line, a reservation of the
+    /// running kernel that no image holds.
+    Df(FsShowArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FsShowArgs {
+    pub image: PathBuf,
+    /// Sizes in bytes (progs' --raw).
+    #[arg(long)]
+    pub raw: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -305,6 +305,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Subvolume(c) => subvolume(&set, c, &mut out)?,
+        Command::Filesystem(c) => {
+            use btrs::cli::FilesystemCommand as F;
+            use btrs::ops::filesystem as fsops;
+            match c {
+                F::Show(a) => {
+                    let fs = open(&set, &a.image)?;
+                    let s = fsops::show(&fs)?;
+                    if a.json {
+                        json(&mut out, &s)?;
+                    } else {
+                        fsops::print_show(&s, a.raw, &mut out)?;
+                    }
+                    print_warnings(&fs);
+                }
+                F::Df(a) => {
+                    let fs = open(&set, &a.image)?;
+                    let rows = fsops::df(&fs)?;
+                    if a.json {
+                        json(&mut out, &rows)?;
+                    } else {
+                        fsops::print_df(&rows, a.raw, &mut out)?;
+                    }
+                    print_warnings(&fs);
+                }
+            }
+        }
         Command::Chattr(a) => {
             let (_, w) = btrs::ops::write::chattr(&wopts(&set, &a.image), &a.path, &a.mode)
                 .with_context(|| format!("cannot change the flags of {} in {}", a.path, a.image.display()))?;

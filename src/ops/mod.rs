@@ -6,6 +6,7 @@ pub mod coreutils;
 pub mod device;
 pub mod dump;
 pub mod extract;
+pub mod filesystem;
 pub mod fixture;
 pub(crate) mod host;
 pub mod listing;

@@ -1,0 +1,194 @@
+//! `btrs filesystem show` and `df`: what `btrfs filesystem show` prints for
+//! an unmounted device and `btrfs filesystem df` for a mounted filesystem,
+//! from the superblock, the dev items and the block group items.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::items::read_prefix;
+use crate::format::types::uuid_string;
+use crate::format::*;
+use crate::fs::Filesystem;
+
+/// One device as `filesystem show` lists it.
+#[derive(Serialize, Debug)]
+pub struct ShowDevice {
+    pub devid: u64,
+    /// The device's size (its dev item's total_bytes).
+    pub size: u64,
+    /// Bytes allocated to chunk stripes on it (its dev item's bytes_used).
+    pub used: u64,
+    /// The image file; None when the device is missing.
+    pub path: Option<String>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Show {
+    pub label: Option<String>,
+    pub uuid: String,
+    pub total_devices: u64,
+    /// The superblock's bytes_used: bytes in allocated extents.
+    pub bytes_used: u64,
+    pub devices: Vec<ShowDevice>,
+    pub missing: bool,
+}
+
+pub fn show(fs: &Filesystem) -> Result<Show> {
+    let sb = &fs.sb;
+    let label = sb.label.iter().position(|&b| b == 0).map_or(&sb.label[..], |n| &sb.label[..n]);
+    let vol = fs.volume();
+    let devices = fs
+        .dev_items()?
+        .into_iter()
+        .map(|(devid, d)| ShowDevice {
+            devid,
+            size: d.total_bytes.get(),
+            used: d.bytes_used.get(),
+            // The absolute path, as progs prints it.
+            path: vol
+                .devices
+                .get(&devid)
+                .map(|dev| std::fs::canonicalize(&dev.path).unwrap_or_else(|_| dev.path.clone()).display().to_string()),
+        })
+        .collect::<Vec<_>>();
+    Ok(Show {
+        label: (!label.is_empty()).then(|| String::from_utf8_lossy(label).into_owned()),
+        uuid: uuid_string(&sb.fsid),
+        total_devices: sb.num_devices.get(),
+        bytes_used: sb.bytes_used.get(),
+        missing: devices.iter().any(|d| d.path.is_none()),
+        devices,
+    })
+}
+
+/// `btrfs filesystem show`'s text (its default, binary units).
+pub fn print_show(s: &Show, raw: bool, out: &mut dyn Write) -> Result<()> {
+    let size = |b: u64| if raw { b.to_string() } else { pretty_size(b) };
+    let mut t = match &s.label {
+        Some(l) => format!("Label: '{l}'  uuid: {}\n", s.uuid),
+        None => format!("Label: none  uuid: {}\n", s.uuid),
+    };
+    t.push_str(&format!("\tTotal devices {} FS bytes used {}\n", s.total_devices, size(s.bytes_used)));
+    for d in s.devices.iter().filter(|d| d.path.is_some()) {
+        let path = d.path.as_deref().unwrap_or_default();
+        t.push_str(&format!("\tdevid {:>4} size {} used {} path {path}\n", d.devid, size(d.size), size(d.used)));
+    }
+    if s.missing {
+        t.push_str("\t*** Some devices missing\n");
+    }
+    t.push('\n');
+    out.write_all(t.as_bytes()).map_err(|e| Error::io("<stdout>", "write", e))
+}
+
+/// One `filesystem df` line: a block group type and profile.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct DfRow {
+    /// Data, System, Metadata or Data+Metadata.
+    pub kind: &'static str,
+    /// progs' profile name: single, DUP, RAID0, RAID1, RAID10, RAID1C3, ...
+    pub profile: &'static str,
+    /// Logical bytes of the block groups.
+    pub total: u64,
+    /// Logical bytes used in them.
+    pub used: u64,
+}
+
+/// The kernel's space info order: by type (data, system, metadata,
+/// mixed), then by its RAID index (raid10, raid1, dup, raid0, single,
+/// raid5, raid6, raid1c3, raid1c4), as the SPACE_INFO ioctl returns them.
+pub fn df(fs: &Filesystem) -> Result<Vec<DfRow>> {
+    let tree = if fs.sb.has_compat_ro(COMPAT_RO_BLOCK_GROUP_TREE) { BLOCK_GROUP_TREE_OBJECTID } else { EXTENT_TREE_OBJECTID };
+    let root = fs.tree_root(tree)?;
+    let mut sums: std::collections::BTreeMap<(u8, u8), (u64, u64)> = std::collections::BTreeMap::new();
+    let mut c = fs.reader.seek(&root, Key::new(0, BLOCK_GROUP_ITEM_KEY, 0))?;
+    while let Some(item) = c.next_item()? {
+        if item.key.item_type != BLOCK_GROUP_ITEM_KEY {
+            continue;
+        }
+        let at = || format!("block group {}", item.key);
+        let (bg, _) = read_prefix::<BlockGroupItem>(item.data(), "block group item").map_err(|e| e.within(at()))?;
+        let flags = bg.flags.get();
+        let kind = match flags & BLOCK_GROUP_TYPE_MASK {
+            BLOCK_GROUP_DATA => 0,
+            BLOCK_GROUP_SYSTEM => 1,
+            BLOCK_GROUP_METADATA => 2,
+            x if x == BLOCK_GROUP_DATA | BLOCK_GROUP_METADATA => 3,
+            x => return Err(Error::corrupt(crate::error::CorruptKind::ItemValue, at(), format!("type bits {x:#x}"))),
+        };
+        let profile = Profile::from_flags(flags)
+            .ok_or_else(|| Error::corrupt(crate::error::CorruptKind::ItemValue, at(), format!("profile bits {flags:#x}")))?;
+        let e = sums.entry((kind, raid_index(profile))).or_default();
+        e.0 =
+            e.0.checked_add(item.key.offset).ok_or_else(|| Error::corrupt(crate::error::CorruptKind::ItemValue, at(), "sizes overflow"))?;
+        e.1 = e.1.checked_add(bg.used.get()).ok_or_else(|| Error::corrupt(crate::error::CorruptKind::ItemValue, at(), "sizes overflow"))?;
+    }
+    let kinds = ["Data", "System", "Metadata", "Data+Metadata"];
+    Ok(sums
+        .into_iter()
+        .map(|((k, r), (total, used))| DfRow { kind: kinds[usize::from(k)], profile: RAID_NAMES[usize::from(r)], total, used })
+        .collect())
+}
+
+/// progs' profile names in the kernel's RAID index order.
+const RAID_NAMES: [&str; 9] = ["RAID10", "RAID1", "DUP", "RAID0", "single", "RAID5", "RAID6", "RAID1C3", "RAID1C4"];
+
+fn raid_index(p: Profile) -> u8 {
+    match p {
+        Profile::Raid10 => 0,
+        Profile::Raid1 => 1,
+        Profile::Dup => 2,
+        Profile::Raid0 => 3,
+        Profile::Single => 4,
+        Profile::Raid5 => 5,
+        Profile::Raid6 => 6,
+        Profile::Raid1C3 => 7,
+        Profile::Raid1C4 => 8,
+    }
+}
+
+/// `btrfs filesystem df`'s text, without its GlobalReserve line: the
+/// global reserve is the running kernel's reservation, nothing on disk.
+pub fn print_df(rows: &[DfRow], raw: bool, out: &mut dyn Write) -> Result<()> {
+    let size = |b: u64| if raw { b.to_string() } else { pretty_size(b) };
+    let mut t = String::new();
+    for r in rows {
+        t.push_str(&format!("{}, {}: total={}, used={}\n", r.kind, r.profile, size(r.total), size(r.used)));
+    }
+    out.write_all(t.as_bytes()).map_err(|e| Error::io("<stdout>", "write", e))
+}
+
+/// A size as btrfs-progs prints it by default (its pretty_size_snprintf,
+/// binary units): the integer part divided down to the unit below, then
+/// one float division, two decimals.
+pub fn pretty_size(size: u64) -> String {
+    const SUFFIX: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let (mut s, mut last, mut divs) = (size, size, 0usize);
+    while s >= 1024 {
+        last = s;
+        s /= 1024;
+        divs += 1;
+    }
+    // As progs: a float of the last quotient but one, over 1024.
+    #[allow(clippy::cast_precision_loss, clippy::as_conversions)]
+    let fraction = if divs == 0 { size as f32 } else { last as f32 / 1024.0 };
+    format!("{fraction:.2}{}", SUFFIX[divs])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_as_progs_prints_them() {
+        // From btrfs filesystem show / df of progs 6.2 on this machine.
+        assert_eq!(pretty_size(0), "0.00B");
+        assert_eq!(pretty_size(1023), "1023.00B");
+        assert_eq!(pretty_size(196_608), "192.00KiB");
+        assert_eq!(pretty_size(268_435_456), "256.00MiB");
+        assert_eq!(pretty_size(150_994_944), "144.00MiB");
+        assert_eq!(pretty_size(121_238_528), "115.62MiB");
+        assert_eq!(pretty_size(u64::MAX), "16.00EiB");
+    }
+}
