@@ -520,7 +520,7 @@ pub struct MkfsArgs {
     #[arg(short = 'f', long)]
     pub force: bool,
     /// Populate the top-level subvolume from this host directory.
-    #[arg(short = 'r', long = "rootdir", value_name = "DIR")]
+    #[arg(short = 'r', long = "rootdir", value_name = "DIR", value_parser = host_dir)]
     pub rootdir: Option<PathBuf>,
     /// Populate the top-level subvolume from this tar archive (`-`: standard
     /// input), as --rootdir would from the directory it unpacks to: the same
@@ -611,8 +611,18 @@ pub struct DumpSuperArgs {
     /// The image file whose superblock to print.
     pub image: PathBuf,
     /// Print every superblock copy that fits the device (64 KiB, 64 MiB, 256 GiB), each with its own checksum verdict.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "super_copy")]
     pub all: bool,
+    /// Print copy N only: 0 (64 KiB), 1 (64 MiB) or 2 (256 GiB).
+    #[arg(short = 's', long = "super", value_name = "N", value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub super_copy: Option<u8>,
+    /// Accepted for progs' habit: btrs always prints every field (progs' -f).
+    #[arg(short = 'f', long)]
+    pub full: bool,
+    /// Print a copy without the btrfs magic too (by default the dump stops
+    /// there with an error, as progs' does).
+    #[arg(long)]
+    pub force: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -634,6 +644,7 @@ fn tree_id(s: &str) -> Result<u64, String> {
 }
 
 #[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
 pub struct LsArgs {
     /// Any device of the filesystem.
     pub image: PathBuf,
@@ -646,6 +657,15 @@ pub struct LsArgs {
     /// List subdirectories recursively.
     #[arg(short = 'R', long)]
     pub recursive: bool,
+    /// Sizes in -l as ls -lh writes them (1.5K, 12M: powers of 1024, rounded up).
+    #[arg(short = 'h', long)]
+    pub human_readable: bool,
+    /// Directory order (the order of creation) instead of sorting by name.
+    #[arg(short = 'U')]
+    pub unsorted: bool,
+    /// Print help (-h is --human-readable here, as in ls).
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
 }
 
 #[derive(Args, Debug)]
@@ -682,6 +702,15 @@ fn thread_count(s: &str) -> Result<usize, String> {
 }
 
 /// A size as mkfs sizes are written (bytes, or K, M, G...).
+/// A host directory that exists (a usage error otherwise, before anything is made).
+fn host_dir(s: &str) -> Result<PathBuf, String> {
+    match std::fs::metadata(s) {
+        Ok(m) if m.is_dir() => Ok(PathBuf::from(s)),
+        Ok(_) => Err(format!("{s} is not a directory")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
 fn octal_mode(s: &str) -> Result<u32, String> {
     match u32::from_str_radix(s, 8) {
         Ok(m) if m <= 0o7777 => Ok(m),
@@ -729,12 +758,15 @@ pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
     let mut buf = Vec::new();
     clap_mangen::Man::new(cmd.clone()).date("").render(&mut buf)?;
+    buf.extend(man_extra_roff("btrs"));
     out.push(("btrs.1".to_string(), buf));
     for sub in cmd.get_subcommands() {
-        let name = format!("btrs-{}", sub.get_name());
+        let short = sub.get_name().to_string();
+        let name = format!("btrs-{short}");
         let sub = sub.clone().name(name.clone());
         let mut buf = Vec::new();
         clap_mangen::Man::new(sub).title(name.to_uppercase()).date("").render(&mut buf)?;
+        buf.extend(man_extra_roff(&short));
         out.push((format!("{name}.1"), buf));
     }
     Ok(out)
@@ -1203,4 +1235,240 @@ pub struct PutArgs {
     /// Host files, directories (copied recursively) or symlinks, then the destination path.
     #[arg(required = true, num_args = 2..)]
     pub paths: Vec<PathBuf>,
+}
+
+/// What a btrfs-progs user types by habit, taken as btrs's own: `scrub
+/// start [-B] [-r] IMAGE` is `scrub [--readonly] IMAGE` (btrs's scrub
+/// always runs in the foreground); `scrub status|cancel|resume` have
+/// nothing to act on (an offline scrub keeps no state) and say so.
+pub fn progs_habits(mut args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
+    let Some(at) = args.iter().position(|a| a == "scrub") else { return Ok(args) };
+    // Only where `scrub` is the subcommand: everything before it is a global option.
+    if args.iter().take(at).skip(1).any(|a| !a.to_string_lossy().starts_with('-')) {
+        return Ok(args);
+    }
+    match args.get(at + 1).and_then(|a| a.to_str()) {
+        Some("start") => {
+            args.remove(at + 1);
+            let mut i = at + 1;
+            while i < args.len() {
+                match args[i].to_str() {
+                    Some("-B") => {
+                        args.remove(i);
+                        continue;
+                    }
+                    Some("-r") => args[i] = "--readonly".into(),
+                    Some("--") => break,
+                    _ => {}
+                }
+                i += 1;
+            }
+            Ok(args)
+        }
+        Some(what @ ("status" | "cancel" | "resume")) => Err(format!(
+            "scrub {what}: btrs scrubs offline, in the foreground, and keeps no state between runs: there is no scrub to {}; \
+             `btrs scrub IMAGE` scrubs now and prints its result",
+            if what == "status" { "report on" } else { what }
+        )),
+        _ => Ok(args),
+    }
+}
+
+/// The EXIT STATUS and EXAMPLES sections of a command's man page.
+fn man_extras(name: &str) -> (&'static str, &'static [(&'static str, &'static str)]) {
+    const PLAIN: &str = "0: done. 1: it failed (the error names what is wrong); a writing command then wrote nothing \
+                         since its last commit. 2: a usage error (an unknown option, a value that does not parse).";
+    const WRITES: &str = "0: done and committed. 1: refused or failed (the error names the path, device or \
+                          limit); nothing of the command is on the images. 2: a usage error, nothing opened.";
+    match name {
+        "btrs" => (
+            PLAIN,
+            &[
+                ("btrs mkfs -b 1G -d raid1 -m raid1 a.img b.img", "a two-device mirrored filesystem"),
+                ("btrs scrub a.img", "verify and compare every copy"),
+            ],
+        ),
+        "mkfs" => (
+            "0: the images hold the new filesystem. 1: refused or failed (an existing filesystem without -f, content that \
+             does not fit -b, an unreadable source); new images are removed, existing ones left as they were. 2: a usage error.",
+            &[
+                ("btrs mkfs -b 1G disk.img", "a 1 GiB single-device filesystem"),
+                (
+                    "btrs mkfs -r rootfs/ --shrink --subvol @:default --subvol @home out.img",
+                    "a minimal image of a directory tree with a distribution's subvolumes",
+                ),
+            ],
+        ),
+        "dump-super" => (
+            "0: printed. 1: unreadable, or a copy without the btrfs magic (unless --force), as progs. 2: a usage error.",
+            &[
+                ("btrs dump-super -a disk.img", "every superblock copy with its checksum verdict"),
+                ("btrs dump-super --json disk.img | jq .generation", "one field"),
+            ],
+        ),
+        "dump-tree" => (
+            PLAIN,
+            &[("btrs dump-tree -t fs disk.img", "the top-level subvolume's tree"), ("btrs dump-tree -t chunk disk.img", "the chunk tree")],
+        ),
+        "ls" => (PLAIN, &[("btrs ls -lh disk.img /etc", "a long listing with human sizes"), ("btrs ls -R disk.img", "the whole tree")]),
+        "cat" => (PLAIN, &[("btrs cat disk.img /etc/hostname", "a file's bytes, every sector checked")]),
+        "extract" => (
+            "0: everything was extracted. 1: failed, or some entries could not be extracted (listed at the end). 2: a usage error.",
+            &[("btrs extract disk.img /home out/", "copy /home out with owners, modes, times, xattrs, hard links and holes")],
+        ),
+        "scrub" => (
+            "0: every copy verified (and what was found was repaired). 3: something wrong remains on the images \
+             (uncorrectable or unrepaired findings). 1: the scrub could not run. 2: a usage error.",
+            &[
+                ("btrs scrub a.img", "verify every copy and compare mirrors, read-only"),
+                ("btrs scrub --repair a.img", "rewrite bad copies from verified ones"),
+                ("btrs scrub start -B a.img", "progs' habit, the same offline scrub"),
+            ],
+        ),
+        "replace" => (WRITES, &[("btrs replace --degraded a.img 2 new.img", "rebuild missing devid 2 onto new.img")]),
+        "resize" => (
+            WRITES,
+            &[("btrs resize disk.img +1G", "grow devid 1 by 1 GiB"), ("btrs resize disk.img min", "shrink to what the chunks need")],
+        ),
+        "device" => (
+            WRITES,
+            &[
+                ("btrs device add a.img c.img --size 1G", "add a device"),
+                ("btrs device remove a.img 2", "move everything off devid 2 and drop it"),
+            ],
+        ),
+        "balance" => (WRITES, &[("btrs balance a.img --convert data=raid1,metadata=raid1c3", "convert profiles offline")]),
+        "completions" => (PLAIN, &[("btrs completions bash > /etc/bash_completion.d/btrs", "bash completion")]),
+        "write" => (
+            WRITES,
+            &[
+                ("btrs write disk.img /etc/motd --from motd", "write a host file's bytes"),
+                ("echo hi | btrs write disk.img /log --offset 100", "from standard input at an offset"),
+            ],
+        ),
+        "subvolume" => (
+            WRITES,
+            &[
+                ("btrs subvolume snapshot -r disk.img /@ /@snapshots/factory", "a read-only snapshot"),
+                ("btrs subvolume list -p disk.img", "as btrfs subvolume list prints it"),
+                ("btrs subvolume set-default disk.img /@", "what a mount without subvol= shows"),
+            ],
+        ),
+        "filesystem" => (
+            PLAIN,
+            &[("btrs fi show disk.img", "devices and sizes"), ("btrs fi df --raw disk.img", "space per type and profile, in bytes")],
+        ),
+        "property" => (
+            WRITES,
+            &[
+                ("btrs property set disk.img /@snap ro true", "make a snapshot read-only"),
+                ("btrs property get disk.img / label", "the label"),
+            ],
+        ),
+        "chattr" => (WRITES, &[("btrs chattr disk.img /var/lib/db +C", "nodatacow for what is made in it")]),
+        "lsattr" => (PLAIN, &[("btrs lsattr disk.img /var", "flags of /var's entries")]),
+        "mkdir" => (WRITES, &[("btrs mkdir -p -m 700 disk.img /root/.ssh", "with parents, mode 0700")]),
+        "rm" => (WRITES, &[("btrs rm -rf disk.img /tmp/build", "a tree, no error when missing")]),
+        "mv" => (WRITES, &[("btrs mv disk.img /a /b/", "move into a directory")]),
+        "ln" => (WRITES, &[("btrs ln -s disk.img /usr/bin/python3 /usr/bin/python", "a symbolic link")]),
+        "setfattr" => (WRITES, &[("btrs setfattr disk.img /f -n user.k -v 0x00ff", "a binary value in hex")]),
+        "getfattr" => (
+            "0: printed. 1: failed, or an attribute asked for with -n is missing (named on stderr). 2: a usage error.",
+            &[
+                ("btrs getfattr -d -m - disk.img /f", "every attribute with its value"),
+                ("btrs getfattr --only-values -n user.k disk.img /f", "one raw value"),
+            ],
+        ),
+        "chmod" => {
+            (WRITES, &[("btrs chmod disk.img u+x,go-w /usr/local/bin/tool", "symbolic"), ("btrs chmod disk.img 0640 /etc/shadow", "octal")])
+        }
+        "chown" => (WRITES, &[("btrs chown disk.img 1000:1000 /home/user", "numeric owner and group")]),
+        "touch" => (WRITES, &[("btrs touch disk.img -d '2024-01-01 00:00:00' /etc/stamp", "a reproducible time (UTC)")]),
+        "truncate" => (
+            WRITES,
+            &[("btrs truncate disk.img -s 1G /var/swap", "a 1 GiB hole"), ("btrs truncate disk.img -s -4K /log", "drop the last 4 KiB")],
+        ),
+        "stat" => (
+            PLAIN,
+            &[("btrs stat disk.img /etc/passwd", "coreutils' layout, times in UTC"), ("btrs stat --json disk.img /a /b", "for scripts")],
+        ),
+        "readlink" => (PLAIN, &[("btrs readlink disk.img /usr/bin/python", "the target text")]),
+        "put" => (WRITES, &[("btrs put disk.img build/out /opt/app", "copy a host tree in, with owners and modes")]),
+        "fixture" => (
+            PLAIN,
+            &[("btrs fixture list", "every fixture"), ("btrs fixture raid1-csum-error fx/", "a damaged test filesystem and its manifest")],
+        ),
+        _ => (PLAIN, &[]),
+    }
+}
+
+/// roff for a man page's EXIT STATUS and EXAMPLES sections.
+fn man_extra_roff(name: &str) -> Vec<u8> {
+    let (status, examples) = man_extras(name);
+    let esc = |t: &str| t.replace('\\', "\\\\").replace('-', "\\-");
+    let mut s = format!(".SH \"EXIT STATUS\"\n{}\n", esc(status));
+    if !examples.is_empty() {
+        s.push_str(".SH EXAMPLES\n");
+        for (cmd, what) in examples {
+            s.push_str(&format!(".TP\n\\fB{}\\fR\n{}\n", esc(cmd), esc(what)));
+        }
+    }
+    s.into_bytes()
+}
+
+#[cfg(test)]
+mod man_tests {
+    use super::*;
+    use clap::Parser;
+
+    /// Words of a shell command line (single quotes only, as the examples use).
+    fn words(line: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let (mut cur, mut quoted, mut any) = (String::new(), false, false);
+        for c in line.chars() {
+            match c {
+                '\'' => {
+                    quoted = !quoted;
+                    any = true;
+                }
+                ' ' if !quoted => {
+                    if any || !cur.is_empty() {
+                        out.push(std::mem::take(&mut cur));
+                    }
+                    any = false;
+                }
+                _ => cur.push(c),
+            }
+        }
+        if any || !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
+    #[test]
+    fn every_page_has_exit_status_and_examples_that_parse() {
+        let cmd = command();
+        let names: Vec<String> =
+            std::iter::once("btrs".to_string()).chain(cmd.get_subcommands().map(|s| s.get_name().to_string())).collect();
+        for name in names {
+            let (status, examples) = man_extras(&name);
+            assert!(status.contains("0:") && status.contains("2:"), "{name}: exit status");
+            assert!(!examples.is_empty(), "{name} has no example");
+            for (line, what) in examples {
+                assert!(!what.is_empty());
+                // The btrs part of a pipeline or redirection.
+                let start = line.find("btrs ").unwrap_or_else(|| panic!("{name}: {line}"));
+                let part = line[start..].split(['|', '>']).next().unwrap().trim();
+                // Host directories an example names must exist to parse (--rootdir checks).
+                let here = std::env::temp_dir();
+                let w: Vec<std::ffi::OsString> =
+                    words(part).into_iter().map(|x| if x == "rootfs/" { here.clone().into_os_string() } else { x.into() }).collect();
+                let w = progs_habits(w).unwrap();
+                if let Err(e) = Cli::try_parse_from(&w) {
+                    panic!("{name}: example {line:?} does not parse: {e}");
+                }
+            }
+        }
+    }
 }

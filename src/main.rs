@@ -23,7 +23,14 @@ fn main() -> ExitCode {
     // be reported like any full disk, not kill the process with SIGXFSZ: a
     // handler that only sets a flag stands in for ignoring the signal.
     let _ = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
-    let cli = Cli::parse();
+    let args = match btrs::cli::progs_habits(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(why) => {
+            say!("btrs: {why}");
+            return ExitCode::from(1);
+        }
+    };
+    let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -137,7 +144,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DumpSuper(a) => {
             let dev = btrs::volumes::Device::open_locked(&a.image, btrs::volumes::guard::Lock::SharedIfFree)
                 .or_else(|_| btrs::volumes::Device::open_raw(&a.image))?;
-            btrs::ops::dump::dump_super(&mut out, &dev, a.all, a.json)?;
+            use btrs::ops::dump::Copies;
+            let copies = match (a.all, a.super_copy) {
+                (true, _) => Copies::All,
+                (false, Some(n)) => Copies::Mirror(usize::from(n)),
+                (false, None) => Copies::Primary,
+            };
+            let r = btrs::ops::dump::dump_super(&mut out, &dev, copies, a.json, a.force);
+            out.flush()?;
+            r?;
         }
         Command::DumpTree(a) => {
             let fs = open(&set, &a.image)?;
@@ -147,7 +162,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ls(a) => {
             let fs = open(&set, &a.image)?;
-            let opts = btrs::ops::listing::LsOptions { long: a.long, recursive: a.recursive };
+            let opts =
+                btrs::ops::listing::LsOptions { long: a.long, recursive: a.recursive, human: a.human_readable, unsorted: a.unsorted };
             let r = btrs::ops::listing::ls(&fs, &a.path, &opts, &mut out);
             print_warnings(&fs);
             r?;
@@ -366,7 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             warn_all(btrs::ops::write::chmod(&wopts(&set, &a.image), &a.paths, &|old| a.mode.apply(old, umask))?)
         }
         Command::Chown(a) => {
-            let change = btrs::fs::txn::SetAttr { uid: a.owner.0, gid: a.owner.1, ..Default::default() };
+            let change = btrs::fs::txn::SetAttr { uid: a.owner.0, gid: a.owner.1, chown: true, ..Default::default() };
             warn_all(btrs::ops::write::set_attr(&wopts(&set, &a.image), &a.paths, &change)?)
         }
         Command::Touch(a) => {

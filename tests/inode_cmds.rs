@@ -159,6 +159,7 @@ fn refusals_name_the_problem_and_change_nothing() {
     ok(&["subvolume", "create", s(&img), "/sv"]);
     ok(&["touch", s(&img), "/sv/inside"]);
     ok(&["property", "set", s(&img), "/sv", "ro", "true"]);
+    ok(&["ln", "-s", s(&img), "/dir", "/lnk"]);
     let before = std::fs::read(&img).unwrap();
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["chmod", s(&img), "600", "/imm"], 1, "immutable"),
@@ -193,6 +194,14 @@ fn refusals_name_the_problem_and_change_nothing() {
         (vec!["setfattr", s(&img), "/f", "-n", "user.a", "-v", "0s!!"], 2, "bad input encoding"),
         (vec!["getfattr", s(&img), "-e", "rot13", "/f"], 2, "unknown encoding"),
         (vec!["getfattr", s(&img), "-d", "-m", "(", "/f"], 2, "regular expression"),
+        // A trailing / names a directory (attacker's pass: rm /f/ removed the file).
+        (vec!["rm", s(&img), "/f/"], 1, "not a directory"),
+        (vec!["rm", s(&img), "/lnk/"], 1, "not a directory"),
+        (vec!["touch", s(&img), "/new/"], 1, "not a directory"),
+        (vec!["truncate", s(&img), "-s", "1", "/new/"], 1, "not a directory"),
+        (vec!["chmod", s(&img), "600", "/f/"], 1, "not a directory"),
+        (vec!["stat", s(&img), "/f/"], 1, "not a directory"),
+        (vec!["chmod", s(&img), "600", "/lnk"], 1, "symbolic link's mode"),
     ];
     for (args, code, says) in &cases {
         let (c, _, err) = btrs(args);
@@ -207,4 +216,79 @@ fn refusals_name_the_problem_and_change_nothing() {
     assert!(std::fs::read(&img).unwrap() == before, "touch -c / rm -f of missing paths wrote");
     ok(&["touch", s(&img), "/app"]);
     assert!(std::fs::read(&img).unwrap() != before);
+    // `chown :` changes no id but is a chown: set-ID bits and file
+    // capabilities go, as the kernel's (attacker's pass on fd1fe86).
+    ok(&["setfattr", s(&img), "/f", "-n", "security.capability", "-v", "0x0100000200200000000000000000000000000000"]);
+    ok(&["chmod", s(&img), "6755", "/f"]);
+    ok(&["chown", s(&img), ":", "/f"]);
+    assert_eq!(btrs_stat(&img, "/f").1, "755 0 0 1 regular empty file");
+    assert_eq!(ok(&["getfattr", s(&img), "-d", "-m", "security", "/f"]), "");
+}
+
+/// POSIX ACLs move with the mode as in the kernel: setting an access ACL
+/// sets the mode's bits, chmod rewrites the ACL (else it would go on
+/// granting what the mode took away), and what is made in a directory with
+/// a default ACL inherits it. btrs does each on one file, the kernel the
+/// same on a twin; modes and ACL bytes must agree.
+#[test]
+fn acls_follow_the_mode_as_in_the_kernel() {
+    let test = "acls_follow_the_mode_as_in_the_kernel";
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = d.join("a.img");
+    ok(&["mkfs", "-b", "256M", s(&img)]);
+    // u::rw- u:5:rwx g::r-- m::rwx o::r--
+    let acl = "0x0200000001000600ffffffff020007000500000004000400ffffffff10000700ffffffff20000400ffffffff";
+    // u::rw- g::r-- o::r-- (what the mode says alone)
+    let plain = "0x0200000001000600ffffffff04000400ffffffff20000400ffffffff";
+    for dir in ["/b", "/k"] {
+        ok(&["mkdir", s(&img), dir]);
+        ok(&["mkdir", s(&img), &format!("{dir}/ad")]);
+    }
+    ok(&["touch", s(&img), "/b/secret", "/b/plain"]);
+    ok(&["setfattr", s(&img), "/b/secret", "-n", "system.posix_acl_access", "-v", acl]);
+    ok(&["setfattr", s(&img), "/b/plain", "-n", "system.posix_acl_access", "-v", plain]);
+    assert_eq!(btrs_stat(&img, "/b/secret").1, "674 0 0 1 regular empty file", "the mask is the group's bits");
+    ok(&["chmod", s(&img), "0640", "/b/secret"]);
+    let got = ok(&["getfattr", s(&img), "-n", "system.posix_acl_access", "-e", "hex", "/b/secret"]);
+    assert!(got.contains("=0x0200000001000600ffffffff020007000500000004000400ffffffff10000400ffffffff20000000ffffffff"), "{got}");
+    ok(&["setfattr", s(&img), "/b/ad", "-n", "system.posix_acl_default", "-v", acl]);
+    ok(&["touch", s(&img), "/b/ad/f"]);
+    ok(&["mkdir", s(&img), "/b/ad/d"]);
+    ok(&["write", s(&img), "/b/ad/w", "--from", "/dev/null"]);
+    if progs_for(test, false) {
+        btrfs_check(std::slice::from_ref(&img), &[]).unwrap_or_else(|e| panic!("btrfs check: {e}"));
+    }
+    if !interop_enabled(test) {
+        return;
+    }
+    let mnt = d.join("mnt");
+    let m = Mounted::mount(&mnt, std::slice::from_ref(&img), "").unwrap();
+    let k = mnt.join("k");
+    let set = |p: &Path, name: &str, v: &str| must(Command::new("setfattr").args(["-n", name, "-v", v]).arg(p));
+    for f in ["secret", "plain"] {
+        std::fs::write(k.join(f), b"").unwrap();
+    }
+    set(&k.join("secret"), "system.posix_acl_access", acl);
+    set(&k.join("plain"), "system.posix_acl_access", plain);
+    must(Command::new("chmod").arg("0640").arg(k.join("secret")));
+    set(&k.join("ad"), "system.posix_acl_default", acl);
+    must(Command::new("touch").arg(k.join("ad/f")));
+    must(Command::new("mkdir").arg(k.join("ad/d")));
+    std::fs::write(k.join("ad/w"), b"").unwrap();
+    let view = |root: &Path| -> Vec<String> {
+        ["secret", "plain", "ad", "ad/f", "ad/d", "ad/w"]
+            .iter()
+            .map(|p| {
+                let st = must(Command::new("stat").args(["-c", "%a %u %g"]).arg(root.join(p)));
+                let xa = must(Command::new("getfattr").args(["-d", "-m", "-", "-e", "hex", "--absolute-names"]).arg(root.join(p)));
+                let xa: Vec<&str> = xa.lines().filter(|l| l.starts_with("system.")).collect();
+                format!("{p}: {} {xa:?}", st.trim())
+            })
+            .collect()
+    };
+    let (mine, kernels) = (view(&mnt.join("b")), view(&k));
+    m.unmount().unwrap();
+    assert_eq!(mine, kernels);
+    btrfs_check(std::slice::from_ref(&img), &[]).unwrap_or_else(|e| panic!("btrfs check after both: {e}"));
 }

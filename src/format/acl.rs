@@ -106,6 +106,84 @@ pub fn validate(entries: &[AclEntry]) -> Result<(), String> {
     Ok(())
 }
 
+/// The kernel's posix_acl_chmod (__posix_acl_chmod): the owner, the mask
+/// (the owning group when there is no mask) and other entries take the
+/// permission bits of `mode`.
+pub fn chmod(entries: &mut [AclEntry], mode: u32) {
+    let bits = |shift: u32| u16::try_from((mode >> shift) & 7).unwrap_or(0);
+    let has_mask = entries.iter().any(|e| e.tag == ACL_MASK);
+    for e in entries.iter_mut() {
+        match e.tag {
+            ACL_USER_OBJ => e.perm = bits(6),
+            ACL_MASK => e.perm = bits(3),
+            ACL_GROUP_OBJ if !has_mask => e.perm = bits(3),
+            ACL_OTHER => e.perm = bits(0),
+            _ => {}
+        }
+    }
+}
+
+/// The kernel's posix_acl_equiv_mode: the permission bits the ACL stands
+/// for (the mask's as the group's when it has one), and whether the mode
+/// says all of it (only owner, group and other entries).
+pub fn mode_of(entries: &[AclEntry]) -> (u32, bool) {
+    let mut mode = 0u32;
+    let mut equiv = true;
+    for e in entries {
+        let p = u32::from(e.perm & 7);
+        match e.tag {
+            ACL_USER_OBJ => mode = (mode & !0o700) | p << 6,
+            ACL_GROUP_OBJ => mode = (mode & !0o070) | p << 3,
+            ACL_OTHER => mode = (mode & !0o007) | p,
+            ACL_MASK => {
+                mode = (mode & !0o070) | p << 3;
+                equiv = false;
+            }
+            _ => equiv = false,
+        }
+    }
+    (mode, equiv)
+}
+
+/// The kernel's posix_acl_create_masq: a new inode's ACL from its
+/// directory's default ACL and the mode asked for; the mode is limited by
+/// the ACL and the ACL by the mode. The new mode's permission bits, and
+/// whether an access ACL is needed (false: the mode says it all).
+pub fn create_masq(entries: &mut [AclEntry], mode: u32) -> (u32, bool) {
+    let mut mode = mode & 0o777;
+    let mut equiv = true;
+    let mut group_obj = None;
+    let mut mask = None;
+    for (i, e) in entries.iter_mut().enumerate() {
+        let p = u32::from(e.perm);
+        match e.tag {
+            ACL_USER_OBJ => {
+                e.perm &= u16::try_from((mode >> 6) & 7).unwrap_or(0);
+                mode &= (u32::from(e.perm) << 6) | !0o700;
+            }
+            ACL_USER | ACL_GROUP => equiv = false,
+            ACL_GROUP_OBJ => group_obj = Some(i),
+            ACL_OTHER => {
+                e.perm &= u16::try_from(mode & 7).unwrap_or(0);
+                mode &= u32::from(e.perm) | !0o007;
+            }
+            ACL_MASK => {
+                mask = Some(i);
+                equiv = false;
+            }
+            _ => {}
+        }
+        let _ = p;
+    }
+    if let Some(i) = mask.or(group_obj) {
+        if let Some(e) = entries.get_mut(i) {
+            e.perm &= u16::try_from((mode >> 3) & 7).unwrap_or(0);
+            mode &= (u32::from(e.perm) << 3) | !0o070;
+        }
+    }
+    (mode & 0o777, !equiv)
+}
+
 #[cfg(test)]
 // Tests may index freely: a panic there is a failing test.
 #[allow(clippy::indexing_slicing)]

@@ -520,9 +520,11 @@ fn exec(mut tx: Transaction, op: &Op, scratch: &Path, puts: &mut u64) -> (Option
         Op::SubvolDelete { path } => crate::ops::subvol::delete_in(&mut tx, path).map(drop),
         Op::SetRo { path, ro } => crate::ops::subvol::set_readonly_in(&mut tx, path, *ro).map(drop),
         Op::Chmod { path, mode } => cmd::chmod_in(&mut tx, std::slice::from_ref(path), &|_| *mode),
-        Op::Chown { path, uid, gid } => {
-            cmd::set_attr_in(&mut tx, std::slice::from_ref(path), &crate::fs::txn::SetAttr { uid: *uid, gid: *gid, ..Default::default() })
-        }
+        Op::Chown { path, uid, gid } => cmd::set_attr_in(
+            &mut tx,
+            std::slice::from_ref(path),
+            &crate::fs::txn::SetAttr { uid: *uid, gid: *gid, chown: true, ..Default::default() },
+        ),
         Op::Rm { paths, recursive } => cmd::rm_in(&mut tx, paths, *recursive),
         Op::Mv { src, dst } => cmd::mv_in(&mut tx, src, dst),
         Op::Link { target, link } => cmd::ln_in(&mut tx, target, link, false),

@@ -10,6 +10,11 @@ use crate::fs::{DirEnt, Filesystem, Inode, Timespec};
 pub struct LsOptions {
     pub long: bool,
     pub recursive: bool,
+    /// Sizes as `ls -lh` writes them.
+    pub human: bool,
+    /// Directory (index) order; otherwise sorted by name bytes, as `ls`
+    /// sorts in the C locale.
+    pub unsorted: bool,
 }
 
 /// List `path` (a directory's entries, or a single non-directory) to `out`.
@@ -17,7 +22,7 @@ pub fn ls(fs: &Filesystem, path: &str, opts: &LsOptions, out: &mut dyn Write) ->
     let ent = fs.resolve(path)?;
     if ent.file_type != FileType::Directory {
         let name = path.trim_end_matches('/').rsplit('/').next().unwrap_or(path).as_bytes().to_vec();
-        return print_entry(fs, &DirEnt { name, ..ent }, opts.long, out);
+        return print_entry(fs, &DirEnt { name, ..ent }, opts, out);
     }
     let shown = if path.is_empty() { "/".to_string() } else { path.to_string() };
     list_dir(fs, &ent, &shown, opts, out)
@@ -46,12 +51,15 @@ fn list_dir(fs: &Filesystem, dir: &DirEnt, shown: &str, opts: &LsOptions, out: &
                     "reached twice (directory loop or aliased directory)",
                 ));
             }
-            let entries = fs.read_dir(dir.id)?;
+            let mut entries = fs.read_dir(dir.id)?;
+            if !opts.unsorted {
+                entries.sort_by(|a, b| a.name.cmp(&b.name));
+            }
             if opts.recursive {
                 w(writeln!(out, "{shown}:"))?;
             }
             for e in &entries {
-                print_entry(fs, e, opts.long, out)?;
+                print_entry(fs, e, opts, out)?;
             }
             if !opts.recursive {
                 return Ok(());
@@ -86,9 +94,9 @@ fn short(path: &str) -> String {
     format!("...{}", &path[cut..])
 }
 
-fn print_entry(fs: &Filesystem, e: &DirEnt, long: bool, out: &mut dyn Write) -> Result<()> {
+fn print_entry(fs: &Filesystem, e: &DirEnt, opts: &LsOptions, out: &mut dyn Write) -> Result<()> {
     let name = String::from_utf8_lossy(&e.name);
-    if !long {
+    if !opts.long {
         return w(writeln!(out, "{name}"));
     }
     let ino = fs.entry_inode(e)?;
@@ -98,7 +106,7 @@ fn print_entry(fs: &Filesystem, e: &DirEnt, long: bool, out: &mut dyn Write) -> 
         ino.nlink,
         ino.uid,
         ino.gid,
-        size_field(&ino),
+        size_field(&ino, opts.human),
         format_time(ino.mtime),
         name
     );
@@ -109,13 +117,43 @@ fn print_entry(fs: &Filesystem, e: &DirEnt, long: bool, out: &mut dyn Write) -> 
     w(writeln!(out, "{line}"))
 }
 
-fn size_field(ino: &Inode) -> String {
+fn size_field(ino: &Inode, human: bool) -> String {
     match ino.file_type {
         FileType::CharDevice | FileType::BlockDevice => {
             let (ma, mi) = ino.rdev_major_minor();
             format!("{ma}, {mi}")
         }
+        _ if human => human_size(ino.size),
         _ => ino.size.to_string(),
+    }
+}
+
+/// A size as GNU `ls -lh` writes it: bytes below 1024, else powers of
+/// 1024 rounded up, with one decimal below 10 (1.1K, 10K, 1.5M).
+pub(crate) fn human_size(size: u64) -> String {
+    const UNITS: [&str; 7] = ["", "K", "M", "G", "T", "P", "E"];
+    if size < 1024 {
+        return size.to_string();
+    }
+    let mut unit = 1u128;
+    let mut i = 0;
+    while u128::from(size) >= unit * 1024 && i < UNITS.len() - 1 {
+        unit *= 1024;
+        i += 1;
+    }
+    let s = u128::from(size);
+    // Tenths, rounded up.
+    let tenths = (s * 10).div_ceil(unit);
+    if tenths < 100 {
+        format!("{}.{}{}", tenths / 10, tenths % 10, UNITS[i])
+    } else {
+        let whole = s.div_ceil(unit);
+        // 1023.x rounds up to the next unit, as ls does (1.0M, not 1024K).
+        if whole >= 1024 && i + 1 < UNITS.len() {
+            format!("1.0{}", UNITS[i + 1])
+        } else {
+            format!("{whole}{}", UNITS[i])
+        }
     }
 }
 

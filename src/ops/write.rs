@@ -82,8 +82,19 @@ pub(crate) fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<
 /// Where an existing path leads, in a writable subvolume.
 fn existing(tx: &mut Transaction, path: &str) -> Result<Place> {
     let p = tx.resolve(path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
+    slash_means_dir(path, p.dir_type == FT_DIR)?;
     tx.ensure_writable(p.root())?;
     Ok(p)
+}
+
+/// A path ending in `/` names a directory (the kernel's ENOTDIR otherwise;
+/// btrs follows no symlink, so a symlink to one does not do).
+pub(crate) fn slash_means_dir(path: &str, is_dir: bool) -> Result<()> {
+    let named_dir = path.len() > 1 && (path.ends_with('/') || path.ends_with("/."));
+    if named_dir && !is_dir {
+        return Err(Error::Invalid(format!("{path}: not a directory (a path ending in / names one; btrs follows no symlink)")));
+    }
+    Ok(())
 }
 
 /// Bytes read from the input and handed to the engine at a time: bounds the
@@ -276,6 +287,11 @@ pub fn mkdir_mode(opts: &OpenOptions, path: &str, parents: bool, mode: Option<u3
 /// `*_in` command: on an error the caller drops the transaction, as the
 /// command does.
 pub(crate) fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool, mode: Option<u32>) -> Result<()> {
+    // -p on a directory that exists writes nothing: no matter that its
+    // subvolume is read-only (attacker's pass: `mkdir -p /ro-subvol` failed).
+    if parents && tx.resolve(path)?.is_some_and(|p| p.dir_type == FT_DIR) {
+        return Ok(());
+    }
     if parents {
         dir_at(tx, path, true)?;
     } else {
@@ -345,12 +361,14 @@ pub fn touch(opts: &OpenOptions, paths: &[String], change: &SetAttr, no_create: 
             }
             None if no_create => continue,
             None => {
+                slash_means_dir(path, false)?;
                 let (dir, name) = split(path)?;
                 let d = dir_at(&mut tx, &dir, false)?;
                 let id = tx.create(d.id, &name, S_IFREG | 0o644, 0)?;
                 Place { id, dir_type: FT_REG_FILE }
             }
         };
+        slash_means_dir(path, p.dir_type == FT_DIR)?;
         tx.name_inode(p.root(), p.ino(), path);
         tx.set_attr(p.root(), p.ino(), change)?;
     }
@@ -391,12 +409,14 @@ pub fn truncate(opts: &OpenOptions, paths: &[String], size: TruncateSize, no_cre
     for path in paths {
         let (root, ino) = match tx.resolve(path)? {
             Some(p) if p.dir_type == FT_REG_FILE => {
+                slash_means_dir(path, false)?;
                 tx.ensure_writable(p.root())?;
                 (p.root(), p.ino())
             }
             Some(_) => return Err(Error::Invalid(format!("{path} is not a regular file"))),
             None if no_create => continue,
             None => {
+                slash_means_dir(path, false)?;
                 let (dir, name) = split(path)?;
                 let d = dir_at(&mut tx, &dir, false)?;
                 let id = tx.create(d.id, &name, S_IFREG | 0o644, 0)?;
@@ -501,6 +521,9 @@ pub(crate) fn rm_in(tx: &mut Transaction, paths: &[String], recursive: bool) -> 
     for path in paths {
         let (dir, name) = split(path)?;
         let d = dir_at(tx, &dir, false)?;
+        if let Some((_, ft)) = tx.lookup_name(d.root(), d.ino(), &name)? {
+            slash_means_dir(path, ft == FT_DIR)?;
+        }
         if recursive {
             rm_tree(tx, d.root(), d.ino(), &name)?;
         } else {

@@ -54,6 +54,29 @@ impl Transaction {
         let flags = props::inherit_flags(flags, dir_flags, mode);
         let prop = props::inherit_compression(self.xattr(root, dir, props::COMPRESSION)?.as_deref(), flags, mode);
         let flags = prop.map_or(flags, |(_, f)| f);
+        // A default ACL of the directory: the new inode's mode and ACLs come
+        // from it (the kernel's posix_acl_create), and no umask applies: the
+        // 0644 and 0755 btrs makes files and directories with (0666 and 0777
+        // under umask 022) are asked for whole.
+        let default_acl = if mode & S_IFMT == S_IFLNK { None } else { self.xattr(root, dir, super::setattr::ACL_DEFAULT_XATTR)? };
+        let mut acls: Vec<(&[u8], Vec<u8>)> = Vec::new();
+        if let Some(d) = default_acl.filter(|d| !d.is_empty()) {
+            let mut entries = crate::format::acl::decode(&d)
+                .map_err(|e| Error::Invalid(format!("directory {dir}: its default ACL is not an ACL ({e})")))?;
+            let asked = match mode & 0o7777 {
+                0o644 if mode & S_IFMT != S_IFDIR => 0o666,
+                0o755 if mode & S_IFMT == S_IFDIR => 0o777,
+                m => m,
+            };
+            let (perm, needed) = crate::format::acl::create_masq(&mut entries, asked);
+            mode = (mode & !0o777) | perm;
+            if needed {
+                acls.push((super::setattr::ACL_ACCESS_XATTR, crate::format::acl::encode(&entries)));
+            }
+            if mode & S_IFMT == S_IFDIR {
+                acls.push((super::setattr::ACL_DEFAULT_XATTR, d));
+            }
+        }
         let ino = self.next_ino(root)?;
         let mut it = zero_inode();
         it.generation = self.transid().into();
@@ -69,6 +92,9 @@ impl Transaction {
         self.insert(root, Key::new(ino, INODE_ITEM_KEY, 0), encode::inode_item(&it))?;
         if let Some((value, _)) = prop {
             self.put_xattr(root, ino, props::COMPRESSION, Some(value))?;
+        }
+        for (name, value) in &acls {
+            self.put_xattr(root, ino, name, Some(value))?;
         }
         self.add_link(root, dir, name, ino, ft.dir_type())?;
         Ok(InodeId { subvol: root, ino })

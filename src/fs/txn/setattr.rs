@@ -3,6 +3,7 @@
 //! item and nothing else. Size changes are [`Transaction::truncate`].
 
 use crate::error::{Error, Result};
+use crate::format::acl;
 use crate::format::*;
 
 use super::Transaction;
@@ -27,10 +28,15 @@ pub struct SetAttr {
     pub gid: Option<u32>,
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
+    /// A chown, even one that names no owner or group (`chown :`): the
+    /// set-ID bits and capabilities go all the same, as in the kernel.
+    pub chown: bool,
 }
 
 /// The capability xattr a change of owner removes (the VFS's ATTR_KILL_PRIV).
 const CAPABILITY_XATTR: &[u8] = b"security.capability";
+pub(crate) const ACL_ACCESS_XATTR: &[u8] = b"system.posix_acl_access";
+pub(crate) const ACL_DEFAULT_XATTR: &[u8] = b"system.posix_acl_default";
 
 impl Transaction {
     /// Apply `change` to inode `ino` of tree `root`; its ctime becomes the
@@ -42,8 +48,12 @@ impl Transaction {
     pub(crate) fn set_attr(&mut self, root: u64, ino: u64, change: &SetAttr) -> Result<InodeItem> {
         self.ensure_writable(root)?;
         let explicit = |t: &Option<TimeSet>| matches!(t, Some(TimeSet::At { .. }));
-        let only_now =
-            change.mode.is_none() && change.uid.is_none() && change.gid.is_none() && !explicit(&change.atime) && !explicit(&change.mtime);
+        let only_now = change.mode.is_none()
+            && change.uid.is_none()
+            && change.gid.is_none()
+            && !change.chown
+            && !explicit(&change.atime)
+            && !explicit(&change.mtime);
         self.may_change(root, ino, only_now)?;
         if let Some(m) = change.mode {
             if m & !0o7777 != 0 {
@@ -55,7 +65,7 @@ impl Transaction {
         if let Some(m) = change.mode {
             mode = (mode & S_IFMT) | m;
         }
-        let chown = change.uid.is_some() || change.gid.is_some();
+        let chown = change.chown || change.uid.is_some() || change.gid.is_some();
         if let Some(uid) = change.uid {
             it.uid = uid.into();
         }
@@ -82,6 +92,17 @@ impl Transaction {
         }
         self.touch(&mut it, false);
         self.put_inode(root, ino, &it)?;
+        // The access ACL follows the new mode (the kernel's posix_acl_chmod):
+        // left alone it would go on granting what the mode no longer does.
+        if change.mode.is_some() {
+            if let Some(v) = self.xattr(root, ino, ACL_ACCESS_XATTR)? {
+                let mut entries = acl::decode(&v).map_err(|e| {
+                    Error::Invalid(format!("{}: its system.posix_acl_access is not an ACL ({e}); not changed", self.inode_label(root, ino)))
+                })?;
+                acl::chmod(&mut entries, mode);
+                self.put_xattr(root, ino, ACL_ACCESS_XATTR, Some(&acl::encode(&entries)))?;
+            }
+        }
         if chown && mode & S_IFMT != S_IFDIR && self.xattr(root, ino, CAPABILITY_XATTR)?.is_some() {
             self.put_xattr(root, ino, CAPABILITY_XATTR, None)?;
         }

@@ -32,6 +32,24 @@ impl Transaction {
             }
             self.set_incompat(incompat);
             it.flags = flags.into();
+        } else if name == super::setattr::ACL_ACCESS_XATTR {
+            // The kernel's posix_acl_update_mode: the mode's permission bits
+            // become the ACL's, and an ACL the mode says all of is not kept.
+            let entries = value.map(crate::format::acl::decode).transpose().map_err(Error::Invalid)?.unwrap_or_default();
+            let (perm, equiv) = crate::format::acl::mode_of(&entries);
+            if !entries.is_empty() {
+                it.mode = ((it.mode.get() & !0o777) | perm).into();
+            }
+            if !entries.is_empty() && !equiv {
+                self.put_xattr(root, ino, name, value)?;
+            } else if self.xattr(root, ino, name)?.is_some() || value.is_none() {
+                self.put_xattr(root, ino, name, None)?;
+            }
+        } else if name == super::setattr::ACL_DEFAULT_XATTR && value.is_some_and(<[u8]>::is_empty) {
+            // An empty default ACL removes it, as the kernel's set_posix_acl(NULL).
+            if self.xattr(root, ino, name)?.is_some() {
+                self.put_xattr(root, ino, name, None)?;
+            }
         } else {
             self.put_xattr(root, ino, name, value)?;
         }

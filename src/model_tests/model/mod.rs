@@ -569,6 +569,10 @@ impl Model {
     }
 
     fn mkdir(&mut self, path: &str, parents: bool) -> Result<(), ErrClass> {
+        // -p on an existing directory writes nothing, read-only or not.
+        if parents && self.resolve(path)?.is_some_and(|p| self.node(p).is_dir()) {
+            return Ok(());
+        }
         if parents {
             self.dir_at(path, true)?;
         } else {

@@ -71,6 +71,6 @@ mod tree;
 
 pub use block::print_block;
 pub use item::print_item;
-pub use super_block::dump_super;
+pub use super_block::{dump_super, Copies};
 pub(crate) use text::utc_datetime;
 pub use tree::{dump_tree, dump_tree_with, Traversal};

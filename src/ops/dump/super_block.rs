@@ -19,18 +19,45 @@ use crate::format::types::uuid_string;
 use crate::format::{CsumType, Key};
 use crate::volumes::Device;
 
+/// Which superblock copies `dump-super` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copies {
+    /// The primary (64 KiB).
+    Primary,
+    /// Copy N: 0 at 64 KiB, 1 at 64 MiB, 2 at 256 GiB (progs' `-s N`).
+    Mirror(usize),
+    /// Every copy location that fits on the device (progs' `-a`).
+    All,
+}
+
 /// Print the superblock of `dev` like `btrfs inspect-internal dump-super -f`.
 ///
-/// `all`: every copy location (64 KiB, 64 MiB, 256 GiB) that fits on the
-/// device, each with its own checksum and magic verdict; a damaged copy is
-/// still printed as far as it goes. `json`: one JSON object (or an array of
-/// objects for `all`) with the same fields, plus `offset`, `csum_ok`,
-/// `magic_ok` and `bytenr_ok` per copy.
-pub fn dump_super(out: &mut dyn Write, dev: &Device, all: bool, json: bool) -> Result<()> {
-    let offsets: Vec<u64> = if all {
-        SUPER_MIRROR_OFFSETS.iter().copied().filter(|&o| o + SUPER_INFO_SIZE as u64 <= dev.size).collect()
-    } else {
-        vec![SUPER_INFO_OFFSET]
+/// `Copies::All`: every copy location (64 KiB, 64 MiB, 256 GiB) that fits
+/// on the device, each with its own checksum and magic verdict; a damaged
+/// copy is still printed as far as it goes. A copy without the btrfs magic
+/// stops the text dump after its header with an error, as progs does,
+/// unless `force`. `json`: one JSON object (or an array of objects for
+/// all) with the same fields, plus `offset`, `csum_ok`, `magic_ok` and
+/// `bytenr_ok` per copy, every copy's verdict; refused without `force`
+/// only when no copy read has the magic (not a btrfs image).
+pub fn dump_super(out: &mut dyn Write, dev: &Device, copies: Copies, json: bool, force: bool) -> Result<()> {
+    let all = copies == Copies::All;
+    let offsets: Vec<u64> = match copies {
+        Copies::All => SUPER_MIRROR_OFFSETS.iter().copied().filter(|&o| o + SUPER_INFO_SIZE as u64 <= dev.size).collect(),
+        Copies::Primary => vec![SUPER_INFO_OFFSET],
+        Copies::Mirror(n) => {
+            let o = *SUPER_MIRROR_OFFSETS
+                .get(n)
+                .ok_or_else(|| crate::error::Error::Invalid(format!("superblock copy {n}: there are copies 0, 1 and 2")))?;
+            // Past the end of the device: nothing to print, as progs.
+            if o + SUPER_INFO_SIZE as u64 > dev.size {
+                return Ok(());
+            }
+            vec![o]
+        }
+    };
+    let bad_magic = |path: &str, offset: u64| {
+        crate::error::Error::Invalid(format!("bad magic on superblock on {path} at {offset} (use --force to dump it anyway)"))
     };
     // btrfs-progs prints an empty line for each copy location past the end of the device.
     let missing = if all { SUPER_MIRROR_OFFSETS.len() - offsets.len() } else { 0 };
@@ -61,6 +88,10 @@ pub fn dump_super(out: &mut dyn Write, dev: &Device, all: bool, json: bool) -> R
             Ok(()) => {
                 w!(buf, "superblock: bytenr={offset}, device={path}\n");
                 w!(buf, "---------------------------------------------------------\n");
+                if read_super_struct(&raw).magic != BTRFS_MAGIC && !force {
+                    out.write_all(&buf).map_err(out_err)?;
+                    return Err(bad_magic(&path, offset));
+                }
                 if read_super_struct(&raw).magic != BTRFS_MAGIC {
                     w!(buf, "ERROR: bad magic on superblock on {path} at {offset}\n");
                 }
@@ -77,6 +108,9 @@ pub fn dump_super(out: &mut dyn Write, dev: &Device, all: bool, json: bool) -> R
         out.write_all(&b"\n".repeat(missing)).map_err(out_err)?;
     }
     if json {
+        if !force && !values.iter().any(|v| v["magic_ok"] == true) {
+            return Err(bad_magic(&path, offsets.first().copied().unwrap_or(SUPER_INFO_OFFSET)));
+        }
         let v = if all { Value::Array(values) } else { values.into_iter().next().unwrap_or(Value::Null) };
         serde_json::to_writer_pretty(&mut *out, &v).map_err(|e| out_err(e.into()))?;
         out.write_all(b"\n").map_err(out_err)?;
@@ -446,7 +480,7 @@ mod tests {
         let Some(img) = mkfs(dir.path(), "a.img", &["-L", "lbl"]) else { return };
         let dev = Device::open(&img, false).unwrap();
         let mut out = Vec::new();
-        dump_super(&mut out, &dev, false, false).unwrap();
+        dump_super(&mut out, &dev, Copies::Primary, false, false).unwrap();
         let s = String::from_utf8(out).unwrap();
         assert!(s.contains(&format!("fsid\t\t\t{}\n", uuid_string(&dev.sb.fsid))), "{s}");
         assert!(s.contains("csum_type\t\t0 (crc32c)\n"), "{s}");
@@ -470,7 +504,7 @@ mod tests {
         crate::volumes::raw::patch(&img, (64 << 20) + 200, b"XXXX").unwrap();
         let dev = Device::open(&img, false).unwrap();
         let mut out = Vec::new();
-        dump_super(&mut out, &dev, true, true).unwrap();
+        dump_super(&mut out, &dev, Copies::All, true, false).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         let arr = v.as_array().expect("array for --all");
         assert_eq!(arr.len(), 2, "300 MiB image holds two copies");
@@ -485,16 +519,26 @@ mod tests {
         assert_eq!(arr[1]["csum_ok"], false);
         assert_eq!(arr[1]["magic_ok"], true);
 
-        // Bad magic: still printed, with its verdict, in text and JSON.
+        // Bad magic: the text dump stops there with progs' error, unless
+        // forced; then it is printed with its verdict, in text and JSON.
         crate::volumes::raw::patch(&img, (64 << 20) + 64, b"NOTBTRFS").unwrap();
         let mut out = Vec::new();
-        dump_super(&mut out, &dev, true, false).unwrap();
+        let e = dump_super(&mut out, &dev, Copies::All, false, false).unwrap_err();
+        assert!(e.to_string().contains("bad magic on superblock on ") && e.to_string().contains("--force"), "{e}");
+        let s = String::from_utf8(out).unwrap();
+        let tail = format!(
+            "superblock: bytenr=67108864, device={}\n---------------------------------------------------------\n",
+            dev.path.display()
+        );
+        assert!(s.ends_with(&tail), "{s}");
+        let mut out = Vec::new();
+        dump_super(&mut out, &dev, Copies::Mirror(1), false, true).unwrap();
         let s = String::from_utf8(out).unwrap();
         assert!(s.contains("superblock: bytenr=67108864, device="), "{s}");
         assert!(s.contains("ERROR: bad magic on superblock on "), "{s}");
         assert!(s.contains("magic\t\t\tNOTBTRFS [DON'T MATCH]\n"), "{s}");
         let mut out = Vec::new();
-        dump_super(&mut out, &dev, true, true).unwrap();
+        dump_super(&mut out, &dev, Copies::All, true, false).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v[1]["magic_ok"], false);
         assert_eq!(v[0]["magic_ok"], true);
