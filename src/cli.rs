@@ -433,8 +433,8 @@ pub struct ScrubArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Worker threads (default: number of CPUs; at most 1024).
-    #[arg(long, value_name = "N", value_parser = thread_count)]
+    /// Worker threads (default: number of CPUs; 1 to 1024).
+    #[arg(long, value_name = "N", value_parser = worker_count)]
     pub threads: Option<usize>,
     /// Show a progress bar on stderr when it is a terminal (default).
     #[arg(long, overrides_with = "no_progress")]
@@ -701,7 +701,15 @@ fn thread_count(s: &str) -> Result<usize, String> {
     }
 }
 
-/// A size as mkfs sizes are written (bytes, or K, M, G...).
+/// `scrub --threads`: 1 to MAX_THREADS (leaving it out is one per CPU; 0 is
+/// a usage error rather than a silent default).
+fn worker_count(s: &str) -> Result<usize, String> {
+    match thread_count(s)? {
+        0 => Err("at least 1 thread (leave --threads out for one per CPU)".into()),
+        n => Ok(n),
+    }
+}
+
 /// A host directory that exists (a usage error otherwise, before anything is made).
 fn host_dir(s: &str) -> Result<PathBuf, String> {
     match std::fs::metadata(s) {
@@ -730,6 +738,7 @@ fn truncate_size(s: &str) -> Result<crate::ops::write::TruncateSize, String> {
     crate::ops::coreutils::parse_truncate_size(s)
 }
 
+/// A size as mkfs sizes are written (bytes, or K, M, G...).
 fn size_arg(s: &str) -> Result<u64, String> {
     crate::ops::mkfs::parse_size(s).map_err(|e| e.to_string())
 }

@@ -100,10 +100,16 @@ fn bad_magic_in_every_copy() {
         f.write_all_at(b"XXXXXXXX", off + 64).unwrap();
     }
     fails_with(&["ls"], &img, &["no valid btrfs superblock", "copy 0", "copy 1", "bad magic"]);
-    // dump-super still shows the damaged copies, with their verdicts.
+    // dump-super refuses a copy without the magic, as progs does, naming
+    // it; with --force it shows the damaged copies with their verdicts.
     let out = btrs(&["dump-super", "--all"], &img);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad magic on superblock") && err.contains("at 65536") && err.contains("--force"), "{err}");
+    let out = btrs(&["dump-super", "--all", "--force"], &img);
+    assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("magic"), "{text}");
+    assert!(text.contains("magic\t\t\tXXXXXXXX [DON'T MATCH]") && text.contains("bytenr=67108864"), "{text}");
 }
 
 #[test]
