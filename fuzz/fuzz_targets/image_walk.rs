@@ -103,7 +103,7 @@ fn walk(path: &std::path::Path) {
     let opts = OpenOptions { image: path.to_path_buf(), ..Default::default() };
     let Ok(fs) = Filesystem::open(&opts) else { return };
     let mut sink = Vec::new();
-    let _ = btrs::ops::listing::ls(&fs, "/", &btrs::ops::listing::LsOptions { long: true, recursive: true }, &mut sink);
+    let _ = btrs::ops::listing::ls(&fs, "/", &btrs::ops::listing::LsOptions { long: true, recursive: true, human: true, unsorted: false }, &mut sink);
     let _ = btrs::ops::dump::dump_tree(&mut sink, &fs, None);
     read_all(&fs, fs.root_dir(), 0);
     drop(fs);
