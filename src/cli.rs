@@ -462,8 +462,22 @@ pub struct MkfsArgs {
     /// Size of every image (K, M, G, T suffixes); existing images are resized to it.
     /// Exact: if the content does not fit, mkfs fails naming the size needed and
     /// leaves the images' lengths and contents alone (new ones are removed).
-    #[arg(short = 'b', long = "size", value_name = "SIZE", conflicts_with = "shrink")]
+    #[arg(short = 'b', long = "size", visible_alias = "byte-count", value_name = "SIZE", conflicts_with = "shrink")]
     pub size: Option<String>,
+    /// Accepted for mkfs.btrfs's habit: an image file has nothing to discard.
+    #[arg(short = 'K', long)]
+    pub nodiscard: bool,
+    /// Print no summary (errors and warnings still go to stderr).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// mkfs.btrfs's runtime features, comma separated: free-space-tree
+    /// (`^free-space-tree` to leave it out) is taken as -O takes it; quota
+    /// is refused (btrs does not make the quota tree at mkfs time).
+    #[arg(short = 'R', long = "runtime-features", value_name = "LIST")]
+    pub runtime_features: Option<String>,
+    /// Mixed data and metadata block groups: refused, btrs does not make them.
+    #[arg(short = 'M', long)]
+    pub mixed: bool,
     /// Make the smallest image: chunks sized to the content, each image created or
     /// truncated to the end of its last chunk, whatever its starting size.
     #[arg(long)]

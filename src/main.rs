@@ -655,7 +655,25 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    if let Some(f) = &a.features {
+    if a.mixed {
+        anyhow::bail!("mixed block groups (-M) are not made by btrs: data and metadata get block groups of their own");
+    }
+    let mut features = a.features.clone();
+    if let Some(r) = &a.runtime_features {
+        for f in r.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            match f.to_ascii_lowercase().as_str() {
+                "free-space-tree" | "fst" | "^free-space-tree" | "^fst" => {
+                    features = Some(match features {
+                        Some(o) => format!("{o},{f}"),
+                        None => f.to_string(),
+                    });
+                }
+                "quota" | "squota" => anyhow::bail!("-R {f}: btrs does not make quota trees at mkfs time; enable quotas on a mount"),
+                _ => return usage(Err(format!("-R {f:?}: unknown runtime feature; known: free-space-tree, quota"))),
+            }
+        }
+    }
+    if let Some(f) = &features {
         // An unknown name is a usage error; a combination btrs refuses is not.
         // A combination no image could have (block-group-tree without
         // free-space-tree) is a usage error too; one btrs does not make is not.
@@ -734,6 +752,9 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if a.json {
         serde_json::to_writer_pretty(&mut *out, &s)?;
         writeln!(out)?;
+        return Ok(());
+    }
+    if a.quiet {
         return Ok(());
     }
     writeln!(out, "Label:              {}", if s.label.is_empty() { "(null)" } else { &s.label })?;

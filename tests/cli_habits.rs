@@ -98,6 +98,9 @@ fn habits_give_the_exit_status_and_output_users_expect() {
         (vec!["mkfs", "-b", "1.5G", n], 2, Err("1.5G")),
         (vec!["mkfs", "-r", "/nonexistent-btrs-dir", n], 2, Err("/nonexistent-btrs-dir")),
         (vec!["mkfs", i], 1, Err("--force")),
+        (vec!["mkfs", "-R", "quota", "-b", "256M", n], 1, Err("quota")),
+        (vec!["mkfs", "-R", "bogus", "-b", "256M", n], 2, Err("unknown runtime feature")),
+        (vec!["mkfs", "-M", "-b", "256M", n], 1, Err("mixed block groups")),
         (vec!["chmod", i, "u+x", "/f1"], 0, OutIs("")),
         (vec!["chmod", i, "999", "/f1"], 2, Err("invalid mode")),
         (vec!["chmod", i, "600", "/l"], 1, Err("symbolic link's mode")),
@@ -126,9 +129,16 @@ fn habits_give_the_exit_status_and_output_users_expect() {
         (vec!["completions", "nosuchshell"], 2, Err("nosuchshell")),
         (vec!["fixture", "list"], 0, Out("raid1-clean")),
         (vec!["frobnicate"], 2, Err("unrecognized subcommand")),
+        // Last: makes new.img (mkfs.btrfs's flags: quiet, no discard, --byte-count, -R).
+        (vec!["mkfs", "-q", "-K", "--byte-count", "256M", "-R", "free-space-tree", n], 0, OutIs("")),
+        (vec!["fi", "show", n], 0, Out("\tdevid    1 size 256.00MiB used ")),
     ];
     assert!(rows.len() >= 60, "the issue asks for at least 60 lines");
     for (args, code, want) in &rows {
+        // Every refused mkfs before the last rows left nothing behind.
+        if args.first() == Some(&"mkfs") && args.contains(&"-q") {
+            assert!(!new.exists(), "a refused mkfs left {}", new.display());
+        }
         let o = std::process::Command::new(BIN).args(args).output().unwrap();
         let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         assert_eq!(o.status.code(), Some(*code), "btrs {args:?}\nstdout: {out}\nstderr: {err}");
@@ -140,7 +150,6 @@ fn habits_give_the_exit_status_and_output_users_expect() {
             Any => {}
         }
     }
-    assert!(!new.exists(), "a refused mkfs left {}", new.display());
     if progs_for(test, false) {
         btrfs_check(std::slice::from_ref(&img), &[]).unwrap_or_else(|e| panic!("btrfs check after the table: {e}"));
     }
