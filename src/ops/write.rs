@@ -360,19 +360,22 @@ pub fn touch(opts: &OpenOptions, paths: &[String], change: &SetAttr, no_create: 
                 p
             }
             None if no_create => continue,
-            None => {
-                slash_means_dir(path, false)?;
-                let (dir, name) = split(path)?;
-                let d = dir_at(&mut tx, &dir, false)?;
-                let id = tx.create(d.id, &name, S_IFREG | 0o644, 0)?;
-                Place { id, dir_type: FT_REG_FILE }
-            }
+            None => Place { id: new_empty_file(&mut tx, path)?, dir_type: FT_REG_FILE },
         };
         slash_means_dir(path, p.dir_type == FT_DIR)?;
         tx.name_inode(p.root(), p.ino(), path);
         tx.set_attr(p.root(), p.ino(), change)?;
     }
     tx.commit_with_warnings()
+}
+
+/// An empty regular file (mode 0644) at missing `path`, as `touch` and
+/// `truncate` make one.
+fn new_empty_file(tx: &mut Transaction, path: &str) -> Result<InodeId> {
+    slash_means_dir(path, false)?;
+    let (dir, name) = split(path)?;
+    let d = dir_at(tx, &dir, false)?;
+    tx.create(d.id, &name, S_IFREG | 0o644, 0)
 }
 
 /// A size as coreutils' `truncate -s` takes it.
@@ -416,10 +419,7 @@ pub fn truncate(opts: &OpenOptions, paths: &[String], size: TruncateSize, no_cre
             Some(_) => return Err(Error::Invalid(format!("{path} is not a regular file"))),
             None if no_create => continue,
             None => {
-                slash_means_dir(path, false)?;
-                let (dir, name) = split(path)?;
-                let d = dir_at(&mut tx, &dir, false)?;
-                let id = tx.create(d.id, &name, S_IFREG | 0o644, 0)?;
+                let id = new_empty_file(&mut tx, path)?;
                 (id.subvol, id.ino)
             }
         };
