@@ -1016,6 +1016,12 @@ pub enum FilesystemCommand {
     /// kernel's order; without its GlobalReserve line, a reservation of the
     /// running kernel that no image holds.
     Df(FsShowArgs),
+    /// Overall sizes, used and free space, each type and profile with the
+    /// bytes its stripes take on each device, and each device's unallocated
+    /// space, as `btrfs filesystem usage` prints them on a mount; the two
+    /// values only a running kernel has (statfs's free space, the global
+    /// reserve) are printed as `-`.
+    Usage(FsShowArgs),
 }
 
 #[derive(Args, Debug)]

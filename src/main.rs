@@ -335,6 +335,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     print_warnings(&fs);
                 }
+                F::Usage(a) => {
+                    let fs = open(&set, &a.image)?;
+                    let u = fsops::usage(&fs)?;
+                    if a.json {
+                        json(&mut out, &u)?;
+                    } else {
+                        fsops::print_usage(&u, a.raw, &mut out)?;
+                    }
+                    print_warnings(&fs);
+                }
                 F::Df(a) => {
                     let fs = open(&set, &a.image)?;
                     let rows = fsops::df(&fs)?;

@@ -81,6 +81,7 @@ fn habits_give_the_exit_status_and_output_users_expect() {
         (vec!["filesystem", "show", "--raw", i], 0, Out("\tdevid    1 size 314572800 used ")),
         (vec!["filesystem", "df", i], 0, Out("Data, single: total=")),
         (vec!["fi", "df", "--json", i], 0, Out("\"profile\": \"DUP\"")),
+        (vec!["fi", "usage", i], 0, Out("    Data ratio:\t\t\t      1.00\n")),
         (vec!["fi", "frob", i], 2, Err("unrecognized subcommand")),
         (vec!["subvolume", "list", i], 0, Out(" top level 5 path sv\n")),
         (vec!["subvol", "show", i, "/sv"], 0, Out("Name: \t\t\tsv\n")),

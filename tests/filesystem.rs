@@ -20,6 +20,30 @@ fn kernel_df(imgs: &[PathBuf], mnt: &Path) -> String {
     format!("{}{}", drop_reserve(&df), drop_reserve(&raw))
 }
 
+/// `btrfs filesystem usage` (and --raw) of a read-only mount, the two
+/// lines only the running kernel knows dropped, device names as `DEV`.
+fn kernel_usage(imgs: &[PathBuf], mnt: &Path) -> String {
+    let m = Mounted::mount(mnt, imgs, "ro").unwrap();
+    let u = must(Command::new("btrfs").args(["filesystem", "usage"]).arg(mnt));
+    let raw = must(Command::new("btrfs").args(["filesystem", "usage", "--raw"]).arg(mnt));
+    m.unmount().unwrap();
+    normal_usage(&format!("{u}{raw}"))
+}
+
+fn normal_usage(t: &str) -> String {
+    t.lines()
+        .filter(|l| !l.contains("Free (statfs, df):") && !l.contains("Global reserve:"))
+        .map(|l| match l.strip_prefix("   ").and_then(|r| r.split_once('\t')) {
+            Some((_, size)) => format!("   DEV\t{size}\n"),
+            None => format!("{l}\n"),
+        })
+        .collect()
+}
+
+fn btrs_usage(img: &Path) -> String {
+    normal_usage(&format!("{}{}", ok(&["filesystem", "usage", s(img)]), ok(&["fi", "usage", "--raw", s(img)])))
+}
+
 fn btrs_df(img: &Path) -> String {
     format!("{}{}", ok(&["filesystem", "df", s(img)]), ok(&["fi", "df", "--raw", s(img)]))
 }
@@ -79,6 +103,8 @@ fn show_and_df_print_what_progs_prints() {
     for set in [vec![one.clone()], vec![mkfs_made.clone()], three.clone()] {
         let want = kernel_df(&set, &mnt);
         assert_eq!(btrs_df(&set[0]), want, "df of {}", set[0].display());
+        let want = kernel_usage(&set, &mnt);
+        assert_eq!(btrs_usage(&set[0]), want, "usage of {}", set[0].display());
     }
 }
 

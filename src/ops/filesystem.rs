@@ -159,6 +159,187 @@ pub fn print_df(rows: &[DfRow], raw: bool, out: &mut dyn Write) -> Result<()> {
     out.write_all(t.as_bytes()).map_err(|e| Error::io("<stdout>", "write", e))
 }
 
+/// One block group type and profile of `filesystem usage`, with the bytes
+/// its chunks' stripes take on each device.
+#[derive(Serialize, Debug)]
+pub struct UsageGroup {
+    pub kind: &'static str,
+    pub profile: &'static str,
+    pub size: u64,
+    pub used: u64,
+    /// (device path or `devid N` when missing, bytes).
+    pub devices: Vec<(String, u64)>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Usage {
+    pub device_size: u64,
+    pub device_allocated: u64,
+    pub device_unallocated: u64,
+    pub device_missing: u64,
+    /// Used bytes on the devices (each profile's used times its copies).
+    pub used: u64,
+    /// Free space for data: what data block groups have left, and the
+    /// unallocated space at the data ratio (min: at the larger ratio).
+    pub free_estimated: u64,
+    pub free_estimated_min: u64,
+    pub data_ratio: f64,
+    pub metadata_ratio: f64,
+    pub multiple_profiles: bool,
+    pub groups: Vec<UsageGroup>,
+    /// (device, unallocated bytes).
+    pub unallocated: Vec<(String, u64)>,
+}
+
+/// `btrfs filesystem usage`: block group totals from the block group
+/// items, each device's share from its dev extents.
+pub fn usage(fs: &Filesystem) -> Result<Usage> {
+    let shown = show(fs)?;
+    let name = |devid: u64| {
+        shown.devices.iter().find(|d| d.devid == devid).and_then(|d| d.path.clone()).unwrap_or_else(|| format!("devid {devid}"))
+    };
+    // Chunk start -> (type index, profile) from the block groups.
+    let tree = if fs.sb.has_compat_ro(COMPAT_RO_BLOCK_GROUP_TREE) { BLOCK_GROUP_TREE_OBJECTID } else { EXTENT_TREE_OBJECTID };
+    let root = fs.tree_root(tree)?;
+    let mut of_chunk = std::collections::BTreeMap::new();
+    let mut c = fs.reader.seek(&root, Key::new(0, BLOCK_GROUP_ITEM_KEY, 0))?;
+    while let Some(item) = c.next_item()? {
+        if item.key.item_type == BLOCK_GROUP_ITEM_KEY {
+            let (bg, _) = read_prefix::<BlockGroupItem>(item.data(), "block group item")
+                .map_err(|e| e.within(format!("block group {}", item.key)))?;
+            of_chunk.insert(item.key.objectid, bg.flags.get());
+        }
+    }
+    let rows = df(fs)?;
+    // Per (kind, profile): device -> bytes.
+    let mut per_dev: std::collections::BTreeMap<(&'static str, &'static str), std::collections::BTreeMap<u64, u64>> = Default::default();
+    let mut allocated: std::collections::BTreeMap<u64, u64> = Default::default();
+    let dev_root = fs.tree_root(DEV_TREE_OBJECTID)?;
+    let mut c = fs.reader.seek(&dev_root, Key::MIN)?;
+    while let Some(item) = c.next_item()? {
+        if item.key.item_type != DEV_EXTENT_KEY {
+            continue;
+        }
+        let at = || format!("dev extent {}", item.key);
+        let (de, _) = read_prefix::<DevExtent>(item.data(), "dev extent").map_err(|e| e.within(at()))?;
+        let flags = *of_chunk
+            .get(&de.chunk_offset.get())
+            .ok_or_else(|| Error::corrupt(crate::error::CorruptKind::MissingItem, at(), "no block group for its chunk"))?;
+        let kind = ["Data", "System", "Metadata", "Data+Metadata"][usize::from(match flags & BLOCK_GROUP_TYPE_MASK {
+            BLOCK_GROUP_DATA => 0u8,
+            BLOCK_GROUP_SYSTEM => 1,
+            BLOCK_GROUP_METADATA => 2,
+            _ => 3,
+        })];
+        let profile = RAID_NAMES[usize::from(raid_index(Profile::from_flags(flags).unwrap_or(Profile::Single)))];
+        let len = de.length.get();
+        *per_dev.entry((kind, profile)).or_default().entry(item.key.objectid).or_default() += len;
+        *allocated.entry(item.key.objectid).or_default() += len;
+    }
+    let device_size: u64 = shown.devices.iter().map(|d| d.size).sum();
+    let device_missing: u64 = shown.devices.iter().filter(|d| d.path.is_none()).map(|d| d.size).sum();
+    let device_allocated: u64 = allocated.values().sum();
+    let ratio = |kind: &str| -> f64 {
+        let (raw, logical) = rows.iter().filter(|r| r.kind == kind || r.kind == "Data+Metadata").fold((0u64, 0u64), |(a, b), r| {
+            let on_disk: u64 = per_dev.get(&(r.kind, r.profile)).map_or(0, |m| m.values().sum());
+            (a + on_disk, b + r.total)
+        });
+        #[allow(clippy::cast_precision_loss, clippy::as_conversions)]
+        if logical == 0 {
+            0.0
+        } else {
+            raw as f64 / logical as f64
+        }
+    };
+    let (data_ratio, metadata_ratio) = (ratio("Data"), ratio("Metadata"));
+    let mut used = 0u64;
+    let mut groups = Vec::new();
+    // progs' order: data, metadata, system.
+    for kind in ["Data", "Data+Metadata", "Metadata", "System"] {
+        for r in rows.iter().filter(|r| r.kind == kind) {
+            let devs = per_dev.get(&(r.kind, r.profile)).cloned().unwrap_or_default();
+            let raw: u64 = devs.values().sum();
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::as_conversions)]
+            let copies = if r.total == 0 { 1.0 } else { raw as f64 / r.total as f64 };
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::as_conversions)]
+            {
+                used += (r.used as f64 * copies) as u64;
+            }
+            groups.push(UsageGroup {
+                kind: r.kind,
+                profile: r.profile,
+                size: r.total,
+                used: r.used,
+                devices: devs.into_iter().map(|(d, b)| (name(d), b)).collect(),
+            });
+        }
+    }
+    let device_unallocated = device_size.saturating_sub(device_allocated);
+    let data_free: u64 = rows.iter().filter(|r| r.kind == "Data").map(|r| r.total.saturating_sub(r.used)).sum();
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::as_conversions)]
+    let at_ratio = |r: f64| if r > 0.0 { (device_unallocated as f64 / r) as u64 } else { device_unallocated };
+    let max_ratio = data_ratio.max(metadata_ratio);
+    let kinds_profiles = |k: &str| rows.iter().filter(|r| r.kind == k).count();
+    Ok(Usage {
+        device_size,
+        device_allocated,
+        device_unallocated,
+        device_missing,
+        used,
+        free_estimated: data_free + at_ratio(data_ratio),
+        free_estimated_min: data_free + at_ratio(max_ratio),
+        data_ratio,
+        metadata_ratio,
+        multiple_profiles: ["Data", "Metadata", "System", "Data+Metadata"].iter().any(|k| kinds_profiles(k) > 1),
+        groups,
+        unallocated: shown
+            .devices
+            .iter()
+            .map(|d| (name(d.devid), d.size.saturating_sub(allocated.get(&d.devid).copied().unwrap_or(0))))
+            .collect(),
+    })
+}
+
+/// `btrfs filesystem usage`'s text, but for two lines only a running
+/// kernel knows, printed as `-`: the free space statfs reports, and the
+/// global reserve.
+pub fn print_usage(u: &Usage, raw: bool, out: &mut dyn Write) -> Result<()> {
+    let w = if raw { 18 } else { 10 };
+    let size = |b: u64| format!("{:>w$}", if raw { b.to_string() } else { pretty_size(b) });
+    let mut t = String::from("Overall:\n");
+    t.push_str(&format!("    Device size:\t\t{}\n", size(u.device_size)));
+    t.push_str(&format!("    Device allocated:\t\t{}\n", size(u.device_allocated)));
+    t.push_str(&format!("    Device unallocated:\t\t{}\n", size(u.device_unallocated)));
+    t.push_str(&format!("    Device missing:\t\t{}\n", size(u.device_missing)));
+    t.push_str(&format!("    Device slack:\t\t{}\n", size(0)));
+    t.push_str(&format!("    Used:\t\t\t{}\n", size(u.used)));
+    t.push_str(&format!(
+        "    Free (estimated):\t\t{}\t(min: {})\n",
+        size(u.free_estimated),
+        if raw { u.free_estimated_min.to_string() } else { pretty_size(u.free_estimated_min) }
+    ));
+    t.push_str(&format!("    Free (statfs, df):\t\t{:>w$}\n", "-"));
+    t.push_str(&format!("    Data ratio:\t\t\t{:>w$.2}\n", u.data_ratio));
+    t.push_str(&format!("    Metadata ratio:\t\t{:>w$.2}\n", u.metadata_ratio));
+    t.push_str(&format!("    Global reserve:\t\t{:>w$}\t(used: -)\n", "-"));
+    t.push_str(&format!("    Multiple profiles:\t\t{:>w$}\n", if u.multiple_profiles { "yes" } else { "no" }));
+    for g in &u.groups {
+        #[allow(clippy::cast_precision_loss, clippy::as_conversions)]
+        let pct = if g.size == 0 { 0.0 } else { g.used as f64 * 100.0 / g.size as f64 };
+        let sz = |b: u64| if raw { b.to_string() } else { pretty_size(b) };
+        t.push_str(&format!("\n{},{}: Size:{}, Used:{} ({pct:.2}%)\n", g.kind, g.profile, sz(g.size), sz(g.used)));
+        // Device lines are 10 wide even with --raw, as progs prints them.
+        for (d, b) in &g.devices {
+            t.push_str(&format!("   {d}\t{:>10}\n", sz(*b)));
+        }
+    }
+    t.push_str("\nUnallocated:\n");
+    for (d, b) in &u.unallocated {
+        t.push_str(&format!("   {d}\t{:>10}\n", if raw { b.to_string() } else { pretty_size(*b) }));
+    }
+    out.write_all(t.as_bytes()).map_err(|e| Error::io("<stdout>", "write", e))
+}
+
 /// A size as btrfs-progs prints it by default (its pretty_size_snprintf,
 /// binary units): the integer part divided down to the unit below, then
 /// one float division, two decimals.
