@@ -504,13 +504,13 @@ pub struct MkfsArgs {
     #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true, value_parser = thread_count)]
     pub threads: usize,
     /// Data profile: single, dup, raid0, raid1, raid1c3, raid1c4, raid10 (default: single).
-    #[arg(short = 'd', long = "data", value_name = "PROFILE")]
+    #[arg(short = 'd', long = "data", value_name = "PROFILE", ignore_case = true, value_parser = profiles())]
     pub data: Option<String>,
     /// Metadata (and system) profile (default: dup on one image, raid1 on more).
-    #[arg(short = 'm', long = "metadata", value_name = "PROFILE")]
+    #[arg(short = 'm', long = "metadata", value_name = "PROFILE", ignore_case = true, value_parser = profiles())]
     pub metadata: Option<String>,
     /// Checksum algorithm: crc32c, xxhash, sha256, blake2.
-    #[arg(long = "csum", alias = "checksum", value_name = "TYPE", default_value = "crc32c")]
+    #[arg(long = "csum", alias = "checksum", value_name = "TYPE", default_value = "crc32c", ignore_case = true, value_parser = csums())]
     pub csum: String,
     /// Tree block size (4K..64K, a power of two).
     #[arg(short = 'n', long = "nodesize", value_name = "SIZE", default_value = "16K")]
@@ -722,6 +722,28 @@ fn worker_count(s: &str) -> Result<usize, String> {
         0 => Err("at least 1 thread (leave --threads out for one per CPU)".into()),
         n => Ok(n),
     }
+}
+
+/// The profiles mkfs takes, as values clap checks and completions offer.
+fn profiles() -> clap::builder::PossibleValuesParser {
+    use clap::builder::PossibleValue as V;
+    clap::builder::PossibleValuesParser::new(
+        ["single", "dup", "raid0", "raid1", "raid1c3", "raid1c4", "raid10"]
+            .map(V::new)
+            .into_iter()
+            .chain(["raid5", "raid6"].map(|p| V::new(p).hide(true))),
+    )
+}
+
+/// The checksum names mkfs takes (with progs' aliases, hidden).
+fn csums() -> clap::builder::PossibleValuesParser {
+    use clap::builder::PossibleValue as V;
+    clap::builder::PossibleValuesParser::new([
+        V::new("crc32c").alias("crc32"),
+        V::new("xxhash").alias("xxhash64"),
+        V::new("sha256"),
+        V::new("blake2").aliases(["blake2b", "blake2b256"]),
+    ])
 }
 
 /// A host directory that exists (a usage error otherwise, before anything is made).

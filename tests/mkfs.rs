@@ -340,10 +340,10 @@ fn bad_requests_fail_cleanly() {
     mkfs_fails(&[&i("missing")], "does not exist");
     mkfs_fails(&["-b", "256M", "-s", "8192", &i("a")], "sectorsize");
     mkfs_fails(&["-b", "256M", "-n", "3000", &i("a")], "nodesize");
-    mkfs_fails(&["-b", "256M", "-d", "raid7", &i("a")], "unknown data profile");
+    mkfs_fails(&["-b", "256M", "-d", "raid7", &i("a")], "invalid value 'raid7' for '--data <PROFILE>'");
     mkfs_fails(&["-b", "256M", "-m", "raid1", &i("a")], "needs at least 2 devices");
     mkfs_fails(&["-b", "256M", "-d", "raid10", &i("a"), &i("b")], "needs at least 4 devices");
-    mkfs_fails(&["-b", "256M", "--csum", "md5", &i("a")], "unknown checksum");
+    mkfs_fails(&["-b", "256M", "--csum", "md5", &i("a")], "invalid value 'md5' for '--csum <TYPE>'");
     mkfs_fails(&["-b", "256M", "-O", "frobnicate", &i("a")], "unknown feature");
     mkfs_fails(&["-b", "256M", "-r", &i("no-such-dir"), &i("a")], "no-such-dir");
 }
