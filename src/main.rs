@@ -771,28 +771,35 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out, "UUID:               {}", s.fsid)?;
     writeln!(out, "Node size:          {}", s.nodesize)?;
     writeln!(out, "Sector size:        {}", s.sectorsize)?;
-    writeln!(out, "Filesystem size:    {}", s.total_bytes)?;
+    // mkfs.btrfs's summary, in its units (--json has the bytes).
+    let size = btrs::ops::filesystem::pretty_size;
+    writeln!(out, "Filesystem size:    {}", size(s.total_bytes))?;
     writeln!(out, "Block group profiles:")?;
-    let mut kinds: Vec<(&str, &str, u64, usize)> = Vec::new();
-    for c in &s.chunks {
-        match kinds.iter_mut().find(|k| k.0 == c.kind) {
-            Some(k) => {
-                k.2 += c.length;
-                k.3 += 1;
+    let mut kinds: Vec<(&str, &str, u64)> = Vec::new();
+    for kind in ["data", "metadata", "system"] {
+        for c in s.chunks.iter().filter(|c| c.kind == kind) {
+            match kinds.iter_mut().find(|k| k.0 == c.kind) {
+                Some(k) => k.2 += c.length,
+                None => kinds.push((c.kind, c.profile.as_str(), c.length)),
             }
-            None => kinds.push((c.kind, c.profile.as_str(), c.length, 1)),
         }
     }
-    for (kind, profile, len, n) in kinds {
-        writeln!(out, "  {kind:<10} {profile:<8} {len:>14} bytes in {n} chunk(s)")?;
+    for (kind, profile, len) in kinds {
+        let kind = format!("{}{}:", kind[..1].to_ascii_uppercase(), &kind[1..]);
+        let profile = btrs::format::Profile::from_name(profile).map_or(profile.to_string(), |p| p.flags_name());
+        writeln!(out, "  {kind:<18}{profile:<8}{:>17}", size(len))?;
     }
-    writeln!(out, "Features:           {}", s.features.join(", "))?;
+    let runtime = ["free-space-tree", "quota"];
+    let (rt, incompat): (Vec<&str>, Vec<&str>) = s.features.iter().copied().partition(|f| runtime.contains(f));
+    let join = |v: &[&str]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
+    writeln!(out, "Incompat features:  {}", join(&incompat))?;
+    writeln!(out, "Runtime features:   {}", join(&rt))?;
     writeln!(out, "Checksum:           {}", s.csum)?;
     writeln!(out, "Number of devices:  {}", s.devices.len())?;
     writeln!(out, "Devices:")?;
     writeln!(out, "   ID        SIZE  PATH")?;
     for d in &s.devices {
-        writeln!(out, "  {:>3}  {:>10}  {}", d.devid, d.size, d.path)?;
+        writeln!(out, "{:>5}{:>12}  {}", d.devid, size(d.size), d.path)?;
     }
     if let Some(r) = &s.rootdir {
         writeln!(

@@ -619,3 +619,29 @@ fn an_existing_file_is_cut_only_with_force() {
     common::ok(&["mkfs", "-f", "-b", "100M", img.to_str().unwrap()]);
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 100 << 20);
 }
+
+/// The summary speaks mkfs.btrfs's layout and units: every line of
+/// mkfs.btrfs's summary for the same options is btrs's too, but the ones
+/// that differ on purpose (the UUID; the data chunk, which btrs sizes
+/// otherwise; SSD and zoned detection, which an image file has not).
+#[test]
+fn summary_speaks_mkfs_btrfs_units() {
+    let test = "summary_speaks_mkfs_btrfs_units";
+    let tmp = tempfile::tempdir().unwrap();
+    let mine = tmp.path().join("mine.img");
+    let (code, out, err) = btrs(&["mkfs", "-b", "256M", "-L", "lbl", mine.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Filesystem size:    256.00MiB\n"), "{out}");
+    assert!(out.contains("  Metadata:         DUP              32.00MiB\n"), "{out}");
+    if !common::interop::progs_for(test, false) {
+        return;
+    }
+    let theirs = tmp.path().join("theirs.img");
+    fs::File::create(&theirs).unwrap().set_len(256 << 20).unwrap();
+    let progs = must(Command::new("mkfs.btrfs").args(["-f", "-L", "lbl"]).arg(&theirs));
+    let skip = |l: &&str| ["UUID:", "SSD detected:", "Zoned device:", "  Data:"].iter().any(|p| l.starts_with(p)) || l.is_empty();
+    let summary = |t: &str, img: &Path| -> Vec<String> {
+        t.lines().skip_while(|l| !l.starts_with("Label:")).filter(|l| !skip(l)).map(|l| l.replace(img.to_str().unwrap(), "IMG")).collect()
+    };
+    assert_eq!(summary(&out.replace(mine.to_str().unwrap(), "IMG"), &mine), summary(&progs, &theirs));
+}
