@@ -774,6 +774,15 @@ fn truncate_size(s: &str) -> Result<crate::ops::write::TruncateSize, String> {
     crate::ops::coreutils::parse_truncate_size(s)
 }
 
+/// `write --offset`: a size as mkfs sizes are written, at most 2^63-1.
+fn file_offset(s: &str) -> Result<u64, String> {
+    match crate::ops::mkfs::parse_size(s) {
+        Ok(n) if n <= crate::format::limits::MAX_FILE_SIZE => Ok(n),
+        Ok(n) => Err(format!("offset {n} is past the largest file size (2^63-1)")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A size as mkfs sizes are written (bytes, or K, M, G...).
 fn size_arg(s: &str) -> Result<u64, String> {
     crate::ops::mkfs::parse_size(s).map_err(|e| e.to_string())
@@ -826,8 +835,9 @@ pub struct WriteArgs {
     /// Read the bytes from this host file ("-" or absent: standard input).
     #[arg(long, value_name = "FILE")]
     pub from: Option<PathBuf>,
-    /// Byte offset to write at (below 2^63, the largest file size).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
+    /// Byte offset to write at (below 2^63, the largest file size): bytes,
+    /// with a suffix (K, M, G...: powers of 1024) or in hex (0x1000).
+    #[arg(long, default_value = "0", value_parser = file_offset)]
     pub offset: u64,
     /// Cut the file at --offset first, so it ends with the new bytes.
     #[arg(long)]

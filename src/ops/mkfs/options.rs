@@ -247,6 +247,10 @@ pub fn parse_inode_flags(s: &str) -> Result<(PathBuf, u64)> {
 /// Parse a size with an optional K/M/G/T/P/E suffix (binary units), e.g. `1G`, `512M`, `4096`.
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
+    // 0x…: a byte count in hex, no suffix (as offsets are often written).
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).map_err(|_| Error::Invalid(format!("bad size {s:?}")));
+    }
     let t = t.strip_suffix(['b', 'B']).filter(|x| x.ends_with(|c: char| c.is_ascii_alphabetic())).unwrap_or(t);
     let t = t.strip_suffix("i").or_else(|| t.strip_suffix("I")).unwrap_or(t);
     let (num, mult) = match t.char_indices().last() {
@@ -329,6 +333,11 @@ mod tests {
     #[test]
     fn sizes_parse() {
         assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("0x1000").unwrap(), 4096);
+        assert_eq!(parse_size("0XfFfF").unwrap(), 65535);
+        assert!(parse_size("0x").is_err());
+        assert!(parse_size("0x1G").is_err());
+        assert!(parse_size("0x10000000000000000").is_err());
         assert_eq!(parse_size("1G").unwrap(), GIB);
         assert_eq!(parse_size("512m").unwrap(), 512 * MIB);
         assert_eq!(parse_size("2KiB").unwrap(), 2048);
