@@ -406,29 +406,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             warn_all(btrs::ops::write::touch(&wopts(&set, &a.image), &a.paths, &change, a.no_create)?)
         }
         Command::Truncate(a) => warn_all(btrs::ops::write::truncate(&wopts(&set, &a.image), &a.paths, a.size, a.no_create)?),
+        // As coreutils: each path on its own, a bad one named and the rest
+        // printed; exit 1 when any failed.
         Command::Stat(a) => {
             let fs = open(&set, &a.image)?;
             let mut all = Vec::with_capacity(a.paths.len());
+            let mut failed = false;
             for p in &a.paths {
-                all.push(btrs::ops::stat::stat(&fs, p).with_context(|| format!("cannot stat {p}"))?);
+                match btrs::ops::stat::stat(&fs, p) {
+                    Ok(s) if a.json => all.push(s),
+                    Ok(s) => btrs::ops::stat::print_stat(&s, &mut out)?,
+                    Err(e) => {
+                        say!("btrs: error: cannot stat {p}: {e}");
+                        failed = true;
+                    }
+                }
             }
             if a.json {
                 json(&mut out, &all)?;
-            } else {
-                for s in &all {
-                    btrs::ops::stat::print_stat(s, &mut out)?;
-                }
             }
             print_warnings(&fs);
+            if failed {
+                out.flush()?;
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Readlink(a) => {
             let fs = open(&set, &a.image)?;
+            let mut failed = false;
             for p in &a.paths {
-                let t = btrs::ops::stat::readlink(&fs, p)?;
-                out.write_all(&t)?;
-                out.write_all(b"\n")?;
+                match btrs::ops::stat::readlink(&fs, p) {
+                    Ok(t) => {
+                        out.write_all(&t)?;
+                        out.write_all(b"\n")?;
+                    }
+                    Err(e) => {
+                        say!("btrs: error: {e}");
+                        failed = true;
+                    }
+                }
             }
             print_warnings(&fs);
+            if failed {
+                out.flush()?;
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Getfattr(a) => {
             if !getfattr(&set, a, &mut out)? {

@@ -61,6 +61,9 @@ fn habits_give_the_exit_status_and_output_users_expect() {
         (vec!["stat", i, "/f1/"], 1, Err("not a directory")),
         (vec!["readlink", i, "/l"], 0, OutIs("f1\n")),
         (vec!["readlink", i, "/f1"], 1, Err("not a symbolic link")),
+        // Each path on its own, as coreutils: the good ones printed, exit 1.
+        (vec!["readlink", i, "/f1", "/l"], 1, OutIs("f1\n")),
+        (vec!["stat", i, "/missing", "/f1"], 1, Out("  File: /f1\n")),
         (vec!["getfattr", "-d", i, "/f1"], 0, OutIs("# file: f1\nuser.k=\"v\"\n\n")),
         (vec!["getfattr", "-n", "user.k", "-e", "hex", i, "/f1"], 0, OutIs("# file: f1\nuser.k=0x76\n\n")),
         (vec!["getfattr", "--only-values", "-n", "user.k", i, "/f1"], 0, OutIs("v")),
