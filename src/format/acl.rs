@@ -155,7 +155,6 @@ pub fn create_masq(entries: &mut [AclEntry], mode: u32) -> (u32, bool) {
     let mut group_obj = None;
     let mut mask = None;
     for (i, e) in entries.iter_mut().enumerate() {
-        let p = u32::from(e.perm);
         match e.tag {
             ACL_USER_OBJ => {
                 e.perm &= u16::try_from((mode >> 6) & 7).unwrap_or(0);
@@ -173,7 +172,6 @@ pub fn create_masq(entries: &mut [AclEntry], mode: u32) -> (u32, bool) {
             }
             _ => {}
         }
-        let _ = p;
     }
     if let Some(i) = mask.or(group_obj) {
         if let Some(e) = entries.get_mut(i) {

@@ -503,6 +503,25 @@ impl Filesystem {
             .collect()
     }
 
+    /// Every block group item, from the block group tree when the
+    /// filesystem has one, else the extent tree: (chunk start, length,
+    /// the item).
+    pub(crate) fn block_groups(&self) -> Result<Vec<(u64, u64, BlockGroupItem)>> {
+        let tree = if self.sb.has_compat_ro(COMPAT_RO_BLOCK_GROUP_TREE) { BLOCK_GROUP_TREE_OBJECTID } else { EXTENT_TREE_OBJECTID };
+        let root = self.tree_root(tree)?;
+        let mut out = Vec::new();
+        let mut c = self.reader.seek(&root, Key::new(0, BLOCK_GROUP_ITEM_KEY, 0))?;
+        while let Some(item) = c.next_item()? {
+            if item.key.item_type != BLOCK_GROUP_ITEM_KEY {
+                continue;
+            }
+            let (bg, _) = items::read_prefix::<BlockGroupItem>(item.data(), "block group item")
+                .map_err(|e| e.within(format!("block group {}", item.key)))?;
+            out.push((item.key.objectid, item.key.offset, bg));
+        }
+        Ok(out)
+    }
+
     /// Every device the chunk tree lists: devid → its dev item.
     pub(crate) fn dev_items(&self) -> Result<BTreeMap<u64, DevItem>> {
         let root = self.tree_root(CHUNK_TREE_OBJECTID)?;

@@ -357,9 +357,12 @@ fn regression_stubs_of_nested_subvolumes_in_a_snapshot_are_told_apart() {
 /// tree's last snapshot is now copied on write, as the kernel does.
 #[test]
 fn regression_nodatacow_overwrite_after_a_snapshot_is_copied_on_write() {
-    regression(
-        "raid10-crc32c-4k-btrs-holes",
-        "mkdir /f5/f7 p
+    regression("raid10-crc32c-4k-btrs-holes", &format!("{SNAPSHOT_THEN_NODATACOW_OVERWRITE}\ncheck"));
+}
+
+/// Lib soak seed 1402's ops up to the overwrite of the NODATACOW source
+/// after the snapshot (two regressions start with them).
+const SNAPSHOT_THEN_NODATACOW_OVERWRITE: &str = "mkdir /f5/f7 p
          put /f5/f7 seed=10070375742415779550
          write /f5/f7/h36/d7 off=9223372036854771711 len=4096 seed=15944123454954213528 p zstd
          write /f5/f7/put565/f0/c37 off=0 len=4097 seed=13110010529512198428 nocow bio=64
@@ -367,10 +370,7 @@ fn regression_nodatacow_overwrite_after_a_snapshot_is_copied_on_write() {
          mkdir /f5/f7/h36/e6
          mv /f5/f7/c4/c37 /f5/f7/c4/c13
          snapshot / /f5/f7/h36/e6/a20
-         write /f5/f7/c4/c13 off=2 len=744 seed=17974548800153945256 bio=4
-         check",
-    );
-}
+         write /f5/f7/c4/c13 off=2 len=744 seed=17974548800153945256 bio=4";
 
 /// The source and its snapshot both replaced a leaf they share within one
 /// transaction: the first replacement kept the block among the allocated
@@ -382,17 +382,11 @@ fn regression_nodatacow_overwrite_after_a_snapshot_is_copied_on_write() {
 fn regression_a_leaf_both_trees_replace_in_one_transaction_is_freed() {
     regression(
         "raid10-crc32c-4k-btrs-holes",
-        "mkdir /f5/f7 p
-         put /f5/f7 seed=10070375742415779550
-         write /f5/f7/h36/d7 off=9223372036854771711 len=4096 seed=15944123454954213528 p zstd
-         write /f5/f7/put565/f0/c37 off=0 len=4097 seed=13110010529512198428 nocow bio=64
-         mv /f5/f7/put565/f0 /f5/f7/c4
-         mkdir /f5/f7/h36/e6
-         mv /f5/f7/c4/c37 /f5/f7/c4/c13
-         snapshot / /f5/f7/h36/e6/a20
-         write /f5/f7/c4/c13 off=2 len=744 seed=17974548800153945256 bio=4
-         write /f5/f7/h36/e6/a20/f5/f7/c4/c13 off=16791 len=983 seed=3947006314056489826 trunc bio=4
-         check",
+        &format!(
+            "{SNAPSHOT_THEN_NODATACOW_OVERWRITE}
+             write /f5/f7/h36/e6/a20/f5/f7/c4/c13 off=16791 len=983 seed=3947006314056489826 trunc bio=4
+             check"
+        ),
     );
 }
 

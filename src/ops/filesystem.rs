@@ -6,7 +6,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::read_prefix;
 use crate::format::types::uuid_string;
 use crate::format::*;
@@ -99,35 +99,56 @@ pub struct DfRow {
 /// mixed), then by its RAID index (raid10, raid1, dup, raid0, single,
 /// raid5, raid6, raid1c3, raid1c4), as the SPACE_INFO ioctl returns them.
 pub fn df(fs: &Filesystem) -> Result<Vec<DfRow>> {
-    let tree = if fs.sb.has_compat_ro(COMPAT_RO_BLOCK_GROUP_TREE) { BLOCK_GROUP_TREE_OBJECTID } else { EXTENT_TREE_OBJECTID };
-    let root = fs.tree_root(tree)?;
+    df_rows(&classified(fs)?)
+}
+
+/// Block groups as (chunk start, (type index, RAID index), length, used);
+/// type bits or profile bits no block group can have are errors.
+type Classified = Vec<(u64, (u8, u8), u64, u64)>;
+
+fn classified(fs: &Filesystem) -> Result<Classified> {
+    fs.block_groups()?
+        .into_iter()
+        .map(|(start, len, bg)| {
+            let at = || format!("block group {start} +{len}");
+            let flags = bg.flags.get();
+            let kind = match flags & BLOCK_GROUP_TYPE_MASK {
+                BLOCK_GROUP_DATA => 0,
+                BLOCK_GROUP_SYSTEM => 1,
+                BLOCK_GROUP_METADATA => 2,
+                x if x == BLOCK_GROUP_DATA | BLOCK_GROUP_METADATA => 3,
+                x => return Err(Error::corrupt(CorruptKind::ItemValue, at(), format!("type bits {x:#x}"))),
+            };
+            let profile = Profile::from_flags(flags)
+                .ok_or_else(|| Error::corrupt(CorruptKind::ItemValue, at(), format!("profile bits {flags:#x}")))?;
+            Ok((start, (kind, raid_index(profile)), len, bg.used.get()))
+        })
+        .collect()
+}
+
+/// Sums that numbers from an image can make overflow: an error naming what.
+fn add(a: u64, b: u64, what: &str) -> Result<u64> {
+    a.checked_add(b).ok_or_else(|| Error::corrupt(CorruptKind::ItemValue, what, "sizes overflow 64 bits"))
+}
+
+/// The sum of numbers from an image, an error when it overflows.
+fn sum(v: impl Iterator<Item = u64>, what: &str) -> Result<u64> {
+    let mut v = v;
+    v.try_fold(0u64, |a, b| add(a, b, what))
+}
+
+/// Type names by type index.
+const KINDS: [&str; 4] = ["Data", "System", "Metadata", "Data+Metadata"];
+
+fn df_rows(groups: &Classified) -> Result<Vec<DfRow>> {
     let mut sums: std::collections::BTreeMap<(u8, u8), (u64, u64)> = std::collections::BTreeMap::new();
-    let mut c = fs.reader.seek(&root, Key::new(0, BLOCK_GROUP_ITEM_KEY, 0))?;
-    while let Some(item) = c.next_item()? {
-        if item.key.item_type != BLOCK_GROUP_ITEM_KEY {
-            continue;
-        }
-        let at = || format!("block group {}", item.key);
-        let (bg, _) = read_prefix::<BlockGroupItem>(item.data(), "block group item").map_err(|e| e.within(at()))?;
-        let flags = bg.flags.get();
-        let kind = match flags & BLOCK_GROUP_TYPE_MASK {
-            BLOCK_GROUP_DATA => 0,
-            BLOCK_GROUP_SYSTEM => 1,
-            BLOCK_GROUP_METADATA => 2,
-            x if x == BLOCK_GROUP_DATA | BLOCK_GROUP_METADATA => 3,
-            x => return Err(Error::corrupt(crate::error::CorruptKind::ItemValue, at(), format!("type bits {x:#x}"))),
-        };
-        let profile = Profile::from_flags(flags)
-            .ok_or_else(|| Error::corrupt(crate::error::CorruptKind::ItemValue, at(), format!("profile bits {flags:#x}")))?;
-        let e = sums.entry((kind, raid_index(profile))).or_default();
-        e.0 =
-            e.0.checked_add(item.key.offset).ok_or_else(|| Error::corrupt(crate::error::CorruptKind::ItemValue, at(), "sizes overflow"))?;
-        e.1 = e.1.checked_add(bg.used.get()).ok_or_else(|| Error::corrupt(crate::error::CorruptKind::ItemValue, at(), "sizes overflow"))?;
+    for &(_, class, len, used) in groups {
+        let e = sums.entry(class).or_default();
+        *e = (add(e.0, len, "block groups")?, add(e.1, used, "block groups")?);
     }
-    let kinds = ["Data", "System", "Metadata", "Data+Metadata"];
     Ok(sums
         .into_iter()
-        .map(|((k, r), (total, used))| DfRow { kind: kinds[usize::from(k)], profile: RAID_NAMES[usize::from(r)], total, used })
+        .map(|((k, r), (total, used))| DfRow { kind: KINDS[usize::from(k)], profile: RAID_NAMES[usize::from(r)], total, used })
         .collect())
 }
 
@@ -198,19 +219,9 @@ pub fn usage(fs: &Filesystem) -> Result<Usage> {
     let name = |devid: u64| {
         shown.devices.iter().find(|d| d.devid == devid).and_then(|d| d.path.clone()).unwrap_or_else(|| format!("devid {devid}"))
     };
-    // Chunk start -> (type index, profile) from the block groups.
-    let tree = if fs.sb.has_compat_ro(COMPAT_RO_BLOCK_GROUP_TREE) { BLOCK_GROUP_TREE_OBJECTID } else { EXTENT_TREE_OBJECTID };
-    let root = fs.tree_root(tree)?;
-    let mut of_chunk = std::collections::BTreeMap::new();
-    let mut c = fs.reader.seek(&root, Key::new(0, BLOCK_GROUP_ITEM_KEY, 0))?;
-    while let Some(item) = c.next_item()? {
-        if item.key.item_type == BLOCK_GROUP_ITEM_KEY {
-            let (bg, _) = read_prefix::<BlockGroupItem>(item.data(), "block group item")
-                .map_err(|e| e.within(format!("block group {}", item.key)))?;
-            of_chunk.insert(item.key.objectid, bg.flags.get());
-        }
-    }
-    let rows = df(fs)?;
+    let groups = classified(fs)?;
+    let rows = df_rows(&groups)?;
+    let of_chunk: std::collections::BTreeMap<u64, (u8, u8)> = groups.iter().map(|&(start, class, _, _)| (start, class)).collect();
     // Per (kind, profile): device -> bytes.
     let mut per_dev: std::collections::BTreeMap<(&'static str, &'static str), std::collections::BTreeMap<u64, u64>> = Default::default();
     let mut allocated: std::collections::BTreeMap<u64, u64> = Default::default();
@@ -222,50 +233,44 @@ pub fn usage(fs: &Filesystem) -> Result<Usage> {
         }
         let at = || format!("dev extent {}", item.key);
         let (de, _) = read_prefix::<DevExtent>(item.data(), "dev extent").map_err(|e| e.within(at()))?;
-        let flags = *of_chunk
+        let (k, r) = *of_chunk
             .get(&de.chunk_offset.get())
-            .ok_or_else(|| Error::corrupt(crate::error::CorruptKind::MissingItem, at(), "no block group for its chunk"))?;
-        let kind = ["Data", "System", "Metadata", "Data+Metadata"][usize::from(match flags & BLOCK_GROUP_TYPE_MASK {
-            BLOCK_GROUP_DATA => 0u8,
-            BLOCK_GROUP_SYSTEM => 1,
-            BLOCK_GROUP_METADATA => 2,
-            _ => 3,
-        })];
-        let profile = RAID_NAMES[usize::from(raid_index(Profile::from_flags(flags).unwrap_or(Profile::Single)))];
+            .ok_or_else(|| Error::corrupt(CorruptKind::MissingItem, at(), "no block group for its chunk"))?;
         let len = de.length.get();
-        *per_dev.entry((kind, profile)).or_default().entry(item.key.objectid).or_default() += len;
-        *allocated.entry(item.key.objectid).or_default() += len;
+        let on_dev = per_dev.entry((KINDS[usize::from(k)], RAID_NAMES[usize::from(r)])).or_default().entry(item.key.objectid).or_default();
+        *on_dev = add(*on_dev, len, "dev extents")?;
+        let all = allocated.entry(item.key.objectid).or_default();
+        *all = add(*all, len, "dev extents")?;
     }
-    let device_size: u64 = shown.devices.iter().map(|d| d.size).sum();
-    let device_missing: u64 = shown.devices.iter().filter(|d| d.path.is_none()).map(|d| d.size).sum();
-    let device_allocated: u64 = allocated.values().sum();
-    let ratio = |kind: &str| -> f64 {
-        let (raw, logical) = rows.iter().filter(|r| r.kind == kind || r.kind == "Data+Metadata").fold((0u64, 0u64), |(a, b), r| {
-            let on_disk: u64 = per_dev.get(&(r.kind, r.profile)).map_or(0, |m| m.values().sum());
-            (a + on_disk, b + r.total)
-        });
+    let device_size = sum(shown.devices.iter().map(|d| d.size), "device sizes")?;
+    let device_missing = sum(shown.devices.iter().filter(|d| d.path.is_none()).map(|d| d.size), "device sizes")?;
+    let device_allocated = sum(allocated.values().copied(), "dev extents")?;
+    // Bytes on the devices of each type and profile (all stripes).
+    let mut raw_of = std::collections::BTreeMap::new();
+    for (class, devs) in &per_dev {
+        raw_of.insert(*class, sum(devs.values().copied(), "dev extents")?);
+    }
+    let raw = |r: &DfRow| raw_of.get(&(r.kind, r.profile)).copied().unwrap_or(0);
+    // Bytes on the devices over logical bytes, mixed groups counting for both.
+    let ratio = |kind: &str| -> Result<f64> {
+        let mixed = |r: &&DfRow| r.kind == kind || r.kind == "Data+Metadata";
+        let on_disk = sum(rows.iter().filter(mixed).map(raw), "dev extents")?;
+        let logical = sum(rows.iter().filter(mixed).map(|r| r.total), "block groups")?;
         #[allow(clippy::cast_precision_loss, clippy::as_conversions)]
-        if logical == 0 {
-            0.0
-        } else {
-            raw as f64 / logical as f64
-        }
+        Ok(if logical == 0 { 0.0 } else { on_disk as f64 / logical as f64 })
     };
-    let (data_ratio, metadata_ratio) = (ratio("Data"), ratio("Metadata"));
+    let (data_ratio, metadata_ratio) = (ratio("Data")?, ratio("Metadata")?);
     let mut used = 0u64;
-    let mut groups = Vec::new();
+    let mut usage_groups = Vec::new();
     // progs' order: data, metadata, system.
     for kind in ["Data", "Data+Metadata", "Metadata", "System"] {
         for r in rows.iter().filter(|r| r.kind == kind) {
+            // Used bytes times the copies the profile keeps (on-disk over logical).
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::as_conversions)]
+            let on_disk = if r.total == 0 { r.used } else { (r.used as f64 * (raw(r) as f64 / r.total as f64)) as u64 };
+            used = add(used, on_disk, "used bytes")?;
             let devs = per_dev.get(&(r.kind, r.profile)).cloned().unwrap_or_default();
-            let raw: u64 = devs.values().sum();
-            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::as_conversions)]
-            let copies = if r.total == 0 { 1.0 } else { raw as f64 / r.total as f64 };
-            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::as_conversions)]
-            {
-                used += (r.used as f64 * copies) as u64;
-            }
-            groups.push(UsageGroup {
+            usage_groups.push(UsageGroup {
                 kind: r.kind,
                 profile: r.profile,
                 size: r.total,
@@ -275,7 +280,7 @@ pub fn usage(fs: &Filesystem) -> Result<Usage> {
         }
     }
     let device_unallocated = device_size.saturating_sub(device_allocated);
-    let data_free: u64 = rows.iter().filter(|r| r.kind == "Data").map(|r| r.total.saturating_sub(r.used)).sum();
+    let data_free = sum(rows.iter().filter(|r| r.kind == "Data").map(|r| r.total.saturating_sub(r.used)), "block groups")?;
     #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::as_conversions)]
     let at_ratio = |r: f64| if r > 0.0 { (device_unallocated as f64 / r) as u64 } else { device_unallocated };
     let max_ratio = data_ratio.max(metadata_ratio);
@@ -286,12 +291,12 @@ pub fn usage(fs: &Filesystem) -> Result<Usage> {
         device_unallocated,
         device_missing,
         used,
-        free_estimated: data_free + at_ratio(data_ratio),
-        free_estimated_min: data_free + at_ratio(max_ratio),
+        free_estimated: add(data_free, at_ratio(data_ratio), "free space")?,
+        free_estimated_min: add(data_free, at_ratio(max_ratio), "free space")?,
         data_ratio,
         metadata_ratio,
-        multiple_profiles: ["Data", "Metadata", "System", "Data+Metadata"].iter().any(|k| kinds_profiles(k) > 1),
-        groups,
+        multiple_profiles: KINDS.iter().any(|k| kinds_profiles(k) > 1),
+        groups: usage_groups,
         unallocated: shown
             .devices
             .iter()

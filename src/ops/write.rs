@@ -273,13 +273,7 @@ pub fn mkdir_mode(opts: &OpenOptions, path: &str, parents: bool, mode: Option<u3
         return Err(Error::Invalid(format!("mode {m:#o} has bits beyond 07777")));
     }
     let mut tx = begin(opts)?;
-    if parents && mode.is_some() && tx.resolve(path)?.is_none() {
-        let (dir, _) = split(path)?;
-        dir_at(&mut tx, &dir, true)?;
-        mkdir_in(&mut tx, path, false, mode)?;
-    } else {
-        mkdir_in(&mut tx, path, parents, mode)?;
-    }
+    mkdir_in(&mut tx, path, parents, mode)?;
     tx.commit_with_warnings()
 }
 
@@ -287,18 +281,19 @@ pub fn mkdir_mode(opts: &OpenOptions, path: &str, parents: bool, mode: Option<u3
 /// `*_in` command: on an error the caller drops the transaction, as the
 /// command does.
 pub(crate) fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool, mode: Option<u32>) -> Result<()> {
-    // -p on a directory that exists writes nothing: no matter that its
-    // subvolume is read-only (attacker's pass: `mkdir -p /ro-subvol` failed).
-    if parents && tx.resolve(path)?.is_some_and(|p| p.dir_type == FT_DIR) {
-        return Ok(());
-    }
     if parents {
-        dir_at(tx, path, true)?;
-    } else {
-        let (dir, name) = split(path)?;
-        let d = dir_at(tx, &dir, false)?;
-        tx.create(d.id, &name, S_IFDIR | mode.unwrap_or(0o755), 0)?;
+        match tx.resolve(path)? {
+            // -p on a directory that exists writes nothing: no matter that its
+            // subvolume is read-only (attacker's pass: `mkdir -p /ro-subvol` failed).
+            Some(p) if p.dir_type == FT_DIR => return Ok(()),
+            // Something else there: dir_at names it as the component that is not a directory.
+            Some(_) => return dir_at(tx, path, true).map(drop),
+            None => {}
+        }
     }
+    let (dir, name) = split(path)?;
+    let d = dir_at(tx, &dir, parents)?;
+    tx.create(d.id, &name, S_IFDIR | mode.unwrap_or(0o755), 0)?;
     Ok(())
 }
 

@@ -322,21 +322,9 @@ fn make_report(fs: &Filesystem, mut acc: Acc, block_groups: u64, started: Instan
     }
 }
 
-/// Block group items, from the block group tree when the filesystem has one.
+/// Block group items (see [`Filesystem::block_groups`]).
 fn block_groups(fs: &Filesystem) -> Result<Vec<BlockGroup>> {
-    let tree = if fs.sb.has_compat_ro(COMPAT_RO_BLOCK_GROUP_TREE) { BLOCK_GROUP_TREE_OBJECTID } else { EXTENT_TREE_OBJECTID };
-    let root = fs.tree_root(tree)?;
-    let mut out = Vec::new();
-    let mut c = fs.reader.seek(&root, Key::MIN)?;
-    while let Some(item) = c.next_item()? {
-        if item.key.item_type != BLOCK_GROUP_ITEM_KEY {
-            continue;
-        }
-        let (bg, _) =
-            read_prefix::<BlockGroupItem>(item.data(), "block group item").map_err(|e| e.within(format!("block group {}", item.key)))?;
-        out.push(BlockGroup { start: item.key.objectid, len: item.key.offset, used: bg.used.get() });
-    }
-    Ok(out)
+    Ok(fs.block_groups()?.into_iter().map(|(start, len, bg)| BlockGroup { start, len, used: bg.used.get() }).collect())
 }
 
 /// Bytes of a block group one worker takes at a time.
