@@ -487,6 +487,7 @@ fn mutated_metadata_never_crashes() {
                 let scratch = wdir.join("scratch");
                 run_btrs(&["ls", img, "/", "-R", "-l"], false, &scratch, &what, tally);
                 run_btrs(&["dump-tree", img], false, &scratch, &what, tally);
+                run_btrs(&["filesystem", "usage", img], false, &scratch, &what, tally);
                 run_btrs(&["scrub", img, "--readonly", "--json", "--no-progress", "--threads", "2"], true, &scratch, &what, tally);
                 // The expensive commands (every file, every byte written out) on 1 in 5 variants,
                 // to keep the whole test within ~3 minutes on 2 cores.
@@ -875,6 +876,9 @@ fn mutated_chunk_and_device_items_and_stale_devices_never_crash() {
                 run_btrs(&["ls", img, "/", "-R", "-l"], false, &scratch, &what, tally);
                 run_btrs(&["cat", img, "/a"], false, &scratch, &what, tally);
                 run_btrs(&["dump-tree", img, "--tree", "chunk"], false, &scratch, &what, tally);
+                // Sums of sizes from dev items and dev extents must not overflow into a panic.
+                run_btrs(&["filesystem", "usage", img], false, &scratch, &what, tally);
+                run_btrs(&["filesystem", "show", img], false, &scratch, &what, tally);
                 run_btrs(&["scrub", img, "--json", "--no-progress", "--threads", "2"], true, &scratch, &what, tally);
                 run_btrs(&["scrub", img, "--repair", "--json", "--no-progress", "--threads", "2"], true, &scratch, &what, tally);
                 run_btrs(&["write", img, "/c", "--from", src.to_str().unwrap()], false, &scratch, &what, tally);
@@ -892,7 +896,7 @@ fn mutated_chunk_and_device_items_and_stale_devices_never_crash() {
         t.failures.len(),
         started.elapsed()
     );
-    assert_eq!(t.runs, CD_VARIANTS * 7);
+    assert_eq!(t.runs, CD_VARIANTS * 9);
     assert!(t.clean_error + t.scrub_findings > CD_VARIANTS, "too few mutations detected");
     assert!(
         t.failures.is_empty(),
