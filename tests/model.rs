@@ -411,9 +411,13 @@ fn fixed(layout: &str, seed: u64, n: usize, check_every: usize) -> Option<Stats>
     Some(s)
 }
 
+/// Seed 107: its crash ops fall before commands long enough for the kill to
+/// land (4 or 5 kills a run here). Seed 101 came to have 2, both on quick
+/// commands, once chmod and chown joined the ops: in a busy full-suite run
+/// neither landed now and then, and the kill path went unchecked.
 #[test]
 fn model_cli_single_crc32c_btrs() {
-    if let Some(s) = fixed("single-crc32c-16k-btrs", 101, 400, 50) {
+    if let Some(s) = fixed("single-crc32c-16k-btrs", 107, 400, 50) {
         assert!(s.crashes > 0, "no command was killed: {s:?}");
     }
 }
