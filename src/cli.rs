@@ -70,8 +70,10 @@ pub enum Command {
     /// directory (followed, once: it is the caller's choice); nothing below DEST
     /// is ever reached through a symlink. The image's symlinks are made as
     /// symlinks and never followed, and a name that already exists on the host
-    /// is left alone, even a symlink pointing out of DEST, so nothing outside
-    /// DEST is created or changed, whatever the image holds.
+    /// is left alone (with --overwrite, removed and made again unless it is a
+    /// directory), even a symlink pointing out of DEST (--overwrite removes the
+    /// link itself), so nothing outside DEST is created or changed, whatever
+    /// the image holds.
     ///
     /// An entry that cannot be extracted (a name no host directory can hold,
     /// such as `..` or one with `/`; a name used twice in one directory or
@@ -300,7 +302,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct FixtureArgs {
     /// Fixture name, or `list`.
-    #[arg(value_name = "NAME|list")]
+    #[arg(value_name = "NAME|list", value_parser = fixture_names())]
     pub name: String,
     /// Directory to create (must be missing or empty); not used with `list`.
     #[arg(value_name = "DIR")]
@@ -417,8 +419,9 @@ pub struct ReplaceArgs {
 
 #[derive(Args, Debug)]
 pub struct ScrubArgs {
-    /// Any device of the filesystem.
-    pub image: PathBuf,
+    /// A device of the filesystem; more devices of it may follow (as --device).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
     /// Rewrite bad copies from good ones (opens the images for writing). A
     /// stale device (finding stale_device) is rebuilt from the current copies,
     /// its superblocks last, only once every copy it holds matches; its copies
@@ -451,6 +454,9 @@ pub struct ScrubArgs {
     /// rewritten.
     #[arg(long, conflicts_with = "readonly")]
     pub fix_csum: bool,
+    /// Every counter of every device, and sizes in bytes (progs' -R).
+    #[arg(short = 'R', long)]
+    pub raw: bool,
 }
 
 #[derive(Args, Debug)]
@@ -581,7 +587,7 @@ pub struct MkfsArgs {
     /// a file, or a directory or subvolume and everything beneath it) so, and
     /// `none:PATH` not at all; the longest matching PATH wins, then the form
     /// without PATH. A PATH that reads as a number needs a `./` prefix.
-    #[arg(long, value_name = "ALGO[:LEVEL][:PATH]", requires = "source")]
+    #[arg(long, value_name = "ALGO[:LEVEL][:PATH]", requires = "source", value_parser = compressions(true))]
     pub compress: Vec<String>,
     /// Inode flags for a --rootdir path (relative to it, also inside
     /// subvolumes): nodatacow (implies nodatasum) or nodatasum, comma
@@ -637,19 +643,68 @@ pub struct DumpSuperArgs {
     /// there with an error, as progs' does).
     #[arg(long)]
     pub force: bool,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text: an array with an object per copy printed (the same shape with or without --all).
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct DumpTreeArgs {
-    /// Any device of the filesystem.
-    pub image: PathBuf,
+    /// A device of the filesystem; more devices of it may follow (as --device).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
     /// Only this tree: a name (root, extent, chunk, dev, fs, csum, uuid, free-space, data-reloc,
     /// block-group, quota) or a tree / subvolume id.
     #[arg(short, long, value_name = "NAME|ID", value_parser = tree_id)]
     pub tree: Option<u64>,
+    /// Only the tree block at this logical address (of any tree and generation); repeatable.
+    #[arg(short = 'b', long = "block", value_name = "BYTENR", value_parser = block_number)]
+    pub blocks: Vec<u64>,
+    /// With -b: the blocks below it too.
+    #[arg(long, requires = "blocks")]
+    pub follow: bool,
+    /// Breadth first: a tree's blocks level by level, nodes before leaves (the default).
+    #[arg(long, overrides_with = "dfs")]
+    pub bfs: bool,
+    /// Depth first: each node followed by its children.
+    #[arg(long, overrides_with = "bfs")]
+    pub dfs: bool,
+    /// Only the extent and device trees' leaves.
+    #[arg(short = 'e', long)]
+    pub extents: bool,
+    /// Only the root, chunk and device trees (and the log root tree).
+    #[arg(short = 'd', long)]
+    pub device: bool,
+    /// Only each tree's root block and level.
+    #[arg(short = 'r', long)]
+    pub roots: bool,
+    /// As --roots, then the superblock's backup roots.
+    #[arg(short = 'R', long)]
+    pub backups: bool,
+    /// Only the uuid tree.
+    #[arg(short = 'u', long)]
+    pub uuid: bool,
+    /// Only the images named here: the image's directory is not searched for the other devices.
+    #[arg(long)]
+    pub noscan: bool,
+    /// File, xattr and subvolume names (and xattr values) print as HIDDEN.
+    #[arg(long)]
+    pub hide_names: bool,
+    /// Print each tree block's stored checksum.
+    #[arg(long)]
+    pub csum_headers: bool,
+    /// Print every data checksum of csum items.
+    #[arg(long)]
+    pub csum_items: bool,
+}
+
+/// A tree block's logical address: decimal or 0x hex.
+fn block_number(s: &str) -> Result<u64, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse::<u64>(),
+    };
+    parsed.map_err(|_| format!("{s:?} is not a block number (decimal or 0x hex)"))
 }
 
 /// A tree name or id, checked before any image is opened (exit 2 when it is neither).
@@ -677,6 +732,17 @@ pub struct LsArgs {
     /// Directory order (the order of creation) instead of sorting by name.
     #[arg(short = 'U')]
     pub unsorted: bool,
+    /// How names are printed, as ls's --quoting-style: literal (the default into a pipe or file),
+    /// shell-escape (the default on a terminal: quoted where a shell needs it, control characters
+    /// as $'\n'), escape (backslash escapes).
+    #[arg(long, value_name = "WORD", value_parser = ["literal", "shell-escape", "escape"], overrides_with_all = ["escape", "literal"])]
+    pub quoting_style: Option<String>,
+    /// Names with backslash escapes (--quoting-style=escape).
+    #[arg(short = 'b', long, overrides_with_all = ["quoting_style", "literal"])]
+    pub escape: bool,
+    /// Names as they are (--quoting-style=literal).
+    #[arg(short = 'N', long, overrides_with_all = ["quoting_style", "escape"])]
+    pub literal: bool,
     /// Print help (-h is --human-readable here, as in ls).
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -697,6 +763,10 @@ pub struct ExtractArgs {
     /// `[PATH] DEST`: the subtree to copy (default: everything) and where to put it on the host.
     #[arg(num_args = 1..=2, required = true, value_names = ["PATH", "DEST"])]
     pub paths: Vec<String>,
+    /// Replace files, symlinks and special files already on the host under the image's names
+    /// (a symlink is removed, never followed); directories are still merged into, never removed.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Args, Debug)]
@@ -733,6 +803,54 @@ fn profiles() -> clap::builder::PossibleValuesParser {
             .into_iter()
             .chain(["raid5", "raid6"].map(|p| V::new(p).hide(true))),
     )
+}
+
+/// A value whose first word completes from a list (shell completions offer
+/// them, help lists them) while the value may go on after a `:` (a level, a
+/// path); `strict`: the whole value must be one of them.
+#[derive(Clone)]
+struct Candidates {
+    values: Vec<&'static str>,
+    strict: bool,
+}
+
+impl clap::builder::TypedValueParser for Candidates {
+    type Value = String;
+
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<String, clap::Error> {
+        let s = value.to_str().ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidUtf8).with_cmd(cmd))?;
+        let head = if self.strict { s } else { s.split(':').next().unwrap_or(s) };
+        if !self.values.contains(&head) {
+            let mut e = clap::Error::new(clap::error::ErrorKind::InvalidValue).with_cmd(cmd);
+            use clap::error::{ContextKind, ContextValue};
+            e.insert(ContextKind::InvalidArg, ContextValue::String(arg.map_or_else(|| "VALUE".into(), |a| a.to_string())));
+            e.insert(ContextKind::InvalidValue, ContextValue::String(s.to_string()));
+            e.insert(ContextKind::ValidValue, ContextValue::Strings(self.values.iter().map(|v| v.to_string()).collect()));
+            return Err(e);
+        }
+        Ok(s.to_string())
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(self.values.iter().map(|v| clap::builder::PossibleValue::new(*v))))
+    }
+}
+
+/// The compressions the kernel has (a value may add `:LEVEL`, or `:PATH` for mkfs).
+fn compressions(with_none: bool) -> Candidates {
+    let mut values = vec!["zlib", "lzo", "zstd"];
+    if with_none {
+        values.push("none");
+    }
+    Candidates { values, strict: false }
+}
+
+/// Fixture names, group names and `list`.
+fn fixture_names() -> Candidates {
+    let mut values: Vec<&'static str> = crate::ops::fixture::list().into_iter().map(|(n, _)| n).collect();
+    values.extend(crate::ops::fixture::GROUPS.iter().map(|g| g.0));
+    values.push("list");
+    Candidates { values, strict: true }
 }
 
 /// The checksum names mkfs takes (with progs' aliases, hidden).
@@ -878,12 +996,12 @@ pub struct WriteArgs {
     /// nodatacow) are never compressed, and direct writes neither (refused
     /// with --direct).
     #[arg(long, value_name = "ALGO[:LEVEL]", num_args = 0..=1, require_equals = true, default_missing_value = "zlib",
-          conflicts_with_all = ["direct", "nodatasum", "nodatacow", "compress_force"])]
+          conflicts_with_all = ["direct", "nodatasum", "nodatacow", "compress_force"], value_parser = compressions(false))]
     pub compress: Option<String>,
     /// Like --compress, as the kernel's compress-force= does: every chunk is
     /// tried, also in files marked NOCOMPRESS, and none is marked.
     #[arg(long, value_name = "ALGO[:LEVEL]", num_args = 0..=1, require_equals = true, default_missing_value = "zlib",
-          conflicts_with_all = ["direct", "nodatasum", "nodatacow"])]
+          conflicts_with_all = ["direct", "nodatasum", "nodatacow"], value_parser = compressions(false))]
     pub compress_force: Option<String>,
     /// Make missing parent directories.
     #[arg(short = 'p', long)]
@@ -1364,7 +1482,7 @@ fn man_extras(name: &str) -> (&'static str, &'static [(&'static str, &'static st
             "0: printed. 1: unreadable, or a copy without the btrfs magic (unless --force), as progs. 2: a usage error.",
             &[
                 ("btrs dump-super -a disk.img", "every superblock copy with its checksum verdict"),
-                ("btrs dump-super --json disk.img | jq .generation", "one field"),
+                ("btrs dump-super --json disk.img | jq '.[0].generation'", "one field (the JSON is an array of the copies printed)"),
             ],
         ),
         "dump-tree" => (

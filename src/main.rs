@@ -30,7 +30,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let cli = Cli::parse_from(args);
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -42,6 +45,20 @@ fn main() -> ExitCode {
             ExitCode::from(if e.chain().any(|c| c.is::<Usage>()) { 2 } else { 1 })
         }
     }
+}
+
+/// clap's error, with its tip for an unknown option that might have been a
+/// value (`to pass '-R' as a value, use '-- -R'`) said as what it is: the
+/// option does not exist here, and only a path that starts with '-' goes
+/// after `--`.
+fn usage_error(e: clap::Error) -> ExitCode {
+    let text = e.render().to_string();
+    let Some(at) = text.find("  tip: to pass '") else { e.exit() };
+    let end = text[at..].find('\n').map_or(text.len(), |n| at + n);
+    let arg = text[at..end].split('\'').nth(1).unwrap_or("");
+    let tip = format!("  tip: {arg} is not an option of this command; a path or name that starts with '-' goes after '--' (`-- {arg}`)");
+    eprint!("{}{tip}{}", &text[..at], &text[end..]);
+    ExitCode::from(2)
 }
 
 /// An option value that does not parse: exit 2, like clap's usage errors.
@@ -155,15 +172,61 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             r?;
         }
         Command::DumpTree(a) => {
-            let fs = open(&set, &a.image)?;
-            let r = btrs::ops::dump::dump_tree(&mut out, &fs, a.tree);
+            let (image, more) = a.images.split_first().context("dump-tree needs an image")?;
+            let mut set = set;
+            set.devices.extend(more.iter().cloned());
+            if a.noscan && set.devices.is_empty() {
+                // Named devices are all that is opened; the image alone names itself.
+                set.devices.push(image.clone());
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for b in &a.blocks {
+                if !seen.insert(*b) {
+                    say!("btrs: warning: tree block bytenr {b} is given twice, printed once");
+                }
+            }
+            let fs = open(&set, image)?;
+            let opts = btrs::ops::dump::DumpTreeOptions {
+                tree: a.tree,
+                blocks: a.blocks,
+                follow: a.follow,
+                order: if a.dfs { btrs::ops::dump::Traversal::DepthFirst } else { btrs::ops::dump::Traversal::BreadthFirst },
+                extents_only: a.extents,
+                device_only: a.device,
+                uuid_only: a.uuid,
+                roots_only: a.roots || a.backups,
+                backups: a.backups,
+                csum_headers: a.csum_headers,
+                csum_items: a.csum_items,
+                hide_names: a.hide_names,
+            };
+            let r = btrs::ops::dump::dump_tree_with(&mut out, &fs, &opts);
+            out.flush()?;
             print_warnings(&fs);
             r?;
         }
         Command::Ls(a) => {
+            use btrs::ops::quoting::Quoting;
+            // As ls: the last of -b, -N and --quoting-style counts (clap keeps
+            // only it); without them,
+            // shell-escape on a terminal, the bytes as they are elsewhere.
+            let quoting = match (a.quoting_style.as_deref(), a.escape, a.literal) {
+                (_, true, _) => Quoting::Escape,
+                (_, _, true) => Quoting::Literal,
+                (Some("escape"), ..) => Quoting::Escape,
+                (Some("shell-escape"), ..) => Quoting::ShellEscape,
+                (Some(_), ..) => Quoting::Literal,
+                (None, ..) if std::io::stdout().is_terminal() => Quoting::ShellEscape,
+                (None, ..) => Quoting::Literal,
+            };
             let fs = open(&set, &a.image)?;
-            let opts =
-                btrs::ops::listing::LsOptions { long: a.long, recursive: a.recursive, human: a.human_readable, unsorted: a.unsorted };
+            let opts = btrs::ops::listing::LsOptions {
+                long: a.long,
+                recursive: a.recursive,
+                human: a.human_readable,
+                unsorted: a.unsorted,
+                quoting,
+            };
             let r = btrs::ops::listing::ls(&fs, &a.path, &opts, &mut out);
             print_warnings(&fs);
             r?;
@@ -181,11 +244,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 [src, dest] => (src.as_str(), dest.as_str()),
                 _ => anyhow::bail!("extract takes [PATH] DEST"),
             };
-            let r = btrs::ops::extract::extract(&fs, src, std::path::Path::new(dest));
+            let r = btrs::ops::extract::extract_with(&fs, src, std::path::Path::new(dest), a.overwrite);
             print_warnings(&fs);
             let stats = r?;
-            for s in &stats.skipped {
+            // The same warning for every file (owners without root) would
+            // bury the rest: the first few, then a count.
+            const WARNED: usize = 5;
+            for s in stats.skipped.iter().take(WARNED) {
                 say!("btrs: warning: not applied: {s}");
+            }
+            if stats.skips > WARNED as u64 {
+                say!("btrs: warning: ... and {} more not applied", stats.skips - WARNED as u64);
             }
             say!(
                 "extracted {} files ({} bytes), {} directories, {} symlinks, {} special files, {} hardlinks",
@@ -210,7 +279,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Scrub(a) => {
-            let open = set.options(&a.image, false);
+            let (image, more) = a.images.split_first().context("scrub needs an image")?;
+            let mut set = set;
+            set.devices.extend(more.iter().cloned());
+            let open = set.options(image, false);
             let opts = btrs::ops::scrub::ScrubOptions {
                 repair: a.repair,
                 prefer_mirror: a.prefer_mirror.map(|n| n as usize),
@@ -218,14 +290,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 progress: !a.no_progress,
                 fix_csum: a.fix_csum,
             };
-            let report = btrs::ops::scrub::scrub(&open, &opts).with_context(|| format!("cannot scrub {}", a.image.display()))?;
+            let report = match btrs::ops::scrub::scrub(&open, &opts) {
+                // Known only once the images are open, but the caller's mistake all the same.
+                Err(btrs::Error::Invalid(m)) if m.starts_with("--prefer-mirror") => return Err(anyhow::Error::new(Usage(m))),
+                r => r.with_context(|| format!("cannot scrub {}", image.display()))?,
+            };
             for w in &report.warnings {
                 say!("btrs: warning: {w}");
             }
             if a.json {
                 report.write_json(&mut out)?;
             } else {
-                report.write_text(&mut out)?;
+                report.write_text(&mut out, a.raw)?;
             }
             out.flush()?;
             // 3: something wrong remains on the images (like btrfs scrub's uncorrectable errors).

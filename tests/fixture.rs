@@ -90,7 +90,8 @@ fn list_names_every_fixture_and_bad_requests_fail_cleanly() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let d = tmp.path().join("x");
     let (code, out, err) = btrs(&["fixture", "no-such-fixture", d.to_str().expect("utf-8")]);
-    assert_eq!(code, 1, "unknown fixture: {out}{err}");
+    // A usage error: the name is checked against the list before anything else.
+    assert_eq!(code, 2, "unknown fixture: {out}{err}");
     assert!(err.contains("no-such-fixture") && !err.contains("panicked"), "{err}");
     assert!(!d.exists(), "nothing is created for an unknown name");
     // A non-empty DIR is refused and left alone.

@@ -1326,7 +1326,7 @@ fn file_data_is_copied_file_to_file() {
     let (c2, w2) = copied(&["-f", "-d", "raid1", "-m", "raid1", "--rootdir-tar", s(&tar)], &pair);
     assert!(c2 > c, "RAID1 from tar: {c2} bytes copied");
     assert!(c2 + w2 >= 2 * stored, "{c2} + {w2} < 2 × {stored}");
-    let (code, out, err) = btrs(&["scrub", s(&pair[0]), "--device", s(&pair[1])], &[]);
+    let (code, out, err) = btrs(&["scrub", "-R", s(&pair[0]), "--device", s(&pair[1])], &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.matches("mirror_mismatches: 0").count(), 2, "{out}");
     assert!(out.contains("data_bytes_scrubbed: ") && !out.contains("data_bytes_scrubbed: 0\n"), "{out}");

@@ -250,6 +250,66 @@ fn progs_test_images() {
     assert!(t.failures.is_empty(), "{} failures:\n{}", t.failures.len(), t.failures.join("\n---\n"));
 }
 
+/// On an image `btrfs check` accepts, `btrs dump-tree` prints what
+/// `btrfs inspect-internal dump-tree` prints (its banner line aside), in
+/// each traversal and selection tried: the difference, else None. Two
+/// differences are btrfs-progs' own and left out: a time whose year does not
+/// fit an int prints with whatever month and day glibc left unset, and a
+/// tree block that cannot be read (a partly dropped snapshot's freed blocks)
+/// ends progs' breadth-first dump of its tree silently, where btrs names it
+/// and goes on.
+fn dump_tree_differs(img: &Path, work: &Path) -> Option<String> {
+    for args in [&[][..], &["--dfs"], &["-e"], &["-d"], &["-R"], &["--csum-headers", "--csum-items", "-t", "csum"]] {
+        let (st, want, progs_err) = run_bounded(
+            Command::new("btrfs").env("TZ", "UTC").args(["inspect-internal", "dump-tree"]).args(args).arg(img),
+            work,
+            TIME_LIMIT,
+        );
+        if !st.is_some_and(|s| s.success()) {
+            return Some(format!("btrfs dump-tree {args:?} failed on an image btrfs check accepts"));
+        }
+        let unreadable = progs_err.contains("failed to read") || progs_err.contains("verify failed");
+        if unreadable && !args.contains(&"--dfs") && !args.contains(&"-e") {
+            continue;
+        }
+        let want = normal_dump(want.split_once('\n').map_or("", |(_, rest)| rest));
+        let (st, got, err) = run_bounded(Command::new(env!("CARGO_BIN_EXE_btrs")).arg("dump-tree").args(args).arg(img), work, TIME_LIMIT);
+        if !st.is_some_and(|s| s.success()) {
+            return Some(format!("btrs dump-tree {args:?}: {err}"));
+        }
+        let got = normal_dump(&got);
+        if got != want {
+            let line = got.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(0);
+            return Some(format!(
+                "btrs dump-tree {args:?} differs from progs at line {}: {:?} / {:?}",
+                line + 1,
+                got.lines().nth(line),
+                want.lines().nth(line)
+            ));
+        }
+    }
+    None
+}
+
+/// A dump without btrs's lines naming unreadable blocks, and with dates
+/// of years beyond four digits (either side's) as `(out of range)`.
+fn normal_dump(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines().filter(|l| !l.starts_with("ERROR: failed to read tree block")) {
+        let date = line.trim_start().split_once("time ").and_then(|(_, rest)| rest.split_once(" (")).map(|(_, d)| d);
+        let year_len = date.map_or(0, |d| d.trim_start_matches('-').split('-').next().unwrap_or("").len());
+        match (date, line.rfind(" (")) {
+            (Some(_), Some(at)) if year_len > 4 => {
+                out.push_str(&line[..at]);
+                out.push_str(" (out of range)");
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Damaged images the installed `btrfs check` (v6.2) passes: btrs must still fail cleanly.
 const KNOWN_DAMAGED: &[(&str, &str)] = &[("067-dupe-filename", "two directory entries with one name; newer btrfs check versions flag it")];
 
@@ -293,6 +353,11 @@ fn check_one(src: &Path, name: &str, work: &Path) -> Outcome {
         }
         if args[0] == "extract" && code != Some(0) {
             extract_err = Some(err);
+        }
+    }
+    if accepted {
+        if let Some(e) = dump_tree_differs(&img, work) {
+            return Outcome::Failed(true, e);
         }
     }
     match (accepted, extract_err) {

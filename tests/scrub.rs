@@ -478,7 +478,7 @@ fn repair_and_fix_csum_refuse_readonly() {
     let (code, _, stderr) = btrs(&["scrub", "--no-progress", img, "--fix-csum"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(std::fs::read(img).unwrap() == before, "--fix-csum changed a clean image");
-    let (code, stdout, _) = btrs(&["scrub", "--no-progress", img]);
+    let (code, stdout, _) = btrs(&["scrub", "--no-progress", "-R", img]);
     assert_eq!(code, 0);
     assert!(stdout.contains("data_bytes_scrubbed:") && stdout.contains("no errors found"), "{stdout}");
 }
@@ -1108,4 +1108,83 @@ fn fix_csum_on_a_kernel_made_image() {
     m.umount();
     let got = got.expect("the kernel reads data/a after --fix-csum");
     assert!(got == want, "the kernel's read of data/a differs from the bytes on disk");
+}
+
+/// The text report counts findings by the kinds its lines name and by what
+/// would fix them, names the option in a hint, takes the set's images as
+/// positionals, prints every counter only with -R, and reads a missing
+/// device as one line; `--prefer-mirror` past the copies there are is a
+/// usage error.
+#[test]
+fn text_report_says_what_would_fix_each_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let imgs = [d.join("a.img"), d.join("b.img")];
+    let (c, _, err) = btrs(&["mkfs", "-b", "300M", "-d", "raid1", "-m", "raid1", imgs[0].to_str().unwrap(), imgs[1].to_str().unwrap()]);
+    assert_eq!(c, 0, "{err}");
+    let src = d.join("src");
+    std::fs::write(&src, pattern(7, 64 << 10)).unwrap();
+    for (name, extra) in [("/sum", None), ("/raw", Some("--nodatasum"))] {
+        let mut args = vec!["write", imgs[0].to_str().unwrap(), name, "--from", src.to_str().unwrap()];
+        args.extend(extra);
+        let (c, _, err) = btrs(&args);
+        assert_eq!(c, 0, "{err}");
+    }
+    let (sum, _) = file_extent(&imgs[0], "5", "sum");
+    let (raw, _) = file_extent(&imgs[0], "5", "raw");
+    flip(&imgs[1], physical(&imgs[0], sum, 2, 0) + 10);
+    for devid in [1, 2] {
+        flip(&imgs[devid as usize - 1], physical(&imgs[0], sum + 4096, devid, 0) + 10);
+    }
+    flip(&imgs[1], physical(&imgs[0], raw, 2, 0) + 10);
+    // Elsewhere than b.img's directory: found only because it is named.
+    let apart = d.join("apart");
+    std::fs::create_dir(&apart).unwrap();
+    let b = apart.join("b.img");
+    std::fs::rename(&imgs[1], &b).unwrap();
+    let (a, b) = (imgs[0].to_str().unwrap(), b.to_str().unwrap());
+
+    let (code, out, err) = btrs(&["scrub", "--no-progress", a, b]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("Error summary:    csum=1 csum_all_copies=2 mirror_mismatch=2\n"), "{out}");
+    assert!(out.contains("  Corrected:      0\n"), "{out}");
+    assert!(out.contains("  Repairable:     5 (1 by --repair, 2 by --prefer-mirror, 2 by --fix-csum)\n"), "{out}");
+    assert!(out.contains("  Uncorrectable:  0\n"), "{out}");
+    assert!(out.contains("hint: `btrs scrub --repair` rewrites 1 of these from good copies\n"), "{out}");
+    assert!(out.contains("`btrs scrub --repair --prefer-mirror N` keeps copy N"), "{out}");
+    assert!(out.contains("`btrs scrub --fix-csum` rewrites the checksums"), "{out}");
+    assert!(!out.contains("\tcsum_errors: "), "counters only with -R: {out}");
+    let (_, raw_out, _) = btrs(&["scrub", "--no-progress", "-R", a, b]);
+    assert_eq!(raw_out.matches("\tcsum_errors: ").count(), 2, "{raw_out}");
+    assert!(raw_out.contains("Total scrubbed:   "), "{raw_out}");
+    let (_, json, _) = btrs(&["scrub", "--no-progress", "--json", a, b]);
+    let r: Value = serde_json::from_str(&json).unwrap();
+    let remedies: Vec<String> = findings(&r).iter().map(|f| f["remedy"].as_str().unwrap().to_string()).collect();
+    for want in ["repair", "prefer_mirror", "fix_csum"] {
+        assert!(remedies.iter().any(|r| r == want), "{remedies:?}");
+    }
+
+    let (code, _, err) = btrs(&["scrub", "--no-progress", "--prefer-mirror", "3", a, b]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--prefer-mirror 3: this filesystem keeps at most 2 copies"), "{err}");
+
+    // Each fix in turn: after the three, nothing is left.
+    for args in [&["--repair"][..], &["--repair", "--prefer-mirror", "1"], &["--fix-csum"]] {
+        let mut all = vec!["scrub", "--no-progress"];
+        all.extend_from_slice(args);
+        all.extend([a, b]);
+        let (code, out, err) = btrs(&all);
+        assert!(code == 0 || code == 3, "{args:?}: {out}{err}");
+    }
+    let (code, out, err) = btrs(&["scrub", "--no-progress", a, b]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Error summary:    no errors found"), "{out}");
+
+    // A missing device: one line for it, one finding, a hint to replace it.
+    let (code, out, err) = btrs(&["scrub", "--no-progress", "--degraded", a]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("devid 2 missing (degraded): not scrubbed\n"), "{out}");
+    assert!(out.contains("read: devid 2: missing (degraded): its copies were not scrubbed [not repaired]\n"), "{out}");
+    assert!(out.contains("hint: devid 2 is missing: `btrs replace` rebuilds it onto a new image\n"), "{out}");
+    assert!(!out.contains(" - "), "{out}");
 }

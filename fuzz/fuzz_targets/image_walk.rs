@@ -103,14 +103,25 @@ fn walk(path: &std::path::Path) {
     let opts = OpenOptions { image: path.to_path_buf(), ..Default::default() };
     let Ok(fs) = Filesystem::open(&opts) else { return };
     let mut sink = Vec::new();
-    let _ = btrs::ops::listing::ls(&fs, "/", &btrs::ops::listing::LsOptions { long: true, recursive: true, human: true, unsorted: false }, &mut sink);
+    let ls_opts = btrs::ops::listing::LsOptions {
+        long: true,
+        recursive: true,
+        human: true,
+        unsorted: false,
+        quoting: btrs::ops::quoting::Quoting::ShellEscape,
+    };
+    let _ = btrs::ops::listing::ls(&fs, "/", &ls_opts, &mut sink);
     let _ = btrs::ops::dump::dump_tree(&mut sink, &fs, None);
+    let dump_opts = btrs::ops::dump::DumpTreeOptions {
+        order: btrs::ops::dump::Traversal::DepthFirst,
+        extents_only: true,
+        csum_items: true,
+        ..Default::default()
+    };
+    let _ = btrs::ops::dump::dump_tree_with(&mut sink, &fs, &dump_opts);
     read_all(&fs, fs.root_dir(), 0);
     drop(fs);
-    let _ = btrs::ops::scrub::scrub(
-        &opts,
-        &btrs::ops::scrub::ScrubOptions { threads: 1, ..Default::default() },
-    );
+    let _ = btrs::ops::scrub::scrub(&opts, &btrs::ops::scrub::ScrubOptions { threads: 1, ..Default::default() });
 }
 
 /// Read every file's bytes, as `extract` does (without writing them anywhere).

@@ -34,7 +34,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = btrs::tree::checker::check_block(&b, &rules);
     let Ok(block) = TreeBlock::parse(LOGICAL, b, csum, &fsid, Expect::default()) else { return };
-    let ctx = DumpCtx { nodesize: nodesize as u32, sectorsize: 4096, csum_size: csum.size() };
+    // The optional printers (checksums, hidden names) from the selector byte's high bits.
+    let ctx = DumpCtx {
+        nodesize: nodesize as u32,
+        sectorsize: 4096,
+        csum_size: csum.size(),
+        csum_headers: sel & 0x20 != 0,
+        csum_items: sel & 0x40 != 0,
+        hide_names: sel & 0x80 != 0,
+    };
     let mut out = Vec::new();
     print_block(&mut out, &ctx, &block);
     for i in 0..block.nritems() {

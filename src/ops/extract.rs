@@ -43,8 +43,11 @@ pub struct ExtractStats {
     pub special: u64,
     pub hardlinks: u64,
     pub bytes: u64,
-    /// Things that could not be applied (e.g. ownership when not root).
+    /// Things that could not be applied (e.g. ownership when not root):
+    /// the first `MAX_LISTED` of them.
     pub skipped: Vec<String>,
+    /// How many there were in all.
+    pub skips: u64,
     /// Entries that could not be extracted (their subtree included).
     pub failures: u64,
     /// The first `MAX_LISTED` of them: "/image/path: why".
@@ -70,6 +73,8 @@ struct Extractor<'a> {
     /// damaged metadata (a loop, or an entry aliasing another directory) that would otherwise
     /// recurse until the depth limit, re-extracting whole subtrees at every level.
     dirs: HashSet<InodeId>,
+    /// Replace what is on the host under a name the image has (a directory aside).
+    overwrite: bool,
     stats: ExtractStats,
 }
 
@@ -81,6 +86,15 @@ struct Extractor<'a> {
 /// bad `dest`) and host errors that stop every entry (no space, read-only)
 /// are returned; other failures are counted in the stats.
 pub fn extract(fs: &Filesystem, src: &str, dest: &Path) -> Result<ExtractStats> {
+    extract_with(fs, src, dest, false)
+}
+
+/// [`extract`], and with `overwrite` a file, symlink or special file on the
+/// host under a name the image has is removed first (the link itself, never
+/// what it points at) and made again from the image; a host directory is
+/// still merged into, never removed, and one standing where the image has a
+/// file is left alone (the entry fails).
+pub fn extract_with(fs: &Filesystem, src: &str, dest: &Path, overwrite: bool) -> Result<ExtractStats> {
     // The walk recurses once per directory level, up to MAX_DEPTH: it runs on
     // a thread whose stack holds that many levels many times over, whatever
     // the caller's stack limit (4096 levels need about 4 MiB).
@@ -88,7 +102,7 @@ pub fn extract(fs: &Filesystem, src: &str, dest: &Path) -> Result<ExtractStats> 
         let h = std::thread::Builder::new()
             .name("extract".into())
             .stack_size(WALK_STACK)
-            .spawn_scoped(s, || extract_on_this_thread(fs, src, dest))
+            .spawn_scoped(s, || extract_on_this_thread(fs, src, dest, overwrite))
             .map_err(|e| Error::io("<threads>", "start the extract thread", e))?;
         crate::threads::join(h, "extract")
     })
@@ -97,14 +111,14 @@ pub fn extract(fs: &Filesystem, src: &str, dest: &Path) -> Result<ExtractStats> 
 /// Stack of the extract walk (see [`extract`]).
 const WALK_STACK: usize = 64 << 20;
 
-fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path) -> Result<ExtractStats> {
+fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path, overwrite: bool) -> Result<ExtractStats> {
     let ent = fs.resolve(src)?;
     let fspath = src.trim_matches('/');
     let ino = fs.entry_inode(&ent)?;
     if ino.file_type == FileType::Directory {
         let children = fs.read_dir(ent.id)?;
         let (fd, made) = dest_dir(dest)?;
-        let mut x = Extractor::new(fs, fd, dest.to_path_buf());
+        let mut x = Extractor::new(fs, fd, dest.to_path_buf(), overwrite);
         x.dirs.insert(ent.id);
         x.children(children, fspath, 0)?;
         // DEST that was there before keeps its own owner, mode and times: the image
@@ -117,8 +131,10 @@ fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path) -> Result<Ext
         x.stats.dirs += 1;
         return Ok(x.stats);
     }
-    if dest.symlink_metadata().is_ok() {
-        return Err(Error::Invalid(format!("{} already exists", dest.display())));
+    match dest.symlink_metadata() {
+        Ok(m) if overwrite && !m.is_dir() => {}
+        Ok(_) => return Err(Error::Invalid(format!("{} already exists", dest.display()))),
+        Err(_) => {}
     }
     let (parent, name) = match (dest.parent(), dest.file_name()) {
         (Some(p), Some(n)) => (if p.as_os_str().is_empty() { Path::new(".") } else { p }, n),
@@ -127,7 +143,7 @@ fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path) -> Result<Ext
     // The path the caller gave is followed up to DEST's parent, like any path argument.
     let fd = rustix::fs::open(parent, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| Error::io(parent, "open", e.into()))?;
-    let mut x = Extractor::new(fs, fd, parent.to_path_buf());
+    let mut x = Extractor::new(fs, fd, parent.to_path_buf(), overwrite);
     x.entry(&ent, name, fspath, 0)?;
     Ok(x.stats)
 }
@@ -279,7 +295,7 @@ impl DirStack {
 }
 
 impl<'a> Extractor<'a> {
-    fn new(fs: &'a Filesystem, root: OwnedFd, root_path: PathBuf) -> Extractor<'a> {
+    fn new(fs: &'a Filesystem, root: OwnedFd, root_path: PathBuf, overwrite: bool) -> Extractor<'a> {
         Extractor {
             fs,
             root: rustix::process::geteuid().is_root(),
@@ -287,6 +303,7 @@ impl<'a> Extractor<'a> {
             dirs_open: DirStack { root: Rc::new(root), root_path, levels: Vec::new(), open: 0 },
             links: HashMap::new(),
             dirs: HashSet::new(),
+            overwrite,
             stats: ExtractStats::default(),
         }
     }
@@ -342,6 +359,9 @@ impl<'a> Extractor<'a> {
         let ino = self.fs.entry_inode(ent)?;
         let parent = self.dirs_open.top().map_err(|e| Error::io(self.dirs_open.here(), "open", e))?;
         let host = self.dirs_open.host(name);
+        if ino.file_type != FileType::Directory {
+            self.clear(&parent, name)?;
+        }
         if ino.file_type != FileType::Directory && ino.nlink > 1 {
             if let Some(first) = self.links.get(&ent.id) {
                 let (dir, first_name) = (first.dir.clone(), first.name.clone());
@@ -427,13 +447,33 @@ impl<'a> Extractor<'a> {
             Err(Errno::EXIST) => {
                 let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| Error::io(host(), "stat", e.into()))?;
                 if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
-                    return Err(self.create_error(parent, name, "mkdir", Errno::EXIST));
+                    if !self.overwrite {
+                        return Err(self.create_error(parent, name, "mkdir", Errno::EXIST));
+                    }
+                    self.clear(parent, name)?;
+                    rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))
+                        .map_err(|e| self.create_error(parent, name, "mkdir", e))?;
+                    return open_dir(parent, name).map(|fd| (fd, true)).map_err(|e| Error::io(host(), "open", e));
                 }
                 false
             }
             Err(e) => return Err(Error::io(host(), "mkdir", e.into())),
         };
         open_dir(parent, name).map(|fd| (fd, made)).map_err(|e| Error::io(host(), "open", e))
+    }
+
+    /// With --overwrite, what the host has under `name` (not a directory) is
+    /// removed: a symlink itself, never its target.
+    fn clear(&self, parent: &OwnedFd, name: &OsStr) -> Result<()> {
+        if !self.overwrite {
+            return Ok(());
+        }
+        match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory => {
+                rustix::fs::unlinkat(parent, name, AtFlags::empty()).map_err(|e| Error::io(self.dirs_open.host(name), "remove", e.into()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The error of making `name` in `parent`: a name already taken says by what.
@@ -566,6 +606,7 @@ impl<'a> Extractor<'a> {
     }
 
     fn skip(&mut self, what: String) {
+        self.stats.skips += 1;
         if self.stats.skipped.len() < MAX_LISTED {
             self.stats.skipped.push(what);
         }

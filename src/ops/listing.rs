@@ -6,6 +6,7 @@ use std::io::Write;
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::FileType;
 use crate::fs::{DirEnt, Filesystem, Inode, Timespec};
+use crate::ops::quoting::{needs_quoting, quote, Quoting};
 
 pub struct LsOptions {
     pub long: bool,
@@ -15,6 +16,8 @@ pub struct LsOptions {
     /// Directory (index) order; otherwise sorted by name bytes, as `ls`
     /// sorts in the C locale.
     pub unsorted: bool,
+    /// How names (and symlink targets, and -R's directory lines) are printed.
+    pub quoting: Quoting,
 }
 
 /// List `path` (a directory's entries, or a single non-directory) to `out`.
@@ -22,7 +25,7 @@ pub fn ls(fs: &Filesystem, path: &str, opts: &LsOptions, out: &mut dyn Write) ->
     let ent = fs.resolve(path)?;
     if ent.file_type != FileType::Directory {
         let name = path.trim_end_matches('/').rsplit('/').next().unwrap_or(path).as_bytes().to_vec();
-        return print_entry(fs, &DirEnt { name, ..ent }, opts, out);
+        return print_entry(fs, &DirEnt { name, ..ent }, opts, false, out);
     }
     let shown = if path.is_empty() { "/".to_string() } else { path.to_string() };
     list_dir(fs, &ent, &shown, opts, out)
@@ -56,10 +59,15 @@ fn list_dir(fs: &Filesystem, dir: &DirEnt, shown: &str, opts: &LsOptions, out: &
                 entries.sort_by(|a, b| a.name.cmp(&b.name));
             }
             if opts.recursive {
-                w(writeln!(out, "{shown}:"))?;
+                let mut line = quote(shown.as_bytes(), opts.quoting);
+                line.extend_from_slice(b":\n");
+                w(out.write_all(&line))?;
             }
+            // ls -l on a terminal: when some names are quoted, the others
+            // move one column right, so the names line up.
+            let align = opts.long && opts.quoting == Quoting::ShellEscape && entries.iter().any(|e| needs_quoting(&e.name));
             for e in &entries {
-                print_entry(fs, e, opts, out)?;
+                print_entry(fs, e, opts, align, out)?;
             }
             if !opts.recursive {
                 return Ok(());
@@ -94,27 +102,33 @@ fn short(path: &str) -> String {
     format!("...{}", &path[cut..])
 }
 
-fn print_entry(fs: &Filesystem, e: &DirEnt, opts: &LsOptions, out: &mut dyn Write) -> Result<()> {
-    let name = String::from_utf8_lossy(&e.name);
+fn print_entry(fs: &Filesystem, e: &DirEnt, opts: &LsOptions, align: bool, out: &mut dyn Write) -> Result<()> {
+    let mut name = quote(&e.name, opts.quoting);
+    if align && !needs_quoting(&e.name) {
+        name.insert(0, b' ');
+    }
     if !opts.long {
-        return w(writeln!(out, "{name}"));
+        name.push(b'\n');
+        return w(out.write_all(&name));
     }
     let ino = fs.entry_inode(e)?;
     let mut line = format!(
-        "{} {:>3} {:>5} {:>5} {:>10} {} {}",
+        "{} {:>3} {:>5} {:>5} {:>10} {} ",
         mode_string(&ino),
         ino.nlink,
         ino.uid,
         ino.gid,
         size_field(&ino, opts.human),
         format_time(ino.mtime),
-        name
-    );
+    )
+    .into_bytes();
+    line.extend_from_slice(&name);
     if ino.file_type == FileType::Symlink {
-        line.push_str(" -> ");
-        line.push_str(&String::from_utf8_lossy(&fs.read_link(e.id)?));
+        line.extend_from_slice(b" -> ");
+        line.extend_from_slice(&quote(&fs.read_link(e.id)?, opts.quoting));
     }
-    w(writeln!(out, "{line}"))
+    line.push(b'\n');
+    w(out.write_all(&line))
 }
 
 fn size_field(ino: &Inode, human: bool) -> String {

@@ -606,6 +606,9 @@ pub fn open_input(from: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u
         Some(p) if p != Path::new("-") => {
             let f = std::fs::File::open(p).map_err(|e| Error::io(p, "open", e))?;
             let meta = f.metadata().map_err(|e| Error::io(p, "stat", e))?;
+            if meta.is_dir() {
+                return Err(Error::Invalid(format!("--from {}: a directory, not a file (`btrs put` copies directories)", p.display())));
+            }
             let len = meta.is_file().then_some(meta.len());
             Ok((Box::new(f), len))
         }

@@ -375,6 +375,7 @@ fn read_up_to(f: &File, buf: &mut [u8], off: u64) -> usize {
 /// Open (or create) an image; its size is set only once the layout is known
 /// to fit, so a failed mkfs leaves an existing file's length alone.
 fn open_image(path: &Path, may_create: bool, force: bool, offset: u64) -> Result<(File, u64)> {
+    super::device::refuse_directory(path)?;
     refuse_loop_attached(path)?;
     let exists = path.exists();
     if !exists && !may_create {

@@ -155,6 +155,7 @@ impl Device {
     /// damaged superblocks (`dump-super`). `sb` is zeroed when no copy is valid.
     pub fn open_raw(path: &Path) -> Result<Device> {
         use zerocopy::FromZeros;
+        refuse_directory(path)?;
         let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
         let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
         let size = if meta.file_type().is_block_device() { block_device_size(&file, path)? } else { meta.len() };
@@ -314,6 +315,7 @@ pub(crate) fn super_copy_in_use(offset: u64, total_bytes: u64) -> bool {
 /// An image opened for reading (and writing when `writable`: never a loop
 /// device's backing file), `lock` taken, with its size (a block device's too).
 fn open_file(path: &Path, lock: Lock, writable: bool) -> Result<(File, u64)> {
+    refuse_directory(path)?;
     let file = std::fs::OpenOptions::new().read(true).write(writable).open(path).map_err(|e| Error::io(path, "open", e))?;
     if writable {
         super::guard::refuse_loop_attached(path)?;
@@ -322,6 +324,15 @@ fn open_file(path: &Path, lock: Lock, writable: bool) -> Result<(File, u64)> {
     let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
     let size = if meta.file_type().is_block_device() { block_device_size(&file, path)? } else { meta.len() };
     Ok((file, size))
+}
+
+/// A directory given where an image file is wanted (opening one read-only
+/// succeeds, and it would then read as a too-small image).
+pub(crate) fn refuse_directory(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(Error::Invalid(format!("{} is a directory, not an image file", path.display()))),
+        _ => Ok(()),
+    }
 }
 
 /// Whether the file has no data at all, only holes (SEEK_DATA finds none).

@@ -56,11 +56,18 @@ pub fn print_block(buf: &mut Vec<u8>, ctx: &DumpCtx, block: &TreeBlock) {
     }
     w!(
         buf,
-        "{} {} flags {flags:#x}({}) backref revision {rev}\n",
+        "{} {} flags {flags:#x}({}) backref revision {rev}",
         if block.is_leaf() { "leaf" } else { "node" },
         h.bytenr.get(),
         header_flags_str(flags)
     );
+    if ctx.csum_headers {
+        w!(buf, " csum 0x");
+        for b in h.csum.iter().take(ctx.csum_size) {
+            w!(buf, "{b:02x}");
+        }
+    }
+    buf.push(b'\n');
     w!(buf, "fs uuid {}\nchunk uuid {}\n", uuid_string(&h.fsid), uuid_string(&h.chunk_tree_uuid));
     if !block.is_leaf() {
         for i in 0..n {

@@ -44,13 +44,13 @@ fn decode_item(buf: &mut Vec<u8>, ctx: &DumpCtx, key: Key, data: &[u8]) -> Resul
     }
     match key.item_type {
         INODE_ITEM_KEY => inode::print_inode_item(buf, &need(data, "inode item")?),
-        INODE_REF_KEY => inode::inode_refs(buf, key, data)?,
-        INODE_EXTREF_KEY => inode::inode_extrefs(buf, data)?,
-        DIR_ITEM_KEY | DIR_INDEX_KEY | XATTR_ITEM_KEY => inode::dir_items(buf, data)?,
+        INODE_REF_KEY => inode::inode_refs(buf, ctx, key, data)?,
+        INODE_EXTREF_KEY => inode::inode_extrefs(buf, ctx, data)?,
+        DIR_ITEM_KEY | DIR_INDEX_KEY | XATTR_ITEM_KEY => inode::dir_items(buf, ctx, data)?,
         DIR_LOG_ITEM_KEY | DIR_LOG_INDEX_KEY => inode::dir_log(buf, data)?,
         ORPHAN_ITEM_KEY => w!(buf, "\t\torphan item\n"),
         ROOT_ITEM_KEY => root::print_root_item(buf, data)?,
-        ROOT_REF_KEY | ROOT_BACKREF_KEY => root::root_ref(buf, key, data)?,
+        ROOT_REF_KEY | ROOT_BACKREF_KEY => root::root_ref(buf, ctx, key, data)?,
         EXTENT_ITEM_KEY | METADATA_ITEM_KEY => extent::print_extent_item(buf, key, data)?,
         TREE_BLOCK_REF_KEY => w!(buf, "\t\ttree block backref\n"),
         SHARED_BLOCK_REF_KEY => w!(buf, "\t\tshared block backref\n"),
@@ -289,7 +289,7 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let ctx = DumpCtx { nodesize: 16384, sectorsize: 4096, csum_size: 4 };
+        let ctx = DumpCtx { nodesize: 16384, sectorsize: 4096, csum_size: 4, csum_headers: false, csum_items: true, hide_names: true };
         for t in 0..=255u8 {
             for round in 0..40 {
                 let len = (next() % 600) as usize;

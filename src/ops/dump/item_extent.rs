@@ -69,6 +69,25 @@ pub(super) fn extent_csum(buf: &mut Vec<u8>, ctx: &DumpCtx, key: Key, data: &[u8
     }
     let len = (data.len() / cs) as u64 * ctx.sectorsize as u64;
     w!(buf, "\t\trange start {} end {} length {len}\n", key.offset, key.offset.wrapping_add(len));
+    if ctx.csum_items {
+        // btrfs-progs fills a line with 32 bytes of checksum text: four crc32c,
+        // two xxhash, one sha256 or blake2 per line.
+        let per_line = (CSUM_SIZE / cs / 2).max(1);
+        let mut offset = key.offset;
+        for (i, csum) in data.chunks_exact(cs).enumerate() {
+            buf.extend_from_slice(match i {
+                0 => b"\t\t".as_slice(),
+                _ if i % per_line == 0 => b"\n\t\t",
+                _ => b" ",
+            });
+            w!(buf, "[{offset}] 0x");
+            for b in csum {
+                w!(buf, "{b:02x}");
+            }
+            offset = offset.wrapping_add(u64::from(ctx.sectorsize));
+        }
+        buf.push(b'\n');
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::io::Write;
 use super::body::{need, u64_at};
 use super::names::{compress_str, dir_type_str, inode_flags_str, key_str};
 use super::text::{c_str, hex_dump, time_str};
+use super::DumpCtx;
 use crate::error::Result;
 use crate::format::items::{self, FileExtentKind};
 use crate::format::ondisk::*;
@@ -31,35 +32,46 @@ pub(super) fn print_inode_item(buf: &mut Vec<u8>, ii: &InodeItem) {
     w!(buf, "\t\totime {}\n", time_str(&ii.otime));
 }
 
-pub(super) fn inode_refs(buf: &mut Vec<u8>, key: Key, data: &[u8]) -> Result<()> {
+/// A name as btrfs-progs prints it (at most NAME_LEN bytes, up to a NUL),
+/// or `HIDDEN` under `--hide-names`.
+pub(super) fn name_bytes<'a>(ctx: &DumpCtx, name: &'a [u8]) -> &'a [u8] {
+    if ctx.hide_names {
+        b"HIDDEN"
+    } else {
+        c_str(name, NAME_LEN)
+    }
+}
+
+pub(super) fn inode_refs(buf: &mut Vec<u8>, ctx: &DumpCtx, key: Key, data: &[u8]) -> Result<()> {
     for r in items::parse_inode_refs(key, data)? {
         w!(buf, "\t\tindex {} namelen {} name: ", r.index, r.name.len());
-        buf.extend_from_slice(c_str(&r.name, NAME_LEN));
+        buf.extend_from_slice(name_bytes(ctx, &r.name));
         w!(buf, "\n");
     }
     Ok(())
 }
 
-pub(super) fn inode_extrefs(buf: &mut Vec<u8>, data: &[u8]) -> Result<()> {
+pub(super) fn inode_extrefs(buf: &mut Vec<u8>, ctx: &DumpCtx, data: &[u8]) -> Result<()> {
     for r in items::parse_inode_extrefs(data)? {
         w!(buf, "\t\tindex {} parent {} namelen {} name: ", r.index, r.parent, r.name.len());
-        buf.extend_from_slice(c_str(&r.name, NAME_LEN));
+        buf.extend_from_slice(name_bytes(ctx, &r.name));
         w!(buf, "\n");
     }
     Ok(())
 }
 
 /// DIR_ITEM, DIR_INDEX and XATTR_ITEM: one or more entries.
-pub(super) fn dir_items(buf: &mut Vec<u8>, data: &[u8]) -> Result<()> {
+pub(super) fn dir_items(buf: &mut Vec<u8>, ctx: &DumpCtx, data: &[u8]) -> Result<()> {
     for e in items::parse_dir_items(data)? {
         w!(buf, "\t\tlocation {} type {}\n", key_str(&e.location), dir_type_str(e.dir_type));
         w!(buf, "\t\ttransid {} data_len {} name_len {}\n", e.transid, e.data.len(), e.name.len());
         w!(buf, "\t\tname: ");
-        buf.extend_from_slice(c_str(&e.name, NAME_LEN));
+        buf.extend_from_slice(name_bytes(ctx, &e.name));
         w!(buf, "\n");
         if !e.data.is_empty() {
+            // btrfs-progs: "data HIDDEN", without the space-less colon of "name:".
             w!(buf, "\t\tdata ");
-            buf.extend_from_slice(c_str(&e.data, NAME_LEN));
+            buf.extend_from_slice(name_bytes(ctx, &e.data));
             w!(buf, "\n");
         }
     }

@@ -17,8 +17,10 @@
 //!   (btrfs-progs wants `--force` for that);
 //! - `dump_tree(Some(id))` for an id without a ROOT_ITEM is an error (btrfs-progs
 //!   prints only the totals);
-//! - the default traversal is depth first (btrfs-progs' `--dfs`); breadth first
-//!   (btrfs-progs' default) is available through [`dump_tree_with`].
+//! - `--hide-names` hides subvolume names in root refs too (btrfs-progs 6.2
+//!   promises it and prints them);
+//! - blocks that cannot be read are named on standard output, where the
+//!   dump goes on (btrfs-progs writes to standard error or skips them).
 //!
 //! One file per job: `super_block` prints superblocks (text and JSON),
 //! `tree` chooses the trees and walks them, `block` prints one tree block,
@@ -47,11 +49,24 @@ pub struct DumpCtx {
     pub nodesize: u32,
     pub sectorsize: u32,
     pub csum_size: usize,
+    /// `--csum-headers`: print each block's stored checksum.
+    pub csum_headers: bool,
+    /// `--csum-items`: print every checksum of csum items.
+    pub csum_items: bool,
+    /// `--hide-names`: names and xattr values print as HIDDEN.
+    pub hide_names: bool,
 }
 
 impl DumpCtx {
     pub(crate) fn of(fs: &Filesystem) -> DumpCtx {
-        DumpCtx { nodesize: fs.reader.nodesize, sectorsize: fs.sectorsize, csum_size: fs.csum.size() }
+        DumpCtx {
+            nodesize: fs.reader.nodesize,
+            sectorsize: fs.sectorsize,
+            csum_size: fs.csum.size(),
+            csum_headers: false,
+            csum_items: false,
+            hide_names: false,
+        }
     }
 }
 
@@ -73,4 +88,4 @@ pub use block::print_block;
 pub use item::print_item;
 pub use super_block::{dump_super, Copies};
 pub(crate) use text::utc_datetime;
-pub use tree::{dump_tree, dump_tree_with, Traversal};
+pub use tree::{dump_tree, dump_tree_with, DumpTreeOptions, Traversal};

@@ -36,10 +36,11 @@ pub enum Copies {
 /// on the device, each with its own checksum and magic verdict; a damaged
 /// copy is still printed as far as it goes. A copy without the btrfs magic
 /// stops the text dump after its header with an error, as progs does,
-/// unless `force`. `json`: one JSON object (or an array of objects for
-/// all) with the same fields, plus `offset`, `csum_ok`, `magic_ok` and
-/// `bytenr_ok` per copy, every copy's verdict; refused without `force`
-/// only when no copy read has the magic (not a btrfs image).
+/// unless `force`. `json`: an array with one JSON object per copy printed
+/// (one shape whichever copies: `[0]` is the only one without `All`), with
+/// the same fields, plus `offset`, `csum_ok`, `magic_ok` and `bytenr_ok`,
+/// every copy's verdict; refused without `force` only when no copy read has
+/// the magic (not a btrfs image).
 pub fn dump_super(out: &mut dyn Write, dev: &Device, copies: Copies, json: bool, force: bool) -> Result<()> {
     let all = copies == Copies::All;
     let offsets: Vec<u64> = match copies {
@@ -49,8 +50,11 @@ pub fn dump_super(out: &mut dyn Write, dev: &Device, copies: Copies, json: bool,
             let o = *SUPER_MIRROR_OFFSETS
                 .get(n)
                 .ok_or_else(|| crate::error::Error::Invalid(format!("superblock copy {n}: there are copies 0, 1 and 2")))?;
-            // Past the end of the device: nothing to print, as progs.
+            // Past the end of the device: nothing to print, as progs (JSON: no copy).
             if o + SUPER_INFO_SIZE as u64 > dev.size {
+                if json {
+                    out.write_all(b"[]\n").map_err(out_err)?;
+                }
                 return Ok(());
             }
             vec![o]
@@ -111,8 +115,7 @@ pub fn dump_super(out: &mut dyn Write, dev: &Device, copies: Copies, json: bool,
         if !force && !values.iter().any(|v| v["magic_ok"] == true) {
             return Err(bad_magic(&path, offsets.first().copied().unwrap_or(SUPER_INFO_OFFSET)));
         }
-        let v = if all { Value::Array(values) } else { values.into_iter().next().unwrap_or(Value::Null) };
-        serde_json::to_writer_pretty(&mut *out, &v).map_err(|e| out_err(e.into()))?;
+        serde_json::to_writer_pretty(&mut *out, &Value::Array(values)).map_err(|e| out_err(e.into()))?;
         out.write_all(b"\n").map_err(out_err)?;
     }
     Ok(())
@@ -542,5 +545,12 @@ mod tests {
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v[1]["magic_ok"], false);
         assert_eq!(v[0]["magic_ok"], true);
+        // One shape: an array of the copies printed, one of them or none.
+        for (copies, n) in [(Copies::Primary, 1), (Copies::Mirror(0), 1), (Copies::Mirror(2), 0)] {
+            let mut out = Vec::new();
+            dump_super(&mut out, &dev, copies, true, false).unwrap();
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v.as_array().map(Vec::len), Some(n), "{copies:?}");
+        }
     }
 }

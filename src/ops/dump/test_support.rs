@@ -24,7 +24,7 @@ pub(super) fn dump_leaf(items: &[(Key, Vec<u8>)]) -> String {
     items.sort_by_key(|(k, _)| *k);
     let raw = leaf_with(&items, 4096);
     let block = TreeBlock::parse(65536, raw, CsumType::Crc32c, &FSID, Expect::default()).expect("leaf parses");
-    let ctx = DumpCtx { nodesize: 4096, sectorsize: 4096, csum_size: 4 };
+    let ctx = DumpCtx { nodesize: 4096, sectorsize: 4096, csum_size: 4, csum_headers: false, csum_items: false, hide_names: false };
     let mut buf = Vec::new();
     print_block(&mut buf, &ctx, &block);
     String::from_utf8_lossy(&buf).into_owned()

@@ -3,7 +3,7 @@
 //! devices), and repair bad copies batch by batch.
 
 use super::arbitrate::{arbitrate, Verdict};
-use super::report::{Finding, FindingKind};
+use super::report::{Finding, FindingKind, Remedy, NO_ARBITER};
 use super::state::{Acc, Ctx};
 use crate::error::Result;
 use crate::format::*;
@@ -108,7 +108,8 @@ fn finish_batch(ctx: &Ctx<'_>, batch: u64, bufs: &[Vec<u8>], pending: &mut Vec<P
             let c = acc.dev(d);
             if p.f.repaired {
                 c.corrected_errors += sectors;
-            } else if p.f.good_mirror.is_none() {
+            } else if p.f.good_mirror.is_none() && p.f.remedy != Some(Remedy::PreferMirror) {
+                // Copies nothing decides between are settled by --prefer-mirror: not uncorrectable.
                 c.uncorrectable_errors += sectors;
             }
         }
@@ -353,11 +354,7 @@ fn scrub_data_window(
                     }
                     Verdict::NoArbiter { copies } => {
                         uncorrectable = true;
-                        bad.extend(
-                            copies
-                                .into_iter()
-                                .map(|m| (m, FindingKind::MirrorMismatch, "copies differ and there is no checksum to decide")),
-                        );
+                        bad.extend(copies.into_iter().map(|m| (m, FindingKind::MirrorMismatch, NO_ARBITER)));
                     }
                 }
                 for (m, c) in sec.iter().enumerate() {
@@ -396,6 +393,8 @@ fn scrub_data_window(
                     paths: Vec::new(),
                     file_offset: None,
                     repaired: false,
+                    // Copies nothing decides between: the caller can, with --prefer-mirror.
+                    remedy: (detail == NO_ARBITER).then_some(Remedy::PreferMirror),
                     detail: detail.to_string(),
                     extent: Some(extent),
                 },

@@ -29,7 +29,7 @@ mod state;
 mod supers;
 mod tree;
 
-pub use report::{Counters, DeviceReport, Finding, FindingKind, ScrubOptions, ScrubReport};
+pub use report::{Counters, DeviceReport, Finding, FindingKind, Remedy, ScrubOptions, ScrubReport};
 
 use crate::error::{Error, Result};
 use crate::volumes::OpenOptions;
@@ -40,10 +40,9 @@ pub fn scrub(open: &OpenOptions, opts: &ScrubOptions) -> Result<ScrubReport> {
     if opts.prefer_mirror == Some(0) {
         return Err(Error::Invalid("--prefer-mirror counts copies from 1".into()));
     }
-    if opts.fix_csum {
-        return fix_csum::fix_csum(open, opts);
-    }
-    repair::scrub_or_repair(open, opts)
+    let mut report = if opts.fix_csum { fix_csum::fix_csum(open, opts)? } else { repair::scrub_or_repair(open, opts)? };
+    report.settle_remedies();
+    Ok(report)
 }
 
 #[cfg(test)]

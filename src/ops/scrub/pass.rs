@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::data::scrub_data_extent;
-use super::report::{Counters, DeviceReport, Finding, FindingKind, ScrubOptions, ScrubReport};
+use super::report::{Counters, DeviceReport, Finding, FindingKind, Remedy, ScrubOptions, ScrubReport};
 use super::state::{Acc, Ctx};
 use super::supers::scrub_supers;
 use super::tree::scrub_tree_block;
@@ -65,6 +65,15 @@ pub(super) fn scrub_pass(open: &OpenOptions, opts: &ScrubOptions, hold: &BTreeSe
     let chunk_root = fs.tree_root(CHUNK_TREE_OBJECTID)?;
     let chunk_tree_uuid = fs.reader.root_block(&chunk_root)?.header.chunk_tree_uuid;
     let BlockGroups { bgs, error, orphan_chunks } = find_block_groups(&fs);
+    if let Some(p) = opts.prefer_mirror {
+        let most = bgs.iter().filter_map(|b| fs.volume().num_copies(b.start).ok()).max().unwrap_or(1);
+        if p > most {
+            return Err(Error::Invalid(format!(
+                "--prefer-mirror {p}: this filesystem keeps at most {most} {} of anything",
+                if most == 1 { "copy" } else { "copies" }
+            )));
+        }
+    }
     let bar = progress_bar(&fs, &bgs, opts);
     let ctx = Ctx {
         fs: &fs,
@@ -271,14 +280,17 @@ fn add_set_findings(
     scrub_supers(fs, opts, acc)?;
     for missing in &vol.missing {
         acc.dev(*missing);
-        let detail = match vol.left_out.get(missing) {
-            Some((_, generation)) => format!(
-                "stale device (superblock generation {generation}) left out by --degraded: its copies were not scrubbed \
-                 (scrub --repair without --degraded rebuilds it)"
+        let (detail, remedy) = match vol.left_out.get(missing) {
+            Some((_, generation)) => (
+                format!(
+                    "stale device (superblock generation {generation}) left out by --degraded: its copies were not scrubbed \
+                     (scrub --repair without --degraded rebuilds it)"
+                ),
+                Remedy::Repair,
             ),
-            None => "device missing: its copies were not scrubbed".into(),
+            None => ("missing (degraded): its copies were not scrubbed".into(), Remedy::Replace),
         };
-        acc.findings.push(Finding::about(FindingKind::Read, Some(*missing), None, 0, detail));
+        acc.findings.push(Finding { remedy: Some(remedy), ..Finding::about(FindingKind::Read, Some(*missing), None, 0, detail) });
     }
     if let Some(d) = &fs.divergence {
         acc.findings.push(Finding::about(FindingKind::TwoHistories, None, None, 0, d.clone()));

@@ -62,6 +62,41 @@ impl FindingKind {
     }
 }
 
+/// What would fix a finding that scrub did not repair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Remedy {
+    /// `btrs scrub --repair`: a good copy exists (or, for a stale device or a
+    /// superblock, the current ones), to rewrite this one from.
+    Repair,
+    /// `btrs scrub --repair --prefer-mirror N`: copies differ, and no checksum
+    /// or majority decides; the caller can, by naming the copy to keep.
+    PreferMirror,
+    /// `btrs scrub --fix-csum`: every copy of the data agrees and fails its
+    /// checksum; if the data is right, its checksum can be rewritten.
+    FixCsum,
+    /// `btrs replace`: the device is missing.
+    Replace,
+    /// Nothing btrs can do: no copy is good (or two histories).
+    Nothing,
+}
+
+impl Remedy {
+    /// The remedy of a finding created without one, from what it says.
+    fn of(f: &Finding) -> Remedy {
+        match f.kind {
+            FindingKind::TwoHistories => Remedy::Nothing,
+            FindingKind::StaleDevice | FindingKind::Super => Remedy::Repair,
+            FindingKind::CsumAllCopies if !f.metadata => Remedy::FixCsum,
+            _ if f.good_mirror.is_some() => Remedy::Repair,
+            _ => Remedy::Nothing,
+        }
+    }
+}
+
+/// The detail of data copies that differ with nothing to decide between them.
+pub(super) const NO_ARBITER: &str = "copies differ and there is no checksum to decide";
+
 /// One problem with one copy of a contiguous run of bytes.
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
@@ -80,6 +115,8 @@ pub struct Finding {
     pub paths: Vec<String>,
     pub(crate) file_offset: Option<u64>,
     pub repaired: bool,
+    /// What would fix it, when it is not repaired (set when the report is made).
+    pub remedy: Option<Remedy>,
     pub detail: String,
     /// Start of the extent the bytes belong to (for path resolution and merging).
     #[serde(skip)]
@@ -102,9 +139,36 @@ impl Finding {
             paths: Vec::new(),
             file_offset: None,
             repaired: false,
+            remedy: None,
             detail,
             extent: None,
         }
+    }
+
+    /// The location part of a finding's line: only what is known.
+    fn location(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(d) = self.devid {
+            parts.push(format!("devid {d}"));
+        }
+        if let Some(p) = self.physical {
+            parts.push(format!("physical {p}"));
+        }
+        if let Some(l) = self.logical {
+            parts.push(format!("logical {l}"));
+        }
+        if self.len > 0 {
+            parts.push(format!("len {}", self.len));
+        }
+        if let Some(m) = self.mirror {
+            parts.push(format!("mirror {m}"));
+        }
+        parts.join(" ")
+    }
+
+    /// About bytes (a copy of data, a tree block or a superblock) rather than a whole device or the set.
+    fn about_bytes(&self) -> bool {
+        self.physical.is_some() || self.logical.is_some()
     }
 }
 
@@ -205,25 +269,46 @@ impl ScrubReport {
         writeln!(out)
     }
 
-    /// Text like `btrfs scrub status -d -R`: a block per device, a summary,
-    /// then one line per finding.
-    pub fn write_text(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    /// Give every unrepaired finding its remedy (those made without one get
+    /// it from their kind and copies); a repaired one has none.
+    pub(super) fn settle_remedies(&mut self) {
+        for f in &mut self.findings {
+            f.remedy = match f.repaired {
+                true => None,
+                false => Some(f.remedy.unwrap_or_else(|| Remedy::of(f))),
+            };
+        }
+    }
+
+    /// Findings not repaired that `remedy` would fix.
+    fn count(&self, remedy: Remedy) -> usize {
+        self.findings.iter().filter(|f| f.remedy == Some(remedy)).count()
+    }
+
+    /// Text like `btrfs scrub start -B -d`: a block per device (`raw`: with
+    /// every counter, as progs' -R), a summary counting the findings by kind
+    /// and by what would fix them, one line per finding, and a hint naming
+    /// the option that fixes what was found.
+    pub fn write_text(&self, out: &mut dyn std::io::Write, raw: bool) -> std::io::Result<()> {
         let d = Duration::from_millis(self.duration_ms);
         let secs = d.as_secs();
         let dur = format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+        let size = |b: u64| if raw { b.to_string() } else { crate::ops::filesystem::pretty_size(b) };
         writeln!(out, "UUID:             {}", self.fsid)?;
         for dev in &self.devices {
-            let path = dev.path.as_deref().unwrap_or("<missing>");
-            let status = match (dev.missing, dev.left_out) {
-                (_, true) => "left out (stale, --degraded)",
-                (true, false) => "missing",
-                (false, false) => "finished",
-            };
-            writeln!(out, "Scrub device {path} (id {}) done", dev.devid)?;
-            writeln!(out, "Status:           {status}")?;
-            writeln!(out, "Duration:         {dur}")?;
-            for (name, v) in dev.counters.fields() {
-                writeln!(out, "\t{name}: {v}")?;
+            match (dev.missing, dev.left_out) {
+                (_, true) => writeln!(out, "devid {} left out (stale, --degraded): not scrubbed", dev.devid)?,
+                (true, false) => writeln!(out, "devid {} missing (degraded): not scrubbed", dev.devid)?,
+                (false, false) => {
+                    writeln!(out, "Scrub device {} (id {}) done", dev.path.as_deref().unwrap_or("?"), dev.devid)?;
+                    writeln!(out, "Status:           finished")?;
+                    writeln!(out, "Duration:         {dur}")?;
+                    if raw {
+                        for (name, v) in dev.counters.fields() {
+                            writeln!(out, "\t{name}: {v}")?;
+                        }
+                    }
+                }
             }
         }
         let t = &self.totals;
@@ -233,31 +318,53 @@ impl ScrubReport {
         writeln!(
             out,
             "Total scrubbed:   {} (data {}, metadata {})",
-            human(total),
-            human(t.data_bytes_scrubbed),
-            human(t.tree_bytes_scrubbed)
+            size(total),
+            size(t.data_bytes_scrubbed),
+            size(t.tree_bytes_scrubbed)
         )?;
         let rate = if d.as_secs_f64() > 0.0 { total as f64 / d.as_secs_f64() } else { 0.0 };
-        writeln!(out, "Rate:             {}/s", human(rate as u64))?;
-        let errs: Vec<String> = [
-            ("read", t.read_errors),
-            ("csum", t.csum_errors),
-            ("verify", t.verify_errors),
-            ("super", t.super_errors),
-            ("mirror_mismatch", t.mirror_mismatches),
-        ]
-        .iter()
-        .filter(|(_, v)| *v > 0)
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect();
-        if errs.is_empty() && self.findings.is_empty() {
+        writeln!(out, "Rate:             {}/s", size(rate as u64))?;
+        if self.findings.is_empty() && self.findings_dropped == 0 {
             writeln!(out, "Error summary:    no errors found")?;
-        } else {
-            writeln!(out, "Error summary:    {}", if errs.is_empty() { "see findings".into() } else { errs.join(" ") })?;
-            writeln!(out, "  Corrected:      {}", t.corrected_errors)?;
-            writeln!(out, "  Uncorrectable:  {}", t.uncorrectable_errors)?;
-            let unrepaired = self.findings.iter().filter(|f| !f.repaired).count() as u64 + self.findings_dropped_unrepaired;
-            writeln!(out, "  Unrepaired:     {unrepaired} finding(s)")?;
+            return Ok(());
+        }
+        let kinds = [
+            FindingKind::Read,
+            FindingKind::Csum,
+            FindingKind::CsumAllCopies,
+            FindingKind::Verify,
+            FindingKind::Super,
+            FindingKind::MirrorMismatch,
+            FindingKind::StaleDevice,
+            FindingKind::TwoHistories,
+        ];
+        let by_kind: Vec<String> = kinds
+            .iter()
+            .map(|k| (k.name(), self.findings.iter().filter(|f| f.kind == *k).count()))
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect();
+        writeln!(out, "Error summary:    {}", by_kind.join(" "))?;
+        let corrected =
+            self.findings.iter().filter(|f| f.repaired).count() as u64 + (self.findings_dropped - self.findings_dropped_unrepaired);
+        let fixes = [
+            (Remedy::Repair, "--repair"),
+            (Remedy::PreferMirror, "--prefer-mirror"),
+            (Remedy::FixCsum, "--fix-csum"),
+            (Remedy::Replace, "replace"),
+        ];
+        let repairable: Vec<String> =
+            fixes.iter().map(|(r, how)| (how, self.count(*r))).filter(|(_, n)| *n > 0).map(|(how, n)| format!("{n} by {how}")).collect();
+        writeln!(out, "  Corrected:      {corrected}")?;
+        writeln!(
+            out,
+            "  Repairable:     {}{}",
+            fixes.iter().map(|(r, _)| self.count(*r)).sum::<usize>(),
+            if repairable.is_empty() { String::new() } else { format!(" ({})", repairable.join(", ")) }
+        )?;
+        writeln!(out, "  Uncorrectable:  {}", self.count(Remedy::Nothing))?;
+        if self.findings_dropped_unrepaired > 0 {
+            writeln!(out, "  Not listed:     {} more not repaired", self.findings_dropped_unrepaired)?;
         }
         for f in &self.findings {
             writeln!(out, "{}", finding_line(f))?;
@@ -265,22 +372,45 @@ impl ScrubReport {
         if self.findings_dropped > 0 {
             writeln!(out, "... and {} more findings not listed", self.findings_dropped)?;
         }
+        self.write_hints(out)
+    }
+
+    /// One line per option that would fix what is left.
+    fn write_hints(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let n = self.count(Remedy::Repair);
+        if n > 0 {
+            writeln!(out, "hint: `btrs scrub --repair` rewrites {n} of these from good copies")?;
+        }
+        let n = self.count(Remedy::PreferMirror);
+        if n > 0 {
+            writeln!(
+                out,
+                "hint: {n} of these are copies that differ with no checksum or majority to decide: once you know which \
+                 copy is right (the files are named above), `btrs scrub --repair --prefer-mirror N` keeps copy N"
+            )?;
+        }
+        let n = self.count(Remedy::FixCsum);
+        if n > 0 {
+            writeln!(
+                out,
+                "hint: {n} of these fail their checksum on every copy alike: if the data is right, \
+                 `btrs scrub --fix-csum` rewrites the checksums"
+            )?;
+        }
+        for f in self.findings.iter().filter(|f| f.remedy == Some(Remedy::Replace)) {
+            if let Some(d) = f.devid {
+                writeln!(out, "hint: devid {d} is missing: `btrs replace` rebuilds it onto a new image")?;
+            }
+        }
         Ok(())
     }
 }
 
 fn finding_line(f: &Finding) -> String {
-    let mut s = f.kind.name().to_string();
-    let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
-    s += &format!(
-        ": devid {} physical {} logical {} len {} mirror {}",
-        opt(f.devid),
-        opt(f.physical),
-        opt(f.logical),
-        f.len,
-        f.mirror.map(|m| m.to_string()).unwrap_or_else(|| "-".into())
-    );
-    s += if f.metadata { " (metadata)" } else { " (data)" };
+    let mut s = format!("{}: {}", f.kind.name(), f.location());
+    if f.about_bytes() {
+        s += if f.metadata { " (metadata)" } else { " (data)" };
+    }
     if let Some(g) = f.good_mirror {
         s += &format!(" good copy {g}");
     }
@@ -295,19 +425,4 @@ fn finding_line(f: &Finding) -> String {
     }
     s += if f.repaired { " [repaired]" } else { " [not repaired]" };
     s
-}
-
-fn human(b: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b}B")
-    } else {
-        format!("{v:.2}{}", UNITS[u])
-    }
 }

@@ -51,6 +51,7 @@ impl Acc {
                 && prev.mirror == f.mirror
                 && prev.good_mirror == f.good_mirror
                 && prev.repaired == f.repaired
+                && prev.remedy == f.remedy
                 && prev.metadata == f.metadata
                 && prev.extent == f.extent
                 && prev.detail == f.detail
@@ -98,6 +99,7 @@ mod tests {
             paths: Vec::new(),
             file_offset: None,
             repaired: false,
+            remedy: None,
             detail: String::new(),
             extent: Some(0),
         };

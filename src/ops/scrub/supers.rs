@@ -130,6 +130,7 @@ pub(super) fn scrub_supers(fs: &Filesystem, opts: &ScrubOptions, acc: &mut Acc) 
                 paths: Vec::new(),
                 file_offset: None,
                 repaired,
+                remedy: None,
                 detail,
                 extent: None,
             });

@@ -192,6 +192,7 @@ pub(super) fn scrub_tree_block(ctx: &Ctx<'_>, entry: &MapEntry, logical: u64, le
             paths: Vec::new(),
             file_offset: None,
             repaired,
+            remedy: None,
             detail,
             extent: Some(logical),
         });
