@@ -227,7 +227,11 @@ pub enum Command {
     ///
     /// A symbolic clause that names no class (`+x`) leaves the bits of the
     /// caller's umask alone, as coreutils does. A directory's set-ID bits
-    /// survive `=` unless named. Immutable and append-only inodes refuse.
+    /// survive `=` unless named, and an octal mode of fewer than five digits
+    /// (`755`; `00755` and `=755` set exactly); `+4000`, `-6000` and `=755`
+    /// apply octal bits to every class. Immutable and append-only inodes
+    /// refuse, and so do symlinks: btrs follows no symlink inside an image
+    /// (their targets name paths of whatever host mounts it).
     Chmod(ChmodArgs),
     /// Change owner and group (like `chown`): OWNER[:GROUP] or :GROUP, as
     /// numbers.
@@ -235,13 +239,16 @@ pub enum Command {
     /// An image has no user database and the host's names say nothing about
     /// its owners, so names are refused. As the kernel does on any chown of
     /// a non-directory: the set-user-ID bit, the set-group-ID bit when group
-    /// execution is set, and security.capability are dropped.
+    /// execution is set, and security.capability are dropped. A symlink's own
+    /// owner changes (as `chown -h`): btrs follows no symlink inside an image.
     Chown(ChownArgs),
     /// Set access and modification times, making missing files (like `touch`).
     ///
     /// Both times become now (or -d DATE), or only the access time (-a) or
     /// the modification time (-m); the change time always becomes now. A
-    /// missing path is made an empty regular file (mode 0644) unless -c.
+    /// missing path is made an empty regular file (mode 0644) unless -c. A
+    /// symlink's own times change (as `touch -h`): btrs follows no symlink
+    /// inside an image.
     Touch(TouchArgs),
     /// Set the size of regular files (like `truncate -s`), making missing ones.
     ///
@@ -293,7 +300,7 @@ pub enum Command {
     /// "files": [{"path" (no leading slash), "type" (file, dir, symlink), "size",
     /// "sha256" (files), "mode" (permission bits), "mtime", "mtime_nsec", "target"
     /// (symlinks), "flags" (nodatasum, nodatacow)}],
-    /// "expected_findings": [{"kind", "devid", "logical", "mirror", "path",
+    /// "expected_findings": [{"kind", "devid", "logical", "mirror", "paths",
     /// "file_offset"}] (exactly what `btrs scrub --json` reports, other finding
     /// fields aside), "expected_exit" (of btrs scrub: 0 clean, 3 damaged), "clean"}.
     Fixture(FixtureArgs),
@@ -655,13 +662,13 @@ pub struct DumpTreeArgs {
     pub images: Vec<PathBuf>,
     /// Only this tree: a name (root, extent, chunk, dev, fs, csum, uuid, free-space, data-reloc,
     /// block-group, quota) or a tree / subvolume id.
-    #[arg(short, long, value_name = "NAME|ID", value_parser = tree_id)]
+    #[arg(short, long, value_name = "NAME|ID", value_parser = tree_id, overrides_with = "tree")]
     pub tree: Option<u64>,
     /// Only the tree block at this logical address (of any tree and generation); repeatable.
     #[arg(short = 'b', long = "block", value_name = "BYTENR", value_parser = block_number)]
     pub blocks: Vec<u64>,
-    /// With -b: the blocks below it too.
-    #[arg(long, requires = "blocks")]
+    /// With -b: the blocks below it too (alone, ignored, as by btrfs-progs).
+    #[arg(long)]
     pub follow: bool,
     /// Breadth first: a tree's blocks level by level, nodes before leaves (the default).
     #[arg(long, overrides_with = "dfs")]
@@ -687,7 +694,8 @@ pub struct DumpTreeArgs {
     /// Only the images named here: the image's directory is not searched for the other devices.
     #[arg(long)]
     pub noscan: bool,
-    /// File, xattr and subvolume names (and xattr values) print as HIDDEN.
+    /// File and xattr names (and xattr values) print as HIDDEN; subvolume names in root refs
+    /// still print, as btrfs-progs prints them.
     #[arg(long)]
     pub hide_names: bool,
     /// Print each tree block's stored checksum.
@@ -709,7 +717,10 @@ fn block_number(s: &str) -> Result<u64, String> {
 
 /// A tree name or id, checked before any image is opened (exit 2 when it is neither).
 fn tree_id(s: &str) -> Result<u64, String> {
-    crate::format::types::parse_tree_id(s).ok_or_else(|| format!("unknown tree {s:?}: a tree name or a tree / subvolume id"))
+    // No tree has id 0 (btrfs-progs refuses it too).
+    crate::format::types::parse_tree_id(s)
+        .filter(|&id| id != 0)
+        .ok_or_else(|| format!("unknown tree {s:?}: a tree name or a tree / subvolume id"))
 }
 
 #[derive(Args, Debug)]

@@ -47,6 +47,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// A path the filesystem lacks that is an image file on the host: the user
+/// meant another device of the set (`btrs ls a.img b.img`), which goes with
+/// --device.
+fn device_hint<T, E: Into<anyhow::Error>>(r: Result<T, E>, path: &str) -> anyhow::Result<T> {
+    r.map_err(|e| {
+        let e = e.into();
+        let mut magic = [0u8; 8];
+        let is_image = std::fs::File::open(path)
+            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 65536 + 64))
+            .is_ok_and(|()| &magic == b"_BHRfS_M");
+        if is_image {
+            e.context(format!("{path} is a btrfs image on the host, not a path in this filesystem: other devices go with --device {path}"))
+        } else {
+            e
+        }
+    })
+}
+
 /// clap's error, with its tip for an unknown option that might have been a
 /// value (`to pass '-R' as a value, use '-- -R'`) said as what it is: the
 /// option does not exist here, and only a path that starts with '-' goes
@@ -229,13 +247,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let r = btrs::ops::listing::ls(&fs, &a.path, &opts, &mut out);
             print_warnings(&fs);
-            r?;
+            device_hint(r, &a.path)?;
         }
         Command::Cat(a) => {
             let fs = open(&set, &a.image)?;
             let r = cat(&fs, &a.path, &mut out);
             print_warnings(&fs);
-            r?;
+            device_hint(r, &a.path)?;
         }
         Command::Extract(a) => {
             let fs = open(&set, &a.image)?;
@@ -244,7 +262,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 [src, dest] => (src.as_str(), dest.as_str()),
                 _ => anyhow::bail!("extract takes [PATH] DEST"),
             };
-            let r = btrs::ops::extract::extract_with(&fs, src, std::path::Path::new(dest), a.overwrite);
+            // `btrs extract IMG /` reads as "the image's root" but names the
+            // host's: merging an image into the running system is never what
+            // a single argument means.
+            if std::fs::canonicalize(dest).is_ok_and(|p| p == std::path::Path::new("/")) {
+                return Err(anyhow::Error::new(Usage(format!(
+                    "extract: DEST {dest} is the host's root directory; to extract the image's root, \
+                     name a destination too: btrs extract IMAGE / DEST"
+                ))));
+            }
+            // On a terminal: files and bytes so far (the total is not known before the walk).
+            let bar = std::io::stderr().is_terminal().then(|| {
+                let b = indicatif::ProgressBar::new_spinner();
+                if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {bytes} {binary_bytes_per_sec} {msg}") {
+                    b.set_style(style);
+                }
+                b.enable_steady_tick(std::time::Duration::from_millis(200));
+                b
+            });
+            let tick = |s: &btrs::ops::extract::ExtractStats| {
+                if let Some(b) = &bar {
+                    b.set_position(s.bytes);
+                    b.set_message(format!("{} files", s.files));
+                }
+            };
+            let xopts = btrs::ops::extract::ExtractOptions { overwrite: a.overwrite, progress: Some(&tick) };
+            let r = btrs::ops::extract::extract_with(&fs, src, std::path::Path::new(dest), &xopts);
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
             print_warnings(&fs);
             let stats = r?;
             // The same warning for every file (owners without root) would
@@ -547,7 +593,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Put(a) => {
             let (dest, srcs) = a.paths.split_last().ok_or_else(|| anyhow::anyhow!("need SRC... DEST"))?;
             let dest = dest.to_str().ok_or_else(|| anyhow::anyhow!("destination is not UTF-8"))?;
-            let (n, warnings) = btrs::ops::write::put(&wopts(&set, &a.image), srcs, dest)?;
+            // On a terminal: a bar over the data bytes to copy.
+            let bar = std::io::stderr().is_terminal().then(|| {
+                let b = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+                if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+                    b.set_style(style);
+                }
+                b
+            });
+            let tick = |done: u64, total: u64| {
+                if let Some(b) = &bar {
+                    b.set_length(total);
+                    b.set_position(done.min(total));
+                }
+            };
+            let r = btrs::ops::write::put_with_progress(&wopts(&set, &a.image), srcs, dest, &tick);
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            let (n, warnings) = r?;
             warn_all(warnings);
             writeln!(out, "copied {n} files")?;
         }
@@ -922,6 +986,9 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 fn fixture(a: btrs::cli::FixtureArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     use btrs::ops::fixture as f;
     if a.name == "list" {
+        if let Some(extra) = &a.dir {
+            return Err(anyhow::Error::new(Usage(format!("fixture list takes no DIR (got {})", extra.display()))));
+        }
         for (name, desc) in f::list() {
             writeln!(out, "{name:<26} {desc}")?;
         }
@@ -930,7 +997,9 @@ fn fixture(a: btrs::cli::FixtureArgs, out: &mut dyn Write) -> anyhow::Result<()>
         }
         return Ok(());
     }
-    let dir = a.dir.context("fixture NAME needs a DIR to write to")?;
+    let Some(dir) = a.dir else {
+        return Err(anyhow::Error::new(Usage(format!("fixture {} needs a DIR to write to", a.name))));
+    };
     let made = match f::generate_group(&a.name, &dir, a.seed) {
         Some(r) => r,
         None => f::generate(&a.name, &dir, a.seed).map(|m| vec![m]),

@@ -155,7 +155,7 @@ fn json_shapes_are_the_documented_ones() {
     std::fs::create_dir(&away).unwrap();
     std::fs::rename(d.join("a2.img"), away.join("a2.img")).unwrap();
     got.insert("btrs replace --json", run(&["replace", "--json", "--degraded", &p("a1.img"), "2", &p("new.img")]));
-    quiet(&["fixture", "raid1-clean", &p("fx")]);
+    quiet(&["fixture", "raid1-csum-error", &p("fx")]);
     got.insert("manifest.json of btrs fixture", serde_json::from_slice(&std::fs::read(d.join("fx/manifest.json")).unwrap()).unwrap());
 
     let names: BTreeSet<&str> = sections.keys().map(String::as_str).collect();

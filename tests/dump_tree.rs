@@ -135,6 +135,14 @@ fn three_level_trees_print_as_progs_prints_them() {
             &["--csum-headers"],
             &["--csum-items", "--csum-headers", "-t", "dev"],
             &["--noscan"],
+            // As progs: --follow alone is ignored, the last -t counts.
+            &["--follow", "-t", "chunk"],
+            &["-t", "fs", "-t", "root"],
+            &["-t", "TREE_RELOC"],
+            &["-t", "tree_log_fixup"],
+            // Trees that are not there: the totals alone.
+            &["-t", "quota"],
+            &["-t", "999"],
         ] {
             same(args, &one, what);
         }
@@ -189,12 +197,9 @@ fn block_errors_name_the_block_and_exit_1() {
         assert!(err.contains(want), "{bytenr}: {err}");
         assert!(out.starts_with(&format!("leaf {leaf} items ")), "the readable block is printed: {out}");
     }
-    for (args, what) in [
-        (&["-b", "12x"][..], "not a block number"),
-        (&["-b", "-5"], "-5"),
-        (&["--follow"], "--block"),
-        (&["-b", "99999999999999999999"], "not a block number"),
-    ] {
+    for (args, what) in
+        [(&["-b", "12x"][..], "not a block number"), (&["-b", "-5"], "-5"), (&["-b", "99999999999999999999"], "not a block number")]
+    {
         let (c, _, err) = btrs_dump(args, &one);
         assert_eq!(c, 2, "{args:?}: {err}");
         assert!(err.contains(what), "{args:?}: {err}");
@@ -216,9 +221,18 @@ fn several_devices_as_positionals() {
     let f = d.join("f");
     std::fs::write(&f, common::pseudo(100_000, 4)).unwrap();
     ok(&["write", s(&imgs[0]), "/f", "--from", s(&f)]);
-    for args in [&[][..], &["-d"], &["--noscan"], &["-t", "chunk"], &["-r"]] {
+    // A subvolume and a snapshot: root refs, "file tree" labels; their names
+    // print under --hide-names as progs prints them.
+    ok(&["subvolume", "create", s(&imgs[0]), "/sv"]);
+    ok(&["subvolume", "snapshot", s(&imgs[0]), "/sv", "/snap"]);
+    for args in
+        [&[][..], &["-d"], &["--noscan"], &["-t", "chunk"], &["-r"], &["--hide-names"], &["-t", "root", "--hide-names"], &["-t", "256"]]
+    {
         same(args, &imgs, "two devices");
     }
+    let (c, _, err) = btrs_dump(&["-t", "quota"], &imgs);
+    assert_eq!(c, 0, "{err}");
+    assert!(err.contains("tree QUOTA_TREE has no ROOT_ITEM in the root tree"), "the reason is said on the side: {err}");
     // Alone in a directory with its sibling, the image finds it; with
     // --noscan it is all there is, and the other device is missing.
     let one = [imgs[0].clone()];

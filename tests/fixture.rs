@@ -101,9 +101,12 @@ fn list_names_every_fixture_and_bad_requests_fail_cleanly() {
     assert_eq!(code, 1, "non-empty dir: {err}");
     assert!(err.contains("not empty"), "{err}");
     assert_eq!(std::fs::read_dir(&d).expect("readdir").count(), 1);
-    // NAME without DIR.
+    // NAME without DIR, and list with one: usage errors.
     let (code, _, err) = btrs(&["fixture", "raid1-clean"]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("needs a DIR"), "{err}");
+    let (code, _, err) = btrs(&["fixture", "list", "extra"]);
+    assert_eq!(code, 2, "{err}");
 }
 
 #[test]
@@ -162,15 +165,13 @@ fn scrub_finds_exactly_the_manifests_findings() {
             .as_array()
             .expect("findings")
             .iter()
-            .map(|f| {
-                key(&f["kind"], &f["devid"], &f["logical"], &f["mirror"], f["paths"].get(0).unwrap_or(&Value::Null), &f["file_offset"])
-            })
+            .map(|f| key(&f["kind"], &f["devid"], &f["logical"], &f["mirror"], &f["paths"], &f["file_offset"]))
             .collect();
         let want: BTreeSet<String> = m["expected_findings"]
             .as_array()
             .expect("expected_findings")
             .iter()
-            .map(|f| key(&f["kind"], &f["devid"], &f["logical"], &f["mirror"], &f["path"], &f["file_offset"]))
+            .map(|f| key(&f["kind"], &f["devid"], &f["logical"], &f["mirror"], &f["paths"], &f["file_offset"]))
             .collect();
         assert_eq!(got, want, "{name}: scrub findings vs manifest\n{out}");
         assert_eq!(report["findings"].as_array().map(Vec::len), Some(want.len()), "{name}: duplicate findings\n{out}");
@@ -344,7 +345,11 @@ fn extract_shows_the_manifests_files() {
             continue;
         }
         assert_eq!(code, 0, "{name}: extract\n{out}{err}");
-        let ambiguous: Vec<&str> = findings.iter().filter(|f| f["kind"] == "mirror_mismatch").filter_map(|f| f["path"].as_str()).collect();
+        let ambiguous: Vec<&str> = findings
+            .iter()
+            .filter(|f| f["kind"] == "mirror_mismatch")
+            .flat_map(|f| f["paths"].as_array().into_iter().flatten().filter_map(Value::as_str))
+            .collect();
         let mut seen = Vec::new();
         walk(&dest, "", &mut seen);
         compare(&name, "extracted", seen, &m, &ambiguous);

@@ -1164,6 +1164,10 @@ fn text_report_says_what_would_fix_each_finding() {
         assert!(remedies.iter().any(|r| r == want), "{remedies:?}");
     }
 
+    // Told which copy to prefer, a read-only scrub names the repair that needs the same preference.
+    let (code, out, err) = btrs(&["scrub", "--no-progress", "--prefer-mirror", "1", a, b]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("  Repairable:     4 (1 by --repair, 1 by --prefer-mirror, 2 by --fix-csum)\n"), "{out}");
     let (code, _, err) = btrs(&["scrub", "--no-progress", "--prefer-mirror", "3", a, b]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--prefer-mirror 3: this filesystem keeps at most 2 copies"), "{err}");

@@ -58,6 +58,11 @@ pub fn check_entry_name(name: &[u8]) -> Result<()> {
     if name.is_empty() {
         return Err(Error::Invalid("empty file name".into()));
     }
+    // Every directory has them already (the VFS makes them): an entry of
+    // that name could never be reached.
+    if name == b"." || name == b".." {
+        return Err(Error::Invalid(format!("file name {} is reserved", shown(name))));
+    }
     if name.len() > MAX_NAME_LEN {
         return Err(Error::Invalid(format!("file name {} of {} bytes: at most {MAX_NAME_LEN}", shown(name), name.len())));
     }

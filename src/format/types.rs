@@ -413,8 +413,11 @@ pub fn parse_tree_id(s: &str) -> Option<u64> {
     if let Ok(n) = s.parse::<i64>() {
         return Some(super::objectid_of(n));
     }
+    // As btrfs-progs: BTRFS_ROOT_TREE_OBJECTID, ROOT_TREE, root, in any case.
     let norm = s.to_ascii_lowercase().replace(['_', '-'], "");
-    let norm = norm.strip_suffix("tree").unwrap_or(&norm);
+    let norm = norm.strip_prefix("btrfs").unwrap_or(&norm);
+    let norm = norm.strip_suffix("objectid").unwrap_or(norm);
+    let norm = norm.strip_suffix("tree").unwrap_or(norm);
     Some(match norm {
         "root" => ROOT_TREE_OBJECTID,
         "extent" => EXTENT_TREE_OBJECTID,
@@ -429,6 +432,8 @@ pub fn parse_tree_id(s: &str) -> Option<u64> {
         "raidstripe" => RAID_STRIPE_TREE_OBJECTID,
         "datareloc" => DATA_RELOC_TREE_OBJECTID,
         "log" | "treelog" => TREE_LOG_OBJECTID,
+        "treelogfixup" => TREE_LOG_FIXUP_OBJECTID,
+        "treereloc" => TREE_RELOC_OBJECTID,
         _ => return None,
     })
 }
@@ -507,6 +512,12 @@ mod tests {
     fn tree_names() {
         assert_eq!(parse_tree_id("free-space"), Some(FREE_SPACE_TREE_OBJECTID));
         assert_eq!(parse_tree_id("data-reloc"), Some(DATA_RELOC_TREE_OBJECTID));
+        // btrfs-progs' spellings.
+        assert_eq!(parse_tree_id("BTRFS_ROOT_TREE_OBJECTID"), Some(ROOT_TREE_OBJECTID));
+        assert_eq!(parse_tree_id("tree_log_fixup"), Some(TREE_LOG_FIXUP_OBJECTID));
+        assert_eq!(parse_tree_id("TREE_RELOC"), Some(TREE_RELOC_OBJECTID));
+        assert_eq!(parse_tree_id("DATA_RELOC_TREE"), Some(DATA_RELOC_TREE_OBJECTID));
+        assert_eq!(parse_tree_id("tree"), None);
         assert_eq!(parse_tree_id("256"), Some(256));
         assert_eq!(parse_tree_id("-9"), Some(DATA_RELOC_TREE_OBJECTID));
         assert_eq!(parse_tree_id("nonsense"), None);

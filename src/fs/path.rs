@@ -1,6 +1,6 @@
 //! Path walks: the one reading of a '/'-separated path (empty and "."
-//! components skipped, no symlink followed: paths name entries, like `btrfs
-//! restore`) shared by the read side ([`super::Filesystem::resolve`]) and the
+//! components skipped, ".." back to the directory the walk came from, no
+//! symlink followed: paths name entries, like `btrfs restore`) shared by the read side ([`super::Filesystem::resolve`]) and the
 //! write side (the transaction's `resolve`), so both stop at the same
 //! component for the same reason and say so in the same words.
 
@@ -53,21 +53,31 @@ pub(crate) fn not_dir(path: &str, component: &str) -> String {
 
 /// Walk `path` from `start`: `is_dir` tells whether a step may go on from an
 /// entry, `step` looks a name up in a directory (`None`: no such entry).
+/// ".." goes back to the directory the walk came from (at `start`, it stays
+/// there, as "/.." is "/"): with no symlink followed, a directory's parent is
+/// the one its path names, and btrfs keeps no ".." entry to look up.
 pub(crate) fn walk<T>(
     path: &str,
     start: T,
     is_dir: impl Fn(&T) -> bool,
     mut step: impl FnMut(&T, &[u8]) -> Result<Option<T>>,
 ) -> Result<Walk<T>> {
+    let mut up: Vec<T> = Vec::new();
     let mut cur = start;
     let mut last = "";
     for comp in components(path) {
         if !is_dir(&cur) {
             return Ok(Walk::NotDir { component: last.to_string() });
         }
-        match step(&cur, comp.as_bytes())? {
-            Some(next) => cur = next,
-            None => return Ok(Walk::Missing { component: comp.to_string() }),
+        if comp == ".." {
+            if let Some(parent) = up.pop() {
+                cur = parent;
+            }
+        } else {
+            match step(&cur, comp.as_bytes())? {
+                Some(next) => up.push(std::mem::replace(&mut cur, next)),
+                None => return Ok(Walk::Missing { component: comp.to_string() }),
+            }
         }
         last = comp;
     }
@@ -103,8 +113,12 @@ mod tests {
         assert_eq!(toy("/d/x/y"), Walk::Missing { component: "x".into() });
         assert_eq!(toy("/f/x"), Walk::NotDir { component: "f".into() });
         assert_eq!(toy("/d/f/x/y"), Walk::NotDir { component: "f".into() });
-        // ".." is a name like any other: there is no such entry.
-        assert_eq!(toy("/d/.."), Walk::Missing { component: "..".into() });
+        // ".." goes back where the walk came from; "/.." is "/".
+        assert_eq!(toy("/d/.."), Walk::Found("/"));
+        assert_eq!(toy("/d/../f"), Walk::Found("f"));
+        assert_eq!(toy("/../../d/f"), Walk::Found("f"));
+        assert_eq!(toy("/d/f/.."), Walk::NotDir { component: "f".into() });
+        assert_eq!(toy("/d/x/.."), Walk::Missing { component: "x".into() });
     }
 
     #[test]

@@ -8,7 +8,18 @@ use crate::ops::write::TruncateSize;
 /// A `chmod` mode: octal, or symbolic clauses applied in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModeSpec {
-    Octal(u32),
+    /// Octal digits. With fewer than five (`755`, `0755`) a directory keeps
+    /// its set-ID bits, as GNU chmod does; `00755` sets exactly.
+    Octal {
+        mode: u32,
+        keep_dir_ids: bool,
+    },
+    /// An operator and octal bits (`=755`, `-6000`, `+4000`): every class,
+    /// no umask; `=` sets exactly, on directories too.
+    OctalOp {
+        op: char,
+        bits: u32,
+    },
     Symbolic(Vec<Clause>),
 }
 
@@ -37,12 +48,19 @@ impl std::str::FromStr for ModeSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("invalid mode: {s:?}");
-        if !s.is_empty() && s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-            let m = u32::from_str_radix(s, 8).map_err(|_| bad())?;
-            if m > 0o7777 {
+        let octal = |digits: &str| -> Result<u32, String> {
+            if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
                 return Err(bad());
             }
-            return Ok(ModeSpec::Octal(m));
+            u32::from_str_radix(digits, 8).ok().filter(|&m| m <= 0o7777).ok_or_else(bad)
+        };
+        if s.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
+            return Ok(ModeSpec::Octal { mode: octal(s)?, keep_dir_ids: s.len() < 5 });
+        }
+        if let (Some(op @ ('+' | '-' | '=')), Some(rest)) = (s.chars().next(), s.get(1..)) {
+            if rest.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
+                return Ok(ModeSpec::OctalOp { op, bits: octal(rest)? });
+            }
         }
         let mut clauses = Vec::new();
         for part in s.split(',') {
@@ -101,11 +119,15 @@ impl ModeSpec {
     /// included, for X), `umask` limiting clauses that name no class, as
     /// coreutils' chmod does.
     pub fn apply(&self, old: u32, umask: u32) -> u32 {
+        let is_dir = old & crate::format::S_IFMT == crate::format::S_IFDIR;
         let clauses = match self {
-            ModeSpec::Octal(m) => return *m,
+            ModeSpec::Octal { mode, keep_dir_ids } if is_dir && *keep_dir_ids => return mode | (old & 0o6000),
+            ModeSpec::Octal { mode, .. } => return *mode,
+            ModeSpec::OctalOp { op: '+', bits } => return (old & 0o7777) | bits,
+            ModeSpec::OctalOp { op: '-', bits } => return old & 0o7777 & !bits,
+            ModeSpec::OctalOp { bits, .. } => return *bits,
             ModeSpec::Symbolic(c) => c,
         };
-        let is_dir = old & crate::format::S_IFMT == crate::format::S_IFDIR;
         let mut mode = old & 0o7777;
         for c in clauses {
             let (who, mask) = if c.who == 0 { (U | G | O, !umask & 0o7777) } else { (c.who, 0o7777) };
@@ -262,9 +284,25 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `truncate -s`: `[+-<>]SIZE`, SIZE as mkfs sizes are written.
+/// `truncate -s`: `[+-<>]SIZE`, SIZE as coreutils reads it: K, M, G, T, P,
+/// E (and KiB...) are powers of 1024, KB, MB... powers of 1000.
 pub fn parse_truncate_size(s: &str) -> Result<TruncateSize, String> {
-    let size = |x: &str| crate::ops::mkfs::parse_size(x).map_err(|e| e.to_string());
+    let size = |x: &str| {
+        let decimal = x.strip_suffix('B').and_then(|t| {
+            let unit = t.chars().last()?;
+            let power = "KMGTPE".find(unit.to_ascii_uppercase())?;
+            Some((&t[..t.len() - 1], u32::try_from(power).ok()? + 1))
+        });
+        match decimal {
+            Some((num, power)) => num
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(1000u64.checked_pow(power)?))
+                .ok_or_else(|| format!("bad size {x:?}")),
+            None => crate::ops::mkfs::parse_size(x).map_err(|e| e.to_string()),
+        }
+    };
     Ok(match s.chars().next() {
         Some('+') => TruncateSize::Grow(size(&s[1..])?),
         Some('-') => TruncateSize::Shrink(size(&s[1..])?),
@@ -303,9 +341,26 @@ mod tests {
         assert_eq!(sym("g=u", 0o100640), 0o660);
         assert_eq!(sym("o=g", 0o100640), 0o644);
         assert_eq!(sym("u-x+s", 0o100755), 0o4655);
-        for bad in ["", "8", "17777", "z+x", "u", "u+q", "u+x,", "+r,g"] {
+        for bad in ["", "8", "17777", "z+x", "u", "u+q", "u+x,", "+r,g", "=8", "-17777", "7a"] {
             assert!(bad.parse::<ModeSpec>().is_err(), "{bad:?}");
         }
+    }
+
+    /// GNU chmod 9.1 on this machine, from a setgid directory 2775 and a file 6755.
+    #[test]
+    fn numeric_modes_as_gnu_chmod_applies_them() {
+        let (d, f) = (0o042775, 0o106755);
+        assert_eq!(sym("755", d), 0o2755, "fewer than five digits: a directory keeps its set-ID bits");
+        assert_eq!(sym("0755", d), 0o2755);
+        assert_eq!(sym("00755", d), 0o755);
+        assert_eq!(sym("4755", d), 0o6755);
+        assert_eq!(sym("=755", 0o046775), 0o755);
+        assert_eq!(sym("+4000", d), 0o6775);
+        assert_eq!(sym("-2000", 0o046775), 0o4775);
+        assert_eq!(sym("755", f), 0o755, "a file keeps nothing");
+        assert_eq!(sym("=755", f), 0o755);
+        assert_eq!(sym("-6000", f), 0o755);
+        assert_eq!(sym("=7", 0o100644), 0o007, "no umask for octal bits");
     }
 
     #[test]
@@ -343,6 +398,14 @@ mod tests {
         assert_eq!(parse_truncate_size("-1"), Ok(TruncateSize::Shrink(1)));
         assert_eq!(parse_truncate_size("<10"), Ok(TruncateSize::AtMost(10)));
         assert_eq!(parse_truncate_size(">10"), Ok(TruncateSize::AtLeast(10)));
+        // As coreutils' truncate: KB is 1000, K and KiB 1024.
+        assert_eq!(parse_truncate_size("1KB"), Ok(TruncateSize::Set(1000)));
+        assert_eq!(parse_truncate_size("2MB"), Ok(TruncateSize::Set(2_000_000)));
+        assert_eq!(parse_truncate_size("1K"), Ok(TruncateSize::Set(1024)));
+        assert_eq!(parse_truncate_size("1KiB"), Ok(TruncateSize::Set(1024)));
+        assert_eq!(parse_truncate_size("+1GB"), Ok(TruncateSize::Grow(1_000_000_000)));
         assert!(parse_truncate_size("x").is_err());
+        assert!(parse_truncate_size("99999999EB").is_err());
+        assert!(parse_truncate_size("xKB").is_err());
     }
 }

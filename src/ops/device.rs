@@ -191,6 +191,7 @@ fn prepare(path: &Path, size: Option<u64>, default: Option<u64>, made: &mut Vec<
                 _ => dev.size,
             }
         }
+        Ok(m) if m.is_dir() => return Err(Error::Invalid(format!("{} is a directory, not an image file", path.display()))),
         Ok(_) => return Err(Error::Invalid(format!("{} is neither a regular file nor a block device", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let n = size.or(default).ok_or_else(|| Error::Invalid(format!("{}: give its size with --size", path.display())))?;

@@ -75,7 +75,21 @@ struct Extractor<'a> {
     dirs: HashSet<InodeId>,
     /// Replace what is on the host under a name the image has (a directory aside).
     overwrite: bool,
+    progress: Option<&'a (dyn Fn(&ExtractStats) + Sync)>,
     stats: ExtractStats,
+}
+
+/// How `extract_with` goes about it.
+#[derive(Clone, Copy, Default)]
+pub struct ExtractOptions<'a> {
+    /// A file, symlink or special file on the host under a name the image
+    /// has is removed first (the link itself, never what it points at) and
+    /// made again from the image; a host directory is still merged into,
+    /// never removed, and one standing where the image has a file is left
+    /// alone (the entry fails).
+    pub overwrite: bool,
+    /// Told the counts so far after each file (called on the extract thread).
+    pub progress: Option<&'a (dyn Fn(&ExtractStats) + Sync)>,
 }
 
 /// Copy `src` (a path inside the filesystem) to `dest` on the host. `dest`
@@ -86,15 +100,11 @@ struct Extractor<'a> {
 /// bad `dest`) and host errors that stop every entry (no space, read-only)
 /// are returned; other failures are counted in the stats.
 pub fn extract(fs: &Filesystem, src: &str, dest: &Path) -> Result<ExtractStats> {
-    extract_with(fs, src, dest, false)
+    extract_with(fs, src, dest, &ExtractOptions::default())
 }
 
-/// [`extract`], and with `overwrite` a file, symlink or special file on the
-/// host under a name the image has is removed first (the link itself, never
-/// what it points at) and made again from the image; a host directory is
-/// still merged into, never removed, and one standing where the image has a
-/// file is left alone (the entry fails).
-pub fn extract_with(fs: &Filesystem, src: &str, dest: &Path, overwrite: bool) -> Result<ExtractStats> {
+/// [`extract`] with the choices of [`ExtractOptions`].
+pub fn extract_with(fs: &Filesystem, src: &str, dest: &Path, opts: &ExtractOptions<'_>) -> Result<ExtractStats> {
     // The walk recurses once per directory level, up to MAX_DEPTH: it runs on
     // a thread whose stack holds that many levels many times over, whatever
     // the caller's stack limit (4096 levels need about 4 MiB).
@@ -102,7 +112,7 @@ pub fn extract_with(fs: &Filesystem, src: &str, dest: &Path, overwrite: bool) ->
         let h = std::thread::Builder::new()
             .name("extract".into())
             .stack_size(WALK_STACK)
-            .spawn_scoped(s, || extract_on_this_thread(fs, src, dest, overwrite))
+            .spawn_scoped(s, || extract_on_this_thread(fs, src, dest, opts))
             .map_err(|e| Error::io("<threads>", "start the extract thread", e))?;
         crate::threads::join(h, "extract")
     })
@@ -111,14 +121,14 @@ pub fn extract_with(fs: &Filesystem, src: &str, dest: &Path, overwrite: bool) ->
 /// Stack of the extract walk (see [`extract`]).
 const WALK_STACK: usize = 64 << 20;
 
-fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path, overwrite: bool) -> Result<ExtractStats> {
+fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path, opts: &ExtractOptions<'_>) -> Result<ExtractStats> {
     let ent = fs.resolve(src)?;
     let fspath = src.trim_matches('/');
     let ino = fs.entry_inode(&ent)?;
     if ino.file_type == FileType::Directory {
         let children = fs.read_dir(ent.id)?;
         let (fd, made) = dest_dir(dest)?;
-        let mut x = Extractor::new(fs, fd, dest.to_path_buf(), overwrite);
+        let mut x = Extractor::new(fs, fd, dest.to_path_buf(), opts);
         x.dirs.insert(ent.id);
         x.children(children, fspath, 0)?;
         // DEST that was there before keeps its own owner, mode and times: the image
@@ -132,7 +142,7 @@ fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path, overwrite: bo
         return Ok(x.stats);
     }
     match dest.symlink_metadata() {
-        Ok(m) if overwrite && !m.is_dir() => {}
+        Ok(m) if opts.overwrite && !m.is_dir() => {}
         Ok(_) => return Err(Error::Invalid(format!("{} already exists", dest.display()))),
         Err(_) => {}
     }
@@ -143,7 +153,7 @@ fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path, overwrite: bo
     // The path the caller gave is followed up to DEST's parent, like any path argument.
     let fd = rustix::fs::open(parent, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| Error::io(parent, "open", e.into()))?;
-    let mut x = Extractor::new(fs, fd, parent.to_path_buf(), overwrite);
+    let mut x = Extractor::new(fs, fd, parent.to_path_buf(), opts);
     x.entry(&ent, name, fspath, 0)?;
     Ok(x.stats)
 }
@@ -295,7 +305,7 @@ impl DirStack {
 }
 
 impl<'a> Extractor<'a> {
-    fn new(fs: &'a Filesystem, root: OwnedFd, root_path: PathBuf, overwrite: bool) -> Extractor<'a> {
+    fn new(fs: &'a Filesystem, root: OwnedFd, root_path: PathBuf, opts: &ExtractOptions<'a>) -> Extractor<'a> {
         Extractor {
             fs,
             root: rustix::process::geteuid().is_root(),
@@ -303,7 +313,8 @@ impl<'a> Extractor<'a> {
             dirs_open: DirStack { root: Rc::new(root), root_path, levels: Vec::new(), open: 0 },
             links: HashMap::new(),
             dirs: HashSet::new(),
-            overwrite,
+            overwrite: opts.overwrite,
+            progress: opts.progress,
             stats: ExtractStats::default(),
         }
     }
@@ -402,6 +413,9 @@ impl<'a> Extractor<'a> {
                 self.file(&ino, &f, fspath, &host)?;
                 self.metadata_fd(&ino, &f, &host)?;
                 self.stats.files += 1;
+                if let Some(p) = self.progress {
+                    p(&self.stats);
+                }
             }
             FileType::Symlink => {
                 let target = self.fs.read_link(ent.id)?;

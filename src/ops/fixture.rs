@@ -234,8 +234,8 @@ pub struct ExpectedFinding {
     pub(crate) logical: Option<u64>,
     /// 1-based copy (superblock copy index + 1 for "super").
     pub(crate) mirror: Option<u64>,
-    /// The first path scrub names, or null.
-    pub(crate) path: Option<String>,
+    /// The paths scrub names (every name of the file; none for metadata).
+    pub(crate) paths: Vec<String>,
     pub(crate) file_offset: Option<u64>,
 }
 
@@ -709,7 +709,7 @@ fn plan_damage(spec: &Spec, images: &[PathBuf], entries: &[Entry], seed: u64) ->
             devid: Some(loc.devid),
             logical: Some(logical),
             mirror: Some(mirror as u64 + 1),
-            path: Some(path.to_string()),
+            paths: vec![path.to_string()],
             file_offset: Some(off),
         })
     };
@@ -766,7 +766,7 @@ fn plan_damage(spec: &Spec, images: &[PathBuf], entries: &[Entry], seed: u64) ->
                 devid: Some(loc.devid),
                 logical: Some(fs_root.bytenr),
                 mirror: Some(1),
-                path: None,
+                paths: Vec::new(),
                 file_offset: None,
             });
         }
@@ -776,11 +776,18 @@ fn plan_damage(spec: &Spec, images: &[PathBuf], entries: &[Entry], seed: u64) ->
             const _: () = assert!(AT + 64 <= SUPER_INFO_SIZE);
             let at = SUPER_MIRROR_1 + AT as u64;
             patches.push(Patch { image: vol.device(2)?.path.clone(), physical: at, bytes: r.bytes(64) });
-            expected.push(ExpectedFinding { kind: "super", devid: Some(2), logical: None, mirror: Some(2), path: None, file_offset: None });
+            expected.push(ExpectedFinding {
+                kind: "super",
+                devid: Some(2),
+                logical: None,
+                mirror: Some(2),
+                paths: Vec::new(),
+                file_offset: None,
+            });
         }
     }
     if spec.damage == Damage::Degraded {
-        expected.push(ExpectedFinding { kind: "read", devid: Some(2), logical: None, mirror: None, path: None, file_offset: None });
+        expected.push(ExpectedFinding { kind: "read", devid: Some(2), logical: None, mirror: None, paths: Vec::new(), file_offset: None });
     }
     Ok((patches, expected, levels))
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::FileType;
 use crate::fs::{DirEnt, Filesystem, Inode, Timespec};
-use crate::ops::quoting::{needs_quoting, quote, Quoting};
+use crate::ops::quoting::{needs_quoting, quote, quote_dir_line, Quoting};
 
 pub struct LsOptions {
     pub long: bool,
@@ -27,7 +27,7 @@ pub fn ls(fs: &Filesystem, path: &str, opts: &LsOptions, out: &mut dyn Write) ->
         let name = path.trim_end_matches('/').rsplit('/').next().unwrap_or(path).as_bytes().to_vec();
         return print_entry(fs, &DirEnt { name, ..ent }, opts, false, out);
     }
-    let shown = if path.is_empty() { "/".to_string() } else { path.to_string() };
+    let shown = if path.is_empty() { b"/".to_vec() } else { path.as_bytes().to_vec() };
     list_dir(fs, &ent, &shown, opts, out)
 }
 
@@ -39,14 +39,16 @@ pub fn ls(fs: &Filesystem, path: &str, opts: &LsOptions, out: &mut dyn Write) ->
 /// `seen`: directories listed so far. A directory has one parent, so meeting one again in a
 /// recursive listing means damaged metadata (a loop, or two entries naming one directory); going
 /// on would list whole subtrees again at every level, exponentially with several such entries.
-fn list_dir(fs: &Filesystem, dir: &DirEnt, shown: &str, opts: &LsOptions, out: &mut dyn Write) -> Result<()> {
+fn list_dir(fs: &Filesystem, dir: &DirEnt, shown: &[u8], opts: &LsOptions, out: &mut dyn Write) -> Result<()> {
     let mut seen: HashSet<crate::fs::InodeId> = HashSet::new();
-    // Each level: its shown path and its subdirectories not yet listed.
-    let mut stack: Vec<(String, std::vec::IntoIter<DirEnt>)> = Vec::new();
-    let mut next: Option<(DirEnt, String)> = Some((dir.clone(), shown.to_string()));
+    // Each level: its shown path (bytes: names need not be UTF-8) and its
+    // subdirectories not yet listed.
+    let mut stack: Vec<(Vec<u8>, std::vec::IntoIter<DirEnt>)> = Vec::new();
+    let mut next: Option<(DirEnt, Vec<u8>)> = Some((dir.clone(), shown.to_vec()));
     loop {
         if let Some((dir, shown)) = next.take() {
             if opts.recursive && dir.id.ino != crate::format::EMPTY_SUBVOL_DIR_OBJECTID && !seen.insert(dir.id) {
+                let shown = String::from_utf8_lossy(&shown);
                 let parent = shown.rsplit_once('/').map_or("/", |p| if p.0.is_empty() { "/" } else { p.0 });
                 return Err(Error::corrupt(
                     CorruptKind::Loop,
@@ -59,7 +61,7 @@ fn list_dir(fs: &Filesystem, dir: &DirEnt, shown: &str, opts: &LsOptions, out: &
                 entries.sort_by(|a, b| a.name.cmp(&b.name));
             }
             if opts.recursive {
-                let mut line = quote(shown.as_bytes(), opts.quoting);
+                let mut line = quote_dir_line(&shown, opts.quoting);
                 line.extend_from_slice(b":\n");
                 w(out.write_all(&line))?;
             }
@@ -79,7 +81,12 @@ fn list_dir(fs: &Filesystem, dir: &DirEnt, shown: &str, opts: &LsOptions, out: &
         match subdirs.next() {
             Some(e) => {
                 w(writeln!(out))?;
-                let child = format!("{}/{}", shown.trim_end_matches('/'), String::from_utf8_lossy(&e.name));
+                let mut child = shown.clone();
+                while child.last() == Some(&b'/') {
+                    child.pop();
+                }
+                child.push(b'/');
+                child.extend_from_slice(&e.name);
                 next = Some((e, child));
             }
             None => {

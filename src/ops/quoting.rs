@@ -68,7 +68,15 @@ fn shell_special(c: char) -> bool {
 
 /// Whether the shell-escape style quotes this name.
 pub fn needs_quoting(name: &[u8]) -> bool {
+    needs_quoting_as(name, false)
+}
+
+/// `dir`: a directory line of `ls -R`, where ':' is special too.
+fn needs_quoting_as(name: &[u8], dir: bool) -> bool {
     let p = pieces(name);
+    if dir && p.contains(&Piece::Char(':')) {
+        return true;
+    }
     if name == b"{" || name == b"}" || matches!(p.first(), Some(Piece::Char('#' | '~'))) {
         return true;
     }
@@ -80,18 +88,30 @@ pub fn needs_quoting(name: &[u8]) -> bool {
 
 /// `name` printed in `style`.
 pub fn quote(name: &[u8], style: Quoting) -> Vec<u8> {
+    quote_as(name, style, false)
+}
+
+/// A directory's path as `ls -R` prints it above its entries: as a name, but
+/// ':' (which ends the line) is quoted too, and `-b` leaves spaces alone, as
+/// GNU ls does.
+pub fn quote_dir_line(path: &[u8], style: Quoting) -> Vec<u8> {
+    quote_as(path, style, true)
+}
+
+fn quote_as(name: &[u8], style: Quoting, dir: bool) -> Vec<u8> {
     match style {
         Quoting::Literal => name.to_vec(),
-        Quoting::Escape => escape(name).into_bytes(),
-        Quoting::ShellEscape => shell_escape(name).into_bytes(),
+        Quoting::Escape => escape(name, dir).into_bytes(),
+        Quoting::ShellEscape => shell_escape(name, dir).into_bytes(),
     }
 }
 
-fn escape(name: &[u8]) -> String {
+fn escape(name: &[u8], dir: bool) -> String {
     let mut out = String::with_capacity(name.len());
     for p in pieces(name) {
         match p {
-            Piece::Char(' ') => out.push_str("\\ "),
+            Piece::Char(' ') if !dir => out.push_str("\\ "),
+            Piece::Char(':') if dir => out.push_str("\\:"),
             Piece::Char('\\') => out.push_str("\\\\"),
             Piece::Char(c) => out.push(c),
             Piece::Byte(b) => c_escape(&mut out, b),
@@ -100,9 +120,9 @@ fn escape(name: &[u8]) -> String {
     out
 }
 
-fn shell_escape(name: &[u8]) -> String {
+fn shell_escape(name: &[u8], dir: bool) -> String {
     let p = pieces(name);
-    if !needs_quoting(name) {
+    if !needs_quoting_as(name, dir) {
         return String::from_utf8_lossy(name).into_owned();
     }
     let has_bytes = p.iter().any(|x| matches!(x, Piece::Byte(_)));
@@ -189,5 +209,11 @@ mod tests {
             assert_eq!(quote(name, Quoting::Escape), esc.as_bytes(), "{name:?}");
             assert_eq!(quote(name, Quoting::Literal), *name);
         }
+        // Directory lines of ls -R (GNU: `'./c:d':`, `./c\:d:`, `./a b:`).
+        assert_eq!(quote_dir_line(b"./c:d", Quoting::ShellEscape), b"'./c:d'");
+        assert_eq!(quote_dir_line(b"./c:d", Quoting::Escape), b"./c\\:d");
+        assert_eq!(quote_dir_line(b"./a b", Quoting::Escape), b"./a b");
+        assert_eq!(quote_dir_line(b"/\xff", Quoting::ShellEscape), b"'/'$'\\377'");
+        assert_eq!(quote_dir_line(b"/\xff", Quoting::Escape), b"/\\377");
     }
 }

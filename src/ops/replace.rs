@@ -74,8 +74,10 @@ fn chunk_only_on(fs: &Filesystem, devid: u64) -> Option<(u64, Profile)> {
 /// `new` (which must not exist). The device must be missing from the set.
 pub fn replace(opts: &OpenOptions, devid: u64, new: &Path, wipe_stale: bool, progress: bool) -> Result<ReplaceReport> {
     // symlink_metadata: a dangling symlink is there too.
-    if new.symlink_metadata().is_ok() {
-        return Err(Error::Invalid(format!("{} exists; replace writes a new image file", new.display())));
+    match new.symlink_metadata() {
+        Ok(m) if m.is_dir() => return Err(Error::Invalid(format!("{} is a directory, not an image file", new.display()))),
+        Ok(_) => return Err(Error::Invalid(format!("{} exists; replace writes a new image file", new.display()))),
+        Err(_) => {}
     }
     // What the set is without the device: read-only, degraded.
     let look = OpenOptions { degraded: true, writable: false, replacement: None, ..opts.clone() };

@@ -74,6 +74,10 @@ fn type_name(ino: &Inode) -> &'static str {
 /// The fields of the inode at `path` (symlinks are not followed, like
 /// `stat` without -L).
 pub fn stat(fs: &Filesystem, path: &str) -> Result<StatInfo> {
+    // As coreutils: an empty name is no file (not the root).
+    if path.is_empty() {
+        return Err(Error::NotFound("'': No such file or directory".into()));
+    }
     let e = fs.resolve(path)?;
     crate::ops::write::slash_means_dir(path, e.file_type == FileType::Directory)?;
     let ino = fs.entry_inode(&e)?;

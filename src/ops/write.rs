@@ -62,7 +62,14 @@ pub(crate) fn split(path: &str) -> Result<(String, Vec<u8>)> {
 /// `parents`; the subvolume it is in must be writable.
 pub(crate) fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<Place> {
     let mut cur = Place { id: InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, dir_type: FT_DIR };
+    // ".." as the read side walks it (`fs::path::walk`): back where the path came from.
+    let mut up: Vec<Place> = Vec::new();
     for comp in crate::fs::path::components(path) {
+        if comp == ".." {
+            cur = up.pop().unwrap_or(cur);
+            continue;
+        }
+        up.push(cur);
         cur = match tx.lookup(cur.root(), cur.ino(), comp.as_bytes())? {
             Some(p) if p.dir_type == FT_DIR => p,
             Some(_) => return Err(Error::Invalid(crate::fs::path::not_dir(path, comp))),
@@ -621,14 +628,29 @@ pub fn open_input(from: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u
 /// a DEST that does not exist, SRC is copied *as* DEST; otherwise DEST must be
 /// a directory and each SRC goes into it under its own name.
 pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Result<(u64, Vec<String>)> {
+    put_with_progress(opts, srcs, dest, &|_, _| {})
+}
+
+/// [`put`], telling `progress` the data bytes copied so far and in all as it goes.
+pub fn put_with_progress(
+    opts: &OpenOptions,
+    srcs: &[std::path::PathBuf],
+    dest: &str,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(u64, Vec<String>)> {
     let mut tx = begin(opts)?;
-    let files = put_in(&mut tx, srcs, dest)?;
+    let files = put_in_with(&mut tx, srcs, dest, progress)?;
     let warnings = tx.commit_with_warnings()?;
     Ok((files, warnings))
 }
 
 /// [`put`] inside a running transaction (not committed); the files copied.
+#[cfg(test)]
 pub(crate) fn put_in(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: &str) -> Result<u64> {
+    put_in_with(tx, srcs, dest, &|_, _| {})
+}
+
+fn put_in_with(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: &str, progress: &dyn Fn(u64, u64)) -> Result<u64> {
     // Fail before writing anything when the data cannot fit, or when a
     // name, symlink target or xattr is beyond what the kernel accepts.
     let fs = tx.fs();
@@ -638,7 +660,6 @@ pub(crate) fn put_in(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: &s
         need += host_scan(s, ss, nodesize)?;
     }
     tx.store.ensure_data_space(need)?;
-    let mut files = 0u64;
     let targets: Vec<(Place, Vec<u8>, &std::path::PathBuf)> = match tx.resolve(dest)? {
         Some(p) if p.dir_type == FT_DIR => srcs
             .iter()
@@ -661,11 +682,21 @@ pub(crate) fn put_in(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: &s
     for (_, name, src) in &targets {
         limits::check_entry_name(name).map_err(|e| Error::Invalid(format!("{}: {e}", src.display())))?;
     }
-    let mut copied = Copied::new();
+    let mut st = PutState { files: 0, copied: Copied::new(), bytes: 0, total: need, progress };
     for (dir, name, src) in targets {
-        put_tree(tx, dir, &name, src, &mut files, &mut copied)?;
+        put_tree(tx, dir, &name, src, &mut st)?;
     }
-    Ok(files)
+    Ok(st.files)
+}
+
+/// What a put carries from file to file: files copied, hard links seen, data
+/// bytes written (of `total`, for `progress`).
+struct PutState<'a> {
+    files: u64,
+    copied: Copied,
+    bytes: u64,
+    total: u64,
+    progress: &'a dyn Fn(u64, u64),
 }
 
 /// Data bytes a host tree takes once written (each data range rounded to
@@ -718,19 +749,19 @@ struct PutDir {
 /// beneath it (in name order; each directory's xattrs, owner and times once
 /// its entries are in). Iterative, with an explicit stack of the directories
 /// being copied: a deep host tree must not overflow the thread's stack.
-fn put_tree(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut u64, copied: &mut Copied) -> Result<()> {
-    let mut stack: Vec<PutDir> = put_one(tx, at, name, src, files, copied)?.into_iter().collect();
+fn put_tree(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, st: &mut PutState<'_>) -> Result<()> {
+    let mut stack: Vec<PutDir> = put_one(tx, at, name, src, st)?.into_iter().collect();
     while let Some(top) = stack.last_mut() {
         match top.kids.next() {
             Some(k) => {
                 let at = Place { id: InodeId { subvol: top.root, ino: top.ino }, dir_type: FT_DIR };
-                if let Some(d) = put_one(tx, at, k.file_name().as_encoded_bytes(), &k.path(), files, copied)? {
+                if let Some(d) = put_one(tx, at, k.file_name().as_encoded_bytes(), &k.path(), st)? {
                     stack.push(d);
                 }
             }
             None => {
                 if let Some(d) = stack.pop() {
-                    put_finish(tx, d.root, d.ino, &d.src, &d.meta, copied)?;
+                    put_finish(tx, d.root, d.ino, &d.src, &d.meta, &mut st.copied)?;
                 }
             }
         }
@@ -743,13 +774,13 @@ fn put_tree(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mu
 /// device numbers, symlink targets, hard links and holes (data ranges via
 /// SEEK_DATA/SEEK_HOLE, read in bounded steps). A directory is only made:
 /// returned with its entries for [`put_tree`] to copy and then finish.
-fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut u64, copied: &mut Copied) -> Result<Option<PutDir>> {
+fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, st: &mut PutState<'_>) -> Result<Option<PutDir>> {
     use std::os::unix::fs::{FileExt, MetadataExt};
     let (root, dir) = (at.root(), at.ino());
     let meta = std::fs::symlink_metadata(src).map_err(|e| Error::io(src, "stat", e))?;
     let id = (meta.dev(), meta.ino());
     if !meta.is_dir() && meta.nlink() > 1 {
-        if let Some(&ino) = copied.get(&id) {
+        if let Some(&ino) = st.copied.get(&id) {
             return tx.link(root, ino, dir, name).map(|_| None);
         }
     }
@@ -782,6 +813,8 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
                 f.read_exact_at(&mut buf, pos).map_err(|e| Error::io(src, format!("read at {pos}"), e))?;
                 tx.write_at(InodeId { subvol: root, ino }, pos, &buf, &WriteOpts::default(), &mut report)?;
                 pos += n as u64;
+                st.bytes = st.bytes.saturating_add(n as u64);
+                (st.progress)(st.bytes, st.total);
             }
         }
         // Its size is what was copied: a file with bytes past it (/proc and
@@ -798,7 +831,7 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
         if tx.read_inode(root, ino)?.size.get() < size {
             tx.truncate(root, ino, size)?;
         }
-        *files += 1;
+        st.files += 1;
         ino
     } else {
         // Fifos, sockets, character and block devices: an inode with rdev.
@@ -808,7 +841,7 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, files: &mut
         tx.put_inode(root, ino, &it)?;
         ino
     };
-    put_finish(tx, root, ino, src, &meta, copied)?;
+    put_finish(tx, root, ino, src, &meta, &mut st.copied)?;
     Ok(None)
 }
 

@@ -50,7 +50,7 @@ fn decode_item(buf: &mut Vec<u8>, ctx: &DumpCtx, key: Key, data: &[u8]) -> Resul
         DIR_LOG_ITEM_KEY | DIR_LOG_INDEX_KEY => inode::dir_log(buf, data)?,
         ORPHAN_ITEM_KEY => w!(buf, "\t\torphan item\n"),
         ROOT_ITEM_KEY => root::print_root_item(buf, data)?,
-        ROOT_REF_KEY | ROOT_BACKREF_KEY => root::root_ref(buf, ctx, key, data)?,
+        ROOT_REF_KEY | ROOT_BACKREF_KEY => root::root_ref(buf, key, data)?,
         EXTENT_ITEM_KEY | METADATA_ITEM_KEY => extent::print_extent_item(buf, key, data)?,
         TREE_BLOCK_REF_KEY => w!(buf, "\t\ttree block backref\n"),
         SHARED_BLOCK_REF_KEY => w!(buf, "\t\tshared block backref\n"),

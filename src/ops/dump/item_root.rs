@@ -6,7 +6,6 @@ use std::io::Write;
 use super::body::{need, padded};
 use super::names::key_str;
 use super::text::{c_str, time_str};
-use super::DumpCtx;
 use crate::error::Result;
 use crate::format::items;
 use crate::format::ondisk::*;
@@ -55,11 +54,12 @@ pub(super) fn print_root_item(buf: &mut Vec<u8>, data: &[u8]) -> Result<()> {
 }
 
 /// ROOT_REF and ROOT_BACKREF.
-pub(super) fn root_ref(buf: &mut Vec<u8>, ctx: &DumpCtx, key: Key, data: &[u8]) -> Result<()> {
+/// Names print under --hide-names too, as btrfs-progs prints them.
+pub(super) fn root_ref(buf: &mut Vec<u8>, key: Key, data: &[u8]) -> Result<()> {
     let r = items::parse_root_ref(data)?;
     let tag = if key.item_type == ROOT_REF_KEY { "ref" } else { "backref" };
     w!(buf, "\t\troot {tag} key dirid {} sequence {} name ", r.dirid, r.sequence);
-    buf.extend_from_slice(super::item_inode::name_bytes(ctx, &r.name));
+    buf.extend_from_slice(c_str(&r.name, NAME_LEN));
     w!(buf, "\n");
     Ok(())
 }

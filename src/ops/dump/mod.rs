@@ -15,10 +15,8 @@
 //! - no `btrfs-progs vX.Y` banner line;
 //! - a superblock copy with bad magic is dumped anyway after its `ERROR:` line
 //!   (btrfs-progs wants `--force` for that);
-//! - `dump_tree(Some(id))` for an id without a ROOT_ITEM is an error (btrfs-progs
-//!   prints only the totals);
-//! - `--hide-names` hides subvolume names in root refs too (btrfs-progs 6.2
-//!   promises it and prints them);
+//! - `dump_tree(Some(id))` for an id without a ROOT_ITEM prints the totals, as
+//!   btrfs-progs does, and leaves a warning naming the tree;
 //! - blocks that cannot be read are named on standard output, where the
 //!   dump goes on (btrfs-progs writes to standard error or skips them).
 //!

@@ -65,7 +65,8 @@ pub struct DumpTreeOptions {
 /// the log root tree; any other id is looked up through its ROOT_ITEM(s) in
 /// the root tree (subvolume ids too), printed under a `NAME tree key (...) `
 /// line and followed by the `total bytes`/`bytes used`/`uuid` lines, as
-/// btrfs-progs does; an id without a ROOT_ITEM is `Error::NotFound`. `None`
+/// btrfs-progs does; for an id without a ROOT_ITEM only the totals are printed
+/// (and a warning left on the filesystem, see `Filesystem::take_warnings`). `None`
 /// prints the root tree, the chunk tree, the log root tree if any, then every
 /// tree that has a ROOT_ITEM in the root tree (and in the log root tree), then
 /// the totals. Blocks that cannot be read print an `ERROR:`
@@ -126,7 +127,9 @@ pub fn dump_tree_with(out: &mut dyn Write, fs: &Filesystem, opts: &DumpTreeOptio
         Some(CHUNK_TREE_OBJECTID) => return whole(out, "chunk tree", chunk_start),
         Some(TREE_LOG_OBJECTID) => {
             let Some(log) = log_start else {
-                return Err(Error::NotFound("the filesystem has no log tree (log_root is 0)".into()));
+                // As btrfs-progs: nothing printed, said on the side, not a failure.
+                fs.warn("the filesystem has no log tree (log_root is 0)".into());
+                return Ok(());
             };
             return whole(out, "log root tree", log);
         }
@@ -173,7 +176,8 @@ pub fn dump_tree_with(out: &mut dyn Write, fs: &Filesystem, opts: &DumpTreeOptio
     }
     if let Some(id) = opts.tree {
         if !found {
-            return Err(Error::NotFound(format!("tree {id} has no ROOT_ITEM in the root tree")));
+            // btrfs-progs prints the totals alone; the reason goes to the side.
+            fs.warn(format!("tree {} has no ROOT_ITEM in the root tree", objectid_str(id, 0)));
         }
     }
     if opts.extents_only || opts.device_only || opts.uuid_only {
@@ -550,7 +554,11 @@ mod tests {
             .unwrap();
             let s = String::from_utf8(out).unwrap();
             assert!(s.starts_with("fs tree key (FS_TREE ROOT_ITEM 0) \nleaf "), "{s}");
-            assert!(matches!(dump_tree(&mut Vec::new(), &fs, Some(4242)), Err(Error::NotFound(_))));
+            // A tree that is not there: the totals alone, as progs, and a warning.
+            let mut out = Vec::new();
+            dump_tree(&mut out, &fs, Some(4242)).unwrap();
+            assert!(String::from_utf8(out).unwrap().starts_with("total bytes "));
+            assert!(fs.take_warnings().iter().any(|w| w.0.contains("tree 4242 has no ROOT_ITEM")));
         }
     }
 }

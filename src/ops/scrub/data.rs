@@ -3,7 +3,7 @@
 //! devices), and repair bad copies batch by batch.
 
 use super::arbitrate::{arbitrate, Verdict};
-use super::report::{Finding, FindingKind, Remedy, NO_ARBITER};
+use super::report::{Finding, FindingKind, Remedy, NOT_PREFERRED, NO_ARBITER};
 use super::state::{Acc, Ctx};
 use crate::error::Result;
 use crate::format::*;
@@ -348,9 +348,7 @@ fn scrub_data_window(
                     }
                     Verdict::Preferred { good, bad: b } => {
                         source = Some(good);
-                        bad.extend(
-                            b.into_iter().map(|m| (m, FindingKind::MirrorMismatch, "copy differs from the preferred copy (no checksum)")),
-                        );
+                        bad.extend(b.into_iter().map(|m| (m, FindingKind::MirrorMismatch, NOT_PREFERRED)));
                     }
                     Verdict::NoArbiter { copies } => {
                         uncorrectable = true;
@@ -394,7 +392,7 @@ fn scrub_data_window(
                     file_offset: None,
                     repaired: false,
                     // Copies nothing decides between: the caller can, with --prefer-mirror.
-                    remedy: (detail == NO_ARBITER).then_some(Remedy::PreferMirror),
+                    remedy: (detail == NO_ARBITER || detail == NOT_PREFERRED).then_some(Remedy::PreferMirror),
                     detail: detail.to_string(),
                     extent: Some(extent),
                 },
