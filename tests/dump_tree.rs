@@ -242,6 +242,14 @@ fn several_devices_as_positionals() {
     let (c, _, err) = btrs_dump(&["--noscan", "-t", "chunk"], &one);
     assert_eq!(c, 1, "{err}");
     assert!(err.contains("missing") || err.contains("devid 2"), "{err}");
+    // With --degraded it is read as progs reads it alone: the missing device named first.
+    for args in [&["--noscan", "--degraded", "-t", "chunk"][..], &["--noscan", "--degraded", "-d"]] {
+        let (pc, want) = progs_dump(&args[2..], &one);
+        let (bc, got, err) = btrs_dump(args, &one);
+        assert_eq!((pc, bc), (0, 0), "{err}");
+        assert!(got.starts_with("warning, device 2 is missing\n"), "{got}");
+        assert_eq!(got, want, "{args:?}");
+    }
 }
 
 /// Where logical `at` lies in the single-profile image `img`, from its chunk tree.

@@ -43,6 +43,11 @@ pub(super) fn plain_recs(pieces: &[(u64, u64, u64)], sums: Vec<Vec<u8>>) -> Vec<
         .collect()
 }
 
+
+/// Bytes of a buffered write below which its checksums are computed on the
+/// writing thread rather than split among threads.
+const PARALLEL_CSUM_MIN: usize = 1 << 20;
+
 impl Transaction {
     /// Write `buf` to every copy of `logical` through the page cache (see
     /// [`crate::volumes::Volume::write_bios`]).
@@ -95,6 +100,16 @@ impl Transaction {
         report: &mut WriteReport,
     ) -> Result<Vec<Vec<u8>>> {
         let ss = self.store.fs.sectorsize as usize;
+        // Small writes checksum here: starting threads costs more than the
+        // checksums (a put of many small files started two threads per file,
+        // half its time in the kernel).
+        if nosum || buf.len() < PARALLEL_CSUM_MIN {
+            for &(pos, logical, got) in pieces {
+                let off = (pos - a) as usize;
+                self.write_data(logical, &buf[off..off + got as usize], opts, report)?;
+            }
+            return Ok(if nosum { Vec::new() } else { self.piece_csums(pieces, a, &self.compute_csums(buf)) });
+        }
         std::thread::scope(|s| -> Result<Vec<Vec<u8>>> {
             let csummers: Vec<_> = if nosum {
                 Vec::new()

@@ -81,6 +81,10 @@ pub fn dump_tree(out: &mut dyn Write, fs: &Filesystem, tree: Option<u64>) -> Res
 pub fn dump_tree_with(out: &mut dyn Write, fs: &Filesystem, opts: &DumpTreeOptions) -> Result<()> {
     let ctx = DumpCtx { csum_headers: opts.csum_headers, csum_items: opts.csum_items, hide_names: opts.hide_names, ..DumpCtx::of(fs) };
     let d = Dumper { fs, ctx, order: opts.order };
+    // btrfs-progs says so on standard output, as it opens the filesystem.
+    for devid in &fs.volume().missing {
+        out.write_all(format!("warning, device {devid} is missing\n").as_bytes()).map_err(out_err)?;
+    }
     if !opts.blocks.is_empty() {
         return d.print_blocks(out, &opts.blocks, opts.follow);
     }
