@@ -47,17 +47,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether a host file carries the btrfs magic in its primary superblock.
+fn is_btrfs_image(path: &str) -> bool {
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 65536 + 64))
+        .is_ok_and(|()| &magic == b"_BHRfS_M")
+}
+
 /// A path the filesystem lacks that is an image file on the host: the user
 /// meant another device of the set (`btrs ls a.img b.img`), which goes with
 /// --device.
 fn device_hint<T, E: Into<anyhow::Error>>(r: Result<T, E>, path: &str) -> anyhow::Result<T> {
     r.map_err(|e| {
         let e = e.into();
-        let mut magic = [0u8; 8];
-        let is_image = std::fs::File::open(path)
-            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 65536 + 64))
-            .is_ok_and(|()| &magic == b"_BHRfS_M");
-        if is_image {
+        if is_btrfs_image(path) {
             e.context(format!("{path} is a btrfs image on the host, not a path in this filesystem: other devices go with --device {path}"))
         } else {
             e
@@ -71,6 +75,28 @@ fn device_hint<T, E: Into<anyhow::Error>>(r: Result<T, E>, path: &str) -> anyhow
 /// after `--`.
 fn usage_error(e: clap::Error) -> ExitCode {
     let text = e.render().to_string();
+    // clap names no argument here: name the first one that is not UTF-8.
+    if e.kind() == clap::error::ErrorKind::InvalidUtf8 {
+        if let Some(bad) = std::env::args_os().find(|a| a.to_str().is_none()) {
+            say!(
+                "btrs: argument {:?} is not valid UTF-8: paths inside an image and most values are taken as UTF-8 \
+                 (image file names may be any bytes)",
+                bad
+            );
+            return ExitCode::from(2);
+        }
+    }
+    // An extra positional that is a btrfs image: another device of the set.
+    if e.kind() == clap::error::ErrorKind::UnknownArgument {
+        if let Some(clap::error::ContextValue::String(arg)) = e.get(clap::error::ContextKind::InvalidArg) {
+            if is_btrfs_image(arg) {
+                let tip = format!("  tip: {arg} is a btrfs image: other devices of the filesystem go with --device {arg}\n\n");
+                let at = text.find("\nUsage:").map_or(text.len(), |n| n + 1);
+                eprint!("{}{tip}{}", &text[..at], &text[at..]);
+                return ExitCode::from(2);
+            }
+        }
+    }
     let Some(at) = text.find("  tip: to pass '") else { e.exit() };
     let end = text[at..].find('\n').map_or(text.len(), |n| at + n);
     let arg = text[at..end].split('\'').nth(1).unwrap_or("");

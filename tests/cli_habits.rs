@@ -112,6 +112,8 @@ fn habits_give_the_exit_status_and_output_users_expect() {
         (vec!["scrub", "start", "-B", "-R", i], 0, Out("\tverify_errors: 0\n")),
         (vec!["ls", dir], 1, Err("is a directory, not an image file")),
         (vec!["ls", i, i], 1, Err("is a btrfs image on the host, not a path in this filesystem: other devices go with --device")),
+        (vec!["fi", "show", i, i], 2, Err("is a btrfs image: other devices of the filesystem go with --device")),
+        (vec!["fi", "show", i, h], 2, Err("unexpected argument")),
         (vec!["stat", i, ""], 1, Err("'': No such file or directory")),
         (vec!["ls", i, "/d/../d/.."], 0, Out("f1\n")),
         (vec!["mkdir", i, "/d/.."], 1, Err("not a name")),
@@ -300,6 +302,11 @@ fn ls_quotes_names_as_gnu_ls() {
     assert_eq!(lines(&["-b"]), want);
     let want: Vec<Vec<u8>> = vec![b"/:".to_vec(), b"/c:d:".to_vec(), b"/x y:".to_vec(), b"/\xff:".to_vec()];
     assert_eq!(lines(&["-N"]), want);
+    // A path argument that is not UTF-8 cannot be named yet; the refusal names it.
+    let o = Command::new(BIN).arg("cat").arg(&img).arg(std::ffi::OsStr::from_bytes(b"/a\x80b")).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("\"/a\\x80b\" is not valid UTF-8"), "{err}");
     // On a terminal, shell-escape is the default.
     let o = Command::new("script").args(["-qc", &format!("{BIN} ls {} /", s(&img)), "/dev/null"]).output().expect("script (util-linux)");
     assert!(o.status.success());

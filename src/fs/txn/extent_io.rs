@@ -43,7 +43,6 @@ pub(super) fn plain_recs(pieces: &[(u64, u64, u64)], sums: Vec<Vec<u8>>) -> Vec<
         .collect()
 }
 
-
 /// Bytes of a buffered write below which its checksums are computed on the
 /// writing thread rather than split among threads.
 const PARALLEL_CSUM_MIN: usize = 1 << 20;
