@@ -425,3 +425,20 @@ fn regression_kernel_placeholders_belong_to_their_directory_tree() {
          check",
     );
 }
+
+/// CLI soak seed 2601: `mkdir -p` of a path whose missing parents lie in a
+/// read-only subvolume and whose last name is 256 bytes: the model (and
+/// `mkdir -p`, which makes each parent in turn) fails read-only at the first
+/// parent; btrs checked the last name first and said the name was too long.
+#[test]
+fn regression_mkdir_p_meets_a_read_only_parent_before_the_last_name() {
+    let long = "s".repeat(256);
+    regression(
+        "single-crc32c-16k-btrs",
+        &format!(
+            "set-ro / true
+             mkdir /c39/a11/{long} p
+             check"
+        ),
+    );
+}

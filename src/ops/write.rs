@@ -298,8 +298,18 @@ pub(crate) fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool, mode: Op
             None => {}
         }
     }
-    let (dir, name) = split(path)?;
-    let d = dir_at(tx, &dir, parents)?;
+    let (d, name) = if parents {
+        // As `mkdir -p` makes each missing component in turn: what stops it
+        // on the way (a read-only subvolume) comes before the last name is
+        // looked at (model seed 2601: a 256-byte last name under a read-only root).
+        let trimmed = path.trim_end_matches('/');
+        let parent = trimmed.rfind('/').map_or("/", |i| if i == 0 { "/" } else { &trimmed[..i] });
+        let d = dir_at(tx, parent, true)?;
+        (d, split(path)?.1)
+    } else {
+        let (dir, name) = split(path)?;
+        (dir_at(tx, &dir, false)?, name)
+    };
     tx.create(d.id, &name, S_IFDIR | mode.unwrap_or(0o755), 0)?;
     Ok(())
 }
