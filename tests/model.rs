@@ -176,7 +176,10 @@ impl CliRunner {
             }
             Op::SubvolDelete { path } => vec![s("subvolume"), s("delete"), img, s("--"), path.clone()],
             Op::SetRo { path, ro } => vec![s("property"), s("set"), img, s("--"), path.clone(), s("ro"), ro.to_string()],
-            Op::Chmod { path, mode } => vec![s("chmod"), img, s("--"), format!("{mode:o}"), path.clone()],
+            // Five digits: the mode exactly, as the model (and the chmod
+            // system call) sets it; GNU chmod keeps a directory's set-ID bits
+            // for a shorter number (soak seed 2617).
+            Op::Chmod { path, mode } => vec![s("chmod"), img, s("--"), format!("{mode:05o}"), path.clone()],
             Op::Chown { path, uid, gid } => {
                 let owner =
                     format!("{}{}", uid.map(|u| u.to_string()).unwrap_or_default(), gid.map(|g| format!(":{g}")).unwrap_or_default());
