@@ -47,12 +47,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Whether a host file carries the btrfs magic in its primary superblock.
-fn is_btrfs_image(path: &str) -> bool {
-    let mut magic = [0u8; 8];
-    std::fs::File::open(path)
-        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 65536 + 64))
-        .is_ok_and(|()| &magic == b"_BHRfS_M")
+/// A bar over bytes done of a total on stderr, when `wanted` and stderr is a
+/// terminal (mkfs --rootdir, put).
+fn bytes_bar(wanted: bool) -> Option<indicatif::ProgressBar> {
+    (wanted && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+            b.set_style(style);
+        }
+        b
+    })
+}
+
+/// The set the global options name, with the images after the first of a
+/// command's positionals as more devices (`btrs scrub a.img b.img`).
+fn with_images(mut set: Set, images: &[std::path::PathBuf]) -> anyhow::Result<(&std::path::Path, Set)> {
+    let (image, more) = images.split_first().context("an image is needed")?;
+    set.devices.extend(more.iter().cloned());
+    Ok((image, set))
 }
 
 /// A path the filesystem lacks that is an image file on the host: the user
@@ -61,7 +73,7 @@ fn is_btrfs_image(path: &str) -> bool {
 fn device_hint<T, E: Into<anyhow::Error>>(r: Result<T, E>, path: &str) -> anyhow::Result<T> {
     r.map_err(|e| {
         let e = e.into();
-        if is_btrfs_image(path) {
+        if btrs::volumes::has_btrfs_magic(std::path::Path::new(path)) {
             e.context(format!("{path} is a btrfs image on the host, not a path in this filesystem: other devices go with --device {path}"))
         } else {
             e
@@ -89,7 +101,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     // An extra positional that is a btrfs image: another device of the set.
     if e.kind() == clap::error::ErrorKind::UnknownArgument {
         if let Some(clap::error::ContextValue::String(arg)) = e.get(clap::error::ContextKind::InvalidArg) {
-            if is_btrfs_image(arg) {
+            if btrs::volumes::has_btrfs_magic(std::path::Path::new(arg)) {
                 let tip = format!("  tip: {arg} is a btrfs image: other devices of the filesystem go with --device {arg}\n\n");
                 let at = text.find("\nUsage:").map_or(text.len(), |n| n + 1);
                 eprint!("{}{tip}{}", &text[..at], &text[at..]);
@@ -216,12 +228,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             r?;
         }
         Command::DumpTree(a) => {
-            let (image, more) = a.images.split_first().context("dump-tree needs an image")?;
-            let mut set = set;
-            set.devices.extend(more.iter().cloned());
+            let (image, mut set) = with_images(set, &a.images)?;
             if a.noscan && set.devices.is_empty() {
                 // Named devices are all that is opened; the image alone names itself.
-                set.devices.push(image.clone());
+                set.devices.push(image.to_path_buf());
             }
             let mut seen = std::collections::BTreeSet::new();
             for b in &a.blocks {
@@ -351,9 +361,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Scrub(a) => {
-            let (image, more) = a.images.split_first().context("scrub needs an image")?;
-            let mut set = set;
-            set.devices.extend(more.iter().cloned());
+            let (image, set) = with_images(set, &a.images)?;
             let open = set.options(image, false);
             let opts = btrs::ops::scrub::ScrubOptions {
                 repair: a.repair,
@@ -620,13 +628,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (dest, srcs) = a.paths.split_last().ok_or_else(|| anyhow::anyhow!("need SRC... DEST"))?;
             let dest = dest.to_str().ok_or_else(|| anyhow::anyhow!("destination is not UTF-8"))?;
             // On a terminal: a bar over the data bytes to copy.
-            let bar = std::io::stderr().is_terminal().then(|| {
-                let b = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-                if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
-                    b.set_style(style);
-                }
-                b
-            });
+            let bar = bytes_bar(true);
             let tick = |done: u64, total: u64| {
                 if let Some(b) = &bar {
                     b.set_length(total);
@@ -924,14 +926,7 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         return Ok(());
     }
     // A bar on a terminal while --rootdir data is written.
-    let bar = (o.rootdir.is_some() || o.rootdir_tar.is_some()) && !a.json && std::io::stderr().is_terminal();
-    let bar = bar.then(|| {
-        let b = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
-            b.set_style(style);
-        }
-        b
-    });
+    let bar = bytes_bar((o.rootdir.is_some() || o.rootdir_tar.is_some()) && !a.json);
     if let Some(b) = &bar {
         let b = b.clone();
         o.progress = m::Progress(Some(std::sync::Arc::new(move |done, total| {

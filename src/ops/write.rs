@@ -46,16 +46,22 @@ pub(crate) fn begin(opts: &OpenOptions) -> Result<Transaction> {
 
 /// Split "/a/b/c" into ("/a/b", "c").
 pub(crate) fn split(path: &str) -> Result<(String, Vec<u8>)> {
-    let p = path.trim_end_matches('/');
-    let (dir, name) = match p.rfind('/') {
-        Some(i) => (&p[..i], &p[i + 1..]),
-        None => ("", p),
-    };
+    let (dir, name) = parent_and_name(path);
     if name.is_empty() || name == "." || name == ".." {
         return Err(Error::Invalid(format!("{path}: not a name")));
     }
     limits::check_entry_name(name.as_bytes()).map_err(|e| Error::Invalid(format!("{path}: {e}")))?;
-    Ok((if dir.is_empty() { "/".into() } else { dir.to_string() }, name.as_bytes().to_vec()))
+    Ok((dir.to_string(), name.as_bytes().to_vec()))
+}
+
+/// `path`'s directory ("/" at the top) and last component, nothing checked.
+fn parent_and_name(path: &str) -> (&str, &str) {
+    let p = path.trim_end_matches('/');
+    match p.rfind('/') {
+        Some(i) if i > 0 => (&p[..i], &p[i + 1..]),
+        Some(i) => ("/", &p[i + 1..]),
+        None => ("/", p),
+    }
 }
 
 /// The directory at `path` (through subvolumes), made (with parents) when
@@ -302,9 +308,7 @@ pub(crate) fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool, mode: Op
         // As `mkdir -p` makes each missing component in turn: what stops it
         // on the way (a read-only subvolume) comes before the last name is
         // looked at (model seed 2601: a 256-byte last name under a read-only root).
-        let trimmed = path.trim_end_matches('/');
-        let parent = trimmed.rfind('/').map_or("/", |i| if i == 0 { "/" } else { &trimmed[..i] });
-        let d = dir_at(tx, parent, true)?;
+        let d = dir_at(tx, parent_and_name(path).0, true)?;
         (d, split(path)?.1)
     } else {
         let (dir, name) = split(path)?;

@@ -326,6 +326,17 @@ fn open_file(path: &Path, lock: Lock, writable: bool) -> Result<(File, u64)> {
     Ok((file, size))
 }
 
+/// Whether the file at `path` carries the btrfs magic in its primary
+/// superblock (for hints: nothing is verified beyond those 8 bytes).
+pub fn has_btrfs_magic(path: &Path) -> bool {
+    // The magic follows the superblock's csum (32), fsid (16), bytenr and flags (8 each).
+    const MAGIC_AT: u64 = 64;
+    let mut magic = [0u8; 8];
+    File::open(path)
+        .and_then(|f| f.read_exact_at(&mut magic, SUPER_INFO_OFFSET + MAGIC_AT))
+        .is_ok_and(|()| magic == crate::format::ondisk::BTRFS_MAGIC)
+}
+
 /// A directory given where an image file is wanted (opening one read-only
 /// succeeds, and it would then read as a too-small image).
 pub(crate) fn refuse_directory(path: &Path) -> Result<()> {

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 pub use chunks::{ChunkMap, MapEntry, PhysAddr};
-pub use device::Device;
+pub use device::{has_btrfs_magic, Device};
 
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::types::uuid_string;

@@ -99,35 +99,35 @@ impl Transaction {
         report: &mut WriteReport,
     ) -> Result<Vec<Vec<u8>>> {
         let ss = self.store.fs.sectorsize as usize;
-        // Small writes checksum here: starting threads costs more than the
-        // checksums (a put of many small files started two threads per file,
-        // half its time in the kernel).
-        if nosum || buf.len() < PARALLEL_CSUM_MIN {
-            for &(pos, logical, got) in pieces {
-                let off = (pos - a) as usize;
-                self.write_data(logical, &buf[off..off + got as usize], opts, report)?;
-            }
-            return Ok(if nosum { Vec::new() } else { self.piece_csums(pieces, a, &self.compute_csums(buf)) });
-        }
+        // Small writes checksum here, after the writes: starting threads costs
+        // more than the checksums (a put of many small files started two
+        // threads per file, half its time in the kernel).
+        let threaded = !nosum && buf.len() >= PARALLEL_CSUM_MIN;
         std::thread::scope(|s| -> Result<Vec<Vec<u8>>> {
-            let csummers: Vec<_> = if nosum {
-                Vec::new()
-            } else {
+            let csummers: Vec<_> = if threaded {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
                 let per = (buf.len() / ss).div_ceil(cores).max(1) * ss;
                 buf.chunks(per)
                     .map(|part| crate::threads::spawn_scoped(s, "checksum", move || Ok(self.compute_csums(part))))
                     .collect::<Result<_>>()?
+            } else {
+                Vec::new()
             };
             for &(pos, logical, got) in pieces {
                 let off = (pos - a) as usize;
                 self.write_data(logical, &buf[off..off + got as usize], opts, report)?;
             }
+            if nosum {
+                return Ok(Vec::new());
+            }
             let mut all = Vec::new();
             for h in csummers {
                 all.extend(crate::threads::join(h, "checksum")?);
             }
-            Ok(if nosum { Vec::new() } else { self.piece_csums(pieces, a, &all) })
+            if !threaded {
+                all = self.compute_csums(buf);
+            }
+            Ok(self.piece_csums(pieces, a, &all))
         })
     }
 

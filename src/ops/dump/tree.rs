@@ -445,31 +445,17 @@ impl Dumper<'_> {
     }
 
     fn read_child(&self, out: &mut dyn Write, p: &Pending, start: TreeStart, seen: &mut HashSet<u64>) -> Result<Option<Arc<TreeBlock>>> {
-        if !seen.insert(p.logical) {
-            let msg = format!(
-                "ERROR: tree block {} (slot {} of node {}) in tree {} is reached a second time: not printed again\n",
-                p.logical,
-                p.slot,
-                p.parent,
-                objectid_str(start.owner, 0)
-            );
-            out.write_all(msg.as_bytes()).map_err(out_err)?;
-            return Ok(None);
-        }
-        match self.read(p.logical, p.expect, Some(start.owner), start.allow_newer) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) => {
-                let msg = format!(
-                    "ERROR: failed to read tree block {} (slot {} of node {}) in tree {}: {e}\n",
-                    p.logical,
-                    p.slot,
-                    p.parent,
-                    objectid_str(start.owner, 0)
-                );
-                out.write_all(msg.as_bytes()).map_err(out_err)?;
-                Ok(None)
+        let at = || format!("tree block {} (slot {} of node {}) in tree {}", p.logical, p.slot, p.parent, objectid_str(start.owner, 0));
+        let msg = if !seen.insert(p.logical) {
+            format!("ERROR: {} is reached a second time: not printed again\n", at())
+        } else {
+            match self.read(p.logical, p.expect, Some(start.owner), start.allow_newer) {
+                Ok(b) => return Ok(Some(b)),
+                Err(e) => format!("ERROR: failed to read {}: {e}\n", at()),
             }
-        }
+        };
+        out.write_all(msg.as_bytes()).map_err(out_err)?;
+        Ok(None)
     }
 
     fn dfs(

@@ -3,7 +3,7 @@
 //! devices), and repair bad copies batch by batch.
 
 use super::arbitrate::{arbitrate, Verdict};
-use super::report::{Finding, FindingKind, Remedy, NOT_PREFERRED, NO_ARBITER};
+use super::report::{Finding, FindingKind, Remedy};
 use super::state::{Acc, Ctx};
 use crate::error::Result;
 use crate::format::*;
@@ -250,8 +250,9 @@ fn scrub_data_window(
             })
             .collect();
         let want = csums.get(idx).copied().flatten();
-        // Per copy: (kind, detail) of what is wrong with it.
-        let mut bad: Vec<(usize, FindingKind, &'static str)> = Vec::new();
+        // Per copy: what is wrong with it (kind, detail), and the remedy when
+        // the kind alone does not say it.
+        let mut bad: Vec<(usize, FindingKind, &'static str, Option<Remedy>)> = Vec::new();
         let mut source: Option<usize> = None;
         let mut uncorrectable = false;
         match want {
@@ -271,12 +272,12 @@ fn scrub_data_window(
                 for (m, c) in sec.iter().enumerate() {
                     match c {
                         Sector::Absent => {}
-                        Sector::ReadErr => bad.push((m, FindingKind::Read, "read error")),
+                        Sector::ReadErr => bad.push((m, FindingKind::Read, "read error", None)),
                         Sector::Data(_) if good[m] => {}
                         Sector::Data(_) if source.is_none() && all_alike => {
-                            bad.push((m, FindingKind::CsumAllCopies, "every copy agrees and fails its checksum"))
+                            bad.push((m, FindingKind::CsumAllCopies, "every copy agrees and fails its checksum", None))
                         }
-                        Sector::Data(_) => bad.push((m, FindingKind::Csum, "data checksum mismatch")),
+                        Sector::Data(_) => bad.push((m, FindingKind::Csum, "data checksum mismatch", None)),
                     }
                 }
                 uncorrectable = source.is_none();
@@ -324,6 +325,7 @@ fn scrub_data_window(
                                 m,
                                 FindingKind::MirrorMismatch,
                                 "copy on a stale device differs from the current copy (no checksum)",
+                                None,
                             )),
                             None => {
                                 uncorrectable = true;
@@ -335,6 +337,7 @@ fn scrub_data_window(
                                     } else {
                                         "no current copy to compare this stale device's copy with (no checksum)"
                                     },
+                                    None,
                                 ));
                             }
                         }
@@ -344,25 +347,38 @@ fn scrub_data_window(
                     Verdict::Agree => source = copies.iter().position(|c| c.is_some()).or(source),
                     Verdict::Majority { good, bad: b } => {
                         source = Some(good);
-                        bad.extend(b.into_iter().map(|m| (m, FindingKind::MirrorMismatch, "copy differs from the majority (no checksum)")));
+                        bad.extend(
+                            b.into_iter().map(|m| (m, FindingKind::MirrorMismatch, "copy differs from the majority (no checksum)", None)),
+                        );
                     }
                     Verdict::Preferred { good, bad: b } => {
                         source = Some(good);
-                        bad.extend(b.into_iter().map(|m| (m, FindingKind::MirrorMismatch, NOT_PREFERRED)));
+                        // Only a repair given the same preference rewrites these.
+                        let settle = Some(Remedy::PreferMirror);
+                        bad.extend(
+                            b.into_iter()
+                                .map(|m| (m, FindingKind::MirrorMismatch, "copy differs from the preferred copy (no checksum)", settle)),
+                        );
                     }
                     Verdict::NoArbiter { copies } => {
                         uncorrectable = true;
-                        bad.extend(copies.into_iter().map(|m| (m, FindingKind::MirrorMismatch, NO_ARBITER)));
+                        // The caller can decide, with --prefer-mirror.
+                        let settle = Some(Remedy::PreferMirror);
+                        bad.extend(
+                            copies
+                                .into_iter()
+                                .map(|m| (m, FindingKind::MirrorMismatch, "copies differ and there is no checksum to decide", settle)),
+                        );
                     }
                 }
                 for (m, c) in sec.iter().enumerate() {
                     if matches!(c, Sector::ReadErr) {
-                        bad.push((m, FindingKind::Read, "read error"));
+                        bad.push((m, FindingKind::Read, "read error", None));
                     }
                 }
             }
         }
-        for (m, kind, detail) in bad {
+        for (m, kind, detail, remedy) in bad {
             let loc = locs[m];
             let physical = loc.physical + (s - w);
             let sectors = 1;
@@ -391,8 +407,7 @@ fn scrub_data_window(
                     paths: Vec::new(),
                     file_offset: None,
                     repaired: false,
-                    // Copies nothing decides between: the caller can, with --prefer-mirror.
-                    remedy: (detail == NO_ARBITER || detail == NOT_PREFERRED).then_some(Remedy::PreferMirror),
+                    remedy,
                     detail: detail.to_string(),
                     extent: Some(extent),
                 },

@@ -94,12 +94,6 @@ impl Remedy {
     }
 }
 
-/// The detail of data copies that differ with nothing to decide between them.
-pub(super) const NO_ARBITER: &str = "copies differ and there is no checksum to decide";
-/// The detail of a data copy that differs from the one --prefer-mirror named:
-/// only a repair given the same preference rewrites it.
-pub(super) const NOT_PREFERRED: &str = "copy differs from the preferred copy (no checksum)";
-
 /// One problem with one copy of a contiguous run of bytes.
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
