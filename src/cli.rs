@@ -1,6 +1,7 @@
 //! The command line, defined once: `main.rs` parses with it, and the man
 //! pages and shell completions are generated from it.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -730,7 +731,7 @@ pub struct LsArgs {
     pub image: PathBuf,
     /// Directory or file inside the filesystem (default: the top-level subvolume's root).
     #[arg(default_value = "/")]
-    pub path: String,
+    pub path: OsString,
     /// Long listing: mode, links, uid, gid, size, mtime, name, and `-> target` for symlinks.
     #[arg(short, long)]
     pub long: bool,
@@ -764,7 +765,7 @@ pub struct CatArgs {
     /// Any device of the filesystem.
     pub image: PathBuf,
     /// The file inside the filesystem.
-    pub path: String,
+    pub path: OsString,
 }
 
 #[derive(Args, Debug)]
@@ -773,7 +774,7 @@ pub struct ExtractArgs {
     pub image: PathBuf,
     /// `[PATH] DEST`: the subtree to copy (default: everything) and where to put it on the host.
     #[arg(num_args = 1..=2, required = true, value_names = ["PATH", "DEST"])]
-    pub paths: Vec<String>,
+    pub paths: Vec<OsString>,
     /// Replace files, symlinks and special files already on the host under the image's names
     /// (a symlink is removed, never followed); directories are still merged into, never removed.
     #[arg(long)]
@@ -960,7 +961,7 @@ pub struct WriteArgs {
     pub image: PathBuf,
     /// Path of the file inside the filesystem, from the top-level subvolume;
     /// paths lead through subvolumes and snapshots (read-only ones are refused).
-    pub path: String,
+    pub path: OsString,
     /// Read the bytes from this host file ("-" or absent: standard input).
     #[arg(long, value_name = "FILE")]
     pub from: Option<PathBuf>,
@@ -1075,7 +1076,7 @@ pub enum SubvolumeCommand {
 pub struct SubvolCreateArgs {
     pub image: PathBuf,
     #[arg(required = true)]
-    pub paths: Vec<String>,
+    pub paths: Vec<OsString>,
     /// Make missing parent directories.
     #[arg(short = 'p', long)]
     pub parents: bool,
@@ -1085,9 +1086,9 @@ pub struct SubvolCreateArgs {
 pub struct SubvolSnapshotArgs {
     pub image: PathBuf,
     /// The subvolume to snapshot (a path; / is the top level).
-    pub src: String,
+    pub src: OsString,
     /// The snapshot's path, or an existing directory to put it in.
-    pub dest: String,
+    pub dest: OsString,
     /// Make the snapshot read-only.
     #[arg(short = 'r')]
     pub readonly: bool,
@@ -1097,7 +1098,7 @@ pub struct SubvolSnapshotArgs {
 pub struct SubvolDeleteArgs {
     pub image: PathBuf,
     #[arg(required = true)]
-    pub paths: Vec<String>,
+    pub paths: Vec<OsString>,
     /// Delete the subvolumes inside each one first.
     #[arg(short = 'R', long)]
     pub recursive: bool,
@@ -1111,7 +1112,7 @@ pub struct SubvolListArgs {
     /// are shown by their path from it; with -o, only those directly inside
     /// it are listed, by their path from the top level (as progs does).
     #[arg(value_name = "PATH")]
-    pub path: Option<String>,
+    pub path: Option<OsString>,
     /// Show each one's parent id.
     #[arg(short = 'p')]
     pub parent: bool,
@@ -1148,7 +1149,7 @@ pub struct SubvolListArgs {
 pub struct SubvolShowArgs {
     pub image: PathBuf,
     /// The subvolume (a path; / is the top level).
-    pub path: String,
+    pub path: OsString,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -1163,7 +1164,7 @@ pub struct SubvolGetDefaultArgs {
 pub struct SubvolSetDefaultArgs {
     pub image: PathBuf,
     /// A subvolume's path, or its id.
-    pub subvol: String,
+    pub subvol: OsString,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1214,7 +1215,7 @@ pub enum PropertyCommand {
 pub struct PropertyGetArgs {
     pub image: PathBuf,
     /// A path in the filesystem (/ is the top level).
-    pub path: String,
+    pub path: OsString,
     /// ro, compression or label (all PATH has when not given).
     pub name: Option<String>,
 }
@@ -1222,7 +1223,7 @@ pub struct PropertyGetArgs {
 #[derive(Args, Debug)]
 pub struct PropertySetArgs {
     pub image: PathBuf,
-    pub path: String,
+    pub path: OsString,
     /// ro, compression or label.
     pub name: String,
     /// The new value (ro: true or false; compression: empty removes it).
@@ -1233,7 +1234,7 @@ pub struct PropertySetArgs {
 #[derive(Args, Debug)]
 pub struct ChattrArgs {
     pub image: PathBuf,
-    pub path: String,
+    pub path: OsString,
     /// +FLAGS, -FLAGS or =FLAGS (letters among CcmiaAdSD).
     #[arg(allow_hyphen_values = true)]
     pub mode: crate::fs::txn::AttrChange,
@@ -1244,7 +1245,7 @@ pub struct LsattrArgs {
     pub image: PathBuf,
     /// Paths (a directory's entries are listed unless -d).
     #[arg(default_value = "/")]
-    pub paths: Vec<String>,
+    pub paths: Vec<OsString>,
     /// List directories themselves, not their entries.
     #[arg(short = 'd')]
     pub directory: bool,
@@ -1253,7 +1254,7 @@ pub struct LsattrArgs {
 #[derive(Args, Debug)]
 pub struct MkdirArgs {
     pub image: PathBuf,
-    pub path: String,
+    pub path: OsString,
     /// Make parents as needed; no error if it exists.
     #[arg(short = 'p', long)]
     pub parents: bool,
@@ -1267,7 +1268,7 @@ pub struct MkdirArgs {
 pub struct RmArgs {
     pub image: PathBuf,
     #[arg(required = true)]
-    pub paths: Vec<String>,
+    pub paths: Vec<OsString>,
     /// Remove directories and their contents.
     #[arg(short = 'r', short_alias = 'R', long)]
     pub recursive: bool,
@@ -1280,10 +1281,10 @@ pub struct RmArgs {
 pub struct GetfattrArgs {
     pub image: PathBuf,
     #[arg(required = true)]
-    pub paths: Vec<String>,
+    pub paths: Vec<OsString>,
     /// Print only this attribute.
     #[arg(short = 'n', long, value_name = "NAME")]
-    pub name: Option<String>,
+    pub name: Option<OsString>,
     /// Print the values of all attributes matching -m.
     #[arg(short = 'd', long)]
     pub dump: bool,
@@ -1309,7 +1310,7 @@ pub struct ChmodArgs {
     #[arg(allow_hyphen_values = true)]
     pub mode: crate::ops::coreutils::ModeSpec,
     #[arg(required = true)]
-    pub paths: Vec<String>,
+    pub paths: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]
@@ -1319,14 +1320,14 @@ pub struct ChownArgs {
     #[arg(value_parser = owner_arg)]
     pub owner: (Option<u32>, Option<u32>),
     #[arg(required = true)]
-    pub paths: Vec<String>,
+    pub paths: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]
 pub struct TouchArgs {
     pub image: PathBuf,
     #[arg(required = true)]
-    pub paths: Vec<String>,
+    pub paths: Vec<OsString>,
     /// Change only the access time.
     #[arg(short = 'a')]
     pub access: bool,
@@ -1352,14 +1353,14 @@ pub struct TruncateArgs {
     #[arg(short = 'c', long)]
     pub no_create: bool,
     #[arg(required = true)]
-    pub paths: Vec<String>,
+    pub paths: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]
 pub struct StatArgs {
     pub image: PathBuf,
     #[arg(required = true)]
-    pub paths: Vec<String>,
+    pub paths: Vec<OsString>,
     /// One JSON object per path, in a list.
     #[arg(long)]
     pub json: bool,
@@ -1369,22 +1370,22 @@ pub struct StatArgs {
 pub struct ReadlinkArgs {
     pub image: PathBuf,
     #[arg(required = true)]
-    pub paths: Vec<String>,
+    pub paths: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]
 pub struct MvArgs {
     pub image: PathBuf,
-    pub src: String,
-    pub dst: String,
+    pub src: OsString,
+    pub dst: OsString,
 }
 
 #[derive(Args, Debug)]
 pub struct LnArgs {
     pub image: PathBuf,
     /// Existing path (hard link) or link target text (-s).
-    pub target: String,
-    pub link: String,
+    pub target: OsString,
+    pub link: OsString,
     /// Make a symbolic link.
     #[arg(short = 's', long)]
     pub symbolic: bool,
@@ -1393,7 +1394,7 @@ pub struct LnArgs {
 #[derive(Args, Debug)]
 pub struct SetfattrArgs {
     pub image: PathBuf,
-    pub path: String,
+    pub path: OsString,
     /// Attribute name, e.g. user.comment, in a namespace the kernel has, with
     /// something after it: user. (regular files and directories only),
     /// trusted., security., btrfs. (properties, below), or
@@ -1408,7 +1409,7 @@ pub struct SetfattrArgs {
     /// both; files without checksums refuse it, and other btrfs.* names are
     /// refused. New files and directories inherit it from their directory.
     #[arg(short = 'n', long)]
-    pub name: String,
+    pub name: OsString,
     /// Value (absent: empty), read as attr's setfattr reads it: `0x...` hex,
     /// `0s...` base64, `"..."` text with `\NNN` octal escapes, else the
     /// bytes as given.

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use btrs::cli::{Cli, Command, DeviceCommand};
+use btrs::fs::ImagePath;
 use btrs::volumes::OpenOptions;
 use btrs::Filesystem;
 use clap::Parser;
@@ -67,13 +68,19 @@ fn with_images(mut set: Set, images: &[std::path::PathBuf]) -> anyhow::Result<(&
     Ok((image, set))
 }
 
+/// Paths inside the image as the shell gave them (bytes, UTF-8 or not).
+fn image_paths(args: &[std::ffi::OsString]) -> Vec<ImagePath<'_>> {
+    args.iter().map(ImagePath::from).collect()
+}
+
 /// A path the filesystem lacks that is an image file on the host: the user
 /// meant another device of the set (`btrs ls a.img b.img`), which goes with
 /// --device.
-fn device_hint<T, E: Into<anyhow::Error>>(r: Result<T, E>, path: &str) -> anyhow::Result<T> {
+fn device_hint<T, E: Into<anyhow::Error>>(r: Result<T, E>, path: &std::ffi::OsStr) -> anyhow::Result<T> {
     r.map_err(|e| {
         let e = e.into();
         if btrs::volumes::has_btrfs_magic(std::path::Path::new(path)) {
+            let path = ImagePath::from(path);
             e.context(format!("{path} is a btrfs image on the host, not a path in this filesystem: other devices go with --device {path}"))
         } else {
             e
@@ -91,8 +98,8 @@ fn usage_error(e: clap::Error) -> ExitCode {
     if e.kind() == clap::error::ErrorKind::InvalidUtf8 {
         if let Some(bad) = std::env::args_os().find(|a| a.to_str().is_none()) {
             say!(
-                "btrs: argument {:?} is not valid UTF-8: paths inside an image and most values are taken as UTF-8 \
-                 (image file names may be any bytes)",
+                "btrs: argument {:?} is not valid UTF-8: this value is taken as UTF-8 \
+                 (paths inside an image and image file names may be any bytes)",
                 bad
             );
             return ExitCode::from(2);
@@ -287,15 +294,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Cat(a) => {
             let fs = open(&set, &a.image)?;
-            let r = cat(&fs, &a.path, &mut out);
+            let r = cat(&fs, ImagePath::from(&a.path), &mut out);
             print_warnings(&fs);
             device_hint(r, &a.path)?;
         }
         Command::Extract(a) => {
             let fs = open(&set, &a.image)?;
             let (src, dest) = match a.paths.as_slice() {
-                [dest] => ("/", dest.as_str()),
-                [src, dest] => (src.as_str(), dest.as_str()),
+                [dest] => (ImagePath::from("/"), std::path::Path::new(dest)),
+                [src, dest] => (ImagePath::from(src), std::path::Path::new(dest)),
                 _ => anyhow::bail!("extract takes [PATH] DEST"),
             };
             // `btrs extract IMG /` reads as "the image's root" but names the
@@ -303,8 +310,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // a single argument means.
             if std::fs::canonicalize(dest).is_ok_and(|p| p == std::path::Path::new("/")) {
                 return Err(anyhow::Error::new(Usage(format!(
-                    "extract: DEST {dest} is the host's root directory; to extract the image's root, \
-                     name a destination too: btrs extract IMAGE / DEST"
+                    "extract: DEST {} is the host's root directory; to extract the image's root, \
+                     name a destination too: btrs extract IMAGE / DEST",
+                    dest.display()
                 ))));
             }
             // On a terminal: files and bytes so far (the total is not known before the walk).
@@ -323,7 +331,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let xopts = btrs::ops::extract::ExtractOptions { overwrite: a.overwrite, progress: Some(&tick) };
-            let r = btrs::ops::extract::extract_with(&fs, src, std::path::Path::new(dest), &xopts);
+            let r = btrs::ops::extract::extract_with(&fs, src, dest, &xopts);
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
@@ -515,24 +523,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Chattr(a) => {
             let (_, w) = btrs::ops::write::chattr(&wopts(&set, &a.image), &a.path, &a.mode)
-                .with_context(|| format!("cannot change the flags of {} in {}", a.path, a.image.display()))?;
+                .with_context(|| format!("cannot change the flags of {} in {}", ImagePath::from(&a.path), a.image.display()))?;
             warn_all(w);
         }
         Command::Lsattr(a) => {
             let fs = open(&set, &a.image)?;
             for p in &a.paths {
                 let e = fs.resolve(p)?;
-                let list: Vec<(String, btrs::fs::InodeId)> = if e.file_type == btrs::format::FileType::Directory && !a.directory {
-                    fs.read_dir(e.id)?
-                        .into_iter()
-                        .map(|d| (format!("{}/{}", p.trim_end_matches('/'), String::from_utf8_lossy(&d.name)), d.id))
-                        .collect()
+                // lsattr writes names as the bytes they are.
+                let list: Vec<(Vec<u8>, btrs::fs::InodeId)> = if e.file_type == btrs::format::FileType::Directory && !a.directory {
+                    let mut dir = p.as_encoded_bytes().to_vec();
+                    while dir.last() == Some(&b'/') {
+                        dir.pop();
+                    }
+                    fs.read_dir(e.id)?.into_iter().map(|d| ([&dir[..], b"/", &d.name].concat(), d.id)).collect()
                 } else {
-                    vec![(p.clone(), e.id)]
+                    vec![(p.as_encoded_bytes().to_vec(), e.id)]
                 };
                 for (path, id) in list {
                     let flags = fs.inode(id)?.flags;
-                    writeln!(out, "{} {path}", btrs::fs::txn::lsattr_string(flags))?;
+                    write!(out, "{} ", btrs::fs::txn::lsattr_string(flags))?;
+                    out.write_all(&path)?;
+                    writeln!(out)?;
                 }
             }
             print_warnings(&fs);
@@ -542,14 +554,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fixture(a) => fixture(a, &mut out)?,
         Command::Write(a) => write_cmd(&set, a, &mut out)?,
         Command::Mkdir(a) => warn_all(btrs::ops::write::mkdir_mode(&wopts(&set, &a.image), &a.path, a.parents, a.mode)?),
-        Command::Rm(a) => warn_all(btrs::ops::write::rm_forced(&wopts(&set, &a.image), &a.paths, a.recursive, a.force)?),
+        Command::Rm(a) => warn_all(btrs::ops::write::rm_forced(&wopts(&set, &a.image), &image_paths(&a.paths), a.recursive, a.force)?),
         Command::Chmod(a) => {
             let umask = current_umask();
-            warn_all(btrs::ops::write::chmod(&wopts(&set, &a.image), &a.paths, &|old| a.mode.apply(old, umask))?)
+            warn_all(btrs::ops::write::chmod(&wopts(&set, &a.image), &image_paths(&a.paths), &|old| a.mode.apply(old, umask))?)
         }
         Command::Chown(a) => {
             let change = btrs::fs::txn::SetAttr { uid: a.owner.0, gid: a.owner.1, chown: true, ..Default::default() };
-            warn_all(btrs::ops::write::set_attr(&wopts(&set, &a.image), &a.paths, &change)?)
+            warn_all(btrs::ops::write::set_attr(&wopts(&set, &a.image), &image_paths(&a.paths), &change)?)
         }
         Command::Touch(a) => {
             let t = Some(a.date.unwrap_or(btrs::fs::txn::TimeSet::Now));
@@ -559,9 +571,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mtime: if both || a.modification { t } else { None },
                 ..Default::default()
             };
-            warn_all(btrs::ops::write::touch(&wopts(&set, &a.image), &a.paths, &change, a.no_create)?)
+            warn_all(btrs::ops::write::touch(&wopts(&set, &a.image), &image_paths(&a.paths), &change, a.no_create)?)
         }
-        Command::Truncate(a) => warn_all(btrs::ops::write::truncate(&wopts(&set, &a.image), &a.paths, a.size, a.no_create)?),
+        Command::Truncate(a) => warn_all(btrs::ops::write::truncate(&wopts(&set, &a.image), &image_paths(&a.paths), a.size, a.no_create)?),
         // As coreutils: each path on its own, a bad one named and the rest
         // printed; exit 1 when any failed.
         Command::Stat(a) => {
@@ -573,7 +585,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(s) if a.json => all.push(s),
                     Ok(s) => btrs::ops::stat::print_stat(&s, &mut out)?,
                     Err(e) => {
-                        say!("btrs: error: cannot stat {p}: {e}");
+                        say!("btrs: error: cannot stat {}: {e}", ImagePath::from(p));
                         failed = true;
                     }
                 }
@@ -622,11 +634,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (false, None) => Some(Vec::new()),
                 (false, Some(v)) => Some(usage(btrs::ops::stat::decode_value(v))?),
             };
-            warn_all(btrs::ops::write::setfattr(&wopts(&set, &a.image), &a.path, &a.name, v.as_deref())?)
+            warn_all(btrs::ops::write::setfattr(&wopts(&set, &a.image), &a.path, a.name.as_encoded_bytes(), v.as_deref())?)
         }
         Command::Put(a) => {
             let (dest, srcs) = a.paths.split_last().ok_or_else(|| anyhow::anyhow!("need SRC... DEST"))?;
-            let dest = dest.to_str().ok_or_else(|| anyhow::anyhow!("destination is not UTF-8"))?;
+            let dest = ImagePath::from(dest.as_os_str());
             // On a terminal: a bar over the data bytes to copy.
             let bar = bytes_bar(true);
             let tick = |done: u64, total: u64| {
@@ -681,9 +693,9 @@ fn getfattr(set: &Set, a: btrs::cli::GetfattrArgs, out: &mut dyn Write) -> anyho
     for p in &a.paths {
         let mut found = xattrs_matching(&fs, p, pattern.as_ref())?;
         if let Some(n) = &a.name {
-            found.retain(|(k, _)| k == n.as_bytes());
+            found.retain(|(k, _)| k == n.as_encoded_bytes());
             if found.is_empty() {
-                eprintln!("btrs: {p}: {n}: No such attribute");
+                eprintln!("btrs: {}: {}: No such attribute", ImagePath::from(p), ImagePath::from(n));
                 missing = true;
                 continue;
             }
@@ -697,18 +709,21 @@ fn getfattr(set: &Set, a: btrs::cli::GetfattrArgs, out: &mut dyn Write) -> anyho
         if found.is_empty() {
             continue;
         }
-        let shown = if a.absolute_names { p.as_str() } else { p.trim_start_matches('/') };
-        let shown = if shown.is_empty() { "." } else { shown };
-        writeln!(out, "# file: {shown}")?;
+        let mut shown = p.as_encoded_bytes();
+        while !a.absolute_names && shown.first() == Some(&b'/') {
+            shown = &shown[1..];
+        }
+        let shown = if shown.is_empty() { b"." } else { shown };
+        out.write_all(b"# file: ")?;
+        out.write_all(&btrs::ops::stat::attr_quote(shown, b""))?;
+        writeln!(out)?;
         for (k, v) in &found {
-            let k = String::from_utf8_lossy(k);
+            out.write_all(&btrs::ops::stat::attr_quote(k, b"="))?;
             if a.dump || a.name.is_some() {
-                write!(out, "{k}=")?;
+                out.write_all(b"=")?;
                 out.write_all(&encode_value(v, a.encoding))?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "{k}")?;
             }
+            writeln!(out)?;
         }
         writeln!(out)?;
     }
@@ -787,14 +802,14 @@ impl Moving {
     }
 }
 
-fn cat(fs: &Filesystem, path: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+fn cat(fs: &Filesystem, path: ImagePath<'_>, out: &mut dyn Write) -> anyhow::Result<()> {
     let ent = fs.resolve(path)?;
     let ino = fs.inode(ent.id)?;
     if ino.file_type != btrs::format::FileType::Regular {
         anyhow::bail!("{path}: not a regular file");
     }
     let zeros = vec![0u8; 1 << 16];
-    fs.read_file_as(&ino, path, &mut |chunk| {
+    fs.read_file_as(&ino, &path.to_string(), &mut |chunk| {
         match chunk {
             btrs::fs::FileChunk::Data { data, .. } => out.write_all(data),
             btrs::fs::FileChunk::Hole { mut len, .. } => {
@@ -1051,22 +1066,22 @@ fn subvolume(set: &Set, c: btrs::cli::SubvolumeCommand, out: &mut dyn Write) -> 
     use btrs::ops::subvol;
     match c {
         S::Create(a) => {
-            let (ids, w) = subvol::create(&wopts(set, &a.image), &a.paths, a.parents)
+            let (ids, w) = subvol::create(&wopts(set, &a.image), &image_paths(&a.paths), a.parents)
                 .with_context(|| format!("cannot create a subvolume in {}", a.image.display()))?;
             warn_all(w);
             for (path, id) in a.paths.iter().zip(ids) {
-                writeln!(out, "Create subvolume '{path}' (id {id})")?;
+                writeln!(out, "Create subvolume '{}' (id {id})", ImagePath::from(path))?;
             }
         }
         S::Snapshot(a) => {
             let (id, dest, w) = subvol::snapshot(&wopts(set, &a.image), &a.src, &a.dest, a.readonly)
-                .with_context(|| format!("cannot snapshot {} in {}", a.src, a.image.display()))?;
+                .with_context(|| format!("cannot snapshot {} in {}", ImagePath::from(&a.src), a.image.display()))?;
             warn_all(w);
             let ro = if a.readonly { "readonly " } else { "" };
-            writeln!(out, "Create {ro}snapshot of '{}' in '{dest}' (id {id})", a.src)?;
+            writeln!(out, "Create {ro}snapshot of '{}' in '{dest}' (id {id})", ImagePath::from(&a.src))?;
         }
         S::Delete(a) => {
-            let (ids, w) = subvol::delete(&wopts(set, &a.image), &a.paths, a.recursive)
+            let (ids, w) = subvol::delete(&wopts(set, &a.image), &image_paths(&a.paths), a.recursive)
                 .with_context(|| format!("cannot delete a subvolume of {}", a.image.display()))?;
             warn_all(w);
             for id in ids {
@@ -1114,7 +1129,8 @@ fn subvolume(set: &Set, c: btrs::cli::SubvolumeCommand, out: &mut dyn Write) -> 
             let fs = open(set, &a.image)?;
             let id = subvol::subvol_of_path(&fs, &a.path)?;
             let all = subvol::subvolumes(&fs)?;
-            let s = all.iter().find(|s| s.id == id).ok_or_else(|| anyhow::anyhow!("{}: subvolume {id} not found", a.path))?;
+            let s =
+                all.iter().find(|s| s.id == id).ok_or_else(|| anyhow::anyhow!("{}: subvolume {id} not found", ImagePath::from(&a.path)))?;
             let snapshots: Vec<&subvol::SubvolInfo> = subvol::tree_order(&all)
                 .into_iter()
                 .filter_map(|id| all.iter().find(|o| o.id == id))
@@ -1208,7 +1224,7 @@ fn property(set: &Set, c: btrs::cli::PropertyCommand, out: &mut dyn Write) -> an
                 return Err(anyhow::Error::new(Usage(format!("ro takes true or false, not {:?}", a.value))));
             }
             let w = subvol::set_property(&wopts(set, &a.image), &a.path, &a.name, &a.value)
-                .with_context(|| format!("cannot set {} on {} in {}", a.name, a.path, a.image.display()))?;
+                .with_context(|| format!("cannot set {} on {} in {}", a.name, ImagePath::from(&a.path), a.image.display()))?;
             warn_all(w);
         }
     }
@@ -1308,7 +1324,7 @@ fn write_cmd(set: &Set, a: btrs::cli::WriteArgs, out: &mut dyn Write) -> anyhow:
             out,
             "wrote {} bytes to {} at offset {} ({} device writes{compressed})",
             report.bytes,
-            a.path,
+            ImagePath::from(&a.path),
             a.offset,
             report.bios.len()
         )?;

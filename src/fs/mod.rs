@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 pub use data::FileChunk;
 pub use inode::{Inode, InodeId, Timespec};
+pub use path::ImagePath;
 
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::items::{self, parse_root_item, DirEntry};
@@ -443,7 +444,8 @@ impl Filesystem {
 
     /// Resolve a '/'-separated path from the top-level subvolume (see
     /// `path::walk`: symlinks are not followed).
-    pub fn resolve(&self, path: &str) -> Result<DirEnt> {
+    pub fn resolve<'p>(&self, path: impl Into<path::ImagePath<'p>>) -> Result<DirEnt> {
+        let path = path.into();
         let top = DirEnt { name: Vec::new(), id: self.root_dir(), file_type: FileType::Directory, subvol: true, placeholder_in: None };
         path::walk(path, top, |e| e.file_type == FileType::Directory, |e, name| self.lookup(e.id, name))?.found(path)
     }

@@ -531,7 +531,7 @@ fn exec(mut tx: Transaction, op: &Op, scratch: &Path, puts: &mut u64) -> (Option
         Op::Symlink { target, link } => cmd::ln_in(&mut tx, target, link, true),
         Op::SetXattr { path, name, value } => {
             let v = value.map(|(n, s)| printable(s, n as usize));
-            cmd::setfattr_in(&mut tx, path, name, v.as_deref())
+            cmd::setfattr_in(&mut tx, path, name.as_bytes(), v.as_deref())
         }
         Op::Put { dest, seed } => {
             *puts += 1;

@@ -185,5 +185,6 @@ pub(crate) fn inode_path(fs: &Filesystem, subvol: u64, ino: u64) -> Result<Strin
 }
 
 fn join(parts: &[Vec<u8>]) -> String {
-    parts.iter().rev().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().join("/")
+    // Bytes that are not UTF-8 as \xNN: a path as commands print it, which `$'...'` types back.
+    parts.iter().rev().map(|p| crate::fs::ImagePath::from(p).to_string()).collect::<Vec<_>>().join("/")
 }

@@ -26,7 +26,7 @@ use rustix::io::Errno;
 
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::FileType;
-use crate::fs::{DirEnt, FileChunk, Filesystem, Inode, InodeId};
+use crate::fs::{DirEnt, FileChunk, Filesystem, ImagePath, Inode, InodeId};
 
 /// Deeper nesting than this is taken for damaged metadata.
 const MAX_DEPTH: usize = 4096;
@@ -99,12 +99,13 @@ pub struct ExtractOptions<'a> {
 /// through a symlink). Errors before anything is created (unreadable `src`,
 /// bad `dest`) and host errors that stop every entry (no space, read-only)
 /// are returned; other failures are counted in the stats.
-pub fn extract(fs: &Filesystem, src: &str, dest: &Path) -> Result<ExtractStats> {
+pub fn extract<'p>(fs: &Filesystem, src: impl Into<ImagePath<'p>>, dest: &Path) -> Result<ExtractStats> {
     extract_with(fs, src, dest, &ExtractOptions::default())
 }
 
 /// [`extract`] with the choices of [`ExtractOptions`].
-pub fn extract_with(fs: &Filesystem, src: &str, dest: &Path, opts: &ExtractOptions<'_>) -> Result<ExtractStats> {
+pub fn extract_with<'p>(fs: &Filesystem, src: impl Into<ImagePath<'p>>, dest: &Path, opts: &ExtractOptions<'_>) -> Result<ExtractStats> {
+    let src = src.into();
     // The walk recurses once per directory level, up to MAX_DEPTH: it runs on
     // a thread whose stack holds that many levels many times over, whatever
     // the caller's stack limit (4096 levels need about 4 MiB).
@@ -121,9 +122,11 @@ pub fn extract_with(fs: &Filesystem, src: &str, dest: &Path, opts: &ExtractOptio
 /// Stack of the extract walk (see [`extract`]).
 const WALK_STACK: usize = 64 << 20;
 
-fn extract_on_this_thread(fs: &Filesystem, src: &str, dest: &Path, opts: &ExtractOptions<'_>) -> Result<ExtractStats> {
+fn extract_on_this_thread(fs: &Filesystem, src: ImagePath<'_>, dest: &Path, opts: &ExtractOptions<'_>) -> Result<ExtractStats> {
     let ent = fs.resolve(src)?;
-    let fspath = src.trim_matches('/');
+    // Messages name entries by their path, bytes that are not UTF-8 as \xNN.
+    let shown_src = src.to_string();
+    let fspath = shown_src.trim_matches('/');
     let ino = fs.entry_inode(&ent)?;
     if ino.file_type == FileType::Directory {
         let children = fs.read_dir(ent.id)?;
@@ -342,16 +345,16 @@ impl<'a> Extractor<'a> {
     fn children(&mut self, children: Vec<DirEnt>, fspath: &str, depth: usize) -> Result<()> {
         let mut names = HashSet::new();
         for child in children {
-            let lossy = String::from_utf8_lossy(&child.name);
+            let name = ImagePath::from(&child.name);
             if let Some(why) = bad_name(&child.name) {
-                self.fail(format!("{}: entry {lossy:?}: {why}", shown(fspath)));
+                self.fail(format!("{}: entry {name:?}: {why}", shown(fspath)));
                 continue;
             }
             if !names.insert(child.name.clone()) {
-                self.fail(format!("{}: entry {lossy:?}: duplicate name (an earlier entry has it)", shown(fspath)));
+                self.fail(format!("{}: entry {name:?}: duplicate name (an earlier entry has it)", shown(fspath)));
                 continue;
             }
-            let child_path = if fspath.is_empty() { lossy.into_owned() } else { format!("{fspath}/{lossy}") };
+            let child_path = if fspath.is_empty() { name.to_string() } else { format!("{fspath}/{name}") };
             self.entry(&child, OsStr::from_bytes(&child.name), &child_path, depth + 1)?;
         }
         Ok(())

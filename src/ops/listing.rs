@@ -21,13 +21,14 @@ pub struct LsOptions {
 }
 
 /// List `path` (a directory's entries, or a single non-directory) to `out`.
-pub fn ls(fs: &Filesystem, path: &str, opts: &LsOptions, out: &mut dyn Write) -> Result<()> {
+pub fn ls<'p>(fs: &Filesystem, path: impl Into<crate::fs::ImagePath<'p>>, opts: &LsOptions, out: &mut dyn Write) -> Result<()> {
+    let path = path.into();
     let ent = fs.resolve(path)?;
     if ent.file_type != FileType::Directory {
-        let name = path.trim_end_matches('/').rsplit('/').next().unwrap_or(path).as_bytes().to_vec();
+        let name = path.parent_and_name().1.to_vec();
         return print_entry(fs, &DirEnt { name, ..ent }, opts, false, out);
     }
-    let shown = if path.is_empty() { b"/".to_vec() } else { path.as_bytes().to_vec() };
+    let shown = if path.as_bytes().is_empty() { b"/".to_vec() } else { path.as_bytes().to_vec() };
     list_dir(fs, &ent, &shown, opts, out)
 }
 

@@ -15,7 +15,11 @@ use crate::ops::listing::{format_time, mode_string};
 /// An inode's fields, as `stat --json` prints them.
 #[derive(Serialize, Debug)]
 pub struct StatInfo {
+    /// The path as given, bytes that are not UTF-8 as `\\xNN`.
     pub path: String,
+    /// The path's bytes, as the text output writes them (as coreutils' stat).
+    #[serde(skip)]
+    pub path_bytes: Vec<u8>,
     pub subvolume: u64,
     pub inode: u64,
     /// coreutils' %F: "regular file", "directory", ...
@@ -40,7 +44,10 @@ pub struct StatInfo {
     pub generation: u64,
     pub transid: u64,
     pub sequence: u64,
+    /// A symlink's target, bytes that are not UTF-8 as `\\xNN`.
     pub symlink_target: Option<String>,
+    #[serde(skip)]
+    pub symlink_target_bytes: Option<Vec<u8>>,
     /// `ls -l`'s `-rw-r--r--`.
     pub permissions: String,
 }
@@ -73,21 +80,23 @@ fn type_name(ino: &Inode) -> &'static str {
 
 /// The fields of the inode at `path` (symlinks are not followed, like
 /// `stat` without -L).
-pub fn stat(fs: &Filesystem, path: &str) -> Result<StatInfo> {
+pub fn stat<'p>(fs: &Filesystem, path: impl Into<crate::fs::ImagePath<'p>>) -> Result<StatInfo> {
+    let path = path.into();
     // As coreutils: an empty name is no file (not the root).
-    if path.is_empty() {
+    if path.as_bytes().is_empty() {
         return Err(Error::NotFound("'': No such file or directory".into()));
     }
     let e = fs.resolve(path)?;
     crate::ops::write::slash_means_dir(path, e.file_type == FileType::Directory)?;
     let ino = fs.entry_inode(&e)?;
-    let symlink_target = match ino.file_type {
-        FileType::Symlink => Some(String::from_utf8_lossy(&fs.read_link(e.id)?).into_owned()),
+    let symlink_target_bytes = match ino.file_type {
+        FileType::Symlink => Some(fs.read_link(e.id)?),
         _ => None,
     };
     let rdev = matches!(ino.file_type, FileType::CharDevice | FileType::BlockDevice).then(|| ino.rdev_major_minor());
     Ok(StatInfo {
         path: path.to_string(),
+        path_bytes: path.as_bytes().to_vec(),
         subvolume: e.id.subvol,
         inode: e.id.ino,
         file_type: type_name(&ino),
@@ -109,7 +118,8 @@ pub fn stat(fs: &Filesystem, path: &str) -> Result<StatInfo> {
         generation: ino.generation,
         transid: ino.transid,
         sequence: ino.sequence,
-        symlink_target,
+        symlink_target: symlink_target_bytes.as_ref().map(|t| crate::fs::ImagePath::from(t).to_string()),
+        symlink_target_bytes,
         permissions: mode_string(&ino),
     })
 }
@@ -119,12 +129,15 @@ pub fn stat(fs: &Filesystem, path: &str) -> Result<StatInfo> {
 /// btrfs's own fields after it. No user or group names: the host's
 /// /etc/passwd says nothing about the image's owners.
 pub fn print_stat(s: &StatInfo, out: &mut dyn Write) -> Result<()> {
-    let name = match &s.symlink_target {
-        Some(t) => format!("{} -> {t}", s.path),
-        None => s.path.clone(),
-    };
+    let mut name = b"  File: ".to_vec();
+    name.extend_from_slice(&s.path_bytes);
+    if let Some(t) = &s.symlink_target_bytes {
+        name.extend_from_slice(b" -> ");
+        name.extend_from_slice(t);
+    }
+    name.push(b'\n');
     let time = |t: &StatTime| format!("{} +0000", format_time(Timespec { sec: t.sec, nsec: t.nsec }));
-    let mut text = format!("  File: {name}\n");
+    let mut text = String::new();
     text.push_str(&format!("  Size: {:<10}\tBlocks: {:<10} IO Block: {:<6} {}\n", s.size, s.blocks, s.io_block, s.file_type));
     let links = format!("Subvolume: {}\tInode: {:<11} Links: {:<5}", s.subvolume, s.inode, s.nlink);
     match s.rdev {
@@ -141,11 +154,13 @@ pub fn print_stat(s: &StatInfo, out: &mut dyn Write) -> Result<()> {
     ));
     text.push_str(&format!(" Flags: {} ({:#x})\n", s.attrs, s.flags));
     text.push_str(&format!("Generation: {}\tTransid: {}\tSequence: {}\n", s.generation, s.transid, s.sequence));
-    out.write_all(text.as_bytes()).map_err(|e| Error::io("<stdout>", "write", e))
+    name.extend_from_slice(text.as_bytes());
+    out.write_all(&name).map_err(|e| Error::io("<stdout>", "write", e))
 }
 
 /// `readlink`: a symlink's target; anything else is an error naming it.
-pub fn readlink(fs: &Filesystem, path: &str) -> Result<Vec<u8>> {
+pub fn readlink<'p>(fs: &Filesystem, path: impl Into<crate::fs::ImagePath<'p>>) -> Result<Vec<u8>> {
+    let path = path.into();
     let e = fs.resolve(path)?;
     if e.file_type != FileType::Symlink {
         return Err(Error::Invalid(format!("{path}: not a symbolic link")));
@@ -268,9 +283,29 @@ pub fn decode_value(s: &str) -> std::result::Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// A file or attribute name as attr's getfattr writes it: the bytes as
+/// they are, but for `\\`, newline, carriage return and `extra` (getfattr
+/// passes `=` for attribute names), each as a `\ooo` octal escape, so that
+/// setfattr --restore reads the dump back.
+pub fn attr_quote(name: &[u8], extra: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    for &b in name {
+        if b == b'\\' || b == b'\n' || b == b'\r' || extra.contains(&b) {
+            out.extend_from_slice(format!("\\{b:03o}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
 /// `getfattr`: the xattrs of the inode at `path` whose names match `pattern`
 /// (`None`: every one), sorted by name as getfattr lists them.
-pub fn xattrs_matching(fs: &Filesystem, path: &str, pattern: Option<&regex_lite::Regex>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn xattrs_matching<'p>(
+    fs: &Filesystem,
+    path: impl Into<crate::fs::ImagePath<'p>>,
+    pattern: Option<&regex_lite::Regex>,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let e = fs.resolve(path)?;
     let mut all = fs.xattrs(e.id)?;
     all.retain(|(n, _)| pattern.is_none_or(|p| p.is_match(&String::from_utf8_lossy(n))));
@@ -284,6 +319,16 @@ mod tests {
 
     fn enc_s(v: &[u8], e: Option<Encoding>) -> String {
         String::from_utf8(encode_value(v, e)).unwrap()
+    }
+
+    #[test]
+    fn names_are_quoted_as_attr_getfattr_quotes_them() {
+        // What getfattr 2.5 printed for these names (`od -c` of its output).
+        assert_eq!(attr_quote(b"a\x80b", b""), b"a\x80b");
+        assert_eq!(attr_quote(b"e\\f", b""), b"e\\134f");
+        assert_eq!(attr_quote(b"g\nh\ri", b""), b"g\\012h\\015i");
+        assert_eq!(attr_quote(b"t\tu v\x7fw=x", b""), b"t\tu v\x7fw=x");
+        assert_eq!(attr_quote(b"user.a\x80=b\\c d", b"="), b"user.a\x80\\075b\\134c d");
     }
 
     #[test]

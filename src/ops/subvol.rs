@@ -10,13 +10,13 @@ use crate::error::{Error, Result};
 use crate::format::types::uuid_string;
 use crate::format::*;
 use crate::fs::txn::{Place, Transaction};
-use crate::fs::Filesystem;
+use crate::fs::{Filesystem, ImagePath};
 use crate::volumes::OpenOptions;
 
 use super::write::{begin, dir_at, split};
 
 /// The subvolume whose root directory `path` is (refused otherwise).
-fn subvol_at(tx: &mut Transaction, path: &str) -> Result<u64> {
+fn subvol_at(tx: &mut Transaction, path: ImagePath<'_>) -> Result<u64> {
     let p = tx.resolve(path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
     if p.root() == FS_TREE_OBJECTID && p.ino() == FIRST_FREE_OBJECTID {
         return Ok(FS_TREE_OBJECTID);
@@ -30,9 +30,9 @@ fn subvol_at(tx: &mut Transaction, path: &str) -> Result<u64> {
 
 /// Where a new subvolume or snapshot named by `path` goes: its directory
 /// and name, refused when the name is taken.
-fn new_entry(tx: &mut Transaction, path: &str, parents: bool) -> Result<(Place, Vec<u8>)> {
+fn new_entry(tx: &mut Transaction, path: ImagePath<'_>, parents: bool) -> Result<(Place, Vec<u8>)> {
     let (dir, name) = split(path)?;
-    let d = dir_at(tx, &dir, parents)?;
+    let d = dir_at(tx, dir, parents)?;
     if tx.lookup_entry(d.root(), d.ino(), &name)?.is_some() {
         return Err(Error::Invalid(format!("{path} already exists")));
     }
@@ -40,17 +40,18 @@ fn new_entry(tx: &mut Transaction, path: &str, parents: bool) -> Result<(Place, 
 }
 
 /// `btrs subvolume create IMAGE PATH...`: new, empty subvolumes; their ids.
-pub fn create(opts: &OpenOptions, paths: &[String], parents: bool) -> Result<(Vec<u64>, Vec<String>)> {
+pub fn create<P: AsRef<[u8]>>(opts: &OpenOptions, paths: &[P], parents: bool) -> Result<(Vec<u64>, Vec<String>)> {
     let mut tx = begin(opts)?;
     let mut ids = Vec::new();
     for path in paths {
-        ids.push(create_in(&mut tx, path, parents)?);
+        ids.push(create_in(&mut tx, ImagePath::new(path), parents)?);
     }
     Ok((ids, tx.commit_with_warnings()?))
 }
 
 /// One new subvolume at `path` inside a running transaction (not committed).
-pub(crate) fn create_in(tx: &mut Transaction, path: &str, parents: bool) -> Result<u64> {
+pub(crate) fn create_in<'p>(tx: &mut Transaction, path: impl Into<ImagePath<'p>>, parents: bool) -> Result<u64> {
+    let path = path.into();
     let (d, name) = new_entry(tx, path, parents)?;
     tx.create_subvolume(d.id, &name)
 }
@@ -58,29 +59,45 @@ pub(crate) fn create_in(tx: &mut Transaction, path: &str, parents: bool) -> Resu
 /// `btrs subvolume snapshot IMAGE SRC DEST [-r]`: DEST names the snapshot,
 /// or, when it is an existing directory, the directory it goes in under
 /// SRC's name (as `btrfs subvolume snapshot`). Its id and path.
-pub fn snapshot(opts: &OpenOptions, src: &str, dest: &str, readonly: bool) -> Result<(u64, String, Vec<String>)> {
+pub fn snapshot<'p>(
+    opts: &OpenOptions,
+    src: impl Into<ImagePath<'p>>,
+    dest: impl Into<ImagePath<'p>>,
+    readonly: bool,
+) -> Result<(u64, String, Vec<String>)> {
     let mut tx = begin(opts)?;
-    let (id, dest) = snapshot_in(&mut tx, src, dest, readonly)?;
-    Ok((id, dest, tx.commit_with_warnings()?))
+    let (id, dest) = snapshot_in(&mut tx, src.into(), dest.into(), readonly)?;
+    Ok((id, ImagePath::from(&dest).to_string(), tx.commit_with_warnings()?))
 }
 
 /// [`snapshot`] inside a running transaction (not committed) in which
 /// SRC's tree has not changed: a snapshot copies SRC as last committed.
-pub(crate) fn snapshot_in(tx: &mut Transaction, src: &str, dest: &str, readonly: bool) -> Result<(u64, String)> {
+pub(crate) fn snapshot_in<'p>(
+    tx: &mut Transaction,
+    src: impl Into<ImagePath<'p>>,
+    dest: impl Into<ImagePath<'p>>,
+    readonly: bool,
+) -> Result<(u64, Vec<u8>)> {
+    let src = src.into();
+    let dest = dest.into();
     let from = subvol_at(tx, src)?;
-    let dest =
-        match tx.resolve(dest)? {
-            Some(p) if p.dir_type == FT_DIR => {
-                let base =
-                    src.trim_end_matches('/').rsplit('/').next().filter(|b| !b.is_empty()).ok_or_else(|| {
-                        Error::Invalid(format!("{src}: not a name for the snapshot inside {dest}: name the snapshot itself"))
-                    })?;
-                format!("{}/{base}", dest.trim_end_matches('/'))
+    let dest = match tx.resolve(dest)? {
+        Some(p) if p.dir_type == FT_DIR => {
+            let base = Some(src.parent_and_name().1)
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| Error::Invalid(format!("{src}: not a name for the snapshot inside {dest}: name the snapshot itself")))?;
+            let mut inside = dest.as_bytes().to_vec();
+            while inside.last() == Some(&b'/') {
+                inside.pop();
             }
-            Some(_) => return Err(Error::Invalid(format!("{dest} already exists"))),
-            None => dest.to_string(),
-        };
-    let (d, name) = new_entry(tx, &dest, false)?;
+            inside.push(b'/');
+            inside.extend_from_slice(base);
+            inside
+        }
+        Some(_) => return Err(Error::Invalid(format!("{dest} already exists"))),
+        None => dest.as_bytes().to_vec(),
+    };
+    let (d, name) = new_entry(tx, ImagePath::from(&dest), false)?;
     let id = tx.snapshot(from, d.id, &name, readonly)?;
     Ok((id, dest))
 }
@@ -88,12 +105,12 @@ pub(crate) fn snapshot_in(tx: &mut Transaction, src: &str, dest: &str, readonly:
 /// `btrs subvolume delete IMAGE PATH...`: each subvolume deleted, its tree
 /// dropped; with `recursive`, the subvolumes inside it first. The ids
 /// deleted, in order.
-pub fn delete(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<(Vec<u64>, Vec<String>)> {
+pub fn delete<P: AsRef<[u8]>>(opts: &OpenOptions, paths: &[P], recursive: bool) -> Result<(Vec<u64>, Vec<String>)> {
     let mut tx = begin(opts)?;
     // Every path first: a missing one changes nothing.
     let mut order = Vec::new();
     for path in paths {
-        let id = subvol_at(&mut tx, path)?;
+        let id = subvol_at(&mut tx, ImagePath::new(path))?;
         if recursive {
             nested_first(&mut tx, id, &mut order, 0)?;
         } else {
@@ -126,7 +143,8 @@ pub fn delete(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<(
 /// checks every path before it deletes any, and commits between them: the
 /// model test's library runner uses this one.)
 #[cfg(test)]
-pub(crate) fn delete_in(tx: &mut Transaction, path: &str) -> Result<u64> {
+pub(crate) fn delete_in<'p>(tx: &mut Transaction, path: impl Into<ImagePath<'p>>) -> Result<u64> {
+    let path = path.into();
     let id = subvol_at(tx, path)?;
     tx.delete_subvolume(id)?;
     Ok(id)
@@ -146,10 +164,11 @@ fn nested_first(tx: &mut Transaction, id: u64, out: &mut Vec<u64>, depth: usize)
 }
 
 /// `btrs subvolume set-default IMAGE PATH|ID`.
-pub fn set_default(opts: &OpenOptions, target: &str) -> Result<(u64, Vec<String>)> {
+pub fn set_default<'p>(opts: &OpenOptions, target: impl Into<ImagePath<'p>>) -> Result<(u64, Vec<String>)> {
+    let target = target.into();
     let mut tx = begin(opts)?;
-    let id = match target.parse::<u64>() {
-        Ok(id) if !target.starts_with('/') => id,
+    let id = match std::str::from_utf8(target.as_bytes()).map(str::parse::<u64>) {
+        Ok(Ok(id)) if !target.as_bytes().starts_with(b"/") => id,
         _ => subvol_at(&mut tx, target)?,
     };
     if id != FS_TREE_OBJECTID && tx.root_item_now(id)?.is_none_or(|(_, ri)| ri.refs.get() == 0) {
@@ -160,14 +179,15 @@ pub fn set_default(opts: &OpenOptions, target: &str) -> Result<(u64, Vec<String>
 }
 
 /// `btrs property set IMAGE PATH ro true|false`: whether it changed.
-pub fn set_readonly(opts: &OpenOptions, path: &str, readonly: bool) -> Result<(bool, Vec<String>)> {
+pub fn set_readonly<'p>(opts: &OpenOptions, path: impl Into<ImagePath<'p>>, readonly: bool) -> Result<(bool, Vec<String>)> {
     let mut tx = begin(opts)?;
-    let changed = set_readonly_in(&mut tx, path, readonly)?;
+    let changed = set_readonly_in(&mut tx, path.into(), readonly)?;
     Ok((changed, tx.commit_with_warnings()?))
 }
 
 /// [`set_readonly`] inside a running transaction (not committed).
-pub(crate) fn set_readonly_in(tx: &mut Transaction, path: &str, readonly: bool) -> Result<bool> {
+pub(crate) fn set_readonly_in<'p>(tx: &mut Transaction, path: impl Into<ImagePath<'p>>, readonly: bool) -> Result<bool> {
+    let path = path.into();
     let id = subvol_at(tx, path)?;
     tx.set_subvol_readonly(id, readonly)
 }
@@ -178,7 +198,8 @@ pub const PROPERTIES: [&str; 3] = ["ro", "compression", "label"];
 /// `btrs property set IMAGE PATH NAME VALUE`: ro (true/false) of the
 /// subvolume at PATH, compression (an algorithm, `no`/`none`, or empty to
 /// remove it) of the inode at PATH, label of the filesystem (PATH any).
-pub fn set_property(opts: &OpenOptions, path: &str, name: &str, value: &str) -> Result<Vec<String>> {
+pub fn set_property<'p>(opts: &OpenOptions, path: impl Into<ImagePath<'p>>, name: &str, value: &str) -> Result<Vec<String>> {
+    let path = path.into();
     let mut tx = begin(opts)?;
     match name {
         "ro" => {
@@ -191,7 +212,7 @@ pub fn set_property(opts: &OpenOptions, path: &str, name: &str, value: &str) -> 
         }
         "compression" => {
             let v = if value.is_empty() { None } else { Some(value.as_bytes()) };
-            super::write::setfattr_in(&mut tx, path, "btrfs.compression", v)?;
+            super::write::setfattr_in(&mut tx, path, b"btrfs.compression", v)?;
         }
         "label" => {
             tx.resolve(path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
@@ -205,7 +226,8 @@ pub fn set_property(opts: &OpenOptions, path: &str, name: &str, value: &str) -> 
 /// `btrs property get IMAGE PATH [NAME]`: (name, value) of each property
 /// PATH has (ro on a subvolume, compression when set, label on the top
 /// level's root), or of NAME.
-pub fn get_properties(fs: &Filesystem, path: &str, name: Option<&str>) -> Result<Vec<(String, String)>> {
+pub fn get_properties<'p>(fs: &Filesystem, path: impl Into<ImagePath<'p>>, name: Option<&str>) -> Result<Vec<(String, String)>> {
+    let path = path.into();
     if let Some(n) = name.filter(|n| !PROPERTIES.contains(n)) {
         return Err(Error::Invalid(format!("unknown property {n:?} (btrs knows: {})", PROPERTIES.join(", "))));
     }
@@ -310,7 +332,7 @@ pub fn subvolumes(fs: &Filesystem) -> Result<Vec<SubvolInfo>> {
             generation: ri.generation.get(),
             cgen: ri.otransid.get(),
             parent: link.as_ref().map_or(0, |l| l.0),
-            name: link.as_ref().map_or_else(|| "<FS_TREE>".into(), |l| String::from_utf8_lossy(&l.1.name).into_owned()),
+            name: link.as_ref().map_or_else(|| "<FS_TREE>".into(), |l| ImagePath::from(&l.1.name).to_string()),
             path,
             uuid: uuid_or_dash(&ri.uuid),
             parent_uuid: uuid_or_dash(&ri.parent_uuid),
@@ -443,7 +465,8 @@ pub fn tree_order(all: &[SubvolInfo]) -> Vec<u64> {
 }
 
 /// The subvolume at `path` (read-only filesystem).
-pub fn subvol_of_path(fs: &Filesystem, path: &str) -> Result<u64> {
+pub fn subvol_of_path<'p>(fs: &Filesystem, path: impl Into<ImagePath<'p>>) -> Result<u64> {
+    let path = path.into();
     let e = fs.resolve(path)?;
     if e.id.subvol == FS_TREE_OBJECTID && e.id.ino == FIRST_FREE_OBJECTID {
         return Ok(FS_TREE_OBJECTID);

@@ -11,6 +11,7 @@ use crate::error::{CorruptKind, Error, Result};
 use crate::format::limits;
 use crate::format::*;
 use crate::fs::direct::{Bounce, PagePool, PAGE};
+use crate::fs::path::ImagePath;
 use crate::fs::txn::Transaction;
 use crate::fs::txn::{BioHook, CompressOpts, Place, SetAttr, WriteOpts, WriteReport};
 use crate::fs::Filesystem;
@@ -44,48 +45,38 @@ pub(crate) fn begin(opts: &OpenOptions) -> Result<Transaction> {
     Transaction::begin(Filesystem::open(&o)?)
 }
 
-/// Split "/a/b/c" into ("/a/b", "c").
-pub(crate) fn split(path: &str) -> Result<(String, Vec<u8>)> {
-    let (dir, name) = parent_and_name(path);
-    if name.is_empty() || name == "." || name == ".." {
+/// Split "/a/b/c" into ("/a/b", "c"), the name checked.
+pub(crate) fn split(path: ImagePath<'_>) -> Result<(ImagePath<'_>, Vec<u8>)> {
+    let (dir, name) = path.parent_and_name();
+    if name.is_empty() || name == b"." || name == b".." {
         return Err(Error::Invalid(format!("{path}: not a name")));
     }
-    limits::check_entry_name(name.as_bytes()).map_err(|e| Error::Invalid(format!("{path}: {e}")))?;
-    Ok((dir.to_string(), name.as_bytes().to_vec()))
-}
-
-/// `path`'s directory ("/" at the top) and last component, nothing checked.
-fn parent_and_name(path: &str) -> (&str, &str) {
-    let p = path.trim_end_matches('/');
-    match p.rfind('/') {
-        Some(i) if i > 0 => (&p[..i], &p[i + 1..]),
-        Some(i) => ("/", &p[i + 1..]),
-        None => ("/", p),
-    }
+    limits::check_entry_name(name).map_err(|e| Error::Invalid(format!("{path}: {e}")))?;
+    Ok((dir, name.to_vec()))
 }
 
 /// The directory at `path` (through subvolumes), made (with parents) when
 /// `parents`; the subvolume it is in must be writable.
-pub(crate) fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<Place> {
+pub(crate) fn dir_at(tx: &mut Transaction, path: ImagePath<'_>, parents: bool) -> Result<Place> {
     let mut cur = Place { id: InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, dir_type: FT_DIR };
     // ".." as the read side walks it (`fs::path::walk`): back where the path came from.
     let mut up: Vec<Place> = Vec::new();
-    for comp in crate::fs::path::components(path) {
-        if comp == ".." {
+    for comp in path.components() {
+        if comp == b".." {
             cur = up.pop().unwrap_or(cur);
             continue;
         }
         up.push(cur);
-        cur = match tx.lookup(cur.root(), cur.ino(), comp.as_bytes())? {
+        cur = match tx.lookup(cur.root(), cur.ino(), comp)? {
             Some(p) if p.dir_type == FT_DIR => p,
             Some(_) => return Err(Error::Invalid(crate::fs::path::not_dir(path, comp))),
             None if parents => {
-                limits::check_entry_name(comp.as_bytes()).map_err(|e| Error::Invalid(format!("{path}: {e}")))?;
+                limits::check_entry_name(comp).map_err(|e| Error::Invalid(format!("{path}: {e}")))?;
                 tx.ensure_writable(cur.root())?;
-                let id = tx.create(cur.id, comp.as_bytes(), S_IFDIR | 0o755, 0)?;
+                let id = tx.create(cur.id, comp, S_IFDIR | 0o755, 0)?;
                 Place { id, dir_type: FT_DIR }
             }
-            None => return Err(Error::NotFound(format!("{path}: no directory {comp}"))),
+            None => return Err(Error::NotFound(format!("{path}: no directory {}", ImagePath::from(comp)))),
         };
     }
     tx.ensure_writable(cur.root())?;
@@ -93,7 +84,7 @@ pub(crate) fn dir_at(tx: &mut Transaction, path: &str, parents: bool) -> Result<
 }
 
 /// Where an existing path leads, in a writable subvolume.
-fn existing(tx: &mut Transaction, path: &str) -> Result<Place> {
+fn existing(tx: &mut Transaction, path: ImagePath<'_>) -> Result<Place> {
     let p = tx.resolve(path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
     slash_means_dir(path, p.dir_type == FT_DIR)?;
     tx.ensure_writable(p.root())?;
@@ -102,9 +93,8 @@ fn existing(tx: &mut Transaction, path: &str) -> Result<Place> {
 
 /// A path ending in `/` names a directory (the kernel's ENOTDIR otherwise;
 /// btrs follows no symlink, so a symlink to one does not do).
-pub(crate) fn slash_means_dir(path: &str, is_dir: bool) -> Result<()> {
-    let named_dir = path.len() > 1 && (path.ends_with('/') || path.ends_with("/."));
-    if named_dir && !is_dir {
+pub(crate) fn slash_means_dir(path: ImagePath<'_>, is_dir: bool) -> Result<()> {
+    if path.names_dir() && !is_dir {
         return Err(Error::Invalid(format!("{path}: not a directory (a path ending in / names one; btrs follows no symlink)")));
     }
     Ok(())
@@ -137,9 +127,9 @@ fn commit_due(done: u64, last: u64, every: u64) -> bool {
 /// Write the bytes of `input` into file `path` (created when missing),
 /// streaming: `len_hint` (a host file's size) lets the space check run before
 /// anything is written; `progress` is told the bytes done after each step.
-pub fn write(
+pub fn write<'p>(
     opts: &OpenOptions,
-    path: &str,
+    path: impl Into<ImagePath<'p>>,
     input: Box<dyn Read + Send>,
     len_hint: Option<u64>,
     req: &WriteRequest,
@@ -149,6 +139,7 @@ pub fn write(
     // anything is written when the size is known, else before the step past it.
     limits::check_file_range(req.offset, len_hint.unwrap_or(0))?;
     check_direct_compress(req)?;
+    let path = path.into();
     split(path)?;
     let (tx, mut report) = write_in(begin(opts)?, path, input, len_hint, req, progress)?;
     report.notices.extend(tx.commit_with_warnings()?);
@@ -166,9 +157,9 @@ fn check_direct_compress(req: &WriteRequest) -> Result<()> {
 /// [`write`] inside a running transaction, which is handed back uncommitted
 /// (after the commits `req.commit_every` asked for); on an error the
 /// transaction is gone and nothing since its last commit is kept.
-pub(crate) fn write_in(
+pub(crate) fn write_in<'p>(
     mut tx: Transaction,
-    path: &str,
+    path: impl Into<ImagePath<'p>>,
     mut input: Box<dyn Read + Send>,
     len_hint: Option<u64>,
     req: &WriteRequest,
@@ -176,8 +167,9 @@ pub(crate) fn write_in(
 ) -> Result<(Transaction, WriteReport)> {
     limits::check_file_range(req.offset, len_hint.unwrap_or(0))?;
     check_direct_compress(req)?;
+    let path = path.into();
     let (dir, name) = split(path)?;
-    let Place { id: InodeId { subvol: root, ino: d }, .. } = dir_at(&mut tx, &dir, req.parents)?;
+    let Place { id: InodeId { subvol: root, ino: d }, .. } = dir_at(&mut tx, dir, req.parents)?;
     let ino = match tx.lookup_name(root, d, &name)? {
         Some((ino, FT_REG_FILE)) => ino,
         Some(_) => return Err(Error::Invalid(format!("{path} is not a regular file"))),
@@ -274,26 +266,27 @@ fn fill(input: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
     Ok(n)
 }
 
-pub fn mkdir(opts: &OpenOptions, path: &str, parents: bool) -> Result<Vec<String>> {
+pub fn mkdir<'p>(opts: &OpenOptions, path: impl Into<ImagePath<'p>>, parents: bool) -> Result<Vec<String>> {
     mkdir_mode(opts, path, parents, None)
 }
 
 /// `mkdir [-p] [-m MODE]`: as coreutils, MODE (permission bits) is the new
 /// directory's; parents made by -p get 0755, and an existing directory
 /// with -p is left as it is.
-pub fn mkdir_mode(opts: &OpenOptions, path: &str, parents: bool, mode: Option<u32>) -> Result<Vec<String>> {
+pub fn mkdir_mode<'p>(opts: &OpenOptions, path: impl Into<ImagePath<'p>>, parents: bool, mode: Option<u32>) -> Result<Vec<String>> {
     if let Some(m) = mode.filter(|m| m & !0o7777 != 0) {
         return Err(Error::Invalid(format!("mode {m:#o} has bits beyond 07777")));
     }
     let mut tx = begin(opts)?;
-    mkdir_in(&mut tx, path, parents, mode)?;
+    mkdir_in(&mut tx, path.into(), parents, mode)?;
     tx.commit_with_warnings()
 }
 
 /// [`mkdir_mode`] inside a running transaction (not committed). Like every
 /// `*_in` command: on an error the caller drops the transaction, as the
 /// command does.
-pub(crate) fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool, mode: Option<u32>) -> Result<()> {
+pub(crate) fn mkdir_in<'p>(tx: &mut Transaction, path: impl Into<ImagePath<'p>>, parents: bool, mode: Option<u32>) -> Result<()> {
+    let path = path.into();
     if parents {
         match tx.resolve(path)? {
             // -p on a directory that exists writes nothing: no matter that its
@@ -308,11 +301,11 @@ pub(crate) fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool, mode: Op
         // As `mkdir -p` makes each missing component in turn: what stops it
         // on the way (a read-only subvolume) comes before the last name is
         // looked at (model seed 2601: a 256-byte last name under a read-only root).
-        let d = dir_at(tx, parent_and_name(path).0, true)?;
+        let d = dir_at(tx, path.parent_and_name().0, true)?;
         (d, split(path)?.1)
     } else {
         let (dir, name) = split(path)?;
-        (dir_at(tx, &dir, false)?, name)
+        (dir_at(tx, dir, false)?, name)
     };
     tx.create(d.id, &name, S_IFDIR | mode.unwrap_or(0o755), 0)?;
     Ok(())
@@ -320,7 +313,7 @@ pub(crate) fn mkdir_in(tx: &mut Transaction, path: &str, parents: bool, mode: Op
 
 /// `chmod`, `chown` and `touch` of existing paths: one transaction for all
 /// of them, nothing written when any fails.
-pub fn set_attr(opts: &OpenOptions, paths: &[String], change: &SetAttr) -> Result<Vec<String>> {
+pub fn set_attr<P: AsRef<[u8]>>(opts: &OpenOptions, paths: &[P], change: &SetAttr) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
     set_attr_in(&mut tx, paths, change)?;
     tx.commit_with_warnings()
@@ -329,8 +322,9 @@ pub fn set_attr(opts: &OpenOptions, paths: &[String], change: &SetAttr) -> Resul
 /// [`set_attr`] inside a running transaction (not committed). Symlinks
 /// are not followed: `chown` and `touch` change the link itself (as
 /// `chown -h`, `touch -h`).
-pub(crate) fn set_attr_in(tx: &mut Transaction, paths: &[String], change: &SetAttr) -> Result<()> {
+pub(crate) fn set_attr_in<P: AsRef<[u8]>>(tx: &mut Transaction, paths: &[P], change: &SetAttr) -> Result<()> {
     for path in paths {
+        let path = ImagePath::new(path);
         let p = existing(tx, path)?;
         tx.name_inode(p.root(), p.ino(), path);
         tx.set_attr(p.root(), p.ino(), change)?;
@@ -339,7 +333,7 @@ pub(crate) fn set_attr_in(tx: &mut Transaction, paths: &[String], change: &SetAt
 }
 
 /// `chmod`: each path's permission bits become `mode(old st_mode)`.
-pub fn chmod(opts: &OpenOptions, paths: &[String], mode: &dyn Fn(u32) -> u32) -> Result<Vec<String>> {
+pub fn chmod<P: AsRef<[u8]>>(opts: &OpenOptions, paths: &[P], mode: &dyn Fn(u32) -> u32) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
     chmod_in(&mut tx, paths, mode)?;
     tx.commit_with_warnings()
@@ -348,8 +342,9 @@ pub fn chmod(opts: &OpenOptions, paths: &[String], mode: &dyn Fn(u32) -> u32) ->
 /// [`chmod`] inside a running transaction (not committed). A symlink is
 /// refused: btrs follows none, and a link's own mode is always 0777 (the
 /// kernel has no lchmod).
-pub(crate) fn chmod_in(tx: &mut Transaction, paths: &[String], mode: &dyn Fn(u32) -> u32) -> Result<()> {
+pub(crate) fn chmod_in<P: AsRef<[u8]>>(tx: &mut Transaction, paths: &[P], mode: &dyn Fn(u32) -> u32) -> Result<()> {
     for path in paths {
+        let path = ImagePath::new(path);
         let p = existing(tx, path)?;
         if p.dir_type == FT_SYMLINK {
             return Err(Error::Invalid(format!(
@@ -367,9 +362,10 @@ pub(crate) fn chmod_in(tx: &mut Transaction, paths: &[String], mode: &dyn Fn(u32
 /// `touch`: set the times of each path (made as an empty regular file,
 /// mode 0644, when missing, unless `no_create`, which skips it as
 /// coreutils' -c does).
-pub fn touch(opts: &OpenOptions, paths: &[String], change: &SetAttr, no_create: bool) -> Result<Vec<String>> {
+pub fn touch<P: AsRef<[u8]>>(opts: &OpenOptions, paths: &[P], change: &SetAttr, no_create: bool) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
     for path in paths {
+        let path = ImagePath::new(path);
         let p = match tx.resolve(path)? {
             Some(p) => {
                 tx.ensure_writable(p.root())?;
@@ -387,10 +383,10 @@ pub fn touch(opts: &OpenOptions, paths: &[String], change: &SetAttr, no_create: 
 
 /// An empty regular file (mode 0644) at missing `path`, as `touch` and
 /// `truncate` make one.
-fn new_empty_file(tx: &mut Transaction, path: &str) -> Result<InodeId> {
+fn new_empty_file(tx: &mut Transaction, path: ImagePath<'_>) -> Result<InodeId> {
     slash_means_dir(path, false)?;
     let (dir, name) = split(path)?;
-    let d = dir_at(tx, &dir, false)?;
+    let d = dir_at(tx, dir, false)?;
     tx.create(d.id, &name, S_IFREG | 0o644, 0)
 }
 
@@ -423,9 +419,10 @@ impl TruncateSize {
 
 /// `truncate -s SIZE`: set each regular file's size (made when missing
 /// unless `no_create`), dropping data past it or extending with a hole.
-pub fn truncate(opts: &OpenOptions, paths: &[String], size: TruncateSize, no_create: bool) -> Result<Vec<String>> {
+pub fn truncate<P: AsRef<[u8]>>(opts: &OpenOptions, paths: &[P], size: TruncateSize, no_create: bool) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
     for path in paths {
+        let path = ImagePath::new(path);
         let (root, ino) = match tx.resolve(path)? {
             Some(p) if p.dir_type == FT_REG_FILE => {
                 slash_means_dir(path, false)?;
@@ -500,21 +497,21 @@ fn rm_tree(tx: &mut Transaction, root: u64, dir: u64, name: &[u8]) -> Result<()>
     Ok(())
 }
 
-pub fn rm(opts: &OpenOptions, paths: &[String], recursive: bool) -> Result<Vec<String>> {
+pub fn rm<P: AsRef<[u8]>>(opts: &OpenOptions, paths: &[P], recursive: bool) -> Result<Vec<String>> {
     rm_forced(opts, paths, recursive, false)
 }
 
 /// `rm [-r] [-f]`: with `force`, paths that do not exist are skipped
 /// silently (coreutils' -f); every other error still fails the command.
-pub fn rm_forced(opts: &OpenOptions, paths: &[String], recursive: bool, force: bool) -> Result<Vec<String>> {
+pub fn rm_forced<P: AsRef<[u8]>>(opts: &OpenOptions, paths: &[P], recursive: bool, force: bool) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
     if force {
         let mut present = Vec::with_capacity(paths.len());
         for p in paths {
-            if missing(&mut tx, p)? {
+            if missing(&mut tx, ImagePath::new(p))? {
                 continue;
             }
-            present.push(p.clone());
+            present.push(ImagePath::new(p));
         }
         rm_in(&mut tx, &present, recursive)?;
     } else {
@@ -527,16 +524,17 @@ pub fn rm_forced(opts: &OpenOptions, paths: &[String], recursive: bool, force: b
 /// directory that exists, or a directory on the way is missing. A
 /// component that is not a directory is an error (coreutils' rm -f says
 /// so too), and so is a name that is not one.
-fn missing(tx: &mut Transaction, path: &str) -> Result<bool> {
+fn missing(tx: &mut Transaction, path: ImagePath<'_>) -> Result<bool> {
     split(path)?;
     Ok(tx.resolve(path)?.is_none())
 }
 
 /// [`rm`] inside a running transaction (not committed).
-pub(crate) fn rm_in(tx: &mut Transaction, paths: &[String], recursive: bool) -> Result<()> {
+pub(crate) fn rm_in<P: AsRef<[u8]>>(tx: &mut Transaction, paths: &[P], recursive: bool) -> Result<()> {
     for path in paths {
+        let path = ImagePath::new(path);
         let (dir, name) = split(path)?;
-        let d = dir_at(tx, &dir, false)?;
+        let d = dir_at(tx, dir, false)?;
         if let Some((_, ft)) = tx.lookup_name(d.root(), d.ino(), &name)? {
             slash_means_dir(path, ft == FT_DIR)?;
         }
@@ -549,16 +547,18 @@ pub(crate) fn rm_in(tx: &mut Transaction, paths: &[String], recursive: bool) -> 
     Ok(())
 }
 
-pub fn mv(opts: &OpenOptions, src: &str, dst: &str) -> Result<Vec<String>> {
+pub fn mv<'p>(opts: &OpenOptions, src: impl Into<ImagePath<'p>>, dst: impl Into<ImagePath<'p>>) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
-    mv_in(&mut tx, src, dst)?;
+    mv_in(&mut tx, src.into(), dst.into())?;
     tx.commit_with_warnings()
 }
 
 /// [`mv`] inside a running transaction (not committed).
-pub(crate) fn mv_in(tx: &mut Transaction, src: &str, dst: &str) -> Result<()> {
+pub(crate) fn mv_in<'p>(tx: &mut Transaction, src: impl Into<ImagePath<'p>>, dst: impl Into<ImagePath<'p>>) -> Result<()> {
+    let src = src.into();
+    let dst = dst.into();
     let (sd, sn) = split(src)?;
-    let sdir = dir_at(tx, &sd, false)?;
+    let sdir = dir_at(tx, sd, false)?;
     // Into an existing directory: keep the name.
     let (ddir, dn) = match tx.resolve(dst)? {
         Some(p) if p.dir_type == FT_DIR => {
@@ -567,7 +567,7 @@ pub(crate) fn mv_in(tx: &mut Transaction, src: &str, dst: &str) -> Result<()> {
         }
         _ => {
             let (dd, dn) = split(dst)?;
-            (dir_at(tx, &dd, false)?, dn)
+            (dir_at(tx, dd, false)?, dn)
         }
     };
     if ddir.root() != sdir.root() {
@@ -577,16 +577,23 @@ pub(crate) fn mv_in(tx: &mut Transaction, src: &str, dst: &str) -> Result<()> {
     tx.rename(sdir.root(), sdir.ino(), &sn, ddir.ino(), &dn)
 }
 
-pub fn ln(opts: &OpenOptions, target: &str, link: &str, symbolic: bool) -> Result<Vec<String>> {
+pub fn ln<'p>(opts: &OpenOptions, target: impl Into<ImagePath<'p>>, link: impl Into<ImagePath<'p>>, symbolic: bool) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
-    ln_in(&mut tx, target, link, symbolic)?;
+    ln_in(&mut tx, target.into(), link.into(), symbolic)?;
     tx.commit_with_warnings()
 }
 
 /// [`ln`] inside a running transaction (not committed).
-pub(crate) fn ln_in(tx: &mut Transaction, target: &str, link: &str, symbolic: bool) -> Result<()> {
+pub(crate) fn ln_in<'p>(
+    tx: &mut Transaction,
+    target: impl Into<ImagePath<'p>>,
+    link: impl Into<ImagePath<'p>>,
+    symbolic: bool,
+) -> Result<()> {
+    let target = target.into();
+    let link = link.into();
     let (ld, ln) = split(link)?;
-    let dir = dir_at(tx, &ld, false)?;
+    let dir = dir_at(tx, ld, false)?;
     if symbolic {
         tx.symlink(dir.root(), dir.ino(), &ln, target.as_bytes())?;
     } else {
@@ -599,20 +606,22 @@ pub(crate) fn ln_in(tx: &mut Transaction, target: &str, link: &str, symbolic: bo
     Ok(())
 }
 
-pub fn setfattr(opts: &OpenOptions, path: &str, name: &str, value: Option<&[u8]>) -> Result<Vec<String>> {
+pub fn setfattr<'p>(opts: &OpenOptions, path: impl Into<ImagePath<'p>>, name: &[u8], value: Option<&[u8]>) -> Result<Vec<String>> {
     let mut tx = begin(opts)?;
-    setfattr_in(&mut tx, path, name, value)?;
+    setfattr_in(&mut tx, path.into(), name, value)?;
     tx.commit_with_warnings()
 }
 
 /// [`setfattr`] inside a running transaction (not committed).
-pub(crate) fn setfattr_in(tx: &mut Transaction, path: &str, name: &str, value: Option<&[u8]>) -> Result<()> {
+pub(crate) fn setfattr_in<'p>(tx: &mut Transaction, path: impl Into<ImagePath<'p>>, name: &[u8], value: Option<&[u8]>) -> Result<()> {
+    let path = path.into();
     let p = existing(tx, path)?;
-    tx.set_xattr(p.root(), p.ino(), name.as_bytes(), value)
+    tx.set_xattr(p.root(), p.ino(), name, value)
 }
 
 /// `btrs chattr IMAGE PATH MODE`: the inode's new flags, as `lsattr` shows them.
-pub fn chattr(opts: &OpenOptions, path: &str, mode: &crate::fs::txn::AttrChange) -> Result<(String, Vec<String>)> {
+pub fn chattr<'p>(opts: &OpenOptions, path: impl Into<ImagePath<'p>>, mode: &crate::fs::txn::AttrChange) -> Result<(String, Vec<String>)> {
+    let path = path.into();
     let mut tx = begin(opts)?;
     let p = existing(&mut tx, path)?;
     tx.name_inode(p.root(), p.ino(), path);
@@ -641,30 +650,30 @@ pub fn open_input(from: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u
 /// filesystem, in one transaction: `put IMAGE SRC... DEST`. With one SRC and
 /// a DEST that does not exist, SRC is copied *as* DEST; otherwise DEST must be
 /// a directory and each SRC goes into it under its own name.
-pub fn put(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: &str) -> Result<(u64, Vec<String>)> {
+pub fn put<'p>(opts: &OpenOptions, srcs: &[std::path::PathBuf], dest: impl Into<ImagePath<'p>>) -> Result<(u64, Vec<String>)> {
     put_with_progress(opts, srcs, dest, &|_, _| {})
 }
 
 /// [`put`], telling `progress` the data bytes copied so far and in all as it goes.
-pub fn put_with_progress(
+pub fn put_with_progress<'p>(
     opts: &OpenOptions,
     srcs: &[std::path::PathBuf],
-    dest: &str,
+    dest: impl Into<ImagePath<'p>>,
     progress: &dyn Fn(u64, u64),
 ) -> Result<(u64, Vec<String>)> {
     let mut tx = begin(opts)?;
-    let files = put_in_with(&mut tx, srcs, dest, progress)?;
+    let files = put_in_with(&mut tx, srcs, dest.into(), progress)?;
     let warnings = tx.commit_with_warnings()?;
     Ok((files, warnings))
 }
 
 /// [`put`] inside a running transaction (not committed); the files copied.
 #[cfg(test)]
-pub(crate) fn put_in(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: &str) -> Result<u64> {
-    put_in_with(tx, srcs, dest, &|_, _| {})
+pub(crate) fn put_in<'p>(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: impl Into<ImagePath<'p>>) -> Result<u64> {
+    put_in_with(tx, srcs, dest.into(), &|_, _| {})
 }
 
-fn put_in_with(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: &str, progress: &dyn Fn(u64, u64)) -> Result<u64> {
+fn put_in_with(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: ImagePath<'_>, progress: &dyn Fn(u64, u64)) -> Result<u64> {
     // Fail before writing anything when the data cannot fit, or when a
     // name, symlink target or xattr is beyond what the kernel accepts.
     let fs = tx.fs();
@@ -689,7 +698,7 @@ fn put_in_with(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: &str, pr
         Some(_) => return Err(Error::Invalid(format!("{dest} exists and is not a directory"))),
         None if srcs.len() == 1 => {
             let (d, n) = split(dest)?;
-            vec![(dir_at(tx, &d, false)?, n, &srcs[0])]
+            vec![(dir_at(tx, d, false)?, n, &srcs[0])]
         }
         None => return Err(Error::NotFound(format!("{dest}: no such directory"))),
     };

@@ -75,7 +75,8 @@ impl Transaction {
 
     /// Resolve an absolute path from the top-level subvolume, through nested
     /// subvolumes, to where it leads.
-    pub fn resolve(&mut self, path: &str) -> Result<Option<Place>> {
+    pub fn resolve<'p>(&mut self, path: impl Into<crate::fs::path::ImagePath<'p>>) -> Result<Option<Place>> {
+        let path = path.into();
         let top = Place { id: InodeId { subvol: FS_TREE_OBJECTID, ino: FIRST_FREE_OBJECTID }, dir_type: FT_DIR };
         crate::fs::path::walk(path, top, |p| p.dir_type == FT_DIR, |p, name| self.lookup(p.root(), p.ino(), name))?.if_present(path)
     }

@@ -38,7 +38,7 @@ impl Transaction {
     }
 
     /// Remember the path a command named an inode by, for messages.
-    pub(crate) fn name_inode(&mut self, root: u64, ino: u64, path: &str) {
+    pub(crate) fn name_inode(&mut self, root: u64, ino: u64, path: crate::fs::path::ImagePath<'_>) {
         self.names.insert((root, ino), path.to_string());
     }
 }
