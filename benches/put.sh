@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # btrs put of a tree into an empty image against btrs mkfs -r of the same
-# tree (issue 18, goal 2), ROUNDS interleaved rounds, medians, warm source.
-# Prints a markdown row.
+# tree (issue 18, goal 2), ROUNDS interleaved rounds, medians, warm source:
+# into an empty image, then into one already holding 100k files.
+# Prints two markdown rows.
 # Usage: benches/put.sh [SRC] [ROUNDS]   (defaults /usr/share 3)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,3 +26,27 @@ done
 m=$(median < "$work/m"); p=$(median < "$work/p")
 printf '| put %s (%d files, %d MiB) into an empty image (median of %d) | btrs put %.2f s (peak %d MiB) | btrs mkfs -r %.2f s | %.2f |\n' \
   "$src" "$files" "$((bytes >> 20))" "$rounds" "$p" "$(( $(cat "$work/rss") / 1024 ))" "$m" "$(echo "$p / $m" | bc -l)"
+
+# The same put into an image already holding 100k small files (benches/mkfs.sh's
+# tree: 100 directories, files of 0..3000 bytes), against the same mkfs -r.
+python3 - "$work/full" 100000 <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, "d%03d" % (i % 100))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%07d" % i), "wb") as f:
+        f.write((b"%d " % i) * (i % 400))
+PY
+full_size=$(( bytes * 2 / 1048576 + 1024 ))M
+"$btrs" mkfs -q -b "$full_size" -r "$work/full" "$work/full.img" >/dev/null
+: > "$work/m2"; : > "$work/f"
+for _ in $(seq 1 "$rounds"); do
+  rm -f "$work/m.img"; echo "$(t "$btrs" mkfs -q -b "$size" -r "$src" "$work/m.img")" >> "$work/m2"
+  cp --sparse=always "$work/full.img" "$work/f.img"
+  echo "$(t "$btrs" put "$work/f.img" "$src" /tree)" >> "$work/f"
+done
+/usr/bin/time -f '%M' -o "$work/rss2" "$btrs" put "$work/f.img" "$src" /again >/dev/null 2>&1 || true
+m2=$(median < "$work/m2"); f=$(median < "$work/f")
+printf '| put %s into an image holding 100k files (median of %d) | btrs put %.2f s (peak %d MiB) | btrs mkfs -r %.2f s | %.2f |\n' \
+  "$src" "$rounds" "$f" "$(( $(cat "$work/rss2") / 1024 ))" "$m2" "$(echo "$f / $m2" | bc -l)"

@@ -14,6 +14,11 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
     long_about = "btrs works on btrfs filesystems stored in plain image files, one file per device. \
 IMAGE is any one device of the filesystem; the other devices are given with --device PATH, or found \
 among the regular files in IMAGE's directory that carry the same filesystem UUID.\n\n\
+A PATH inside the filesystem starts at the top-level subvolume; no symlink in the image is followed, \
+and a path ending in / names a directory. Names are bytes, as in btrfs: one that is not UTF-8 is \
+named as the shell gives it ($'/caf\\xe9'). Output that carries names writes their bytes; messages \
+and JSON show them on one line, a byte that is not UTF-8 as \\xNN, a backslash as \\\\, control \
+characters escaped, as bash's $'...' reads them back.\n\n\
 A device whose superblock is older than the others' (an older copy of the image, put back) is stale: \
 it lacks every write since. Its copies are used only where a data checksum from the current trees \
 vouches for them; its tree blocks never (they may be another history of the filesystem, a copy of the \

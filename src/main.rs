@@ -31,9 +31,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(e) => return usage_error(e),
+        Err(e) => return usage_error(e, &args),
     };
     match run(cli) {
         Ok(code) => code,
@@ -92,15 +92,22 @@ fn device_hint<T, E: Into<anyhow::Error>>(r: Result<T, E>, path: &std::ffi::OsSt
 /// value (`to pass '-R' as a value, use '-- -R'`) said as what it is: the
 /// option does not exist here, and only a path that starts with '-' goes
 /// after `--`.
-fn usage_error(e: clap::Error) -> ExitCode {
+fn usage_error(e: clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
     let text = e.render().to_string();
-    // clap names no argument here: name the first one that is not UTF-8.
+    // clap names no argument here. Paths may be any bytes, so the first
+    // argument that is not UTF-8 need not be the one: the culprit is the one
+    // whose replacement by text makes the complaint go away.
     if e.kind() == clap::error::ErrorKind::InvalidUtf8 {
-        if let Some(bad) = std::env::args_os().find(|a| a.to_str().is_none()) {
+        let culprit = args.iter().enumerate().filter(|(_, a)| a.to_str().is_none()).find(|&(i, _)| {
+            let mut t = args.to_vec();
+            t[i] = "x".into();
+            !matches!(Cli::try_parse_from(&t), Err(e) if e.kind() == clap::error::ErrorKind::InvalidUtf8)
+        });
+        if let Some((_, bad)) = culprit {
             say!(
-                "btrs: argument {:?} is not valid UTF-8: this value is taken as UTF-8 \
+                "btrs: argument \"{}\" is not valid UTF-8: this value is taken as text \
                  (paths inside an image and image file names may be any bytes)",
-                bad
+                ImagePath::from(bad)
             );
             return ExitCode::from(2);
         }

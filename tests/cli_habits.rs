@@ -502,6 +502,33 @@ fn names_that_are_not_utf8_can_be_named_to_every_command() {
     let (c, _, err) = run(&[b"mkdir", b"/b\x82/x"], b"");
     assert_eq!(c, 1, "{err}");
     assert!(err.contains("\"b\\x82\" is not a directory"), "{err}");
+    // Every message shows such bytes as \xNN, never as U+FFFD, and on one
+    // line (attacker's pass on b175bc2).
+    let long = [&b"/"[..], &[0xff; 256]].concat();
+    for args in [
+        vec![&b"touch"[..], &long],
+        vec![b"mkdir", &long],
+        vec![b"rm", b"/nope\xfe"],
+        vec![b"mv", b"/nope\xfe", b"/x"],
+        vec![b"ln", b"-s", b"t", b"/b\x82"],
+        vec![b"setfattr", b"-x", b"-n", b"user.\xfe", b"/b\x82"],
+        vec![b"stat", b"/nope\xfe\n"],
+    ] {
+        let (c, _, err) = run(&args, b"");
+        assert_eq!(c, 1, "{err}");
+        assert!(!err.contains('\u{fffd}') && err.contains("\\x"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    // Names that differ show differently: a literal backslash is doubled.
+    good(&[b"touch", b"/sl\\xfe", b"/sl\xfe"]);
+    let json = String::from_utf8(good(&[b"stat", b"--json", b"/sl\\xfe", b"/sl\xfe"])).unwrap();
+    assert!(json.contains(r#""path": "/sl\\\\xfe""#) && json.contains(r#""path": "/sl\\xfe""#), "{json}");
+    good(&[b"rm", b"/sl\\xfe", b"/sl\xfe"]);
+    // With a path that is not UTF-8 beside it, the value that must be text is
+    // the one named.
+    let (c, _, err) = run(&[b"chattr", b"/b\x82", b"+\xfe"], b"");
+    assert_eq!(c, 2, "{err}");
+    assert!(err.contains("argument \"+\\xfe\" is not valid UTF-8"), "{err}");
     // A value that must be text (a label) is refused by name, exit 2.
     let (c, _, err) = run(&[b"property", b"set", b"/", b"label", b"x\x80"], b"");
     assert_eq!(c, 2, "{err}");

@@ -161,6 +161,7 @@ fn refusals_name_the_problem_and_change_nothing() {
     ok(&["property", "set", s(&img), "/sv", "ro", "true"]);
     ok(&["ln", "-s", s(&img), "/dir", "/lnk"]);
     let before = std::fs::read(&img).unwrap();
+    let long = format!("/{}", "n".repeat(256));
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["chmod", s(&img), "600", "/imm"], 1, "immutable"),
         (vec!["chown", s(&img), "1", "/imm"], 1, "immutable"),
@@ -201,6 +202,28 @@ fn refusals_name_the_problem_and_change_nothing() {
         (vec!["truncate", s(&img), "-s", "1", "/new/"], 1, "not a directory"),
         (vec!["chmod", s(&img), "600", "/f/"], 1, "not a directory"),
         (vec!["stat", s(&img), "/f/"], 1, "not a directory"),
+        // Everywhere else too (attacker's pass on b175bc2: `mv /g /f/`
+        // replaced the file f): creating a non-directory, renaming one, reading.
+        (vec!["mv", s(&img), "/imm", "/f/"], 1, "not a directory"),
+        (vec!["mv", s(&img), "/f", "/new/"], 1, "not a directory"),
+        (vec!["mv", s(&img), "/f/", "/new"], 1, "not a directory"),
+        (vec!["mv", s(&img), "/f/.", "/new"], 1, "not a name"),
+        (vec!["ln", s(&img), "/f", "/new/"], 1, "not a directory"),
+        (vec!["ln", "-s", s(&img), "target", "/new/"], 1, "not a directory"),
+        (vec!["write", s(&img), "/new/"], 1, "not a directory"),
+        (vec!["write", s(&img), "/f/"], 1, "not a directory"),
+        (vec!["cat", s(&img), "/f/"], 1, "not a directory"),
+        (vec!["cat", s(&img), "/f/."], 1, "not a directory"),
+        (vec!["ls", s(&img), "/f/"], 1, "not a directory"),
+        (vec!["readlink", s(&img), "/lnk/"], 1, "not a directory"),
+        (vec!["getfattr", s(&img), "-d", "/f/"], 1, "not a directory"),
+        (vec!["lsattr", s(&img), "/f/"], 1, "not a directory"),
+        (vec!["extract", s(&img), "/f/", "/nonexistent-dest"], 1, "not a directory"),
+        (vec!["put", s(&img), "/etc/hostname", "/new/"], 1, "not a directory"),
+        (vec!["subvolume", "create", s(&img), "/f/"], 1, "exists"),
+        // A name longer than a directory holds is said as such when read.
+        (vec!["stat", s(&img), &long], 1, "256 bytes"),
+        (vec!["cat", s(&img), &long], 1, "256 bytes"),
         (vec!["chmod", s(&img), "600", "/lnk"], 1, "symbolic link's mode"),
     ];
     for (args, code, says) in &cases {
@@ -214,6 +237,13 @@ fn refusals_name_the_problem_and_change_nothing() {
     ok(&["touch", "-c", s(&img), "/none", "/dir/none"]);
     ok(&["rm", "-f", s(&img), "/none", "/no/such"]);
     assert!(std::fs::read(&img).unwrap() == before, "touch -c / rm -f of missing paths wrote");
+    // A directory may be renamed or copied in under a name ending in "/".
+    ok(&["mv", s(&img), "/dir", "/dir2/"]);
+    let src = d.join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("file"), b"x").unwrap();
+    ok(&["put", s(&img), s(&src), "/copied/"]);
+    assert_eq!(ok(&["cat", s(&img), "/copied/file"]), "x");
     ok(&["touch", s(&img), "/app"]);
     assert!(std::fs::read(&img).unwrap() != before);
     // `chown :` changes no id but is a chown: set-ID bits and file

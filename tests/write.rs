@@ -1284,3 +1284,40 @@ fn write_commands_refuse_images_in_use() {
     check(&imgs);
     assert_eq!(cat(img, "/f"), b"before");
 }
+
+/// A file put cannot read is refused before any byte reaches the image
+/// (the space pre-pass checks that each file can be read; it opens only
+/// sparse ones): run as nobody, with a readable file ahead of it in name order.
+#[test]
+fn put_refuses_an_unreadable_file_before_writing_anything() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let img = d.join("a.img");
+    ok(&["mkfs", "-b", "200M", img.to_str().unwrap()]);
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let src = d.join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a"), common::pseudo(2 << 20, 3)).unwrap();
+    for (name, sparse) in [("z", false), ("z-sparse", true)] {
+        let f = src.join(name);
+        std::fs::write(&f, b"secret").unwrap();
+        if sparse {
+            std::fs::File::options().write(true).open(&f).unwrap().set_len(8 << 20).unwrap();
+        }
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let before = std::fs::read(&img).unwrap();
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_btrs"), "put"])
+            .args([&img, &src])
+            .arg("/tree")
+            .output()
+            .expect("setpriv (util-linux)");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(&format!("{}", f.display())) && err.contains("ermission denied"), "{name}: {err}");
+        assert!(std::fs::read(&img).unwrap() == before, "{name}: the image changed");
+        std::fs::remove_file(&f).unwrap();
+    }
+}

@@ -44,12 +44,13 @@ pub fn max_symlink_len(nodesize: u32, sectorsize: u32) -> usize {
     max_inline_data_size(nodesize).min(usize_of(sectorsize).saturating_sub(1))
 }
 
+/// A name for a message, cut after its first 40 characters as shown.
 fn shown(name: &[u8]) -> String {
-    let s = String::from_utf8_lossy(name);
+    let s = super::name::Name(name).to_string();
     if s.chars().count() > 40 {
-        format!("{:?}...", s.chars().take(40).collect::<String>())
+        format!("\"{}\"...", s.chars().take(40).collect::<String>().replace('"', "\\\""))
     } else {
-        format!("{s:?}")
+        format!("{:?}", super::name::Name(name))
     }
 }
 

@@ -376,7 +376,7 @@ impl Filesystem {
     }
 
     fn dirent(&self, dir: InodeId, e: DirEntry) -> Result<DirEnt> {
-        let at = || format!("directory {dir} entry {:?}", String::from_utf8_lossy(&e.name));
+        let at = || format!("directory {dir} entry {:?}", crate::format::name::Name(&e.name));
         let file_type = FileType::from_dir_type(e.dir_type)
             .ok_or_else(|| Error::corrupt(CorruptKind::ItemValue, at(), format!("unknown file type {}", e.dir_type)))?;
         match e.location.item_type {
@@ -447,7 +447,17 @@ impl Filesystem {
     pub fn resolve<'p>(&self, path: impl Into<path::ImagePath<'p>>) -> Result<DirEnt> {
         let path = path.into();
         let top = DirEnt { name: Vec::new(), id: self.root_dir(), file_type: FileType::Directory, subvol: true, placeholder_in: None };
-        path::walk(path, top, |e| e.file_type == FileType::Directory, |e, name| self.lookup(e.id, name))?.found(path)
+        path::walk(
+            path,
+            top,
+            |e| e.file_type == FileType::Directory,
+            |e, name| {
+                // A name no directory can hold: said as such, not as missing.
+                crate::format::limits::check_entry_name(name).map_err(|err| Error::Invalid(format!("{path}: {err}")))?;
+                self.lookup(e.id, name)
+            },
+        )?
+        .found(path)
     }
 
     /// A symlink's target: the first i_size bytes of its inline extent, as

@@ -10,9 +10,10 @@
 use std::fmt;
 
 use crate::error::{Error, Result};
+use crate::format::name::Name;
 
 /// A path inside an image: the bytes it is (a btrfs name is any bytes but
-/// '/' and NUL), shown with bytes that are not UTF-8 as `\xNN`. Made from a
+/// '/' and NUL), shown as [`Name`] shows names. Made from a
 /// `&str`, bytes or an `OsStr` (a command-line argument as the shell gave it).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ImagePath<'a>(&'a [u8]);
@@ -98,33 +99,18 @@ impl AsRef<[u8]> for ImagePath<'_> {
     }
 }
 
-/// As written, with each byte that is not UTF-8 as `\xNN`.
+/// As [`crate::format::name::Name`] shows it: one line, bytes that are not
+/// UTF-8 as `\\xNN`, what bash's `$'...'` reads back.
 impl fmt::Display for ImagePath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for chunk in self.0.utf8_chunks() {
-            f.write_str(chunk.valid())?;
-            for b in chunk.invalid() {
-                write!(f, "\\x{b:02x}")?;
-            }
-        }
-        Ok(())
+        fmt::Display::fmt(&Name(self.0), f)
     }
 }
 
-/// Quoted as `{:?}` quotes a `&str` (control characters escaped), with each
-/// byte that is not UTF-8 as `\xNN`.
+/// In double quotes, as [`Name`]'s `{:?}`.
 impl fmt::Debug for ImagePath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"")?;
-        for chunk in self.0.utf8_chunks() {
-            for c in chunk.valid().chars() {
-                write!(f, "{}", c.escape_debug())?;
-            }
-            for b in chunk.invalid() {
-                write!(f, "\\x{b:02x}")?;
-            }
-        }
-        f.write_str("\"")
+        fmt::Debug::fmt(&Name(self.0), f)
     }
 }
 
@@ -203,6 +189,11 @@ pub(crate) fn walk<T>(
         }
         last = comp;
     }
+    // A path ending in "/" (or "/.") names a directory: the kernel's ENOTDIR
+    // for anything else (no symlink is followed to one).
+    if path.names_dir() && !is_dir(&cur) {
+        return Ok(Walk::NotDir { component: last.to_vec() });
+    }
     Ok(Walk::Found(cur))
 }
 
@@ -241,6 +232,12 @@ mod tests {
         assert_eq!(toy("/../../d/f"), Walk::Found("f"));
         assert_eq!(toy("/d/f/.."), Walk::NotDir { component: b"f".to_vec() });
         assert_eq!(toy("/d/x/.."), Walk::Missing { component: b"x".to_vec() });
+        // A trailing "/" or "/." names a directory.
+        assert_eq!(toy("/d/"), Walk::Found("d"));
+        assert_eq!(toy("/d/."), Walk::Found("d"));
+        assert_eq!(toy("/f/"), Walk::NotDir { component: b"f".to_vec() });
+        assert_eq!(toy("/d/f/."), Walk::NotDir { component: b"f".to_vec() });
+        assert_eq!(toy("/d/f/.."), Walk::NotDir { component: b"f".to_vec() });
     }
 
     #[test]
@@ -257,7 +254,7 @@ mod tests {
     #[test]
     fn paths_are_bytes_shown_with_what_is_not_utf8_escaped() {
         let p = ImagePath::from(&b"/d\x80\xff/caf\xc3\xa9\n"[..]);
-        assert_eq!(p.to_string(), "/d\\x80\\xff/caf\u{e9}\n");
+        assert_eq!(p.to_string(), "/d\\x80\\xff/caf\u{e9}\\n");
         assert_eq!(format!("{p:?}"), "\"/d\\x80\\xff/caf\u{e9}\\n\"");
         assert_eq!(format!("{:?}", ImagePath::from("a\"b\tc")), format!("{:?}", "a\"b\tc"), "UTF-8 is quoted as a str is");
         assert_eq!(p.components().collect::<Vec<_>>(), vec![&b"d\x80\xff"[..], &b"caf\xc3\xa9\n"[..]]);

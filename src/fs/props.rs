@@ -55,7 +55,7 @@ pub(crate) fn apply(name: &[u8], value: Option<&[u8]>, flags: u64) -> Result<(u6
     if name != COMPRESSION {
         return Err(Error::Invalid(format!(
             "{}: not a btrfs property (the kernel knows only btrfs.compression)",
-            String::from_utf8_lossy(name)
+            crate::format::name::Name(name)
         )));
     }
     let value = match value {
@@ -71,7 +71,7 @@ pub(crate) fn apply(name: &[u8], value: Option<&[u8]>, flags: u64) -> Result<(u6
     match parse_compression(value) {
         Some(CompressionProp::Algo(kind)) => Ok((flags & !INODE_NOCOMPRESS | INODE_COMPRESS, incompat_for(kind), false)),
         Some(CompressionProp::No) => Ok((flags & !INODE_COMPRESS | INODE_NOCOMPRESS, 0, false)),
-        None => Err(Error::Invalid(format!("btrfs.compression {:?}: use zlib, lzo, zstd, no or none", String::from_utf8_lossy(value)))),
+        None => Err(Error::Invalid(format!("btrfs.compression {:?}: use zlib, lzo, zstd, no or none", crate::format::name::Name(value)))),
     }
 }
 

@@ -55,6 +55,13 @@ pub(crate) fn split(path: ImagePath<'_>) -> Result<(ImagePath<'_>, Vec<u8>)> {
     Ok((dir, name.to_vec()))
 }
 
+/// [`split`] for a new entry that is not a directory: a path ending in "/"
+/// names one (the kernel's ENOTDIR otherwise).
+pub(crate) fn split_nondir(path: ImagePath<'_>) -> Result<(ImagePath<'_>, Vec<u8>)> {
+    slash_means_dir(path, false)?;
+    split(path)
+}
+
 /// The directory at `path` (through subvolumes), made (with parents) when
 /// `parents`; the subvolume it is in must be writable.
 pub(crate) fn dir_at(tx: &mut Transaction, path: ImagePath<'_>, parents: bool) -> Result<Place> {
@@ -140,7 +147,7 @@ pub fn write<'p>(
     limits::check_file_range(req.offset, len_hint.unwrap_or(0))?;
     check_direct_compress(req)?;
     let path = path.into();
-    split(path)?;
+    split_nondir(path)?;
     let (tx, mut report) = write_in(begin(opts)?, path, input, len_hint, req, progress)?;
     report.notices.extend(tx.commit_with_warnings()?);
     Ok(report)
@@ -168,7 +175,7 @@ pub(crate) fn write_in<'p>(
     limits::check_file_range(req.offset, len_hint.unwrap_or(0))?;
     check_direct_compress(req)?;
     let path = path.into();
-    let (dir, name) = split(path)?;
+    let (dir, name) = split_nondir(path)?;
     let Place { id: InodeId { subvol: root, ino: d }, .. } = dir_at(&mut tx, dir, req.parents)?;
     let ino = match tx.lookup_name(root, d, &name)? {
         Some((ino, FT_REG_FILE)) => ino,
@@ -471,7 +478,7 @@ fn rm_tree(tx: &mut Transaction, root: u64, dir: u64, name: &[u8]) -> Result<()>
                 format!("directory {ino} of tree {root}"),
                 format!(
                     "reached twice (entry {:?} in directory {parent}): a directory loop or an aliased directory",
-                    String::from_utf8_lossy(&name)
+                    crate::format::name::Name(&name)
                 ),
             ));
         }
@@ -560,19 +567,30 @@ pub(crate) fn mv_in<'p>(tx: &mut Transaction, src: impl Into<ImagePath<'p>>, dst
     let (sd, sn) = split(src)?;
     let sdir = dir_at(tx, sd, false)?;
     // Into an existing directory: keep the name.
-    let (ddir, dn) = match tx.resolve(dst)? {
+    let (ddir, dn, new_name) = match tx.resolve(dst)? {
         Some(p) if p.dir_type == FT_DIR => {
             tx.ensure_writable(p.root())?;
-            (p, sn.clone())
+            (p, sn.clone(), false)
         }
         _ => {
             let (dd, dn) = split(dst)?;
-            (dir_at(tx, dd, false)?, dn)
+            (dir_at(tx, dd, false)?, dn, true)
         }
     };
     if ddir.root() != sdir.root() {
         // The kernel's EXDEV: inodes belong to one tree; a move across is a copy.
         return Err(Error::Invalid(format!("{src} and {dst} are in different subvolumes")));
+    }
+    // rename(2): a path ending in "/" names a directory, on either side
+    // (attacker's pass: `mv /g /f/` replaced the file f). Looked at only
+    // then, so that the rename's own refusals keep their order.
+    if src.names_dir() || (new_name && dst.names_dir()) {
+        if let Some((_, ft)) = tx.lookup_name(sdir.root(), sdir.ino(), &sn)? {
+            slash_means_dir(src, ft == FT_DIR)?;
+            if new_name {
+                slash_means_dir(dst, ft == FT_DIR)?;
+            }
+        }
     }
     tx.rename(sdir.root(), sdir.ino(), &sn, ddir.ino(), &dn)
 }
@@ -592,7 +610,7 @@ pub(crate) fn ln_in<'p>(
 ) -> Result<()> {
     let target = target.into();
     let link = link.into();
-    let (ld, ln) = split(link)?;
+    let (ld, ln) = split_nondir(link)?;
     let dir = dir_at(tx, ld, false)?;
     if symbolic {
         tx.symlink(dir.root(), dir.ino(), &ln, target.as_bytes())?;
@@ -697,6 +715,8 @@ fn put_in_with(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: ImagePat
             .collect::<Result<_>>()?,
         Some(_) => return Err(Error::Invalid(format!("{dest} exists and is not a directory"))),
         None if srcs.len() == 1 => {
+            let is_dir = std::fs::symlink_metadata(&srcs[0]).is_ok_and(|m| m.is_dir());
+            slash_means_dir(dest, is_dir)?;
             let (d, n) = split(dest)?;
             vec![(dir_at(tx, d, false)?, n, &srcs[0])]
         }
@@ -740,9 +760,20 @@ fn host_scan(top: &Path, ss: u32, nodesize: u32) -> Result<u64> {
             let t = std::fs::read_link(&p).map_err(|e| Error::io(&p, "readlink", e))?;
             limits::check_symlink_target(t.as_os_str().as_encoded_bytes(), nodesize, ss).map_err(what)?;
         } else if meta.is_file() {
-            let f = crate::ops::host::open_source(&p)?;
-            let ranges = crate::ops::host::data_ranges(&f, &p, meta.len(), u64::from(ss))?;
-            n = n.saturating_add(ranges.iter().map(|r| r.1 - r.0).sum());
+            // A file whose blocks cover its size has no hole to leave out:
+            // its size, in sectors, bounds what it takes, and a check that
+            // it can be read does for opening it. Only a file that may be
+            // sparse is opened and asked for its data ranges.
+            use std::os::unix::fs::MetadataExt;
+            let whole = meta.len().div_ceil(u64::from(ss)).saturating_mul(u64::from(ss));
+            n = n.saturating_add(if meta.blocks().saturating_mul(512) >= meta.len() {
+                rustix::fs::accessat(rustix::fs::CWD, &p, rustix::fs::Access::READ_OK, rustix::fs::AtFlags::EACCESS)
+                    .map_err(|e| Error::io(&p, "open", e.into()))?;
+                whole
+            } else {
+                let f = crate::ops::host::open_source(&p)?;
+                crate::ops::host::data_ranges(&f, &p, meta.len(), u64::from(ss))?.iter().map(|r| r.1 - r.0).sum()
+            });
         } else if meta.is_dir() {
             for e in std::fs::read_dir(&p).map_err(|e| Error::io(&p, "readdir", e))? {
                 let e = e.map_err(|e| Error::io(&p, "readdir", e))?;

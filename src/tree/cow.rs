@@ -38,7 +38,7 @@
 //! layer's business, reached through [`BlockStore::alloc`] / [`BlockStore::free`]
 //! and [`CowTree::root`].
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use super::block::{Expect, TreeBlock};
@@ -81,7 +81,9 @@ pub(crate) trait BlockStore {
 pub(crate) struct CowTree {
     root: RootPtr,
     /// Blocks copied or created in the current transaction, edited in place.
-    dirty: HashMap<u64, EditBlock>,
+    /// By address. (rustc-hash: each tree operation looks blocks up here
+    /// at every level, and std's SipHash showed in profiles of `put`.)
+    dirty: FxHashMap<u64, EditBlock>,
     /// The transaction the dirty blocks belong to.
     dirty_transid: Option<u64>,
     /// Cap on node pointers below the format's, to grow deep trees in tests.
@@ -109,7 +111,7 @@ enum Loaded<'a> {
 impl CowTree {
     /// A tree whose root is the committed block `root`.
     pub(crate) fn new(root: RootPtr) -> Self {
-        CowTree { root, dirty: HashMap::new(), dirty_transid: None, fanout_limit: None }
+        CowTree { root, dirty: FxHashMap::default(), dirty_transid: None, fanout_limit: None }
     }
 
     /// A new, empty tree: one empty leaf, dirty in the current transaction.
@@ -302,9 +304,13 @@ impl CowTree {
         dir: Dir,
         f: &mut dyn FnMut(Key, &[u8]) -> Result<bool>,
     ) -> Result<bool> {
-        // Children are visited through their pointers; collect them first so the
-        // borrow of a committed block ends before recursing.
-        let children: Vec<NodePtr> = match self.load(store, addr, level, generation, key)? {
+        // Children are visited through their pointers, one at a time from the
+        // block as loaded (a dirty block borrowed, a committed one held):
+        // nothing collected, so that a walk backward from the end of a wide
+        // range (`last_le` from Key::MIN) costs a pointer per level, not a
+        // whole node's worth.
+        let loaded = self.load(store, addr, level, generation, key)?;
+        let (lo, hi) = match &loaded {
             Loaded::Dirty(EditBlock::Leaf(l)) => {
                 let start = l.items.partition_point(|(k, _)| *k < min);
                 let end = l.items.partition_point(|(k, _)| *k <= max).max(start);
@@ -323,25 +329,30 @@ impl CowTree {
             }
             Loaded::Dirty(EditBlock::Node(n)) => {
                 let (lo, hi) = (n.child_slot(&min), n.child_slot(&max));
-                n.ptrs.get(lo..=hi.max(lo)).unwrap_or_default().iter().filter(|p| p.key <= max).copied().collect()
+                (lo, hi.max(lo).min(n.ptrs.len().saturating_sub(1)))
             }
             Loaded::Clean(b) => {
                 let (lo, hi) = (b.slot_le(&min).unwrap_or(0), b.slot_le(&max).unwrap_or(0));
-                (lo..=hi.max(lo))
-                    .map(|i| {
-                        let (key, blockptr, generation) = b.ptr(i);
-                        NodePtr { key, blockptr, generation }
-                    })
-                    .filter(|p| p.key <= max)
-                    .collect()
+                (lo, hi.max(lo).min(b.nritems().saturating_sub(1)))
             }
         };
-        // (Only a first child can start above `max`: it holds nothing in range.)
-        let ordered: Box<dyn Iterator<Item = NodePtr>> = match dir {
-            Dir::Forward => Box::new(children.into_iter()),
-            Dir::Backward => Box::new(children.into_iter().rev()),
+        let ptr = |i: usize| -> Option<NodePtr> {
+            match &loaded {
+                Loaded::Dirty(EditBlock::Node(n)) => n.ptrs.get(i).copied(),
+                Loaded::Clean(b) if i < b.nritems() => {
+                    let (key, blockptr, generation) = b.ptr(i);
+                    Some(NodePtr { key, blockptr, generation })
+                }
+                _ => None,
+            }
         };
-        for p in ordered {
+        for step in 0..=hi.saturating_sub(lo) {
+            let i = match dir {
+                Dir::Forward => lo.saturating_add(step),
+                Dir::Backward => hi.saturating_sub(step),
+            };
+            // (Only a first child can start above `max`: it holds nothing in range.)
+            let Some(p) = ptr(i).filter(|p| p.key <= max) else { continue };
             // A node's children are one level down (load() checked the level).
             if !self.visit(store, p.blockptr, level.saturating_sub(1), p.generation, Some(p.key), (min, max), dir, f)? {
                 return Ok(false);

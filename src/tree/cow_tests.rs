@@ -4,7 +4,7 @@
 use super::*;
 use crate::format::{CsumType, CSUM_TREE_OBJECTID, EXTENT_DATA_KEY, FS_TREE_OBJECTID};
 use crate::tree::block::HEADER_SIZE;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// An in-memory transaction layer that checks the COW discipline: a
 /// committed block is never written again, a freed block is never freed
