@@ -4,12 +4,13 @@
 # here. Two images made by `btrs mkfs -r` of benches/mkfs.sh's tree (100
 # directories of files of 0..3000 bytes, N and 10*N files; default N 10000)
 # plus one 256 MiB file each; every command runs on a fresh copy of each.
-# Usage: benches/memory.sh [N]   Prints a markdown table (MiB).
+# Usage: [BTRS=binary] benches/memory.sh [N]   Prints a markdown table (MiB).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 n=${1:-10000}
-btrs="$here/target/release/btrs"
-(cd "$here" && cargo build --release -q)
+# BTRS=path measures that binary as it is (no build).
+btrs=${BTRS:-$here/target/release/btrs}
+[ -n "${BTRS:-}" ] || (cd "$here" && cargo build --release -q)
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 tree() { # $1 dir, $2 files
   python3 - "$1" "$2" <<'PY'

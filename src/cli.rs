@@ -594,19 +594,19 @@ pub struct MkfsArgs {
     /// gets its own copy of the file (with a warning), as mkfs.btrfs does. PATH
     /// must be a directory in the tree (not a symlink), given once.
     #[arg(long = "subvol", value_name = "PATH[:ro][:default]", requires = "source")]
-    pub subvols: Vec<String>,
+    pub subvols: Vec<OsString>,
     /// Compress --rootdir file data: zlib, lzo, zstd, optionally :LEVEL.
     /// Repeatable: `ALGO[:LEVEL]:PATH` compresses PATH (relative to --rootdir;
     /// a file, or a directory or subvolume and everything beneath it) so, and
     /// `none:PATH` not at all; the longest matching PATH wins, then the form
     /// without PATH. A PATH that reads as a number needs a `./` prefix.
-    #[arg(long, value_name = "ALGO[:LEVEL][:PATH]", requires = "source", value_parser = compressions(true))]
-    pub compress: Vec<String>,
+    #[arg(long, value_name = "ALGO[:LEVEL][:PATH]", requires = "source", value_parser = ThenPath(compressions(true)))]
+    pub compress: Vec<OsString>,
     /// Inode flags for a --rootdir path (relative to it, also inside
     /// subvolumes): nodatacow (implies nodatasum) or nodatasum, comma
     /// separated; the file gets no checksums. Repeatable.
     #[arg(long = "inode-flags", value_name = "FLAGS:PATH", requires = "source")]
-    pub inode_flags: Vec<String>,
+    pub inode_flags: Vec<OsString>,
     /// Store every --rootdir inode as owned by uid 0, gid 0 (no root or fakeroot needed).
     #[arg(long, requires = "source")]
     pub all_root: bool,
@@ -850,6 +850,27 @@ impl clap::builder::TypedValueParser for Candidates {
 
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
         Some(Box::new(self.values.iter().map(|v| clap::builder::PossibleValue::new(*v))))
+    }
+}
+
+/// [`Candidates`] for the head of a value that may go on with a path
+/// (`ALGO[:LEVEL][:PATH]`): the path may be any bytes.
+#[derive(Clone)]
+struct ThenPath(Candidates);
+
+impl clap::builder::TypedValueParser for ThenPath {
+    type Value = OsString;
+
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<OsString, clap::Error> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = value.as_bytes();
+        let head = bytes.split(|&b| b == b':').next().unwrap_or(bytes);
+        self.0.parse_ref(cmd, arg, std::ffi::OsStr::from_bytes(head))?;
+        Ok(value.to_os_string())
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        self.0.possible_values()
     }
 }
 

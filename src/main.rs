@@ -914,8 +914,8 @@ fn mkfs(a: btrs::cli::MkfsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             (None, _) => return usage(Err(format!("--compress {c:?}: only one --compress may go without a PATH"))),
         }
     }
-    o.subvols = usage(a.subvols.iter().map(|s| btrs::ops::rootdir::SubvolSpec::parse(s)).collect::<btrs::Result<_>>())?;
-    o.inode_flags = usage(a.inode_flags.iter().map(|s| m::parse_inode_flags(s)).collect::<btrs::Result<_>>())?;
+    o.subvols = usage(a.subvols.iter().map(btrs::ops::rootdir::SubvolSpec::parse).collect::<btrs::Result<_>>())?;
+    o.inode_flags = usage(a.inode_flags.iter().map(m::parse_inode_flags).collect::<btrs::Result<_>>())?;
     o.timestamp = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => Some(v.trim().parse().with_context(|| format!("bad SOURCE_DATE_EPOCH {v:?}"))?),
         _ => None,

@@ -540,6 +540,26 @@ fn names_that_are_not_utf8_can_be_named_to_every_command() {
     assert_eq!(std::fs::read(out.join(os(b"p\x8c"))).unwrap(), b"put");
     assert_eq!(std::fs::read(out.join(os(b"q\x8d"))).unwrap(), b"put");
     assert_eq!(std::fs::read(out.join(os(b"m\x87")).join(os(b"t\x88"))).unwrap(), [0u8; 10]);
+    // mkfs's paths into the source tree take such names too.
+    let img2 = d.join("b.img");
+    let o = Command::new(BIN)
+        .args(["mkfs", "-b", "200M", "-r"])
+        .arg(&src)
+        .arg("--subvol")
+        .arg(os(b"d\xff:ro"))
+        .arg("--inode-flags")
+        .arg(os(b"nodatacow:a\x80b"))
+        .arg("--compress")
+        .arg(os(b"zstd:3:d\xff"))
+        .arg(&img2)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(BIN).args(["subvolume", "list"]).arg(&img2).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("path d\\xff\n"), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = Command::new(BIN).args(["stat", "--json"]).arg(&img2).arg(os(b"/a\x80b")).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st[0]["flags"].as_u64().unwrap() & 3, 3, "nodatacow (and nodatasum): {st}");
     // The judges: btrfs check, then the kernel sees the same names and bytes.
     if progs_for("names_that_are_not_utf8", false) {
         btrfs_check(std::slice::from_ref(&img), &[]).unwrap();

@@ -228,8 +228,13 @@ impl MkfsOptions {
 
 /// Parse `--inode-flags FLAGS:PATH` (FLAGS: nodatacow, nodatasum, comma separated).
 /// nodatacow implies nodatasum, as `chattr +C` gives both on the kernel.
-pub fn parse_inode_flags(s: &str) -> Result<(PathBuf, u64)> {
-    let (flags, path) = s.split_once(':').ok_or_else(|| Error::Invalid(format!("--inode-flags {s:?}: want FLAGS:PATH")))?;
+pub fn parse_inode_flags(s: &(impl AsRef<std::ffi::OsStr> + ?Sized)) -> Result<(PathBuf, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let raw = s.as_ref().as_bytes();
+    let s = crate::format::name::Name(raw);
+    let at = raw.iter().position(|&b| b == b':').ok_or_else(|| Error::Invalid(format!("--inode-flags {s:?}: want FLAGS:PATH")))?;
+    let (flags, path) = (&raw[..at], &raw[at + 1..]);
+    let flags = std::str::from_utf8(flags).map_err(|_| Error::Invalid(format!("--inode-flags {s:?}: FLAGS are not text")))?;
     let mut v = 0u64;
     for f in flags.split(',').map(str::trim).filter(|f| !f.is_empty()) {
         v |= match f.to_ascii_lowercase().as_str() {
@@ -241,7 +246,8 @@ pub fn parse_inode_flags(s: &str) -> Result<(PathBuf, u64)> {
     if v == 0 || path.is_empty() {
         return Err(Error::Invalid(format!("--inode-flags {s:?}: want FLAGS:PATH")));
     }
-    Ok((PathBuf::from(path.trim_start_matches('/')), v))
+    let start = path.iter().position(|&b| b != b'/').unwrap_or(path.len());
+    Ok((PathBuf::from(std::ffi::OsStr::from_bytes(&path[start..])), v))
 }
 
 /// Parse a size with an optional K/M/G/T/P/E suffix (binary units), e.g. `1G`, `512M`, `4096`.
@@ -298,21 +304,32 @@ pub fn parse_compress(s: &str) -> Result<(Compression, Option<i32>)> {
 /// `ALGO[:LEVEL]:PATH` for a path relative to the root directory and what is
 /// beneath it (ALGO may then be `none`). Returns (path, compression).
 /// A PATH that reads as a number needs a `./` prefix to not be a level.
-pub fn parse_compress_arg(s: &str) -> Result<(Option<PathBuf>, rootdir::Compress)> {
-    let (name, rest) = match s.split_once(':') {
-        Some((n, r)) => (n, Some(r)),
-        None => (s, None),
+pub fn parse_compress_arg(s: &(impl AsRef<std::ffi::OsStr> + ?Sized)) -> Result<(Option<PathBuf>, rootdir::Compress)> {
+    use std::os::unix::ffi::OsStrExt;
+    let raw = s.as_ref().as_bytes();
+    let s = crate::format::name::Name(raw);
+    // ALGO and LEVEL are text; PATH any bytes.
+    let split = |b: &'_ [u8]| -> Option<(Vec<u8>, Vec<u8>)> {
+        let at = b.iter().position(|&c| c == b':')?;
+        Some((b[..at].to_vec(), b[at + 1..].to_vec()))
     };
-    let is_level = |v: &str| v.parse::<i32>().is_ok();
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b).map(str::to_string).map_err(|_| Error::Invalid(format!("--compress {s:?}: ALGO and LEVEL are text")))
+    };
+    let (name, rest) = match split(raw) {
+        Some((n, r)) => (text(&n)?, Some(r)),
+        None => (text(raw)?, None),
+    };
+    let is_level = |v: &[u8]| std::str::from_utf8(v).is_ok_and(|v| v.parse::<i32>().is_ok());
     let (level, path) = match rest {
         None => (None, None),
-        Some(r) if is_level(r) => (Some(r), None),
-        Some(r) => match r.split_once(':') {
-            Some((l, p)) if is_level(l) => (Some(l), Some(p)),
+        Some(r) if is_level(&r) => (Some(text(&r)?), None),
+        Some(r) => match split(&r) {
+            Some((l, p)) if is_level(&l) => (Some(text(&l)?), Some(p)),
             _ => (None, Some(r)),
         },
     };
-    let path = path.map(|p| rootdir::relative_path(p, "--compress")).transpose()?;
+    let path = path.map(|p| rootdir::relative_path(std::ffi::OsStr::from_bytes(&p), "--compress")).transpose()?;
     if name.eq_ignore_ascii_case("none") {
         if level.is_some() {
             return Err(Error::Invalid(format!("--compress {s:?}: `none` takes no level")));

@@ -73,13 +73,16 @@ pub(crate) struct ScanOptions {
 
 /// A path relative to the root directory, as options name it: `/`, `.` and
 /// trailing slashes mean nothing; `..` is refused (it would leave the tree).
-pub(crate) fn relative_path(s: &str, what: &str) -> Result<PathBuf> {
+pub(crate) fn relative_path(s: &std::ffi::OsStr, what: &str) -> Result<PathBuf> {
     let mut out = PathBuf::new();
     for c in Path::new(s).components() {
         match c {
             std::path::Component::Normal(n) => out.push(n),
             std::path::Component::ParentDir => {
-                return Err(Error::Invalid(format!("{what} {s:?}: `..` is not allowed (paths are relative to the root directory)")))
+                return Err(Error::Invalid(format!(
+                    "{what} {:?}: `..` is not allowed (paths are relative to the root directory)",
+                    crate::format::name::Name(s.as_bytes())
+                )))
             }
             _ => {}
         }
@@ -100,24 +103,26 @@ pub struct SubvolSpec {
 }
 
 impl SubvolSpec {
-    /// Parse `PATH[:ro][:default]` (the suffixes in any order).
-    pub fn parse(s: &str) -> Result<SubvolSpec> {
+    /// Parse `PATH[:ro][:default]` (the suffixes in any order; PATH any bytes).
+    pub fn parse(s: &(impl AsRef<std::ffi::OsStr> + ?Sized)) -> Result<SubvolSpec> {
+        let s = s.as_ref().as_bytes();
         let (mut rest, mut readonly, mut default) = (s, false, false);
         loop {
-            if let Some(r) = rest.strip_suffix(":ro") {
+            if let Some(r) = rest.strip_suffix(b":ro") {
                 readonly = true;
                 rest = r;
-            } else if let Some(r) = rest.strip_suffix(":default") {
+            } else if let Some(r) = rest.strip_suffix(b":default") {
                 default = true;
                 rest = r;
             } else {
                 break;
             }
         }
-        let path = relative_path(rest, "--subvol")?;
+        let path = relative_path(std::ffi::OsStr::from_bytes(rest), "--subvol")?;
         if path.as_os_str().is_empty() {
             return Err(Error::Invalid(format!(
-                "--subvol {s:?}: want PATH[:ro][:default], a directory below the root directory (the root itself is the top-level subvolume)"
+                "--subvol {:?}: want PATH[:ro][:default], a directory below the root directory (the root itself is the top-level subvolume)",
+                crate::format::name::Name(s)
             )));
         }
         Ok(SubvolSpec { path, readonly, default })
@@ -938,6 +943,11 @@ mod tests {
         assert_eq!(p("./a/b/:ro"), SubvolSpec { path: "a/b".into(), readonly: true, default: false });
         assert_eq!(p("/x:default:ro"), SubvolSpec { path: "x".into(), readonly: true, default: true });
         assert_eq!(p("x:y:ro").path, PathBuf::from("x:y"));
+        let raw = std::ffi::OsStr::from_bytes(b"d\xff/e:ro");
+        assert_eq!(
+            SubvolSpec::parse(raw).unwrap(),
+            SubvolSpec { path: std::ffi::OsStr::from_bytes(b"d\xff/e").into(), readonly: true, default: false }
+        );
         for bad in ["", "/", ".:ro", "a/../b", ":default"] {
             assert!(SubvolSpec::parse(bad).is_err(), "{bad:?}");
         }
