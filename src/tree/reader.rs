@@ -29,7 +29,11 @@ pub(crate) struct BadCopy {
     pub(crate) problem: String,
 }
 
-const CACHE_BLOCKS: usize = 8192;
+/// Bytes of verified tree blocks kept for reuse: a walk's upper levels stay
+/// cached while its leaves pass through. A budget in bytes, not blocks, so
+/// that a reader's peak memory is the same whatever the node size (8192
+/// blocks of 16 KiB had made every large walk take 128 MiB).
+const CACHE_BYTES: usize = 32 << 20;
 
 pub struct TreeReader {
     pub(crate) vol: Arc<Volume>,
@@ -121,7 +125,7 @@ impl TreeReader {
                     let b = Arc::new(b);
                     self.note_bad(logical, &problems);
                     let mut cache = self.cache.lock().map_err(|_| poisoned())?;
-                    if cache.len() >= CACHE_BLOCKS {
+                    if cache.len() >= (CACHE_BYTES / crate::format::usize_of(self.nodesize)).max(64) {
                         cache.clear();
                     }
                     cache.insert(logical, b.clone());
