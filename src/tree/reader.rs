@@ -125,7 +125,7 @@ impl TreeReader {
                     let b = Arc::new(b);
                     self.note_bad(logical, &problems);
                     let mut cache = self.cache.lock().map_err(|_| poisoned())?;
-                    if cache.len() >= (CACHE_BYTES / crate::format::usize_of(self.nodesize)).max(64) {
+                    if cache.len() >= CACHE_BYTES.checked_div(crate::format::usize_of(self.nodesize)).unwrap_or(0).max(64) {
                         cache.clear();
                     }
                     cache.insert(logical, b.clone());
