@@ -560,6 +560,18 @@ fn names_that_are_not_utf8_can_be_named_to_every_command() {
     let o = Command::new(BIN).args(["stat", "--json"]).arg(&img2).arg(os(b"/a\x80b")).output().unwrap();
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(st[0]["flags"].as_u64().unwrap() & 3, 3, "nodatacow (and nodatasum): {st}");
+    // Their messages show such names as every other message does.
+    let o = Command::new(BIN)
+        .args(["mkfs", "-b", "200M", "-r"])
+        .arg(&src)
+        .arg("--subvol")
+        .arg(os(b"nox\xff\\\n"))
+        .arg(d.join("c.img"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--subvol nox\\xff\\\\\\n: no such directory") && err.trim_end().lines().count() == 1, "{err}");
     // The judges: btrfs check, then the kernel sees the same names and bytes.
     if progs_for("names_that_are_not_utf8", false) {
         btrfs_check(std::slice::from_ref(&img), &[]).unwrap();

@@ -224,6 +224,9 @@ fn refusals_name_the_problem_and_change_nothing() {
         // A name longer than a directory holds is said as such when read.
         (vec!["stat", s(&img), &long], 1, "256 bytes"),
         (vec!["cat", s(&img), &long], 1, "256 bytes"),
+        // An empty path names nothing, as for coreutils (not the root).
+        (vec!["cat", s(&img), ""], 1, "No such file"),
+        (vec!["ls", s(&img), ""], 1, "No such file"),
         (vec!["chmod", s(&img), "600", "/lnk"], 1, "symbolic link's mode"),
     ];
     for (args, code, says) in &cases {

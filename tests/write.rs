@@ -1321,3 +1321,39 @@ fn put_refuses_an_unreadable_file_before_writing_anything() {
         std::fs::remove_file(&f).unwrap();
     }
 }
+
+/// put checks before it writes what it would otherwise find half way, with
+/// data of earlier files already in the image's free space (attacker's pass
+/// on b6d0e8b): a file holding bytes past its size (a /proc file), and tree
+/// items the metadata space cannot hold. Both fail with the image file
+/// unchanged, byte for byte.
+#[test]
+fn put_fails_before_writing_when_a_late_error_is_foreseeable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let img = d.join("a.img");
+    ok(&["mkfs", "-b", "300M", img.to_str().unwrap()]);
+    std::fs::write(d.join("big"), common::pseudo(20 << 20, 9)).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let (c, _, err) = btrs(&["put", img.to_str().unwrap(), d.join("big").to_str().unwrap(), "/proc/self/status", "/"]);
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("/proc/self/status: holds bytes past its size"), "{err}");
+    assert!(std::fs::read(&img).unwrap() == before, "a file with bytes past its size: the image changed");
+    // 4 KiB nodes, the data chunk nearly full, then 20,000 files with
+    // 200-byte names: their names alone take more than the metadata left.
+    let small = d.join("small.img");
+    ok(&["mkfs", "-b", "120M", "-n", "4096", small.to_str().unwrap()]);
+    std::fs::write(d.join("fill"), common::pseudo(70 << 20, 10)).unwrap();
+    ok(&["put", small.to_str().unwrap(), d.join("fill").to_str().unwrap(), "/fill"]);
+    let many = d.join("many");
+    std::fs::create_dir(&many).unwrap();
+    std::fs::write(many.join("0-data"), common::pseudo(3 << 20, 11)).unwrap();
+    for i in 0..20_000 {
+        std::fs::File::create(many.join(format!("{i:06}{}", "x".repeat(194)))).unwrap();
+    }
+    let before = std::fs::read(&small).unwrap();
+    let (c, _, err) = btrs(&["put", small.to_str().unwrap(), many.to_str().unwrap(), "/many"]);
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("bytes of metadata do not fit"), "{err}");
+    assert!(std::fs::read(&small).unwrap() == before, "metadata that cannot fit: the image changed");
+}

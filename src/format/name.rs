@@ -2,8 +2,9 @@
 //! one line, unambiguous, and what bash's `$'...'` reads back as the same
 //! bytes. Printable UTF-8 stays as it is; a backslash is `\\`; newline, tab
 //! and carriage return are `\n`, `\t`, `\r`; NUL (only ever in a damaged
-//! image) is `\0`; other control characters are `\xNN` (C1 ones `\uHHHH`),
-//! and so is every byte that is not UTF-8. Output that must carry the bytes
+//! image) is `\0`; other control characters are `\xNN`, and so is every
+//! byte that is not UTF-8; C1 controls and the invisible format characters
+//! (line separators, bidirectional overrides) are `\uHHHH`. Output that must carry the bytes
 //! themselves, as `cat`, `stat`'s File line or `ls -N` do, writes them raw.
 
 use std::fmt::{self, Write};
@@ -12,6 +13,13 @@ use std::fmt::{self, Write};
 /// (a `"` inside then `\"`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Name<'a>(pub &'a [u8]);
+
+impl<'a> Name<'a> {
+    /// A host path, shown the same way.
+    pub fn of_path(path: &'a std::path::Path) -> Self {
+        Name(path.as_os_str().as_encoded_bytes())
+    }
+}
 
 impl Name<'_> {
     fn write(&self, f: &mut fmt::Formatter<'_>, quoted: bool) -> fmt::Result {
@@ -26,8 +34,13 @@ impl Name<'_> {
                     '\0' => f.write_str("\\0")?,
                     '"' if quoted => f.write_str("\\\"")?,
                     c if c.is_ascii_control() => write!(f, "\\x{:02x}", u32::from(c))?,
-                    // C1 controls: bash's `\uHHHH` (in a UTF-8 locale).
-                    c if c.is_control() => write!(f, "\\u{:04x}", u32::from(c))?,
+                    // C1 controls and the invisible format characters that
+                    // would break a line or reorder it on screen: bash's
+                    // `\uHHHH` / `\UHHHHHHHH` (in a UTF-8 locale).
+                    c if c.is_control() || invisible(c) => match u32::from(c) {
+                        n @ 0..=0xffff => write!(f, "\\u{n:04x}")?,
+                        n => write!(f, "\\U{n:08x}")?,
+                    },
                     c => f.write_char(c)?,
                 }
             }
@@ -37,6 +50,15 @@ impl Name<'_> {
         }
         Ok(())
     }
+}
+
+/// Unicode's line and paragraph separators and format characters
+/// (bidirectional overrides, zero-width ones, the byte order mark, tags):
+/// shown as escapes, so that a name cannot hide or reorder text around it.
+fn invisible(c: char) -> bool {
+    matches!(u32::from(c),
+        0xad | 0x600..=0x605 | 0x61c | 0x6dd | 0x70f | 0x180e | 0x200b..=0x200f | 0x2028..=0x202e
+        | 0x2060..=0x2064 | 0x2066..=0x206f | 0xfeff | 0xfff9..=0xfffb | 0xe0001 | 0xe0020..=0xe007f)
 }
 
 impl fmt::Display for Name<'_> {
@@ -67,6 +89,7 @@ mod tests {
         assert_eq!(Name(b"a\nb\tc\rd\x01e\x7f\0").to_string(), "a\\nb\\tc\\rd\\x01e\\x7f\\0");
         assert_eq!(Name("\u{85}".as_bytes()).to_string(), "\\u0085");
         assert_eq!(format!("{:?}", Name(b"q\"d\x80")), "\"q\\\"d\\x80\"");
+        assert_eq!(Name("a\u{2028}b\u{202e}c\u{e0041}".as_bytes()).to_string(), "a\\u2028b\\u202ec\\U000e0041");
         // UTF-8 text is quoted as `{:?}` quotes a str.
         for s in ["a\"b\tc", "it's", "x\\y", "new\nline"] {
             assert_eq!(format!("{:?}", Name(s.as_bytes())), format!("{s:?}"));
@@ -75,7 +98,15 @@ mod tests {
 
     #[test]
     fn bash_reads_the_shown_form_back_as_the_same_bytes() {
-        let names: [&[u8]; 6] = [b"a\x80b", b"sl\\xfe", b"new\nline\ttab\r", b"\x01\x1f\x7f", "caf\u{e9}\u{85}".as_bytes(), b"q'uote\"d"];
+        let names: [&[u8]; 7] = [
+            b"a\x80b",
+            b"sl\\xfe",
+            b"new\nline\ttab\r",
+            b"\x01\x1f\x7f",
+            "caf\u{e9}\u{85}".as_bytes(),
+            b"q'uote\"d",
+            "rtl\u{202e}x\u{2028}\u{e0041}".as_bytes(),
+        ];
         for n in names {
             let shown = Name(n).to_string().replace('\'', "\\'");
             let o = std::process::Command::new("bash")

@@ -446,6 +446,10 @@ impl Filesystem {
     /// `path::walk`: symlinks are not followed).
     pub fn resolve<'p>(&self, path: impl Into<path::ImagePath<'p>>) -> Result<DirEnt> {
         let path = path.into();
+        // As the kernel's lookup: an empty path names nothing (not the root).
+        if path.as_bytes().is_empty() {
+            return Err(Error::NotFound("'': No such file or directory".into()));
+        }
         let top = DirEnt { name: Vec::new(), id: self.root_dir(), file_type: FileType::Directory, subvol: true, placeholder_in: None };
         path::walk(
             path,

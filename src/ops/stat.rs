@@ -82,10 +82,6 @@ fn type_name(ino: &Inode) -> &'static str {
 /// `stat` without -L).
 pub fn stat<'p>(fs: &Filesystem, path: impl Into<crate::fs::ImagePath<'p>>) -> Result<StatInfo> {
     let path = path.into();
-    // As coreutils: an empty name is no file (not the root).
-    if path.as_bytes().is_empty() {
-        return Err(Error::NotFound("'': No such file or directory".into()));
-    }
     let e = fs.resolve(path)?;
     crate::ops::write::slash_means_dir(path, e.file_type == FileType::Directory)?;
     let ino = fs.entry_inode(&e)?;

@@ -695,12 +695,13 @@ fn put_in_with(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: ImagePat
     // Fail before writing anything when the data cannot fit, or when a
     // name, symlink target or xattr is beyond what the kernel accepts.
     let fs = tx.fs();
-    let (ss, nodesize) = (fs.sectorsize, fs.sb.nodesize.get());
-    let mut need = 0u64;
+    let (ss, nodesize, csum) = (fs.sectorsize, fs.sb.nodesize.get(), fs.csum.size());
+    let mut need = HostNeed::default();
     for s in srcs {
-        need += host_scan(s, ss, nodesize)?;
+        host_scan(s, ss, nodesize, csum, &mut need)?;
     }
-    tx.store.ensure_data_space(need)?;
+    tx.store.ensure_space(need.data, need.metadata())?;
+    let need = need.data;
     let targets: Vec<(Place, Vec<u8>, &std::path::PathBuf)> = match tx.resolve(dest)? {
         Some(p) if p.dir_type == FT_DIR => srcs
             .iter()
@@ -742,38 +743,83 @@ struct PutState<'a> {
     progress: &'a dyn Fn(u64, u64),
 }
 
-/// Data bytes a host tree takes once written (each data range rounded to
-/// sectors; holes take nothing), after checking that every name below `top`,
-/// symlink target and xattr is within the kernel's limits. Iterative (a
-/// stack of paths still to look at): a deep host tree must not overflow the
-/// thread's stack.
-fn host_scan(top: &Path, ss: u32, nodesize: u32) -> Result<u64> {
-    let mut n = 0u64;
+/// What a host tree takes once copied in: data bytes (each data range
+/// rounded to sectors; holes take nothing) and the bytes of the tree items
+/// that describe it (inodes, names, inline data, extents, checksums, xattrs).
+#[derive(Default)]
+struct HostNeed {
+    data: u64,
+    items: u64,
+}
+
+impl HostNeed {
+    /// Tree block bytes for the items: half as much again for leaves not
+    /// full after splits, the nodes above them and the copies of the blocks
+    /// on the way down to each change. An estimate that errs high, so that a
+    /// put that cannot fit fails before it writes (the kernel's reservations
+    /// err the same way): /usr/share's 43k files estimate 80 MiB, and take
+    /// 55 MiB once committed.
+    fn metadata(&self) -> u64 {
+        self.items.saturating_add(self.items / 2).saturating_add(1 << 20)
+    }
+}
+
+/// An item's header in a leaf.
+const ITEM_HEADER: u64 = 25;
+
+/// Add what host path `top` and everything below it takes to `need`, after
+/// checking that every name, symlink target and xattr is within the
+/// kernel's limits and that every file can be read (and holds no bytes past
+/// its size, as /proc files do). Iterative (a stack of paths still to look
+/// at): a deep host tree must not overflow the thread's stack.
+fn host_scan(top: &Path, ss: u32, nodesize: u32, csum: usize, need: &mut HostNeed) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let ss64 = u64::from(ss);
     let mut todo = vec![top.to_path_buf()];
     while let Some(p) = todo.pop() {
         let meta = std::fs::symlink_metadata(&p).map_err(|e| Error::io(&p, "stat", e))?;
         let what = |e: Error| Error::Invalid(format!("{}: {e}", p.display()));
+        // Its name three times (dir item, dir index, inode ref) and its inode.
+        let name = p.file_name().map_or(0, |n| n.len() as u64);
+        let mut items = 3 * (name + ITEM_HEADER) + 70 + 160 + ITEM_HEADER;
         for (name, v) in crate::ops::host::read_xattrs(&p)? {
             limits::check_xattr(&name, Some(&v), nodesize).map_err(what)?;
+            items += 30 + (name.len() + v.len()) as u64 + ITEM_HEADER;
         }
         if meta.is_symlink() {
             let t = std::fs::read_link(&p).map_err(|e| Error::io(&p, "readlink", e))?;
             limits::check_symlink_target(t.as_os_str().as_encoded_bytes(), nodesize, ss).map_err(what)?;
+            items += 21 + t.as_os_str().len() as u64 + ITEM_HEADER;
         } else if meta.is_file() {
+            let size = meta.len();
+            let whole = size.div_ceil(ss64).saturating_mul(ss64);
             // A file whose blocks cover its size has no hole to leave out:
             // its size, in sectors, bounds what it takes, and a check that
-            // it can be read does for opening it. Only a file that may be
-            // sparse is opened and asked for its data ranges.
-            use std::os::unix::fs::MetadataExt;
-            let whole = meta.len().div_ceil(u64::from(ss)).saturating_mul(u64::from(ss));
-            n = n.saturating_add(if meta.blocks().saturating_mul(512) >= meta.len() {
+            // it can be read does for opening it. A file that may be sparse
+            // is opened and asked for its data ranges; one with no blocks at
+            // all (empty, or a /proc or /sys file, which says 0 or 4096) is
+            // also asked whether it holds bytes past its size, which the
+            // copy would refuse after writing what came before it.
+            let data = if meta.blocks().saturating_mul(512) >= size && meta.blocks() > 0 {
                 rustix::fs::accessat(rustix::fs::CWD, &p, rustix::fs::Access::READ_OK, rustix::fs::AtFlags::EACCESS)
                     .map_err(|e| Error::io(&p, "open", e.into()))?;
                 whole
             } else {
                 let f = crate::ops::host::open_source(&p)?;
-                crate::ops::host::data_ranges(&f, &p, meta.len(), u64::from(ss))?.iter().map(|r| r.1 - r.0).sum()
-            });
+                if meta.blocks() == 0 {
+                    past_size(&f, &p, size)?;
+                }
+                crate::ops::host::data_ranges(&f, &p, size, ss64)?.iter().map(|r| r.1 - r.0).sum()
+            };
+            need.data = need.data.saturating_add(data);
+            items += if size <= crate::fs::txn::MAX_INLINE && size < ss64 {
+                21 + size + ITEM_HEADER
+            } else {
+                // Extents of at most 128 MiB: a file extent item and an extent
+                // item each, and a checksum per sector.
+                let extents = data.div_ceil(128 << 20).max(1);
+                extents * 2 * (53 + ITEM_HEADER) + (data / ss64) * csum as u64
+            };
         } else if meta.is_dir() {
             for e in std::fs::read_dir(&p).map_err(|e| Error::io(&p, "readdir", e))? {
                 let e = e.map_err(|e| Error::io(&p, "readdir", e))?;
@@ -782,8 +828,24 @@ fn host_scan(top: &Path, ss: u32, nodesize: u32) -> Result<u64> {
                 todo.push(e.path());
             }
         }
+        need.items = need.items.saturating_add(items);
     }
-    Ok(n)
+    Ok(())
+}
+
+/// A copied file's size is what was copied: one with bytes past it (/proc
+/// and /sys files say 0 or 4096, a file grows while copied) is refused, not
+/// cut short.
+fn past_size(f: &std::fs::File, src: &Path, size: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut past = [0u8; 1];
+    if f.read_at(&mut past, size).map_err(|e| Error::io(src, format!("read at {size}"), e))? != 0 {
+        return Err(Error::Invalid(format!(
+            "{}: holds bytes past its size ({size}), as /proc and /sys files do or a file written while it is copied; not copied",
+            src.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Host files copied so far, by (st_dev, st_ino), for hard links inside the
@@ -871,16 +933,7 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, st: &mut Pu
                 (st.progress)(st.bytes, st.total);
             }
         }
-        // Its size is what was copied: a file with bytes past it (/proc and
-        // /sys files say 0 or 4096, a file grows while copied) is refused, not
-        // cut short.
-        let mut past = [0u8; 1];
-        if f.read_at(&mut past, size).map_err(|e| Error::io(src, format!("read at {size}"), e))? != 0 {
-            return Err(Error::Invalid(format!(
-                "{}: holds bytes past its size ({size}), as /proc and /sys files do or a file written while it is copied; not copied",
-                src.display()
-            )));
-        }
+        past_size(&f, src, size)?;
         // A file ending in a hole (or all hole) still has its full size.
         if tx.read_inode(root, ino)?.size.get() < size {
             tx.truncate(root, ino, size)?;

@@ -10,7 +10,7 @@ use crate::format::*;
 use super::Transaction;
 
 /// Largest file kept inline in its leaf (the kernel's default max_inline).
-pub(super) const MAX_INLINE: u64 = 2048;
+pub(crate) const MAX_INLINE: u64 = 2048;
 
 impl Transaction {
     /// File extent items of `ino` overlapping [start, end), as (key offset, body).

@@ -75,6 +75,7 @@ mod xattr;
 mod direct_tests;
 
 pub use attr::{lsattr_string, AttrChange, CHATTR_LETTERS};
+pub(crate) use file_extent::MAX_INLINE;
 pub(crate) use readers::Held;
 pub(crate) use restripe::cut_unit_of;
 pub use restripe::{MoveEvent, Restriped};

@@ -187,32 +187,52 @@ impl Store {
     /// devices still have room for. (Fragmentation and metadata can still
     /// fail a write later; the commit then never happens.)
     pub(crate) fn ensure_data_space(&self, len: u64) -> Result<()> {
-        let mut free = 0u64;
-        for g in self.groups.values().filter(|g| g.flags & BLOCK_GROUP_DATA != 0) {
-            let end = g.start + g.len;
-            let busy: u64 = [&self.allocated, &self.pinned, &self.excluded, &self.held.ranges]
-                .iter()
-                .map(|m| m.range(g.start..end).map(|(&s, &l)| l.min(end - s)).sum::<u64>())
-                .sum();
-            free += g.len.saturating_sub(busy);
-        }
-        if free >= len {
-            return Ok(());
-        }
-        let flags = self.new_chunk_flags(BLOCK_GROUP_DATA)?;
+        self.ensure_space(len, 0)
+    }
+
+    /// [`Self::ensure_data_space`] for `data` bytes of data and `metadata`
+    /// bytes of tree blocks together: each kind's block groups first, then
+    /// the chunks the devices have room for, planned for data and then for
+    /// metadata on the same unallocated space. (A mixed filesystem serves both
+    /// from one kind of block group.)
+    pub(crate) fn ensure_space(&self, data: u64, metadata: u64) -> Result<()> {
+        let mixed = self.groups.values().any(|g| g.flags & BLOCK_GROUP_DATA != 0 && g.flags & BLOCK_GROUP_METADATA != 0);
+        let wants: Vec<(u64, u64, &str)> = if mixed {
+            vec![(BLOCK_GROUP_DATA, data.saturating_add(metadata), "data and metadata")]
+        } else {
+            vec![(BLOCK_GROUP_DATA, data, "data"), (BLOCK_GROUP_METADATA, metadata, "metadata")]
+        };
         let mut devs = self.devs.clone();
-        while free < len {
-            let Some(plan) = plan_chunk(&devs, 0, flags)? else {
-                return Err(Error::NoSpace(format!(
-                    "{len} bytes of data do not fit: {free} bytes free in the data block groups and on the devices; nothing of this transaction was committed"
-                )));
-            };
-            for &(devid, phys) in &plan.stripes {
-                if let Some(d) = devs.iter_mut().find(|d| d.devid == devid) {
-                    d.extents.insert(phys, plan.stripe_size);
-                }
+        for (kind, len, what) in wants {
+            if len == 0 {
+                continue;
             }
-            free += plan.length;
+            let mut free = 0u64;
+            for g in self.groups.values().filter(|g| g.flags & kind != 0) {
+                let end = g.start + g.len;
+                let busy: u64 = [&self.allocated, &self.pinned, &self.excluded, &self.held.ranges]
+                    .iter()
+                    .map(|m| m.range(g.start..end).map(|(&s, &l)| l.min(end - s)).sum::<u64>())
+                    .sum();
+                free += g.len.saturating_sub(busy);
+            }
+            if free >= len {
+                continue;
+            }
+            let flags = self.new_chunk_flags(kind)?;
+            while free < len {
+                let Some(plan) = plan_chunk(&devs, 0, flags)? else {
+                    return Err(Error::NoSpace(format!(
+                        "{len} bytes of {what} do not fit: {free} bytes free in the {what} block groups and on the devices; nothing of this transaction was committed"
+                    )));
+                };
+                for &(devid, phys) in &plan.stripes {
+                    if let Some(d) = devs.iter_mut().find(|d| d.devid == devid) {
+                        d.extents.insert(phys, plan.stripe_size);
+                    }
+                }
+                free += plan.length;
+            }
         }
         Ok(())
     }

@@ -400,15 +400,17 @@ impl DataSource {
                         .collect()
                 }),
                 path: path.clone(),
-                op: format!("read member {}", i.path.display()),
+                op: format!("read member {}", crate::format::name::Name::of_path(&i.path)),
             }),
         }
     }
 
     pub(super) fn shown(&self, rel: &Path) -> String {
         match self {
-            DataSource::Host(root) => root.join(rel).display().to_string(),
-            DataSource::Archive { path, .. } => format!("{}:{}", path.display(), rel.display()),
+            DataSource::Host(root) => crate::format::name::Name::of_path(&root.join(rel)).to_string(),
+            DataSource::Archive { path, .. } => {
+                format!("{}:{}", crate::format::name::Name::of_path(path), crate::format::name::Name::of_path(rel))
+            }
         }
     }
 }
@@ -418,13 +420,18 @@ impl DataSource {
 /// and at most one may be the default.
 pub(super) fn check_subvols(tree: &Tree<'_>, subvols: &[SubvolSpec]) -> Result<()> {
     for (i, sv) in subvols.iter().enumerate() {
-        let shown = sv.path.display();
+        let shown = crate::format::name::Name::of_path(&sv.path);
         if subvols[..i].iter().any(|o| o.path == sv.path) {
             return Err(Error::Invalid(format!("--subvol {shown}: given more than once")));
         }
         match tree.stat(&sv.path)? {
             Some(m) if m.is_dir() => {}
-            Some(_) => return Err(Error::Invalid(format!("--subvol {shown}: not a directory ({})", tree.shown(&sv.path).display()))),
+            Some(_) => {
+                return Err(Error::Invalid(format!(
+                    "--subvol {shown}: not a directory ({})",
+                    crate::format::name::Name::of_path(&tree.shown(&sv.path))
+                )))
+            }
             None => return Err(Error::NotFound(format!("--subvol {shown}: no such directory under the root directory"))),
         }
     }
@@ -438,7 +445,7 @@ pub(super) fn check_subvols(tree: &Tree<'_>, subvols: &[SubvolSpec]) -> Result<(
 pub(crate) fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
     let meta = std::fs::metadata(root).map_err(io(root, "stat"))?;
     if !meta.is_dir() {
-        return Err(Error::Invalid(format!("--rootdir {}: not a directory", root.display())));
+        return Err(Error::Invalid(format!("--rootdir {}: not a directory", crate::format::name::Name::of_path(root))));
     }
     walk(&Tree::Host(root), DataSource::Host(root.to_path_buf()), opts)
 }
@@ -487,23 +494,29 @@ pub(super) fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Res
     s.walk_dir(tree, root_idx, &mut by_id)?;
     // A flag for a path that is not there is a typo, not a no-op: say so.
     if let Some(i) = s.flags_used.iter().position(|u| !u) {
-        return Err(Error::NotFound(format!("inode flags for {}: no such path under the root directory", opts.inode_flags[i].0.display())));
+        return Err(Error::NotFound(format!(
+            "inode flags for {}: no such path under the root directory",
+            crate::format::name::Name::of_path(&opts.inode_flags[i].0)
+        )));
     }
     if let Some(i) = s.compress_used.iter().position(|u| !u) {
         return Err(Error::NotFound(format!(
             "--compress for {}: no such path under the root directory",
-            opts.compress_paths[i].0.display()
+            crate::format::name::Name::of_path(&opts.compress_paths[i].0)
         )));
     }
     // Checked to exist above, so only a path the walk never reached is left:
     // one inside an excluded image or behind a symlink.
     if let Some(sv) = opts.subvols.iter().find(|sv| !s.subvols.iter().any(|m| m.path == sv.path)) {
-        return Err(Error::NotFound(format!("--subvol {}: the walk of the root directory does not reach it", sv.path.display())));
+        return Err(Error::NotFound(format!(
+            "--subvol {}: the walk of the root directory does not reach it",
+            crate::format::name::Name::of_path(&sv.path)
+        )));
     }
     if let Some(i) = s.manifest_used.iter().position(|u| !u) {
         return Err(Error::NotFound(format!(
             "--manifest entry for {:?}: no such path under the root directory",
-            opts.ownership.manifest[i].path.display()
+            crate::format::name::Name::of_path(&opts.ownership.manifest[i].path)
         )));
     }
     Ok(s)
@@ -539,8 +552,9 @@ impl Scan {
     }
 
     fn add_inode(&mut self, tree: &Tree<'_>, rel: &Path, m: &SourceFile, subvol: u64, ino: u64) -> Result<usize> {
-        let kind = FileType::from_mode(m.mode)
-            .ok_or_else(|| Error::Unsupported(format!("{}: unknown file type {:o}", tree.shown(rel).display(), m.mode)))?;
+        let kind = FileType::from_mode(m.mode).ok_or_else(|| {
+            Error::Unsupported(format!("{}: unknown file type {:o}", crate::format::name::Name::of_path(&tree.shown(rel)), m.mode))
+        })?;
         let sector = self.opts.sectorsize as u64;
         let flags = self.flags_for(rel);
         let wanted = self.compress_for(rel);
@@ -568,7 +582,7 @@ impl Scan {
                 self.symlinks += 1;
                 let t = tree.read_link(rel)?;
                 crate::format::limits::check_symlink_target(&t, self.opts.nodesize, sector as u32)
-                    .map_err(|e| Error::Invalid(format!("{}: {e}", tree.shown(rel).display())))?;
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", crate::format::name::Name::of_path(&tree.shown(rel)))))?;
                 size = t.len() as u64;
                 content = Content::Inline(t, COMPRESS_NONE);
             }
@@ -579,19 +593,24 @@ impl Scan {
         let mut kept = Vec::new();
         for (n, v) in xattrs {
             if n.is_empty() || n.contains(&0) {
-                return Err(Error::Invalid(format!("{}: an xattr with an empty name or a NUL in its name", tree.shown(rel).display())));
+                return Err(Error::Invalid(format!(
+                    "{}: an xattr with an empty name or a NUL in its name",
+                    crate::format::name::Name::of_path(&tree.shown(rel))
+                )));
             }
             if crate::format::limits::check_xattr(&n, Some(&v), self.opts.nodesize).is_err() {
                 self.warnings.push(format!(
                     "{}: xattr {} ({} bytes) does not fit a {}-byte tree block; skipped",
-                    tree.shown(rel).display(),
-                    String::from_utf8_lossy(&n),
+                    crate::format::name::Name::of_path(&tree.shown(rel)),
+                    crate::format::name::Name(&n),
                     v.len(),
                     self.opts.nodesize
                 ));
                 continue;
             }
-            if !xattr_to_store(&n, &v, m.mode & S_IFMT).map_err(|e| Error::Invalid(format!("{}: {e}", tree.shown(rel).display())))? {
+            if !xattr_to_store(&n, &v, m.mode & S_IFMT)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", crate::format::name::Name::of_path(&tree.shown(rel)))))?
+            {
                 continue;
             }
             self.metadata_bytes += (n.len() + v.len() + 60) as u64;
@@ -606,8 +625,13 @@ impl Scan {
             // alike, as an idmapped mount or a user namespace shifts them.
             for (n, v) in kept.iter_mut() {
                 if n.as_slice() == b"system.posix_acl_access" || n.as_slice() == b"system.posix_acl_default" {
-                    *v = remap_acl(v, map_id)
-                        .map_err(|why| Error::Invalid(format!("{}: {}: {why}", tree.shown(rel).display(), String::from_utf8_lossy(n))))?;
+                    *v = remap_acl(v, map_id).map_err(|why| {
+                        Error::Invalid(format!(
+                            "{}: {}: {why}",
+                            crate::format::name::Name::of_path(&tree.shown(rel)),
+                            crate::format::name::Name(n)
+                        ))
+                    })?;
                 }
             }
         }
@@ -785,7 +809,10 @@ impl Scan {
             let rel = dir_rel.join(std::ffi::OsStr::from_bytes(&name));
             let m = tree.stat(&rel)?.ok_or_else(|| Error::io(tree.shown(&rel), "lstat", std::io::ErrorKind::NotFound.into()))?;
             if self.opts.exclude.contains(&m.id) {
-                self.warnings.push(format!("{}: is one of the images being made; not copied", tree.shown(&rel).display()));
+                self.warnings.push(format!(
+                    "{}: is one of the images being made; not copied",
+                    crate::format::name::Name::of_path(&tree.shown(&rel))
+                ));
                 continue;
             }
             self.metadata_bytes += (3 * (name.len() + 60)) as u64;
@@ -805,7 +832,7 @@ impl Scan {
             if existing.is_none() && linked.is_some() {
                 self.warnings.push(format!(
                     "{}: hard link across a subvolume boundary; stored as a separate copy in subvolume {subvol}",
-                    tree.shown(&rel).display()
+                    crate::format::name::Name::of_path(&tree.shown(&rel))
                 ));
             }
             let idx = match existing {
