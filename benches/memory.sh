@@ -13,15 +13,7 @@ btrs=${BTRS:-$here/target/release/btrs}
 [ -n "${BTRS:-}" ] || (cd "$here" && cargo build --release -q)
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 tree() { # $1 dir, $2 files
-  python3 - "$1" "$2" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, "d%03d" % (i % 100))
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "f%07d" % i), "wb") as f:
-        f.write((b"%d " % i) * (i % 400))
-PY
+  python3 "$here/benches/small-tree.py" "$1" "$2"
   head -c 256M /dev/urandom > "$1/big"
 }
 tree "$work/small" "$n"

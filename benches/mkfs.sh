@@ -25,15 +25,7 @@ t_btrs=$(best_pair "$btrs" mkfs -f -d raid1 -m raid1)
 printf '| mkfs RAID1 pair, 2 x 1 GiB | btrs %.3f s | mkfs.btrfs %.3f s | %.2f |\n' "$t_btrs" "$t_progs" "$(echo "$t_btrs / $t_progs" | bc -l)"
 
 # A tree of small files: 100 directories, files of 0..3000 bytes.
-python3 - "$work/tree" "$nfiles" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, "d%03d" % (i % 100))
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "f%07d" % i), "wb") as f:
-        f.write((b"%d " % i) * (i % 400))
-PY
+python3 "$here/benches/small-tree.py" "$work/tree" "$nfiles"
 size=$(( nfiles / 100000 * 2 + 2 ))G
 measure() { # prints "seconds peak_kib"
   rm -f "$work/r.img"; truncate -s "$size" "$work/r.img"

@@ -29,15 +29,7 @@ printf '| put %s (%d files, %d MiB) into an empty image (median of %d) | btrs pu
 
 # The same put into an image already holding 100k small files (benches/mkfs.sh's
 # tree: 100 directories, files of 0..3000 bytes), against the same mkfs -r.
-python3 - "$work/full" 100000 <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, "d%03d" % (i % 100))
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "f%07d" % i), "wb") as f:
-        f.write((b"%d " % i) * (i % 400))
-PY
+python3 "$here/benches/small-tree.py" "$work/full" 100000
 full_size=$(( bytes * 2 / 1048576 + 1024 ))M
 "$btrs" mkfs -q -b "$full_size" -r "$work/full" "$work/full.img" >/dev/null
 : > "$work/m2"; : > "$work/f"

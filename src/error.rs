@@ -76,13 +76,13 @@ pub enum Error {
 }
 
 /// A path as an error shows it: escaped as names from images are (see
-/// [`crate::format::name`]: one line, bytes that are not UTF-8 as `\\xNN`);
+/// [`crate::name`]: one line, bytes that are not UTF-8 as `\\xNN`);
 /// one longer than a screen (a tree deeper than PATH_MAX allows) keeps its
 /// start and its end, with the middle elided.
 fn shown_path(path: &std::path::Path) -> String {
     const HEAD: usize = 120;
     const TAIL: usize = 200;
-    let full = crate::format::name::Name(path.as_os_str().as_encoded_bytes()).to_string();
+    let full = crate::name::Name(path.as_os_str().as_encoded_bytes()).to_string();
     if full.len() <= HEAD + TAIL + 40 {
         return full;
     }

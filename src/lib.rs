@@ -5,6 +5,7 @@
 //! `volumes` (image files, chunk map) → `tree` (tree blocks, search) →
 //! `fs` (inodes, directories, file data) → `ops` (whole-filesystem jobs).
 //! `format` holds the on-disk structures all of them share.
+//! `name` shows names and paths in messages, for all of them.
 //!
 //! # Library surface
 //!
@@ -35,6 +36,7 @@ pub mod cli;
 pub mod error;
 pub mod format;
 pub mod fs;
+pub mod name;
 pub mod ops;
 #[doc(hidden)]
 pub mod threads;

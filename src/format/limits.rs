@@ -46,11 +46,11 @@ pub fn max_symlink_len(nodesize: u32, sectorsize: u32) -> usize {
 
 /// A name for a message, cut after its first 40 characters as shown.
 fn shown(name: &[u8]) -> String {
-    let s = super::name::Name(name).to_string();
+    let s = crate::name::Name(name).to_string();
     if s.chars().count() > 40 {
         format!("\"{}\"...", s.chars().take(40).collect::<String>().replace('"', "\\\""))
     } else {
-        format!("{:?}", super::name::Name(name))
+        format!("{:?}", crate::name::Name(name))
     }
 }
 

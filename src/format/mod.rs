@@ -11,7 +11,6 @@ pub mod csum;
 pub mod encode;
 pub mod items;
 pub mod limits;
-pub mod name;
 pub mod ondisk;
 pub mod superblock;
 pub mod types;

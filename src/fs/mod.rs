@@ -376,7 +376,7 @@ impl Filesystem {
     }
 
     fn dirent(&self, dir: InodeId, e: DirEntry) -> Result<DirEnt> {
-        let at = || format!("directory {dir} entry {:?}", crate::format::name::Name(&e.name));
+        let at = || format!("directory {dir} entry {:?}", crate::name::Name(&e.name));
         let file_type = FileType::from_dir_type(e.dir_type)
             .ok_or_else(|| Error::corrupt(CorruptKind::ItemValue, at(), format!("unknown file type {}", e.dir_type)))?;
         match e.location.item_type {

@@ -10,7 +10,7 @@
 use std::fmt;
 
 use crate::error::{Error, Result};
-use crate::format::name::Name;
+use crate::name::Name;
 
 /// A path inside an image: the bytes it is (a btrfs name is any bytes but
 /// '/' and NUL), shown as [`Name`] shows names. Made from a
@@ -99,7 +99,7 @@ impl AsRef<[u8]> for ImagePath<'_> {
     }
 }
 
-/// As [`crate::format::name::Name`] shows it: one line, bytes that are not
+/// As [`crate::name::Name`] shows it: one line, bytes that are not
 /// UTF-8 as `\\xNN`, what bash's `$'...'` reads back.
 impl fmt::Display for ImagePath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

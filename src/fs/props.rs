@@ -53,10 +53,7 @@ pub(crate) fn incompat_for(kind: Compression) -> u64 {
 /// removed rather than stored.
 pub(crate) fn apply(name: &[u8], value: Option<&[u8]>, flags: u64) -> Result<(u64, u64, bool)> {
     if name != COMPRESSION {
-        return Err(Error::Invalid(format!(
-            "{}: not a btrfs property (the kernel knows only btrfs.compression)",
-            crate::format::name::Name(name)
-        )));
+        return Err(Error::Invalid(format!("{}: not a btrfs property (the kernel knows only btrfs.compression)", crate::name::Name(name))));
     }
     let value = match value {
         None | Some(b"") => return Ok((flags & !(INODE_COMPRESS | INODE_NOCOMPRESS), 0, true)),
@@ -71,7 +68,7 @@ pub(crate) fn apply(name: &[u8], value: Option<&[u8]>, flags: u64) -> Result<(u6
     match parse_compression(value) {
         Some(CompressionProp::Algo(kind)) => Ok((flags & !INODE_NOCOMPRESS | INODE_COMPRESS, incompat_for(kind), false)),
         Some(CompressionProp::No) => Ok((flags & !INODE_COMPRESS | INODE_NOCOMPRESS, 0, false)),
-        None => Err(Error::Invalid(format!("btrfs.compression {:?}: use zlib, lzo, zstd, no or none", crate::format::name::Name(value)))),
+        None => Err(Error::Invalid(format!("btrfs.compression {:?}: use zlib, lzo, zstd, no or none", crate::name::Name(value)))),
     }
 }
 

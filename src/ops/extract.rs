@@ -146,12 +146,12 @@ fn extract_on_this_thread(fs: &Filesystem, src: ImagePath<'_>, dest: &Path, opts
     }
     match dest.symlink_metadata() {
         Ok(m) if opts.overwrite && !m.is_dir() => {}
-        Ok(_) => return Err(Error::Invalid(format!("{} already exists", crate::format::name::Name(dest.as_os_str().as_bytes())))),
+        Ok(_) => return Err(Error::Invalid(format!("{} already exists", crate::name::Name(dest.as_os_str().as_bytes())))),
         Err(_) => {}
     }
     let (parent, name) = match (dest.parent(), dest.file_name()) {
         (Some(p), Some(n)) => (if p.as_os_str().is_empty() { Path::new(".") } else { p }, n),
-        _ => return Err(Error::Invalid(format!("{}: not a name for a new file", crate::format::name::Name(dest.as_os_str().as_bytes())))),
+        _ => return Err(Error::Invalid(format!("{}: not a name for a new file", crate::name::Name(dest.as_os_str().as_bytes())))),
     };
     // The path the caller gave is followed up to DEST's parent, like any path argument.
     let fd = rustix::fs::open(parent, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
@@ -169,7 +169,7 @@ fn dest_dir(dest: &Path) -> Result<(OwnedFd, bool)> {
         Ok(_) if dest.is_dir() => {
             rustix::fs::open(dest, flags, Mode::empty()).map(|fd| (fd, false)).map_err(|e| Error::io(dest, "open", e.into()))
         }
-        Ok(_) => Err(Error::Invalid(format!("{} already exists", crate::format::name::Name(dest.as_os_str().as_bytes())))),
+        Ok(_) => Err(Error::Invalid(format!("{} already exists", crate::name::Name(dest.as_os_str().as_bytes())))),
         Err(_) => {
             std::fs::create_dir(dest).map_err(|e| Error::io(dest, "mkdir", e))?;
             rustix::fs::open(dest, flags | OFlags::NOFOLLOW, Mode::empty())
@@ -509,10 +509,7 @@ impl<'a> Extractor<'a> {
             Ok(T::CharacterDevice | T::BlockDevice) => "a device",
             _ => "something",
         };
-        Error::Invalid(format!(
-            "{}: already exists on the host as {what}; left alone",
-            crate::format::name::Name(host.as_os_str().as_bytes())
-        ))
+        Error::Invalid(format!("{}: already exists on the host as {what}; left alone", crate::name::Name(host.as_os_str().as_bytes())))
     }
 
     /// The entries of the directory just made (the top of the stack), then its metadata
@@ -556,20 +553,16 @@ impl<'a> Extractor<'a> {
         if self.root {
             std::os::unix::fs::fchown(fd, Some(ino.uid), Some(ino.gid)).map_err(|e| Error::io(host, "chown", e))?;
         } else if ino.uid != rustix::process::geteuid().as_raw() {
-            self.skip(format!("{}: owner {}:{} needs root", crate::format::name::Name(host.as_os_str().as_bytes()), ino.uid, ino.gid));
+            self.skip(format!("{}: owner {}:{} needs root", crate::name::Name(host.as_os_str().as_bytes()), ino.uid, ino.gid));
         }
         for (name, value) in self.fs.xattrs(ino.id)? {
             let name_os = OsStr::from_bytes(&name);
             if !self.root && !name.starts_with(b"user.") {
-                self.skip(format!("{}: xattr {name_os:?} needs root", crate::format::name::Name(host.as_os_str().as_bytes())));
+                self.skip(format!("{}: xattr {name_os:?} needs root", crate::name::Name(host.as_os_str().as_bytes())));
                 continue;
             }
             if let Err(e) = rustix::fs::fsetxattr(fd, name_os, &value, XattrFlags::empty()) {
-                self.skip(format!(
-                    "{}: xattr {name_os:?}: {}",
-                    crate::format::name::Name(host.as_os_str().as_bytes()),
-                    std::io::Error::from(e)
-                ));
+                self.skip(format!("{}: xattr {name_os:?}: {}", crate::name::Name(host.as_os_str().as_bytes()), std::io::Error::from(e)));
             }
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(ino.permissions())).map_err(|e| Error::io(host, "chmod", e.into()))?;
@@ -587,15 +580,15 @@ impl<'a> Extractor<'a> {
             if self.proc_fd {
                 std::os::unix::fs::lchown(&proc_path, Some(ino.uid), Some(ino.gid)).map_err(|e| Error::io(host, "chown", e))?;
             } else {
-                self.skip(format!("{}: owner {}:{} needs /proc", crate::format::name::Name(host.as_os_str().as_bytes()), ino.uid, ino.gid));
+                self.skip(format!("{}: owner {}:{} needs /proc", crate::name::Name(host.as_os_str().as_bytes()), ino.uid, ino.gid));
             }
         } else if ino.uid != rustix::process::geteuid().as_raw() {
-            self.skip(format!("{}: owner {}:{} needs root", crate::format::name::Name(host.as_os_str().as_bytes()), ino.uid, ino.gid));
+            self.skip(format!("{}: owner {}:{} needs root", crate::name::Name(host.as_os_str().as_bytes()), ino.uid, ino.gid));
         }
         for (name, value) in self.fs.xattrs(ino.id)? {
             let name_os = OsStr::from_bytes(&name);
             if !self.root && !name.starts_with(b"user.") {
-                self.skip(format!("{}: xattr {name_os:?} needs root", crate::format::name::Name(host.as_os_str().as_bytes())));
+                self.skip(format!("{}: xattr {name_os:?} needs root", crate::name::Name(host.as_os_str().as_bytes())));
                 continue;
             }
             if is_link && name.starts_with(b"user.") {
@@ -603,12 +596,12 @@ impl<'a> Extractor<'a> {
                 continue;
             }
             if !self.proc_fd {
-                self.skip(format!("{}: xattr {name_os:?} needs /proc", crate::format::name::Name(host.as_os_str().as_bytes())));
+                self.skip(format!("{}: xattr {name_os:?} needs /proc", crate::name::Name(host.as_os_str().as_bytes())));
                 continue;
             }
             // l*xattr: the final name is not followed.
             if let Err(e) = xattr::set(&proc_path, name_os, &value) {
-                self.skip(format!("{}: xattr {name_os:?}: {e}", crate::format::name::Name(host.as_os_str().as_bytes())));
+                self.skip(format!("{}: xattr {name_os:?}: {e}", crate::name::Name(host.as_os_str().as_bytes())));
             }
         }
         if !is_link {
@@ -619,14 +612,14 @@ impl<'a> Extractor<'a> {
                 if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink {
                     return Err(Error::Invalid(format!(
                         "{}: became a symlink while being extracted",
-                        crate::format::name::Name(host.as_os_str().as_bytes())
+                        crate::name::Name(host.as_os_str().as_bytes())
                     )));
                 }
                 // Follows the magic link to exactly the node opened above, which is no symlink.
                 let by_fd = Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string());
                 rustix::fs::chmod(&by_fd, Mode::from_raw_mode(ino.permissions())).map_err(|e| Error::io(host, "chmod", e.into()))?;
             } else {
-                self.skip(format!("{}: mode {:o} needs /proc", crate::format::name::Name(host.as_os_str().as_bytes()), ino.permissions()));
+                self.skip(format!("{}: mode {:o} needs /proc", crate::name::Name(host.as_os_str().as_bytes()), ino.permissions()));
             }
         }
         rustix::fs::utimensat(parent, name, &timestamps(ino), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| Error::io(host, "set times", e.into()))

@@ -478,7 +478,7 @@ fn rm_tree(tx: &mut Transaction, root: u64, dir: u64, name: &[u8]) -> Result<()>
                 format!("directory {ino} of tree {root}"),
                 format!(
                     "reached twice (entry {:?} in directory {parent}): a directory loop or an aliased directory",
-                    crate::format::name::Name(&name)
+                    crate::name::Name(&name)
                 ),
             ));
         }

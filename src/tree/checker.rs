@@ -362,7 +362,7 @@ fn check_entry_name(name: &[u8]) -> Check {
     if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains(&b'/') || name.contains(&0) {
         return Err(bad(format!(
             "name {:?} of {} bytes: 1..={MAX_NAME_LEN} bytes without '/' or NUL",
-            crate::format::name::Name(name),
+            crate::name::Name(name),
             name.len()
         )));
     }

@@ -28,7 +28,7 @@ impl Transaction {
             Some(e) if !self.subvol_linked_here(root, dir, e.location.objectid, name)? => Err(placeholder(e.location.objectid, name)),
             Some(_) => Err(Error::Unsupported(format!(
                 "{}: is a subvolume (`btrs subvolume delete` deletes it; btrs does not move or link subvolumes)",
-                crate::format::name::Name(name)
+                crate::name::Name(name)
             ))),
         }
     }
@@ -59,7 +59,7 @@ impl Transaction {
             INODE_ITEM_KEY => Ok(Some(Place { id: InodeId { subvol: root, ino: e.location.objectid }, dir_type: e.dir_type })),
             ROOT_ITEM_KEY => {
                 let sub = e.location.objectid;
-                let at = || format!("subvolume {} ({})", sub, crate::format::name::Name(name));
+                let at = || format!("subvolume {} ({})", sub, crate::name::Name(name));
                 // A snapshot's stand-in for a subvolume nested in its source,
                 // or one being deleted (its entry stays until the kernel's
                 // cleaner runs).
@@ -101,7 +101,7 @@ impl Transaction {
     pub(crate) fn add_entry(&mut self, root: u64, dir: u64, name: &[u8], location: Key, dir_type: u8) -> Result<u64> {
         limits::check_entry_name(name)?;
         if self.lookup_entry(root, dir, name)?.is_some() {
-            return Err(Error::Invalid(format!("{} already exists", crate::format::name::Name(name))));
+            return Err(Error::Invalid(format!("{} already exists", crate::name::Name(name))));
         }
         let mut d = self.read_inode(root, dir)?;
         if d.mode.get() & S_IFMT != S_IFDIR {
@@ -119,7 +119,7 @@ impl Transaction {
         if body.len() > max {
             return Err(Error::Invalid(format!(
                 "{}: the directory entries sharing its name hash would take {} bytes, more than a leaf's {max}",
-                crate::format::name::Name(name),
+                crate::name::Name(name),
                 body.len()
             )));
         }
@@ -168,7 +168,7 @@ impl Transaction {
         if body.len() > max {
             return Err(Error::Invalid(format!(
                 "{}: the extended inode refs of inode {ino} sharing its hash would take {} bytes, more than a leaf's {max}",
-                crate::format::name::Name(name),
+                crate::name::Name(name),
                 body.len()
             )));
         }
@@ -198,7 +198,7 @@ impl Transaction {
             Error::corrupt(
                 CorruptKind::MissingItem,
                 format!("inode {root}/{ino}"),
-                format!("no inode ref or extref for {} in directory {dir}", crate::format::name::Name(name)),
+                format!("no inode ref or extref for {} in directory {dir}", crate::name::Name(name)),
             )
         };
         let d = self.get(root, xkey)?.ok_or_else(missing)?;
@@ -215,7 +215,7 @@ impl Transaction {
 
     /// Remove the name `name` from `dir` (not the inode itself); returns the inode.
     pub(super) fn remove_link(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<u64> {
-        let ent = self.lookup_entry(root, dir, name)?.ok_or_else(|| Error::NotFound(crate::format::name::Name(name).to_string()))?;
+        let ent = self.lookup_entry(root, dir, name)?.ok_or_else(|| Error::NotFound(crate::name::Name(name).to_string()))?;
         if ent.location.item_type != INODE_ITEM_KEY {
             return Err(Error::Unsupported("removing a subvolume".into()));
         }
@@ -232,10 +232,10 @@ impl Transaction {
     pub(crate) fn remove_entry(&mut self, root: u64, dir: u64, name: &[u8], index: u64) -> Result<()> {
         self.may_change_dir(root, dir, true)?;
         let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
-        let data = self.get(root, hkey)?.ok_or_else(|| Error::NotFound(crate::format::name::Name(name).to_string()))?;
+        let data = self.get(root, hkey)?.ok_or_else(|| Error::NotFound(crate::name::Name(name).to_string()))?;
         let entries = parse_dir_items(&data)?;
         if !entries.iter().any(|e| e.name == name) {
-            return Err(Error::NotFound(crate::format::name::Name(name).to_string()));
+            return Err(Error::NotFound(crate::name::Name(name).to_string()));
         }
         // Rebuild the dir item without this name.
         let remaining: Vec<items::DirEntry> = entries.into_iter().filter(|e| e.name != name).collect();
@@ -258,6 +258,6 @@ fn placeholder(sub: u64, name: &[u8]) -> Error {
     Error::Unsupported(format!(
         "{}: an empty placeholder for subvolume {sub}, which is not held here (a snapshot does not hold the \
          subvolumes nested in its source; a deleted one stays until cleaned up); btrs does not change placeholders",
-        crate::format::name::Name(name)
+        crate::name::Name(name)
     ))
 }

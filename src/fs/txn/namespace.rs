@@ -132,11 +132,11 @@ impl Transaction {
     /// Remove `dir/name`; the inode goes when its last link does. Directories
     /// must be empty.
     pub(crate) fn unlink(&mut self, root: u64, dir: u64, name: &[u8]) -> Result<()> {
-        let (ino, ft) = self.lookup_name(root, dir, name)?.ok_or_else(|| Error::NotFound(crate::format::name::Name(name).to_string()))?;
+        let (ino, ft) = self.lookup_name(root, dir, name)?.ok_or_else(|| Error::NotFound(crate::name::Name(name).to_string()))?;
         if ft == FT_DIR {
             let it = self.read_inode(root, ino)?;
             if it.size.get() != 0 {
-                return Err(Error::Invalid(format!("{}: directory not empty", crate::format::name::Name(name))));
+                return Err(Error::Invalid(format!("{}: directory not empty", crate::name::Name(name))));
             }
         }
         self.remove_link(root, dir, name)?;
@@ -159,14 +159,13 @@ impl Transaction {
 
     /// Move `sdir/sname` to `ddir/dname`, replacing a non-directory target.
     pub(crate) fn rename(&mut self, root: u64, sdir: u64, sname: &[u8], ddir: u64, dname: &[u8]) -> Result<()> {
-        let (ino, ft) =
-            self.lookup_name(root, sdir, sname)?.ok_or_else(|| Error::NotFound(crate::format::name::Name(sname).to_string()))?;
+        let (ino, ft) = self.lookup_name(root, sdir, sname)?.ok_or_else(|| Error::NotFound(crate::name::Name(sname).to_string()))?;
         if let Some((tino, tft)) = self.lookup_name(root, ddir, dname)? {
             if tino == ino {
                 return Ok(());
             }
             if tft == FT_DIR || ft == FT_DIR {
-                return Err(Error::Invalid(format!("{} exists", crate::format::name::Name(dname))));
+                return Err(Error::Invalid(format!("{} exists", crate::name::Name(dname))));
             }
             self.unlink(root, ddir, dname)?;
         }

@@ -81,7 +81,7 @@ impl Transaction {
         if !found {
             match value {
                 Some(v) => emit(name, v, transid),
-                None => return Err(Error::NotFound(format!("xattr {}", crate::format::name::Name(name)))),
+                None => return Err(Error::NotFound(format!("xattr {}", crate::name::Name(name)))),
             }
         }
         let body = encode::dir_items(&entries)?;
@@ -90,7 +90,7 @@ impl Transaction {
         if body.len() > max {
             return Err(Error::Invalid(format!(
                 "xattr {}: with the xattrs sharing its name hash the item would take {} bytes, more than a leaf's {max}",
-                crate::format::name::Name(name),
+                crate::name::Name(name),
                 body.len()
             )));
         }

@@ -231,7 +231,7 @@ impl MkfsOptions {
 pub fn parse_inode_flags(s: &(impl AsRef<std::ffi::OsStr> + ?Sized)) -> Result<(PathBuf, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let raw = s.as_ref().as_bytes();
-    let s = crate::format::name::Name(raw);
+    let s = crate::name::Name(raw);
     let at = raw.iter().position(|&b| b == b':').ok_or_else(|| Error::Invalid(format!("--inode-flags {s:?}: want FLAGS:PATH")))?;
     let (flags, path) = (&raw[..at], &raw[at + 1..]);
     let flags = std::str::from_utf8(flags).map_err(|_| Error::Invalid(format!("--inode-flags {s:?}: FLAGS are not text")))?;
@@ -307,7 +307,7 @@ pub fn parse_compress(s: &str) -> Result<(Compression, Option<i32>)> {
 pub fn parse_compress_arg(s: &(impl AsRef<std::ffi::OsStr> + ?Sized)) -> Result<(Option<PathBuf>, rootdir::Compress)> {
     use std::os::unix::ffi::OsStrExt;
     let raw = s.as_ref().as_bytes();
-    let s = crate::format::name::Name(raw);
+    let s = crate::name::Name(raw);
     // ALGO and LEVEL are text; PATH any bytes.
     let split = |b: &'_ [u8]| -> Option<(Vec<u8>, Vec<u8>)> {
         let at = b.iter().position(|&c| c == b':')?;

@@ -81,7 +81,7 @@ pub(crate) fn relative_path(s: &std::ffi::OsStr, what: &str) -> Result<PathBuf> 
             std::path::Component::ParentDir => {
                 return Err(Error::Invalid(format!(
                     "{what} {:?}: `..` is not allowed (paths are relative to the root directory)",
-                    crate::format::name::Name(s.as_bytes())
+                    crate::name::Name(s.as_bytes())
                 )))
             }
             _ => {}
@@ -122,7 +122,7 @@ impl SubvolSpec {
         if path.as_os_str().is_empty() {
             return Err(Error::Invalid(format!(
                 "--subvol {:?}: want PATH[:ro][:default], a directory below the root directory (the root itself is the top-level subvolume)",
-                crate::format::name::Name(s)
+                crate::name::Name(s)
             )));
         }
         Ok(SubvolSpec { path, readonly, default })
@@ -400,16 +400,16 @@ impl DataSource {
                         .collect()
                 }),
                 path: path.clone(),
-                op: format!("read member {}", crate::format::name::Name::of_path(&i.path)),
+                op: format!("read member {}", crate::name::Name::of_path(&i.path)),
             }),
         }
     }
 
     pub(super) fn shown(&self, rel: &Path) -> String {
         match self {
-            DataSource::Host(root) => crate::format::name::Name::of_path(&root.join(rel)).to_string(),
+            DataSource::Host(root) => crate::name::Name::of_path(&root.join(rel)).to_string(),
             DataSource::Archive { path, .. } => {
-                format!("{}:{}", crate::format::name::Name::of_path(path), crate::format::name::Name::of_path(rel))
+                format!("{}:{}", crate::name::Name::of_path(path), crate::name::Name::of_path(rel))
             }
         }
     }
@@ -420,7 +420,7 @@ impl DataSource {
 /// and at most one may be the default.
 pub(super) fn check_subvols(tree: &Tree<'_>, subvols: &[SubvolSpec]) -> Result<()> {
     for (i, sv) in subvols.iter().enumerate() {
-        let shown = crate::format::name::Name::of_path(&sv.path);
+        let shown = crate::name::Name::of_path(&sv.path);
         if subvols[..i].iter().any(|o| o.path == sv.path) {
             return Err(Error::Invalid(format!("--subvol {shown}: given more than once")));
         }
@@ -429,7 +429,7 @@ pub(super) fn check_subvols(tree: &Tree<'_>, subvols: &[SubvolSpec]) -> Result<(
             Some(_) => {
                 return Err(Error::Invalid(format!(
                     "--subvol {shown}: not a directory ({})",
-                    crate::format::name::Name::of_path(&tree.shown(&sv.path))
+                    crate::name::Name::of_path(&tree.shown(&sv.path))
                 )))
             }
             None => return Err(Error::NotFound(format!("--subvol {shown}: no such directory under the root directory"))),
@@ -445,7 +445,7 @@ pub(super) fn check_subvols(tree: &Tree<'_>, subvols: &[SubvolSpec]) -> Result<(
 pub(crate) fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan> {
     let meta = std::fs::metadata(root).map_err(io(root, "stat"))?;
     if !meta.is_dir() {
-        return Err(Error::Invalid(format!("--rootdir {}: not a directory", crate::format::name::Name::of_path(root))));
+        return Err(Error::Invalid(format!("--rootdir {}: not a directory", crate::name::Name::of_path(root))));
     }
     walk(&Tree::Host(root), DataSource::Host(root.to_path_buf()), opts)
 }
@@ -496,13 +496,13 @@ pub(super) fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Res
     if let Some(i) = s.flags_used.iter().position(|u| !u) {
         return Err(Error::NotFound(format!(
             "inode flags for {}: no such path under the root directory",
-            crate::format::name::Name::of_path(&opts.inode_flags[i].0)
+            crate::name::Name::of_path(&opts.inode_flags[i].0)
         )));
     }
     if let Some(i) = s.compress_used.iter().position(|u| !u) {
         return Err(Error::NotFound(format!(
             "--compress for {}: no such path under the root directory",
-            crate::format::name::Name::of_path(&opts.compress_paths[i].0)
+            crate::name::Name::of_path(&opts.compress_paths[i].0)
         )));
     }
     // Checked to exist above, so only a path the walk never reached is left:
@@ -510,13 +510,13 @@ pub(super) fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Res
     if let Some(sv) = opts.subvols.iter().find(|sv| !s.subvols.iter().any(|m| m.path == sv.path)) {
         return Err(Error::NotFound(format!(
             "--subvol {}: the walk of the root directory does not reach it",
-            crate::format::name::Name::of_path(&sv.path)
+            crate::name::Name::of_path(&sv.path)
         )));
     }
     if let Some(i) = s.manifest_used.iter().position(|u| !u) {
         return Err(Error::NotFound(format!(
             "--manifest entry for {:?}: no such path under the root directory",
-            crate::format::name::Name::of_path(&opts.ownership.manifest[i].path)
+            crate::name::Name::of_path(&opts.ownership.manifest[i].path)
         )));
     }
     Ok(s)
@@ -553,7 +553,7 @@ impl Scan {
 
     fn add_inode(&mut self, tree: &Tree<'_>, rel: &Path, m: &SourceFile, subvol: u64, ino: u64) -> Result<usize> {
         let kind = FileType::from_mode(m.mode).ok_or_else(|| {
-            Error::Unsupported(format!("{}: unknown file type {:o}", crate::format::name::Name::of_path(&tree.shown(rel)), m.mode))
+            Error::Unsupported(format!("{}: unknown file type {:o}", crate::name::Name::of_path(&tree.shown(rel)), m.mode))
         })?;
         let sector = self.opts.sectorsize as u64;
         let flags = self.flags_for(rel);
@@ -582,7 +582,7 @@ impl Scan {
                 self.symlinks += 1;
                 let t = tree.read_link(rel)?;
                 crate::format::limits::check_symlink_target(&t, self.opts.nodesize, sector as u32)
-                    .map_err(|e| Error::Invalid(format!("{}: {e}", crate::format::name::Name::of_path(&tree.shown(rel)))))?;
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", crate::name::Name::of_path(&tree.shown(rel)))))?;
                 size = t.len() as u64;
                 content = Content::Inline(t, COMPRESS_NONE);
             }
@@ -595,21 +595,21 @@ impl Scan {
             if n.is_empty() || n.contains(&0) {
                 return Err(Error::Invalid(format!(
                     "{}: an xattr with an empty name or a NUL in its name",
-                    crate::format::name::Name::of_path(&tree.shown(rel))
+                    crate::name::Name::of_path(&tree.shown(rel))
                 )));
             }
             if crate::format::limits::check_xattr(&n, Some(&v), self.opts.nodesize).is_err() {
                 self.warnings.push(format!(
                     "{}: xattr {} ({} bytes) does not fit a {}-byte tree block; skipped",
-                    crate::format::name::Name::of_path(&tree.shown(rel)),
-                    crate::format::name::Name(&n),
+                    crate::name::Name::of_path(&tree.shown(rel)),
+                    crate::name::Name(&n),
                     v.len(),
                     self.opts.nodesize
                 ));
                 continue;
             }
             if !xattr_to_store(&n, &v, m.mode & S_IFMT)
-                .map_err(|e| Error::Invalid(format!("{}: {e}", crate::format::name::Name::of_path(&tree.shown(rel)))))?
+                .map_err(|e| Error::Invalid(format!("{}: {e}", crate::name::Name::of_path(&tree.shown(rel)))))?
             {
                 continue;
             }
@@ -626,11 +626,7 @@ impl Scan {
             for (n, v) in kept.iter_mut() {
                 if n.as_slice() == b"system.posix_acl_access" || n.as_slice() == b"system.posix_acl_default" {
                     *v = remap_acl(v, map_id).map_err(|why| {
-                        Error::Invalid(format!(
-                            "{}: {}: {why}",
-                            crate::format::name::Name::of_path(&tree.shown(rel)),
-                            crate::format::name::Name(n)
-                        ))
+                        Error::Invalid(format!("{}: {}: {why}", crate::name::Name::of_path(&tree.shown(rel)), crate::name::Name(n)))
                     })?;
                 }
             }
@@ -809,10 +805,8 @@ impl Scan {
             let rel = dir_rel.join(std::ffi::OsStr::from_bytes(&name));
             let m = tree.stat(&rel)?.ok_or_else(|| Error::io(tree.shown(&rel), "lstat", std::io::ErrorKind::NotFound.into()))?;
             if self.opts.exclude.contains(&m.id) {
-                self.warnings.push(format!(
-                    "{}: is one of the images being made; not copied",
-                    crate::format::name::Name::of_path(&tree.shown(&rel))
-                ));
+                self.warnings
+                    .push(format!("{}: is one of the images being made; not copied", crate::name::Name::of_path(&tree.shown(&rel))));
                 continue;
             }
             self.metadata_bytes += (3 * (name.len() + 60)) as u64;
@@ -832,7 +826,7 @@ impl Scan {
             if existing.is_none() && linked.is_some() {
                 self.warnings.push(format!(
                     "{}: hard link across a subvolume boundary; stored as a separate copy in subvolume {subvol}",
-                    crate::format::name::Name::of_path(&tree.shown(&rel))
+                    crate::name::Name::of_path(&tree.shown(&rel))
                 ));
             }
             let idx = match existing {

@@ -4,8 +4,10 @@
 //! and carriage return are `\n`, `\t`, `\r`; NUL (only ever in a damaged
 //! image) is `\0`; other control characters are `\xNN`, and so is every
 //! byte that is not UTF-8; C1 controls and the invisible format characters
-//! (line separators, bidirectional overrides) are `\uHHHH`. Output that must carry the bytes
-//! themselves, as `cat`, `stat`'s File line or `ls -N` do, writes them raw.
+//! (line separators, bidirectional overrides) are `\uHHHH`. Output that must
+//! carry the bytes themselves, as `cat`, `stat`'s File line or `ls -N` do,
+//! writes them raw. Below every layer, beside [`crate::error`], which shows
+//! host paths the same way.
 
 use std::fmt::{self, Write};
 
