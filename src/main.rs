@@ -1127,7 +1127,8 @@ fn subvolume(set: &Set, c: btrs::cli::SubvolumeCommand, out: &mut dyn Write) -> 
                 json(out, &list)?;
             } else {
                 for s in &list {
-                    writeln!(out, "{}", subvol::list_line(s, &opts))?;
+                    out.write_all(&subvol::list_line(s, &opts))?;
+                    writeln!(out)?;
                 }
             }
             print_warnings(&fs);
@@ -1164,7 +1165,9 @@ fn subvolume(set: &Set, c: btrs::cli::SubvolumeCommand, out: &mut dyn Write) -> 
             } else {
                 let all = subvol::subvolumes(&fs)?;
                 let s = all.iter().find(|s| s.id == id).ok_or_else(|| anyhow::anyhow!("the default subvolume {id} does not exist"))?;
-                writeln!(out, "ID {} gen {} top level {} path {}", s.id, s.generation, s.parent, s.path)?;
+                write!(out, "ID {} gen {} top level {} path ", s.id, s.generation, s.parent)?;
+                out.write_all(&s.path_bytes)?;
+                writeln!(out)?;
             }
         }
         S::SetDefault(a) => {
@@ -1179,8 +1182,12 @@ fn subvolume(set: &Set, c: btrs::cli::SubvolumeCommand, out: &mut dyn Write) -> 
 /// `btrfs subvolume show`'s layout (times in UTC).
 fn show_subvol(out: &mut dyn Write, s: &btrs::ops::subvol::SubvolInfo, snapshots: &[&btrs::ops::subvol::SubvolInfo]) -> anyhow::Result<()> {
     let time = |t: i64| if t == 0 { "-".to_string() } else { format!("{} +0000", btrs::ops::subvol::datetime(t)) };
-    writeln!(out, "{}", if s.id == btrs::format::FS_TREE_OBJECTID { "/" } else { &s.path })?;
-    writeln!(out, "\tName: \t\t\t{}", s.name)?;
+    // Paths and names as their bytes, as progs prints them.
+    let top = s.id == btrs::format::FS_TREE_OBJECTID;
+    out.write_all(if top { b"/" } else { &s.path_bytes })?;
+    out.write_all(b"\n\tName: \t\t\t")?;
+    out.write_all(if top { s.name.as_bytes() } else { s.path_bytes.rsplit(|&b| b == b'/').next().unwrap_or_default() })?;
+    writeln!(out)?;
     writeln!(out, "\tUUID: \t\t\t{}", s.uuid)?;
     writeln!(out, "\tParent UUID: \t\t{}", s.parent_uuid)?;
     writeln!(out, "\tReceived UUID: \t\t{}", s.received_uuid)?;
@@ -1200,7 +1207,9 @@ fn show_subvol(out: &mut dyn Write, s: &btrs::ops::subvol::SubvolInfo, snapshots
     writeln!(out, "\tReceive time: \t\t{}", time(s.rtime))?;
     writeln!(out, "\tSnapshot(s):")?;
     for o in snapshots {
-        writeln!(out, "\t\t\t\t{}", o.path)?;
+        out.write_all(b"\t\t\t\t")?;
+        out.write_all(&o.path_bytes)?;
+        writeln!(out)?;
     }
     Ok(())
 }

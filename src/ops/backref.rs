@@ -139,6 +139,13 @@ fn inode_extents_from(fs: &Filesystem, root: u64, ino: u64, min_offset: u64) -> 
 /// INODE_EXTREF to its subvolume's root directory, then ROOT_BACKREF up
 /// through the parent subvolumes.
 pub(crate) fn inode_path(fs: &Filesystem, subvol: u64, ino: u64) -> Result<String> {
+    // As commands show paths: one line, what `$'...'` types back.
+    inode_path_bytes(fs, subvol, ino).map(|p| crate::name::Name(&p).to_string())
+}
+
+/// [`inode_path`] as the bytes it is, for output that carries names raw
+/// (`subvolume list`, as progs prints it).
+pub(crate) fn inode_path_bytes(fs: &Filesystem, subvol: u64, ino: u64) -> Result<Vec<u8>> {
     let root_tree = fs.tree_root(ROOT_TREE_OBJECTID)?;
     let mut parts: Vec<Vec<u8>> = Vec::new();
     let (mut subvol, mut ino) = (subvol, ino);
@@ -155,7 +162,7 @@ pub(crate) fn inode_path(fs: &Filesystem, subvol: u64, ino: u64) -> Result<Strin
                 fs.reader.range(&root_tree, Key::new(subvol, ROOT_BACKREF_KEY, 0), Key::new(subvol, ROOT_BACKREF_KEY, u64::MAX))?;
             let Some((k, data)) = backrefs.into_iter().next() else {
                 // A subvolume not linked anywhere (deleted, or a snapshot whose link went).
-                return Ok(format!("<subvol {subvol}>/{}", join(&parts)));
+                return Ok([format!("<subvol {subvol}>/").into_bytes(), join(&parts)].concat());
             };
             let r = items::parse_root_ref(&data)?;
             parts.push(r.name);
@@ -176,7 +183,7 @@ pub(crate) fn inode_path(fs: &Filesystem, subvol: u64, ino: u64) -> Result<Strin
             }
         };
         let Some(entry) = entry else {
-            return Ok(format!("<subvol {subvol} inode {ino}>/{}", join(&parts)));
+            return Ok([format!("<subvol {subvol} inode {ino}>/").into_bytes(), join(&parts)].concat());
         };
         parts.push(entry.name);
         ino = entry.parent;
@@ -184,7 +191,6 @@ pub(crate) fn inode_path(fs: &Filesystem, subvol: u64, ino: u64) -> Result<Strin
     Err(Error::corrupt(CorruptKind::Loop, format!("inode {ino} of subvolume {subvol}"), "path deeper than 4096 levels (loop?)"))
 }
 
-fn join(parts: &[Vec<u8>]) -> String {
-    // Bytes that are not UTF-8 as \xNN: a path as commands print it, which `$'...'` types back.
-    parts.iter().rev().map(|p| crate::fs::ImagePath::from(p).to_string()).collect::<Vec<_>>().join("/")
+fn join(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.iter().rev().map(Vec::as_slice).collect::<Vec<_>>().join(&b'/')
 }

@@ -269,7 +269,11 @@ pub struct SubvolInfo {
     pub cgen: u64,
     /// The subvolume it is linked in (0 for the top level).
     pub parent: u64,
+    /// Shown as messages show names (see [`crate::name`]).
     pub path: String,
+    /// The path's bytes, as `subvolume list` and `show` print them (as progs).
+    #[serde(skip)]
+    pub path_bytes: Vec<u8>,
     pub name: String,
     pub uuid: String,
     pub parent_uuid: String,
@@ -325,8 +329,12 @@ pub fn subvolumes(fs: &Filesystem) -> Result<Vec<SubvolInfo>> {
                 None => continue,
             }
         };
-        let path =
-            if k.objectid == FS_TREE_OBJECTID { String::new() } else { super::backref::inode_path(fs, k.objectid, ri.root_dirid.get())? };
+        let path_bytes = if k.objectid == FS_TREE_OBJECTID {
+            Vec::new()
+        } else {
+            super::backref::inode_path_bytes(fs, k.objectid, ri.root_dirid.get())?
+        };
+        let path = crate::name::Name(&path_bytes).to_string();
         out.push(SubvolInfo {
             id: k.objectid,
             generation: ri.generation.get(),
@@ -334,6 +342,7 @@ pub fn subvolumes(fs: &Filesystem) -> Result<Vec<SubvolInfo>> {
             parent: link.as_ref().map_or(0, |l| l.0),
             name: link.as_ref().map_or_else(|| "<FS_TREE>".into(), |l| ImagePath::from(&l.1.name).to_string()),
             path,
+            path_bytes,
             uuid: uuid_or_dash(&ri.uuid),
             parent_uuid: uuid_or_dash(&ri.parent_uuid),
             received_uuid: uuid_or_dash(&ri.received_uuid),
@@ -390,7 +399,7 @@ pub fn relative_to(all: &mut [SubvolInfo], top: u64) {
         return;
     }
     let parents: std::collections::BTreeMap<u64, u64> = all.iter().map(|s| (s.id, s.parent)).collect();
-    let Some(prefix) = all.iter().find(|s| s.id == top).map(|s| format!("{}/", s.path)) else { return };
+    let Some(prefix) = all.iter().find(|s| s.id == top).map(|s| [&s.path_bytes[..], b"/"].concat()) else { return };
     for s in all.iter_mut() {
         let mut p = s.parent;
         let mut below = false;
@@ -405,15 +414,16 @@ pub fn relative_to(all: &mut [SubvolInfo], top: u64) {
             }
         }
         if below {
-            if let Some(rest) = s.path.strip_prefix(&prefix) {
-                s.path = rest.to_string();
+            if let Some(rest) = s.path_bytes.strip_prefix(&prefix[..]) {
+                s.path_bytes = rest.to_vec();
+                s.path = crate::name::Name(&s.path_bytes).to_string();
             }
         }
     }
 }
 
-/// One line of `btrfs subvolume list`.
-pub fn list_line(s: &SubvolInfo, opts: &ListOptions) -> String {
+/// One line of `btrfs subvolume list` (no newline), the path as its bytes.
+pub fn list_line(s: &SubvolInfo, opts: &ListOptions) -> Vec<u8> {
     let mut l = format!("ID {} gen {}", s.id, s.generation);
     if opts.cgen || opts.snapshots_only {
         l.push_str(&format!(" cgen {}", s.cgen));
@@ -434,8 +444,8 @@ pub fn list_line(s: &SubvolInfo, opts: &ListOptions) -> String {
     if opts.uuid {
         l.push_str(&format!(" uuid {:<36}", s.uuid));
     }
-    l.push_str(&format!(" path {}", s.path));
-    l
+    l.push_str(" path ");
+    [l.into_bytes(), s.path_bytes.clone()].concat()
 }
 
 /// "YYYY-MM-DD HH:MM:SS" of seconds since the epoch, in UTC.
