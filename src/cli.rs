@@ -272,6 +272,22 @@ pub enum Command {
     /// Print the target of a symbolic link (like `readlink`).
     Readlink(ReadlinkArgs),
     /// Copy host files and directories into the filesystem.
+    ///
+    /// With one SRC and a DEST that does not exist, SRC is copied as DEST;
+    /// otherwise DEST must be a directory and each SRC goes into it under its
+    /// own name. What mkfs --rootdir keeps, put keeps: type, mode (set-ID
+    /// bits too), owner, nanosecond times, xattrs, device numbers, symlink
+    /// targets, hard links within the copied trees and holes. One
+    /// transaction: on any error nothing is committed.
+    ///
+    /// Before any byte is written, the whole source is checked: names,
+    /// symlink targets and xattrs within the kernel's limits, every file
+    /// readable and holding no bytes past its size (as /proc and /sys files
+    /// do), and room for the data and (estimated, erring high) the metadata;
+    /// a failure there leaves the images byte for byte as they were. A
+    /// source that changes while it is copied (a file that grows, shrinks or
+    /// goes) fails the put then: still nothing committed, but the images'
+    /// free space may hold bytes of the copy.
     Put(PutArgs),
     /// Write a deterministic clean or damaged test filesystem and its manifest.
     ///
