@@ -82,8 +82,8 @@ fn type_name(ino: &Inode) -> &'static str {
 /// `stat` without -L).
 pub fn stat<'p>(fs: &Filesystem, path: impl Into<crate::fs::ImagePath<'p>>) -> Result<StatInfo> {
     let path = path.into();
+    // (A path ending in "/" that leads to a non-directory: `resolve`'s walk refuses it.)
     let e = fs.resolve(path)?;
-    crate::ops::write::slash_means_dir(path, e.file_type == FileType::Directory)?;
     let ino = fs.entry_inode(&e)?;
     let symlink_target_bytes = match ino.file_type {
         FileType::Symlink => Some(fs.read_link(e.id)?),
