@@ -569,6 +569,13 @@ pub struct MkfsArgs {
     #[arg(short = 'f', long)]
     pub force: bool,
     /// Populate the top-level subvolume from this host directory.
+    ///
+    /// Memory stays flat whatever the tree's size (about 75 MiB at a million
+    /// files): the tree items and the list of files to copy are held up to
+    /// 24 MiB each, and past that sorted into unlinked temporary files in
+    /// $TMPDIR, which need about as much room as the new filesystem's
+    /// metadata. Held whole until the walk ends are only the directories
+    /// being walked and the files with several hard links.
     #[arg(short = 'r', long = "rootdir", value_name = "DIR", value_parser = host_dir)]
     pub rootdir: Option<PathBuf>,
     /// Populate the top-level subvolume from this tar archive (`-`: standard

@@ -263,6 +263,47 @@ fn rootdir_keeps_holes_sparse() {
     assert!(blocks * 512 < 1 << 20, "extracted sparse file is not sparse: {blocks} blocks");
 }
 
+/// Blocks a file holds need not be its data: blocks preallocated past its
+/// end (fallocate --keep-size) or an xattr block can make up for its holes.
+/// mkfs asks such files for their data ranges rather than trusting st_blocks
+/// (an attacker's pass found the holes stored as zeros).
+#[test]
+fn rootdir_asks_for_holes_when_blocks_are_not_only_data() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let prealloc = fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(src.join("prealloc")).unwrap();
+    prealloc.set_len(1 << 20).unwrap();
+    prealloc.write_all_at(&[7u8; 4096], (1 << 20) - 4096).unwrap();
+    rustix::fs::fallocate(&prealloc, rustix::fs::FallocateFlags::KEEP_SIZE, 1 << 20, 1 << 20).unwrap();
+    let md = prealloc.metadata().unwrap();
+    assert!(std::os::unix::fs::MetadataExt::blocks(&md) * 512 >= md.len(), "the preallocation did not take");
+    let tagged = fs::OpenOptions::new().create(true).truncate(true).write(true).open(src.join("tagged")).unwrap();
+    tagged.write_all_at(&[9u8; 4096], 4096).unwrap();
+    xattr::set(src.join("tagged"), "user.big", &[b'a'; 3000]).unwrap();
+    let imgs = images(dir.path(), 1);
+    mkfs(&["-b", "256M", "-r", s(&src)], &imgs);
+    let fs = btrs::Filesystem::open(&btrs::volumes::OpenOptions { image: imgs[0].clone(), ..Default::default() }).unwrap();
+    for (name, size) in [("prealloc", 1u64 << 20), ("tagged", 8192)] {
+        let id = fs.resolve(format!("/{name}").as_str()).unwrap().id;
+        let data: Vec<(u64, u64)> = fs
+            .file_extents(id)
+            .unwrap()
+            .iter()
+            .filter_map(|(pos, e)| match e.kind {
+                btrs::format::items::FileExtentKind::Regular { disk_bytenr, num_bytes, .. } if disk_bytenr != 0 => Some((*pos, num_bytes)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(data, vec![(size - 4096, 4096)], "{name}: only its last 4 KiB is data");
+    }
+    let out = dir.path().join("out");
+    extract_manifest(&imgs, &out);
+    assert_eq!(fs::read(out.join("prealloc")).unwrap(), fs::read(src.join("prealloc")).unwrap());
+    assert_eq!(fs::read(out.join("tagged")).unwrap(), fs::read(src.join("tagged")).unwrap());
+}
+
 #[test]
 fn ten_thousand_entry_directory_passes_check() {
     let dir = tempfile::tempdir().unwrap();

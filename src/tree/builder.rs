@@ -1,11 +1,11 @@
 //! Bulk tree writer: turns the complete, sorted item set of one tree into
 //! checksummed tree blocks (leaves, then nodes level by level).
 //!
-//! Used where a whole tree is written at once (mkfs, fixtures) rather than
-//! modified in place. The shape of the tree depends only on the item *sizes*
-//! ([`plan_tree`]), so a caller can learn how many blocks a tree needs, hand
-//! out addresses for them, and only then fill in items that mention those
-//! addresses (the extent tree describes its own blocks).
+//! Used where a whole tree is written at once (mkfs) rather than modified in
+//! place. The shape of the tree depends only on the item *sizes*
+//! ([`count_blocks`]), so a caller can learn how many blocks a tree needs,
+//! hand out addresses for them, and only then fill in items that mention
+//! those addresses (the extent tree describes its own blocks).
 
 use std::ops::Range;
 
@@ -39,29 +39,18 @@ pub(crate) struct BlockParams {
     pub(crate) owner: u64,
 }
 
-/// Where the tree's blocks go, leaves first, then each level of nodes; the
-/// root is the last block.
-#[derive(Clone, Debug)]
-pub(crate) struct TreePlan {
-    /// Item index ranges, one per leaf.
-    pub(crate) leaves: Vec<Range<usize>>,
-    /// For each node level (1, 2, ...): child index ranges, one per node.
-    pub(crate) nodes: Vec<Vec<Range<usize>>>,
-}
-
-impl TreePlan {
-    pub(crate) fn block_count(&self) -> usize {
-        self.nodes.iter().map(Vec::len).fold(self.leaves.len(), usize::saturating_add)
-    }
-
-    /// Level of the root block.
-    pub(crate) fn root_level(&self) -> u8 {
-        // OK: plan_tree makes at most MAX_LEVEL - 1 node levels.
-        u8::try_from(self.nodes.len()).unwrap_or(u8::MAX)
-    }
+/// Where a finished tree's blocks went: the root, its level, and every
+/// block's (address, level) in the order they were written (leaves, then
+/// each level of nodes; the root last).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PlacedTree {
+    pub(crate) root: u64,
+    pub(crate) level: u8,
+    pub(crate) blocks: Vec<(u64, u8)>,
 }
 
 /// A finished tree: every block with its logical address, root last.
+#[cfg(test)]
 #[derive(Clone, Debug)]
 pub(crate) struct BuiltTree {
     pub(crate) root: u64,
@@ -92,39 +81,17 @@ fn fill_target(capacity: usize) -> usize {
     capacity.saturating_sub(capacity.checked_div(16).unwrap_or(0))
 }
 
-/// Split a tree with items of the given data sizes into leaves and nodes.
-pub(crate) fn plan_tree(item_sizes: &[usize], nodesize: u32) -> Result<TreePlan> {
-    let cap = leaf_data_size(nodesize);
-    let target = fill_target(cap);
-    let mut leaves = Vec::new();
-    let mut start = 0;
-    let mut used = 0usize;
-    for (i, &size) in item_sizes.iter().enumerate() {
-        let need = size.saturating_add(ITEM_SIZE);
-        if need > cap {
-            return Err(Error::Invalid(format!("item {i} of {size} bytes does not fit in a {nodesize}-byte tree block")));
-        }
-        // Start a new leaf when this item would pass the fill target, unless
-        // the leaf is empty (a large item then gets a leaf to itself).
-        if i > start && used.saturating_add(need) > target {
-            leaves.push(start..i);
-            start = i;
-            used = 0;
-        }
-        used = used.saturating_add(need);
-    }
-    if start < item_sizes.len() || leaves.is_empty() {
-        // An empty tree is one empty leaf.
-        leaves.push(start..item_sizes.len());
-    }
+/// The node levels above `leaves` leaves: for each level (1, 2, ...), the
+/// child index ranges of its nodes. Children are spread evenly rather than
+/// leaving a nearly empty last node.
+fn plan_nodes(leaves: usize, nodesize: u32) -> Result<Vec<Vec<Range<usize>>>> {
     let per_node = fill_target(node_capacity(nodesize)).max(2);
     let mut nodes = Vec::new();
-    let mut count = leaves.len();
+    let mut count = leaves;
     while count > 1 {
         if nodes.len().saturating_add(1) >= usize::from(MAX_LEVEL) {
             return Err(Error::Invalid("tree would be deeper than btrfs allows".into()));
         }
-        // Spread children evenly rather than leaving a nearly empty last node.
         // OK: per_node >= 2 and count > 1, so n_nodes >= 1.
         #[allow(clippy::arithmetic_side_effects)]
         let (n_nodes, base, extra) = {
@@ -141,12 +108,192 @@ pub(crate) fn plan_tree(item_sizes: &[usize], nodesize: u32) -> Result<TreePlan>
         count = level.len();
         nodes.push(level);
     }
-    Ok(TreePlan { leaves, nodes })
+    Ok(nodes)
 }
 
-/// Number of blocks a tree with items of these sizes needs.
+/// Where a [`LeafStream`]'s blocks go: an address for each block as it is
+/// sealed, and the block's bytes.
+pub(crate) trait BlockOut {
+    /// The address of the next block.
+    fn alloc(&mut self) -> Result<u64>;
+    /// A sealed block (empty bytes when [`Self::wants_bytes`] is false).
+    fn write(&mut self, addr: u64, level: u8, bytes: Vec<u8>) -> Result<()>;
+    /// False when only the shape counts: blocks are then not encoded.
+    fn wants_bytes(&self) -> bool {
+        true
+    }
+}
+
+/// Counts blocks without making them: addresses 0, 1, 2, ...
+#[derive(Default)]
+pub(crate) struct CountBlocks {
+    pub(crate) blocks: usize,
+}
+
+impl BlockOut for CountBlocks {
+    fn alloc(&mut self) -> Result<u64> {
+        let n = self.blocks;
+        self.blocks = self.blocks.saturating_add(1);
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
+    }
+    fn write(&mut self, _addr: u64, _level: u8, _bytes: Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+    fn wants_bytes(&self) -> bool {
+        false
+    }
+}
+
+/// Builds one tree from its items as they arrive in key order: each leaf is
+/// sealed and handed out as soon as it is full, so only one leaf and the
+/// first key and address of every leaf are held; the nodes above are made
+/// by [`Self::finish`]. The shape depends only on the items' sizes, so a
+/// counting pass ([`CountBlocks`]) and the writing pass agree.
+pub(crate) struct LeafStream {
+    params: BlockParams,
+    cap: usize,
+    target: usize,
+    items: Vec<(Key, Vec<u8>)>,
+    used: usize,
+    last: Option<Key>,
+    pushed: usize,
+    /// (first key, address) of every sealed leaf.
+    leaves: Vec<(Key, u64)>,
+    blocks: Vec<(u64, u8)>,
+}
+
+impl LeafStream {
+    pub(crate) fn new(params: BlockParams) -> Self {
+        let cap = leaf_data_size(params.format.nodesize);
+        LeafStream {
+            params,
+            cap,
+            target: fill_target(cap),
+            items: Vec::new(),
+            used: 0,
+            last: None,
+            pushed: 0,
+            leaves: Vec::new(),
+            blocks: Vec::new(),
+        }
+    }
+
+    /// The next item; its key must be greater than every earlier one.
+    pub(crate) fn push(&mut self, key: Key, data: Vec<u8>, out: &mut dyn BlockOut) -> Result<()> {
+        if let Some(last) = self.last {
+            if key <= last {
+                return Err(Error::Invalid(format!("tree {}: keys out of order or duplicated: {last} then {key}", self.params.owner)));
+            }
+        }
+        let need = data.len().saturating_add(ITEM_SIZE);
+        if need > self.cap {
+            return Err(Error::Invalid(format!(
+                "tree {}: item {} ({key}) of {} bytes does not fit in a {}-byte tree block",
+                self.params.owner,
+                self.pushed,
+                data.len(),
+                self.params.format.nodesize
+            )));
+        }
+        // Start a new leaf when this item would pass the fill target, unless
+        // the leaf is empty (a large item then gets a leaf to itself).
+        if !self.items.is_empty() && self.used.saturating_add(need) > self.target {
+            self.seal(out)?;
+        }
+        self.used = self.used.saturating_add(need);
+        self.items.push((key, data));
+        self.last = Some(key);
+        self.pushed = self.pushed.saturating_add(1);
+        Ok(())
+    }
+
+    fn seal(&mut self, out: &mut dyn BlockOut) -> Result<()> {
+        let addr = out.alloc()?;
+        let p = &self.params;
+        let block = if out.wants_bytes() {
+            leaf_bytes(&p.format, addr, p.generation, p.owner, self.items.iter().map(|(k, d)| (*k, d.as_slice())))?
+        } else {
+            Vec::new()
+        };
+        self.leaves.push((self.items.first().map_or(Key::MIN, |i| i.0), addr));
+        self.blocks.push((addr, 0));
+        out.write(addr, 0, block)?;
+        self.items.clear();
+        self.used = 0;
+        Ok(())
+    }
+
+    /// Seal the last leaf (an empty tree is one empty leaf) and make the
+    /// nodes above, level by level.
+    pub(crate) fn finish(mut self, out: &mut dyn BlockOut) -> Result<PlacedTree> {
+        if !self.items.is_empty() || self.leaves.is_empty() {
+            self.seal(out)?;
+        }
+        let p = self.params.clone();
+        let mut below = std::mem::take(&mut self.leaves);
+        let mut level_no = 0u8;
+        for level in plan_nodes(below.len(), p.format.nodesize)? {
+            level_no = level_no.saturating_add(1);
+            let mut this = Vec::with_capacity(level.len());
+            for range in level {
+                let addr = out.alloc()?;
+                let children = below.get(range).ok_or_else(|| Error::Invalid("tree plan past its blocks".into()))?;
+                let block = if out.wants_bytes() {
+                    let ptrs: Vec<NodePtr> =
+                        children.iter().map(|&(key, blockptr)| NodePtr { key, blockptr, generation: p.generation }).collect();
+                    node_bytes(&p.format, addr, p.generation, p.owner, level_no, &ptrs)?
+                } else {
+                    Vec::new()
+                };
+                this.push((children.first().map_or(Key::MIN, |c| c.0), addr));
+                self.blocks.push((addr, level_no));
+                out.write(addr, level_no, block)?;
+            }
+            below = this;
+        }
+        let root = below.first().map(|b| b.1).ok_or_else(|| Error::Invalid("empty tree plan".into()))?;
+        Ok(PlacedTree { root, level: level_no, blocks: self.blocks })
+    }
+}
+
+/// Number of blocks a tree with items of these sizes (in key order) needs.
 pub(crate) fn count_blocks(item_sizes: &[usize], nodesize: u32) -> Result<usize> {
-    Ok(plan_tree(item_sizes, nodesize)?.block_count())
+    count_blocks_of(item_sizes.iter().copied(), nodesize)
+}
+
+/// Like [`count_blocks`], for sizes that arrive one by one.
+pub(crate) fn count_blocks_of(item_sizes: impl Iterator<Item = usize>, nodesize: u32) -> Result<usize> {
+    Ok(block_levels(item_sizes, nodesize)?.len())
+}
+
+/// The level of each block of a tree with items of these sizes (in key
+/// order), in the order its blocks are handed addresses.
+pub(crate) fn block_levels(item_sizes: impl Iterator<Item = usize>, nodesize: u32) -> Result<Vec<u8>> {
+    // Only the shape is wanted: the format and keys are stand-ins.
+    let format = BlockFormat::new(nodesize, crate::format::CsumType::Crc32c, [0; 16], [0; 16])?;
+    let mut s = LeafStream::new(BlockParams { format, generation: 0, owner: 0 });
+    let mut out = CountBlocks::default();
+    for (n, size) in item_sizes.enumerate() {
+        s.push(Key::new(u64::try_from(n).unwrap_or(u64::MAX), 0, 0), vec![0; size], &mut out)?;
+    }
+    Ok(s.finish(&mut out)?.blocks.into_iter().map(|b| b.1).collect())
+}
+
+/// Hands out a fixed list of addresses (plan order) and passes blocks on.
+#[cfg(test)]
+struct GivenAddrs<'a> {
+    addrs: std::slice::Iter<'a, u64>,
+    sink: &'a mut dyn FnMut(u64, u8, Vec<u8>) -> Result<()>,
+}
+
+#[cfg(test)]
+impl BlockOut for GivenAddrs<'_> {
+    fn alloc(&mut self) -> Result<u64> {
+        self.addrs.next().copied().ok_or_else(|| Error::Invalid("ran out of block addresses".into()))
+    }
+    fn write(&mut self, addr: u64, level: u8, bytes: Vec<u8>) -> Result<()> {
+        (self.sink)(addr, level, bytes)
+    }
 }
 
 /// Build the blocks of a tree. `items` must be sorted by key with no
@@ -155,59 +302,33 @@ pub(crate) fn count_blocks(item_sizes: &[usize], nodesize: u32) -> Result<usize>
 #[cfg(test)]
 pub(crate) fn build_tree(items: &[TreeItem], params: &BlockParams, addrs: &[u64]) -> Result<BuiltTree> {
     let mut blocks = Vec::new();
-    let (root, level) = build_tree_into(items, params, addrs, &mut |a, l, b| {
+    let placed = build_tree_into(items, params, addrs, &mut |a, l, b| {
         blocks.push((a, l, b));
         Ok(())
     })?;
-    Ok(BuiltTree { root, level, blocks })
+    Ok(BuiltTree { root: placed.root, level: placed.level, blocks })
 }
 
 /// Like [`build_tree`], handing each block to `sink` (address, level, bytes)
-/// as soon as it is made instead of keeping them all: a large tree need not
-/// be in memory twice. Returns the root address and level.
-pub(crate) fn build_tree_into(
+/// as soon as it is made instead of keeping them all. Every address must be
+/// used.
+#[cfg(test)]
+fn build_tree_into(
     items: &[TreeItem],
     params: &BlockParams,
     addrs: &[u64],
     sink: &mut dyn FnMut(u64, u8, Vec<u8>) -> Result<()>,
-) -> Result<(u64, u8)> {
-    for (a, b) in items.iter().zip(items.iter().skip(1)) {
-        if a.key >= b.key {
-            return Err(Error::Invalid(format!("tree {}: keys out of order or duplicated: {} then {}", params.owner, a.key, b.key)));
-        }
+) -> Result<PlacedTree> {
+    let mut out = GivenAddrs { addrs: addrs.iter(), sink };
+    let mut s = LeafStream::new(params.clone());
+    for i in items {
+        s.push(i.key, i.data.clone(), &mut out)?;
     }
-    let sizes: Vec<usize> = items.iter().map(|i| i.data.len()).collect();
-    let plan = plan_tree(&sizes, params.format.nodesize)?;
-    if addrs.len() != plan.block_count() {
-        return Err(Error::Invalid(format!("tree {}: {} addresses for {} blocks", params.owner, addrs.len(), plan.block_count())));
+    let placed = s.finish(&mut out)?;
+    if out.addrs.len() != 0 {
+        return Err(Error::Invalid(format!("tree {}: {} addresses for {} blocks", params.owner, addrs.len(), placed.blocks.len())));
     }
-    let mut next_addr = addrs.iter().copied();
-    let mut take_addr = || next_addr.next().ok_or_else(|| Error::Invalid("ran out of block addresses".into()));
-    // (first key, address) of each block of the level below.
-    let mut below: Vec<(Key, u64)> = Vec::with_capacity(plan.leaves.len());
-    for range in &plan.leaves {
-        let addr = take_addr()?;
-        let leaf = items.get(range.clone()).ok_or_else(|| Error::Invalid("tree plan past its items".into()))?;
-        let block = leaf_bytes(&params.format, addr, params.generation, params.owner, leaf.iter().map(|i| (i.key, i.data.as_slice())))?;
-        let first = items.get(range.start).map(|i| i.key).unwrap_or(Key::MIN);
-        below.push((first, addr));
-        sink(addr, 0u8, block)?;
-    }
-    for (level_no, level) in (1u8..).zip(&plan.nodes) {
-        let mut this = Vec::with_capacity(level.len());
-        for range in level {
-            let addr = take_addr()?;
-            let children = below.get(range.clone()).ok_or_else(|| Error::Invalid("tree plan past its blocks".into()))?;
-            let ptrs: Vec<NodePtr> =
-                children.iter().map(|&(key, blockptr)| NodePtr { key, blockptr, generation: params.generation }).collect();
-            let block = node_bytes(&params.format, addr, params.generation, params.owner, level_no, &ptrs)?;
-            this.push((children.first().map(|c| c.0).unwrap_or(Key::MIN), addr));
-            sink(addr, level_no, block)?;
-        }
-        below = this;
-    }
-    let root = below.first().map(|b| b.1).ok_or_else(|| Error::Invalid("empty tree plan".into()))?;
-    Ok((root, plan.root_level()))
+    Ok(placed)
 }
 
 #[cfg(test)]

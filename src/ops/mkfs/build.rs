@@ -16,11 +16,14 @@ use crate::format::encode;
 use crate::format::items::{name_hash, BlockGroupInfo, DevExtentInfo, DirEntry};
 use crate::format::ondisk::*;
 use crate::format::superblock::{seal_super, BackupTrees, TreeRootRef};
+use crate::format::Key;
 use crate::format::Profile;
 use crate::ops::rootdir::{self, DataSink, Scan};
-use crate::tree::builder::{count_blocks, BlockParams, TreeItem};
+use crate::ops::rootdir::{data_extent_item, DataResult};
+use crate::tree::builder::{block_levels, count_blocks, count_blocks_of, BlockOut, BlockParams, LeafStream, PlacedTree, TreeItem};
 use crate::volumes::alloc::ChunkPlan;
 use crate::volumes::create::{ChunkWriter, NewImages};
+use std::collections::HashMap;
 
 pub(super) struct Ctx<'a> {
     pub(super) opts: &'a MkfsOptions,
@@ -67,12 +70,13 @@ impl DataSink for DataAlloc<'_> {
 }
 
 /// Hands out tree block addresses in order, filling one chunk after another.
+#[derive(Clone)]
 struct MetaAlloc {
     /// (start, end) of each chunk of one kind.
-    pub(super) chunks: Vec<(u64, u64)>,
-    pub(super) current: usize,
-    pub(super) next: u64,
-    pub(super) nodesize: u64,
+    chunks: Vec<(u64, u64)>,
+    current: usize,
+    next: u64,
+    nodesize: u64,
 }
 
 impl MetaAlloc {
@@ -81,23 +85,120 @@ impl MetaAlloc {
         MetaAlloc { chunks, current: 0, next, nodesize }
     }
 
-    fn take(&mut self, n: usize) -> Result<Vec<u64>> {
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
+    fn take1(&mut self) -> Result<u64> {
+        loop {
             let c =
                 self.chunks.get(self.current).ok_or_else(|| Error::Invalid("metadata chunks are full (internal sizing error)".into()))?;
             if self.next + self.nodesize <= c.1 {
-                out.push(self.next);
                 self.next += self.nodesize;
-            } else {
-                self.current += 1;
-                if let Some(c) = self.chunks.get(self.current) {
-                    self.next = c.0;
-                }
+                return Ok(self.next - self.nodesize);
+            }
+            self.current += 1;
+            if let Some(c) = self.chunks.get(self.current) {
+                self.next = c.0;
             }
         }
-        Ok(out)
     }
+
+    fn take(&mut self, n: usize) -> Result<Vec<u64>> {
+        (0..n).map(|_| self.take1()).collect()
+    }
+}
+
+/// Tree blocks to the images, at addresses handed out as they are sealed.
+struct MetaOut<'a> {
+    alloc: &'a mut MetaAlloc,
+    writer: &'a ChunkWriter<'a>,
+}
+
+impl BlockOut for MetaOut<'_> {
+    fn alloc(&mut self) -> Result<u64> {
+        self.alloc.take1()
+    }
+    fn write(&mut self, addr: u64, _level: u8, bytes: Vec<u8>) -> Result<()> {
+        self.writer.write(addr, &bytes)
+    }
+}
+
+/// Tree blocks to the images, at addresses planned beforehand (all of them
+/// must be used).
+struct ListOut<'a> {
+    addrs: std::slice::Iter<'a, u64>,
+    writer: &'a ChunkWriter<'a>,
+}
+
+impl BlockOut for ListOut<'_> {
+    fn alloc(&mut self) -> Result<u64> {
+        self.addrs.next().copied().ok_or_else(|| Error::Invalid("a tree needs more blocks than planned (internal)".into()))
+    }
+    fn write(&mut self, addr: u64, _level: u8, bytes: Vec<u8>) -> Result<()> {
+        self.writer.write(addr, &bytes)
+    }
+}
+
+/// Write a tree of `items` (in key order) at the planned `addrs`.
+fn write_planned(
+    items: impl IntoIterator<Item = Result<(Key, Vec<u8>)>>,
+    params: BlockParams,
+    addrs: &[u64],
+    writer: &ChunkWriter<'_>,
+) -> Result<PlacedTree> {
+    let owner = params.owner;
+    let mut out = ListOut { addrs: addrs.iter(), writer };
+    let mut s = LeafStream::new(params);
+    for item in items {
+        let (k, v) = item?;
+        s.push(k, v, &mut out)?;
+    }
+    let placed = s.finish(&mut out)?;
+    if out.addrs.len() != 0 {
+        return Err(Error::Invalid(format!("tree {owner}: {} blocks planned, {} made (internal)", addrs.len(), placed.blocks.len())));
+    }
+    Ok(placed)
+}
+
+/// The subvolume trees (tree id and where its blocks went) from their
+/// sorted items, one after another, and then the csum tree: each leaf
+/// written as it fills. With [`crate::tree::builder::CountBlocks`] this only
+/// counts (mkfs --shrink sizing the metadata).
+pub(super) fn stream_trees(
+    scan: &Scan,
+    data: &DataResult,
+    params: &dyn Fn(u64) -> BlockParams,
+    out: &mut dyn BlockOut,
+) -> Result<(Vec<(u64, PlacedTree)>, PlacedTree)> {
+    let mut items = scan.fs_items(data)?;
+    let mut done = Vec::new();
+    let mut cur: Option<(u64, LeafStream)> = None;
+    while let Some((tree, k, v)) = items.next_item()? {
+        if cur.as_ref().is_none_or(|c| c.0 != tree) {
+            if let Some((id, t)) = cur.take() {
+                done.push((id, t.finish(out)?));
+            }
+            cur = Some((tree, LeafStream::new(params(tree))));
+        }
+        if let Some((_, t)) = cur.as_mut() {
+            t.push(k, v, out)?;
+        }
+    }
+    if let Some((id, t)) = cur.take() {
+        done.push((id, t.finish(out)?));
+    }
+    let mut csum = LeafStream::new(params(CSUM_TREE_OBJECTID));
+    let mut csums = data.csum_items();
+    while let Some((k, v)) = csums.next_item()? {
+        csum.push(k, v, out)?;
+    }
+    Ok((done, csum.finish(out)?))
+}
+
+/// One item of the extent tree, in its key order: a block group, a tree
+/// block (skinny METADATA_ITEM: address, owner) or a data extent.
+#[derive(Clone, Copy)]
+enum ExtentEntry {
+    BlockGroup(usize),
+    Block(u64, u64),
+    Data(usize),
 }
 
 type BuildResult = (u64, Vec<u64>, Vec<String>);
@@ -108,38 +209,16 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
     let features = opts.features;
     let writer = ChunkWriter { devs, map: ctx.chunks.iter().map(map_entry).collect() };
     let mut warnings = Vec::new();
-
-    // ---- file data ----
-    let (fs_trees, data_extent_items, csum_items, data_extents) = match scan {
-        Some(s) => {
-            warnings.extend(s.warnings.iter().cloned());
-            let mut alloc = DataAlloc {
-                writer: &writer,
-                chunks: ctx
-                    .chunks
-                    .iter()
-                    .filter(|c| c.flags & BLOCK_GROUP_DATA != 0)
-                    .map(|c| (c.logical, c.logical + c.length, c.logical))
-                    .collect(),
-                current: 0,
-            };
-            let r = rootdir::write_data(s, &mut alloc, &mut |done, total| {
-                if let Some(p) = &opts.progress.0 {
-                    p(done, total)
-                }
-            })?;
-            (r.fs_trees, r.extent_items, r.csum_items, r.extents)
-        }
-        None => {
-            let items = vec![
-                TreeItem::new(key(256, INODE_ITEM_KEY, 0), dir_inode(ctx.now, ctx.now)),
-                TreeItem::new(key(256, INODE_REF_KEY, 256), inode_ref(256, 0, b"..")?),
-            ];
-            (vec![(FS_TREE_OBJECTID, items)], Vec::new(), Vec::new(), Vec::new())
-        }
-    };
-    let fs_tree_ids: Vec<TreeId> = fs_trees.iter().map(|(id, _)| TreeId::Fs(*id)).collect();
-    let fs_items_of = |id: u64| fs_trees.iter().find(|t| t.0 == id).map(|t| t.1.as_slice()).unwrap_or_default();
+    // Every block mkfs seals passes the kernel's tree-checker rules (the
+    // incompat bits they look at: skinny metadata, never mixed groups).
+    let format = crate::tree::encode::BlockFormat::new(nodesize, opts.csum, ctx.fsid, ctx.chunk_uuid)?
+        .checked(opts.sectorsize, INCOMPAT_MIXED_BACKREF | INCOMPAT_EXTENDED_IREF | INCOMPAT_SKINNY_METADATA);
+    let params = |owner: u64| BlockParams { format, generation: GENERATION, owner };
+    let sys_chunks: Vec<(u64, u64)> =
+        ctx.chunks.iter().filter(|c| c.flags & BLOCK_GROUP_SYSTEM != 0).map(|c| (c.logical, c.logical + c.length)).collect();
+    let meta_chunks: Vec<(u64, u64)> =
+        ctx.chunks.iter().filter(|c| c.flags & BLOCK_GROUP_METADATA != 0).map(|c| (c.logical, c.logical + c.length)).collect();
+    let mut meta = MetaAlloc::new(meta_chunks, nodesize as u64);
 
     // ---- fixed trees ----
     let chunk_items = |dev_used: &[u64]| -> Result<Vec<TreeItem>> {
@@ -187,7 +266,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
 
     // The root tree needs the other roots; the extent tree needs every block's level,
     // so both come after the rest. Neither's shape depends on those values.
-    let root_tree_items = |built: &std::collections::HashMap<TreeId, crate::tree::builder::BuiltTree>, extent: (u64, u8, u64)| {
+    let root_tree_items = |built: &HashMap<TreeId, PlacedTree>, extent: (u64, u8, u64)| {
         let bytes_of = |t: TreeId| built.get(&t).map(|b| b.blocks.len() as u64 * nodesize as u64).unwrap_or(0);
         let place = |t: TreeId| {
             let b = built.get(&t);
@@ -238,43 +317,103 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         v.sort_by_key(|i| i.key);
         Ok(v)
     };
-    // Trees in block layout order; the chunk tree lives in the system chunk.
-    let mut meta_trees = vec![TreeId::Root, TreeId::Extent, TreeId::Dev];
-    meta_trees.extend(fs_tree_ids.iter().copied());
-    meta_trees.extend([TreeId::Csum, TreeId::Uuid, TreeId::DataReloc]);
+    // Blocks in mkfs.btrfs's order: the root, extent and dev trees first
+    // (the root and dev trees' sizes are known now; the extent tree's first
+    // block is kept here and any more it needs come last), then the
+    // subvolume trees, the csum tree and the rest.
+    let sizes_of = |items: &[TreeItem]| items.iter().map(|i| i.data.len()).collect::<Vec<_>>();
+    let root_sizes = sizes_of(&root_tree_items(&HashMap::new(), (0, 0, 0))?);
+    let root_addrs = meta.take(count_blocks(&root_sizes, nodesize)?)?;
+    let ext_first = meta.take1()?;
+    let dev_addrs = meta.take(count_blocks(&sizes_of(&dev_tree), nodesize)?)?;
+
+    // ---- file data; then the subvolume trees from the sorted items and the
+    // csum tree. Their blocks are written as they fill; nothing is reachable
+    // before the superblocks, written last after a flush. ----
+    let mut placed: HashMap<TreeId, PlacedTree> = HashMap::new();
+    let mut fs_tree_ids: Vec<TreeId> = Vec::new();
+    let data_extents = match scan {
+        Some(s) => {
+            warnings.extend(s.warnings.iter().cloned());
+            let mut alloc = DataAlloc {
+                writer: &writer,
+                chunks: ctx
+                    .chunks
+                    .iter()
+                    .filter(|c| c.flags & BLOCK_GROUP_DATA != 0)
+                    .map(|c| (c.logical, c.logical + c.length, c.logical))
+                    .collect(),
+                current: 0,
+            };
+            let r = rootdir::write_data(s, &mut alloc, &mut |done, total| {
+                if let Some(p) = &opts.progress.0 {
+                    p(done, total)
+                }
+            })?;
+            let (fs_trees, csum) = stream_trees(s, &r, &params, &mut MetaOut { alloc: &mut meta, writer: &writer })?;
+            for (id, t) in fs_trees {
+                placed.insert(TreeId::Fs(id), t);
+                fs_tree_ids.push(TreeId::Fs(id));
+            }
+            placed.insert(TreeId::Csum, csum);
+            r.extents
+        }
+        None => {
+            let mut out = MetaOut { alloc: &mut meta, writer: &writer };
+            let mut fs = LeafStream::new(params(FS_TREE_OBJECTID));
+            fs.push(key(256, INODE_ITEM_KEY, 0), dir_inode(ctx.now, ctx.now), &mut out)?;
+            fs.push(key(256, INODE_REF_KEY, 256), inode_ref(256, 0, b"..")?, &mut out)?;
+            placed.insert(TreeId::Fs(FS_TREE_OBJECTID), fs.finish(&mut out)?);
+            fs_tree_ids.push(TreeId::Fs(FS_TREE_OBJECTID));
+            placed.insert(TreeId::Csum, LeafStream::new(params(CSUM_TREE_OBJECTID)).finish(&mut out)?);
+            Vec::new()
+        }
+    };
+    // Every subvolume has its top directory, so every tree has items.
+    let want: Vec<TreeId> = std::iter::once(FS_TREE_OBJECTID).chain(ctx.subvols.iter().map(|s| s.0.id)).map(TreeId::Fs).collect();
+    if fs_tree_ids != want {
+        return Err(Error::Invalid(format!("subvolume trees {fs_tree_ids:?} made, {want:?} expected (internal)")));
+    }
+
+    // The trees laid out after the streamed ones, in block layout order, and
+    // then the rest of the extent tree; the chunk tree lives in the system chunk.
+    let mut rest = vec![TreeId::Uuid, TreeId::DataReloc];
     if features.free_space_tree {
-        meta_trees.push(TreeId::FreeSpace);
+        rest.push(TreeId::FreeSpace);
     }
     if features.block_group_tree {
-        meta_trees.push(TreeId::BlockGroup);
+        rest.push(TreeId::BlockGroup);
     }
-    let sizes_of = |items: &[TreeItem]| items.iter().map(|i| i.data.len()).collect::<Vec<_>>();
     let fixed_count = |t: TreeId| -> Result<usize> {
         match t {
             TreeId::Chunk => count_blocks(&sizes_of(&chunk_tree), nodesize),
             TreeId::Dev => count_blocks(&sizes_of(&dev_tree), nodesize),
-            TreeId::Fs(id) => count_blocks(&sizes_of(fs_items_of(id)), nodesize),
-            TreeId::Csum => count_blocks(&sizes_of(&csum_items), nodesize),
             TreeId::Uuid => count_blocks(&sizes_of(&uuid_tree), nodesize),
             TreeId::DataReloc => count_blocks(&sizes_of(&data_reloc_tree), nodesize),
             // Root tree: one root item per tree plus the "default" dir entries; sizes are fixed.
-            TreeId::Root => count_blocks(&sizes_of(&root_tree_items(&std::collections::HashMap::new(), (0, 0, 0))?), nodesize),
+            TreeId::Root => count_blocks(&root_sizes, nodesize),
             _ => Ok(1),
         }
     };
-
-    let sys_chunks: Vec<(u64, u64)> =
-        ctx.chunks.iter().filter(|c| c.flags & BLOCK_GROUP_SYSTEM != 0).map(|c| (c.logical, c.logical + c.length)).collect();
-    let meta_chunks: Vec<(u64, u64)> =
-        ctx.chunks.iter().filter(|c| c.flags & BLOCK_GROUP_METADATA != 0).map(|c| (c.logical, c.logical + c.length)).collect();
+    let chunk_of = |a: u64| ctx.chunks.iter().position(|c| c.logical <= a && a < c.logical + c.length);
+    let data_item_size = data_extent_item(GENERATION, 0, 0, 0)?.len();
+    let meta_item_size = metadata_extent_item(0)?.len();
+    let bg_item_size = encode::block_group_item(&BlockGroupInfo { used: 0, chunk_objectid: 0, flags: 0 }).len();
+    // Every block of the streamed trees, with its level and owner.
+    let streamed: Vec<(u64, u8, u64)> = {
+        let mut v: Vec<(u64, u8, u64)> =
+            placed.iter().flat_map(|(t, p)| p.blocks.iter().map(move |&(a, l)| (a, l, t.objectid()))).collect();
+        v.sort_unstable();
+        v
+    };
 
     // ---- fixed point: block counts of the extent, free space and block group trees ----
-    let mut counts: std::collections::HashMap<TreeId, usize> = std::collections::HashMap::new();
-    for &t in meta_trees.iter().chain([TreeId::Chunk].iter()) {
+    let mut counts: HashMap<TreeId, usize> = HashMap::new();
+    for &t in rest.iter().chain([TreeId::Chunk, TreeId::Extent].iter()) {
         counts.insert(t, fixed_count(t)?);
     }
     let mut iterations = 0;
-    let (addrs, extent_tree, fst_tree, bg_items, chunk_used) = loop {
+    let (addrs, ext_entries, fst_tree, bg_items, chunk_used) = loop {
         iterations += 1;
         if iterations > 32 {
             return Err(Error::Invalid("tree sizes do not settle (internal error)".into()));
@@ -282,23 +421,25 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         let mut addrs: Vec<(TreeId, Vec<u64>)> = Vec::new();
         let mut sys = MetaAlloc::new(sys_chunks.clone(), nodesize as u64);
         addrs.push((TreeId::Chunk, sys.take(counts[&TreeId::Chunk])?));
-        let mut meta = MetaAlloc::new(meta_chunks.clone(), nodesize as u64);
-        for &t in &meta_trees {
-            addrs.push((t, meta.take(counts[&t])?));
+        addrs.push((TreeId::Root, root_addrs.clone()));
+        addrs.push((TreeId::Dev, dev_addrs.clone()));
+        let mut m = meta.clone();
+        for &t in &rest {
+            addrs.push((t, m.take(counts[&t])?));
         }
+        let mut ext = vec![ext_first];
+        ext.extend(m.take(counts[&TreeId::Extent].saturating_sub(1))?);
+        addrs.push((TreeId::Extent, ext));
+        // Every allocated range, in address order.
+        let mut taken: Vec<(u64, u64)> = streamed.iter().map(|b| (b.0, nodesize as u64)).collect();
+        taken.extend(addrs.iter().flat_map(|(_, l)| l.iter().map(|&a| (a, nodesize as u64))));
+        taken.extend(data_extents.iter().map(|e| (e.logical, e.disk_len)));
+        taken.sort_unstable();
         // Used bytes per chunk.
         let mut used: Vec<u64> = vec![0; ctx.chunks.len()];
-        let chunk_of = |a: u64| ctx.chunks.iter().position(|c| c.logical <= a && a < c.logical + c.length);
-        for (_, list) in &addrs {
-            for &a in list {
-                if let Some(i) = chunk_of(a) {
-                    used[i] += nodesize as u64;
-                }
-            }
-        }
-        for &(a, len) in &data_extents {
+        for &(a, l) in &taken {
             if let Some(i) = chunk_of(a) {
-                used[i] += len;
+                used[i] += l;
             }
         }
         let bg_items: Vec<TreeItem> = ctx
@@ -310,38 +451,42 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
                 TreeItem::new(key(c.logical, BLOCK_GROUP_ITEM_KEY, c.length), encode::block_group_item(&bg))
             })
             .collect();
-        let mut ext = Vec::new();
+        // The extent tree in key order (a block's level is its key offset;
+        // addresses are unique, so the order does not depend on it).
+        let mut ext: Vec<(Key, ExtentEntry)> = Vec::with_capacity(taken.len() + ctx.chunks.len());
         if !features.block_group_tree {
-            ext.extend(bg_items.iter().cloned());
+            ext.extend(
+                ctx.chunks.iter().enumerate().map(|(i, c)| (key(c.logical, BLOCK_GROUP_ITEM_KEY, c.length), ExtentEntry::BlockGroup(i))),
+            );
         }
+        ext.extend(streamed.iter().map(|&(a, _, owner)| (key(a, METADATA_ITEM_KEY, 0), ExtentEntry::Block(a, owner))));
         for (t, list) in &addrs {
-            for &a in list {
-                // Skinny metadata: the key offset is the block's level, filled in below.
-                ext.push(TreeItem::new(key(a, METADATA_ITEM_KEY, 0), metadata_extent_item(t.objectid())?));
-            }
+            ext.extend(list.iter().map(|&a| (key(a, METADATA_ITEM_KEY, 0), ExtentEntry::Block(a, t.objectid()))));
         }
-        ext.extend(data_extent_items.iter().cloned());
-        // Free space: everything allocated sits at the start of each chunk, except
-        // data, which may leave unused tails where a compressed extent did not fit.
+        ext.extend(data_extents.iter().enumerate().map(|(i, e)| (key(e.logical, EXTENT_ITEM_KEY, e.disk_len), ExtentEntry::Data(i))));
+        ext.sort_unstable_by_key(|e| e.0);
+        let ext_size = |e: &ExtentEntry| match e {
+            ExtentEntry::BlockGroup(_) => bg_item_size,
+            ExtentEntry::Block(..) => meta_item_size,
+            ExtentEntry::Data(_) => data_item_size,
+        };
+        // Free space: per chunk, the gaps between allocated ranges.
         let mut fst = Vec::new();
         if features.free_space_tree {
-            for (ci, c) in ctx.chunks.iter().enumerate() {
-                let mut taken: Vec<(u64, u64)> = Vec::new();
-                for (_, list) in &addrs {
-                    taken.extend(list.iter().filter(|&&a| chunk_of(a) == Some(ci)).map(|&a| (a, nodesize as u64)));
-                }
-                taken.extend(data_extents.iter().filter(|e| chunk_of(e.0) == Some(ci)).copied());
-                taken.sort();
+            for c in &ctx.chunks {
+                let end = c.logical + c.length;
+                let from = taken.partition_point(|t| t.0 < c.logical);
+                let to = taken.partition_point(|t| t.0 < end);
                 let mut free = Vec::new();
                 let mut pos = c.logical;
-                for (a, l) in taken {
+                for &(a, l) in &taken[from..to] {
                     if a > pos {
                         free.push((pos, a - pos));
                     }
                     pos = pos.max(a + l);
                 }
-                if pos < c.logical + c.length {
-                    free.push((pos, c.logical + c.length - pos));
+                if pos < end {
+                    free.push((pos, end - pos));
                 }
                 let info = encode::free_space_info(free.len() as u32, 0);
                 fst.push(TreeItem::new(key(c.logical, FREE_SPACE_INFO_KEY, c.length), info));
@@ -351,7 +496,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
             }
         }
         let mut new_counts = counts.clone();
-        new_counts.insert(TreeId::Extent, count_blocks(&sizes_of(&ext), nodesize)?);
+        new_counts.insert(TreeId::Extent, count_blocks_of(ext.iter().map(|e| ext_size(&e.1)), nodesize)?);
         if features.free_space_tree {
             new_counts.insert(TreeId::FreeSpace, count_blocks(&sizes_of(&fst), nodesize)?);
         }
@@ -364,95 +509,65 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         counts = new_counts;
     };
 
-    // ---- build every tree ----
-    // Every block mkfs seals passes the kernel's tree-checker rules (the
-    // incompat bits they look at: skinny metadata, never mixed groups).
-    let format = crate::tree::encode::BlockFormat::new(nodesize, opts.csum, ctx.fsid, ctx.chunk_uuid)?
-        .checked(opts.sectorsize, INCOMPAT_MIXED_BACKREF | INCOMPAT_EXTENDED_IREF | INCOMPAT_SKINNY_METADATA);
-    let params = |owner: u64| BlockParams { format, generation: GENERATION, owner };
+    // ---- build the rest ----
     let addr_of = |t: TreeId| addrs.iter().find(|a| a.0 == t).map(|a| a.1.clone()).unwrap_or_default();
-    let mut built: std::collections::HashMap<TreeId, crate::tree::builder::BuiltTree> = std::collections::HashMap::new();
-    // Each tree's blocks go to the images as they are made and only their
-    // addresses and levels are kept: holding every block of every tree until
-    // the end doubled the peak memory of a large --rootdir. Nothing is
-    // reachable before the superblocks, written last after a flush.
-    let write_out = |items: &[TreeItem], params: &BlockParams, addrs: &[u64]| -> Result<crate::tree::builder::BuiltTree> {
-        let mut blocks = Vec::new();
-        let (root, level) = crate::tree::builder::build_tree_into(items, params, addrs, &mut |a, l, bytes| {
-            writer.write(a, &bytes)?;
-            blocks.push((a, l, Vec::new()));
-            Ok(())
-        })?;
-        Ok(crate::tree::builder::BuiltTree { root, level, blocks })
-    };
-    let mut simple: Vec<(TreeId, &[TreeItem])> = vec![(TreeId::Chunk, &chunk_tree), (TreeId::Dev, &dev_tree)];
-    simple.extend(fs_trees.iter().map(|(id, items)| (TreeId::Fs(*id), items.as_slice())));
-    simple.extend([
-        (TreeId::Csum, csum_items.as_slice()),
+    let plain = |items: &[TreeItem]| items.iter().map(|i| Ok((i.key, i.data.clone()))).collect::<Vec<_>>();
+    let simple: Vec<(TreeId, &[TreeItem])> = vec![
+        (TreeId::Chunk, &chunk_tree),
+        (TreeId::Dev, &dev_tree),
         (TreeId::Uuid, &uuid_tree),
         (TreeId::DataReloc, &data_reloc_tree),
         (TreeId::FreeSpace, &fst_tree),
         (TreeId::BlockGroup, &bg_items),
-    ]);
+    ];
     for (t, items) in simple {
         if (t == TreeId::FreeSpace && !features.free_space_tree) || (t == TreeId::BlockGroup && !features.block_group_tree) {
             continue;
         }
-        built.insert(t, write_out(items, &params(t.objectid()), &addr_of(t))?);
+        placed.insert(t, write_planned(plain(items), params(t.objectid()), &addr_of(t), &writer)?);
     }
-    // Levels of every block, for the skinny METADATA_ITEM offsets. Root and extent
-    // trees: their levels follow from their (already planned) shapes.
-    let root_plan = {
-        let probe = root_tree_items(&built, (0, 0, 0))?;
-        crate::tree::builder::plan_tree(&sizes_of(&probe), nodesize)?
-    };
-    if root_plan.block_count() != counts[&TreeId::Root] {
-        return Err(Error::Invalid("root tree size estimate was wrong (internal error)".into()));
-    }
-    let ext_plan = crate::tree::builder::plan_tree(&sizes_of(&extent_tree), nodesize)?;
-    let mut levels: std::collections::HashMap<u64, u8> = std::collections::HashMap::new();
-    for b in built.values() {
-        for (a, l, _) in &b.blocks {
-            levels.insert(*a, *l);
+    // Levels of every block, for the skinny METADATA_ITEM offsets: the
+    // root and extent trees' follow from their (already planned) shapes.
+    let mut levels: HashMap<u64, u8> = streamed.iter().map(|b| (b.0, b.1)).collect();
+    for t in [TreeId::Chunk, TreeId::Dev, TreeId::Uuid, TreeId::DataReloc, TreeId::FreeSpace, TreeId::BlockGroup] {
+        if let Some(p) = placed.get(&t) {
+            levels.extend(p.blocks.iter().copied());
         }
     }
-    let plan_levels = |plan: &crate::tree::builder::TreePlan, list: &[u64], levels: &mut std::collections::HashMap<u64, u8>| {
-        let mut i = 0;
-        for _ in &plan.leaves {
-            if let Some(&a) = list.get(i) {
-                levels.insert(a, 0);
+    let ext_sizes = ext_entries.iter().map(|e| match e.1 {
+        ExtentEntry::BlockGroup(_) => bg_item_size,
+        ExtentEntry::Block(..) => meta_item_size,
+        ExtentEntry::Data(_) => data_item_size,
+    });
+    for (t, lv) in
+        [(TreeId::Root, block_levels(root_sizes.iter().copied(), nodesize)?), (TreeId::Extent, block_levels(ext_sizes, nodesize)?)]
+    {
+        let list = addr_of(t);
+        if list.len() != lv.len() {
+            return Err(Error::Invalid(format!("tree {}: {} blocks planned, {} needed (internal)", t.objectid(), list.len(), lv.len())));
+        }
+        levels.extend(list.into_iter().zip(lv));
+    }
+    let ext_items = ext_entries.iter().map(|&(k, e)| -> Result<(Key, Vec<u8>)> {
+        Ok(match e {
+            ExtentEntry::BlockGroup(i) => (k, bg_items[i].data.clone()),
+            ExtentEntry::Block(a, owner) => {
+                let level = levels.get(&a).copied().ok_or_else(|| Error::Invalid(format!("tree block {a}: level unknown (internal)")))?;
+                (key(a, METADATA_ITEM_KEY, level as u64), metadata_extent_item(owner)?)
             }
-            i += 1;
-        }
-        for (lvl, nodes) in plan.nodes.iter().enumerate() {
-            for _ in nodes {
-                if let Some(&a) = list.get(i) {
-                    levels.insert(a, lvl as u8 + 1);
-                }
-                i += 1;
-            }
-        }
-    };
-    plan_levels(&root_plan, &addr_of(TreeId::Root), &mut levels);
-    plan_levels(&ext_plan, &addr_of(TreeId::Extent), &mut levels);
-    let mut extent_tree = extent_tree;
-    for it in extent_tree.iter_mut() {
-        if it.key.item_type == METADATA_ITEM_KEY {
-            it.key.offset = levels.get(&it.key.objectid).copied().unwrap_or(0) as u64;
-        }
-    }
-    extent_tree.sort_by_key(|i| i.key);
-    let ext_built = write_out(&extent_tree, &params(EXTENT_TREE_OBJECTID), &addr_of(TreeId::Extent))?;
+            ExtentEntry::Data(i) => data_extents[i].item(GENERATION)?,
+        })
+    });
+    let ext_built = write_planned(ext_items, params(EXTENT_TREE_OBJECTID), &addr_of(TreeId::Extent), &writer)?;
     let ext_info = (ext_built.root, ext_built.level, ext_built.blocks.len() as u64 * nodesize as u64);
-    built.insert(TreeId::Extent, ext_built);
-    let root_items = root_tree_items(&built, ext_info)?;
-    built.insert(TreeId::Root, write_out(&root_items, &params(ROOT_TREE_OBJECTID), &addr_of(TreeId::Root))?);
-
+    placed.insert(TreeId::Extent, ext_built);
+    let root_items = root_tree_items(&placed, ext_info)?;
+    placed.insert(TreeId::Root, write_planned(plain(&root_items), params(ROOT_TREE_OBJECTID), &addr_of(TreeId::Root), &writer)?);
     // ---- every tree block is written: sync, then superblocks ----
     devs.sync()?;
 
     let bytes_used: u64 = chunk_used.iter().sum();
-    let get = |t: TreeId| built.get(&t).map(|b| (b.root, b.level)).unwrap_or((0, 0));
+    let get = |t: TreeId| placed.get(&t).map(|b| (b.root, b.level)).unwrap_or((0, 0));
     let (root, root_level) = get(TreeId::Root);
     let (chunk_root, chunk_level) = get(TreeId::Chunk);
     let sys_chunks: Vec<_> = ctx
@@ -563,5 +678,54 @@ fn dev_item(ctx: &Ctx<'_>, devid: u64, size: u64, used: u64) -> DevItem {
         bandwidth: 0,
         uuid: ctx.dev_uuids.get((devid - 1) as usize).copied().unwrap_or([0; 16]),
         fsid: ctx.fsid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{mkfs, MkfsOptions};
+    use std::path::Path;
+
+    /// Sorting in temporary files changes nothing: with a budget small
+    /// enough that every sorter and list spills many runs, the image is
+    /// byte for byte the one made in memory (hard links, a subvolume, a
+    /// sparse file, compressed and inline data, xattrs).
+    #[test]
+    fn spilled_runs_make_the_same_image() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        for i in 0..1500u32 {
+            let dir = src.join(format!("d{}", i % 15));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("f{i}")), format!("{i} ").repeat((i % 700) as usize)).unwrap();
+        }
+        std::fs::create_dir_all(src.join("sv/in")).unwrap();
+        for i in 0..40 {
+            std::fs::hard_link(src.join("d3/f3"), src.join(format!("d4/link{i}"))).unwrap();
+        }
+        std::fs::hard_link(src.join("d5/f5"), src.join("sv/in/across")).unwrap();
+        std::fs::write(src.join("sv/big"), vec![b'z'; 3 << 20]).unwrap();
+        let sparse = std::fs::File::create(src.join("sv/sparse")).unwrap();
+        sparse.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", (8 << 20) - 3).unwrap();
+        xattr::set(src.join("d1"), "user.tag", b"dir").unwrap();
+        let make = |img: &Path, spill: usize| {
+            let mut o = MkfsOptions::new(vec![img.to_path_buf()]);
+            o.size = Some(256 << 20);
+            o.rootdir = Some(src.clone());
+            o.fsid = Some([7; 16]);
+            o.timestamp = Some(1_700_000_000);
+            o.fixed_ctime = true;
+            o.subvols = vec![crate::ops::rootdir::SubvolSpec::parse("sv").unwrap()];
+            o.compress_paths = vec![("sv".into(), Some((crate::format::compress::Compression::Zstd, None)))];
+            o.spill_bytes = spill;
+            mkfs(&o).unwrap();
+            std::fs::read(img).unwrap()
+        };
+        // The first run may update the source's atimes (which images record).
+        make(&d.path().join("warm.img"), 1 << 30);
+        let whole = make(&d.path().join("a.img"), 1 << 30);
+        let spilled = make(&d.path().join("b.img"), 16 << 10);
+        assert!(whole == spilled, "spilling changed the image");
     }
 }

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::format::ondisk::*;
 use crate::format::Profile;
 use crate::ops::rootdir::{self, Scan};
-use crate::tree::builder::{count_blocks, TreeItem};
+use crate::tree::builder::{count_blocks, BlockParams, CountBlocks};
 use crate::volumes::alloc::{shape, ChunkPlan, Shape};
 
 /// Where the first chunk starts in the logical address space.
@@ -208,14 +208,19 @@ fn minimal_request(
     slack: u64,
 ) -> Result<LayoutRequest> {
     let nodesize = opts.nodesize;
-    let sizes_of = |items: &[TreeItem]| items.iter().map(|i| i.data.len()).collect::<Vec<_>>();
     let (data_bytes, fs_blocks, csum_blocks, mut ext_items) = match scan {
         Some(s) => {
+            // Shapes only: the trees are counted as they would be written.
+            let format = crate::tree::encode::BlockFormat::new(nodesize, opts.csum, [0; 16], [0; 16])?;
             let mut sink = rootdir::CountingSink::default();
             let r = rootdir::write_data(s, &mut sink, &mut |_, _| {})?;
+            let mut count = CountBlocks::default();
+            let (_, csum) = super::build::stream_trees(s, &r, &|owner| BlockParams { format, generation: 0, owner }, &mut count)?;
             // Every subvolume is a tree of its own, each at least one leaf.
-            let fs_blocks = r.fs_trees.iter().map(|(_, items)| count_blocks(&sizes_of(items), nodesize)).sum::<Result<usize>>()?;
-            (sink.next, fs_blocks, count_blocks(&sizes_of(&r.csum_items), nodesize)?, sizes_of(&r.extent_items))
+            let csum_blocks = csum.blocks.len();
+            let fs_blocks = count.blocks - csum_blocks;
+            let data_item = rootdir::data_extent_item(1, 0, 0, 0)?.len();
+            (sink.next, fs_blocks, csum_blocks, vec![data_item; r.extents.len()])
         }
         None => (0, 1, 1, Vec::new()),
     };

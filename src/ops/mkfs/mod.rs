@@ -407,6 +407,7 @@ fn scan_rootdir(opts: &MkfsOptions, now: (u64, u32)) -> Result<Option<Scan>> {
         clamp_time: if opts.clamp_times { opts.timestamp.map(|t| (t, 0)) } else { None },
         ownership: opts.ownership.clone(),
         threads: opts.threads,
+        spill_bytes: opts.spill_bytes,
     };
     if let Some(archive) = &opts.rootdir_tar {
         // The archive is read again while the images are written: it must not be one of them.

@@ -157,6 +157,10 @@ pub struct MkfsOptions {
     /// Worker threads for reading, compressing and checksumming rootdir file
     /// data (0: one per core); the image does not depend on it.
     pub threads: usize,
+    /// Bytes of rootdir tree items (and of the list of files to copy) held
+    /// in memory before they are sorted into unlinked temporary files in
+    /// $TMPDIR; the image does not depend on it.
+    pub spill_bytes: usize,
     /// Told the rootdir file bytes written so far and the total.
     pub progress: Progress,
 }
@@ -221,6 +225,7 @@ impl MkfsOptions {
             slack: None,
             offset: 0,
             threads: 0,
+            spill_bytes: crate::ops::rootdir::SPILL_BUDGET,
             progress: Progress::default(),
         }
     }

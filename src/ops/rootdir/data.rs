@@ -1,24 +1,25 @@
 //! The second pass of `--rootdir`: file data read (on worker threads, in
 //! order), compressed where asked and it shrinks, checksummed and written
-//! into data chunks through a [`DataSink`]; returns the file extent, extent
-//! and checksum items that refer to it.
+//! into data chunks through a [`DataSink`]; makes the file extent items
+//! (sorted with the walk's items), the data extents and the checksum items
+//! (in address order, as the data is placed) that refer to it.
 
-use std::collections::BTreeMap;
 use std::fs::File;
+use std::sync::Arc;
 
 use super::scan::{
-    inline_content, inline_extent, inode_item, max_csum_item_bytes, regular_extent, Content, DataSource, Scan, ScanOptions, COPY_PIECE,
+    inline_content, inline_extent, max_csum_item_bytes, regular_extent, Content, DataSource, Job, Scan, ScanInode, ScanOptions, COPY_PIECE,
     MAX_EXTENT_SIZE, MAX_UNCOMPRESSED,
 };
+use super::spill::{merge, ItemSorter, Merge, RecordReader, RecordWriter, Spill, SpillReader};
 use crate::error::{Error, Result};
 use crate::format::compress::{self, Compression};
 use crate::format::encode;
-use crate::format::items::{extref_hash, name_hash, DirEntry, ExtentInfo, ExtentRef, InodeRefEntry};
+use crate::format::items::{ExtentInfo, ExtentRef};
 use crate::format::ondisk::*;
-use crate::format::{FileType, Key};
+use crate::format::Key;
 use crate::ops::host::round_up;
 use crate::ops::pipeline::ordered_map;
-use crate::tree::builder::TreeItem;
 
 /// Where [`write_data`] puts file data: the data chunks of the new filesystem.
 pub(crate) trait DataSink {
@@ -64,22 +65,61 @@ impl DataSink for CountingSink {
     }
 }
 
-/// What the data pass produced.
+/// One data extent the data pass placed: where it is, how long on disk,
+/// and the file bytes it starts (its EXTENT_ITEM's one EXTENT_DATA_REF).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DataExtent {
+    pub(crate) logical: u64,
+    pub(crate) disk_len: u64,
+    pub(crate) root: u64,
+    pub(crate) ino: u64,
+    pub(crate) file_pos: u64,
+}
+
+impl DataExtent {
+    /// Its EXTENT_ITEM: key and data.
+    pub(crate) fn item(&self, gen: u64) -> Result<(Key, Vec<u8>)> {
+        Ok((Key::new(self.logical, EXTENT_ITEM_KEY, self.disk_len), data_extent_item(gen, self.root, self.ino, self.file_pos)?))
+    }
+}
+
+/// What the data pass produced besides the checksum items.
 pub(crate) struct DataResult {
-    /// The items of every subvolume tree: (tree id, sorted items), 5 first.
-    pub(crate) fs_trees: Vec<(u64, Vec<TreeItem>)>,
-    /// EXTENT_ITEMs for data extents.
-    pub(crate) extent_items: Vec<TreeItem>,
-    /// EXTENT_CSUM items.
-    pub(crate) csum_items: Vec<TreeItem>,
-    /// (logical, disk bytes) of every data extent, for block group accounting.
-    pub(crate) extents: Vec<(u64, u64)>,
+    /// The file extent items (EXTENT_DATA) it made, as sorted runs to merge
+    /// with the walk's ([`Scan::fs_items`]).
+    pub(super) items: Vec<Spill>,
+    /// Every data extent, in address order.
+    pub(crate) extents: Vec<DataExtent>,
+    /// The csum items, in key order.
+    csums: Spill,
+}
+
+impl DataResult {
+    /// The csum items, in key order.
+    pub(crate) fn csum_items(&self) -> CsumItems<'_> {
+        CsumItems { reader: self.csums.reader() }
+    }
+}
+
+/// The items of [`DataResult::csum_items`].
+pub(crate) struct CsumItems<'a> {
+    reader: SpillReader<'a>,
+}
+
+impl CsumItems<'_> {
+    /// The next (key, data), or None after the last.
+    pub(crate) fn next_item(&mut self) -> Result<Option<(Key, Vec<u8>)>> {
+        let Some(rec) = self.reader.next_record()? else { return Ok(None) };
+        let mut r = RecordReader::new(rec);
+        Ok(Some((Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, r.u64()?), r.bytes()?.to_vec())))
+    }
 }
 
 /// One piece of file data for the workers of [`write_data`].
 struct DataJob {
-    /// Index into `Scan::inodes`.
-    inode: usize,
+    inode: Arc<ScanInode>,
+    /// Which file (in job order): pieces of one file continue one extent.
+    file: u64,
     kind: JobKind,
 }
 
@@ -117,41 +157,69 @@ fn data_workers(opts: &ScanOptions) -> usize {
     }
 }
 
-/// The data jobs of every inode, in inode order.
-fn data_jobs(scan: &Scan) -> impl Iterator<Item = DataJob> + Send + '_ {
-    scan.inodes.iter().enumerate().flat_map(|(inode, i)| {
-        let mut jobs = Vec::new();
-        match &i.content {
-            Content::InlineFile => jobs.push(DataJob { inode, kind: JobKind::Inline }),
-            Content::Ranges(ranges) => {
-                // The kernel never compresses a file without checksums (or written in place).
-                let compress = if i.flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { i.compress };
-                let sums = i.flags & INODE_NODATASUM == 0;
-                let step = if compress.is_some() { MAX_UNCOMPRESSED } else { COPY_PIECE };
-                for &(start, end) in ranges {
-                    let mut pos = start;
-                    while pos < end {
-                        let len = (end - pos).min(step);
-                        jobs.push(DataJob { inode, kind: JobKind::Piece { pos, len, range_end: end, compress, sums } });
-                        pos += len;
-                    }
+/// The data jobs of one file.
+fn file_jobs(inode: Arc<ScanInode>, file: u64, out: &mut Vec<DataJob>) {
+    match &inode.content {
+        Content::InlineFile => out.push(DataJob { inode: inode.clone(), file, kind: JobKind::Inline }),
+        Content::Ranges(ranges) => {
+            // The kernel never compresses a file without checksums (or written in place).
+            let compress = if inode.flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { inode.compress };
+            let sums = inode.flags & INODE_NODATASUM == 0;
+            let step = if compress.is_some() { MAX_UNCOMPRESSED } else { COPY_PIECE };
+            for &(start, end) in ranges {
+                let mut pos = start;
+                while pos < end {
+                    let len = (end - pos).min(step);
+                    out.push(DataJob { inode: inode.clone(), file, kind: JobKind::Piece { pos, len, range_end: end, compress, sums } });
+                    pos += len;
                 }
             }
-            _ => {}
         }
-        jobs
-    })
+        _ => {}
+    }
 }
 
-/// Consecutive jobs grouped up to about 1 MiB of file data or 256 jobs.
-fn job_batches(jobs: impl Iterator<Item = DataJob> + Send) -> impl Iterator<Item = Vec<DataJob>> + Send {
+/// The data jobs of every file the walk noted, in inode order, grouped up
+/// to about 1 MiB of file data or 256 jobs; a record that cannot be read
+/// back ends the batches with its error.
+fn job_batches(scan: &Scan) -> impl Iterator<Item = Result<Vec<DataJob>>> + Send + '_ {
     const BATCH_BYTES: u64 = 1 << 20;
     const BATCH_JOBS: usize = 256;
-    let mut jobs = jobs;
+    let mut reader = scan.jobs.reader();
+    let mut pending: std::collections::VecDeque<DataJob> = std::collections::VecDeque::new();
+    let mut file = 0u64;
+    let mut failed = false;
     std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
         let mut batch = Vec::new();
         let mut bytes = 0u64;
-        for job in jobs.by_ref() {
+        loop {
+            if pending.is_empty() {
+                let rec = match reader.next_record() {
+                    Ok(Some(rec)) => rec,
+                    Ok(None) => break,
+                    Err(e) => {
+                        failed = true;
+                        return Some(Err(e));
+                    }
+                };
+                match Job::decode(rec, &scan.linked) {
+                    Ok(inode) => {
+                        let mut v = Vec::new();
+                        file_jobs(Arc::new(inode), file, &mut v);
+                        file += 1;
+                        pending.extend(v);
+                    }
+                    Err(e) => {
+                        failed = true;
+                        return Some(Err(e));
+                    }
+                }
+                continue;
+            }
+            let Some(job) = pending.pop_front() else { break };
             bytes += match job.kind {
                 JobKind::Inline => 1 << 12,
                 JobKind::Piece { len, .. } => len,
@@ -161,14 +229,14 @@ fn job_batches(jobs: impl Iterator<Item = DataJob> + Send) -> impl Iterator<Item
                 break;
             }
         }
-        (!batch.is_empty()).then_some(batch)
+        (!batch.is_empty()).then_some(Ok(batch))
     })
 }
 
 /// Read, compress and checksum one job (on a worker thread).
 fn run_job(scan: &Scan, job: &DataJob, dry: bool) -> Result<JobDone> {
     let opts = &scan.opts;
-    let i = &scan.inodes[job.inode];
+    let i = &*job.inode;
     match job.kind {
         JobKind::Inline => {
             let mut buf = vec![0u8; i.size as usize];
@@ -220,34 +288,57 @@ fn run_job(scan: &Scan, job: &DataJob, dry: bool) -> Result<JobDone> {
 
 /// What the data pass gathers, in the order extents are placed.
 struct DataOut {
-    /// Items of every subvolume tree, keyed (tree id, key): one sorted map for all.
-    fs: BTreeMap<(u64, Key), Vec<u8>>,
-    extent_items: Vec<TreeItem>,
-    extents: Vec<(u64, u64)>,
-    /// Csums of sectors: (logical, csum bytes), merged into runs later.
-    sector_csums: Vec<(u64, Vec<u8>)>,
-    /// File bytes each inode's extents cover.
-    nbytes: Vec<u64>,
+    /// File extent items of every subvolume tree.
+    items: ItemSorter,
+    generation: u64,
+    extents: Vec<DataExtent>,
+    /// The csum item being filled: its first sector, the next sector it
+    /// would take, its csums.
+    csum: Option<(u64, u64, Vec<u8>)>,
+    /// Finished csum items, in address order: (key offset, item data).
+    csums: Spill,
+    max_csum_bytes: usize,
 }
 
 impl DataOut {
     /// A regular extent of `covered` file bytes at `file_pos`, on disk at `disk`.
-    #[allow(clippy::too_many_arguments)]
-    fn extent(&mut self, scan: &Scan, inode: usize, file_pos: u64, disk: (u64, u64), ram: u64, comp: u8, covered: u64) -> Result<()> {
-        let i = &scan.inodes[inode];
-        let gen = scan.opts.generation;
-        self.fs.insert((i.subvol, Key::new(i.ino, EXTENT_DATA_KEY, file_pos)), regular_extent(gen, ram, comp, disk.0, disk.1, covered));
-        self.extent_items.push(TreeItem::new(Key::new(disk.0, EXTENT_ITEM_KEY, disk.1), data_extent_item(gen, i.subvol, i.ino, file_pos)?));
-        self.extents.push(disk);
-        self.nbytes[inode] += covered;
+    fn extent(&mut self, i: &ScanInode, file_pos: u64, disk: (u64, u64), ram: u64, comp: u8, covered: u64) -> Result<()> {
+        let v = regular_extent(self.generation, ram, comp, disk.0, disk.1, covered);
+        self.items.push(i.subvol, Key::new(i.ino, EXTENT_DATA_KEY, file_pos), &v)?;
+        self.extents.push(DataExtent { logical: disk.0, disk_len: disk.1, root: i.subvol, ino: i.ino, file_pos });
         Ok(())
     }
 
-    /// The csums of consecutive sectors from `logical`.
-    fn sums(&mut self, logical: u64, sums: &[u8], sector: u64, csum_size: usize) {
+    /// The csums of consecutive sectors from `logical`: they join the csum
+    /// item being filled while they continue it and it has room. Data is
+    /// placed in address order, so every item is final once the next starts.
+    fn sums(&mut self, logical: u64, sums: &[u8], sector: u64, csum_size: usize, opts: &ScanOptions) -> Result<()> {
         for (n, c) in sums.chunks(csum_size.max(1)).enumerate() {
-            self.sector_csums.push((logical + n as u64 * sector, c.to_vec()));
+            let at = logical + n as u64 * sector;
+            match &mut self.csum {
+                Some((_, next, bytes)) if at == *next && bytes.len() + c.len() <= self.max_csum_bytes => {
+                    bytes.extend_from_slice(c);
+                    *next += sector;
+                    continue;
+                }
+                Some((_, next, _)) if at < *next => {
+                    return Err(Error::Invalid(format!("data pass: csum of {at} after {next} (internal)")));
+                }
+                _ => {}
+            }
+            self.flush_csums(opts)?;
+            self.csum = Some((at, at + sector, c.to_vec()));
         }
+        Ok(())
+    }
+
+    fn flush_csums(&mut self, opts: &ScanOptions) -> Result<()> {
+        if let Some((start, _, bytes)) = self.csum.take() {
+            let mut w = RecordWriter::default();
+            w.u64(start).bytes(&encode::csum_item(bytes, opts.csum)?);
+            self.csums.push(&w.buf)?;
+        }
+        Ok(())
     }
 }
 
@@ -259,9 +350,10 @@ fn sector_slice(sums: &[u8], from: u64, to: u64, sector: u64, csum_size: usize) 
     &sums[(from / sector) as usize * csum_size..(to / sector) as usize * csum_size]
 }
 
-/// An uncompressed extent being filled by consecutive pieces.
+/// An uncompressed extent being filled by consecutive pieces of one file.
 struct OpenExtent {
-    inode: usize,
+    inode: Arc<ScanInode>,
+    file: u64,
     /// File offset and logical address where it starts.
     file_pos: u64,
     logical: u64,
@@ -269,23 +361,24 @@ struct OpenExtent {
     used: u64,
 }
 
-/// Copy every regular file's data into the data chunks and produce the
-/// subvolumes' items, the data EXTENT_ITEMs and the csum items. Reading,
-/// compressing and checksumming run on [`ScanOptions::threads`] workers;
-/// placing (the addresses follow from every earlier extent's size) runs here,
-/// in inode order, so the result never depends on the number of workers.
-/// `progress` is told the file bytes done so far and the total.
+/// Copy every regular file's data into the data chunks and produce the file
+/// extent items, the data extents and the csum items. Reading, compressing and checksumming
+/// run on [`ScanOptions::threads`] workers; placing (the addresses follow
+/// from every earlier extent's size) runs here, in inode order, so the
+/// result never depends on the number of workers. `progress` is told the
+/// file bytes done so far and the total.
 pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dyn FnMut(u64, u64)) -> Result<DataResult> {
     let opts = &scan.opts;
     let gen = opts.generation;
     let sector = opts.sectorsize as u64;
     let csum_size = opts.csum.size();
     let mut out = DataOut {
-        fs: BTreeMap::new(),
-        extent_items: Vec::new(),
+        items: ItemSorter::with_budget(opts.spill_bytes),
+        generation: gen,
         extents: Vec::new(),
-        sector_csums: Vec::new(),
-        nbytes: vec![0u64; scan.inodes.len()],
+        csum: None,
+        csums: Spill::with_budget(opts.spill_bytes),
+        max_csum_bytes: max_csum_item_bytes(opts.nodesize, csum_size),
     };
 
     // ---- file data, in inode order ----
@@ -293,29 +386,20 @@ pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dy
     let workers = data_workers(opts);
     let mut open: Option<OpenExtent> = None;
     let mut done_bytes = 0u64;
-    let total_bytes: u64 = scan
-        .inodes
-        .iter()
-        .map(|i| match &i.content {
-            Content::InlineFile => i.size,
-            Content::Ranges(r) => r.iter().map(|r| r.1 - r.0).sum(),
-            _ => 0,
-        })
-        .sum();
+    let total_bytes = scan.data_total;
     let mut consume = |job: DataJob, done: Result<JobDone>| -> Result<()> {
-        let i = &scan.inodes[job.inode];
+        let i = &*job.inode;
         match (job.kind, done?) {
             (JobKind::Inline, JobDone::Inline(Content::Inline(data, compression))) => {
-                out.fs.insert((i.subvol, Key::new(i.ino, EXTENT_DATA_KEY, 0)), inline_extent(gen, i.size, compression, data));
-                out.nbytes[job.inode] = i.size;
+                out.items.push(i.subvol, Key::new(i.ino, EXTENT_DATA_KEY, 0), &inline_extent(gen, i.size, compression, data))?;
                 done_bytes += i.size;
             }
             (JobKind::Piece { pos, len, .. }, JobDone::Piece { compressed: Some((c, ram, kind)), sums, .. }) => {
                 let disk_len = c.len() as u64;
                 let (logical, _) = sink.reserve(disk_len, true)?;
                 sink.write(logical, &c)?;
-                out.sums(logical, &sums, sector, csum_size);
-                out.extent(scan, job.inode, pos, (logical, disk_len), ram, kind, len)?;
+                out.sums(logical, &sums, sector, csum_size, opts)?;
+                out.extent(i, pos, (logical, disk_len), ram, kind, len)?;
                 done_bytes += len;
             }
             (JobKind::Piece { pos, len, range_end, compress, .. }, JobDone::Piece { compressed: None, raw, sums, source }) => {
@@ -333,11 +417,18 @@ pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dy
                 let mut off = 0u64;
                 while off < len {
                     let cur = match open.as_mut() {
-                        Some(o) if o.inode == job.inode && o.file_pos + o.used == pos + off => o,
+                        Some(o) if o.file == job.file && o.file_pos + o.used == pos + off => o,
                         _ => {
                             let want = if compress.is_some() { len - off } else { (range_end - pos - off).min(MAX_EXTENT_SIZE) };
                             let (logical, granted) = sink.reserve(want, false)?;
-                            open.insert(OpenExtent { inode: job.inode, file_pos: pos + off, logical, granted, used: 0 })
+                            open.insert(OpenExtent {
+                                inode: job.inode.clone(),
+                                file: job.file,
+                                file_pos: pos + off,
+                                logical,
+                                granted,
+                                used: 0,
+                            })
                         }
                     };
                     let n = (len - off).min(cur.granted - cur.used);
@@ -352,12 +443,13 @@ pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dy
                             None => sink.write(at, data)?,
                         }
                     }
-                    out.sums(at, sector_slice(&sums, off, off + n, sector, csum_size), sector, csum_size);
                     cur.used += n;
+                    let closed = cur.used == cur.granted;
+                    out.sums(at, sector_slice(&sums, off, off + n, sector, csum_size), sector, csum_size, opts)?;
                     off += n;
-                    if cur.used == cur.granted {
+                    if closed {
                         if let Some(o) = open.take() {
-                            out.extent(scan, o.inode, o.file_pos, (o.logical, o.granted), o.granted, COMPRESS_NONE, o.granted)?;
+                            out.extent(&o.inode, o.file_pos, (o.logical, o.granted), o.granted, COMPRESS_NONE, o.granted)?;
                         }
                     }
                 }
@@ -371,126 +463,52 @@ pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dy
     // Jobs travel in batches: one small file is far less work than handing
     // it between threads.
     ordered_map(
-        job_batches(data_jobs(scan)),
+        job_batches(scan),
         workers,
         4 * workers,
-        |batch| batch.iter().map(|job| run_job(scan, job, dry)).collect::<Vec<_>>(),
-        |batch, results| batch.into_iter().zip(results).try_for_each(|(job, done)| consume(job, done)),
+        |batch| match batch {
+            Ok(batch) => batch.iter().map(|job| run_job(scan, job, dry)).collect::<Vec<_>>(),
+            Err(_) => Vec::new(),
+        },
+        |batch, results| batch?.into_iter().zip(results).try_for_each(|(job, done)| consume(job, done)),
     )?;
     if let Some(o) = open {
         return Err(Error::Invalid(format!("data pass: extent at {} left open (internal)", o.logical)));
     }
-    let DataOut { mut fs, mut extent_items, extents, sector_csums, nbytes } = out;
-    let append = |fs: &mut BTreeMap<(u64, Key), Vec<u8>>, key: (u64, Key), data: &[u8]| fs.entry(key).or_default().extend_from_slice(data);
+    out.flush_csums(opts)?;
+    out.csums.seal()?;
+    Ok(DataResult { items: out.items.finish()?, extents: out.extents, csums: out.csums })
+}
 
-    // ---- items, in inode order ----
-    for (idx, i) in scan.inodes.iter().enumerate() {
-        let tree = i.subvol;
-        let k = |objectid: u64, item_type: u8, offset: u64| (tree, Key::new(objectid, item_type, offset));
-        let mut nbytes = nbytes[idx];
-        match &i.content {
-            Content::None | Content::InlineFile => {}
-            Content::Inline(data, compression) => {
-                let ram = if i.kind == FileType::Symlink { data.len() as u64 } else { i.size };
-                fs.insert(k(i.ino, EXTENT_DATA_KEY, 0), inline_extent(gen, ram, *compression, data.clone()));
-                nbytes = ram;
-            }
-            Content::Ranges(ranges) => {
-                // Without NO_HOLES every hole has an extent item of its own.
-                let mut file_end = 0u64;
-                for &(start, end) in ranges {
-                    if !opts.no_holes && start > file_end {
-                        let v = regular_extent(gen, start - file_end, 0, 0, 0, start - file_end);
-                        fs.insert(k(i.ino, EXTENT_DATA_KEY, file_end), v);
-                    }
-                    file_end = end;
-                }
-                let size_end = round_up(i.size, sector);
-                if !opts.no_holes && size_end > file_end {
-                    let v = regular_extent(gen, size_end - file_end, 0, 0, 0, size_end - file_end);
-                    fs.insert(k(i.ino, EXTENT_DATA_KEY, file_end), v);
-                }
-            }
-        }
-        if matches!(i.content, Content::None) && i.kind == FileType::Regular && i.size > 0 && !opts.no_holes {
-            // An all-hole file still needs its hole described without NO_HOLES.
-            let len = round_up(i.size, sector);
-            fs.insert(k(i.ino, EXTENT_DATA_KEY, 0), regular_extent(gen, len, 0, 0, 0, len));
-        }
-        let item = inode_item(i, opts, nbytes);
-        fs.insert(k(i.ino, INODE_ITEM_KEY, 0), encode::inode_item(&item));
-        let max_item = crate::tree::builder::max_item_size(opts.nodesize);
-        for (parent, index, name) in &i.names {
-            let entry = InodeRefEntry { parent: *parent, index: *index, name: name.clone() };
-            let v = encode::inode_refs(std::slice::from_ref(&entry))?;
-            let key = k(i.ino, INODE_REF_KEY, *parent);
-            let held = fs.get(&key).map_or(0, Vec::len);
-            if held > 0 && held + v.len() > max_item {
-                // The INODE_REF item for this directory is full (many hard links in one
-                // directory): like the kernel, continue in INODE_EXTREF items.
-                let x = encode::inode_extrefs(std::slice::from_ref(&entry))?;
-                append(&mut fs, k(i.ino, INODE_EXTREF_KEY, extref_hash(*parent, name)), &x);
-            } else {
-                append(&mut fs, key, &v);
-            }
-        }
-        for (name, value) in &i.xattrs {
-            let v = encode::dir_item(&DirEntry {
-                location: Key::MIN,
-                transid: gen,
-                dir_type: FT_XATTR,
-                name: name.clone(),
-                data: value.clone(),
-            })?;
-            append(&mut fs, k(i.ino, XATTR_ITEM_KEY, name_hash(name)), &v);
-        }
-        for (name, location, kind, index) in &i.entries {
-            let v = encode::dir_item(&DirEntry {
-                location: *location,
-                transid: gen,
-                dir_type: kind.dir_type(),
-                name: name.clone(),
-                data: Vec::new(),
-            })?;
-            append(&mut fs, k(i.ino, DIR_ITEM_KEY, name_hash(name)), &v);
-            fs.insert(k(i.ino, DIR_INDEX_KEY, *index), v);
-        }
+impl Scan {
+    /// Every item of the subvolume trees, sorted by (tree, key): the walk's
+    /// and the data pass's `data` merged, items with one key joined. An item
+    /// too big for a tree block is an error.
+    pub(crate) fn fs_items<'a>(&'a self, data: &'a DataResult) -> Result<FsItems<'a>> {
+        Ok(FsItems { merge: merge(self.items.iter().chain(&data.items))?, nodesize: self.opts.nodesize })
     }
-    let max_item = crate::tree::builder::max_item_size(opts.nodesize);
-    let mut fs_trees: Vec<(u64, Vec<TreeItem>)> = Vec::new();
-    for ((tree, key), v) in fs {
-        if v.len() > max_item {
+}
+
+/// The items of [`Scan::fs_items`].
+pub(crate) struct FsItems<'a> {
+    merge: Merge<'a>,
+    nodesize: u32,
+}
+
+impl FsItems<'_> {
+    /// The next (tree, key, data), or None after the last.
+    pub(crate) fn next_item(&mut self) -> Result<Option<(u64, Key, Vec<u8>)>> {
+        let Some((tree, key, v)) = self.merge.next_item()? else { return Ok(None) };
+        if v.len() > crate::tree::builder::max_item_size(self.nodesize) {
             return Err(Error::Unsupported(format!(
                 "item {key} of inode {} in subvolume {tree} is {} bytes, more than a {}-byte tree block holds (too many names or hash collisions)",
                 key.objectid,
                 v.len(),
-                opts.nodesize
+                self.nodesize
             )));
         }
-        match fs_trees.last_mut() {
-            Some((t, items)) if *t == tree => items.push(TreeItem::new(key, v)),
-            _ => fs_trees.push((tree, vec![TreeItem::new(key, v)])),
-        }
+        Ok(Some((tree, key, v)))
     }
-    extent_items.sort_by_key(|i| i.key);
-    let csum_items = csum_runs(sector_csums, sector, opts)?;
-    Ok(DataResult { fs_trees, extent_items, csum_items, extents })
-}
-
-/// Merge per-sector csums into EXTENT_CSUM items over contiguous sectors.
-fn csum_runs(mut sectors: Vec<(u64, Vec<u8>)>, sector: u64, opts: &ScanOptions) -> Result<Vec<TreeItem>> {
-    sectors.sort_by_key(|s| s.0);
-    let max = max_csum_item_bytes(opts.nodesize, opts.csum.size());
-    let mut items: Vec<TreeItem> = Vec::new();
-    let mut next = u64::MAX;
-    for (logical, c) in sectors {
-        match items.last_mut() {
-            Some(it) if logical == next && it.data.len() + c.len() <= max => it.data.extend_from_slice(&c),
-            _ => items.push(TreeItem::new(Key::new(EXTENT_CSUM_OBJECTID, EXTENT_CSUM_KEY, logical), c)),
-        }
-        next = logical + sector;
-    }
-    items.into_iter().map(|it| Ok(TreeItem::new(it.key, encode::csum_item(it.data, opts.csum)?))).collect()
 }
 
 /// EXTENT_ITEM of a data extent with its one inline EXTENT_DATA_REF.
@@ -507,9 +525,21 @@ pub(crate) fn data_extent_item(gen: u64, root: u64, objectid: u64, offset: u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::items::{parse_dir_items, parse_inode_refs};
     use crate::format::CsumType;
     use crate::ops::rootdir::scan::{scan, test_opts, SubvolSpec};
     use std::path::PathBuf;
+
+    /// Every item of the subvolume trees, after a counting data pass.
+    fn all_items(scan: &Scan) -> Vec<(u64, Key, Vec<u8>)> {
+        let r = write_data(scan, &mut CountingSink::default(), &mut |_, _| {}).unwrap();
+        let mut items = scan.fs_items(&r).unwrap();
+        let mut v = Vec::new();
+        while let Some(i) = items.next_item().unwrap() {
+            v.push(i);
+        }
+        v
+    }
 
     /// Ids follow the walk, not the option order; every subvolume numbers its
     /// inodes from 256; a hard link across a boundary becomes a second inode.
@@ -530,36 +560,63 @@ mod tests {
             scan.subvolumes().iter().map(|s| (s.id, s.parent, s.dirid, s.path.to_str().unwrap())).collect();
         assert_eq!(got, vec![(256, 5, 256, "m"), (257, 5, 256, "z"), (258, 257, 256, "z/y")]);
         assert!(scan.subvolumes()[0].default && scan.subvolumes()[2].readonly);
-        let ino = |sv: u64, name: &str| {
-            scan.inodes.iter().find(|i| i.subvol == sv && i.names.iter().any(|n| n.2 == name.as_bytes())).map(|i| (i.ino, i.names.len()))
+        let items = all_items(&scan);
+        // (subvolume, inode) → its names, from the INODE_REF items.
+        let names = |sv: u64, ino: u64| -> Vec<Vec<u8>> {
+            items
+                .iter()
+                .filter(|(t, k, _)| *t == sv && k.objectid == ino && k.item_type == INODE_REF_KEY)
+                .flat_map(|(_, k, v)| parse_inode_refs(*k, v).unwrap().into_iter().map(|r| r.name))
+                .collect()
         };
-        assert_eq!(ino(256, "f"), Some((257, 1)));
+        assert_eq!(names(256, 257), vec![b"f".to_vec()]);
         // z: f and g are one inode (257), y is a subvolume, not an inode of z.
-        assert_eq!(ino(257, "f"), Some((257, 2)));
-        assert_eq!(ino(257, "g"), Some((257, 2)));
-        assert_eq!(ino(258, ".."), Some((256, 1)));
+        assert_eq!(names(257, 257), vec![b"f".to_vec(), b"g".to_vec()]);
+        assert_eq!(names(258, 256), vec![b"..".to_vec()]);
         assert_eq!(scan.warnings.len(), 1, "{:?}", scan.warnings);
-        let z_top = scan.inodes.iter().find(|i| i.subvol == 257 && i.ino == 256).unwrap();
-        let y_entry = z_top.entries.iter().find(|e| e.0 == b"y").unwrap();
-        assert_eq!(y_entry.1, Key::new(258, ROOT_ITEM_KEY, 0));
-        // --compress zstd:z reaches z's files; none:z/y switches it off below.
-        assert_eq!(z_top.compress.map(|c| c.0), Some(Compression::Zstd));
-        assert_eq!(scan.inodes.iter().find(|i| i.subvol == 258).unwrap().compress, None);
-        let r = write_data(&scan, &mut CountingSink::default(), &mut |_, _| {}).unwrap();
-        assert_eq!(r.fs_trees.iter().map(|t| t.0).collect::<Vec<_>>(), vec![5, 256, 257, 258]);
+        let y_entry = items
+            .iter()
+            .filter(|(t, k, _)| *t == 257 && k.objectid == 256 && k.item_type == DIR_INDEX_KEY)
+            .flat_map(|(_, _, v)| parse_dir_items(v).unwrap())
+            .find(|e| e.name == b"y")
+            .unwrap();
+        assert_eq!(y_entry.location, Key::new(258, ROOT_ITEM_KEY, 0));
+        assert_eq!(
+            items.iter().map(|t| t.0).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>(),
+            vec![5, 256, 257, 258]
+        );
     }
 
     #[test]
     fn csum_items_merge_contiguous_sectors_and_split_at_the_limit() {
         let opts = ScanOptions { csum: CsumType::Sha256, ..test_opts() };
-        let mut sectors: Vec<(u64, Vec<u8>)> = (0..300u64).map(|i| ((1 << 20) + i * 4096, vec![i as u8; 32])).collect();
-        sectors.push((1 << 30, vec![1; 32]));
-        let items = csum_runs(sectors, 4096, &opts).unwrap();
         let max = max_csum_item_bytes(4096, 32);
-        assert!(items.iter().all(|i| i.data.len() <= max));
-        assert_eq!(items.iter().map(|i| i.data.len()).sum::<usize>(), 301 * 32);
-        assert_eq!(items.last().map(|i| i.key.offset), Some(1 << 30));
+        let mut out = DataOut {
+            items: ItemSorter::default(),
+            generation: 1,
+            extents: Vec::new(),
+            csum: None,
+            csums: Spill::default(),
+            max_csum_bytes: max,
+        };
+        let sums: Vec<u8> = (0..300u32).flat_map(|i| [i as u8; 32]).collect();
+        // Two pieces that continue each other, then one far away.
+        out.sums(1 << 20, &sums[..100 * 32], 4096, 32, &opts).unwrap();
+        out.sums((1 << 20) + 100 * 4096, &sums[100 * 32..], 4096, 32, &opts).unwrap();
+        out.sums(1 << 30, &[1; 32], 4096, 32, &opts).unwrap();
+        assert!(out.sums(1 << 20, &[1; 32], 4096, 32, &opts).is_err(), "csums must come in address order");
+        out.flush_csums(&opts).unwrap();
+        out.csums.seal().unwrap();
+        let r = DataResult { items: Vec::new(), extents: Vec::new(), csums: out.csums };
+        let mut items = Vec::new();
+        let mut it = r.csum_items();
+        while let Some(i) = it.next_item().unwrap() {
+            items.push(i);
+        }
+        assert!(items.iter().all(|i| i.1.len() <= max));
+        assert_eq!(items.iter().map(|i| i.1.len()).sum::<usize>(), 301 * 32);
+        assert_eq!(items.last().map(|i| i.0.offset), Some(1 << 30));
         // Consecutive items continue where the previous one ended.
-        assert_eq!(items[1].key.offset, (1 << 20) + (items[0].data.len() as u64 / 32) * 4096);
+        assert_eq!(items[1].0.offset, (1 << 20) + (items[0].1.len() as u64 / 32) * 4096);
     }
 }

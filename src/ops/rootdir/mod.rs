@@ -14,8 +14,10 @@ mod data;
 mod manifest;
 mod scan;
 mod source;
+mod spill;
 pub(crate) mod tar;
 
-pub(crate) use data::{write_data, CountingSink, DataSink};
+pub(crate) use data::{data_extent_item, write_data, CountingSink, DataResult, DataSink};
 pub use manifest::{parse_manifest, IdMap, ManifestEntry, Ownership};
 pub use scan::*;
+pub use spill::SPILL_BUDGET;

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::compress::{self, Compression};
 use crate::format::encode;
-use crate::format::items::{FileExtent, FileExtentKind};
+use crate::format::items::{extref_hash, name_hash, DirEntry, FileExtent, FileExtentKind, InodeRefEntry};
 use crate::format::ondisk::*;
 use crate::format::{CsumType, FileType, Key};
 use crate::ops::host::{data_ranges, host_rdev_to_btrfs, io, open_source, read_xattrs, round_up, sector_ranges};
 
 use super::manifest::{remap_acl, Ownership};
 use super::source::SourceFile;
+use super::spill::{ItemSorter, RecordReader, RecordWriter, Spill};
 use super::tar;
 
 /// The kernel's BTRFS_MAX_EXTENT_SIZE: no uncompressed extent is longer.
@@ -69,6 +70,10 @@ pub(crate) struct ScanOptions {
     /// Worker threads reading, compressing and checksumming file data
     /// (0: one per core). The image is the same for any number.
     pub(crate) threads: usize,
+    /// Bytes of tree items (and of the list of files to copy) held in memory
+    /// before they are sorted into temporary files. The image does not
+    /// depend on it.
+    pub(crate) spill_bytes: usize,
 }
 
 /// A path relative to the root directory, as options name it: `/`, `.` and
@@ -188,14 +193,18 @@ pub(super) struct ScanInode {
     pub(super) names: Vec<(u64, u64, Vec<u8>)>,
     pub(super) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     pub(super) content: Content,
-    /// Directories: (name, location key, type, index). The location is the
-    /// child's INODE_ITEM, or the ROOT_ITEM of a subvolume linked here.
-    pub(super) entries: Vec<(Vec<u8>, Key, FileType, u64)>,
+    /// Directories: the bytes of their entries' names, twice (DIR_ITEM and
+    /// DIR_INDEX), which is a directory's i_size.
+    pub(super) dir_size: u64,
 }
 
-/// The source tree as read by [`scan`] or [`scan_tar`].
+/// The source tree as read by [`scan`] or [`scan_tar`]. Memory stays flat
+/// whatever its size: the items the walk makes go to an [`ItemSorter`] and
+/// the files whose data is to be copied to a [`Spill`], both of which move
+/// to temporary files past their budget. Only the directories being walked
+/// and inodes with several names (hard links, whose last name may come at
+/// the end of the walk) are held.
 pub(crate) struct Scan {
-    pub(super) inodes: Vec<ScanInode>,
     pub(super) opts: ScanOptions,
     /// Where [`write_data`] reads file bytes from.
     pub(super) data: DataSource,
@@ -209,6 +218,16 @@ pub(crate) struct Scan {
     pub(super) subvols: Vec<ScanSubvol>,
     /// Next free inode number of each subvolume: numbers restart in each tree.
     pub(super) next_ino: BTreeMap<u64, u64>,
+    /// The items of the subvolume trees the walk makes, while it walks.
+    sorter: ItemSorter,
+    /// Those items as sorted runs, once the walk is done.
+    pub(super) items: Vec<Spill>,
+    /// The files whose data the data pass copies, in inode order (see [`Job`]).
+    pub(super) jobs: Spill,
+    /// Inodes with several host names, until the walk has found them all.
+    pub(super) linked: Vec<Option<ScanInode>>,
+    /// File bytes the data pass reads (for its progress).
+    pub(super) data_total: u64,
     /// Upper bound of data bytes the regular extents take on disk.
     pub(crate) data_bytes: u64,
     /// Rough upper bound of the fs and csum tree item bytes.
@@ -284,6 +303,7 @@ impl Tree<'_> {
             id: (m.dev(), m.ino()),
             offset: 0,
             sparse: None,
+            blocks: Some(m.blocks()),
         }))
     }
 
@@ -305,12 +325,28 @@ impl Tree<'_> {
         }
     }
 
-    /// Sector-aligned data ranges of a regular file of `size` bytes: holes
-    /// stay holes on the host; an archive member is all data.
-    fn data_ranges(&self, rel: &Path, size: u64, sector: u64) -> Result<Vec<(u64, u64)>> {
+    /// Sector-aligned data ranges of a regular file `m`: holes stay holes
+    /// on the host; an archive member is all data. `xattrs`: whether it has
+    /// extended attributes.
+    fn data_ranges(&self, rel: &Path, m: &SourceFile, xattrs: bool, sector: u64) -> Result<Vec<(u64, u64)>> {
+        let size = m.size;
         match self {
             Tree::Host(root) => {
                 let path = root.join(rel);
+                // A file whose blocks are exactly its size in 4 KiB blocks
+                // has no hole to leave out, and a check that it can be read
+                // does for opening it (a million small files are a million
+                // opens fewer). Blocks also count space past the end
+                // (fallocate --keep-size) and an ext4 xattr block, which
+                // could hide a hole: a file with more blocks, or with
+                // xattrs, is opened and asked, as is one that may be sparse
+                // or has no blocks at all (a /proc or /sys file).
+                let exact = |b: u64| b > 0 && b.saturating_mul(512) >= size && b.saturating_mul(512) <= round_up(size, 4096);
+                if !xattrs && m.blocks.is_some_and(exact) {
+                    rustix::fs::accessat(rustix::fs::CWD, &path, rustix::fs::Access::READ_OK, rustix::fs::AtFlags::EACCESS)
+                        .map_err(|e| Error::io(&path, "open", e.into()))?;
+                    return Ok(vec![(0, round_up(size, sector))]);
+                }
                 data_ranges(&open_source(&path)?, &path, size, sector)
             }
             Tree::Archive(t) => Ok(match t.stat(rel).and_then(|f| f.sparse) {
@@ -469,7 +505,6 @@ pub(crate) fn scan_tar(archive: &Path, opts: &ScanOptions) -> Result<Scan> {
 pub(super) fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Result<Scan> {
     check_subvols(tree, &opts.subvols)?;
     let mut s = Scan {
-        inodes: Vec::new(),
         opts: opts.clone(),
         data,
         flags_used: vec![false; opts.inode_flags.len()],
@@ -477,6 +512,11 @@ pub(super) fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Res
         compress_used: vec![false; opts.compress_paths.len()],
         subvols: Vec::new(),
         next_ino: BTreeMap::from([(FS_TREE_OBJECTID, FIRST_FREE_OBJECTID + 1)]),
+        sorter: ItemSorter::with_budget(opts.spill_bytes),
+        items: Vec::new(),
+        jobs: Spill::with_budget(opts.spill_bytes),
+        linked: Vec::new(),
+        data_total: 0,
         data_bytes: 0,
         metadata_bytes: 0,
         files: 0,
@@ -488,10 +528,9 @@ pub(super) fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Res
     };
     let root = Path::new("");
     let meta = tree.stat(root)?.ok_or_else(|| Error::io(tree.shown(root), "stat", std::io::ErrorKind::NotFound.into()))?;
-    let mut by_id: HashMap<(u64, u64), Vec<(u64, usize)>> = HashMap::new();
-    let root_idx = s.add_inode(tree, root, &meta, FS_TREE_OBJECTID, FIRST_FREE_OBJECTID)?;
-    s.inodes[root_idx].names.push((FIRST_FREE_OBJECTID, 0, b"..".to_vec()));
-    s.walk_dir(tree, root_idx, &mut by_id)?;
+    let mut top = s.add_inode(tree, root, &meta, FS_TREE_OBJECTID, FIRST_FREE_OBJECTID)?;
+    top.names.push((FIRST_FREE_OBJECTID, 0, b"..".to_vec()));
+    s.walk_dir(tree, top)?;
     // A flag for a path that is not there is a typo, not a no-op: say so.
     if let Some(i) = s.flags_used.iter().position(|u| !u) {
         return Err(Error::NotFound(format!(
@@ -519,6 +558,15 @@ pub(super) fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Res
             crate::name::Name::of_path(&opts.ownership.manifest[i].path)
         )));
     }
+    // Every name of the hard-linked inodes is known now.
+    for n in 0..s.linked.len() {
+        if let Some(i) = s.linked[n].take() {
+            s.emit(&i)?;
+            s.linked[n] = Some(i);
+        }
+    }
+    s.items = std::mem::take(&mut s.sorter).finish()?;
+    s.jobs.seal()?;
     Ok(s)
 }
 
@@ -551,11 +599,12 @@ impl Scan {
         self.opts.compress.is_some() || self.opts.compress_paths.iter().any(|(_, c)| c.is_some())
     }
 
-    fn add_inode(&mut self, tree: &Tree<'_>, rel: &Path, m: &SourceFile, subvol: u64, ino: u64) -> Result<usize> {
+    fn add_inode(&mut self, tree: &Tree<'_>, rel: &Path, m: &SourceFile, subvol: u64, ino: u64) -> Result<ScanInode> {
         let kind = FileType::from_mode(m.mode).ok_or_else(|| {
             Error::Unsupported(format!("{}: unknown file type {:o}", crate::name::Name::of_path(&tree.shown(rel)), m.mode))
         })?;
         let sector = self.opts.sectorsize as u64;
+        let xattrs = tree.xattrs(rel)?;
         let flags = self.flags_for(rel);
         let wanted = self.compress_for(rel);
         let mut content = Content::None;
@@ -565,10 +614,12 @@ impl Scan {
                 size = m.size;
                 self.files += 1;
                 if size > 0 {
-                    let ranges = tree.data_ranges(rel, size, sector)?;
+                    let ranges = tree.data_ranges(rel, m, !xattrs.is_empty(), sector)?;
                     if size <= DEFAULT_MAX_INLINE && size < sector && !ranges.is_empty() {
                         content = Content::InlineFile;
+                        self.data_total += size;
                     } else {
+                        self.data_total += ranges.iter().map(|r| r.1 - r.0).sum::<u64>();
                         self.data_bytes += ranges.iter().map(|r| r.1 - r.0).sum::<u64>();
                         let sums = if flags & INODE_NODATASUM != 0 { 0 } else { 1 };
                         let csums = sums * ranges.iter().map(|r| (r.1 - r.0) / sector).sum::<u64>() * self.opts.csum.size() as u64;
@@ -589,7 +640,6 @@ impl Scan {
             FileType::Directory => self.dirs += 1,
             _ => self.special += 1,
         }
-        let xattrs = tree.xattrs(rel)?;
         let mut kept = Vec::new();
         for (n, v) in xattrs {
             if n.is_empty() || n.contains(&0) {
@@ -645,7 +695,7 @@ impl Scan {
                 mtime = t;
             }
         }
-        self.inodes.push(ScanInode {
+        let mut inode = ScanInode {
             subvol,
             ino,
             kind,
@@ -665,21 +715,19 @@ impl Scan {
             names: Vec::new(),
             xattrs: kept,
             content,
-            entries: Vec::new(),
-        });
-        let idx = self.inodes.len() - 1;
-        self.apply_manifest(idx, rel)?;
-        Ok(idx)
+            dir_size: 0,
+        };
+        self.apply_manifest(&mut inode, rel)?;
+        Ok(inode)
     }
 
-    /// Apply the `--manifest` lines for `rel` (one of the names of inode `idx`).
-    fn apply_manifest(&mut self, idx: usize, rel: &Path) -> Result<()> {
+    /// Apply the `--manifest` lines for `rel` (one of the names of `ino`).
+    fn apply_manifest(&mut self, ino: &mut ScanInode, rel: &Path) -> Result<()> {
         for (i, e) in self.opts.ownership.manifest.iter().enumerate() {
             if e.path.as_path() != rel {
                 continue;
             }
             self.manifest_used[i] = true;
-            let ino = &mut self.inodes[idx];
             if let Some(m) = e.mode {
                 ino.mode = (ino.mode & !0o7777) | m;
             }
@@ -750,14 +798,13 @@ impl Scan {
         &mut self,
         tree: &Tree<'_>,
         spec: SubvolSpec,
-        dir_idx: usize,
+        (parent, dirid): (u64, u64),
         index: u64,
         name: &[u8],
         rel: &Path,
         m: &SourceFile,
-    ) -> Result<usize> {
+    ) -> Result<ScanInode> {
         let id = FIRST_FREE_OBJECTID + self.subvols.len() as u64;
-        let (parent, dirid) = (self.inodes[dir_idx].subvol, self.inodes[dir_idx].ino);
         self.subvols.push(ScanSubvol {
             id,
             parent,
@@ -771,38 +818,37 @@ impl Scan {
         self.next_ino.insert(id, FIRST_FREE_OBJECTID + 1);
         // Its own tree: at least one more leaf, and a root item with its refs.
         self.metadata_bytes += self.opts.nodesize as u64 + 1024;
-        let idx = self.add_inode(tree, rel, m, id, FIRST_FREE_OBJECTID)?;
-        self.inodes[idx].names.push((FIRST_FREE_OBJECTID, 0, b"..".to_vec()));
-        Ok(idx)
+        let mut top = self.add_inode(tree, rel, m, id, FIRST_FREE_OBJECTID)?;
+        top.names.push((FIRST_FREE_OBJECTID, 0, b"..".to_vec()));
+        Ok(top)
     }
 
-    /// Walk directory `dir_idx` and everything beneath it, depth first in
-    /// name order. Iterative, with an explicit stack of the directories being
+    /// Walk directory `top` and everything beneath it, depth first in name
+    /// order. Iterative, with an explicit stack of the directories being
     /// walked: a host tree (or an archive's paths) as deep as the host allows
-    /// must not overflow the thread's stack.
-    fn walk_dir(&mut self, tree: &Tree<'_>, dir_idx: usize, by_id: &mut HashMap<(u64, u64), Vec<(u64, usize)>>) -> Result<()> {
-        /// A directory being walked: its inode, its names in byte order and
-        /// the DIR_INDEX number of the next one.
-        struct Dir {
-            idx: usize,
-            names: std::vec::IntoIter<Vec<u8>>,
-            index: u64,
-        }
-        let open = |s: &Scan, idx: usize| -> Result<Dir> {
+    /// must not overflow the thread's stack. A directory's items are made
+    /// when its listing ends (its size counts every name); every other
+    /// inode's as soon as its name is known, unless it has more names to
+    /// come (a hard link).
+    fn walk_dir(&mut self, tree: &Tree<'_>, top: ScanInode) -> Result<()> {
+        let open = |inode: ScanInode| -> Result<Dir> {
             // DIR_INDEX numbers start at 2 in every directory (0 and 1 are "." and "..").
-            Ok(Dir { idx, names: tree.list(&s.inodes[idx].path)?.into_iter(), index: 2 })
+            Ok(Dir { names: tree.list(&inode.path)?.into_iter(), inode, index: 2 })
         };
-        let mut stack = vec![open(self, dir_idx)?];
-        while let Some(top) = stack.last_mut() {
-            let Some(name) = top.names.next() else {
-                stack.pop();
+        // Host files with several links: (st_dev, st_ino) → (subvolume, index in `linked`).
+        let mut by_id: HashMap<(u64, u64), Vec<(u64, usize)>> = HashMap::new();
+        let mut stack = vec![open(top)?];
+        while let Some(dir) = stack.last_mut() {
+            let Some(name) = dir.names.next() else {
+                if let Some(done) = stack.pop() {
+                    self.emit(&done.inode)?;
+                }
                 continue;
             };
-            let (dir_idx, index) = (top.idx, top.index);
-            top.index += 1;
-            let dir_rel = &self.inodes[dir_idx].path;
-            let (subvol, dir_ino) = (self.inodes[dir_idx].subvol, self.inodes[dir_idx].ino);
-            let rel = dir_rel.join(std::ffi::OsStr::from_bytes(&name));
+            let index = dir.index;
+            dir.index += 1;
+            let (subvol, dir_ino) = (dir.inode.subvol, dir.inode.ino);
+            let rel = dir.inode.path.join(std::ffi::OsStr::from_bytes(&name));
             let m = tree.stat(&rel)?.ok_or_else(|| Error::io(tree.shown(&rel), "lstat", std::io::ErrorKind::NotFound.into()))?;
             if self.opts.exclude.contains(&m.id) {
                 self.warnings
@@ -812,10 +858,9 @@ impl Scan {
             self.metadata_bytes += (3 * (name.len() + 60)) as u64;
             let spec = if m.is_dir() { self.opts.subvols.iter().find(|s| s.path == rel).cloned() } else { None };
             if let Some(spec) = spec {
-                let idx = self.add_subvol(tree, spec, dir_idx, index, &name, &rel, &m)?;
-                let location = Key::new(self.inodes[idx].subvol, ROOT_ITEM_KEY, 0);
-                self.inodes[dir_idx].entries.push((name, location, FileType::Directory, index));
-                stack.push(open(self, idx)?);
+                let sv = self.add_subvol(tree, spec, (subvol, dir_ino), index, &name, &rel, &m)?;
+                self.entry(&mut stack, &name, Key::new(sv.subvol, ROOT_ITEM_KEY, 0), FileType::Directory, index)?;
+                stack.push(open(sv)?);
                 continue;
             }
             // A hard link is one inode only within one subvolume: the kernel
@@ -829,32 +874,249 @@ impl Scan {
                     crate::name::Name::of_path(&tree.shown(&rel))
                 ));
             }
-            let idx = match existing {
-                Some(i) => {
-                    self.hardlinks += 1;
-                    // Flags belong to the inode: any of its names may carry them.
-                    let more = self.flags_for(&rel);
-                    self.inodes[i].flags |= more;
-                    self.apply_manifest(i, &rel)?;
-                    i
-                }
-                None => {
-                    let ino = self.take_ino(subvol);
-                    let i = self.add_inode(tree, &rel, &m, subvol, ino)?;
-                    if !m.is_dir() && m.nlink > 1 {
-                        by_id.entry(m.id).or_default().push((subvol, i));
-                    }
-                    i
-                }
-            };
-            let (child_ino, kind) = (self.inodes[idx].ino, self.inodes[idx].kind);
-            self.inodes[idx].names.push((dir_ino, index, name.clone()));
-            self.inodes[dir_idx].entries.push((name, Key::new(child_ino, INODE_ITEM_KEY, 0), kind, index));
-            if existing.is_none() && kind == FileType::Directory {
-                stack.push(open(self, idx)?);
+            if let Some(n) = existing {
+                self.hardlinks += 1;
+                let mut inode = self.linked[n].take().ok_or_else(|| Error::Invalid("hard link bookkeeping (internal)".into()))?;
+                // Flags belong to the inode: any of its names may carry them.
+                inode.flags |= self.flags_for(&rel);
+                let applied = self.apply_manifest(&mut inode, &rel);
+                inode.names.push((dir_ino, index, name.clone()));
+                let (ino, kind) = (inode.ino, inode.kind);
+                self.linked[n] = Some(inode);
+                applied?;
+                self.entry(&mut stack, &name, Key::new(ino, INODE_ITEM_KEY, 0), kind, index)?;
+                continue;
+            }
+            let ino = self.take_ino(subvol);
+            let mut inode = self.add_inode(tree, &rel, &m, subvol, ino)?;
+            inode.names.push((dir_ino, index, name.clone()));
+            let kind = inode.kind;
+            self.entry(&mut stack, &name, Key::new(ino, INODE_ITEM_KEY, 0), kind, index)?;
+            if kind == FileType::Directory {
+                stack.push(open(inode)?);
+            } else if m.nlink > 1 {
+                // More names may follow: items at the end of the walk; the
+                // data keeps its place in inode order.
+                self.push_job(&inode, Some(self.linked.len()))?;
+                by_id.entry(m.id).or_default().push((subvol, self.linked.len()));
+                self.linked.push(Some(inode));
+            } else {
+                self.push_job(&inode, None)?;
+                self.emit(&inode)?;
             }
         }
         Ok(())
+    }
+
+    /// The DIR_ITEM and DIR_INDEX of one name in the directory at the top of
+    /// the walk's stack, whose size grows by the name twice.
+    fn entry(&mut self, stack: &mut [Dir], name: &[u8], location: Key, kind: FileType, index: u64) -> Result<()> {
+        let dir = stack.last_mut().ok_or_else(|| Error::Invalid("directory entry outside a directory (internal)".into()))?;
+        dir.inode.dir_size += 2 * name.len() as u64;
+        let (subvol, dir) = (dir.inode.subvol, dir.inode.ino);
+        let v = encode::dir_item(&DirEntry {
+            location,
+            transid: self.opts.generation,
+            dir_type: kind.dir_type(),
+            name: name.to_vec(),
+            data: Vec::new(),
+        })?;
+        // Names whose hashes collide share one DIR_ITEM: the sorter joins them.
+        self.sorter.push(subvol, Key::new(dir, DIR_ITEM_KEY, name_hash(name)), &v)?;
+        self.sorter.push(subvol, Key::new(dir, DIR_INDEX_KEY, index), &v)
+    }
+
+    /// Note a regular file whose data the data pass copies; a hard-linked
+    /// one by its place in `linked` (its flags may change with later names).
+    fn push_job(&mut self, i: &ScanInode, linked: Option<usize>) -> Result<()> {
+        if !matches!(i.content, Content::InlineFile | Content::Ranges(_)) {
+            return Ok(());
+        }
+        let mut w = RecordWriter::default();
+        match linked {
+            Some(n) => {
+                w.u8(1).u64(n as u64);
+            }
+            None => Job::encode(i, &mut w),
+        }
+        self.jobs.push(&w.buf)
+    }
+
+    /// Every item of inode `i` but its directory entries and file data:
+    /// the inode item, its names, xattrs, inline symlink target and (without
+    /// NO_HOLES) the extents of its holes.
+    fn emit(&mut self, i: &ScanInode) -> Result<()> {
+        let opts = &self.opts;
+        let (gen, tree, sector) = (opts.generation, i.subvol, opts.sectorsize as u64);
+        let k = |item_type: u8, offset: u64| Key::new(i.ino, item_type, offset);
+        let sorter = &mut self.sorter;
+        let nbytes = match &i.content {
+            Content::None => 0,
+            Content::InlineFile => i.size,
+            Content::Inline(data, compression) => {
+                let ram = if i.kind == FileType::Symlink { data.len() as u64 } else { i.size };
+                sorter.push(tree, k(EXTENT_DATA_KEY, 0), &inline_extent(gen, ram, *compression, data.clone()))?;
+                ram
+            }
+            Content::Ranges(ranges) => {
+                // Without NO_HOLES every hole has an extent item of its own.
+                let mut file_end = 0u64;
+                for &(start, end) in ranges {
+                    if !opts.no_holes && start > file_end {
+                        let v = regular_extent(gen, start - file_end, 0, 0, 0, start - file_end);
+                        sorter.push(tree, k(EXTENT_DATA_KEY, file_end), &v)?;
+                    }
+                    file_end = end;
+                }
+                let size_end = round_up(i.size, sector);
+                if !opts.no_holes && size_end > file_end {
+                    let v = regular_extent(gen, size_end - file_end, 0, 0, 0, size_end - file_end);
+                    sorter.push(tree, k(EXTENT_DATA_KEY, file_end), &v)?;
+                }
+                ranges.iter().map(|r| r.1 - r.0).sum()
+            }
+        };
+        if matches!(i.content, Content::None) && i.kind == FileType::Regular && i.size > 0 && !opts.no_holes {
+            // An all-hole file still needs its hole described without NO_HOLES.
+            let len = round_up(i.size, sector);
+            sorter.push(tree, k(EXTENT_DATA_KEY, 0), &regular_extent(gen, len, 0, 0, 0, len))?;
+        }
+        sorter.push(tree, k(INODE_ITEM_KEY, 0), &encode::inode_item(&inode_item(i, opts, nbytes)))?;
+        let max_item = crate::tree::builder::max_item_size(opts.nodesize);
+        // Bytes of the INODE_REF item under each parent so far.
+        let mut held: Vec<(u64, usize)> = Vec::new();
+        for (parent, index, name) in &i.names {
+            let entry = InodeRefEntry { parent: *parent, index: *index, name: name.clone() };
+            let v = encode::inode_refs(std::slice::from_ref(&entry))?;
+            let h = match held.iter_mut().find(|h| h.0 == *parent) {
+                Some(h) => h,
+                None => {
+                    held.push((*parent, 0));
+                    held.last_mut().ok_or_else(|| Error::Invalid("inode refs (internal)".into()))?
+                }
+            };
+            if h.1 > 0 && h.1 + v.len() > max_item {
+                // The INODE_REF item for this directory is full (many hard links in one
+                // directory): like the kernel, continue in INODE_EXTREF items.
+                let x = encode::inode_extrefs(std::slice::from_ref(&entry))?;
+                sorter.push(tree, k(INODE_EXTREF_KEY, extref_hash(*parent, name)), &x)?;
+            } else {
+                h.1 += v.len();
+                sorter.push(tree, k(INODE_REF_KEY, *parent), &v)?;
+            }
+        }
+        for (name, value) in &i.xattrs {
+            let v = encode::dir_item(&DirEntry {
+                location: Key::MIN,
+                transid: gen,
+                dir_type: FT_XATTR,
+                name: name.clone(),
+                data: value.clone(),
+            })?;
+            sorter.push(tree, k(XATTR_ITEM_KEY, name_hash(name)), &v)?;
+        }
+        Ok(())
+    }
+}
+
+/// A directory being walked: its inode, its names in byte order and the
+/// DIR_INDEX number of the next one.
+struct Dir {
+    inode: ScanInode,
+    names: std::vec::IntoIter<Vec<u8>>,
+    index: u64,
+}
+
+/// What the data pass needs of one file, as the walk notes it in
+/// [`Scan::jobs`]: its place, how to read it, its size and data ranges, and
+/// how to store them.
+pub(super) struct Job;
+
+impl Job {
+    fn encode(i: &ScanInode, w: &mut RecordWriter) {
+        w.u8(0).u64(i.subvol).u64(i.ino).u64(i.size).u64(i.flags).u64(i.offset);
+        match i.compress {
+            None => w.u8(0),
+            Some((kind, None)) => w.u8(1).u8(kind.raw()),
+            Some((kind, Some(level))) => w.u8(2).u8(kind.raw()).u32(level as u32),
+        };
+        let pairs = |w: &mut RecordWriter, v: &[(u64, u64)]| {
+            w.u32(v.len() as u32);
+            for &(a, b) in v {
+                w.u64(a).u64(b);
+            }
+        };
+        match &i.sparse {
+            None => {
+                w.u8(0);
+            }
+            Some(sp) => {
+                w.u8(1);
+                pairs(w, sp);
+            }
+        }
+        match &i.content {
+            Content::Ranges(r) => {
+                w.u8(1);
+                pairs(w, r);
+            }
+            _ => {
+                w.u8(0);
+            }
+        }
+        w.bytes(i.path.as_os_str().as_bytes());
+    }
+
+    /// The inode a job record names (a hard-linked one from `linked`).
+    pub(super) fn decode(rec: &[u8], linked: &[Option<ScanInode>]) -> Result<ScanInode> {
+        let mut r = RecordReader::new(rec);
+        if r.u8()? == 1 {
+            let n = r.u64()? as usize;
+            return linked
+                .get(n)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| Error::Invalid("data pass: a hard link's inode is missing (internal)".into()));
+        }
+        let (subvol, ino, size, flags, offset) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let compression = |raw: u8| Compression::from_raw(raw).map_err(|e| Error::Invalid(format!("data pass: {e} (internal)")));
+        let compress = match r.u8()? {
+            0 => None,
+            1 => Some((compression(r.u8()?)?, None)),
+            _ => Some((compression(r.u8()?)?, Some(r.u32()? as i32))),
+        };
+        let pairs = |r: &mut RecordReader| -> Result<Vec<(u64, u64)>> { (0..r.u32()?).map(|_| Ok((r.u64()?, r.u64()?))).collect() };
+        let sparse = match r.u8()? {
+            0 => None,
+            _ => Some(Arc::from(pairs(&mut r)?)),
+        };
+        let content = match r.u8()? {
+            0 => Content::InlineFile,
+            _ => Content::Ranges(pairs(&mut r)?),
+        };
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(r.bytes()?));
+        Ok(ScanInode {
+            subvol,
+            ino,
+            kind: FileType::Regular,
+            path,
+            offset,
+            sparse,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size,
+            atime: (0, 0),
+            mtime: (0, 0),
+            ctime: (0, 0),
+            flags,
+            compress,
+            names: Vec::new(),
+            xattrs: Vec::new(),
+            content,
+            dir_size: 0,
+        })
     }
 }
 
@@ -874,7 +1136,7 @@ pub(super) fn inode_item(i: &ScanInode, opts: &ScanOptions, nbytes: u64) -> Inod
     // A directory's i_size counts every name twice (DIR_ITEM and DIR_INDEX),
     // subvolume entries included, as the kernel and btrfs check count it.
     let size = match i.kind {
-        FileType::Directory => i.entries.iter().map(|e| e.0.len() as u64 * 2).sum(),
+        FileType::Directory => i.dir_size,
         _ => i.size,
     };
     let nlink = if i.kind == FileType::Directory { 1 } else { i.names.len() as u32 };
@@ -950,6 +1212,7 @@ pub(super) fn test_opts() -> ScanOptions {
         clamp_time: None,
         ownership: Ownership::default(),
         threads: 0,
+        spill_bytes: super::spill::SPILL_BUDGET,
     }
 }
 

@@ -29,6 +29,8 @@ pub(crate) struct SourceFile {
     /// A sparse archive member's (file offset, length) data segments, stored
     /// one after the other from `offset`; None: all data, contiguous.
     pub(crate) sparse: Option<Arc<[(u64, u64)]>>,
+    /// A host file's st_blocks (512-byte units allocated); None in an archive.
+    pub(crate) blocks: Option<u64>,
 }
 
 impl SourceFile {

@@ -120,6 +120,7 @@ impl TarTree {
             id: (0, self.nodes.len() as u64),
             offset: 0,
             sparse: None,
+            blocks: None,
         };
         self.nodes.push(Node { file, target: Vec::new(), xattrs: Vec::new(), children: BTreeMap::new() });
         self.nodes.len() - 1
@@ -830,6 +831,7 @@ pub(crate) fn read(archive: &Path, now: (u64, u32)) -> Result<(File, PathBuf, Ta
             id: (0, t.nodes.len() as u64),
             offset,
             sparse: sparse_map.map(|sp| sp.segments.into()),
+            blocks: None,
         };
         t.nodes.push(Node { file, target, xattrs, children: BTreeMap::new() });
         let n = t.nodes.len() - 1;

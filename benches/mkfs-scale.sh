@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# mkfs --rootdir at scale (issue 18, goal 1): btrs mkfs against mkfs.btrfs on
+# trees of N small files (benches/small-tree.py: 100 directories, files of
+# 0..3000 bytes), one fresh sparse image each, both flushing before they exit.
+# Rounds are interleaved (btrs, mkfs.btrfs, btrs, ...); medians of wall time
+# and of peak RSS. Prints a markdown row per size, then how each tool's time
+# grows from the first size to the last.
+# The trees and images live in a work directory under TMPDIR (for a fair
+# 1M-file run put it on tmpfs: TMPDIR=/dev/shm). btrs's own temporary files
+# (its sorted runs of tree items past 24 MiB) go to SPILL (default /var/tmp,
+# on disk), so they count neither as its memory nor as tmpfs.
+# Usage: [BTRS=binary] [SPILL=dir] benches/mkfs-scale.sh [ROUNDS] [N...]
+#   default: 3 rounds of 100000, then 1 round of 1000000 (it takes minutes
+#   for mkfs.btrfs). Needs root only for nothing; mkfs.btrfs must be installed.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+rounds=${1:-3}
+shift || true
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(100000 1000000)
+btrs=${BTRS:-$here/target/release/btrs}
+[ -n "${BTRS:-}" ] || (cd "$here" && cargo build --release -q)
+spill=${SPILL:-/var/tmp}
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+median() { sort -g | awk '{v[NR]=$1} END{print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+run() { # $1 out file, rest: command taking the image last; appends "seconds KiB"
+  local out=$1; shift
+  rm -f "$work/r.img"; truncate -s "$size" "$work/r.img"
+  sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  /usr/bin/time -f '%e %M' -o "$work/t" "$@" "$work/r.img" >/dev/null 2>"$work/err" ||
+    { echo "failed: $* ($(cat "$work/err"))" >&2; exit 1; }
+  cat "$work/t" >> "$out"
+}
+printf '| files | btrs | mkfs.btrfs | time ratio |\n|---|---|---|---|\n'
+first=() last=()
+for n in "${sizes[@]}"; do
+  rm -rf "$work/tree"
+  python3 "$here/benches/small-tree.py" "$work/tree" "$n"
+  size=$(( n / 100000 * 2 + 2 ))G
+  r=$rounds; [ "$n" -ge 1000000 ] && r=1
+  : > "$work/b"; : > "$work/p"
+  for _ in $(seq "$r"); do
+    run "$work/b" env TMPDIR="$spill" "$btrs" mkfs -f -q --rootdir "$work/tree"
+    run "$work/p" mkfs.btrfs -q -f --rootdir "$work/tree"
+  done
+  tb=$(cut -d' ' -f1 "$work/b" | median); mb=$(cut -d' ' -f2 "$work/b" | median)
+  tp=$(cut -d' ' -f1 "$work/p" | median); mp=$(cut -d' ' -f2 "$work/p" | median)
+  printf '| %d (%d round%s) | %.2f s, %d MiB peak | %.2f s, %d MiB peak | %.2f |\n' "$n" "$r" "$([ "$r" = 1 ] || echo s)" \
+    "$tb" "$(( ${mb%.*} / 1024 ))" "$tp" "$(( ${mp%.*} / 1024 ))" "$(echo "$tb / $tp" | bc -l)"
+  [ ${#first[@]} -gt 0 ] || first=("$n" "$tb" "$tp")
+  last=("$n" "$tb" "$tp")
+done
+if [ "${first[0]}" != "${last[0]}" ]; then
+  printf '\nFrom %d to %d files (%.0fx): btrs %.1fx the time, mkfs.btrfs %.1fx\n' "${first[0]}" "${last[0]}" \
+    "$(echo "${last[0]} / ${first[0]}" | bc -l)" "$(echo "${last[1]} / ${first[1]}" | bc -l)" "$(echo "${last[2]} / ${first[2]}" | bc -l)"
+fi
