@@ -19,8 +19,8 @@ use crate::format::superblock::{seal_super, BackupTrees, TreeRootRef};
 use crate::format::Key;
 use crate::format::Profile;
 use crate::ops::rootdir::{self, DataSink, Scan};
-use crate::ops::rootdir::{data_extent_item, DataResult};
-use crate::tree::builder::{block_levels, count_blocks, count_blocks_of, BlockOut, BlockParams, LeafStream, PlacedTree, TreeItem};
+use crate::ops::rootdir::{data_extent_item, DataExtent, DataResult};
+use crate::tree::builder::{block_levels, count_blocks, BlockOut, BlockParams, LeafStream, PlacedTree, TreeItem};
 use crate::volumes::alloc::ChunkPlan;
 use crate::volumes::create::{ChunkWriter, NewImages};
 use std::collections::HashMap;
@@ -192,13 +192,52 @@ pub(super) fn stream_trees(
     Ok((done, csum.finish(out)?))
 }
 
-/// One item of the extent tree, in its key order: a block group, a tree
+/// One item of the extent tree: a block group (its chunk's index), a tree
 /// block (skinny METADATA_ITEM: address, owner) or a data extent.
 #[derive(Clone, Copy)]
 enum ExtentEntry {
     BlockGroup(usize),
     Block(u64, u64),
-    Data(usize),
+    Data(DataExtent),
+}
+
+/// Every item of the extent tree in key order, merged from three sorted
+/// sources: the block groups (when the extent tree holds them), the tree
+/// blocks (address, owner; sorted) and the data extents (in address order
+/// from the data pass). A block's key offset (its level) is 0 here:
+/// addresses are unique, so the order does not depend on it.
+fn for_each_extent_item(
+    chunks: &[ChunkPlan],
+    block_groups: bool,
+    blocks: &[(u64, u64)],
+    data: Option<&DataResult>,
+    f: &mut dyn FnMut(Key, ExtentEntry) -> Result<()>,
+) -> Result<()> {
+    let (mut ci, mut bi) = (0usize, 0usize);
+    let mut extents = data.map(DataResult::data_extents);
+    let mut next_data = match extents.as_mut() {
+        Some(e) => e.next_extent()?,
+        None => None,
+    };
+    loop {
+        let bg = chunks.get(ci).filter(|_| block_groups).map(|c| key(c.logical, BLOCK_GROUP_ITEM_KEY, c.length));
+        let block = blocks.get(bi).map(|b| key(b.0, METADATA_ITEM_KEY, 0));
+        let extent = next_data.map(|e| key(e.logical, EXTENT_ITEM_KEY, e.disk_len));
+        let Some(least) = [bg, block, extent].into_iter().flatten().min() else { return Ok(()) };
+        if Some(least) == bg {
+            f(least, ExtentEntry::BlockGroup(ci))?;
+            ci += 1;
+        } else if let (Some(b), true) = (blocks.get(bi), Some(least) == block) {
+            f(least, ExtentEntry::Block(b.0, b.1))?;
+            bi += 1;
+        } else if let Some(e) = next_data.take() {
+            f(least, ExtentEntry::Data(e))?;
+            next_data = match extents.as_mut() {
+                Some(x) => x.next_extent()?,
+                None => None,
+            };
+        }
+    }
 }
 
 type BuildResult = (u64, Vec<u64>, Vec<String>);
@@ -332,7 +371,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
     // before the superblocks, written last after a flush. ----
     let mut placed: HashMap<TreeId, PlacedTree> = HashMap::new();
     let mut fs_tree_ids: Vec<TreeId> = Vec::new();
-    let data_extents = match scan {
+    let data = match scan {
         Some(s) => {
             warnings.extend(s.warnings.iter().cloned());
             let mut alloc = DataAlloc {
@@ -356,7 +395,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
                 fs_tree_ids.push(TreeId::Fs(id));
             }
             placed.insert(TreeId::Csum, csum);
-            r.extents
+            Some(r)
         }
         None => {
             let mut out = MetaOut { alloc: &mut meta, writer: &writer };
@@ -366,7 +405,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
             placed.insert(TreeId::Fs(FS_TREE_OBJECTID), fs.finish(&mut out)?);
             fs_tree_ids.push(TreeId::Fs(FS_TREE_OBJECTID));
             placed.insert(TreeId::Csum, LeafStream::new(params(CSUM_TREE_OBJECTID)).finish(&mut out)?);
-            Vec::new()
+            None
         }
     };
     // Every subvolume has its top directory, so every tree has items.
@@ -395,7 +434,6 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
             _ => Ok(1),
         }
     };
-    let chunk_of = |a: u64| ctx.chunks.iter().position(|c| c.logical <= a && a < c.logical + c.length);
     let data_item_size = data_extent_item(GENERATION, 0, 0, 0)?.len();
     let meta_item_size = metadata_extent_item(0)?.len();
     let bg_item_size = encode::block_group_item(&BlockGroupInfo { used: 0, chunk_objectid: 0, flags: 0 }).len();
@@ -406,6 +444,32 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         v.sort_unstable();
         v
     };
+    // Data chunks hold only data extents, so their usage and free space are
+    // known now, from one pass over the extents in address order.
+    let mut data_used = vec![0u64; ctx.chunks.len()];
+    let mut data_free: Vec<Vec<(u64, u64)>> = vec![Vec::new(); ctx.chunks.len()];
+    {
+        let mut pos: Vec<u64> = ctx.chunks.iter().map(|c| c.logical).collect();
+        if let Some(d) = &data {
+            let mut extents = d.data_extents();
+            while let Some(e) = extents.next_extent()? {
+                let i = ctx.chunks.partition_point(|c| c.logical + c.length <= e.logical);
+                if !ctx.chunks.get(i).is_some_and(|c| c.logical <= e.logical && c.flags & BLOCK_GROUP_DATA != 0) {
+                    return Err(Error::Invalid(format!("data extent at {} outside the data chunks (internal)", e.logical)));
+                }
+                if e.logical > pos[i] {
+                    data_free[i].push((pos[i], e.logical - pos[i]));
+                }
+                pos[i] = pos[i].max(e.logical + e.disk_len);
+                data_used[i] += e.disk_len;
+            }
+        }
+        for (i, c) in ctx.chunks.iter().enumerate() {
+            if c.flags & BLOCK_GROUP_DATA != 0 && pos[i] < c.logical + c.length {
+                data_free[i].push((pos[i], c.logical + c.length - pos[i]));
+            }
+        }
+    }
 
     // ---- fixed point: block counts of the extent, free space and block group trees ----
     let mut counts: HashMap<TreeId, usize> = HashMap::new();
@@ -413,7 +477,12 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         counts.insert(t, fixed_count(t)?);
     }
     let mut iterations = 0;
-    let (addrs, ext_entries, fst_tree, bg_items, chunk_used) = loop {
+    let ext_size = |e: &ExtentEntry| match e {
+        ExtentEntry::BlockGroup(_) => bg_item_size,
+        ExtentEntry::Block(..) => meta_item_size,
+        ExtentEntry::Data(_) => data_item_size,
+    };
+    let (addrs, blocks, fst_tree, bg_items, chunk_used, ext_levels) = loop {
         iterations += 1;
         if iterations > 32 {
             return Err(Error::Invalid("tree sizes do not settle (internal error)".into()));
@@ -430,16 +499,40 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         let mut ext = vec![ext_first];
         ext.extend(m.take(counts[&TreeId::Extent].saturating_sub(1))?);
         addrs.push((TreeId::Extent, ext));
-        // Every allocated range, in address order.
-        let mut taken: Vec<(u64, u64)> = streamed.iter().map(|b| (b.0, nodesize as u64)).collect();
-        taken.extend(addrs.iter().flat_map(|(_, l)| l.iter().map(|&a| (a, nodesize as u64))));
-        taken.extend(data_extents.iter().map(|e| (e.logical, e.disk_len)));
-        taken.sort_unstable();
-        // Used bytes per chunk.
-        let mut used: Vec<u64> = vec![0; ctx.chunks.len()];
-        for &(a, l) in &taken {
-            if let Some(i) = chunk_of(a) {
-                used[i] += l;
+        // Every tree block (address, owner), in address order.
+        let mut blocks: Vec<(u64, u64)> = streamed.iter().map(|b| (b.0, b.2)).collect();
+        blocks.extend(addrs.iter().flat_map(|(t, l)| l.iter().map(|&a| (a, t.objectid()))));
+        blocks.sort_unstable();
+        // Used bytes and free space per chunk: tree blocks fill metadata and
+        // system chunks, data extents data chunks.
+        let mut used: Vec<u64> = data_used.clone();
+        let mut fst = Vec::new();
+        for (i, c) in ctx.chunks.iter().enumerate() {
+            let end = c.logical + c.length;
+            let here = &blocks[blocks.partition_point(|b| b.0 < c.logical)..blocks.partition_point(|b| b.0 < end)];
+            used[i] += here.len() as u64 * nodesize as u64;
+            if !features.free_space_tree {
+                continue;
+            }
+            let free = if c.flags & BLOCK_GROUP_DATA != 0 {
+                data_free[i].clone()
+            } else {
+                let mut free = Vec::new();
+                let mut pos = c.logical;
+                for &(a, _) in here {
+                    if a > pos {
+                        free.push((pos, a - pos));
+                    }
+                    pos = pos.max(a + nodesize as u64);
+                }
+                if pos < end {
+                    free.push((pos, end - pos));
+                }
+                free
+            };
+            fst.push(TreeItem::new(key(c.logical, FREE_SPACE_INFO_KEY, c.length), encode::free_space_info(free.len() as u32, 0)));
+            for (s, l) in free {
+                fst.push(TreeItem::new(key(s, FREE_SPACE_EXTENT_KEY, l), Vec::new()));
             }
         }
         let bg_items: Vec<TreeItem> = ctx
@@ -451,52 +544,15 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
                 TreeItem::new(key(c.logical, BLOCK_GROUP_ITEM_KEY, c.length), encode::block_group_item(&bg))
             })
             .collect();
-        // The extent tree in key order (a block's level is its key offset;
-        // addresses are unique, so the order does not depend on it).
-        let mut ext: Vec<(Key, ExtentEntry)> = Vec::with_capacity(taken.len() + ctx.chunks.len());
-        if !features.block_group_tree {
-            ext.extend(
-                ctx.chunks.iter().enumerate().map(|(i, c)| (key(c.logical, BLOCK_GROUP_ITEM_KEY, c.length), ExtentEntry::BlockGroup(i))),
-            );
-        }
-        ext.extend(streamed.iter().map(|&(a, _, owner)| (key(a, METADATA_ITEM_KEY, 0), ExtentEntry::Block(a, owner))));
-        for (t, list) in &addrs {
-            ext.extend(list.iter().map(|&a| (key(a, METADATA_ITEM_KEY, 0), ExtentEntry::Block(a, t.objectid()))));
-        }
-        ext.extend(data_extents.iter().enumerate().map(|(i, e)| (key(e.logical, EXTENT_ITEM_KEY, e.disk_len), ExtentEntry::Data(i))));
-        ext.sort_unstable_by_key(|e| e.0);
-        let ext_size = |e: &ExtentEntry| match e {
-            ExtentEntry::BlockGroup(_) => bg_item_size,
-            ExtentEntry::Block(..) => meta_item_size,
-            ExtentEntry::Data(_) => data_item_size,
-        };
-        // Free space: per chunk, the gaps between allocated ranges.
-        let mut fst = Vec::new();
-        if features.free_space_tree {
-            for c in &ctx.chunks {
-                let end = c.logical + c.length;
-                let from = taken.partition_point(|t| t.0 < c.logical);
-                let to = taken.partition_point(|t| t.0 < end);
-                let mut free = Vec::new();
-                let mut pos = c.logical;
-                for &(a, l) in &taken[from..to] {
-                    if a > pos {
-                        free.push((pos, a - pos));
-                    }
-                    pos = pos.max(a + l);
-                }
-                if pos < end {
-                    free.push((pos, end - pos));
-                }
-                let info = encode::free_space_info(free.len() as u32, 0);
-                fst.push(TreeItem::new(key(c.logical, FREE_SPACE_INFO_KEY, c.length), info));
-                for (s, l) in free {
-                    fst.push(TreeItem::new(key(s, FREE_SPACE_EXTENT_KEY, l), Vec::new()));
-                }
-            }
-        }
+        // The extent tree's shape, from its item sizes in key order.
+        let mut shape = LeafStream::new(params(EXTENT_TREE_OBJECTID));
+        let mut count = crate::tree::builder::CountBlocks::default();
+        for_each_extent_item(&ctx.chunks, !features.block_group_tree, &blocks, data.as_ref(), &mut |k, e| {
+            shape.push(k, vec![0; ext_size(&e)], &mut count)
+        })?;
+        let ext_levels: Vec<u8> = shape.finish(&mut count)?.blocks.into_iter().map(|b| b.1).collect();
         let mut new_counts = counts.clone();
-        new_counts.insert(TreeId::Extent, count_blocks_of(ext.iter().map(|e| ext_size(&e.1)), nodesize)?);
+        new_counts.insert(TreeId::Extent, count.blocks);
         if features.free_space_tree {
             new_counts.insert(TreeId::FreeSpace, count_blocks(&sizes_of(&fst), nodesize)?);
         }
@@ -504,7 +560,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
             new_counts.insert(TreeId::BlockGroup, count_blocks(&sizes_of(&bg_items), nodesize)?);
         }
         if new_counts == counts {
-            break (addrs, ext, fst, bg_items, used);
+            break (addrs, blocks, fst, bg_items, used, ext_levels);
         }
         counts = new_counts;
     };
@@ -527,38 +583,42 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         placed.insert(t, write_planned(plain(items), params(t.objectid()), &addr_of(t), &writer)?);
     }
     // Levels of every block, for the skinny METADATA_ITEM offsets: the
-    // root and extent trees' follow from their (already planned) shapes.
-    let mut levels: HashMap<u64, u8> = streamed.iter().map(|b| (b.0, b.1)).collect();
+    // streamed trees' were kept, the root and extent trees' follow from
+    // their (already planned) shapes.
+    let mut levels: HashMap<u64, u8> = HashMap::new();
     for t in [TreeId::Chunk, TreeId::Dev, TreeId::Uuid, TreeId::DataReloc, TreeId::FreeSpace, TreeId::BlockGroup] {
         if let Some(p) = placed.get(&t) {
             levels.extend(p.blocks.iter().copied());
         }
     }
-    let ext_sizes = ext_entries.iter().map(|e| match e.1 {
-        ExtentEntry::BlockGroup(_) => bg_item_size,
-        ExtentEntry::Block(..) => meta_item_size,
-        ExtentEntry::Data(_) => data_item_size,
-    });
-    for (t, lv) in
-        [(TreeId::Root, block_levels(root_sizes.iter().copied(), nodesize)?), (TreeId::Extent, block_levels(ext_sizes, nodesize)?)]
-    {
+    for (t, lv) in [(TreeId::Root, block_levels(root_sizes.iter().copied(), nodesize)?), (TreeId::Extent, ext_levels)] {
         let list = addr_of(t);
         if list.len() != lv.len() {
             return Err(Error::Invalid(format!("tree {}: {} blocks planned, {} needed (internal)", t.objectid(), list.len(), lv.len())));
         }
         levels.extend(list.into_iter().zip(lv));
     }
-    let ext_items = ext_entries.iter().map(|&(k, e)| -> Result<(Key, Vec<u8>)> {
-        Ok(match e {
+    let level_of = |a: u64| -> Result<u8> {
+        match streamed.binary_search_by_key(&a, |b| b.0) {
+            Ok(i) => Ok(streamed[i].1),
+            Err(_) => levels.get(&a).copied().ok_or_else(|| Error::Invalid(format!("tree block {a}: level unknown (internal)"))),
+        }
+    };
+    let ext_addrs = addr_of(TreeId::Extent);
+    let mut out = ListOut { addrs: ext_addrs.iter(), writer: &writer };
+    let mut ext_tree = LeafStream::new(params(EXTENT_TREE_OBJECTID));
+    for_each_extent_item(&ctx.chunks, !features.block_group_tree, &blocks, data.as_ref(), &mut |k, e| {
+        let (k, v) = match e {
             ExtentEntry::BlockGroup(i) => (k, bg_items[i].data.clone()),
-            ExtentEntry::Block(a, owner) => {
-                let level = levels.get(&a).copied().ok_or_else(|| Error::Invalid(format!("tree block {a}: level unknown (internal)")))?;
-                (key(a, METADATA_ITEM_KEY, level as u64), metadata_extent_item(owner)?)
-            }
-            ExtentEntry::Data(i) => data_extents[i].item(GENERATION)?,
-        })
-    });
-    let ext_built = write_planned(ext_items, params(EXTENT_TREE_OBJECTID), &addr_of(TreeId::Extent), &writer)?;
+            ExtentEntry::Block(a, owner) => (key(a, METADATA_ITEM_KEY, level_of(a)? as u64), metadata_extent_item(owner)?),
+            ExtentEntry::Data(d) => d.item(GENERATION)?,
+        };
+        ext_tree.push(k, v, &mut out)
+    })?;
+    let ext_built = ext_tree.finish(&mut out)?;
+    if out.addrs.len() != 0 {
+        return Err(Error::Invalid(format!("extent tree: {} blocks planned, {} made (internal)", ext_addrs.len(), ext_built.blocks.len())));
+    }
     let ext_info = (ext_built.root, ext_built.level, ext_built.blocks.len() as u64 * nodesize as u64);
     placed.insert(TreeId::Extent, ext_built);
     let root_items = root_tree_items(&placed, ext_info)?;

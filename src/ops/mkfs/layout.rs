@@ -220,7 +220,7 @@ fn minimal_request(
             let csum_blocks = csum.blocks.len();
             let fs_blocks = count.blocks - csum_blocks;
             let data_item = rootdir::data_extent_item(1, 0, 0, 0)?.len();
-            (sink.next, fs_blocks, csum_blocks, vec![data_item; r.extents.len()])
+            (sink.next, fs_blocks, csum_blocks, vec![data_item; r.extent_count as usize])
         }
         None => (0, 1, 1, Vec::new()),
     };

@@ -88,16 +88,37 @@ pub(crate) struct DataResult {
     /// The file extent items (EXTENT_DATA) it made, as sorted runs to merge
     /// with the walk's ([`Scan::fs_items`]).
     pub(super) items: Vec<Spill>,
-    /// Every data extent, in address order.
-    pub(crate) extents: Vec<DataExtent>,
+    /// Every data extent, in address order (see [`Self::data_extents`]).
+    extents: Spill,
+    /// How many there are.
+    pub(crate) extent_count: u64,
     /// The csum items, in key order.
     csums: Spill,
 }
 
 impl DataResult {
+    /// The data extents, in address order.
+    pub(crate) fn data_extents(&self) -> DataExtents<'_> {
+        DataExtents { reader: self.extents.reader() }
+    }
+
     /// The csum items, in key order.
     pub(crate) fn csum_items(&self) -> CsumItems<'_> {
         CsumItems { reader: self.csums.reader() }
+    }
+}
+
+/// The extents of [`DataResult::data_extents`].
+pub(crate) struct DataExtents<'a> {
+    reader: SpillReader<'a>,
+}
+
+impl DataExtents<'_> {
+    /// The next data extent, or None after the last.
+    pub(crate) fn next_extent(&mut self) -> Result<Option<DataExtent>> {
+        let Some(rec) = self.reader.next_record()? else { return Ok(None) };
+        let mut r = RecordReader::new(rec);
+        Ok(Some(DataExtent { logical: r.u64()?, disk_len: r.u64()?, root: r.u64()?, ino: r.u64()?, file_pos: r.u64()? }))
     }
 }
 
@@ -291,7 +312,8 @@ struct DataOut {
     /// File extent items of every subvolume tree.
     items: ItemSorter,
     generation: u64,
-    extents: Vec<DataExtent>,
+    extents: Spill,
+    extent_count: u64,
     /// The csum item being filled: its first sector, the next sector it
     /// would take, its csums.
     csum: Option<(u64, u64, Vec<u8>)>,
@@ -305,7 +327,10 @@ impl DataOut {
     fn extent(&mut self, i: &ScanInode, file_pos: u64, disk: (u64, u64), ram: u64, comp: u8, covered: u64) -> Result<()> {
         let v = regular_extent(self.generation, ram, comp, disk.0, disk.1, covered);
         self.items.push(i.subvol, Key::new(i.ino, EXTENT_DATA_KEY, file_pos), &v)?;
-        self.extents.push(DataExtent { logical: disk.0, disk_len: disk.1, root: i.subvol, ino: i.ino, file_pos });
+        let mut w = RecordWriter::default();
+        w.u64(disk.0).u64(disk.1).u64(i.subvol).u64(i.ino).u64(file_pos);
+        self.extents.push(&w.buf)?;
+        self.extent_count += 1;
         Ok(())
     }
 
@@ -375,7 +400,8 @@ pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dy
     let mut out = DataOut {
         items: ItemSorter::with_budget(opts.spill_bytes),
         generation: gen,
-        extents: Vec::new(),
+        extents: Spill::with_budget(opts.spill_bytes),
+        extent_count: 0,
         csum: None,
         csums: Spill::with_budget(opts.spill_bytes),
         max_csum_bytes: max_csum_item_bytes(opts.nodesize, csum_size),
@@ -477,7 +503,8 @@ pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dy
     }
     out.flush_csums(opts)?;
     out.csums.seal()?;
-    Ok(DataResult { items: out.items.finish()?, extents: out.extents, csums: out.csums })
+    out.extents.seal()?;
+    Ok(DataResult { items: out.items.finish()?, extents: out.extents, extent_count: out.extent_count, csums: out.csums })
 }
 
 impl Scan {
@@ -594,7 +621,8 @@ mod tests {
         let mut out = DataOut {
             items: ItemSorter::default(),
             generation: 1,
-            extents: Vec::new(),
+            extents: Spill::default(),
+            extent_count: 0,
             csum: None,
             csums: Spill::default(),
             max_csum_bytes: max,
@@ -607,7 +635,7 @@ mod tests {
         assert!(out.sums(1 << 20, &[1; 32], 4096, 32, &opts).is_err(), "csums must come in address order");
         out.flush_csums(&opts).unwrap();
         out.csums.seal().unwrap();
-        let r = DataResult { items: Vec::new(), extents: Vec::new(), csums: out.csums };
+        let r = DataResult { items: Vec::new(), extents: Spill::default(), extent_count: 0, csums: out.csums };
         let mut items = Vec::new();
         let mut it = r.csum_items();
         while let Some(i) = it.next_item().unwrap() {

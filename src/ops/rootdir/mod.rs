@@ -5,10 +5,13 @@
 //!
 //! Two passes: `scan` reads the source's shape and metadata (it has to,
 //! before mkfs can size chunks), and `write_data` then copies file data and
-//! returns the items that refer to it. The files: `source` (one file as the
-//! walk sees it, from either source), `tar` (an archive's members),
-//! `manifest` (owners and modes the image stores), `scan` (the walk and the
-//! items it makes), `data` (the data pass).
+//! makes the items that refer to it. Neither holds the tree: items go to a
+//! sorter, and mkfs builds the subvolume trees from the merged, sorted
+//! stream leaf by leaf. The files: `source` (one file as the walk sees it,
+//! from either source), `tar` (an archive's members), `manifest` (owners and
+//! modes the image stores), `scan` (the walk and the items it makes), `data`
+//! (the data pass), `spill` (records and sorted runs kept in bounded memory,
+//! past it in unlinked temporary files).
 
 mod data;
 mod manifest;
@@ -17,7 +20,7 @@ mod source;
 mod spill;
 pub(crate) mod tar;
 
-pub(crate) use data::{data_extent_item, write_data, CountingSink, DataResult, DataSink};
+pub(crate) use data::{data_extent_item, write_data, CountingSink, DataExtent, DataResult, DataSink};
 pub use manifest::{parse_manifest, IdMap, ManifestEntry, Ownership};
 pub use scan::*;
 pub use spill::SPILL_BUDGET;
