@@ -232,9 +232,37 @@ pub(super) struct ItemSorter {
     arena: Vec<u8>,
     /// Where each sorts, and its place in `arena`.
     index: Vec<(SortKey, u32, u32)>,
-    runs: Vec<Spill>,
+    /// Sorted runs so far, each with its level: a run of level L+1 is
+    /// [`FAN_IN`] runs of level L merged.
+    runs: Vec<(u32, Spill)>,
     seq: u64,
     budget: usize,
+}
+
+/// Runs merged into one as soon as there are this many of one level, so a
+/// tree of any size is merged from a bounded number of temporary files
+/// (each item is rewritten once per level: a million small files make some
+/// fifty runs and no merge of merges).
+const FAN_IN: usize = 64;
+
+/// Write one sorted record (the layout [`read_head`] reads) to `file`.
+fn write_record(file: &mut impl Write, w: &mut RecordWriter, (tree, key, seq): SortKey, data: &[u8]) -> Result<u64> {
+    w.buf.clear();
+    w.u32(0).u64(tree).u64(key.objectid).u8(key.item_type).u64(key.offset).u64(seq).bytes(data);
+    let len = (w.buf.len() - 4) as u32;
+    w.buf[..4].copy_from_slice(&len.to_le_bytes());
+    file.write_all(&w.buf).map_err(|e| spill_error("write", e))?;
+    Ok(w.buf.len() as u64)
+}
+
+/// A new temporary file of sorted records, through a small buffer.
+fn run_file() -> Result<std::io::BufWriter<File>> {
+    Ok(std::io::BufWriter::with_capacity(READ_AHEAD, tempfile::tempfile().map_err(|e| spill_error("create", e))?))
+}
+
+fn sealed_run(file: std::io::BufWriter<File>, flushed: u64, budget: usize) -> Result<Spill> {
+    let file = file.into_inner().map_err(|e| spill_error("write", e.into_error()))?;
+    Ok(Spill { mem: Vec::new(), file: Some(file), flushed, budget })
 }
 
 /// One entry of [`ItemSorter::index`].
@@ -280,39 +308,45 @@ impl ItemSorter {
         }
         self.index.sort_unstable_by_key(|e| e.0);
         let mut w = RecordWriter::default();
-        let record = |w: &mut RecordWriter, &((tree, key, seq), at, len): &IndexEntry| {
-            w.u32(0).u64(tree).u64(key.objectid).u8(key.item_type).u64(key.offset).u64(seq);
-            w.bytes(&self.arena[at as usize..at as usize + len as usize]);
-        };
         let run = if spill {
-            // Straight to the file, through a small buffer.
-            let mut file = std::io::BufWriter::with_capacity(READ_AHEAD, tempfile::tempfile().map_err(|e| spill_error("create", e))?);
+            let mut file = run_file()?;
             let mut flushed = 0u64;
-            for e in &self.index {
-                w.buf.clear();
-                record(&mut w, e);
-                let len = (w.buf.len() - 4) as u32;
-                w.buf[..4].copy_from_slice(&len.to_le_bytes());
-                file.write_all(&w.buf).map_err(|e| spill_error("write", e))?;
-                flushed += w.buf.len() as u64;
+            for &(k, at, len) in &self.index {
+                flushed += write_record(&mut file, &mut w, k, &self.arena[at as usize..at as usize + len as usize])?;
             }
-            let file = file.into_inner().map_err(|e| spill_error("write", e.into_error()))?;
-            Spill { mem: Vec::new(), file: Some(file), flushed, budget: self.budget }
+            sealed_run(file, flushed, self.budget)?
         } else {
             // A last run that never left memory: as big as it has to be.
             let mut run = Spill::with_budget(usize::MAX);
             run.mem.reserve_exact(self.arena.len() + self.index.len() * 41);
-            for e in &self.index {
+            for &((tree, key, seq), at, len) in &self.index {
                 w.buf.clear();
-                record(&mut w, e);
-                run.push(&w.buf[4..])?;
+                w.u64(tree).u64(key.objectid).u8(key.item_type).u64(key.offset).u64(seq);
+                w.bytes(&self.arena[at as usize..at as usize + len as usize]);
+                run.push(&w.buf)?;
             }
             run.seal()?;
             run
         };
-        self.runs.push(run);
+        self.runs.push((0, run));
         self.index.clear();
         self.arena.clear();
+        // The last FAN_IN runs of one level become one of the next.
+        while let Some(&(level, _)) = self.runs.last() {
+            let n = self.runs.len();
+            if n < FAN_IN || self.runs[n - FAN_IN..].iter().any(|r| r.0 != level) {
+                break;
+            }
+            let group = self.runs.split_off(n - FAN_IN);
+            let mut m = merge(group.iter().map(|r| &r.1))?;
+            let mut file = run_file()?;
+            let mut flushed = 0u64;
+            while let Some((k, data)) = m.next_entry()? {
+                flushed += write_record(&mut file, &mut w, k, &data)?;
+            }
+            drop(m);
+            self.runs.push((level + 1, sealed_run(file, flushed, self.budget)?));
+        }
         Ok(())
     }
 
@@ -321,7 +355,7 @@ impl ItemSorter {
     pub(super) fn finish(mut self) -> Result<Vec<Spill>> {
         let spilled = !self.runs.is_empty();
         self.spill_run(spilled)?;
-        Ok(self.runs)
+        Ok(self.runs.into_iter().map(|r| r.1).collect())
     }
 }
 
@@ -378,8 +412,13 @@ pub(super) fn merge<'a>(runs: impl IntoIterator<Item = &'a Spill>) -> Result<Mer
 impl Merge<'_> {
     /// The next (tree, key, data), or None after the last.
     pub(super) fn next_item(&mut self) -> Result<Option<(u64, Key, Vec<u8>)>> {
+        Ok(self.next_entry()?.map(|((tree, key, _), data)| (tree, key, data)))
+    }
+
+    /// The next item with where it sorts (its first piece's push order).
+    fn next_entry(&mut self) -> Result<Option<(SortKey, Vec<u8>)>> {
         let Some(first) = self.heap.pop() else { return Ok(None) };
-        let (tree, key) = (first.key.0, first.key.1);
+        let (tree, key, seq) = first.key;
         let mut data = first.data;
         let mut next = read_head(first.reader)?;
         loop {
@@ -395,7 +434,7 @@ impl Merge<'_> {
             data.extend_from_slice(&h.data);
             next = read_head(h.reader)?;
         }
-        Ok(Some((tree, key, data)))
+        Ok(Some(((tree, key, seq), data)))
     }
 }
 
@@ -420,6 +459,32 @@ mod tests {
                 assert!(r.next_record().unwrap().is_none());
             }
         }
+    }
+
+    /// Past FAN_IN runs of one level, runs are merged into fewer: the
+    /// output is the same, pieces of one key pushed early, midway and last
+    /// still join in push order.
+    #[test]
+    fn many_runs_are_merged_in_levels() {
+        let mut a = ItemSorter::with_budget(16 << 10);
+        let n = 20_000u64;
+        for i in 0..n {
+            if i % 9_000 == 0 {
+                a.push(5, Key::new(u64::MAX, 1, 0), &[(i / 9_000) as u8]).unwrap();
+            }
+            let k = (i * 7919) % n;
+            a.push(5, Key::new(k, 1, 0), &k.to_le_bytes()).unwrap();
+        }
+        a.push(5, Key::new(u64::MAX, 1, 0), b"end").unwrap();
+        assert!(a.runs.iter().any(|r| r.0 >= 1), "no merge of runs happened");
+        let runs = a.finish().unwrap();
+        assert!(runs.len() < FAN_IN, "{} runs left", runs.len());
+        let mut m = merge(&runs).unwrap();
+        for k in 0..n {
+            assert_eq!(m.next_item().unwrap(), Some((5, Key::new(k, 1, 0), k.to_le_bytes().to_vec())));
+        }
+        assert_eq!(m.next_item().unwrap(), Some((5, Key::new(u64::MAX, 1, 0), [0, 1, 2].iter().copied().chain(*b"end").collect())));
+        assert_eq!(m.next_item().unwrap(), None);
     }
 
     #[test]
