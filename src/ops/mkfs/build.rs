@@ -1,5 +1,8 @@
-//! Reserve, then write: size every tree, hand out addresses, build and write
-//! the blocks, then the superblocks.
+//! Write the data, then the trees, then the superblocks. The subvolume and
+//! csum trees are written leaf by leaf as their sorted items stream in,
+//! taking metadata addresses in order; the small trees are sized first and
+//! given addresses (the extent, free space and block group trees by a fixed
+//! point, as they describe the blocks themselves), then built.
 
 use std::fs::File;
 
@@ -423,14 +426,14 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
     if features.block_group_tree {
         rest.push(TreeId::BlockGroup);
     }
+    // Where the fixed point starts: the trees whose items are known now, and
+    // one block for the extent, free space and block group trees. (The root
+    // and dev trees' addresses were taken above.)
     let fixed_count = |t: TreeId| -> Result<usize> {
         match t {
             TreeId::Chunk => count_blocks(&sizes_of(&chunk_tree), nodesize),
-            TreeId::Dev => count_blocks(&sizes_of(&dev_tree), nodesize),
             TreeId::Uuid => count_blocks(&sizes_of(&uuid_tree), nodesize),
             TreeId::DataReloc => count_blocks(&sizes_of(&data_reloc_tree), nodesize),
-            // Root tree: one root item per tree plus the "default" dir entries; sizes are fixed.
-            TreeId::Root => count_blocks(&root_sizes, nodesize),
             _ => Ok(1),
         }
     };
