@@ -192,6 +192,7 @@ impl CliRunner {
     /// Run a command, killed after `kill` µs if asked.
     fn run(&self, args: &[String], kill: Option<u64>) -> Result<End, String> {
         let mut child = Command::new(BIN)
+            .env_remove("SOURCE_DATE_EPOCH")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -12,7 +12,7 @@ use std::process::Command;
 use common::interop::{btrfs_check, interop_enabled, Mounted};
 
 fn btrs(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_btrs")).args(args).output().expect("running btrs");
+    let out = Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").args(args).output().expect("running btrs");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -23,7 +23,7 @@ fn ok(args: &[&str]) -> String {
 }
 
 fn cat(img: &str, path: &str) -> Vec<u8> {
-    let out = Command::new(env!("CARGO_BIN_EXE_btrs")).args(["cat", img, path]).output().expect("btrs cat");
+    let out = Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").args(["cat", img, path]).output().expect("btrs cat");
     assert!(out.status.success(), "btrs cat {path}: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
@@ -279,8 +279,11 @@ fn writers_exclude_each_other_readers_see_the_last_commit() {
     let big = pseudo(200 << 20, 2);
     let src = tmp.path().join("big.bin");
     std::fs::write(&src, &big).unwrap();
-    let mut writer =
-        Command::new(env!("CARGO_BIN_EXE_btrs")).args(["write", img, "/new", "--from", src.to_str().unwrap(), "--quiet"]).spawn().unwrap();
+    let mut writer = Command::new(env!("CARGO_BIN_EXE_btrs"))
+        .env_remove("SOURCE_DATE_EPOCH")
+        .args(["write", img, "/new", "--from", src.to_str().unwrap(), "--quiet"])
+        .spawn()
+        .unwrap();
     let (mut before, mut after) = (0, 0);
     loop {
         let done = writer.try_wait().unwrap().is_some();
@@ -567,7 +570,7 @@ fn sigkill_at_random_points_keeps_old_or_new_content() {
     let run = |extra: &[&str]| {
         let mut args = vec!["write", img, "/f", "--from", src.to_str().unwrap(), "--quiet"];
         args.extend_from_slice(extra);
-        Command::new(env!("CARGO_BIN_EXE_btrs")).args(&args).spawn().expect("spawn btrs")
+        Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").args(&args).spawn().expect("spawn btrs")
     };
     // How long an unkilled write takes: kills are spread over that time.
     let t0 = std::time::Instant::now();
@@ -1062,6 +1065,7 @@ fn write_from_standard_input_in_uneven_pieces() {
     let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (path, extra) in [("/buffered", &[][..]), ("/direct", &["--direct"][..]), ("/odd", &["--offset", "5001"][..])] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_btrs"))
+            .env_remove("SOURCE_DATE_EPOCH")
             .args(["write", img, path, "--quiet"])
             .args(extra)
             .stdin(std::process::Stdio::piped())
@@ -1087,6 +1091,7 @@ fn write_from_standard_input_in_uneven_pieces() {
     }
     // Overwrite inside a file, ending mid-sector before its end.
     let mut child = Command::new(env!("CARGO_BIN_EXE_btrs"))
+        .env_remove("SOURCE_DATE_EPOCH")
         .args(["write", img, "/buffered", "--quiet", "--offset", "4096"])
         .stdin(std::process::Stdio::piped())
         .spawn()

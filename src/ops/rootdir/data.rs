@@ -178,25 +178,48 @@ fn data_workers(opts: &ScanOptions) -> usize {
     }
 }
 
-/// The data jobs of one file.
-fn file_jobs(inode: Arc<ScanInode>, file: u64, out: &mut Vec<DataJob>) {
-    match &inode.content {
-        Content::InlineFile => out.push(DataJob { inode: inode.clone(), file, kind: JobKind::Inline }),
-        Content::Ranges(ranges) => {
-            // The kernel never compresses a file without checksums (or written in place).
-            let compress = if inode.flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { inode.compress };
-            let sums = inode.flags & INODE_NODATASUM == 0;
-            let step = if compress.is_some() { MAX_UNCOMPRESSED } else { COPY_PIECE };
-            for &(start, end) in ranges {
-                let mut pos = start;
-                while pos < end {
+/// The data jobs of one file, made one at a time (a sparse file may have
+/// millions of data ranges).
+struct FileJobs {
+    inode: Arc<ScanInode>,
+    file: u64,
+    /// The data range being cut into pieces, and where the next piece starts.
+    range: usize,
+    pos: u64,
+    /// An inline file's one job is made.
+    done: bool,
+}
+
+impl Iterator for FileJobs {
+    type Item = DataJob;
+
+    fn next(&mut self) -> Option<DataJob> {
+        let inode = &self.inode;
+        match &inode.content {
+            Content::InlineFile if !self.done => {
+                self.done = true;
+                Some(DataJob { inode: inode.clone(), file: self.file, kind: JobKind::Inline })
+            }
+            Content::Ranges(ranges) => {
+                // The kernel never compresses a file without checksums (or written in place).
+                let compress = if inode.flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { inode.compress };
+                let sums = inode.flags & INODE_NODATASUM == 0;
+                let step = if compress.is_some() { MAX_UNCOMPRESSED } else { COPY_PIECE };
+                loop {
+                    let &(start, end) = ranges.get(self.range)?;
+                    let pos = self.pos.max(start);
+                    if pos >= end {
+                        self.range += 1;
+                        continue;
+                    }
                     let len = (end - pos).min(step);
-                    out.push(DataJob { inode: inode.clone(), file, kind: JobKind::Piece { pos, len, range_end: end, compress, sums } });
-                    pos += len;
+                    self.pos = pos + len;
+                    let kind = JobKind::Piece { pos, len, range_end: end, compress, sums };
+                    return Some(DataJob { inode: inode.clone(), file: self.file, kind });
                 }
             }
+            _ => None,
         }
-        _ => {}
     }
 }
 
@@ -207,7 +230,7 @@ fn job_batches(scan: &Scan) -> impl Iterator<Item = Result<Vec<DataJob>>> + Send
     const BATCH_BYTES: u64 = 1 << 20;
     const BATCH_JOBS: usize = 256;
     let mut reader = scan.jobs.reader();
-    let mut pending: std::collections::VecDeque<DataJob> = std::collections::VecDeque::new();
+    let mut cur: Option<FileJobs> = None;
     let mut file = 0u64;
     let mut failed = false;
     std::iter::from_fn(move || {
@@ -217,30 +240,21 @@ fn job_batches(scan: &Scan) -> impl Iterator<Item = Result<Vec<DataJob>>> + Send
         let mut batch = Vec::new();
         let mut bytes = 0u64;
         loop {
-            if pending.is_empty() {
-                let rec = match reader.next_record() {
-                    Ok(Some(rec)) => rec,
+            let Some(job) = cur.as_mut().and_then(Iterator::next) else {
+                let next = reader.next_record().and_then(|rec| rec.map(|rec| Job::decode(rec, &scan.linked)).transpose());
+                match next {
+                    Ok(Some(inode)) => {
+                        cur = Some(FileJobs { inode: Arc::new(inode), file, range: 0, pos: 0, done: false });
+                        file += 1;
+                        continue;
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         failed = true;
                         return Some(Err(e));
                     }
-                };
-                match Job::decode(rec, &scan.linked) {
-                    Ok(inode) => {
-                        let mut v = Vec::new();
-                        file_jobs(Arc::new(inode), file, &mut v);
-                        file += 1;
-                        pending.extend(v);
-                    }
-                    Err(e) => {
-                        failed = true;
-                        return Some(Err(e));
-                    }
                 }
-                continue;
-            }
-            let Some(job) = pending.pop_front() else { break };
+            };
             bytes += match job.kind {
                 JobKind::Inline => 1 << 12,
                 JobKind::Piece { len, .. } => len,
