@@ -279,17 +279,34 @@ pub(crate) fn block_levels(item_sizes: impl Iterator<Item = usize>, nodesize: u3
     Ok(s.finish(&mut out)?.blocks.into_iter().map(|b| b.1).collect())
 }
 
-/// Hands out a fixed list of addresses (plan order) and passes blocks on.
-#[cfg(test)]
-struct GivenAddrs<'a> {
+/// Hands out a fixed list of addresses (plan order: leaves, then nodes
+/// bottom-up) and passes blocks on to a sink.
+pub(crate) struct GivenAddrs<'a> {
     addrs: std::slice::Iter<'a, u64>,
     sink: &'a mut dyn FnMut(u64, u8, Vec<u8>) -> Result<()>,
 }
 
-#[cfg(test)]
+impl<'a> GivenAddrs<'a> {
+    pub(crate) fn new(addrs: &'a [u64], sink: &'a mut dyn FnMut(u64, u8, Vec<u8>) -> Result<()>) -> Self {
+        GivenAddrs { addrs: addrs.iter(), sink }
+    }
+
+    /// The tree is finished: every address planned must have been used.
+    pub(crate) fn check_all_used(&self, owner: u64, placed: &PlacedTree) -> Result<()> {
+        if self.addrs.len() != 0 {
+            return Err(Error::Invalid(format!(
+                "tree {owner}: {} blocks planned, {} made (internal)",
+                self.addrs.len().saturating_add(placed.blocks.len()),
+                placed.blocks.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl BlockOut for GivenAddrs<'_> {
     fn alloc(&mut self) -> Result<u64> {
-        self.addrs.next().copied().ok_or_else(|| Error::Invalid("ran out of block addresses".into()))
+        self.addrs.next().copied().ok_or_else(|| Error::Invalid("a tree needs more blocks than planned (internal)".into()))
     }
     fn write(&mut self, addr: u64, level: u8, bytes: Vec<u8>) -> Result<()> {
         (self.sink)(addr, level, bytes)
@@ -302,32 +319,31 @@ impl BlockOut for GivenAddrs<'_> {
 #[cfg(test)]
 pub(crate) fn build_tree(items: &[TreeItem], params: &BlockParams, addrs: &[u64]) -> Result<BuiltTree> {
     let mut blocks = Vec::new();
-    let placed = build_tree_into(items, params, addrs, &mut |a, l, b| {
+    let placed = build_tree_into(items.iter().map(|i| Ok((i.key, i.data.clone()))), params.clone(), addrs, &mut |a, l, b| {
         blocks.push((a, l, b));
         Ok(())
     })?;
     Ok(BuiltTree { root: placed.root, level: placed.level, blocks })
 }
 
-/// Like [`build_tree`], handing each block to `sink` (address, level, bytes)
-/// as soon as it is made instead of keeping them all. Every address must be
-/// used.
-#[cfg(test)]
-fn build_tree_into(
-    items: &[TreeItem],
-    params: &BlockParams,
+/// Build a tree of `items` (in key order) at the planned `addrs`, handing
+/// each block to `sink` (address, level, bytes) as soon as it is made.
+/// Every address must be used.
+pub(crate) fn build_tree_into(
+    items: impl IntoIterator<Item = Result<(Key, Vec<u8>)>>,
+    params: BlockParams,
     addrs: &[u64],
     sink: &mut dyn FnMut(u64, u8, Vec<u8>) -> Result<()>,
 ) -> Result<PlacedTree> {
-    let mut out = GivenAddrs { addrs: addrs.iter(), sink };
-    let mut s = LeafStream::new(params.clone());
-    for i in items {
-        s.push(i.key, i.data.clone(), &mut out)?;
+    let owner = params.owner;
+    let mut out = GivenAddrs::new(addrs, sink);
+    let mut s = LeafStream::new(params);
+    for item in items {
+        let (k, v) = item?;
+        s.push(k, v, &mut out)?;
     }
     let placed = s.finish(&mut out)?;
-    if out.addrs.len() != 0 {
-        return Err(Error::Invalid(format!("tree {}: {} addresses for {} blocks", params.owner, addrs.len(), placed.blocks.len())));
-    }
+    out.check_all_used(owner, &placed)?;
     Ok(placed)
 }
 

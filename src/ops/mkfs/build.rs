@@ -23,7 +23,9 @@ use crate::format::Key;
 use crate::format::Profile;
 use crate::ops::rootdir::{self, DataSink, Scan};
 use crate::ops::rootdir::{data_extent_item, DataExtent, DataResult};
-use crate::tree::builder::{block_levels, count_blocks, BlockOut, BlockParams, LeafStream, PlacedTree, TreeItem};
+use crate::tree::builder::{
+    block_levels, build_tree_into, count_blocks, BlockOut, BlockParams, GivenAddrs, LeafStream, PlacedTree, TreeItem,
+};
 use crate::volumes::alloc::ChunkPlan;
 use crate::volumes::create::{ChunkWriter, NewImages};
 use std::collections::HashMap;
@@ -121,43 +123,6 @@ impl BlockOut for MetaOut<'_> {
     fn write(&mut self, addr: u64, _level: u8, bytes: Vec<u8>) -> Result<()> {
         self.writer.write(addr, &bytes)
     }
-}
-
-/// Tree blocks to the images, at addresses planned beforehand (all of them
-/// must be used).
-struct ListOut<'a> {
-    addrs: std::slice::Iter<'a, u64>,
-    writer: &'a ChunkWriter<'a>,
-}
-
-impl BlockOut for ListOut<'_> {
-    fn alloc(&mut self) -> Result<u64> {
-        self.addrs.next().copied().ok_or_else(|| Error::Invalid("a tree needs more blocks than planned (internal)".into()))
-    }
-    fn write(&mut self, addr: u64, _level: u8, bytes: Vec<u8>) -> Result<()> {
-        self.writer.write(addr, &bytes)
-    }
-}
-
-/// Write a tree of `items` (in key order) at the planned `addrs`.
-fn write_planned(
-    items: impl IntoIterator<Item = Result<(Key, Vec<u8>)>>,
-    params: BlockParams,
-    addrs: &[u64],
-    writer: &ChunkWriter<'_>,
-) -> Result<PlacedTree> {
-    let owner = params.owner;
-    let mut out = ListOut { addrs: addrs.iter(), writer };
-    let mut s = LeafStream::new(params);
-    for item in items {
-        let (k, v) = item?;
-        s.push(k, v, &mut out)?;
-    }
-    let placed = s.finish(&mut out)?;
-    if out.addrs.len() != 0 {
-        return Err(Error::Invalid(format!("tree {owner}: {} blocks planned, {} made (internal)", addrs.len(), placed.blocks.len())));
-    }
-    Ok(placed)
 }
 
 /// The subvolume trees (tree id and where its blocks went) from their
@@ -571,6 +536,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
     // ---- build the rest ----
     let addr_of = |t: TreeId| addrs.iter().find(|a| a.0 == t).map(|a| a.1.clone()).unwrap_or_default();
     let plain = |items: &[TreeItem]| items.iter().map(|i| Ok((i.key, i.data.clone()))).collect::<Vec<_>>();
+    let mut write_block = |a: u64, _level: u8, bytes: Vec<u8>| writer.write(a, &bytes);
     let simple: Vec<(TreeId, &[TreeItem])> = vec![
         (TreeId::Chunk, &chunk_tree),
         (TreeId::Dev, &dev_tree),
@@ -583,7 +549,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         if (t == TreeId::FreeSpace && !features.free_space_tree) || (t == TreeId::BlockGroup && !features.block_group_tree) {
             continue;
         }
-        placed.insert(t, write_planned(plain(items), params(t.objectid()), &addr_of(t), &writer)?);
+        placed.insert(t, build_tree_into(plain(items), params(t.objectid()), &addr_of(t), &mut write_block)?);
     }
     // Levels of every block, for the skinny METADATA_ITEM offsets: the
     // streamed trees' were kept, the root and extent trees' follow from
@@ -608,7 +574,7 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         }
     };
     let ext_addrs = addr_of(TreeId::Extent);
-    let mut out = ListOut { addrs: ext_addrs.iter(), writer: &writer };
+    let mut out = GivenAddrs::new(&ext_addrs, &mut write_block);
     let mut ext_tree = LeafStream::new(params(EXTENT_TREE_OBJECTID));
     for_each_extent_item(&ctx.chunks, !features.block_group_tree, &blocks, data.as_ref(), &mut |k, e| {
         let (k, v) = match e {
@@ -619,13 +585,11 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
         ext_tree.push(k, v, &mut out)
     })?;
     let ext_built = ext_tree.finish(&mut out)?;
-    if out.addrs.len() != 0 {
-        return Err(Error::Invalid(format!("extent tree: {} blocks planned, {} made (internal)", ext_addrs.len(), ext_built.blocks.len())));
-    }
+    out.check_all_used(EXTENT_TREE_OBJECTID, &ext_built)?;
     let ext_info = (ext_built.root, ext_built.level, ext_built.blocks.len() as u64 * nodesize as u64);
     placed.insert(TreeId::Extent, ext_built);
     let root_items = root_tree_items(&placed, ext_info)?;
-    placed.insert(TreeId::Root, write_planned(plain(&root_items), params(ROOT_TREE_OBJECTID), &addr_of(TreeId::Root), &writer)?);
+    placed.insert(TreeId::Root, build_tree_into(plain(&root_items), params(ROOT_TREE_OBJECTID), &addr_of(TreeId::Root), &mut write_block)?);
     // ---- every tree block is written: sync, then superblocks ----
     devs.sync()?;
 

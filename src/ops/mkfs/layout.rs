@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::format::ondisk::*;
 use crate::format::Profile;
 use crate::ops::rootdir::{self, Scan};
-use crate::tree::builder::{count_blocks, BlockParams, CountBlocks};
+use crate::tree::builder::{count_blocks_of, BlockParams, CountBlocks};
 use crate::volumes::alloc::{shape, ChunkPlan, Shape};
 
 /// Where the first chunk starts in the logical address space.
@@ -208,7 +208,7 @@ fn minimal_request(
     slack: u64,
 ) -> Result<LayoutRequest> {
     let nodesize = opts.nodesize;
-    let (data_bytes, fs_blocks, csum_blocks, mut ext_items) = match scan {
+    let (data_bytes, fs_blocks, csum_blocks, data_extents) = match scan {
         Some(s) => {
             // Shapes only: the trees are counted as they would be written.
             let format = crate::tree::encode::BlockFormat::new(nodesize, opts.csum, [0; 16], [0; 16])?;
@@ -219,10 +219,9 @@ fn minimal_request(
             // Every subvolume is a tree of its own, each at least one leaf.
             let csum_blocks = csum.blocks.len();
             let fs_blocks = count.blocks - csum_blocks;
-            let data_item = rootdir::data_extent_item(1, 0, 0, 0)?.len();
-            (sink.next, fs_blocks, csum_blocks, vec![data_item; r.extent_count as usize])
+            (sink.next, fs_blocks, csum_blocks, r.extent_count as usize)
         }
-        None => (0, 1, 1, Vec::new()),
+        None => (0, 1, 1, 0),
     };
     // Compressed extents are never split, so each data chunk boundary may waste
     // up to one extent's worth.
@@ -237,13 +236,16 @@ fn minimal_request(
     let subvols = scan.map_or(0, |s| s.subvolumes().len());
     let small_trees = 8usize + (subvols * 800).div_ceil(crate::tree::builder::leaf_data_size(nodesize));
     let chunk_count = 2 + data_lens.len();
-    ext_items.extend(std::iter::repeat_n(24usize, chunk_count));
+    // The extent tree: an item per data extent, block group and tree block
+    // (counted by size, not held).
+    let data_item = rootdir::data_extent_item(1, 0, 0, 0)?.len();
     let mut ext_blocks = 1usize;
     for _ in 0..4 {
         let blocks = fs_blocks + csum_blocks + small_trees + ext_blocks;
-        let mut items = ext_items.clone();
-        items.extend(std::iter::repeat_n(33usize, blocks));
-        ext_blocks = count_blocks(&items, nodesize)?;
+        let sizes = std::iter::repeat_n(data_item, data_extents)
+            .chain(std::iter::repeat_n(24usize, chunk_count))
+            .chain(std::iter::repeat_n(33usize, blocks));
+        ext_blocks = count_blocks_of(sizes, nodesize)?;
     }
     let meta_bytes = (fs_blocks + csum_blocks + small_trees + ext_blocks) as u64 * nodesize as u64;
     // Headroom for the kernel's first transactions after mount (its global
