@@ -59,6 +59,7 @@ row "filesystem usage" filesystem usage IMG
 row "subvolume snapshot / /snap" subvolume snapshot IMG / /snap
 row "put 64 MiB file" put IMG "$work/host/put-me" /put-me
 row "put the small tree" put IMG "$work/small" /again
+row "put the image's own tree again" put IMG SRC /again
 row "write 256 MiB (stdin)" write IMG /w --from "$work/large/big"
 row "rm -r /d001" rm -r IMG /d001
 row "chmod 600 /big" chmod IMG 600 /big

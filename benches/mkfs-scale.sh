@@ -4,7 +4,11 @@
 # 0..3000 bytes), one fresh sparse image each, both flushing before they exit.
 # Rounds are interleaved (btrs, mkfs.btrfs, btrs, ...); medians of wall time
 # and of peak RSS. Prints a markdown row per size, then how each tool's time
-# grows from the first size to the last.
+# grows from the first size to the last. Beside them, in the same rounds, the
+# host's own cost of the same tree, which no tool reading it can go below:
+# `tar -cf - TREE | cat` (every file listed, stat'ed, opened and read) and
+# `du -s TREE` (every file stat'ed), so that a tool's growth can be read
+# against how the host's lookups grow with the number of files.
 # The trees and images live in a work directory under TMPDIR (for a fair
 # 1M-file run put it on tmpfs: TMPDIR=/dev/shm). btrs's own temporary files
 # (its sorted runs of tree items past 24 MiB) go to SPILL (default /var/tmp,
@@ -31,26 +35,36 @@ run() { # $1 out file, rest: command taking the image last; appends "seconds KiB
     { echo "failed: $* ($(cat "$work/err"))" >&2; exit 1; }
   cat "$work/t" >> "$out"
 }
-printf '| files | btrs | mkfs.btrfs | time ratio |\n|---|---|---|---|\n'
+floor() { # $1 out file, rest: command; appends "seconds"
+  local out=$1; shift
+  sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  /usr/bin/time -f '%e' -o "$work/t" "$@" >/dev/null 2>"$work/err" || { echo "failed: $* ($(cat "$work/err"))" >&2; exit 1; }
+  cat "$work/t" >> "$out"
+}
+printf '| files | btrs | mkfs.btrfs | time ratio | tar \\| cat | du -s |\n|---|---|---|---|---|---|\n'
 first=() last=()
 for n in "${sizes[@]}"; do
   rm -rf "$work/tree"
   python3 "$here/benches/small-tree.py" "$work/tree" "$n"
   size=$(( n / 100000 * 2 + 2 ))G
   r=$rounds; [ "$n" -ge 1000000 ] && r=1
-  : > "$work/b"; : > "$work/p"
+  : > "$work/b"; : > "$work/p"; : > "$work/tar"; : > "$work/du"
   for _ in $(seq "$r"); do
     run "$work/b" env TMPDIR="$spill" "$btrs" mkfs -f -q --rootdir "$work/tree"
     run "$work/p" mkfs.btrfs -q -f --rootdir "$work/tree"
+    floor "$work/tar" sh -c 'tar -C "$1" -cf - . | cat > /dev/null' tar "$work/tree"
+    floor "$work/du" du -s "$work/tree"
   done
   tb=$(cut -d' ' -f1 "$work/b" | median); mb=$(cut -d' ' -f2 "$work/b" | median)
   tp=$(cut -d' ' -f1 "$work/p" | median); mp=$(cut -d' ' -f2 "$work/p" | median)
-  printf '| %d (%d round%s) | %.2f s, %d MiB peak | %.2f s, %d MiB peak | %.2f |\n' "$n" "$r" "$([ "$r" = 1 ] || echo s)" \
-    "$tb" "$(( ${mb%.*} / 1024 ))" "$tp" "$(( ${mp%.*} / 1024 ))" "$(echo "$tb / $tp" | bc -l)"
-  [ ${#first[@]} -gt 0 ] || first=("$n" "$tb" "$tp")
-  last=("$n" "$tb" "$tp")
+  tt=$(median < "$work/tar"); td=$(median < "$work/du")
+  printf '| %d (%d round%s) | %.2f s, %d MiB peak | %.2f s, %d MiB peak | %.2f | %.2f s | %.2f s |\n' "$n" "$r" "$([ "$r" = 1 ] || echo s)" \
+    "$tb" "$(( ${mb%.*} / 1024 ))" "$tp" "$(( ${mp%.*} / 1024 ))" "$(echo "$tb / $tp" | bc -l)" "$tt" "$td"
+  [ ${#first[@]} -gt 0 ] || first=("$n" "$tb" "$tp" "$tt" "$td")
+  last=("$n" "$tb" "$tp" "$tt" "$td")
 done
 if [ "${first[0]}" != "${last[0]}" ]; then
-  printf '\nFrom %d to %d files (%.0fx): btrs %.1fx the time, mkfs.btrfs %.1fx\n' "${first[0]}" "${last[0]}" \
-    "$(echo "${last[0]} / ${first[0]}" | bc -l)" "$(echo "${last[1]} / ${first[1]}" | bc -l)" "$(echo "${last[2]} / ${first[2]}" | bc -l)"
+  g() { [ "$(echo "${first[$1]} > 0" | bc)" = 1 ] && echo "${last[$1]} / ${first[$1]}" | bc -l || echo 0; }
+  printf '\nFrom %d to %d files (%.0fx): btrs %.1fx the time, mkfs.btrfs %.1fx; the host floors: tar | cat %.1fx, du -s %.1fx\n' \
+    "${first[0]}" "${last[0]}" "$(echo "${last[0]} / ${first[0]}" | bc -l)" "$(g 1)" "$(g 2)" "$(g 3)" "$(g 4)"
 fi

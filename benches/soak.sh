@@ -21,7 +21,7 @@ export BTRS_SOAK_SECONDS=$secs BTRS_SOAK_SEED=$seed BTRS_SOAK_OPS=${OPS:-1500}
 [ -n "${LAYOUT:-}" ] && export BTRS_SOAK_LAYOUT=$LAYOUT
 cd "$here"
 echo "soak: $secs s from seed $seed at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src tests || echo ' (with local changes)')"
-cargo test --release --lib model_tests::soak -- --ignored --nocapture 2>&1 | grep -E '^soak|fails|minimized|^(write|truncate|mkdir|rm|mv|ln|symlink|setxattr|rmxattr|put|commit|abort|crash|check)( |$)|panicked'
+cargo test --release --lib model_tests::soak -- --ignored --nocapture 2>&1 | grep -E '^soak|fails|minimized|^(write|writeback|truncate|mkdir|rm|mv|ln|symlink|setxattr|rmxattr|put|commit|abort|crash|check|convert|chmod|chown|set-ro|snapshot|subvol-create|subvol-delete)( |$)|panicked'
 if [ "${CLI:-}" = 1 ]; then
   cargo test --release --test model soak_cli -- --ignored --nocapture 2>&1 | grep -E '^soak_cli|fails|minimized|^(write|truncate|mkdir|rm|mv|ln|symlink|setxattr|rmxattr|put|check)( |$)|panicked'
 fi

@@ -278,7 +278,10 @@ pub enum Command {
     /// own name. What mkfs --rootdir keeps, put keeps: type, mode (set-ID
     /// bits too), owner, nanosecond times, xattrs, device numbers, symlink
     /// targets, hard links within the copied trees and holes. One
-    /// transaction: on any error nothing is committed.
+    /// transaction: on any error nothing is committed. However large the
+    /// tree, memory stays bounded: past 32 MiB of changed tree blocks
+    /// (the kernel's mark), they are written into free space as the copy
+    /// goes, where no committed tree reaches them until the commit.
     ///
     /// Before any byte is written, the whole source is checked: names,
     /// symlink targets and xattrs within the kernel's limits, every file

@@ -169,6 +169,9 @@ pub(crate) struct LibRunner {
     stale_supers: bool,
     /// Writes since the last commit that may have gone in place (NODATACOW).
     inplace: Vec<InPlace>,
+    /// What the last `writeback` op set every transaction's write-back
+    /// budget to, in bytes.
+    write_back_at: Option<u64>,
 }
 
 fn injected(e: &Error) -> bool {
@@ -194,13 +197,18 @@ impl LibRunner {
             puts: 0,
             stale_supers: false,
             inplace: Vec::new(),
+            write_back_at: None,
         }
     }
 
     fn open_tx(&mut self) -> Result<(), String> {
         if self.tx.is_none() {
             let fs = Filesystem::open(&open_opts(&self.imgs, true)).map_err(|e| format!("[open] open: {e}"))?;
-            self.tx = Some(Transaction::begin(fs).map_err(|e| format!("[open] begin: {e}"))?);
+            let mut tx = Transaction::begin(fs).map_err(|e| format!("[open] begin: {e}"))?;
+            if let Some(at) = self.write_back_at {
+                tx.write_back_at = at;
+            }
+            self.tx = Some(tx);
         }
         Ok(())
     }
@@ -220,6 +228,22 @@ impl LibRunner {
             }
             Op::Commit { reopen } => self.commit(*reopen),
             Op::Convert { data, meta } => self.convert(op, data, meta),
+            Op::WriteBack { blocks } => {
+                self.open_tx()?;
+                let before = self.gen_of_tx();
+                let tx = self.tx.as_mut().ok_or("[writeback] no transaction")?;
+                let at = u64::from(*blocks) * u64::from(tx.fs().sb.nodesize.get());
+                self.write_back_at = Some(at);
+                tx.write_back_at = at;
+                match tx.write_back_if_over() {
+                    Ok(wrote) => {
+                        self.stats.write_backs += u64::from(wrote);
+                        Ok(())
+                    }
+                    // Only an injected fault may stop it; the transaction is gone.
+                    Err(e) => self.failed(e, Vec::new(), before, None, op),
+                }
+            }
             Op::Abort => {
                 self.tx = None;
                 self.armed = None;
@@ -741,12 +765,14 @@ fn fixed(layout: &str, seeds: &[u64], ops: usize, check_every: usize) -> Option<
         "rmxattr",
         "put",
         "commit",
+        "writeback",
         "crash",
         "check",
     ] {
         assert!(total.by_op.get(k).copied().unwrap_or(0) > 0, "{layout}: no {k} op ran");
     }
     assert!(total.crashes > 0, "{layout}: no fault fired");
+    assert!(total.write_backs > 0, "{layout}: no write-back wrote a block");
     Some(total)
 }
 

@@ -67,6 +67,8 @@ pub(crate) struct Stats {
     pub(crate) refused: BTreeMap<String, u64>,
     pub(crate) enospc: u64,
     pub(crate) crashes: u64,
+    /// Write-outs of dirty tree blocks before a commit that wrote.
+    pub(crate) write_backs: u64,
     pub(crate) commits: u64,
     pub(crate) checks: u64,
     pub(crate) new_chunks: usize,
@@ -85,6 +87,7 @@ impl Stats {
         }
         self.enospc += o.enospc;
         self.crashes += o.crashes;
+        self.write_backs += o.write_backs;
         self.commits += o.commits;
         self.checks += o.checks;
         self.new_chunks += o.new_chunks;
@@ -118,6 +121,7 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         Op::Put { .. } => "put",
         Op::Commit { .. } => "commit",
         Op::Abort => "abort",
+        Op::WriteBack { .. } => "writeback",
         Op::Crash { .. } => "crash",
         Op::Check => "check",
         Op::Convert { .. } => "convert",
@@ -130,12 +134,13 @@ pub(super) fn op_name(op: &Op) -> &'static str {
 
 pub(super) fn report(name: &str, s: &Stats, t: std::time::Duration) {
     eprintln!(
-        "{name}: {} ops in {:.1}s ({:.0} ops/s outside the {:.1}s of whole-tree checks; {} commits, {} checks, {} faults, {} ENOSPC, {} new chunks); refused {:?}; ops {:?}",
+        "{name}: {} ops in {:.1}s ({:.0} ops/s outside the {:.1}s of whole-tree checks; {} commits, {} write-backs, {} checks, {} faults, {} ENOSPC, {} new chunks); refused {:?}; ops {:?}",
         s.ops,
         t.as_secs_f64(),
         s.ops as f64 / (t.saturating_sub(s.check_time)).as_secs_f64().max(1e-3),
         s.check_time.as_secs_f64(),
         s.commits,
+        s.write_backs,
         s.checks,
         s.crashes,
         s.enospc,

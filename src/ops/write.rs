@@ -488,6 +488,8 @@ fn rm_tree(tx: &mut Transaction, root: u64, dir: u64, name: &[u8]) -> Result<()>
     };
     let mut stack = vec![open(tx, dir, name.to_vec())?];
     while let Some(top) = stack.last_mut() {
+        // As a put: changed tree blocks written out past a budget.
+        tx.write_back_if_over()?;
         match (top.ino, top.kids.next()) {
             (Some(ino), Some(kid)) => {
                 let level = open(tx, ino, kid)?;
@@ -866,6 +868,9 @@ struct PutDir {
 fn put_tree(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, st: &mut PutState<'_>) -> Result<()> {
     let mut stack: Vec<PutDir> = put_one(tx, at, name, src, st)?.into_iter().collect();
     while let Some(top) = stack.last_mut() {
+        // One transaction however large the tree: its changed tree blocks
+        // are written out as they pass a budget, not held to the commit.
+        tx.write_back_if_over()?;
         match top.kids.next() {
             Some(k) => {
                 let at = Place { id: InodeId { subvol: top.root, ino: top.ino }, dir_type: FT_DIR };

@@ -86,6 +86,10 @@ pub(crate) struct CowTree {
     dirty: FxHashMap<u64, EditBlock>,
     /// The transaction the dirty blocks belong to.
     dirty_transid: Option<u64>,
+    /// Some of this transaction's blocks were written out before its commit
+    /// and forgotten ([`CowTree::forget_written`]): the tree changed even
+    /// when no block is held now.
+    written_back: bool,
     /// Cap on node pointers below the format's, to grow deep trees in tests.
     fanout_limit: Option<usize>,
 }
@@ -111,7 +115,7 @@ enum Loaded<'a> {
 impl CowTree {
     /// A tree whose root is the committed block `root`.
     pub(crate) fn new(root: RootPtr) -> Self {
-        CowTree { root, dirty: FxHashMap::default(), dirty_transid: None, fanout_limit: None }
+        CowTree { root, dirty: FxHashMap::default(), dirty_transid: None, written_back: false, fanout_limit: None }
     }
 
     /// A new, empty tree: one empty leaf, dirty in the current transaction.
@@ -158,14 +162,23 @@ impl CowTree {
         self.fanout_limit = Some(max_ptrs.max(3));
     }
 
+    /// Whether this transaction changed the tree: blocks held, or written
+    /// out early and forgotten.
     pub(crate) fn is_dirty(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.dirty.is_empty() || self.written_back
     }
 
-    /// Number of blocks this transaction has copied or created (and not freed).
-    #[cfg(test)]
+    /// Number of blocks this transaction has copied or created (and not
+    /// freed) that are held in memory.
     pub(crate) fn dirty_count(&self) -> usize {
         self.dirty.len()
+    }
+
+    /// Whether the tree's blocks cannot be written now: a tree the kernel
+    /// refuses empty (see `must_not_be_empty`) whose root is an empty leaf,
+    /// as it may be for a moment inside a transaction.
+    pub(crate) fn empty_refused(&self) -> bool {
+        must_not_be_empty(self.root.owner) && matches!(self.dirty.get(&self.root.bytenr), Some(EditBlock::Leaf(l)) if l.items.is_empty())
     }
 
     /// Every dirty block serialized for the commit, as (logical, bytes) sorted
@@ -174,8 +187,7 @@ impl CowTree {
     pub(crate) fn dirty_blocks<S: BlockStore + ?Sized>(&self, store: &S) -> Result<Vec<(u64, Vec<u8>)>> {
         let fmt = *store.format();
         let Some(generation) = self.dirty_transid else { return Ok(Vec::new()) };
-        if must_not_be_empty(self.root.owner) && matches!(self.dirty.get(&self.root.bytenr), Some(EditBlock::Leaf(l)) if l.items.is_empty())
-        {
+        if self.empty_refused() {
             return Err(Error::Invalid(format!("{} would be written empty, which the kernel refuses", self.at(self.root.bytenr))));
         }
         let mut out = self
@@ -187,13 +199,25 @@ impl CowTree {
         Ok(out)
     }
 
-    /// Forget the dirty blocks after they were written: from now on they are
-    /// committed blocks, and the next change copies them again, as the kernel
-    /// does for a block already written out.
+    /// Forget the dirty blocks after they were written out before the
+    /// commit (to bound a long transaction's memory): from now on the tree
+    /// reads them back, and the next change of one copies it again, as the
+    /// kernel does for a block already written out. A copy frees the written
+    /// one at once (its generation is this transaction's: no committed root
+    /// reaches it). The tree still counts as changed.
+    pub(crate) fn forget_written(&mut self) {
+        self.dirty.clear();
+        self.dirty_transid = None;
+        self.written_back = true;
+    }
+
+    /// Forget the dirty blocks after they were committed: from now on they
+    /// are committed blocks, and the next change copies them again.
     #[cfg(test)]
     pub(crate) fn mark_clean(&mut self) {
         self.dirty.clear();
         self.dirty_transid = None;
+        self.written_back = false;
     }
 
     /// [`CowTree::dirty_blocks`] then [`CowTree::mark_clean`].

@@ -60,6 +60,19 @@ impl TreeReader {
         })
     }
 
+    /// Blocks of the running transaction `generation` were written out before
+    /// its commit at `addrs`: accept that generation, and drop what the cache
+    /// holds at those addresses (a block freed earlier in the transaction
+    /// may have been read there).
+    pub(crate) fn wrote_uncommitted(&mut self, generation: u64, addrs: impl IntoIterator<Item = u64>) {
+        self.max_generation = self.max_generation.max(generation);
+        if let Ok(mut c) = self.cache.lock() {
+            for a in addrs {
+                c.remove(&a);
+            }
+        }
+    }
+
     /// Read one copy of a tree block and verify it.
     pub(crate) fn read_copy(&self, logical: u64, mirror: usize, expect: Expect) -> std::result::Result<TreeBlock, BlockProblem> {
         let mut buf = vec![0u8; crate::format::usize_of(self.nodesize)];

@@ -75,6 +75,7 @@ mod xattr;
 mod direct_tests;
 
 pub use attr::{lsattr_string, AttrChange, CHATTR_LETTERS};
+pub(crate) use commit::WRITE_BACK_BYTES;
 pub(crate) use file_extent::MAX_INLINE;
 pub(crate) use readers::Held;
 pub(crate) use restripe::cut_unit_of;
@@ -113,6 +114,12 @@ pub struct Transaction {
     /// The superblock's total_bytes after a device size changed (see
     /// `set_device_size`), else the committed one.
     pub(crate) total_bytes: Option<u64>,
+    /// Dirty tree block bytes past which [`Transaction::write_back_if_over`]
+    /// writes them out before the commit ([`WRITE_BACK_BYTES`]; tests lower it).
+    pub(crate) write_back_at: u64,
+    /// Tests: every address [`Transaction::write_back_if_over`] wrote.
+    #[cfg(test)]
+    pub(crate) written_out: Vec<u64>,
     /// Test-only switches of the direct writer (see `fs::direct`).
     #[cfg(test)]
     pub(crate) direct_no_bounce: bool,
@@ -161,6 +168,9 @@ impl Transaction {
             names: HashMap::new(),
             in_place: InPlace::Unmarked,
             total_bytes: None,
+            write_back_at: WRITE_BACK_BYTES,
+            #[cfg(test)]
+            written_out: Vec::new(),
             #[cfg(test)]
             direct_no_bounce: false,
             #[cfg(test)]

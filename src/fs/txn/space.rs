@@ -120,6 +120,13 @@ impl Store {
     /// n small files would walk n extents each.
     /// Metadata (`no_stripe_cross`) never crosses a 64 KiB stripe boundary,
     /// which the kernel's tree-checker and scrub rely on.
+    /// Tests: allocate from the start of every block group again, so that
+    /// space freed earlier in the transaction is taken first.
+    #[cfg(test)]
+    pub(crate) fn restart_allocation(&mut self) {
+        self.hints.clear();
+    }
+
     fn find(&self, kind: u64, len: u64, align: u64, no_stripe_cross: bool) -> Option<u64> {
         let hint = self.hints.get(&kind).copied().unwrap_or(0);
         self.find_from(kind, len, align, no_stripe_cross, hint).or_else(|| {

@@ -93,6 +93,9 @@ impl Gen {
         if !self.cfg.cli && r.chance(1, 150) {
             return Op::Abort;
         }
+        if !self.cfg.cli && r.chance(1, 60) {
+            return Op::WriteBack { blocks: [0, 1, 3, 16, 2048][r.below(5) as usize] };
+        }
         if r.chance(1, 70) {
             if let Some(op) = self.convert() {
                 return op;

@@ -495,7 +495,7 @@ impl Model {
             Op::Symlink { target, link } => m.symlink(target, link),
             Op::SetXattr { path, name, value } => m.setxattr(path, name, value.map(|(n, s)| printable(s, n as usize))),
             Op::Put { dest, seed } => m.put(dest, &HostTree::generate(*seed)),
-            Op::Commit { .. } | Op::Abort | Op::Crash { .. } | Op::Check => Ok(()),
+            Op::Commit { .. } | Op::Abort | Op::WriteBack { .. } | Op::Crash { .. } | Op::Check => Ok(()),
             Op::SubvolCreate { path } => m.subvol_create(path),
             Op::Snapshot { src, dest, ro } => m.snapshot(src, dest, *ro),
             Op::SubvolDelete { path } => m.subvol_delete(path),

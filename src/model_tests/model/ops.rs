@@ -78,6 +78,13 @@ pub(crate) enum Op {
     },
     /// Library: drop the running transaction. Command line: nothing.
     Abort,
+    /// Library: from now on (this transaction and later ones) write dirty
+    /// tree blocks out before the commit once more than `blocks` are held
+    /// (0: any), as a long put or rm does past its budget; and do so now.
+    /// Command line: nothing.
+    WriteBack {
+        blocks: u32,
+    },
     /// Library: the `at`-th image I/O from now fails (or is torn) and every
     /// later one too. Command line: the next command is killed (SIGKILL)
     /// `at` microseconds after it starts.
@@ -128,7 +135,7 @@ pub(crate) enum Op {
 impl Op {
     /// Whether the op changes the filesystem (a command runs for it).
     pub(crate) fn mutates(&self) -> bool {
-        !matches!(self, Op::Commit { .. } | Op::Abort | Op::Crash { .. } | Op::Check)
+        !matches!(self, Op::Commit { .. } | Op::Abort | Op::WriteBack { .. } | Op::Crash { .. } | Op::Check)
     }
 
     /// Paths whose state the op may change (checked right after it).
@@ -239,6 +246,7 @@ impl std::fmt::Display for Op {
             Op::Put { dest, seed } => write!(f, "put {} seed={seed}", enc(dest)),
             Op::Commit { reopen } => write!(f, "commit{}", if *reopen { " reopen" } else { "" }),
             Op::Abort => write!(f, "abort"),
+            Op::WriteBack { blocks } => write!(f, "writeback blocks={blocks}"),
             Op::Crash { at, torn } => write!(f, "crash at={at}{}", if *torn { " torn" } else { "" }),
             Op::Check => write!(f, "check"),
             Op::Convert { data, meta } => write!(f, "convert data={data} meta={meta}"),
@@ -308,6 +316,7 @@ pub(crate) fn parse_op(line: &str) -> Result<Op, String> {
         Some("put") => Op::Put { dest: arg(1)?, seed: kv("seed")? },
         Some("commit") => Op::Commit { reopen: flag("reopen") },
         Some("abort") => Op::Abort,
+        Some("writeback") => Op::WriteBack { blocks: kv("blocks")? as u32 },
         Some("crash") => Op::Crash { at: kv("at")?, torn: flag("torn") },
         Some("check") => Op::Check,
         Some("convert") => {
