@@ -3,6 +3,13 @@
 
 use std::path::PathBuf;
 
+/// The binary without the caller's SOURCE_DATE_EPOCH (see tests/common).
+fn btrs_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_btrs"));
+    c.env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
 #[test]
 fn man_pages_are_current() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("man");
@@ -40,11 +47,7 @@ fn man_pages_are_current() {
 #[test]
 fn completions_generate_for_every_shell() {
     for shell in ["bash", "zsh", "fish"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_btrs"))
-            .env_remove("SOURCE_DATE_EPOCH")
-            .args(["completions", shell])
-            .output()
-            .unwrap();
+        let out = btrs_cmd().args(["completions", shell]).output().unwrap();
         assert!(out.status.success(), "{shell}");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("dump-tree") && text.contains("extract"), "{shell} completion lacks subcommands");
@@ -60,10 +63,9 @@ fn completions_generate_for_every_shell() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").args(["ls"]).output().unwrap();
+    let out = btrs_cmd().args(["ls"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").args(["no-such-command"]).output().unwrap();
+    let out = btrs_cmd().args(["no-such-command"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 

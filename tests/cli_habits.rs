@@ -172,7 +172,7 @@ fn habits_give_the_exit_status_and_output_users_expect() {
         if args.first() == Some(&"mkfs") && args.contains(&"-q") {
             assert!(!new.exists(), "a refused mkfs left {}", new.display());
         }
-        let o = std::process::Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(args).output().unwrap();
+        let o = common::btrs_cmd().args(args).output().unwrap();
         let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         assert_eq!(o.status.code(), Some(*code), "btrs {args:?}\nstdout: {out}\nstderr: {err}");
         assert!(!err.contains("panicked"), "btrs {args:?} panicked: {err}");
@@ -233,7 +233,7 @@ fn ls_quotes_names_as_gnu_ls() {
         o.stdout
     };
     let ours = |args: &[&str]| {
-        let o = Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").arg("ls").args(args).arg(&img).arg("/").output().unwrap();
+        let o = common::btrs_cmd().arg("ls").args(args).arg(&img).arg("/").output().unwrap();
         assert!(o.status.success(), "btrs ls {args:?}: {}", String::from_utf8_lossy(&o.stderr));
         o.stdout
     };
@@ -292,7 +292,7 @@ fn ls_quotes_names_as_gnu_ls() {
     // ls -R's directory lines: ':' is quoted there too, -b leaves spaces
     // alone (GNU: `'./c:d':`, `./c\:d:`, `./x y:`), names need not be UTF-8.
     let lines = |args: &[&str]| {
-        let o = Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").arg("ls").arg("-R").args(args).arg(&img).arg("/").output().unwrap();
+        let o = common::btrs_cmd().arg("ls").arg("-R").args(args).arg(&img).arg("/").output().unwrap();
         assert!(o.status.success());
         o.stdout.split(|b| *b == b'\n').filter(|l| l.ends_with(b":")).map(<[u8]>::to_vec).collect::<Vec<_>>()
     };
@@ -360,7 +360,6 @@ fn extract_as_a_user_warns_a_few_times_then_counts() {
 /// is untouched); host-only names and directories stay.
 #[test]
 fn extract_overwrite_replaces_files_and_never_follows_links() {
-    use std::process::Command;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let src = d.join("src");
@@ -382,8 +381,7 @@ fn extract_overwrite_replaces_files_and_never_follows_links() {
     std::fs::write(dest.join("d/sub"), b"a file where the image has a directory").unwrap();
     std::fs::write(dest.join("d/mine"), b"host only").unwrap();
     let run = |extra: &[&str]| {
-        let o =
-            Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").arg("extract").args(extra).arg(&img).arg("/").arg(&dest).output().unwrap();
+        let o = common::btrs_cmd().arg("extract").args(extra).arg(&img).arg("/").arg(&dest).output().unwrap();
         (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
     };
     let (c, err) = run(&[]);
@@ -430,7 +428,7 @@ fn names_that_are_not_utf8_can_be_named_to_every_command() {
     let img = d.join("a.img");
     ok(&["mkfs", "-b", "200M", "-r", s(&src), s(&img)]);
     let run = |args: &[&[u8]], stdin: &[u8]| -> (i32, Vec<u8>, String) {
-        let mut c = Command::new(BIN);
+        let mut c = common::btrs_cmd();
         // `subvolume create IMAGE ...`: the image after the command's words.
         let words = if matches!(args[0], b"subvolume" | b"property") { 2 } else { 1 };
         c.args(args[..words].iter().map(|a| os(a))).arg(&img).args(args[words..].iter().map(|a| os(a)));
@@ -543,8 +541,7 @@ fn names_that_are_not_utf8_can_be_named_to_every_command() {
     assert_eq!(std::fs::read(out.join(os(b"m\x87")).join(os(b"t\x88"))).unwrap(), [0u8; 10]);
     // mkfs's paths into the source tree take such names too.
     let img2 = d.join("b.img");
-    let o = Command::new(BIN)
-        .env_remove("SOURCE_DATE_EPOCH")
+    let o = common::btrs_cmd()
         .args(["mkfs", "-b", "200M", "-r"])
         .arg(&src)
         .arg("--subvol")
@@ -557,15 +554,14 @@ fn names_that_are_not_utf8_can_be_named_to_every_command() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(["subvolume", "list"]).arg(&img2).output().unwrap();
+    let o = common::btrs_cmd().args(["subvolume", "list"]).arg(&img2).output().unwrap();
     // As progs prints it: the path's bytes.
     assert!(o.stdout.ends_with(b" path d\xff\n"), "{}", String::from_utf8_lossy(&o.stdout));
-    let o = Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(["stat", "--json"]).arg(&img2).arg(os(b"/a\x80b")).output().unwrap();
+    let o = common::btrs_cmd().args(["stat", "--json"]).arg(&img2).arg(os(b"/a\x80b")).output().unwrap();
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(st[0]["flags"].as_u64().unwrap() & 3, 3, "nodatacow (and nodatasum): {st}");
     // Their messages show such names as every other message does.
-    let o = Command::new(BIN)
-        .env_remove("SOURCE_DATE_EPOCH")
+    let o = common::btrs_cmd()
         .args(["mkfs", "-b", "200M", "-r"])
         .arg(&src)
         .arg("--subvol")
@@ -597,7 +593,7 @@ fn names_that_are_not_utf8_can_be_named_to_every_command() {
     assert_eq!(std::fs::read(mnt.join(os(b"n\x86")).join(os(b"w\x89"))).unwrap(), b"written");
     // subvolume list as progs prints it on the mount (the path's bytes).
     let theirs = Command::new("btrfs").args(["subvolume", "list"]).arg(&mnt).output().unwrap();
-    let ours = Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(["subvolume", "list"]).arg(&img).output().unwrap();
+    let ours = common::btrs_cmd().args(["subvolume", "list"]).arg(&img).output().unwrap();
     assert!(theirs.status.success() && ours.status.success());
     let paths = |t: &[u8]| -> Vec<Vec<u8>> {
         t.split(|b| *b == b'\n')

@@ -16,8 +16,7 @@ use common::fixtures::unpack_foreign;
 
 fn btrs(args: &[&str], image: &Path) -> Output {
     let start = Instant::now();
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").arg(args[0]).arg(image).args(&args[1..]).output().unwrap();
+    let out = common::btrs_cmd().arg(args[0]).arg(image).args(&args[1..]).output().unwrap();
     assert!(start.elapsed() < Duration::from_secs(60), "btrs {args:?} took too long");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "btrs {args:?} panicked: {err}");
@@ -63,8 +62,7 @@ fn edit_block(img: &Path, phys: &[u64], nodesize: u32, reseal: bool, edit: impl 
 
 #[test]
 fn missing_image_and_path() {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").args(["ls", "/nonexistent/image.img"]).output().unwrap();
+    let out = common::btrs_cmd().args(["ls", "/nonexistent/image.img"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/image.img"));
     let tmp = tempfile::tempdir().unwrap();

@@ -575,7 +575,7 @@ fn directory_loop_is_a_clean_error() {
     let dest = tmp.path().join("out");
     for args in [vec!["ls", img, "/", "-R"], vec!["extract", img, "/", dest.to_str().unwrap()]] {
         let start = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").args(&args).output().unwrap();
+        let out = common::btrs_cmd().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains("reached twice"), "{args:?}: {err}");
@@ -617,11 +617,7 @@ fn huge_block_group_length_is_bounded() {
     }
     assert!(done, "the extent tree of single holds block group items");
     let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_btrs"))
-        .env_remove("SOURCE_DATE_EPOCH")
-        .args(["scrub", imgs[0].to_str().unwrap(), "--readonly", "--json", "--no-progress"])
-        .output()
-        .unwrap();
+    let out = common::btrs_cmd().args(["scrub", imgs[0].to_str().unwrap(), "--readonly", "--json", "--no-progress"]).output().unwrap();
     let elapsed = start.elapsed();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     let report = String::from_utf8_lossy(&out.stdout);

@@ -92,16 +92,12 @@ fn inode_commands_are_what_the_kernel_sees_and_sets() {
     assert_eq!(j[1]["atime"]["nsec"], 500_000_000);
     assert_eq!(j[2]["size"], 12288);
     assert_eq!(ok(&["readlink", s(&img), "/lnk"]), "/p/q/r\n");
-    let cat = Command::new(common::BIN).env_remove("SOURCE_DATE_EPOCH").args(["cat", s(&img), "/data"]).output().unwrap();
+    let cat = common::btrs_cmd().args(["cat", s(&img), "/data"]).output().unwrap();
     assert!(cat.status.success() && cat.stdout == common::pseudo(8000, 7)[..5000], "truncated file reads back wrong");
     let dump = ok(&["getfattr", s(&img), "-d", "/data"]);
     assert_eq!(dump, "# file: data\nuser.b64=0sYQpi\nuser.hex=0sAP8KQQ==\nuser.plain=\"hello\"\nuser.txt=0sYSJiXGMK\n\n");
     assert_eq!(ok(&["getfattr", s(&img), "-n", "user.txt", "-e", "text", "/data"]), "# file: data\nuser.txt=\"a\\\"b\\\\c\\012\"\n\n");
-    let raw = Command::new(common::BIN)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .args(["getfattr", s(&img), "--only-values", "-n", "user.hex", "/data"])
-        .output()
-        .unwrap();
+    let raw = common::btrs_cmd().args(["getfattr", s(&img), "--only-values", "-n", "user.hex", "/data"]).output().unwrap();
     assert_eq!(raw.stdout, b"\0\xff\nA");
 
     if progs_for(test, false) {

@@ -71,13 +71,7 @@ fn round_trip(test: &str, ndev: usize, mkfs_args: &[&str], mount_opts: &str) {
     m.unmount().unwrap();
 
     let dest = tmp.path().join("out");
-    let out = Command::new(env!("CARGO_BIN_EXE_btrs"))
-        .env_remove("SOURCE_DATE_EPOCH")
-        .arg("extract")
-        .arg(&imgs[ndev - 1])
-        .arg(&dest)
-        .output()
-        .unwrap();
+    let out = common::btrs_cmd().arg("extract").arg(&imgs[ndev - 1]).arg(&dest).output().unwrap();
     assert!(out.status.success(), "{test}: {}", String::from_utf8_lossy(&out.stderr));
     assert_manifest_eq(&kernel_view, &walk_manifest(&dest));
 }

@@ -13,12 +13,7 @@ use common::interop::{btrfs_check, interop_enabled, is_root, must, progs_availab
 use serde_json::Value;
 
 fn btrs(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_btrs"))
-        .env_remove("SOURCE_DATE_EPOCH")
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .expect("running btrs");
+    let out = common::btrs_cmd().args(args).envs(envs.iter().copied()).output().expect("running btrs");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

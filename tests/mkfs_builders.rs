@@ -27,7 +27,7 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
 }
 
 fn btrs(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    run(Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(args).envs(envs.iter().copied()))
+    run(common::btrs_cmd().args(args).envs(envs.iter().copied()))
 }
 
 fn btrs_ok(args: &[&str]) -> String {

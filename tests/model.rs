@@ -29,12 +29,10 @@ mod lib_api {
 }
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use model::*;
 use shared::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_btrs");
 
 struct CliRunner {
     imgs: Vec<PathBuf>,
@@ -191,8 +189,7 @@ impl CliRunner {
 
     /// Run a command, killed after `kill` µs if asked.
     fn run(&self, args: &[String], kill: Option<u64>) -> Result<End, String> {
-        let mut child = Command::new(BIN)
-            .env_remove("SOURCE_DATE_EPOCH")
+        let mut child = common::btrs_cmd()
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -273,11 +273,7 @@ fn dump_tree_differs(img: &Path, work: &Path) -> Option<String> {
             continue;
         }
         let want = normal_dump(want.split_once('\n').map_or("", |(_, rest)| rest));
-        let (st, got, err) = run_bounded(
-            Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").arg("dump-tree").args(args).arg(img),
-            work,
-            TIME_LIMIT,
-        );
+        let (st, got, err) = run_bounded(common::btrs_cmd().arg("dump-tree").args(args).arg(img), work, TIME_LIMIT);
         if !st.is_some_and(|s| s.success()) {
             return Some(format!("btrs dump-tree {args:?}: {err}"));
         }

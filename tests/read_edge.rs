@@ -34,11 +34,11 @@ fn name_hash_collisions_resolve_by_name() {
     let item_line = dump.lines().position(|l| l.contains(&format!("DIR_ITEM {hash})"))).expect("dir item");
     assert!(dump.lines().nth(item_line).unwrap().contains("itemsize 90"), "two 15-byte names in one item");
     for (i, n) in COLLIDING.iter().enumerate() {
-        let out = Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").arg("cat").arg(&img).arg(n).output().unwrap();
+        let out = common::btrs_cmd().arg("cat").arg(&img).arg(n).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("content of {i}"));
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").arg("ls").arg(&img).output().unwrap();
+    let out = common::btrs_cmd().arg("ls").arg(&img).output().unwrap();
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(COLLIDING.iter().all(|n| listing.lines().any(|l| l == *n)), "{listing}");
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use common::fixtures::*;
 
 fn btrs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_btrs"))
+    common::btrs_cmd()
 }
 
 fn is_root() -> bool {

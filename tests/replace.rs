@@ -7,11 +7,10 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::interop::{btrfs_check, interop_enabled, progs_for};
 use common::interop::{root_for, Tmpfs};
-use common::{btrs, ok, pseudo, reads_back, s, scrubs_clean, BIN};
+use common::{btrs, ok, pseudo, reads_back, s, scrubs_clean};
 
 /// The files a set holds: (path in the image, bytes).
 type Files = Vec<(String, Vec<u8>)>;
@@ -221,7 +220,7 @@ fn replace_only_reads_the_other_images_and_counts_what_it_cannot_rebuild() {
     reads_back(&imgs[0], &files, &[], "after replace beside a damaged copy");
     // The new image holds the good copy: with devid 1 away, /big reads from 2 and 3.
     std::fs::rename(&imgs[0], lost.join("dev1.img")).unwrap();
-    let out = Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(["--degraded", "cat", s(&imgs[1]), "/big"]).output().unwrap();
+    let out = common::btrs_cmd().args(["--degraded", "cat", s(&imgs[1]), "/big"]).output().unwrap();
     assert!(out.status.success() && out.stdout == files[0].1, "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::rename(lost.join("dev1.img"), &imgs[0]).unwrap();
 

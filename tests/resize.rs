@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::interop::{btrfs_check, interop_enabled, progs_for, Mounted};
 use common::interop::{root_for, Tmpfs};
-use common::{btrs, ok, pseudo, s, BIN};
+use common::{btrs, ok, pseudo, s};
 
 fn len(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().len()
@@ -30,7 +30,7 @@ fn write(dir: &Path, img: &Path, path: &str, data: &[u8]) {
 }
 
 fn reads(img: &Path, path: &str, data: &[u8], what: &str) {
-    let out = Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(["cat", s(img), path]).output().unwrap();
+    let out = common::btrs_cmd().args(["cat", s(img), path]).output().unwrap();
     assert!(out.status.success() && out.stdout == data, "{what}: {path}: {}", String::from_utf8_lossy(&out.stderr));
 }
 

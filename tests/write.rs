@@ -12,7 +12,7 @@ use std::process::Command;
 use common::interop::{btrfs_check, interop_enabled, Mounted};
 
 fn btrs(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").args(args).output().expect("running btrs");
+    let out = common::btrs_cmd().args(args).output().expect("running btrs");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -23,7 +23,7 @@ fn ok(args: &[&str]) -> String {
 }
 
 fn cat(img: &str, path: &str) -> Vec<u8> {
-    let out = Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").args(["cat", img, path]).output().expect("btrs cat");
+    let out = common::btrs_cmd().args(["cat", img, path]).output().expect("btrs cat");
     assert!(out.status.success(), "btrs cat {path}: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
@@ -279,11 +279,7 @@ fn writers_exclude_each_other_readers_see_the_last_commit() {
     let big = pseudo(200 << 20, 2);
     let src = tmp.path().join("big.bin");
     std::fs::write(&src, &big).unwrap();
-    let mut writer = Command::new(env!("CARGO_BIN_EXE_btrs"))
-        .env_remove("SOURCE_DATE_EPOCH")
-        .args(["write", img, "/new", "--from", src.to_str().unwrap(), "--quiet"])
-        .spawn()
-        .unwrap();
+    let mut writer = common::btrs_cmd().args(["write", img, "/new", "--from", src.to_str().unwrap(), "--quiet"]).spawn().unwrap();
     let (mut before, mut after) = (0, 0);
     loop {
         let done = writer.try_wait().unwrap().is_some();
@@ -570,7 +566,7 @@ fn sigkill_at_random_points_keeps_old_or_new_content() {
     let run = |extra: &[&str]| {
         let mut args = vec!["write", img, "/f", "--from", src.to_str().unwrap(), "--quiet"];
         args.extend_from_slice(extra);
-        Command::new(env!("CARGO_BIN_EXE_btrs")).env_remove("SOURCE_DATE_EPOCH").args(&args).spawn().expect("spawn btrs")
+        common::btrs_cmd().args(&args).spawn().expect("spawn btrs")
     };
     // How long an unkilled write takes: kills are spread over that time.
     let t0 = std::time::Instant::now();
@@ -1064,13 +1060,8 @@ fn write_from_standard_input_in_uneven_pieces() {
     let data = pseudo(37 << 20 | 4567, 31);
     let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (path, extra) in [("/buffered", &[][..]), ("/direct", &["--direct"][..]), ("/odd", &["--offset", "5001"][..])] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_btrs"))
-            .env_remove("SOURCE_DATE_EPOCH")
-            .args(["write", img, path, "--quiet"])
-            .args(extra)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child =
+            common::btrs_cmd().args(["write", img, path, "--quiet"]).args(extra).stdin(std::process::Stdio::piped()).spawn().unwrap();
         let mut stdin = child.stdin.take().unwrap();
         let mut at = 0;
         for (n, piece) in [1usize, 4095, 3 << 20, 17, 20 << 20, 100_000].iter().cycle().enumerate() {
@@ -1090,8 +1081,7 @@ fn write_from_standard_input_in_uneven_pieces() {
         model_write(&mut model, path, off, &data, false);
     }
     // Overwrite inside a file, ending mid-sector before its end.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_btrs"))
-        .env_remove("SOURCE_DATE_EPOCH")
+    let mut child = common::btrs_cmd()
         .args(["write", img, "/buffered", "--quiet", "--offset", "4096"])
         .stdin(std::process::Stdio::piped())
         .spawn()

@@ -164,16 +164,7 @@ fn mkfs_rootdir_on_a_full_disk_fails_promptly() {
         for threads in ["1", "2", "8"] {
             let img = small.dir.join(format!("t{threads}.img"));
             let (out, took) = bounded(
-                Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args([
-                    "mkfs",
-                    "-b",
-                    "300M",
-                    "--threads",
-                    threads,
-                    "-r",
-                    s(&src),
-                    s(&img),
-                ]),
+                btrs_cmd().args(["mkfs", "-b", "300M", "--threads", threads, "-r", s(&src), s(&img)]),
                 &format!("mkfs -r --threads {threads} on a full tmpfs ({} MiB taken)", filler >> 20),
             );
             let err = stderr(&out);
@@ -200,8 +191,7 @@ fn write_on_a_full_disk_fails_promptly_and_commits_nothing() {
         let imgs = mkfs(&small.dir, 2, "256M", "raid1", &[]);
         let mut args = vec!["write", s(&imgs[0]), "/big", "--from", s(&input), "--quiet"];
         args.extend_from_slice(mode);
-        let (out, took) =
-            bounded(Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(&args), &format!("write {mode:?} on a full tmpfs"));
+        let (out, took) = bounded(btrs_cmd().args(&args), &format!("write {mode:?} on a full tmpfs"));
         let err = stderr(&out);
         assert_eq!(code(&out), 1, "{mode:?}: {err}");
         assert!(err.contains("No space left"), "{mode:?}: {err}");
@@ -394,7 +384,7 @@ fn hostile_numbers_fail_cleanly() {
         // The superblock: a refused command commits nothing (hashing the
         // whole image for each of these cases would take minutes).
         let before = superblock(&img);
-        let (out, _) = bounded(Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(&args), &format!("{args:?}"));
+        let (out, _) = bounded(btrs_cmd().args(&args), &format!("{args:?}"));
         let err = stderr(&out);
         assert_eq!(code(&out), *want, "{args:?}: {err}");
         if *want != 0 {
@@ -459,7 +449,7 @@ fn mkfs_refuses_wrapping_offsets_on_an_ext4_image() {
         let mut args = vec!["mkfs"];
         args.extend_from_slice(extra);
         args.push(s(&ext4));
-        let (out, _) = bounded(Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(&args), &format!("{args:?}"));
+        let (out, _) = bounded(btrs_cmd().args(&args), &format!("{args:?}"));
         let err = stderr(&out);
         // Sizes and offsets no image file can have are usage errors (16E does not
         // even parse); the rest are refused by what the image is.
@@ -499,7 +489,7 @@ fn failed_mkfs_leaves_a_larger_plain_file_alone() {
         let mut args = vec!["mkfs"];
         args.extend_from_slice(extra);
         args.push(s(&plain));
-        let (out, _) = bounded(Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(&args), &format!("{args:?}"));
+        let (out, _) = bounded(btrs_cmd().args(&args), &format!("{args:?}"));
         // Only the content that does not fit is about this file; the rest are usage errors.
         let want = if extra[..2] == ["-b", "40M"] { 1 } else { 2 };
         assert_eq!(code(&out), want, "{args:?}: {}", stderr(&out));
@@ -555,8 +545,7 @@ fn rm_r_of_a_20000_level_tree_works() {
     let img = s(&imgs[0]);
     ok(&["mkdir", "-p", img, &deep_path()]);
     ok(&["mkdir", "-p", img, "/keep"]);
-    let (out, took) =
-        bounded(Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(["rm", "-r", img, "/d"]), "rm -r of a 20000-level tree");
+    let (out, took) = bounded(btrs_cmd().args(["rm", "-r", img, "/d"]), "rm -r of a 20000-level tree");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     eprintln!("rm -r of {DEEP} levels: {took:?}");
     assert_eq!(ok(&["ls", img, "/"]), b"keep\n");
@@ -573,13 +562,7 @@ fn ls_r_of_a_20000_level_tree_works() {
     let img = s(&imgs[0]);
     ok(&["mkdir", "-p", img, &deep_path()]);
     let t0 = Instant::now();
-    let mut child = Command::new(BIN)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .args(["ls", "-R", img, "/"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = btrs_cmd().args(["ls", "-R", img, "/"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut so = child.stdout.take().unwrap();
     let (mut lines, mut bytes, mut tail) = (0usize, 0usize, Vec::new());
     let mut buf = vec![0u8; 1 << 20];
@@ -615,10 +598,7 @@ fn put_of_a_20000_level_host_tree_fails_cleanly() {
     let deep = DeepHostTree::make(tmp.path());
     let imgs = mkfs(tmp.path(), 1, "256M", "single", &[]);
     let before = fingerprint(&imgs[0]);
-    let (out, _) = bounded(
-        Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(["put", s(&imgs[0]), s(&deep.root), "/deep"]),
-        "put of a deep host tree",
-    );
+    let (out, _) = bounded(btrs_cmd().args(["put", s(&imgs[0]), s(&deep.root), "/deep"]), "put of a deep host tree");
     let err = stderr(&out);
     match code(&out) {
         0 => progs_check("put_of_a_20000_level_host_tree_fails_cleanly", &imgs, &[]),
@@ -639,10 +619,7 @@ fn mkfs_rootdir_of_a_20000_level_host_tree_fails_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let deep = DeepHostTree::make(tmp.path());
     let img = tmp.path().join("new.img");
-    let (out, _) = bounded(
-        Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(["mkfs", "-b", "256M", "-r", s(&deep.root), s(&img)]),
-        "mkfs -r of a deep host tree",
-    );
+    let (out, _) = bounded(btrs_cmd().args(["mkfs", "-b", "256M", "-r", s(&deep.root), s(&img)]), "mkfs -r of a deep host tree");
     let err = stderr(&out);
     match code(&out) {
         0 => progs_check("mkfs_rootdir_of_a_20000_level_host_tree_fails_cleanly", &[img], &[]),
@@ -676,10 +653,8 @@ fn mkfs_rootdir_tar_of_a_20000_level_path_works() {
         b.finish().unwrap();
     }
     let img = tmp.path().join("new.img");
-    let (out, took) = bounded(
-        Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(["mkfs", "-b", "256M", "--rootdir-tar", s(&tar_path), s(&img)]),
-        "mkfs --rootdir-tar of a deep path",
-    );
+    let (out, took) =
+        bounded(btrs_cmd().args(["mkfs", "-b", "256M", "--rootdir-tar", s(&tar_path), s(&img)]), "mkfs --rootdir-tar of a deep path");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     eprintln!("mkfs --rootdir-tar of {DEEP} levels: {took:?}");
     let deepest = format!("{}/", deep_path());
@@ -773,7 +748,7 @@ fn rm_r_through_a_directory_loop_is_a_clean_error() {
     let tmp = tempfile::tempdir().unwrap();
     let img = looped_image(tmp.path());
     let before = fingerprint(&img);
-    let (out, _) = bounded(Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(["rm", "-r", s(&img), "/a"]), "rm -r through a loop");
+    let (out, _) = bounded(btrs_cmd().args(["rm", "-r", s(&img), "/a"]), "rm -r through a loop");
     let err = stderr(&out);
     assert_eq!(code(&out), 1, "{err}");
     assert!(err.contains("reached twice"), "{err}");
@@ -788,7 +763,7 @@ fn ls_r_through_a_directory_loop_is_a_clean_error() {
     let tmp = tempfile::tempdir().unwrap();
     let img = looped_image(tmp.path());
     let before = fingerprint(&img);
-    let (out, _) = bounded(Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(["ls", "-R", s(&img), "/"]), "ls -R through a loop");
+    let (out, _) = bounded(btrs_cmd().args(["ls", "-R", s(&img), "/"]), "ls -R through a loop");
     let err = stderr(&out);
     assert_eq!(code(&out), 1, "{err}");
     assert!(err.contains("reached twice"), "{err}");
@@ -819,8 +794,7 @@ fn mv_into_a_looping_parent_chain_is_a_clean_error() {
     });
     assert_eq!(n, 1, "INODE_REF of /a");
     let before = fingerprint(&img);
-    let (out, _) =
-        bounded(Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(["mv", s(&img), "/x", "/a/b"]), "mv into a looping parent chain");
+    let (out, _) = bounded(btrs_cmd().args(["mv", s(&img), "/x", "/a/b"]), "mv into a looping parent chain");
     let err = stderr(&out);
     assert_eq!(code(&out), 1, "{err}");
     assert!(err.contains("parent chain loops"), "{err}");
@@ -864,14 +838,7 @@ fn a_closed_pipe_ends_every_command_quietly() {
         for read_first in [false, true] {
             let what = format!("{cmd:?} (pipe closed {})", if read_first { "after one byte" } else { "at once" });
             let t0 = Instant::now();
-            let mut child = Command::new(BIN)
-                .env_remove("SOURCE_DATE_EPOCH")
-                .args(cmd)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let mut child = btrs_cmd().args(cmd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
             let mut out = child.stdout.take().unwrap();
             if read_first {
                 let mut b = [0u8; 1];
@@ -930,14 +897,7 @@ fn a_closed_stderr_keeps_the_exit_code() {
         (vec!["mkdir", img], 2),
     ];
     for (cmd, want) in &cmds {
-        let mut child = Command::new(BIN)
-            .env_remove("SOURCE_DATE_EPOCH")
-            .args(cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = btrs_cmd().args(cmd).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         drop(child.stderr.take());
         let status = child.wait().unwrap();
         assert!(status.signal().is_none(), "{cmd:?}: died of signal {:?}", status.signal());
@@ -956,7 +916,7 @@ fn a_full_stdout_is_named() {
     ok(&["mkdir", img, "/d"]);
     for cmd in [vec!["dump-super", img], vec!["ls", "-l", img, "/"], vec!["dump-tree", img], vec!["scrub", img, "--no-progress"]] {
         let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-        let out = Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(&cmd).stdin(Stdio::null()).stdout(full).output().unwrap();
+        let out = btrs_cmd().args(&cmd).stdin(Stdio::null()).stdout(full).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
         assert!(err.contains("<stdout>") && err.contains("No space left"), "{cmd:?}: {err}");

@@ -6,7 +6,7 @@
 //! file: a later commit reused space the reader's committed state still pointed at.)
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::util::*;
@@ -29,8 +29,7 @@ fn run(nodatasum: bool) {
         args.push("--nodatasum");
     }
     ok(&args);
-    let mut writer = Command::new(BIN)
-        .env_remove("SOURCE_DATE_EPOCH")
+    let mut writer = btrs_cmd()
         .args(["write", s(img), "/f", "--truncate", "--commit-every", "16M"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -43,13 +42,7 @@ fn run(nodatasum: bool) {
     stdin.write_all(pieces.next().unwrap()).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     // A slow reader of the committed state (the old file), started beside the writer.
-    let mut cat = Command::new(BIN)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .args(["cat", s(img), "/f"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cat = btrs_cmd().args(["cat", s(img), "/f"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut cat_out = cat.stdout.take().unwrap();
     let slow = std::thread::spawn(move || {
         let mut got = Vec::new();
@@ -104,13 +97,7 @@ struct StuckReader {
 
 impl StuckReader {
     fn start(img: &std::path::Path, path: &str) -> StuckReader {
-        let child = Command::new(BIN)
-            .env_remove("SOURCE_DATE_EPOCH")
-            .args(["cat", s(img), path])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = btrs_cmd().args(["cat", s(img), path]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         // Long enough to open the images and fill the pipe.
         std::thread::sleep(Duration::from_millis(500));
         StuckReader { child }
@@ -139,13 +126,8 @@ fn new_writer_refuses_while_a_reader_of_an_older_generation_remains() {
     std::fs::write(&src, &old).unwrap();
     ok(&["write", s(img), "/f", "--from", s(&src)]);
     // Writer A holds the images; a reader starts beside it (generation of the old file).
-    let mut a = Command::new(BIN)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .args(["write", s(img), "/g", "--commit-every", "16M"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut a =
+        btrs_cmd().args(["write", s(img), "/g", "--commit-every", "16M"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdin = a.stdin.take().unwrap();
     stdin.write_all(&pseudo(MIB, 4)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -179,8 +161,7 @@ fn nodatacow_overwrite_beside_a_reader_is_copied_on_write() {
     std::fs::write(dir.join("old.bin"), &old).unwrap();
     std::fs::write(dir.join("new.bin"), &new).unwrap();
     ok(&["write", s(img), "/n", "--from", s(&dir.join("old.bin")), "--nodatacow"]);
-    let mut w = Command::new(BIN)
-        .env_remove("SOURCE_DATE_EPOCH")
+    let mut w = btrs_cmd()
         .args(["write", s(img), "/n", "--from", "-", "--commit-every", "16M"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
@@ -233,8 +214,7 @@ fn reader_arriving_during_an_in_place_overwrite_waits_for_its_commit() {
             .expect("/n starts with a regular extent");
         fs.volume().locate(logical, 0).unwrap().physical
     };
-    let mut w = Command::new(BIN)
-        .env_remove("SOURCE_DATE_EPOCH")
+    let mut w = btrs_cmd()
         .args(["write", s(img), "/n", "--from", "-", "--commit-every", "64M"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
@@ -256,13 +236,7 @@ fn reader_arriving_during_an_in_place_overwrite_waits_for_its_commit() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // A reader now: the committed trees are the old ones, the first sectors already new.
-    let mut cat = Command::new(BIN)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .args(["cat", s(img), "/n"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cat = btrs_cmd().args(["cat", s(img), "/n"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     stdin.write_all(&new[16 * MIB..]).unwrap();
     drop(stdin);

@@ -12,22 +12,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_btrs");
 
 /// Run `btrs ARGS`: (exit code, stdout, stderr). A death by signal is a test failure.
 pub fn btrs(args: &[&str]) -> (i32, Vec<u8>, String) {
-    // Not the caller's SOURCE_DATE_EPOCH (see common::btrs).
-    let out = Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(args).stdin(Stdio::null()).output().expect("run btrs");
+    let out = btrs_cmd().args(args).stdin(Stdio::null()).output().expect("run btrs");
     (code_of(&out, args), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// Run `btrs ARGS` with `input` on standard input.
 pub fn btrs_stdin(args: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
     use std::io::Write;
-    let mut child = Command::new(BIN)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run btrs");
+    let mut child = btrs_cmd().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run btrs");
     let mut stdin = child.stdin.take().unwrap();
     let data = input.to_vec();
     let feeder = std::thread::spawn(move || {
@@ -86,7 +78,7 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-pub use crate::common::pseudo;
+pub use crate::common::{btrs_cmd, pseudo};
 
 /// sha256 of a file's bytes, with its length.
 pub fn fingerprint(p: &Path) -> (u64, String) {

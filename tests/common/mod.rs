@@ -18,11 +18,18 @@ pub fn pseudo(n: usize, seed: u64) -> Vec<u8> {
 /// The btrs binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_btrs");
 
+/// The btrs binary as every test runs it: without the caller's
+/// SOURCE_DATE_EPOCH (reproducible package builds run tests with one, and it
+/// would clamp every time mkfs stores); tests that want it set it.
+pub fn btrs_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(BIN);
+    c.env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
 /// Run btrs: (exit code, stdout, stderr).
 pub fn btrs(args: &[&str]) -> (i32, String, String) {
-    // A SOURCE_DATE_EPOCH in the caller's environment (reproducible package builds
-    // run tests with one) would clamp every time mkfs stores; tests that want it set it.
-    let out = std::process::Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(args).output().expect("running btrs");
+    let out = btrs_cmd().args(args).output().expect("running btrs");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -51,7 +58,7 @@ pub fn reads_back(img: &std::path::Path, files: &[(String, Vec<u8>)], extra: &[&
     for (path, data) in files {
         let mut args = vec!["cat", s(img), path];
         args.extend_from_slice(extra);
-        let out = std::process::Command::new(BIN).env_remove("SOURCE_DATE_EPOCH").args(&args).output().expect("running btrs");
+        let out = btrs_cmd().args(&args).output().expect("running btrs");
         assert!(out.status.success(), "{what}: cat {path}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(out.stdout == *data, "{what}: {path} reads back different bytes");
     }

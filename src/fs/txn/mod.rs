@@ -34,7 +34,8 @@
 //! - `settle`: block group items, the free space tree, chunk and dev items,
 //!   root items and quota status brought to a fixed point;
 //! - `commit`: tree blocks, flush, superblocks, flush (transaction.c's
-//!   commit);
+//!   commit), and a long transaction's tree blocks written out before it
+//!   (the kernel's writeback of dirty metadata);
 //! - `xattr` (xattr.c); `dir_item`: dir items and inode refs (dir-item.c,
 //!   inode-item.c);
 //! - `file_extent`: file extent items and punching ranges out
