@@ -169,6 +169,34 @@ enum ExtentEntry {
     Data(DataExtent),
 }
 
+/// The free ranges of a chunk starting at `start`, from its used ranges
+/// given in address order (data extents, or tree blocks).
+struct Gaps {
+    pos: u64,
+    free: Vec<(u64, u64)>,
+}
+
+impl Gaps {
+    fn new(start: u64) -> Self {
+        Gaps { pos: start, free: Vec::new() }
+    }
+
+    fn used(&mut self, at: u64, len: u64) {
+        if at > self.pos {
+            self.free.push((self.pos, at - self.pos));
+        }
+        self.pos = self.pos.max(at + len);
+    }
+
+    /// The free ranges, the chunk ending at `end`.
+    fn finish(mut self, end: u64) -> Vec<(u64, u64)> {
+        if self.pos < end {
+            self.free.push((self.pos, end - self.pos));
+        }
+        self.free
+    }
+}
+
 /// Every item of the extent tree in key order, merged from three sorted
 /// sources: the block groups (when the extent tree holds them), the tree
 /// blocks (address, owner; sorted) and the data extents (in address order
@@ -415,9 +443,8 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
     // Data chunks hold only data extents, so their usage and free space are
     // known now, from one pass over the extents in address order.
     let mut data_used = vec![0u64; ctx.chunks.len()];
-    let mut data_free: Vec<Vec<(u64, u64)>> = vec![Vec::new(); ctx.chunks.len()];
-    {
-        let mut pos: Vec<u64> = ctx.chunks.iter().map(|c| c.logical).collect();
+    let data_free: Vec<Vec<(u64, u64)>> = {
+        let mut gaps: Vec<Gaps> = ctx.chunks.iter().map(|c| Gaps::new(c.logical)).collect();
         if let Some(d) = &data {
             let mut extents = d.data_extents();
             while let Some(e) = extents.next_extent()? {
@@ -425,19 +452,15 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
                 if !ctx.chunks.get(i).is_some_and(|c| c.logical <= e.logical && c.flags & BLOCK_GROUP_DATA != 0) {
                     return Err(Error::Invalid(format!("data extent at {} outside the data chunks (internal)", e.logical)));
                 }
-                if e.logical > pos[i] {
-                    data_free[i].push((pos[i], e.logical - pos[i]));
-                }
-                pos[i] = pos[i].max(e.logical + e.disk_len);
+                gaps[i].used(e.logical, e.disk_len);
                 data_used[i] += e.disk_len;
             }
         }
-        for (i, c) in ctx.chunks.iter().enumerate() {
-            if c.flags & BLOCK_GROUP_DATA != 0 && pos[i] < c.logical + c.length {
-                data_free[i].push((pos[i], c.logical + c.length - pos[i]));
-            }
-        }
-    }
+        gaps.into_iter()
+            .zip(&ctx.chunks)
+            .map(|(g, c)| if c.flags & BLOCK_GROUP_DATA != 0 { g.finish(c.logical + c.length) } else { Vec::new() })
+            .collect()
+    };
 
     // ---- fixed point: block counts of the extent, free space and block group trees ----
     let mut counts: HashMap<TreeId, usize> = HashMap::new();
@@ -485,18 +508,11 @@ pub(super) fn build_and_write(ctx: &Ctx<'_>, devs: &NewImages, scan: Option<&Sca
             let free = if c.flags & BLOCK_GROUP_DATA != 0 {
                 data_free[i].clone()
             } else {
-                let mut free = Vec::new();
-                let mut pos = c.logical;
+                let mut gaps = Gaps::new(c.logical);
                 for &(a, _) in here {
-                    if a > pos {
-                        free.push((pos, a - pos));
-                    }
-                    pos = pos.max(a + nodesize as u64);
+                    gaps.used(a, nodesize as u64);
                 }
-                if pos < end {
-                    free.push((pos, end - pos));
-                }
-                free
+                gaps.finish(end)
             };
             fst.push(TreeItem::new(key(c.logical, FREE_SPACE_INFO_KEY, c.length), encode::free_space_info(free.len() as u32, 0)));
             for (s, l) in free {
