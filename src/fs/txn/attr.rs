@@ -77,6 +77,11 @@ impl Transaction {
     /// `growing`: a write at its end) append-only.
     pub(crate) fn may_change(&mut self, root: u64, ino: u64, growing: bool) -> Result<()> {
         let flags = self.read_inode(root, ino)?.flags.get();
+        self.may_change_flags(root, ino, flags, growing)
+    }
+
+    /// [`Transaction::may_change`] for an inode whose flags the caller read.
+    pub(crate) fn may_change_flags(&self, root: u64, ino: u64, flags: u64, growing: bool) -> Result<()> {
         if flags & INODE_IMMUTABLE != 0 {
             return Err(Error::Invalid(format!("{}: operation not permitted (immutable)", self.inode_label(root, ino))));
         }

@@ -100,20 +100,23 @@ impl Transaction {
     /// name twice, as the kernel counts it. Its index.
     pub(crate) fn add_entry(&mut self, root: u64, dir: u64, name: &[u8], location: Key, dir_type: u8) -> Result<u64> {
         limits::check_entry_name(name)?;
-        if self.lookup_entry(root, dir, name)?.is_some() {
+        // Names with the same hash share one DIR_ITEM (read once: whether
+        // the name is there, and what the new entry joins).
+        let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
+        let mut body = self.get(root, hkey)?.unwrap_or_default();
+        if parse_dir_items(&body)?.iter().any(|e| e.name == name) {
             return Err(Error::Invalid(format!("{} already exists", crate::name::Name(name))));
         }
         let mut d = self.read_inode(root, dir)?;
         if d.mode.get() & S_IFMT != S_IFDIR {
             return Err(Error::Invalid(format!("inode {dir} is not a directory")));
         }
-        self.may_change_dir(root, dir, false)?;
+        // As may_change_dir, with the flags just read.
+        self.may_change_flags(root, dir, d.flags.get(), true)?;
         let index = self.next_index(root, dir)?;
         let transid = self.transid();
         let entry = encode::dir_item(&items::DirEntry { location, transid, dir_type, name: name.to_vec(), data: Vec::new() })?;
-        let hkey = Key::new(dir, DIR_ITEM_KEY, items::name_hash(name));
-        // Names with the same hash share one DIR_ITEM, which must still fit a leaf.
-        let mut body = self.get(root, hkey)?.unwrap_or_default();
+        // The shared DIR_ITEM must still fit a leaf.
         body.extend_from_slice(&entry);
         let max = limits::max_item_size(self.store.fs.sb.nodesize.get());
         if body.len() > max {
