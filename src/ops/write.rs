@@ -917,7 +917,8 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, st: &mut Pu
             .map_err(|e| Error::io(src, "readdir", e))?
             .collect::<std::io::Result<_>>()
             .map_err(|e| Error::io(src, "readdir", e))?;
-        kids.sort_by_key(|e| e.file_name());
+        // One name per entry, not one per comparison (file_name allocates).
+        kids.sort_by_cached_key(|e| e.file_name());
         return Ok(Some(PutDir { root, ino, src: src.to_path_buf(), meta, kids: kids.into_iter() }));
     } else if ft.is_file() {
         let ino = tx.create(InodeId { subvol: root, ino: dir }, name, mode, 0)?.ino;
@@ -926,6 +927,8 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, st: &mut Pu
         let ss = tx.fs().sectorsize as u64;
         let mut report = WriteReport::default();
         let mut buf = Vec::new();
+        // The new inode's size: where the last write ended.
+        let mut written_to = 0;
         for (start, end) in crate::ops::host::data_ranges(&f, src, size, ss)? {
             let mut pos = start;
             let end = end.min(size);
@@ -935,13 +938,14 @@ fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, st: &mut Pu
                 f.read_exact_at(&mut buf, pos).map_err(|e| Error::io(src, format!("read at {pos}"), e))?;
                 tx.write_at(InodeId { subvol: root, ino }, pos, &buf, &WriteOpts::default(), &mut report)?;
                 pos += n as u64;
+                written_to = pos;
                 st.bytes = st.bytes.saturating_add(n as u64);
                 (st.progress)(st.bytes, st.total);
             }
         }
         past_size(&f, src, size)?;
         // A file ending in a hole (or all hole) still has its full size.
-        if tx.read_inode(root, ino)?.size.get() < size {
+        if written_to < size && tx.read_inode(root, ino)?.size.get() < size {
             tx.truncate(root, ino, size)?;
         }
         st.files += 1;
