@@ -728,9 +728,6 @@ fn put_in_with(tx: &mut Transaction, srcs: &[std::path::PathBuf], dest: ImagePat
     }
     let mut st = PutState { files: 0, copied: Copied::new(), bytes: 0, total: need, progress };
     for (dir, name, src) in targets {
-        // Between arguments too: a put of many plain files never enters
-        // put_tree's loop.
-        tx.write_back_if_over()?;
         put_tree(tx, dir, &name, src, &mut st)?;
     }
     Ok(st.files)
@@ -871,9 +868,6 @@ struct PutDir {
 fn put_tree(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, st: &mut PutState<'_>) -> Result<()> {
     let mut stack: Vec<PutDir> = put_one(tx, at, name, src, st)?.into_iter().collect();
     while let Some(top) = stack.last_mut() {
-        // One transaction however large the tree: its changed tree blocks
-        // are written out as they pass a budget, not held to the commit.
-        tx.write_back_if_over()?;
         match top.kids.next() {
             Some(k) => {
                 let at = Place { id: InodeId { subvol: top.root, ino: top.ino }, dir_type: FT_DIR };
@@ -898,6 +892,10 @@ fn put_tree(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, st: &mut P
 /// returned with its entries for [`put_tree`] to copy and then finish.
 fn put_one(tx: &mut Transaction, at: Place, name: &[u8], src: &Path, st: &mut PutState<'_>) -> Result<Option<PutDir>> {
     use std::os::unix::fs::{FileExt, MetadataExt};
+    // One transaction however large the put: before each entry (an argument
+    // or a directory's child), its changed tree blocks are written out once
+    // past a budget, not held to the commit.
+    tx.write_back_if_over()?;
     let (root, dir) = (at.root(), at.ino());
     let meta = std::fs::symlink_metadata(src).map_err(|e| Error::io(src, "stat", e))?;
     let id = (meta.dev(), meta.ino());

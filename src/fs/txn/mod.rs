@@ -76,7 +76,6 @@ mod xattr;
 mod direct_tests;
 
 pub use attr::{lsattr_string, AttrChange, CHATTR_LETTERS};
-pub(crate) use commit::WRITE_BACK_BYTES;
 pub(crate) use file_extent::MAX_INLINE;
 pub(crate) use readers::Held;
 pub(crate) use restripe::cut_unit_of;
@@ -93,6 +92,7 @@ use crate::format::*;
 use crate::fs::Filesystem;
 use crate::tree::cow::CowTree;
 use crate::tree::RootPtr;
+use commit::WRITE_BACK_BYTES;
 use readers::{wait_for_readers, InPlace};
 
 /// A running transaction. Dropping it without [`Transaction::commit`] aborts:
