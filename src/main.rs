@@ -654,7 +654,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     b.set_position(done.min(total));
                 }
             };
-            let r = btrs::ops::write::put_with_progress(&wopts(&set, &a.image), srcs, dest, &tick);
+            let r = btrs::ops::put::put_with_progress(&wopts(&set, &a.image), srcs, dest, &tick);
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }

@@ -403,6 +403,40 @@ fn unreadable_rootdir_entry_is_named() {
     assert!(!has_valid_super(&img), "no valid filesystem left behind");
 }
 
+/// What the images say against a mkfs is said before the root directory is
+/// scanned (a scan of a million files takes seconds): a root directory whose
+/// scan fails (an entry its user cannot read) shows which came first. An
+/// image made for a scan that then fails is removed again.
+#[test]
+fn images_are_refused_before_the_root_directory_is_scanned() {
+    let d = shared_tempdir();
+    let src = d.path().join("src");
+    make_tree(&src);
+    let secret = src.join("etc/secret");
+    fs::write(&secret, b"no peeking").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
+    let img = d.path().join("new.img");
+    let (code, _, err) = btrs_rootless(&["mkfs", "-q", "-r", s(&src), s(&img)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("does not exist; give --size or --shrink"), "the image's error first: {err}");
+    assert!(!img.exists(), "nothing created");
+
+    let made = d.path().join("made.img");
+    let (code, _, err) = btrs_rootless(&["mkfs", "-q", "-b", "128M", s(&made)]);
+    assert_eq!(code, 0, "{err}");
+    let before = fs::read(&made).unwrap();
+    let (code, _, err) = btrs_rootless(&["mkfs", "-q", "-r", s(&src), s(&made)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("contains a btrfs filesystem; use --force"), "the image's error first: {err}");
+    assert!(fs::read(&made).unwrap() == before, "the image is unchanged");
+
+    let (code, _, err) = btrs_rootless(&["mkfs", "-q", "-b", "128M", "-r", s(&src), s(&img)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("etc/secret"), "then the root directory's: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!img.exists(), "the image made for it is removed again");
+}
+
 // ---------------------------------------------------------------------------
 // --subvol
 

@@ -575,7 +575,20 @@ fn sigkill_at_random_points_keeps_old_or_new_content() {
     write(tmp.path(), img, "/f", &old, &[]);
     let (mut olds, mut news, mut steps) = (0, 0, 0);
     let mut x = 0x2545_F491_4F6C_DD1Du64;
-    for i in 0..16 {
+    // The span kills are spread over, from the unkilled run's time; a busy
+    // machine starts and runs the writer slower or faster than that run
+    // did, so past the first 16 kills, while every kill landed on one side
+    // of the commit, the span moves toward the other side (at most 48 more).
+    let mut span = (full + full / 4).max(1);
+    let mut kills = 0;
+    for i in 0..64 {
+        if i >= 16 && olds > 0 && news + steps > 0 {
+            break;
+        }
+        if i >= 16 && i % 8 == 0 {
+            span = if news + steps == 0 { span.saturating_mul(2) } else { (span / 2).max(1) };
+        }
+        kills += 1;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -586,7 +599,7 @@ fn sigkill_at_random_points_keeps_old_or_new_content() {
             _ => &["--direct", "--commit-every", "16M"],
         };
         let mut child = run(extra);
-        std::thread::sleep(std::time::Duration::from_micros(x % (full + full / 4)));
+        std::thread::sleep(std::time::Duration::from_micros(x % span));
         let _ = child.kill();
         let _ = child.wait();
         check(&imgs);
@@ -610,7 +623,9 @@ fn sigkill_at_random_points_keeps_old_or_new_content() {
             write(tmp.path(), img, "/f", &old, &[]);
         }
     }
-    eprintln!("16 kills over {full} µs: {olds} old, {news} new, {steps} at a commit boundary");
+    eprintln!(
+        "{kills} kills (an unkilled write took {full} µs, last span {span} µs): {olds} old, {news} new, {steps} at a commit boundary"
+    );
     // Kills are spread from process start to past the end: some must land
     // before the commit and some after, or the test did not test anything.
     assert!(olds > 0 && news + steps > 0, "kills all landed on one side of the commit");

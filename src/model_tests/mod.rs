@@ -563,7 +563,7 @@ fn exec(mut tx: Transaction, op: &Op, scratch: &Path, puts: &mut u64) -> (Option
             let _ = std::fs::remove_dir_all(&host);
             let made = std::fs::create_dir_all(&host).and_then(|()| HostTree::generate(*seed).materialize(&host));
             let r = match made {
-                Ok(src) => cmd::put_in(&mut tx, &[src], dest).map(|_| ()),
+                Ok(src) => crate::ops::put::put_in(&mut tx, &[src], dest).map(|_| ()),
                 Err(e) => Err(Error::io(&host, "make the host tree", e)),
             };
             let _ = std::fs::remove_dir_all(&host);

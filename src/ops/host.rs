@@ -22,16 +22,46 @@ pub(crate) fn host_rdev_to_btrfs(rdev: u64) -> u64 {
     ((major & 0xfff) << 20) | (minor & 0xf_ffff)
 }
 
-/// Open a source file for reading without touching its atime (O_NOATIME needs
-/// ownership or CAP_FOWNER; fall back to a plain open), so that making an image
-/// does not change the tree it is made from and two runs see the same times.
-pub(crate) fn open_source(path: &Path) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let noatime = rustix::fs::OFlags::NOATIME.bits() as i32;
-    match std::fs::OpenOptions::new().read(true).custom_flags(noatime).open(path) {
-        Ok(f) => Ok(f),
-        Err(_) => File::open(path).map_err(io(path, "open")),
+/// Open source file `path` for reading, as the regular file (device, inode)
+/// `id` that an earlier stat found there, without touching its atime
+/// (O_NOATIME needs ownership or CAP_FOWNER; without them a plain open), so
+/// that making an image does not change the tree it is made from and two
+/// runs see the same times.
+///
+/// Whatever is at `path` by now is refused unless it is that same file: a
+/// symlink put there is not followed (O_NOFOLLOW: the bytes of whatever it
+/// points to, outside the tree copied, would be copied under the file's
+/// name), a fifo does not hold the open until a writer comes (O_NONBLOCK,
+/// then refused as no regular file), and another file is told apart by its
+/// device and inode numbers.
+pub(crate) fn open_source(path: &Path, id: (u64, u64)) -> Result<File> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK;
+    let open = |more: OFlags| std::fs::OpenOptions::new().read(true).custom_flags((flags | more).bits() as i32).open(path);
+    let changed = |now: &str| {
+        Error::Invalid(format!(
+            "{}: changed while being copied: no longer the regular file first looked at but {now}; not copied",
+            path.display()
+        ))
+    };
+    let f = match open(OFlags::NOATIME) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => open(OFlags::empty()),
+        r => r,
+    };
+    let f = match f {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => return Err(changed("a symlink")),
+        Err(e) => return Err(Error::io(path, "open", e)),
+    };
+    let m = f.metadata().map_err(io(path, "stat"))?;
+    if !m.is_file() {
+        return Err(changed("something else (a directory, fifo, socket or device)"));
     }
+    if (m.dev(), m.ino()) != id {
+        return Err(changed("another file (another device or inode number)"));
+    }
+    Ok(f)
 }
 
 pub(crate) fn round_up(v: u64, to: u64) -> u64 {
@@ -100,6 +130,44 @@ pub(crate) fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A source file swapped after it was looked at is not opened as if it
+    /// were the same: not a symlink's target (an attacker's pick of a file
+    /// outside the tree), not a fifo (whose open would wait for a writer
+    /// forever), not another file; the same file opens.
+    #[test]
+    fn open_source_opens_only_the_file_first_looked_at() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let (f, secret) = (d.path().join("f"), d.path().join("secret"));
+        std::fs::write(&f, b"mine").unwrap();
+        std::fs::write(&secret, b"nope").unwrap();
+        let m = std::fs::symlink_metadata(&f).unwrap();
+        let id = (m.dev(), m.ino());
+        assert!(open_source(&f, id).is_ok());
+        // What was at `f` is moved aside, not removed: the first file keeps
+        // its inode number, which nothing else may then reuse.
+        let aside = std::cell::Cell::new(0);
+        let swap = |make: &dyn Fn(&Path)| {
+            aside.set(aside.get() + 1);
+            std::fs::rename(&f, d.path().join(format!("aside{}", aside.get()))).unwrap();
+            make(&f);
+        };
+        swap(&|p| std::os::unix::fs::symlink(&secret, p).unwrap());
+        let e = open_source(&f, id).unwrap_err().to_string();
+        assert!(e.contains("changed while being copied") && e.contains("a symlink"), "{e}");
+        swap(&|p| rustix::fs::mknodat(rustix::fs::CWD, p, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fifo = f.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(open_source(&fifo, id).map(drop).map_err(|e| e.to_string()));
+        });
+        let e = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("opening a fifo waited for a writer").unwrap_err();
+        assert!(e.contains("changed while being copied") && e.contains("fifo"), "{e}");
+        swap(&|p| std::fs::write(p, b"mine").unwrap());
+        let e = open_source(&f, id).unwrap_err().to_string();
+        assert!(e.contains("another file"), "{e}");
+    }
 
     #[test]
     fn rdev_is_stored_as_kernel_mkdev() {

@@ -12,6 +12,7 @@ pub(crate) mod host;
 pub mod listing;
 pub mod mkfs;
 pub(crate) mod pipeline;
+pub mod put;
 pub mod quoting;
 pub mod replace;
 pub mod resize;

@@ -639,14 +639,19 @@ impl CowTree {
         let fmt = *store.format();
         let cap = fmt.leaf_data_size();
         let transid = store.transid();
-        let ptrs = self.dirty_node(addr)?.ptrs.clone();
-        let child = ptrs.get(slot).ok_or_else(|| internal(format!("node {addr} has no pointer {slot}")))?.blockptr;
-        let sizes: Vec<usize> = match self.dirty.get(&child) {
-            Some(EditBlock::Leaf(l)) => l.items.iter().map(|(_, d)| leaf_item_size(d.len())).collect(),
+        // Called after every change to a leaf: the common case (it fits)
+        // copies and allocates nothing; only the child's two neighbours are
+        // ever needed, not the node's pointers.
+        let node = self.dirty_node(addr)?;
+        let child = node.ptrs.get(slot).ok_or_else(|| internal(format!("node {addr} has no pointer {slot}")))?.blockptr;
+        let (left_ptr, right_ptr) =
+            (slot.checked_sub(1).and_then(|l| node.ptrs.get(l)).copied(), node.ptrs.get(slot.saturating_add(1)).copied());
+        let leaf = match self.dirty.get(&child) {
+            Some(EditBlock::Leaf(l)) => l,
             _ => return Err(internal(format!("child {child} of {addr} is not a dirty leaf"))),
         };
-        let used: usize = sizes.iter().fold(0, |a, b| a.saturating_add(*b));
-        let Some(excess) = used.checked_sub(cap).filter(|e| *e > 0) else { return Ok(()) };
+        let Some(excess) = leaf.used().checked_sub(cap).filter(|e| *e > 0) else { return Ok(()) };
+        let sizes: Vec<usize> = leaf.items.iter().map(|(_, d)| leaf_item_size(d.len())).collect();
         // How many items from one end of the child a neighbour with `room`
         // bytes free can take so that the child fits, keeping at least one.
         let take = |order: &mut dyn Iterator<Item = &usize>, room: usize| -> Option<usize> {
@@ -662,7 +667,7 @@ impl CowTree {
             }
             None
         };
-        if let Some(&p) = slot.checked_sub(1).and_then(|l| ptrs.get(l)) {
+        if let Some(p) = left_ptr {
             let room = cap.saturating_sub(self.leaf_used(store, p)?);
             if let Some(n) = take(&mut sizes.iter(), room) {
                 let left = self.cow(store, p.blockptr, 0, p.generation, Some(p.key))?;
@@ -675,7 +680,7 @@ impl CowTree {
                 return Ok(());
             }
         }
-        if let Some(&p) = ptrs.get(slot.saturating_add(1)) {
+        if let Some(p) = right_ptr {
             let room = cap.saturating_sub(self.leaf_used(store, p)?);
             if let Some(n) = take(&mut sizes.iter().rev(), room) {
                 let right = self.cow(store, p.blockptr, 0, p.generation, Some(p.key))?;

@@ -733,7 +733,7 @@ impl Model {
         Ok(())
     }
 
-    /// `ops::write::put` of one generated host tree, copied as `dest` or
+    /// `ops::put::put` of one generated host tree, copied as `dest` or
     /// into it.
     fn put(&mut self, dest: &str, tree: &HostTree) -> Result<(), ErrClass> {
         let (dir, name) = match self.resolve(dest)? {

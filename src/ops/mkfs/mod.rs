@@ -260,9 +260,12 @@ pub fn check_options(opts: &MkfsOptions) -> Result<()> {
 fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
     let (meta_profile, data_profile, now) = validate(opts)?;
     let ndevs = opts.images.len();
-    let scan = scan_rootdir(opts, now)?;
 
     // ---- open images (their lengths change only once a layout fits) ----
+    // Before the root directory is scanned: an image that is missing, holds
+    // a filesystem or is locked is refused at once, not after a scan of
+    // a million files; and one created here is already there to be left out
+    // of the scan when it lies inside the root directory.
     let devs = NewImages::open(&opts.images, opts.size.is_some() || opts.shrink, opts.force, opts.offset)?;
     if opts.shrink {
         devs.allow_cut();
@@ -272,6 +275,7 @@ fn make(opts: &MkfsOptions) -> Result<MkfsSummary> {
             return Err(Error::Invalid(format!("{}: {len} bytes long, nothing after --offset {}", p.display(), opts.offset)));
         }
     }
+    let scan = scan_rootdir(opts, now)?;
     // The filesystem's device is what follows the offset.
     let cur_lens: Vec<u64> = devs.file_lens().iter().map(|len| len.saturating_sub(opts.offset)).collect();
     let sector = opts.sectorsize as u64;

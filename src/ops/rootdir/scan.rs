@@ -175,6 +175,9 @@ pub(super) struct ScanInode {
     pub(super) path: PathBuf,
     /// Where the file's bytes begin in the archive (`--rootdir-tar`; 0 for a host file).
     pub(super) offset: u64,
+    /// The host file's (device, inode) when the walk saw it: the data pass
+    /// opens that file or none (see [`open_source`]).
+    pub(super) host_id: (u64, u64),
     /// Data segments of a sparse archive member (see [`SourceFile::sparse`]).
     pub(super) sparse: Option<Arc<[(u64, u64)]>>,
     pub(super) mode: u32,
@@ -347,7 +350,7 @@ impl Tree<'_> {
                         .map_err(|e| Error::io(&path, "open", e.into()))?;
                     return Ok(vec![(0, round_up(size, sector))]);
                 }
-                data_ranges(&open_source(&path)?, &path, size, sector)
+                data_ranges(&open_source(&path, m.id)?, &path, size, sector)
             }
             Tree::Archive(t) => Ok(match t.stat(rel).and_then(|f| f.sparse) {
                 Some(segments) => sector_ranges(segments.iter().map(|&(o, l)| (o, o + l)), sector),
@@ -421,7 +424,7 @@ impl DataSource {
         match self {
             DataSource::Host(root) => {
                 let path = root.join(&i.path);
-                Ok(FileBytes { file: FileHandle::Own(open_source(&path)?), base: 0, segments: None, path, op: "read".into() })
+                Ok(FileBytes { file: FileHandle::Own(open_source(&path, i.host_id)?), base: 0, segments: None, path, op: "read".into() })
             }
             DataSource::Archive { file, path } => Ok(FileBytes {
                 file: FileHandle::Shared(file),
@@ -701,6 +704,7 @@ impl Scan {
             kind,
             path: rel.to_path_buf(),
             offset: m.offset,
+            host_id: m.id,
             sparse: m.sparse.clone(),
             mode: m.mode,
             uid,
@@ -1034,7 +1038,7 @@ pub(super) struct Job;
 
 impl Job {
     fn encode(i: &ScanInode, w: &mut RecordWriter) {
-        w.u8(0).u64(i.subvol).u64(i.ino).u64(i.size).u64(i.flags).u64(i.offset);
+        w.u8(0).u64(i.subvol).u64(i.ino).u64(i.size).u64(i.flags).u64(i.offset).u64(i.host_id.0).u64(i.host_id.1);
         match i.compress {
             None => w.u8(0),
             Some((kind, None)) => w.u8(1).u8(kind.raw()),
@@ -1079,6 +1083,7 @@ impl Job {
                 .ok_or_else(|| Error::Invalid("data pass: a hard link's inode is missing (internal)".into()));
         }
         let (subvol, ino, size, flags, offset) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let host_id = (r.u64()?, r.u64()?);
         let compression = |raw: u8| Compression::from_raw(raw).map_err(|e| Error::Invalid(format!("data pass: {e} (internal)")));
         let compress = match r.u8()? {
             0 => None,
@@ -1101,6 +1106,7 @@ impl Job {
             kind: FileType::Regular,
             path,
             offset,
+            host_id,
             sparse,
             mode: 0,
             uid: 0,
