@@ -34,7 +34,7 @@ pub(crate) fn host_rdev_to_btrfs(rdev: u64) -> u64 {
 /// name), a fifo does not hold the open until a writer comes (O_NONBLOCK,
 /// then refused as no regular file), and another file is told apart by its
 /// device and inode numbers.
-pub(crate) fn open_source(path: &Path, id: (u64, u64)) -> Result<File> {
+pub(crate) fn open_source(path: &Path, id: HostId) -> Result<File> {
     use rustix::fs::OFlags;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK;
@@ -62,6 +62,92 @@ pub(crate) fn open_source(path: &Path, id: (u64, u64)) -> Result<File> {
         return Err(changed("another file (another device or inode number)"));
     }
     Ok(f)
+}
+
+/// A host directory's entries, sorted by name, each with the (device,
+/// inode) that a stat relative to the directory itself found, for a copy
+/// that must not be led outside the tree it copies.
+///
+/// The directory is opened by path as the directory `expect` names (no
+/// symlink followed at its end, and the same device and inode: a directory
+/// swapped for another, or a component above it swapped for a symlink, is
+/// refused). What is later done by path under it (a stat, an open) is
+/// checked against the identities here: see [`open_source`].
+///
+/// It takes little memory (a directory of a million entries is held while
+/// it is copied): each entry costs its name's bytes and 32 more (a std
+/// `DirEntry` each, with a name sorted apart, took some 650).
+pub(crate) struct Listing {
+    dir: std::path::PathBuf,
+    names: Vec<u8>,
+    entries: std::vec::IntoIter<Listed>,
+}
+
+/// One entry of a [`Listing`]: where its name is in `names`, and its stat.
+struct Listed {
+    start: usize,
+    len: u16,
+    is_dir: bool,
+    id: HostId,
+}
+
+impl Listing {
+    /// `follow`: a symlink at the end of `dir` is followed (a root
+    /// directory the user named through one); `expect` is then the target's.
+    pub(crate) fn read(dir: &Path, expect: HostId, follow: bool) -> Result<Listing> {
+        use rustix::fs::{AtFlags, Mode, OFlags};
+        let changed = || {
+            Error::Invalid(format!("{}: changed while being copied: no longer the directory first looked at; not copied", dir.display()))
+        };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | if follow { OFlags::empty() } else { OFlags::NOFOLLOW };
+        let fd = match rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::LOOP) | Err(rustix::io::Errno::NOTDIR) => return Err(changed()),
+            Err(e) => return Err(Error::io(dir, "open directory", e.into())),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| Error::io(dir, "stat", e.into()))?;
+        if (st.st_dev, st.st_ino) != expect {
+            return Err(changed());
+        }
+        let (mut names, mut entries) = (Vec::new(), Vec::new());
+        for e in rustix::fs::Dir::read_from(&fd).map_err(|e| Error::io(dir, "readdir", e.into()))? {
+            let e = e.map_err(|e| Error::io(dir, "readdir", e.into()))?;
+            let name = e.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let path = || dir.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            let len = u16::try_from(name.to_bytes().len())
+                .map_err(|_| Error::Invalid(format!("{}: a name of {} bytes", path().display(), name.to_bytes().len())))?;
+            let st = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| Error::io(path(), "stat", e.into()))?;
+            let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
+            entries.push(Listed { start: names.len(), len, is_dir, id: (st.st_dev, st.st_ino) });
+            names.extend_from_slice(name.to_bytes());
+        }
+        let name = |l: &Listed| names.get(l.start..l.start + usize::from(l.len)).unwrap_or_default();
+        entries.sort_unstable_by(|a, b| name(a).cmp(name(b)));
+        names.shrink_to_fit();
+        Ok(Listing { dir: dir.to_path_buf(), names, entries: entries.into_iter() })
+    }
+
+    /// The next entry, in name order.
+    pub(crate) fn next(&mut self) -> Option<ListedEntry> {
+        let l = self.entries.next()?;
+        let name = self.names.get(l.start..l.start + usize::from(l.len)).unwrap_or_default().to_vec();
+        let path = self.dir.join(std::ffi::OsStr::from_bytes(&name));
+        Some(ListedEntry { name, path, is_dir: l.is_dir, id: l.id })
+    }
+}
+
+/// A host file's (device, inode): which file it is.
+pub(crate) type HostId = (u64, u64);
+
+/// An entry [`Listing::next`] hands out.
+pub(crate) struct ListedEntry {
+    pub(crate) name: Vec<u8>,
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) is_dir: bool,
+    pub(crate) id: HostId,
 }
 
 pub(crate) fn round_up(v: u64, to: u64) -> u64 {

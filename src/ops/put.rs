@@ -10,7 +10,6 @@
 //! [`BATCH_PREREAD`] bytes of file data).
 
 use std::fs::Metadata;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -262,7 +261,11 @@ enum PutJob {
     /// Copy host path `src` as `name`: into `at` for a SRC argument, into
     /// the innermost open directory otherwise. `dir`: the walk listed it as a
     /// directory, and its entries follow (then a `Leave`).
-    Entry { at: Option<Place>, name: Vec<u8>, src: PathBuf, dir: bool },
+    /// `id`: its (device, inode) as the walk saw it from its directory
+    /// (`None` for a SRC argument that could not be stat'ed): what is copied
+    /// must be that file, not one put in its place or reached through a
+    /// directory swapped for a symlink meanwhile.
+    Entry { at: Option<Place>, name: Vec<u8>, src: PathBuf, dir: bool, id: Option<(u64, u64)> },
     /// The innermost open directory has all its entries.
     Leave,
     /// The walk could not list a directory; nothing after it.
@@ -303,55 +306,16 @@ struct OpenDir {
 /// must not overflow the thread's stack.
 struct Walk {
     targets: std::vec::IntoIter<(Place, Vec<u8>, PathBuf)>,
-    stack: Vec<Listing>,
+    stack: Vec<crate::ops::host::Listing>,
     failed: bool,
-}
-
-/// A host directory's entries, sorted by name, in little memory: a
-/// directory of a million entries is held while it is copied, so each costs
-/// its name's bytes and a few more (a `DirEntry` each, with a name sorted
-/// apart, took some 650 bytes).
-struct Listing {
-    dir: PathBuf,
-    names: Vec<u8>,
-    /// (start in `names`, length, listed as a directory), in name order.
-    entries: std::vec::IntoIter<(usize, u16, bool)>,
-}
-
-impl Listing {
-    fn read(dir: &Path) -> Result<Listing> {
-        let (mut names, mut entries) = (Vec::new(), Vec::new());
-        for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, "readdir", e))? {
-            let e = e.map_err(|e| Error::io(dir, "readdir", e))?;
-            let name = e.file_name();
-            let name = name.as_encoded_bytes();
-            let len =
-                u16::try_from(name.len()).map_err(|_| Error::Invalid(format!("{}: a name of {} bytes", e.path().display(), name.len())))?;
-            let is_dir = e.file_type().map_err(|err| Error::io(e.path(), "stat", err))?.is_dir();
-            entries.push((names.len(), len, is_dir));
-            names.extend_from_slice(name);
-        }
-        let name = |&(start, len, _): &(usize, u16, bool)| names.get(start..start + usize::from(len)).unwrap_or_default();
-        entries.sort_unstable_by(|a, b| name(a).cmp(name(b)));
-        names.shrink_to_fit();
-        Ok(Listing { dir: dir.to_path_buf(), names, entries: entries.into_iter() })
-    }
-
-    /// The next entry: its name, host path and whether it was listed as a directory.
-    fn next(&mut self) -> Option<(Vec<u8>, PathBuf, bool)> {
-        let (start, len, is_dir) = self.entries.next()?;
-        let name = self.names.get(start..start + usize::from(len)).unwrap_or_default().to_vec();
-        let path = self.dir.join(std::ffi::OsStr::from_bytes(&name));
-        Some((name, path, is_dir))
-    }
 }
 
 impl Walk {
     /// The job for one entry; a directory's entries are listed now, so that
     /// a directory that cannot be read stops the walk where it is.
-    fn entry(&mut self, at: Option<Place>, name: Vec<u8>, src: PathBuf, dir: bool) -> PutJob {
-        if dir {
-            match Listing::read(&src) {
+    fn entry(&mut self, at: Option<Place>, name: Vec<u8>, src: PathBuf, dir: bool, id: Option<(u64, u64)>) -> PutJob {
+        if let (true, Some(id)) = (dir, id) {
+            match crate::ops::host::Listing::read(&src, id, false) {
                 Ok(kids) => self.stack.push(kids),
                 Err(e) => {
                     self.failed = true;
@@ -359,7 +323,7 @@ impl Walk {
                 }
             }
         }
-        PutJob::Entry { at, name, src, dir }
+        PutJob::Entry { at, name, src, dir, id }
     }
 }
 
@@ -371,7 +335,7 @@ impl Iterator for Walk {
         }
         if let Some(top) = self.stack.last_mut() {
             return Some(match top.next() {
-                Some((name, path, dir)) => self.entry(None, name, path, dir),
+                Some(e) => self.entry(None, e.name, e.path, e.is_dir, Some(e.id)),
                 None => {
                     self.stack.pop();
                     PutJob::Leave
@@ -381,8 +345,10 @@ impl Iterator for Walk {
         let (at, name, src) = self.targets.next()?;
         // One that cannot be stat'ed is no directory here: the worker's own
         // stat reports it.
-        let dir = std::fs::symlink_metadata(&src).is_ok_and(|m| m.is_dir());
-        Some(self.entry(Some(at), name, src, dir))
+        let m = std::fs::symlink_metadata(&src).ok();
+        let dir = m.as_ref().is_some_and(|m| m.is_dir());
+        let id = m.map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)));
+        Some(self.entry(Some(at), name, src, dir, id))
     }
 }
 
@@ -401,15 +367,21 @@ fn prepare_batch(batch: &[PutJob], ss: u64) -> Vec<Option<Result<Prepared>>> {
     batch
         .iter()
         .map(|job| match job {
-            PutJob::Entry { src, .. } => Some(prepare(src, ss, &mut budget)),
+            PutJob::Entry { src, id, .. } => Some(prepare(src, *id, ss, &mut budget)),
             PutJob::Leave | PutJob::Failed(_) => None,
         })
         .collect()
 }
 
-fn prepare(src: &Path, ss: u64, budget: &mut u64) -> Result<Prepared> {
+fn prepare(src: &Path, expect: Option<(u64, u64)>, ss: u64, budget: &mut u64) -> Result<Prepared> {
     use std::os::unix::fs::{FileExt, MetadataExt};
     let meta = std::fs::symlink_metadata(src).map_err(|e| Error::io(src, "stat", e))?;
+    if expect.is_some_and(|id| id != (meta.dev(), meta.ino())) {
+        return Err(Error::Invalid(format!(
+            "{}: changed while being copied: no longer the file first looked at (another device or inode number); not copied",
+            src.display()
+        )));
+    }
     let ft = meta.file_type();
     let kind = if ft.is_symlink() {
         let t = std::fs::read_link(src).map_err(|e| Error::io(src, "readlink", e))?;
@@ -466,7 +438,7 @@ fn put_job(tx: &mut Transaction, job: PutJob, prepared: Option<Result<Prepared>>
             let d = st.open.pop().ok_or_else(|| Error::Internal("put: a directory finished that was never made".into()))?;
             return put_finish(tx, d.root, d.ino, &d.meta, d.xattrs, &mut st.copied);
         }
-        PutJob::Entry { at, name, src, dir } => (at, name, src, dir),
+        PutJob::Entry { at, name, src, dir, .. } => (at, name, src, dir),
     };
     // One transaction however large the put: before each entry, its changed
     // tree blocks are written out once past a budget, not held to the commit.
@@ -764,7 +736,41 @@ mod tests {
         let names = job_names(&mut w, host.path());
         assert_eq!(names[..3], ["r/a/", "r/a/x", "leave"]);
         assert_eq!(names.len(), 4, "{names:?}");
-        assert!(names[3].starts_with("failed: ") && names[3].contains("readdir"), "{names:?}");
+        assert!(names[3].starts_with("failed: ") && names[3].contains("r/b"), "{names:?}");
+    }
+
+    /// A directory swapped for a symlink to a tree of the same shape
+    /// outside, after its parent was listed, does not lead the copy there:
+    /// the walk refuses to list it, and a worker refuses an entry reached
+    /// through it.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_does_not_lead_outside() {
+        use std::os::unix::fs::MetadataExt;
+        let host = tempfile::tempdir().unwrap();
+        let (top, outside) = (host.path().join("r"), host.path().join("outside"));
+        for t in [&top, &outside] {
+            for p in ["a/x", "b/y"] {
+                std::fs::create_dir_all(t.join(p).parent().unwrap()).unwrap();
+                std::fs::write(t.join(p), if t == &top { "in" } else { "secret" }).unwrap();
+            }
+        }
+        let place = Place { id: InodeId { subvol: 5, ino: 256 }, dir_type: FT_DIR };
+        let mut w = Walk { targets: vec![(place, b"r".to_vec(), top.clone())].into_iter(), stack: Vec::new(), failed: false };
+        assert!(matches!(w.next(), Some(PutJob::Entry { dir: true, .. })));
+        // r is listed; its entries' identities are known. Then b is moved
+        // aside and a symlink to the outside tree's b put in its place.
+        std::fs::rename(top.join("b"), host.path().join("b-aside")).unwrap();
+        std::os::unix::fs::symlink(outside.join("b"), top.join("b")).unwrap();
+        let names = job_names(&mut w, host.path());
+        assert_eq!(names[..3], ["r/a/", "r/a/x", "leave"], "{names:?}");
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(names[3].contains("changed while being copied"), "{names:?}");
+        // A worker's stat through a directory swapped after the walk listed it.
+        let x = std::fs::symlink_metadata(top.join("a/x")).unwrap();
+        std::fs::rename(top.join("a"), host.path().join("a-aside")).unwrap();
+        std::os::unix::fs::symlink(outside.join("a"), top.join("a")).unwrap();
+        let e = prepare(&top.join("a/x"), Some((x.dev(), x.ino())), 4096, &mut BATCH_PREREAD.clone()).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("changed while being copied")), "{e:?}");
     }
 
     /// An entry the walk listed as a directory that is something else when
@@ -782,8 +788,8 @@ mod tests {
         let at = Some(Place { id: InodeId { subvol: 5, ino: 256 }, dir_type: FT_DIR });
         let mut st = PutState { files: 0, copied: Copied::new(), bytes: 0, total: 0, progress: &|_, _| {}, open: Vec::new() };
         for (src, listed_dir) in [(&d, false), (&f, true)] {
-            let job = PutJob::Entry { at, name: b"n".to_vec(), src: src.clone(), dir: listed_dir };
-            let prepared = prepare(src, 4096, &mut BATCH_PREREAD.clone());
+            let job = PutJob::Entry { at, name: b"n".to_vec(), src: src.clone(), dir: listed_dir, id: None };
+            let prepared = prepare(src, None, 4096, &mut BATCH_PREREAD.clone());
             let err = put_job(&mut tx, job, Some(prepared), &mut st).unwrap_err().to_string();
             assert!(err.contains("changed type while being copied"), "{err}");
         }

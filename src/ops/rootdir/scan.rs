@@ -15,7 +15,7 @@ use crate::format::encode;
 use crate::format::items::{extref_hash, name_hash, DirEntry, FileExtent, FileExtentKind, InodeRefEntry};
 use crate::format::ondisk::*;
 use crate::format::{CsumType, FileType, Key};
-use crate::ops::host::{data_ranges, host_rdev_to_btrfs, io, open_source, read_xattrs, round_up, sector_ranges};
+use crate::ops::host::{data_ranges, host_rdev_to_btrfs, io, open_source, read_xattrs, round_up, sector_ranges, HostId};
 
 use super::manifest::{remap_acl, Ownership};
 use super::source::SourceFile;
@@ -266,18 +266,17 @@ impl Tree<'_> {
     }
 
     /// The names in directory `rel`, in byte order.
-    fn list(&self, rel: &Path) -> Result<Vec<Vec<u8>>> {
+    fn list(&self, rel: &Path, id: HostId) -> Result<Vec<(Vec<u8>, Option<HostId>)>> {
         match self {
+            // Listed from the directory that `id` names, each entry with
+            // its identity, which the entry's stat must then match: a
+            // directory swapped for a symlink meanwhile must not lead the
+            // scan (and the data pass after it) outside the tree.
             Tree::Host(root) => {
-                let dir = root.join(rel);
-                let mut names = Vec::new();
-                for e in std::fs::read_dir(&dir).map_err(io(&dir, "readdir"))? {
-                    names.push(e.map_err(io(&dir, "readdir"))?.file_name().as_bytes().to_vec());
-                }
-                names.sort();
-                Ok(names)
+                let mut l = crate::ops::host::Listing::read(&root.join(rel), id, rel.as_os_str().is_empty())?;
+                Ok(std::iter::from_fn(|| l.next()).map(|e| (e.name, Some(e.id))).collect())
             }
-            Tree::Archive(t) => Ok(t.list(rel)),
+            Tree::Archive(t) => Ok(t.list(rel).into_iter().map(|n| (n, None)).collect()),
         }
     }
 
@@ -288,7 +287,10 @@ impl Tree<'_> {
             Tree::Archive(t) => return Ok(t.stat(rel)),
         };
         let path = root.join(rel);
-        let m = match std::fs::symlink_metadata(&path) {
+        // The root directory as the user named it, through a symlink too;
+        // nothing below it is followed.
+        let stat = if rel.as_os_str().is_empty() { std::fs::metadata } else { std::fs::symlink_metadata };
+        let m = match stat(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, "lstat", e)),
@@ -837,13 +839,13 @@ impl Scan {
     fn walk_dir(&mut self, tree: &Tree<'_>, top: ScanInode) -> Result<()> {
         let open = |inode: ScanInode| -> Result<Dir> {
             // DIR_INDEX numbers start at 2 in every directory (0 and 1 are "." and "..").
-            Ok(Dir { names: tree.list(&inode.path)?.into_iter(), inode, index: 2 })
+            Ok(Dir { names: tree.list(&inode.path, inode.host_id)?.into_iter(), inode, index: 2 })
         };
         // Host files with several links: (st_dev, st_ino) → (subvolume, index in `linked`).
         let mut by_id: HashMap<(u64, u64), Vec<(u64, usize)>> = HashMap::new();
         let mut stack = vec![open(top)?];
         while let Some(dir) = stack.last_mut() {
-            let Some(name) = dir.names.next() else {
+            let Some((name, listed)) = dir.names.next() else {
                 if let Some(done) = stack.pop() {
                     self.emit(&done.inode)?;
                 }
@@ -854,6 +856,12 @@ impl Scan {
             let (subvol, dir_ino) = (dir.inode.subvol, dir.inode.ino);
             let rel = dir.inode.path.join(std::ffi::OsStr::from_bytes(&name));
             let m = tree.stat(&rel)?.ok_or_else(|| Error::io(tree.shown(&rel), "lstat", std::io::ErrorKind::NotFound.into()))?;
+            if listed.is_some_and(|id| id != m.id) {
+                return Err(Error::Invalid(format!(
+                    "{}: changed while being copied: no longer the file its directory listed (another device or inode number); not copied",
+                    crate::name::Name::of_path(&tree.shown(&rel))
+                )));
+            }
             if self.opts.exclude.contains(&m.id) {
                 self.warnings
                     .push(format!("{}: is one of the images being made; not copied", crate::name::Name::of_path(&tree.shown(&rel))));
@@ -1027,7 +1035,8 @@ impl Scan {
 /// DIR_INDEX number of the next one.
 struct Dir {
     inode: ScanInode,
-    names: std::vec::IntoIter<Vec<u8>>,
+    /// With their (device, inode) as listed, for a host tree.
+    names: std::vec::IntoIter<(Vec<u8>, Option<HostId>)>,
     index: u64,
 }
 
@@ -1225,6 +1234,33 @@ pub(super) fn test_opts() -> ScanOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory swapped for a symlink (to a tree of the same shape
+    /// outside) or for another directory after the walk took its identity
+    /// is not listed: the scan would copy the outside tree's names and then
+    /// its files.
+    #[test]
+    fn a_swapped_directory_is_not_listed() {
+        use std::os::unix::fs::MetadataExt;
+        let host = tempfile::tempdir().unwrap();
+        let (root, outside) = (host.path().join("r"), host.path().join("outside"));
+        for t in [&root, &outside] {
+            std::fs::create_dir_all(t.join("b")).unwrap();
+            std::fs::write(t.join("b/y"), "y").unwrap();
+        }
+        let tree = Tree::Host(&root);
+        let b = std::fs::symlink_metadata(root.join("b")).unwrap();
+        let id = (b.dev(), b.ino());
+        assert_eq!(tree.list(Path::new("b"), id).unwrap().len(), 1);
+        std::fs::rename(root.join("b"), host.path().join("b-aside")).unwrap();
+        std::os::unix::fs::symlink(outside.join("b"), root.join("b")).unwrap();
+        let e = tree.list(Path::new("b"), id).unwrap_err().to_string();
+        assert!(e.contains("changed while being copied"), "{e}");
+        std::fs::remove_file(root.join("b")).unwrap();
+        std::fs::rename(outside.join("b"), root.join("b")).unwrap();
+        let e = tree.list(Path::new("b"), id).unwrap_err().to_string();
+        assert!(e.contains("changed while being copied"), "{e}");
+    }
 
     #[test]
     fn subvol_specs_parse() {
