@@ -289,8 +289,10 @@ pub enum Command {
     /// do), and room for the data and (estimated, erring high) the metadata;
     /// a failure there leaves the images byte for byte as they were. A
     /// source that changes while it is copied (a file that grows, shrinks or
-    /// goes) fails the put then: still nothing committed, but the images'
-    /// free space may hold bytes of the copy.
+    /// goes, or is replaced by another file, a symlink or a fifo; a
+    /// directory replaced by a symlink or another directory) fails the put
+    /// then: nothing is followed outside the source and nothing is
+    /// committed, but the images' free space may hold bytes of the copy.
     Put(PutArgs),
     /// Write a deterministic clean or damaged test filesystem and its manifest.
     ///
@@ -580,7 +582,9 @@ pub struct MkfsArgs {
     /// the trees are written), which need about as much room as the new
     /// filesystem's metadata. What grows: the directories being walked, and
     /// files with several hard links (about 0.5 KiB each, held until the
-    /// walk has found all their names).
+    /// walk has found all their names). A tree that changes while it is
+    /// copied (a file or directory replaced by another, by a symlink or by
+    /// a fifo) fails the mkfs: no symlink below DIR is followed.
     #[arg(short = 'r', long = "rootdir", value_name = "DIR", value_parser = host_dir)]
     pub rootdir: Option<PathBuf>,
     /// Populate the top-level subvolume from this tar archive (`-`: standard
