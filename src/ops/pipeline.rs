@@ -5,7 +5,8 @@
 //! checksumming run on every core, while placing the results (which depends
 //! on every earlier result: compressed sizes decide addresses) stays in one
 //! thread, in order — so the image does not depend on the number of workers
-//! or on which finished first.
+//! or on which finished first. `put` uses it for the host side of a copy
+//! (stat, xattrs, small files read) while one thread changes the trees.
 //!
 //! Whichever thread fails first — the reader (the job iterator), a worker or
 //! the consumer — every other one stops: nothing waits on a channel whose
@@ -80,14 +81,14 @@ where
                 }
                 let done = match catch_unwind(AssertUnwindSafe(|| work(&j))) {
                     Ok(r) => Ok((j, r)),
-                    Err(p) => Err(panicked("data worker", p.as_ref())),
+                    Err(p) => Err(panicked("worker", p.as_ref())),
                 };
                 let failed = done.is_err();
                 if res_tx.send((seq, done)).is_err() || failed {
                     break;
                 }
             };
-            if let Err(e) = spawn_scoped(s, &format!("data-worker-{i}"), worker) {
+            if let Err(e) = spawn_scoped(s, &format!("worker-{i}"), worker) {
                 started = Err(e);
                 break;
             }
@@ -107,13 +108,13 @@ where
                 }));
                 let end = match r {
                     Ok(n) => n.map(Ok),
-                    Err(p) => Some(Err(panicked("data reader", p.as_ref()))),
+                    Err(p) => Some(Err(panicked("job reader", p.as_ref()))),
                 };
                 if let Ok(mut t) = total.lock() {
                     *t = end;
                 }
             };
-            started = spawn_scoped(s, "data-reader", reader).map(drop);
+            started = spawn_scoped(s, "job-reader", reader).map(drop);
         }
         let result = match started {
             Err(e) => Err(E::from(e)),
@@ -138,11 +139,11 @@ where
                                 let end = total.lock().map(|mut t| t.take()).unwrap_or(None);
                                 return match end {
                                     Some(Ok(n)) if n == next => Ok(()),
-                                    Some(Ok(n)) => Err(E::from(Error::Internal(format!(
-                                        "data pass: {next} of {n} jobs came back (a worker thread ended early)"
-                                    )))),
+                                    Some(Ok(n)) => {
+                                        Err(E::from(Error::Internal(format!("{next} of {n} jobs came back (a worker thread ended early)"))))
+                                    }
                                     Some(Err(e)) => Err(E::from(e)),
-                                    None => Err(E::from(Error::Internal("data pass: the reader thread stopped early".into()))),
+                                    None => Err(E::from(Error::Internal("the job reader thread stopped early".into()))),
                                 };
                             }
                         }
