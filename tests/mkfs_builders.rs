@@ -385,16 +385,23 @@ fn offset_puts_the_filesystem_inside_a_partitioned_disk() {
     drop(lm);
 }
 
-/// An entry the walk cannot read is named in the error, and no filesystem is
-/// left behind. Needs an unprivileged user: root reads everything.
-#[test]
-fn unreadable_rootdir_entry_is_named() {
+/// A shared temp dir holding `src`, a tree whose `etc/secret` only root can
+/// read.
+fn tree_with_unreadable_entry() -> (tempfile::TempDir, PathBuf) {
     let d = shared_tempdir();
     let src = d.path().join("src");
     make_tree(&src);
     let secret = src.join("etc/secret");
     fs::write(&secret, b"no peeking").unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
+    (d, src)
+}
+
+/// An entry the walk cannot read is named in the error, and no filesystem is
+/// left behind. Needs an unprivileged user: root reads everything.
+#[test]
+fn unreadable_rootdir_entry_is_named() {
+    let (d, src) = tree_with_unreadable_entry();
     let img = d.path().join("img");
     let (code, _, err) = btrs_rootless(&["mkfs", "-b", "256M", "-r", s(&src), s(&img)]);
     assert_eq!(code, 1, "{err}");
@@ -409,12 +416,7 @@ fn unreadable_rootdir_entry_is_named() {
 /// image made for a scan that then fails is removed again.
 #[test]
 fn images_are_refused_before_the_root_directory_is_scanned() {
-    let d = shared_tempdir();
-    let src = d.path().join("src");
-    make_tree(&src);
-    let secret = src.join("etc/secret");
-    fs::write(&secret, b"no peeking").unwrap();
-    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
+    let (d, src) = tree_with_unreadable_entry();
     let img = d.path().join("new.img");
     let (code, _, err) = btrs_rootless(&["mkfs", "-q", "-r", s(&src), s(&img)]);
     assert_eq!(code, 1, "{err}");
