@@ -64,6 +64,83 @@ pub(crate) fn open_source(path: &Path, id: HostId) -> Result<File> {
     Ok(f)
 }
 
+/// A host entry held by an O_PATH descriptor, checked to be the (device,
+/// inode) first stat'ed: its symlink target and xattrs are then read from
+/// that inode, whatever its path leads to by then (a directory above it
+/// swapped for a symlink to a tree outside must not lend that tree's
+/// targets or xattrs). O_PATH opens no device and waits on no fifo.
+pub(crate) struct Pinned<'a> {
+    fd: rustix::fd::OwnedFd,
+    path: &'a Path,
+}
+
+impl<'a> Pinned<'a> {
+    /// `follow`: a symlink at the end of `path` is followed (a root
+    /// directory the user named through one).
+    pub(crate) fn new(path: &'a Path, id: HostId, follow: bool) -> Result<Pinned<'a>> {
+        use rustix::fs::{Mode, OFlags};
+        let nofollow = if follow { OFlags::empty() } else { OFlags::NOFOLLOW };
+        let fd = rustix::fs::openat(rustix::fs::CWD, path, OFlags::PATH | nofollow | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| Error::io(path, "open", e.into()))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| Error::io(path, "stat", e.into()))?;
+        if (st.st_dev, st.st_ino) != id {
+            return Err(Error::Invalid(format!(
+                "{}: changed while being copied: no longer the file first looked at (another device or inode number); not copied",
+                path.display()
+            )));
+        }
+        Ok(Pinned { fd, path })
+    }
+
+    /// The target of the symlink held.
+    pub(crate) fn read_link(&self) -> Result<Vec<u8>> {
+        rustix::fs::readlinkat(&self.fd, "", Vec::new()).map(|t| t.into_bytes()).map_err(|e| Error::io(self.path, "readlink", e.into()))
+    }
+
+    /// The xattrs of the inode held, sorted by name: through
+    /// /proc/self/fd, which leads to that inode itself (a symlink's own
+    /// too); without /proc, by path.
+    pub(crate) fn xattrs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use rustix::fd::AsRawFd;
+        static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+            return read_xattrs(self.path);
+        }
+        let held = std::path::PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
+        let mut out = Vec::new();
+        let names = match xattr::list_deref(&held) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => return Ok(out),
+            Err(e) => return Err(Error::io(self.path, "listxattr", e)),
+        };
+        for name in names {
+            if let Some(v) = xattr::get_deref(&held, &name).map_err(io(self.path, "getxattr"))? {
+                out.push((name.as_bytes().to_vec(), v));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// The xattrs of `path`, which a stat found to be `id`, sorted by name.
+/// Most files have none, and a look by path that finds none ends there (one
+/// call, as before): whatever a swap led it to, nothing from outside the
+/// tree is taken. Any found are read again from the inode itself
+/// ([`Pinned`]), so that a directory above it swapped for a symlink cannot
+/// lend an outside file's.
+pub(crate) fn xattrs_of(path: &Path, id: HostId, follow: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let none = match if follow { xattr::list_deref(path) } else { xattr::list(path) } {
+        Ok(mut n) => n.next().is_none(),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => true,
+        Err(e) => return Err(Error::io(path, "listxattr", e)),
+    };
+    if none {
+        return Ok(Vec::new());
+    }
+    Pinned::new(path, id, follow)?.xattrs()
+}
+
 /// A host directory's entries, sorted by name, each with the (device,
 /// inode) that a stat relative to the directory itself found, for a copy
 /// that must not be led outside the tree it copies.
@@ -216,6 +293,44 @@ pub(crate) fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A symlink's target and a file's xattrs come from the inodes pinned,
+    /// not from an outside tree a directory above them was swapped for; a
+    /// pin taken after the swap is refused.
+    #[test]
+    fn pinned_entries_are_read_from_themselves() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let (inside, outside) = (d.path().join("in"), d.path().join("out"));
+        for (t, target, x) in [(&inside, "inside", "IN"), (&outside, "OUTSIDE", "SECRET")] {
+            std::fs::create_dir_all(t.join("P")).unwrap();
+            std::os::unix::fs::symlink(target, t.join("P/s")).unwrap();
+            std::fs::write(t.join("P/f"), "f").unwrap();
+            if xattr::set(t.join("P/f"), "user.x", x.as_bytes()).is_err() {
+                eprintln!("skipped: no user xattrs in {}", d.path().display());
+                return;
+            }
+        }
+        let id = |p: &Path| {
+            let m = std::fs::symlink_metadata(p).unwrap();
+            (m.dev(), m.ino())
+        };
+        let (s, f) = (inside.join("P/s"), inside.join("P/f"));
+        let (sid, fid) = (id(&s), id(&f));
+        let (ps, pf) = (Pinned::new(&s, sid, false).unwrap(), Pinned::new(&f, fid, false).unwrap());
+        std::fs::rename(inside.join("P"), d.path().join("P-aside")).unwrap();
+        std::os::unix::fs::symlink(outside.join("P"), inside.join("P")).unwrap();
+        assert_eq!(ps.read_link().unwrap(), b"inside");
+        assert_eq!(pf.xattrs().unwrap(), vec![(b"user.x".to_vec(), b"IN".to_vec())]);
+        for (p, i) in [(&s, sid), (&f, fid)] {
+            let e = Pinned::new(p, i, false).err().map(|e| e.to_string());
+            assert!(e.as_deref().is_some_and(|e| e.contains("changed while being copied")), "{e:?}");
+        }
+        // Looked up by path after the swap, the outside file's xattrs are
+        // found, and then refused, not taken.
+        let e = xattrs_of(&f, fid, false).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("changed while being copied")), "{e:?}");
+    }
 
     /// A source file swapped after it was looked at is not opened as if it
     /// were the same: not a symlink's target (an attacker's pick of a file

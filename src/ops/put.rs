@@ -382,10 +382,13 @@ fn prepare(src: &Path, expect: Option<(u64, u64)>, ss: u64, budget: &mut u64) ->
             src.display()
         )));
     }
+    // Its symlink target and xattrs are read from the inode just checked,
+    // not by path again.
+    let id = (meta.dev(), meta.ino());
+    let xattrs = crate::ops::host::xattrs_of(src, id, false)?;
     let ft = meta.file_type();
     let kind = if ft.is_symlink() {
-        let t = std::fs::read_link(src).map_err(|e| Error::io(src, "readlink", e))?;
-        Kind::Symlink(t.into_os_string().into_encoded_bytes())
+        Kind::Symlink(crate::ops::host::Pinned::new(src, id, false)?.read_link()?)
     } else if ft.is_dir() {
         Kind::Dir
     } else if ft.is_file() {
@@ -417,7 +420,6 @@ fn prepare(src: &Path, expect: Option<(u64, u64)>, ss: u64, budget: &mut u64) ->
     } else {
         Kind::Other
     };
-    let xattrs = crate::ops::host::read_xattrs(src)?;
     Ok(Prepared { meta, xattrs, kind })
 }
 

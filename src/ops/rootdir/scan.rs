@@ -15,7 +15,7 @@ use crate::format::encode;
 use crate::format::items::{extref_hash, name_hash, DirEntry, FileExtent, FileExtentKind, InodeRefEntry};
 use crate::format::ondisk::*;
 use crate::format::{CsumType, FileType, Key};
-use crate::ops::host::{data_ranges, host_rdev_to_btrfs, io, open_source, read_xattrs, round_up, sector_ranges, HostId};
+use crate::ops::host::{data_ranges, host_rdev_to_btrfs, io, open_source, round_up, sector_ranges, HostId, Pinned};
 
 use super::manifest::{remap_acl, Ownership};
 use super::source::SourceFile;
@@ -312,20 +312,19 @@ impl Tree<'_> {
         }))
     }
 
-    fn read_link(&self, rel: &Path) -> Result<Vec<u8>> {
+    /// The target of the symlink `rel`, which a stat found to be `id`: read
+    /// from that inode, not by path again (see [`Pinned`]).
+    fn read_link(&self, rel: &Path, id: HostId) -> Result<Vec<u8>> {
         match self {
-            Tree::Host(root) => {
-                let path = root.join(rel);
-                Ok(std::fs::read_link(&path).map_err(io(&path, "readlink"))?.as_os_str().as_bytes().to_vec())
-            }
+            Tree::Host(root) => Pinned::new(&root.join(rel), id, rel.as_os_str().is_empty())?.read_link(),
             Tree::Archive(t) => Ok(t.link_target(rel)),
         }
     }
 
     /// Extended attributes, sorted by name.
-    fn xattrs(&self, rel: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn xattrs(&self, rel: &Path, id: HostId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         match self {
-            Tree::Host(root) => read_xattrs(&root.join(rel)),
+            Tree::Host(root) => crate::ops::host::xattrs_of(&root.join(rel), id, rel.as_os_str().is_empty()),
             Tree::Archive(t) => Ok(t.xattrs(rel)),
         }
     }
@@ -609,7 +608,7 @@ impl Scan {
             Error::Unsupported(format!("{}: unknown file type {:o}", crate::name::Name::of_path(&tree.shown(rel)), m.mode))
         })?;
         let sector = self.opts.sectorsize as u64;
-        let xattrs = tree.xattrs(rel)?;
+        let xattrs = tree.xattrs(rel, m.id)?;
         let flags = self.flags_for(rel);
         let wanted = self.compress_for(rel);
         let mut content = Content::None;
@@ -636,7 +635,7 @@ impl Scan {
             }
             FileType::Symlink => {
                 self.symlinks += 1;
-                let t = tree.read_link(rel)?;
+                let t = tree.read_link(rel, m.id)?;
                 crate::format::limits::check_symlink_target(&t, self.opts.nodesize, sector as u32)
                     .map_err(|e| Error::Invalid(format!("{}: {e}", crate::name::Name::of_path(&tree.shown(rel)))))?;
                 size = t.len() as u64;
