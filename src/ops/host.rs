@@ -141,6 +141,49 @@ pub(crate) fn xattrs_of(path: &Path, id: HostId, follow: bool) -> Result<Vec<(Ve
     Pinned::new(path, id, follow)?.xattrs()
 }
 
+/// Open host directory `dir` as the directory `expect` names: no symlink
+/// followed at its end unless `follow` (a root directory the user named
+/// through one), and the same device and inode, or "changed while being
+/// copied" (a directory swapped for another, or a component above it
+/// swapped for a symlink).
+pub(crate) fn open_dir(dir: &Path, expect: HostId, follow: bool) -> Result<rustix::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let changed =
+        || Error::Invalid(format!("{}: changed while being copied: no longer the directory first looked at; not copied", dir.display()));
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | if follow { OFlags::empty() } else { OFlags::NOFOLLOW };
+    let fd = match rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP) | Err(rustix::io::Errno::NOTDIR) => return Err(changed()),
+        Err(e) => return Err(Error::io(dir, "open directory", e.into())),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| Error::io(dir, "stat", e.into()))?;
+    if (st.st_dev, st.st_ino) != expect {
+        return Err(changed());
+    }
+    Ok(fd)
+}
+
+/// The names in the directory open as `fd` (`dir` for messages), sorted.
+pub(crate) fn sorted_names(fd: &rustix::fd::OwnedFd, dir: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(fd).map_err(|e| Error::io(dir, "readdir", e.into()))? {
+        let e = e.map_err(|e| Error::io(dir, "readdir", e.into()))?;
+        let name = e.file_name().to_bytes();
+        if !matches!(name, b"." | b"..") {
+            names.push(name.to_vec());
+        }
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// The lstat of `name` in the directory open as `fd` (`path` for messages):
+/// what a swap of a directory above it cannot redirect.
+pub(crate) fn stat_at(fd: &rustix::fd::OwnedFd, name: &[u8], path: &Path) -> Result<rustix::fs::Stat> {
+    rustix::fs::statat(fd, std::ffi::OsStr::from_bytes(name), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| Error::io(path, "lstat", e.into()))
+}
+
 /// A host directory's entries, sorted by name, each with the (device,
 /// inode) that a stat relative to the directory itself found, for a copy
 /// that must not be led outside the tree it copies.
@@ -172,20 +215,8 @@ impl Listing {
     /// `follow`: a symlink at the end of `dir` is followed (a root
     /// directory the user named through one); `expect` is then the target's.
     pub(crate) fn read(dir: &Path, expect: HostId, follow: bool) -> Result<Listing> {
-        use rustix::fs::{AtFlags, Mode, OFlags};
-        let changed = || {
-            Error::Invalid(format!("{}: changed while being copied: no longer the directory first looked at; not copied", dir.display()))
-        };
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | if follow { OFlags::empty() } else { OFlags::NOFOLLOW };
-        let fd = match rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::LOOP) | Err(rustix::io::Errno::NOTDIR) => return Err(changed()),
-            Err(e) => return Err(Error::io(dir, "open directory", e.into())),
-        };
-        let st = rustix::fs::fstat(&fd).map_err(|e| Error::io(dir, "stat", e.into()))?;
-        if (st.st_dev, st.st_ino) != expect {
-            return Err(changed());
-        }
+        use rustix::fs::AtFlags;
+        let fd = open_dir(dir, expect, follow)?;
         let (mut names, mut entries) = (Vec::new(), Vec::new());
         for e in rustix::fs::Dir::read_from(&fd).map_err(|e| Error::io(dir, "readdir", e.into()))? {
             let e = e.map_err(|e| Error::io(dir, "readdir", e.into()))?;

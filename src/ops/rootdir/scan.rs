@@ -15,6 +15,8 @@ use crate::format::encode;
 use crate::format::items::{extref_hash, name_hash, DirEntry, FileExtent, FileExtentKind, InodeRefEntry};
 use crate::format::ondisk::*;
 use crate::format::{CsumType, FileType, Key};
+use rustix::fd::OwnedFd;
+
 use crate::ops::host::{data_ranges, host_rdev_to_btrfs, io, open_source, round_up, sector_ranges, HostId, Pinned};
 
 use super::manifest::{remap_acl, Ownership};
@@ -265,19 +267,36 @@ impl Tree<'_> {
         }
     }
 
-    /// The names in directory `rel`, in byte order.
-    fn list(&self, rel: &Path, id: HostId) -> Result<Vec<(Vec<u8>, Option<HostId>)>> {
+    /// The names in directory `rel`, in byte order; for a host tree also
+    /// the directory, open, to stat them relative to it (see [`Dir::fd`]).
+    fn list(&self, rel: &Path, id: HostId) -> Result<(Vec<Vec<u8>>, Option<OwnedFd>)> {
         match self {
-            // Listed from the directory that `id` names, each entry with
-            // its identity, which the entry's stat must then match: a
-            // directory swapped for a symlink meanwhile must not lead the
-            // scan (and the data pass after it) outside the tree.
             Tree::Host(root) => {
-                let mut l = crate::ops::host::Listing::read(&root.join(rel), id, rel.as_os_str().is_empty())?;
-                Ok(std::iter::from_fn(|| l.next()).map(|e| (e.name, Some(e.id))).collect())
+                let path = root.join(rel);
+                let fd = crate::ops::host::open_dir(&path, id, rel.as_os_str().is_empty())?;
+                Ok((crate::ops::host::sorted_names(&fd, &path)?, Some(fd)))
             }
-            Tree::Archive(t) => Ok(t.list(rel).into_iter().map(|n| (n, None)).collect()),
+            Tree::Archive(t) => Ok((t.list(rel), None)),
         }
+    }
+
+    /// The file named `name` in the directory being walked (`rel` its path
+    /// from the root): for a host tree, stat'ed relative to the directory
+    /// open as `dir`, reopened (as the directory `dir_id` names) when the
+    /// walk comes back to it: a directory above it swapped for a symlink
+    /// meanwhile cannot lead the scan, and the data pass after it, outside
+    /// the tree.
+    fn stat_in(&self, dir: &mut Option<OwnedFd>, dir_rel: &Path, dir_id: HostId, name: &[u8], rel: &Path) -> Result<SourceFile> {
+        let root = match self {
+            Tree::Host(root) => root,
+            Tree::Archive(t) => return t.stat(rel).ok_or_else(|| Error::io(self.shown(rel), "lstat", std::io::ErrorKind::NotFound.into())),
+        };
+        let fd = match dir {
+            Some(fd) => fd,
+            None => dir.insert(crate::ops::host::open_dir(&root.join(dir_rel), dir_id, dir_rel.as_os_str().is_empty())?),
+        };
+        let st = crate::ops::host::stat_at(fd, name, &root.join(rel))?;
+        Ok(host_source_file(&st))
     }
 
     /// The file at `rel`, or None when there is none.
@@ -838,13 +857,14 @@ impl Scan {
     fn walk_dir(&mut self, tree: &Tree<'_>, top: ScanInode) -> Result<()> {
         let open = |inode: ScanInode| -> Result<Dir> {
             // DIR_INDEX numbers start at 2 in every directory (0 and 1 are "." and "..").
-            Ok(Dir { names: tree.list(&inode.path, inode.host_id)?.into_iter(), inode, index: 2 })
+            let (names, fd) = tree.list(&inode.path, inode.host_id)?;
+            Ok(Dir { names: names.into_iter(), inode, index: 2, fd })
         };
         // Host files with several links: (st_dev, st_ino) → (subvolume, index in `linked`).
         let mut by_id: HashMap<(u64, u64), Vec<(u64, usize)>> = HashMap::new();
         let mut stack = vec![open(top)?];
         while let Some(dir) = stack.last_mut() {
-            let Some((name, listed)) = dir.names.next() else {
+            let Some(name) = dir.names.next() else {
                 if let Some(done) = stack.pop() {
                     self.emit(&done.inode)?;
                 }
@@ -854,13 +874,7 @@ impl Scan {
             dir.index += 1;
             let (subvol, dir_ino) = (dir.inode.subvol, dir.inode.ino);
             let rel = dir.inode.path.join(std::ffi::OsStr::from_bytes(&name));
-            let m = tree.stat(&rel)?.ok_or_else(|| Error::io(tree.shown(&rel), "lstat", std::io::ErrorKind::NotFound.into()))?;
-            if listed.is_some_and(|id| id != m.id) {
-                return Err(Error::Invalid(format!(
-                    "{}: changed while being copied: no longer the file its directory listed (another device or inode number); not copied",
-                    crate::name::Name::of_path(&tree.shown(&rel))
-                )));
-            }
+            let m = tree.stat_in(&mut dir.fd, &dir.inode.path, dir.inode.host_id, &name, &rel)?;
             if self.opts.exclude.contains(&m.id) {
                 self.warnings
                     .push(format!("{}: is one of the images being made; not copied", crate::name::Name::of_path(&tree.shown(&rel))));
@@ -871,7 +885,11 @@ impl Scan {
             if let Some(spec) = spec {
                 let sv = self.add_subvol(tree, spec, (subvol, dir_ino), index, &name, &rel, &m)?;
                 self.entry(&mut stack, &name, Key::new(sv.subvol, ROOT_ITEM_KEY, 0), FileType::Directory, index)?;
-                stack.push(open(sv)?);
+                let child = open(sv)?;
+                if let Some(d) = stack.last_mut() {
+                    d.fd = None;
+                }
+                stack.push(child);
                 continue;
             }
             // A hard link is one inode only within one subvolume: the kernel
@@ -904,7 +922,11 @@ impl Scan {
             let kind = inode.kind;
             self.entry(&mut stack, &name, Key::new(ino, INODE_ITEM_KEY, 0), kind, index)?;
             if kind == FileType::Directory {
-                stack.push(open(inode)?);
+                let child = open(inode)?;
+                if let Some(d) = stack.last_mut() {
+                    d.fd = None;
+                }
+                stack.push(child);
             } else if m.nlink > 1 {
                 // More names may follow: items at the end of the walk; the
                 // data keeps its place in inode order.
@@ -1030,13 +1052,38 @@ impl Scan {
     }
 }
 
+/// A host stat as a [`SourceFile`], as [`Tree::stat`] makes one from a
+/// `Metadata`. The kernel's stat fields differ in type between
+/// architectures: plain casts.
+#[allow(clippy::unnecessary_cast)]
+fn host_source_file(st: &rustix::fs::Stat) -> SourceFile {
+    SourceFile {
+        mode: st.st_mode as u32,
+        uid: st.st_uid as u32,
+        gid: st.st_gid as u32,
+        rdev: host_rdev_to_btrfs(st.st_rdev as u64),
+        size: st.st_size as u64,
+        atime: ts(st.st_atime as i64, st.st_atime_nsec as i64),
+        mtime: ts(st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime: ts(st.st_ctime as i64, st.st_ctime_nsec as i64),
+        nlink: st.st_nlink as u64,
+        id: (st.st_dev as u64, st.st_ino as u64),
+        offset: 0,
+        sparse: None,
+        blocks: Some(st.st_blocks as u64),
+    }
+}
+
 /// A directory being walked: its inode, its names in byte order and the
 /// DIR_INDEX number of the next one.
 struct Dir {
     inode: ScanInode,
-    /// With their (device, inode) as listed, for a host tree.
-    names: std::vec::IntoIter<(Vec<u8>, Option<HostId>)>,
+    names: std::vec::IntoIter<Vec<u8>>,
     index: u64,
+    /// A host directory, open while its entries are stat'ed; closed while
+    /// the walk is below it (one descriptor at a time, whatever the depth)
+    /// and reopened by identity when it comes back.
+    fd: Option<OwnedFd>,
 }
 
 /// What the data pass needs of one file, as the walk notes it in
@@ -1250,10 +1297,20 @@ mod tests {
         let tree = Tree::Host(&root);
         let b = std::fs::symlink_metadata(root.join("b")).unwrap();
         let id = (b.dev(), b.ino());
-        assert_eq!(tree.list(Path::new("b"), id).unwrap().len(), 1);
+        let (names, mut fd) = tree.list(Path::new("b"), id).unwrap();
+        assert_eq!(names, [b"y".to_vec()]);
+        let y = std::fs::symlink_metadata(root.join("b/y")).unwrap();
         std::fs::rename(root.join("b"), host.path().join("b-aside")).unwrap();
         std::os::unix::fs::symlink(outside.join("b"), root.join("b")).unwrap();
         let e = tree.list(Path::new("b"), id).unwrap_err().to_string();
+        assert!(e.contains("changed while being copied"), "{e}");
+        // An entry is stat'ed relative to the directory held open: the one
+        // listed, not the outside one its path now leads to; reopened after
+        // the swap, it is refused.
+        let (b, by) = (Path::new("b"), Path::new("b/y"));
+        let m = tree.stat_in(&mut fd, b, id, b"y", by).unwrap();
+        assert_eq!(m.id, (y.dev(), y.ino()), "the listed directory's y");
+        let e = tree.stat_in(&mut None, b, id, b"y", by).unwrap_err().to_string();
         assert!(e.contains("changed while being copied"), "{e}");
         std::fs::remove_file(root.join("b")).unwrap();
         std::fs::rename(outside.join("b"), root.join("b")).unwrap();
