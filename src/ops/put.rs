@@ -188,7 +188,13 @@ fn scan_entry(p: &Path, meta: &Metadata, ss: u32, nodesize: u32, csum: usize, ne
         items += 30 + (name.len() + v.len()) as u64 + ITEM_HEADER;
     }
     if meta.is_symlink() {
-        let t = std::fs::read_link(p).map_err(|e| Error::io(p, "readlink", e))?;
+        // EINVAL: no longer a symlink, since the stat just before.
+        let t = std::fs::read_link(p).map_err(|e| match e.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::INVAL.raw_os_error() => {
+                Error::Invalid(format!("{}: changed while being copied: no longer the symlink first looked at; not copied", p.display()))
+            }
+            _ => Error::io(p, "readlink", e),
+        })?;
         limits::check_symlink_target(t.as_os_str().as_encoded_bytes(), nodesize, ss).map_err(what)?;
         items += 21 + t.as_os_str().len() as u64 + ITEM_HEADER;
     } else if meta.is_file() {
@@ -773,6 +779,20 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("a"), top.join("a")).unwrap();
         let e = prepare(&top.join("a/x"), Some((x.dev(), x.ino())), 4096, &mut BATCH_PREREAD.clone()).err().map(|e| e.to_string());
         assert!(e.as_deref().is_some_and(|e| e.contains("changed while being copied")), "{e:?}");
+    }
+
+    /// A symlink that is something else by the time the pre-scan reads its
+    /// target is reported as changed, not as a bare "Invalid argument".
+    #[test]
+    fn the_scan_names_a_symlink_that_changed() {
+        let host = tempfile::tempdir().unwrap();
+        let s = host.path().join("s");
+        std::os::unix::fs::symlink("t", &s).unwrap();
+        let meta = std::fs::symlink_metadata(&s).unwrap();
+        std::fs::remove_file(&s).unwrap();
+        std::fs::create_dir(&s).unwrap();
+        let e = scan_entry(&s, &meta, 4096, 16384, 4, &mut HostNeed::default()).unwrap_err().to_string();
+        assert!(e.contains("changed while being copied"), "{e}");
     }
 
     /// An entry the walk listed as a directory that is something else when
