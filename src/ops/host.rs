@@ -22,6 +22,12 @@ pub(crate) fn host_rdev_to_btrfs(rdev: u64) -> u64 {
     ((major & 0xfff) << 20) | (minor & 0xf_ffff)
 }
 
+/// The error for a host entry that is no longer what was first looked at
+/// (`now` says what it is now): a source changed while being copied.
+pub(crate) fn changed(path: &Path, now: &str) -> Error {
+    Error::Invalid(format!("{}: changed while being copied: {now}; not copied", path.display()))
+}
+
 /// Open source file `path` for reading, as the regular file (device, inode)
 /// `id` that an earlier stat found there, without touching its atime
 /// (O_NOATIME needs ownership or CAP_FOWNER; without them a plain open), so
@@ -39,12 +45,7 @@ pub(crate) fn open_source(path: &Path, id: HostId) -> Result<File> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK;
     let open = |more: OFlags| std::fs::OpenOptions::new().read(true).custom_flags((flags | more).bits() as i32).open(path);
-    let changed = |now: &str| {
-        Error::Invalid(format!(
-            "{}: changed while being copied: no longer the regular file first looked at but {now}; not copied",
-            path.display()
-        ))
-    };
+    let changed = |now: &str| changed(path, &format!("no longer the regular file first looked at but {now}"));
     let f = match open(OFlags::NOATIME) {
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => open(OFlags::empty()),
         r => r,
@@ -84,10 +85,7 @@ impl<'a> Pinned<'a> {
             .map_err(|e| Error::io(path, "open", e.into()))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| Error::io(path, "stat", e.into()))?;
         if (st.st_dev, st.st_ino) != id {
-            return Err(Error::Invalid(format!(
-                "{}: changed while being copied: no longer the file first looked at (another device or inode number); not copied",
-                path.display()
-            )));
+            return Err(changed(path, ANOTHER_FILE));
         }
         Ok(Pinned { fd, path })
     }
@@ -107,19 +105,7 @@ impl<'a> Pinned<'a> {
             return read_xattrs(self.path);
         }
         let held = std::path::PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
-        let mut out = Vec::new();
-        let names = match xattr::list_deref(&held) {
-            Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => return Ok(out),
-            Err(e) => return Err(Error::io(self.path, "listxattr", e)),
-        };
-        for name in names {
-            if let Some(v) = xattr::get_deref(&held, &name).map_err(io(self.path, "getxattr"))? {
-                out.push((name.as_bytes().to_vec(), v));
-            }
-        }
-        out.sort();
-        Ok(out)
+        collect_xattrs(&held, self.path, true)
     }
 }
 
@@ -148,8 +134,7 @@ pub(crate) fn xattrs_of(path: &Path, id: HostId, follow: bool) -> Result<Vec<(Ve
 /// swapped for a symlink).
 pub(crate) fn open_dir(dir: &Path, expect: HostId, follow: bool) -> Result<rustix::fd::OwnedFd> {
     use rustix::fs::{Mode, OFlags};
-    let changed =
-        || Error::Invalid(format!("{}: changed while being copied: no longer the directory first looked at; not copied", dir.display()));
+    let changed = || changed(dir, "no longer the directory first looked at");
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | if follow { OFlags::empty() } else { OFlags::NOFOLLOW };
     let fd = match rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::empty()) {
         Ok(fd) => fd,
@@ -163,16 +148,26 @@ pub(crate) fn open_dir(dir: &Path, expect: HostId, follow: bool) -> Result<rusti
     Ok(fd)
 }
 
-/// The names in the directory open as `fd` (`dir` for messages), sorted.
-pub(crate) fn sorted_names(fd: &rustix::fd::OwnedFd, dir: &Path) -> Result<Vec<Vec<u8>>> {
-    let mut names = Vec::new();
+/// Each name in the directory open as `fd` (`dir` for messages) but . and
+/// .., in the order the directory gives them.
+fn each_name(fd: &rustix::fd::OwnedFd, dir: &Path, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
     for e in rustix::fs::Dir::read_from(fd).map_err(|e| Error::io(dir, "readdir", e.into()))? {
         let e = e.map_err(|e| Error::io(dir, "readdir", e.into()))?;
         let name = e.file_name().to_bytes();
         if !matches!(name, b"." | b"..") {
-            names.push(name.to_vec());
+            f(name)?;
         }
     }
+    Ok(())
+}
+
+/// The names in the directory open as `fd` (`dir` for messages), sorted.
+pub(crate) fn sorted_names(fd: &rustix::fd::OwnedFd, dir: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    each_name(fd, dir, |name| {
+        names.push(name.to_vec());
+        Ok(())
+    })?;
     names.sort_unstable();
     Ok(names)
 }
@@ -215,23 +210,18 @@ impl Listing {
     /// `follow`: a symlink at the end of `dir` is followed (a root
     /// directory the user named through one); `expect` is then the target's.
     pub(crate) fn read(dir: &Path, expect: HostId, follow: bool) -> Result<Listing> {
-        use rustix::fs::AtFlags;
         let fd = open_dir(dir, expect, follow)?;
         let (mut names, mut entries) = (Vec::new(), Vec::new());
-        for e in rustix::fs::Dir::read_from(&fd).map_err(|e| Error::io(dir, "readdir", e.into()))? {
-            let e = e.map_err(|e| Error::io(dir, "readdir", e.into()))?;
-            let name = e.file_name();
-            if matches!(name.to_bytes(), b"." | b"..") {
-                continue;
-            }
-            let path = || dir.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
-            let len = u16::try_from(name.to_bytes().len())
-                .map_err(|_| Error::Invalid(format!("{}: a name of {} bytes", path().display(), name.to_bytes().len())))?;
-            let st = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| Error::io(path(), "stat", e.into()))?;
+        each_name(&fd, dir, |name| {
+            let path = || dir.join(std::ffi::OsStr::from_bytes(name));
+            let len =
+                u16::try_from(name.len()).map_err(|_| Error::Invalid(format!("{}: a name of {} bytes", path().display(), name.len())))?;
+            let st = stat_at(&fd, name, &path())?;
             let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
             entries.push(Listed { start: names.len(), len, is_dir, id: (st.st_dev, st.st_ino) });
-            names.extend_from_slice(name.to_bytes());
-        }
+            names.extend_from_slice(name);
+            Ok(())
+        })?;
         let name = |l: &Listed| names.get(l.start..l.start + usize::from(l.len)).unwrap_or_default();
         entries.sort_unstable_by(|a, b| name(a).cmp(name(b)));
         names.shrink_to_fit();
@@ -249,6 +239,9 @@ impl Listing {
 
 /// A host file's (device, inode): which file it is.
 pub(crate) type HostId = (u64, u64);
+
+/// What [`changed`] says of a file whose device or inode number differs.
+pub(crate) const ANOTHER_FILE: &str = "no longer the file first looked at (another device or inode number)";
 
 /// An entry [`Listing::next`] hands out.
 pub(crate) struct ListedEntry {
@@ -305,15 +298,23 @@ pub(crate) fn sector_ranges(ranges: impl Iterator<Item = (u64, u64)>, sector: u6
 }
 
 pub(crate) fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    // The l*xattr calls: symlinks' own attributes, not their targets'.
+    collect_xattrs(path, path, false)
+}
+
+/// The xattrs at `path` (`shown` in messages), sorted by name; `deref`:
+/// through a symlink at its end (the getxattr calls, for /proc/self/fd
+/// links), else the l*xattr calls.
+fn collect_xattrs(path: &Path, shown: &Path, deref: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
-    // The xattr crate uses the l*xattr calls: symlinks' own attributes, not their targets'.
-    let names = match xattr::list(path) {
+    let names = match if deref { xattr::list_deref(path) } else { xattr::list(path) } {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => return Ok(out),
-        Err(e) => return Err(Error::io(path, "listxattr", e)),
+        Err(e) => return Err(Error::io(shown, "listxattr", e)),
     };
     for name in names {
-        if let Some(v) = xattr::get(path, &name).map_err(io(path, "getxattr"))? {
+        let v = if deref { xattr::get_deref(path, &name) } else { xattr::get(path, &name) };
+        if let Some(v) = v.map_err(io(shown, "getxattr"))? {
             out.push((name.as_bytes().to_vec(), v));
         }
     }

@@ -19,6 +19,7 @@ use crate::fs::direct::{Bounce, PAGE};
 use crate::fs::path::ImagePath;
 use crate::fs::txn::{Place, Transaction, WriteOpts, WriteReport};
 use crate::fs::InodeId;
+use crate::ops::host::HostId;
 use crate::ops::pipeline::ordered_map;
 use crate::ops::write::{begin, dir_at, slash_means_dir, split, WRITE_STEP};
 use crate::volumes::OpenOptions;
@@ -191,7 +192,7 @@ fn scan_entry(p: &Path, meta: &Metadata, ss: u32, nodesize: u32, csum: usize, ne
         // EINVAL: no longer a symlink, since the stat just before.
         let t = std::fs::read_link(p).map_err(|e| match e.raw_os_error() {
             Some(code) if code == rustix::io::Errno::INVAL.raw_os_error() => {
-                Error::Invalid(format!("{}: changed while being copied: no longer the symlink first looked at; not copied", p.display()))
+                crate::ops::host::changed(p, "no longer the symlink first looked at")
             }
             _ => Error::io(p, "readlink", e),
         })?;
@@ -249,7 +250,7 @@ fn past_size(f: &std::fs::File, src: &Path, size: u64) -> Result<()> {
 
 /// Host files copied so far, by (st_dev, st_ino), for hard links inside the
 /// copied trees: the second name links to the inode the first made.
-type Copied = std::collections::HashMap<(u64, u64), u64>;
+type Copied = std::collections::HashMap<HostId, u64>;
 
 /// Entries handed to a worker at once: one small file is far less work than
 /// handing it between threads.
@@ -271,7 +272,7 @@ enum PutJob {
     /// (`None` for a SRC argument that could not be stat'ed): what is copied
     /// must be that file, not one put in its place or reached through a
     /// directory swapped for a symlink meanwhile.
-    Entry { at: Option<Place>, name: Vec<u8>, src: PathBuf, dir: bool, id: Option<(u64, u64)> },
+    Entry { at: Option<Place>, name: Vec<u8>, src: PathBuf, dir: bool, id: Option<HostId> },
     /// The innermost open directory has all its entries.
     Leave,
     /// The walk could not list a directory; nothing after it.
@@ -319,7 +320,7 @@ struct Walk {
 impl Walk {
     /// The job for one entry; a directory's entries are listed now, so that
     /// a directory that cannot be read stops the walk where it is.
-    fn entry(&mut self, at: Option<Place>, name: Vec<u8>, src: PathBuf, dir: bool, id: Option<(u64, u64)>) -> PutJob {
+    fn entry(&mut self, at: Option<Place>, name: Vec<u8>, src: PathBuf, dir: bool, id: Option<HostId>) -> PutJob {
         if let (true, Some(id)) = (dir, id) {
             match crate::ops::host::Listing::read(&src, id, false) {
                 Ok(kids) => self.stack.push(kids),
@@ -379,18 +380,15 @@ fn prepare_batch(batch: &[PutJob], ss: u64) -> Vec<Option<Result<Prepared>>> {
         .collect()
 }
 
-fn prepare(src: &Path, expect: Option<(u64, u64)>, ss: u64, budget: &mut u64) -> Result<Prepared> {
-    use std::os::unix::fs::{FileExt, MetadataExt};
+fn prepare(src: &Path, expect: Option<HostId>, ss: u64, budget: &mut u64) -> Result<Prepared> {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(src).map_err(|e| Error::io(src, "stat", e))?;
-    if expect.is_some_and(|id| id != (meta.dev(), meta.ino())) {
-        return Err(Error::Invalid(format!(
-            "{}: changed while being copied: no longer the file first looked at (another device or inode number); not copied",
-            src.display()
-        )));
+    let id = (meta.dev(), meta.ino());
+    if expect.is_some_and(|e| e != id) {
+        return Err(crate::ops::host::changed(src, crate::ops::host::ANOTHER_FILE));
     }
     // Its symlink target and xattrs are read from the inode just checked,
     // not by path again.
-    let id = (meta.dev(), meta.ino());
     let xattrs = crate::ops::host::xattrs_of(src, id, false)?;
     let ft = meta.file_type();
     let kind = if ft.is_symlink() {
@@ -406,18 +404,11 @@ fn prepare(src: &Path, expect: Option<(u64, u64)>, ss: u64, budget: &mut u64) ->
         let pages = size.next_multiple_of(PAGE as u64);
         let ahead = if pages <= *budget {
             *budget -= pages;
-            let file = crate::ops::host::open_source(src, (meta.dev(), meta.ino()))?;
             let mut read = Vec::new();
-            for (start, end) in crate::ops::host::data_ranges(&file, src, size, ss)? {
-                let end = end.min(size);
-                if start >= end {
-                    continue;
-                }
-                let mut pages = Bounce::zeroed(usize_of(end - start)?);
-                file.read_exact_at(pages.bytes_mut(), start).map_err(|e| Error::io(src, format!("read at {start}"), e))?;
-                read.push((start, pages));
-            }
-            past_size(&file, src, size)?;
+            read_data(src, id, size, ss, u64::MAX, |pos, pages| {
+                read.push((pos, pages));
+                Ok(())
+            })?;
             Some(read)
         } else {
             None
@@ -427,6 +418,27 @@ fn prepare(src: &Path, expect: Option<(u64, u64)>, ss: u64, budget: &mut u64) ->
         Kind::Other
     };
     Ok(Prepared { meta, xattrs, kind })
+}
+
+/// Read the data of regular file `src` (which a stat found to be `id`, of
+/// `size` bytes): each data range (holes stay holes) in pieces of at most
+/// `step` bytes, handed to `f` with their file offsets; then refused if it
+/// holds bytes past `size`.
+fn read_data(src: &Path, id: HostId, size: u64, ss: u64, step: u64, mut f: impl FnMut(u64, Bounce) -> Result<()>) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = crate::ops::host::open_source(src, id)?;
+    for (start, end) in crate::ops::host::data_ranges(&file, src, size, ss)? {
+        let mut pos = start;
+        let end = end.min(size);
+        while pos < end {
+            let n = (end - pos).min(step);
+            let mut pages = Bounce::zeroed(usize_of(n)?);
+            file.read_exact_at(pages.bytes_mut(), pos).map_err(|e| Error::io(src, format!("read at {pos}"), e))?;
+            f(pos, pages)?;
+            pos += n;
+        }
+    }
+    past_size(&file, src, size)
 }
 
 /// A host byte count as a buffer length.
@@ -439,7 +451,7 @@ fn usize_of(n: u64) -> Result<usize> {
 /// symlink targets, hard links and holes. A directory is only made here and
 /// finished at its `Leave`.
 fn put_job(tx: &mut Transaction, job: PutJob, prepared: Option<Result<Prepared>>, st: &mut PutState<'_>) -> Result<()> {
-    use std::os::unix::fs::{FileExt, MetadataExt};
+    use std::os::unix::fs::MetadataExt;
     let (at, name, src, listed_dir) = match job {
         PutJob::Failed(e) => return Err(e),
         PutJob::Leave => {
@@ -479,7 +491,6 @@ fn put_job(tx: &mut Transaction, job: PutJob, prepared: Option<Result<Prepared>>
         }
         Kind::File { ahead } => {
             let ino = tx.create(parent, &name, meta.mode(), 0)?.ino;
-            let id = InodeId { subvol: root, ino };
             let size = meta.len();
             let ss = u64::from(tx.fs().sectorsize);
             let wopts = WriteOpts::default();
@@ -502,28 +513,14 @@ fn put_job(tx: &mut Transaction, job: PutJob, prepared: Option<Result<Prepared>>
                         wrote(tx, pos, pages, st)?;
                     }
                 }
-                None => {
-                    let file = crate::ops::host::open_source(&src, (meta.dev(), meta.ino()))?;
-                    for (start, end) in crate::ops::host::data_ranges(&file, &src, size, ss)? {
-                        let mut pos = start;
-                        let end = end.min(size);
-                        while pos < end {
-                            let n = (end - pos).min(WRITE_STEP as u64);
-                            let mut pages = Bounce::zeroed(usize_of(n)?);
-                            file.read_exact_at(pages.bytes_mut(), pos).map_err(|e| Error::io(&src, format!("read at {pos}"), e))?;
-                            wrote(tx, pos, pages, st)?;
-                            pos += n;
-                        }
-                    }
-                    past_size(&file, &src, size)?;
-                }
+                None => read_data(&src, id, size, ss, WRITE_STEP as u64, |pos, pages| wrote(tx, pos, pages, st))?,
             }
             // A file ending in a hole (or all hole) still has its full size.
             if written_to < size && tx.read_inode(root, ino)?.size.get() < size {
                 tx.truncate(root, ino, size)?;
             }
             st.files += 1;
-            id.ino
+            ino
         }
         Kind::Other => {
             let ino = tx.create(parent, &name, meta.mode(), 0)?.ino;

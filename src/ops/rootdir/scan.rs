@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -179,7 +179,7 @@ pub(super) struct ScanInode {
     pub(super) offset: u64,
     /// The host file's (device, inode) when the walk saw it: the data pass
     /// opens that file or none (see [`open_source`]).
-    pub(super) host_id: (u64, u64),
+    pub(super) host_id: HostId,
     /// Data segments of a sparse archive member (see [`SourceFile::sparse`]).
     pub(super) sparse: Option<Arc<[(u64, u64)]>>,
     pub(super) mode: u32,
@@ -273,7 +273,7 @@ impl Tree<'_> {
         match self {
             Tree::Host(root) => {
                 let path = root.join(rel);
-                let fd = crate::ops::host::open_dir(&path, id, rel.as_os_str().is_empty())?;
+                let fd = crate::ops::host::open_dir(&path, id, named_root(rel))?;
                 Ok((crate::ops::host::sorted_names(&fd, &path)?, Some(fd)))
             }
             Tree::Archive(t) => Ok((t.list(rel), None)),
@@ -293,7 +293,7 @@ impl Tree<'_> {
         };
         let fd = match dir {
             Some(fd) => fd,
-            None => dir.insert(crate::ops::host::open_dir(&root.join(dir_rel), dir_id, dir_rel.as_os_str().is_empty())?),
+            None => dir.insert(crate::ops::host::open_dir(&root.join(dir_rel), dir_id, named_root(dir_rel))?),
         };
         let st = crate::ops::host::stat_at(fd, name, &root.join(rel))?;
         Ok(host_source_file(&st))
@@ -306,36 +306,19 @@ impl Tree<'_> {
             Tree::Archive(t) => return Ok(t.stat(rel)),
         };
         let path = root.join(rel);
-        // The root directory as the user named it, through a symlink too;
-        // nothing below it is followed.
-        let stat = if rel.as_os_str().is_empty() { std::fs::metadata } else { std::fs::symlink_metadata };
-        let m = match stat(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(path, "lstat", e)),
-        };
-        Ok(Some(SourceFile {
-            mode: m.mode(),
-            uid: m.uid(),
-            gid: m.gid(),
-            rdev: host_rdev_to_btrfs(m.rdev()),
-            size: m.size(),
-            atime: ts(m.atime(), m.atime_nsec()),
-            mtime: ts(m.mtime(), m.mtime_nsec()),
-            ctime: ts(m.ctime(), m.ctime_nsec()),
-            nlink: m.nlink(),
-            id: (m.dev(), m.ino()),
-            offset: 0,
-            sparse: None,
-            blocks: Some(m.blocks()),
-        }))
+        let stat = if named_root(rel) { rustix::fs::stat(&path) } else { rustix::fs::lstat(&path) };
+        match stat {
+            Ok(st) => Ok(Some(host_source_file(&st))),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(Error::io(path, "lstat", e.into())),
+        }
     }
 
     /// The target of the symlink `rel`, which a stat found to be `id`: read
     /// from that inode, not by path again (see [`Pinned`]).
     fn read_link(&self, rel: &Path, id: HostId) -> Result<Vec<u8>> {
         match self {
-            Tree::Host(root) => Pinned::new(&root.join(rel), id, rel.as_os_str().is_empty())?.read_link(),
+            Tree::Host(root) => Pinned::new(&root.join(rel), id, named_root(rel))?.read_link(),
             Tree::Archive(t) => Ok(t.link_target(rel)),
         }
     }
@@ -343,7 +326,7 @@ impl Tree<'_> {
     /// Extended attributes, sorted by name.
     fn xattrs(&self, rel: &Path, id: HostId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         match self {
-            Tree::Host(root) => crate::ops::host::xattrs_of(&root.join(rel), id, rel.as_os_str().is_empty()),
+            Tree::Host(root) => crate::ops::host::xattrs_of(&root.join(rel), id, named_root(rel)),
             Tree::Archive(t) => Ok(t.xattrs(rel)),
         }
     }
@@ -885,11 +868,7 @@ impl Scan {
             if let Some(spec) = spec {
                 let sv = self.add_subvol(tree, spec, (subvol, dir_ino), index, &name, &rel, &m)?;
                 self.entry(&mut stack, &name, Key::new(sv.subvol, ROOT_ITEM_KEY, 0), FileType::Directory, index)?;
-                let child = open(sv)?;
-                if let Some(d) = stack.last_mut() {
-                    d.fd = None;
-                }
-                stack.push(child);
+                descend(&mut stack, open(sv)?);
                 continue;
             }
             // A hard link is one inode only within one subvolume: the kernel
@@ -922,11 +901,7 @@ impl Scan {
             let kind = inode.kind;
             self.entry(&mut stack, &name, Key::new(ino, INODE_ITEM_KEY, 0), kind, index)?;
             if kind == FileType::Directory {
-                let child = open(inode)?;
-                if let Some(d) = stack.last_mut() {
-                    d.fd = None;
-                }
-                stack.push(child);
+                descend(&mut stack, open(inode)?);
             } else if m.nlink > 1 {
                 // More names may follow: items at the end of the walk; the
                 // data keeps its place in inode order.
@@ -1052,9 +1027,14 @@ impl Scan {
     }
 }
 
-/// A host stat as a [`SourceFile`], as [`Tree::stat`] makes one from a
-/// `Metadata`. The kernel's stat fields differ in type between
-/// architectures: plain casts.
+/// Whether `rel` is the root directory itself: the one the user named, which
+/// is followed through a symlink too; nothing below it is.
+fn named_root(rel: &Path) -> bool {
+    rel.as_os_str().is_empty()
+}
+
+/// A host stat as a [`SourceFile`]. The kernel's stat fields differ in type
+/// between architectures: plain casts.
 #[allow(clippy::unnecessary_cast)]
 fn host_source_file(st: &rustix::fs::Stat) -> SourceFile {
     SourceFile {
@@ -1072,6 +1052,15 @@ fn host_source_file(st: &rustix::fs::Stat) -> SourceFile {
         sparse: None,
         blocks: Some(st.st_blocks as u64),
     }
+}
+
+/// Walk into directory `child`: the one it is in closes its descriptor
+/// meanwhile (see [`Dir::fd`]).
+fn descend(stack: &mut Vec<Dir>, child: Dir) {
+    if let Some(d) = stack.last_mut() {
+        d.fd = None;
+    }
+    stack.push(child);
 }
 
 /// A directory being walked: its inode, its names in byte order and the
