@@ -104,7 +104,7 @@ fn put_in_with(tx: &mut Transaction, srcs: &[PathBuf], dest: ImagePath<'_>, prog
         2 * workers,
         |batch| prepare_batch(batch, ss),
         |batch, prepared| {
-            for (job, p) in batch.into_iter().zip(prepared) {
+            for (job, p) in batch.drain(..).zip(prepared.drain(..)) {
                 put_job(tx, job, p, &mut st)?;
             }
             Ok(())

@@ -144,6 +144,7 @@ struct DataJob {
     kind: JobKind,
 }
 
+#[derive(Clone, Copy)]
 enum JobKind {
     /// A small file stored inline in its EXTENT_DATA item.
     Inline,
@@ -155,7 +156,8 @@ enum JobKind {
 
 /// What a worker made of a [`DataJob`].
 enum JobDone {
-    Inline(Content),
+    /// The file's inline EXTENT_DATA item.
+    Inline(Vec<u8>),
     Piece {
         /// Compressed bytes padded to a sector, the file bytes they stand for
         /// (ram_bytes) and the compression type; None: stored as is.
@@ -170,12 +172,15 @@ enum JobDone {
     },
 }
 
-/// Worker threads for the data pass: one per core unless told.
-fn data_workers(opts: &ScanOptions) -> usize {
-    match opts.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    }
+/// How many host files a batch of the data pass may keep open for copying
+/// them file to file, `window` batches being in flight: together at most
+/// 256, and a quarter of the open files the process may have. Each held
+/// its files until copied, so that 64 batches of 256 small files (16
+/// workers) ran out of the usual 1,024 descriptors.
+fn kept_sources(window: usize) -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    let total = usize::try_from(limit / 4).unwrap_or(usize::MAX).min(256);
+    total / window.max(1)
 }
 
 /// The data jobs of one file, made one at a time (a sparse file may have
@@ -278,7 +283,10 @@ fn run_job(scan: &Scan, job: &DataJob, dry: bool) -> Result<JobDone> {
             scan.data.open(i)?.read_exact_at(&mut buf, 0)?;
             // The kernel never compresses a file without checksums (or in place).
             let compress = if i.flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { i.compress };
-            Ok(JobDone::Inline(inline_content(buf, compress, opts.sectorsize)))
+            match inline_content(buf, compress, opts.sectorsize) {
+                Content::Inline(data, compression) => Ok(JobDone::Inline(inline_extent(opts.generation, i.size, compression, data))),
+                _ => Err(Error::Invalid("data pass: inline content that is not inline (internal)".into())),
+            }
         }
         JobKind::Piece { pos, len, compress, sums, .. } => {
             let sector = opts.sectorsize as usize;
@@ -423,29 +431,32 @@ pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dy
 
     // ---- file data, in inode order ----
     let dry = sink.dry();
-    let workers = data_workers(opts);
+    let workers = opts.workers();
     let mut open: Option<OpenExtent> = None;
     let mut done_bytes = 0u64;
     let total_bytes = scan.data_total;
-    let mut consume = |job: DataJob, done: Result<JobDone>| -> Result<()> {
+    // Takes a job's result by reference: what is left of it is dropped on
+    // the worker that made it (see `ordered_map`).
+    let mut consume = |job: &DataJob, done: &mut Result<JobDone>| -> Result<()> {
         let i = &*job.inode;
-        match (job.kind, done?) {
-            (JobKind::Inline, JobDone::Inline(Content::Inline(data, compression))) => {
-                out.items.push(i.subvol, Key::new(i.ino, EXTENT_DATA_KEY, 0), &inline_extent(gen, i.size, compression, data))?;
+        let done = done.as_mut().map_err(|e| std::mem::replace(e, Error::Internal(String::new())))?;
+        match (job.kind, done) {
+            (JobKind::Inline, JobDone::Inline(item)) => {
+                out.items.push(i.subvol, Key::new(i.ino, EXTENT_DATA_KEY, 0), item)?;
                 done_bytes += i.size;
             }
             (JobKind::Piece { pos, len, .. }, JobDone::Piece { compressed: Some((c, ram, kind)), sums, .. }) => {
                 let disk_len = c.len() as u64;
                 let (logical, _) = sink.reserve(disk_len, true)?;
-                sink.write(logical, &c)?;
-                out.sums(logical, &sums, sector, csum_size, opts)?;
-                out.extent(i, pos, (logical, disk_len), ram, kind, len)?;
+                sink.write(logical, c)?;
+                out.sums(logical, sums, sector, csum_size, opts)?;
+                out.extent(i, pos, (logical, disk_len), *ram, *kind, len)?;
                 done_bytes += len;
             }
             (JobKind::Piece { pos, len, range_end, compress, .. }, JobDone::Piece { compressed: None, raw, sums, source }) => {
                 // Where these bytes also lie: the host file, or a contiguous
                 // archive member.
-                let from: Option<(&File, u64)> = match (&source, &scan.data) {
+                let from: Option<(&File, u64)> = match (&*source, &scan.data) {
                     (Some(f), _) => Some((f, pos)),
                     (None, DataSource::Archive { file, .. }) if i.sparse.is_none() => Some((file, i.offset + pos)),
                     _ => None,
@@ -485,7 +496,7 @@ pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dy
                     }
                     cur.used += n;
                     let closed = cur.used == cur.granted;
-                    out.sums(at, sector_slice(&sums, off, off + n, sector, csum_size), sector, csum_size, opts)?;
+                    out.sums(at, sector_slice(sums, off, off + n, sector, csum_size), sector, csum_size, opts)?;
                     off += n;
                     if closed {
                         if let Some(o) = open.take() {
@@ -502,15 +513,37 @@ pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dy
     };
     // Jobs travel in batches: one small file is far less work than handing
     // it between threads.
+    let window = 4 * workers;
+    let keep_open = kept_sources(window);
     ordered_map(
         job_batches(scan),
         workers,
-        4 * workers,
+        window,
         |batch| match batch {
-            Ok(batch) => batch.iter().map(|job| run_job(scan, job, dry)).collect::<Vec<_>>(),
+            Ok(batch) => {
+                let mut keep = keep_open;
+                batch
+                    .iter()
+                    .map(|job| {
+                        let mut done = run_job(scan, job, dry);
+                        // Past the batch's share of open files, its bytes are
+                        // written from memory instead of copied file to file.
+                        if let Ok(JobDone::Piece { source: source @ Some(_), .. }) = &mut done {
+                            match keep.checked_sub(1) {
+                                Some(k) => keep = k,
+                                None => *source = None,
+                            }
+                        }
+                        done
+                    })
+                    .collect::<Vec<_>>()
+            }
             Err(_) => Vec::new(),
         },
-        |batch, results| batch?.into_iter().zip(results).try_for_each(|(job, done)| consume(job, done)),
+        |batch, results| {
+            let batch = batch.as_mut().map_err(|e| std::mem::replace(e, Error::Internal(String::new())))?;
+            batch.iter().zip(results.iter_mut()).try_for_each(|(job, done)| consume(job, done))
+        },
     )?;
     if let Some(o) = open {
         return Err(Error::Invalid(format!("data pass: extent at {} left open (internal)", o.logical)));
@@ -569,6 +602,7 @@ mod tests {
     use crate::format::items::{parse_dir_items, parse_inode_refs};
     use crate::format::CsumType;
     use crate::ops::rootdir::scan::{scan, test_opts, SubvolSpec};
+    use std::os::unix::fs::FileExt;
     use std::path::PathBuf;
 
     /// Every item of the subvolume trees, after a counting data pass.
@@ -626,6 +660,64 @@ mod tests {
             items.iter().map(|t| t.0).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>(),
             vec![5, 256, 257, 258]
         );
+    }
+
+    /// The scan's helper (finding stats, xattrs and data ranges ahead of
+    /// the walk) changes nothing: the same items, subvolumes and warnings
+    /// with one thread (no helper) as with several, on a tree with
+    /// directories between files, more entries in one directory than the
+    /// helper may hold found, hard links across directories and into a
+    /// subvolume, symlinks, xattrs, empty, sparse and multi-sector files.
+    #[test]
+    fn the_scan_helper_changes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        for dir in ["a/b/c", "a/e", "m", "s/t", "wide"] {
+            std::fs::create_dir_all(r.join(dir)).unwrap();
+        }
+        for i in 0..1500u32 {
+            let p = r.join(format!("wide/{i:05}"));
+            match i % 7 {
+                0 => std::fs::create_dir(&p).unwrap(),
+                1 => std::os::unix::fs::symlink(format!("../t{i}"), &p).unwrap(),
+                2 => std::fs::write(&p, vec![i as u8; (i as usize * 37) % 9000]).unwrap(),
+                _ => std::fs::write(&p, format!("{i}")).unwrap(),
+            }
+        }
+        for (i, dir) in ["a", "a/b", "a/b/c", "a/e", "m", "s", "s/t"].iter().enumerate() {
+            for j in 0..40 {
+                std::fs::write(r.join(format!("{dir}/f{j}")), vec![j as u8; i * 1000 + j * 11]).unwrap();
+            }
+            std::fs::write(r.join(format!("{dir}/empty")), b"").unwrap();
+        }
+        std::fs::hard_link(r.join("a/f1"), r.join("a/b/c/link")).unwrap();
+        std::fs::hard_link(r.join("a/f1"), r.join("s/t/link")).unwrap();
+        let sparse = std::fs::File::create(r.join("m/sparse")).unwrap();
+        sparse.set_len(1 << 20).unwrap();
+        sparse.write_all_at(b"middle", 300_000).unwrap();
+        let xattrs = xattr::set(r.join("a/e/f3"), "user.k", b"v").is_ok();
+        let mut opts = test_opts();
+        opts.subvols = vec![SubvolSpec::parse("s").unwrap()];
+        let seen = |threads: usize| {
+            let scan = scan(r, &ScanOptions { threads, ..opts.clone() }).unwrap();
+            let subvols: Vec<_> = scan.subvolumes().iter().map(|s| (s.id, s.path.clone())).collect();
+            (all_items(&scan), subvols, scan.warnings.clone())
+        };
+        // The first walk may move the atimes of what it lists and reads
+        // (relatime): compare walks after it.
+        seen(1);
+        let alone = seen(1);
+        assert!(alone.0.len() > 3 * 1500, "{} items", alone.0.len());
+        assert_eq!(alone.2.len(), 1, "one link across the subvolume: {:?}", alone.2);
+        if xattrs {
+            assert!(alone.0.iter().any(|(_, k, _)| k.item_type == XATTR_ITEM_KEY));
+        }
+        for threads in [2, 3, 8] {
+            let helped = seen(threads);
+            let differ = helped.0.iter().zip(&alone.0).position(|(a, b)| a != b);
+            assert!(helped.0.len() == alone.0.len() && differ.is_none(), "{threads} threads: items differ from {differ:?} on");
+            assert_eq!((&helped.1, &helped.2), (&alone.1, &alone.2), "{threads} threads");
+        }
     }
 
     #[test]

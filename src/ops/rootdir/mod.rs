@@ -13,6 +13,7 @@
 //! (the data pass), `spill` (records and sorted runs kept in bounded memory,
 //! past it in unlinked temporary files).
 
+mod ahead;
 mod data;
 mod manifest;
 mod scan;

@@ -17,8 +17,9 @@ use crate::format::ondisk::*;
 use crate::format::{CsumType, FileType, Key};
 use rustix::fd::OwnedFd;
 
-use crate::ops::host::{data_ranges, host_rdev_to_btrfs, io, open_source, round_up, sector_ranges, HostId, Pinned};
+use crate::ops::host::{data_ranges, host_rdev_to_btrfs, io, joined, open_source, round_up, sector_ranges, HostId, Pinned};
 
+use super::ahead::{Ahead, Facts, Ranges};
 use super::manifest::{remap_acl, Ownership};
 use super::source::SourceFile;
 use super::spill::{ItemSorter, RecordReader, RecordWriter, Spill};
@@ -76,6 +77,17 @@ pub(crate) struct ScanOptions {
     /// before they are sorted into temporary files. The image does not
     /// depend on it.
     pub(crate) spill_bytes: usize,
+}
+
+impl ScanOptions {
+    /// Threads for the walk (with a helper when more than one) and the
+    /// data pass's workers: one per core unless told.
+    pub(super) fn workers(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 /// A path relative to the root directory, as options name it: `/`, `.` and
@@ -286,17 +298,16 @@ impl Tree<'_> {
     /// walk comes back to it: a directory above it swapped for a symlink
     /// meanwhile cannot lead the scan, and the data pass after it, outside
     /// the tree.
-    fn stat_in(&self, dir: &mut Option<OwnedFd>, dir_rel: &Path, dir_id: HostId, name: &[u8], rel: &Path) -> Result<SourceFile> {
+    fn stat_in(&self, dir: &mut Option<Arc<OwnedFd>>, dir_rel: &Path, dir_id: HostId, name: &[u8], rel: &Path) -> Result<SourceFile> {
         let root = match self {
             Tree::Host(root) => root,
             Tree::Archive(t) => return t.stat(rel).ok_or_else(|| Error::io(self.shown(rel), "lstat", std::io::ErrorKind::NotFound.into())),
         };
         let fd = match dir {
             Some(fd) => fd,
-            None => dir.insert(crate::ops::host::open_dir(&root.join(dir_rel), dir_id, named_root(dir_rel))?),
+            None => dir.insert(Arc::new(crate::ops::host::open_dir(&root.join(dir_rel), dir_id, named_root(dir_rel))?)),
         };
-        let st = crate::ops::host::stat_at(fd, name, &root.join(rel))?;
-        Ok(host_source_file(&st))
+        host_stat_at(root, fd, name, rel)
     }
 
     /// The file at `rel`, or None when there is none.
@@ -326,7 +337,7 @@ impl Tree<'_> {
     /// Extended attributes, sorted by name.
     fn xattrs(&self, rel: &Path, id: HostId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         match self {
-            Tree::Host(root) => crate::ops::host::xattrs_of(&root.join(rel), id, named_root(rel)),
+            Tree::Host(root) => host_xattrs(root, rel, id),
             Tree::Archive(t) => Ok(t.xattrs(rel)),
         }
     }
@@ -337,30 +348,61 @@ impl Tree<'_> {
     fn data_ranges(&self, rel: &Path, m: &SourceFile, xattrs: bool, sector: u64) -> Result<Vec<(u64, u64)>> {
         let size = m.size;
         match self {
-            Tree::Host(root) => {
-                let path = root.join(rel);
-                // A file whose blocks are exactly its size in 4 KiB blocks
-                // has no hole to leave out, and a check that it can be read
-                // does for opening it (a million small files are a million
-                // opens fewer). Blocks also count space past the end
-                // (fallocate --keep-size) and an ext4 xattr block, which
-                // could hide a hole: a file with more blocks, or with
-                // xattrs, is opened and asked, as is one that may be sparse
-                // or has no blocks at all (a /proc or /sys file).
-                let exact = |b: u64| b > 0 && b.saturating_mul(512) >= size && b.saturating_mul(512) <= round_up(size, 4096);
-                if !xattrs && m.blocks.is_some_and(exact) {
-                    rustix::fs::accessat(rustix::fs::CWD, &path, rustix::fs::Access::READ_OK, rustix::fs::AtFlags::EACCESS)
-                        .map_err(|e| Error::io(&path, "open", e.into()))?;
-                    return Ok(vec![(0, round_up(size, sector))]);
-                }
-                data_ranges(&open_source(&path, m.id)?, &path, size, sector)
-            }
+            Tree::Host(root) => host_data_ranges(root, rel, m, xattrs, sector),
             Tree::Archive(t) => Ok(match t.stat(rel).and_then(|f| f.sparse) {
                 Some(segments) => sector_ranges(segments.iter().map(|&(o, l)| (o, o + l)), sector),
                 None => vec![(0, round_up(size, sector))],
             }),
         }
     }
+}
+
+/// The lstat of `name` (at `rel`) in the directory open as `fd`.
+fn host_stat_at(root: &Path, fd: &OwnedFd, name: &[u8], rel: &Path) -> Result<SourceFile> {
+    let st = crate::ops::host::stat_at(fd, name, || root.join(rel))?;
+    Ok(host_source_file(&st))
+}
+
+/// The xattrs of host file `rel`, which a stat found to be `id`.
+fn host_xattrs(root: &Path, rel: &Path, id: HostId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    crate::ops::host::xattrs_of(&joined(root, rel), id, named_root(rel))
+}
+
+/// [`Tree::data_ranges`] of a host file.
+fn host_data_ranges(root: &Path, rel: &Path, m: &SourceFile, xattrs: bool, sector: u64) -> Result<Vec<(u64, u64)>> {
+    let size = m.size;
+    let path = joined(root, rel);
+    // A file whose blocks are exactly its size in 4 KiB blocks has no hole
+    // to leave out, and a check that it can be read does for opening it (a
+    // million small files are a million opens fewer). Blocks also count
+    // space past the end (fallocate --keep-size) and an ext4 xattr block,
+    // which could hide a hole: a file with more blocks, or with xattrs, is
+    // opened and asked, as is one that may be sparse or has no blocks at
+    // all (a /proc or /sys file).
+    let exact = |b: u64| b > 0 && b.saturating_mul(512) >= size && b.saturating_mul(512) <= round_up(size, 4096);
+    if !xattrs && m.blocks.is_some_and(exact) {
+        rustix::fs::accessat(rustix::fs::CWD, &path, rustix::fs::Access::READ_OK, rustix::fs::AtFlags::EACCESS)
+            .map_err(|e| Error::io(&path, "open", e.into()))?;
+        return Ok(vec![(0, round_up(size, sector))]);
+    }
+    data_ranges(&open_source(&path, m.id)?, &path, size, sector)
+}
+
+/// What the walk finds of entry `name` of host directory `dir` open as
+/// `fd`: the calls [`Scan::walk_dir`] and [`Scan::add_inode`] make, in
+/// their order, for the scan's helper to make ahead of them.
+fn host_facts(root: &Path, fd: &OwnedFd, dir: &Path, name: &[u8], sector: u64) -> Facts {
+    let rel = joined(dir, Path::new(std::ffi::OsStr::from_bytes(name)));
+    let stat = host_stat_at(root, fd, name, &rel);
+    let Ok(m) = &stat else { return Facts { stat, xattrs: None, ranges: None } };
+    let xattrs = host_xattrs(root, &rel, m.id);
+    let ranges = match &xattrs {
+        Ok(x) if FileType::from_mode(m.mode) == Some(FileType::Regular) && m.size > 0 => {
+            Some(host_data_ranges(root, &rel, m, !x.is_empty(), sector).map(Ranges::of))
+        }
+        _ => None,
+    };
+    Facts { stat, xattrs: Some(xattrs), ranges }
 }
 
 /// Where [`write_data`] reads file bytes from.
@@ -426,7 +468,7 @@ impl DataSource {
     pub(super) fn open(&self, i: &ScanInode) -> Result<FileBytes<'_>> {
         match self {
             DataSource::Host(root) => {
-                let path = root.join(&i.path);
+                let path = joined(root, &i.path);
                 Ok(FileBytes { file: FileHandle::Own(open_source(&path, i.host_id)?), base: 0, segments: None, path, op: "read".into() })
             }
             DataSource::Archive { file, path } => Ok(FileBytes {
@@ -534,9 +576,18 @@ pub(super) fn walk(tree: &Tree<'_>, data: DataSource, opts: &ScanOptions) -> Res
     };
     let root = Path::new("");
     let meta = tree.stat(root)?.ok_or_else(|| Error::io(tree.shown(root), "stat", std::io::ErrorKind::NotFound.into()))?;
-    let mut top = s.add_inode(tree, root, &meta, FS_TREE_OBJECTID, FIRST_FREE_OBJECTID)?;
+    let mut top = s.add_inode(tree, root, &meta, FS_TREE_OBJECTID, FIRST_FREE_OBJECTID, None)?;
     top.names.push((FIRST_FREE_OBJECTID, 0, b"..".to_vec()));
-    s.walk_dir(tree, top)?;
+    // A host tree's stats, xattrs and data ranges are found ahead of the
+    // walk on a helper thread, unless one thread is asked for.
+    match tree {
+        Tree::Host(root) if opts.workers() > 1 => {
+            let sector = u64::from(opts.sectorsize);
+            let find = |fd: &OwnedFd, dir: &Path, name: &[u8]| host_facts(root, fd, dir, name, sector);
+            super::ahead::with_helper(&find, |ahead| s.walk_dir(tree, top, Some(ahead)))?;
+        }
+        _ => s.walk_dir(tree, top, None)?,
+    }
     // A flag for a path that is not there is a typo, not a no-op: say so.
     if let Some(i) = s.flags_used.iter().position(|u| !u) {
         return Err(Error::NotFound(format!(
@@ -605,12 +656,17 @@ impl Scan {
         self.opts.compress.is_some() || self.opts.compress_paths.iter().any(|(_, c)| c.is_some())
     }
 
-    fn add_inode(&mut self, tree: &Tree<'_>, rel: &Path, m: &SourceFile, subvol: u64, ino: u64) -> Result<ScanInode> {
+    /// `found`: what the scan's helper found of it (see [`Facts`]).
+    fn add_inode(&mut self, tree: &Tree<'_>, rel: &Path, m: &SourceFile, subvol: u64, ino: u64, found: Option<Facts>) -> Result<ScanInode> {
         let kind = FileType::from_mode(m.mode).ok_or_else(|| {
             Error::Unsupported(format!("{}: unknown file type {:o}", crate::name::Name::of_path(&tree.shown(rel)), m.mode))
         })?;
         let sector = self.opts.sectorsize as u64;
-        let xattrs = tree.xattrs(rel, m.id)?;
+        let (found_xattrs, found_ranges) = found.map_or((None, None), |f| (f.xattrs, f.ranges));
+        let xattrs = match found_xattrs {
+            Some(x) => x?,
+            None => tree.xattrs(rel, m.id)?,
+        };
         let flags = self.flags_for(rel);
         let wanted = self.compress_for(rel);
         let mut content = Content::None;
@@ -620,7 +676,10 @@ impl Scan {
                 size = m.size;
                 self.files += 1;
                 if size > 0 {
-                    let ranges = tree.data_ranges(rel, m, !xattrs.is_empty(), sector)?;
+                    let ranges = match found_ranges {
+                        Some(r) => r?.into_vec(),
+                        None => tree.data_ranges(rel, m, !xattrs.is_empty(), sector)?,
+                    };
                     if size <= DEFAULT_MAX_INLINE && size < sector && !ranges.is_empty() {
                         content = Content::InlineFile;
                         self.data_total += size;
@@ -825,7 +884,7 @@ impl Scan {
         self.next_ino.insert(id, FIRST_FREE_OBJECTID + 1);
         // Its own tree: at least one more leaf, and a root item with its refs.
         self.metadata_bytes += self.opts.nodesize as u64 + 1024;
-        let mut top = self.add_inode(tree, rel, m, id, FIRST_FREE_OBJECTID)?;
+        let mut top = self.add_inode(tree, rel, m, id, FIRST_FREE_OBJECTID, None)?;
         top.names.push((FIRST_FREE_OBJECTID, 0, b"..".to_vec()));
         Ok(top)
     }
@@ -837,27 +896,51 @@ impl Scan {
     /// when its listing ends (its size counts every name); every other
     /// inode's as soon as its name is known, unless it has more names to
     /// come (a hard link).
-    fn walk_dir(&mut self, tree: &Tree<'_>, top: ScanInode) -> Result<()> {
-        let open = |inode: ScanInode| -> Result<Dir> {
+    fn walk_dir(&mut self, tree: &Tree<'_>, top: ScanInode, ahead: Option<&Ahead>) -> Result<()> {
+        let mut keys = 0u64;
+        let mut open = |inode: ScanInode| -> Result<Dir> {
             // DIR_INDEX numbers start at 2 in every directory (0 and 1 are "." and "..").
             let (names, fd) = tree.list(&inode.path, inode.host_id)?;
-            Ok(Dir { names: names.into_iter(), inode, index: 2, fd })
+            let (names, fd, key) = (Arc::new(names), fd.map(Arc::new), keys);
+            keys += 1;
+            if let Some(a) = ahead {
+                a.enter(key, &inode.path, names.clone(), fd.clone());
+            }
+            Ok(Dir { names, next: 0, inode, index: 2, fd, key })
         };
         // Host files with several links: (st_dev, st_ino) → (subvolume, index in `linked`).
         let mut by_id: HashMap<(u64, u64), Vec<(u64, usize)>> = HashMap::new();
         let mut stack = vec![open(top)?];
         while let Some(dir) = stack.last_mut() {
-            let Some(name) = dir.names.next() else {
+            let Some(name) = dir.names.get(dir.next).cloned() else {
                 if let Some(done) = stack.pop() {
+                    if let Some(a) = ahead {
+                        a.leave(done.key);
+                        if let Some(up) = stack.last() {
+                            a.enter(up.key, &up.inode.path, up.names.clone(), up.fd.clone());
+                        }
+                    }
                     self.emit(&done.inode)?;
                 }
                 continue;
             };
+            let found = ahead.and_then(|a| a.take(dir.key, dir.next));
+            dir.next += 1;
             let index = dir.index;
             dir.index += 1;
             let (subvol, dir_ino) = (dir.inode.subvol, dir.inode.ino);
-            let rel = dir.inode.path.join(std::ffi::OsStr::from_bytes(&name));
-            let m = tree.stat_in(&mut dir.fd, &dir.inode.path, dir.inode.host_id, &name, &rel)?;
+            let rel = joined(&dir.inode.path, Path::new(std::ffi::OsStr::from_bytes(&name)));
+            let (m, found) = match found {
+                Some(Facts { stat, xattrs, ranges }) => (stat?, Some(Facts { stat: Err(Error::Internal(String::new())), xattrs, ranges })),
+                None => {
+                    let reopened = dir.fd.is_none();
+                    let m = tree.stat_in(&mut dir.fd, &dir.inode.path, dir.inode.host_id, &name, &rel)?;
+                    if let (Some(a), true) = (ahead, reopened) {
+                        a.enter(dir.key, &dir.inode.path, dir.names.clone(), dir.fd.clone());
+                    }
+                    (m, None)
+                }
+            };
             if self.opts.exclude.contains(&m.id) {
                 self.warnings
                     .push(format!("{}: is one of the images being made; not copied", crate::name::Name::of_path(&tree.shown(&rel))));
@@ -868,7 +951,7 @@ impl Scan {
             if let Some(spec) = spec {
                 let sv = self.add_subvol(tree, spec, (subvol, dir_ino), index, &name, &rel, &m)?;
                 self.entry(&mut stack, &name, Key::new(sv.subvol, ROOT_ITEM_KEY, 0), FileType::Directory, index)?;
-                descend(&mut stack, open(sv)?);
+                descend(&mut stack, open(sv)?, ahead);
                 continue;
             }
             // A hard link is one inode only within one subvolume: the kernel
@@ -896,12 +979,12 @@ impl Scan {
                 continue;
             }
             let ino = self.take_ino(subvol);
-            let mut inode = self.add_inode(tree, &rel, &m, subvol, ino)?;
+            let mut inode = self.add_inode(tree, &rel, &m, subvol, ino, found)?;
             inode.names.push((dir_ino, index, name.clone()));
             let kind = inode.kind;
             self.entry(&mut stack, &name, Key::new(ino, INODE_ITEM_KEY, 0), kind, index)?;
             if kind == FileType::Directory {
-                descend(&mut stack, open(inode)?);
+                descend(&mut stack, open(inode)?, ahead);
             } else if m.nlink > 1 {
                 // More names may follow: items at the end of the walk; the
                 // data keeps its place in inode order.
@@ -1056,9 +1139,13 @@ fn host_source_file(st: &rustix::fs::Stat) -> SourceFile {
 
 /// Walk into directory `child`: the one it is in closes its descriptor
 /// meanwhile (see [`Dir::fd`]).
-fn descend(stack: &mut Vec<Dir>, child: Dir) {
+fn descend(stack: &mut Vec<Dir>, child: Dir, ahead: Option<&Ahead>) {
     if let Some(d) = stack.last_mut() {
         d.fd = None;
+        if let Some(a) = ahead {
+            a.close(d.key);
+            a.enter(child.key, &child.inode.path, child.names.clone(), child.fd.clone());
+        }
     }
     stack.push(child);
 }
@@ -1067,12 +1154,16 @@ fn descend(stack: &mut Vec<Dir>, child: Dir) {
 /// DIR_INDEX number of the next one.
 struct Dir {
     inode: ScanInode,
-    names: std::vec::IntoIter<Vec<u8>>,
+    /// Its names, shared with the scan's helper, and the next one's place.
+    names: Arc<Vec<Vec<u8>>>,
+    next: usize,
     index: u64,
     /// A host directory, open while its entries are stat'ed; closed while
     /// the walk is below it (one descriptor at a time, whatever the depth)
     /// and reopened by identity when it comes back.
-    fd: Option<OwnedFd>,
+    fd: Option<Arc<OwnedFd>>,
+    /// How the scan's helper knows it.
+    key: u64,
 }
 
 /// What the data pass needs of one file, as the walk notes it in
@@ -1286,7 +1377,8 @@ mod tests {
         let tree = Tree::Host(&root);
         let b = std::fs::symlink_metadata(root.join("b")).unwrap();
         let id = (b.dev(), b.ino());
-        let (names, mut fd) = tree.list(Path::new("b"), id).unwrap();
+        let (names, fd) = tree.list(Path::new("b"), id).unwrap();
+        let mut fd = fd.map(Arc::new);
         assert_eq!(names, [b"y".to_vec()]);
         let y = std::fs::symlink_metadata(root.join("b/y")).unwrap();
         std::fs::rename(root.join("b"), host.path().join("b-aside")).unwrap();
