@@ -540,7 +540,9 @@ pub struct MkfsArgs {
     #[arg(long, value_name = "BYTES", default_value = "0")]
     pub offset: String,
     /// Threads reading, compressing and checksumming --rootdir file data
-    /// (default: one per CPU; at most 1024). The image is the same for any number.
+    /// (default: one per CPU; at most 1024); with more than one, a helper
+    /// also stats the source's entries ahead of the walk. The image is the
+    /// same for any number.
     #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true, value_parser = thread_count)]
     pub threads: usize,
     /// Data profile: single, dup, raid0, raid1, raid1c3, raid1c4, raid10 (default: single).
