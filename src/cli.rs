@@ -585,8 +585,9 @@ pub struct MkfsArgs {
     /// filesystem's metadata. What grows: the directories being walked, and
     /// files with several hard links (about 0.5 KiB each, held until the
     /// walk has found all their names). A tree that changes while it is
-    /// copied (a file or directory replaced by another, by a symlink or by
-    /// a fifo) fails the mkfs: no symlink below DIR is followed.
+    /// copied (a file that grows or shrinks, a file or directory replaced
+    /// by another, by a symlink or by a fifo) fails the mkfs: no symlink
+    /// below DIR is followed, and no file is cut or padded.
     #[arg(short = 'r', long = "rootdir", value_name = "DIR", value_parser = host_dir)]
     pub rootdir: Option<PathBuf>,
     /// Populate the top-level subvolume from this tar archive (`-`: standard

@@ -41,6 +41,11 @@ pub(crate) fn changed(path: &Path, now: &str) -> Error {
 /// then refused as no regular file), and another file is told apart by its
 /// device and inode numbers.
 pub(crate) fn open_source(path: &Path, id: HostId) -> Result<File> {
+    open_source_sized(path, id).map(|(f, _)| f)
+}
+
+/// [`open_source`], with the file's size as the open file has it now.
+pub(crate) fn open_source_sized(path: &Path, id: HostId) -> Result<(File, u64)> {
     use rustix::fs::OFlags;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK;
@@ -62,7 +67,7 @@ pub(crate) fn open_source(path: &Path, id: HostId) -> Result<File> {
     if (m.dev(), m.ino()) != id {
         return Err(changed("another file (another device or inode number)"));
     }
-    Ok(f)
+    Ok((f, m.len()))
 }
 
 /// A host entry held by an O_PATH descriptor, checked to be the (device,

@@ -720,6 +720,43 @@ mod tests {
         }
     }
 
+    /// A sink that takes every write and keeps nothing (and so reads every
+    /// file, unlike a counting one).
+    #[derive(Default)]
+    struct Discard {
+        next: u64,
+    }
+
+    impl DataSink for Discard {
+        fn reserve(&mut self, len: u64, _whole: bool) -> Result<(u64, u64)> {
+            self.next += len;
+            Ok((self.next - len, len))
+        }
+        fn write(&mut self, _logical: u64, _data: &[u8]) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A file that grows or shrinks between the walk and the data pass is
+    /// refused, not cut to (or padded to) the size its items already say;
+    /// it was kept cut, exit 0, while put refused it.
+    #[test]
+    fn a_file_whose_size_changed_since_the_walk_is_refused() {
+        for (name, len) in [("inline", 100usize), ("extent", 20_000)] {
+            for grow in [true, false] {
+                let d = tempfile::tempdir().unwrap();
+                let f = d.path().join(name);
+                std::fs::write(&f, vec![7u8; len]).unwrap();
+                let scan = scan(d.path(), &ScanOptions { threads: 1, ..test_opts() }).unwrap();
+                assert!(write_data(&scan, &mut Discard::default(), &mut |_, _| {}).is_ok(), "{name}: unchanged");
+                let now = if grow { len + 1 } else { len - 1 };
+                std::fs::write(&f, vec![7u8; now]).unwrap();
+                let e = write_data(&scan, &mut Discard::default(), &mut |_, _| {}).err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(e.contains("changed while being copied") && e.contains(&format!("{now} bytes now")), "{name} {len} → {now}: {e}");
+            }
+        }
+    }
+
     #[test]
     fn csum_items_merge_contiguous_sectors_and_split_at_the_limit() {
         let opts = ScanOptions { csum: CsumType::Sha256, ..test_opts() };

@@ -17,7 +17,9 @@ use crate::format::ondisk::*;
 use crate::format::{CsumType, FileType, Key};
 use rustix::fd::OwnedFd;
 
-use crate::ops::host::{data_ranges, host_rdev_to_btrfs, io, joined, open_source, round_up, sector_ranges, HostId, Pinned};
+use crate::ops::host::{
+    data_ranges, host_rdev_to_btrfs, io, joined, open_source, open_source_sized, round_up, sector_ranges, HostId, Pinned,
+};
 
 use super::ahead::{Ahead, Facts, Ranges};
 use super::manifest::{remap_acl, Ownership};
@@ -469,7 +471,14 @@ impl DataSource {
         match self {
             DataSource::Host(root) => {
                 let path = joined(root, &i.path);
-                Ok(FileBytes { file: FileHandle::Own(open_source(&path, i.host_id)?), base: 0, segments: None, path, op: "read".into() })
+                // The size the walk found is the size copied: a file that
+                // grew or shrank since is refused, not cut or padded (its
+                // items already say that size).
+                let (file, size) = open_source_sized(&path, i.host_id)?;
+                if size != i.size {
+                    return Err(crate::ops::host::changed(&path, &format!("{size} bytes now, {} when first looked at", i.size)));
+                }
+                Ok(FileBytes { file: FileHandle::Own(file), base: 0, segments: None, path, op: "read".into() })
             }
             DataSource::Archive { file, path } => Ok(FileBytes {
                 file: FileHandle::Shared(file),
