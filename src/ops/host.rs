@@ -109,7 +109,7 @@ impl<'a> Pinned<'a> {
         if !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
             return read_xattrs(self.path);
         }
-        let held = std::path::PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
+        let held = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
         collect_xattrs(&held, self.path, true)
     }
 }

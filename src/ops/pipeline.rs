@@ -70,7 +70,8 @@ where
         let job_rx = Arc::new(Mutex::new(job_rx));
         // A result with the worker that made it, or the panic of the work on it.
         let (res_tx, res_rx) = mpsc::channel::<(u64, Result<(J, R, usize), Error>)>();
-        // Jobs and results consumed, back to be dropped where they were made.
+        // Jobs consumed, back to the reader to be dropped there (results go
+        // back to their workers through `handed_back`).
         let (spent_tx, spent_rx) = mpsc::channel::<J>();
         let mut handed_back = Vec::with_capacity(workers);
         // A credit per job in flight: the reader takes one before each job,

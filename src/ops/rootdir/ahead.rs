@@ -8,10 +8,10 @@
 //! through the entries of the directory the walk is in, in order, a few
 //! entries ahead of the walk, or the walk itself, which takes them in that
 //! order too and finds on its own an entry the helper has not claimed (so
-//! the two share the work rather than wait on each other). The facts are those the walk would
-//! have found (the same calls, only sooner), so the image does not depend
-//! on which found them; an error among them is the walk's when it gets to
-//! it. A budget bounds how many are found and not taken yet, whatever the
+//! the two share the work rather than wait on each other). The facts are
+//! those the walk would have found (the same calls, only sooner), so the
+//! image does not depend on which found them; an error among them is the
+//! walk's when it gets to it. A budget bounds how many are found and not taken yet, whatever the
 //! size or depth of the tree. The helper holds the directory's descriptor
 //! only while it looks at one of its entries: below a directory, the walk
 //! closes it (one descriptor at a time, whatever the depth), and the
@@ -34,8 +34,14 @@ use crate::error::Result;
 /// allocated made the two wait on each other's locks (see `ordered_map`).
 pub(super) struct Facts {
     pub(super) stat: Result<SourceFile>,
-    /// Found after a stat that worked: the xattrs, then, if they could be
-    /// read, a regular file's data ranges (a file of some bytes only).
+    /// Found after a stat that worked.
+    pub(super) found: Found,
+}
+
+/// What is found of an entry after its stat: the xattrs, then, if they
+/// could be read, a regular file's data ranges (a file of some bytes only).
+#[derive(Default)]
+pub(super) struct Found {
     pub(super) xattrs: Option<Result<Xattrs>>,
     pub(super) ranges: Option<Result<Ranges>>,
 }
@@ -53,11 +59,11 @@ pub(super) enum Ranges {
 impl Facts {
     /// About the memory it holds.
     fn weight(&self) -> usize {
-        let xattrs = match &self.xattrs {
+        let xattrs = match &self.found.xattrs {
             Some(Ok(x)) => x.iter().map(|(n, v)| n.len() + v.len() + 48).sum(),
             _ => 0,
         };
-        let ranges = match &self.ranges {
+        let ranges = match &self.found.ranges {
             Some(Ok(Ranges::Some(v))) => v.len() * 16,
             _ => 0,
         };
@@ -95,6 +101,11 @@ const BYTES_BUDGET: usize = 4 << 20;
 /// those between on its own instead of waiting for the helper's next.
 const GAP: usize = 16;
 
+/// Whether the helper holds all it may.
+fn over_budget(st: &State) -> bool {
+    st.outstanding >= BUDGET || st.bytes >= BYTES_BUDGET
+}
+
 /// A directory the walk has listed and not left.
 struct DirState {
     fd: Option<Arc<OwnedFd>>,
@@ -116,8 +127,6 @@ struct State {
     current: Option<u64>,
     outstanding: usize,
     bytes: usize,
-    /// The helper waits for the walk to take what it found.
-    over_budget: bool,
     stop: bool,
     /// The helper ended (a panic outside its finding, which it catches):
     /// the walk no longer waits for it.
@@ -150,21 +159,23 @@ impl Ahead {
         }
     }
 
-    /// The walk is in directory `id` (a key of its own choosing), listed as
-    /// `names`, open as `fd` (when it is).
-    pub(super) fn enter(&self, id: u64, rel: &Path, names: Arc<Vec<Vec<u8>>>, fd: Option<Arc<OwnedFd>>) {
+    /// The walk enters directory `id` (a key of its own choosing) at `rel`,
+    /// listed as `names`, open as `fd` (a host directory is).
+    pub(super) fn open(&self, id: u64, rel: &Path, names: Arc<Vec<Vec<u8>>>, fd: Option<Arc<OwnedFd>>) {
+        let d = DirState { fd, rel: Arc::new(rel.to_path_buf()), names, next: 0, walk: 0, busy: None, found: VecDeque::new() };
         let mut st = self.lock();
-        let d = st.dirs.entry(id).or_insert_with(|| DirState {
-            fd: None,
-            rel: Arc::new(rel.to_path_buf()),
-            names,
-            next: 0,
-            walk: 0,
-            busy: None,
-            found: VecDeque::new(),
-        });
-        if fd.is_some() {
-            d.fd = fd;
+        st.dirs.insert(id, d);
+        st.current = Some(id);
+        self.wake(&mut st, true);
+    }
+
+    /// The walk is back in directory `id`, open again as `fd` if it is.
+    pub(super) fn resume(&self, id: u64, fd: Option<Arc<OwnedFd>>) {
+        let mut st = self.lock();
+        if let Some(d) = st.dirs.get_mut(&id) {
+            if fd.is_some() {
+                d.fd = fd;
+            }
         }
         st.current = Some(id);
         self.wake(&mut st, true);
@@ -191,7 +202,6 @@ impl Ahead {
         if st.current == Some(id) {
             st.current = None;
         }
-        self.wake(&mut st, true);
     }
 
     /// The facts of entry `index` of directory `id`, when the helper found
@@ -210,12 +220,12 @@ impl Ahead {
             if let Some((f, weight)) = d.found.front_mut().and_then(Option::take) {
                 d.found.pop_front();
                 d.walk += 1;
+                let was_over = over_budget(&st);
                 st.outstanding -= 1;
                 st.bytes -= weight;
                 // Wake a helper that stopped for the budget (not one at the
                 // end of the directory: it has nothing to do).
-                if st.over_budget && st.outstanding < BUDGET && st.bytes < BYTES_BUDGET {
-                    st.over_budget = false;
+                if was_over && !over_budget(&st) {
                     self.wake(&mut st, true);
                 }
                 return Some(f);
@@ -259,9 +269,8 @@ impl Ahead {
             if st.stop {
                 return;
             }
-            st.over_budget = st.outstanding >= BUDGET || st.bytes >= BYTES_BUDGET;
             let job = match st.current {
-                Some(id) if !st.over_budget => st.dirs.get_mut(&id).and_then(|d| {
+                Some(id) if !over_budget(&st) => st.dirs.get_mut(&id).and_then(|d| {
                     let fd = d.fd.clone()?;
                     let at = d.next.max(d.walk + GAP);
                     d.names.get(at)?;
@@ -279,11 +288,8 @@ impl Ahead {
             };
             drop(st);
             let name = names.get(index).map_or(&[][..], Vec::as_slice);
-            let facts = catch_unwind(AssertUnwindSafe(|| find(&fd, &rel, name))).unwrap_or_else(|p| Facts {
-                stat: Err(crate::threads::panicked("scan helper", p.as_ref())),
-                xattrs: None,
-                ranges: None,
-            });
+            let facts = catch_unwind(AssertUnwindSafe(|| find(&fd, &rel, name)))
+                .unwrap_or_else(|p| Facts { stat: Err(crate::threads::panicked("scan helper", p.as_ref())), found: Found::default() });
             drop((fd, rel, names));
             st = self.lock();
             if let Some(d) = st.dirs.get_mut(&id) {
@@ -349,8 +355,7 @@ mod tests {
     fn fake(size: usize) -> impl Fn(&OwnedFd, &Path, &[u8]) -> Facts + Sync {
         move |_, _, name| Facts {
             stat: Err(Error::Internal(String::new())),
-            xattrs: Some(Ok(vec![(name.to_vec(), vec![0; size])])),
-            ranges: None,
+            found: Found { xattrs: Some(Ok(vec![(name.to_vec(), vec![0; size])])), ranges: None },
         }
     }
 
@@ -364,7 +369,7 @@ mod tests {
         let find = fake(size);
         let mut helped = 0;
         with_helper(&find, |ahead| {
-            ahead.enter(7, Path::new("d"), names.clone(), Some(fd.clone()));
+            ahead.open(7, Path::new("d"), names.clone(), Some(fd.clone()));
             let t0 = Instant::now();
             while ahead.lock().outstanding == 0 && t0.elapsed() < Duration::from_secs(30) {
                 std::thread::sleep(Duration::from_millis(5));
@@ -374,7 +379,7 @@ mod tests {
             for (i, name) in names.iter().enumerate() {
                 if let Some(f) = ahead.take(7, i) {
                     helped += 1;
-                    let x = f.xattrs.unwrap().unwrap();
+                    let x = f.found.xattrs.unwrap().unwrap();
                     assert_eq!(x[0].0, *name, "entry {i} got another entry's facts");
                 }
             }

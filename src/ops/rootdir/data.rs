@@ -8,7 +8,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use super::scan::{
-    inline_content, inline_extent, max_csum_item_bytes, regular_extent, Content, DataSource, Job, Scan, ScanInode, ScanOptions, COPY_PIECE,
+    inline_file_item, max_csum_item_bytes, regular_extent, Content, DataSource, Job, Scan, ScanInode, ScanOptions, COPY_PIECE,
     MAX_EXTENT_SIZE, MAX_UNCOMPRESSED,
 };
 use super::spill::{merge, ItemSorter, Merge, RecordReader, RecordWriter, Spill, SpillReader};
@@ -273,6 +273,31 @@ fn job_batches(scan: &Scan) -> impl Iterator<Item = Result<Vec<DataJob>>> + Send
     })
 }
 
+/// [`run_job`] on each job of a batch, keeping at most `keep_open` of the
+/// host files read open for copying file to file (see [`kept_sources`]);
+/// the others' bytes are written from memory.
+fn run_batch(scan: &Scan, batch: &[DataJob], dry: bool, mut keep_open: usize) -> Vec<Result<JobDone>> {
+    let mut out = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut done = run_job(scan, job, dry);
+        // Closed at once past the share: never more open than it.
+        if let Ok(JobDone::Piece { source: source @ Some(_), .. }) = &mut done {
+            match keep_open.checked_sub(1) {
+                Some(k) => keep_open = k,
+                None => *source = None,
+            }
+        }
+        out.push(done);
+    }
+    out
+}
+
+/// The value of a result the consumer is handed by reference, or its error
+/// taken out (the run stops at it, so nothing reads the result again).
+fn taken_err<T>(r: &mut Result<T>) -> Result<&mut T> {
+    r.as_mut().map_err(|e| std::mem::replace(e, Error::Internal(String::new())))
+}
+
 /// Read, compress and checksum one job (on a worker thread).
 fn run_job(scan: &Scan, job: &DataJob, dry: bool) -> Result<JobDone> {
     let opts = &scan.opts;
@@ -283,10 +308,7 @@ fn run_job(scan: &Scan, job: &DataJob, dry: bool) -> Result<JobDone> {
             scan.data.open(i)?.read_exact_at(&mut buf, 0)?;
             // The kernel never compresses a file without checksums (or in place).
             let compress = if i.flags & (INODE_NODATASUM | INODE_NODATACOW) != 0 { None } else { i.compress };
-            match inline_content(buf, compress, opts.sectorsize) {
-                Content::Inline(data, compression) => Ok(JobDone::Inline(inline_extent(opts.generation, i.size, compression, data))),
-                _ => Err(Error::Invalid("data pass: inline content that is not inline (internal)".into())),
-            }
+            Ok(JobDone::Inline(inline_file_item(opts.generation, buf, compress, opts.sectorsize)))
         }
         JobKind::Piece { pos, len, compress, sums, .. } => {
             let sector = opts.sectorsize as usize;
@@ -439,8 +461,7 @@ pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dy
     // the worker that made it (see `ordered_map`).
     let mut consume = |job: &DataJob, done: &mut Result<JobDone>| -> Result<()> {
         let i = &*job.inode;
-        let done = done.as_mut().map_err(|e| std::mem::replace(e, Error::Internal(String::new())))?;
-        match (job.kind, done) {
+        match (job.kind, taken_err(done)?) {
             (JobKind::Inline, JobDone::Inline(item)) => {
                 out.items.push(i.subvol, Key::new(i.ino, EXTENT_DATA_KEY, 0), item)?;
                 done_bytes += i.size;
@@ -520,30 +541,10 @@ pub(crate) fn write_data(scan: &Scan, sink: &mut dyn DataSink, progress: &mut dy
         workers,
         window,
         |batch| match batch {
-            Ok(batch) => {
-                let mut keep = keep_open;
-                batch
-                    .iter()
-                    .map(|job| {
-                        let mut done = run_job(scan, job, dry);
-                        // Past the batch's share of open files, its bytes are
-                        // written from memory instead of copied file to file.
-                        if let Ok(JobDone::Piece { source: source @ Some(_), .. }) = &mut done {
-                            match keep.checked_sub(1) {
-                                Some(k) => keep = k,
-                                None => *source = None,
-                            }
-                        }
-                        done
-                    })
-                    .collect::<Vec<_>>()
-            }
+            Ok(batch) => run_batch(scan, batch, dry, keep_open),
             Err(_) => Vec::new(),
         },
-        |batch, results| {
-            let batch = batch.as_mut().map_err(|e| std::mem::replace(e, Error::Internal(String::new())))?;
-            batch.iter().zip(results.iter_mut()).try_for_each(|(job, done)| consume(job, done))
-        },
+        |batch, results| taken_err(batch)?.iter().zip(results.iter_mut()).try_for_each(|(job, done)| consume(job, done)),
     )?;
     if let Some(o) = open {
         return Err(Error::Invalid(format!("data pass: extent at {} left open (internal)", o.logical)));

@@ -21,7 +21,7 @@ use crate::ops::host::{
     data_ranges, host_rdev_to_btrfs, io, joined, open_source, open_source_sized, round_up, sector_ranges, HostId, Pinned,
 };
 
-use super::ahead::{Ahead, Facts, Ranges};
+use super::ahead::{Ahead, Facts, Found, Ranges};
 use super::manifest::{remap_acl, Ownership};
 use super::source::SourceFile;
 use super::spill::{ItemSorter, RecordReader, RecordWriter, Spill};
@@ -396,7 +396,7 @@ fn host_data_ranges(root: &Path, rel: &Path, m: &SourceFile, xattrs: bool, secto
 fn host_facts(root: &Path, fd: &OwnedFd, dir: &Path, name: &[u8], sector: u64) -> Facts {
     let rel = joined(dir, Path::new(std::ffi::OsStr::from_bytes(name)));
     let stat = host_stat_at(root, fd, name, &rel);
-    let Ok(m) = &stat else { return Facts { stat, xattrs: None, ranges: None } };
+    let Ok(m) = &stat else { return Facts { stat, found: Found::default() } };
     let xattrs = host_xattrs(root, &rel, m.id);
     let ranges = match &xattrs {
         Ok(x) if FileType::from_mode(m.mode) == Some(FileType::Regular) && m.size > 0 => {
@@ -404,7 +404,7 @@ fn host_facts(root: &Path, fd: &OwnedFd, dir: &Path, name: &[u8], sector: u64) -
         }
         _ => None,
     };
-    Facts { stat, xattrs: Some(xattrs), ranges }
+    Facts { stat, found: Found { xattrs: Some(xattrs), ranges } }
 }
 
 /// Where [`write_data`] reads file bytes from.
@@ -666,12 +666,12 @@ impl Scan {
     }
 
     /// `found`: what the scan's helper found of it (see [`Facts`]).
-    fn add_inode(&mut self, tree: &Tree<'_>, rel: &Path, m: &SourceFile, subvol: u64, ino: u64, found: Option<Facts>) -> Result<ScanInode> {
+    fn add_inode(&mut self, tree: &Tree<'_>, rel: &Path, m: &SourceFile, subvol: u64, ino: u64, found: Option<Found>) -> Result<ScanInode> {
         let kind = FileType::from_mode(m.mode).ok_or_else(|| {
             Error::Unsupported(format!("{}: unknown file type {:o}", crate::name::Name::of_path(&tree.shown(rel)), m.mode))
         })?;
         let sector = self.opts.sectorsize as u64;
-        let (found_xattrs, found_ranges) = found.map_or((None, None), |f| (f.xattrs, f.ranges));
+        let Found { xattrs: found_xattrs, ranges: found_ranges } = found.unwrap_or_default();
         let xattrs = match found_xattrs {
             Some(x) => x?,
             None => tree.xattrs(rel, m.id)?,
@@ -913,7 +913,7 @@ impl Scan {
             let (names, fd, key) = (Arc::new(names), fd.map(Arc::new), keys);
             keys += 1;
             if let Some(a) = ahead {
-                a.enter(key, &inode.path, names.clone(), fd.clone());
+                a.open(key, &inode.path, names.clone(), fd.clone());
             }
             Ok(Dir { names, next: 0, inode, index: 2, fd, key })
         };
@@ -921,12 +921,13 @@ impl Scan {
         let mut by_id: HashMap<(u64, u64), Vec<(u64, usize)>> = HashMap::new();
         let mut stack = vec![open(top)?];
         while let Some(dir) = stack.last_mut() {
-            let Some(name) = dir.names.get(dir.next).cloned() else {
+            let names = Arc::clone(&dir.names);
+            let Some(name) = names.get(dir.next) else {
                 if let Some(done) = stack.pop() {
                     if let Some(a) = ahead {
                         a.leave(done.key);
                         if let Some(up) = stack.last() {
-                            a.enter(up.key, &up.inode.path, up.names.clone(), up.fd.clone());
+                            a.resume(up.key, up.fd.clone());
                         }
                     }
                     self.emit(&done.inode)?;
@@ -938,14 +939,14 @@ impl Scan {
             let index = dir.index;
             dir.index += 1;
             let (subvol, dir_ino) = (dir.inode.subvol, dir.inode.ino);
-            let rel = joined(&dir.inode.path, Path::new(std::ffi::OsStr::from_bytes(&name)));
+            let rel = joined(&dir.inode.path, Path::new(std::ffi::OsStr::from_bytes(name)));
             let (m, found) = match found {
-                Some(Facts { stat, xattrs, ranges }) => (stat?, Some(Facts { stat: Err(Error::Internal(String::new())), xattrs, ranges })),
+                Some(Facts { stat, found }) => (stat?, Some(found)),
                 None => {
                     let reopened = dir.fd.is_none();
-                    let m = tree.stat_in(&mut dir.fd, &dir.inode.path, dir.inode.host_id, &name, &rel)?;
+                    let m = tree.stat_in(&mut dir.fd, &dir.inode.path, dir.inode.host_id, name, &rel)?;
                     if let (Some(a), true) = (ahead, reopened) {
-                        a.enter(dir.key, &dir.inode.path, dir.names.clone(), dir.fd.clone());
+                        a.resume(dir.key, dir.fd.clone());
                     }
                     (m, None)
                 }
@@ -958,8 +959,8 @@ impl Scan {
             self.metadata_bytes += (3 * (name.len() + 60)) as u64;
             let spec = if m.is_dir() { self.opts.subvols.iter().find(|s| s.path == rel).cloned() } else { None };
             if let Some(spec) = spec {
-                let sv = self.add_subvol(tree, spec, (subvol, dir_ino), index, &name, &rel, &m)?;
-                self.entry(&mut stack, &name, Key::new(sv.subvol, ROOT_ITEM_KEY, 0), FileType::Directory, index)?;
+                let sv = self.add_subvol(tree, spec, (subvol, dir_ino), index, name, &rel, &m)?;
+                self.entry(&mut stack, name, Key::new(sv.subvol, ROOT_ITEM_KEY, 0), FileType::Directory, index)?;
                 descend(&mut stack, open(sv)?, ahead);
                 continue;
             }
@@ -984,14 +985,14 @@ impl Scan {
                 let (ino, kind) = (inode.ino, inode.kind);
                 self.linked[n] = Some(inode);
                 applied?;
-                self.entry(&mut stack, &name, Key::new(ino, INODE_ITEM_KEY, 0), kind, index)?;
+                self.entry(&mut stack, name, Key::new(ino, INODE_ITEM_KEY, 0), kind, index)?;
                 continue;
             }
             let ino = self.take_ino(subvol);
             let mut inode = self.add_inode(tree, &rel, &m, subvol, ino, found)?;
             inode.names.push((dir_ino, index, name.clone()));
             let kind = inode.kind;
-            self.entry(&mut stack, &name, Key::new(ino, INODE_ITEM_KEY, 0), kind, index)?;
+            self.entry(&mut stack, name, Key::new(ino, INODE_ITEM_KEY, 0), kind, index)?;
             if kind == FileType::Directory {
                 descend(&mut stack, open(inode)?, ahead);
             } else if m.nlink > 1 {
@@ -1153,7 +1154,6 @@ fn descend(stack: &mut Vec<Dir>, child: Dir, ahead: Option<&Ahead>) {
         d.fd = None;
         if let Some(a) = ahead {
             a.close(d.key);
-            a.enter(child.key, &child.inode.path, child.names.clone(), child.fd.clone());
         }
     }
     stack.push(child);
@@ -1270,16 +1270,19 @@ impl Job {
     }
 }
 
-/// Small files live in the leaf; compressed there too when that is smaller, as the kernel does.
-pub(super) fn inline_content(buf: Vec<u8>, compress: Option<(Compression, Option<i32>)>, sectorsize: u32) -> Content {
+/// The inline EXTENT_DATA item of a small file of bytes `buf`: small files
+/// live in the leaf; compressed there too when that is smaller, as the
+/// kernel does.
+pub(super) fn inline_file_item(gen: u64, buf: Vec<u8>, compress: Option<(Compression, Option<i32>)>, sectorsize: u32) -> Vec<u8> {
+    let ram = buf.len() as u64;
     if let Some((kind, level)) = compress {
         if let Ok(c) = compress::encode(kind, &buf, sectorsize, level) {
             if c.len() < buf.len() {
-                return Content::Inline(c, kind.raw());
+                return inline_extent(gen, ram, kind.raw(), c);
             }
         }
     }
-    Content::Inline(buf, COMPRESS_NONE)
+    inline_extent(gen, ram, COMPRESS_NONE, buf)
 }
 
 pub(super) fn inode_item(i: &ScanInode, opts: &ScanOptions, nbytes: u64) -> InodeItem {
